@@ -1,0 +1,372 @@
+//! The `Origin`: the S3 store behind Perch (Tigris, any S3 server, or a local directory).
+//! One trait with two real implementations, `S3Origin` (aws-sdk-s3) and `FsOrigin` (a local directory).
+
+pub mod fs;
+pub mod retry;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+pub use fs::FsOrigin;
+pub use retry::{OriginStats, RetryingOrigin};
+pub use s3::{S3Origin, S3OriginConfig};
+
+/// A body streamed out of the origin.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + Sync + 'static>>;
+
+/// The flexible checksums S3 keeps per object, base64 as on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    pub crc32: Option<String>,
+    pub crc32c: Option<String>,
+    pub crc64nvme: Option<String>,
+    pub sha1: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl Checksums {
+    pub fn is_empty(&self) -> bool {
+        self.crc32.is_none()
+            && self.crc32c.is_none()
+            && self.crc64nvme.is_none()
+            && self.sha1.is_none()
+            && self.sha256.is_none()
+    }
+}
+
+/// The headers an object keeps and returns on GET and HEAD.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentHeaders {
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    /// `Expires` as the client sent it (an HTTP date).
+    pub expires: Option<String>,
+    /// `x-amz-meta-*`, names without the prefix, lower case.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What the origin knows of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// The ETag with its quotes, as S3 sends it.
+    pub etag: String,
+    pub last_modified: SystemTime,
+    pub headers: ContentHeaders,
+    pub checksums: Checksums,
+}
+
+/// Preconditions of a read (GET, HEAD, or the source of a copy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<SystemTime>,
+    pub if_unmodified_since: Option<SystemTime>,
+}
+
+impl Conditions {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A byte range as the `Range` header gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=first-` or `bytes=first-last` (inclusive).
+    FromTo { first: u64, last: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The inclusive span this range covers in an object of `size` bytes,
+    /// or `None` when it is not satisfiable (416).
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::FromTo { first, last } => {
+                if first >= size {
+                    return None;
+                }
+                let last = last.map_or(size - 1, |l| l.min(size - 1));
+                (last >= first).then_some((first, last))
+            }
+            ByteRange::Suffix(n) => {
+                if n == 0 || size == 0 {
+                    return None;
+                }
+                Some((size.saturating_sub(n), size - 1))
+            }
+        }
+    }
+
+    /// The header value, e.g. `bytes=0-99`.
+    pub fn header_value(self) -> String {
+        match self {
+            ByteRange::FromTo { first, last: Some(l) } => format!("bytes={first}-{l}"),
+            ByteRange::FromTo { first, last: None } => format!("bytes={first}-"),
+            ByteRange::Suffix(n) => format!("bytes=-{n}"),
+        }
+    }
+}
+
+/// A GET answered by the origin.
+pub struct GetOutput {
+    pub meta: ObjectMeta,
+    /// The inclusive span served when the request had a range.
+    pub range: Option<(u64, u64)>,
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for GetOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetOutput")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+/// A body Perch holds whole before it sends it, so that a retry can send it again.
+#[derive(Debug, Clone)]
+pub enum PutBody {
+    Bytes(Bytes),
+    /// A local file holding exactly `len` bytes.
+    File {
+        path: PathBuf,
+        len: u64,
+    },
+}
+
+impl PutBody {
+    pub fn len(&self) -> u64 {
+        match self {
+            PutBody::Bytes(b) => b.len() as u64,
+            PutBody::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A fresh stream of the whole body.
+    pub async fn stream(&self) -> io::Result<ByteStream> {
+        match self {
+            PutBody::Bytes(b) => {
+                let b = b.clone();
+                Ok(Box::pin(futures::stream::once(async move { Ok(b) })))
+            }
+            PutBody::File { path, .. } => {
+                let file = tokio::fs::File::open(path).await?;
+                Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)))
+            }
+        }
+    }
+}
+
+/// A PUT of a whole object.
+#[derive(Debug, Clone)]
+pub struct PutInput {
+    pub headers: ContentHeaders,
+    /// Checksums the client sent and Perch verified; stored with the object.
+    pub checksums: Checksums,
+    pub body: PutBody,
+    /// `If-Match`: write only over this ETag.
+    pub if_match: Option<String>,
+    /// `If-None-Match: *`: write only when the key is absent.
+    pub if_none_match: Option<String>,
+}
+
+/// The origin's answer to a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutput {
+    pub etag: String,
+    pub checksums: Checksums,
+}
+
+/// Where a copy takes its headers from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataDirective {
+    Copy,
+    Replace(ContentHeaders),
+}
+
+/// A CopyObject.
+#[derive(Debug, Clone)]
+pub struct CopyInput {
+    pub src_bucket: String,
+    pub src_key: String,
+    /// `x-amz-copy-source-if-*`.
+    pub conditions: Conditions,
+    pub directive: MetadataDirective,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOutput {
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+/// One page of a listing, asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub prefix: Option<String>,
+    pub delimiter: Option<String>,
+    /// 1..=1000.
+    pub max_keys: usize,
+    /// List keys strictly after this one.
+    pub start_after: Option<String>,
+    /// The `next` of the previous page, as this origin made it.
+    pub continuation: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: SystemTime,
+}
+
+/// One page of a listing, answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<ListEntry>,
+    pub common_prefixes: Vec<String>,
+    /// Set when the listing goes on: pass it back as `continuation`.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub part_number: i32,
+    pub etag: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletedPart {
+    pub part_number: i32,
+    pub etag: String,
+}
+
+/// What can go wrong at the origin. The gateway turns each into its S3 error.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("the bucket does not exist")]
+    NoSuchBucket,
+    #[error("the key does not exist")]
+    NoSuchKey,
+    #[error("the multipart upload does not exist")]
+    NoSuchUpload,
+    #[error("a precondition failed")]
+    PreconditionFailed,
+    #[error("not modified")]
+    NotModified,
+    #[error("the range is not satisfiable")]
+    InvalidRange,
+    /// Any other answer the origin gave that retrying will not change (400, 403, 409, ...).
+    #[error("origin answered {status} {code}: {message}")]
+    Rejected { status: u16, code: String, message: String },
+    /// An answer worth retrying: 5xx, throttling, a timeout, a broken connection.
+    #[error("origin unavailable: {0}")]
+    Transient(String),
+    /// Retries ran out of time (`--origin-retry-deadline`).
+    #[error("origin unavailable after retrying for {seconds} s: {last}")]
+    Unavailable { seconds: u64, last: String },
+    /// A local failure (disk, the file origin's own I/O).
+    #[error("local I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl OriginError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, OriginError::Transient(_))
+    }
+
+    pub fn rejected(status: u16, code: &str, message: impl Into<String>) -> Self {
+        OriginError::Rejected {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type OriginResult<T> = Result<T, OriginError>;
+
+/// An S3 store. Keys are arbitrary UTF-8 strings: `a/` and `a/b` are two objects.
+#[async_trait]
+pub trait Origin: Send + Sync + 'static {
+    /// A short name for logs and metrics (`s3` or `fs`).
+    fn kind(&self) -> &'static str;
+
+    async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>>;
+    async fn create_bucket(&self, bucket: &str) -> OriginResult<()>;
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<()>;
+    async fn delete_bucket(&self, bucket: &str) -> OriginResult<()>;
+
+    async fn head_object(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<ObjectMeta>;
+    async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        conditions: &Conditions,
+    ) -> OriginResult<GetOutput>;
+    async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput>;
+    /// Deleting an absent key succeeds, as on S3.
+    async fn delete_object(&self, bucket: &str, key: &str) -> OriginResult<()>;
+    async fn copy_object(&self, bucket: &str, key: &str, input: &CopyInput) -> OriginResult<CopyOutput>;
+    async fn list_objects(&self, bucket: &str, query: &ListQuery) -> OriginResult<ListPage>;
+
+    async fn create_multipart_upload(&self, bucket: &str, key: &str, headers: &ContentHeaders) -> OriginResult<String>;
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: &PutBody,
+    ) -> OriginResult<String>;
+    async fn complete_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> OriginResult<String>;
+    async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()>;
+    /// All parts uploaded so far, by part number.
+    async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>>;
+    /// Uploads in progress whose key starts with `prefix`, by key then initiation.
+    async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>>;
+}

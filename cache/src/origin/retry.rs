@@ -1,0 +1,349 @@
+//! `RetryingOrigin`: wraps any `Origin` so transient faults (5xx, throttling, resets, timeouts) are
+//! retried with capped exponential backoff and full jitter until a deadline, and counts every origin call.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use rand::Rng;
+
+use super::*;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    op: &'static str,
+    outcome: &'static str,
+}
+
+/// Counters of every call Perch makes to its origin.
+#[derive(Clone)]
+pub struct OriginStats {
+    requests: Family<OutcomeLabel, Counter>,
+    duration: Family<OpLabel, Histogram>,
+    retries: Family<OpLabel, Counter>,
+    gave_up: Family<OpLabel, Counter>,
+}
+
+impl OriginStats {
+    /// Registers the origin metrics under `perch_origin_*`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let stats = Self::unregistered();
+        registry.register(
+            "perch_origin_requests",
+            "Origin calls by operation and outcome (ok, not_found, precondition, rejected, transient, io)",
+            stats.requests.clone(),
+        );
+        registry.register(
+            "perch_origin_request_duration_seconds",
+            "Time of one origin call (one attempt)",
+            stats.duration.clone(),
+        );
+        registry.register(
+            "perch_origin_retries",
+            "Origin calls retried after a transient fault",
+            stats.retries.clone(),
+        );
+        registry.register(
+            "perch_origin_gave_up",
+            "Origin calls that failed after retrying until the deadline",
+            stats.gave_up.clone(),
+        );
+        stats
+    }
+
+    /// Stats that nothing exports (for tests and tools).
+    pub fn unregistered() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
+            retries: Family::default(),
+            gave_up: Family::default(),
+        }
+    }
+
+    fn record<T>(&self, op: &'static str, elapsed: Duration, result: &OriginResult<T>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(OriginError::NoSuchKey | OriginError::NoSuchBucket | OriginError::NoSuchUpload) => "not_found",
+            Err(OriginError::PreconditionFailed | OriginError::NotModified) => "precondition",
+            Err(OriginError::InvalidRange | OriginError::Rejected { .. }) => "rejected",
+            Err(OriginError::Transient(_) | OriginError::Unavailable { .. }) => "transient",
+            Err(OriginError::Io(_)) => "io",
+        };
+        self.requests.get_or_create(&OutcomeLabel { op, outcome }).inc();
+        self.duration
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// How long and how fast to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Give up (503 SlowDown to the client) once this much time has passed since the first attempt.
+    pub deadline: Duration,
+    /// First backoff; doubles each attempt up to `max_backoff`, and each wait is drawn in [0, backoff].
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub fn with_deadline(deadline: Duration) -> Self {
+        Self {
+            deadline,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An `Origin` that retries the transient faults of the one inside it.
+pub struct RetryingOrigin {
+    inner: Arc<dyn Origin>,
+    policy: RetryPolicy,
+    stats: OriginStats,
+}
+
+impl RetryingOrigin {
+    pub fn new(inner: Arc<dyn Origin>, policy: RetryPolicy, stats: OriginStats) -> Self {
+        Self { inner, policy, stats }
+    }
+
+    pub fn inner(&self) -> &Arc<dyn Origin> {
+        &self.inner
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the deadline passes.
+    /// The second value says whether an earlier attempt failed transiently.
+    async fn run<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> (OriginResult<T>, bool)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = OriginResult<T>>,
+    {
+        let start = Instant::now();
+        let mut tries: u32 = 0;
+        loop {
+            let remaining = self.policy.deadline.saturating_sub(start.elapsed());
+            let t = Instant::now();
+            // An attempt that hangs is cut at the deadline like any other fault.
+            let result = match tokio::time::timeout(remaining.max(Duration::from_millis(1)), attempt()).await {
+                Ok(r) => r,
+                Err(_) => Err(OriginError::Transient(format!("{op} timed out"))),
+            };
+            self.stats.record(op, t.elapsed(), &result);
+            let err = match result {
+                Err(e) if e.is_transient() => e,
+                other => return (other, tries > 0),
+            };
+            tries += 1;
+            let elapsed = start.elapsed();
+            if elapsed >= self.policy.deadline {
+                self.stats.gave_up.get_or_create(&OpLabel { op }).inc();
+                tracing::warn!(op, tries, error = %err, "origin still failing at the retry deadline");
+                let seconds = self.policy.deadline.as_secs();
+                return (
+                    Err(OriginError::Unavailable {
+                        seconds,
+                        last: err.to_string(),
+                    }),
+                    true,
+                );
+            }
+            self.stats.retries.get_or_create(&OpLabel { op }).inc();
+            let exp = self.policy.base_backoff.saturating_mul(1u32 << tries.min(16));
+            let cap = exp.min(self.policy.max_backoff);
+            let wait = cap.mul_f64(rand::rng().random_range(0.0..=1.0));
+            let wait = wait.min(self.policy.deadline.saturating_sub(elapsed));
+            tracing::debug!(op, tries, ?wait, error = %err, "origin fault, retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The quoted hex MD5 S3 gives a single-part object.
+pub async fn body_etag(body: &PutBody) -> io::Result<String> {
+    let mut md5 = Md5::new();
+    let mut stream = body.stream().await?;
+    while let Some(chunk) = stream.next().await {
+        md5.update(&chunk?);
+    }
+    Ok(format!("\"{}\"", hex::encode(md5.finalize())))
+}
+
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
+#[async_trait]
+impl Origin for RetryingOrigin {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>> {
+        self.run("list_buckets", || self.inner.list_buckets()).await.0
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> OriginResult<()> {
+        let (result, retried) = self.run("create_bucket", || self.inner.create_bucket(bucket)).await;
+        match result {
+            // Our own earlier attempt created it.
+            Err(OriginError::Rejected { ref code, .. }) if retried && code == "BucketAlreadyOwnedByYou" => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
+        self.run("head_bucket", || self.inner.head_bucket(bucket)).await.0
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> OriginResult<()> {
+        let (result, retried) = self.run("delete_bucket", || self.inner.delete_bucket(bucket)).await;
+        match result {
+            Err(OriginError::NoSuchBucket) if retried => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<ObjectMeta> {
+        self.run("head_object", || self.inner.head_object(bucket, key, conditions))
+            .await
+            .0
+    }
+
+    async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        conditions: &Conditions,
+    ) -> OriginResult<GetOutput> {
+        self.run("get_object", || self.inner.get_object(bucket, key, range, conditions))
+            .await
+            .0
+    }
+
+    async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput> {
+        let (result, retried) = self
+            .run("put_object", || self.inner.put_object(bucket, key, input))
+            .await;
+        match result {
+            // A conditional PUT whose first attempt landed but whose answer was lost: the retry
+            // sees 412. If the origin now holds exactly our body, the write is ours and succeeded.
+            Err(OriginError::PreconditionFailed) if retried => {
+                let ours = body_etag(&input.body).await?;
+                let meta = self.head_object(bucket, key, &Conditions::default()).await;
+                match meta {
+                    Ok(meta) if same_etag(&meta.etag, &ours) => Ok(PutOutput {
+                        etag: meta.etag,
+                        checksums: input.checksums.clone(),
+                    }),
+                    _ => Err(OriginError::PreconditionFailed),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> OriginResult<()> {
+        self.run("delete_object", || self.inner.delete_object(bucket, key))
+            .await
+            .0
+    }
+
+    async fn copy_object(&self, bucket: &str, key: &str, input: &CopyInput) -> OriginResult<CopyOutput> {
+        self.run("copy_object", || self.inner.copy_object(bucket, key, input))
+            .await
+            .0
+    }
+
+    async fn list_objects(&self, bucket: &str, query: &ListQuery) -> OriginResult<ListPage> {
+        self.run("list_objects", || self.inner.list_objects(bucket, query))
+            .await
+            .0
+    }
+
+    async fn create_multipart_upload(&self, bucket: &str, key: &str, headers: &ContentHeaders) -> OriginResult<String> {
+        self.run("create_multipart_upload", || {
+            self.inner.create_multipart_upload(bucket, key, headers)
+        })
+        .await
+        .0
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: &PutBody,
+    ) -> OriginResult<String> {
+        self.run("upload_part", || {
+            self.inner.upload_part(bucket, key, upload_id, part_number, body)
+        })
+        .await
+        .0
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> OriginResult<String> {
+        let (result, retried) = self
+            .run("complete_multipart_upload", || {
+                self.inner.complete_multipart_upload(bucket, key, upload_id, parts)
+            })
+            .await;
+        match result {
+            // The first attempt completed it but the answer was lost.
+            Err(OriginError::NoSuchUpload) if retried => {
+                let meta = self.head_object(bucket, key, &Conditions::default()).await?;
+                Ok(meta.etag)
+            }
+            other => other,
+        }
+    }
+
+    async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()> {
+        let (result, retried) = self
+            .run("abort_multipart_upload", || {
+                self.inner.abort_multipart_upload(bucket, key, upload_id)
+            })
+            .await;
+        match result {
+            Err(OriginError::NoSuchUpload) if retried => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>> {
+        self.run("list_parts", || self.inner.list_parts(bucket, key, upload_id))
+            .await
+            .0
+    }
+
+    async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
+        self.run("list_multipart_uploads", || {
+            self.inner.list_multipart_uploads(bucket, prefix)
+        })
+        .await
+        .0
+    }
+}

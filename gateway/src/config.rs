@@ -1,0 +1,326 @@
+//! `perch serve` settings: command-line flags, `PERCH_*` environment variables and a TOML file,
+//! merged in that order of precedence into one `Config` with documented defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// The development key pair used on loopback when no client keys are set. Documented in the README.
+pub const DEV_ACCESS_KEY_ID: &str = "perch-dev";
+pub const DEV_SECRET_ACCESS_KEY: &str = "perch-dev-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Serves reads and writes.
+    Primary,
+    /// Serves reads; refuses every mutating request with 403 AccessDenied.
+    Replica,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `perch serve`. Every one can also be set as `PERCH_<NAME>` or in the `--config` file.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (names as the flags, with `_` for `-`).
+    #[arg(long, env = "PERCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// S3 listener address [default: 127.0.0.1:9000]
+    #[arg(long, env = "PERCH_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Admin listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9001]
+    #[arg(long, env = "PERCH_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Directory for Perch's local state [default: ./perch-data]
+    #[arg(long, env = "PERCH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The origin store: `http(s)://host:port` for any S3 service (e.g. Tigris), or `file://DIR` for a
+    /// local directory [default: file://<data-dir>/origin]
+    #[arg(long, env = "PERCH_ORIGIN", value_name = "URL")]
+    pub origin: Option<String>,
+
+    /// Region used to sign origin requests [default: auto]
+    #[arg(long, env = "PERCH_ORIGIN_REGION", value_name = "REGION")]
+    pub origin_region: Option<String>,
+
+    /// Domain for virtual-hosted requests: `BUCKET.<domain>[:port]` names a bucket; any other host is
+    /// path style [default: localhost]
+    #[arg(long, env = "PERCH_DOMAIN", value_name = "DOMAIN")]
+    pub domain: Option<String>,
+
+    /// How long transient origin faults (5xx, throttling, resets, timeouts) are retried before the
+    /// client gets 503 SlowDown, e.g. `120s`, `2m`, `500ms` [default: 120s]
+    #[arg(long, env = "PERCH_ORIGIN_RETRY_DEADLINE", value_name = "DURATION")]
+    pub origin_retry_deadline: Option<String>,
+
+    /// `primary` serves reads and writes; `replica` refuses every write with 403 [default: primary]
+    #[arg(long, env = "PERCH_ROLE", value_enum)]
+    pub role: Option<Role>,
+
+    /// Log format [default: text]
+    #[arg(long, env = "PERCH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The same settings as read from the `--config` TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    origin: Option<String>,
+    origin_region: Option<String>,
+    domain: Option<String>,
+    origin_retry_deadline: Option<String>,
+    role: Option<Role>,
+    log_format: Option<LogFormat>,
+}
+
+/// Where the origin is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginUrl {
+    Dir(PathBuf),
+    S3(String),
+}
+
+/// Keys, from the environment only (never flags: they would show in `ps`).
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Every setting of `perch serve`, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub origin: OriginUrl,
+    pub origin_region: String,
+    pub domain: String,
+    pub origin_retry_deadline: Duration,
+    pub role: Role,
+    pub log_format: LogFormat,
+    /// Keys clients sign with.
+    pub client: Credentials,
+    /// True when `client` is the development pair.
+    pub dev_credentials: bool,
+    /// Keys Perch signs origin requests with; none for the directory origin or an open origin.
+    pub origin_credentials: Option<Credentials>,
+}
+
+/// Reads the environment variable `name`, treating an empty value as unset.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Parses `120`, `120s`, `2m`, `500ms`, `1h`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("invalid duration `{s}`"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => bail!("invalid duration unit `{other}` in `{s}` (use ms, s, m or h)"),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        bail!("invalid duration `{s}`");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_origin(url: &str) -> anyhow::Result<OriginUrl> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            bail!("--origin file:// needs a directory, e.g. file:///var/lib/perch/origin");
+        }
+        return Ok(OriginUrl::Dir(PathBuf::from(path)));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(OriginUrl::S3(url.trim_end_matches('/').to_owned()));
+    }
+    bail!("--origin must be http://, https:// or file:// (got `{url}`)")
+}
+
+impl Config {
+    /// Merges flags (already holding env values through clap), the config file and the defaults.
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./perch-data"));
+        let origin = match args.origin.or(file.origin) {
+            Some(url) => parse_origin(&url)?,
+            None => OriginUrl::Dir(data_dir.join("origin")),
+        };
+        let deadline = match args.origin_retry_deadline.or(file.origin_retry_deadline) {
+            Some(s) => parse_duration(&s).context("--origin-retry-deadline")?,
+            None => Duration::from_secs(120),
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9000)));
+        let domain = args.domain.or(file.domain).unwrap_or_else(|| "localhost".to_owned());
+        if domain.is_empty() || domain.contains(['/', ':', ' ']) {
+            bail!("--domain must be a host name such as `localhost` (got `{domain}`)");
+        }
+
+        let (client, dev_credentials) = match (env_var("PERCH_ACCESS_KEY_ID"), env_var("PERCH_SECRET_ACCESS_KEY")) {
+            (Some(access_key_id), Some(secret_access_key)) => (
+                Credentials {
+                    access_key_id,
+                    secret_access_key,
+                },
+                false,
+            ),
+            (None, None) => {
+                if !listen.ip().is_loopback() {
+                    bail!(
+                        "PERCH_ACCESS_KEY_ID and PERCH_SECRET_ACCESS_KEY must be set to listen on {listen}, \
+                         which is not a loopback address"
+                    );
+                }
+                let dev = Credentials {
+                    access_key_id: DEV_ACCESS_KEY_ID.to_owned(),
+                    secret_access_key: DEV_SECRET_ACCESS_KEY.to_owned(),
+                };
+                (dev, true)
+            }
+            _ => bail!("set both PERCH_ACCESS_KEY_ID and PERCH_SECRET_ACCESS_KEY, or neither"),
+        };
+
+        let origin_credentials = match (
+            env_var("PERCH_ORIGIN_ACCESS_KEY_ID").or_else(|| env_var("AWS_ACCESS_KEY_ID")),
+            env_var("PERCH_ORIGIN_SECRET_ACCESS_KEY").or_else(|| env_var("AWS_SECRET_ACCESS_KEY")),
+        ) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(Credentials {
+                access_key_id,
+                secret_access_key,
+            }),
+            (None, None) => None,
+            _ => bail!("set both PERCH_ORIGIN_ACCESS_KEY_ID and PERCH_ORIGIN_SECRET_ACCESS_KEY, or neither"),
+        };
+
+        Ok(Config {
+            listen,
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001))),
+            data_dir,
+            origin,
+            origin_region: args
+                .origin_region
+                .or(file.origin_region)
+                .unwrap_or_else(|| "auto".to_owned()),
+            domain,
+            origin_retry_deadline: deadline,
+            role: args.role.or(file.role).unwrap_or(Role::Primary),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            client,
+            dev_credentials,
+            origin_credentials,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("120").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("120s").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(parse_origin("file:///x/y").unwrap(), OriginUrl::Dir("/x/y".into()));
+        assert_eq!(
+            parse_origin("https://fly.storage.tigris.dev/").unwrap(),
+            OriginUrl::S3("https://fly.storage.tigris.dev".into())
+        );
+        assert!(parse_origin("ftp://x").is_err());
+        assert!(parse_origin("file://").is_err());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("perch.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:7000\"\ndomain = \"example.test\"\norigin_retry_deadline = \"3s\"\nrole = \"replica\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            domain: Some("flag.test".into()),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(args).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(cfg.domain, "flag.test");
+        assert_eq!(cfg.origin_retry_deadline, Duration::from_secs(3));
+        assert_eq!(cfg.role, Role::Replica);
+        assert_eq!(cfg.admin_listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(cfg.origin, OriginUrl::Dir(PathBuf::from("./perch-data/origin")));
+
+        std::fs::write(&path, "listne = \"127.0.0.1:7000\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("listne"), "{err:#}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Credentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "very-secret".into(),
+        };
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+}

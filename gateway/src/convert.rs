@@ -1,0 +1,240 @@
+//! Translation between s3s's wire types and the origin's types, and from origin errors to the
+//! S3 errors clients see. Pure functions, no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use perch_cache::origin::{ByteRange, Checksums, Conditions, ContentHeaders, ObjectMeta, OriginError};
+use s3s::dto::{ETag, ETagCondition, Range, Timestamp, TimestampFormat};
+use s3s::{S3Error, S3ErrorCode, s3_error};
+
+/// The S3 error a client sees for an origin failure.
+pub fn origin_error(e: OriginError) -> S3Error {
+    match e {
+        OriginError::NoSuchBucket => s3_error!(NoSuchBucket, "The specified bucket does not exist"),
+        OriginError::NoSuchKey => s3_error!(NoSuchKey, "The specified key does not exist."),
+        OriginError::NoSuchUpload => s3_error!(NoSuchUpload, "The specified multipart upload does not exist."),
+        OriginError::PreconditionFailed => {
+            s3_error!(
+                PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold"
+            )
+        }
+        OriginError::NotModified => s3_error!(NotModified),
+        OriginError::InvalidRange => s3_error!(InvalidRange, "The requested range is not satisfiable"),
+        OriginError::Rejected { status, code, message } => {
+            let code: S3ErrorCode = code.parse().unwrap_or(S3ErrorCode::InternalError);
+            let mut err = S3Error::with_message(code, message);
+            if let Ok(status) = http::StatusCode::from_u16(status) {
+                err.set_status_code(status);
+            }
+            err
+        }
+        OriginError::Transient(msg) | OriginError::Unavailable { last: msg, .. } => {
+            tracing::warn!(error = %msg, "origin unavailable; answering 503 SlowDown");
+            s3_error!(SlowDown, "The origin store is unavailable; please retry.")
+        }
+        OriginError::Io(e) => {
+            tracing::error!(error = %e, "local I/O error");
+            s3_error!(InternalError, "Perch hit a local I/O error.")
+        }
+    }
+}
+
+/// An `If-Match`/`If-None-Match` value as the origin takes it.
+pub fn etag_condition(c: &ETagCondition) -> String {
+    match c {
+        ETagCondition::Any => "*".to_owned(),
+        ETagCondition::ETag(ETag::Strong(v)) => format!("\"{v}\""),
+        ETagCondition::ETag(ETag::Weak(v)) => format!("W/\"{v}\""),
+    }
+}
+
+/// The ETag as s3s writes it: a quoted origin ETag becomes a strong one.
+pub fn etag(s: &str) -> ETag {
+    if let Some(rest) = s.strip_prefix("W/") {
+        return ETag::Weak(rest.trim_matches('"').to_owned());
+    }
+    ETag::Strong(s.trim_matches('"').to_owned())
+}
+
+pub fn system_time(t: Timestamp) -> SystemTime {
+    time::OffsetDateTime::from(t).into()
+}
+
+pub fn conditions(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<Timestamp>,
+    if_unmodified_since: Option<Timestamp>,
+) -> Conditions {
+    Conditions {
+        if_match: if_match.map(etag_condition),
+        if_none_match: if_none_match.map(etag_condition),
+        if_modified_since: if_modified_since.map(system_time),
+        if_unmodified_since: if_unmodified_since.map(system_time),
+    }
+}
+
+pub fn range(r: Range) -> ByteRange {
+    match r {
+        Range::Int { first, last } => ByteRange::FromTo { first, last },
+        Range::Suffix { length } => ByteRange::Suffix(length),
+    }
+}
+
+pub fn expires_header(t: Option<Timestamp>) -> Option<String> {
+    let t = t?;
+    let mut buf = Vec::new();
+    t.format(TimestampFormat::HttpDate, &mut buf).ok()?;
+    String::from_utf8(buf).ok()
+}
+
+pub fn expires_timestamp(s: Option<&str>) -> Option<Timestamp> {
+    Timestamp::parse(TimestampFormat::HttpDate, s?).ok()
+}
+
+/// The stored headers of a PUT, copy or multipart upload.
+#[allow(clippy::too_many_arguments)]
+pub fn content_headers(
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+    metadata: Option<HashMap<String, String>>,
+) -> ContentHeaders {
+    ContentHeaders {
+        content_type,
+        cache_control,
+        content_encoding,
+        content_disposition,
+        content_language,
+        expires: expires_header(expires),
+        metadata: metadata
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+pub fn metadata(h: &ContentHeaders) -> Option<HashMap<String, String>> {
+    (!h.metadata.is_empty()).then(|| h.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+pub fn checksums(
+    crc32: Option<String>,
+    crc32c: Option<String>,
+    crc64nvme: Option<String>,
+    sha1: Option<String>,
+    sha256: Option<String>,
+) -> Checksums {
+    Checksums {
+        crc32,
+        crc32c,
+        crc64nvme,
+        sha1,
+        sha256,
+    }
+}
+
+/// Percent-encodes a key for `encoding-type=url` listings (as S3 does: all but unreserved and `/`).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Keys Perch refuses: `.` or `..` path segments (HTTP clients and proxies rewrite such paths, so
+/// the object could not be read back by the name it was written under) and NUL (XML listings
+/// cannot carry it).
+pub fn check_key(key: &str) -> Result<(), S3Error> {
+    if key.contains('\0') {
+        return Err(s3_error!(InvalidArgument, "Object keys cannot contain NUL."));
+    }
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Object keys cannot contain `.` or `..` path segments."
+        ));
+    }
+    Ok(())
+}
+
+/// The metadata of an object as GET and HEAD return it.
+pub struct MetaOut {
+    pub e_tag: ETag,
+    pub last_modified: Timestamp,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub expires: Option<Timestamp>,
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+pub fn meta_out(m: &ObjectMeta) -> MetaOut {
+    MetaOut {
+        e_tag: etag(&m.etag),
+        last_modified: Timestamp::from(m.last_modified),
+        content_type: m.headers.content_type.clone(),
+        cache_control: m.headers.cache_control.clone(),
+        content_encoding: m.headers.content_encoding.clone(),
+        content_disposition: m.headers.content_disposition.clone(),
+        content_language: m.headers.content_language.clone(),
+        expires: expires_timestamp(m.headers.expires.as_deref()),
+        metadata: metadata(&m.headers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert!(check_key("data/1/pg_tblspc/").is_ok());
+        assert!(check_key("a..b/c.d/...").is_ok());
+        assert!(check_key("a/../b").is_err());
+        assert!(check_key("../x").is_err());
+        assert!(check_key("a/./b").is_err());
+        assert!(check_key("a\0b").is_err());
+    }
+
+    #[test]
+    fn url_encoding() {
+        assert_eq!(url_encode("a b/ü+x"), "a%20b/%C3%BC%2Bx");
+    }
+
+    #[test]
+    fn etags() {
+        assert_eq!(etag("\"abc\""), ETag::Strong("abc".into()));
+        assert_eq!(etag_condition(&ETagCondition::Any), "*");
+        assert_eq!(
+            etag_condition(&ETagCondition::ETag(ETag::Strong("abc".into()))),
+            "\"abc\""
+        );
+    }
+
+    #[test]
+    fn origin_errors_keep_code_and_status() {
+        let e = origin_error(OriginError::rejected(403, "AccessDenied", "no"));
+        assert_eq!(*e.code(), S3ErrorCode::AccessDenied);
+        assert_eq!(e.status_code(), Some(http::StatusCode::FORBIDDEN));
+        let e = origin_error(OriginError::Unavailable {
+            seconds: 1,
+            last: "x".into(),
+        });
+        assert_eq!(*e.code(), S3ErrorCode::SlowDown);
+        assert_eq!(e.status_code(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+    }
+}

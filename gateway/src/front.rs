@@ -1,0 +1,159 @@
+//! The checks in front of every S3 operation: virtual-hosted vs path-style addressing, the
+//! replica's refusal of writes, key rules, and recording which operation a request is.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::host::{S3Host, VirtualHost};
+use s3s::path::S3Path;
+use s3s::{S3Result, s3_error};
+
+use crate::config::Role;
+use crate::convert;
+
+/// `BUCKET.<domain>[:port]` is virtual-hosted; every other host is path style.
+pub struct PerchHost {
+    domain: String,
+}
+
+impl PerchHost {
+    pub fn new(domain: &str) -> Self {
+        Self {
+            domain: domain.to_ascii_lowercase(),
+        }
+    }
+}
+
+impl S3Host for PerchHost {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+        let name = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let lower = name.to_ascii_lowercase();
+        if let Some(bucket) = lower
+            .strip_suffix(self.domain.as_str())
+            .and_then(|b| b.strip_suffix('.'))
+            && !bucket.is_empty()
+        {
+            return Ok(VirtualHost::new(self.domain.as_str()).with_bucket(bucket.to_owned()));
+        }
+        Ok(VirtualHost::new(host))
+    }
+}
+
+/// What the current request turned out to be, filled in by `Front` for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub op: &'static str,
+    pub bucket: String,
+    pub key: String,
+}
+
+tokio::task_local! {
+    /// Set by the server around each request; `Front::check` records into it.
+    pub static REQUEST: RefCell<RequestInfo>;
+}
+
+/// S3 operation names as `&'static str` for metric labels. There are a few hundred names at most,
+/// each leaked once.
+fn intern(name: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let Ok(mut names) = NAMES.get_or_init(Default::default).lock() else {
+        return "Unknown";
+    };
+    if let Some(n) = names.get(name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(n);
+    n
+}
+
+/// Operations a replica serves: those that only read.
+fn is_read_only(op: &str) -> bool {
+    op.starts_with("Get") || op.starts_with("Head") || op.starts_with("List")
+}
+
+/// s3s's access hook: runs after the signature is verified and before the body is read.
+pub struct Front {
+    pub role: Role,
+}
+
+#[async_trait::async_trait]
+impl S3Access for Front {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let op = intern(cx.s3_op().name());
+        let (bucket, key): (String, String) = match cx.s3_path() {
+            S3Path::Root => (String::new(), String::new()),
+            S3Path::Bucket { bucket } => (bucket.to_string(), String::new()),
+            S3Path::Object { bucket, key } => (bucket.to_string(), key.to_string()),
+        };
+        if !key.is_empty() {
+            convert::check_key(&key)?;
+        }
+        let _ = REQUEST.try_with(|r| {
+            let mut r = r.borrow_mut();
+            r.op = op;
+            r.bucket = bucket;
+            r.key = key;
+        });
+        if cx.credentials().is_none() {
+            return Err(s3_error!(
+                AccessDenied,
+                "Anonymous access is not allowed; sign the request."
+            ));
+        }
+        if self.role == Role::Replica && !is_read_only(op) {
+            return Err(s3_error!(
+                AccessDenied,
+                "This Perch is a read replica: {op} is refused, and nothing was written."
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let h = PerchHost::new("localhost");
+        let vh = h.parse_host_header("orioledb.localhost:9000").unwrap();
+        assert_eq!(vh.bucket(), Some("orioledb"));
+        let vh = h.parse_host_header("localhost:9000").unwrap();
+        assert_eq!(vh.bucket(), None);
+        let vh = h.parse_host_header("perch.internal:9000").unwrap();
+        assert_eq!(vh.bucket(), None);
+        let vh = h.parse_host_header("a.b.localhost").unwrap();
+        assert_eq!(vh.bucket(), Some("a.b"));
+    }
+
+    #[test]
+    fn replica_reads() {
+        for op in [
+            "GetObject",
+            "HeadObject",
+            "ListObjectsV2",
+            "ListBuckets",
+            "HeadBucket",
+            "GetBucketLocation",
+        ] {
+            assert!(is_read_only(op), "{op}");
+        }
+        for op in [
+            "PutObject",
+            "DeleteObject",
+            "DeleteObjects",
+            "CopyObject",
+            "CreateMultipartUpload",
+            "UploadPart",
+        ] {
+            assert!(!is_read_only(op), "{op}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `perch`: the command line of Perch, an S3 caching gateway in front of an origin store.
+//! `perch serve` runs the gateway; the settings live in `config`.
+
+mod config;
+mod convert;
+mod front;
+mod metrics;
+mod server;
+mod service;
+mod spool;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use perch_cache::origin::retry::RetryPolicy;
+use perch_cache::origin::{FsOrigin, Origin, OriginStats, RetryingOrigin, S3Origin, S3OriginConfig};
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::sync::watch;
+
+use crate::config::{Config, LogFormat, OriginUrl, ServeArgs};
+
+/// Perch: an S3-compatible caching gateway that keeps hot objects on local disk in front of an
+/// origin store such as Tigris.
+#[derive(Parser)]
+#[command(name = "perch", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: an S3 endpoint on --listen, admin endpoints on --admin-listen.
+    ///
+    /// Clients sign with PERCH_ACCESS_KEY_ID / PERCH_SECRET_ACCESS_KEY (on a loopback address with
+    /// neither set, the development pair perch-dev / perch-dev-secret is used, with a warning).
+    /// Origin requests are signed with PERCH_ORIGIN_ACCESS_KEY_ID / PERCH_ORIGIN_SECRET_ACCESS_KEY,
+    /// or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    Serve(ServeArgs),
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PERCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::resolve(args)?;
+            init_logs(config.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
+        }
+    }
+}
+
+async fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn Origin>> {
+    Ok(match &config.origin {
+        OriginUrl::Dir(dir) => {
+            let origin = FsOrigin::open(dir.clone())
+                .with_context(|| format!("opening the directory origin {}", dir.display()))?;
+            Arc::new(origin)
+        }
+        OriginUrl::S3(endpoint) => {
+            let creds = config.origin_credentials.as_ref();
+            let origin = S3Origin::new(S3OriginConfig {
+                endpoint: endpoint.clone(),
+                region: config.origin_region.clone(),
+                access_key_id: creds.map(|c| c.access_key_id.clone()),
+                secret_access_key: creds.map(|c| c.secret_access_key.clone()),
+                ..S3OriginConfig::default()
+            })
+            .context("configuring the S3 origin")?;
+            Arc::new(origin)
+        }
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.dev_credentials {
+        tracing::warn!(
+            access_key_id = config::DEV_ACCESS_KEY_ID,
+            "PERCH_ACCESS_KEY_ID and PERCH_SECRET_ACCESS_KEY are not set: clients must sign with the \
+             documented development key pair (allowed on loopback only)"
+        );
+    }
+    let spool_dir = config.data_dir.join("tmp");
+    // Bodies spooled by a previous run are garbage.
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    std::fs::create_dir_all(&spool_dir).with_context(|| format!("creating {}", spool_dir.display()))?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let mut stats = None;
+    metrics.register(|r| stats = Some(OriginStats::new(r)));
+    let stats = stats.unwrap_or_else(OriginStats::unregistered);
+
+    let raw_origin = open_origin(&config).await?;
+    let origin: Arc<dyn Origin> = Arc::new(RetryingOrigin::new(
+        raw_origin.clone(),
+        RetryPolicy::with_deadline(config.origin_retry_deadline),
+        stats,
+    ));
+
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, spool_dir));
+    builder.set_auth(SimpleAuth::from_single(
+        config.client.access_key_id.clone(),
+        config.client.secret_access_key.clone(),
+    ));
+    builder.set_host(front::PerchHost::new(&config.domain));
+    builder.set_access(front::Front { role: config.role });
+    let s3 = builder.build();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", config.admin_listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        admin = %admin.local_addr()?,
+        origin = raw_origin.kind(),
+        role = ?config.role,
+        domain = %config.domain,
+        "perch is serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let s3_task = tokio::spawn(server::serve_s3(listener, s3, metrics.clone(), stop_rx.clone()));
+    let admin_task = tokio::spawn(server::serve_admin(admin, raw_origin, metrics, stop_rx));
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = s3_task.await;
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Perch's Prometheus metrics: one registry, the S3 request counters and latency histograms kept
+//! here, and the origin's counters registered by the cache crate.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabel {
+    op: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabel, Counter>,
+    duration: Family<OpLabel, Histogram>,
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabel, Counter>::default();
+        let duration =
+            Family::<OpLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
+        let in_flight = Gauge::default();
+        registry.register(
+            "perch_requests",
+            "S3 requests by operation and HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "perch_request_duration_seconds",
+            "S3 request latency by operation",
+            duration.clone(),
+        );
+        registry.register(
+            "perch_requests_in_flight",
+            "S3 requests being handled now",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            duration,
+            in_flight,
+        }
+    }
+
+    /// Lets another part (the origin, later the cache) register its own metrics.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        if let Ok(mut registry) = self.registry.lock() {
+            f(&mut registry);
+        }
+    }
+
+    pub fn observe(&self, op: &'static str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabel { op, status }).inc();
+        self.duration
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}

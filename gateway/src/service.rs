@@ -1,0 +1,762 @@
+//! `Gateway`: Perch's S3 front door. Each S3 operation is one method of s3s's `S3` trait; for now
+//! each goes through to the origin (retried by `RetryingOrigin`), with bodies verified locally first.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use perch_cache::origin::{
+    CompletedPart as OriginPart, CopyInput, ListPage, ListQuery, MetadataDirective as Directive, Origin, PutInput,
+};
+use s3s::dto::*;
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+
+use crate::convert::{self, origin_error};
+use crate::spool::{self, Declared};
+
+pub struct Gateway {
+    origin: Arc<dyn Origin>,
+    /// Where request bodies too large for memory wait while they are verified.
+    spool_dir: PathBuf,
+}
+
+impl Gateway {
+    pub fn new(origin: Arc<dyn Origin>, spool_dir: PathBuf) -> Self {
+        Self { origin, spool_dir }
+    }
+
+    /// One page of the origin's listing, resuming a v1 `marker` (or ListObjectVersions `key-marker`)
+    /// that named a common prefix past everything under it.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        max_keys: Option<i32>,
+        marker: Option<String>,
+    ) -> S3Result<ListPage> {
+        let max_keys = max_keys_of(max_keys)?;
+        let start_after = marker.filter(|m| !m.is_empty()).map(|m| match (&delimiter, &prefix) {
+            (Some(d), p) if !d.is_empty() => {
+                let p = p.as_deref().unwrap_or("");
+                match m.strip_prefix(p) {
+                    Some(rest) if rest.contains(d.as_str()) => format!("{m}\u{10FFFF}"),
+                    _ => m,
+                }
+            }
+            _ => m,
+        });
+        let query = ListQuery {
+            prefix,
+            delimiter,
+            max_keys,
+            start_after,
+            continuation: None,
+        };
+        self.origin.list_objects(bucket, &query).await.map_err(origin_error)
+    }
+}
+
+fn max_keys_of(max_keys: Option<i32>) -> S3Result<usize> {
+    match max_keys {
+        None => Ok(1000),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys must be between 0 and 2147483647")),
+        Some(n) => Ok((n as usize).min(1000)),
+    }
+}
+
+/// The last key or common prefix of a page, whichever sorts last: where a v1 listing resumes.
+fn last_name(page: &ListPage) -> Option<String> {
+    let k = page.objects.last().map(|o| o.key.as_str());
+    let p = page.common_prefixes.last().map(String::as_str);
+    match (k, p) {
+        (Some(k), Some(p)) => Some(k.max(p).to_owned()),
+        (a, b) => a.or(b).map(str::to_owned),
+    }
+}
+
+fn encode(s: String, url: bool) -> String {
+    if url { convert::url_encode(&s) } else { s }
+}
+
+fn wants_url(e: &Option<EncodingType>) -> bool {
+    e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL)
+}
+
+fn objects_of(page: &ListPage, url: bool) -> Vec<Object> {
+    page.objects
+        .iter()
+        .map(|o| Object {
+            key: Some(encode(o.key.clone(), url)),
+            size: Some(o.size as i64),
+            e_tag: Some(convert::etag(&o.etag)),
+            last_modified: Some(Timestamp::from(o.last_modified)),
+            storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn prefixes_of(page: &ListPage, url: bool) -> Option<Vec<CommonPrefix>> {
+    (!page.common_prefixes.is_empty()).then(|| {
+        page.common_prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(encode(p.clone(), url)),
+            })
+            .collect()
+    })
+}
+
+fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
+    match src {
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => {
+            if version_id.as_deref().is_some_and(|v| v != "null") {
+                return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
+            }
+            convert::check_key(key)?;
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(s3_error!(
+            NotImplemented,
+            "Access point copy sources are not supported."
+        )),
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self.origin.list_buckets().await.map_err(origin_error)?;
+        let buckets = buckets
+            .into_iter()
+            .map(|b| Bucket {
+                name: Some(b.name),
+                creation_date: Some(Timestamp::from(b.created)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        let bucket = req.input.bucket;
+        self.origin.create_bucket(&bucket).await.map_err(origin_error)?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{bucket}")),
+        }))
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.origin.head_bucket(&req.input.bucket).await.map_err(origin_error)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.origin
+            .delete_bucket(&req.input.bucket)
+            .await
+            .map_err(origin_error)?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.origin.head_bucket(&req.input.bucket).await.map_err(origin_error)?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        if input.part_number.is_some() {
+            return Err(s3_error!(NotImplemented, "GET by partNumber is not supported."));
+        }
+        let conditions = convert::conditions(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since,
+            input.if_unmodified_since,
+        );
+        let range = input.range.map(convert::range);
+        let out = self
+            .origin
+            .get_object(&input.bucket, &input.key, range, &conditions)
+            .await
+            .map_err(origin_error)?;
+        let size = out.meta.size;
+        let (content_length, content_range) = match out.range {
+            Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{size}"))),
+            None => (size, None),
+        };
+        let with_checksums = out.range.is_none()
+            && input
+                .checksum_mode
+                .as_ref()
+                .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let m = convert::meta_out(&out.meta);
+        let c = if with_checksums {
+            out.meta.checksums.clone()
+        } else {
+            Default::default()
+        };
+        let output = GetObjectOutput {
+            body: Some(StreamingBlob::wrap(out.body)),
+            accept_ranges: Some("bytes".to_owned()),
+            content_length: Some(content_length as i64),
+            content_range,
+            e_tag: Some(m.e_tag),
+            last_modified: Some(m.last_modified),
+            content_type: input.response_content_type.or(m.content_type),
+            cache_control: input.response_cache_control.or(m.cache_control),
+            content_encoding: input.response_content_encoding.or(m.content_encoding),
+            content_disposition: input.response_content_disposition.or(m.content_disposition),
+            content_language: input.response_content_language.or(m.content_language),
+            expires: input.response_expires.or(m.expires),
+            metadata: m.metadata,
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        let conditions = convert::conditions(
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since,
+            input.if_unmodified_since,
+        );
+        let meta = self
+            .origin
+            .head_object(&input.bucket, &input.key, &conditions)
+            .await
+            .map_err(origin_error)?;
+        let with_checksums = input
+            .checksum_mode
+            .as_ref()
+            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let m = convert::meta_out(&meta);
+        let c = if with_checksums {
+            meta.checksums.clone()
+        } else {
+            Default::default()
+        };
+        let output = HeadObjectOutput {
+            accept_ranges: Some("bytes".to_owned()),
+            content_length: Some(meta.size as i64),
+            e_tag: Some(m.e_tag),
+            last_modified: Some(m.last_modified),
+            content_type: input.response_content_type.or(m.content_type),
+            cache_control: input.response_cache_control.or(m.cache_control),
+            content_encoding: input.response_content_encoding.or(m.content_encoding),
+            content_disposition: input.response_content_disposition.or(m.content_disposition),
+            content_language: input.response_content_language.or(m.content_language),
+            expires: input.response_expires.or(m.expires),
+            metadata: m.metadata,
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let trailers = req.trailing_headers;
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        let declared = Declared {
+            content_length: input.content_length,
+            content_md5: input.content_md5.as_deref(),
+            algorithm: input.checksum_algorithm.as_ref(),
+            checksums: convert::checksums(
+                input.checksum_crc32.clone(),
+                input.checksum_crc32c.clone(),
+                input.checksum_crc64nvme.clone(),
+                input.checksum_sha1.clone(),
+                input.checksum_sha256.clone(),
+            ),
+        };
+        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let put = PutInput {
+            headers: convert::content_headers(
+                input.content_type,
+                input.cache_control,
+                input.content_encoding,
+                input.content_disposition,
+                input.content_language,
+                input.expires,
+                input.metadata,
+            ),
+            checksums: body.checksums.clone(),
+            body: body.body.clone(),
+            if_match: input.if_match.as_ref().map(convert::etag_condition),
+            if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
+        };
+        let out = self
+            .origin
+            .put_object(&input.bucket, &input.key, &put)
+            .await
+            .map_err(origin_error)?;
+        let c = out.checksums;
+        let output = PutObjectOutput {
+            e_tag: Some(convert::etag(&out.etag)),
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        if input.version_id.as_deref().is_some_and(|v| v != "null") {
+            return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
+        }
+        self.origin
+            .delete_object(&input.bucket, &input.key)
+            .await
+            .map_err(origin_error)?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        if input.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "A DeleteObjects request names at most 1000 keys."
+            ));
+        }
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let bucket = input.bucket.as_str();
+        let results: Vec<(String, Result<(), s3s::S3Error>)> =
+            futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
+                let result = match convert::check_key(&o.key) {
+                    Ok(()) => self.origin.delete_object(bucket, &o.key).await.map_err(origin_error),
+                    Err(e) => Err(e),
+                };
+                (o.key, result)
+            }))
+            .buffered(16)
+            .collect()
+            .await;
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for (key, result) in results {
+            match result {
+                Ok(()) if !quiet => deleted.push(DeletedObject {
+                    key: Some(key),
+                    ..Default::default()
+                }),
+                Ok(()) => {}
+                Err(e) => errors.push(Error {
+                    code: Some(e.code().as_str().to_owned()),
+                    key: Some(key),
+                    message: e.message().map(str::to_owned),
+                    version_id: None,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        let (src_bucket, src_key) = copy_source(&input.copy_source)?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let directive = if replace {
+            Directive::Replace(convert::content_headers(
+                input.content_type,
+                input.cache_control,
+                input.content_encoding,
+                input.content_disposition,
+                input.content_language,
+                input.expires,
+                input.metadata,
+            ))
+        } else {
+            Directive::Copy
+        };
+        let copy = CopyInput {
+            src_bucket,
+            src_key,
+            conditions: convert::conditions(
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+                input.copy_source_if_modified_since,
+                input.copy_source_if_unmodified_since,
+            ),
+            directive,
+        };
+        let out = self
+            .origin
+            .copy_object(&input.bucket, &input.key, &copy)
+            .await
+            .map_err(origin_error)?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(convert::etag(&out.etag)),
+                last_modified: Some(Timestamp::from(out.last_modified)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type);
+        let query = ListQuery {
+            prefix: input.prefix.clone().filter(|p| !p.is_empty()),
+            delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
+            max_keys: max_keys_of(input.max_keys)?,
+            start_after: input.start_after.clone().filter(|s| !s.is_empty()),
+            continuation: input.continuation_token.clone().filter(|s| !s.is_empty()),
+        };
+        let page = self
+            .origin
+            .list_objects(&input.bucket, &query)
+            .await
+            .map_err(origin_error)?;
+        let key_count = (page.objects.len() + page.common_prefixes.len()) as i32;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
+            delimiter: input.delimiter.map(|d| encode(d, url)),
+            max_keys: Some(query.max_keys as i32),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after.map(|s| encode(s, url)),
+            is_truncated: Some(page.next.is_some()),
+            next_continuation_token: page.next.clone(),
+            contents: Some(objects_of(&page, url)),
+            common_prefixes: prefixes_of(&page, url),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type);
+        let prefix = input.prefix.clone().filter(|p| !p.is_empty());
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let page = self
+            .list_page(&input.bucket, prefix, delimiter, input.max_keys, input.marker.clone())
+            .await?;
+        let truncated = page.next.is_some();
+        let next_marker = if truncated { last_name(&page) } else { None };
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
+            delimiter: input.delimiter.map(|d| encode(d, url)),
+            marker: Some(encode(input.marker.unwrap_or_default(), url)),
+            max_keys: Some(max_keys_of(input.max_keys)? as i32),
+            is_truncated: Some(truncated),
+            next_marker: next_marker.map(|m| encode(m, url)),
+            contents: Some(objects_of(&page, url)),
+            common_prefixes: prefixes_of(&page, url),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        let url = wants_url(&input.encoding_type);
+        let prefix = input.prefix.clone().filter(|p| !p.is_empty());
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let page = self
+            .list_page(
+                &input.bucket,
+                prefix,
+                delimiter,
+                input.max_keys,
+                input.key_marker.clone(),
+            )
+            .await?;
+        let truncated = page.next.is_some();
+        let next_key_marker = if truncated { last_name(&page) } else { None };
+        let versions = page
+            .objects
+            .iter()
+            .map(|o| ObjectVersion {
+                key: Some(encode(o.key.clone(), url)),
+                size: Some(o.size as i64),
+                e_tag: Some(convert::etag(&o.etag)),
+                last_modified: Some(Timestamp::from(o.last_modified)),
+                is_latest: Some(true),
+                version_id: Some("null".to_owned()),
+                storage_class: Some(ObjectVersionStorageClass::from_static(
+                    ObjectVersionStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
+            delimiter: input.delimiter.map(|d| encode(d, url)),
+            key_marker: Some(encode(input.key_marker.unwrap_or_default(), url)),
+            version_id_marker: input.version_id_marker,
+            max_keys: Some(max_keys_of(input.max_keys)? as i32),
+            is_truncated: Some(truncated),
+            next_version_id_marker: next_key_marker.as_ref().map(|_| "null".to_owned()),
+            next_key_marker: next_key_marker.map(|m| encode(m, url)),
+            versions: Some(versions),
+            common_prefixes: prefixes_of(&page, url),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        let headers = convert::content_headers(
+            input.content_type,
+            input.cache_control,
+            input.content_encoding,
+            input.content_disposition,
+            input.content_language,
+            input.expires,
+            input.metadata,
+        );
+        let upload_id = self
+            .origin
+            .create_multipart_upload(&input.bucket, &input.key, &headers)
+            .await
+            .map_err(origin_error)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let trailers = req.trailing_headers;
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        if !(1..=10000).contains(&input.part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive"
+            ));
+        }
+        let declared = Declared {
+            content_length: input.content_length,
+            content_md5: input.content_md5.as_deref(),
+            algorithm: input.checksum_algorithm.as_ref(),
+            checksums: convert::checksums(
+                input.checksum_crc32.clone(),
+                input.checksum_crc32c.clone(),
+                input.checksum_crc64nvme.clone(),
+                input.checksum_sha1.clone(),
+                input.checksum_sha256.clone(),
+            ),
+        };
+        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let etag = self
+            .origin
+            .upload_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                &body.body,
+            )
+            .await
+            .map_err(origin_error)?;
+        let c = body.checksums.clone();
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(convert::etag(&etag)),
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        let parts = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .ok_or_else(|| s3_error!(MalformedXML, "The XML names no parts."))?;
+        let parts = parts
+            .into_iter()
+            .map(|p| {
+                let part_number = p
+                    .part_number
+                    .ok_or_else(|| s3_error!(MalformedXML, "A part has no PartNumber."))?;
+                let etag = p.e_tag.ok_or_else(|| s3_error!(MalformedXML, "A part has no ETag."))?;
+                Ok(OriginPart {
+                    part_number,
+                    etag: format!("\"{}\"", etag.value()),
+                })
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let etag = self
+            .origin
+            .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts)
+            .await
+            .map_err(origin_error)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(convert::etag(&etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.origin
+            .abort_multipart_upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(origin_error)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let all = self
+            .origin
+            .list_parts(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(origin_error)?;
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let marker = input.part_number_marker.unwrap_or(0);
+        let mut rest = all.into_iter().filter(|p| p.part_number > marker);
+        let parts: Vec<Part> = rest
+            .by_ref()
+            .take(max)
+            .map(|p| Part {
+                part_number: Some(p.part_number),
+                e_tag: Some(convert::etag(&p.etag)),
+                size: Some(p.size as i64),
+                last_modified: Some(Timestamp::from(p.last_modified)),
+                ..Default::default()
+            })
+            .collect();
+        let truncated = rest.next().is_some();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max as i32),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: if truncated {
+                parts.last().and_then(|p| p.part_number)
+            } else {
+                None
+            },
+            is_truncated: Some(truncated),
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let all = self
+            .origin
+            .list_multipart_uploads(&input.bucket, &prefix)
+            .await
+            .map_err(origin_error)?;
+        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+        let key_marker = input.key_marker.clone().unwrap_or_default();
+        let id_marker = input.upload_id_marker.clone().unwrap_or_default();
+        let after_marker = |u: &perch_cache::origin::UploadInfo| {
+            key_marker.is_empty()
+                || u.key > key_marker
+                || (u.key == key_marker && !id_marker.is_empty() && u.upload_id > id_marker)
+        };
+        let mut rest = all.into_iter().filter(after_marker);
+        let uploads: Vec<MultipartUpload> = rest
+            .by_ref()
+            .take(max)
+            .map(|u| MultipartUpload {
+                key: Some(u.key),
+                upload_id: Some(u.upload_id),
+                initiated: Some(Timestamp::from(u.initiated)),
+                ..Default::default()
+            })
+            .collect();
+        let truncated = rest.next().is_some();
+        let last = uploads.last();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_key_marker: if truncated {
+                last.and_then(|u| u.key.clone())
+            } else {
+                None
+            },
+            next_upload_id_marker: if truncated {
+                last.and_then(|u| u.upload_id.clone())
+            } else {
+                None
+            },
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+}

@@ -1,0 +1,245 @@
+//! Receives a request body whole before anything is sent on: verifies its length, its signed
+//! SHA-256 (through s3s), Content-MD5 and flexible checksums, and keeps it replayable for retries.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use perch_cache::origin::{Checksums, PutBody};
+use s3s::checksum::ChecksumHasher;
+use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
+use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
+use tokio::io::AsyncWriteExt;
+
+/// Bodies up to this size stay in memory; larger ones go to a temp file under the data dir.
+const IN_MEMORY_MAX: u64 = 8 << 20;
+
+/// A verified body. A file-backed one is removed when this is dropped.
+pub struct Spooled {
+    pub body: PutBody,
+    /// The checksums the client declared, all verified.
+    pub checksums: Checksums,
+    _file: Option<TempFile>,
+}
+
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What the client declared about the body.
+#[derive(Default)]
+pub struct Declared<'a> {
+    pub content_length: Option<i64>,
+    pub content_md5: Option<&'a str>,
+    pub algorithm: Option<&'a ChecksumAlgorithm>,
+    pub checksums: Checksums,
+}
+
+/// Maps a failure of the body stream to the S3 error the client should see.
+/// s3s keeps its stream error types private, so they are told apart by their names.
+fn stream_error(err: &(dyn std::error::Error + 'static)) -> S3Error {
+    if let Some(e) = err.downcast_ref::<S3Error>() {
+        return S3Error::with_message(e.code().clone(), e.message().unwrap_or("").to_owned());
+    }
+    let text = err.to_string();
+    if text.contains("Sha256Mismatch") {
+        let code = "XAmzContentSHA256Mismatch".parse().unwrap_or(S3ErrorCode::BadDigest);
+        let mut e = S3Error::with_message(
+            code,
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        );
+        e.set_status_code(http::StatusCode::BAD_REQUEST);
+        e
+    } else if text.contains("SignatureMismatch") {
+        s3_error!(SignatureDoesNotMatch, "A chunk signature does not match.")
+    } else if text.contains("LengthMismatch") {
+        s3_error!(IncompleteBody, "The body is longer than its declared length.")
+    } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany") {
+        s3_error!(InvalidRequest, "The aws-chunked body is malformed.")
+    } else {
+        s3_error!(IncompleteBody, "The request body ended before its declared length.")
+    }
+}
+
+fn hasher_for(declared: &Declared<'_>) -> S3Result<ChecksumHasher> {
+    let mut h = ChecksumHasher::default();
+    let c = &declared.checksums;
+    if c.crc32.is_some() {
+        h.crc32 = Some(Default::default());
+    }
+    if c.crc32c.is_some() {
+        h.crc32c = Some(Default::default());
+    }
+    if c.crc64nvme.is_some() {
+        h.crc64nvme = Some(Default::default());
+    }
+    if c.sha1.is_some() {
+        h.sha1 = Some(Default::default());
+    }
+    if c.sha256.is_some() {
+        h.sha256 = Some(Default::default());
+    }
+    if let Some(alg) = declared.algorithm {
+        match alg.as_str() {
+            ChecksumAlgorithm::CRC32 => h.crc32 = Some(Default::default()),
+            ChecksumAlgorithm::CRC32C => h.crc32c = Some(Default::default()),
+            ChecksumAlgorithm::CRC64NVME => h.crc64nvme = Some(Default::default()),
+            ChecksumAlgorithm::SHA1 => h.sha1 = Some(Default::default()),
+            ChecksumAlgorithm::SHA256 => h.sha256 = Some(Default::default()),
+            other => return Err(s3_error!(InvalidArgument, "Unsupported checksum algorithm `{other}`")),
+        }
+    }
+    Ok(h)
+}
+
+/// Fills in checksums that arrived as trailers of an aws-chunked body.
+pub fn apply_trailers(checksums: &mut Checksums, trailers: Option<&s3s::TrailingHeaders>) -> S3Result<()> {
+    let Some(map) = trailers.and_then(|t| t.take()) else {
+        return Ok(());
+    };
+    let get = |name: &str| -> S3Result<Option<String>> {
+        map.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| s3_error!(InvalidArgument, "invalid trailer {name}"))
+            })
+            .transpose()
+    };
+    if let Some(v) = get("x-amz-checksum-crc32")? {
+        checksums.crc32 = Some(v);
+    }
+    if let Some(v) = get("x-amz-checksum-crc32c")? {
+        checksums.crc32c = Some(v);
+    }
+    if let Some(v) = get("x-amz-checksum-crc64nvme")? {
+        checksums.crc64nvme = Some(v);
+    }
+    if let Some(v) = get("x-amz-checksum-sha1")? {
+        checksums.sha1 = Some(v);
+    }
+    if let Some(v) = get("x-amz-checksum-sha256")? {
+        checksums.sha256 = Some(v);
+    }
+    Ok(())
+}
+
+fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -> S3Result<()> {
+    match (declared, computed) {
+        (Some(d), Some(c)) if d != c => Err(s3_error!(
+            BadDigest,
+            "The {name} you specified did not match the calculated checksum."
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `body` to its end into memory or a temp file in `dir`, verifying everything declared.
+/// `trailers` is read after the body ends, when trailer checksums have arrived.
+pub async fn receive(
+    body: Option<StreamingBlob>,
+    declared: Declared<'_>,
+    trailers: Option<&s3s::TrailingHeaders>,
+    dir: &Path,
+) -> S3Result<Spooled> {
+    let mut hasher = hasher_for(&declared)?;
+    let mut md5 = Md5::new();
+    let expected_len = match declared.content_length {
+        Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
+        Some(n) => Some(n as u64),
+        None => None,
+    };
+    let to_file = expected_len.is_none_or(|n| n > IN_MEMORY_MAX);
+
+    let mut mem = BytesMut::new();
+    let mut file = None;
+    let mut temp = None;
+    if to_file {
+        let path = dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
+        let f = tokio::fs::File::create(&path).await.map_err(internal)?;
+        temp = Some(TempFile(path));
+        file = Some(tokio::io::BufWriter::with_capacity(1 << 20, f));
+    }
+
+    let mut len: u64 = 0;
+    if let Some(mut stream) = body {
+        while let Some(chunk) = stream.next().await {
+            let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
+            len += chunk.len() as u64;
+            if expected_len.is_some_and(|n| len > n) {
+                return Err(s3_error!(
+                    IncompleteBody,
+                    "The body is longer than its declared length."
+                ));
+            }
+            md5.update(&chunk);
+            hasher.update(&chunk);
+            match &mut file {
+                Some(f) => f.write_all(&chunk).await.map_err(internal)?,
+                None => mem.extend_from_slice(&chunk),
+            }
+        }
+    }
+    if expected_len.is_some_and(|n| len != n) {
+        return Err(s3_error!(
+            IncompleteBody,
+            "The request body ended before its declared length."
+        ));
+    }
+    if let Some(f) = &mut file {
+        f.flush().await.map_err(internal)?;
+    }
+
+    let md5_raw = md5.finalize();
+    if let Some(content_md5) = declared.content_md5 {
+        let given = base64_simd::STANDARD
+            .decode_to_vec(content_md5)
+            .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
+        if given.as_slice() != md5_raw.as_slice() {
+            return Err(s3_error!(
+                BadDigest,
+                "The Content-MD5 you specified did not match what we received."
+            ));
+        }
+    }
+
+    let mut checksums = declared.checksums;
+    apply_trailers(&mut checksums, trailers)?;
+    let computed = hasher.finalize();
+    check_one("CRC32 checksum", &checksums.crc32, &computed.checksum_crc32)?;
+    check_one("CRC32C checksum", &checksums.crc32c, &computed.checksum_crc32c)?;
+    check_one("CRC64NVME checksum", &checksums.crc64nvme, &computed.checksum_crc64nvme)?;
+    check_one("SHA1 checksum", &checksums.sha1, &computed.checksum_sha1)?;
+    check_one("SHA256 checksum", &checksums.sha256, &computed.checksum_sha256)?;
+    // A checksum the client asked for by algorithm (e.g. a trailer that never came) is kept as computed.
+    let checksums = Checksums {
+        crc32: checksums.crc32.or(computed.checksum_crc32),
+        crc32c: checksums.crc32c.or(computed.checksum_crc32c),
+        crc64nvme: checksums.crc64nvme.or(computed.checksum_crc64nvme),
+        sha1: checksums.sha1.or(computed.checksum_sha1),
+        sha256: checksums.sha256.or(computed.checksum_sha256),
+    };
+
+    let body = match &temp {
+        Some(t) => PutBody::File { path: t.0.clone(), len },
+        None => PutBody::Bytes(mem.freeze()),
+    };
+    Ok(Spooled {
+        body,
+        checksums,
+        _file: temp,
+    })
+}
+
+fn internal(e: std::io::Error) -> S3Error {
+    tracing::error!(error = %e, "spooling a request body failed");
+    S3Error::with_message(
+        S3ErrorCode::InternalError,
+        "Perch could not store the request body locally.",
+    )
+}
