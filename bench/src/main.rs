@@ -1,9 +1,7 @@
 //! `perch-bench`: benchmark and test-harness tools for Perch.
 //! Subcommands: `origin-proxy` (fault-injecting S3 origin proxy); `run` and `compare-nginx` are to come.
 
-mod body;
-mod faults;
-mod proxy;
+use perch_bench::proxy;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

@@ -274,99 +274,134 @@ impl Drop for ClientStream {
 /// never reaches the upstream. `reset` and `stall` close the client connection with a
 /// TCP RST (SO_LINGER 0) and no response; they are recorded with status 0.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let listen = parse_listen(&args.listen)?;
-    let upstream = parse_upstream(&args.upstream)?;
-    let baseline = FaultSettings {
-        error_rate: args.error_rate,
-        error_kinds: args.error_kinds.clone(),
-        latency_ms: args.latency_ms,
-        stall_ms: args.stall_ms,
-        bandwidth_bytes_per_sec: args.bandwidth_bytes_per_sec,
-        outage: false,
-        match_method: None,
-        match_key_prefix: None,
-        fail_next: 0,
-    };
-    baseline.validate().map_err(|e| anyhow!("invalid fault options: {e}"))?;
-    let schedule = match &args.outage_schedule {
-        Some(spec) => parse_outage_schedule(spec).map_err(|e| anyhow!("--outage-schedule: {e}"))?,
-        None => Vec::new(),
-    };
-    let seed = args.seed.unwrap_or_else(rand::random);
-    let file = match &args.log {
-        Some(path) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open --log file {}", path.display()))?,
-        ),
-        None => None,
-    };
-
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr()?;
+    let proxy = Proxy::bind(&args).await?;
     {
         let mut out = io::stdout().lock();
-        writeln!(out, "listening on {local}")?;
+        writeln!(out, "listening on {}", proxy.local_addr())?;
         out.flush()?;
     }
-    info!(%local, %upstream, seed, "origin proxy ready");
+    proxy.serve(shutdown_signal()).await
+}
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .http1_preserve_header_case(true)
-        .build(connector);
+/// A bound proxy, ready to serve (used in-process by tests through `servers::ProxyServer`).
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    max_connections: usize,
+}
 
-    let shared = Arc::new(Shared {
-        upstream,
-        client,
-        engine: Mutex::new(FaultEngine::new(baseline, schedule, seed)),
-        journal: Mutex::new(Journal {
-            records: VecDeque::new(),
-            counts: BTreeMap::new(),
-            floor: 0,
-            max_records: args.max_log_records.max(1),
-            dropped: 0,
-            file,
-            file_failed: false,
-        }),
-        new_conn_rtts: args.new_conn_rtts,
-        seed,
-    });
-
-    let slots = Arc::new(Semaphore::new(args.max_connections.max(1)));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut next_conn = 0u64;
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit?,
-            _ = &mut shutdown => break,
+impl Proxy {
+    /// Binds the listener and prepares the upstream client.
+    pub async fn bind(args: &ProxyArgs) -> anyhow::Result<Proxy> {
+        let listen = parse_listen(&args.listen)?;
+        let upstream = parse_upstream(&args.upstream)?;
+        let baseline = FaultSettings {
+            error_rate: args.error_rate,
+            error_kinds: args.error_kinds.clone(),
+            latency_ms: args.latency_ms,
+            stall_ms: args.stall_ms,
+            bandwidth_bytes_per_sec: args.bandwidth_bytes_per_sec,
+            outage: false,
+            match_method: None,
+            match_key_prefix: None,
+            fail_next: 0,
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
+        baseline.validate().map_err(|e| anyhow!("invalid fault options: {e}"))?;
+        let schedule = match &args.outage_schedule {
+            Some(spec) => parse_outage_schedule(spec).map_err(|e| anyhow!("--outage-schedule: {e}"))?,
+            None => Vec::new(),
         };
-        next_conn += 1;
-        tokio::spawn(serve_connection(shared.clone(), stream, next_conn, permit));
+        let seed = args.seed.unwrap_or_else(rand::random);
+        let file = match &args.log {
+            Some(path) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open --log file {}", path.display()))?,
+            ),
+            None => None,
+        };
+
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        info!(%local, %upstream, seed, "origin proxy ready");
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .http1_preserve_header_case(true)
+            .build(connector);
+
+        let shared = Arc::new(Shared {
+            upstream,
+            client,
+            engine: Mutex::new(FaultEngine::new(baseline, schedule, seed)),
+            journal: Mutex::new(Journal {
+                records: VecDeque::new(),
+                counts: BTreeMap::new(),
+                floor: 0,
+                max_records: args.max_log_records.max(1),
+                dropped: 0,
+                file,
+                file_failed: false,
+            }),
+            new_conn_rtts: args.new_conn_rtts,
+            seed,
+        });
+
+        Ok(Proxy {
+            listener,
+            shared,
+            local,
+            max_connections: args.max_connections.max(1),
+        })
     }
-    info!("origin proxy shutting down");
-    Ok(())
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Proxy {
+            listener,
+            shared,
+            max_connections,
+            ..
+        } = self;
+        let slots = Arc::new(Semaphore::new(max_connections));
+        tokio::pin!(shutdown);
+        let mut next_conn = 0u64;
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit?,
+                _ = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            next_conn += 1;
+            tokio::spawn(serve_connection(shared.clone(), stream, next_conn, permit));
+        }
+        info!("origin proxy shutting down");
+        Ok(())
+    }
 }
 
 async fn shutdown_signal() {
