@@ -1,7 +1,7 @@
 //! `S3Origin` against a real S3 server (moto on loopback): the operations, the error classes,
 //! and the latency of sequential small GETs on a kept-alive, TCP_NODELAY connection.
 
-mod common;
+mod conformance;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,12 +11,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use perch_cache::origin::*;
 
-use common::MotoServer;
+use perch_bench::servers::MotoServer;
 
 fn config(endpoint: &str) -> S3OriginConfig {
     S3OriginConfig {
         endpoint: endpoint.to_owned(),
-        region: "us-east-1".to_owned(),
+        // Not us-east-1: there S3 (and moto) answer 200 to re-creating one's own bucket.
+        region: "eu-west-1".to_owned(),
         access_key_id: Some("testing".to_owned()),
         secret_access_key: Some("testing".to_owned()),
         connect_timeout: Duration::from_secs(2),
@@ -451,19 +452,10 @@ async fn multipart_uploads() {
         .expect("part 2");
     assert!(e1.starts_with('"') && e2.starts_with('"'));
 
-    match o.list_parts("multipart", "big/obj", &id).await {
-        Ok(parts) => {
-            let got: Vec<_> = parts.iter().map(|p| (p.part_number, p.size)).collect();
-            assert_eq!(got, [(1, 5 * 1024 * 1024), (2, 4)]);
-            assert_eq!(parts[0].etag, e1);
-        }
-        // moto (5.2.1 to 5.2.5 at least) answers ListParts with a <ListPartsResponse> root
-        // where S3 sends <ListPartsResult>; aws-sdk-s3 checks the root and refuses it.
-        Err(OriginError::Transient(msg)) if msg.contains("expected ListPartsResult but got") => {
-            eprintln!("MOTO QUIRK: ListParts root element is not ListPartsResult; list_parts unchecked on moto");
-        }
-        Err(e) => panic!("list parts: {e:?}"),
-    }
+    let parts = o.list_parts("multipart", "big/obj", &id).await.expect("list parts");
+    let got: Vec<_> = parts.iter().map(|p| (p.part_number, p.size)).collect();
+    assert_eq!(got, [(1, 5 * 1024 * 1024), (2, 4)]);
+    assert_eq!(parts[0].etag, e1);
 
     let uploads = o.list_multipart_uploads("multipart", "").await.expect("list uploads");
     let mut found: Vec<_> = uploads.iter().map(|u| (u.key.as_str(), u.upload_id.as_str())).collect();
@@ -509,17 +501,7 @@ async fn multipart_uploads() {
         o.list_parts("multipart", "other", &other).await,
         Err(OriginError::NoSuchUpload)
     ));
-    assert!(matches!(
-        o.upload_part(
-            "multipart",
-            "other",
-            &other,
-            1,
-            &PutBody::Bytes(Bytes::from_static(b"x"))
-        )
-        .await,
-        Err(OriginError::NoSuchUpload)
-    ));
+    // (An upload_part after the abort is a 404 NoSuchUpload on S3, but a 500 on moto.)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,12 +573,9 @@ async fn errors_are_classified() {
         Err(OriginError::Rejected { status: 409, code, .. }) => assert_eq!(code, "BucketNotEmpty"),
         other => panic!("delete of a non-empty bucket: {other:?}"),
     }
-    // Creating one's own bucket again: us-east-1 answers 200 (as moto does), others 409.
+    // Creating one's own bucket again (outside us-east-1, which answers 200).
     match o.create_bucket("errors").await {
-        Ok(()) => {}
-        Err(OriginError::Rejected { status: 409, code, .. }) => {
-            assert!(code.starts_with("BucketAlready"), "code {code}")
-        }
+        Err(OriginError::Rejected { status: 409, code, .. }) => assert_eq!(code, "BucketAlreadyOwnedByYou"),
         other => panic!("create of an existing bucket: {other:?}"),
     }
 
@@ -686,55 +665,164 @@ async fn configuration_is_checked_and_anonymous_works() {
         other => panic!("unsigned get of a private object: {other:?}"),
     }
 
-    // A named region other than us-east-1 sends its location constraint.
-    let eu = S3OriginConfig {
-        region: "eu-west-1".to_owned(),
+    // us-east-1 sends no location constraint (moto refuses one naming us-east-1); the
+    // other named regions send theirs (the other tests use eu-west-1).
+    let us = S3OriginConfig {
+        region: "us-east-1".to_owned(),
         ..config(&moto.endpoint)
     };
-    S3Origin::new(eu)
-        .expect("origin in eu-west-1")
-        .create_bucket("in-eu")
+    S3Origin::new(us)
+        .expect("origin in us-east-1")
+        .create_bucket("in-us")
         .await
-        .expect("create bucket in eu-west-1");
+        .expect("create bucket in us-east-1");
 
     // The default region, `auto`, as for Tigris, signs every request with it. (moto takes
     // `auto` for a real region and wants it as a location constraint, which Tigris does not:
-    // the bucket is made with us-east-1.)
+    // the bucket is made in us-east-1.)
     let auto = S3OriginConfig {
         region: "auto".to_owned(),
         ..config(&moto.endpoint)
     };
     let o = S3Origin::new(auto).expect("origin in region auto");
-    o.head_bucket("in-eu").await.expect("head bucket in region auto");
-    o.put_object("in-eu", "k", &put(b"auto"))
+    o.head_bucket("in-us").await.expect("head bucket in region auto");
+    o.put_object("in-us", "k", &put(b"auto"))
         .await
         .expect("put in region auto");
     let got = o
-        .get_object("in-eu", "k", None, &no_conditions())
+        .get_object("in-us", "k", None, &no_conditions())
         .await
         .expect("get in region auto");
     assert_eq!(read_all(got).await, b"auto");
 }
 
-/// Prints the mean time of sequential small GETs over the kept-alive connection: with
-/// TCP_NODELAY it is a millisecond or two; without, ~40 ms per request on loopback.
+/// A minimal keep-alive HTTP/1.1 server answering every request as S3 answers a small GET
+/// or PUT, head and body in separate writes. Its own sockets have TCP_NODELAY, so only the
+/// client's setting shows. Returns its address and a count of the connections it accepted.
+async fn keep_alive_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            sock.set_nodelay(true).expect("nodelay");
+            tokio::spawn(async move {
+                let mut sock = BufReader::new(sock);
+                loop {
+                    let (mut method, mut length) = (String::new(), 0usize);
+                    loop {
+                        let mut line = String::new();
+                        if sock.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if method.is_empty() {
+                            method = line.split(' ').next().unwrap_or_default().to_owned();
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if sock.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let etag = "\"781e5e245d69b566979b86e28d23f2c7\"";
+                    let (head, body): (String, &[u8]) = if method == "GET" {
+                        (
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: {etag}\r\n\
+                                 Last-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\n\
+                                 Content-Type: application/octet-stream\r\n\r\n"
+                            ),
+                            b"0123456789",
+                        )
+                    } else {
+                        (
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: {etag}\r\n\r\n"),
+                            b"",
+                        )
+                    };
+                    let sock = sock.get_mut();
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if !body.is_empty() && sock.write_all(body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// Prints the mean time of sequential small requests over one kept-alive connection. With
+/// TCP_NODELAY on the origin sockets a request takes well under 2 ms on loopback; without it
+/// a PUT waits for a delayed ACK, ~40 ms. (moto closes its connection after each answer, so
+/// the keep-alive measurement uses a small local server; the moto figure is printed too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_small_gets_are_fast() {
+async fn sequential_small_requests_are_fast() {
+    let n = 100u32;
+    let (addr, connections) = keep_alive_server().await;
+    let o = S3Origin::new(config(&format!("http://{addr}"))).expect("new");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("small");
+    std::fs::write(&path, b"0123456789").expect("write");
+    let file = PutInput {
+        body: PutBody::File { path, len: 10 },
+        ..put(b"")
+    };
+
+    let mut means = Vec::new();
+    for what in ["GET", "PUT bytes", "PUT file"] {
+        let mut total = Duration::ZERO;
+        for i in 0..n + 5 {
+            let started = Instant::now();
+            match what {
+                "GET" => {
+                    let got = o.get_object("b", "k", None, &no_conditions()).await.expect("get");
+                    assert_eq!(read_all(got).await, b"0123456789");
+                }
+                "PUT bytes" => {
+                    o.put_object("b", "k", &put(b"0123456789")).await.expect("put");
+                }
+                _ => {
+                    o.put_object("b", "k", &file).await.expect("put file");
+                }
+            }
+            if i >= 5 {
+                total += started.elapsed();
+            }
+        }
+        means.push(format!("{what} {:?}", total / n));
+    }
+    let used = connections.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "S3Origin, keep-alive server on loopback, {n} sequential 10-byte requests each: mean {}; {used} connection(s)",
+        means.join(", ")
+    );
+    // One connection, or two when a request sets out before the last one's is back in the pool.
+    assert!(
+        used <= 3,
+        "sequential requests reuse pooled connections ({used} for {} requests)",
+        3 * (n + 5)
+    );
+
     let moto = MotoServer::start();
-    let o: Arc<dyn Origin> = Arc::new(origin(&moto));
+    let o = origin(&moto);
     o.create_bucket("latency").await.expect("create bucket");
     o.put_object("latency", "small", &put(b"0123456789"))
         .await
         .expect("put");
-    for _ in 0..5 {
-        read_all(
-            o.get_object("latency", "small", None, &no_conditions())
-                .await
-                .expect("warm-up get"),
-        )
-        .await;
-    }
-    let n = 100;
     let started = Instant::now();
     for _ in 0..n {
         let got = o
@@ -743,13 +831,55 @@ async fn sequential_small_gets_are_fast() {
             .expect("get");
         assert_eq!(read_all(got).await.len(), 10);
     }
-    let get_mean = started.elapsed() / n;
-    let started = Instant::now();
-    for i in 0..n {
-        o.put_object("latency", &format!("p{i}"), &put(b"0123456789"))
-            .await
-            .expect("put");
-    }
-    let put_mean = started.elapsed() / n;
-    println!("S3Origin on moto (loopback): {n} sequential 10-byte GETs: mean {get_mean:?}; PUTs: mean {put_mean:?}");
+    println!(
+        "S3Origin on moto (a new connection per request): {n} sequential 10-byte GETs: mean {:?}",
+        started.elapsed() / n
+    );
+}
+
+/// The shared conformance suite (tests/conformance) over `S3Origin` and moto, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "moto quirks stop it in its second area, `conditions` (see the area tests below)"]
+async fn conformance_suite() {
+    let moto = MotoServer::start();
+    let o: Arc<dyn Origin> = Arc::new(origin(&moto));
+    conformance::run_all(o, "conformance").await;
+}
+
+/// Each area of the suite alone, on its own server, so that one failure does not hide the others.
+/// The ignored ones fail on moto (5.2.1) where moto differs from S3, not on `S3Origin`: run them
+/// with `--ignored` against a server that behaves as S3 does.
+macro_rules! conformance_area {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $name() {
+            let moto = MotoServer::start();
+            let o = origin(&moto);
+            o.create_bucket("area").await.expect("create bucket");
+            conformance::$name(&o, "area").await;
+        }
+    )*};
+}
+
+mod area {
+    use super::*;
+    conformance_area!(
+        objects,
+        #[ignore = "moto: HEAD with If-Match true and If-Unmodified-Since false answers 412 (S3: 200)"]
+        conditions,
+        #[ignore = "moto: an unquoted If-Match ETag does not match on HEAD (S3 accepts it)"]
+        condition_forms,
+        conditional_puts,
+        ranges,
+        listing,
+        #[ignore = "moto: CopyObject ignores x-amz-copy-source-if-match (and -if-modified/-unmodified-since)"]
+        copy,
+        multipart,
+        #[ignore = "moto: parts out of order answer EntityTooSmall, not InvalidPartOrder"]
+        multipart_errors,
+        #[ignore = "moto: a 1025-byte key is accepted (S3: 400 KeyTooLongError)"]
+        keys,
+        buckets,
+    );
 }
