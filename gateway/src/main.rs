@@ -129,6 +129,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", config.admin_listen))?;
+    // One machine-readable line on stdout, so scripts and tests can use port 0.
+    println!("listening s3={} admin={}", listener.local_addr()?, admin.local_addr()?);
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
