@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
 use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
 use s3s::host::{S3Host, VirtualHost};
 use s3s::path::S3Path;
 use s3s::{S3Result, s3_error};
@@ -41,6 +42,36 @@ impl S3Host for PerchHost {
             return Ok(VirtualHost::new(self.domain.as_str()).with_bucket(bucket.to_owned()));
         }
         Ok(VirtualHost::new(host))
+    }
+}
+
+/// The one key pair clients sign with. Unlike s3s's `SimpleAuth` (which answers `NotSignedUp`),
+/// an unknown access key gets S3's 403 `InvalidAccessKeyId`.
+pub struct KeyPair {
+    access_key_id: String,
+    secret: SecretKey,
+}
+
+impl KeyPair {
+    pub fn new(access_key_id: String, secret_access_key: String) -> Self {
+        Self {
+            access_key_id,
+            secret: SecretKey::from(secret_access_key),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for KeyPair {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        if access_key == self.access_key_id {
+            Ok(self.secret.clone())
+        } else {
+            Err(s3_error!(
+                InvalidAccessKeyId,
+                "The AWS access key Id you provided does not exist in our records."
+            ))
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perch_cache::origin::retry::RetryPolicy;
 use perch_cache::origin::{FsOrigin, Origin, OriginStats, RetryingOrigin, S3Origin, S3OriginConfig};
-use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
 
@@ -115,7 +114,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
 
     let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, spool_dir));
-    builder.set_auth(SimpleAuth::from_single(
+    builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
     ));
