@@ -23,7 +23,7 @@ use crate::config::{Config, LogFormat, OriginUrl, ServeArgs};
 /// Perch: an S3-compatible caching gateway that keeps hot objects on local disk in front of an
 /// origin store such as Tigris.
 #[derive(Parser)]
-#[command(name = "perch", version, about, long_about = None)]
+#[command(name = "perch", version, about, long_about = None, after_help = "Every option of the gateway, with its default: perch serve --help")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

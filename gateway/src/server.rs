@@ -71,6 +71,8 @@ where
             }
         });
     }
+    // Close the socket now, so new connections are refused at once instead of waiting unserved.
+    drop(listener);
     tracing::info!(listener = name, "stopped accepting; finishing requests in flight");
     if tokio::time::timeout(DRAIN_IN_FLIGHT, graceful.shutdown())
         .await

@@ -1,0 +1,345 @@
+//! Origin faults, injected by the origin proxy (perch-bench, in-process) between perch and moto:
+//! transient faults are retried until `--origin-retry-deadline` and are invisible to the client
+//! while the origin recovers in time; past the deadline the client gets 503 SlowDown; permanent
+//! answers (404, 412) pass through at once. Clients are OrioleDB-shaped raw HTTP.
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use perch_bench::servers::{MotoServer, ProxyServer};
+use raw::{Perch, ProxyControl, Req, Resp, Style, assert_error, create_bucket, md5_etag, pattern};
+
+/// moto, the fault proxy in front of it, and perch in front of the proxy.
+struct Stack {
+    perch: Perch,
+    proxy: ProxyControl,
+    _proxy: ProxyServer,
+    _moto: MotoServer,
+}
+
+impl Stack {
+    fn start(deadline: &str) -> Stack {
+        let moto = raw::moto();
+        let proxy = ProxyServer::start(&moto.endpoint, &[]);
+        let perch = Perch::s3(&proxy.endpoint, &["--origin-retry-deadline", deadline]);
+        create_bucket(perch.addr());
+        Stack {
+            proxy: ProxyControl { addr: proxy.addr },
+            perch,
+            _proxy: proxy,
+            _moto: moto,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.perch.addr()
+    }
+
+    fn put(&self, key: &str, body: &[u8]) -> Resp {
+        Req::object("PUT", self.addr(), Style::Virtual, key)
+            .body(body.to_vec())
+            .go(self.addr())
+    }
+
+    fn get(&self, key: &str) -> Resp {
+        Req::object("GET", self.addr(), Style::Virtual, key).go(self.addr())
+    }
+
+    #[track_caller]
+    fn put_ok(&self, key: &str, body: &[u8]) {
+        let r = self.put(key, body);
+        assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
+        assert_eq!(r.header("ETag"), Some(md5_etag(body).as_str()), "PUT {key}");
+    }
+
+    #[track_caller]
+    fn get_ok(&self, key: &str, body: &[u8]) {
+        let r = self.get(key);
+        assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
+        assert!(
+            r.body == body,
+            "GET {key}: wrong bytes ({} of {})",
+            r.body.len(),
+            body.len()
+        );
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        raw::perch_metric(&self.perch.server, name).unwrap_or(0.0)
+    }
+
+    /// Prints perch's log and the proxy's records when the test fails.
+    fn guard(&self) -> Guard<'_> {
+        Guard(self)
+    }
+}
+
+struct Guard<'a>(&'a Stack);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- perch log (tail) ---\n{}", self.0.perch.log_tail());
+            let log = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.proxy.log()));
+            if let Ok(log) = log {
+                eprintln!("--- proxy records ---");
+                for r in log.iter().rev().take(30).rev() {
+                    eprintln!("{r}");
+                }
+            }
+        }
+    }
+}
+
+/// The records of `key` must be `injected` faults of `kind` first, then one forwarded request
+/// answered `status`, all with `method`.
+#[track_caller]
+fn assert_records(stack: &Stack, key: &str, method: &str, kind: &str, injected: usize, status: u64) {
+    let records = stack.proxy.records_for(key);
+    assert_eq!(
+        records.len(),
+        injected + 1,
+        "{method} {key}: expected {injected} injected `{kind}` faults then one forwarded request; got {records:?}"
+    );
+    for (i, (m, _, inj)) in records.iter().take(injected).enumerate() {
+        assert_eq!(m, method, "record {i} of {key}: {records:?}");
+        assert_eq!(
+            inj.as_deref(),
+            Some(kind),
+            "record {i} of {key} must be an injected {kind}: {records:?}"
+        );
+    }
+    let (m, st, inj) = &records[injected];
+    assert_eq!(m, method, "last record of {key}: {records:?}");
+    assert_eq!(
+        *inj, None,
+        "the last record of {key} must have been forwarded: {records:?}"
+    );
+    assert_eq!(*st, status, "the forwarded {method} {key}: {records:?}");
+}
+
+#[test]
+fn put_survives_three_503s_and_lands_once() {
+    let stack = Stack::start("20s");
+    let _g = stack.guard();
+    let key = "wal/000000010000000000000003";
+    let body = pattern(2 << 20, 1);
+    let retries_before = stack.metric("perch_origin_retries_total");
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":3,"error_kinds":["503"],"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    stack.put_ok(key, &body);
+    assert_eq!(
+        stack.proxy.count("PUT", key),
+        1,
+        "the object must reach moto exactly once: {:?}",
+        stack.proxy.counts()
+    );
+    assert_records(&stack, key, "PUT", "503", 3, 200);
+    assert!(
+        stack.metric("perch_origin_retries_total") >= retries_before + 3.0,
+        "perch_origin_retries_total must count the 3 retries"
+    );
+    stack.get_ok(key, &body);
+}
+
+#[test]
+fn get_survives_slowdown_500_and_reset() {
+    let stack = Stack::start("20s");
+    let _g = stack.guard();
+    let body = pattern(300_000, 2);
+    for kind in ["slowdown", "500", "reset"] {
+        let key = format!("data/1/part-{kind}");
+        stack.put_ok(&key, &body);
+        stack.proxy.reset();
+        stack.proxy.faults(&format!(
+            r#"{{"fail_next":2,"error_kinds":["{kind}"],"match_method":"GET","match_key_prefix":"{key}"}}"#
+        ));
+        stack.get_ok(&key, &body);
+        assert_eq!(
+            stack.proxy.count("GET", &key),
+            1,
+            "{kind}: exactly one GET reached moto: {:?}",
+            stack.proxy.counts()
+        );
+        assert_records(&stack, &key, "GET", kind, 2, 200);
+    }
+}
+
+#[test]
+fn outage_past_the_deadline_gives_503_slowdown() {
+    let stack = Stack::start("2s");
+    let _g = stack.guard();
+    let key = "data/orioledb_data/control";
+    let body = pattern(1000, 3);
+    stack.put_ok(key, &body);
+    let gave_up_before = stack.metric("perch_origin_gave_up_total");
+    stack.proxy.patch(r#"{"outage":true}"#);
+
+    let start = Instant::now();
+    let r = stack.get(key);
+    let took = start.elapsed();
+    assert_error(
+        &r,
+        503,
+        "SlowDown",
+        "GET during an outage longer than the retry deadline",
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "perch gave up after {took:?}, before the 2 s deadline"
+    );
+
+    let start = Instant::now();
+    let r = stack.put("wal/outage-put", &pattern(2 << 20, 4));
+    let took = start.elapsed();
+    assert_error(
+        &r,
+        503,
+        "SlowDown",
+        "PUT during an outage longer than the retry deadline",
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "perch gave up after {took:?}, before the 2 s deadline"
+    );
+
+    let gave_up = stack.metric("perch_origin_gave_up_total");
+    assert!(
+        gave_up >= gave_up_before + 2.0,
+        "perch_origin_gave_up_total must count both give-ups: {gave_up_before} -> {gave_up}"
+    );
+    // The forwarded requests were all refused by the proxy: nothing reached moto.
+    stack.proxy.patch(r#"{"outage":false}"#);
+    let r = stack.get("wal/outage-put");
+    assert_error(&r, 404, "NoSuchKey", "the PUT refused during the outage stored nothing");
+    stack.get_ok(key, &body);
+}
+
+#[test]
+fn outage_shorter_than_the_deadline_is_invisible() {
+    let stack = Stack::start("5s");
+    let _g = stack.guard();
+    let key = "data/1/orioledb_data/short-outage";
+    let body = pattern(1 << 20, 5);
+    stack.put_ok(key, &body);
+    stack.proxy.reset();
+    stack.proxy.patch(r#"{"outage":true}"#);
+    let control = ProxyControl { addr: stack.proxy.addr };
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        control.patch(r#"{"outage":false}"#);
+    });
+    let start = Instant::now();
+    let r = stack.get(key);
+    let took = start.elapsed();
+    ender.join().expect("the thread ending the outage");
+    assert_eq!(r.status, 200, "GET across a 1 s outage (deadline 5 s): {}", r.summary());
+    assert!(r.body == body, "GET across an outage: wrong bytes");
+    assert!(
+        took >= Duration::from_secs(1),
+        "the GET cannot finish before the outage ends ({took:?})"
+    );
+    let records = stack.proxy.records_for(key);
+    assert!(
+        records.len() >= 2
+            && records[..records.len() - 1]
+                .iter()
+                .all(|r| r.2.as_deref() == Some("outage")),
+        "outage answers, then one forwarded GET: {records:?}"
+    );
+    assert_eq!(
+        records.last().map(|r| (r.1, r.2.clone())),
+        Some((200, None)),
+        "{records:?}"
+    );
+
+    // The same for a PUT (with Expect: 100-continue).
+    let key2 = "wal/short-outage-put";
+    let body2 = pattern(2 << 20, 6);
+    stack.proxy.patch(r#"{"outage":true}"#);
+    let control = ProxyControl { addr: stack.proxy.addr };
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        control.patch(r#"{"outage":false}"#);
+    });
+    let r = stack.put(key2, &body2);
+    ender.join().expect("the thread ending the outage");
+    assert_eq!(r.status, 200, "PUT across a 1 s outage: {}", r.summary());
+    assert_eq!(stack.proxy.count("PUT", key2), 1, "{:?}", stack.proxy.counts());
+    stack.get_ok(key2, &body2);
+}
+
+#[test]
+fn permanent_answers_pass_through_at_once() {
+    let stack = Stack::start("20s");
+    let _g = stack.guard();
+    let retries_before = stack.metric("perch_origin_retries_total");
+
+    // GET of a missing key: one upstream GET, 404 NoSuchKey.
+    let missing = "data/orioledb_data/missing-control";
+    stack.proxy.reset();
+    let r = stack.get(missing);
+    assert_error(&r, 404, "NoSuchKey", "GET of a missing key");
+    let records = stack.proxy.records_for(missing);
+    assert_eq!(records.len(), 1, "exactly one upstream request: {records:?}");
+    assert_eq!(records[0], ("GET".to_owned(), 404, None), "{records:?}");
+
+    // The lock taken, then a conditional PUT on it: 412 after exactly one upstream PUT.
+    let lock = "data/orioledb_data/s3_lock";
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, lock)
+        .body(b"1111111\n".to_vec())
+        .header("If-None-Match", "*")
+        .go(stack.addr());
+    assert_eq!(r.status, 200, "first lock PUT: {}", r.summary());
+    stack.proxy.reset();
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, lock)
+        .body(b"2222222\n".to_vec())
+        .header("If-None-Match", "*")
+        .go(stack.addr());
+    assert_error(&r, 412, "PreconditionFailed", "conditional PUT on an existing key");
+    assert_eq!(stack.proxy.count("PUT", lock), 1, "{:?}", stack.proxy.counts());
+    let records = stack.proxy.records_for(lock);
+    assert_eq!(
+        records,
+        vec![("PUT".to_owned(), 412, None)],
+        "one upstream PUT, nothing else (a 412 is not followed by a HEAD: there was no retry)"
+    );
+    stack.get_ok(lock, b"1111111\n");
+    assert_eq!(
+        stack.metric("perch_origin_retries_total"),
+        retries_before,
+        "permanent answers must not be retried"
+    );
+}
+
+#[test]
+fn stalled_origin_requests_are_retried() {
+    let stack = Stack::start("5s");
+    let _g = stack.guard();
+    let key = "data/1/stalled";
+    let body = pattern(1 << 20, 7);
+    // A stalled PUT (held 500 ms, then the connection is reset): retried, lands once.
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    stack.put_ok(key, &body);
+    assert_eq!(stack.proxy.count("PUT", key), 1, "{:?}", stack.proxy.counts());
+    assert_records(&stack, key, "PUT", "stall", 1, 200);
+    // A stalled GET.
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"GET","match_key_prefix":"{key}"}}"#
+    ));
+    let start = Instant::now();
+    stack.get_ok(key, &body);
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "the stall held the first attempt"
+    );
+    assert_records(&stack, key, "GET", "stall", 1, 200);
+}
