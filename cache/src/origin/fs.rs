@@ -355,7 +355,7 @@ impl Origin for FsOrigin {
 
     async fn head_object(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<ObjectMeta> {
         let (_, meta, _) = self.open_object(bucket, key).await?;
-        check_read(&meta, conditions)?;
+        conditions.check(&meta)?;
         Ok(meta)
     }
 
@@ -367,7 +367,7 @@ impl Origin for FsOrigin {
         conditions: &Conditions,
     ) -> OriginResult<GetOutput> {
         let (mut file, meta, offset) = self.open_object(bucket, key).await?;
-        check_read(&meta, conditions)?;
+        conditions.check(&meta)?;
         let span = match range {
             Some(r) => Some(r.resolve(meta.size).ok_or(OriginError::InvalidRange)?),
             None => None,
@@ -462,7 +462,7 @@ impl Origin for FsOrigin {
             ));
         }
         let (file, src, _) = self.open_object(&input.src_bucket, &input.src_key).await?;
-        check_read(&src, &input.conditions).map_err(|e| match e {
+        input.conditions.check(&src).map_err(|e| match e {
             OriginError::NotModified => OriginError::PreconditionFailed,
             e => e,
         })?;
@@ -629,7 +629,7 @@ impl Origin for FsOrigin {
                     None
                 };
                 match meta {
-                    Some(m) if same_etag(&etag, &m.etag) => found.push(m),
+                    Some(m) if super::same_etag(&etag, &m.etag) => found.push(m),
                     _ => return Ok(Err(number)),
                 }
             }
@@ -856,47 +856,6 @@ fn epoch_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Whether an `If-Match` / `If-None-Match` value (`*`, a list, weak or not, quoted or not) names `etag`.
-fn etag_matches(condition: &str, etag: &str) -> bool {
-    condition
-        .split(',')
-        .map(str::trim)
-        .any(|c| c == "*" || same_etag(c, etag))
-}
-
-fn same_etag(a: &str, b: &str) -> bool {
-    let norm = |s: &str| {
-        let s = s.trim();
-        let s = s.strip_prefix("W/").unwrap_or(s);
-        s.trim_matches('"').to_owned()
-    };
-    norm(a) == norm(b)
-}
-
-/// The preconditions of a read, in the order S3 applies them.
-fn check_read(meta: &ObjectMeta, c: &Conditions) -> OriginResult<()> {
-    let modified = epoch_secs(meta.last_modified);
-    if let Some(m) = &c.if_match {
-        if !etag_matches(m, &meta.etag) {
-            return Err(OriginError::PreconditionFailed);
-        }
-    } else if let Some(t) = c.if_unmodified_since
-        && modified > epoch_secs(t)
-    {
-        return Err(OriginError::PreconditionFailed);
-    }
-    if let Some(n) = &c.if_none_match {
-        if etag_matches(n, &meta.etag) {
-            return Err(OriginError::NotModified);
-        }
-    } else if let Some(t) = c.if_modified_since
-        && modified <= epoch_secs(t)
-    {
-        return Err(OriginError::NotModified);
-    }
-    Ok(())
-}
-
 /// The preconditions of a PUT, against the index. Called with `b.write` held for the decisive check.
 fn check_put(b: &Bucket, key: &str, input: &PutInput) -> OriginResult<()> {
     if input.if_match.is_none() && input.if_none_match.is_none() {
@@ -907,12 +866,12 @@ fn check_put(b: &Bucket, key: &str, input: &PutInput) -> OriginResult<()> {
     if let Some(m) = &input.if_match {
         match current {
             None => return Err(OriginError::NoSuchKey),
-            Some(e) if !etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
+            Some(e) if !super::etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
             Some(_) => {}
         }
     }
     if let (Some(n), Some(e)) = (&input.if_none_match, current)
-        && etag_matches(n, &e.etag)
+        && super::etag_matches(n, &e.etag)
     {
         return Err(OriginError::PreconditionFailed);
     }

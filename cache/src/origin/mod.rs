@@ -81,6 +81,55 @@ impl Conditions {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Checks these preconditions against an object's metadata, in the order S3 applies them
+    /// (RFC 9110: If-Match, else If-Unmodified-Since; then If-None-Match, else If-Modified-Since).
+    /// Times compare to the second, as HTTP dates carry them.
+    pub fn check(&self, meta: &ObjectMeta) -> OriginResult<()> {
+        let modified = epoch_secs(meta.last_modified);
+        if let Some(m) = &self.if_match {
+            if !etag_matches(m, &meta.etag) {
+                return Err(OriginError::PreconditionFailed);
+            }
+        } else if let Some(t) = self.if_unmodified_since
+            && modified > epoch_secs(t)
+        {
+            return Err(OriginError::PreconditionFailed);
+        }
+        if let Some(n) = &self.if_none_match {
+            if etag_matches(n, &meta.etag) {
+                return Err(OriginError::NotModified);
+            }
+        } else if let Some(t) = self.if_modified_since
+            && modified <= epoch_secs(t)
+        {
+            return Err(OriginError::NotModified);
+        }
+        Ok(())
+    }
+}
+
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether an `If-Match` / `If-None-Match` value (`*`, a list, weak or not, quoted or not) names `etag`.
+pub fn etag_matches(condition: &str, etag: &str) -> bool {
+    condition
+        .split(',')
+        .map(str::trim)
+        .any(|c| c == "*" || same_etag(c, etag))
+}
+
+/// Whether two ETags are the same, ignoring quotes and a weak `W/` prefix.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.trim();
+        s.strip_prefix("W/").unwrap_or(s).trim_matches('"').to_owned()
+    };
+    norm(a) == norm(b)
 }
 
 /// A byte range as the `Range` header gives it.

@@ -183,10 +183,6 @@ pub async fn body_etag(body: &PutBody) -> io::Result<String> {
     Ok(format!("\"{}\"", hex::encode(md5.finalize())))
 }
 
-fn same_etag(a: &str, b: &str) -> bool {
-    a.trim_matches('"') == b.trim_matches('"')
-}
-
 #[async_trait]
 impl Origin for RetryingOrigin {
     fn kind(&self) -> &'static str {
