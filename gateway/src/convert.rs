@@ -106,9 +106,10 @@ pub fn content_headers(
     metadata: Option<HashMap<String, String>>,
 ) -> ContentHeaders {
     ContentHeaders {
-        content_type,
+        // S3 gives an object stored without a type this one.
+        content_type: content_type.or_else(|| Some("binary/octet-stream".to_owned())),
         cache_control,
-        content_encoding,
+        content_encoding: content_encoding.and_then(|e| without_aws_chunked(&e)),
         content_disposition,
         content_language,
         expires: expires_header(expires),
@@ -118,6 +119,16 @@ pub fn content_headers(
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect::<BTreeMap<_, _>>(),
     }
+}
+
+/// `aws-chunked` in `Content-Encoding` frames the request body; it is not part of the object.
+fn without_aws_chunked(encoding: &str) -> Option<String> {
+    let kept: Vec<&str> = encoding
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 pub fn metadata(h: &ContentHeaders) -> Option<HashMap<String, String>> {
@@ -208,6 +219,14 @@ mod tests {
         assert!(check_key("../x").is_err());
         assert!(check_key("a/./b").is_err());
         assert!(check_key("a\0b").is_err());
+    }
+
+    #[test]
+    fn aws_chunked_is_not_an_object_encoding() {
+        assert_eq!(without_aws_chunked("aws-chunked"), None);
+        assert_eq!(without_aws_chunked("gzip,aws-chunked"), Some("gzip".into()));
+        assert_eq!(without_aws_chunked("aws-chunked, gzip"), Some("gzip".into()));
+        assert_eq!(without_aws_chunked("br"), Some("br".into()));
     }
 
     #[test]

@@ -352,31 +352,35 @@ impl S3 for Gateway {
         }
         let quiet = input.delete.quiet.unwrap_or(false);
         let bucket = input.bucket.as_str();
-        let results: Vec<(String, Result<(), s3s::S3Error>)> =
+        let results: Vec<(ObjectIdentifier, Result<(), s3s::S3Error>)> =
             futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
-                let result = match convert::check_key(&o.key) {
-                    Ok(()) => self.origin.delete_object(bucket, &o.key).await.map_err(origin_error),
-                    Err(e) => Err(e),
+                let result = match (convert::check_key(&o.key), o.version_id.as_deref()) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(v)) if v != "null" => {
+                        Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
+                    }
+                    (Ok(()), _) => self.origin.delete_object(bucket, &o.key).await.map_err(origin_error),
                 };
-                (o.key, result)
+                (o, result)
             }))
             .buffered(16)
             .collect()
             .await;
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
-        for (key, result) in results {
+        for (o, result) in results {
             match result {
                 Ok(()) if !quiet => deleted.push(DeletedObject {
-                    key: Some(key),
+                    key: Some(o.key),
+                    version_id: o.version_id,
                     ..Default::default()
                 }),
                 Ok(()) => {}
                 Err(e) => errors.push(Error {
                     code: Some(e.code().as_str().to_owned()),
-                    key: Some(key),
+                    key: Some(o.key),
                     message: e.message().map(str::to_owned),
-                    version_id: None,
+                    version_id: o.version_id,
                 }),
             }
         }

@@ -1,0 +1,104 @@
+"""Signatures: a wrong secret, presigned GETs (fresh and expired) fetched with `requests`."""
+
+import re
+import time
+
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from conftest import DEV_KEY, make_client
+
+
+def code_of(xml_text):
+    m = re.search(r"<Code>([^<]*)</Code>", xml_text)
+    return m and m.group(1)
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+def test_wrong_secret(perch, bucket, style):
+    good = make_client(perch, style)
+    good.put_object(Bucket=bucket, Key="k", Body=b"v")
+    bad = make_client(perch, style, secret="not-the-secret")
+    for call in [
+        lambda: bad.get_object(Bucket=bucket, Key="k"),
+        lambda: bad.put_object(Bucket=bucket, Key="k", Body=b"overwritten"),
+        lambda: bad.list_objects_v2(Bucket=bucket),
+    ]:
+        with pytest.raises(ClientError) as e:
+            call()
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    assert good.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
+def test_unknown_access_key(perch, bucket):
+    bad = make_client(perch, "path", key="AKIDUNKNOWN", secret="whatever")
+    with pytest.raises(ClientError) as e:
+        bad.list_objects_v2(Bucket=bucket)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert e.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+
+
+def test_anonymous_is_refused(perch, bucket):
+    make_client(perch, "path").put_object(Bucket=bucket, Key="k", Body=b"v")
+    r = requests.get(f"{perch.path_url}/{bucket}/k", timeout=10)
+    assert r.status_code == 403
+    assert code_of(r.text) == "AccessDenied"
+
+
+def presigner(perch, style, sig):
+    """boto3's presigner: `default` is what boto3 does unconfigured (SigV2 query auth for
+    us-east-1 here), `s3v4` is SigV4 query auth."""
+    if sig == "s3v4":
+        return make_client(perch, style, signature_version="s3v4")
+    return make_client(perch, style)
+
+
+@pytest.mark.parametrize("sig", ["s3v4", "default"])
+@pytest.mark.parametrize("style", ["path", "virtual"])
+def test_presigned_get(perch, bucket, style, sig):
+    s3 = presigner(perch, style, sig)
+    body = b"presigned body " * 100
+    s3.put_object(Bucket=bucket, Key="dir/pre signed+key", Body=body, ContentType="text/x-pre")
+
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "dir/pre signed+key"}, ExpiresIn=300)
+    if style == "virtual":
+        assert url.startswith(f"http://{bucket}.localhost:{perch.port}/"), url
+    if sig == "s3v4":
+        assert f"X-Amz-Credential={DEV_KEY}" in url, url
+    else:
+        assert f"AWSAccessKeyId={DEV_KEY}" in url, url
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.content == body
+    assert r.headers["Content-Type"] == "text/x-pre"
+
+    # Response overrides ride in the signed query.
+    url = s3.generate_presigned_url(
+        "get_object",
+        Params={"Bucket": bucket, "Key": "dir/pre signed+key", "ResponseContentDisposition": "attachment"},
+        ExpiresIn=300,
+    )
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Disposition"] == "attachment"
+
+    # A tampered presigned URL is refused.
+    r = requests.get(url.replace("attachment", "inline"), timeout=10)
+    assert r.status_code == 403
+    assert code_of(r.text) == "SignatureDoesNotMatch"
+
+
+def test_presigned_get_expired(perch, bucket):
+    make_client(perch, "path").put_object(Bucket=bucket, Key="k", Body=b"v")
+    urls = {}
+    for style in ["path", "virtual"]:
+        for sig in ["s3v4", "default"]:
+            s3 = presigner(perch, style, sig)
+            urls[(style, sig)] = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"}, ExpiresIn=1)
+    time.sleep(2.1)
+    for which, url in urls.items():
+        r = requests.get(url, timeout=10)
+        assert r.status_code == 403, (which, r.text)
+        assert code_of(r.text) == "AccessDenied", (which, r.text)  # S3: AccessDenied, "Request has expired"

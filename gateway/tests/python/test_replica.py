@@ -1,0 +1,98 @@
+"""A read replica (`perch --role replica`) in front of the moto origin a primary filled: reads
+work, every write is refused with 403 AccessDenied, and moto is left exactly as it was."""
+
+import hashlib
+import uuid
+
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import make_client
+
+
+def snapshot(moto_s3):
+    """Everything in moto: buckets, and per bucket each key with its ETag and body."""
+    state = {}
+    for b in moto_s3.list_buckets()["Buckets"]:
+        name = b["Name"]
+        objects = {}
+        for page in moto_s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for o in page.get("Contents", []):
+                objects[o["Key"]] = (o["ETag"], moto_s3.get_object(Bucket=name, Key=o["Key"])["Body"].read())
+        uploads = moto_s3.list_multipart_uploads(Bucket=name).get("Uploads", [])
+        state[name] = (objects, [(u["Key"], u["UploadId"]) for u in uploads])
+    return state
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+def test_replica_reads_and_refuses_writes(perch_factory, moto, style):
+    primary = perch_factory("primary", origin_url=moto.url, origin="moto")
+    replica = perch_factory("replica", origin_url=moto.url, role="replica", origin="moto")
+    bucket = f"r-{uuid.uuid4().hex[:16]}"
+
+    w = make_client(primary, style)
+    w.create_bucket(Bucket=bucket)
+    bodies = {f"data/{i}": f"body {i}".encode() * (i + 1) for i in range(5)}
+    for k, v in bodies.items():
+        w.put_object(Bucket=bucket, Key=k, Body=v, Metadata={"n": k}, ContentType="text/plain")
+    direct = moto.client()
+    assert sorted(o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"]) == sorted(bodies)
+    before = snapshot(direct)
+
+    r = make_client(replica, style)
+    # Reads.
+    assert bucket in [b["Name"] for b in r.list_buckets()["Buckets"]]
+    assert r.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    listed = r.list_objects_v2(Bucket=bucket, Prefix="data/")
+    assert [o["Key"] for o in listed["Contents"]] == sorted(bodies)
+    for k, v in bodies.items():
+        g = r.get_object(Bucket=bucket, Key=k)
+        assert g["Body"].read() == v
+        assert g["ETag"] == '"' + hashlib.md5(v).hexdigest() + '"'
+        assert g["Metadata"] == {"n": k}
+        assert g["ContentType"] == "text/plain"
+        h = r.head_object(Bucket=bucket, Key=k)
+        assert h["ContentLength"] == len(v)
+    part = r.get_object(Bucket=bucket, Key="data/4", Range="bytes=2-5")
+    assert part["Body"].read() == bodies["data/4"][2:6]
+    with pytest.raises(ClientError) as e:
+        r.get_object(Bucket=bucket, Key="data/missing")
+    assert e.value.response["Error"]["Code"] == "NoSuchKey"
+
+    # Writes, each refused.
+    refused = {
+        "PutObject": lambda: r.put_object(Bucket=bucket, Key="data/new", Body=b"nope"),
+        "PutObject(overwrite)": lambda: r.put_object(Bucket=bucket, Key="data/0", Body=b"nope"),
+        "PutObject(empty)": lambda: r.put_object(Bucket=bucket, Key="data/empty", Body=b""),
+        "PutObject(IfNoneMatch)": lambda: r.put_object(Bucket=bucket, Key="lock", Body=b"x", IfNoneMatch="*"),
+        "DeleteObject": lambda: r.delete_object(Bucket=bucket, Key="data/1"),
+        "DeleteObjects": lambda: r.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "data/2"}]}),
+        "CopyObject": lambda: r.copy_object(
+            Bucket=bucket, Key="data/copy", CopySource={"Bucket": bucket, "Key": "data/3"}
+        ),
+        "CopyObject(in place)": lambda: r.copy_object(
+            Bucket=bucket,
+            Key="data/3",
+            CopySource={"Bucket": bucket, "Key": "data/3"},
+            MetadataDirective="REPLACE",
+            Metadata={"n": "changed"},
+        ),
+        "CreateMultipartUpload": lambda: r.create_multipart_upload(Bucket=bucket, Key="data/mpu"),
+        "CreateBucket": lambda: r.create_bucket(Bucket=f"r-{uuid.uuid4().hex[:16]}"),
+        "DeleteBucket": lambda: r.delete_bucket(Bucket=bucket),
+    }
+    for name, call in refused.items():
+        with pytest.raises(ClientError) as e:
+            call()
+        err = e.value.response
+        assert (err["ResponseMetadata"]["HTTPStatusCode"], err["Error"]["Code"]) == (403, "AccessDenied"), name
+
+    # The replica still serves reads on the same client after the refusals.
+    assert r.get_object(Bucket=bucket, Key="data/0")["Body"].read() == bodies["data/0"]
+
+    # moto, asked directly, is unchanged.
+    assert snapshot(direct) == before
+
+    # And the primary still writes.
+    w.put_object(Bucket=bucket, Key="data/new", Body=b"yes")
+    assert r.get_object(Bucket=bucket, Key="data/new")["Body"].read() == b"yes"
