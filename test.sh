@@ -6,7 +6,9 @@ cd "$(dirname "$0")"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 # Python test tools (moto's S3 server, boto3, pytest); quick when already installed.
-python3 -m pip install -q --disable-pip-version-check -r gateway/tests/python/requirements.txt
+requirements=gateway/tests/python/requirements.txt
+python3 -m pip install -q --disable-pip-version-check -r "$requirements" 2>/dev/null ||
+    python3 -m pip install -q --disable-pip-version-check --break-system-packages -r "$requirements"
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH
 

@@ -106,25 +106,43 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
         let p1 = pattern(5 * MIB, 1);
         let p2 = pattern(123, 2);
         let id = o
-            .create_multipart_upload("beta", "multi", &headers)
+            .create_multipart_upload("beta", "multi", &headers, None)
             .await
             .expect("create upload");
         let e1 = o
-            .upload_part("beta", "multi", &id, 1, &PutBody::Bytes(p1.clone().into()))
+            .upload_part(
+                "beta",
+                "multi",
+                &id,
+                1,
+                &PutBody::Bytes(p1.clone().into()),
+                &Checksums::default(),
+            )
             .await
-            .expect("part 1");
+            .expect("part 1")
+            .etag;
         let e2 = o
-            .upload_part("beta", "multi", &id, 2, &PutBody::Bytes(p2.clone().into()))
+            .upload_part(
+                "beta",
+                "multi",
+                &id,
+                2,
+                &PutBody::Bytes(p2.clone().into()),
+                &Checksums::default(),
+            )
             .await
-            .expect("part 2");
+            .expect("part 2")
+            .etag;
         let parts = [
             CompletedPart {
                 part_number: 1,
                 etag: e1,
+                checksums: Checksums::default(),
             },
             CompletedPart {
                 part_number: 2,
                 etag: e2,
+                checksums: Checksums::default(),
             },
         ];
         o.complete_multipart_upload("beta", "multi", &id, &parts)
@@ -142,7 +160,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
 
         // An upload left in progress.
         pending_upload = o
-            .create_multipart_upload("alpha", "pending", &headers)
+            .create_multipart_upload("alpha", "pending", &headers, None)
             .await
             .expect("create pending");
         pending_etag = o
@@ -152,9 +170,11 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
                 &pending_upload,
                 1,
                 &PutBody::Bytes(Bytes::from_static(b"pending part")),
+                &Checksums::default(),
             )
             .await
-            .expect("pending part");
+            .expect("pending part")
+            .etag;
         buckets_before = o.list_buckets().await.expect("list buckets");
     }
 
@@ -228,6 +248,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
     let done = [CompletedPart {
         part_number: 1,
         etag: pending_etag,
+        checksums: Checksums::default(),
     }];
     o.complete_multipart_upload("alpha", "pending", &pending_upload, &done)
         .await
@@ -347,13 +368,21 @@ async fn keys_never_become_paths() {
     };
     o.copy_object("b", "../../copied", &copy).await.expect("copy");
     let id = o
-        .create_multipart_upload("b", "../../multi", &ContentHeaders::default())
+        .create_multipart_upload("b", "../../multi", &ContentHeaders::default(), None)
         .await
         .expect("create upload");
     let e = o
-        .upload_part("b", "../../multi", &id, 1, &PutBody::Bytes(Bytes::from_static(b"mp")))
+        .upload_part(
+            "b",
+            "../../multi",
+            &id,
+            1,
+            &PutBody::Bytes(Bytes::from_static(b"mp")),
+            &Checksums::default(),
+        )
         .await
-        .expect("part");
+        .expect("part")
+        .etag;
     o.complete_multipart_upload(
         "b",
         "../../multi",
@@ -361,6 +390,7 @@ async fn keys_never_become_paths() {
         &[CompletedPart {
             part_number: 1,
             etag: e,
+            checksums: Checksums::default(),
         }],
     )
     .await
@@ -577,4 +607,114 @@ async fn unreadable_object_files_are_ignored_at_open() {
     let o = open(&root);
     assert_eq!(all_keys(&o, "b", "").await, vec!["good"]);
     assert_eq!(get_bytes(&o, "b", "good").await, b"good");
+}
+
+/// The directory origin's own side of multipart checksums: a part sent without the upload's
+/// checksum gets it computed, the upload's algorithm survives a reopen, a part checksummed with
+/// another algorithm is refused, and an upload without an algorithm keeps no checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_checksums_of_the_directory_origin() {
+    use perch_cache::origin::{ChecksumAlgorithm, ChecksumType, MultipartChecksum};
+    let dir = tempdir();
+    let root = dir.path().join("root");
+    let p1 = pattern(5 * MIB, 50);
+    let p2 = pattern(333, 51);
+    let crc32c = MultipartChecksum::new(ChecksumAlgorithm::Crc32c, None).expect("CRC32C");
+    let id = {
+        let o = open(&root);
+        o.create_bucket("b").await.expect("create bucket");
+        o.create_multipart_upload("b", "k", &ContentHeaders::default(), Some(crc32c))
+            .await
+            .expect("create upload")
+    };
+    // Reopened: the upload still knows its algorithm.
+    let o = open(&root);
+    let computed = o
+        .upload_part(
+            "b",
+            "k",
+            &id,
+            1,
+            &PutBody::Bytes(p1.clone().into()),
+            &Checksums::default(),
+        )
+        .await
+        .expect("part 1 without a checksum");
+    let c1 = Checksums::only(ChecksumAlgorithm::Crc32c, b64(&crc32c_of(&p1)));
+    assert_eq!(computed.checksums, c1, "the part's CRC32C, computed by the origin");
+    let sha = Checksums::only(ChecksumAlgorithm::Sha256, b64(&sha256_of(&p2)));
+    expect_err(
+        o.upload_part("b", "k", &id, 2, &PutBody::Bytes(p2.clone().into()), &sha)
+            .await,
+        "Rejected 400 InvalidRequest",
+        "a part checksummed with another algorithm",
+    );
+    let c2 = Checksums::only(ChecksumAlgorithm::Crc32c, b64(&crc32c_of(&p2)));
+    let e2 = o
+        .upload_part("b", "k", &id, 2, &PutBody::Bytes(p2.clone().into()), &c2)
+        .await
+        .expect("part 2")
+        .etag;
+    let listed = o.list_parts("b", "k", &id).await.expect("list parts");
+    assert_eq!(
+        listed.iter().map(|p| p.checksums.clone()).collect::<Vec<_>>(),
+        vec![c1.clone(), c2.clone()]
+    );
+    let done = [
+        CompletedPart {
+            part_number: 1,
+            etag: computed.etag,
+            checksums: c1,
+        },
+        CompletedPart {
+            part_number: 2,
+            etag: e2,
+            checksums: c2,
+        },
+    ];
+    let out = o
+        .complete_multipart_upload("b", "k", &id, &done)
+        .await
+        .expect("complete");
+    let expected = composite_checksum(crc32c_of, &[&p1, &p2]);
+    assert_eq!(
+        out.checksums,
+        Checksums::only(ChecksumAlgorithm::Crc32c, expected.clone())
+    );
+    assert_eq!(out.checksums.checksum_type(), Some(ChecksumType::Composite));
+    // Kept with the object, across a reopen.
+    drop(o);
+    let o = open(&root);
+    let meta = o.head_object("b", "k", &no_conditions()).await.expect("head");
+    assert_eq!(meta.checksums.crc32c.as_deref(), Some(expected.as_str()));
+
+    // Without an algorithm: part checksums are echoed, not kept, and the object has none.
+    let id = o
+        .create_multipart_upload("b", "plain", &ContentHeaders::default(), None)
+        .await
+        .expect("create plain upload");
+    let sums = Checksums::only(ChecksumAlgorithm::Crc32, b64(&crc32_of(&p2)));
+    let part = o
+        .upload_part("b", "plain", &id, 1, &PutBody::Bytes(p2.clone().into()), &sums)
+        .await
+        .expect("plain part");
+    assert_eq!(part.checksums, sums, "echoed");
+    let listed = o.list_parts("b", "plain", &id).await.expect("list parts");
+    assert!(listed[0].checksums.is_empty(), "{listed:?}");
+    let out = o
+        .complete_multipart_upload(
+            "b",
+            "plain",
+            &id,
+            &[CompletedPart {
+                part_number: 1,
+                etag: part.etag,
+                checksums: sums,
+            }],
+        )
+        .await
+        .expect("complete plain");
+    assert!(out.checksums.is_empty(), "{out:?}");
+    let meta = o.head_object("b", "plain", &no_conditions()).await.expect("head plain");
+    assert!(meta.checksums.is_empty());
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use perch_policy::{Freshness, Glob};
 use serde::Deserialize;
 
 /// The development key pair used on loopback when no client keys are set. Documented in the README.
@@ -74,6 +75,26 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "PERCH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Size limit of the disk cache, e.g. `20GiB` [default: 80% of the data dir's free space at
+    /// start, at most 1TiB]
+    #[arg(long, env = "PERCH_CACHE_DISK_BYTES", value_name = "SIZE")]
+    pub cache_disk_bytes: Option<String>,
+
+    /// Size limit of the memory cache (objects up to 1 MiB) [default: 256MiB]
+    #[arg(long, env = "PERCH_CACHE_MEMORY_BYTES", value_name = "SIZE")]
+    pub cache_memory_bytes: Option<String>,
+
+    /// Keys whose cached copies are revalidated with the origin (`*` matches anything, `/`
+    /// included); repeatable; every other object is treated as immutable [default:
+    /// data/orioledb_data/*, orioledb_undo/*, wal/*]
+    #[arg(long, env = "PERCH_CACHE_REVALIDATE", value_name = "GLOB", value_delimiter = ',')]
+    pub cache_revalidate: Option<Vec<String>>,
+
+    /// How long a cached copy of a revalidated key is served before the origin is asked again
+    /// [default: 5s]
+    #[arg(long, env = "PERCH_CACHE_REVALIDATE_AFTER", value_name = "DURATION")]
+    pub cache_revalidate_after: Option<String>,
 }
 
 /// The same settings as read from the `--config` TOML file.
@@ -89,6 +110,10 @@ struct FileConfig {
     origin_retry_deadline: Option<String>,
     role: Option<Role>,
     log_format: Option<LogFormat>,
+    cache_disk_bytes: Option<String>,
+    cache_memory_bytes: Option<String>,
+    cache_revalidate: Option<Vec<String>>,
+    cache_revalidate_after: Option<String>,
 }
 
 /// Where the origin is.
@@ -126,6 +151,11 @@ pub struct Config {
     pub origin_retry_deadline: Duration,
     pub role: Role,
     pub log_format: LogFormat,
+    /// `None`: 80% of the data dir's free space at start, at most 1 TiB.
+    pub cache_disk_bytes: Option<u64>,
+    pub cache_memory_bytes: u64,
+    pub cache_revalidate: Vec<Glob>,
+    pub cache_revalidate_after: Duration,
     /// Keys clients sign with.
     pub client: Credentials,
     /// True when `client` is the development pair.
@@ -156,6 +186,27 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         bail!("invalid duration `{s}`");
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `1048576`, `512KiB`, `256MiB`, `20GiB`, `1TiB` (also `KB`/`MB`/`GB`/`TB` as powers of 1000).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("invalid size `{s}`"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => bail!("invalid size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, TiB)"),
+    };
+    n.checked_mul(mult).with_context(|| format!("size `{s}` is too large"))
 }
 
 fn parse_origin(url: &str) -> anyhow::Result<OriginUrl> {
@@ -251,6 +302,22 @@ impl Config {
             origin_retry_deadline: deadline,
             role: args.role.or(file.role).unwrap_or(Role::Primary),
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            cache_disk_bytes: match args.cache_disk_bytes.or(file.cache_disk_bytes) {
+                Some(s) => Some(parse_size(&s).context("--cache-disk-bytes")?),
+                None => None,
+            },
+            cache_memory_bytes: match args.cache_memory_bytes.or(file.cache_memory_bytes) {
+                Some(s) => parse_size(&s).context("--cache-memory-bytes")?,
+                None => 256 << 20,
+            },
+            cache_revalidate: match args.cache_revalidate.or(file.cache_revalidate) {
+                Some(globs) => globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
+                None => Freshness::orioledb_defaults(),
+            },
+            cache_revalidate_after: match args.cache_revalidate_after.or(file.cache_revalidate_after) {
+                Some(s) => parse_duration(&s).context("--cache-revalidate-after")?,
+                None => Duration::from_secs(5),
+            },
             client,
             dev_credentials,
             origin_credentials,
@@ -275,6 +342,16 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("3GB").unwrap(), 3_000_000_000);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perch_cache::origin::retry::RetryPolicy;
 use perch_cache::origin::{FsOrigin, Origin, OriginStats, RetryingOrigin, S3Origin, S3OriginConfig};
+use perch_cache::{CacheConfig, ReadCache};
+use perch_policy::Freshness;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
 
@@ -113,7 +115,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats,
     ));
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, spool_dir));
+    let cache_dir = config.data_dir.join("cache");
+    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+    let disk_bytes = config.cache_disk_bytes.unwrap_or_else(|| default_cache_disk_bytes(&cache_dir));
+    let cache_config = CacheConfig {
+        dir: cache_dir,
+        disk_bytes,
+        memory_bytes: config.cache_memory_bytes,
+        memory_object_max: 1 << 20,
+        freshness: Freshness { mutable: config.cache_revalidate.clone() },
+        revalidate_after: config.cache_revalidate_after,
+        retry_deadline: config.origin_retry_deadline,
+        background_fill_max: 64 << 20,
+    };
+    let mut opened = None;
+    metrics.register(|r| opened = Some(ReadCache::open(cache_config, origin.clone(), Some(r))));
+    let cache = opened.context("registering the cache metrics")?.context("opening the cache")?;
+    let gauges = Arc::downgrade(&cache);
+    metrics.on_render(move || {
+        if let Some(cache) = gauges.upgrade() {
+            cache.refresh_gauges();
+        }
+    });
+    tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "cache open");
+
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, cache, spool_dir));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
@@ -150,6 +176,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// 80% of the free space of the filesystem holding `dir`, at most 1 TiB (10 GiB if unknown).
+fn default_cache_disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 10 << 30 };
+    // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return 10 << 30;
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    (free / 10 * 8).min(1 << 40)
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

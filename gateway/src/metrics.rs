@@ -22,8 +22,12 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// Work to do right before the metrics are rendered (gauges that are cheaper read than kept).
+type Refresh = Box<dyn Fn() + Send + Sync>;
+
 pub struct Metrics {
     registry: Mutex<Registry>,
+    refresh: Mutex<Vec<Refresh>>,
     requests: Family<RequestLabel, Counter>,
     duration: Family<OpLabel, Histogram>,
     pub in_flight: Gauge,
@@ -53,6 +57,7 @@ impl Metrics {
         );
         Metrics {
             registry: Mutex::new(registry),
+            refresh: Mutex::new(Vec::new()),
             requests,
             duration,
             in_flight,
@@ -73,8 +78,20 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Runs `f` before every rendering.
+    pub fn on_render(&self, f: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut refresh) = self.refresh.lock() {
+            refresh.push(Box::new(f));
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Ok(refresh) = self.refresh.lock() {
+            for f in refresh.iter() {
+                f();
+            }
+        }
         let mut out = String::new();
         if let Ok(registry) = self.registry.lock() {
             let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

@@ -116,7 +116,7 @@ async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>
         .is_some_and(|v| v.as_bytes() == b"0");
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
-            let response = match s3.call(req.map(s3s::Body::from)).await {
+            let response = match s3.call(merge_content_encoding(req).map(s3s::Body::from)).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = ?e, "request failed inside s3s");
@@ -154,6 +154,21 @@ async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>
     }
     metrics.in_flight.dec();
     response
+}
+
+/// Joins repeated `Content-Encoding` lines into one. The AWS SDKs send `Content-Encoding: gzip` and
+/// `Content-Encoding: aws-chunked` as two lines for a streaming upload of an encoded body, which
+/// HTTP allows (RFC 9110 §5.3) but s3s refuses as a duplicate header.
+fn merge_content_encoding<B>(mut req: Request<B>) -> Request<B> {
+    let headers = req.headers_mut();
+    if headers.get_all(http::header::CONTENT_ENCODING).iter().nth(1).is_some() {
+        let joined: Vec<&str> =
+            headers.get_all(http::header::CONTENT_ENCODING).iter().filter_map(|v| v.to_str().ok()).collect();
+        if let Ok(value) = http::HeaderValue::from_str(&joined.join(",")) {
+            headers.insert(http::header::CONTENT_ENCODING, value);
+        }
+    }
+    req
 }
 
 /// Serves the admin endpoints on `listener` until shutdown.

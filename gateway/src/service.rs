@@ -8,6 +8,7 @@ use futures::StreamExt;
 use perch_cache::origin::{
     CompletedPart as OriginPart, CopyInput, ListPage, ListQuery, MetadataDirective as Directive, Origin, PutInput,
 };
+use perch_cache::{CacheStatus, ReadCache};
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
@@ -16,13 +17,15 @@ use crate::spool::{self, Declared};
 
 pub struct Gateway {
     origin: Arc<dyn Origin>,
+    /// Answers GET and HEAD from local copies; told about every write so it never serves a stale one.
+    cache: Arc<ReadCache>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
 }
 
 impl Gateway {
-    pub fn new(origin: Arc<dyn Origin>, spool_dir: PathBuf) -> Self {
-        Self { origin, spool_dir }
+    pub fn new(origin: Arc<dyn Origin>, cache: Arc<ReadCache>, spool_dir: PathBuf) -> Self {
+        Self { origin, cache, spool_dir }
     }
 
     /// One page of the origin's listing, resuming a v1 `marker` (or ListObjectVersions `key-marker`)
@@ -55,6 +58,12 @@ impl Gateway {
         };
         self.origin.list_objects(bucket, &query).await.map_err(origin_error)
     }
+}
+
+/// Adds `X-Cache: HIT | MISS | REVALIDATED | BYPASS`.
+fn with_cache_status<T>(mut resp: S3Response<T>, status: CacheStatus) -> S3Response<T> {
+    resp.headers.insert("x-cache", http::HeaderValue::from_static(status.as_str()));
+    resp
 }
 
 fn max_keys_of(max_keys: Option<i32>) -> S3Result<usize> {
@@ -188,11 +197,13 @@ impl S3 for Gateway {
             input.if_unmodified_since,
         );
         let range = input.range.map(convert::range);
-        let out = self
-            .origin
-            .get_object(&input.bucket, &input.key, range, &conditions)
+        let cached = self
+            .cache
+            .get(&input.bucket, &input.key, range, &conditions)
             .await
             .map_err(origin_error)?;
+        let status = cached.status;
+        let out = cached.output;
         let size = out.meta.size;
         let (content_length, content_range) = match out.range {
             Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{size}"))),
@@ -223,6 +234,7 @@ impl S3 for Gateway {
             content_language: input.response_content_language.or(m.content_language),
             expires: input.response_expires.or(m.expires),
             metadata: m.metadata,
+            checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
             checksum_crc32: c.crc32,
             checksum_crc32c: c.crc32c,
             checksum_crc64nvme: c.crc64nvme,
@@ -230,7 +242,7 @@ impl S3 for Gateway {
             checksum_sha256: c.sha256,
             ..Default::default()
         };
-        Ok(S3Response::new(output))
+        Ok(with_cache_status(S3Response::new(output), status))
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
@@ -242,9 +254,9 @@ impl S3 for Gateway {
             input.if_modified_since,
             input.if_unmodified_since,
         );
-        let meta = self
-            .origin
-            .head_object(&input.bucket, &input.key, &conditions)
+        let (meta, status) = self
+            .cache
+            .head(&input.bucket, &input.key, &conditions)
             .await
             .map_err(origin_error)?;
         let with_checksums = input
@@ -269,6 +281,7 @@ impl S3 for Gateway {
             content_language: input.response_content_language.or(m.content_language),
             expires: input.response_expires.or(m.expires),
             metadata: m.metadata,
+            checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
             checksum_crc32: c.crc32,
             checksum_crc32c: c.crc32c,
             checksum_crc64nvme: c.crc64nvme,
@@ -276,7 +289,7 @@ impl S3 for Gateway {
             checksum_sha256: c.sha256,
             ..Default::default()
         };
-        Ok(S3Response::new(output))
+        Ok(with_cache_status(S3Response::new(output), status))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
@@ -311,11 +324,10 @@ impl S3 for Gateway {
             if_match: input.if_match.as_ref().map(convert::etag_condition),
             if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
         };
-        let out = self
-            .origin
-            .put_object(&input.bucket, &input.key, &put)
-            .await
-            .map_err(origin_error)?;
+        let out = self.origin.put_object(&input.bucket, &input.key, &put).await;
+        // Whatever the answer, the origin may now hold a new body: forget the cached one.
+        self.cache.invalidate(&input.bucket, &input.key);
+        let out = out.map_err(origin_error)?;
         let c = out.checksums;
         let output = PutObjectOutput {
             e_tag: Some(convert::etag(&out.etag)),
@@ -335,10 +347,9 @@ impl S3 for Gateway {
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
         }
-        self.origin
-            .delete_object(&input.bucket, &input.key)
-            .await
-            .map_err(origin_error)?;
+        let deleted = self.origin.delete_object(&input.bucket, &input.key).await;
+        self.cache.invalidate(&input.bucket, &input.key);
+        deleted.map_err(origin_error)?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -359,7 +370,11 @@ impl S3 for Gateway {
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }
-                    (Ok(()), _) => self.origin.delete_object(bucket, &o.key).await.map_err(origin_error),
+                    (Ok(()), _) => {
+                        let deleted = self.origin.delete_object(bucket, &o.key).await;
+                        self.cache.invalidate(bucket, &o.key);
+                        deleted.map_err(origin_error)
+                    }
                 };
                 (o, result)
             }))
@@ -423,11 +438,9 @@ impl S3 for Gateway {
             ),
             directive,
         };
-        let out = self
-            .origin
-            .copy_object(&input.bucket, &input.key, &copy)
-            .await
-            .map_err(origin_error)?;
+        let out = self.origin.copy_object(&input.bucket, &input.key, &copy).await;
+        self.cache.invalidate(&input.bucket, &input.key);
+        let out = out.map_err(origin_error)?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(convert::etag(&out.etag)),
@@ -563,15 +576,18 @@ impl S3 for Gateway {
             input.expires,
             input.metadata,
         );
+        let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
             .origin
-            .create_multipart_upload(&input.bucket, &input.key, &headers)
+            .create_multipart_upload(&input.bucket, &input.key, &headers, checksum)
             .await
             .map_err(origin_error)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(upload_id),
+            checksum_algorithm: checksum.map(|c| ChecksumAlgorithm::from_static(c.algorithm.as_str())),
+            checksum_type: checksum.map(|c| ChecksumType::from_static(c.checksum_type.as_str())),
             ..Default::default()
         }))
     }
@@ -599,7 +615,7 @@ impl S3 for Gateway {
             ),
         };
         let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
-        let etag = self
+        let out = self
             .origin
             .upload_part(
                 &input.bucket,
@@ -607,12 +623,14 @@ impl S3 for Gateway {
                 &input.upload_id,
                 input.part_number,
                 &body.body,
+                &body.checksums,
             )
             .await
             .map_err(origin_error)?;
-        let c = body.checksums.clone();
+        // The part's checksum the upload keeps (of its algorithm, computed if the client sent none).
+        let c = out.checksums;
         Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(convert::etag(&etag)),
+            e_tag: Some(convert::etag(&out.etag)),
             checksum_crc32: c.crc32,
             checksum_crc32c: c.crc32c,
             checksum_crc64nvme: c.crc64nvme,
@@ -642,19 +660,34 @@ impl S3 for Gateway {
                 Ok(OriginPart {
                     part_number,
                     etag: format!("\"{}\"", etag.value()),
+                    checksums: convert::checksums(
+                        p.checksum_crc32,
+                        p.checksum_crc32c,
+                        p.checksum_crc64nvme,
+                        p.checksum_sha1,
+                        p.checksum_sha256,
+                    ),
                 })
             })
             .collect::<S3Result<Vec<_>>>()?;
         let etag = self
             .origin
             .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts)
-            .await
-            .map_err(origin_error)?;
+            .await;
+        self.cache.invalidate(&input.bucket, &input.key);
+        let out = etag.map_err(origin_error)?;
+        let c = out.checksums;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             location: Some(format!("/{}/{}", input.bucket, input.key)),
             bucket: Some(input.bucket),
             key: Some(input.key),
-            e_tag: Some(convert::etag(&etag)),
+            e_tag: Some(convert::etag(&out.etag)),
+            checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
             ..Default::default()
         }))
     }
@@ -689,6 +722,11 @@ impl S3 for Gateway {
                 e_tag: Some(convert::etag(&p.etag)),
                 size: Some(p.size as i64),
                 last_modified: Some(Timestamp::from(p.last_modified)),
+                checksum_crc32: p.checksums.crc32,
+                checksum_crc32c: p.checksums.crc32c,
+                checksum_crc64nvme: p.checksums.crc64nvme,
+                checksum_sha1: p.checksums.sha1,
+                checksum_sha256: p.checksums.sha256,
                 ..Default::default()
             })
             .collect();
@@ -763,4 +801,38 @@ impl S3 for Gateway {
             ..Default::default()
         }))
     }
+}
+
+/// The checksum a CreateMultipartUpload asks its object to keep (`x-amz-checksum-algorithm`,
+/// `x-amz-checksum-type`), refused as S3 refuses it.
+fn multipart_checksum(
+    algorithm: Option<&ChecksumAlgorithm>,
+    checksum_type: Option<&ChecksumType>,
+) -> S3Result<Option<perch_cache::origin::MultipartChecksum>> {
+    use perch_cache::origin::{ChecksumAlgorithm as Algorithm, ChecksumType as Type, MultipartChecksum};
+    let Some(algorithm) = algorithm else {
+        if checksum_type.is_some() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header."
+            ));
+        }
+        return Ok(None);
+    };
+    let algorithm = Algorithm::parse(algorithm.as_str()).ok_or_else(|| {
+        s3_error!(
+            InvalidRequest,
+            "Checksum algorithm provided is unsupported. Please try again with any of the valid types: \
+             [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]"
+        )
+    })?;
+    let checksum_type = checksum_type
+        .map(|t| {
+            Type::parse(t.as_str())
+                .ok_or_else(|| s3_error!(InvalidRequest, "Value for x-amz-checksum-type header is invalid."))
+        })
+        .transpose()?;
+    MultipartChecksum::new(algorithm, checksum_type)
+        .map(Some)
+        .map_err(origin_error)
 }

@@ -15,7 +15,10 @@ pub struct Glob {
 
 impl Glob {
     pub fn new(pattern: &str) -> Glob {
-        Glob { text: pattern.to_owned(), parts: pattern.split('*').map(str::to_owned).collect() }
+        Glob {
+            text: pattern.to_owned(),
+            parts: pattern.split('*').map(str::to_owned).collect(),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -27,8 +30,12 @@ impl Glob {
             Some(x) => x,
             None => return key.is_empty(),
         };
-        let Some(mut tail) = key.strip_prefix(first.as_str()) else { return false };
-        let Some((last, middle)) = rest.split_last() else { return tail.is_empty() };
+        let Some(mut tail) = key.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            return tail.is_empty();
+        };
         for part in middle {
             match tail.find(part.as_str()) {
                 Some(i) => tail = &tail[i + part.len()..],
@@ -69,7 +76,10 @@ impl Freshness {
     /// OrioleDB's keys that are overwritten in place: the control file (every checkpoint), undo
     /// files, WAL segments (re-uploaded with new content) and the lock.
     pub fn orioledb_defaults() -> Vec<Glob> {
-        ["data/orioledb_data/*", "orioledb_undo/*", "wal/*"].into_iter().map(Glob::new).collect()
+        ["data/orioledb_data/*", "orioledb_undo/*", "wal/*"]
+            .into_iter()
+            .map(Glob::new)
+            .collect()
     }
 
     /// Whether a cached copy of `key` must be revalidated once its TTL has passed; every other
@@ -106,7 +116,9 @@ mod tests {
 
     #[test]
     fn freshness() {
-        let f = Freshness { mutable: Freshness::orioledb_defaults() };
+        let f = Freshness {
+            mutable: Freshness::orioledb_defaults(),
+        };
         assert!(f.is_mutable("data/orioledb_data/control"));
         assert!(f.is_mutable("wal/000000010000000000000008"));
         assert!(!f.is_mutable("orioledb_data/1/2/3"));

@@ -18,10 +18,12 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+use super::checksum::{self, Hasher};
 use super::{
-    BucketInfo, ByteRange, ByteStream, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput,
-    GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective, ObjectMeta, Origin, OriginError, OriginResult,
-    PartInfo, PutBody, PutInput, PutOutput, UploadInfo,
+    BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
+    ContentHeaders, CopyInput, CopyOutput, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
+    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
+    UploadInfo,
 };
 
 /// The first bytes of every object and part file.
@@ -61,6 +63,9 @@ struct UploadMeta {
     key: String,
     headers: ContentHeaders,
     initiated: SystemTime,
+    /// The checksum the object will keep; each part keeps its checksum of this algorithm.
+    #[serde(default)]
+    checksum: Option<MultipartChecksum>,
 }
 
 struct Bucket {
@@ -224,8 +229,14 @@ impl FsOrigin {
         }
     }
 
-    async fn new_writer(&self, placeholder: &StoredHeader, hash: bool) -> OriginResult<ObjectWriter> {
-        Ok(ObjectWriter::begin(&self.tmp, placeholder, hash).await?)
+    /// A writer of a new file in `.tmp`; `hash`: compute the MD5 ETag; `checksum`: compute that checksum too.
+    async fn new_writer(
+        &self,
+        placeholder: &StoredHeader,
+        hash: bool,
+        checksum: Option<ChecksumAlgorithm>,
+    ) -> OriginResult<ObjectWriter> {
+        Ok(ObjectWriter::begin(&self.tmp, placeholder, hash, checksum).await?)
     }
 
     /// All uploads in progress, each with its id.
@@ -398,7 +409,7 @@ impl Origin for FsOrigin {
         // Checked once before the body is written, to spare writing a body bound to fail, and again under the lock.
         check_put(&b, key, input)?;
         let placeholder = placeholder_header(key, &input.headers, &input.checksums, PLACEHOLDER_ETAG);
-        let mut writer = self.new_writer(&placeholder, true).await?;
+        let mut writer = self.new_writer(&placeholder, true, None).await?;
         writer.write_stream(input.body.stream().await?).await?;
         if writer.size != input.body.len() {
             return Err(OriginError::rejected(
@@ -471,7 +482,7 @@ impl Origin for FsOrigin {
             MetadataDirective::Replace(h) => h.clone(),
         };
         let placeholder = placeholder_header(key, &headers, &src.checksums, PLACEHOLDER_ETAG);
-        let mut writer = self.new_writer(&placeholder, true).await?;
+        let mut writer = self.new_writer(&placeholder, true, None).await?;
         let reader = tokio::fs::File::from_std(file).take(src.size);
         writer
             .write_stream(ReaderStream::with_capacity(reader, STREAM_CHUNK))
@@ -511,15 +522,25 @@ impl Origin for FsOrigin {
         list_index(&index, query)
     }
 
-    async fn create_multipart_upload(&self, bucket: &str, key: &str, headers: &ContentHeaders) -> OriginResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &ContentHeaders,
+        checksum: Option<MultipartChecksum>,
+    ) -> OriginResult<String> {
         self.bucket(bucket)?;
         validate_key(key)?;
+        if let Some(c) = &checksum {
+            c.validate()?;
+        }
         let id = new_id();
         let meta = UploadMeta {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             headers: headers.clone(),
             initiated: SystemTime::now(),
+            checksum,
         };
         let json = serde_json::to_vec(&meta).map_err(io::Error::other)?;
         let staging = self.tmp.join(format!("upload-{id}"));
@@ -543,7 +564,8 @@ impl Origin for FsOrigin {
         upload_id: &str,
         part_number: i32,
         body: &PutBody,
-    ) -> OriginResult<String> {
+        checksums: &Checksums,
+    ) -> OriginResult<PutOutput> {
         self.bucket(bucket)?;
         validate_key(key)?;
         if !(1..=MAX_PART_NUMBER).contains(&part_number) {
@@ -553,9 +575,30 @@ impl Origin for FsOrigin {
                 format!("Part number must be an integer between 1 and {MAX_PART_NUMBER}, inclusive"),
             ));
         }
-        let (dir, _) = self.load_upload(bucket, key, upload_id).await?;
-        let placeholder = placeholder_header(key, &ContentHeaders::default(), &Checksums::default(), PLACEHOLDER_ETAG);
-        let mut writer = self.new_writer(&placeholder, true).await?;
+        let (dir, upload) = self.load_upload(bucket, key, upload_id).await?;
+        // The part keeps its checksum of the upload's algorithm: the one the client sent (and
+        // Perch verified), or else one computed here.
+        let algorithm = upload.checksum.map(|c| c.algorithm);
+        let given = algorithm.and_then(|a| checksums.get(a).map(str::to_owned));
+        if let (Some(a), None, Some((other, _))) = (algorithm, &given, checksums.iter().next()) {
+            return Err(OriginError::rejected(
+                400,
+                "InvalidRequest",
+                format!(
+                    "Checksum Type mismatch occurred, expected checksum Type: {}, actual checksum Type: {}",
+                    a.as_str().to_ascii_lowercase(),
+                    other.as_str().to_ascii_lowercase()
+                ),
+            ));
+        }
+        let placeholder_sums = match (algorithm, &given) {
+            (Some(a), Some(v)) => Checksums::only(a, v.clone()),
+            (Some(a), None) => Checksums::only(a, "0".repeat(checksum::base64_len(a))),
+            (None, _) => Checksums::default(),
+        };
+        let placeholder = placeholder_header(key, &ContentHeaders::default(), &placeholder_sums, PLACEHOLDER_ETAG);
+        let compute = if given.is_none() { algorithm } else { None };
+        let mut writer = self.new_writer(&placeholder, true, compute).await?;
         writer.write_stream(body.stream().await?).await?;
         if writer.size != body.len() {
             return Err(OriginError::rejected(
@@ -564,12 +607,17 @@ impl Origin for FsOrigin {
                 format!("the body held {} bytes, not the {} announced", writer.size, body.len()),
             ));
         }
+        let kept = match (algorithm, given) {
+            (Some(a), Some(v)) => Checksums::only(a, v),
+            (Some(a), None) => Checksums::only(a, writer.checksum().unwrap_or_default()),
+            (None, _) => Checksums::default(),
+        };
         let meta = ObjectMeta {
             size: writer.size,
             etag: writer.etag(),
             last_modified: now_secs(),
             headers: ContentHeaders::default(),
-            checksums: Checksums::default(),
+            checksums: kept,
         };
         let temp = writer
             .finish(&StoredHeader {
@@ -590,7 +638,15 @@ impl Origin for FsOrigin {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(OriginError::NoSuchUpload),
             Err(e) => return Err(e.into()),
         }
-        Ok(meta.etag)
+        Ok(PutOutput {
+            etag: meta.etag,
+            // Without an algorithm for the upload, the part's checksums are only echoed, as S3 does.
+            checksums: if algorithm.is_some() {
+                meta.checksums
+            } else {
+                checksums.clone()
+            },
+        })
     }
 
     async fn complete_multipart_upload(
@@ -599,7 +655,7 @@ impl Origin for FsOrigin {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-    ) -> OriginResult<String> {
+    ) -> OriginResult<PutOutput> {
         let b = self.bucket(bucket)?;
         validate_key(key)?;
         let (dir, upload) = self.load_upload(bucket, key, upload_id).await?;
@@ -647,6 +703,32 @@ impl Origin for FsOrigin {
             )
         };
         let found = found.map_err(invalid_part)?;
+        // A checksum the request declares for a part must be the one kept with it.
+        for (part, meta) in parts.iter().zip(&found) {
+            let differs = part
+                .checksums
+                .iter()
+                .any(|(a, v)| meta.checksums.get(a).is_some_and(|kept| kept != v));
+            if differs {
+                return Err(invalid_part(part.part_number));
+            }
+        }
+        let upload_checksum = upload.checksum;
+        if let Some(c) = upload_checksum
+            && c.checksum_type == ChecksumType::Composite
+            && let Some(part) = parts.iter().find(|p| p.checksums.get(c.algorithm).is_none())
+        {
+            return Err(OriginError::rejected(
+                400,
+                "InvalidRequest",
+                format!(
+                    "The upload was created using a {} checksum. The complete request must include the checksum for \
+                     each part. It was missing for part {} in the request.",
+                    c.algorithm.as_str().to_ascii_lowercase(),
+                    part.part_number
+                ),
+            ));
+        }
         for (part, meta) in parts.iter().zip(&found).take(parts.len() - 1) {
             if meta.size < MIN_PART_SIZE {
                 return Err(OriginError::rejected(
@@ -660,9 +742,45 @@ impl Origin for FsOrigin {
             }
         }
 
+        // The object's checksum: COMPOSITE from the parts' checksums now, FULL_OBJECT over the
+        // assembled body below.
+        let composite = match upload_checksum {
+            Some(c) if c.checksum_type == ChecksumType::Composite => {
+                let values = parts
+                    .iter()
+                    .zip(&found)
+                    .map(|(part, meta)| {
+                        meta.checksums.get(c.algorithm).ok_or_else(|| {
+                            corrupt(format!(
+                                "part {} has no {} checksum",
+                                part.part_number,
+                                c.algorithm.as_str()
+                            ))
+                        })
+                    })
+                    .collect::<io::Result<Vec<&str>>>()?;
+                let value = checksum::composite(c.algorithm, &values)
+                    .ok_or_else(|| corrupt("a part's checksum is malformed".to_owned()))?;
+                Some(value)
+            }
+            _ => None,
+        };
+        let full_object = upload_checksum
+            .filter(|c| c.checksum_type == ChecksumType::FullObject)
+            .map(|c| c.algorithm);
+        let placeholder_sums = match upload_checksum {
+            Some(c) => {
+                let mut v = "0".repeat(checksum::base64_len(c.algorithm));
+                if c.checksum_type == ChecksumType::Composite {
+                    v.push_str(&format!("-{}", parts.len()));
+                }
+                Checksums::only(c.algorithm, v)
+            }
+            None => Checksums::default(),
+        };
         let etag_placeholder = format!("\"{}-{}\"", "0".repeat(32), parts.len());
-        let placeholder = placeholder_header(key, &upload.headers, &Checksums::default(), &etag_placeholder);
-        let mut writer = self.new_writer(&placeholder, false).await?;
+        let placeholder = placeholder_header(key, &upload.headers, &placeholder_sums, &etag_placeholder);
+        let mut writer = self.new_writer(&placeholder, false, full_object).await?;
         let mut md5s = Md5::new();
         for (part, expected) in parts.iter().zip(&found) {
             let path = dir.join(part_file_name(part.part_number));
@@ -672,7 +790,7 @@ impl Origin for FsOrigin {
                 return Err(invalid_part(part.part_number));
             };
             let meta = header.meta;
-            if meta.etag != expected.etag || meta.size != expected.size {
+            if meta.etag != expected.etag || meta.size != expected.size || meta.checksums != expected.checksums {
                 return Err(invalid_part(part.part_number));
             }
             let digest = hex::decode(meta.etag.trim_matches('"'))
@@ -688,12 +806,16 @@ impl Origin for FsOrigin {
             }
         }
         let etag = format!("\"{}-{}\"", hex::encode(md5s.finalize()), parts.len());
+        let checksums = match (upload_checksum, composite, writer.checksum()) {
+            (Some(c), Some(value), _) | (Some(c), None, Some(value)) => Checksums::only(c.algorithm, value),
+            _ => Checksums::default(),
+        };
         let meta = ObjectMeta {
             size: writer.size,
             etag: etag.clone(),
             last_modified: now_secs(),
             headers: upload.headers,
-            checksums: Checksums::default(),
+            checksums,
         };
         let temp = writer
             .finish(&StoredHeader {
@@ -715,7 +837,10 @@ impl Origin for FsOrigin {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(upload = %upload_id, error = %e, "could not remove a completed upload's parts"),
         }
-        Ok(etag)
+        Ok(PutOutput {
+            etag,
+            checksums: meta.checksums,
+        })
     }
 
     async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()> {
@@ -751,6 +876,7 @@ impl Origin for FsOrigin {
                         etag: meta.etag,
                         size: meta.size,
                         last_modified: meta.last_modified,
+                        checksums: meta.checksums,
                     });
                 }
             }
@@ -1197,11 +1323,17 @@ struct ObjectWriter {
     file: tokio::fs::File,
     header_len: usize,
     md5: Option<Md5>,
+    checksum: Option<Hasher>,
     size: u64,
 }
 
 impl ObjectWriter {
-    async fn begin(tmp: &Path, placeholder: &StoredHeader, hash: bool) -> io::Result<ObjectWriter> {
+    async fn begin(
+        tmp: &Path,
+        placeholder: &StoredHeader,
+        hash: bool,
+        checksum: Option<ChecksumAlgorithm>,
+    ) -> io::Result<ObjectWriter> {
         let header_len = serde_json::to_vec(placeholder).map_err(io::Error::other)?.len() + HEADER_SLACK;
         let header = encode_header(placeholder, Some(header_len))?;
         let path = tmp.join(format!("{}.tmp", new_id()));
@@ -1217,6 +1349,7 @@ impl ObjectWriter {
             file,
             header_len,
             md5: hash.then(Md5::new),
+            checksum: checksum.map(Hasher::new),
             size: 0,
         })
     }
@@ -1230,6 +1363,9 @@ impl ObjectWriter {
             if let Some(md5) = &mut self.md5 {
                 md5.update(&chunk);
             }
+            if let Some(h) = &mut self.checksum {
+                h.update(&chunk);
+            }
             self.file.write_all(&chunk).await?;
             self.size += chunk.len() as u64;
         }
@@ -1240,6 +1376,11 @@ impl ObjectWriter {
     fn etag(&mut self) -> String {
         let digest = self.md5.take().unwrap_or_default().finalize();
         format!("\"{}\"", hex::encode(digest))
+    }
+
+    /// The base64 checksum of the body written so far, when the writer was asked for one.
+    fn checksum(&mut self) -> Option<String> {
+        self.checksum.take().map(Hasher::finish_base64)
     }
 
     /// Writes the real header over the reserved one and makes the file durable.

@@ -272,9 +272,15 @@ impl Origin for RetryingOrigin {
             .0
     }
 
-    async fn create_multipart_upload(&self, bucket: &str, key: &str, headers: &ContentHeaders) -> OriginResult<String> {
+    async fn create_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &ContentHeaders,
+        checksum: Option<MultipartChecksum>,
+    ) -> OriginResult<String> {
         self.run("create_multipart_upload", || {
-            self.inner.create_multipart_upload(bucket, key, headers)
+            self.inner.create_multipart_upload(bucket, key, headers, checksum)
         })
         .await
         .0
@@ -287,9 +293,11 @@ impl Origin for RetryingOrigin {
         upload_id: &str,
         part_number: i32,
         body: &PutBody,
-    ) -> OriginResult<String> {
+        checksums: &Checksums,
+    ) -> OriginResult<PutOutput> {
         self.run("upload_part", || {
-            self.inner.upload_part(bucket, key, upload_id, part_number, body)
+            self.inner
+                .upload_part(bucket, key, upload_id, part_number, body, checksums)
         })
         .await
         .0
@@ -301,7 +309,7 @@ impl Origin for RetryingOrigin {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
-    ) -> OriginResult<String> {
+    ) -> OriginResult<PutOutput> {
         let (result, retried) = self
             .run("complete_multipart_upload", || {
                 self.inner.complete_multipart_upload(bucket, key, upload_id, parts)
@@ -311,7 +319,10 @@ impl Origin for RetryingOrigin {
             // The first attempt completed it but the answer was lost.
             Err(OriginError::NoSuchUpload) if retried => {
                 let meta = self.head_object(bucket, key, &Conditions::default()).await?;
-                Ok(meta.etag)
+                Ok(PutOutput {
+                    etag: meta.etag,
+                    checksums: meta.checksums,
+                })
             }
             other => other,
         }
