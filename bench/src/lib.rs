@@ -1,7 +1,47 @@
-//! perch-bench as a library: the fault-injecting origin proxy, and the servers that benchmarks
-//! and tests run against (moto, perch, the proxy in-process).
+//! perch-bench as a library: the load generator (`run`, `compare-nginx`, `suite`), the
+//! fault-injecting origin proxy, and the servers that benchmarks and tests run against.
 
 mod body;
+pub mod client;
+pub mod data;
+pub mod engine;
 mod faults;
+pub mod metrics;
+pub mod nginx;
 pub mod proxy;
+pub mod report;
+pub mod run;
 pub mod servers;
+pub mod stats;
+pub mod suite;
+pub mod target;
+pub mod trace;
+pub mod units;
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+/// Runs sections with a progress line, then writes and returns the report.
+pub async fn measure<F, Fut>(out: Option<PathBuf>, body: F) -> anyhow::Result<(report::Report, PathBuf)>
+where
+    F: FnOnce(Arc<engine::Progress>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<report::Section>>>,
+{
+    let started = SystemTime::now();
+    let out = out.unwrap_or_else(|| PathBuf::from("bench-results").join(units::compact_timestamp(started)));
+    let progress = Arc::new(engine::Progress::new());
+    let ticker = progress.ticker();
+    let sections = body(progress.clone()).await;
+    drop(ticker);
+    progress.note("");
+    let report = report::Report {
+        tool: "perch-bench".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: units::rfc3339(started),
+        finished_at: units::rfc3339(SystemTime::now()),
+        command: std::env::args().collect(),
+        machine: report::Machine::detect(),
+        sections: sections?,
+    };
+    report.write(&out)?;
+    Ok((report, out))
+}

@@ -1,7 +1,7 @@
 //! `perch-bench`: benchmark and test-harness tools for Perch.
-//! Subcommands: `origin-proxy` (fault-injecting S3 origin proxy); `run` and `compare-nginx` are to come.
+//! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything), `origin-proxy`.
 
-use perch_bench::proxy;
+use perch_bench::{nginx, proxy, run, suite};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -15,10 +15,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Load-test S3 endpoints on loopback: hot and cold GETs, PUTs, a read/write mix and OrioleDB
+    /// trace replays, several targets alternated in rounds; writes JSON, Markdown and SVG results.
+    Run(Box<run::RunArgs>),
+    /// Start nginx (static files, and proxy_cache in front of the origin) on loopback and compare
+    /// it with Perch and the origin on the same GET workload.
+    CompareNginx(Box<nginx::CompareArgs>),
+    /// Start moto, Perch and nginx, run the standard workloads and write one report (about a minute).
+    Suite(Box<suite::SuiteArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
     OriginProxy(proxy::ProxyArgs),
-    // Planned: `Run` (load generator against a gateway) and `CompareNginx`.
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,7 +35,30 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
-        Command::OriginProxy(args) => runtime.block_on(proxy::run(args)),
+    let (report, out) = match cli.command {
+        Command::OriginProxy(args) => return runtime.block_on(proxy::run(args)),
+        Command::Run(args) => runtime
+            .block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
+                Ok(vec![run::run_section(&args, "run", "perch-bench run", progress).await?])
+            }))?,
+        Command::CompareNginx(args) => {
+            runtime.block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
+                let (perch, origin) = nginx::endpoints(&args)?;
+                Ok(vec![
+                    nginx::compare_section(perch, origin, &args.nginx, &args.common, progress).await?,
+                ])
+            }))?
+        }
+        Command::Suite(args) => runtime
+            .block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
+                suite::run_suite(&args, progress).await
+            }))?,
+    };
+    print!("{}", report.markdown());
+    let errors = report.errors();
+    eprintln!("results written to {}", out.display());
+    if errors > 0 {
+        eprintln!("warning: {errors} requests failed (see results.md for samples)");
     }
+    Ok(())
 }
