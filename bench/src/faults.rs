@@ -130,8 +130,14 @@ pub struct FaultSettings {
     pub match_method: Option<String>,
     /// Only requests whose key starts with this prefix are eligible for error_rate/fail_next.
     pub match_key_prefix: Option<String>,
-    /// Fail exactly the next N matching requests with the first of `error_kinds`.
+    /// Fail exactly the next N matching requests with the first of `error_kinds`; while
+    /// `cut_body_after` is set, cut the response bodies of the next N matching GETs instead.
     pub fail_next: u64,
+    /// With `fail_next`: the next `fail_next` matching GET requests are forwarded, but their
+    /// response body is cut (the client connection closed) after this many bytes. Other methods
+    /// pass untouched and do not use up `fail_next`. `error_rate` is not affected.
+    #[serde(default)]
+    pub cut_body_after: Option<u64>,
 }
 
 impl Default for FaultSettings {
@@ -146,6 +152,7 @@ impl Default for FaultSettings {
             match_method: None,
             match_key_prefix: None,
             fail_next: 0,
+            cut_body_after: None,
         }
     }
 }
@@ -242,6 +249,8 @@ pub struct Decision {
     pub latency: Duration,
     pub stall: Duration,
     pub bandwidth: Option<u64>,
+    /// Forward the request, but cut its response body after this many bytes.
+    pub cut_body_after: Option<u64>,
 }
 
 /// Decides, in arrival order, which requests get a fault. Seeded, so the same
@@ -296,15 +305,40 @@ impl FaultEngine {
         let seq = self.next_seq;
         self.next_seq += 1;
         let s = &self.current;
+        let mut cut_body_after = None;
         let injected = if s.outage || self.scheduled_outage_active(now) {
             Some(FaultKind::Outage)
         } else if !s.matches(method, key) {
             None
+        } else if let Some(cut) = s.cut_body_after {
+            if s.fail_next > 0 && method.eq_ignore_ascii_case("GET") {
+                self.current.fail_next -= 1;
+                cut_body_after = Some(cut);
+                None
+            } else {
+                self.draw_error()
+            }
         } else if s.fail_next > 0 {
             let kind = s.error_kinds.first().copied().unwrap_or(FaultKind::Http503);
             self.current.fail_next -= 1;
             Some(kind)
-        } else if s.error_rate > 0.0 && !s.error_kinds.is_empty() {
+        } else {
+            self.draw_error()
+        };
+        Decision {
+            seq,
+            injected,
+            latency: Duration::from_millis(self.current.latency_ms),
+            stall: Duration::from_millis(self.current.stall_ms),
+            bandwidth: self.current.bandwidth_bytes_per_sec,
+            cut_body_after,
+        }
+    }
+
+    /// A kind drawn from `error_kinds` with probability `error_rate`.
+    fn draw_error(&mut self) -> Option<FaultKind> {
+        let s = &self.current;
+        if s.error_rate > 0.0 && !s.error_kinds.is_empty() {
             let draw: f64 = self.rng.random();
             if draw < s.error_rate {
                 let i = self.rng.random_range(0..s.error_kinds.len());
@@ -314,13 +348,6 @@ impl FaultEngine {
             }
         } else {
             None
-        };
-        Decision {
-            seq,
-            injected,
-            latency: Duration::from_millis(self.current.latency_ms),
-            stall: Duration::from_millis(self.current.stall_ms),
-            bandwidth: self.current.bandwidth_bytes_per_sec,
         }
     }
 }
@@ -394,6 +421,53 @@ mod tests {
         assert_eq!(e.decide("GET", "a/y", now).injected, Some(FaultKind::Http503));
         assert_eq!(e.decide("GET", "a/z", now).injected, None);
         assert_eq!(e.current().fail_next, 0);
+    }
+
+    #[test]
+    fn cut_body_after_forwards_the_next_matching_gets_and_cuts_them() {
+        let settings = FaultSettings {
+            fail_next: 2,
+            cut_body_after: Some(1000),
+            match_key_prefix: Some("big/".into()),
+            ..FaultSettings::default()
+        };
+        let mut e = FaultEngine::new(settings, Vec::new(), 1);
+        let now = Instant::now();
+        let d = |e: &mut FaultEngine, method: &str, key: &str| {
+            let d = e.decide(method, key, now);
+            (d.injected, d.cut_body_after)
+        };
+        // Other keys and other methods pass and do not use up the count.
+        assert_eq!(d(&mut e, "GET", "small/x"), (None, None));
+        assert_eq!(d(&mut e, "HEAD", "big/x"), (None, None));
+        assert_eq!(d(&mut e, "PUT", "big/x"), (None, None));
+        assert_eq!(e.current().fail_next, 2);
+        // Matching GETs are forwarded (no injected error) and cut, exactly `fail_next` of them.
+        assert_eq!(d(&mut e, "get", "big/x"), (None, Some(1000)));
+        assert_eq!(d(&mut e, "GET", "big/y"), (None, Some(1000)));
+        assert_eq!(d(&mut e, "GET", "big/z"), (None, None));
+        assert_eq!(e.current().fail_next, 0);
+        // Without `cut_body_after`, `fail_next` injects errors as before.
+        e.set(FaultSettings {
+            fail_next: 1,
+            ..FaultSettings::default()
+        });
+        assert_eq!(d(&mut e, "GET", "big/x"), (Some(FaultKind::Http503), None));
+        assert_eq!(d(&mut e, "GET", "big/x"), (None, None));
+        // The field may be absent from a JSON body (an older client) and is cleared by null.
+        let parsed: FaultSettings = serde_json::from_value(serde_json::json!({
+            "error_rate": 0.0, "error_kinds": ["503"], "latency_ms": 0, "stall_ms": 5000,
+            "bandwidth_bytes_per_sec": null, "outage": false, "match_method": null,
+            "match_key_prefix": null, "fail_next": 0
+        }))
+        .unwrap();
+        assert_eq!(parsed, FaultSettings::default());
+        let set = FaultSettings::default()
+            .overlay(&serde_json::json!({"cut_body_after": 5, "fail_next": 1}))
+            .unwrap();
+        assert_eq!(set.cut_body_after, Some(5));
+        let cleared = set.overlay(&serde_json::json!({"cut_body_after": null})).unwrap();
+        assert_eq!(cleared.cut_body_after, None);
     }
 
     #[test]

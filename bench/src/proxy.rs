@@ -120,6 +120,8 @@ struct Record {
     status: u16,
     resp_bytes: u64,
     injected: Option<FaultKind>,
+    /// Set when the response body was cut by the `cut_body_after` fault after this many bytes.
+    cut_body_after: Option<u64>,
     error: Option<String>,
 }
 
@@ -192,6 +194,8 @@ struct ConnCtx {
     abort: Arc<AtomicBool>,
     /// True until the first forwarded request has been charged the new-connection RTTs.
     fresh: Arc<AtomicBool>,
+    /// Raised by a body cut by `cut_body_after`: close the connection once it is flushed.
+    cut: Arc<AtomicBool>,
 }
 
 /// Returned by the service to make hyper drop the connection without a response.
@@ -206,10 +210,13 @@ impl std::fmt::Display for AbortConnection {
 
 impl StdError for AbortConnection {}
 
-/// The accepted client socket; resets (SO_LINGER 0) instead of closing when aborted.
+/// The accepted client socket; resets (SO_LINGER 0) instead of closing when aborted, and fails
+/// its first flush after a body was cut (hyper has then written out all it had buffered, and
+/// closes the connection on the error).
 struct ClientStream {
     stream: TcpStream,
     abort: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
 }
 
 impl AsyncRead for ClientStream {
@@ -236,7 +243,11 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if this.cut.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::Error::other("response body cut by an injected fault")));
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -272,7 +283,10 @@ impl Drop for ClientStream {
 /// Faults are decided when a request arrives (in `seq` order, under the seeded RNG) and
 /// before anything is forwarded, so an injected fault, `reset` and `stall` included,
 /// never reaches the upstream. `reset` and `stall` close the client connection with a
-/// TCP RST (SO_LINGER 0) and no response; they are recorded with status 0.
+/// TCP RST (SO_LINGER 0) and no response; they are recorded with status 0. The one
+/// exception is `cut_body_after`: such a GET is forwarded, and its response body is cut after
+/// that many bytes (the connection closed mid-body); its record has `cut_body_after` set, the
+/// upstream's status, and the bytes actually sent.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = Proxy::bind(&args).await?;
     {
@@ -306,6 +320,7 @@ impl Proxy {
             match_method: None,
             match_key_prefix: None,
             fail_next: 0,
+            cut_body_after: None,
         };
         baseline.validate().map_err(|e| anyhow!("invalid fault options: {e}"))?;
         let schedule = match &args.outage_schedule {
@@ -485,10 +500,12 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, id: u64, _perm
         id,
         abort: Arc::new(AtomicBool::new(false)),
         fresh: Arc::new(AtomicBool::new(true)),
+        cut: Arc::new(AtomicBool::new(false)),
     };
     let io = TokioIo::new(ClientStream {
         stream,
         abort: ctx.abort.clone(),
+        cut: ctx.cut.clone(),
     });
     let service = service_fn(move |req| handle(shared.clone(), ctx.clone(), req));
     let mut builder = http1::Builder::new();
@@ -546,11 +563,13 @@ async fn handle(
         status: 0,
         resp_bytes: 0,
         injected: decision.injected,
+        cut_body_after: decision.cut_body_after,
         error: None,
     };
     debug!(seq = record.seq, method = %record.method, path = %record.path, injected = ?record.injected, "request");
     let Some(kind) = decision.injected else {
-        return Ok(forward(shared, req, record, decision.bandwidth).await);
+        let cut = decision.cut_body_after.map(|n| (n, ctx.cut.clone()));
+        return Ok(forward(shared, req, record, decision.bandwidth, cut).await);
     };
     if let Some((status, code, message)) = kind.http_error() {
         return Ok(inject_error(&shared, req, record, kind, status, code, message).await);
@@ -570,6 +589,7 @@ async fn forward(
     req: Request<Incoming>,
     mut record: Record,
     bandwidth: Option<u64>,
+    cut: Option<(u64, Arc<AtomicBool>)>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -601,7 +621,12 @@ async fn forward(
             strip_hop_by_hop(&mut parts.headers);
             let resp_counter = Arc::new(AtomicU64::new(0));
             let hook = record_hook(shared.clone(), record, req_counter, resp_counter.clone());
-            let body = Metered::new(body, resp_counter, bandwidth, Some(hook));
+            let mut body = Metered::new(body, resp_counter, bandwidth, Some(hook));
+            // The `cut_body_after` fault: that many bytes reach the client, then the connection
+            // closes with the response unfinished.
+            if let Some((limit, signal)) = cut {
+                body = body.cut_after(limit, signal);
+            }
             Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
         }
         Err(e) => {
@@ -628,6 +653,9 @@ fn record_hook(
             Outcome::Complete => {}
             Outcome::Failed(e) => record.error = Some(format!("upstream body failed: {e}")),
             Outcome::Dropped => record.error = Some("response body not fully delivered to the client".into()),
+            Outcome::Cut(n) => {
+                record.error = Some(format!("response body cut by an injected fault after {n} bytes"));
+            }
         }
         lock(&shared.journal).push(record);
     })

@@ -498,6 +498,90 @@ async fn fail_next_503_never_reaches_upstream() {
 }
 
 #[tokio::test]
+async fn cut_body_after_forwards_then_closes_mid_body() {
+    let proxy = Proxy::start(&[]);
+    create_bucket(&proxy, "cut-bucket").await;
+    // Large enough that hyper holds part of the cut body in its write buffer: all of it must
+    // still reach the client before the connection closes.
+    let data = random_bytes(2_000_000, 9);
+    assert_eq!(proxy.s3("PUT", "/cut-bucket/big/k", data.clone()).await.status, 200);
+    assert_eq!(proxy.s3("PUT", "/cut-bucket/other", b"o".to_vec()).await.status, 200);
+    proxy.reset().await;
+
+    let set = proxy
+        .faults(
+            "PUT",
+            json!({"fail_next": 1, "cut_body_after": 1_000_000, "match_key_prefix": "big/"}),
+        )
+        .await;
+    assert_eq!(set["cut_body_after"], 1_000_000);
+    // Neither a HEAD of the key nor a GET of another key uses up the fault.
+    assert_eq!(proxy.s3("HEAD", "/cut-bucket/big/k", Vec::new()).await.status, 200);
+    assert_eq!(&proxy.s3("GET", "/cut-bucket/other", Vec::new()).await.body[..], b"o");
+
+    // The cut GET: the head announces the whole length, then exactly 1,000,000 bytes, then EOF.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!(
+        "GET /cut-bucket/big/k HTTP/1.1\r\nHost: {}\r\nAuthorization: {AUTH}\r\n\r\n",
+        proxy.addr
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut stream, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", data.len())),
+        "{head}"
+    );
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut buf))
+        .await
+        .expect("the proxy must close the connection after the cut")
+        .expect("read");
+    assert_eq!(buf.len(), 1_000_000);
+    assert!(
+        buf[..] == data[..1_000_000],
+        "the bytes before the cut must be the object's"
+    );
+    assert_eq!(proxy.get_json("/__proxy/faults").await["fail_next"], 0);
+
+    // The next GET is whole, and a hyper client sees a cut one as an error.
+    let r = proxy.s3("GET", "/cut-bucket/big/k", Vec::new()).await;
+    assert!(r.body == data, "the GET after the cut must be whole");
+    proxy
+        .faults("PATCH", json!({"fail_next": 1, "cut_body_after": 0}))
+        .await;
+    send(proxy.addr, "GET", "/cut-bucket/big/k", &[], Vec::new())
+        .await
+        .expect_err("a body cut before its first byte must fail");
+
+    // Every cut GET reached the upstream and is counted; the records say where it was cut.
+    assert_eq!(
+        proxy.counts().await,
+        json!({"HEAD big/k": 1, "GET other": 1, "GET big/k": 3})
+    );
+    let log = proxy.log().await;
+    let cut: Vec<&Value> = log.iter().filter(|r| r["key"] == "big/k").collect();
+    assert_eq!(cut.len(), 4, "{log:#?}");
+    assert_eq!(
+        cut.iter().map(|r| &r["cut_body_after"]).collect::<Vec<_>>(),
+        [&Value::Null, &json!(1_000_000), &Value::Null, &json!(0)]
+    );
+    assert_eq!(
+        cut.iter().map(|r| &r["resp_bytes"]).collect::<Vec<_>>(),
+        [&json!(0), &json!(1_000_000), &json!(data.len()), &json!(0)]
+    );
+    for r in &cut {
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["injected"], Value::Null);
+    }
+    for i in [1, 3] {
+        let error = cut[i]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("cut by an injected fault"), "{error}");
+    }
+}
+
+#[tokio::test]
 async fn outage_on_and_off() {
     let proxy = Proxy::start(&[]);
     create_bucket(&proxy, "outage-bucket").await;

@@ -130,7 +130,9 @@ pub fn read_block(file: &File, size: u64, crcs: &[u32], index: u64) -> io::Resul
         }
         read += n;
     }
-    let Some(&want) = crcs.get(index as usize) else { return Ok(None) };
+    let Some(&want) = crcs.get(index as usize) else {
+        return Ok(None);
+    };
     Ok((crc32fast::hash(&buf) == want).then_some(buf))
 }
 
@@ -166,7 +168,10 @@ mod tests {
         blobs.commit(&temp, 42).unwrap();
         let file = blobs.open_blob(42).unwrap();
         let size = data.len() as u64;
-        assert_eq!(read_block(&file, size, &crcs, 1).unwrap().unwrap(), &data[BLOCK as usize..]);
+        assert_eq!(
+            read_block(&file, size, &crcs, 1).unwrap().unwrap(),
+            &data[BLOCK as usize..]
+        );
         // Flip one byte of the first block.
         let mut bad = data.clone();
         bad[5] ^= 1;

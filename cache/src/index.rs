@@ -85,16 +85,29 @@ impl Index {
             ColumnFamilyDescriptor::new(name, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err)?;
-        let meta = db.cf_handle(META).ok_or_else(|| CacheError::Index("no meta column family".into()))?;
+        let meta = db
+            .cf_handle(META)
+            .ok_or_else(|| CacheError::Index("no meta column family".into()))?;
         let next = match db.get_cf(meta, NEXT_BLOB).map_err(db_err)? {
-            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| CacheError::Index("bad next_blob".into()))?),
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| CacheError::Index("bad next_blob".into()))?,
+            ),
             None => 1,
         };
-        Ok(Index { db, next: AtomicU64::new(next), reserved: Mutex::new(next), first_of_run: next })
+        Ok(Index {
+            db,
+            next: AtomicU64::new(next),
+            reserved: Mutex::new(next),
+            first_of_run: next,
+        })
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, CacheError> {
-        self.db.cf_handle(name).ok_or_else(|| CacheError::Index(format!("no {name} column family")))
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| CacheError::Index(format!("no {name} column family")))
     }
 
     /// Blob ids below this one were handed out by an earlier run (ids at or above it are this
@@ -106,19 +119,28 @@ impl Index {
     /// A blob id never handed out before, across restarts.
     pub fn next_blob_id(&self) -> Result<u64, CacheError> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
-        let mut reserved = self.reserved.lock().map_err(|_| CacheError::Index("id lock poisoned".into()))?;
+        let mut reserved = self
+            .reserved
+            .lock()
+            .map_err(|_| CacheError::Index("id lock poisoned".into()))?;
         if id >= *reserved {
             let mark = id + ID_RUN;
             let mut w = WriteOptions::default();
             w.set_sync(true);
-            self.db.put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &w).map_err(db_err)?;
+            self.db
+                .put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &w)
+                .map_err(db_err)?;
             *reserved = mark;
         }
         Ok(id)
     }
 
     pub fn get(&self, okey: &str) -> Result<Option<Entry>, CacheError> {
-        match self.db.get_pinned_cf(self.cf(OBJECTS)?, okey.as_bytes()).map_err(db_err)? {
+        match self
+            .db
+            .get_pinned_cf(self.cf(OBJECTS)?, okey.as_bytes())
+            .map_err(db_err)?
+        {
             Some(v) => Ok(serde_json::from_slice(&v).ok()),
             None => Ok(None),
         }
@@ -177,7 +199,9 @@ impl Index {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(OBJECTS)?, IteratorMode::Start) {
             let (k, v) = item.map_err(db_err)?;
-            let Ok(entry) = serde_json::from_slice::<Entry>(&v) else { continue };
+            let Ok(entry) = serde_json::from_slice::<Entry>(&v) else {
+                continue;
+            };
             let mut last_read = entry.validated;
             while let Some(Ok((ak, av))) = access.peek() {
                 match ak.as_ref().cmp(k.as_ref()) {
@@ -194,7 +218,12 @@ impl Index {
                 }
             }
             let okey = String::from_utf8_lossy(&k);
-            out.push(Scanned { blob: entry.blob, key_hash: hash(&okey), size: entry.meta.size, last_read });
+            out.push(Scanned {
+                blob: entry.blob,
+                key_hash: hash(&okey),
+                size: entry.meta.size,
+                last_read,
+            });
         }
         Ok(out)
     }

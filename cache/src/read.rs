@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::CacheError;
-use crate::blobs::{BLOCK, BlockCrcs, Blobs, read_block};
+use crate::blobs::{BLOCK, Blobs, BlockCrcs, read_block};
 use crate::evict::Evictor;
 use crate::index::{Entry, Index, object_key};
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
@@ -108,29 +108,65 @@ struct CacheStats {
 
 impl CacheStats {
     fn register(&self, r: &mut Registry) {
-        r.register("perch_cache_hits", "GET/HEAD answered from the cache, by tier", self.hits.clone());
-        r.register("perch_cache_misses", "GET/HEAD that went to the origin", self.misses.clone());
-        r.register("perch_cache_bypass", "GETs served without the cache (too large to keep)", self.bypass.clone());
-        r.register("perch_cache_revalidations", "Revalidations of mutable keys, by result", self.revalidations.clone());
-        r.register("perch_cache_served_bytes", "Body bytes served, by tier (memory, disk, origin)", self.bytes_served.clone());
-        r.register("perch_cache_evictions", "Entries evicted, by tier", self.evictions.clone());
-        r.register("perch_cache_corrupt", "Cached entries found corrupt or truncated, dropped and refetched", self.corrupt.clone());
-        r.register("perch_cache_coalesced", "Misses that joined a fill already under way", self.coalesced.clone());
-        r.register("perch_cache_resumed", "Fills resumed after the origin stream broke", self.resumed.clone());
+        r.register(
+            "perch_cache_hits",
+            "GET/HEAD answered from the cache, by tier",
+            self.hits.clone(),
+        );
+        r.register(
+            "perch_cache_misses",
+            "GET/HEAD that went to the origin",
+            self.misses.clone(),
+        );
+        r.register(
+            "perch_cache_bypass",
+            "GETs served without the cache (too large to keep)",
+            self.bypass.clone(),
+        );
+        r.register(
+            "perch_cache_revalidations",
+            "Revalidations of mutable keys, by result",
+            self.revalidations.clone(),
+        );
+        r.register(
+            "perch_cache_served_bytes",
+            "Body bytes served, by tier (memory, disk, origin)",
+            self.bytes_served.clone(),
+        );
+        r.register(
+            "perch_cache_evictions",
+            "Entries evicted, by tier",
+            self.evictions.clone(),
+        );
+        r.register(
+            "perch_cache_corrupt",
+            "Cached entries found corrupt or truncated, dropped and refetched",
+            self.corrupt.clone(),
+        );
+        r.register(
+            "perch_cache_coalesced",
+            "Misses that joined a fill already under way",
+            self.coalesced.clone(),
+        );
+        r.register(
+            "perch_cache_resumed",
+            "Fills resumed after the origin stream broke",
+            self.resumed.clone(),
+        );
         r.register("perch_cache_size_bytes", "Bytes held, by tier", self.size.clone());
         r.register("perch_cache_entries", "Objects held, by tier", self.entries.clone());
         // Every series from the start, at 0, rather than appearing at its first event.
         for tier in [&MEMORY, &DISK] {
-            self.hits.get_or_create(tier);
-            self.evictions.get_or_create(tier);
-            self.size.get_or_create(tier);
-            self.entries.get_or_create(tier);
+            let _ = self.hits.get_or_create(tier);
+            let _ = self.evictions.get_or_create(tier);
+            let _ = self.size.get_or_create(tier);
+            let _ = self.entries.get_or_create(tier);
         }
         for tier in [&MEMORY, &DISK, &ORIGIN] {
-            self.bytes_served.get_or_create(tier);
+            let _ = self.bytes_served.get_or_create(tier);
         }
         for result in ["unchanged", "changed", "failed"] {
-            self.revalidations.get_or_create(&ResultLabel { result });
+            let _ = self.revalidations.get_or_create(&ResultLabel { result });
         }
     }
 }
@@ -155,7 +191,12 @@ struct Fill {
 #[derive(Clone)]
 enum FillState {
     Pending,
-    Body { meta: Arc<ObjectMeta>, file: Arc<File>, written: u64, done: bool },
+    Body {
+        meta: Arc<ObjectMeta>,
+        file: Arc<File>,
+        written: u64,
+        done: bool,
+    },
     Failed(Arc<FillError>),
 }
 
@@ -183,10 +224,15 @@ impl FillError {
         match self {
             FillError::NoSuchKey => OriginError::NoSuchKey,
             FillError::NoSuchBucket => OriginError::NoSuchBucket,
-            FillError::Rejected { status, code, message } => {
-                OriginError::Rejected { status: *status, code: code.clone(), message: message.clone() }
-            }
-            FillError::Unavailable(m) | FillError::Corrupt(m) => OriginError::Unavailable { seconds: 0, last: m.clone() },
+            FillError::Rejected { status, code, message } => OriginError::Rejected {
+                status: *status,
+                code: code.clone(),
+                message: message.clone(),
+            },
+            FillError::Unavailable(m) | FillError::Corrupt(m) => OriginError::Unavailable {
+                seconds: 0,
+                last: m.clone(),
+            },
         }
     }
 }
@@ -230,7 +276,10 @@ async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> 
         while done < len {
             let n = file.read_at(&mut buf[done..], offset + done as u64)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cache file shorter than expected"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cache file shorter than expected",
+                ));
             }
             done += n;
         }
@@ -243,7 +292,11 @@ async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> 
 impl ReadCache {
     /// Opens the cache under `cfg.dir` (index and blobs survive restarts) and starts its background
     /// work: rebuilding the eviction order from the index, and flushing access times.
-    pub fn open(cfg: CacheConfig, origin: Arc<dyn Origin>, registry: Option<&mut Registry>) -> Result<Arc<ReadCache>, CacheError> {
+    pub fn open(
+        cfg: CacheConfig,
+        origin: Arc<dyn Origin>,
+        registry: Option<&mut Registry>,
+    ) -> Result<Arc<ReadCache>, CacheError> {
         std::fs::create_dir_all(&cfg.dir)?;
         let index = Index::open(&cfg.dir.join("index"))?;
         let blobs = Blobs::open(cfg.dir.join("blobs"))?;
@@ -254,9 +307,7 @@ impl ReadCache {
         let hot_stats = stats.clone();
         let hot = moka::sync::Cache::builder()
             .max_capacity(cfg.memory_bytes)
-            .weigher(|k: &String, v: &Arc<HotObject>| {
-                u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
-            })
+            .weigher(|k: &String, v: &Arc<HotObject>| u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX))
             .eviction_listener(move |_k, _v, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     hot_stats.evictions.get_or_create(&MEMORY).inc();
@@ -305,7 +356,11 @@ impl ReadCache {
             self.drop_evicted(evicted);
         }
         self.refresh_gauges();
-        tracing::info!(entries = count, ms = started.elapsed().as_millis() as u64, "cache eviction order rebuilt");
+        tracing::info!(
+            entries = count,
+            ms = started.elapsed().as_millis() as u64,
+            "cache eviction order rebuilt"
+        );
         // Blob files no entry names (a crash between writing a blob and indexing it): remove them.
         // Only an earlier run's: a fill of this run commits its blob just before indexing it.
         let earlier = self.index.first_id_of_this_run();
@@ -330,8 +385,14 @@ impl ReadCache {
     pub fn refresh_gauges(&self) {
         // moka counts inserts and removals lazily: settle them so that the gauges are current.
         self.hot.run_pending_tasks();
-        self.stats.size.get_or_create(&MEMORY).set(self.hot.weighted_size() as i64);
-        self.stats.entries.get_or_create(&MEMORY).set(self.hot.entry_count() as i64);
+        self.stats
+            .size
+            .get_or_create(&MEMORY)
+            .set(self.hot.weighted_size() as i64);
+        self.stats
+            .entries
+            .get_or_create(&MEMORY)
+            .set(self.hot.entry_count() as i64);
         let e = lock(&self.evictor);
         self.stats.size.get_or_create(&DISK).set(e.used() as i64);
         self.stats.entries.get_or_create(&DISK).set(e.len() as i64);
@@ -398,14 +459,20 @@ impl ReadCache {
 
     fn needs_revalidation(&self, key: &str, entry: &Entry) -> bool {
         self.cfg.freshness.is_mutable(key)
-            && entry.validated.elapsed().map_or(true, |age| age >= self.cfg.revalidate_after)
+            && entry
+                .validated
+                .elapsed()
+                .map_or(true, |age| age >= self.cfg.revalidate_after)
     }
 
     /// Asks the origin whether a cached copy is still current. `Ok(true)`: it is (and is marked
     /// so); `Ok(false)`: it changed or is gone, and was dropped; an unreachable origin leaves the
     /// copy in service (stale-if-error) and says `Ok(true)`.
     async fn revalidate(&self, okey: &str, bucket: &str, key: &str, entry: &Entry) -> OriginResult<bool> {
-        let cond = Conditions { if_none_match: Some(entry.meta.etag.clone()), ..Default::default() };
+        let cond = Conditions {
+            if_none_match: Some(entry.meta.etag.clone()),
+            ..Default::default()
+        };
         let answer = tokio::time::timeout(Duration::from_secs(5), self.origin.head_object(bucket, key, &cond)).await;
         let unchanged = || -> OriginResult<bool> {
             let mut fresh = entry.clone();
@@ -414,9 +481,18 @@ impl ReadCache {
                 tracing::warn!(error = %e, "cannot record a revalidation");
             }
             if let Some(h) = self.hot.get(okey).filter(|h| h.entry.blob == entry.blob) {
-                self.hot.insert(okey.to_owned(), Arc::new(HotObject { entry: fresh, body: h.body.clone() }));
+                self.hot.insert(
+                    okey.to_owned(),
+                    Arc::new(HotObject {
+                        entry: fresh,
+                        body: h.body.clone(),
+                    }),
+                );
             }
-            self.stats.revalidations.get_or_create(&ResultLabel { result: "unchanged" }).inc();
+            self.stats
+                .revalidations
+                .get_or_create(&ResultLabel { result: "unchanged" })
+                .inc();
             Ok(true)
         };
         match answer {
@@ -426,18 +502,27 @@ impl ReadCache {
             Ok(Ok(meta)) if crate::origin::same_etag(&meta.etag, &entry.meta.etag) => unchanged(),
             Ok(Ok(_)) | Ok(Err(OriginError::NoSuchKey)) => {
                 self.drop_entry(okey, entry.blob);
-                self.stats.revalidations.get_or_create(&ResultLabel { result: "changed" }).inc();
+                self.stats
+                    .revalidations
+                    .get_or_create(&ResultLabel { result: "changed" })
+                    .inc();
                 Ok(false)
             }
             Ok(Err(OriginError::NoSuchBucket)) => Err(OriginError::NoSuchBucket),
             Ok(Err(e)) => {
                 tracing::warn!(key, error = %e, "revalidation failed; serving the cached copy");
-                self.stats.revalidations.get_or_create(&ResultLabel { result: "failed" }).inc();
+                self.stats
+                    .revalidations
+                    .get_or_create(&ResultLabel { result: "failed" })
+                    .inc();
                 Ok(true)
             }
             Err(_) => {
                 tracing::warn!(key, "revalidation timed out; serving the cached copy");
-                self.stats.revalidations.get_or_create(&ResultLabel { result: "failed" }).inc();
+                self.stats
+                    .revalidations
+                    .get_or_create(&ResultLabel { result: "failed" })
+                    .inc();
                 Ok(true)
             }
         }
@@ -473,11 +558,19 @@ impl ReadCache {
     }
 
     /// HEAD: the cached metadata, or the origin's (a HEAD does not fill the cache).
-    pub async fn head(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<(ObjectMeta, CacheStatus)> {
+    pub async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        conditions: &Conditions,
+    ) -> OriginResult<(ObjectMeta, CacheStatus)> {
         let okey = object_key(bucket, key);
         if let Some((entry, _, status)) = self.lookup(&okey, bucket, key).await? {
             conditions.check(&entry.meta)?;
-            self.stats.hits.get_or_create(if self.hot.contains_key(&okey) { &MEMORY } else { &DISK }).inc();
+            self.stats
+                .hits
+                .get_or_create(if self.hot.contains_key(&okey) { &MEMORY } else { &DISK })
+                .inc();
             self.note_read(&okey, entry.blob);
             return Ok((entry.meta, status));
         }
@@ -505,10 +598,24 @@ impl ReadCache {
                 self.note_read(&okey, entry.blob);
                 self.stats.hits.get_or_create(&MEMORY).inc();
                 let (first, last) = span.unwrap_or((0, entry.meta.size.saturating_sub(1)));
-                let slice = if entry.meta.size == 0 { Bytes::new() } else { body.slice(first as usize..=last as usize) };
-                self.stats.bytes_served.get_or_create(&MEMORY).inc_by(slice.len() as u64);
+                let slice = if entry.meta.size == 0 {
+                    Bytes::new()
+                } else {
+                    body.slice(first as usize..=last as usize)
+                };
+                self.stats
+                    .bytes_served
+                    .get_or_create(&MEMORY)
+                    .inc_by(slice.len() as u64);
                 let stream: ByteStream = Box::pin(futures::stream::once(async move { Ok(slice) }));
-                return Ok(CachedGet { output: GetOutput { meta: entry.meta, range: span, body: stream }, status });
+                return Ok(CachedGet {
+                    output: GetOutput {
+                        meta: entry.meta,
+                        range: span,
+                        body: stream,
+                    },
+                    status,
+                });
             }
             match self.serve_disk(&okey, bucket, key, entry, span).await {
                 Some(output) => return Ok(CachedGet { output, status }),
@@ -522,8 +629,14 @@ impl ReadCache {
             if out.meta.size <= self.cfg.background_fill_max.min(self.cfg.disk_bytes) {
                 let _ = self.join_fill(&okey, bucket, key);
             }
-            self.stats.bytes_served.get_or_create(&ORIGIN).inc_by(out.range.map_or(out.meta.size, |(a, b)| b - a + 1));
-            return Ok(CachedGet { output: out, status: CacheStatus::Miss });
+            self.stats
+                .bytes_served
+                .get_or_create(&ORIGIN)
+                .inc_by(out.range.map_or(out.meta.size, |(a, b)| b - a + 1));
+            return Ok(CachedGet {
+                output: out,
+                status: CacheStatus::Miss,
+            });
         }
         let (fill, joined) = self.join_fill(&okey, bucket, key);
         if joined {
@@ -538,13 +651,21 @@ impl ReadCache {
                 FillState::Pending => {}
             }
             if rx.changed().await.is_err() {
-                return Err(OriginError::Unavailable { seconds: 0, last: "the origin fetch ended".into() });
+                return Err(OriginError::Unavailable {
+                    seconds: 0,
+                    last: "the origin fetch ended".into(),
+                });
             }
         };
         conditions.check(&meta)?;
         let size = meta.size;
         let stats = self.stats.clone();
-        let reader = FillReader { rx, file, pos: 0, end: size };
+        let reader = FillReader {
+            rx,
+            file,
+            pos: 0,
+            end: size,
+        };
         let body: ByteStream = Box::pin(futures::stream::unfold(reader, move |mut r| {
             let stats = stats.clone();
             async move {
@@ -561,7 +682,14 @@ impl ReadCache {
         } else {
             CacheStatus::Miss
         };
-        Ok(CachedGet { output: GetOutput { meta: (*meta).clone(), range: None, body }, status })
+        Ok(CachedGet {
+            output: GetOutput {
+                meta: (*meta).clone(),
+                range: None,
+                body,
+            },
+            status,
+        })
     }
 
     /// Objects larger than this pass through without being kept.
@@ -580,7 +708,10 @@ impl ReadCache {
         span: Option<(u64, u64)>,
     ) -> Option<GetOutput> {
         let size = entry.meta.size;
-        let opened = self.blobs.open_blob(entry.blob).and_then(|f| Ok((f.metadata()?.len(), f)));
+        let opened = self
+            .blobs
+            .open_blob(entry.blob)
+            .and_then(|f| Ok((f.metadata()?.len(), f)));
         let file = match opened {
             Ok((len, f)) if len == size => f,
             _ => {
@@ -591,7 +722,11 @@ impl ReadCache {
         if size == 0 {
             self.note_read(okey, entry.blob);
             self.stats.hits.get_or_create(&DISK).inc();
-            return Some(GetOutput { meta: entry.meta, range: span, body: Box::pin(futures::stream::empty()) });
+            return Some(GetOutput {
+                meta: entry.meta,
+                range: span,
+                body: Box::pin(futures::stream::empty()),
+            });
         }
         let (first, last) = span.unwrap_or((0, size - 1));
         // Small objects are checked whole and promoted to memory.
@@ -616,7 +751,13 @@ impl ReadCache {
                     return None;
                 }
             };
-            self.hot.insert(okey.to_owned(), Arc::new(HotObject { entry: entry.clone(), body: body.clone() }));
+            self.hot.insert(
+                okey.to_owned(),
+                Arc::new(HotObject {
+                    entry: entry.clone(),
+                    body: body.clone(),
+                }),
+            );
             self.note_read(okey, entry.blob);
             self.stats.hits.get_or_create(&DISK).inc();
             let slice = body.slice(first as usize..=last as usize);
@@ -657,11 +798,20 @@ impl ReadCache {
             let item = r.next_chunk().await?;
             Some((item, r))
         }));
-        Some(GetOutput { meta: entry.meta, range: span, body })
+        Some(GetOutput {
+            meta: entry.meta,
+            range: span,
+            body,
+        })
     }
 
     fn corrupt(&self, okey: &str, entry: &Entry, why: &str) {
-        tracing::warn!(key = okey.split('\0').nth(1).unwrap_or(""), blob = entry.blob, why, "dropping a corrupt cache entry");
+        tracing::warn!(
+            key = okey.split('\0').nth(1).unwrap_or(""),
+            blob = entry.blob,
+            why,
+            "dropping a corrupt cache entry"
+        );
         self.stats.corrupt.inc();
         self.drop_entry(okey, entry.blob);
     }
@@ -673,7 +823,10 @@ impl ReadCache {
             return (f.clone(), true);
         }
         let (tx, _) = watch::channel(FillState::Pending);
-        let fill = Arc::new(Fill { tx, stale: AtomicBool::new(false) });
+        let fill = Arc::new(Fill {
+            tx,
+            stale: AtomicBool::new(false),
+        });
         fills.insert(okey.to_owned(), fill.clone());
         drop(fills);
         let cache = self.clone();
@@ -708,7 +861,12 @@ impl ReadCache {
         let writer = Arc::new(File::create(&temp).map_err(io_err)?);
         let _cleanup = TempGuard(temp.clone());
         let reader_file = Arc::new(File::open(&temp).map_err(io_err)?);
-        fill.tx.send_replace(FillState::Body { meta: meta.clone(), file: reader_file, written: 0, done: false });
+        fill.tx.send_replace(FillState::Body {
+            meta: meta.clone(),
+            file: reader_file,
+            written: 0,
+            done: false,
+        });
 
         let mut body = out.body;
         let mut written = 0u64;
@@ -744,12 +902,24 @@ impl ReadCache {
                     }
                     tracing::info!(key, written, error = %e, "origin stream broke; resuming with a range request");
                     self.stats.resumed.inc();
-                    let cond = Conditions { if_match: Some(meta.etag.clone()), ..Default::default() };
-                    let range = ByteRange::FromTo { first: written, last: None };
-                    let more = self.origin.get_object(bucket, key, Some(range), &cond).await.map_err(|e| match e {
-                        OriginError::PreconditionFailed => FillError::Unavailable("the object changed during the fetch".into()),
-                        other => FillError::from_origin(other),
-                    })?;
+                    let cond = Conditions {
+                        if_match: Some(meta.etag.clone()),
+                        ..Default::default()
+                    };
+                    let range = ByteRange::FromTo {
+                        first: written,
+                        last: None,
+                    };
+                    let more = self
+                        .origin
+                        .get_object(bucket, key, Some(range), &cond)
+                        .await
+                        .map_err(|e| match e {
+                            OriginError::PreconditionFailed => {
+                                FillError::Unavailable("the object changed during the fetch".into())
+                            }
+                            other => FillError::from_origin(other),
+                        })?;
                     if more.range.is_some_and(|(a, _)| a != written) {
                         return Err(FillError::Unavailable("the origin resumed at the wrong offset".into()));
                     }
@@ -759,14 +929,19 @@ impl ReadCache {
             }
         }
         if written != size {
-            return Err(FillError::Unavailable(format!("the origin sent {written} of {size} bytes")));
+            return Err(FillError::Unavailable(format!(
+                "the origin sent {written} of {size} bytes"
+            )));
         }
         let digest = hex::encode(md5.finalize());
         if let Some(want) = md5_etag(&meta.etag)
             && !want.eq_ignore_ascii_case(&digest)
         {
             self.stats.corrupt.inc();
-            return Err(FillError::Corrupt(format!("body MD5 {digest} does not match the ETag {}", meta.etag)));
+            return Err(FillError::Corrupt(format!(
+                "body MD5 {digest} does not match the ETag {}",
+                meta.etag
+            )));
         }
         let keep = !fill.stale.load(Ordering::SeqCst) && size <= self.keep_limit();
         if keep && let Err(e) = self.keep(okey, &temp, &meta, crcs.finish(), small.map(BytesMut::freeze)) {
@@ -781,11 +956,23 @@ impl ReadCache {
     }
 
     /// Makes a fetched temp file a cache entry.
-    fn keep(&self, okey: &str, temp: &std::path::Path, meta: &ObjectMeta, crcs: Vec<u32>, small: Option<Bytes>) -> Result<(), CacheError> {
+    fn keep(
+        &self,
+        okey: &str,
+        temp: &std::path::Path,
+        meta: &ObjectMeta,
+        crcs: Vec<u32>,
+        small: Option<Bytes>,
+    ) -> Result<(), CacheError> {
         let id = self.index.next_blob_id()?;
         self.blobs.commit(temp, id)?;
         let previous = self.index.get(okey)?;
-        let entry = Entry { blob: id, meta: meta.clone(), crcs, validated: SystemTime::now() };
+        let entry = Entry {
+            blob: id,
+            meta: meta.clone(),
+            crcs,
+            validated: SystemTime::now(),
+        };
         self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
         if let Some(p) = previous.filter(|p| p.blob != id) {
             lock(&self.evictor).remove(p.blob);
@@ -841,7 +1028,10 @@ impl FillReader {
                         return Some(chunk);
                     }
                     if done {
-                        return Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "origin fetch ended short")));
+                        return Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "origin fetch ended short",
+                        )));
                     }
                 }
                 FillState::Pending => {}
@@ -896,21 +1086,36 @@ impl DiskReader {
         let to = ((self.last - block_start) as usize + 1).min(block.len());
         let out = block.slice(from..to);
         self.pos = block_start + to as u64;
-        self.cache.stats.bytes_served.get_or_create(&DISK).inc_by(out.len() as u64);
+        self.cache
+            .stats
+            .bytes_served
+            .get_or_create(&DISK)
+            .inc_by(out.len() as u64);
         Some(Ok(out))
     }
 
     async fn fall_back(&mut self) -> Option<io::Result<Bytes>> {
-        self.cache.corrupt(&self.okey, &self.entry, "a block failed its check while streaming");
-        let cond = Conditions { if_match: Some(self.entry.meta.etag.clone()), ..Default::default() };
-        let range = ByteRange::FromTo { first: self.pos, last: Some(self.last) };
+        self.cache
+            .corrupt(&self.okey, &self.entry, "a block failed its check while streaming");
+        let cond = Conditions {
+            if_match: Some(self.entry.meta.etag.clone()),
+            ..Default::default()
+        };
+        let range = ByteRange::FromTo {
+            first: self.pos,
+            last: Some(self.last),
+        };
         // On a task of its own: a body stream must be `Sync`, and the origin's future is only
         // `Send` (a `JoinHandle` is both).
         let (origin, bucket, key) = (self.cache.origin.clone(), self.bucket.clone(), self.key.clone());
         let fetch = tokio::spawn(async move { origin.get_object(&bucket, &key, Some(range), &cond).await });
         let fetched = match fetch.await {
             Ok(r) => r,
-            Err(e) => return Some(Err(io::Error::other(format!("refetching a corrupt cache entry failed: {e}")))),
+            Err(e) => {
+                return Some(Err(io::Error::other(format!(
+                    "refetching a corrupt cache entry failed: {e}"
+                ))));
+            }
         };
         match fetched {
             Ok(out) => {
@@ -919,7 +1124,9 @@ impl DiskReader {
                 self.fallback = Some(body);
                 first
             }
-            Err(e) => Some(Err(io::Error::other(format!("refetching a corrupt cache entry failed: {e}")))),
+            Err(e) => Some(Err(io::Error::other(format!(
+                "refetching a corrupt cache entry failed: {e}"
+            )))),
         }
     }
 }

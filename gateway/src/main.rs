@@ -117,20 +117,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let cache_dir = config.data_dir.join("cache");
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
-    let disk_bytes = config.cache_disk_bytes.unwrap_or_else(|| default_cache_disk_bytes(&cache_dir));
+    let disk_bytes = config
+        .cache_disk_bytes
+        .unwrap_or_else(|| default_cache_disk_bytes(&cache_dir));
     let cache_config = CacheConfig {
         dir: cache_dir,
         disk_bytes,
         memory_bytes: config.cache_memory_bytes,
         memory_object_max: 1 << 20,
-        freshness: Freshness { mutable: config.cache_revalidate.clone() },
+        freshness: Freshness {
+            mutable: config.cache_revalidate.clone(),
+        },
         revalidate_after: config.cache_revalidate_after,
         retry_deadline: config.origin_retry_deadline,
         background_fill_max: 64 << 20,
     };
     let mut opened = None;
     metrics.register(|r| opened = Some(ReadCache::open(cache_config, origin.clone(), Some(r))));
-    let cache = opened.context("registering the cache metrics")?.context("opening the cache")?;
+    let cache = opened
+        .context("registering the cache metrics")?
+        .context("opening the cache")?;
     let gauges = Arc::downgrade(&cache);
     metrics.on_render(move || {
         if let Some(cache) = gauges.upgrade() {
@@ -181,7 +187,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// 80% of the free space of the filesystem holding `dir`, at most 1 TiB (10 GiB if unknown).
 fn default_cache_disk_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 10 << 30 };
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 10 << 30;
+    };
     // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {

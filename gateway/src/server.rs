@@ -162,8 +162,11 @@ async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>
 fn merge_content_encoding<B>(mut req: Request<B>) -> Request<B> {
     let headers = req.headers_mut();
     if headers.get_all(http::header::CONTENT_ENCODING).iter().nth(1).is_some() {
-        let joined: Vec<&str> =
-            headers.get_all(http::header::CONTENT_ENCODING).iter().filter_map(|v| v.to_str().ok()).collect();
+        let joined: Vec<&str> = headers
+            .get_all(http::header::CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         if let Ok(value) = http::HeaderValue::from_str(&joined.join(",")) {
             headers.insert(http::header::CONTENT_ENCODING, value);
         }

@@ -25,7 +25,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(origin: Arc<dyn Origin>, cache: Arc<ReadCache>, spool_dir: PathBuf) -> Self {
-        Self { origin, cache, spool_dir }
+        Self {
+            origin,
+            cache,
+            spool_dir,
+        }
     }
 
     /// One page of the origin's listing, resuming a v1 `marker` (or ListObjectVersions `key-marker`)
@@ -62,7 +66,8 @@ impl Gateway {
 
 /// Adds `X-Cache: HIT | MISS | REVALIDATED | BYPASS`.
 fn with_cache_status<T>(mut resp: S3Response<T>, status: CacheStatus) -> S3Response<T> {
-    resp.headers.insert("x-cache", http::HeaderValue::from_static(status.as_str()));
+    resp.headers
+        .insert("x-cache", http::HeaderValue::from_static(status.as_str()));
     resp
 }
 
