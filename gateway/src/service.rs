@@ -64,6 +64,41 @@ impl Gateway {
     }
 }
 
+/// Builds a GET or HEAD output (s3s gives them two types with the same object fields): the stored
+/// headers, overridden by `response-*` query parameters, and the checksums when asked for.
+macro_rules! object_output {
+    ($ty:ident, $meta:expr, $input:expr, $with_checksums:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let meta: &perch_cache::origin::ObjectMeta = $meta;
+        let m = convert::meta_out(meta);
+        let c = if $with_checksums { meta.checksums.clone() } else { Default::default() };
+        $ty {
+            $($field: $value,)*
+            accept_ranges: Some("bytes".to_owned()),
+            e_tag: Some(m.e_tag),
+            last_modified: Some(m.last_modified),
+            content_type: $input.response_content_type.or(m.content_type),
+            cache_control: $input.response_cache_control.or(m.cache_control),
+            content_encoding: $input.response_content_encoding.or(m.content_encoding),
+            content_disposition: $input.response_content_disposition.or(m.content_disposition),
+            content_language: $input.response_content_language.or(m.content_language),
+            expires: $input.response_expires.or(m.expires),
+            metadata: m.metadata,
+            checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
+            checksum_crc32: c.crc32,
+            checksum_crc32c: c.crc32c,
+            checksum_crc64nvme: c.crc64nvme,
+            checksum_sha1: c.sha1,
+            checksum_sha256: c.sha256,
+            ..Default::default()
+        }
+    }};
+}
+
+/// Whether the request asked for checksums (`x-amz-checksum-mode: ENABLED`).
+fn checksum_mode(mode: &Option<ChecksumMode>) -> bool {
+    mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
+}
+
 /// Adds `X-Cache: HIT | MISS | REVALIDATED | BYPASS`.
 fn with_cache_status<T>(mut resp: S3Response<T>, status: CacheStatus) -> S3Response<T> {
     resp.headers
@@ -214,39 +249,12 @@ impl S3 for Gateway {
             Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{size}"))),
             None => (size, None),
         };
-        let with_checksums = out.range.is_none()
-            && input
-                .checksum_mode
-                .as_ref()
-                .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let m = convert::meta_out(&out.meta);
-        let c = if with_checksums {
-            out.meta.checksums.clone()
-        } else {
-            Default::default()
-        };
-        let output = GetObjectOutput {
+        let with_checksums = out.range.is_none() && checksum_mode(&input.checksum_mode);
+        let output = object_output!(GetObjectOutput, &out.meta, input, with_checksums, {
             body: Some(StreamingBlob::wrap(out.body)),
-            accept_ranges: Some("bytes".to_owned()),
             content_length: Some(content_length as i64),
-            content_range,
-            e_tag: Some(m.e_tag),
-            last_modified: Some(m.last_modified),
-            content_type: input.response_content_type.or(m.content_type),
-            cache_control: input.response_cache_control.or(m.cache_control),
-            content_encoding: input.response_content_encoding.or(m.content_encoding),
-            content_disposition: input.response_content_disposition.or(m.content_disposition),
-            content_language: input.response_content_language.or(m.content_language),
-            expires: input.response_expires.or(m.expires),
-            metadata: m.metadata,
-            checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        };
+            content_range: content_range,
+        });
         Ok(with_cache_status(S3Response::new(output), status))
     }
 
@@ -264,36 +272,9 @@ impl S3 for Gateway {
             .head(&input.bucket, &input.key, &conditions)
             .await
             .map_err(origin_error)?;
-        let with_checksums = input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let m = convert::meta_out(&meta);
-        let c = if with_checksums {
-            meta.checksums.clone()
-        } else {
-            Default::default()
-        };
-        let output = HeadObjectOutput {
-            accept_ranges: Some("bytes".to_owned()),
+        let output = object_output!(HeadObjectOutput, &meta, input, checksum_mode(&input.checksum_mode), {
             content_length: Some(meta.size as i64),
-            e_tag: Some(m.e_tag),
-            last_modified: Some(m.last_modified),
-            content_type: input.response_content_type.or(m.content_type),
-            cache_control: input.response_cache_control.or(m.cache_control),
-            content_encoding: input.response_content_encoding.or(m.content_encoding),
-            content_disposition: input.response_content_disposition.or(m.content_disposition),
-            content_language: input.response_content_language.or(m.content_language),
-            expires: input.response_expires.or(m.expires),
-            metadata: m.metadata,
-            checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        };
+        });
         Ok(with_cache_status(S3Response::new(output), status))
     }
 
