@@ -2,6 +2,7 @@
 //! fault-injecting origin proxy, and the servers that benchmarks and tests run against.
 
 mod body;
+pub mod cache_restart;
 pub mod client;
 pub mod data;
 pub mod engine;

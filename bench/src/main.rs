@@ -1,7 +1,8 @@
 //! `perch-bench`: benchmark and test-harness tools for Perch.
-//! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything), `origin-proxy`.
+//! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything),
+//! `cache-restart` (restart-to-ready and memory with a large cache), `origin-proxy`.
 
-use perch_bench::{nginx, proxy, run, suite};
+use perch_bench::{cache_restart, nginx, proxy, run, suite};
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -23,6 +24,10 @@ enum Command {
     CompareNginx(Box<nginx::CompareArgs>),
     /// Start moto, Perch and nginx, run the standard workloads and write one report (about a minute).
     Suite(Box<suite::SuiteArgs>),
+    /// Fill a data dir with N cache entries (1,000,000 by default) through perch-cache directly,
+    /// start perch on it in front of an empty origin, and measure the time to the first verified
+    /// HIT, the eviction-order rebuild and the resident memory.
+    CacheRestart(Box<cache_restart::CacheRestartArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
     OriginProxy(proxy::ProxyArgs),
@@ -37,6 +42,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (report, out) = match cli.command {
         Command::OriginProxy(args) => return runtime.block_on(proxy::run(args)),
+        Command::CacheRestart(args) => {
+            let (report, out) = runtime.block_on(cache_restart::run(*args))?;
+            print!("{}", report.markdown());
+            eprintln!("results written to {}", out.display());
+            return Ok(());
+        }
         Command::Run(args) => runtime
             .block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
                 Ok(vec![run::run_section(&args, "run", "perch-bench run", progress).await?])

@@ -318,6 +318,11 @@ impl PerchServer {
     pub fn log_path(&self) -> &Path {
         &self.log
     }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for PerchServer {

@@ -2,7 +2,7 @@
 //! per-block CRC32 that lets a reader check every block before sending it.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -136,6 +136,80 @@ pub fn read_block(file: &File, size: u64, crcs: &[u32], index: u64) -> io::Resul
     Ok((crc32fast::hash(&buf) == want).then_some(buf))
 }
 
+/// Reads a whole blob of `size` bytes from a freshly opened `file` (from its start) and checks
+/// every block against `crcs`, into one buffer that is never zero-filled first nor copied again
+/// (the way a hit of a small object is read and then kept in memory). `Ok(None)`: corrupt or short.
+pub fn read_checked(file: &File, size: u64, crcs: &[u32]) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(size as usize);
+    file.take(size).read_to_end(&mut buf)?;
+    Ok(checked(buf, size, crcs))
+}
+
+/// `buf` if it holds `size` bytes whose every block matches its CRC.
+fn checked(buf: Vec<u8>, size: u64, crcs: &[u32]) -> Option<Vec<u8>> {
+    if buf.len() as u64 != size || (crcs.len() as u64) < size.div_ceil(BLOCK) {
+        return None;
+    }
+    let intact = buf
+        .chunks(BLOCK as usize)
+        .zip(crcs)
+        .all(|(block, want)| crc32fast::hash(block) == *want);
+    intact.then_some(buf)
+}
+
+/// `read_checked`, but only when every byte of the blob is already in the page cache
+/// (`preadv2` with `RWF_NOWAIT`), so it never waits for the disk and may run on an async thread:
+/// a hit is then served without handing the read to a blocking thread and back, which costs more
+/// than the read itself. `None`: not all cached, or the kernel cannot tell; use `read_checked` on
+/// a blocking thread.
+pub fn read_checked_if_cached(file: &File, size: u64, crcs: &[u32]) -> Option<io::Result<Option<Vec<u8>>>> {
+    read_if_cached(file, size).map(|buf| Ok(checked(buf, size, crcs)))
+}
+
+/// Whether `RWF_NOWAIT` reads work here (cleared at the first refusal other than "not cached").
+static NOWAIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Up to `size` bytes from the start of `file` if they are all in the page cache (fewer at EOF).
+#[cfg(target_os = "linux")]
+fn read_if_cached(file: &File, size: u64) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    if !NOWAIT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(size as usize);
+    while (buf.len() as u64) < size {
+        let spare = buf.spare_capacity_mut();
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: the one iovec covers the vector's spare capacity, which the kernel writes at
+        // most `iov_len` bytes into; the descriptor is open for as long as `file` is borrowed.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, buf.len() as libc::off_t, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                // EOPNOTSUPP and the like: this kernel or filesystem cannot do it; stop asking.
+                NOWAIT.store(false, Ordering::Relaxed);
+            }
+            return None;
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the kernel initialized the next `n` bytes (n <= the spare capacity).
+        unsafe { buf.set_len(buf.len() + n as usize) };
+    }
+    Some(buf)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_if_cached(_file: &File, _size: u64) -> Option<Vec<u8>> {
+    let _ = &NOWAIT;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +246,16 @@ mod tests {
             read_block(&file, size, &crcs, 1).unwrap().unwrap(),
             &data[BLOCK as usize..]
         );
+        // Just written, so in the page cache: read without waiting (where the filesystem can).
+        if let Some(cached) = read_checked_if_cached(&blobs.open_blob(42).unwrap(), size, &crcs) {
+            assert_eq!(cached.unwrap().unwrap(), data);
+        }
+        assert_eq!(
+            read_checked(&blobs.open_blob(42).unwrap(), size, &crcs)
+                .unwrap()
+                .unwrap(),
+            data
+        );
         // Flip one byte of the first block.
         let mut bad = data.clone();
         bad[5] ^= 1;
@@ -179,10 +263,26 @@ mod tests {
         let file = blobs.open_blob(42).unwrap();
         assert!(read_block(&file, size, &crcs, 0).unwrap().is_none());
         assert!(read_block(&file, size, &crcs, 1).unwrap().is_some());
+        assert!(
+            read_checked(&blobs.open_blob(42).unwrap(), size, &crcs)
+                .unwrap()
+                .is_none()
+        );
+        if let Some(r) = read_checked_if_cached(&blobs.open_blob(42).unwrap(), size, &crcs) {
+            assert!(r.unwrap().is_none());
+        }
         // Truncate.
         std::fs::write(blobs.path(42), &data[..100]).unwrap();
         let file = blobs.open_blob(42).unwrap();
         assert!(read_block(&file, size, &crcs, 0).unwrap().is_none());
+        if let Some(r) = read_checked_if_cached(&blobs.open_blob(42).unwrap(), size, &crcs) {
+            assert!(r.unwrap().is_none());
+        }
+        assert!(
+            read_checked(&blobs.open_blob(42).unwrap(), size, &crcs)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(blobs.ids().unwrap(), vec![42]);
         blobs.remove(42);
         assert!(blobs.ids().unwrap().is_empty());

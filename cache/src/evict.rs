@@ -1,5 +1,6 @@
 //! `Evictor`: which clean disk entries go when the disk tier is over its limit. S3-FIFO (Yang et al.,
-//! SOSP 2023): frequency-aware and scan-resistant like TinyLFU, O(1) per operation, ~60 bytes per entry.
+//! SOSP 2023): frequency-aware and scan-resistant like TinyLFU, O(1) per operation, ~50 bytes per entry
+//! (a 16-byte slot in a hash map by blob id, and the id in a queue).
 //!
 //! New entries enter a small FIFO (10% of the bytes). Leaving it, an entry read again since it came
 //! in moves to the main FIFO; one never read again is evicted and remembered in a ghost list, so that
@@ -15,7 +16,9 @@ const MAX_FREQ: u8 = 3;
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     size: u64,
-    key_hash: u64,
+    /// The low 32 bits of the key hash: all the ghost list needs (a collision only sends an
+    /// object straight to main), and it keeps the slot at 16 bytes.
+    key_hash: u32,
     freq: u8,
     in_main: bool,
 }
@@ -31,8 +34,8 @@ pub struct Evictor {
     // Queues hold ids; an id no longer in `slots` (removed) is skipped when popped.
     small: VecDeque<u64>,
     main: VecDeque<u64>,
-    ghost: HashSet<u64>,
-    ghost_order: VecDeque<u64>,
+    ghost: HashSet<u32>,
+    ghost_order: VecDeque<u32>,
 }
 
 impl Evictor {
@@ -70,6 +73,13 @@ impl Evictor {
         self.slots.contains_key(&id)
     }
 
+    /// Makes room for `additional` more entries at once (a rebuild knows its count: growing the
+    /// map step by step would hold the old and the new table at the same time, again and again).
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+        self.small.reserve(additional);
+    }
+
     /// Starts tracking a new entry; returns the ids to evict to stay within capacity, oldest first.
     /// An entry larger than the whole capacity is refused: its own id comes back, nothing else goes.
     pub fn insert(&mut self, id: u64, key_hash: u64, size: u64) -> Vec<u64> {
@@ -79,6 +89,7 @@ impl Evictor {
         if size > self.capacity {
             return vec![id];
         }
+        let key_hash = key_hash as u32;
         let in_main = self.ghost.remove(&key_hash);
         self.slots.insert(
             id,
@@ -172,7 +183,7 @@ impl Evictor {
         }
     }
 
-    fn remember(&mut self, key_hash: u64) {
+    fn remember(&mut self, key_hash: u32) {
         if self.ghost.insert(key_hash) {
             self.ghost_order.push_back(key_hash);
         }

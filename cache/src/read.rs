@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::CacheError;
-use crate::blobs::{BLOCK, Blobs, BlockCrcs, read_block};
+use crate::blobs::{BLOCK, Blobs, BlockCrcs, read_block, read_checked, read_checked_if_cached};
 use crate::evict::Evictor;
 use crate::index::{Entry, Index, object_key};
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
@@ -175,6 +175,11 @@ const MEMORY: TierLabel = TierLabel { tier: "memory" };
 const DISK: TierLabel = TierLabel { tier: "disk" };
 const ORIGIN: TierLabel = TierLabel { tier: "origin" };
 
+/// What a memory-tier object costs besides its key and body, so that the tier's limit is what it
+/// really takes: its `Entry` with the strings it holds (~550 bytes) and moka's bookkeeping (~400
+/// bytes). Measured: 1 KiB objects held ~2 KB of resident memory each.
+const HOT_OVERHEAD: usize = 1024;
+
 /// A small object held in memory, with the entry it came from.
 struct HotObject {
     entry: Entry,
@@ -307,7 +312,9 @@ impl ReadCache {
         let hot_stats = stats.clone();
         let hot = moka::sync::Cache::builder()
             .max_capacity(cfg.memory_bytes)
-            .weigher(|k: &String, v: &Arc<HotObject>| u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX))
+            .weigher(|k: &String, v: &Arc<HotObject>| {
+                u32::try_from(k.len() + v.body.len() + HOT_OVERHEAD).unwrap_or(u32::MAX)
+            })
             .eviction_listener(move |_k, _v, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     hot_stats.evictions.get_or_create(&MEMORY).inc();
@@ -351,6 +358,7 @@ impl ReadCache {
         };
         all.sort_by_key(|e| e.last_read);
         let count = all.len();
+        lock(&self.evictor).reserve(count);
         for e in all {
             let evicted = lock(&self.evictor).insert(e.blob, e.key_hash, e.size);
             self.drop_evicted(evicted);
@@ -364,20 +372,34 @@ impl ReadCache {
         // Blob files no entry names (a crash between writing a blob and indexing it): remove them.
         // Only an earlier run's: a fill of this run commits its blob just before indexing it.
         let earlier = self.index.first_id_of_this_run();
-        if let (Ok(on_disk), Ok(named)) = (self.blobs.ids(), self.index.blob_ids()) {
-            let named: std::collections::HashSet<u64> = named.into_iter().collect();
-            for id in on_disk.into_iter().filter(|id| *id < earlier && !named.contains(id)) {
+        if let (Ok(on_disk), Ok(mut named)) = (self.blobs.ids(), self.index.blob_ids()) {
+            // Sorted ids and a binary search: a hash set of a million ids would cost 18 MB more.
+            named.sort_unstable();
+            for id in on_disk
+                .into_iter()
+                .filter(|id| *id < earlier && named.binary_search(id).is_err())
+            {
                 self.blobs.remove(id);
             }
         }
     }
 
     fn flush_access_times(&self) {
-        let reads: Vec<(String, SystemTime)> = lock(&self.reads).drain().collect();
+        // Taken whole, so that a burst of reads does not leave a large empty map behind.
+        let reads: Vec<(String, SystemTime)> = std::mem::take(&mut *lock(&self.reads)).into_iter().collect();
         if !reads.is_empty()
             && let Err(e) = self.index.record_access(&reads)
         {
             tracing::warn!(error = %e, "cannot record cache access times");
+        }
+    }
+
+    /// A clean stop: records the last access times and writes the index's memtables out, so the
+    /// next start has no log to replay and is ready at once.
+    pub fn close(&self) {
+        self.flush_access_times();
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "cannot flush the cache index");
         }
     }
 
@@ -731,21 +753,19 @@ impl ReadCache {
         let (first, last) = span.unwrap_or((0, size - 1));
         // Small objects are checked whole and promoted to memory.
         if size <= self.cfg.memory_object_max {
-            let f = file.clone();
-            let crcs = entry.crcs.clone();
-            let body = tokio::task::spawn_blocking(move || -> io::Result<Option<Vec<u8>>> {
-                let mut all = Vec::with_capacity(size as usize);
-                for b in 0..size.div_ceil(BLOCK) {
-                    match read_block(&f, size, &crcs, b)? {
-                        Some(block) => all.extend_from_slice(&block),
-                        None => return Ok(None),
-                    }
+            // In the page cache: read here. Otherwise on a blocking thread, as the disk may wait.
+            let body = match read_checked_if_cached(&file, size, &entry.crcs) {
+                Some(read) => read,
+                None => {
+                    let f = file.clone();
+                    let crcs = entry.crcs.clone();
+                    tokio::task::spawn_blocking(move || read_checked(&f, size, &crcs))
+                        .await
+                        .unwrap_or_else(|e| Err(io::Error::other(e)))
                 }
-                Ok(Some(all))
-            })
-            .await;
+            };
             let body = match body {
-                Ok(Ok(Some(b))) => Bytes::from(b),
+                Ok(Some(b)) => Bytes::from(b),
                 _ => {
                     self.corrupt(okey, &entry, "a block failed its check");
                     return None;

@@ -145,7 +145,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "cache open");
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, cache, spool_dir));
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, cache.clone(), spool_dir));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
@@ -154,6 +154,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     builder.set_access(front::Front { role: config.role });
     let s3 = builder.build();
 
+    let stop_signal = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding --listen {}", config.listen))?;
@@ -175,11 +176,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let s3_task = tokio::spawn(server::serve_s3(listener, s3, metrics.clone(), stop_rx.clone()));
     let admin_task = tokio::spawn(server::serve_admin(admin, raw_origin, metrics, stop_rx));
 
-    shutdown_signal().await?;
+    stop_signal.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
     let _ = admin_task.await;
+    // Flush the cache index now, so that the next start has nothing to replay.
+    let _ = tokio::task::spawn_blocking(move || cache.close()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -199,13 +202,16 @@ fn default_cache_disk_bytes(dir: &std::path::Path) -> u64 {
     (free / 10 * 8).min(1 << 40)
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// Installs the SIGTERM and SIGINT handlers; the future resolves at the first of them.
+/// Installed before the listeners announce themselves, so an early signal still stops cleanly.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
