@@ -201,6 +201,7 @@ fn populate(root: &Path, p: &Populated) -> anyhow::Result<f64> {
                     },
                     crcs: crcs.finish(),
                     validated: modified,
+                    pending: false,
                 };
                 let okey = object_key(&p.bucket, &key);
                 index.put(&okey, &entry, None)?;

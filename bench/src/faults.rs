@@ -26,6 +26,8 @@ pub enum FaultKind {
     Stall,
     /// `503` with an S3 `ServiceUnavailable` XML body; used while an outage is active.
     Outage,
+    /// `403` with an S3 `AccessDenied` XML body: a permanent refusal (e.g. a revoked key).
+    AccessDenied,
 }
 
 impl FaultKind {
@@ -37,6 +39,7 @@ impl FaultKind {
             FaultKind::Reset => "reset",
             FaultKind::Stall => "stall",
             FaultKind::Outage => "outage",
+            FaultKind::AccessDenied => "403",
         }
     }
 
@@ -59,6 +62,7 @@ impl FaultKind {
                 "ServiceUnavailable",
                 "Service is unable to handle request.",
             )),
+            FaultKind::AccessDenied => Some((StatusCode::FORBIDDEN, "AccessDenied", "Access Denied")),
             FaultKind::Reset | FaultKind::Stall => None,
         }
     }
@@ -81,8 +85,9 @@ impl FromStr for FaultKind {
             "reset" => Ok(FaultKind::Reset),
             "stall" => Ok(FaultKind::Stall),
             "outage" => Ok(FaultKind::Outage),
+            "403" | "accessdenied" => Ok(FaultKind::AccessDenied),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 503, slowdown, reset, stall or outage)"
+                "unknown fault kind {other:?} (expected 500, 503, 403, slowdown, reset, stall or outage)"
             )),
         }
     }

@@ -10,6 +10,7 @@ mod faults;
 pub mod metrics;
 pub mod nginx;
 pub mod proxy;
+pub mod put_latency;
 pub mod report;
 pub mod run;
 pub mod servers;

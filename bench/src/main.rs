@@ -28,6 +28,10 @@ enum Command {
     /// start perch on it in front of an empty origin, and measure the time to the first verified
     /// HIT, the eviction-order rebuild and the resident memory.
     CacheRestart(Box<cache_restart::CacheRestartArgs>),
+    /// Write-back: PUT acknowledgement latency through Perch (uploader busy) beside a local
+    /// write + fsync of the same bytes and beside direct PUTs to an origin with added latency,
+    /// then the upload throughput while Perch drains its backlog.
+    PutLatency(Box<perch_bench::put_latency::PutLatencyArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
     OriginProxy(proxy::ProxyArgs),
@@ -42,6 +46,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (report, out) = match cli.command {
         Command::OriginProxy(args) => return runtime.block_on(proxy::run(args)),
+        Command::PutLatency(args) => {
+            let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
+            print!("{}", report.markdown());
+            return Ok(());
+        }
         Command::CacheRestart(args) => {
             let (report, out) = runtime.block_on(cache_restart::run(*args))?;
             print!("{}", report.markdown());

@@ -26,7 +26,21 @@ impl Blobs {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir_all(&tmp)?;
+        // Every fan-out directory exists (and is durable) from the start, so that committing a
+        // blob durably needs one directory fsync: the one its name goes into.
+        for fan in 0..=0xffu64 {
+            std::fs::create_dir_all(dir.join(format!("{fan:02x}")))?;
+        }
+        File::open(&dir)?.sync_all()?;
         Ok(Blobs { dir })
+    }
+
+    /// Makes the name of blob `id` durable: fsyncs the directory it was renamed into.
+    pub fn sync_dir(&self, id: u64) -> io::Result<()> {
+        match self.path(id).parent() {
+            Some(parent) => File::open(parent)?.sync_all(),
+            None => Ok(()),
+        }
     }
 
     pub fn path(&self, id: u64) -> PathBuf {

@@ -1,6 +1,7 @@
 //! `Index`: the cache's RocksDB, which says which objects are on local disk, in which blob, with
 //! what metadata. Column families: `objects` (bucket NUL key → `Entry`), `blobs` (blob id → bucket
-//! NUL key), `access` (bucket NUL key → last read, seconds) and `meta` (the blob id high-water mark).
+//! NUL key), `access` (bucket NUL key → last read, seconds), `meta` (the blob id high-water mark)
+//! and `journal` (write-back: sequence number → the record of a version not yet in the origin).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,6 +20,8 @@ const OBJECTS: &str = "objects";
 const BLOBS: &str = "blobs";
 const ACCESS: &str = "access";
 const META: &str = "meta";
+const JOURNAL: &str = "journal";
+const ALL_CFS: [&str; 5] = [OBJECTS, BLOBS, ACCESS, META, JOURNAL];
 const NEXT_BLOB: &[u8] = b"next_blob";
 /// Blob ids are reserved in runs of this many, so the counter is written once per run.
 const ID_RUN: u64 = 4096;
@@ -42,6 +45,10 @@ pub struct Entry {
     pub crcs: Vec<u32>,
     /// When the origin last confirmed this copy (for keys that are revalidated).
     pub validated: SystemTime,
+    /// A version written through Perch and not yet confirmed by the origin: never evicted,
+    /// never revalidated, never replaced by a fetch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// The cache key of an object: bucket names cannot hold NUL, and Perch refuses keys that do.
@@ -103,7 +110,7 @@ impl Index {
         opts.set_max_total_wal_size(MAX_WAL);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE));
-        let cfs = [OBJECTS, BLOBS, ACCESS, META].map(|name| {
+        let cfs = ALL_CFS.map(|name| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(WRITE_BUFFER);
@@ -236,6 +243,8 @@ impl Index {
             blob: u64,
             meta: SizeOnly,
             validated: SystemTime,
+            #[serde(default)]
+            pending: bool,
         }
         let objects_cf = self.cf(OBJECTS)?;
         let expected = self
@@ -250,7 +259,9 @@ impl Index {
         let mut objects = self.db.raw_iterator_cf_opt(objects_cf, scan_options());
         objects.seek_to_first();
         while let (Some(k), Some(v)) = (objects.key(), objects.value()) {
-            if let Ok(entry) = serde_json::from_slice::<Compact>(v) {
+            if let Ok(entry) = serde_json::from_slice::<Compact>(v)
+                && !entry.pending
+            {
                 let mut last_read = entry.validated;
                 while let Some(ak) = access.key() {
                     match ak.cmp(k) {
@@ -293,9 +304,89 @@ impl Index {
         Ok(ids)
     }
 
+    /// Commits version `seq` of `okey` as ONE synced batch: its journal `record` and the index
+    /// update (`entry` names the version's blob; `None` is a delete). `drop_blob`: the blob of the
+    /// clean entry it replaces, no longer named. The write is on disk when this returns.
+    pub fn commit_version(
+        &self,
+        okey: &str,
+        seq: u64,
+        record: &[u8],
+        entry: Option<&Entry>,
+        drop_blob: Option<u64>,
+    ) -> Result<(), CacheError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(JOURNAL)?, seq.to_be_bytes(), record);
+        match entry {
+            Some(e) => {
+                let value = serde_json::to_vec(e).map_err(|e| CacheError::Index(e.to_string()))?;
+                b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), value);
+                b.put_cf(self.cf(BLOBS)?, seq.to_be_bytes(), okey.as_bytes());
+            }
+            None => {
+                b.delete_cf(self.cf(OBJECTS)?, okey.as_bytes());
+                b.delete_cf(self.cf(ACCESS)?, okey.as_bytes());
+            }
+        }
+        if let Some(old) = drop_blob {
+            b.delete_cf(self.cf(BLOBS)?, old.to_be_bytes());
+        }
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(b, &w).map_err(db_err)
+    }
+
+    /// Releases version `seq` (the origin has it, or a newer one replaced it) as one synced batch:
+    /// its journal record goes; `clean` is the entry of `okey` when the version stays as a clean
+    /// cache entry; `forget_blob` when its blob is about to be removed. Synced, so that a replay
+    /// never finds a record whose blob is gone.
+    pub fn release_version(
+        &self,
+        seq: u64,
+        okey: &str,
+        clean: Option<&Entry>,
+        forget_blob: bool,
+    ) -> Result<(), CacheError> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(JOURNAL)?, seq.to_be_bytes());
+        if let Some(e) = clean {
+            let value = serde_json::to_vec(e).map_err(|e| CacheError::Index(e.to_string()))?;
+            b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), value);
+        }
+        if forget_blob {
+            b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
+        }
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(b, &w).map_err(db_err)
+    }
+
+    /// Whether any object of `bucket` is indexed (proof enough that the bucket exists).
+    pub fn has_bucket(&self, bucket: &str) -> Result<bool, CacheError> {
+        let prefix = object_key(bucket, "");
+        let mut it = self.db.raw_iterator_cf(self.cf(OBJECTS)?);
+        it.seek(prefix.as_bytes());
+        Ok(it.key().is_some_and(|k| k.starts_with(prefix.as_bytes())))
+    }
+
+    /// Every journal record, in sequence order.
+    pub fn journal(&self) -> Result<Vec<(u64, Vec<u8>)>, CacheError> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(JOURNAL)?, scan_options());
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Ok(b) = <[u8; 8]>::try_from(k) {
+                out.push((u64::from_be_bytes(b), v.to_vec()));
+            }
+            it.next();
+        }
+        it.status().map_err(db_err)?;
+        Ok(out)
+    }
+
     /// Writes every memtable out, so that the next open has no log to replay (a clean stop).
     pub fn flush(&self) -> Result<(), CacheError> {
-        let cfs = [OBJECTS, BLOBS, ACCESS, META]
+        let cfs = ALL_CFS
             .into_iter()
             .map(|name| self.cf(name))
             .collect::<Result<Vec<_>, _>>()?;
@@ -325,6 +416,7 @@ mod tests {
             },
             crcs: vec![1, 2],
             validated,
+            pending: false,
         }
     }
 

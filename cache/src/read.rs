@@ -32,6 +32,7 @@ use crate::CacheError;
 use crate::blobs::{BLOCK, Blobs, BlockCrcs, read_block, read_checked, read_checked_if_cached};
 use crate::evict::Evictor;
 use crate::index::{Entry, Index, object_key};
+use crate::journal::{Journal, WriteConfig};
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
 
 /// Settings of the read cache, with the defaults `perch serve` documents.
@@ -53,6 +54,8 @@ pub struct CacheConfig {
     pub retry_deadline: Duration,
     /// A range miss fetches the whole object in the background up to this size.
     pub background_fill_max: u64,
+    /// The write-back journal and its uploader.
+    pub write: WriteConfig,
 }
 
 /// How an answer was produced, sent as `X-Cache`.
@@ -181,7 +184,7 @@ const ORIGIN: TierLabel = TierLabel { tier: "origin" };
 const HOT_OVERHEAD: usize = 1024;
 
 /// A small object held in memory, with the entry it came from.
-struct HotObject {
+pub(crate) struct HotObject {
     entry: Entry,
     body: Bytes,
 }
@@ -244,18 +247,24 @@ impl FillError {
 
 pub struct ReadCache {
     cfg: CacheConfig,
-    origin: Arc<dyn Origin>,
-    index: Index,
-    blobs: Blobs,
-    hot: moka::sync::Cache<String, Arc<HotObject>>,
-    evictor: Mutex<Evictor>,
+    pub(crate) origin: Arc<dyn Origin>,
+    pub(crate) upload_origin: Arc<dyn Origin>,
+    pub(crate) index: Index,
+    pub(crate) blobs: Blobs,
+    pub(crate) hot: moka::sync::Cache<String, Arc<HotObject>>,
+    pub(crate) evictor: Mutex<Evictor>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Versions written through Perch and not yet in the origin.
+    pub(crate) journal: Journal,
+    /// Striped per-key locks: a commit, a release and the keeping of a fetched copy of one key
+    /// never interleave.
+    key_locks: Vec<Mutex<()>>,
     /// Reads since the last flush of access times.
     reads: Mutex<HashMap<String, SystemTime>>,
     stats: CacheStats,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data (plain maps and counters).
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -297,18 +306,24 @@ async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> 
 impl ReadCache {
     /// Opens the cache under `cfg.dir` (index and blobs survive restarts) and starts its background
     /// work: rebuilding the eviction order from the index, and flushing access times.
+    ///
+    /// `upload_origin` is the origin without retries: the uploader retries by itself, for as long
+    /// as it takes, and reports each fault as it happens.
     pub fn open(
         cfg: CacheConfig,
         origin: Arc<dyn Origin>,
+        upload_origin: Arc<dyn Origin>,
         registry: Option<&mut Registry>,
     ) -> Result<Arc<ReadCache>, CacheError> {
         std::fs::create_dir_all(&cfg.dir)?;
         let index = Index::open(&cfg.dir.join("index"))?;
         let blobs = Blobs::open(cfg.dir.join("blobs"))?;
         let stats = CacheStats::default();
-        if let Some(r) = registry {
+        let mut registry = registry;
+        if let Some(r) = registry.as_mut() {
             stats.register(r);
         }
+        let journal = Journal::new(cfg.write.clone(), registry);
         let hot_stats = stats.clone();
         let hot = moka::sync::Cache::builder()
             .max_capacity(cfg.memory_bytes)
@@ -325,13 +340,21 @@ impl ReadCache {
             evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
             cfg,
             origin,
+            upload_origin,
             index,
             blobs,
             hot,
             fills: Mutex::new(HashMap::new()),
+            journal,
+            key_locks: (0..64).map(|_| Mutex::new(())).collect(),
             reads: Mutex::new(HashMap::new()),
             stats,
         });
+        let replayed = cache.replay_journal()?;
+        if replayed > 0 {
+            tracing::info!(versions = replayed, "journal replayed; uploads resume");
+        }
+        cache.start_uploader();
         let warm = cache.clone();
         tokio::task::spawn_blocking(move || warm.rebuild_eviction_order());
         let flush = Arc::downgrade(&cache);
@@ -420,13 +443,26 @@ impl ReadCache {
         self.stats.entries.get_or_create(&DISK).set(e.len() as i64);
     }
 
+    /// The lock of `okey`'s stripe.
+    pub(crate) fn key_lock(&self, okey: &str) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.key_locks[(key_hash(okey) % self.key_locks.len() as u64) as usize])
+    }
+
+    /// Forgets the memory copy of `okey` and makes sure a fill under way is not kept.
+    pub(crate) fn forget_copies(&self, okey: &str) {
+        self.hot.invalidate(okey);
+        if let Some(fill) = lock(&self.fills).remove(okey) {
+            fill.stale.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn note_read(&self, okey: &str, blob: u64) {
         lock(&self.evictor).touch(blob);
         lock(&self.reads).insert(okey.to_owned(), SystemTime::now());
     }
 
     /// Removes evicted blobs from the index, the disk and the memory tier.
-    fn drop_evicted(&self, ids: Vec<u64>) {
+    pub(crate) fn drop_evicted(&self, ids: Vec<u64>) {
         for id in ids {
             self.stats.evictions.get_or_create(&DISK).inc();
             match self.index.key_of_blob(id) {
@@ -451,6 +487,11 @@ impl ReadCache {
 
     /// Forgets `entry` of `okey` (corrupt, changed at the origin, or replaced).
     fn drop_entry(&self, okey: &str, blob: u64) {
+        if self.index.get(okey).ok().flatten().is_some_and(|e| e.blob == blob && e.pending) {
+            // The only copy of a version the origin does not have yet: kept for the uploader.
+            tracing::error!(blob, "a version not yet uploaded failed a check; it is kept, not dropped");
+            return;
+        }
         if self.hot.get(okey).is_some_and(|h| h.entry.blob == blob) {
             self.hot.invalidate(okey);
         }
@@ -468,19 +509,18 @@ impl ReadCache {
     /// and make sure a fill already under way is not kept.
     pub fn invalidate(&self, bucket: &str, key: &str) {
         let okey = object_key(bucket, key);
-        self.hot.invalidate(&okey);
-        if let Some(fill) = lock(&self.fills).remove(&okey) {
-            fill.stale.store(true, Ordering::SeqCst);
-        }
+        self.forget_copies(&okey);
         match self.index.get(&okey) {
-            Ok(Some(entry)) => self.drop_entry(&okey, entry.blob),
+            Ok(Some(entry)) if !entry.pending => self.drop_entry(&okey, entry.blob),
+            Ok(Some(_)) => {}
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read the cache index"),
         }
     }
 
     fn needs_revalidation(&self, key: &str, entry: &Entry) -> bool {
-        self.cfg.freshness.is_mutable(key)
+        !entry.pending
+            && self.cfg.freshness.is_mutable(key)
             && entry
                 .validated
                 .elapsed()
@@ -587,6 +627,9 @@ impl ReadCache {
         conditions: &Conditions,
     ) -> OriginResult<(ObjectMeta, CacheStatus)> {
         let okey = object_key(bucket, key);
+        if self.journal.deleted(&okey) {
+            return Err(OriginError::NoSuchKey);
+        }
         if let Some((entry, _, status)) = self.lookup(&okey, bucket, key).await? {
             conditions.check(&entry.meta)?;
             self.stats
@@ -610,6 +653,9 @@ impl ReadCache {
         conditions: &Conditions,
     ) -> OriginResult<CachedGet> {
         let okey = object_key(bucket, key);
+        if self.journal.deleted(&okey) {
+            return Err(OriginError::NoSuchKey);
+        }
         if let Some((entry, body, status)) = self.lookup(&okey, bucket, key).await? {
             conditions.check(&entry.meta)?;
             let span = match range {
@@ -778,6 +824,11 @@ impl ReadCache {
                     body: body.clone(),
                 }),
             );
+            // A write committed meanwhile forgot the memory copy before this insert, or names
+            // another blob now: either way no stale copy stays in memory.
+            if self.index.get(okey).ok().flatten().is_none_or(|e| e.blob != entry.blob) {
+                self.hot.invalidate(okey);
+            }
             self.note_read(okey, entry.blob);
             self.stats.hits.get_or_create(&DISK).inc();
             let slice = body.slice(first as usize..=last as usize);
@@ -964,7 +1015,7 @@ impl ReadCache {
             )));
         }
         let keep = !fill.stale.load(Ordering::SeqCst) && size <= self.keep_limit();
-        if keep && let Err(e) = self.keep(okey, &temp, &meta, crcs.finish(), small.map(BytesMut::freeze)) {
+        if keep && let Err(e) = self.keep(okey, &temp, &meta, crcs.finish(), small.map(BytesMut::freeze), fill) {
             tracing::warn!(key, error = %e, "could not keep a fetched object in the cache");
         }
         fill.tx.send_modify(|s| {
@@ -983,15 +1034,25 @@ impl ReadCache {
         meta: &ObjectMeta,
         crcs: Vec<u32>,
         small: Option<Bytes>,
+        fill: &Fill,
     ) -> Result<(), CacheError> {
+        let _key = self.key_lock(okey);
+        // A version written through Perch meanwhile is newer than what the origin sent.
+        if self.journal.is_dirty(okey) || fill.stale.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let previous = self.index.get(okey)?;
+        if previous.as_ref().is_some_and(|p| p.pending) {
+            return Ok(());
+        }
         let id = self.index.next_blob_id()?;
         self.blobs.commit(temp, id)?;
-        let previous = self.index.get(okey)?;
         let entry = Entry {
             blob: id,
             meta: meta.clone(),
             crcs,
             validated: SystemTime::now(),
+            pending: false,
         };
         self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
         if let Some(p) = previous.filter(|p| p.blob != id) {
@@ -1009,7 +1070,7 @@ impl ReadCache {
 }
 
 /// Removes a fill's temp file when the fill ends, kept or not (a kept one was renamed away).
-struct TempGuard(PathBuf);
+pub(crate) struct TempGuard(pub(crate) PathBuf);
 
 impl Drop for TempGuard {
     fn drop(&mut self) {

@@ -36,6 +36,7 @@ fn put(body: &'static [u8]) -> PutInput {
         body: PutBody::Bytes(Bytes::from_static(body)),
         if_match: None,
         if_none_match: None,
+        extra_headers: Vec::new(),
     }
 }
 

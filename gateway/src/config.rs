@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use perch_policy::{Freshness, Glob};
+use perch_cache::journal::UploadHeader;
+use perch_policy::{Freshness, Glob, WritePolicy, WriteRule};
 use serde::Deserialize;
 
 /// The development key pair used on loopback when no client keys are set. Documented in the README.
@@ -95,6 +96,48 @@ pub struct ServeArgs {
     /// [default: 5s]
     #[arg(long, env = "PERCH_CACHE_REVALIDATE_AFTER", value_name = "DURATION")]
     pub cache_revalidate_after: Option<String>,
+
+    /// How writes of matching keys reach the origin: `GLOB=MODE`, or `put:GLOB=MODE` /
+    /// `delete:GLOB=MODE` for one operation; MODE is write_back, barrier or write_through; first
+    /// match wins, other keys are write_back; repeatable [default: OrioleDB's:
+    /// data/*/global/pg_control=barrier, data/*/orioledb_data/control=barrier,
+    /// data/orioledb_data/control=barrier, delete:data/orioledb_data/s3_lock=barrier,
+    /// wal/*=write_through]
+    #[arg(long, env = "PERCH_WRITE_MODE", value_name = "RULE", value_delimiter = ',')]
+    pub write_mode: Option<Vec<String>>,
+
+    /// A barrier's acknowledgement also waits until it and everything before it are in the origin
+    #[arg(long, env = "PERCH_STRICT_BARRIERS")]
+    pub strict_barriers: Option<bool>,
+
+    /// Uploads to the origin in flight at once [default: 16]
+    #[arg(long, env = "PERCH_UPLOAD_CONCURRENCY", value_name = "N")]
+    pub upload_concurrency: Option<usize>,
+
+    /// Header added to the uploads of matching keys, `GLOB=Name: value` (e.g.
+    /// `*=X-Tigris-Regions: iad`); repeatable
+    #[arg(long, env = "PERCH_UPLOAD_HEADER", value_name = "GLOB=HEADER")]
+    pub upload_header: Option<Vec<String>>,
+
+    /// Acknowledged bytes not yet uploaded past which a write waits for room [default: 50% of the
+    /// data dir's filesystem]
+    #[arg(long, env = "PERCH_DIRTY_BYTES_MAX", value_name = "SIZE")]
+    pub dirty_bytes_max: Option<String>,
+
+    /// Upload lag past which Perch reports itself unhealthy; it bounds what is lost if the volume
+    /// itself is lost (the RPO) [default: 60s]
+    #[arg(long, env = "PERCH_DIRTY_AGE_MAX", value_name = "DURATION")]
+    pub dirty_age_max: Option<String>,
+
+    /// On SIGTERM/SIGINT, the longest Perch keeps serving and uploading before it exits (what is
+    /// left stays in the journal) [default: 240s]
+    #[arg(long, env = "PERCH_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+
+    /// On SIGTERM/SIGINT, Perch exits once the journal is empty and no request came for this long
+    /// [default: 5s]
+    #[arg(long, env = "PERCH_DRAIN_QUIET", value_name = "DURATION")]
+    pub drain_quiet: Option<String>,
 }
 
 /// The same settings as read from the `--config` TOML file.
@@ -114,6 +157,14 @@ struct FileConfig {
     cache_memory_bytes: Option<String>,
     cache_revalidate: Option<Vec<String>>,
     cache_revalidate_after: Option<String>,
+    write_mode: Option<Vec<String>>,
+    strict_barriers: Option<bool>,
+    upload_concurrency: Option<usize>,
+    upload_header: Option<Vec<String>>,
+    dirty_bytes_max: Option<String>,
+    dirty_age_max: Option<String>,
+    drain_timeout: Option<String>,
+    drain_quiet: Option<String>,
 }
 
 /// Where the origin is.
@@ -156,6 +207,15 @@ pub struct Config {
     pub cache_memory_bytes: u64,
     pub cache_revalidate: Vec<Glob>,
     pub cache_revalidate_after: Duration,
+    pub write_policy: WritePolicy,
+    pub strict_barriers: bool,
+    pub upload_concurrency: usize,
+    pub upload_headers: Vec<UploadHeader>,
+    /// `None`: 50% of the data dir's filesystem.
+    pub dirty_bytes_max: Option<u64>,
+    pub dirty_age_max: Duration,
+    pub drain_timeout: Duration,
+    pub drain_quiet: Duration,
     /// Keys clients sign with.
     pub client: Credentials,
     /// True when `client` is the development pair.
@@ -318,10 +378,50 @@ impl Config {
                 Some(s) => parse_duration(&s).context("--cache-revalidate-after")?,
                 None => Duration::from_secs(5),
             },
+            write_policy: WritePolicy {
+                rules: match args.write_mode.or(file.write_mode) {
+                    Some(rules) => rules
+                        .iter()
+                        .filter(|r| !r.is_empty())
+                        .map(|r| r.parse::<WriteRule>().map_err(anyhow::Error::msg))
+                        .collect::<anyhow::Result<_>>()
+                        .context("--write-mode")?,
+                    None => WritePolicy::orioledb_defaults(),
+                },
+            },
+            strict_barriers: args.strict_barriers.or(file.strict_barriers).unwrap_or(false),
+            upload_concurrency: match args.upload_concurrency.or(file.upload_concurrency) {
+                Some(0) => bail!("--upload-concurrency must be at least 1"),
+                Some(n) => n,
+                None => 16,
+            },
+            upload_headers: args
+                .upload_header
+                .or(file.upload_header)
+                .unwrap_or_default()
+                .iter()
+                .map(|h| h.parse::<UploadHeader>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()
+                .context("--upload-header")?,
+            dirty_bytes_max: match args.dirty_bytes_max.or(file.dirty_bytes_max) {
+                Some(s) => Some(parse_size(&s).context("--dirty-bytes-max")?),
+                None => None,
+            },
+            dirty_age_max: duration_or(args.dirty_age_max.or(file.dirty_age_max), "--dirty-age-max", 60)?,
+            drain_timeout: duration_or(args.drain_timeout.or(file.drain_timeout), "--drain-timeout", 240)?,
+            drain_quiet: duration_or(args.drain_quiet.or(file.drain_quiet), "--drain-quiet", 5)?,
             client,
             dev_credentials,
             origin_credentials,
         })
+    }
+}
+
+/// A duration setting, or its default in seconds.
+fn duration_or(value: Option<String>, flag: &str, default_secs: u64) -> anyhow::Result<Duration> {
+    match value {
+        Some(s) => parse_duration(&s).with_context(|| flag.to_owned()),
+        None => Ok(Duration::from_secs(default_secs)),
     }
 }
 
@@ -382,6 +482,11 @@ mod tests {
         assert_eq!(cfg.role, Role::Replica);
         assert_eq!(cfg.admin_listen, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(cfg.origin, OriginUrl::Dir(PathBuf::from("./perch-data/origin")));
+        assert_eq!(cfg.drain_timeout, Duration::from_secs(240));
+        assert_eq!(cfg.drain_quiet, Duration::from_secs(5));
+        assert_eq!(cfg.dirty_age_max, Duration::from_secs(60));
+        assert_eq!(cfg.upload_concurrency, 16);
+        assert_eq!(cfg.write_policy.rules, WritePolicy::orioledb_defaults());
 
         std::fs::write(&path, "listne = \"127.0.0.1:7000\"\n").unwrap();
         let err = Config::resolve(ServeArgs {

@@ -3,7 +3,9 @@
 
 mod config;
 mod convert;
+mod admin;
 mod front;
+mod listing;
 mod metrics;
 mod server;
 mod service;
@@ -15,7 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perch_cache::origin::retry::RetryPolicy;
 use perch_cache::origin::{FsOrigin, Origin, OriginStats, RetryingOrigin, S3Origin, S3OriginConfig};
-use perch_cache::{CacheConfig, ReadCache};
+use perch_cache::{CacheConfig, ReadCache, WriteConfig};
 use perch_policy::Freshness;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
@@ -39,7 +41,11 @@ enum Command {
     /// neither set, the development pair perch-dev / perch-dev-secret is used, with a warning).
     /// Origin requests are signed with PERCH_ORIGIN_ACCESS_KEY_ID / PERCH_ORIGIN_SECRET_ACCESS_KEY,
     /// or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the write-back backlog (objects, bytes, oldest age), refused uploads and origin faults.
+    Status(admin::AdminArgs),
+    /// Wait until every write acknowledged so far is in the origin, with a progress bar.
+    Flush(admin::FlushArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -58,13 +64,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::resolve(args)?;
+            let config = Config::resolve(*args)?;
             init_logs(config.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(serve(config))
         }
+        Command::Status(args) => admin::status(&args),
+        Command::Flush(args) => admin::flush(&args),
     }
 }
 
@@ -131,9 +139,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         revalidate_after: config.cache_revalidate_after,
         retry_deadline: config.origin_retry_deadline,
         background_fill_max: 64 << 20,
+        write: WriteConfig {
+            upload_concurrency: config.upload_concurrency,
+            dirty_bytes_max: config
+                .dirty_bytes_max
+                .unwrap_or_else(|| filesystem_size(&config.data_dir) / 2),
+            dirty_age_max: config.dirty_age_max,
+            upload_headers: config.upload_headers.clone(),
+        },
     };
     let mut opened = None;
-    metrics.register(|r| opened = Some(ReadCache::open(cache_config, origin.clone(), Some(r))));
+    metrics.register(|r| opened = Some(ReadCache::open(cache_config, origin.clone(), raw_origin.clone(), Some(r))));
     let cache = opened
         .context("registering the cache metrics")?
         .context("opening the cache")?;
@@ -145,7 +161,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "cache open");
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, cache.clone(), spool_dir));
+    let writes = service::WriteSettings {
+        policy: config.write_policy.clone(),
+        strict_barriers: config.strict_barriers,
+        wait_limit: config.origin_retry_deadline,
+    };
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, cache.clone(), spool_dir, writes));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
@@ -174,9 +195,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let s3_task = tokio::spawn(server::serve_s3(listener, s3, metrics.clone(), stop_rx.clone()));
-    let admin_task = tokio::spawn(server::serve_admin(admin, raw_origin, metrics, stop_rx));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin,
+        raw_origin,
+        cache.clone(),
+        metrics.clone(),
+        stop_rx,
+    ));
 
     stop_signal.await;
+    drain(&cache, &metrics, &config).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
@@ -185,6 +213,59 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || cache.close()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the
+/// signal) while the uploader empties the journal; done when it is empty (refused versions
+/// aside) and no request came for --drain-quiet, or when --drain-timeout has passed.
+async fn drain(cache: &ReadCache, metrics: &metrics::Metrics, config: &Config) {
+    let started = std::time::Instant::now();
+    tracing::info!(
+        timeout_s = config.drain_timeout.as_secs(),
+        quiet_s = config.drain_quiet.as_secs(),
+        "stop asked: draining the journal while serving"
+    );
+    let mut last_log = started;
+    loop {
+        let st = cache.write_status(None);
+        let left = st.dirty_objects.saturating_sub(st.failed.len() as u64);
+        if left == 0 && metrics.idle_for() >= config.drain_quiet {
+            tracing::info!(
+                refused = st.failed.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "journal drained"
+            );
+            return;
+        }
+        if started.elapsed() >= config.drain_timeout {
+            tracing::warn!(
+                objects = st.dirty_objects,
+                bytes = st.dirty_bytes,
+                "--drain-timeout reached; what is left stays in the journal for the next start"
+            );
+            return;
+        }
+        if last_log.elapsed() >= std::time::Duration::from_secs(5) {
+            tracing::info!(objects = st.dirty_objects, bytes = st.dirty_bytes, "draining");
+            last_log = std::time::Instant::now();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The size of the filesystem holding `dir` (100 GiB if unknown).
+fn filesystem_size(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let _ = std::fs::create_dir_all(dir);
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 100 << 30;
+    };
+    // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return 100 << 30;
+    }
+    (st.f_blocks as u64).saturating_mul(st.f_frsize as u64)
 }
 
 /// 80% of the free space of the filesystem holding `dir`, at most 1 TiB (10 GiB if unknown).

@@ -31,6 +31,9 @@ pub struct Metrics {
     requests: Family<RequestLabel, Counter>,
     duration: Family<OpLabel, Histogram>,
     pub in_flight: Gauge,
+    /// When the last S3 request ended, in ms since `born` (for the quiet period of a drain).
+    last_request_ms: std::sync::atomic::AtomicU64,
+    born: std::time::Instant,
 }
 
 impl Metrics {
@@ -61,7 +64,18 @@ impl Metrics {
             requests,
             duration,
             in_flight,
+            last_request_ms: std::sync::atomic::AtomicU64::new(0),
+            born: std::time::Instant::now(),
         }
+    }
+
+    /// How long no S3 request has been running (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.get() > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_request_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
     }
 
     /// Lets another part (the origin, later the cache) register its own metrics.
@@ -72,6 +86,8 @@ impl Metrics {
     }
 
     pub fn observe(&self, op: &'static str, status: u16, elapsed: Duration) {
+        self.last_request_ms
+            .store(self.born.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
         self.requests.get_or_create(&RequestLabel { op, status }).inc();
         self.duration
             .get_or_create(&OpLabel { op })

@@ -1,5 +1,5 @@
 //! The HTTP listeners: the S3 endpoint (hyper HTTP/1.1 in front of the s3s service) and the admin
-//! endpoint (/healthz, /readyz, /metrics), both stopping gracefully on shutdown.
+//! endpoint (/healthz, /readyz, /metrics, /status), both stopping gracefully on shutdown.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use perch_cache::ReadCache;
 use perch_cache::origin::Origin;
 use s3s::service::S3Service;
 use tokio::net::TcpListener;
@@ -178,13 +179,15 @@ fn merge_content_encoding<B>(mut req: Request<B>) -> Request<B> {
 pub async fn serve_admin(
     listener: TcpListener,
     origin: Arc<dyn Origin>,
+    cache: Arc<ReadCache>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
     let handle = move |req: Request<Incoming>| {
         let origin = origin.clone();
         let metrics = metrics.clone();
-        async move { Ok::<_, Infallible>(admin_request(&*origin, &metrics, req).await) }
+        let cache = cache.clone();
+        async move { Ok::<_, Infallible>(admin_request(&*origin, &cache, &metrics, req).await) }
     };
     serve("admin", listener, shutdown, handle).await;
 }
@@ -197,12 +200,47 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-async fn admin_request(origin: &dyn Origin, metrics: &Metrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn admin_request(
+    origin: &dyn Origin,
+    cache: &ReadCache,
+    metrics: &Metrics,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        // Alive, and uploading in time: past --dirty-age-max of lag, or with a version the
+        // origin refused, Perch reports itself unhealthy (it keeps serving).
+        "/healthz" => {
+            let st = cache.write_status(None);
+            if st.healthy {
+                text(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "upload lag {:.0} s over {} versions, {} refused by the origin{}\n",
+                        st.oldest_age_seconds,
+                        st.dirty_objects,
+                        st.failed.len(),
+                        st.origin_fault.map(|f| format!("; origin: {f}")).unwrap_or_default()
+                    ),
+                )
+            }
+        }
+        "/status" => {
+            let upto = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("upto=")))
+                .and_then(|v| v.parse().ok());
+            match serde_json::to_string_pretty(&cache.write_status(upto)) {
+                Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
         "/readyz" => match origin_reachable(origin).await {
             Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
             Err(why) => text(

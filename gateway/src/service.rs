@@ -1,66 +1,245 @@
-//! `Gateway`: Perch's S3 front door. Each S3 operation is one method of s3s's `S3` trait; for now
-//! each goes through to the origin (retried by `RetryingOrigin`), with bodies verified locally first.
+//! `Gateway`: Perch's S3 front door. Each S3 operation is one method of s3s's `S3` trait: reads go
+//! through the cache, writes are committed to the write-back journal, the rest goes to the origin.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use perch_cache::origin::{
-    CompletedPart as OriginPart, CopyInput, ListPage, ListQuery, MetadataDirective as Directive, Origin, PutInput,
+    CompletedPart as OriginPart, CopyInput, ListQuery, MetadataDirective as Directive, Origin, PutInput,
 };
-use perch_cache::{CacheStatus, ReadCache};
+use perch_cache::origin::{ObjectMeta, PutBody};
+use perch_cache::{CacheStatus, NewBody, ReadCache, WriteError};
+use perch_policy::{WriteMode, WriteOp, WritePolicy};
 use s3s::dto::*;
-use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::convert::{self, origin_error};
+use crate::listing::{self, PageQuery};
 use crate::spool::{self, Declared};
+
+/// How writes are committed and acknowledged.
+#[derive(Debug, Clone)]
+pub struct WriteSettings {
+    pub policy: WritePolicy,
+    /// A barrier's acknowledgement waits for the origin too.
+    pub strict_barriers: bool,
+    /// The longest a request waits for the origin to confirm writes (`--origin-retry-deadline`).
+    pub wait_limit: Duration,
+}
 
 pub struct Gateway {
     origin: Arc<dyn Origin>,
-    /// Answers GET and HEAD from local copies; told about every write so it never serves a stale one.
+    /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
+    /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
+    buckets: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Answers GET and HEAD from local copies, and holds the write-back journal.
     cache: Arc<ReadCache>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
+    writes: WriteSettings,
+}
+
+/// The S3 error for a write that could not be committed or confirmed.
+fn write_error(e: WriteError) -> S3Error {
+    match e {
+        WriteError::Timeout(_) => {
+            let mut err = S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "The origin has not confirmed the write yet; it stays queued. Please retry.",
+            );
+            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+            err
+        }
+        WriteError::Refused { error, .. } => S3Error::with_message(
+            S3ErrorCode::InternalError,
+            format!("The origin refused the write: {error}"),
+        ),
+        WriteError::Local(e) => {
+            tracing::error!(error = %e, "a write could not be committed locally");
+            S3Error::with_message(S3ErrorCode::InternalError, "Perch could not store the write locally.")
+        }
+    }
 }
 
 impl Gateway {
-    pub fn new(origin: Arc<dyn Origin>, cache: Arc<ReadCache>, spool_dir: PathBuf) -> Self {
+    pub fn new(origin: Arc<dyn Origin>, cache: Arc<ReadCache>, spool_dir: PathBuf, writes: WriteSettings) -> Self {
         Self {
             origin,
+            buckets: Default::default(),
             cache,
             spool_dir,
+            writes,
         }
     }
 
-    /// One page of the origin's listing, resuming a v1 `marker` (or ListObjectVersions `key-marker`)
-    /// that named a common prefix past everything under it.
-    async fn list_page(
-        &self,
-        bucket: &str,
-        prefix: Option<String>,
-        delimiter: Option<String>,
-        max_keys: Option<i32>,
-        marker: Option<String>,
-    ) -> S3Result<ListPage> {
-        let max_keys = max_keys_of(max_keys)?;
-        let start_after = marker.filter(|m| !m.is_empty()).map(|m| match (&delimiter, &prefix) {
-            (Some(d), p) if !d.is_empty() => {
-                let p = p.as_deref().unwrap_or("");
-                match m.strip_prefix(p) {
-                    Some(rest) if rest.contains(d.as_str()) => format!("{m}\u{10FFFF}"),
-                    _ => m,
+    fn known_buckets(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
+    async fn ensure_bucket(&self, bucket: &str) -> S3Result<()> {
+        if self.known_buckets().contains(bucket) || self.cache.knows_bucket(bucket) {
+            return Ok(());
+        }
+        self.origin.head_bucket(bucket).await.map_err(origin_error)?;
+        self.known_buckets().insert(bucket.to_owned());
+        Ok(())
+    }
+
+    /// Waits until `bucket/key` has no write left to upload, so that a request the origin must
+    /// decide (a conditional write, a copy, a multipart completion) sees every earlier write.
+    async fn settle(&self, bucket: &str, key: &str) -> S3Result<()> {
+        self.cache
+            .wait_clean(bucket, key, self.writes.wait_limit)
+            .await
+            .map_err(write_error)
+    }
+
+    /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is
+    /// acknowledged only once the origin has it.
+    async fn acknowledge(&self, seq: u64, mode: WriteMode) -> S3Result<()> {
+        let wait = mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && self.writes.strict_barriers);
+        if wait {
+            self.cache
+                .wait_confirmed(seq, self.writes.wait_limit)
+                .await
+                .map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// Commits a DELETE of `bucket/key` as a version.
+    async fn delete_version(&self, bucket: &str, key: &str) -> S3Result<()> {
+        self.ensure_bucket(bucket).await?;
+        let mode = self.writes.policy.mode(WriteOp::Delete, key);
+        let seq = self
+            .cache
+            .commit_delete(bucket, key, mode)
+            .await
+            .map_err(write_error)?;
+        self.acknowledge(seq, mode).await
+    }
+
+    /// CopyObject whose source has a version the origin does not have yet: the copy is made from
+    /// the local version and committed as a new version of the destination.
+    async fn copy_pending(&self, bucket: &str, key: &str, copy: CopyInput) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.ensure_bucket(bucket).await?;
+        let source = self
+            .cache
+            .get(&copy.src_bucket, &copy.src_key, None, &copy.conditions)
+            .await
+            .map_err(|e| match e {
+                perch_cache::origin::OriginError::NotModified => {
+                    s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
                 }
-            }
-            _ => m,
-        });
+                other => origin_error(other),
+            })?;
+        let src_meta = source.output.meta;
+        let declared = Declared {
+            content_length: Some(src_meta.size as i64),
+            ..Default::default()
+        };
+        let body = spool::receive(
+            Some(StreamingBlob::wrap(source.output.body)),
+            declared,
+            None,
+            &self.spool_dir,
+        )
+        .await?;
+        let headers = match copy.directive {
+            Directive::Copy => src_meta.headers,
+            Directive::Replace(h) => h,
+        };
+        // A composite (multipart) checksum describes the source's parts, not this single copy.
+        let checksums = if src_meta.checksums.checksum_type() == Some(perch_cache::origin::ChecksumType::Composite) {
+            Default::default()
+        } else {
+            src_meta.checksums
+        };
+        let etag = format!("\"{}\"", body.md5_hex);
+        let now = SystemTime::now();
+        let meta = ObjectMeta {
+            size: body.body.len(),
+            etag: etag.clone(),
+            last_modified: now,
+            headers,
+            checksums,
+        };
+        let new_body = match &body.body {
+            PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
+            PutBody::File { path, .. } => NewBody::File(path.clone()),
+        };
+        let mode = self.writes.policy.mode(WriteOp::Put, key);
+        let seq = self
+            .cache
+            .commit_put(bucket, key, new_body, meta, body.crcs.clone(), mode)
+            .await
+            .map_err(write_error)?;
+        self.acknowledge(seq, mode).await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(convert::etag(&etag)),
+                last_modified: Some(Timestamp::from(now)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    /// One page of the listing, merged with the writes not yet uploaded.
+    async fn list_page(&self, bucket: &str, q: &PageQuery) -> S3Result<listing::Page> {
         let query = ListQuery {
-            prefix,
-            delimiter,
-            max_keys,
-            start_after,
+            prefix: (!q.prefix.is_empty()).then(|| q.prefix.clone()),
+            delimiter: q.delimiter.clone(),
+            max_keys: q.max_keys,
+            start_after: q.origin_start_after(),
             continuation: None,
         };
-        self.origin.list_objects(bucket, &query).await.map_err(origin_error)
+        let mut page = self.origin.list_objects(bucket, &query).await.map_err(origin_error)?;
+        let dirty = self.cache.dirty_keys(bucket, &q.prefix);
+        // A common prefix of the origin whose every key is deleted locally must go too: ask the
+        // origin what it holds under it (only when deletes are pending there).
+        let mut hidden = Vec::new();
+        for cp in &page.common_prefixes {
+            let under: Vec<_> = dirty.iter().filter(|d| d.key.starts_with(cp.as_str())).collect();
+            if under.is_empty() || under.iter().any(|d| d.object.is_some()) {
+                continue;
+            }
+            let deleted: std::collections::HashSet<&str> = under.iter().map(|d| d.key.as_str()).collect();
+            let inside = ListQuery {
+                prefix: Some(cp.clone()),
+                delimiter: None,
+                max_keys: deleted.len() + 1,
+                start_after: None,
+                continuation: None,
+            };
+            let held = self.origin.list_objects(bucket, &inside).await.map_err(origin_error)?;
+            if held.next.is_none() && held.objects.iter().all(|o| deleted.contains(o.key.as_str())) {
+                hidden.push(cp.clone());
+            }
+        }
+        page.common_prefixes.retain(|cp| !hidden.contains(cp));
+        Ok(listing::merge(q, page, dirty))
+    }
+
+    /// A v1 listing (or ListObjectVersions) page resuming after `marker`.
+    async fn list_v1(
+        &self,
+        bucket: &str,
+        prefix: &Option<String>,
+        delimiter: &Option<String>,
+        max_keys: Option<i32>,
+        marker: &Option<String>,
+    ) -> S3Result<listing::Page> {
+        let q = PageQuery {
+            prefix: prefix.clone().unwrap_or_default(),
+            delimiter: delimiter.clone().filter(|d| !d.is_empty()),
+            max_keys: max_keys_of(max_keys)?,
+            after: marker.clone().filter(|m| !m.is_empty()),
+        };
+        self.list_page(bucket, &q).await
     }
 }
 
@@ -114,16 +293,6 @@ fn max_keys_of(max_keys: Option<i32>) -> S3Result<usize> {
     }
 }
 
-/// The last key or common prefix of a page, whichever sorts last: where a v1 listing resumes.
-fn last_name(page: &ListPage) -> Option<String> {
-    let k = page.objects.last().map(|o| o.key.as_str());
-    let p = page.common_prefixes.last().map(String::as_str);
-    match (k, p) {
-        (Some(k), Some(p)) => Some(k.max(p).to_owned()),
-        (a, b) => a.or(b).map(str::to_owned),
-    }
-}
-
 fn encode(s: String, url: bool) -> String {
     if url { convert::url_encode(&s) } else { s }
 }
@@ -132,7 +301,7 @@ fn wants_url(e: &Option<EncodingType>) -> bool {
     e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL)
 }
 
-fn objects_of(page: &ListPage, url: bool) -> Vec<Object> {
+fn objects_of(page: &listing::Page, url: bool) -> Vec<Object> {
     page.objects
         .iter()
         .map(|o| Object {
@@ -146,7 +315,7 @@ fn objects_of(page: &ListPage, url: bool) -> Vec<Object> {
         .collect()
 }
 
-fn prefixes_of(page: &ListPage, url: bool) -> Option<Vec<CommonPrefix>> {
+fn prefixes_of(page: &listing::Page, url: bool) -> Option<Vec<CommonPrefix>> {
     (!page.common_prefixes.is_empty()).then(|| {
         page.common_prefixes
             .iter()
@@ -198,6 +367,7 @@ impl S3 for Gateway {
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = req.input.bucket;
         self.origin.create_bucket(&bucket).await.map_err(origin_error)?;
+        self.known_buckets().insert(bucket.clone());
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))
@@ -209,6 +379,12 @@ impl S3 for Gateway {
     }
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        // The origin decides whether the bucket is empty: first it must hold every write to it.
+        self.cache
+            .wait_bucket_clean(&req.input.bucket, self.writes.wait_limit)
+            .await
+            .map_err(write_error)?;
+        self.known_buckets().remove(&req.input.bucket);
         self.origin
             .delete_bucket(&req.input.bucket)
             .await
@@ -295,20 +471,57 @@ impl S3 for Gateway {
             ),
         };
         let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let headers = convert::content_headers(
+            input.content_type,
+            input.cache_control,
+            input.content_encoding,
+            input.content_disposition,
+            input.content_language,
+            input.expires,
+            input.metadata,
+        );
+        if input.if_match.is_none() && input.if_none_match.is_none() {
+            // The ordinary write: a version, durable locally before the answer.
+            self.ensure_bucket(&input.bucket).await?;
+            let mode = self.writes.policy.mode(WriteOp::Put, &input.key);
+            let etag = format!("\"{}\"", body.md5_hex);
+            let meta = ObjectMeta {
+                size: body.body.len(),
+                etag: etag.clone(),
+                last_modified: SystemTime::now(),
+                headers,
+                checksums: body.checksums.clone(),
+            };
+            let new_body = match &body.body {
+                PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
+                PutBody::File { path, .. } => NewBody::File(path.clone()),
+            };
+            let seq = self
+                .cache
+                .commit_put(&input.bucket, &input.key, new_body, meta, body.crcs.clone(), mode)
+                .await
+                .map_err(write_error)?;
+            self.acknowledge(seq, mode).await?;
+            let c = body.checksums.clone();
+            return Ok(S3Response::new(PutObjectOutput {
+                e_tag: Some(convert::etag(&etag)),
+                checksum_crc32: c.crc32,
+                checksum_crc32c: c.crc32c,
+                checksum_crc64nvme: c.crc64nvme,
+                checksum_sha1: c.sha1,
+                checksum_sha256: c.sha256,
+                ..Default::default()
+            }));
+        }
+        // A conditional write: the origin decides, once it holds every earlier write of the key.
+        self.settle(&input.bucket, &input.key).await?;
         let put = PutInput {
-            headers: convert::content_headers(
-                input.content_type,
-                input.cache_control,
-                input.content_encoding,
-                input.content_disposition,
-                input.content_language,
-                input.expires,
-                input.metadata,
-            ),
+            headers,
             checksums: body.checksums.clone(),
             body: body.body.clone(),
             if_match: input.if_match.as_ref().map(convert::etag_condition),
             if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
+            extra_headers: Vec::new(),
         };
         let out = self.origin.put_object(&input.bucket, &input.key, &put).await;
         // Whatever the answer, the origin may now hold a new body: forget the cached one.
@@ -333,9 +546,7 @@ impl S3 for Gateway {
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
         }
-        let deleted = self.origin.delete_object(&input.bucket, &input.key).await;
-        self.cache.invalidate(&input.bucket, &input.key);
-        deleted.map_err(origin_error)?;
+        self.delete_version(&input.bucket, &input.key).await?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -356,11 +567,7 @@ impl S3 for Gateway {
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }
-                    (Ok(()), _) => {
-                        let deleted = self.origin.delete_object(bucket, &o.key).await;
-                        self.cache.invalidate(bucket, &o.key);
-                        deleted.map_err(origin_error)
-                    }
+                    (Ok(()), _) => self.delete_version(bucket, &o.key).await,
                 };
                 (o, result)
             }))
@@ -424,6 +631,12 @@ impl S3 for Gateway {
             ),
             directive,
         };
+        if self.cache.has_pending(&copy.src_bucket, &copy.src_key) {
+            return self.copy_pending(&input.bucket, &input.key, copy).await;
+        }
+        // The origin copies: first it must hold every write of both keys.
+        self.settle(&copy.src_bucket, &copy.src_key).await?;
+        self.settle(&input.bucket, &input.key).await?;
         let out = self.origin.copy_object(&input.bucket, &input.key, &copy).await;
         self.cache.invalidate(&input.bucket, &input.key);
         let out = out.map_err(origin_error)?;
@@ -440,18 +653,19 @@ impl S3 for Gateway {
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
         let url = wants_url(&input.encoding_type);
-        let query = ListQuery {
-            prefix: input.prefix.clone().filter(|p| !p.is_empty()),
+        let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => Some(listing::untoken(t).ok_or_else(|| {
+                s3_error!(InvalidArgument, "The continuation token provided is incorrect")
+            })?),
+            None => input.start_after.clone().filter(|s| !s.is_empty()),
+        };
+        let query = PageQuery {
+            prefix: input.prefix.clone().unwrap_or_default(),
             delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
             max_keys: max_keys_of(input.max_keys)?,
-            start_after: input.start_after.clone().filter(|s| !s.is_empty()),
-            continuation: input.continuation_token.clone().filter(|s| !s.is_empty()),
+            after,
         };
-        let page = self
-            .origin
-            .list_objects(&input.bucket, &query)
-            .await
-            .map_err(origin_error)?;
+        let page = self.list_page(&input.bucket, &query).await?;
         let key_count = (page.objects.len() + page.common_prefixes.len()) as i32;
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
@@ -461,8 +675,8 @@ impl S3 for Gateway {
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
             start_after: input.start_after.map(|s| encode(s, url)),
-            is_truncated: Some(page.next.is_some()),
-            next_continuation_token: page.next.clone(),
+            is_truncated: Some(page.next_after.is_some()),
+            next_continuation_token: page.next_after.as_deref().map(listing::token),
             contents: Some(objects_of(&page, url)),
             common_prefixes: prefixes_of(&page, url),
             encoding_type: input.encoding_type,
@@ -473,13 +687,11 @@ impl S3 for Gateway {
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
         let url = wants_url(&input.encoding_type);
-        let prefix = input.prefix.clone().filter(|p| !p.is_empty());
-        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let page = self
-            .list_page(&input.bucket, prefix, delimiter, input.max_keys, input.marker.clone())
+            .list_v1(&input.bucket, &input.prefix, &input.delimiter, input.max_keys, &input.marker)
             .await?;
-        let truncated = page.next.is_some();
-        let next_marker = if truncated { last_name(&page) } else { None };
+        let truncated = page.next_after.is_some();
+        let next_marker = page.next_after.clone();
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
             prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
@@ -501,19 +713,17 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
         let url = wants_url(&input.encoding_type);
-        let prefix = input.prefix.clone().filter(|p| !p.is_empty());
-        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let page = self
-            .list_page(
+            .list_v1(
                 &input.bucket,
-                prefix,
-                delimiter,
+                &input.prefix,
+                &input.delimiter,
                 input.max_keys,
-                input.key_marker.clone(),
+                &input.key_marker,
             )
             .await?;
-        let truncated = page.next.is_some();
-        let next_key_marker = if truncated { last_name(&page) } else { None };
+        let truncated = page.next_after.is_some();
+        let next_key_marker = page.next_after.clone();
         let versions = page
             .objects
             .iter()
@@ -656,6 +866,7 @@ impl S3 for Gateway {
                 })
             })
             .collect::<S3Result<Vec<_>>>()?;
+        self.settle(&input.bucket, &input.key).await?;
         let etag = self
             .origin
             .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts)

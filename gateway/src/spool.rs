@@ -14,12 +14,101 @@ use tokio::io::AsyncWriteExt;
 
 /// Bodies up to this size stay in memory; larger ones go to a temp file under the data dir.
 const IN_MEMORY_MAX: u64 = 8 << 20;
+/// Bodies from this size on get their MD5 and CRCs computed on a thread of their own, beside the
+/// SHA-256 the signature check computes on the receiving task.
+const DIGEST_BESIDE_MIN: u64 = 1 << 20;
+/// A spool file's pages are handed to the disk every this many bytes, so that the fsync of the
+/// commit has only the tail left to write.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// The MD5 (the ETag) and the per-MiB CRC32s of a body, computed inline for small bodies and on a
+/// blocking thread for large ones.
+enum Digests {
+    Inline {
+        md5: Md5,
+        crcs: perch_cache::blobs::BlockCrcs,
+    },
+    Beside {
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+        done: tokio::task::JoinHandle<([u8; 16], Vec<u32>)>,
+    },
+}
+
+impl Digests {
+    fn new(expected_len: Option<u64>) -> Digests {
+        if expected_len.is_some_and(|n| n < DIGEST_BESIDE_MIN) {
+            return Digests::Inline {
+                md5: Md5::new(),
+                crcs: Default::default(),
+            };
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut md5 = Md5::new();
+            let mut crcs = perch_cache::blobs::BlockCrcs::default();
+            while let Some(chunk) = rx.blocking_recv() {
+                md5.update(&chunk);
+                crcs.update(&chunk);
+            }
+            (md5.finalize().into(), crcs.finish())
+        });
+        Digests::Beside { tx, done }
+    }
+
+    async fn update(&mut self, chunk: &Bytes) -> S3Result<()> {
+        match self {
+            Digests::Inline { md5, crcs } => {
+                md5.update(chunk);
+                crcs.update(chunk);
+                Ok(())
+            }
+            Digests::Beside { tx, .. } => tx
+                .send(chunk.clone())
+                .await
+                .map_err(|_| internal(std::io::Error::other("the digest thread ended"))),
+        }
+    }
+
+    async fn finish(self) -> S3Result<([u8; 16], Vec<u32>)> {
+        match self {
+            Digests::Inline { md5, crcs } => Ok((md5.finalize().into(), crcs.finish())),
+            Digests::Beside { tx, done } => {
+                drop(tx);
+                done.await.map_err(|e| internal(std::io::Error::other(e)))
+            }
+        }
+    }
+}
+
+/// Starts writing `len` bytes at `offset` of `file` to disk without waiting (Linux
+/// `sync_file_range`); elsewhere, or if it fails, the commit's fsync does it all.
+fn start_writeback(file: &tokio::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a descriptor `file` keeps open; it touches no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
 
 /// A verified body. A file-backed one is removed when this is dropped.
 pub struct Spooled {
     pub body: PutBody,
     /// The checksums the client declared, all verified.
     pub checksums: Checksums,
+    /// The body's MD5, hex: its S3 ETag without the quotes.
+    pub md5_hex: String,
+    /// CRC32 of each 1 MiB block, as the cache keeps them.
+    pub crcs: Vec<u32>,
     _file: Option<TempFile>,
 }
 
@@ -148,12 +237,12 @@ pub async fn receive(
     dir: &Path,
 ) -> S3Result<Spooled> {
     let mut hasher = hasher_for(&declared)?;
-    let mut md5 = Md5::new();
     let expected_len = match declared.content_length {
         Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
         Some(n) => Some(n as u64),
         None => None,
     };
+    let mut digests = Digests::new(expected_len);
     let to_file = expected_len.is_none_or(|n| n > IN_MEMORY_MAX);
 
     let mut mem = BytesMut::new();
@@ -167,6 +256,7 @@ pub async fn receive(
     }
 
     let mut len: u64 = 0;
+    let mut written_back: u64 = 0;
     if let Some(mut stream) = body {
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
@@ -177,10 +267,17 @@ pub async fn receive(
                     "The body is longer than its declared length."
                 ));
             }
-            md5.update(&chunk);
+            digests.update(&chunk).await?;
             hasher.update(&chunk);
             match &mut file {
-                Some(f) => f.write_all(&chunk).await.map_err(internal)?,
+                Some(f) => {
+                    f.write_all(&chunk).await.map_err(internal)?;
+                    if len - written_back >= WRITEBACK_EVERY {
+                        f.flush().await.map_err(internal)?;
+                        start_writeback(f.get_ref(), written_back, len - written_back);
+                        written_back = len;
+                    }
+                }
                 None => mem.extend_from_slice(&chunk),
             }
         }
@@ -195,7 +292,7 @@ pub async fn receive(
         f.flush().await.map_err(internal)?;
     }
 
-    let md5_raw = md5.finalize();
+    let (md5_raw, crcs) = digests.finish().await?;
     if let Some(content_md5) = declared.content_md5 {
         let given = base64_simd::STANDARD
             .decode_to_vec(content_md5)
@@ -232,6 +329,8 @@ pub async fn receive(
     Ok(Spooled {
         body,
         checksums,
+        md5_hex: hex::encode(md5_raw),
+        crcs,
         _file: temp,
     })
 }

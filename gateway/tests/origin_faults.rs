@@ -2,6 +2,12 @@
 //! transient faults are retried until `--origin-retry-deadline` and are invisible to the client
 //! while the origin recovers in time; past the deadline the client gets 503 SlowDown; permanent
 //! answers (404, 412) pass through at once. Clients are OrioleDB-shaped raw HTTP.
+//!
+//! A write-back PUT is acknowledged once it is in perch's journal, before the origin sees it; the
+//! tests about a PUT reaching the origin start perch with every key `write_through`, so that the
+//! PUT is acknowledged only once the origin has it. The objects the GET tests read are put straight
+//! into moto, so that they are in the origin and not in perch's cache (a write through perch is a
+//! cache entry at once).
 
 mod raw;
 
@@ -11,26 +17,42 @@ use std::time::{Duration, Instant};
 use perch_bench::servers::{MotoServer, ProxyServer};
 use raw::{Perch, ProxyControl, Req, Resp, Style, assert_error, create_bucket, md5_etag, pattern};
 
+/// Every key write-through: a PUT is acknowledged once the origin has it, as before write-back.
+const WRITE_THROUGH: &[&str] = &["--write-mode", "*=write_through"];
+
+/// The uploader's retries (it sends written versions to the origin, and retries a transient fault
+/// by itself, for as long as it takes; `perch_origin_retries_total` counts the read path's).
+const UPLOAD_RETRIES: &str = "perch_uploads_total{result=\"retried\"}";
+
 /// moto, the fault proxy in front of it, and perch in front of the proxy.
 struct Stack {
     perch: Perch,
     proxy: ProxyControl,
     _proxy: ProxyServer,
-    _moto: MotoServer,
+    moto: MotoServer,
 }
 
 impl Stack {
-    fn start(deadline: &str) -> Stack {
+    /// With `--origin-retry-deadline deadline` and the further flags `args`.
+    fn start(deadline: &str, args: &[&str]) -> Stack {
         let moto = raw::moto();
         let proxy = ProxyServer::start(&moto.endpoint, &[]);
-        let perch = Perch::s3(&proxy.endpoint, &["--origin-retry-deadline", deadline]);
+        let mut all = vec!["--origin-retry-deadline", deadline];
+        all.extend_from_slice(args);
+        let perch = Perch::s3(&proxy.endpoint, &all);
         create_bucket(perch.addr());
         Stack {
             proxy: ProxyControl { addr: proxy.addr },
             perch,
             _proxy: proxy,
-            _moto: moto,
+            moto,
         }
+    }
+
+    /// PUT straight into moto: an object the origin has and perch's cache does not.
+    #[track_caller]
+    fn put_behind_perchs_back(&self, key: &str, body: &[u8]) {
+        raw::put_into_moto(&self.moto, key, body);
     }
 
     fn addr(&self) -> SocketAddr {
@@ -122,11 +144,11 @@ fn assert_records(stack: &Stack, key: &str, method: &str, kind: &str, injected: 
 
 #[test]
 fn put_survives_three_503s_and_lands_once() {
-    let stack = Stack::start("20s");
+    let stack = Stack::start("20s", WRITE_THROUGH);
     let _g = stack.guard();
     let key = "wal/000000010000000000000003";
     let body = pattern(2 << 20, 1);
-    let retries_before = stack.metric("perch_origin_retries_total");
+    let retries_before = stack.metric(UPLOAD_RETRIES);
     stack.proxy.reset();
     stack.proxy.faults(&format!(
         r#"{{"fail_next":3,"error_kinds":["503"],"match_method":"PUT","match_key_prefix":"{key}"}}"#
@@ -140,20 +162,20 @@ fn put_survives_three_503s_and_lands_once() {
     );
     assert_records(&stack, key, "PUT", "503", 3, 200);
     assert!(
-        stack.metric("perch_origin_retries_total") >= retries_before + 3.0,
-        "perch_origin_retries_total must count the 3 retries"
+        stack.metric(UPLOAD_RETRIES) >= retries_before + 3.0,
+        "{UPLOAD_RETRIES} must count the 3 retries"
     );
     stack.get_ok(key, &body);
 }
 
 #[test]
 fn get_survives_slowdown_500_and_reset() {
-    let stack = Stack::start("20s");
+    let stack = Stack::start("20s", &[]);
     let _g = stack.guard();
     let body = pattern(300_000, 2);
     for kind in ["slowdown", "500", "reset"] {
         let key = format!("data/1/part-{kind}");
-        stack.put_ok(&key, &body);
+        stack.put_behind_perchs_back(&key, &body);
         stack.proxy.reset();
         stack.proxy.faults(&format!(
             r#"{{"fail_next":2,"error_kinds":["{kind}"],"match_method":"GET","match_key_prefix":"{key}"}}"#
@@ -171,12 +193,16 @@ fn get_survives_slowdown_500_and_reset() {
 
 #[test]
 fn outage_past_the_deadline_gives_503_slowdown() {
-    let stack = Stack::start("2s");
+    let stack = Stack::start("2s", WRITE_THROUGH);
     let _g = stack.guard();
     let key = "data/orioledb_data/control";
     let body = pattern(1000, 3);
-    stack.put_ok(key, &body);
+    stack.put_behind_perchs_back(key, &body);
+    // perch asks the origin about the bucket once, before its first write: done here, so that the
+    // PUT below is the one that waits for the origin.
+    stack.put_ok("data/before-the-outage", b"1");
     let gave_up_before = stack.metric("perch_origin_gave_up_total");
+    let upload_retries_before = stack.metric(UPLOAD_RETRIES);
     stack.proxy.patch(r#"{"outage":true}"#);
 
     let start = Instant::now();
@@ -193,8 +219,10 @@ fn outage_past_the_deadline_gives_503_slowdown() {
         "perch gave up after {took:?}, before the 2 s deadline"
     );
 
+    let put_key = "wal/outage-put";
+    let put_body = pattern(2 << 20, 4);
     let start = Instant::now();
-    let r = stack.put("wal/outage-put", &pattern(2 << 20, 4));
+    let r = stack.put(put_key, &put_body);
     let took = start.elapsed();
     assert_error(
         &r,
@@ -207,25 +235,47 @@ fn outage_past_the_deadline_gives_503_slowdown() {
         "perch gave up after {took:?}, before the 2 s deadline"
     );
 
+    // The GET gave up; the PUT's version did not: the uploader keeps retrying it.
     let gave_up = stack.metric("perch_origin_gave_up_total");
     assert!(
-        gave_up >= gave_up_before + 2.0,
-        "perch_origin_gave_up_total must count both give-ups: {gave_up_before} -> {gave_up}"
+        gave_up >= gave_up_before + 1.0,
+        "perch_origin_gave_up_total must count the GET's give-up: {gave_up_before} -> {gave_up}"
+    );
+    let upload_retries = stack.metric(UPLOAD_RETRIES);
+    assert!(
+        upload_retries >= upload_retries_before + 1.0,
+        "{UPLOAD_RETRIES} must count the upload's retries: {upload_retries_before} -> {upload_retries}"
     );
     // The forwarded requests were all refused by the proxy: nothing reached moto.
+    assert_eq!(
+        stack.proxy.count("PUT", put_key),
+        0,
+        "nothing reached moto during the outage: {:?}",
+        stack.proxy.counts()
+    );
+    // The 503 SlowDown says the write stays queued: once the origin is back, it lands, once.
     stack.proxy.patch(r#"{"outage":false}"#);
-    let r = stack.get("wal/outage-put");
-    assert_error(&r, 404, "NoSuchKey", "the PUT refused during the outage stored nothing");
+    raw::flush(&stack.perch.server, Duration::from_secs(60));
+    assert_eq!(
+        stack.proxy.count("PUT", put_key),
+        1,
+        "the queued write reaches moto once after the outage: {:?}",
+        stack.proxy.counts()
+    );
+    stack.get_ok(put_key, &put_body);
     stack.get_ok(key, &body);
 }
 
 #[test]
 fn outage_shorter_than_the_deadline_is_invisible() {
-    let stack = Stack::start("5s");
+    let stack = Stack::start("5s", WRITE_THROUGH);
     let _g = stack.guard();
     let key = "data/1/orioledb_data/short-outage";
     let body = pattern(1 << 20, 5);
-    stack.put_ok(key, &body);
+    stack.put_behind_perchs_back(key, &body);
+    // perch asks the origin about the bucket once, before its first write: done here, so that the
+    // PUT below is the one that waits out the outage.
+    stack.put_ok("data/before-the-outage", b"1");
     stack.proxy.reset();
     stack.proxy.patch(r#"{"outage":true}"#);
     let control = ProxyControl { addr: stack.proxy.addr };
@@ -275,7 +325,7 @@ fn outage_shorter_than_the_deadline_is_invisible() {
 
 #[test]
 fn permanent_answers_pass_through_at_once() {
-    let stack = Stack::start("20s");
+    let stack = Stack::start("20s", &[]);
     let _g = stack.guard();
     let retries_before = stack.metric("perch_origin_retries_total");
 
@@ -318,10 +368,12 @@ fn permanent_answers_pass_through_at_once() {
 
 #[test]
 fn stalled_origin_requests_are_retried() {
-    let stack = Stack::start("5s");
+    let stack = Stack::start("5s", WRITE_THROUGH);
     let _g = stack.guard();
     let key = "data/1/stalled";
     let body = pattern(1 << 20, 7);
+    // perch asks the origin about the bucket once, before its first write: done here.
+    stack.put_ok("data/before-the-stall", b"1");
     // A stalled PUT (held 500 ms, then the connection is reset): retried, lands once.
     stack.proxy.reset();
     stack.proxy.faults(&format!(
@@ -330,7 +382,10 @@ fn stalled_origin_requests_are_retried() {
     stack.put_ok(key, &body);
     assert_eq!(stack.proxy.count("PUT", key), 1, "{:?}", stack.proxy.counts());
     assert_records(&stack, key, "PUT", "stall", 1, 200);
-    // A stalled GET.
+    // A stalled GET, of an object in the origin and not in perch's cache (the PUT above made
+    // `key` a cache entry).
+    let key = "data/1/stalled-get";
+    stack.put_behind_perchs_back(key, &body);
     stack.proxy.reset();
     stack.proxy.faults(&format!(
         r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"GET","match_key_prefix":"{key}"}}"#

@@ -3,6 +3,10 @@
 //! proxy of perch-bench. The proxy's counts say exactly which requests reached the origin; the
 //! `X-Cache` header says how perch answered; the files under `<data-dir>/cache` are read and
 //! damaged directly; `/metrics` is checked sample by sample.
+//!
+//! A write through perch is a cache entry at once (write-back: acknowledged from the journal,
+//! uploaded later). The objects a test means to be in the origin and not in the cache are
+//! therefore put straight into moto (`put_behind_perchs_back`), past perch and the proxy.
 
 mod cache_support;
 mod common;
@@ -37,9 +41,9 @@ fn a_second_get_or_head_makes_no_origin_request() {
     // Three checked blocks, the last one short.
     let large = pattern(2 * MIB + 12_345, 2);
     let other = pattern(10 * KIB, 3);
-    s.put("hot/small", &small);
-    s.put("hot/large", &large);
-    s.put("hot/other", &other);
+    s.put_behind_perchs_back("hot/small", &small);
+    s.put_behind_perchs_back("hot/large", &large);
+    s.put_behind_perchs_back("hot/other", &other);
     s.proxy.reset();
 
     s.get_expect("hot/small", &small, "MISS");
@@ -146,8 +150,8 @@ fn concurrent_cold_gets_make_one_origin_request_and_all_get_the_whole_body() {
     let _g = s.guard();
     let body_raw = pattern(3 * MIB + 777, 4);
     let body_sdk = pattern(2 * MIB + 5, 5);
-    s.put("co/raw", &body_raw);
-    s.put("co/sdk", &body_sdk);
+    s.put_behind_perchs_back("co/raw", &body_raw);
+    s.put_behind_perchs_back("co/sdk", &body_sdk);
     s.proxy.reset();
     // A slow origin: 300 ms before each answer, then 2 MiB/s. Every GET below arrives while the
     // first one's fill is under way, and streams it as it lands.
@@ -216,12 +220,12 @@ fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_pop
     let scan: Vec<Vec<u8>> = (0..SCAN).map(|i| pattern(SIZE, 200 + i as u64)).collect();
     // More than a quarter of the disk limit: passed through, never kept.
     let big = pattern(MIB, 102);
-    s.put("ev/popular", &popular);
-    s.put("ev/once", &once);
+    s.put_behind_perchs_back("ev/popular", &popular);
+    s.put_behind_perchs_back("ev/once", &once);
     for (i, body) in scan.iter().enumerate() {
-        s.put(&format!("ev/scan/{i:02}"), body);
+        s.put_behind_perchs_back(&format!("ev/scan/{i:02}"), body);
     }
-    s.put("ev/big", &big);
+    s.put_behind_perchs_back("ev/big", &big);
     s.proxy.reset();
 
     s.get_expect("ev/popular", &popular, "MISS");
@@ -252,7 +256,8 @@ fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_pop
     s.assert_counts(&[("GET ev/once", 1)], "the object read once before the scan");
     s.get_expect("ev/once", &once, "HIT");
 
-    // 27 objects kept (popular, once twice, the scan), 12 left: 15 evicted.
+    // Every object was put behind perch's back: the only cache entries are the fills of the GETs
+    // above. 27 objects kept (popular, once twice, the scan), 12 left: 15 evicted.
     s.assert_metric("perch_cache_evictions_total{tier=\"disk\"}", 15.0);
     s.assert_metric("perch_cache_entries{tier=\"disk\"}", 12.0);
     s.assert_metric("perch_cache_size_bytes{tier=\"disk\"}", LIMIT as f64);
@@ -297,8 +302,8 @@ fn a_flipped_byte_in_a_cached_file_is_detected_and_the_client_still_gets_the_exa
     let _g = s.guard();
     let small = pattern(300 * KIB + 5, 11);
     let large = pattern(3 * MIB + 100, 12);
-    s.put("c/small", &small);
-    s.put("c/large", &large);
+    s.put_behind_perchs_back("c/small", &small);
+    s.put_behind_perchs_back("c/large", &large);
     s.get_expect("c/small", &small, "MISS");
     s.get_expect("c/large", &large, "MISS");
     s.get_expect("c/large", &large, "HIT");
@@ -367,7 +372,7 @@ fn a_clean_restart_and_a_kill_9_keep_the_cache_warm() {
         ("warm/2.5m", pattern(2 * MIB + MIB / 2, 34)),
     ];
     for (key, body) in &objects {
-        s.put(key, body);
+        s.put_behind_perchs_back(key, body);
     }
     for (key, body) in &objects {
         s.get_expect(key, body, "MISS");
@@ -393,7 +398,7 @@ fn a_clean_restart_and_a_kill_9_keep_the_cache_warm() {
 
     // A fill that completed just before a crash.
     let late = pattern(700 * KIB, 35);
-    s.put("warm/late", &late);
+    s.put_behind_perchs_back("warm/late", &late);
     s.get_expect("warm/late", &late, "MISS");
     s.get_expect("warm/late", &late, "HIT");
     s.restart_after_kill();
@@ -415,7 +420,7 @@ fn a_crash_mid_fill_and_damaged_files_are_discarded_not_served() {
     let c = pattern(200 * KIB, 23);
     let d = pattern(50 * KIB, 24);
     for (key, body) in [("crash/a", &a), ("crash/b", &b), ("crash/c", &c), ("crash/d", &d)] {
-        s.put(key, body);
+        s.put_behind_perchs_back(key, body);
     }
     for (key, body) in [("crash/b", &b), ("crash/c", &c), ("crash/d", &d)] {
         s.get_expect(key, body, "MISS");
@@ -473,19 +478,36 @@ fn a_crash_mid_fill_and_damaged_files_are_discarded_not_served() {
 // ---------------------------------------------------------------------------------------------
 // Writes, revalidation
 
+/// The body moto itself holds for `key` (past the proxy and perch), `None` if it holds none.
+fn in_moto(s: &Stack, key: &str) -> Option<Vec<u8>> {
+    let c = s.moto_sdk();
+    s.rt.block_on(async {
+        match c.get_object().bucket(BUCKET).key(key).send().await {
+            Ok(out) => Some(bytes_of(out.body).await),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+            Err(e) => panic!("GET {key} from moto: {e:?}"),
+        }
+    })
+}
+
+/// The origin proxy refuses (503) every DELETE: the uploader keeps retrying a delete, so that it
+/// stays pending in perch (GETs and HEADs are untouched).
+const HOLD_DELETES: &str = r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_method": "DELETE"}"#;
+
 #[test]
 fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     let s = Stack::start(&[]);
     let _g = s.guard();
     let c = s.sdk();
     let v: Vec<Vec<u8>> = (0..6).map(|i| pattern(100 * KIB + i, 40 + i as u64)).collect();
-    s.put("w/k", &v[0]);
+    s.put_behind_perchs_back("w/k", &v[0]);
+    // Through perch (its first write, after which perch knows the bucket).
     s.put("w/src", &v[2]);
     s.proxy.reset();
     s.get_expect("w/k", &v[0], "MISS");
     s.get_expect("w/k", &v[0], "HIT");
 
-    // PutObject.
+    // PutObject: the written version is the cached copy at once, before the origin has it.
     let put = c
         .put_object()
         .bucket(BUCKET)
@@ -493,11 +515,16 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
         .body(ByteStream::from(v[1].clone()))
         .send();
     ok(s.rt.block_on(put), "PUT w/k");
-    s.head_expect("w/k", &v[1], "MISS");
-    s.get_expect("w/k", &v[1], "MISS");
+    s.head_expect("w/k", &v[1], "HIT");
     s.get_expect("w/k", &v[1], "HIT");
+    s.assert_reads(&[("GET w/k", 1)], "GET and HEAD after a PUT through perch");
+    // Once uploaded, the same copy is still served, and it is what the origin holds.
+    s.flush(Duration::from_secs(60));
+    assert!(in_moto(&s, "w/k") == Some(v[1].clone()), "moto holds the PUT after the flush");
+    s.get_expect("w/k", &v[1], "HIT");
+    s.assert_reads(&[("GET w/k", 1)], "after the PUT was uploaded");
 
-    // CopyObject onto the key.
+    // CopyObject onto the key (the origin copies, once it holds every write of both keys).
     let copy = c
         .copy_object()
         .bucket(BUCKET)
@@ -550,8 +577,10 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     assert_eq!(etag, multipart_etag(&[&v[3]]));
     s.get_expect_etag("w/k", &v[3], "MISS", &etag);
     s.get_expect_etag("w/k", &v[3], "HIT", &etag);
+    s.assert_reads(&[("GET w/k", 3)], "after the copy and the multipart upload");
 
-    // DeleteObjects.
+    // DeleteObjects: 404 at once, from perch alone (the delete is held back from the origin).
+    s.faults(HOLD_DELETES);
     let delete = c
         .delete_objects()
         .bucket(BUCKET)
@@ -564,24 +593,39 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
         .send();
     ok(s.rt.block_on(delete), "DeleteObjects w/k");
     raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObjects");
+    assert_eq!(s.head("w/k").status, 404, "HEAD after DeleteObjects");
+    s.assert_reads(&[("GET w/k", 3)], "GET and HEAD of a pending DeleteObjects");
+    assert!(in_moto(&s, "w/k").is_some(), "the delete was held back from moto");
+    // Once the origin has the delete, the origin says 404 (nothing cached is served).
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    assert!(in_moto(&s, "w/k").is_none(), "moto still holds w/k after the flush");
+    raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObjects was uploaded");
+    s.assert_reads(&[("GET w/k", 4)], "after DeleteObjects was uploaded");
 
-    // DeleteObject.
+    // DeleteObject, of a version written through perch.
     s.put("w/k", &v[4]);
-    s.get_expect("w/k", &v[4], "MISS");
     s.get_expect("w/k", &v[4], "HIT");
+    s.faults(HOLD_DELETES);
     ok(
         s.rt.block_on(c.delete_object().bucket(BUCKET).key("w/k").send()),
         "DELETE w/k",
     );
     raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObject");
     assert_eq!(s.head("w/k").status, 404, "HEAD after DeleteObject");
-    s.assert_reads(&[("GET w/k", 7), ("HEAD w/k", 2)], "after the writes");
+    s.assert_reads(&[("GET w/k", 4)], "GET and HEAD of a pending DeleteObject");
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    assert!(in_moto(&s, "w/k").is_none(), "moto still holds w/k after the flush");
+    raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObject was uploaded");
+    assert_eq!(s.head("w/k").status, 404, "HEAD after DeleteObject was uploaded");
+    s.assert_reads(&[("GET w/k", 5), ("HEAD w/k", 1)], "after the writes");
 
     // A write while a fill is under way: the GET that started first gets the body it started
-    // with, and the fill is not kept.
+    // with, the fill is not kept, and the written version is served at once.
     let old = pattern(2 * MIB, 50);
     let new = v[5].clone();
-    s.put("w/slow", &old);
+    s.put_behind_perchs_back("w/slow", &old);
     s.proxy.reset();
     s.faults(r#"{"bandwidth_bytes_per_sec": 1048576}"#);
     let client = get_in_thread(&s, "w/slow");
@@ -595,9 +639,11 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     assert_eq!(r.header("X-Cache"), Some("MISS"));
     assert_same(&r.body, &old, "the GET begun before the write");
     s.no_faults();
-    s.get_expect("w/slow", &new, "MISS");
     s.get_expect("w/slow", &new, "HIT");
-    s.assert_reads(&[("GET w/slow", 2)], "a write during a fill");
+    s.flush(Duration::from_secs(60));
+    assert!(in_moto(&s, "w/slow") == Some(new.clone()), "moto holds the write after the flush");
+    s.get_expect("w/slow", &new, "HIT");
+    s.assert_reads(&[("GET w/slow", 1)], "a write during a fill");
 }
 
 #[test]
@@ -609,9 +655,9 @@ fn mutable_keys_are_revalidated_after_the_ttl_and_others_never() {
     let new = pattern(64 * KIB + 1, 61);
     let big = pattern(2 * MIB, 62);
     for key in ["mut/changed", "mut/same", "mut/head", "imm/changed"] {
-        s.put(key, &old);
+        s.put_behind_perchs_back(key, &old);
     }
-    s.put("mut/big", &big);
+    s.put_behind_perchs_back("mut/big", &big);
     s.proxy.reset();
     let filled = Instant::now();
     for key in ["mut/changed", "mut/same", "mut/head", "imm/changed"] {
@@ -676,8 +722,8 @@ fn range_hits_and_misses_return_the_right_bytes() {
     let _g = s.guard();
     let large = pattern(2 * MIB + MIB / 2, 70);
     let small = pattern(100 * KIB, 71);
-    s.put("rg/large", &large);
-    s.put("rg/small", &small);
+    s.put_behind_perchs_back("rg/large", &large);
+    s.put_behind_perchs_back("rg/small", &small);
     s.proxy.reset();
 
     // A range miss is answered by the origin at once; the whole object follows in the background.
@@ -747,7 +793,7 @@ fn a_broken_origin_stream_is_resumed_with_range_and_if_match() {
     let s = Stack::start(&[]);
     let _g = s.guard();
     let body = pattern(3 * MIB, 80);
-    s.put("brk/k", &body);
+    s.put_behind_perchs_back("brk/k", &body);
     s.proxy.reset();
 
     // The origin's answer is cut after 1,000,000 bytes; perch resumes where it broke.
@@ -776,7 +822,7 @@ fn a_broken_origin_stream_is_resumed_with_range_and_if_match() {
     // spliced one.
     let first = pattern(3 * MIB, 81);
     let second = pattern(10 * KIB, 82);
-    s.put("brk/changing", &first);
+    s.put_behind_perchs_back("brk/changing", &first);
     s.proxy.reset();
     // 1.5 s before each origin answer leaves time to change the object after the cut.
     s.faults(r#"{"fail_next": 1, "cut_body_after": 1000000, "match_key_prefix": "brk/changing", "latency_ms": 1500}"#);

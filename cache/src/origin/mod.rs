@@ -404,6 +404,9 @@ pub struct PutInput {
     pub if_match: Option<String>,
     /// `If-None-Match: *`: write only when the key is absent.
     pub if_none_match: Option<String>,
+    /// More headers for the origin request (`--upload-header`; lower-case names). The directory
+    /// origin ignores them.
+    pub extra_headers: Vec<(String, String)>,
 }
 
 /// The origin's answer to a write.

@@ -336,9 +336,20 @@ fn metadata_map(meta: Option<&std::collections::HashMap<String, String>>) -> BTr
 fn expires_mapper(
     expires: Option<String>,
 ) -> impl Fn(HttpRequest) -> Result<HttpRequest, HttpError> + Send + Sync + 'static {
+    headers_mapper(expires, Vec::new())
+}
+
+/// `expires_mapper`, plus `extra` headers (`--upload-header`) set as given.
+fn headers_mapper(
+    expires: Option<String>,
+    extra: Vec<(String, String)>,
+) -> impl Fn(HttpRequest) -> Result<HttpRequest, HttpError> + Send + Sync + 'static {
     move |mut req: HttpRequest| {
         if let Some(value) = &expires {
             req.headers_mut().try_insert("expires", value.clone())?;
+        }
+        for (name, value) in &extra {
+            req.headers_mut().try_insert(name.clone(), value.clone())?;
         }
         Ok(req)
     }
@@ -794,7 +805,10 @@ impl Origin for S3Origin {
             .set_if_none_match(input.if_none_match.clone());
         let send = req
             .customize()
-            .map_request(expires_mapper(input.headers.expires.clone()))
+            .map_request(headers_mapper(
+                input.headers.expires.clone(),
+                input.extra_headers.clone(),
+            ))
             .send();
         let out = self
             .call(Subject::Object, Self::upload_allowance(input.body.len()), send)

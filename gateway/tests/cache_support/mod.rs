@@ -30,6 +30,8 @@ pub struct Stack {
     pub data_dir: PathBuf,
     /// The cache flags perch is started with.
     args: Vec<String>,
+    /// More environment for the next starts of perch (e.g. `PERCH_FAIL_POINT`).
+    pub env: Vec<(String, String)>,
     pub rt: tokio::runtime::Runtime,
     _tmp: tempfile::TempDir,
 }
@@ -49,6 +51,10 @@ impl Stack {
             "us-east-1".to_owned(),
         ];
         all.extend(args.iter().map(|s| s.to_string()));
+        // No database checkpoint follows a stop here: stop once the journal is empty.
+        if !args.contains(&"--drain-quiet") {
+            all.extend(["--drain-quiet".to_owned(), "0s".to_owned()]);
+        }
         let mut stack = Stack {
             perch: None,
             proxy: ProxyControl { addr: proxy.addr },
@@ -56,6 +62,7 @@ impl Stack {
             moto,
             data_dir,
             args: all,
+            env: Vec::new(),
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -72,6 +79,7 @@ impl Stack {
         assert!(self.perch.is_none(), "perch is already running");
         let mut env = raw::moto_env();
         env.push(("NO_COLOR".to_owned(), "1".to_owned()));
+        env.extend(self.env.iter().cloned());
         self.perch = Some(PerchServer::start(PerchOptions {
             binary: raw::perch_binary(),
             data_dir: self.data_dir.clone(),
@@ -114,6 +122,37 @@ impl Stack {
 
     pub fn start_again(&mut self) {
         self.launch();
+    }
+
+    /// Reaps a perch that died by itself (a fail point), so that `start_again` can follow.
+    pub fn reap(&mut self) {
+        if let Some(p) = self.perch.take() {
+            p.kill();
+        }
+    }
+
+    /// `perch flush` against the running perch: returns once everything acknowledged is in the
+    /// origin (panics after `limit`).
+    #[track_caller]
+    pub fn flush(&self, limit: Duration) {
+        let out = std::process::Command::new(raw::perch_binary())
+            .args(["flush", "--admin", &self.perch().admin.to_string(), "--timeout"])
+            .arg(format!("{}s", limit.as_secs()))
+            .output()
+            .expect("run perch flush");
+        assert!(
+            out.status.success(),
+            "perch flush failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Perch's `/status` (the write-back backlog).
+    pub fn status(&self) -> serde_json::Value {
+        let (code, text) = raw::admin_get(self.perch(), "/status");
+        assert_eq!(code, 200, "/status: {text}");
+        serde_json::from_str(&text).expect("/status is JSON")
     }
 
     /// Prints perch's log and the proxy's records if the test fails.

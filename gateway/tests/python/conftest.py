@@ -207,6 +207,9 @@ def start_perch(perch_bin, data_dir, origin_url=None, role=None, origin="dir"):
         str(data_dir),
         "--domain",
         "localhost",
+        # Stop as soon as the write-back journal is empty: no database checkpoint follows here.
+        "--drain-quiet",
+        "0s",
     ]
     env = clean_env(PERCH_LOG=os.environ.get("PERCH_TEST_LOG", "info"))
     if origin_url is not None:

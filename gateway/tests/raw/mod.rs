@@ -519,7 +519,13 @@ impl Resp {
     /// `status`, the header and the start of the body, for failure messages.
     pub fn summary(&self) -> String {
         let mut text = self.text();
-        text.truncate(600);
+        // A body that is not text (lossily decoded) may have a multi-byte character across the
+        // cut: cut at the char boundary at or before byte 600.
+        let mut cut = text.len().min(600);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
         format!("HTTP {} {:?} {text}", self.status, self.headers)
     }
 }
@@ -701,6 +707,36 @@ pub fn moto_env() -> Vec<(String, String)> {
 
 pub fn moto() -> MotoServer {
     MotoServer::start()
+}
+
+/// PUT `key` of `BUCKET` straight into moto (past any proxy and perch): an object the origin has
+/// and perch's cache does not.
+#[track_caller]
+pub fn put_into_moto(moto: &MotoServer, key: &str, body: &[u8]) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], moto.port));
+    let r = Req::object("PUT", addr, Style::Path, &key_path(key))
+        .keys(Some(Keys::new(MOTO_KEY, MOTO_KEY)))
+        .body(body.to_vec())
+        .go(addr);
+    assert_eq!(r.status, 200, "PUT {key} into moto: {}", r.summary());
+    assert_eq!(r.header("ETag"), Some(md5_etag(body).as_str()), "PUT {key} into moto");
+}
+
+/// `perch flush` against `perch`: returns once everything it acknowledged is in the origin
+/// (panics after `limit`).
+#[track_caller]
+pub fn flush(perch: &PerchServer, limit: Duration) {
+    let out = std::process::Command::new(perch_binary())
+        .args(["flush", "--admin", &perch.admin.to_string(), "--timeout"])
+        .arg(format!("{}s", limit.as_secs()))
+        .output()
+        .expect("run perch flush");
+    assert!(
+        out.status.success(),
+        "perch flush failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A plain (unsigned) HTTP/1.1 request on a new connection; returns status and body.

@@ -1,0 +1,285 @@
+//! `perch-bench put-latency`: the write-back benchmark. PUT acknowledgement latency through Perch
+//! (while its uploader is busy), beside the local floor (write + fsync of the same bytes, on the
+//! same filesystem, in the same rounds) and beside direct PUTs to an origin with added latency.
+//!
+//! Every PUT opens a new connection, as OrioleDB does. Then the upload throughput to the origin:
+//! the backlog left at the end divided by the time Perch takes to drain it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::client::{ClientOptions, ConnMode, HttpClient, Req};
+use crate::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
+use crate::stats::percentile;
+use crate::target::{Kind, Target};
+
+#[derive(Debug, clap::Args)]
+pub struct PutLatencyArgs {
+    /// Body sizes to measure, in MiB
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub sizes_mib: Vec<u64>,
+    /// PUTs per size per target per round
+    #[arg(long, default_value_t = 4)]
+    pub per_round: usize,
+    /// Rounds; each round measures every size on every target in turn
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Round-trip latency the origin proxy adds to every origin request
+    #[arg(long, default_value_t = 20)]
+    pub origin_latency_ms: u64,
+    /// Writers that keep PUTting 1 MiB objects into Perch meanwhile, so its uploader is busy
+    #[arg(long, default_value_t = 2)]
+    pub background_writers: usize,
+    /// The perch binary [default: $PERCH_BIN, or next to perch-bench]
+    #[arg(long)]
+    pub perch_bin: Option<PathBuf>,
+    /// Where to write results.json
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub size_mib: u64,
+    pub target: &'static str,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PutLatencyReport {
+    pub rows: Vec<Row>,
+    pub origin_latency_ms: u64,
+    /// Bytes per second Perch uploaded while draining its backlog at the end.
+    pub upload_bytes_per_sec: f64,
+    pub drained_bytes: u64,
+    pub drain_seconds: f64,
+}
+
+fn perch_binary(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os("PERCH_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let sibling = std::env::current_exe()?.with_file_name("perch");
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    bail!("no perch binary next to perch-bench: build it (cargo build --release -p perch-gateway) or pass --perch-bin")
+}
+
+/// A plain write of `size` bytes and its fsync (and its directory's): what durability costs.
+fn floor_once(dir: &std::path::Path, body: &[u8], n: usize) -> anyhow::Result<Duration> {
+    let path = dir.join(format!("floor-{n}"));
+    let started = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let took = started.elapsed();
+    std::fs::remove_file(&path)?;
+    Ok(took)
+}
+
+fn ms(d: u64) -> f64 {
+    d as f64 / 1000.0
+}
+
+/// Reads `/status` from Perch's admin endpoint.
+async fn status(admin: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let text = crate::client::get_text(admin, "/status", Duration::from_secs(10))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
+    let binary = perch_binary(args.perch_bin.as_ref())?;
+    let moto = MotoServer::start();
+    let latency = args.origin_latency_ms.to_string();
+    let proxy = ProxyServer::start(&moto.endpoint, &["--latency-ms", &latency]);
+    let tmp = tempfile::tempdir()?;
+    let data_dir = tmp.path().join("perch");
+    let perch = PerchServer::start(PerchOptions {
+        binary,
+        data_dir: data_dir.clone(),
+        args: vec![
+            "--origin".into(),
+            proxy.endpoint.clone(),
+            "--origin-region".into(),
+            "us-east-1".into(),
+        ],
+        env: vec![
+            ("PERCH_ORIGIN_ACCESS_KEY_ID".into(), "testing".into()),
+            ("PERCH_ORIGIN_SECRET_ACCESS_KEY".into(), "testing".into()),
+        ],
+    });
+    let floor_dir = data_dir.join("floor");
+    std::fs::create_dir_all(&floor_dir)?;
+    let bucket = "bench";
+    let client = std::sync::Arc::new(HttpClient::new(ClientOptions {
+        mode: ConnMode::New,
+        pool_size: 0,
+        access_key: "perch-dev".into(),
+        secret_key: "perch-dev-secret".into(),
+        region: "us-east-1".into(),
+        expect_continue_over: Some(1 << 20),
+        timeout: Duration::from_secs(600),
+        verify: false,
+    }));
+    let through_perch = Target::new("perch", perch.addr, bucket, Kind::S3);
+    let direct = Target::new("direct", proxy.addr, bucket, Kind::S3);
+    let mut create = Req::put("", crate::data::object(1, "bucket", 0, 0));
+    create.key = None;
+    create.body = None;
+    let made = client.execute(&through_perch, &create).await;
+    if !made.ok() {
+        bail!("CreateBucket through perch answered {}", made.status);
+    }
+
+    // The uploader's background load.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..args.background_writers {
+        let (client, target, stop) = (client.clone(), through_perch.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("orioledb_data/bg{w}/{n}");
+                let _ = client.execute(&target, &Req::put(&key, crate::data::object(7, &key, 0, 1 << 20))).await;
+                n += 1;
+            }
+        }));
+    }
+
+    let mut samples: Vec<((u64, &'static str), Vec<u64>)> = Vec::new();
+    let mut slot = |k: (u64, &'static str)| -> usize {
+        match samples.iter().position(|(key, _)| *key == k) {
+            Some(i) => i,
+            None => {
+                samples.push((k, Vec::new()));
+                samples.len() - 1
+            }
+        }
+    };
+    let mut indices = Vec::new();
+    for &size in &args.sizes_mib {
+        for t in ["floor", "perch", "direct"] {
+            indices.push(((size, t), slot((size, t))));
+        }
+    }
+    let mut n = 0usize;
+    for round in 0..args.rounds {
+        for &size in &args.sizes_mib {
+            let bytes = (size << 20) as usize;
+            let body = crate::data::body_bytes(round as u64, "floor", 0, bytes);
+            for _ in 0..args.per_round {
+                n += 1;
+                let (dir, b) = (floor_dir.clone(), body.clone());
+                let took = tokio::task::spawn_blocking(move || floor_once(&dir, &b, n)).await??;
+                let i = indices.iter().find(|(k, _)| *k == (size, "floor")).map(|(_, i)| *i).context("slot")?;
+                samples[i].1.push(took.as_micros() as u64);
+                for (name, target) in [("perch", &through_perch), ("direct", &direct)] {
+                    let key = format!("orioledb_data/{name}/{size}/{n}");
+                    let object = crate::data::object(round as u64, &key, 0, bytes);
+                    let out = client.execute(target, &Req::put(&key, object)).await;
+                    if !out.ok() {
+                        bail!("PUT {key} to {name} answered {}", out.status);
+                    }
+                    let i = indices.iter().find(|(k, _)| *k == (size, name)).map(|(_, i)| *i).context("slot")?;
+                    samples[i].1.push(out.latency.as_micros() as u64);
+                }
+            }
+        }
+        eprintln!("round {}/{} done", round + 1, args.rounds);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+
+    // Upload throughput: drain the backlog.
+    let backlog = status(perch.admin).await?;
+    let drained_bytes = backlog["dirty_bytes"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    loop {
+        let st = status(perch.admin).await?;
+        if st["dirty_objects"].as_u64() == Some(0) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("perch did not drain its backlog within 10 minutes: {st}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drain_seconds = started.elapsed().as_secs_f64();
+
+    let rows = samples
+        .into_iter()
+        .map(|((size_mib, target), mut v)| {
+            v.sort_unstable();
+            Row {
+                size_mib,
+                target,
+                samples: v.len(),
+                p50_ms: ms(percentile(&v, 50.0)),
+                p99_ms: ms(percentile(&v, 99.0)),
+            }
+        })
+        .collect();
+    let report = PutLatencyReport {
+        rows,
+        origin_latency_ms: args.origin_latency_ms,
+        upload_bytes_per_sec: if drain_seconds > 0.0 { drained_bytes as f64 / drain_seconds } else { 0.0 },
+        drained_bytes,
+        drain_seconds,
+    };
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&report)?)?;
+    }
+    drop(perch);
+    Ok(report)
+}
+
+impl PutLatencyReport {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "PUT acknowledgement latency, new connection per PUT, origin latency {} ms\n\n\
+             | size | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|\n",
+            self.origin_latency_ms
+        );
+        let get = |size: u64, t: &str| self.rows.iter().find(|r| r.size_mib == size && r.target == t);
+        let mut sizes: Vec<u64> = self.rows.iter().map(|r| r.size_mib).collect();
+        sizes.dedup();
+        for size in sizes {
+            if let (Some(f), Some(p), Some(d)) = (get(size, "floor"), get(size, "perch"), get(size, "direct")) {
+                s.push_str(&format!(
+                    "| {size} MiB | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} |\n",
+                    f.p50_ms,
+                    f.p99_ms,
+                    p.p50_ms,
+                    p.p99_ms,
+                    d.p50_ms,
+                    d.p99_ms,
+                    p.p99_ms / f.p99_ms.max(0.001),
+                    d.p99_ms / p.p99_ms.max(0.001)
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "\nUpload throughput (draining {:.1} MiB of backlog): {:.1} MiB/s in {:.1} s\n",
+            self.drained_bytes as f64 / (1 << 20) as f64,
+            self.upload_bytes_per_sec / (1 << 20) as f64,
+            self.drain_seconds
+        ));
+        s
+    }
+}
