@@ -31,6 +31,10 @@ pub struct PutLatencyArgs {
     /// Round-trip latency the origin proxy adds to every origin request
     #[arg(long, default_value_t = 20)]
     pub origin_latency_ms: u64,
+    /// Extra round trips a new origin connection costs before its first request (TCP and TLS
+    /// handshakes: OrioleDB opens a new TLS connection to Tigris for every request)
+    #[arg(long, default_value_t = 2)]
+    pub origin_handshake_rtts: u32,
     /// Writers that keep PUTting 1 MiB objects into Perch meanwhile, so its uploader is busy
     #[arg(long, default_value_t = 2)]
     pub background_writers: usize,
@@ -55,6 +59,7 @@ pub struct Row {
 pub struct PutLatencyReport {
     pub rows: Vec<Row>,
     pub origin_latency_ms: u64,
+    pub origin_handshake_rtts: u32,
     /// Bytes per second Perch uploaded while draining its backlog at the end.
     pub upload_bytes_per_sec: f64,
     pub drained_bytes: u64,
@@ -104,7 +109,8 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     let binary = perch_binary(args.perch_bin.as_ref())?;
     let moto = MotoServer::start();
     let latency = args.origin_latency_ms.to_string();
-    let proxy = ProxyServer::start(&moto.endpoint, &["--latency-ms", &latency]);
+    let rtts = args.origin_handshake_rtts.to_string();
+    let proxy = ProxyServer::start(&moto.endpoint, &["--latency-ms", &latency, "--new-conn-rtts", &rtts]);
     let tmp = tempfile::tempdir()?;
     let data_dir = tmp.path().join("perch");
     let perch = PerchServer::start(PerchOptions {
@@ -237,6 +243,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     let report = PutLatencyReport {
         rows,
         origin_latency_ms: args.origin_latency_ms,
+        origin_handshake_rtts: args.origin_handshake_rtts,
         upload_bytes_per_sec: if drain_seconds > 0.0 { drained_bytes as f64 / drain_seconds } else { 0.0 },
         drained_bytes,
         drain_seconds,
@@ -252,9 +259,9 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
 impl PutLatencyReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "PUT acknowledgement latency, new connection per PUT, origin latency {} ms\n\n\
+            "PUT acknowledgement latency, new connection per PUT, origin latency {} ms (+{} round trips per new origin connection)\n\n\
              | size | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|\n",
-            self.origin_latency_ms
+            self.origin_latency_ms, self.origin_handshake_rtts
         );
         let get = |size: u64, t: &str| self.rows.iter().find(|r| r.size_mib == size && r.target == t);
         let mut sizes: Vec<u64> = self.rows.iter().map(|r| r.size_mib).collect();

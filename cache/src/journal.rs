@@ -125,6 +125,17 @@ struct Record {
 struct RecordPut {
     meta: ObjectMeta,
     crcs: Vec<u32>,
+    /// A completed multipart upload: its parts, uploaded with the same layout (so the origin's
+    /// ETag and composite checksums are the ones the client was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<PartLayout>>,
+}
+
+/// One part of a multipart version: its size and the checksums it was uploaded with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartLayout {
+    pub size: u64,
+    pub checksums: crate::origin::Checksums,
 }
 
 /// A version not yet confirmed by the origin.
@@ -402,12 +413,13 @@ impl ReadCache {
         body: NewBody,
         meta: ObjectMeta,
         crcs: Vec<u32>,
+        parts: Option<Vec<PartLayout>>,
         mode: WriteMode,
     ) -> Result<u64, WriteError> {
         self.wait_for_room(meta.size).await;
         let cache = self.clone();
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        let put = RecordPut { meta, crcs };
+        let put = RecordPut { meta, crcs, parts };
         tokio::task::spawn_blocking(move || cache.commit_blocking(&bucket, &key, Some((body, put)), mode))
             .await
             .map_err(|e| WriteError::Local(CacheError::Io(std::io::Error::other(e))))?
@@ -777,10 +789,13 @@ impl ReadCache {
         loop {
             let result = match &v.put {
                 None => self.upload_origin.delete_object(&v.bucket, &v.key).await.map(|()| None),
-                Some(put) => {
-                    let input = self.upload_input(&v, put, seq);
-                    self.upload_origin.put_object(&v.bucket, &v.key, &input).await.map(Some)
-                }
+                Some(put) => match &put.parts {
+                    None => {
+                        let input = self.upload_input(&v, put, seq);
+                        self.upload_origin.put_object(&v.bucket, &v.key, &input).await.map(Some)
+                    }
+                    Some(parts) => self.upload_parts(&v, put, parts, seq).await.map(Some),
+                },
             };
             let result = match result {
                 Err(OriginError::NoSuchKey) if v.put.is_none() => Ok(None),
@@ -843,6 +858,52 @@ impl ReadCache {
                 }
             }
         }
+    }
+
+    /// Uploads a multipart version as a multipart upload with the same part layout: each part is
+    /// cut from the blob into a temp file and sent with its checksums. A failure abandons the
+    /// origin's upload (aborted, best effort) and the whole version is tried again.
+    async fn upload_parts(
+        &self,
+        v: &Version,
+        put: &RecordPut,
+        parts: &[PartLayout],
+        seq: u64,
+    ) -> Result<crate::origin::PutOutput, OriginError> {
+        let checksum = multipart_checksum(&put.meta.checksums);
+        let origin = &self.upload_origin;
+        let id = origin
+            .create_multipart_upload(&v.bucket, &v.key, &put.meta.headers, checksum)
+            .await?;
+        let result = async {
+            let mut done = Vec::with_capacity(parts.len());
+            let mut offset = 0u64;
+            for (i, part) in parts.iter().enumerate() {
+                let number = i as i32 + 1;
+                let temp = self.blobs.temp_path();
+                let _guard = crate::read::TempGuard(temp.clone());
+                let (blob, t, len) = (self.blobs.path(seq), temp.clone(), part.size);
+                tokio::task::spawn_blocking(move || copy_range(&blob, &t, offset, len))
+                    .await
+                    .map_err(|e| OriginError::Io(std::io::Error::other(e)))??;
+                let body = PutBody::File { path: temp, len };
+                let out = origin
+                    .upload_part(&v.bucket, &v.key, &id, number, &body, &part.checksums)
+                    .await?;
+                done.push(crate::origin::CompletedPart {
+                    part_number: number,
+                    etag: out.etag,
+                    checksums: part.checksums.clone(),
+                });
+                offset += part.size;
+            }
+            origin.complete_multipart_upload(&v.bucket, &v.key, &id, &done).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = origin.abort_multipart_upload(&v.bucket, &v.key, &id).await;
+        }
+        result
     }
 
     fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
@@ -946,6 +1007,29 @@ impl ReadCache {
         }
         Ok(())
     }
+}
+
+/// The multipart checksum of an object from its checksums: the algorithm that has a value, as
+/// COMPOSITE (`…-N`) or FULL_OBJECT.
+fn multipart_checksum(c: &crate::origin::Checksums) -> Option<crate::origin::MultipartChecksum> {
+    let (algorithm, _) = c.iter().next()?;
+    Some(crate::origin::MultipartChecksum {
+        algorithm,
+        checksum_type: c.checksum_type()?,
+    })
+}
+
+/// Copies `len` bytes at `offset` of `from` into a new file `to`.
+fn copy_range(from: &std::path::Path, to: &std::path::Path, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut src = std::fs::File::open(from)?;
+    src.seek(SeekFrom::Start(offset))?;
+    let mut dst = std::fs::File::create(to)?;
+    let copied = std::io::copy(&mut src.take(len), &mut dst)?;
+    if copied != len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than its parts"));
+    }
+    Ok(())
 }
 
 enum EpochGuard<'a> {

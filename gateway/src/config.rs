@@ -107,7 +107,7 @@ pub struct ServeArgs {
     pub write_mode: Option<Vec<String>>,
 
     /// A barrier's acknowledgement also waits until it and everything before it are in the origin
-    #[arg(long, env = "PERCH_STRICT_BARRIERS")]
+    #[arg(long, env = "PERCH_STRICT_BARRIERS", num_args = 0..=1, default_missing_value = "true")]
     pub strict_barriers: Option<bool>,
 
     /// Uploads to the origin in flight at once [default: 16]

@@ -166,7 +166,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         strict_barriers: config.strict_barriers,
         wait_limit: config.origin_retry_deadline,
     };
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, cache.clone(), spool_dir, writes));
+    // Client multipart uploads are staged locally until completed (docs/write-back.md).
+    let staging_dir = config.data_dir.join("multipart");
+    let staging: Arc<dyn Origin> = Arc::new(
+        FsOrigin::open(&staging_dir).with_context(|| format!("opening {}", staging_dir.display()))?,
+    );
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(
+        origin,
+        staging,
+        cache.clone(),
+        spool_dir,
+        writes,
+    ));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),

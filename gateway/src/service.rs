@@ -31,6 +31,9 @@ pub struct WriteSettings {
 
 pub struct Gateway {
     origin: Arc<dyn Origin>,
+    /// Client multipart uploads are staged here (a directory store under the data dir) until
+    /// completed; the completed object becomes one version, uploaded with the same part layout.
+    staging: Arc<dyn Origin>,
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -64,9 +67,16 @@ fn write_error(e: WriteError) -> S3Error {
 }
 
 impl Gateway {
-    pub fn new(origin: Arc<dyn Origin>, cache: Arc<ReadCache>, spool_dir: PathBuf, writes: WriteSettings) -> Self {
+    pub fn new(
+        origin: Arc<dyn Origin>,
+        staging: Arc<dyn Origin>,
+        cache: Arc<ReadCache>,
+        spool_dir: PathBuf,
+        writes: WriteSettings,
+    ) -> Self {
         Self {
             origin,
+            staging,
             buckets: Default::default(),
             cache,
             spool_dir,
@@ -76,6 +86,16 @@ impl Gateway {
 
     fn known_buckets(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure the origin has `bucket` and the multipart staging area a bucket of that name.
+    async fn staging_bucket(&self, bucket: &str) -> S3Result<()> {
+        self.ensure_bucket(bucket).await?;
+        match self.staging.create_bucket(bucket).await {
+            Ok(()) => Ok(()),
+            Err(perch_cache::origin::OriginError::Rejected { status: 409, .. }) => Ok(()),
+            Err(e) => Err(origin_error(e)),
+        }
     }
 
     /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
@@ -174,7 +194,7 @@ impl Gateway {
         let mode = self.writes.policy.mode(WriteOp::Put, key);
         let seq = self
             .cache
-            .commit_put(bucket, key, new_body, meta, body.crcs.clone(), mode)
+            .commit_put(bucket, key, new_body, meta, body.crcs.clone(), None, mode)
             .await
             .map_err(write_error)?;
         self.acknowledge(seq, mode).await?;
@@ -498,7 +518,7 @@ impl S3 for Gateway {
             };
             let seq = self
                 .cache
-                .commit_put(&input.bucket, &input.key, new_body, meta, body.crcs.clone(), mode)
+                .commit_put(&input.bucket, &input.key, new_body, meta, body.crcs.clone(), None, mode)
                 .await
                 .map_err(write_error)?;
             self.acknowledge(seq, mode).await?;
@@ -773,8 +793,9 @@ impl S3 for Gateway {
             input.metadata,
         );
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
+        self.staging_bucket(&input.bucket).await?;
         let upload_id = self
-            .origin
+            .staging
             .create_multipart_upload(&input.bucket, &input.key, &headers, checksum)
             .await
             .map_err(origin_error)?;
@@ -811,8 +832,9 @@ impl S3 for Gateway {
             ),
         };
         let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        self.staging_bucket(&input.bucket).await?;
         let out = self
-            .origin
+            .staging
             .upload_part(
                 &input.bucket,
                 &input.key,
@@ -866,13 +888,60 @@ impl S3 for Gateway {
                 })
             })
             .collect::<S3Result<Vec<_>>>()?;
-        self.settle(&input.bucket, &input.key).await?;
-        let etag = self
-            .origin
-            .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts)
-            .await;
-        self.cache.invalidate(&input.bucket, &input.key);
-        let out = etag.map_err(origin_error)?;
+        self.staging_bucket(&input.bucket).await?;
+        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+        // The layout of the parts named, before the staging area folds them into one object.
+        let listed = self
+            .staging
+            .list_parts(bucket, key, &input.upload_id)
+            .await
+            .map_err(origin_error)?;
+        let out = self
+            .staging
+            .complete_multipart_upload(bucket, key, &input.upload_id, &parts)
+            .await
+            .map_err(origin_error)?;
+        let layout = parts
+            .iter()
+            .map(|p| {
+                let part = listed.iter().find(|l| l.part_number == p.part_number).ok_or_else(|| {
+                    s3_error!(InvalidPart, "One or more of the specified parts could not be found.")
+                })?;
+                Ok(perch_cache::PartLayout {
+                    size: part.size,
+                    checksums: part.checksums.clone(),
+                })
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        // The completed object, copied out of the staging area into a version of its own.
+        let staged = self
+            .staging
+            .get_object(bucket, key, None, &Default::default())
+            .await
+            .map_err(origin_error)?;
+        let meta = staged.meta;
+        let declared = Declared {
+            content_length: Some(meta.size as i64),
+            ..Default::default()
+        };
+        let body = spool::receive(Some(StreamingBlob::wrap(staged.body)), declared, None, &self.spool_dir).await;
+        let _ = self.staging.delete_object(bucket, key).await;
+        let body = body?;
+        let new_body = match &body.body {
+            PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
+            PutBody::File { path, .. } => NewBody::File(path.clone()),
+        };
+        let mode = self.writes.policy.mode(WriteOp::Put, key);
+        let version_meta = ObjectMeta {
+            last_modified: SystemTime::now(),
+            ..meta
+        };
+        let seq = self
+            .cache
+            .commit_put(bucket, key, new_body, version_meta, body.crcs.clone(), Some(layout), mode)
+            .await
+            .map_err(write_error)?;
+        self.acknowledge(seq, mode).await?;
         let c = out.checksums;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             location: Some(format!("/{}/{}", input.bucket, input.key)),
@@ -894,7 +963,8 @@ impl S3 for Gateway {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        self.origin
+        self.staging_bucket(&input.bucket).await?;
+        self.staging
             .abort_multipart_upload(&input.bucket, &input.key, &input.upload_id)
             .await
             .map_err(origin_error)?;
@@ -903,8 +973,9 @@ impl S3 for Gateway {
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
+        self.staging_bucket(&input.bucket).await?;
         let all = self
-            .origin
+            .staging
             .list_parts(&input.bucket, &input.key, &input.upload_id)
             .await
             .map_err(origin_error)?;
@@ -951,8 +1022,9 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
+        self.staging_bucket(&input.bucket).await?;
         let all = self
-            .origin
+            .staging
             .list_multipart_uploads(&input.bucket, &prefix)
             .await
             .map_err(origin_error)?;

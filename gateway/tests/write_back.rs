@@ -605,3 +605,145 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     assert!(early.is_none(), "an answer was written before the syncs: {early:?}");
     assert!(blob_fsync < rename && rename < dir_fsync && dir_fsync < wal_sync && wal_sync < answer);
 }
+
+/// A client multipart upload is staged locally, acknowledged as one version, read back at once,
+/// and uploaded with the same part layout: moto ends with the ETag and checksum the client got.
+#[test]
+fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+    let s = Stack::start(&[]);
+    let _g = s.guard();
+    s.put("warm", b"bucket known"); // the bucket check happens before the outage
+    s.faults(r#"{"outage": true}"#);
+    let c = s.sdk();
+    let key = "dumps/big.bin";
+    let parts = [pattern(5 << 20, 1), pattern(1 << 20, 2)];
+    let (etag, checksum) = s.rt.block_on(async {
+        let up = c
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .content_type("application/x-test")
+            .send()
+            .await
+            .expect("create");
+        let id = up.upload_id().expect("id").to_owned();
+        let mut done = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let out = c
+                .upload_part()
+                .bucket(BUCKET)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(ByteStream::from(p.clone()))
+                .send()
+                .await
+                .expect("part");
+            done.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(out.e_tag().expect("etag"))
+                    .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                    .build(),
+            );
+        }
+        let listed = c.list_multipart_uploads().bucket(BUCKET).send().await.expect("list uploads");
+        assert_eq!(listed.uploads().len(), 1, "the staged upload is listed");
+        let out = c
+            .complete_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .send()
+            .await
+            .expect("complete");
+        (out.e_tag().expect("etag").to_owned(), out.checksum_crc32().map(str::to_owned))
+    });
+    assert!(etag.ends_with("-2\""), "a multipart ETag: {etag}");
+    let whole: Vec<u8> = parts.concat();
+    assert_eq!(perch_get(&s, key), Some(whole.clone()), "read back during the outage");
+    assert_eq!(moto_get(&s, key), None);
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    let m = s.moto_sdk();
+    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key(key).checksum_mode(ChecksumMode::Enabled).send()).expect("head moto");
+    assert_eq!(head.e_tag(), Some(etag.as_str()), "moto holds the layout the client completed");
+    assert_eq!(head.content_type(), Some("application/x-test"));
+    if let (Some(want), Some(got)) = (&checksum, head.checksum_crc32()) {
+        // moto drops the `-N` of composite checksums on HEAD (docs/s3-compatibility.md).
+        assert!(want.starts_with(got.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit())), "{want} vs {got}");
+    }
+    assert_eq!(moto_get(&s, key), Some(whole));
+}
+
+#[test]
+fn a_copy_of_a_pending_source_is_made_locally() {
+    let s = Stack::start(&[]);
+    let _g = s.guard();
+    s.put("warm", b"bucket known");
+    s.faults(r#"{"outage": true}"#);
+    s.put("src/a", b"only local so far");
+    let c = s.sdk();
+    let out = s
+        .rt
+        .block_on(c.copy_object().bucket(BUCKET).key("dst/a").copy_source(common::copy_source(BUCKET, "src/a")).send())
+        .expect("copy");
+    let etag = out.copy_object_result().and_then(|r| r.e_tag()).map(str::to_owned);
+    assert_eq!(etag.as_deref(), Some(raw::md5_etag(b"only local so far").as_str()));
+    assert_eq!(perch_get(&s, "dst/a").as_deref(), Some(&b"only local so far"[..]));
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    assert_eq!(moto_get(&s, "dst/a").as_deref(), Some(&b"only local so far"[..]));
+}
+
+#[test]
+fn strict_barriers_are_acknowledged_once_they_and_all_before_them_are_in_the_origin() {
+    let s = Stack::start(&["--strict-barriers"]);
+    let _g = s.guard();
+    s.put("orioledb_data/3/part", b"before the barrier");
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT"}"#);
+    s.put("orioledb_data/3/part2", b"also before");
+    let addr = s.addr();
+    let req = s.req("PUT", "data/3/global/pg_control").body(b"control 3".to_vec());
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let barrier = std::thread::spawn(move || {
+        let r = req.go(addr);
+        flag.store(true, Ordering::SeqCst);
+        r.status
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!done.load(Ordering::SeqCst), "a strict barrier was acknowledged before the origin had it");
+    s.no_faults();
+    assert_eq!(barrier.join().expect("barrier"), 200);
+    // Acknowledged: it and everything before it are in the origin already.
+    assert_eq!(moto_get(&s, "data/3/global/pg_control").as_deref(), Some(&b"control 3"[..]));
+    assert_eq!(moto_get(&s, "orioledb_data/3/part2").as_deref(), Some(&b"also before"[..]));
+}
+
+#[test]
+fn upload_headers_are_added_to_the_uploads_of_matching_keys() {
+    let s = Stack::start(&[
+        "--upload-header",
+        "orioledb_data/*=Cache-Control: max-age=60",
+        "--upload-header",
+        "*=x-amz-meta-written-by: perch",
+    ]);
+    let _g = s.guard();
+    s.put("orioledb_data/1/x", b"with headers");
+    s.put("other", b"meta only");
+    s.flush(Duration::from_secs(60));
+    let m = s.moto_sdk();
+    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key("orioledb_data/1/x").send()).expect("head");
+    assert_eq!(head.cache_control(), Some("max-age=60"));
+    assert_eq!(head.metadata().and_then(|m| m.get("written-by")).map(String::as_str), Some("perch"));
+    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key("other").send()).expect("head");
+    assert_eq!(head.cache_control(), None);
+    assert_eq!(head.metadata().and_then(|m| m.get("written-by")).map(String::as_str), Some("perch"));
+}
