@@ -4,12 +4,17 @@
 #
 #   start: Perch first; OrioleDB (perch-oriole-entrypoint) once Perch's /readyz answers 200.
 #   stop (kill_signal, SIGTERM or SIGINT): OrioleDB first, with SIGINT (a fast shutdown: the
-#          shutdown checkpoint and the lock's removal go to the bucket through Perch), then Perch,
-#          with SIGTERM (it finishes the requests in flight and exits 0). Each step has a budget;
-#          together they fit inside fly.toml's kill_timeout:
-#            SUPERVISE_POSTGRES_STOP_TIMEOUT (default 240 s), then SIGQUIT (immediate shutdown,
+#          shutdown checkpoint and the lock's removal go to the bucket through Perch, which
+#          acknowledges them once they are in its journal on the volume), then Perch, with SIGTERM
+#          (it keeps uploading its journal until it is empty or --drain-timeout passes, finishes
+#          the requests in flight and exits 0; what it could not upload stays in the journal for
+#          the next start). Each step has a budget; together they fit inside fly.toml's
+#          kill_timeout (300 s):
+#            SUPERVISE_POSTGRES_STOP_TIMEOUT (default 100 s), then SIGQUIT (immediate shutdown,
 #              recovered from the local WAL at the next start) and 10 s more, then SIGKILL;
-#            SUPERVISE_PERCH_STOP_TIMEOUT (default 40 s), then SIGKILL.
+#            SUPERVISE_PERCH_STOP_TIMEOUT (default 170 s; above Perch's PERCH_DRAIN_TIMEOUT, 150 s
+#              in fly.toml), then SIGKILL;
+#          after a SIGKILL, up to 5 s for the process to go: 100 + 10 + 5 + 170 + 5 = 290 s.
 #   If OrioleDB exits on its own, Perch is stopped and its exit status is ours (Fly restarts the
 #   Machine per its restart policy). If Perch exits on its own, OrioleDB can no longer reach its
 #   bucket: it gets SIGQUIT (no checkpoint is attempted) and we exit with 1.
@@ -26,8 +31,8 @@ perch_bin=${SUPERVISE_PERCH_BIN:-/usr/local/bin/perch}
 oriole_entrypoint=${SUPERVISE_ORIOLE_ENTRYPOINT:-/usr/local/bin/perch-oriole-entrypoint}
 perch_user=${SUPERVISE_PERCH_USER-perch}
 ready_timeout=${SUPERVISE_PERCH_READY_TIMEOUT:-120}
-postgres_stop_timeout=${SUPERVISE_POSTGRES_STOP_TIMEOUT:-240}
-perch_stop_timeout=${SUPERVISE_PERCH_STOP_TIMEOUT:-40}
+postgres_stop_timeout=${SUPERVISE_POSTGRES_STOP_TIMEOUT:-100}
+perch_stop_timeout=${SUPERVISE_PERCH_STOP_TIMEOUT:-170}
 
 export ORIOLE_S3_BUCKET=${ORIOLE_S3_BUCKET:-${BUCKET_NAME:-}}
 
@@ -191,10 +196,10 @@ stop_perch() {
     if reaped "$perch_pid"; then
         collect "$perch_pid"
     else
-        say "Perch: SIGTERM (up to ${perch_stop_timeout} s)"
+        say "Perch: SIGTERM (uploads its journal, then exits; up to ${perch_stop_timeout} s)"
         kill -TERM "$perch_pid" 2>/dev/null || true
         if ! wait_exit "$perch_pid" "$perch_stop_timeout"; then
-            say "Perch did not stop within ${perch_stop_timeout} s: SIGKILL"
+            say "Perch did not stop within ${perch_stop_timeout} s: SIGKILL (its journal stays on the volume and uploads at the next start)"
             kill -KILL "$perch_pid" 2>/dev/null || true
             wait_exit "$perch_pid" 5 || true
         fi

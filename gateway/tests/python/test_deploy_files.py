@@ -7,15 +7,21 @@ Docker engine in CI, so nothing here builds or runs an image. Instead:
 * the entrypoint itself runs against a real `perch serve` with fake `docker-entrypoint.sh` and
   restore tool: new database, restore from the bucket, interrupted restore, stale lock, and no
   secret in anything it prints;
-* the Fly supervisor runs with the real perch (and with fakes) to check the stop order and budgets;
+* the Fly supervisor runs with the real perch (and with fakes) to check the stop order and budgets,
+  and, with an origin whose uploads can be refused, that Perch drains its write-back journal before
+  it exits, or leaves it for the next start when the drain times out;
 * compose files are validated by `docker-compose config` (v1, offline) and, like fly.toml (parsed
   with tomllib), checked for services, ports, volumes and environment variables that match
-  `perch serve --help`; perch is started with the environment they give it;
+  `perch serve --help`; perch is started with the environment they give it; the stop budgets add
+  up, the dirty-data limit fits the volume and drains within the drain timeout, and the sums
+  written in the comments and docs are the ones of the settings;
 * the Dockerfiles' COPY sources exist, and the two perch build stages are the same.
 
 shellcheck and docker-compose come from apt (.ci/run installs them); a missing tool is an error.
 """
 
+import http.client
+import http.server
 import json
 import os
 import re
@@ -45,9 +51,13 @@ COMPOSE = REPO / "compose"
 FLY = REPO / "fly"
 REGION = "us-east-1"
 
-# Settings the write-back issue will add; the deployment files must not use them before perch has them.
-NOT_YET = ["drain-quiet", "drain-timeout", "dirty-bytes-max", "dirty-age-max", "DRAIN_QUIET", "DRAIN_TIMEOUT",
-           "DIRTY_BYTES_MAX", "DIRTY_AGE_MAX", "perch flush", "perch status"]
+# The write-back settings every deployment of Perch in front of a database sets (docs/write-back.md).
+WRITE_BACK = ["PERCH_DRAIN_TIMEOUT", "PERCH_DRAIN_QUIET", "PERCH_DIRTY_BYTES_MAX", "PERCH_DIRTY_AGE_MAX"]
+# The upload rate to Tigris fly.toml may count on: its dirty-data limit must upload within its drain
+# timeout at this rate (docs/deploy-fly.md, "Sizing").
+FLY_MIN_UPLOAD_RATE = 15e6  # bytes/s
+# Compose variables named PERCH_* that are not perch's: the host ports the perch service publishes.
+COMPOSE_OWN_PERCH_VARS = {"PERCH_HOST_PORT", "PERCH_ADMIN_HOST_PORT"}
 
 
 def need(tool, package):
@@ -70,6 +80,22 @@ def base_env(**extra):
         del env[k]
     env.update(extra)
     return env
+
+
+def seconds(value):
+    """A perch duration (`150s`, `2m`, `500ms`) or a compose one (`150s`, `2m30s`), in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a duration: {value!r}"
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def size_bytes(value):
+    """A perch size (`2GiB`, `512MiB`, `6GB`, bytes) in bytes."""
+    m = re.fullmatch(r"(\d+)(|B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)", value)
+    assert m, f"not a size: {value!r}"
+    units = {"": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    return int(m.group(1)) * units[m.group(2)]
 
 
 def read_env_file(path):
@@ -99,9 +125,25 @@ def perch_env_names(perch_help):
     return names | {"PERCH_LOG"}
 
 
+@pytest.fixture(scope="module")
+def perch_commands(perch_bin):
+    """`perch --help`'s commands, each with its own `--help`."""
+    top = run([perch_bin, "--help"], check=True).stdout
+    names = [n for n in re.findall(r"^  ([a-z]+)\s{2,}", top, re.M) if n != "help"]
+    assert {"serve", "status", "flush"} <= set(names), top
+    return {n: run([perch_bin, n, "--help"], check=True).stdout for n in names}
+
+
 def check_perch_env(names, env, where):
     unknown = sorted(k for k in env if k.startswith("PERCH_") and k not in names)
     assert not unknown, f"{where} sets {unknown}, which `perch serve --help` does not know"
+
+
+def test_the_write_back_settings_are_perch_serve_settings(perch_env_names, perch_help):
+    # The deployment files set these; perch must have them under these names.
+    assert set(WRITE_BACK) <= perch_env_names, sorted(set(WRITE_BACK) - perch_env_names)
+    for name in WRITE_BACK:
+        assert "--" + name.removeprefix("PERCH_").lower().replace("_", "-") in perch_help, name
 
 
 class RunningPerch:
@@ -735,6 +777,9 @@ class Supervisor:
     def said(self):
         return self.stderr.read_text()
 
+    def status(self):
+        return requests.get(f"http://127.0.0.1:{self.admin_port}/status", timeout=5).json()
+
 
 def index_of(lines, text):
     for i, line in enumerate(lines):
@@ -815,6 +860,158 @@ def test_supervisor_gives_up_when_perch_never_gets_ready(tmp_path):
     assert not (tmp_path / "oriole.env").exists()
 
 
+class OriginProxy:
+    """An origin in front of moto whose uploads can be refused with 503 SlowDown: an outage as
+    Perch's uploader sees it (retried until it ends). Reads, listings and HEADs pass through, so
+    /readyz answers 200 and the supervisor starts OrioleDB."""
+
+    def __init__(self, upstream_port):
+        self.failing = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return out
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def forward(self):
+                data = self.body()
+                if proxy.failing.is_set() and self.command in ("PUT", "POST", "DELETE"):
+                    msg = b"<Error><Code>SlowDown</Code><Message>test outage</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                skip = ("transfer-encoding", "content-length", "connection")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=data, headers=headers)
+                    r = conn.getresponse()
+                    payload = r.read()
+                finally:
+                    conn.close()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in skip + ("server", "date"):
+                        self.send_header(k, v)
+                length = r.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(payload))
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def origin_proxy(moto):
+    proxy = OriginProxy(moto.port)
+    yield proxy
+    proxy.close()
+
+
+def write_back_supervisor(tmp_path, perch_bin, moto, proxy, drain_timeout, perch_budget):
+    """The supervisor with the real perch in front of `proxy`, and one write acknowledged by Perch
+    while the origin refuses uploads. Returns (supervisor, bucket, key, body, origin settings)."""
+    bucket = f"drain-{uuid.uuid4().hex[:12]}"
+    moto.client().create_bucket(Bucket=bucket)
+    origin = {"PERCH_ORIGIN": proxy.url, "PERCH_ORIGIN_REGION": REGION,
+              "PERCH_ORIGIN_ACCESS_KEY_ID": "testing", "PERCH_ORIGIN_SECRET_ACCESS_KEY": "testing"}
+    sup = Supervisor(tmp_path, perch_bin=perch_bin, **origin, PERCH_DRAIN_TIMEOUT=drain_timeout,
+                     PERCH_DRAIN_QUIET="1s", SUPERVISE_PERCH_STOP_TIMEOUT=str(perch_budget))
+    sup.wait_for("oriole start")
+    proxy.failing.set()
+    s3 = boto3.client("s3", endpoint_url=f"http://{sup.env['PERCH_LISTEN']}", region_name=REGION,
+                      aws_access_key_id="sup-key", aws_secret_access_key="sup-secret",
+                      config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+    key, body = "data/1/base/1/1247", os.urandom(3000)
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    # Acknowledged, not uploaded: the origin's fault is being retried.
+    deadline = time.monotonic() + 10
+    while True:
+        status = sup.status()
+        if status["dirty_objects"] == 1 and status["origin_fault"]:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return sup, bucket, key, body, origin
+
+
+def in_origin(moto, bucket, key):
+    try:
+        return moto.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except moto.client().exceptions.NoSuchKey:
+        return None
+
+
+def test_supervisor_lets_perch_drain_its_journal_before_it_exits(tmp_path, perch_bin, moto, origin_proxy):
+    sup, bucket, key, body, _ = write_back_supervisor(tmp_path, perch_bin, moto, origin_proxy, "30s", 40)
+    sup.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while "Perch: SIGTERM" not in sup.said():
+        assert time.monotonic() < deadline and sup.proc.poll() is None, sup.said()
+        time.sleep(0.1)
+    # OrioleDB is gone; Perch keeps serving and holds the write until the origin takes it.
+    time.sleep(1.5)
+    assert sup.proc.poll() is None, sup.said()
+    assert sup.status()["dirty_objects"] == 1
+    assert in_origin(moto, bucket, key) is None
+    origin_proxy.failing.clear()
+    assert sup.wait() == 0, sup.said()
+    assert in_origin(moto, bucket, key) == body
+    said = sup.said()
+    assert "journal drained" in said and "Perch stopped (status 0)" in said and "SIGKILL" not in said, said
+
+
+def test_a_drain_cut_short_leaves_the_journal_for_the_next_start(tmp_path, perch_bin, moto, origin_proxy):
+    sup, bucket, key, body, origin = write_back_supervisor(tmp_path, perch_bin, moto, origin_proxy, "2s", 10)
+    started = time.monotonic()
+    sup.proc.send_signal(signal.SIGTERM)
+    # Perch gives up at its drain timeout and exits 0 on its own, inside the supervisor's budget.
+    assert sup.wait() == 0, sup.said()
+    assert time.monotonic() - started < 10
+    said = sup.said()
+    assert "--drain-timeout reached" in said and "Perch stopped (status 0)" in said and "SIGKILL" not in said, said
+    assert in_origin(moto, bucket, key) is None
+
+    # The next start on the same data dir uploads it; `perch flush` waits for that.
+    origin_proxy.failing.clear()
+    p = start_perch(perch_bin, tmp_path / "next-start", {"PERCH_DATA_DIR": sup.env["PERCH_DATA_DIR"], **origin})
+    try:
+        r = run([perch_bin, "flush", "--admin", f"127.0.0.1:{p.admin_port}", "--timeout", "30s"],
+                env=clean_env(), timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert in_origin(moto, bucket, key) == body
+        r = run([perch_bin, "status", "--admin", f"127.0.0.1:{p.admin_port}"], env=clean_env())
+        assert r.returncode == 0 and "backlog: 0 objects" in r.stdout, r.stdout + r.stderr
+    finally:
+        p.stop()
+
+
 # --------------------------------------------------------------------------- compose
 
 
@@ -878,9 +1075,15 @@ def test_compose_services_volumes_ports_and_environment_fit_together(tmp_path, p
     test = " ".join(perch["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port_of(penv['PERCH_ADMIN_LISTEN'])}/readyz" in test
     assert perch["stop_signal"] == "SIGTERM" and oriole["stop_signal"] == "SIGINT"
-    seconds = lambda s: int(s.rstrip("s"))  # noqa: E731
-    assert seconds(perch["stop_grace_period"]) > 30  # perch finishes requests in flight for up to 30 s
+    # Perch drains its journal, then finishes requests in flight for up to 30 s: its grace period
+    # covers both. The drain's quiet period is short: OrioleDB has stopped by then.
+    for name in WRITE_BACK:
+        assert name in penv, f"compose's perch service does not set {name}"
+    drain = seconds(penv["PERCH_DRAIN_TIMEOUT"])
+    assert seconds(perch["stop_grace_period"]) >= drain + 30, (perch["stop_grace_period"], drain)
+    assert seconds(penv["PERCH_DRAIN_QUIET"]) <= 5
     assert seconds(oriole["stop_grace_period"]) >= 120
+    assert size_bytes(penv["PERCH_DIRTY_BYTES_MAX"]) <= size_bytes(penv["PERCH_CACHE_DISK_BYTES"])
 
     # OrioleDB reaches Perch by service name on its S3 port, signs with the same keys, and keeps
     # PGDATA inside its named volume.
@@ -992,11 +1195,52 @@ def test_fly_machine_stops_when_idle_and_its_stop_fits_the_kill_timeout(fly):
     sig = fly["kill_signal"].removeprefix("SIG")
     assert f"trap 'on_signal {sig}' {sig}" in supervise
     # ... and its budgets (Postgres, its SIGQUIT grace, Perch) fit in the kill timeout, Fly's maximum
-    # being 300 s, with Perch given more than its 30 s drain of requests in flight.
+    # being 300 s, even with the 5 s the supervisor waits after each SIGKILL.
     pg, perch = int(env["SUPERVISE_POSTGRES_STOP_TIMEOUT"]), int(env["SUPERVISE_PERCH_STOP_TIMEOUT"])
-    assert fly["kill_timeout"] <= 300
-    assert pg + 10 + perch < fly["kill_timeout"], (pg, perch, fly["kill_timeout"])
-    assert perch > 30 and pg >= 120
+    kill = fly["kill_timeout"]
+    assert kill <= 300
+    assert pg + 10 + perch < kill, (pg, perch, kill)
+    assert pg + 10 + 5 + perch + 5 <= kill, (pg, perch, kill)
+    assert "wait_exit \"$pid\" 10" in supervise and len(re.findall(r'wait_exit "\$\w+" 5 ', supervise)) == 2
+    assert pg >= 60
+    # Perch's drain ends before the supervisor's budget for it does (Perch then exits 0 on its own),
+    # with time left for the requests in flight and the cache index; the drain's quiet period is
+    # short, as Postgres has exited when Perch gets SIGTERM.
+    drain, quiet = seconds(env["PERCH_DRAIN_TIMEOUT"]), seconds(env["PERCH_DRAIN_QUIET"])
+    assert drain < perch, (drain, perch)
+    assert perch - drain >= 10 and drain >= 60, (drain, perch)
+    assert quiet <= 5
+    # The supervisor's defaults are fly.toml's values.
+    for name, value in (("SUPERVISE_POSTGRES_STOP_TIMEOUT", pg), ("SUPERVISE_PERCH_STOP_TIMEOUT", perch)):
+        assert f"${{{name}:-{value}}}" in supervise, f"supervise.sh's default for {name} is not {value}"
+    # The sums written in the comments and in the docs are these.
+    plain = f"{pg} + 10 + {perch} = {pg + 10 + perch}"
+    assert plain in (FLY / "fly.toml").read_text(), plain
+    assert plain in (REPO / "docs/deploy-fly.md").read_text(), plain
+    full = f"{pg} + 10 + 5 + {perch} + 5 = {pg + 10 + 5 + perch + 5}"
+    assert full in supervise, full
+
+
+def test_sums_in_the_deployment_comments_and_docs_are_right():
+    files = [FLY / "fly.toml", FLY / "supervise.sh", COMPOSE / "docker-compose.yml", COMPOSE / ".env.sample",
+             REPO / "docs/deploy-fly.md", REPO / "docs/deploy-local.md"]
+    found = 0
+    for f in files:
+        for terms, total in re.findall(r"(?<![\d.])(\d+(?: \+ \d+)+) = (\d+)(?![\d.])", f.read_text()):
+            found += 1
+            assert sum(int(x) for x in terms.split(" + ")) == int(total), f"{f.name}: {terms} = {total}"
+    assert found >= 3
+
+
+def test_fly_docs_give_fly_toml_values():
+    env = tomllib.loads((FLY / "fly.toml").read_text())["env"]
+    doc = (REPO / "docs/deploy-fly.md").read_text()
+    named = re.findall(r"`([A-Z][A-Z0-9_]+)=([^`\s]+)`", doc)
+    assert {n for n, _ in named} >= {"SUPERVISE_POSTGRES_STOP_TIMEOUT", "SUPERVISE_PERCH_STOP_TIMEOUT",
+                                     "PERCH_DRAIN_TIMEOUT", "PERCH_DRAIN_QUIET"}, named
+    for name, value in named:
+        if name in env:
+            assert value == env[name], f"docs/deploy-fly.md says {name}={value}, fly.toml {env[name]}"
 
 
 def test_fly_volume_metrics_checks_and_environment_fit_together(fly, perch_env_names, perch_bin, tmp_path):
@@ -1026,11 +1270,20 @@ def test_fly_volume_metrics_checks_and_environment_fit_together(fly, perch_env_n
     assert r.returncode == 0, r.stderr
     perch_accepts(perch_bin, tmp_path, "fly", env)
 
-    # Sizes on the volume: Perch's cache and OrioleDB's local data leave room for WAL and growth.
+    # Sizes on the volume (GB): OrioleDB's local data, its WAL (max_wal_size, 1 GB), Perch's cache and
+    # its writes not yet uploaded (outside the cache) leave 2 GB for catalogs, undo, temporary files
+    # and Perch's spool.
     size = int(re.fullmatch(r"(\d+)gb", mount["initial_size"].lower()).group(1))
-    cache = int(re.fullmatch(r"(\d+)GiB", env["PERCH_CACHE_DISK_BYTES"]).group(1)) * 1.074
-    local = int(re.fullmatch(r"(\d+)GB", env["ORIOLE_S3_DESIRED_SIZE"]).group(1))
-    assert cache + local + 1 <= size * 0.8, (cache, local, size)
+    cache = size_bytes(env["PERCH_CACHE_DISK_BYTES"]) / 1e9
+    dirty = size_bytes(env["PERCH_DIRTY_BYTES_MAX"]) / 1e9
+    local = size_bytes(env["ORIOLE_S3_DESIRED_SIZE"]) / 1e9
+    assert "max_wal_size = 1GB" in (ORIOLE / "postgresql.conf").read_text()
+    assert local + 1 + cache + dirty + 2 <= size, (local, cache, dirty, size)
+    # The writes not yet uploaded go up within the drain at a modest upload rate; the lag that
+    # /healthz reports stays well inside the drain too.
+    drain = seconds(env["PERCH_DRAIN_TIMEOUT"])
+    assert dirty * 1e9 / FLY_MIN_UPLOAD_RATE <= drain, (dirty, drain)
+    assert seconds(env["PERCH_DIRTY_AGE_MAX"]) <= drain
 
     # The build: fly.toml's paths are relative to fly/; the context is the repository root.
     assert (FLY / fly["build"]["dockerfile"]).is_file() and (FLY / fly["build"]["ignorefile"]).is_file()
@@ -1150,11 +1403,20 @@ def test_nothing_is_left_as_todo():
         assert not re.search(r"\b(TODO|FIXME|XXX)\b", p.read_text()), p
 
 
-def test_deploy_files_use_no_setting_perch_does_not_have_yet():
+def test_deploy_files_name_only_variables_perch_has(perch_env_names, fly):
+    # Comments included: every PERCH_* name in fly/ and compose/ is one `perch serve` reads, except
+    # the compose variables that only choose host ports.
     for p in DEPLOY_FILES:
-        text = p.read_text()
-        for name in NOT_YET:
-            assert name not in text, f"{p.relative_to(REPO)} mentions {name!r}, which perch does not have yet"
+        if p.parts[len(REPO.parts)] not in ("fly", "compose"):
+            continue
+        for name in set(re.findall(r"\bPERCH_[A-Z_]+[A-Z]\b", p.read_text())):
+            assert name in perch_env_names or name in COMPOSE_OWN_PERCH_VARS, \
+                f"{p.relative_to(REPO)} names {name}, which `perch serve --help` does not know"
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+    assert COMPOSE_OWN_PERCH_VARS.isdisjoint(compose["services"]["perch"]["environment"])
+    # fly.toml sets every write-back setting.
+    for name in WRITE_BACK:
+        assert name in fly["env"], f"fly.toml does not set {name}"
 
 
 def sections(text):
@@ -1163,20 +1425,26 @@ def sections(text):
     return [("", chunks[0])] + [(chunks[i], chunks[i + 1]) for i in range(1, len(chunks), 2)]
 
 
-def test_docs_name_future_settings_only_in_their_section(perch_help, perch_env_names):
-    flags = set(re.findall(r"--[a-z][a-z-]+", perch_help))
+def test_docs_name_only_settings_and_commands_perch_has(perch_commands, perch_env_names):
+    env_names = perch_env_names | set(re.findall(r"\bPERCH_[A-Z_]+[A-Z]\b", "".join(perch_commands.values())))
     for doc in DEPLOY_DOCS:
-        parts = sections(doc.read_text())
-        # One section, "## After write-back ...", is the place for what perch does not have yet.
-        future = [h for h, _ in parts if h.startswith("## After write-back")]
-        assert len(future) == 1, f"{doc.name} needs one '## After write-back' section"
-        today = "".join(body for h, body in parts if not h.startswith("## After write-back"))
-        for name in re.findall(r"\bPERCH_[A-Z_]+[A-Z]\b", today):
-            assert name in perch_env_names, f"{doc.name} names {name} outside its write-back section"
-        for flag in re.findall(r"perch serve[^\n`]*?(--[a-z][a-z-]+)", today):
-            assert flag in flags, f"{doc.name} names perch serve {flag} outside its write-back section"
-        for name in NOT_YET:
-            assert name not in today, f"{doc.name} names {name!r} outside its write-back section"
+        text = doc.read_text()
+        assert "## After write-back" not in text and "not built yet" not in text, doc.name
+        for name in re.findall(r"\bPERCH_[A-Z_]+[A-Z]\b", text):
+            assert name in env_names or name in COMPOSE_OWN_PERCH_VARS, \
+                f"{doc.name} names {name}, which perch does not read"
+        for command in re.findall(r"`perch ([a-z]+)", text):
+            assert command in perch_commands, f"{doc.name} names `perch {command}`, which perch does not have"
+        for command, args in re.findall(r"\bperch (?=([a-z]+)\b([^\n`\"]*))", text):
+            if command not in perch_commands:
+                continue
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", args):
+                assert flag in perch_commands[command], \
+                    f"{doc.name} names perch {command} {flag}, which it does not have"
+    # The walkthroughs show how to see and wait for what Perch has not uploaded yet.
+    for doc in DEPLOY_DOCS:
+        text = doc.read_text()
+        assert "perch status" in text and "perch flush" in text, doc.name
 
 
 def test_readme_has_a_deploy_section():
