@@ -22,12 +22,16 @@ pub struct PutLatencyArgs {
     /// Body sizes to measure, in MiB
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     pub sizes_mib: Vec<u64>,
-    /// PUTs per size per target per round
+    /// PUTs per size per target per round for sizes of 16 MiB and more; smaller sizes get
+    /// proportionally more (16 MiB ÷ size times as many), so their p99 rests on more samples
     #[arg(long, default_value_t = 4)]
     pub per_round: usize,
     /// Rounds; each round measures every size on every target in turn
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// MiB written in 1 MiB PUTs for the upload-throughput burst at the end
+    #[arg(long, default_value_t = 512)]
+    pub burst_mib: u64,
     /// Round-trip latency the origin proxy adds to every origin request
     #[arg(long, default_value_t = 20)]
     pub origin_latency_ms: u64,
@@ -38,6 +42,9 @@ pub struct PutLatencyArgs {
     /// Writers that keep PUTting 1 MiB objects into Perch meanwhile, so its uploader is busy
     #[arg(long, default_value_t = 2)]
     pub background_writers: usize,
+    /// What the background writers add up to, in MiB/s (the uploader's steady load)
+    #[arg(long, default_value_t = 20)]
+    pub background_mib_per_sec: u64,
     /// The perch binary [default: $PERCH_BIN, or next to perch-bench]
     #[arg(long)]
     pub perch_bin: Option<PathBuf>,
@@ -60,9 +67,13 @@ pub struct PutLatencyReport {
     pub rows: Vec<Row>,
     pub origin_latency_ms: u64,
     pub origin_handshake_rtts: u32,
-    /// Bytes per second Perch uploaded while draining its backlog at the end.
+    pub background_writers: usize,
+    pub background_mib_per_sec: u64,
+    /// The burst: bytes written, how long until all were acknowledged, and until all were in the
+    /// origin; upload throughput is bytes over the latter.
     pub upload_bytes_per_sec: f64,
     pub drained_bytes: u64,
+    pub acked_seconds: f64,
     pub drain_seconds: f64,
 }
 
@@ -153,11 +164,15 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     // The uploader's background load.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
+    let every = Duration::from_secs_f64(args.background_writers as f64 / args.background_mib_per_sec.max(1) as f64);
     for w in 0..args.background_writers {
         let (client, target, stop) = (client.clone(), through_perch.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
                 let key = format!("orioledb_data/bg{w}/{n}");
                 let _ = client.execute(&target, &Req::put(&key, crate::data::object(7, &key, 0, 1 << 20))).await;
                 n += 1;
@@ -186,7 +201,8 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
         for &size in &args.sizes_mib {
             let bytes = (size << 20) as usize;
             let body = crate::data::body_bytes(round as u64, "floor", 0, bytes);
-            for _ in 0..args.per_round {
+            let count = (args.per_round as u64 * 16 / size.max(1)).max(args.per_round as u64);
+            for _ in 0..count {
                 n += 1;
                 let (dir, b) = (floor_dir.clone(), body.clone());
                 let took = tokio::task::spawn_blocking(move || floor_once(&dir, &b, n)).await??;
@@ -211,21 +227,47 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
         let _ = w.await;
     }
 
-    // Upload throughput: drain the backlog.
-    let backlog = status(perch.admin).await?;
-    let drained_bytes = backlog["dirty_bytes"].as_u64().unwrap_or(0);
+    // Upload throughput: a burst of 1 MiB PUTs (16 at a time), then the time until the origin
+    // has all of it.
+    while status(perch.admin).await?["dirty_objects"].as_u64() != Some(0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let burst = args.burst_mib as usize;
     let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, target, next) = (client.clone(), through_perch.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= burst {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let key = format!("orioledb_data/burst/{i}");
+                let out = client.execute(&target, &Req::put(&key, crate::data::object(9, &key, 0, 1 << 20))).await;
+                if !out.ok() {
+                    bail!("burst PUT {key} answered {}", out.status);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let acked_seconds = started.elapsed().as_secs_f64();
     loop {
         let st = status(perch.admin).await?;
         if st["dirty_objects"].as_u64() == Some(0) {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            bail!("perch did not drain its backlog within 10 minutes: {st}");
+            bail!("perch did not upload its backlog within 10 minutes: {st}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drain_seconds = started.elapsed().as_secs_f64();
+    let drained_bytes = (burst as u64) << 20;
 
     let rows = samples
         .into_iter()
@@ -244,8 +286,11 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
         rows,
         origin_latency_ms: args.origin_latency_ms,
         origin_handshake_rtts: args.origin_handshake_rtts,
+        background_writers: args.background_writers,
+        background_mib_per_sec: args.background_mib_per_sec,
         upload_bytes_per_sec: if drain_seconds > 0.0 { drained_bytes as f64 / drain_seconds } else { 0.0 },
         drained_bytes,
+        acked_seconds,
         drain_seconds,
     };
     if let Some(out) = &args.out {
@@ -259,9 +304,12 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
 impl PutLatencyReport {
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "PUT acknowledgement latency, new connection per PUT, origin latency {} ms (+{} round trips per new origin connection)\n\n\
-             | size | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|\n",
-            self.origin_latency_ms, self.origin_handshake_rtts
+            "PUT acknowledgement latency, new connection per PUT, origin latency {} ms (+{} round trips per new origin connection), background load {} MiB/s from {} writers\n\n\
+             | size | samples | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p50 ÷ perch p50 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|---|---|\n",
+            self.origin_latency_ms,
+            self.origin_handshake_rtts,
+            if self.background_writers == 0 { 0 } else { self.background_mib_per_sec },
+            self.background_writers
         );
         let get = |size: u64, t: &str| self.rows.iter().find(|r| r.size_mib == size && r.target == t);
         let mut sizes: Vec<u64> = self.rows.iter().map(|r| r.size_mib).collect();
@@ -269,7 +317,8 @@ impl PutLatencyReport {
         for size in sizes {
             if let (Some(f), Some(p), Some(d)) = (get(size, "floor"), get(size, "perch"), get(size, "direct")) {
                 s.push_str(&format!(
-                    "| {size} MiB | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} |\n",
+                    "| {size} MiB | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} | {:.1} | {:.1} |\n",
+                    p.samples,
                     f.p50_ms,
                     f.p99_ms,
                     p.p50_ms,
@@ -277,15 +326,18 @@ impl PutLatencyReport {
                     d.p50_ms,
                     d.p99_ms,
                     p.p99_ms / f.p99_ms.max(0.001),
+                    d.p50_ms / p.p50_ms.max(0.001),
                     d.p99_ms / p.p99_ms.max(0.001)
                 ));
             }
         }
         s.push_str(&format!(
-            "\nUpload throughput (draining {:.1} MiB of backlog): {:.1} MiB/s in {:.1} s\n",
+            "\nUpload throughput: {:.0} MiB in 1 MiB PUTs (16 at a time) acknowledged in {:.1} s ({:.0} MiB/s) and all in the origin after {:.1} s: {:.0} MiB/s\n",
             self.drained_bytes as f64 / (1 << 20) as f64,
-            self.upload_bytes_per_sec / (1 << 20) as f64,
-            self.drain_seconds
+            self.acked_seconds,
+            self.drained_bytes as f64 / (1 << 20) as f64 / self.acked_seconds.max(0.001),
+            self.drain_seconds,
+            self.upload_bytes_per_sec / (1 << 20) as f64
         ));
         s
     }

@@ -336,10 +336,11 @@ impl Index {
         self.db.write_opt(b, &w).map_err(db_err)
     }
 
-    /// Releases version `seq` (the origin has it, or a newer one replaced it) as one synced batch:
-    /// its journal record goes; `clean` is the entry of `okey` when the version stays as a clean
-    /// cache entry; `forget_blob` when its blob is about to be removed. Synced, so that a replay
-    /// never finds a record whose blob is gone.
+    /// Releases version `seq` (the origin has it, or a newer one replaced it) as one batch: its
+    /// journal record goes; `clean` is the entry of `okey` when the version stays as a clean
+    /// cache entry; `forget_blob` when its blob is about to be removed. Synced only then, so that
+    /// a replay never finds a record whose blob is gone; otherwise a crash that loses the release
+    /// only makes the next start upload the version again (the same bytes).
     pub fn release_version(
         &self,
         seq: u64,
@@ -357,7 +358,7 @@ impl Index {
             b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
         }
         let mut w = WriteOptions::default();
-        w.set_sync(true);
+        w.set_sync(forget_blob);
         self.db.write_opt(b, &w).map_err(db_err)
     }
 
@@ -367,6 +368,11 @@ impl Index {
         let mut it = self.db.raw_iterator_cf(self.cf(OBJECTS)?);
         it.seek(prefix.as_bytes());
         Ok(it.key().is_some_and(|k| k.starts_with(prefix.as_bytes())))
+    }
+
+    /// Makes every write so far durable (one fsync of the log).
+    pub fn sync_wal(&self) -> Result<(), CacheError> {
+        self.db.flush_wal(true).map_err(db_err)
     }
 
     /// Every journal record, in sequence order.

@@ -976,6 +976,9 @@ impl ReadCache {
             e
         });
         let forget_blob = v.put.is_some() && clean.is_none();
+        if !forget_blob {
+            self.unsynced_release.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.index.release_version(seq, &v.okey, clean.as_ref(), forget_blob)?;
         if forget_blob {
             self.blobs.remove(seq);

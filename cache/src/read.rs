@@ -259,6 +259,9 @@ pub struct ReadCache {
     /// Striped per-key locks: a commit, a release and the keeping of a fetched copy of one key
     /// never interleave.
     key_locks: Vec<Mutex<()>>,
+    /// Set when a version was released without a sync: before a blob file is removed, the log
+    /// is synced, so that a crash never brings back a journal record whose blob is gone.
+    pub(crate) unsynced_release: AtomicBool,
     /// Reads since the last flush of access times.
     reads: Mutex<HashMap<String, SystemTime>>,
     stats: CacheStats,
@@ -347,6 +350,7 @@ impl ReadCache {
             fills: Mutex::new(HashMap::new()),
             journal,
             key_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            unsynced_release: AtomicBool::new(false),
             reads: Mutex::new(HashMap::new()),
             stats,
         });
@@ -461,8 +465,21 @@ impl ReadCache {
         lock(&self.reads).insert(okey.to_owned(), SystemTime::now());
     }
 
+    /// Called before blob files are removed: see `unsynced_release`.
+    fn before_unlink(&self) {
+        if self.unsynced_release.swap(false, Ordering::SeqCst)
+            && let Err(e) = self.index.sync_wal()
+        {
+            tracing::warn!(error = %e, "cannot sync the cache index log");
+            self.unsynced_release.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Removes evicted blobs from the index, the disk and the memory tier.
     pub(crate) fn drop_evicted(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            self.before_unlink();
+        }
         for id in ids {
             self.stats.evictions.get_or_create(&DISK).inc();
             match self.index.key_of_blob(id) {
@@ -498,6 +515,7 @@ impl ReadCache {
         match self.index.remove_if(okey, blob) {
             Ok(_) => {
                 lock(&self.evictor).remove(blob);
+                self.before_unlink();
                 self.blobs.remove(blob);
             }
             Err(e) => tracing::warn!(error = %e, "cannot drop a cache entry"),
@@ -1057,6 +1075,7 @@ impl ReadCache {
         self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
         if let Some(p) = previous.filter(|p| p.blob != id) {
             lock(&self.evictor).remove(p.blob);
+            self.before_unlink();
             self.blobs.remove(p.blob);
         }
         let evicted = lock(&self.evictor).insert(id, key_hash(okey), meta.size);

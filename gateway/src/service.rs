@@ -100,7 +100,11 @@ impl Gateway {
 
     /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
     async fn ensure_bucket(&self, bucket: &str) -> S3Result<()> {
-        if self.known_buckets().contains(bucket) || self.cache.knows_bucket(bucket) {
+        if self.known_buckets().contains(bucket) {
+            return Ok(());
+        }
+        if self.cache.knows_bucket(bucket) {
+            self.known_buckets().insert(bucket.to_owned());
             return Ok(());
         }
         self.origin.head_bucket(bucket).await.map_err(origin_error)?;
