@@ -60,7 +60,11 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     let _g = s.guard();
     s.put_behind_perchs_back("old/a", b"origin a");
     s.put_behind_perchs_back("old/b", b"origin b");
+    s.put_behind_perchs_back("cached", b"read before the outage");
+    s.get_expect("cached", b"read before the outage", "MISS");
     s.faults(r#"{"outage": true}"#);
+    // Cached reads keep working through the outage.
+    s.get_expect("cached", b"read before the outage", "HIT");
 
     let big = pattern(9 << 20, 7); // spooled to a file, not held in memory
     s.put("new/1", b"one");
@@ -81,6 +85,15 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     let st = s.status();
     assert_eq!(st["dirty_objects"], 5, "{st}");
     assert!(st["origin_fault"].is_string(), "the uploader reports the outage: {st}");
+    // `perch status` says the same to an operator.
+    let out = std::process::Command::new(raw::perch_binary())
+        .args(["status", "--admin", &s.perch().admin.to_string()])
+        .output()
+        .expect("perch status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "perch status: {text}");
+    assert!(text.contains("backlog: 5 objects"), "{text}");
+    assert!(text.contains("origin: retrying after"), "{text}");
 
     s.no_faults();
     s.flush(Duration::from_secs(60));
