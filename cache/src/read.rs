@@ -703,10 +703,18 @@ impl ReadCache {
                     status,
                 });
             }
-            match self.serve_disk(&okey, bucket, key, entry, span).await {
-                Some(output) => return Ok(CachedGet { output, status }),
-                None => {} // corrupt or missing: dropped; fall through to a miss
+            let pending = entry.pending;
+            if let Some(output) = self.serve_disk(&okey, bucket, key, entry, span).await {
+                return Ok(CachedGet { output, status });
             }
+            if pending {
+                // The only copy of a write the origin does not have yet failed its check: the
+                // origin's older copy must not be served in its place.
+                return Err(OriginError::Io(io::Error::other(
+                    "a written version not yet uploaded failed its integrity check",
+                )));
+            }
+            // Corrupt or missing: dropped; fall through to a miss.
         }
         self.stats.misses.inc();
         if let Some(r) = range {
