@@ -412,7 +412,8 @@ pub struct RestartReport {
     pub restarts: Vec<RestartResult>,
 }
 
-fn perch_binary(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+/// The perch binary: `flag`, else `$PERCH_BIN`, else the one next to perch-bench.
+pub(crate) fn perch_binary(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p.clone());
     }

@@ -77,20 +77,6 @@ pub struct PutLatencyReport {
     pub drain_seconds: f64,
 }
 
-fn perch_binary(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag {
-        return Ok(p.clone());
-    }
-    if let Some(p) = std::env::var_os("PERCH_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let sibling = std::env::current_exe()?.with_file_name("perch");
-    if sibling.is_file() {
-        return Ok(sibling);
-    }
-    bail!("no perch binary next to perch-bench: build it (cargo build --release -p perch-gateway) or pass --perch-bin")
-}
-
 /// A plain write of `size` bytes and its fsync (and its directory's): what durability costs.
 fn floor_once(dir: &std::path::Path, body: &[u8], n: usize) -> anyhow::Result<Duration> {
     let path = dir.join(format!("floor-{n}"));
@@ -117,7 +103,7 @@ async fn status(admin: std::net::SocketAddr) -> anyhow::Result<serde_json::Value
 }
 
 pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
-    let binary = perch_binary(args.perch_bin.as_ref())?;
+    let binary = crate::cache_restart::perch_binary(args.perch_bin.as_ref())?;
     let moto = MotoServer::start();
     let latency = args.origin_latency_ms.to_string();
     let rtts = args.origin_handshake_rtts.to_string();

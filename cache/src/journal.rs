@@ -91,6 +91,15 @@ pub enum NewBody {
     Bytes(Bytes),
 }
 
+/// A PUT version to commit: its verified body, its object metadata (ETag, headers, checksums),
+/// the CRC32 of each 1 MiB block, and its part layout when it is a completed multipart upload.
+pub struct NewVersion {
+    pub body: NewBody,
+    pub meta: ObjectMeta,
+    pub crcs: Vec<u32>,
+    pub parts: Option<Vec<PartLayout>>,
+}
+
 /// Why a write could not be committed or confirmed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -170,6 +179,33 @@ struct State {
     last_seq: u64,
     /// The last origin fault the uploader met, while it lasts.
     origin_fault: Option<(SystemTime, String)>,
+}
+
+impl State {
+    /// Adds an unconfirmed version (at start from the journal, or just committed).
+    fn add(&mut self, seq: u64, v: Version) {
+        self.dirty_bytes += v.size();
+        if v.mode == WriteMode::WriteThrough {
+            self.write_through += 1;
+        }
+        self.keys.entry(v.okey.clone()).or_default().insert(seq);
+        self.last_seq = self.last_seq.max(seq);
+        self.versions.insert(seq, v);
+    }
+}
+
+impl Version {
+    fn of(okey: String, record: Record) -> Version {
+        Version {
+            okey,
+            mode: parse_mode(&record.mode),
+            bucket: record.bucket,
+            key: record.key,
+            put: record.put,
+            stage: record.stage,
+            acked: record.acked,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -374,24 +410,8 @@ impl ReadCache {
                 }
             }
             let okey = object_key(&record.bucket, &record.key);
-            let mode = parse_mode(&record.mode);
             max_stage = max_stage.max(record.stage);
-            let v = Version {
-                okey: okey.clone(),
-                bucket: record.bucket,
-                key: record.key,
-                put: record.put,
-                mode,
-                stage: record.stage,
-                acked: record.acked,
-            };
-            st.dirty_bytes += v.size();
-            if mode == WriteMode::WriteThrough {
-                st.write_through += 1;
-            }
-            st.keys.entry(okey).or_default().insert(seq);
-            st.last_seq = st.last_seq.max(seq);
-            st.versions.insert(seq, v);
+            st.add(seq, Version::of(okey, record));
         }
         let count = st.versions.len();
         self.journal.refresh_gauges(&st);
@@ -410,12 +430,15 @@ impl ReadCache {
         self: &Arc<Self>,
         bucket: &str,
         key: &str,
-        body: NewBody,
-        meta: ObjectMeta,
-        crcs: Vec<u32>,
-        parts: Option<Vec<PartLayout>>,
+        version: NewVersion,
         mode: WriteMode,
     ) -> Result<u64, WriteError> {
+        let NewVersion {
+            body,
+            meta,
+            crcs,
+            parts,
+        } = version;
         self.wait_for_room(meta.size).await;
         let cache = self.clone();
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
@@ -522,22 +545,7 @@ impl ReadCache {
         drop(epoch);
         {
             let mut st = lock(&self.journal.state);
-            let v = Version {
-                okey: okey.clone(),
-                bucket: record.bucket,
-                key: record.key,
-                put: record.put,
-                mode,
-                stage,
-                acked,
-            };
-            st.dirty_bytes += v.size();
-            if mode == WriteMode::WriteThrough {
-                st.write_through += 1;
-            }
-            st.keys.entry(okey.clone()).or_default().insert(seq);
-            st.last_seq = st.last_seq.max(seq);
-            st.versions.insert(seq, v);
+            st.add(seq, Version::of(okey.clone(), record));
             self.journal.refresh_gauges(&st);
         }
         // Reads see this version from now on: no memory copy, no fill of an older body.

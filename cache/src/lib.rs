@@ -9,7 +9,7 @@ pub mod journal;
 pub mod origin;
 pub mod read;
 
-pub use journal::{NewBody, PartLayout, WriteConfig, WriteError, WriteStatus};
+pub use journal::{NewBody, NewVersion, PartLayout, WriteConfig, WriteError, WriteStatus};
 pub use read::{CacheConfig, CacheStatus, CachedGet, ReadCache};
 
 /// Failures of the cache's own storage (not of the origin).

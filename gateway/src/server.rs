@@ -64,7 +64,7 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
-        let conn = http.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(req)));
+        let conn = http.serve_connection(TokioIo::new(stream), service_fn(handle));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -134,6 +134,35 @@ impl Gateway {
         Ok(())
     }
 
+    /// Commits a verified body as a PUT version of `bucket/key` (with its part layout when it is a
+    /// completed multipart upload) and acknowledges it as its write mode says.
+    async fn put_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: &spool::Spooled,
+        meta: ObjectMeta,
+        parts: Option<Vec<perch_cache::PartLayout>>,
+    ) -> S3Result<()> {
+        let new_body = match &body.body {
+            PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
+            PutBody::File { path, .. } => NewBody::File(path.clone()),
+        };
+        let mode = self.writes.policy.mode(WriteOp::Put, key);
+        let version = perch_cache::NewVersion {
+            body: new_body,
+            meta,
+            crcs: body.crcs.clone(),
+            parts,
+        };
+        let seq = self
+            .cache
+            .commit_put(bucket, key, version, mode)
+            .await
+            .map_err(write_error)?;
+        self.acknowledge(seq, mode).await
+    }
+
     /// Commits a DELETE of `bucket/key` as a version.
     async fn delete_version(&self, bucket: &str, key: &str) -> S3Result<()> {
         self.ensure_bucket(bucket).await?;
@@ -191,17 +220,7 @@ impl Gateway {
             headers,
             checksums,
         };
-        let new_body = match &body.body {
-            PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
-            PutBody::File { path, .. } => NewBody::File(path.clone()),
-        };
-        let mode = self.writes.policy.mode(WriteOp::Put, key);
-        let seq = self
-            .cache
-            .commit_put(bucket, key, new_body, meta, body.crcs.clone(), None, mode)
-            .await
-            .map_err(write_error)?;
-        self.acknowledge(seq, mode).await?;
+        self.put_version(bucket, key, &body, meta, None).await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(convert::etag(&etag)),
@@ -507,7 +526,6 @@ impl S3 for Gateway {
         if input.if_match.is_none() && input.if_none_match.is_none() {
             // The ordinary write: a version, durable locally before the answer.
             self.ensure_bucket(&input.bucket).await?;
-            let mode = self.writes.policy.mode(WriteOp::Put, &input.key);
             let etag = format!("\"{}\"", body.md5_hex);
             let meta = ObjectMeta {
                 size: body.body.len(),
@@ -516,16 +534,7 @@ impl S3 for Gateway {
                 headers,
                 checksums: body.checksums.clone(),
             };
-            let new_body = match &body.body {
-                PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
-                PutBody::File { path, .. } => NewBody::File(path.clone()),
-            };
-            let seq = self
-                .cache
-                .commit_put(&input.bucket, &input.key, new_body, meta, body.crcs.clone(), None, mode)
-                .await
-                .map_err(write_error)?;
-            self.acknowledge(seq, mode).await?;
+            self.put_version(&input.bucket, &input.key, &body, meta, None).await?;
             let c = body.checksums.clone();
             return Ok(S3Response::new(PutObjectOutput {
                 e_tag: Some(convert::etag(&etag)),
@@ -931,21 +940,11 @@ impl S3 for Gateway {
         let body = spool::receive(Some(StreamingBlob::wrap(staged.body)), declared, None, &self.spool_dir).await;
         let _ = self.staging.delete_object(bucket, key).await;
         let body = body?;
-        let new_body = match &body.body {
-            PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
-            PutBody::File { path, .. } => NewBody::File(path.clone()),
-        };
-        let mode = self.writes.policy.mode(WriteOp::Put, key);
         let version_meta = ObjectMeta {
             last_modified: SystemTime::now(),
             ..meta
         };
-        let seq = self
-            .cache
-            .commit_put(bucket, key, new_body, version_meta, body.crcs.clone(), Some(layout), mode)
-            .await
-            .map_err(write_error)?;
-        self.acknowledge(seq, mode).await?;
+        self.put_version(bucket, key, &body, version_meta, Some(layout)).await?;
         let c = out.checksums;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             location: Some(format!("/{}/{}", input.bucket, input.key)),
@@ -999,7 +998,6 @@ impl S3 for Gateway {
                 checksum_crc64nvme: p.checksums.crc64nvme,
                 checksum_sha1: p.checksums.sha1,
                 checksum_sha256: p.checksums.sha256,
-                ..Default::default()
             })
             .collect();
         let truncated = rest.next().is_some();

@@ -135,17 +135,7 @@ impl Stack {
     /// origin (panics after `limit`).
     #[track_caller]
     pub fn flush(&self, limit: Duration) {
-        let out = std::process::Command::new(raw::perch_binary())
-            .args(["flush", "--admin", &self.perch().admin.to_string(), "--timeout"])
-            .arg(format!("{}s", limit.as_secs()))
-            .output()
-            .expect("run perch flush");
-        assert!(
-            out.status.success(),
-            "perch flush failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        raw::flush(self.perch(), limit);
     }
 
     /// Perch's `/status` (the write-back backlog).
