@@ -85,7 +85,8 @@ impl std::str::FromStr for UploadHeader {
     }
 }
 
-/// Where a new version's body is: a verified spool file (renamed into place), or memory.
+/// Where a new version's body is: a verified spool file, already fsynced (renamed into place), or
+/// memory.
 pub enum NewBody {
     File(PathBuf),
     Bytes(Bytes),
@@ -571,12 +572,13 @@ impl ReadCache {
                 std::mem::forget(guard);
             }
             NewBody::File(spooled) => {
-                // The spool is under the same data dir: a rename, or a copy across filesystems.
+                // The spool is under the same data dir and already fsynced: a rename. Across
+                // filesystems, a copy, synced here.
                 if std::fs::rename(&spooled, &temp).is_err() {
                     std::fs::copy(&spooled, &temp)?;
+                    std::fs::File::open(&temp)?.sync_all()?;
                 }
                 fail_point("blob_written");
-                std::fs::File::open(&temp)?.sync_all()?;
             }
         }
         fail_point("blob_synced");

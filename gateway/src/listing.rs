@@ -126,6 +126,17 @@ pub fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>) -> Page {
     page
 }
 
+/// The pending versions to merge, from a snapshot taken before the origin's page and one taken
+/// after it: a key in the later one is as it says; a key only in the earlier one had its version
+/// uploaded meanwhile (the page may predate that upload), so the earlier one says it.
+pub fn newest(before: Vec<DirtyKey>, after: Vec<DirtyKey>) -> Vec<DirtyKey> {
+    let mut all: BTreeMap<String, DirtyKey> = before.into_iter().map(|d| (d.key.clone(), d)).collect();
+    for d in after {
+        all.insert(d.key.clone(), d);
+    }
+    all.into_values().collect()
+}
+
 /// Perch's continuation token for "resume after `name`".
 pub fn token(name: &str) -> String {
     format!("p1{}", hex::encode(name.as_bytes()))
@@ -240,6 +251,14 @@ mod tests {
         assert_eq!(q2.origin_start_after().as_deref(), Some("data/1/\u{10FFFF}"));
         let p = merge(&q2, ListPage::default(), vec![put("data/1/z"), put("data/3/a")]);
         assert_eq!(p.common_prefixes, ["data/3/"]);
+    }
+
+    #[test]
+    fn a_version_uploaded_while_the_page_was_made_still_counts() {
+        let merged = newest(vec![del("a"), put("b")], vec![put("a")]);
+        assert_eq!(merged.len(), 2);
+        assert!(merged[0].object.is_some(), "the later snapshot wins for a");
+        assert_eq!(merged[1].key, "b", "b was uploaded meanwhile: the earlier snapshot says it");
     }
 
     #[test]

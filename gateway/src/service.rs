@@ -240,8 +240,11 @@ impl Gateway {
             start_after: q.origin_start_after(),
             continuation: None,
         };
+        // Pending versions before and after the origin's page: a version uploaded (and so no
+        // longer pending) while the page was made may be missing from the page; it still counts.
+        let before = self.cache.dirty_keys(bucket, &q.prefix);
         let mut page = self.origin.list_objects(bucket, &query).await.map_err(origin_error)?;
-        let dirty = self.cache.dirty_keys(bucket, &q.prefix);
+        let dirty = listing::newest(before, self.cache.dirty_keys(bucket, &q.prefix));
         // A common prefix of the origin whose every key is deleted locally must go too: ask the
         // origin what it holds under it (only when deletes are pending there).
         let mut hidden = Vec::new();

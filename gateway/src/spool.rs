@@ -12,8 +12,9 @@ use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
 use tokio::io::AsyncWriteExt;
 
-/// Bodies up to this size stay in memory; larger ones go to a temp file under the data dir.
-const IN_MEMORY_MAX: u64 = 8 << 20;
+/// Bodies below this size stay in memory; larger ones go to a temp file under the data dir, which
+/// is fsynced while the MD5 is finished (a write-back commit then has no body left to sync).
+const IN_MEMORY_MAX: u64 = 1 << 20;
 /// Bodies from this size on get their MD5 and CRCs computed on a thread of their own, beside the
 /// SHA-256 the signature check computes on the receiving task.
 const DIGEST_BESIDE_MIN: u64 = 1 << 20;
@@ -100,7 +101,8 @@ fn start_writeback(file: &tokio::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
-/// A verified body. A file-backed one is removed when this is dropped.
+/// A verified body. A file-backed one is durable (fsynced), and removed when this is dropped unless
+/// a write-back commit renamed it into place.
 pub struct Spooled {
     pub body: PutBody,
     /// The checksums the client declared, all verified.
@@ -243,7 +245,7 @@ pub async fn receive(
         None => None,
     };
     let mut digests = Digests::new(expected_len);
-    let to_file = expected_len.is_none_or(|n| n > IN_MEMORY_MAX);
+    let to_file = expected_len.is_none_or(|n| n >= IN_MEMORY_MAX);
 
     let mut mem = BytesMut::new();
     let mut file = None;
@@ -288,11 +290,20 @@ pub async fn receive(
             "The request body ended before its declared length."
         ));
     }
-    if let Some(f) = &mut file {
-        f.flush().await.map_err(internal)?;
-    }
-
-    let (md5_raw, crcs) = digests.finish().await?;
+    // The spool file is made durable while the MD5 is finished: a write-back commit renames it
+    // into place without writing it again.
+    let synced = async {
+        match file.take() {
+            Some(mut f) => {
+                f.flush().await?;
+                f.into_inner().sync_all().await
+            }
+            None => Ok(()),
+        }
+    };
+    let (digested, synced) = tokio::join!(digests.finish(), synced);
+    synced.map_err(internal)?;
+    let (md5_raw, crcs) = digested?;
     if let Some(content_md5) = declared.content_md5 {
         let given = base64_simd::STANDARD
             .decode_to_vec(content_md5)

@@ -576,11 +576,15 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
         env: raw::moto_env(),
     });
     raw::create_bucket(perch.addr);
-    let body = pattern(2 << 20, 42);
-    let r = raw::Req::object("PUT", perch.addr, raw::Style::Path, &raw::key_path("orioledb_data/1/traced"))
-        .body(body)
-        .go(perch.addr);
-    assert_eq!(r.status, 200, "{}", r.summary());
+    // A body kept in memory (written to the blob's temp file at commit) and one spooled to a file
+    // while it arrives (fsynced while its MD5 is finished).
+    let bodies = [pattern(100 << 10, 41), pattern(2 << 20, 42)];
+    for (i, body) in bodies.iter().enumerate() {
+        let r = raw::Req::object("PUT", perch.addr, raw::Style::Path, &raw::key_path(&format!("orioledb_data/1/traced{i}")))
+            .body(body.clone())
+            .go(perch.addr);
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
     // SIGTERM to perch itself (strace would only detach): strace ends with it.
     let strace_pid = perch.pid().expect("running");
     let children = std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).expect("children");
@@ -590,7 +594,26 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     let status = perch.wait(Duration::from_secs(60));
     assert!(status.success());
     let text = std::fs::read_to_string(&trace).expect("trace");
-    let lines: Vec<&str> = text.lines().collect();
+    // A syscall interrupted by another thread's is split in two lines ("<unfinished ...>", then
+    // "<... NAME resumed>"): joined here, at the place where it completed.
+    let mut started: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut joined: Vec<String> = Vec::new();
+    for l in text.lines() {
+        let pid = l.split_whitespace().next().unwrap_or("");
+        if let Some(head) = l.strip_suffix(" <unfinished ...>") {
+            started.insert(pid, head);
+            continue;
+        }
+        if let Some(at) = l.find(" resumed>")
+            && l.contains("<... ")
+            && let Some(head) = started.remove(pid)
+        {
+            joined.push(format!("{head}{}", &l[at + " resumed>".len()..]));
+            continue;
+        }
+        joined.push(l.to_owned());
+    }
+    let lines: Vec<&str> = joined.iter().map(String::as_str).collect();
     let find = |from: usize, what: &dyn Fn(&str) -> bool, name: &str| -> usize {
         lines[from..]
             .iter()
@@ -600,23 +623,38 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     };
     let blobs = data_dir.join("cache").join("blobs");
     let tmp_dir = format!("{}/tmp/", blobs.display());
-    let blob_fsync = find(0, &|l| l.contains("fsync(") && l.contains(&tmp_dir) && l.ends_with("= 0"), "fsync of the blob");
-    let rename = find(blob_fsync, &|l| l.contains("rename") && l.contains(&tmp_dir) && l.ends_with("= 0"), "rename of the blob");
-    let dir_fsync = find(
-        rename,
-        &|l| l.contains("fsync(") && l.contains(&format!("{}/", blobs.display())) && !l.contains(&tmp_dir) && l.ends_with(">) = 0"),
-        "fsync of the blob's directory",
-    );
-    let wal_sync = find(
-        dir_fsync,
-        &|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains(".log>") && l.contains("/index/"),
-        "sync of RocksDB's log",
-    );
-    let answer = find(wal_sync, &|l| l.contains("HTTP/1.1 200"), "the HTTP 200 answer");
-    // And no answer to the PUT before the syncs.
-    let early = lines[blob_fsync..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
-    assert!(early.is_none(), "an answer was written before the syncs: {early:?}");
-    assert!(blob_fsync < rename && rename < dir_fsync && dir_fsync < wal_sync && wal_sync < answer);
+    let spool_dir = format!("{}/tmp/spool-", data_dir.display());
+    // Each PUT's answer comes after its own syncs, in order; the second PUT is searched for after
+    // the first one's answer.
+    let mut from = 0;
+    for put in 0..bodies.len() {
+        let blob_fsync = find(
+            from,
+            &|l| l.contains("fsync(") && (l.contains(&tmp_dir) || l.contains(&spool_dir)) && l.ends_with("= 0"),
+            "fsync of the body",
+        );
+        let rename = find(
+            blob_fsync,
+            &|l| l.contains("rename") && l.contains(&tmp_dir) && l.contains(&format!("{}/", blobs.display())) && l.ends_with("= 0"),
+            "rename of the blob",
+        );
+        let dir_fsync = find(
+            rename,
+            &|l| {
+                l.contains("fsync(") && l.contains(&format!("{}/", blobs.display())) && !l.contains(&tmp_dir) && l.ends_with(">) = 0")
+            },
+            "fsync of the blob's directory",
+        );
+        let wal_sync = find(
+            dir_fsync,
+            &|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains(".log>") && l.contains("/index/"),
+            "sync of RocksDB's log",
+        );
+        let answer = find(wal_sync, &|l| l.contains("HTTP/1.1 200"), "the HTTP 200 answer");
+        let early = lines[blob_fsync..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
+        assert!(early.is_none(), "PUT {put}: an answer was written before the syncs: {early:?}");
+        from = answer + 1;
+    }
 }
 
 /// A client multipart upload is staged locally, acknowledged as one version, read back at once,

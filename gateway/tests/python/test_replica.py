@@ -2,6 +2,7 @@
 work, every write is refused with 403 AccessDenied, and moto is left exactly as it was."""
 
 import hashlib
+import subprocess
 import uuid
 
 import pytest
@@ -24,8 +25,15 @@ def snapshot(moto_s3):
     return state
 
 
+def flush(perch_bin, perch):
+    """`perch flush`: the primary acknowledges writes before they are in the origin, which is
+    what another Perch reads from."""
+    subprocess.run([perch_bin, "flush", "--admin", perch.admin_addr, "--timeout", "60s"], check=True,
+                   capture_output=True)
+
+
 @pytest.mark.parametrize("style", ["path", "virtual"])
-def test_replica_reads_and_refuses_writes(perch_factory, moto, style):
+def test_replica_reads_and_refuses_writes(perch_factory, perch_bin, moto, style):
     primary = perch_factory("primary", origin_url=moto.url, origin="moto")
     replica = perch_factory("replica", origin_url=moto.url, role="replica", origin="moto")
     bucket = f"r-{uuid.uuid4().hex[:16]}"
@@ -35,6 +43,7 @@ def test_replica_reads_and_refuses_writes(perch_factory, moto, style):
     bodies = {f"data/{i}": f"body {i}".encode() * (i + 1) for i in range(5)}
     for k, v in bodies.items():
         w.put_object(Bucket=bucket, Key=k, Body=v, Metadata={"n": k}, ContentType="text/plain")
+    flush(perch_bin, primary)
     direct = moto.client()
     assert sorted(o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"]) == sorted(bodies)
     before = snapshot(direct)
@@ -95,4 +104,5 @@ def test_replica_reads_and_refuses_writes(perch_factory, moto, style):
 
     # And the primary still writes.
     w.put_object(Bucket=bucket, Key="data/new", Body=b"yes")
+    flush(perch_bin, primary)
     assert r.get_object(Bucket=bucket, Key="data/new")["Body"].read() == b"yes"
