@@ -228,7 +228,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the
 /// signal) while the uploader empties the journal; done when it is empty (refused versions
-/// aside) and no request came for --drain-quiet, or when --drain-timeout has passed.
+/// aside) and no request came for --drain-quiet, when --drain-timeout has passed, or at a second
+/// signal.
 async fn drain(cache: &ReadCache, metrics: &metrics::Metrics, config: &Config) {
     let started = std::time::Instant::now();
     tracing::info!(
@@ -237,6 +238,14 @@ async fn drain(cache: &ReadCache, metrics: &metrics::Metrics, config: &Config) {
         "stop asked: draining the journal while serving"
     );
     let mut last_log = started;
+    // A second SIGTERM/SIGINT stops the drain at once (what is left stays in the journal).
+    let mut again = match shutdown_signal() {
+        Ok(signal) => Some(Box::pin(signal)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for a second stop signal");
+            None
+        }
+    };
     loop {
         let st = cache.write_status(None);
         let left = st.dirty_objects.saturating_sub(st.failed.len() as u64);
@@ -260,7 +269,20 @@ async fn drain(cache: &ReadCache, metrics: &metrics::Metrics, config: &Config) {
             tracing::info!(objects = st.dirty_objects, bytes = st.dirty_bytes, "draining");
             last_log = std::time::Instant::now();
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let tick = tokio::time::sleep(std::time::Duration::from_millis(100));
+        match again.as_mut() {
+            Some(signal) => tokio::select! {
+                () = tick => {}
+                () = signal => {
+                    tracing::warn!(
+                        objects = st.dirty_objects,
+                        "second stop signal: leaving the rest in the journal for the next start"
+                    );
+                    return;
+                }
+            },
+            None => tick.await,
+        }
     }
 }
 

@@ -115,6 +115,13 @@ impl Stack {
         assert!(status.success(), "perch exited with {status} after SIGTERM");
     }
 
+    /// Waits for perch to exit by itself (after a `send_sigterm`), which it must do with 0.
+    pub fn wait_stopped(&mut self, limit: Duration) {
+        let perch = self.perch.take().expect("perch is not running");
+        let status = perch.wait(limit);
+        assert!(status.success(), "perch exited with {status}");
+    }
+
     /// SIGKILL, as a crash; `start_again` brings perch back.
     pub fn kill(&mut self) {
         self.perch.take().expect("perch is not running").kill();
@@ -122,6 +129,30 @@ impl Stack {
 
     pub fn start_again(&mut self) {
         self.launch();
+    }
+
+    /// Runs `perch serve` on the data dir with the stack's flags and expects it to refuse to
+    /// start: returns its stderr.
+    pub fn start_refused(&self) -> String {
+        let mut env = raw::moto_env();
+        env.push(("NO_COLOR".to_owned(), "1".to_owned()));
+        let out = std::process::Command::new(raw::perch_binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env_remove("PERCH_ACCESS_KEY_ID")
+            .env_remove("PERCH_SECRET_ACCESS_KEY")
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run perch serve");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !stdout.contains("listening"),
+            "perch started: {stdout}"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// Reaps a perch that died by itself (a fail point), so that `start_again` can follow.
