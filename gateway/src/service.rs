@@ -319,6 +319,22 @@ macro_rules! object_output {
     }};
 }
 
+/// The content headers of a PUT, CopyObject (REPLACE) or CreateMultipartUpload input (s3s gives
+/// them three types with the same fields).
+macro_rules! content_headers {
+    ($input:expr) => {
+        convert::content_headers(
+            $input.content_type,
+            $input.cache_control,
+            $input.content_encoding,
+            $input.content_disposition,
+            $input.content_language,
+            $input.expires,
+            $input.metadata,
+        )
+    };
+}
+
 /// Whether the request asked for checksums (`x-amz-checksum-mode: ENABLED`).
 fn checksum_mode(mode: &Option<ChecksumMode>) -> bool {
     mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
@@ -517,15 +533,7 @@ impl S3 for Gateway {
             ),
         };
         let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
-        let headers = convert::content_headers(
-            input.content_type,
-            input.cache_control,
-            input.content_encoding,
-            input.content_disposition,
-            input.content_language,
-            input.expires,
-            input.metadata,
-        );
+        let headers = content_headers!(input);
         if input.if_match.is_none() && input.if_none_match.is_none() {
             // The ordinary write: a version, durable locally before the answer.
             self.ensure_bucket(&input.bucket).await?;
@@ -644,15 +652,7 @@ impl S3 for Gateway {
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let directive = if replace {
-            Directive::Replace(convert::content_headers(
-                input.content_type,
-                input.cache_control,
-                input.content_encoding,
-                input.content_disposition,
-                input.content_language,
-                input.expires,
-                input.metadata,
-            ))
+            Directive::Replace(content_headers!(input))
         } else {
             Directive::Copy
         };
@@ -799,15 +799,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
-        let headers = convert::content_headers(
-            input.content_type,
-            input.cache_control,
-            input.content_encoding,
-            input.content_disposition,
-            input.content_language,
-            input.expires,
-            input.metadata,
-        );
+        let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         self.staging_bucket(&input.bucket).await?;
         let upload_id = self
