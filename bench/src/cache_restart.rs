@@ -202,6 +202,7 @@ fn populate(root: &Path, p: &Populated) -> anyhow::Result<f64> {
                     crcs: crcs.finish(),
                     validated: modified,
                     pending: false,
+                    origin_etag: None,
                 };
                 let okey = object_key(&p.bucket, &key);
                 index.put(&okey, &entry, None)?;

@@ -49,6 +49,18 @@ pub struct Entry {
     /// never revalidated, never replaced by a fetch.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// The origin's ETag of this copy when it differs from `meta.etag`, the one the client was
+    /// given (an origin that does not answer a single PUT with the body's MD5): conditional reads
+    /// of clients use `meta.etag`, conditional requests to the origin this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_etag: Option<String>,
+}
+
+impl Entry {
+    /// The ETag the origin knows this copy by.
+    pub fn etag_at_origin(&self) -> &str {
+        self.origin_etag.as_deref().unwrap_or(&self.meta.etag)
+    }
 }
 
 /// The cache key of an object: bucket names cannot hold NUL, and Perch refuses keys that do.
@@ -423,6 +435,7 @@ mod tests {
             crcs: vec![1, 2],
             validated,
             pending: false,
+            origin_etag: None,
         }
     }
 

@@ -535,6 +535,7 @@ impl ReadCache {
             crcs: p.crcs.clone(),
             validated: acked,
             pending: true,
+            origin_etag: None,
         });
         // 3. Journal record and index entry: one synced batch.
         self.index
@@ -724,7 +725,7 @@ impl ReadCache {
                     let c = cache.clone();
                     tokio::spawn(async move {
                         if skip {
-                            c.release(seq, "skipped").await;
+                            c.release(seq, "skipped", None).await;
                         } else {
                             c.upload(seq).await;
                         }
@@ -827,7 +828,11 @@ impl ReadCache {
                     }
                     self.journal.stats.uploaded_bytes.inc_by(v.size());
                     lock(&self.journal.state).origin_fault = None;
-                    self.release(seq, "ok").await;
+                    let stored = match (&out, &v.put) {
+                        (Some(out), Some(put)) => self.origin_copy(&v, put, &out.etag, seq).await,
+                        _ => None,
+                    };
+                    self.release(seq, "ok", stored).await;
                     return;
                 }
                 Err(e) if is_permanent(&e) => {
@@ -951,9 +956,9 @@ impl ReadCache {
 
     /// Version `seq` is in the origin (or replaced inside its stage): out of the journal; its blob
     /// stays as the clean cache entry if it is still the newest of its key, else goes.
-    async fn release(self: &Arc<Self>, seq: u64, result: &'static str) {
+    async fn release(self: &Arc<Self>, seq: u64, result: &'static str, stored: Option<OriginCopy>) {
         let cache = self.clone();
-        let released = tokio::task::spawn_blocking(move || cache.release_blocking(seq)).await;
+        let released = tokio::task::spawn_blocking(move || cache.release_blocking(seq, stored)).await;
         match released {
             Ok(Ok(())) => {
                 self.journal.stats.uploads.get_or_create(&UploadLabel { result }).inc();
@@ -974,7 +979,32 @@ impl ReadCache {
         self.journal.bump();
     }
 
-    fn release_blocking(&self, seq: u64) -> Result<(), CacheError> {
+    /// The origin's ETag and Last-Modified of the copy an upload just stored, for the version that
+    /// stays as the clean cache entry of its key (a HEAD; `None` when the version is no longer the
+    /// newest, or the origin does not answer in time or holds another object by now).
+    async fn origin_copy(&self, v: &Version, put: &RecordPut, put_etag: &str, seq: u64) -> Option<OriginCopy> {
+        let newest = lock(&self.journal.state)
+            .keys
+            .get(&v.okey)
+            .is_some_and(|seqs| seqs.last() == Some(&seq));
+        if !newest {
+            return None;
+        }
+        let unconditional = crate::origin::Conditions::default();
+        let head = self.upload_origin.head_object(&v.bucket, &v.key, &unconditional);
+        let meta = match tokio::time::timeout(Duration::from_secs(5), head).await {
+            Ok(Ok(meta)) => meta,
+            _ => return None,
+        };
+        let expected = if put_etag.is_empty() { put.meta.etag.as_str() } else { put_etag };
+        let ours = crate::origin::same_etag(&meta.etag, expected) && meta.size == put.meta.size;
+        ours.then_some(OriginCopy {
+            etag: meta.etag,
+            last_modified: meta.last_modified,
+        })
+    }
+
+    fn release_blocking(&self, seq: u64, stored: Option<OriginCopy>) -> Result<(), CacheError> {
         let Some(v) = lock(&self.journal.state).versions.get(&seq).cloned() else {
             return Ok(());
         };
@@ -983,6 +1013,12 @@ impl ReadCache {
         let clean = current.map(|mut e| {
             e.pending = false;
             e.validated = SystemTime::now();
+            if let Some(copy) = stored {
+                e.meta.last_modified = copy.last_modified;
+                if !crate::origin::same_etag(&copy.etag, &e.meta.etag) {
+                    e.origin_etag = Some(copy.etag);
+                }
+            }
             e
         });
         let forget_blob = v.put.is_some() && clean.is_none();
@@ -1043,6 +1079,12 @@ fn copy_range(from: &std::path::Path, to: &std::path::Path, offset: u64, len: u6
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than its parts"));
     }
     Ok(())
+}
+
+/// What the origin holds of an uploaded version.
+struct OriginCopy {
+    etag: String,
+    last_modified: SystemTime,
 }
 
 enum EpochGuard<'a> {

@@ -550,7 +550,7 @@ impl ReadCache {
     /// copy in service (stale-if-error) and says `Ok(true)`.
     async fn revalidate(&self, okey: &str, bucket: &str, key: &str, entry: &Entry) -> OriginResult<bool> {
         let cond = Conditions {
-            if_none_match: Some(entry.meta.etag.clone()),
+            if_none_match: Some(entry.etag_at_origin().to_owned()),
             ..Default::default()
         };
         let answer = tokio::time::timeout(Duration::from_secs(5), self.origin.head_object(bucket, key, &cond)).await;
@@ -579,7 +579,7 @@ impl ReadCache {
             Ok(Err(OriginError::NotModified)) => unchanged(),
             // An origin that ignores If-None-Match on HEAD: same ETag, same object (and fresh
             // again, like a 304, rather than asked about on every read from now on).
-            Ok(Ok(meta)) if crate::origin::same_etag(&meta.etag, &entry.meta.etag) => unchanged(),
+            Ok(Ok(meta)) if crate::origin::same_etag(&meta.etag, entry.etag_at_origin()) => unchanged(),
             Ok(Ok(_)) | Ok(Err(OriginError::NoSuchKey)) => {
                 self.drop_entry(okey, entry.blob);
                 self.stats
@@ -1079,6 +1079,7 @@ impl ReadCache {
             crcs,
             validated: SystemTime::now(),
             pending: false,
+            origin_etag: None,
         };
         self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
         if let Some(p) = previous.filter(|p| p.blob != id) {
@@ -1206,7 +1207,7 @@ impl DiskReader {
         self.cache
             .corrupt(&self.okey, &self.entry, "a block failed its check while streaming");
         let cond = Conditions {
-            if_match: Some(self.entry.meta.etag.clone()),
+            if_match: Some(self.entry.etag_at_origin().to_owned()),
             ..Default::default()
         };
         let range = ByteRange::FromTo {

@@ -501,8 +501,9 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     let c = s.sdk();
     let v: Vec<Vec<u8>> = (0..6).map(|i| pattern(100 * KIB + i, 40 + i as u64)).collect();
     s.put_behind_perchs_back("w/k", &v[0]);
-    // Through perch (its first write, after which perch knows the bucket).
+    // Through perch (its first write, after which perch knows the bucket), and uploaded.
     s.put("w/src", &v[2]);
+    s.flush(Duration::from_secs(60));
     s.proxy.reset();
     s.get_expect("w/k", &v[0], "MISS");
     s.get_expect("w/k", &v[0], "HIT");

@@ -95,6 +95,9 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     assert!(text.contains("backlog: 5 objects"), "{text}");
     assert!(text.contains("origin: retrying after"), "{text}");
 
+    // Uploaded at least a second after the acknowledgement, so the origin's Last-Modified
+    // (checked below) differs from the local one.
+    std::thread::sleep(Duration::from_millis(1100));
     s.no_faults();
     s.flush(Duration::from_secs(60));
     assert_eq!(moto_get(&s, "new/1").as_deref(), Some(&b"one, again"[..]));
@@ -102,6 +105,13 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     assert_eq!(moto_get(&s, "new/big"), Some(big));
     assert_eq!(moto_get(&s, "old/b"), None);
     assert_eq!(s.status()["dirty_objects"], 0);
+    // The origin's ETag and Last-Modified are the uploaded copy's (HEAD through perch = moto's).
+    let m = s.moto_sdk();
+    let at_moto = s.rt.block_on(m.head_object().bucket(BUCKET).key("new/1").send()).expect("head moto");
+    let via_perch = s.head("new/1");
+    assert_eq!(via_perch.header("ETag"), at_moto.e_tag(), "ETag");
+    let moto_lm = at_moto.last_modified().map(|t| t.fmt(aws_smithy_types::date_time::Format::HttpDate).expect("date"));
+    assert_eq!(via_perch.header("Last-Modified").map(str::to_owned), moto_lm, "Last-Modified");
     // The newest versions stay cached: reading them costs the origin nothing.
     s.proxy.reset();
     s.get_expect("new/1", b"one, again", "HIT");

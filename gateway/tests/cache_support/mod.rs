@@ -320,13 +320,28 @@ impl Stack {
         assert_eq!(self.counts(), want, "origin requests: {what}");
     }
 
-    /// The GET and HEAD requests among `counts`: what the cache is about (writes through perch
-    /// reach the origin whatever the cache does).
+    /// The GET and HEAD requests that reached moto since the last reset: what the cache is about.
+    /// Writes through perch reach the origin whatever the cache does, and so does the HEAD the
+    /// uploader sends right after uploading a key (for the origin's Last-Modified): a HEAD whose
+    /// key's previous request was a successful upload (PUT, or the POST completing a multipart
+    /// upload) is not counted.
     pub fn reads(&self) -> BTreeMap<String, u64> {
-        self.counts()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("GET ") || k.starts_with("HEAD "))
-            .collect()
+        let mut last: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut reads = BTreeMap::new();
+        for r in self.proxy.log() {
+            let (Some(method), Some(key)) = (r["method"].as_str(), r["key"].as_str()) else {
+                continue;
+            };
+            let status = r["status"].as_u64().unwrap_or(0);
+            let after_upload = last
+                .get(key)
+                .is_some_and(|(m, st)| (m == "PUT" || m == "POST") && *st == 200);
+            if method == "GET" || (method == "HEAD" && !after_upload) {
+                *reads.entry(format!("{method} {key}")).or_insert(0) += 1;
+            }
+            last.insert(key.to_owned(), (method.to_owned(), status));
+        }
+        reads
     }
 
     /// The GETs and HEADs that reached moto since the last reset must be exactly `want`.
