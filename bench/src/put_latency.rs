@@ -160,7 +160,9 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
                 let key = format!("orioledb_data/bg{w}/{n}");
-                let _ = client.execute(&target, &Req::put(&key, crate::data::object(7, &key, 0, 1 << 20))).await;
+                let _ = client
+                    .execute(&target, &Req::put(&key, crate::data::object(7, &key, 0, 1 << 20)))
+                    .await;
                 n += 1;
             }
         }));
@@ -192,7 +194,11 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                 n += 1;
                 let (dir, b) = (floor_dir.clone(), body.clone());
                 let took = tokio::task::spawn_blocking(move || floor_once(&dir, &b, n)).await??;
-                let i = indices.iter().find(|(k, _)| *k == (size, "floor")).map(|(_, i)| *i).context("slot")?;
+                let i = indices
+                    .iter()
+                    .find(|(k, _)| *k == (size, "floor"))
+                    .map(|(_, i)| *i)
+                    .context("slot")?;
                 samples[i].1.push(took.as_micros() as u64);
                 for (name, target) in [("perch", &through_perch), ("direct", &direct)] {
                     let key = format!("orioledb_data/{name}/{size}/{n}");
@@ -201,7 +207,11 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                     if !out.ok() {
                         bail!("PUT {key} to {name} answered {}", out.status);
                     }
-                    let i = indices.iter().find(|(k, _)| *k == (size, name)).map(|(_, i)| *i).context("slot")?;
+                    let i = indices
+                        .iter()
+                        .find(|(k, _)| *k == (size, name))
+                        .map(|(_, i)| *i)
+                        .context("slot")?;
                     samples[i].1.push(out.latency.as_micros() as u64);
                 }
             }
@@ -231,7 +241,9 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                     return Ok::<(), anyhow::Error>(());
                 }
                 let key = format!("orioledb_data/burst/{i}");
-                let out = client.execute(&target, &Req::put(&key, crate::data::object(9, &key, 0, 1 << 20))).await;
+                let out = client
+                    .execute(&target, &Req::put(&key, crate::data::object(9, &key, 0, 1 << 20)))
+                    .await;
                 if !out.ok() {
                     bail!("burst PUT {key} answered {}", out.status);
                 }
@@ -274,7 +286,11 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
         origin_handshake_rtts: args.origin_handshake_rtts,
         background_writers: args.background_writers,
         background_mib_per_sec: args.background_mib_per_sec,
-        upload_bytes_per_sec: if drain_seconds > 0.0 { drained_bytes as f64 / drain_seconds } else { 0.0 },
+        upload_bytes_per_sec: if drain_seconds > 0.0 {
+            drained_bytes as f64 / drain_seconds
+        } else {
+            0.0
+        },
         drained_bytes,
         acked_seconds,
         drain_seconds,
@@ -294,7 +310,11 @@ impl PutLatencyReport {
              | size | samples | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p50 ÷ perch p50 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|---|---|\n",
             self.origin_latency_ms,
             self.origin_handshake_rtts,
-            if self.background_writers == 0 { 0 } else { self.background_mib_per_sec },
+            if self.background_writers == 0 {
+                0
+            } else {
+                self.background_mib_per_sec
+            },
             self.background_writers
         );
         let get = |size: u64, t: &str| self.rows.iter().find(|r| r.size_mib == size && r.target == t);

@@ -629,7 +629,10 @@ impl ReadCache {
         let start = object_key(bucket, "");
         let pending = {
             let st = lock(&self.journal.state);
-            st.keys.range(start.clone()..).next().is_some_and(|(k, _)| k.starts_with(&start))
+            st.keys
+                .range(start.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&start))
         };
         pending || self.index.has_bucket(bucket).unwrap_or(false)
     }
@@ -638,7 +641,11 @@ impl ReadCache {
     pub async fn wait_bucket_clean(&self, bucket: &str, limit: Duration) -> Result<(), WriteError> {
         let start = object_key(bucket, "");
         self.wait_until(limit, |st| {
-            let dirty = st.keys.range(start.clone()..).next().is_some_and(|(k, _)| k.starts_with(&start));
+            let dirty = st
+                .keys
+                .range(start.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&start));
             (!dirty).then_some(Ok(()))
         })
         .await
@@ -924,7 +931,13 @@ impl ReadCache {
     fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
         let mut headers = put.meta.headers.clone();
         let mut extra = Vec::new();
-        for h in self.journal.cfg.upload_headers.iter().filter(|h| h.glob.matches(&v.key)) {
+        for h in self
+            .journal
+            .cfg
+            .upload_headers
+            .iter()
+            .filter(|h| h.glob.matches(&v.key))
+        {
             let value = Some(h.value.clone());
             match h.name.as_str() {
                 "cache-control" => headers.cache_control = value,
@@ -996,7 +1009,11 @@ impl ReadCache {
             Ok(Ok(meta)) => meta,
             _ => return None,
         };
-        let expected = if put_etag.is_empty() { put.meta.etag.as_str() } else { put_etag };
+        let expected = if put_etag.is_empty() {
+            put.meta.etag.as_str()
+        } else {
+            put_etag
+        };
         let ours = crate::origin::same_etag(&meta.etag, expected) && meta.size == put.meta.size;
         ours.then_some(OriginCopy {
             etag: meta.etag,
@@ -1076,7 +1093,10 @@ fn copy_range(from: &std::path::Path, to: &std::path::Path, offset: u64, len: u6
     let mut dst = std::fs::File::create(to)?;
     let copied = std::io::copy(&mut src.take(len), &mut dst)?;
     if copied != len {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than its parts"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "blob shorter than its parts",
+        ));
     }
     Ok(())
 }
@@ -1113,7 +1133,9 @@ fn poisoned() -> WriteError {
 
 /// Exponential backoff with full jitter: up to 100 ms × 2^attempt, at most 30 s.
 fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(9)).min(Duration::from_secs(30));
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1u32 << attempt.min(9))
+        .min(Duration::from_secs(30));
     let jitter: f64 = rand::random::<f64>();
     cap.mul_f64(0.5 + jitter / 2.0)
 }

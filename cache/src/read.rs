@@ -504,9 +504,18 @@ impl ReadCache {
 
     /// Forgets `entry` of `okey` (corrupt, changed at the origin, or replaced).
     fn drop_entry(&self, okey: &str, blob: u64) {
-        if self.index.get(okey).ok().flatten().is_some_and(|e| e.blob == blob && e.pending) {
+        if self
+            .index
+            .get(okey)
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.blob == blob && e.pending)
+        {
             // The only copy of a version the origin does not have yet: kept for the uploader.
-            tracing::error!(blob, "a version not yet uploaded failed a check; it is kept, not dropped");
+            tracing::error!(
+                blob,
+                "a version not yet uploaded failed a check; it is kept, not dropped"
+            );
             return;
         }
         if self.hot.get(okey).is_some_and(|h| h.entry.blob == blob) {

@@ -27,10 +27,14 @@ pub struct FlushArgs {
 
 /// GET `path` on the admin endpoint; the body of a 200.
 fn get(admin: &str, path: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(admin).with_context(|| format!("connecting to Perch's admin endpoint {admin}"))?;
+    let mut stream =
+        TcpStream::connect(admin).with_context(|| format!("connecting to Perch's admin endpoint {admin}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let _ = stream.set_nodelay(true);
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
@@ -62,7 +66,11 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 pub fn status(args: &AdminArgs) -> anyhow::Result<()> {

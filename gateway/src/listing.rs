@@ -26,7 +26,11 @@ impl PageQuery {
     pub fn origin_start_after(&self) -> Option<String> {
         let after = self.after.as_ref()?;
         match &self.delimiter {
-            Some(d) if after.strip_prefix(self.prefix.as_str()).is_some_and(|rest| rest.contains(d.as_str())) => {
+            Some(d)
+                if after
+                    .strip_prefix(self.prefix.as_str())
+                    .is_some_and(|rest| rest.contains(d.as_str())) =>
+            {
                 Some(format!("{after}\u{10FFFF}"))
             }
             _ => Some(after.clone()),
@@ -37,8 +41,7 @@ impl PageQuery {
     fn rolled_up(&self, key: &str) -> Option<String> {
         let d = self.delimiter.as_deref()?;
         let rest = key.strip_prefix(self.prefix.as_str())?;
-        rest.find(d)
-            .map(|i| format!("{}{}", self.prefix, &rest[..i + d.len()]))
+        rest.find(d).map(|i| format!("{}{}", self.prefix, &rest[..i + d.len()]))
     }
 
     /// Whether `name` comes after the resume position.
@@ -240,7 +243,11 @@ mod tests {
             common_prefixes: vec!["data/1/".into()],
             ..Default::default()
         };
-        let p = merge(&q, origin, vec![put("data/2/global/pg_control"), put("data/1/y"), del("data/x")]);
+        let p = merge(
+            &q,
+            origin,
+            vec![put("data/2/global/pg_control"), put("data/1/y"), del("data/x")],
+        );
         assert_eq!(p.common_prefixes, ["data/1/", "data/2/"]);
         assert!(p.objects.is_empty());
         // A page resuming after the common prefix "data/1/" does not repeat it.
@@ -258,7 +265,10 @@ mod tests {
         let merged = newest(vec![del("a"), put("b")], vec![put("a")]);
         assert_eq!(merged.len(), 2);
         assert!(merged[0].object.is_some(), "the later snapshot wins for a");
-        assert_eq!(merged[1].key, "b", "b was uploaded meanwhile: the earlier snapshot says it");
+        assert_eq!(
+            merged[1].key, "b",
+            "b was uploaded meanwhile: the earlier snapshot says it"
+        );
     }
 
     #[test]

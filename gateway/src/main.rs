@@ -1,9 +1,9 @@
 //! `perch`: the command line of Perch, an S3 caching gateway in front of an origin store.
 //! `perch serve` runs the gateway; the settings live in `config`.
 
+mod admin;
 mod config;
 mod convert;
-mod admin;
 mod front;
 mod listing;
 mod metrics;
@@ -149,7 +149,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
     };
     let mut opened = None;
-    metrics.register(|r| opened = Some(ReadCache::open(cache_config, origin.clone(), raw_origin.clone(), Some(r))));
+    metrics.register(|r| {
+        opened = Some(ReadCache::open(
+            cache_config,
+            origin.clone(),
+            raw_origin.clone(),
+            Some(r),
+        ))
+    });
     let cache = opened
         .context("registering the cache metrics")?
         .context("opening the cache")?;
@@ -168,16 +175,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     // Client multipart uploads are staged locally until completed (docs/write-back.md).
     let staging_dir = config.data_dir.join("multipart");
-    let staging: Arc<dyn Origin> = Arc::new(
-        FsOrigin::open(&staging_dir).with_context(|| format!("opening {}", staging_dir.display()))?,
-    );
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(
-        origin,
-        staging,
-        cache.clone(),
-        spool_dir,
-        writes,
-    ));
+    let staging: Arc<dyn Origin> =
+        Arc::new(FsOrigin::open(&staging_dir).with_context(|| format!("opening {}", staging_dir.display()))?);
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, staging, cache.clone(), spool_dir, writes));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),

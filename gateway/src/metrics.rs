@@ -86,8 +86,10 @@ impl Metrics {
     }
 
     pub fn observe(&self, op: &'static str, status: u16, elapsed: Duration) {
-        self.last_request_ms
-            .store(self.born.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.last_request_ms.store(
+            self.born.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.requests.get_or_create(&RequestLabel { op, status }).inc();
         self.duration
             .get_or_create(&OpLabel { op })

@@ -167,11 +167,7 @@ impl Gateway {
     async fn delete_version(&self, bucket: &str, key: &str) -> S3Result<()> {
         self.ensure_bucket(bucket).await?;
         let mode = self.writes.policy.mode(WriteOp::Delete, key);
-        let seq = self
-            .cache
-            .commit_delete(bucket, key, mode)
-            .await
-            .map_err(write_error)?;
+        let seq = self.cache.commit_delete(bucket, key, mode).await.map_err(write_error)?;
         self.acknowledge(seq, mode).await
     }
 
@@ -185,7 +181,10 @@ impl Gateway {
             .await
             .map_err(|e| match e {
                 perch_cache::origin::OriginError::NotModified => {
-                    s3_error!(PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
+                    s3_error!(
+                        PreconditionFailed,
+                        "At least one of the pre-conditions you specified did not hold"
+                    )
                 }
                 other => origin_error(other),
             })?;
@@ -690,9 +689,10 @@ impl S3 for Gateway {
         let input = req.input;
         let url = wants_url(&input.encoding_type);
         let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => Some(listing::untoken(t).ok_or_else(|| {
-                s3_error!(InvalidArgument, "The continuation token provided is incorrect")
-            })?),
+            Some(t) => Some(
+                listing::untoken(t)
+                    .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))?,
+            ),
             None => input.start_after.clone().filter(|s| !s.is_empty()),
         };
         let query = PageQuery {
@@ -724,7 +724,13 @@ impl S3 for Gateway {
         let input = req.input;
         let url = wants_url(&input.encoding_type);
         let page = self
-            .list_v1(&input.bucket, &input.prefix, &input.delimiter, input.max_keys, &input.marker)
+            .list_v1(
+                &input.bucket,
+                &input.prefix,
+                &input.delimiter,
+                input.max_keys,
+                &input.marker,
+            )
             .await?;
         let truncated = page.next_after.is_some();
         let next_marker = page.next_after.clone();
@@ -912,9 +918,10 @@ impl S3 for Gateway {
         let layout = parts
             .iter()
             .map(|p| {
-                let part = listed.iter().find(|l| l.part_number == p.part_number).ok_or_else(|| {
-                    s3_error!(InvalidPart, "One or more of the specified parts could not be found.")
-                })?;
+                let part = listed
+                    .iter()
+                    .find(|l| l.part_number == p.part_number)
+                    .ok_or_else(|| s3_error!(InvalidPart, "One or more of the specified parts could not be found."))?;
                 Ok(perch_cache::PartLayout {
                     size: part.size,
                     checksums: part.checksums.clone(),

@@ -521,7 +521,10 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     s.assert_reads(&[("GET w/k", 1)], "GET and HEAD after a PUT through perch");
     // Once uploaded, the same copy is still served, and it is what the origin holds.
     s.flush(Duration::from_secs(60));
-    assert!(in_moto(&s, "w/k") == Some(v[1].clone()), "moto holds the PUT after the flush");
+    assert!(
+        in_moto(&s, "w/k") == Some(v[1].clone()),
+        "moto holds the PUT after the flush"
+    );
     s.get_expect("w/k", &v[1], "HIT");
     s.assert_reads(&[("GET w/k", 1)], "after the PUT was uploaded");
 
@@ -580,7 +583,10 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     s.get_expect_etag("w/k", &v[3], "HIT", &etag);
     s.assert_reads(&[("GET w/k", 2)], "after the copy and the multipart upload");
     s.flush(Duration::from_secs(60));
-    assert!(in_moto(&s, "w/k") == Some(v[3].clone()), "moto holds the multipart object after the flush");
+    assert!(
+        in_moto(&s, "w/k") == Some(v[3].clone()),
+        "moto holds the multipart object after the flush"
+    );
 
     // DeleteObjects: 404 at once, from perch alone (the delete is held back from the origin).
     s.faults(HOLD_DELETES);
@@ -644,7 +650,10 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     s.no_faults();
     s.get_expect("w/slow", &new, "HIT");
     s.flush(Duration::from_secs(60));
-    assert!(in_moto(&s, "w/slow") == Some(new.clone()), "moto holds the write after the flush");
+    assert!(
+        in_moto(&s, "w/slow") == Some(new.clone()),
+        "moto holds the write after the flush"
+    );
     s.get_expect("w/slow", &new, "HIT");
     s.assert_reads(&[("GET w/slow", 1)], "a write during a fill");
 }

@@ -2156,7 +2156,12 @@ async fn replica_serves_reads_and_refuses_writes() {
     let uploads = ok(r.list_multipart_uploads().bucket("rep").send().await, "uploads");
     assert_eq!(uploads.uploads().len(), 0);
     expect_err(
-        r.list_parts().bucket("rep").key("pending").upload_id(&upload_id).send().await,
+        r.list_parts()
+            .bucket("rep")
+            .key("pending")
+            .upload_id(&upload_id)
+            .send()
+            .await,
         404,
         Some("NoSuchUpload"),
     );

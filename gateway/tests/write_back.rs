@@ -50,7 +50,10 @@ fn moto_keys(s: &Stack) -> Vec<String> {
     let c = s.moto_sdk();
     s.rt.block_on(async {
         let out = c.list_objects_v2().bucket(BUCKET).send().await.expect("list moto");
-        out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
     })
 }
 
@@ -107,11 +110,19 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     assert_eq!(s.status()["dirty_objects"], 0);
     // The origin's ETag and Last-Modified are the uploaded copy's (HEAD through perch = moto's).
     let m = s.moto_sdk();
-    let at_moto = s.rt.block_on(m.head_object().bucket(BUCKET).key("new/1").send()).expect("head moto");
+    let at_moto =
+        s.rt.block_on(m.head_object().bucket(BUCKET).key("new/1").send())
+            .expect("head moto");
     let via_perch = s.head("new/1");
     assert_eq!(via_perch.header("ETag"), at_moto.e_tag(), "ETag");
-    let moto_lm = at_moto.last_modified().map(|t| t.fmt(aws_smithy_types::date_time::Format::HttpDate).expect("date"));
-    assert_eq!(via_perch.header("Last-Modified").map(str::to_owned), moto_lm, "Last-Modified");
+    let moto_lm = at_moto
+        .last_modified()
+        .map(|t| t.fmt(aws_smithy_types::date_time::Format::HttpDate).expect("date"));
+    assert_eq!(
+        via_perch.header("Last-Modified").map(str::to_owned),
+        moto_lm,
+        "Last-Modified"
+    );
     // The newest versions stay cached: reading them costs the origin nothing.
     s.proxy.reset();
     s.get_expect("new/1", b"one, again", "HIT");
@@ -139,7 +150,11 @@ fn list_all(s: &Stack, prefix: &str, delimiter: Option<&str>, max_keys: i32, v1:
                     .await
                     .expect("ListObjects");
                 keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
-                prefixes.extend(out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)));
+                prefixes.extend(
+                    out.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().map(str::to_owned)),
+                );
                 if !out.is_truncated().unwrap_or(false) {
                     return (keys, prefixes);
                 }
@@ -156,7 +171,11 @@ fn list_all(s: &Stack, prefix: &str, delimiter: Option<&str>, max_keys: i32, v1:
                     .await
                     .expect("ListObjectsV2");
                 keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
-                prefixes.extend(out.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)));
+                prefixes.extend(
+                    out.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix().map(str::to_owned)),
+                );
                 if !out.is_truncated().unwrap_or(false) {
                     return (keys, prefixes);
                 }
@@ -209,7 +228,13 @@ fn listings_merge_pending_writes_and_deletes_with_delimiters_and_pagination() {
     keys.insert("a/0".to_owned());
     assert!(s.status()["dirty_objects"].as_u64().unwrap() >= 9);
 
-    let cases: [(&str, Option<&str>); 5] = [("", None), ("", Some("/")), ("a/", None), ("b/", Some("/")), ("d/", Some("/"))];
+    let cases: [(&str, Option<&str>); 5] = [
+        ("", None),
+        ("", Some("/")),
+        ("a/", None),
+        ("b/", Some("/")),
+        ("d/", Some("/")),
+    ];
     for (prefix, delimiter) in cases {
         let want = expected_listing(&keys, prefix, delimiter);
         for max_keys in [1, 2, 3, 1000] {
@@ -244,7 +269,10 @@ fn barriers_order_uploads_on_every_intermediate_origin_state() {
         // An overwritten undo file in the same epoch: only its last version needs to go.
         s.put("orioledb_undo/1", format!("undo {e} a").as_bytes());
         s.put("orioledb_undo/1", format!("undo {e} b").as_bytes());
-        s.put(&format!("data/{e}/global/pg_control"), format!("control {e}").as_bytes());
+        s.put(
+            &format!("data/{e}/global/pg_control"),
+            format!("control {e}").as_bytes(),
+        );
     }
     s.flush(Duration::from_secs(120));
     // Replay moto's state from the proxy's log, in the order moto answered.
@@ -276,13 +304,19 @@ fn barriers_order_uploads_on_every_intermediate_origin_state() {
         confirmed.insert(key);
         checked += 1;
     }
-    assert!(checked >= (epochs * (parts + 2)) as usize, "only {checked} uploads logged");
+    assert!(
+        checked >= (epochs * (parts + 2)) as usize,
+        "only {checked} uploads logged"
+    );
     assert_eq!(
         moto_get(&s, "orioledb_undo/1").as_deref(),
         Some(format!("undo {} b", epochs - 1).as_bytes())
     );
     for e in 0..epochs {
-        assert_eq!(moto_get(&s, &format!("data/{e}/global/pg_control")).as_deref(), Some(format!("control {e}").as_bytes()));
+        assert_eq!(
+            moto_get(&s, &format!("data/{e}/global/pg_control")).as_deref(),
+            Some(format!("control {e}").as_bytes())
+        );
     }
 }
 
@@ -297,7 +331,11 @@ fn write_through_and_the_lock_sequence_of_a_restart() {
 
     let lock = "data/orioledb_data/s3_lock";
     let take = |expect: u16| {
-        let r = s.req("PUT", lock).header("If-None-Match", "*").body(b"pid 1".to_vec()).go(s.addr());
+        let r = s
+            .req("PUT", lock)
+            .header("If-None-Match", "*")
+            .body(b"pid 1".to_vec())
+            .go(s.addr());
         assert_eq!(r.status, expect, "conditional PUT of the lock: {}", r.summary());
     };
     take(200);
@@ -313,9 +351,16 @@ fn write_through_and_the_lock_sequence_of_a_restart() {
     // every part before it, is in the origin.
     let started = Instant::now();
     take(200);
-    assert!(started.elapsed() >= Duration::from_millis(150), "the conditional PUT did not wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "the conditional PUT did not wait"
+    );
     for p in 0..6 {
-        assert_eq!(moto_get(&s, &format!("orioledb_data/9/{p}")), Some(pattern(10_000, p)), "part {p}");
+        assert_eq!(
+            moto_get(&s, &format!("orioledb_data/9/{p}")),
+            Some(pattern(10_000, p)),
+            "part {p}"
+        );
     }
     assert_eq!(moto_get(&s, lock).as_deref(), Some(&b"pid 1"[..]));
     take(412);
@@ -341,7 +386,10 @@ fn a_refused_upload_is_kept_and_reported() {
     let (code, _) = raw::admin_get(s.perch(), "/healthz");
     assert_eq!(code, 503, "/healthz reports the refused version");
     // The data is kept and still served.
-    assert_eq!(perch_get(&s, "orioledb_data/1/refused").as_deref(), Some(&b"kept locally"[..]));
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/refused").as_deref(),
+        Some(&b"kept locally"[..])
+    );
     assert!(s.metric("perch_upload_failed") >= 1.0);
 }
 
@@ -363,7 +411,11 @@ fn writes_wait_for_room_past_dirty_bytes_max() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!done.load(Ordering::SeqCst), "the second write did not wait for room");
     s.no_faults();
-    assert_eq!(writer.join().expect("writer"), 200, "the waiting write succeeds once there is room");
+    assert_eq!(
+        writer.join().expect("writer"),
+        200,
+        "the waiting write succeeds once there is room"
+    );
     s.flush(Duration::from_secs(60));
     assert_eq!(moto_get(&s, "orioledb_data/1/b"), Some(pattern(2 << 20, 2)));
 }
@@ -379,12 +431,22 @@ fn sigterm_keeps_serving_until_the_journal_is_drained() {
     std::thread::sleep(Duration::from_millis(300));
     s.put("data/1/global/pg_control", b"shutdown checkpoint");
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(perch_get(&s, "orioledb_data/1/a").as_deref(), Some(&b"before the stop"[..]), "still serving");
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/a").as_deref(),
+        Some(&b"before the stop"[..]),
+        "still serving"
+    );
     s.no_faults();
     // It leaves by itself once the journal is empty and no request came for --drain-quiet.
     s.wait_stopped(Duration::from_secs(30));
-    assert_eq!(moto_get(&s, "orioledb_data/1/a").as_deref(), Some(&b"before the stop"[..]));
-    assert_eq!(moto_get(&s, "data/1/global/pg_control").as_deref(), Some(&b"shutdown checkpoint"[..]));
+    assert_eq!(
+        moto_get(&s, "orioledb_data/1/a").as_deref(),
+        Some(&b"before the stop"[..])
+    );
+    assert_eq!(
+        moto_get(&s, "data/1/global/pg_control").as_deref(),
+        Some(&b"shutdown checkpoint"[..])
+    );
 }
 
 #[test]
@@ -395,14 +457,23 @@ fn a_drain_timeout_leaves_the_rest_in_the_journal_for_the_next_start() {
     s.put("orioledb_data/1/a", b"waits for the next start");
     let started = Instant::now();
     s.stop_clean();
-    assert!(started.elapsed() >= Duration::from_secs(2), "perch left before its drain timeout");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "perch left before its drain timeout"
+    );
     assert_eq!(moto_get(&s, "orioledb_data/1/a"), None);
     s.no_faults();
     s.start_again();
     // Replayed: read back at once, then uploaded.
-    assert_eq!(perch_get(&s, "orioledb_data/1/a").as_deref(), Some(&b"waits for the next start"[..]));
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/a").as_deref(),
+        Some(&b"waits for the next start"[..])
+    );
     s.flush(Duration::from_secs(60));
-    assert_eq!(moto_get(&s, "orioledb_data/1/a").as_deref(), Some(&b"waits for the next start"[..]));
+    assert_eq!(
+        moto_get(&s, "orioledb_data/1/a").as_deref(),
+        Some(&b"waits for the next start"[..])
+    );
 }
 
 /// Crash points between the steps of a commit (PERCH_FAIL_POINT): the client never gets an
@@ -428,12 +499,20 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
         s.env = vec![("PERCH_FAIL_POINT".into(), point.into())];
         s.start_again();
         let answer = s.req("PUT", &key).body(new.clone()).send(s.addr());
-        assert!(answer.is_err(), "{point}: the write was answered: {:?}", answer.map(|r| r.status));
+        assert!(
+            answer.is_err(),
+            "{point}: the write was answered: {:?}",
+            answer.map(|r| r.status)
+        );
         s.reap();
         s.env.clear();
         s.start_again();
         let want = if committed { new.clone() } else { old.clone() };
-        assert_eq!(perch_get(&s, &key), Some(want.clone()), "{point}: read back after the crash");
+        assert_eq!(
+            perch_get(&s, &key),
+            Some(want.clone()),
+            "{point}: read back after the crash"
+        );
         let tmp: Vec<_> = std::fs::read_dir(s.blobs_dir().join("tmp")).expect("tmp dir").collect();
         assert!(tmp.is_empty(), "{point}: temp files left: {tmp:?}");
         s.flush(Duration::from_secs(60));
@@ -492,7 +571,10 @@ fn worker(addr: std::net::SocketAddr, model: Arc<Mutex<Model>>, seed: u64, stop:
 
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_write() {
-    let rounds: u64 = std::env::var("PERCH_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let rounds: u64 = std::env::var("PERCH_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
     let mut s = Stack::start(&[]);
     let _g = s.guard();
     s.faults(r#"{"latency_ms": 5}"#);
@@ -501,7 +583,15 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
         .map(|w| {
             let mut keys: Vec<String> = (0..4).map(|i| format!("orioledb_data/{w}/{i}")).collect();
             // One barrier key, one write-through key, one undo file overwritten in place.
-            keys.push(["data/orioledb_data/control", "wal/000000010000000000000007", "orioledb_undo/x", "data/1/global/pg_control"][w].to_owned());
+            keys.push(
+                [
+                    "data/orioledb_data/control",
+                    "wal/000000010000000000000007",
+                    "orioledb_undo/x",
+                    "data/1/global/pg_control",
+                ][w]
+                    .to_owned(),
+            );
             let states = keys.iter().map(|k| (k.clone(), vec![None])).collect();
             Arc::new(Mutex::new(Model { keys, states }))
         })
@@ -550,7 +640,11 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
         for k in &m.keys {
             let got = perch_get(&s, k);
             assert!(m.states[k].contains(&got), "{k}: final state not allowed");
-            assert_eq!(moto_get(&s, k), got, "{k}: the origin holds another version than perch serves");
+            assert_eq!(
+                moto_get(&s, k),
+                got,
+                "{k}: the origin holds another version than perch serves"
+            );
         }
     }
 }
@@ -583,7 +677,12 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     let perch = perch_bench::servers::PerchServer::start(perch_bench::servers::PerchOptions {
         binary: wrapper,
         data_dir: data_dir.clone(),
-        args: vec!["--origin".into(), moto.endpoint.clone(), "--origin-region".into(), "us-east-1".into()],
+        args: vec![
+            "--origin".into(),
+            moto.endpoint.clone(),
+            "--origin-region".into(),
+            "us-east-1".into(),
+        ],
         env: raw::moto_env(),
     });
     raw::create_bucket(perch.addr);
@@ -591,16 +690,24 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     // while it arrives (fsynced while its MD5 is finished).
     let bodies = [pattern(100 << 10, 41), pattern(2 << 20, 42)];
     for (i, body) in bodies.iter().enumerate() {
-        let r = raw::Req::object("PUT", perch.addr, raw::Style::Path, &raw::key_path(&format!("orioledb_data/1/traced{i}")))
-            .body(body.clone())
-            .go(perch.addr);
+        let r = raw::Req::object(
+            "PUT",
+            perch.addr,
+            raw::Style::Path,
+            &raw::key_path(&format!("orioledb_data/1/traced{i}")),
+        )
+        .body(body.clone())
+        .go(perch.addr);
         assert_eq!(r.status, 200, "{}", r.summary());
     }
     // SIGTERM to perch itself (strace would only detach): strace ends with it.
     let strace_pid = perch.pid().expect("running");
     let children = std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).expect("children");
     let perch_pid = children.split_whitespace().next().expect("perch under strace");
-    let killed = std::process::Command::new("kill").args(["-TERM", perch_pid]).status().expect("kill");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", perch_pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
     let status = perch.wait(Duration::from_secs(60));
     assert!(status.success());
@@ -630,7 +737,12 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
             .iter()
             .position(|l| what(l))
             .map(|i| from + i)
-            .unwrap_or_else(|| panic!("no {name} after line {from} in the trace:\n{}", lines[from..].join("\n")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name} after line {from} in the trace:\n{}",
+                    lines[from..].join("\n")
+                )
+            })
     };
     let blobs = data_dir.join("cache").join("blobs");
     let tmp_dir = format!("{}/tmp/", blobs.display());
@@ -646,13 +758,21 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
         );
         let rename = find(
             blob_fsync,
-            &|l| l.contains("rename") && l.contains(&tmp_dir) && l.contains(&format!("{}/", blobs.display())) && l.ends_with("= 0"),
+            &|l| {
+                l.contains("rename")
+                    && l.contains(&tmp_dir)
+                    && l.contains(&format!("{}/", blobs.display()))
+                    && l.ends_with("= 0")
+            },
             "rename of the blob",
         );
         let dir_fsync = find(
             rename,
             &|l| {
-                l.contains("fsync(") && l.contains(&format!("{}/", blobs.display())) && !l.contains(&tmp_dir) && l.ends_with(">) = 0")
+                l.contains("fsync(")
+                    && l.contains(&format!("{}/", blobs.display()))
+                    && !l.contains(&tmp_dir)
+                    && l.ends_with(">) = 0")
             },
             "fsync of the blob's directory",
         );
@@ -663,7 +783,10 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
         );
         let answer = find(wal_sync, &|l| l.contains("HTTP/1.1 200"), "the HTTP 200 answer");
         let early = lines[blob_fsync..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
-        assert!(early.is_none(), "PUT {put}: an answer was written before the syncs: {early:?}");
+        assert!(
+            early.is_none(),
+            "PUT {put}: an answer was written before the syncs: {early:?}"
+        );
         from = answer + 1;
     }
 }
@@ -714,7 +837,12 @@ fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
                     .build(),
             );
         }
-        let listed = c.list_multipart_uploads().bucket(BUCKET).send().await.expect("list uploads");
+        let listed = c
+            .list_multipart_uploads()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("list uploads");
         assert_eq!(listed.uploads().len(), 1, "the staged upload is listed");
         let out = c
             .complete_multipart_upload()
@@ -725,7 +853,10 @@ fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
             .send()
             .await
             .expect("complete");
-        (out.e_tag().expect("etag").to_owned(), out.checksum_crc32().map(str::to_owned))
+        (
+            out.e_tag().expect("etag").to_owned(),
+            out.checksum_crc32().map(str::to_owned),
+        )
     });
     assert!(etag.ends_with("-2\""), "a multipart ETag: {etag}");
     let whole: Vec<u8> = parts.concat();
@@ -734,12 +865,27 @@ fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
     s.no_faults();
     s.flush(Duration::from_secs(60));
     let m = s.moto_sdk();
-    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key(key).checksum_mode(ChecksumMode::Enabled).send()).expect("head moto");
-    assert_eq!(head.e_tag(), Some(etag.as_str()), "moto holds the layout the client completed");
+    let head =
+        s.rt.block_on(
+            m.head_object()
+                .bucket(BUCKET)
+                .key(key)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send(),
+        )
+        .expect("head moto");
+    assert_eq!(
+        head.e_tag(),
+        Some(etag.as_str()),
+        "moto holds the layout the client completed"
+    );
     assert_eq!(head.content_type(), Some("application/x-test"));
     if let (Some(want), Some(got)) = (&checksum, head.checksum_crc32()) {
         // moto drops the `-N` of composite checksums on HEAD (docs/s3-compatibility.md).
-        assert!(want.starts_with(got.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit())), "{want} vs {got}");
+        assert!(
+            want.starts_with(got.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit())),
+            "{want} vs {got}"
+        );
     }
     assert_eq!(moto_get(&s, key), Some(whole));
 }
@@ -752,9 +898,14 @@ fn a_copy_of_a_pending_source_is_made_locally() {
     s.faults(r#"{"outage": true}"#);
     s.put("src/a", b"only local so far");
     let c = s.sdk();
-    let out = s
-        .rt
-        .block_on(c.copy_object().bucket(BUCKET).key("dst/a").copy_source(common::copy_source(BUCKET, "src/a")).send())
+    let out =
+        s.rt.block_on(
+            c.copy_object()
+                .bucket(BUCKET)
+                .key("dst/a")
+                .copy_source(common::copy_source(BUCKET, "src/a"))
+                .send(),
+        )
         .expect("copy");
     let etag = out.copy_object_result().and_then(|r| r.e_tag()).map(str::to_owned);
     assert_eq!(etag.as_deref(), Some(raw::md5_etag(b"only local so far").as_str()));
@@ -781,12 +932,21 @@ fn strict_barriers_are_acknowledged_once_they_and_all_before_them_are_in_the_ori
         r.status
     });
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!done.load(Ordering::SeqCst), "a strict barrier was acknowledged before the origin had it");
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "a strict barrier was acknowledged before the origin had it"
+    );
     s.no_faults();
     assert_eq!(barrier.join().expect("barrier"), 200);
     // Acknowledged: it and everything before it are in the origin already.
-    assert_eq!(moto_get(&s, "data/3/global/pg_control").as_deref(), Some(&b"control 3"[..]));
-    assert_eq!(moto_get(&s, "orioledb_data/3/part2").as_deref(), Some(&b"also before"[..]));
+    assert_eq!(
+        moto_get(&s, "data/3/global/pg_control").as_deref(),
+        Some(&b"control 3"[..])
+    );
+    assert_eq!(
+        moto_get(&s, "orioledb_data/3/part2").as_deref(),
+        Some(&b"also before"[..])
+    );
 }
 
 #[test]
@@ -802,12 +962,22 @@ fn upload_headers_are_added_to_the_uploads_of_matching_keys() {
     s.put("other", b"meta only");
     s.flush(Duration::from_secs(60));
     let m = s.moto_sdk();
-    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key("orioledb_data/1/x").send()).expect("head");
+    let head =
+        s.rt.block_on(m.head_object().bucket(BUCKET).key("orioledb_data/1/x").send())
+            .expect("head");
     assert_eq!(head.cache_control(), Some("max-age=60"));
-    assert_eq!(head.metadata().and_then(|m| m.get("written-by")).map(String::as_str), Some("perch"));
-    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key("other").send()).expect("head");
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("written-by")).map(String::as_str),
+        Some("perch")
+    );
+    let head =
+        s.rt.block_on(m.head_object().bucket(BUCKET).key("other").send())
+            .expect("head");
     assert_eq!(head.cache_control(), None);
-    assert_eq!(head.metadata().and_then(|m| m.get("written-by")).map(String::as_str), Some("perch"));
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("written-by")).map(String::as_str),
+        Some("perch")
+    );
 }
 
 /// A journal record whose blob is gone is a bug (the blob is synced before the record): Perch
@@ -822,7 +992,11 @@ fn a_journal_record_without_its_blob_stops_the_start() {
     s.faults(r#"{"outage": true}"#);
     s.put("orioledb_data/7/lost", b"acknowledged, then its blob vanishes");
     s.kill();
-    let added: Vec<_> = s.blob_files().into_iter().filter(|(p, _)| !before.contains(p)).collect();
+    let added: Vec<_> = s
+        .blob_files()
+        .into_iter()
+        .filter(|(p, _)| !before.contains(p))
+        .collect();
     assert_eq!(added.len(), 1, "one new blob: {added:?}");
     std::fs::remove_file(&added[0].0).expect("remove the blob");
     let stderr = s.start_refused();
@@ -841,9 +1015,15 @@ fn a_second_stop_signal_ends_the_drain_at_once() {
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     s.stop_clean(); // the second SIGTERM
-    assert!(started.elapsed() < Duration::from_secs(10), "the drain went on after a second signal");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the drain went on after a second signal"
+    );
     s.no_faults();
     s.start_again();
     s.flush(Duration::from_secs(60));
-    assert_eq!(moto_get(&s, "orioledb_data/1/a").as_deref(), Some(&b"left in the journal"[..]));
+    assert_eq!(
+        moto_get(&s, "orioledb_data/1/a").as_deref(),
+        Some(&b"left in the journal"[..])
+    );
 }
