@@ -271,6 +271,9 @@ pub(crate) struct Journal {
     epoch: std::sync::RwLock<u64>,
     /// Wakes the dispatcher.
     wake: Arc<Notify>,
+    /// How many versions are unconfirmed (`state.versions.len()`, kept beside it under the same
+    /// lock), so that reads skip the lock when there are none.
+    pending: std::sync::atomic::AtomicUsize,
     /// Bumped whenever a version is released or fails: writers waiting for room, for a key to
     /// be clean or for a confirmation look again.
     released: watch::Sender<u64>,
@@ -343,6 +346,7 @@ impl Journal {
             cfg,
             state: std::sync::Mutex::new(State::default()),
             epoch: std::sync::RwLock::new(0),
+            pending: std::sync::atomic::AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
             released: watch::channel(0).0,
             stats,
@@ -351,6 +355,10 @@ impl Journal {
 
     /// Whether the newest unconfirmed version of `okey` is a delete.
     pub(crate) fn deleted(&self, okey: &str) -> bool {
+        // Every GET and HEAD asks: without pending versions, the answer needs no lock.
+        if self.pending.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return false;
+        }
         let st = lock(&self.state);
         st.keys
             .get(okey)
@@ -369,7 +377,10 @@ impl Journal {
         self.wake.notify_one();
     }
 
+    /// Called under the state lock after every change of `st.versions`.
     fn refresh_gauges(&self, st: &State) {
+        self.pending
+            .store(st.versions.len(), std::sync::atomic::Ordering::SeqCst);
         self.stats.dirty_objects.set(st.versions.len() as i64);
         self.stats.dirty_bytes.set(st.dirty_bytes as i64);
         self.stats.failed.set(st.failed.len() as i64);

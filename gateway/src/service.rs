@@ -334,6 +334,19 @@ macro_rules! content_headers {
     };
 }
 
+/// The answer to a PUT: its ETag and the checksums it keeps.
+fn put_output(etag: &str, c: perch_cache::origin::Checksums) -> PutObjectOutput {
+    PutObjectOutput {
+        e_tag: Some(convert::etag(etag)),
+        checksum_crc32: c.crc32,
+        checksum_crc32c: c.crc32c,
+        checksum_crc64nvme: c.crc64nvme,
+        checksum_sha1: c.sha1,
+        checksum_sha256: c.sha256,
+        ..Default::default()
+    }
+}
+
 /// Whether the request asked for checksums (`x-amz-checksum-mode: ENABLED`).
 fn checksum_mode(mode: &Option<ChecksumMode>) -> bool {
     mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
@@ -545,16 +558,7 @@ impl S3 for Gateway {
                 checksums: body.checksums.clone(),
             };
             self.put_version(&input.bucket, &input.key, &body, meta, None).await?;
-            let c = body.checksums.clone();
-            return Ok(S3Response::new(PutObjectOutput {
-                e_tag: Some(convert::etag(&etag)),
-                checksum_crc32: c.crc32,
-                checksum_crc32c: c.crc32c,
-                checksum_crc64nvme: c.crc64nvme,
-                checksum_sha1: c.sha1,
-                checksum_sha256: c.sha256,
-                ..Default::default()
-            }));
+            return Ok(S3Response::new(put_output(&etag, body.checksums.clone())));
         }
         // A conditional write: the origin decides, once it holds every earlier write of the key.
         self.settle(&input.bucket, &input.key).await?;
@@ -570,17 +574,7 @@ impl S3 for Gateway {
         // Whatever the answer, the origin may now hold a new body: forget the cached one.
         self.cache.invalidate(&input.bucket, &input.key);
         let out = out.map_err(origin_error)?;
-        let c = out.checksums;
-        let output = PutObjectOutput {
-            e_tag: Some(convert::etag(&out.etag)),
-            checksum_crc32: c.crc32,
-            checksum_crc32c: c.crc32c,
-            checksum_crc64nvme: c.crc64nvme,
-            checksum_sha1: c.sha1,
-            checksum_sha256: c.sha256,
-            ..Default::default()
-        };
-        Ok(S3Response::new(output))
+        Ok(S3Response::new(put_output(&out.etag, out.checksums)))
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
