@@ -35,6 +35,8 @@ const ALL_WRITE_BUFFERS: usize = 16 << 20;
 /// Past this much log, the column families holding its oldest writes are flushed (RocksDB's
 /// default is 4 times all write buffers: gigabytes, kept alive by the rarely written `meta`).
 const MAX_WAL: u64 = 8 << 20;
+/// What RocksDB may hold in memory at most: its block cache and memtables.
+pub const INDEX_MEMORY: u64 = (BLOCK_CACHE + ALL_WRITE_BUFFERS) as u64;
 
 /// One cached object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

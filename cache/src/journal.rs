@@ -1081,6 +1081,7 @@ impl ReadCache {
             self.hot.invalidate(&v.okey);
             let evicted = lock(&self.evictor).insert(seq, key_hash(&v.okey), e.meta.size);
             self.drop_evicted(evicted);
+            self.fit_memory();
         }
         Ok(())
     }

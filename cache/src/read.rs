@@ -13,8 +13,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::CacheError;
 use crate::blobs::{BLOCK, Blobs, BlockCrcs, read_block, read_checked, read_checked_if_cached};
 use crate::evict::Evictor;
-use crate::index::{Entry, Index, object_key};
+use crate::index::{Entry, INDEX_MEMORY, Index, object_key};
 use crate::journal::{Journal, WriteConfig};
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
 
@@ -42,7 +42,8 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     /// Limit of the disk tier (`--cache-disk-bytes`).
     pub disk_bytes: u64,
-    /// Limit of the memory tier (`--cache-memory-bytes`, 256 MiB).
+    /// The cache's memory budget (`--cache-memory-bytes`, 256 MiB): the index's caches and the
+    /// disk tier's eviction state, and the memory tier in what they leave.
     pub memory_bytes: u64,
     /// Objects up to this size also live in memory (1 MiB: an OrioleDB data part).
     pub memory_object_max: u64,
@@ -107,6 +108,8 @@ struct CacheStats {
     resumed: Counter,
     size: Family<TierLabel, Gauge>,
     entries: Family<TierLabel, Gauge>,
+    limit: Family<TierLabel, Gauge>,
+    eviction_state: Gauge,
 }
 
 impl CacheStats {
@@ -158,12 +161,23 @@ impl CacheStats {
         );
         r.register("perch_cache_size_bytes", "Bytes held, by tier", self.size.clone());
         r.register("perch_cache_entries", "Objects held, by tier", self.entries.clone());
+        r.register(
+            "perch_cache_limit_bytes",
+            "Limit of each tier; the memory tier's is what --cache-memory-bytes leaves after the index and the eviction state",
+            self.limit.clone(),
+        );
+        r.register(
+            "perch_cache_eviction_state_bytes",
+            "Memory of the disk tier's eviction order (part of --cache-memory-bytes)",
+            self.eviction_state.clone(),
+        );
         // Every series from the start, at 0, rather than appearing at its first event.
         for tier in [&MEMORY, &DISK] {
             let _ = self.hits.get_or_create(tier);
             let _ = self.evictions.get_or_create(tier);
             let _ = self.size.get_or_create(tier);
             let _ = self.entries.get_or_create(tier);
+            let _ = self.limit.get_or_create(tier);
         }
         for tier in [&MEMORY, &DISK, &ORIGIN] {
             let _ = self.bytes_served.get_or_create(tier);
@@ -183,10 +197,93 @@ const ORIGIN: TierLabel = TierLabel { tier: "origin" };
 /// bytes). Measured: 1 KiB objects held ~2 KB of resident memory each.
 const HOT_OVERHEAD: usize = 1024;
 
+/// Reads whose times wait for the next flush, at most (beyond, the flush is started at once): a
+/// burst of distinct reads must not grow the map without bound (~100 bytes a key).
+const READS_FLUSH_AT: usize = 16_384;
+
 /// A small object held in memory, with the entry it came from.
 pub(crate) struct HotObject {
     entry: Entry,
     body: Bytes,
+}
+
+/// The memory tier: moka (TinyLFU admission, LRU eviction), weighed in bytes. Its limit is what
+/// the cache's memory budget leaves, so it changes as the disk tier grows or shrinks: a new limit
+/// takes effect by starting an empty tier (moka's limit is fixed), which `ReadCache::fit_memory`
+/// does only when the limit moved by more than 1/32 of the budget (after the start's rebuild, or
+/// every few hundred thousand disk entries).
+pub(crate) struct HotTier {
+    cache: RwLock<moka::sync::Cache<String, Arc<HotObject>>>,
+    capacity: AtomicU64,
+    stats: CacheStats,
+}
+
+impl HotTier {
+    fn new(capacity: u64, stats: CacheStats) -> HotTier {
+        HotTier {
+            cache: RwLock::new(Self::build(capacity, &stats)),
+            capacity: AtomicU64::new(capacity),
+            stats,
+        }
+    }
+
+    fn build(capacity: u64, stats: &CacheStats) -> moka::sync::Cache<String, Arc<HotObject>> {
+        let stats = stats.clone();
+        moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|k: &String, v: &Arc<HotObject>| {
+                u32::try_from(k.len() + v.body.len() + HOT_OVERHEAD).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    stats.evictions.get_or_create(&MEMORY).inc();
+                }
+            })
+            .build()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, moka::sync::Cache<String, Arc<HotObject>>> {
+        // The lock guards a plain swap: a panic cannot leave it inconsistent.
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, okey: &str) -> Option<Arc<HotObject>> {
+        self.read().get(okey)
+    }
+
+    pub(crate) fn contains_key(&self, okey: &str) -> bool {
+        self.read().contains_key(okey)
+    }
+
+    pub(crate) fn insert(&self, okey: String, object: Arc<HotObject>) {
+        self.read().insert(okey, object)
+    }
+
+    pub(crate) fn invalidate(&self, okey: &str) {
+        self.read().invalidate(okey)
+    }
+
+    /// The limit, in weighed bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Settles moka's pending work; returns the weighed size and the entry count.
+    fn settle(&self) -> (u64, u64) {
+        let c = self.read();
+        c.run_pending_tasks();
+        (c.weighted_size(), c.entry_count())
+    }
+
+    /// Starts an empty tier with a new limit (the old one's objects are dropped: they would have
+    /// to be re-admitted one by one, under a lock that every request takes).
+    fn resize(&self, capacity: u64) {
+        let fresh = Self::build(capacity, &self.stats);
+        let old = std::mem::replace(&mut *self.cache.write().unwrap_or_else(|p| p.into_inner()), fresh);
+        self.capacity.store(capacity, Ordering::Relaxed);
+        drop(old);
+        release_free_memory();
+    }
 }
 
 /// An origin fetch into a temp file that any number of readers stream from as it grows.
@@ -251,7 +348,7 @@ pub struct ReadCache {
     pub(crate) upload_origin: Arc<dyn Origin>,
     pub(crate) index: Index,
     pub(crate) blobs: Blobs,
-    pub(crate) hot: moka::sync::Cache<String, Arc<HotObject>>,
+    pub(crate) hot: HotTier,
     pub(crate) evictor: Mutex<Evictor>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// Versions written through Perch and not yet in the origin.
@@ -264,6 +361,8 @@ pub struct ReadCache {
     pub(crate) unsynced_release: AtomicBool,
     /// Reads since the last flush of access times.
     reads: Mutex<HashMap<String, SystemTime>>,
+    /// Wakes the flush of access times early, when `reads` has grown to `READS_FLUSH_AT`.
+    flush_soon: Arc<tokio::sync::Notify>,
     stats: CacheStats,
 }
 
@@ -277,6 +376,16 @@ pub(crate) fn key_hash(okey: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     okey.hash(&mut h);
     h.finish()
+}
+
+/// Hands memory freed inside the allocator's arenas back to the kernel. The rebuild's scan and
+/// merges free tens of MB in the middle of an arena, which glibc keeps unless asked (~1 ms).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Whether an ETag is the plain MD5 of the body (single-part upload, no encryption).
@@ -327,18 +436,7 @@ impl ReadCache {
             stats.register(r);
         }
         let journal = Journal::new(cfg.write.clone(), registry);
-        let hot_stats = stats.clone();
-        let hot = moka::sync::Cache::builder()
-            .max_capacity(cfg.memory_bytes)
-            .weigher(|k: &String, v: &Arc<HotObject>| {
-                u32::try_from(k.len() + v.body.len() + HOT_OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .eviction_listener(move |_k, _v, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    hot_stats.evictions.get_or_create(&MEMORY).inc();
-                }
-            })
-            .build();
+        let hot = HotTier::new(cfg.memory_bytes.saturating_sub(INDEX_MEMORY), stats.clone());
         let cache = Arc::new(ReadCache {
             evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
             cfg,
@@ -352,6 +450,7 @@ impl ReadCache {
             key_locks: (0..64).map(|_| Mutex::new(())).collect(),
             unsynced_release: AtomicBool::new(false),
             reads: Mutex::new(HashMap::new()),
+            flush_soon: Arc::new(tokio::sync::Notify::new()),
             stats,
         });
         let replayed = cache.replay_journal()?;
@@ -362,9 +461,10 @@ impl ReadCache {
         let warm = cache.clone();
         tokio::task::spawn_blocking(move || warm.rebuild_eviction_order());
         let flush = Arc::downgrade(&cache);
+        let soon = cache.flush_soon.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), soon.notified()).await;
                 let Some(cache) = flush.upgrade() else { return };
                 cache.flush_access_times();
             }
@@ -390,7 +490,9 @@ impl ReadCache {
             let evicted = lock(&self.evictor).insert(e.blob, e.key_hash, e.size);
             self.drop_evicted(evicted);
         }
+        self.fit_memory();
         self.refresh_gauges();
+        release_free_memory();
         tracing::info!(
             entries = count,
             ms = started.elapsed().as_millis() as u64,
@@ -430,21 +532,34 @@ impl ReadCache {
         }
     }
 
+    /// Gives the memory tier what the budget leaves after the index's caches and the disk tier's
+    /// eviction state, once that moved enough to be worth emptying the tier for (see `HotTier`).
+    pub(crate) fn fit_memory(&self) {
+        let tracked = lock(&self.evictor).heap_bytes() as u64;
+        let limit = self.cfg.memory_bytes.saturating_sub(INDEX_MEMORY + tracked);
+        let now = self.hot.capacity();
+        if limit.abs_diff(now) > (self.cfg.memory_bytes / 32).max(1 << 20) || (limit < now && limit == 0) {
+            tracing::info!(
+                memory_tier_bytes = limit,
+                eviction_state_bytes = tracked,
+                "memory tier limit follows the disk tier"
+            );
+            self.hot.resize(limit);
+        }
+    }
+
     /// Brings the size and entry gauges up to date (also called before metrics are rendered).
     pub fn refresh_gauges(&self) {
         // moka counts inserts and removals lazily: settle them so that the gauges are current.
-        self.hot.run_pending_tasks();
-        self.stats
-            .size
-            .get_or_create(&MEMORY)
-            .set(self.hot.weighted_size() as i64);
-        self.stats
-            .entries
-            .get_or_create(&MEMORY)
-            .set(self.hot.entry_count() as i64);
+        let (hot_size, hot_entries) = self.hot.settle();
+        self.stats.size.get_or_create(&MEMORY).set(hot_size as i64);
+        self.stats.entries.get_or_create(&MEMORY).set(hot_entries as i64);
+        self.stats.limit.get_or_create(&MEMORY).set(self.hot.capacity() as i64);
         let e = lock(&self.evictor);
         self.stats.size.get_or_create(&DISK).set(e.used() as i64);
         self.stats.entries.get_or_create(&DISK).set(e.len() as i64);
+        self.stats.limit.get_or_create(&DISK).set(e.capacity() as i64);
+        self.stats.eviction_state.set(e.heap_bytes() as i64);
     }
 
     /// The lock of `okey`'s stripe.
@@ -462,7 +577,16 @@ impl ReadCache {
 
     fn note_read(&self, okey: &str, blob: u64) {
         lock(&self.evictor).touch(blob);
-        lock(&self.reads).insert(okey.to_owned(), SystemTime::now());
+        let now = SystemTime::now();
+        let mut reads = lock(&self.reads);
+        if let Some(at) = reads.get_mut(okey) {
+            *at = now;
+        } else {
+            reads.insert(okey.to_owned(), now);
+            if reads.len() == READS_FLUSH_AT {
+                self.flush_soon.notify_one();
+            }
+        }
     }
 
     /// Called before blob files are removed: see `unsynced_release`.
@@ -1101,6 +1225,7 @@ impl ReadCache {
             self.hot.insert(okey.to_owned(), Arc::new(HotObject { entry, body }));
         }
         self.drop_evicted(evicted);
+        self.fit_memory();
         self.refresh_gauges();
         Ok(())
     }

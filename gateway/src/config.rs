@@ -82,7 +82,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_CACHE_DISK_BYTES", value_name = "SIZE")]
     pub cache_disk_bytes: Option<String>,
 
-    /// Size limit of the memory cache (objects up to 1 MiB) [default: 256MiB]
+    /// Memory budget of the cache: the index's caches (24 MiB), the disk tier's eviction order
+    /// (~28 bytes an entry), and the memory tier of objects up to 1 MiB in what is left
+    /// [default: 256MiB]
     #[arg(long, env = "PERCH_CACHE_MEMORY_BYTES", value_name = "SIZE")]
     pub cache_memory_bytes: Option<String>,
 

@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = Config::resolve(*args)?;
             init_logs(config.log_format);
+            limit_malloc_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -73,6 +74,21 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
+    }
+}
+
+/// One malloc arena for the whole process, unless `MALLOC_ARENA_MAX` says otherwise. glibc gives
+/// each busy thread an arena of its own (up to 8 per core) and keeps what is freed for the arena
+/// it came from; the memory tier's objects are allocated and freed on different Tokio and blocking
+/// threads, which left ~30 MiB free but resident at 1M entries (docs/adr/0007-memory-budget.md).
+/// Small allocations stay thread-local in glibc's tcache, so one arena costs no throughput here.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter (under its own lock), at start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
     }
 }
 

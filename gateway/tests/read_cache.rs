@@ -213,7 +213,8 @@ fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_pop
     const LIMIT: usize = 3 * MIB;
     const SIZE: usize = 256 * KIB;
     const SCAN: usize = 24;
-    let s = Stack::start(&["--cache-disk-bytes", "3MiB", "--cache-memory-bytes", "1MiB"]);
+    // The memory budget covers the index's 24 MiB first: this leaves a 1 MiB memory tier.
+    let s = Stack::start(&["--cache-disk-bytes", "3MiB", "--cache-memory-bytes", "25MiB"]);
     let _g = s.guard();
     let popular = pattern(SIZE, 100);
     let once = pattern(SIZE, 101);
