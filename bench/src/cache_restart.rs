@@ -109,7 +109,8 @@ pub struct CacheRestartArgs {
 }
 
 /// The object key of entry `i`: shaped like OrioleDB's data files (immutable, never revalidated).
-fn key_of(i: u64) -> String {
+/// The key of entry `i` of a populated data dir.
+pub fn key_of(i: u64) -> String {
     format!("orioledb_data/1/5/{}.0.{}", 16384 + i / 1000, i % 1000)
 }
 
@@ -153,12 +154,28 @@ fn disk_usage(dir: &Path) -> Option<u64> {
         .ok()
 }
 
-/// Writes `entries` cache entries into `<root>/perch/cache`: blob files through `Blobs::commit`,
-/// index records through `Index::put`, and a last-read time for each through `Index::record_access`.
+/// Writes `entries` cache entries of `body_size` bytes (`data::body_bytes(seed, key_of(i), 0, _)`)
+/// of `bucket` into the data dir of a stopped Perch, as `perch-bench cache-restart` does.
+pub fn populate_data_dir(data_dir: &Path, entries: u64, body_size: u64, seed: u64, bucket: &str) -> anyhow::Result<()> {
+    let p = Populated {
+        entries,
+        body_size,
+        seed,
+        bucket: bucket.to_owned(),
+    };
+    populate_cache(&data_dir.join("cache"), &p).map(|_| ())
+}
+
+/// Writes `entries` cache entries into `<root>/perch/cache`.
 fn populate(root: &Path, p: &Populated) -> anyhow::Result<f64> {
+    populate_cache(&root.join("perch").join("cache"), p)
+}
+
+/// Writes the entries into `cache_dir`: blob files through `Blobs::commit`, index records through
+/// `Index::put`, and a last-read time for each through `Index::record_access`.
+fn populate_cache(cache_dir: &Path, p: &Populated) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let cache_dir = root.join("perch").join("cache");
-    std::fs::create_dir_all(&cache_dir)?;
+    std::fs::create_dir_all(cache_dir)?;
     let index = Index::open(&cache_dir.join("index")).context("opening the index")?;
     let blobs = Blobs::open(cache_dir.join("blobs")).context("opening the blob dir")?;
     let now = SystemTime::now();

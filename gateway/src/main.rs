@@ -77,17 +77,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One malloc arena for the whole process, unless `MALLOC_ARENA_MAX` says otherwise. glibc gives
+/// Two malloc arenas for the whole process, unless `MALLOC_ARENA_MAX` says otherwise. glibc gives
 /// each busy thread an arena of its own (up to 8 per core) and keeps what is freed for the arena
 /// it came from; the memory tier's objects are allocated and freed on different Tokio and blocking
-/// threads, which left ~30 MiB free but resident at 1M entries (docs/adr/0007-memory-budget.md).
-/// Small allocations stay thread-local in glibc's tcache, so one arena costs no throughput here.
+/// threads, which left ~30 MiB free but resident at 1M entries. One arena saved 7 MiB more but cost
+/// a quarter of the disk-hit throughput in lock contention (docs/adr/0007-memory-budget.md).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter (under its own lock), at start.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
 }

@@ -206,6 +206,70 @@ fn concurrent_cold_gets_make_one_origin_request_and_all_get_the_whole_body() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Memory budget
+
+/// `--cache-memory-bytes` is shared: RocksDB's caches (24 MiB) and the disk tier's eviction order
+/// come first, the memory tier gets the rest, and its limit follows the disk tier after a start.
+#[test]
+fn the_memory_budget_covers_the_index_and_the_eviction_order() {
+    const BUDGET: f64 = (30 * MIB) as f64;
+    const INDEX: f64 = (24 * MIB) as f64;
+    const ENTRIES: u64 = 50_000;
+    const SEED: u64 = 7;
+    let mut s = Stack::start(&["--cache-memory-bytes", "30MiB"]);
+    let _g = s.guard();
+    let memory_limit = "perch_cache_limit_bytes{tier=\"memory\"}";
+    s.assert_metric(memory_limit, BUDGET - INDEX);
+    s.assert_metric("perch_cache_eviction_state_bytes", 0.0);
+
+    // 50,000 entries of 1 KiB, written into the stopped Perch's data dir as the restart bench does.
+    s.stop_clean();
+    perch_bench::cache_restart::populate_data_dir(&s.data_dir, ENTRIES, KIB as u64, SEED, BUCKET)
+        .expect("populating the data dir");
+    s.start_again();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.metric(memory_limit) == BUDGET - INDEX {
+        assert!(
+            Instant::now() < deadline,
+            "the memory tier's limit never followed the rebuilt eviction order:\n{}",
+            s.metrics_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.assert_metric("perch_cache_entries{tier=\"disk\"}", ENTRIES as f64);
+    let state = s.metric("perch_cache_eviction_state_bytes");
+    assert!(
+        state >= (ENTRIES * 20) as f64 && state <= (ENTRIES * 40) as f64,
+        "{state} bytes of eviction order for {ENTRIES} entries"
+    );
+    let limit = s.metric(memory_limit);
+    assert_eq!(
+        limit,
+        BUDGET - INDEX - state,
+        "the memory tier gets what the budget leaves"
+    );
+
+    // Hits of 6,000 distinct entries (~12 MB weighed) go through that smaller memory tier.
+    s.proxy.reset();
+    for i in 0..6_000 {
+        let key = perch_bench::cache_restart::key_of(i);
+        let body = perch_bench::data::body_bytes(SEED, &key, 0, KIB);
+        let r = s.get(&key);
+        assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
+        assert_eq!(r.header("X-Cache"), Some("HIT"), "X-Cache of GET {key}");
+        assert!(r.body == body, "GET {key}: not the populated body");
+    }
+    s.assert_counts(&[], "hits of populated entries");
+    let held = s.metric("perch_cache_size_bytes{tier=\"memory\"}");
+    assert!(
+        held > 0.0 && held <= limit,
+        "the memory tier holds {held} bytes, its limit is {limit}"
+    );
+    assert!(s.metric("perch_cache_evictions_total{tier=\"memory\"}") > 0.0);
+    s.assert_metric(memory_limit, limit);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Eviction
 
 #[test]
