@@ -81,17 +81,20 @@ impl Slots {
         self.position(id).is_some() || self.recent.contains_key(&id)
     }
 
-    fn set(&mut self, id: u64, slot: Slot) {
+    /// Changes the slot of `id` in place (one search); returns it as changed.
+    fn modify(&mut self, id: u64, change: impl FnOnce(&mut Slot)) -> Option<Slot> {
         match self.position(id) {
             Some(i) => {
+                let mut slot = Slot::unpack(self.packed[i], self.hashes[i]);
+                change(&mut slot);
                 self.packed[i] = slot.pack();
                 self.hashes[i] = slot.key_hash;
+                Some(slot)
             }
-            None => {
-                if let Some(s) = self.recent.get_mut(&id) {
-                    *s = slot;
-                }
-            }
+            None => self.recent.get_mut(&id).map(|slot| {
+                change(slot);
+                *slot
+            }),
         }
     }
 
@@ -277,12 +280,7 @@ impl Evictor {
 
     /// Records a read of `id`.
     pub fn touch(&mut self, id: u64) {
-        if let Some(mut slot) = self.slots.get(id)
-            && slot.freq < MAX_FREQ
-        {
-            slot.freq += 1;
-            self.slots.set(id, slot);
-        }
+        self.slots.modify(id, |slot| slot.freq = (slot.freq + 1).min(MAX_FREQ));
     }
 
     /// Stops tracking `id` (deleted or overwritten); its bytes no longer count.
@@ -335,7 +333,7 @@ impl Evictor {
                 if slot.freq > 0 {
                     slot.freq = 0;
                     slot.in_main = true;
-                    self.slots.set(id, slot);
+                    self.slots.modify(id, |s| *s = slot);
                     self.small_used -= slot.size;
                     self.main_used += slot.size;
                     self.main.push_back(id);
@@ -353,7 +351,7 @@ impl Evictor {
                 }
                 if slot.freq > 0 {
                     slot.freq -= 1;
-                    self.slots.set(id, slot);
+                    self.slots.modify(id, |s| *s = slot);
                     self.main.push_back(id);
                     continue;
                 }
@@ -488,7 +486,7 @@ mod tests {
                 _ => {
                     let id = x % next;
                     if model.contains_key(&id) {
-                        slots.set(id, slot);
+                        slots.modify(id, |s| *s = slot);
                         model.insert(id, slot);
                     }
                 }
