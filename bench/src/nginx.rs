@@ -90,6 +90,11 @@ pub struct NginxArgs {
         default_value_t = 2
     )]
     pub rounds: usize,
+    /// Send nginx the same SigV4-signed GETs as Perch (nginx ignores the signature): the same
+    /// request bytes and the same signing work in the client for every target, so that the ratio
+    /// compares the servers alone. Without it nginx gets plain unsigned GETs.
+    #[arg(id = "nginx-signed", long = "nginx-signed")]
+    pub signed: bool,
     /// Client mode (nginx is usually measured with keep-alive).
     #[arg(
         id = "nginx-connection",
@@ -399,20 +404,20 @@ pub async fn compare_section(
     perch_t.bucket = bucket.clone();
     let mut origin_t = (*origin).clone();
     origin_t.name = ORIGIN.to_owned();
+    let plain = |name: &str, port: u16| {
+        let mut t = Target::new(
+            name,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            &bucket,
+            Kind::Plain,
+        );
+        t.sign_plain = args.signed;
+        Arc::new(t)
+    };
     let targets: Vec<Arc<Target>> = vec![
         Arc::new(perch_t),
-        Arc::new(Target::new(
-            NGINX_STATIC,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, nginx.config.static_port)),
-            &bucket,
-            Kind::Plain,
-        )),
-        Arc::new(Target::new(
-            NGINX_PROXY,
-            SocketAddr::from((Ipv4Addr::LOCALHOST, nginx.config.proxy_port)),
-            &bucket,
-            Kind::Plain,
-        )),
+        plain(NGINX_STATIC, nginx.config.static_port),
+        plain(NGINX_PROXY, nginx.config.proxy_port),
         Arc::new(origin_t),
     ];
     let mut workloads = Vec::new();
@@ -467,6 +472,7 @@ pub async fn compare_section(
         "objects_per_size": args.objects,
         "budget_per_target": budget.describe(),
         "rounds": args.rounds,
+        "nginx_requests": if args.signed { "signed" } else { "unsigned" },
         "verify_sha256": !common.no_verify,
         "seed": seed,
     });
@@ -478,8 +484,9 @@ pub async fn compare_section(
         comparisons,
         notes: vec![
             "nginx-static serves the objects from local files; nginx-proxy-cache is `proxy_cache` in front of the \
-             origin (warmed, so it serves hits from its disk cache); both get plain unsigned GETs, Perch and the \
-             origin get SigV4-signed GETs"
+             origin (warmed, so it serves hits from its disk cache); Perch and the origin get SigV4-signed GETs, \
+             nginx the same signed GETs with --nginx-signed (it ignores the signature), plain unsigned ones \
+             without"
                 .into(),
             "nginx runs with `sendfile off` (loopback sendfile stalls 40 ms per response otherwise)".into(),
         ],

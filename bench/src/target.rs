@@ -39,6 +39,9 @@ pub struct Target {
     pub kind: Kind,
     /// Perch's admin listener, for `/metrics` (cache hit and miss counters).
     pub admin: Option<SocketAddr>,
+    /// A plain target sent the same SigV4 headers as an S3 one (which it ignores), so that both
+    /// get the same request bytes and cost the client the same signing.
+    pub sign_plain: bool,
 }
 
 impl Target {
@@ -62,6 +65,7 @@ impl Target {
             style: Style::Path,
             kind: Kind::S3,
             admin: None,
+            sign_plain: false,
         };
         for part in parts {
             let (k, v) = part
@@ -105,6 +109,7 @@ impl Target {
             style: Style::Path,
             kind,
             admin: None,
+            sign_plain: false,
         }
     }
 
