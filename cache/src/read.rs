@@ -436,6 +436,13 @@ impl ReadCache {
             stats.register(r);
         }
         let journal = Journal::new(cfg.write.clone(), registry);
+        if cfg.memory_bytes > 0 && cfg.memory_bytes <= INDEX_MEMORY {
+            tracing::warn!(
+                memory_bytes = cfg.memory_bytes,
+                index_bytes = INDEX_MEMORY,
+                "the cache's memory budget leaves nothing for the memory tier after the index's caches: every hit is a disk hit"
+            );
+        }
         let hot = HotTier::new(cfg.memory_bytes.saturating_sub(INDEX_MEMORY), stats.clone());
         let cache = Arc::new(ReadCache {
             evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
