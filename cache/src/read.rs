@@ -378,6 +378,14 @@ pub(crate) fn key_hash(okey: &str) -> u64 {
     h.finish()
 }
 
+/// What the memory budget leaves the memory tier: the budget less RocksDB's caches, the disk
+/// tier's eviction order, and 1/16 of the budget for the allocator's own overhead (free memory
+/// the memory tier's churn leaves inside malloc's arenas: 4–7% of the budget, measured at a
+/// million entries), so that the budget bounds what the cache really makes the process hold.
+pub(crate) fn memory_tier_limit(budget: u64, eviction_state: u64) -> u64 {
+    budget.saturating_sub(INDEX_MEMORY + budget / 16 + eviction_state)
+}
+
 /// Hands memory freed inside the allocator's arenas back to the kernel. The rebuild's scan and
 /// merges free tens of MB in the middle of an arena, which glibc keeps unless asked (~1 ms).
 fn release_free_memory() {
@@ -436,14 +444,14 @@ impl ReadCache {
             stats.register(r);
         }
         let journal = Journal::new(cfg.write.clone(), registry);
-        if cfg.memory_bytes > 0 && cfg.memory_bytes <= INDEX_MEMORY {
+        if cfg.memory_bytes > 0 && memory_tier_limit(cfg.memory_bytes, 0) == 0 {
             tracing::warn!(
                 memory_bytes = cfg.memory_bytes,
                 index_bytes = INDEX_MEMORY,
                 "the cache's memory budget leaves nothing for the memory tier after the index's caches: every hit is a disk hit"
             );
         }
-        let hot = HotTier::new(cfg.memory_bytes.saturating_sub(INDEX_MEMORY), stats.clone());
+        let hot = HotTier::new(memory_tier_limit(cfg.memory_bytes, 0), stats.clone());
         let cache = Arc::new(ReadCache {
             evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
             cfg,
@@ -543,7 +551,7 @@ impl ReadCache {
     /// eviction state, once that moved enough to be worth emptying the tier for (see `HotTier`).
     pub(crate) fn fit_memory(&self) {
         let tracked = lock(&self.evictor).heap_bytes() as u64;
-        let limit = self.cfg.memory_bytes.saturating_sub(INDEX_MEMORY + tracked);
+        let limit = memory_tier_limit(self.cfg.memory_bytes, tracked);
         let now = self.hot.capacity();
         if limit.abs_diff(now) > (self.cfg.memory_bytes / 32).max(1 << 20) || (limit < now && limit == 0) {
             tracing::info!(

@@ -83,8 +83,8 @@ pub struct ServeArgs {
     pub cache_disk_bytes: Option<String>,
 
     /// Memory budget of the cache: the index's caches (24 MiB), the disk tier's eviction order
-    /// (~28 bytes an entry), and the memory tier of objects up to 1 MiB in what is left
-    /// [default: 256MiB]
+    /// (~28 bytes an entry), 1/16 for the allocator's overhead, and the memory tier of objects up
+    /// to 1 MiB in what is left [default: 256MiB]
     #[arg(long, env = "PERCH_CACHE_MEMORY_BYTES", value_name = "SIZE")]
     pub cache_memory_bytes: Option<String>,
 
