@@ -163,7 +163,7 @@ impl CacheStats {
         r.register("perch_cache_entries", "Objects held, by tier", self.entries.clone());
         r.register(
             "perch_cache_limit_bytes",
-            "Limit of each tier; the memory tier's is what --cache-memory-bytes leaves after the index and the eviction state",
+            "Limit of each tier; the memory tier's is what --cache-memory-bytes leaves after the index, the allocator's share and the eviction state",
             self.limit.clone(),
         );
         r.register(
@@ -448,7 +448,7 @@ impl ReadCache {
             tracing::warn!(
                 memory_bytes = cfg.memory_bytes,
                 index_bytes = INDEX_MEMORY,
-                "the cache's memory budget leaves nothing for the memory tier after the index's caches: every hit is a disk hit"
+                "the cache's memory budget leaves nothing for the memory tier after the index's caches and the allocator's share: every hit is a disk hit"
             );
         }
         let hot = HotTier::new(memory_tier_limit(cfg.memory_bytes, 0), stats.clone());
