@@ -661,6 +661,8 @@ impl S3 for Gateway {
             directive,
         };
         if self.cache.has_pending(&copy.src_bucket, &copy.src_key) {
+            copy.check_not_onto_itself(&input.bucket, &input.key)
+                .map_err(origin_error)?;
             return self.copy_pending(&input.bucket, &input.key, copy).await;
         }
         // The origin copies: first it must hold every write of both keys.

@@ -910,6 +910,29 @@ fn a_copy_of_a_pending_source_is_made_locally() {
     let etag = out.copy_object_result().and_then(|r| r.e_tag()).map(str::to_owned);
     assert_eq!(etag.as_deref(), Some(raw::md5_etag(b"only local so far").as_str()));
     assert_eq!(perch_get(&s, "dst/a").as_deref(), Some(&b"only local so far"[..]));
+    // Onto itself without a change: refused as S3 refuses it, pending or not; with REPLACE, made.
+    common::expect_err(
+        s.rt.block_on(
+            c.copy_object()
+                .bucket(BUCKET)
+                .key("src/a")
+                .copy_source(common::copy_source(BUCKET, "src/a"))
+                .send(),
+        ),
+        400,
+        Some("InvalidRequest"),
+    );
+    s.rt.block_on(
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("src/a")
+            .copy_source(common::copy_source(BUCKET, "src/a"))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type("text/plain")
+            .send(),
+    )
+    .expect("copy onto itself with REPLACE");
+    assert_eq!(perch_get(&s, "src/a").as_deref(), Some(&b"only local so far"[..]));
     s.no_faults();
     s.flush(Duration::from_secs(60));
     assert_eq!(moto_get(&s, "dst/a").as_deref(), Some(&b"only local so far"[..]));

@@ -464,14 +464,7 @@ impl Origin for FsOrigin {
     async fn copy_object(&self, bucket: &str, key: &str, input: &CopyInput) -> OriginResult<CopyOutput> {
         let b = self.bucket(bucket)?;
         validate_key(key)?;
-        if input.src_bucket == bucket && input.src_key == key && input.directive == MetadataDirective::Copy {
-            return Err(OriginError::rejected(
-                400,
-                "InvalidRequest",
-                "This copy request is illegal because it is trying to copy an object to itself without changing \
-                 the object's metadata, storage class, website redirect location or encryption attributes.",
-            ));
-        }
+        input.check_not_onto_itself(bucket, key)?;
         let (file, src, _) = self.open_object(&input.src_bucket, &input.src_key).await?;
         input.conditions.check(&src).map_err(|e| match e {
             OriginError::NotModified => OriginError::PreconditionFailed,

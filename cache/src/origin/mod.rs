@@ -433,6 +433,22 @@ pub struct CopyInput {
     pub directive: MetadataDirective,
 }
 
+impl CopyInput {
+    /// Refuses a copy of an object onto itself that changes nothing, as S3 does (400
+    /// InvalidRequest). Whoever makes the copy checks it: the origin, or Perch for a pending source.
+    pub fn check_not_onto_itself(&self, bucket: &str, key: &str) -> OriginResult<()> {
+        if self.src_bucket == bucket && self.src_key == key && self.directive == MetadataDirective::Copy {
+            return Err(OriginError::rejected(
+                400,
+                "InvalidRequest",
+                "This copy request is illegal because it is trying to copy an object to itself without changing \
+                 the object's metadata, storage class, website redirect location or encryption attributes.",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOutput {
     pub etag: String,
