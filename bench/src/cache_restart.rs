@@ -1,6 +1,6 @@
 //! `perch-bench cache-restart`: how fast a restarted Perch serves a large read cache, and what it
-//! costs in memory. It fills a data dir with N cache entries straight through perch-cache's index
-//! and blob API (no HTTP, so a million entries take a minute, not an hour), then starts the real
+//! costs in memory. It fills a data dir with N cache entries through perch-cache's `Seeder`
+//! (no HTTP, so a million entries take a minute, not an hour), then starts the real
 //! `perch` on it, in front of an origin that holds nothing (any miss would fail), and measures:
 //! the time from spawn to the first verified HIT, the time until the background rebuild of the
 //! eviction order is done, and the resident memory of the process after the rebuild, after a
@@ -19,11 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use perch_cache::{
-    blobs::{Blobs, BlockCrcs},
-    index::{Entry, Index, object_key},
-    origin::{Checksums, ContentHeaders, ObjectMeta},
-};
+use perch_cache::{Checksums, ContentHeaders, ObjectMeta, Seeder};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -163,21 +159,18 @@ pub fn populate_data_dir(data_dir: &Path, entries: u64, body_size: u64, seed: u6
         seed,
         bucket: bucket.to_owned(),
     };
-    populate_cache(&data_dir.join("cache"), &p).map(|_| ())
+    seed_data_dir(data_dir, &p).map(|_| ())
 }
 
 /// Writes `entries` cache entries into `<root>/perch/cache`.
 fn populate(root: &Path, p: &Populated) -> anyhow::Result<f64> {
-    populate_cache(&root.join("perch").join("cache"), p)
+    seed_data_dir(&root.join("perch"), p)
 }
 
-/// Writes the entries into `cache_dir`: blob files through `Blobs::commit`, index records through
-/// `Index::put`, and a last-read time for each through `Index::record_access`.
-fn populate_cache(cache_dir: &Path, p: &Populated) -> anyhow::Result<f64> {
+/// Writes the entries into the data dir `data_dir` with a `Seeder`, with a last-read time for each.
+fn seed_data_dir(data_dir: &Path, p: &Populated) -> anyhow::Result<f64> {
     let started = Instant::now();
-    std::fs::create_dir_all(cache_dir)?;
-    let index = Index::open(&cache_dir.join("index")).context("opening the index")?;
-    let blobs = Blobs::open(cache_dir.join("blobs")).context("opening the blob dir")?;
+    let seeder = Seeder::open(data_dir).context("opening the data dir's cache")?;
     let now = SystemTime::now();
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -194,39 +187,25 @@ fn populate_cache(cache_dir: &Path, p: &Populated) -> anyhow::Result<f64> {
             for i in start..end {
                 let key = key_of(i);
                 let body = data::body_bytes(p.seed, &key, 0, p.body_size as usize);
-                let id = index.next_blob_id()?;
-                let temp = blobs.temp_path();
-                std::fs::write(&temp, &body).with_context(|| format!("writing {}", temp.display()))?;
-                blobs.commit(&temp, id)?;
-                let mut crcs = BlockCrcs::default();
-                crcs.update(&body);
                 // An MD5-shaped ETag (Perch does not check it against the body on a hit).
                 let etag = format!("\"{}\"", hex::encode(&data::sha256(&body)[..16]));
                 let h = mix(i ^ p.seed);
                 let modified = now - Duration::from_secs(40 * 86_400 + h % 86_400);
-                let entry = Entry {
-                    blob: id,
-                    meta: ObjectMeta {
-                        size: p.body_size,
-                        etag,
-                        last_modified: modified,
-                        headers: ContentHeaders {
-                            content_type: Some("binary/octet-stream".into()),
-                            ..Default::default()
-                        },
-                        checksums: Checksums::default(),
+                let meta = ObjectMeta {
+                    size: p.body_size,
+                    etag,
+                    last_modified: modified,
+                    headers: ContentHeaders {
+                        content_type: Some("binary/octet-stream".into()),
+                        ..Default::default()
                     },
-                    crcs: crcs.finish(),
-                    validated: modified,
-                    pending: false,
-                    origin_etag: None,
+                    checksums: Checksums::default(),
                 };
-                let okey = object_key(&p.bucket, &key);
-                index.put(&okey, &entry, None)?;
+                seeder.add(&p.bucket, &key, &meta, &body, modified)?;
                 // Last reads spread over 30 days, so the rebuild really sorts.
-                reads.push((okey, now - Duration::from_secs((h >> 20) % (30 * 86_400))));
+                reads.push((key, now - Duration::from_secs((h >> 20) % (30 * 86_400))));
             }
-            index.record_access(&reads)?;
+            seeder.record_reads(&p.bucket, &reads)?;
             let total = done.fetch_add(end - start, Ordering::Relaxed) + (end - start);
             if total / 100_000 != (total - (end - start)) / 100_000 {
                 eprintln!(
@@ -251,8 +230,7 @@ fn populate_cache(cache_dir: &Path, p: &Populated) -> anyhow::Result<f64> {
         r?;
     }
     // As a clean stop of Perch leaves it: memtables written out, no log to replay.
-    index.flush()?;
-    drop(index);
+    seeder.finish()?;
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -504,7 +482,7 @@ async fn one_restart(
         data_dir: root.join("perch"),
         args: perch_args,
         env: vec![
-            ("PERCH_LOG".into(), "warn,perch_cache::read=info".into()),
+            ("PERCH_LOG".into(), "warn,perch_cache::local=info".into()),
             ("NO_COLOR".into(), "1".into()),
         ],
     };
@@ -872,7 +850,7 @@ mod tests {
     #[test]
     fn parses_the_rebuild_line_and_gauges() {
         let log = "2026-11-26T07:00:00Z  WARN perch: x\n\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
-                   perch_cache::read: cache eviction order rebuilt \u{1b}[3mentries\u{1b}[0m\u{1b}[2m=\u{1b}[0m1000 ms=42\n";
+                   perch_cache::local: cache eviction order rebuilt \u{1b}[3mentries\u{1b}[0m\u{1b}[2m=\u{1b}[0m1000 ms=42\n";
         assert_eq!(rebuilt_line(log), Some((1000, 42)));
         assert_eq!(rebuilt_line("nothing"), None);
         let text = "perch_cache_entries{tier=\"disk\"} 12\nperch_cache_entries{tier=\"memory\"} 3\n";

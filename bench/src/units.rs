@@ -5,20 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-/// Parses `1024`, `1KiB`, `64k`, `1MiB`, `16M`, `1GiB` (all binary multiples).
+/// Parses a size (`perch_policy::units::parse_size`: `1024`, `64k`, `1MiB`, `1GiB`).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("invalid size `{s}`"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => bail!("invalid size unit `{other}` in `{s}` (use B, KiB, MiB or GiB)"),
-    };
-    n.checked_mul(mult).with_context(|| format!("size `{s}` is too large"))
+    Ok(perch_policy::units::parse_size(s)?)
 }
 
 /// Formats a byte count the way sizes are written on the command line (`1KiB`, `64MiB`, `1000B`).
@@ -98,23 +87,9 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// Parses `120`, `120s`, `2m`, `500ms`, `1.5s`, `1h`.
+/// Parses a duration (`perch_policy::units::parse_duration`: `500ms`, `1.5s`, `2m`).
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("invalid duration `{s}`"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => bail!("invalid duration unit `{other}` in `{s}` (use ms, s, m or h)"),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        bail!("invalid duration `{s}`");
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(perch_policy::units::parse_duration(s)?)
 }
 
 /// clap value parser for durations.

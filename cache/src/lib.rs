@@ -1,22 +1,40 @@
-//! The storage engine behind the gateway: the origin client and its retries, and the read cache
-//! (local blobs, a RocksDB index, a memory tier) that answers hot reads from local disk, and the
-//! write-back journal whose uploader carries acknowledged writes to the origin.
+//! Perch's storage engine: a `Store` in front of an `Origin`. It keeps hot objects on local disk
+//! and in memory, acknowledges writes once they are durable locally (the write-back journal) and
+//! uploads them in checkpoint order, with read-your-writes for every caller of the store.
+//!
+//! Inside: `local` (index, blobs, eviction, fills, key locks) shared by the `read` path and the
+//! `journal` with its `uploader`; `store` is the one door; `origin` holds the origin trait and its
+//! implementations (an S3 service, a local directory) and the retry layer.
 
-pub mod blobs;
-pub mod evict;
-pub mod index;
-pub mod journal;
-pub mod origin;
-pub mod read;
+mod body;
+mod disk_read;
+mod error;
+mod fill;
+mod journal;
+mod key;
+mod listing;
+mod local;
+mod memory;
+mod metrics;
+mod multipart;
+mod origin;
+mod read;
+mod seed;
+mod store;
+mod uploader;
 
-pub use journal::{NewBody, NewVersion, PartLayout, WriteConfig, WriteError, WriteStatus};
-pub use read::{CacheConfig, CacheStatus, CachedGet, ReadCache};
-
-/// Failures of the cache's own storage (not of the origin).
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("cache index: {0}")]
-    Index(String),
-    #[error("cache files: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use body::{BodyDigest, Digested};
+pub use error::{CacheError, StoreError, StoreResult};
+pub use journal::{FailedVersion, WriteConfig, WriteStatus};
+pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};
+pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
+pub use origin::{
+    BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
+    ContentHeaders, CopyInput, CopyOutput, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
+    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput, S3Origin,
+    S3OriginConfig, UploadInfo, etag_matches, same_etag,
+};
+pub use read::{CacheStatus, CachedGet};
+pub use seed::Seeder;
+pub use store::{Store, StoreConfig};
+pub use uploader::UploadHeader;

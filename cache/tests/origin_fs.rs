@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use conformance::*;
-use perch_cache::origin::{
+use perch_cache::{
     Checksums, CompletedPart, ContentHeaders, CopyInput, FsOrigin, ListQuery, MetadataDirective, Origin, OriginError,
     PutBody,
 };
@@ -614,7 +614,7 @@ async fn unreadable_object_files_are_ignored_at_open() {
 /// another algorithm is refused, and an upload without an algorithm keeps no checksum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_checksums_of_the_directory_origin() {
-    use perch_cache::origin::{ChecksumAlgorithm, ChecksumType, MultipartChecksum};
+    use perch_cache::{ChecksumAlgorithm, ChecksumType, MultipartChecksum};
     let dir = tempdir();
     let root = dir.path().join("root");
     let p1 = pattern(5 * MIB, 50);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use perch_cache::origin::*;
+use perch_cache::*;
 
 use perch_bench::servers::MotoServer;
 

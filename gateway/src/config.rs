@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use perch_cache::journal::UploadHeader;
+use perch_cache::UploadHeader;
 use perch_policy::{Freshness, Glob, WritePolicy, WriteRule};
 use serde::Deserialize;
 
@@ -231,44 +231,14 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Parses `120`, `120s`, `2m`, `500ms`, `1h`.
+/// `perch_policy::units::parse_duration`, with the flag it is for in the error.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().with_context(|| format!("invalid duration `{s}`"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => bail!("invalid duration unit `{other}` in `{s}` (use ms, s, m or h)"),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        bail!("invalid duration `{s}`");
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(perch_policy::units::parse_duration(s)?)
 }
 
-/// Parses `1048576`, `512KiB`, `256MiB`, `20GiB`, `1TiB` (also `KB`/`MB`/`GB`/`TB` as powers of 1000).
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("invalid size `{s}`"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        other => bail!("invalid size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, TiB)"),
-    };
-    n.checked_mul(mult).with_context(|| format!("size `{s}` is too large"))
+/// `perch_policy::units::parse_size`, with the flag it is for in the error.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    Ok(perch_policy::units::parse_size(s)?)
 }
 
 fn parse_origin(url: &str) -> anyhow::Result<OriginUrl> {
@@ -435,26 +405,6 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("120").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("120s").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
-        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
-        assert_eq!(parse_size("3GB").unwrap(), 3_000_000_000);
-        assert!(parse_size("12 parsecs").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
-    }
 
     #[test]
     fn origins() {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use perch_cache::origin::{ByteRange, Checksums, Conditions, ContentHeaders, ObjectMeta, OriginError};
+use perch_cache::{ByteRange, Checksums, Conditions, ContentHeaders, ObjectMeta, OriginError, StoreError};
 use s3s::dto::{ETag, ETagCondition, Range, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
@@ -37,6 +37,29 @@ pub fn origin_error(e: OriginError) -> S3Error {
         OriginError::Io(e) => {
             tracing::error!(error = %e, "local I/O error");
             s3_error!(InternalError, "Perch hit a local I/O error.")
+        }
+    }
+}
+
+/// The S3 error a client sees for a store failure.
+pub fn store_error(e: StoreError) -> S3Error {
+    match e {
+        StoreError::Origin(e) => origin_error(e),
+        StoreError::Timeout(_) => {
+            let mut err = S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "The origin has not confirmed the write yet; it stays queued. Please retry.",
+            );
+            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+            err
+        }
+        StoreError::Refused { error, .. } => S3Error::with_message(
+            S3ErrorCode::InternalError,
+            format!("The origin refused the write: {error}"),
+        ),
+        StoreError::Local(e) => {
+            tracing::error!(error = %e, "local storage failed");
+            S3Error::with_message(S3ErrorCode::InternalError, "Perch could not use its local storage.")
         }
     }
 }

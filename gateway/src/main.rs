@@ -5,7 +5,6 @@ mod admin;
 mod config;
 mod convert;
 mod front;
-mod listing;
 mod metrics;
 mod server;
 mod service;
@@ -15,9 +14,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use perch_cache::origin::retry::RetryPolicy;
-use perch_cache::origin::{FsOrigin, Origin, OriginStats, RetryingOrigin, S3Origin, S3OriginConfig};
-use perch_cache::{CacheConfig, ReadCache, WriteConfig};
+use perch_cache::{
+    FsOrigin, Origin, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store, StoreConfig,
+    WriteConfig,
+};
 use perch_policy::Freshness;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
@@ -144,8 +144,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let disk_bytes = config
         .cache_disk_bytes
         .unwrap_or_else(|| default_cache_disk_bytes(&cache_dir));
-    let cache_config = CacheConfig {
-        dir: cache_dir,
+    let store_config = StoreConfig {
+        data_dir: config.data_dir.clone(),
         disk_bytes,
         memory_bytes: config.cache_memory_bytes,
         memory_object_max: 1 << 20,
@@ -156,7 +156,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         retry_deadline: config.origin_retry_deadline,
         background_fill_max: 64 << 20,
         write: WriteConfig {
+            policy: config.write_policy.clone(),
+            strict_barriers: config.strict_barriers,
+            wait_limit: config.origin_retry_deadline,
             upload_concurrency: config.upload_concurrency,
+            write_through_concurrency: WriteConfig::default().write_through_concurrency,
             dirty_bytes_max: config
                 .dirty_bytes_max
                 .unwrap_or_else(|| filesystem_size(&config.data_dir) / 2),
@@ -165,35 +169,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
     };
     let mut opened = None;
-    metrics.register(|r| {
-        opened = Some(ReadCache::open(
-            cache_config,
-            origin.clone(),
-            raw_origin.clone(),
-            Some(r),
-        ))
-    });
-    let cache = opened
-        .context("registering the cache metrics")?
-        .context("opening the cache")?;
-    let gauges = Arc::downgrade(&cache);
+    metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
+    let store = opened
+        .context("registering the store's metrics")?
+        .context("opening the store")?;
+    let gauges = Arc::downgrade(&store);
     metrics.on_render(move || {
-        if let Some(cache) = gauges.upgrade() {
-            cache.refresh_gauges();
+        if let Some(store) = gauges.upgrade() {
+            store.refresh_gauges();
         }
     });
-    tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "cache open");
+    tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
 
-    let writes = service::WriteSettings {
-        policy: config.write_policy.clone(),
-        strict_barriers: config.strict_barriers,
-        wait_limit: config.origin_retry_deadline,
-    };
-    // Client multipart uploads are staged locally until completed (docs/write-back.md).
-    let staging_dir = config.data_dir.join("multipart");
-    let staging: Arc<dyn Origin> =
-        Arc::new(FsOrigin::open(&staging_dir).with_context(|| format!("opening {}", staging_dir.display()))?);
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(origin, staging, cache.clone(), spool_dir, writes));
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
@@ -222,22 +210,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let s3_task = tokio::spawn(server::serve_s3(listener, s3, metrics.clone(), stop_rx.clone()));
-    let admin_task = tokio::spawn(server::serve_admin(
-        admin,
-        raw_origin,
-        cache.clone(),
-        metrics.clone(),
-        stop_rx,
-    ));
+    let admin_task = tokio::spawn(server::serve_admin(admin, store.clone(), metrics.clone(), stop_rx));
 
     stop_signal.await;
-    drain(&cache, &metrics, &config).await;
+    drain(&store, &metrics, &config).await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
     let _ = admin_task.await;
     // Flush the cache index now, so that the next start has nothing to replay.
-    let _ = tokio::task::spawn_blocking(move || cache.close()).await;
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -246,7 +228,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// signal) while the uploader empties the journal; done when it is empty (refused versions
 /// aside) and no request came for --drain-quiet, when --drain-timeout has passed, or at a second
 /// signal.
-async fn drain(cache: &ReadCache, metrics: &metrics::Metrics, config: &Config) {
+async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
     let started = std::time::Instant::now();
     tracing::info!(
         timeout_s = config.drain_timeout.as_secs(),
@@ -263,7 +245,7 @@ async fn drain(cache: &ReadCache, metrics: &metrics::Metrics, config: &Config) {
         }
     };
     loop {
-        let st = cache.write_status(None);
+        let st = store.write_status(None);
         let left = st.dirty_objects.saturating_sub(st.failed.len() as u64);
         if left == 0 && metrics.idle_for() >= config.drain_quiet {
             tracing::info!(

@@ -14,8 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use perch_cache::ReadCache;
-use perch_cache::origin::Origin;
+use perch_cache::Store;
 use s3s::service::S3Service;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -178,16 +177,14 @@ fn merge_content_encoding<B>(mut req: Request<B>) -> Request<B> {
 /// Serves the admin endpoints on `listener` until shutdown.
 pub async fn serve_admin(
     listener: TcpListener,
-    origin: Arc<dyn Origin>,
-    cache: Arc<ReadCache>,
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
     let handle = move |req: Request<Incoming>| {
-        let origin = origin.clone();
         let metrics = metrics.clone();
-        let cache = cache.clone();
-        async move { Ok::<_, Infallible>(admin_request(&*origin, &cache, &metrics, req).await) }
+        let store = store.clone();
+        async move { Ok::<_, Infallible>(admin_request(&store, &metrics, req).await) }
     };
     serve("admin", listener, shutdown, handle).await;
 }
@@ -200,12 +197,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-async fn admin_request(
-    origin: &dyn Origin,
-    cache: &ReadCache,
-    metrics: &Metrics,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn admin_request(store: &Store, metrics: &Metrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
@@ -213,7 +205,7 @@ async fn admin_request(
         // Alive, and uploading in time: past --dirty-age-max of lag, or with a version the
         // origin refused, Perch reports itself unhealthy (it keeps serving).
         "/healthz" => {
-            let st = cache.write_status(None);
+            let st = store.write_status(None);
             if st.healthy {
                 text(StatusCode::OK, "text/plain", "ok\n".into())
             } else {
@@ -236,12 +228,12 @@ async fn admin_request(
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("upto=")))
                 .and_then(|v| v.parse().ok());
-            match serde_json::to_string_pretty(&cache.write_status(upto)) {
+            match serde_json::to_string_pretty(&store.write_status(upto)) {
                 Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
-        "/readyz" => match origin_reachable(origin).await {
+        "/readyz" => match store.origin_ready().await {
             Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -255,17 +247,5 @@ async fn admin_request(
             metrics.render(),
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-    }
-}
-
-/// The origin is reachable when it answers at all: even a refusal (403 on ListBuckets with keys
-/// scoped to one bucket) proves it is there. Only a transient fault or a timeout is "not ready".
-async fn origin_reachable(origin: &dyn Origin) -> Result<(), String> {
-    match tokio::time::timeout(Duration::from_secs(3), origin.list_buckets()).await {
-        Err(_) => Err("no answer within 3 s".into()),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
-        Ok(Err(perch_cache::origin::OriginError::Io(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Ok(()),
     }
 }

@@ -3,270 +3,27 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use perch_cache::origin::{
-    CompletedPart as OriginPart, CopyInput, ListQuery, MetadataDirective as Directive, Origin, PutInput,
+use perch_cache::{
+    CacheStatus, CompletedPart as OriginPart, CopyInput, MetadataDirective as Directive, PageQuery, PutInput, Store,
 };
-use perch_cache::origin::{ObjectMeta, PutBody};
-use perch_cache::{CacheStatus, NewBody, ReadCache, WriteError};
-use perch_policy::{WriteMode, WriteOp, WritePolicy};
 use s3s::dto::*;
-use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
-use crate::convert::{self, origin_error};
-use crate::listing::{self, PageQuery};
+use crate::convert::{self, origin_error, store_error};
 use crate::spool::{self, Declared};
 
-/// How writes are committed and acknowledged.
-#[derive(Debug, Clone)]
-pub struct WriteSettings {
-    pub policy: WritePolicy,
-    /// A barrier's acknowledgement waits for the origin too.
-    pub strict_barriers: bool,
-    /// The longest a request waits for the origin to confirm writes (`--origin-retry-deadline`).
-    pub wait_limit: Duration,
-}
-
 pub struct Gateway {
-    origin: Arc<dyn Origin>,
-    /// Client multipart uploads are staged here (a directory store under the data dir) until
-    /// completed; the completed object becomes one version, uploaded with the same part layout.
-    staging: Arc<dyn Origin>,
-    /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
-    /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
-    buckets: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Answers GET and HEAD from local copies, and holds the write-back journal.
-    cache: Arc<ReadCache>,
+    /// Every object, listing, multipart and bucket call goes to the store.
+    store: Arc<Store>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
-    writes: WriteSettings,
-}
-
-/// The S3 error for a write that could not be committed or confirmed.
-fn write_error(e: WriteError) -> S3Error {
-    match e {
-        WriteError::Timeout(_) => {
-            let mut err = S3Error::with_message(
-                S3ErrorCode::SlowDown,
-                "The origin has not confirmed the write yet; it stays queued. Please retry.",
-            );
-            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
-            err
-        }
-        WriteError::Refused { error, .. } => S3Error::with_message(
-            S3ErrorCode::InternalError,
-            format!("The origin refused the write: {error}"),
-        ),
-        WriteError::Local(e) => {
-            tracing::error!(error = %e, "a write could not be committed locally");
-            S3Error::with_message(S3ErrorCode::InternalError, "Perch could not store the write locally.")
-        }
-    }
 }
 
 impl Gateway {
-    pub fn new(
-        origin: Arc<dyn Origin>,
-        staging: Arc<dyn Origin>,
-        cache: Arc<ReadCache>,
-        spool_dir: PathBuf,
-        writes: WriteSettings,
-    ) -> Self {
-        Self {
-            origin,
-            staging,
-            buckets: Default::default(),
-            cache,
-            spool_dir,
-            writes,
-        }
-    }
-
-    fn known_buckets(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Makes sure the origin has `bucket` and the multipart staging area a bucket of that name.
-    async fn staging_bucket(&self, bucket: &str) -> S3Result<()> {
-        self.ensure_bucket(bucket).await?;
-        match self.staging.create_bucket(bucket).await {
-            Ok(()) => Ok(()),
-            Err(perch_cache::origin::OriginError::Rejected { status: 409, .. }) => Ok(()),
-            Err(e) => Err(origin_error(e)),
-        }
-    }
-
-    /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
-    async fn ensure_bucket(&self, bucket: &str) -> S3Result<()> {
-        if self.known_buckets().contains(bucket) {
-            return Ok(());
-        }
-        if self.cache.knows_bucket(bucket) {
-            self.known_buckets().insert(bucket.to_owned());
-            return Ok(());
-        }
-        self.origin.head_bucket(bucket).await.map_err(origin_error)?;
-        self.known_buckets().insert(bucket.to_owned());
-        Ok(())
-    }
-
-    /// Waits until `bucket/key` has no write left to upload, so that a request the origin must
-    /// decide (a conditional write, a copy, a multipart completion) sees every earlier write.
-    async fn settle(&self, bucket: &str, key: &str) -> S3Result<()> {
-        self.cache
-            .wait_clean(bucket, key, self.writes.wait_limit)
-            .await
-            .map_err(write_error)
-    }
-
-    /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is
-    /// acknowledged only once the origin has it.
-    async fn acknowledge(&self, seq: u64, mode: WriteMode) -> S3Result<()> {
-        let wait = mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && self.writes.strict_barriers);
-        if wait {
-            self.cache
-                .wait_confirmed(seq, self.writes.wait_limit)
-                .await
-                .map_err(write_error)?;
-        }
-        Ok(())
-    }
-
-    /// Commits a verified body as a PUT version of `bucket/key` (with its part layout when it is a
-    /// completed multipart upload) and acknowledges it as its write mode says.
-    async fn put_version(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: &spool::Spooled,
-        meta: ObjectMeta,
-        parts: Option<Vec<perch_cache::PartLayout>>,
-    ) -> S3Result<()> {
-        let new_body = match &body.body {
-            PutBody::Bytes(b) => NewBody::Bytes(b.clone()),
-            PutBody::File { path, .. } => NewBody::File(path.clone()),
-        };
-        let mode = self.writes.policy.mode(WriteOp::Put, key);
-        let version = perch_cache::NewVersion {
-            body: new_body,
-            meta,
-            crcs: body.crcs.clone(),
-            parts,
-        };
-        let seq = self
-            .cache
-            .commit_put(bucket, key, version, mode)
-            .await
-            .map_err(write_error)?;
-        self.acknowledge(seq, mode).await
-    }
-
-    /// Commits a DELETE of `bucket/key` as a version.
-    async fn delete_version(&self, bucket: &str, key: &str) -> S3Result<()> {
-        self.ensure_bucket(bucket).await?;
-        let mode = self.writes.policy.mode(WriteOp::Delete, key);
-        let seq = self.cache.commit_delete(bucket, key, mode).await.map_err(write_error)?;
-        self.acknowledge(seq, mode).await
-    }
-
-    /// CopyObject whose source has a version the origin does not have yet: the copy is made from
-    /// the local version and committed as a new version of the destination.
-    async fn copy_pending(&self, bucket: &str, key: &str, copy: CopyInput) -> S3Result<S3Response<CopyObjectOutput>> {
-        self.ensure_bucket(bucket).await?;
-        let source = self
-            .cache
-            .get(&copy.src_bucket, &copy.src_key, None, &copy.conditions)
-            .await
-            .map_err(|e| match e {
-                perch_cache::origin::OriginError::NotModified => {
-                    s3_error!(
-                        PreconditionFailed,
-                        "At least one of the pre-conditions you specified did not hold"
-                    )
-                }
-                other => origin_error(other),
-            })?;
-        let src_meta = source.output.meta;
-        let declared = Declared {
-            content_length: Some(src_meta.size as i64),
-            ..Default::default()
-        };
-        let body = spool::receive(
-            Some(StreamingBlob::wrap(source.output.body)),
-            declared,
-            None,
-            &self.spool_dir,
-        )
-        .await?;
-        let headers = match copy.directive {
-            Directive::Copy => src_meta.headers,
-            Directive::Replace(h) => h,
-        };
-        // A composite (multipart) checksum describes the source's parts, not this single copy.
-        let checksums = if src_meta.checksums.checksum_type() == Some(perch_cache::origin::ChecksumType::Composite) {
-            Default::default()
-        } else {
-            src_meta.checksums
-        };
-        let etag = format!("\"{}\"", body.md5_hex);
-        let now = SystemTime::now();
-        let meta = ObjectMeta {
-            size: body.body.len(),
-            etag: etag.clone(),
-            last_modified: now,
-            headers,
-            checksums,
-        };
-        self.put_version(bucket, key, &body, meta, None).await?;
-        Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(convert::etag(&etag)),
-                last_modified: Some(Timestamp::from(now)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
-    }
-
-    /// One page of the listing, merged with the writes not yet uploaded.
-    async fn list_page(&self, bucket: &str, q: &PageQuery) -> S3Result<listing::Page> {
-        let query = ListQuery {
-            prefix: (!q.prefix.is_empty()).then(|| q.prefix.clone()),
-            delimiter: q.delimiter.clone(),
-            max_keys: q.max_keys,
-            start_after: q.origin_start_after(),
-            continuation: None,
-        };
-        // Pending versions before and after the origin's page: a version uploaded (and so no
-        // longer pending) while the page was made may be missing from the page; it still counts.
-        let before = self.cache.dirty_keys(bucket, &q.prefix);
-        let mut page = self.origin.list_objects(bucket, &query).await.map_err(origin_error)?;
-        let dirty = listing::newest(before, self.cache.dirty_keys(bucket, &q.prefix));
-        // A common prefix of the origin whose every key is deleted locally must go too: ask the
-        // origin what it holds under it (only when deletes are pending there).
-        let mut hidden = Vec::new();
-        for cp in &page.common_prefixes {
-            let under: Vec<_> = dirty.iter().filter(|d| d.key.starts_with(cp.as_str())).collect();
-            if under.is_empty() || under.iter().any(|d| d.object.is_some()) {
-                continue;
-            }
-            let deleted: std::collections::HashSet<&str> = under.iter().map(|d| d.key.as_str()).collect();
-            let inside = ListQuery {
-                prefix: Some(cp.clone()),
-                delimiter: None,
-                max_keys: deleted.len() + 1,
-                start_after: None,
-                continuation: None,
-            };
-            let held = self.origin.list_objects(bucket, &inside).await.map_err(origin_error)?;
-            if held.next.is_none() && held.objects.iter().all(|o| deleted.contains(o.key.as_str())) {
-                hidden.push(cp.clone());
-            }
-        }
-        page.common_prefixes.retain(|cp| !hidden.contains(cp));
-        Ok(listing::merge(q, page, dirty))
+    pub fn new(store: Arc<Store>, spool_dir: PathBuf) -> Self {
+        Self { store, spool_dir }
     }
 
     /// A v1 listing (or ListObjectVersions) page resuming after `marker`.
@@ -277,14 +34,14 @@ impl Gateway {
         delimiter: &Option<String>,
         max_keys: Option<i32>,
         marker: &Option<String>,
-    ) -> S3Result<listing::Page> {
+    ) -> S3Result<perch_cache::Page> {
         let q = PageQuery {
             prefix: prefix.clone().unwrap_or_default(),
             delimiter: delimiter.clone().filter(|d| !d.is_empty()),
             max_keys: max_keys_of(max_keys)?,
             after: marker.clone().filter(|m| !m.is_empty()),
         };
-        self.list_page(bucket, &q).await
+        self.store.list(bucket, &q).await.map_err(store_error)
     }
 }
 
@@ -292,7 +49,7 @@ impl Gateway {
 /// headers, overridden by `response-*` query parameters, and the checksums when asked for.
 macro_rules! object_output {
     ($ty:ident, $meta:expr, $input:expr, $with_checksums:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
-        let meta: &perch_cache::origin::ObjectMeta = $meta;
+        let meta: &perch_cache::ObjectMeta = $meta;
         let m = convert::meta_out(meta);
         let c = if $with_checksums { meta.checksums.clone() } else { Default::default() };
         $ty {
@@ -335,7 +92,7 @@ macro_rules! content_headers {
 }
 
 /// The answer to a PUT: its ETag and the checksums it keeps.
-fn put_output(etag: &str, c: perch_cache::origin::Checksums) -> PutObjectOutput {
+fn put_output(etag: &str, c: perch_cache::Checksums) -> PutObjectOutput {
     PutObjectOutput {
         e_tag: Some(convert::etag(etag)),
         checksum_crc32: c.crc32,
@@ -375,7 +132,7 @@ fn wants_url(e: &Option<EncodingType>) -> bool {
     e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL)
 }
 
-fn objects_of(page: &listing::Page, url: bool) -> Vec<Object> {
+fn objects_of(page: &perch_cache::Page, url: bool) -> Vec<Object> {
     page.objects
         .iter()
         .map(|o| Object {
@@ -389,7 +146,7 @@ fn objects_of(page: &listing::Page, url: bool) -> Vec<Object> {
         .collect()
 }
 
-fn prefixes_of(page: &listing::Page, url: bool) -> Option<Vec<CommonPrefix>> {
+fn prefixes_of(page: &perch_cache::Page, url: bool) -> Option<Vec<CommonPrefix>> {
     (!page.common_prefixes.is_empty()).then(|| {
         page.common_prefixes
             .iter()
@@ -423,7 +180,7 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
 #[async_trait::async_trait]
 impl S3 for Gateway {
     async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
-        let buckets = self.origin.list_buckets().await.map_err(origin_error)?;
+        let buckets = self.store.list_buckets().await.map_err(store_error)?;
         let buckets = buckets
             .into_iter()
             .map(|b| Bucket {
@@ -440,29 +197,19 @@ impl S3 for Gateway {
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = req.input.bucket;
-        self.origin.create_bucket(&bucket).await.map_err(origin_error)?;
-        self.known_buckets().insert(bucket.clone());
+        self.store.create_bucket(&bucket).await.map_err(store_error)?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.origin.head_bucket(&req.input.bucket).await.map_err(origin_error)?;
+        self.store.head_bucket(&req.input.bucket).await.map_err(store_error)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
-        // The origin decides whether the bucket is empty: first it must hold every write to it.
-        self.cache
-            .wait_bucket_clean(&req.input.bucket, self.writes.wait_limit)
-            .await
-            .map_err(write_error)?;
-        self.known_buckets().remove(&req.input.bucket);
-        self.origin
-            .delete_bucket(&req.input.bucket)
-            .await
-            .map_err(origin_error)?;
+        self.store.delete_bucket(&req.input.bucket).await.map_err(store_error)?;
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 
@@ -470,7 +217,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.origin.head_bucket(&req.input.bucket).await.map_err(origin_error)?;
+        self.store.head_bucket(&req.input.bucket).await.map_err(store_error)?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
@@ -488,10 +235,10 @@ impl S3 for Gateway {
         );
         let range = input.range.map(convert::range);
         let cached = self
-            .cache
+            .store
             .get(&input.bucket, &input.key, range, &conditions)
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         let status = cached.status;
         let out = cached.output;
         let size = out.meta.size;
@@ -518,10 +265,10 @@ impl S3 for Gateway {
             input.if_unmodified_since,
         );
         let (meta, status) = self
-            .cache
+            .store
             .head(&input.bucket, &input.key, &conditions)
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         let output = object_output!(HeadObjectOutput, &meta, input, checksum_mode(&input.checksum_mode), {
             content_length: Some(meta.size as i64),
         });
@@ -545,35 +292,19 @@ impl S3 for Gateway {
             ),
         };
         let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
-        let headers = content_headers!(input);
-        if input.if_match.is_none() && input.if_none_match.is_none() {
-            // The ordinary write: a version, durable locally before the answer.
-            self.ensure_bucket(&input.bucket).await?;
-            let etag = format!("\"{}\"", body.md5_hex);
-            let meta = ObjectMeta {
-                size: body.body.len(),
-                etag: etag.clone(),
-                last_modified: SystemTime::now(),
-                headers,
-                checksums: body.checksums.clone(),
-            };
-            self.put_version(&input.bucket, &input.key, &body, meta, None).await?;
-            return Ok(S3Response::new(put_output(&etag, body.checksums.clone())));
-        }
-        // A conditional write: the origin decides, once it holds every earlier write of the key.
-        self.settle(&input.bucket, &input.key).await?;
         let put = PutInput {
-            headers,
+            headers: content_headers!(input),
             checksums: body.checksums.clone(),
             body: body.body.clone(),
             if_match: input.if_match.as_ref().map(convert::etag_condition),
             if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
             extra_headers: Vec::new(),
         };
-        let out = self.origin.put_object(&input.bucket, &input.key, &put).await;
-        // Whatever the answer, the origin may now hold a new body: forget the cached one.
-        self.cache.invalidate(&input.bucket, &input.key);
-        let out = out.map_err(origin_error)?;
+        let out = self
+            .store
+            .put(&input.bucket, &input.key, put, body.digest.clone())
+            .await
+            .map_err(store_error)?;
         Ok(S3Response::new(put_output(&out.etag, out.checksums)))
     }
 
@@ -583,7 +314,10 @@ impl S3 for Gateway {
         if input.version_id.as_deref().is_some_and(|v| v != "null") {
             return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
         }
-        self.delete_version(&input.bucket, &input.key).await?;
+        self.store
+            .delete(&input.bucket, &input.key)
+            .await
+            .map_err(store_error)?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -604,7 +338,7 @@ impl S3 for Gateway {
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }
-                    (Ok(()), _) => self.delete_version(bucket, &o.key).await,
+                    (Ok(()), _) => self.store.delete(bucket, &o.key).await.map_err(store_error),
                 };
                 (o, result)
             }))
@@ -660,17 +394,11 @@ impl S3 for Gateway {
             ),
             directive,
         };
-        if self.cache.has_pending(&copy.src_bucket, &copy.src_key) {
-            copy.check_not_onto_itself(&input.bucket, &input.key)
-                .map_err(origin_error)?;
-            return self.copy_pending(&input.bucket, &input.key, copy).await;
-        }
-        // The origin copies: first it must hold every write of both keys.
-        self.settle(&copy.src_bucket, &copy.src_key).await?;
-        self.settle(&input.bucket, &input.key).await?;
-        let out = self.origin.copy_object(&input.bucket, &input.key, &copy).await;
-        self.cache.invalidate(&input.bucket, &input.key);
-        let out = out.map_err(origin_error)?;
+        let out = self
+            .store
+            .copy(&input.bucket, &input.key, copy)
+            .await
+            .map_err(store_error)?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(convert::etag(&out.etag)),
@@ -686,7 +414,7 @@ impl S3 for Gateway {
         let url = wants_url(&input.encoding_type);
         let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
             Some(t) => Some(
-                listing::untoken(t)
+                perch_cache::list_untoken(t)
                     .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))?,
             ),
             None => input.start_after.clone().filter(|s| !s.is_empty()),
@@ -697,7 +425,7 @@ impl S3 for Gateway {
             max_keys: max_keys_of(input.max_keys)?,
             after,
         };
-        let page = self.list_page(&input.bucket, &query).await?;
+        let page = self.store.list(&input.bucket, &query).await.map_err(store_error)?;
         let key_count = (page.objects.len() + page.common_prefixes.len()) as i32;
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
@@ -708,7 +436,7 @@ impl S3 for Gateway {
             continuation_token: input.continuation_token,
             start_after: input.start_after.map(|s| encode(s, url)),
             is_truncated: Some(page.next_after.is_some()),
-            next_continuation_token: page.next_after.as_deref().map(listing::token),
+            next_continuation_token: page.next_after.as_deref().map(perch_cache::list_token),
             contents: Some(objects_of(&page, url)),
             common_prefixes: prefixes_of(&page, url),
             encoding_type: input.encoding_type,
@@ -803,12 +531,11 @@ impl S3 for Gateway {
         convert::check_key(&input.key)?;
         let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
-        self.staging_bucket(&input.bucket).await?;
         let upload_id = self
-            .staging
+            .store
             .create_multipart_upload(&input.bucket, &input.key, &headers, checksum)
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -842,9 +569,8 @@ impl S3 for Gateway {
             ),
         };
         let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
-        self.staging_bucket(&input.bucket).await?;
         let out = self
-            .staging
+            .store
             .upload_part(
                 &input.bucket,
                 &input.key,
@@ -854,7 +580,7 @@ impl S3 for Gateway {
                 &body.checksums,
             )
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         // The part's checksum the upload keeps (of its algorithm, computed if the client sent none).
         let c = out.checksums;
         Ok(S3Response::new(UploadPartOutput {
@@ -898,51 +624,11 @@ impl S3 for Gateway {
                 })
             })
             .collect::<S3Result<Vec<_>>>()?;
-        self.staging_bucket(&input.bucket).await?;
-        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
-        // The layout of the parts named, before the staging area folds them into one object.
-        let listed = self
-            .staging
-            .list_parts(bucket, key, &input.upload_id)
-            .await
-            .map_err(origin_error)?;
         let out = self
-            .staging
-            .complete_multipart_upload(bucket, key, &input.upload_id, &parts)
+            .store
+            .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts)
             .await
-            .map_err(origin_error)?;
-        let layout = parts
-            .iter()
-            .map(|p| {
-                let part = listed
-                    .iter()
-                    .find(|l| l.part_number == p.part_number)
-                    .ok_or_else(|| s3_error!(InvalidPart, "One or more of the specified parts could not be found."))?;
-                Ok(perch_cache::PartLayout {
-                    size: part.size,
-                    checksums: part.checksums.clone(),
-                })
-            })
-            .collect::<S3Result<Vec<_>>>()?;
-        // The completed object, copied out of the staging area into a version of its own.
-        let staged = self
-            .staging
-            .get_object(bucket, key, None, &Default::default())
-            .await
-            .map_err(origin_error)?;
-        let meta = staged.meta;
-        let declared = Declared {
-            content_length: Some(meta.size as i64),
-            ..Default::default()
-        };
-        let body = spool::receive(Some(StreamingBlob::wrap(staged.body)), declared, None, &self.spool_dir).await;
-        let _ = self.staging.delete_object(bucket, key).await;
-        let body = body?;
-        let version_meta = ObjectMeta {
-            last_modified: SystemTime::now(),
-            ..meta
-        };
-        self.put_version(bucket, key, &body, version_meta, Some(layout)).await?;
+            .map_err(store_error)?;
         let c = out.checksums;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             location: Some(format!("/{}/{}", input.bucket, input.key)),
@@ -964,22 +650,20 @@ impl S3 for Gateway {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        self.staging_bucket(&input.bucket).await?;
-        self.staging
+        self.store
             .abort_multipart_upload(&input.bucket, &input.key, &input.upload_id)
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        self.staging_bucket(&input.bucket).await?;
         let all = self
-            .staging
+            .store
             .list_parts(&input.bucket, &input.key, &input.upload_id)
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let marker = input.part_number_marker.unwrap_or(0);
         let mut rest = all.into_iter().filter(|p| p.part_number > marker);
@@ -1022,16 +706,15 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         let prefix = input.prefix.clone().unwrap_or_default();
-        self.staging_bucket(&input.bucket).await?;
         let all = self
-            .staging
+            .store
             .list_multipart_uploads(&input.bucket, &prefix)
             .await
-            .map_err(origin_error)?;
+            .map_err(store_error)?;
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let id_marker = input.upload_id_marker.clone().unwrap_or_default();
-        let after_marker = |u: &perch_cache::origin::UploadInfo| {
+        let after_marker = |u: &perch_cache::UploadInfo| {
             key_marker.is_empty()
                 || u.key > key_marker
                 || (u.key == key_marker && !id_marker.is_empty() && u.upload_id > id_marker)
@@ -1077,8 +760,8 @@ impl S3 for Gateway {
 fn multipart_checksum(
     algorithm: Option<&ChecksumAlgorithm>,
     checksum_type: Option<&ChecksumType>,
-) -> S3Result<Option<perch_cache::origin::MultipartChecksum>> {
-    use perch_cache::origin::{ChecksumAlgorithm as Algorithm, ChecksumType as Type, MultipartChecksum};
+) -> S3Result<Option<perch_cache::MultipartChecksum>> {
+    use perch_cache::{ChecksumAlgorithm as Algorithm, ChecksumType as Type, MultipartChecksum};
     let Some(algorithm) = algorithm else {
         if checksum_type.is_some() {
             return Err(s3_error!(

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use md5::{Digest, Md5};
-use perch_cache::origin::{Checksums, PutBody};
+use perch_cache::{BodyDigest, Checksums, Digested, PutBody};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
@@ -22,45 +21,36 @@ const DIGEST_BESIDE_MIN: u64 = 1 << 20;
 /// commit has only the tail left to write.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
-/// The MD5 (the ETag) and the per-MiB CRC32s of a body, computed inline for small bodies and on a
-/// blocking thread for large ones.
+/// What the store keeps of a body (its MD5, the ETag, and its block checksums), computed inline
+/// for small bodies and on a blocking thread for large ones.
 enum Digests {
-    Inline {
-        md5: Md5,
-        crcs: perch_cache::blobs::BlockCrcs,
-    },
+    Inline(BodyDigest),
     Beside {
         tx: tokio::sync::mpsc::Sender<Bytes>,
-        done: tokio::task::JoinHandle<([u8; 16], Vec<u32>)>,
+        done: tokio::task::JoinHandle<Digested>,
     },
 }
 
 impl Digests {
     fn new(expected_len: Option<u64>) -> Digests {
         if expected_len.is_some_and(|n| n < DIGEST_BESIDE_MIN) {
-            return Digests::Inline {
-                md5: Md5::new(),
-                crcs: Default::default(),
-            };
+            return Digests::Inline(BodyDigest::new());
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
         let done = tokio::task::spawn_blocking(move || {
-            let mut md5 = Md5::new();
-            let mut crcs = perch_cache::blobs::BlockCrcs::default();
+            let mut digest = BodyDigest::new();
             while let Some(chunk) = rx.blocking_recv() {
-                md5.update(&chunk);
-                crcs.update(&chunk);
+                digest.update(&chunk);
             }
-            (md5.finalize().into(), crcs.finish())
+            digest.finish()
         });
         Digests::Beside { tx, done }
     }
 
     async fn update(&mut self, chunk: &Bytes) -> S3Result<()> {
         match self {
-            Digests::Inline { md5, crcs } => {
-                md5.update(chunk);
-                crcs.update(chunk);
+            Digests::Inline(digest) => {
+                digest.update(chunk);
                 Ok(())
             }
             Digests::Beside { tx, .. } => tx
@@ -70,9 +60,9 @@ impl Digests {
         }
     }
 
-    async fn finish(self) -> S3Result<([u8; 16], Vec<u32>)> {
+    async fn finish(self) -> S3Result<Digested> {
         match self {
-            Digests::Inline { md5, crcs } => Ok((md5.finalize().into(), crcs.finish())),
+            Digests::Inline(digest) => Ok(digest.finish()),
             Digests::Beside { tx, done } => {
                 drop(tx);
                 done.await.map_err(|e| internal(std::io::Error::other(e)))
@@ -107,10 +97,8 @@ pub struct Spooled {
     pub body: PutBody,
     /// The checksums the client declared, all verified.
     pub checksums: Checksums,
-    /// The body's MD5, hex: its S3 ETag without the quotes.
-    pub md5_hex: String,
-    /// CRC32 of each 1 MiB block, as the cache keeps them.
-    pub crcs: Vec<u32>,
+    /// What the store keeps of the body: its MD5 (the ETag) and block checksums.
+    pub digest: Digested,
     _file: Option<TempFile>,
 }
 
@@ -303,12 +291,12 @@ pub async fn receive(
     };
     let (digested, synced) = tokio::join!(digests.finish(), synced);
     synced.map_err(internal)?;
-    let (md5_raw, crcs) = digested?;
+    let digest = digested?;
     if let Some(content_md5) = declared.content_md5 {
         let given = base64_simd::STANDARD
             .decode_to_vec(content_md5)
             .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
-        if given.as_slice() != md5_raw.as_slice() {
+        if given.as_slice() != digest.md5().as_slice() {
             return Err(s3_error!(
                 BadDigest,
                 "The Content-MD5 you specified did not match what we received."
@@ -340,8 +328,7 @@ pub async fn receive(
     Ok(Spooled {
         body,
         checksums,
-        md5_hex: hex::encode(md5_raw),
-        crcs,
+        digest,
         _file: temp,
     })
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod units;
+
 /// A key pattern: `*` matches any run of characters, `/` included; everything else is literal.
 /// `orioledb_undo/*` matches every key under `orioledb_undo/`; `data/*/global/pg_control` matches
 /// the control file of every checkpoint.

@@ -58,6 +58,7 @@ impl Hasher {
 }
 
 /// The checksum of `data`, base64.
+#[cfg(test)]
 pub fn checksum(algorithm: ChecksumAlgorithm, data: &[u8]) -> String {
     let mut h = Hasher::new(algorithm);
     h.update(data);

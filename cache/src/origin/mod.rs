@@ -1,10 +1,10 @@
 //! The `Origin`: the S3 store behind Perch (Tigris, any S3 server, or a local directory).
 //! One trait with two real implementations, `S3Origin` (aws-sdk-s3) and `FsOrigin` (a local directory).
 
-pub mod checksum;
-pub mod fs;
-pub mod retry;
-pub mod s3;
+pub(crate) mod checksum;
+pub(crate) mod fs;
+pub(crate) mod retry;
+pub(crate) mod s3;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,7 +18,6 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 pub use fs::FsOrigin;
-pub use retry::{OriginStats, RetryingOrigin};
 pub use s3::{S3Origin, S3OriginConfig};
 
 /// A body streamed out of the origin.
@@ -548,8 +547,20 @@ pub enum OriginError {
 }
 
 impl OriginError {
+    /// An answer worth retrying at once (the retry layer's rule).
     pub fn is_transient(&self) -> bool {
         matches!(self, OriginError::Transient(_))
+    }
+
+    /// An answer no retry will change, for a write already acknowledged (the uploader's rule):
+    /// a refusal (4xx but 408 and 429), a missing bucket, a failed precondition. Everything else
+    /// (5xx, throttling, timeouts, local I/O) is retried for as long as it takes.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            OriginError::Rejected { status, .. } => (400..500).contains(status) && *status != 408 && *status != 429,
+            OriginError::NoSuchBucket | OriginError::PreconditionFailed | OriginError::InvalidRange => true,
+            _ => false,
+        }
     }
 
     pub fn rejected(status: u16, code: &str, message: impl Into<String>) -> Self {

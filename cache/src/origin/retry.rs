@@ -108,6 +108,16 @@ impl RetryPolicy {
             max_backoff: Duration::from_secs(5),
         }
     }
+
+    /// The wait before retry `attempt` (1 for the first): `base_backoff × 2^attempt`, at most
+    /// `max_backoff`, drawn in [0, that] (full jitter, so that many clients spread out).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .base_backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_backoff);
+        cap.mul_f64(rand::rng().random_range(0.0..=1.0))
+    }
 }
 
 /// An `Origin` that retries the transient faults of the one inside it.
@@ -163,10 +173,10 @@ impl RetryingOrigin {
                 );
             }
             self.stats.retries.get_or_create(&OpLabel { op }).inc();
-            let exp = self.policy.base_backoff.saturating_mul(1u32 << tries.min(16));
-            let cap = exp.min(self.policy.max_backoff);
-            let wait = cap.mul_f64(rand::rng().random_range(0.0..=1.0));
-            let wait = wait.min(self.policy.deadline.saturating_sub(elapsed));
+            let wait = self
+                .policy
+                .backoff(tries)
+                .min(self.policy.deadline.saturating_sub(elapsed));
             tracing::debug!(op, tries, ?wait, error = %err, "origin fault, retrying");
             tokio::time::sleep(wait).await;
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::{Digest, Md5};
-use perch_cache::origin::{
+use perch_cache::{
     ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders,
     CopyInput, ListEntry, ListPage, ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError,
     OriginResult, PutBody, PutInput, PutOutput,

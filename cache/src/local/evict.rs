@@ -184,7 +184,7 @@ impl Slots {
 /// The replacement policy of the disk tier. Entries are named by their blob id; `key_hash` names
 /// the object across versions (for the ghost list).
 #[derive(Debug)]
-pub struct Evictor {
+pub(crate) struct Evictor {
     capacity: u64,
     small_used: u64,
     main_used: u64,
@@ -198,7 +198,7 @@ pub struct Evictor {
 }
 
 impl Evictor {
-    pub fn new(capacity_bytes: u64) -> Self {
+    pub(crate) fn new(capacity_bytes: u64) -> Self {
         Self {
             capacity: capacity_bytes,
             small_used: 0,
@@ -211,29 +211,26 @@ impl Evictor {
         }
     }
 
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 
     /// Bytes of the entries it tracks.
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.small_used + self.main_used
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, id: u64) -> bool {
         self.slots.contains(id)
     }
 
     /// The memory it holds, in bytes (counted against `--cache-memory-bytes`).
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.slots.heap_bytes()
             + (self.small.capacity() + self.main.capacity()) * 8
             + self.ghost.capacity() * 5
@@ -242,14 +239,14 @@ impl Evictor {
 
     /// Makes room for `additional` more entries at once (a rebuild knows its count: growing the
     /// queue step by step would hold the old and the new buffer at the same time, again and again).
-    pub fn reserve(&mut self, additional: usize) {
+    pub(crate) fn reserve(&mut self, additional: usize) {
         self.slots.reserve(additional);
         self.small.reserve_exact(additional);
     }
 
     /// Starts tracking a new entry; returns the ids to evict to stay within capacity, oldest first.
     /// An entry larger than the whole capacity is refused: its own id comes back, nothing else goes.
-    pub fn insert(&mut self, id: u64, key_hash: u64, size: u64) -> Vec<u64> {
+    pub(crate) fn insert(&mut self, id: u64, key_hash: u64, size: u64) -> Vec<u64> {
         if self.slots.contains(id) {
             return Vec::new();
         }
@@ -279,12 +276,12 @@ impl Evictor {
     }
 
     /// Records a read of `id`.
-    pub fn touch(&mut self, id: u64) {
+    pub(crate) fn touch(&mut self, id: u64) {
         self.slots.modify(id, |slot| slot.freq = (slot.freq + 1).min(MAX_FREQ));
     }
 
     /// Stops tracking `id` (deleted or overwritten); its bytes no longer count.
-    pub fn remove(&mut self, id: u64) {
+    pub(crate) fn remove(&mut self, id: u64) {
         if let Some(slot) = self.slots.remove(id) {
             if slot.in_main {
                 self.main_used -= slot.size;
@@ -295,7 +292,7 @@ impl Evictor {
     }
 
     /// Evicts until at most `limit` bytes are tracked; returns the evicted ids.
-    pub fn shrink_to(&mut self, limit: u64) -> Vec<u64> {
+    pub(crate) fn shrink_to(&mut self, limit: u64) -> Vec<u64> {
         let mut evicted = Vec::new();
         while self.used() > limit {
             match self.evict_one() {

@@ -8,18 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Bodies are checked in blocks of this size: a reader verifies a block before it sends any of it.
-pub const BLOCK: u64 = 1 << 20;
+pub(crate) const BLOCK: u64 = 1 << 20;
 
 /// The blob directory: `blobs/<last two hex digits>/<16 hex digits>`, and `blobs/tmp/` for files
 /// still being written.
 #[derive(Debug)]
-pub struct Blobs {
+pub(crate) struct Blobs {
     dir: PathBuf,
 }
 
 impl Blobs {
     /// Opens (creating) the directory and removes temp files left by a crash.
-    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Blobs> {
+    pub(crate) fn open(dir: impl Into<PathBuf>) -> io::Result<Blobs> {
         let dir = dir.into();
         let tmp = dir.join("tmp");
         if tmp.exists() {
@@ -36,24 +36,24 @@ impl Blobs {
     }
 
     /// Makes the name of blob `id` durable: fsyncs the directory it was renamed into.
-    pub fn sync_dir(&self, id: u64) -> io::Result<()> {
+    pub(crate) fn sync_dir(&self, id: u64) -> io::Result<()> {
         match self.path(id).parent() {
             Some(parent) => File::open(parent)?.sync_all(),
             None => Ok(()),
         }
     }
 
-    pub fn path(&self, id: u64) -> PathBuf {
+    pub(crate) fn path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("{:02x}", id & 0xff)).join(format!("{id:016x}"))
     }
 
     /// A fresh temp path on the same filesystem.
-    pub fn temp_path(&self) -> PathBuf {
+    pub(crate) fn temp_path(&self) -> PathBuf {
         self.dir.join("tmp").join(uuid::Uuid::new_v4().simple().to_string())
     }
 
     /// Moves a fully written temp file to its blob name.
-    pub fn commit(&self, temp: &Path, id: u64) -> io::Result<()> {
+    pub(crate) fn commit(&self, temp: &Path, id: u64) -> io::Result<()> {
         let path = self.path(id);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -62,7 +62,7 @@ impl Blobs {
     }
 
     /// Removes a blob; an absent one is fine.
-    pub fn remove(&self, id: u64) {
+    pub(crate) fn remove(&self, id: u64) {
         if let Err(e) = std::fs::remove_file(self.path(id))
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -70,12 +70,12 @@ impl Blobs {
         }
     }
 
-    pub fn open_blob(&self, id: u64) -> io::Result<Arc<File>> {
+    pub(crate) fn open_blob(&self, id: u64) -> io::Result<Arc<File>> {
         File::open(self.path(id)).map(Arc::new)
     }
 
     /// Every blob id on disk (for garbage collection of files no index entry names).
-    pub fn ids(&self) -> io::Result<Vec<u64>> {
+    pub(crate) fn ids(&self) -> io::Result<Vec<u64>> {
         let mut ids = Vec::new();
         for fan in std::fs::read_dir(&self.dir)? {
             let fan = fan?;
@@ -97,14 +97,14 @@ impl Blobs {
 
 /// CRC32 of each `BLOCK` of a body, computed as the body streams by.
 #[derive(Debug, Default)]
-pub struct BlockCrcs {
+pub(crate) struct BlockCrcs {
     done: Vec<u32>,
     current: crc32fast::Hasher,
     in_block: u64,
 }
 
 impl BlockCrcs {
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let room = (BLOCK - self.in_block) as usize;
             let n = room.min(data.len());
@@ -119,7 +119,7 @@ impl BlockCrcs {
         }
     }
 
-    pub fn finish(mut self) -> Vec<u32> {
+    pub(crate) fn finish(mut self) -> Vec<u32> {
         if self.in_block > 0 {
             self.done.push(self.current.finalize());
         }
@@ -129,7 +129,7 @@ impl BlockCrcs {
 
 /// Reads block `index` of a blob of `size` bytes and checks it against `crcs`.
 /// `Ok(None)` means the block is corrupt or short.
-pub fn read_block(file: &File, size: u64, crcs: &[u32], index: u64) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_block(file: &File, size: u64, crcs: &[u32], index: u64) -> io::Result<Option<Vec<u8>>> {
     let start = index * BLOCK;
     if start >= size {
         return Ok(Some(Vec::new()));
@@ -153,7 +153,7 @@ pub fn read_block(file: &File, size: u64, crcs: &[u32], index: u64) -> io::Resul
 /// Reads a whole blob of `size` bytes from a freshly opened `file` (from its start) and checks
 /// every block against `crcs`, into one buffer that is never zero-filled first nor copied again
 /// (the way a hit of a small object is read and then kept in memory). `Ok(None)`: corrupt or short.
-pub fn read_checked(file: &File, size: u64, crcs: &[u32]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_checked(file: &File, size: u64, crcs: &[u32]) -> io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::with_capacity(size as usize);
     file.take(size).read_to_end(&mut buf)?;
     Ok(checked(buf, size, crcs))
@@ -176,7 +176,7 @@ fn checked(buf: Vec<u8>, size: u64, crcs: &[u32]) -> Option<Vec<u8>> {
 /// a hit is then served without handing the read to a blocking thread and back, which costs more
 /// than the read itself. `None`: not all cached, or the kernel cannot tell; use `read_checked` on
 /// a blocking thread.
-pub fn read_checked_if_cached(file: &File, size: u64, crcs: &[u32]) -> Option<io::Result<Option<Vec<u8>>>> {
+pub(crate) fn read_checked_if_cached(file: &File, size: u64, crcs: &[u32]) -> Option<io::Result<Option<Vec<u8>>>> {
     read_if_cached(file, size).map(|buf| Ok(checked(buf, size, crcs)))
 }
 

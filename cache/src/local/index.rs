@@ -1,7 +1,7 @@
-//! `Index`: the cache's RocksDB, which says which objects are on local disk, in which blob, with
-//! what metadata. Column families: `objects` (bucket NUL key → `Entry`), `blobs` (blob id → bucket
-//! NUL key), `access` (bucket NUL key → last read, seconds), `meta` (the blob id high-water mark)
-//! and `journal` (write-back: sequence number → the record of a version not yet in the origin).
+//! `Index`: the local store's RocksDB: which objects are on local disk, in which blob, with what
+//! metadata. Column families: `objects` (`ObjectKey` → `Entry`), `blobs` (blob id → `ObjectKey`),
+//! `access` (`ObjectKey` → last read, seconds), `meta` (the blob id high-water mark) and `journal`
+//! (write-back: sequence number → the record of a version not yet in the origin).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -13,7 +13,8 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::CacheError;
+use crate::error::CacheError;
+use crate::key::{ObjectKey, hash_of};
 use crate::origin::ObjectMeta;
 
 const OBJECTS: &str = "objects";
@@ -36,11 +37,13 @@ const ALL_WRITE_BUFFERS: usize = 16 << 20;
 /// default is 4 times all write buffers: gigabytes, kept alive by the rarely written `meta`).
 const MAX_WAL: u64 = 8 << 20;
 /// What RocksDB may hold in memory at most: its block cache and memtables.
-pub const INDEX_MEMORY: u64 = (BLOCK_CACHE + ALL_WRITE_BUFFERS) as u64;
+pub(crate) const INDEX_MEMORY: u64 = (BLOCK_CACHE + ALL_WRITE_BUFFERS) as u64;
 
-/// One cached object.
+/// One object on local disk: a clean cached copy, the newest version of a write not yet uploaded
+/// (`pending`), or the tombstone of a delete not yet uploaded (`pending` and `deleted`: reads answer
+/// 404 at once, and nothing fetched from the origin replaces it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub blob: u64,
     pub meta: ObjectMeta,
     /// CRC32 of each `blobs::BLOCK` of the body.
@@ -56,34 +59,47 @@ pub struct Entry {
     /// of clients use `meta.etag`, conditional requests to the origin this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_etag: Option<String>,
+    /// A pending delete: no blob, no body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl Entry {
+    /// The index entry of delete version `seq`, acknowledged at `at`.
+    pub(crate) fn tombstone(seq: u64, at: SystemTime) -> Entry {
+        Entry {
+            blob: seq,
+            meta: ObjectMeta {
+                size: 0,
+                etag: String::new(),
+                last_modified: at,
+                headers: Default::default(),
+                checksums: Default::default(),
+            },
+            crcs: Vec::new(),
+            validated: at,
+            pending: true,
+            origin_etag: None,
+            deleted: true,
+        }
+    }
+
     /// The ETag the origin knows this copy by.
-    pub fn etag_at_origin(&self) -> &str {
+    pub(crate) fn etag_at_origin(&self) -> &str {
         self.origin_etag.as_deref().unwrap_or(&self.meta.etag)
     }
 }
 
-/// The cache key of an object: bucket names cannot hold NUL, and Perch refuses keys that do.
-pub fn object_key(bucket: &str, key: &str) -> String {
-    let mut k = String::with_capacity(bucket.len() + 1 + key.len());
-    k.push_str(bucket);
-    k.push('\0');
-    k.push_str(key);
-    k
-}
-
 /// What `scan` yields for each entry.
 #[derive(Debug, Clone, Copy)]
-pub struct Scanned {
+pub(crate) struct Scanned {
     pub blob: u64,
     pub key_hash: u64,
     pub size: u64,
     pub last_read: SystemTime,
 }
 
-pub struct Index {
+pub(crate) struct Index {
     db: DB,
     next: AtomicU64,
     /// The first id not yet covered by the persisted high-water mark.
@@ -92,16 +108,28 @@ pub struct Index {
     first_of_run: u64,
 }
 
-fn db_err(e: rocksdb::Error) -> CacheError {
-    CacheError::Index(e.to_string())
-}
-
 fn no_sync() -> WriteOptions {
     // The cache holds clean copies: losing the last writes in a power cut only loses cache
     // entries (their blobs are checked block by block when read), never data.
     let mut w = WriteOptions::default();
     w.set_sync(false);
     w
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+/// What the index keeps of a key once one of its versions is released.
+pub(crate) enum Released<'a> {
+    /// The version was the newest: it stays, as this clean entry.
+    Clean(&'a Entry),
+    /// The version was the newest and a delete: the tombstone goes.
+    Gone,
+    /// A newer version is the entry; this one's blob name goes when `forget_blob`.
+    Superseded { forget_blob: bool },
 }
 
 /// Reads of whole column families: read ahead, and leave the block cache to lookups.
@@ -113,7 +141,7 @@ fn scan_options() -> ReadOptions {
 }
 
 impl Index {
-    pub fn open(path: &Path) -> Result<Index, CacheError> {
+    pub(crate) fn open(path: &Path) -> Result<Index, CacheError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -131,15 +159,15 @@ impl Index {
             o.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(name, o)
         });
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err)?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let meta = db
             .cf_handle(META)
-            .ok_or_else(|| CacheError::Index("no meta column family".into()))?;
-        let next = match db.get_cf(meta, NEXT_BLOB).map_err(db_err)? {
+            .ok_or_else(|| CacheError::Corrupt("no meta column family".into()))?;
+        let next = match db.get_cf(meta, NEXT_BLOB)? {
             Some(v) => u64::from_be_bytes(
                 v.as_slice()
                     .try_into()
-                    .map_err(|_| CacheError::Index("bad next_blob".into()))?,
+                    .map_err(|_| CacheError::Corrupt("bad next_blob".into()))?,
             ),
             None => 1,
         };
@@ -154,59 +182,54 @@ impl Index {
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, CacheError> {
         self.db
             .cf_handle(name)
-            .ok_or_else(|| CacheError::Index(format!("no {name} column family")))
+            .ok_or_else(|| CacheError::Corrupt(format!("no {name} column family")))
     }
 
     /// Blob ids below this one were handed out by an earlier run (ids at or above it are this
     /// run's, and may be on disk a moment before the index names them).
-    pub fn first_id_of_this_run(&self) -> u64 {
+    pub(crate) fn first_id_of_this_run(&self) -> u64 {
         self.first_of_run
     }
 
     /// A blob id never handed out before, across restarts.
-    pub fn next_blob_id(&self) -> Result<u64, CacheError> {
+    pub(crate) fn next_blob_id(&self) -> Result<u64, CacheError> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let mut reserved = self
             .reserved
             .lock()
-            .map_err(|_| CacheError::Index("id lock poisoned".into()))?;
+            .map_err(|_| CacheError::Corrupt("id lock poisoned".into()))?;
         if id >= *reserved {
             let mark = id + ID_RUN;
             let mut w = WriteOptions::default();
             w.set_sync(true);
-            self.db
-                .put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &w)
-                .map_err(db_err)?;
+            self.db.put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &w)?;
             *reserved = mark;
         }
         Ok(id)
     }
 
-    pub fn get(&self, okey: &str) -> Result<Option<Entry>, CacheError> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(OBJECTS)?, okey.as_bytes())
-            .map_err(db_err)?
-        {
+    pub(crate) fn get(&self, okey: &ObjectKey) -> Result<Option<Entry>, CacheError> {
+        match self.db.get_pinned_cf(self.cf(OBJECTS)?, okey.as_bytes())? {
             Some(v) => Ok(serde_json::from_slice(&v).ok()),
             None => Ok(None),
         }
     }
 
     /// Records `entry` for `okey`; `replaced` is the blob of the entry it replaces, if any.
-    pub fn put(&self, okey: &str, entry: &Entry, replaced: Option<u64>) -> Result<(), CacheError> {
-        let value = serde_json::to_vec(entry).map_err(|e| CacheError::Index(e.to_string()))?;
+    pub(crate) fn put(&self, okey: &ObjectKey, entry: &Entry, replaced: Option<u64>) -> Result<(), CacheError> {
+        let value = serde_json::to_vec(entry)?;
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), value);
         b.put_cf(self.cf(BLOBS)?, entry.blob.to_be_bytes(), okey.as_bytes());
         if let Some(old) = replaced.filter(|&o| o != entry.blob) {
             b.delete_cf(self.cf(BLOBS)?, old.to_be_bytes());
         }
-        self.db.write_opt(b, &no_sync()).map_err(db_err)
+        self.db.write_opt(b, &no_sync())?;
+        Ok(())
     }
 
     /// Forgets `okey` if it still names `blob`; returns whether it did.
-    pub fn remove_if(&self, okey: &str, blob: u64) -> Result<bool, CacheError> {
+    pub(crate) fn remove_if(&self, okey: &ObjectKey, blob: u64) -> Result<bool, CacheError> {
         let current = self.get(okey)?;
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(BLOBS)?, blob.to_be_bytes());
@@ -215,23 +238,22 @@ impl Index {
             b.delete_cf(self.cf(OBJECTS)?, okey.as_bytes());
             b.delete_cf(self.cf(ACCESS)?, okey.as_bytes());
         }
-        self.db.write_opt(b, &no_sync()).map_err(db_err)?;
+        self.db.write_opt(b, &no_sync())?;
         Ok(matched)
     }
 
     /// The object a blob belongs to.
-    pub fn key_of_blob(&self, blob: u64) -> Result<Option<String>, CacheError> {
+    pub(crate) fn key_of_blob(&self, blob: u64) -> Result<Option<ObjectKey>, CacheError> {
         Ok(self
             .db
-            .get_cf(self.cf(BLOBS)?, blob.to_be_bytes())
-            .map_err(db_err)?
-            .and_then(|v| String::from_utf8(v).ok()))
+            .get_cf(self.cf(BLOBS)?, blob.to_be_bytes())?
+            .and_then(|v| ObjectKey::from_stored(&v)))
     }
 
     /// Writes the last-read times of objects. Only the eviction order depends on them, so they
     /// skip the log: a crash loses the ones not yet flushed, and a restart has none to replay (a
     /// busy minute's worth would otherwise take longer to replay than the rest of the start-up).
-    pub fn record_access(&self, reads: &[(String, SystemTime)]) -> Result<(), CacheError> {
+    pub(crate) fn record_access(&self, reads: &[(ObjectKey, SystemTime)]) -> Result<(), CacheError> {
         let cf = self.cf(ACCESS)?;
         let mut b = WriteBatch::default();
         for (okey, at) in reads {
@@ -240,13 +262,14 @@ impl Index {
         }
         let mut w = no_sync();
         w.disable_wal(true);
-        self.db.write_opt(b, &w).map_err(db_err)
+        self.db.write_opt(b, &w)?;
+        Ok(())
     }
 
     /// Every entry in compact form, for rebuilding the eviction order (40 bytes an entry, so a
     /// million entries cost 40 MB while this runs). Walks `objects` and `access` side by side,
     /// decoding only the fields it needs, without filling the block cache.
-    pub fn scan(&self, hash: impl Fn(&str) -> u64) -> Result<Vec<Scanned>, CacheError> {
+    pub(crate) fn scan(&self) -> Result<Vec<Scanned>, CacheError> {
         /// The part of an `Entry` a scan needs (serde skips the rest without allocating it).
         #[derive(Deserialize)]
         struct SizeOnly {
@@ -291,20 +314,20 @@ impl Index {
                 }
                 out.push(Scanned {
                     blob: entry.blob,
-                    key_hash: hash(&String::from_utf8_lossy(k)),
+                    key_hash: hash_of(&String::from_utf8_lossy(k)),
                     size: entry.meta.size,
                     last_read,
                 });
             }
             objects.next();
         }
-        objects.status().map_err(db_err)?;
-        access.status().map_err(db_err)?;
+        objects.status()?;
+        access.status()?;
         Ok(out)
     }
 
     /// Every blob id the index names.
-    pub fn blob_ids(&self) -> Result<Vec<u64>, CacheError> {
+    pub(crate) fn blob_ids(&self) -> Result<Vec<u64>, CacheError> {
         let mut ids = Vec::new();
         let mut it = self.db.raw_iterator_cf_opt(self.cf(BLOBS)?, scan_options());
         it.seek_to_first();
@@ -314,83 +337,86 @@ impl Index {
             }
             it.next();
         }
-        it.status().map_err(db_err)?;
+        it.status()?;
         Ok(ids)
     }
 
     /// Commits version `seq` of `okey` as ONE synced batch: its journal `record` and the index
-    /// update (`entry` names the version's blob; `None` is a delete). `drop_blob`: the blob of the
-    /// clean entry it replaces, no longer named. The write is on disk when this returns.
-    pub fn commit_version(
+    /// entry naming it (its blob, or a tombstone for a delete). `drop_blob`: the blob of the clean
+    /// entry it replaces, no longer named. The write is on disk when this returns.
+    pub(crate) fn commit_version(
         &self,
-        okey: &str,
+        okey: &ObjectKey,
         seq: u64,
         record: &[u8],
-        entry: Option<&Entry>,
+        entry: &Entry,
         drop_blob: Option<u64>,
     ) -> Result<(), CacheError> {
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(JOURNAL)?, seq.to_be_bytes(), record);
-        match entry {
-            Some(e) => {
-                let value = serde_json::to_vec(e).map_err(|e| CacheError::Index(e.to_string()))?;
-                b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), value);
-                b.put_cf(self.cf(BLOBS)?, seq.to_be_bytes(), okey.as_bytes());
-            }
-            None => {
-                b.delete_cf(self.cf(OBJECTS)?, okey.as_bytes());
-                b.delete_cf(self.cf(ACCESS)?, okey.as_bytes());
-            }
+        b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), serde_json::to_vec(entry)?);
+        if entry.deleted {
+            b.delete_cf(self.cf(ACCESS)?, okey.as_bytes());
+        } else {
+            b.put_cf(self.cf(BLOBS)?, seq.to_be_bytes(), okey.as_bytes());
         }
         if let Some(old) = drop_blob {
             b.delete_cf(self.cf(BLOBS)?, old.to_be_bytes());
         }
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        self.db.write_opt(b, &w).map_err(db_err)
+        self.db.write_opt(b, &synced())?;
+        Ok(())
     }
 
-    /// Releases version `seq` (the origin has it, or a newer one replaced it) as one batch: its
-    /// journal record goes; `clean` is the entry of `okey` when the version stays as a clean
-    /// cache entry; `forget_blob` when its blob is about to be removed. Synced only then, so that
-    /// a replay never finds a record whose blob is gone; otherwise a crash that loses the release
-    /// only makes the next start upload the version again (the same bytes).
-    pub fn release_version(
+    /// Releases version `seq` of `okey` (the origin has it, or a newer one replaced it) as one
+    /// batch: its journal record goes, and the index entry changes as `after` says. Synced when
+    /// `sync` (see `Journal::release`).
+    pub(crate) fn release_version(
         &self,
         seq: u64,
-        okey: &str,
-        clean: Option<&Entry>,
-        forget_blob: bool,
+        okey: &ObjectKey,
+        after: &Released<'_>,
+        sync: bool,
     ) -> Result<(), CacheError> {
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(JOURNAL)?, seq.to_be_bytes());
-        if let Some(e) = clean {
-            let value = serde_json::to_vec(e).map_err(|e| CacheError::Index(e.to_string()))?;
-            b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), value);
-        }
-        if forget_blob {
-            b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
+        match after {
+            Released::Clean(e) => b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), serde_json::to_vec(e)?),
+            Released::Gone => b.delete_cf(self.cf(OBJECTS)?, okey.as_bytes()),
+            Released::Superseded { forget_blob } => {
+                if *forget_blob {
+                    b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
+                }
+            }
         }
         let mut w = WriteOptions::default();
-        w.set_sync(forget_blob);
-        self.db.write_opt(b, &w).map_err(db_err)
+        w.set_sync(sync);
+        self.db.write_opt(b, &w)?;
+        Ok(())
+    }
+
+    /// Writes the entry of `okey` in a synced batch (a tombstone restored at start).
+    pub(crate) fn put_synced(&self, okey: &ObjectKey, entry: &Entry) -> Result<(), CacheError> {
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), serde_json::to_vec(entry)?);
+        self.db.write_opt(b, &synced())?;
+        Ok(())
     }
 
     /// Whether any object of `bucket` is indexed (proof enough that the bucket exists).
-    pub fn has_bucket(&self, bucket: &str) -> Result<bool, CacheError> {
-        let prefix = object_key(bucket, "");
+    pub(crate) fn has_bucket(&self, bucket: &str) -> Result<bool, CacheError> {
+        let prefix = ObjectKey::prefix(bucket, "");
         let mut it = self.db.raw_iterator_cf(self.cf(OBJECTS)?);
         it.seek(prefix.as_bytes());
         Ok(it.key().is_some_and(|k| k.starts_with(prefix.as_bytes())))
     }
 
     /// Makes every write so far durable (one fsync of the log).
-    pub fn sync_wal(&self) -> Result<(), CacheError> {
-        self.db.flush_wal(true).map_err(db_err)
+    pub(crate) fn sync_wal(&self) -> Result<(), CacheError> {
+        Ok(self.db.flush_wal(true)?)
     }
 
     /// Every journal record, in sequence order.
-    pub fn journal(&self) -> Result<Vec<(u64, Vec<u8>)>, CacheError> {
+    pub(crate) fn journal(&self) -> Result<Vec<(u64, Vec<u8>)>, CacheError> {
         let mut out = Vec::new();
         let mut it = self.db.raw_iterator_cf_opt(self.cf(JOURNAL)?, scan_options());
         it.seek_to_first();
@@ -400,19 +426,19 @@ impl Index {
             }
             it.next();
         }
-        it.status().map_err(db_err)?;
+        it.status()?;
         Ok(out)
     }
 
     /// Writes every memtable out, so that the next open has no log to replay (a clean stop).
-    pub fn flush(&self) -> Result<(), CacheError> {
+    pub(crate) fn flush(&self) -> Result<(), CacheError> {
         let cfs = ALL_CFS
             .into_iter()
             .map(|name| self.cf(name))
             .collect::<Result<Vec<_>, _>>()?;
         let mut o = FlushOptions::default();
         o.set_wait(true);
-        self.db.flush_cfs_opt(&cfs, &o).map_err(db_err)
+        Ok(self.db.flush_cfs_opt(&cfs, &o)?)
     }
 }
 
@@ -438,6 +464,7 @@ mod tests {
             validated,
             pending: false,
             origin_etag: None,
+            deleted: false,
         }
     }
 
@@ -451,26 +478,26 @@ mod tests {
             for i in 0..100u64 {
                 let id = index.next_blob_id().unwrap();
                 index
-                    .put(&object_key("b", &format!("k{i:03}")), &entry(id, 10 + i, t0), None)
+                    .put(&ObjectKey::new("b", &format!("k{i:03}")), &entry(id, 10 + i, t0), None)
                     .unwrap();
             }
             // Every other object was read since; access times skip the log, a flush keeps them.
-            let reads: Vec<(String, SystemTime)> = (0..100)
+            let reads: Vec<(ObjectKey, SystemTime)> = (0..100)
                 .step_by(2)
-                .map(|i| (object_key("b", &format!("k{i:03}")), read))
+                .map(|i| (ObjectKey::new("b", &format!("k{i:03}")), read))
                 .collect();
             index.record_access(&reads).unwrap();
             index.flush().unwrap();
         }
         let index = Index::open(dir.path()).unwrap();
-        let all = index.scan(|k| k.len() as u64).unwrap();
+        let all = index.scan().unwrap();
         assert_eq!(all.len(), 100);
         for (i, s) in all.iter().enumerate() {
             assert_eq!(s.size, 10 + i as u64);
-            assert_eq!(s.key_hash, "b\0k000".len() as u64);
+            assert_eq!(s.key_hash, ObjectKey::new("b", &format!("k{i:03}")).hash64());
             assert_eq!(s.last_read, if i % 2 == 0 { read } else { t0 });
         }
-        let got = index.get(&object_key("b", "k007")).unwrap().unwrap();
+        let got = index.get(&ObjectKey::new("b", "k007")).unwrap().unwrap();
         assert_eq!(got, entry(got.blob, 17, t0));
         let mut ids = index.blob_ids().unwrap();
         ids.sort();

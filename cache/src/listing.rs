@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use perch_cache::journal::DirtyKey;
-use perch_cache::origin::{ListEntry, ListPage};
+use crate::journal::DirtyKey;
+use crate::origin::{ListEntry, ListPage};
 
 /// What a page asks for, with the position it resumes after.
 #[derive(Debug, Clone, Default)]
@@ -23,7 +23,7 @@ pub struct PageQuery {
 impl PageQuery {
     /// The origin's `start-after` for this page: past every key under `after` when it is a common
     /// prefix (so the prefix is not returned again).
-    pub fn origin_start_after(&self) -> Option<String> {
+    pub(crate) fn origin_start_after(&self) -> Option<String> {
         let after = self.after.as_ref()?;
         match &self.delimiter {
             Some(d)
@@ -68,7 +68,7 @@ enum Item {
 
 /// Merges the origin's page (asked with `q.origin_start_after()` and `q.max_keys`) with the
 /// newest pending version of each dirty key under the prefix.
-pub fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>) -> Page {
+pub(crate) fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>) -> Page {
     let origin_truncated = origin.next.is_some();
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
     for o in origin.objects {
@@ -132,7 +132,7 @@ pub fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>) -> Page {
 /// The pending versions to merge, from a snapshot taken before the origin's page and one taken
 /// after it: a key in the later one is as it says; a key only in the earlier one had its version
 /// uploaded meanwhile (the page may predate that upload), so the earlier one says it.
-pub fn newest(before: Vec<DirtyKey>, after: Vec<DirtyKey>) -> Vec<DirtyKey> {
+pub(crate) fn newest(before: Vec<DirtyKey>, after: Vec<DirtyKey>) -> Vec<DirtyKey> {
     let mut all: BTreeMap<String, DirtyKey> = before.into_iter().map(|d| (d.key.clone(), d)).collect();
     for d in after {
         all.insert(d.key.clone(), d);

@@ -1,0 +1,117 @@
+//! Bodies given to the store: `BodyDigest` computes, as the bytes arrive, what the store keeps of a
+//! body (its MD5, the S3 ETag, and a CRC32 per checked block); `spool` lands a stream in a durable
+//! temp file with its digest, for copies and multipart completions made locally.
+
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use md5::{Digest, Md5};
+
+use crate::local::TempGuard;
+use crate::local::blobs::BlockCrcs;
+use crate::origin::{ByteStream, PutBody};
+
+/// Digests a body as it arrives (feed every byte, in order, then `finish`).
+#[derive(Default)]
+pub struct BodyDigest {
+    md5: Md5,
+    crcs: BlockCrcs,
+}
+
+/// What `BodyDigest` found: the body's MD5 and its block checksums (opaque: the store's format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digested {
+    md5: [u8; 16],
+    pub(crate) crcs: Vec<u32>,
+}
+
+impl BodyDigest {
+    pub fn new() -> BodyDigest {
+        BodyDigest::default()
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        self.crcs.update(data);
+    }
+
+    pub fn finish(self) -> Digested {
+        Digested {
+            md5: self.md5.finalize().into(),
+            crcs: self.crcs.finish(),
+        }
+    }
+}
+
+impl Digested {
+    /// The body's MD5 in hex: a single-part object's ETag, without its quotes.
+    pub fn md5_hex(&self) -> String {
+        hex::encode(self.md5)
+    }
+
+    pub fn md5(&self) -> [u8; 16] {
+        self.md5
+    }
+}
+
+/// Bodies up to this size are kept in memory; larger ones go to a file.
+const IN_MEMORY_MAX: u64 = 1 << 20;
+
+/// A body landed locally: in memory, or in a temp file (fsynced) that `guard` removes unless it
+/// is renamed away first.
+pub(crate) struct Spooled {
+    pub body: PutBody,
+    pub digest: Digested,
+    pub _guard: Option<TempGuard>,
+}
+
+/// Lands `stream` (of `len` bytes) under `temp` (a fresh path), computing its digest; a stream that
+/// ends short or long is an error.
+pub(crate) async fn spool(mut stream: ByteStream, len: u64, temp: &Path) -> std::io::Result<Spooled> {
+    let mut digest = BodyDigest::new();
+    let short = |got: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the body ended after {got} of {len} bytes"),
+        )
+    };
+    if len <= IN_MEMORY_MAX {
+        let mut buf = BytesMut::with_capacity(len as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            digest.update(&chunk);
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.len() as u64 != len {
+            return Err(short(buf.len() as u64));
+        }
+        return Ok(Spooled {
+            body: PutBody::Bytes(Bytes::from(buf)),
+            digest: digest.finish(),
+            _guard: None,
+        });
+    }
+    use tokio::io::AsyncWriteExt;
+    let guard = TempGuard(temp.to_owned());
+    let mut file = tokio::fs::File::create(temp).await?;
+    let mut written = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        digest.update(&chunk);
+        file.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    if written != len {
+        return Err(short(written));
+    }
+    file.sync_all().await?;
+    Ok(Spooled {
+        body: PutBody::File {
+            path: temp.to_owned(),
+            len,
+        },
+        digest: digest.finish(),
+        _guard: Some(guard),
+    })
+}

@@ -1,0 +1,52 @@
+//! The engine's errors: `CacheError` for its own storage, `StoreError` for what a `Store` call can
+//! answer (the origin's S3 errors, a write the origin refused or has not confirmed in time).
+
+use std::time::Duration;
+
+use crate::origin::OriginError;
+
+/// Failures of the local storage (not of the origin).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache index: {0}")]
+    Index(#[from] rocksdb::Error),
+    #[error("cache index record: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("cache index: {0}")]
+    Corrupt(String),
+    #[error(
+        "journal record {seq} ({object}) names blob {path} of {size} bytes, which is {found}; \
+         refusing to start without an acknowledged write (perch journal check)"
+    )]
+    MissingBlob {
+        seq: u64,
+        object: String,
+        path: String,
+        size: u64,
+        found: String,
+    },
+    #[error("cache files: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a `Store` call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The origin's answer (NoSuchKey, PreconditionFailed, …) or a local check with S3's meaning.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    #[error("local storage: {0}")]
+    Local(#[from] CacheError),
+    #[error("the origin refused version {seq}: {error}")]
+    Refused { seq: u64, error: String },
+    #[error("the origin has not confirmed the write within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Local(CacheError::Io(e))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,0 +1,364 @@
+//! The journal's in-memory state and its scheduler: which versions are pending, which may be
+//! uploaded now. A pure function of the state (no I/O, no clock but the versions' own times), so
+//! stages, barriers and write-through are unit-tested here.
+//!
+//! Rules (docs/write-back.md): ordinary and barrier versions upload in stages (`2 × epoch`, `+1`
+//! for the barrier): only versions of the lowest stage still pending start. Write-through versions
+//! ignore stages and have upload slots of their own, so a checkpoint's WAL never waits behind the
+//! data backlog. Per key, one version is in flight at a time, oldest first; a version whose key has
+//! a newer version in the same stage is skipped (released without an upload), never across stages.
+//! Every operation is O(log n) in the backlog: the scheduler keeps the set of versions that are
+//! ready (oldest of their key, not in flight, not refused) per lane.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, SystemTime};
+
+use perch_policy::WriteMode;
+
+use crate::journal::record::RecordPut;
+use crate::key::ObjectKey;
+
+/// A version not yet confirmed by the origin.
+#[derive(Debug, Clone)]
+pub(crate) struct Version {
+    pub okey: ObjectKey,
+    pub put: Option<RecordPut>,
+    pub mode: WriteMode,
+    pub stage: u64,
+    pub acked: SystemTime,
+}
+
+impl Version {
+    pub(crate) fn size(&self) -> u64 {
+        self.put.as_ref().map_or(0, |p| p.meta.size)
+    }
+
+    fn ordered(&self) -> bool {
+        self.mode != WriteMode::WriteThrough
+    }
+}
+
+/// How many uploads each lane may have in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slots {
+    /// Ordinary and barrier versions (`--upload-concurrency`).
+    pub ordered: usize,
+    /// Write-through versions, beside them.
+    pub write_through: usize,
+}
+
+/// A version the scheduler handed out: upload it, or (`skip`) release it without an upload, as a
+/// newer version of its key in the same stage replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pick {
+    pub seq: u64,
+    pub skip: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub versions: BTreeMap<u64, Version>,
+    /// Unconfirmed versions of each key.
+    pub keys: BTreeMap<ObjectKey, BTreeSet<u64>>,
+    /// Unconfirmed ordered versions by stage (the lowest stage is the one uploading).
+    stages: BTreeMap<u64, BTreeSet<u64>>,
+    /// Ordered versions that may start once their stage is the lowest: (stage, seq).
+    ready_ordered: BTreeSet<(u64, u64)>,
+    /// Write-through versions that may start.
+    ready_write_through: BTreeSet<u64>,
+    in_flight: HashSet<u64>,
+    in_flight_write_through: usize,
+    /// Versions the origin refused for good: kept, shown, not retried until the next start.
+    pub failed: BTreeMap<u64, String>,
+    pub dirty_bytes: u64,
+    pub last_seq: u64,
+    /// The last origin fault the uploader met, while it lasts.
+    pub origin_fault: Option<(SystemTime, String)>,
+}
+
+impl State {
+    /// Adds an unconfirmed version (at start from the journal, or just committed).
+    pub(crate) fn add(&mut self, seq: u64, v: Version) {
+        self.dirty_bytes += v.size();
+        self.last_seq = self.last_seq.max(seq);
+        if v.ordered() {
+            self.stages.entry(v.stage).or_default().insert(seq);
+        }
+        let seqs = self.keys.entry(v.okey.clone()).or_default();
+        seqs.insert(seq);
+        let first = seqs.first() == Some(&seq);
+        self.versions.insert(seq, v);
+        if first {
+            self.mark_ready(seq);
+        }
+    }
+
+    /// Removes a version (confirmed, skipped, or dropped); the next version of its key becomes
+    /// ready. Returns it.
+    pub(crate) fn remove(&mut self, seq: u64) -> Option<Version> {
+        let v = self.versions.remove(&seq)?;
+        self.dirty_bytes = self.dirty_bytes.saturating_sub(v.size());
+        self.unmark_ready(seq, &v);
+        if self.in_flight.remove(&seq) && !v.ordered() {
+            self.in_flight_write_through -= 1;
+        }
+        self.failed.remove(&seq);
+        if v.ordered()
+            && let Some(set) = self.stages.get_mut(&v.stage)
+        {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.stages.remove(&v.stage);
+            }
+        }
+        let mut next = None;
+        if let Some(seqs) = self.keys.get_mut(&v.okey) {
+            seqs.remove(&seq);
+            next = seqs.first().copied();
+            if seqs.is_empty() {
+                self.keys.remove(&v.okey);
+            }
+        }
+        if let Some(next) = next
+            && !self.in_flight.contains(&next)
+        {
+            self.mark_ready(next);
+        }
+        Some(v)
+    }
+
+    /// The origin refused `seq` for good: it stays, out of the scheduler's hands.
+    pub(crate) fn fail(&mut self, seq: u64, error: String) {
+        if let Some(v) = self.versions.get(&seq).cloned() {
+            self.unmark_ready(seq, &v);
+            if self.in_flight.remove(&seq) && !v.ordered() {
+                self.in_flight_write_through -= 1;
+            }
+            self.failed.insert(seq, error);
+        }
+    }
+
+    fn mark_ready(&mut self, seq: u64) {
+        let Some(v) = self.versions.get(&seq) else { return };
+        if self.failed.contains_key(&seq) {
+            return;
+        }
+        if v.ordered() {
+            self.ready_ordered.insert((v.stage, seq));
+        } else {
+            self.ready_write_through.insert(seq);
+        }
+    }
+
+    fn unmark_ready(&mut self, seq: u64, v: &Version) {
+        if v.ordered() {
+            self.ready_ordered.remove(&(v.stage, seq));
+        } else {
+            self.ready_write_through.remove(&seq);
+        }
+    }
+
+    /// Hands out the versions that may go now, marking them in flight.
+    pub(crate) fn next_uploads(&mut self, slots: Slots) -> Vec<Pick> {
+        let mut picked = Vec::new();
+        let ordered_in_flight = self.in_flight.len() - self.in_flight_write_through;
+        let room = slots.ordered.max(1).saturating_sub(ordered_in_flight);
+        if let Some(&lowest) = self.stages.keys().next() {
+            let ready: Vec<u64> = self
+                .ready_ordered
+                .range((lowest, 0)..(lowest + 1, 0))
+                .map(|&(_, seq)| seq)
+                .take(room)
+                .collect();
+            for seq in ready {
+                picked.push(self.start(seq));
+            }
+        }
+        let mut room = slots.write_through.max(1).saturating_sub(self.in_flight_write_through);
+        while room > 0 {
+            let Some(seq) = self.ready_write_through.first().copied() else {
+                break;
+            };
+            picked.push(self.start(seq));
+            room -= 1;
+        }
+        picked
+    }
+
+    fn start(&mut self, seq: u64) -> Pick {
+        let Some(v) = self.versions.get(&seq).cloned() else {
+            return Pick { seq, skip: false };
+        };
+        self.unmark_ready(seq, &v);
+        self.in_flight.insert(seq);
+        if !v.ordered() {
+            self.in_flight_write_through += 1;
+        }
+        let skip = v.ordered()
+            && self
+                .keys
+                .get(&v.okey)
+                .and_then(|seqs| seqs.range(seq + 1..).next())
+                .and_then(|n| self.versions.get(n))
+                .is_some_and(|n| n.stage == v.stage);
+        Pick { seq, skip }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// How long the oldest unconfirmed version has waited.
+    pub(crate) fn oldest_age(&self) -> Duration {
+        self.versions
+            .first_key_value()
+            .and_then(|(_, v)| v.acked.elapsed().ok())
+            .unwrap_or_default()
+    }
+
+    /// The newest unconfirmed version of `okey`.
+    pub(crate) fn newest(&self, okey: &ObjectKey) -> Option<(u64, &Version)> {
+        let seq = *self.keys.get(okey)?.last()?;
+        self.versions.get(&seq).map(|v| (seq, v))
+    }
+
+    /// Whether a key starting with `prefix` has unconfirmed versions.
+    pub(crate) fn any_under(&self, prefix: &ObjectKey) -> bool {
+        self.keys
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(prefix))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SLOTS: Slots = Slots {
+        ordered: 16,
+        write_through: 4,
+    };
+
+    fn v(key: &str, mode: WriteMode, stage: u64) -> Version {
+        Version {
+            okey: ObjectKey::new("b", key),
+            put: None,
+            mode,
+            stage,
+            acked: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn seqs(p: &[Pick]) -> Vec<u64> {
+        p.iter().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn a_barrier_waits_for_its_epoch_and_the_next_epoch_for_the_barrier() {
+        let mut st = State::default();
+        st.add(1, v("d/1", WriteMode::WriteBack, 0));
+        st.add(2, v("d/2", WriteMode::WriteBack, 0));
+        st.add(3, v("ctl", WriteMode::Barrier, 1));
+        st.add(4, v("d/3", WriteMode::WriteBack, 2));
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [1, 2]);
+        assert!(st.next_uploads(SLOTS).is_empty(), "nothing else until the epoch is in");
+        st.remove(1);
+        assert!(
+            st.next_uploads(SLOTS).is_empty(),
+            "the barrier waits for all of its epoch"
+        );
+        st.remove(2);
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [3]);
+        assert!(
+            st.next_uploads(SLOTS).is_empty(),
+            "the next epoch waits for the barrier"
+        );
+        st.remove(3);
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [4]);
+    }
+
+    #[test]
+    fn write_through_ignores_stages_and_has_slots_of_its_own() {
+        let mut st = State::default();
+        for seq in 1..=20 {
+            st.add(seq, v(&format!("d/{seq}"), WriteMode::WriteBack, 0));
+        }
+        st.add(21, v("ctl", WriteMode::Barrier, 1));
+        st.add(22, v("wal/1", WriteMode::WriteThrough, 2));
+        st.add(23, v("wal/2", WriteMode::WriteThrough, 2));
+        let first = st.next_uploads(SLOTS);
+        assert_eq!(first.len(), 18, "16 ordered slots, and the WAL beside them");
+        assert!(seqs(&first).contains(&22) && seqs(&first).contains(&23));
+        assert_eq!(st.in_flight(), 18);
+    }
+
+    #[test]
+    fn one_version_per_key_at_a_time_oldest_first_skipping_within_a_stage_only() {
+        let mut st = State::default();
+        st.add(1, v("k", WriteMode::WriteBack, 0));
+        st.add(2, v("k", WriteMode::WriteBack, 0));
+        st.add(3, v("ctl", WriteMode::Barrier, 1));
+        st.add(4, v("k", WriteMode::WriteBack, 2));
+        assert_eq!(st.next_uploads(SLOTS), [Pick { seq: 1, skip: true }]);
+        assert!(st.next_uploads(SLOTS).is_empty(), "2 waits for 1");
+        st.remove(1);
+        assert_eq!(
+            st.next_uploads(SLOTS),
+            [Pick { seq: 2, skip: false }],
+            "4 is in another stage: 2 must go up"
+        );
+        st.remove(2);
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [3]);
+    }
+
+    #[test]
+    fn a_write_through_version_waits_for_the_older_versions_of_its_key() {
+        let mut st = State::default();
+        st.add(1, v("ctl", WriteMode::Barrier, 1));
+        st.add(2, v("k", WriteMode::WriteBack, 2));
+        st.add(3, v("k", WriteMode::WriteThrough, 2));
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
+        st.remove(1);
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [2]);
+        st.remove(2);
+        assert_eq!(st.next_uploads(SLOTS), [Pick { seq: 3, skip: false }]);
+    }
+
+    #[test]
+    fn a_refused_version_blocks_its_stage_and_key_until_removed() {
+        let mut st = State::default();
+        st.add(1, v("a", WriteMode::WriteBack, 0));
+        st.add(2, v("ctl", WriteMode::Barrier, 1));
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
+        st.fail(1, "403".into());
+        assert!(
+            st.next_uploads(SLOTS).is_empty(),
+            "the barrier never passes a refused version"
+        );
+        assert_eq!(st.in_flight(), 0);
+        st.remove(1);
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [2]);
+    }
+
+    #[test]
+    fn slots_bound_what_is_in_flight_and_free_up_on_removal() {
+        let mut st = State::default();
+        let slots = Slots {
+            ordered: 2,
+            write_through: 1,
+        };
+        for seq in 1..=5 {
+            st.add(seq, v(&format!("d/{seq}"), WriteMode::WriteBack, 0));
+        }
+        st.add(6, v("wal/1", WriteMode::WriteThrough, 0));
+        st.add(7, v("wal/2", WriteMode::WriteThrough, 0));
+        assert_eq!(seqs(&st.next_uploads(slots)), [1, 2, 6]);
+        assert!(st.next_uploads(slots).is_empty());
+        st.remove(2);
+        st.remove(6);
+        assert_eq!(seqs(&st.next_uploads(slots)), [3, 7]);
+        assert_eq!(st.dirty_bytes, 0);
+        assert_eq!(st.versions.len(), 5);
+    }
+}

@@ -1,0 +1,464 @@
+//! `Local`: what the engine keeps on this machine, shared by the reader and the journal: the index
+//! (RocksDB), the blob files, the disk tier's eviction order, the memory tier, the fills under way,
+//! the per-key locks, and the rule that the index log is synced before a blob file is unlinked.
+//!
+//! Lock order, everywhere: a key's stripe, then the journal's epoch, then the journal's state, then
+//! the evictor (never held across I/O other than RocksDB's).
+
+pub(crate) mod blobs;
+pub(crate) mod evict;
+pub(crate) mod fills;
+pub(crate) mod index;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+
+use crate::error::CacheError;
+use crate::key::ObjectKey;
+use crate::local::blobs::Blobs;
+use crate::local::evict::Evictor;
+use crate::local::fills::{Fill, Fills};
+use crate::local::index::{Entry, INDEX_MEMORY, Index};
+use crate::memory::{MemoryObject, MemoryTier, memory_tier_limit, release_free_memory};
+use crate::metrics::{CacheStats, DISK, MEMORY};
+use crate::origin::ObjectMeta;
+
+/// Reads whose times wait for the next flush, at most (beyond, the flush is started at once): a
+/// burst of distinct reads must not grow the map without bound (~100 bytes a key).
+const READS_FLUSH_AT: usize = 16_384;
+
+/// Where and how much `Local` keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalConfig {
+    /// `<data-dir>/cache`.
+    pub dir: PathBuf,
+    /// Limit of the disk tier.
+    pub disk_bytes: u64,
+    /// The memory budget: the index's caches, the eviction order, the memory tier in the rest.
+    pub memory_bytes: u64,
+    /// Objects up to this size also live in memory.
+    pub memory_object_max: u64,
+}
+
+pub(crate) struct Local {
+    cfg: LocalConfig,
+    pub index: Index,
+    pub blobs: Blobs,
+    pub memory: MemoryTier,
+    pub fills: Fills,
+    evictor: Mutex<Evictor>,
+    /// Striped per-key locks: a commit, a release and the keeping of a fetched copy of one key
+    /// never interleave.
+    key_locks: Vec<Mutex<()>>,
+    /// Set when a version was released without a sync: before a blob file is removed, the log
+    /// is synced, so that a crash never brings back a journal record whose blob is gone.
+    unsynced_release: AtomicBool,
+    /// Reads since the last flush of access times.
+    reads: Mutex<HashMap<ObjectKey, SystemTime>>,
+    /// Wakes the flush of access times early, when `reads` has grown to `READS_FLUSH_AT`.
+    flush_soon: Arc<tokio::sync::Notify>,
+    pub stats: CacheStats,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data (plain maps and counters).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a key has versions the origin does not have yet: the journal answers, the read path
+/// asks (without knowing the journal).
+pub(crate) trait Pending: Send + Sync {
+    fn has_pending(&self, okey: &ObjectKey) -> bool;
+}
+
+/// Blobs the evictor chose to drop, to be removed once no key lock is held.
+#[derive(Debug, Default)]
+pub(crate) struct Evicted(Vec<u64>);
+
+/// Removes a temp file when dropped, unless it was renamed away first.
+pub(crate) struct TempGuard(pub(crate) PathBuf);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Local {
+    /// Opens the index and the blob directory under `cfg.dir`.
+    pub(crate) fn open(cfg: LocalConfig, registry: Option<&mut Registry>) -> Result<Local, CacheError> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let index = Index::open(&cfg.dir.join("index"))?;
+        let blobs = Blobs::open(cfg.dir.join("blobs"))?;
+        let stats = CacheStats::default();
+        if let Some(r) = registry {
+            stats.register(r);
+        }
+        if cfg.memory_bytes > 0 && memory_tier_limit(cfg.memory_bytes, 0) == 0 {
+            tracing::warn!(
+                memory_bytes = cfg.memory_bytes,
+                index_bytes = INDEX_MEMORY,
+                "the cache's memory budget leaves nothing for the memory tier after the index's caches and the allocator's share: every hit is a disk hit"
+            );
+        }
+        Ok(Local {
+            memory: MemoryTier::new(memory_tier_limit(cfg.memory_bytes, 0), stats.clone()),
+            evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
+            cfg,
+            index,
+            blobs,
+            fills: Fills::default(),
+            key_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            unsynced_release: AtomicBool::new(false),
+            reads: Mutex::new(HashMap::new()),
+            flush_soon: Arc::new(tokio::sync::Notify::new()),
+            stats,
+        })
+    }
+
+    /// Starts the background work: rebuilding the eviction order from the index, and flushing
+    /// access times every 10 s (sooner after a burst of reads).
+    pub(crate) fn start(self: &Arc<Self>) {
+        let warm = self.clone();
+        tokio::task::spawn_blocking(move || warm.rebuild_eviction_order());
+        let flush = Arc::downgrade(self);
+        let soon = self.flush_soon.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(Duration::from_secs(10), soon.notified()).await;
+                let Some(local) = flush.upgrade() else { return };
+                local.flush_access_times();
+            }
+        });
+    }
+
+    /// Objects larger than this pass through without being kept.
+    pub(crate) fn keep_limit(&self) -> u64 {
+        self.cfg.disk_bytes / 4
+    }
+
+    pub(crate) fn memory_object_max(&self) -> u64 {
+        self.cfg.memory_object_max
+    }
+
+    /// The lock of `okey`'s stripe.
+    pub(crate) fn key_lock(&self, okey: &ObjectKey) -> MutexGuard<'_, ()> {
+        lock(&self.key_locks[(okey.hash64() % self.key_locks.len() as u64) as usize])
+    }
+
+    /// Feeds every indexed entry to the evictor, least recently read first, so the eviction order
+    /// survives a restart. Runs in the background: the cache serves from the index meanwhile.
+    fn rebuild_eviction_order(&self) {
+        let started = Instant::now();
+        let mut all = match self.index.scan() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan the cache index");
+                return;
+            }
+        };
+        all.sort_by_key(|e| e.last_read);
+        let count = all.len();
+        lock(&self.evictor).reserve(count);
+        for e in all {
+            let evicted = lock(&self.evictor).insert(e.blob, e.key_hash, e.size);
+            self.drop_evicted(Evicted(evicted));
+        }
+        self.fit_memory();
+        self.refresh_gauges();
+        release_free_memory();
+        tracing::info!(
+            entries = count,
+            ms = started.elapsed().as_millis() as u64,
+            "cache eviction order rebuilt"
+        );
+        // Blob files no entry names (a crash between writing a blob and indexing it): remove them.
+        // Only an earlier run's: a fill of this run commits its blob just before indexing it.
+        let earlier = self.index.first_id_of_this_run();
+        if let (Ok(on_disk), Ok(mut named)) = (self.blobs.ids(), self.index.blob_ids()) {
+            // Sorted ids and a binary search: a hash set of a million ids would cost 18 MB more.
+            named.sort_unstable();
+            for id in on_disk
+                .into_iter()
+                .filter(|id| *id < earlier && named.binary_search(id).is_err())
+            {
+                self.blobs.remove(id);
+            }
+        }
+    }
+
+    fn flush_access_times(&self) {
+        // Taken whole, so that a burst of reads does not leave a large empty map behind.
+        let reads: Vec<(ObjectKey, SystemTime)> = std::mem::take(&mut *lock(&self.reads)).into_iter().collect();
+        if !reads.is_empty()
+            && let Err(e) = self.index.record_access(&reads)
+        {
+            tracing::warn!(error = %e, "cannot record cache access times");
+        }
+    }
+
+    /// A clean stop: records the last access times and writes the index's memtables out, so the
+    /// next start has no log to replay and is ready at once.
+    pub(crate) fn close(&self) {
+        self.flush_access_times();
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "cannot flush the cache index");
+        }
+    }
+
+    /// Gives the memory tier what the budget leaves after the index's caches and the disk tier's
+    /// eviction state, once that moved enough to be worth emptying the tier for (see `memory`).
+    pub(crate) fn fit_memory(&self) {
+        let tracked = lock(&self.evictor).heap_bytes() as u64;
+        let limit = memory_tier_limit(self.cfg.memory_bytes, tracked);
+        let now = self.memory.capacity();
+        if limit.abs_diff(now) > (self.cfg.memory_bytes / 32).max(1 << 20) || (limit < now && limit == 0) {
+            tracing::info!(
+                memory_tier_bytes = limit,
+                eviction_state_bytes = tracked,
+                "memory tier limit follows the disk tier"
+            );
+            self.memory.resize(limit);
+        }
+    }
+
+    /// Brings the size and entry gauges up to date (also called before metrics are rendered).
+    pub(crate) fn refresh_gauges(&self) {
+        // moka counts inserts and removals lazily: settle them so that the gauges are current.
+        let (memory_size, memory_entries) = self.memory.settle();
+        self.stats.size.get_or_create(&MEMORY).set(memory_size as i64);
+        self.stats.entries.get_or_create(&MEMORY).set(memory_entries as i64);
+        self.stats
+            .limit
+            .get_or_create(&MEMORY)
+            .set(self.memory.capacity() as i64);
+        let e = lock(&self.evictor);
+        self.stats.size.get_or_create(&DISK).set(e.used() as i64);
+        self.stats.entries.get_or_create(&DISK).set(e.len() as i64);
+        self.stats.limit.get_or_create(&DISK).set(e.capacity() as i64);
+        self.stats.eviction_state.set(e.heap_bytes() as i64);
+    }
+
+    /// Forgets the memory copy of `okey` and makes sure a fill under way is not kept.
+    pub(crate) fn forget_copies(&self, okey: &ObjectKey) {
+        self.memory.invalidate(okey);
+        self.fills.mark_stale(okey);
+    }
+
+    /// Records a read of `okey`'s blob: its place in the eviction order, and its access time.
+    pub(crate) fn note_read(&self, okey: &ObjectKey, blob: u64) {
+        lock(&self.evictor).touch(blob);
+        let now = SystemTime::now();
+        let mut reads = lock(&self.reads);
+        if let Some(at) = reads.get_mut(okey) {
+            *at = now;
+        } else {
+            reads.insert(okey.clone(), now);
+            if reads.len() == READS_FLUSH_AT {
+                self.flush_soon.notify_one();
+            }
+        }
+    }
+
+    /// A version was released without a sync: the next blob removal syncs the log first.
+    pub(crate) fn note_unsynced_release(&self) {
+        self.unsynced_release.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes every release so far durable (one sync of the index log, when one is unsynced):
+    /// before a blob file is removed, and before a request the origin decides is sent (a replay
+    /// of a lost release would upload an old version over it).
+    pub(crate) fn sync_releases(&self) -> Result<(), CacheError> {
+        if self.unsynced_release.swap(false, Ordering::SeqCst)
+            && let Err(e) = self.index.sync_wal()
+        {
+            self.unsynced_release.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Called before blob files are removed: see `unsynced_release`.
+    fn before_unlink(&self) {
+        if let Err(e) = self.sync_releases() {
+            tracing::warn!(error = %e, "cannot sync the cache index log");
+        }
+    }
+
+    /// Removes a blob no index entry names any more.
+    pub(crate) fn remove_blob(&self, blob: u64) {
+        lock(&self.evictor).remove(blob);
+        self.before_unlink();
+        self.blobs.remove(blob);
+    }
+
+    /// A clean entry of `okey` (a fetched copy, or a version the origin now has): the evictor may
+    /// take it from here. Returns what it evicts to make room, for `drop_evicted` once the caller
+    /// holds no key lock.
+    #[must_use]
+    pub(crate) fn track(&self, okey: &ObjectKey, blob: u64, size: u64) -> Evicted {
+        let evicted = lock(&self.evictor).insert(blob, okey.hash64(), size);
+        Evicted(evicted)
+    }
+
+    /// Removes evicted blobs from the index, the disk and the memory tier, each under its key's
+    /// lock (a commit of that key in between keeps its entry). Called holding no key lock.
+    pub(crate) fn drop_evicted(&self, evicted: Evicted) {
+        if evicted.0.is_empty() {
+            return;
+        }
+        self.before_unlink();
+        for id in evicted.0 {
+            self.stats.evictions.get_or_create(&DISK).inc();
+            match self.index.key_of_blob(id) {
+                Ok(Some(okey)) => {
+                    let _key = self.key_lock(&okey);
+                    match self.index.remove_if(&okey, id) {
+                        Ok(_) => self.memory.invalidate_blob(&okey, id),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot drop an evicted cache entry");
+                            continue;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look up an evicted blob");
+                    continue;
+                }
+            }
+            self.blobs.remove(id);
+        }
+        self.fit_memory();
+    }
+
+    /// Forgets `blob` of `okey` (corrupt, changed at the origin, or replaced), under the key's lock;
+    /// a pending version is kept (the only copy of a write the origin does not have yet).
+    pub(crate) fn drop_entry(&self, okey: &ObjectKey, blob: u64) {
+        {
+            let _key = self.key_lock(okey);
+            match self.index.get(okey) {
+                Ok(Some(e)) if e.blob == blob && e.pending => {
+                    tracing::error!(
+                        blob,
+                        "a version not yet uploaded failed a check; it is kept, not dropped"
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the cache index");
+                    return;
+                }
+            }
+            self.memory.invalidate_blob(okey, blob);
+            match self.index.remove_if(okey, blob) {
+                Ok(_) => self.remove_blob(blob),
+                Err(e) => tracing::warn!(error = %e, "cannot drop a cache entry"),
+            }
+        }
+        self.refresh_gauges();
+    }
+
+    /// The origin confirmed that the clean copy `entry` of `okey` is current: it is marked so,
+    /// under the key's lock, unless a write replaced it meanwhile.
+    pub(crate) fn confirm(&self, okey: &ObjectKey, entry: &Entry) {
+        let _key = self.key_lock(okey);
+        match self.index.get(okey) {
+            Ok(Some(current)) if current.blob == entry.blob && !current.pending => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cache index");
+                return;
+            }
+        }
+        let mut fresh = entry.clone();
+        fresh.validated = SystemTime::now();
+        if let Err(e) = self.index.put(okey, &fresh, None) {
+            tracing::warn!(error = %e, "cannot record a revalidation");
+        }
+        if let Some(m) = self.memory.get(okey).filter(|m| m.entry.blob == entry.blob) {
+            self.memory.insert(
+                okey.clone(),
+                Arc::new(MemoryObject {
+                    entry: fresh,
+                    body: m.body.clone(),
+                }),
+            );
+        }
+    }
+
+    /// A write through Perch made the clean copy of `okey` obsolete: forget every copy at once.
+    pub(crate) fn invalidate(&self, okey: &ObjectKey) {
+        self.forget_copies(okey);
+        match self.index.get(okey) {
+            Ok(Some(entry)) if !entry.pending => self.drop_entry(okey, entry.blob),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the cache index"),
+        }
+    }
+
+    /// Makes a fully fetched temp file the clean entry of `okey`, unless a write through Perch
+    /// changed the key meanwhile (`fill` went stale, or a version is pending).
+    pub(crate) fn keep_fetched(
+        &self,
+        okey: &ObjectKey,
+        temp: &Path,
+        meta: &ObjectMeta,
+        crcs: Vec<u32>,
+        small: Option<Bytes>,
+        fill: &Fill,
+    ) -> Result<(), CacheError> {
+        let evicted = self.keep_fetched_locked(okey, temp, meta, crcs, small, fill)?;
+        self.drop_evicted(evicted);
+        self.refresh_gauges();
+        Ok(())
+    }
+
+    fn keep_fetched_locked(
+        &self,
+        okey: &ObjectKey,
+        temp: &Path,
+        meta: &ObjectMeta,
+        crcs: Vec<u32>,
+        small: Option<Bytes>,
+        fill: &Fill,
+    ) -> Result<Evicted, CacheError> {
+        let _key = self.key_lock(okey);
+        if fill.stale.load(Ordering::SeqCst) {
+            return Ok(Evicted::default());
+        }
+        let previous = self.index.get(okey)?;
+        if previous.as_ref().is_some_and(|p| p.pending) {
+            return Ok(Evicted::default());
+        }
+        let id = self.index.next_blob_id()?;
+        self.blobs.commit(temp, id)?;
+        let entry = Entry {
+            blob: id,
+            meta: meta.clone(),
+            crcs,
+            validated: SystemTime::now(),
+            pending: false,
+            origin_etag: None,
+            deleted: false,
+        };
+        self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
+        if let Some(p) = previous.filter(|p| p.blob != id) {
+            self.remove_blob(p.blob);
+        }
+        let evicted = self.track(okey, id, meta.size);
+        if !evicted.0.contains(&id)
+            && let Some(body) = small
+        {
+            self.memory.insert(okey.clone(), Arc::new(MemoryObject { entry, body }));
+        }
+        Ok(evicted)
+    }
+}

@@ -1,0 +1,146 @@
+//! `Multipart`: client multipart uploads staged locally until completed, in a directory store under
+//! `<data-dir>/multipart` (the same code as the directory origin, so the same checks and checksum
+//! rules). A completion folds the parts there and hands the object and its part layout out, to
+//! become one version uploaded with the same layout.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::body::{Spooled, spool};
+use crate::error::StoreResult;
+use crate::journal::record::PartLayout;
+use crate::key::ObjectKey;
+use crate::origin::{
+    Checksums, CompletedPart, ContentHeaders, FsOrigin, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo,
+    PutBody, PutOutput, UploadInfo,
+};
+
+pub(crate) struct Multipart {
+    staging: Arc<FsOrigin>,
+    /// Completions of one key run one at a time: the staging area folds an upload into the key's
+    /// object, which is read out before the next completion of that key may fold another.
+    completing: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// A completed upload, read out of the staging area.
+pub(crate) struct Completed {
+    pub output: PutOutput,
+    pub meta: ObjectMeta,
+    pub body: Spooled,
+    pub layout: Vec<PartLayout>,
+}
+
+impl Multipart {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<Multipart> {
+        Ok(Multipart {
+            staging: Arc::new(FsOrigin::open(dir)?),
+            completing: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
+        })
+    }
+
+    /// Makes sure the staging area has a bucket named `bucket`.
+    async fn bucket(&self, bucket: &str) -> StoreResult<()> {
+        match self.staging.create_bucket(bucket).await {
+            Ok(()) | Err(OriginError::Rejected { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn create(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &ContentHeaders,
+        checksum: Option<MultipartChecksum>,
+    ) -> StoreResult<String> {
+        self.bucket(bucket).await?;
+        Ok(self
+            .staging
+            .create_multipart_upload(bucket, key, headers, checksum)
+            .await?)
+    }
+
+    pub(crate) async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: &PutBody,
+        checksums: &Checksums,
+    ) -> StoreResult<PutOutput> {
+        self.bucket(bucket).await?;
+        Ok(self
+            .staging
+            .upload_part(bucket, key, upload_id, part_number, body, checksums)
+            .await?)
+    }
+
+    /// Folds the parts named into the object and reads it out into `temp` (with its digest),
+    /// with the layout of those parts.
+    pub(crate) async fn complete(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        temp: &Path,
+    ) -> StoreResult<Completed> {
+        self.bucket(bucket).await?;
+        let stripe = (ObjectKey::new(bucket, key).hash64() % self.completing.len() as u64) as usize;
+        let _one_at_a_time = self.completing[stripe].lock().await;
+        // The layout of the parts named, before the staging area folds them into one object.
+        let listed = self.staging.list_parts(bucket, key, upload_id).await?;
+        let output = self
+            .staging
+            .complete_multipart_upload(bucket, key, upload_id, parts)
+            .await?;
+        let layout = parts
+            .iter()
+            .map(|p| {
+                let part = listed.iter().find(|l| l.part_number == p.part_number).ok_or_else(|| {
+                    OriginError::rejected(
+                        400,
+                        "InvalidPart",
+                        "One or more of the specified parts could not be found.",
+                    )
+                })?;
+                Ok(PartLayout {
+                    size: part.size,
+                    checksums: part.checksums.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, OriginError>>();
+        let staged = self.staging.get_object(bucket, key, None, &Default::default()).await;
+        let read = match staged {
+            Ok(staged) => spool(staged.body, staged.meta.size, temp)
+                .await
+                .map(|body| (staged.meta, body))
+                .map_err(OriginError::Io),
+            Err(e) => Err(e),
+        };
+        let _ = self.staging.delete_object(bucket, key).await;
+        let (meta, body) = read?;
+        Ok(Completed {
+            output,
+            meta,
+            body,
+            layout: layout?,
+        })
+    }
+
+    pub(crate) async fn abort(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.bucket(bucket).await?;
+        Ok(self.staging.abort_multipart_upload(bucket, key, upload_id).await?)
+    }
+
+    pub(crate) async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<Vec<PartInfo>> {
+        self.bucket(bucket).await?;
+        Ok(self.staging.list_parts(bucket, key, upload_id).await?)
+    }
+
+    pub(crate) async fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
+        self.bucket(bucket).await?;
+        Ok(self.staging.list_multipart_uploads(bucket, prefix).await?)
+    }
+}

@@ -1,0 +1,638 @@
+//! `FsOrigin`: the embedded origin, which keeps buckets and objects in a local directory.
+//! One file per object, named by the SHA-256 of its key, holding a header (key and metadata) then the body.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+mod file;
+mod list;
+mod multipart;
+
+use file::*;
+use list::*;
+
+use super::checksum::{self, Hasher};
+use super::{
+    BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
+    ContentHeaders, CopyInput, CopyOutput, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
+    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
+    UploadInfo,
+};
+
+const MAX_KEY_LEN: usize = 1024;
+const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+const MAX_PART_NUMBER: i32 = 10_000;
+const STREAM_CHUNK: usize = 256 * 1024;
+
+const TMP_DIR: &str = ".tmp";
+const UPLOADS_DIR: &str = ".uploads";
+const BUCKET_META: &str = ".bucket";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BucketMeta {
+    created: SystemTime,
+}
+
+struct Bucket {
+    dir: PathBuf,
+    created: SystemTime,
+    /// Every object of the bucket, by key, for ordered listings. Changed only under `write`.
+    index: RwLock<BTreeMap<String, ListEntry>>,
+    /// Held across the check and the rename of every write, so that conditional writes are atomic.
+    write: tokio::sync::Mutex<()>,
+    /// Set (under `write`) when the bucket is deleted.
+    gone: AtomicBool,
+}
+
+impl Bucket {
+    fn index(&self) -> RwLockReadGuard<'_, BTreeMap<String, ListEntry>> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, ListEntry>> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_alive(&self) -> OriginResult<()> {
+        if self.gone.load(Ordering::SeqCst) {
+            Err(OriginError::NoSuchBucket)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// An origin kept in a local directory: `<root>/<bucket>/<2 hex>/<sha256 hex of key>`,
+/// with temporary files in `<root>/.tmp/` and multipart uploads in `<root>/.uploads/<id>/`.
+pub struct FsOrigin {
+    root: PathBuf,
+    tmp: PathBuf,
+    uploads: PathBuf,
+    buckets: RwLock<BTreeMap<String, Arc<Bucket>>>,
+    /// Serialises bucket creation and deletion.
+    bucket_ops: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for FsOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsOrigin")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FsOrigin {
+    /// Opens (creating it if absent) the directory `root`, removes temporary files a crash left behind,
+    /// and reads the header of every object to build the listing index.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<FsOrigin> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)?;
+        let tmp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+            tracing::debug!(path = %path.display(), "removed a leftover temporary file");
+        }
+        let uploads = root.join(UPLOADS_DIR);
+        std::fs::create_dir_all(&uploads)?;
+
+        let mut buckets = BTreeMap::new();
+        for entry in std::fs::read_dir(&root)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if validate_bucket(&name).is_err() || !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let bucket = load_bucket(&entry.path())?;
+            buckets.insert(name, Arc::new(bucket));
+        }
+        Ok(FsOrigin {
+            root,
+            tmp,
+            uploads,
+            buckets: RwLock::new(buckets),
+            bucket_ops: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The directory this origin keeps its data in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn bucket(&self, name: &str) -> OriginResult<Arc<Bucket>> {
+        validate_bucket(name)?;
+        let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+        buckets.get(name).cloned().ok_or(OriginError::NoSuchBucket)
+    }
+
+    /// Opens an object's file, positioned at the start of its body.
+    async fn open_object(&self, bucket: &str, key: &str) -> OriginResult<(std::fs::File, ObjectMeta, u64)> {
+        let b = self.bucket(bucket)?;
+        validate_key(key)?;
+        let (_, path) = object_location(&b.dir, key);
+        let key = key.to_owned();
+        let opened = blocking(move || open_stored(&path, Some(&key))).await?;
+        let (file, header, offset) = opened.ok_or(OriginError::NoSuchKey)?;
+        Ok((file, header.meta, offset))
+    }
+
+    /// Moves a finished temporary file into place as `key` and updates the index.
+    /// The caller holds `b.write` and has checked that the bucket is alive.
+    async fn commit(&self, b: &Bucket, key: &str, temp: TempFile, meta: &ObjectMeta) -> OriginResult<()> {
+        let (dir, path) = object_location(&b.dir, key);
+        let bucket_dir = b.dir.clone();
+        let temp_path = temp.path.clone();
+        let fan_dir = dir.clone();
+        blocking(move || {
+            if !fan_dir.is_dir() {
+                match std::fs::create_dir(&fan_dir) {
+                    Ok(()) => sync_dir(&bucket_dir)?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            std::fs::rename(&temp_path, &path)
+        })
+        .await?;
+        temp.disarm();
+        // The object is in place: the index follows it even if the sync below fails.
+        b.index_mut().insert(key.to_owned(), list_entry(key, meta));
+        blocking(move || sync_dir(&dir)).await?;
+        Ok(())
+    }
+
+    /// A writer of a new file in `.tmp`; `hash`: compute the MD5 ETag; `checksum`: compute that checksum too.
+    async fn new_writer(
+        &self,
+        placeholder: &StoredHeader,
+        hash: bool,
+        checksum: Option<ChecksumAlgorithm>,
+    ) -> OriginResult<ObjectWriter> {
+        Ok(ObjectWriter::begin(&self.tmp, placeholder, hash, checksum).await?)
+    }
+}
+
+#[async_trait]
+impl Origin for FsOrigin {
+    fn kind(&self) -> &'static str {
+        "fs"
+    }
+
+    async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>> {
+        let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+        Ok(buckets
+            .iter()
+            .map(|(name, b)| BucketInfo {
+                name: name.clone(),
+                created: b.created,
+            })
+            .collect())
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> OriginResult<()> {
+        validate_bucket(bucket)?;
+        let _ops = self.bucket_ops.lock().await;
+        if self.bucket(bucket).is_ok() {
+            return Err(OriginError::rejected(
+                409,
+                "BucketAlreadyOwnedByYou",
+                "Your previous request to create the named bucket succeeded and you already own it.",
+            ));
+        }
+        let dir = self.root.join(bucket);
+        if tokio::fs::symlink_metadata(&dir).await.is_ok() {
+            return Err(OriginError::rejected(
+                409,
+                "BucketAlreadyExists",
+                "A file of that name is in the way of the bucket's directory.",
+            ));
+        }
+        let created = now_secs();
+        let json = serde_json::to_vec(&BucketMeta { created }).map_err(io::Error::other)?;
+        let staging = self.tmp.join(format!("bucket-{}", new_id()));
+        let root = self.root.clone();
+        let target = dir.clone();
+        blocking(move || {
+            std::fs::create_dir(&staging)?;
+            write_durable(&staging.join(BUCKET_META), &json)?;
+            sync_dir(&staging)?;
+            std::fs::rename(&staging, &target)?;
+            sync_dir(&root)
+        })
+        .await?;
+        let b = Bucket {
+            dir,
+            created,
+            index: RwLock::new(BTreeMap::new()),
+            write: tokio::sync::Mutex::new(()),
+            gone: AtomicBool::new(false),
+        };
+        self.buckets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bucket.to_owned(), Arc::new(b));
+        Ok(())
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
+        self.bucket(bucket).map(|_| ())
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> OriginResult<()> {
+        let _ops = self.bucket_ops.lock().await;
+        let b = self.bucket(bucket)?;
+        {
+            let _w = b.write.lock().await;
+            if !b.index().is_empty() {
+                return Err(OriginError::rejected(
+                    409,
+                    "BucketNotEmpty",
+                    "The bucket you tried to delete is not empty",
+                ));
+            }
+            let trash = self.tmp.join(format!("deleted-{}", new_id()));
+            let dir = b.dir.clone();
+            let root = self.root.clone();
+            let moved = trash.clone();
+            blocking(move || {
+                std::fs::rename(&dir, &moved)?;
+                sync_dir(&root)
+            })
+            .await?;
+            b.gone.store(true, Ordering::SeqCst);
+            self.buckets.write().unwrap_or_else(|e| e.into_inner()).remove(bucket);
+            if let Err(e) = tokio::fs::remove_dir_all(&trash).await {
+                tracing::warn!(path = %trash.display(), error = %e, "could not remove a deleted bucket's directory");
+            }
+        }
+        // Uploads in progress into the bucket can never complete now.
+        for (id, meta) in self.scan_uploads().await? {
+            if meta.bucket == bucket {
+                let dir = self.uploads.join(&id);
+                if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                    tracing::warn!(upload = %id, error = %e, "could not remove an upload of a deleted bucket");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<ObjectMeta> {
+        let (_, meta, _) = self.open_object(bucket, key).await?;
+        conditions.check(&meta)?;
+        Ok(meta)
+    }
+
+    async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        conditions: &Conditions,
+    ) -> OriginResult<GetOutput> {
+        let (mut file, meta, offset) = self.open_object(bucket, key).await?;
+        conditions.check(&meta)?;
+        let span = match range {
+            Some(r) => Some(r.resolve(meta.size).ok_or(OriginError::InvalidRange)?),
+            None => None,
+        };
+        let (start, len) = match span {
+            Some((first, last)) => (first, last - first + 1),
+            None => (0, meta.size),
+        };
+        if start > 0 {
+            file = blocking(move || {
+                file.seek(SeekFrom::Start(offset + start))?;
+                Ok(file)
+            })
+            .await?;
+        }
+        let reader = tokio::fs::File::from_std(file).take(len);
+        let body: ByteStream = Box::pin(ReaderStream::with_capacity(reader, STREAM_CHUNK));
+        Ok(GetOutput {
+            meta,
+            range: span,
+            body,
+        })
+    }
+
+    async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput> {
+        let b = self.bucket(bucket)?;
+        validate_key(key)?;
+        // Checked once before the body is written, to spare writing a body bound to fail, and again under the lock.
+        check_put(&b, key, input)?;
+        let placeholder = placeholder_header(key, &input.headers, &input.checksums, PLACEHOLDER_ETAG);
+        let mut writer = self.new_writer(&placeholder, true, None).await?;
+        writer.write_stream(input.body.stream().await?).await?;
+        if writer.size != input.body.len() {
+            return Err(OriginError::rejected(
+                400,
+                "IncompleteBody",
+                format!(
+                    "the body held {} bytes, not the {} announced",
+                    writer.size,
+                    input.body.len()
+                ),
+            ));
+        }
+        let meta = ObjectMeta {
+            size: writer.size,
+            etag: writer.etag(),
+            last_modified: now_secs(),
+            headers: input.headers.clone(),
+            checksums: input.checksums.clone(),
+        };
+        let temp = writer
+            .finish(&StoredHeader {
+                key: key.to_owned(),
+                meta: meta.clone(),
+            })
+            .await?;
+        let _w = b.write.lock().await;
+        b.check_alive()?;
+        check_put(&b, key, input)?;
+        self.commit(&b, key, temp, &meta).await?;
+        Ok(PutOutput {
+            etag: meta.etag,
+            checksums: meta.checksums,
+        })
+    }
+
+    async fn delete_object(&self, bucket: &str, key: &str) -> OriginResult<()> {
+        let b = self.bucket(bucket)?;
+        validate_key(key)?;
+        let _w = b.write.lock().await;
+        b.check_alive()?;
+        let (dir, path) = object_location(&b.dir, key);
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        b.index_mut().remove(key);
+        Ok(())
+    }
+
+    async fn copy_object(&self, bucket: &str, key: &str, input: &CopyInput) -> OriginResult<CopyOutput> {
+        let b = self.bucket(bucket)?;
+        validate_key(key)?;
+        input.check_not_onto_itself(bucket, key)?;
+        let (file, src, _) = self.open_object(&input.src_bucket, &input.src_key).await?;
+        input.conditions.check(&src).map_err(|e| match e {
+            OriginError::NotModified => OriginError::PreconditionFailed,
+            e => e,
+        })?;
+        let headers = match &input.directive {
+            MetadataDirective::Copy => src.headers.clone(),
+            MetadataDirective::Replace(h) => h.clone(),
+        };
+        let placeholder = placeholder_header(key, &headers, &src.checksums, PLACEHOLDER_ETAG);
+        let mut writer = self.new_writer(&placeholder, true, None).await?;
+        let reader = tokio::fs::File::from_std(file).take(src.size);
+        writer
+            .write_stream(ReaderStream::with_capacity(reader, STREAM_CHUNK))
+            .await?;
+        if writer.size != src.size {
+            return Err(corrupt(format!(
+                "the source object ended after {} of {} bytes",
+                writer.size, src.size
+            ))
+            .into());
+        }
+        let meta = ObjectMeta {
+            size: writer.size,
+            etag: writer.etag(),
+            last_modified: now_secs(),
+            headers,
+            checksums: src.checksums,
+        };
+        let temp = writer
+            .finish(&StoredHeader {
+                key: key.to_owned(),
+                meta: meta.clone(),
+            })
+            .await?;
+        let _w = b.write.lock().await;
+        b.check_alive()?;
+        self.commit(&b, key, temp, &meta).await?;
+        Ok(CopyOutput {
+            etag: meta.etag,
+            last_modified: meta.last_modified,
+        })
+    }
+
+    async fn list_objects(&self, bucket: &str, query: &ListQuery) -> OriginResult<ListPage> {
+        let b = self.bucket(bucket)?;
+        let index = b.index();
+        list_index(&index, query)
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &ContentHeaders,
+        checksum: Option<MultipartChecksum>,
+    ) -> OriginResult<String> {
+        self.create_upload(bucket, key, headers, checksum).await
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: &PutBody,
+        checksums: &Checksums,
+    ) -> OriginResult<PutOutput> {
+        self.store_part(bucket, key, upload_id, part_number, body, checksums)
+            .await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> OriginResult<PutOutput> {
+        self.complete_upload(bucket, key, upload_id, parts).await
+    }
+
+    async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()> {
+        self.abort_upload(bucket, key, upload_id).await
+    }
+
+    async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>> {
+        self.upload_parts(bucket, key, upload_id).await
+    }
+
+    async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
+        self.uploads_under(bucket, prefix).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and paths
+
+fn validate_bucket(name: &str) -> OriginResult<()> {
+    let bad = name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']);
+    if bad {
+        Err(OriginError::rejected(
+            400,
+            "InvalidBucketName",
+            "The specified bucket is not valid.",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_key(key: &str) -> OriginResult<()> {
+    if key.is_empty() {
+        return Err(OriginError::rejected(
+            400,
+            "InvalidArgument",
+            "The key must not be empty",
+        ));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(OriginError::rejected(400, "KeyTooLongError", "Your key is too long"));
+    }
+    Ok(())
+}
+
+/// The fan-out directory and the file of `key` in a bucket: only the key's hash ever reaches the file system.
+fn object_location(bucket_dir: &Path, key: &str) -> (PathBuf, PathBuf) {
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let dir = bucket_dir.join(&hash[..2]);
+    let file = dir.join(&hash);
+    (dir, file)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Times and conditions
+
+/// Now, to the second: Last-Modified travels as an HTTP date, and conditions compare whole seconds.
+fn now_secs() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(epoch_secs(SystemTime::now()))
+}
+
+fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The preconditions of a PUT, against the index. Called with `b.write` held for the decisive check.
+fn check_put(b: &Bucket, key: &str, input: &PutInput) -> OriginResult<()> {
+    if input.if_match.is_none() && input.if_none_match.is_none() {
+        return Ok(());
+    }
+    let index = b.index();
+    let current = index.get(key);
+    if let Some(m) = &input.if_match {
+        match current {
+            None => return Err(OriginError::NoSuchKey),
+            Some(e) if !super::etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
+            Some(_) => {}
+        }
+    }
+    if let (Some(n), Some(e)) = (&input.if_none_match, current)
+        && super::etag_matches(n, &e.etag)
+    {
+        return Err(OriginError::PreconditionFailed);
+    }
+    Ok(())
+}
+
+fn list_entry(key: &str, meta: &ObjectMeta) -> ListEntry {
+    ListEntry {
+        key: key.to_owned(),
+        size: meta.size,
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified,
+    }
+}
+
+/// Reads a bucket directory: its creation time and the header of every object in it.
+fn load_bucket(dir: &Path) -> io::Result<Bucket> {
+    let created = match std::fs::read(dir.join(BUCKET_META)) {
+        Ok(bytes) => match serde_json::from_slice::<BucketMeta>(&bytes) {
+            Ok(m) => m.created,
+            Err(_) => std::fs::metadata(dir)?.modified()?,
+        },
+        Err(_) => std::fs::metadata(dir)?.modified()?,
+    };
+    let mut index = BTreeMap::new();
+    for fan in std::fs::read_dir(dir)? {
+        let fan = fan?;
+        let Ok(fan_name) = fan.file_name().into_string() else {
+            continue;
+        };
+        if !is_hex(&fan_name, 2) || !fan.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(fan.path())? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !is_hex(&name, 64) || !name.starts_with(&fan_name) {
+                continue;
+            }
+            let path = entry.path();
+            match open_stored(&path, None) {
+                Ok(Some((_, header, _))) => {
+                    let (_, expected) = object_location(dir, &header.key);
+                    if expected != path {
+                        tracing::warn!(path = %path.display(), "an object file is not named after its key; ignored");
+                        continue;
+                    }
+                    let entry = list_entry(&header.key, &header.meta);
+                    index.insert(header.key, entry);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable object file ignored"),
+            }
+        }
+    }
+    Ok(Bucket {
+        dir: dir.to_owned(),
+        created,
+        index: RwLock::new(index),
+        write: tokio::sync::Mutex::new(()),
+        gone: AtomicBool::new(false),
+    })
+}

@@ -1,0 +1,155 @@
+//! How `S3Origin` classifies failures: what an S3 answer or an SDK failure means as an
+//! `OriginError` (transient, refused, or one of S3's own errors).
+
+use std::io;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+
+use super::super::OriginError;
+
+/// What a 404 without an S3 error code (the answer to a HEAD) means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Subject {
+    Bucket,
+    Object,
+    Upload,
+}
+
+/// Turns any SDK failure into an `OriginError`. `subject` says what a bare 404 means.
+pub(super) fn classify<E>(err: SdkError<E, HttpResponse>, subject: Subject) -> OriginError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            if (200..300).contains(&status) {
+                // A success whose body could not be read or parsed.
+                return OriginError::Transient(format!("unreadable {status} answer: {}", DisplayErrorContext(&err)));
+            }
+            let code = ctx.err().code().unwrap_or_default().to_owned();
+            let message = ctx
+                .err()
+                .message()
+                .map_or_else(|| DisplayErrorContext(&err).to_string(), str::to_owned);
+            classify_answer(status, code, message, subject)
+        }
+        SdkError::ResponseError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let message = DisplayErrorContext(&err).to_string();
+            if (200..300).contains(&status) {
+                // A success whose body broke or could not be read: worth another try.
+                OriginError::Transient(message)
+            } else {
+                classify_answer(status, String::new(), message, subject)
+            }
+        }
+        SdkError::TimeoutError(_) => OriginError::Transient(format!("timed out: {}", DisplayErrorContext(&err))),
+        SdkError::DispatchFailure(failure) => {
+            let message = DisplayErrorContext(&err).to_string();
+            if failure.is_user() {
+                // The request could not be sent for a local reason (e.g. its body failed).
+                OriginError::Io(io::Error::other(message))
+            } else {
+                OriginError::Transient(message)
+            }
+        }
+        SdkError::ConstructionFailure(_) => OriginError::rejected(
+            400,
+            "InvalidArgument",
+            format!("could not build the origin request: {}", DisplayErrorContext(&err)),
+        ),
+        _ => OriginError::Transient(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// Classifies an HTTP answer of the origin by status and S3 error code.
+pub(super) fn classify_answer(status: u16, code: String, message: String, subject: Subject) -> OriginError {
+    const TRANSIENT_CODES: &[&str] = &[
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+    ];
+    if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code.as_str()) {
+        let code = if code.is_empty() { status.to_string() } else { code };
+        return OriginError::Transient(format!("{status} {code}: {message}"));
+    }
+    match (status, code.as_str()) {
+        (304, _) => OriginError::NotModified,
+        (412, _) => OriginError::PreconditionFailed,
+        (416, _) => OriginError::InvalidRange,
+        (404, "NoSuchKey") => OriginError::NoSuchKey,
+        (404, "NoSuchBucket") => OriginError::NoSuchBucket,
+        (404, "NoSuchUpload") => OriginError::NoSuchUpload,
+        (404, "" | "NotFound") => match subject {
+            Subject::Bucket => OriginError::NoSuchBucket,
+            Subject::Object => OriginError::NoSuchKey,
+            Subject::Upload => OriginError::NoSuchUpload,
+        },
+        _ => {
+            let code = if code.is_empty() { default_code(status) } else { code };
+            OriginError::Rejected { status, code, message }
+        }
+    }
+}
+
+/// An S3-style code for an answer that came without one (a HEAD has no body).
+pub(super) fn default_code(status: u16) -> String {
+    match status {
+        400 => "BadRequest".to_owned(),
+        403 => "AccessDenied".to_owned(),
+        _ => http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .map_or_else(|| status.to_string(), |r| r.replace([' ', '-'], "")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified() {
+        let c = |status, code: &str, subject| classify_answer(status, code.to_owned(), String::new(), subject);
+        assert!(matches!(c(404, "", Subject::Object), OriginError::NoSuchKey));
+        assert!(matches!(c(404, "", Subject::Bucket), OriginError::NoSuchBucket));
+        assert!(matches!(
+            c(404, "NoSuchBucket", Subject::Object),
+            OriginError::NoSuchBucket
+        ));
+        assert!(matches!(
+            c(404, "NoSuchUpload", Subject::Upload),
+            OriginError::NoSuchUpload
+        ));
+        assert!(matches!(
+            c(412, "PreconditionFailed", Subject::Object),
+            OriginError::PreconditionFailed
+        ));
+        assert!(matches!(c(304, "", Subject::Object), OriginError::NotModified));
+        assert!(matches!(
+            c(416, "InvalidRange", Subject::Object),
+            OriginError::InvalidRange
+        ));
+        assert!(c(503, "SlowDown", Subject::Object).is_transient());
+        assert!(c(500, "", Subject::Object).is_transient());
+        assert!(c(429, "", Subject::Object).is_transient());
+        assert!(c(400, "RequestTimeout", Subject::Object).is_transient());
+        match c(403, "", Subject::Object) {
+            OriginError::Rejected { status: 403, code, .. } => assert_eq!(code, "AccessDenied"),
+            other => panic!("{other:?}"),
+        }
+        match c(409, "BucketNotEmpty", Subject::Bucket) {
+            OriginError::Rejected { status: 409, code, .. } => assert_eq!(code, "BucketNotEmpty"),
+            other => panic!("{other:?}"),
+        }
+        match c(405, "", Subject::Bucket) {
+            OriginError::Rejected { code, .. } => assert_eq!(code, "MethodNotAllowed"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! `Store`: the engine's one door. Every object, listing, multipart and bucket call of the gateway
+//! comes here, and read-your-writes holds inside it: a write is a version of the journal, durable
+//! locally before it is acknowledged; reads see it at once; listings merge what is pending; a
+//! request the origin must decide (a conditional PUT, a copy the origin makes, DeleteBucket) first
+//! waits until the origin holds every earlier write it depends on.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use perch_policy::{Freshness, WriteMode, WriteOp};
+use prometheus_client::registry::Registry;
+
+use crate::body::{Digested, spool};
+use crate::error::{CacheError, StoreResult};
+use crate::journal::record::PartLayout;
+use crate::journal::{Journal, NewBody, NewVersion, WriteConfig, WriteStatus};
+use crate::key::ObjectKey;
+use crate::listing::{self, Page, PageQuery};
+use crate::local::{Local, LocalConfig, lock};
+use crate::multipart::Multipart;
+use crate::origin::{
+    BucketInfo, ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput,
+    ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody, PutInput,
+    PutOutput, UploadInfo,
+};
+use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
+use crate::uploader::Uploader;
+
+/// Settings of the store, with the defaults `perch serve` documents.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Perch's data dir: the cache under `cache/`, multipart uploads staged under `multipart/`.
+    pub data_dir: PathBuf,
+    /// Limit of the disk tier (`--cache-disk-bytes`).
+    pub disk_bytes: u64,
+    /// The cache's memory budget (`--cache-memory-bytes`, 256 MiB): the index's caches and the
+    /// disk tier's eviction state, and the memory tier in what they leave.
+    pub memory_bytes: u64,
+    /// Objects up to this size also live in memory (1 MiB: an OrioleDB data part).
+    pub memory_object_max: u64,
+    /// Which keys may change behind Perch's back.
+    pub freshness: Freshness,
+    /// How long a copy of a mutable key is served before it is revalidated.
+    pub revalidate_after: Duration,
+    /// How long a broken fill keeps resuming.
+    pub retry_deadline: Duration,
+    /// A range miss fetches the whole object in the background up to this size.
+    pub background_fill_max: u64,
+    /// The write-back journal and its uploader.
+    pub write: WriteConfig,
+}
+
+pub struct Store {
+    local: Arc<Local>,
+    reader: Arc<Reader>,
+    journal: Arc<Journal>,
+    _uploader: Arc<Uploader>,
+    /// The origin with its retry layer.
+    origin: Arc<dyn Origin>,
+    /// The origin without it (the uploader's, and readiness probes').
+    upload_origin: Arc<dyn Origin>,
+    multipart: Multipart,
+    /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
+    /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
+    buckets: Mutex<HashSet<String>>,
+}
+
+impl Store {
+    /// Opens the store under `cfg.data_dir` (index, blobs and journal survive restarts), replays
+    /// the journal and starts the uploader and the cache's background work.
+    ///
+    /// `upload_origin` is the origin without retries: the uploader retries by itself, for as long
+    /// as it takes, and reports each fault as it happens.
+    pub fn open(
+        cfg: StoreConfig,
+        origin: Arc<dyn Origin>,
+        upload_origin: Arc<dyn Origin>,
+        mut registry: Option<&mut Registry>,
+    ) -> Result<Arc<Store>, CacheError> {
+        let local = Local::open(
+            LocalConfig {
+                dir: cfg.data_dir.join("cache"),
+                disk_bytes: cfg.disk_bytes,
+                memory_bytes: cfg.memory_bytes,
+                memory_object_max: cfg.memory_object_max,
+            },
+            registry.as_deref_mut(),
+        )?;
+        let local = Arc::new(local);
+        let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry)?);
+        let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
+        let reader = Arc::new(Reader::new(
+            ReaderConfig {
+                freshness: cfg.freshness,
+                revalidate_after: cfg.revalidate_after,
+                retry_deadline: cfg.retry_deadline,
+                background_fill_max: cfg.background_fill_max,
+            },
+            local.clone(),
+            origin.clone(),
+            journal.clone(),
+        ));
+        let uploader = Uploader::start(journal.clone(), upload_origin.clone());
+        local.start();
+        Ok(Arc::new(Store {
+            local,
+            reader,
+            journal,
+            _uploader: uploader,
+            origin,
+            upload_origin,
+            multipart,
+            buckets: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    // ----- objects -----
+
+    /// GET: the newest local version or cached copy, else the origin's (kept for next time).
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+        conditions: &Conditions,
+    ) -> StoreResult<CachedGet> {
+        Ok(self.reader.get(&ObjectKey::new(bucket, key), range, conditions).await?)
+    }
+
+    /// HEAD: the cached metadata, or the origin's (a HEAD does not fill the cache).
+    pub async fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+        conditions: &Conditions,
+    ) -> StoreResult<(ObjectMeta, CacheStatus)> {
+        Ok(self.reader.head(&ObjectKey::new(bucket, key), conditions).await?)
+    }
+
+    /// PUT of a verified body whose digest the front door computed. Without conditions, a version
+    /// acknowledged once durable locally (or in the origin, for a write-through key); with
+    /// `If-Match`/`If-None-Match`, the origin decides, once it holds every earlier write of the key.
+    pub async fn put(&self, bucket: &str, key: &str, input: PutInput, digest: Digested) -> StoreResult<PutOutput> {
+        let okey = ObjectKey::new(bucket, key);
+        if input.if_match.is_none() && input.if_none_match.is_none() {
+            self.ensure_bucket(bucket).await?;
+            let etag = format!("\"{}\"", digest.md5_hex());
+            let meta = ObjectMeta {
+                size: input.body.len(),
+                etag: etag.clone(),
+                last_modified: SystemTime::now(),
+                headers: input.headers,
+                checksums: input.checksums.clone(),
+            };
+            self.put_version(&okey, input.body, meta, digest, None).await?;
+            return Ok(PutOutput {
+                etag,
+                checksums: input.checksums,
+            });
+        }
+        let _held = self.journal.hold_commits(&[&okey]).await;
+        self.settle(&okey).await?;
+        let out = self.origin.put_object(bucket, key, &input).await;
+        // Whatever the answer, the origin may now hold a new body: forget the cached one.
+        self.local.invalidate(&okey);
+        Ok(out?)
+    }
+
+    /// DELETE: a version (a tombstone), acknowledged as its write mode says.
+    pub async fn delete(&self, bucket: &str, key: &str) -> StoreResult<()> {
+        self.ensure_bucket(bucket).await?;
+        let okey = ObjectKey::new(bucket, key);
+        let mode = self.journal.mode(WriteOp::Delete, key);
+        let seq = self.journal.commit_delete(&okey, mode).await?;
+        self.acknowledge(seq, mode).await
+    }
+
+    /// CopyObject. A source with a version the origin does not have yet is copied locally into a
+    /// new version of the destination; otherwise the origin copies, once it holds every write of
+    /// both keys.
+    pub async fn copy(&self, bucket: &str, key: &str, copy: CopyInput) -> StoreResult<CopyOutput> {
+        let src = ObjectKey::new(&copy.src_bucket, &copy.src_key);
+        if self.journal.has_pending(&src) {
+            copy.check_not_onto_itself(bucket, key)?;
+            return self.copy_locally(bucket, key, &src, copy).await;
+        }
+        let dst = ObjectKey::new(bucket, key);
+        let _held = self.journal.hold_commits(&[&src, &dst]).await;
+        self.settle(&src).await?;
+        self.settle(&dst).await?;
+        let out = self.origin.copy_object(bucket, key, &copy).await;
+        self.local.invalidate(&dst);
+        Ok(out?)
+    }
+
+    async fn copy_locally(&self, bucket: &str, key: &str, src: &ObjectKey, copy: CopyInput) -> StoreResult<CopyOutput> {
+        self.ensure_bucket(bucket).await?;
+        let source = self
+            .reader
+            .get(src, None, &copy.conditions)
+            .await
+            .map_err(|e| match e {
+                OriginError::NotModified => OriginError::PreconditionFailed,
+                other => other,
+            })?;
+        let src_meta = source.output.meta;
+        let temp = self.local.blobs.temp_path();
+        let landed = spool(source.output.body, src_meta.size, &temp).await?;
+        let headers = match copy.directive {
+            MetadataDirective::Copy => src_meta.headers,
+            MetadataDirective::Replace(h) => h,
+        };
+        // A composite (multipart) checksum describes the source's parts, not this single copy.
+        let checksums = if src_meta.checksums.checksum_type() == Some(ChecksumType::Composite) {
+            Checksums::default()
+        } else {
+            src_meta.checksums
+        };
+        let etag = format!("\"{}\"", landed.digest.md5_hex());
+        let now = SystemTime::now();
+        let meta = ObjectMeta {
+            size: landed.body.len(),
+            etag: etag.clone(),
+            last_modified: now,
+            headers,
+            checksums,
+        };
+        let okey = ObjectKey::new(bucket, key);
+        self.put_version(&okey, landed.body, meta, landed.digest, None).await?;
+        Ok(CopyOutput {
+            etag,
+            last_modified: now,
+        })
+    }
+
+    /// One page of a listing, merged with the writes not yet uploaded.
+    pub async fn list(&self, bucket: &str, q: &PageQuery) -> StoreResult<Page> {
+        let query = ListQuery {
+            prefix: (!q.prefix.is_empty()).then(|| q.prefix.clone()),
+            delimiter: q.delimiter.clone(),
+            max_keys: q.max_keys,
+            start_after: q.origin_start_after(),
+            continuation: None,
+        };
+        // Pending versions before and after the origin's page: a version uploaded (and so no
+        // longer pending) while the page was made may be missing from the page; it still counts.
+        let before = self.journal.dirty_keys(bucket, &q.prefix);
+        let mut page = self.origin.list_objects(bucket, &query).await?;
+        let dirty = listing::newest(before, self.journal.dirty_keys(bucket, &q.prefix));
+        // A common prefix of the origin whose every key is deleted locally must go too: ask the
+        // origin what it holds under it (only when deletes are pending there).
+        let mut hidden = Vec::new();
+        for cp in &page.common_prefixes {
+            let under: Vec<_> = dirty.iter().filter(|d| d.key.starts_with(cp.as_str())).collect();
+            if under.is_empty() || under.iter().any(|d| d.object.is_some()) {
+                continue;
+            }
+            let deleted: HashSet<&str> = under.iter().map(|d| d.key.as_str()).collect();
+            let inside = ListQuery {
+                prefix: Some(cp.clone()),
+                delimiter: None,
+                max_keys: deleted.len() + 1,
+                start_after: None,
+                continuation: None,
+            };
+            let held = self.origin.list_objects(bucket, &inside).await?;
+            if held.next.is_none() && held.objects.iter().all(|o| deleted.contains(o.key.as_str())) {
+                hidden.push(cp.clone());
+            }
+        }
+        page.common_prefixes.retain(|cp| !hidden.contains(cp));
+        Ok(listing::merge(q, page, dirty))
+    }
+
+    // ----- multipart uploads (staged locally) -----
+
+    pub async fn create_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        headers: &ContentHeaders,
+        checksum: Option<MultipartChecksum>,
+    ) -> StoreResult<String> {
+        self.ensure_bucket(bucket).await?;
+        self.multipart.create(bucket, key, headers, checksum).await
+    }
+
+    pub async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: &PutBody,
+        checksums: &Checksums,
+    ) -> StoreResult<PutOutput> {
+        self.ensure_bucket(bucket).await?;
+        self.multipart
+            .upload_part(bucket, key, upload_id, part_number, body, checksums)
+            .await
+    }
+
+    /// Folds the staged parts into one object, committed as one version that records its part
+    /// layout (it is uploaded with the same layout, so the origin ends with the same ETag and
+    /// checksums the client is given here).
+    pub async fn complete_multipart_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> StoreResult<PutOutput> {
+        self.ensure_bucket(bucket).await?;
+        let temp = self.local.blobs.temp_path();
+        let done = self.multipart.complete(bucket, key, upload_id, parts, &temp).await?;
+        let meta = ObjectMeta {
+            last_modified: SystemTime::now(),
+            ..done.meta
+        };
+        let okey = ObjectKey::new(bucket, key);
+        self.put_version(&okey, done.body.body, meta, done.body.digest, Some(done.layout))
+            .await?;
+        Ok(done.output)
+    }
+
+    pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.ensure_bucket(bucket).await?;
+        self.multipart.abort(bucket, key, upload_id).await
+    }
+
+    pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<Vec<PartInfo>> {
+        self.ensure_bucket(bucket).await?;
+        self.multipart.list_parts(bucket, key, upload_id).await
+    }
+
+    /// The uploads staged in Perch (not any made directly at the origin).
+    pub async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
+        self.ensure_bucket(bucket).await?;
+        self.multipart.list_uploads(bucket, prefix).await
+    }
+
+    // ----- buckets (the origin's) -----
+
+    pub async fn list_buckets(&self) -> StoreResult<Vec<BucketInfo>> {
+        Ok(self.origin.list_buckets().await?)
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.origin.create_bucket(bucket).await?;
+        self.known_buckets().insert(bucket.to_owned());
+        Ok(())
+    }
+
+    pub async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
+        Ok(self.origin.head_bucket(bucket).await?)
+    }
+
+    /// The origin decides whether the bucket is empty: first it must hold every write to it.
+    pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.journal
+            .wait_bucket_clean(bucket, self.journal.cfg.wait_limit)
+            .await?;
+        self.local.sync_releases()?;
+        self.known_buckets().remove(bucket);
+        Ok(self.origin.delete_bucket(bucket).await?)
+    }
+
+    // ----- operations -----
+
+    /// The write-back backlog; `upto`: also count the versions at or below that sequence number.
+    pub fn write_status(&self, upto: Option<u64>) -> WriteStatus {
+        self.journal.status(upto)
+    }
+
+    /// Brings the gauges up to date (before metrics are rendered).
+    pub fn refresh_gauges(&self) {
+        self.local.refresh_gauges();
+        self.journal.refresh();
+    }
+
+    /// Whether the origin answers at all: even a refusal (403 on ListBuckets with keys scoped to
+    /// one bucket) proves it is there. Only a transient fault, local I/O or a timeout is "not ready".
+    pub async fn origin_ready(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(3), self.upload_origin.list_buckets()).await {
+            Err(_) => Err("no answer within 3 s".into()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
+            Ok(Err(OriginError::Io(e))) => Err(e.to_string()),
+            Ok(Err(_)) => Ok(()),
+        }
+    }
+
+    /// A clean stop: the index is flushed so that the next start has nothing to replay.
+    pub fn close(&self) {
+        self.local.close();
+    }
+
+    // ----- inside -----
+
+    fn known_buckets(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        lock(&self.buckets)
+    }
+
+    /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
+    async fn ensure_bucket(&self, bucket: &str) -> StoreResult<()> {
+        if self.known_buckets().contains(bucket) {
+            return Ok(());
+        }
+        // Objects or writes of the bucket held here prove it existed at the origin.
+        if !self.local.index.has_bucket(bucket).unwrap_or(false) {
+            self.origin.head_bucket(bucket).await?;
+        }
+        self.known_buckets().insert(bucket.to_owned());
+        Ok(())
+    }
+
+    /// Waits until `okey` has no write left to upload, and makes their releases durable, so that
+    /// a request the origin must decide sees every earlier write, and no replay after a power cut
+    /// uploads one of them again over its result. The caller holds the key's commits back.
+    async fn settle(&self, okey: &ObjectKey) -> StoreResult<()> {
+        self.journal.wait_clean(okey, self.journal.cfg.wait_limit).await?;
+        Ok(self.local.sync_releases()?)
+    }
+
+    /// Commits a verified body as a PUT version (with its part layout when it is a completed
+    /// multipart upload) and acknowledges it as its write mode says.
+    async fn put_version(
+        &self,
+        okey: &ObjectKey,
+        body: PutBody,
+        meta: ObjectMeta,
+        digest: Digested,
+        parts: Option<Vec<PartLayout>>,
+    ) -> StoreResult<()> {
+        let body = match body {
+            PutBody::Bytes(b) => NewBody::Bytes(b),
+            PutBody::File { path, .. } => NewBody::File(path),
+        };
+        let mode = self.journal.mode(WriteOp::Put, okey.key());
+        let version = NewVersion {
+            body,
+            meta,
+            crcs: digest.crcs,
+            parts,
+        };
+        let seq = self.journal.commit_put(okey, version, mode).await?;
+        self.acknowledge(seq, mode).await
+    }
+
+    /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is
+    /// acknowledged only once the origin has it.
+    async fn acknowledge(&self, seq: u64, mode: WriteMode) -> StoreResult<()> {
+        let cfg = &self.journal.cfg;
+        if mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && cfg.strict_barriers) {
+            self.journal.wait_confirmed(seq, cfg.wait_limit).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! `Uploader`: carries the journal's versions to the origin in the order the journal's scheduler
+//! allows, each retried through transient faults for as long as it takes, a PUT whole, a multipart
+//! version with its part layout, then releases it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use perch_policy::Glob;
+
+use crate::journal::record::{PartLayout, RecordPut};
+use crate::journal::state::Version;
+use crate::journal::{Journal, OriginCopy};
+use crate::local::TempGuard;
+use crate::metrics::UploadLabel;
+use crate::origin::retry::RetryPolicy;
+use crate::origin::{Origin, OriginError, PutBody, PutInput};
+
+/// Backoff of a failing upload: 100 ms doubling to 30 s, with jitter, for as long as it takes.
+const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
+    deadline: Duration::MAX,
+    base_backoff: Duration::from_millis(100),
+    max_backoff: Duration::from_secs(30),
+};
+
+/// One `--upload-header` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadHeader {
+    pub glob: Glob,
+    pub name: String,
+    pub value: String,
+}
+
+impl std::str::FromStr for UploadHeader {
+    type Err = String;
+    /// `GLOB=Name: value`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (glob, header) = s
+            .split_once('=')
+            .ok_or_else(|| format!("upload header `{s}` is not GLOB=Name: value"))?;
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| format!("upload header `{s}` is not GLOB=Name: value"))?;
+        let (name, value) = (name.trim(), value.trim());
+        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if glob.is_empty() || !valid_name || value.bytes().any(|b| b.is_ascii_control()) {
+            return Err(format!("upload header `{s}` is not GLOB=Name: value"));
+        }
+        Ok(UploadHeader {
+            glob: Glob::new(glob),
+            name: name.to_ascii_lowercase(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+pub(crate) struct Uploader {
+    journal: Arc<Journal>,
+    /// The origin without its retry layer: the uploader retries by itself, and reports each fault.
+    origin: Arc<dyn Origin>,
+}
+
+impl Uploader {
+    /// Starts the dispatcher: it hands the versions the scheduler picks to upload tasks, woken by
+    /// commits and releases (and every second, to refresh the age gauge).
+    /// The dispatcher holds the uploader weakly: it ends when the store drops it.
+    pub(crate) fn start(journal: Arc<Journal>, origin: Arc<dyn Origin>) -> Arc<Uploader> {
+        let uploader = Arc::new(Uploader { journal, origin });
+        let wake = uploader.journal.wake.clone();
+        let weak = Arc::downgrade(&uploader);
+        tokio::spawn(async move {
+            loop {
+                let Some(uploader) = weak.upgrade() else { return };
+                let notified = wake.notified();
+                for pick in uploader.journal.next_uploads() {
+                    let u = uploader.clone();
+                    tokio::spawn(async move {
+                        if pick.skip {
+                            u.release(pick.seq, "skipped", None).await;
+                        } else {
+                            u.upload(pick.seq).await;
+                        }
+                    });
+                }
+                drop(uploader);
+                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            }
+        });
+        uploader
+    }
+
+    async fn release(&self, seq: u64, result: &'static str, stored: Option<OriginCopy>) {
+        let journal = self.journal.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || journal.release(seq, result, stored)).await {
+            tracing::error!(seq, error = %e, "release task failed");
+        }
+    }
+
+    /// Uploads version `seq`, retrying transient faults for as long as it takes.
+    async fn upload(&self, seq: u64) {
+        let Some(v) = self.journal.version(seq) else {
+            return;
+        };
+        let (bucket, key) = (v.okey.bucket(), v.okey.key());
+        let mut attempt = 0u32;
+        loop {
+            let result = match &v.put {
+                None => self.origin.delete_object(bucket, key).await.map(|()| None),
+                Some(put) => match &put.parts {
+                    None => {
+                        let input = self.upload_input(&v, put, seq);
+                        self.origin.put_object(bucket, key, &input).await.map(Some)
+                    }
+                    Some(parts) => self.upload_parts(&v, put, parts, seq).await.map(Some),
+                },
+            };
+            let result = match result {
+                Err(OriginError::NoSuchKey) if v.put.is_none() => Ok(None),
+                other => other,
+            };
+            match result {
+                Ok(out) => {
+                    if let (Some(out), Some(put)) = (&out, &v.put)
+                        && !crate::origin::same_etag(&out.etag, &put.meta.etag)
+                        && !out.etag.is_empty()
+                    {
+                        tracing::warn!(
+                            key,
+                            seq,
+                            acked = put.meta.etag,
+                            origin = out.etag,
+                            "the origin gave another ETag than the one acknowledged"
+                        );
+                    }
+                    self.journal.stats.uploaded_bytes.inc_by(v.size());
+                    self.journal.note_origin_fault(None);
+                    let stored = match (&out, &v.put) {
+                        (Some(out), Some(put)) => self.origin_copy(&v, put, &out.etag, seq).await,
+                        _ => None,
+                    };
+                    self.release(seq, "ok", stored).await;
+                    return;
+                }
+                Err(e) if e.is_permanent() => {
+                    tracing::error!(
+                        bucket,
+                        key,
+                        seq,
+                        error = %e,
+                        "the origin refused an upload for good; the version is kept (perch status)"
+                    );
+                    self.journal.refuse(seq, e.to_string());
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.journal
+                        .stats
+                        .uploads
+                        .get_or_create(&UploadLabel { result: "retried" })
+                        .inc();
+                    if attempt == 1 || attempt.is_multiple_of(10) {
+                        tracing::warn!(key, seq, attempt, error = %e, "upload failed; retrying");
+                    }
+                    self.journal.note_origin_fault(Some(e.to_string()));
+                    tokio::time::sleep(UPLOAD_RETRY.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Uploads a multipart version as a multipart upload with the same part layout: each part is
+    /// cut from the blob into a temp file and sent with its checksums. A failure abandons the
+    /// origin's upload (aborted, best effort) and the whole version is tried again.
+    async fn upload_parts(
+        &self,
+        v: &Version,
+        put: &RecordPut,
+        parts: &[PartLayout],
+        seq: u64,
+    ) -> Result<crate::origin::PutOutput, OriginError> {
+        let checksum = multipart_checksum(&put.meta.checksums);
+        let origin = &self.origin;
+        let (bucket, key) = (v.okey.bucket(), v.okey.key());
+        let id = origin
+            .create_multipart_upload(bucket, key, &put.meta.headers, checksum)
+            .await?;
+        let result = async {
+            let mut done = Vec::with_capacity(parts.len());
+            let mut offset = 0u64;
+            for (i, part) in parts.iter().enumerate() {
+                let number = i as i32 + 1;
+                let temp = self.journal.local.blobs.temp_path();
+                let _guard = TempGuard(temp.clone());
+                let (blob, t, len) = (self.journal.local.blobs.path(seq), temp.clone(), part.size);
+                tokio::task::spawn_blocking(move || copy_range(&blob, &t, offset, len))
+                    .await
+                    .map_err(|e| OriginError::Io(std::io::Error::other(e)))??;
+                let body = PutBody::File { path: temp, len };
+                let out = origin
+                    .upload_part(bucket, key, &id, number, &body, &part.checksums)
+                    .await?;
+                done.push(crate::origin::CompletedPart {
+                    part_number: number,
+                    etag: out.etag,
+                    checksums: part.checksums.clone(),
+                });
+                offset += part.size;
+            }
+            origin.complete_multipart_upload(bucket, key, &id, &done).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = origin.abort_multipart_upload(bucket, key, &id).await;
+        }
+        result
+    }
+
+    fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
+        let mut headers = put.meta.headers.clone();
+        let mut extra = Vec::new();
+        for h in self
+            .journal
+            .cfg
+            .upload_headers
+            .iter()
+            .filter(|h| h.glob.matches(v.okey.key()))
+        {
+            let value = Some(h.value.clone());
+            match h.name.as_str() {
+                "cache-control" => headers.cache_control = value,
+                "content-type" => headers.content_type = value,
+                "content-encoding" => headers.content_encoding = value,
+                "content-disposition" => headers.content_disposition = value,
+                "content-language" => headers.content_language = value,
+                "expires" => headers.expires = value,
+                name => match name.strip_prefix("x-amz-meta-") {
+                    Some(m) => {
+                        headers.metadata.insert(m.to_owned(), h.value.clone());
+                    }
+                    None => extra.push((h.name.clone(), h.value.clone())),
+                },
+            }
+        }
+        PutInput {
+            headers,
+            checksums: put.meta.checksums.clone(),
+            body: PutBody::File {
+                path: self.journal.local.blobs.path(seq),
+                len: put.meta.size,
+            },
+            if_match: None,
+            if_none_match: None,
+            extra_headers: extra,
+        }
+    }
+
+    /// The origin's ETag and Last-Modified of the copy an upload just stored, for the version that
+    /// stays as the clean cache entry of its key (a HEAD; `None` when the version is no longer the
+    /// newest, or the origin does not answer in time or holds another object by now).
+    async fn origin_copy(&self, v: &Version, put: &RecordPut, put_etag: &str, seq: u64) -> Option<OriginCopy> {
+        if !self.journal.is_newest(&v.okey, seq) {
+            return None;
+        }
+        let unconditional = crate::origin::Conditions::default();
+        let head = self.origin.head_object(v.okey.bucket(), v.okey.key(), &unconditional);
+        let meta = match tokio::time::timeout(Duration::from_secs(5), head).await {
+            Ok(Ok(meta)) => meta,
+            _ => return None,
+        };
+        let expected = if put_etag.is_empty() {
+            put.meta.etag.as_str()
+        } else {
+            put_etag
+        };
+        let ours = crate::origin::same_etag(&meta.etag, expected) && meta.size == put.meta.size;
+        ours.then_some(OriginCopy {
+            etag: meta.etag,
+            last_modified: meta.last_modified,
+        })
+    }
+}
+
+/// The multipart checksum of an object from its checksums: the algorithm that has a value, as
+/// COMPOSITE (`…-N`) or FULL_OBJECT.
+fn multipart_checksum(c: &crate::origin::Checksums) -> Option<crate::origin::MultipartChecksum> {
+    let (algorithm, _) = c.iter().next()?;
+    Some(crate::origin::MultipartChecksum {
+        algorithm,
+        checksum_type: c.checksum_type()?,
+    })
+}
+
+/// Copies `len` bytes at `offset` of `from` into a new file `to`.
+fn copy_range(from: &std::path::Path, to: &std::path::Path, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut src = std::fs::File::open(from)?;
+    src.seek(SeekFrom::Start(offset))?;
+    let mut dst = std::fs::File::create(to)?;
+    let copied = std::io::copy(&mut src.take(len), &mut dst)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "blob shorter than its parts",
+        ));
+    }
+    Ok(())
+}
