@@ -126,13 +126,20 @@ impl Harness {
 
     /// Like `mount`, but returns the daemon's complaint if it exits without mounting.
     pub fn try_mount(&self) -> Result<Daemon, String> {
+        self.try_mount_with(&[])
+    }
+
+    /// `try_mount` with extra flags for `mount` (e.g. `--forward-fsync`).
+    pub fn try_mount_with(&self, extra: &[&str]) -> Result<Daemon, String> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log");
         let mut child = Command::new(BIN)
-            .args(["mount", "--backing"])
+            .arg("mount")
+            .args(extra)
+            .arg("--backing")
             .arg(&self.backing)
             .arg("--mountpoint")
             .arg(&self.mnt)
