@@ -481,6 +481,10 @@ impl Inner {
                 }
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.grave_links = n.grave_links.saturating_sub(1);
+                    // Gone for good (perhaps still open): its unsynced data can no longer matter.
+                    if sys::stat_fd(n.raw()).is_ok_and(|st| st.st_nlink == 0) {
+                        self.tracker.forget_file(node);
+                    }
                 }
             }
             touched.extend(op.op.referenced());
