@@ -75,12 +75,10 @@ pub fn request(socket: &Path, req: &Request) -> Result<Vec<String>, Error> {
             return Ok(lines);
         }
         if let Some(msg) = line.strip_prefix("ERR ") {
-            let mut msg = msg.to_string();
-            for l in &lines {
-                msg.push_str("\n  ");
-                msg.push_str(l);
-            }
-            return Err(Error::Refused(msg));
+            return Err(Error::Refused {
+                message: msg.to_string(),
+                lines,
+            });
         }
         lines.push(line);
     }

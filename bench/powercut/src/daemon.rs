@@ -161,7 +161,8 @@ fn wait_for_signal(set: libc::sigset_t, shared: Shared, mountpoint: PathBuf, soc
 /// Mounts and serves until a cut or a shutdown (both end the process) or an external unmount.
 /// Prints `mounted <mountpoint>` on stdout once the mount answers.
 pub fn run(opts: &MountOptions) -> Result<(), Error> {
-    crate::sys::raise_nofile_limit();
+    let nofile = crate::sys::raise_nofile_limit();
+    tracing::debug!(nofile, "open descriptor limit");
     std::fs::create_dir_all(&opts.backing).map_err(Error::io(format!(
         "create backing directory {}",
         opts.backing.display()

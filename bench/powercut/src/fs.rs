@@ -12,6 +12,7 @@
 //! directories never invalidate them. One lock serialises every operation, so the recorded order
 //! is the order the operations took effect.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -20,6 +21,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -58,7 +60,14 @@ impl Kind {
 }
 
 struct Node {
-    fd: OwnedFd,
+    /// An `O_PATH` descriptor. While the node is idle (no handle, nothing unsynced, no logged
+    /// operation) it may be closed when many are open, and reopened from `handle`.
+    fd: RefCell<Option<OwnedFd>>,
+    handle: Option<sys::Handle>,
+    /// A descriptor on the backing filesystem, for open_by_handle_at.
+    mount_fd: RawFd,
+    /// How many node descriptors are open, shared by all nodes.
+    open_fds: Arc<AtomicUsize>,
     kind: Kind,
     key: (u64, u64),
     /// Lookups the kernel holds (FUSE `nlookup`).
@@ -97,6 +106,14 @@ pub struct CutReport {
 pub struct Inner {
     root_path: PathBuf,
     state_path: PathBuf,
+    mount_fd: OwnedFd,
+    open_fds: Arc<AtomicUsize>,
+    /// Above this many open node descriptors, idle ones are closed.
+    fd_budget: usize,
+    /// The count that triggers the next pass (raised while few nodes are idle).
+    evict_at: usize,
+    /// Whether file handles work here (else no descriptor is ever closed).
+    handles_ok: bool,
     grave_fd: OwnedFd,
     undo_fd: OwnedFd,
     nodes: HashMap<NodeId, Node>,
@@ -200,14 +217,37 @@ fn read_at_padded(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
 }
 
 impl Node {
-    fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// The node's `O_PATH` descriptor, reopened if it was closed. Valid until the next eviction,
+    /// which happens only when a new node is registered.
+    fn raw(&self) -> io::Result<RawFd> {
+        if let Some(fd) = self.fd.borrow().as_ref() {
+            return Ok(fd.as_raw_fd());
+        }
+        let handle = self
+            .handle
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        let fd = sys::open_handle(self.mount_fd, handle)?;
+        let raw = fd.as_raw_fd();
+        *self.fd.borrow_mut() = Some(fd);
+        self.open_fds.fetch_add(1, Ordering::Relaxed);
+        Ok(raw)
+    }
+
+    /// Closes the descriptor if the node can be reopened.
+    fn evict(&mut self) -> bool {
+        if self.handle.is_none() || self.fd.get_mut().take().is_none() {
+            return false;
+        }
+        self.open_fds.fetch_sub(1, Ordering::Relaxed);
+        self.reader = None;
+        true
     }
 
     /// Copies the current bytes `offset..offset+len` into the undo log at `at`.
     fn save_old(&mut self, id: NodeId, undo_dir: RawFd, offset: u64, len: u64, at: u64) -> io::Result<()> {
         if self.reader.is_none() {
-            self.reader = Some(sys::reopen(self.raw(), libc::O_RDONLY)?);
+            self.reader = Some(sys::reopen(self.raw()?, libc::O_RDONLY)?);
         }
         if self.undo.is_none() {
             let fd = sys::open_at(
@@ -220,6 +260,14 @@ impl Node {
         }
         let old = read_at_padded(self.reader.as_ref().expect("opened above"), offset, len)?;
         self.undo.as_ref().expect("opened above").write_all_at(&old, at)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.fd.get_mut().is_some() {
+            self.open_fds.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -240,11 +288,36 @@ impl Inner {
         let root_fd = dir(&root_path)?;
         let grave_fd = dir(&state_path.join("graveyard"))?;
         let undo_fd = dir(&state_path.join("undo"))?;
+        let mount_fd = sys::open_at(
+            libc::AT_FDCWD,
+            root_path.as_os_str(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
         let st = sys::stat_fd(root_fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
+        let handles_ok =
+            match sys::handle_of(root_fd.as_raw_fd()).and_then(|h| sys::open_handle(mount_fd.as_raw_fd(), &h)) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no file handles here: one descriptor stays open per known file");
+                    false
+                }
+            };
+        // Half the descriptor limit; PERCH_POWERCUT_FD_BUDGET sets it (the tests make it small).
+        let fd_budget = std::env::var("PERCH_POWERCUT_FD_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or((sys::nofile_limit() / 2).max(256) as usize);
+        let open_fds = Arc::new(AtomicUsize::new(1));
         let mut inner = Inner {
             root_path,
             state_path,
+            mount_fd,
+            open_fds: open_fds.clone(),
+            fd_budget,
+            evict_at: fd_budget,
+            handles_ok,
             grave_fd,
             undo_fd,
             nodes: HashMap::new(),
@@ -259,7 +332,10 @@ impl Inner {
         inner.nodes.insert(
             ROOT,
             Node {
-                fd: root_fd,
+                fd: RefCell::new(Some(root_fd)),
+                handle: None,
+                mount_fd: -1,
+                open_fds,
                 kind: Kind::Dir,
                 key,
                 nlookup: 1,
@@ -278,7 +354,7 @@ impl Inner {
     }
 
     fn fd(&self, id: NodeId) -> Result<RawFd, Errno> {
-        self.node(id).map(Node::raw)
+        self.node(id)?.raw().map_err(err)
     }
 
     fn dir_fd(&self, id: NodeId) -> Result<RawFd, Errno> {
@@ -286,7 +362,7 @@ impl Inner {
         if n.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        Ok(n.raw())
+        n.raw().map_err(err)
     }
 
     /// The node `name` in `parent` names, registered if new; `count` adds a kernel lookup.
@@ -299,14 +375,30 @@ impl Inner {
         let st = sys::stat_fd(fd.as_raw_fd()).map_err(err)?;
         let key = (st.st_dev, st.st_ino);
         let id = match self.by_key.get(&key) {
-            Some(id) => *id,
+            Some(id) => {
+                let node = &self.nodes[id];
+                if node.fd.borrow().is_none() {
+                    *node.fd.borrow_mut() = Some(fd);
+                    self.open_fds.fetch_add(1, Ordering::Relaxed);
+                }
+                *id
+            }
             None => {
                 let id = self.next_node;
                 self.next_node += 1;
+                let handle = if self.handles_ok {
+                    sys::handle_of(fd.as_raw_fd()).ok()
+                } else {
+                    None
+                };
+                self.open_fds.fetch_add(1, Ordering::Relaxed);
                 self.nodes.insert(
                     id,
                     Node {
-                        fd,
+                        fd: RefCell::new(Some(fd)),
+                        handle,
+                        mount_fd: self.mount_fd.as_raw_fd(),
+                        open_fds: self.open_fds.clone(),
                         kind: Kind::of(&st),
                         key,
                         nlookup: 0,
@@ -317,6 +409,7 @@ impl Inner {
                     },
                 );
                 self.by_key.insert(key, id);
+                self.evict_idle(id);
                 id
             }
         };
@@ -324,6 +417,29 @@ impl Inner {
             self.nodes.get_mut(&id).expect("just found").nlookup += 1;
         }
         Ok((id, st))
+    }
+
+    /// Over budget, closes the descriptors of idle nodes (they reopen from their file handles):
+    /// no open handle, nothing unsynced, no logged operation, and not `keep`.
+    fn evict_idle(&mut self, keep: NodeId) {
+        if self.open_fds.load(Ordering::Relaxed) <= self.evict_at {
+            return;
+        }
+        let mut closed = 0;
+        for (id, node) in self.nodes.iter_mut() {
+            let idle = *id != ROOT
+                && *id != keep
+                && node.handles == 0
+                && !self.tracker.is_referenced(*id)
+                && self.tracker.file(*id).is_none_or(|s| s.is_clean());
+            if idle && node.evict() {
+                closed += 1;
+            }
+        }
+        let open = self.open_fds.load(Ordering::Relaxed);
+        // While most nodes are busy, wait for half a budget more before scanning again.
+        self.evict_at = self.fd_budget.max(open + self.fd_budget / 2);
+        tracing::debug!(closed, open, "closed idle node descriptors");
     }
 
     fn attr(&self, id: NodeId, st: &libc::stat) -> FileAttr {
@@ -360,7 +476,7 @@ impl Inner {
         let Some(node) = self.nodes.get(&id) else {
             return format!("<node {id}>");
         };
-        match sys::fd_path(node.raw()) {
+        match node.raw().and_then(sys::fd_path) {
             Ok(p) => {
                 let p = PathBuf::from(p);
                 match p.strip_prefix(&self.root_path) {
@@ -391,13 +507,18 @@ impl Inner {
             return;
         }
         if self.tracker.file(id).is_some_and(|s| !s.is_clean()) {
-            let visible = sys::stat_fd(n.raw()).map_or(0, |st| (st.st_nlink as u32).saturating_sub(n.grave_links));
+            let visible = n
+                .raw()
+                .and_then(sys::stat_fd)
+                .map_or(0, |st| (st.st_nlink as u32).saturating_sub(n.grave_links));
             if visible > 0 {
                 return;
             }
         }
         let n = self.nodes.remove(&id).expect("checked");
-        self.by_key.remove(&n.key);
+        if self.by_key.get(&n.key) == Some(&id) {
+            self.by_key.remove(&n.key);
+        }
         self.tracker.forget_file(id);
         if n.undo.is_some() {
             let _ = sys::unlink_at(self.undo_fd.as_raw_fd(), OsStr::new(&id.to_string()), false);
@@ -456,7 +577,11 @@ impl Inner {
         if forward {
             match file {
                 Some(f) => sys::fsync(f, datasync).map_err(err)?,
-                None => sys::fsync(&sys::reopen(node.raw(), libc::O_RDONLY).map_err(err)?, datasync).map_err(err)?,
+                None => sys::fsync(
+                    &sys::reopen(node.raw().map_err(err)?, libc::O_RDONLY).map_err(err)?,
+                    datasync,
+                )
+                .map_err(err)?,
             }
         }
         Ok(())
@@ -481,9 +606,13 @@ impl Inner {
                 }
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.grave_links = n.grave_links.saturating_sub(1);
-                    // Gone for good (perhaps still open): its unsynced data can no longer matter.
-                    if sys::stat_fd(n.raw()).is_ok_and(|st| st.st_nlink == 0) {
+                    // Gone for good (perhaps still open): its unsynced data can no longer matter,
+                    // and its inode number may be reused by a new file.
+                    if n.raw().and_then(sys::stat_fd).is_ok_and(|st| st.st_nlink == 0) {
                         self.tracker.forget_file(node);
+                        if self.by_key.get(&n.key) == Some(&node) {
+                            self.by_key.remove(&n.key);
+                        }
                     }
                 }
             }
@@ -511,7 +640,7 @@ impl Inner {
                 let size = self
                     .nodes
                     .get(&id)
-                    .and_then(|n| sys::stat_fd(n.raw()).ok())
+                    .and_then(|n| n.raw().and_then(sys::stat_fd).ok())
                     .map_or(0, |st| st.st_size as u64);
                 (self.path_of(id), s.synced_size, size, s.dirty.len())
             })
@@ -539,7 +668,7 @@ impl Inner {
             .files()
             .filter_map(|(id, _)| {
                 let node = self.nodes.get(&id)?;
-                let st = sys::stat_fd(node.raw()).ok()?;
+                let st = node.raw().and_then(sys::stat_fd).ok()?;
                 Some(FileFacts {
                     node: id,
                     key: self.path_of(id),
@@ -589,7 +718,7 @@ impl Inner {
             .nodes
             .get(&f.node)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
-        let file = sys::reopen(node.raw(), libc::O_WRONLY)?;
+        let file = sys::reopen(node.raw()?, libc::O_WRONLY)?;
         for &(offset, at, len) in &f.restore {
             let undo = node.undo.as_ref().ok_or_else(|| io::Error::other("no undo log"))?;
             let old = read_at_padded(undo, at, len)?;
@@ -848,7 +977,7 @@ impl Filesystem for PowercutFs {
             if node.kind == Kind::Dir {
                 return Err(Errno::EPERM);
             }
-            sys::link_fd(node.raw(), inner.dir_fd(newparent.0)?, newname).map_err(err)?;
+            sys::link_fd(node.raw().map_err(err)?, inner.dir_fd(newparent.0)?, newname).map_err(err)?;
             inner.nodes.get_mut(&ino.0).expect("checked").nlookup += 1;
             let seq = inner.tracker.next_seq();
             let desc = format!(
@@ -1036,6 +1165,9 @@ impl Filesystem for PowercutFs {
                 tracing::debug!(seq = op.seq, desc = %op.desc, "durable");
             }
             inner.settle(&durable);
+            // Nodes may have become idle.
+            inner.evict_at = inner.fd_budget;
+            inner.evict_idle(ROOT);
             if inner.forward_fsync {
                 sys::fsync_dir(fd).map_err(err)?;
             }

@@ -28,8 +28,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("the daemon refused: {0}")]
-    Refused(String),
+    /// The daemon answered `ERR`; `lines` is what it reported before (for a cut: what it did).
+    #[error("the daemon refused: {message}")]
+    Refused { message: String, lines: Vec<String> },
     #[error("the daemon closed the connection without a final OK or ERR line")]
     NoAnswer,
 }

@@ -106,11 +106,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             daemon::run(&opts).context("perch-powercut mount")?;
         }
-        Command::Cut { control, seed, mode } => {
-            print(control::request(&control, &Request::Cut { seed, mode }).context("cut")?);
-        }
-        Command::Status { control } => print(control::request(&control, &Request::Status).context("status")?),
-        Command::Shutdown { control } => print(control::request(&control, &Request::Shutdown).context("shutdown")?),
+        Command::Cut { control, seed, mode } => ask(&control, &Request::Cut { seed, mode }, "cut")?,
+        Command::Status { control } => ask(&control, &Request::Status, "status")?,
+        Command::Shutdown { control } => ask(&control, &Request::Shutdown, "shutdown")?,
     }
     Ok(())
+}
+
+/// Sends a request and prints the answer's lines, also when the daemon refuses (a failed cut
+/// still reports what it did).
+fn ask(control: &std::path::Path, req: &Request, what: &'static str) -> anyhow::Result<()> {
+    match control::request(control, req) {
+        Ok(lines) => {
+            print(lines);
+            Ok(())
+        }
+        Err(e) => {
+            if let perch_powercut::Error::Refused { lines, .. } = &e {
+                print(lines.clone());
+            }
+            Err(e).context(what)
+        }
+    }
 }

@@ -230,18 +230,34 @@ pub fn read_dir(fd: RawFd) -> io::Result<Vec<(OsString, u64, u8)>> {
     Ok(out)
 }
 
-/// Raises the soft limit on open descriptors to the hard limit (the filesystem holds one
-/// `O_PATH` descriptor per known file).
-pub fn raise_nofile_limit() {
+/// Raises the limit on open descriptors as far as the kernel allows (`fs.nr_open`, for root),
+/// else the soft limit to the hard one: the filesystem holds one `O_PATH` descriptor per file the
+/// kernel knows, and a test with many files (blobs, SSTs) needs many.
+pub fn raise_nofile_limit() -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    if let Some(n) = nr_open {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: plain call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            return n;
+        }
+    }
     let mut lim = MaybeUninit::<libc::rlimit>::uninit();
     // SAFETY: a buffer of the right type.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } == 0 {
-        // SAFETY: filled.
-        let mut lim = unsafe { lim.assume_init() };
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: plain call.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } != 0 {
+        return 0;
     }
+    // SAFETY: filled.
+    let mut lim = unsafe { lim.assume_init() };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: plain call.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    lim.rlim_cur
 }
 
 /// umount2(2), lazily (`MNT_DETACH`) when asked.
@@ -262,4 +278,56 @@ pub fn statfs_errno(path: &OsStr) -> Option<i32> {
     } else {
         io::Error::last_os_error().raw_os_error()
     }
+}
+
+/// A kernel file handle (name_to_handle_at(2)): names a file without holding it open.
+#[derive(Clone, Debug)]
+pub struct Handle(Box<[u32]>);
+
+/// The handle of the file an `O_PATH` descriptor holds.
+pub fn handle_of(fd: RawFd) -> io::Result<Handle> {
+    let header = std::mem::size_of::<libc::file_handle>();
+    let words = (header + libc::MAX_HANDLE_SZ as usize).div_ceil(4);
+    let mut buf = vec![0u32; words].into_boxed_slice();
+    let fh = buf.as_mut_ptr().cast::<libc::file_handle>();
+    let mut mount_id = 0;
+    // SAFETY: the buffer holds the header and MAX_HANDLE_SZ bytes, and is aligned for it.
+    unsafe {
+        (*fh).handle_bytes = libc::MAX_HANDLE_SZ as libc::c_uint;
+        check(libc::name_to_handle_at(
+            fd,
+            c"".as_ptr(),
+            fh,
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        ))?;
+    }
+    Ok(Handle(buf))
+}
+
+/// Opens (`O_PATH`) what a handle names; `mount_fd` is any non-`O_PATH` descriptor on its
+/// filesystem. Needs CAP_DAC_READ_SEARCH; a deleted file gives `ESTALE`.
+pub fn open_handle(mount_fd: RawFd, handle: &Handle) -> io::Result<OwnedFd> {
+    let mut buf = handle.0.clone();
+    // SAFETY: a buffer filled by name_to_handle_at.
+    let fd = check(unsafe {
+        libc::open_by_handle_at(
+            mount_fd,
+            buf.as_mut_ptr().cast(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: freshly opened.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The soft limit on open descriptors.
+pub fn nofile_limit() -> u64 {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: a buffer of the right type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } != 0 {
+        return 1024;
+    }
+    // SAFETY: filled.
+    unsafe { lim.assume_init() }.rlim_cur
 }

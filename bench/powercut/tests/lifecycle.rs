@@ -91,3 +91,40 @@ fn control_requests_and_errors() {
     let (ok, _, err) = h.cli(&["status"]);
     assert!(!ok && err.contains("connect to control socket"), "{err}");
 }
+
+#[test]
+fn many_files_with_few_descriptors() {
+    require_fuse!();
+    let h = Harness::new();
+    // Idle files' descriptors are closed above 64 open ones and reopened from file handles.
+    let d = h.try_mount_with(&[], &[("PERCH_POWERCUT_FD_BUDGET", "64")]).unwrap();
+    std::fs::create_dir(h.p("d")).unwrap();
+    common::fsync(&h.mnt);
+    for i in 0..400 {
+        write(&h.p(&format!("d/f{i}")), format!("content {i}").as_bytes(), i % 2 == 0);
+    }
+    common::fsync(&h.p("d"));
+    for i in 0..400 {
+        // Even files synced; odd ones not: their data is pending and their descriptors stay.
+        assert_eq!(
+            read(&h.p(&format!("d/f{i}"))).unwrap(),
+            format!("content {i}").as_bytes()
+        );
+    }
+    for i in (0..400).step_by(7) {
+        std::fs::rename(h.p(&format!("d/f{i}")), h.p(&format!("d/r{i}"))).unwrap();
+    }
+    let (d, lines) = h.cut_and_remount(d, 0, None);
+    for i in 0..400 {
+        let renamed = i % 7 == 0;
+        let got = read(&h.p(&format!("d/f{i}")));
+        assert!(read(&h.p(&format!("d/r{i}"))).is_none(), "{lines:?}");
+        let want: &[u8] = if i % 2 == 0 {
+            format!("content {i}").into_bytes().leak()
+        } else {
+            b""
+        };
+        assert_eq!(got.as_deref(), Some(want), "f{i} (renamed {renamed})");
+    }
+    h.shutdown(d);
+}

@@ -73,7 +73,7 @@ fn throughput() {
     for forward in [false, true] {
         let h = Harness::new();
         let d = h
-            .try_mount_with(if forward { &["--forward-fsync"] } else { &[] })
+            .try_mount_with(if forward { &["--forward-fsync"] } else { &[] }, &[])
             .unwrap();
         let direct = h.dir.path().join("direct");
         std::fs::create_dir(&direct).unwrap();

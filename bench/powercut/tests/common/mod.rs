@@ -126,11 +126,11 @@ impl Harness {
 
     /// Like `mount`, but returns the daemon's complaint if it exits without mounting.
     pub fn try_mount(&self) -> Result<Daemon, String> {
-        self.try_mount_with(&[])
+        self.try_mount_with(&[], &[])
     }
 
-    /// `try_mount` with extra flags for `mount` (e.g. `--forward-fsync`).
-    pub fn try_mount_with(&self, extra: &[&str]) -> Result<Daemon, String> {
+    /// `try_mount` with extra flags for `mount` (e.g. `--forward-fsync`) and environment.
+    pub fn try_mount_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Result<Daemon, String> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -145,6 +145,7 @@ impl Harness {
             .arg(&self.mnt)
             .arg("--control")
             .arg(&self.ctl)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
