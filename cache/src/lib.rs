@@ -8,6 +8,7 @@
 
 mod body;
 mod disk_read;
+mod durable;
 mod error;
 mod fill;
 mod journal;
@@ -24,6 +25,7 @@ mod store;
 mod uploader;
 
 pub use body::{BodyDigest, Digested};
+pub use durable::{SyncStep, skips_sync};
 pub use error::{CacheError, StoreError, StoreResult};
 pub use journal::{FailedVersion, WriteConfig, WriteStatus};
 pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};

@@ -79,6 +79,9 @@ impl Store {
         upload_origin: Arc<dyn Origin>,
         mut registry: Option<&mut Registry>,
     ) -> Result<Arc<Store>, CacheError> {
+        // The data dir's own name too: whoever made it may not have synced its parent.
+        crate::durable::create_dirs(&cfg.data_dir)?;
+        crate::durable::sync_parent(&cfg.data_dir)?;
         let local = Local::open(
             LocalConfig {
                 dir: cfg.data_dir.join("cache"),
@@ -162,6 +165,10 @@ impl Store {
         }
         let _held = self.journal.hold_commits(&[&okey]).await;
         self.settle(&okey).await?;
+        let input = PutInput {
+            content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
+            ..input
+        };
         let out = self.origin.put_object(bucket, key, &input).await;
         // Whatever the answer, the origin may now hold a new body: forget the cached one.
         self.local.invalidate(&okey);

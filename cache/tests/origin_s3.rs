@@ -36,6 +36,7 @@ fn put(body: &'static [u8]) -> PutInput {
         body: PutBody::Bytes(Bytes::from_static(body)),
         if_match: None,
         if_none_match: None,
+        content_md5: None,
         extra_headers: Vec::new(),
     }
 }
@@ -559,6 +560,7 @@ async fn errors_are_classified() {
     // 412 on a conditional write.
     let create_only = PutInput {
         if_none_match: Some("*".to_owned()),
+        content_md5: None,
         ..put(b"other")
     };
     assert!(matches!(

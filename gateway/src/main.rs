@@ -139,11 +139,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats,
     ));
 
-    let cache_dir = config.data_dir.join("cache");
-    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
     let disk_bytes = config
         .cache_disk_bytes
-        .unwrap_or_else(|| default_cache_disk_bytes(&cache_dir));
+        .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         disk_bytes,
@@ -164,6 +162,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             dirty_bytes_max: config
                 .dirty_bytes_max
                 .unwrap_or_else(|| filesystem_size(&config.data_dir) / 2),
+            dirty_wait_max: config.dirty_wait_max,
             dirty_age_max: config.dirty_age_max,
             upload_headers: config.upload_headers.clone(),
         },

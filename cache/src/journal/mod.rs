@@ -46,6 +46,8 @@ pub struct WriteConfig {
     pub write_through_concurrency: usize,
     /// Past this many unuploaded bytes, a write waits for room (`--dirty-bytes-max`).
     pub dirty_bytes_max: u64,
+    /// The longest a write waits for room before it is refused (`--dirty-wait-max`, 30 min).
+    pub dirty_wait_max: Duration,
     /// Upload lag past which Perch reports itself unhealthy (`--dirty-age-max`, 60 s).
     pub dirty_age_max: Duration,
     /// Headers added to the uploads of matching keys (`--upload-header 'GLOB=Name: value'`).
@@ -61,6 +63,7 @@ impl Default for WriteConfig {
             upload_concurrency: 16,
             write_through_concurrency: 4,
             dirty_bytes_max: 10 << 30,
+            dirty_wait_max: Duration::from_secs(1800),
             dirty_age_max: Duration::from_secs(60),
             upload_headers: Vec::new(),
         }
@@ -173,10 +176,35 @@ impl Gates {
     }
 }
 
+/// Writes waiting for room under `--dirty-bytes-max`, served in arrival order: a large write is
+/// never starved by smaller ones, and a write never commits after a later write of its key.
+#[derive(Default)]
+struct Room {
+    next: u64,
+    waiting: std::collections::BTreeSet<u64>,
+}
+
+/// A write's place in the room queue; it leaves the queue when dropped (committed, or its client
+/// went away and the request was dropped: then it is never committed).
+pub(crate) struct Admitted<'a> {
+    journal: &'a Journal,
+    ticket: Option<u64>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            lock(&self.journal.room).waiting.remove(&t);
+            self.journal.released.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
 pub(crate) struct Journal {
     pub(crate) cfg: WriteConfig,
     pub(crate) local: Arc<Local>,
     gates: Gates,
+    room: Mutex<Room>,
     state: Mutex<State>,
     /// The current epoch. Ordinary commits hold it shared, a barrier exclusively, so a version
     /// committed after a barrier was acknowledged always belongs to a later epoch.
@@ -227,6 +255,7 @@ impl Journal {
             local,
             state: Mutex::new(State::default()),
             gates: Gates::default(),
+            room: Mutex::new(Room::default()),
             epoch: RwLock::new(0),
             wake: Arc::new(Notify::new()),
             released: watch::channel(0).0,
@@ -331,7 +360,7 @@ impl Journal {
             crcs,
             parts,
         } = version;
-        self.wait_for_room(meta.size).await;
+        let _admitted = self.wait_for_room(meta.size).await?;
         let _pass = self.gates.pass(okey).await;
         let journal = self.clone();
         let okey = okey.clone();
@@ -356,27 +385,50 @@ impl Journal {
             .map_err(|e| StoreError::from(std::io::Error::other(e)))?
     }
 
-    async fn wait_for_room(&self, size: u64) {
+    /// Waits until a write of `size` bytes fits under `--dirty-bytes-max` (one larger than the
+    /// whole limit still goes, alone), behind the writes that came before it; up to
+    /// `--dirty-wait-max`. Keep the answer until the commit is done.
+    async fn wait_for_room(&self, size: u64) -> StoreResult<Admitted<'_>> {
+        let fits = |st: &State| st.dirty_bytes == 0 || st.dirty_bytes + size <= self.cfg.dirty_bytes_max;
+        let ticket = {
+            let mut room = lock(&self.room);
+            if room.waiting.is_empty() && fits(&lock(&self.state)) {
+                return Ok(Admitted {
+                    journal: self,
+                    ticket: None,
+                });
+            }
+            room.next += 1;
+            let t = room.next;
+            room.waiting.insert(t);
+            t
+        };
+        let admitted = Admitted {
+            journal: self,
+            ticket: Some(ticket),
+        };
         let mut rx = self.released.subscribe();
+        let deadline = Instant::now() + self.cfg.dirty_wait_max;
         let mut logged = false;
         loop {
             {
+                let first = lock(&self.room).waiting.first().copied();
                 let st = lock(&self.state);
-                // One object larger than the whole limit still goes, alone.
-                if st.dirty_bytes == 0 || st.dirty_bytes + size <= self.cfg.dirty_bytes_max {
-                    return;
+                if first == Some(ticket) && fits(&st) {
+                    return Ok(admitted);
                 }
                 if !logged {
                     tracing::warn!(
                         dirty_bytes = st.dirty_bytes,
                         limit = self.cfg.dirty_bytes_max,
-                        "--dirty-bytes-max reached: writes wait for uploads"
+                        "--dirty-bytes-max reached: writes wait for uploads, in arrival order"
                     );
                     logged = true;
                 }
             }
-            if rx.changed().await.is_err() {
-                return;
+            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(StoreError::NoRoom(self.cfg.dirty_wait_max)),
             }
         }
     }
@@ -476,7 +528,7 @@ impl Journal {
                 let mut f = std::fs::File::create(&temp)?;
                 std::io::Write::write_all(&mut f, &b)?;
                 fail_point("blob_written");
-                f.sync_all()?;
+                crate::durable::sync_file(&f)?;
                 std::mem::forget(guard);
             }
             NewBody::File(spooled) => {
@@ -484,7 +536,7 @@ impl Journal {
                 // filesystems, a copy, synced here.
                 if std::fs::rename(&spooled, &temp).is_err() {
                     std::fs::copy(&spooled, &temp)?;
-                    std::fs::File::open(&temp)?.sync_all()?;
+                    crate::durable::sync_file(&std::fs::File::open(&temp)?)?;
                 }
                 fail_point("blob_written");
             }

@@ -116,9 +116,10 @@ fn no_sync() -> WriteOptions {
     w
 }
 
+/// A write that is on disk when it returns (the journal's commits).
 fn synced() -> WriteOptions {
     let mut w = WriteOptions::default();
-    w.set_sync(true);
+    w.set_sync(!crate::durable::skips_sync(crate::durable::SyncStep::Journal));
     w
 }
 

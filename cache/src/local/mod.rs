@@ -93,7 +93,8 @@ impl Drop for TempGuard {
 impl Local {
     /// Opens the index and the blob directory under `cfg.dir`.
     pub(crate) fn open(cfg: LocalConfig, registry: Option<&mut Registry>) -> Result<Local, CacheError> {
-        std::fs::create_dir_all(&cfg.dir)?;
+        // RocksDB fsyncs what it writes in its directory, not the directory's own name.
+        crate::durable::create_dirs(&cfg.dir.join("index"))?;
         let index = Index::open(&cfg.dir.join("index"))?;
         let blobs = Blobs::open(cfg.dir.join("blobs"))?;
         let stats = CacheStats::default();

@@ -59,6 +59,7 @@ pub fn put_input(body: impl Into<Bytes>) -> PutInput {
         body: PutBody::Bytes(body.into()),
         if_match: None,
         if_none_match: None,
+        content_md5: None,
         extra_headers: Vec::new(),
     }
 }
