@@ -675,3 +675,88 @@ fn the_soak_reports_a_loss_when_a_sync_is_removed() {
         eprintln!("without the {what} sync: {f:#?}");
     }
 }
+
+fn flush_quietly(rig: &Rig) {
+    raw::flush(rig.perch(), Duration::from_secs(60));
+}
+
+fn moto_state(rig: &Rig, key: &str) -> State {
+    let moto_addr = SocketAddr::from(([127, 0, 0, 1], rig._moto.port));
+    let r = Req::object("GET", moto_addr, Style::Path, &key_path(key))
+        .keys(Some(raw::Keys::new(raw::MOTO_KEY, raw::MOTO_KEY)))
+        .go(moto_addr);
+    (r.status == 200).then_some(r.body)
+}
+
+/// OrioleDB's lock across owners: the lock's DELETE is uploaded and released (a release is not
+/// synced by itself), the next owner takes the lock with a conditional PUT straight at the
+/// origin, then the power goes. The lost release must not replay the DELETE over the new lock:
+/// a request the origin decides first makes the releases it depends on durable.
+#[test]
+fn a_replayed_release_never_undoes_a_request_the_origin_decided() {
+    if let Some(why) = fuse_unusable() {
+        eprintln!("SKIPPED (not run): {why}");
+        return;
+    }
+    let mut rig = Rig::start(Vec::new());
+    rig.proxy.faults(r#"{"latency_ms": 0}"#);
+    rig.mode = Some("a");
+    let lock = "data/orioledb_data/s3_lock";
+    let addr = rig.addr();
+    let put = |body: &[u8]| {
+        Req::object("PUT", addr, Style::Path, &key_path(lock))
+            .header("If-None-Match", "*")
+            .body(body.to_vec())
+            .go(addr)
+    };
+    assert_eq!(put(b"owner 1").status, 200);
+    assert_eq!(
+        Req::object("DELETE", addr, Style::Path, &key_path(lock))
+            .go(addr)
+            .status,
+        204
+    );
+    flush_quietly(&rig);
+    assert_eq!(moto_state(&rig, lock), None, "the DELETE is in the origin");
+    assert_eq!(put(b"owner 2").status, 200, "the next owner takes the lock");
+    let (report, started) = rig.cut(0);
+    started.unwrap_or_else(|e| panic!("{e}\n{report}"));
+    flush_quietly(&rig);
+    assert_eq!(
+        moto_state(&rig, lock).as_deref(),
+        Some(&b"owner 2"[..]),
+        "the origin lost the second owner's lock after the cut"
+    );
+    assert_eq!(rig.get(lock).as_deref(), Some(&b"owner 2"[..]));
+}
+
+/// An acknowledged DELETE stays deleted after a power cut, even with nothing synced after it.
+#[test]
+fn an_acknowledged_delete_survives_a_power_cut() {
+    if let Some(why) = fuse_unusable() {
+        eprintln!("SKIPPED (not run): {why}");
+        return;
+    }
+    let mut rig = Rig::start(Vec::new());
+    rig.proxy.faults(r#"{"outage": true}"#);
+    rig.mode = Some("a");
+    let addr = rig.addr();
+    let key = "orioledb_data/9/1";
+    assert_eq!(
+        Req::object("PUT", addr, Style::Path, &key_path(key))
+            .body(b"x".to_vec())
+            .go(addr)
+            .status,
+        200
+    );
+    assert_eq!(
+        Req::object("DELETE", addr, Style::Path, &key_path(key)).go(addr).status,
+        204
+    );
+    let (report, started) = rig.cut(3);
+    started.unwrap_or_else(|e| panic!("{e}\n{report}"));
+    assert_eq!(rig.get(key), None, "the deleted key came back after the cut");
+    rig.proxy.faults(r#"{"outage": false}"#);
+    flush_quietly(&rig);
+    assert_eq!(moto_state(&rig, key), None);
+}
