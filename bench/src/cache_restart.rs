@@ -27,12 +27,15 @@ use perch_cache::{
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use perch_testkit::{
+    bodies::{self as data, Digest32},
+    servers::{PerchOptions, PerchServer},
+};
+
 use crate::{
     client::{ConnMode, Expect, HttpClient, Req},
-    data::{self, Digest32},
     report::Machine,
     run::CommonArgs,
-    servers::{PerchOptions, PerchServer},
     stats::{Stats, Summary},
     target::{Kind, Target},
     units::{compact_timestamp, format_size, rfc3339, size_arg},

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use perch_cache::origin::*;
 
-use perch_bench::servers::MotoServer;
+use perch_testkit::servers::MotoServer;
 
 fn config(endpoint: &str) -> S3OriginConfig {
     S3OriginConfig {

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use perch_bench::servers::ProxyServer;
+use perch_testkit::servers::ProxyServer;
 use raw::{Keys, Perch, ProxyControl, Req, Style, create_bucket, pattern};
 
 struct LogOnPanic<'a>(&'a Perch);

@@ -14,7 +14,7 @@ mod raw;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use perch_bench::servers::{MotoServer, ProxyServer};
+use perch_testkit::servers::{MotoServer, ProxyServer};
 use raw::{Perch, ProxyControl, Req, Resp, Style, assert_error, create_bucket, md5_etag, pattern};
 
 /// Every key write-through: a PUT is acknowledged once the origin has it, as before write-back.

@@ -255,7 +255,7 @@ fn the_memory_budget_covers_the_index_and_the_eviction_order() {
     s.proxy.reset();
     for i in 0..6_000 {
         let key = perch_bench::cache_restart::key_of(i);
-        let body = perch_bench::data::body_bytes(SEED, &key, 0, KIB);
+        let body = perch_testkit::bodies::body_bytes(SEED, &key, 0, KIB);
         let r = s.get(&key);
         assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
         assert_eq!(r.header("X-Cache"), Some("HIT"), "X-Cache of GET {key}");

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart, Delete, EncodingType, MetadataDirective,
     ObjectIdentifier,
 };
-use perch_bench::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer};
+use perch_testkit::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer};
 
 use common::*;
 

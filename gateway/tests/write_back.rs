@@ -672,9 +672,9 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     )
     .expect("write wrapper");
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let moto = perch_bench::servers::MotoServer::start();
+    let moto = perch_testkit::servers::MotoServer::start();
     let data_dir = tmp.path().join("perch");
-    let perch = perch_bench::servers::PerchServer::start(perch_bench::servers::PerchOptions {
+    let perch = perch_testkit::servers::PerchServer::start(perch_testkit::servers::PerchOptions {
         binary: wrapper,
         data_dir: data_dir.clone(),
         args: vec![

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use perch_bench::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 
 use crate::raw::{self, BUCKET, ProxyControl, Req, Resp, Style};
 

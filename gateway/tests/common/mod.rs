@@ -18,7 +18,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use perch_bench::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer, PerchOptions, PerchServer};
+use perch_testkit::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer, PerchOptions, PerchServer};
 use tempfile::TempDir;
 
 pub use aws_sdk_s3::config::http::HttpResponse;

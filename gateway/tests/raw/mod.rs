@@ -13,7 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use perch_bench::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer, PerchOptions, PerchServer};
+use perch_testkit::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer, PerchOptions, PerchServer};
 use sha2::{Digest, Sha256};
 
 /// The bucket OrioleDB uses in the traces.

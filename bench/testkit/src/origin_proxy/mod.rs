@@ -1,5 +1,12 @@
-//! The `origin-proxy` subcommand: an HTTP/1.1 reverse proxy in front of a loopback S3
-//! origin that injects latency and faults, records requests and serves `/__proxy/`.
+//! The origin proxy (`perch-bench origin-proxy`, and in-process in tests): an HTTP/1.1 reverse
+//! proxy in front of a loopback S3 origin that injects latency and faults, records requests and
+//! serves its control API under `/__proxy/`.
+
+mod control;
+mod faults;
+mod metered_body;
+
+pub use control::ProxyControl;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -39,10 +46,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{
-    body::{EndHook, Metered, Outcome},
-    faults::{FaultEngine, FaultKind, FaultSettings, parse_outage_schedule},
-};
+use faults::{FaultEngine, FaultKind, FaultSettings, parse_outage_schedule};
+use metered_body::{EndHook, Metered, Outcome};
 
 /// Requests under this prefix are answered by the proxy itself, never forwarded.
 const CONTROL_PREFIX: &str = "/__proxy/";
@@ -297,7 +302,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     proxy.serve(shutdown_signal()).await
 }
 
-/// A bound proxy, ready to serve (used in-process by tests through `servers::ProxyServer`).
+/// A bound proxy, ready to serve (run in-process by `servers::ProxyServer`).
 pub struct Proxy {
     listener: TcpListener,
     shared: Arc<Shared>,

@@ -1,8 +1,44 @@
-//! Deterministic object bodies: every byte follows from (seed, key, version, size), so whoever
-//! checks a GET knows the SHA-256 it must see without keeping what was PUT.
+//! Deterministic object bodies, and the digests S3 gives them (ETags, Content-MD5).
+//!
+//! The benchmarks' bodies follow from (seed, key, version, size), so whoever checks a GET knows
+//! the SHA-256 it must see without keeping what was PUT; the tests' `pattern` follows from
+//! (length, seed).
 
 use bytes::Bytes;
+use md5::Md5;
 use sha2::{Digest, Sha256};
+
+/// A pseudo-random body of `len` bytes that follows from `seed` (xorshift64).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The quoted hex MD5 of `data`: the ETag S3 gives a single-part object.
+pub fn md5_etag(data: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(Md5::digest(data)))
+}
+
+/// The ETag S3 gives a multipart object made of `parts`.
+pub fn multipart_etag(parts: &[&[u8]]) -> String {
+    let mut all = Md5::new();
+    for p in parts {
+        all.update(Md5::digest(p));
+    }
+    format!("\"{}-{}\"", hex::encode(all.finalize()), parts.len())
+}
+
+/// The base64 MD5 of `data`: its `Content-MD5` header.
+pub fn content_md5(data: &[u8]) -> String {
+    base64_simd::STANDARD.encode_to_string(Md5::digest(data))
+}
 
 /// An object body and its SHA-256.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! Real servers on loopback for benchmarks and tests: a moto S3 server, and the `perch` binary
-//! started with a fresh data dir; each is stopped when dropped. They panic when they cannot start.
+//! Real servers on loopback for tests and benchmarks: moto, the `perch` binary, the origin proxy.
+//!
+//! Each is stopped when dropped, and panics when it cannot start: a test never skips.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -10,6 +11,10 @@ use std::time::{Duration, Instant};
 /// The key pair `perch serve` uses on loopback when none is configured.
 pub const DEV_ACCESS_KEY_ID: &str = "perch-dev";
 pub const DEV_SECRET_ACCESS_KEY: &str = "perch-dev-secret";
+
+/// The key pair perch is given for a moto origin (moto accepts any).
+pub const MOTO_ACCESS_KEY_ID: &str = "test";
+pub const MOTO_SECRET_ACCESS_KEY: &str = "test";
 
 /// A running `moto_server`, killed when dropped.
 pub struct MotoServer {
@@ -91,6 +96,7 @@ impl Drop for MotoServer {
 }
 
 /// The origin proxy running in this process on its own runtime thread; stopped when dropped.
+/// `control()` drives it.
 pub struct ProxyServer {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`.
@@ -106,7 +112,7 @@ impl ProxyServer {
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
-            args: crate::proxy::ProxyArgs,
+            args: crate::origin_proxy::ProxyArgs,
         }
         let mut argv = vec![
             "origin-proxy",
@@ -136,7 +142,7 @@ impl ProxyServer {
                 }
             };
             runtime.block_on(async move {
-                match crate::proxy::Proxy::bind(&args).await {
+                match crate::origin_proxy::Proxy::bind(&args).await {
                     Ok(proxy) => {
                         let _ = addr_tx.send(Ok(proxy.local_addr()));
                         let _ = proxy
@@ -165,6 +171,13 @@ impl ProxyServer {
     }
 }
 
+impl ProxyServer {
+    /// A client of this proxy's control API.
+    pub fn control(&self) -> crate::origin_proxy::ProxyControl {
+        crate::origin_proxy::ProxyControl { addr: self.addr }
+    }
+}
+
 impl Drop for ProxyServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -190,7 +203,7 @@ pub struct PerchServer {
 
 /// How to start `perch serve`.
 pub struct PerchOptions {
-    /// The `perch` binary (tests pass `env!("CARGO_BIN_EXE_perch")`).
+    /// The `perch` binary (`perch_binary()`, or a test's `env!("CARGO_BIN_EXE_perch")`).
     pub binary: PathBuf,
     pub data_dir: PathBuf,
     /// Extra flags, e.g. `["--origin", "http://127.0.0.1:PORT"]`.
@@ -349,6 +362,27 @@ fn find_on_path(env: &str, program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
+}
+
+/// The `perch` binary a benchmark or a test of another package runs: `$PERCH_BIN`, else `perch`
+/// beside the running program or one directory up (a test binary lives in `target/<profile>/deps`),
+/// else `$CARGO_TARGET_DIR/release/perch`. It is not built here.
+pub fn perch_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PERCH_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("perch")).collect();
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        candidates.push(PathBuf::from(target).join("release").join("perch"));
+    }
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => anyhow::bail!(
+            "no perch binary (looked at {candidates:?}): build it with `cargo build --release -p perch-gateway` \
+             (cargo test --workspace builds it), or set PERCH_BIN"
+        ),
+    }
 }
 
 /// A loopback port free at the time of asking.

@@ -1,4 +1,4 @@
-//! Fault model of `perch-bench origin-proxy`: fault kinds, the run-time fault
+//! Fault model of the origin proxy: fault kinds, the run-time fault
 //! settings, the outage schedule and the seeded engine that decides each request's fate.
 
 use std::{fmt, str::FromStr, time::Duration};
