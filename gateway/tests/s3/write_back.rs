@@ -1,32 +1,25 @@
-//! Write-back, end to end: the real `perch` binary in front of moto through the fault-injecting
-//! origin proxy. Acknowledged writes are read back at once, listed, survive outages, kill -9 and
-//! crashes at every step of a commit, and reach the origin in the order the barriers demand.
-
-mod cache_support;
-mod common;
-mod raw;
+//! Write-back, end to end: perch in front of moto through the fault-injecting origin proxy.
+//!
+//! Acknowledged writes are read back at once, listed, survive outages, kill -9 and crashes at
+//! every step of a commit, and reach the origin in the order the barriers demand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_support::*;
-use raw::{BUCKET, pattern};
+use perch_testkit::bodies::{md5_etag, pattern};
+use perch_testkit::raw_client::{BUCKET, Req, Style, key_path};
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer};
+
+use crate::support::machine;
+use crate::support::perch::{admin_get, moto_keys_env, perch_binary, s3_origin};
+use crate::support::raw::create_bucket;
+use crate::support::sdk::{copy_source, expect_err};
+use crate::support::stack::Stack;
 
 /// What a key holds: `Some(body)` or deleted.
 type State = Option<Vec<u8>>;
-
-fn moto_get(s: &Stack, key: &str) -> State {
-    let c = s.moto_sdk();
-    s.rt.block_on(async {
-        match c.get_object().bucket(BUCKET).key(key).send().await {
-            Ok(out) => Some(common::bytes_of(out.body).await),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
-            Err(e) => panic!("GET {key} from moto: {e:?}"),
-        }
-    })
-}
 
 /// GET through perch: the body, or `None` on 404.
 #[track_caller]
@@ -59,8 +52,9 @@ fn moto_keys(s: &Stack) -> Vec<String> {
 
 #[test]
 fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put_behind_perchs_back("old/a", b"origin a");
     s.put_behind_perchs_back("old/b", b"origin b");
     s.put_behind_perchs_back("cached", b"read before the outage");
@@ -83,13 +77,13 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     let head = s.head("old/b");
     assert_eq!(head.status, 404, "HEAD of a pending delete: {}", head.summary());
     // Nothing reached moto; the backlog says so.
-    assert_eq!(moto_get(&s, "new/1"), None);
-    assert_eq!(moto_get(&s, "old/b").as_deref(), Some(&b"origin b"[..]));
+    assert_eq!(s.in_moto("new/1"), None);
+    assert_eq!(s.in_moto("old/b").as_deref(), Some(&b"origin b"[..]));
     let st = s.status();
     assert_eq!(st["dirty_objects"], 5, "{st}");
     assert!(st["origin_fault"].is_string(), "the uploader reports the outage: {st}");
     // `perch status` says the same to an operator.
-    let out = std::process::Command::new(raw::perch_binary())
+    let out = std::process::Command::new(perch_binary())
         .args(["status", "--admin", &s.perch().admin.to_string()])
         .output()
         .expect("perch status");
@@ -103,10 +97,10 @@ fn writes_during_an_outage_are_read_back_at_once_and_all_arrive_afterwards() {
     std::thread::sleep(Duration::from_millis(1100));
     s.no_faults();
     s.flush(Duration::from_secs(60));
-    assert_eq!(moto_get(&s, "new/1").as_deref(), Some(&b"one, again"[..]));
-    assert_eq!(moto_get(&s, "old/a").as_deref(), Some(&b"replaced a"[..]));
-    assert_eq!(moto_get(&s, "new/big"), Some(big));
-    assert_eq!(moto_get(&s, "old/b"), None);
+    assert_eq!(s.in_moto("new/1").as_deref(), Some(&b"one, again"[..]));
+    assert_eq!(s.in_moto("old/a").as_deref(), Some(&b"replaced a"[..]));
+    assert_eq!(s.in_moto("new/big"), Some(big));
+    assert_eq!(s.in_moto("old/b"), None);
     assert_eq!(s.status()["dirty_objects"], 0);
     // The origin's ETag and Last-Modified are the uploaded copy's (HEAD through perch = moto's).
     let m = s.moto_sdk();
@@ -204,8 +198,9 @@ fn expected_listing(keys: &BTreeSet<String>, prefix: &str, delimiter: Option<&st
 
 #[test]
 fn listings_merge_pending_writes_and_deletes_with_delimiters_and_pagination() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let mut keys = BTreeSet::new();
     for k in ["a/1", "a/2", "b/x/1", "b/x/2", "c", "d/9", "e"] {
         s.put_behind_perchs_back(k, k.as_bytes());
@@ -256,8 +251,9 @@ fn listings_merge_pending_writes_and_deletes_with_delimiters_and_pagination() {
 
 #[test]
 fn barriers_order_uploads_on_every_intermediate_origin_state() {
+    let _turn = machine::share();
     let s = Stack::start(&["--upload-concurrency", "8"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     // Slow and flaky uploads: retried ones finish out of order.
     s.faults(r#"{"latency_ms": 15, "error_rate": 0.3, "match_method": "PUT", "error_kinds": ["503", "500", "reset"]}"#);
     let epochs = 4;
@@ -309,12 +305,12 @@ fn barriers_order_uploads_on_every_intermediate_origin_state() {
         "only {checked} uploads logged"
     );
     assert_eq!(
-        moto_get(&s, "orioledb_undo/1").as_deref(),
+        s.in_moto("orioledb_undo/1").as_deref(),
         Some(format!("undo {} b", epochs - 1).as_bytes())
     );
     for e in 0..epochs {
         assert_eq!(
-            moto_get(&s, &format!("data/{e}/global/pg_control")).as_deref(),
+            s.in_moto(&format!("data/{e}/global/pg_control")).as_deref(),
             Some(format!("control {e}").as_bytes())
         );
     }
@@ -322,12 +318,13 @@ fn barriers_order_uploads_on_every_intermediate_origin_state() {
 
 #[test]
 fn write_through_and_the_lock_sequence_of_a_restart() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     // WAL is acknowledged only once moto has it.
     let wal = pattern(1 << 20, 3);
     s.put("wal/000000010000000000000001", &wal);
-    assert_eq!(moto_get(&s, "wal/000000010000000000000001"), Some(wal));
+    assert_eq!(s.in_moto("wal/000000010000000000000001"), Some(wal));
 
     let lock = "data/orioledb_data/s3_lock";
     let take = |expect: u16| {
@@ -357,19 +354,20 @@ fn write_through_and_the_lock_sequence_of_a_restart() {
     );
     for p in 0..6 {
         assert_eq!(
-            moto_get(&s, &format!("orioledb_data/9/{p}")),
+            s.in_moto(&format!("orioledb_data/9/{p}")),
             Some(pattern(10_000, p)),
             "part {p}"
         );
     }
-    assert_eq!(moto_get(&s, lock).as_deref(), Some(&b"pid 1"[..]));
+    assert_eq!(s.in_moto(lock).as_deref(), Some(&b"pid 1"[..]));
     take(412);
 }
 
 #[test]
 fn a_refused_upload_is_kept_and_reported() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "error_kinds": ["403"]}"#);
     s.put("orioledb_data/1/refused", b"kept locally");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -383,7 +381,7 @@ fn a_refused_upload_is_kept_and_reported() {
     };
     assert_eq!(st["failed"][0]["key"], "orioledb_data/1/refused", "{st}");
     assert_eq!(st["healthy"], false);
-    let (code, _) = raw::admin_get(s.perch(), "/healthz");
+    let (code, _) = admin_get(s.perch(), "/healthz");
     assert_eq!(code, 503, "/healthz reports the refused version");
     // The data is kept and still served.
     assert_eq!(
@@ -395,8 +393,9 @@ fn a_refused_upload_is_kept_and_reported() {
 
 #[test]
 fn writes_wait_for_room_past_dirty_bytes_max() {
+    let _turn = machine::share();
     let s = Stack::start(&["--dirty-bytes-max", "3MiB"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.faults(r#"{"outage": true}"#);
     s.put("orioledb_data/1/a", &pattern(2 << 20, 1));
     let addr = s.addr();
@@ -417,13 +416,14 @@ fn writes_wait_for_room_past_dirty_bytes_max() {
         "the waiting write succeeds once there is room"
     );
     s.flush(Duration::from_secs(60));
-    assert_eq!(moto_get(&s, "orioledb_data/1/b"), Some(pattern(2 << 20, 2)));
+    assert_eq!(s.in_moto("orioledb_data/1/b"), Some(pattern(2 << 20, 2)));
 }
 
 #[test]
 fn sigterm_keeps_serving_until_the_journal_is_drained() {
+    let _turn = machine::share();
     let mut s = Stack::start(&["--drain-quiet", "1s", "--drain-timeout", "60s"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.faults(r#"{"outage": true}"#);
     s.put("orioledb_data/1/a", b"before the stop");
     s.perch().send_sigterm();
@@ -440,19 +440,20 @@ fn sigterm_keeps_serving_until_the_journal_is_drained() {
     // It leaves by itself once the journal is empty and no request came for --drain-quiet.
     s.wait_stopped(Duration::from_secs(30));
     assert_eq!(
-        moto_get(&s, "orioledb_data/1/a").as_deref(),
+        s.in_moto("orioledb_data/1/a").as_deref(),
         Some(&b"before the stop"[..])
     );
     assert_eq!(
-        moto_get(&s, "data/1/global/pg_control").as_deref(),
+        s.in_moto("data/1/global/pg_control").as_deref(),
         Some(&b"shutdown checkpoint"[..])
     );
 }
 
 #[test]
 fn a_drain_timeout_leaves_the_rest_in_the_journal_for_the_next_start() {
+    let _turn = machine::share();
     let mut s = Stack::start(&["--drain-quiet", "1s", "--drain-timeout", "2s"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.faults(r#"{"outage": true}"#);
     s.put("orioledb_data/1/a", b"waits for the next start");
     let started = Instant::now();
@@ -461,7 +462,7 @@ fn a_drain_timeout_leaves_the_rest_in_the_journal_for_the_next_start() {
         started.elapsed() >= Duration::from_secs(2),
         "perch left before its drain timeout"
     );
-    assert_eq!(moto_get(&s, "orioledb_data/1/a"), None);
+    assert_eq!(s.in_moto("orioledb_data/1/a"), None);
     s.no_faults();
     s.start_again();
     // Replayed: read back at once, then uploaded.
@@ -471,7 +472,7 @@ fn a_drain_timeout_leaves_the_rest_in_the_journal_for_the_next_start() {
     );
     s.flush(Duration::from_secs(60));
     assert_eq!(
-        moto_get(&s, "orioledb_data/1/a").as_deref(),
+        s.in_moto("orioledb_data/1/a").as_deref(),
         Some(&b"waits for the next start"[..])
     );
 }
@@ -481,8 +482,9 @@ fn a_drain_timeout_leaves_the_rest_in_the_journal_for_the_next_start() {
 /// the new one (after it), whole, never a part; no temp file is left; the origin ends the same.
 #[test]
 fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
+    let _turn = machine::share();
     let mut s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let points = [
         ("blob_written", false),
         ("blob_synced", false),
@@ -516,7 +518,7 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
         let tmp: Vec<_> = std::fs::read_dir(s.blobs_dir().join("tmp")).expect("tmp dir").collect();
         assert!(tmp.is_empty(), "{point}: temp files left: {tmp:?}");
         s.flush(Duration::from_secs(60));
-        assert_eq!(moto_get(&s, &key), Some(want), "{point}: in the origin");
+        assert_eq!(s.in_moto(&key), Some(want), "{point}: in the origin");
     }
 }
 
@@ -551,8 +553,8 @@ fn worker(addr: std::net::SocketAddr, model: Arc<Mutex<Model>>, seed: u64, stop:
             Some(pattern(len, next()))
         };
         let req = match &state {
-            None => raw::Req::object("DELETE", addr, raw::Style::Path, &raw::key_path(key)),
-            Some(body) => raw::Req::object("PUT", addr, raw::Style::Path, &raw::key_path(key)).body(body.clone()),
+            None => Req::object("DELETE", addr, Style::Path, &key_path(key)),
+            Some(body) => Req::object("PUT", addr, Style::Path, &key_path(key)).body(body.clone()),
         };
         let answer = req.send(addr);
         let mut m = model.lock().expect("model");
@@ -571,12 +573,13 @@ fn worker(addr: std::net::SocketAddr, model: Arc<Mutex<Model>>, seed: u64, stop:
 
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_write() {
+    let _turn = machine::alone();
     let rounds: u64 = std::env::var("PERCH_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
     let mut s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.faults(r#"{"latency_ms": 5}"#);
     let workers = 4;
     let models: Vec<Arc<Mutex<Model>>> = (0..workers)
@@ -641,7 +644,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
             let got = perch_get(&s, k);
             assert!(m.states[k].contains(&got), "{k}: final state not allowed");
             assert_eq!(
-                moto_get(&s, k),
+                s.in_moto(k),
                 got,
                 "{k}: the origin holds another version than perch serves"
             );
@@ -654,6 +657,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
 /// the sync of RocksDB's log (the synced batch), in that order.
 #[test]
 fn the_acknowledgement_follows_the_fsyncs_under_strace() {
+    let _turn = machine::alone();
     let strace = std::process::Command::new("strace").arg("-V").output();
     assert!(
         strace.is_ok_and(|o| o.status.success()),
@@ -667,34 +671,30 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
         format!(
             "#!/bin/sh\nexec strace -f -y -s 48 -e trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,sendmsg -o {} {} \"$@\"\n",
             trace.display(),
-            raw::perch_binary().display()
+            perch_binary().display()
         ),
     )
     .expect("write wrapper");
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let moto = perch_testkit::servers::MotoServer::start();
+    let moto = MotoServer::start();
     let data_dir = tmp.path().join("perch");
-    let perch = perch_testkit::servers::PerchServer::start(perch_testkit::servers::PerchOptions {
+    machine::assert_turn_taken();
+    let perch = PerchServer::start(PerchOptions {
         binary: wrapper,
         data_dir: data_dir.clone(),
-        args: vec![
-            "--origin".into(),
-            moto.endpoint.clone(),
-            "--origin-region".into(),
-            "us-east-1".into(),
-        ],
-        env: raw::moto_env(),
+        args: s3_origin(&moto.endpoint).0,
+        env: moto_keys_env(),
     });
-    raw::create_bucket(perch.addr);
+    create_bucket(perch.addr);
     // A body kept in memory (written to the blob's temp file at commit) and one spooled to a file
     // while it arrives (fsynced while its MD5 is finished).
     let bodies = [pattern(100 << 10, 41), pattern(2 << 20, 42)];
     for (i, body) in bodies.iter().enumerate() {
-        let r = raw::Req::object(
+        let r = Req::object(
             "PUT",
             perch.addr,
-            raw::Style::Path,
-            &raw::key_path(&format!("orioledb_data/1/traced{i}")),
+            Style::Path,
+            &key_path(&format!("orioledb_data/1/traced{i}")),
         )
         .body(body.clone())
         .go(perch.addr);
@@ -795,10 +795,11 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
 /// and uploaded with the same part layout: moto ends with the ETag and checksum the client got.
 #[test]
 fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
+    let _turn = machine::share();
     use aws_sdk_s3::primitives::ByteStream;
     use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put("warm", b"bucket known"); // the bucket check happens before the outage
     s.faults(r#"{"outage": true}"#);
     let c = s.sdk();
@@ -861,7 +862,7 @@ fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
     assert!(etag.ends_with("-2\""), "a multipart ETag: {etag}");
     let whole: Vec<u8> = parts.concat();
     assert_eq!(perch_get(&s, key), Some(whole.clone()), "read back during the outage");
-    assert_eq!(moto_get(&s, key), None);
+    assert_eq!(s.in_moto(key), None);
     s.no_faults();
     s.flush(Duration::from_secs(60));
     let m = s.moto_sdk();
@@ -887,13 +888,14 @@ fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
             "{want} vs {got}"
         );
     }
-    assert_eq!(moto_get(&s, key), Some(whole));
+    assert_eq!(s.in_moto(key), Some(whole));
 }
 
 #[test]
 fn a_copy_of_a_pending_source_is_made_locally() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put("warm", b"bucket known");
     s.faults(r#"{"outage": true}"#);
     s.put("src/a", b"only local so far");
@@ -903,20 +905,20 @@ fn a_copy_of_a_pending_source_is_made_locally() {
             c.copy_object()
                 .bucket(BUCKET)
                 .key("dst/a")
-                .copy_source(common::copy_source(BUCKET, "src/a"))
+                .copy_source(copy_source(BUCKET, "src/a"))
                 .send(),
         )
         .expect("copy");
     let etag = out.copy_object_result().and_then(|r| r.e_tag()).map(str::to_owned);
-    assert_eq!(etag.as_deref(), Some(raw::md5_etag(b"only local so far").as_str()));
+    assert_eq!(etag.as_deref(), Some(md5_etag(b"only local so far").as_str()));
     assert_eq!(perch_get(&s, "dst/a").as_deref(), Some(&b"only local so far"[..]));
     // Onto itself without a change: refused as S3 refuses it, pending or not; with REPLACE, made.
-    common::expect_err(
+    expect_err(
         s.rt.block_on(
             c.copy_object()
                 .bucket(BUCKET)
                 .key("src/a")
-                .copy_source(common::copy_source(BUCKET, "src/a"))
+                .copy_source(copy_source(BUCKET, "src/a"))
                 .send(),
         ),
         400,
@@ -926,7 +928,7 @@ fn a_copy_of_a_pending_source_is_made_locally() {
         c.copy_object()
             .bucket(BUCKET)
             .key("src/a")
-            .copy_source(common::copy_source(BUCKET, "src/a"))
+            .copy_source(copy_source(BUCKET, "src/a"))
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .content_type("text/plain")
             .send(),
@@ -935,13 +937,14 @@ fn a_copy_of_a_pending_source_is_made_locally() {
     assert_eq!(perch_get(&s, "src/a").as_deref(), Some(&b"only local so far"[..]));
     s.no_faults();
     s.flush(Duration::from_secs(60));
-    assert_eq!(moto_get(&s, "dst/a").as_deref(), Some(&b"only local so far"[..]));
+    assert_eq!(s.in_moto("dst/a").as_deref(), Some(&b"only local so far"[..]));
 }
 
 #[test]
 fn strict_barriers_are_acknowledged_once_they_and_all_before_them_are_in_the_origin() {
+    let _turn = machine::share();
     let s = Stack::start(&["--strict-barriers"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put("orioledb_data/3/part", b"before the barrier");
     s.faults(r#"{"error_rate": 1.0, "match_method": "PUT"}"#);
     s.put("orioledb_data/3/part2", b"also before");
@@ -963,24 +966,25 @@ fn strict_barriers_are_acknowledged_once_they_and_all_before_them_are_in_the_ori
     assert_eq!(barrier.join().expect("barrier"), 200);
     // Acknowledged: it and everything before it are in the origin already.
     assert_eq!(
-        moto_get(&s, "data/3/global/pg_control").as_deref(),
+        s.in_moto("data/3/global/pg_control").as_deref(),
         Some(&b"control 3"[..])
     );
     assert_eq!(
-        moto_get(&s, "orioledb_data/3/part2").as_deref(),
+        s.in_moto("orioledb_data/3/part2").as_deref(),
         Some(&b"also before"[..])
     );
 }
 
 #[test]
 fn upload_headers_are_added_to_the_uploads_of_matching_keys() {
+    let _turn = machine::share();
     let s = Stack::start(&[
         "--upload-header",
         "orioledb_data/*=Cache-Control: max-age=60",
         "--upload-header",
         "*=x-amz-meta-written-by: perch",
     ]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put("orioledb_data/1/x", b"with headers");
     s.put("other", b"meta only");
     s.flush(Duration::from_secs(60));
@@ -1007,8 +1011,9 @@ fn upload_headers_are_added_to_the_uploads_of_matching_keys() {
 /// refuses to start and names it, rather than skip an acknowledged write.
 #[test]
 fn a_journal_record_without_its_blob_stops_the_start() {
+    let _turn = machine::share();
     let mut s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put("warm", b"bucket known");
     s.flush(Duration::from_secs(60));
     let before: std::collections::BTreeSet<_> = s.blob_files().into_iter().map(|(p, _)| p).collect();
@@ -1029,8 +1034,9 @@ fn a_journal_record_without_its_blob_stops_the_start() {
 
 #[test]
 fn a_second_stop_signal_ends_the_drain_at_once() {
+    let _turn = machine::share();
     let mut s = Stack::start(&["--drain-timeout", "60s"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     s.put("warm", b"bucket known");
     s.faults(r#"{"outage": true}"#);
     s.put("orioledb_data/1/a", b"left in the journal");
@@ -1046,7 +1052,7 @@ fn a_second_stop_signal_ends_the_drain_at_once() {
     s.start_again();
     s.flush(Duration::from_secs(60));
     assert_eq!(
-        moto_get(&s, "orioledb_data/1/a").as_deref(),
+        s.in_moto("orioledb_data/1/a").as_deref(),
         Some(&b"left in the journal"[..])
     );
 }

@@ -1,20 +1,24 @@
-//! For the read-cache tests: moto, the request-counting origin proxy in front of it, and perch in
-//! front of the proxy (with cache flags), restartable on the same data dir, cleanly or with
-//! `kill -9`; the cache's files on disk; the proxy's counts; perch's metrics by label.
+//! moto, the origin proxy in front of it and perch in front of the proxy, restartable.
 //!
-//! Requests to perch go through the OrioleDB-shaped raw client of `raw` (so that every response
-//! header, `X-Cache` included, can be checked) or through aws-sdk-s3 (`sdk`).
-
-#![allow(dead_code)]
+//! perch restarts on the same data dir, cleanly or after `kill -9`. The proxy counts the requests
+//! that reach moto; the cache's files on disk and perch's metrics are read by label. Requests go
+//! through the OrioleDB-shaped raw client (so that every response header, `X-Cache` included, can
+//! be checked) or through aws-sdk-s3 (`sdk`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
+use perch_testkit::bodies::md5_etag;
+use perch_testkit::origin_proxy::ProxyControl;
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
+use perch_testkit::sdk::{moto_client, perch_client};
+use perch_testkit::servers::{MotoServer, PerchServer, ProxyServer};
 
-use crate::raw::{self, BUCKET, ProxyControl, Req, Resp, Style};
+use super::perch::{self, LogOnPanic, admin_get, moto_keys_env, perch_binary, s3_origin, start_with, wait_until};
+use super::raw::create_bucket;
+use super::sdk::{bytes_of, ok};
 
 /// The size of a checked block of a cached file (`perch_cache::blobs::BLOCK`).
 pub const BLOCK: usize = 1 << 20;
@@ -23,6 +27,7 @@ pub const BLOCK: usize = 1 << 20;
 /// Fields drop in order: perch first, moto last.
 pub struct Stack {
     perch: Option<PerchServer>,
+    /// The origin proxy's control API.
     pub proxy: ProxyControl,
     _proxy: ProxyServer,
     pub moto: MotoServer,
@@ -39,17 +44,13 @@ pub struct Stack {
 impl Stack {
     /// Starts the three servers, perch with `args` (e.g. `["--cache-disk-bytes", "3MiB"]`), and
     /// creates the bucket through perch.
+    #[track_caller]
     pub fn start(args: &[&str]) -> Stack {
         let moto = MotoServer::start();
         let proxy = ProxyServer::start(&moto.endpoint, &[]);
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("perch");
-        let mut all = vec![
-            "--origin".to_owned(),
-            proxy.endpoint.clone(),
-            "--origin-region".to_owned(),
-            "us-east-1".to_owned(),
-        ];
+        let (mut all, _) = s3_origin(&proxy.endpoint);
         all.extend(args.iter().map(|s| s.to_string()));
         // No database checkpoint follows a stop here: stop once the journal is empty.
         if !args.contains(&"--drain-quiet") {
@@ -57,7 +58,7 @@ impl Stack {
         }
         let mut stack = Stack {
             perch: None,
-            proxy: ProxyControl { addr: proxy.addr },
+            proxy: proxy.control(),
             _proxy: proxy,
             moto,
             data_dir,
@@ -71,21 +72,16 @@ impl Stack {
             _tmp: tmp,
         };
         stack.launch();
-        raw::create_bucket(stack.addr());
+        create_bucket(stack.addr());
         stack
     }
 
+    #[track_caller]
     fn launch(&mut self) {
         assert!(self.perch.is_none(), "perch is already running");
-        let mut env = raw::moto_env();
-        env.push(("NO_COLOR".to_owned(), "1".to_owned()));
+        let mut env = moto_keys_env();
         env.extend(self.env.iter().cloned());
-        self.perch = Some(PerchServer::start(PerchOptions {
-            binary: raw::perch_binary(),
-            data_dir: self.data_dir.clone(),
-            args: self.args.clone(),
-            env,
-        }));
+        self.perch = Some(start_with(&self.data_dir, self.args.clone(), env));
     }
 
     pub fn perch(&self) -> &PerchServer {
@@ -134,9 +130,9 @@ impl Stack {
     /// Runs `perch serve` on the data dir with the stack's flags and expects it to refuse to
     /// start: returns its stderr.
     pub fn start_refused(&self) -> String {
-        let mut env = raw::moto_env();
+        let mut env = moto_keys_env();
         env.push(("NO_COLOR".to_owned(), "1".to_owned()));
-        let out = std::process::Command::new(raw::perch_binary())
+        let out = std::process::Command::new(perch_binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
@@ -166,37 +162,34 @@ impl Stack {
     /// origin (panics after `limit`).
     #[track_caller]
     pub fn flush(&self, limit: Duration) {
-        raw::flush(self.perch(), limit);
+        perch::flush(self.perch(), limit);
     }
 
     /// Perch's `/status` (the write-back backlog).
     pub fn status(&self) -> serde_json::Value {
-        let (code, text) = raw::admin_get(self.perch(), "/status");
+        let (code, text) = admin_get(self.perch(), "/status");
         assert_eq!(code, 200, "/status: {text}");
         serde_json::from_str(&text).expect("/status is JSON")
     }
 
-    /// Prints perch's log and the proxy's records if the test fails.
-    pub fn guard(&self) -> Guard {
-        Guard {
-            // `PerchServer` logs to `<data-dir>.log`.
-            log: self.data_dir.with_extension("log"),
-            proxy: ProxyControl { addr: self.proxy.addr },
-        }
+    /// Prints perch's log and the proxy's records if the test fails (keep it after the stack).
+    pub fn log_on_panic(&self) -> LogOnPanic {
+        // `PerchServer` logs to `<data-dir>.log`, whichever perch of the stack runs.
+        LogOnPanic::new("stack", &self.data_dir.with_extension("log")).with_proxy(self.proxy)
     }
 
     // -----------------------------------------------------------------------------------------
     // Requests to perch (raw client, path style)
 
     pub fn req(&self, method: &str, key: &str) -> Req {
-        Req::object(method, self.addr(), Style::Path, &raw::key_path(key))
+        Req::object(method, self.addr(), Style::Path, &key_path(key))
     }
 
     #[track_caller]
     pub fn put(&self, key: &str, body: &[u8]) {
         let r = self.req("PUT", key).body(body.to_vec()).go(self.addr());
         assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
-        assert_eq!(r.header("ETag"), Some(raw::md5_etag(body).as_str()), "PUT {key}");
+        assert_eq!(r.header("ETag"), Some(md5_etag(body).as_str()), "PUT {key}");
     }
 
     #[track_caller]
@@ -218,7 +211,7 @@ impl Stack {
     /// `X-Cache: x_cache`.
     #[track_caller]
     pub fn get_expect(&self, key: &str, body: &[u8], x_cache: &str) {
-        self.get_expect_etag(key, body, x_cache, &raw::md5_etag(body));
+        self.get_expect_etag(key, body, x_cache, &md5_etag(body));
     }
 
     /// GET `key`: 200, exactly `body`, the ETag `etag`, `X-Cache: x_cache`.
@@ -244,7 +237,7 @@ impl Stack {
         assert_eq!(r.header("X-Cache"), Some(x_cache), "X-Cache of HEAD {key}");
         assert_eq!(
             r.header("ETag"),
-            Some(raw::md5_etag(body).as_str()),
+            Some(md5_etag(body).as_str()),
             "ETag of HEAD {key}"
         );
         assert_eq!(
@@ -279,12 +272,12 @@ impl Stack {
 
     /// An aws-sdk-s3 client of the running perch.
     pub fn sdk(&self) -> aws_sdk_s3::Client {
-        crate::common::perch_client(self.perch())
+        perch_client(self.perch())
     }
 
     /// An aws-sdk-s3 client of moto itself, behind perch's back.
     pub fn moto_sdk(&self) -> aws_sdk_s3::Client {
-        crate::common::moto_client(&self.moto)
+        moto_client(&self.moto)
     }
 
     /// PUT straight into moto (past perch and the proxy).
@@ -297,8 +290,21 @@ impl Stack {
                 .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()))
                 .send(),
         );
-        let out = crate::common::ok(out, &format!("PUT {key} into moto"));
-        assert_eq!(out.e_tag(), Some(raw::md5_etag(body).as_str()));
+        let out = ok(out, &format!("PUT {key} into moto"));
+        assert_eq!(out.e_tag(), Some(md5_etag(body).as_str()));
+    }
+
+    /// The body moto itself holds for `key` (past the proxy and perch), `None` if it holds none.
+    #[track_caller]
+    pub fn in_moto(&self, key: &str) -> Option<Vec<u8>> {
+        let c = self.moto_sdk();
+        self.rt.block_on(async {
+            match c.get_object().bucket(BUCKET).key(key).send().await {
+                Ok(out) => Some(bytes_of(out.body).await),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+                Err(e) => panic!("GET {key} from moto: {e:?}"),
+            }
+        })
     }
 
     // -----------------------------------------------------------------------------------------
@@ -373,9 +379,16 @@ impl Stack {
     /// on perch's admin `/metrics`, which must have it.
     #[track_caller]
     pub fn metric(&self, sample: &str) -> f64 {
-        let (status, text) = raw::admin_get(self.perch(), "/metrics");
+        let (status, text) = admin_get(self.perch(), "/metrics");
         assert_eq!(status, 200, "/metrics: {text}");
         metric_value(&text, sample).unwrap_or_else(|| panic!("no sample `{sample}` in /metrics:\n{text}"))
+    }
+
+    /// A counter of perch's, summed over its labels (or one label set, `name{label="value"}`);
+    /// 0 before its first sample.
+    #[track_caller]
+    pub fn counter(&self, name: &str) -> f64 {
+        perch::perch_metric(self.perch(), name).unwrap_or(0.0)
     }
 
     #[track_caller]
@@ -384,7 +397,7 @@ impl Stack {
     }
 
     pub fn metrics_text(&self) -> String {
-        raw::admin_get(self.perch(), "/metrics").1
+        admin_get(self.perch(), "/metrics").1
     }
 
     // -----------------------------------------------------------------------------------------
@@ -463,34 +476,6 @@ impl Stack {
     }
 }
 
-/// Prints the end of perch's log and the proxy's last records when the test panics. It owns what
-/// it needs, so that the stack can be restarted while it is alive.
-pub struct Guard {
-    log: PathBuf,
-    proxy: ProxyControl,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        eprintln!(
-            "--- perch log (tail) ---\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
-        );
-        let records = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.proxy.log()));
-        if let Ok(records) = records {
-            eprintln!("--- proxy records (tail) ---");
-            for r in records.iter().rev().take(30).rev() {
-                eprintln!("{r}");
-            }
-        }
-    }
-}
-
 /// Flips one bit of the byte at `offset` of `path`, in place.
 pub fn flip_byte(path: &Path, offset: u64) {
     use std::os::unix::fs::FileExt;
@@ -559,7 +544,7 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
 /// a hang, not a performance bound).
 #[track_caller]
 pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    if !raw::wait_until(Duration::from_secs(60), &mut f) {
+    if !wait_until(Duration::from_secs(60), &mut f) {
         panic!("still not true after a minute: {what}");
     }
 }

@@ -1,19 +1,24 @@
-//! OrioleDB's S3 client, byte for byte as the traces in /work/shared/oriole show it: a new TCP
+//! OrioleDB's request sequences, from the OrioleDB-shaped client, against both origins.
+//!
+//! The client is OrioleDB's, byte for byte as the traces in /work/shared/oriole show it: a new TCP
 //! connection per request, virtual-hosted `Host: orioledb.localhost:PORT`, SigV4 over
 //! `host;x-amz-content-sha256;x-amz-date` with the real body SHA-256, no User-Agent,
 //! `Content-Type: application/octet-stream` on PUT, `Expect: 100-continue` on bodies over 1 MiB.
-//! Each sequence runs against perch with the directory origin and with a moto origin.
-
-mod raw;
 
 use std::net::SocketAddr;
 
-use raw::{Perch, Req, Style, assert_error, create_bucket, list_keys, md5_etag, pattern};
+use perch_testkit::bodies::{md5_etag, pattern};
+use perch_testkit::raw_client::{EXPECT_THRESHOLD, Req, Style, key_path};
+use perch_testkit::servers::MotoServer;
+
+use crate::support::machine;
+use crate::support::perch::Perch;
+use crate::support::raw::{assert_error, create_bucket, list_keys};
 
 /// PUT as OrioleDB does; asserts S3's exact answer: 200, empty body, ETag = quoted MD5.
 #[track_caller]
 fn put_ok(addr: SocketAddr, style: Style, key: &str, body: &[u8], extra: &[(&str, &str)], what: &str) {
-    let mut req = Req::object("PUT", addr, style, &raw::key_path(key)).body(body.to_vec());
+    let mut req = Req::object("PUT", addr, style, &key_path(key)).body(body.to_vec());
     for (n, v) in extra {
         req = req.header(n, v);
     }
@@ -30,7 +35,7 @@ fn put_ok(addr: SocketAddr, style: Style, key: &str, body: &[u8], extra: &[(&str
         "{what}: PUT {key}: ETag must be the quoted MD5 of the body: {}",
         r.summary()
     );
-    if body.len() > raw::EXPECT_THRESHOLD {
+    if body.len() > EXPECT_THRESHOLD {
         assert!(
             r.got_continue,
             "{what}: PUT {key} with Expect: 100-continue: the body was sent only after 100 Continue"
@@ -40,7 +45,7 @@ fn put_ok(addr: SocketAddr, style: Style, key: &str, body: &[u8], extra: &[(&str
 
 #[track_caller]
 fn get_ok(addr: SocketAddr, style: Style, key: &str, body: &[u8], what: &str) {
-    let r = Req::object("GET", addr, style, &raw::key_path(key)).go(addr);
+    let r = Req::object("GET", addr, style, &key_path(key)).go(addr);
     assert_eq!(r.status, 200, "{what}: GET {key}: HTTP {}: {}", r.status, r.text());
     assert_eq!(r.body.len(), body.len(), "{what}: GET {key}: length");
     assert!(r.body == body, "{what}: GET {key}: the bytes differ from those PUT");
@@ -53,14 +58,14 @@ fn get_ok(addr: SocketAddr, style: Style, key: &str, body: &[u8], what: &str) {
 
 #[track_caller]
 fn delete_204(addr: SocketAddr, style: Style, key: &str, what: &str) {
-    let r = Req::object("DELETE", addr, style, &raw::key_path(key)).go(addr);
+    let r = Req::object("DELETE", addr, style, &key_path(key)).go(addr);
     assert_eq!(r.status, 204, "{what}: DELETE {key}: {}", r.summary());
     assert!(r.body.is_empty(), "{what}: DELETE {key}: {}", r.summary());
 }
 
 #[track_caller]
 fn get_404(addr: SocketAddr, style: Style, key: &str, what: &str) {
-    let r = Req::object("GET", addr, style, &raw::key_path(key)).go(addr);
+    let r = Req::object("GET", addr, style, &key_path(key)).go(addr);
     assert_error(&r, 404, "NoSuchKey", &format!("{what}: GET {key} after DELETE"));
     assert!(
         r.text().contains("<Error>"),
@@ -95,7 +100,7 @@ fn oriole_sequence(perch: &Perch, style: Style, prefix: &str) {
     let lock = format!("{prefix}data/orioledb_data/s3_lock");
     let holder = b"1234567\n".to_vec();
     put_ok(addr, style, &lock, &holder, &[("If-None-Match", "*")], what);
-    let r = Req::object("PUT", addr, style, &raw::key_path(&lock))
+    let r = Req::object("PUT", addr, style, &key_path(&lock))
         .body(b"7654321\n".to_vec())
         .header("If-None-Match", "*")
         .go(addr);
@@ -131,7 +136,7 @@ fn oriole_sequence(perch: &Perch, style: Style, prefix: &str) {
 
     // A prefix with keys under it but no marker object is not an object.
     for prefix_only in [format!("{prefix}data/1/"), format!("{prefix}data/1")] {
-        let r = Req::object("GET", addr, style, &raw::key_path(&prefix_only)).go(addr);
+        let r = Req::object("GET", addr, style, &key_path(&prefix_only)).go(addr);
         assert_error(
             &r,
             404,
@@ -166,28 +171,17 @@ fn run_all(perch: &Perch) {
 
 #[test]
 fn oriole_client_against_directory_origin() {
+    let _turn = machine::share();
     let perch = Perch::dir(&[]);
-    let guard = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     run_all(&perch);
-    std::mem::forget(guard);
 }
 
 #[test]
 fn oriole_client_against_moto_origin() {
-    let moto = raw::moto();
+    let _turn = machine::share();
+    let moto = MotoServer::start();
     let perch = Perch::s3(&moto.endpoint, &[]);
-    let guard = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     run_all(&perch);
-    std::mem::forget(guard);
-}
-
-/// Prints perch's log when the test fails.
-struct LogOnPanic<'a>(&'a Perch);
-
-impl Drop for LogOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- perch log (tail) ---\n{}", self.0.log_tail());
-        }
-    }
 }

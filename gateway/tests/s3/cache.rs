@@ -1,32 +1,34 @@
-//! The read cache of the real `perch` binary, over HTTP, with real clients (the OrioleDB-shaped
-//! raw client, and aws-sdk-s3) and a real S3 origin (moto) behind the request-counting origin
-//! proxy of perch-bench. The proxy's counts say exactly which requests reached the origin; the
-//! `X-Cache` header says how perch answered; the files under `<data-dir>/cache` are read and
-//! damaged directly; `/metrics` is checked sample by sample.
+//! The read cache of the real `perch` binary, over HTTP, with real clients and origin.
+//!
+//! The clients are the OrioleDB-shaped raw client and aws-sdk-s3; the origin is moto behind the
+//! request-counting origin proxy. The proxy's counts say exactly which requests reached the
+//! origin; the `X-Cache` header says how perch answered; the files under `<data-dir>/cache` are
+//! read and damaged directly; `/metrics` is checked sample by sample.
 //!
 //! A write through perch is a cache entry at once (write-back: acknowledged from the journal,
 //! uploaded later). The objects a test means to be in the origin and not in the cache are
 //! therefore put straight into moto (`put_behind_perchs_back`), past perch and the proxy.
-
-mod cache_support;
-mod common;
-mod raw;
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use cache_support::*;
-use common::{bytes_of, multipart_etag, ok};
-use raw::{BUCKET, Req, Style, pattern};
+use perch_testkit::bodies::{body_bytes, md5_etag, multipart_etag, pattern};
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
+
+use crate::support::cache_entries::{entry_key, write_cache_entries};
+use crate::support::machine;
+use crate::support::raw::assert_error;
+use crate::support::sdk::{bytes_of, ok};
+use crate::support::stack::{BLOCK, Stack, assert_same, eventually, flip_byte, truncate};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 
-fn get_in_thread(s: &Stack, key: &str) -> std::thread::JoinHandle<std::io::Result<raw::Resp>> {
+fn get_in_thread(s: &Stack, key: &str) -> std::thread::JoinHandle<std::io::Result<Resp>> {
     let addr = s.addr();
-    let path = raw::key_path(key);
+    let path = key_path(key);
     std::thread::spawn(move || Req::object("GET", addr, Style::Path, &path).send(addr))
 }
 
@@ -35,8 +37,9 @@ fn get_in_thread(s: &Stack, key: &str) -> std::thread::JoinHandle<std::io::Resul
 
 #[test]
 fn a_second_get_or_head_makes_no_origin_request() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let small = pattern(100 * KIB + 3, 1);
     // Three checked blocks, the last one short.
     let large = pattern(2 * MIB + 12_345, 2);
@@ -59,7 +62,7 @@ fn a_second_get_or_head_makes_no_origin_request() {
     let out =
         s.rt.block_on(s.sdk().get_object().bucket(BUCKET).key("hot/large").send());
     let out = ok(out, "SDK GET hot/large");
-    assert_eq!(out.e_tag(), Some(raw::md5_etag(&large).as_str()));
+    assert_eq!(out.e_tag(), Some(md5_etag(&large).as_str()));
     assert_eq!(out.content_length(), Some(large.len() as i64));
     let body = s.rt.block_on(bytes_of(out.body));
     assert_same(&body, &large, "SDK GET hot/large");
@@ -75,7 +78,7 @@ fn a_second_get_or_head_makes_no_origin_request() {
     s.head_expect("hot/other", &other, "HIT");
     s.get_expect("hot/other", &other, "HIT");
     let r = s.get("hot/absent");
-    raw::assert_error(&r, 404, "NoSuchKey", "GET of an absent key");
+    assert_error(&r, 404, "NoSuchKey", "GET of an absent key");
     s.assert_counts(
         &[
             ("GET hot/small", 1),
@@ -145,9 +148,10 @@ fn a_second_get_or_head_makes_no_origin_request() {
 
 #[test]
 fn concurrent_cold_gets_make_one_origin_request_and_all_get_the_whole_body() {
+    let _turn = machine::alone();
     const N: usize = 8;
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let body_raw = pattern(3 * MIB + 777, 4);
     let body_sdk = pattern(2 * MIB + 5, 5);
     s.put_behind_perchs_back("co/raw", &body_raw);
@@ -172,7 +176,7 @@ fn concurrent_cold_gets_make_one_origin_request_and_all_get_the_whole_body() {
         let r = t.join().expect("client thread");
         assert_eq!(r.status, 200, "waiter {i}: {}", r.summary());
         assert_eq!(r.header("X-Cache"), Some("MISS"), "waiter {i}");
-        assert_eq!(r.header("ETag"), Some(raw::md5_etag(&body_raw).as_str()), "waiter {i}");
+        assert_eq!(r.header("ETag"), Some(md5_etag(&body_raw).as_str()), "waiter {i}");
         assert_same(&r.body, &body_raw, &format!("waiter {i}"));
     }
     s.assert_counts(&[("GET co/raw", 1)], &format!("{N} concurrent cold GETs"));
@@ -213,21 +217,21 @@ fn concurrent_cold_gets_make_one_origin_request_and_all_get_the_whole_body() {
 /// the disk tier after a start.
 #[test]
 fn the_memory_budget_covers_the_index_and_the_eviction_order() {
+    let _turn = machine::share();
     const BUDGET: f64 = (30 * MIB) as f64;
     // RocksDB's caches, and 1/16 of the budget for the allocator's overhead.
     const INDEX: f64 = (24 * MIB) as f64 + BUDGET / 16.0;
     const ENTRIES: u64 = 50_000;
     const SEED: u64 = 7;
     let mut s = Stack::start(&["--cache-memory-bytes", "30MiB"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let memory_limit = "perch_cache_limit_bytes{tier=\"memory\"}";
     s.assert_metric(memory_limit, BUDGET - INDEX);
     s.assert_metric("perch_cache_eviction_state_bytes", 0.0);
 
     // 50,000 entries of 1 KiB, written into the stopped Perch's data dir as the restart bench does.
     s.stop_clean();
-    perch_bench::cache_restart::populate_data_dir(&s.data_dir, ENTRIES, KIB as u64, SEED, BUCKET)
-        .expect("populating the data dir");
+    write_cache_entries(&s.data_dir, ENTRIES, KIB, SEED, BUCKET);
     s.start_again();
     let deadline = Instant::now() + Duration::from_secs(60);
     while s.metric(memory_limit) == BUDGET - INDEX {
@@ -254,8 +258,8 @@ fn the_memory_budget_covers_the_index_and_the_eviction_order() {
     // Hits of 6,000 distinct entries (~12 MB weighed) go through that smaller memory tier.
     s.proxy.reset();
     for i in 0..6_000 {
-        let key = perch_bench::cache_restart::key_of(i);
-        let body = perch_testkit::bodies::body_bytes(SEED, &key, 0, KIB);
+        let key = entry_key(i);
+        let body = body_bytes(SEED, &key, 0, KIB);
         let r = s.get(&key);
         assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
         assert_eq!(r.header("X-Cache"), Some("HIT"), "X-Cache of GET {key}");
@@ -276,13 +280,14 @@ fn the_memory_budget_covers_the_index_and_the_eviction_order() {
 
 #[test]
 fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_popular_object() {
+    let _turn = machine::share();
     const LIMIT: usize = 3 * MIB;
     const SIZE: usize = 256 * KIB;
     const SCAN: usize = 24;
     // The memory budget covers the index's 24 MiB and 1/16 for the allocator first: this leaves a
     // memory tier of about 1 MiB.
     let s = Stack::start(&["--cache-disk-bytes", "3MiB", "--cache-memory-bytes", "27306KiB"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let popular = pattern(SIZE, 100);
     let once = pattern(SIZE, 101);
     let scan: Vec<Vec<u8>> = (0..SCAN).map(|i| pattern(SIZE, 200 + i as u64)).collect();
@@ -366,8 +371,9 @@ fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_pop
 
 #[test]
 fn a_flipped_byte_in_a_cached_file_is_detected_and_the_client_still_gets_the_exact_bytes() {
+    let _turn = machine::share();
     let mut s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let small = pattern(300 * KIB + 5, 11);
     let large = pattern(3 * MIB + 100, 12);
     s.put_behind_perchs_back("c/small", &small);
@@ -429,8 +435,9 @@ fn a_flipped_byte_in_a_cached_file_is_detected_and_the_client_still_gets_the_exa
 
 #[test]
 fn a_clean_restart_and_a_kill_9_keep_the_cache_warm() {
+    let _turn = machine::share();
     let mut s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let objects: Vec<(&str, Vec<u8>)> = vec![
         ("warm/empty", Vec::new()),
         ("warm/10k", pattern(10 * KIB, 31)),
@@ -481,8 +488,9 @@ fn a_clean_restart_and_a_kill_9_keep_the_cache_warm() {
 
 #[test]
 fn a_crash_mid_fill_and_damaged_files_are_discarded_not_served() {
+    let _turn = machine::share();
     let mut s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let a = pattern(3 * MIB, 21);
     let b = pattern(2 * MIB + 500 * KIB, 22);
     let c = pattern(200 * KIB, 23);
@@ -546,26 +554,15 @@ fn a_crash_mid_fill_and_damaged_files_are_discarded_not_served() {
 // ---------------------------------------------------------------------------------------------
 // Writes, revalidation
 
-/// The body moto itself holds for `key` (past the proxy and perch), `None` if it holds none.
-fn in_moto(s: &Stack, key: &str) -> Option<Vec<u8>> {
-    let c = s.moto_sdk();
-    s.rt.block_on(async {
-        match c.get_object().bucket(BUCKET).key(key).send().await {
-            Ok(out) => Some(bytes_of(out.body).await),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
-            Err(e) => panic!("GET {key} from moto: {e:?}"),
-        }
-    })
-}
-
 /// The origin proxy refuses (503) every DELETE: the uploader keeps retrying a delete, so that it
 /// stays pending in perch (GETs and HEADs are untouched).
 const HOLD_DELETES: &str = r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_method": "DELETE"}"#;
 
 #[test]
 fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let c = s.sdk();
     let v: Vec<Vec<u8>> = (0..6).map(|i| pattern(100 * KIB + i, 40 + i as u64)).collect();
     s.put_behind_perchs_back("w/k", &v[0]);
@@ -590,7 +587,7 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     // Once uploaded, the same copy is still served, and it is what the origin holds.
     s.flush(Duration::from_secs(60));
     assert!(
-        in_moto(&s, "w/k") == Some(v[1].clone()),
+        s.in_moto("w/k") == Some(v[1].clone()),
         "moto holds the PUT after the flush"
     );
     s.get_expect("w/k", &v[1], "HIT");
@@ -652,7 +649,7 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     s.assert_reads(&[("GET w/k", 2)], "after the copy and the multipart upload");
     s.flush(Duration::from_secs(60));
     assert!(
-        in_moto(&s, "w/k") == Some(v[3].clone()),
+        s.in_moto("w/k") == Some(v[3].clone()),
         "moto holds the multipart object after the flush"
     );
 
@@ -669,15 +666,15 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
         )
         .send();
     ok(s.rt.block_on(delete), "DeleteObjects w/k");
-    raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObjects");
+    assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObjects");
     assert_eq!(s.head("w/k").status, 404, "HEAD after DeleteObjects");
     s.assert_reads(&[("GET w/k", 2)], "GET and HEAD of a pending DeleteObjects");
-    assert!(in_moto(&s, "w/k").is_some(), "the delete was held back from moto");
+    assert!(s.in_moto("w/k").is_some(), "the delete was held back from moto");
     // Once the origin has the delete, the origin says 404 (nothing cached is served).
     s.no_faults();
     s.flush(Duration::from_secs(60));
-    assert!(in_moto(&s, "w/k").is_none(), "moto still holds w/k after the flush");
-    raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObjects was uploaded");
+    assert!(s.in_moto("w/k").is_none(), "moto still holds w/k after the flush");
+    assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObjects was uploaded");
     s.assert_reads(&[("GET w/k", 3)], "after DeleteObjects was uploaded");
 
     // DeleteObject, of a version written through perch.
@@ -688,13 +685,13 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
         s.rt.block_on(c.delete_object().bucket(BUCKET).key("w/k").send()),
         "DELETE w/k",
     );
-    raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObject");
+    assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObject");
     assert_eq!(s.head("w/k").status, 404, "HEAD after DeleteObject");
     s.assert_reads(&[("GET w/k", 3)], "GET and HEAD of a pending DeleteObject");
     s.no_faults();
     s.flush(Duration::from_secs(60));
-    assert!(in_moto(&s, "w/k").is_none(), "moto still holds w/k after the flush");
-    raw::assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObject was uploaded");
+    assert!(s.in_moto("w/k").is_none(), "moto still holds w/k after the flush");
+    assert_error(&s.get("w/k"), 404, "NoSuchKey", "GET after DeleteObject was uploaded");
     assert_eq!(s.head("w/k").status, 404, "HEAD after DeleteObject was uploaded");
     s.assert_reads(&[("GET w/k", 4), ("HEAD w/k", 1)], "after the writes");
 
@@ -719,7 +716,7 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     s.get_expect("w/slow", &new, "HIT");
     s.flush(Duration::from_secs(60));
     assert!(
-        in_moto(&s, "w/slow") == Some(new.clone()),
+        s.in_moto("w/slow") == Some(new.clone()),
         "moto holds the write after the flush"
     );
     s.get_expect("w/slow", &new, "HIT");
@@ -728,9 +725,10 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
 
 #[test]
 fn mutable_keys_are_revalidated_after_the_ttl_and_others_never() {
+    let _turn = machine::alone();
     const TTL: Duration = Duration::from_secs(3);
     let s = Stack::start(&["--cache-revalidate", "mut/*", "--cache-revalidate-after", "3s"]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let old = pattern(64 * KIB, 60);
     let new = pattern(64 * KIB + 1, 61);
     let big = pattern(2 * MIB, 62);
@@ -798,8 +796,9 @@ fn mutable_keys_are_revalidated_after_the_ttl_and_others_never() {
 
 #[test]
 fn range_hits_and_misses_return_the_right_bytes() {
+    let _turn = machine::share();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let large = pattern(2 * MIB + MIB / 2, 70);
     let small = pattern(100 * KIB, 71);
     s.put_behind_perchs_back("rg/large", &large);
@@ -841,7 +840,7 @@ fn range_hits_and_misses_return_the_right_bytes() {
     }
     for (key, from) in [("rg/large", size), ("rg/small", small.len())] {
         let r = s.get_range(key, &format!("bytes={from}-"));
-        raw::assert_error(&r, 416, "InvalidRange", &format!("{key} from its end"));
+        assert_error(&r, 416, "InvalidRange", &format!("{key} from its end"));
     }
 
     // aws-sdk-s3.
@@ -870,8 +869,9 @@ fn range_hits_and_misses_return_the_right_bytes() {
 
 #[test]
 fn a_broken_origin_stream_is_resumed_with_range_and_if_match() {
+    let _turn = machine::alone();
     let s = Stack::start(&[]);
-    let _g = s.guard();
+    let _log = s.log_on_panic();
     let body = pattern(3 * MIB, 80);
     s.put_behind_perchs_back("brk/k", &body);
     s.proxy.reset();

@@ -1,5 +1,6 @@
-//! Origin faults, injected by the origin proxy (perch-bench, in-process) between perch and moto:
-//! transient faults are retried until `--origin-retry-deadline` and are invisible to the client
+//! Origin faults injected by the origin proxy between perch and moto: retried, or passed on.
+//!
+//! Transient faults are retried until `--origin-retry-deadline` and are invisible to the client
 //! while the origin recovers in time; past the deadline the client gets 503 SlowDown; permanent
 //! answers (404, 412) pass through at once. Clients are OrioleDB-shaped raw HTTP.
 //!
@@ -9,13 +10,14 @@
 //! into moto, so that they are in the origin and not in perch's cache (a write through perch is a
 //! cache entry at once).
 
-mod raw;
-
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use perch_testkit::servers::{MotoServer, ProxyServer};
-use raw::{Perch, ProxyControl, Req, Resp, Style, assert_error, create_bucket, md5_etag, pattern};
+use perch_testkit::bodies::{md5_etag, pattern};
+use perch_testkit::raw_client::{Req, Resp, Style};
+
+use crate::support::machine;
+use crate::support::raw::assert_error;
+use crate::support::stack::Stack;
 
 /// Every key write-through: a PUT is acknowledged once the origin has it, as before write-back.
 const WRITE_THROUGH: &[&str] = &["--write-mode", "*=write_through"];
@@ -24,95 +26,43 @@ const WRITE_THROUGH: &[&str] = &["--write-mode", "*=write_through"];
 /// by itself, for as long as it takes; `perch_origin_retries_total` counts the read path's).
 const UPLOAD_RETRIES: &str = "perch_uploads_total{result=\"retried\"}";
 
-/// moto, the fault proxy in front of it, and perch in front of the proxy.
-struct Stack {
-    perch: Perch,
-    proxy: ProxyControl,
-    _proxy: ProxyServer,
-    moto: MotoServer,
+/// moto, the fault proxy and perch with `--origin-retry-deadline deadline` and the flags `args`.
+#[track_caller]
+fn start(deadline: &str, args: &[&str]) -> Stack {
+    let mut all = vec!["--origin-retry-deadline", deadline];
+    all.extend_from_slice(args);
+    Stack::start(&all)
 }
 
-impl Stack {
-    /// With `--origin-retry-deadline deadline` and the further flags `args`.
-    fn start(deadline: &str, args: &[&str]) -> Stack {
-        let moto = raw::moto();
-        let proxy = ProxyServer::start(&moto.endpoint, &[]);
-        let mut all = vec!["--origin-retry-deadline", deadline];
-        all.extend_from_slice(args);
-        let perch = Perch::s3(&proxy.endpoint, &all);
-        create_bucket(perch.addr());
-        Stack {
-            proxy: ProxyControl { addr: proxy.addr },
-            perch,
-            _proxy: proxy,
-            moto,
-        }
-    }
-
-    /// PUT straight into moto: an object the origin has and perch's cache does not.
-    #[track_caller]
-    fn put_behind_perchs_back(&self, key: &str, body: &[u8]) {
-        raw::put_into_moto(&self.moto, key, body);
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.perch.addr()
-    }
-
-    fn put(&self, key: &str, body: &[u8]) -> Resp {
-        Req::object("PUT", self.addr(), Style::Virtual, key)
-            .body(body.to_vec())
-            .go(self.addr())
-    }
-
-    fn get(&self, key: &str) -> Resp {
-        Req::object("GET", self.addr(), Style::Virtual, key).go(self.addr())
-    }
-
-    #[track_caller]
-    fn put_ok(&self, key: &str, body: &[u8]) {
-        let r = self.put(key, body);
-        assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
-        assert_eq!(r.header("ETag"), Some(md5_etag(body).as_str()), "PUT {key}");
-    }
-
-    #[track_caller]
-    fn get_ok(&self, key: &str, body: &[u8]) {
-        let r = self.get(key);
-        assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
-        assert!(
-            r.body == body,
-            "GET {key}: wrong bytes ({} of {})",
-            r.body.len(),
-            body.len()
-        );
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        raw::perch_metric(&self.perch.server, name).unwrap_or(0.0)
-    }
-
-    /// Prints perch's log and the proxy's records when the test fails.
-    fn guard(&self) -> Guard<'_> {
-        Guard(self)
-    }
+/// PUT virtual-hosted, as OrioleDB.
+fn put(stack: &Stack, key: &str, body: &[u8]) -> Resp {
+    Req::object("PUT", stack.addr(), Style::Virtual, key)
+        .body(body.to_vec())
+        .go(stack.addr())
 }
 
-struct Guard<'a>(&'a Stack);
+/// GET virtual-hosted, as OrioleDB.
+fn get(stack: &Stack, key: &str) -> Resp {
+    Req::object("GET", stack.addr(), Style::Virtual, key).go(stack.addr())
+}
 
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- perch log (tail) ---\n{}", self.0.perch.log_tail());
-            let log = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.proxy.log()));
-            if let Ok(log) = log {
-                eprintln!("--- proxy records ---");
-                for r in log.iter().rev().take(30).rev() {
-                    eprintln!("{r}");
-                }
-            }
-        }
-    }
+#[track_caller]
+fn put_ok(stack: &Stack, key: &str, body: &[u8]) {
+    let r = put(stack, key, body);
+    assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
+    assert_eq!(r.header("ETag"), Some(md5_etag(body).as_str()), "PUT {key}");
+}
+
+#[track_caller]
+fn get_ok(stack: &Stack, key: &str, body: &[u8]) {
+    let r = get(stack, key);
+    assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
+    assert!(
+        r.body == body,
+        "GET {key}: wrong bytes ({} of {})",
+        r.body.len(),
+        body.len()
+    );
 }
 
 /// The `method` records of `key` must be `injected` faults of `kind` first, then one forwarded
@@ -150,16 +100,17 @@ fn assert_records(stack: &Stack, key: &str, method: &str, kind: &str, injected: 
 
 #[test]
 fn put_survives_three_503s_and_lands_once() {
-    let stack = Stack::start("20s", WRITE_THROUGH);
-    let _g = stack.guard();
+    let _turn = machine::share();
+    let stack = start("20s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
     let key = "wal/000000010000000000000003";
     let body = pattern(2 << 20, 1);
-    let retries_before = stack.metric(UPLOAD_RETRIES);
+    let retries_before = stack.counter(UPLOAD_RETRIES);
     stack.proxy.reset();
     stack.proxy.faults(&format!(
         r#"{{"fail_next":3,"error_kinds":["503"],"match_method":"PUT","match_key_prefix":"{key}"}}"#
     ));
-    stack.put_ok(key, &body);
+    put_ok(&stack, key, &body);
     assert_eq!(
         stack.proxy.count("PUT", key),
         1,
@@ -168,16 +119,17 @@ fn put_survives_three_503s_and_lands_once() {
     );
     assert_records(&stack, key, "PUT", "503", 3, 200);
     assert!(
-        stack.metric(UPLOAD_RETRIES) >= retries_before + 3.0,
+        stack.counter(UPLOAD_RETRIES) >= retries_before + 3.0,
         "{UPLOAD_RETRIES} must count the 3 retries"
     );
-    stack.get_ok(key, &body);
+    get_ok(&stack, key, &body);
 }
 
 #[test]
 fn get_survives_slowdown_500_and_reset() {
-    let stack = Stack::start("20s", &[]);
-    let _g = stack.guard();
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
     let body = pattern(300_000, 2);
     for kind in ["slowdown", "500", "reset"] {
         let key = format!("data/1/part-{kind}");
@@ -186,7 +138,7 @@ fn get_survives_slowdown_500_and_reset() {
         stack.proxy.faults(&format!(
             r#"{{"fail_next":2,"error_kinds":["{kind}"],"match_method":"GET","match_key_prefix":"{key}"}}"#
         ));
-        stack.get_ok(&key, &body);
+        get_ok(&stack, &key, &body);
         assert_eq!(
             stack.proxy.count("GET", &key),
             1,
@@ -199,20 +151,21 @@ fn get_survives_slowdown_500_and_reset() {
 
 #[test]
 fn outage_past_the_deadline_gives_503_slowdown() {
-    let stack = Stack::start("2s", WRITE_THROUGH);
-    let _g = stack.guard();
+    let _turn = machine::share();
+    let stack = start("2s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
     let key = "data/orioledb_data/control";
     let body = pattern(1000, 3);
     stack.put_behind_perchs_back(key, &body);
     // perch asks the origin about the bucket once, before its first write: done here, so that the
     // PUT below is the one that waits for the origin.
-    stack.put_ok("data/before-the-outage", b"1");
-    let gave_up_before = stack.metric("perch_origin_gave_up_total");
-    let upload_retries_before = stack.metric(UPLOAD_RETRIES);
+    put_ok(&stack, "data/before-the-outage", b"1");
+    let gave_up_before = stack.counter("perch_origin_gave_up_total");
+    let upload_retries_before = stack.counter(UPLOAD_RETRIES);
     stack.proxy.patch(r#"{"outage":true}"#);
 
     let start = Instant::now();
-    let r = stack.get(key);
+    let r = get(&stack, key);
     let took = start.elapsed();
     assert_error(
         &r,
@@ -228,7 +181,7 @@ fn outage_past_the_deadline_gives_503_slowdown() {
     let put_key = "wal/outage-put";
     let put_body = pattern(2 << 20, 4);
     let start = Instant::now();
-    let r = stack.put(put_key, &put_body);
+    let r = put(&stack, put_key, &put_body);
     let took = start.elapsed();
     assert_error(
         &r,
@@ -242,12 +195,12 @@ fn outage_past_the_deadline_gives_503_slowdown() {
     );
 
     // The GET gave up; the PUT's version did not: the uploader keeps retrying it.
-    let gave_up = stack.metric("perch_origin_gave_up_total");
+    let gave_up = stack.counter("perch_origin_gave_up_total");
     assert!(
         gave_up >= gave_up_before + 1.0,
         "perch_origin_gave_up_total must count the GET's give-up: {gave_up_before} -> {gave_up}"
     );
-    let upload_retries = stack.metric(UPLOAD_RETRIES);
+    let upload_retries = stack.counter(UPLOAD_RETRIES);
     assert!(
         upload_retries >= upload_retries_before + 1.0,
         "{UPLOAD_RETRIES} must count the upload's retries: {upload_retries_before} -> {upload_retries}"
@@ -261,36 +214,37 @@ fn outage_past_the_deadline_gives_503_slowdown() {
     );
     // The 503 SlowDown says the write stays queued: once the origin is back, it lands, once.
     stack.proxy.patch(r#"{"outage":false}"#);
-    raw::flush(&stack.perch.server, Duration::from_secs(60));
+    stack.flush(Duration::from_secs(60));
     assert_eq!(
         stack.proxy.count("PUT", put_key),
         1,
         "the queued write reaches moto once after the outage: {:?}",
         stack.proxy.counts()
     );
-    stack.get_ok(put_key, &put_body);
-    stack.get_ok(key, &body);
+    get_ok(&stack, put_key, &put_body);
+    get_ok(&stack, key, &body);
 }
 
 #[test]
 fn outage_shorter_than_the_deadline_is_invisible() {
-    let stack = Stack::start("5s", WRITE_THROUGH);
-    let _g = stack.guard();
+    let _turn = machine::share();
+    let stack = start("5s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
     let key = "data/1/orioledb_data/short-outage";
     let body = pattern(1 << 20, 5);
     stack.put_behind_perchs_back(key, &body);
     // perch asks the origin about the bucket once, before its first write: done here, so that the
     // PUT below is the one that waits out the outage.
-    stack.put_ok("data/before-the-outage", b"1");
+    put_ok(&stack, "data/before-the-outage", b"1");
     stack.proxy.reset();
     stack.proxy.patch(r#"{"outage":true}"#);
-    let control = ProxyControl { addr: stack.proxy.addr };
+    let control = stack.proxy;
     let ender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(1));
         control.patch(r#"{"outage":false}"#);
     });
     let start = Instant::now();
-    let r = stack.get(key);
+    let r = get(&stack, key);
     let took = start.elapsed();
     ender.join().expect("the thread ending the outage");
     assert_eq!(r.status, 200, "GET across a 1 s outage (deadline 5 s): {}", r.summary());
@@ -317,28 +271,29 @@ fn outage_shorter_than_the_deadline_is_invisible() {
     let key2 = "wal/short-outage-put";
     let body2 = pattern(2 << 20, 6);
     stack.proxy.patch(r#"{"outage":true}"#);
-    let control = ProxyControl { addr: stack.proxy.addr };
+    let control = stack.proxy;
     let ender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(1));
         control.patch(r#"{"outage":false}"#);
     });
-    let r = stack.put(key2, &body2);
+    let r = put(&stack, key2, &body2);
     ender.join().expect("the thread ending the outage");
     assert_eq!(r.status, 200, "PUT across a 1 s outage: {}", r.summary());
     assert_eq!(stack.proxy.count("PUT", key2), 1, "{:?}", stack.proxy.counts());
-    stack.get_ok(key2, &body2);
+    get_ok(&stack, key2, &body2);
 }
 
 #[test]
 fn permanent_answers_pass_through_at_once() {
-    let stack = Stack::start("20s", &[]);
-    let _g = stack.guard();
-    let retries_before = stack.metric("perch_origin_retries_total");
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
+    let retries_before = stack.counter("perch_origin_retries_total");
 
     // GET of a missing key: one upstream GET, 404 NoSuchKey.
     let missing = "data/orioledb_data/missing-control";
     stack.proxy.reset();
-    let r = stack.get(missing);
+    let r = get(&stack, missing);
     assert_error(&r, 404, "NoSuchKey", "GET of a missing key");
     let records = stack.proxy.records_for(missing);
     assert_eq!(records.len(), 1, "exactly one upstream request: {records:?}");
@@ -364,9 +319,9 @@ fn permanent_answers_pass_through_at_once() {
         vec![("PUT".to_owned(), 412, None)],
         "one upstream PUT, nothing else (a 412 is not followed by a HEAD: there was no retry)"
     );
-    stack.get_ok(lock, b"1111111\n");
+    get_ok(&stack, lock, b"1111111\n");
     assert_eq!(
-        stack.metric("perch_origin_retries_total"),
+        stack.counter("perch_origin_retries_total"),
         retries_before,
         "permanent answers must not be retried"
     );
@@ -374,18 +329,19 @@ fn permanent_answers_pass_through_at_once() {
 
 #[test]
 fn stalled_origin_requests_are_retried() {
-    let stack = Stack::start("5s", WRITE_THROUGH);
-    let _g = stack.guard();
+    let _turn = machine::share();
+    let stack = start("5s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
     let key = "data/1/stalled";
     let body = pattern(1 << 20, 7);
     // perch asks the origin about the bucket once, before its first write: done here.
-    stack.put_ok("data/before-the-stall", b"1");
+    put_ok(&stack, "data/before-the-stall", b"1");
     // A stalled PUT (held 500 ms, then the connection is reset): retried, lands once.
     stack.proxy.reset();
     stack.proxy.faults(&format!(
         r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"PUT","match_key_prefix":"{key}"}}"#
     ));
-    stack.put_ok(key, &body);
+    put_ok(&stack, key, &body);
     assert_eq!(stack.proxy.count("PUT", key), 1, "{:?}", stack.proxy.counts());
     assert_records(&stack, key, "PUT", "stall", 1, 200);
     // A stalled GET, of an object in the origin and not in perch's cache (the PUT above made
@@ -397,7 +353,7 @@ fn stalled_origin_requests_are_retried() {
         r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"GET","match_key_prefix":"{key}"}}"#
     ));
     let start = Instant::now();
-    stack.get_ok(key, &body);
+    get_ok(&stack, key, &body);
     assert!(
         start.elapsed() >= Duration::from_millis(500),
         "the stall held the first attempt"

@@ -1,15 +1,20 @@
-//! Requests a correct S3 server refuses, sent as raw HTTP with hand-made SigV4: each must get
-//! S3's status and error code, store nothing, leave no spooled body behind in <data-dir>/tmp,
-//! and leave perch serving.
-
-mod raw;
+//! Requests a correct S3 server refuses, sent as raw HTTP with hand-made SigV4.
+//!
+//! Each must get S3's status and error code, store nothing, leave no spooled body behind in
+//! <data-dir>/tmp, and leave perch serving.
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, SystemTime};
 
-use raw::{Keys, Perch, Req, Style, assert_error, create_bucket, list_keys, md5_base64, pattern, sha256_hex};
+use perch_testkit::bodies::{content_md5, pattern};
+use perch_testkit::raw_client::{Req, Resp, Style};
+use perch_testkit::sigv4::{Keys, sha256_hex};
+
+use crate::support::machine;
+use crate::support::perch::{Perch, admin_get, wait_until};
+use crate::support::raw::{assert_error, create_bucket, list_keys};
 
 /// A perch with the directory origin, the bucket and one known object.
 fn setup() -> Perch {
@@ -33,12 +38,12 @@ fn assert_clean(perch: &Perch, before: &BTreeSet<String>, what: &str) {
     assert_eq!(&after, before, "{what}: the origin's listing changed");
     // The spool is emptied by the request that filled it; allow it a moment to finish.
     let mut left = Vec::new();
-    let clean = raw::wait_until(Duration::from_secs(5), || {
+    let clean = wait_until(Duration::from_secs(5), || {
         left = perch.spool_entries();
         left.is_empty()
     });
     assert!(clean, "{what}: spooled bodies left in <data-dir>/tmp: {left:?}");
-    let (status, body) = raw::admin_get(&perch.server, "/healthz");
+    let (status, body) = admin_get(&perch.server, "/healthz");
     assert_eq!(status, 200, "{what}: /healthz after: {body}");
     let r = Req::object("GET", perch.addr(), Style::Virtual, "known").go(perch.addr());
     assert_eq!(r.status, 200, "{what}: perch no longer serves: {}", r.summary());
@@ -51,22 +56,13 @@ fn assert_missing(perch: &Perch, key_path: &str, what: &str) {
     assert_error(&r, 404, "NoSuchKey", &format!("{what}: GET {key_path} afterwards"));
 }
 
-struct LogOnPanic<'a>(&'a Perch);
-
-impl Drop for LogOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- perch log (tail) ---\n{}", self.0.log_tail());
-        }
-    }
-}
-
 #[test]
 fn wrong_signature_is_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
-    let wrong = Keys::new(raw::Keys::dev().access_key_id.as_str(), "not-the-secret");
+    let wrong = Keys::new(Keys::dev().access_key_id.as_str(), "not-the-secret");
     for (method, body) in [("PUT", pattern(10, 2)), ("GET", Vec::new()), ("DELETE", Vec::new())] {
         let key = if method == "PUT" { "sig-put" } else { "known" };
         let r = Req::object(method, perch.addr(), Style::Virtual, key)
@@ -104,8 +100,9 @@ fn wrong_signature_is_refused() {
 
 #[test]
 fn stale_request_time_is_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     let mut req = Req::object("PUT", perch.addr(), Style::Virtual, "stale").body(pattern(10, 4));
     req.time = Some(SystemTime::now() - Duration::from_secs(20 * 60));
@@ -121,8 +118,9 @@ fn stale_request_time_is_refused() {
 
 #[test]
 fn anonymous_requests_are_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     for (method, key, body) in [
         ("GET", "known", Vec::new()),
@@ -145,8 +143,9 @@ fn anonymous_requests_are_refused() {
 
 #[test]
 fn body_not_matching_its_signed_sha256_is_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     // Small (kept in memory) and large (spooled to <data-dir>/tmp) bodies.
     for (key, len) in [("sha-small", 1000usize), ("sha-large", 9 << 20)] {
@@ -169,7 +168,7 @@ fn body_not_matching_its_signed_sha256_is_refused() {
 
 /// Sends a PUT whose Content-Length is `declared` but only `sent` body bytes, then shuts the write
 /// side; returns whatever answer came (none is fine).
-fn put_cut_short(perch: &Perch, key: &str, declared: usize, sent: usize) -> Option<raw::Resp> {
+fn put_cut_short(perch: &Perch, key: &str, declared: usize, sent: usize) -> Option<Resp> {
     let body = pattern(declared, 7);
     let mut req = Req::object("PUT", perch.addr(), Style::Virtual, key).body(body);
     req.expect = Some(false);
@@ -179,8 +178,9 @@ fn put_cut_short(perch: &Perch, key: &str, declared: usize, sent: usize) -> Opti
 
 #[test]
 fn body_cut_short_creates_nothing() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     for (key, declared, sent) in [("short-small", 1000, 500), ("short-large", 10 << 20, 1 << 20)] {
         if let Some(r) = put_cut_short(&perch, key, declared, sent) {
@@ -209,8 +209,9 @@ fn body_cut_short_creates_nothing() {
 
 #[test]
 fn dot_segments_and_nul_in_keys_are_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     for style in [Style::Virtual, Style::Path] {
         for path in ["a/../b", "%2e%2e/x", "%2E%2E/x", "a/./b", "a/%2e/b", "a%00b", "%00"] {
@@ -227,8 +228,9 @@ fn dot_segments_and_nul_in_keys_are_refused() {
 
 #[test]
 fn overlong_key_is_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     let key = "k".repeat(1100);
     let r = Req::object("PUT", perch.addr(), Style::Virtual, &key)
@@ -252,8 +254,9 @@ fn overlong_key_is_refused() {
 
 #[test]
 fn range_beyond_the_end_is_416() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     for range in ["bytes=200-300", "bytes=100-", "bytes=100-100"] {
         let r = Req::object("GET", perch.addr(), Style::Virtual, "known")
@@ -273,8 +276,9 @@ fn range_beyond_the_end_is_416() {
 
 #[test]
 fn malformed_delete_objects_xml_is_refused() {
+    let _turn = machine::share();
     let perch = setup();
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let before = keys_of(&perch);
     for xml in [
         "<Delete><Object><Key>known</Key></Object>".as_bytes(),
@@ -283,7 +287,7 @@ fn malformed_delete_objects_xml_is_refused() {
     ] {
         let r = Req::bucket("POST", perch.addr(), Style::Virtual, "delete")
             .body(xml.to_vec())
-            .header("Content-MD5", &md5_base64(xml))
+            .header("Content-MD5", &content_md5(xml))
             .go(perch.addr());
         assert_error(
             &r,

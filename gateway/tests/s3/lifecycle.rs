@@ -1,33 +1,37 @@
-//! The perch process over its life: thousands of short connections without leaking descriptors,
-//! a graceful SIGTERM, its command-line help, its refusal of unsafe settings, secrets kept out of
-//! the logs, and the admin health endpoints.
-
-mod raw;
+//! The perch process over its life: connections, SIGTERM, help, refusals, logs, health, restarts.
+//!
+//! Thousands of short connections without leaking descriptors, a graceful SIGTERM, its
+//! command-line help, its refusal of unsafe settings, secrets kept out of the logs, the admin
+//! health endpoints, and what the directory origin keeps across a restart.
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use perch_testkit::servers::ProxyServer;
-use raw::{Keys, Perch, ProxyControl, Req, Style, create_bucket, pattern};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+use perch_testkit::bodies::{md5_etag, multipart_etag, pattern};
+use perch_testkit::raw_client::{BUCKET, Req, Style};
+use perch_testkit::sdk::perch_client;
+use perch_testkit::servers::{MotoServer, ProxyServer};
+use perch_testkit::sigv4::Keys;
 
-struct LogOnPanic<'a>(&'a Perch);
-
-impl Drop for LogOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- perch log (tail) ---\n{}", self.0.log_tail());
-        }
-    }
-}
+use crate::support::checksums::{b64, digest};
+use crate::support::machine;
+use crate::support::perch::{
+    Perch, admin_get, fd_count, perch_binary, perch_metric, put_into_moto, start_perch, wait_until,
+};
+use crate::support::raw::create_bucket;
+use crate::support::sdk::{self, all_keys, bytes_of, expect_err, get_bytes, meta, ok, put};
 
 #[test]
 fn thousands_of_short_connections_leak_nothing() {
+    let _turn = machine::alone();
     const TOTAL: usize = 3000;
     const CONCURRENCY: usize = 50;
     let perch = Perch::dir(&[]);
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let addr = perch.addr();
     create_bucket(addr);
     let body = pattern(4096, 1);
@@ -40,7 +44,7 @@ fn thousands_of_short_connections_leak_nothing() {
     assert_eq!(r.status, 200, "{}", r.summary());
     let pid = perch.pid();
     std::thread::sleep(Duration::from_millis(200));
-    let fds_before = raw::fd_count(pid);
+    let fds_before = fd_count(pid);
 
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|w| {
@@ -72,8 +76,8 @@ fn thousands_of_short_connections_leak_nothing() {
 
     // The server closes its side once it sees each client's FIN; give it a moment.
     let mut fds_after = 0;
-    let settled = raw::wait_until(Duration::from_secs(10), || {
-        fds_after = raw::fd_count(pid);
+    let settled = wait_until(Duration::from_secs(10), || {
+        fds_after = fd_count(pid);
         fds_after <= fds_before + 20
     });
     eprintln!("perch descriptors: {fds_before} before, {fds_after} after {TOTAL} connections");
@@ -81,14 +85,14 @@ fn thousands_of_short_connections_leak_nothing() {
         settled,
         "perch holds {fds_after} descriptors after {TOTAL} closed connections, {fds_before} before"
     );
-    let in_flight = raw::perch_metric(&perch.server, "perch_requests_in_flight");
+    let in_flight = perch_metric(&perch.server, "perch_requests_in_flight");
     assert_eq!(
         in_flight,
         Some(0.0),
         "perch_requests_in_flight after every request ended"
     );
     let served = {
-        let (_, text) = raw::admin_get(&perch.server, "/metrics");
+        let (_, text) = admin_get(&perch.server, "/metrics");
         text.lines()
             .filter(|l| l.starts_with("perch_requests_total{") && l.contains("GetObject") && l.contains("200"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -103,9 +107,10 @@ fn thousands_of_short_connections_leak_nothing() {
 
 #[test]
 fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
-    let moto = raw::moto();
+    let _turn = machine::alone();
+    let moto = MotoServer::start();
     let proxy = ProxyServer::start(&moto.endpoint, &[]);
-    let control = ProxyControl { addr: proxy.addr };
+    let control = proxy.control();
     // After SIGTERM perch keeps serving until its journal is empty and no request came for
     // --drain-quiet: with nothing written through it and no quiet period, it stops accepting at
     // once, and the graceful shutdown still finishes the request in flight.
@@ -116,17 +121,17 @@ fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
     let body = pattern(1 << 20, 2);
     // Straight into moto: in the origin and not in perch's cache, so that the GET below goes to
     // the (slow) origin. A PUT through perch would be a cache entry, and a journal to drain.
-    raw::put_into_moto(&moto, key, &body);
+    put_into_moto(&moto, key, &body);
 
     control.patch(r#"{"latency_ms":2500}"#);
     let get = std::thread::spawn(move || Req::object("GET", addr, Style::Virtual, key).send(addr));
-    let in_flight = raw::wait_until(Duration::from_secs(10), || {
-        raw::perch_metric(&perch.server, "perch_requests_in_flight") == Some(1.0)
+    let in_flight = wait_until(Duration::from_secs(10), || {
+        perch_metric(&perch.server, "perch_requests_in_flight") == Some(1.0)
     });
     assert!(in_flight, "the slow GET never showed as in flight");
 
     perch.server.send_sigterm();
-    let draining = raw::wait_until(Duration::from_secs(10), || {
+    let draining = wait_until(Duration::from_secs(10), || {
         perch.server.log_text().contains("stopped accepting")
     });
     assert!(
@@ -172,7 +177,7 @@ fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
 }
 
 fn help_of(args: &[&str]) -> String {
-    let out = Command::new(raw::perch_binary())
+    let out = Command::new(perch_binary())
         .args(args)
         .output()
         .expect("run perch");
@@ -195,6 +200,7 @@ const FLAGS: [&str; 10] = [
 
 #[test]
 fn serve_help_lists_every_flag_and_its_default() {
+    let _turn = machine::share();
     for args in [&["serve", "--help"][..], &["help", "serve"], &["serve", "-h"]] {
         let text = help_of(args);
         for flag in FLAGS {
@@ -222,7 +228,7 @@ fn serve_help_lists_every_flag_and_its_default() {
 /// Runs `perch serve` to completion (at most 10 s) and returns (exit status, stderr + stdout).
 fn run_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(raw::perch_binary());
+    let mut cmd = Command::new(perch_binary());
     cmd.arg("serve")
         .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(tmp.path().join("perch"))
@@ -265,6 +271,7 @@ fn run_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, 
 
 #[test]
 fn refuses_a_public_listener_without_keys() {
+    let _turn = machine::share();
     let (status, text) = run_serve(&["--listen", "0.0.0.0:0"], &[]);
     assert!(!status.success(), "perch started on 0.0.0.0 without keys");
     assert!(
@@ -279,6 +286,7 @@ fn refuses_a_public_listener_without_keys() {
 
 #[test]
 fn secrets_stay_out_of_json_logs() {
+    let _turn = machine::share();
     const ID: &str = "PERCHTESTKEYID0001";
     const SECRET: &str = "zQ9-distinctive-Secret-Value-4f7c2e81";
     let keys = Keys::new(ID, SECRET);
@@ -290,7 +298,7 @@ fn secrets_stay_out_of_json_logs() {
             ("PERCH_LOG".to_owned(), "debug".to_owned()),
         ],
     );
-    let _g = LogOnPanic(&perch);
+    let _log = perch.log_on_panic();
     let addr = perch.addr();
     let signed = |r: Req| r.keys(Some(keys.clone()));
     let r = signed(Req::bucket("PUT", addr, Style::Path, "")).go(addr);
@@ -331,18 +339,19 @@ fn secrets_stay_out_of_json_logs() {
     }
     let put = put_line.unwrap_or_else(|| panic!("no JSON line with op PutObject and message done:\n{log}"));
     assert_eq!(put["span"]["key"], key, "{put}");
-    assert_eq!(put["span"]["bucket"], raw::BUCKET, "{put}");
+    assert_eq!(put["span"]["bucket"], BUCKET, "{put}");
     assert_eq!(put["span"]["status"], 200, "{put}");
 }
 
 #[test]
 fn health_and_readiness() {
-    let moto = raw::moto();
+    let _turn = machine::share();
+    let moto = MotoServer::start();
     let proxy = ProxyServer::start(&moto.endpoint, &[]);
-    let control = ProxyControl { addr: proxy.addr };
+    let control = proxy.control();
     let perch = Perch::s3(&proxy.endpoint, &["--origin-retry-deadline", "2s"]);
-    let _g = LogOnPanic(&perch);
-    let get = |path: &str| raw::admin_get(&perch.server, path);
+    let _log = perch.log_on_panic();
+    let get = |path: &str| admin_get(&perch.server, path);
 
     assert_eq!(get("/healthz").0, 200, "/healthz");
     let (status, text) = get("/readyz");
@@ -361,4 +370,177 @@ fn health_and_readiness() {
     let (status, text) = get("/readyz");
     assert_eq!(status, 200, "/readyz once the origin is back: {text}");
     assert_eq!(get("/nope").0, 404, "unknown admin path");
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the directory origin keeps across a restart
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_origin_survives_a_restart() {
+    let _turn = machine::share();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data_dir = tmp.path().join("perch");
+    let small = pattern(1000, 10);
+    let large = pattern(9 << 20, 11);
+    let part1 = pattern(5 << 20, 12);
+    let part2 = pattern(10, 13);
+
+    let perch = start_perch(&data_dir, None, &[]);
+    let c = perch_client(&perch);
+    sdk::create_bucket(&c, "durable").await;
+    sdk::create_bucket(&c, "empty").await;
+    ok(
+        c.put_object()
+            .bucket("durable")
+            .key("small")
+            .content_type("text/x-small")
+            .metadata("k", "v")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .body(ByteStream::from(small.clone()))
+            .send()
+            .await,
+        "put small",
+    );
+    put(&c, "durable", "large", &large).await;
+    put(&c, "durable", "dir/", b"").await;
+    put(&c, "durable", "gone", b"deleted before the restart").await;
+    ok(
+        c.delete_object().bucket("durable").key("gone").send().await,
+        "delete gone",
+    );
+    let id = ok(
+        c.create_multipart_upload().bucket("durable").key("multi").send().await,
+        "create upload",
+    )
+    .upload_id()
+    .expect("id")
+    .to_owned();
+    let mut etags = Vec::new();
+    for (n, part) in [(1, &part1), (2, &part2)] {
+        let out = ok(
+            c.upload_part()
+                .bucket("durable")
+                .key("multi")
+                .upload_id(&id)
+                .part_number(n)
+                .body(ByteStream::from(part.clone()))
+                .send()
+                .await,
+            "upload part",
+        );
+        etags.push(out.e_tag().expect("etag").to_owned());
+    }
+    ok(
+        c.complete_multipart_upload()
+            .bucket("durable")
+            .key("multi")
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(CompletedPart::builder().part_number(1).e_tag(&etags[0]).build())
+                    .parts(CompletedPart::builder().part_number(2).e_tag(&etags[1]).build())
+                    .build(),
+            )
+            .send()
+            .await,
+        "complete",
+    );
+    // An upload left in progress across the restart.
+    let pending = ok(
+        c.create_multipart_upload()
+            .bucket("durable")
+            .key("pending")
+            .send()
+            .await,
+        "create pending upload",
+    )
+    .upload_id()
+    .expect("id")
+    .to_owned();
+    ok(
+        c.upload_part()
+            .bucket("durable")
+            .key("pending")
+            .upload_id(&pending)
+            .part_number(1)
+            .body(ByteStream::from_static(b"tail"))
+            .send()
+            .await,
+        "upload pending part",
+    );
+
+    let status = perch.terminate(Duration::from_secs(30));
+    assert!(status.success(), "perch exited with {status} on SIGTERM");
+
+    let perch = start_perch(&data_dir, None, &[]);
+    let c = perch_client(&perch);
+    let buckets = ok(c.list_buckets().send().await, "list buckets");
+    let names: Vec<&str> = buckets.buckets().iter().filter_map(|b| b.name()).collect();
+    assert_eq!(names, ["durable", "empty"]);
+    assert_eq!(all_keys(&c, "durable", None).await, ["dir/", "large", "multi", "small"]);
+
+    let got = ok(
+        c.get_object()
+            .bucket("durable")
+            .key("small")
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await,
+        "get small",
+    );
+    assert_eq!(got.e_tag(), Some(md5_etag(&small).as_str()));
+    assert_eq!(got.content_type(), Some("text/x-small"));
+    assert_eq!(got.metadata(), Some(&meta(&[("k", "v")])));
+    assert_eq!(
+        got.checksum_crc32_c(),
+        Some(b64(&digest(&ChecksumAlgorithm::Crc32C, &small)).as_str())
+    );
+    assert_eq!(bytes_of(got.body).await, small);
+
+    let got = ok(c.get_object().bucket("durable").key("large").send().await, "get large");
+    assert_eq!(got.e_tag(), Some(md5_etag(&large).as_str()));
+    assert!(bytes_of(got.body).await == large, "the 9 MiB object survives");
+
+    let got = ok(c.get_object().bucket("durable").key("multi").send().await, "get multi");
+    assert_eq!(got.e_tag(), Some(multipart_etag(&[&part1, &part2]).as_str()));
+    assert!(bytes_of(got.body).await == [part1.as_slice(), part2.as_slice()].concat());
+
+    assert_eq!(get_bytes(&c, "durable", "dir/").await, b"");
+    expect_err(
+        c.get_object().bucket("durable").key("gone").send().await,
+        404,
+        Some("NoSuchKey"),
+    );
+
+    // The pending upload can still be completed.
+    let parts = ok(
+        c.list_parts()
+            .bucket("durable")
+            .key("pending")
+            .upload_id(&pending)
+            .send()
+            .await,
+        "list pending parts",
+    );
+    assert_eq!(parts.parts().len(), 1);
+    ok(
+        c.complete_multipart_upload()
+            .bucket("durable")
+            .key("pending")
+            .upload_id(&pending)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(CompletedPart::builder().part_number(1).e_tag(md5_etag(b"tail")).build())
+                    .build(),
+            )
+            .send()
+            .await,
+        "complete the pending upload",
+    );
+    assert_eq!(get_bytes(&c, "durable", "pending").await, b"tail");
+
+    // Still writable, and a second clean stop.
+    put(&c, "empty", "now-not", b"x").await;
+    let status = perch.terminate(Duration::from_secs(30));
+    assert!(status.success(), "perch exited with {status} on the second SIGTERM");
 }
