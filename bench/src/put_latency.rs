@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::client::{ClientOptions, ConnMode, HttpClient, Req};
-use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 use crate::stats::percentile;
 use crate::target::{Kind, Target};
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 
 #[derive(Debug, clap::Args)]
 pub struct PutLatencyArgs {
@@ -164,7 +164,10 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                 tick.tick().await;
                 let key = format!("orioledb_data/bg{w}/{n}");
                 let _ = client
-                    .execute(&target, &Req::put(&key, perch_testkit::bodies::object(7, &key, 0, 1 << 20)))
+                    .execute(
+                        &target,
+                        &Req::put(&key, perch_testkit::bodies::object(7, &key, 0, 1 << 20)),
+                    )
                     .await;
                 n += 1;
             }
@@ -245,7 +248,10 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                 }
                 let key = format!("orioledb_data/burst/{i}");
                 let out = client
-                    .execute(&target, &Req::put(&key, perch_testkit::bodies::object(9, &key, 0, 1 << 20)))
+                    .execute(
+                        &target,
+                        &Req::put(&key, perch_testkit::bodies::object(9, &key, 0, 1 << 20)),
+                    )
                     .await;
                 if !out.ok() {
                     bail!("burst PUT {key} answered {}", out.status);

@@ -399,4 +399,3 @@ pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     }
     out
 }
-

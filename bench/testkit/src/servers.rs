@@ -169,9 +169,7 @@ impl ProxyServer {
             thread: Some(thread),
         }
     }
-}
 
-impl ProxyServer {
     /// A client of this proxy's control API.
     pub fn control(&self) -> crate::origin_proxy::ProxyControl {
         crate::origin_proxy::ProxyControl { addr: self.addr }

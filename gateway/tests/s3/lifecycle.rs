@@ -177,10 +177,7 @@ fn sigterm_finishes_the_request_in_flight_and_refuses_new_connections() {
 }
 
 fn help_of(args: &[&str]) -> String {
-    let out = Command::new(perch_binary())
-        .args(args)
-        .output()
-        .expect("run perch");
+    let out = Command::new(perch_binary()).args(args).output().expect("run perch");
     assert!(out.status.success(), "perch {args:?} exited with {}", out.status);
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }

@@ -51,7 +51,11 @@ async fn replica_serves_reads_and_refuses_writes() {
     let status = primary.terminate(Duration::from_secs(30));
     assert!(status.success(), "primary exited with {status}");
 
-    let replica = start_perch(&tmp.path().join("replica"), Some(&moto.endpoint), &["--role", "replica"]);
+    let replica = start_perch(
+        &tmp.path().join("replica"),
+        Some(&moto.endpoint),
+        &["--role", "replica"],
+    );
     let r = perch_client(&replica);
 
     // Reads.
@@ -87,8 +91,8 @@ async fn replica_serves_reads_and_refuses_writes() {
     );
     let _ = part_etag;
     let req = presigned_get(&r, "rep", "a", Duration::from_secs(60)).await;
-    let r = send_presigned(&req, &[], b"");
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    let answer = send_presigned(&req, &[], b"");
+    assert_eq!((answer.status, answer.body.as_slice()), (200, &b"alpha"[..]));
 
     // Writes.
     #[track_caller]

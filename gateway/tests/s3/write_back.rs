@@ -439,10 +439,7 @@ fn sigterm_keeps_serving_until_the_journal_is_drained() {
     s.no_faults();
     // It leaves by itself once the journal is empty and no request came for --drain-quiet.
     s.wait_stopped(Duration::from_secs(30));
-    assert_eq!(
-        s.in_moto("orioledb_data/1/a").as_deref(),
-        Some(&b"before the stop"[..])
-    );
+    assert_eq!(s.in_moto("orioledb_data/1/a").as_deref(), Some(&b"before the stop"[..]));
     assert_eq!(
         s.in_moto("data/1/global/pg_control").as_deref(),
         Some(&b"shutdown checkpoint"[..])
@@ -969,10 +966,7 @@ fn strict_barriers_are_acknowledged_once_they_and_all_before_them_are_in_the_ori
         s.in_moto("data/3/global/pg_control").as_deref(),
         Some(&b"control 3"[..])
     );
-    assert_eq!(
-        s.in_moto("orioledb_data/3/part2").as_deref(),
-        Some(&b"also before"[..])
-    );
+    assert_eq!(s.in_moto("orioledb_data/3/part2").as_deref(), Some(&b"also before"[..]));
 }
 
 #[test]

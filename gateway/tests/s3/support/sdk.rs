@@ -90,7 +90,10 @@ where
             OriginKind::Dir => Gateway::dir(),
             OriginKind::Moto => Gateway::moto(),
         });
-        let log = LogOnPanic::new(&format!("failed with the {} origin", kind.name()), gw.perch.server.log_path());
+        let log = LogOnPanic::new(
+            &format!("failed with the {} origin", kind.name()),
+            gw.perch.server.log_path(),
+        );
         body(gw.clone()).await;
         drop(log);
     }
