@@ -27,7 +27,7 @@ use crate::support::sdk::{self, all_keys, bytes_of, expect_err, get_bytes, meta,
 
 #[test]
 fn thousands_of_short_connections_leak_nothing() {
-    let _turn = machine::alone();
+    let _turn = machine::share();
     const TOTAL: usize = 3000;
     const CONCURRENCY: usize = 50;
     let perch = Perch::dir(&[]);
@@ -268,7 +268,7 @@ fn run_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, 
 
 #[test]
 fn refuses_a_public_listener_without_keys() {
-    let _turn = machine::share();
+    let _turn = machine::alone();
     let (status, text) = run_serve(&["--listen", "0.0.0.0:0"], &[]);
     assert!(!status.success(), "perch started on 0.0.0.0 without keys");
     assert!(

@@ -570,7 +570,7 @@ fn worker(addr: std::net::SocketAddr, model: Arc<Mutex<Model>>, seed: u64, stop:
 
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_write() {
-    let _turn = machine::alone();
+    let _turn = machine::share();
     let rounds: u64 = std::env::var("PERCH_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -654,7 +654,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_write() {
 /// the sync of RocksDB's log (the synced batch), in that order.
 #[test]
 fn the_acknowledgement_follows_the_fsyncs_under_strace() {
-    let _turn = machine::alone();
+    let _turn = machine::share();
     let strace = std::process::Command::new("strace").arg("-V").output();
     assert!(
         strace.is_ok_and(|o| o.status.success()),

@@ -4,9 +4,12 @@
 //! starts real processes: perch, moto (Python), sometimes strace. Each test takes a turn first:
 //! [`share`] runs it beside at most `shared_limit() - 1` others; [`alone`] waits for every running
 //! test to end, holds the others back (it goes before those that come after it) and runs by
-//! itself. A test runs alone when it measures time against a bound, races a timer on purpose,
-//! counts descriptors, traces syscalls or kills perch in a loop: there another test's load would
-//! make it flaky, or its load would make another flaky.
+//! itself.
+//!
+//! A test runs alone when it bounds a time from above or races a timer on purpose (a refusal
+//! within 10 s, a fill still under way, a request still in flight at SIGTERM, a TTL not yet
+//! past): another test's load would make it flaky. Heavy tests without such bounds (the kill -9
+//! loop, strace, thousands of connections) share: the tests their load could break run alone.
 
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, MutexGuard};
