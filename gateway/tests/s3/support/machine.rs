@@ -6,9 +6,8 @@
 //! test to end, holds the others back (it goes before those that come after it) and runs by
 //! itself.
 //!
-//! A test runs alone when it bounds a time from above or races a timer on purpose (a refusal
-//! within 10 s, a fill still under way, a request still in flight at SIGTERM, a TTL not yet
-//! past): another test's load would make it flaky. Heavy tests without such bounds (the kill -9
+//! A test runs alone when it races a timer on purpose (a fill still under way, a request still in
+//! flight at SIGTERM, a TTL not yet past): another test's load would make it flaky. Heavy tests without such bounds (the kill -9
 //! loop, strace, thousands of connections) share: the tests their load could break run alone.
 
 use std::cell::Cell;
