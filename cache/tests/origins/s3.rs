@@ -1,8 +1,6 @@
 //! `S3Origin` against a real S3 server (moto on loopback): the operations, the error classes,
 //! and the latency of sequential small GETs on a kept-alive, TCP_NODELAY connection.
 
-mod conformance;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -845,13 +843,13 @@ async fn sequential_small_requests_are_fast() {
     );
 }
 
-/// The shared conformance suite (tests/conformance) over `S3Origin` and moto, whole.
+/// The shared conformance suite (`conformance.rs`) over `S3Origin` and moto, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "moto quirks stop it in its second area, `conditions` (see the area tests below)"]
 async fn conformance_suite() {
     let moto = MotoServer::start();
     let o: Arc<dyn Origin> = Arc::new(origin(&moto));
-    conformance::run_all(o, "conformance").await;
+    crate::conformance::run_all(o, "conformance").await;
 }
 
 /// Each area of the suite alone, on its own server, so that one failure does not hide the others.
@@ -865,7 +863,7 @@ macro_rules! conformance_area {
             let moto = MotoServer::start();
             let o = origin(&moto);
             o.create_bucket("area").await.expect("create bucket");
-            conformance::$name(&o, "area").await;
+            crate::conformance::$name(&o, "area").await;
         }
     )*};
 }
@@ -897,6 +895,6 @@ mod area {
         let moto = MotoServer::start();
         let o = origin(&moto);
         o.create_bucket("area").await.expect("create bucket");
-        conformance::multipart_checksums(&o, "area", true).await;
+        crate::conformance::multipart_checksums(&o, "area", true).await;
     }
 }

@@ -1,11 +1,12 @@
-//! A conformance suite for `Origin` implementations. It uses only the trait, so the same checks run
-//! against `FsOrigin` (tests/origin_fs.rs) and against `S3Origin` talking to an S3 server (tests/origin_s3.rs).
+//! A conformance suite for `Origin` implementations, run against `FsOrigin` and `S3Origin`.
+//!
+//! It uses only the trait, so the same checks run against `FsOrigin` (`fs.rs`) and against
+//! `S3Origin` talking to an S3 server (`s3.rs`).
 //!
 //! `run_all` creates the bucket, runs every area, then empties and deletes the bucket. Each area
 //! works under its own key prefix so that the areas can also be run one by one on an existing bucket.
 //! The areas that go beyond what simple S3 emulators implement (`condition_forms`, `conditional_puts`)
 //! are separate functions, so a suite over such a server can call the other areas one by one instead.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

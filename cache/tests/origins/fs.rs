@@ -1,14 +1,12 @@
 //! `FsOrigin`: the conformance suite over a temporary directory, plus what only a local directory can show:
 //! reopening, crash leftovers, keys that must never become paths.
 
-mod conformance;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::conformance::*;
 use bytes::Bytes;
-use conformance::*;
 use perch_cache::origin::{
     Checksums, CompletedPart, ContentHeaders, CopyInput, FsOrigin, ListQuery, MetadataDirective, Origin, OriginError,
     PutBody,
