@@ -9,7 +9,7 @@ use crate::conformance::*;
 use bytes::Bytes;
 use perch_cache::{
     Checksums, CompletedPart, ContentHeaders, CopyInput, FsOrigin, ListQuery, MetadataDirective, Origin, OriginError,
-    PutBody,
+    PutBody, PutInput,
 };
 
 fn tempdir() -> tempfile::TempDir {
@@ -715,4 +715,32 @@ async fn multipart_checksums_of_the_directory_origin() {
     assert!(out.checksums.is_empty(), "{out:?}");
     let meta = o.head_object("b", "plain", &no_conditions()).await.expect("head plain");
     assert!(meta.checksums.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_match_its_content_md5_is_refused() {
+    let dir = tempdir();
+    let o = open(dir.path());
+    o.create_bucket("b").await.expect("bucket");
+    use md5::Digest;
+    let md5_of = |b: &[u8]| aws_smithy_types::base64::encode(md5::Md5::digest(b));
+    let wrong = PutInput {
+        content_md5: Some(md5_of(b"another body")),
+        ..put_input(&b"the body"[..])
+    };
+    match o.put_object("b", "k", &wrong).await {
+        Err(OriginError::Rejected { status: 400, code, .. }) => assert_eq!(code, "BadDigest"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        o.head_object("b", "k", &no_conditions()).await,
+        Err(OriginError::NoSuchKey)
+    ));
+    let right = PutInput {
+        content_md5: Some(md5_of(b"the body")),
+        ..put_input(&b"the body"[..])
+    };
+    o.put_object("b", "k", &right)
+        .await
+        .expect("a matching Content-MD5 is taken");
 }

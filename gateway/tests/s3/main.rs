@@ -21,3 +21,4 @@ mod oriole;
 mod power_cut;
 mod replica;
 mod write_back;
+mod write_path;
