@@ -19,11 +19,17 @@ pub struct Gateway {
     store: Arc<Store>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
+    /// The largest body of a PUT or a part (--body-bytes-max, at most S3's 5 GiB).
+    body_bytes_max: u64,
 }
 
 impl Gateway {
-    pub fn new(store: Arc<Store>, spool_dir: PathBuf) -> Self {
-        Self { store, spool_dir }
+    pub fn new(store: Arc<Store>, spool_dir: PathBuf, body_bytes_max: u64) -> Self {
+        Self {
+            store,
+            spool_dir,
+            body_bytes_max,
+        }
     }
 
     /// A v1 listing (or ListObjectVersions) page resuming after `marker`.
@@ -279,6 +285,7 @@ impl S3 for Gateway {
         let trailers = req.trailing_headers;
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_metadata(&input.metadata)?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -291,7 +298,14 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let body = spool::receive(
+            input.body,
+            declared,
+            trailers.as_ref(),
+            &self.spool_dir,
+            self.body_bytes_max,
+        )
+        .await?;
         let put = PutInput {
             headers: content_headers!(input),
             checksums: body.checksums.clone(),
@@ -380,6 +394,7 @@ impl S3 for Gateway {
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let directive = if replace {
+            convert::check_metadata(&input.metadata)?;
             Directive::Replace(content_headers!(input))
         } else {
             Directive::Copy
@@ -530,6 +545,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_metadata(&input.metadata)?;
         let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
@@ -569,7 +585,14 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let body = spool::receive(
+            input.body,
+            declared,
+            trailers.as_ref(),
+            &self.spool_dir,
+            self.body_bytes_max,
+        )
+        .await?;
         let out = self
             .store
             .upload_part(

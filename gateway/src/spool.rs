@@ -138,6 +138,11 @@ fn stream_error(err: &(dyn std::error::Error + 'static)) -> S3Error {
         s3_error!(SignatureDoesNotMatch, "A chunk signature does not match.")
     } else if text.contains("LengthMismatch") {
         s3_error!(IncompleteBody, "The body is longer than its declared length.")
+    } else if text.contains(crate::limits::MARK) {
+        s3_error!(
+            RequestTimeout,
+            "Your socket connection to the server was not read from or written to within the timeout period."
+        )
     } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany") {
         s3_error!(InvalidRequest, "The aws-chunked body is malformed.")
     } else {
@@ -218,17 +223,28 @@ fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -
     }
 }
 
+/// 400 EntityTooLarge, as S3 words it.
+fn too_large(max: u64) -> S3Error {
+    s3_error!(
+        EntityTooLarge,
+        "Your proposed upload exceeds the maximum allowed size ({max} bytes)."
+    )
+}
+
 /// Reads `body` to its end into memory or a temp file in `dir`, verifying everything declared.
-/// `trailers` is read after the body ends, when trailer checksums have arrived.
+/// `trailers` is read after the body ends, when trailer checksums have arrived. A body declared
+/// or growing over `max` bytes is refused (EntityTooLarge) and nothing of it kept.
 pub async fn receive(
     body: Option<StreamingBlob>,
     declared: Declared<'_>,
     trailers: Option<&s3s::TrailingHeaders>,
     dir: &Path,
+    max: u64,
 ) -> S3Result<Spooled> {
     let mut hasher = hasher_for(&declared)?;
     let expected_len = match declared.content_length {
         Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
+        Some(n) if n as u64 > max => return Err(too_large(max)),
         Some(n) => Some(n as u64),
         None => None,
     };
@@ -251,6 +267,9 @@ pub async fn receive(
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
             len += chunk.len() as u64;
+            if len > max {
+                return Err(too_large(max));
+            }
             if expected_len.is_some_and(|n| len > n) {
                 return Err(s3_error!(
                     IncompleteBody,

@@ -625,7 +625,7 @@ pub fn perch_binary() -> PathBuf {
 pub struct Perch {
     pub server: PerchServer,
     pub data_dir: PathBuf,
-    _tmp: tempfile::TempDir,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Perch {
@@ -644,7 +644,13 @@ impl Perch {
 
     pub fn start(args: &[&str], env: Vec<(String, String)>) -> Perch {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let data_dir = tmp.path().join("perch");
+        let mut perch = Perch::start_in(tmp.path().join("perch"), args, env);
+        perch._tmp = Some(tmp);
+        perch
+    }
+
+    /// Perch on `data_dir`, which the caller keeps (e.g. for a restart).
+    pub fn start_in(data_dir: PathBuf, args: &[&str], env: Vec<(String, String)>) -> Perch {
         let server = PerchServer::start(PerchOptions {
             binary: perch_binary(),
             data_dir: data_dir.clone(),
@@ -654,7 +660,7 @@ impl Perch {
         Perch {
             server,
             data_dir,
-            _tmp: tmp,
+            _tmp: None,
         }
     }
 
