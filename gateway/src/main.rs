@@ -218,11 +218,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(
-        store.clone(),
-        spool_dir,
-        config.limits.body_bytes_max,
-    ));
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),

@@ -19,17 +19,11 @@ pub struct Gateway {
     store: Arc<Store>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
-    /// The largest body of a PUT or a part (--body-bytes-max, at most S3's 5 GiB).
-    body_bytes_max: u64,
 }
 
 impl Gateway {
-    pub fn new(store: Arc<Store>, spool_dir: PathBuf, body_bytes_max: u64) -> Self {
-        Self {
-            store,
-            spool_dir,
-            body_bytes_max,
-        }
+    pub fn new(store: Arc<Store>, spool_dir: PathBuf) -> Self {
+        Self { store, spool_dir }
     }
 
     /// A v1 listing (or ListObjectVersions) page resuming after `marker`.
@@ -298,14 +292,7 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(
-            input.body,
-            declared,
-            trailers.as_ref(),
-            &self.spool_dir,
-            self.body_bytes_max,
-        )
-        .await?;
+        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
         let put = PutInput {
             headers: content_headers!(input),
             checksums: body.checksums.clone(),
@@ -585,14 +572,7 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(
-            input.body,
-            declared,
-            trailers.as_ref(),
-            &self.spool_dir,
-            self.body_bytes_max,
-        )
-        .await?;
+        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
         let out = self
             .store
             .upload_part(

@@ -223,28 +223,19 @@ fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -
     }
 }
 
-/// 400 EntityTooLarge, as S3 words it.
-fn too_large(max: u64) -> S3Error {
-    s3_error!(
-        EntityTooLarge,
-        "Your proposed upload exceeds the maximum allowed size ({max} bytes)."
-    )
-}
-
 /// Reads `body` to its end into memory or a temp file in `dir`, verifying everything declared.
-/// `trailers` is read after the body ends, when trailer checksums have arrived. A body declared
-/// or growing over `max` bytes is refused (EntityTooLarge) and nothing of it kept.
+/// `trailers` is read after the body ends, when trailer checksums have arrived. A body longer
+/// than it declared is cut; the declared length was checked against --body-bytes-max before
+/// (`server`), and s3s requires one.
 pub async fn receive(
     body: Option<StreamingBlob>,
     declared: Declared<'_>,
     trailers: Option<&s3s::TrailingHeaders>,
     dir: &Path,
-    max: u64,
 ) -> S3Result<Spooled> {
     let mut hasher = hasher_for(&declared)?;
     let expected_len = match declared.content_length {
         Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
-        Some(n) if n as u64 > max => return Err(too_large(max)),
         Some(n) => Some(n as u64),
         None => None,
     };
@@ -267,9 +258,6 @@ pub async fn receive(
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
             len += chunk.len() as u64;
-            if len > max {
-                return Err(too_large(max));
-            }
             if expected_len.is_some_and(|n| len > n) {
                 return Err(s3_error!(
                     IncompleteBody,
