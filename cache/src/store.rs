@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::body::{Digested, spool};
 use crate::error::{CacheError, StoreResult};
 use crate::journal::record::PartLayout;
-use crate::journal::{Journal, NewBody, NewVersion, WriteConfig, WriteStatus};
+use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::{Local, LocalConfig, lock};
@@ -379,6 +379,21 @@ impl Store {
     /// The write-back backlog; `upto`: also count the versions at or below that sequence number.
     pub fn write_status(&self, upto: Option<u64>) -> WriteStatus {
         self.journal.status(upto)
+    }
+
+    /// The oldest `limit` versions not yet in the origin (`perch journal list`).
+    pub fn journal(&self, limit: usize) -> Vec<JournalEntry> {
+        self.journal.list(limit)
+    }
+
+    /// Tries a version the origin refused again (`perch journal retry`).
+    pub fn retry_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        self.journal.retry(seq)
+    }
+
+    /// Drops a version the origin refused: its write is lost (`perch journal drop`).
+    pub fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        self.journal.drop_version(seq)
     }
 
     /// Brings the gauges up to date (before metrics are rendered).

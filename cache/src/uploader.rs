@@ -76,7 +76,8 @@ impl Uploader {
                     let u = uploader.clone();
                     tokio::spawn(async move {
                         if pick.skip {
-                            u.release(pick.seq, "skipped", None).await;
+                            let journal = u.journal.clone();
+                            let _ = tokio::task::spawn_blocking(move || journal.release_skipped(pick.seq)).await;
                         } else {
                             u.upload(pick.seq).await;
                         }
@@ -125,25 +126,26 @@ impl Uploader {
             return;
         };
         let (bucket, key) = (v.okey.bucket(), v.okey.key());
-        if let Some(put) = &v.put
-            && let Err(why) = self.check_blob(seq, put).await
-        {
-            // The only copy of an acknowledged write is damaged: it must not go up as it is.
-            tracing::error!(
-                bucket,
-                key,
-                seq,
-                why,
-                "a version's blob fails its check; it is not uploaded"
-            );
-            self.journal.refuse(
-                seq,
-                format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
-            );
-            return;
-        }
         let mut attempt = 0u32;
         loop {
+            // Checked before every attempt: a retry may come long after the last check.
+            if let Some(put) = &v.put
+                && let Err(why) = self.check_blob(seq, put).await
+            {
+                // The only copy of an acknowledged write is damaged: it must not go up as it is.
+                tracing::error!(
+                    bucket,
+                    key,
+                    seq,
+                    why,
+                    "a version's blob fails its check; it is not uploaded"
+                );
+                self.journal.refuse(
+                    seq,
+                    format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
+                );
+                return;
+            }
             let result = match &v.put {
                 None => self.origin.delete_object(bucket, key).await.map(|()| None),
                 Some(put) => match &put.parts {

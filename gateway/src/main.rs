@@ -49,6 +49,9 @@ enum Command {
     Status(admin::AdminArgs),
     /// Wait until every write acknowledged so far is in the origin, with a progress bar.
     Flush(admin::FlushArgs),
+    /// The write-back journal: list it, retry or drop a version the origin refused (running
+    /// Perch), or check and repair a stopped Perch's journal.
+    Journal(admin::JournalArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
+        Command::Journal(args) => admin::journal(&args),
     }
 }
 
