@@ -11,6 +11,8 @@ use perch_cache::UploadHeader;
 use perch_policy::{Freshness, Glob, WritePolicy, WriteRule};
 use serde::Deserialize;
 
+use crate::limits::{Limits, S3_BODY_MAX};
+
 /// The development key pair used on loopback when no client keys are set. Documented in the README.
 pub const DEV_ACCESS_KEY_ID: &str = "perch-dev";
 pub const DEV_SECRET_ACCESS_KEY: &str = "perch-dev-secret";
@@ -42,7 +44,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Admin listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9001]
+    /// Admin listener (/healthz, /readyz, /metrics, /status). Beyond loopback it needs
+    /// PERCH_ADMIN_TOKEN, which every request but /healthz, /readyz and /metrics must then carry
+    /// as `Authorization: Bearer <token>` [default: 127.0.0.1:9001]
     #[arg(long, env = "PERCH_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
@@ -145,6 +149,44 @@ pub struct ServeArgs {
     /// [default: 5s]
     #[arg(long, env = "PERCH_DRAIN_QUIET", value_name = "DURATION")]
     pub drain_quiet: Option<String>,
+
+    /// Connections served at once on each listener; more wait in the listen queue [default: 512]
+    #[arg(long, env = "PERCH_CONNECTIONS_MAX", value_name = "N")]
+    pub connections_max: Option<usize>,
+
+    /// S3 requests served at once (to the end of their answers); more wait their turn in arrival
+    /// order [default: 128]
+    #[arg(long, env = "PERCH_REQUESTS_MAX", value_name = "N")]
+    pub requests_max: Option<usize>,
+
+    /// Largest request header section; a larger one is answered 431 [default: 64KiB]
+    #[arg(long, env = "PERCH_HEADER_BYTES_MAX", value_name = "SIZE")]
+    pub header_bytes_max: Option<String>,
+
+    /// Largest request body (a PUT or a part), at most S3's 5GiB; larger is 400 EntityTooLarge,
+    /// refused from its declared length before it is read [default: 5GiB]
+    #[arg(long, env = "PERCH_BODY_BYTES_MAX", value_name = "SIZE")]
+    pub body_bytes_max: Option<String>,
+
+    /// Time a client has to send a complete request header, from the connection's start or the
+    /// request's first byte [default: 30s]
+    #[arg(long, env = "PERCH_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+
+    /// Time a kept-alive connection may stay silent between requests before it is closed
+    /// [default: 60s]
+    #[arg(long, env = "PERCH_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
+    /// The longest a request body may stall, or an answer wait for the client to read it, before
+    /// the request is cut (400 RequestTimeout; nothing of it is kept) [default: 60s]
+    #[arg(long, env = "PERCH_BODY_TIMEOUT", value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+
+    /// Slowest average rate a request body may arrive at (per second), after --body-timeout of
+    /// grace; `0` for none [default: 16KiB]
+    #[arg(long, env = "PERCH_BODY_RATE_MIN", value_name = "SIZE")]
+    pub body_rate_min: Option<String>,
 }
 
 /// The same settings as read from the `--config` TOML file.
@@ -173,6 +215,17 @@ struct FileConfig {
     dirty_age_max: Option<String>,
     drain_timeout: Option<String>,
     drain_quiet: Option<String>,
+    connections_max: Option<usize>,
+    requests_max: Option<usize>,
+    header_bytes_max: Option<String>,
+    body_bytes_max: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    body_rate_min: Option<String>,
+    /// The origin's key pair may live in the file (keep it private), and is read again on SIGHUP.
+    origin_access_key_id: Option<String>,
+    origin_secret_access_key: Option<String>,
 }
 
 /// Where the origin is.
@@ -188,6 +241,19 @@ pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
 }
+
+/// The bearer token of the admin endpoints (PERCH_ADMIN_TOKEN); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// The shortest admin token accepted: a guessable one protects nothing.
+const ADMIN_TOKEN_MIN: usize = 16;
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +291,13 @@ pub struct Config {
     pub dirty_age_max: Duration,
     pub drain_timeout: Duration,
     pub drain_quiet: Duration,
+    /// What one client can hold (connections, requests, sizes, timeouts).
+    pub limits: Limits,
+    /// Required by every admin request but /healthz, /readyz and /metrics; must be set when the
+    /// admin listener is not on loopback.
+    pub admin_token: Option<AdminToken>,
+    /// The `--config` file, read again on SIGHUP for the origin's keys.
+    pub config_file: Option<PathBuf>,
     /// Keys clients sign with.
     pub client: Credentials,
     /// True when `client` is the development pair.
@@ -268,6 +341,8 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let origin_credentials = origin_credentials_from(&file)?;
+        let limits = limits(&args, &file)?;
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -313,24 +388,24 @@ impl Config {
             _ => bail!("set both PERCH_ACCESS_KEY_ID and PERCH_SECRET_ACCESS_KEY, or neither"),
         };
 
-        let origin_credentials = match (
-            env_var("PERCH_ORIGIN_ACCESS_KEY_ID").or_else(|| env_var("AWS_ACCESS_KEY_ID")),
-            env_var("PERCH_ORIGIN_SECRET_ACCESS_KEY").or_else(|| env_var("AWS_SECRET_ACCESS_KEY")),
-        ) {
-            (Some(access_key_id), Some(secret_access_key)) => Some(Credentials {
-                access_key_id,
-                secret_access_key,
-            }),
-            (None, None) => None,
-            _ => bail!("set both PERCH_ORIGIN_ACCESS_KEY_ID and PERCH_ORIGIN_SECRET_ACCESS_KEY, or neither"),
+        let admin_listen = args
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001)));
+        let admin_token = match env_var("PERCH_ADMIN_TOKEN") {
+            Some(t) if t.len() < ADMIN_TOKEN_MIN => {
+                bail!("PERCH_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters")
+            }
+            Some(t) => Some(AdminToken(t)),
+            None if !admin_listen.ip().is_loopback() => bail!(
+                "PERCH_ADMIN_TOKEN must be set to serve the admin endpoints on {admin_listen}, which is not a \
+                 loopback address"
+            ),
+            None => None,
         };
-
         Ok(Config {
             listen,
-            admin_listen: args
-                .admin_listen
-                .or(file.admin_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001))),
+            admin_listen,
             data_dir,
             origin,
             origin_region: args
@@ -390,11 +465,120 @@ impl Config {
             dirty_age_max: duration_or(args.dirty_age_max.or(file.dirty_age_max), "--dirty-age-max", 60)?,
             drain_timeout: duration_or(args.drain_timeout.or(file.drain_timeout), "--drain-timeout", 240)?,
             drain_quiet: duration_or(args.drain_quiet.or(file.drain_quiet), "--drain-quiet", 5)?,
+            limits,
+            admin_token,
+            config_file: args.config.clone(),
             client,
             dev_credentials,
             origin_credentials,
         })
     }
+}
+
+/// The origin's key pair: from the environment (`PERCH_ORIGIN_*`, else `AWS_*`), else from the
+/// config file; none for anonymous requests.
+fn origin_credentials_from(file: &FileConfig) -> anyhow::Result<Option<Credentials>> {
+    let pair = |id: Option<String>, secret: Option<String>, what: &str| match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Credentials {
+            access_key_id,
+            secret_access_key,
+        })),
+        (None, None) => Ok(None),
+        _ => bail!("set both {what}, or neither"),
+    };
+    let from_env = pair(
+        env_var("PERCH_ORIGIN_ACCESS_KEY_ID").or_else(|| env_var("AWS_ACCESS_KEY_ID")),
+        env_var("PERCH_ORIGIN_SECRET_ACCESS_KEY").or_else(|| env_var("AWS_SECRET_ACCESS_KEY")),
+        "PERCH_ORIGIN_ACCESS_KEY_ID and PERCH_ORIGIN_SECRET_ACCESS_KEY",
+    )?;
+    if from_env.is_some() {
+        return Ok(from_env);
+    }
+    pair(
+        file.origin_access_key_id.clone().filter(|v| !v.is_empty()),
+        file.origin_secret_access_key.clone().filter(|v| !v.is_empty()),
+        "origin_access_key_id and origin_secret_access_key in the config file",
+    )
+}
+
+/// The origin's key pair as it stands now: the environment, then `config_file` read again (what
+/// SIGHUP uses).
+pub fn reload_origin_credentials(config_file: Option<&Path>) -> anyhow::Result<Option<Credentials>> {
+    let file = match config_file {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    origin_credentials_from(&file)
+}
+
+/// The limits on what one client can hold.
+fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
+    let d = Limits::default();
+    let size = |arg: &Option<String>, file: &Option<String>, flag: &str, default: u64| -> anyhow::Result<u64> {
+        match arg.as_ref().or(file.as_ref()) {
+            Some(s) => parse_size(s).with_context(|| flag.to_owned()),
+            None => Ok(default),
+        }
+    };
+    let duration = |arg: &Option<String>, file: &Option<String>, flag: &str, default: Duration| match arg
+        .as_ref()
+        .or(file.as_ref())
+    {
+        Some(s) => parse_duration(s).with_context(|| flag.to_owned()),
+        None => Ok(default),
+    };
+    let limits = Limits {
+        connections_max: args
+            .connections_max
+            .or(file.connections_max)
+            .unwrap_or(d.connections_max),
+        requests_max: args.requests_max.or(file.requests_max).unwrap_or(d.requests_max),
+        header_bytes_max: size(
+            &args.header_bytes_max,
+            &file.header_bytes_max,
+            "--header-bytes-max",
+            d.header_bytes_max as u64,
+        )? as usize,
+        body_bytes_max: size(
+            &args.body_bytes_max,
+            &file.body_bytes_max,
+            "--body-bytes-max",
+            d.body_bytes_max,
+        )?,
+        header_timeout: duration(
+            &args.header_timeout,
+            &file.header_timeout,
+            "--header-timeout",
+            d.header_timeout,
+        )?,
+        idle_timeout: duration(&args.idle_timeout, &file.idle_timeout, "--idle-timeout", d.idle_timeout)?,
+        body_timeout: duration(&args.body_timeout, &file.body_timeout, "--body-timeout", d.body_timeout)?,
+        body_rate_min: size(
+            &args.body_rate_min,
+            &file.body_rate_min,
+            "--body-rate-min",
+            d.body_rate_min,
+        )?,
+    };
+    if limits.connections_max == 0 || limits.requests_max == 0 {
+        bail!("--connections-max and --requests-max must be at least 1");
+    }
+    if !(1 << 10..=256 << 10).contains(&limits.header_bytes_max) {
+        bail!("--header-bytes-max must be between 1KiB and 256KiB");
+    }
+    if limits.body_bytes_max == 0 || limits.body_bytes_max > S3_BODY_MAX {
+        bail!("--body-bytes-max must be between 1 byte and 5GiB (S3's largest PUT and part)");
+    }
+    for (t, flag) in [
+        (limits.header_timeout, "--header-timeout"),
+        (limits.idle_timeout, "--idle-timeout"),
+        (limits.body_timeout, "--body-timeout"),
+    ] {
+        if t.is_zero() {
+            bail!("{flag} must be more than 0");
+        }
+    }
+    Ok(limits)
 }
 
 /// A duration setting, or its default in seconds.

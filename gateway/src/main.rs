@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod convert;
 mod front;
+mod limits;
 mod metrics;
 mod server;
 mod service;
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perch_cache::{
-    FsOrigin, Origin, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store, StoreConfig,
-    WriteConfig,
+    FsOrigin, Origin, OriginKeys, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store,
+    StoreConfig, WriteConfig,
 };
 use perch_policy::Freshness;
 use s3s::service::S3ServiceBuilder;
@@ -40,7 +41,9 @@ enum Command {
     /// Clients sign with PERCH_ACCESS_KEY_ID / PERCH_SECRET_ACCESS_KEY (on a loopback address with
     /// neither set, the development pair perch-dev / perch-dev-secret is used, with a warning).
     /// Origin requests are signed with PERCH_ORIGIN_ACCESS_KEY_ID / PERCH_ORIGIN_SECRET_ACCESS_KEY,
-    /// or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    /// or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or else origin_access_key_id /
+    /// origin_secret_access_key in the --config file; SIGHUP reads them again. The admin listener
+    /// beyond loopback needs PERCH_ADMIN_TOKEN.
     Serve(Box<ServeArgs>),
     /// Print the write-back backlog (objects, bytes, oldest age), refused uploads and origin faults.
     Status(admin::AdminArgs),
@@ -96,12 +99,13 @@ fn limit_malloc_arenas() {
     }
 }
 
-async fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn Origin>> {
+/// The origin, and the key pair it signs with (to be replaced on SIGHUP).
+async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Origin>, Option<OriginKeys>)> {
     Ok(match &config.origin {
         OriginUrl::Dir(dir) => {
             let origin = FsOrigin::open(dir.clone())
                 .with_context(|| format!("opening the directory origin {}", dir.display()))?;
-            Arc::new(origin)
+            (Arc::new(origin), None)
         }
         OriginUrl::S3(endpoint) => {
             let creds = config.origin_credentials.as_ref();
@@ -113,9 +117,43 @@ async fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn Origin>> {
                 ..S3OriginConfig::default()
             })
             .context("configuring the S3 origin")?;
-            Arc::new(origin)
+            let keys = origin.keys();
+            (Arc::new(origin), keys)
         }
     })
+}
+
+/// On SIGHUP, reads the origin's key pair again (the environment, then the --config file) and
+/// signs every origin request from then on with it: rotated keys need no restart, and uploads
+/// refused for the old ones go up at their next retry.
+fn reload_origin_keys_on_sighup(
+    keys: Option<OriginKeys>,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(keys) = &keys else {
+                tracing::warn!(
+                    "SIGHUP: this origin takes no keys (a directory, or anonymous requests); nothing to reload"
+                );
+                continue;
+            };
+            match config::reload_origin_credentials(config_file.as_deref()) {
+                Ok(Some(c)) => {
+                    let changed = keys.replace(c.access_key_id.clone(), c.secret_access_key);
+                    tracing::info!(access_key_id = c.access_key_id, changed, "SIGHUP: origin keys reloaded");
+                }
+                Ok(None) => tracing::error!("SIGHUP: no origin keys found any more; keeping the ones in use"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: reading the origin keys failed; keeping the ones in use"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -136,7 +174,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     metrics.register(|r| stats = Some(OriginStats::new(r)));
     let stats = stats.unwrap_or_else(OriginStats::unregistered);
 
-    let raw_origin = open_origin(&config).await?;
+    let (raw_origin, origin_keys) = open_origin(&config).await?;
     let origin: Arc<dyn Origin> = Arc::new(RetryingOrigin::new(
         raw_origin.clone(),
         RetryPolicy::with_deadline(config.origin_retry_deadline),
@@ -194,6 +232,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let s3 = builder.build();
 
     let stop_signal = shutdown_signal()?;
+    reload_origin_keys_on_sighup(origin_keys, config.config_file.clone())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding --listen {}", config.listen))?;
@@ -212,8 +251,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let s3_task = tokio::spawn(server::serve_s3(listener, s3, metrics.clone(), stop_rx.clone()));
-    let admin_task = tokio::spawn(server::serve_admin(admin, store.clone(), metrics.clone(), stop_rx));
+    let limits = Arc::new(config.limits.clone());
+    let s3_task = tokio::spawn(server::serve_s3(
+        listener,
+        s3,
+        metrics.clone(),
+        limits.clone(),
+        stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin,
+        store.clone(),
+        metrics.clone(),
+        config.admin_token.clone(),
+        limits,
+        stop_rx,
+    ));
 
     stop_signal.await;
     drain(&store, &metrics, &config).await;

@@ -279,6 +279,7 @@ impl S3 for Gateway {
         let trailers = req.trailing_headers;
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_metadata(&input.metadata)?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -380,6 +381,7 @@ impl S3 for Gateway {
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let directive = if replace {
+            convert::check_metadata(&input.metadata)?;
             Directive::Replace(content_headers!(input))
         } else {
             Directive::Copy
@@ -530,6 +532,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_metadata(&input.metadata)?;
         let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self

@@ -18,7 +18,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 pub use fs::FsOrigin;
-pub use s3::{S3Origin, S3OriginConfig};
+pub use s3::{OriginKeys, S3Origin, S3OriginConfig};
 
 /// A body streamed out of the origin.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + Sync + 'static>>;

@@ -737,6 +737,7 @@ class Supervisor:
             PERCH_DATA_DIR=str(tmp_path / "perch-data"),
             PERCH_ACCESS_KEY_ID="sup-key",
             PERCH_SECRET_ACCESS_KEY="sup-secret",
+            PERCH_ADMIN_TOKEN="sup-admin-token-0123456789",
             AWS_ACCESS_KEY_ID="tigris-key",
             AWS_SECRET_ACCESS_KEY="tigris-secret",
             POSTGRES_PASSWORD="pg-password",
@@ -778,7 +779,8 @@ class Supervisor:
         return self.stderr.read_text()
 
     def status(self):
-        return requests.get(f"http://127.0.0.1:{self.admin_port}/status", timeout=5).json()
+        auth = {"Authorization": f"Bearer {self.env['PERCH_ADMIN_TOKEN']}"}
+        return requests.get(f"http://127.0.0.1:{self.admin_port}/status", headers=auth, timeout=5).json()
 
 
 def index_of(lines, text):
@@ -814,14 +816,14 @@ def test_supervisor_keeps_the_origin_keys_from_oriole_and_postgres_settings_from
     assert sup.wait() == 0, sup.said()
     oriole_env = set((tmp_path / "oriole.env").read_text().split())
     perch_env = set((tmp_path / "perch.env").read_text().split())
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}.isdisjoint(oriole_env), oriole_env
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PERCH_ADMIN_TOKEN"}.isdisjoint(oriole_env), oriole_env
     assert {"PERCH_ACCESS_KEY_ID", "PERCH_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "PGDATA"} <= oriole_env
     assert {"POSTGRES_PASSWORD", "PGDATA"}.isdisjoint(perch_env), perch_env
-    assert {"AWS_ACCESS_KEY_ID", "PERCH_ACCESS_KEY_ID"} <= perch_env
+    assert {"AWS_ACCESS_KEY_ID", "PERCH_ACCESS_KEY_ID", "PERCH_ADMIN_TOKEN"} <= perch_env
     assert (tmp_path / "oriole.env.bucket").read_text() == "from-fly-storage\n"
     events = sup.events()
     assert index_of(events, "oriole exit 0") < index_of(events, "perch got TERM") < index_of(events, "perch exit 0")
-    for secret in ("sup-secret", "tigris-secret", "pg-password"):
+    for secret in ("sup-secret", "tigris-secret", "pg-password", "sup-admin-token-0123456789"):
         assert secret not in sup.said()
 
 
@@ -1288,6 +1290,50 @@ def test_fly_volume_metrics_checks_and_environment_fit_together(fly, perch_env_n
     # The build: fly.toml's paths are relative to fly/; the context is the repository root.
     assert (FLY / fly["build"]["dockerfile"]).is_file() and (FLY / fly["build"]["ignorefile"]).is_file()
     assert "target" in (FLY / fly["build"]["ignorefile"]).read_text().split()
+
+
+def admin_port_needs_its_token(perch_bin, tmp_path, name, env, token):
+    """Perch with `env`, its admin listener on all addresses (port 0): refused without a token, and
+    with `token` only /healthz, /readyz and /metrics answer without it."""
+    env = {k: v for k, v in env.items() if k.startswith(("PERCH_", "AWS_"))}
+    env.pop("PERCH_ADMIN_TOKEN", None)
+    env.update(PERCH_LISTEN="127.0.0.1:0", PERCH_ADMIN_LISTEN="0.0.0.0:0", PERCH_DATA_DIR=str(tmp_path / name))
+    r = run([perch_bin, "serve"], env=clean_env(**env), timeout=30)
+    assert r.returncode != 0 and "PERCH_ADMIN_TOKEN" in r.stderr, (r.returncode, r.stderr)
+    env["PERCH_ADMIN_TOKEN"] = token
+    p = start_perch(perch_bin, tmp_path / f"{name}-run", env)
+    try:
+        base = f"http://127.0.0.1:{p.admin_port}"
+        for path in ("/healthz", "/metrics"):
+            assert requests.get(base + path, timeout=5).status_code == 200, path
+        assert requests.get(base + "/status", timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(base + "/status", headers=auth, timeout=5).status_code == 200
+        r = run([perch_bin, "status", "--admin", f"127.0.0.1:{p.admin_port}"], env=clean_env(PERCH_ADMIN_TOKEN=token))
+        assert r.returncode == 0 and "backlog:" in r.stdout, r.stderr
+    finally:
+        p.stop()
+
+
+def test_admin_ports_beyond_loopback_have_a_token(fly, perch_bin, tmp_path):
+    # Fly binds the admin port on all addresses: the token is a secret the comments list, which
+    # OrioleDB never gets; compose's perch service passes it from .env.
+    env = fly["env"]
+    assert not env["PERCH_ADMIN_LISTEN"].startswith(("127.", "[::1]"))
+    secrets = (FLY / "fly.toml").read_text().split("\napp =")[0]
+    assert "PERCH_ADMIN_TOKEN" in secrets and "PERCH_ADMIN_TOKEN" not in env
+    assert "-u PERCH_ADMIN_TOKEN" in (FLY / "supervise.sh").read_text()
+    admin_port_needs_its_token(perch_bin, tmp_path, "fly-admin", env, "fly-admin-token-0123456789")
+    quiet, full = compose_config(tmp_path, "docker-compose.yml")
+    assert quiet.returncode == 0, quiet.stderr
+    penv = yaml.safe_load(full.stdout)["services"]["perch"]["environment"]
+    assert not penv["PERCH_ADMIN_LISTEN"].startswith("127.")
+    assert penv["PERCH_ADMIN_TOKEN"] == read_env_file(COMPOSE / ".env.sample")["PERCH_ADMIN_TOKEN"]
+    quiet, _ = compose_config(tmp_path, "docker-compose.yml", env_overrides={"PERCH_ADMIN_TOKEN": ""})
+    assert quiet.returncode != 0 and "set PERCH_ADMIN_TOKEN in compose/.env" in quiet.stderr
+    admin_port_needs_its_token(perch_bin, tmp_path, "compose-admin", penv, penv["PERCH_ADMIN_TOKEN"])
+    # The image's default binds beyond loopback too, and says the token is required.
+    assert "PERCH_ADMIN_TOKEN" in (REPO / "deploy/perch.Dockerfile").read_text()
 
 
 # --------------------------------------------------------------------------- Dockerfiles

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod admin;
 mod auth;
 mod bad_input;
 mod buckets;
@@ -13,9 +14,11 @@ mod cache;
 mod checksums;
 mod copy;
 mod lifecycle;
+mod limits;
 mod list;
 mod multipart;
 mod objects;
+mod origin_keys;
 mod origin_faults;
 mod oriole;
 mod power_cut;
