@@ -363,4 +363,23 @@ impl Origin for RetryingOrigin {
         .await
         .0
     }
+
+    // Reading or replacing a whole configuration is idempotent: every one is retried.
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document> {
+        self.run("get_config", || self.inner.get_config(bucket, key, sub))
+            .await
+            .0
+    }
+
+    async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()> {
+        self.run("put_config", || self.inner.put_config(bucket, key, sub, doc))
+            .await
+            .0
+    }
+
+    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+        self.run("delete_config", || self.inner.delete_config(bucket, sub))
+            .await
+            .0
+    }
 }
