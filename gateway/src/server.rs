@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument, field};
 
+use crate::chunked;
 use crate::front::{REQUEST, RequestInfo};
 use crate::metrics::Metrics;
 
@@ -85,17 +87,44 @@ where
     }
 }
 
-/// Serves S3 on `listener` until shutdown.
-pub async fn serve_s3(listener: TcpListener, s3: S3Service, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
+/// Serves S3 on `listener` until shutdown. `spool_dir` holds chunked request bodies while they are
+/// given a length.
+pub async fn serve_s3(
+    listener: TcpListener,
+    s3: S3Service,
+    metrics: Arc<Metrics>,
+    spool_dir: PathBuf,
+    shutdown: watch::Receiver<bool>,
+) {
+    let spool_dir = Arc::new(spool_dir);
     let handle = move |req: Request<Incoming>| {
         let s3 = s3.clone();
         let metrics = metrics.clone();
-        async move { Ok::<_, Infallible>(s3_request(s3, metrics, req).await) }
+        let spool_dir = spool_dir.clone();
+        async move { Ok::<_, Infallible>(s3_request(s3, metrics, &spool_dir, req).await) }
     };
     serve("s3", listener, shutdown, handle).await;
 }
 
-async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<s3s::Body> {
+/// An S3 XML error answered before s3s sees the request.
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
+    let mut r = Response::new(s3s::Body::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    r
+}
+
+async fn s3_request(
+    s3: S3Service,
+    metrics: Arc<Metrics>,
+    spool_dir: &Path,
+    req: Request<Incoming>,
+) -> Response<s3s::Body> {
     let start = Instant::now();
     let span = tracing::info_span!(
         "request",
@@ -116,18 +145,24 @@ async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>
         .is_some_and(|v| v.as_bytes() == b"0");
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
-            let response = match s3.call(merge_content_encoding(req).map(s3s::Body::from)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = ?e, "request failed inside s3s");
-                    let mut r = Response::new(s3s::Body::from(
-                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
-                         <Message>Perch failed to handle the request.</Message></Error>"
-                            .to_owned(),
-                    ));
-                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    r
-                }
+            let prepared = if chunked::lacks_length(&req) {
+                chunked::with_length(req, spool_dir).await
+            } else {
+                Ok(req.map(s3s::Body::from))
+            };
+            let response = match prepared {
+                Ok(req) => match s3.call(merge_content_encoding(req)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = ?e, "request failed inside s3s");
+                        error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            "Perch failed to handle the request.",
+                        )
+                    }
+                },
+                Err(refused) => error_response(refused.status, refused.code, refused.message),
             };
             let info = REQUEST.with(|r| r.borrow().clone());
             let op = if info.op.is_empty() { "Unknown" } else { info.op };
