@@ -114,19 +114,24 @@ fn read_back(file: tokio::fs::File, temp: TempFile, len: u64) -> s3s::stream::Dy
             Err(e) => Some((Err(Box::new(e) as s3s::StdError), (f, temp))),
         }
     });
-    Box::pin(Sized {
-        inner: Box::pin(chunks),
-        left: len as usize,
-    })
+    KnownLength::boxed(Box::pin(chunks), len as usize)
 }
 
-/// A stream that knows how many bytes it has left (s3s asks).
-struct Sized {
-    inner: std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, s3s::StdError>> + Send + Sync>>,
+type Chunks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, s3s::StdError>> + Send + Sync>>;
+
+/// A body stream that knows how many bytes it has left (s3s and hyper ask).
+pub struct KnownLength {
+    inner: Chunks,
     left: usize,
 }
 
-impl futures::Stream for Sized {
+impl KnownLength {
+    pub fn boxed(inner: Chunks, len: usize) -> s3s::stream::DynByteStream {
+        Box::pin(KnownLength { inner, left: len })
+    }
+}
+
+impl futures::Stream for KnownLength {
     type Item = Result<Bytes, s3s::StdError>;
 
     fn poll_next(
@@ -141,7 +146,7 @@ impl futures::Stream for Sized {
     }
 }
 
-impl s3s::stream::ByteStream for Sized {
+impl s3s::stream::ByteStream for KnownLength {
     fn remaining_length(&self) -> s3s::stream::RemainingLength {
         s3s::stream::RemainingLength::new_exact(self.left)
     }

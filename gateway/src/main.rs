@@ -6,10 +6,12 @@ mod bucket_config;
 mod chunked;
 mod config;
 mod convert;
+mod fast_get;
 mod front;
 mod metrics;
 mod server;
 mod service;
+mod sigv4;
 mod spool;
 
 use std::sync::Arc;
@@ -218,6 +220,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     builder.set_host(front::PerchHost::new(&config.domain));
     builder.set_access(front::Front { role: config.role });
     let s3 = builder.build();
+    let fast = Arc::new(fast_get::FastGet::new(
+        store.clone(),
+        config.client.access_key_id.clone(),
+        config.client.secret_access_key.clone(),
+        &config.domain,
+    ));
 
     let stop_signal = shutdown_signal()?;
     // One machine-readable line on stdout, so scripts and tests can use port 0.
@@ -235,6 +243,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let s3_task = tokio::spawn(server::serve_s3(
         listener,
         s3,
+        fast,
         metrics.clone(),
         spool_dir,
         stop_rx.clone(),

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, field};
 
 use crate::chunked;
+use crate::fast_get::FastGet;
 use crate::front::{REQUEST, RequestInfo};
 use crate::metrics::Metrics;
 
@@ -92,6 +93,7 @@ where
 pub async fn serve_s3(
     listener: TcpListener,
     s3: S3Service,
+    fast: Arc<FastGet>,
     metrics: Arc<Metrics>,
     spool_dir: PathBuf,
     shutdown: watch::Receiver<bool>,
@@ -99,9 +101,10 @@ pub async fn serve_s3(
     let spool_dir = Arc::new(spool_dir);
     let handle = move |req: Request<Incoming>| {
         let s3 = s3.clone();
+        let fast = fast.clone();
         let metrics = metrics.clone();
         let spool_dir = spool_dir.clone();
-        async move { Ok::<_, Infallible>(s3_request(s3, metrics, &spool_dir, req).await) }
+        async move { Ok::<_, Infallible>(s3_request(s3, &fast, metrics, &spool_dir, req).await) }
     };
     serve("s3", listener, shutdown, handle).await;
 }
@@ -121,6 +124,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s
 
 async fn s3_request(
     s3: S3Service,
+    fast: &FastGet,
     metrics: Arc<Metrics>,
     spool_dir: &Path,
     req: Request<Incoming>,
@@ -145,8 +149,14 @@ async fn s3_request(
         .is_some_and(|v| v.as_bytes() == b"0");
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
-            let prepared = if chunked::lacks_length(&req) {
-                chunked::with_length(req, spool_dir).await
+            let mut direct = false;
+            let prepared = if let Some(answer) = fast.answer(&req).await {
+                direct = true;
+                Err(answer)
+            } else if chunked::lacks_length(&req) {
+                chunked::with_length(req, spool_dir)
+                    .await
+                    .map_err(|refused| error_response(refused.status, refused.code, refused.message))
             } else {
                 Ok(req.map(s3s::Body::from))
             };
@@ -162,17 +172,26 @@ async fn s3_request(
                         )
                     }
                 },
-                Err(refused) => error_response(refused.status, refused.code, refused.message),
+                // Answered before s3s: by the hit fast path, or a chunked body refused.
+                Err(answered) => answered,
             };
-            let info = REQUEST.with(|r| r.borrow().clone());
-            let op = if info.op.is_empty() { "Unknown" } else { info.op };
             let status = response.status().as_u16();
-            let span = tracing::Span::current();
-            span.record("op", op);
-            span.record("bucket", info.bucket.as_str());
-            span.record("key", info.key.as_str());
-            span.record("status", status);
+            let op = REQUEST.with(|r| {
+                let info = r.borrow();
+                let op = if info.op.is_empty() { "Unknown" } else { info.op };
+                let span = tracing::Span::current();
+                if !span.is_disabled() {
+                    span.record("op", op);
+                    span.record("bucket", info.bucket.as_str());
+                    span.record("key", info.key.as_str());
+                    span.record("status", status);
+                }
+                op
+            });
             let elapsed = start.elapsed();
+            if direct {
+                metrics.answered_directly(op);
+            }
             metrics.observe(op, status, elapsed);
             tracing::info!(ms = elapsed.as_secs_f64() * 1000.0, "done");
             response
