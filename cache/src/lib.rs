@@ -14,6 +14,7 @@ mod journal;
 mod key;
 mod listing;
 mod local;
+mod md5_asm;
 mod memory;
 mod metrics;
 mod multipart;

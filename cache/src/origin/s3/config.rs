@@ -105,7 +105,7 @@ impl Intercept for SendDocument {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        use md5::{Digest, Md5};
+        use crate::md5_asm::Md5;
         let req = context.request_mut();
         let stale: Vec<String> = req
             .headers()
