@@ -2,7 +2,8 @@
 //! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything),
 //! `cache-restart` (restart-to-ready and memory with a large cache), `origin-proxy`.
 
-use perch_bench::{cache_restart, nginx, proxy, run, suite};
+use perch_bench::{cache_restart, nginx, run, suite};
+use perch_testkit::origin_proxy;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -34,7 +35,7 @@ enum Command {
     PutLatency(Box<perch_bench::put_latency::PutLatencyArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
-    OriginProxy(proxy::ProxyArgs),
+    OriginProxy(origin_proxy::ProxyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (report, out) = match cli.command {
-        Command::OriginProxy(args) => return runtime.block_on(proxy::run(args)),
+        Command::OriginProxy(args) => return runtime.block_on(origin_proxy::run(args)),
         Command::PutLatency(args) => {
             let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
             print!("{}", report.markdown());
