@@ -12,6 +12,7 @@ mod buckets;
 mod cache;
 mod checksums;
 mod copy;
+mod fast_path;
 mod lifecycle;
 mod list;
 mod multipart;

@@ -3,22 +3,25 @@
 //! `perch_requests_direct_total` counter shows) and with a condition that holds (`If-None-Match`
 //! with an ETag no object has, which only s3s serves): status, headers and body must be the same.
 
-mod common;
-mod raw;
-
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use aws_sdk_s3::presigning::PresigningConfig;
-use aws_smithy_types::DateTime;
-use common::*;
-use raw::{Req, Resp, Style};
+use aws_sdk_s3::primitives::DateTime;
+use perch_testkit::bodies::pattern;
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
+use perch_testkit::sdk::perch_client;
+use perch_testkit::servers::{DEV_ACCESS_KEY_ID, PerchServer};
+use perch_testkit::sigv4::Keys;
+
+use crate::support::machine;
+use crate::support::perch::{Perch, perch_metric};
+use crate::support::sdk::{create_bucket, ok, presigned_get};
 
 /// A condition every object passes, which sends the request to s3s.
 const PASSING: (&str, &str) = ("If-None-Match", "\"00000000000000000000000000000000\"");
 
-fn direct_count(perch: &perch_bench::servers::PerchServer) -> f64 {
-    raw::perch_metric(perch, "perch_requests_direct_total").unwrap_or(0.0)
+fn direct_count(perch: &PerchServer) -> f64 {
+    perch_metric(perch, "perch_requests_direct_total").unwrap_or(0.0)
 }
 
 /// Headers as a comparable list: lower-case names, sorted, without `Date`.
@@ -42,7 +45,7 @@ fn assert_same(fast: &Resp, s3s: &Resp, what: &str) {
 /// Sends `req` plain and with the passing condition; checks that only the plain one took the
 /// fast path and that both were answered alike. Returns the plain answer.
 #[track_caller]
-fn both_ways(perch: &perch_bench::servers::PerchServer, req: Req, what: &str) -> Resp {
+fn both_ways(perch: &PerchServer, req: Req, what: &str) -> Resp {
     let addr = perch.addr;
     let before = direct_count(perch);
     let fast = req.clone().go(addr);
@@ -59,19 +62,21 @@ fn both_ways(perch: &perch_bench::servers::PerchServer, req: Req, what: &str) ->
 }
 
 fn object(method: &str, addr: SocketAddr, style: Style, key: &str) -> Req {
-    Req::object(method, addr, style, &raw::key_path(key))
+    Req::object(method, addr, style, &key_path(key))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fast_path_answers_as_s3s_does() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let perch = start_perch(&tmp.path().join("perch"), None, &[]);
-    let s3 = perch_client(&perch);
-    ok(s3.create_bucket().bucket(raw::BUCKET).send().await, "create bucket");
+    let _turn = machine::share();
+    let gw = Perch::dir(&[]);
+    let _log = gw.log_on_panic();
+    let perch = &gw.server;
+    let s3 = perch_client(perch);
+    create_bucket(&s3, BUCKET).await;
     let body = pattern(70_000, 1);
     ok(
         s3.put_object()
-            .bucket(raw::BUCKET)
+            .bucket(BUCKET)
             .key("dir/full é+%.bin")
             .body(body.clone().into())
             .content_type("application/x-perch")
@@ -88,7 +93,7 @@ async fn the_fast_path_answers_as_s3s_does() {
     );
     ok(
         s3.put_object()
-            .bucket(raw::BUCKET)
+            .bucket(BUCKET)
             .key("small")
             .body(b"tiny".to_vec().into())
             .send()
@@ -97,7 +102,7 @@ async fn the_fast_path_answers_as_s3s_does() {
     );
     ok(
         s3.put_object()
-            .bucket(raw::BUCKET)
+            .bucket(BUCKET)
             .key("empty")
             .body(Vec::new().into())
             .send()
@@ -109,15 +114,15 @@ async fn the_fast_path_answers_as_s3s_does() {
         for key in ["dir/full é+%.bin", "small", "empty"] {
             for method in ["GET", "HEAD"] {
                 let what = format!("{method} {key} {style:?}");
-                let got = both_ways(&perch, object(method, perch.addr, style, key), &what);
+                let got = both_ways(perch, object(method, perch.addr, style, key), &what);
                 assert_eq!(got.status, 200, "{what}: {}", got.summary());
             }
         }
         // A missing key: the same 404 NoSuchKey.
-        let got = both_ways(&perch, object("GET", perch.addr, style, "missing"), "GET missing");
+        let got = both_ways(perch, object("GET", perch.addr, style, "missing"), "GET missing");
         assert_eq!(got.status, 404);
         assert!(got.text().contains("<Code>NoSuchKey</Code>"), "{}", got.text());
-        both_ways(&perch, object("HEAD", perch.addr, style, "missing"), "HEAD missing");
+        both_ways(perch, object("HEAD", perch.addr, style, "missing"), "HEAD missing");
     }
     let full = object("GET", perch.addr, Style::Path, "dir/full é+%.bin").go(perch.addr);
     assert_eq!(full.body, body);
@@ -125,56 +130,35 @@ async fn the_fast_path_answers_as_s3s_does() {
 
     // Presigned URLs (as the SDK makes them, with its `x-id=GetObject`).
     for key in ["dir/full é+%.bin", "small", "missing"] {
-        let presigned = s3
-            .get_object()
-            .bucket(raw::BUCKET)
-            .key(key)
-            .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).expect("config"))
-            .await
-            .expect("presign");
-        let uri = presigned.uri().to_owned();
-        let (path, query) = uri
-            .strip_prefix(&perch.endpoint)
-            .expect("a perch URL")
-            .split_once('?')
-            .expect("a query");
-        let mut req = Req::raw("GET", format!("127.0.0.1:{}", perch.addr.port()), path.to_owned())
-            .keys(None)
-            .query(query);
+        let presigned = presigned_get(&s3, BUCKET, key, Duration::from_secs(300)).await;
+        let mut req = Req::for_url("GET", presigned.uri());
         for (name, value) in presigned.headers() {
             if !name.eq_ignore_ascii_case("host") {
                 req = req.header(name, value);
             }
         }
-        let got = both_ways(&perch, req, &format!("presigned GET {key}"));
-        assert_eq!(
-            got.status,
-            if key == "missing" { 404 } else { 200 },
-            "{}",
-            got.summary()
-        );
+        let got = both_ways(perch, req, &format!("presigned GET {key}"));
+        let want = if key == "missing" { 404 } else { 200 };
+        assert_eq!(got.status, want, "{}", got.summary());
     }
 
     // What the fast path does not take, s3s still answers (and refuses).
-    let before = direct_count(&perch);
+    let before = direct_count(perch);
     let ranged = object("GET", perch.addr, Style::Path, "small")
         .header("Range", "bytes=1-2")
         .go(perch.addr);
     assert_eq!((ranged.status, ranged.body.as_slice()), (206, &b"in"[..]));
     let forged = object("GET", perch.addr, Style::Path, "small")
-        .keys(Some(raw::Keys::new(
-            perch_bench::servers::DEV_ACCESS_KEY_ID,
-            "not-the-secret",
-        )))
+        .keys(Some(Keys::new(DEV_ACCESS_KEY_ID, "not-the-secret")))
         .go(perch.addr);
     assert_eq!(forged.status, 403, "{}", forged.summary());
     assert!(forged.text().contains("SignatureDoesNotMatch"), "{}", forged.text());
     let stranger = object("GET", perch.addr, Style::Path, "small")
-        .keys(Some(raw::Keys::new("someone-else", "secret")))
+        .keys(Some(Keys::new("someone-else", "secret")))
         .go(perch.addr);
     assert!(stranger.text().contains("InvalidAccessKeyId"), "{}", stranger.text());
     let mut stale = object("GET", perch.addr, Style::Path, "small");
-    stale.time = Some(std::time::SystemTime::now() - Duration::from_secs(3600));
+    stale.time = Some(SystemTime::now() - Duration::from_secs(3600));
     let stale = stale.go(perch.addr);
     assert!(stale.text().contains("RequestTimeTooSkewed"), "{}", stale.text());
     let anonymous = object("GET", perch.addr, Style::Path, "small")
@@ -183,5 +167,5 @@ async fn the_fast_path_answers_as_s3s_does() {
     assert_eq!(anonymous.status, 403, "{}", anonymous.summary());
     let dots = Req::object("GET", perch.addr, Style::Path, "a/../small").go(perch.addr);
     assert_eq!(dots.status, 400, "{}", dots.summary());
-    assert_eq!(direct_count(&perch), before, "none of these took the fast path");
+    assert_eq!(direct_count(perch), before, "none of these took the fast path");
 }
