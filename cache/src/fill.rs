@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use md5::{Digest, Md5};
 use tokio::sync::watch;
 
 use crate::key::ObjectKey;
 use crate::local::TempGuard;
 use crate::local::blobs::BlockCrcs;
 use crate::local::fills::{Fill, FillError, FillState};
+use crate::md5_asm::Md5;
 use crate::origin::{ByteRange, Conditions, OriginError};
 use crate::read::Reader;
 

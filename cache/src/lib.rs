@@ -15,6 +15,7 @@ mod journal;
 mod key;
 mod listing;
 mod local;
+mod md5_asm;
 mod memory;
 mod metrics;
 mod multipart;
@@ -33,9 +34,9 @@ pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken}
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
-    ContentHeaders, CopyInput, CopyOutput, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginKeys, OriginResult, PartInfo, PutBody, PutInput,
-    PutOutput, S3Origin, S3OriginConfig, UploadInfo, etag_matches, same_etag,
+    ContentHeaders, CopyInput, CopyOutput, Document, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
+    MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, OriginKeys, OriginResult, PartInfo,
+    PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo, etag_matches, same_etag,
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;

@@ -22,8 +22,8 @@ use crate::local::{Local, LocalConfig, lock};
 use crate::multipart::Multipart;
 use crate::origin::{
     BucketInfo, ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput,
-    ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody, PutInput,
-    PutOutput, UploadInfo,
+    Document, ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody,
+    PutInput, PutOutput, Subresource, UploadInfo,
 };
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::uploader::Uploader;
@@ -366,12 +366,51 @@ impl Store {
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.journal
-            .wait_bucket_clean(bucket, self.journal.cfg.wait_limit)
-            .await?;
-        self.local.sync_releases()?;
+        self.settle_bucket(bucket).await?;
         self.known_buckets().remove(bucket);
         Ok(self.origin.delete_bucket(bucket).await?)
+    }
+
+    // ----- configurations (the origin's, passed through) -----
+
+    /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
+    /// the origin holds the object's pending writes.
+    pub async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<Document> {
+        if let Some(key) = key {
+            self.settle(&ObjectKey::new(bucket, key)).await?;
+        }
+        Ok(self.origin.get_config(bucket, key, sub).await?)
+    }
+
+    /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's
+    /// pending writes (further writes of the key wait meanwhile), a bucket's once it holds the
+    /// bucket's pending writes when the configuration bears on them (`Subresource::orders_writes`).
+    pub async fn put_config(
+        &self,
+        bucket: &str,
+        key: Option<&str>,
+        sub: Subresource,
+        doc: &Document,
+    ) -> StoreResult<()> {
+        if let Some(key) = key {
+            let okey = ObjectKey::new(bucket, key);
+            let _held = self.journal.hold_commits(&[&okey]).await;
+            self.settle(&okey).await?;
+            return Ok(self.origin.put_config(bucket, Some(key), sub, doc).await?);
+        }
+        if sub.orders_writes() {
+            self.settle_bucket(bucket).await?;
+        }
+        Ok(self.origin.put_config(bucket, None, sub, doc).await?)
+    }
+
+    /// Removes a bucket configuration at the origin, after the bucket's pending writes as for
+    /// `put_config`.
+    pub async fn delete_config(&self, bucket: &str, sub: Subresource) -> StoreResult<()> {
+        if sub.orders_writes() {
+            self.settle_bucket(bucket).await?;
+        }
+        Ok(self.origin.delete_config(bucket, sub).await?)
     }
 
     // ----- operations -----
@@ -443,6 +482,15 @@ impl Store {
     /// uploads one of them again over its result. The caller holds the key's commits back.
     async fn settle(&self, okey: &ObjectKey) -> StoreResult<()> {
         self.journal.wait_clean(okey, self.journal.cfg.wait_limit).await?;
+        Ok(self.local.sync_releases()?)
+    }
+
+    /// Waits until the origin holds every write to `bucket` made so far (and their releases are
+    /// durable): what the origin decides next sees them all.
+    async fn settle_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.journal
+            .wait_bucket_clean(bucket, self.journal.cfg.wait_limit)
+            .await?;
         Ok(self.local.sync_releases()?)
     }
 

@@ -59,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_ORIGIN", value_name = "URL")]
     pub origin: Option<String>,
 
-    /// Region used to sign origin requests [default: auto]
+    /// Region used to sign origin requests. `auto` is Tigris's (and R2's) own; in front of any other
+    /// S3 service Perch asks it at start which region it expects, as the AWS SDKs do [default: auto]
     #[arg(long, env = "PERCH_ORIGIN_REGION", value_name = "REGION")]
     pub origin_region: Option<String>,
 

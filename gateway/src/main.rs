@@ -2,13 +2,17 @@
 //! `perch serve` runs the gateway; the settings live in `config`.
 
 mod admin;
+mod bucket_config;
+mod chunked;
 mod config;
 mod convert;
+mod fast_get;
 mod front;
 mod limits;
 mod metrics;
 mod server;
 mod service;
+mod sigv4;
 mod spool;
 
 use std::sync::Arc;
@@ -66,8 +70,19 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; a failure is printed as one line (what went wrong, with its causes), never
+/// with a backtrace, and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("perch: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args)?;
@@ -109,14 +124,27 @@ async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Origin>, Option
         }
         OriginUrl::S3(endpoint) => {
             let creds = config.origin_credentials.as_ref();
-            let origin = S3Origin::new(S3OriginConfig {
+            let mut origin_config = S3OriginConfig {
                 endpoint: endpoint.clone(),
                 region: config.origin_region.clone(),
                 access_key_id: creds.map(|c| c.access_key_id.clone()),
                 secret_access_key: creds.map(|c| c.secret_access_key.clone()),
                 ..S3OriginConfig::default()
-            })
-            .context("configuring the S3 origin")?;
+            };
+            if origin_config.region == "auto" {
+                // `auto` is Tigris's region; any other service is asked for its own.
+                let region = S3Origin::find_region(&origin_config).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot find the region of the origin {endpoint} (--origin-region auto): {e}; \
+                         name it with --origin-region REGION"
+                    )
+                })?;
+                if region != "auto" {
+                    tracing::info!(region, "signing origin requests for the region the origin expects");
+                }
+                origin_config.region = region;
+            }
+            let origin = S3Origin::new(origin_config).context("configuring the S3 origin")?;
             let keys = origin.keys();
             (Arc::new(origin), keys)
         }
@@ -157,6 +185,9 @@ fn reload_origin_keys_on_sighup(
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // The listeners first: an address in use stops Perch before it opens anything.
+    let listener = bind(config.listen, "--listen").await?;
+    let admin = bind(config.admin_listen, "--admin-listen").await?;
     if config.dev_credentials {
         tracing::warn!(
             access_key_id = config::DEV_ACCESS_KEY_ID,
@@ -222,7 +253,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir));
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir.clone()));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
@@ -230,15 +261,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     builder.set_host(front::PerchHost::new(&config.domain));
     builder.set_access(front::Front { role: config.role });
     let s3 = builder.build();
+    let fast = Arc::new(fast_get::FastGet::new(
+        store.clone(),
+        config.client.access_key_id.clone(),
+        config.client.secret_access_key.clone(),
+        &config.domain,
+    ));
 
     let stop_signal = shutdown_signal()?;
     reload_origin_keys_on_sighup(origin_keys, config.config_file.clone())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding --admin-listen {}", config.admin_listen))?;
     // One machine-readable line on stdout, so scripts and tests can use port 0.
     println!("listening s3={} admin={}", listener.local_addr()?, admin.local_addr()?);
     tracing::info!(
@@ -255,8 +286,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let s3_task = tokio::spawn(server::serve_s3(
         listener,
         s3,
+        fast,
         metrics.clone(),
         limits.clone(),
+        spool_dir,
         stop_rx.clone(),
     ));
     let admin_task = tokio::spawn(server::serve_admin(
@@ -278,6 +311,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listener; a failure says which address, why, and which flag changes it.
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "the address is already in use".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => "no interface of this machine has that address".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}; choose another address with {flag} ADDR")
+    })
 }
 
 /// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, field};
 
+use crate::chunked;
 use crate::config::AdminToken;
+use crate::fast_get::FastGet;
 use crate::front::{REQUEST, RequestInfo};
 use crate::limits::{Connection, GuardedBody, GuardedIo, Limits, SpanBody};
 use crate::metrics::Metrics;
@@ -118,28 +121,39 @@ async fn serve<M, F, Fut, B>(
     }
 }
 
-/// Serves S3 on `listener` until shutdown, at most --requests-max requests at once.
+/// Serves S3 on `listener` until shutdown, at most --requests-max requests at once. `spool_dir`
+/// holds chunked request bodies while they are given a length.
 pub async fn serve_s3(
     listener: TcpListener,
     s3: S3Service,
+    fast: Arc<FastGet>,
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
+    spool_dir: PathBuf,
     shutdown: watch::Receiver<bool>,
 ) {
     let requests = Arc::new(Semaphore::new(limits.requests_max));
+    let spool_dir = Arc::new(spool_dir);
     let make = {
         let limits = limits.clone();
         move |connection: Arc<Connection>| {
-            let (s3, metrics, limits, requests) = (s3.clone(), metrics.clone(), limits.clone(), requests.clone());
+            let door = Door {
+                s3: s3.clone(),
+                fast: fast.clone(),
+                metrics: metrics.clone(),
+                limits: limits.clone(),
+                spool_dir: spool_dir.clone(),
+            };
+            let requests = requests.clone();
             move |req: Request<Incoming>| {
-                let (s3, metrics, limits, requests) = (s3.clone(), metrics.clone(), limits.clone(), requests.clone());
+                let (door, requests) = (door.clone(), requests.clone());
                 let mut span = connection.request_started();
                 async move {
                     // Waits its turn in arrival order (the semaphore is fair); it is never closed.
                     if let Ok(permit) = requests.acquire_owned().await {
                         span.hold(permit);
                     }
-                    let response = s3_request(s3, metrics, &limits, req).await;
+                    let response = s3_request(&door, req).await;
                     Ok::<_, Infallible>(response.map(|body| SpanBody::new(body, span)))
                 }
             }
@@ -148,14 +162,33 @@ pub async fn serve_s3(
     serve("s3", listener, limits, shutdown, make).await;
 }
 
+/// What the S3 listener hands every request.
+#[derive(Clone)]
+struct Door {
+    s3: S3Service,
+    fast: Arc<FastGet>,
+    metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
+    spool_dir: Arc<PathBuf>,
+}
+
 /// 400 EntityTooLarge for a body declared larger than --body-bytes-max, before it is read.
 fn too_large(declared: u64, max: u64) -> Response<s3s::Body> {
-    let mut r = Response::new(s3s::Body::from(format!(
+    let mut r = error_response(StatusCode::BAD_REQUEST, "EntityTooLarge", "");
+    *r.body_mut() = s3s::Body::from(format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>EntityTooLarge</Code>\
          <Message>Your proposed upload exceeds the maximum allowed size.</Message>\
          <ProposedSize>{declared}</ProposedSize><MaxSizeAllowed>{max}</MaxSizeAllowed></Error>"
+    ));
+    r
+}
+
+/// An S3 XML error answered before s3s sees the request.
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
+    let mut r = Response::new(s3s::Body::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
     )));
-    *r.status_mut() = StatusCode::BAD_REQUEST;
+    *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/xml"),
@@ -163,12 +196,8 @@ fn too_large(declared: u64, max: u64) -> Response<s3s::Body> {
     r
 }
 
-async fn s3_request(
-    s3: S3Service,
-    metrics: Arc<Metrics>,
-    limits: &Limits,
-    req: Request<Incoming>,
-) -> Response<s3s::Body> {
+async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> {
+    let (metrics, limits) = (&door.metrics, &*door.limits);
     let start = Instant::now();
     let span = tracing::info_span!(
         "request",
@@ -190,35 +219,54 @@ async fn s3_request(
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
-            let call = async {
-                if let Some(declared) = too_large_body {
-                    return Ok(too_large(declared, limits.body_bytes_max));
-                }
-                let req = merge_content_encoding(req).map(|body| s3s::Body::http_body(GuardedBody::new(body, limits)));
-                s3.call(req).await
-            };
-            let response = match call.await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = ?e, "request failed inside s3s");
-                    let mut r = Response::new(s3s::Body::from(
-                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
-                         <Message>Perch failed to handle the request.</Message></Error>"
-                            .to_owned(),
-                    ));
-                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    r
+            let mut direct = false;
+            let prepared = if let Some(declared) = too_large_body {
+                Err(too_large(declared, limits.body_bytes_max))
+            } else if let Some(answer) = door.fast.answer(&req).await {
+                direct = true;
+                Err(answer)
+            } else {
+                let req = req.map(|body| GuardedBody::new(body, limits));
+                if chunked::lacks_length(&req) {
+                    chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
+                        .await
+                        .map_err(|refused| error_response(refused.status, refused.code, refused.message))
+                } else {
+                    Ok(req.map(s3s::Body::http_body))
                 }
             };
-            let info = REQUEST.with(|r| r.borrow().clone());
-            let op = if info.op.is_empty() { "Unknown" } else { info.op };
+            let response = match prepared {
+                Ok(req) => match door.s3.call(merge_content_encoding(req)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = ?e, "request failed inside s3s");
+                        error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            "Perch failed to handle the request.",
+                        )
+                    }
+                },
+                // Answered before s3s: too large, by the hit fast path, or a chunked body refused.
+                Err(answered) => answered,
+            };
             let status = response.status().as_u16();
-            let span = tracing::Span::current();
-            span.record("op", op);
-            span.record("bucket", info.bucket.as_str());
-            span.record("key", info.key.as_str());
-            span.record("status", status);
+            let op = REQUEST.with(|r| {
+                let info = r.borrow();
+                let op = if info.op.is_empty() { "Unknown" } else { info.op };
+                let span = tracing::Span::current();
+                if !span.is_disabled() {
+                    span.record("op", op);
+                    span.record("bucket", info.bucket.as_str());
+                    span.record("key", info.key.as_str());
+                    span.record("status", status);
+                }
+                op
+            });
             let elapsed = start.elapsed();
+            if direct {
+                metrics.answered_directly(op);
+            }
             metrics.observe(op, status, elapsed);
             tracing::info!(ms = elapsed.as_secs_f64() * 1000.0, "done");
             response

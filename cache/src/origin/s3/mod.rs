@@ -162,11 +162,13 @@ macro_rules! with_conditions {
 }
 
 mod body;
+mod config;
 mod convert;
 mod errors;
 mod keys;
 mod moto_workaround;
 mod multipart;
+mod region;
 
 use body::*;
 use convert::*;
@@ -568,5 +570,17 @@ impl Origin for S3Origin {
 
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
         self.uploads_under(bucket, prefix).await
+    }
+
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document> {
+        self.get_configuration(bucket, key, sub).await
+    }
+
+    async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()> {
+        self.put_configuration(bucket, key, sub, doc).await
+    }
+
+    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+        self.delete_configuration(bucket, sub).await
     }
 }
