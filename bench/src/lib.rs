@@ -8,6 +8,7 @@ pub mod data;
 pub mod engine;
 mod faults;
 pub mod metrics;
+pub mod miss;
 pub mod nginx;
 pub mod proxy;
 pub mod put_latency;

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use prometheus_client::registry::Registry;
 
 use crate::error::CacheError;
@@ -412,10 +411,9 @@ impl Local {
         temp: &Path,
         meta: &ObjectMeta,
         crcs: Vec<u32>,
-        small: Option<Bytes>,
         fill: &Fill,
     ) -> Result<(), CacheError> {
-        let evicted = self.keep_fetched_locked(okey, temp, meta, crcs, small, fill)?;
+        let evicted = self.keep_fetched_locked(okey, temp, meta, crcs, fill)?;
         self.drop_evicted(evicted);
         self.refresh_gauges();
         Ok(())
@@ -427,7 +425,6 @@ impl Local {
         temp: &Path,
         meta: &ObjectMeta,
         crcs: Vec<u32>,
-        small: Option<Bytes>,
         fill: &Fill,
     ) -> Result<Evicted, CacheError> {
         let _key = self.key_lock(okey);
@@ -453,12 +450,8 @@ impl Local {
         if let Some(p) = previous.filter(|p| p.blob != id) {
             self.remove_blob(p.blob);
         }
-        let evicted = self.track(okey, id, meta.size);
-        if !evicted.0.contains(&id)
-            && let Some(body) = small
-        {
-            self.memory.insert(okey.clone(), Arc::new(MemoryObject { entry, body }));
-        }
-        Ok(evicted)
+        // The memory tier takes it at its first hit (a copy of the whole body now would cost more
+        // than the miss's other work).
+        Ok(self.track(okey, id, meta.size))
     }
 }
