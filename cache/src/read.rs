@@ -306,7 +306,9 @@ impl Reader {
         let (fill, joined) = self.join_fill(okey);
         if joined {
             self.local.stats.coalesced.inc();
+            self.local.note_client_read(okey);
         }
+        self.local.note_access(okey);
         let mut rx = fill.progress.subscribe();
         let meta = loop {
             let ended = {
