@@ -23,12 +23,15 @@ use perch_cache::{Checksums, ContentHeaders, ObjectMeta, Seeder};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use perch_testkit::{
+    bodies::{self as data, Digest32},
+    servers::{PerchOptions, PerchServer},
+};
+
 use crate::{
     client::{ConnMode, Expect, HttpClient, Req},
-    data::{self, Digest32},
     report::Machine,
     run::CommonArgs,
-    servers::{PerchOptions, PerchServer},
     stats::{Stats, Summary},
     target::{Kind, Target},
     units::{compact_timestamp, format_size, rfc3339, size_arg},
@@ -148,18 +151,6 @@ fn disk_usage(dir: &Path) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// Writes `entries` cache entries of `body_size` bytes (`data::body_bytes(seed, key_of(i), 0, _)`)
-/// of `bucket` into the data dir of a stopped Perch, as `perch-bench cache-restart` does.
-pub fn populate_data_dir(data_dir: &Path, entries: u64, body_size: u64, seed: u64, bucket: &str) -> anyhow::Result<()> {
-    let p = Populated {
-        entries,
-        body_size,
-        seed,
-        bucket: bucket.to_owned(),
-    };
-    seed_data_dir(data_dir, &p).map(|_| ())
 }
 
 /// Writes `entries` cache entries into `<root>/perch/cache`.

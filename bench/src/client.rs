@@ -34,10 +34,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::{net::TcpStream, sync::Notify};
 
-use crate::{
-    data::{Digest32, EMPTY_SHA256_HEX, Object},
-    target::{Kind, Target},
-};
+use perch_testkit::bodies::{Digest32, EMPTY_SHA256_HEX, Object};
+
+use crate::target::{Kind, Target};
 
 /// How requests get a TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]

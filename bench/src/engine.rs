@@ -15,9 +15,10 @@ use anyhow::{Context, bail};
 use http::{HeaderName, HeaderValue, Method};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use perch_testkit::bodies::{self, Digest32, Object};
+
 use crate::{
     client::{Expect, HttpClient, Outcome, Req},
-    data::{self, Digest32, Object},
     metrics,
     report::{TargetResult, WorkloadResult},
     stats::Stats,
@@ -461,7 +462,7 @@ pub async fn materialize(
                     break;
                 };
                 let key = spec.key.clone();
-                let object = tokio::task::spawn_blocking(move || data::object(seed, &key, 0, spec.size as usize))
+                let object = tokio::task::spawn_blocking(move || bodies::object(seed, &key, 0, spec.size as usize))
                     .await
                     .context("generating a body")?;
                 if let Some(via) = &via {
@@ -514,7 +515,7 @@ pub fn set_specs(prefix: &str, count: usize, mix: &SizeMix) -> Vec<Spec> {
 pub fn put_pool(seed: u64, mix: &SizeMix) -> Vec<Object> {
     let slots: u32 = mix.0.iter().map(|(_, w)| *w).sum();
     (0..slots as usize)
-        .map(|i| data::object(seed, &format!("put-pool/{i}"), 0, mix.size_at(i) as usize))
+        .map(|i| bodies::object(seed, &format!("put-pool/{i}"), 0, mix.size_at(i) as usize))
         .collect()
 }
 

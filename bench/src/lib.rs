@@ -1,20 +1,16 @@
-//! perch-bench as a library: the load generator (`run`, `compare-nginx`, `suite`), the
-//! fault-injecting origin proxy, and the servers that benchmarks and tests run against.
+//! perch-bench as a library: the load generator (`run`, `compare-nginx`, `suite`) and the
+//! measurements of restarts and PUT latency. The servers it starts, the origin proxy and the
+//! bodies it sends come from perch-testkit.
 
-mod body;
 pub mod cache_restart;
 pub mod client;
-pub mod data;
 pub mod engine;
-mod faults;
 pub mod metrics;
 pub mod miss;
 pub mod nginx;
-pub mod proxy;
 pub mod put_latency;
 pub mod report;
 pub mod run;
-pub mod servers;
 pub mod stats;
 pub mod suite;
 pub mod target;

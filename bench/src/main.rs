@@ -3,7 +3,8 @@
 //! `cache-restart` (restart-to-ready and memory with a large cache), `put-latency`, `miss`,
 //! `origin-proxy`.
 
-use perch_bench::{cache_restart, nginx, proxy, run, suite};
+use perch_bench::{cache_restart, nginx, run, suite};
+use perch_testkit::origin_proxy;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -39,7 +40,7 @@ enum Command {
     Miss(Box<perch_bench::miss::MissArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
-    OriginProxy(proxy::ProxyArgs),
+    OriginProxy(origin_proxy::ProxyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (report, out) = match cli.command {
-        Command::OriginProxy(args) => return runtime.block_on(proxy::run(args)),
+        Command::OriginProxy(args) => return runtime.block_on(origin_proxy::run(args)),
         Command::PutLatency(args) => {
             let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
             print!("{}", report.markdown());

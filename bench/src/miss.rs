@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::client::{ClientOptions, ConnMode, Expect, HttpClient, Outcome, Req};
-use crate::data::Digest32;
-use crate::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
+use perch_testkit::bodies::Digest32;
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 use crate::stats::percentile;
 use crate::target::{Kind, Target};
 
@@ -190,7 +190,7 @@ impl Bench {
                     let Some(key) = keys.get(i) else {
                         return Ok::<(), anyhow::Error>(());
                     };
-                    let object = crate::data::object(seed, key, 0, size);
+                    let object = perch_testkit::bodies::object(seed, key, 0, size);
                     let digest = Digest32::from(&object);
                     let mut put = Req::put(key, object.clone());
                     if crc32 {
@@ -236,7 +236,7 @@ impl Bench {
     }
 
     fn cpu(&self) -> [Duration; 3] {
-        self.pids.map(|p| crate::servers::cpu_time(p).unwrap_or_default())
+        self.pids.map(|p| perch_testkit::servers::cpu_time(p).unwrap_or_default())
     }
 
     /// `get_all` on `target`, recorded in `cell` with the CPU time it took.
@@ -470,9 +470,9 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
         // A range miss: 8 MiB from the middle of a 64 MiB object.
         let keys = bench.seed(&format!("range/{round}"), 1, 64 * MIB, round as u64).await?;
         let (key, digest) = keys[0].clone();
-        let object = crate::data::object(round as u64, &key, 0, 64 * MIB);
+        let object = perch_testkit::bodies::object(round as u64, &key, 0, 64 * MIB);
         let (first, last) = (24 * MIB, 32 * MIB - 1);
-        let part = crate::data::sha256(&object.bytes[first..=last]);
+        let part = perch_testkit::bodies::sha256(&object.bytes[first..=last]);
         for target in order {
             let mut req = Req::get(
                 &key,

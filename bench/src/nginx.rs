@@ -367,7 +367,7 @@ pub async fn compare_section(
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let object = crate::data::object(seed, &spec.key, 0, spec.size as usize);
+            let object = perch_testkit::bodies::object(seed, &spec.key, 0, spec.size as usize);
             std::fs::write(&path, &object.bytes)?;
         }
         sets.push((size, Arc::new(items)));

@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::client::{ClientOptions, ConnMode, HttpClient, Req};
-use crate::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 use crate::stats::percentile;
 use crate::target::{Kind, Target};
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 
 #[derive(Debug, clap::Args)]
 pub struct PutLatencyArgs {
@@ -103,7 +103,10 @@ async fn status(admin: std::net::SocketAddr) -> anyhow::Result<serde_json::Value
 }
 
 pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
-    let binary = crate::cache_restart::perch_binary(args.perch_bin.as_ref())?;
+    let binary = match &args.perch_bin {
+        Some(p) => p.clone(),
+        None => perch_testkit::servers::perch_binary()?,
+    };
     let moto = MotoServer::start();
     let latency = args.origin_latency_ms.to_string();
     let rtts = args.origin_handshake_rtts.to_string();
@@ -139,7 +142,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     }));
     let through_perch = Target::new("perch", perch.addr, bucket, Kind::S3);
     let direct = Target::new("direct", proxy.addr, bucket, Kind::S3);
-    let mut create = Req::put("", crate::data::object(1, "bucket", 0, 0));
+    let mut create = Req::put("", perch_testkit::bodies::object(1, "bucket", 0, 0));
     create.key = None;
     create.body = None;
     let made = client.execute(&through_perch, &create).await;
@@ -161,7 +164,10 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                 tick.tick().await;
                 let key = format!("orioledb_data/bg{w}/{n}");
                 let _ = client
-                    .execute(&target, &Req::put(&key, crate::data::object(7, &key, 0, 1 << 20)))
+                    .execute(
+                        &target,
+                        &Req::put(&key, perch_testkit::bodies::object(7, &key, 0, 1 << 20)),
+                    )
                     .await;
                 n += 1;
             }
@@ -188,7 +194,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     for round in 0..args.rounds {
         for &size in &args.sizes_mib {
             let bytes = (size << 20) as usize;
-            let body = crate::data::body_bytes(round as u64, "floor", 0, bytes);
+            let body = perch_testkit::bodies::body_bytes(round as u64, "floor", 0, bytes);
             let count = (args.per_round as u64 * 16 / size.max(1)).max(args.per_round as u64);
             for _ in 0..count {
                 n += 1;
@@ -202,7 +208,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                 samples[i].1.push(took.as_micros() as u64);
                 for (name, target) in [("perch", &through_perch), ("direct", &direct)] {
                     let key = format!("orioledb_data/{name}/{size}/{n}");
-                    let object = crate::data::object(round as u64, &key, 0, bytes);
+                    let object = perch_testkit::bodies::object(round as u64, &key, 0, bytes);
                     let out = client.execute(target, &Req::put(&key, object)).await;
                     if !out.ok() {
                         bail!("PUT {key} to {name} answered {}", out.status);
@@ -242,7 +248,10 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                 }
                 let key = format!("orioledb_data/burst/{i}");
                 let out = client
-                    .execute(&target, &Req::put(&key, crate::data::object(9, &key, 0, 1 << 20)))
+                    .execute(
+                        &target,
+                        &Req::put(&key, perch_testkit::bodies::object(9, &key, 0, 1 << 20)),
+                    )
                     .await;
                 if !out.ok() {
                     bail!("burst PUT {key} answered {}", out.status);

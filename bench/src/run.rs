@@ -10,11 +10,12 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::json;
 
+use perch_testkit::servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY};
+
 use crate::{
     client::{ClientOptions, ConnMode, HttpClient},
     engine::{self, Budget, Engine, Progress, Workload, WorkloadKind},
     report::Section,
-    servers::{DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY},
     target::{Kind, Target, loopback_addr},
     trace::{PreparedTrace, Trace, trace_files},
     units::{SizeMix, duration_arg, format_size, size_mix_arg},

@@ -5,12 +5,13 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
 
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, perch_binary};
+
 use crate::{
     engine::Progress,
     nginx::{self, NginxArgs},
     report::Section,
     run::{self, CommonArgs, DEFAULT_SIZES, RunArgs, WorkloadName},
-    servers::{MotoServer, PerchOptions, PerchServer},
     target::{Kind, Target},
     trace::trace_files,
     units::{SizeMix, duration_arg},
@@ -56,25 +57,6 @@ pub struct SuiteArgs {
     pub common: CommonArgs,
 }
 
-/// The `perch` binary: the flag, `$PERCH_BIN`, or next to the running executable.
-fn perch_binary(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag {
-        return Ok(p.clone());
-    }
-    if let Some(p) = std::env::var_os("PERCH_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating perch-bench")?;
-    let sibling = exe.with_file_name("perch");
-    if sibling.is_file() {
-        return Ok(sibling);
-    }
-    bail!(
-        "no perch binary next to {} : build it (cargo build --release -p perch-gateway) or pass --perch-bin",
-        exe.display()
-    )
-}
-
 fn perch_note(binary: &std::path::Path, moto: &str, cache: bool) -> String {
     let what = if cache {
         "Perch exports cache counters: its hit ratios come from /metrics"
@@ -89,7 +71,10 @@ fn perch_note(binary: &std::path::Path, moto: &str, cache: bool) -> String {
 
 /// Runs the suite; returns its sections.
 pub async fn run_suite(args: &SuiteArgs, progress: Arc<Progress>) -> anyhow::Result<Vec<Section>> {
-    let perch_bin = perch_binary(args.perch_bin.as_ref())?;
+    let perch_bin = match &args.perch_bin {
+        Some(p) => p.clone(),
+        None => perch_binary()?,
+    };
     if !perch_bin.is_file() {
         bail!("perch binary {} does not exist", perch_bin.display());
     }

@@ -13,9 +13,10 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use perch_testkit::bodies::{self, Digest32, Object};
+
 use crate::{
     client::{Expect, HttpClient, Outcome, Req},
-    data::{self, Digest32, Object},
     engine::Progress,
     stats::Stats,
     target::{self, Target},
@@ -302,7 +303,7 @@ impl PreparedTrace {
                 (OpKind::Put, Some(key)) => {
                     let v = versions.entry(key.clone()).or_insert(0);
                     *v += 1;
-                    Some(data::object(seed, key, *v, op.size as usize))
+                    Some(bodies::object(seed, key, *v, op.size as usize))
                 }
                 _ => None,
             })
@@ -311,7 +312,7 @@ impl PreparedTrace {
             .seeds()
             .into_iter()
             .map(|(key, size)| {
-                let object = data::object(seed, &key, 0, size as usize);
+                let object = bodies::object(seed, &key, 0, size as usize);
                 (key, object)
             })
             .collect();
@@ -511,7 +512,7 @@ fn request_for(op: &TraceOp, body: Option<Object>, state: &mut HashMap<String, O
     match op.kind {
         OpKind::Put => {
             req.method = Method::PUT;
-            let body = body.unwrap_or_else(|| data::object(0, "", 0, 0));
+            let body = body.unwrap_or_else(|| bodies::object(0, "", 0, 0));
             if op.if_none_match {
                 req.headers
                     .push((HeaderName::from_static("if-none-match"), HeaderValue::from_static("*")));
@@ -539,7 +540,7 @@ fn request_for(op: &TraceOp, body: Option<Object>, state: &mut HashMap<String, O
                                 status: 206,
                                 digest: Digest32 {
                                     len: b - a + 1,
-                                    sha256: data::sha256(slice),
+                                    sha256: bodies::sha256(slice),
                                 },
                             }
                         }

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream as StdTcpStream},
+    net::{SocketAddr, TcpStream as StdTcpStream},
     path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{OnceLock, mpsc},
@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
+use perch_testkit::servers::free_port;
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::{
@@ -41,13 +42,6 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot pick a free port")
 }
 
 fn http_ok(port: u16) -> bool {

@@ -6,26 +6,12 @@ use std::{
     process::Command,
 };
 
-use perch_bench::servers::{MotoServer, PerchOptions, PerchServer};
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, perch_binary};
 use serde_json::Value;
 
-/// The `perch` binary: `$PERCH_BIN`, else next to perch-bench in the same target dir, else
-/// `$CARGO_TARGET_DIR/release/perch`. These tests do not build it.
+/// The `perch` binary (these tests do not build it; `cargo test --workspace` does).
 fn perch_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("PERCH_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut candidates = vec![Path::new(env!("CARGO_BIN_EXE_perch-bench")).with_file_name("perch")];
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    candidates.push(target.join("release/perch"));
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
-        panic!(
-            "the perch binary is missing (looked at {candidates:?}): build it first with \
-             `cargo build --release -p perch-gateway` (cargo test --workspace builds it), or set PERCH_BIN"
-        )
-    })
+    perch_binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn traces_dir() -> PathBuf {

@@ -105,7 +105,9 @@ pub(crate) async fn spool(mut stream: ByteStream, len: u64, temp: &Path) -> std:
     if written != len {
         return Err(short(written));
     }
-    file.sync_all().await?;
+    if !crate::durable::skips_sync(crate::durable::SyncStep::Blob) {
+        file.sync_all().await?;
+    }
     Ok(Spooled {
         body: PutBody::File {
             path: temp.to_owned(),

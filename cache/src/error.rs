@@ -41,6 +41,9 @@ pub enum StoreError {
     Refused { seq: u64, error: String },
     #[error("the origin has not confirmed the write within {0:?}")]
     Timeout(Duration),
+    /// The write waited `--dirty-wait-max` for room under `--dirty-bytes-max`.
+    #[error("no room for the write within {0:?} (the upload backlog is full)")]
+    NoRoom(Duration),
 }
 
 impl From<std::io::Error> for StoreError {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use md5::{Digest, Md5};
 
 use crate::error::CacheError;
 use crate::local::Local;
@@ -84,13 +85,15 @@ pub(crate) fn collect(
 
 /// Writes `bucket`'s hot set to the origin.
 pub(crate) async fn write(origin: &dyn Origin, bucket: &str, objects: &[(String, u64)]) -> OriginResult<()> {
+    let body = encode(objects);
     let input = PutInput {
+        content_md5: Some(aws_smithy_types::base64::encode(Md5::digest(&body))),
         headers: ContentHeaders {
             content_type: Some("text/plain".into()),
             ..Default::default()
         },
         checksums: Default::default(),
-        body: PutBody::Bytes(Bytes::from(encode(objects))),
+        body: PutBody::Bytes(Bytes::from(body)),
         if_match: None,
         if_none_match: None,
         extra_headers: Vec::new(),

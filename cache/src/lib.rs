@@ -8,6 +8,7 @@
 
 mod body;
 mod disk_read;
+mod durable;
 mod error;
 mod fill;
 mod hot_set;
@@ -26,8 +27,10 @@ mod store;
 mod uploader;
 
 pub use body::{BodyDigest, Digested};
+pub use durable::{SyncStep, skips_sync};
 pub use error::{CacheError, StoreError, StoreResult};
-pub use journal::{FailedVersion, WriteConfig, WriteStatus};
+pub use journal::offline::{JournalProblem, OfflineJournal};
+pub use journal::{FailedVersion, JournalEntry, JournalOpError, WriteConfig, WriteStatus};
 pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{

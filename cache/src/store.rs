@@ -17,7 +17,7 @@ use crate::body::{Digested, spool};
 use crate::error::{CacheError, StoreResult};
 use crate::hot_set;
 use crate::journal::record::PartLayout;
-use crate::journal::{Journal, NewBody, NewVersion, WriteConfig, WriteStatus};
+use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::{Local, LocalConfig, lock};
@@ -103,6 +103,9 @@ impl Store {
         upload_origin: Arc<dyn Origin>,
         mut registry: Option<&mut Registry>,
     ) -> Result<Arc<Store>, CacheError> {
+        // The data dir's own name too: whoever made it may not have synced its parent.
+        crate::durable::create_dirs(&cfg.data_dir)?;
+        crate::durable::sync_parent(&cfg.data_dir)?;
         let local = Local::open(
             LocalConfig {
                 dir: cfg.data_dir.join("cache"),
@@ -194,6 +197,10 @@ impl Store {
         }
         let _held = self.journal.hold_commits(&[&okey]).await;
         self.settle(&okey).await?;
+        let input = PutInput {
+            content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
+            ..input
+        };
         let out = self.origin.put_object(bucket, key, &input).await;
         // Whatever the answer, the origin may now hold a new body: forget the cached one.
         self.local.invalidate(&okey);
@@ -478,6 +485,21 @@ impl Store {
     /// The write-back backlog; `upto`: also count the versions at or below that sequence number.
     pub fn write_status(&self, upto: Option<u64>) -> WriteStatus {
         self.journal.status(upto)
+    }
+
+    /// The oldest `limit` versions not yet in the origin (`perch journal list`).
+    pub fn journal(&self, limit: usize) -> Vec<JournalEntry> {
+        self.journal.list(limit)
+    }
+
+    /// Tries a version the origin refused again (`perch journal retry`).
+    pub fn retry_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        self.journal.retry(seq)
+    }
+
+    /// Drops a version the origin refused: its write is lost (`perch journal drop`).
+    pub fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        self.journal.drop_version(seq)
     }
 
     /// Brings the gauges up to date (before metrics are rendered).

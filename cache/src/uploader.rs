@@ -11,6 +11,7 @@ use crate::journal::record::{PartLayout, RecordPut};
 use crate::journal::state::Version;
 use crate::journal::{Journal, OriginCopy};
 use crate::local::TempGuard;
+use crate::local::blobs::{BLOCK, read_block};
 use crate::metrics::UploadLabel;
 use crate::origin::retry::RetryPolicy;
 use crate::origin::{Origin, OriginError, PutBody, PutInput};
@@ -75,7 +76,8 @@ impl Uploader {
                     let u = uploader.clone();
                     tokio::spawn(async move {
                         if pick.skip {
-                            u.release(pick.seq, "skipped", None).await;
+                            let journal = u.journal.clone();
+                            let _ = tokio::task::spawn_blocking(move || journal.release_skipped(pick.seq)).await;
                         } else {
                             u.upload(pick.seq).await;
                         }
@@ -86,6 +88,29 @@ impl Uploader {
             }
         });
         uploader
+    }
+
+    /// Reads version `seq`'s blob and checks every block against the CRC32 recorded when it was
+    /// acknowledged, so that a blob damaged on local disk is caught before it goes up.
+    async fn check_blob(&self, seq: u64, put: &RecordPut) -> Result<(), String> {
+        let (path, size, crcs) = (self.journal.local.blobs.path(seq), put.meta.size, put.crcs.clone());
+        let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            if len != size {
+                return Err(format!("{} holds {len} bytes, not {size}", path.display()));
+            }
+            for block in 0..size.div_ceil(BLOCK) {
+                match read_block(&file, size, &crcs, block) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(format!("block {block} of {} fails its CRC32", path.display())),
+                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        checked.unwrap_or_else(|e| Err(e.to_string()))
     }
 
     async fn release(&self, seq: u64, result: &'static str, stored: Option<OriginCopy>) {
@@ -103,6 +128,24 @@ impl Uploader {
         let (bucket, key) = (v.okey.bucket(), v.okey.key());
         let mut attempt = 0u32;
         loop {
+            // Checked before every attempt: a retry may come long after the last check.
+            if let Some(put) = &v.put
+                && let Err(why) = self.check_blob(seq, put).await
+            {
+                // The only copy of an acknowledged write is damaged: it must not go up as it is.
+                tracing::error!(
+                    bucket,
+                    key,
+                    seq,
+                    why,
+                    "a version's blob fails its check; it is not uploaded"
+                );
+                self.journal.refuse(
+                    seq,
+                    format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
+                );
+                return;
+            }
             let result = match &v.put {
                 None => self.origin.delete_object(bucket, key).await.map(|()| None),
                 Some(put) => match &put.parts {
@@ -250,6 +293,7 @@ impl Uploader {
             },
             if_match: None,
             if_none_match: None,
+            content_md5: md5_of_etag(&put.meta.etag),
             extra_headers: extra,
         }
     }
@@ -278,6 +322,13 @@ impl Uploader {
             last_modified: meta.last_modified,
         })
     }
+}
+
+/// `Content-MD5` for the upload of a single-part version: its ETag is the body's MD5.
+fn md5_of_etag(etag: &str) -> Option<String> {
+    let hex = etag.trim_matches('"');
+    let raw = hex::decode(hex).ok().filter(|r| r.len() == 16)?;
+    Some(aws_smithy_types::base64::encode(raw))
 }
 
 /// The multipart checksum of an object from its checksums: the algorithm that has a value, as

@@ -16,6 +16,132 @@ pub struct AdminArgs {
     pub admin: String,
 }
 
+/// `perch journal …`: the versions not yet in the origin, and the operator's decisions about
+/// those the origin refused.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    #[command(subcommand)]
+    pub command: JournalCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum JournalCommand {
+    /// List the oldest versions not yet in the origin (a running Perch)
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How many versions to list
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Upload a version the origin refused again, once what it refused is fixed (a running Perch)
+    Retry {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The version (its sequence number, from `perch status` or `perch journal list`)
+        seq: u64,
+    },
+    /// Drop a version the origin refused: that acknowledged write is LOST (a running Perch)
+    Drop {
+        #[command(flatten)]
+        admin: AdminArgs,
+        seq: u64,
+        /// Say that you mean it: the write is lost for good
+        #[arg(long)]
+        lose_this_write: bool,
+    },
+    /// Report the versions that would stop Perch from starting (a stopped Perch's data dir)
+    Check {
+        /// Perch's --data-dir
+        #[arg(long, env = "PERCH_DATA_DIR", default_value = "./perch-data")]
+        data_dir: std::path::PathBuf,
+    },
+    /// Drop the versions `check` reports, so that Perch starts and loses nothing else
+    Repair {
+        #[arg(long, env = "PERCH_DATA_DIR", default_value = "./perch-data")]
+        data_dir: std::path::PathBuf,
+        /// Say that you mean it: those writes are lost for good
+        #[arg(long)]
+        drop_missing: bool,
+    },
+}
+
+pub fn journal(args: &JournalArgs) -> anyhow::Result<()> {
+    match &args.command {
+        JournalCommand::List { admin, limit } => {
+            let body = get(&admin.admin, &format!("/journal?limit={limit}"))?;
+            let entries: Vec<perch_cache::JournalEntry> = serde_json::from_str(&body).context("reading /journal")?;
+            for e in &entries {
+                println!(
+                    "{:>10} {:6} {:>10} {:13} stage {:>4} {:>8.1} s  {}/{}{}",
+                    e.seq,
+                    e.kind,
+                    bytes(e.size),
+                    e.mode,
+                    e.stage,
+                    e.age_seconds,
+                    e.bucket,
+                    e.key,
+                    e.refused
+                        .as_deref()
+                        .map(|r| format!("  REFUSED: {r}"))
+                        .unwrap_or_default()
+                );
+            }
+            if entries.is_empty() {
+                println!("the journal is empty: everything acknowledged is in the origin");
+            }
+            Ok(())
+        }
+        JournalCommand::Retry { admin, seq } => {
+            print!("{}", call(&admin.admin, "POST", &format!("/journal/retry?seq={seq}"))?);
+            Ok(())
+        }
+        JournalCommand::Drop {
+            admin,
+            seq,
+            lose_this_write,
+        } => {
+            if !lose_this_write {
+                bail!("dropping version {seq} loses an acknowledged write; add --lose-this-write to do it");
+            }
+            let path = format!("/journal/drop?seq={seq}&confirm=lose-this-write");
+            print!("{}", call(&admin.admin, "POST", &path)?);
+            Ok(())
+        }
+        JournalCommand::Check { data_dir } => {
+            let journal = perch_cache::OfflineJournal::open(data_dir)
+                .with_context(|| format!("opening {} (is Perch stopped?)", data_dir.display()))?;
+            let (count, problems) = journal.check()?;
+            for p in &problems {
+                println!("version {} ({}/{}): {}", p.seq, p.bucket, p.key, p.problem);
+            }
+            println!(
+                "{count} versions in the journal, {} that would stop the start",
+                problems.len()
+            );
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                bail!("`perch journal repair --drop-missing` drops them (their writes are lost)")
+            }
+        }
+        JournalCommand::Repair { data_dir, drop_missing } => {
+            if !drop_missing {
+                bail!("repair drops the versions whose local copy is gone (their writes are lost); add --drop-missing");
+            }
+            let journal = perch_cache::OfflineJournal::open(data_dir)
+                .with_context(|| format!("opening {} (is Perch stopped?)", data_dir.display()))?;
+            let dropped = journal.repair()?;
+            for p in &dropped {
+                println!("dropped version {} ({}/{}): {}", p.seq, p.bucket, p.key, p.problem);
+            }
+            println!("{} versions dropped; Perch can start", dropped.len());
+            Ok(())
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct FlushArgs {
     #[command(flatten)]
@@ -27,13 +153,18 @@ pub struct FlushArgs {
 
 /// GET `path` on the admin endpoint; the body of a 200.
 fn get(admin: &str, path: &str) -> anyhow::Result<String> {
+    call(admin, "GET", path)
+}
+
+/// `method` `path` on the admin endpoint; the body of a 200.
+fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
     let mut stream =
         TcpStream::connect(admin).with_context(|| format!("connecting to Perch's admin endpoint {admin}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let _ = stream.set_nodelay(true);
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

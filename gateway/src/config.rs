@@ -161,6 +161,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_DIRTY_BYTES_MAX", value_name = "SIZE")]
     pub dirty_bytes_max: Option<String>,
 
+    /// The longest a write waits for room under --dirty-bytes-max (or for disk space) before it
+    /// is answered 503 SlowDown, which OrioleDB treats as fatal: keep it generous [default: 30m]
+    #[arg(long, env = "PERCH_DIRTY_WAIT_MAX", value_name = "DURATION")]
+    pub dirty_wait_max: Option<String>,
+
     /// Upload lag past which Perch reports itself unhealthy; it bounds what is lost if the volume
     /// itself is lost (the RPO) [default: 60s]
     #[arg(long, env = "PERCH_DIRTY_AGE_MAX", value_name = "DURATION")]
@@ -206,6 +211,7 @@ struct FileConfig {
     upload_concurrency: Option<usize>,
     upload_header: Option<Vec<String>>,
     dirty_bytes_max: Option<String>,
+    dirty_wait_max: Option<String>,
     dirty_age_max: Option<String>,
     drain_timeout: Option<String>,
     drain_quiet: Option<String>,
@@ -264,6 +270,7 @@ pub struct Config {
     pub upload_headers: Vec<UploadHeader>,
     /// `None`: 50% of the data dir's filesystem.
     pub dirty_bytes_max: Option<u64>,
+    pub dirty_wait_max: Duration,
     pub dirty_age_max: Duration,
     pub drain_timeout: Duration,
     pub drain_quiet: Duration,
@@ -461,6 +468,7 @@ impl Config {
                 Some(s) => Some(parse_size(&s).context("--dirty-bytes-max")?),
                 None => None,
             },
+            dirty_wait_max: duration_or(args.dirty_wait_max.or(file.dirty_wait_max), "--dirty-wait-max", 1800)?,
             dirty_age_max: duration_or(args.dirty_age_max.or(file.dirty_age_max), "--dirty-age-max", 60)?,
             drain_timeout: duration_or(args.drain_timeout.or(file.drain_timeout), "--drain-timeout", 240)?,
             drain_quiet: duration_or(args.drain_quiet.or(file.drain_quiet), "--drain-quiet", 5)?,

@@ -53,6 +53,14 @@ pub fn store_error(e: StoreError) -> S3Error {
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
             err
         }
+        StoreError::NoRoom(_) => {
+            let mut err = S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "Perch's backlog of writes not yet uploaded is full (--dirty-bytes-max); please retry.",
+            );
+            err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+            err
+        }
         StoreError::Refused { error, .. } => S3Error::with_message(
             S3ErrorCode::InternalError,
             format!("The origin refused the write: {error}"),

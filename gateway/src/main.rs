@@ -46,6 +46,9 @@ enum Command {
     Status(admin::AdminArgs),
     /// Wait until every write acknowledged so far is in the origin, with a progress bar.
     Flush(admin::FlushArgs),
+    /// The write-back journal: list it, retry or drop a version the origin refused (running
+    /// Perch), or check and repair a stopped Perch's journal.
+    Journal(admin::JournalArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
+        Command::Journal(args) => admin::journal(&args),
     }
 }
 
@@ -139,11 +143,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats,
     ));
 
-    let cache_dir = config.data_dir.join("cache");
-    std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
     let disk_bytes = config
         .cache_disk_bytes
-        .unwrap_or_else(|| default_cache_disk_bytes(&cache_dir));
+        .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         disk_bytes,
@@ -164,6 +166,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             dirty_bytes_max: config
                 .dirty_bytes_max
                 .unwrap_or_else(|| filesystem_size(&config.data_dir) / 2),
+            dirty_wait_max: config.dirty_wait_max,
             dirty_age_max: config.dirty_age_max,
             upload_headers: config.upload_headers.clone(),
         },

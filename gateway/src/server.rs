@@ -197,11 +197,65 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
+/// The value of `name` in the request's query, if any.
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `POST /journal/retry?seq=N` and `POST /journal/drop?seq=N&confirm=lose-this-write`: an
+/// operator's decision about a version the origin refused.
+fn journal_request(store: &Store, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(seq) = query_param(req, "seq").and_then(|v| v.parse::<u64>().ok()) else {
+        return text(StatusCode::BAD_REQUEST, "text/plain", "seq=N is required\n".into());
+    };
+    let done = match req.uri().path() {
+        "/journal/retry" => store
+            .retry_version(seq)
+            .map(|()| format!("version {seq} will be uploaded again\n")),
+        "/journal/drop" if query_param(req, "confirm") == Some("lose-this-write") => store
+            .drop_version(seq)
+            .map(|()| format!("version {seq} dropped: that write is lost\n")),
+        "/journal/drop" => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "dropping a version loses an acknowledged write: add confirm=lose-this-write\n".into(),
+            );
+        }
+        _ => return text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    match done {
+        Ok(msg) => text(StatusCode::OK, "text/plain", msg),
+        Err(perch_cache::JournalOpError::NotFound(_)) => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("version {seq} is not in the journal\n"),
+        ),
+        Err(e @ perch_cache::JournalOpError::NotRefused(_)) => {
+            text(StatusCode::CONFLICT, "text/plain", format!("{e}\n"))
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+    }
+}
+
 async fn admin_request(store: &Store, metrics: &Metrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == http::Method::POST && req.uri().path().starts_with("/journal/") {
+        return journal_request(store, &req);
+    }
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
+        "/journal" => {
+            let limit = query_param(&req, "limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+            match serde_json::to_string_pretty(&store.journal(limit)) {
+                Ok(body) => text(StatusCode::OK, "application/json", body + "\n"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
         // Alive, and uploading in time: past --dirty-age-max of lag, or with a version the
         // origin refused, Perch reports itself unhealthy (it keeps serving).
         "/healthz" => {

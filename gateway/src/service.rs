@@ -300,6 +300,7 @@ impl S3 for Gateway {
             body: body.body.clone(),
             if_match: input.if_match.as_ref().map(convert::etag_condition),
             if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
+            content_md5: None,
             extra_headers: Vec::new(),
         };
         let out = self

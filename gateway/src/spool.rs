@@ -284,6 +284,9 @@ pub async fn receive(
         match file.take() {
             Some(mut f) => {
                 f.flush().await?;
+                if perch_cache::skips_sync(perch_cache::SyncStep::Blob) {
+                    return Ok(());
+                }
                 f.into_inner().sync_all().await
             }
             None => Ok(()),

@@ -8,6 +8,7 @@
 //! them in the order `state` allows. A released version leaves the journal and stays as a clean
 //! cache entry if it is still the newest of its key.
 
+pub(crate) mod offline;
 pub(crate) mod record;
 pub(crate) mod state;
 
@@ -46,6 +47,8 @@ pub struct WriteConfig {
     pub write_through_concurrency: usize,
     /// Past this many unuploaded bytes, a write waits for room (`--dirty-bytes-max`).
     pub dirty_bytes_max: u64,
+    /// The longest a write waits for room before it is refused (`--dirty-wait-max`, 30 min).
+    pub dirty_wait_max: Duration,
     /// Upload lag past which Perch reports itself unhealthy (`--dirty-age-max`, 60 s).
     pub dirty_age_max: Duration,
     /// Headers added to the uploads of matching keys (`--upload-header 'GLOB=Name: value'`).
@@ -61,6 +64,7 @@ impl Default for WriteConfig {
             upload_concurrency: 16,
             write_through_concurrency: 4,
             dirty_bytes_max: 10 << 30,
+            dirty_wait_max: Duration::from_secs(1800),
             dirty_age_max: Duration::from_secs(60),
             upload_headers: Vec::new(),
         }
@@ -173,10 +177,35 @@ impl Gates {
     }
 }
 
+/// Writes waiting for room under `--dirty-bytes-max`, served in arrival order: a large write is
+/// never starved by smaller ones, and a write never commits after a later write of its key.
+#[derive(Default)]
+struct Room {
+    next: u64,
+    waiting: std::collections::BTreeSet<u64>,
+}
+
+/// A write's place in the room queue; it leaves the queue when dropped (committed, or its client
+/// went away and the request was dropped: then it is never committed).
+pub(crate) struct Admitted<'a> {
+    journal: &'a Journal,
+    ticket: Option<u64>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            lock(&self.journal.room).waiting.remove(&t);
+            self.journal.released.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
 pub(crate) struct Journal {
     pub(crate) cfg: WriteConfig,
     pub(crate) local: Arc<Local>,
     gates: Gates,
+    room: Mutex<Room>,
     state: Mutex<State>,
     /// The current epoch. Ordinary commits hold it shared, a barrier exclusively, so a version
     /// committed after a barrier was acknowledged always belongs to a later epoch.
@@ -227,6 +256,7 @@ impl Journal {
             local,
             state: Mutex::new(State::default()),
             gates: Gates::default(),
+            room: Mutex::new(Room::default()),
             epoch: RwLock::new(0),
             wake: Arc::new(Notify::new()),
             released: watch::channel(0).0,
@@ -331,7 +361,7 @@ impl Journal {
             crcs,
             parts,
         } = version;
-        self.wait_for_room(meta.size).await;
+        let _admitted = self.wait_for_room(meta.size).await?;
         let _pass = self.gates.pass(okey).await;
         let journal = self.clone();
         let okey = okey.clone();
@@ -356,27 +386,50 @@ impl Journal {
             .map_err(|e| StoreError::from(std::io::Error::other(e)))?
     }
 
-    async fn wait_for_room(&self, size: u64) {
+    /// Waits until a write of `size` bytes fits under `--dirty-bytes-max` (one larger than the
+    /// whole limit still goes, alone), behind the writes that came before it; up to
+    /// `--dirty-wait-max`. Keep the answer until the commit is done.
+    async fn wait_for_room(&self, size: u64) -> StoreResult<Admitted<'_>> {
+        let fits = |st: &State| st.dirty_bytes == 0 || st.dirty_bytes + size <= self.cfg.dirty_bytes_max;
+        let ticket = {
+            let mut room = lock(&self.room);
+            if room.waiting.is_empty() && fits(&lock(&self.state)) {
+                return Ok(Admitted {
+                    journal: self,
+                    ticket: None,
+                });
+            }
+            room.next += 1;
+            let t = room.next;
+            room.waiting.insert(t);
+            t
+        };
+        let admitted = Admitted {
+            journal: self,
+            ticket: Some(ticket),
+        };
         let mut rx = self.released.subscribe();
+        let deadline = Instant::now() + self.cfg.dirty_wait_max;
         let mut logged = false;
         loop {
             {
+                let first = lock(&self.room).waiting.first().copied();
                 let st = lock(&self.state);
-                // One object larger than the whole limit still goes, alone.
-                if st.dirty_bytes == 0 || st.dirty_bytes + size <= self.cfg.dirty_bytes_max {
-                    return;
+                if first == Some(ticket) && fits(&st) {
+                    return Ok(admitted);
                 }
                 if !logged {
                     tracing::warn!(
                         dirty_bytes = st.dirty_bytes,
                         limit = self.cfg.dirty_bytes_max,
-                        "--dirty-bytes-max reached: writes wait for uploads"
+                        "--dirty-bytes-max reached: writes wait for uploads, in arrival order"
                     );
                     logged = true;
                 }
             }
-            if rx.changed().await.is_err() {
-                return;
+            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(StoreError::NoRoom(self.cfg.dirty_wait_max)),
             }
         }
     }
@@ -476,7 +529,7 @@ impl Journal {
                 let mut f = std::fs::File::create(&temp)?;
                 std::io::Write::write_all(&mut f, &b)?;
                 fail_point("blob_written");
-                f.sync_all()?;
+                crate::durable::sync_file(&f)?;
                 std::mem::forget(guard);
             }
             NewBody::File(spooled) => {
@@ -484,7 +537,7 @@ impl Journal {
                 // filesystems, a copy, synced here.
                 if std::fs::rename(&spooled, &temp).is_err() {
                     std::fs::copy(&spooled, &temp)?;
-                    std::fs::File::open(&temp)?.sync_all()?;
+                    crate::durable::sync_file(&std::fs::File::open(&temp)?)?;
                 }
                 fail_point("blob_written");
             }
@@ -665,6 +718,51 @@ impl Journal {
         self.bump();
     }
 
+    /// Version `seq` is replaced inside its stage: it and the versions of its key that the same
+    /// stage replaces too go at once, in one synced batch (not one sync each).
+    pub(crate) fn release_skipped(&self, seq: u64) {
+        let (okey, run) = {
+            let st = lock(&self.state);
+            let Some(v) = st.versions.get(&seq) else { return };
+            let run: Vec<(u64, bool)> = st
+                .skippable_run(seq)
+                .into_iter()
+                .filter_map(|s| st.versions.get(&s).map(|v| (s, v.put.is_some())))
+                .collect();
+            (v.okey.clone(), run)
+        };
+        let released = {
+            let _key = self.local.key_lock(&okey);
+            self.local.index.release_superseded(&run).map(|()| {
+                let mut st = lock(&self.state);
+                for (s, _) in &run {
+                    st.remove(*s);
+                }
+                self.refresh_gauges(&st);
+            })
+        };
+        match released {
+            Ok(()) => {
+                for (s, is_put) in &run {
+                    if *is_put {
+                        self.local.blobs.remove(*s);
+                    }
+                }
+                self.stats
+                    .uploads
+                    .get_or_create(&UploadLabel { result: "skipped" })
+                    .inc_by(run.len() as u64);
+            }
+            Err(e) => {
+                tracing::error!(seq, error = %e, "cannot record skipped versions in the journal");
+                let mut st = lock(&self.state);
+                st.fail(seq, format!("cannot record the skip locally: {e}"));
+                self.refresh_gauges(&st);
+            }
+        }
+        self.bump();
+    }
+
     fn release_blocking(&self, seq: u64, stored: Option<OriginCopy>) -> Result<(), CacheError> {
         let Some(v) = self.version(seq) else {
             return Ok(());
@@ -728,6 +826,93 @@ impl Journal {
 impl crate::local::Pending for Journal {
     fn has_pending(&self, okey: &ObjectKey) -> bool {
         Journal::has_pending(self, okey)
+    }
+}
+
+/// One version of the journal, as `perch journal list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub bucket: String,
+    pub key: String,
+    /// `put` or `delete`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: String,
+    pub stage: u64,
+    pub age_seconds: f64,
+    /// Why the origin refused it, if it did.
+    pub refused: Option<String>,
+}
+
+/// What an operator's journal request could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalOpError {
+    #[error("version {0} is not in the journal")]
+    NotFound(u64),
+    #[error("version {0} is not refused by the origin: only refused versions are retried or dropped")]
+    NotRefused(u64),
+    #[error(transparent)]
+    Local(#[from] CacheError),
+}
+
+impl Journal {
+    /// The oldest `limit` versions not yet in the origin.
+    pub(crate) fn list(&self, limit: usize) -> Vec<JournalEntry> {
+        let st = lock(&self.state);
+        st.versions
+            .iter()
+            .take(limit)
+            .map(|(seq, v)| JournalEntry {
+                seq: *seq,
+                bucket: v.okey.bucket().to_owned(),
+                key: v.okey.key().to_owned(),
+                kind: if v.put.is_some() { "put" } else { "delete" }.to_owned(),
+                size: v.size(),
+                mode: v.mode.as_str().to_owned(),
+                stage: v.stage,
+                age_seconds: v.acked.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                refused: st.failed.get(seq).cloned(),
+            })
+            .collect()
+    }
+
+    /// Tries a refused version again (after the operator fixed what the origin refused).
+    pub(crate) fn retry(&self, seq: u64) -> Result<(), JournalOpError> {
+        let mut st = lock(&self.state);
+        if !st.versions.contains_key(&seq) {
+            return Err(JournalOpError::NotFound(seq));
+        }
+        if !st.retry(seq) {
+            return Err(JournalOpError::NotRefused(seq));
+        }
+        self.refresh_gauges(&st);
+        drop(st);
+        self.bump();
+        Ok(())
+    }
+
+    /// Drops a refused version for good: the write is lost (its key reads as the origin has it,
+    /// or as its later versions say), and the versions behind it go on.
+    pub(crate) fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        let v = {
+            let st = lock(&self.state);
+            let v = st.versions.get(&seq).cloned().ok_or(JournalOpError::NotFound(seq))?;
+            if !st.failed.contains_key(&seq) {
+                return Err(JournalOpError::NotRefused(seq));
+            }
+            v
+        };
+        {
+            let _key = self.local.key_lock(&v.okey);
+            record::drop_from_index(&self.local, seq, &v.okey, v.put.is_some())?;
+            let mut st = lock(&self.state);
+            st.remove(seq);
+            self.refresh_gauges(&st);
+        }
+        tracing::warn!(seq, object = %v.okey, "a refused version was dropped by an operator: that write is lost");
+        self.bump();
+        Ok(())
     }
 }
 

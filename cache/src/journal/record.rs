@@ -6,6 +6,10 @@ use std::time::SystemTime;
 use perch_policy::WriteMode;
 use serde::{Deserialize, Serialize};
 
+use crate::error::CacheError;
+use crate::key::ObjectKey;
+use crate::local::Local;
+use crate::local::index::Released;
 use crate::origin::{Checksums, ObjectMeta};
 
 /// The journal record of a version.
@@ -43,4 +47,24 @@ impl Record {
     pub(crate) fn mode(&self) -> WriteMode {
         self.mode.parse().unwrap_or(WriteMode::WriteBack)
     }
+}
+
+/// Removes version `seq` of `okey` without uploading it (an operator dropped it): its record goes
+/// and, if it is the newest version of its key, its index entry too; one synced batch, then its
+/// blob. The caller holds the key's lock.
+pub(crate) fn drop_from_index(local: &Local, seq: u64, okey: &ObjectKey, is_put: bool) -> Result<(), CacheError> {
+    let newest = local.index.get(okey)?.is_some_and(|e| e.blob == seq && e.pending);
+    let after = if newest {
+        Released::Gone
+    } else {
+        Released::Superseded { forget_blob: is_put }
+    };
+    local.index.release_version(seq, okey, &after, true)?;
+    if newest {
+        local.memory.invalidate(okey);
+    }
+    if is_put {
+        local.blobs.remove(seq);
+    }
+    Ok(())
 }

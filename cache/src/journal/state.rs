@@ -138,6 +138,22 @@ impl State {
         }
     }
 
+    /// An operator asked to try a refused version again: it goes back to the scheduler.
+    pub(crate) fn retry(&mut self, seq: u64) -> bool {
+        if self.failed.remove(&seq).is_none() {
+            return false;
+        }
+        let first = self
+            .versions
+            .get(&seq)
+            .and_then(|v| self.keys.get(&v.okey))
+            .and_then(|seqs| seqs.first().copied());
+        if first == Some(seq) {
+            self.mark_ready(seq);
+        }
+        true
+    }
+
     fn mark_ready(&mut self, seq: u64) {
         let Some(v) = self.versions.get(&seq) else { return };
         if self.failed.contains_key(&seq) {
@@ -206,6 +222,35 @@ impl State {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The versions released with `seq` when it is skipped: `seq` and the versions of its key
+    /// after it that a newer version in the same stage replaces too (oldest first).
+    pub(crate) fn skippable_run(&self, seq: u64) -> Vec<u64> {
+        let Some(v) = self.versions.get(&seq) else {
+            return Vec::new();
+        };
+        let Some(seqs) = self.keys.get(&v.okey) else {
+            return vec![seq];
+        };
+        let stage = v.stage;
+        let mut run = vec![seq];
+        let mut later = seqs.range(seq + 1..).peekable();
+        while let Some(&next) = later.next() {
+            let next_replaced = later
+                .peek()
+                .and_then(|n| self.versions.get(n))
+                .is_some_and(|n| n.stage == stage && n.mode != WriteMode::WriteThrough);
+            let same_stage = self
+                .versions
+                .get(&next)
+                .is_some_and(|n| n.stage == stage && n.mode != WriteMode::WriteThrough);
+            if !(same_stage && next_replaced) {
+                break;
+            }
+            run.push(next);
+        }
+        run
     }
 
     /// How long the oldest unconfirmed version has waited.
@@ -313,6 +358,27 @@ mod tests {
     }
 
     #[test]
+    fn a_skip_takes_every_version_its_stage_replaces_at_once() {
+        let mut st = State::default();
+        for seq in 1..=5 {
+            st.add(seq, v("k", WriteMode::WriteBack, 0));
+        }
+        st.add(6, v("ctl", WriteMode::Barrier, 1));
+        st.add(7, v("k", WriteMode::WriteBack, 2));
+        assert_eq!(st.next_uploads(SLOTS), [Pick { seq: 1, skip: true }]);
+        assert_eq!(
+            st.skippable_run(1),
+            [1, 2, 3, 4],
+            "5 is the last of its stage: it goes up"
+        );
+        for seq in 1..=4 {
+            st.remove(seq);
+        }
+        assert_eq!(st.next_uploads(SLOTS), [Pick { seq: 5, skip: false }]);
+        assert_eq!(st.skippable_run(5), [5]);
+    }
+
+    #[test]
     fn a_write_through_version_waits_for_the_older_versions_of_its_key() {
         let mut st = State::default();
         st.add(1, v("ctl", WriteMode::Barrier, 1));
@@ -339,6 +405,18 @@ mod tests {
         assert_eq!(st.in_flight(), 0);
         st.remove(1);
         assert_eq!(seqs(&st.next_uploads(SLOTS)), [2]);
+    }
+
+    #[test]
+    fn a_retried_version_goes_back_to_the_scheduler() {
+        let mut st = State::default();
+        st.add(1, v("a", WriteMode::WriteBack, 0));
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
+        st.fail(1, "403".into());
+        assert!(st.next_uploads(SLOTS).is_empty());
+        assert!(st.retry(1));
+        assert!(!st.retry(1), "only a refused version can be retried");
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
     }
 
     #[test]

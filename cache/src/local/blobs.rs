@@ -21,6 +21,7 @@ impl Blobs {
     /// Opens (creating) the directory and removes temp files left by a crash.
     pub(crate) fn open(dir: impl Into<PathBuf>) -> io::Result<Blobs> {
         let dir = dir.into();
+        crate::durable::create_dirs(&dir)?;
         let tmp = dir.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
@@ -37,10 +38,7 @@ impl Blobs {
 
     /// Makes the name of blob `id` durable: fsyncs the directory it was renamed into.
     pub(crate) fn sync_dir(&self, id: u64) -> io::Result<()> {
-        match self.path(id).parent() {
-            Some(parent) => File::open(parent)?.sync_all(),
-            None => Ok(()),
-        }
+        crate::durable::sync_parent(&self.path(id))
     }
 
     pub(crate) fn path(&self, id: u64) -> PathBuf {

@@ -116,9 +116,10 @@ fn no_sync() -> WriteOptions {
     w
 }
 
+/// A write that is on disk when it returns (the journal's commits).
 fn synced() -> WriteOptions {
     let mut w = WriteOptions::default();
-    w.set_sync(true);
+    w.set_sync(!crate::durable::skips_sync(crate::durable::SyncStep::Journal));
     w
 }
 
@@ -126,7 +127,8 @@ fn synced() -> WriteOptions {
 pub(crate) enum Released<'a> {
     /// The version was the newest: it stays, as this clean entry.
     Clean(&'a Entry),
-    /// The version was the newest and a delete: the tombstone goes.
+    /// The version was the newest and goes with its entry (a delete's tombstone, or a version
+    /// an operator dropped).
     Gone,
     /// A newer version is the entry; this one's blob name goes when `forget_blob`.
     Superseded { forget_blob: bool },
@@ -418,7 +420,10 @@ impl Index {
         b.delete_cf(self.cf(JOURNAL)?, seq.to_be_bytes());
         match after {
             Released::Clean(e) => b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), serde_json::to_vec(e)?),
-            Released::Gone => b.delete_cf(self.cf(OBJECTS)?, okey.as_bytes()),
+            Released::Gone => {
+                b.delete_cf(self.cf(OBJECTS)?, okey.as_bytes());
+                b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
+            }
             Released::Superseded { forget_blob } => {
                 if *forget_blob {
                     b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
@@ -428,6 +433,28 @@ impl Index {
         let mut w = WriteOptions::default();
         w.set_sync(sync);
         self.db.write_opt(b, &w)?;
+        Ok(())
+    }
+
+    /// Releases superseded versions (`(seq, is_put)`) in ONE synced batch: their records and the
+    /// names of their blobs go (a newer version of their key is its entry).
+    pub(crate) fn release_superseded(&self, versions: &[(u64, bool)]) -> Result<(), CacheError> {
+        let mut b = WriteBatch::default();
+        for (seq, is_put) in versions {
+            b.delete_cf(self.cf(JOURNAL)?, seq.to_be_bytes());
+            if *is_put {
+                b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
+            }
+        }
+        self.db.write_opt(b, &synced())?;
+        Ok(())
+    }
+
+    /// Deletes journal record `seq` alone, synced (an unreadable record an operator dropped).
+    pub(crate) fn delete_record(&self, seq: u64) -> Result<(), CacheError> {
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(JOURNAL)?, seq.to_be_bytes());
+        self.db.write_opt(b, &synced())?;
         Ok(())
     }
 

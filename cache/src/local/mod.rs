@@ -61,6 +61,9 @@ pub(crate) struct Local {
     /// Set when a version was released without a sync: before a blob file is removed, the log
     /// is synced, so that a crash never brings back a journal record whose blob is gone.
     unsynced_release: AtomicBool,
+    /// While the start's rebuild of the eviction order runs: blobs removed meanwhile, which its
+    /// snapshot of the index still names (`None` once it is done).
+    removed_while_rebuilding: Mutex<Option<std::collections::HashSet<u64>>>,
     /// Reads since the last flush of access times.
     reads: Mutex<HashMap<ObjectKey, SystemTime>>,
     /// Wakes the flush of access times early, when `reads` has grown to `READS_FLUSH_AT`.
@@ -97,7 +100,8 @@ impl Drop for TempGuard {
 impl Local {
     /// Opens the index and the blob directory under `cfg.dir`.
     pub(crate) fn open(cfg: LocalConfig, registry: Option<&mut Registry>) -> Result<Local, CacheError> {
-        std::fs::create_dir_all(&cfg.dir)?;
+        // RocksDB fsyncs what it writes in its directory, not the directory's own name.
+        crate::durable::create_dirs(&cfg.dir.join("index"))?;
         let index = Index::open(&cfg.dir.join("index"))?;
         let blobs = Blobs::open(cfg.dir.join("blobs"))?;
         let stats = CacheStats::default();
@@ -120,6 +124,7 @@ impl Local {
             fills: Fills::default(),
             key_locks: (0..64).map(|_| Mutex::new(())).collect(),
             unsynced_release: AtomicBool::new(false),
+            removed_while_rebuilding: Mutex::new(Some(Default::default())),
             reads: Mutex::new(HashMap::new()),
             flush_soon: Arc::new(tokio::sync::Notify::new()),
             prefetched: Mutex::new(HashMap::new()),
@@ -172,9 +177,17 @@ impl Local {
         let count = all.len();
         lock(&self.evictor).reserve(count);
         for e in all {
-            let evicted = lock(&self.evictor).insert(e.blob, e.key_hash, e.size);
+            // A blob removed since the scan (dropped, replaced, evicted) must not come back.
+            let evicted = {
+                let removed = lock(&self.removed_while_rebuilding);
+                if removed.as_ref().is_some_and(|r| r.contains(&e.blob)) {
+                    continue;
+                }
+                lock(&self.evictor).insert(e.blob, e.key_hash, e.size)
+            };
             self.drop_evicted(Evicted(evicted));
         }
+        *lock(&self.removed_while_rebuilding) = None;
         self.fit_memory();
         self.refresh_gauges();
         release_free_memory();
@@ -339,6 +352,9 @@ impl Local {
 
     /// Removes a blob no index entry names any more.
     pub(crate) fn remove_blob(&self, blob: u64) {
+        if let Some(removed) = lock(&self.removed_while_rebuilding).as_mut() {
+            removed.insert(blob);
+        }
         lock(&self.evictor).remove(blob);
         self.before_unlink();
         self.blobs.remove(blob);

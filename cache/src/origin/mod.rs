@@ -403,6 +403,9 @@ pub struct PutInput {
     pub if_match: Option<String>,
     /// `If-None-Match: *`: write only when the key is absent.
     pub if_none_match: Option<String>,
+    /// `Content-MD5` (base64 of the body's MD5): the origin refuses a body that does not match
+    /// (400 BadDigest), so a body damaged on the way or on local disk never goes up silently.
+    pub content_md5: Option<String>,
     /// More headers for the origin request (`--upload-header`; lower-case names). The directory
     /// origin ignores them.
     pub extra_headers: Vec<(String, String)>,

@@ -100,9 +100,9 @@ impl FsOrigin {
     /// and reads the header of every object to build the listing index.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<FsOrigin> {
         let root = root.into();
-        std::fs::create_dir_all(&root)?;
+        crate::durable::create_dirs(&root)?;
         let tmp = root.join(TMP_DIR);
-        std::fs::create_dir_all(&tmp)?;
+        crate::durable::create_dirs(&tmp)?;
         for entry in std::fs::read_dir(&tmp)? {
             let entry = entry?;
             let path = entry.path();
@@ -114,7 +114,7 @@ impl FsOrigin {
             tracing::debug!(path = %path.display(), "removed a leftover temporary file");
         }
         let uploads = root.join(UPLOADS_DIR);
-        std::fs::create_dir_all(&uploads)?;
+        crate::durable::create_dirs(&uploads)?;
 
         let mut buckets = BTreeMap::new();
         for entry in std::fs::read_dir(&root)? {
@@ -365,6 +365,9 @@ impl Origin for FsOrigin {
             headers: input.headers.clone(),
             checksums: input.checksums.clone(),
         };
+        if let Some(md5) = &input.content_md5 {
+            check_content_md5(md5, &meta.etag)?;
+        }
         let temp = writer
             .finish(&StoredHeader {
                 key: key.to_owned(),
@@ -573,6 +576,20 @@ fn check_put(b: &Bucket, key: &str, input: &PutInput) -> OriginResult<()> {
         && super::etag_matches(n, &e.etag)
     {
         return Err(OriginError::PreconditionFailed);
+    }
+    Ok(())
+}
+
+/// S3's check of `Content-MD5` (base64) against the body's MD5 (its quoted hex ETag).
+fn check_content_md5(content_md5: &str, etag: &str) -> OriginResult<()> {
+    let given = aws_smithy_types::base64::decode(content_md5)
+        .map_err(|_| OriginError::rejected(400, "InvalidDigest", "The Content-MD5 you specified is not valid."))?;
+    if hex::encode(given) != etag.trim_matches('"') {
+        return Err(OriginError::rejected(
+            400,
+            "BadDigest",
+            "The Content-MD5 you specified did not match what we received.",
+        ));
     }
     Ok(())
 }

@@ -394,7 +394,8 @@ impl Origin for S3Origin {
             // computes nothing since the value is set.
             .set_checksum_algorithm(checksum_algorithm(c))
             .set_if_match(input.if_match.clone())
-            .set_if_none_match(input.if_none_match.clone());
+            .set_if_none_match(input.if_none_match.clone())
+            .set_content_md5(input.content_md5.clone());
         let send = req
             .customize()
             .map_request(headers_mapper(

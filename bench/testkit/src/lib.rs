@@ -1,0 +1,17 @@
+//! What Perch's tests and benchmarks share: servers, the origin proxy, clients and bodies.
+//!
+//! - [`servers`]: moto, the `perch` binary and the in-process origin proxy on loopback;
+//! - [`origin_proxy`]: the fault-injecting, request-recording proxy (`perch-bench origin-proxy`)
+//!   and a client of its control API;
+//! - [`raw_client`] and [`sigv4`]: the OrioleDB-shaped raw HTTP/1.1 S3 client;
+//! - [`sdk`]: aws-sdk-s3 clients of perch and moto;
+//! - [`bodies`]: deterministic bodies and their ETags.
+//!
+//! It depends on no crate of this workspace: perch and the origins run as processes.
+
+pub mod bodies;
+pub mod origin_proxy;
+pub mod raw_client;
+pub mod sdk;
+pub mod servers;
+pub mod sigv4;

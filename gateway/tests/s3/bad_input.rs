@@ -1,0 +1,300 @@
+//! Requests a correct S3 server refuses, sent as raw HTTP with hand-made SigV4.
+//!
+//! Each must get S3's status and error code, store nothing, leave no spooled body behind in
+//! <data-dir>/tmp, and leave perch serving.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, SystemTime};
+
+use perch_testkit::bodies::{content_md5, pattern};
+use perch_testkit::raw_client::{Req, Resp, Style};
+use perch_testkit::sigv4::{Keys, sha256_hex};
+
+use crate::support::machine;
+use crate::support::perch::{Perch, admin_get, wait_until};
+use crate::support::raw::{assert_error, create_bucket, list_keys};
+
+/// A perch with the directory origin, the bucket and one known object.
+fn setup() -> Perch {
+    let perch = Perch::dir(&[]);
+    create_bucket(perch.addr());
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "known")
+        .body(pattern(100, 1))
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "{}", r.summary());
+    perch
+}
+
+fn keys_of(perch: &Perch) -> BTreeSet<String> {
+    list_keys(perch.addr()).into_iter().collect()
+}
+
+/// Nothing new in the origin, nothing left in the spool, perch alive and serving.
+#[track_caller]
+fn assert_clean(perch: &Perch, before: &BTreeSet<String>, what: &str) {
+    let after = keys_of(perch);
+    assert_eq!(&after, before, "{what}: the origin's listing changed");
+    // The spool is emptied by the request that filled it; allow it a moment to finish.
+    let mut left = Vec::new();
+    let clean = wait_until(Duration::from_secs(5), || {
+        left = perch.spool_entries();
+        left.is_empty()
+    });
+    assert!(clean, "{what}: spooled bodies left in <data-dir>/tmp: {left:?}");
+    let (status, body) = admin_get(&perch.server, "/healthz");
+    assert_eq!(status, 200, "{what}: /healthz after: {body}");
+    let r = Req::object("GET", perch.addr(), Style::Virtual, "known").go(perch.addr());
+    assert_eq!(r.status, 200, "{what}: perch no longer serves: {}", r.summary());
+    assert_eq!(r.body, pattern(100, 1), "{what}");
+}
+
+#[track_caller]
+fn assert_missing(perch: &Perch, key_path: &str, what: &str) {
+    let r = Req::object("GET", perch.addr(), Style::Virtual, key_path).go(perch.addr());
+    assert_error(&r, 404, "NoSuchKey", &format!("{what}: GET {key_path} afterwards"));
+}
+
+#[test]
+fn wrong_signature_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let wrong = Keys::new(Keys::dev().access_key_id.as_str(), "not-the-secret");
+    for (method, body) in [("PUT", pattern(10, 2)), ("GET", Vec::new()), ("DELETE", Vec::new())] {
+        let key = if method == "PUT" { "sig-put" } else { "known" };
+        let r = Req::object(method, perch.addr(), Style::Virtual, key)
+            .body(body)
+            .keys(Some(wrong.clone()))
+            .go(perch.addr());
+        assert_error(
+            &r,
+            403,
+            "SignatureDoesNotMatch",
+            &format!("{method} with a wrong secret"),
+        );
+    }
+    // A big PUT with Expect: 100-continue and a wrong signature is refused before its body.
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "sig-put-big")
+        .body(pattern(2 << 20, 3))
+        .keys(Some(wrong))
+        .go(perch.addr());
+    assert_error(&r, 403, "SignatureDoesNotMatch", "2 MiB PUT with a wrong secret");
+    assert!(
+        !r.got_continue,
+        "a refused PUT must not be asked for its body (got 100 Continue)"
+    );
+    // The body was never sent, so the connection cannot carry another request (server.rs's rule).
+    assert_eq!(
+        r.header("Connection"),
+        Some("close"),
+        "a refused Expect: 100-continue request ends its connection: {}",
+        r.summary()
+    );
+    assert_missing(&perch, "sig-put", "wrong signature");
+    assert_missing(&perch, "sig-put-big", "wrong signature");
+    assert_clean(&perch, &before, "wrong signature");
+}
+
+#[test]
+fn stale_request_time_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let mut req = Req::object("PUT", perch.addr(), Style::Virtual, "stale").body(pattern(10, 4));
+    req.time = Some(SystemTime::now() - Duration::from_secs(20 * 60));
+    let r = req.go(perch.addr());
+    assert_error(&r, 403, "RequestTimeTooSkewed", "x-amz-date 20 minutes old");
+    let mut req = Req::object("PUT", perch.addr(), Style::Virtual, "stale").body(pattern(10, 4));
+    req.time = Some(SystemTime::now() + Duration::from_secs(20 * 60));
+    let r = req.go(perch.addr());
+    assert_error(&r, 403, "RequestTimeTooSkewed", "x-amz-date 20 minutes ahead");
+    assert_missing(&perch, "stale", "stale x-amz-date");
+    assert_clean(&perch, &before, "stale x-amz-date");
+}
+
+#[test]
+fn anonymous_requests_are_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    for (method, key, body) in [
+        ("GET", "known", Vec::new()),
+        ("PUT", "anon", pattern(10, 5)),
+        ("DELETE", "known", Vec::new()),
+    ] {
+        let r = Req::object(method, perch.addr(), Style::Virtual, key)
+            .body(body)
+            .keys(None)
+            .go(perch.addr());
+        assert_error(&r, 403, "AccessDenied", &format!("anonymous {method}"));
+    }
+    let r = Req::bucket("GET", perch.addr(), Style::Path, "list-type=2")
+        .keys(None)
+        .go(perch.addr());
+    assert_error(&r, 403, "AccessDenied", "anonymous ListObjectsV2");
+    assert_missing(&perch, "anon", "anonymous PUT");
+    assert_clean(&perch, &before, "anonymous requests");
+}
+
+#[test]
+fn body_not_matching_its_signed_sha256_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    // Small (kept in memory) and large (spooled to <data-dir>/tmp) bodies.
+    for (key, len) in [("sha-small", 1000usize), ("sha-large", 9 << 20)] {
+        let body = pattern(len, 6);
+        let mut other = body.clone();
+        other[len / 2] ^= 1;
+        let mut req = Req::object("PUT", perch.addr(), Style::Virtual, key).body(body);
+        req.content_sha256 = Some(sha256_hex(&other));
+        let r = req.go(perch.addr());
+        assert_error(
+            &r,
+            400,
+            "XAmzContentSHA256Mismatch",
+            &format!("{key}: PUT of {len} bytes"),
+        );
+        assert_missing(&perch, key, "x-amz-content-sha256 mismatch");
+    }
+    assert_clean(&perch, &before, "x-amz-content-sha256 mismatch");
+}
+
+/// Sends a PUT whose Content-Length is `declared` but only `sent` body bytes, then shuts the write
+/// side; returns whatever answer came (none is fine).
+fn put_cut_short(perch: &Perch, key: &str, declared: usize, sent: usize) -> Option<Resp> {
+    let body = pattern(declared, 7);
+    let mut req = Req::object("PUT", perch.addr(), Style::Virtual, key).body(body);
+    req.expect = Some(false);
+    req.truncate_body = Some(sent);
+    req.send(perch.addr()).ok()
+}
+
+#[test]
+fn body_cut_short_creates_nothing() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    for (key, declared, sent) in [("short-small", 1000, 500), ("short-large", 10 << 20, 1 << 20)] {
+        if let Some(r) = put_cut_short(&perch, key, declared, sent) {
+            assert!(
+                r.status >= 400,
+                "{key}: a body cut short ({sent} of {declared} bytes) must not succeed: {}",
+                r.summary()
+            );
+        }
+        assert_missing(&perch, key, "body cut short");
+    }
+    // The client goes away mid-body (both directions closed) after 2 of 10 MiB.
+    {
+        let mut req = Req::object("PUT", perch.addr(), Style::Virtual, "gone-mid-body").body(pattern(10 << 20, 8));
+        req.expect = Some(false);
+        let (head, _) = req.head();
+        let mut s = TcpStream::connect(perch.addr()).expect("connect");
+        s.write_all(&head).expect("send head");
+        s.write_all(&req.body[..2 << 20]).expect("send part of the body");
+        let _ = s.shutdown(Shutdown::Both);
+        drop(s);
+    }
+    assert_missing(&perch, "gone-mid-body", "client gone mid-body");
+    assert_clean(&perch, &before, "body cut short");
+}
+
+#[test]
+fn dot_segments_and_nul_in_keys_are_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    for style in [Style::Virtual, Style::Path] {
+        for path in ["a/../b", "%2e%2e/x", "%2E%2E/x", "a/./b", "a/%2e/b", "a%00b", "%00"] {
+            let r = Req::object("PUT", perch.addr(), style, path)
+                .body(pattern(10, 9))
+                .go(perch.addr());
+            assert_error(&r, 400, "InvalidArgument", &format!("{style:?} PUT /{path}"));
+            let r = Req::object("GET", perch.addr(), style, path).go(perch.addr());
+            assert_error(&r, 400, "InvalidArgument", &format!("{style:?} GET /{path}"));
+        }
+    }
+    assert_clean(&perch, &before, "dot segments and NUL");
+}
+
+#[test]
+fn overlong_key_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let key = "k".repeat(1100);
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, &key)
+        .body(pattern(10, 10))
+        .go(perch.addr());
+    assert_error(&r, 400, "KeyTooLongError", "PUT of a 1,100-byte key");
+    let r = Req::object("PUT", perch.addr(), Style::Path, &key)
+        .body(pattern(10, 10))
+        .go(perch.addr());
+    assert_error(&r, 400, "KeyTooLongError", "path-style PUT of a 1,100-byte key");
+    // 1,024 bytes is the limit, and allowed.
+    let ok_key = "k".repeat(1024);
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, &ok_key)
+        .body(pattern(10, 10))
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "PUT of a 1,024-byte key: {}", r.summary());
+    let mut expected = before.clone();
+    expected.insert(ok_key.clone());
+    assert_clean(&perch, &expected, "overlong key");
+}
+
+#[test]
+fn range_beyond_the_end_is_416() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    for range in ["bytes=200-300", "bytes=100-", "bytes=100-100"] {
+        let r = Req::object("GET", perch.addr(), Style::Virtual, "known")
+            .header("Range", range)
+            .go(perch.addr());
+        assert_error(&r, 416, "InvalidRange", &format!("Range {range} of a 100-byte object"));
+    }
+    // Within the object, and a last-byte range overlapping the end, are fine.
+    let r = Req::object("GET", perch.addr(), Style::Virtual, "known")
+        .header("Range", "bytes=90-300")
+        .go(perch.addr());
+    assert_eq!(r.status, 206, "{}", r.summary());
+    assert_eq!(r.body, pattern(100, 1)[90..].to_vec());
+    assert_eq!(r.header("Content-Range"), Some("bytes 90-99/100"));
+    assert_clean(&perch, &before, "range");
+}
+
+#[test]
+fn malformed_delete_objects_xml_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    for xml in [
+        "<Delete><Object><Key>known</Key></Object>".as_bytes(),
+        b"<Delete><Object><Key>known</Key></Objectx></Delete>",
+        b"this is not xml",
+    ] {
+        let r = Req::bucket("POST", perch.addr(), Style::Virtual, "delete")
+            .body(xml.to_vec())
+            .header("Content-MD5", &content_md5(xml))
+            .go(perch.addr());
+        assert_error(
+            &r,
+            400,
+            "MalformedXML",
+            &format!("DeleteObjects with {:?}", String::from_utf8_lossy(xml)),
+        );
+    }
+    assert_clean(&perch, &before, "malformed DeleteObjects");
+}

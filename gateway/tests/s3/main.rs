@@ -1,0 +1,25 @@
+//! The gateway's integration tests, in one binary: the real `perch` binary over HTTP, by area.
+//!
+//! Each test starts its own servers (perch, and moto with the origin proxy where it needs an S3
+//! origin) and takes a turn on the machine first (`support::machine`): libtest runs the tests on
+//! parallel threads. The boto3 suite in `tests/python` runs apart (`test.sh`).
+
+mod support;
+
+mod auth;
+mod bad_input;
+mod buckets;
+mod cache;
+mod checksums;
+mod copy;
+mod lifecycle;
+mod list;
+mod multipart;
+mod objects;
+mod origin_faults;
+mod oriole;
+mod power_cut;
+mod prefetch;
+mod replica;
+mod write_back;
+mod write_path;

@@ -1,0 +1,578 @@
+//! Objects through aws-sdk-s3, against both origins: headers, conditions, ranges, deletes, odd keys.
+//!
+//! Every assertion is exact: HTTP status, S3 error code, bytes, headers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use perch_testkit::bodies::{md5_etag, pattern};
+
+use crate::support::machine;
+use crate::support::sdk::{
+    OriginKind, all_keys, assert_recent, bytes_of, create_bucket, expect_err, for_each_origin, get_bytes, meta,
+    now_secs, ok, presigned_get, put, send_presigned,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_headers_and_conditional_requests() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        let b = "objects";
+        create_bucket(c, b).await;
+        let body = pattern(3000, 1);
+        let md = meta(&[("color", "blue"), ("author-name", "Ada Lovelace")]);
+        let out = ok(
+            c.put_object()
+                .bucket(b)
+                .key("doc.bin")
+                .body(ByteStream::from(body.clone()))
+                .content_type("application/x-perch-test")
+                .cache_control("max-age=3600, public")
+                .content_encoding("gzip")
+                .content_disposition("attachment; filename=\"report.bin\"")
+                .content_language("en-GB")
+                .expires(DateTime::from_secs(1_893_456_000))
+                .metadata("color", "blue")
+                .metadata("Author-Name", "Ada Lovelace")
+                .send()
+                .await,
+            "put doc.bin",
+        );
+        let etag = md5_etag(&body);
+        assert_eq!(out.e_tag(), Some(etag.as_str()), "PutObject ETag is the quoted MD5");
+
+        let got = ok(c.get_object().bucket(b).key("doc.bin").send().await, "get doc.bin");
+        assert_eq!(got.e_tag(), Some(etag.as_str()));
+        assert_eq!(got.content_length(), Some(3000));
+        assert_eq!(got.content_type(), Some("application/x-perch-test"));
+        assert_eq!(got.cache_control(), Some("max-age=3600, public"));
+        assert_eq!(got.content_encoding(), Some("gzip"));
+        assert_eq!(got.content_disposition(), Some("attachment; filename=\"report.bin\""));
+        assert_eq!(got.content_language(), Some("en-GB"));
+        assert_eq!(got.expires_string(), Some("Tue, 01 Jan 2030 00:00:00 GMT"));
+        assert_eq!(got.metadata(), Some(&md));
+        assert_eq!(got.content_range(), None);
+        assert_recent(got.last_modified(), "GET Last-Modified");
+        let last_modified = *got.last_modified().expect("Last-Modified");
+        assert_eq!(bytes_of(got.body).await, body);
+
+        let head = ok(c.head_object().bucket(b).key("doc.bin").send().await, "head doc.bin");
+        assert_eq!(head.e_tag(), Some(etag.as_str()));
+        assert_eq!(head.content_length(), Some(3000));
+        assert_eq!(head.content_type(), Some("application/x-perch-test"));
+        assert_eq!(head.cache_control(), Some("max-age=3600, public"));
+        assert_eq!(head.content_encoding(), Some("gzip"));
+        assert_eq!(head.content_disposition(), Some("attachment; filename=\"report.bin\""));
+        assert_eq!(head.content_language(), Some("en-GB"));
+        assert_eq!(head.expires_string(), Some("Tue, 01 Jan 2030 00:00:00 GMT"));
+        assert_eq!(head.metadata(), Some(&md));
+        assert_eq!(head.last_modified().map(DateTime::secs), Some(last_modified.secs()));
+
+        // The listing agrees with HEAD.
+        let list = ok(c.list_objects_v2().bucket(b).send().await, "list");
+        let o = &list.contents()[0];
+        assert_eq!(o.key(), Some("doc.bin"));
+        assert_eq!(o.size(), Some(3000));
+        assert_eq!(o.e_tag(), Some(etag.as_str()));
+        assert_eq!(o.last_modified().map(DateTime::secs), Some(last_modified.secs()));
+
+        // response-* overrides.
+        let got = ok(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .response_content_type("text/x-override")
+                .response_content_disposition("inline")
+                .response_cache_control("no-store")
+                .send()
+                .await,
+            "GET with response-* overrides",
+        );
+        assert_eq!(got.content_type(), Some("text/x-override"));
+        assert_eq!(got.content_disposition(), Some("inline"));
+        assert_eq!(got.cache_control(), Some("no-store"));
+        assert_eq!(got.content_encoding(), Some("gzip"));
+        assert_eq!(bytes_of(got.body).await, body);
+
+        // If-Match.
+        let got = ok(
+            c.get_object().bucket(b).key("doc.bin").if_match(&etag).send().await,
+            "If-Match the ETag",
+        );
+        assert_eq!(bytes_of(got.body).await, body);
+        expect_err(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_match("\"00000000000000000000000000000000\"")
+                .send()
+                .await,
+            412,
+            Some("PreconditionFailed"),
+        );
+        expect_err(
+            c.head_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_match("\"00000000000000000000000000000000\"")
+                .send()
+                .await,
+            412,
+            None,
+        );
+
+        // If-None-Match.
+        expect_err(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_none_match(&etag)
+                .send()
+                .await,
+            304,
+            None,
+        );
+        expect_err(
+            c.head_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_none_match(&etag)
+                .send()
+                .await,
+            304,
+            None,
+        );
+        let got = ok(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_none_match("\"00000000000000000000000000000000\"")
+                .send()
+                .await,
+            "If-None-Match another ETag",
+        );
+        assert_eq!(bytes_of(got.body).await, body);
+
+        // If-Modified-Since / If-Unmodified-Since.
+        let past = DateTime::from_secs(now_secs() - 3600);
+        let future = DateTime::from_secs(now_secs() + 3600);
+        let got = ok(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_modified_since(past)
+                .send()
+                .await,
+            "If-Modified-Since an hour ago",
+        );
+        assert_eq!(bytes_of(got.body).await, body);
+        expect_err(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_modified_since(future)
+                .send()
+                .await,
+            304,
+            None,
+        );
+        expect_err(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_unmodified_since(past)
+                .send()
+                .await,
+            412,
+            Some("PreconditionFailed"),
+        );
+        let got = ok(
+            c.get_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_unmodified_since(future)
+                .send()
+                .await,
+            "If-Unmodified-Since in an hour",
+        );
+        assert_eq!(bytes_of(got.body).await, body);
+        // RFC 7232 section 6, as S3 applies it: If-Match that holds overrides a failing
+        // If-Unmodified-Since, and If-None-Match that holds overrides a failing If-Modified-Since.
+        // moto 5.2 answers 412 and 304 to these, so they are checked on the directory origin only.
+        if gw.kind == OriginKind::Dir {
+            let got = ok(
+                c.get_object()
+                    .bucket(b)
+                    .key("doc.bin")
+                    .if_match(&etag)
+                    .if_unmodified_since(past)
+                    .send()
+                    .await,
+                "If-Match true + If-Unmodified-Since false",
+            );
+            assert_eq!(bytes_of(got.body).await, body);
+            let got = ok(
+                c.get_object()
+                    .bucket(b)
+                    .key("doc.bin")
+                    .if_none_match("\"00000000000000000000000000000000\"")
+                    .if_modified_since(future)
+                    .send()
+                    .await,
+                "If-None-Match true + If-Modified-Since false",
+            );
+            assert_eq!(bytes_of(got.body).await, body);
+        }
+
+        // Conditional writes.
+        expect_err(
+            c.put_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_none_match("*")
+                .body(ByteStream::from_static(b"overwrite"))
+                .send()
+                .await,
+            412,
+            Some("PreconditionFailed"),
+        );
+        expect_err(
+            c.put_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_match("\"00000000000000000000000000000000\"")
+                .body(ByteStream::from_static(b"overwrite"))
+                .send()
+                .await,
+            412,
+            Some("PreconditionFailed"),
+        );
+        assert_eq!(get_bytes(c, b, "doc.bin").await, body, "refused writes changed nothing");
+
+        let out = ok(
+            c.put_object()
+                .bucket(b)
+                .key("fresh")
+                .if_none_match("*")
+                .body(ByteStream::from_static(b"new"))
+                .send()
+                .await,
+            "If-None-Match * on an absent key",
+        );
+        assert_eq!(out.e_tag(), Some(md5_etag(b"new").as_str()));
+        assert_eq!(get_bytes(c, b, "fresh").await, b"new");
+
+        let out = ok(
+            c.put_object()
+                .bucket(b)
+                .key("doc.bin")
+                .if_match(&etag)
+                .body(ByteStream::from_static(b"replaced"))
+                .send()
+                .await,
+            "If-Match the current ETag",
+        );
+        assert_eq!(out.e_tag(), Some(md5_etag(b"replaced").as_str()));
+        let got = ok(c.get_object().bucket(b).key("doc.bin").send().await, "get replaced");
+        assert_eq!(
+            got.metadata().map(HashMap::len).unwrap_or(0),
+            0,
+            "a PUT replaces the metadata"
+        );
+        assert_eq!(bytes_of(got.body).await, b"replaced");
+
+        expect_err(
+            c.put_object()
+                .bucket(b)
+                .key("never-written")
+                .if_match(&etag)
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+            404,
+            Some("NoSuchKey"),
+        );
+        expect_err(
+            c.get_object().bucket(b).key("never-written").send().await,
+            404,
+            Some("NoSuchKey"),
+        );
+
+        // Absent keys.
+        expect_err(
+            c.get_object().bucket(b).key("absent").send().await,
+            404,
+            Some("NoSuchKey"),
+        );
+        expect_err(c.head_object().bucket(b).key("absent").send().await, 404, None);
+        expect_err(
+            c.get_object().bucket("no-such-bucket").key("x").send().await,
+            404,
+            Some("NoSuchBucket"),
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        let b = "ranges";
+        create_bucket(c, b).await;
+        let body = pattern(1000, 2);
+        let etag = put(c, b, "r", &body).await;
+
+        let cases: [(&str, std::ops::Range<usize>); 6] = [
+            ("bytes=10-19", 10..20),
+            ("bytes=0-0", 0..1),
+            ("bytes=990-", 990..1000),
+            ("bytes=0-", 0..1000),
+            ("bytes=-5", 995..1000),
+            ("bytes=995-5000", 995..1000),
+        ];
+        for (range, span) in cases {
+            let got = ok(
+                c.get_object().bucket(b).key("r").range(range).send().await,
+                &format!("GET {range}"),
+            );
+            let expected_range = format!("bytes {}-{}/1000", span.start, span.end - 1);
+            assert_eq!(got.content_range(), Some(expected_range.as_str()), "{range}");
+            assert_eq!(got.content_length(), Some(span.len() as i64), "{range}");
+            assert_eq!(got.e_tag(), Some(etag.as_str()), "{range}");
+            assert_eq!(bytes_of(got.body).await, &body[span], "{range}");
+        }
+        for range in ["bytes=1000-", "bytes=5000-6000"] {
+            expect_err(
+                c.get_object().bucket(b).key("r").range(range).send().await,
+                416,
+                Some("InvalidRange"),
+            );
+        }
+
+        // The status line of a ranged GET, seen without the SDK.
+        let req = presigned_get(c, b, "r", Duration::from_secs(60)).await;
+        let r = send_presigned(&req, &[("Range", "bytes=100-199")], b"");
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range"), Some("bytes 100-199/1000"));
+        assert_eq!(r.header("content-length"), Some("100"));
+        assert_eq!(r.body, &body[100..200]);
+        let r = send_presigned(&req, &[], b"");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, body);
+        let r = send_presigned(&req, &[("Range", "bytes=2000-")], b"");
+        assert_eq!(r.status, 416);
+        let text = r.text();
+        assert!(text.contains("<Code>InvalidRange</Code>"), "{text}");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deletes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_object_and_delete_objects() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        let b = "deletes";
+        create_bucket(c, b).await;
+        put(c, b, "d1", b"one").await;
+
+        let req = c
+            .delete_object()
+            .bucket(b)
+            .key("d1")
+            .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).expect("config"))
+            .await
+            .expect("presign DeleteObject");
+        let r = send_presigned(&req, &[], b"");
+        assert_eq!(r.status, 204, "{}", r.text());
+        expect_err(c.get_object().bucket(b).key("d1").send().await, 404, Some("NoSuchKey"));
+        expect_err(c.head_object().bucket(b).key("d1").send().await, 404, None);
+        // Again, now absent: still 204.
+        let r = send_presigned(&req, &[], b"");
+        assert_eq!(r.status, 204, "{}", r.text());
+        ok(
+            c.delete_object().bucket(b).key("never-was").send().await,
+            "delete an absent key",
+        );
+
+        for k in ["k1", "k2", "k3", "k4", "keep"] {
+            put(c, b, k, k.as_bytes()).await;
+        }
+        let ids = |keys: &[&str]| -> Vec<ObjectIdentifier> {
+            keys.iter()
+                .map(|k| ObjectIdentifier::builder().key(*k).build().expect("identifier"))
+                .collect()
+        };
+        let out = ok(
+            c.delete_objects()
+                .bucket(b)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(ids(&["k1", "k2", "absent"])))
+                        .build()
+                        .expect("delete"),
+                )
+                .send()
+                .await,
+            "DeleteObjects",
+        );
+        let deleted: BTreeSet<&str> = out.deleted().iter().filter_map(|d| d.key()).collect();
+        assert_eq!(deleted, BTreeSet::from(["k1", "k2", "absent"]));
+        assert!(out.errors().is_empty(), "{:?}", out.errors());
+        assert_eq!(all_keys(c, b, None).await, ["k3", "k4", "keep"]);
+
+        let out = ok(
+            c.delete_objects()
+                .bucket(b)
+                .delete(
+                    Delete::builder()
+                        .set_objects(Some(ids(&["k3", "k4"])))
+                        .quiet(true)
+                        .build()
+                        .expect("delete"),
+                )
+                .send()
+                .await,
+            "DeleteObjects quiet",
+        );
+        assert!(
+            out.deleted().is_empty(),
+            "quiet mode lists nothing: {:?}",
+            out.deleted()
+        );
+        assert!(out.errors().is_empty(), "{:?}", out.errors());
+        assert_eq!(all_keys(c, b, None).await, ["keep"]);
+        expect_err(c.get_object().bucket(b).key("k3").send().await, 404, Some("NoSuchKey"));
+        assert_eq!(get_bytes(c, b, "keep").await, b"keep");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_keys_round_trip() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        let b = "keys";
+        create_bucket(c, b).await;
+
+        // A "directory" marker beside keys under it.
+        put(c, b, "data/1/pg_tblspc/", b"").await;
+        put(c, b, "data/1/pg_tblspc/x", b"inside").await;
+        let got = ok(
+            c.get_object().bucket(b).key("data/1/pg_tblspc/").send().await,
+            "get the marker",
+        );
+        assert_eq!(got.content_length(), Some(0));
+        assert_eq!(got.e_tag(), Some(md5_etag(b"").as_str()));
+        assert!(bytes_of(got.body).await.is_empty());
+        let head = ok(
+            c.head_object().bucket(b).key("data/1/pg_tblspc/").send().await,
+            "head the marker",
+        );
+        assert_eq!(head.content_length(), Some(0));
+        assert_eq!(get_bytes(c, b, "data/1/pg_tblspc/x").await, b"inside");
+        let list = ok(
+            c.list_objects_v2()
+                .bucket(b)
+                .prefix("data/1/")
+                .delimiter("/")
+                .send()
+                .await,
+            "list data/1/",
+        );
+        let prefixes: Vec<&str> = list.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+        assert_eq!(prefixes, ["data/1/pg_tblspc/"]);
+        assert!(list.contents().is_empty());
+        let list = ok(
+            c.list_objects_v2()
+                .bucket(b)
+                .prefix("data/1/pg_tblspc/")
+                .delimiter("/")
+                .send()
+                .await,
+            "list data/1/pg_tblspc/",
+        );
+        let keys: Vec<&str> = list.contents().iter().filter_map(|o| o.key()).collect();
+        let sizes: Vec<i64> = list.contents().iter().filter_map(|o| o.size()).collect();
+        assert_eq!(keys, ["data/1/pg_tblspc/", "data/1/pg_tblspc/x"]);
+        assert_eq!(sizes, [0, 6]);
+        // Deleting the marker leaves the key under it.
+        ok(
+            c.delete_object().bucket(b).key("data/1/pg_tblspc/").send().await,
+            "delete the marker",
+        );
+        assert_eq!(get_bytes(c, b, "data/1/pg_tblspc/x").await, b"inside");
+        expect_err(
+            c.get_object().bucket(b).key("data/1/pg_tblspc/").send().await,
+            404,
+            Some("NoSuchKey"),
+        );
+        ok(
+            c.delete_object().bucket(b).key("data/1/pg_tblspc/x").send().await,
+            "delete x",
+        );
+
+        let mut keys = [
+            "with space",
+            "  leading and trailing  ",
+            "a+b",
+            "100%",
+            "%41%2F",
+            "what?x=1&y=2#frag",
+            "semi;colon,comma:colon",
+            "tilde~star*bang!",
+            "dollar$at@eq=",
+            "brackets[]{}()<>",
+            "quotes'\"`",
+            "caret^pipe|back\\slash",
+            "ünïcødé/ключ/键/😀",
+            "a//b",
+            "trailing/",
+            "tab\there",
+        ]
+        .to_vec();
+        if gw.kind == OriginKind::Dir {
+            // moto (Werkzeug) answers 404 to any request whose key holds a line feed.
+            keys.push("line\nfeed");
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let body = format!("{i}:{k}").into_bytes();
+            put(c, b, k, &body).await;
+            let got = ok(c.get_object().bucket(b).key(*k).send().await, &format!("get {k:?}"));
+            assert_eq!(got.content_length(), Some(body.len() as i64), "{k:?}");
+            assert_eq!(bytes_of(got.body).await, body, "{k:?}");
+            ok(c.head_object().bucket(b).key(*k).send().await, &format!("head {k:?}"));
+        }
+        let mut expected: Vec<&str> = keys.to_vec();
+        expected.sort();
+        assert_eq!(
+            all_keys(c, b, None).await,
+            expected,
+            "the listing holds every key, in byte order"
+        );
+        for k in keys.iter().copied() {
+            let prefixed = all_keys(c, b, Some(k)).await;
+            assert!(prefixed.iter().any(|p| p == k), "prefix {k:?} finds it: {prefixed:?}");
+            ok(
+                c.delete_object().bucket(b).key(k).send().await,
+                &format!("delete {k:?}"),
+            );
+            expect_err(c.head_object().bucket(b).key(k).send().await, 404, None);
+        }
+        assert_eq!(all_keys(c, b, None).await, Vec::<String>::new());
+    })
+    .await;
+}

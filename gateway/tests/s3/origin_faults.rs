@@ -1,0 +1,362 @@
+//! Origin faults injected by the origin proxy between perch and moto: retried, or passed on.
+//!
+//! Transient faults are retried until `--origin-retry-deadline` and are invisible to the client
+//! while the origin recovers in time; past the deadline the client gets 503 SlowDown; permanent
+//! answers (404, 412) pass through at once. Clients are OrioleDB-shaped raw HTTP.
+//!
+//! A write-back PUT is acknowledged once it is in perch's journal, before the origin sees it; the
+//! tests about a PUT reaching the origin start perch with every key `write_through`, so that the
+//! PUT is acknowledged only once the origin has it. The objects the GET tests read are put straight
+//! into moto, so that they are in the origin and not in perch's cache (a write through perch is a
+//! cache entry at once).
+
+use std::time::{Duration, Instant};
+
+use perch_testkit::bodies::{md5_etag, pattern};
+use perch_testkit::raw_client::{Req, Resp, Style};
+
+use crate::support::machine;
+use crate::support::raw::assert_error;
+use crate::support::stack::Stack;
+
+/// Every key write-through: a PUT is acknowledged once the origin has it, as before write-back.
+const WRITE_THROUGH: &[&str] = &["--write-mode", "*=write_through"];
+
+/// The uploader's retries (it sends written versions to the origin, and retries a transient fault
+/// by itself, for as long as it takes; `perch_origin_retries_total` counts the read path's).
+const UPLOAD_RETRIES: &str = "perch_uploads_total{result=\"retried\"}";
+
+/// moto, the fault proxy and perch with `--origin-retry-deadline deadline` and the flags `args`.
+#[track_caller]
+fn start(deadline: &str, args: &[&str]) -> Stack {
+    let mut all = vec!["--origin-retry-deadline", deadline];
+    all.extend_from_slice(args);
+    Stack::start(&all)
+}
+
+/// PUT virtual-hosted, as OrioleDB.
+fn put(stack: &Stack, key: &str, body: &[u8]) -> Resp {
+    Req::object("PUT", stack.addr(), Style::Virtual, key)
+        .body(body.to_vec())
+        .go(stack.addr())
+}
+
+/// GET virtual-hosted, as OrioleDB.
+fn get(stack: &Stack, key: &str) -> Resp {
+    Req::object("GET", stack.addr(), Style::Virtual, key).go(stack.addr())
+}
+
+#[track_caller]
+fn put_ok(stack: &Stack, key: &str, body: &[u8]) {
+    let r = put(stack, key, body);
+    assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
+    assert_eq!(r.header("ETag"), Some(md5_etag(body).as_str()), "PUT {key}");
+}
+
+#[track_caller]
+fn get_ok(stack: &Stack, key: &str, body: &[u8]) {
+    let r = get(stack, key);
+    assert_eq!(r.status, 200, "GET {key}: {}", r.summary());
+    assert!(
+        r.body == body,
+        "GET {key}: wrong bytes ({} of {})",
+        r.body.len(),
+        body.len()
+    );
+}
+
+/// The `method` records of `key` must be `injected` faults of `kind` first, then one forwarded
+/// request answered `status`. (After an upload the uploader also HEADs the key for the origin's
+/// Last-Modified; that record is not one of them.)
+#[track_caller]
+fn assert_records(stack: &Stack, key: &str, method: &str, kind: &str, injected: usize, status: u64) {
+    let records: Vec<_> = stack
+        .proxy
+        .records_for(key)
+        .into_iter()
+        .filter(|(m, _, _)| m == method)
+        .collect();
+    assert_eq!(
+        records.len(),
+        injected + 1,
+        "{method} {key}: expected {injected} injected `{kind}` faults then one forwarded request; got {records:?}"
+    );
+    for (i, (m, _, inj)) in records.iter().take(injected).enumerate() {
+        assert_eq!(m, method, "record {i} of {key}: {records:?}");
+        assert_eq!(
+            inj.as_deref(),
+            Some(kind),
+            "record {i} of {key} must be an injected {kind}: {records:?}"
+        );
+    }
+    let (m, st, inj) = &records[injected];
+    assert_eq!(m, method, "last record of {key}: {records:?}");
+    assert_eq!(
+        *inj, None,
+        "the last record of {key} must have been forwarded: {records:?}"
+    );
+    assert_eq!(*st, status, "the forwarded {method} {key}: {records:?}");
+}
+
+#[test]
+fn put_survives_three_503s_and_lands_once() {
+    let _turn = machine::share();
+    let stack = start("20s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
+    let key = "wal/000000010000000000000003";
+    let body = pattern(2 << 20, 1);
+    let retries_before = stack.counter(UPLOAD_RETRIES);
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":3,"error_kinds":["503"],"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    put_ok(&stack, key, &body);
+    assert_eq!(
+        stack.proxy.count("PUT", key),
+        1,
+        "the object must reach moto exactly once: {:?}",
+        stack.proxy.counts()
+    );
+    assert_records(&stack, key, "PUT", "503", 3, 200);
+    assert!(
+        stack.counter(UPLOAD_RETRIES) >= retries_before + 3.0,
+        "{UPLOAD_RETRIES} must count the 3 retries"
+    );
+    get_ok(&stack, key, &body);
+}
+
+#[test]
+fn get_survives_slowdown_500_and_reset() {
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
+    let body = pattern(300_000, 2);
+    for kind in ["slowdown", "500", "reset"] {
+        let key = format!("data/1/part-{kind}");
+        stack.put_behind_perchs_back(&key, &body);
+        stack.proxy.reset();
+        stack.proxy.faults(&format!(
+            r#"{{"fail_next":2,"error_kinds":["{kind}"],"match_method":"GET","match_key_prefix":"{key}"}}"#
+        ));
+        get_ok(&stack, &key, &body);
+        assert_eq!(
+            stack.proxy.count("GET", &key),
+            1,
+            "{kind}: exactly one GET reached moto: {:?}",
+            stack.proxy.counts()
+        );
+        assert_records(&stack, &key, "GET", kind, 2, 200);
+    }
+}
+
+#[test]
+fn outage_past_the_deadline_gives_503_slowdown() {
+    let _turn = machine::share();
+    let stack = start("2s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
+    let key = "data/orioledb_data/control";
+    let body = pattern(1000, 3);
+    stack.put_behind_perchs_back(key, &body);
+    // perch asks the origin about the bucket once, before its first write: done here, so that the
+    // PUT below is the one that waits for the origin.
+    put_ok(&stack, "data/before-the-outage", b"1");
+    let gave_up_before = stack.counter("perch_origin_gave_up_total");
+    let upload_retries_before = stack.counter(UPLOAD_RETRIES);
+    stack.proxy.patch(r#"{"outage":true}"#);
+
+    let start = Instant::now();
+    let r = get(&stack, key);
+    let took = start.elapsed();
+    assert_error(
+        &r,
+        503,
+        "SlowDown",
+        "GET during an outage longer than the retry deadline",
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "perch gave up after {took:?}, before the 2 s deadline"
+    );
+
+    let put_key = "wal/outage-put";
+    let put_body = pattern(2 << 20, 4);
+    let start = Instant::now();
+    let r = put(&stack, put_key, &put_body);
+    let took = start.elapsed();
+    assert_error(
+        &r,
+        503,
+        "SlowDown",
+        "PUT during an outage longer than the retry deadline",
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "perch gave up after {took:?}, before the 2 s deadline"
+    );
+
+    // The GET gave up; the PUT's version did not: the uploader keeps retrying it.
+    let gave_up = stack.counter("perch_origin_gave_up_total");
+    assert!(
+        gave_up >= gave_up_before + 1.0,
+        "perch_origin_gave_up_total must count the GET's give-up: {gave_up_before} -> {gave_up}"
+    );
+    let upload_retries = stack.counter(UPLOAD_RETRIES);
+    assert!(
+        upload_retries >= upload_retries_before + 1.0,
+        "{UPLOAD_RETRIES} must count the upload's retries: {upload_retries_before} -> {upload_retries}"
+    );
+    // The forwarded requests were all refused by the proxy: nothing reached moto.
+    assert_eq!(
+        stack.proxy.count("PUT", put_key),
+        0,
+        "nothing reached moto during the outage: {:?}",
+        stack.proxy.counts()
+    );
+    // The 503 SlowDown says the write stays queued: once the origin is back, it lands, once.
+    stack.proxy.patch(r#"{"outage":false}"#);
+    stack.flush(Duration::from_secs(60));
+    assert_eq!(
+        stack.proxy.count("PUT", put_key),
+        1,
+        "the queued write reaches moto once after the outage: {:?}",
+        stack.proxy.counts()
+    );
+    get_ok(&stack, put_key, &put_body);
+    get_ok(&stack, key, &body);
+}
+
+#[test]
+fn outage_shorter_than_the_deadline_is_invisible() {
+    let _turn = machine::share();
+    let stack = start("5s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
+    let key = "data/1/orioledb_data/short-outage";
+    let body = pattern(1 << 20, 5);
+    stack.put_behind_perchs_back(key, &body);
+    // perch asks the origin about the bucket once, before its first write: done here, so that the
+    // PUT below is the one that waits out the outage.
+    put_ok(&stack, "data/before-the-outage", b"1");
+    stack.proxy.reset();
+    stack.proxy.patch(r#"{"outage":true}"#);
+    let control = stack.proxy;
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        control.patch(r#"{"outage":false}"#);
+    });
+    let start = Instant::now();
+    let r = get(&stack, key);
+    let took = start.elapsed();
+    ender.join().expect("the thread ending the outage");
+    assert_eq!(r.status, 200, "GET across a 1 s outage (deadline 5 s): {}", r.summary());
+    assert!(r.body == body, "GET across an outage: wrong bytes");
+    assert!(
+        took >= Duration::from_secs(1),
+        "the GET cannot finish before the outage ends ({took:?})"
+    );
+    let records = stack.proxy.records_for(key);
+    assert!(
+        records.len() >= 2
+            && records[..records.len() - 1]
+                .iter()
+                .all(|r| r.2.as_deref() == Some("outage")),
+        "outage answers, then one forwarded GET: {records:?}"
+    );
+    assert_eq!(
+        records.last().map(|r| (r.1, r.2.clone())),
+        Some((200, None)),
+        "{records:?}"
+    );
+
+    // The same for a PUT (with Expect: 100-continue).
+    let key2 = "wal/short-outage-put";
+    let body2 = pattern(2 << 20, 6);
+    stack.proxy.patch(r#"{"outage":true}"#);
+    let control = stack.proxy;
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        control.patch(r#"{"outage":false}"#);
+    });
+    let r = put(&stack, key2, &body2);
+    ender.join().expect("the thread ending the outage");
+    assert_eq!(r.status, 200, "PUT across a 1 s outage: {}", r.summary());
+    assert_eq!(stack.proxy.count("PUT", key2), 1, "{:?}", stack.proxy.counts());
+    get_ok(&stack, key2, &body2);
+}
+
+#[test]
+fn permanent_answers_pass_through_at_once() {
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
+    let retries_before = stack.counter("perch_origin_retries_total");
+
+    // GET of a missing key: one upstream GET, 404 NoSuchKey.
+    let missing = "data/orioledb_data/missing-control";
+    stack.proxy.reset();
+    let r = get(&stack, missing);
+    assert_error(&r, 404, "NoSuchKey", "GET of a missing key");
+    let records = stack.proxy.records_for(missing);
+    assert_eq!(records.len(), 1, "exactly one upstream request: {records:?}");
+    assert_eq!(records[0], ("GET".to_owned(), 404, None), "{records:?}");
+
+    // The lock taken, then a conditional PUT on it: 412 after exactly one upstream PUT.
+    let lock = "data/orioledb_data/s3_lock";
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, lock)
+        .body(b"1111111\n".to_vec())
+        .header("If-None-Match", "*")
+        .go(stack.addr());
+    assert_eq!(r.status, 200, "first lock PUT: {}", r.summary());
+    stack.proxy.reset();
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, lock)
+        .body(b"2222222\n".to_vec())
+        .header("If-None-Match", "*")
+        .go(stack.addr());
+    assert_error(&r, 412, "PreconditionFailed", "conditional PUT on an existing key");
+    assert_eq!(stack.proxy.count("PUT", lock), 1, "{:?}", stack.proxy.counts());
+    let records = stack.proxy.records_for(lock);
+    assert_eq!(
+        records,
+        vec![("PUT".to_owned(), 412, None)],
+        "one upstream PUT, nothing else (a 412 is not followed by a HEAD: there was no retry)"
+    );
+    get_ok(&stack, lock, b"1111111\n");
+    assert_eq!(
+        stack.counter("perch_origin_retries_total"),
+        retries_before,
+        "permanent answers must not be retried"
+    );
+}
+
+#[test]
+fn stalled_origin_requests_are_retried() {
+    let _turn = machine::share();
+    let stack = start("5s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
+    let key = "data/1/stalled";
+    let body = pattern(1 << 20, 7);
+    // perch asks the origin about the bucket once, before its first write: done here.
+    put_ok(&stack, "data/before-the-stall", b"1");
+    // A stalled PUT (held 500 ms, then the connection is reset): retried, lands once.
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    put_ok(&stack, key, &body);
+    assert_eq!(stack.proxy.count("PUT", key), 1, "{:?}", stack.proxy.counts());
+    assert_records(&stack, key, "PUT", "stall", 1, 200);
+    // A stalled GET, of an object in the origin and not in perch's cache (the PUT above made
+    // `key` a cache entry).
+    let key = "data/1/stalled-get";
+    stack.put_behind_perchs_back(key, &body);
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["stall"],"stall_ms":500,"match_method":"GET","match_key_prefix":"{key}"}}"#
+    ));
+    let start = Instant::now();
+    get_ok(&stack, key, &body);
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "the stall held the first attempt"
+    );
+    assert_records(&stack, key, "GET", "stall", 1, 200);
+}

@@ -1,0 +1,390 @@
+//! The write path's defences (issue #12), each shown by a test that fails without it: a damaged
+//! blob never goes up, an operator can retry or drop a refused version and repair a journal that
+//! stops the start, two completions of one key never mix, a write during a revalidation is not
+//! shadowed, a conditional PUT is judged with no write of its key slipping in, and writes waiting
+//! for room keep their order and their bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use perch_testkit::bodies::{md5_etag, multipart_etag, pattern};
+use perch_testkit::raw_client::{BUCKET, Req, Style, key_path};
+
+use crate::support::machine;
+use crate::support::perch::perch_binary;
+use crate::support::stack::{Stack, eventually, flip_byte};
+
+type State = Option<Vec<u8>>;
+
+#[track_caller]
+fn perch_get(s: &Stack, key: &str) -> State {
+    let r = s.get(key);
+    match r.status {
+        200 => Some(r.body),
+        404 => None,
+        other => panic!("GET {key} through perch: {other} {}", r.summary()),
+    }
+}
+
+/// `perch journal …` against the stack's perch; returns (success, stdout + stderr).
+fn journal_cli(s: &Stack, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(perch_binary())
+        .arg("journal")
+        .args(args)
+        .args(["--admin", &s.perch().admin.to_string()])
+        .output()
+        .expect("run perch journal");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The versions the origin refused, from /status: (seq, key, error).
+fn refused(s: &Stack) -> Vec<(u64, String, String)> {
+    s.status()["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["seq"].as_u64().unwrap_or(0),
+                f["key"].as_str().unwrap_or("").to_owned(),
+                f["error"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn wait_refused(s: &Stack, n: usize) -> Vec<(u64, String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = refused(s);
+        if r.len() >= n {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{n} refusals never showed: {}", s.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_blob_damaged_on_disk_is_refused_not_uploaded() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let body = pattern(300_000, 7);
+    s.put("orioledb_data/1/damaged", &body);
+    flip_byte(&s.blob_holding(&body), 1000);
+    s.no_faults();
+    let r = wait_refused(&s, 1);
+    assert_eq!(r[0].1, "orioledb_data/1/damaged");
+    assert!(r[0].2.contains("damaged"), "{r:?}");
+    assert_eq!(s.in_moto("orioledb_data/1/damaged"), None, "the damaged body went up");
+}
+
+#[test]
+fn an_operator_retries_or_drops_a_refused_version() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.put_behind_perchs_back("orioledb_data/1/b", b"the origin's older copy");
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "error_kinds": ["403"]}"#);
+    s.put("orioledb_data/1/a", b"refused first");
+    s.put("orioledb_data/1/b", b"refused too");
+    s.put("data/1/global/pg_control", b"a barrier behind them");
+    let r = wait_refused(&s, 2);
+    let seq_of = |key: &str| r.iter().find(|f| f.1 == key).map(|f| f.0).expect("refused");
+    let (a, b) = (seq_of("orioledb_data/1/a"), seq_of("orioledb_data/1/b"));
+    s.no_faults();
+    // A retry of something not refused is refused; a drop without saying so is refused.
+    let (ok, out) = journal_cli(&s, &["drop", &b.to_string()]);
+    assert!(!ok && out.contains("--lose-this-write"), "{out}");
+    let (ok, out) = journal_cli(&s, &["list"]);
+    assert!(
+        ok && out.contains("REFUSED") && out.contains("orioledb_data/1/a"),
+        "{out}"
+    );
+    // Retry a, drop b: a goes up, b's write is lost (the origin's older copy shows again), and
+    // the barrier behind them goes up.
+    let (ok, out) = journal_cli(&s, &["retry", &a.to_string()]);
+    assert!(ok, "{out}");
+    let (ok, out) = journal_cli(&s, &["drop", &b.to_string(), "--lose-this-write"]);
+    assert!(ok, "{out}");
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("orioledb_data/1/a").as_deref(), Some(&b"refused first"[..]));
+    assert_eq!(
+        s.in_moto("orioledb_data/1/b").as_deref(),
+        Some(&b"the origin's older copy"[..])
+    );
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/b").as_deref(),
+        Some(&b"the origin's older copy"[..])
+    );
+    assert_eq!(
+        s.in_moto("data/1/global/pg_control").as_deref(),
+        Some(&b"a barrier behind them"[..])
+    );
+    let (ok, out) = journal_cli(&s, &["retry", &a.to_string()]);
+    assert!(!ok && out.contains("not in the journal"), "{out}");
+}
+
+#[test]
+fn journal_repair_lets_perch_start_losing_only_the_version_whose_blob_is_gone() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let lost = pattern(70_000, 1);
+    s.put("orioledb_data/1/lost", &lost);
+    s.put("orioledb_data/1/kept", b"kept");
+    let blob = s.blob_holding(&lost);
+    s.kill();
+    std::fs::remove_file(&blob).expect("remove the blob");
+    assert!(s.start_refused().contains("perch journal check"));
+    let data_dir = s.data_dir.to_string_lossy().into_owned();
+    let offline = |args: &[&str]| {
+        std::process::Command::new(perch_binary())
+            .arg("journal")
+            .args(args)
+            .args(["--data-dir", &data_dir])
+            .output()
+            .expect("run perch journal")
+    };
+    let check = offline(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        !check.status.success() && text.contains("orioledb_data/1/lost") && text.contains("missing"),
+        "{text}"
+    );
+    assert!(
+        !offline(&["repair"]).status.success(),
+        "repair without --drop-missing must refuse"
+    );
+    let repair = offline(&["repair", "--drop-missing"]);
+    assert!(repair.status.success(), "{}", String::from_utf8_lossy(&repair.stderr));
+    assert!(offline(&["check"]).status.success());
+    s.no_faults();
+    s.start_again();
+    assert_eq!(perch_get(&s, "orioledb_data/1/kept").as_deref(), Some(&b"kept"[..]));
+    assert_eq!(perch_get(&s, "orioledb_data/1/lost"), None);
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("orioledb_data/1/kept").as_deref(), Some(&b"kept"[..]));
+}
+
+/// One multipart upload of `key` with `body` in two parts (5 MiB and the rest); returns the
+/// ETag CompleteMultipartUpload answered.
+async fn multipart(c: &aws_sdk_s3::Client, key: &str, body: &[u8]) -> String {
+    let id = c
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .expect("create")
+        .upload_id
+        .expect("upload id");
+    let mut done = Vec::new();
+    for (i, part) in [&body[..5 << 20], &body[5 << 20..]].into_iter().enumerate() {
+        let n = i as i32 + 1;
+        let out = c
+            .upload_part()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(part.to_vec()))
+            .send()
+            .await
+            .expect("part");
+        done.push(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
+    }
+    c.complete_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        .send()
+        .await
+        .expect("complete")
+        .e_tag
+        .expect("etag")
+}
+
+#[test]
+fn two_completions_of_one_key_never_mix_a_body_with_another_layout() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let c = s.sdk();
+    let rounds = 50;
+    for round in 0..rounds {
+        let a = pattern((5 << 20) + 1000 + round, round as u64 * 2);
+        let b = pattern((5 << 20) + 3000 + round, round as u64 * 2 + 1);
+        let (ea, eb) = s.rt.block_on(async {
+            tokio::join!(
+                multipart(&c, "orioledb_undo/mp", &a),
+                multipart(&c, "orioledb_undo/mp", &b)
+            )
+        });
+        assert_eq!(
+            ea,
+            multipart_etag(&[&a[..5 << 20], &a[5 << 20..]]),
+            "round {round}: A's ETag"
+        );
+        assert_eq!(
+            eb,
+            multipart_etag(&[&b[..5 << 20], &b[5 << 20..]]),
+            "round {round}: B's ETag"
+        );
+        let got = perch_get(&s, "orioledb_undo/mp").expect("the key holds one of them");
+        assert!(got == a || got == b, "round {round}: perch serves neither body");
+    }
+    s.flush(Duration::from_secs(120));
+    let served = perch_get(&s, "orioledb_undo/mp");
+    assert_eq!(
+        s.in_moto("orioledb_undo/mp"),
+        served,
+        "the origin holds another body than perch serves"
+    );
+    let moto_etag = s.rt.block_on(async {
+        s.moto_sdk()
+            .head_object()
+            .bucket(BUCKET)
+            .key("orioledb_undo/mp")
+            .send()
+            .await
+            .expect("head moto")
+            .e_tag
+    });
+    let head = s.head("orioledb_undo/mp");
+    assert_eq!(
+        moto_etag.as_deref(),
+        head.header("ETag"),
+        "the origin's ETag is not the one acknowledged"
+    );
+}
+
+#[test]
+fn a_write_during_a_revalidation_is_not_shadowed_by_the_older_copy() {
+    let _turn = machine::alone();
+    let s = Stack::start(&["--cache-revalidate-after", "0s"]);
+    let _log = s.log_on_panic();
+    let key = "data/orioledb_data/control";
+    s.put(key, b"version 1");
+    s.flush(Duration::from_secs(30));
+    assert_eq!(perch_get(&s, key).as_deref(), Some(&b"version 1"[..]));
+    // The revalidating HEAD and every upload take 1.5 s at the origin: the PUT below is
+    // acknowledged while the HEAD is out, and uploaded only after it answered "unchanged".
+    s.faults(r#"{"latency_ms": 1500}"#);
+    let addr = s.addr();
+    let reader = std::thread::spawn(move || Req::object("GET", addr, Style::Path, &key_path(key)).go(addr));
+    std::thread::sleep(Duration::from_millis(400));
+    s.put(key, b"version 2");
+    let first = reader.join().expect("reader");
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        perch_get(&s, key).as_deref(),
+        Some(&b"version 2"[..]),
+        "the acknowledged write is shadowed by the revalidated older copy"
+    );
+    s.flush(Duration::from_secs(30));
+    assert_eq!(perch_get(&s, key).as_deref(), Some(&b"version 2"[..]));
+    assert_eq!(s.in_moto(key).as_deref(), Some(&b"version 2"[..]));
+}
+
+#[test]
+fn no_write_of_a_key_is_acknowledged_while_a_conditional_put_of_it_is_decided() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "data/orioledb_data/s3_lock";
+    s.faults(r#"{"outage": true}"#);
+    s.put(key, b"A");
+    let addr = s.addr();
+    // The conditional PUT waits for A to reach the origin.
+    let conditional = std::thread::spawn(move || {
+        let r = Req::object("PUT", addr, Style::Path, &key_path(key))
+            .header("If-Match", &md5_etag(b"A"))
+            .body(b"C".to_vec())
+            .go(addr);
+        (r.status, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let acked_b = Arc::new(AtomicBool::new(false));
+    let flag = acked_b.clone();
+    let plain = std::thread::spawn(move || {
+        let r = Req::object("PUT", addr, Style::Path, &key_path(key))
+            .body(b"B".to_vec())
+            .go(addr);
+        flag.store(true, Ordering::SeqCst);
+        (r.status, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !acked_b.load(Ordering::SeqCst),
+        "a write of the key was acknowledged while a conditional PUT of it waited for the origin"
+    );
+    s.no_faults();
+    let (c_status, c_at) = conditional.join().expect("conditional");
+    let (b_status, b_at) = plain.join().expect("plain");
+    assert_eq!(
+        c_status, 200,
+        "the conditional PUT is judged against A, the last write before it"
+    );
+    assert_eq!(b_status, 200);
+    assert!(
+        b_at >= c_at,
+        "B was acknowledged before the conditional PUT was decided"
+    );
+    s.flush(Duration::from_secs(30));
+    assert_eq!(perch_get(&s, key).as_deref(), Some(&b"B"[..]));
+    assert_eq!(s.in_moto(key).as_deref(), Some(&b"B"[..]));
+}
+
+#[test]
+fn writes_waiting_for_room_keep_their_order_and_a_gone_client_never_commits() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--dirty-bytes-max", "1MiB", "--dirty-wait-max", "4s"]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    s.put("orioledb_data/1/fills", &pattern(1 << 20, 1));
+    let addr = s.addr();
+    // A PUT that waits for room, whose client goes away: it must never be committed.
+    let gone = pattern(300_000, 2);
+    let req = Req::object("PUT", addr, Style::Path, &key_path("orioledb_data/1/x")).body(gone.clone());
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let (head, _) = req.head();
+    std::io::Write::write_all(&mut stream, &head).expect("send head");
+    std::io::Write::write_all(&mut stream, &gone).expect("send body");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stream);
+    // A later PUT of the same key waits too, and past --dirty-wait-max is refused.
+    let later = Req::object("PUT", addr, Style::Path, &key_path("orioledb_data/1/x"))
+        .body(b"later".to_vec())
+        .go(addr);
+    assert_eq!(later.status, 503, "{}", later.summary());
+    assert_eq!(later.code().as_deref(), Some("SlowDown"));
+    s.no_faults();
+    s.flush(Duration::from_secs(30));
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/x"),
+        None,
+        "a write whose client went away was committed"
+    );
+    assert_eq!(s.in_moto("orioledb_data/1/x"), None);
+    // Room again: writes go on.
+    s.put("orioledb_data/1/x", b"after");
+    eventually("the last write is read back", || {
+        perch_get(&s, "orioledb_data/1/x").as_deref() == Some(&b"after"[..])
+    });
+}
