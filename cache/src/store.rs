@@ -6,14 +6,16 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use perch_policy::{Freshness, WriteMode, WriteOp};
+use perch_policy::{Freshness, Prefetch, WriteMode, WriteOp, is_reserved};
 use prometheus_client::registry::Registry;
 
 use crate::body::{Digested, spool};
 use crate::error::{CacheError, StoreResult};
+use crate::hot_set;
 use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
@@ -25,8 +27,21 @@ use crate::origin::{
     Document, ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody,
     PutInput, PutOutput, Subresource, UploadInfo,
 };
+use crate::prefetch::{Prefetcher, Reason};
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::uploader::Uploader;
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Objects a hot set names at most.
+const HOT_SET_KEYS: usize = 100_000;
 
 /// Settings of the store, with the defaults `perch serve` documents.
 #[derive(Debug, Clone)]
@@ -50,6 +65,10 @@ pub struct StoreConfig {
     pub background_fill_max: u64,
     /// The write-back journal and its uploader.
     pub write: WriteConfig,
+    /// What is fetched before a client asks: listings a rule marks, parts read in order.
+    pub prefetch: Prefetch,
+    /// Bytes of prefetches queued or in flight at most.
+    pub prefetch_bytes: u64,
 }
 
 pub struct Store {
@@ -57,11 +76,16 @@ pub struct Store {
     reader: Arc<Reader>,
     journal: Arc<Journal>,
     _uploader: Arc<Uploader>,
+    prefetcher: Arc<Prefetcher>,
     /// The origin with its retry layer.
     origin: Arc<dyn Origin>,
     /// The origin without it (the uploader's, and readiness probes').
     upload_origin: Arc<dyn Origin>,
     multipart: Multipart,
+    prefetch_bytes: u64,
+    /// Set while a prewarm reads its hot sets; until when `ready` waits for a prewarm.
+    prewarm_reading: AtomicBool,
+    prewarm_until: Mutex<Option<std::time::Instant>>,
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: Mutex<HashSet<String>>,
@@ -106,15 +130,20 @@ impl Store {
             journal.clone(),
         ));
         let uploader = Uploader::start(journal.clone(), upload_origin.clone());
+        let prefetcher = Prefetcher::start(reader.clone(), cfg.prefetch, cfg.prefetch_bytes);
         local.start();
         Ok(Arc::new(Store {
             local,
             reader,
             journal,
             _uploader: uploader,
+            prefetcher,
             origin,
             upload_origin,
             multipart,
+            prefetch_bytes: cfg.prefetch_bytes,
+            prewarm_reading: AtomicBool::new(false),
+            prewarm_until: Mutex::new(None),
             buckets: Mutex::new(HashSet::new()),
         }))
     }
@@ -129,7 +158,10 @@ impl Store {
         range: Option<ByteRange>,
         conditions: &Conditions,
     ) -> StoreResult<CachedGet> {
-        Ok(self.reader.get(&ObjectKey::new(bucket, key), range, conditions).await?)
+        let okey = ObjectKey::new(bucket, key);
+        let got = self.reader.get(&okey, range, conditions).await?;
+        self.prefetcher.on_read(&okey);
+        Ok(got)
     }
 
     /// HEAD: the cached metadata, or the origin's (a HEAD does not fill the cache).
@@ -278,7 +310,13 @@ impl Store {
             }
         }
         page.common_prefixes.retain(|cp| !hidden.contains(cp));
-        Ok(listing::merge(q, page, dirty))
+        let mut page = listing::merge(q, page, dirty);
+        // Perch's own prefix is never shown.
+        page.objects.retain(|o| !is_reserved(&o.key));
+        page.common_prefixes.retain(|cp| !is_reserved(cp));
+        let listed: Vec<(String, u64)> = page.objects.iter().map(|o| (o.key.clone(), o.size)).collect();
+        self.prefetcher.on_list(bucket, &q.prefix, &listed);
+        Ok(page)
     }
 
     // ----- multipart uploads (staged locally) -----
@@ -413,6 +451,74 @@ impl Store {
         Ok(self.origin.delete_config(bucket, sub).await?)
     }
 
+    // ----- the hot set (hot_set.rs) -----
+
+    /// Writes the hot set of every bucket with recent reads to its `.perch/hot-set` (a primary's
+    /// job, never a replica's); returns how many objects it names.
+    pub async fn record_hot_set(&self) -> StoreResult<usize> {
+        let local = self.local.clone();
+        let bytes = self.prefetch_bytes;
+        let sets = tokio::task::spawn_blocking(move || hot_set::collect(&local, HOT_SET_KEYS, bytes))
+            .await
+            .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
+        let mut named = 0;
+        for (bucket, objects) in &sets {
+            hot_set::write(self.upload_origin.as_ref(), bucket, objects).await?;
+            named += objects.len();
+        }
+        Ok(named)
+    }
+
+    /// Whether the cache holds nothing (a new volume, or one that lost its cache).
+    pub fn cache_is_empty(&self) -> bool {
+        self.local.index.is_empty().unwrap_or(false)
+    }
+
+    /// Queues the objects of the hot sets of `buckets` for prewarming (lowest priority, within
+    /// the prefetch budget, never evicting); returns how many were queued.
+    pub async fn prewarm(&self, buckets: &[String]) -> usize {
+        self.prewarm_reading.store(true, Ordering::SeqCst);
+        let _done = ClearOnDrop(&self.prewarm_reading);
+        let mut queued = 0;
+        for bucket in buckets {
+            match hot_set::read(self.origin.as_ref(), bucket).await {
+                Ok(Some(objects)) => {
+                    tracing::info!(bucket, objects = objects.len(), "prewarming from the hot set");
+                    queued += objects.len();
+                    self.prefetcher.prewarm(bucket, &objects);
+                }
+                Ok(None) => tracing::info!(bucket, "no hot set to prewarm from"),
+                Err(e) => tracing::warn!(bucket, error = %e, "cannot read the hot set"),
+            }
+        }
+        queued
+    }
+
+    /// A prewarm is about to start: until it is done, or until `wait` has passed, `ready` says
+    /// not yet.
+    pub fn hold_ready_for_prewarm(&self, wait: Duration) {
+        *lock(&self.prewarm_until) = Some(std::time::Instant::now() + wait);
+    }
+
+    /// Whether prewarm fetches are still queued or under way.
+    pub fn prewarming(&self) -> bool {
+        self.prefetcher.outstanding(Reason::Prewarm) > 0
+    }
+
+    /// Ready to serve: the origin answers, and a prewarm is done (or has had its time).
+    pub async fn ready(&self) -> Result<(), String> {
+        let until = *lock(&self.prewarm_until);
+        if let Some(until) = until {
+            if std::time::Instant::now() < until && (self.prewarming() || self.prewarm_reading.load(Ordering::SeqCst)) {
+                return Err("prewarming from the hot set".into());
+            }
+            *lock(&self.prewarm_until) = None;
+        }
+        self.origin_ready()
+            .await
+            .map_err(|e| format!("origin unreachable: {e}"))
+    }
+
     // ----- operations -----
 
     /// The write-back backlog; `upto`: also count the versions at or below that sequence number.
@@ -453,8 +559,10 @@ impl Store {
         }
     }
 
-    /// A clean stop: the index is flushed so that the next start has nothing to replay.
+    /// A clean stop: prefetches still queued are dropped, the index is flushed so that the next
+    /// start has nothing to replay.
     pub fn close(&self) {
+        self.prefetcher.cancel();
         self.local.close();
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use perch_cache::UploadHeader;
-use perch_policy::{Freshness, Glob, WritePolicy, WriteRule};
+use perch_policy::{Freshness, Glob, ListRule, Prefetch, WritePolicy, WriteRule};
 use serde::Deserialize;
 
 use crate::limits::{Limits, S3_BODY_MAX};
@@ -113,6 +113,41 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_WRITE_MODE", value_name = "RULE", value_delimiter = ',')]
     pub write_mode: Option<Vec<String>>,
 
+    /// Listings whose prefix matches are prefetched: `PREFIX_GLOB` (every listed object) or
+    /// `PREFIX_GLOB=KEY_GLOB`; repeatable; an empty value turns it off [default: OrioleDB's restore:
+    /// data/*/, orioledb_data/*/=*.map]
+    #[arg(long, env = "PERCH_PREFETCH_ON_LIST", value_name = "RULE", value_delimiter = ',')]
+    pub prefetch_on_list: Option<Vec<String>>,
+
+    /// Keys read ahead when read in order: a last component `<name>.<part>`; repeatable; an empty
+    /// value turns it off [default: orioledb_data/*]
+    #[arg(long, env = "PERCH_READ_AHEAD", value_name = "GLOB", value_delimiter = ',')]
+    pub read_ahead: Option<Vec<String>>,
+
+    /// Parts fetched ahead of a run of reads [default: 4]
+    #[arg(long, env = "PERCH_READ_AHEAD_PARTS", value_name = "N")]
+    pub read_ahead_parts: Option<u64>,
+
+    /// Bytes of prefetches (listings, read-ahead, prewarm) queued or in flight at most; a
+    /// prefetch never takes room the disk tier would have to evict for [default: 1GiB]
+    #[arg(long, env = "PERCH_PREFETCH_BYTES", value_name = "SIZE")]
+    pub prefetch_bytes: Option<String>,
+
+    /// How often a primary writes its hot set (the objects read most recently) to `.perch/hot-set`
+    /// in each bucket, besides when it stops; `0s` never [default: 5m]
+    #[arg(long, env = "PERCH_HOT_SET_INTERVAL", value_name = "DURATION")]
+    pub hot_set_interval: Option<String>,
+
+    /// Buckets whose hot set a start with an empty cache prewarms from; repeatable [default: every
+    /// bucket the origin lists]
+    #[arg(long, env = "PERCH_PREWARM_BUCKET", value_name = "BUCKET", value_delimiter = ',')]
+    pub prewarm_bucket: Option<Vec<String>>,
+
+    /// How long `/readyz` waits for a prewarm at most (the rest goes on in the background)
+    /// [default: 5s]
+    #[arg(long, env = "PERCH_PREWARM_WAIT", value_name = "DURATION")]
+    pub prewarm_wait: Option<String>,
+
     /// A barrier's acknowledgement also waits until it and everything before it are in the origin
     #[arg(long, env = "PERCH_STRICT_BARRIERS", num_args = 0..=1, default_missing_value = "true")]
     pub strict_barriers: Option<bool>,
@@ -208,6 +243,13 @@ struct FileConfig {
     cache_revalidate: Option<Vec<String>>,
     cache_revalidate_after: Option<String>,
     write_mode: Option<Vec<String>>,
+    prefetch_on_list: Option<Vec<String>>,
+    read_ahead: Option<Vec<String>>,
+    read_ahead_parts: Option<u64>,
+    prefetch_bytes: Option<String>,
+    hot_set_interval: Option<String>,
+    prewarm_bucket: Option<Vec<String>>,
+    prewarm_wait: Option<String>,
     strict_barriers: Option<bool>,
     upload_concurrency: Option<usize>,
     upload_header: Option<Vec<String>>,
@@ -283,6 +325,13 @@ pub struct Config {
     pub cache_revalidate: Vec<Glob>,
     pub cache_revalidate_after: Duration,
     pub write_policy: WritePolicy,
+    pub prefetch: Prefetch,
+    pub prefetch_bytes: u64,
+    /// Zero: the hot set is written only when Perch stops.
+    pub hot_set_interval: Duration,
+    /// Empty: every bucket the origin lists.
+    pub prewarm_buckets: Vec<String>,
+    pub prewarm_wait: Duration,
     pub strict_barriers: bool,
     pub upload_concurrency: usize,
     pub upload_headers: Vec<UploadHeader>,
@@ -444,6 +493,39 @@ impl Config {
                     None => WritePolicy::orioledb_defaults(),
                 },
             },
+            prefetch: Prefetch {
+                on_list: match args.prefetch_on_list.or(file.prefetch_on_list) {
+                    Some(rules) => rules
+                        .iter()
+                        .filter(|r| !r.is_empty())
+                        .map(|r| r.parse::<ListRule>().map_err(anyhow::Error::msg))
+                        .collect::<anyhow::Result<_>>()
+                        .context("--prefetch-on-list")?,
+                    None => Prefetch::orioledb_list_rules(),
+                },
+                read_ahead: match args.read_ahead.or(file.read_ahead) {
+                    Some(globs) => globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
+                    None => Prefetch::orioledb_read_ahead(),
+                },
+                read_ahead_parts: args.read_ahead_parts.or(file.read_ahead_parts).unwrap_or(4),
+            },
+            prefetch_bytes: match args.prefetch_bytes.or(file.prefetch_bytes) {
+                Some(s) => parse_size(&s).context("--prefetch-bytes")?,
+                None => 1 << 30,
+            },
+            hot_set_interval: duration_or(
+                args.hot_set_interval.or(file.hot_set_interval),
+                "--hot-set-interval",
+                300,
+            )?,
+            prewarm_buckets: args
+                .prewarm_bucket
+                .or(file.prewarm_bucket)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| !b.is_empty())
+                .collect(),
+            prewarm_wait: duration_or(args.prewarm_wait.or(file.prewarm_wait), "--prewarm-wait", 5)?,
             strict_barriers: args.strict_barriers.or(file.strict_barriers).unwrap_or(false),
             upload_concurrency: match args.upload_concurrency.or(file.upload_concurrency) {
                 Some(0) => bail!("--upload-concurrency must be at least 1"),

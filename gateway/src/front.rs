@@ -11,6 +11,8 @@ use s3s::host::{S3Host, VirtualHost};
 use s3s::path::S3Path;
 use s3s::{S3Result, s3_error};
 
+use perch_policy::is_reserved;
+
 use crate::config::Role;
 use crate::convert;
 
@@ -108,6 +110,14 @@ fn is_read_only(op: &str) -> bool {
     op.starts_with("Get") || op.starts_with("Head") || op.starts_with("List")
 }
 
+/// The answer to a client write under Perch's own prefix (`.perch/`).
+pub fn reserved_error() -> s3s::S3Error {
+    s3_error!(
+        AccessDenied,
+        "Keys under .perch/ are Perch's own (the hot set it hands to the next machine): clients cannot write them."
+    )
+}
+
 /// s3s's access hook: runs after the signature is verified and before the body is read.
 pub struct Front {
     pub role: Role,
@@ -125,6 +135,7 @@ impl S3Access for Front {
         if !key.is_empty() {
             convert::check_key(&key)?;
         }
+        let reserved = is_reserved(&key);
         let _ = REQUEST.try_with(|r| {
             let mut r = r.borrow_mut();
             r.op = op;
@@ -136,6 +147,9 @@ impl S3Access for Front {
                 AccessDenied,
                 "Anonymous access is not allowed; sign the request."
             ));
+        }
+        if reserved && !is_read_only(op) {
+            return Err(reserved_error());
         }
         if self.role == Role::Replica && !is_read_only(op) {
             return Err(s3_error!(

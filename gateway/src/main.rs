@@ -239,6 +239,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             dirty_age_max: config.dirty_age_max,
             upload_headers: config.upload_headers.clone(),
         },
+        prefetch: config.prefetch.clone(),
+        prefetch_bytes: config.prefetch_bytes,
     };
     let mut opened = None;
     metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
@@ -252,6 +254,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
+    if store.cache_is_empty() {
+        start_prewarm(&store, &config);
+    }
+    let hot_set_task = (config.role == config::Role::Primary && !config.hot_set_interval.is_zero())
+        .then(|| tokio::spawn(record_hot_set_every(store.clone(), config.hot_set_interval)));
 
     let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir.clone()));
     builder.set_auth(front::KeyPair::new(
@@ -303,6 +310,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     stop_signal.await;
     drain(&store, &metrics, &config).await;
+    if let Some(task) = hot_set_task {
+        task.abort();
+    }
+    if config.role == config::Role::Primary {
+        record_hot_set(&store).await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
@@ -324,6 +337,44 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::n
         };
         anyhow::anyhow!("cannot listen on {addr}: {why}; choose another address with {flag} ADDR")
     })
+}
+
+/// A start with an empty cache: the hot sets the last primary left are fetched in the background
+/// (and `/readyz` waits for them up to --prewarm-wait).
+fn start_prewarm(store: &Arc<Store>, config: &Config) {
+    store.hold_ready_for_prewarm(config.prewarm_wait);
+    let (store, named) = (store.clone(), config.prewarm_buckets.clone());
+    tokio::spawn(async move {
+        let buckets = if named.is_empty() {
+            match store.list_buckets().await {
+                Ok(all) => all.into_iter().map(|b| b.name).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list buckets to prewarm; set --prewarm-bucket");
+                    Vec::new()
+                }
+            }
+        } else {
+            named
+        };
+        let queued = store.prewarm(&buckets).await;
+        tracing::info!(objects = queued, "empty cache: prewarm queued");
+    });
+}
+
+/// Writes the hot set now (a primary, at its stop), within 10 s.
+async fn record_hot_set(store: &Store) {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), store.record_hot_set()).await {
+        Ok(Ok(n)) => tracing::info!(objects = n, "hot set written"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the hot set"),
+        Err(_) => tracing::warn!("writing the hot set took over 10 s; skipped"),
+    }
+}
+
+async fn record_hot_set_every(store: Arc<Store>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        record_hot_set(&store).await;
+    }
 }
 
 /// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the

@@ -469,13 +469,9 @@ async fn admin_request(store: &Store, metrics: &Metrics, req: Request<Incoming>)
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
-        "/readyz" => match store.origin_ready().await {
+        "/readyz" => match store.ready().await {
             Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("origin unreachable: {why}\n"),
-            ),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
         },
         "/metrics" => text(
             StatusCode::OK,

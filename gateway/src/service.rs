@@ -10,11 +10,13 @@ use perch_cache::{
     CacheStatus, CompletedPart as OriginPart, CopyInput, MetadataDirective as Directive, PageQuery, PutInput, Store,
     Subresource,
 };
+use perch_policy::is_reserved;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
+use crate::front;
 use crate::spool::{self, Declared};
 
 pub struct Gateway {
@@ -405,6 +407,7 @@ impl S3 for Gateway {
             futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
                 let result = match (convert::check_key(&o.key), o.version_id.as_deref()) {
                     (Err(e), _) => Err(e),
+                    (Ok(()), _) if is_reserved(&o.key) => Err(front::reserved_error()),
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod prefetch;
 pub mod units;
+
+pub use prefetch::{ListRule, Prefetch, RESERVED_PREFIX, is_reserved};
 
 /// A key pattern: `*` matches any run of characters, `/` included; everything else is literal.
 /// `orioledb_undo/*` matches every key under `orioledb_undo/`; `data/*/global/pg_control` matches

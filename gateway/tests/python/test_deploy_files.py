@@ -30,7 +30,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import tomllib
@@ -232,7 +231,7 @@ def test_every_shell_script_passes_shellcheck():
     scripts = shell_scripts()
     names = {str(p.relative_to(REPO)) for p in scripts}
     assert {"oriole-image/entrypoint.sh", "oriole-image/render-config.sh", "oriole-image/install.sh",
-            "oriole-image/patch-loader.sh", "fly/supervise.sh", "test.sh", ".ci/run"} <= names, names
+            "fly/supervise.sh", "test.sh", ".ci/run"} <= names, names
     r = run([exe, "--severity=style", *map(str, scripts)], cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -315,61 +314,6 @@ def test_render_config_reports_every_problem_at_once(tmp_path):
 # --------------------------------------------------------------------------- build-time pieces
 
 
-LOADER_EXCERPT = textwrap.dedent("""\
-    class OrioledbS3ObjectLoader:
-    \tdef download_unchanged_files(self, file_checksums):
-    \t\tfor filename, checkpoint in file_checksums.items():
-    \t\t\tpass
-
-    \tdef download_unchanged_small_files(self, file_checksums):
-    \t\tprev_file_checksums = {}
-    \t\tfor filename, checkpoint in file_checksums:
-    \t\t\tprev_file_checksums[filename] = checkpoint
-    \t\treturn prev_file_checksums
-    """)
-
-
-def test_patch_loader_fixes_the_dict_iteration(tmp_path):
-    f = tmp_path / "orioledb_s3_loader.py"
-    f.write_text(LOADER_EXCERPT)
-    # The bug as it is upstream: iterating a dict as pairs.
-    ns = {}
-    exec(compile(f.read_text(), str(f), "exec"), ns)
-    with pytest.raises(ValueError):
-        ns["OrioledbS3ObjectLoader"]().download_unchanged_small_files({"base/1/1247": "3"})
-
-    r = run(["bash", str(ORIOLE / "patch-loader.sh"), str(f)])
-    assert r.returncode == 0, r.stderr
-    assert "replaced 1 line(s)" in r.stdout
-    text = f.read_text()
-    assert "in file_checksums:" not in text
-    assert text.count("for filename, checkpoint in file_checksums.items():") == 2
-    ns = {}
-    exec(compile(text, str(f), "exec"), ns)
-    assert ns["OrioledbS3ObjectLoader"]().download_unchanged_small_files({"base/1/1247": "3"}) == {"base/1/1247": "3"}
-
-    # Fixed upstream: nothing to do, and it says so.
-    r = run(["bash", str(ORIOLE / "patch-loader.sh"), str(f)])
-    assert r.returncode == 0 and "nothing to patch" in r.stdout
-    # Changed beyond recognition: the build stops.
-    f.write_text("print('a different tool')\n")
-    r = run(["bash", str(ORIOLE / "patch-loader.sh"), str(f)])
-    assert r.returncode == 1 and "review this patch" in r.stderr
-
-
-@pytest.mark.parametrize("version,ref", [
-    ("postgres (PostgreSQL) 17.5 OrioleDB beta 16 PGTAG=patches17_20 ubuntu:noble+clang build:x 17.5", "beta16"),
-    ("postgres (PostgreSQL) 17.0 OrioleDB public beta 12 PGTAG=patches17_5 alpine:3.21+clang build:x 17.0", "beta12"),
-    ("postgres (PostgreSQL) 17.5", None),
-])
-def test_loader_ref_comes_from_the_image_release(version, ref):
-    r = run(["bash", "-c", f'source "{ORIOLE}/install.sh"; loader_ref_from_version "$1"', "-", version])
-    if ref is None:
-        assert r.returncode == 1 and "ORIOLEDB_LOADER_REF" in r.stderr
-    else:
-        assert r.returncode == 0 and r.stdout.strip() == ref, r.stderr
-
-
 # --------------------------------------------------------------------------- the entrypoint, with a real perch
 
 
@@ -428,7 +372,7 @@ class Oriole:
         py.chmod(0o755)
         (self.tools / "oriole_s3.py").symlink_to(ORIOLE / "oriole_s3.py")
         (self.tools / "render-config.sh").symlink_to(ORIOLE / "render-config.sh")
-        (self.tools / "orioledb_s3_loader.py").write_text(FAKE_LOADER)
+        (self.tools / "restore.py").write_text(FAKE_LOADER)
         self.upstream = tmp_path / "docker-entrypoint.sh"
         self.upstream.write_text(FAKE_UPSTREAM)
         self.upstream.chmod(0o755)
@@ -521,11 +465,11 @@ def test_entrypoint_restores_from_the_bucket_instead_of_initdb(oriole):
     s3.put_object(Bucket=oriole.bucket, Key="data/1/global/pg_control", Body=b"c")
     r = oriole.run()
     assert r.returncode == 0, r.stderr
-    assert "is empty and bucket" in r.stderr and "restoring it with OrioleDB's restore tool" in r.stderr
+    assert "is empty and bucket" in r.stderr and "restoring it with the restore tool" in r.stderr
     assert "restored the database" in r.stderr
     assert "upstream sees a database" in r.stdout
     [call] = oriole.loader_calls()
-    assert call["argv"] == ["--endpoint", f"http://localhost:{oriole.perch.s3_port}", "--prefix", oriole.bucket,
+    assert call["argv"] == ["--endpoint", f"http://localhost:{oriole.perch.s3_port}", "--bucket", oriole.bucket,
                             "--data-dir", str(oriole.pgdata)]
     assert call["cwd"] == str(oriole.pgdata)
     assert call["env"]["AWS_ACCESS_KEY_ID"] == KEY and call["env"]["AWS_SECRET_ACCESS_KEY"] == KEY_SECRET
@@ -1410,9 +1354,8 @@ def test_fly_image_builds_perch_exactly_as_the_perch_image():
 
 
 def test_scripts_run_directly_are_executable():
-    # The Dockerfiles run install.sh straight from the build context (COPY keeps the mode), and
-    # install.sh runs patch-loader.sh the same way.
-    for name in ("oriole-image/install.sh", "oriole-image/patch-loader.sh", "oriole-image/entrypoint.sh",
+    # The Dockerfiles run install.sh straight from the build context (COPY keeps the mode).
+    for name in ("oriole-image/install.sh", "oriole-image/restore.py", "oriole-image/entrypoint.sh",
                  "oriole-image/render-config.sh", "oriole-image/oriole_s3.py", "fly/supervise.sh"):
         assert os.access(REPO / name, os.X_OK), f"{name} is not executable"
 

@@ -23,6 +23,7 @@ mod origin_keys;
 mod origin_faults;
 mod oriole;
 mod power_cut;
+mod prefetch;
 mod replica;
 mod write_back;
 mod write_path;
