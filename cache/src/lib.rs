@@ -20,6 +20,7 @@ mod metrics;
 mod multipart;
 mod origin;
 mod read;
+mod replica;
 mod seed;
 mod store;
 mod uploader;
@@ -39,5 +40,5 @@ pub use origin::{
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;
-pub use store::{Store, StoreConfig};
+pub use store::{ReplicaWrites, Store, StoreConfig};
 pub use uploader::UploadHeader;
