@@ -469,8 +469,7 @@ fn replica_answers_a_standby_trace_as_oriole_expects_with_no_origin_write() {
     let replica = start_replica(&tmp.path().join("replica"), &proxy);
     let r = replica.addr;
     for (i, t) in trace.iter().enumerate() {
-        let mut req = Req::object(&t.method, r, Style::Virtual, &key_path(&t.key))
-            .header("Content-Type", "application/octet-stream");
+        let mut req = Req::object(&t.method, r, Style::Virtual, &key_path(&t.key));
         if t.method == "PUT" {
             req = req.body(pattern(t.body_bytes, 1000 + i as u64));
         }
