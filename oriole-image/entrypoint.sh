@@ -19,6 +19,10 @@
 #                               bucket is an error (on Fly the bucket comes from `fly storage create`)
 #   ORIOLE_BREAK_S3_LOCK=N      break the bucket's lock if it holds identifier N (see step 3)
 #   ORIOLE_S3_WAIT=S            how long to wait for Perch (default 120 s)
+#   ORIOLE_STANDBY=true         a read replica: the data directory is restored from the primary's
+#                               bucket (never initialized) and started as a standby
+#                               (standby.signal) that replays the primary's archived WAL
+#                               (docs/replicas.md)
 # For tests (defaults are the image's paths): ORIOLE_RUN_AS (user to drop to when started as root,
 # empty: stay), ORIOLE_TOOLS_DIR, ORIOLE_CONF_FILE, ORIOLE_UPSTREAM_ENTRYPOINT.
 #
@@ -169,6 +173,9 @@ prepare_data_dir() {
     esac
 
     probe=$(s3 probe) || die "cannot list bucket $ORIOLE_S3_BUCKET through Perch (see above)"
+    if [ "${ORIOLE_STANDBY:-false}" = true ] && [ "$probe" != has-data ]; then
+        die "ORIOLE_STANDBY=true: a read replica starts from the primary's database, but bucket $ORIOLE_S3_BUCKET is $probe; start the primary first"
+    fi
     case $probe in
         has-data)
             restore_from_bucket
@@ -218,6 +225,10 @@ main() {
     wait_for_perch
     break_lock_if_asked
     prepare_data_dir
+    if [ "${ORIOLE_STANDBY:-false}" = true ]; then
+        : >"$PGDATA/standby.signal"
+        say "ORIOLE_STANDBY=true: starting as a read replica that follows bucket $ORIOLE_S3_BUCKET's WAL archive"
+    fi
     trap - INT TERM
     exec "$upstream" "$@"
 }

@@ -23,6 +23,7 @@ mod multipart;
 mod origin;
 mod prefetch;
 mod read;
+mod replica;
 mod seed;
 mod store;
 mod uploader;
@@ -42,5 +43,5 @@ pub use origin::{
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;
-pub use store::{Store, StoreConfig};
+pub use store::{ReplicaWrites, Store, StoreConfig};
 pub use uploader::UploadHeader;

@@ -41,6 +41,8 @@ pub enum CacheStatus {
     Miss,
     Revalidated,
     Bypass,
+    /// A replica's own write (or a copy pinned at seeding), from its overlay.
+    Overlay,
 }
 
 impl CacheStatus {
@@ -50,6 +52,7 @@ impl CacheStatus {
             CacheStatus::Miss => "MISS",
             CacheStatus::Revalidated => "REVALIDATED",
             CacheStatus::Bypass => "BYPASS",
+            CacheStatus::Overlay => "OVERLAY",
         }
     }
 }

@@ -28,7 +28,9 @@ use crate::origin::{
     PutInput, PutOutput, Subresource, UploadInfo,
 };
 use crate::prefetch::{Prefetcher, Reason};
+use crate::origin::read_only::ReadOnlyOrigin;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
+use crate::replica::Replica;
 use crate::uploader::Uploader;
 
 /// Clears a flag when dropped.
@@ -69,14 +71,30 @@ pub struct StoreConfig {
     pub prefetch: Prefetch,
     /// Bytes of prefetches queued or in flight at most.
     pub prefetch_bytes: u64,
+    /// A read replica: the origin is only read (every write to it is refused in the process) and
+    /// no uploader runs; its own writes stay in its overlay or are refused.
+    pub replica: Option<ReplicaWrites>,
+}
+
+/// What a replica does with the writes it receives (docs/replicas.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaWrites {
+    /// Kept in the overlay (`<data-dir>/overlay`), read back and listed, never uploaded; the keys
+    /// the primary rewrites are pinned at seeding.
+    Overlay,
+    /// Refused before they reach the store; reads follow the shared bucket.
+    Refuse,
 }
 
 pub struct Store {
     local: Arc<Local>,
     reader: Arc<Reader>,
     journal: Arc<Journal>,
-    _uploader: Arc<Uploader>,
+    /// None on a replica: nothing is ever uploaded.
+    _uploader: Option<Arc<Uploader>>,
     prefetcher: Arc<Prefetcher>,
+    /// A replica's overlay and its rule of which source answers a key.
+    replica: Option<Replica>,
     /// The origin with its retry layer.
     origin: Arc<dyn Origin>,
     /// The origin without it (the uploader's, and readiness probes').
@@ -99,10 +117,14 @@ impl Store {
     /// as it takes, and reports each fault as it happens.
     pub fn open(
         cfg: StoreConfig,
-        origin: Arc<dyn Origin>,
-        upload_origin: Arc<dyn Origin>,
+        mut origin: Arc<dyn Origin>,
+        mut upload_origin: Arc<dyn Origin>,
         mut registry: Option<&mut Registry>,
     ) -> Result<Arc<Store>, CacheError> {
+        if cfg.replica.is_some() {
+            origin = Arc::new(ReadOnlyOrigin(origin));
+            upload_origin = Arc::new(ReadOnlyOrigin(upload_origin));
+        }
         // The data dir's own name too: whoever made it may not have synced its parent.
         crate::durable::create_dirs(&cfg.data_dir)?;
         crate::durable::sync_parent(&cfg.data_dir)?;
@@ -116,7 +138,27 @@ impl Store {
             registry.as_deref_mut(),
         )?;
         let local = Arc::new(local);
-        let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry)?);
+        let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry.as_deref_mut())?);
+        if cfg.replica.is_some() {
+            let pending = journal.status(None).dirty_objects;
+            if pending > 0 {
+                return Err(CacheError::Corrupt(format!(
+                    "this data dir holds {pending} writes not yet uploaded (it served a primary): a \
+                     replica never uploads; start it as the primary to upload them, or drop them \
+                     with perch journal"
+                )));
+            }
+        }
+        let replica = if cfg.replica == Some(ReplicaWrites::Overlay) {
+            Some(Replica::open(
+                cfg.data_dir.join("overlay"),
+                cfg.freshness.clone(),
+                origin.clone(),
+                registry,
+            )?)
+        } else {
+            None
+        };
         let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
         let reader = Arc::new(Reader::new(
             ReaderConfig {
@@ -129,7 +171,10 @@ impl Store {
             origin.clone(),
             journal.clone(),
         ));
-        let uploader = Uploader::start(journal.clone(), upload_origin.clone());
+        let uploader = cfg
+            .replica
+            .is_none()
+            .then(|| Uploader::start(journal.clone(), upload_origin.clone()));
         let prefetcher = Prefetcher::start(reader.clone(), cfg.prefetch, cfg.prefetch_bytes);
         local.start();
         Ok(Arc::new(Store {
@@ -138,6 +183,7 @@ impl Store {
             journal,
             _uploader: uploader,
             prefetcher,
+            replica,
             origin,
             upload_origin,
             multipart,
@@ -159,7 +205,10 @@ impl Store {
         conditions: &Conditions,
     ) -> StoreResult<CachedGet> {
         let okey = ObjectKey::new(bucket, key);
-        let got = self.reader.get(&okey, range, conditions).await?;
+        let got = match &self.replica {
+            Some(r) => r.get(&self.reader, bucket, key, range, conditions).await?,
+            None => self.reader.get(&okey, range, conditions).await?,
+        };
         self.prefetcher.on_read(&okey);
         Ok(got)
     }
@@ -171,6 +220,9 @@ impl Store {
         key: &str,
         conditions: &Conditions,
     ) -> StoreResult<(ObjectMeta, CacheStatus)> {
+        if let Some(r) = &self.replica {
+            return Ok(r.head(&self.reader, bucket, key, conditions).await?);
+        }
         Ok(self.reader.head(&ObjectKey::new(bucket, key), conditions).await?)
     }
 
@@ -178,6 +230,14 @@ impl Store {
     /// acknowledged once durable locally (or in the origin, for a write-through key); with
     /// `If-Match`/`If-None-Match`, the origin decides, once it holds every earlier write of the key.
     pub async fn put(&self, bucket: &str, key: &str, input: PutInput, digest: Digested) -> StoreResult<PutOutput> {
+        if let Some(r) = &self.replica {
+            self.ensure_bucket(bucket).await?;
+            let input = PutInput {
+                content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
+                ..input
+            };
+            return Ok(r.put(bucket, key, &input).await?);
+        }
         let okey = ObjectKey::new(bucket, key);
         if input.if_match.is_none() && input.if_none_match.is_none() {
             self.ensure_bucket(bucket).await?;
@@ -210,6 +270,9 @@ impl Store {
     /// DELETE: a version (a tombstone), acknowledged as its write mode says.
     pub async fn delete(&self, bucket: &str, key: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.delete(bucket, key).await?);
+        }
         let okey = ObjectKey::new(bucket, key);
         let mode = self.journal.mode(WriteOp::Delete, key);
         let seq = self.journal.commit_delete(&okey, mode).await?;
@@ -276,6 +339,9 @@ impl Store {
 
     /// One page of a listing, merged with the writes not yet uploaded.
     pub async fn list(&self, bucket: &str, q: &PageQuery) -> StoreResult<Page> {
+        if let Some(r) = &self.replica {
+            return Ok(r.list(bucket, q).await?);
+        }
         let query = ListQuery {
             prefix: (!q.prefix.is_empty()).then(|| q.prefix.clone()),
             delimiter: q.delimiter.clone(),
@@ -329,6 +395,9 @@ impl Store {
         checksum: Option<MultipartChecksum>,
     ) -> StoreResult<String> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.create_multipart_upload(bucket, key, headers, checksum).await?);
+        }
         self.multipart.create(bucket, key, headers, checksum).await
     }
 
@@ -342,6 +411,11 @@ impl Store {
         checksums: &Checksums,
     ) -> StoreResult<PutOutput> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r
+                .upload_part(bucket, key, upload_id, part_number, body, checksums)
+                .await?);
+        }
         self.multipart
             .upload_part(bucket, key, upload_id, part_number, body, checksums)
             .await
@@ -358,6 +432,9 @@ impl Store {
         parts: &[CompletedPart],
     ) -> StoreResult<PutOutput> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
+        }
         let temp = self.local.blobs.temp_path();
         let done = self.multipart.complete(bucket, key, upload_id, parts, &temp).await?;
         let meta = ObjectMeta {
@@ -372,17 +449,26 @@ impl Store {
 
     pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.abort_multipart_upload(bucket, key, upload_id).await?);
+        }
         self.multipart.abort(bucket, key, upload_id).await
     }
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<Vec<PartInfo>> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.list_parts(bucket, key, upload_id).await?);
+        }
         self.multipart.list_parts(bucket, key, upload_id).await
     }
 
     /// The uploads staged in Perch (not any made directly at the origin).
     pub async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.list_multipart_uploads(bucket, prefix).await?);
+        }
         self.multipart.list_uploads(bucket, prefix).await
     }
 

@@ -22,8 +22,19 @@ pub const DEV_SECRET_ACCESS_KEY: &str = "perch-dev-secret";
 pub enum Role {
     /// Serves reads and writes.
     Primary,
-    /// Serves reads; refuses every mutating request with 403 AccessDenied.
+    /// Serves reads of the shared bucket and never writes to it; its own writes go to its
+    /// overlay, or are refused (`--replica-writes`).
     Replica,
+}
+
+/// What a replica does with the writes it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaWrites {
+    /// Keeps them in a local overlay it reads back and lists, never uploaded (docs/replicas.md).
+    Overlay,
+    /// Refuses every write with 403 AccessDenied.
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -74,9 +85,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_ORIGIN_RETRY_DEADLINE", value_name = "DURATION")]
     pub origin_retry_deadline: Option<String>,
 
-    /// `primary` serves reads and writes; `replica` refuses every write with 403 [default: primary]
+    /// `primary` serves reads and writes; `replica` reads the shared bucket and never writes to it
+    /// [default: primary]
     #[arg(long, env = "PERCH_ROLE", value_enum)]
     pub role: Option<Role>,
+
+    /// On a replica: `overlay` keeps its own writes (a standby's checkpoints, lock, control files)
+    /// in a local overlay that is never uploaded; `refuse` answers them 403 [default: overlay]
+    #[arg(long, env = "PERCH_REPLICA_WRITES", value_enum)]
+    pub replica_writes: Option<ReplicaWrites>,
 
     /// Log format [default: text]
     #[arg(long, env = "PERCH_LOG_FORMAT", value_enum)]
@@ -237,6 +254,7 @@ struct FileConfig {
     domain: Option<String>,
     origin_retry_deadline: Option<String>,
     role: Option<Role>,
+    replica_writes: Option<ReplicaWrites>,
     log_format: Option<LogFormat>,
     cache_disk_bytes: Option<String>,
     cache_memory_bytes: Option<String>,
@@ -318,6 +336,7 @@ pub struct Config {
     pub domain: String,
     pub origin_retry_deadline: Duration,
     pub role: Role,
+    pub replica_writes: ReplicaWrites,
     pub log_format: LogFormat,
     /// `None`: 80% of the data dir's free space at start, at most 1 TiB.
     pub cache_disk_bytes: Option<u64>,
@@ -465,6 +484,10 @@ impl Config {
             domain,
             origin_retry_deadline: deadline,
             role: args.role.or(file.role).unwrap_or(Role::Primary),
+            replica_writes: args
+                .replica_writes
+                .or(file.replica_writes)
+                .unwrap_or(ReplicaWrites::Overlay),
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             cache_disk_bytes: match args.cache_disk_bytes.or(file.cache_disk_bytes) {
                 Some(s) => Some(parse_size(&s).context("--cache-disk-bytes")?),

@@ -13,7 +13,7 @@ use s3s::{S3Result, s3_error};
 
 use perch_policy::is_reserved;
 
-use crate::config::Role;
+use crate::config::{ReplicaWrites, Role};
 use crate::convert;
 
 /// `BUCKET.<domain>[:port]` is virtual-hosted; every other host is path style.
@@ -118,9 +118,53 @@ pub fn reserved_error() -> s3s::S3Error {
     )
 }
 
+/// The writes a replica keeps in its overlay: objects, whole or multipart (not copies, which
+/// name a source, nor bucket changes).
+fn is_overlay_write(op: &str) -> bool {
+    matches!(
+        op,
+        "PutObject"
+            | "DeleteObject"
+            | "DeleteObjects"
+            | "CreateMultipartUpload"
+            | "UploadPart"
+            | "CompleteMultipartUpload"
+            | "AbortMultipartUpload"
+    )
+}
+
+/// Which requests this Perch serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// A primary: every operation.
+    All,
+    /// A replica with an overlay: reads, and object writes (kept in the overlay).
+    Overlay,
+    /// A replica refusing writes: reads only.
+    None,
+}
+
+impl Writes {
+    pub fn of(role: Role, replica_writes: ReplicaWrites) -> Writes {
+        match (role, replica_writes) {
+            (Role::Primary, _) => Writes::All,
+            (Role::Replica, ReplicaWrites::Overlay) => Writes::Overlay,
+            (Role::Replica, ReplicaWrites::Refuse) => Writes::None,
+        }
+    }
+
+    fn allows(self, op: &str) -> bool {
+        match self {
+            Writes::All => true,
+            Writes::Overlay => is_read_only(op) || is_overlay_write(op),
+            Writes::None => is_read_only(op),
+        }
+    }
+}
+
 /// s3s's access hook: runs after the signature is verified and before the body is read.
 pub struct Front {
-    pub role: Role,
+    pub writes: Writes,
 }
 
 #[async_trait::async_trait]
@@ -151,7 +195,7 @@ impl S3Access for Front {
         if reserved && !is_read_only(op) {
             return Err(reserved_error());
         }
-        if self.role == Role::Replica && !is_read_only(op) {
+        if !self.writes.allows(op) {
             return Err(s3_error!(
                 AccessDenied,
                 "This Perch is a read replica: {op} is refused, and nothing was written."
@@ -200,5 +244,19 @@ mod tests {
         ] {
             assert!(!is_read_only(op), "{op}");
         }
+    }
+
+    #[test]
+    fn replica_writes() {
+        let overlay = Writes::of(Role::Replica, ReplicaWrites::Overlay);
+        let refuse = Writes::of(Role::Replica, ReplicaWrites::Refuse);
+        for op in ["PutObject", "DeleteObject", "DeleteObjects", "UploadPart", "CompleteMultipartUpload"] {
+            assert!(overlay.allows(op) && !refuse.allows(op), "{op}");
+        }
+        for op in ["CopyObject", "UploadPartCopy", "CreateBucket", "DeleteBucket", "PutBucketPolicy"] {
+            assert!(!overlay.allows(op) && !refuse.allows(op), "{op}");
+        }
+        assert!(overlay.allows("GetObject") && refuse.allows("ListObjectsV2"));
+        assert!(Writes::of(Role::Primary, ReplicaWrites::Refuse).allows("CopyObject"));
     }
 }

@@ -14,6 +14,7 @@ mod server;
 mod service;
 mod sigv4;
 mod spool;
+mod wal;
 
 use std::sync::Arc;
 
@@ -56,6 +57,8 @@ enum Command {
     /// The write-back journal: list it, retry or drop a version the origin refused (running
     /// Perch), or check and repair a stopped Perch's journal.
     Journal(admin::JournalArgs),
+    /// The WAL archive, for a replica's Postgres: `perch wal fetch %f %p` is its restore_command.
+    Wal(wal::WalArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
         Command::Journal(args) => admin::journal(&args),
+        Command::Wal(args) => wal::run(&args),
     }
 }
 
@@ -241,6 +245,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         prefetch: config.prefetch.clone(),
         prefetch_bytes: config.prefetch_bytes,
+        replica: (config.role == config::Role::Replica).then_some(match config.replica_writes {
+            config::ReplicaWrites::Overlay => perch_cache::ReplicaWrites::Overlay,
+            config::ReplicaWrites::Refuse => perch_cache::ReplicaWrites::Refuse,
+        }),
     };
     let mut opened = None;
     metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
@@ -266,7 +274,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.client.secret_access_key.clone(),
     ));
     builder.set_host(front::PerchHost::new(&config.domain));
-    builder.set_access(front::Front { role: config.role });
+    builder.set_access(front::Front {
+        writes: front::Writes::of(config.role, config.replica_writes),
+    });
     let s3 = builder.build();
     let fast = Arc::new(fast_get::FastGet::new(
         store.clone(),
@@ -284,6 +294,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         admin = %admin.local_addr()?,
         origin = raw_origin.kind(),
         role = ?config.role,
+        replica_writes = ?(config.role == config::Role::Replica).then_some(config.replica_writes),
         domain = %config.domain,
         "perch is serving"
     );

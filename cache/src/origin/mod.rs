@@ -4,6 +4,7 @@
 pub(crate) mod checksum;
 pub(crate) mod config;
 pub(crate) mod fs;
+pub(crate) mod read_only;
 pub(crate) mod retry;
 pub(crate) mod s3;
 
