@@ -361,7 +361,7 @@ impl Index {
             .into_iter()
             .filter_map(|Reverse((at, k))| Some((ObjectKey::from_stored(&k)?, at)))
             .collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|&(_, at)| Reverse(at));
         Ok(out)
     }
 
