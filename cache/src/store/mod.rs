@@ -4,9 +4,12 @@
 //! request the origin must decide (a conditional PUT, a copy the origin makes, DeleteBucket) first
 //! waits until the origin holds every earlier write it depends on.
 
+mod buckets;
+mod warm;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +18,6 @@ use prometheus_client::registry::Registry;
 
 use crate::body::{Digested, spool};
 use crate::error::{CacheError, StoreResult};
-use crate::hot_set;
 use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
@@ -24,26 +26,14 @@ use crate::local::{Local, LocalConfig, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
-    BucketInfo, ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput,
-    Document, ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody,
-    PutInput, PutOutput, Subresource, UploadInfo,
+    ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput, ListQuery,
+    MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody, PutInput, PutOutput,
+    UploadInfo,
 };
-use crate::prefetch::{Prefetcher, Reason};
+use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::replica::Replica;
 use crate::uploader::Uploader;
-
-/// Clears a flag when dropped.
-struct ClearOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Objects a hot set names at most.
-const HOT_SET_KEYS: usize = 100_000;
 
 /// Settings of the store, with the defaults `perch serve` documents.
 #[derive(Debug, Clone)]
@@ -470,139 +460,6 @@ impl Store {
             return Ok(r.list_multipart_uploads(bucket, prefix).await?);
         }
         self.multipart.list_uploads(bucket, prefix).await
-    }
-
-    // ----- buckets (the origin's) -----
-
-    pub async fn list_buckets(&self) -> StoreResult<Vec<BucketInfo>> {
-        Ok(self.origin.list_buckets().await?)
-    }
-
-    pub async fn create_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.origin.create_bucket(bucket).await?;
-        self.known_buckets().insert(bucket.to_owned());
-        Ok(())
-    }
-
-    pub async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
-        Ok(self.origin.head_bucket(bucket).await?)
-    }
-
-    /// The origin decides whether the bucket is empty: first it must hold every write to it.
-    pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.settle_bucket(bucket).await?;
-        self.known_buckets().remove(bucket);
-        Ok(self.origin.delete_bucket(bucket).await?)
-    }
-
-    // ----- configurations (the origin's, passed through) -----
-
-    /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
-    /// the origin holds the object's pending writes.
-    pub async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<Document> {
-        if let Some(key) = key {
-            self.settle(&ObjectKey::new(bucket, key)).await?;
-        }
-        Ok(self.origin.get_config(bucket, key, sub).await?)
-    }
-
-    /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's
-    /// pending writes (further writes of the key wait meanwhile), a bucket's once it holds the
-    /// bucket's pending writes when the configuration bears on them (`Subresource::orders_writes`).
-    pub async fn put_config(
-        &self,
-        bucket: &str,
-        key: Option<&str>,
-        sub: Subresource,
-        doc: &Document,
-    ) -> StoreResult<()> {
-        if let Some(key) = key {
-            let okey = ObjectKey::new(bucket, key);
-            let _held = self.journal.hold_commits(&[&okey]).await;
-            self.settle(&okey).await?;
-            return Ok(self.origin.put_config(bucket, Some(key), sub, doc).await?);
-        }
-        if sub.orders_writes() {
-            self.settle_bucket(bucket).await?;
-        }
-        Ok(self.origin.put_config(bucket, None, sub, doc).await?)
-    }
-
-    /// Removes a bucket configuration at the origin, after the bucket's pending writes as for
-    /// `put_config`.
-    pub async fn delete_config(&self, bucket: &str, sub: Subresource) -> StoreResult<()> {
-        if sub.orders_writes() {
-            self.settle_bucket(bucket).await?;
-        }
-        Ok(self.origin.delete_config(bucket, sub).await?)
-    }
-
-    // ----- the hot set (hot_set.rs) -----
-
-    /// Writes the hot set of every bucket with recent reads to its `.perch/hot-set` (a primary's
-    /// job, never a replica's); returns how many objects it names.
-    pub async fn record_hot_set(&self) -> StoreResult<usize> {
-        let local = self.local.clone();
-        let bytes = self.prefetch_bytes;
-        let sets = tokio::task::spawn_blocking(move || hot_set::collect(&local, HOT_SET_KEYS, bytes))
-            .await
-            .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
-        let mut named = 0;
-        for (bucket, objects) in &sets {
-            hot_set::write(self.upload_origin.as_ref(), bucket, objects).await?;
-            named += objects.len();
-        }
-        Ok(named)
-    }
-
-    /// Whether the cache holds nothing (a new volume, or one that lost its cache).
-    pub fn cache_is_empty(&self) -> bool {
-        self.local.index.is_empty().unwrap_or(false)
-    }
-
-    /// Queues the objects of the hot sets of `buckets` for prewarming (lowest priority, within
-    /// the prefetch budget, never evicting); returns how many were queued.
-    pub async fn prewarm(&self, buckets: &[String]) -> usize {
-        self.prewarm_reading.store(true, Ordering::SeqCst);
-        let _done = ClearOnDrop(&self.prewarm_reading);
-        let mut queued = 0;
-        for bucket in buckets {
-            match hot_set::read(self.origin.as_ref(), bucket).await {
-                Ok(Some(objects)) => {
-                    tracing::info!(bucket, objects = objects.len(), "prewarming from the hot set");
-                    queued += objects.len();
-                    self.prefetcher.prewarm(bucket, &objects);
-                }
-                Ok(None) => tracing::info!(bucket, "no hot set to prewarm from"),
-                Err(e) => tracing::warn!(bucket, error = %e, "cannot read the hot set"),
-            }
-        }
-        queued
-    }
-
-    /// A prewarm is about to start: until it is done, or until `wait` has passed, `ready` says
-    /// not yet.
-    pub fn hold_ready_for_prewarm(&self, wait: Duration) {
-        *lock(&self.prewarm_until) = Some(std::time::Instant::now() + wait);
-    }
-
-    /// Whether prewarm fetches are still queued or under way.
-    pub fn prewarming(&self) -> bool {
-        self.prefetcher.outstanding(Reason::Prewarm) > 0
-    }
-
-    /// Ready to serve: the origin answers, and a prewarm is done (or has had its time).
-    pub async fn ready(&self) -> Result<(), String> {
-        let until = *lock(&self.prewarm_until);
-        if let Some(until) = until {
-            if std::time::Instant::now() < until && (self.prewarming() || self.prewarm_reading.load(Ordering::SeqCst)) {
-                return Err("prewarming from the hot set".into());
-            }
-            *lock(&self.prewarm_until) = None;
-        }
-        self.origin_ready()
-            .await
-            .map_err(|e| format!("origin unreachable: {e}"))
     }
 
     // ----- operations -----

@@ -1,0 +1,74 @@
+//! The `Store`'s bucket calls and configurations: the origin's, passed through, after the pending
+//! writes they bear on.
+
+use super::Store;
+use crate::error::StoreResult;
+use crate::key::ObjectKey;
+use crate::origin::{BucketInfo, Document, Subresource};
+
+impl Store {
+    // ----- buckets (the origin's) -----
+
+    pub async fn list_buckets(&self) -> StoreResult<Vec<BucketInfo>> {
+        Ok(self.origin.list_buckets().await?)
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.origin.create_bucket(bucket).await?;
+        self.known_buckets().insert(bucket.to_owned());
+        Ok(())
+    }
+
+    pub async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
+        Ok(self.origin.head_bucket(bucket).await?)
+    }
+
+    /// The origin decides whether the bucket is empty: first it must hold every write to it.
+    pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.settle_bucket(bucket).await?;
+        self.known_buckets().remove(bucket);
+        Ok(self.origin.delete_bucket(bucket).await?)
+    }
+
+    // ----- configurations (the origin's, passed through) -----
+
+    /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
+    /// the origin holds the object's pending writes.
+    pub async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<Document> {
+        if let Some(key) = key {
+            self.settle(&ObjectKey::new(bucket, key)).await?;
+        }
+        Ok(self.origin.get_config(bucket, key, sub).await?)
+    }
+
+    /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's
+    /// pending writes (further writes of the key wait meanwhile), a bucket's once it holds the
+    /// bucket's pending writes when the configuration bears on them (`Subresource::orders_writes`).
+    pub async fn put_config(
+        &self,
+        bucket: &str,
+        key: Option<&str>,
+        sub: Subresource,
+        doc: &Document,
+    ) -> StoreResult<()> {
+        if let Some(key) = key {
+            let okey = ObjectKey::new(bucket, key);
+            let _held = self.journal.hold_commits(&[&okey]).await;
+            self.settle(&okey).await?;
+            return Ok(self.origin.put_config(bucket, Some(key), sub, doc).await?);
+        }
+        if sub.orders_writes() {
+            self.settle_bucket(bucket).await?;
+        }
+        Ok(self.origin.put_config(bucket, None, sub, doc).await?)
+    }
+
+    /// Removes a bucket configuration at the origin, after the bucket's pending writes as for
+    /// `put_config`.
+    pub async fn delete_config(&self, bucket: &str, sub: Subresource) -> StoreResult<()> {
+        if sub.orders_writes() {
+            self.settle_bucket(bucket).await?;
+        }
+        Ok(self.origin.delete_config(bucket, sub).await?)
+    }
+}
