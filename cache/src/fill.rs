@@ -165,7 +165,7 @@ impl Reader {
                 meta.etag
             )));
         }
-        let keep = !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit();
+        let keep = !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() && !self.bypasses(okey);
         if keep
             && let Err(e) =
                 self.local

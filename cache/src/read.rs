@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use perch_policy::Freshness;
+use perch_policy::{CacheClass, Method, SharedPolicy};
 
 use crate::fill::FillReader;
 use crate::key::ObjectKey;
@@ -21,10 +21,9 @@ use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Or
 /// Settings of the read path.
 #[derive(Debug, Clone)]
 pub(crate) struct ReaderConfig {
-    /// Which keys may change behind Perch's back.
-    pub freshness: Freshness,
-    /// How long a copy of a mutable key is served before it is revalidated.
-    pub revalidate_after: Duration,
+    /// The policy: which keys may change behind Perch's back (and how long a copy is served
+    /// before it is revalidated), and which are not kept.
+    pub policy: Arc<SharedPolicy>,
     /// How long a broken fill keeps resuming.
     pub retry_deadline: Duration,
     /// A range miss fetches the whole object in the background up to this size.
@@ -104,13 +103,19 @@ impl Reader {
         if indexed { self.lookup(okey).await } else { Ok(None) }
     }
 
-    fn needs_revalidation(&self, key: &str, entry: &Entry) -> bool {
-        !entry.pending
-            && self.cfg.freshness.is_mutable(key)
-            && entry
-                .validated
-                .elapsed()
-                .map_or(true, |age| age >= self.cfg.revalidate_after)
+    fn needs_revalidation(&self, okey: &ObjectKey, entry: &Entry) -> bool {
+        if entry.pending {
+            return false;
+        }
+        let decision = self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Get);
+        decision
+            .revalidate_after()
+            .is_some_and(|after| entry.validated.elapsed().map_or(true, |age| age >= after))
+    }
+
+    /// Whether the policy says copies of `okey` are not kept (`cache = "bypass"`).
+    pub(crate) fn bypasses(&self, okey: &ObjectKey) -> bool {
+        self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Get).cache == CacheClass::Bypass
     }
 
     /// Asks the origin whether a cached copy is still current. `Ok(true)`: it is (and is marked
@@ -187,7 +192,7 @@ impl Reader {
             return Err(OriginError::NoSuchKey);
         }
         let mut status = CacheStatus::Hit;
-        if self.needs_revalidation(okey.key(), &entry) {
+        if self.needs_revalidation(okey, &entry) {
             if !self.revalidate(okey, &entry).await? {
                 return Ok(None);
             }
@@ -278,7 +283,7 @@ impl Reader {
                 .origin
                 .get_object(okey.bucket(), okey.key(), Some(r), conditions)
                 .await?;
-            if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit()) {
+            if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit()) && !self.bypasses(okey) {
                 let _ = self.join_fill(okey);
             }
             self.local
@@ -329,7 +334,7 @@ impl Reader {
                 Some((item, r))
             }
         }));
-        let status = if size > self.local.keep_limit() {
+        let status = if size > self.local.keep_limit() || self.bypasses(okey) {
             self.local.stats.bypass.inc();
             CacheStatus::Bypass
         } else {

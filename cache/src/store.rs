@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use perch_policy::{Freshness, WriteMode, WriteOp};
+use perch_policy::{Method, WriteMode};
 use prometheus_client::registry::Registry;
 
 use crate::body::{Digested, spool};
@@ -28,6 +28,14 @@ use crate::origin::{
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::uploader::Uploader;
 
+/// The policy's `cache = "pin"`, as the cache asks it (for reads: a pinned copy stays).
+fn pin_rule(policy: &Arc<perch_policy::SharedPolicy>) -> crate::local::Pinned {
+    let policy = policy.clone();
+    crate::local::Pinned(Arc::new(move |okey: &ObjectKey| {
+        policy.decide(okey.bucket(), okey.key(), Method::Get).cache == perch_policy::CacheClass::Pin
+    }))
+}
+
 /// Settings of the store, with the defaults `perch serve` documents.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -40,10 +48,6 @@ pub struct StoreConfig {
     pub memory_bytes: u64,
     /// Objects up to this size also live in memory (1 MiB: an OrioleDB data part).
     pub memory_object_max: u64,
-    /// Which keys may change behind Perch's back.
-    pub freshness: Freshness,
-    /// How long a copy of a mutable key is served before it is revalidated.
-    pub revalidate_after: Duration,
     /// How long a broken fill keeps resuming.
     pub retry_deadline: Duration,
     /// A range miss fetches the whole object in the background up to this size.
@@ -88,16 +92,17 @@ impl Store {
                 disk_bytes: cfg.disk_bytes,
                 memory_bytes: cfg.memory_bytes,
                 memory_object_max: cfg.memory_object_max,
+                pinned: Some(pin_rule(&cfg.write.policy)),
             },
             registry.as_deref_mut(),
         )?;
         let local = Arc::new(local);
+        let policy = cfg.write.policy.clone();
         let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry)?);
         let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
         let reader = Arc::new(Reader::new(
             ReaderConfig {
-                freshness: cfg.freshness,
-                revalidate_after: cfg.revalidate_after,
+                policy,
                 retry_deadline: cfg.retry_deadline,
                 background_fill_max: cfg.background_fill_max,
             },
@@ -165,6 +170,7 @@ impl Store {
         }
         let _held = self.journal.hold_commits(&[&okey]).await;
         self.settle(&okey).await?;
+        self.fence().await;
         let input = PutInput {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
             ..input
@@ -179,7 +185,7 @@ impl Store {
     pub async fn delete(&self, bucket: &str, key: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
         let okey = ObjectKey::new(bucket, key);
-        let mode = self.journal.mode(WriteOp::Delete, key);
+        let mode = self.journal.mode(Method::Delete, &okey);
         let seq = self.journal.commit_delete(&okey, mode).await?;
         self.acknowledge(seq, mode).await
     }
@@ -197,6 +203,7 @@ impl Store {
         let _held = self.journal.hold_commits(&[&src, &dst]).await;
         self.settle(&src).await?;
         self.settle(&dst).await?;
+        self.fence().await;
         let out = self.origin.copy_object(bucket, key, &copy).await;
         self.local.invalidate(&dst);
         Ok(out?)
@@ -421,6 +428,14 @@ impl Store {
 
     // ----- inside -----
 
+    /// Waits until this Perch holds the bucket's lease with no gap since its last renewal (at
+    /// once, as a rule); never returns once the lease is lost (the process exits).
+    async fn fence(&self) {
+        if let Some(lease) = &self.journal.cfg.lease {
+            lease.writable().await;
+        }
+    }
+
     fn known_buckets(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         lock(&self.buckets)
     }
@@ -460,7 +475,7 @@ impl Store {
             PutBody::Bytes(b) => NewBody::Bytes(b),
             PutBody::File { path, .. } => NewBody::File(path),
         };
-        let mode = self.journal.mode(WriteOp::Put, okey.key());
+        let mode = self.journal.mode(Method::Put, okey);
         let version = NewVersion {
             body,
             meta,
@@ -474,6 +489,7 @@ impl Store {
     /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is
     /// acknowledged only once the origin has it.
     async fn acknowledge(&self, seq: u64, mode: WriteMode) -> StoreResult<()> {
+        self.fence().await;
         let cfg = &self.journal.cfg;
         if mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && cfg.strict_barriers) {
             self.journal.wait_confirmed(seq, cfg.wait_limit).await?;

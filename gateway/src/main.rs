@@ -5,7 +5,9 @@ mod admin;
 mod config;
 mod convert;
 mod front;
+mod lease_cmd;
 mod metrics;
+mod policy_cmd;
 mod server;
 mod service;
 mod spool;
@@ -18,7 +20,7 @@ use perch_cache::{
     FsOrigin, Origin, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store, StoreConfig,
     WriteConfig,
 };
-use perch_policy::Freshness;
+use perch_policy::SharedPolicy;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
 
@@ -49,6 +51,11 @@ enum Command {
     /// The write-back journal: list it, retry or drop a version the origin refused (running
     /// Perch), or check and repair a stopped Perch's journal.
     Journal(admin::JournalArgs),
+    /// The policy file: `check FILE` (each mistake with its line), `explain BUCKET/KEY` (the
+    /// decision and the rule behind it), `show` (the built-in OrioleDB profile).
+    Policy(policy_cmd::PolicyArgs),
+    /// The bucket's lease (one writer per bucket): `status`, and `break` for a holder gone for good.
+    Lease(lease_cmd::LeaseArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -78,6 +85,8 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
         Command::Journal(args) => admin::journal(&args),
+        Command::Policy(args) => policy_cmd::run(args),
+        Command::Lease(args) => lease_cmd::run(args),
     }
 }
 
@@ -96,7 +105,7 @@ fn limit_malloc_arenas() {
     }
 }
 
-async fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn Origin>> {
+pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn Origin>> {
     Ok(match &config.origin {
         OriginUrl::Dir(dir) => {
             let origin = FsOrigin::open(dir.clone())
@@ -143,6 +152,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats,
     ));
 
+    let policy = Arc::new(SharedPolicy::new(config.policy.clone()));
+    tracing::info!(
+        policy = config
+            .policy_source
+            .file
+            .as_ref()
+            .map_or_else(|| "builtin:orioledb".to_owned(), |p| p.display().to_string()),
+        rules = config.policy.rules.len(),
+        "policy"
+    );
+    let lease = match (&config.lease, config.role) {
+        (Some(settings), config::Role::Primary) => {
+            Some(lease_cmd::lease_for(&config, settings, raw_origin.clone())?)
+        }
+        _ => None,
+    };
     let disk_bytes = config
         .cache_disk_bytes
         .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
@@ -151,14 +176,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         disk_bytes,
         memory_bytes: config.cache_memory_bytes,
         memory_object_max: 1 << 20,
-        freshness: Freshness {
-            mutable: config.cache_revalidate.clone(),
-        },
-        revalidate_after: config.cache_revalidate_after,
         retry_deadline: config.origin_retry_deadline,
         background_fill_max: 64 << 20,
         write: WriteConfig {
-            policy: config.write_policy.clone(),
+            policy: policy.clone(),
+            lease: lease.clone(),
             strict_barriers: config.strict_barriers,
             wait_limit: config.origin_retry_deadline,
             upload_concurrency: config.upload_concurrency,
@@ -168,7 +190,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|| filesystem_size(&config.data_dir) / 2),
             dirty_wait_max: config.dirty_wait_max,
             dirty_age_max: config.dirty_age_max,
-            upload_headers: config.upload_headers.clone(),
         },
     };
     let mut opened = None;
@@ -183,6 +204,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
+    if let Some(lease) = &lease {
+        // Before the listeners: a second primary never serves; nothing is uploaded meanwhile.
+        let writes = store.write_status(None).dirty_objects;
+        let epoch = lease.acquire(writes).await.map_err(|e| {
+            anyhow::anyhow!(e).context(format!(
+                "taking the lease of bucket `{}` as `{}`",
+                lease.config().bucket,
+                lease.config().holder
+            ))
+        })?;
+        lease.start_renewing();
+        let watched = lease.clone();
+        tokio::spawn(async move {
+            let why = watched.lost().await;
+            eprintln!("perch: {why}");
+            std::process::exit(3);
+        });
+        tracing::info!(epoch, journal_writes = writes, "holding the bucket's lease");
+    }
 
     let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir));
     builder.set_auth(front::KeyPair::new(
@@ -194,6 +234,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let s3 = builder.build();
 
     let stop_signal = shutdown_signal()?;
+    policy_cmd::reload_on_sighup(config.policy_source.clone(), policy.clone())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding --listen {}", config.listen))?;
@@ -222,6 +263,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = s3_task.await;
     let _ = admin_task.await;
     // Flush the cache index now, so that the next start has nothing to replay.
+    if let Some(lease) = &lease {
+        lease.release().await;
+    }
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");
     Ok(())

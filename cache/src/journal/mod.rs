@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use perch_policy::{WriteMode, WritePolicy};
+use perch_policy::{Method, SharedPolicy, WriteMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
@@ -30,13 +30,14 @@ use crate::local::index::{Entry, Released};
 use crate::local::{Evicted, Local, TempGuard, lock};
 use crate::metrics::{UploadLabel, WriteStats};
 use crate::origin::{ListEntry, ObjectMeta};
-use crate::uploader::UploadHeader;
 
 /// Settings of the write path: modes, limits, and the uploader's.
 #[derive(Debug, Clone)]
 pub struct WriteConfig {
-    /// Which keys are write-back, barriers, or write-through (`--write-mode`).
-    pub policy: WritePolicy,
+    /// The policy: each key's write mode, and the headers and priority of its uploads.
+    pub policy: Arc<SharedPolicy>,
+    /// The bucket's lease (a primary's): no write is acknowledged or uploaded without it.
+    pub lease: Option<Arc<crate::lease::Lease>>,
     /// A barrier's acknowledgement waits for the origin too (`--strict-barriers`).
     pub strict_barriers: bool,
     /// The longest a request waits for the origin to confirm writes (`--origin-retry-deadline`).
@@ -51,14 +52,13 @@ pub struct WriteConfig {
     pub dirty_wait_max: Duration,
     /// Upload lag past which Perch reports itself unhealthy (`--dirty-age-max`, 60 s).
     pub dirty_age_max: Duration,
-    /// Headers added to the uploads of matching keys (`--upload-header 'GLOB=Name: value'`).
-    pub upload_headers: Vec<UploadHeader>,
 }
 
 impl Default for WriteConfig {
     fn default() -> Self {
         WriteConfig {
-            policy: WritePolicy::default(),
+            policy: Arc::new(SharedPolicy::default()),
+            lease: None,
             strict_barriers: false,
             wait_limit: Duration::from_secs(300),
             upload_concurrency: 16,
@@ -66,7 +66,6 @@ impl Default for WriteConfig {
             dirty_bytes_max: 10 << 30,
             dirty_wait_max: Duration::from_secs(1800),
             dirty_age_max: Duration::from_secs(60),
-            upload_headers: Vec::new(),
         }
     }
 }
@@ -293,6 +292,7 @@ impl Journal {
             st.add(
                 seq,
                 Version {
+                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
                     okey,
                     mode: record.mode(),
                     put: record.put,
@@ -341,9 +341,9 @@ impl Journal {
         self.refresh_gauges(&st);
     }
 
-    /// The write mode of a PUT or DELETE of `key`.
-    pub(crate) fn mode(&self, op: perch_policy::WriteOp, key: &str) -> WriteMode {
-        self.cfg.policy.mode(op, key)
+    /// The write mode of a PUT or DELETE of `okey`.
+    pub(crate) fn mode(&self, method: Method, okey: &ObjectKey) -> WriteMode {
+        self.cfg.policy.decide(okey.bucket(), okey.key(), method).write
     }
 
     /// Commits a PUT version of `okey` (its body already verified) and returns its sequence
@@ -507,6 +507,7 @@ impl Journal {
                     mode,
                     stage,
                     acked,
+                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
                 },
             );
             self.refresh_gauges(&st);
