@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every Perch test: the Rust suites (unit and integration, against the real perch binary and
+# Runs every Perch test: clippy, the Rust suites (unit and integration, against the real perch binary and
 # a moto S3 server they start themselves) and the boto3 suite. Usage: ./test.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,5 +12,8 @@ python3 -m pip install -q --disable-pip-version-check -r "$requirements" 2>/dev/
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH
 
+# Lints first (fast, and a finding fails the run): the same release profile as the tests, so
+# RocksDB's C++ is not built a second time.
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 cargo test --release --workspace --locked
 PERCH_BIN="$CARGO_TARGET_DIR/release/perch" python3 -m pytest -q gateway/tests/python

@@ -38,7 +38,8 @@ RUN apt-get update \
 COPY --from=build /out/perch /usr/local/bin/perch
 
 # In a container Perch must listen beyond loopback, so PERCH_ACCESS_KEY_ID and
-# PERCH_SECRET_ACCESS_KEY are required (perch refuses to start without them and says so).
+# PERCH_SECRET_ACCESS_KEY are required, and PERCH_ADMIN_TOKEN for the admin port (perch refuses to
+# start without them and says so).
 ENV PERCH_LISTEN=0.0.0.0:9000 \
     PERCH_ADMIN_LISTEN=0.0.0.0:9001 \
     PERCH_DATA_DIR=/var/lib/perch

@@ -21,8 +21,8 @@
 #
 # Environment: everything perch serve and perch-oriole-entrypoint read (fly.toml's [env] and the
 # app's secrets). Perch does not get the Postgres settings; OrioleDB does not get the origin's keys
-# (PERCH_ORIGIN_* and AWS_*), and Perch runs as its own user, so a database superuser cannot read
-# them either. ORIOLE_S3_BUCKET defaults to BUCKET_NAME (set by `fly storage create`).
+# (PERCH_ORIGIN_* and AWS_*) nor Perch's admin token (PERCH_ADMIN_TOKEN), and Perch runs as its own
+# user, so a database superuser cannot read them either. ORIOLE_S3_BUCKET defaults to BUCKET_NAME (set by `fly storage create`).
 # For tests: SUPERVISE_PERCH_BIN, SUPERVISE_ORIOLE_ENTRYPOINT, SUPERVISE_PERCH_USER (empty: run
 # Perch as the current user), SUPERVISE_PERCH_READY_TIMEOUT (default 120 s).
 set -Eeuo pipefail
@@ -148,7 +148,7 @@ start_oriole() {
     fi
     say "starting OrioleDB"
     env --default-signal=INT,QUIT -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN \
-        -u PERCH_ORIGIN_ACCESS_KEY_ID -u PERCH_ORIGIN_SECRET_ACCESS_KEY \
+        -u PERCH_ORIGIN_ACCESS_KEY_ID -u PERCH_ORIGIN_SECRET_ACCESS_KEY -u PERCH_ADMIN_TOKEN \
         "$oriole_entrypoint" postgres -D /etc/postgresql &
     pg_pid=$!
 }

@@ -10,7 +10,8 @@
 #      if it holds exactly that identifier (the explicit way to clear a lock left by a dead
 #      instance; see docs/deploy-fly.md, "A stale lock");
 #   4. if the data directory is empty: when the bucket already holds a database, restores it with
-#      OrioleDB's restore tool (orioledb_s3_loader.py) instead of running initdb, and says so; when
+#      the image's restore tool (restore.py: OrioleDB's loader, fixed and parallel) instead of
+#      running initdb, and says so; when
 #      the bucket is empty (or missing and ORIOLE_CREATE_BUCKET=true), lets initdb create a new one.
 #
 # Environment: see render-config.sh for the required variables. Also:
@@ -18,6 +19,10 @@
 #                               bucket is an error (on Fly the bucket comes from `fly storage create`)
 #   ORIOLE_BREAK_S3_LOCK=N      break the bucket's lock if it holds identifier N (see step 3)
 #   ORIOLE_S3_WAIT=S            how long to wait for Perch (default 120 s)
+#   ORIOLE_STANDBY=true         a read replica: the data directory is restored from the primary's
+#                               bucket (never initialized) and started as a standby
+#                               (standby.signal) that replays the primary's archived WAL
+#                               (docs/replicas.md)
 # For tests (defaults are the image's paths): ORIOLE_RUN_AS (user to drop to when started as root,
 # empty: stay), ORIOLE_TOOLS_DIR, ORIOLE_CONF_FILE, ORIOLE_UPSTREAM_ENTRYPOINT.
 #
@@ -98,9 +103,8 @@ break_lock_if_asked() {
 }
 
 # The restore tool reads its credentials the boto3 way; it gets Perch's client pair (through the
-# environment, never on a command line), path-style addressing (the config file) and nothing from
-# the container's other AWS settings. It writes undo files to paths relative to its working
-# directory, so it runs from PGDATA.
+# environment, never on a command line), path-style addressing and nothing from the container's
+# other AWS settings. It writes only into PGDATA (it runs from there all the same).
 loader_process() {
     local awsconf=$1 pg_bin
     pg_bin=$(dirname "$(command -v pg_controldata || echo /usr/local/bin/pg_controldata)")
@@ -109,8 +113,8 @@ loader_process() {
     export AWS_ACCESS_KEY_ID=$PERCH_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$PERCH_SECRET_ACCESS_KEY
     export AWS_DEFAULT_REGION=${ORIOLE_S3_REGION:-us-east-1} PG_BIN=$pg_bin
     cd "$PGDATA"
-    exec "$tools_dir/venv/bin/python3" "$tools_dir/orioledb_s3_loader.py" \
-        --endpoint "http://$ORIOLE_S3_ENDPOINT" --prefix "$ORIOLE_S3_BUCKET" --data-dir "$PGDATA"
+    exec "$tools_dir/venv/bin/python3" "$tools_dir/restore.py" \
+        --endpoint "http://$ORIOLE_S3_ENDPOINT" --bucket "$ORIOLE_S3_BUCKET" --data-dir "$PGDATA"
 }
 
 run_loader() {
@@ -123,7 +127,7 @@ run_loader() {
 }
 
 restore_from_bucket() {
-    say "the data directory $PGDATA is empty and bucket $ORIOLE_S3_BUCKET holds a database: restoring it with OrioleDB's restore tool instead of running initdb"
+    say "the data directory $PGDATA is empty and bucket $ORIOLE_S3_BUCKET holds a database: restoring it with the restore tool instead of running initdb"
     mkdir -p "$PGDATA"
     chmod 700 "$PGDATA"
     : >"$PGDATA/$restore_marker_name"
@@ -169,6 +173,9 @@ prepare_data_dir() {
     esac
 
     probe=$(s3 probe) || die "cannot list bucket $ORIOLE_S3_BUCKET through Perch (see above)"
+    if [ "${ORIOLE_STANDBY:-false}" = true ] && [ "$probe" != has-data ]; then
+        die "ORIOLE_STANDBY=true: a read replica starts from the primary's database, but bucket $ORIOLE_S3_BUCKET is $probe; start the primary first"
+    fi
     case $probe in
         has-data)
             restore_from_bucket
@@ -218,6 +225,10 @@ main() {
     wait_for_perch
     break_lock_if_asked
     prepare_data_dir
+    if [ "${ORIOLE_STANDBY:-false}" = true ]; then
+        : >"$PGDATA/standby.signal"
+        say "ORIOLE_STANDBY=true: starting as a read replica that follows bucket $ORIOLE_S3_BUCKET's WAL archive"
+    fi
     trap - INT TERM
     exec "$upstream" "$@"
 }

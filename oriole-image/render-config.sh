@@ -18,6 +18,9 @@
 #   ORIOLE_S3_REGION          region in OrioleDB's signatures (default us-east-1; Perch ignores it)
 #   ORIOLE_S3_DESIRED_SIZE    orioledb.s3_desired_size: local data OrioleDB keeps before evicting
 #                             to S3, e.g. 6GB (default: OrioleDB's, 10000MB)
+#   ORIOLE_STANDBY            true on a read replica (beside a Perch with --role replica): the
+#                             server is a standby whose restore_command fetches the primary's
+#                             archived WAL through Perch, `perch wal fetch` (docs/replicas.md)
 #
 # A missing or malformed variable is an error naming it. Nothing here prints a secret: the secret
 # key goes to FILE only, and messages never quote it.
@@ -93,6 +96,10 @@ check_env() {
         fi
     done
 
+    case ${ORIOLE_STANDBY:-false} in
+        true | false) ;;
+        *) err "ORIOLE_STANDBY must be true or false (got '${ORIOLE_STANDBY}')" ;;
+    esac
     local dir=${PGDATA:-}
     if [ -n "$dir" ] && [[ $dir != /* ]]; then
         err "PGDATA must be an absolute path (got '$dir')"
@@ -121,6 +128,13 @@ render() {
     printf 'orioledb.s3_secretkey = %s\n' "$(pg_quote "$PERCH_SECRET_ACCESS_KEY")"
     if [ -n "${ORIOLE_S3_DESIRED_SIZE:-}" ]; then
         printf 'orioledb.s3_desired_size = %s\n' "$(pg_quote "$ORIOLE_S3_DESIRED_SIZE")"
+    fi
+    if [ "${ORIOLE_STANDBY:-false}" = true ]; then
+        # A read replica replays the WAL the primary archived to the bucket, fetched through the
+        # replica's Perch; an absent segment fails at once and Postgres polls again after
+        # wal_retrieve_retry_interval (docs/replicas.md).
+        printf 'restore_command = %s\n' \
+            "$(pg_quote "perch wal fetch --endpoint http://$ORIOLE_S3_ENDPOINT --bucket $ORIOLE_S3_BUCKET %f %p")"
     fi
 }
 

@@ -130,6 +130,8 @@ pub struct Outcome {
     pub status: u16,
     /// From the start of the connect (or pool checkout) to the last body byte.
     pub latency: Duration,
+    /// From the same start to the first body byte (to the response head when there is no body).
+    pub ttfb: Duration,
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// `X-Cache: HIT` (true) or `MISS` (false), when the server sent one.
@@ -230,6 +232,7 @@ impl HttpClient {
             Ok(Err(e)) => Outcome {
                 status: 0,
                 latency: start.elapsed(),
+                ttfb: start.elapsed(),
                 bytes_up,
                 bytes_down: 0,
                 cache: None,
@@ -238,6 +241,7 @@ impl HttpClient {
             Err(_) => Outcome {
                 status: 0,
                 latency: start.elapsed(),
+                ttfb: start.elapsed(),
                 bytes_up,
                 bytes_down: 0,
                 cache: None,
@@ -299,11 +303,14 @@ impl HttpClient {
             Expect::Body { digest, .. } if status_ok && self.opts.verify && req.method != Method::HEAD => Some(*digest),
             _ => None,
         };
-        let (bytes_down, sha, snippet) = read_body(response.into_body(), want_digest.is_some(), !status_ok).await?;
+        let head = start.elapsed();
+        let (bytes_down, sha, snippet, first) =
+            read_body(response.into_body(), want_digest.is_some(), !status_ok).await?;
         let latency = start.elapsed();
         let mut outcome = Outcome {
             status,
             latency,
+            ttfb: first.map_or(head, |at| at.duration_since(start)),
             bytes_up,
             bytes_down,
             cache,
@@ -452,14 +459,22 @@ impl HttpClient {
     }
 }
 
-/// Reads a response body: its length, its SHA-256 when `hash`, and its start when `keep`.
-async fn read_body(mut body: Incoming, hash: bool, keep: bool) -> Result<(u64, Option<[u8; 32]>, Vec<u8>), String> {
+/// What `read_body` returns: length, SHA-256, the start of the body, when its first byte came.
+type BodyRead = (u64, Option<[u8; 32]>, Vec<u8>, Option<Instant>);
+
+/// Reads a response body: its length, its SHA-256 when `hash`, its start when `keep`, and when
+/// its first byte arrived.
+async fn read_body(mut body: Incoming, hash: bool, keep: bool) -> Result<BodyRead, String> {
     let mut hasher = hash.then(Sha256::new);
     let mut n = 0u64;
     let mut snippet = Vec::new();
+    let mut first = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the body after {n} bytes: {}", error_chain(e)))?;
         if let Some(data) = frame.data_ref() {
+            if first.is_none() && !data.is_empty() {
+                first = Some(Instant::now());
+            }
             n += data.len() as u64;
             if let Some(h) = &mut hasher {
                 h.update(data);
@@ -470,7 +485,7 @@ async fn read_body(mut body: Incoming, hash: bool, keep: bool) -> Result<(u64, O
             }
         }
     }
-    Ok((n, hasher.map(|h| h.finalize().into()), snippet))
+    Ok((n, hasher.map(|h| h.finalize().into()), snippet, first))
 }
 
 fn describe(req: &Req) -> String {

@@ -6,6 +6,7 @@ pub mod cache_restart;
 pub mod client;
 pub mod engine;
 pub mod metrics;
+pub mod miss;
 pub mod nginx;
 pub mod put_latency;
 pub mod report;

@@ -1,6 +1,7 @@
 //! `perch-bench`: benchmark and test-harness tools for Perch.
 //! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything),
-//! `cache-restart` (restart-to-ready and memory with a large cache), `origin-proxy`.
+//! `cache-restart` (restart-to-ready and memory with a large cache), `put-latency`, `miss`,
+//! `origin-proxy`.
 
 use perch_bench::{cache_restart, nginx, run, suite};
 use perch_testkit::origin_proxy;
@@ -33,6 +34,10 @@ enum Command {
     /// write + fsync of the same bytes and beside direct PUTs to an origin with added latency,
     /// then the upload throughput while Perch drains its backlog.
     PutLatency(Box<perch_bench::put_latency::PutLatencyArgs>),
+    /// Cache misses through Perch beside the same GETs sent to the origin directly (origin proxy
+    /// with added latency): time to first byte, cold 1 MiB throughput at 21 in flight with new
+    /// connections and keep-alive, whole 16/64 MiB objects, a range miss and its background fill.
+    Miss(Box<perch_bench::miss::MissArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
     OriginProxy(origin_proxy::ProxyArgs),
@@ -49,6 +54,11 @@ fn main() -> anyhow::Result<()> {
         Command::OriginProxy(args) => return runtime.block_on(origin_proxy::run(args)),
         Command::PutLatency(args) => {
             let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
+            print!("{}", report.markdown());
+            return Ok(());
+        }
+        Command::Miss(args) => {
+            let report = runtime.block_on(perch_bench::miss::run(*args))?;
             print!("{}", report.markdown());
             return Ok(());
         }

@@ -500,6 +500,7 @@ mod tests {
             stats.record(&Outcome {
                 status: 200,
                 latency: Duration::from_millis(i + 1),
+                ttfb: Duration::from_millis(i + 1),
                 bytes_up: 0,
                 bytes_down: 1000,
                 cache: None,

@@ -174,6 +174,7 @@ mod tests {
             s.record(&Outcome {
                 status: 200,
                 latency: Duration::from_millis(ms),
+                ttfb: Duration::from_millis(ms),
                 bytes_up: 0,
                 bytes_down: 500_000,
                 cache: Some(ms % 2 == 0),
@@ -183,6 +184,7 @@ mod tests {
         s.record(&Outcome {
             status: 500,
             latency: Duration::from_millis(9),
+            ttfb: Duration::from_millis(9),
             bytes_up: 0,
             bytes_down: 10,
             cache: None,

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use md5::{Digest, Md5};
 
 use crate::local::TempGuard;
 use crate::local::blobs::BlockCrcs;
+use crate::md5_asm::Md5;
 use crate::origin::{ByteStream, PutBody};
 
 /// Digests a body as it arrives (feed every byte, in order, then `finish`).
@@ -38,7 +38,7 @@ impl BodyDigest {
 
     pub fn finish(self) -> Digested {
         Digested {
-            md5: self.md5.finalize().into(),
+            md5: self.md5.finalize(),
             crcs: self.crcs.finish(),
         }
     }

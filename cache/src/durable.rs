@@ -47,6 +47,21 @@ pub(crate) fn sync_file(file: &File) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Writes `path` whole and durably: a temp file beside it, fsynced, renamed over it, the directory
+/// fsynced. A crash leaves the old file or the new one, never a part.
+pub(crate) fn write_file(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temp = path.with_file_name(name);
+    let mut file = File::create(&temp)?;
+    file.write_all(data)?;
+    sync_file(&file)?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    sync_parent(path)
+}
+
 /// A kind of sync a test build can remove (`PERCH_UNSAFE_SKIP_SYNC=blob|dir|journal`), to show
 /// that the power-cut soak reports the loss it causes. Never set it on a real deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

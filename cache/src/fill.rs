@@ -1,26 +1,40 @@
-//! Fills: a miss fetches the whole object from the origin once per key into a temp file, which
-//! every waiter streams as it grows; a broken origin stream resumes with Range + If-Match; a
-//! single-part body is checked against its MD5 ETag before its last byte is released; the temp
-//! file then becomes a clean cache entry unless a write changed the key meanwhile.
+//! Fills: a miss fetches the whole object from the origin once per key and hands each chunk to
+//! every reader the moment it arrives, while a writer thread beside it writes the chunk to a temp
+//! file and computes the block CRCs and the whole body's check (the object's full-object
+//! checksum, else its MD5 ETag). A broken origin stream resumes with Range + If-Match. The last
+//! chunk is only released once the check passed and the temp file became a clean cache entry
+//! (unless a write changed the key meanwhile).
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use md5::{Digest, Md5};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::key::ObjectKey;
 use crate::local::TempGuard;
 use crate::local::blobs::BlockCrcs;
-use crate::local::fills::{Fill, FillError, FillState};
-use crate::origin::{ByteRange, Conditions, OriginError};
+use crate::local::fills::{Fill, FillError, Progress};
+use crate::md5_asm::Md5;
+use crate::origin::checksum;
+use crate::origin::{ByteRange, ChecksumAlgorithm, ChecksumType, Conditions, ObjectMeta, OriginError};
 use crate::read::Reader;
+
+/// A fill keeps at least this much of what it received in memory (and whole objects up to the
+/// memory tier's object size), so that readers keeping up with the origin never touch the disk.
+const HOLD: u64 = 8 << 20;
+
+/// Received bytes are handed on to readers and the writer at least every this many bytes.
+const BATCH: usize = 256 * 1024;
+
+/// A reader behind what is held reads the temp file in pieces of this size.
+const DISK_CHUNK: u64 = 256 * 1024;
 
 /// Whether an ETag is the plain MD5 of the body (single-part upload, no encryption).
 fn md5_etag(etag: &str) -> Option<&str> {
@@ -49,6 +63,124 @@ pub(crate) async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Res
     .map_err(io::Error::other)?
 }
 
+/// How a fill checks the whole body: against the object's own full-object checksum when the
+/// origin keeps one (a CRC costs a few percent of an MD5), else against its MD5 ETag.
+enum Check {
+    Checksum(ChecksumAlgorithm, String, checksum::Hasher),
+    Md5(String, Md5),
+    None,
+}
+
+impl Check {
+    fn of(meta: &ObjectMeta) -> Check {
+        if meta.checksums.checksum_type() == Some(ChecksumType::FullObject) {
+            // Cheapest first: the CRCs, then SHA-256 (in hardware where the CPU has it), SHA-1.
+            let order = [
+                ChecksumAlgorithm::Crc64nvme,
+                ChecksumAlgorithm::Crc32c,
+                ChecksumAlgorithm::Crc32,
+                ChecksumAlgorithm::Sha256,
+                ChecksumAlgorithm::Sha1,
+            ];
+            if let Some((a, want)) = order
+                .into_iter()
+                .find_map(|a| meta.checksums.get(a).map(|v| (a, v.to_owned())))
+            {
+                return Check::Checksum(a, want, checksum::Hasher::new(a));
+            }
+        }
+        match md5_etag(&meta.etag) {
+            Some(want) => Check::Md5(want.to_owned(), Md5::new()),
+            None => Check::None,
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Check::Checksum(_, _, h) => h.update(data),
+            Check::Md5(_, h) => h.update(data),
+            Check::None => {}
+        }
+    }
+
+    /// `Err` with what differs when the body is not the object's.
+    fn verify(self) -> Result<(), String> {
+        match self {
+            Check::Checksum(a, want, h) => {
+                let got = h.finish_base64();
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("body {a:?} checksum {got} does not match the object's {want}"))
+                }
+            }
+            Check::Md5(want, h) => {
+                let got = hex::encode(h.finalize());
+                if got.eq_ignore_ascii_case(&want) {
+                    Ok(())
+                } else {
+                    Err(format!("body MD5 {got} does not match the ETag \"{want}\""))
+                }
+            }
+            Check::None => Ok(()),
+        }
+    }
+}
+
+/// What the writer thread made of a whole body.
+struct Written {
+    crcs: Vec<u32>,
+    check: Check,
+}
+
+/// The writer thread of a fill: writes each chunk at the end of the temp file, checksums it, and
+/// publishes how much is on disk (letting the fill forget chunks no reader needs in memory).
+fn write_body(
+    file: File,
+    batches: mpsc::Receiver<Vec<Bytes>>,
+    progress: watch::Sender<Progress>,
+    on_disk: watch::Sender<u64>,
+    hold: u64,
+    mut check: Check,
+) -> io::Result<Written> {
+    let mut crcs = BlockCrcs::default();
+    let mut at = 0u64;
+    for batch in batches {
+        for chunk in batch {
+            file.write_all_at(&chunk, at)?;
+            crcs.update(&chunk);
+            check.update(&chunk);
+            at += chunk.len() as u64;
+        }
+        // Readers are not woken: they only wait for received bytes.
+        progress.send_if_modified(|p| {
+            p.on_disk = at;
+            p.release_held(hold);
+            false
+        });
+        on_disk.send_replace(at);
+    }
+    Ok(Written {
+        crcs: crcs.finish(),
+        check,
+    })
+}
+
+/// Publishes `batch` to the fill's readers and sends it to the writer; `false` when the writer
+/// has stopped.
+fn hand_on(fill: &Fill, to_writer: &mpsc::Sender<Vec<Bytes>>, batch: &mut Vec<Bytes>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    fill.progress.send_modify(|p| {
+        for chunk in batch.iter() {
+            p.received += chunk.len() as u64;
+            p.chunks.push_back(chunk.clone());
+        }
+    });
+    to_writer.send(std::mem::take(batch)).is_ok()
+}
+
 impl Reader {
     /// The fill of `okey`: the one under way (`true`: joined), or a new one started here.
     pub(crate) fn join_fill(self: &Arc<Self>, okey: &ObjectKey) -> (Arc<Fill>, bool) {
@@ -58,7 +190,8 @@ impl Reader {
             let (okey, f) = (okey.clone(), fill.clone());
             tokio::spawn(async move {
                 if let Err(e) = reader.run_fill(&okey, &f).await {
-                    f.tx.send_replace(FillState::Failed(Arc::new(e)));
+                    tracing::debug!(key = okey.key(), error = %e, "fill failed");
+                    f.progress.send_modify(|p| p.failed = Some(Arc::new(e)));
                 }
                 reader.local.fills.end(&okey, &f);
             });
@@ -66,9 +199,10 @@ impl Reader {
         (fill, joined)
     }
 
-    /// Fetches the whole object into a temp file, resuming a broken stream with Range + If-Match,
-    /// then keeps it as a cache entry unless it went stale or is too large.
-    async fn run_fill(&self, okey: &ObjectKey, fill: &Fill) -> Result<(), FillError> {
+    /// Fetches the whole object, streaming it to the fill's readers and to the writer thread,
+    /// resuming a broken stream with Range + If-Match, then keeps it as a cache entry unless it
+    /// went stale or is too large.
+    async fn run_fill(&self, okey: &ObjectKey, fill: &Arc<Fill>) -> Result<(), FillError> {
         let (bucket, key) = (okey.bucket(), okey.key());
         let started = Instant::now();
         let out = self
@@ -80,56 +214,77 @@ impl Reader {
         let size = meta.size;
         let temp = self.local.blobs.temp_path();
         let io_err = |e: io::Error| FillError::Unavailable(format!("cache temp file: {e}"));
-        let writer = Arc::new(File::create(&temp).map_err(io_err)?);
+        let write_file = File::create(&temp).map_err(io_err)?;
         let _cleanup = TempGuard(temp.clone());
-        let reader_file = Arc::new(File::open(&temp).map_err(io_err)?);
-        fill.tx.send_replace(FillState::Body {
-            meta: meta.clone(),
-            file: reader_file,
-            written: 0,
-            done: false,
+        let read_file = Arc::new(File::open(&temp).map_err(io_err)?);
+        fill.progress.send_modify(|p| {
+            p.meta = Some(meta.clone());
+            p.file = Some(read_file);
         });
 
+        let hold = HOLD.max(self.local.memory_object_max());
+        let (to_writer, chunks) = mpsc::channel::<Vec<Bytes>>();
+        let (disk_tx, mut on_disk) = watch::channel(0u64);
+        let progress = fill.progress.clone();
+        let check = Check::of(&meta);
+        let writer =
+            tokio::task::spawn_blocking(move || write_body(write_file, chunks, progress, disk_tx, hold, check));
+
         let mut body = out.body;
-        let mut written = 0u64;
-        let mut crcs = BlockCrcs::default();
-        let mut md5 = Md5::new();
-        let mut small = (size <= self.local.memory_object_max()).then(|| BytesMut::with_capacity(size as usize));
+        let mut received = 0u64;
+        // The chunk that completes the body waits for the check.
+        let mut last: Option<Bytes> = None;
+        // Chunks received and not yet handed on: readers and the writer get them together when
+        // the origin has nothing more ready (or a batch is full), one wake-up each per burst.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut writer_gone = false;
         loop {
-            match body.next().await {
+            let next = match body.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    writer_gone |= !hand_on(fill, &to_writer, &mut batch);
+                    // Memory stays bounded when the disk is slower than the origin.
+                    while received - *on_disk.borrow_and_update() > 2 * hold {
+                        if on_disk.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    body.next().await
+                }
+            };
+            if writer_gone {
+                // The writer stopped: its error says why.
+                break;
+            }
+            match next {
+                Some(Ok(chunk)) if chunk.is_empty() => {}
                 Some(Ok(chunk)) => {
-                    if written + chunk.len() as u64 > size {
+                    if received + chunk.len() as u64 > size {
                         return Err(FillError::Corrupt("the origin sent more bytes than announced".into()));
                     }
-                    let (w, c, at) = (writer.clone(), chunk.clone(), written);
-                    tokio::task::spawn_blocking(move || w.write_all_at(&c, at))
-                        .await
-                        .map_err(|e| io_err(io::Error::other(e)))?
-                        .map_err(io_err)?;
-                    written += chunk.len() as u64;
-                    crcs.update(&chunk);
-                    md5.update(&chunk);
-                    if let Some(s) = &mut small {
-                        s.extend_from_slice(&chunk);
-                    }
-                    fill.tx.send_modify(|s| {
-                        if let FillState::Body { written: w, .. } = s {
-                            *w = written;
+                    received += chunk.len() as u64;
+                    if received == size {
+                        last = Some(chunk);
+                    } else {
+                        batch.push(chunk);
+                        if batch.iter().map(Bytes::len).sum::<usize>() >= BATCH {
+                            writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                         }
-                    });
+                    }
                 }
                 Some(Err(e)) => {
+                    writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                     if started.elapsed() >= self.cfg.retry_deadline {
                         return Err(FillError::Unavailable(format!("origin stream broke: {e}")));
                     }
-                    tracing::info!(key, written, error = %e, "origin stream broke; resuming with a range request");
+                    tracing::info!(key, received, error = %e, "origin stream broke; resuming with a range request");
                     self.local.stats.resumed.inc();
                     let cond = Conditions {
                         if_match: Some(meta.etag.clone()),
                         ..Default::default()
                     };
                     let range = ByteRange::FromTo {
-                        first: written,
+                        first: received,
                         last: None,
                     };
                     let more = self
@@ -142,7 +297,7 @@ impl Reader {
                             }
                             other => FillError::from_origin(other),
                         })?;
-                    if more.range.is_some_and(|(a, _)| a != written) {
+                    if more.range.is_some_and(|(a, _)| a != received) {
                         return Err(FillError::Unavailable("the origin resumed at the wrong offset".into()));
                     }
                     body = more.body;
@@ -150,47 +305,58 @@ impl Reader {
                 None => break,
             }
         }
-        if written != size {
+        hand_on(fill, &to_writer, &mut batch);
+        if let Some(chunk) = &last {
+            let _ = to_writer.send(vec![chunk.clone()]);
+        }
+        drop(to_writer);
+        let written = writer.await.map_err(|e| io_err(io::Error::other(e)))?.map_err(io_err)?;
+        if received != size {
             return Err(FillError::Unavailable(format!(
-                "the origin sent {written} of {size} bytes"
+                "the origin sent {received} of {size} bytes"
             )));
         }
-        let digest = hex::encode(md5.finalize());
-        if let Some(want) = md5_etag(&meta.etag)
-            && !want.eq_ignore_ascii_case(&digest)
-        {
+        if let Err(e) = written.check.verify() {
             self.local.stats.corrupt.inc();
-            return Err(FillError::Corrupt(format!(
-                "body MD5 {digest} does not match the ETag {}",
-                meta.etag
-            )));
+            return Err(FillError::Corrupt(e));
         }
-        let keep = !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() && !self.bypasses(okey);
-        if keep
-            && let Err(e) =
-                self.local
-                    .keep_fetched(okey, &temp, &meta, crcs.finish(), small.map(BytesMut::freeze), fill)
-        {
-            tracing::warn!(key, error = %e, "could not keep a fetched object in the cache");
-        }
-        fill.tx.send_modify(|s| {
-            if let FillState::Body { done, .. } = s {
-                *done = true;
+        // The entry is kept before the last chunk is released: a client that read a miss to its
+        // end and asks again gets a hit.
+        if !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() && !self.bypasses(okey) {
+            let local = self.local.clone();
+            let (okey, meta, fill) = (okey.clone(), meta.clone(), fill.clone());
+            let kept =
+                tokio::task::spawn_blocking(move || local.keep_fetched(&okey, &temp, &meta, written.crcs, &fill)).await;
+            match kept {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(key, error = %e, "could not keep a fetched object in the cache"),
+                Err(e) => tracing::warn!(key, error = %e, "could not keep a fetched object in the cache"),
             }
-        });
+        }
+        if let Some(chunk) = last {
+            fill.progress.send_modify(|p| {
+                p.received += chunk.len() as u64;
+                p.chunks.push_back(chunk);
+            });
+        }
         Ok(())
     }
 }
 
-/// One waiter's view of a fill: reads what has landed, waits for more.
+/// One reader's view of a fill: takes what has arrived (from memory while held, else from the
+/// temp file), waits for more.
 pub(crate) struct FillReader {
-    pub rx: watch::Receiver<FillState>,
-    pub file: Arc<File>,
+    pub rx: watch::Receiver<Progress>,
     pub pos: u64,
     pub end: u64,
 }
 
-const CHUNK: u64 = 256 * 1024;
+enum Step {
+    Held(Bytes),
+    Disk(Arc<File>, u64),
+    Failed(Arc<FillError>),
+    Wait,
+}
 
 impl FillReader {
     pub(crate) async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
@@ -198,31 +364,44 @@ impl FillReader {
             if self.pos >= self.end {
                 return None;
             }
-            let state = self.rx.borrow_and_update().clone();
-            match state {
-                FillState::Failed(e) => return Some(Err(io::Error::other(format!("origin fetch failed: {e:?}")))),
-                FillState::Body { written, done, .. } => {
-                    // The last byte waits until the fill has checked the whole body.
-                    let limit = if done { written } else { written.min(self.end - 1) };
-                    if limit > self.pos {
-                        let n = (limit - self.pos).min(CHUNK) as usize;
-                        let chunk = read_at(self.file.clone(), self.pos, n).await;
-                        if let Ok(c) = &chunk {
-                            self.pos += c.len() as u64;
-                        }
-                        return Some(chunk);
+            let step = {
+                let p = self.rx.borrow_and_update();
+                if let Some(e) = &p.failed {
+                    Step::Failed(e.clone())
+                } else if let Some(b) = p.held_at(self.pos, self.end) {
+                    Step::Held(b)
+                } else if let Some(file) = p.file.as_ref().filter(|_| self.pos < p.on_disk.min(p.received)) {
+                    let stop = p.on_disk.min(p.received).min(self.end);
+                    Step::Disk(file.clone(), (stop - self.pos).min(DISK_CHUNK))
+                } else {
+                    Step::Wait
+                }
+            };
+            match step {
+                Step::Held(b) => {
+                    self.pos += b.len() as u64;
+                    return Some(Ok(b));
+                }
+                Step::Disk(file, len) => {
+                    let chunk = read_at(file, self.pos, len as usize).await;
+                    if let Ok(c) = &chunk {
+                        self.pos += c.len() as u64;
                     }
-                    if done {
-                        return Some(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "origin fetch ended short",
-                        )));
+                    return Some(chunk);
+                }
+                Step::Failed(e) => return Some(Err(io::Error::other(format!("origin fetch failed: {e}")))),
+                Step::Wait => {
+                    if self.rx.changed().await.is_err() {
+                        // The fill is gone; what it left may still hold the rest.
+                        let p = self.rx.borrow();
+                        if p.received.min(self.end) <= self.pos && p.failed.is_none() {
+                            return Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "origin fetch ended short",
+                            )));
+                        }
                     }
                 }
-                FillState::Pending => {}
-            }
-            if self.rx.changed().await.is_err() {
-                return Some(Err(io::Error::other("origin fetch ended")));
             }
         }
     }

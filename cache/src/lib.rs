@@ -11,16 +11,20 @@ mod disk_read;
 mod durable;
 mod error;
 mod fill;
+mod hot_set;
 mod journal;
 mod key;
 mod lease;
 mod listing;
 mod local;
+mod md5_asm;
 mod memory;
 mod metrics;
 mod multipart;
 mod origin;
+mod prefetch;
 mod read;
+mod replica;
 mod seed;
 mod store;
 mod uploader;
@@ -35,10 +39,10 @@ pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken}
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
-    ContentHeaders, CopyInput, CopyOutput, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput, S3Origin,
-    S3OriginConfig, UploadInfo, etag_matches, same_etag,
+    ContentHeaders, CopyInput, CopyOutput, Document, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
+    MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, OriginKeys, OriginResult, PartInfo,
+    PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo, etag_matches, same_etag,
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;
-pub use store::{Store, StoreConfig};
+pub use store::{ReplicaWrites, Store, StoreConfig};

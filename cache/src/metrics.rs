@@ -17,6 +17,17 @@ pub(crate) struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PrefetchLabel {
+    pub reason: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// The cache's metrics (`perch_cache_*`).
 #[derive(Clone, Default)]
 pub(crate) struct CacheStats {
@@ -29,6 +40,8 @@ pub(crate) struct CacheStats {
     pub corrupt: Counter,
     pub coalesced: Counter,
     pub resumed: Counter,
+    pub prefetches: Family<PrefetchLabel, Counter>,
+    pub prefetch_used: Family<ReasonLabel, Counter>,
     pub size: Family<TierLabel, Gauge>,
     pub entries: Family<TierLabel, Gauge>,
     pub limit: Family<TierLabel, Gauge>,
@@ -82,6 +95,16 @@ impl CacheStats {
             "Fills resumed after the origin stream broke",
             self.resumed.clone(),
         );
+        r.register(
+            "perch_cache_prefetches",
+            "Objects prefetched nobody asked for yet, by reason (list, read_ahead, prewarm) and result (fetched, failed, skipped: already cached or under way, no_room: the disk tier would have had to evict, dropped: over the byte budget, cancelled)",
+            self.prefetches.clone(),
+        );
+        r.register(
+            "perch_cache_prefetch_used",
+            "Prefetched objects a client then read, by reason",
+            self.prefetch_used.clone(),
+        );
         r.register("perch_cache_size_bytes", "Bytes held, by tier", self.size.clone());
         r.register("perch_cache_entries", "Objects held, by tier", self.entries.clone());
         r.register(
@@ -107,6 +130,12 @@ impl CacheStats {
         }
         for result in ["unchanged", "changed", "failed"] {
             let _ = self.revalidations.get_or_create(&ResultLabel { result });
+        }
+        for reason in ["list", "read_ahead", "prewarm"] {
+            let _ = self.prefetch_used.get_or_create(&ReasonLabel { reason });
+            for result in ["fetched", "failed", "skipped", "no_room", "dropped", "cancelled"] {
+                let _ = self.prefetches.get_or_create(&PrefetchLabel { reason, result });
+            }
         }
     }
 }

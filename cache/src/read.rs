@@ -12,11 +12,14 @@ use perch_policy::{CacheClass, Method, SharedPolicy};
 
 use crate::fill::FillReader;
 use crate::key::ObjectKey;
-use crate::local::fills::FillState;
 use crate::local::index::Entry;
 use crate::local::{Local, Pending};
 use crate::metrics::{DISK, MEMORY, ORIGIN, ResultLabel};
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
+
+/// A range no further than this past what a fill under way has received is served from the fill
+/// (it arrives sooner than an origin round trip would bring it).
+const FILL_NEAR: u64 = 4 << 20;
 
 /// Settings of the read path.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub enum CacheStatus {
     Miss,
     Revalidated,
     Bypass,
+    /// A replica's own write (or a copy pinned at seeding), from its overlay.
+    Overlay,
 }
 
 impl CacheStatus {
@@ -46,6 +51,7 @@ impl CacheStatus {
             CacheStatus::Miss => "MISS",
             CacheStatus::Revalidated => "REVALIDATED",
             CacheStatus::Bypass => "BYPASS",
+            CacheStatus::Overlay => "OVERLAY",
         }
     }
 }
@@ -192,10 +198,13 @@ impl Reader {
             return Err(OriginError::NoSuchKey);
         }
         let mut status = CacheStatus::Hit;
+        let mut entry = entry;
         if self.needs_revalidation(okey, &entry) {
             if !self.revalidate(okey, &entry).await? {
                 return Ok(None);
             }
+            // As confirmed in the index: a copy this read puts in memory is fresh too.
+            entry.validated = std::time::SystemTime::now();
             status = CacheStatus::Revalidated;
         }
         Ok(Some((entry, body, status)))
@@ -278,6 +287,12 @@ impl Reader {
         }
         self.local.stats.misses.inc();
         if let Some(r) = range {
+            if let Some(output) = self.range_from_fill(okey, r, conditions)? {
+                return Ok(CachedGet {
+                    output,
+                    status: CacheStatus::Miss,
+                });
+            }
             // A range miss is answered from the origin at once; the whole object follows in the background.
             let out = self
                 .origin
@@ -299,16 +314,22 @@ impl Reader {
         let (fill, joined) = self.join_fill(okey);
         if joined {
             self.local.stats.coalesced.inc();
+            self.local.note_client_read(okey);
         }
-        let mut rx = fill.tx.subscribe();
-        let (meta, file) = loop {
-            let state = rx.borrow_and_update().clone();
-            match state {
-                FillState::Body { meta, file, .. } => break (meta, file),
-                FillState::Failed(e) => return Err(e.to_origin()),
-                FillState::Pending => {}
-            }
-            if rx.changed().await.is_err() {
+        self.local.note_access(okey);
+        let mut rx = fill.progress.subscribe();
+        let meta = loop {
+            let ended = {
+                let p = rx.borrow_and_update();
+                if let Some(e) = &p.failed {
+                    return Err(e.to_origin());
+                }
+                if let Some(meta) = &p.meta {
+                    break meta.clone();
+                }
+                false
+            } || rx.changed().await.is_err();
+            if ended && rx.borrow().failed.is_none() && rx.borrow().meta.is_none() {
                 return Err(OriginError::Unavailable {
                     seconds: 0,
                     last: "the origin fetch ended".into(),
@@ -317,23 +338,7 @@ impl Reader {
         };
         conditions.check(&meta)?;
         let size = meta.size;
-        let stats = self.local.stats.clone();
-        let reader = FillReader {
-            rx,
-            file,
-            pos: 0,
-            end: size,
-        };
-        let body: ByteStream = Box::pin(futures::stream::unfold(reader, move |mut r| {
-            let stats = stats.clone();
-            async move {
-                let item = r.next_chunk().await?;
-                if let Ok(b) = &item {
-                    stats.bytes_served.get_or_create(&ORIGIN).inc_by(b.len() as u64);
-                }
-                Some((item, r))
-            }
-        }));
+        let body = self.fill_body(FillReader { rx, pos: 0, end: size });
         let status = if size > self.local.keep_limit() || self.bypasses(okey) {
             self.local.stats.bypass.inc();
             CacheStatus::Bypass
@@ -348,5 +353,55 @@ impl Reader {
             },
             status,
         })
+    }
+
+    /// A fill's bytes as a body stream, counted as served from the origin.
+    fn fill_body(&self, reader: FillReader) -> ByteStream {
+        let stats = self.local.stats.clone();
+        Box::pin(futures::stream::unfold(reader, move |mut r| {
+            let stats = stats.clone();
+            async move {
+                let item = r.next_chunk().await?;
+                if let Ok(b) = &item {
+                    stats.bytes_served.get_or_create(&ORIGIN).inc_by(b.len() as u64);
+                }
+                Some((item, r))
+            }
+        }))
+    }
+
+    /// A range of an object whose fill is under way and has (nearly) reached the range's start:
+    /// served from the fill rather than asked of the origin again.
+    fn range_from_fill(
+        &self,
+        okey: &ObjectKey,
+        range: ByteRange,
+        conditions: &Conditions,
+    ) -> OriginResult<Option<GetOutput>> {
+        let Some(fill) = self.local.fills.get(okey) else {
+            return Ok(None);
+        };
+        let rx = fill.progress.subscribe();
+        let (meta, received) = {
+            let p = rx.borrow();
+            match (&p.meta, &p.failed) {
+                (Some(meta), None) => (meta.clone(), p.received),
+                _ => return Ok(None),
+            }
+        };
+        conditions.check(&meta)?;
+        let (first, last) = range.resolve(meta.size).ok_or(OriginError::InvalidRange)?;
+        if first > received + FILL_NEAR {
+            return Ok(None);
+        }
+        Ok(Some(GetOutput {
+            meta: (*meta).clone(),
+            range: Some((first, last)),
+            body: self.fill_body(FillReader {
+                rx,
+                pos: first,
+                end: last + 1,
+            }),
+        }))
     }
 }

@@ -6,14 +6,16 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use perch_policy::{Method, WriteMode};
+use perch_policy::{Method, Prefetch, RewrittenKeys, WriteMode, is_reserved};
 use prometheus_client::registry::Registry;
 
 use crate::body::{Digested, spool};
 use crate::error::{CacheError, StoreResult};
+use crate::hot_set;
 use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
@@ -22,10 +24,13 @@ use crate::local::{Local, LocalConfig, lock};
 use crate::multipart::Multipart;
 use crate::origin::{
     BucketInfo, ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput,
-    ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody, PutInput,
-    PutOutput, UploadInfo,
+    Document, ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody,
+    PutInput, PutOutput, Subresource, UploadInfo,
 };
+use crate::prefetch::{Prefetcher, Reason};
+use crate::origin::read_only::ReadOnlyOrigin;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
+use crate::replica::Replica;
 use crate::uploader::Uploader;
 
 /// The policy's `cache = "pin"`, as the cache asks it (for reads: a pinned copy stays).
@@ -35,6 +40,18 @@ fn pin_rule(policy: &Arc<perch_policy::SharedPolicy>) -> crate::local::Pinned {
         policy.decide(okey.bucket(), okey.key(), Method::Get).cache == perch_policy::CacheClass::Pin
     }))
 }
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Objects a hot set names at most.
+const HOT_SET_KEYS: usize = 100_000;
 
 /// Settings of the store, with the defaults `perch serve` documents.
 #[derive(Debug, Clone)]
@@ -54,18 +71,45 @@ pub struct StoreConfig {
     pub background_fill_max: u64,
     /// The write-back journal and its uploader.
     pub write: WriteConfig,
+    /// What is fetched before a client asks: listings a rule marks, parts read in order.
+    pub prefetch: Prefetch,
+    /// Bytes of prefetches queued or in flight at most.
+    pub prefetch_bytes: u64,
+    /// A read replica: the origin is only read (every write to it is refused in the process) and
+    /// no uploader runs; its own writes stay in its overlay or are refused.
+    pub replica: Option<ReplicaWrites>,
+    /// Keys the primary rewrites in place: a replica pins them at seeding, never reads them live.
+    pub rewritten: RewrittenKeys,
+}
+
+/// What a replica does with the writes it receives (docs/replicas.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaWrites {
+    /// Kept in the overlay (`<data-dir>/overlay`), read back and listed, never uploaded; the keys
+    /// the primary rewrites are pinned at seeding.
+    Overlay,
+    /// Refused before they reach the store; reads follow the shared bucket.
+    Refuse,
 }
 
 pub struct Store {
     local: Arc<Local>,
     reader: Arc<Reader>,
     journal: Arc<Journal>,
-    _uploader: Arc<Uploader>,
+    /// None on a replica: nothing is ever uploaded.
+    _uploader: Option<Arc<Uploader>>,
+    prefetcher: Arc<Prefetcher>,
+    /// A replica's overlay and its rule of which source answers a key.
+    replica: Option<Replica>,
     /// The origin with its retry layer.
     origin: Arc<dyn Origin>,
     /// The origin without it (the uploader's, and readiness probes').
     upload_origin: Arc<dyn Origin>,
     multipart: Multipart,
+    prefetch_bytes: u64,
+    /// Set while a prewarm reads its hot sets; until when `ready` waits for a prewarm.
+    prewarm_reading: AtomicBool,
+    prewarm_until: Mutex<Option<std::time::Instant>>,
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: Mutex<HashSet<String>>,
@@ -79,10 +123,14 @@ impl Store {
     /// as it takes, and reports each fault as it happens.
     pub fn open(
         cfg: StoreConfig,
-        origin: Arc<dyn Origin>,
-        upload_origin: Arc<dyn Origin>,
+        mut origin: Arc<dyn Origin>,
+        mut upload_origin: Arc<dyn Origin>,
         mut registry: Option<&mut Registry>,
     ) -> Result<Arc<Store>, CacheError> {
+        if cfg.replica.is_some() {
+            origin = Arc::new(ReadOnlyOrigin(origin));
+            upload_origin = Arc::new(ReadOnlyOrigin(upload_origin));
+        }
         // The data dir's own name too: whoever made it may not have synced its parent.
         crate::durable::create_dirs(&cfg.data_dir)?;
         crate::durable::sync_parent(&cfg.data_dir)?;
@@ -98,7 +146,27 @@ impl Store {
         )?;
         let local = Arc::new(local);
         let policy = cfg.write.policy.clone();
-        let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry)?);
+        let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry.as_deref_mut())?);
+        if cfg.replica.is_some() {
+            let pending = journal.status(None).dirty_objects;
+            if pending > 0 {
+                return Err(CacheError::Corrupt(format!(
+                    "this data dir holds {pending} writes not yet uploaded (it served a primary): a \
+                     replica never uploads; start it as the primary to upload them, or drop them \
+                     with perch journal"
+                )));
+            }
+        }
+        let replica = if cfg.replica == Some(ReplicaWrites::Overlay) {
+            Some(Replica::open(
+                cfg.data_dir.join("overlay"),
+                cfg.rewritten.clone(),
+                origin.clone(),
+                registry,
+            )?)
+        } else {
+            None
+        };
         let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
         let reader = Arc::new(Reader::new(
             ReaderConfig {
@@ -110,16 +178,25 @@ impl Store {
             origin.clone(),
             journal.clone(),
         ));
-        let uploader = Uploader::start(journal.clone(), upload_origin.clone());
+        let uploader = cfg
+            .replica
+            .is_none()
+            .then(|| Uploader::start(journal.clone(), upload_origin.clone()));
+        let prefetcher = Prefetcher::start(reader.clone(), cfg.prefetch, cfg.prefetch_bytes);
         local.start();
         Ok(Arc::new(Store {
             local,
             reader,
             journal,
             _uploader: uploader,
+            prefetcher,
+            replica,
             origin,
             upload_origin,
             multipart,
+            prefetch_bytes: cfg.prefetch_bytes,
+            prewarm_reading: AtomicBool::new(false),
+            prewarm_until: Mutex::new(None),
             buckets: Mutex::new(HashSet::new()),
         }))
     }
@@ -134,7 +211,13 @@ impl Store {
         range: Option<ByteRange>,
         conditions: &Conditions,
     ) -> StoreResult<CachedGet> {
-        Ok(self.reader.get(&ObjectKey::new(bucket, key), range, conditions).await?)
+        let okey = ObjectKey::new(bucket, key);
+        let got = match &self.replica {
+            Some(r) => r.get(&self.reader, bucket, key, range, conditions).await?,
+            None => self.reader.get(&okey, range, conditions).await?,
+        };
+        self.prefetcher.on_read(&okey);
+        Ok(got)
     }
 
     /// HEAD: the cached metadata, or the origin's (a HEAD does not fill the cache).
@@ -144,6 +227,9 @@ impl Store {
         key: &str,
         conditions: &Conditions,
     ) -> StoreResult<(ObjectMeta, CacheStatus)> {
+        if let Some(r) = &self.replica {
+            return Ok(r.head(&self.reader, bucket, key, conditions).await?);
+        }
         Ok(self.reader.head(&ObjectKey::new(bucket, key), conditions).await?)
     }
 
@@ -151,6 +237,14 @@ impl Store {
     /// acknowledged once durable locally (or in the origin, for a write-through key); with
     /// `If-Match`/`If-None-Match`, the origin decides, once it holds every earlier write of the key.
     pub async fn put(&self, bucket: &str, key: &str, input: PutInput, digest: Digested) -> StoreResult<PutOutput> {
+        if let Some(r) = &self.replica {
+            self.ensure_bucket(bucket).await?;
+            let input = PutInput {
+                content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
+                ..input
+            };
+            return Ok(r.put(bucket, key, &input).await?);
+        }
         let okey = ObjectKey::new(bucket, key);
         if input.if_match.is_none() && input.if_none_match.is_none() {
             self.ensure_bucket(bucket).await?;
@@ -184,6 +278,9 @@ impl Store {
     /// DELETE: a version (a tombstone), acknowledged as its write mode says.
     pub async fn delete(&self, bucket: &str, key: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.delete(bucket, key).await?);
+        }
         let okey = ObjectKey::new(bucket, key);
         let mode = self.journal.mode(Method::Delete, &okey);
         let seq = self.journal.commit_delete(&okey, mode).await?;
@@ -251,6 +348,9 @@ impl Store {
 
     /// One page of a listing, merged with the writes not yet uploaded.
     pub async fn list(&self, bucket: &str, q: &PageQuery) -> StoreResult<Page> {
+        if let Some(r) = &self.replica {
+            return Ok(r.list(bucket, q).await?);
+        }
         let query = ListQuery {
             prefix: (!q.prefix.is_empty()).then(|| q.prefix.clone()),
             delimiter: q.delimiter.clone(),
@@ -285,7 +385,13 @@ impl Store {
             }
         }
         page.common_prefixes.retain(|cp| !hidden.contains(cp));
-        Ok(listing::merge(q, page, dirty))
+        let mut page = listing::merge(q, page, dirty);
+        // Perch's own prefix is never shown.
+        page.objects.retain(|o| !is_reserved(&o.key));
+        page.common_prefixes.retain(|cp| !is_reserved(cp));
+        let listed: Vec<(String, u64)> = page.objects.iter().map(|o| (o.key.clone(), o.size)).collect();
+        self.prefetcher.on_list(bucket, &q.prefix, &listed);
+        Ok(page)
     }
 
     // ----- multipart uploads (staged locally) -----
@@ -298,6 +404,9 @@ impl Store {
         checksum: Option<MultipartChecksum>,
     ) -> StoreResult<String> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.create_multipart_upload(bucket, key, headers, checksum).await?);
+        }
         self.multipart.create(bucket, key, headers, checksum).await
     }
 
@@ -311,6 +420,11 @@ impl Store {
         checksums: &Checksums,
     ) -> StoreResult<PutOutput> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r
+                .upload_part(bucket, key, upload_id, part_number, body, checksums)
+                .await?);
+        }
         self.multipart
             .upload_part(bucket, key, upload_id, part_number, body, checksums)
             .await
@@ -327,6 +441,9 @@ impl Store {
         parts: &[CompletedPart],
     ) -> StoreResult<PutOutput> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
+        }
         let temp = self.local.blobs.temp_path();
         let done = self.multipart.complete(bucket, key, upload_id, parts, &temp).await?;
         let meta = ObjectMeta {
@@ -341,17 +458,26 @@ impl Store {
 
     pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.abort_multipart_upload(bucket, key, upload_id).await?);
+        }
         self.multipart.abort(bucket, key, upload_id).await
     }
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<Vec<PartInfo>> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.list_parts(bucket, key, upload_id).await?);
+        }
         self.multipart.list_parts(bucket, key, upload_id).await
     }
 
     /// The uploads staged in Perch (not any made directly at the origin).
     pub async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
         self.ensure_bucket(bucket).await?;
+        if let Some(r) = &self.replica {
+            return Ok(r.list_multipart_uploads(bucket, prefix).await?);
+        }
         self.multipart.list_uploads(bucket, prefix).await
     }
 
@@ -373,12 +499,119 @@ impl Store {
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.journal
-            .wait_bucket_clean(bucket, self.journal.cfg.wait_limit)
-            .await?;
-        self.local.sync_releases()?;
+        self.settle_bucket(bucket).await?;
         self.known_buckets().remove(bucket);
         Ok(self.origin.delete_bucket(bucket).await?)
+    }
+
+    // ----- configurations (the origin's, passed through) -----
+
+    /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
+    /// the origin holds the object's pending writes.
+    pub async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<Document> {
+        if let Some(key) = key {
+            self.settle(&ObjectKey::new(bucket, key)).await?;
+        }
+        Ok(self.origin.get_config(bucket, key, sub).await?)
+    }
+
+    /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's
+    /// pending writes (further writes of the key wait meanwhile), a bucket's once it holds the
+    /// bucket's pending writes when the configuration bears on them (`Subresource::orders_writes`).
+    pub async fn put_config(
+        &self,
+        bucket: &str,
+        key: Option<&str>,
+        sub: Subresource,
+        doc: &Document,
+    ) -> StoreResult<()> {
+        if let Some(key) = key {
+            let okey = ObjectKey::new(bucket, key);
+            let _held = self.journal.hold_commits(&[&okey]).await;
+            self.settle(&okey).await?;
+            return Ok(self.origin.put_config(bucket, Some(key), sub, doc).await?);
+        }
+        if sub.orders_writes() {
+            self.settle_bucket(bucket).await?;
+        }
+        Ok(self.origin.put_config(bucket, None, sub, doc).await?)
+    }
+
+    /// Removes a bucket configuration at the origin, after the bucket's pending writes as for
+    /// `put_config`.
+    pub async fn delete_config(&self, bucket: &str, sub: Subresource) -> StoreResult<()> {
+        if sub.orders_writes() {
+            self.settle_bucket(bucket).await?;
+        }
+        Ok(self.origin.delete_config(bucket, sub).await?)
+    }
+
+    // ----- the hot set (hot_set.rs) -----
+
+    /// Writes the hot set of every bucket with recent reads to its `.perch/hot-set` (a primary's
+    /// job, never a replica's); returns how many objects it names.
+    pub async fn record_hot_set(&self) -> StoreResult<usize> {
+        let local = self.local.clone();
+        let bytes = self.prefetch_bytes;
+        let sets = tokio::task::spawn_blocking(move || hot_set::collect(&local, HOT_SET_KEYS, bytes))
+            .await
+            .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
+        let mut named = 0;
+        for (bucket, objects) in &sets {
+            hot_set::write(self.upload_origin.as_ref(), bucket, objects).await?;
+            named += objects.len();
+        }
+        Ok(named)
+    }
+
+    /// Whether the cache holds nothing (a new volume, or one that lost its cache).
+    pub fn cache_is_empty(&self) -> bool {
+        self.local.index.is_empty().unwrap_or(false)
+    }
+
+    /// Queues the objects of the hot sets of `buckets` for prewarming (lowest priority, within
+    /// the prefetch budget, never evicting); returns how many were queued.
+    pub async fn prewarm(&self, buckets: &[String]) -> usize {
+        self.prewarm_reading.store(true, Ordering::SeqCst);
+        let _done = ClearOnDrop(&self.prewarm_reading);
+        let mut queued = 0;
+        for bucket in buckets {
+            match hot_set::read(self.origin.as_ref(), bucket).await {
+                Ok(Some(objects)) => {
+                    tracing::info!(bucket, objects = objects.len(), "prewarming from the hot set");
+                    queued += objects.len();
+                    self.prefetcher.prewarm(bucket, &objects);
+                }
+                Ok(None) => tracing::info!(bucket, "no hot set to prewarm from"),
+                Err(e) => tracing::warn!(bucket, error = %e, "cannot read the hot set"),
+            }
+        }
+        queued
+    }
+
+    /// A prewarm is about to start: until it is done, or until `wait` has passed, `ready` says
+    /// not yet.
+    pub fn hold_ready_for_prewarm(&self, wait: Duration) {
+        *lock(&self.prewarm_until) = Some(std::time::Instant::now() + wait);
+    }
+
+    /// Whether prewarm fetches are still queued or under way.
+    pub fn prewarming(&self) -> bool {
+        self.prefetcher.outstanding(Reason::Prewarm) > 0
+    }
+
+    /// Ready to serve: the origin answers, and a prewarm is done (or has had its time).
+    pub async fn ready(&self) -> Result<(), String> {
+        let until = *lock(&self.prewarm_until);
+        if let Some(until) = until {
+            if std::time::Instant::now() < until && (self.prewarming() || self.prewarm_reading.load(Ordering::SeqCst)) {
+                return Err("prewarming from the hot set".into());
+            }
+            *lock(&self.prewarm_until) = None;
+        }
+        self.origin_ready()
+            .await
+            .map_err(|e| format!("origin unreachable: {e}"))
     }
 
     // ----- operations -----
@@ -421,8 +654,10 @@ impl Store {
         }
     }
 
-    /// A clean stop: the index is flushed so that the next start has nothing to replay.
+    /// A clean stop: prefetches still queued are dropped, the index is flushed so that the next
+    /// start has nothing to replay.
     pub fn close(&self) {
+        self.prefetcher.cancel();
         self.local.close();
     }
 
@@ -458,6 +693,15 @@ impl Store {
     /// uploads one of them again over its result. The caller holds the key's commits back.
     async fn settle(&self, okey: &ObjectKey) -> StoreResult<()> {
         self.journal.wait_clean(okey, self.journal.cfg.wait_limit).await?;
+        Ok(self.local.sync_releases()?)
+    }
+
+    /// Waits until the origin holds every write to `bucket` made so far (and their releases are
+    /// durable): what the origin decides next sees them all.
+    async fn settle_bucket(&self, bucket: &str) -> StoreResult<()> {
+        self.journal
+            .wait_bucket_clean(bucket, self.journal.cfg.wait_limit)
+            .await?;
         Ok(self.local.sync_releases()?)
     }
 

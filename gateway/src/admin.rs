@@ -1,5 +1,6 @@
 //! `perch status` and `perch flush`: small clients of a running Perch's admin endpoint (`/status`),
 //! for operators and for stop scripts that must know every acknowledged write is in the origin.
+//! They send PERCH_ADMIN_TOKEN, when set, as the admin listener asks beyond loopback.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -187,6 +188,11 @@ pub struct FlushArgs {
     pub timeout: Option<String>,
 }
 
+/// The admin token to send: PERCH_ADMIN_TOKEN (from the environment only: a flag would show in `ps`).
+fn admin_token() -> Option<String> {
+    std::env::var("PERCH_ADMIN_TOKEN").ok().filter(|t| !t.is_empty())
+}
+
 /// GET `path` on the admin endpoint; the body of a 200.
 fn get(admin: &str, path: &str) -> anyhow::Result<String> {
     call(admin, "GET", path)
@@ -198,9 +204,14 @@ fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
         TcpStream::connect(admin).with_context(|| format!("connecting to Perch's admin endpoint {admin}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let _ = stream.set_nodelay(true);
+    let token = admin_token();
+    let authorization = token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -209,6 +220,12 @@ fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .context("malformed answer from the admin endpoint")?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status == "401" {
+        match token {
+            Some(_) => bail!("{path}: the admin endpoint refused PERCH_ADMIN_TOKEN; set it to perch serve's token"),
+            None => bail!("{path}: the admin endpoint needs a token; set PERCH_ADMIN_TOKEN to perch serve's token"),
+        }
+    }
     if status != "200" {
         bail!("{path} answered {status}: {}", body.trim());
     }

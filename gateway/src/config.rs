@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use perch_policy::Policy;
+use perch_policy::{Glob, ListRule, Policy, Prefetch, RewrittenKeys};
 use serde::Deserialize;
+
+use crate::limits::{Limits, S3_BODY_MAX};
 
 /// The development key pair used on loopback when no client keys are set. Documented in the README.
 pub const DEV_ACCESS_KEY_ID: &str = "perch-dev";
@@ -19,8 +21,19 @@ pub const DEV_SECRET_ACCESS_KEY: &str = "perch-dev-secret";
 pub enum Role {
     /// Serves reads and writes.
     Primary,
-    /// Serves reads; refuses every mutating request with 403 AccessDenied.
+    /// Serves reads of the shared bucket and never writes to it; its own writes go to its
+    /// overlay, or are refused (`--replica-writes`).
     Replica,
+}
+
+/// What a replica does with the writes it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaWrites {
+    /// Keeps them in a local overlay it reads back and lists, never uploaded (docs/replicas.md).
+    Overlay,
+    /// Refuses every write with 403 AccessDenied.
+    Refuse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -41,7 +54,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Admin listener (/healthz, /readyz, /metrics) [default: 127.0.0.1:9001]
+    /// Admin listener (/healthz, /readyz, /metrics, /status). Beyond loopback it needs
+    /// PERCH_ADMIN_TOKEN, which every request but /healthz, /readyz and /metrics must then carry
+    /// as `Authorization: Bearer <token>` [default: 127.0.0.1:9001]
     #[arg(long, env = "PERCH_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
@@ -54,7 +69,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_ORIGIN", value_name = "URL")]
     pub origin: Option<String>,
 
-    /// Region used to sign origin requests [default: auto]
+    /// Region used to sign origin requests. `auto` is Tigris's (and R2's) own; in front of any other
+    /// S3 service Perch asks it at start which region it expects, as the AWS SDKs do [default: auto]
     #[arg(long, env = "PERCH_ORIGIN_REGION", value_name = "REGION")]
     pub origin_region: Option<String>,
 
@@ -68,9 +84,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_ORIGIN_RETRY_DEADLINE", value_name = "DURATION")]
     pub origin_retry_deadline: Option<String>,
 
-    /// `primary` serves reads and writes; `replica` refuses every write with 403 [default: primary]
+    /// `primary` serves reads and writes; `replica` reads the shared bucket and never writes to it
+    /// [default: primary]
     #[arg(long, env = "PERCH_ROLE", value_enum)]
     pub role: Option<Role>,
+
+    /// On a replica: `overlay` keeps its own writes (a standby's checkpoints, lock, control files)
+    /// in a local overlay that is never uploaded; `refuse` answers them 403 [default: overlay]
+    #[arg(long, env = "PERCH_REPLICA_WRITES", value_enum)]
+    pub replica_writes: Option<ReplicaWrites>,
 
     /// Log format [default: text]
     #[arg(long, env = "PERCH_LOG_FORMAT", value_enum)]
@@ -109,6 +131,41 @@ pub struct ServeArgs {
     /// write_back, barrier or write_through; repeatable; placed before the policy's rules
     #[arg(long, env = "PERCH_WRITE_MODE", value_name = "RULE", value_delimiter = ',')]
     pub write_mode: Option<Vec<String>>,
+
+    /// Listings whose prefix matches are prefetched: `PREFIX_GLOB` (every listed object) or
+    /// `PREFIX_GLOB=KEY_GLOB`; repeatable; an empty value turns it off [default: OrioleDB's restore:
+    /// data/*/, orioledb_data/*/=*.map]
+    #[arg(long, env = "PERCH_PREFETCH_ON_LIST", value_name = "RULE", value_delimiter = ',')]
+    pub prefetch_on_list: Option<Vec<String>>,
+
+    /// Keys read ahead when read in order: a last component `<name>.<part>`; repeatable; an empty
+    /// value turns it off [default: orioledb_data/*]
+    #[arg(long, env = "PERCH_READ_AHEAD", value_name = "GLOB", value_delimiter = ',')]
+    pub read_ahead: Option<Vec<String>>,
+
+    /// Parts fetched ahead of a run of reads [default: 4]
+    #[arg(long, env = "PERCH_READ_AHEAD_PARTS", value_name = "N")]
+    pub read_ahead_parts: Option<u64>,
+
+    /// Bytes of prefetches (listings, read-ahead, prewarm) queued or in flight at most; a
+    /// prefetch never takes room the disk tier would have to evict for [default: 1GiB]
+    #[arg(long, env = "PERCH_PREFETCH_BYTES", value_name = "SIZE")]
+    pub prefetch_bytes: Option<String>,
+
+    /// How often a primary writes its hot set (the objects read most recently) to `.perch/hot-set`
+    /// in each bucket, besides when it stops; `0s` never [default: 5m]
+    #[arg(long, env = "PERCH_HOT_SET_INTERVAL", value_name = "DURATION")]
+    pub hot_set_interval: Option<String>,
+
+    /// Buckets whose hot set a start with an empty cache prewarms from; repeatable [default: every
+    /// bucket the origin lists]
+    #[arg(long, env = "PERCH_PREWARM_BUCKET", value_name = "BUCKET", value_delimiter = ',')]
+    pub prewarm_bucket: Option<Vec<String>>,
+
+    /// How long `/readyz` waits for a prewarm at most (the rest goes on in the background)
+    /// [default: 5s]
+    #[arg(long, env = "PERCH_PREWARM_WAIT", value_name = "DURATION")]
+    pub prewarm_wait: Option<String>,
 
     /// A barrier's acknowledgement also waits until it and everything before it are in the origin
     #[arg(long, env = "PERCH_STRICT_BARRIERS", num_args = 0..=1, default_missing_value = "true")]
@@ -149,6 +206,44 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_DRAIN_QUIET", value_name = "DURATION")]
     pub drain_quiet: Option<String>,
 
+    /// Connections served at once on each listener; more wait in the listen queue [default: 512]
+    #[arg(long, env = "PERCH_CONNECTIONS_MAX", value_name = "N")]
+    pub connections_max: Option<usize>,
+
+    /// S3 requests served at once (to the end of their answers); more wait their turn in arrival
+    /// order [default: 128]
+    #[arg(long, env = "PERCH_REQUESTS_MAX", value_name = "N")]
+    pub requests_max: Option<usize>,
+
+    /// Largest request header section; a larger one is answered 431 [default: 64KiB]
+    #[arg(long, env = "PERCH_HEADER_BYTES_MAX", value_name = "SIZE")]
+    pub header_bytes_max: Option<String>,
+
+    /// Largest request body (a PUT or a part), at most S3's 5GiB; larger is 400 EntityTooLarge,
+    /// refused from its declared length before it is read [default: 5GiB]
+    #[arg(long, env = "PERCH_BODY_BYTES_MAX", value_name = "SIZE")]
+    pub body_bytes_max: Option<String>,
+
+    /// Time a client has to send a complete request header, from the connection's start or the
+    /// request's first byte [default: 30s]
+    #[arg(long, env = "PERCH_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+
+    /// Time a kept-alive connection may stay silent between requests before it is closed
+    /// [default: 60s]
+    #[arg(long, env = "PERCH_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
+    /// The longest a request body may stall, or an answer wait for the client to read it, before
+    /// the request is cut (400 RequestTimeout; nothing of it is kept) [default: 60s]
+    #[arg(long, env = "PERCH_BODY_TIMEOUT", value_name = "DURATION")]
+    pub body_timeout: Option<String>,
+
+    /// Slowest average rate a request body may arrive at (per second), after --body-timeout of
+    /// grace; `0` for none [default: 16KiB]
+    #[arg(long, env = "PERCH_BODY_RATE_MIN", value_name = "SIZE")]
+    pub body_rate_min: Option<String>,
+
     /// The bucket whose lease (`.perch/lease`) a primary holds: one writer per bucket
     /// (docs/lease.md). Without it, no lease is taken
     #[arg(long, env = "PERCH_LEASE_BUCKET", value_name = "BUCKET")]
@@ -182,6 +277,7 @@ struct FileConfig {
     domain: Option<String>,
     origin_retry_deadline: Option<String>,
     role: Option<Role>,
+    replica_writes: Option<ReplicaWrites>,
     log_format: Option<LogFormat>,
     cache_disk_bytes: Option<String>,
     cache_memory_bytes: Option<String>,
@@ -189,6 +285,13 @@ struct FileConfig {
     cache_revalidate: Option<Vec<String>>,
     cache_revalidate_after: Option<String>,
     write_mode: Option<Vec<String>>,
+    prefetch_on_list: Option<Vec<String>>,
+    read_ahead: Option<Vec<String>>,
+    read_ahead_parts: Option<u64>,
+    prefetch_bytes: Option<String>,
+    hot_set_interval: Option<String>,
+    prewarm_bucket: Option<Vec<String>>,
+    prewarm_wait: Option<String>,
     strict_barriers: Option<bool>,
     upload_concurrency: Option<usize>,
     upload_header: Option<Vec<String>>,
@@ -197,6 +300,17 @@ struct FileConfig {
     dirty_age_max: Option<String>,
     drain_timeout: Option<String>,
     drain_quiet: Option<String>,
+    connections_max: Option<usize>,
+    requests_max: Option<usize>,
+    header_bytes_max: Option<String>,
+    body_bytes_max: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    body_rate_min: Option<String>,
+    /// The origin's key pair may live in the file (keep it private), and is read again on SIGHUP.
+    origin_access_key_id: Option<String>,
+    origin_secret_access_key: Option<String>,
     lease_bucket: Option<String>,
     lease_period: Option<String>,
     lease_margin: Option<String>,
@@ -226,6 +340,19 @@ pub struct Credentials {
     pub secret_access_key: String,
 }
 
+/// The bearer token of the admin endpoints (PERCH_ADMIN_TOKEN); never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// The shortest admin token accepted: a guessable one protects nothing.
+const ADMIN_TOKEN_MIN: usize = 16;
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
@@ -246,6 +373,7 @@ pub struct Config {
     pub domain: String,
     pub origin_retry_deadline: Duration,
     pub role: Role,
+    pub replica_writes: ReplicaWrites,
     pub log_format: LogFormat,
     /// `None`: 80% of the data dir's free space at start, at most 1 TiB.
     pub cache_disk_bytes: Option<u64>,
@@ -254,6 +382,15 @@ pub struct Config {
     pub policy: Policy,
     /// Where the policy's rules come from, to read again on SIGHUP.
     pub policy_source: crate::policy_cmd::PolicySource,
+    /// Keys the primary rewrites in place (a replica pins them at seeding).
+    pub rewritten: RewrittenKeys,
+    pub prefetch: Prefetch,
+    pub prefetch_bytes: u64,
+    /// Zero: the hot set is written only when Perch stops.
+    pub hot_set_interval: Duration,
+    /// Empty: every bucket the origin lists.
+    pub prewarm_buckets: Vec<String>,
+    pub prewarm_wait: Duration,
     pub strict_barriers: bool,
     pub upload_concurrency: usize,
     /// `None`: 50% of the data dir's filesystem.
@@ -307,6 +444,8 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let origin_credentials = origin_credentials_from(&file)?;
+        let limits = limits(&args, &file)?;
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -352,18 +491,29 @@ impl Config {
             _ => bail!("set both PERCH_ACCESS_KEY_ID and PERCH_SECRET_ACCESS_KEY, or neither"),
         };
 
-        let origin_credentials = match (
-            env_var("PERCH_ORIGIN_ACCESS_KEY_ID").or_else(|| env_var("AWS_ACCESS_KEY_ID")),
-            env_var("PERCH_ORIGIN_SECRET_ACCESS_KEY").or_else(|| env_var("AWS_SECRET_ACCESS_KEY")),
-        ) {
-            (Some(access_key_id), Some(secret_access_key)) => Some(Credentials {
-                access_key_id,
-                secret_access_key,
-            }),
-            (None, None) => None,
-            _ => bail!("set both PERCH_ORIGIN_ACCESS_KEY_ID and PERCH_ORIGIN_SECRET_ACCESS_KEY, or neither"),
+        let admin_listen = args
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001)));
+        let admin_token = match env_var("PERCH_ADMIN_TOKEN") {
+            Some(t) if t.len() < ADMIN_TOKEN_MIN => {
+                bail!("PERCH_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters")
+            }
+            Some(t) => Some(AdminToken(t)),
+            None if !admin_listen.ip().is_loopback() => bail!(
+                "PERCH_ADMIN_TOKEN must be set to serve the admin endpoints on {admin_listen}, which is not a \
+                 loopback address"
+            ),
+            None => None,
         };
 
+        // A replica pins the keys the primary rewrites: `--cache-revalidate` names them too.
+        let rewritten = match args.cache_revalidate.as_ref().or(file.cache_revalidate.as_ref()) {
+            Some(globs) => RewrittenKeys {
+                mutable: globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
+            },
+            None => RewrittenKeys::orioledb_defaults(),
+        };
         let policy_source = crate::policy_cmd::PolicySource::resolve(
             args.policy.or(file.policy),
             crate::policy_cmd::Shorthands {
@@ -376,10 +526,7 @@ impl Config {
         let policy = policy_source.load()?;
         Ok(Config {
             listen,
-            admin_listen: args
-                .admin_listen
-                .or(file.admin_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001))),
+            admin_listen,
             data_dir,
             origin,
             origin_region: args
@@ -389,6 +536,10 @@ impl Config {
             domain,
             origin_retry_deadline: deadline,
             role: args.role.or(file.role).unwrap_or(Role::Primary),
+            replica_writes: args
+                .replica_writes
+                .or(file.replica_writes)
+                .unwrap_or(ReplicaWrites::Overlay),
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             cache_disk_bytes: match args.cache_disk_bytes.or(file.cache_disk_bytes) {
                 Some(s) => Some(parse_size(&s).context("--cache-disk-bytes")?),
@@ -400,6 +551,40 @@ impl Config {
             },
             policy,
             policy_source,
+            rewritten,
+            prefetch: Prefetch {
+                on_list: match args.prefetch_on_list.or(file.prefetch_on_list) {
+                    Some(rules) => rules
+                        .iter()
+                        .filter(|r| !r.is_empty())
+                        .map(|r| r.parse::<ListRule>().map_err(anyhow::Error::msg))
+                        .collect::<anyhow::Result<_>>()
+                        .context("--prefetch-on-list")?,
+                    None => Prefetch::orioledb_list_rules(),
+                },
+                read_ahead: match args.read_ahead.or(file.read_ahead) {
+                    Some(globs) => globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
+                    None => Prefetch::orioledb_read_ahead(),
+                },
+                read_ahead_parts: args.read_ahead_parts.or(file.read_ahead_parts).unwrap_or(4),
+            },
+            prefetch_bytes: match args.prefetch_bytes.or(file.prefetch_bytes) {
+                Some(s) => parse_size(&s).context("--prefetch-bytes")?,
+                None => 1 << 30,
+            },
+            hot_set_interval: duration_or(
+                args.hot_set_interval.or(file.hot_set_interval),
+                "--hot-set-interval",
+                300,
+            )?,
+            prewarm_buckets: args
+                .prewarm_bucket
+                .or(file.prewarm_bucket)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|b| !b.is_empty())
+                .collect(),
+            prewarm_wait: duration_or(args.prewarm_wait.or(file.prewarm_wait), "--prewarm-wait", 5)?,
             strict_barriers: args.strict_barriers.or(file.strict_barriers).unwrap_or(false),
             upload_concurrency: match args.upload_concurrency.or(file.upload_concurrency) {
                 Some(0) => bail!("--upload-concurrency must be at least 1"),
@@ -429,11 +614,120 @@ impl Config {
                     })
                 }
             },
+            limits,
+            admin_token,
+            config_file: args.config.clone(),
             client,
             dev_credentials,
             origin_credentials,
         })
     }
+}
+
+/// The origin's key pair: from the environment (`PERCH_ORIGIN_*`, else `AWS_*`), else from the
+/// config file; none for anonymous requests.
+fn origin_credentials_from(file: &FileConfig) -> anyhow::Result<Option<Credentials>> {
+    let pair = |id: Option<String>, secret: Option<String>, what: &str| match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Some(Credentials {
+            access_key_id,
+            secret_access_key,
+        })),
+        (None, None) => Ok(None),
+        _ => bail!("set both {what}, or neither"),
+    };
+    let from_env = pair(
+        env_var("PERCH_ORIGIN_ACCESS_KEY_ID").or_else(|| env_var("AWS_ACCESS_KEY_ID")),
+        env_var("PERCH_ORIGIN_SECRET_ACCESS_KEY").or_else(|| env_var("AWS_SECRET_ACCESS_KEY")),
+        "PERCH_ORIGIN_ACCESS_KEY_ID and PERCH_ORIGIN_SECRET_ACCESS_KEY",
+    )?;
+    if from_env.is_some() {
+        return Ok(from_env);
+    }
+    pair(
+        file.origin_access_key_id.clone().filter(|v| !v.is_empty()),
+        file.origin_secret_access_key.clone().filter(|v| !v.is_empty()),
+        "origin_access_key_id and origin_secret_access_key in the config file",
+    )
+}
+
+/// The origin's key pair as it stands now: the environment, then `config_file` read again (what
+/// SIGHUP uses).
+pub fn reload_origin_credentials(config_file: Option<&Path>) -> anyhow::Result<Option<Credentials>> {
+    let file = match config_file {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    origin_credentials_from(&file)
+}
+
+/// The limits on what one client can hold.
+fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
+    let d = Limits::default();
+    let size = |arg: &Option<String>, file: &Option<String>, flag: &str, default: u64| -> anyhow::Result<u64> {
+        match arg.as_ref().or(file.as_ref()) {
+            Some(s) => parse_size(s).with_context(|| flag.to_owned()),
+            None => Ok(default),
+        }
+    };
+    let duration = |arg: &Option<String>, file: &Option<String>, flag: &str, default: Duration| match arg
+        .as_ref()
+        .or(file.as_ref())
+    {
+        Some(s) => parse_duration(s).with_context(|| flag.to_owned()),
+        None => Ok(default),
+    };
+    let limits = Limits {
+        connections_max: args
+            .connections_max
+            .or(file.connections_max)
+            .unwrap_or(d.connections_max),
+        requests_max: args.requests_max.or(file.requests_max).unwrap_or(d.requests_max),
+        header_bytes_max: size(
+            &args.header_bytes_max,
+            &file.header_bytes_max,
+            "--header-bytes-max",
+            d.header_bytes_max as u64,
+        )? as usize,
+        body_bytes_max: size(
+            &args.body_bytes_max,
+            &file.body_bytes_max,
+            "--body-bytes-max",
+            d.body_bytes_max,
+        )?,
+        header_timeout: duration(
+            &args.header_timeout,
+            &file.header_timeout,
+            "--header-timeout",
+            d.header_timeout,
+        )?,
+        idle_timeout: duration(&args.idle_timeout, &file.idle_timeout, "--idle-timeout", d.idle_timeout)?,
+        body_timeout: duration(&args.body_timeout, &file.body_timeout, "--body-timeout", d.body_timeout)?,
+        body_rate_min: size(
+            &args.body_rate_min,
+            &file.body_rate_min,
+            "--body-rate-min",
+            d.body_rate_min,
+        )?,
+    };
+    if limits.connections_max == 0 || limits.requests_max == 0 {
+        bail!("--connections-max and --requests-max must be at least 1");
+    }
+    if !(1 << 10..=256 << 10).contains(&limits.header_bytes_max) {
+        bail!("--header-bytes-max must be between 1KiB and 256KiB");
+    }
+    if limits.body_bytes_max == 0 || limits.body_bytes_max > S3_BODY_MAX {
+        bail!("--body-bytes-max must be between 1 byte and 5GiB (S3's largest PUT and part)");
+    }
+    for (t, flag) in [
+        (limits.header_timeout, "--header-timeout"),
+        (limits.idle_timeout, "--idle-timeout"),
+        (limits.body_timeout, "--body-timeout"),
+    ] {
+        if t.is_zero() {
+            bail!("{flag} must be more than 0");
+        }
+    }
+    Ok(limits)
 }
 
 /// A duration setting, or its default in seconds.

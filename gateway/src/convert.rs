@@ -195,10 +195,26 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// Keys Perch refuses: `.` or `..` path segments (HTTP clients and proxies rewrite such paths, so
-/// the object could not be read back by the name it was written under) and NUL (XML listings
-/// cannot carry it).
+/// S3's longest key, in UTF-8 bytes.
+pub const KEY_BYTES_MAX: usize = 1024;
+/// S3's limit on user metadata: the UTF-8 bytes of every `x-amz-meta-*` name (without the
+/// prefix) and value, added up.
+pub const METADATA_BYTES_MAX: usize = 2 << 10;
+
+/// Keys Perch refuses: what S3 refuses (empty, or over 1,024 UTF-8 bytes: the origin would refuse
+/// the upload of an acknowledged write forever), `.` or `..` path segments (HTTP clients and
+/// proxies rewrite such paths, so the object could not be read back by the name it was written
+/// under) and NUL (XML listings cannot carry it).
 pub fn check_key(key: &str) -> Result<(), S3Error> {
+    if key.is_empty() {
+        return Err(s3_error!(
+            InvalidArgument,
+            "An object key must be 1 to 1024 bytes long."
+        ));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(s3_error!(KeyTooLongError, "Your key is too long (over 1024 bytes)."));
+    }
     if key.contains('\0') {
         return Err(s3_error!(InvalidArgument, "Object keys cannot contain NUL."));
     }
@@ -206,6 +222,22 @@ pub fn check_key(key: &str) -> Result<(), S3Error> {
         return Err(s3_error!(
             InvalidArgument,
             "Object keys cannot contain `.` or `..` path segments."
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses user metadata over S3's 2 KB (MetadataTooLarge), which the origin would refuse.
+pub fn check_metadata(metadata: &Option<HashMap<String, String>>) -> Result<(), S3Error> {
+    let size: usize = metadata
+        .iter()
+        .flatten()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if size > METADATA_BYTES_MAX {
+        return Err(s3_error!(
+            MetadataTooLarge,
+            "Your metadata headers exceed the maximum allowed metadata size ({size} bytes of x-amz-meta-* names and values, over 2048)."
         ));
     }
     Ok(())
@@ -250,6 +282,31 @@ mod tests {
         assert!(check_key("../x").is_err());
         assert!(check_key("a/./b").is_err());
         assert!(check_key("a\0b").is_err());
+        assert_eq!(*check_key("").unwrap_err().code(), S3ErrorCode::InvalidArgument);
+        // Bytes, not characters: 512 two-byte characters fit, one more does not.
+        assert!(check_key(&"é".repeat(512)).is_ok());
+        assert_eq!(
+            *check_key(&"é".repeat(513)).unwrap_err().code(),
+            S3ErrorCode::KeyTooLongError
+        );
+    }
+
+    #[test]
+    fn metadata_size() {
+        let meta = |pairs: &[(&str, usize)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, n)| (k.to_string(), "v".repeat(*n)))
+                    .collect::<HashMap<_, _>>(),
+            )
+        };
+        assert!(check_metadata(&None).is_ok());
+        assert!(check_metadata(&meta(&[("a", 2047)])).is_ok());
+        assert!(check_metadata(&meta(&[("ab", 1000), ("cd", 1044)])).is_ok());
+        let e = check_metadata(&meta(&[("ab", 1000), ("cd", 1045)])).unwrap_err();
+        assert_eq!(*e.code(), S3ErrorCode::MetadataTooLarge);
+        assert_eq!(e.status_code(), Some(http::StatusCode::BAD_REQUEST));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use s3s::host::{S3Host, VirtualHost};
 use s3s::path::S3Path;
 use s3s::{S3Result, s3_error};
 
-use crate::config::Role;
+use perch_policy::is_reserved;
+
+use crate::config::{ReplicaWrites, Role};
 use crate::convert;
 
 /// `BUCKET.<domain>[:port]` is virtual-hosted; every other host is path style.
@@ -108,9 +110,61 @@ fn is_read_only(op: &str) -> bool {
     op.starts_with("Get") || op.starts_with("Head") || op.starts_with("List")
 }
 
+/// The answer to a client write under Perch's own prefix (`.perch/`).
+pub fn reserved_error() -> s3s::S3Error {
+    s3_error!(
+        AccessDenied,
+        "Keys under .perch/ are Perch's own (the hot set it hands to the next machine): clients cannot write them."
+    )
+}
+
+/// The writes a replica keeps in its overlay: objects, whole or multipart (not copies, which
+/// name a source, nor bucket changes).
+fn is_overlay_write(op: &str) -> bool {
+    matches!(
+        op,
+        "PutObject"
+            | "DeleteObject"
+            | "DeleteObjects"
+            | "CreateMultipartUpload"
+            | "UploadPart"
+            | "CompleteMultipartUpload"
+            | "AbortMultipartUpload"
+    )
+}
+
+/// Which requests this Perch serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// A primary: every operation.
+    All,
+    /// A replica with an overlay: reads, and object writes (kept in the overlay).
+    Overlay,
+    /// A replica refusing writes: reads only.
+    None,
+}
+
+impl Writes {
+    pub fn of(role: Role, replica_writes: ReplicaWrites) -> Writes {
+        match (role, replica_writes) {
+            (Role::Primary, _) => Writes::All,
+            (Role::Replica, ReplicaWrites::Overlay) => Writes::Overlay,
+            (Role::Replica, ReplicaWrites::Refuse) => Writes::None,
+        }
+    }
+
+    fn allows(self, op: &str) -> bool {
+        match self {
+            Writes::All => true,
+            Writes::Overlay => is_read_only(op) || is_overlay_write(op),
+            Writes::None => is_read_only(op),
+        }
+    }
+}
+
 /// s3s's access hook: runs after the signature is verified and before the body is read.
 pub struct Front {
-    pub role: Role,
+    pub writes: Writes,
 }
 
 #[async_trait::async_trait]
@@ -125,6 +179,7 @@ impl S3Access for Front {
         if !key.is_empty() {
             convert::check_key(&key)?;
         }
+        let reserved = is_reserved(&key);
         let _ = REQUEST.try_with(|r| {
             let mut r = r.borrow_mut();
             r.op = op;
@@ -137,7 +192,10 @@ impl S3Access for Front {
                 "Anonymous access is not allowed; sign the request."
             ));
         }
-        if self.role == Role::Replica && !is_read_only(op) {
+        if reserved && !is_read_only(op) {
+            return Err(reserved_error());
+        }
+        if !self.writes.allows(op) {
             return Err(s3_error!(
                 AccessDenied,
                 "This Perch is a read replica: {op} is refused, and nothing was written."
@@ -186,5 +244,19 @@ mod tests {
         ] {
             assert!(!is_read_only(op), "{op}");
         }
+    }
+
+    #[test]
+    fn replica_writes() {
+        let overlay = Writes::of(Role::Replica, ReplicaWrites::Overlay);
+        let refuse = Writes::of(Role::Replica, ReplicaWrites::Refuse);
+        for op in ["PutObject", "DeleteObject", "DeleteObjects", "UploadPart", "CompleteMultipartUpload"] {
+            assert!(overlay.allows(op) && !refuse.allows(op), "{op}");
+        }
+        for op in ["CopyObject", "UploadPartCopy", "CreateBucket", "DeleteBucket", "PutBucketPolicy"] {
+            assert!(!overlay.allows(op) && !refuse.allows(op), "{op}");
+        }
+        assert!(overlay.allows("GetObject") && refuse.allows("ListObjectsV2"));
+        assert!(Writes::of(Role::Primary, ReplicaWrites::Refuse).allows("CopyObject"));
     }
 }

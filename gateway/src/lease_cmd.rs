@@ -104,7 +104,7 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
         LeaseCommand::Status { serve } => {
             let config = Config::resolve(*serve)?;
             let settings = lease_settings(&config)?;
-            let origin = rt.block_on(crate::open_origin(&config))?;
+            let (origin, _) = rt.block_on(crate::open_origin(&config))?;
             match rt.block_on(read_lease(&*origin, &settings.bucket))? {
                 None => println!("{}/{LEASE_KEY}: no lease (a primary takes it at start)", settings.bucket),
                 Some(v) => {
@@ -127,7 +127,7 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
         LeaseCommand::Break { holder_is_gone, serve } => {
             let config = Config::resolve(*serve)?;
             let settings = lease_settings(&config)?;
-            let origin = rt.block_on(crate::open_origin(&config))?;
+            let (origin, _) = rt.block_on(crate::open_origin(&config))?;
             let current = rt.block_on(read_lease(&*origin, &settings.bucket))?;
             let Some(v) = current else {
                 println!("{}/{LEASE_KEY}: no lease to break", settings.bucket);

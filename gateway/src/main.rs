@@ -2,23 +2,29 @@
 //! `perch serve` runs the gateway; the settings live in `config`.
 
 mod admin;
+mod bucket_config;
+mod chunked;
 mod config;
 mod convert;
+mod fast_get;
 mod front;
 mod lease_cmd;
+mod limits;
 mod metrics;
 mod policy_cmd;
 mod server;
 mod service;
+mod sigv4;
 mod spool;
+mod wal;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use perch_cache::{
-    FsOrigin, Origin, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store, StoreConfig,
-    WriteConfig,
+    FsOrigin, Origin, OriginKeys, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store,
+    StoreConfig, WriteConfig,
 };
 use perch_policy::SharedPolicy;
 use s3s::service::S3ServiceBuilder;
@@ -42,7 +48,9 @@ enum Command {
     /// Clients sign with PERCH_ACCESS_KEY_ID / PERCH_SECRET_ACCESS_KEY (on a loopback address with
     /// neither set, the development pair perch-dev / perch-dev-secret is used, with a warning).
     /// Origin requests are signed with PERCH_ORIGIN_ACCESS_KEY_ID / PERCH_ORIGIN_SECRET_ACCESS_KEY,
-    /// or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    /// or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or else origin_access_key_id /
+    /// origin_secret_access_key in the --config file; SIGHUP reads them again. The admin listener
+    /// beyond loopback needs PERCH_ADMIN_TOKEN.
     Serve(Box<ServeArgs>),
     /// Print the write-back backlog (objects, bytes, oldest age), refused uploads and origin faults.
     Status(admin::AdminArgs),
@@ -56,6 +64,8 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// The bucket's lease (one writer per bucket): `status`, and `break` for a holder gone for good.
     Lease(lease_cmd::LeaseArgs),
+    /// The WAL archive, for a replica's Postgres: `perch wal fetch %f %p` is its restore_command.
+    Wal(wal::WalArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -70,8 +80,19 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; a failure is printed as one line (what went wrong, with its causes), never
+/// with a backtrace, and the exit status is 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("perch: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(*args)?;
@@ -87,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         Command::Journal(args) => admin::journal(&args),
         Command::Policy(args) => policy_cmd::run(args),
         Command::Lease(args) => lease_cmd::run(args),
+        Command::Wal(args) => wal::run(&args),
     }
 }
 
@@ -105,29 +127,80 @@ fn limit_malloc_arenas() {
     }
 }
 
-pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn Origin>> {
+/// The origin, and the key pair it signs with (to be replaced on SIGHUP).
+pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Origin>, Option<OriginKeys>)> {
     Ok(match &config.origin {
         OriginUrl::Dir(dir) => {
             let origin = FsOrigin::open(dir.clone())
                 .with_context(|| format!("opening the directory origin {}", dir.display()))?;
-            Arc::new(origin)
+            (Arc::new(origin), None)
         }
         OriginUrl::S3(endpoint) => {
             let creds = config.origin_credentials.as_ref();
-            let origin = S3Origin::new(S3OriginConfig {
+            let mut origin_config = S3OriginConfig {
                 endpoint: endpoint.clone(),
                 region: config.origin_region.clone(),
                 access_key_id: creds.map(|c| c.access_key_id.clone()),
                 secret_access_key: creds.map(|c| c.secret_access_key.clone()),
                 ..S3OriginConfig::default()
-            })
-            .context("configuring the S3 origin")?;
-            Arc::new(origin)
+            };
+            if origin_config.region == "auto" {
+                // `auto` is Tigris's region; any other service is asked for its own.
+                let region = S3Origin::find_region(&origin_config).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot find the region of the origin {endpoint} (--origin-region auto): {e}; \
+                         name it with --origin-region REGION"
+                    )
+                })?;
+                if region != "auto" {
+                    tracing::info!(region, "signing origin requests for the region the origin expects");
+                }
+                origin_config.region = region;
+            }
+            let origin = S3Origin::new(origin_config).context("configuring the S3 origin")?;
+            let keys = origin.keys();
+            (Arc::new(origin), keys)
         }
     })
 }
 
+/// On SIGHUP, reads the origin's key pair again (the environment, then the --config file) and
+/// signs every origin request from then on with it: rotated keys need no restart, and uploads
+/// refused for the old ones go up at their next retry.
+fn reload_origin_keys_on_sighup(
+    keys: Option<OriginKeys>,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(keys) = &keys else {
+                tracing::warn!(
+                    "SIGHUP: this origin takes no keys (a directory, or anonymous requests); nothing to reload"
+                );
+                continue;
+            };
+            match config::reload_origin_credentials(config_file.as_deref()) {
+                Ok(Some(c)) => {
+                    let changed = keys.replace(c.access_key_id.clone(), c.secret_access_key);
+                    tracing::info!(access_key_id = c.access_key_id, changed, "SIGHUP: origin keys reloaded");
+                }
+                Ok(None) => tracing::error!("SIGHUP: no origin keys found any more; keeping the ones in use"),
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "SIGHUP: reading the origin keys failed; keeping the ones in use"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // The listeners first: an address in use stops Perch before it opens anything.
+    let listener = bind(config.listen, "--listen").await?;
+    let admin = bind(config.admin_listen, "--admin-listen").await?;
     if config.dev_credentials {
         tracing::warn!(
             access_key_id = config::DEV_ACCESS_KEY_ID,
@@ -145,7 +218,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     metrics.register(|r| stats = Some(OriginStats::new(r)));
     let stats = stats.unwrap_or_else(OriginStats::unregistered);
 
-    let raw_origin = open_origin(&config).await?;
+    let (raw_origin, origin_keys) = open_origin(&config).await?;
     let origin: Arc<dyn Origin> = Arc::new(RetryingOrigin::new(
         raw_origin.clone(),
         RetryPolicy::with_deadline(config.origin_retry_deadline),
@@ -191,6 +264,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             dirty_wait_max: config.dirty_wait_max,
             dirty_age_max: config.dirty_age_max,
         },
+        prefetch: config.prefetch.clone(),
+        prefetch_bytes: config.prefetch_bytes,
+        replica: (config.role == config::Role::Replica).then_some(match config.replica_writes {
+            config::ReplicaWrites::Overlay => perch_cache::ReplicaWrites::Overlay,
+            config::ReplicaWrites::Refuse => perch_cache::ReplicaWrites::Refuse,
+        }),
+        rewritten: config.rewritten.clone(),
     };
     let mut opened = None;
     metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
@@ -223,24 +303,32 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         });
         tracing::info!(epoch, journal_writes = writes, "holding the bucket's lease");
     }
+    if store.cache_is_empty() {
+        start_prewarm(&store, &config);
+    }
+    let hot_set_task = (config.role == config::Role::Primary && !config.hot_set_interval.is_zero())
+        .then(|| tokio::spawn(record_hot_set_every(store.clone(), config.hot_set_interval)));
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir));
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir.clone()));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),
     ));
     builder.set_host(front::PerchHost::new(&config.domain));
-    builder.set_access(front::Front { role: config.role });
+    builder.set_access(front::Front {
+        writes: front::Writes::of(config.role, config.replica_writes),
+    });
     let s3 = builder.build();
+    let fast = Arc::new(fast_get::FastGet::new(
+        store.clone(),
+        config.client.access_key_id.clone(),
+        config.client.secret_access_key.clone(),
+        &config.domain,
+    ));
 
     let stop_signal = shutdown_signal()?;
     policy_cmd::reload_on_sighup(config.policy_source.clone(), policy.clone())?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding --admin-listen {}", config.admin_listen))?;
+    reload_origin_keys_on_sighup(origin_keys, config.config_file.clone())?;
     // One machine-readable line on stdout, so scripts and tests can use port 0.
     println!("listening s3={} admin={}", listener.local_addr()?, admin.local_addr()?);
     tracing::info!(
@@ -248,16 +336,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         admin = %admin.local_addr()?,
         origin = raw_origin.kind(),
         role = ?config.role,
+        replica_writes = ?(config.role == config::Role::Replica).then_some(config.replica_writes),
         domain = %config.domain,
         "perch is serving"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let s3_task = tokio::spawn(server::serve_s3(listener, s3, metrics.clone(), stop_rx.clone()));
-    let admin_task = tokio::spawn(server::serve_admin(admin, store.clone(), metrics.clone(), stop_rx));
+    let limits = Arc::new(config.limits.clone());
+    let s3_task = tokio::spawn(server::serve_s3(
+        listener,
+        s3,
+        fast,
+        metrics.clone(),
+        limits.clone(),
+        spool_dir,
+        stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin,
+        store.clone(),
+        metrics.clone(),
+        config.admin_token.clone(),
+        limits,
+        stop_rx,
+    ));
 
     stop_signal.await;
     drain(&store, &metrics, &config).await;
+    if let Some(task) = hot_set_task {
+        task.abort();
+    }
+    if config.role == config::Role::Primary {
+        record_hot_set(&store).await;
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
@@ -269,6 +380,57 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listener; a failure says which address, why, and which flag changes it.
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "the address is already in use".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => "no interface of this machine has that address".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {why}; choose another address with {flag} ADDR")
+    })
+}
+
+/// A start with an empty cache: the hot sets the last primary left are fetched in the background
+/// (and `/readyz` waits for them up to --prewarm-wait).
+fn start_prewarm(store: &Arc<Store>, config: &Config) {
+    store.hold_ready_for_prewarm(config.prewarm_wait);
+    let (store, named) = (store.clone(), config.prewarm_buckets.clone());
+    tokio::spawn(async move {
+        let buckets = if named.is_empty() {
+            match store.list_buckets().await {
+                Ok(all) => all.into_iter().map(|b| b.name).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list buckets to prewarm; set --prewarm-bucket");
+                    Vec::new()
+                }
+            }
+        } else {
+            named
+        };
+        let queued = store.prewarm(&buckets).await;
+        tracing::info!(objects = queued, "empty cache: prewarm queued");
+    });
+}
+
+/// Writes the hot set now (a primary, at its stop), within 10 s.
+async fn record_hot_set(store: &Store) {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), store.record_hot_set()).await {
+        Ok(Ok(n)) => tracing::info!(objects = n, "hot set written"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the hot set"),
+        Err(_) => tracing::warn!("writing the hot set took over 10 s; skipped"),
+    }
+}
+
+async fn record_hot_set_every(store: Arc<Store>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        record_hot_set(&store).await;
+    }
 }
 
 /// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the

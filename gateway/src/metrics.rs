@@ -29,6 +29,8 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     refresh: Mutex<Vec<Refresh>>,
     requests: Family<RequestLabel, Counter>,
+    /// Requests the hit fast path answered (without s3s), by operation.
+    direct: Family<OpLabel, Counter>,
     duration: Family<OpLabel, Histogram>,
     pub in_flight: Gauge,
     /// When the last S3 request ended, in ms since `born` (for the quiet period of a drain).
@@ -40,6 +42,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabel, Counter>::default();
+        let direct = Family::<OpLabel, Counter>::default();
         let duration =
             Family::<OpLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 20)));
         let in_flight = Gauge::default();
@@ -47,6 +50,11 @@ impl Metrics {
             "perch_requests",
             "S3 requests by operation and HTTP status",
             requests.clone(),
+        );
+        registry.register(
+            "perch_requests_direct",
+            "GET and HEAD requests of whole objects answered by the fast path, without s3s",
+            direct.clone(),
         );
         registry.register(
             "perch_request_duration_seconds",
@@ -62,6 +70,7 @@ impl Metrics {
             registry: Mutex::new(registry),
             refresh: Mutex::new(Vec::new()),
             requests,
+            direct,
             duration,
             in_flight,
             last_request_ms: std::sync::atomic::AtomicU64::new(0),
@@ -83,6 +92,11 @@ impl Metrics {
         if let Ok(mut registry) = self.registry.lock() {
             f(&mut registry);
         }
+    }
+
+    /// Counts a request the fast path answered.
+    pub fn answered_directly(&self, op: &'static str) {
+        self.direct.get_or_create(&OpLabel { op }).inc();
     }
 
     pub fn observe(&self, op: &'static str, status: u16, elapsed: Duration) {

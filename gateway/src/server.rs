@@ -1,9 +1,11 @@
 //! The HTTP listeners: the S3 endpoint (hyper HTTP/1.1 in front of the s3s service) and the admin
-//! endpoint (/healthz, /readyz, /metrics, /status), both stopping gracefully on shutdown.
+//! endpoint (/healthz, /readyz, /metrics, /status), both bounded by `Limits` and stopping
+//! gracefully on shutdown.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,10 +19,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use perch_cache::Store;
 use s3s::service::S3Service;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, field};
 
+use crate::chunked;
+use crate::config::AdminToken;
+use crate::fast_get::FastGet;
 use crate::front::{REQUEST, RequestInfo};
+use crate::limits::{Connection, GuardedBody, GuardedIo, Limits, SpanBody};
 use crate::metrics::Metrics;
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -35,10 +41,17 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Accepts connections until shutdown, serving each with `handle`, then waits for in-flight ones.
-async fn serve<F, Fut, B>(name: &'static str, listener: TcpListener, shutdown: watch::Receiver<bool>, handle: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+/// Accepts connections until shutdown, at most --connections-max at once (the rest wait in the
+/// listen queue), serving each with the handler `make` gives it, then waits for in-flight ones.
+async fn serve<M, F, Fut, B>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: Arc<Limits>,
+    shutdown: watch::Receiver<bool>,
+    make: M,
+) where
+    M: Fn(Arc<Connection>) -> F,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -46,9 +59,29 @@ where
 {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Header and idle times are bounded by `GuardedIo`, which tells them apart (hyper's own header
+    // timeout would also count a kept-alive connection's idle time).
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(None)
+        .max_header_size(limits.header_bytes_max);
+    let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let mut warned: Option<Instant> = None;
     loop {
+        if slots.available_permits() == 0 && warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(
+                listener = name,
+                connections = limits.connections_max,
+                "--connections-max reached; new connections wait in the listen queue"
+            );
+            warned = Some(Instant::now());
+        }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = stopped(shutdown.clone()) => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -62,13 +95,16 @@ where
             () = stopped(shutdown.clone()) => break,
         };
         let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        let conn = http.serve_connection(TokioIo::new(stream), service_fn(handle));
+        let connection = Connection::new(limits.clone());
+        let handle = make(connection.clone());
+        let io = GuardedIo::new(stream, connection);
+        let conn = http.serve_connection(TokioIo::new(io), service_fn(handle));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     // Close the socket now, so new connections are refused at once instead of waiting unserved.
@@ -85,17 +121,83 @@ where
     }
 }
 
-/// Serves S3 on `listener` until shutdown.
-pub async fn serve_s3(listener: TcpListener, s3: S3Service, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) {
-    let handle = move |req: Request<Incoming>| {
-        let s3 = s3.clone();
-        let metrics = metrics.clone();
-        async move { Ok::<_, Infallible>(s3_request(s3, metrics, req).await) }
+/// Serves S3 on `listener` until shutdown, at most --requests-max requests at once. `spool_dir`
+/// holds chunked request bodies while they are given a length.
+pub async fn serve_s3(
+    listener: TcpListener,
+    s3: S3Service,
+    fast: Arc<FastGet>,
+    metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
+    spool_dir: PathBuf,
+    shutdown: watch::Receiver<bool>,
+) {
+    let requests = Arc::new(Semaphore::new(limits.requests_max));
+    let spool_dir = Arc::new(spool_dir);
+    let make = {
+        let limits = limits.clone();
+        move |connection: Arc<Connection>| {
+            let door = Door {
+                s3: s3.clone(),
+                fast: fast.clone(),
+                metrics: metrics.clone(),
+                limits: limits.clone(),
+                spool_dir: spool_dir.clone(),
+            };
+            let requests = requests.clone();
+            move |req: Request<Incoming>| {
+                let (door, requests) = (door.clone(), requests.clone());
+                let mut span = connection.request_started();
+                async move {
+                    // Waits its turn in arrival order (the semaphore is fair); it is never closed.
+                    if let Ok(permit) = requests.acquire_owned().await {
+                        span.hold(permit);
+                    }
+                    let response = s3_request(&door, req).await;
+                    Ok::<_, Infallible>(response.map(|body| SpanBody::new(body, span)))
+                }
+            }
+        }
     };
-    serve("s3", listener, shutdown, handle).await;
+    serve("s3", listener, limits, shutdown, make).await;
 }
 
-async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<s3s::Body> {
+/// What the S3 listener hands every request.
+#[derive(Clone)]
+struct Door {
+    s3: S3Service,
+    fast: Arc<FastGet>,
+    metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
+    spool_dir: Arc<PathBuf>,
+}
+
+/// 400 EntityTooLarge for a body declared larger than --body-bytes-max, before it is read.
+fn too_large(declared: u64, max: u64) -> Response<s3s::Body> {
+    let mut r = error_response(StatusCode::BAD_REQUEST, "EntityTooLarge", "");
+    *r.body_mut() = s3s::Body::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>EntityTooLarge</Code>\
+         <Message>Your proposed upload exceeds the maximum allowed size.</Message>\
+         <ProposedSize>{declared}</ProposedSize><MaxSizeAllowed>{max}</MaxSizeAllowed></Error>"
+    ));
+    r
+}
+
+/// An S3 XML error answered before s3s sees the request.
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
+    let mut r = Response::new(s3s::Body::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    r
+}
+
+async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> {
+    let (metrics, limits) = (&door.metrics, &*door.limits);
     let start = Instant::now();
     let span = tracing::info_span!(
         "request",
@@ -114,30 +216,57 @@ async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
+    let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
-            let response = match s3.call(merge_content_encoding(req).map(s3s::Body::from)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = ?e, "request failed inside s3s");
-                    let mut r = Response::new(s3s::Body::from(
-                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
-                         <Message>Perch failed to handle the request.</Message></Error>"
-                            .to_owned(),
-                    ));
-                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    r
+            let mut direct = false;
+            let prepared = if let Some(declared) = too_large_body {
+                Err(too_large(declared, limits.body_bytes_max))
+            } else if let Some(answer) = door.fast.answer(&req).await {
+                direct = true;
+                Err(answer)
+            } else {
+                let req = req.map(|body| GuardedBody::new(body, limits));
+                if chunked::lacks_length(&req) {
+                    chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
+                        .await
+                        .map_err(|refused| error_response(refused.status, refused.code, refused.message))
+                } else {
+                    Ok(req.map(s3s::Body::http_body))
                 }
             };
-            let info = REQUEST.with(|r| r.borrow().clone());
-            let op = if info.op.is_empty() { "Unknown" } else { info.op };
+            let response = match prepared {
+                Ok(req) => match door.s3.call(merge_content_encoding(req)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = ?e, "request failed inside s3s");
+                        error_response(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "InternalError",
+                            "Perch failed to handle the request.",
+                        )
+                    }
+                },
+                // Answered before s3s: too large, by the hit fast path, or a chunked body refused.
+                Err(answered) => answered,
+            };
             let status = response.status().as_u16();
-            let span = tracing::Span::current();
-            span.record("op", op);
-            span.record("bucket", info.bucket.as_str());
-            span.record("key", info.key.as_str());
-            span.record("status", status);
+            let op = REQUEST.with(|r| {
+                let info = r.borrow();
+                let op = if info.op.is_empty() { "Unknown" } else { info.op };
+                let span = tracing::Span::current();
+                if !span.is_disabled() {
+                    span.record("op", op);
+                    span.record("bucket", info.bucket.as_str());
+                    span.record("key", info.key.as_str());
+                    span.record("status", status);
+                }
+                op
+            });
             let elapsed = start.elapsed();
+            if direct {
+                metrics.answered_directly(op);
+            }
             metrics.observe(op, status, elapsed);
             tracing::info!(ms = elapsed.as_secs_f64() * 1000.0, "done");
             response
@@ -146,8 +275,9 @@ async fn s3_request(s3: S3Service, metrics: Arc<Metrics>, req: Request<Incoming>
         .await;
     // A client that sent `Expect: 100-continue` and got its final answer without a `100 Continue`
     // (an empty body, or an early refusal) may misread the next response on the same connection
-    // (botocore does), so such a connection ends with its answer.
-    if expects_continue && (empty_body || !response.status().is_success()) {
+    // (botocore does), so such a connection ends with its answer; so does one whose body was
+    // refused unread for its size.
+    if (expects_continue && (empty_body || !response.status().is_success())) || too_large_body.is_some() {
         response
             .headers_mut()
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
@@ -174,19 +304,71 @@ fn merge_content_encoding<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
-/// Serves the admin endpoints on `listener` until shutdown.
+/// Serves the admin endpoints on `listener` until shutdown. With a token, every request but
+/// /healthz, /readyz and /metrics must carry it as `Authorization: Bearer <token>`.
 pub async fn serve_admin(
     listener: TcpListener,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    token: Option<AdminToken>,
+    limits: Arc<Limits>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let handle = move |req: Request<Incoming>| {
-        let metrics = metrics.clone();
-        let store = store.clone();
-        async move { Ok::<_, Infallible>(admin_request(&store, &metrics, req).await) }
+    let token = Arc::new(token);
+    let make = move |connection: Arc<Connection>| {
+        let (store, metrics, token) = (store.clone(), metrics.clone(), token.clone());
+        move |req: Request<Incoming>| {
+            let (store, metrics, token) = (store.clone(), metrics.clone(), token.clone());
+            let span = connection.request_started();
+            async move {
+                let response = match refused(token.as_ref().as_ref(), &req) {
+                    Some(refusal) => refusal,
+                    None => admin_request(&store, &metrics, req).await,
+                };
+                Ok::<_, Infallible>(response.map(|body| SpanBody::new(body, span)))
+            }
+        }
     };
-    serve("admin", listener, shutdown, handle).await;
+    serve("admin", listener, limits, shutdown, make).await;
+}
+
+/// Paths anyone who reaches the admin listener may read: probes and metrics, which name no key.
+const ADMIN_OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// 401 for a request without the admin token (when there is one) on a path that needs it.
+fn refused(token: Option<&AdminToken>, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let token = token?;
+    if ADMIN_OPEN_PATHS.contains(&req.uri().path()) {
+        return None;
+    }
+    let given = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| same_secret(g.as_bytes(), token.0.as_bytes())) {
+        return None;
+    }
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "this admin endpoint needs the admin token: Authorization: Bearer $PERCH_ADMIN_TOKEN\n".into(),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"perch-admin\""),
+    );
+    Some(r)
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -287,13 +469,9 @@ async fn admin_request(store: &Store, metrics: &Metrics, req: Request<Incoming>)
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
-        "/readyz" => match store.origin_ready().await {
+        "/readyz" => match store.ready().await {
             Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("origin unreachable: {why}\n"),
-            ),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
         },
         "/metrics" => text(
             StatusCode::OK,

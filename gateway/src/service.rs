@@ -1,17 +1,22 @@
 //! `Gateway`: Perch's S3 front door. Each S3 operation is one method of s3s's `S3` trait: reads go
 //! through the cache, writes are committed to the write-back journal, the rest goes to the origin.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use perch_cache::{
     CacheStatus, CompletedPart as OriginPart, CopyInput, MetadataDirective as Directive, PageQuery, PutInput, Store,
+    Subresource,
 };
+use perch_policy::is_reserved;
 use s3s::dto::*;
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
+use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
+use crate::front;
 use crate::spool::{self, Declared};
 
 pub struct Gateway {
@@ -19,11 +24,43 @@ pub struct Gateway {
     store: Arc<Store>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
+    /// Each bucket's owner as its ACL at the origin names it (none when the origin does not say),
+    /// asked once: the owner of every object listed (as on S3 with object ownership enforced).
+    owners: Mutex<HashMap<String, Option<Owner>>>,
 }
 
 impl Gateway {
     pub fn new(store: Arc<Store>, spool_dir: PathBuf) -> Self {
-        Self { store, spool_dir }
+        Self {
+            store,
+            spool_dir,
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The owner listings give the objects of `bucket`; a failure to find it leaves it out.
+    async fn owner(&self, bucket: &str) -> Option<Owner> {
+        let known = self
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bucket)
+            .cloned();
+        if let Some(owner) = known {
+            return owner;
+        }
+        let owner = match bucket_config::owner(&self.store, bucket).await {
+            Ok(owner) => owner,
+            Err(e) => {
+                tracing::debug!(bucket, error = ?e, "the origin did not name the bucket's owner");
+                None
+            }
+        };
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bucket.to_owned(), owner.clone());
+        owner
     }
 
     /// A v1 listing (or ListObjectVersions) page resuming after `marker`.
@@ -132,7 +169,7 @@ fn wants_url(e: &Option<EncodingType>) -> bool {
     e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL)
 }
 
-fn objects_of(page: &perch_cache::Page, url: bool) -> Vec<Object> {
+fn objects_of(page: &perch_cache::Page, url: bool, owner: Option<&Owner>) -> Vec<Object> {
     page.objects
         .iter()
         .map(|o| Object {
@@ -141,9 +178,15 @@ fn objects_of(page: &perch_cache::Page, url: bool) -> Vec<Object> {
             e_tag: Some(convert::etag(&o.etag)),
             last_modified: Some(Timestamp::from(o.last_modified)),
             storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            owner: owner.cloned(),
             ..Default::default()
         })
         .collect()
+}
+
+/// The delimiter a listing answers with: none for an empty one, as S3 (which ignores it).
+fn delimiter_out(delimiter: Option<String>, url: bool) -> Option<String> {
+    delimiter.filter(|d| !d.is_empty()).map(|d| encode(d, url))
 }
 
 fn prefixes_of(page: &perch_cache::Page, url: bool) -> Option<Vec<CommonPrefix>> {
@@ -179,18 +222,45 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
 
 #[async_trait::async_trait]
 impl S3 for Gateway {
-    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
-        let buckets = self.store.list_buckets().await.map_err(store_error)?;
-        let buckets = buckets
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let input = req.input;
+        let max = match input.max_buckets {
+            None => usize::MAX,
+            Some(n) if (1..=10_000).contains(&n) => n as usize,
+            Some(_) => return Err(s3_error!(InvalidArgument, "max-buckets must be between 1 and 10000")),
+        };
+        let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => Some(
+                perch_cache::list_untoken(t)
+                    .ok_or_else(|| s3_error!(InvalidArgument, "The continuation token provided is incorrect"))?,
+            ),
+            None => None,
+        };
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut all = self.store.list_buckets().await.map_err(store_error)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut rest = all
             .into_iter()
+            .filter(|b| b.name.starts_with(&prefix) && after.as_ref().is_none_or(|a| b.name > *a));
+        let buckets: Vec<Bucket> = rest
+            .by_ref()
+            .take(max)
             .map(|b| Bucket {
                 name: Some(b.name),
                 creation_date: Some(Timestamp::from(b.created)),
                 ..Default::default()
             })
             .collect();
+        let more = rest.next().is_some();
+        let continuation_token = buckets
+            .last()
+            .and_then(|b| b.name.as_deref())
+            .filter(|_| more)
+            .map(perch_cache::list_token);
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
+            continuation_token,
+            prefix: input.prefix,
             ..Default::default()
         }))
     }
@@ -279,6 +349,7 @@ impl S3 for Gateway {
         let trailers = req.trailing_headers;
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_metadata(&input.metadata)?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -336,6 +407,7 @@ impl S3 for Gateway {
             futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
                 let result = match (convert::check_key(&o.key), o.version_id.as_deref()) {
                     (Err(e), _) => Err(e),
+                    (Ok(()), _) if is_reserved(&o.key) => Err(front::reserved_error()),
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }
@@ -380,6 +452,7 @@ impl S3 for Gateway {
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let directive = if replace {
+            convert::check_metadata(&input.metadata)?;
             Directive::Replace(content_headers!(input))
         } else {
             Directive::Copy
@@ -428,17 +501,22 @@ impl S3 for Gateway {
         };
         let page = self.store.list(&input.bucket, &query).await.map_err(store_error)?;
         let key_count = (page.objects.len() + page.common_prefixes.len()) as i32;
+        let owner = if input.fetch_owner == Some(true) && !page.objects.is_empty() {
+            self.owner(&input.bucket).await
+        } else {
+            None
+        };
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
-            delimiter: input.delimiter.map(|d| encode(d, url)),
+            delimiter: delimiter_out(input.delimiter, url),
             max_keys: Some(query.max_keys as i32),
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
             start_after: input.start_after.map(|s| encode(s, url)),
             is_truncated: Some(page.next_after.is_some()),
             next_continuation_token: page.next_after.as_deref().map(perch_cache::list_token),
-            contents: Some(objects_of(&page, url)),
+            contents: Some(objects_of(&page, url, owner.as_ref())),
             common_prefixes: prefixes_of(&page, url),
             encoding_type: input.encoding_type,
             ..Default::default()
@@ -459,15 +537,23 @@ impl S3 for Gateway {
             .await?;
         let truncated = page.next_after.is_some();
         let next_marker = page.next_after.clone();
+        // Version 1 lists every object with its owner.
+        let owner = if page.objects.is_empty() {
+            None
+        } else {
+            self.owner(&input.bucket).await
+        };
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
-            delimiter: input.delimiter.map(|d| encode(d, url)),
+            // S3 answers version 1's Prefix as given, even with encoding-type=url (boto3 asks for
+            // that encoding by itself and decodes every other field but this one).
+            prefix: Some(input.prefix.unwrap_or_default()),
+            delimiter: delimiter_out(input.delimiter, url),
             marker: Some(encode(input.marker.unwrap_or_default(), url)),
             max_keys: Some(max_keys_of(input.max_keys)? as i32),
             is_truncated: Some(truncated),
             next_marker: next_marker.map(|m| encode(m, url)),
-            contents: Some(objects_of(&page, url)),
+            contents: Some(objects_of(&page, url, owner.as_ref())),
             common_prefixes: prefixes_of(&page, url),
             encoding_type: input.encoding_type,
             ..Default::default()
@@ -491,10 +577,16 @@ impl S3 for Gateway {
             .await?;
         let truncated = page.next_after.is_some();
         let next_key_marker = page.next_after.clone();
+        let owner = if page.objects.is_empty() {
+            None
+        } else {
+            self.owner(&input.bucket).await
+        };
         let versions = page
             .objects
             .iter()
             .map(|o| ObjectVersion {
+                owner: owner.clone(),
                 key: Some(encode(o.key.clone(), url)),
                 size: Some(o.size as i64),
                 e_tag: Some(convert::etag(&o.etag)),
@@ -510,7 +602,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListObjectVersionsOutput {
             name: Some(input.bucket),
             prefix: Some(encode(input.prefix.unwrap_or_default(), url)),
-            delimiter: input.delimiter.map(|d| encode(d, url)),
+            delimiter: delimiter_out(input.delimiter, url),
             key_marker: Some(encode(input.key_marker.unwrap_or_default(), url)),
             version_id_marker: input.version_id_marker,
             max_keys: Some(max_keys_of(input.max_keys)? as i32),
@@ -530,6 +622,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_metadata(&input.metadata)?;
         let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
@@ -753,6 +846,174 @@ impl S3 for Gateway {
             uploads: Some(uploads),
             ..Default::default()
         }))
+    }
+
+    // ----- bucket configurations and object ACLs: the origin's (bucket_config.rs) -----
+
+    async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
+        bucket_config::get_bucket_acl(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
+        bucket_config::put_bucket_acl(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
+        bucket_config::get_object_acl(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
+        bucket_config::put_object_acl(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyOutput>> {
+        bucket_config::get_bucket_policy(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
+        bucket_config::put_bucket_policy(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        bucket_config::get_bucket_versioning(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        bucket_config::put_bucket_versioning(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        bucket_config::get_bucket_lifecycle_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        bucket_config::put_bucket_lifecycle_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_ownership_controls(
+        &self,
+        req: S3Request<GetBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
+        bucket_config::get_bucket_ownership_controls(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_ownership_controls(
+        &self,
+        req: S3Request<PutBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<PutBucketOwnershipControlsOutput>> {
+        bucket_config::put_bucket_ownership_controls(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_cors(&self, req: S3Request<GetBucketCorsInput>) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        bucket_config::get_bucket_cors(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_cors(&self, req: S3Request<PutBucketCorsInput>) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        bucket_config::put_bucket_cors(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        bucket_config::get_bucket_tagging(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        bucket_config::put_bucket_tagging(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<DeleteBucketPolicyOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Policy).await?;
+        Ok(S3Response::new(DeleteBucketPolicyOutput::default()))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Lifecycle).await?;
+        Ok(S3Response::new(DeleteBucketLifecycleOutput::default()))
+    }
+
+    async fn delete_bucket_ownership_controls(
+        &self,
+        req: S3Request<DeleteBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<DeleteBucketOwnershipControlsOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::OwnershipControls).await?;
+        Ok(S3Response::new(DeleteBucketOwnershipControlsOutput::default()))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Cors).await?;
+        Ok(S3Response::new(DeleteBucketCorsOutput::default()))
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Tagging).await?;
+        Ok(S3Response::new(DeleteBucketTaggingOutput::default()))
     }
 }
 

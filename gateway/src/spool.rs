@@ -138,6 +138,11 @@ fn stream_error(err: &(dyn std::error::Error + 'static)) -> S3Error {
         s3_error!(SignatureDoesNotMatch, "A chunk signature does not match.")
     } else if text.contains("LengthMismatch") {
         s3_error!(IncompleteBody, "The body is longer than its declared length.")
+    } else if text.contains(crate::limits::MARK) {
+        s3_error!(
+            RequestTimeout,
+            "Your socket connection to the server was not read from or written to within the timeout period."
+        )
     } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany") {
         s3_error!(InvalidRequest, "The aws-chunked body is malformed.")
     } else {
@@ -219,7 +224,9 @@ fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -
 }
 
 /// Reads `body` to its end into memory or a temp file in `dir`, verifying everything declared.
-/// `trailers` is read after the body ends, when trailer checksums have arrived.
+/// `trailers` is read after the body ends, when trailer checksums have arrived. A body longer
+/// than it declared is cut; the declared length was checked against --body-bytes-max before
+/// (`server`), and s3s requires one.
 pub async fn receive(
     body: Option<StreamingBlob>,
     declared: Declared<'_>,

@@ -5,11 +5,13 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod file;
+pub mod prefetch;
 pub mod rules;
 pub mod shorthand;
 pub mod units;
 
 pub use file::{PolicyError, parse};
+pub use prefetch::{ListRule, Prefetch, RESERVED_PREFIX, is_reserved};
 pub use rules::{CacheClass, Decision, Freshness, Method, Policy, Priority, Rule, SharedPolicy, UploadHeader};
 
 /// A key pattern: `*` matches any run of characters, `/` included; everything else is literal.
@@ -70,6 +72,31 @@ impl FromStr for Glob {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Glob::new(s))
+    }
+}
+
+/// Keys the primary rewrites in place (a replica pins them at seeding and never mixes the
+/// primary's live copies with its own).
+#[derive(Debug, Clone, Default)]
+pub struct RewrittenKeys {
+    pub mutable: Vec<Glob>,
+}
+
+impl RewrittenKeys {
+    /// OrioleDB's keys that are overwritten in place: the control file (every checkpoint), undo
+    /// files, WAL segments (re-uploaded with new content) and the lock.
+    pub fn orioledb_defaults() -> RewrittenKeys {
+        RewrittenKeys {
+            mutable: ["data/orioledb_data/*", "orioledb_undo/*", "wal/*"]
+                .into_iter()
+                .map(Glob::new)
+                .collect(),
+        }
+    }
+
+    /// Whether `key` is one of them.
+    pub fn is_mutable(&self, key: &str) -> bool {
+        self.mutable.iter().any(|g| g.matches(key))
     }
 }
 

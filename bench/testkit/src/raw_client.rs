@@ -50,6 +50,8 @@ pub struct Req {
     pub content_sha256: Option<String>,
     /// Send `Expect: 100-continue` (default: when the body is over 1 MiB).
     pub expect: Option<bool>,
+    /// The declared `Content-Length` (default: the body's length, on a PUT, a POST or a body).
+    pub content_length: Option<u64>,
     /// Send only this many body bytes, then shut down the write side.
     pub truncate_body: Option<usize>,
 }
@@ -121,6 +123,7 @@ impl Req {
             time: None,
             content_sha256: None,
             expect: None,
+            content_length: None,
             truncate_body: None,
         }
     }
@@ -140,6 +143,12 @@ impl Req {
         self
     }
 
+    /// The query, exactly as sent (without `?`).
+    pub fn query(mut self, q: &str) -> Req {
+        self.query = q.to_owned();
+        self
+    }
+
     /// The request bytes before the body, and the body to send after them.
     pub fn head(&self) -> (Vec<u8>, bool) {
         let mut target = self.path.clone();
@@ -156,8 +165,11 @@ impl Req {
         if self.keys.is_some() {
             h.push_str(&format!("x-amz-date: {date}\r\nx-amz-content-sha256: {sha}\r\n"));
         }
-        if matches!(self.method.as_str(), "PUT" | "POST") || !self.body.is_empty() {
-            h.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        let length = self.content_length.or_else(|| {
+            (matches!(self.method.as_str(), "PUT" | "POST") || !self.body.is_empty()).then_some(self.body.len() as u64)
+        });
+        if let Some(n) = length {
+            h.push_str(&format!("Content-Length: {n}\r\n"));
         }
         if let Some(keys) = &self.keys {
             let auth = authorization(keys, &self.method, &self.host, &self.path, &self.query, &date, &sha);
@@ -250,7 +262,8 @@ impl Req {
     }
 }
 
-fn read_head(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
+/// Reads a status line and header (e.g. of an answer on a connection kept open).
+pub fn read_head(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::Error::new(
@@ -292,7 +305,8 @@ fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn read_body(
+/// Reads the body of an answer whose status and header [`read_head`] read.
+pub fn read_body(
     r: &mut impl BufRead,
     method: &str,
     status: u16,

@@ -58,6 +58,10 @@ impl MotoServer {
         server
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_ready(&mut self, limit: Duration) {
         let start = Instant::now();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
@@ -185,6 +189,18 @@ impl Drop for ProxyServer {
             let _ = t.join();
         }
     }
+}
+
+/// CPU time (user + system) a process has used so far; `None` when /proc cannot tell.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // In clock ticks of USER_HZ, which Linux fixes at 100 a second for user space.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// A running `perch serve`, killed (SIGKILL) when dropped unless stopped first.

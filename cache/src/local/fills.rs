@@ -1,34 +1,74 @@
-//! `Fills`: the origin fetches under way, one per key, with the state their waiters watch; a write
-//! marks the fill of its key stale so that an older body is never kept.
+//! `Fills`: the origin fetches under way, one per key, with the progress their readers watch (the
+//! chunks received, held in memory, and how much of them is in the temp file); a write marks the
+//! fill of its key stale so that an older body is never kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::key::ObjectKey;
 use crate::local::lock;
 use crate::origin::{ObjectMeta, OriginError};
 
-/// An origin fetch into a temp file that any number of readers stream from as it grows.
+/// An origin fetch that any number of readers stream as its bytes arrive.
 pub(crate) struct Fill {
-    pub tx: watch::Sender<FillState>,
+    pub progress: watch::Sender<Progress>,
     /// Set when a write through Perch replaced the object: the fill must not be kept.
     pub stale: AtomicBool,
 }
 
-#[derive(Clone)]
-pub(crate) enum FillState {
-    Pending,
-    Body {
-        meta: Arc<ObjectMeta>,
-        file: Arc<File>,
-        written: u64,
-        done: bool,
-    },
-    Failed(Arc<FillError>),
+/// What a fill has so far. Readers take bytes from `chunks` when they are still held, else from
+/// `file`; `received` only reaches the object's size once the whole body passed its check.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// The object, once the origin answered.
+    pub meta: Option<Arc<ObjectMeta>>,
+    /// Bytes readers may take: `[0, received)`.
+    pub received: u64,
+    /// The received bytes still held in memory: contiguous, from `held_from` to `received`.
+    pub chunks: VecDeque<Bytes>,
+    pub held_from: u64,
+    /// The temp file the fill writes, readable in `[0, on_disk)`.
+    pub file: Option<Arc<File>>,
+    pub on_disk: u64,
+    /// `None` while under way; `Some(Err)` once it failed (readers stop with that error).
+    pub failed: Option<Arc<FillError>>,
+}
+
+impl Progress {
+    /// Bytes from `pos` on that are held in memory (at most one chunk's worth, no copy).
+    pub(crate) fn held_at(&self, pos: u64, end: u64) -> Option<Bytes> {
+        if pos < self.held_from || pos >= self.received.min(end) {
+            return None;
+        }
+        let mut start = self.held_from;
+        for chunk in &self.chunks {
+            let stop = start + chunk.len() as u64;
+            if pos < stop {
+                let from = (pos - start) as usize;
+                let to = (stop.min(end) - start) as usize;
+                return Some(chunk.slice(from..to));
+            }
+            start = stop;
+        }
+        None
+    }
+
+    /// Forgets held chunks that are on disk, keeping at least the last `keep` bytes in memory.
+    pub(crate) fn release_held(&mut self, keep: u64) {
+        while let Some(first) = self.chunks.front() {
+            let stop = self.held_from + first.len() as u64;
+            if stop > self.on_disk || self.received - stop < keep {
+                break;
+            }
+            self.held_from = stop;
+            self.chunks.pop_front();
+        }
+    }
 }
 
 /// Why a fill failed, kept so that every waiter can be given the same error.
@@ -68,6 +108,18 @@ impl FillError {
     }
 }
 
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::NoSuchKey => f.write_str("no such key"),
+            FillError::NoSuchBucket => f.write_str("no such bucket"),
+            FillError::Rejected { status, code, .. } => write!(f, "refused: {status} {code}"),
+            FillError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            FillError::Corrupt(m) => write!(f, "corrupt: {m}"),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Fills {
     map: Mutex<HashMap<ObjectKey, Arc<Fill>>>,
@@ -80,13 +132,18 @@ impl Fills {
         if let Some(f) = fills.get(okey) {
             return (f.clone(), true);
         }
-        let (tx, _) = watch::channel(FillState::Pending);
+        let (progress, _) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
-            tx,
+            progress,
             stale: AtomicBool::new(false),
         });
         fills.insert(okey.clone(), fill.clone());
         (fill, false)
+    }
+
+    /// The fill of `okey` under way, if any.
+    pub(crate) fn get(&self, okey: &ObjectKey) -> Option<Arc<Fill>> {
+        lock(&self.map).get(okey).cloned()
     }
 
     /// The fill of `okey` ended: forget it (if it is still the one registered).
@@ -102,5 +159,45 @@ impl Fills {
         if let Some(fill) = lock(&self.map).remove(okey) {
             fill.stale.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(chunks: &[&'static [u8]], on_disk: u64) -> Progress {
+        let mut p = Progress::default();
+        for c in chunks {
+            p.received += c.len() as u64;
+            p.chunks.push_back(Bytes::from_static(c));
+        }
+        p.on_disk = on_disk;
+        p
+    }
+
+    #[test]
+    fn held_bytes_are_sliced_from_the_chunk_that_holds_them() {
+        let p = progress(&[b"abc", b"defg", b"h"], 0);
+        assert_eq!(p.held_at(0, 8).unwrap(), &b"abc"[..]);
+        assert_eq!(p.held_at(4, 8).unwrap(), &b"efg"[..]);
+        assert_eq!(p.held_at(4, 6).unwrap(), &b"ef"[..], "never past the reader's end");
+        assert_eq!(p.held_at(7, 8).unwrap(), &b"h"[..]);
+        assert!(p.held_at(8, 9).is_none(), "not received yet");
+    }
+
+    #[test]
+    fn only_chunks_on_disk_and_outside_the_window_are_released() {
+        let mut p = progress(&[b"abc", b"defg", b"h"], 4);
+        p.release_held(0);
+        assert_eq!(p.held_from, 3, "the second chunk is not wholly on disk yet");
+        assert!(p.held_at(1, 8).is_none(), "released bytes come from the file");
+        assert_eq!(p.held_at(3, 8).unwrap(), &b"defg"[..]);
+        p.on_disk = 8;
+        p.release_held(2);
+        assert_eq!(p.held_from, 3, "dropping `defg` would leave fewer than 2 bytes held");
+        p.release_held(1);
+        assert_eq!(p.held_from, 7, "the last byte stays in memory");
+        assert_eq!(p.held_at(7, 8).unwrap(), &b"h"[..]);
     }
 }

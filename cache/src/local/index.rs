@@ -331,6 +331,43 @@ impl Index {
         Ok(out)
     }
 
+    /// Whether the index holds no object at all (a new volume).
+    pub(crate) fn is_empty(&self) -> Result<bool, CacheError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(OBJECTS)?);
+        it.seek_to_first();
+        it.status()?;
+        Ok(!it.valid())
+    }
+
+    /// The `limit` objects read most recently (as far as flushed access times tell), newest
+    /// first, with their last-read time in seconds.
+    pub(crate) fn recent_reads(&self, limit: usize) -> Result<Vec<(ObjectKey, u64)>, CacheError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut heap: BinaryHeap<Reverse<(u64, Vec<u8>)>> = BinaryHeap::with_capacity(limit + 1);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(ACCESS)?, scan_options());
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Ok(b) = <[u8; 8]>::try_from(v) {
+                let at = u64::from_be_bytes(b);
+                if heap.len() < limit {
+                    heap.push(Reverse((at, k.to_vec())));
+                } else if heap.peek().is_some_and(|Reverse((min, _))| at > *min) {
+                    heap.pop();
+                    heap.push(Reverse((at, k.to_vec())));
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        let mut out: Vec<(ObjectKey, u64)> = heap
+            .into_iter()
+            .filter_map(|Reverse((at, k))| Some((ObjectKey::from_stored(&k)?, at)))
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(out)
+    }
+
     /// Every blob id the index names.
     pub(crate) fn blob_ids(&self) -> Result<Vec<u64>, CacheError> {
         let mut ids = Vec::new();

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use prometheus_client::registry::Registry;
 
 use crate::error::CacheError;
@@ -26,12 +25,15 @@ use crate::local::evict::Evictor;
 use crate::local::fills::{Fill, Fills};
 use crate::local::index::{Entry, INDEX_MEMORY, Index};
 use crate::memory::{MemoryObject, MemoryTier, memory_tier_limit, release_free_memory};
-use crate::metrics::{CacheStats, DISK, MEMORY};
+use crate::metrics::{CacheStats, DISK, MEMORY, ReasonLabel};
 use crate::origin::ObjectMeta;
 
 /// Reads whose times wait for the next flush, at most (beyond, the flush is started at once): a
 /// burst of distinct reads must not grow the map without bound (~100 bytes a key).
 const READS_FLUSH_AT: usize = 16_384;
+
+/// Prefetched objects whose first use is watched, at most (beyond, the watch starts over).
+const PREFETCHED_MAX: usize = 65_536;
 
 /// Where and how much `Local` keeps.
 #[derive(Debug, Clone)]
@@ -78,6 +80,8 @@ pub(crate) struct Local {
     reads: Mutex<HashMap<ObjectKey, SystemTime>>,
     /// Wakes the flush of access times early, when `reads` has grown to `READS_FLUSH_AT`.
     flush_soon: Arc<tokio::sync::Notify>,
+    /// Objects prefetched and not yet read by a client, with why they were fetched.
+    prefetched: Mutex<HashMap<ObjectKey, &'static str>>,
     pub stats: CacheStats,
 }
 
@@ -135,6 +139,7 @@ impl Local {
             removed_while_rebuilding: Mutex::new(Some(Default::default())),
             reads: Mutex::new(HashMap::new()),
             flush_soon: Arc::new(tokio::sync::Notify::new()),
+            prefetched: Mutex::new(HashMap::new()),
             stats,
         })
     }
@@ -224,7 +229,7 @@ impl Local {
         }
     }
 
-    fn flush_access_times(&self) {
+    pub(crate) fn flush_access_times(&self) {
         // Taken whole, so that a burst of reads does not leave a large empty map behind.
         let reads: Vec<(ObjectKey, SystemTime)> = std::mem::take(&mut *lock(&self.reads)).into_iter().collect();
         if !reads.is_empty()
@@ -282,9 +287,50 @@ impl Local {
         self.fills.mark_stale(okey);
     }
 
+    /// Whether `size` more bytes fit in the disk tier without evicting anything, with a tenth of
+    /// it left for clients' misses: the only room a prefetch may take.
+    pub(crate) fn has_room(&self, size: u64) -> bool {
+        let e = lock(&self.evictor);
+        e.used() + size <= e.capacity() - e.capacity() / 10
+    }
+
+    /// `okey` is being prefetched (`reason`): its first read by a client counts as a use.
+    pub(crate) fn mark_prefetched(&self, okey: &ObjectKey, reason: &'static str) {
+        let mut p = lock(&self.prefetched);
+        if p.len() >= PREFETCHED_MAX {
+            p.clear();
+        }
+        p.insert(okey.clone(), reason);
+    }
+
+    pub(crate) fn unmark_prefetched(&self, okey: &ObjectKey) {
+        lock(&self.prefetched).remove(okey);
+    }
+
+    /// A client read `okey` (a hit, or a miss joining a fill): a prefetch of it was used.
+    pub(crate) fn note_client_read(&self, okey: &ObjectKey) {
+        let reason = {
+            let mut p = lock(&self.prefetched);
+            if p.is_empty() {
+                return;
+            }
+            p.remove(okey)
+        };
+        if let Some(reason) = reason {
+            self.stats.prefetch_used.get_or_create(&ReasonLabel { reason }).inc();
+        }
+    }
+
     /// Records a read of `okey`'s blob: its place in the eviction order, and its access time.
     pub(crate) fn note_read(&self, okey: &ObjectKey, blob: u64) {
+        self.note_client_read(okey);
         lock(&self.evictor).touch(blob);
+        self.note_access(okey);
+    }
+
+    /// Records that a client read `okey` now (a hit, or a miss whose fill keeps it): the hot set
+    /// is made of these times.
+    pub(crate) fn note_access(&self, okey: &ObjectKey) {
         let now = SystemTime::now();
         let mut reads = lock(&self.reads);
         if let Some(at) = reads.get_mut(okey) {
@@ -452,10 +498,9 @@ impl Local {
         temp: &Path,
         meta: &ObjectMeta,
         crcs: Vec<u32>,
-        small: Option<Bytes>,
         fill: &Fill,
     ) -> Result<(), CacheError> {
-        let evicted = self.keep_fetched_locked(okey, temp, meta, crcs, small, fill)?;
+        let evicted = self.keep_fetched_locked(okey, temp, meta, crcs, fill)?;
         self.drop_evicted(evicted);
         self.refresh_gauges();
         Ok(())
@@ -467,7 +512,6 @@ impl Local {
         temp: &Path,
         meta: &ObjectMeta,
         crcs: Vec<u32>,
-        small: Option<Bytes>,
         fill: &Fill,
     ) -> Result<Evicted, CacheError> {
         let _key = self.key_lock(okey);
@@ -493,12 +537,8 @@ impl Local {
         if let Some(p) = previous.filter(|p| p.blob != id) {
             self.remove_blob(p.blob);
         }
-        let evicted = self.track(okey, id, meta.size);
-        if !evicted.0.contains(&id)
-            && let Some(body) = small
-        {
-            self.memory.insert(okey.clone(), Arc::new(MemoryObject { entry, body }));
-        }
-        Ok(evicted)
+        // The memory tier takes it at its first hit (a copy of the whole body now would cost more
+        // than the miss's other work).
+        Ok(self.track(okey, id, meta.size))
     }
 }

@@ -2,7 +2,9 @@
 //! One trait with two real implementations, `S3Origin` (aws-sdk-s3) and `FsOrigin` (a local directory).
 
 pub(crate) mod checksum;
+pub(crate) mod config;
 pub(crate) mod fs;
+pub(crate) mod read_only;
 pub(crate) mod retry;
 pub(crate) mod s3;
 
@@ -17,8 +19,9 @@ use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+pub use config::{Document, Subresource};
 pub use fs::FsOrigin;
-pub use s3::{S3Origin, S3OriginConfig};
+pub use s3::{OriginKeys, S3Origin, S3OriginConfig};
 
 /// A body streamed out of the origin.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + Sync + 'static>>;
@@ -637,4 +640,13 @@ pub trait Origin: Send + Sync + 'static {
     async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>>;
     /// Uploads in progress whose key starts with `prefix`, by key then initiation.
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>>;
+
+    /// A configuration of `bucket`, or with `key` the ACL of that object (the one object
+    /// sub-resource), as the origin answers it.
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document>;
+    /// Replaces a configuration of `bucket` (or, with `key`, that object's ACL) with `doc`.
+    async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()>;
+    /// Removes a configuration of `bucket` (policy, lifecycle, ownership controls, CORS, tagging:
+    /// S3 has no DELETE for ACLs and versioning).
+    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()>;
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use md5::{Digest, Md5};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -16,6 +15,7 @@ use prometheus_client::registry::Registry;
 use rand::Rng;
 
 use super::*;
+use crate::md5_asm::Md5;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
@@ -363,5 +363,24 @@ impl Origin for RetryingOrigin {
         })
         .await
         .0
+    }
+
+    // Reading or replacing a whole configuration is idempotent: every one is retried.
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document> {
+        self.run("get_config", || self.inner.get_config(bucket, key, sub))
+            .await
+            .0
+    }
+
+    async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()> {
+        self.run("put_config", || self.inner.put_config(bucket, key, sub, doc))
+            .await
+            .0
+    }
+
+    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+        self.run("delete_config", || self.inner.delete_config(bucket, sub))
+            .await
+            .0
     }
 }

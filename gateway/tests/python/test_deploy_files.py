@@ -30,7 +30,6 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import tomllib
@@ -232,7 +231,7 @@ def test_every_shell_script_passes_shellcheck():
     scripts = shell_scripts()
     names = {str(p.relative_to(REPO)) for p in scripts}
     assert {"oriole-image/entrypoint.sh", "oriole-image/render-config.sh", "oriole-image/install.sh",
-            "oriole-image/patch-loader.sh", "fly/supervise.sh", "test.sh", ".ci/run"} <= names, names
+            "fly/supervise.sh", "test.sh", ".ci/run"} <= names, names
     r = run([exe, "--severity=style", *map(str, scripts)], cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -315,61 +314,6 @@ def test_render_config_reports_every_problem_at_once(tmp_path):
 # --------------------------------------------------------------------------- build-time pieces
 
 
-LOADER_EXCERPT = textwrap.dedent("""\
-    class OrioledbS3ObjectLoader:
-    \tdef download_unchanged_files(self, file_checksums):
-    \t\tfor filename, checkpoint in file_checksums.items():
-    \t\t\tpass
-
-    \tdef download_unchanged_small_files(self, file_checksums):
-    \t\tprev_file_checksums = {}
-    \t\tfor filename, checkpoint in file_checksums:
-    \t\t\tprev_file_checksums[filename] = checkpoint
-    \t\treturn prev_file_checksums
-    """)
-
-
-def test_patch_loader_fixes_the_dict_iteration(tmp_path):
-    f = tmp_path / "orioledb_s3_loader.py"
-    f.write_text(LOADER_EXCERPT)
-    # The bug as it is upstream: iterating a dict as pairs.
-    ns = {}
-    exec(compile(f.read_text(), str(f), "exec"), ns)
-    with pytest.raises(ValueError):
-        ns["OrioledbS3ObjectLoader"]().download_unchanged_small_files({"base/1/1247": "3"})
-
-    r = run(["bash", str(ORIOLE / "patch-loader.sh"), str(f)])
-    assert r.returncode == 0, r.stderr
-    assert "replaced 1 line(s)" in r.stdout
-    text = f.read_text()
-    assert "in file_checksums:" not in text
-    assert text.count("for filename, checkpoint in file_checksums.items():") == 2
-    ns = {}
-    exec(compile(text, str(f), "exec"), ns)
-    assert ns["OrioledbS3ObjectLoader"]().download_unchanged_small_files({"base/1/1247": "3"}) == {"base/1/1247": "3"}
-
-    # Fixed upstream: nothing to do, and it says so.
-    r = run(["bash", str(ORIOLE / "patch-loader.sh"), str(f)])
-    assert r.returncode == 0 and "nothing to patch" in r.stdout
-    # Changed beyond recognition: the build stops.
-    f.write_text("print('a different tool')\n")
-    r = run(["bash", str(ORIOLE / "patch-loader.sh"), str(f)])
-    assert r.returncode == 1 and "review this patch" in r.stderr
-
-
-@pytest.mark.parametrize("version,ref", [
-    ("postgres (PostgreSQL) 17.5 OrioleDB beta 16 PGTAG=patches17_20 ubuntu:noble+clang build:x 17.5", "beta16"),
-    ("postgres (PostgreSQL) 17.0 OrioleDB public beta 12 PGTAG=patches17_5 alpine:3.21+clang build:x 17.0", "beta12"),
-    ("postgres (PostgreSQL) 17.5", None),
-])
-def test_loader_ref_comes_from_the_image_release(version, ref):
-    r = run(["bash", "-c", f'source "{ORIOLE}/install.sh"; loader_ref_from_version "$1"', "-", version])
-    if ref is None:
-        assert r.returncode == 1 and "ORIOLEDB_LOADER_REF" in r.stderr
-    else:
-        assert r.returncode == 0 and r.stdout.strip() == ref, r.stderr
-
-
 # --------------------------------------------------------------------------- the entrypoint, with a real perch
 
 
@@ -428,7 +372,7 @@ class Oriole:
         py.chmod(0o755)
         (self.tools / "oriole_s3.py").symlink_to(ORIOLE / "oriole_s3.py")
         (self.tools / "render-config.sh").symlink_to(ORIOLE / "render-config.sh")
-        (self.tools / "orioledb_s3_loader.py").write_text(FAKE_LOADER)
+        (self.tools / "restore.py").write_text(FAKE_LOADER)
         self.upstream = tmp_path / "docker-entrypoint.sh"
         self.upstream.write_text(FAKE_UPSTREAM)
         self.upstream.chmod(0o755)
@@ -521,11 +465,11 @@ def test_entrypoint_restores_from_the_bucket_instead_of_initdb(oriole):
     s3.put_object(Bucket=oriole.bucket, Key="data/1/global/pg_control", Body=b"c")
     r = oriole.run()
     assert r.returncode == 0, r.stderr
-    assert "is empty and bucket" in r.stderr and "restoring it with OrioleDB's restore tool" in r.stderr
+    assert "is empty and bucket" in r.stderr and "restoring it with the restore tool" in r.stderr
     assert "restored the database" in r.stderr
     assert "upstream sees a database" in r.stdout
     [call] = oriole.loader_calls()
-    assert call["argv"] == ["--endpoint", f"http://localhost:{oriole.perch.s3_port}", "--prefix", oriole.bucket,
+    assert call["argv"] == ["--endpoint", f"http://localhost:{oriole.perch.s3_port}", "--bucket", oriole.bucket,
                             "--data-dir", str(oriole.pgdata)]
     assert call["cwd"] == str(oriole.pgdata)
     assert call["env"]["AWS_ACCESS_KEY_ID"] == KEY and call["env"]["AWS_SECRET_ACCESS_KEY"] == KEY_SECRET
@@ -737,6 +681,7 @@ class Supervisor:
             PERCH_DATA_DIR=str(tmp_path / "perch-data"),
             PERCH_ACCESS_KEY_ID="sup-key",
             PERCH_SECRET_ACCESS_KEY="sup-secret",
+            PERCH_ADMIN_TOKEN="sup-admin-token-0123456789",
             AWS_ACCESS_KEY_ID="tigris-key",
             AWS_SECRET_ACCESS_KEY="tigris-secret",
             POSTGRES_PASSWORD="pg-password",
@@ -778,7 +723,8 @@ class Supervisor:
         return self.stderr.read_text()
 
     def status(self):
-        return requests.get(f"http://127.0.0.1:{self.admin_port}/status", timeout=5).json()
+        auth = {"Authorization": f"Bearer {self.env['PERCH_ADMIN_TOKEN']}"}
+        return requests.get(f"http://127.0.0.1:{self.admin_port}/status", headers=auth, timeout=5).json()
 
 
 def index_of(lines, text):
@@ -814,14 +760,14 @@ def test_supervisor_keeps_the_origin_keys_from_oriole_and_postgres_settings_from
     assert sup.wait() == 0, sup.said()
     oriole_env = set((tmp_path / "oriole.env").read_text().split())
     perch_env = set((tmp_path / "perch.env").read_text().split())
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}.isdisjoint(oriole_env), oriole_env
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PERCH_ADMIN_TOKEN"}.isdisjoint(oriole_env), oriole_env
     assert {"PERCH_ACCESS_KEY_ID", "PERCH_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "PGDATA"} <= oriole_env
     assert {"POSTGRES_PASSWORD", "PGDATA"}.isdisjoint(perch_env), perch_env
-    assert {"AWS_ACCESS_KEY_ID", "PERCH_ACCESS_KEY_ID"} <= perch_env
+    assert {"AWS_ACCESS_KEY_ID", "PERCH_ACCESS_KEY_ID", "PERCH_ADMIN_TOKEN"} <= perch_env
     assert (tmp_path / "oriole.env.bucket").read_text() == "from-fly-storage\n"
     events = sup.events()
     assert index_of(events, "oriole exit 0") < index_of(events, "perch got TERM") < index_of(events, "perch exit 0")
-    for secret in ("sup-secret", "tigris-secret", "pg-password"):
+    for secret in ("sup-secret", "tigris-secret", "pg-password", "sup-admin-token-0123456789"):
         assert secret not in sup.said()
 
 
@@ -1290,6 +1236,50 @@ def test_fly_volume_metrics_checks_and_environment_fit_together(fly, perch_env_n
     assert "target" in (FLY / fly["build"]["ignorefile"]).read_text().split()
 
 
+def admin_port_needs_its_token(perch_bin, tmp_path, name, env, token):
+    """Perch with `env`, its admin listener on all addresses (port 0): refused without a token, and
+    with `token` only /healthz, /readyz and /metrics answer without it."""
+    env = {k: v for k, v in env.items() if k.startswith(("PERCH_", "AWS_"))}
+    env.pop("PERCH_ADMIN_TOKEN", None)
+    env.update(PERCH_LISTEN="127.0.0.1:0", PERCH_ADMIN_LISTEN="0.0.0.0:0", PERCH_DATA_DIR=str(tmp_path / name))
+    r = run([perch_bin, "serve"], env=clean_env(**env), timeout=30)
+    assert r.returncode != 0 and "PERCH_ADMIN_TOKEN" in r.stderr, (r.returncode, r.stderr)
+    env["PERCH_ADMIN_TOKEN"] = token
+    p = start_perch(perch_bin, tmp_path / f"{name}-run", env)
+    try:
+        base = f"http://127.0.0.1:{p.admin_port}"
+        for path in ("/healthz", "/metrics"):
+            assert requests.get(base + path, timeout=5).status_code == 200, path
+        assert requests.get(base + "/status", timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(base + "/status", headers=auth, timeout=5).status_code == 200
+        r = run([perch_bin, "status", "--admin", f"127.0.0.1:{p.admin_port}"], env=clean_env(PERCH_ADMIN_TOKEN=token))
+        assert r.returncode == 0 and "backlog:" in r.stdout, r.stderr
+    finally:
+        p.stop()
+
+
+def test_admin_ports_beyond_loopback_have_a_token(fly, perch_bin, tmp_path):
+    # Fly binds the admin port on all addresses: the token is a secret the comments list, which
+    # OrioleDB never gets; compose's perch service passes it from .env.
+    env = fly["env"]
+    assert not env["PERCH_ADMIN_LISTEN"].startswith(("127.", "[::1]"))
+    secrets = (FLY / "fly.toml").read_text().split("\napp =")[0]
+    assert "PERCH_ADMIN_TOKEN" in secrets and "PERCH_ADMIN_TOKEN" not in env
+    assert "-u PERCH_ADMIN_TOKEN" in (FLY / "supervise.sh").read_text()
+    admin_port_needs_its_token(perch_bin, tmp_path, "fly-admin", env, "fly-admin-token-0123456789")
+    quiet, full = compose_config(tmp_path, "docker-compose.yml")
+    assert quiet.returncode == 0, quiet.stderr
+    penv = yaml.safe_load(full.stdout)["services"]["perch"]["environment"]
+    assert not penv["PERCH_ADMIN_LISTEN"].startswith("127.")
+    assert penv["PERCH_ADMIN_TOKEN"] == read_env_file(COMPOSE / ".env.sample")["PERCH_ADMIN_TOKEN"]
+    quiet, _ = compose_config(tmp_path, "docker-compose.yml", env_overrides={"PERCH_ADMIN_TOKEN": ""})
+    assert quiet.returncode != 0 and "set PERCH_ADMIN_TOKEN in compose/.env" in quiet.stderr
+    admin_port_needs_its_token(perch_bin, tmp_path, "compose-admin", penv, penv["PERCH_ADMIN_TOKEN"])
+    # The image's default binds beyond loopback too, and says the token is required.
+    assert "PERCH_ADMIN_TOKEN" in (REPO / "deploy/perch.Dockerfile").read_text()
+
+
 # --------------------------------------------------------------------------- Dockerfiles
 
 
@@ -1364,9 +1354,8 @@ def test_fly_image_builds_perch_exactly_as_the_perch_image():
 
 
 def test_scripts_run_directly_are_executable():
-    # The Dockerfiles run install.sh straight from the build context (COPY keeps the mode), and
-    # install.sh runs patch-loader.sh the same way.
-    for name in ("oriole-image/install.sh", "oriole-image/patch-loader.sh", "oriole-image/entrypoint.sh",
+    # The Dockerfiles run install.sh straight from the build context (COPY keeps the mode).
+    for name in ("oriole-image/install.sh", "oriole-image/restore.py", "oriole-image/entrypoint.sh",
                  "oriole-image/render-config.sh", "oriole-image/oriole_s3.py", "fly/supervise.sh"):
         assert os.access(REPO / name, os.X_OK), f"{name} is not executable"
 

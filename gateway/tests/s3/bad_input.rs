@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, SystemTime};
 
 use perch_testkit::bodies::{content_md5, pattern};
-use perch_testkit::raw_client::{Req, Resp, Style};
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path, xml_values};
 use perch_testkit::sigv4::{Keys, sha256_hex};
 
 use crate::support::machine;
@@ -297,4 +297,168 @@ fn malformed_delete_objects_xml_is_refused() {
         );
     }
     assert_clean(&perch, &before, "malformed DeleteObjects");
+}
+
+// ---- Poison pills: what the origin would refuse forever is refused at the door ----
+
+#[test]
+fn user_metadata_over_2kb_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    // 2,048 bytes of names (without `x-amz-meta-`) and values: S3's limit, allowed.
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "meta-ok")
+        .body(pattern(10, 20))
+        .header("x-amz-meta-a", &"v".repeat(1000))
+        .header("x-amz-meta-bb", &"w".repeat(1045))
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "2,048 bytes of metadata: {}", r.summary());
+    let r = Req::object("HEAD", perch.addr(), Style::Virtual, "meta-ok").go(perch.addr());
+    assert_eq!(r.header("x-amz-meta-bb").map(str::len), Some(1045));
+    // One byte more, on each operation that sets metadata.
+    let big = |req: Req| {
+        req.header("x-amz-meta-a", &"v".repeat(1000))
+            .header("x-amz-meta-bb", &"w".repeat(1046))
+    };
+    let r = big(Req::object("PUT", perch.addr(), Style::Virtual, "meta-big").body(pattern(10, 21))).go(perch.addr());
+    assert_error(&r, 400, "MetadataTooLarge", "PUT with 2,049 bytes of metadata");
+    let r = big(Req::object("POST", perch.addr(), Style::Virtual, "meta-big").query("uploads")).go(perch.addr());
+    assert_error(
+        &r,
+        400,
+        "MetadataTooLarge",
+        "CreateMultipartUpload with 2,049 bytes of metadata",
+    );
+    let r = big(Req::object("PUT", perch.addr(), Style::Virtual, "meta-big"))
+        .header("x-amz-copy-source", &format!("/{}/known", BUCKET))
+        .header("x-amz-metadata-directive", "REPLACE")
+        .go(perch.addr());
+    assert_error(
+        &r,
+        400,
+        "MetadataTooLarge",
+        "CopyObject REPLACE with 2,049 bytes of metadata",
+    );
+    assert_missing(&perch, "meta-big", "metadata too large");
+    let mut expected = before.clone();
+    expected.insert("meta-ok".to_owned());
+    assert_clean(&perch, &expected, "metadata too large");
+}
+
+#[test]
+fn keys_are_1_to_1024_utf8_bytes_also_in_delete_objects() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    // Bytes, not characters: 512 two-byte characters are 1,024 bytes; 513 are too many.
+    let fits = "é".repeat(512);
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, &key_path(&fits))
+        .body(pattern(10, 22))
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "a 1,024-byte key of 512 characters: {}", r.summary());
+    let over = "é".repeat(513);
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, &key_path(&over))
+        .body(pattern(10, 22))
+        .go(perch.addr());
+    assert_error(&r, 400, "KeyTooLongError", "a 1,026-byte key of 513 characters");
+
+    // DeleteObjects answers each key: the good one is deleted, the others get S3's code.
+    let long = "k".repeat(1025);
+    let xml = format!(
+        "<Delete><Object><Key>known</Key></Object><Object><Key>{long}</Key></Object>\
+         <Object><Key></Key></Object><Object><Key>{over}</Key></Object></Delete>"
+    );
+    let r = Req::bucket("POST", perch.addr(), Style::Virtual, "delete")
+        .body(xml.clone().into_bytes())
+        .header("Content-MD5", &content_md5(xml.as_bytes()))
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "DeleteObjects: {}", r.summary());
+    let text = r.text();
+    let deleted: Vec<String> = xml_values(&text, "Deleted")
+        .iter()
+        .flat_map(|d| xml_values(d, "Key"))
+        .collect();
+    assert_eq!(deleted, vec!["known".to_owned()], "{text}");
+    let errors: Vec<(String, String)> = xml_values(&text, "Error")
+        .iter()
+        .map(|e| {
+            (
+                xml_values(e, "Key").pop().unwrap_or_default(),
+                xml_values(e, "Code").pop().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (long.clone(), "KeyTooLongError".to_owned()),
+            (String::new(), "InvalidArgument".to_owned()),
+            (over.clone(), "KeyTooLongError".to_owned()),
+        ],
+        "{text}"
+    );
+    let r = Req::object("GET", perch.addr(), Style::Virtual, "known").go(perch.addr());
+    assert_error(&r, 404, "NoSuchKey", "known after DeleteObjects");
+    let mut expected = before.clone();
+    expected.remove("known");
+    expected.insert(fits.clone());
+    assert_eq!(keys_of(&perch), expected);
+}
+
+#[test]
+fn multipart_limits_are_s3s() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let addr = perch.addr();
+    let r = Req::object("POST", addr, Style::Virtual, "mp")
+        .query("uploads")
+        .go(addr);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let id = xml_values(&r.text(), "UploadId").remove(0);
+    for n in [0, 10001] {
+        let r = Req::object("PUT", addr, Style::Virtual, "mp")
+            .query(&format!("partNumber={n}&uploadId={id}"))
+            .body(pattern(10, 23))
+            .go(addr);
+        assert_error(&r, 400, "InvalidArgument", &format!("part number {n}"));
+    }
+    // Parts of 1 MiB then 5 MiB: the first, not the last, is under S3's 5 MiB minimum.
+    let mut etags = Vec::new();
+    for (n, len) in [(1, 1 << 20), (2, 5 << 20)] {
+        let r = Req::object("PUT", addr, Style::Virtual, "mp")
+            .query(&format!("partNumber={n}&uploadId={id}"))
+            .body(pattern(len, 24 + n as u64))
+            .go(addr);
+        assert_eq!(r.status, 200, "part {n}: {}", r.summary());
+        etags.push(r.header("ETag").expect("ETag").to_owned());
+    }
+    let complete = |parts: &[(usize, &str)]| {
+        let xml = format!(
+            "<CompleteMultipartUpload>{}</CompleteMultipartUpload>",
+            parts
+                .iter()
+                .map(|(n, e)| format!("<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>"))
+                .collect::<String>()
+        );
+        Req::object("POST", addr, Style::Virtual, "mp")
+            .query(&format!("uploadId={id}"))
+            .body(xml.into_bytes())
+            .go(addr)
+    };
+    let r = complete(&[(1, &etags[0]), (2, &etags[1])]);
+    assert_error(&r, 400, "EntityTooSmall", "a 1 MiB part before the last");
+    assert_missing(&perch, "mp", "EntityTooSmall");
+    // The upload is still there; completed with the 5 MiB part alone (the last may be small).
+    let r = complete(&[(2, &etags[1])]);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let r = Req::object("GET", addr, Style::Virtual, "mp").go(addr);
+    assert_eq!(r.status, 200);
+    assert!(r.body == pattern(5 << 20, 26), "the completed object differs");
+    let mut expected = before.clone();
+    expected.insert("mp".to_owned());
+    assert_clean(&perch, &expected, "multipart limits");
 }

@@ -1,8 +1,15 @@
-//! Buckets through aws-sdk-s3, against both origins: create, head, list, locate, delete.
+//! Buckets through aws-sdk-s3, against both origins: create, head, list, locate, delete; and the
+//! origin's region found with `--origin-region auto` in front of services that are not Tigris.
+
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
+use perch_testkit::bodies::pattern;
+use perch_testkit::sdk::{moto_client, perch_client};
+use perch_testkit::servers::{MotoServer, ProxyServer};
 
 use crate::support::machine;
+use crate::support::perch::{Perch, flush, moto_keys_env};
 use crate::support::sdk::{assert_recent, create_bucket, expect_err, for_each_origin, get_bytes, ok, put};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,4 +92,65 @@ async fn buckets_create_head_list_locate_delete() {
         assert_eq!(names, ["bkt-beta"]);
     })
     .await;
+}
+
+/// Perch in front of `endpoint` with the default `--origin-region auto` and moto's keys.
+fn perch_with_auto_region(endpoint: &str) -> Perch {
+    Perch::start(&["--origin", endpoint], moto_keys_env())
+}
+
+/// With `--origin-region auto` in front of an S3 service that is not Tigris, CreateBucket was
+/// 400 IllegalLocationConstraintException: moto takes the signing region for the bucket's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_region_in_front_of_moto() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let perch = perch_with_auto_region(&moto.endpoint);
+    let _log = perch.log_on_panic();
+    let s3 = perch_client(&perch.server);
+    create_bucket(&s3, "auto-region").await;
+    put(&s3, "auto-region", "k", b"v").await;
+    let location = ok(
+        moto_client(&moto)
+            .get_bucket_location()
+            .bucket("auto-region")
+            .send()
+            .await,
+        "location",
+    );
+    // us-east-1's location is the empty constraint.
+    assert!(
+        location
+            .location_constraint()
+            .is_none_or(|c| c.as_str().is_empty() || c.as_str() == "us-east-1"),
+        "{location:?}"
+    );
+}
+
+/// AWS S3's way: a request signed for another region is refused, naming the right one (the
+/// origin proxy requires eu-west-1 as AWS would); perch signs for the region named, create and
+/// write-back alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_region_is_the_one_the_origin_names() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &["--require-region", "eu-west-1"]);
+    let perch = perch_with_auto_region(&proxy.endpoint);
+    let _log = perch.log_on_panic();
+    let s3 = perch_client(&perch.server);
+    create_bucket(&s3, "named-region").await;
+    let body = pattern(10_000, 3);
+    put(&s3, "named-region", "k", &body).await;
+    let direct = moto_client(&moto);
+    let location = ok(
+        direct.get_bucket_location().bucket("named-region").send().await,
+        "location",
+    );
+    assert_eq!(
+        location.location_constraint().map(|c| c.as_str()),
+        Some("eu-west-1"),
+        "the bucket was created in the region the origin named"
+    );
+    flush(&perch.server, Duration::from_secs(60));
+    assert_eq!(get_bytes(&direct, "named-region", "k").await, body);
 }

@@ -90,10 +90,11 @@ fn a_second_get_or_head_makes_no_origin_request() {
         "after HEAD misses",
     );
 
-    // Metrics: memory hits are the small objects' (GET small, HEAD small, HEAD other, GET
-    // other), disk hits the large one's (GET, HEAD, SDK GET).
-    s.assert_metric("perch_cache_hits_total{tier=\"memory\"}", 4.0);
-    s.assert_metric("perch_cache_hits_total{tier=\"disk\"}", 3.0);
+    // Metrics: a fill goes to the disk tier and the first hit of an object of up to 1 MiB brings
+    // it into memory: memory hits are HEAD small (after GET small) and none of other's (its HEAD
+    // and GET were its first hits); disk hits GET small, the large one's three, HEAD and GET other.
+    s.assert_metric("perch_cache_hits_total{tier=\"memory\"}", 1.0);
+    s.assert_metric("perch_cache_hits_total{tier=\"disk\"}", 6.0);
     s.assert_metric("perch_cache_misses_total", 6.0);
     s.assert_metric("perch_cache_coalesced_total", 0.0);
     s.assert_metric("perch_cache_corrupt_total", 0.0);
@@ -113,13 +114,11 @@ fn a_second_get_or_head_makes_no_origin_request() {
         "perch_cache_size_bytes{tier=\"disk\"}",
         (small.len() + large.len() + other.len()) as f64,
     );
-    s.assert_metric(
-        "perch_cache_served_bytes_total{tier=\"memory\"}",
-        (small.len() + other.len()) as f64,
-    );
+    // Every GET hit was a first hit, read from disk; the HEADs sent no body.
+    s.assert_metric("perch_cache_served_bytes_total{tier=\"memory\"}", 0.0);
     s.assert_metric(
         "perch_cache_served_bytes_total{tier=\"disk\"}",
-        (2 * large.len()) as f64,
+        (2 * large.len() + small.len() + other.len()) as f64,
     );
     s.assert_metric(
         "perch_cache_served_bytes_total{tier=\"origin\"}",
@@ -223,7 +222,8 @@ fn the_memory_budget_covers_the_index_and_the_eviction_order() {
     const INDEX: f64 = (24 * MIB) as f64 + BUDGET / 16.0;
     const ENTRIES: u64 = 50_000;
     const SEED: u64 = 7;
-    let mut s = Stack::start(&["--cache-memory-bytes", "30MiB"]);
+    // The populated keys are OrioleDB-shaped parts read in order: no read-ahead past them here.
+    let mut s = Stack::start(&["--cache-memory-bytes", "30MiB", "--read-ahead", ""]);
     let _log = s.log_on_panic();
     let memory_limit = "perch_cache_limit_bytes{tier=\"memory\"}";
     s.assert_metric(memory_limit, BUDGET - INDEX);
@@ -335,6 +335,13 @@ fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_pop
     s.assert_metric("perch_cache_entries{tier=\"disk\"}", 12.0);
     s.assert_metric("perch_cache_size_bytes{tier=\"disk\"}", LIMIT as f64);
     assert!(s.blob_bytes() <= LIMIT as u64);
+    // A fill goes to the disk tier; a hit brings an object of up to 1 MiB into the memory tier.
+    for (i, body) in scan.iter().enumerate() {
+        let key = format!("ev/scan/{i:02}");
+        if s.head(&key).header("X-Cache") == Some("HIT") {
+            s.get_expect(&key, body, "HIT");
+        }
+    }
     // The memory tier (1 MiB) holds at most three of these objects, and had to let some go.
     let memory = s.metric("perch_cache_size_bytes{tier=\"memory\"}");
     assert!(
@@ -349,7 +356,7 @@ fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_pop
     let memory_evictions = s.metric("perch_cache_evictions_total{tier=\"memory\"}");
     assert!(
         memory_evictions > 0.0,
-        "27 objects of 256 KiB went through a 1 MiB memory tier"
+        "the hits of 12 objects of 256 KiB went through a 1 MiB memory tier"
     );
 
     // Too large to keep: BYPASS, every time from the origin, and nothing evicted for it.
@@ -929,4 +936,63 @@ fn a_broken_origin_stream_is_resumed_with_range_and_if_match() {
     s.get_expect("brk/changing", &second, "HIT");
     s.assert_counts(&[("GET brk/changing", 3)], "after the object changed mid-fill");
     s.assert_metric("perch_cache_resumed_total", 2.0);
+}
+
+/// A range asked while the whole object's fill is under way and has passed the range's start is
+/// answered from the fill's bytes, not asked of the origin again.
+#[test]
+fn a_range_inside_a_fill_under_way_is_served_from_the_fill() {
+    // Alone: the range must arrive while the throttled fill is still under way.
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let body = pattern(6 * MIB, 90);
+    s.put_behind_perchs_back("rf/k", &body);
+    s.proxy.reset();
+    // 1 MiB/s: the whole GET takes about 6 s, the range below is reached after about 1 s.
+    s.faults(r#"{"bandwidth_bytes_per_sec": 1048576, "match_key_prefix": "rf/k"}"#);
+    let whole = get_in_thread(&s, "rf/k");
+    eventually("the fill is under way", || {
+        s.tmp_files().iter().any(|(_, len)| *len > 0)
+    });
+    s.range_expect("rf/k", &body, "100000-600000", "MISS");
+    let answer = whole.join().expect("client thread").expect("the whole GET");
+    assert_eq!(answer.status, 200, "{}", answer.summary());
+    assert_same(&answer.body, &body, "the whole GET");
+    s.no_faults();
+    s.assert_counts(&[("GET rf/k", 1)], "a range during the fill");
+    s.get_expect("rf/k", &body, "HIT");
+}
+
+/// A fill whose origin stream keeps breaking until the retry deadline is discarded: the clients
+/// of that fill get a cut body, nothing partial is kept, and the next GET fetches it afresh.
+#[test]
+fn a_fill_that_keeps_breaking_is_discarded_never_kept_partial() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--origin-retry-deadline", "2s"]);
+    let _log = s.log_on_panic();
+    let body = pattern(3 * MIB, 91);
+    s.put_behind_perchs_back("kb/k", &body);
+    s.proxy.reset();
+    // Every answer is cut after 64 KiB and comes 300 ms late: 48 answers would be needed, the
+    // deadline allows about 7.
+    s.faults(r#"{"fail_next": 1000, "cut_body_after": 65536, "latency_ms": 300, "match_key_prefix": "kb/k"}"#);
+    let waiters: Vec<_> = (0..3).map(|_| get_in_thread(&s, "kb/k")).collect();
+    for (i, w) in waiters.into_iter().enumerate() {
+        match w.join().expect("client thread") {
+            Err(_) => {}
+            Ok(r) => assert!(
+                r.status != 200 || r.body.len() < body.len(),
+                "waiter {i} must not get a whole answer: {}",
+                r.summary()
+            ),
+        }
+    }
+    let broken = s.records("kb/k").len();
+    assert!(broken >= 2, "the fill resumed before it gave up: {broken} origin GETs");
+    eventually("the fill's temp file is gone", || s.tmp_files().is_empty());
+    assert_eq!(s.metric("perch_cache_entries{tier=\"disk\"}"), 0.0, "nothing was kept");
+    s.no_faults();
+    s.get_expect("kb/k", &body, "MISS");
+    s.get_expect("kb/k", &body, "HIT");
 }

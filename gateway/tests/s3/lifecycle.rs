@@ -2,7 +2,8 @@
 //!
 //! Thousands of short connections without leaking descriptors, a graceful SIGTERM, its
 //! command-line help, its refusal of unsafe settings, secrets kept out of the logs, the admin
-//! health endpoints, and what the directory origin keeps across a restart.
+//! health endpoints, what the directory origin keeps across a restart, and failures at start
+//! told in one line that names the flag.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -14,7 +15,7 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUploa
 use perch_testkit::bodies::{md5_etag, multipart_etag, pattern};
 use perch_testkit::raw_client::{BUCKET, Req, Style};
 use perch_testkit::sdk::perch_client;
-use perch_testkit::servers::{MotoServer, ProxyServer};
+use perch_testkit::servers::{MotoServer, ProxyServer, free_port};
 use perch_testkit::sigv4::Keys;
 
 use crate::support::checksums::{b64, digest};
@@ -223,13 +224,15 @@ fn serve_help_lists_every_flag_and_its_default() {
 }
 
 /// Runs `perch serve` to completion (at most 10 s) and returns (exit status, stderr + stdout).
+/// The admin listener is on a free port unless `args` name one.
 fn run_serve(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new(perch_binary());
-    cmd.arg("serve")
-        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(tmp.path().join("perch"))
-        .args(args);
+    cmd.arg("serve").arg("--data-dir").arg(tmp.path().join("perch"));
+    if !args.contains(&"--admin-listen") {
+        cmd.args(["--admin-listen", "127.0.0.1:0"]);
+    }
+    cmd.args(args);
     // No keys, no configuration from the environment, and no backtrace with the refusal:
     // symbolising one from the 100+ MB binary takes half a second on an idle machine, and was
     // seen to take over 10 s on a loaded one.
@@ -284,6 +287,49 @@ fn refuses_a_public_listener_without_keys() {
     let (status, text) = run_serve(&["--listen", "0.0.0.0:0"], &[("PERCH_ACCESS_KEY_ID", "only-the-id")]);
     assert!(!status.success(), "perch started with only PERCH_ACCESS_KEY_ID set");
     assert!(text.contains("PERCH_SECRET_ACCESS_KEY"), "{text}");
+}
+
+/// A listen address in use was a 30-line backtrace: it is one line naming the address and the
+/// flag, even with a backtrace asked for.
+#[test]
+fn an_address_in_use_is_one_line_naming_the_flag() {
+    let _turn = machine::share();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    for (flag, other) in [("--listen", "--admin-listen"), ("--admin-listen", "--listen")] {
+        let (status, text) = run_serve(&[flag, &addr, other, "127.0.0.1:0"], &[("RUST_BACKTRACE", "1")]);
+        assert_eq!(status.code(), Some(1), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "one line, no backtrace: {text}");
+        assert!(lines[0].contains(&addr), "{text}");
+        assert!(lines[0].contains("already in use"), "{text}");
+        assert!(lines[0].contains(&format!("{flag} ADDR")), "{text}");
+    }
+}
+
+/// `--origin-region auto` (the default) in front of an origin that cannot name its region stops
+/// perch at start with one line naming the flag; with the region named, perch serves.
+#[test]
+fn an_origin_whose_region_cannot_be_found_stops_perch_at_start() {
+    let _turn = machine::share();
+    // Nothing listens there: the origin cannot say which region it is in.
+    let origin = format!("http://127.0.0.1:{}", free_port());
+    let (status, text) = run_serve(
+        &["--listen", "127.0.0.1:0", "--origin", &origin],
+        &[
+            ("RUST_BACKTRACE", "1"),
+            ("PERCH_ORIGIN_ACCESS_KEY_ID", "test"),
+            ("PERCH_ORIGIN_SECRET_ACCESS_KEY", "test"),
+            ("PERCH_LOG", "warn"),
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("perch: "), "{text}");
+    assert!(last.contains("--origin-region REGION"), "{text}");
+    assert!(!text.contains("backtrace"), "{text}");
+    let named = Perch::start(&["--origin", &origin, "--origin-region", "eu-west-1"], Vec::new());
+    assert!(named.server.endpoint.starts_with("http://"));
 }
 
 #[test]

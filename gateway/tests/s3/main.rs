@@ -6,21 +6,26 @@
 
 mod support;
 
+mod admin;
 mod auth;
 mod bad_input;
 mod buckets;
 mod cache;
 mod checksums;
 mod copy;
+mod fast_path;
 mod lease;
 mod lifecycle;
+mod limits;
 mod list;
 mod multipart;
 mod objects;
+mod origin_keys;
 mod origin_faults;
 mod oriole;
 mod policy;
 mod power_cut;
+mod prefetch;
 mod replica;
 mod write_back;
 mod write_path;

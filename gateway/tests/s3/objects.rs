@@ -1,16 +1,23 @@
-//! Objects through aws-sdk-s3, against both origins: headers, conditions, ranges, deletes, odd keys.
+//! Objects through aws-sdk-s3, against both origins: headers, conditions, ranges, deletes, odd keys;
+//! and a PUT streamed without a length from a raw client.
 //!
 //! Every assertion is exact: HTTP status, S3 error code, bytes, headers.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use perch_testkit::bodies::{md5_etag, pattern};
+use perch_testkit::raw_client::BUCKET;
+use perch_testkit::sdk::perch_client;
+use perch_testkit::sigv4::{Keys, amz_date, authorization, sha256_hex};
 
 use crate::support::machine;
+use crate::support::perch::Perch;
 use crate::support::sdk::{
     OriginKind, all_keys, assert_recent, bytes_of, create_bucket, expect_err, for_each_origin, get_bytes, meta,
     now_secs, ok, presigned_get, put, send_presigned,
@@ -575,4 +582,72 @@ async fn awkward_keys_round_trip() {
         assert_eq!(all_keys(c, b, None).await, Vec::<String>::new());
     })
     .await;
+}
+
+/// Sends `body` as a PUT of `key` in `BUCKET`, signed in its headers over `content_sha256`,
+/// framed with `Transfer-Encoding: chunked` (chunks of `chunk` bytes) and no Content-Length
+/// (the raw client always sends a length). Returns the status and the body of the answer.
+fn chunked_put(addr: SocketAddr, key: &str, body: &[u8], content_sha256: &str, chunk: usize) -> (u16, String) {
+    let path = format!("/{BUCKET}/{key}");
+    let host = format!("127.0.0.1:{}", addr.port());
+    let date = amz_date(SystemTime::now());
+    let auth = authorization(&Keys::dev(), "PUT", &host, &path, "", &date, content_sha256);
+    let mut req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {host}\r\nx-amz-date: {date}\r\nx-amz-content-sha256: {content_sha256}\r\n\
+         Authorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for part in body.chunks(chunk) {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let mut stream = TcpStream::connect(addr).expect("connect to perch");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    stream.write_all(&req).expect("send the request");
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).expect("answer");
+    (status, rest)
+}
+
+/// A PUT signed in its headers and streamed with `Transfer-Encoding: chunked` and no length (as
+/// tools that do not know the size send it) was refused with MissingContentLength.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_put_without_a_length_is_verified_and_stored() {
+    let _turn = machine::share();
+    let perch = Perch::dir(&[]);
+    let _log = perch.log_on_panic();
+    let s3 = perch_client(&perch.server);
+    create_bucket(&s3, BUCKET).await;
+
+    for (key, len, chunk) in [("small", 3000, 1000), ("large", 3 << 20, 64 << 10), ("empty", 0, 1)] {
+        let body = pattern(len, len as u64);
+        let (status, answer) = chunked_put(perch.addr(), key, &body, &sha256_hex(&body), chunk);
+        assert_eq!(status, 200, "{key}: {answer}");
+        let got = ok(s3.get_object().bucket(BUCKET).key(key).send().await, key);
+        assert_eq!(got.e_tag(), Some(md5_etag(&body).as_str()), "{key}");
+        assert_eq!(bytes_of(got.body).await, body, "{key}");
+    }
+
+    // UNSIGNED-PAYLOAD: stored as sent.
+    let body = pattern(200_000, 7);
+    let (status, answer) = chunked_put(perch.addr(), "unsigned", &body, "UNSIGNED-PAYLOAD", 50_000);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(get_bytes(&s3, BUCKET, "unsigned").await, body);
+
+    // A body that is not the one whose hash was signed: refused once it has arrived, nothing kept.
+    let (status, answer) = chunked_put(perch.addr(), "forged", &body, &sha256_hex(b"other"), 50_000);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("XAmzContentSHA256Mismatch"), "{answer}");
+    expect_err(s3.head_object().bucket(BUCKET).key("forged").send().await, 404, None);
+    assert_eq!(perch.spool_entries(), Vec::<String>::new(), "left in the spool dir");
 }

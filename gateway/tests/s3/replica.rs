@@ -1,15 +1,24 @@
-//! A replica perch serves reads of the origin a primary wrote, and refuses every write.
+//! A replica perch serves reads of the shared bucket a primary writes and never writes to it: its
+//! own writes go to its overlay (or are refused with `--replica-writes refuse`), WAL segments are
+//! fetched for its Postgres with `perch wal fetch`, and an OrioleDB standby's traffic is answered
+//! as OrioleDB expects with nothing reaching the origin but reads.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use perch_testkit::bodies::pattern;
+use perch_testkit::origin_proxy::ProxyControl;
+use perch_testkit::raw_client::{Req, Resp, Style, key_path};
 use perch_testkit::sdk::{moto_client, perch_client};
-use perch_testkit::servers::MotoServer;
+use perch_testkit::servers::{MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer, PerchServer, ProxyServer};
+use perch_testkit::sigv4::Keys;
 
 use crate::support::machine;
-use crate::support::perch::start_perch;
+use crate::support::perch::{perch_binary, perch_metric, put_into_moto, start_perch};
+use crate::support::raw::list_keys;
 use crate::support::sdk::{
     HttpResponse, all_keys, bytes_of, create_bucket, expect_err, get_bytes, ok, presigned_get, put, send_presigned,
 };
@@ -54,7 +63,7 @@ async fn replica_serves_reads_and_refuses_writes() {
     let replica = start_perch(
         &tmp.path().join("replica"),
         Some(&moto.endpoint),
-        &["--role", "replica"],
+        &["--role", "replica", "--replica-writes", "refuse"],
     );
     let r = perch_client(&replica);
 
@@ -204,4 +213,293 @@ async fn replica_serves_reads_and_refuses_writes() {
     // The primary staged its multipart upload locally: the origin has none.
     let uploads = ok(m.list_multipart_uploads().bucket("rep").send().await, "moto: uploads");
     assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+}
+
+const CONTROL: &str = "data/orioledb_data/control";
+const LOCK: &str = "data/orioledb_data/s3_lock";
+const UNDO: &str = "orioledb_undo/0000000000system";
+
+fn moto_addr(moto: &MotoServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], moto.port))
+}
+
+fn moto_req(moto: &MotoServer, method: &str, key: &str) -> Resp {
+    let addr = moto_addr(moto);
+    Req::object(method, addr, Style::Path, &key_path(key))
+        .keys(Some(Keys::new(MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY)))
+        .go(addr)
+}
+
+/// Creates the OrioleDB bucket straight in moto: the primary's bucket.
+fn create_moto_bucket(moto: &MotoServer) {
+    let addr = moto_addr(moto);
+    let r = Req::bucket("PUT", addr, Style::Path, "")
+        .keys(Some(Keys::new(MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY)))
+        .go(addr);
+    assert_eq!(r.status, 200, "create the bucket in moto: {}", r.summary());
+}
+
+/// GET through a perch, OrioleDB style; panics unless 200 with `body`; returns `X-Cache`.
+#[track_caller]
+fn get_is(addr: SocketAddr, key: &str, body: &[u8], what: &str) -> String {
+    let r = Req::object("GET", addr, Style::Virtual, &key_path(key)).go(addr);
+    assert_eq!(r.status, 200, "{what}: GET {key}: {}", r.summary());
+    assert!(r.body == body, "{what}: GET {key}: other bytes ({} bytes)", r.body.len());
+    r.header("X-Cache").unwrap_or_default().to_owned()
+}
+
+#[track_caller]
+fn status_of(addr: SocketAddr, method: &str, key: &str, body: &[u8], headers: &[(&str, &str)]) -> u16 {
+    let mut req = Req::object(method, addr, Style::Virtual, &key_path(key)).body(body.to_vec());
+    for (n, v) in headers {
+        req = req.header(n, v);
+    }
+    req.go(addr).status
+}
+
+/// Every request the origin proxy passed to moto that was not a read.
+fn origin_writes(proxy: &ProxyControl) -> Vec<String> {
+    proxy
+        .log()
+        .into_iter()
+        .filter(|r| !matches!(r["method"].as_str(), Some("GET") | Some("HEAD")))
+        .map(|r| format!("{} {}", r["method"], r["key"]))
+        .collect()
+}
+
+fn start_replica(dir: &Path, proxy: &ProxyServer) -> PerchServer {
+    start_perch(dir, Some(&proxy.endpoint), &["--role", "replica"])
+}
+
+#[test]
+fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // The primary's bucket: a write-once part and checkpoint file, its control and undo files,
+    // its lock, a WAL segment.
+    create_moto_bucket(&moto);
+    let part = pattern(8192, 1);
+    put_into_moto(&moto, "orioledb_data/1/1/2.0.0", &part);
+    put_into_moto(&moto, "data/1/global/pg_control", b"primary pg_control 1");
+    put_into_moto(&moto, CONTROL, b"primary control 1");
+    put_into_moto(&moto, UNDO, b"primary undo 1");
+    put_into_moto(&moto, LOCK, b"primary!");
+    put_into_moto(&moto, "wal/000000010000000000000001", b"segment 1");
+
+    let replica = start_replica(&tmp.path().join("replica"), &proxy);
+    let r = replica.addr;
+    // Seeding pinned the rewritten keys; write-once keys come from the shared bucket.
+    assert_eq!(get_is(r, CONTROL, b"primary control 1", "seeded"), "OVERLAY");
+    get_is(r, "orioledb_data/1/1/2.0.0", &part, "shared part");
+
+    // The primary checkpoints on: a new control file, its undo file deleted. The replica keeps
+    // the copies pinned at seeding (never the primary's live ones, never a 404).
+    put_into_moto(&moto, CONTROL, b"primary control 2");
+    assert_eq!(moto_req(&moto, "DELETE", UNDO).status, 204, "the primary deletes its undo file");
+    get_is(r, CONTROL, b"primary control 1", "after the primary moved on");
+    get_is(r, UNDO, b"primary undo 1", "undo deleted by the primary");
+
+    // The lock: judged against the overlay only (the primary holds its own in the bucket).
+    let take = [("If-None-Match", "*")];
+    assert_eq!(status_of(r, "PUT", LOCK, b"replica1", &take), 200, "the replica takes its lock");
+    assert_eq!(status_of(r, "PUT", LOCK, b"replica2", &take), 412, "a held lock");
+    get_is(r, LOCK, b"replica1", "the replica's lock");
+    assert_eq!(status_of(r, "DELETE", LOCK, b"", &[]), 204);
+    assert_eq!(status_of(r, "PUT", LOCK, b"replica3", &take), 200, "the lock after its DELETE");
+
+    // Its own checkpoint: read back.
+    let big = pattern(1_500_000, 2);
+    assert_eq!(status_of(r, "PUT", "orioledb_data/2/1/2.0.0", &big, &[]), 200);
+    assert_eq!(status_of(r, "PUT", "data/2/global/pg_control", b"replica pg_control 2", &[]), 200);
+    assert_eq!(status_of(r, "PUT", CONTROL, b"replica control 2", &[]), 200);
+    assert_eq!(get_is(r, "orioledb_data/2/1/2.0.0", &big, "own part"), "OVERLAY");
+    get_is(r, CONTROL, b"replica control 2", "own control");
+    // A shared key it deletes is gone for it (and only for it).
+    assert_eq!(status_of(r, "DELETE", "orioledb_data/1/1/2.0.0", b"", &[]), 204);
+    assert_eq!(status_of(r, "GET", "orioledb_data/1/1/2.0.0", b"", &[]), 404);
+
+    let expected = [
+        "data/1/global/pg_control",
+        "data/2/global/pg_control",
+        CONTROL,
+        LOCK,
+        "orioledb_data/2/1/2.0.0",
+        UNDO,
+        "wal/000000010000000000000001",
+    ];
+    assert_eq!(list_keys(r), expected, "the replica's listing");
+
+    // A restart: the overlay is read back, not seeded again.
+    let status = replica.terminate(Duration::from_secs(30));
+    assert!(status.success(), "replica exited with {status}");
+    let replica = start_replica(&tmp.path().join("replica"), &proxy);
+    let r = replica.addr;
+    get_is(r, CONTROL, b"replica control 2", "own control after a restart");
+    get_is(r, UNDO, b"primary undo 1", "pinned undo after a restart");
+    get_is(r, "orioledb_data/2/1/2.0.0", &big, "own part after a restart");
+    assert_eq!(status_of(r, "GET", "orioledb_data/1/1/2.0.0", b"", &[]), 404);
+    assert_eq!(status_of(r, "PUT", LOCK, b"replica4", &take), 412, "the lock survives a restart");
+    assert_eq!(list_keys(r), expected, "the listing after a restart");
+    assert!(
+        perch_metric(&replica, "perch_replica_overlay_writes_total").is_none(),
+        "no overlay write since the restart"
+    );
+
+    // Nothing but reads reached the origin; the primary's bucket is as the primary left it.
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
+    assert_eq!(moto_req(&moto, "GET", CONTROL).body, b"primary control 2");
+    assert_eq!(moto_req(&moto, "GET", LOCK).body, b"primary!");
+    assert_eq!(moto_req(&moto, "GET", "data/2/global/pg_control").status, 404);
+    assert_eq!(moto_req(&moto, "GET", "orioledb_data/1/1/2.0.0").body, part);
+}
+
+/// `perch wal fetch FILE PATH` in `pgdata`, against `perch`: (exit code, stderr, time taken).
+fn wal_fetch(perch: &PerchServer, pgdata: &Path, file: &str) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let out = std::process::Command::new(perch_binary())
+        .args(["wal", "fetch", file, "pg_wal/RECOVERYXLOG"])
+        .current_dir(pgdata)
+        .env("PERCH_WAL_ENDPOINT", &perch.endpoint)
+        .env("PERCH_WAL_BUCKET", perch_testkit::raw_client::BUCKET)
+        .env_remove("PERCH_ACCESS_KEY_ID")
+        .env_remove("PERCH_SECRET_ACCESS_KEY")
+        .output()
+        .expect("run perch wal fetch");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn wal_fetch_writes_the_newest_segment_and_fails_at_once_when_absent() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    create_moto_bucket(&moto);
+    let replica = start_replica(&tmp.path().join("replica"), &proxy);
+    let pgdata = tmp.path().join("pgdata");
+    std::fs::create_dir_all(pgdata.join("pg_wal")).expect("pg_wal");
+    let target = pgdata.join("pg_wal/RECOVERYXLOG");
+    let seg = "000000010000000000000003";
+
+    // Absent: exit 1 at once, nothing written.
+    for file in [seg, "00000002.history"] {
+        let (code, err, took) = wal_fetch(&replica, &pgdata, file);
+        assert_eq!(code, Some(1), "{file} absent: {err}");
+        assert!(took < Duration::from_secs(5), "{file}: answered in {took:?}");
+        assert!(!target.exists(), "{file}: nothing written");
+    }
+    let (code, err, _) = wal_fetch(&replica, &pgdata, "../escape");
+    assert_eq!(code, Some(2), "a path is not a WAL file name: {err}");
+
+    // Present: written whole; then the primary uploads the segment again, grown: the newest.
+    let first = pattern(3 << 20, 3);
+    put_into_moto(&moto, &format!("wal/{seg}"), &first);
+    let (code, err, _) = wal_fetch(&replica, &pgdata, seg);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(std::fs::read(&target).expect("RECOVERYXLOG") == first, "the segment's bytes");
+    let second = pattern(3 << 20, 4);
+    put_into_moto(&moto, &format!("wal/{seg}"), &second);
+    let reads_before = proxy.control().count("GET", &format!("wal/{seg}"));
+    let (code, err, _) = wal_fetch(&replica, &pgdata, seg);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        std::fs::read(&target).expect("RECOVERYXLOG") == second,
+        "the re-uploaded segment, not a cached copy"
+    );
+    let left: Vec<_> = std::fs::read_dir(pgdata.join("pg_wal"))
+        .expect("pg_wal")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["RECOVERYXLOG"], "no temp file left behind");
+    assert_eq!(
+        proxy.control().count("GET", &format!("wal/{seg}")),
+        reads_before + 1,
+        "each fetch reads the bucket"
+    );
+
+    // The lag gauge: the upload time of the newest WAL the replica has read.
+    let uploaded = perch_metric(&replica, "perch_replica_wal_newest_upload_timestamp_seconds").unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((now - uploaded).abs() < 120.0, "newest WAL uploaded at {uploaded}, now {now}");
+    assert_eq!(perch_metric(&replica, "perch_replica_wal_reads_total{result=\"found\"}"), Some(2.0));
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
+}
+
+/// One request of `bench/traces/standby-shaped.jsonl`.
+#[derive(serde::Deserialize)]
+struct TraceRequest {
+    phase: String,
+    method: String,
+    key: String,
+    if_none_match: Option<String>,
+    body_bytes: usize,
+    status: u16,
+    resp_body_bytes: usize,
+}
+
+#[test]
+fn replica_answers_a_standby_trace_as_oriole_expects_with_no_origin_write() {
+    let _turn = machine::share();
+    let trace: Vec<TraceRequest> = include_str!("../../../bench/traces/standby-shaped.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("trace line"))
+        .collect();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    // The primary's bucket: what the standby reads, its control and undo files, its lock.
+    create_moto_bucket(&moto);
+    put_into_moto(&moto, CONTROL, &pattern(8192, 7));
+    put_into_moto(&moto, UNDO, &pattern(24576, 8));
+    put_into_moto(&moto, LOCK, b"primary!");
+    for (i, t) in trace.iter().enumerate() {
+        if t.method == "GET" && t.key != CONTROL {
+            put_into_moto(&moto, &t.key, &pattern(t.resp_body_bytes, i as u64));
+        }
+    }
+    let replica = start_replica(&tmp.path().join("replica"), &proxy);
+    let r = replica.addr;
+    for (i, t) in trace.iter().enumerate() {
+        let mut req = Req::object(&t.method, r, Style::Virtual, &key_path(&t.key));
+        if t.method == "PUT" {
+            req = req.body(pattern(t.body_bytes, 1000 + i as u64));
+        }
+        if let Some(v) = &t.if_none_match {
+            req = req.header("If-None-Match", v);
+        }
+        let got = req.go(r);
+        assert_eq!(
+            got.status,
+            t.status,
+            "{} #{i}: {} {}: OrioleDB accepts only {}: {}",
+            t.phase,
+            t.method,
+            t.key,
+            t.status,
+            got.summary()
+        );
+        if t.method == "GET" {
+            assert_eq!(got.body.len(), t.resp_body_bytes, "{} #{i}: GET {}", t.phase, t.key);
+        }
+    }
+    // The restartpoint's last writes are read back from the overlay.
+    let last_control = trace
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, t)| t.method == "PUT" && t.key == CONTROL)
+        .map(|(i, t)| pattern(t.body_bytes, 1000 + i as u64))
+        .expect("the trace writes the control file");
+    assert_eq!(get_is(r, CONTROL, &last_control, "the restartpoint's control file"), "OVERLAY");
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new(), "origin writes");
+    assert_eq!(moto_req(&moto, "GET", LOCK).body, b"primary!");
 }

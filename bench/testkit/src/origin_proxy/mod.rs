@@ -105,6 +105,10 @@ pub struct ProxyArgs {
     /// Concurrent client connections served at most.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Answer a request signed for any other region as AWS S3 does: 400
+    /// AuthorizationHeaderMalformed naming this region (an origin that requires its region).
+    #[arg(long)]
+    require_region: Option<String>,
 }
 
 /// One forwarded (or fault-injected) request, as served by `GET /__proxy/log`.
@@ -189,6 +193,7 @@ struct Shared {
     journal: Mutex<Journal>,
     new_conn_rtts: u32,
     seed: u64,
+    require_region: Option<String>,
 }
 
 /// Per-client-connection state shared by its requests.
@@ -375,6 +380,7 @@ impl Proxy {
             }),
             new_conn_rtts: args.new_conn_rtts,
             seed,
+            require_region: args.require_region.clone(),
         });
 
         Ok(Proxy {
@@ -530,6 +536,12 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, AbortConnection> {
     if req.uri().path().starts_with(CONTROL_PREFIX) {
         return Ok(control(&shared, req).await);
+    }
+    if let Some(expected) = &shared.require_region
+        && let Some(signed) = signed_region(req.headers())
+        && signed != *expected
+    {
+        return Ok(wrong_region(&signed, expected));
     }
     let t_start = epoch_now();
     let method = req.method().as_str().to_owned();
@@ -740,6 +752,30 @@ async fn drain(mut body: Incoming, limit: u64) -> u64 {
         }
     }
     n
+}
+
+/// The region of a SigV4 `Authorization` header's credential scope (`KEY/DATE/REGION/s3/aws4_request`).
+fn signed_region(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let scope = auth.split("Credential=").nth(1)?.split(',').next()?;
+    scope.split('/').nth(2).map(str::to_owned)
+}
+
+/// AWS S3's answer to a request signed for the wrong region.
+fn wrong_region(signed: &str, expected: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AuthorizationHeaderMalformed</Code><Message>The \
+         authorization header is malformed; the region '{}' is wrong; expecting '{}'</Message><Region>{}</Region>\
+         <RequestId>PERCHPROXYREGION</RequestId></Error>",
+        xml_escape(signed),
+        xml_escape(expected),
+        xml_escape(expected)
+    );
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    resp
 }
 
 fn s3_error_xml(code: &str, message: &str, resource: &str, request_id: &str) -> String {

@@ -18,6 +18,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+mod config;
 mod file;
 mod list;
 mod multipart;
@@ -28,9 +29,9 @@ use list::*;
 use super::checksum::{self, Hasher};
 use super::{
     BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
-    ContentHeaders, CopyInput, CopyOutput, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
+    ContentHeaders, CopyInput, CopyOutput, Document, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
     MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
-    UploadInfo,
+    Subresource, UploadInfo,
 };
 
 const MAX_KEY_LEN: usize = 1024;
@@ -498,6 +499,18 @@ impl Origin for FsOrigin {
 
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
         self.uploads_under(bucket, prefix).await
+    }
+
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document> {
+        self.configuration(bucket, key, sub).await
+    }
+
+    async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, _doc: &Document) -> OriginResult<()> {
+        self.configure(bucket, key, sub).await
+    }
+
+    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+        self.unconfigure(bucket, sub).await
     }
 }
 

@@ -64,6 +64,21 @@ where
     }
 }
 
+/// Refusals of Perch's own signature rather than of the request: the clock is off, the
+/// credentials expired, were rotated, or are wrong. The same request succeeds once the clock or
+/// the keys are right (`perch serve` reloads them on SIGHUP), so they are retried like an outage:
+/// an acknowledged write is never given up for them (docs/write-back.md, "What the origin may
+/// refuse").
+const CREDENTIAL_CODES: &[&str] = &[
+    "RequestTimeTooSkewed",
+    "RequestExpired",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidToken",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+];
+
 /// Classifies an HTTP answer of the origin by status and S3 error code.
 pub(super) fn classify_answer(status: u16, code: String, message: String, subject: Subject) -> OriginError {
     const TRANSIENT_CODES: &[&str] = &[
@@ -77,6 +92,11 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
     if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code.as_str()) {
         let code = if code.is_empty() { status.to_string() } else { code };
         return OriginError::Transient(format!("{status} {code}: {message}"));
+    }
+    if matches!(status, 400 | 403) && CREDENTIAL_CODES.contains(&code.as_str()) {
+        return OriginError::Transient(format!(
+            "{status} {code}: {message} (Perch's origin keys or clock; fix them and send SIGHUP to reload the keys)"
+        ));
     }
     match (status, code.as_str()) {
         (304, _) => OriginError::NotModified,
@@ -151,5 +171,37 @@ mod tests {
             OriginError::Rejected { code, .. } => assert_eq!(code, "MethodNotAllowed"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn refusals_of_perchs_keys_or_clock_are_retried_and_never_permanent() {
+        let c = |status, code: &str| classify_answer(status, code.to_owned(), "m".to_owned(), Subject::Object);
+        for (status, code) in [
+            (403, "RequestTimeTooSkewed"),
+            (400, "RequestExpired"),
+            (403, "RequestExpired"),
+            (400, "ExpiredToken"),
+            (403, "ExpiredToken"),
+            (400, "TokenRefreshRequired"),
+            (400, "InvalidToken"),
+            (403, "InvalidAccessKeyId"),
+            (403, "SignatureDoesNotMatch"),
+        ] {
+            let e = c(status, code);
+            assert!(e.is_transient(), "{status} {code}: {e:?}");
+            assert!(!e.is_permanent(), "{status} {code}: {e:?}");
+            assert!(e.to_string().contains(code), "{e}");
+        }
+        // A refusal of the request itself stays final: a policy, a bad request, a missing bucket.
+        for (status, code) in [
+            (403, "AccessDenied"),
+            (403, ""),
+            (400, "InvalidArgument"),
+            (400, "EntityTooSmall"),
+        ] {
+            let e = c(status, code);
+            assert!(!e.is_transient() && e.is_permanent(), "{status} {code}: {e:?}");
+        }
+        assert!(c(404, "NoSuchBucket").is_permanent());
     }
 }

@@ -13,7 +13,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    BehaviorVersion, IdentityCache, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     SharedCredentialsProvider, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -101,6 +101,8 @@ pub struct S3Origin {
     client: Client,
     region: String,
     read_timeout: Duration,
+    /// The key pair requests are signed with; none for anonymous requests.
+    keys: Option<OriginKeys>,
 }
 
 /// Applies `ContentHeaders` to any of the three SDK builders that take them.
@@ -160,14 +162,18 @@ macro_rules! with_conditions {
 }
 
 mod body;
+mod config;
 mod convert;
 mod errors;
+mod keys;
 mod moto_workaround;
 mod multipart;
+mod region;
 
 use body::*;
 use convert::*;
 use errors::*;
+pub use keys::OriginKeys;
 use moto_workaround::*;
 
 impl S3Origin {
@@ -210,24 +216,37 @@ impl S3Origin {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
 
-        match (cfg.access_key_id, cfg.secret_access_key) {
+        let keys = match (cfg.access_key_id, cfg.secret_access_key) {
             (Some(id), Some(secret)) => {
-                let creds = Credentials::new(id, secret, None, None, "perch-static");
-                builder = builder.credentials_provider(SharedCredentialsProvider::new(creds));
+                let keys = OriginKeys::new(id, secret);
+                // No identity cache: a replaced pair signs the very next request.
+                builder = builder
+                    .credentials_provider(SharedCredentialsProvider::new(keys.clone()))
+                    .identity_cache(IdentityCache::no_cache());
+                Some(keys)
             }
-            (None, None) => builder = builder.allow_no_auth(),
+            (None, None) => {
+                builder = builder.allow_no_auth();
+                None
+            }
             _ => {
                 return Err(invalid(
                     "origin credentials need both the access key id and the secret access key".to_owned(),
                 ));
             }
-        }
+        };
 
         Ok(S3Origin {
             client: Client::from_conf(builder.build()),
             region,
             read_timeout: cfg.read_timeout,
+            keys,
         })
+    }
+
+    /// The key pair this origin signs with, to replace it while it runs; none when anonymous.
+    pub fn keys(&self) -> Option<OriginKeys> {
+        self.keys.clone()
     }
 
     /// Runs one SDK request within `read_timeout + extra` and classifies its failure.
@@ -552,5 +571,17 @@ impl Origin for S3Origin {
 
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
         self.uploads_under(bucket, prefix).await
+    }
+
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document> {
+        self.get_configuration(bucket, key, sub).await
+    }
+
+    async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()> {
+        self.put_configuration(bucket, key, sub, doc).await
+    }
+
+    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+        self.delete_configuration(bucket, sub).await
     }
 }

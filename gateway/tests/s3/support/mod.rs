@@ -5,6 +5,7 @@
 //! - [`perch`]: this package's `perch` binary on a fresh data dir, its admin endpoint and metrics;
 //! - [`sdk`]: perch in front of either origin with an aws-sdk-s3 client, the SDK's errors checked;
 //! - [`raw`]: the OrioleDB-shaped raw client's common requests and S3 error checks;
+//! - [`signing_origin`]: an in-process S3 origin (s3s-fs) that checks SigV4 signatures;
 //! - [`stack`]: moto, the origin proxy and perch, restartable, with the cache's files and metrics;
 //! - [`checksums`]: checksums computed independently of perch;
 //! - [`cache_entries`]: cache entries written straight into a data dir.
@@ -18,4 +19,5 @@ pub mod machine;
 pub mod perch;
 pub mod raw;
 pub mod sdk;
+pub mod signing_origin;
 pub mod stack;

@@ -18,9 +18,8 @@ pub fn perch_binary() -> PathBuf {
 }
 
 /// Flags and environment that point perch at the S3 origin `endpoint` (moto, or the origin proxy
-/// in front of it). The signing region is named: with the default (`auto`, for Tigris) moto takes
-/// `auto` for the bucket's region and refuses a CreateBucket without a location constraint
-/// (400 IllegalLocationConstraintException).
+/// in front of it). The signing region is named (moto's us-east-1): with the default (`auto`)
+/// perch would ask the origin for it at start (buckets.rs tests that).
 pub fn s3_origin(endpoint: &str) -> (Vec<String>, Vec<(String, String)>) {
     (
         vec![

@@ -127,6 +127,15 @@ impl Stack {
         self.launch();
     }
 
+    /// Starts perch on an empty data dir, as a new Machine with a new volume would (perch must
+    /// be stopped); `extra` flags are added to the stack's for this and later starts.
+    pub fn start_on_empty_volume(&mut self, extra: &[&str]) {
+        assert!(self.perch.is_none(), "stop perch first");
+        std::fs::remove_dir_all(&self.data_dir).expect("remove the data dir");
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self.launch();
+    }
+
     /// Runs `perch serve` on the data dir with the stack's flags and expects it to refuse to
     /// start: returns its stderr.
     pub fn start_refused(&self) -> String {

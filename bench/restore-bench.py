@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Restore benchmark: the image's restore tool (oriole-image/restore.py) through a fresh Perch,
+the same tool direct, and OrioleDB's upstream loader direct, against an OrioleDB-shaped bucket in
+moto behind the origin proxy at +20 and +80 ms (the same run, variants alternated, medians).
+
+The bucket is the one a real OrioleDB left (oriole-image/testdata/bucket-listing.tsv: six
+checkpoints of a 1M-row table) at full size, built by gateway/tests/python/oriole_bucket.py; the
+1 MiB data parts, which no loader reads (OrioleDB reads them lazily after the start), are left out.
+Where no OrioleDB is at hand the first query is not run (see docs/benchmarks.md).
+
+Usage (from the repository, after a release build):
+  python3 bench/restore-bench.py --target-dir $CARGO_TARGET_DIR/release \
+      --old-loader /path/to/orioledb_s3_loader.py --pg-bin /path/to/pg/bin [--rounds 5]
+--old-loader and --pg-bin are optional: without them the upstream loader is not measured. The
+upstream loader is patched as the image patched it until now (dict iteration in small files).
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "gateway" / "tests" / "python"))
+import oriole_bucket  # noqa: E402
+
+import boto3  # noqa: E402
+from botocore.config import Config  # noqa: E402
+
+BUCKET = "orioledb"
+MOTO_KEY, MOTO_SECRET = "testing", "testing"
+PERCH_KEY, PERCH_SECRET = "perch-dev", "perch-dev-secret"
+TESTGRES_SHIM = '''\
+import os, subprocess
+def get_bin_path(name):
+    return os.path.join(os.environ["PG_BIN"], name)
+class utils:
+    @staticmethod
+    def execute_utility(args):
+        return subprocess.run(args, check=True, capture_output=True, text=True,
+                              env=dict(os.environ, LC_ALL="C")).stdout
+'''
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=30):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("port %d never opened" % port)
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERCH_", "AWS_"))}
+    env.update(extra)
+    return env
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log, env=None):
+        with open(log, "ab") as out:
+            p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=out, env=env or clean_env(),
+                                 start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for p in self.procs:
+            self.stop(p)
+
+
+def first_line(p, prefix):
+    line = p.stdout.readline().decode()
+    if not line.startswith(prefix):
+        raise RuntimeError("expected %r, got %r" % (prefix, line))
+    return line
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target-dir", required=True, help="holds perch and perch-bench")
+    ap.add_argument("--old-loader")
+    ap.add_argument("--pg-bin")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--latencies", default="20,80")
+    ap.add_argument("--jobs", type=int, default=32)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="perch-restore-bench-"))
+    procs = Procs()
+    try:
+        run(args, work, procs)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work, procs):
+    target = Path(args.target_dir)
+    moto_port = free_port()
+    procs.start([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "moto.log")
+    wait_port(moto_port)
+    moto_url = "http://127.0.0.1:%d" % moto_port
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id=MOTO_KEY,
+                      aws_secret_access_key=MOTO_SECRET,
+                      config=Config(s3={"addressing_style": "path"}, max_pool_connections=16))
+    s3.create_bucket(Bucket=BUCKET)
+    layout = oriole_bucket.Layout(scale=1)
+    for k in [k for k in layout.objects if k.startswith("orioledb_data/") and not k.endswith(".map")]:
+        del layout.objects[k]
+    t = time.monotonic()
+    oriole_bucket.upload(s3, BUCKET, layout)
+    print("bucket: %d objects, %.1f MB (uploaded in %.1f s)" % (
+        len(layout.objects), layout.total_bytes() / 1e6, time.monotonic() - t), flush=True)
+
+    old = None
+    if args.old_loader and args.pg_bin:
+        old = work / "old"
+        old.mkdir()
+        text = Path(args.old_loader).read_text().replace(
+            "for filename, checkpoint in file_checksums:", "for filename, checkpoint in file_checksums.items():")
+        (old / "orioledb_s3_loader.py").write_text(text)
+        (old / "testgres.py").write_text(TESTGRES_SHIM)
+        (old / "aws.conf").write_text("[default]\ns3 =\n    addressing_style = path\n")
+
+    results = {}
+    for latency in [int(x) for x in args.latencies.split(",")]:
+        proxy = procs.start([str(target / "perch-bench"), "origin-proxy", "--listen", "127.0.0.1:0",
+                             "--upstream", moto_url, "--latency-ms", str(latency)], work / "proxy.log")
+        proxy_addr = first_line(proxy, "listening on ").split()[-1]
+        proxy_url = "http://" + proxy_addr
+        variants = ["fixed-perch", "fixed-direct"] + (["old-direct"] if old else [])
+        for r in range(args.rounds):
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            for v in order:
+                dest = work / ("pgdata-%s-%d-%d" % (v, latency, r))
+                secs, extra = restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
+                ok = check(layout, dest)
+                results.setdefault((latency, v), []).append(secs)
+                print("+%d ms %-12s round %d: %.2f s%s; data dir %s" % (
+                    latency, v, r + 1, secs, extra, ok), flush=True)
+                shutil.rmtree(dest, ignore_errors=True)
+        procs.stop(proxy)
+
+    print("\n| origin latency | fixed loader via fresh Perch | fixed loader direct | upstream loader direct "
+          "| Perch vs upstream direct | Perch vs fixed direct |")
+    print("|---|---|---|---|---|---|")
+    for latency in [int(x) for x in args.latencies.split(",")]:
+        p = median(results.get((latency, "fixed-perch"), []))
+        d = median(results.get((latency, "fixed-direct"), []))
+        o = median(results.get((latency, "old-direct"), []))
+        print("| +%d ms | %.2f s | %.2f s | %s | %s | %.2f× |" % (
+            latency, p, d, "%.2f s" % o if old else "n/a", "%.1f×" % (o / p) if old else "n/a", d / p))
+
+
+def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old):
+    extra = ""
+    if v == "fixed-perch":
+        data = work / "perch-data"
+        shutil.rmtree(data, ignore_errors=True)
+        env = clean_env(PERCH_ORIGIN_ACCESS_KEY_ID=MOTO_KEY, PERCH_ORIGIN_SECRET_ACCESS_KEY=MOTO_SECRET,
+                        PERCH_LOG="warn")
+        started = time.monotonic()
+        perch = procs.start([str(target / "perch"), "serve", "--listen", "127.0.0.1:0", "--admin-listen",
+                             "127.0.0.1:0", "--data-dir", str(data), "--origin", proxy_url,
+                             "--origin-region", "us-east-1", "--drain-quiet", "0s"], work / "perch.log", env)
+        fields = dict(f.split("=", 1) for f in first_line(perch, "listening ").split()[1:])
+        ready = time.monotonic() - started
+        secs = fixed(args, "http://" + fields["s3"], PERCH_KEY, PERCH_SECRET, dest)
+        procs.stop(perch)
+        extra = " (perch start %.2f s, not included)" % ready
+    elif v == "fixed-direct":
+        secs = fixed(args, proxy_url, MOTO_KEY, MOTO_SECRET, dest)
+    else:
+        dest.mkdir()
+        env = clean_env(AWS_ACCESS_KEY_ID=MOTO_KEY, AWS_SECRET_ACCESS_KEY=MOTO_SECRET,
+                        AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(old / "aws.conf"),
+                        AWS_SHARED_CREDENTIALS_FILE="/dev/null", PG_BIN=args.pg_bin, PYTHONPATH=str(old))
+        started = time.monotonic()
+        r = subprocess.run([sys.executable, str(old / "orioledb_s3_loader.py"), "--endpoint",
+                            "http://localhost:%s" % proxy_addr.rsplit(":", 1)[1], "--prefix", BUCKET,
+                            "--data-dir", str(dest)], cwd=dest, env=env, capture_output=True, text=True)
+        secs = time.monotonic() - started
+        if r.returncode != 0:
+            raise RuntimeError("upstream loader failed: %s" % r.stderr[-2000:])
+        missing = r.stdout.count("File not found")
+        extra = " (%d objects not found)" % missing if missing else ""
+    return secs, extra
+
+
+def fixed(args, endpoint, key, secret, dest):
+    env = clean_env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, AWS_DEFAULT_REGION="us-east-1")
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, str(REPO / "oriole-image" / "restore.py"), "--endpoint", endpoint,
+                        "--bucket", BUCKET, "--data-dir", str(dest), "--jobs", str(args.jobs)],
+                       env=env, capture_output=True, text=True)
+    secs = time.monotonic() - started
+    if r.returncode != 0:
+        raise RuntimeError("restore.py failed: %s" % r.stderr[-2000:])
+    return secs
+
+
+def check(layout, dest):
+    got = {k: v for k, v in oriole_bucket.restored(dest).items() if v is not None}
+    want = {k: v for k, v in layout.expected.items() if v is not None}
+    missing = sorted(set(want) - set(got))
+    wrong = [k for k in want if k in got and got[k] != want[k]]
+    if not missing and not wrong:
+        return "exact"
+    return "%d files missing (%s), %d differ" % (len(missing), ", ".join(missing[:4]), len(wrong))
+
+
+if __name__ == "__main__":
+    main()

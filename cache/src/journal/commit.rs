@@ -1,0 +1,329 @@
+//! Commits: a version made durable (blob, directory, one synced batch) before its answer, behind
+//! its key's gate and its place in the room queue.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use perch_policy::{Method, WriteMode};
+
+use super::{Journal, fail_point};
+use crate::error::{CacheError, StoreError, StoreResult};
+use crate::journal::record::{PartLayout, Record, RecordPut};
+use crate::journal::state::{State, Version};
+use crate::key::ObjectKey;
+use crate::local::index::Entry;
+use crate::local::{TempGuard, lock};
+use crate::origin::ObjectMeta;
+
+/// Where a new version's body is: a verified spool file, already fsynced (renamed into place), or
+/// memory.
+pub(crate) enum NewBody {
+    File(PathBuf),
+    Bytes(Bytes),
+}
+
+/// A PUT version to commit: its verified body, its object metadata (ETag, headers, checksums),
+/// the CRC32 of each block, and its part layout when it is a completed multipart upload.
+pub(crate) struct NewVersion {
+    pub body: NewBody,
+    pub meta: ObjectMeta,
+    pub crcs: Vec<u32>,
+    pub parts: Option<Vec<PartLayout>>,
+}
+
+/// Per-key gates between commits and the requests the origin decides: commits of a key pass
+/// shared, a conditional PUT or an origin-side copy holds its keys' gates exclusively from before
+/// it waits for them to be clean until the origin has answered, so that no write of those keys
+/// is acknowledged in between (it would be judged against, or overwritten by, a stale origin).
+#[derive(Default)]
+pub(super) struct Gates {
+    map: Mutex<HashMap<ObjectKey, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+/// A held gate (or several); dropping it opens them.
+pub(crate) struct Held {
+    _guards: Vec<tokio::sync::OwnedRwLockWriteGuard<()>>,
+}
+
+/// A commit's pass through its key's gate.
+struct Passing {
+    _guard: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+impl Gates {
+    fn gate(&self, okey: &ObjectKey) -> Arc<tokio::sync::RwLock<()>> {
+        let mut map = lock(&self.map);
+        // Gates nobody holds or waits on go, so the map stays as small as what is in flight.
+        if map.len() > 64 {
+            map.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        map.entry(okey.clone()).or_default().clone()
+    }
+
+    async fn pass(&self, okey: &ObjectKey) -> Passing {
+        Passing {
+            _guard: self.gate(okey).read_owned().await,
+        }
+    }
+
+    async fn hold(&self, keys: &[&ObjectKey]) -> Held {
+        let mut keys: Vec<&ObjectKey> = keys.to_vec();
+        keys.sort();
+        keys.dedup();
+        let mut guards = Vec::with_capacity(keys.len());
+        for k in keys {
+            guards.push(self.gate(k).write_owned().await);
+        }
+        Held { _guards: guards }
+    }
+}
+
+/// Writes waiting for room under `--dirty-bytes-max`, served in arrival order: a large write is
+/// never starved by smaller ones, and a write never commits after a later write of its key.
+#[derive(Default)]
+pub(super) struct Room {
+    next: u64,
+    waiting: std::collections::BTreeSet<u64>,
+}
+
+/// A write's place in the room queue; it leaves the queue when dropped (committed, or its client
+/// went away and the request was dropped: then it is never committed).
+pub(crate) struct Admitted<'a> {
+    journal: &'a Journal,
+    ticket: Option<u64>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket {
+            lock(&self.journal.room).waiting.remove(&t);
+            self.journal.released.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+pub(super) enum EpochGuard<'a> {
+    Shared(RwLockReadGuard<'a, u64>),
+    Exclusive(RwLockWriteGuard<'a, u64>),
+}
+
+impl EpochGuard<'_> {
+    fn get(&self) -> u64 {
+        match self {
+            EpochGuard::Shared(g) => **g,
+            EpochGuard::Exclusive(g) => **g,
+        }
+    }
+
+    fn advance(&mut self) {
+        if let EpochGuard::Exclusive(g) = self {
+            **g += 1;
+        }
+    }
+}
+
+impl Journal {
+    /// Commits a PUT version of `okey` (its body already verified) and returns its sequence
+    /// number once it is durable: blob fsynced, renamed, directory fsynced, batch synced. Waits
+    /// for room first when more than `--dirty-bytes-max` is waiting for upload.
+    pub(crate) async fn commit_put(
+        self: &Arc<Self>,
+        okey: &ObjectKey,
+        version: NewVersion,
+        mode: WriteMode,
+    ) -> StoreResult<u64> {
+        let NewVersion {
+            body,
+            meta,
+            crcs,
+            parts,
+        } = version;
+        let _admitted = self.wait_for_room(meta.size).await?;
+        let _pass = self.gates.pass(okey).await;
+        let journal = self.clone();
+        let okey = okey.clone();
+        let put = RecordPut { meta, crcs, parts };
+        tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, Some((body, put)), mode))
+            .await
+            .map_err(|e| StoreError::from(std::io::Error::other(e)))?
+    }
+
+    /// Holds back the commits of `keys` (see `Gates`) until the returned value is dropped.
+    pub(crate) async fn hold_commits(&self, keys: &[&ObjectKey]) -> Held {
+        self.gates.hold(keys).await
+    }
+
+    /// Commits a DELETE version of `okey`.
+    pub(crate) async fn commit_delete(self: &Arc<Self>, okey: &ObjectKey, mode: WriteMode) -> StoreResult<u64> {
+        let _pass = self.gates.pass(okey).await;
+        let journal = self.clone();
+        let okey = okey.clone();
+        tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, None, mode))
+            .await
+            .map_err(|e| StoreError::from(std::io::Error::other(e)))?
+    }
+
+    /// Waits until a write of `size` bytes fits under `--dirty-bytes-max` (one larger than the
+    /// whole limit still goes, alone), behind the writes that came before it; up to
+    /// `--dirty-wait-max`. Keep the answer until the commit is done.
+    async fn wait_for_room(&self, size: u64) -> StoreResult<Admitted<'_>> {
+        let fits = |st: &State| st.dirty_bytes == 0 || st.dirty_bytes + size <= self.cfg.dirty_bytes_max;
+        let ticket = {
+            let mut room = lock(&self.room);
+            if room.waiting.is_empty() && fits(&lock(&self.state)) {
+                return Ok(Admitted {
+                    journal: self,
+                    ticket: None,
+                });
+            }
+            room.next += 1;
+            let t = room.next;
+            room.waiting.insert(t);
+            t
+        };
+        let admitted = Admitted {
+            journal: self,
+            ticket: Some(ticket),
+        };
+        let mut rx = self.released.subscribe();
+        let deadline = Instant::now() + self.cfg.dirty_wait_max;
+        let mut logged = false;
+        loop {
+            {
+                let first = lock(&self.room).waiting.first().copied();
+                let st = lock(&self.state);
+                if first == Some(ticket) && fits(&st) {
+                    return Ok(admitted);
+                }
+                if !logged {
+                    tracing::warn!(
+                        dirty_bytes = st.dirty_bytes,
+                        limit = self.cfg.dirty_bytes_max,
+                        "--dirty-bytes-max reached: writes wait for uploads, in arrival order"
+                    );
+                    logged = true;
+                }
+            }
+            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(StoreError::NoRoom(self.cfg.dirty_wait_max)),
+            }
+        }
+    }
+
+    fn commit_blocking(
+        &self,
+        okey: &ObjectKey,
+        put: Option<(NewBody, RecordPut)>,
+        mode: WriteMode,
+    ) -> StoreResult<u64> {
+        // 1. The body, durable under a temp name.
+        let (temp, put) = match put {
+            Some((body, put)) => (Some(self.durable_temp(body)?), Some(put)),
+            None => (None, None),
+        };
+        let _temp_guard = temp.clone().map(TempGuard);
+        // Same-key commits are serialized (their order is their sequence order); commits after a
+        // barrier wait until it is committed.
+        let _key = self.local.key_lock(okey);
+        let poisoned = || StoreError::Local(CacheError::Corrupt("epoch lock poisoned".into()));
+        let mut epoch = match mode {
+            WriteMode::Barrier => EpochGuard::Exclusive(self.epoch.write().map_err(|_| poisoned())?),
+            _ => EpochGuard::Shared(self.epoch.read().map_err(|_| poisoned())?),
+        };
+        let seq = self.local.index.next_blob_id()?;
+        // 2. Renamed to its sequence number, and the name made durable.
+        if let Some(temp) = &temp {
+            self.local.blobs.commit(temp, seq)?;
+            fail_point("blob_renamed");
+            self.local.blobs.sync_dir(seq)?;
+            fail_point("dir_synced");
+        }
+        let stage = epoch.get() * 2 + u64::from(mode == WriteMode::Barrier);
+        let acked = SystemTime::now();
+        let record = Record {
+            bucket: okey.bucket().to_owned(),
+            key: okey.key().to_owned(),
+            put,
+            mode: mode.as_str().to_owned(),
+            stage,
+            acked,
+        };
+        let raw = serde_json::to_vec(&record).map_err(CacheError::from)?;
+        let previous = self.local.index.get(okey)?;
+        // The clean copy this version replaces goes; a pending one stays until it is uploaded.
+        let replaced_clean = previous.filter(|p| !p.pending && p.blob != seq).map(|p| p.blob);
+        let entry = match &record.put {
+            Some(p) => Entry {
+                blob: seq,
+                meta: p.meta.clone(),
+                crcs: p.crcs.clone(),
+                validated: acked,
+                pending: true,
+                origin_etag: None,
+                deleted: false,
+            },
+            None => Entry::tombstone(seq, acked),
+        };
+        // 3. Journal record and index entry: one synced batch.
+        self.local
+            .index
+            .commit_version(okey, seq, &raw, &entry, replaced_clean)?;
+        fail_point("batch_committed");
+        if mode == WriteMode::Barrier {
+            epoch.advance();
+        }
+        drop(epoch);
+        {
+            let mut st = lock(&self.state);
+            st.add(
+                seq,
+                Version {
+                    okey: okey.clone(),
+                    put: record.put,
+                    mode,
+                    stage,
+                    acked,
+                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
+                },
+            );
+            self.refresh_gauges(&st);
+        }
+        // Reads see this version from now on: no memory copy, no fill of an older body.
+        self.local.forget_copies(okey);
+        if let Some(old) = replaced_clean {
+            self.local.remove_blob(old);
+        }
+        self.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Writes (or moves) a body into a temp file of the blob directory and fsyncs it.
+    fn durable_temp(&self, body: NewBody) -> StoreResult<PathBuf> {
+        let temp = self.local.blobs.temp_path();
+        match body {
+            NewBody::Bytes(b) => {
+                let guard = TempGuard(temp.clone());
+                let mut f = std::fs::File::create(&temp)?;
+                std::io::Write::write_all(&mut f, &b)?;
+                fail_point("blob_written");
+                crate::durable::sync_file(&f)?;
+                std::mem::forget(guard);
+            }
+            NewBody::File(spooled) => {
+                // The spool is under the same data dir and already fsynced: a rename. Across
+                // filesystems, a copy, synced here.
+                if std::fs::rename(&spooled, &temp).is_err() {
+                    std::fs::copy(&spooled, &temp)?;
+                    crate::durable::sync_file(&std::fs::File::open(&temp)?)?;
+                }
+                fail_point("blob_written");
+            }
+        }
+        fail_point("blob_synced");
+        Ok(temp)
+    }
+}

@@ -1,0 +1,94 @@
+//! Operators' requests on a running journal: list, retry or drop a refused version (`perch journal`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Journal, record};
+use crate::error::CacheError;
+use crate::local::lock;
+
+/// One version of the journal, as `perch journal list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub seq: u64,
+    pub bucket: String,
+    pub key: String,
+    /// `put` or `delete`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: String,
+    pub stage: u64,
+    pub age_seconds: f64,
+    /// Why the origin refused it, if it did.
+    pub refused: Option<String>,
+}
+
+/// What an operator's journal request could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalOpError {
+    #[error("version {0} is not in the journal")]
+    NotFound(u64),
+    #[error("version {0} is not refused by the origin: only refused versions are retried or dropped")]
+    NotRefused(u64),
+    #[error(transparent)]
+    Local(#[from] CacheError),
+}
+
+impl Journal {
+    /// The oldest `limit` versions not yet in the origin.
+    pub(crate) fn list(&self, limit: usize) -> Vec<JournalEntry> {
+        let st = lock(&self.state);
+        st.versions
+            .iter()
+            .take(limit)
+            .map(|(seq, v)| JournalEntry {
+                seq: *seq,
+                bucket: v.okey.bucket().to_owned(),
+                key: v.okey.key().to_owned(),
+                kind: if v.put.is_some() { "put" } else { "delete" }.to_owned(),
+                size: v.size(),
+                mode: v.mode.as_str().to_owned(),
+                stage: v.stage,
+                age_seconds: v.acked.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                refused: st.failed.get(seq).cloned(),
+            })
+            .collect()
+    }
+
+    /// Tries a refused version again (after the operator fixed what the origin refused).
+    pub(crate) fn retry(&self, seq: u64) -> Result<(), JournalOpError> {
+        let mut st = lock(&self.state);
+        if !st.versions.contains_key(&seq) {
+            return Err(JournalOpError::NotFound(seq));
+        }
+        if !st.retry(seq) {
+            return Err(JournalOpError::NotRefused(seq));
+        }
+        self.refresh_gauges(&st);
+        drop(st);
+        self.bump();
+        Ok(())
+    }
+
+    /// Drops a refused version for good: the write is lost (its key reads as the origin has it,
+    /// or as its later versions say), and the versions behind it go on.
+    pub(crate) fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        let v = {
+            let st = lock(&self.state);
+            let v = st.versions.get(&seq).cloned().ok_or(JournalOpError::NotFound(seq))?;
+            if !st.failed.contains_key(&seq) {
+                return Err(JournalOpError::NotRefused(seq));
+            }
+            v
+        };
+        {
+            let _key = self.local.key_lock(&v.okey);
+            record::drop_from_index(&self.local, seq, &v.okey, v.put.is_some())?;
+            let mut st = lock(&self.state);
+            st.remove(seq);
+            self.refresh_gauges(&st);
+        }
+        tracing::warn!(seq, object = %v.okey, "a refused version was dropped by an operator: that write is lost");
+        self.bump();
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Releases: a version the origin has (or that its stage replaced) leaves the journal; one the
+//! origin refuses for good stays, reported.
+
+use std::time::SystemTime;
+
+use super::Journal;
+use crate::error::CacheError;
+use crate::journal::state::Version;
+use crate::local::index::Released;
+use crate::local::{Evicted, lock};
+use crate::metrics::UploadLabel;
+
+impl Journal {
+    /// The origin refused `seq` for good: it is kept (and still served), shown by `perch status`,
+    /// and blocks the later stages (the order cannot be kept without it).
+    pub(crate) fn refuse(&self, seq: u64, error: String) {
+        self.stats
+            .uploads
+            .get_or_create(&UploadLabel { result: "failed" })
+            .inc();
+        {
+            let mut st = lock(&self.state);
+            st.fail(seq, error);
+            self.refresh_gauges(&st);
+        }
+        self.bump();
+    }
+
+    /// Version `seq` is in the origin (or replaced inside its stage): out of the journal; its blob
+    /// stays as the clean cache entry if it is still the newest of its key, else goes. `stored`:
+    /// what the origin holds of it (ETag, Last-Modified), when known.
+    pub(crate) fn release(&self, seq: u64, result: &'static str, stored: Option<OriginCopy>) {
+        match self.release_blocking(seq, stored) {
+            Ok(()) => {
+                self.stats.uploads.get_or_create(&UploadLabel { result }).inc();
+            }
+            Err(e) => {
+                // The version stays in the journal; the next start uploads it again (idempotent).
+                tracing::error!(seq, error = %e, "cannot record an upload in the journal");
+                let mut st = lock(&self.state);
+                st.fail(seq, format!("cannot record the upload locally: {e}"));
+                self.refresh_gauges(&st);
+            }
+        }
+        self.bump();
+    }
+
+    /// Version `seq` is replaced inside its stage: it and the versions of its key that the same
+    /// stage replaces too go at once, in one synced batch (not one sync each).
+    pub(crate) fn release_skipped(&self, seq: u64) {
+        let (okey, run) = {
+            let st = lock(&self.state);
+            let Some(v) = st.versions.get(&seq) else { return };
+            let run: Vec<(u64, bool)> = st
+                .skippable_run(seq)
+                .into_iter()
+                .filter_map(|s| st.versions.get(&s).map(|v| (s, v.put.is_some())))
+                .collect();
+            (v.okey.clone(), run)
+        };
+        let released = {
+            let _key = self.local.key_lock(&okey);
+            self.local.index.release_superseded(&run).map(|()| {
+                let mut st = lock(&self.state);
+                for (s, _) in &run {
+                    st.remove(*s);
+                }
+                self.refresh_gauges(&st);
+            })
+        };
+        match released {
+            Ok(()) => {
+                for (s, is_put) in &run {
+                    if *is_put {
+                        self.local.blobs.remove(*s);
+                    }
+                }
+                self.stats
+                    .uploads
+                    .get_or_create(&UploadLabel { result: "skipped" })
+                    .inc_by(run.len() as u64);
+            }
+            Err(e) => {
+                tracing::error!(seq, error = %e, "cannot record skipped versions in the journal");
+                let mut st = lock(&self.state);
+                st.fail(seq, format!("cannot record the skip locally: {e}"));
+                self.refresh_gauges(&st);
+            }
+        }
+        self.bump();
+    }
+
+    fn release_blocking(&self, seq: u64, stored: Option<OriginCopy>) -> Result<(), CacheError> {
+        let Some(v) = self.version(seq) else {
+            return Ok(());
+        };
+        let evicted = {
+            let _key = self.local.key_lock(&v.okey);
+            self.release_locked(seq, &v, stored)?
+        };
+        self.local.drop_evicted(evicted);
+        Ok(())
+    }
+
+    /// The release of `seq`, under its key's lock; returns what the evictor dropped to make room.
+    fn release_locked(&self, seq: u64, v: &Version, stored: Option<OriginCopy>) -> Result<Evicted, CacheError> {
+        let current = self.local.index.get(&v.okey)?.filter(|e| e.blob == seq && e.pending);
+        let newest = current.is_some();
+        let clean = current.filter(|e| !e.deleted).map(|mut e| {
+            e.pending = false;
+            e.validated = SystemTime::now();
+            if let Some(copy) = stored {
+                e.meta.last_modified = copy.last_modified;
+                if !crate::origin::same_etag(&copy.etag, &e.meta.etag) {
+                    e.origin_etag = Some(copy.etag);
+                }
+            }
+            e
+        });
+        let after = match (&clean, newest) {
+            (Some(e), _) => Released::Clean(e),
+            (None, true) => Released::Gone,
+            (None, false) => Released::Superseded {
+                forget_blob: v.put.is_some(),
+            },
+        };
+        // A release is synced only when its blob goes at once; otherwise a power cut that loses
+        // it makes the next start upload the version again (the same bytes). The flag is raised
+        // after the write it stands for, and before the blob can be evicted (`track` below), so
+        // that any later unlink syncs the log first.
+        let forget_blob = matches!(after, Released::Superseded { forget_blob: true });
+        self.local.index.release_version(seq, &v.okey, &after, forget_blob)?;
+        if forget_blob {
+            self.local.blobs.remove(seq);
+        } else {
+            self.local.note_unsynced_release();
+        }
+        {
+            let mut st = lock(&self.state);
+            st.remove(seq);
+            self.refresh_gauges(&st);
+        }
+        let mut evicted = Evicted::default();
+        if let Some(e) = clean {
+            // Now an ordinary cache entry: the evictor may take it from here.
+            self.local.memory.invalidate(&v.okey);
+            evicted = self.local.track(&v.okey, seq, e.meta.size);
+        }
+        Ok(evicted)
+    }
+}
+
+/// What the origin holds of an uploaded version.
+pub(crate) struct OriginCopy {
+    pub etag: String,
+    pub last_modified: SystemTime,
+}

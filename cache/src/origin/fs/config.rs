@@ -1,0 +1,103 @@
+//! Bucket configurations of the directory origin: it keeps none, so it answers what a new S3
+//! bucket with nothing configured answers (ownership enforced by the bucket owner, who has full
+//! control), and refuses changes it could not honour with 501 NotImplemented.
+
+use super::*;
+
+/// The canonical user id and display name of whoever owns the directory origin's buckets.
+pub const OWNER_ID: &str = "87699f70fb259a12e8637d72a5fce1673c12aecb695abc454690ea559a7d76b7";
+pub const OWNER_NAME: &str = "perch";
+
+const XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// The owner's full control, as S3 answers the ACL of a bucket (or object) with no grants added.
+fn owner_acl() -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AccessControlPolicy xmlns=\"{XMLNS}\"><Owner><ID>{OWNER_ID}</ID>\
+         <DisplayName>{OWNER_NAME}</DisplayName></Owner><AccessControlList><Grant><Grantee \
+         xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"CanonicalUser\"><ID>{OWNER_ID}</ID>\
+         <DisplayName>{OWNER_NAME}</DisplayName></Grantee><Permission>FULL_CONTROL</Permission></Grant>\
+         </AccessControlList></AccessControlPolicy>"
+    )
+}
+
+fn absent(code: &str, message: &str) -> OriginError {
+    OriginError::rejected(404, code, message)
+}
+
+fn not_kept(sub: Subresource) -> OriginError {
+    OriginError::rejected(
+        501,
+        "NotImplemented",
+        format!(
+            "The directory origin keeps no {} configuration; use an S3 origin for it.",
+            sub.query()
+        ),
+    )
+}
+
+impl FsOrigin {
+    pub(super) async fn configuration(
+        &self,
+        bucket: &str,
+        key: Option<&str>,
+        sub: Subresource,
+    ) -> OriginResult<Document> {
+        self.bucket(bucket)?.check_alive()?;
+        if let Some(key) = key {
+            if sub != Subresource::Acl {
+                return Err(OriginError::rejected(
+                    400,
+                    "InvalidArgument",
+                    format!("Objects have no {} configuration.", sub.query()),
+                ));
+            }
+            self.open_object(bucket, key).await?;
+            return Ok(Document::new(owner_acl()));
+        }
+        let xml = |body: &str| Document::new(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}"));
+        match sub {
+            Subresource::Acl => Ok(Document::new(owner_acl())),
+            Subresource::Versioning => Ok(xml(&format!("<VersioningConfiguration xmlns=\"{XMLNS}\"/>"))),
+            Subresource::OwnershipControls => Ok(xml(&format!(
+                "<OwnershipControls xmlns=\"{XMLNS}\"><Rule><ObjectOwnership>BucketOwnerEnforced</ObjectOwnership>\
+                 </Rule></OwnershipControls>"
+            ))),
+            Subresource::Policy => Err(absent("NoSuchBucketPolicy", "The bucket policy does not exist")),
+            Subresource::Lifecycle => Err(absent(
+                "NoSuchLifecycleConfiguration",
+                "The lifecycle configuration does not exist",
+            )),
+            Subresource::Cors => Err(absent(
+                "NoSuchCORSConfiguration",
+                "The CORS configuration does not exist",
+            )),
+            Subresource::Tagging => Err(absent("NoSuchTagSet", "The TagSet does not exist")),
+        }
+    }
+
+    pub(super) async fn configure(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<()> {
+        self.bucket(bucket)?.check_alive()?;
+        if let Some(key) = key {
+            self.open_object(bucket, key).await?;
+        }
+        Err(not_kept(sub))
+    }
+
+    /// Removing what is not there succeeds, as on S3; the ownership controls it enforces cannot go.
+    pub(super) async fn unconfigure(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+        self.bucket(bucket)?.check_alive()?;
+        match sub {
+            Subresource::Policy | Subresource::Lifecycle | Subresource::Cors | Subresource::Tagging => Ok(()),
+            Subresource::OwnershipControls => Err(not_kept(sub)),
+            Subresource::Acl | Subresource::Versioning => Err(OriginError::rejected(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "The specified method is not allowed against the {} sub-resource.",
+                    sub.query()
+                ),
+            )),
+        }
+    }
+}

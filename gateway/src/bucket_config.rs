@@ -1,0 +1,282 @@
+//! Bucket configurations (ACL, policy, versioning, lifecycle, ownership controls, CORS, tagging) and
+//! object ACLs: passed through to the origin as S3's own XML documents, and its answer passed back.
+
+use bytes::Bytes;
+use perch_cache::{Document, Store, Subresource};
+use s3s::dto::*;
+use s3s::xml::{DeserializeContent, SerializeContent};
+use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
+
+use crate::convert::store_error;
+
+const XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// `value` as an XML document whose root element is `root`, in S3's namespace.
+fn to_xml<T: SerializeContent>(root: &str, value: &T) -> S3Result<Bytes> {
+    let mut buf = Vec::with_capacity(256);
+    let mut ser = s3s::xml::Serializer::new(&mut buf);
+    ser.decl()
+        .and_then(|()| ser.content_with_ns(root, XMLNS, value))
+        .map_err(|e| S3Error::with_source(S3ErrorCode::InternalError, Box::new(e)))?;
+    Ok(Bytes::from(buf))
+}
+
+/// The origin's document read as `T`, whatever its root element is called (as the SDKs read S3's
+/// answers: moto names some roots after the operation). A document that is not what S3 sends is
+/// the origin's fault.
+fn from_xml<'a, T: DeserializeContent<'a>>(body: &'a [u8]) -> S3Result<T> {
+    let mut de = s3s::xml::Deserializer::new(body);
+    let value = de
+        .element(|d, _root| d.content())
+        .and_then(|v| de.expect_eof().map(|()| v));
+    value.map_err(|e| {
+        tracing::warn!(error = %e, "the origin answered a configuration Perch cannot read");
+        s3_error!(InternalError, "The origin answered with a document Perch cannot read.")
+    })
+}
+
+/// The headers of a request that belong to its sub-resource, as given.
+fn headers_of(sub: Subresource, given: &[(&str, Option<&str>)]) -> Vec<(String, String)> {
+    given
+        .iter()
+        .filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v.to_owned())))
+        .filter(|(name, _)| sub.headers().contains(&name.as_str()))
+        .collect()
+}
+
+/// The ACL headers of a PutBucketAcl or PutObjectAcl (s3s gives them two types).
+macro_rules! acl_headers {
+    ($input:expr, $canned:expr) => {
+        headers_of(
+            Subresource::Acl,
+            &[
+                ("x-amz-acl", $canned),
+                ("x-amz-grant-full-control", $input.grant_full_control.as_deref()),
+                ("x-amz-grant-read", $input.grant_read.as_deref()),
+                ("x-amz-grant-read-acp", $input.grant_read_acp.as_deref()),
+                ("x-amz-grant-write", $input.grant_write.as_deref()),
+                ("x-amz-grant-write-acp", $input.grant_write_acp.as_deref()),
+            ],
+        )
+    };
+}
+
+/// Buckets behind Perch are unversioned: only the `null` version has an ACL of its own.
+fn check_version(version_id: &Option<String>) -> S3Result<()> {
+    match version_id.as_deref() {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned.")),
+    }
+}
+
+async fn get(store: &Store, bucket: &str, key: Option<&str>, sub: Subresource) -> S3Result<Document> {
+    store.get_config(bucket, key, sub).await.map_err(store_error)
+}
+
+async fn put(store: &Store, bucket: &str, key: Option<&str>, sub: Subresource, doc: Document) -> S3Result<()> {
+    store.put_config(bucket, key, sub, &doc).await.map_err(store_error)
+}
+
+pub async fn delete(store: &Store, bucket: &str, sub: Subresource) -> S3Result<()> {
+    store.delete_config(bucket, sub).await.map_err(store_error)
+}
+
+/// The bucket's owner as its ACL names it (the owner of every object of a bucket whose ownership
+/// is enforced, as S3 makes new buckets), or none when the origin does not say.
+pub async fn owner(store: &Store, bucket: &str) -> S3Result<Option<Owner>> {
+    let doc = get(store, bucket, None, Subresource::Acl).await?;
+    Ok(from_xml::<AccessControlPolicy>(&doc.body)?.owner)
+}
+
+pub async fn get_bucket_acl(store: &Store, input: GetBucketAclInput) -> S3Result<GetBucketAclOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Acl).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_acl(store: &Store, input: PutBucketAclInput) -> S3Result<PutBucketAclOutput> {
+    let body = match &input.access_control_policy {
+        Some(acp) => to_xml("AccessControlPolicy", acp)?,
+        None => Bytes::new(),
+    };
+    let headers = acl_headers!(input, input.acl.as_ref().map(|a| a.as_str()));
+    let doc = Document { body, headers };
+    put(store, &input.bucket, None, Subresource::Acl, doc).await?;
+    Ok(PutBucketAclOutput::default())
+}
+
+pub async fn get_object_acl(store: &Store, input: GetObjectAclInput) -> S3Result<GetObjectAclOutput> {
+    check_version(&input.version_id)?;
+    let doc = get(store, &input.bucket, Some(&input.key), Subresource::Acl).await?;
+    let acp: AccessControlPolicy = from_xml(&doc.body)?;
+    Ok(GetObjectAclOutput {
+        grants: acp.grants,
+        owner: acp.owner,
+        request_charged: None,
+    })
+}
+
+pub async fn put_object_acl(store: &Store, input: PutObjectAclInput) -> S3Result<PutObjectAclOutput> {
+    check_version(&input.version_id)?;
+    let body = match &input.access_control_policy {
+        Some(acp) => to_xml("AccessControlPolicy", acp)?,
+        None => Bytes::new(),
+    };
+    let headers = acl_headers!(input, input.acl.as_ref().map(|a| a.as_str()));
+    let doc = Document { body, headers };
+    put(store, &input.bucket, Some(&input.key), Subresource::Acl, doc).await?;
+    Ok(PutObjectAclOutput::default())
+}
+
+pub async fn get_bucket_policy(store: &Store, input: GetBucketPolicyInput) -> S3Result<GetBucketPolicyOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Policy).await?;
+    let policy = String::from_utf8(doc.body.to_vec())
+        .map_err(|_| s3_error!(InternalError, "The origin answered with a policy that is not UTF-8."))?;
+    Ok(GetBucketPolicyOutput { policy: Some(policy) })
+}
+
+pub async fn put_bucket_policy(store: &Store, input: PutBucketPolicyInput) -> S3Result<PutBucketPolicyOutput> {
+    let confirm = input.confirm_remove_self_bucket_access.map(|c| c.to_string());
+    let doc = Document {
+        body: Bytes::from(input.policy),
+        headers: headers_of(
+            Subresource::Policy,
+            &[("x-amz-confirm-remove-self-bucket-access", confirm.as_deref())],
+        ),
+    };
+    put(store, &input.bucket, None, Subresource::Policy, doc).await?;
+    Ok(PutBucketPolicyOutput::default())
+}
+
+pub async fn get_bucket_versioning(
+    store: &Store,
+    input: GetBucketVersioningInput,
+) -> S3Result<GetBucketVersioningOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Versioning).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_versioning(
+    store: &Store,
+    input: PutBucketVersioningInput,
+) -> S3Result<PutBucketVersioningOutput> {
+    let doc = Document {
+        body: to_xml("VersioningConfiguration", &input.versioning_configuration)?,
+        headers: headers_of(Subresource::Versioning, &[("x-amz-mfa", input.mfa.as_deref())]),
+    };
+    put(store, &input.bucket, None, Subresource::Versioning, doc).await?;
+    Ok(PutBucketVersioningOutput::default())
+}
+
+pub async fn get_bucket_lifecycle_configuration(
+    store: &Store,
+    input: GetBucketLifecycleConfigurationInput,
+) -> S3Result<GetBucketLifecycleConfigurationOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Lifecycle).await?;
+    let config: BucketLifecycleConfiguration = from_xml(&doc.body)?;
+    Ok(GetBucketLifecycleConfigurationOutput {
+        rules: Some(config.rules),
+        transition_default_minimum_object_size: doc
+            .header("x-amz-transition-default-minimum-object-size")
+            .map(|v| TransitionDefaultMinimumObjectSize::from(v.to_owned())),
+    })
+}
+
+pub async fn put_bucket_lifecycle_configuration(
+    store: &Store,
+    input: PutBucketLifecycleConfigurationInput,
+) -> S3Result<PutBucketLifecycleConfigurationOutput> {
+    let config = input
+        .lifecycle_configuration
+        .as_ref()
+        .ok_or_else(|| s3_error!(MalformedXML, "The request names no lifecycle configuration."))?;
+    let minimum = input
+        .transition_default_minimum_object_size
+        .as_ref()
+        .map(|m| m.as_str().to_owned());
+    let doc = Document {
+        body: to_xml("LifecycleConfiguration", config)?,
+        headers: headers_of(
+            Subresource::Lifecycle,
+            &[("x-amz-transition-default-minimum-object-size", minimum.as_deref())],
+        ),
+    };
+    put(store, &input.bucket, None, Subresource::Lifecycle, doc).await?;
+    Ok(PutBucketLifecycleConfigurationOutput {
+        transition_default_minimum_object_size: input.transition_default_minimum_object_size,
+    })
+}
+
+pub async fn get_bucket_ownership_controls(
+    store: &Store,
+    input: GetBucketOwnershipControlsInput,
+) -> S3Result<GetBucketOwnershipControlsOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::OwnershipControls).await?;
+    Ok(GetBucketOwnershipControlsOutput {
+        ownership_controls: Some(from_xml(&doc.body)?),
+    })
+}
+
+pub async fn put_bucket_ownership_controls(
+    store: &Store,
+    input: PutBucketOwnershipControlsInput,
+) -> S3Result<PutBucketOwnershipControlsOutput> {
+    let doc = Document::new(to_xml("OwnershipControls", &input.ownership_controls)?);
+    put(store, &input.bucket, None, Subresource::OwnershipControls, doc).await?;
+    Ok(PutBucketOwnershipControlsOutput::default())
+}
+
+pub async fn get_bucket_cors(store: &Store, input: GetBucketCorsInput) -> S3Result<GetBucketCorsOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Cors).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_cors(store: &Store, input: PutBucketCorsInput) -> S3Result<PutBucketCorsOutput> {
+    let doc = Document::new(to_xml("CORSConfiguration", &input.cors_configuration)?);
+    put(store, &input.bucket, None, Subresource::Cors, doc).await?;
+    Ok(PutBucketCorsOutput::default())
+}
+
+pub async fn get_bucket_tagging(store: &Store, input: GetBucketTaggingInput) -> S3Result<GetBucketTaggingOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Tagging).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_tagging(store: &Store, input: PutBucketTaggingInput) -> S3Result<PutBucketTaggingOutput> {
+    let doc = Document::new(to_xml("Tagging", &input.tagging)?);
+    put(store, &input.bucket, None, Subresource::Tagging, doc).await?;
+    Ok(PutBucketTaggingOutput::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_go_both_ways() {
+        let tagging = Tagging {
+            tag_set: vec![Tag {
+                key: Some("team".into()),
+                value: Some("db & <ops>".into()),
+            }],
+        };
+        let xml = to_xml("Tagging", &tagging).unwrap();
+        let text = std::str::from_utf8(&xml).unwrap();
+        assert!(text.starts_with("<?xml"), "{text}");
+        assert!(text.contains(XMLNS), "{text}");
+        let back: GetBucketTaggingOutput = from_xml(&xml).unwrap();
+        assert_eq!(back.tag_set, tagging.tag_set);
+        let acl = "<AccessControlPolicy xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>abc</ID></Owner>\
+                   <AccessControlList></AccessControlList></AccessControlPolicy>";
+        let acp: AccessControlPolicy = from_xml(acl.as_bytes()).unwrap();
+        assert_eq!(acp.owner.and_then(|o| o.id).as_deref(), Some("abc"));
+        assert!(from_xml::<AccessControlPolicy>(b"<Nope><Owner>").is_err());
+        let moto: GetBucketVersioningOutput =
+            from_xml(b"<GetBucketVersioningResponse><Status>Suspended</Status></GetBucketVersioningResponse>").unwrap();
+        assert_eq!(moto.status.as_ref().map(|s| s.as_str()), Some("Suspended"));
+        let controls: OwnershipControls = from_xml(
+            b"<OwnershipControls><Rule><ObjectOwnership>BucketOwnerEnforced</ObjectOwnership></Rule></OwnershipControls>",
+        )
+        .unwrap();
+        assert_eq!(controls.rules.len(), 1);
+    }
+}

@@ -1,0 +1,363 @@
+//! The hit fast path: a signed GET or HEAD of an object that asks for nothing but the object (no
+//! range, no conditions, no response overrides) is verified and answered here, from the store,
+//! without s3s's general request preparation, which cost more than the rest of a hit together.
+//! The answer is the one s3s gives (tested side by side); any request this path does not fully
+//! understand or cannot verify goes to s3s unchanged, so s3s still answers every refusal.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use perch_cache::{CacheStatus, Conditions, ObjectMeta, Store};
+use s3s::dto::TimestampFormat;
+
+use crate::convert;
+use crate::front::REQUEST;
+use crate::sigv4::{self, CanonicalRequest, Verifier};
+
+/// The presigned query parameters, and the operation marker the AWS SDKs add (`x-id=GetObject`):
+/// the only query a request of this path may carry.
+const QUERY_ALLOWED: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "x-id",
+];
+
+pub struct FastGet {
+    store: Arc<Store>,
+    verifier: Verifier,
+    /// Lower case: `BUCKET.<domain>` is virtual-hosted.
+    domain: String,
+}
+
+/// What a request names, once it is known to be one this path serves.
+struct Target<'a> {
+    head: bool,
+    bucket: &'a str,
+    key: String,
+}
+
+impl FastGet {
+    pub fn new(store: Arc<Store>, access_key_id: String, secret_access_key: String, domain: &str) -> FastGet {
+        FastGet {
+            store,
+            verifier: Verifier::new(access_key_id, secret_access_key),
+            domain: domain.to_ascii_lowercase(),
+        }
+    }
+
+    /// The answer to `req` when it is a GET or HEAD this path serves; `None` hands it to s3s.
+    pub async fn answer<B>(&self, req: &Request<B>) -> Option<Response<s3s::Body>> {
+        let target = self.accept(req, SystemTime::now())?;
+        let _ = REQUEST.try_with(|r| {
+            let mut r = r.borrow_mut();
+            r.op = if target.head { "HeadObject" } else { "GetObject" };
+            r.bucket = target.bucket.to_owned();
+            r.key = target.key.clone();
+        });
+        let none = Conditions::default();
+        let answer = if target.head {
+            self.store
+                .head(target.bucket, &target.key, &none)
+                .await
+                .map(|(meta, status)| ok_response(&meta, status, s3s::Body::empty()))
+        } else {
+            self.store
+                .get(target.bucket, &target.key, None, &none)
+                .await
+                .map(|got| {
+                    let len = got.output.meta.size;
+                    let body = body_of(got.output.body, len);
+                    ok_response(&got.output.meta, got.status, body)
+                })
+        };
+        Some(answer.unwrap_or_else(|e| error_response(convert::store_error(e))))
+    }
+
+    /// Checks everything s3s would check before GetObject/HeadObject (the signature, its time,
+    /// the key pair, the key rules); `None` for anything else or anything in doubt.
+    fn accept<'r, B>(&self, req: &'r Request<B>, now: SystemTime) -> Option<Target<'r>> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return None,
+        };
+        let headers = req.headers();
+        // Only what GetObject reads as "the whole object, as stored": no range, no conditions,
+        // no checksums asked for, no customer keys; and no body.
+        for name in headers.keys() {
+            let n = name.as_str();
+            if n == "range"
+                || n.starts_with("if-")
+                || n == "x-amz-checksum-mode"
+                || n.starts_with("x-amz-server-side-encryption")
+                || n == "transfer-encoding"
+                || (n == "content-length" && headers.get(name).is_some_and(|v| v.as_bytes() != b"0"))
+            {
+                return None;
+            }
+        }
+        let mut query = [("", ""); QUERY_ALLOWED.len()];
+        let query = split_query(req.uri().query().unwrap_or(""), &mut query)?;
+        let mut decoded = String::new();
+        let (auth, payload) = match headers.get(header::AUTHORIZATION) {
+            Some(value) => {
+                if query.iter().any(|(n, _)| n.starts_with("X-Amz-")) {
+                    return None;
+                }
+                let date = headers.get("x-amz-date")?.to_str().ok()?;
+                let auth = sigv4::parse_header(value.to_str().ok()?, date)?;
+                let payload = headers.get("x-amz-content-sha256")?.to_str().ok()?;
+                if payload.starts_with("STREAMING-") {
+                    return None;
+                }
+                (auth, payload)
+            }
+            None => (sigv4::parse_presigned(query, &mut decoded)?, "UNSIGNED-PAYLOAD"),
+        };
+        if auth.service != "s3" || !sigv4::in_time(&auth, now) {
+            return None;
+        }
+        let raw_path = req.uri().path();
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let (bucket, key) = self.locate(host, raw_path)?;
+        convert::check_key(&key).ok()?;
+        let mut canonical = CanonicalRequest::new(req.method().as_str(), raw_path)?;
+        canonical.query(query)?;
+        let mut last = "";
+        for name in auth.signed_headers.split(';') {
+            let lower = name.bytes().all(|b| !b.is_ascii_uppercase());
+            if name <= last || !lower || name == "authorization" {
+                return None;
+            }
+            last = name;
+            let values = headers.get_all(name);
+            if values.iter().next().is_none() || values.iter().any(|v| v.to_str().is_err()) {
+                return None;
+            }
+            canonical.header(name, values.iter().filter_map(|v| v.to_str().ok()));
+        }
+        let canonical = canonical.finish(auth.signed_headers, payload);
+        if !self.verifier.verify(&auth, &canonical) {
+            return None;
+        }
+        Some(Target { head, bucket, key })
+    }
+
+    /// The bucket and key a request names: `BUCKET.<domain>` and `/KEY`, or `/BUCKET/KEY` for any
+    /// other host; the key decoded.
+    fn locate<'r>(&self, host: &'r str, raw_path: &'r str) -> Option<(&'r str, String)> {
+        let name = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let virtual_bucket = name
+            .len()
+            .checked_sub(self.domain.len() + 1)
+            .filter(|&cut| {
+                cut > 0
+                    && name.as_bytes()[cut] == b'.'
+                    && name[cut + 1..].eq_ignore_ascii_case(&self.domain)
+                    && name.parse::<std::net::IpAddr>().is_err()
+            })
+            .map(|cut| &name[..cut]);
+        let rest = raw_path.strip_prefix('/')?;
+        let (bucket, raw_key) = match virtual_bucket {
+            Some(bucket) => (bucket, rest),
+            None => rest.split_once('/')?,
+        };
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let key = sigv4::percent_decode(raw_key)?;
+        (bucket_ok && !key.is_empty() && key.len() <= 1024).then_some((bucket, key))
+    }
+}
+
+/// The raw query's `(name, value)` pairs, when it holds only `QUERY_ALLOWED` names, each once.
+fn split_query<'q, 'b>(raw: &'q str, into: &'b mut [(&'q str, &'q str)]) -> Option<&'b mut [(&'q str, &'q str)]> {
+    let mut n = 0;
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if n == into.len() || !QUERY_ALLOWED.contains(&name) || into[..n].iter().any(|(m, _)| *m == name) {
+            return None;
+        }
+        if name == "x-id" && value != "GetObject" && value != "HeadObject" {
+            return None;
+        }
+        into[n] = (name, value);
+        n += 1;
+    }
+    Some(&mut into[..n])
+}
+
+/// The stored body as a response body of known length.
+fn body_of(stream: perch_cache::ByteStream, len: u64) -> s3s::Body {
+    let stream = stream.map(|chunk| chunk.map_err(|e| Box::new(e) as s3s::StdError));
+    s3s::Body::from(crate::chunked::KnownLength::boxed(Box::pin(stream), len as usize))
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), as s3s writes Last-Modified.
+fn http_date(t: SystemTime) -> HeaderValue {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+    ];
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = [0u8; 29];
+    let two = |out: &mut [u8], at: usize, v: i64| {
+        out[at] = b'0' + (v / 10 % 10) as u8;
+        out[at + 1] = b'0' + (v % 10) as u8;
+    };
+    out[..3].copy_from_slice(DAYS[days.rem_euclid(7) as usize]);
+    out[3..5].copy_from_slice(b", ");
+    two(&mut out, 5, day);
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    out[11] = b' ';
+    two(&mut out, 12, year / 100);
+    two(&mut out, 14, year % 100);
+    out[16] = b' ';
+    two(&mut out, 17, rem / 3600);
+    out[19] = b':';
+    two(&mut out, 20, rem % 3600 / 60);
+    out[22] = b':';
+    two(&mut out, 23, rem % 60);
+    out[25..].copy_from_slice(b" GMT");
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
+/// The headers GetObject and HeadObject answer a whole object with, as s3s writes them.
+fn ok_response(meta: &ObjectMeta, status: CacheStatus, body: s3s::Body) -> Response<s3s::Body> {
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.reserve(10 + meta.headers.metadata.len());
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let c = &meta.headers;
+    for (name, value) in [
+        (header::CACHE_CONTROL, &c.cache_control),
+        (header::CONTENT_DISPOSITION, &c.content_disposition),
+        (header::CONTENT_ENCODING, &c.content_encoding),
+        (header::CONTENT_LANGUAGE, &c.content_language),
+        (header::CONTENT_TYPE, &c.content_type),
+    ] {
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    let etag = if meta.etag.len() >= 2 && meta.etag.starts_with('"') && meta.etag.ends_with('"') {
+        HeaderValue::from_str(&meta.etag)
+    } else {
+        HeaderValue::from_str(&etag_value(&meta.etag))
+    };
+    if let Ok(v) = etag {
+        h.insert(header::ETAG, v);
+    }
+    // Expires as s3s writes it: read as an HTTP date and written again (left out if unreadable).
+    if let Some(expires) = convert::expires_timestamp(c.expires.as_deref()) {
+        let mut buf = Vec::with_capacity(32);
+        if expires.format(TimestampFormat::HttpDate, &mut buf).is_ok()
+            && let Ok(v) = HeaderValue::from_bytes(&buf)
+        {
+            h.insert(header::EXPIRES, v);
+        }
+    }
+    h.insert(header::LAST_MODIFIED, http_date(meta.last_modified));
+    for (k, v) in &c.metadata {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(format!("x-amz-meta-{k}").as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(name, value);
+        }
+    }
+    h.insert("x-cache", HeaderValue::from_static(status.as_str()));
+    res
+}
+
+/// An ETag as s3s writes it: `"v"`, or `W/"v"` for a weak one.
+fn etag_value(etag: &str) -> String {
+    match convert::etag(etag) {
+        s3s::dto::ETag::Strong(v) => format!("\"{v}\""),
+        s3s::dto::ETag::Weak(v) => format!("W/\"{v}\""),
+    }
+}
+
+/// An S3 error as s3s writes it (XML with its declaration).
+fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
+    use s3s::xml::Serialize;
+    let status = e.status_code().unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut buf = Vec::with_capacity(256);
+    let mut ser = s3s::xml::Serializer::new(&mut buf);
+    if ser.decl().and_then(|()| e.serialize(&mut ser)).is_err() {
+        buf.clear();
+    }
+    let mut res = Response::new(s3s::Body::from(Bytes::from(buf)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries() {
+        let mut buf = [("", ""); QUERY_ALLOWED.len()];
+        assert!(split_query("x-id=GetObject", &mut buf).is_some());
+        assert!(split_query("x-id=PutObject", &mut buf).is_none());
+        assert!(split_query("X-Amz-Date=1&X-Amz-Date=2", &mut buf).is_none());
+        assert!(split_query("response-content-type=a", &mut buf).is_none());
+        assert!(split_query("partNumber=1", &mut buf).is_none());
+        assert!(split_query("X-Amz-%44ate=1", &mut buf).is_none());
+        let q = split_query("X-Amz-Date=1&&X-Amz-Expires=2", &mut buf).unwrap();
+        assert_eq!(q, &[("X-Amz-Date", "1"), ("X-Amz-Expires", "2")]);
+    }
+
+    #[test]
+    fn http_dates_as_s3s_writes_them() {
+        use s3s::dto::Timestamp;
+        for secs in [
+            0u64,
+            784_111_777,
+            951_782_400,
+            1_700_000_000,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let mut s3s_way = Vec::new();
+            Timestamp::from(t)
+                .format(TimestampFormat::HttpDate, &mut s3s_way)
+                .unwrap();
+            assert_eq!(http_date(t).as_bytes(), s3s_way.as_slice(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn etags_as_s3s_writes_them() {
+        assert_eq!(etag_value("\"abc\""), "\"abc\"");
+        assert_eq!(etag_value("W/\"abc\""), "W/\"abc\"");
+    }
+}

@@ -1,0 +1,312 @@
+"""The S3 front door as common clients use it (issue 14): streamed PUTs without a length, listing
+details boto3 and conformance suites check, ListBuckets paging, and bucket configurations (ACL,
+policy, versioning, lifecycle, ownership controls, CORS, tagging) and object ACLs passed through
+to the origin (refused on a replica before they reach it)."""
+
+import hashlib
+import json
+import uuid
+
+import pytest
+import requests
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from conftest import DEV_KEY, DEV_SECRET, REGION, make_client
+
+
+def error_of(call):
+    with pytest.raises(ClientError) as e:
+        call()
+    r = e.value.response
+    return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"]
+
+
+# --------------------------------------------------------------------------- chunked PUT
+
+
+def chunked_put(perch, bucket, key, body, declared_sha256=None):
+    """A PUT signed in its headers by botocore's SigV4 signer (the body's SHA-256 signed, as
+    botocore signs over http), sent by `requests` from a generator: `Transfer-Encoding: chunked`
+    and no Content-Length, as tools streaming data of unknown size send it."""
+    url = f"{perch.path_url}/{bucket}/{key}"
+    req = AWSRequest(method="PUT", url=url, data=body)
+    S3SigV4Auth(Credentials(DEV_KEY, DEV_SECRET), "s3", REGION).add_auth(req)
+    headers = dict(req.headers.items())
+    if declared_sha256 is not None:
+        headers["X-Amz-Content-SHA256"] = declared_sha256
+
+    def chunks():
+        for i in range(0, len(body), 100_000):
+            yield body[i : i + 100_000]
+
+    r = requests.put(url, data=chunks(), headers=headers, timeout=60)
+    assert r.request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in r.request.headers
+    return r
+
+
+@pytest.mark.parametrize("size", [0, 5000, 3 * 1024 * 1024 + 7])
+def test_chunked_put_without_length_is_stored(perch, bucket, size):
+    body = hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1)
+    body = body[:size]
+    r = chunked_put(perch, bucket, "streamed", body)
+    assert r.status_code == 200, r.text
+    assert r.headers["ETag"] == '"' + hashlib.md5(body).hexdigest() + '"'
+    got = make_client(perch).get_object(Bucket=bucket, Key="streamed")
+    assert got["ContentLength"] == size
+    assert got["Body"].read() == body
+    # Nothing is left behind in the data dir's spool.
+    assert list((perch.data_dir / "tmp").iterdir()) == []
+
+
+def test_chunked_put_with_a_wrong_hash_stores_nothing(perch, bucket):
+    body = b"x" * 200_000
+    r = chunked_put(perch, bucket, "bad", body, declared_sha256=hashlib.sha256(b"other").hexdigest())
+    # botocore signed the real hash; the header now differs from what it signed.
+    assert r.status_code in (400, 403), r.text
+    s3 = make_client(perch)
+    assert error_of(lambda: s3.head_object(Bucket=bucket, Key="bad"))[0] == 404
+
+    # Signed for a body that is not the one sent: the hash check fails after the body arrived.
+    url = f"{perch.path_url}/{bucket}/bad2"
+    req = AWSRequest(method="PUT", url=url, data=b"y" * 200_000)
+    S3SigV4Auth(Credentials(DEV_KEY, DEV_SECRET), "s3", REGION).add_auth(req)
+    r = requests.put(url, data=iter([body]), headers=dict(req.headers.items()), timeout=60)
+    assert r.status_code == 400 and "XAmzContentSHA256Mismatch" in r.text, r.text
+    assert error_of(lambda: s3.head_object(Bucket=bucket, Key="bad2"))[0] == 404
+    assert list((perch.data_dir / "tmp").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- listings
+
+
+def test_listing_details(perch, bucket):
+    s3 = make_client(perch)
+    s3.put_object(Bucket=bucket, Key="a/1", Body=b"1")
+    s3.put_object(Bucket=bucket, Key="b", Body=b"2")
+    for list_call in (s3.list_objects, s3.list_objects_v2):
+        # An empty delimiter is no delimiter: S3 leaves the element out.
+        r = list_call(Bucket=bucket, Delimiter="")
+        assert "Delimiter" not in r, r
+        assert [o["Key"] for o in r["Contents"]] == ["a/1", "b"]
+        # A prefix with a control character comes back as it was given (boto3 asks for
+        # encoding-type=url by itself and decodes what S3 encodes).
+        r = list_call(Bucket=bucket, Prefix="\n")
+        assert r["Prefix"] == "\n", r
+        assert "Contents" not in r
+        r = list_call(Bucket=bucket, Prefix="a/", Delimiter="/")
+        assert r["Prefix"] == "a/" and r["Delimiter"] == "/"
+
+    # Owners: version 1 always lists them; version 2 when asked.
+    v1 = s3.list_objects(Bucket=bucket)["Contents"]
+    assert all(o["Owner"]["ID"] for o in v1), v1
+    v2 = s3.list_objects_v2(Bucket=bucket, FetchOwner=True)["Contents"]
+    assert [o["Owner"] for o in v2] == [o["Owner"] for o in v1]
+    assert all("Owner" not in o for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    # The owner is the bucket's, as its ACL names it.
+    assert v2[0]["Owner"]["ID"] == s3.get_bucket_acl(Bucket=bucket)["Owner"]["ID"]
+
+
+def test_list_buckets_pages(perch):
+    s3 = make_client(perch)
+    tag = uuid.uuid4().hex[:10]
+    names = sorted(f"lb-{tag}-{i}" for i in range(5))
+    for n in names:
+        s3.create_bucket(Bucket=n)
+    everything = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert everything == sorted(everything) and set(names) <= set(everything)
+
+    assert [b["Name"] for b in s3.list_buckets(Prefix=f"lb-{tag}-")["Buckets"]] == names
+    seen, token, pages = [], None, 0
+    while True:
+        kw = {"MaxBuckets": 2, "Prefix": f"lb-{tag}-"}
+        if token:
+            kw["ContinuationToken"] = token
+        page = s3.list_buckets(**kw)
+        pages += 1
+        assert len(page["Buckets"]) <= 2
+        seen += [b["Name"] for b in page["Buckets"]]
+        token = page.get("ContinuationToken")
+        if not token:
+            break
+    assert (seen, pages) == (names, 3)
+    assert [b["Name"] for b in s3.get_paginator("list_buckets").paginate(PaginationConfig={"PageSize": 3}).build_full_result()["Buckets"]] == everything
+    assert error_of(lambda: s3.list_buckets(MaxBuckets=10001)) == (400, "InvalidArgument")
+    assert error_of(lambda: s3.list_buckets(ContinuationToken="not-ours")) == (400, "InvalidArgument")
+
+
+# --------------------------------------------------------------------------- configurations
+
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::BUCKET/*"}
+    ],
+}
+LIFECYCLE = {
+    "Rules": [{"ID": "tmp", "Status": "Enabled", "Filter": {"Prefix": "tmp/"}, "Expiration": {"Days": 3}}]
+}
+CORS = {"CORSRules": [{"AllowedMethods": ["GET", "PUT"], "AllowedOrigins": ["https://example.com"], "MaxAgeSeconds": 60}]}
+TAGS = {"TagSet": [{"Key": "team", "Value": "db & <ops>"}]}
+
+
+def test_bucket_configurations_pass_through_to_moto(perch_factory, moto):
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    direct = moto.client()
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket)
+    policy = json.dumps(POLICY).replace("BUCKET", bucket)
+
+    # Nothing configured yet: the origin's own answers.
+    assert error_of(lambda: s3.get_bucket_policy(Bucket=bucket)) == (404, "NoSuchBucketPolicy")
+    assert error_of(lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket)) == (404, "NoSuchLifecycleConfiguration")
+    assert error_of(lambda: s3.get_bucket_cors(Bucket=bucket)) == (404, "NoSuchCORSConfiguration")
+    assert error_of(lambda: s3.get_bucket_tagging(Bucket=bucket)) == (404, "NoSuchTagSet")
+    assert s3.get_bucket_acl(Bucket=bucket)["Grants"] == direct.get_bucket_acl(Bucket=bucket)["Grants"]
+
+    # Each change lands in the origin, and reads back through Perch as the origin answers it.
+    s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+    assert json.loads(direct.get_bucket_policy(Bucket=bucket)["Policy"]) == json.loads(policy)
+    assert json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == json.loads(policy)
+
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    assert direct.get_bucket_versioning(Bucket=bucket)["Status"] == "Suspended"
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Suspended"
+
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=LIFECYCLE)
+    assert direct.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"] == LIFECYCLE["Rules"]
+    assert s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"] == LIFECYCLE["Rules"]
+
+    controls = {"Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]}
+    s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=controls)
+    assert direct.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"] == controls
+    assert s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"] == controls
+
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS)
+    assert direct.get_bucket_cors(Bucket=bucket)["CORSRules"] == CORS["CORSRules"]
+    assert s3.get_bucket_cors(Bucket=bucket)["CORSRules"] == CORS["CORSRules"]
+
+    s3.put_bucket_tagging(Bucket=bucket, Tagging=TAGS)
+    assert direct.get_bucket_tagging(Bucket=bucket)["TagSet"] == TAGS["TagSet"]
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == TAGS["TagSet"]
+
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    grants = direct.get_bucket_acl(Bucket=bucket)["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants), grants
+    assert s3.get_bucket_acl(Bucket=bucket)["Grants"] == grants
+
+    # Object ACLs: the object is written back first, so the origin has it when the ACL goes.
+    s3.put_object(Bucket=bucket, Key="k", Body=b"acl")
+    assert s3.get_object_acl(Bucket=bucket, Key="k")["Owner"] == direct.get_object_acl(Bucket=bucket, Key="k")["Owner"]
+    s3.put_object(Bucket=bucket, Key="k2", Body=b"acl")
+    s3.put_object_acl(Bucket=bucket, Key="k2", ACL="public-read")
+    grants = direct.get_object_acl(Bucket=bucket, Key="k2")["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants), grants
+    assert s3.get_object_acl(Bucket=bucket, Key="k2")["Grants"] == grants
+    assert error_of(lambda: s3.get_object_acl(Bucket=bucket, Key="missing")) == (404, "NoSuchKey")
+
+    # Removals.
+    for name, call, get in [
+        ("policy", s3.delete_bucket_policy, direct.get_bucket_policy),
+        ("lifecycle", s3.delete_bucket_lifecycle, direct.get_bucket_lifecycle_configuration),
+        ("cors", s3.delete_bucket_cors, direct.get_bucket_cors),
+        ("tagging", s3.delete_bucket_tagging, direct.get_bucket_tagging),
+        ("ownership", s3.delete_bucket_ownership_controls, direct.get_bucket_ownership_controls),
+    ]:
+        assert call(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204, name
+        assert error_of(lambda: get(Bucket=bucket))[0] == 404, name
+
+    # A missing bucket is the origin's 404.
+    assert error_of(lambda: s3.get_bucket_tagging(Bucket=f"c-{uuid.uuid4().hex[:16]}")) == (404, "NoSuchBucket")
+
+
+def test_bucket_configurations_of_the_directory_origin(perch_factory):
+    perch = perch_factory("perch", origin="dir")
+    s3 = make_client(perch)
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+
+    # What a new S3 bucket with nothing configured answers.
+    acl = s3.get_bucket_acl(Bucket=bucket)
+    assert [g["Permission"] for g in acl["Grants"]] == ["FULL_CONTROL"]
+    assert acl["Grants"][0]["Grantee"]["ID"] == acl["Owner"]["ID"]
+    assert s3.get_object_acl(Bucket=bucket, Key="k")["Owner"] == acl["Owner"]
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+    assert s3.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"] == {
+        "Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    }
+    assert error_of(lambda: s3.get_bucket_policy(Bucket=bucket)) == (404, "NoSuchBucketPolicy")
+    assert error_of(lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket)) == (404, "NoSuchLifecycleConfiguration")
+    assert error_of(lambda: s3.get_bucket_cors(Bucket=bucket)) == (404, "NoSuchCORSConfiguration")
+    assert error_of(lambda: s3.get_bucket_tagging(Bucket=bucket)) == (404, "NoSuchTagSet")
+    assert error_of(lambda: s3.get_object_acl(Bucket=bucket, Key="missing")) == (404, "NoSuchKey")
+    assert error_of(lambda: s3.get_bucket_acl(Bucket="no-such-bucket-here")) == (404, "NoSuchBucket")
+
+    # Removing what is not there succeeds; a change it cannot keep is refused, not pretended.
+    assert s3.delete_bucket_policy(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert s3.delete_bucket_tagging(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    for call in [
+        lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(POLICY).replace("BUCKET", bucket)),
+        lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
+        lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=LIFECYCLE),
+        lambda: s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS),
+        lambda: s3.put_bucket_tagging(Bucket=bucket, Tagging=TAGS),
+        lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read"),
+        lambda: s3.put_object_acl(Bucket=bucket, Key="k", ACL="public-read"),
+        lambda: s3.delete_bucket_ownership_controls(Bucket=bucket),
+    ]:
+        assert error_of(call) == (501, "NotImplemented")
+
+
+def test_replica_refuses_configuration_changes_before_the_origin(perch_factory, moto):
+    primary = perch_factory("primary", origin_url=moto.url, origin="moto")
+    replica = perch_factory("replica", origin_url=moto.url, role="replica", origin="moto")
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    make_client(primary).create_bucket(Bucket=bucket)
+    make_client(primary).put_bucket_tagging(Bucket=bucket, Tagging=TAGS)
+    direct = moto.client()
+    r = make_client(replica)
+
+    # Reads pass through.
+    assert r.get_bucket_tagging(Bucket=bucket)["TagSet"] == TAGS["TagSet"]
+    assert r.get_bucket_acl(Bucket=bucket)["Owner"] == direct.get_bucket_acl(Bucket=bucket)["Owner"]
+    assert error_of(lambda: r.get_bucket_policy(Bucket=bucket)) == (404, "NoSuchBucketPolicy")
+
+    changes = {
+        "PutBucketPolicy": lambda: r.put_bucket_policy(Bucket=bucket, Policy=json.dumps(POLICY).replace("BUCKET", bucket)),
+        "PutBucketVersioning": lambda: r.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
+        "PutBucketLifecycleConfiguration": lambda: r.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=LIFECYCLE),
+        "PutBucketOwnershipControls": lambda: r.put_bucket_ownership_controls(
+            Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "ObjectWriter"}]}
+        ),
+        "PutBucketCors": lambda: r.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS),
+        "PutBucketTagging": lambda: r.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": []}),
+        "PutBucketAcl": lambda: r.put_bucket_acl(Bucket=bucket, ACL="public-read"),
+        "DeleteBucketTagging": lambda: r.delete_bucket_tagging(Bucket=bucket),
+        "DeleteBucketPolicy": lambda: r.delete_bucket_policy(Bucket=bucket),
+        "DeleteBucketCors": lambda: r.delete_bucket_cors(Bucket=bucket),
+        "DeleteBucketLifecycle": lambda: r.delete_bucket_lifecycle(Bucket=bucket),
+        "DeleteBucketOwnershipControls": lambda: r.delete_bucket_ownership_controls(Bucket=bucket),
+    }
+    for name, call in changes.items():
+        assert error_of(call) == (403, "AccessDenied"), name
+
+    # None of them reached the origin.
+    assert direct.get_bucket_tagging(Bucket=bucket)["TagSet"] == TAGS["TagSet"]
+    assert error_of(lambda: direct.get_bucket_policy(Bucket=bucket))[0] == 404
+    assert "Status" not in direct.get_bucket_versioning(Bucket=bucket)
+    assert error_of(lambda: direct.get_bucket_cors(Bucket=bucket))[0] == 404
+    assert error_of(lambda: direct.get_bucket_lifecycle_configuration(Bucket=bucket))[0] == 404
+    grants = direct.get_bucket_acl(Bucket=bucket)["Grants"]
+    assert not any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants)
+    # ... nor did the replica send any (the primary's tagging went through its own counter).
+    metrics = requests.get(f"http://{replica.admin_addr}/metrics", timeout=10).text
+    assert 'op="get_config"' in metrics
+    assert 'op="put_config"' not in metrics and 'op="delete_config"' not in metrics
+    primary_metrics = requests.get(f"http://{primary.admin_addr}/metrics", timeout=10).text
+    assert 'op="put_config"' in primary_metrics

@@ -1,0 +1,181 @@
+"""The image's restore tool (oriole-image/restore.py) against an OrioleDB-shaped bucket in moto,
+read through a real perch: it rebuilds exactly the data directory of the last checkpoint, with the
+undo files and WAL a checkpoint taken under load needs, many objects at a time.
+
+OrioleDB's upstream loader (orioledb_s3_loader.py) gets four things wrong that these tests pin
+down: it reads the undo ranges from the wrong offsets of the control file, asks for
+`orioledb_data/...` where undo lives under `orioledb_undo/...`, writes the undo files relative to
+its working directory instead of the data directory, and skips the last undo file of each range.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+import oriole_bucket
+from conftest import DEV_KEY, DEV_SECRET, REGION, clean_env
+
+RESTORE = Path(__file__).resolve().parents[3] / "oriole-image" / "restore.py"
+UNDO = oriole_bucket.UNDO_FILE_SIZE
+
+
+def load_restore():
+    spec = importlib.util.spec_from_file_location("perch_oriole_restore", RESTORE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+restore = load_restore()
+
+
+@pytest.fixture(scope="module")
+def layout():
+    # Sizes / 256: the same keys, ~1.7 MB in all.
+    return oriole_bucket.Layout(scale=256)
+
+
+@pytest.fixture
+def stocked(moto, perch_factory, layout):
+    """A bucket holding `layout`, put straight into moto, and a fresh perch in front of moto."""
+    bucket = "oriole-%s" % uuid.uuid4().hex[:12]
+    s3 = moto.client()
+    s3.create_bucket(Bucket=bucket)
+    oriole_bucket.upload(s3, bucket, layout)
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    return perch, bucket, s3
+
+
+def run_tool(perch, bucket, data_dir, cwd, *extra):
+    env = clean_env(AWS_ACCESS_KEY_ID=DEV_KEY, AWS_SECRET_ACCESS_KEY=DEV_SECRET, AWS_DEFAULT_REGION=REGION)
+    return subprocess.run(
+        [sys.executable, str(RESTORE), "--endpoint", perch.path_url, "--bucket", bucket,
+         "--data-dir", str(data_dir), *extra],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def files_and_dirs(tree):
+    files = {k: v for k, v in tree.items() if v is not None}
+    dirs = {k.rstrip("/") for k, v in tree.items() if v is None}
+    return files, dirs
+
+
+def test_a_restore_through_perch_rebuilds_the_last_checkpoint_exactly(stocked, layout, tmp_path):
+    perch, bucket, _ = stocked
+    data_dir, cwd = tmp_path / "pgdata", tmp_path / "cwd"
+    cwd.mkdir()
+    r = run_tool(perch, bucket, data_dir, cwd)
+    assert r.returncode == 0, r.stderr
+    assert "checkpoint %d" % layout.checkpoint in r.stdout, r.stdout
+
+    got_files, got_dirs = files_and_dirs(oriole_bucket.restored(data_dir))
+    want_files, want_dirs = files_and_dirs(layout.expected)
+    assert sorted(got_files) == sorted(want_files)
+    wrong = [k for k in want_files if got_files[k] != want_files[k]]
+    assert wrong == [], "files with other bytes than the checkpoint's: %s" % wrong[:10]
+    assert want_dirs <= got_dirs, sorted(want_dirs - got_dirs)
+    # The undo files and both WAL segments a checkpoint taken under load needs are there, in the
+    # data directory (upstream: wrong range, wrong prefix, written to its working directory, the
+    # last file of the range left out).
+    for name in ("orioledb_undo/0000000000system", "orioledb_undo/0000000001data",
+                 "orioledb_undo/0000000002data", "pg_wal/00000001000000000000000A",
+                 "pg_wal/00000001000000000000000B"):
+        assert name in got_files, name
+    assert list(cwd.iterdir()) == [], "the tool wrote into its working directory"
+    assert not list(data_dir.rglob("*.restore-tmp"))
+
+
+def test_the_undo_files_come_from_the_ranges_the_checkpoint_retains(layout):
+    control = layout.objects["data/%d/orioledb_data/control" % layout.checkpoint]
+    assert restore.undo_files(control) == [
+        "orioledb_undo/0000000001data", "orioledb_undo/0000000002data",
+        "orioledb_undo/0000000000system"]
+    # A range that ends on a file boundary ends in the file before it; one that ends a byte past
+    # it includes the next file (upstream leaves the last file of every range out).
+    at_boundary = oriole_bucket.oriole_control(7, (UNDO, 3 * UNDO), (0, 0))
+    assert restore.undo_files(at_boundary) == ["orioledb_undo/0000000001data",
+                                               "orioledb_undo/0000000002data"]
+    one_past = oriole_bucket.oriole_control(7, (UNDO, 3 * UNDO + 1), (5 * UNDO, 5 * UNDO + 1))
+    assert restore.undo_files(one_past) == [
+        "orioledb_undo/0000000001data", "orioledb_undo/0000000002data",
+        "orioledb_undo/0000000003data", "orioledb_undo/0000000005system"]
+    # The fields the upstream loader reads instead (mmapDataLength, lastUndoLocation) do not
+    # change the answer.
+    other_fields = oriole_bucket.oriole_control(7, (UNDO, 3 * UNDO), (0, 0), mmap_length=9 * UNDO)
+    assert restore.undo_files(other_fields) == restore.undo_files(at_boundary)
+    # A damaged control file is refused, never read as ranges.
+    damaged = bytearray(control)
+    damaged[88] ^= 1
+    with pytest.raises(restore.RestoreError, match="CRC"):
+        restore.undo_files(bytes(damaged))
+
+
+def test_the_wal_from_the_redo_point_to_the_checkpoint_record_is_restored(layout):
+    seg = oriole_bucket.WAL_SEGMENT_SIZE
+    control = oriole_bucket.pg_control(checkpoint_lsn=0x0B * seg + 40, redo_lsn=0x0A * seg + 40)
+    assert restore.wal_segments(control) == ["00000001000000000000000A", "00000001000000000000000B"]
+    # Past the 256th segment of a WAL id: the id moves on.
+    control = oriole_bucket.pg_control(checkpoint_lsn=0x100 * seg + 8, redo_lsn=0xFF * seg, timeline=2)
+    assert restore.wal_segments(control) == ["0000000200000000000000FF", "000000020000000100000000"]
+
+
+def test_a_missing_undo_file_fails_the_restore(stocked, tmp_path):
+    perch, bucket, s3 = stocked
+    s3.delete_object(Bucket=bucket, Key="orioledb_undo/0000000002data")
+    r = run_tool(perch, bucket, tmp_path / "pgdata", tmp_path)
+    assert r.returncode == 1, r.stdout
+    assert "orioledb_undo/0000000002data is missing" in r.stderr, r.stderr
+
+
+def test_an_incomplete_newest_checkpoint_is_passed_over(stocked, layout, tmp_path):
+    perch, bucket, s3 = stocked
+    n = layout.checkpoint + 1
+    # The newest checkpoint's files went up but its control files never did.
+    s3.put_object(Bucket=bucket, Key="data/%d/global/" % n, Body=b"")
+    s3.put_object(Bucket=bucket, Key="data/%d/base/5/1259" % n, Body=b"half")
+    r = run_tool(perch, bucket, tmp_path / "pgdata", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "checkpoint %d" % layout.checkpoint in r.stdout, r.stdout
+
+
+class Counting(restore.Restore):
+    """The restore, counting the GETs it has under way at once."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.now = 0
+        self.most = 0
+        self.count_lock = threading.Lock()
+
+    def get(self, name):
+        with self.count_lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().get(name)
+        finally:
+            with self.count_lock:
+                self.now -= 1
+
+
+def test_downloads_run_in_parallel_up_to_the_bound(stocked, layout, tmp_path):
+    perch, bucket, _ = stocked
+    jobs = 4
+    client = boto3.client(
+        "s3", endpoint_url=perch.path_url, region_name=REGION, aws_access_key_id=DEV_KEY,
+        aws_secret_access_key=DEV_SECRET,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=jobs))
+    tool = Counting(client, bucket, "", str(tmp_path / "pgdata"), jobs, False)
+    tool.run()
+    assert tool.fetched > 100
+    assert 2 <= tool.most <= jobs, tool.most
+    got_files, _ = files_and_dirs(oriole_bucket.restored(tmp_path / "pgdata"))
+    assert sorted(got_files) == sorted(k for k, v in layout.expected.items() if v is not None)

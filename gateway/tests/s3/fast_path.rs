@@ -1,0 +1,171 @@
+//! The hit fast path (issue 14): a signed GET or HEAD of a whole object is answered without s3s,
+//! and its answer is the one s3s gives. Each request is sent twice, plain (the fast path, as the
+//! `perch_requests_direct_total` counter shows) and with a condition that holds (`If-None-Match`
+//! with an ETag no object has, which only s3s serves): status, headers and body must be the same.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::primitives::DateTime;
+use perch_testkit::bodies::pattern;
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
+use perch_testkit::sdk::perch_client;
+use perch_testkit::servers::{DEV_ACCESS_KEY_ID, PerchServer};
+use perch_testkit::sigv4::Keys;
+
+use crate::support::machine;
+use crate::support::perch::{Perch, perch_metric};
+use crate::support::sdk::{create_bucket, ok, presigned_get};
+
+/// A condition every object passes, which sends the request to s3s.
+const PASSING: (&str, &str) = ("If-None-Match", "\"00000000000000000000000000000000\"");
+
+fn direct_count(perch: &PerchServer) -> f64 {
+    perch_metric(perch, "perch_requests_direct_total").unwrap_or(0.0)
+}
+
+/// Headers as a comparable list: lower-case names, sorted, without `Date`.
+fn comparable(headers: &[(String, String)]) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+        .filter(|(n, _)| n != "date")
+        .collect();
+    h.sort();
+    h
+}
+
+#[track_caller]
+fn assert_same(fast: &Resp, s3s: &Resp, what: &str) {
+    assert_eq!(fast.status, s3s.status, "{what}: status");
+    assert_eq!(comparable(&fast.headers), comparable(&s3s.headers), "{what}: headers");
+    assert_eq!(fast.body, s3s.body, "{what}: body");
+}
+
+/// Sends `req` plain and with the passing condition; checks that only the plain one took the
+/// fast path and that both were answered alike. Returns the plain answer.
+#[track_caller]
+fn both_ways(perch: &PerchServer, req: Req, what: &str) -> Resp {
+    let addr = perch.addr;
+    let before = direct_count(perch);
+    let fast = req.clone().go(addr);
+    let after_fast = direct_count(perch);
+    assert_eq!(after_fast, before + 1.0, "{what}: the plain request took the fast path");
+    let slow = req.header(PASSING.0, PASSING.1).go(addr);
+    assert_eq!(
+        direct_count(perch),
+        after_fast,
+        "{what}: the conditional one went to s3s"
+    );
+    assert_same(&fast, &slow, what);
+    fast
+}
+
+fn object(method: &str, addr: SocketAddr, style: Style, key: &str) -> Req {
+    Req::object(method, addr, style, &key_path(key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_answers_as_s3s_does() {
+    let _turn = machine::share();
+    let gw = Perch::dir(&[]);
+    let _log = gw.log_on_panic();
+    let perch = &gw.server;
+    let s3 = perch_client(perch);
+    create_bucket(&s3, BUCKET).await;
+    let body = pattern(70_000, 1);
+    ok(
+        s3.put_object()
+            .bucket(BUCKET)
+            .key("dir/full é+%.bin")
+            .body(body.clone().into())
+            .content_type("application/x-perch")
+            .cache_control("max-age=60")
+            .content_disposition("attachment; filename=\"x.bin\"")
+            .content_encoding("identity")
+            .content_language("en-GB")
+            .expires(DateTime::from_secs(1_900_000_000))
+            .metadata("color", "blue")
+            .metadata("Mixed", "A  b")
+            .send()
+            .await,
+        "put with every header",
+    );
+    ok(
+        s3.put_object()
+            .bucket(BUCKET)
+            .key("small")
+            .body(b"tiny".to_vec().into())
+            .send()
+            .await,
+        "put small",
+    );
+    ok(
+        s3.put_object()
+            .bucket(BUCKET)
+            .key("empty")
+            .body(Vec::new().into())
+            .send()
+            .await,
+        "put empty",
+    );
+
+    for style in [Style::Path, Style::Virtual] {
+        for key in ["dir/full é+%.bin", "small", "empty"] {
+            for method in ["GET", "HEAD"] {
+                let what = format!("{method} {key} {style:?}");
+                let got = both_ways(perch, object(method, perch.addr, style, key), &what);
+                assert_eq!(got.status, 200, "{what}: {}", got.summary());
+            }
+        }
+        // A missing key: the same 404 NoSuchKey.
+        let got = both_ways(perch, object("GET", perch.addr, style, "missing"), "GET missing");
+        assert_eq!(got.status, 404);
+        assert!(got.text().contains("<Code>NoSuchKey</Code>"), "{}", got.text());
+        both_ways(perch, object("HEAD", perch.addr, style, "missing"), "HEAD missing");
+    }
+    let full = object("GET", perch.addr, Style::Path, "dir/full é+%.bin").go(perch.addr);
+    assert_eq!(full.body, body);
+    assert_eq!(full.header("x-amz-meta-mixed"), Some("A  b"));
+
+    // Presigned URLs (as the SDK makes them, with its `x-id=GetObject`).
+    for key in ["dir/full é+%.bin", "small", "missing"] {
+        let presigned = presigned_get(&s3, BUCKET, key, Duration::from_secs(300)).await;
+        let mut req = Req::for_url("GET", presigned.uri());
+        for (name, value) in presigned.headers() {
+            if !name.eq_ignore_ascii_case("host") {
+                req = req.header(name, value);
+            }
+        }
+        let got = both_ways(perch, req, &format!("presigned GET {key}"));
+        let want = if key == "missing" { 404 } else { 200 };
+        assert_eq!(got.status, want, "{}", got.summary());
+    }
+
+    // What the fast path does not take, s3s still answers (and refuses).
+    let before = direct_count(perch);
+    let ranged = object("GET", perch.addr, Style::Path, "small")
+        .header("Range", "bytes=1-2")
+        .go(perch.addr);
+    assert_eq!((ranged.status, ranged.body.as_slice()), (206, &b"in"[..]));
+    let forged = object("GET", perch.addr, Style::Path, "small")
+        .keys(Some(Keys::new(DEV_ACCESS_KEY_ID, "not-the-secret")))
+        .go(perch.addr);
+    assert_eq!(forged.status, 403, "{}", forged.summary());
+    assert!(forged.text().contains("SignatureDoesNotMatch"), "{}", forged.text());
+    let stranger = object("GET", perch.addr, Style::Path, "small")
+        .keys(Some(Keys::new("someone-else", "secret")))
+        .go(perch.addr);
+    assert!(stranger.text().contains("InvalidAccessKeyId"), "{}", stranger.text());
+    let mut stale = object("GET", perch.addr, Style::Path, "small");
+    stale.time = Some(SystemTime::now() - Duration::from_secs(3600));
+    let stale = stale.go(perch.addr);
+    assert!(stale.text().contains("RequestTimeTooSkewed"), "{}", stale.text());
+    let anonymous = object("GET", perch.addr, Style::Path, "small")
+        .keys(None)
+        .go(perch.addr);
+    assert_eq!(anonymous.status, 403, "{}", anonymous.summary());
+    let dots = Req::object("GET", perch.addr, Style::Path, "a/../small").go(perch.addr);
+    assert_eq!(dots.status, 400, "{}", dots.summary());
+    assert_eq!(direct_count(perch), before, "none of these took the fast path");
+}

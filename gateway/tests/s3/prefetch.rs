@@ -1,0 +1,242 @@
+//! Prefetch on listing, read-ahead of sibling parts and the hot set under `.perch/`, over HTTP.
+//!
+//! The real `perch` binary in front of moto behind the request-counting origin proxy; objects are
+//! put straight into moto (`put_behind_perchs_back`) so that perch only learns of them from the
+//! origin. The proxy's counts say which objects were fetched, `X-Cache` whether a read was a hit,
+//! and `perch_cache_prefetches_total{reason,result}` what each prefetch came to.
+
+use std::time::{Duration, Instant};
+
+use perch_testkit::bodies::pattern;
+use perch_testkit::raw_client::{BUCKET, Req, Style, xml_values};
+use perch_testkit::sigv4::uri_encode;
+
+use crate::support::machine;
+use crate::support::perch::admin_get;
+use crate::support::raw::{assert_error, list_keys};
+use crate::support::stack::{Stack, assert_same, eventually};
+
+const KIB: usize = 1 << 10;
+
+/// Lists `prefix` through perch (ListObjectsV2), returning the keys.
+fn list_prefix(s: &Stack, prefix: &str) -> Vec<String> {
+    let q = format!("list-type=2&prefix={}", uri_encode(prefix.as_bytes(), true));
+    let r = Req::bucket("GET", s.addr(), Style::Path, &q).go(s.addr());
+    assert_eq!(r.status, 200, "LIST {prefix}: {}", r.summary());
+    xml_values(&r.text(), "Key")
+}
+
+/// The origin GETs of keys starting with `prefix` (the proxy's counts).
+fn origin_gets_under(s: &Stack, prefix: &str) -> u64 {
+    s.counts()
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("GET {prefix}")))
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+#[test]
+fn a_listing_a_rule_marks_is_prefetched_up_to_its_byte_bound() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--prefetch-on-list", "pf/*/", "--prefetch-bytes", "3MiB"]);
+    let _log = s.log_on_panic();
+    let bodies: Vec<Vec<u8>> = (0..10).map(|i| pattern(512 * KIB, 300 + i)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("pf/a/{i}"), body);
+    }
+    s.put_behind_perchs_back("pf/other", &bodies[0]);
+    s.proxy.reset();
+
+    // A listing no rule marks (the rule wants a prefix below pf/) fetches nothing.
+    assert_eq!(list_prefix(&s, "pf/").len(), 11);
+    // The marked one: as much as the 3 MiB bound holds (6 of 10), the rest is dropped.
+    assert_eq!(list_prefix(&s, "pf/a/").len(), 10);
+    let fetched = "perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"}";
+    let dropped = "perch_cache_prefetches_total{reason=\"list\",result=\"dropped\"}";
+    eventually("the prefetches are done", || {
+        s.metric(fetched) + s.metric(dropped) == 10.0
+    });
+    s.assert_metric(fetched, 6.0);
+    s.assert_metric(dropped, 4.0);
+    assert_eq!(origin_gets_under(&s, "pf/"), 6, "{:?}", s.counts());
+    let mut hits = 0;
+    for (i, body) in bodies.iter().enumerate() {
+        let r = s.get(&format!("pf/a/{i}"));
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_same(&r.body, body, &format!("pf/a/{i}"));
+        if r.header("X-Cache") == Some("HIT") {
+            hits += 1;
+        }
+    }
+    assert_eq!(hits, 6, "the prefetched objects are hits");
+    assert_eq!(
+        origin_gets_under(&s, "pf/"),
+        10,
+        "each object fetched once: {:?}",
+        s.counts()
+    );
+    s.assert_metric("perch_cache_prefetch_used_total{reason=\"list\"}", 6.0);
+    assert_eq!(origin_gets_under(&s, "pf/other"), 0);
+}
+
+#[test]
+fn a_failed_prefetch_leaves_nothing_behind() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--prefetch-on-list", "pf/*/", "--origin-retry-deadline", "1s"]);
+    let _log = s.log_on_panic();
+    let good = pattern(300 * KIB, 310);
+    let bad = pattern(300 * KIB, 311);
+    s.put_behind_perchs_back("pf/b/good", &good);
+    s.put_behind_perchs_back("pf/b/bad", &bad);
+    s.proxy.reset();
+    // Every GET of pf/b/bad fails (500) until the deadline: the prefetch of it fails.
+    s.faults(r#"{"fail_next": 1000, "error_kinds": ["500"], "match_key_prefix": "pf/b/bad", "match_method": "GET"}"#);
+    list_prefix(&s, "pf/b/");
+    let failed = "perch_cache_prefetches_total{reason=\"list\",result=\"failed\"}";
+    let fetched = "perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"}";
+    eventually("both prefetches ended", || {
+        s.metric(failed) == 1.0 && s.metric(fetched) == 1.0
+    });
+    s.assert_metric("perch_cache_entries{tier=\"disk\"}", 1.0);
+    assert_eq!(s.tmp_files(), vec![], "no partial file is left");
+    // Nothing poisoned: once the origin answers, the object is fetched afresh and kept.
+    s.no_faults();
+    s.get_expect("pf/b/bad", &bad, "MISS");
+    s.get_expect("pf/b/bad", &bad, "HIT");
+    s.get_expect("pf/b/good", &good, "HIT");
+}
+
+/// Prefetches of a listing go on only while a client lists or reads under it: with nobody
+/// reading, what is still queued after 10 s is dropped, and never fetched.
+#[test]
+fn queued_prefetches_are_cancelled_when_no_client_reads_under_the_listing() {
+    // Alone: the test races the 10 s cancel timer against the origin's latency.
+    let _turn = machine::alone();
+    const N: usize = 60;
+    let s = Stack::start(&["--prefetch-on-list", "pf/*/"]);
+    let _log = s.log_on_panic();
+    for i in 0..N {
+        s.put_behind_perchs_back(&format!("pf/c/{i:02}"), &pattern(KIB, 400 + i as u64));
+    }
+    s.proxy.reset();
+    // 2 s an origin request: eight fetches at a time get through about 40 in 10 s.
+    s.faults(r#"{"latency_ms": 2000}"#);
+    assert_eq!(list_prefix(&s, "pf/c/").len(), N);
+    let m = |result: &str| {
+        s.metric(&format!(
+            "perch_cache_prefetches_total{{reason=\"list\",result=\"{result}\"}}"
+        ))
+    };
+    let started = Instant::now();
+    while m("fetched") + m("cancelled") + m("failed") < N as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "prefetches still under way"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.no_faults();
+    let (fetched, cancelled) = (m("fetched"), m("cancelled"));
+    assert!(cancelled > 0.0, "nothing was cancelled (fetched {fetched})");
+    assert_eq!(m("failed"), 0.0);
+    assert_eq!(
+        origin_gets_under(&s, "pf/c/") as f64,
+        fetched,
+        "a cancelled item is never fetched"
+    );
+}
+
+#[test]
+fn parts_read_in_order_are_read_ahead_and_served_as_hits() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--read-ahead-parts", "3"]);
+    let _log = s.log_on_panic();
+    let name = "orioledb_data/9/5/16440.0";
+    let parts: Vec<Vec<u8>> = (0..8).map(|i| pattern(256 * KIB, 500 + i)).collect();
+    for (i, body) in parts.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("{name}.{i}"), body);
+    }
+    // A map file is not a part: never read ahead.
+    s.put_behind_perchs_back("orioledb_data/9/5/16440.map", &pattern(40, 1));
+    s.proxy.reset();
+    let fetched = "perch_cache_prefetches_total{reason=\"read_ahead\",result=\"fetched\"}";
+
+    s.get_expect("orioledb_data/9/5/16440.map", &pattern(40, 1), "MISS");
+    s.get_expect(&format!("{name}.0"), &parts[0], "MISS");
+    s.assert_metric(fetched, 0.0);
+    // The second nearby read makes a run: parts 2, 3 and 4 are fetched ahead.
+    s.get_expect(&format!("{name}.1"), &parts[1], "MISS");
+    eventually("three parts read ahead", || s.metric(fetched) == 3.0);
+    s.get_expect(&format!("{name}.2"), &parts[2], "HIT");
+    s.get_expect(&format!("{name}.3"), &parts[3], "HIT");
+    s.assert_metric("perch_cache_prefetch_used_total{reason=\"read_ahead\"}", 2.0);
+    // Each read moves the window: 5 and 6 follow.
+    eventually("two more parts read ahead", || s.metric(fetched) == 5.0);
+    s.get_expect(&format!("{name}.4"), &parts[4], "HIT");
+    for i in 0..=6 {
+        assert_eq!(
+            s.counts().get(&format!("GET {name}.{i}")),
+            Some(&1),
+            "part {i}: {:?}",
+            s.counts()
+        );
+    }
+}
+
+#[test]
+fn the_hot_set_prewarms_an_empty_volume_and_is_perchs_own() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&["--hot-set-interval", "0s"]);
+    let _log = s.log_on_panic();
+    let hot: Vec<Vec<u8>> = (0..5).map(|i| pattern(200 * KIB, 600 + i)).collect();
+    let cold = pattern(200 * KIB, 610);
+    for (i, body) in hot.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("hs/hot/{i}"), body);
+    }
+    s.put_behind_perchs_back("hs/cold", &cold);
+    for (i, body) in hot.iter().enumerate() {
+        s.get_expect(&format!("hs/hot/{i}"), body, "MISS");
+    }
+    // Clients cannot write Perch's prefix.
+    let r = s.req("PUT", ".perch/hot-set").body(b"mine".to_vec()).go(s.addr());
+    assert_error(&r, 403, "AccessDenied", "PUT under .perch/");
+    let r = s.req("DELETE", ".perch/hot-set").go(s.addr());
+    assert_error(&r, 403, "AccessDenied", "DELETE under .perch/");
+
+    // The primary writes its hot set when it stops; listings never show it.
+    s.stop_clean();
+    let set = s.in_moto(".perch/hot-set").expect("the hot set is in the bucket");
+    let text = String::from_utf8(set).unwrap();
+    for i in 0..5 {
+        assert!(text.contains(&format!("hs/hot/{i}\n")), "{text}");
+    }
+    assert!(!text.contains("hs/cold"), "{text}");
+
+    // A new machine with an empty volume prewarms from it before /readyz, without a client asking.
+    s.start_on_empty_volume(&["--prewarm-bucket", BUCKET]);
+    eventually("/readyz", || admin_get(s.perch(), "/readyz").0 == 200);
+    let fetched = "perch_cache_prefetches_total{reason=\"prewarm\",result=\"fetched\"}";
+    s.assert_metric(fetched, 5.0);
+    s.proxy.reset();
+    for (i, body) in hot.iter().enumerate() {
+        s.get_expect(&format!("hs/hot/{i}"), body, "HIT");
+    }
+    s.assert_counts(&[], "reads of the prewarmed hot set");
+    s.assert_metric("perch_cache_prefetch_used_total{reason=\"prewarm\"}", 5.0);
+    let listed = list_keys(s.addr());
+    assert!(listed.iter().all(|k| !k.starts_with(".perch/")), "{listed:?}");
+    assert!(listed.contains(&"hs/cold".to_owned()));
+
+    // A replica reads the hot set but never writes it.
+    s.stop_clean();
+    let before = s.in_moto(".perch/hot-set");
+    s.start_on_empty_volume(&["--role", "replica"]);
+    eventually("the replica prewarmed", || s.metric(fetched) == 5.0);
+    s.get_expect("hs/cold", &cold, "MISS");
+    s.stop_clean();
+    assert_eq!(
+        s.in_moto(".perch/hot-set"),
+        before,
+        "a replica never writes the hot set"
+    );
+}

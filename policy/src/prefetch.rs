@@ -1,0 +1,150 @@
+//! Which objects Perch fetches before a client asks: the objects of a listing whose prefix a rule
+//! names (a restore lists a checkpoint, then reads all of it), and the next parts of a table a
+//! client reads in order (OrioleDB's `<rel>.<segment>.<part>` keys, read one at a time).
+
+use std::str::FromStr;
+
+use crate::Glob;
+
+/// The prefix of each bucket that is Perch's own: the hot set it hands from one machine to the
+/// next lives there. Clients never see it in a listing and cannot write it.
+pub const RESERVED_PREFIX: &str = ".perch/";
+
+/// Whether `key` lies under the reserved prefix.
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
+
+/// A listing whose prefix matches `prefix` has its objects matching `keys` prefetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRule {
+    pub prefix: Glob,
+    pub keys: Glob,
+}
+
+impl FromStr for ListRule {
+    type Err = String;
+    /// `PREFIX_GLOB` (every listed object) or `PREFIX_GLOB=KEY_GLOB`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (prefix, keys) = s.split_once('=').unwrap_or((s, "*"));
+        if prefix.is_empty() || keys.is_empty() {
+            return Err(format!(
+                "prefetch rule `{s}` is not PREFIX_GLOB or PREFIX_GLOB=KEY_GLOB"
+            ));
+        }
+        Ok(ListRule {
+            prefix: Glob::new(prefix),
+            keys: Glob::new(keys),
+        })
+    }
+}
+
+/// Prefetch on listing, and read-ahead of sibling parts.
+#[derive(Debug, Clone, Default)]
+pub struct Prefetch {
+    pub on_list: Vec<ListRule>,
+    /// Keys whose last component is `<name>.<part>` (`part` a number) are read ahead: after two
+    /// reads of nearby parts of one `<name>`, the next `read_ahead_parts` parts are fetched.
+    pub read_ahead: Vec<Glob>,
+    pub read_ahead_parts: u64,
+}
+
+impl Prefetch {
+    /// OrioleDB's restore tool lists `data/N/` and reads every object of it, and lists
+    /// `orioledb_data/N/` to read the `.map` files (the data parts come later, lazily, and are
+    /// read ahead instead).
+    pub fn orioledb_list_rules() -> Vec<ListRule> {
+        ["data/*/", "orioledb_data/*/=*.map"]
+            .into_iter()
+            .filter_map(|r| r.parse().ok())
+            .collect()
+    }
+
+    /// OrioleDB's data parts: `orioledb_data/<checkpoint>/<db>/<rel>.<segment>.<part>`.
+    pub fn orioledb_read_ahead() -> Vec<Glob> {
+        vec![Glob::new("orioledb_data/*")]
+    }
+
+    /// The key filter of the first rule matching a listing's prefix (an empty prefix never does:
+    /// a rule is about one part of a bucket).
+    pub fn list_rule(&self, prefix: &str) -> Option<&Glob> {
+        if prefix.is_empty() {
+            return None;
+        }
+        self.on_list.iter().find(|r| r.prefix.matches(prefix)).map(|r| &r.keys)
+    }
+
+    /// `(<name>, part)` of a key that is read ahead.
+    pub fn part_of<'k>(&self, key: &'k str) -> Option<(&'k str, u64)> {
+        if self.read_ahead_parts == 0 || !self.read_ahead.iter().any(|g| g.matches(key)) {
+            return None;
+        }
+        let (name, part) = key.rsplit_once('.')?;
+        if name.ends_with('/') || name.is_empty() || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((name, part.parse().ok()?))
+    }
+
+    /// The key of part `part` of `name`.
+    pub fn part_key(name: &str, part: u64) -> String {
+        format!("{name}.{part}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_rules() {
+        let p = Prefetch {
+            on_list: Prefetch::orioledb_list_rules(),
+            ..Default::default()
+        };
+        assert_eq!(p.list_rule("data/6/").map(Glob::as_str), Some("*"));
+        assert_eq!(p.list_rule("orioledb_data/6/").map(Glob::as_str), Some("*.map"));
+        assert!(
+            p.list_rule("data/").is_none(),
+            "the listing of checkpoints is not prefetched"
+        );
+        assert!(p.list_rule("").is_none());
+        assert!(p.list_rule("wal/").is_none());
+        assert!("=x".parse::<ListRule>().is_err());
+        assert!("a/=".parse::<ListRule>().is_err());
+        let r: ListRule = "x/*".parse().unwrap();
+        assert!(r.keys.matches("anything"));
+    }
+
+    #[test]
+    fn parts() {
+        let p = Prefetch {
+            read_ahead: Prefetch::orioledb_read_ahead(),
+            read_ahead_parts: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            p.part_of("orioledb_data/2/5/16440.0.13"),
+            Some(("orioledb_data/2/5/16440.0", 13))
+        );
+        assert_eq!(p.part_of("orioledb_data/2/5/16440.map"), None);
+        assert_eq!(p.part_of("orioledb_data/2/5/16440."), None);
+        assert_eq!(p.part_of("data/2/base/5/1247"), None, "not a read-ahead key");
+        assert_eq!(
+            Prefetch::part_key("orioledb_data/2/5/16440.0", 14),
+            "orioledb_data/2/5/16440.0.14"
+        );
+        let off = Prefetch {
+            read_ahead_parts: 0,
+            ..p
+        };
+        assert_eq!(off.part_of("orioledb_data/2/5/16440.0.13"), None);
+    }
+
+    #[test]
+    fn reserved() {
+        assert!(is_reserved(".perch/hot-set"));
+        assert!(!is_reserved("perch/hot-set"));
+        assert!(!is_reserved("data/.perch/x"));
+    }
+}
