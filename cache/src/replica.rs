@@ -366,7 +366,7 @@ impl Replica {
     ) -> OriginResult<String> {
         self.seed(bucket).await?;
         self.ensure_local(bucket).await?;
-        self.objects.create_multipart_upload(bucket, key, headers, checksum).await
+        self.objects.create_multipart_upload(bucket, key, headers, &[], checksum).await
     }
 
     pub(crate) async fn upload_part(

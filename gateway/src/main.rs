@@ -373,10 +373,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
     let _ = admin_task.await;
-    // Flush the cache index now, so that the next start has nothing to replay.
+    // Released only with nothing left to upload: a journal that still holds writes keeps the
+    // lease until it expires, so that no new primary starts without them unawares.
     if let Some(lease) = &lease {
-        lease.release().await;
+        let left = store.write_status(None).dirty_objects;
+        if left == 0 {
+            lease.release().await;
+        } else {
+            tracing::warn!(writes = left, "the journal still holds writes: the lease is left to expire");
+        }
     }
+    // Flush the cache index now, so that the next start has nothing to replay.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");
     Ok(())

@@ -291,12 +291,8 @@ fn a_paused_holder_acknowledges_nothing_after_losing_its_lease_and_its_journal_w
     assert!(wait_until(Duration::from_secs(10), || b.get("before").is_some()));
 
     signal(&a, "STOP");
-    let taker = {
-        let dir = b.dir("b");
-        let args = b.args("machine-b");
-        std::thread::spawn(move || start_with(&dir, args, moto_keys_env()))
-    };
-    let new = taker.join().expect("machine-b started");
+    // Machine B waits the period plus the margin with A's ETag unchanged, then takes the lease.
+    let new = start_with(&b.dir("b"), b.args("machine-b"), moto_keys_env());
     assert_eq!(b.lease().expect("lease").0, "machine-b");
 
     // A write reaches the paused holder (the kernel queues the connection).
@@ -383,4 +379,28 @@ fn a_clock_jump_makes_the_holder_renew_before_it_acknowledges() {
         "the write after the jump waited for a renewal"
     );
     assert!(a.log_text().contains("gap since the last lease renewal"));
+}
+
+/// A barrier (a checkpoint's control file, by the built-in policy) goes up only after a renewal
+/// sent for it; a write-back key's upload needs none while the lease is fresh.
+#[test]
+fn a_barrier_upload_is_preceded_by_a_renewal() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let mut args = b.args("machine-a");
+    // A long period: no renewal is due on its own during the test (one every 20 s).
+    let at = args.iter().position(|a| a == PERIOD).expect("period");
+    args[at] = "60s".to_owned();
+    let a = start_with(&b.dir("a"), args, moto_keys_env());
+    let renewal = b.lease().expect("lease").2;
+    assert_eq!(put(a.addr, "data/1/base/1/1", b"a data file"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("data/1/base/1/1").is_some()));
+    assert_eq!(b.lease().expect("lease").2, renewal, "a write-back upload renews nothing");
+    assert_eq!(put(a.addr, "data/1/global/pg_control", b"control"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("data/1/global/pg_control").is_some()));
+    assert_eq!(
+        b.lease().expect("lease").2,
+        renewal + 1,
+        "the barrier's upload was preceded by a renewal"
+    );
 }
