@@ -401,6 +401,13 @@ pub struct Config {
     pub drain_quiet: Duration,
     /// The lease a primary holds, if any.
     pub lease: Option<LeaseSettings>,
+    /// What one client can hold (connections, requests, sizes, timeouts).
+    pub limits: Limits,
+    /// Required by every admin request but /healthz, /readyz and /metrics; must be set when the
+    /// admin listener is not on loopback.
+    pub admin_token: Option<AdminToken>,
+    /// The `--config` file, read again on SIGHUP for the origin's keys.
+    pub config_file: Option<PathBuf>,
     /// Keys clients sign with.
     pub client: Credentials,
     /// True when `client` is the development pair.
