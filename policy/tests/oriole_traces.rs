@@ -41,6 +41,31 @@ fn kind(key: &str) -> Kind {
     }
 }
 
+/// Checks the built-in profile's decision for one request of the traces; returns its kind.
+fn check(policy: &Policy, line: &str, method: Method, key: &str) -> String {
+    let d = policy.decide("orioledb", key, method);
+    let k = kind(key);
+    let revalidate = Freshness::Revalidate(Some(Duration::from_secs(5)));
+    let (write, cache, freshness) = match (&k, method) {
+        (Kind::CheckpointControl, Method::Put) => (WriteMode::Barrier, CacheClass::Normal, Freshness::Immutable),
+        (Kind::RootControl, _) => (WriteMode::Barrier, CacheClass::Pin, revalidate),
+        (Kind::Lock, Method::Delete) => (WriteMode::Barrier, CacheClass::Normal, revalidate),
+        (Kind::Lock, _) => (WriteMode::WriteBack, CacheClass::Normal, revalidate),
+        (Kind::Wal, _) => (WriteMode::WriteThrough, CacheClass::Bypass, revalidate),
+        (Kind::Undo, _) => (WriteMode::WriteBack, CacheClass::Normal, revalidate),
+        _ => (WriteMode::WriteBack, CacheClass::Normal, Freshness::Immutable),
+    };
+    // A write mode means something for the writes only.
+    if matches!(method, Method::Put | Method::Delete) {
+        assert_eq!(d.write, write, "{line}: write mode ({k:?})");
+    }
+    assert_eq!(d.cache, cache, "{line}: cache class ({k:?})");
+    assert_eq!(d.freshness, freshness, "{line}: freshness ({k:?})");
+    assert_eq!(d.upload_priority, Priority::Normal, "{line}");
+    assert!(d.upload_headers.is_empty(), "{line}: no upload header by default");
+    format!("{k:?} {method:?}")
+}
+
 #[test]
 fn every_key_of_the_recorded_traces_gets_its_intended_decision() {
     let policy = Policy::orioledb();
@@ -50,30 +75,63 @@ fn every_key_of_the_recorded_traces_gets_its_intended_decision() {
     for line in keys.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (method, key) = line.split_once(' ').expect("METHOD KEY");
         let method: Method = method.parse().expect("method");
-        let d = policy.decide("orioledb", key, method);
-        let k = kind(key);
-        let revalidate = Freshness::Revalidate(Some(Duration::from_secs(5)));
-        let (write, cache, freshness) = match (&k, method) {
-            (Kind::CheckpointControl, Method::Put) => (WriteMode::Barrier, CacheClass::Normal, Freshness::Immutable),
-            (Kind::RootControl, _) => (WriteMode::Barrier, CacheClass::Pin, revalidate),
-            (Kind::Lock, Method::Delete) => (WriteMode::Barrier, CacheClass::Normal, revalidate),
-            (Kind::Lock, _) => (WriteMode::WriteBack, CacheClass::Normal, revalidate),
-            (Kind::Wal, _) => (WriteMode::WriteThrough, CacheClass::Bypass, revalidate),
-            (Kind::Undo, _) => (WriteMode::WriteBack, CacheClass::Normal, revalidate),
-            _ => (WriteMode::WriteBack, CacheClass::Normal, Freshness::Immutable),
-        };
-        // A write mode means something for the writes only.
-        if matches!(method, Method::Put | Method::Delete) {
-            assert_eq!(d.write, write, "{line}: write mode ({k:?})");
-        }
-        assert_eq!(d.cache, cache, "{line}: cache class ({k:?})");
-        assert_eq!(d.freshness, freshness, "{line}: freshness ({k:?})");
-        assert_eq!(d.upload_priority, Priority::Normal, "{line}");
-        assert!(d.upload_headers.is_empty(), "{line}: no upload header by default");
-        kinds_seen.insert(format!("{k:?} {method:?}"));
+        kinds_seen.insert(check(&policy, line, method, key));
         checked += 1;
     }
     assert!(checked > 150, "only {checked} keys checked");
+    assert_kinds(&kinds_seen);
+}
+
+/// The value of the JSON string field `name` in one line of a trace (the traces' keys and methods
+/// are plain ASCII: no escapes).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{name}\":\""))? + name.len() + 4;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// Every request of the recorded traces themselves (`$PERCH_ORIOLE_TRACES` or `../shared/oriole`
+/// beside the workspace, as the bench's trace tests read them), not only the sample above.
+#[test]
+fn every_request_of_the_trace_files_gets_its_intended_decision() {
+    let dir = std::env::var_os("PERCH_ORIOLE_TRACES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/oriole"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("the OrioleDB traces are needed at {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("trace-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no trace-*.jsonl in {}", dir.display());
+    let policy = Policy::orioledb();
+    let mut checked = 0;
+    let mut kinds_seen = std::collections::HashSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for line in text.lines().filter(|l| l.contains("\"event\":\"request\"")) {
+            let (Some(method), Some(path)) = (field(line, "method"), field(line, "path")) else {
+                panic!("{}: a request without method or path: {line}", f.display());
+            };
+            let key = path.trim_start_matches('/');
+            // The bucket itself (its HEAD, its listings): no key to decide for.
+            if key.is_empty() {
+                continue;
+            }
+            let method: Method = method.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            kinds_seen.insert(check(&policy, &format!("{method:?} {key}"), method, key));
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "only {checked} requests checked");
+    assert_kinds(&kinds_seen);
+}
+
+fn assert_kinds(kinds_seen: &std::collections::HashSet<String>) {
     for must in [
         "CheckpointControl Put",
         "RootControl Put",
@@ -127,7 +185,11 @@ upload_priority = "low"
         let data_put = key.starts_with("data/") && method == Method::Put;
         assert_eq!(names.contains(&"x-tigris-regions"), data_put, "{line}");
         assert_eq!(names.contains(&"cache-control"), data_put, "{line}");
-        assert_eq!(names.contains(&"x-amz-storage-class"), key.starts_with("orioledb_data/"), "{line}");
+        assert_eq!(
+            names.contains(&"x-amz-storage-class"),
+            key.starts_with("orioledb_data/"),
+            "{line}"
+        );
         let priority = if data_put {
             Priority::High
         } else if key.starts_with("orioledb_data/") {
