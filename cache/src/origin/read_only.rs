@@ -119,10 +119,10 @@ impl Origin for ReadOnlyOrigin {
     }
 
     async fn put_config(&self, _bucket: &str, _key: Option<&str>, _sub: Subresource, _doc: &Document) -> OriginResult<()> {
-        Err(refused("PutBucketConfiguration"))
+        Err(refused("a bucket or object configuration change"))
     }
 
     async fn delete_config(&self, _bucket: &str, _sub: Subresource) -> OriginResult<()> {
-        Err(refused("DeleteBucketConfiguration"))
+        Err(refused("a bucket configuration deletion"))
     }
 }
