@@ -242,6 +242,15 @@ fn a_second_primary_refuses_to_start_naming_the_holder() {
     let (holder, epoch, ..) = b.lease().expect("lease");
     assert_eq!((holder.as_str(), epoch), ("machine-c", 2));
     assert_eq!(put(c.addr, "k3", b"from c"), 200);
+
+    // Broken with its flag while its holder runs: the holder's next renewal fails, and it stops.
+    let broken = b.cli(&["lease", "break", "--holder-is-gone"]);
+    assert!(broken.status.success(), "{}", String::from_utf8_lossy(&broken.stderr));
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("broken"));
+    let status = c.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "the holder of a broken lease exits");
+    let log = std::fs::read_to_string(b.dir("c").with_extension("log")).unwrap_or_default();
+    assert!(log.contains("lease lost") && log.contains("the lease was broken"), "{log}");
 }
 
 #[test]
