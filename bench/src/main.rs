@@ -40,7 +40,7 @@ enum Command {
     Miss(Box<perch_bench::miss::MissArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
-    OriginProxy(origin_proxy::ProxyArgs),
+    OriginProxy(Box<origin_proxy::ProxyArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (report, out) = match cli.command {
-        Command::OriginProxy(args) => return runtime.block_on(origin_proxy::run(args)),
+        Command::OriginProxy(args) => return runtime.block_on(origin_proxy::run(*args)),
         Command::PutLatency(args) => {
             let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
             print!("{}", report.markdown());

@@ -66,7 +66,7 @@ pub(crate) async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Res
 /// How a fill checks the whole body: against the object's own full-object checksum when the
 /// origin keeps one (a CRC costs a few percent of an MD5), else against its MD5 ETag.
 enum Check {
-    Checksum(ChecksumAlgorithm, String, checksum::Hasher),
+    Checksum(ChecksumAlgorithm, String, Box<checksum::Hasher>),
     Md5(String, Md5),
     None,
 }
@@ -86,7 +86,7 @@ impl Check {
                 .into_iter()
                 .find_map(|a| meta.checksums.get(a).map(|v| (a, v.to_owned())))
             {
-                return Check::Checksum(a, want, checksum::Hasher::new(a));
+                return Check::Checksum(a, want, Box::new(checksum::Hasher::new(a)));
             }
         }
         match md5_etag(&meta.etag) {

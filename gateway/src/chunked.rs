@@ -11,7 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bodies up to this size are held in memory; larger ones wait in a file of the spool dir.
 const IN_MEMORY_MAX: usize = 1 << 20;
-/// The largest object a single PUT may carry on S3.
 
 /// Whether s3s would refuse `req` for want of a length: a body framed by `Transfer-Encoding:
 /// chunked` (not aws-chunked, whose length is `x-amz-decoded-content-length`), no

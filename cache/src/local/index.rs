@@ -364,7 +364,7 @@ impl Index {
             .into_iter()
             .filter_map(|Reverse((at, k))| Some((ObjectKey::from_stored(&k)?, at)))
             .collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|b| std::cmp::Reverse(b.1));
         Ok(out)
     }
 

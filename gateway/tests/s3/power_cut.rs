@@ -192,7 +192,9 @@ impl Rig {
 
     /// Kills Perch (kill -9) and starts it again, with the current environment.
     fn restart(&mut self) {
-        self.perch.take().map(PerchServer::kill);
+        if let Some(perch) = self.perch.take() {
+            perch.kill();
+        }
         self.start_perch().unwrap_or_else(|e| panic!("{e}"));
     }
 
