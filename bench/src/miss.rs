@@ -12,10 +12,10 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::client::{ClientOptions, ConnMode, Expect, HttpClient, Outcome, Req};
-use perch_testkit::bodies::Digest32;
-use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 use crate::stats::percentile;
 use crate::target::{Kind, Target};
+use perch_testkit::bodies::Digest32;
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 
 const MIB: usize = 1 << 20;
 
@@ -236,7 +236,8 @@ impl Bench {
     }
 
     fn cpu(&self) -> [Duration; 3] {
-        self.pids.map(|p| perch_testkit::servers::cpu_time(p).unwrap_or_default())
+        self.pids
+            .map(|p| perch_testkit::servers::cpu_time(p).unwrap_or_default())
     }
 
     /// `get_all` on `target`, recorded in `cell` with the CPU time it took.

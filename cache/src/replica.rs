@@ -25,9 +25,8 @@ use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::lock;
 use crate::origin::{
-    ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, FsOrigin, ListEntry, ListQuery,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
-    UploadInfo,
+    ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, FsOrigin, ListEntry, ListQuery, MultipartChecksum,
+    ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput, UploadInfo,
 };
 use crate::read::{CacheStatus, CachedGet, Reader};
 
@@ -117,7 +116,10 @@ impl ReplicaStats {
         self.wal_reads.get_or_create(&FoundLabel { result: "found" }).inc();
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let uploaded = secs(meta.last_modified);
-        let newest = self.newest_upload_secs.fetch_max(uploaded, Ordering::SeqCst).max(uploaded);
+        let newest = self
+            .newest_upload_secs
+            .fetch_max(uploaded, Ordering::SeqCst)
+            .max(uploaded);
         self.wal_newest_upload.set(newest as i64);
         self.wal_last_read.set(secs(SystemTime::now()) as i64);
     }
@@ -294,10 +296,7 @@ impl Replica {
         for o in self.all_local(&self.objects, bucket, q).await? {
             view.insert(o.key.clone(), Some(o));
         }
-        let dirty = view
-            .into_iter()
-            .map(|(key, object)| DirtyKey { key, object })
-            .collect();
+        let dirty = view.into_iter().map(|(key, object)| DirtyKey { key, object }).collect();
         Ok(listing::merge(q, page, dirty))
     }
 
@@ -366,7 +365,9 @@ impl Replica {
     ) -> OriginResult<String> {
         self.seed(bucket).await?;
         self.ensure_local(bucket).await?;
-        self.objects.create_multipart_upload(bucket, key, headers, &[], checksum).await
+        self.objects
+            .create_multipart_upload(bucket, key, headers, &[], checksum)
+            .await
     }
 
     pub(crate) async fn upload_part(
@@ -473,7 +474,11 @@ impl Replica {
                 tracing::info!(bucket, pinned, control = ?after, "replica seeded: rewritten keys pinned");
                 return Ok(());
             }
-            tracing::warn!(bucket, attempt, "the primary checkpointed while the replica pinned; pinning again");
+            tracing::warn!(
+                bucket,
+                attempt,
+                "the primary checkpointed while the replica pinned; pinning again"
+            );
         }
         Err(OriginError::Transient(format!(
             "the primary's {CONTROL_KEY} changed during each of {SEED_ATTEMPTS} seeding attempts"
@@ -481,7 +486,11 @@ impl Replica {
     }
 
     async fn control_etag(&self, bucket: &str) -> OriginResult<Option<String>> {
-        match self.origin.head_object(bucket, CONTROL_KEY, &Conditions::default()).await {
+        match self
+            .origin
+            .head_object(bucket, CONTROL_KEY, &Conditions::default())
+            .await
+        {
             Ok(meta) => Ok(Some(meta.etag)),
             Err(OriginError::NoSuchKey) => Ok(None),
             Err(e) => Err(e),

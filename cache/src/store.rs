@@ -22,13 +22,13 @@ use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::{Local, LocalConfig, lock};
 use crate::multipart::Multipart;
+use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
     BucketInfo, ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput,
     Document, ListQuery, MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody,
     PutInput, PutOutput, Subresource, UploadInfo,
 };
 use crate::prefetch::{Prefetcher, Reason};
-use crate::origin::read_only::ReadOnlyOrigin;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::replica::Replica;
 use crate::uploader::Uploader;

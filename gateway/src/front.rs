@@ -250,10 +250,22 @@ mod tests {
     fn replica_writes() {
         let overlay = Writes::of(Role::Replica, ReplicaWrites::Overlay);
         let refuse = Writes::of(Role::Replica, ReplicaWrites::Refuse);
-        for op in ["PutObject", "DeleteObject", "DeleteObjects", "UploadPart", "CompleteMultipartUpload"] {
+        for op in [
+            "PutObject",
+            "DeleteObject",
+            "DeleteObjects",
+            "UploadPart",
+            "CompleteMultipartUpload",
+        ] {
             assert!(overlay.allows(op) && !refuse.allows(op), "{op}");
         }
-        for op in ["CopyObject", "UploadPartCopy", "CreateBucket", "DeleteBucket", "PutBucketPolicy"] {
+        for op in [
+            "CopyObject",
+            "UploadPartCopy",
+            "CreateBucket",
+            "DeleteBucket",
+            "PutBucketPolicy",
+        ] {
             assert!(!overlay.allows(op) && !refuse.allows(op), "{op}");
         }
         assert!(overlay.allows("GetObject") && refuse.allows("ListObjectsV2"));

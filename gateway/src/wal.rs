@@ -134,7 +134,10 @@ pub async fn fetch(args: &FetchArgs) -> anyhow::Result<Fetched> {
 
 /// `<dir>/.<name>.perch-fetch`: on the same filesystem as the target, so the rename is atomic.
 fn temp_beside(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.perch-fetch"))
 }
 

@@ -15,8 +15,8 @@ pub(crate) mod record;
 mod release;
 pub(crate) mod state;
 
-pub(crate) use commit::{NewBody, NewVersion};
 use commit::{Gates, Room};
+pub(crate) use commit::{NewBody, NewVersion};
 pub use ops::{JournalEntry, JournalOpError};
 pub(crate) use release::OriginCopy;
 
@@ -381,7 +381,6 @@ impl Journal {
     pub(crate) fn note_origin_fault(&self, fault: Option<String>) {
         lock(&self.state).origin_fault = fault.map(|f| (SystemTime::now(), f));
     }
-
 }
 
 impl crate::local::Pending for Journal {

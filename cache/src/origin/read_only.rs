@@ -118,7 +118,13 @@ impl Origin for ReadOnlyOrigin {
         self.0.get_config(bucket, key, sub).await
     }
 
-    async fn put_config(&self, _bucket: &str, _key: Option<&str>, _sub: Subresource, _doc: &Document) -> OriginResult<()> {
+    async fn put_config(
+        &self,
+        _bucket: &str,
+        _key: Option<&str>,
+        _sub: Subresource,
+        _doc: &Document,
+    ) -> OriginResult<()> {
         Err(refused("a bucket or object configuration change"))
     }
 

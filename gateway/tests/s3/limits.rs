@@ -96,15 +96,8 @@ fn a_slow_header_is_cut_and_an_idle_connection_is_closed_on_its_own_clock() {
     // Slowloris: a header line every 200 ms never completes the header; cut after about 1 s.
     let mut s = connect(addr);
     let start = Instant::now();
-    s.write_all(
-        format!(
-            "PUT /{}/slow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
-            BUCKET,
-            addr.port()
-        )
-        .as_bytes(),
-    )
-    .expect("start line");
+    s.write_all(format!("PUT /{}/slow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", BUCKET, addr.port()).as_bytes())
+        .expect("start line");
     let mut closed = false;
     for i in 0..25 {
         if s.write_all(format!("x-slow-{i}: x\r\n").as_bytes()).is_err() {
@@ -355,7 +348,12 @@ fn a_lower_body_bound_is_refused_early_and_cut_when_a_body_grows_past_it() {
     framed.extend_from_slice(b"0\r\n\r\n");
     s.write_all(&framed).expect("chunked body");
     let r = answer(s, "PUT");
-    assert_error(&r, 400, "EntityTooLarge", "a chunked body without a length growing past the bound");
+    assert_error(
+        &r,
+        400,
+        "EntityTooLarge",
+        "a chunked body without a length growing past the bound",
+    );
     // aws-chunked declaring 100 decoded bytes, carrying 200 (unsigned chunks, a CRC32 trailer).
     let data = pattern(200, 11);
     let crc = base64_simd::STANDARD.encode_to_string(crc32fast::hash(&data).to_be_bytes());

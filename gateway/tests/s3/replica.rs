@@ -244,7 +244,11 @@ fn create_moto_bucket(moto: &MotoServer) {
 fn get_is(addr: SocketAddr, key: &str, body: &[u8], what: &str) -> String {
     let r = Req::object("GET", addr, Style::Virtual, &key_path(key)).go(addr);
     assert_eq!(r.status, 200, "{what}: GET {key}: {}", r.summary());
-    assert!(r.body == body, "{what}: GET {key}: other bytes ({} bytes)", r.body.len());
+    assert!(
+        r.body == body,
+        "{what}: GET {key}: other bytes ({} bytes)",
+        r.body.len()
+    );
     r.header("X-Cache").unwrap_or_default().to_owned()
 }
 
@@ -297,22 +301,37 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
     // The primary checkpoints on: a new control file, its undo file deleted. The replica keeps
     // the copies pinned at seeding (never the primary's live ones, never a 404).
     put_into_moto(&moto, CONTROL, b"primary control 2");
-    assert_eq!(moto_req(&moto, "DELETE", UNDO).status, 204, "the primary deletes its undo file");
+    assert_eq!(
+        moto_req(&moto, "DELETE", UNDO).status,
+        204,
+        "the primary deletes its undo file"
+    );
     get_is(r, CONTROL, b"primary control 1", "after the primary moved on");
     get_is(r, UNDO, b"primary undo 1", "undo deleted by the primary");
 
     // The lock: judged against the overlay only (the primary holds its own in the bucket).
     let take = [("If-None-Match", "*")];
-    assert_eq!(status_of(r, "PUT", LOCK, b"replica1", &take), 200, "the replica takes its lock");
+    assert_eq!(
+        status_of(r, "PUT", LOCK, b"replica1", &take),
+        200,
+        "the replica takes its lock"
+    );
     assert_eq!(status_of(r, "PUT", LOCK, b"replica2", &take), 412, "a held lock");
     get_is(r, LOCK, b"replica1", "the replica's lock");
     assert_eq!(status_of(r, "DELETE", LOCK, b"", &[]), 204);
-    assert_eq!(status_of(r, "PUT", LOCK, b"replica3", &take), 200, "the lock after its DELETE");
+    assert_eq!(
+        status_of(r, "PUT", LOCK, b"replica3", &take),
+        200,
+        "the lock after its DELETE"
+    );
 
     // Its own checkpoint: read back.
     let big = pattern(1_500_000, 2);
     assert_eq!(status_of(r, "PUT", "orioledb_data/2/1/2.0.0", &big, &[]), 200);
-    assert_eq!(status_of(r, "PUT", "data/2/global/pg_control", b"replica pg_control 2", &[]), 200);
+    assert_eq!(
+        status_of(r, "PUT", "data/2/global/pg_control", b"replica pg_control 2", &[]),
+        200
+    );
     assert_eq!(status_of(r, "PUT", CONTROL, b"replica control 2", &[]), 200);
     assert_eq!(get_is(r, "orioledb_data/2/1/2.0.0", &big, "own part"), "OVERLAY");
     get_is(r, CONTROL, b"replica control 2", "own control");
@@ -340,7 +359,11 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
     get_is(r, UNDO, b"primary undo 1", "pinned undo after a restart");
     get_is(r, "orioledb_data/2/1/2.0.0", &big, "own part after a restart");
     assert_eq!(status_of(r, "GET", "orioledb_data/1/1/2.0.0", b"", &[]), 404);
-    assert_eq!(status_of(r, "PUT", LOCK, b"replica4", &take), 412, "the lock survives a restart");
+    assert_eq!(
+        status_of(r, "PUT", LOCK, b"replica4", &take),
+        412,
+        "the lock survives a restart"
+    );
     assert_eq!(list_keys(r), expected, "the listing after a restart");
     assert!(
         perch_metric(&replica, "perch_replica_overlay_writes_total").is_none(),
@@ -402,7 +425,10 @@ fn wal_fetch_writes_the_newest_segment_and_fails_at_once_when_absent() {
     put_into_moto(&moto, &format!("wal/{seg}"), &first);
     let (code, err, _) = wal_fetch(&replica, &pgdata, seg);
     assert_eq!(code, Some(0), "{err}");
-    assert!(std::fs::read(&target).expect("RECOVERYXLOG") == first, "the segment's bytes");
+    assert!(
+        std::fs::read(&target).expect("RECOVERYXLOG") == first,
+        "the segment's bytes"
+    );
     let second = pattern(3 << 20, 4);
     put_into_moto(&moto, &format!("wal/{seg}"), &second);
     let reads_before = proxy.control().count("GET", &format!("wal/{seg}"));
@@ -429,8 +455,14 @@ fn wal_fetch_writes_the_newest_segment_and_fails_at_once_when_absent() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs_f64();
-    assert!((now - uploaded).abs() < 120.0, "newest WAL uploaded at {uploaded}, now {now}");
-    assert_eq!(perch_metric(&replica, "perch_replica_wal_reads_total{result=\"found\"}"), Some(2.0));
+    assert!(
+        (now - uploaded).abs() < 120.0,
+        "newest WAL uploaded at {uploaded}, now {now}"
+    );
+    assert_eq!(
+        perch_metric(&replica, "perch_replica_wal_reads_total{result=\"found\"}"),
+        Some(2.0)
+    );
     assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
 }
 
@@ -499,7 +531,10 @@ fn replica_answers_a_standby_trace_as_oriole_expects_with_no_origin_write() {
         .find(|(_, t)| t.method == "PUT" && t.key == CONTROL)
         .map(|(i, t)| pattern(t.body_bytes, 1000 + i as u64))
         .expect("the trace writes the control file");
-    assert_eq!(get_is(r, CONTROL, &last_control, "the restartpoint's control file"), "OVERLAY");
+    assert_eq!(
+        get_is(r, CONTROL, &last_control, "the restartpoint's control file"),
+        "OVERLAY"
+    );
     assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new(), "origin writes");
     assert_eq!(moto_req(&moto, "GET", LOCK).body, b"primary!");
 }
