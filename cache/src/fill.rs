@@ -322,7 +322,7 @@ impl Reader {
         }
         // The entry is kept before the last chunk is released: a client that read a miss to its
         // end and asks again gets a hit.
-        if !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() {
+        if !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() && !self.bypasses(okey) {
             let local = self.local.clone();
             let (okey, meta, fill) = (okey.clone(), meta.clone(), fill.clone());
             let kept =

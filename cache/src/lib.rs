@@ -14,6 +14,7 @@ mod fill;
 mod hot_set;
 mod journal;
 mod key;
+mod lease;
 mod listing;
 mod local;
 mod md5_asm;
@@ -33,6 +34,7 @@ pub use durable::{SyncStep, skips_sync};
 pub use error::{CacheError, StoreError, StoreResult};
 pub use journal::offline::{JournalProblem, OfflineJournal};
 pub use journal::{FailedVersion, JournalEntry, JournalOpError, WriteConfig, WriteStatus};
+pub use lease::{JournalBinding, LEASE_KEY, Lease, LeaseBody, LeaseConfig, LeaseError, LeaseView, read_lease};
 pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
@@ -44,4 +46,3 @@ pub use origin::{
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;
 pub use store::{ReplicaWrites, Store, StoreConfig};
-pub use uploader::UploadHeader;

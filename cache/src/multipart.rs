@@ -56,7 +56,7 @@ impl Multipart {
         self.bucket(bucket).await?;
         Ok(self
             .staging
-            .create_multipart_upload(bucket, key, headers, checksum)
+            .create_multipart_upload(bucket, key, headers, &[], checksum)
             .await?)
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use perch_policy::Freshness;
+use perch_policy::{CacheClass, Method, SharedPolicy};
 
 use crate::fill::FillReader;
 use crate::key::ObjectKey;
@@ -24,10 +24,9 @@ const FILL_NEAR: u64 = 4 << 20;
 /// Settings of the read path.
 #[derive(Debug, Clone)]
 pub(crate) struct ReaderConfig {
-    /// Which keys may change behind Perch's back.
-    pub freshness: Freshness,
-    /// How long a copy of a mutable key is served before it is revalidated.
-    pub revalidate_after: Duration,
+    /// The policy: which keys may change behind Perch's back (and how long a copy is served
+    /// before it is revalidated), and which are not kept.
+    pub policy: Arc<SharedPolicy>,
     /// How long a broken fill keeps resuming.
     pub retry_deadline: Duration,
     /// A range miss fetches the whole object in the background up to this size.
@@ -110,13 +109,19 @@ impl Reader {
         if indexed { self.lookup(okey).await } else { Ok(None) }
     }
 
-    fn needs_revalidation(&self, key: &str, entry: &Entry) -> bool {
-        !entry.pending
-            && self.cfg.freshness.is_mutable(key)
-            && entry
-                .validated
-                .elapsed()
-                .map_or(true, |age| age >= self.cfg.revalidate_after)
+    fn needs_revalidation(&self, okey: &ObjectKey, entry: &Entry) -> bool {
+        if entry.pending {
+            return false;
+        }
+        let decision = self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Get);
+        decision
+            .revalidate_after()
+            .is_some_and(|after| entry.validated.elapsed().map_or(true, |age| age >= after))
+    }
+
+    /// Whether the policy says copies of `okey` are not kept (`cache = "bypass"`).
+    pub(crate) fn bypasses(&self, okey: &ObjectKey) -> bool {
+        self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Get).cache == CacheClass::Bypass
     }
 
     /// Asks the origin whether a cached copy is still current. `Ok(true)`: it is (and is marked
@@ -194,7 +199,7 @@ impl Reader {
         }
         let mut status = CacheStatus::Hit;
         let mut entry = entry;
-        if self.needs_revalidation(okey.key(), &entry) {
+        if self.needs_revalidation(okey, &entry) {
             if !self.revalidate(okey, &entry).await? {
                 return Ok(None);
             }
@@ -293,7 +298,7 @@ impl Reader {
                 .origin
                 .get_object(okey.bucket(), okey.key(), Some(r), conditions)
                 .await?;
-            if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit()) {
+            if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit()) && !self.bypasses(okey) {
                 let _ = self.join_fill(okey);
             }
             self.local
@@ -334,7 +339,7 @@ impl Reader {
         conditions.check(&meta)?;
         let size = meta.size;
         let body = self.fill_body(FillReader { rx, pos: 0, end: size });
-        let status = if size > self.local.keep_limit() {
+        let status = if size > self.local.keep_limit() || self.bypasses(okey) {
             self.local.stats.bypass.inc();
             CacheStatus::Bypass
         } else {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use perch_policy::Freshness;
+use perch_policy::RewrittenKeys;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -132,7 +132,7 @@ impl ReplicaStats {
 
 pub(crate) struct Replica {
     /// The keys the primary rewrites (the cache's mutable keys): `Own`, or `Live` under `wal/`.
-    rewritten: Freshness,
+    rewritten: RewrittenKeys,
     /// The replica's own objects and the pinned copies. No uploader ever reads this directory.
     objects: FsOrigin,
     /// One empty object per key the replica deleted: hides the shared bucket's copy.
@@ -157,7 +157,7 @@ impl Replica {
     /// Opens the overlay under `dir` (`<data-dir>/overlay`).
     pub(crate) fn open(
         dir: PathBuf,
-        rewritten: Freshness,
+        rewritten: RewrittenKeys,
         origin: Arc<dyn Origin>,
         registry: Option<&mut Registry>,
     ) -> Result<Replica, CacheError> {
@@ -366,7 +366,7 @@ impl Replica {
         self.seed(bucket).await?;
         self.ensure_local(bucket).await?;
         self.objects
-            .create_multipart_upload(bucket, key, headers, checksum)
+            .create_multipart_upload(bucket, key, headers, &[], checksum)
             .await
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use perch_policy::Glob;
+use perch_policy::Method;
 
 use crate::journal::record::{PartLayout, RecordPut};
 use crate::journal::state::Version;
@@ -14,7 +14,7 @@ use crate::local::TempGuard;
 use crate::local::blobs::{BLOCK, read_block};
 use crate::metrics::UploadLabel;
 use crate::origin::retry::RetryPolicy;
-use crate::origin::{Origin, OriginError, PutBody, PutInput};
+use crate::origin::{ContentHeaders, Origin, OriginError, PutBody, PutInput};
 
 /// Backoff of a failing upload: 100 ms doubling to 30 s, with jitter, for as long as it takes.
 const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
@@ -22,37 +22,6 @@ const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
     base_backoff: Duration::from_millis(100),
     max_backoff: Duration::from_secs(30),
 };
-
-/// One `--upload-header` rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadHeader {
-    pub glob: Glob,
-    pub name: String,
-    pub value: String,
-}
-
-impl std::str::FromStr for UploadHeader {
-    type Err = String;
-    /// `GLOB=Name: value`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (glob, header) = s
-            .split_once('=')
-            .ok_or_else(|| format!("upload header `{s}` is not GLOB=Name: value"))?;
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| format!("upload header `{s}` is not GLOB=Name: value"))?;
-        let (name, value) = (name.trim(), value.trim());
-        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if glob.is_empty() || !valid_name || value.bytes().any(|b| b.is_ascii_control()) {
-            return Err(format!("upload header `{s}` is not GLOB=Name: value"));
-        }
-        Ok(UploadHeader {
-            glob: Glob::new(glob),
-            name: name.to_ascii_lowercase(),
-            value: value.to_owned(),
-        })
-    }
-}
 
 pub(crate) struct Uploader {
     journal: Arc<Journal>,
@@ -126,8 +95,18 @@ impl Uploader {
             return;
         };
         let (bucket, key) = (v.okey.bucket(), v.okey.key());
+        let lease = self.journal.cfg.lease.clone();
+        // A barrier closes its epoch only under a lease renewed just before it goes up.
+        if let Some(lease) = &lease
+            && v.mode == perch_policy::WriteMode::Barrier
+        {
+            lease.renew_now().await;
+        }
         let mut attempt = 0u32;
         loop {
+            if let Some(lease) = &lease {
+                lease.writable().await;
+            }
             // Checked before every attempt: a retry may come long after the last check.
             if let Some(put) = &v.put
                 && let Err(why) = self.check_blob(seq, put).await
@@ -224,8 +203,9 @@ impl Uploader {
         let checksum = multipart_checksum(&put.meta.checksums);
         let origin = &self.origin;
         let (bucket, key) = (v.okey.bucket(), v.okey.key());
+        let (headers, extra) = self.upload_headers(v, put);
         let id = origin
-            .create_multipart_upload(bucket, key, &put.meta.headers, checksum)
+            .create_multipart_upload(bucket, key, &headers, &extra, checksum)
             .await?;
         let result = async {
             let mut done = Vec::with_capacity(parts.len());
@@ -258,16 +238,17 @@ impl Uploader {
         result
     }
 
-    fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
+    /// The headers of the upload of `v`: its own content headers, with the policy's upload
+    /// headers set over them (content headers and `x-amz-meta-*` as such, the others as given).
+    fn upload_headers(&self, v: &Version, put: &RecordPut) -> (ContentHeaders, Vec<(String, String)>) {
         let mut headers = put.meta.headers.clone();
         let mut extra = Vec::new();
-        for h in self
+        let decision = self
             .journal
             .cfg
-            .upload_headers
-            .iter()
-            .filter(|h| h.glob.matches(v.okey.key()))
-        {
+            .policy
+            .decide(v.okey.bucket(), v.okey.key(), Method::Put);
+        for h in &decision.upload_headers {
             let value = Some(h.value.clone());
             match h.name.as_str() {
                 "cache-control" => headers.cache_control = value,
@@ -284,6 +265,11 @@ impl Uploader {
                 },
             }
         }
+        (headers, extra)
+    }
+
+    fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
+        let (headers, extra) = self.upload_headers(v, put);
         PutInput {
             headers,
             checksums: put.meta.checksums.clone(),

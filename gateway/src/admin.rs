@@ -57,6 +57,24 @@ pub enum JournalCommand {
         #[arg(long, env = "PERCH_DATA_DIR", default_value = "./perch-data")]
         data_dir: std::path::PathBuf,
     },
+    /// Upload a stopped Perch's journal even though the bucket's lease has moved on since its
+    /// writes were made (it may overwrite newer data)
+    Adopt {
+        #[arg(long, env = "PERCH_DATA_DIR", default_value = "./perch-data")]
+        data_dir: std::path::PathBuf,
+        /// Say that you mean it: these writes go up over whatever the bucket holds now
+        #[arg(long)]
+        upload_over_newer_data: bool,
+    },
+    /// Drop every write of a stopped Perch's journal (one bound to a lease the bucket has moved
+    /// on from): they are lost
+    Discard {
+        #[arg(long, env = "PERCH_DATA_DIR", default_value = "./perch-data")]
+        data_dir: std::path::PathBuf,
+        /// Say that you mean it: every write of the journal is lost
+        #[arg(long)]
+        lose_these_writes: bool,
+    },
     /// Drop the versions `check` reports, so that Perch starts and loses nothing else
     Repair {
         #[arg(long, env = "PERCH_DATA_DIR", default_value = "./perch-data")]
@@ -69,6 +87,24 @@ pub enum JournalCommand {
 
 pub fn journal(args: &JournalArgs) -> anyhow::Result<()> {
     match &args.command {
+        JournalCommand::Adopt {
+            data_dir,
+            upload_over_newer_data,
+        } => {
+            if !upload_over_newer_data {
+                bail!("adopting uploads this journal over whatever the bucket holds now: add --upload-over-newer-data");
+            }
+            crate::lease_cmd::adopt(data_dir)
+        }
+        JournalCommand::Discard {
+            data_dir,
+            lose_these_writes,
+        } => {
+            if !lose_these_writes {
+                bail!("discarding loses every write of the journal: add --lose-these-writes");
+            }
+            crate::lease_cmd::discard(data_dir)
+        }
         JournalCommand::List { admin, limit } => {
             let body = get(&admin.admin, &format!("/journal?limit={limit}"))?;
             let entries: Vec<perch_cache::JournalEntry> = serde_json::from_str(&body).context("reading /journal")?;

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use perch_cache::UploadHeader;
-use perch_policy::{Freshness, Glob, ListRule, Prefetch, WritePolicy, WriteRule};
+use perch_policy::{Glob, ListRule, Policy, Prefetch, RewrittenKeys};
 use serde::Deserialize;
 
 use crate::limits::{Limits, S3_BODY_MAX};
@@ -110,23 +109,26 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_CACHE_MEMORY_BYTES", value_name = "SIZE")]
     pub cache_memory_bytes: Option<String>,
 
-    /// Keys whose cached copies are revalidated with the origin (`*` matches anything, `/`
-    /// included); repeatable; every other object is treated as immutable [default:
-    /// data/orioledb_data/*, orioledb_undo/*, wal/*]
+    /// The policy file: ordered rules giving each key its write mode, cache class, freshness,
+    /// upload headers and upload priority (docs/configuration.md) [default: the built-in
+    /// OrioleDB profile, policy/profiles/orioledb.toml]; reloaded on SIGHUP
+    #[arg(long, env = "PERCH_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Shorthand for a policy rule `freshness = "revalidate"`: keys whose cached copies are
+    /// revalidated with the origin (`*` matches anything, `/` included); repeatable; placed
+    /// before the policy's rules
     #[arg(long, env = "PERCH_CACHE_REVALIDATE", value_name = "GLOB", value_delimiter = ',')]
     pub cache_revalidate: Option<Vec<String>>,
 
-    /// How long a cached copy of a revalidated key is served before the origin is asked again
-    /// [default: 5s]
+    /// How long a cached copy of a revalidated key is served before the origin is asked again,
+    /// for rules that say `revalidate` without a period [default: 5s]
     #[arg(long, env = "PERCH_CACHE_REVALIDATE_AFTER", value_name = "DURATION")]
     pub cache_revalidate_after: Option<String>,
 
-    /// How writes of matching keys reach the origin: `GLOB=MODE`, or `put:GLOB=MODE` /
-    /// `delete:GLOB=MODE` for one operation; MODE is write_back, barrier or write_through; first
-    /// match wins, other keys are write_back; repeatable [default: OrioleDB's:
-    /// data/*/global/pg_control=barrier, data/*/orioledb_data/control=barrier,
-    /// data/orioledb_data/control=barrier, delete:data/orioledb_data/s3_lock=barrier,
-    /// wal/*=write_through]
+    /// Shorthand for a policy rule `write = MODE`: how writes of matching keys reach the origin:
+    /// `GLOB=MODE`, or `put:GLOB=MODE` / `delete:GLOB=MODE` for one operation; MODE is
+    /// write_back, barrier or write_through; repeatable; placed before the policy's rules
     #[arg(long, env = "PERCH_WRITE_MODE", value_name = "RULE", value_delimiter = ',')]
     pub write_mode: Option<Vec<String>>,
 
@@ -173,8 +175,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_UPLOAD_CONCURRENCY", value_name = "N")]
     pub upload_concurrency: Option<usize>,
 
-    /// Header added to the uploads of matching keys, `GLOB=Name: value` (e.g.
-    /// `*=X-Tigris-Regions: iad`); repeatable
+    /// Shorthand for a policy rule with `upload_headers`: a header added to the uploads of
+    /// matching keys, `GLOB=Name: value` (e.g. `*=X-Tigris-Regions: iad`); repeatable; placed
+    /// before the policy's rules
     #[arg(long, env = "PERCH_UPLOAD_HEADER", value_name = "GLOB=HEADER")]
     pub upload_header: Option<Vec<String>>,
 
@@ -240,6 +243,26 @@ pub struct ServeArgs {
     /// grace; `0` for none [default: 16KiB]
     #[arg(long, env = "PERCH_BODY_RATE_MIN", value_name = "SIZE")]
     pub body_rate_min: Option<String>,
+
+    /// The bucket whose lease (`.perch/lease`) a primary holds: one writer per bucket
+    /// (docs/lease.md). Without it, no lease is taken
+    #[arg(long, env = "PERCH_LEASE_BUCKET", value_name = "BUCKET")]
+    pub lease_bucket: Option<String>,
+
+    /// The lease period: the holder renews every third of it and acts only within it of its
+    /// last renewal [default: 10s]
+    #[arg(long, env = "PERCH_LEASE_PERIOD", value_name = "DURATION")]
+    pub lease_period: Option<String>,
+
+    /// What a taker waits beyond the period before it declares an unchanged lease expired
+    /// [default: 5s]
+    #[arg(long, env = "PERCH_LEASE_MARGIN", value_name = "DURATION")]
+    pub lease_margin: Option<String>,
+
+    /// The name this Perch holds the lease under [default: FLY_MACHINE_ID or the host name, and
+    /// the data dir's instance id]
+    #[arg(long, env = "PERCH_LEASE_HOLDER", value_name = "NAME")]
+    pub lease_holder: Option<String>,
 }
 
 /// The same settings as read from the `--config` TOML file.
@@ -258,6 +281,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     cache_disk_bytes: Option<String>,
     cache_memory_bytes: Option<String>,
+    policy: Option<PathBuf>,
     cache_revalidate: Option<Vec<String>>,
     cache_revalidate_after: Option<String>,
     write_mode: Option<Vec<String>>,
@@ -287,6 +311,19 @@ struct FileConfig {
     /// The origin's key pair may live in the file (keep it private), and is read again on SIGHUP.
     origin_access_key_id: Option<String>,
     origin_secret_access_key: Option<String>,
+    lease_bucket: Option<String>,
+    lease_period: Option<String>,
+    lease_margin: Option<String>,
+    lease_holder: Option<String>,
+}
+
+/// `--lease-*`, resolved (the holder name is completed from the data dir at start).
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub bucket: String,
+    pub period: Duration,
+    pub margin: Duration,
+    pub holder: Option<String>,
 }
 
 /// Where the origin is.
@@ -341,9 +378,12 @@ pub struct Config {
     /// `None`: 80% of the data dir's free space at start, at most 1 TiB.
     pub cache_disk_bytes: Option<u64>,
     pub cache_memory_bytes: u64,
-    pub cache_revalidate: Vec<Glob>,
-    pub cache_revalidate_after: Duration,
-    pub write_policy: WritePolicy,
+    /// The policy in force at start: the shorthand flags' rules, then the file's.
+    pub policy: Policy,
+    /// Where the policy's rules come from, to read again on SIGHUP.
+    pub policy_source: crate::policy_cmd::PolicySource,
+    /// Keys the primary rewrites in place (a replica pins them at seeding).
+    pub rewritten: RewrittenKeys,
     pub prefetch: Prefetch,
     pub prefetch_bytes: u64,
     /// Zero: the hot set is written only when Perch stops.
@@ -353,13 +393,14 @@ pub struct Config {
     pub prewarm_wait: Duration,
     pub strict_barriers: bool,
     pub upload_concurrency: usize,
-    pub upload_headers: Vec<UploadHeader>,
     /// `None`: 50% of the data dir's filesystem.
     pub dirty_bytes_max: Option<u64>,
     pub dirty_wait_max: Duration,
     pub dirty_age_max: Duration,
     pub drain_timeout: Duration,
     pub drain_quiet: Duration,
+    /// The lease a primary holds, if any.
+    pub lease: Option<LeaseSettings>,
     /// What one client can hold (connections, requests, sizes, timeouts).
     pub limits: Limits,
     /// Required by every admin request but /healthz, /readyz and /metrics; must be set when the
@@ -472,6 +513,24 @@ impl Config {
             ),
             None => None,
         };
+
+        // A replica pins the keys the primary rewrites: `--cache-revalidate` names them too.
+        let rewritten = match args.cache_revalidate.as_ref().or(file.cache_revalidate.as_ref()) {
+            Some(globs) => RewrittenKeys {
+                mutable: globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
+            },
+            None => RewrittenKeys::orioledb_defaults(),
+        };
+        let policy_source = crate::policy_cmd::PolicySource::resolve(
+            args.policy.or(file.policy),
+            crate::policy_cmd::Shorthands {
+                write_mode: args.write_mode.or(file.write_mode).unwrap_or_default(),
+                cache_revalidate: args.cache_revalidate.or(file.cache_revalidate).unwrap_or_default(),
+                cache_revalidate_after: args.cache_revalidate_after.or(file.cache_revalidate_after),
+                upload_header: args.upload_header.or(file.upload_header).unwrap_or_default(),
+            },
+        )?;
+        let policy = policy_source.load()?;
         Ok(Config {
             listen,
             admin_listen,
@@ -497,25 +556,9 @@ impl Config {
                 Some(s) => parse_size(&s).context("--cache-memory-bytes")?,
                 None => 256 << 20,
             },
-            cache_revalidate: match args.cache_revalidate.or(file.cache_revalidate) {
-                Some(globs) => globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
-                None => Freshness::orioledb_defaults(),
-            },
-            cache_revalidate_after: match args.cache_revalidate_after.or(file.cache_revalidate_after) {
-                Some(s) => parse_duration(&s).context("--cache-revalidate-after")?,
-                None => Duration::from_secs(5),
-            },
-            write_policy: WritePolicy {
-                rules: match args.write_mode.or(file.write_mode) {
-                    Some(rules) => rules
-                        .iter()
-                        .filter(|r| !r.is_empty())
-                        .map(|r| r.parse::<WriteRule>().map_err(anyhow::Error::msg))
-                        .collect::<anyhow::Result<_>>()
-                        .context("--write-mode")?,
-                    None => WritePolicy::orioledb_defaults(),
-                },
-            },
+            policy,
+            policy_source,
+            rewritten,
             prefetch: Prefetch {
                 on_list: match args.prefetch_on_list.or(file.prefetch_on_list) {
                     Some(rules) => rules
@@ -555,14 +598,6 @@ impl Config {
                 Some(n) => n,
                 None => 16,
             },
-            upload_headers: args
-                .upload_header
-                .or(file.upload_header)
-                .unwrap_or_default()
-                .iter()
-                .map(|h| h.parse::<UploadHeader>().map_err(anyhow::Error::msg))
-                .collect::<anyhow::Result<_>>()
-                .context("--upload-header")?,
             dirty_bytes_max: match args.dirty_bytes_max.or(file.dirty_bytes_max) {
                 Some(s) => Some(parse_size(&s).context("--dirty-bytes-max")?),
                 None => None,
@@ -571,6 +606,21 @@ impl Config {
             dirty_age_max: duration_or(args.dirty_age_max.or(file.dirty_age_max), "--dirty-age-max", 60)?,
             drain_timeout: duration_or(args.drain_timeout.or(file.drain_timeout), "--drain-timeout", 240)?,
             drain_quiet: duration_or(args.drain_quiet.or(file.drain_quiet), "--drain-quiet", 5)?,
+            lease: match args.lease_bucket.or(file.lease_bucket).filter(|b| !b.is_empty()) {
+                None => None,
+                Some(bucket) => {
+                    let period = duration_or(args.lease_period.or(file.lease_period), "--lease-period", 10)?;
+                    if period < Duration::from_millis(300) {
+                        bail!("--lease-period must be at least 300ms");
+                    }
+                    Some(LeaseSettings {
+                        bucket,
+                        period,
+                        margin: duration_or(args.lease_margin.or(file.lease_margin), "--lease-margin", 5)?,
+                        holder: args.lease_holder.or(file.lease_holder).filter(|h| !h.is_empty()),
+                    })
+                }
+            },
             limits,
             admin_token,
             config_file: args.config.clone(),
@@ -736,7 +786,7 @@ mod tests {
         assert_eq!(cfg.drain_quiet, Duration::from_secs(5));
         assert_eq!(cfg.dirty_age_max, Duration::from_secs(60));
         assert_eq!(cfg.upload_concurrency, 16);
-        assert_eq!(cfg.write_policy.rules, WritePolicy::orioledb_defaults());
+        assert_eq!(cfg.policy, Policy::orioledb());
 
         std::fs::write(&path, "listne = \"127.0.0.1:7000\"\n").unwrap();
         let err = Config::resolve(ServeArgs {

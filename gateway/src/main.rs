@@ -8,8 +8,10 @@ mod config;
 mod convert;
 mod fast_get;
 mod front;
+mod lease_cmd;
 mod limits;
 mod metrics;
+mod policy_cmd;
 mod server;
 mod service;
 mod sigv4;
@@ -24,7 +26,7 @@ use perch_cache::{
     FsOrigin, Origin, OriginKeys, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store,
     StoreConfig, WriteConfig,
 };
-use perch_policy::Freshness;
+use perch_policy::SharedPolicy;
 use s3s::service::S3ServiceBuilder;
 use tokio::sync::watch;
 
@@ -57,6 +59,11 @@ enum Command {
     /// The write-back journal: list it, retry or drop a version the origin refused (running
     /// Perch), or check and repair a stopped Perch's journal.
     Journal(admin::JournalArgs),
+    /// The policy file: `check FILE` (each mistake with its line), `explain BUCKET/KEY` (the
+    /// decision and the rule behind it), `show` (the built-in OrioleDB profile).
+    Policy(policy_cmd::PolicyArgs),
+    /// The bucket's lease (one writer per bucket): `status`, and `break` for a holder gone for good.
+    Lease(lease_cmd::LeaseArgs),
     /// The WAL archive, for a replica's Postgres: `perch wal fetch %f %p` is its restore_command.
     Wal(wal::WalArgs),
 }
@@ -99,6 +106,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
         Command::Journal(args) => admin::journal(&args),
+        Command::Policy(args) => policy_cmd::run(args),
+        Command::Lease(args) => lease_cmd::run(args),
         Command::Wal(args) => wal::run(&args),
     }
 }
@@ -119,7 +128,7 @@ fn limit_malloc_arenas() {
 }
 
 /// The origin, and the key pair it signs with (to be replaced on SIGHUP).
-async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Origin>, Option<OriginKeys>)> {
+pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Origin>, Option<OriginKeys>)> {
     Ok(match &config.origin {
         OriginUrl::Dir(dir) => {
             let origin = FsOrigin::open(dir.clone())
@@ -216,6 +225,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stats,
     ));
 
+    let policy = Arc::new(SharedPolicy::new(config.policy.clone()));
+    tracing::info!(
+        policy = config
+            .policy_source
+            .file
+            .as_ref()
+            .map_or_else(|| "builtin:orioledb".to_owned(), |p| p.display().to_string()),
+        rules = config.policy.rules.len(),
+        "policy"
+    );
+    let lease = match (&config.lease, config.role) {
+        (Some(settings), config::Role::Primary) => {
+            Some(lease_cmd::lease_for(&config, settings, raw_origin.clone())?)
+        }
+        _ => None,
+    };
     let disk_bytes = config
         .cache_disk_bytes
         .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
@@ -224,14 +249,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         disk_bytes,
         memory_bytes: config.cache_memory_bytes,
         memory_object_max: 1 << 20,
-        freshness: Freshness {
-            mutable: config.cache_revalidate.clone(),
-        },
-        revalidate_after: config.cache_revalidate_after,
         retry_deadline: config.origin_retry_deadline,
         background_fill_max: 64 << 20,
         write: WriteConfig {
-            policy: config.write_policy.clone(),
+            policy: policy.clone(),
+            lease: lease.clone(),
             strict_barriers: config.strict_barriers,
             wait_limit: config.origin_retry_deadline,
             upload_concurrency: config.upload_concurrency,
@@ -241,7 +263,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .unwrap_or_else(|| filesystem_size(&config.data_dir) / 2),
             dirty_wait_max: config.dirty_wait_max,
             dirty_age_max: config.dirty_age_max,
-            upload_headers: config.upload_headers.clone(),
         },
         prefetch: config.prefetch.clone(),
         prefetch_bytes: config.prefetch_bytes,
@@ -249,6 +270,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             config::ReplicaWrites::Overlay => perch_cache::ReplicaWrites::Overlay,
             config::ReplicaWrites::Refuse => perch_cache::ReplicaWrites::Refuse,
         }),
+        rewritten: config.rewritten.clone(),
     };
     let mut opened = None;
     metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
@@ -262,6 +284,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
+    if let Some(lease) = &lease {
+        // Before the listeners: a second primary never serves; nothing is uploaded meanwhile.
+        let writes = store.write_status(None).dirty_objects;
+        let epoch = lease.acquire(writes).await.map_err(|e| {
+            anyhow::anyhow!(e).context(format!(
+                "taking the lease of bucket `{}` as `{}`",
+                lease.config().bucket,
+                lease.config().holder
+            ))
+        })?;
+        lease.start_renewing();
+        let watched = lease.clone();
+        tokio::spawn(async move {
+            let why = watched.lost().await;
+            eprintln!("perch: {why}");
+            std::process::exit(3);
+        });
+        tracing::info!(epoch, journal_writes = writes, "holding the bucket's lease");
+    }
     if store.cache_is_empty() {
         start_prewarm(&store, &config);
     }
@@ -286,6 +327,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
 
     let stop_signal = shutdown_signal()?;
+    policy_cmd::reload_on_sighup(config.policy_source.clone(), policy.clone())?;
     reload_origin_keys_on_sighup(origin_keys, config.config_file.clone())?;
     // One machine-readable line on stdout, so scripts and tests can use port 0.
     println!("listening s3={} admin={}", listener.local_addr()?, admin.local_addr()?);
@@ -331,6 +373,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = s3_task.await;
     let _ = admin_task.await;
+    // Released only with nothing left to upload: a journal that still holds writes keeps the
+    // lease until it expires, so that no new primary starts without them unawares.
+    if let Some(lease) = &lease {
+        let left = store.write_status(None).dirty_objects;
+        if left == 0 {
+            lease.release().await;
+        } else {
+            tracing::warn!(writes = left, "the journal still holds writes: the lease is left to expire");
+        }
+    }
     // Flush the cache index now, so that the next start has nothing to replay.
     let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("stopped");

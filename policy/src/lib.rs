@@ -1,13 +1,18 @@
-//! Pure rules that map an object key to what Perch does with it.
+//! Pure rules that map a request (bucket, key, method) to what Perch does with it.
 //! No I/O: the gateway and the cache ask, the policy answers.
 
 use std::fmt;
 use std::str::FromStr;
 
+pub mod file;
 pub mod prefetch;
+pub mod rules;
+pub mod shorthand;
 pub mod units;
 
+pub use file::{PolicyError, parse};
 pub use prefetch::{ListRule, Prefetch, RESERVED_PREFIX, is_reserved};
+pub use rules::{CacheClass, Decision, Freshness, Method, Policy, Priority, Rule, SharedPolicy, UploadHeader};
 
 /// A key pattern: `*` matches any run of characters, `/` included; everything else is literal.
 /// `orioledb_undo/*` matches every key under `orioledb_undo/`; `data/*/global/pg_control` matches
@@ -70,25 +75,26 @@ impl FromStr for Glob {
     }
 }
 
-/// Which cached objects may change behind Perch's back and must be revalidated.
+/// Keys the primary rewrites in place (a replica pins them at seeding and never mixes the
+/// primary's live copies with its own).
 #[derive(Debug, Clone, Default)]
-pub struct Freshness {
-    /// Keys (without the bucket) whose cached copies are revalidated with the origin.
+pub struct RewrittenKeys {
     pub mutable: Vec<Glob>,
 }
 
-impl Freshness {
+impl RewrittenKeys {
     /// OrioleDB's keys that are overwritten in place: the control file (every checkpoint), undo
     /// files, WAL segments (re-uploaded with new content) and the lock.
-    pub fn orioledb_defaults() -> Vec<Glob> {
-        ["data/orioledb_data/*", "orioledb_undo/*", "wal/*"]
-            .into_iter()
-            .map(Glob::new)
-            .collect()
+    pub fn orioledb_defaults() -> RewrittenKeys {
+        RewrittenKeys {
+            mutable: ["data/orioledb_data/*", "orioledb_undo/*", "wal/*"]
+                .into_iter()
+                .map(Glob::new)
+                .collect(),
+        }
     }
 
-    /// Whether a cached copy of `key` must be revalidated once its TTL has passed; every other
-    /// object is treated as immutable.
+    /// Whether `key` is one of them.
     pub fn is_mutable(&self, key: &str) -> bool {
         self.mutable.iter().any(|g| g.matches(key))
     }
@@ -130,76 +136,6 @@ impl FromStr for WriteMode {
     }
 }
 
-/// Which operation a write rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOp {
-    Put,
-    Delete,
-}
-
-/// One rule: keys matching `glob` (for `op`, or both when `None`) are written in `mode`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WriteRule {
-    pub glob: Glob,
-    pub op: Option<WriteOp>,
-    pub mode: WriteMode,
-}
-
-impl FromStr for WriteRule {
-    type Err = String;
-    /// `GLOB=MODE`, or `delete:GLOB=MODE` / `put:GLOB=MODE` for one operation only.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (lhs, mode) = s
-            .rsplit_once('=')
-            .ok_or_else(|| format!("write rule `{s}` is not GLOB=MODE"))?;
-        let (op, glob) = match lhs.split_once(':') {
-            Some(("put", g)) => (Some(WriteOp::Put), g),
-            Some(("delete", g)) => (Some(WriteOp::Delete), g),
-            _ => (None, lhs),
-        };
-        if glob.is_empty() {
-            return Err(format!("write rule `{s}` has an empty pattern"));
-        }
-        Ok(WriteRule {
-            glob: Glob::new(glob),
-            op,
-            mode: mode.parse()?,
-        })
-    }
-}
-
-/// The write rules, first match wins; keys no rule names are `WriteBack`.
-#[derive(Debug, Clone, Default)]
-pub struct WritePolicy {
-    pub rules: Vec<WriteRule>,
-}
-
-impl WritePolicy {
-    /// OrioleDB's: control files (written last in a checkpoint) are barriers, WAL segments are
-    /// written through (the archiver's "archived" must mean "in the origin"), and the DELETE of the
-    /// lock is a barrier (the lock is released only once everything before it is in the origin).
-    /// The lock's conditional PUT needs no rule: every conditional write goes to the origin.
-    pub fn orioledb_defaults() -> Vec<WriteRule> {
-        [
-            "data/*/global/pg_control=barrier",
-            "data/*/orioledb_data/control=barrier",
-            "data/orioledb_data/control=barrier",
-            "delete:data/orioledb_data/s3_lock=barrier",
-            "wal/*=write_through",
-        ]
-        .into_iter()
-        .filter_map(|r| r.parse().ok())
-        .collect()
-    }
-
-    pub fn mode(&self, op: WriteOp, key: &str) -> WriteMode {
-        self.rules
-            .iter()
-            .find(|r| r.op.is_none_or(|o| o == op) && r.glob.matches(key))
-            .map_or(WriteMode::WriteBack, |r| r.mode)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,42 +159,5 @@ mod tests {
         assert!(g.matches("abc") && g.matches("a-b-c") && g.matches("abbc") && !g.matches("acb"));
         let g = Glob::new("*ab");
         assert!(g.matches("ab") && g.matches("xab") && !g.matches("abx"));
-    }
-
-    #[test]
-    fn freshness() {
-        let f = Freshness {
-            mutable: Freshness::orioledb_defaults(),
-        };
-        assert!(f.is_mutable("data/orioledb_data/control"));
-        assert!(f.is_mutable("wal/000000010000000000000008"));
-        assert!(!f.is_mutable("orioledb_data/1/2/3"));
-        assert!(!f.is_mutable("data/3/global/pg_control"));
-    }
-
-    #[test]
-    fn write_modes() {
-        let p = WritePolicy {
-            rules: WritePolicy::orioledb_defaults(),
-        };
-        assert_eq!(p.rules.len(), 5);
-        use WriteMode::*;
-        use WriteOp::*;
-        assert_eq!(p.mode(Put, "data/7/global/pg_control"), Barrier);
-        assert_eq!(p.mode(Put, "data/7/orioledb_data/control"), Barrier);
-        assert_eq!(p.mode(Put, "data/orioledb_data/control"), Barrier);
-        assert_eq!(p.mode(Put, "wal/000000010000000000000003"), WriteThrough);
-        assert_eq!(p.mode(Delete, "data/orioledb_data/s3_lock"), Barrier);
-        assert_eq!(p.mode(Put, "data/orioledb_data/s3_lock"), WriteBack);
-        assert_eq!(p.mode(Put, "orioledb_data/1/0000000001.map"), WriteBack);
-        assert_eq!(p.mode(Put, "orioledb_undo/0000000000row"), WriteBack);
-        assert!("x=fast".parse::<WriteRule>().is_err());
-        assert!("nothing".parse::<WriteRule>().is_err());
-        assert!("=barrier".parse::<WriteRule>().is_err());
-        let r: WriteRule = "put:a/*=write_through".parse().unwrap();
-        assert_eq!(r.op, Some(Put));
-        let custom = WritePolicy { rules: vec![r] };
-        assert_eq!(custom.mode(Put, "a/b"), WriteThrough);
-        assert_eq!(custom.mode(Delete, "a/b"), WriteBack);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use perch_policy::WriteMode;
+use perch_policy::{Method, WriteMode};
 
 use super::{Journal, fail_point};
 use crate::error::{CacheError, StoreError, StoreResult};
@@ -287,6 +287,7 @@ impl Journal {
                     mode,
                     stage,
                     acked,
+                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
                 },
             );
             self.refresh_gauges(&st);

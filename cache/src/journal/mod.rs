@@ -23,7 +23,7 @@ pub(crate) use release::OriginCopy;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use perch_policy::{WriteMode, WritePolicy};
+use perch_policy::{Method, SharedPolicy, WriteMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
@@ -35,13 +35,14 @@ use crate::local::index::Entry;
 use crate::local::{Local, lock};
 use crate::metrics::WriteStats;
 use crate::origin::ListEntry;
-use crate::uploader::UploadHeader;
 
 /// Settings of the write path: modes, limits, and the uploader's.
 #[derive(Debug, Clone)]
 pub struct WriteConfig {
-    /// Which keys are write-back, barriers, or write-through (`--write-mode`).
-    pub policy: WritePolicy,
+    /// The policy: each key's write mode, and the headers and priority of its uploads.
+    pub policy: Arc<SharedPolicy>,
+    /// The bucket's lease (a primary's): no write is acknowledged or uploaded without it.
+    pub lease: Option<Arc<crate::lease::Lease>>,
     /// A barrier's acknowledgement waits for the origin too (`--strict-barriers`).
     pub strict_barriers: bool,
     /// The longest a request waits for the origin to confirm writes (`--origin-retry-deadline`).
@@ -56,14 +57,13 @@ pub struct WriteConfig {
     pub dirty_wait_max: Duration,
     /// Upload lag past which Perch reports itself unhealthy (`--dirty-age-max`, 60 s).
     pub dirty_age_max: Duration,
-    /// Headers added to the uploads of matching keys (`--upload-header 'GLOB=Name: value'`).
-    pub upload_headers: Vec<UploadHeader>,
 }
 
 impl Default for WriteConfig {
     fn default() -> Self {
         WriteConfig {
-            policy: WritePolicy::default(),
+            policy: Arc::new(SharedPolicy::default()),
+            lease: None,
             strict_barriers: false,
             wait_limit: Duration::from_secs(300),
             upload_concurrency: 16,
@@ -71,7 +71,6 @@ impl Default for WriteConfig {
             dirty_bytes_max: 10 << 30,
             dirty_wait_max: Duration::from_secs(1800),
             dirty_age_max: Duration::from_secs(60),
-            upload_headers: Vec::new(),
         }
     }
 }
@@ -191,6 +190,7 @@ impl Journal {
             st.add(
                 seq,
                 Version {
+                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
                     okey,
                     mode: record.mode(),
                     put: record.put,
@@ -239,9 +239,9 @@ impl Journal {
         self.refresh_gauges(&st);
     }
 
-    /// The write mode of a PUT or DELETE of `key`.
-    pub(crate) fn mode(&self, op: perch_policy::WriteOp, key: &str) -> WriteMode {
-        self.cfg.policy.mode(op, key)
+    /// The write mode of a PUT or DELETE of `okey`.
+    pub(crate) fn mode(&self, method: Method, okey: &ObjectKey) -> WriteMode {
+        self.cfg.policy.decide(okey.bucket(), okey.key(), method).write
     }
 
     /// Waits until version `seq` is in the origin (write-through, strict barriers), up to `limit`.

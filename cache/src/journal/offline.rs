@@ -34,6 +34,7 @@ impl OfflineJournal {
                 disk_bytes: u64::MAX,
                 memory_bytes: 0,
                 memory_object_max: 0,
+                pinned: None,
             },
             None,
         )?;
@@ -89,5 +90,19 @@ impl OfflineJournal {
         }
         self.local.close();
         Ok(problems)
+    }
+
+    /// Drops every version (`perch journal discard`): a journal bound to a lease the bucket has
+    /// moved on from, whose writes must not go up over newer data. Returns how many.
+    pub fn discard_all(&self) -> Result<usize, CacheError> {
+        let records = self.local.index.journal()?;
+        for (seq, raw) in &records {
+            match serde_json::from_slice::<Record>(raw) {
+                Ok(r) => drop_from_index(&self.local, *seq, &ObjectKey::new(&r.bucket, &r.key), r.put.is_some())?,
+                Err(_) => self.local.index.delete_record(*seq)?,
+            }
+        }
+        self.local.close();
+        Ok(records.len())
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct Version {
     pub mode: WriteMode,
     pub stage: u64,
     pub acked: SystemTime,
+    /// The policy's upload priority: inside one stage, lower goes up first.
+    pub priority: perch_policy::Priority,
 }
 
 impl Version {
@@ -63,7 +65,7 @@ pub(crate) struct State {
     /// Unconfirmed ordered versions by stage (the lowest stage is the one uploading).
     stages: BTreeMap<u64, BTreeSet<u64>>,
     /// Ordered versions that may start once their stage is the lowest: (stage, seq).
-    ready_ordered: BTreeSet<(u64, u64)>,
+    ready_ordered: BTreeSet<(u64, perch_policy::Priority, u64)>,
     /// Write-through versions that may start.
     ready_write_through: BTreeSet<u64>,
     in_flight: HashSet<u64>,
@@ -160,7 +162,7 @@ impl State {
             return;
         }
         if v.ordered() {
-            self.ready_ordered.insert((v.stage, seq));
+            self.ready_ordered.insert((v.stage, v.priority, seq));
         } else {
             self.ready_write_through.insert(seq);
         }
@@ -168,7 +170,7 @@ impl State {
 
     fn unmark_ready(&mut self, seq: u64, v: &Version) {
         if v.ordered() {
-            self.ready_ordered.remove(&(v.stage, seq));
+            self.ready_ordered.remove(&(v.stage, v.priority, seq));
         } else {
             self.ready_write_through.remove(&seq);
         }
@@ -182,8 +184,8 @@ impl State {
         if let Some(&lowest) = self.stages.keys().next() {
             let ready: Vec<u64> = self
                 .ready_ordered
-                .range((lowest, 0)..(lowest + 1, 0))
-                .map(|&(_, seq)| seq)
+                .range((lowest, perch_policy::Priority::High, 0)..(lowest + 1, perch_policy::Priority::High, 0))
+                .map(|&(_, _, seq)| seq)
                 .take(room)
                 .collect();
             for seq in ready {
@@ -292,7 +294,33 @@ mod tests {
             mode,
             stage,
             acked: SystemTime::UNIX_EPOCH,
+            priority: perch_policy::Priority::Normal,
         }
+    }
+
+    #[test]
+    fn inside_a_stage_higher_priorities_go_up_first() {
+        use perch_policy::Priority;
+        let mut st = State::default();
+        let with = |key: &str, stage: u64, priority: Priority| Version {
+            priority,
+            ..v(key, WriteMode::WriteBack, stage)
+        };
+        st.add(1, with("d/low", 0, Priority::Low));
+        st.add(2, with("d/normal", 0, Priority::Normal));
+        st.add(3, with("d/high", 0, Priority::High));
+        st.add(4, with("ctl", 1, Priority::High));
+        let one = Slots {
+            ordered: 1,
+            write_through: 1,
+        };
+        assert_eq!(seqs(&st.next_uploads(one)), [3]);
+        st.remove(3);
+        assert_eq!(seqs(&st.next_uploads(one)), [2]);
+        st.remove(2);
+        assert_eq!(seqs(&st.next_uploads(one)), [1], "a later stage waits, whatever its priority");
+        st.remove(1);
+        assert_eq!(seqs(&st.next_uploads(one)), [4]);
     }
 
     fn seqs(p: &[Pick]) -> Vec<u64> {

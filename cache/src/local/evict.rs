@@ -195,6 +195,9 @@ pub(crate) struct Evictor {
     main: VecDeque<u64>,
     ghost: HashSet<u32>,
     ghost_order: VecDeque<u32>,
+    /// Pinned entries (the policy's `cache = "pin"`): counted, never evicted.
+    pinned: HashMap<u64, u64>,
+    pinned_used: u64,
 }
 
 impl Evictor {
@@ -208,6 +211,8 @@ impl Evictor {
             main: VecDeque::new(),
             ghost: HashSet::new(),
             ghost_order: VecDeque::new(),
+            pinned: HashMap::new(),
+            pinned_used: 0,
         }
     }
 
@@ -217,16 +222,16 @@ impl Evictor {
 
     /// Bytes of the entries it tracks.
     pub(crate) fn used(&self) -> u64 {
-        self.small_used + self.main_used
+        self.small_used + self.main_used + self.pinned_used
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.len() + self.pinned.len()
     }
 
     #[cfg(test)]
     pub(crate) fn contains(&self, id: u64) -> bool {
-        self.slots.contains(id)
+        self.slots.contains(id) || self.pinned.contains_key(&id)
     }
 
     /// The memory it holds, in bytes (counted against `--cache-memory-bytes`).
@@ -235,6 +240,7 @@ impl Evictor {
             + (self.small.capacity() + self.main.capacity()) * 8
             + self.ghost.capacity() * 5
             + self.ghost_order.capacity() * 4
+            + self.pinned.capacity() * 16
     }
 
     /// Makes room for `additional` more entries at once (a rebuild knows its count: growing the
@@ -275,6 +281,18 @@ impl Evictor {
         self.shrink_to(self.capacity)
     }
 
+    /// Starts tracking a pinned entry: it counts against the capacity and is never evicted (the
+    /// others make room for it); returns the ids to evict. Pinned entries alone beyond the capacity
+    /// stay: only what is not pinned leaves.
+    pub(crate) fn insert_pinned(&mut self, id: u64, size: u64) -> Vec<u64> {
+        if self.slots.contains(id) || self.pinned.contains_key(&id) {
+            return Vec::new();
+        }
+        self.pinned.insert(id, size);
+        self.pinned_used += size;
+        self.shrink_to(self.capacity)
+    }
+
     /// Records a read of `id`.
     pub(crate) fn touch(&mut self, id: u64) {
         self.slots.modify(id, |slot| slot.freq = (slot.freq + 1).min(MAX_FREQ));
@@ -282,6 +300,9 @@ impl Evictor {
 
     /// Stops tracking `id` (deleted or overwritten); its bytes no longer count.
     pub(crate) fn remove(&mut self, id: u64) {
+        if let Some(size) = self.pinned.remove(&id) {
+            self.pinned_used -= size;
+        }
         if let Some(slot) = self.slots.remove(id) {
             if slot.in_main {
                 self.main_used -= slot.size;
@@ -376,6 +397,26 @@ impl Evictor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_entries_count_and_are_never_evicted() {
+        let mut e = Evictor::new(100);
+        assert!(e.insert_pinned(1, 40).is_empty());
+        for id in 2..50 {
+            e.insert(id, id, 10);
+            assert!(e.used() <= 100);
+        }
+        assert!(e.contains(1), "the pinned entry stays through a scan");
+        assert_eq!(e.used(), 100, "it counts: 40 pinned and 6 others");
+        // Pinned beyond the capacity: only what is not pinned leaves.
+        let evicted = e.insert_pinned(100, 90);
+        assert_eq!(evicted.len(), 6);
+        assert!(e.contains(1) && e.contains(100));
+        assert_eq!(e.used(), 130);
+        e.remove(100);
+        assert_eq!(e.used(), 40);
+        assert_eq!(e.len(), 1);
+    }
 
     #[test]
     fn stays_within_capacity() {

@@ -97,6 +97,8 @@ pub(crate) struct Scanned {
     pub key_hash: u64,
     pub size: u64,
     pub last_read: SystemTime,
+    /// The policy pins its key (`cache = "pin"`).
+    pub pinned: bool,
 }
 
 pub(crate) struct Index {
@@ -271,7 +273,7 @@ impl Index {
     /// Every entry in compact form, for rebuilding the eviction order (40 bytes an entry, so a
     /// million entries cost 40 MB while this runs). Walks `objects` and `access` side by side,
     /// decoding only the fields it needs, without filling the block cache.
-    pub(crate) fn scan(&self) -> Result<Vec<Scanned>, CacheError> {
+    pub(crate) fn scan(&self, pinned: &dyn Fn(&ObjectKey) -> bool) -> Result<Vec<Scanned>, CacheError> {
         /// The part of an `Entry` a scan needs (serde skips the rest without allocating it).
         #[derive(Deserialize)]
         struct SizeOnly {
@@ -319,6 +321,7 @@ impl Index {
                     key_hash: hash_of(&String::from_utf8_lossy(k)),
                     size: entry.meta.size,
                     last_read,
+                    pinned: ObjectKey::from_stored(k).is_some_and(|okey| pinned(&okey)),
                 });
             }
             objects.next();
@@ -554,7 +557,7 @@ mod tests {
             index.flush().unwrap();
         }
         let index = Index::open(dir.path()).unwrap();
-        let all = index.scan().unwrap();
+        let all = index.scan(&|_| false).unwrap();
         assert_eq!(all.len(), 100);
         for (i, s) in all.iter().enumerate() {
             assert_eq!(s.size, 10 + i as u64);

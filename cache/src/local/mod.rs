@@ -46,6 +46,18 @@ pub(crate) struct LocalConfig {
     pub memory_bytes: u64,
     /// Objects up to this size also live in memory.
     pub memory_object_max: u64,
+    /// Whether the policy pins a key's copies (`cache = "pin"`): never evicted.
+    pub pinned: Option<Pinned>,
+}
+
+/// The policy's pin decision for a key.
+#[derive(Clone)]
+pub(crate) struct Pinned(pub Arc<dyn Fn(&ObjectKey) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pinned(policy)")
+    }
 }
 
 pub(crate) struct Local {
@@ -166,7 +178,8 @@ impl Local {
     /// survives a restart. Runs in the background: the cache serves from the index meanwhile.
     fn rebuild_eviction_order(&self) {
         let started = Instant::now();
-        let mut all = match self.index.scan() {
+        let pinned = |okey: &ObjectKey| self.cfg.pinned.as_ref().is_some_and(|p| (p.0)(okey));
+        let mut all = match self.index.scan(&pinned) {
             Ok(all) => all,
             Err(e) => {
                 tracing::error!(error = %e, "cannot scan the cache index");
@@ -183,7 +196,12 @@ impl Local {
                 if removed.as_ref().is_some_and(|r| r.contains(&e.blob)) {
                     continue;
                 }
-                lock(&self.evictor).insert(e.blob, e.key_hash, e.size)
+                let mut evictor = lock(&self.evictor);
+                if e.pinned {
+                    evictor.insert_pinned(e.blob, e.size)
+                } else {
+                    evictor.insert(e.blob, e.key_hash, e.size)
+                }
             };
             self.drop_evicted(Evicted(evicted));
         }
@@ -365,7 +383,13 @@ impl Local {
     /// holds no key lock.
     #[must_use]
     pub(crate) fn track(&self, okey: &ObjectKey, blob: u64, size: u64) -> Evicted {
-        let evicted = lock(&self.evictor).insert(blob, okey.hash64(), size);
+        let pinned = self.cfg.pinned.as_ref().is_some_and(|p| (p.0)(okey));
+        let mut evictor = lock(&self.evictor);
+        let evicted = if pinned {
+            evictor.insert_pinned(blob, size)
+        } else {
+            evictor.insert(blob, okey.hash64(), size)
+        };
         Evicted(evicted)
     }
 

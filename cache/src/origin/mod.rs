@@ -612,6 +612,7 @@ pub trait Origin: Send + Sync + 'static {
         bucket: &str,
         key: &str,
         headers: &ContentHeaders,
+        extra_headers: &[(String, String)],
         checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String>;
     /// Stores a part. `checksums` are the part's checksums the client sent and Perch verified.

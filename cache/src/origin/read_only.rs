@@ -74,6 +74,7 @@ impl Origin for ReadOnlyOrigin {
         _bucket: &str,
         _key: &str,
         _headers: &ContentHeaders,
+        _extra_headers: &[(String, String)],
         _checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String> {
         Err(refused("CreateMultipartUpload"))

@@ -287,10 +287,11 @@ impl Origin for RetryingOrigin {
         bucket: &str,
         key: &str,
         headers: &ContentHeaders,
+        extra_headers: &[(String, String)],
         checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String> {
         self.run("create_multipart_upload", || {
-            self.inner.create_multipart_upload(bucket, key, headers, checksum)
+            self.inner.create_multipart_upload(bucket, key, headers, extra_headers, checksum)
         })
         .await
         .0

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use perch_policy::{Freshness, Prefetch, WriteMode, WriteOp, is_reserved};
+use perch_policy::{Method, Prefetch, RewrittenKeys, WriteMode, is_reserved};
 use prometheus_client::registry::Registry;
 
 use crate::body::{Digested, spool};
@@ -35,6 +35,14 @@ use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::replica::Replica;
 use crate::uploader::Uploader;
 
+/// The policy's `cache = "pin"`, as the cache asks it (for reads: a pinned copy stays).
+fn pin_rule(policy: &Arc<perch_policy::SharedPolicy>) -> crate::local::Pinned {
+    let policy = policy.clone();
+    crate::local::Pinned(Arc::new(move |okey: &ObjectKey| {
+        policy.decide(okey.bucket(), okey.key(), Method::Get).cache == perch_policy::CacheClass::Pin
+    }))
+}
+
 /// Settings of the store, with the defaults `perch serve` documents.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -47,10 +55,6 @@ pub struct StoreConfig {
     pub memory_bytes: u64,
     /// Objects up to this size also live in memory (1 MiB: an OrioleDB data part).
     pub memory_object_max: u64,
-    /// Which keys may change behind Perch's back.
-    pub freshness: Freshness,
-    /// How long a copy of a mutable key is served before it is revalidated.
-    pub revalidate_after: Duration,
     /// How long a broken fill keeps resuming.
     pub retry_deadline: Duration,
     /// A range miss fetches the whole object in the background up to this size.
@@ -64,6 +68,8 @@ pub struct StoreConfig {
     /// A read replica: the origin is only read (every write to it is refused in the process) and
     /// no uploader runs; its own writes stay in its overlay or are refused.
     pub replica: Option<ReplicaWrites>,
+    /// Keys the primary rewrites in place: a replica pins them at seeding, never reads them live.
+    pub rewritten: RewrittenKeys,
 }
 
 /// What a replica does with the writes it receives (docs/replicas.md).
@@ -124,10 +130,12 @@ impl Store {
                 disk_bytes: cfg.disk_bytes,
                 memory_bytes: cfg.memory_bytes,
                 memory_object_max: cfg.memory_object_max,
+                pinned: Some(pin_rule(&cfg.write.policy)),
             },
             registry.as_deref_mut(),
         )?;
         let local = Arc::new(local);
+        let policy = cfg.write.policy.clone();
         let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry.as_deref_mut())?);
         if cfg.replica.is_some() {
             let pending = journal.status(None).dirty_objects;
@@ -142,7 +150,7 @@ impl Store {
         let replica = if cfg.replica == Some(ReplicaWrites::Overlay) {
             Some(Replica::open(
                 cfg.data_dir.join("overlay"),
-                cfg.freshness.clone(),
+                cfg.rewritten.clone(),
                 origin.clone(),
                 registry,
             )?)
@@ -152,8 +160,7 @@ impl Store {
         let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
         let reader = Arc::new(Reader::new(
             ReaderConfig {
-                freshness: cfg.freshness,
-                revalidate_after: cfg.revalidate_after,
+                policy,
                 retry_deadline: cfg.retry_deadline,
                 background_fill_max: cfg.background_fill_max,
             },
@@ -247,6 +254,7 @@ impl Store {
         }
         let _held = self.journal.hold_commits(&[&okey]).await;
         self.settle(&okey).await?;
+        self.fence().await;
         let input = PutInput {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
             ..input
@@ -264,7 +272,7 @@ impl Store {
             return Ok(r.delete(bucket, key).await?);
         }
         let okey = ObjectKey::new(bucket, key);
-        let mode = self.journal.mode(WriteOp::Delete, key);
+        let mode = self.journal.mode(Method::Delete, &okey);
         let seq = self.journal.commit_delete(&okey, mode).await?;
         self.acknowledge(seq, mode).await
     }
@@ -282,6 +290,7 @@ impl Store {
         let _held = self.journal.hold_commits(&[&src, &dst]).await;
         self.settle(&src).await?;
         self.settle(&dst).await?;
+        self.fence().await;
         let out = self.origin.copy_object(bucket, key, &copy).await;
         self.local.invalidate(&dst);
         Ok(out?)
@@ -511,6 +520,14 @@ impl Store {
 
     // ----- inside -----
 
+    /// Waits until this Perch holds the bucket's lease with no gap since its last renewal (at
+    /// once, as a rule); never returns once the lease is lost (the process exits).
+    async fn fence(&self) {
+        if let Some(lease) = &self.journal.cfg.lease {
+            lease.writable().await;
+        }
+    }
+
     fn known_buckets(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         lock(&self.buckets)
     }
@@ -559,7 +576,7 @@ impl Store {
             PutBody::Bytes(b) => NewBody::Bytes(b),
             PutBody::File { path, .. } => NewBody::File(path),
         };
-        let mode = self.journal.mode(WriteOp::Put, okey.key());
+        let mode = self.journal.mode(Method::Put, okey);
         let version = NewVersion {
             body,
             meta,
@@ -573,6 +590,7 @@ impl Store {
     /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is
     /// acknowledged only once the origin has it.
     async fn acknowledge(&self, seq: u64, mode: WriteMode) -> StoreResult<()> {
+        self.fence().await;
         let cfg = &self.journal.cfg;
         if mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && cfg.strict_barriers) {
             self.journal.wait_confirmed(seq, cfg.wait_limit).await?;

@@ -1239,7 +1239,7 @@ pub async fn multipart(o: &dyn Origin, bucket: &str) {
     let part3 = pattern(1000, 12);
 
     let id = ok(
-        o.create_multipart_upload(bucket, key, &headers, None).await,
+        o.create_multipart_upload(bucket, key, &headers, &[], None).await,
         "create upload",
     );
     let uploads = ok(o.list_multipart_uploads(bucket, "mp/").await, "list uploads");
@@ -1361,7 +1361,7 @@ pub async fn multipart(o: &dyn Origin, bucket: &str) {
 
     // A single small part is a valid upload: the last part may be small.
     let id = ok(
-        o.create_multipart_upload(bucket, "mp/one", &ContentHeaders::default(), None)
+        o.create_multipart_upload(bucket, "mp/one", &ContentHeaders::default(), &[], None)
             .await,
         "create",
     );
@@ -1407,7 +1407,7 @@ pub async fn multipart(o: &dyn Origin, bucket: &str) {
 pub async fn multipart_errors(o: &dyn Origin, bucket: &str) {
     let key = "mpe/x";
     let id = ok(
-        o.create_multipart_upload(bucket, key, &ContentHeaders::default(), None)
+        o.create_multipart_upload(bucket, key, &ContentHeaders::default(), &[], None)
             .await,
         "create",
     );
@@ -1537,22 +1537,22 @@ pub async fn multipart_errors(o: &dyn Origin, bucket: &str) {
 
     // Listing uploads: by key, then by initiation.
     let b1 = ok(
-        o.create_multipart_upload(bucket, "mpe/u-b", &ContentHeaders::default(), None)
+        o.create_multipart_upload(bucket, "mpe/u-b", &ContentHeaders::default(), &[], None)
             .await,
         "create u-b",
     );
     let a = ok(
-        o.create_multipart_upload(bucket, "mpe/u-a", &ContentHeaders::default(), None)
+        o.create_multipart_upload(bucket, "mpe/u-a", &ContentHeaders::default(), &[], None)
             .await,
         "create u-a",
     );
     let b2 = ok(
-        o.create_multipart_upload(bucket, "mpe/u-b", &ContentHeaders::default(), None)
+        o.create_multipart_upload(bucket, "mpe/u-b", &ContentHeaders::default(), &[], None)
             .await,
         "create u-b again",
     );
     let c = ok(
-        o.create_multipart_upload(bucket, "mpe/v", &ContentHeaders::default(), None)
+        o.create_multipart_upload(bucket, "mpe/v", &ContentHeaders::default(), &[], None)
             .await,
         "create v",
     );
@@ -1583,7 +1583,7 @@ pub async fn multipart_errors(o: &dyn Origin, bucket: &str) {
 
     let missing = format!("{bucket}-missing");
     expect_err(
-        o.create_multipart_upload(&missing, key, &ContentHeaders::default(), None)
+        o.create_multipart_upload(&missing, key, &ContentHeaders::default(), &[], None)
             .await,
         "NoSuchBucket",
         "create an upload in a missing bucket",
@@ -1669,7 +1669,7 @@ async fn checksummed_upload(
     let a = checksum.algorithm;
     let what = format!("{key} ({} {})", a.as_str(), checksum.checksum_type.as_str());
     let id = ok(
-        o.create_multipart_upload(bucket, key, &ContentHeaders::default(), Some(checksum))
+        o.create_multipart_upload(bucket, key, &ContentHeaders::default(), &[], Some(checksum))
             .await,
         &format!("{what}: create"),
     );
@@ -1793,7 +1793,7 @@ pub async fn multipart_checksums(o: &dyn Origin, bucket: &str, moto: bool) {
             checksum_type: t,
         };
         expect_err(
-            o.create_multipart_upload(bucket, "mpc/refused", &ContentHeaders::default(), Some(refused))
+            o.create_multipart_upload(bucket, "mpc/refused", &ContentHeaders::default(), &[], Some(refused))
                 .await,
             "Rejected 400 InvalidRequest",
             &format!("create with {} {}", a.as_str(), t.as_str()),
@@ -1803,7 +1803,7 @@ pub async fn multipart_checksums(o: &dyn Origin, bucket: &str, moto: bool) {
     // A part checksum named in CompleteMultipartUpload is checked against the part's.
     let key = "mpc/declared";
     let id = ok(
-        o.create_multipart_upload(bucket, key, &ContentHeaders::default(), Some(crc32))
+        o.create_multipart_upload(bucket, key, &ContentHeaders::default(), &[], Some(crc32))
             .await,
         "create",
     );

@@ -104,7 +104,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
         let p1 = pattern(5 * MIB, 1);
         let p2 = pattern(123, 2);
         let id = o
-            .create_multipart_upload("beta", "multi", &headers, None)
+            .create_multipart_upload("beta", "multi", &headers, &[], None)
             .await
             .expect("create upload");
         let e1 = o
@@ -158,7 +158,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
 
         // An upload left in progress.
         pending_upload = o
-            .create_multipart_upload("alpha", "pending", &headers, None)
+            .create_multipart_upload("alpha", "pending", &headers, &[], None)
             .await
             .expect("create pending");
         pending_etag = o
@@ -366,7 +366,7 @@ async fn keys_never_become_paths() {
     };
     o.copy_object("b", "../../copied", &copy).await.expect("copy");
     let id = o
-        .create_multipart_upload("b", "../../multi", &ContentHeaders::default(), None)
+        .create_multipart_upload("b", "../../multi", &ContentHeaders::default(), &[], None)
         .await
         .expect("create upload");
     let e = o
@@ -621,7 +621,7 @@ async fn multipart_checksums_of_the_directory_origin() {
     let id = {
         let o = open(&root);
         o.create_bucket("b").await.expect("create bucket");
-        o.create_multipart_upload("b", "k", &ContentHeaders::default(), Some(crc32c))
+        o.create_multipart_upload("b", "k", &ContentHeaders::default(), &[], Some(crc32c))
             .await
             .expect("create upload")
     };
@@ -688,7 +688,7 @@ async fn multipart_checksums_of_the_directory_origin() {
 
     // Without an algorithm: part checksums are echoed, not kept, and the object has none.
     let id = o
-        .create_multipart_upload("b", "plain", &ContentHeaders::default(), None)
+        .create_multipart_upload("b", "plain", &ContentHeaders::default(), &[], None)
         .await
         .expect("create plain upload");
     let sums = Checksums::only(ChecksumAlgorithm::Crc32, b64(&crc32_of(&p2)));

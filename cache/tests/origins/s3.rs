@@ -415,11 +415,11 @@ async fn multipart_uploads() {
         ..ContentHeaders::default()
     };
     let id = o
-        .create_multipart_upload("multipart", "big/obj", &headers, None)
+        .create_multipart_upload("multipart", "big/obj", &headers, &[], None)
         .await
         .expect("create upload");
     let other = o
-        .create_multipart_upload("multipart", "other", &ContentHeaders::default(), None)
+        .create_multipart_upload("multipart", "other", &ContentHeaders::default(), &[], None)
         .await
         .expect("second upload");
 

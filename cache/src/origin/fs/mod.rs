@@ -460,6 +460,7 @@ impl Origin for FsOrigin {
         bucket: &str,
         key: &str,
         headers: &ContentHeaders,
+        _extra_headers: &[(String, String)],
         checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String> {
         self.create_upload(bucket, key, headers, checksum).await

@@ -532,9 +532,10 @@ impl Origin for S3Origin {
         bucket: &str,
         key: &str,
         headers: &ContentHeaders,
+        extra_headers: &[(String, String)],
         checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String> {
-        self.create_upload(bucket, key, headers, checksum).await
+        self.create_upload(bucket, key, headers, extra_headers, checksum).await
     }
 
     async fn upload_part(

@@ -9,6 +9,7 @@ impl S3Origin {
         bucket: &str,
         key: &str,
         headers: &ContentHeaders,
+        extra_headers: &[(String, String)],
         checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String> {
         // `x-amz-checksum-type` only when it is not the algorithm's default, for S3 servers that
@@ -25,7 +26,7 @@ impl S3Origin {
             .set_checksum_type(checksum_type);
         let send = req
             .customize()
-            .map_request(expires_mapper(headers.expires.clone()))
+            .map_request(headers_mapper(headers.expires.clone(), extra_headers.to_vec()))
             .send();
         let out = self.call(Subject::Bucket, Duration::ZERO, send).await?;
         match out.upload_id() {

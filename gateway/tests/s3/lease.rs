@@ -1,0 +1,415 @@
+//! One writer per bucket: the lease `.perch/lease` in moto, between real `perch` processes. The
+//! origin refuses stale conditional PUTs (checked first, so the rest cannot pass vacuously); a
+//! second primary refuses to start naming the holder; a lease left unrenewed is taken after its
+//! period plus margin; a paused holder (SIGSTOP) that lost its lease acknowledges nothing more
+//! and exits; a machine returning with an old journal needs `perch journal` to decide.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use perch_testkit::raw_client::{BUCKET, Req, Style, key_path};
+use perch_testkit::sdk::moto_client;
+use perch_testkit::servers::{MotoServer, PerchServer, ProxyServer};
+
+use crate::support::machine;
+use crate::support::perch::{moto_keys_env, perch_binary, s3_origin, start_with, wait_until};
+use crate::support::sdk::bytes_of;
+
+const PERIOD: &str = "1500ms";
+const MARGIN: &str = "1s";
+
+struct Bucket {
+    moto: MotoServer,
+    rt: tokio::runtime::Runtime,
+    tmp: tempfile::TempDir,
+}
+
+impl Bucket {
+    fn new() -> Bucket {
+        let moto = MotoServer::start();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(moto_client(&moto).create_bucket().bucket(BUCKET).send())
+            .expect("create bucket");
+        Bucket {
+            moto,
+            rt,
+            tmp: tempfile::tempdir().expect("tmp"),
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn args(&self, holder: &str) -> Vec<String> {
+        self.args_via(holder, &self.moto.endpoint)
+    }
+
+    /// The flags of a primary reaching the bucket through `endpoint` (moto, or a proxy).
+    fn args_via(&self, holder: &str, endpoint: &str) -> Vec<String> {
+        let (mut args, _) = s3_origin(endpoint);
+        for a in [
+            "--lease-bucket",
+            BUCKET,
+            "--lease-period",
+            PERIOD,
+            "--lease-margin",
+            MARGIN,
+            "--lease-holder",
+            holder,
+            "--drain-quiet",
+            "0s",
+        ] {
+            args.push(a.to_owned());
+        }
+        args
+    }
+
+    fn primary(&self, holder: &str, dir: &Path) -> PerchServer {
+        start_with(dir, self.args(holder), moto_keys_env())
+    }
+
+    /// Runs `perch serve` expecting it to refuse to start: its exit code and stderr.
+    fn refused(&self, holder: &str, dir: &Path) -> (Option<i32>, String) {
+        self.refused_with(&self.args(holder), dir)
+    }
+
+    fn refused_with(&self, args: &[String], dir: &Path) -> (Option<i32>, String) {
+        let out = std::process::Command::new(perch_binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .envs(moto_keys_env())
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run perch");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("listening"), "perch started: {stdout}");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// `perch` with the lease flags (`lease status`, `lease break`).
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(perch_binary())
+            .args(args)
+            .args(self.args("cli"))
+            .envs(moto_keys_env())
+            .output()
+            .expect("run perch")
+    }
+
+    fn get(&self, key: &str) -> Option<(Vec<u8>, String)> {
+        let c = moto_client(&self.moto);
+        self.rt.block_on(async {
+            match c.get_object().bucket(BUCKET).key(key).send().await {
+                Ok(out) => {
+                    let etag = out.e_tag().unwrap_or_default().to_owned();
+                    Some((bytes_of(out.body).await, etag))
+                }
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
+                Err(e) => panic!("GET {key} from moto: {e:?}"),
+            }
+        })
+    }
+
+    /// The lease in moto: (holder, epoch, renewal, released, etag).
+    fn lease(&self) -> Option<(String, u64, u64, bool, String)> {
+        let (body, etag) = self.get(".perch/lease")?;
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("lease JSON");
+        Some((
+            v["holder"].as_str().expect("holder").to_owned(),
+            v["epoch"].as_u64().expect("epoch"),
+            v["renewal"].as_u64().expect("renewal"),
+            v["released"].as_bool().expect("released"),
+            etag,
+        ))
+    }
+}
+
+fn put(addr: SocketAddr, key: &str, body: &[u8]) -> u16 {
+    Req::object("PUT", addr, Style::Path, &key_path(key))
+        .body(body.to_vec())
+        .go(addr)
+        .status
+}
+
+fn signal(p: &PerchServer, name: &str) {
+    let pid = p.pid().expect("pid");
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+fn seconds(s: &str) -> f64 {
+    perch_policy_duration(s).as_secs_f64()
+}
+
+fn perch_policy_duration(s: &str) -> Duration {
+    if let Some(ms) = s.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().expect("ms"))
+    } else {
+        Duration::from_secs(s.trim_end_matches('s').parse().expect("s"))
+    }
+}
+
+/// The origin itself refuses a stale `If-Match` and an `If-None-Match: *` over an object: without
+/// that, every lease test below would pass whatever Perch did.
+#[test]
+fn the_origin_refuses_stale_conditional_puts() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let c = moto_client(&b.moto);
+    let body = |s: &str| aws_sdk_s3::primitives::ByteStream::from(s.as_bytes().to_vec());
+    b.rt.block_on(async {
+        let first = c
+            .put_object()
+            .bucket(BUCKET)
+            .key("l")
+            .if_none_match("*")
+            .body(body("1"))
+            .send()
+            .await
+            .expect("create");
+        let again = c.put_object().bucket(BUCKET).key("l").if_none_match("*").body(body("2")).send().await;
+        let e = again.expect_err("If-None-Match: * over an object");
+        assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(412));
+        let renewed = c
+            .put_object()
+            .bucket(BUCKET)
+            .key("l")
+            .if_match(first.e_tag().expect("etag"))
+            .body(body("3"))
+            .send()
+            .await
+            .expect("If-Match the current ETag");
+        assert_ne!(renewed.e_tag(), first.e_tag());
+        let stale = c
+            .put_object()
+            .bucket(BUCKET)
+            .key("l")
+            .if_match(first.e_tag().expect("etag"))
+            .body(body("4"))
+            .send()
+            .await;
+        let e = stale.expect_err("If-Match a replaced ETag");
+        assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(412));
+    });
+    assert_eq!(b.get("l").map(|(body, _)| body), Some(b"3".to_vec()));
+}
+
+#[test]
+fn a_second_primary_refuses_to_start_naming_the_holder() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let a = b.primary("machine-a", &b.dir("a"));
+    let (holder, epoch, _, released, _) = b.lease().expect("the primary took the lease");
+    assert_eq!((holder.as_str(), epoch, released), ("machine-a", 1, false));
+    assert_eq!(put(a.addr, "k", b"from a"), 200);
+
+    let (code, err) = b.refused("machine-b", &b.dir("b"));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("held by `machine-a`"), "{err}");
+    assert!(err.contains("another primary"), "{err}");
+    // The holder kept it, and still serves writes.
+    assert_eq!(b.lease().expect("lease").0, "machine-a");
+    assert_eq!(put(a.addr, "k2", b"still a"), 200);
+
+    let status = b.cli(&["lease", "status"]);
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(out.contains("holder:    machine-a") && out.contains("epoch:     1"), "{out}");
+    let refused = b.cli(&["lease", "break"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("corrupt the database") && err.contains("--holder-is-gone"), "{err}");
+    assert_eq!(b.lease().expect("a refused break leaves the lease").0, "machine-a");
+
+    // A clean stop releases the lease: the next primary takes it at once.
+    let status = a.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    assert!(b.lease().expect("lease").3, "released");
+    let started = Instant::now();
+    let c = b.primary("machine-c", &b.dir("c"));
+    assert!(started.elapsed() < Duration::from_secs(5), "a released lease is taken at once");
+    let (holder, epoch, ..) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), epoch), ("machine-c", 2));
+    assert_eq!(put(c.addr, "k3", b"from c"), 200);
+
+    // Broken with its flag while its holder runs: the holder's next renewal fails, and it stops.
+    let broken = b.cli(&["lease", "break", "--holder-is-gone"]);
+    assert!(broken.status.success(), "{}", String::from_utf8_lossy(&broken.stderr));
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("broken"));
+    let status = c.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "the holder of a broken lease exits");
+    let log = std::fs::read_to_string(b.dir("c").with_extension("log")).unwrap_or_default();
+    assert!(log.contains("lease lost") && log.contains("the lease was broken"), "{log}");
+}
+
+#[test]
+fn an_unrenewed_lease_is_taken_after_its_period_and_margin() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let a = b.primary("machine-a", &b.dir("a"));
+    assert_eq!(put(a.addr, "k", b"from a"), 200);
+    a.kill();
+    let (_, _, _, released, etag) = b.lease().expect("lease");
+    assert!(!released, "a killed holder does not release");
+    let started = Instant::now();
+    let new = b.primary("machine-b", &b.dir("b"));
+    let waited = started.elapsed().as_secs_f64();
+    assert!(
+        waited >= seconds(PERIOD) + seconds(MARGIN),
+        "the taker waited only {waited:.2} s with the same ETag in view"
+    );
+    let (holder, epoch, _, _, now) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), epoch), ("machine-b", 2));
+    assert_ne!(now, etag);
+    assert_eq!(put(new.addr, "k2", b"from b"), 200);
+    // B renews on its own.
+    let renewal = b.lease().expect("lease").2;
+    assert!(wait_until(Duration::from_secs(5), || b.lease().expect("lease").2 > renewal));
+}
+
+/// A holder paused (SIGSTOP, as a suspended machine) past its lease loses it to a new primary;
+/// resumed, it never acknowledges the write that reached it meanwhile, does not upload it, exits
+/// with a message naming the new holder, and keeps it in its journal. Back later with that
+/// journal, it must be told what to do with it (`perch journal`).
+#[test]
+fn a_paused_holder_acknowledges_nothing_after_losing_its_lease_and_its_journal_waits_for_a_decision() {
+    let _turn = machine::alone();
+    let b = Bucket::new();
+    let dir_a = b.dir("a");
+    // Machine A reaches the bucket through a proxy that fails every upload under `stale/`, so
+    // that A's journal holds a write when it stops.
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": "stale/"}"#);
+    let args_a = b.args_via("machine-a", &proxy.endpoint);
+    let a = start_with(&dir_a, args_a.clone(), moto_keys_env());
+    assert_eq!(put(a.addr, "before", b"acked by a"), 200);
+    assert_eq!(put(a.addr, "stale/x", b"acked, never uploaded"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("before").is_some()));
+
+    signal(&a, "STOP");
+    // Machine B waits the period plus the margin with A's ETag unchanged, then takes the lease.
+    let new = start_with(&b.dir("b"), b.args("machine-b"), moto_keys_env());
+    assert_eq!(b.lease().expect("lease").0, "machine-b");
+
+    // A write reaches the paused holder (the kernel queues the connection).
+    let addr = a.addr;
+    let late = std::thread::spawn(move || {
+        Req::object("PUT", addr, Style::Path, &key_path("late"))
+            .body(b"written while paused".to_vec())
+            .send(addr)
+            .map_or(0, |r| r.status)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&a, "CONT");
+    let status = a.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "the old holder exits once it sees the new one");
+    let answer = late.join().expect("the late PUT");
+    assert_ne!(answer, 200, "the old holder acknowledged a write without its lease");
+    let log = std::fs::read_to_string(dir_a.with_extension("log")).unwrap_or_default();
+    assert!(log.contains("lease lost") && log.contains("machine-b"), "{log}");
+    assert_eq!(b.get("late"), None, "the old holder uploaded without its lease");
+    assert_eq!(b.get("stale/x"), None);
+    assert_eq!(put(new.addr, "after", b"from b"), 200);
+
+    // Back while machine-b runs: refused, naming it.
+    let (_, err) = b.refused_with(&args_a, &dir_a);
+    assert!(err.contains("held by `machine-b`"), "{err}");
+    // Back after machine-b stopped cleanly: its old journal must not go up over b's data.
+    assert!(new.terminate(Duration::from_secs(30)).success());
+    let (_, err) = b.refused_with(&args_a, &dir_a);
+    assert!(err.contains("the journal holds") && err.contains("lease epoch 1 of `machine-a`"), "{err}");
+    assert!(err.contains("`machine-b` (epoch 2)"), "{err}");
+    assert!(err.contains("perch journal adopt") && err.contains("perch journal discard"), "{err}");
+    assert_eq!(b.get("late"), None);
+
+    let journal = |args: &[&str]| {
+        std::process::Command::new(perch_binary())
+            .args(["journal"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir_a)
+            .output()
+            .expect("perch journal")
+    };
+    let refused = journal(&["discard"]);
+    assert!(!refused.status.success(), "discard needs its flag");
+    let done = journal(&["discard", "--lose-these-writes"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("writes dropped"));
+    let again = start_with(&dir_a, args_a, moto_keys_env());
+    assert_eq!(b.lease().expect("lease").1, 3, "a new epoch after b's");
+    assert_eq!(put(again.addr, "fresh", b"a again"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("fresh").is_some()));
+    assert_eq!(b.get("late"), None, "the discarded write never went up");
+    assert_eq!(b.get("stale/x"), None, "the discarded write never went up");
+}
+
+/// The wall clock jumping against the boot clock (as after a snapshot restore) is a gap: the
+/// next write is acknowledged only after a renewal, even within the lease period.
+#[test]
+fn a_clock_jump_makes_the_holder_renew_before_it_acknowledges() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let dir = b.dir("a");
+    let offset = b.dir("clock-offset");
+    std::fs::write(&offset, "0").expect("write");
+    let mut args = b.args("machine-a");
+    // A long period: no renewal is due on its own during the test.
+    let at = args.iter().position(|a| a == PERIOD).expect("period");
+    args[at] = "60s".to_owned();
+    let mut env = moto_keys_env();
+    env.push((
+        "PERCH_TEST_REALTIME_OFFSET_FILE".to_owned(),
+        offset.to_str().expect("utf-8").to_owned(),
+    ));
+    let a = start_with(&dir, args, env);
+    assert_eq!(put(a.addr, "k1", b"one"), 200);
+    let renewal = b.lease().expect("lease").2;
+    assert_eq!(put(a.addr, "k2", b"two"), 200);
+    assert_eq!(b.lease().expect("lease").2, renewal, "no renewal without a gap");
+    std::fs::write(&offset, "120000").expect("write");
+    assert_eq!(put(a.addr, "k3", b"three"), 200);
+    assert_eq!(
+        b.lease().expect("lease").2,
+        renewal + 1,
+        "the write after the jump waited for a renewal"
+    );
+    assert!(a.log_text().contains("gap since the last lease renewal"));
+}
+
+/// A barrier (a checkpoint's control file, by the built-in policy) goes up only after a renewal
+/// sent for it; a write-back key's upload needs none while the lease is fresh.
+#[test]
+fn a_barrier_upload_is_preceded_by_a_renewal() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let mut args = b.args("machine-a");
+    // A long period: no renewal is due on its own during the test (one every 20 s).
+    let at = args.iter().position(|a| a == PERIOD).expect("period");
+    args[at] = "60s".to_owned();
+    let a = start_with(&b.dir("a"), args, moto_keys_env());
+    let renewal = b.lease().expect("lease").2;
+    assert_eq!(put(a.addr, "data/1/base/1/1", b"a data file"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("data/1/base/1/1").is_some()));
+    assert_eq!(b.lease().expect("lease").2, renewal, "a write-back upload renews nothing");
+    assert_eq!(put(a.addr, "data/1/global/pg_control", b"control"), 200);
+    assert!(wait_until(Duration::from_secs(10), || b.get("data/1/global/pg_control").is_some()));
+    assert_eq!(
+        b.lease().expect("lease").2,
+        renewal + 1,
+        "the barrier's upload was preceded by a renewal"
+    );
+}

@@ -1,0 +1,288 @@
+//! The policy file through the real binary: `perch policy check|explain`, reload on SIGHUP (a
+//! good file replaces the policy, a bad one is refused and the old one stays), upload headers on
+//! multipart uploads, and the bypass cache class.
+
+use std::time::Duration;
+
+use perch_testkit::raw_client::BUCKET;
+
+use crate::support::machine;
+use crate::support::perch::{perch_binary, wait_until};
+use crate::support::stack::Stack;
+
+fn perch(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(perch_binary())
+        .args(args)
+        .env_remove("PERCH_POLICY")
+        .env_remove("PERCH_WRITE_MODE")
+        .env_remove("PERCH_UPLOAD_HEADER")
+        .env_remove("PERCH_CACHE_REVALIDATE")
+        .output()
+        .expect("run perch")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn policy_check_names_the_line_and_reason_of_a_mistake() {
+    let _turn = machine::share();
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nkey = \"wal/*\"\nwrite = \"eventually\"\n").expect("write");
+    let out = perch(&["policy", "check", bad.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.toml:3:"), "{err}");
+    assert!(err.contains("unknown write mode `eventually`"), "{err}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[[rule]]\nkey = \"wal/*\"\nwrite = \"write_through\"\n").expect("write");
+    let out = perch(&["policy", "check", good.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok, 1 rules"), "{}", text(&out.stdout));
+
+    let out = perch(&["policy", "check", "builtin:orioledb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The shipped profile is readable and is what `check` accepts.
+    let shown = perch(&["policy", "show"]);
+    assert!(text(&shown.stdout).contains("[[rule]]"));
+    let copy = dir.path().join("copy.toml");
+    std::fs::write(&copy, &shown.stdout).expect("write");
+    assert!(perch(&["policy", "check", copy.to_str().expect("utf-8")]).status.success());
+}
+
+#[test]
+fn policy_explain_shows_the_rule_and_the_decision() {
+    let _turn = machine::share();
+    let out = perch(&["policy", "explain", "orioledb/wal/000000010000000000000003", "--method", "PUT"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert!(o.contains("policy: builtin:orioledb"), "{o}");
+    assert!(o.contains("PUT orioledb/wal/000000010000000000000003"), "{o}");
+    assert!(o.contains("write:           write_through"), "{o}");
+    assert!(o.contains("\"WAL segments\""), "{o}");
+    assert!(o.contains("cache:           bypass"), "{o}");
+    assert!(!o.contains("GET orioledb"), "--method PUT only: {o}");
+
+    // Every method without --method; a part of a checkpoint is written back and immutable.
+    let out = perch(&["policy", "explain", "orioledb/orioledb_data/3/1/2.3.4"]);
+    let o = text(&out.stdout);
+    for m in ["GET", "HEAD", "PUT", "DELETE"] {
+        assert!(o.contains(&format!("{m} orioledb/orioledb_data/3/1/2.3.4")), "{o}");
+    }
+    assert!(o.contains("write:           write_back               default, no rule"), "{o}");
+    assert!(o.contains("freshness:       immutable"), "{o}");
+
+    // A user file, with a shorthand flag before it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"regions\"\nbucket = \"db\"\nkey = \"*\"\nupload_priority = \"high\"\n[rule.upload_headers]\n\"X-Tigris-Regions\" = \"iad,ams\"\n",
+    )
+    .expect("write");
+    let f = file.to_str().expect("utf-8");
+    let out = perch(&[
+        "policy",
+        "explain",
+        "db/data/1/global/pg_control",
+        "--method",
+        "put",
+        "--policy",
+        f,
+        "--write-mode",
+        "data/*=write_through",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let o = text(&out.stdout);
+    assert!(o.contains("write:           write_through"), "{o}");
+    assert!(o.contains("rule 1 (--write-mode data/*=write_through)"), "{o}");
+    assert!(o.contains("upload priority: high"), "{o}");
+    assert!(o.contains("upload header:   x-tigris-regions: iad,ams"), "{o}");
+    assert!(o.contains("p.toml:1 \"regions\""), "{o}");
+    // The file replaces the built-in profile: no barrier for the control file any more.
+    assert!(!o.contains("barrier"), "{o}");
+    // Another bucket: the bucket glob does not match.
+    let out = perch(&["policy", "explain", "other/x", "--method", "PUT", "--policy", f]);
+    assert!(text(&out.stdout).contains("upload headers:  none"), "{}", text(&out.stdout));
+
+    let out = perch(&["policy", "explain", "no-key"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("BUCKET/KEY"), "{}", text(&out.stderr));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[rule]]\nkey = \"a\"\ncache = \"always\"\n").expect("write");
+    let out = perch(&["policy", "explain", "db/a", "--policy", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("bad.toml:3:"), "{}", text(&out.stderr));
+}
+
+fn meta_in_moto(s: &Stack, key: &str) -> Option<String> {
+    let m = s.moto_sdk();
+    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key(key).send()).expect("head in moto");
+    head.metadata().and_then(|m| m.get("rev")).cloned()
+}
+
+fn sighup(s: &Stack) {
+    let pid = s.perch().pid().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn log_count(s: &Stack, what: &str) -> usize {
+    s.perch().log_text().matches(what).count()
+}
+
+#[test]
+fn sighup_reloads_a_good_policy_and_refuses_a_bad_one() {
+    let _turn = machine::share();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    let rev = |r: &str| format!("[[rule]]\nkey = \"*\"\n[rule.upload_headers]\n\"x-amz-meta-rev\" = \"{r}\"\n");
+    std::fs::write(&file, rev("one")).expect("write");
+    let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
+    let _log = s.log_on_panic();
+    s.put("k1", b"first");
+    s.flush(Duration::from_secs(60));
+    assert_eq!(meta_in_moto(&s, "k1").as_deref(), Some("one"));
+
+    std::fs::write(&file, rev("two")).expect("write");
+    sighup(&s);
+    assert!(
+        wait_until(Duration::from_secs(10), || log_count(&s, "policy reloaded") == 1),
+        "no reload logged"
+    );
+    s.put("k2", b"second");
+    s.flush(Duration::from_secs(60));
+    assert_eq!(meta_in_moto(&s, "k2").as_deref(), Some("two"));
+
+    std::fs::write(&file, "[[rule]]\nkey = \"*\"\nwrite = \"sometimes\"\n").expect("write");
+    sighup(&s);
+    assert!(
+        wait_until(Duration::from_secs(10), || log_count(&s, "policy reload refused") == 1),
+        "no refusal logged"
+    );
+    assert!(s.perch().log_text().contains("policy.toml:3"), "the refusal names the line");
+    s.put("k3", b"third");
+    s.flush(Duration::from_secs(60));
+    assert_eq!(meta_in_moto(&s, "k3").as_deref(), Some("two"), "the old policy stays");
+    assert_eq!(s.get("k3").status, 200, "still serving");
+}
+
+#[test]
+fn upload_headers_reach_multipart_uploads() {
+    let _turn = machine::share();
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nkey = \"dumps/*\"\n[rule.upload_headers]\n\"Cache-Control\" = \"no-store\"\n\"x-amz-meta-rev\" = \"mp\"\n\"x-amz-storage-class\" = \"STANDARD_IA\"\n",
+    )
+    .expect("write");
+    let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
+    let _log = s.log_on_panic();
+    let c = s.sdk();
+    let key = "dumps/big.bin";
+    let parts = [vec![7u8; 5 << 20], vec![9u8; 1 << 20]];
+    s.rt.block_on(async {
+        let up = c.create_multipart_upload().bucket(BUCKET).key(key).send().await.expect("create");
+        let id = up.upload_id().expect("id").to_owned();
+        let mut done = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let out = c
+                .upload_part()
+                .bucket(BUCKET)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n)
+                .body(ByteStream::from(p.clone()))
+                .send()
+                .await
+                .expect("part");
+            done.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().expect("etag")).build());
+        }
+        c.complete_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .send()
+            .await
+            .expect("complete");
+    });
+    s.flush(Duration::from_secs(60));
+    let m = s.moto_sdk();
+    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key(key).send()).expect("head");
+    assert!(head.e_tag().unwrap_or_default().ends_with("-2\""), "uploaded as a multipart upload");
+    assert_eq!(head.cache_control(), Some("no-store"));
+    assert_eq!(head.metadata().and_then(|m| m.get("rev")).map(String::as_str), Some("mp"));
+    assert_eq!(head.storage_class().map(|c| c.as_str()), Some("STANDARD_IA"));
+}
+
+#[test]
+fn a_bypass_key_is_read_from_the_origin_every_time() {
+    let _turn = machine::share();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, "[[rule]]\nkey = \"wal/*\"\ncache = \"bypass\"\n").expect("write");
+    let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
+    let _log = s.log_on_panic();
+    s.put_behind_perchs_back("wal/0001", b"segment");
+    s.put_behind_perchs_back("data/1/x", b"part");
+    s.proxy.reset();
+    for _ in 0..3 {
+        let r = s.get("wal/0001");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"segment"[..]));
+        assert_eq!(r.header("X-Cache"), Some("BYPASS"));
+        let r = s.get("data/1/x");
+        assert_eq!(r.status, 200);
+    }
+    s.assert_reads(
+        &[("GET wal/0001", 3), ("GET data/1/x", 1)],
+        "the bypass key every time, the other once",
+    );
+}
+
+/// A pinned key's copy survives a scan that evicts every other copy read as often, and still counts
+/// against the disk limit.
+#[test]
+fn a_pinned_copy_is_never_evicted() {
+    let _turn = machine::share();
+    const KIB: usize = 1024;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, "[[rule]]\nkey = \"ctl/*\"\ncache = \"pin\"\n").expect("write");
+    let s = Stack::start(&[
+        "--policy",
+        file.to_str().expect("utf-8"),
+        "--cache-disk-bytes",
+        "3MiB",
+        "--cache-memory-bytes",
+        "27306KiB",
+    ]);
+    let _log = s.log_on_panic();
+    let body = |seed: u8| vec![seed; 256 * KIB];
+    s.put_behind_perchs_back("ctl/control", &body(1));
+    s.put_behind_perchs_back("ev/plain", &body(2));
+    for i in 0..24u8 {
+        s.put_behind_perchs_back(&format!("ev/scan/{i:02}"), &body(10 + i));
+    }
+    s.get_expect("ctl/control", &body(1), "MISS");
+    s.get_expect("ev/plain", &body(2), "MISS");
+    for i in 0..24u8 {
+        s.get_expect(&format!("ev/scan/{i:02}"), &body(10 + i), "MISS");
+        let used = s.blob_bytes();
+        assert!(used <= 3 << 20, "{used} bytes under cache/blobs, over the 3 MiB limit");
+    }
+    s.proxy.reset();
+    s.get_expect("ctl/control", &body(1), "HIT");
+    s.get_expect("ev/plain", &body(2), "MISS");
+    s.assert_reads(&[("GET ev/plain", 1)], "the pinned copy stayed, the plain one did not");
+}
