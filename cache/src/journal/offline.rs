@@ -34,6 +34,7 @@ impl OfflineJournal {
                 disk_bytes: u64::MAX,
                 memory_bytes: 0,
                 memory_object_max: 0,
+                reserve_bytes: 0,
             },
             None,
         )?;

@@ -138,6 +138,22 @@ impl State {
         }
     }
 
+    /// An upload whose release could not be recorded (the filesystem was full): the version
+    /// leaves the uploader's hands and goes back to the scheduler, to be sent and released again.
+    pub(crate) fn requeue(&mut self, seq: u64) {
+        let Some(v) = self.versions.get(&seq) else { return };
+        let (ordered, okey) = (v.ordered(), v.okey.clone());
+        if !self.in_flight.remove(&seq) {
+            return;
+        }
+        if !ordered {
+            self.in_flight_write_through -= 1;
+        }
+        if self.keys.get(&okey).and_then(|seqs| seqs.first()) == Some(&seq) {
+            self.mark_ready(seq);
+        }
+    }
+
     /// An operator asked to try a refused version again: it goes back to the scheduler.
     pub(crate) fn retry(&mut self, seq: u64) -> bool {
         if self.failed.remove(&seq).is_none() {
@@ -405,6 +421,27 @@ mod tests {
         assert_eq!(st.in_flight(), 0);
         st.remove(1);
         assert_eq!(seqs(&st.next_uploads(SLOTS)), [2]);
+    }
+
+    #[test]
+    fn a_requeued_upload_is_handed_out_again_and_keeps_its_key_order() {
+        let mut st = State::default();
+        st.add(1, v("a", WriteMode::WriteBack, 0));
+        st.add(2, v("a", WriteMode::WriteBack, 2));
+        st.add(3, v("wal/1", WriteMode::WriteThrough, 2));
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [1, 3]);
+        st.requeue(1);
+        st.requeue(3);
+        assert_eq!(st.in_flight(), 0);
+        assert_eq!(
+            seqs(&st.next_uploads(SLOTS)),
+            [1, 3],
+            "both go again; 2 still waits for 1"
+        );
+        st.requeue(42); // unknown: nothing happens
+        assert_eq!(st.in_flight(), 2);
+        st.remove(1);
+        assert_eq!(seqs(&st.next_uploads(SLOTS)), [2], "the next of its key, once it is released");
     }
 
     #[test]
