@@ -427,9 +427,26 @@ impl Store {
                 .upload_part(bucket, key, upload_id, part_number, body, checksums)
                 .await?);
         }
-        self.multipart
-            .upload_part(bucket, key, upload_id, part_number, body, checksums)
-            .await
+        // The staging area copies the part: its bytes once more on the data dir's filesystem. A
+        // copy a full disk cut (someone else took the room meanwhile) leaves nothing, and the
+        // body is still whole in its spool file: it is tried again once there is room.
+        let deadline = std::time::Instant::now() + self.journal.cfg.dirty_wait_max;
+        loop {
+            self.journal.wait_for_disk(body.len()).await?;
+            match self
+                .multipart
+                .upload_part(bucket, key, upload_id, part_number, body, checksums)
+                .await
+            {
+                Err(crate::error::StoreError::Origin(OriginError::Io(e)))
+                    if crate::local::room::is_no_space(&e) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "the data dir's filesystem is full: a part waits for room");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Folds the staged parts into one object, committed as one version that records its part
