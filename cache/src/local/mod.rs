@@ -326,9 +326,13 @@ impl Local {
 
     /// Whether `size` more bytes fit in the disk tier without evicting anything, with a tenth of
     /// it left for clients' misses: the only room a prefetch may take.
+    /// The filesystem must have them too, beside the reserve: a prefetch never evicts for room.
     pub(crate) fn has_room(&self, size: u64) -> bool {
-        let e = lock(&self.evictor);
-        e.used() + size <= e.capacity() - e.capacity() / 10
+        let fits = {
+            let e = lock(&self.evictor);
+            e.used() + size <= e.capacity() - e.capacity() / 10
+        };
+        fits && self.room.shortfall(size) == 0
     }
 
     /// `okey` is being prefetched (`reason`): its first read by a client counts as a use.

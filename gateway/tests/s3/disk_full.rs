@@ -174,9 +174,9 @@ fn a_full_disk_makes_writes_wait_until_uploads_free_room() {
         acked.len(),
         disk.free()
     );
-    // A small body (kept in memory until its commit) waits behind it, in arrival order.
-    let small = send_put(&s, "orioledb_data/1/small", pattern(100 << 10, 99));
-    assert!(!small.answer_within(Duration::from_secs(2)), "the small write did not wait");
+    // Small bodies (kept in memory until their commit) still fit in what is left, until one
+    // waits too.
+    let (small_acked, small) = fill_until_a_put_waits(&s, "orioledb_data/1/small/", 256 << 10);
     // The origin comes back: uploads make the pending blobs clean, clean entries are evicted for
     // the waiting writes.
     s.no_faults();
@@ -190,7 +190,8 @@ fn a_full_disk_makes_writes_wait_until_uploads_free_room() {
     s.get_expect(&small_key, &small_body, "HIT");
     // Without a restart, everything acknowledged is in the origin.
     s.flush(Duration::from_secs(120));
-    for (k, b) in acked.iter().chain([(key, body), (small_key, small_body)].iter()) {
+    let last = [(key, body), (small_key, small_body)];
+    for (k, b) in acked.iter().chain(&small_acked).chain(&last) {
         assert_eq!(s.in_moto(k).as_deref(), Some(b.as_slice()), "{k} in the origin");
     }
     assert!(s.counter("perch_cache_evictions_total") >= 1.0, "nothing was evicted to make room");
