@@ -20,24 +20,21 @@ use commit::{Gates, Room};
 pub use ops::{JournalEntry, JournalOpError};
 pub(crate) use release::OriginCopy;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use perch_policy::{WriteMode, WritePolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::error::{CacheError, StoreError, StoreResult};
-use crate::journal::record::{PartLayout, Record, RecordPut};
+use crate::journal::record::Record;
 use crate::journal::state::{Pick, Slots, State, Version};
 use crate::key::ObjectKey;
-use crate::local::index::{Entry, Released};
-use crate::local::{Evicted, Local, TempGuard, lock};
-use crate::metrics::{UploadLabel, WriteStats};
-use crate::origin::{ListEntry, ObjectMeta};
+use crate::local::index::Entry;
+use crate::local::{Local, lock};
+use crate::metrics::WriteStats;
+use crate::origin::ListEntry;
 use crate::uploader::UploadHeader;
 
 /// Settings of the write path: modes, limits, and the uploader's.
