@@ -20,6 +20,7 @@ case $cuts$seed in
     ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --locked -p perch-powercut
-PERCH_POWER_CUTS=$cuts PERCH_POWER_SEED=$seed exec cargo test --release --locked -p perch-gateway --test s3 \
+# The same package set as ./test.sh, so nothing is built twice with other features.
+cargo build --release --locked --workspace --all-targets
+PERCH_POWER_CUTS=$cuts PERCH_POWER_SEED=$seed exec cargo test --release --locked --workspace --test s3 \
     -- --exact power_cut::power_cuts_lose_nothing_acknowledged_and_keep_barrier_order --nocapture

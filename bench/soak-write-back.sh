@@ -16,5 +16,5 @@ case $rounds in
     ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-PERCH_CRASH_ROUNDS=$rounds exec cargo test --release --locked -p perch-gateway --test s3 \
+PERCH_CRASH_ROUNDS=$rounds exec cargo test --release --locked --workspace --test s3 \
     -- --exact write_back::kill_9_at_random_moments_loses_no_acknowledged_write --nocapture

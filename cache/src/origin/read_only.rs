@@ -112,4 +112,16 @@ impl Origin for ReadOnlyOrigin {
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
         self.0.list_multipart_uploads(bucket, prefix).await
     }
+
+    async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document> {
+        self.0.get_config(bucket, key, sub).await
+    }
+
+    async fn put_config(&self, _bucket: &str, _key: Option<&str>, _sub: Subresource, _doc: &Document) -> OriginResult<()> {
+        Err(refused("a bucket or object configuration change"))
+    }
+
+    async fn delete_config(&self, _bucket: &str, _sub: Subresource) -> OriginResult<()> {
+        Err(refused("a bucket configuration deletion"))
+    }
 }

@@ -191,7 +191,7 @@ class Perch:
                 self.proc.wait()
 
 
-def start_perch(perch_bin, data_dir, origin_url=None, role=None, origin="dir"):
+def start_perch(perch_bin, data_dir, origin_url=None, role=None, origin="dir", args=()):
     """Starts `perch serve` on free ports and waits for its `listening ...` line."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +220,7 @@ def start_perch(perch_bin, data_dir, origin_url=None, role=None, origin="dir"):
         env["PERCH_ORIGIN_SECRET_ACCESS_KEY"] = MOTO_SECRET
     if role is not None:
         cmd += ["--role", role]
+    cmd += list(args)
     errf = open(log, "wb")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=errf, env=env, start_new_session=True
@@ -252,8 +253,8 @@ def perch_factory(perch_bin, tmp_path):
     """Starts extra perch processes (stopped at teardown)."""
     started = []
 
-    def factory(name, origin_url=None, role=None, origin="dir"):
-        p = start_perch(perch_bin, tmp_path / name, origin_url=origin_url, role=role, origin=origin)
+    def factory(name, origin_url=None, role=None, origin="dir", args=()):
+        p = start_perch(perch_bin, tmp_path / name, origin_url=origin_url, role=role, origin=origin, args=args)
         started.append(p)
         return p
 

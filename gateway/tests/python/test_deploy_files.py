@@ -1004,9 +1004,21 @@ def test_compose_services_volumes_ports_and_environment_fit_together(tmp_path, p
     assert quiet.returncode == 0, quiet.stderr
     cfg = yaml.safe_load(full.stdout)
     raw = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
-    assert set(cfg["services"]) == {"perch", "oriole"}
+    assert set(cfg["services"]) == {"perch", "oriole", "replica"}
     perch, oriole = cfg["services"]["perch"], cfg["services"]["oriole"]
     penv, oenv = perch["environment"], oriole["environment"]
+
+    # The replica (profile `replica`): a replica Perch beside a standby OrioleDB, reading the
+    # primary's bucket through the primary's Perch; its admin port is beyond loopback, so it
+    # needs the admin token like the primary's.
+    replica = cfg["services"]["replica"]
+    renv = replica["environment"]
+    assert raw["services"]["replica"]["profiles"] == ["replica"]
+    check_perch_env(perch_env_names, renv, "compose's replica service")
+    assert renv["PERCH_ROLE"] == "replica" and renv["ORIOLE_STANDBY"] == "true"
+    assert renv["PERCH_ORIGIN"] == f"http://perch:{port_of(penv['PERCH_LISTEN'])}"
+    if not renv["PERCH_ADMIN_LISTEN"].startswith("127."):
+        assert renv.get("PERCH_ADMIN_TOKEN"), "the replica's admin port is beyond loopback without a token"
 
     # Images: the build contexts and Dockerfiles exist.
     assert (Path(perch["build"]["context"]) / perch["build"]["dockerfile"]).resolve() == REPO / "deploy/perch.Dockerfile"

@@ -1,5 +1,7 @@
-"""A read replica (`perch --role replica`) in front of the moto origin a primary filled: reads
-work, every write is refused with 403 AccessDenied, and moto is left exactly as it was."""
+"""A read replica that refuses writes (`perch --role replica --replica-writes refuse`) in front of
+the moto origin a primary filled: reads work, every write is refused with 403 AccessDenied, and
+moto is left exactly as it was. (A replica's default keeps its writes in a local overlay instead:
+gateway/tests/s3/replica.rs.)"""
 
 import hashlib
 import subprocess
@@ -35,7 +37,9 @@ def flush(perch_bin, perch):
 @pytest.mark.parametrize("style", ["path", "virtual"])
 def test_replica_reads_and_refuses_writes(perch_factory, perch_bin, moto, style):
     primary = perch_factory("primary", origin_url=moto.url, origin="moto")
-    replica = perch_factory("replica", origin_url=moto.url, role="replica", origin="moto")
+    replica = perch_factory(
+        "replica", origin_url=moto.url, role="replica", origin="moto", args=["--replica-writes", "refuse"]
+    )
     bucket = f"r-{uuid.uuid4().hex[:16]}"
 
     w = make_client(primary, style)

@@ -163,7 +163,7 @@ fn with_a_token_only_probes_and_metrics_are_open() {
         assert_eq!(status, 401, "{path} with a longer token");
     }
     // The operator's decisions on refused versions, too.
-    for path in ["/journal/retry?seq=1", "/journal/drop?seq=1&confirm=lose-this-write"] {
+    for path in ["/journal/retry?seq=999999", "/journal/drop?seq=999999&confirm=lose-this-write"] {
         let (status, body) = admin_call(served.admin, "POST", path, None);
         assert_eq!(status, 401, "POST {path} without a token: {body}");
         let (status, body) = admin_call(served.admin, "POST", path, Some(TOKEN));
