@@ -45,6 +45,17 @@ pub struct PutLatencyArgs {
     /// What the background writers add up to, in MiB/s (the uploader's steady load)
     #[arg(long, default_value_t = 20)]
     pub background_mib_per_sec: u64,
+    /// Backlog mode, instead of the comparison: PUT acknowledgement latency with this many
+    /// objects pending (e.g. `0,50000,200000`), the origin held in an outage by the proxy so that
+    /// nothing drains; the PUTs measured are of the first of --sizes-mib, a new connection each
+    #[arg(long, value_delimiter = ',')]
+    pub backlog: Vec<u64>,
+    /// Backlog mode: PUTs measured at each backlog size
+    #[arg(long, default_value_t = 300)]
+    pub backlog_samples: usize,
+    /// Backlog mode: the size of each of the pending objects that make the backlog, in KiB
+    #[arg(long, default_value_t = 4)]
+    pub backlog_object_kib: usize,
     /// The perch binary [default: $PERCH_BIN, or next to perch-bench]
     #[arg(long)]
     pub perch_bin: Option<PathBuf>,
@@ -62,9 +73,23 @@ pub struct Row {
     pub p99_ms: f64,
 }
 
+/// Backlog mode: the latency of PUTs acknowledged with `pending` objects waiting for upload.
+#[derive(Debug, Serialize)]
+pub struct BacklogRow {
+    pub pending: u64,
+    pub size_mib: u64,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// How long building the backlog up to `pending` took (from the previous row's).
+    pub fill_seconds: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct PutLatencyReport {
     pub rows: Vec<Row>,
+    /// Backlog mode's rows (empty otherwise).
+    pub backlog_rows: Vec<BacklogRow>,
     pub origin_latency_ms: u64,
     pub origin_handshake_rtts: u32,
     pub background_writers: usize,
@@ -148,6 +173,28 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     let made = client.execute(&through_perch, &create).await;
     if !made.ok() {
         bail!("CreateBucket through perch answered {}", made.status);
+    }
+
+    if !args.backlog.is_empty() {
+        let backlog_rows = backlog(&args, &through_perch, &proxy, perch.admin).await?;
+        let report = PutLatencyReport {
+            rows: Vec::new(),
+            backlog_rows,
+            origin_latency_ms: args.origin_latency_ms,
+            origin_handshake_rtts: args.origin_handshake_rtts,
+            background_writers: 0,
+            background_mib_per_sec: 0,
+            upload_bytes_per_sec: 0.0,
+            drained_bytes: 0,
+            acked_seconds: 0.0,
+            drain_seconds: 0.0,
+        };
+        if let Some(out) = &args.out {
+            std::fs::create_dir_all(out)?;
+            std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&report)?)?;
+        }
+        drop(perch);
+        return Ok(report);
     }
 
     // The uploader's background load.
@@ -291,6 +338,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
         .collect();
     let report = PutLatencyReport {
         rows,
+        backlog_rows: Vec::new(),
         origin_latency_ms: args.origin_latency_ms,
         origin_handshake_rtts: args.origin_handshake_rtts,
         background_writers: args.background_writers,
@@ -312,8 +360,115 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
     Ok(report)
 }
 
+fn bench_client(mode: ConnMode, pool_size: usize) -> HttpClient {
+    HttpClient::new(ClientOptions {
+        mode,
+        pool_size,
+        access_key: "perch-dev".into(),
+        secret_key: "perch-dev-secret".into(),
+        region: "us-east-1".into(),
+        expect_continue_over: Some(1 << 20),
+        timeout: Duration::from_secs(600),
+        verify: false,
+    })
+}
+
+/// Backlog mode: with the origin out, builds the backlog up to each size in turn (small objects,
+/// 32 writers on kept-alive connections), then measures `backlog_samples` PUTs, one at a time, a
+/// new connection each (as OrioleDB).
+async fn backlog(
+    args: &PutLatencyArgs,
+    through_perch: &Target,
+    proxy: &ProxyServer,
+    admin: std::net::SocketAddr,
+) -> anyhow::Result<Vec<BacklogRow>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    proxy.control().patch(r#"{"outage": true}"#);
+    let fill_client = Arc::new(bench_client(ConnMode::Pool, 32));
+    let measure_client = bench_client(ConnMode::New, 0);
+    let size = args.sizes_mib.first().copied().unwrap_or(1);
+    let object_bytes = args.backlog_object_kib.max(1) << 10;
+    let mut sizes = args.backlog.clone();
+    sizes.sort_unstable();
+    let mut rows = Vec::new();
+    let next = Arc::new(AtomicU64::new(0));
+    for pending in sizes {
+        let started = Instant::now();
+        let now = status(admin).await?["dirty_objects"].as_u64().unwrap_or(0);
+        let upto = next.load(Ordering::Relaxed) + pending.saturating_sub(now);
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (client, target, next) = (fill_client.clone(), through_perch.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= upto {
+                        next.fetch_min(upto, Ordering::Relaxed);
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    let key = format!("orioledb_data/backlog/{i}");
+                    let out = client
+                        .execute(
+                            &target,
+                            &Req::put(&key, perch_testkit::bodies::object(5, &key, 0, object_bytes)),
+                        )
+                        .await;
+                    if !out.ok() {
+                        bail!("backlog PUT {key} answered {}", out.status);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let fill_seconds = started.elapsed().as_secs_f64();
+        let st = status(admin).await?;
+        let have = st["dirty_objects"].as_u64().unwrap_or(0);
+        if have < pending {
+            bail!("the backlog is {have} objects, not {pending}: is the origin held out? {st}");
+        }
+        eprintln!("backlog of {have} pending objects built in {fill_seconds:.1} s; measuring");
+        let mut v = Vec::with_capacity(args.backlog_samples);
+        for i in 0..args.backlog_samples {
+            let key = format!("orioledb_data/measured/{pending}/{i}");
+            let object = perch_testkit::bodies::object(6, &key, 0, (size << 20) as usize);
+            let out = measure_client.execute(through_perch, &Req::put(&key, object)).await;
+            if !out.ok() {
+                bail!("PUT {key} answered {}", out.status);
+            }
+            v.push(out.latency.as_micros() as u64);
+        }
+        v.sort_unstable();
+        rows.push(BacklogRow {
+            pending,
+            size_mib: size,
+            samples: v.len(),
+            p50_ms: ms(percentile(&v, 50.0)),
+            p99_ms: ms(percentile(&v, 99.0)),
+            fill_seconds,
+        });
+    }
+    proxy.control().faults("{}");
+    Ok(rows)
+}
+
 impl PutLatencyReport {
     pub fn markdown(&self) -> String {
+        if !self.backlog_rows.is_empty() {
+            let mut s = String::from(
+                "PUT acknowledgement latency against a backlog of pending objects (origin held out), new connection per PUT\n\n\
+                 | pending objects | size | samples | p50 ms | p99 ms | backlog built in s |\n|---|---|---|---|---|---|\n",
+            );
+            for r in &self.backlog_rows {
+                s.push_str(&format!(
+                    "| {} | {} MiB | {} | {:.1} | {:.1} | {:.1} |\n",
+                    r.pending, r.size_mib, r.samples, r.p50_ms, r.p99_ms, r.fill_seconds
+                ));
+            }
+            return s;
+        }
         let mut s = format!(
             "PUT acknowledgement latency, new connection per PUT, origin latency {} ms (+{} round trips per new origin connection), background load {} MiB/s from {} writers\n\n\
              | size | samples | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p50 ÷ perch p50 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|---|---|\n",

@@ -29,6 +29,17 @@ pub enum CacheError {
     Io(#[from] std::io::Error),
 }
 
+impl CacheError {
+    /// Whether the data dir's filesystem was full: the write waits for room and tries again.
+    pub(crate) fn is_no_space(&self) -> bool {
+        match self {
+            CacheError::Io(e) => crate::local::room::is_no_space(e),
+            CacheError::Index(e) => crate::local::room::rocksdb_no_space(e),
+            _ => false,
+        }
+    }
+}
+
 /// What a `Store` call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,8 +52,9 @@ pub enum StoreError {
     Refused { seq: u64, error: String },
     #[error("the origin has not confirmed the write within {0:?}")]
     Timeout(Duration),
-    /// The write waited `--dirty-wait-max` for room under `--dirty-bytes-max`.
-    #[error("no room for the write within {0:?} (the upload backlog is full)")]
+    /// The write waited `--dirty-wait-max` for room under `--dirty-bytes-max`, or on the data
+    /// dir's filesystem.
+    #[error("no room for the write within {0:?} (the upload backlog or the disk is full)")]
     NoRoom(Duration),
 }
 

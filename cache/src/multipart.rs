@@ -76,6 +76,13 @@ impl Multipart {
             .await?)
     }
 
+    /// The bytes of the parts staged for `upload_id`.
+    pub(crate) async fn staged_bytes(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<u64> {
+        self.bucket(bucket).await?;
+        let parts = self.staging.list_parts(bucket, key, upload_id).await?;
+        Ok(parts.iter().map(|p| p.size).sum())
+    }
+
     /// Folds the parts named into the object and reads it out into `temp` (with its digest),
     /// with the layout of those parts.
     pub(crate) async fn complete(

@@ -103,6 +103,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_CACHE_DISK_BYTES", value_name = "SIZE")]
     pub cache_disk_bytes: Option<String>,
 
+    /// Free space kept on the data dir's filesystem: clean cache entries are evicted to keep it,
+    /// and writes wait (up to --dirty-wait-max) rather than take it [default: 2% of the
+    /// filesystem, at least 64MiB and at most 2GiB, never more than an eighth of it]
+    #[arg(long, env = "PERCH_DISK_RESERVE_BYTES", value_name = "SIZE")]
+    pub disk_reserve_bytes: Option<String>,
+
     /// Memory budget of the cache: the index's caches (24 MiB), the disk tier's eviction order
     /// (~28 bytes an entry), 1/16 for the allocator's overhead, and the memory tier of objects up
     /// to 1 MiB in what is left [default: 256MiB]
@@ -280,6 +286,7 @@ struct FileConfig {
     replica_writes: Option<ReplicaWrites>,
     log_format: Option<LogFormat>,
     cache_disk_bytes: Option<String>,
+    disk_reserve_bytes: Option<String>,
     cache_memory_bytes: Option<String>,
     policy: Option<PathBuf>,
     cache_revalidate: Option<Vec<String>>,
@@ -377,6 +384,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `None`: 80% of the data dir's free space at start, at most 1 TiB.
     pub cache_disk_bytes: Option<u64>,
+    /// `None`: 2% of the data dir's filesystem, within 64 MiB–2 GiB, at most an eighth of it.
+    pub disk_reserve_bytes: Option<u64>,
     pub cache_memory_bytes: u64,
     /// The policy in force at start: the shorthand flags' rules, then the file's.
     pub policy: Policy,
@@ -550,6 +559,10 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             cache_disk_bytes: match args.cache_disk_bytes.or(file.cache_disk_bytes) {
                 Some(s) => Some(parse_size(&s).context("--cache-disk-bytes")?),
+                None => None,
+            },
+            disk_reserve_bytes: match args.disk_reserve_bytes.or(file.disk_reserve_bytes) {
+                Some(s) => Some(parse_size(&s).context("--disk-reserve-bytes")?),
                 None => None,
             },
             cache_memory_bytes: match args.cache_memory_bytes.or(file.cache_memory_bytes) {

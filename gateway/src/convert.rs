@@ -56,7 +56,7 @@ pub fn store_error(e: StoreError) -> S3Error {
         StoreError::NoRoom(_) => {
             let mut err = S3Error::with_message(
                 S3ErrorCode::SlowDown,
-                "Perch's backlog of writes not yet uploaded is full (--dirty-bytes-max); please retry.",
+                "Perch's backlog of writes not yet uploaded (--dirty-bytes-max) or its disk is full; please retry.",
             );
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
             err

@@ -244,9 +244,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let disk_bytes = config
         .cache_disk_bytes
         .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
+    let disk_reserve_bytes = config
+        .disk_reserve_bytes
+        .unwrap_or_else(|| default_disk_reserve_bytes(filesystem_size(&config.data_dir)));
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         disk_bytes,
+        disk_reserve_bytes,
         memory_bytes: config.cache_memory_bytes,
         memory_object_max: 1 << 20,
         retry_deadline: config.origin_retry_deadline,
@@ -283,7 +287,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             store.refresh_gauges();
         }
     });
-    tracing::info!(disk_bytes, memory_bytes = config.cache_memory_bytes, "store open");
+    tracing::info!(
+        disk_bytes,
+        disk_reserve_bytes,
+        memory_bytes = config.cache_memory_bytes,
+        "store open"
+    );
     if let Some(lease) = &lease {
         // Before the listeners: a second primary never serves; nothing is uploaded meanwhile.
         let writes = store.write_status(None).dirty_objects;
@@ -513,6 +522,12 @@ fn filesystem_size(dir: &std::path::Path) -> u64 {
         return 100 << 30;
     }
     (st.f_blocks as u64).saturating_mul(st.f_frsize as u64)
+}
+
+/// The free space kept on a data dir's filesystem of `size` bytes: 2%, within 64 MiB–2 GiB (room
+/// for the index's log and flushes, and for what is not Perch's), never more than an eighth.
+fn default_disk_reserve_bytes(size: u64) -> u64 {
+    (size / 50).clamp(64 << 20, 2 << 30).min(size / 8)
 }
 
 /// 80% of the free space of the filesystem holding `dir`, at most 1 TiB (10 GiB if unknown).

@@ -362,7 +362,7 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir, &self.store).await?;
         let put = PutInput {
             headers: content_headers!(input),
             checksums: body.checksums.clone(),
@@ -662,7 +662,7 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir).await?;
+        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir, &self.store).await?;
         let out = self
             .store
             .upload_part(

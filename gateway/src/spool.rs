@@ -226,12 +226,15 @@ fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -
 /// Reads `body` to its end into memory or a temp file in `dir`, verifying everything declared.
 /// `trailers` is read after the body ends, when trailer checksums have arrived. A body longer
 /// than it declared is cut; the declared length was checked against --body-bytes-max before
-/// (`server`), and s3s requires one.
+/// (`server`), and s3s requires one. A temp file's room is allocated before the body is read
+/// (`Store::allocate`): while the data dir's filesystem is full, the request waits for room
+/// before it reads on, so a body is never cut by a full disk.
 pub async fn receive(
     body: Option<StreamingBlob>,
     declared: Declared<'_>,
     trailers: Option<&s3s::TrailingHeaders>,
     dir: &Path,
+    store: &perch_cache::Store,
 ) -> S3Result<Spooled> {
     let mut hasher = hasher_for(&declared)?;
     let expected_len = match declared.content_length {
@@ -249,6 +252,13 @@ pub async fn receive(
         let path = dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
         let f = tokio::fs::File::create(&path).await.map_err(internal)?;
         temp = Some(TempFile(path));
+        if let Some(len) = expected_len {
+            use std::os::fd::AsFd;
+            store
+                .allocate(f.as_fd(), len)
+                .await
+                .map_err(crate::convert::store_error)?;
+        }
         file = Some(tokio::io::BufWriter::with_capacity(1 << 20, f));
     }
 
@@ -344,6 +354,17 @@ pub async fn receive(
 }
 
 fn internal(e: std::io::Error) -> S3Error {
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        // A filesystem that cannot preallocate, filled by someone else meanwhile: the client may
+        // send it again once there is room (nothing of this body is kept).
+        tracing::warn!(error = %e, "the data dir's filesystem is full: a request body is refused");
+        let mut err = S3Error::with_message(
+            S3ErrorCode::SlowDown,
+            "Perch's disk is full; please retry.",
+        );
+        err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+        return err;
+    }
     tracing::error!(error = %e, "spooling a request body failed");
     S3Error::with_message(
         S3ErrorCode::InternalError,

@@ -2,12 +2,14 @@
 //! its key's gate and its place in the room queue.
 
 use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use perch_policy::{Method, WriteMode};
+use tokio::sync::watch;
 
 use super::{Journal, fail_point};
 use crate::error::{CacheError, StoreError, StoreResult};
@@ -15,6 +17,7 @@ use crate::journal::record::{PartLayout, Record, RecordPut};
 use crate::journal::state::{State, Version};
 use crate::key::ObjectKey;
 use crate::local::index::Entry;
+use crate::local::room::{is_no_space, preallocate};
 use crate::local::{TempGuard, lock};
 use crate::origin::ObjectMeta;
 
@@ -141,7 +144,12 @@ impl Journal {
             crcs,
             parts,
         } = version;
-        let _admitted = self.wait_for_room(meta.size).await?;
+        // A body in memory is written by the commit; a spooled one already has its room.
+        let disk = match &body {
+            NewBody::Bytes(b) => b.len() as u64,
+            NewBody::File(_) => 0,
+        };
+        let _admitted = self.wait_for_room(meta.size, disk).await?;
         let _pass = self.gates.pass(okey).await;
         let journal = self.clone();
         let okey = okey.clone();
@@ -167,13 +175,15 @@ impl Journal {
     }
 
     /// Waits until a write of `size` bytes fits under `--dirty-bytes-max` (one larger than the
-    /// whole limit still goes, alone), behind the writes that came before it; up to
-    /// `--dirty-wait-max`. Keep the answer until the commit is done.
-    async fn wait_for_room(&self, size: u64) -> StoreResult<Admitted<'_>> {
+    /// whole limit still goes, alone) and `disk` more bytes fit on the data dir's filesystem with
+    /// its reserve left (clean entries are evicted for them), behind the writes that came before
+    /// it; up to `--dirty-wait-max`. Keep the answer until the commit is done.
+    async fn wait_for_room(&self, size: u64, disk: u64) -> StoreResult<Admitted<'_>> {
         let fits = |st: &State| st.dirty_bytes == 0 || st.dirty_bytes + size <= self.cfg.dirty_bytes_max;
         let ticket = {
+            let disk_fits = self.disk_fits(disk).await?;
             let mut room = lock(&self.room);
-            if room.waiting.is_empty() && fits(&lock(&self.state)) {
+            if room.waiting.is_empty() && disk_fits && fits(&lock(&self.state)) {
                 return Ok(Admitted {
                     journal: self,
                     ticket: None,
@@ -192,24 +202,128 @@ impl Journal {
         let deadline = Instant::now() + self.cfg.dirty_wait_max;
         let mut logged = false;
         loop {
+            let first = lock(&self.room).waiting.first().copied();
+            // Only the first in line takes room (evicting for it), so that room made for it is
+            // not taken by a later write.
+            let disk_fits = first == Some(ticket) && self.disk_fits(disk).await?;
             {
-                let first = lock(&self.room).waiting.first().copied();
                 let st = lock(&self.state);
-                if first == Some(ticket) && fits(&st) {
+                if disk_fits && fits(&st) {
                     return Ok(admitted);
                 }
-                if !logged {
-                    tracing::warn!(
-                        dirty_bytes = st.dirty_bytes,
-                        limit = self.cfg.dirty_bytes_max,
-                        "--dirty-bytes-max reached: writes wait for uploads, in arrival order"
-                    );
+                if !logged && first == Some(ticket) {
+                    if fits(&st) {
+                        tracing::warn!(
+                            free_bytes = self.local.room.free().unwrap_or_default(),
+                            reserve_bytes = self.local.room.reserve(),
+                            "the data dir's filesystem is full: writes wait for uploads to free room, in arrival order"
+                        );
+                    } else {
+                        tracing::warn!(
+                            dirty_bytes = st.dirty_bytes,
+                            limit = self.cfg.dirty_bytes_max,
+                            "--dirty-bytes-max reached: writes wait for uploads, in arrival order"
+                        );
+                    }
                     logged = true;
                 }
             }
-            match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(StoreError::NoRoom(self.cfg.dirty_wait_max)),
+            if !self.wait_released(&mut rx, deadline).await {
+                return Err(StoreError::NoRoom(self.cfg.dirty_wait_max));
+            }
+        }
+    }
+
+    /// Waits for a release (or for half a second: space may come back by other means, e.g. an
+    /// operator); `false` once `deadline` has passed.
+    async fn wait_released(&self, rx: &mut watch::Receiver<u64>, deadline: Instant) -> bool {
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let tick = (now + Duration::from_millis(500)).min(deadline);
+        match tokio::time::timeout_at(tick.into(), rx.changed()).await {
+            Ok(Ok(())) | Err(_) => true,
+            Ok(Err(_)) => false,
+        }
+    }
+
+    /// Whether `need` more bytes fit on the data dir's filesystem with its reserve left, once
+    /// clean entries were evicted for them.
+    async fn disk_fits(&self, need: u64) -> StoreResult<bool> {
+        if self.local.room.shortfall(need) == 0 {
+            return Ok(true);
+        }
+        let local = self.local.clone();
+        let short = tokio::task::spawn_blocking(move || local.make_room(need))
+            .await
+            .map_err(|e| StoreError::from(std::io::Error::other(e)))?;
+        Ok(short == 0)
+    }
+
+    /// Allocates `len` bytes of `file` (a body about to be written under the data dir) on disk,
+    /// so that writing it cannot fail for want of space; while the filesystem is full, it waits
+    /// (evicting clean entries, and as uploads free room) up to `--dirty-wait-max`.
+    pub(crate) async fn allocate(&self, file: BorrowedFd<'_>, len: u64) -> StoreResult<()> {
+        let deadline = Instant::now() + self.cfg.dirty_wait_max;
+        let mut rx = self.released.subscribe();
+        let mut logged = false;
+        loop {
+            if self.disk_fits(len).await? {
+                match preallocate(&file, len) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if is_no_space(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !logged {
+                tracing::warn!(
+                    bytes = len,
+                    free_bytes = self.local.room.free().unwrap_or_default(),
+                    reserve_bytes = self.local.room.reserve(),
+                    "the data dir's filesystem is full: a request body waits for room"
+                );
+                logged = true;
+            }
+            if !self.wait_released(&mut rx, deadline).await {
+                return Err(StoreError::NoRoom(self.cfg.dirty_wait_max));
+            }
+        }
+    }
+
+    /// Waits (as `allocate`) until `need` more bytes fit on the data dir's filesystem.
+    pub(crate) async fn wait_for_disk(&self, need: u64) -> StoreResult<()> {
+        let deadline = Instant::now() + self.cfg.dirty_wait_max;
+        let mut rx = self.released.subscribe();
+        while !self.disk_fits(need).await? {
+            if !self.wait_released(&mut rx, deadline).await {
+                return Err(StoreError::NoRoom(self.cfg.dirty_wait_max));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a step of a commit again while it fails for want of space (a full filesystem, or
+    /// RocksDB stopped by it until its error handler resumes it), up to `deadline`. It runs on a
+    /// blocking thread holding the key's lock, so it leaves the evicting to the keeper of the
+    /// reserve.
+    fn while_no_space<T>(&self, deadline: Instant, mut step: impl FnMut() -> Result<T, CacheError>) -> StoreResult<T> {
+        let mut logged = false;
+        loop {
+            match step() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_no_space() => {
+                    if !logged {
+                        tracing::warn!(error = %e, "the data dir's filesystem is full: a commit waits for room");
+                        logged = true;
+                    }
+                    self.local.make_room_soon();
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::NoRoom(self.cfg.dirty_wait_max));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -220,9 +334,10 @@ impl Journal {
         put: Option<(NewBody, RecordPut)>,
         mode: WriteMode,
     ) -> StoreResult<u64> {
+        let deadline = Instant::now() + self.cfg.dirty_wait_max;
         // 1. The body, durable under a temp name.
         let (temp, put) = match put {
-            Some((body, put)) => (Some(self.durable_temp(body)?), Some(put)),
+            Some((body, put)) => (Some(self.durable_temp(body, deadline)?), Some(put)),
             None => (None, None),
         };
         let _temp_guard = temp.clone().map(TempGuard);
@@ -234,12 +349,12 @@ impl Journal {
             WriteMode::Barrier => EpochGuard::Exclusive(self.epoch.write().map_err(|_| poisoned())?),
             _ => EpochGuard::Shared(self.epoch.read().map_err(|_| poisoned())?),
         };
-        let seq = self.local.index.next_blob_id()?;
+        let seq = self.while_no_space(deadline, || self.local.index.next_blob_id())?;
         // 2. Renamed to its sequence number, and the name made durable.
         if let Some(temp) = &temp {
             self.local.blobs.commit(temp, seq)?;
             fail_point("blob_renamed");
-            self.local.blobs.sync_dir(seq)?;
+            self.while_no_space(deadline, || Ok(self.local.blobs.sync_dir(seq)?))?;
             fail_point("dir_synced");
         }
         let stage = epoch.get() * 2 + u64::from(mode == WriteMode::Barrier);
@@ -268,10 +383,13 @@ impl Journal {
             },
             None => Entry::tombstone(seq, acked),
         };
-        // 3. Journal record and index entry: one synced batch.
-        self.local
-            .index
-            .commit_version(okey, seq, &raw, &entry, replaced_clean)?;
+        // 3. Journal record and index entry: one synced batch. A batch that failed was not
+        // applied; written again, it is the same batch.
+        self.while_no_space(deadline, || {
+            self.local
+                .index
+                .commit_version(okey, seq, &raw, &entry, replaced_clean)
+        })?;
         fail_point("batch_committed");
         if mode == WriteMode::Barrier {
             epoch.advance();
@@ -301,16 +419,21 @@ impl Journal {
         Ok(seq)
     }
 
-    /// Writes (or moves) a body into a temp file of the blob directory and fsyncs it.
-    fn durable_temp(&self, body: NewBody) -> StoreResult<PathBuf> {
+    /// Writes (or moves) a body into a temp file of the blob directory and fsyncs it; a body in
+    /// memory is written again while the filesystem is full, up to `deadline`.
+    fn durable_temp(&self, body: NewBody, deadline: Instant) -> StoreResult<PathBuf> {
         let temp = self.local.blobs.temp_path();
         match body {
             NewBody::Bytes(b) => {
                 let guard = TempGuard(temp.clone());
-                let mut f = std::fs::File::create(&temp)?;
-                std::io::Write::write_all(&mut f, &b)?;
-                fail_point("blob_written");
-                crate::durable::sync_file(&f)?;
+                self.while_no_space(deadline, || {
+                    let mut f = std::fs::File::create(&temp)?;
+                    preallocate(&f, b.len() as u64)?;
+                    std::io::Write::write_all(&mut f, &b)?;
+                    fail_point("blob_written");
+                    crate::durable::sync_file(&f)?;
+                    Ok(())
+                })?;
                 std::mem::forget(guard);
             }
             NewBody::File(spooled) => {

@@ -35,6 +35,7 @@ impl OfflineJournal {
                 memory_bytes: 0,
                 memory_object_max: 0,
                 pinned: None,
+                reserve_bytes: 0,
             },
             None,
         )?;

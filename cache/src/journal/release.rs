@@ -1,7 +1,7 @@
 //! Releases: a version the origin has (or that its stage replaced) leaves the journal; one the
 //! origin refuses for good stays, reported.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::Journal;
 use crate::error::CacheError;
@@ -9,6 +9,11 @@ use crate::journal::state::Version;
 use crate::local::index::Released;
 use crate::local::{Evicted, lock};
 use crate::metrics::UploadLabel;
+
+/// A release the full filesystem refused is tried again this many times, this far apart, before
+/// its version goes back to the uploader.
+const NO_SPACE_TRIES: usize = 5;
+const NO_SPACE_PAUSE: Duration = Duration::from_secs(1);
 
 impl Journal {
     /// The origin refused `seq` for good: it is kept (and still served), shown by `perch status`,
@@ -30,9 +35,26 @@ impl Journal {
     /// stays as the clean cache entry if it is still the newest of its key, else goes. `stored`:
     /// what the origin holds of it (ETag, Last-Modified), when known.
     pub(crate) fn release(&self, seq: u64, result: &'static str, stored: Option<OriginCopy>) {
-        match self.release_blocking(seq, stored) {
+        let mut outcome = self.release_blocking(seq, stored.clone());
+        for _ in 0..NO_SPACE_TRIES {
+            if !outcome.as_ref().is_err_and(CacheError::is_no_space) {
+                break;
+            }
+            self.local.make_room_soon();
+            std::thread::sleep(NO_SPACE_PAUSE);
+            outcome = self.release_blocking(seq, stored.clone());
+        }
+        match outcome {
             Ok(()) => {
                 self.stats.uploads.get_or_create(&UploadLabel { result }).inc();
+            }
+            Err(e) if e.is_no_space() => {
+                // Not a refusal: the version goes back to the uploader, to be sent and released
+                // again once the filesystem has room (the same bytes: idempotent).
+                tracing::warn!(seq, error = %e, "the data dir's filesystem is full: an upload is recorded later");
+                let mut st = lock(&self.state);
+                st.requeue(seq);
+                self.refresh_gauges(&st);
             }
             Err(e) => {
                 // The version stays in the journal; the next start uploads it again (idempotent).
@@ -79,6 +101,14 @@ impl Journal {
                     .uploads
                     .get_or_create(&UploadLabel { result: "skipped" })
                     .inc_by(run.len() as u64);
+            }
+            Err(e) if e.is_no_space() => {
+                tracing::warn!(seq, error = %e, "the data dir's filesystem is full: skipped versions are recorded later");
+                self.local.make_room_soon();
+                std::thread::sleep(NO_SPACE_PAUSE);
+                let mut st = lock(&self.state);
+                st.requeue(seq);
+                self.refresh_gauges(&st);
             }
             Err(e) => {
                 tracing::error!(seq, error = %e, "cannot record skipped versions in the journal");
@@ -151,6 +181,7 @@ impl Journal {
 }
 
 /// What the origin holds of an uploaded version.
+#[derive(Clone)]
 pub(crate) struct OriginCopy {
     pub etag: String,
     pub last_modified: SystemTime,

@@ -9,6 +9,7 @@ pub(crate) mod blobs;
 pub(crate) mod evict;
 pub(crate) mod fills;
 pub(crate) mod index;
+pub(crate) mod room;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use crate::local::blobs::Blobs;
 use crate::local::evict::Evictor;
 use crate::local::fills::{Fill, Fills};
 use crate::local::index::{Entry, INDEX_MEMORY, Index};
+use crate::local::room::DiskRoom;
 use crate::memory::{MemoryObject, MemoryTier, memory_tier_limit, release_free_memory};
 use crate::metrics::{CacheStats, DISK, MEMORY, ReasonLabel};
 use crate::origin::ObjectMeta;
@@ -46,6 +48,9 @@ pub(crate) struct LocalConfig {
     pub memory_bytes: u64,
     /// Objects up to this size also live in memory.
     pub memory_object_max: u64,
+    /// Free space kept on the data dir's filesystem (`--disk-reserve-bytes`): clean entries are
+    /// evicted to keep it, and writes wait rather than take it.
+    pub reserve_bytes: u64,
     /// Whether the policy pins a key's copies (`cache = "pin"`): never evicted.
     pub pinned: Option<Pinned>,
 }
@@ -66,6 +71,10 @@ pub(crate) struct Local {
     pub blobs: Blobs,
     pub memory: MemoryTier,
     pub fills: Fills,
+    /// The data dir's disk budget: its filesystem's free space less the reserve.
+    pub room: DiskRoom,
+    /// Wakes the keeper of the reserve at once (a write found the disk full).
+    room_soon: Arc<tokio::sync::Notify>,
     evictor: Mutex<Evictor>,
     /// Striped per-key locks: a commit, a release and the keeping of a fetched copy of one key
     /// never interleave.
@@ -130,6 +139,8 @@ impl Local {
         Ok(Local {
             memory: MemoryTier::new(memory_tier_limit(cfg.memory_bytes, 0), stats.clone()),
             evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
+            room: DiskRoom::new(&cfg.dir, cfg.reserve_bytes),
+            room_soon: Arc::new(tokio::sync::Notify::new()),
             cfg,
             index,
             blobs,
@@ -158,6 +169,50 @@ impl Local {
                 local.flush_access_times();
             }
         });
+        // The keeper of the reserve: something other than a write Perch admitted (a fill, the
+        // index, another program) may have taken it; clean entries go to give it back.
+        let keeper = Arc::downgrade(self);
+        let soon = self.room_soon.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(Duration::from_secs(1), soon.notified()).await;
+                let Some(local) = keeper.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || local.make_room(0)).await;
+            }
+        });
+    }
+
+    /// Evicts clean entries, least valuable first, until `need` more bytes fit on the data dir's
+    /// filesystem with the reserve left. Returns how many bytes are still missing (0: they fit);
+    /// what is missing then is pending versions and files being written, which only uploads or
+    /// their end free. Called holding no key lock.
+    pub(crate) fn make_room(&self, need: u64) -> u64 {
+        let mut short = self.room.shortfall(need);
+        while short > 0 {
+            let evicted = {
+                let mut e = lock(&self.evictor);
+                let target = e.used().saturating_sub(short);
+                e.shrink_to(target)
+            };
+            if evicted.is_empty() {
+                break;
+            }
+            tracing::info!(
+                entries = evicted.len(),
+                short_bytes = short,
+                "the data dir's filesystem is short of room: clean cache entries evicted"
+            );
+            self.drop_evicted(Evicted(evicted));
+            self.refresh_gauges();
+            short = self.room.shortfall(need);
+        }
+        short
+    }
+
+    /// Asks the keeper of the reserve to look at once (from a thread that holds a key lock and so
+    /// cannot evict itself).
+    pub(crate) fn make_room_soon(&self) {
+        self.room_soon.notify_one();
     }
 
     /// Objects larger than this pass through without being kept.
@@ -289,9 +344,13 @@ impl Local {
 
     /// Whether `size` more bytes fit in the disk tier without evicting anything, with a tenth of
     /// it left for clients' misses: the only room a prefetch may take.
+    /// The filesystem must have them too, beside the reserve: a prefetch never evicts for room.
     pub(crate) fn has_room(&self, size: u64) -> bool {
-        let e = lock(&self.evictor);
-        e.used() + size <= e.capacity() - e.capacity() / 10
+        let fits = {
+            let e = lock(&self.evictor);
+            e.used() + size <= e.capacity() - e.capacity() / 10
+        };
+        fits && self.room.shortfall(size) == 0
     }
 
     /// `okey` is being prefetched (`reason`): its first read by a client counts as a use.

@@ -50,6 +50,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Limit of the disk tier (`--cache-disk-bytes`).
     pub disk_bytes: u64,
+    /// Free space kept on the data dir's filesystem (`--disk-reserve-bytes`).
+    pub disk_reserve_bytes: u64,
     /// The cache's memory budget (`--cache-memory-bytes`, 256 MiB): the index's caches and the
     /// disk tier's eviction state, and the memory tier in what they leave.
     pub memory_bytes: u64,
@@ -131,6 +133,7 @@ impl Store {
                 memory_bytes: cfg.memory_bytes,
                 memory_object_max: cfg.memory_object_max,
                 pinned: Some(pin_rule(&cfg.write.policy)),
+                reserve_bytes: cfg.disk_reserve_bytes,
             },
             registry.as_deref_mut(),
         )?;
@@ -384,6 +387,14 @@ impl Store {
         Ok(page)
     }
 
+    /// Allocates `len` bytes of `file`, a request body about to be spooled under the data dir,
+    /// so that writing it cannot fail for want of space: while the filesystem is full, clean
+    /// cache entries are evicted for it, or it waits for uploads to free room, up to
+    /// `--dirty-wait-max` (then `StoreError::NoRoom`).
+    pub async fn allocate(&self, file: std::os::fd::BorrowedFd<'_>, len: u64) -> StoreResult<()> {
+        self.journal.allocate(file, len).await
+    }
+
     // ----- multipart uploads (staged locally) -----
 
     pub async fn create_multipart_upload(
@@ -415,9 +426,26 @@ impl Store {
                 .upload_part(bucket, key, upload_id, part_number, body, checksums)
                 .await?);
         }
-        self.multipart
-            .upload_part(bucket, key, upload_id, part_number, body, checksums)
-            .await
+        // The staging area copies the part: its bytes once more on the data dir's filesystem. A
+        // copy a full disk cut (someone else took the room meanwhile) leaves nothing, and the
+        // body is still whole in its spool file: it is tried again once there is room.
+        let deadline = std::time::Instant::now() + self.journal.cfg.dirty_wait_max;
+        loop {
+            self.journal.wait_for_disk(body.len()).await?;
+            match self
+                .multipart
+                .upload_part(bucket, key, upload_id, part_number, body, checksums)
+                .await
+            {
+                Err(crate::error::StoreError::Origin(OriginError::Io(e)))
+                    if crate::local::room::is_no_space(&e) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "the data dir's filesystem is full: a part waits for room");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Folds the staged parts into one object, committed as one version that records its part
@@ -434,6 +462,10 @@ impl Store {
         if let Some(r) = &self.replica {
             return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
         }
+        // The staging area folds the parts into one object, which is then read out: twice the
+        // parts' bytes, on the data dir's filesystem.
+        let staged = self.multipart.staged_bytes(bucket, key, upload_id).await?;
+        self.journal.wait_for_disk(staged.saturating_mul(2)).await?;
         let temp = self.local.blobs.temp_path();
         let done = self.multipart.complete(bucket, key, upload_id, parts, &temp).await?;
         let meta = ObjectMeta {

@@ -13,6 +13,7 @@ mod buckets;
 mod cache;
 mod checksums;
 mod copy;
+mod disk_full;
 mod fast_path;
 mod lease;
 mod lifecycle;

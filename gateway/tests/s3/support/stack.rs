@@ -46,10 +46,23 @@ impl Stack {
     /// creates the bucket through perch.
     #[track_caller]
     pub fn start(args: &[&str]) -> Stack {
-        let moto = MotoServer::start();
-        let proxy = ProxyServer::start(&moto.endpoint, &[]);
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("perch");
+        Stack::start_in(tmp, data_dir, args)
+    }
+
+    /// `start`, with perch's `--data-dir` at `data_dir` (e.g. a small filesystem the test
+    /// mounted there: its log goes beside it, `<data_dir>.log`).
+    #[track_caller]
+    pub fn start_on(data_dir: &Path, args: &[&str]) -> Stack {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        Stack::start_in(tmp, data_dir.to_owned(), args)
+    }
+
+    #[track_caller]
+    fn start_in(tmp: tempfile::TempDir, data_dir: PathBuf, args: &[&str]) -> Stack {
+        let moto = MotoServer::start();
+        let proxy = ProxyServer::start(&moto.endpoint, &[]);
         let (mut all, _) = s3_origin(&proxy.endpoint);
         all.extend(args.iter().map(|s| s.to_string()));
         // No database checkpoint follows a stop here: stop once the journal is empty.

@@ -1,0 +1,126 @@
+//! The data dir's one disk budget: the filesystem's free space, less a reserve. Everything Perch
+//! keeps there counts against it because it is on that filesystem: pending blobs, request bodies
+//! being spooled, multipart staging, clean cache entries and the index. A write that needs room
+//! gets it by evicting clean entries, or waits.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Whether an I/O error says the filesystem is full (or the user's quota is).
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+}
+
+/// Whether a RocksDB error says the filesystem is full: RocksDB then stops taking writes until
+/// its error handler sees free space again (it polls every 5 s and resumes by itself).
+pub(crate) fn rocksdb_no_space(e: &rocksdb::Error) -> bool {
+    let text = e.to_string();
+    text.contains("No space left on device") || text.contains("NoSpace") || text.contains("no space")
+}
+
+/// The free space of the data dir's filesystem, and the reserve kept free of Perch's own files.
+#[derive(Debug)]
+pub(crate) struct DiskRoom {
+    dir: PathBuf,
+    reserve: u64,
+}
+
+impl DiskRoom {
+    pub(crate) fn new(dir: &Path, reserve: u64) -> DiskRoom {
+        DiskRoom {
+            dir: dir.to_owned(),
+            reserve,
+        }
+    }
+
+    pub(crate) fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    /// Bytes an unprivileged writer may still allocate on the filesystem (`None`: unknown).
+    pub(crate) fn free(&self) -> Option<u64> {
+        free_bytes(&self.dir).ok()
+    }
+
+    /// How many bytes must be freed before `need` more fit with the reserve left (0: they fit, or
+    /// the free space cannot be told).
+    pub(crate) fn shortfall(&self, need: u64) -> u64 {
+        match self.free() {
+            Some(free) => need.saturating_add(self.reserve).saturating_sub(free),
+            None => 0,
+        }
+    }
+}
+
+/// `statvfs`: the blocks available to unprivileged writers, in bytes.
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Allocates `len` bytes of `file` on disk without changing its size (`fallocate` with
+/// `FALLOC_FL_KEEP_SIZE`), so that writing them later cannot fail for want of space. `Ok(false)`:
+/// the filesystem cannot preallocate (the writes take their chance).
+#[cfg(target_os = "linux")]
+pub(crate) fn preallocate(file: &impl std::os::fd::AsRawFd, len: u64) -> io::Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    // SAFETY: a plain syscall on a descriptor the caller keeps open; it touches no memory of ours.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len as libc::off_t) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn preallocate(_file: &impl std::os::fd::AsRawFd, _len: u64) -> io::Result<bool> {
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shortfall_is_what_the_reserve_and_the_need_take_beyond_the_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        assert!(free > 0);
+        let room = DiskRoom::new(dir.path(), 0);
+        assert_eq!(room.shortfall(0), 0);
+        // Far beyond any free space: short by about what is missing (the free space moves a
+        // little as other processes write).
+        let huge = free + (1 << 40);
+        let short = room.shortfall(huge);
+        assert!(short > (1 << 39) && short <= huge, "{short}");
+        let reserved = DiskRoom::new(dir.path(), free + (1 << 40));
+        assert!(reserved.shortfall(0) > 0, "the reserve counts");
+    }
+
+    #[test]
+    fn a_preallocated_file_keeps_its_size_and_an_impossible_one_is_no_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("f")).unwrap();
+        if !preallocate(&f, 1 << 20).unwrap() {
+            eprintln!("this filesystem cannot preallocate; nothing more to check");
+            return;
+        }
+        assert_eq!(f.metadata().unwrap().len(), 0);
+        let e = preallocate(&f, 1 << 62).unwrap_err();
+        assert!(is_no_space(&e) || e.raw_os_error() == Some(libc::EFBIG), "{e}");
+    }
+}

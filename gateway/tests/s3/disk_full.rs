@@ -1,0 +1,265 @@
+//! A full disk: perch on a 64 MiB tmpfs the test mounts as its data dir. Writes that find no room
+//! wait (never a 500, never a partial object), go through once uploads or someone else free room,
+//! and past `--dirty-wait-max` are answered 503 SlowDown with nothing left behind; everything
+//! acknowledged reaches the origin, without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use perch_testkit::bodies::{md5_etag, pattern};
+use perch_testkit::raw_client::Resp;
+
+use crate::support::machine;
+use crate::support::stack::Stack;
+
+/// A tmpfs of a given size mounted for one test, unmounted when dropped (declare it before the
+/// stack, so that perch is stopped first).
+struct SmallDisk {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (with a message saying why) where mounting is not permitted.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("perch");
+        std::fs::create_dir(&dir).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "perch-disk-full"])
+            .arg(&dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir, _tmp: tmp }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here (root and CAP_SYS_ADMIN are needed): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes still free on it.
+    fn free(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).expect("path");
+        // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0, "statvfs");
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+
+    /// Fills what is left of it with a file of its own (as another program would); returns it.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![7u8; 64 << 10];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Perch's flags for these tests: a reserve of 8 MiB, and no backlog limit that would bite before
+/// the disk is full.
+const FLAGS: [&str; 4] = ["--disk-reserve-bytes", "8MiB", "--dirty-bytes-max", "1GiB"];
+
+/// A PUT sent from a thread of its own: its answer comes on `done`.
+struct Sent {
+    key: String,
+    body: Vec<u8>,
+    started: Instant,
+    done: mpsc::Receiver<()>,
+    thread: JoinHandle<Resp>,
+}
+
+fn send_put(s: &Stack, key: &str, body: Vec<u8>) -> Sent {
+    let req = s.req("PUT", key).body(body.clone());
+    let addr = s.addr();
+    let (tx, done) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let r = req.go(addr);
+        let _ = tx.send(());
+        r
+    });
+    Sent {
+        key: key.to_owned(),
+        body,
+        started: Instant::now(),
+        done,
+        thread,
+    }
+}
+
+impl Sent {
+    /// The answer, if it comes within `limit`.
+    fn answer_within(&self, limit: Duration) -> bool {
+        self.done.recv_timeout(limit).is_ok()
+    }
+
+    #[track_caller]
+    fn answer(self) -> (String, Vec<u8>, Resp) {
+        let r = self.thread.join().expect("PUT thread");
+        (self.key, self.body, r)
+    }
+}
+
+/// PUTs bodies of `size` under `prefix` while the origin is out, until one is not answered within
+/// 3 s; returns the acknowledged keys and bodies, and the PUT left waiting. Every answer must be
+/// 200: a full disk is never an error.
+#[track_caller]
+fn fill_until_a_put_waits(s: &Stack, prefix: &str, size: usize) -> (Vec<(String, Vec<u8>)>, Sent) {
+    let mut acked = Vec::new();
+    loop {
+        let i = acked.len();
+        assert!(
+            i * size < 64 << 20,
+            "a 64 MiB disk took {i} bodies of {size} bytes: perch never waited"
+        );
+        let key = format!("{prefix}{i}");
+        let put = send_put(s, &key, pattern(size, i as u64 + 1));
+        if !put.answer_within(Duration::from_secs(3)) {
+            return (acked, put);
+        }
+        let (key, body, r) = put.answer();
+        assert_eq!(r.status, 200, "PUT {key} on a filling disk: {}", r.summary());
+        assert_eq!(r.header("ETag"), Some(md5_etag(&body).as_str()), "PUT {key}");
+        acked.push((key, body));
+    }
+}
+
+#[test]
+fn a_full_disk_makes_writes_wait_until_uploads_free_room() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let (acked, waiting) = fill_until_a_put_waits(&s, "orioledb_data/1/", 4 << 20);
+    assert!(
+        acked.len() >= 6,
+        "only {} bodies of 4 MiB were taken before writes waited (free now: {} bytes)",
+        acked.len(),
+        disk.free()
+    );
+    // Small bodies (kept in memory until their commit) still fit in what is left, until one
+    // waits too.
+    let (small_acked, small) = fill_until_a_put_waits(&s, "orioledb_data/1/small/", 256 << 10);
+    // The origin comes back: uploads make the pending blobs clean, clean entries are evicted for
+    // the waiting writes.
+    s.no_faults();
+    let waited = waiting.started.elapsed();
+    let (key, body, r) = waiting.answer();
+    assert_eq!(r.status, 200, "PUT {key} after waiting {waited:?}: {}", r.summary());
+    assert_eq!(r.header("ETag"), Some(md5_etag(&body).as_str()));
+    let (small_key, small_body, r) = small.answer();
+    assert_eq!(r.status, 200, "PUT {small_key}: {}", r.summary());
+    s.get_expect(&key, &body, "HIT");
+    s.get_expect(&small_key, &small_body, "HIT");
+    // Without a restart, everything acknowledged is in the origin.
+    s.flush(Duration::from_secs(120));
+    let last = [(key, body), (small_key, small_body)];
+    for (k, b) in acked.iter().chain(&small_acked).chain(&last) {
+        assert_eq!(s.in_moto(k).as_deref(), Some(b.as_slice()), "{k} in the origin");
+    }
+    assert!(s.counter("perch_cache_evictions_total") >= 1.0, "nothing was evicted to make room");
+}
+
+#[test]
+fn a_write_that_finds_no_room_within_dirty_wait_max_is_503_and_leaves_nothing() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--dirty-wait-max", "4s"]);
+    let s = Stack::start_on(disk.path(), &flags);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let (acked, refused) = fill_until_a_put_waits(&s, "orioledb_data/2/", 4 << 20);
+    let (key, _, r) = refused.answer();
+    assert_eq!(r.status, 503, "PUT {key} past --dirty-wait-max: {}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("SlowDown"), "{}", r.summary());
+    // Nothing of it: no pending version, no blob, no spooled body.
+    assert!(s.tmp_files().is_empty(), "temp files left: {:?}", s.tmp_files());
+    assert_eq!(s.status()["dirty_objects"], acked.len(), "{}", s.status());
+    let spooled: Vec<_> = std::fs::read_dir(disk.path().join("tmp"))
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(spooled.is_empty(), "spooled bodies left: {spooled:?}");
+    s.no_faults();
+    s.flush(Duration::from_secs(120));
+    for (k, b) in &acked {
+        assert_eq!(s.in_moto(k).as_deref(), Some(b.as_slice()), "{k} in the origin");
+    }
+    assert_eq!(s.in_moto(&key), None, "a refused write reached the origin");
+    let r = s.get(&key);
+    assert_eq!(r.status, 404, "GET {key} after its PUT was refused: {}", r.summary());
+    // Room again: the same write goes through.
+    let body = pattern(4 << 20, 1234);
+    s.put(&key, &body);
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto(&key).as_deref(), Some(body.as_slice()));
+}
+
+#[test]
+fn room_freed_by_someone_else_lets_waiting_writes_through() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    s.put("orioledb_data/3/before", &pattern(2 << 20, 1));
+    s.flush(Duration::from_secs(60));
+    let filler = disk.fill();
+    // A spooled body and one kept in memory, a delete and an overwrite: all wait or succeed,
+    // none fails.
+    let large = send_put(&s, "orioledb_data/3/large", pattern(3 << 20, 2));
+    let small = send_put(&s, "orioledb_data/3/small", pattern(200 << 10, 3));
+    assert!(!large.answer_within(Duration::from_secs(3)), "the large write did not wait");
+    assert!(!small.answer_within(Duration::from_secs(1)), "the small write did not wait");
+    std::fs::remove_file(&filler).expect("free the disk");
+    for put in [large, small] {
+        let (key, body, r) = put.answer();
+        assert_eq!(r.status, 200, "PUT {key} once the disk has room: {}", r.summary());
+        s.get_expect(&key, &body, "HIT");
+    }
+    // The index takes writes again (RocksDB resumed if the full disk stopped it).
+    let r = s.req("DELETE", "orioledb_data/3/before").go(s.addr());
+    assert_eq!(r.status, 204, "DELETE: {}", r.summary());
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("orioledb_data/3/before"), None);
+    assert_eq!(s.in_moto("orioledb_data/3/large").as_deref(), Some(pattern(3 << 20, 2).as_slice()));
+    assert_eq!(s.in_moto("orioledb_data/3/small").as_deref(), Some(pattern(200 << 10, 3).as_slice()));
+}
