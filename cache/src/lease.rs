@@ -489,10 +489,7 @@ impl Lease {
                             "lease lost: the bucket's lease is now held by {who}; this Perch stops acknowledging \
                              and uploading writes and exits; its journal stays in the data dir (perch journal)"
                         ));
-                        Err(LeaseError::Held {
-                            holder: who,
-                            epoch: 0,
-                        })
+                        Err(LeaseError::Held { holder: who, epoch: 0 })
                     }
                 }
             }

@@ -106,7 +106,10 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
             let settings = lease_settings(&config)?;
             let (origin, _) = rt.block_on(crate::open_origin(&config))?;
             match rt.block_on(read_lease(&*origin, &settings.bucket))? {
-                None => println!("{}/{LEASE_KEY}: no lease (a primary takes it at start)", settings.bucket),
+                None => println!(
+                    "{}/{LEASE_KEY}: no lease (a primary takes it at start)",
+                    settings.bucket
+                ),
                 Some(v) => {
                     let age = std::time::SystemTime::now()
                         .duration_since(v.last_modified)

@@ -236,9 +236,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "policy"
     );
     let lease = match (&config.lease, config.role) {
-        (Some(settings), config::Role::Primary) => {
-            Some(lease_cmd::lease_for(&config, settings, raw_origin.clone())?)
-        }
+        (Some(settings), config::Role::Primary) => Some(lease_cmd::lease_for(&config, settings, raw_origin.clone())?),
         _ => None,
     };
     let disk_bytes = config
@@ -389,7 +387,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         if left == 0 {
             lease.release().await;
         } else {
-            tracing::warn!(writes = left, "the journal still holds writes: the lease is left to expire");
+            tracing::warn!(
+                writes = left,
+                "the journal still holds writes: the lease is left to expire"
+            );
         }
     }
     // Flush the cache index now, so that the next start has nothing to replay.

@@ -34,13 +34,21 @@ impl PolicySource {
     pub fn resolve(file: Option<PathBuf>, flags: Shorthands) -> anyhow::Result<PolicySource> {
         let mut rules = Vec::new();
         for s in flags.write_mode.iter().filter(|s| !s.is_empty()) {
-            rules.push(shorthand::write_mode(s).map_err(anyhow::Error::msg).context("--write-mode")?);
+            rules.push(
+                shorthand::write_mode(s)
+                    .map_err(anyhow::Error::msg)
+                    .context("--write-mode")?,
+            );
         }
         for s in flags.cache_revalidate.iter().filter(|s| !s.is_empty()) {
             rules.push(shorthand::cache_revalidate(s).map_err(anyhow::Error::msg)?);
         }
         for s in flags.upload_header.iter().filter(|s| !s.is_empty()) {
-            rules.push(shorthand::upload_header(s).map_err(anyhow::Error::msg).context("--upload-header")?);
+            rules.push(
+                shorthand::upload_header(s)
+                    .map_err(anyhow::Error::msg)
+                    .context("--upload-header")?,
+            );
         }
         let mut shorthands = Policy {
             rules,
@@ -78,7 +86,11 @@ pub fn reload(source: &PolicySource, shared: &SharedPolicy) -> bool {
             let rules = policy.rules.len();
             shared.replace(policy);
             tracing::info!(
-                file = source.file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| ORIOLEDB_PROFILE_NAME.into()),
+                file = source
+                    .file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| ORIOLEDB_PROFILE_NAME.into()),
                 rules,
                 "policy reloaded"
             );

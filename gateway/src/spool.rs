@@ -358,10 +358,7 @@ fn internal(e: std::io::Error) -> S3Error {
         // A filesystem that cannot preallocate, filled by someone else meanwhile: the client may
         // send it again once there is room (nothing of this body is kept).
         tracing::warn!(error = %e, "the data dir's filesystem is full: a request body is refused");
-        let mut err = S3Error::with_message(
-            S3ErrorCode::SlowDown,
-            "Perch's disk is full; please retry.",
-        );
+        let mut err = S3Error::with_message(S3ErrorCode::SlowDown, "Perch's disk is full; please retry.");
         err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
         return err;
     }

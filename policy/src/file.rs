@@ -75,7 +75,10 @@ pub fn parse(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
         rule.name = raw.name;
         if let Some(b) = raw.bucket {
             if b.get_ref().is_empty() {
-                return Err(err(Some(b.span()), "`bucket` is empty (use \"*\" for every bucket)".into()));
+                return Err(err(
+                    Some(b.span()),
+                    "`bucket` is empty (use \"*\" for every bucket)".into(),
+                ));
             }
             rule.bucket = Glob::new(b.get_ref());
         }
@@ -97,10 +100,18 @@ pub fn parse(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
                     })
                     .collect::<Result<_, _>>()
                     .map_err(|e| err(Some(at.clone()), e))?,
-                other => return Err(err(Some(at), format!("`method` is {other}: use \"PUT\" or [\"GET\", \"HEAD\"]"))),
+                other => {
+                    return Err(err(
+                        Some(at),
+                        format!("`method` is {other}: use \"PUT\" or [\"GET\", \"HEAD\"]"),
+                    ));
+                }
             };
             if names.is_empty() {
-                return Err(err(Some(at), "`method` is an empty list (leave it out for every method)".into()));
+                return Err(err(
+                    Some(at),
+                    "`method` is an empty list (leave it out for every method)".into(),
+                ));
             }
             let methods = names
                 .iter()
@@ -203,7 +214,10 @@ upload_priority = "low"
         assert_eq!(p.rules[2].from, "p.toml:15");
         // Bucket and method matching.
         assert_eq!(p.decide("db-1", "wal/0001", Method::Put).write, WriteMode::WriteThrough);
-        assert_eq!(p.decide("db-1", "wal/0001", Method::Delete).write, WriteMode::WriteThrough);
+        assert_eq!(
+            p.decide("db-1", "wal/0001", Method::Delete).write,
+            WriteMode::WriteThrough
+        );
         assert_eq!(p.decide("other", "wal/0001", Method::Put).write, WriteMode::WriteBack);
         assert_eq!(p.decide("db-1", "wal/0001", Method::Get).by.write, None);
         // A rule without a decision passes it on: rule 2 gives wal its cache class and freshness.
@@ -215,8 +229,11 @@ upload_priority = "low"
         let d = p.decide("b", "data/3/global/pg_control", Method::Put);
         assert_eq!(d.write, WriteMode::Barrier);
         assert_eq!(d.upload_priority, Priority::High);
-        let headers: Vec<(&str, &str)> =
-            d.upload_headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+        let headers: Vec<(&str, &str)> = d
+            .upload_headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
         assert!(headers.contains(&("cache-control", "no-cache")), "{headers:?}");
         assert!(!headers.contains(&("cache-control", "max-age=60")), "{headers:?}");
         assert!(headers.contains(&("x-amz-storage-class", "STANDARD")));
@@ -237,7 +254,10 @@ upload_priority = "low"
         assert_eq!(p.decide("b", "x", Method::Get).revalidate_after(), None);
         let empty = parse("", "e.toml").expect("an empty file is no rules");
         let d = empty.decide("b", "x", Method::Put);
-        assert_eq!((d.write, d.cache, d.upload_priority), (WriteMode::WriteBack, CacheClass::Normal, Priority::Normal));
+        assert_eq!(
+            (d.write, d.cache, d.upload_priority),
+            (WriteMode::WriteBack, CacheClass::Normal, Priority::Normal)
+        );
     }
 
     #[test]
@@ -311,7 +331,10 @@ upload_priority = "low"
         // The flag wins over the profile for the write mode; the profile still bypasses wal.
         let d = p.decide("b", "wal/1", Method::Put);
         assert_eq!((d.write, d.cache), (WriteMode::WriteBack, CacheClass::Bypass));
-        assert_eq!(p.decide("b", "data/1/global/pg_control", Method::Put).write, WriteMode::Barrier);
+        assert_eq!(
+            p.decide("b", "data/1/global/pg_control", Method::Put).write,
+            WriteMode::Barrier
+        );
         assert_eq!(
             p.decide("b", "mut/a", Method::Get).freshness,
             Freshness::Revalidate(Some(Duration::from_secs(3)))
@@ -328,9 +351,15 @@ upload_priority = "low"
         assert!(shorthand::cache_revalidate("").is_err());
         let explained = p.explain("b", "wal/1", Method::Put);
         assert!(explained.contains("write:           write_back"), "{explained}");
-        assert!(explained.contains("rule 2 (--write-mode wal/*=write_back)"), "{explained}");
+        assert!(
+            explained.contains("rule 2 (--write-mode wal/*=write_back)"),
+            "{explained}"
+        );
         assert!(explained.contains("cache:           bypass"), "{explained}");
         assert!(explained.contains("\"WAL segments\""), "{explained}");
-        assert!(explained.contains("upload header:   x-tigris-regions: iad"), "{explained}");
+        assert!(
+            explained.contains("upload header:   x-tigris-regions: iad"),
+            "{explained}"
+        );
     }
 }

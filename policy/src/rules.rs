@@ -244,7 +244,9 @@ impl Rule {
     }
 
     pub fn matches(&self, bucket: &str, key: &str, method: Method) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(&method)) && self.bucket.matches(bucket) && self.key.matches(key)
+        self.methods.as_ref().is_none_or(|m| m.contains(&method))
+            && self.bucket.matches(bucket)
+            && self.key.matches(key)
     }
 
     /// Whether the rule decides anything at all.
@@ -387,7 +389,11 @@ impl Policy {
         let mut out = format!("{method} {bucket}/{key}\n", method = method.as_str());
         out += &format!("  write:           {:<24} {}\n", d.write.as_str(), by(d.by.write));
         out += &format!("  cache:           {:<24} {}\n", d.cache.as_str(), by(d.by.cache));
-        out += &format!("  freshness:       {:<24} {}\n", d.freshness.to_string(), by(d.by.freshness));
+        out += &format!(
+            "  freshness:       {:<24} {}\n",
+            d.freshness.to_string(),
+            by(d.by.freshness)
+        );
         out += &format!(
             "  upload priority: {:<24} {}\n",
             d.upload_priority.as_str(),
@@ -397,7 +403,10 @@ impl Policy {
             out += "  upload headers:  none\n";
         }
         for h in &d.upload_headers {
-            let rule = self.rules.iter().position(|r| r.matches(bucket, key, method) && r.upload_headers.contains(h));
+            let rule = self
+                .rules
+                .iter()
+                .position(|r| r.matches(bucket, key, method) && r.upload_headers.contains(h));
             out += &format!("  upload header:   {}: {}  {}\n", h.name, h.value, by(rule));
         }
         out

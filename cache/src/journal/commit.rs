@@ -386,9 +386,7 @@ impl Journal {
         // 3. Journal record and index entry: one synced batch. A batch that failed was not
         // applied; written again, it is the same batch.
         self.while_no_space(deadline, || {
-            self.local
-                .index
-                .commit_version(okey, seq, &raw, &entry, replaced_clean)
+            self.local.index.commit_version(okey, seq, &raw, &entry, replaced_clean)
         })?;
         fail_point("batch_committed");
         if mode == WriteMode::Barrier {
@@ -405,7 +403,11 @@ impl Journal {
                     mode,
                     stage,
                     acked,
-                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
+                    priority: self
+                        .cfg
+                        .policy
+                        .decide(okey.bucket(), okey.key(), Method::Put)
+                        .upload_priority,
                 },
             );
             self.refresh_gauges(&st);

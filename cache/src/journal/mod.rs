@@ -190,7 +190,11 @@ impl Journal {
             st.add(
                 seq,
                 Version {
-                    priority: self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Put).upload_priority,
+                    priority: self
+                        .cfg
+                        .policy
+                        .decide(okey.bucket(), okey.key(), Method::Put)
+                        .upload_priority,
                     okey,
                     mode: record.mode(),
                     put: record.put,

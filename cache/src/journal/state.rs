@@ -334,7 +334,11 @@ mod tests {
         st.remove(3);
         assert_eq!(seqs(&st.next_uploads(one)), [2]);
         st.remove(2);
-        assert_eq!(seqs(&st.next_uploads(one)), [1], "a later stage waits, whatever its priority");
+        assert_eq!(
+            seqs(&st.next_uploads(one)),
+            [1],
+            "a later stage waits, whatever its priority"
+        );
         st.remove(1);
         assert_eq!(seqs(&st.next_uploads(one)), [4]);
     }
@@ -469,7 +473,11 @@ mod tests {
         st.requeue(42); // unknown: nothing happens
         assert_eq!(st.in_flight(), 2);
         st.remove(1);
-        assert_eq!(seqs(&st.next_uploads(SLOTS)), [2], "the next of its key, once it is released");
+        assert_eq!(
+            seqs(&st.next_uploads(SLOTS)),
+            [2],
+            "the next of its key, once it is released"
+        );
     }
 
     #[test]
@@ -490,15 +498,13 @@ mod tests {
             st.add(seq, v(&format!("d/{seq}"), WriteMode::WriteBack, 2));
         }
         let started = std::time::Instant::now();
-        let mut seq = 3 + backlog;
-        for _ in 0..20_000 {
+        for seq in 3 + backlog..3 + backlog + 20_000 {
             st.add(seq, v("hot", WriteMode::WriteBack, 0));
             let _ = st.oldest_age();
             assert_eq!(st.newest(&ObjectKey::new("b", "hot")).map(|(s, _)| s), Some(seq));
             assert_eq!(st.next_uploads(SLOTS), [Pick { seq, skip: false }]);
             assert_eq!(st.skippable_run(seq), [seq]);
             assert!(st.remove(seq).is_some());
-            seq += 1;
         }
         let took = started.elapsed();
         assert!(

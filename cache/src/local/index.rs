@@ -161,13 +161,16 @@ impl Index {
         // RocksDB preallocates for each log file and how much free space it waits for before it
         // resumes after a full disk (a data dir given back less would stay stopped:
         // `a_full_disk_stops_the_index_and_it_resumes_by_itself_once_room_returns`).
-        let cfs = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME].into_iter().chain(ALL_CFS).map(|name| {
-            let mut o = Options::default();
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            o.set_write_buffer_size(WRITE_BUFFER);
-            o.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(name, o)
-        });
+        let cfs = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]
+            .into_iter()
+            .chain(ALL_CFS)
+            .map(|name| {
+                let mut o = Options::default();
+                o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+                o.set_write_buffer_size(WRITE_BUFFER);
+                o.set_block_based_table_factory(&table);
+                ColumnFamilyDescriptor::new(name, o)
+            });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let meta = db
             .cf_handle(META)
@@ -550,7 +553,10 @@ mod tests {
         match out {
             Ok(o) if o.status.success() => true,
             Ok(o) => {
-                eprintln!("SKIPPED: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
                 false
             }
             Err(e) => {

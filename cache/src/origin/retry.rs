@@ -291,7 +291,8 @@ impl Origin for RetryingOrigin {
         checksum: Option<MultipartChecksum>,
     ) -> OriginResult<String> {
         self.run("create_multipart_upload", || {
-            self.inner.create_multipart_upload(bucket, key, headers, extra_headers, checksum)
+            self.inner
+                .create_multipart_upload(bucket, key, headers, extra_headers, checksum)
         })
         .await
         .0

@@ -194,7 +194,10 @@ fn a_full_disk_makes_writes_wait_until_uploads_free_room() {
     for (k, b) in acked.iter().chain(&small_acked).chain(&last) {
         assert_eq!(s.in_moto(k).as_deref(), Some(b.as_slice()), "{k} in the origin");
     }
-    assert!(s.counter("perch_cache_evictions_total") >= 1.0, "nothing was evicted to make room");
+    assert!(
+        s.counter("perch_cache_evictions_total") >= 1.0,
+        "nothing was evicted to make room"
+    );
 }
 
 #[test]
@@ -247,8 +250,14 @@ fn room_freed_by_someone_else_lets_waiting_writes_through() {
     // none fails.
     let large = send_put(&s, "orioledb_data/3/large", pattern(3 << 20, 2));
     let small = send_put(&s, "orioledb_data/3/small", pattern(200 << 10, 3));
-    assert!(!large.answer_within(Duration::from_secs(3)), "the large write did not wait");
-    assert!(!small.answer_within(Duration::from_secs(1)), "the small write did not wait");
+    assert!(
+        !large.answer_within(Duration::from_secs(3)),
+        "the large write did not wait"
+    );
+    assert!(
+        !small.answer_within(Duration::from_secs(1)),
+        "the small write did not wait"
+    );
     std::fs::remove_file(&filler).expect("free the disk");
     for put in [large, small] {
         let (key, body, r) = put.answer();
@@ -260,6 +269,12 @@ fn room_freed_by_someone_else_lets_waiting_writes_through() {
     assert_eq!(r.status, 204, "DELETE: {}", r.summary());
     s.flush(Duration::from_secs(60));
     assert_eq!(s.in_moto("orioledb_data/3/before"), None);
-    assert_eq!(s.in_moto("orioledb_data/3/large").as_deref(), Some(pattern(3 << 20, 2).as_slice()));
-    assert_eq!(s.in_moto("orioledb_data/3/small").as_deref(), Some(pattern(200 << 10, 3).as_slice()));
+    assert_eq!(
+        s.in_moto("orioledb_data/3/large").as_deref(),
+        Some(pattern(3 << 20, 2).as_slice())
+    );
+    assert_eq!(
+        s.in_moto("orioledb_data/3/small").as_deref(),
+        Some(pattern(200 << 10, 3).as_slice())
+    );
 }

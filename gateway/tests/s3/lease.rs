@@ -179,7 +179,14 @@ fn the_origin_refuses_stale_conditional_puts() {
             .send()
             .await
             .expect("create");
-        let again = c.put_object().bucket(BUCKET).key("l").if_none_match("*").body(body("2")).send().await;
+        let again = c
+            .put_object()
+            .bucket(BUCKET)
+            .key("l")
+            .if_none_match("*")
+            .body(body("2"))
+            .send()
+            .await;
         let e = again.expect_err("If-None-Match: * over an object");
         assert_eq!(e.raw_response().map(|r| r.status().as_u16()), Some(412));
         let renewed = c
@@ -225,11 +232,17 @@ fn a_second_primary_refuses_to_start_naming_the_holder() {
 
     let status = b.cli(&["lease", "status"]);
     let out = String::from_utf8_lossy(&status.stdout);
-    assert!(out.contains("holder:    machine-a") && out.contains("epoch:     1"), "{out}");
+    assert!(
+        out.contains("holder:    machine-a") && out.contains("epoch:     1"),
+        "{out}"
+    );
     let refused = b.cli(&["lease", "break"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("corrupt the database") && err.contains("--holder-is-gone"), "{err}");
+    assert!(
+        err.contains("corrupt the database") && err.contains("--holder-is-gone"),
+        "{err}"
+    );
     assert_eq!(b.lease().expect("a refused break leaves the lease").0, "machine-a");
 
     // A clean stop releases the lease: the next primary takes it at once.
@@ -238,7 +251,10 @@ fn a_second_primary_refuses_to_start_naming_the_holder() {
     assert!(b.lease().expect("lease").3, "released");
     let started = Instant::now();
     let c = b.primary("machine-c", &b.dir("c"));
-    assert!(started.elapsed() < Duration::from_secs(5), "a released lease is taken at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a released lease is taken at once"
+    );
     let (holder, epoch, ..) = b.lease().expect("lease");
     assert_eq!((holder.as_str(), epoch), ("machine-c", 2));
     assert_eq!(put(c.addr, "k3", b"from c"), 200);
@@ -250,7 +266,10 @@ fn a_second_primary_refuses_to_start_naming_the_holder() {
     let status = c.wait(Duration::from_secs(10));
     assert_eq!(status.code(), Some(3), "the holder of a broken lease exits");
     let log = std::fs::read_to_string(b.dir("c").with_extension("log")).unwrap_or_default();
-    assert!(log.contains("lease lost") && log.contains("the lease was broken"), "{log}");
+    assert!(
+        log.contains("lease lost") && log.contains("the lease was broken"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -330,9 +349,15 @@ fn a_paused_holder_acknowledges_nothing_after_losing_its_lease_and_its_journal_w
     // Back after machine-b stopped cleanly: its old journal must not go up over b's data.
     assert!(new.terminate(Duration::from_secs(30)).success());
     let (_, err) = b.refused_with(&args_a, &dir_a);
-    assert!(err.contains("the journal holds") && err.contains("lease epoch 1 of `machine-a`"), "{err}");
+    assert!(
+        err.contains("the journal holds") && err.contains("lease epoch 1 of `machine-a`"),
+        "{err}"
+    );
     assert!(err.contains("`machine-b` (epoch 2)"), "{err}");
-    assert!(err.contains("perch journal adopt") && err.contains("perch journal discard"), "{err}");
+    assert!(
+        err.contains("perch journal adopt") && err.contains("perch journal discard"),
+        "{err}"
+    );
     assert_eq!(b.get("late"), None);
 
     let journal = |args: &[&str]| {
@@ -403,10 +428,18 @@ fn a_barrier_upload_is_preceded_by_a_renewal() {
     let a = start_with(&b.dir("a"), args, moto_keys_env());
     let renewal = b.lease().expect("lease").2;
     assert_eq!(put(a.addr, "data/1/base/1/1", b"a data file"), 200);
-    assert!(wait_until(Duration::from_secs(10), || b.get("data/1/base/1/1").is_some()));
-    assert_eq!(b.lease().expect("lease").2, renewal, "a write-back upload renews nothing");
+    assert!(wait_until(Duration::from_secs(10), || b
+        .get("data/1/base/1/1")
+        .is_some()));
+    assert_eq!(
+        b.lease().expect("lease").2,
+        renewal,
+        "a write-back upload renews nothing"
+    );
     assert_eq!(put(a.addr, "data/1/global/pg_control", b"control"), 200);
-    assert!(wait_until(Duration::from_secs(10), || b.get("data/1/global/pg_control").is_some()));
+    assert!(wait_until(Duration::from_secs(10), || b
+        .get("data/1/global/pg_control")
+        .is_some()));
     assert_eq!(
         b.lease().expect("lease").2,
         renewal + 1,

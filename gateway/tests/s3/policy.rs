@@ -50,13 +50,23 @@ fn policy_check_names_the_line_and_reason_of_a_mistake() {
     assert!(text(&shown.stdout).contains("[[rule]]"));
     let copy = dir.path().join("copy.toml");
     std::fs::write(&copy, &shown.stdout).expect("write");
-    assert!(perch(&["policy", "check", copy.to_str().expect("utf-8")]).status.success());
+    assert!(
+        perch(&["policy", "check", copy.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
 }
 
 #[test]
 fn policy_explain_shows_the_rule_and_the_decision() {
     let _turn = machine::share();
-    let out = perch(&["policy", "explain", "orioledb/wal/000000010000000000000003", "--method", "PUT"]);
+    let out = perch(&[
+        "policy",
+        "explain",
+        "orioledb/wal/000000010000000000000003",
+        "--method",
+        "PUT",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let o = text(&out.stdout);
     assert!(o.contains("policy: builtin:orioledb"), "{o}");
@@ -72,7 +82,10 @@ fn policy_explain_shows_the_rule_and_the_decision() {
     for m in ["GET", "HEAD", "PUT", "DELETE"] {
         assert!(o.contains(&format!("{m} orioledb/orioledb_data/3/1/2.3.4")), "{o}");
     }
-    assert!(o.contains("write:           write_back               default, no rule"), "{o}");
+    assert!(
+        o.contains("write:           write_back               default, no rule"),
+        "{o}"
+    );
     assert!(o.contains("freshness:       immutable"), "{o}");
 
     // A user file, with a shorthand flag before it.
@@ -106,7 +119,11 @@ fn policy_explain_shows_the_rule_and_the_decision() {
     assert!(!o.contains("barrier"), "{o}");
     // Another bucket: the bucket glob does not match.
     let out = perch(&["policy", "explain", "other/x", "--method", "PUT", "--policy", f]);
-    assert!(text(&out.stdout).contains("upload headers:  none"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("upload headers:  none"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = perch(&["policy", "explain", "no-key"]);
     assert!(!out.status.success());
@@ -120,7 +137,9 @@ fn policy_explain_shows_the_rule_and_the_decision() {
 
 fn meta_in_moto(s: &Stack, key: &str) -> Option<String> {
     let m = s.moto_sdk();
-    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key(key).send()).expect("head in moto");
+    let head =
+        s.rt.block_on(m.head_object().bucket(BUCKET).key(key).send())
+            .expect("head in moto");
     head.metadata().and_then(|m| m.get("rev")).cloned()
 }
 
@@ -166,7 +185,10 @@ fn sighup_reloads_a_good_policy_and_refuses_a_bad_one() {
         wait_until(Duration::from_secs(10), || log_count(&s, "policy reload refused") == 1),
         "no refusal logged"
     );
-    assert!(s.perch().log_text().contains("policy.toml:3"), "the refusal names the line");
+    assert!(
+        s.perch().log_text().contains("policy.toml:3"),
+        "the refusal names the line"
+    );
     s.put("k3", b"third");
     s.flush(Duration::from_secs(60));
     assert_eq!(meta_in_moto(&s, "k3").as_deref(), Some("two"), "the old policy stays");
@@ -191,7 +213,13 @@ fn upload_headers_reach_multipart_uploads() {
     let key = "dumps/big.bin";
     let parts = [vec![7u8; 5 << 20], vec![9u8; 1 << 20]];
     s.rt.block_on(async {
-        let up = c.create_multipart_upload().bucket(BUCKET).key(key).send().await.expect("create");
+        let up = c
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .expect("create");
         let id = up.upload_id().expect("id").to_owned();
         let mut done = Vec::new();
         for (i, p) in parts.iter().enumerate() {
@@ -206,7 +234,12 @@ fn upload_headers_reach_multipart_uploads() {
                 .send()
                 .await
                 .expect("part");
-            done.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().expect("etag")).build());
+            done.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(out.e_tag().expect("etag"))
+                    .build(),
+            );
         }
         c.complete_multipart_upload()
             .bucket(BUCKET)
@@ -219,10 +252,18 @@ fn upload_headers_reach_multipart_uploads() {
     });
     s.flush(Duration::from_secs(60));
     let m = s.moto_sdk();
-    let head = s.rt.block_on(m.head_object().bucket(BUCKET).key(key).send()).expect("head");
-    assert!(head.e_tag().unwrap_or_default().ends_with("-2\""), "uploaded as a multipart upload");
+    let head =
+        s.rt.block_on(m.head_object().bucket(BUCKET).key(key).send())
+            .expect("head");
+    assert!(
+        head.e_tag().unwrap_or_default().ends_with("-2\""),
+        "uploaded as a multipart upload"
+    );
     assert_eq!(head.cache_control(), Some("no-store"));
-    assert_eq!(head.metadata().and_then(|m| m.get("rev")).map(String::as_str), Some("mp"));
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("rev")).map(String::as_str),
+        Some("mp")
+    );
     assert_eq!(head.storage_class().map(|c| c.as_str()), Some("STANDARD_IA"));
 }
 
