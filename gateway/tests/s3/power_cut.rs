@@ -671,10 +671,10 @@ fn the_soak_reports_a_loss_when_a_sync_is_removed() {
     for what in ["blob", "dir", "journal"] {
         let mut rig = Rig::start(vec![("PERCH_UNSAFE_SKIP_SYNC".to_owned(), what.to_owned())]);
         rig.mode = Some("a");
-        let f = soak(&mut rig, 3, 100, false);
+        let f = soak(&mut rig, 5, 100, false);
         assert!(
             f.any(),
-            "without the {what} sync, three cuts lost nothing: the soak cannot see it"
+            "without the {what} sync, five cuts lost nothing: the soak cannot see it"
         );
         eprintln!("without the {what} sync: {f:#?}");
     }
