@@ -35,9 +35,6 @@ postgres_stop_timeout=${SUPERVISE_POSTGRES_STOP_TIMEOUT:-100}
 perch_stop_timeout=${SUPERVISE_PERCH_STOP_TIMEOUT:-170}
 
 export ORIOLE_S3_BUCKET=${ORIOLE_S3_BUCKET:-${BUCKET_NAME:-}}
-# The primary's Perch holds that bucket's lease: one writer per bucket (docs/lease.md). A replica
-# Perch never takes it. PERCH_LEASE_BUCKET set empty turns it off.
-export PERCH_LEASE_BUCKET=${PERCH_LEASE_BUCKET-$ORIOLE_S3_BUCKET}
 
 say() { printf 'supervise: %s\n' "$*" >&2; }
 

@@ -638,8 +638,6 @@ def w(m):
         f.write(f"perch {m}\\n")
 with open(os.environ["FAKE_PERCH_ENV"], "w") as f:
     f.write("\\n".join(sorted(os.environ)) + "\\n")
-with open(os.environ["FAKE_PERCH_ENV"] + ".lease", "w") as f:
-    f.write(os.environ.get("PERCH_LEASE_BUCKET", "") + "\\n")
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.end_headers(); self.wfile.write(b"ok\\n")
@@ -767,8 +765,6 @@ def test_supervisor_keeps_the_origin_keys_from_oriole_and_postgres_settings_from
     assert {"POSTGRES_PASSWORD", "PGDATA"}.isdisjoint(perch_env), perch_env
     assert {"AWS_ACCESS_KEY_ID", "PERCH_ACCESS_KEY_ID", "PERCH_ADMIN_TOKEN"} <= perch_env
     assert (tmp_path / "oriole.env.bucket").read_text() == "from-fly-storage\n"
-    # The primary's Perch holds the lease of the same bucket.
-    assert (tmp_path / "perch.env.lease").read_text() == "from-fly-storage\n"
     events = sup.events()
     assert index_of(events, "oriole exit 0") < index_of(events, "perch got TERM") < index_of(events, "perch exit 0")
     for secret in ("sup-secret", "tigris-secret", "pg-password", "sup-admin-token-0123456789"):
