@@ -212,7 +212,8 @@ impl Index {
             .map_err(|_| CacheError::Corrupt("id lock poisoned".into()))?;
         if id >= *reserved {
             let mark = id + ID_RUN;
-            self.db.put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &synced())?;
+            self.db
+                .put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &synced())?;
             *reserved = mark;
         }
         Ok(id)
