@@ -1,5 +1,5 @@
 //! perch-bench as a library: the load generator (`run`, `compare-nginx`, `suite`) and the
-//! measurements of restarts and PUT latency. The servers it starts, the origin proxy and the
+//! measurements of restarts, PUT latency, misses and wakes. The servers it starts, the origin proxy and the
 //! bodies it sends come from perch-testkit.
 
 pub mod cache_restart;
@@ -16,6 +16,7 @@ pub mod suite;
 pub mod target;
 pub mod trace;
 pub mod units;
+pub mod wake;
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 

@@ -1,7 +1,7 @@
 //! `perch-bench`: benchmark and test-harness tools for Perch.
 //! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything),
 //! `cache-restart` (restart-to-ready and memory with a large cache), `put-latency`, `miss`,
-//! `origin-proxy`.
+//! `wake`, `origin-proxy`.
 
 use perch_bench::{cache_restart, nginx, run, suite};
 use perch_testkit::origin_proxy;
@@ -38,6 +38,10 @@ enum Command {
     /// with added latency): time to first byte, cold 1 MiB throughput at 21 in flight with new
     /// connections and keep-alive, whole 16/64 MiB objects, a range miss and its background fill.
     Miss(Box<perch_bench::miss::MissArgs>),
+    /// A Machine's wake through Perch beside the same wake direct to the origin (origin proxy
+    /// with added latency): Perch drained and started again on its volume (warm), or on an empty
+    /// volume prewarmed from the hot set, then the replay of an OrioleDB start and first query.
+    Wake(Box<perch_bench::wake::WakeArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
     OriginProxy(Box<origin_proxy::ProxyArgs>),
@@ -59,6 +63,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Miss(args) => {
             let report = runtime.block_on(perch_bench::miss::run(*args))?;
+            print!("{}", report.markdown());
+            return Ok(());
+        }
+        Command::Wake(args) => {
+            let report = runtime.block_on(perch_bench::wake::run(*args))?;
             print!("{}", report.markdown());
             return Ok(());
         }

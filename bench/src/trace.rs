@@ -327,6 +327,11 @@ impl PreparedTrace {
     pub fn seed_count(&self) -> usize {
         self.seeds.len()
     }
+
+    /// Bytes of the seeded objects.
+    pub fn seeded_bytes(&self) -> u64 {
+        self.seeds.iter().map(|(_, o)| o.len()).sum()
+    }
 }
 
 /// The trace files named by `paths`: files as given, directories' `trace-*.jsonl` in name order.
@@ -356,8 +361,11 @@ pub fn trace_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Rewrites a list query so its `prefix` lies under `base`.
+/// Rewrites a list query so its `prefix` lies under `base` (unchanged when `base` is empty).
 fn list_query(query: &str, base: &str) -> String {
+    if base.is_empty() {
+        return query.to_owned();
+    }
     let mut parts = Vec::new();
     let mut had_prefix = false;
     for part in query.split('&').filter(|p| !p.is_empty()) {
@@ -376,6 +384,15 @@ fn list_query(query: &str, base: &str) -> String {
     parts.join("&")
 }
 
+/// `key` under `prefix` (at the bucket's root when `prefix` is empty).
+fn under(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}/{key}")
+    }
+}
+
 /// Replays `trace` on `target` under `prefix`: seeds first (through `setup`, unmeasured), then
 /// every request in order, each started once no more than its recorded in-flight count (capped
 /// at `concurrency`) is running and earlier conflicting requests on its key have finished.
@@ -388,29 +405,51 @@ pub async fn replay(
     concurrency: usize,
     progress: Arc<Progress>,
 ) -> anyhow::Result<Stats> {
-    let full = |key: &str| format!("{prefix}/{key}");
-    // Seeds.
-    let mut state: HashMap<String, Option<Object>> = HashMap::new();
-    {
-        let mut pending = trace.seeds.iter();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < concurrency.clamp(1, 16) {
-                let Some((key, object)) = pending.next() else { break };
-                let (client, setup, req) = (client.clone(), setup.clone(), Req::put(full(key), object.clone()));
-                running.spawn(async move { client.execute(&setup, &req).await });
-            }
-            let Some(done) = running.join_next().await else { break };
-            let outcome = done.context("seed task")?;
-            if let Some(e) = outcome.error {
-                bail!("seeding {} through {}: {e}", trace.name, setup.name);
-            }
+    seed(&trace, &client, &setup, &prefix, concurrency).await?;
+    replay_seeded(trace, client, target, prefix, concurrency, progress).await
+}
+
+/// PUTs the keys `trace` reads before writing them under `prefix` through `setup` (at most
+/// `concurrency`, and 16, at a time).
+pub async fn seed(
+    trace: &PreparedTrace,
+    client: &Arc<HttpClient>,
+    setup: &Arc<Target>,
+    prefix: &str,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut pending = trace.seeds.iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < concurrency.clamp(1, 16) {
+            let Some((key, object)) = pending.next() else { break };
+            let (client, setup, req) = (client.clone(), setup.clone(), Req::put(under(prefix, key), object.clone()));
+            running.spawn(async move { client.execute(&setup, &req).await });
         }
-        for (key, object) in &trace.seeds {
-            state.insert(key.clone(), Some(object.clone()));
+        let Some(done) = running.join_next().await else { break };
+        let outcome = done.context("seed task")?;
+        if let Some(e) = outcome.error {
+            bail!("seeding {} through {}: {e}", trace.name, setup.name);
         }
     }
+    Ok(())
+}
 
+/// Replays `trace` on `target` under `prefix`, whose keys hold the seeds (and nothing the trace
+/// writes), checking every answer.
+pub async fn replay_seeded(
+    trace: Arc<PreparedTrace>,
+    client: Arc<HttpClient>,
+    target: Arc<Target>,
+    prefix: String,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Stats> {
+    let mut state: HashMap<String, Option<Object>> = trace
+        .seeds
+        .iter()
+        .map(|(key, object)| (key.clone(), Some(object.clone())))
+        .collect();
     let mut stats = Stats::default();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Outcome)>();
     let ops = &trace.trace.ops;
@@ -502,7 +541,7 @@ fn request_for(op: &TraceOp, body: Option<Object>, state: &mut HashMap<String, O
     let current = key.as_ref().and_then(|k| state.get(k).cloned().flatten());
     let mut req = Req {
         method: Method::GET,
-        key: key.as_ref().map(|k| format!("{prefix}/{k}")),
+        key: key.as_ref().map(|k| under(prefix, k)),
         query: None,
         body: None,
         range: None,
