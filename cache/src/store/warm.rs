@@ -21,6 +21,8 @@ impl Drop for ClearOnDrop<'_> {
 
 /// Objects a hot set names at most.
 const HOT_SET_KEYS: usize = 100_000;
+/// How long the answer of an adopted probe stands for the origin's (once).
+const ADOPTED_PROBE_FRESH: Duration = Duration::from_secs(2);
 
 impl Store {
     // ----- the hot set (hot_set.rs) -----
@@ -47,7 +49,8 @@ impl Store {
     }
 
     /// Queues the objects of the hot sets of `buckets` for prewarming (lowest priority, within
-    /// the prefetch budget, never evicting); returns how many were queued.
+    /// the prefetch budget, never evicting); returns how many were queued. Call it after
+    /// `hold_ready_for_prewarm`, even with no bucket: it ends the hold's reading phase.
     pub async fn prewarm(&self, buckets: &[String]) -> usize {
         self.prewarm_reading.store(true, Ordering::SeqCst);
         let _done = ClearOnDrop(&self.prewarm_reading);
@@ -67,8 +70,10 @@ impl Store {
     }
 
     /// A prewarm is about to start: until it is done, or until `wait` has passed, `ready` says
-    /// not yet.
+    /// not yet. Reading the hot sets counts from now on, before the task that calls `prewarm` has
+    /// run (or listed the buckets): a `/readyz` in between must not say ready.
     pub fn hold_ready_for_prewarm(&self, wait: Duration) {
+        self.prewarm_reading.store(true, Ordering::SeqCst);
         *lock(&self.prewarm_until) = Some(std::time::Instant::now() + wait);
     }
 
@@ -86,8 +91,31 @@ impl Store {
             }
             *lock(&self.prewarm_until) = None;
         }
+        let mut adopted = self.origin_probe.lock().await;
+        if adopted.take().is_some_and(|at| at.elapsed() < ADOPTED_PROBE_FRESH) {
+            return Ok(());
+        }
         self.origin_ready()
             .await
             .map_err(|e| format!("origin unreachable: {e}"))
+    }
+
+    /// Adopts `probe`, a readiness probe of the origin started with the process (its connection
+    /// set up while the store opened): the first `/readyz` waits for it instead of asking the
+    /// origin again, which on a new connection costs a wake several round trips. Call it before
+    /// the admin listener serves.
+    pub fn adopt_origin_probe<F>(&self, probe: F)
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let Ok(mut slot) = self.origin_probe.clone().try_lock_owned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match probe.await {
+                Ok(()) => *slot = Some(std::time::Instant::now()),
+                Err(e) => tracing::info!(error = %e, "the origin did not answer the first readiness probe"),
+            }
+        });
     }
 }

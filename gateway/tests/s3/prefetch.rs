@@ -240,3 +240,41 @@ fn the_hot_set_prewarms_an_empty_volume_and_is_perchs_own() {
         "a replica never writes the hot set"
     );
 }
+
+/// The first `/readyz` 200 of a start on an empty volume comes after the prewarm, even when
+/// Perch first has to list the buckets (no `--prewarm-bucket`) and the origin is slow: before the
+/// fix, `/readyz` said ready while that listing was under way, before the hot set was read.
+#[test]
+fn readyz_waits_for_the_prewarm_from_the_first_probe_on() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&["--hot-set-interval", "0s"]);
+    let _log = s.log_on_panic();
+    let hot: Vec<Vec<u8>> = (0..3).map(|i| pattern(100 * KIB, 620 + i)).collect();
+    for (i, body) in hot.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("rz/hot/{i}"), body);
+        s.get_expect(&format!("rz/hot/{i}"), body, "MISS");
+    }
+    s.stop_clean();
+    assert!(s.in_moto(".perch/hot-set").is_some(), "the drained primary wrote its hot set");
+
+    // Every origin request now takes 300 ms: the buckets' listing, the hot set, each prewarm fill.
+    s.faults(r#"{"latency_ms": 300}"#);
+    s.start_on_empty_volume(&[]);
+    let fetched = "perch_cache_prefetches_total{reason=\"prewarm\",result=\"fetched\"}";
+    let started = Instant::now();
+    loop {
+        let (status, why) = admin_get(s.perch(), "/readyz");
+        if status == 200 {
+            break;
+        }
+        assert!(why.contains("prewarm"), "not ready for another reason: {why}");
+        assert!(started.elapsed() < Duration::from_secs(5), "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.assert_metric(fetched, 3.0);
+    s.no_faults();
+    s.proxy.reset();
+    for (i, body) in hot.iter().enumerate() {
+        s.get_expect(&format!("rz/hot/{i}"), body, "HIT");
+    }
+}
