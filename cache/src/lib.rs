@@ -45,4 +45,4 @@ pub use origin::{
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;
-pub use store::{ReplicaWrites, Store, StoreConfig};
+pub use store::{ReplicaWrites, Store, StoreConfig, origin_answers};

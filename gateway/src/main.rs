@@ -95,13 +95,14 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            let starting = std::time::Instant::now();
             let config = Config::resolve(*args)?;
             init_logs(config.log_format);
             limit_malloc_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(config))
+                .block_on(serve(config, starting))
         }
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),
@@ -197,7 +198,8 @@ fn reload_origin_keys_on_sighup(
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// `starting`: when `perch serve` began (its start's milliseconds are logged).
+async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<()> {
     // The listeners first: an address in use stops Perch before it opens anything.
     let listener = bind(config.listen, "--listen").await?;
     let admin = bind(config.admin_listen, "--admin-listen").await?;
@@ -219,6 +221,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let stats = stats.unwrap_or_else(OriginStats::unregistered);
 
     let (raw_origin, origin_keys) = open_origin(&config).await?;
+    let origin_ms = starting.elapsed().as_millis() as u64;
     let origin: Arc<dyn Origin> = Arc::new(RetryingOrigin::new(
         raw_origin.clone(),
         RetryPolicy::with_deadline(config.origin_retry_deadline),
@@ -274,11 +277,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }),
         rewritten: config.rewritten.clone(),
     };
+    // The first readiness probe goes out now: its connection to the origin is set up while the
+    // store opens, so the first /readyz of a wake does not wait for a handshake.
+    let first_probe = {
+        let origin = raw_origin.clone();
+        tokio::spawn(async move { perch_cache::origin_answers(origin.as_ref()).await })
+    };
     let mut opened = None;
     metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
     let store = opened
         .context("registering the store's metrics")?
         .context("opening the store")?;
+    store.adopt_origin_probe(async move { first_probe.await.unwrap_or_else(|e| Err(e.to_string())) });
     let gauges = Arc::downgrade(&store);
     metrics.on_render(move || {
         if let Some(store) = gauges.upgrade() {
@@ -345,6 +355,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         role = ?config.role,
         replica_writes = ?(config.role == config::Role::Replica).then_some(config.replica_writes),
         domain = %config.domain,
+        origin_ms,
+        start_ms = starting.elapsed().as_millis() as u64,
         "perch is serving"
     );
 

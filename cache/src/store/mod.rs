@@ -102,9 +102,24 @@ pub struct Store {
     /// Set while a prewarm reads its hot sets; until when `ready` waits for a prewarm.
     prewarm_reading: AtomicBool,
     prewarm_until: Mutex<Option<std::time::Instant>>,
+    /// When a readiness probe started with the process last found the origin answering, until
+    /// one `/readyz` uses it (`adopt_origin_probe`); probes run one at a time.
+    origin_probe: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: Mutex<HashSet<String>>,
+}
+
+/// Whether `origin` answers at all: even a refusal (403 on ListBuckets with keys scoped to one
+/// bucket) proves it is there. Only a transient fault, local I/O or a timeout (3 s) is "not ready".
+pub async fn origin_answers(origin: &dyn Origin) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_secs(3), origin.list_buckets()).await {
+        Err(_) => Err("no answer within 3 s".into()),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
+        Ok(Err(OriginError::Io(e))) => Err(e.to_string()),
+        Ok(Err(_)) => Ok(()),
+    }
 }
 
 impl Store {
@@ -123,9 +138,11 @@ impl Store {
             origin = Arc::new(ReadOnlyOrigin(origin));
             upload_origin = Arc::new(ReadOnlyOrigin(upload_origin));
         }
+        let opening = std::time::Instant::now();
         // The data dir's own name too: whoever made it may not have synced its parent.
         crate::durable::create_dirs(&cfg.data_dir)?;
         crate::durable::sync_parent(&cfg.data_dir)?;
+        let dirs_ms = opening.elapsed().as_millis() as u64;
         let local = Local::open(
             LocalConfig {
                 dir: cfg.data_dir.join("cache"),
@@ -138,8 +155,10 @@ impl Store {
             registry.as_deref_mut(),
         )?;
         let local = Arc::new(local);
+        let index_ms = opening.elapsed().as_millis() as u64 - dirs_ms;
         let policy = cfg.write.policy.clone();
         let journal = Arc::new(Journal::open(cfg.write, local.clone(), registry.as_deref_mut())?);
+        let journal_ms = opening.elapsed().as_millis() as u64 - dirs_ms - index_ms;
         if cfg.replica.is_some() {
             let pending = journal.status(None).dirty_objects;
             if pending > 0 {
@@ -177,6 +196,14 @@ impl Store {
             .then(|| Uploader::start(journal.clone(), upload_origin.clone()));
         let prefetcher = Prefetcher::start(reader.clone(), cfg.prefetch, cfg.prefetch_bytes);
         local.start();
+        // Where a start's time goes (a wake waits for it).
+        tracing::info!(
+            ms = opening.elapsed().as_millis() as u64,
+            dirs_ms,
+            index_ms,
+            journal_ms,
+            "store opened"
+        );
         Ok(Arc::new(Store {
             local,
             reader,
@@ -190,6 +217,7 @@ impl Store {
             prefetch_bytes: cfg.prefetch_bytes,
             prewarm_reading: AtomicBool::new(false),
             prewarm_until: Mutex::new(None),
+            origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
             buckets: Mutex::new(HashSet::new()),
         }))
     }
@@ -534,13 +562,7 @@ impl Store {
     /// Whether the origin answers at all: even a refusal (403 on ListBuckets with keys scoped to
     /// one bucket) proves it is there. Only a transient fault, local I/O or a timeout is "not ready".
     pub async fn origin_ready(&self) -> Result<(), String> {
-        match tokio::time::timeout(Duration::from_secs(3), self.upload_origin.list_buckets()).await {
-            Err(_) => Err("no answer within 3 s".into()),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
-            Ok(Err(OriginError::Io(e))) => Err(e.to_string()),
-            Ok(Err(_)) => Ok(()),
-        }
+        origin_answers(self.upload_origin.as_ref()).await
     }
 
     /// A clean stop: prefetches still queued are dropped, the index is flushed so that the next
