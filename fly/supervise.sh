@@ -136,7 +136,9 @@ wait_perch_ready() {
             say "Perch is not ready after ${ready_timeout} s ($url); is the origin reachable?"
             return 1
         fi
-        sleep 0.5
+        # Perch is ready ~0.1-0.3 s after its start: a coarser poll would add its own wait to
+        # every wake (docs/benchmarks.md, "Wake").
+        sleep 0.05
     done
     say "Perch is ready"
 }
