@@ -8,13 +8,16 @@
 # table: req/s medians, the ratio of the medians, and the spread of the paired runs' ratios.
 #
 #   bench/wrk-hits.sh OUT_DIR            # the table (~6 minutes with the defaults)
-#   bench/wrk-hits.sh OUT_DIR profile    # then syscalls (strace -c) and instructions (callgrind)
-#                                        # per request, Perch and nginx, 1 KiB and 64 KiB keep-alive
+#   bench/wrk-hits.sh OUT_DIR profile    # instead, per request, Perch and nginx, 1 KiB and 64 KiB:
+#                                        # CPU time (/proc/PID/stat, both modes), then keep-alive:
+#                                        # syscalls (strace -c), CPU samples (perf, cpu-clock) and
+#                                        # user-space instructions (callgrind)
 #
 # Environment: PERCH_BIN_DIR (perch; default target/release), RUNS (5), DURATION (5s),
 # KEEPALIVE_CONNS (64), NEW_CONNS (21), PORT_BASE (29100: uses PORT_BASE+1..+4, below the ephemeral
 # port range, which the new-connection runs churn through).
-# Needs moto_server, nginx, wrk and python3 with boto3 on PATH; profile also strace and valgrind.
+# Needs moto_server, nginx, wrk and python3 with boto3 on PATH; profile also strace, perf and
+# valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR [profile]}
@@ -37,12 +40,12 @@ sizes=(1KiB 64KiB 1MiB)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 150); do
+wait_port() { # up to 60 s (Perch starts slowly under valgrind)
+    for _ in $(seq 600); do
         (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
@@ -223,7 +226,7 @@ strace_run() { # $1: name, $2: pid (all threads/processes), $3: url, $4: size
     local log="$out/profile/strace-$1-$4.txt" wlog="$out/profile/strace-$1-$4-wrk.txt" tracer
     local attach=()
     for t in $2; do attach+=(-p "$t"); done
-    strace -f -c -o "$log" "${attach[@]}" &
+    strace -q -f -c -o "$log" "${attach[@]}" &
     tracer=$!
     sleep 1
     wrk -t1 -c"$ka_conns" -d5s "$3" >"$wlog" 2>&1
@@ -233,45 +236,142 @@ strace_run() { # $1: name, $2: pid (all threads/processes), $3: url, $4: size
         printf "%s: %d syscalls for %d requests: %.2f per request\n", n, $4, r, $4 / r }' "$log"
 }
 
-# Instructions per request: callgrind counters zeroed, a 2 s wrk run at 4 connections, dumped.
-callgrind_run() { # $1: name, $2: pid, $3: url, $4: size
-    local wlog="$out/profile/callgrind-$1-$4-wrk.txt"
+# CPU time per request, user and kernel, from /proc/PID/stat (utime, stime: all threads) over one
+# wrk run: what the server spends whatever else runs on the machine.
+cpu_ticks() { # $@: pids; prints "utime stime" summed
+    local p
+    for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{ u += $1; s += $2 } END { print u, s }'
+}
+cpu_run() { # $1: name, $2: pids (space-separated), $3: url, $4: size, $5: mode
+    local wlog="$out/profile/cpu-$1-$4-$5-wrk.txt" before after
+    local args=(-t1 "-c$ka_conns" -d5s)
+    [ "$5" = new ] && args=(-t1 "-c$new_conns" -d5s -H 'Connection: close')
+    # shellcheck disable=SC2086 # $2 is a list of pids
+    before=$(cpu_ticks $2)
+    wrk "${args[@]}" "$3" >"$wlog" 2>&1
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks $2)
+    awk -v b="$before" -v a="$after" -v r="$(requests_of "$wlog")" -v hz="$(getconf CLK_TCK)" \
+        -v n="$1 $4 $5" 'BEGIN { split(b, x, " "); split(a, y, " ")
+        u = (y[1] - x[1]) / hz * 1e6 / r; k = (y[2] - x[2]) / hz * 1e6 / r
+        printf "%s: %d requests, CPU per request %.1f µs user + %.1f µs kernel = %.1f µs\n", n, r, u, k, u + k }'
+}
+
+# Own instructions per function in a callgrind dump, per request: the total, the top functions
+# and the inclusive cost of the functions matching a pattern (callgrind_annotate 3.19 put the whole
+# of a dump taken after `callgrind_control -z` on `clone`).
+callgrind_top() { # $1: dump, $2: requests, $3: pattern for inclusive costs
+    python3 - "$@" <<'EOF'
+import collections, re, sys
+path, requests, pattern = sys.argv[1], int(sys.argv[2]), re.compile(sys.argv[3])
+ids = {"fn": {}, "ob": {}}
+def name(kind, rest):
+    m = re.match(r"\((\d+)\)(?: (.*))?", rest)
+    if not m:
+        return rest
+    if m.group(2) is not None:
+        ids[kind][m.group(1)] = m.group(2)
+    return ids[kind].get(m.group(1), "?")
+own, inclusive, by_object = collections.Counter(), collections.Counter(), collections.Counter()
+fn = ob = None
+call = False
+for line in open(path):
+    kind, _, rest = line.rstrip("\n").partition("=")
+    if kind in ("fn", "ob", "cfn", "cob"):
+        got = name(kind.lstrip("c"), rest)
+        if kind == "fn":
+            fn, call = got, False
+        elif kind == "ob":
+            ob = got
+    elif kind == "calls":
+        call = True
+    elif line[:1].isdigit() or line[:1] in "+-*":
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        cost = int(parts[1])
+        inclusive[fn] += cost
+        if call:
+            call = False
+        else:
+            own[fn] += cost
+            by_object[ob] += cost
+total = sum(own.values())
+print(f"{total:,} instructions (user space) for {requests} requests: {total // requests:,} per request")
+print("  by object:", ", ".join(f"{o.rsplit('/', 1)[-1]} {c * 100 / total:.1f}%" for o, c in by_object.most_common(4)))
+print("  own instructions per request, top functions:")
+for f, c in own.most_common(25):
+    print(f"    {c // requests:>8,} {c * 100 / total:5.1f}%  {f[:140]}")
+print("  inclusive instructions per request:")
+for f, c in inclusive.most_common():
+    if pattern.search(f) and c * 200 > total:
+        print(f"    {c // requests:>8,} {c * 100 / total:5.1f}%  {f[:140]}")
+EOF
+}
+
+# Instructions per request: callgrind counters zeroed, a 3 s wrk run at 4 connections, dumped.
+callgrind_run() { # $1: name, $2: pid, $3: url, $4: size, $5: mode
+    local wlog="$out/profile/callgrind-$1-$4-$5-wrk.txt" dump args=(-t1 -c4 -d3s)
+    [ "$5" = new ] && args+=(-H 'Connection: close')
     callgrind_control -z "$2" >/dev/null
-    wrk -t1 -c4 -d2s "$3" >"$wlog" 2>&1
-    callgrind_control -d "$1-$4" "$2" >/dev/null
+    wrk "${args[@]}" "$3" >"$wlog" 2>&1
+    callgrind_control -d "$1-$4-$5" "$2" >/dev/null
     sleep 1
-    local file
-    file=$(find "$out/profile" -name "callgrind.out.$2.*" -newer "$wlog" | head -1)
-    callgrind_annotate --inclusive=no "$file" >"$out/profile/callgrind-$1-$4.txt"
-    local ir
-    ir=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$out/profile/callgrind-$1-$4.txt")
-    echo "$1 $4: $ir instructions (user space) for $(requests_of "$wlog") requests:" \
-        "$((ir / $(requests_of "$wlog"))) per request; top functions in $out/profile/callgrind-$1-$4.txt"
+    dump=$(find "$out/profile" -name "callgrind.out.$2.*" -newer "$wlog" | head -1)
+    echo "callgrind, $1 $4 $5 (c4; dump $dump):"
+    callgrind_top "$dump" "$(requests_of "$wlog")" \
+        'fast_get|sigv4|Store>::get|Reader::get|h1::role|s3_request|serve|ngx_http_(process|handler|output|static)'
+}
+
+# Where the CPU time goes natively (kernel included): perf's cpu-clock samples during a wrk run
+# (the machine has no hardware counters; under valgrind sha2 falls back to its software SHA-256).
+perf_run() { # $1: name, $2: pids (comma-separated), $3: url, $4: size
+    local data="$out/profile/perf-$1-$4.data"
+    perf record -q -e cpu-clock -F 2000 -p "$2" -o "$data" -- sleep 5 >/dev/null 2>&1 &
+    local recorder=$!
+    wrk -t1 -c"$ka_conns" -d5s "$3" >"$out/profile/perf-$1-$4-wrk.txt" 2>&1
+    wait "$recorder" || true
+    echo "perf cpu-clock, $1 $4 (keep-alive, c$ka_conns): kernel / user samples, top symbols"
+    perf report -i "$data" --stdio --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -4 || true
+    perf report -i "$data" --stdio --sort sym 2>/dev/null | grep -E '^ +[0-9]' | head -25 || true
 }
 
 profile() {
     mkdir -p "$out/profile"
-    local size url nurl
+    local size url nurl workers mode
+    workers=$(pgrep -P "$nginx_pid" | tr '\n' ' ')
+    for size in 1KiB 64KiB; do
+        url=$(url_of "$size")
+        nurl="http://127.0.0.1:$nginx_port/${url#http://127.0.0.1:"$perch_port"/}"
+        for mode in keepalive new; do
+            cpu_run perch "$perch_pid" "$url" "$size" "$mode"
+            cpu_run nginx "$workers" "$nurl" "$size" "$mode"
+        done
+    done
     for size in 1KiB 64KiB; do
         url=$(url_of "$size")
         nurl="http://127.0.0.1:$nginx_port/${url#http://127.0.0.1:"$perch_port"/}"
         strace_run perch "$perch_pid" "$url" "$size"
-        strace_run nginx "$(pgrep -P "$nginx_pid" | tr '\n' ' ')" "$nurl" "$size"
+        strace_run nginx "$workers" "$nurl" "$size"
+        perf_run perch "$perch_pid" "$url" "$size"
+        perf_run nginx "$(echo "$workers" | xargs | tr ' ' ',')" "$nurl" "$size"
     done
     # Under valgrind: Perch restarted (the memory tier warms again from the disk tier), nginx as
     # one process (master_process off, one worker).
     kill "$perch_pid" "$nginx_pid"
     wait "$perch_pid" "$nginx_pid" 2>/dev/null || true
     start_perch "$out/profile/perch-valgrind.log" valgrind --tool=callgrind \
-        "--callgrind-out-file=$out/profile/callgrind.out.%p" --dump-instr=no
+        "--callgrind-out-file=$out/profile/callgrind.out.%p"
     start_nginx 1 off valgrind --tool=callgrind "--callgrind-out-file=$out/profile/callgrind.out.%p"
     for size in 1KiB 64KiB; do
         url=$(url_of "$size")
         nurl="http://127.0.0.1:$nginx_port/${url#http://127.0.0.1:"$perch_port"/}"
-        wrk -t1 -c4 -d2s "$url" >/dev/null 2>&1
-        wrk -t1 -c4 -d2s "$nurl" >/dev/null 2>&1
-        callgrind_run perch "$perch_pid" "$url" "$size"
-        callgrind_run nginx "$nginx_pid" "$nurl" "$size"
+        wrk -t1 -c4 -d3s "$url" >/dev/null 2>&1 || true
+        wrk -t1 -c4 -d3s "$nurl" >/dev/null 2>&1 || true
+        for mode in keepalive new; do
+            callgrind_run perch "$perch_pid" "$url" "$size" "$mode"
+            callgrind_run nginx "$nginx_pid" "$nurl" "$size" "$mode"
+        done
     done
 }
 
@@ -287,8 +387,9 @@ setup_objects
     echo "perch: $bin/perch; nginx: $(nginx -v 2>&1 | sed 's/.*version: //'), $(nproc) workers; $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "wrk -t1 -c$ka_conns -d$duration URL (keep-alive); wrk -t1 -c$new_conns -d$duration -H 'Connection: close' URL (new connection per request); $runs runs each, alternating"
 } | tee "$out/machine.txt"
+# Not in a pipeline: profile restarts the servers and cleanup must see their pids.
 if [ "$stage" = profile ]; then
-    profile | tee "$out/profile.txt"
+    profile > >(tee "$out/profile.txt")
 else
     measure
 fi
