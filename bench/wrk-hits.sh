@@ -221,19 +221,22 @@ measure() {
 # Requests completed in a wrk log (the "N requests in Ts" line).
 requests_of() { awk '/requests in/ { print $1 }' "$1"; }
 
-# Syscalls per request: strace -f -c attached to the server during one keep-alive wrk run.
-strace_run() { # $1: name, $2: pid (all threads/processes), $3: url, $4: size
-    local log="$out/profile/strace-$1-$4.txt" wlog="$out/profile/strace-$1-$4-wrk.txt" tracer
-    local attach=()
+# Syscalls per request: strace -f -c attached to the server during one wrk run.
+strace_run() { # $1: name, $2: pid (all threads/processes), $3: url, $4: size, $5: mode
+    local log="$out/profile/strace-$1-$4-$5.txt" wlog="$out/profile/strace-$1-$4-$5-wrk.txt" tracer
+    local attach=() args=(-t1 "-c$ka_conns" -d5s)
+    [ "$5" = new ] && args=(-t1 "-c$new_conns" -d5s -H 'Connection: close')
     for t in $2; do attach+=(-p "$t"); done
     strace -q -f -c -o "$log" "${attach[@]}" &
     tracer=$!
     sleep 1
-    wrk -t1 -c"$ka_conns" -d5s "$3" >"$wlog" 2>&1
+    wrk "${args[@]}" "$3" >"$wlog" 2>&1
     kill -INT "$tracer"
     wait "$tracer" || true
-    awk -v r="$(requests_of "$wlog")" -v n="$1 $4" '/^100.00/ || /total/ {
+    awk -v r="$(requests_of "$wlog")" -v n="$1 $4 $5" '/^100.00/ || /total/ {
         printf "%s: %d syscalls for %d requests: %.2f per request\n", n, $4, r, $4 / r }' "$log"
+    awk -v r="$(requests_of "$wlog")" 'NR > 2 && !/^---/ && !/total/ && $4 / r >= 0.01 {
+        printf "    %s %.2f", $NF, $4 / r } END { print "" }' "$log"
 }
 
 # CPU time per request, user and kernel, from /proc/PID/stat (utime, stime: all threads) over one
@@ -351,8 +354,10 @@ profile() {
     for size in 1KiB 64KiB; do
         url=$(url_of "$size")
         nurl="http://127.0.0.1:$nginx_port/${url#http://127.0.0.1:"$perch_port"/}"
-        strace_run perch "$perch_pid" "$url" "$size"
-        strace_run nginx "$workers" "$nurl" "$size"
+        for mode in keepalive new; do
+            strace_run perch "$perch_pid" "$url" "$size" "$mode"
+            strace_run nginx "$workers" "$nurl" "$size" "$mode"
+        done
         perf_run perch "$perch_pid" "$url" "$size"
         perf_run nginx "$(echo "$workers" | xargs | tr ' ' ',')" "$nurl" "$size"
     done
