@@ -208,14 +208,22 @@ measure() {
                 nm=$(awk -v s="$size" -v m="$mode" '$1 == s && $2 == m { print $5 }' "$out/runs.tsv" | median)
                 lo=$(awk -v s="$size" -v m="$mode" '$1 == s && $2 == m { print $4 / $5 }' "$out/runs.tsv" | sort -g | head -1)
                 hi=$(awk -v s="$size" -v m="$mode" '$1 == s && $2 == m { print $4 / $5 }' "$out/runs.tsv" | sort -g | tail -1)
-                awk -v s="$size" -v l="$label" -v p="$pm" -v n="$nm" -v lo="$lo" -v hi="$hi" 'BEGIN {
-                    printf "| %s | %s | %d | %d | %.2f× | %.2f–%.2f |\n", s, l, p, n, p / n, lo, hi }'
+                awk -v s="$size" -v l="$label" -v p="$pm" -v n="$nm" -v lo="$lo" -v hi="$hi" '
+                    function th(x,   t) { x = sprintf("%d", x); t = ""
+                        while (length(x) > 3) { t = "," substr(x, length(x) - 2) t; x = substr(x, 1, length(x) - 3) }
+                        return x t }
+                    BEGIN { printf "| %s | %s | %s | %s | %.2f× | %.2f–%.2f× |\n", s, l, th(p), th(n), p / n, lo, hi }'
             done
         done
     } | tee "$out/table.md"
-    # Every Perch request a memory-tier hit answered by the fast path: the counters say so.
+    # Every Perch GET a hit answered by the fast path: the counters must say so.
     curl -fsS "http://127.0.0.1:$admin_port/metrics" |
         grep -E '^perch_(requests_direct|requests_total|cache_(hits|misses))' | tee "$out/metrics.txt"
+    awk '/^perch_cache_misses_total/ { miss = $2 }
+        /^perch_requests_total\{op="GetObject"/ { get += $2 }
+        /^perch_requests_direct_total\{op="GetObject"/ { direct = $2 }
+        END { if (miss != 0 || get != direct) { print "not every GET was a fast-path hit" > "/dev/stderr"; exit 1 } }' \
+        "$out/metrics.txt"
 }
 
 # Requests completed in a wrk log (the "N requests in Ts" line).
