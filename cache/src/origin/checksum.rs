@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::OriginError;
+use super::{OriginError, OriginResult};
 
 /// The flexible checksums S3 keeps per object, base64 as on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

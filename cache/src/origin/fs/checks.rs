@@ -40,12 +40,12 @@ pub(super) fn check_put(b: &Bucket, key: &str, input: &PutInput) -> OriginResult
     if let Some(m) = &input.if_match {
         match current {
             None => return Err(OriginError::NoSuchKey),
-            Some(e) if !super::etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
+            Some(e) if !crate::origin::etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
             Some(_) => {}
         }
     }
     if let (Some(n), Some(e)) = (&input.if_none_match, current)
-        && super::etag_matches(n, &e.etag)
+        && crate::origin::etag_matches(n, &e.etag)
     {
         return Err(OriginError::PreconditionFailed);
     }
