@@ -79,6 +79,10 @@ pub(crate) enum FillError {
     Rejected { status: u16, code: String, message: String },
     Unavailable(String),
     Corrupt(String),
+    /// The data dir's filesystem has no room for a copy, even once clean entries are evicted:
+    /// readers get the object from the origin without keeping it. Set before the object's
+    /// metadata is published, so that no reader has started streaming from the fill.
+    NoRoom,
 }
 
 impl FillError {
@@ -104,6 +108,10 @@ impl FillError {
                 seconds: 0,
                 last: m.clone(),
             },
+            FillError::NoRoom => OriginError::Unavailable {
+                seconds: 0,
+                last: self.to_string(),
+            },
         }
     }
 }
@@ -116,6 +124,7 @@ impl std::fmt::Display for FillError {
             FillError::Rejected { status, code, .. } => write!(f, "refused: {status} {code}"),
             FillError::Unavailable(m) => write!(f, "unavailable: {m}"),
             FillError::Corrupt(m) => write!(f, "corrupt: {m}"),
+            FillError::NoRoom => f.write_str("no room on the data dir's filesystem for a copy"),
         }
     }
 }

@@ -458,7 +458,6 @@ impl Local {
         if evicted.0.is_empty() {
             return;
         }
-        self.before_unlink();
         for id in evicted.0 {
             self.stats.evictions.get_or_create(&DISK).inc();
             match self.index.key_of_blob(id) {
@@ -471,8 +470,12 @@ impl Local {
                             continue;
                         }
                     }
+                    // Under the key's lock, which a release of this blob's version holds until
+                    // its flag is raised: the flag is seen here (see `Journal::release_locked`).
+                    // Once it is down, the swap costs nothing.
+                    self.before_unlink();
                 }
-                Ok(None) => {}
+                Ok(None) => self.before_unlink(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot look up an evicted blob");
                     continue;
