@@ -19,9 +19,9 @@ use tokio::sync::watch;
 
 use crate::key::ObjectKey;
 use crate::local::TempGuard;
-use crate::local::room::{is_no_space, preallocate};
 use crate::local::blobs::BlockCrcs;
 use crate::local::fills::{Fill, FillError, Progress};
+use crate::local::room::{is_no_space, preallocate};
 use crate::md5_asm::Md5;
 use crate::origin::checksum;
 use crate::origin::{ByteRange, ChecksumAlgorithm, ChecksumType, Conditions, ObjectMeta, OriginError};
@@ -219,8 +219,13 @@ impl Reader {
         let _cleanup = TempGuard(temp.clone());
         // Decided before any reader sees the object, so that all of them can go to the origin
         // instead (see `FillError::NoRoom`).
-        if !self.room_for_fill(&write_file, size).await {
-            tracing::info!(key, size, "the data dir's filesystem has no room for a fetched object: served without keeping it");
+        let kept = size <= self.local.keep_limit() && !self.bypasses(okey);
+        if !self.room_for_fill(&write_file, size, kept).await {
+            tracing::info!(
+                key,
+                size,
+                "the data dir's filesystem has no room for a fetched object: served without keeping it"
+            );
             self.local.make_room_soon();
             return Err(FillError::NoRoom);
         }
@@ -330,12 +335,12 @@ impl Reader {
         }
         // The entry is kept before the last chunk is released: a client that read a miss to its
         // end and asks again gets a hit.
-        if !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() && !self.bypasses(okey) {
+        if !fill.stale.load(Ordering::SeqCst) && kept {
             let local = self.local.clone();
             let (okey, meta, fill) = (okey.clone(), meta.clone(), fill.clone());
-            let kept =
+            let outcome =
                 tokio::task::spawn_blocking(move || local.keep_fetched(&okey, &temp, &meta, written.crcs, &fill)).await;
-            match kept {
+            match outcome {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(key, error = %e, "could not keep a fetched object in the cache"),
                 Err(e) => tracing::warn!(key, error = %e, "could not keep a fetched object in the cache"),
@@ -353,11 +358,15 @@ impl Reader {
 
 impl Reader {
     /// Takes room for a fetched body of `size` bytes on the data dir's filesystem, in `file`: a
-    /// fill is a cache, so it evicts clean entries for its room but never takes the reserve (the
-    /// writes' room); then allocates it, so that writing the body cannot fail half-way for want
-    /// of space. `false`: no room can be had now.
-    async fn room_for_fill(&self, file: &File, size: u64) -> bool {
+    /// fill is a cache, so it evicts clean entries for its room (only if it is to be `kept`: a
+    /// body passing through is not worth them) but never takes the reserve (the writes' room);
+    /// then allocates it, so that writing the body cannot fail half-way for want of space.
+    /// `false`: no room can be had now.
+    async fn room_for_fill(&self, file: &File, size: u64, kept: bool) -> bool {
         if self.local.room.shortfall(size) > 0 {
+            if !kept {
+                return false;
+            }
             let local = self.local.clone();
             let short = tokio::task::spawn_blocking(move || local.make_room(size))
                 .await

@@ -76,12 +76,15 @@ impl Progress {
 pub(crate) enum FillError {
     NoSuchKey,
     NoSuchBucket,
-    Rejected { status: u16, code: String, message: String },
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
     Unavailable(String),
     Corrupt(String),
-    /// The data dir's filesystem has no room for a copy, even once clean entries are evicted:
-    /// readers get the object from the origin without keeping it. Set before the object's
-    /// metadata is published, so that no reader has started streaming from the fill.
+    /// No room for a copy on the data dir's filesystem, even after evicting: readers get the
+    /// object from the origin, not kept (set before any reader streams from the fill).
     NoRoom,
 }
 

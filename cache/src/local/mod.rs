@@ -470,9 +470,7 @@ impl Local {
                             continue;
                         }
                     }
-                    // Under the key's lock, which a release of this blob's version holds until
-                    // its flag is raised: the flag is seen here (see `Journal::release_locked`).
-                    // Once it is down, the swap costs nothing.
+                    // Under the key lock a release holds until its flag is up (`release_locked`).
                     self.before_unlink();
                 }
                 Ok(None) => self.before_unlink(),

@@ -832,7 +832,7 @@ fn an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs() {
     let _turn = machine::alone();
     // A disk tier of 1 MiB: four of these bodies fit, a fifth evicts the oldest.
     let mut rig = Rig::start_with(
-        vec![("PERCH_PAUSE_POINT".to_owned(), "release_write:5000".to_owned())],
+        vec![("PERCH_PAUSE_POINT".to_owned(), "release_write:10000".to_owned())],
         "1MiB",
     );
     rig.proxy.faults(r#"{"latency_ms": 0}"#);
