@@ -792,10 +792,11 @@ fn blob_holding(dir: &Path, body: &[u8]) -> Option<PathBuf> {
             let path = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => dirs.push(path),
-                Ok(_) if e.metadata().is_ok_and(|m| m.len() == body.len() as u64) => {
-                    if std::fs::read(&path).is_ok_and(|b| b == body) {
-                        return Some(path);
-                    }
+                Ok(_)
+                    if e.metadata().is_ok_and(|m| m.len() == body.len() as u64)
+                        && std::fs::read(&path).is_ok_and(|b| b == body) =>
+                {
+                    return Some(path);
                 }
                 _ => {}
             }
