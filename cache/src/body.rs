@@ -76,7 +76,7 @@ pub(crate) async fn spool(mut stream: ByteStream, len: u64, temp: &Path) -> std:
             format!("the body ended after {got} of {len} bytes"),
         )
     };
-    if len <= IN_MEMORY_MAX {
+    if !spools_to_file(len) {
         let mut buf = BytesMut::with_capacity(len as usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -92,9 +92,33 @@ pub(crate) async fn spool(mut stream: ByteStream, len: u64, temp: &Path) -> std:
             _guard: None,
         });
     }
-    use tokio::io::AsyncWriteExt;
     let guard = TempGuard(temp.to_owned());
-    let mut file = tokio::fs::File::create(temp).await?;
+    let file = tokio::fs::File::create(temp).await?;
+    spool_into(stream, len, temp, file, guard).await
+}
+
+/// Whether `spool` lands a body of `len` bytes in a file (else in memory).
+pub(crate) fn spools_to_file(len: u64) -> bool {
+    len > IN_MEMORY_MAX
+}
+
+/// `spool` into `file`, just created at `temp` (its room already taken, when the caller wants
+/// it: see `Journal::allocate`); `guard` removes it unless the body is kept.
+pub(crate) async fn spool_into(
+    mut stream: ByteStream,
+    len: u64,
+    temp: &Path,
+    mut file: tokio::fs::File,
+    guard: TempGuard,
+) -> std::io::Result<Spooled> {
+    use tokio::io::AsyncWriteExt;
+    let mut digest = BodyDigest::new();
+    let short = |got: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the body ended after {got} of {len} bytes"),
+        )
+    };
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;

@@ -9,6 +9,7 @@ mod multipart;
 mod warm;
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -17,13 +18,13 @@ use std::time::{Duration, SystemTime};
 use perch_policy::{Method, Prefetch, RewrittenKeys, WriteMode, is_reserved};
 use prometheus_client::registry::Registry;
 
-use crate::body::{Digested, spool};
+use crate::body::{Digested, spool, spool_into, spools_to_file};
 use crate::error::{CacheError, StoreResult};
 use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
-use crate::local::{Local, LocalConfig, lock};
+use crate::local::{Local, LocalConfig, TempGuard, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
@@ -311,7 +312,17 @@ impl Store {
             })?;
         let src_meta = source.output.meta;
         let temp = self.local.blobs.temp_path();
-        let landed = spool(source.output.body, src_meta.size, &temp).await?;
+        let landed = if spools_to_file(src_meta.size) {
+            // A copy is a write: its body takes its room on the data dir's filesystem first, as a
+            // PUT's spooled body does, waiting for it (clean entries evicted, uploads done) up to
+            // `--dirty-wait-max`, then 503 SlowDown. A body kept in memory waits in the commit.
+            let guard = TempGuard(temp.clone());
+            let file = tokio::fs::File::create(&temp).await?;
+            self.journal.allocate(file.as_fd(), src_meta.size).await?;
+            spool_into(source.output.body, src_meta.size, &temp, file, guard).await?
+        } else {
+            spool(source.output.body, src_meta.size, &temp).await?
+        };
         let headers = match copy.directive {
             MetadataDirective::Copy => src_meta.headers,
             MetadataDirective::Replace(h) => h,
