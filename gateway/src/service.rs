@@ -17,7 +17,7 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
 use crate::front;
-use crate::spool::{self, Declared};
+use crate::spool::{self, Declared, SpoolSync};
 
 pub struct Gateway {
     /// Every object, listing, multipart and bucket call goes to the store.
@@ -362,7 +362,15 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir, &self.store).await?;
+        let body = spool::receive(
+            input.body,
+            declared,
+            trailers.as_ref(),
+            &self.spool_dir,
+            &self.store,
+            SpoolSync::InCommit,
+        )
+        .await?;
         let put = PutInput {
             headers: content_headers!(input),
             checksums: body.checksums.clone(),
@@ -662,7 +670,15 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir, &self.store).await?;
+        let body = spool::receive(
+            input.body,
+            declared,
+            trailers.as_ref(),
+            &self.spool_dir,
+            &self.store,
+            SpoolSync::Here,
+        )
+        .await?;
         let out = self
             .store
             .upload_part(

@@ -9,17 +9,81 @@ use perch_cache::{BodyDigest, Checksums, Digested, PutBody};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
-use tokio::io::AsyncWriteExt;
 
-/// Bodies below this size stay in memory; larger ones go to a temp file under the data dir, which
-/// is fsynced while the MD5 is finished (a write-back commit then has no body left to sync).
+/// Bodies below this size stay in memory; larger ones go to a temp file under the data dir,
+/// written as they arrive on a thread of their own.
 const IN_MEMORY_MAX: u64 = 1 << 20;
 /// Bodies from this size on get their MD5 and CRCs computed on a thread of their own, beside the
 /// SHA-256 the signature check computes on the receiving task.
 const DIGEST_BESIDE_MIN: u64 = 1 << 20;
-/// A spool file's pages are handed to the disk every this many bytes, so that the fsync of the
-/// commit has only the tail left to write.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+/// A spool file's pages are handed to the disk every this many bytes while the body arrives, so
+/// that the fsync that makes it durable has little left to write.
+const WRITEBACK_EVERY: u64 = 256 << 10;
+
+/// Who makes a spool file durable: `receive` before it returns (a part, staged by copying it), or
+/// the commit that renames it to its blob name and fsyncs it there (a PUT: the body is synced
+/// once, under its final name, beside its directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolSync {
+    Here,
+    InCommit,
+}
+
+/// Writes a spool file on a blocking thread as the chunks come (the receiving task only hands
+/// them over), starting the disk writes every `WRITEBACK_EVERY` bytes.
+struct SpoolWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<std::io::Result<std::fs::File>>,
+}
+
+impl SpoolWriter {
+    fn new(file: std::fs::File) -> SpoolWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = file;
+            let (mut written, mut handed) = (0u64, 0u64);
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                if written - handed >= WRITEBACK_EVERY {
+                    perch_cache::start_writeback(&file, handed, written - handed);
+                    handed = written;
+                }
+            }
+            if written > handed {
+                perch_cache::start_writeback(&file, handed, written - handed);
+            }
+            Ok(file)
+        });
+        SpoolWriter { tx, done }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> S3Result<()> {
+        if self.tx.send(chunk).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stopped at an error: that error is the answer.
+        Err(internal(match (&mut self.done).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => std::io::Error::other("the spool writer ended early"),
+            Err(e) => std::io::Error::other(e),
+        }))
+    }
+
+    /// Waits until every chunk is written (and, with `SpoolSync::Here`, fsynced).
+    async fn finish(self, sync: SpoolSync) -> std::io::Result<()> {
+        let SpoolWriter { tx, done } = self;
+        drop(tx);
+        let file = done.await.map_err(std::io::Error::other)??;
+        if sync == SpoolSync::Here && !perch_cache::skips_sync(perch_cache::SyncStep::Blob) {
+            tokio::task::spawn_blocking(move || file.sync_all())
+                .await
+                .map_err(std::io::Error::other)??;
+        }
+        Ok(())
+    }
+}
 
 /// What the store keeps of a body (its MD5, the ETag, and its block checksums), computed inline
 /// for small bodies and on a blocking thread for large ones.
@@ -71,28 +135,8 @@ impl Digests {
     }
 }
 
-/// Starts writing `len` bytes at `offset` of `file` to disk without waiting (Linux
-/// `sync_file_range`); elsewhere, or if it fails, the commit's fsync does it all.
-fn start_writeback(file: &tokio::fs::File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on a descriptor `file` keeps open; it touches no memory of ours.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
-}
-
-/// A verified body. A file-backed one is durable (fsynced), and removed when this is dropped unless
-/// a write-back commit renamed it into place.
+/// A verified body. A file-backed one is written (and fsynced with `SpoolSync::Here`), and removed
+/// when this is dropped unless a commit renamed it into place.
 pub struct Spooled {
     pub body: PutBody,
     /// The checksums the client declared, all verified.
@@ -228,13 +272,14 @@ fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -
 /// than it declared is cut; the declared length was checked against --body-bytes-max before
 /// (`server`), and s3s requires one. A temp file's room is allocated before the body is read
 /// (`Store::allocate`): while the data dir's filesystem is full, the request waits for room
-/// before it reads on, so a body is never cut by a full disk.
+/// before it reads on, so a body is never cut by a full disk. `sync` says who fsyncs a temp file.
 pub async fn receive(
     body: Option<StreamingBlob>,
     declared: Declared<'_>,
     trailers: Option<&s3s::TrailingHeaders>,
     dir: &Path,
     store: &perch_cache::Store,
+    sync: SpoolSync,
 ) -> S3Result<Spooled> {
     let mut hasher = hasher_for(&declared)?;
     let expected_len = match declared.content_length {
@@ -259,11 +304,10 @@ pub async fn receive(
                 .await
                 .map_err(crate::convert::store_error)?;
         }
-        file = Some(tokio::io::BufWriter::with_capacity(1 << 20, f));
+        file = Some(SpoolWriter::new(f.into_std().await));
     }
 
     let mut len: u64 = 0;
-    let mut written_back: u64 = 0;
     if let Some(mut stream) = body {
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
@@ -277,14 +321,7 @@ pub async fn receive(
             digests.update(&chunk).await?;
             hasher.update(&chunk);
             match &mut file {
-                Some(f) => {
-                    f.write_all(&chunk).await.map_err(internal)?;
-                    if len - written_back >= WRITEBACK_EVERY {
-                        f.flush().await.map_err(internal)?;
-                        start_writeback(f.get_ref(), written_back, len - written_back);
-                        written_back = len;
-                    }
-                }
+                Some(f) => f.write(chunk).await?,
                 None => mem.extend_from_slice(&chunk),
             }
         }
@@ -295,17 +332,11 @@ pub async fn receive(
             "The request body ended before its declared length."
         ));
     }
-    // The spool file is made durable while the MD5 is finished: a write-back commit renames it
-    // into place without writing it again.
+    // The spool file's last chunks are written (and its pages handed to the disk) while the MD5
+    // is finished; a commit renames it into place and fsyncs it there.
     let synced = async {
         match file.take() {
-            Some(mut f) => {
-                f.flush().await?;
-                if perch_cache::skips_sync(perch_cache::SyncStep::Blob) {
-                    return Ok(());
-                }
-                f.into_inner().sync_all().await
-            }
+            Some(f) => f.finish(sync).await,
             None => Ok(()),
         }
     };

@@ -21,8 +21,8 @@ use crate::local::room::{is_no_space, preallocate};
 use crate::local::{TempGuard, lock};
 use crate::origin::ObjectMeta;
 
-/// Where a new version's body is: a verified spool file, already fsynced (renamed into place), or
-/// memory.
+/// Where a new version's body is: a verified spool file on the data dir's filesystem (written,
+/// perhaps not yet synced: the commit fsyncs it under its blob name), or memory.
 pub(crate) enum NewBody {
     File(PathBuf),
     Bytes(Bytes),
@@ -130,7 +130,7 @@ impl EpochGuard<'_> {
 
 impl Journal {
     /// Commits a PUT version of `okey` (its body already verified) and returns its sequence
-    /// number once it is durable: blob fsynced, renamed, directory fsynced, batch synced. Waits
+    /// number once it is durable: blob renamed, blob and directory fsynced, batch synced. Waits
     /// for room first when more than `--dirty-bytes-max` is waiting for upload.
     pub(crate) async fn commit_put(
         self: &Arc<Self>,
@@ -335,9 +335,9 @@ impl Journal {
         mode: WriteMode,
     ) -> StoreResult<u64> {
         let deadline = Instant::now() + self.cfg.dirty_wait_max;
-        // 1. The body, durable under a temp name.
+        // 1. The body, written under a temp name (not synced yet: step 2 syncs it).
         let (temp, put) = match put {
-            Some((body, put)) => (Some(self.durable_temp(body, deadline)?), Some(put)),
+            Some((body, put)) => (Some(self.written_temp(body, deadline)?), Some(put)),
             None => (None, None),
         };
         let _temp_guard = temp.clone().map(TempGuard);
@@ -350,11 +350,13 @@ impl Journal {
             _ => EpochGuard::Shared(self.epoch.read().map_err(|_| poisoned())?),
         };
         let seq = self.while_no_space(deadline, || self.local.index.next_blob_id())?;
-        // 2. Renamed to its sequence number, and the name made durable.
+        // 2. Renamed to its sequence number first, then the blob and its directory fsynced side
+        // by side: both syncs are done before step 3 starts, and one filesystem journal commit
+        // can serve both (the name is in place when the blob's fsync starts).
         if let Some(temp) = &temp {
             self.local.blobs.commit(temp, seq)?;
             fail_point("blob_renamed");
-            self.while_no_space(deadline, || Ok(self.local.blobs.sync_dir(seq)?))?;
+            self.sync_blob_and_dir(seq, deadline)?;
             fail_point("dir_synced");
         }
         let stage = epoch.get() * 2 + u64::from(mode == WriteMode::Barrier);
@@ -421,9 +423,31 @@ impl Journal {
         Ok(seq)
     }
 
-    /// Writes (or moves) a body into a temp file of the blob directory and fsyncs it; a body in
-    /// memory is written again while the filesystem is full, up to `deadline`.
-    fn durable_temp(&self, body: NewBody, deadline: Instant) -> StoreResult<PathBuf> {
+    /// Fsyncs blob `seq` (its data and size) on this thread and, at the same time on another,
+    /// the directory its name is in; returns once both are done. A directory fsync that meets a
+    /// full filesystem is tried again (up to `deadline`); a failed blob fsync is not (the pages
+    /// it could not write may be gone: only writing the body again would be safe), it fails the
+    /// commit.
+    fn sync_blob_and_dir(&self, seq: u64, deadline: Instant) -> StoreResult<()> {
+        let path = self.local.blobs.path(seq);
+        std::thread::scope(|scope| {
+            let dir = scope.spawn(|| self.while_no_space(deadline, || Ok(self.local.blobs.sync_dir(seq)?)));
+            let blob = std::fs::File::open(&path).and_then(|f| crate::durable::sync_file(&f));
+            if blob.is_ok() {
+                fail_point("blob_synced");
+            }
+            let dir = dir
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::from(std::io::Error::other("the directory fsync panicked"))));
+            blob?;
+            dir
+        })
+    }
+
+    /// Writes (or moves) a body into a temp file of the blob directory, not synced (the commit
+    /// syncs it under its blob name), its pages handed to the disk at once; a body in memory is
+    /// written again while the filesystem is full, up to `deadline`.
+    fn written_temp(&self, body: NewBody, deadline: Instant) -> StoreResult<PathBuf> {
         let temp = self.local.blobs.temp_path();
         match body {
             NewBody::Bytes(b) => {
@@ -432,23 +456,20 @@ impl Journal {
                     let mut f = std::fs::File::create(&temp)?;
                     preallocate(&f, b.len() as u64)?;
                     std::io::Write::write_all(&mut f, &b)?;
-                    fail_point("blob_written");
-                    crate::durable::sync_file(&f)?;
+                    crate::durable::start_writeback(&f, 0, b.len() as u64);
                     Ok(())
                 })?;
                 std::mem::forget(guard);
             }
             NewBody::File(spooled) => {
-                // The spool is under the same data dir and already fsynced: a rename. Across
-                // filesystems, a copy, synced here.
+                // The spool is under the same data dir: a rename. Across filesystems, a copy.
                 if std::fs::rename(&spooled, &temp).is_err() {
-                    std::fs::copy(&spooled, &temp)?;
-                    crate::durable::sync_file(&std::fs::File::open(&temp)?)?;
+                    let len = std::fs::copy(&spooled, &temp)?;
+                    crate::durable::start_writeback(&std::fs::File::open(&temp)?, 0, len);
                 }
-                fail_point("blob_written");
             }
         }
-        fail_point("blob_synced");
+        fail_point("blob_written");
         Ok(temp)
     }
 }

@@ -659,9 +659,10 @@ fn flush_and_compare(s: &Stack, models: &[Arc<Mutex<Model>>], round: u64) {
     }
 }
 
-/// kill -9 keeps the page cache, so only the syscalls show a missing fsync: under strace, the
-/// answer to a PUT is written only after the blob's fsync, its rename, the directory's fsync and
-/// the sync of RocksDB's log (the synced batch), in that order.
+/// kill -9 keeps the page cache, so only the syscalls show a missing fsync: under strace, a PUT's
+/// body is renamed to its blob name, then the blob and that directory are fsynced (both started
+/// after the rename, side by side), then RocksDB's log is synced (the batch, started after both
+/// fsyncs returned), and only then is the answer written.
 #[test]
 fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     let _turn = machine::share();
@@ -694,7 +695,7 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     });
     create_bucket(perch.addr);
     // A body kept in memory (written to the blob's temp file at commit) and one spooled to a file
-    // while it arrives (fsynced while its MD5 is finished).
+    // while it arrives (written out while its MD5 is finished).
     let bodies = [pattern(100 << 10, 41), pattern(2 << 20, 42)];
     for (i, body) in bodies.iter().enumerate() {
         let r = Req::object(
@@ -720,22 +721,26 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     assert!(status.success());
     let text = std::fs::read_to_string(&trace).expect("trace");
     // A syscall interrupted by another thread's is split in two lines ("<unfinished ...>", then
-    // "<... NAME resumed>"): joined here, at the place where it completed.
-    let mut started: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    // "<... NAME resumed>"): joined here, at the place where it completed; `started` keeps the
+    // place where it began.
+    let mut open: std::collections::HashMap<&str, (&str, usize)> = std::collections::HashMap::new();
     let mut joined: Vec<String> = Vec::new();
+    let mut started: Vec<usize> = Vec::new();
     for l in text.lines() {
         let pid = l.split_whitespace().next().unwrap_or("");
         if let Some(head) = l.strip_suffix(" <unfinished ...>") {
-            started.insert(pid, head);
+            open.insert(pid, (head, joined.len()));
             continue;
         }
         if let Some(at) = l.find(" resumed>")
             && l.contains("<... ")
-            && let Some(head) = started.remove(pid)
+            && let Some((head, start)) = open.remove(pid)
         {
             joined.push(format!("{head}{}", &l[at + " resumed>".len()..]));
+            started.push(start);
             continue;
         }
+        started.push(joined.len());
         joined.push(l.to_owned());
     }
     let lines: Vec<&str> = joined.iter().map(String::as_str).collect();
@@ -753,18 +758,12 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     };
     let blobs = data_dir.join("cache").join("blobs");
     let tmp_dir = format!("{}/tmp/", blobs.display());
-    let spool_dir = format!("{}/tmp/spool-", data_dir.display());
     // Each PUT's answer comes after its own syncs, in order; the second PUT is searched for after
     // the first one's answer.
     let mut from = 0;
     for put in 0..bodies.len() {
-        let blob_fsync = find(
-            from,
-            &|l| l.contains("fsync(") && (l.contains(&tmp_dir) || l.contains(&spool_dir)) && l.ends_with("= 0"),
-            "fsync of the body",
-        );
         let rename = find(
-            blob_fsync,
+            from,
             &|l| {
                 l.contains("rename")
                     && l.contains(&tmp_dir)
@@ -773,23 +772,42 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
             },
             "rename of the blob",
         );
-        let dir_fsync = find(
-            rename,
-            &|l| {
-                l.contains("fsync(")
-                    && l.contains(&format!("{}/", blobs.display()))
-                    && !l.contains(&tmp_dir)
-                    && l.ends_with(">) = 0")
-            },
-            "fsync of the blob's directory",
-        );
+        // rename("<temp>", "<blob>") = 0: the blob's name and its directory's.
+        let blob = lines[rename].split('"').nth(3).expect("the rename's target").to_owned();
+        let dir = blob.rsplit_once('/').expect("a directory").0.to_owned();
+        assert!(!blob.contains("/tmp/"), "PUT {put}: renamed to {blob}");
+        let synced = |path: &str| {
+            let fd_of = format!("<{path}>)");
+            find(
+                rename,
+                &|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(&fd_of) && l.ends_with("= 0"),
+                &format!("fsync of {path}"),
+            )
+        };
+        let (blob_fsync, dir_fsync) = (synced(&blob), synced(&dir));
+        for (what, at) in [("blob", blob_fsync), ("directory", dir_fsync)] {
+            assert!(
+                started[at] > rename,
+                "PUT {put}: the {what} fsync began before the rename:\n{}",
+                lines[started[at]..=rename].join("\n")
+            );
+        }
+        let synced_both = blob_fsync.max(dir_fsync);
         let wal_sync = find(
-            dir_fsync,
+            synced_both,
             &|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains(".log>") && l.contains("/index/"),
             "sync of RocksDB's log",
         );
+        // The log's sync that carries the batch began once both fsyncs had returned.
+        let wal_write = lines[synced_both..wal_sync]
+            .iter()
+            .position(|l| l.contains("write(") && l.contains(".log>") && l.contains("/index/"));
+        assert!(
+            wal_write.is_some() || started[wal_sync] > synced_both,
+            "PUT {put}: RocksDB's log was synced before the blob and its directory"
+        );
         let answer = find(wal_sync, &|l| l.contains("HTTP/1.1 200"), "the HTTP 200 answer");
-        let early = lines[blob_fsync..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
+        let early = lines[rename..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
         assert!(
             early.is_none(),
             "PUT {put}: an answer was written before the syncs: {early:?}"
