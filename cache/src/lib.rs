@@ -29,7 +29,7 @@ mod seed;
 mod store;
 mod uploader;
 
-pub use body::{BodyDigest, Digested};
+pub use body::{BodyDigest, Digested, PromisedDigest};
 pub use durable::{SyncStep, skips_sync, start_writeback};
 pub use error::{CacheError, StoreError, StoreResult};
 pub use journal::offline::{JournalProblem, OfflineJournal};

@@ -362,7 +362,13 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(
+        // `_file` removes the spool file once the store is done with it (a commit renames it).
+        let spool::Spooled {
+            body,
+            checksums,
+            digest,
+            file: _file,
+        } = spool::receive(
             input.body,
             declared,
             trailers.as_ref(),
@@ -373,8 +379,8 @@ impl S3 for Gateway {
         .await?;
         let put = PutInput {
             headers: content_headers!(input),
-            checksums: body.checksums.clone(),
-            body: body.body.clone(),
+            checksums,
+            body,
             if_match: input.if_match.as_ref().map(convert::etag_condition),
             if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
             content_md5: None,
@@ -382,7 +388,7 @@ impl S3 for Gateway {
         };
         let out = self
             .store
-            .put(&input.bucket, &input.key, put, body.digest.clone())
+            .put(&input.bucket, &input.key, put, digest)
             .await
             .map_err(store_error)?;
         Ok(S3Response::new(put_output(&out.etag, out.checksums)))

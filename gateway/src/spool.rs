@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use perch_cache::{BodyDigest, Checksums, Digested, PutBody};
+use perch_cache::{BodyDigest, Checksums, Digested, PromisedDigest, PutBody};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
@@ -91,7 +91,7 @@ enum Digests {
     Inline(BodyDigest),
     Beside {
         tx: tokio::sync::mpsc::Sender<Bytes>,
-        done: tokio::task::JoinHandle<Digested>,
+        done: tokio::sync::oneshot::Receiver<Digested>,
     },
 }
 
@@ -101,12 +101,13 @@ impl Digests {
             return Digests::Inline(BodyDigest::new());
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-        let done = tokio::task::spawn_blocking(move || {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
             let mut digest = BodyDigest::new();
             while let Some(chunk) = rx.blocking_recv() {
                 digest.update(&chunk);
             }
-            digest.finish()
+            let _ = done_tx.send(digest.finish());
         });
         Digests::Beside { tx, done }
     }
@@ -124,33 +125,42 @@ impl Digests {
         }
     }
 
-    async fn finish(self) -> S3Result<Digested> {
+    /// The body has ended: its digest, which a large body's thread may still be finishing.
+    fn promise(self) -> PromisedDigest {
         match self {
-            Digests::Inline(digest) => Ok(digest.finish()),
+            Digests::Inline(digest) => PromisedDigest::Ready(digest.finish()),
             Digests::Beside { tx, done } => {
                 drop(tx);
-                done.await.map_err(|e| internal(std::io::Error::other(e)))
+                PromisedDigest::Computing(done)
             }
         }
     }
+
+    async fn finish(self) -> S3Result<Digested> {
+        self.promise().wait().await.map_err(internal)
+    }
 }
 
-/// A verified body. A file-backed one is written (and fsynced with `SpoolSync::Here`), and removed
-/// when this is dropped unless a commit renamed it into place.
+/// A verified body. A file-backed one is written (and fsynced with `SpoolSync::Here`).
 pub struct Spooled {
     pub body: PutBody,
     /// The checksums the client declared, all verified.
     pub checksums: Checksums,
-    /// What the store keeps of the body: its MD5 (the ETag) and block checksums.
-    pub digest: Digested,
-    _file: Option<TempFile>,
+    /// What the store keeps of the body: its MD5 (the ETag) and block checksums. Without a
+    /// Content-MD5 to check, a large body's may still be computing (the commit waits for it
+    /// after the body's syncs).
+    pub digest: PromisedDigest,
+    /// Removes the spool file when dropped, unless a commit renamed it into place.
+    pub file: SpoolFile,
 }
 
-struct TempFile(PathBuf);
+pub struct SpoolFile(Option<PathBuf>);
 
-impl Drop for TempFile {
+impl Drop for SpoolFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -292,11 +302,12 @@ pub async fn receive(
 
     let mut mem = BytesMut::new();
     let mut file = None;
-    let mut temp = None;
+    // Removes the file on every early return.
+    let mut temp = SpoolFile(None);
     if to_file {
         let path = dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
         let f = tokio::fs::File::create(&path).await.map_err(internal)?;
-        temp = Some(TempFile(path));
+        temp = SpoolFile(Some(path));
         if let Some(len) = expected_len {
             use std::os::fd::AsFd;
             store
@@ -340,20 +351,30 @@ pub async fn receive(
             None => Ok(()),
         }
     };
-    let (digested, synced) = tokio::join!(digests.finish(), synced);
-    synced.map_err(internal)?;
-    let digest = digested?;
-    if let Some(content_md5) = declared.content_md5 {
-        let given = base64_simd::STANDARD
-            .decode_to_vec(content_md5)
-            .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
-        if given.as_slice() != digest.md5().as_slice() {
-            return Err(s3_error!(
-                BadDigest,
-                "The Content-MD5 you specified did not match what we received."
-            ));
+    // A Content-MD5 is checked before anything is committed; without one, a large body's MD5 is
+    // left to finish beside the commit's syncs.
+    let digest = match declared.content_md5 {
+        Some(content_md5) => {
+            let (digested, synced) = tokio::join!(digests.finish(), synced);
+            synced.map_err(internal)?;
+            let digest = digested?;
+            let given = base64_simd::STANDARD
+                .decode_to_vec(content_md5)
+                .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
+            if given.as_slice() != digest.md5().as_slice() {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The Content-MD5 you specified did not match what we received."
+                ));
+            }
+            PromisedDigest::Ready(digest)
         }
-    }
+        None => {
+            let digest = digests.promise();
+            synced.await.map_err(internal)?;
+            digest
+        }
+    };
 
     let mut checksums = declared.checksums;
     apply_trailers(&mut checksums, trailers)?;
@@ -372,15 +393,18 @@ pub async fn receive(
         sha256: checksums.sha256.or(computed.checksum_sha256),
     };
 
-    let body = match &temp {
-        Some(t) => PutBody::File { path: t.0.clone(), len },
+    let body = match &temp.0 {
+        Some(path) => PutBody::File {
+            path: path.clone(),
+            len,
+        },
         None => PutBody::Bytes(mem.freeze()),
     };
     Ok(Spooled {
         body,
         checksums,
         digest,
-        _file: temp,
+        file: temp,
     })
 }
 
