@@ -1,7 +1,195 @@
-//! Computing flexible checksums: one algorithm over a body, and the composite checksum of a
-//! multipart upload. Values are base64 as on the wire; CRCs are big-endian, as S3 encodes them.
+//! Flexible checksums: the values S3 keeps per object, the algorithms and types, one algorithm
+//! computed over a body, and the composite checksum of a multipart upload. Values are base64 as on
+//! the wire; CRCs are big-endian, as S3 encodes them.
 
-use super::ChecksumAlgorithm;
+use serde::{Deserialize, Serialize};
+
+use super::{OriginError, OriginResult};
+
+/// The flexible checksums S3 keeps per object, base64 as on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    pub crc32: Option<String>,
+    pub crc32c: Option<String>,
+    pub crc64nvme: Option<String>,
+    pub sha1: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl Checksums {
+    pub fn is_empty(&self) -> bool {
+        self.crc32.is_none()
+            && self.crc32c.is_none()
+            && self.crc64nvme.is_none()
+            && self.sha1.is_none()
+            && self.sha256.is_none()
+    }
+
+    /// Only `value`, as the checksum of `algorithm`.
+    pub fn only(algorithm: ChecksumAlgorithm, value: String) -> Checksums {
+        let mut c = Checksums::default();
+        *c.slot(algorithm) = Some(value);
+        c
+    }
+
+    /// The value of one algorithm.
+    pub fn get(&self, algorithm: ChecksumAlgorithm) -> Option<&str> {
+        match algorithm {
+            ChecksumAlgorithm::Crc32 => self.crc32.as_deref(),
+            ChecksumAlgorithm::Crc32c => self.crc32c.as_deref(),
+            ChecksumAlgorithm::Crc64nvme => self.crc64nvme.as_deref(),
+            ChecksumAlgorithm::Sha1 => self.sha1.as_deref(),
+            ChecksumAlgorithm::Sha256 => self.sha256.as_deref(),
+        }
+    }
+
+    /// The field of one algorithm.
+    pub fn slot(&mut self, algorithm: ChecksumAlgorithm) -> &mut Option<String> {
+        match algorithm {
+            ChecksumAlgorithm::Crc32 => &mut self.crc32,
+            ChecksumAlgorithm::Crc32c => &mut self.crc32c,
+            ChecksumAlgorithm::Crc64nvme => &mut self.crc64nvme,
+            ChecksumAlgorithm::Sha1 => &mut self.sha1,
+            ChecksumAlgorithm::Sha256 => &mut self.sha256,
+        }
+    }
+
+    /// The algorithms that have a value, with it.
+    pub fn iter(&self) -> impl Iterator<Item = (ChecksumAlgorithm, &str)> {
+        ChecksumAlgorithm::ALL
+            .into_iter()
+            .filter_map(|a| self.get(a).map(|v| (a, v)))
+    }
+
+    /// `x-amz-checksum-type` of an object with these checksums: COMPOSITE when a value ends in the
+    /// `-<parts>` of a composite multipart checksum, FULL_OBJECT otherwise; `None` without checksums.
+    /// (moto 5.2 answers HeadObject with a composite checksum without its `-<parts>`; an object of an
+    /// S3Origin over moto is then reported FULL_OBJECT.)
+    pub fn checksum_type(&self) -> Option<ChecksumType> {
+        let composite = |v: &str| {
+            v.rsplit_once('-')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        };
+        let mut values = self.iter().map(|(_, v)| v).peekable();
+        values.peek()?;
+        if values.any(composite) {
+            Some(ChecksumType::Composite)
+        } else {
+            Some(ChecksumType::FullObject)
+        }
+    }
+}
+
+/// A flexible-checksum algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChecksumAlgorithm {
+    Crc32,
+    Crc32c,
+    Crc64nvme,
+    Sha1,
+    Sha256,
+}
+
+impl ChecksumAlgorithm {
+    pub const ALL: [ChecksumAlgorithm; 5] = [
+        ChecksumAlgorithm::Crc32,
+        ChecksumAlgorithm::Crc32c,
+        ChecksumAlgorithm::Crc64nvme,
+        ChecksumAlgorithm::Sha1,
+        ChecksumAlgorithm::Sha256,
+    ];
+
+    /// The name S3 gives it (`x-amz-checksum-algorithm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Crc32 => "CRC32",
+            ChecksumAlgorithm::Crc32c => "CRC32C",
+            ChecksumAlgorithm::Crc64nvme => "CRC64NVME",
+            ChecksumAlgorithm::Sha1 => "SHA1",
+            ChecksumAlgorithm::Sha256 => "SHA256",
+        }
+    }
+
+    /// An algorithm by its S3 name, in any case.
+    pub fn parse(name: &str) -> Option<ChecksumAlgorithm> {
+        Self::ALL.into_iter().find(|a| a.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether a multipart upload can keep a FULL_OBJECT checksum of this algorithm (a CRC, which
+    /// combines), and whether it can keep a COMPOSITE one (not CRC64NVME).
+    fn allows(self, kind: ChecksumType) -> bool {
+        match kind {
+            ChecksumType::FullObject => !matches!(self, ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256),
+            ChecksumType::Composite => self != ChecksumAlgorithm::Crc64nvme,
+        }
+    }
+}
+
+/// How a multipart object's checksum derives from its parts (`x-amz-checksum-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChecksumType {
+    /// The checksum of the parts' checksums, with `-<parts>` after it.
+    Composite,
+    /// The checksum of the whole object, as if it had been uploaded in one piece.
+    FullObject,
+}
+
+impl ChecksumType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChecksumType::Composite => "COMPOSITE",
+            ChecksumType::FullObject => "FULL_OBJECT",
+        }
+    }
+
+    /// A type by its S3 name, in any case.
+    pub fn parse(name: &str) -> Option<ChecksumType> {
+        [ChecksumType::Composite, ChecksumType::FullObject]
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+/// The flexible checksum a multipart upload keeps for its object, chosen when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub checksum_type: ChecksumType,
+}
+
+impl MultipartChecksum {
+    /// `algorithm` with the type asked for, or S3's default for it (FULL_OBJECT for CRC64NVME,
+    /// COMPOSITE for the others). The combinations S3 refuses are 400 InvalidRequest.
+    pub fn new(algorithm: ChecksumAlgorithm, checksum_type: Option<ChecksumType>) -> OriginResult<MultipartChecksum> {
+        let checksum_type = checksum_type.unwrap_or(match algorithm {
+            ChecksumAlgorithm::Crc64nvme => ChecksumType::FullObject,
+            _ => ChecksumType::Composite,
+        });
+        let c = MultipartChecksum {
+            algorithm,
+            checksum_type,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Refuses the combinations S3 refuses (SHA1/SHA256 FULL_OBJECT, CRC64NVME COMPOSITE).
+    pub fn validate(&self) -> OriginResult<()> {
+        if self.algorithm.allows(self.checksum_type) {
+            Ok(())
+        } else {
+            Err(OriginError::rejected(
+                400,
+                "InvalidRequest",
+                format!(
+                    "The {} checksum type cannot be used with the {} checksum algorithm.",
+                    self.checksum_type.as_str(),
+                    self.algorithm.as_str().to_ascii_lowercase()
+                ),
+            ))
+        }
+    }
+}
 
 /// An incremental hasher for one flexible-checksum algorithm.
 pub struct Hasher {

@@ -5,6 +5,7 @@
 //! waits until the origin holds every earlier write it depends on.
 
 mod buckets;
+mod multipart;
 mod warm;
 
 use std::collections::HashSet;
@@ -26,9 +27,8 @@ use crate::local::{Local, LocalConfig, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
-    ByteRange, ChecksumType, Checksums, CompletedPart, Conditions, ContentHeaders, CopyInput, CopyOutput, ListQuery,
-    MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo, PutBody, PutInput, PutOutput,
-    UploadInfo,
+    ByteRange, ChecksumType, Checksums, Conditions, CopyInput, CopyOutput, ListQuery, MetadataDirective, ObjectMeta,
+    Origin, OriginError, PutBody, PutInput, PutOutput,
 };
 use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
@@ -409,115 +409,6 @@ impl Store {
     /// `--dirty-wait-max` (then `StoreError::NoRoom`).
     pub async fn allocate(&self, file: std::os::fd::BorrowedFd<'_>, len: u64) -> StoreResult<()> {
         self.journal.allocate(file, len).await
-    }
-
-    // ----- multipart uploads (staged locally) -----
-
-    pub async fn create_multipart_upload(
-        &self,
-        bucket: &str,
-        key: &str,
-        headers: &ContentHeaders,
-        checksum: Option<MultipartChecksum>,
-    ) -> StoreResult<String> {
-        self.ensure_bucket(bucket).await?;
-        if let Some(r) = &self.replica {
-            return Ok(r.create_multipart_upload(bucket, key, headers, checksum).await?);
-        }
-        self.multipart.create(bucket, key, headers, checksum).await
-    }
-
-    pub async fn upload_part(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        part_number: i32,
-        body: &PutBody,
-        checksums: &Checksums,
-    ) -> StoreResult<PutOutput> {
-        self.ensure_bucket(bucket).await?;
-        if let Some(r) = &self.replica {
-            return Ok(r
-                .upload_part(bucket, key, upload_id, part_number, body, checksums)
-                .await?);
-        }
-        // The staging area copies the part: its bytes once more on the data dir's filesystem. A
-        // copy a full disk cut (someone else took the room meanwhile) leaves nothing, and the
-        // body is still whole in its spool file: it is tried again once there is room.
-        let deadline = std::time::Instant::now() + self.journal.cfg.dirty_wait_max;
-        loop {
-            self.journal.wait_for_disk(body.len()).await?;
-            match self
-                .multipart
-                .upload_part(bucket, key, upload_id, part_number, body, checksums)
-                .await
-            {
-                Err(crate::error::StoreError::Origin(OriginError::Io(e)))
-                    if crate::local::room::is_no_space(&e) && std::time::Instant::now() < deadline =>
-                {
-                    tracing::warn!(error = %e, "the data dir's filesystem is full: a part waits for room");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Folds the staged parts into one object, committed as one version that records its part
-    /// layout (it is uploaded with the same layout, so the origin ends with the same ETag and
-    /// checksums the client is given here).
-    pub async fn complete_multipart_upload(
-        &self,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-        parts: &[CompletedPart],
-    ) -> StoreResult<PutOutput> {
-        self.ensure_bucket(bucket).await?;
-        if let Some(r) = &self.replica {
-            return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
-        }
-        // The staging area folds the parts into one object, which is then read out: twice the
-        // parts' bytes, on the data dir's filesystem.
-        let staged = self.multipart.staged_bytes(bucket, key, upload_id).await?;
-        self.journal.wait_for_disk(staged.saturating_mul(2)).await?;
-        let temp = self.local.blobs.temp_path();
-        let done = self.multipart.complete(bucket, key, upload_id, parts, &temp).await?;
-        let meta = ObjectMeta {
-            last_modified: SystemTime::now(),
-            ..done.meta
-        };
-        let okey = ObjectKey::new(bucket, key);
-        let digest = PromisedDigest::Ready(done.body.digest);
-        self.put_version(&okey, done.body.body, meta, false, digest, Some(done.layout))
-            .await?;
-        Ok(done.output)
-    }
-
-    pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.ensure_bucket(bucket).await?;
-        if let Some(r) = &self.replica {
-            return Ok(r.abort_multipart_upload(bucket, key, upload_id).await?);
-        }
-        self.multipart.abort(bucket, key, upload_id).await
-    }
-
-    pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<Vec<PartInfo>> {
-        self.ensure_bucket(bucket).await?;
-        if let Some(r) = &self.replica {
-            return Ok(r.list_parts(bucket, key, upload_id).await?);
-        }
-        self.multipart.list_parts(bucket, key, upload_id).await
-    }
-
-    /// The uploads staged in Perch (not any made directly at the origin).
-    pub async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
-        self.ensure_bucket(bucket).await?;
-        if let Some(r) = &self.replica {
-            return Ok(r.list_multipart_uploads(bucket, prefix).await?);
-        }
-        self.multipart.list_uploads(bucket, prefix).await
     }
 
     // ----- operations -----

@@ -12,7 +12,7 @@ use perch_testkit::bodies::{md5_etag, pattern};
 use perch_testkit::raw_client::Resp;
 
 use crate::support::machine;
-use crate::support::stack::{assert_same, Stack};
+use crate::support::stack::{Stack, assert_same};
 
 /// A tmpfs of a given size mounted for one test, unmounted when dropped (declare it before the
 /// stack, so that perch is stopped first).

@@ -220,3 +220,91 @@ impl ObjectWriter {
         Ok(self.temp)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where objects live, and reading a bucket directory back
+
+/// The fan-out directory and the file of `key` in a bucket: only the key's hash ever reaches the file system.
+pub(super) fn object_location(bucket_dir: &Path, key: &str) -> (PathBuf, PathBuf) {
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let dir = bucket_dir.join(&hash[..2]);
+    let file = dir.join(&hash);
+    (dir, file)
+}
+
+pub(super) fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub(super) fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+/// Now, to the second: Last-Modified travels as an HTTP date, and conditions compare whole seconds.
+pub(super) fn now_secs() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(epoch_secs(SystemTime::now()))
+}
+
+pub(super) fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(super) fn list_entry(key: &str, meta: &ObjectMeta) -> ListEntry {
+    ListEntry {
+        key: key.to_owned(),
+        size: meta.size,
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified,
+    }
+}
+
+/// Reads a bucket directory: its creation time and the header of every object in it.
+pub(super) fn load_bucket(dir: &Path) -> io::Result<Bucket> {
+    let created = match std::fs::read(dir.join(BUCKET_META)) {
+        Ok(bytes) => match serde_json::from_slice::<BucketMeta>(&bytes) {
+            Ok(m) => m.created,
+            Err(_) => std::fs::metadata(dir)?.modified()?,
+        },
+        Err(_) => std::fs::metadata(dir)?.modified()?,
+    };
+    let mut index = BTreeMap::new();
+    for fan in std::fs::read_dir(dir)? {
+        let fan = fan?;
+        let Ok(fan_name) = fan.file_name().into_string() else {
+            continue;
+        };
+        if !is_hex(&fan_name, 2) || !fan.file_type()?.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(fan.path())? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !is_hex(&name, 64) || !name.starts_with(&fan_name) {
+                continue;
+            }
+            let path = entry.path();
+            match open_stored(&path, None) {
+                Ok(Some((_, header, _))) => {
+                    let (_, expected) = object_location(dir, &header.key);
+                    if expected != path {
+                        tracing::warn!(path = %path.display(), "an object file is not named after its key; ignored");
+                        continue;
+                    }
+                    let entry = list_entry(&header.key, &header.meta);
+                    index.insert(header.key, entry);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable object file ignored"),
+            }
+        }
+    }
+    Ok(Bucket {
+        dir: dir.to_owned(),
+        created,
+        index: RwLock::new(index),
+        write: tokio::sync::Mutex::new(()),
+        gone: AtomicBool::new(false),
+    })
+}

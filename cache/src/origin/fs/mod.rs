@@ -18,11 +18,13 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+mod checks;
 mod config;
 mod file;
 mod list;
 mod multipart;
 
+use checks::*;
 use file::*;
 use list::*;
 
@@ -512,158 +514,4 @@ impl Origin for FsOrigin {
     async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
         self.unconfigure(bucket, sub).await
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Names and paths
-
-fn validate_bucket(name: &str) -> OriginResult<()> {
-    let bad = name.is_empty() || name.starts_with('.') || name.contains(['/', '\\', '\0']);
-    if bad {
-        Err(OriginError::rejected(
-            400,
-            "InvalidBucketName",
-            "The specified bucket is not valid.",
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-fn validate_key(key: &str) -> OriginResult<()> {
-    if key.is_empty() {
-        return Err(OriginError::rejected(
-            400,
-            "InvalidArgument",
-            "The key must not be empty",
-        ));
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(OriginError::rejected(400, "KeyTooLongError", "Your key is too long"));
-    }
-    Ok(())
-}
-
-/// The fan-out directory and the file of `key` in a bucket: only the key's hash ever reaches the file system.
-fn object_location(bucket_dir: &Path, key: &str) -> (PathBuf, PathBuf) {
-    let hash = hex::encode(Sha256::digest(key.as_bytes()));
-    let dir = bucket_dir.join(&hash[..2]);
-    let file = dir.join(&hash);
-    (dir, file)
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Times and conditions
-
-/// Now, to the second: Last-Modified travels as an HTTP date, and conditions compare whole seconds.
-fn now_secs() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(epoch_secs(SystemTime::now()))
-}
-
-fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// The preconditions of a PUT, against the index. Called with `b.write` held for the decisive check.
-fn check_put(b: &Bucket, key: &str, input: &PutInput) -> OriginResult<()> {
-    if input.if_match.is_none() && input.if_none_match.is_none() {
-        return Ok(());
-    }
-    let index = b.index();
-    let current = index.get(key);
-    if let Some(m) = &input.if_match {
-        match current {
-            None => return Err(OriginError::NoSuchKey),
-            Some(e) if !super::etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
-            Some(_) => {}
-        }
-    }
-    if let (Some(n), Some(e)) = (&input.if_none_match, current)
-        && super::etag_matches(n, &e.etag)
-    {
-        return Err(OriginError::PreconditionFailed);
-    }
-    Ok(())
-}
-
-/// S3's check of `Content-MD5` (base64) against the body's MD5 (its quoted hex ETag).
-fn check_content_md5(content_md5: &str, etag: &str) -> OriginResult<()> {
-    let given = aws_smithy_types::base64::decode(content_md5)
-        .map_err(|_| OriginError::rejected(400, "InvalidDigest", "The Content-MD5 you specified is not valid."))?;
-    if hex::encode(given) != etag.trim_matches('"') {
-        return Err(OriginError::rejected(
-            400,
-            "BadDigest",
-            "The Content-MD5 you specified did not match what we received.",
-        ));
-    }
-    Ok(())
-}
-
-fn list_entry(key: &str, meta: &ObjectMeta) -> ListEntry {
-    ListEntry {
-        key: key.to_owned(),
-        size: meta.size,
-        etag: meta.etag.clone(),
-        last_modified: meta.last_modified,
-    }
-}
-
-/// Reads a bucket directory: its creation time and the header of every object in it.
-fn load_bucket(dir: &Path) -> io::Result<Bucket> {
-    let created = match std::fs::read(dir.join(BUCKET_META)) {
-        Ok(bytes) => match serde_json::from_slice::<BucketMeta>(&bytes) {
-            Ok(m) => m.created,
-            Err(_) => std::fs::metadata(dir)?.modified()?,
-        },
-        Err(_) => std::fs::metadata(dir)?.modified()?,
-    };
-    let mut index = BTreeMap::new();
-    for fan in std::fs::read_dir(dir)? {
-        let fan = fan?;
-        let Ok(fan_name) = fan.file_name().into_string() else {
-            continue;
-        };
-        if !is_hex(&fan_name, 2) || !fan.file_type()?.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(fan.path())? {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if !is_hex(&name, 64) || !name.starts_with(&fan_name) {
-                continue;
-            }
-            let path = entry.path();
-            match open_stored(&path, None) {
-                Ok(Some((_, header, _))) => {
-                    let (_, expected) = object_location(dir, &header.key);
-                    if expected != path {
-                        tracing::warn!(path = %path.display(), "an object file is not named after its key; ignored");
-                        continue;
-                    }
-                    let entry = list_entry(&header.key, &header.meta);
-                    index.insert(header.key, entry);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable object file ignored"),
-            }
-        }
-    }
-    Ok(Bucket {
-        dir: dir.to_owned(),
-        created,
-        index: RwLock::new(index),
-        write: tokio::sync::Mutex::new(()),
-        gone: AtomicBool::new(false),
-    })
 }
