@@ -762,20 +762,24 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     // the first one's answer.
     let mut from = 0;
     for put in 0..bodies.len() {
+        // rename("<temp>", "<blob>") = 0, from the blob directory's temp dir to a blob name (a
+        // spooled body is first renamed from the spool into that temp dir).
         let rename = find(
             from,
             &|l| {
+                let mut quoted = l.split('"').skip(1).step_by(2);
+                let (source, target) = (quoted.next().unwrap_or(""), quoted.next().unwrap_or(""));
                 l.contains("rename")
-                    && l.contains(&tmp_dir)
-                    && l.contains(&format!("{}/", blobs.display()))
+                    && source.starts_with(&tmp_dir)
+                    && target.starts_with(&format!("{}/", blobs.display()))
+                    && !target.starts_with(&tmp_dir)
                     && l.ends_with("= 0")
             },
             "rename of the blob",
         );
-        // rename("<temp>", "<blob>") = 0: the blob's name and its directory's.
+        // The blob's name and its directory's.
         let blob = lines[rename].split('"').nth(3).expect("the rename's target").to_owned();
         let dir = blob.rsplit_once('/').expect("a directory").0.to_owned();
-        assert!(!blob.contains("/tmp/"), "PUT {put}: renamed to {blob}");
         let synced = |path: &str| {
             let fd_of = format!("<{path}>)");
             find(
