@@ -519,6 +519,54 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
     }
 }
 
+/// A body of 1 MiB or more has its MD5 finished beside its commit's syncs when no Content-MD5
+/// came with it (the ETag is set in the commit); with one, the MD5 is checked before anything is
+/// committed: a wrong one is 400 BadDigest and the key keeps what it held, a right one is taken.
+#[test]
+fn a_large_body_is_checked_against_its_content_md5_before_its_commit() {
+    use md5::{Digest, Md5};
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "orioledb_data/6/content-md5";
+    let old = pattern(2 << 20, 61);
+    let new = pattern(3 << 20, 62);
+    let b64 = |bytes: &[u8]| base64_simd::STANDARD.encode_to_string(bytes);
+    let first = s.req("PUT", key).body(old.clone()).go(s.addr());
+    assert_eq!(first.status, 200, "{}", first.summary());
+    assert_eq!(
+        first.header("etag"),
+        Some(md5_etag(&old).as_str()),
+        "no Content-MD5: the ETag"
+    );
+    let wrong = s
+        .req("PUT", key)
+        .header("content-md5", &b64(&Md5::digest(b"something else")))
+        .body(new.clone())
+        .go(s.addr());
+    assert_eq!(wrong.status, 400, "{}", wrong.summary());
+    assert_eq!(wrong.code().as_deref(), Some("BadDigest"), "{}", wrong.summary());
+    assert_eq!(
+        perch_get(&s, key),
+        Some(old.clone()),
+        "a refused body left the key as it was"
+    );
+    let right = s
+        .req("PUT", key)
+        .header("content-md5", &b64(&Md5::digest(&new)))
+        .body(new.clone())
+        .go(s.addr());
+    assert_eq!(right.status, 200, "{}", right.summary());
+    assert_eq!(
+        right.header("etag"),
+        Some(md5_etag(&new).as_str()),
+        "with Content-MD5: the ETag"
+    );
+    assert_eq!(perch_get(&s, key), Some(new.clone()));
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto(key), Some(new), "in the origin");
+}
+
 /// One worker's keys and what each may hold: after an acknowledged write exactly its state; after
 /// an unanswered one (the crash cut it), either.
 struct Model {
