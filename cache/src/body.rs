@@ -44,6 +44,35 @@ impl BodyDigest {
     }
 }
 
+/// A body's digest, or the promise of it: the MD5 of a large body (the slowest of its hashes) may
+/// still be computing when the body has arrived, and a commit waits for it only once the body and
+/// its directory are synced, just before its journal record (which holds the ETag).
+pub enum PromisedDigest {
+    Ready(Digested),
+    Computing(tokio::sync::oneshot::Receiver<Digested>),
+}
+
+impl PromisedDigest {
+    pub async fn wait(self) -> std::io::Result<Digested> {
+        match self {
+            PromisedDigest::Ready(d) => Ok(d),
+            PromisedDigest::Computing(rx) => rx.await.map_err(|_| digest_lost()),
+        }
+    }
+
+    /// `wait` on a blocking thread (never on one of the runtime's workers).
+    pub(crate) fn wait_blocking(self) -> std::io::Result<Digested> {
+        match self {
+            PromisedDigest::Ready(d) => Ok(d),
+            PromisedDigest::Computing(rx) => rx.blocking_recv().map_err(|_| digest_lost()),
+        }
+    }
+}
+
+fn digest_lost() -> std::io::Error {
+    std::io::Error::other("the body's digest was never finished")
+}
+
 impl Digested {
     /// The body's MD5 in hex: a single-part object's ETag, without its quotes.
     pub fn md5_hex(&self) -> String {
