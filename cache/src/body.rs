@@ -44,6 +44,35 @@ impl BodyDigest {
     }
 }
 
+/// A body's digest, or the promise of it: the MD5 of a large body (the slowest of its hashes) may
+/// still be computing when the body has arrived, and a commit waits for it only once the body and
+/// its directory are synced, just before its journal record (which holds the ETag).
+pub enum PromisedDigest {
+    Ready(Digested),
+    Computing(tokio::sync::oneshot::Receiver<Digested>),
+}
+
+impl PromisedDigest {
+    pub async fn wait(self) -> std::io::Result<Digested> {
+        match self {
+            PromisedDigest::Ready(d) => Ok(d),
+            PromisedDigest::Computing(rx) => rx.await.map_err(|_| digest_lost()),
+        }
+    }
+
+    /// `wait` on a blocking thread (never on one of the runtime's workers).
+    pub(crate) fn wait_blocking(self) -> std::io::Result<Digested> {
+        match self {
+            PromisedDigest::Ready(d) => Ok(d),
+            PromisedDigest::Computing(rx) => rx.blocking_recv().map_err(|_| digest_lost()),
+        }
+    }
+}
+
+fn digest_lost() -> std::io::Error {
+    std::io::Error::other("the body's digest was never finished")
+}
+
 impl Digested {
     /// The body's MD5 in hex: a single-part object's ETag, without its quotes.
     pub fn md5_hex(&self) -> String {
@@ -76,7 +105,7 @@ pub(crate) async fn spool(mut stream: ByteStream, len: u64, temp: &Path) -> std:
             format!("the body ended after {got} of {len} bytes"),
         )
     };
-    if len <= IN_MEMORY_MAX {
+    if !spools_to_file(len) {
         let mut buf = BytesMut::with_capacity(len as usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -92,9 +121,33 @@ pub(crate) async fn spool(mut stream: ByteStream, len: u64, temp: &Path) -> std:
             _guard: None,
         });
     }
-    use tokio::io::AsyncWriteExt;
     let guard = TempGuard(temp.to_owned());
-    let mut file = tokio::fs::File::create(temp).await?;
+    let file = tokio::fs::File::create(temp).await?;
+    spool_into(stream, len, temp, file, guard).await
+}
+
+/// Whether `spool` lands a body of `len` bytes in a file (else in memory).
+pub(crate) fn spools_to_file(len: u64) -> bool {
+    len > IN_MEMORY_MAX
+}
+
+/// `spool` into `file`, just created at `temp` (its room already taken, when the caller wants
+/// it: see `Journal::allocate`); `guard` removes it unless the body is kept.
+pub(crate) async fn spool_into(
+    mut stream: ByteStream,
+    len: u64,
+    temp: &Path,
+    mut file: tokio::fs::File,
+    guard: TempGuard,
+) -> std::io::Result<Spooled> {
+    use tokio::io::AsyncWriteExt;
+    let mut digest = BodyDigest::new();
+    let short = |got: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the body ended after {got} of {len} bytes"),
+        )
+    };
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;

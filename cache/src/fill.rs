@@ -21,6 +21,7 @@ use crate::key::ObjectKey;
 use crate::local::TempGuard;
 use crate::local::blobs::BlockCrcs;
 use crate::local::fills::{Fill, FillError, Progress};
+use crate::local::room::{is_no_space, preallocate};
 use crate::md5_asm::Md5;
 use crate::origin::checksum;
 use crate::origin::{ByteRange, ChecksumAlgorithm, ChecksumType, Conditions, ObjectMeta, OriginError};
@@ -216,6 +217,18 @@ impl Reader {
         let io_err = |e: io::Error| FillError::Unavailable(format!("cache temp file: {e}"));
         let write_file = File::create(&temp).map_err(io_err)?;
         let _cleanup = TempGuard(temp.clone());
+        // Decided before any reader sees the object, so that all of them can go to the origin
+        // instead (see `FillError::NoRoom`).
+        let kept = size <= self.local.keep_limit() && !self.bypasses(okey);
+        if !self.room_for_fill(&write_file, size, kept).await {
+            tracing::info!(
+                key,
+                size,
+                "the data dir's filesystem has no room for a fetched object: served without keeping it"
+            );
+            self.local.make_room_soon();
+            return Err(FillError::NoRoom);
+        }
         let read_file = Arc::new(File::open(&temp).map_err(io_err)?);
         fill.progress.send_modify(|p| {
             p.meta = Some(meta.clone());
@@ -322,12 +335,12 @@ impl Reader {
         }
         // The entry is kept before the last chunk is released: a client that read a miss to its
         // end and asks again gets a hit.
-        if !fill.stale.load(Ordering::SeqCst) && size <= self.local.keep_limit() && !self.bypasses(okey) {
+        if !fill.stale.load(Ordering::SeqCst) && kept {
             let local = self.local.clone();
             let (okey, meta, fill) = (okey.clone(), meta.clone(), fill.clone());
-            let kept =
+            let outcome =
                 tokio::task::spawn_blocking(move || local.keep_fetched(&okey, &temp, &meta, written.crcs, &fill)).await;
-            match kept {
+            match outcome {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(key, error = %e, "could not keep a fetched object in the cache"),
                 Err(e) => tracing::warn!(key, error = %e, "could not keep a fetched object in the cache"),
@@ -340,6 +353,37 @@ impl Reader {
             });
         }
         Ok(())
+    }
+}
+
+impl Reader {
+    /// Takes room for a fetched body of `size` bytes on the data dir's filesystem, in `file`: a
+    /// fill is a cache, so it evicts clean entries for its room (only if it is to be `kept`: a
+    /// body passing through is not worth them) but never takes the reserve (the writes' room);
+    /// then allocates it, so that writing the body cannot fail half-way for want of space.
+    /// `false`: no room can be had now.
+    async fn room_for_fill(&self, file: &File, size: u64, kept: bool) -> bool {
+        if self.local.room.shortfall(size) > 0 {
+            if !kept {
+                return false;
+            }
+            let local = self.local.clone();
+            let short = tokio::task::spawn_blocking(move || local.make_room(size))
+                .await
+                .unwrap_or(size);
+            if short > 0 {
+                return false;
+            }
+        }
+        match preallocate(file, size) {
+            // Where the filesystem cannot preallocate, the writes take their chance.
+            Ok(_) => true,
+            Err(e) if is_no_space(&e) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot preallocate a cache temp file");
+                true
+            }
+        }
     }
 }
 

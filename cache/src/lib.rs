@@ -29,8 +29,8 @@ mod seed;
 mod store;
 mod uploader;
 
-pub use body::{BodyDigest, Digested};
-pub use durable::{SyncStep, skips_sync};
+pub use body::{BodyDigest, Digested, PromisedDigest};
+pub use durable::{SyncStep, skips_sync, start_writeback};
 pub use error::{CacheError, StoreError, StoreResult};
 pub use journal::offline::{JournalProblem, OfflineJournal};
 pub use journal::{FailedVersion, JournalEntry, JournalOpError, WriteConfig, WriteStatus};

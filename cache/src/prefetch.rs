@@ -14,6 +14,7 @@ use perch_policy::Prefetch;
 use tokio::sync::Notify;
 
 use crate::key::ObjectKey;
+use crate::local::fills::FillError;
 use crate::local::lock;
 use crate::metrics::PrefetchLabel;
 use crate::read::Reader;
@@ -208,9 +209,11 @@ impl Prefetcher {
         let mut rx = fill.progress.subscribe();
         drop(fill);
         // Until the fill ends: it failed, or its last byte (released once kept) arrived.
+        let mut absent = false;
         loop {
             let done = {
                 let p = rx.borrow_and_update();
+                absent = matches!(p.failed.as_deref(), Some(FillError::NoSuchKey));
                 p.failed.is_some() || p.meta.as_ref().is_some_and(|m| p.received >= m.size)
             };
             if done || rx.changed().await.is_err() {
@@ -222,7 +225,13 @@ impl Prefetcher {
             local.unmark_prefetched(&item.okey);
         }
         self.release(&item);
-        self.count(reason, if kept { "fetched" } else { "failed" });
+        // A read-ahead guesses the next part of a table: a table without it is no failure.
+        let result = match (kept, absent) {
+            (true, _) => "fetched",
+            (false, true) => "absent",
+            (false, false) => "failed",
+        };
+        self.count(reason, result);
     }
 
     /// A listing page of `bucket` under `prefix` was answered: its objects are prefetched if a

@@ -12,6 +12,7 @@ use perch_policy::{CacheClass, Method, SharedPolicy};
 
 use crate::fill::FillReader;
 use crate::key::ObjectKey;
+use crate::local::fills::FillError;
 use crate::local::index::Entry;
 use crate::local::{Local, Pending};
 use crate::metrics::{DISK, MEMORY, ORIGIN, ResultLabel};
@@ -322,10 +323,13 @@ impl Reader {
             let ended = {
                 let p = rx.borrow_and_update();
                 if let Some(e) = &p.failed {
+                    if matches!(**e, FillError::NoRoom) {
+                        break None;
+                    }
                     return Err(e.to_origin());
                 }
                 if let Some(meta) = &p.meta {
-                    break meta.clone();
+                    break Some(meta.clone());
                 }
                 false
             } || rx.changed().await.is_err();
@@ -335,6 +339,9 @@ impl Reader {
                     last: "the origin fetch ended".into(),
                 });
             }
+        };
+        let Some(meta) = meta else {
+            return self.get_uncached(okey, conditions).await;
         };
         conditions.check(&meta)?;
         let size = meta.size;
@@ -352,6 +359,25 @@ impl Reader {
                 body,
             },
             status,
+        })
+    }
+
+    /// The whole object straight from the origin, not kept: the data dir's filesystem has no room
+    /// for a copy (a full disk never fails a read).
+    async fn get_uncached(&self, okey: &ObjectKey, conditions: &Conditions) -> OriginResult<CachedGet> {
+        let out = self
+            .origin
+            .get_object(okey.bucket(), okey.key(), None, conditions)
+            .await?;
+        self.local.stats.bypass.inc();
+        self.local
+            .stats
+            .bytes_served
+            .get_or_create(&ORIGIN)
+            .inc_by(out.meta.size);
+        Ok(CachedGet {
+            output: out,
+            status: CacheStatus::Bypass,
         })
     }
 

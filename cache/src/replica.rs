@@ -35,7 +35,11 @@ const WAL_PREFIX: &str = "wal/";
 /// OrioleDB's lock: the replica's own only, never pinned (the primary holds its own).
 const LOCK_KEY: &str = "data/orioledb_data/s3_lock";
 /// OrioleDB's root control file, written last by every checkpoint: pinning is consistent when it
-/// did not change while the other rewritten keys were copied.
+/// did not change while the other rewritten keys were copied. It is the one rewritten key never
+/// pinned: a standby in recovery writes none, and at every start OrioleDB compares the bucket's
+/// copy with its own progress and refuses to start when the bucket's is ahead, as the primary's
+/// copy from seeding is once the standby made a restartpoint. So a replica serves only the copy
+/// its own Postgres wrote, and a 404 (read as "no checkpoint in the bucket") before that.
 const CONTROL_KEY: &str = "data/orioledb_data/control";
 /// Times seeding starts again when the primary checkpointed meanwhile.
 const SEED_ATTEMPTS: usize = 5;
@@ -441,7 +445,7 @@ impl Replica {
     // ----- seeding -----
 
     /// The first time the replica serves `bucket`: copies the primary's rewritten keys (its
-    /// control file and undo files, not its lock) into the overlay, as of one checkpoint (the
+    /// undo files; not its lock, not its root control file) into the overlay, as of one checkpoint (the
     /// control file unchanged from before the first copy to after the last), and records it. From
     /// then on the replica never reads the primary's copies of those keys.
     async fn seed(&self, bucket: &str) -> OriginResult<()> {
@@ -497,7 +501,8 @@ impl Replica {
         }
     }
 
-    /// Copies every rewritten key but the lock from the shared bucket into the overlay.
+    /// Copies every rewritten key but the lock and the root control file from the shared bucket
+    /// into the overlay.
     async fn pin_rewritten(&self, bucket: &str) -> OriginResult<u64> {
         let mut prefixes: Vec<String> = self
             .rewritten
@@ -520,7 +525,7 @@ impl Replica {
             loop {
                 let page = self.origin.list_objects(bucket, &query).await?;
                 for o in &page.objects {
-                    if self.source(&o.key) == Source::Own && o.key != LOCK_KEY {
+                    if self.source(&o.key) == Source::Own && o.key != LOCK_KEY && o.key != CONTROL_KEY {
                         self.pin(bucket, &o.key).await?;
                         pinned += 1;
                     }

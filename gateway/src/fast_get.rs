@@ -105,7 +105,8 @@ impl FastGet {
         }
         let mut query = [("", ""); QUERY_ALLOWED.len()];
         let query = split_query(req.uri().query().unwrap_or(""), &mut query)?;
-        let mut decoded = String::new();
+        // The credential and the signed header names: room for both without a reallocation.
+        let mut decoded = String::with_capacity(128);
         let (auth, payload) = match headers.get(header::AUTHORIZATION) {
             Some(value) => {
                 if query.iter().any(|(n, _)| n.starts_with("X-Amz-")) {

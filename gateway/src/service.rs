@@ -17,7 +17,7 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
 use crate::front;
-use crate::spool::{self, Declared};
+use crate::spool::{self, Declared, SpoolSync};
 
 pub struct Gateway {
     /// Every object, listing, multipart and bucket call goes to the store.
@@ -362,11 +362,25 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir, &self.store).await?;
+        // `_file` removes the spool file once the store is done with it (a commit renames it).
+        let spool::Spooled {
+            body,
+            checksums,
+            digest,
+            file: _file,
+        } = spool::receive(
+            input.body,
+            declared,
+            trailers.as_ref(),
+            &self.spool_dir,
+            &self.store,
+            SpoolSync::InCommit,
+        )
+        .await?;
         let put = PutInput {
             headers: content_headers!(input),
-            checksums: body.checksums.clone(),
-            body: body.body.clone(),
+            checksums,
+            body,
             if_match: input.if_match.as_ref().map(convert::etag_condition),
             if_none_match: input.if_none_match.as_ref().map(convert::etag_condition),
             content_md5: None,
@@ -374,7 +388,7 @@ impl S3 for Gateway {
         };
         let out = self
             .store
-            .put(&input.bucket, &input.key, put, body.digest.clone())
+            .put(&input.bucket, &input.key, put, digest)
             .await
             .map_err(store_error)?;
         Ok(S3Response::new(put_output(&out.etag, out.checksums)))
@@ -662,7 +676,15 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(input.body, declared, trailers.as_ref(), &self.spool_dir, &self.store).await?;
+        let body = spool::receive(
+            input.body,
+            declared,
+            trailers.as_ref(),
+            &self.spool_dir,
+            &self.store,
+            SpoolSync::Here,
+        )
+        .await?;
         let out = self
             .store
             .upload_part(

@@ -5,21 +5,85 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use perch_cache::{BodyDigest, Checksums, Digested, PutBody};
+use perch_cache::{BodyDigest, Checksums, Digested, PromisedDigest, PutBody};
 use s3s::checksum::ChecksumHasher;
 use s3s::dto::{ChecksumAlgorithm, StreamingBlob};
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
-use tokio::io::AsyncWriteExt;
 
-/// Bodies below this size stay in memory; larger ones go to a temp file under the data dir, which
-/// is fsynced while the MD5 is finished (a write-back commit then has no body left to sync).
+/// Bodies below this size stay in memory; larger ones go to a temp file under the data dir,
+/// written as they arrive on a thread of their own.
 const IN_MEMORY_MAX: u64 = 1 << 20;
 /// Bodies from this size on get their MD5 and CRCs computed on a thread of their own, beside the
 /// SHA-256 the signature check computes on the receiving task.
 const DIGEST_BESIDE_MIN: u64 = 1 << 20;
-/// A spool file's pages are handed to the disk every this many bytes, so that the fsync of the
-/// commit has only the tail left to write.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+/// A spool file's pages are handed to the disk every this many bytes while the body arrives, so
+/// that the fsync that makes it durable has little left to write.
+const WRITEBACK_EVERY: u64 = 256 << 10;
+
+/// Who makes a spool file durable: `receive` before it returns (a part, staged by copying it), or
+/// the commit that renames it to its blob name and fsyncs it there (a PUT: the body is synced
+/// once, under its final name, beside its directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolSync {
+    Here,
+    InCommit,
+}
+
+/// Writes a spool file on a blocking thread as the chunks come (the receiving task only hands
+/// them over), starting the disk writes every `WRITEBACK_EVERY` bytes.
+struct SpoolWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    done: tokio::task::JoinHandle<std::io::Result<std::fs::File>>,
+}
+
+impl SpoolWriter {
+    fn new(file: std::fs::File) -> SpoolWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let done = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = file;
+            let (mut written, mut handed) = (0u64, 0u64);
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                if written - handed >= WRITEBACK_EVERY {
+                    perch_cache::start_writeback(&file, handed, written - handed);
+                    handed = written;
+                }
+            }
+            if written > handed {
+                perch_cache::start_writeback(&file, handed, written - handed);
+            }
+            Ok(file)
+        });
+        SpoolWriter { tx, done }
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> S3Result<()> {
+        if self.tx.send(chunk).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stopped at an error: that error is the answer.
+        Err(internal(match (&mut self.done).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => std::io::Error::other("the spool writer ended early"),
+            Err(e) => std::io::Error::other(e),
+        }))
+    }
+
+    /// Waits until every chunk is written (and, with `SpoolSync::Here`, fsynced).
+    async fn finish(self, sync: SpoolSync) -> std::io::Result<()> {
+        let SpoolWriter { tx, done } = self;
+        drop(tx);
+        let file = done.await.map_err(std::io::Error::other)??;
+        if sync == SpoolSync::Here && !perch_cache::skips_sync(perch_cache::SyncStep::Blob) {
+            tokio::task::spawn_blocking(move || file.sync_all())
+                .await
+                .map_err(std::io::Error::other)??;
+        }
+        Ok(())
+    }
+}
 
 /// What the store keeps of a body (its MD5, the ETag, and its block checksums), computed inline
 /// for small bodies and on a blocking thread for large ones.
@@ -27,7 +91,7 @@ enum Digests {
     Inline(BodyDigest),
     Beside {
         tx: tokio::sync::mpsc::Sender<Bytes>,
-        done: tokio::task::JoinHandle<Digested>,
+        done: tokio::sync::oneshot::Receiver<Digested>,
     },
 }
 
@@ -37,12 +101,13 @@ impl Digests {
             return Digests::Inline(BodyDigest::new());
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-        let done = tokio::task::spawn_blocking(move || {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
             let mut digest = BodyDigest::new();
             while let Some(chunk) = rx.blocking_recv() {
                 digest.update(&chunk);
             }
-            digest.finish()
+            let _ = done_tx.send(digest.finish());
         });
         Digests::Beside { tx, done }
     }
@@ -60,53 +125,42 @@ impl Digests {
         }
     }
 
-    async fn finish(self) -> S3Result<Digested> {
+    /// The body has ended: its digest, which a large body's thread may still be finishing.
+    fn promise(self) -> PromisedDigest {
         match self {
-            Digests::Inline(digest) => Ok(digest.finish()),
+            Digests::Inline(digest) => PromisedDigest::Ready(digest.finish()),
             Digests::Beside { tx, done } => {
                 drop(tx);
-                done.await.map_err(|e| internal(std::io::Error::other(e)))
+                PromisedDigest::Computing(done)
             }
         }
     }
-}
 
-/// Starts writing `len` bytes at `offset` of `file` to disk without waiting (Linux
-/// `sync_file_range`); elsewhere, or if it fails, the commit's fsync does it all.
-fn start_writeback(file: &tokio::fs::File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on a descriptor `file` keeps open; it touches no memory of ours.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+    async fn finish(self) -> S3Result<Digested> {
+        self.promise().wait().await.map_err(internal)
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
 }
 
-/// A verified body. A file-backed one is durable (fsynced), and removed when this is dropped unless
-/// a write-back commit renamed it into place.
+/// A verified body. A file-backed one is written (and fsynced with `SpoolSync::Here`).
 pub struct Spooled {
     pub body: PutBody,
     /// The checksums the client declared, all verified.
     pub checksums: Checksums,
-    /// What the store keeps of the body: its MD5 (the ETag) and block checksums.
-    pub digest: Digested,
-    _file: Option<TempFile>,
+    /// What the store keeps of the body: its MD5 (the ETag) and block checksums. Without a
+    /// Content-MD5 to check, a large body's may still be computing (the commit waits for it
+    /// after the body's syncs).
+    pub digest: PromisedDigest,
+    /// Removes the spool file when dropped, unless a commit renamed it into place.
+    pub file: SpoolFile,
 }
 
-struct TempFile(PathBuf);
+pub struct SpoolFile(Option<PathBuf>);
 
-impl Drop for TempFile {
+impl Drop for SpoolFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -228,13 +282,14 @@ fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -
 /// than it declared is cut; the declared length was checked against --body-bytes-max before
 /// (`server`), and s3s requires one. A temp file's room is allocated before the body is read
 /// (`Store::allocate`): while the data dir's filesystem is full, the request waits for room
-/// before it reads on, so a body is never cut by a full disk.
+/// before it reads on, so a body is never cut by a full disk. `sync` says who fsyncs a temp file.
 pub async fn receive(
     body: Option<StreamingBlob>,
     declared: Declared<'_>,
     trailers: Option<&s3s::TrailingHeaders>,
     dir: &Path,
     store: &perch_cache::Store,
+    sync: SpoolSync,
 ) -> S3Result<Spooled> {
     let mut hasher = hasher_for(&declared)?;
     let expected_len = match declared.content_length {
@@ -247,11 +302,12 @@ pub async fn receive(
 
     let mut mem = BytesMut::new();
     let mut file = None;
-    let mut temp = None;
+    // Removes the file on every early return.
+    let mut temp = SpoolFile(None);
     if to_file {
         let path = dir.join(format!("spool-{}", uuid::Uuid::new_v4()));
         let f = tokio::fs::File::create(&path).await.map_err(internal)?;
-        temp = Some(TempFile(path));
+        temp = SpoolFile(Some(path));
         if let Some(len) = expected_len {
             use std::os::fd::AsFd;
             store
@@ -259,11 +315,10 @@ pub async fn receive(
                 .await
                 .map_err(crate::convert::store_error)?;
         }
-        file = Some(tokio::io::BufWriter::with_capacity(1 << 20, f));
+        file = Some(SpoolWriter::new(f.into_std().await));
     }
 
     let mut len: u64 = 0;
-    let mut written_back: u64 = 0;
     if let Some(mut stream) = body {
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
@@ -277,14 +332,7 @@ pub async fn receive(
             digests.update(&chunk).await?;
             hasher.update(&chunk);
             match &mut file {
-                Some(f) => {
-                    f.write_all(&chunk).await.map_err(internal)?;
-                    if len - written_back >= WRITEBACK_EVERY {
-                        f.flush().await.map_err(internal)?;
-                        start_writeback(f.get_ref(), written_back, len - written_back);
-                        written_back = len;
-                    }
-                }
+                Some(f) => f.write(chunk).await?,
                 None => mem.extend_from_slice(&chunk),
             }
         }
@@ -295,34 +343,38 @@ pub async fn receive(
             "The request body ended before its declared length."
         ));
     }
-    // The spool file is made durable while the MD5 is finished: a write-back commit renames it
-    // into place without writing it again.
+    // The spool file's last chunks are written (and its pages handed to the disk) while the MD5
+    // is finished; a commit renames it into place and fsyncs it there.
     let synced = async {
         match file.take() {
-            Some(mut f) => {
-                f.flush().await?;
-                if perch_cache::skips_sync(perch_cache::SyncStep::Blob) {
-                    return Ok(());
-                }
-                f.into_inner().sync_all().await
-            }
+            Some(f) => f.finish(sync).await,
             None => Ok(()),
         }
     };
-    let (digested, synced) = tokio::join!(digests.finish(), synced);
-    synced.map_err(internal)?;
-    let digest = digested?;
-    if let Some(content_md5) = declared.content_md5 {
-        let given = base64_simd::STANDARD
-            .decode_to_vec(content_md5)
-            .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
-        if given.as_slice() != digest.md5().as_slice() {
-            return Err(s3_error!(
-                BadDigest,
-                "The Content-MD5 you specified did not match what we received."
-            ));
+    // A Content-MD5 is checked before anything is committed; without one, a large body's MD5 is
+    // left to finish beside the commit's syncs.
+    let digest = match declared.content_md5 {
+        Some(content_md5) => {
+            let (digested, synced) = tokio::join!(digests.finish(), synced);
+            synced.map_err(internal)?;
+            let digest = digested?;
+            let given = base64_simd::STANDARD
+                .decode_to_vec(content_md5)
+                .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
+            if given.as_slice() != digest.md5().as_slice() {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The Content-MD5 you specified did not match what we received."
+                ));
+            }
+            PromisedDigest::Ready(digest)
         }
-    }
+        None => {
+            let digest = digests.promise();
+            synced.await.map_err(internal)?;
+            digest
+        }
+    };
 
     let mut checksums = declared.checksums;
     apply_trailers(&mut checksums, trailers)?;
@@ -341,15 +393,18 @@ pub async fn receive(
         sha256: checksums.sha256.or(computed.checksum_sha256),
     };
 
-    let body = match &temp {
-        Some(t) => PutBody::File { path: t.0.clone(), len },
+    let body = match &temp.0 {
+        Some(path) => PutBody::File {
+            path: path.clone(),
+            len,
+        },
         None => PutBody::Bytes(mem.freeze()),
     };
     Ok(Spooled {
         body,
         checksums,
         digest,
-        _file: temp,
+        file: temp,
     })
 }
 

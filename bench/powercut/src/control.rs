@@ -5,10 +5,10 @@
 //! - `STATUS` → `file <path> synced <bytes> size <bytes> dirty_pages <n>` per file with unsynced
 //!   data, `op <seq> <description>` per unsynced namespace operation (oldest first), then
 //!   `files <n> dirty_pages <n> ops <n>`, `OK`.
-//! - `CUT <seed> [a|b|c]` → cuts the power (mode from the seed, `seed % 3`, unless given):
+//! - `CUT <seed> [a|b|c|d]` → cuts the power (mode from the seed, `seed % 3`, unless given):
 //!   `seed <n>`, `mode <letter> <name>`, `state <digest>`, `file <path> size <current> -> <final>
 //!   synced <bytes> pages_kept <n> pages_dropped <n>` per file with unsynced data, `kept <seq>
-//!   <description>` per surviving unsynced operation (mode c), `undone <seq> <description>` per
+//!   <description>` per surviving unsynced operation (modes c, d), `undone <seq> <description>` per
 //!   dropped one (newest first), `summary files <n> pages_kept <n> pages_dropped <n> ops_kept <n>
 //!   ops_undone <n>`, then `OK` once the backing directory holds the post-cut image and the mount
 //!   is gone (the daemon exits right after); `ERR <message>` if the cut could not be carried out.
@@ -42,7 +42,7 @@ impl Request {
                 let seed = seed.parse().map_err(|_| format!("bad seed {seed:?}"))?;
                 let mode = match rest.first() {
                     None => None,
-                    Some(m) => Some(Mode::parse(m).ok_or_else(|| format!("bad mode {m:?} (a, b or c)"))?),
+                    Some(m) => Some(Mode::parse(m).ok_or_else(|| format!("bad mode {m:?} (a, b, c or d)"))?),
                 };
                 Ok(Request::Cut { seed, mode })
             }

@@ -45,7 +45,8 @@ enum Command {
         /// Decides everything the cut does; the mode is `seed % 3` (0 a, 1 b, 2 c) unless given.
         #[arg(long)]
         seed: u64,
-        /// a (drop all unsynced), b (torn data), c (prefix of namespace operations, torn data).
+        /// a (drop all unsynced), b (torn data), c (prefix of namespace operations, torn data),
+        /// d (every namespace operation kept, every unsynced data page dropped).
         #[arg(long, value_parser = parse_mode)]
         mode: Option<Mode>,
     },
@@ -62,7 +63,7 @@ enum Command {
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
-    Mode::parse(s).ok_or_else(|| format!("{s:?} is not a mode: a, b or c"))
+    Mode::parse(s).ok_or_else(|| format!("{s:?} is not a mode: a, b, c or d"))
 }
 
 fn print(lines: Vec<String>) {

@@ -33,6 +33,11 @@ pub enum Mode {
     /// (c) An in-order prefix of the unsynced namespace operations, across all directories,
     /// survives; data is torn as in (b), independently of the names.
     Prefix,
+    /// (d) Every unsynced namespace operation survives and every unsynced data page is dropped:
+    /// the end of (c) a test picks when it needs names without their data (a journal that
+    /// committed an unlink while the log write before it never reached the disk). Only when
+    /// asked for; seeds choose among a, b and c.
+    NamesOnly,
 }
 
 impl Mode {
@@ -49,6 +54,7 @@ impl Mode {
             Mode::Drop => 'a',
             Mode::Torn => 'b',
             Mode::Prefix => 'c',
+            Mode::NamesOnly => 'd',
         }
     }
 
@@ -57,15 +63,17 @@ impl Mode {
             Mode::Drop => "drop",
             Mode::Torn => "torn",
             Mode::Prefix => "prefix",
+            Mode::NamesOnly => "names-only",
         }
     }
 
-    /// `a`/`drop`, `b`/`torn`, `c`/`prefix`.
+    /// `a`/`drop`, `b`/`torn`, `c`/`prefix`, `d`/`names-only`.
     pub fn parse(s: &str) -> Option<Mode> {
         match s {
             "a" | "drop" => Some(Mode::Drop),
             "b" | "torn" => Some(Mode::Torn),
             "c" | "prefix" => Some(Mode::Prefix),
+            "d" | "names-only" => Some(Mode::NamesOnly),
             _ => None,
         }
     }
@@ -414,6 +422,7 @@ impl Tracker {
         let keep = match mode {
             Mode::Drop | Mode::Torn => 0,
             Mode::Prefix => rng::stream(seed, "namespace").up_to(self.log.len() as u64) as usize,
+            Mode::NamesOnly => self.log.len(),
         };
         CutPlan {
             seed,
@@ -460,11 +469,11 @@ fn plan_file(seed: u64, mode: Mode, facts: &FileFacts, state: &FileState) -> Fil
     // Torn files: a quarter lose every unsynced page, a quarter keep them all, the rest keep
     // each page with even odds.
     let style = match mode {
-        Mode::Drop => 0,
+        Mode::Drop | Mode::NamesOnly => 0,
         Mode::Torn | Mode::Prefix => g.below(4),
     };
     let final_size = match mode {
-        Mode::Drop => synced,
+        Mode::Drop | Mode::NamesOnly => synced,
         Mode::Torn | Mode::Prefix => {
             if current == synced {
                 synced
@@ -763,12 +772,38 @@ mod tests {
     }
 
     #[test]
+    fn names_only_mode_keeps_every_name_and_drops_every_unsynced_page() {
+        let mut t = Tracker::new();
+        let s = t.file_mut(1, 2 * PAGE);
+        s.touch(PAGE - 10, 5 * PAGE, |_, _, _| Ok(())).unwrap();
+        s.size_dirty = true;
+        for i in 0..3 {
+            log(
+                &mut t,
+                NsOp::Create {
+                    at: entry(1, &format!("x{i}")),
+                    node: 9 + i,
+                    dir: false,
+                },
+            );
+        }
+        let plan = t.plan_cut(7, Mode::NamesOnly, &[facts(1, "/f", 5 * PAGE)]);
+        let f = &plan.files[0];
+        assert_eq!(f.final_size, 2 * PAGE);
+        assert_eq!(f.pages_dropped, 5);
+        assert_eq!(f.pages_kept, 0);
+        assert_eq!(seqs(&plan.kept_ops), vec![1, 2, 3]);
+        assert!(plan.undone_ops.is_empty());
+    }
+
+    #[test]
     fn mode_from_seed() {
         assert_eq!(Mode::from_seed(0), Mode::Drop);
         assert_eq!(Mode::from_seed(4), Mode::Torn);
         assert_eq!(Mode::from_seed(5), Mode::Prefix);
         assert_eq!(Mode::parse("b"), Some(Mode::Torn));
         assert_eq!(Mode::parse("prefix"), Some(Mode::Prefix));
+        assert_eq!(Mode::parse("d"), Some(Mode::NamesOnly));
         assert_eq!(Mode::parse("x"), None);
     }
 }

@@ -12,6 +12,7 @@ use perch_policy::{Method, WriteMode};
 use tokio::sync::watch;
 
 use super::{Journal, fail_point};
+use crate::body::PromisedDigest;
 use crate::error::{CacheError, StoreError, StoreResult};
 use crate::journal::record::{PartLayout, Record, RecordPut};
 use crate::journal::state::{State, Version};
@@ -21,19 +22,21 @@ use crate::local::room::{is_no_space, preallocate};
 use crate::local::{TempGuard, lock};
 use crate::origin::ObjectMeta;
 
-/// Where a new version's body is: a verified spool file, already fsynced (renamed into place), or
-/// memory.
+/// Where a new version's body is: a verified spool file on the data dir's filesystem (written,
+/// perhaps not yet synced: the commit fsyncs it under its blob name), or memory.
 pub(crate) enum NewBody {
     File(PathBuf),
     Bytes(Bytes),
 }
 
 /// A PUT version to commit: its verified body, its object metadata (ETag, headers, checksums),
-/// the CRC32 of each block, and its part layout when it is a completed multipart upload.
+/// its digest (the CRC32 of each block, and its MD5: the ETag when `etag_is_md5`, set by the
+/// commit once the digest is done), and its part layout when it is a completed multipart upload.
 pub(crate) struct NewVersion {
     pub body: NewBody,
     pub meta: ObjectMeta,
-    pub crcs: Vec<u32>,
+    pub etag_is_md5: bool,
+    pub digest: PromisedDigest,
     pub parts: Option<Vec<PartLayout>>,
 }
 
@@ -130,33 +133,27 @@ impl EpochGuard<'_> {
 
 impl Journal {
     /// Commits a PUT version of `okey` (its body already verified) and returns its sequence
-    /// number once it is durable: blob fsynced, renamed, directory fsynced, batch synced. Waits
-    /// for room first when more than `--dirty-bytes-max` is waiting for upload.
+    /// number and ETag once it is durable: blob renamed, blob and directory fsynced, batch synced.
+    /// Waits for room first when more than `--dirty-bytes-max` is waiting for upload.
     pub(crate) async fn commit_put(
         self: &Arc<Self>,
         okey: &ObjectKey,
         version: NewVersion,
         mode: WriteMode,
-    ) -> StoreResult<u64> {
-        let NewVersion {
-            body,
-            meta,
-            crcs,
-            parts,
-        } = version;
+    ) -> StoreResult<(u64, String)> {
         // A body in memory is written by the commit; a spooled one already has its room.
-        let disk = match &body {
+        let disk = match &version.body {
             NewBody::Bytes(b) => b.len() as u64,
             NewBody::File(_) => 0,
         };
-        let _admitted = self.wait_for_room(meta.size, disk).await?;
+        let _admitted = self.wait_for_room(version.meta.size, disk).await?;
         let _pass = self.gates.pass(okey).await;
         let journal = self.clone();
         let okey = okey.clone();
-        let put = RecordPut { meta, crcs, parts };
-        tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, Some((body, put)), mode))
+        tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, Some(version), mode))
             .await
             .map_err(|e| StoreError::from(std::io::Error::other(e)))?
+            .map(|(seq, etag)| (seq, etag.unwrap_or_default()))
     }
 
     /// Holds back the commits of `keys` (see `Gates`) until the returned value is dropped.
@@ -172,6 +169,7 @@ impl Journal {
         tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, None, mode))
             .await
             .map_err(|e| StoreError::from(std::io::Error::other(e)))?
+            .map(|(seq, _)| seq)
     }
 
     /// Waits until a write of `size` bytes fits under `--dirty-bytes-max` (one larger than the
@@ -328,16 +326,28 @@ impl Journal {
         }
     }
 
+    /// The commit of a version (a PUT's, or a DELETE's when `version` is `None`) on a blocking
+    /// thread: its sequence number, and the ETag of a PUT.
     fn commit_blocking(
         &self,
         okey: &ObjectKey,
-        put: Option<(NewBody, RecordPut)>,
+        version: Option<NewVersion>,
         mode: WriteMode,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<(u64, Option<String>)> {
         let deadline = Instant::now() + self.cfg.dirty_wait_max;
-        // 1. The body, durable under a temp name.
-        let (temp, put) = match put {
-            Some((body, put)) => (Some(self.durable_temp(body, deadline)?), Some(put)),
+        // 1. The body, written under a temp name (not synced yet: step 2 syncs it).
+        let (temp, version) = match version {
+            Some(v) => {
+                let NewVersion {
+                    body,
+                    meta,
+                    etag_is_md5,
+                    digest,
+                    parts,
+                } = v;
+                let temp = self.written_temp(body, deadline)?;
+                (Some(temp), Some((meta, etag_is_md5, digest, parts)))
+            }
             None => (None, None),
         };
         let _temp_guard = temp.clone().map(TempGuard);
@@ -350,13 +360,31 @@ impl Journal {
             _ => EpochGuard::Shared(self.epoch.read().map_err(|_| poisoned())?),
         };
         let seq = self.while_no_space(deadline, || self.local.index.next_blob_id())?;
-        // 2. Renamed to its sequence number, and the name made durable.
+        // 2. Renamed to its sequence number first, then the blob and its directory fsynced side
+        // by side: both syncs are done before step 3 starts, and one filesystem journal commit
+        // can serve both (the name is in place when the blob's fsync starts).
         if let Some(temp) = &temp {
             self.local.blobs.commit(temp, seq)?;
             fail_point("blob_renamed");
-            self.while_no_space(deadline, || Ok(self.local.blobs.sync_dir(seq)?))?;
+            self.sync_blob_and_dir(seq, deadline)?;
             fail_point("dir_synced");
         }
+        // The digest of a large body may have been finishing meanwhile: the record needs it.
+        let put = match version {
+            Some((mut meta, etag_is_md5, digest, parts)) => {
+                let digest = digest.wait_blocking()?;
+                if etag_is_md5 {
+                    meta.etag = format!("\"{}\"", digest.md5_hex());
+                }
+                Some(RecordPut {
+                    meta,
+                    crcs: digest.crcs,
+                    parts,
+                })
+            }
+            None => None,
+        };
+        let etag = put.as_ref().map(|p| p.meta.etag.clone());
         let stage = epoch.get() * 2 + u64::from(mode == WriteMode::Barrier);
         let acked = SystemTime::now();
         let record = Record {
@@ -418,12 +446,34 @@ impl Journal {
             self.local.remove_blob(old);
         }
         self.wake.notify_one();
-        Ok(seq)
+        Ok((seq, etag))
     }
 
-    /// Writes (or moves) a body into a temp file of the blob directory and fsyncs it; a body in
-    /// memory is written again while the filesystem is full, up to `deadline`.
-    fn durable_temp(&self, body: NewBody, deadline: Instant) -> StoreResult<PathBuf> {
+    /// Fsyncs blob `seq` (its data and size) on this thread and, at the same time on another,
+    /// the directory its name is in; returns once both are done. A directory fsync that meets a
+    /// full filesystem is tried again (up to `deadline`); a failed blob fsync is not (the pages
+    /// it could not write may be gone: only writing the body again would be safe), it fails the
+    /// commit.
+    fn sync_blob_and_dir(&self, seq: u64, deadline: Instant) -> StoreResult<()> {
+        let path = self.local.blobs.path(seq);
+        std::thread::scope(|scope| {
+            let dir = scope.spawn(|| self.while_no_space(deadline, || Ok(self.local.blobs.sync_dir(seq)?)));
+            let blob = std::fs::File::open(&path).and_then(|f| crate::durable::sync_file(&f));
+            if blob.is_ok() {
+                fail_point("blob_synced");
+            }
+            let dir = dir
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::from(std::io::Error::other("the directory fsync panicked"))));
+            blob?;
+            dir
+        })
+    }
+
+    /// Writes (or moves) a body into a temp file of the blob directory, not synced (the commit
+    /// syncs it under its blob name), its pages handed to the disk at once; a body in memory is
+    /// written again while the filesystem is full, up to `deadline`.
+    fn written_temp(&self, body: NewBody, deadline: Instant) -> StoreResult<PathBuf> {
         let temp = self.local.blobs.temp_path();
         match body {
             NewBody::Bytes(b) => {
@@ -432,23 +482,20 @@ impl Journal {
                     let mut f = std::fs::File::create(&temp)?;
                     preallocate(&f, b.len() as u64)?;
                     std::io::Write::write_all(&mut f, &b)?;
-                    fail_point("blob_written");
-                    crate::durable::sync_file(&f)?;
+                    crate::durable::start_writeback(&f, 0, b.len() as u64);
                     Ok(())
                 })?;
                 std::mem::forget(guard);
             }
             NewBody::File(spooled) => {
-                // The spool is under the same data dir and already fsynced: a rename. Across
-                // filesystems, a copy, synced here.
+                // The spool is under the same data dir: a rename. Across filesystems, a copy.
                 if std::fs::rename(&spooled, &temp).is_err() {
-                    std::fs::copy(&spooled, &temp)?;
-                    crate::durable::sync_file(&std::fs::File::open(&temp)?)?;
+                    let len = std::fs::copy(&spooled, &temp)?;
+                    crate::durable::start_writeback(&std::fs::File::open(&temp)?, 0, len);
                 }
-                fail_point("blob_written");
             }
         }
-        fail_point("blob_synced");
+        fail_point("blob_written");
         Ok(temp)
     }
 }

@@ -118,6 +118,27 @@ pub(crate) fn fail_point(name: &str) {
     }
 }
 
+/// Test-only pause: `PERCH_PAUSE_POINT=<name>:<millis>` holds the thread that first reaches the
+/// point `<name>` for that long (later passes go on at once), so that a test can make something
+/// else happen at that moment. It says so on stderr when it starts and ends. Read once.
+pub(crate) fn pause_point(name: &str) {
+    static POINT: std::sync::OnceLock<Option<(String, Duration)>> = std::sync::OnceLock::new();
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let point = POINT.get_or_init(|| {
+        let v = std::env::var("PERCH_PAUSE_POINT").ok()?;
+        let (point, millis) = v.split_once(':')?;
+        Some((point.to_owned(), Duration::from_millis(millis.parse().ok()?)))
+    });
+    if let Some((point, pause)) = point
+        && point == name
+        && !PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        eprintln!("perch: pause point {name} reached; pausing {} ms", pause.as_millis());
+        std::thread::sleep(*pause);
+        eprintln!("perch: pause point {name} passed");
+    }
+}
+
 pub(crate) struct Journal {
     pub(crate) cfg: WriteConfig,
     pub(crate) local: Arc<Local>,
@@ -318,7 +339,7 @@ impl Journal {
             oldest_age_seconds: age.as_secs_f64(),
             last_seq: st.last_seq,
             in_flight: st.in_flight() as u64,
-            pending_upto: upto.map(|u| st.versions.range(..=u).count() as u64),
+            pending_upto: upto.map(|u| st.pending_upto(u)),
             failed: st
                 .failed
                 .iter()

@@ -294,9 +294,42 @@ impl State {
     }
 }
 
+impl State {
+    /// How many unconfirmed versions are at or below `upto` (`perch flush` polls this), counted
+    /// from whichever end of the backlog is nearer: O(min(below, above)), not O(backlog), since
+    /// a flush's `upto` is usually at (or near) the newest version.
+    pub(crate) fn pending_upto(&self, upto: u64) -> u64 {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let mut below = self.versions.range(..=upto);
+        let mut above = self.versions.range((Excluded(upto), Unbounded));
+        let mut pairs = 0u64;
+        loop {
+            match (below.next(), above.next()) {
+                (None, _) => return pairs,
+                (Some(_), None) => return self.versions.len() as u64 - pairs,
+                (Some(_), Some(_)) => pairs += 1,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_at_or_below_a_point_are_counted_from_either_end() {
+        let mut st = State::default();
+        assert_eq!(st.pending_upto(0), 0);
+        assert_eq!(st.pending_upto(u64::MAX), 0);
+        for seq in [3, 5, 8, 13, 21, 34, 55] {
+            st.add(seq, v(&format!("k{seq}"), WriteMode::WriteBack, 0));
+        }
+        for upto in [0, 2, 3, 4, 5, 12, 13, 20, 21, 40, 55, 56, u64::MAX] {
+            let want = st.versions.range(..=upto).count() as u64;
+            assert_eq!(st.pending_upto(upto), want, "upto {upto}");
+        }
+    }
 
     const SLOTS: Slots = Slots {
         ordered: 16,

@@ -76,9 +76,16 @@ impl Progress {
 pub(crate) enum FillError {
     NoSuchKey,
     NoSuchBucket,
-    Rejected { status: u16, code: String, message: String },
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
     Unavailable(String),
     Corrupt(String),
+    /// No room for a copy on the data dir's filesystem, even after evicting: readers get the
+    /// object from the origin, not kept (set before any reader streams from the fill).
+    NoRoom,
 }
 
 impl FillError {
@@ -104,6 +111,10 @@ impl FillError {
                 seconds: 0,
                 last: m.clone(),
             },
+            FillError::NoRoom => OriginError::Unavailable {
+                seconds: 0,
+                last: self.to_string(),
+            },
         }
     }
 }
@@ -116,6 +127,7 @@ impl std::fmt::Display for FillError {
             FillError::Rejected { status, code, .. } => write!(f, "refused: {status} {code}"),
             FillError::Unavailable(m) => write!(f, "unavailable: {m}"),
             FillError::Corrupt(m) => write!(f, "corrupt: {m}"),
+            FillError::NoRoom => f.write_str("no room on the data dir's filesystem for a copy"),
         }
     }
 }

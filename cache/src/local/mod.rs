@@ -458,7 +458,6 @@ impl Local {
         if evicted.0.is_empty() {
             return;
         }
-        self.before_unlink();
         for id in evicted.0 {
             self.stats.evictions.get_or_create(&DISK).inc();
             match self.index.key_of_blob(id) {
@@ -471,8 +470,10 @@ impl Local {
                             continue;
                         }
                     }
+                    // Under the key lock a release holds until its flag is up (`release_locked`).
+                    self.before_unlink();
                 }
-                Ok(None) => {}
+                Ok(None) => self.before_unlink(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot look up an evicted blob");
                     continue;

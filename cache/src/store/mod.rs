@@ -9,6 +9,7 @@ mod multipart;
 mod warm;
 
 use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -17,13 +18,13 @@ use std::time::{Duration, SystemTime};
 use perch_policy::{Method, Prefetch, RewrittenKeys, WriteMode, is_reserved};
 use prometheus_client::registry::Registry;
 
-use crate::body::{Digested, spool};
+use crate::body::{PromisedDigest, spool, spool_into, spools_to_file};
 use crate::error::{CacheError, StoreResult};
 use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
-use crate::local::{Local, LocalConfig, lock};
+use crate::local::{Local, LocalConfig, TempGuard, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
@@ -257,9 +258,16 @@ impl Store {
     /// PUT of a verified body whose digest the front door computed. Without conditions, a version
     /// acknowledged once durable locally (or in the origin, for a write-through key); with
     /// `If-Match`/`If-None-Match`, the origin decides, once it holds every earlier write of the key.
-    pub async fn put(&self, bucket: &str, key: &str, input: PutInput, digest: Digested) -> StoreResult<PutOutput> {
+    pub async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        input: PutInput,
+        digest: PromisedDigest,
+    ) -> StoreResult<PutOutput> {
         if let Some(r) = &self.replica {
             self.ensure_bucket(bucket).await?;
+            let digest = digest.wait().await?;
             let input = PutInput {
                 content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
                 ..input
@@ -269,20 +277,21 @@ impl Store {
         let okey = ObjectKey::new(bucket, key);
         if input.if_match.is_none() && input.if_none_match.is_none() {
             self.ensure_bucket(bucket).await?;
-            let etag = format!("\"{}\"", digest.md5_hex());
+            // The ETag is the body's MD5, set by the commit: a large body's may still be computing.
             let meta = ObjectMeta {
                 size: input.body.len(),
-                etag: etag.clone(),
+                etag: String::new(),
                 last_modified: SystemTime::now(),
                 headers: input.headers,
                 checksums: input.checksums.clone(),
             };
-            self.put_version(&okey, input.body, meta, digest, None).await?;
+            let etag = self.put_version(&okey, input.body, meta, true, digest, None).await?;
             return Ok(PutOutput {
                 etag,
                 checksums: input.checksums,
             });
         }
+        let digest = digest.wait().await?;
         let _held = self.journal.hold_commits(&[&okey]).await;
         self.settle(&okey).await?;
         self.fence().await;
@@ -339,7 +348,17 @@ impl Store {
             })?;
         let src_meta = source.output.meta;
         let temp = self.local.blobs.temp_path();
-        let landed = spool(source.output.body, src_meta.size, &temp).await?;
+        let landed = if spools_to_file(src_meta.size) {
+            // A copy is a write: its body takes its room on the data dir's filesystem first, as a
+            // PUT's spooled body does, waiting for it (clean entries evicted, uploads done) up to
+            // `--dirty-wait-max`, then 503 SlowDown. A body kept in memory waits in the commit.
+            let guard = TempGuard(temp.clone());
+            let file = tokio::fs::File::create(&temp).await?;
+            self.journal.allocate(file.as_fd(), src_meta.size).await?;
+            spool_into(source.output.body, src_meta.size, &temp, file, guard).await?
+        } else {
+            spool(source.output.body, src_meta.size, &temp).await?
+        };
         let headers = match copy.directive {
             MetadataDirective::Copy => src_meta.headers,
             MetadataDirective::Replace(h) => h,
@@ -360,7 +379,15 @@ impl Store {
             checksums,
         };
         let okey = ObjectKey::new(bucket, key);
-        self.put_version(&okey, landed.body, meta, landed.digest, None).await?;
+        self.put_version(
+            &okey,
+            landed.body,
+            meta,
+            false,
+            PromisedDigest::Ready(landed.digest),
+            None,
+        )
+        .await?;
         Ok(CopyOutput {
             etag,
             last_modified: now,
@@ -509,15 +536,17 @@ impl Store {
     }
 
     /// Commits a verified body as a PUT version (with its part layout when it is a completed
-    /// multipart upload) and acknowledges it as its write mode says.
+    /// multipart upload) and acknowledges it as its write mode says; returns its ETag (`meta`'s,
+    /// or its MD5's when `etag_is_md5`).
     async fn put_version(
         &self,
         okey: &ObjectKey,
         body: PutBody,
         meta: ObjectMeta,
-        digest: Digested,
+        etag_is_md5: bool,
+        digest: PromisedDigest,
         parts: Option<Vec<PartLayout>>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<String> {
         let body = match body {
             PutBody::Bytes(b) => NewBody::Bytes(b),
             PutBody::File { path, .. } => NewBody::File(path),
@@ -526,11 +555,13 @@ impl Store {
         let version = NewVersion {
             body,
             meta,
-            crcs: digest.crcs,
+            etag_is_md5,
+            digest,
             parts,
         };
-        let seq = self.journal.commit_put(okey, version, mode).await?;
-        self.acknowledge(seq, mode).await
+        let (seq, etag) = self.journal.commit_put(okey, version, mode).await?;
+        self.acknowledge(seq, mode).await?;
+        Ok(etag)
     }
 
     /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is

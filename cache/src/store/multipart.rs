@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::Store;
+use crate::body::PromisedDigest;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
 use crate::origin::{
@@ -88,7 +89,8 @@ impl Store {
             ..done.meta
         };
         let okey = ObjectKey::new(bucket, key);
-        self.put_version(&okey, done.body.body, meta, done.body.digest, Some(done.layout))
+        let digest = PromisedDigest::Ready(done.body.digest);
+        self.put_version(&okey, done.body.body, meta, false, digest, Some(done.layout))
             .await?;
         Ok(done.output)
     }

@@ -1,7 +1,8 @@
-//! A full disk: perch on a 64 MiB tmpfs the test mounts as its data dir. Writes that find no room
-//! wait (never a 500, never a partial object), go through once uploads or someone else free room,
-//! and past `--dirty-wait-max` are answered 503 SlowDown with nothing left behind; everything
-//! acknowledged reaches the origin, without a restart.
+//! A full disk: perch on a 64 MiB tmpfs the test mounts as its data dir. Writes (copies made
+//! locally too) that find no room wait (never a 500, never a partial object), go through once
+//! uploads or someone else free room, and past `--dirty-wait-max` are answered 503 SlowDown with
+//! nothing left behind; everything acknowledged reaches the origin, without a restart. A read miss
+//! evicts clean entries for its copy, or is served from the origin without keeping one.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -9,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use perch_testkit::bodies::{md5_etag, pattern};
-use perch_testkit::raw_client::Resp;
+use perch_testkit::raw_client::{BUCKET, Req, Resp};
 
 use crate::support::machine;
 use crate::support::stack::{Stack, assert_same};
@@ -107,6 +108,11 @@ struct Sent {
 
 fn send_put(s: &Stack, key: &str, body: Vec<u8>) -> Sent {
     let req = s.req("PUT", key).body(body.clone());
+    send(s, key, req, body)
+}
+
+/// `req` (of `key`, which should end holding `body`) sent from a thread of its own.
+fn send(s: &Stack, key: &str, req: Req, body: Vec<u8>) -> Sent {
     let addr = s.addr();
     let (tx, done) = mpsc::channel();
     let thread = std::thread::spawn(move || {
@@ -287,5 +293,106 @@ fn room_freed_by_someone_else_lets_waiting_writes_through() {
     assert_eq!(
         s.in_moto("orioledb_data/3/small").as_deref(),
         Some(pattern(200 << 10, 3).as_slice())
+    );
+}
+
+/// A CopyObject of `src` (a version not uploaded yet, so it is made locally) to `dst`.
+fn send_copy(s: &Stack, dst: &str, src: &str, body: Vec<u8>) -> Sent {
+    let req = s
+        .req("PUT", dst)
+        .header("x-amz-copy-source", &format!("/{BUCKET}/{src}"));
+    send(s, dst, req, body)
+}
+
+#[test]
+fn a_copy_made_locally_waits_for_room_like_a_put_and_past_dirty_wait_max_is_503() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--dirty-wait-max", "6s"]);
+    let s = Stack::start_on(disk.path(), &flags);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    // Larger than what a copy keeps in memory: its body goes to a file of the data dir.
+    let body = pattern(3 << 20, 41);
+    s.put("orioledb_data/5/src", &body);
+    let filler = disk.fill();
+    let copy = send_copy(&s, "orioledb_data/5/dst", "orioledb_data/5/src", body.clone());
+    assert!(
+        !copy.answer_within(Duration::from_secs(2)),
+        "a copy on a full disk did not wait for room"
+    );
+    let (dst, _, r) = copy.answer();
+    assert_eq!(r.status, 503, "copy to {dst} past --dirty-wait-max: {}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("SlowDown"), "{}", r.summary());
+    assert!(s.tmp_files().is_empty(), "temp files left: {:?}", s.tmp_files());
+    assert_eq!(s.status()["dirty_objects"], 1, "{}", s.status());
+    // Room comes back while the next copy waits: it goes through, whole.
+    let copy = send_copy(&s, "orioledb_data/5/dst", "orioledb_data/5/src", body.clone());
+    assert!(
+        !copy.answer_within(Duration::from_secs(2)),
+        "a copy on a full disk did not wait for room"
+    );
+    std::fs::remove_file(&filler).expect("free the disk");
+    let (dst, body, r) = copy.answer();
+    assert_eq!(r.status, 200, "copy to {dst} once the disk has room: {}", r.summary());
+    let etag = md5_etag(&body);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains(&etag.replace('"', "&quot;"))
+            || String::from_utf8_lossy(&r.body).contains(&etag),
+        "copy result without the source's ETag {etag}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    s.get_expect(&dst, &body, "HIT");
+    s.no_faults();
+    s.flush(Duration::from_secs(120));
+    assert_eq!(s.in_moto(&dst).as_deref(), Some(body.as_slice()), "{dst} in the origin");
+}
+
+#[test]
+fn a_read_miss_with_no_room_for_a_copy_is_served_from_the_origin_without_keeping_one() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    let key = "tables/6/big";
+    let body = pattern(4 << 20, 51);
+    s.put_behind_perchs_back(key, &body);
+    // Nothing clean to evict: no room can be made.
+    let filler = disk.fill();
+    for _ in 0..2 {
+        let r = s.get(key);
+        assert_eq!(r.status, 200, "GET {key} on a full disk: {}", r.summary());
+        assert_same(&r.body, &body, &format!("GET {key} on a full disk"));
+        assert_eq!(r.header("X-Cache"), Some("BYPASS"), "{}", r.summary());
+        assert!(s.tmp_files().is_empty(), "temp files left: {:?}", s.tmp_files());
+    }
+    std::fs::remove_file(&filler).expect("free the disk");
+    s.get_expect(key, &body, "MISS");
+    s.get_expect(key, &body, "HIT");
+}
+
+#[test]
+fn a_read_miss_on_a_full_disk_evicts_clean_entries_to_keep_its_copy() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    for i in 0..6 {
+        s.put(&format!("tables/7/{i}"), &pattern(4 << 20, i));
+    }
+    s.flush(Duration::from_secs(60));
+    let _filler = disk.fill();
+    // Larger than the reserve the keeper of the reserve gives back: the fill's room must come
+    // from evicting more clean entries.
+    let key = "tables/7/big";
+    let body = pattern(12 << 20, 77);
+    s.put_behind_perchs_back(key, &body);
+    s.get_expect(key, &body, "MISS");
+    s.get_expect(key, &body, "HIT");
+    assert!(s.tmp_files().is_empty(), "temp files left: {:?}", s.tmp_files());
+    assert!(
+        s.counter("perch_cache_evictions_total") >= 1.0,
+        "nothing was evicted to make room"
     );
 }

@@ -64,8 +64,10 @@ struct Rig {
     _moto: MotoServer,
     /// Extra environment of Perch for its next start (fail points, unsafe sync switches).
     env: Vec<(String, String)>,
-    /// Cut in this mode (`a`, `b`, `c`) rather than the one the seed picks.
+    /// Cut in this mode (`a`, `b`, `c`, `d`) rather than the one the seed picks.
     mode: Option<&'static str>,
+    /// `--cache-disk-bytes`.
+    cache_disk_bytes: &'static str,
 }
 
 impl Drop for Rig {
@@ -88,6 +90,10 @@ fn detach(mnt: &Path) {
 
 impl Rig {
     fn start(env: Vec<(String, String)>) -> Rig {
+        Rig::start_with(env, "64MiB")
+    }
+
+    fn start_with(env: Vec<(String, String)>, cache_disk_bytes: &'static str) -> Rig {
         let moto = MotoServer::start();
         let proxy = ProxyServer::start(&moto.endpoint, &[]);
         let dir = tempfile::Builder::new()
@@ -106,6 +112,7 @@ impl Rig {
             _moto: moto,
             env,
             mode: None,
+            cache_disk_bytes,
         };
         std::fs::create_dir_all(&rig.backing).expect("backing");
         std::fs::create_dir_all(&rig.mnt).expect("mountpoint");
@@ -173,7 +180,7 @@ impl Rig {
             "--origin-region".into(),
             "us-east-1".into(),
             "--cache-disk-bytes".into(),
-            "64MiB".into(),
+            self.cache_disk_bytes.into(),
             "--upload-concurrency".into(),
             "4".into(),
         ];
@@ -765,4 +772,118 @@ fn an_acknowledged_delete_survives_a_power_cut() {
     rig.proxy.faults(r#"{"outage": false}"#);
     flush_quietly(&rig);
     assert_eq!(moto_state(&rig, key), None);
+}
+
+/// PUTs `key` straight into moto: an object the origin has and Perch's cache does not.
+fn put_in_moto(rig: &Rig, key: &str, body: &[u8]) {
+    let moto_addr = SocketAddr::from(([127, 0, 0, 1], rig._moto.port));
+    let r = Req::object("PUT", moto_addr, Style::Path, &key_path(key))
+        .keys(Some(Keys::new(MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY)))
+        .body(body.to_vec())
+        .go(moto_addr);
+    assert_eq!(r.status, 200, "PUT {key} into moto: {}", r.summary());
+}
+
+/// The blob file under `dir` (Perch's blob directory) whose bytes are `body`, if any.
+fn blob_holding(dir: &Path, body: &[u8]) -> Option<PathBuf> {
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(_)
+                    if e.metadata().is_ok_and(|m| m.len() == body.len() as u64)
+                        && std::fs::read(&path).is_ok_and(|b| b == body) =>
+                {
+                    return Some(path);
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// Waits (up to 20 s) until Perch's log shows `line`.
+fn wait_for_log(rig: &Rig, line: &str) {
+    for _ in 0..200 {
+        if rig.perch().log_text().contains(line) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("perch never logged {line:?}:\n{}", rig.perch().log_text());
+}
+
+/// A release (the origin has the version) is written to the journal without a sync; its blob
+/// becomes a clean entry the evictor may take. An eviction that unlinks a blob first syncs the
+/// releases written before it, as the unsynced-release flag says. Here an eviction races the
+/// release's write (the write is held by a test-only pause point while a fill evicts), then the
+/// released blob itself is evicted, then the power goes with every name kept and every unsynced
+/// page dropped (mode d): were the flag raised before the write (the racing eviction takes it
+/// down, then the write lands unsynced) or not at all, the journal would bring the version back
+/// without its blob, and Perch would refuse to start.
+#[test]
+fn an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs() {
+    if let Some(why) = fuse_unusable() {
+        eprintln!("SKIPPED (not run): {why}");
+        return;
+    }
+    let _turn = machine::alone();
+    // A disk tier of 1 MiB: four of these bodies fit, a fifth evicts the oldest.
+    let mut rig = Rig::start_with(
+        vec![("PERCH_PAUSE_POINT".to_owned(), "release_write:10000".to_owned())],
+        "1MiB",
+    );
+    rig.proxy.faults(r#"{"latency_ms": 0}"#);
+    rig.mode = Some("d");
+    let blobs = rig.mnt.join("perch/cache/blobs");
+    let body = |n: u64| pattern(250_000, n);
+    // Clean entries, filled from the origin (fills release nothing: the pause waits for the
+    // first release).
+    for i in 0..4 {
+        let key = format!("orioledb_data/8/old{i}");
+        put_in_moto(&rig, &key, &body(i));
+        assert_eq!(rig.get(&key), Some(body(i)), "GET {key}");
+    }
+    let addr = rig.addr();
+    let key = "orioledb_data/8/written";
+    let written = body(100);
+    let r = Req::object("PUT", addr, Style::Path, &key_path(key))
+        .body(written.clone())
+        .go(addr);
+    assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
+    let written_blob = blob_holding(&blobs, &written).expect("the written version's blob");
+    // Uploaded; its release is now held before its journal write.
+    wait_for_log(&rig, "pause point release_write reached");
+    // The racing eviction: a fill evicts the oldest clean entry (and syncs what it must).
+    put_in_moto(&rig, "orioledb_data/8/new0", &body(200));
+    assert_eq!(rig.get("orioledb_data/8/new0"), Some(body(200)));
+    assert!(
+        blob_holding(&blobs, &body(0)).is_none(),
+        "the fill evicted nothing: the test proves nothing"
+    );
+    assert!(
+        !rig.perch().log_text().contains("pause point release_write passed"),
+        "the eviction came after the release's write: the test proves nothing (a slow machine?)"
+    );
+    wait_for_log(&rig, "pause point release_write passed");
+    flush_quietly(&rig);
+    // More fills, until the released version's blob is evicted too.
+    for i in 1..12 {
+        if !written_blob.exists() {
+            break;
+        }
+        let k = format!("orioledb_data/8/new{i}");
+        put_in_moto(&rig, &k, &body(200 + i));
+        assert_eq!(rig.get(&k), Some(body(200 + i)), "GET {k}");
+    }
+    assert!(!written_blob.exists(), "the released version's blob was never evicted");
+    rig.env.clear();
+    let (report, started) = rig.cut(11);
+    started.unwrap_or_else(|e| panic!("perch refused to start after the cut: {e}\n{report}"));
+    assert_eq!(rig.get(key).as_deref(), Some(written.as_slice()), "{key} after the cut");
+    flush_quietly(&rig);
+    assert_eq!(moto_state(&rig, key).as_deref(), Some(written.as_slice()));
 }

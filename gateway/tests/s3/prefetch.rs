@@ -181,6 +181,17 @@ fn parts_read_in_order_are_read_ahead_and_served_as_hits() {
             s.counts()
         );
     }
+    // Reading on to the last part: the read-ahead guesses past the end of the table, which is
+    // no failure (a table's last part, or a one-part table, as a replica sees them all day).
+    for i in 5..8 {
+        s.get_expect(&format!("{name}.{i}"), &parts[i], "HIT");
+    }
+    let absent = "perch_cache_prefetches_total{reason=\"read_ahead\",result=\"absent\"}";
+    eventually("the part past the end looked for", || s.metric(absent) >= 1.0);
+    s.assert_metric(
+        "perch_cache_prefetches_total{reason=\"read_ahead\",result=\"failed\"}",
+        0.0,
+    );
 }
 
 #[test]

@@ -294,8 +294,16 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
 
     let replica = start_replica(&tmp.path().join("replica"), &proxy);
     let r = replica.addr;
-    // Seeding pinned the rewritten keys; write-once keys come from the shared bucket.
-    assert_eq!(get_is(r, CONTROL, b"primary control 1", "seeded"), "OVERLAY");
+    // Seeding pinned the rewritten keys but the root control file: a standby that made a
+    // restartpoint refuses to start on the primary's (ahead of its own progress), and writes none
+    // itself while in recovery; a 404 reads as "no checkpoint in the bucket". Write-once keys
+    // come from the shared bucket.
+    assert_eq!(
+        status_of(r, "GET", CONTROL, b"", &[]),
+        404,
+        "the primary's root control file"
+    );
+    get_is(r, UNDO, b"primary undo 1", "seeded");
     get_is(r, "orioledb_data/1/1/2.0.0", &part, "shared part");
 
     // The primary checkpoints on: a new control file, its undo file deleted. The replica keeps
@@ -306,7 +314,11 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
         204,
         "the primary deletes its undo file"
     );
-    get_is(r, CONTROL, b"primary control 1", "after the primary moved on");
+    assert_eq!(
+        status_of(r, "GET", CONTROL, b"", &[]),
+        404,
+        "the primary's root control file after it moved on"
+    );
     get_is(r, UNDO, b"primary undo 1", "undo deleted by the primary");
 
     // The lock: judged against the overlay only (the primary holds its own in the bucket).
@@ -466,22 +478,32 @@ fn wal_fetch_writes_the_newest_segment_and_fails_at_once_when_absent() {
     assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
 }
 
-/// One request of `bench/traces/standby-shaped.jsonl`.
+/// One request of a standby's trace (`bench/traces/standby-*.jsonl`).
 #[derive(serde::Deserialize)]
 struct TraceRequest {
     phase: String,
     method: String,
+    /// Empty for a listing, whose parameters are in `query`.
     key: String,
+    #[serde(default)]
+    query: String,
     if_none_match: Option<String>,
     body_bytes: usize,
     status: u16,
     resp_body_bytes: usize,
 }
 
-#[test]
-fn replica_answers_a_standby_trace_as_oriole_expects_with_no_origin_write() {
-    let _turn = machine::share();
-    let trace: Vec<TraceRequest> = include_str!("../../../bench/traces/standby-shaped.jsonl")
+/// Bodies the replay sends and seeds are cut to this: a replica's answers do not depend on their
+/// size, and the recorded WAL segments alone are half a gigabyte.
+const REPLAY_BODY_MAX: usize = 256 << 10;
+
+/// Replays a standby's trace against a replica over a bucket that holds what the standby read
+/// (WAL segments appear when the trace first finds them, as the primary archived them). Every
+/// answer must be the one OrioleDB got and accepted, but for the root control file: 404 until
+/// the standby writes its own (the primary's is never served). Nothing but reads may reach the
+/// origin. Returns the replica, for more checks, with what keeps it running.
+fn replay_standby_trace(text: &str) -> (Vec<TraceRequest>, PerchServer, MotoServer, ProxyServer, tempfile::TempDir) {
+    let trace: Vec<TraceRequest> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("trace line"))
         .collect();
@@ -493,48 +515,87 @@ fn replica_answers_a_standby_trace_as_oriole_expects_with_no_origin_write() {
     put_into_moto(&moto, CONTROL, &pattern(8192, 7));
     put_into_moto(&moto, UNDO, &pattern(24576, 8));
     put_into_moto(&moto, LOCK, b"primary!");
+    let size = |n: usize| n.min(REPLAY_BODY_MAX);
+    let mut seeded = std::collections::HashSet::new();
     for (i, t) in trace.iter().enumerate() {
-        if t.method == "GET" && t.key != CONTROL {
-            put_into_moto(&moto, &t.key, &pattern(t.resp_body_bytes, i as u64));
+        let read = (t.method == "GET" || t.method == "HEAD") && t.status == 200;
+        if read && !t.key.is_empty() && t.key != CONTROL && !t.key.starts_with("wal/") && seeded.insert(&t.key) {
+            // A HEAD does not record the size: any will do.
+            let len = if t.method == "HEAD" { 8192 } else { size(t.resp_body_bytes) };
+            put_into_moto(&moto, &t.key, &pattern(len, i as u64));
         }
     }
     let replica = start_replica(&tmp.path().join("replica"), &proxy);
     let r = replica.addr;
+    let mut own_control: Option<usize> = None;
     for (i, t) in trace.iter().enumerate() {
+        let what = format!("{} #{i}: {} {}{}", t.phase, t.method, t.key, t.query);
+        if t.key.is_empty() {
+            let got = Req::bucket(&t.method, r, Style::Virtual, &t.query).go(r);
+            assert_eq!(got.status, t.status, "{what}: {}", got.summary());
+            continue;
+        }
+        if t.key.starts_with("wal/") && t.status == 200 && seeded.insert(&t.key) {
+            put_into_moto(&moto, &t.key, &pattern(size(t.resp_body_bytes), i as u64));
+        }
         let mut req = Req::object(&t.method, r, Style::Virtual, &key_path(&t.key));
         if t.method == "PUT" {
-            req = req.body(pattern(t.body_bytes, 1000 + i as u64));
+            req = req.body(pattern(size(t.body_bytes), 1000 + i as u64));
         }
         if let Some(v) = &t.if_none_match {
             req = req.header("If-None-Match", v);
         }
         let got = req.go(r);
-        assert_eq!(
-            got.status,
-            t.status,
-            "{} #{i}: {} {}: OrioleDB accepts only {}: {}",
-            t.phase,
-            t.method,
-            t.key,
-            t.status,
-            got.summary()
-        );
-        if t.method == "GET" {
-            assert_eq!(got.body.len(), t.resp_body_bytes, "{} #{i}: GET {}", t.phase, t.key);
+        let (status, len) = match (t.key == CONTROL, own_control) {
+            (true, None) if t.method == "GET" => (404, None),
+            (true, Some(len)) if t.method == "GET" => (200, Some(len)),
+            _ => (t.status, Some(size(t.resp_body_bytes))),
+        };
+        assert_eq!(got.status, status, "{what}: OrioleDB accepts only {status}: {}", got.summary());
+        if t.method == "GET" && status == 200 {
+            assert_eq!(Some(got.body.len()), len, "{what}");
+        }
+        if t.method == "PUT" && t.key == CONTROL {
+            own_control = Some(size(t.body_bytes));
         }
     }
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new(), "origin writes");
+    assert_eq!(moto_req(&moto, "GET", LOCK).body, b"primary!");
+    (trace, replica, moto, proxy, tmp)
+}
+
+/// The trace `bench/traces/make_standby_shaped.py` derives from the primary's traces: restarts,
+/// cold reads, and restartpoints that write control files.
+#[test]
+fn replica_answers_a_standby_shaped_trace_as_oriole_expects_with_no_origin_write() {
+    let _turn = machine::share();
+    let (trace, replica, _moto, _proxy, _tmp) = replay_standby_trace(include_str!("../../../bench/traces/standby-shaped.jsonl"));
     // The restartpoint's last writes are read back from the overlay.
     let last_control = trace
         .iter()
         .enumerate()
         .rev()
         .find(|(_, t)| t.method == "PUT" && t.key == CONTROL)
-        .map(|(i, t)| pattern(t.body_bytes, 1000 + i as u64))
+        .map(|(i, t)| pattern(t.body_bytes.min(REPLAY_BODY_MAX), 1000 + i as u64))
         .expect("the trace writes the control file");
     assert_eq!(
-        get_is(r, CONTROL, &last_control, "the restartpoint's control file"),
+        get_is(replica.addr, CONTROL, &last_control, "the restartpoint's control file"),
         "OVERLAY"
     );
-    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new(), "origin writes");
-    assert_eq!(moto_req(&moto, "GET", LOCK).body, b"primary!");
+}
+
+/// What a real OrioleDB standby sent its replica Perch (`bench/traces/standby-real.jsonl`, recorded
+/// by bench/replica-lag.sh): seeding by the restore tool, starts and restarts, restartpoints
+/// (which write no control file), WAL polling while the primary archives. Recorded before the
+/// replica stopped serving the primary's root control file: the restart it records failed on it.
+#[test]
+fn replica_answers_a_real_standby_trace_as_oriole_expects_with_no_origin_write() {
+    let _turn = machine::share();
+    let (trace, replica, _moto, _proxy, _tmp) = replay_standby_trace(include_str!("../../../bench/traces/standby-real.jsonl"));
+    assert!(
+        trace.iter().any(|t| t.phase.starts_with("standby-restart")),
+        "the trace holds a restart"
+    );
+    // A restart after restartpoints reads the root control file: the replica has none of its own.
+    assert_eq!(status_of(replica.addr, "GET", CONTROL, b"", &[]), 404);
 }

@@ -519,6 +519,54 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
     }
 }
 
+/// A body of 1 MiB or more has its MD5 finished beside its commit's syncs when no Content-MD5
+/// came with it (the ETag is set in the commit); with one, the MD5 is checked before anything is
+/// committed: a wrong one is 400 BadDigest and the key keeps what it held, a right one is taken.
+#[test]
+fn a_large_body_is_checked_against_its_content_md5_before_its_commit() {
+    use md5::{Digest, Md5};
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "orioledb_data/6/content-md5";
+    let old = pattern(2 << 20, 61);
+    let new = pattern(3 << 20, 62);
+    let b64 = |bytes: &[u8]| base64_simd::STANDARD.encode_to_string(bytes);
+    let first = s.req("PUT", key).body(old.clone()).go(s.addr());
+    assert_eq!(first.status, 200, "{}", first.summary());
+    assert_eq!(
+        first.header("etag"),
+        Some(md5_etag(&old).as_str()),
+        "no Content-MD5: the ETag"
+    );
+    let wrong = s
+        .req("PUT", key)
+        .header("content-md5", &b64(&Md5::digest(b"something else")))
+        .body(new.clone())
+        .go(s.addr());
+    assert_eq!(wrong.status, 400, "{}", wrong.summary());
+    assert_eq!(wrong.code().as_deref(), Some("BadDigest"), "{}", wrong.summary());
+    assert_eq!(
+        perch_get(&s, key),
+        Some(old.clone()),
+        "a refused body left the key as it was"
+    );
+    let right = s
+        .req("PUT", key)
+        .header("content-md5", &b64(&Md5::digest(&new)))
+        .body(new.clone())
+        .go(s.addr());
+    assert_eq!(right.status, 200, "{}", right.summary());
+    assert_eq!(
+        right.header("etag"),
+        Some(md5_etag(&new).as_str()),
+        "with Content-MD5: the ETag"
+    );
+    assert_eq!(perch_get(&s, key), Some(new.clone()));
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto(key), Some(new), "in the origin");
+}
+
 /// One worker's keys and what each may hold: after an acknowledged write exactly its state; after
 /// an unanswered one (the crash cut it), either.
 struct Model {
@@ -659,9 +707,10 @@ fn flush_and_compare(s: &Stack, models: &[Arc<Mutex<Model>>], round: u64) {
     }
 }
 
-/// kill -9 keeps the page cache, so only the syscalls show a missing fsync: under strace, the
-/// answer to a PUT is written only after the blob's fsync, its rename, the directory's fsync and
-/// the sync of RocksDB's log (the synced batch), in that order.
+/// kill -9 keeps the page cache, so only the syscalls show a missing fsync: under strace, a PUT's
+/// body is renamed to its blob name, then the blob and that directory are fsynced (both started
+/// after the rename, side by side), then RocksDB's log is synced (the batch, started after both
+/// fsyncs returned), and only then is the answer written.
 #[test]
 fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     let _turn = machine::share();
@@ -694,7 +743,7 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     });
     create_bucket(perch.addr);
     // A body kept in memory (written to the blob's temp file at commit) and one spooled to a file
-    // while it arrives (fsynced while its MD5 is finished).
+    // while it arrives (written out while its MD5 is finished).
     let bodies = [pattern(100 << 10, 41), pattern(2 << 20, 42)];
     for (i, body) in bodies.iter().enumerate() {
         let r = Req::object(
@@ -720,22 +769,26 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     assert!(status.success());
     let text = std::fs::read_to_string(&trace).expect("trace");
     // A syscall interrupted by another thread's is split in two lines ("<unfinished ...>", then
-    // "<... NAME resumed>"): joined here, at the place where it completed.
-    let mut started: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    // "<... NAME resumed>"): joined here, at the place where it completed; `started` keeps the
+    // place where it began.
+    let mut open: std::collections::HashMap<&str, (&str, usize)> = std::collections::HashMap::new();
     let mut joined: Vec<String> = Vec::new();
+    let mut started: Vec<usize> = Vec::new();
     for l in text.lines() {
         let pid = l.split_whitespace().next().unwrap_or("");
         if let Some(head) = l.strip_suffix(" <unfinished ...>") {
-            started.insert(pid, head);
+            open.insert(pid, (head, joined.len()));
             continue;
         }
         if let Some(at) = l.find(" resumed>")
             && l.contains("<... ")
-            && let Some(head) = started.remove(pid)
+            && let Some((head, start)) = open.remove(pid)
         {
             joined.push(format!("{head}{}", &l[at + " resumed>".len()..]));
+            started.push(start);
             continue;
         }
+        started.push(joined.len());
         joined.push(l.to_owned());
     }
     let lines: Vec<&str> = joined.iter().map(String::as_str).collect();
@@ -753,43 +806,60 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
     };
     let blobs = data_dir.join("cache").join("blobs");
     let tmp_dir = format!("{}/tmp/", blobs.display());
-    let spool_dir = format!("{}/tmp/spool-", data_dir.display());
     // Each PUT's answer comes after its own syncs, in order; the second PUT is searched for after
     // the first one's answer.
     let mut from = 0;
     for put in 0..bodies.len() {
-        let blob_fsync = find(
-            from,
-            &|l| l.contains("fsync(") && (l.contains(&tmp_dir) || l.contains(&spool_dir)) && l.ends_with("= 0"),
-            "fsync of the body",
-        );
+        // rename("<temp>", "<blob>") = 0, from the blob directory's temp dir to a blob name (a
+        // spooled body is first renamed from the spool into that temp dir).
         let rename = find(
-            blob_fsync,
+            from,
             &|l| {
+                let mut quoted = l.split('"').skip(1).step_by(2);
+                let (source, target) = (quoted.next().unwrap_or(""), quoted.next().unwrap_or(""));
                 l.contains("rename")
-                    && l.contains(&tmp_dir)
-                    && l.contains(&format!("{}/", blobs.display()))
+                    && source.starts_with(&tmp_dir)
+                    && target.starts_with(&format!("{}/", blobs.display()))
+                    && !target.starts_with(&tmp_dir)
                     && l.ends_with("= 0")
             },
             "rename of the blob",
         );
-        let dir_fsync = find(
-            rename,
-            &|l| {
-                l.contains("fsync(")
-                    && l.contains(&format!("{}/", blobs.display()))
-                    && !l.contains(&tmp_dir)
-                    && l.ends_with(">) = 0")
-            },
-            "fsync of the blob's directory",
-        );
+        // The blob's name and its directory's.
+        let blob = lines[rename].split('"').nth(3).expect("the rename's target").to_owned();
+        let dir = blob.rsplit_once('/').expect("a directory").0.to_owned();
+        let synced = |path: &str| {
+            let fd_of = format!("<{path}>)");
+            find(
+                rename,
+                &|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(&fd_of) && l.ends_with("= 0"),
+                &format!("fsync of {path}"),
+            )
+        };
+        let (blob_fsync, dir_fsync) = (synced(&blob), synced(&dir));
+        for (what, at) in [("blob", blob_fsync), ("directory", dir_fsync)] {
+            assert!(
+                started[at] > rename,
+                "PUT {put}: the {what} fsync began before the rename:\n{}",
+                lines[started[at]..=rename].join("\n")
+            );
+        }
+        let synced_both = blob_fsync.max(dir_fsync);
         let wal_sync = find(
-            dir_fsync,
+            synced_both,
             &|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains(".log>") && l.contains("/index/"),
             "sync of RocksDB's log",
         );
+        // The log's sync that carries the batch began once both fsyncs had returned.
+        let wal_write = lines[synced_both..wal_sync]
+            .iter()
+            .position(|l| l.contains("write(") && l.contains(".log>") && l.contains("/index/"));
+        assert!(
+            wal_write.is_some() || started[wal_sync] > synced_both,
+            "PUT {put}: RocksDB's log was synced before the blob and its directory"
+        );
         let answer = find(wal_sync, &|l| l.contains("HTTP/1.1 200"), "the HTTP 200 answer");
-        let early = lines[blob_fsync..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
+        let early = lines[rename..wal_sync].iter().find(|l| l.contains("HTTP/1.1 200"));
         assert!(
             early.is_none(),
             "PUT {put}: an answer was written before the syncs: {early:?}"

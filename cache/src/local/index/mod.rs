@@ -442,6 +442,8 @@ impl Index {
         }
         let mut w = WriteOptions::default();
         w.set_sync(sync);
+        // Tests hold the write here, to race an eviction against it (power_cut.rs).
+        crate::journal::pause_point("release_write");
         self.db.write_opt(b, &w)?;
         Ok(())
     }

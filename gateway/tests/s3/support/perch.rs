@@ -12,9 +12,12 @@ use perch_testkit::sigv4::Keys;
 
 use super::machine;
 
-/// The `perch` binary cargo built for these tests.
+/// The `perch` binary cargo built for these tests, or `$PERCH_TEST_BIN` (another build, e.g. one
+/// without a fix, to watch its test fail; `perch-powercut` is looked for beside it).
 pub fn perch_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_perch"))
+    std::env::var_os("PERCH_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_perch")))
 }
 
 /// Flags and environment that point perch at the S3 origin `endpoint` (moto, or the origin proxy
