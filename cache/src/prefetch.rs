@@ -209,17 +209,18 @@ impl Prefetcher {
         let mut rx = fill.progress.subscribe();
         drop(fill);
         // Until the fill ends: it failed, or its last byte (released once kept) arrived.
-        let mut absent = false;
-        loop {
-            let done = {
+        let absent = loop {
+            let (done, absent) = {
                 let p = rx.borrow_and_update();
-                absent = matches!(p.failed.as_deref(), Some(FillError::NoSuchKey));
-                p.failed.is_some() || p.meta.as_ref().is_some_and(|m| p.received >= m.size)
+                (
+                    p.failed.is_some() || p.meta.as_ref().is_some_and(|m| p.received >= m.size),
+                    matches!(p.failed.as_deref(), Some(FillError::NoSuchKey)),
+                )
             };
             if done || rx.changed().await.is_err() {
-                break;
+                break absent;
             }
-        }
+        };
         let kept = matches!(local.index.get(&item.okey), Ok(Some(_)));
         if !kept {
             local.unmark_prefetched(&item.okey);
