@@ -382,6 +382,64 @@ fn a_paused_holder_acknowledges_nothing_after_losing_its_lease_and_its_journal_w
     assert_eq!(b.get("stale/x"), None, "the discarded write never went up");
 }
 
+/// A machine that died (kill -9) with a write in its journal comes back after another primary
+/// held the bucket: it refuses to start until told, and `perch journal adopt` (with its flag)
+/// makes the old journal's writes go up under the lease it takes next.
+#[test]
+fn a_returning_machine_uploads_its_old_journal_only_once_adopted() {
+    let _turn = machine::alone();
+    let b = Bucket::new();
+    let dir_a = b.dir("a");
+    // Every upload under `stale/` fails on A's way to the bucket: its journal keeps that write.
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": "stale/"}"#);
+    let a = start_with(&dir_a, b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
+    assert_eq!(put(a.addr, "stale/x", b"acked, not yet uploaded"), 200);
+    a.kill();
+    // B takes the lease once A's has gone unrenewed for the period and margin, writes, stops.
+    let new = start_with(&b.dir("b"), b.args("machine-b"), moto_keys_env());
+    assert_eq!(b.lease().expect("lease").0, "machine-b");
+    assert_eq!(put(new.addr, "after", b"from b"), 200);
+    assert!(new.terminate(Duration::from_secs(30)).success());
+    assert!(b.get("after").is_some());
+
+    // A comes back, now with a healthy way to the bucket: its journal is bound to its old lease.
+    let args_a = b.args("machine-a");
+    let (_, err) = b.refused_with(&args_a, &dir_a);
+    assert!(err.contains("lease epoch 1 of `machine-a`"), "{err}");
+    assert_eq!(b.get("stale/x"), None, "the old journal went up without a decision");
+    let journal = |args: &[&str]| {
+        std::process::Command::new(perch_binary())
+            .args(["journal"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir_a)
+            .output()
+            .expect("perch journal")
+    };
+    let refused = journal(&["adopt"]);
+    assert!(!refused.status.success(), "adopt needs its flag");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--upload-over-newer-data"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let done = journal(&["adopt", "--upload-over-newer-data"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let again = start_with(&dir_a, args_a, moto_keys_env());
+    let lease = b.lease().expect("lease");
+    assert_eq!((lease.0.as_str(), lease.1), ("machine-a", 3), "a new epoch after b's");
+    assert!(
+        wait_until(Duration::from_secs(20), || b.get("stale/x").is_some()),
+        "the adopted write went up"
+    );
+    assert_eq!(b.get("stale/x").map(|g| g.0), Some(b"acked, not yet uploaded".to_vec()));
+    assert_eq!(b.get("after").map(|g| g.0), Some(b"from b".to_vec()), "b's own write stays");
+    drop(again);
+}
+
 /// The wall clock jumping against the boot clock (as after a snapshot restore) is a gap: the
 /// next write is acknowledged only after a renewal, even within the lease period.
 #[test]

@@ -187,7 +187,7 @@ fn parts_read_in_order_are_read_ahead_and_served_as_hits() {
         s.get_expect(&format!("{name}.{i}"), &parts[i], "HIT");
     }
     let absent = "perch_cache_prefetches_total{reason=\"read_ahead\",result=\"absent\"}";
-    eventually("the part past the end looked for", || s.metric(absent) >= 1.0);
+    eventually("the part past the end looked for", || s.counter(absent) >= 1.0);
     s.assert_metric(
         "perch_cache_prefetches_total{reason=\"read_ahead\",result=\"failed\"}",
         0.0,
