@@ -183,8 +183,8 @@ fn parts_read_in_order_are_read_ahead_and_served_as_hits() {
     }
     // Reading on to the last part: the read-ahead guesses past the end of the table, which is
     // no failure (a table's last part, or a one-part table, as a replica sees them all day).
-    for i in 5..8 {
-        s.get_expect(&format!("{name}.{i}"), &parts[i], "HIT");
+    for (i, part) in parts.iter().enumerate().take(8).skip(5) {
+        s.get_expect(&format!("{name}.{i}"), part, "HIT");
     }
     let absent = "perch_cache_prefetches_total{reason=\"read_ahead\",result=\"absent\"}";
     eventually("the part past the end looked for", || s.counter(absent) >= 1.0);
