@@ -423,7 +423,11 @@ pub async fn seed(
     loop {
         while running.len() < concurrency.clamp(1, 16) {
             let Some((key, object)) = pending.next() else { break };
-            let (client, setup, req) = (client.clone(), setup.clone(), Req::put(under(prefix, key), object.clone()));
+            let (client, setup, req) = (
+                client.clone(),
+                setup.clone(),
+                Req::put(under(prefix, key), object.clone()),
+            );
             running.spawn(async move { client.execute(&setup, &req).await });
         }
         let Some(done) = running.join_next().await else { break };

@@ -131,8 +131,14 @@ pub fn start_and_first_query(trace: &Trace, query_gets: usize) -> anyhow::Result
         end += 1;
     }
     let ops = trace.ops[..end].to_vec();
-    if ops.iter().any(|o| matches!(o.kind, OpKind::Delete | OpKind::List | OpKind::Unsupported(_))) {
-        bail!("{}: the start holds requests a wake replay does not send (DELETE, LIST, other)", trace.name);
+    if ops
+        .iter()
+        .any(|o| matches!(o.kind, OpKind::Delete | OpKind::List | OpKind::Unsupported(_)))
+    {
+        bail!(
+            "{}: the start holds requests a wake replay does not send (DELETE, LIST, other)",
+            trace.name
+        );
     }
     Ok((
         Trace {
@@ -284,7 +290,10 @@ impl Bench {
         let perch = Guard(Some(perch));
         let admin = perch.get()?.admin;
         loop {
-            if crate::client::get_text(admin, "/readyz", Duration::from_secs(5)).await.is_ok() {
+            if crate::client::get_text(admin, "/readyz", Duration::from_secs(5))
+                .await
+                .is_ok()
+            {
                 break;
             }
             if spawned.elapsed() > Duration::from_secs(60) {
@@ -309,10 +318,7 @@ impl Bench {
             origin_requests,
             hits: count(crate::metrics::HITS, ""),
             misses: count(crate::metrics::MISSES, ""),
-            prewarm_fetched: count(
-                "perch_cache_prefetches_total",
-                "reason=\"prewarm\",result=\"fetched\"",
-            ),
+            prewarm_fetched: count("perch_cache_prefetches_total", "reason=\"prewarm\",result=\"fetched\""),
             prewarm_used: count("perch_cache_prefetch_used_total", "reason=\"prewarm\""),
         };
         self.release_lock(&target).await?;
@@ -436,7 +442,10 @@ pub async fn run(args: WakeArgs) -> anyhow::Result<WakeReport> {
     // Perch, then stopped; Perch drained and wrote the hot set.
     let tmp = tempfile::tempdir()?;
     let volume = tmp.path().join("volume");
-    bench.perch_wake(volume.clone()).await.context("the life before the first stop")?;
+    bench
+        .perch_wake(volume.clone())
+        .await
+        .context("the life before the first stop")?;
     let mut hot_set = Req::get(".perch/hot-set", Expect::Status(200));
     hot_set.method = http::Method::HEAD;
     if let Some(e) = bench.client.execute(&moto_target, &hot_set).await.error {
@@ -570,7 +579,12 @@ mod tests {
         // Without a map, the query starts at the first data part.
         let no_map = Trace {
             name: "e3".into(),
-            ops: trace.ops.iter().filter(|o| !o.key.as_deref().unwrap_or("").ends_with(".map")).cloned().collect(),
+            ops: trace
+                .ops
+                .iter()
+                .filter(|o| !o.key.as_deref().unwrap_or("").ends_with(".map"))
+                .cloned()
+                .collect(),
         };
         let (_, query) = start_and_first_query(&no_map, 1).unwrap();
         assert_eq!(query, 2);
@@ -582,7 +596,14 @@ mod tests {
                     perch_cache_prefetches_total{reason=\"prewarm\",result=\"fetched\"} 7\n\
                     perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"} 3\n\
                     perch_cache_hits_total{tier=\"disk\"} 4\nperch_cache_hits_total{tier=\"memory\"} 5\n";
-        assert_eq!(metric_sum(text, "perch_cache_prefetches_total", "reason=\"prewarm\",result=\"fetched\""), 7.0);
+        assert_eq!(
+            metric_sum(
+                text,
+                "perch_cache_prefetches_total",
+                "reason=\"prewarm\",result=\"fetched\""
+            ),
+            7.0
+        );
         assert_eq!(metric_sum(text, "perch_cache_hits_total", ""), 9.0);
         assert_eq!(metric_sum(text, "perch_cache_misses_total", ""), 0.0);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);

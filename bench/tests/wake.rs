@@ -61,7 +61,11 @@ fn wake_reports_a_warm_and_a_prewarmed_empty_volume_wake() {
         assert_eq!(perch["misses"].as_u64(), Some(0), "{row:#}");
     }
     let warm = &rows[0]["perch"][0];
-    assert_eq!(warm["prewarm_fetched"].as_u64(), Some(0), "a warm volume is not prewarmed: {warm:#}");
+    assert_eq!(
+        warm["prewarm_fetched"].as_u64(),
+        Some(0),
+        "a warm volume is not prewarmed: {warm:#}"
+    );
     let empty = &rows[1]["perch"][0];
     assert_eq!(
         empty["prewarm_used"].as_u64(),

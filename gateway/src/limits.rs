@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +70,9 @@ enum Phase {
 pub struct Connection {
     phase: Mutex<Phase>,
     limits: Arc<Limits>,
+    /// The socket's reader, parked with no deadline while requests were served: woken when the
+    /// last one ends, so that it starts the idle clock (nothing else may poll it again).
+    reader: Mutex<Option<Waker>>,
 }
 
 impl Connection {
@@ -77,6 +80,7 @@ impl Connection {
         Arc::new(Connection {
             phase: Mutex::new(Phase::Header(Instant::now())),
             limits,
+            reader: Mutex::new(None),
         })
     }
 
@@ -85,15 +89,25 @@ impl Connection {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The time by which the client must have sent more, and what it failed to send.
-    fn read_deadline(&self) -> Option<(Instant, &'static str)> {
-        match *self.phase() {
+    fn reader(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The time by which the client must have sent more, and what it failed to send. None while
+    /// requests are served: then `waker` is woken when the last one ends.
+    fn read_deadline(&self, waker: &Waker) -> Option<(Instant, &'static str)> {
+        let phase = self.phase();
+        match *phase {
             Phase::Header(t) => Some((
                 t + self.limits.header_timeout,
                 "no complete request header within --header-timeout",
             )),
             Phase::Idle(t) => Some((t + self.limits.idle_timeout, "idle for --idle-timeout")),
-            Phase::Busy(_) => None,
+            Phase::Busy(_) => {
+                // Under the phase's lock, as the request's end takes it: no end slips between.
+                *self.reader() = Some(waker.clone());
+                None
+            }
         }
     }
 
@@ -134,11 +148,22 @@ impl RequestSpan {
 
 impl Drop for RequestSpan {
     fn drop(&mut self) {
-        let mut phase = self.conn.phase();
-        *phase = match *phase {
-            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-            _ => Phase::Idle(Instant::now()),
+        let reader = {
+            let mut phase = self.conn.phase();
+            *phase = match *phase {
+                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+                _ => Phase::Idle(Instant::now()),
+            };
+            match *phase {
+                Phase::Idle(_) => self.conn.reader().take(),
+                _ => None,
+            }
         };
+        // The reader may have been polled, and parked with no deadline, before this request's
+        // answer ended: it must look again, or an idle connection would be kept forever.
+        if let Some(w) = reader {
+            w.wake();
+        }
     }
 }
 
@@ -212,7 +237,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.conn.read_deadline() {
+            Poll::Pending => match this.conn.read_deadline(cx.waker()) {
                 Some((deadline, what)) if expired(&mut this.read_timer, deadline, cx) => {
                     Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
                 }

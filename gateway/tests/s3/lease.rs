@@ -149,6 +149,17 @@ fn signal(p: &PerchServer, name: &str) {
     assert!(ok.success());
 }
 
+/// `perch journal ARGS --data-dir DIR`, run to its end.
+fn perch_journal(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(perch_binary())
+        .arg("journal")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("perch journal")
+}
+
 fn seconds(s: &str) -> f64 {
     perch_policy_duration(s).as_secs_f64()
 }
@@ -360,15 +371,7 @@ fn a_paused_holder_acknowledges_nothing_after_losing_its_lease_and_its_journal_w
     );
     assert_eq!(b.get("late"), None);
 
-    let journal = |args: &[&str]| {
-        std::process::Command::new(perch_binary())
-            .args(["journal"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(&dir_a)
-            .output()
-            .expect("perch journal")
-    };
+    let journal = |args: &[&str]| perch_journal(&dir_a, args);
     let refused = journal(&["discard"]);
     assert!(!refused.status.success(), "discard needs its flag");
     let done = journal(&["discard", "--lose-these-writes"]);
@@ -410,15 +413,7 @@ fn a_returning_machine_uploads_its_old_journal_only_once_adopted() {
     let (_, err) = b.refused_with(&args_a, &dir_a);
     assert!(err.contains("lease epoch 1 of `machine-a`"), "{err}");
     assert_eq!(b.get("stale/x"), None, "the old journal went up without a decision");
-    let journal = |args: &[&str]| {
-        std::process::Command::new(perch_binary())
-            .args(["journal"])
-            .args(args)
-            .arg("--data-dir")
-            .arg(&dir_a)
-            .output()
-            .expect("perch journal")
-    };
+    let journal = |args: &[&str]| perch_journal(&dir_a, args);
     let refused = journal(&["adopt"]);
     assert!(!refused.status.success(), "adopt needs its flag");
     assert!(
@@ -436,7 +431,11 @@ fn a_returning_machine_uploads_its_old_journal_only_once_adopted() {
         "the adopted write went up"
     );
     assert_eq!(b.get("stale/x").map(|g| g.0), Some(b"acked, not yet uploaded".to_vec()));
-    assert_eq!(b.get("after").map(|g| g.0), Some(b"from b".to_vec()), "b's own write stays");
+    assert_eq!(
+        b.get("after").map(|g| g.0),
+        Some(b"from b".to_vec()),
+        "b's own write stays"
+    );
     drop(again);
 }
 

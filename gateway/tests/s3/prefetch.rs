@@ -268,7 +268,10 @@ fn readyz_waits_for_the_prewarm_from_the_first_probe_on() {
         s.get_expect(&format!("rz/hot/{i}"), body, "MISS");
     }
     s.stop_clean();
-    assert!(s.in_moto(".perch/hot-set").is_some(), "the drained primary wrote its hot set");
+    assert!(
+        s.in_moto(".perch/hot-set").is_some(),
+        "the drained primary wrote its hot set"
+    );
 
     // Every origin request now takes 300 ms: the buckets' listing, the hot set, each prewarm fill.
     s.faults(r#"{"latency_ms": 300}"#);

@@ -502,7 +502,15 @@ const REPLAY_BODY_MAX: usize = 256 << 10;
 /// answer must be the one OrioleDB got and accepted, but for the root control file: 404 until
 /// the standby writes its own (the primary's is never served). Nothing but reads may reach the
 /// origin. Returns the replica, for more checks, with what keeps it running.
-fn replay_standby_trace(text: &str) -> (Vec<TraceRequest>, PerchServer, MotoServer, ProxyServer, tempfile::TempDir) {
+fn replay_standby_trace(
+    text: &str,
+) -> (
+    Vec<TraceRequest>,
+    PerchServer,
+    MotoServer,
+    ProxyServer,
+    tempfile::TempDir,
+) {
     let trace: Vec<TraceRequest> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("trace line"))
@@ -521,7 +529,11 @@ fn replay_standby_trace(text: &str) -> (Vec<TraceRequest>, PerchServer, MotoServ
         let read = (t.method == "GET" || t.method == "HEAD") && t.status == 200;
         if read && !t.key.is_empty() && t.key != CONTROL && !t.key.starts_with("wal/") && seeded.insert(&t.key) {
             // A HEAD does not record the size: any will do.
-            let len = if t.method == "HEAD" { 8192 } else { size(t.resp_body_bytes) };
+            let len = if t.method == "HEAD" {
+                8192
+            } else {
+                size(t.resp_body_bytes)
+            };
             put_into_moto(&moto, &t.key, &pattern(len, i as u64));
         }
     }
@@ -551,7 +563,12 @@ fn replay_standby_trace(text: &str) -> (Vec<TraceRequest>, PerchServer, MotoServ
             (true, Some(len)) if t.method == "GET" => (200, Some(len)),
             _ => (t.status, Some(size(t.resp_body_bytes))),
         };
-        assert_eq!(got.status, status, "{what}: OrioleDB accepts only {status}: {}", got.summary());
+        assert_eq!(
+            got.status,
+            status,
+            "{what}: OrioleDB accepts only {status}: {}",
+            got.summary()
+        );
         if t.method == "GET" && status == 200 {
             assert_eq!(Some(got.body.len()), len, "{what}");
         }
@@ -569,7 +586,8 @@ fn replay_standby_trace(text: &str) -> (Vec<TraceRequest>, PerchServer, MotoServ
 #[test]
 fn replica_answers_a_standby_shaped_trace_as_oriole_expects_with_no_origin_write() {
     let _turn = machine::share();
-    let (trace, replica, _moto, _proxy, _tmp) = replay_standby_trace(include_str!("../../../bench/traces/standby-shaped.jsonl"));
+    let (trace, replica, _moto, _proxy, _tmp) =
+        replay_standby_trace(include_str!("../../../bench/traces/standby-shaped.jsonl"));
     // The restartpoint's last writes are read back from the overlay.
     let last_control = trace
         .iter()
@@ -591,7 +609,8 @@ fn replica_answers_a_standby_shaped_trace_as_oriole_expects_with_no_origin_write
 #[test]
 fn replica_answers_a_real_standby_trace_as_oriole_expects_with_no_origin_write() {
     let _turn = machine::share();
-    let (trace, replica, _moto, _proxy, _tmp) = replay_standby_trace(include_str!("../../../bench/traces/standby-real.jsonl"));
+    let (trace, replica, _moto, _proxy, _tmp) =
+        replay_standby_trace(include_str!("../../../bench/traces/standby-real.jsonl"));
     assert!(
         trace.iter().any(|t| t.phase.starts_with("standby-restart")),
         "the trace holds a restart"
