@@ -299,6 +299,8 @@ pub struct GuardedBody<B> {
     last: Instant,
     received: u64,
     timer: Pin<Box<Sleep>>,
+    /// Set once the whole body was read (see `with_end_flag`).
+    end: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<B> GuardedBody<B> {
@@ -311,6 +313,20 @@ impl<B> GuardedBody<B> {
             last: Instant::now(),
             received: 0,
             timer: idle_timer(),
+            end: None,
+        }
+    }
+
+    /// Sets `flag` once the body has been read to its end: an answer given before that must
+    /// close the connection (the rest of the body is still on it).
+    pub fn with_end_flag(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.end = Some(flag);
+        self
+    }
+
+    fn ended(&self) {
+        if let Some(f) = &self.end {
+            f.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -354,10 +370,16 @@ where
                     this.received += data.len() as u64;
                     this.last = Instant::now();
                 }
+                if this.inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let (deadline, why) = this.deadline(started);
                 if expired(&mut this.timer, deadline, cx) {

@@ -217,6 +217,13 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
+    // Whether the request's body was read to its end before the answer: if not (an answer given
+    // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
+    // the answer says so (`Connection: close`), so that a client never sends its next request on
+    // a connection about to close.
+    let body_read = Arc::new(std::sync::atomic::AtomicBool::new(http_body::Body::is_end_stream(
+        req.body(),
+    )));
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
             let mut direct = false;
@@ -226,7 +233,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 direct = true;
                 Err(answer)
             } else {
-                let req = req.map(|body| GuardedBody::new(body, limits));
+                let req = req.map(|body| GuardedBody::new(body, limits).with_end_flag(body_read.clone()));
                 if chunked::lacks_length(&req) {
                     chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
                         .await
@@ -276,8 +283,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
     // A client that sent `Expect: 100-continue` and got its final answer without a `100 Continue`
     // (an empty body, or an early refusal) may misread the next response on the same connection
     // (botocore does), so such a connection ends with its answer; so does one whose body was
-    // refused unread for its size.
-    if (expects_continue && (empty_body || !response.status().is_success())) || too_large_body.is_some() {
+    // refused unread for its size, or answered before its body was read to the end.
+    let unread = !body_read.load(std::sync::atomic::Ordering::Acquire);
+    if (expects_continue && (empty_body || !response.status().is_success())) || too_large_body.is_some() || unread {
         response
             .headers_mut()
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
