@@ -363,17 +363,8 @@ impl Reader {
     /// then allocates it, so that writing the body cannot fail half-way for want of space.
     /// `false`: no room can be had now.
     async fn room_for_fill(&self, file: &File, size: u64, kept: bool) -> bool {
-        if self.local.room.shortfall(size) > 0 {
-            if !kept {
-                return false;
-            }
-            let local = self.local.clone();
-            let short = tokio::task::spawn_blocking(move || local.make_room(size))
-                .await
-                .unwrap_or(size);
-            if short > 0 {
-                return false;
-            }
+        if self.local.room.shortfall(size) > 0 && !(kept && self.local.room_for(size).await.unwrap_or(false)) {
+            return false;
         }
         match preallocate(file, size) {
             // Where the filesystem cannot preallocate, the writes take their chance.

@@ -249,14 +249,7 @@ impl Journal {
     /// Whether `need` more bytes fit on the data dir's filesystem with its reserve left, once
     /// clean entries were evicted for them.
     async fn disk_fits(&self, need: u64) -> StoreResult<bool> {
-        if self.local.room.shortfall(need) == 0 {
-            return Ok(true);
-        }
-        let local = self.local.clone();
-        let short = tokio::task::spawn_blocking(move || local.make_room(need))
-            .await
-            .map_err(|e| StoreError::from(std::io::Error::other(e)))?;
-        Ok(short == 0)
+        Ok(self.local.room_for(need).await?)
     }
 
     /// Allocates `len` bytes of `file` (a body about to be written under the data dir) on disk,

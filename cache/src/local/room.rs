@@ -54,6 +54,22 @@ impl DiskRoom {
     }
 }
 
+impl super::Local {
+    /// Whether `need` more bytes fit on the data dir's filesystem with its reserve left, once
+    /// clean entries were evicted for them (`make_room`, off the async threads, only when they
+    /// do not fit already).
+    pub(crate) async fn room_for(self: &std::sync::Arc<Self>, need: u64) -> io::Result<bool> {
+        if self.room.shortfall(need) == 0 {
+            return Ok(true);
+        }
+        let local = self.clone();
+        let short = tokio::task::spawn_blocking(move || local.make_room(need))
+            .await
+            .map_err(io::Error::other)?;
+        Ok(short == 0)
+    }
+}
+
 /// `statvfs`: the blocks available to unprivileged writers, in bytes.
 pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
