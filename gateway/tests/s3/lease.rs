@@ -46,6 +46,16 @@ impl Bucket {
         self.tmp.path().join(name)
     }
 
+    /// A way to the bucket on which every upload under `stale/` fails: a machine behind it keeps
+    /// such a write in its journal.
+    fn proxy_failing_stale_uploads(&self) -> ProxyServer {
+        let proxy = ProxyServer::start(&self.moto.endpoint, &[]);
+        proxy
+            .control()
+            .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": "stale/"}"#);
+        proxy
+    }
+
     fn args(&self, holder: &str) -> Vec<String> {
         self.args_via(holder, &self.moto.endpoint)
     }
@@ -319,10 +329,7 @@ fn a_paused_holder_acknowledges_nothing_after_losing_its_lease_and_its_journal_w
     let dir_a = b.dir("a");
     // Machine A reaches the bucket through a proxy that fails every upload under `stale/`, so
     // that A's journal holds a write when it stops.
-    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
-    proxy
-        .control()
-        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": "stale/"}"#);
+    let proxy = b.proxy_failing_stale_uploads();
     let args_a = b.args_via("machine-a", &proxy.endpoint);
     let a = start_with(&dir_a, args_a.clone(), moto_keys_env());
     assert_eq!(put(a.addr, "before", b"acked by a"), 200);
@@ -394,10 +401,7 @@ fn a_returning_machine_uploads_its_old_journal_only_once_adopted() {
     let b = Bucket::new();
     let dir_a = b.dir("a");
     // Every upload under `stale/` fails on A's way to the bucket: its journal keeps that write.
-    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
-    proxy
-        .control()
-        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": "stale/"}"#);
+    let proxy = b.proxy_failing_stale_uploads();
     let a = start_with(&dir_a, b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
     assert_eq!(put(a.addr, "stale/x", b"acked, not yet uploaded"), 200);
     a.kill();
