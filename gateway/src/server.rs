@@ -221,9 +221,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
     // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
     // the answer says so (`Connection: close`), so that a client never sends its next request on
     // a connection about to close.
-    let body_read = Arc::new(std::sync::atomic::AtomicBool::new(http_body::Body::is_end_stream(
-        req.body(),
-    )));
+    // (No flag for a request without a body, as every GET: nothing to allocate on the hit path.)
+    let body_read =
+        (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let mut response = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
             let mut direct = false;
@@ -233,7 +233,10 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 direct = true;
                 Err(answer)
             } else {
-                let req = req.map(|body| GuardedBody::new(body, limits).with_end_flag(body_read.clone()));
+                let req = req.map(|body| match &body_read {
+                    Some(flag) => GuardedBody::new(body, limits).with_end_flag(flag.clone()),
+                    None => GuardedBody::new(body, limits),
+                });
                 if chunked::lacks_length(&req) {
                     chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
                         .await
@@ -284,7 +287,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
     // (an empty body, or an early refusal) may misread the next response on the same connection
     // (botocore does), so such a connection ends with its answer; so does one whose body was
     // refused unread for its size, or answered before its body was read to the end.
-    let unread = !body_read.load(std::sync::atomic::Ordering::Acquire);
+    let unread = body_read
+        .as_ref()
+        .is_some_and(|flag| !flag.load(std::sync::atomic::Ordering::Acquire));
     if (expects_continue && (empty_body || !response.status().is_success())) || too_large_body.is_some() || unread {
         response
             .headers_mut()
