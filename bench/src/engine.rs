@@ -83,8 +83,12 @@ pub enum WorkloadKind {
         keys: usize,
         read_ratio: f64,
     },
-    /// Replays of a recorded OrioleDB trace, each under a fresh key prefix.
-    Trace { trace: Arc<PreparedTrace>, prefix: String },
+    /// Replays of a recorded OrioleDB trace, each under a fresh key prefix (`None`: every replay
+    /// at the bucket's root, the keys as recorded).
+    Trace {
+        trace: Arc<PreparedTrace>,
+        prefix: Option<String>,
+    },
 }
 
 /// A named workload.
@@ -243,7 +247,9 @@ impl Engine {
                 self.progress.begin(&label, (!is_trace).then_some(budget));
                 let slice_stats = match &w.kind {
                     WorkloadKind::Trace { trace, prefix } => {
-                        let prefix = format!("{prefix}/{}/r{}", target.name, round + 1);
+                        let prefix = prefix
+                            .as_ref()
+                            .map_or_else(String::new, |p| format!("{p}/{}/r{}", target.name, round + 1));
                         crate::trace::replay(
                             trace.clone(),
                             self.client.clone(),

@@ -160,6 +160,12 @@ pub struct RunArgs {
     /// Key prefix of every object [default: perch-bench/s<seed>].
     #[arg(long)]
     pub key_prefix: Option<String>,
+    /// Replay traces at the bucket's root, their keys as recorded, where Perch's built-in OrioleDB
+    /// policy names them (WAL written through, control files as barriers, read-ahead of parts),
+    /// instead of under a fresh prefix; each replay overwrites the last one's keys, so this suits
+    /// traces of writes (a read a previous replay cached is a hit)
+    #[arg(long)]
+    pub trace_at_root: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -402,12 +408,16 @@ pub async fn run_section(args: &RunArgs, name: &str, title: &str, progress: Arc<
                 for file in trace_files(&paths)? {
                     let trace = Trace::load(&file)?;
                     let description = format!(
-                        "replay of {} ({}) under a fresh prefix per replay; keys it reads before writing are \
-                         seeded first",
+                        "replay of {} ({}) {}; keys it reads before writing are seeded first",
                         file.file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_default(),
-                        trace.describe()
+                        trace.describe(),
+                        if args.trace_at_root {
+                            "at the bucket's root (keys as recorded, every replay over the last)"
+                        } else {
+                            "under a fresh prefix per replay"
+                        }
                     );
                     let short = trace.name.trim_start_matches("trace-").to_owned();
                     progress.note(&format!("preparing trace {}", trace.name));
@@ -421,7 +431,7 @@ pub async fn run_section(args: &RunArgs, name: &str, title: &str, progress: Arc<
                         description,
                         kind: WorkloadKind::Trace {
                             trace: Arc::new(prepared),
-                            prefix: format!("{prefix}/trace/{short}"),
+                            prefix: (!args.trace_at_root).then(|| format!("{prefix}/trace/{short}")),
                         },
                         concurrency: None,
                         warm: false,

@@ -143,6 +143,7 @@ pub async fn run_suite(args: &SuiteArgs, progress: Arc<Progress>) -> anyhow::Res
         perch_admin: None,
         bucket: "perch-bench".into(),
         key_prefix: Some(format!("perch-bench/{section}-s{seed}")),
+        trace_at_root: false,
         common: common.clone(),
     };
     let mut sections = Vec::new();

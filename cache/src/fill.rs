@@ -31,7 +31,8 @@ use crate::read::Reader;
 /// memory tier's object size), so that readers keeping up with the origin never touch the disk.
 const HOLD: u64 = 8 << 20;
 
-/// Received bytes are handed on to readers and the writer at least every this many bytes.
+/// Received bytes are handed on to readers and the writer at least every this many bytes (the
+/// first chunk at once).
 const BATCH: usize = 256 * 1024;
 
 /// A reader behind what is held reads the temp file in pieces of this size.
@@ -206,17 +207,27 @@ impl Reader {
     async fn run_fill(&self, okey: &ObjectKey, fill: &Arc<Fill>) -> Result<(), FillError> {
         let (bucket, key) = (okey.bucket(), okey.key());
         let started = Instant::now();
-        let out = self
-            .origin
-            .get_object(bucket, key, None, &Conditions::default())
-            .await
-            .map_err(FillError::from_origin)?;
+        let io_err = |e: io::Error| FillError::Unavailable(format!("cache temp file: {e}"));
+        let temp = self.local.blobs.temp_path();
+        let _cleanup = TempGuard(temp.clone());
+        // The temp file is made off the async threads while the origin answers: creating a file
+        // can take milliseconds where many are created and deleted (ext4 looks for an inode not
+        // recently freed), and the first byte must not wait for it.
+        let files = tokio::task::spawn_blocking({
+            let temp = temp.clone();
+            move || -> io::Result<(File, File)> { Ok((File::create(&temp)?, File::open(&temp)?)) }
+        });
+        let out = match self.origin.get_object(bucket, key, None, &Conditions::default()).await {
+            Ok(out) => out,
+            Err(e) => {
+                // `_cleanup` removes the file only once it exists.
+                let _ = files.await;
+                return Err(FillError::from_origin(e));
+            }
+        };
+        let (write_file, read_file) = files.await.map_err(|e| io_err(io::Error::other(e)))?.map_err(io_err)?;
         let meta = Arc::new(out.meta);
         let size = meta.size;
-        let temp = self.local.blobs.temp_path();
-        let io_err = |e: io::Error| FillError::Unavailable(format!("cache temp file: {e}"));
-        let write_file = File::create(&temp).map_err(io_err)?;
-        let _cleanup = TempGuard(temp.clone());
         // Decided before any reader sees the object, so that all of them can go to the origin
         // instead (see `FillError::NoRoom`).
         let kept = size <= self.local.keep_limit() && !self.bypasses(okey);
@@ -229,7 +240,7 @@ impl Reader {
             self.local.make_room_soon();
             return Err(FillError::NoRoom);
         }
-        let read_file = Arc::new(File::open(&temp).map_err(io_err)?);
+        let read_file = Arc::new(read_file);
         fill.progress.send_modify(|p| {
             p.meta = Some(meta.clone());
             p.file = Some(read_file);
@@ -280,7 +291,9 @@ impl Reader {
                         last = Some(chunk);
                     } else {
                         batch.push(chunk);
-                        if batch.iter().map(Bytes::len).sum::<usize>() >= BATCH {
+                        // The first chunk goes on at once: a reader's first byte never waits
+                        // for a batch to fill.
+                        if received == batch[0].len() as u64 || batch.iter().map(Bytes::len).sum::<usize>() >= BATCH {
                             writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                         }
                     }
