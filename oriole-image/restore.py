@@ -174,6 +174,8 @@ class Restore:
         self.fetched = 0
         self.bytes = 0
         self.unpacked = set()
+        # Files that come from an earlier checkpoint (set once the checkpoint's lists are read).
+        self.earlier = set()
         self.lock = threading.Lock()
 
     def key(self, name):
@@ -239,17 +241,22 @@ class Restore:
         data = self.get(name)
         if re.search(r"(^|/)orioledb_data/small_files_\d+$", path):
             for inner, body in unpack_small_files(data):
-                self.write(inner, body)
+                if inner not in self.earlier:
+                    self.write(inner, body)
         else:
             self.write(path, data)
         self.say("%s -> %s" % (name, path))
 
     def parallel(self, tasks):
-        """Runs (function, args...) tasks `jobs` at a time; the first failure fails the restore."""
+        """Runs (function, args...) tasks `jobs` at a time, in the order given; a task may return
+        more tasks, which join the queue. The first failure fails the restore."""
         with ThreadPoolExecutor(self.jobs) as pool:
             futures = [pool.submit(*t) for t in tasks]
-            for f in futures:
-                f.result()
+            i = 0
+            while i < len(futures):
+                more = futures[i].result()
+                futures += [pool.submit(*t) for t in more or ()]
+                i += 1
 
     def last_checkpoint(self):
         _, prefixes = self.list("data/", delimiter="/")
@@ -266,30 +273,21 @@ class Restore:
         n = self.last_checkpoint()
         self.say("restoring checkpoint %d" % n)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        # The checkpoint's own files, and the maps of its tables.
-        data, _ = self.list("data/%d/" % n)
-        maps, _ = self.list("orioledb_data/%d/" % n)
-        tasks = [(self.fetch_to, k, k[len("data/%d/" % n):]) for k, _ in data]
-        for k, _ in maps:
-            parts = k.split("/")
-            if len(parts) == 4 and parts[3].endswith(".map"):
-                # orioledb_data/N/<db>/<rel>.map -> orioledb_data/<db>/<rel>-N.map
-                rel = parts[3][:-len(".map")].split(".")[0]
-                tasks.append((self.fetch_to, k, "orioledb_data/%s/%s-%d.map" % (parts[2], rel, n)))
+        base = "data/%d/" % n
+        # Two waves, each as wide as --jobs. The first: the checkpoint's listings, and the files
+        # that say what else it needs (the control files name the undo and the WAL, the checksum
+        # lists the files unchanged since earlier checkpoints).
+        first = ["global/pg_control", "orioledb_data/control"]
+        optional = ["orioledb_data/file_checksums", "orioledb_data/small_file_checksums"]
+        listed = {}
+        tasks = [(lambda p: listed.__setitem__(p, self.list(p)[0]), p) for p in (base, "orioledb_data/%d/" % n)]
+        tasks += [(self.fetch_to, base + f, f) for f in first]
+        tasks += [(self.fetch_if_present, base + f, f) for f in optional]
         self.parallel(tasks)
 
-        # Files unchanged since an earlier checkpoint live under that checkpoint's data/M/.
+        # The second: everything else at once, the largest first (the undo files, 64 MiB each, and
+        # the WAL segments) so that the longest downloads start soonest.
         tasks = []
-        unchanged = self._read_local("orioledb_data/file_checksums", n)
-        for name, m in unchanged.items():
-            tasks.append((self.fetch_to, "data/%d/%s" % (m, name), name))
-        small = self._read_local("orioledb_data/small_file_checksums", n)
-        for m in sorted(set(small.values())):
-            wanted = {name for name, c in small.items() if c == m}
-            archives, _ = self.list("data/%d/orioledb_data/small_files_" % m)
-            for k, _ in archives:
-                tasks.append((self._unpack_from, k, wanted))
-        # The undo the checkpoint needs, and the WAL from its redo point to its record.
         with open(os.path.join(self.data_dir, "orioledb_data/control"), "rb") as f:
             for name in undo_files(f.read()):
                 tasks.append((self.fetch_to, name, name))
@@ -300,12 +298,39 @@ class Restore:
         tasks.append((self.fetch_to, "wal/" + segments[0], "pg_wal/" + segments[0]))
         for seg in segments[1:]:
             tasks.append((self.fetch_if_present, "wal/" + seg, "pg_wal/" + seg))
+        # Small files unchanged since an earlier checkpoint M: list M's archives, then unpack them.
+        small = self._read_local("orioledb_data/small_file_checksums", n)
+        unchanged = self._read_local("orioledb_data/file_checksums", n)
+        # A file named in the checksum lists comes from its earlier checkpoint only (never also
+        # from checkpoint N's own objects): no file is written by two tasks at once.
+        self.earlier = set(small) | set(unchanged)
+        for m in sorted(set(small.values())):
+            wanted = {name for name, c in small.items() if c == m}
+            tasks.append((self._archives_of, m, wanted))
+        # The checkpoint's own files, and the maps of its tables.
+        done = {base + f for f in first + optional}
+        tasks += [(self.fetch_to, k, k[len(base):]) for k, _ in listed[base]
+                  if k not in done and k[len(base):] not in self.earlier]
+        for k, _ in listed["orioledb_data/%d/" % n]:
+            parts = k.split("/")
+            if len(parts) == 4 and parts[3].endswith(".map"):
+                # orioledb_data/N/<db>/<rel>.map -> orioledb_data/<db>/<rel>-N.map
+                rel = parts[3][:-len(".map")].split(".")[0]
+                tasks.append((self.fetch_to, k, "orioledb_data/%s/%s-%d.map" % (parts[2], rel, n)))
+        # Files unchanged since an earlier checkpoint live under that checkpoint's data/M/.
+        for name, m in unchanged.items():
+            tasks.append((self.fetch_to, "data/%d/%s" % (m, name), name))
         self.parallel(tasks)
         missing = set(small) - self.unpacked
         if missing:
             raise RestoreError("small files not found in any archive: %s" % sorted(missing)[:10])
         print("perch-oriole-restore: checkpoint %d: %d objects, %.1f MB in %.2f s" % (
             n, self.fetched, self.bytes / 1e6, time.monotonic() - started), flush=True)
+
+    def _archives_of(self, m, wanted):
+        """The tasks that unpack the `wanted` small files from checkpoint `m`'s archives."""
+        archives, _ = self.list("data/%d/orioledb_data/small_files_" % m)
+        return [(self._unpack_from, k, wanted) for k, _ in archives]
 
     def fetch_if_present(self, name, path):
         try:
