@@ -35,6 +35,9 @@ const HOLD: u64 = 8 << 20;
 /// first chunk at once).
 const BATCH: usize = 256 * 1024;
 
+/// The first received bytes handed on as a piece of their own, at most.
+const FIRST: usize = 16 * 1024;
+
 /// A reader behind what is held reads the temp file in pieces of this size.
 const DISK_CHUNK: u64 = 256 * 1024;
 
@@ -289,11 +292,20 @@ impl Reader {
                     received += chunk.len() as u64;
                     if received == size {
                         last = Some(chunk);
+                    } else if received == chunk.len() as u64 {
+                        // The first chunk goes on at once, its head as a piece of its own: a
+                        // reader's first byte waits neither for a batch nor for the write of
+                        // hundreds of KiB to its socket.
+                        let mut head = chunk;
+                        let rest = head.split_off(head.len().min(FIRST));
+                        batch.push(head);
+                        if !rest.is_empty() {
+                            batch.push(rest);
+                        }
+                        writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                     } else {
                         batch.push(chunk);
-                        // The first chunk goes on at once: a reader's first byte never waits
-                        // for a batch to fill.
-                        if received == batch[0].len() as u64 || batch.iter().map(Bytes::len).sum::<usize>() >= BATCH {
+                        if batch.iter().map(Bytes::len).sum::<usize>() >= BATCH {
                             writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                         }
                     }
