@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::key::ObjectKey;
 use crate::local::TempGuard;
-use crate::local::blobs::BlockCrcs;
+use crate::local::blobs::{BlockCrcs, crc32_of_blocks};
 use crate::local::fills::{Fill, FillError, Progress};
 use crate::local::room::{is_no_space, preallocate};
 use crate::md5_asm::Md5;
@@ -100,6 +100,12 @@ impl Check {
         }
     }
 
+    /// Whether the block CRCs already make this check: a whole body's CRC32 is its blocks'
+    /// CRC32s combined, so the bytes are not hashed twice.
+    fn by_blocks(&self) -> bool {
+        matches!(self, Check::Checksum(ChecksumAlgorithm::Crc32, ..))
+    }
+
     fn update(&mut self, data: &[u8]) {
         match self {
             Check::Checksum(_, _, h) => h.update(data),
@@ -108,11 +114,17 @@ impl Check {
         }
     }
 
-    /// `Err` with what differs when the body is not the object's.
-    fn verify(self) -> Result<(), String> {
+    /// `Err` with what differs when the body of `size` bytes, whose block CRCs are `crcs`, is not
+    /// the object's.
+    fn verify(self, crcs: &[u32], size: u64) -> Result<(), String> {
+        let by_blocks = self.by_blocks();
         match self {
             Check::Checksum(a, want, h) => {
-                let got = h.finish_base64();
+                let got = if by_blocks {
+                    aws_smithy_types::base64::encode(crc32_of_blocks(crcs, size).to_be_bytes())
+                } else {
+                    h.finish_base64()
+                };
                 if got == want {
                     Ok(())
                 } else {
@@ -150,11 +162,14 @@ fn write_body(
 ) -> io::Result<Written> {
     let mut crcs = BlockCrcs::default();
     let mut at = 0u64;
+    let by_blocks = check.by_blocks();
     for batch in batches {
         for chunk in batch {
             file.write_all_at(&chunk, at)?;
             crcs.update(&chunk);
-            check.update(&chunk);
+            if !by_blocks {
+                check.update(&chunk);
+            }
             at += chunk.len() as u64;
         }
         // Readers are not woken: they only wait for received bytes.
@@ -354,7 +369,7 @@ impl Reader {
                 "the origin sent {received} of {size} bytes"
             )));
         }
-        if let Err(e) = written.check.verify() {
+        if let Err(e) = written.check.verify(&written.crcs, size) {
             self.local.stats.corrupt.inc();
             return Err(FillError::Corrupt(e));
         }
@@ -465,4 +480,61 @@ impl FillReader {
             }
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::checksum::{Checksums, checksum};
+
+    fn meta(size: u64, checksums: Checksums) -> ObjectMeta {
+        ObjectMeta {
+            size,
+            etag: "\"0123456789abcdef0123456789abcdef\"".into(),
+            last_modified: std::time::SystemTime::UNIX_EPOCH,
+            headers: Default::default(),
+            checksums,
+        }
+    }
+
+    /// What a fill's writer makes of `body` (block CRCs, and the check fed unless it goes by the
+    /// blocks), then the verdict against `meta`.
+    fn verdict(meta: &ObjectMeta, body: &[u8]) -> Result<(), String> {
+        let mut check = Check::of(meta);
+        let mut crcs = BlockCrcs::default();
+        for piece in body.chunks(300_000) {
+            crcs.update(piece);
+            if !check.by_blocks() {
+                check.update(piece);
+            }
+        }
+        check.verify(&crcs.finish(), body.len() as u64)
+    }
+
+    #[test]
+    fn a_stored_crc32_is_checked_from_the_block_crcs_and_catches_a_flipped_byte() {
+        let body: Vec<u8> = (0..(2 * BLOCK_FOR_TEST + 777)).map(|i| (i % 253) as u8).collect();
+        let crc32 = Checksums {
+            crc32: Some(checksum(ChecksumAlgorithm::Crc32, &body)),
+            ..Default::default()
+        };
+        let m = meta(body.len() as u64, crc32);
+        assert!(Check::of(&m).by_blocks());
+        assert_eq!(verdict(&m, &body), Ok(()));
+        let mut bad = body.clone();
+        bad[BLOCK_FOR_TEST + 5] ^= 1;
+        assert!(verdict(&m, &bad).is_err(), "a flipped byte in the second block");
+
+        // Other algorithms still hash the bytes themselves.
+        let crc32c = Checksums {
+            crc32c: Some(checksum(ChecksumAlgorithm::Crc32c, &body)),
+            ..Default::default()
+        };
+        let m = meta(body.len() as u64, crc32c);
+        assert!(!Check::of(&m).by_blocks());
+        assert_eq!(verdict(&m, &body), Ok(()));
+        assert!(verdict(&m, &bad).is_err());
+    }
+
+    const BLOCK_FOR_TEST: usize = crate::local::blobs::BLOCK as usize;
 }

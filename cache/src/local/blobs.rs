@@ -125,6 +125,19 @@ impl BlockCrcs {
     }
 }
 
+/// The CRC32 of a whole body of `size` bytes from its blocks' CRC32s (`BlockCrcs`), without a
+/// second pass over its bytes.
+pub(crate) fn crc32_of_blocks(crcs: &[u32], size: u64) -> u32 {
+    let mut whole = crc32fast::Hasher::new();
+    let mut left = size;
+    for &crc in crcs {
+        let len = left.min(BLOCK);
+        whole.combine(&crc32fast::Hasher::new_with_initial_len(crc, len));
+        left -= len;
+    }
+    whole.finalize()
+}
+
 /// Reads block `index` of a blob of `size` bytes and checks it against `crcs`.
 /// `Ok(None)` means the block is corrupt or short.
 pub(crate) fn read_block(file: &File, size: u64, crcs: &[u32], index: u64) -> io::Result<Option<Vec<u8>>> {
@@ -225,6 +238,32 @@ fn read_if_cached(_file: &File, _size: u64) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_whole_bodys_crc32_is_its_blocks_crc32s_combined() {
+        for size in [
+            0usize,
+            1,
+            1000,
+            BLOCK as usize - 1,
+            BLOCK as usize,
+            BLOCK as usize + 1,
+            3 * BLOCK as usize + 12345,
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let mut crcs = BlockCrcs::default();
+            for piece in data.chunks(70_000) {
+                crcs.update(piece);
+            }
+            let crcs = crcs.finish();
+            assert_eq!(
+                crc32_of_blocks(&crcs, size as u64),
+                crc32fast::hash(&data),
+                "size {size}"
+            );
+        }
+        assert_ne!(crc32_of_blocks(&[1, 2], 2 * BLOCK), crc32_of_blocks(&[2, 1], 2 * BLOCK));
+    }
 
     #[test]
     fn crcs_split_at_block_boundaries_however_the_data_arrives() {
