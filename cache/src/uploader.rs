@@ -10,8 +10,7 @@ use perch_policy::Method;
 use crate::journal::record::{PartLayout, RecordPut};
 use crate::journal::state::Version;
 use crate::journal::{Journal, OriginCopy};
-use crate::local::TempGuard;
-use crate::local::blobs::{BLOCK, read_block};
+use crate::local::blobs::{BLOCK, CheckedRange, read_block};
 use crate::metrics::UploadLabel;
 use crate::origin::retry::RetryPolicy;
 use crate::origin::{ContentHeaders, Origin, OriginError, PutBody, PutInput};
@@ -60,7 +59,8 @@ impl Uploader {
     }
 
     /// Reads version `seq`'s blob and checks every block against the CRC32 recorded when it was
-    /// acknowledged, so that a blob damaged on local disk is caught before it goes up.
+    /// acknowledged: after a failed attempt, it tells a blob damaged on local disk (refused, kept
+    /// for `perch journal`) from an origin fault (tried again).
     async fn check_blob(&self, seq: u64, put: &RecordPut) -> Result<(), String> {
         let (path, size, crcs) = (self.journal.local.blobs.path(seq), put.meta.size, put.crcs.clone());
         let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -107,24 +107,8 @@ impl Uploader {
             if let Some(lease) = &lease {
                 lease.writable().await;
             }
-            // Checked before every attempt: a retry may come long after the last check.
-            if let Some(put) = &v.put
-                && let Err(why) = self.check_blob(seq, put).await
-            {
-                // The only copy of an acknowledged write is damaged: it must not go up as it is.
-                tracing::error!(
-                    bucket,
-                    key,
-                    seq,
-                    why,
-                    "a version's blob fails its check; it is not uploaded"
-                );
-                self.journal.refuse(
-                    seq,
-                    format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
-                );
-                return;
-            }
+            // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
+            // block cuts the request short, and the failure is told apart below.
             let result = match &v.put {
                 None => self.origin.delete_object(bucket, key).await.map(|()| None),
                 Some(put) => match &put.parts {
@@ -139,6 +123,25 @@ impl Uploader {
                 Err(OriginError::NoSuchKey) if v.put.is_none() => Ok(None),
                 other => other,
             };
+            // A failed attempt: was the blob damaged? The only copy of an acknowledged write must
+            // not go up as it is, nor be tried for ever.
+            if result.is_err()
+                && let Some(put) = &v.put
+                && let Err(why) = self.check_blob(seq, put).await
+            {
+                tracing::error!(
+                    bucket,
+                    key,
+                    seq,
+                    why,
+                    "a version's blob fails its check; it is not uploaded"
+                );
+                self.journal.refuse(
+                    seq,
+                    format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
+                );
+                return;
+            }
             match result {
                 Ok(out) => {
                     if let (Some(out), Some(put)) = (&out, &v.put)
@@ -191,8 +194,8 @@ impl Uploader {
     }
 
     /// Uploads a multipart version as a multipart upload with the same part layout: each part is
-    /// cut from the blob into a temp file and sent with its checksums. A failure abandons the
-    /// origin's upload (aborted, best effort) and the whole version is tried again.
+    /// its range of the blob, checked as it is read, sent with its checksums. A failure abandons
+    /// the origin's upload (aborted, best effort) and the whole version is tried again.
     async fn upload_parts(
         &self,
         v: &Version,
@@ -212,13 +215,7 @@ impl Uploader {
             let mut offset = 0u64;
             for (i, part) in parts.iter().enumerate() {
                 let number = i as i32 + 1;
-                let temp = self.journal.local.blobs.temp_path();
-                let _guard = TempGuard(temp.clone());
-                let (blob, t, len) = (self.journal.local.blobs.path(seq), temp.clone(), part.size);
-                tokio::task::spawn_blocking(move || copy_range(&blob, &t, offset, len))
-                    .await
-                    .map_err(|e| OriginError::Io(std::io::Error::other(e)))??;
-                let body = PutBody::File { path: temp, len };
+                let body = PutBody::Blob(self.checked_range(seq, put, offset, part.size));
                 let out = origin
                     .upload_part(bucket, key, &id, number, &body, &part.checksums)
                     .await?;
@@ -268,15 +265,18 @@ impl Uploader {
         (headers, extra)
     }
 
+    /// `len` bytes at `offset` of version `seq`'s blob, each block checked as it is read.
+    fn checked_range(&self, seq: u64, put: &RecordPut, offset: u64, len: u64) -> CheckedRange {
+        let path = self.journal.local.blobs.path(seq);
+        CheckedRange::new(path, put.meta.size, put.crcs.as_slice().into(), offset, len)
+    }
+
     fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
         let (headers, extra) = self.upload_headers(v, put);
         PutInput {
             headers,
             checksums: put.meta.checksums.clone(),
-            body: PutBody::File {
-                path: self.journal.local.blobs.path(seq),
-                len: put.meta.size,
-            },
+            body: PutBody::Blob(self.checked_range(seq, put, 0, put.meta.size)),
             if_match: None,
             if_none_match: None,
             content_md5: md5_of_etag(&put.meta.etag),
@@ -325,20 +325,4 @@ fn multipart_checksum(c: &crate::origin::Checksums) -> Option<crate::origin::Mul
         algorithm,
         checksum_type: c.checksum_type()?,
     })
-}
-
-/// Copies `len` bytes at `offset` of `from` into a new file `to`.
-fn copy_range(from: &std::path::Path, to: &std::path::Path, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut src = std::fs::File::open(from)?;
-    src.seek(SeekFrom::Start(offset))?;
-    let mut dst = std::fs::File::create(to)?;
-    let copied = std::io::copy(&mut src.take(len), &mut dst)?;
-    if copied != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "blob shorter than its parts",
-        ));
-    }
-    Ok(())
 }

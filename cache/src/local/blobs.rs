@@ -170,6 +170,109 @@ pub(crate) fn read_checked(file: &File, size: u64, crcs: &[u32]) -> io::Result<O
     Ok(checked(buf, size, crcs))
 }
 
+/// Bytes `offset..offset + len` of a blob of `size` bytes, as an upload's body: read block by
+/// block, every block checked against its CRC32 before any of its bytes go on. A blob damaged on
+/// disk after the uploader last checked it still never leaves as it is: the body ends with an
+/// `InvalidData` error at the damaged block (the request is cut short; the origin keeps nothing).
+#[derive(Debug, Clone)]
+pub struct CheckedRange {
+    path: PathBuf,
+    size: u64,
+    crcs: Arc<[u32]>,
+    offset: u64,
+    len: u64,
+}
+
+impl CheckedRange {
+    pub(crate) fn new(path: PathBuf, size: u64, crcs: Arc<[u32]>, offset: u64, len: u64) -> CheckedRange {
+        CheckedRange {
+            path,
+            size,
+            crcs,
+            offset,
+            len,
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A fresh stream of the range, a block at a time (each read off the async threads).
+    pub(crate) fn stream(&self) -> crate::origin::ByteStream {
+        let cursor = RangeCursor {
+            range: self.clone(),
+            file: None,
+            pos: self.offset,
+        };
+        Box::pin(futures::stream::unfold(cursor, |mut c| async move {
+            let end = c.range.offset + c.range.len;
+            if c.pos >= end {
+                return None;
+            }
+            match c.next_block().await {
+                Ok(bytes) => {
+                    c.pos += bytes.len() as u64;
+                    Some((Ok(bytes), c))
+                }
+                Err(e) => {
+                    // Nothing after an error.
+                    c.pos = end;
+                    Some((Err(e), c))
+                }
+            }
+        }))
+    }
+}
+
+struct RangeCursor {
+    range: CheckedRange,
+    file: Option<Arc<File>>,
+    /// The next byte to hand on.
+    pos: u64,
+}
+
+impl RangeCursor {
+    /// The checked bytes from `pos` to the end of its block (or of the range).
+    async fn next_block(&mut self) -> io::Result<bytes::Bytes> {
+        let index = self.pos / BLOCK;
+        let (path, size, crcs, file) = (
+            self.range.path.clone(),
+            self.range.size,
+            self.range.crcs.clone(),
+            self.file.clone(),
+        );
+        let (file, block) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let file = match file {
+                Some(f) => f,
+                None => Arc::new(File::open(&path)?),
+            };
+            let block = read_block(&file, size, &crcs, index)?;
+            Ok((file, block))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.file = Some(file);
+        let start = index * BLOCK;
+        let end = self.range.offset + self.range.len;
+        let (from, to) = ((self.pos - start) as usize, (end - start).min(BLOCK) as usize);
+        match block {
+            Some(b) if from < to && to <= b.len() => Ok(bytes::Bytes::from(b).slice(from..to)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "block {index} of {} fails its CRC32 or is short: not sent",
+                    self.range.path.display()
+                ),
+            )),
+        }
+    }
+}
+
 /// `buf` if it holds `size` bytes whose every block matches its CRC.
 fn checked(buf: Vec<u8>, size: u64, crcs: &[u32]) -> Option<Vec<u8>> {
     if buf.len() as u64 != size || (crcs.len() as u64) < size.div_ceil(BLOCK) {
@@ -238,6 +341,62 @@ fn read_if_cached(_file: &File, _size: u64) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blob file of `size` bytes in a temp dir, with its block CRCs.
+    fn blob(size: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>, Arc<[u32]>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("blob");
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(&path, &data).expect("write blob");
+        let mut crcs = BlockCrcs::default();
+        crcs.update(&data);
+        (dir, path, data, crcs.finish().into())
+    }
+
+    async fn collect(range: &CheckedRange) -> (Vec<u8>, Option<io::Error>) {
+        use futures::StreamExt;
+        let (mut got, mut stream) = (Vec::new(), range.stream());
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+        (got, None)
+    }
+
+    #[tokio::test]
+    async fn a_checked_range_streams_its_bytes_and_stops_before_a_damaged_block() {
+        let size = 3 * BLOCK as usize + 4321;
+        let (_dir, path, data, crcs) = blob(size);
+        let whole = CheckedRange::new(path.clone(), size as u64, crcs.clone(), 0, size as u64);
+        assert_eq!(collect(&whole).await.0, data);
+        // A part that starts and ends inside blocks (as a multipart layout's do).
+        let (offset, len) = (BLOCK as usize - 3, BLOCK as usize + 10);
+        let part = CheckedRange::new(path.clone(), size as u64, crcs.clone(), offset as u64, len as u64);
+        let (got, err) = collect(&part).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got, data[offset..offset + len]);
+        let empty = CheckedRange::new(path.clone(), size as u64, crcs.clone(), 5, 0);
+        assert_eq!(collect(&empty).await.0, Vec::<u8>::new());
+
+        // One flipped bit in block 2: blocks 0 and 1 go, then an error, and nothing of block 2.
+        let mut damaged = data.clone();
+        damaged[2 * BLOCK as usize + 99] ^= 1;
+        std::fs::write(&path, &damaged).expect("damage");
+        let (got, err) = collect(&whole).await;
+        assert_eq!(got, data[..2 * BLOCK as usize]);
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::InvalidData));
+        // A part that starts inside the damaged block sends nothing at all.
+        let tail = CheckedRange::new(path.clone(), size as u64, crcs.clone(), 2 * BLOCK + 5, 100);
+        let (got, err) = collect(&tail).await;
+        assert!(got.is_empty() && err.is_some());
+        // A blob cut short is refused where it ends.
+        std::fs::write(&path, &data[..BLOCK as usize + 10]).expect("truncate");
+        let (got, err) = collect(&whole).await;
+        assert_eq!(got, data[..BLOCK as usize]);
+        assert!(err.is_some());
+    }
 
     #[test]
     fn the_whole_bodys_crc32_is_its_blocks_crc32s_combined() {

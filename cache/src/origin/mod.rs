@@ -19,6 +19,8 @@ use bytes::Bytes;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+pub use crate::local::blobs::CheckedRange;
+
 pub use checksum::{ChecksumAlgorithm, ChecksumType, Checksums, MultipartChecksum};
 pub use config::{Document, Subresource};
 pub use fs::FsOrigin;
@@ -182,6 +184,8 @@ pub enum PutBody {
         path: PathBuf,
         len: u64,
     },
+    /// A range of a blob, every block checked against its CRC32 as it is read (an upload).
+    Blob(CheckedRange),
 }
 
 impl PutBody {
@@ -189,6 +193,7 @@ impl PutBody {
         match self {
             PutBody::Bytes(b) => b.len() as u64,
             PutBody::File { len, .. } => *len,
+            PutBody::Blob(range) => range.len(),
         }
     }
 
@@ -207,6 +212,7 @@ impl PutBody {
                 let file = tokio::fs::File::open(path).await?;
                 Ok(Box::pin(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)))
             }
+            PutBody::Blob(range) => Ok(range.stream()),
         }
     }
 }

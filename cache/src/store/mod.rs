@@ -550,6 +550,12 @@ impl Store {
         let body = match body {
             PutBody::Bytes(b) => NewBody::Bytes(b),
             PutBody::File { path, .. } => NewBody::File(path),
+            // Only the uploader makes these, for the origin.
+            PutBody::Blob(_) => {
+                return Err(crate::error::StoreError::from(std::io::Error::other(
+                    "a blob range is an upload's body, never a new version's",
+                )));
+            }
         };
         let mode = self.journal.mode(Method::Put, okey);
         let version = NewVersion {

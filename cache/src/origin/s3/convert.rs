@@ -144,6 +144,42 @@ pub(super) async fn sdk_body(body: &PutBody) -> OriginResult<SdkByteStream> {
             .build()
             .await
             .map_err(|e| OriginError::Io(io::Error::other(format!("{}: {e}", path.display())))),
+        PutBody::Blob(range) => Ok(SdkByteStream::new(aws_smithy_types::body::SdkBody::from_body_1_x(
+            KnownLength {
+                stream: range.stream(),
+                left: range.len(),
+            },
+        ))),
+    }
+}
+
+/// A stream of a known length as an HTTP body (a checked blob range sent to the origin).
+struct KnownLength {
+    stream: ByteStream,
+    left: u64,
+}
+
+impl http_body::Body for KnownLength {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        match std::task::ready!(this.stream.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => {
+                this.left = this.left.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
     }
 }
 
