@@ -106,6 +106,33 @@ fn a_blob_damaged_on_disk_is_refused_not_uploaded() {
 }
 
 #[test]
+fn a_multipart_blob_damaged_in_a_later_part_is_refused_and_its_upload_abandoned() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "orioledb_undo/damaged-mp";
+    let turned_away = || {
+        s.proxy
+            .records_for(key)
+            .iter()
+            .filter(|(_, _, injected)| injected.is_some())
+            .count()
+    };
+    // As above, for a version uploaded as a multipart upload with its own layout: part 1 is
+    // intact, part 2 is damaged after an attempt the outage turned away.
+    s.faults(r#"{"outage": true}"#);
+    let body = pattern((5 << 20) + 300_000, 11);
+    s.rt.block_on(multipart(&s.sdk(), key, &body));
+    eventually("an upload attempt turned away", || turned_away() >= 1);
+    flip_byte(&s.blob_holding(&body), (5 << 20) + 1000);
+    s.no_faults();
+    let r = wait_refused(&s, 1);
+    assert_eq!(r[0].1, key);
+    assert!(r[0].2.contains("damaged"), "{r:?}");
+    assert_eq!(s.in_moto(key), None, "the damaged body went up");
+}
+
+#[test]
 fn an_operator_retries_or_drops_a_refused_version() {
     let _turn = machine::share();
     let s = Stack::start(&[]);
