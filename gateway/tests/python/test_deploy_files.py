@@ -694,9 +694,13 @@ class Supervisor:
         )
         self.env.update(extra)
         self.stderr = tmp_path / "supervise.stderr"
+        # Started with SIGINT and SIGQUIT at their defaults, as a Machine's init starts it: a test
+        # run started in the background of a shell without job control inherits them ignored,
+        # and bash cannot trap a signal ignored at its entry (the stop by SIGINT would hang).
         with open(self.stderr, "wb") as err:
-            self.proc = subprocess.Popen(["bash", str(FLY / "supervise.sh")], stdout=subprocess.DEVNULL,
-                                         stderr=err, env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen(["env", "--default-signal=INT,QUIT", "bash", str(FLY / "supervise.sh")],
+                                         stdout=subprocess.DEVNULL, stderr=err, env=self.env,
+                                         start_new_session=True)
 
     def events(self):
         return self.log.read_text().splitlines()
