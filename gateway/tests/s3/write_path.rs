@@ -76,41 +76,13 @@ fn wait_refused(s: &Stack, n: usize) -> Vec<(u64, String, String)> {
     }
 }
 
-#[test]
-fn a_blob_damaged_on_disk_is_refused_not_uploaded() {
-    let _turn = machine::share();
-    let s = Stack::start(&[]);
-    let _log = s.log_on_panic();
-    let key = "orioledb_data/1/damaged";
-    let failed_attempts = || {
-        s.proxy
-            .records_for(key)
-            .iter()
-            .filter(|(method, _, injected)| method == "PUT" && injected.is_some())
-            .count()
-    };
-    // The blob is damaged after an upload attempt the outage turned away (and the uploader's
-    // check of the blob after it), and the outage ends at once: the next attempt reads the
-    // damaged blob, and moto does not check the Content-MD5 it is sent, so only Perch's check
-    // of the blocks it reads for the upload can stop them.
-    s.faults(r#"{"outage": true}"#);
-    let body = pattern(300_000, 7);
-    s.put(key, &body);
-    eventually("an upload attempt turned away", || failed_attempts() >= 1);
-    flip_byte(&s.blob_holding(&body), 1000);
-    s.no_faults();
-    let r = wait_refused(&s, 1);
-    assert_eq!(r[0].1, key);
-    assert!(r[0].2.contains("damaged"), "{r:?}");
-    assert_eq!(s.in_moto(key), None, "the damaged body went up");
-}
-
-#[test]
-fn a_multipart_blob_damaged_in_a_later_part_is_refused_and_its_upload_abandoned() {
-    let _turn = machine::share();
-    let s = Stack::start(&[]);
-    let _log = s.log_on_panic();
-    let key = "orioledb_undo/damaged-mp";
+/// The blob holding `body` (the version of `key` just written while the origin is in an outage)
+/// is damaged at `offset` after an upload attempt the outage turned away (and the uploader's
+/// check of the blob after it), and the outage ends at once: the next attempt reads the damaged
+/// blob, and moto does not check the Content-MD5 it is sent, so only Perch's check of the blocks
+/// it reads for the upload can stop them. The version must be refused and never reach the origin.
+#[track_caller]
+fn damage_after_a_turned_away_attempt(s: &Stack, key: &str, body: &[u8], offset: u64) {
     let turned_away = || {
         s.proxy
             .records_for(key)
@@ -118,18 +90,37 @@ fn a_multipart_blob_damaged_in_a_later_part_is_refused_and_its_upload_abandoned(
             .filter(|(_, _, injected)| injected.is_some())
             .count()
     };
-    // As above, for a version uploaded as a multipart upload with its own layout: part 1 is
-    // intact, part 2 is damaged after an attempt the outage turned away.
-    s.faults(r#"{"outage": true}"#);
-    let body = pattern((5 << 20) + 300_000, 11);
-    s.rt.block_on(multipart(&s.sdk(), key, &body));
     eventually("an upload attempt turned away", || turned_away() >= 1);
-    flip_byte(&s.blob_holding(&body), (5 << 20) + 1000);
+    flip_byte(&s.blob_holding(body), offset);
     s.no_faults();
-    let r = wait_refused(&s, 1);
+    let r = wait_refused(s, 1);
     assert_eq!(r[0].1, key);
     assert!(r[0].2.contains("damaged"), "{r:?}");
     assert_eq!(s.in_moto(key), None, "the damaged body went up");
+}
+
+#[test]
+fn a_blob_damaged_on_disk_is_refused_not_uploaded() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let body = pattern(300_000, 7);
+    s.put("orioledb_data/1/damaged", &body);
+    damage_after_a_turned_away_attempt(&s, "orioledb_data/1/damaged", &body, 1000);
+}
+
+#[test]
+fn a_multipart_blob_damaged_in_a_later_part_is_refused_and_its_upload_abandoned() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    // A version uploaded as a multipart upload with its own layout: part 1 intact, part 2 damaged.
+    let key = "orioledb_undo/damaged-mp";
+    s.faults(r#"{"outage": true}"#);
+    let body = pattern((5 << 20) + 300_000, 11);
+    s.rt.block_on(multipart(&s.sdk(), key, &body));
+    damage_after_a_turned_away_attempt(&s, key, &body, (5 << 20) + 1000);
 }
 
 #[test]
