@@ -818,9 +818,10 @@ async fn sequential_small_requests_are_fast() {
         "S3Origin, keep-alive server on loopback, {n} sequential 10-byte requests each: mean {}; {used} connection(s)",
         means.join(", ")
     );
-    // One connection, or two when a request sets out before the last one's is back in the pool.
+    // Two pools (GETs and HEADs are sent beside the SDK, with a pool of their own): one
+    // connection each, or two when a request sets out before the last one's is back in the pool.
     assert!(
-        used <= 3,
+        used <= 4,
         "sequential requests reuse pooled connections ({used} for {} requests)",
         3 * (n + 5)
     );

@@ -144,3 +144,88 @@ fn refused_origin_keys_keep_writes_until_sighup_reloads_the_right_ones() {
         "no reload in perch's log"
     );
 }
+
+/// Misses are origin GETs Perch signs itself (cache/src/origin/s3/get.rs): an origin that checks
+/// signatures serves them (and the HEADs of objects not cached) for keys that need encoding,
+/// whole and ranged, answers a missing key with NoSuchKey, and a wrong secret is a fault Perch
+/// retries and names, never an answer.
+#[test]
+fn misses_are_signed_gets_an_origin_that_checks_signatures_serves() {
+    let _turn = machine::share();
+    let origin = SigningOrigin::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("perch.toml");
+    // (the key, its path in a request, its body)
+    let objects = [
+        (
+            "data/1/base/16384/2619",
+            "data/1/base/16384/2619".to_owned(),
+            pattern(3 << 20, 1),
+        ),
+        (
+            "odd keys/a b+c%d é~.txt",
+            "odd%20keys/a%20b%2Bc%25d%20%C3%A9~.txt".to_owned(),
+            pattern(1000, 2),
+        ),
+        ("q?x=1&y#z;=", "q%3Fx%3D1%26y%23z%3B%3D".to_owned(), pattern(10, 3)),
+    ];
+
+    write_config(&config, ORIGIN_SECRET);
+    {
+        let perch = start_perch(&origin, &dir.path().join("writer"), &config);
+        let r = Req::bucket("PUT", perch.addr, Style::Path, "").go(perch.addr);
+        assert_eq!(r.status, 200, "CreateBucket: {}", r.summary());
+        for (key, path, body) in &objects {
+            let r = Req::object("PUT", perch.addr, Style::Path, path)
+                .body(body.clone())
+                .go(perch.addr);
+            assert_eq!(r.status, 200, "{key}: {}", r.summary());
+        }
+        flush(&perch, Duration::from_secs(30));
+        perch.terminate(Duration::from_secs(30));
+    }
+    for (key, _, body) in &objects {
+        assert_eq!(origin.object(BUCKET, key).as_ref(), Some(body), "{key} in the origin");
+    }
+
+    // A fresh volume: every read is a miss.
+    let perch = start_perch(&origin, &dir.path().join("reader"), &config);
+    let _log = LogOnPanic::new("perch", perch.log_path());
+    for (key, path, body) in &objects {
+        let r = Req::object("HEAD", perch.addr, Style::Path, path).go(perch.addr);
+        assert_eq!(r.status, 200, "{key}: {}", r.summary());
+        assert_eq!(
+            r.header("content-length"),
+            Some(body.len().to_string().as_str()),
+            "{key}: {}",
+            r.summary()
+        );
+        let r = Req::object("GET", perch.addr, Style::Path, path)
+            .header("range", "bytes=2-6")
+            .go(perch.addr);
+        assert_eq!(r.status, 206, "{key}: {}", r.summary());
+        assert_eq!(r.body, body[2..7.min(body.len())].to_vec(), "{key}: the range");
+        let r = Req::object("GET", perch.addr, Style::Path, path).go(perch.addr);
+        assert_eq!((r.status, &r.body), (200, body), "{key}: {}", r.summary());
+    }
+    let r = Req::object("GET", perch.addr, Style::Path, "data/1/none").go(perch.addr);
+    assert_eq!(r.status, 404, "{}", r.summary());
+    assert!(r.text().contains("<Code>NoSuchKey</Code>"), "{}", r.summary());
+    let r = Req::object("HEAD", perch.addr, Style::Path, "data/1/none").go(perch.addr);
+    assert_eq!(r.status, 404, "{}", r.summary());
+    perch.terminate(Duration::from_secs(30));
+
+    // A wrong secret: the origin's refusal of the GET is retried like an outage and named in
+    // the log, never passed on as an answer.
+    write_config(&config, "not-the-secret");
+    let perch = start_perch(&origin, &dir.path().join("wrong"), &config);
+    let _log = LogOnPanic::new("perch", perch.log_path());
+    let r = Req::object("GET", perch.addr, Style::Path, &objects[0].1).go(perch.addr);
+    assert_eq!(r.status, 503, "{}", r.summary());
+    let log = perch.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("answering 503") && l.contains("403 SignatureDoesNotMatch")),
+        "the refusal of the GET is not named in the log"
+    );
+}

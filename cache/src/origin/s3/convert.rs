@@ -24,11 +24,6 @@ pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)
     Some((first.trim().parse().ok()?, last.trim().parse().ok()?, total))
 }
 
-pub(super) fn metadata_map(meta: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<String, String> {
-    meta.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
-        .unwrap_or_default()
-}
-
 /// Sets the raw `Expires` header (the SDK only takes a parsed date; S3 keeps what it is given).
 pub(super) fn expires_mapper(
     expires: Option<String>,

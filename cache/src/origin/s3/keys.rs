@@ -34,6 +34,11 @@ impl OriginKeys {
         changed
     }
 
+    /// The pair in use, to sign a request with.
+    pub(super) fn current(&self) -> Credentials {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The access key id in use (not a secret: it names the key).
     pub fn access_key_id(&self) -> String {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());

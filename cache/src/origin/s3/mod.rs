@@ -1,10 +1,10 @@
 //! `S3Origin`: the `Origin` trait over any S3 server (Tigris, AWS, MinIO, moto) with aws-sdk-s3.
 //! Path-style, static keys or anonymous, no SDK retries (`RetryingOrigin` retries), TCP_NODELAY sockets.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -19,12 +19,13 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, ChecksumAlgorithm, ChecksumMode, ChecksumType as SdkChecksumType,
-    CompletedMultipartUpload, CompletedPart as SdkCompletedPart, CreateBucketConfiguration, EncodingType,
+    BucketLocationConstraint, ChecksumAlgorithm, ChecksumType as SdkChecksumType, CompletedMultipartUpload,
+    CompletedPart as SdkCompletedPart, CreateBucketConfiguration, EncodingType,
     MetadataDirective as SdkMetadataDirective,
 };
 use aws_smithy_http_client::{Builder as HttpClientBuilder, Connector, tls};
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::HttpConnectorSettings;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
@@ -99,6 +100,10 @@ pub const MIN_UPLOAD_RATE: u64 = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct S3Origin {
     client: Client,
+    /// `http(s)://host:port`, without a trailing `/`.
+    endpoint: String,
+    /// The connection pool of the GETs sent beside the SDK (`get.rs`).
+    direct: Arc<Connector>,
     region: String,
     read_timeout: Duration,
     /// The key pair requests are signed with; none for anonymous requests.
@@ -122,49 +127,11 @@ macro_rules! with_headers {
     }};
 }
 
-/// Builds `ObjectMeta` from a GET or HEAD output (both have the same accessors).
-macro_rules! object_meta {
-    ($out:expr, $size:expr) => {{
-        let out = &$out;
-        ObjectMeta {
-            size: $size,
-            etag: out.e_tag().unwrap_or_default().to_owned(),
-            last_modified: to_system_time(out.last_modified()),
-            headers: ContentHeaders {
-                content_type: out.content_type().map(str::to_owned),
-                cache_control: out.cache_control().map(str::to_owned),
-                content_encoding: out.content_encoding().map(str::to_owned),
-                content_disposition: out.content_disposition().map(str::to_owned),
-                content_language: out.content_language().map(str::to_owned),
-                expires: out.expires_string().map(str::to_owned),
-                metadata: metadata_map(out.metadata()),
-            },
-            checksums: checksums_of(
-                out.checksum_crc32(),
-                out.checksum_crc32_c(),
-                out.checksum_crc64_nvme(),
-                out.checksum_sha1(),
-                out.checksum_sha256(),
-            ),
-        }
-    }};
-}
-
-/// Applies read `Conditions` to a GET or HEAD builder.
-macro_rules! with_conditions {
-    ($req:expr, $c:expr) => {{
-        let c: &Conditions = $c;
-        $req.set_if_match(c.if_match.clone())
-            .set_if_none_match(c.if_none_match.clone())
-            .set_if_modified_since(c.if_modified_since.map(DateTime::from))
-            .set_if_unmodified_since(c.if_unmodified_since.map(DateTime::from))
-    }};
-}
-
 mod body;
 mod config;
 mod convert;
 mod errors;
+mod get;
 mod keys;
 mod moto_workaround;
 mod multipart;
@@ -238,6 +205,12 @@ impl S3Origin {
 
         Ok(S3Origin {
             client: Client::from_conf(builder.build()),
+            endpoint: cfg.endpoint.trim_end_matches('/').to_owned(),
+            direct: Arc::new(connector(Some(
+                &HttpConnectorSettings::builder()
+                    .connect_timeout(cfg.connect_timeout)
+                    .build(),
+            ))),
             region,
             read_timeout: cfg.read_timeout,
             keys,
@@ -278,17 +251,17 @@ impl S3Origin {
 /// The SDK's hyper client (rustls with aws-lc, as its default), with TCP_NODELAY set explicitly:
 /// without it a keep-alive request to a loopback S3 server can wait ~40 ms on delayed ACKs.
 fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
-    HttpClientBuilder::new().build_with_connector_fn(|settings, components| {
-        let mut conn = Connector::builder().enable_tcp_nodelay(true);
-        if let Some(settings) = settings {
-            conn = conn.connector_settings(settings.clone());
-        }
-        if let Some(sleep) = components.and_then(|c| c.sleep_impl()) {
-            conn = conn.sleep_impl(sleep);
-        }
-        conn.tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
-            .build()
-    })
+    HttpClientBuilder::new().build_with_connector_fn(|settings, _| connector(settings))
+}
+
+/// One connection pool to the origin (see `http_client`).
+fn connector(settings: Option<&HttpConnectorSettings>) -> Connector {
+    let mut conn = Connector::builder().enable_tcp_nodelay(true);
+    if let Some(settings) = settings {
+        conn = conn.connector_settings(settings.clone());
+    }
+    conn.tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+        .build()
 }
 
 #[async_trait]
@@ -354,10 +327,7 @@ impl Origin for S3Origin {
     }
 
     async fn head_object(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<ObjectMeta> {
-        let req = with_conditions!(self.client.head_object().bucket(bucket).key(key), conditions)
-            .checksum_mode(ChecksumMode::Enabled);
-        let out = self.call(Subject::Object, Duration::ZERO, req.send()).await?;
-        Ok(object_meta!(out, non_negative(out.content_length())))
+        self.head_direct(bucket, key, conditions).await
     }
 
     async fn get_object(
@@ -367,35 +337,7 @@ impl Origin for S3Origin {
         range: Option<ByteRange>,
         conditions: &Conditions,
     ) -> OriginResult<GetOutput> {
-        let mut req = with_conditions!(self.client.get_object().bucket(bucket).key(key), conditions)
-            .set_range(range.map(ByteRange::header_value));
-        // Stored checksums describe the whole object; ask for them (and let the SDK check the
-        // body against them) only when the whole object comes back.
-        if range.is_none() {
-            req = req.checksum_mode(ChecksumMode::Enabled);
-        }
-        let mut out = self.call(Subject::Object, Duration::ZERO, req.send()).await?;
-        let length = non_negative(out.content_length());
-        let (served, size) = match out.content_range().and_then(parse_content_range) {
-            Some((first, last, total)) => (Some((first, last)), total.unwrap_or(length)),
-            None => (None, length),
-        };
-        let mut meta = object_meta!(out, size);
-        if range.is_some() {
-            meta.checksums = Checksums::default();
-        }
-        let inner = std::mem::take(&mut out.body);
-        let body = OriginBody {
-            inner,
-            idle: self.read_timeout,
-            timer: None,
-            done: false,
-        };
-        Ok(GetOutput {
-            meta,
-            range: served,
-            body: Box::pin(body),
-        })
+        self.get_direct(bucket, key, range, conditions).await
     }
 
     async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput> {
