@@ -24,6 +24,14 @@ pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)
     Some((first.trim().parse().ok()?, last.trim().parse().ok()?, total))
 }
 
+/// The text of `<tag>` in an S3 XML body (its first, trimmed).
+pub(super) fn xml_text(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&format!("</{tag}>"))?;
+    Some(body[start..end].trim().to_owned())
+}
+
 /// Sets the raw `Expires` header (the SDK only takes a parsed date; S3 keeps what it is given).
 pub(super) fn expires_mapper(
     expires: Option<String>,
@@ -185,6 +193,14 @@ pub(super) fn content_length(body: &PutBody) -> OriginResult<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_are_read_from_the_xml() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>";
+        assert_eq!(xml_text(body, "Code").as_deref(), Some("NoSuchKey"));
+        assert_eq!(xml_text(body, "Message").as_deref(), Some("gone"));
+        assert_eq!(xml_text("", "Code"), None);
+    }
 
     #[test]
     fn content_range_parses() {

@@ -32,10 +32,7 @@ fn named_region(response: &HttpResponse) -> Option<String> {
         return Some(r.to_owned());
     }
     let body = std::str::from_utf8(response.body().bytes()?).ok()?;
-    let start = body.find("<Region>")? + "<Region>".len();
-    let end = start + body[start..].find("</Region>")?;
-    let region = body[start..end].trim();
-    (!region.is_empty()).then(|| region.to_owned())
+    xml_text(body, "Region").filter(|r| !r.is_empty())
 }
 
 impl S3Origin {
