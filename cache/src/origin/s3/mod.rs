@@ -1,5 +1,6 @@
-//! `S3Origin`: the `Origin` trait over any S3 server (Tigris, AWS, MinIO, moto) with aws-sdk-s3.
-//! Path-style, static keys or anonymous, no SDK retries (`RetryingOrigin` retries), TCP_NODELAY sockets.
+//! `S3Origin`: the `Origin` trait over any S3 server (Tigris, AWS, MinIO, moto) with aws-sdk-s3,
+//! its GETs and HEADs signed and sent beside the SDK (`get.rs`). Path-style, static keys or
+//! anonymous, no SDK retries (`RetryingOrigin` retries), TCP_NODELAY sockets.
 
 use std::future::Future;
 use std::io;
@@ -102,7 +103,7 @@ pub struct S3Origin {
     client: Client,
     /// `http(s)://host:port`, without a trailing `/`.
     endpoint: String,
-    /// The connection pool of the GETs sent beside the SDK (`get.rs`).
+    /// The connection pool of the GETs and HEADs sent beside the SDK (`get.rs`).
     direct: Arc<Connector>,
     region: String,
     read_timeout: Duration,
