@@ -1,7 +1,22 @@
 //! `ObjectKey`: a bucket and a key as one name, `bucket NUL key`, the key of the index and of every
-//! per-object map (bucket names cannot hold NUL, and Perch refuses keys that do).
+//! per-object map (bucket names cannot hold NUL, and Perch refuses keys that do); and S3's
+//! percent-encoding of keys.
 
 use std::fmt;
+
+/// Percent-encodes a key as S3 does in a request path, an `x-amz-copy-source` or an
+/// `encoding-type=url` listing: every byte but the unreserved ones and `/`.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ObjectKey(String);
@@ -72,6 +87,14 @@ impl fmt::Display for ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_encoded_as_s3_and_the_sdk_encode_them() {
+        assert_eq!(url_encode("data/1/base/16384/2619"), "data/1/base/16384/2619");
+        assert_eq!(url_encode("a b+c%d"), "a%20b%2Bc%25d");
+        assert_eq!(url_encode("é~_.-"), "%C3%A9~_.-");
+        assert_eq!(url_encode("q?x=1&y#z"), "q%3Fx%3D1%26y%23z");
+    }
 
     #[test]
     fn parts_order_and_prefixes() {

@@ -182,18 +182,7 @@ pub fn checksums(
     }
 }
 
-/// Percent-encodes a key for `encoding-type=url` listings (as S3 does: all but unreserved and `/`).
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use perch_cache::url_encode;
 
 /// S3's longest key, in UTF-8 bytes.
 pub const KEY_BYTES_MAX: usize = 1024;

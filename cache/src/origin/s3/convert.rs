@@ -57,15 +57,7 @@ pub(super) fn headers_mapper(
 
 /// `bucket/key` for `x-amz-copy-source`, percent-encoded except for `/`.
 pub(super) fn copy_source(bucket: &str, key: &str) -> String {
-    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
-    for b in bucket.bytes().chain(std::iter::once(b'/')).chain(key.bytes()) {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::key::url_encode(&format!("{bucket}/{key}"))
 }
 
 /// Decodes a value S3 sent with `encoding-type=url` (`+` is a space, as boto reads it).
