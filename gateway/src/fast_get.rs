@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use perch_cache::{CacheStatus, Conditions, ObjectMeta, Store};
+use perch_cache::{CacheStatus, ChecksumAlgorithm, Conditions, ObjectMeta, Store};
 use s3s::dto::TimestampFormat;
 
 use crate::convert;
@@ -41,6 +41,8 @@ struct Target<'a> {
     head: bool,
     bucket: &'a str,
     key: String,
+    /// `x-amz-checksum-mode: ENABLED`: the answer carries the object's stored checksums.
+    checksums: bool,
 }
 
 impl FastGet {
@@ -66,7 +68,7 @@ impl FastGet {
             self.store
                 .head(target.bucket, &target.key, &none)
                 .await
-                .map(|(meta, status)| ok_response(&meta, status, s3s::Body::empty()))
+                .map(|(meta, status)| ok_response(&meta, status, target.checksums, s3s::Body::empty()))
         } else {
             self.store
                 .get(target.bucket, &target.key, None, &none)
@@ -74,7 +76,7 @@ impl FastGet {
                 .map(|got| {
                     let len = got.output.meta.size;
                     let body = body_of(got.output.body, len);
-                    ok_response(&got.output.meta, got.status, body)
+                    ok_response(&got.output.meta, got.status, target.checksums, body)
                 })
         };
         Some(answer.unwrap_or_else(|e| error_response(convert::store_error(e))))
@@ -89,13 +91,13 @@ impl FastGet {
             _ => return None,
         };
         let headers = req.headers();
-        // Only what GetObject reads as "the whole object, as stored": no range, no conditions,
-        // no checksums asked for, no customer keys; and no body.
+        // Only what GetObject reads as "the whole object, as stored": no range, no conditions, no
+        // customer keys, and no body; its stored checksums may be asked for (as current SDKs and
+        // boto3 do on every GET).
         for name in headers.keys() {
             let n = name.as_str();
             if n == "range"
                 || n.starts_with("if-")
-                || n == "x-amz-checksum-mode"
                 || n.starts_with("x-amz-server-side-encryption")
                 || n == "transfer-encoding"
                 || (n == "content-length" && headers.get(name).is_some_and(|v| v.as_bytes() != b"0"))
@@ -148,7 +150,18 @@ impl FastGet {
         if !self.verifier.verify(&auth, &canonical) {
             return None;
         }
-        Some(Target { head, bucket, key })
+        // As s3s reads it: one value, and only ENABLED asks for the checksums.
+        let checksums = match headers.get_all("x-amz-checksum-mode").iter().collect::<Vec<_>>()[..] {
+            [] => false,
+            [mode] => mode.as_bytes() == b"ENABLED",
+            _ => return None,
+        };
+        Some(Target {
+            head,
+            bucket,
+            key,
+            checksums,
+        })
     }
 
     /// The bucket and key a request names: `BUCKET.<domain>` and `/KEY`, or `/BUCKET/KEY` for any
@@ -246,11 +259,29 @@ fn http_date(t: SystemTime) -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
-/// The headers GetObject and HeadObject answer a whole object with, as s3s writes them.
-fn ok_response(meta: &ObjectMeta, status: CacheStatus, body: s3s::Body) -> Response<s3s::Body> {
+/// The headers GetObject and HeadObject answer a whole object with, as s3s writes them; with
+/// `checksums`, the object's stored checksums and their type too.
+fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3s::Body) -> Response<s3s::Body> {
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.reserve(10 + meta.headers.metadata.len());
+    if checksums {
+        for (algorithm, value) in meta.checksums.iter() {
+            let name = match algorithm {
+                ChecksumAlgorithm::Crc32 => "x-amz-checksum-crc32",
+                ChecksumAlgorithm::Crc32c => "x-amz-checksum-crc32c",
+                ChecksumAlgorithm::Crc64nvme => "x-amz-checksum-crc64nvme",
+                ChecksumAlgorithm::Sha1 => "x-amz-checksum-sha1",
+                ChecksumAlgorithm::Sha256 => "x-amz-checksum-sha256",
+            };
+            if let Ok(value) = HeaderValue::from_str(value) {
+                h.insert(name, value);
+            }
+        }
+        if let Some(t) = meta.checksums.checksum_type() {
+            h.insert("x-amz-checksum-type", HeaderValue::from_static(t.as_str()));
+        }
+    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let c = &meta.headers;
     for (name, value) in [

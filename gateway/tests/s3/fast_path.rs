@@ -124,6 +124,24 @@ async fn the_fast_path_answers_as_s3s_does() {
         assert!(got.text().contains("<Code>NoSuchKey</Code>"), "{}", got.text());
         both_ways(perch, object("HEAD", perch.addr, style, "missing"), "HEAD missing");
     }
+    // The stored checksums asked for (current SDKs and boto3 ask on every GET): the fast path
+    // answers with the checksum headers s3s gives, and none for any other mode.
+    for key in ["dir/full é+%.bin", "small"] {
+        for method in ["GET", "HEAD"] {
+            for mode in ["ENABLED", "DISABLED"] {
+                let what = format!("{method} {key} with x-amz-checksum-mode {mode}");
+                let req = object(method, perch.addr, Style::Path, key).header("x-amz-checksum-mode", mode);
+                let got = both_ways(perch, req, &what);
+                assert_eq!(got.status, 200, "{what}: {}", got.summary());
+                assert_eq!(
+                    got.header("x-amz-checksum-crc32").is_some(),
+                    mode == "ENABLED",
+                    "{what}: {}",
+                    got.summary()
+                );
+            }
+        }
+    }
     let full = object("GET", perch.addr, Style::Path, "dir/full é+%.bin").go(perch.addr);
     assert_eq!(full.body, body);
     assert_eq!(full.header("x-amz-meta-mixed"), Some("A  b"));
