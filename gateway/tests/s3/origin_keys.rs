@@ -23,6 +23,11 @@ fn write_config(path: &Path, secret: &str) {
 
 /// Perch on `data_dir` in front of `origin`, its keys from the config file only.
 fn start_perch(origin: &SigningOrigin, data_dir: &Path, config: &Path) -> PerchServer {
+    start_perch_with(origin, data_dir, config, &[])
+}
+
+/// `start_perch` with `extra` environment variables.
+fn start_perch_with(origin: &SigningOrigin, data_dir: &Path, config: &Path, extra: &[(&str, &str)]) -> PerchServer {
     let args: Vec<String> = vec![
         "--origin".into(),
         origin.endpoint(),
@@ -42,6 +47,7 @@ fn start_perch(origin: &SigningOrigin, data_dir: &Path, config: &Path) -> PerchS
     ]
     .iter()
     .map(|k| (k.to_string(), String::new()))
+    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     .collect();
     start_with(data_dir, args, env)
 }
@@ -215,17 +221,23 @@ fn misses_are_signed_gets_an_origin_that_checks_signatures_serves() {
     assert_eq!(r.status, 404, "{}", r.summary());
     perch.terminate(Duration::from_secs(30));
 
-    // A wrong secret: the origin's refusal of the GET is retried like an outage and named in
-    // the log, never passed on as an answer.
+    // A wrong secret: the origin's refusal of the GET is retried like an outage (each retry
+    // logged with its cause at debug), never passed on as an answer.
     write_config(&config, "not-the-secret");
-    let perch = start_perch(&origin, &dir.path().join("wrong"), &config);
+    let perch = start_perch_with(
+        &origin,
+        &dir.path().join("wrong"),
+        &config,
+        &[("PERCH_LOG", "info,perch_cache::origin::retry=debug")],
+    );
     let _log = LogOnPanic::new("perch", perch.log_path());
     let r = Req::object("GET", perch.addr, Style::Path, &objects[0].1).go(perch.addr);
     assert_eq!(r.status, 503, "{}", r.summary());
     let log = perch.log_text();
     assert!(
-        log.lines()
-            .any(|l| l.contains("answering 503") && l.contains("403 SignatureDoesNotMatch")),
-        "the refusal of the GET is not named in the log"
+        log.lines().any(|l| l.contains("origin fault, retrying")
+            && l.contains("get_object")
+            && l.contains("403 SignatureDoesNotMatch")),
+        "the origin's refusal of the GET is not what was retried"
     );
 }
