@@ -284,30 +284,30 @@ impl S3Origin {
             .map_err(|e| OriginError::Transient(format!("unreadable answer: {e}")))?
             .into_parts();
         if !(200..300).contains(&status) {
-            return Err(self.refusal(status, body, limit).await);
+            return Err(refusal(status, body, limit).await);
         }
         Ok((parts.headers, body))
     }
+}
 
-    /// The error a non-2xx answer means, from its status and its XML error's code and message.
-    async fn refusal(&self, status: u16, body: SdkBody, limit: Duration) -> OriginError {
-        let mut stream = SdkByteStream::new(body);
-        let mut text = Vec::new();
-        let read = async {
-            while let Some(Ok(chunk)) = stream.next().await {
-                text.extend_from_slice(&chunk);
-                if text.len() >= ERROR_BODY_MAX {
-                    break;
-                }
+/// The error a non-2xx answer means, from its status and its XML error's code and message.
+async fn refusal(status: u16, body: SdkBody, limit: Duration) -> OriginError {
+    let mut stream = SdkByteStream::new(body);
+    let mut text = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.extend_from_slice(&chunk);
+            if text.len() >= ERROR_BODY_MAX {
+                break;
             }
-        };
-        // An error body the origin never finishes still leaves its status.
-        let _ = tokio::time::timeout(limit, read).await;
-        let text = String::from_utf8_lossy(&text);
-        let code = xml_text(&text, "Code").unwrap_or_default();
-        let message = xml_text(&text, "Message").unwrap_or_else(|| format!("the origin answered {status}"));
-        classify_answer(status, code, message, Subject::Object)
-    }
+        }
+    };
+    // An error body the origin never finishes still leaves its status.
+    let _ = tokio::time::timeout(limit, read).await;
+    let text = String::from_utf8_lossy(&text);
+    let code = xml_text(&text, "Code").unwrap_or_default();
+    let message = xml_text(&text, "Message").unwrap_or_else(|| format!("the origin answered {status}"));
+    classify_answer(status, code, message, Subject::Object)
 }
 
 #[cfg(test)]
