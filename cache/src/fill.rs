@@ -31,6 +31,12 @@ use crate::read::Reader;
 /// memory tier's object size), so that readers keeping up with the origin never touch the disk.
 const HOLD: u64 = 8 << 20;
 
+/// The most a fill of a `size`-byte object holds in memory: what it keeps for readers, plus up to
+/// as much again while its disk lags behind the origin, plus the batch being handed on.
+pub(crate) fn held_at_most(size: u64, memory_object_max: u64) -> u64 {
+    size.min(2 * HOLD.max(memory_object_max) + BATCH as u64)
+}
+
 /// Received bytes are handed on to readers and the writer at least every this many bytes (the
 /// first chunk at once).
 const BATCH: usize = 256 * 1024;

@@ -1,9 +1,10 @@
 //! `Prefetcher`: fills nobody asked for yet, at the lowest priority: the objects of a listing a
 //! rule marks (a restore lists a checkpoint, then reads all of it), the next parts of a table read
 //! in order (read-ahead), and the hot set a previous machine left (prewarm). Bounded in bytes
-//! queued and fills in flight, never into space the disk tier would have to evict for, dropped
-//! when stale or cancelled; a failed one leaves nothing behind (a fill keeps only whole, checked
-//! bodies), so the next GET simply asks the origin.
+//! queued, in fills in flight per reason and in the bytes those fills hold in memory, never into
+//! space the disk tier would have to evict for, dropped when stale or cancelled; a failed one
+//! leaves nothing behind (a fill keeps only whole, checked bodies), so the next GET simply asks
+//! the origin.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,16 +12,22 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use perch_policy::Prefetch;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
+use crate::fill::held_at_most;
 use crate::key::ObjectKey;
 use crate::local::fills::FillError;
 use crate::local::lock;
 use crate::metrics::PrefetchLabel;
 use crate::read::Reader;
 
-/// Fills of prefetched objects in flight at most.
-const IN_FLIGHT: usize = 8;
+/// Fills in flight at most, by reason (`Reason as usize`): a listing's objects are what a
+/// restore reads next, all of them, and its loader asks for them a few dozen at a time; read-ahead
+/// and the prewarm are guesses beside clients' own misses.
+const IN_FLIGHT: [usize; 3] = [32, 8, 8];
+/// What the fills in flight may hold in memory together at most (each counted at the most it can
+/// hold, `fill::held_at_most`), in KiB: 32 fills of 2 MiB, or 4 of a 16 MiB WAL segment.
+const HELD_MAX_KIB: usize = 64 << 10;
 /// Queued items at most (beyond, new ones are dropped).
 const QUEUE_MAX: usize = 65_536;
 /// A queued read-ahead or listing item is dropped once no client has read its table, or listed or
@@ -38,6 +45,8 @@ pub(crate) enum Reason {
     ReadAhead = 1,
     Prewarm = 2,
 }
+
+const REASONS: [Reason; 3] = [Reason::List, Reason::ReadAhead, Reason::Prewarm];
 
 impl Reason {
     pub(crate) fn as_str(self) -> &'static str {
@@ -80,8 +89,11 @@ pub(crate) struct Prefetcher {
     /// Bytes queued or in flight at most.
     bytes_max: u64,
     bytes: AtomicU64,
-    queue: std::sync::Mutex<VecDeque<Item>>,
-    wake: Arc<Notify>,
+    /// Queued items, by reason, each queue with its own workers.
+    queues: [std::sync::Mutex<VecDeque<Item>>; 3],
+    wakes: [Arc<Notify>; 3],
+    /// KiB the fills in flight may still hold (`HELD_MAX_KIB` in all).
+    held: Semaphore,
     tables: std::sync::Mutex<HashMap<(String, String), Table>>,
     /// Listings being prefetched: when a client last listed or read under each.
     listings: std::sync::Mutex<HashMap<(String, String), Instant>>,
@@ -98,30 +110,33 @@ impl Prefetcher {
             policy,
             bytes_max,
             bytes: AtomicU64::new(0),
-            queue: std::sync::Mutex::new(VecDeque::new()),
-            wake: Arc::new(Notify::new()),
+            queues: Default::default(),
+            wakes: Default::default(),
+            held: Semaphore::new(HELD_MAX_KIB),
             tables: std::sync::Mutex::new(HashMap::new()),
             listings: std::sync::Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             outstanding: Default::default(),
         });
-        for _ in 0..IN_FLIGHT {
-            let weak = Arc::downgrade(&p);
-            let wake = p.wake.clone();
-            tokio::spawn(async move {
-                loop {
-                    let Some(p) = weak.upgrade() else { return };
-                    let notified = wake.notified();
-                    match p.pop() {
-                        Some(item) => p.run(item).await,
-                        None => {
-                            drop(p);
-                            // Woken by a push, or every second to let go of a dropped store.
-                            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        for reason in REASONS {
+            for _ in 0..IN_FLIGHT[reason as usize] {
+                let weak = Arc::downgrade(&p);
+                let wake = p.wakes[reason as usize].clone();
+                tokio::spawn(async move {
+                    loop {
+                        let Some(p) = weak.upgrade() else { return };
+                        let notified = wake.notified();
+                        match p.pop(reason) {
+                            Some(item) => p.run(item).await,
+                            None => {
+                                drop(p);
+                                // Woken by a push, or every second to let go of a dropped store.
+                                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                            }
                         }
                     }
-                }
-            });
+                });
+            }
         }
         p
     }
@@ -141,7 +156,7 @@ impl Prefetcher {
     /// Queues `okey` (of `size` bytes) unless the byte budget or the queue is full.
     fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>) {
         let budget = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
-        let mut queue = lock(&self.queue);
+        let mut queue = lock(&self.queues[reason as usize]);
         if budget > self.bytes_max || queue.len() >= QUEUE_MAX {
             drop(queue);
             self.bytes.fetch_sub(size, Ordering::SeqCst);
@@ -157,11 +172,11 @@ impl Prefetcher {
             generation: self.generation.load(Ordering::SeqCst),
         });
         drop(queue);
-        self.wake.notify_one();
+        self.wakes[reason as usize].notify_one();
     }
 
-    fn pop(&self) -> Option<Item> {
-        lock(&self.queue).pop_front()
+    fn pop(&self, reason: Reason) -> Option<Item> {
+        lock(&self.queues[reason as usize]).pop_front()
     }
 
     fn release(&self, item: &Item) {
@@ -187,6 +202,12 @@ impl Prefetcher {
 
     async fn run(&self, item: Item) {
         let reason = item.reason;
+        let held = held_at_most(item.size, self.reader.local.memory_object_max()).div_ceil(1024);
+        // Taken whole before the fill starts, given back when it ends (never closed).
+        let Ok(_held) = self.held.acquire_many(held.min(HELD_MAX_KIB as u64) as u32).await else {
+            self.release(&item);
+            return;
+        };
         if self.stale(&item) {
             self.release(&item);
             self.count(reason, "cancelled");
@@ -330,7 +351,11 @@ impl Prefetcher {
     /// Drops everything queued (fills already under way finish).
     pub(crate) fn cancel(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let dropped: Vec<Item> = lock(&self.queue).drain(..).collect();
+        let dropped: Vec<Item> = self
+            .queues
+            .iter()
+            .flat_map(|q| lock(q).drain(..).collect::<Vec<_>>())
+            .collect();
         for item in dropped {
             self.release(&item);
             self.count(item.reason, "cancelled");

@@ -79,6 +79,69 @@ fn a_listing_a_rule_marks_is_prefetched_up_to_its_byte_bound() {
     assert_eq!(origin_gets_under(&s, "pf/other"), 0);
 }
 
+/// The most origin GETs under `prefix` that were under way at once (the proxy's records).
+fn origin_gets_at_once_under(s: &Stack, prefix: &str) -> usize {
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for r in s.proxy.log() {
+        if r["method"] == "GET" && r["key"].as_str().is_some_and(|k| k.starts_with(prefix)) {
+            let (Some(start), Some(end)) = (r["t_start"].as_f64(), r["t_end"].as_f64()) else {
+                panic!("a record without its times: {r}");
+            };
+            edges.push((start, 1));
+            edges.push((end, -1));
+        }
+    }
+    // An end at the same instant as a start comes first.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// A restore lists a checkpoint and then reads all of it, a few dozen objects at a time: its
+/// listing is prefetched 32 fills at a time, as long as those fills hold no more than 64 MiB in
+/// memory together (each counted at its size, up to what one fill can hold).
+#[test]
+fn a_listing_is_prefetched_32_at_a_time_within_a_bound_on_the_bytes_held() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--prefetch-on-list", "pf/*/"]);
+    let _log = s.log_on_panic();
+    let small: Vec<Vec<u8>> = (0..40).map(|i| pattern(16 * KIB, 600 + i)).collect();
+    for (i, body) in small.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("pf/s/{i:02}"), body);
+    }
+    let large: Vec<Vec<u8>> = (0..7).map(|i| pattern(12 << 20, 700 + i)).collect();
+    for (i, body) in large.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("pf/l/{i}"), body);
+    }
+    s.proxy.reset();
+    // Long enough a request that every fill the bounds let start is under way at once.
+    s.faults(r#"{"latency_ms": 400}"#);
+    let fetched = "perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"}";
+
+    assert_eq!(list_prefix(&s, "pf/s/").len(), 40);
+    eventually("the small objects are fetched", || s.metric(fetched) == 40.0);
+    assert_eq!(origin_gets_at_once_under(&s, "pf/s/"), 32, "{:?}", s.counts());
+
+    // 12 MiB each: five fit in 64 MiB.
+    assert_eq!(list_prefix(&s, "pf/l/").len(), 7);
+    eventually("the large objects are fetched", || s.metric(fetched) == 47.0);
+    assert_eq!(origin_gets_at_once_under(&s, "pf/l/"), 5, "{:?}", s.counts());
+    s.no_faults();
+    for (i, body) in large.iter().enumerate() {
+        s.get_expect(&format!("pf/l/{i}"), body, "HIT");
+    }
+    assert_eq!(
+        origin_gets_under(&s, "pf/"),
+        47,
+        "each object fetched once: {:?}",
+        s.counts()
+    );
+}
+
 #[test]
 fn a_failed_prefetch_leaves_nothing_behind() {
     let _turn = machine::share();
@@ -112,14 +175,14 @@ fn a_failed_prefetch_leaves_nothing_behind() {
 fn queued_prefetches_are_cancelled_when_no_client_reads_under_the_listing() {
     // Alone: the test races the 10 s cancel timer against the origin's latency.
     let _turn = machine::alone();
-    const N: usize = 60;
+    const N: usize = 200;
     let s = Stack::start(&["--prefetch-on-list", "pf/*/"]);
     let _log = s.log_on_panic();
     for i in 0..N {
         s.put_behind_perchs_back(&format!("pf/c/{i:02}"), &pattern(KIB, 400 + i as u64));
     }
     s.proxy.reset();
-    // 2 s an origin request: eight fetches at a time get through about 40 in 10 s.
+    // 2 s an origin request: 32 fetches at a time get through about 160 in 10 s.
     s.faults(r#"{"latency_ms": 2000}"#);
     assert_eq!(list_prefix(&s, "pf/c/").len(), N);
     let m = |result: &str| {
