@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Restore benchmark: the image's restore tool (oriole-image/restore.py) through a fresh Perch,
-the same tool direct, and OrioleDB's upstream loader direct, against an OrioleDB-shaped bucket in
-moto behind the origin proxy at +20 and +80 ms (the same run, variants alternated, medians).
+the same tool direct, and OrioleDB's upstream loader through a fresh Perch and direct, against an
+OrioleDB-shaped bucket in moto behind the origin proxy at +20 and +80 ms (the same run, variants
+alternated, medians).
 
 The bucket is the one a real OrioleDB left (oriole-image/testdata/bucket-listing.tsv: six
 checkpoints of a 1M-row table) at full size, built by gateway/tests/python/oriole_bucket.py; the
@@ -13,6 +14,8 @@ Usage (from the repository, after a release build):
       --old-loader /path/to/orioledb_s3_loader.py --pg-bin /path/to/pg/bin [--rounds 5]
 --old-loader and --pg-bin are optional: without them the upstream loader is not measured. The
 upstream loader is patched as the image patched it until now (dict iteration in small files).
+Perch's data dirs and the restored data dirs go under $TMPDIR: on a machine whose own filesystem
+is not what a Fly volume is (ext4 with a journal), point it at one (docs/benchmarks.md).
 """
 
 import argparse
@@ -181,7 +184,7 @@ def run(args, work, procs):
                              "--upstream", moto_url, "--latency-ms", str(latency)], work / "proxy.log")
         proxy_addr = first_line(proxy, "listening on ").split()[-1]
         proxy_url = "http://" + proxy_addr
-        variants = ["fixed-perch", "fixed-direct"] + (["old-direct"] if old else [])
+        variants = ["fixed-perch", "fixed-direct"] + (["old-perch", "old-direct"] if old else [])
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:
@@ -195,19 +198,22 @@ def run(args, work, procs):
         procs.stop(proxy)
 
     print("\n| origin latency | fixed loader via fresh Perch | fixed loader direct | upstream loader direct "
-          "| Perch vs upstream direct | Perch vs fixed direct |")
-    print("|---|---|---|---|---|---|")
+          "| Perch vs upstream direct | Perch vs fixed direct | upstream loader via fresh Perch "
+          "| upstream via Perch vs upstream direct |")
+    print("|---|---|---|---|---|---|---|---|")
     for latency in [int(x) for x in args.latencies.split(",")]:
         p = median(results.get((latency, "fixed-perch"), []))
         d = median(results.get((latency, "fixed-direct"), []))
         o = median(results.get((latency, "old-direct"), []))
-        print("| +%d ms | %.2f s | %.2f s | %s | %s | %.2f× |" % (
-            latency, p, d, "%.2f s" % o if old else "n/a", "%.1f×" % (o / p) if old else "n/a", d / p))
+        op = median(results.get((latency, "old-perch"), []))
+        print("| +%d ms | %.2f s | %.2f s | %s | %s | %.2f× | %s | %s |" % (
+            latency, p, d, "%.2f s" % o if old else "n/a", "%.1f×" % (o / p) if old else "n/a", d / p,
+            "%.2f s" % op if old else "n/a", "%.1f×" % (o / op) if old else "n/a"))
 
 
 def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old):
     extra = ""
-    if v == "fixed-perch":
+    if v in ("fixed-perch", "old-perch"):
         data = work / "perch-data"
         shutil.rmtree(data, ignore_errors=True)
         env = clean_env(PERCH_ORIGIN_ACCESS_KEY_ID=MOTO_KEY, PERCH_ORIGIN_SECRET_ACCESS_KEY=MOTO_SECRET,
@@ -220,30 +226,38 @@ def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
         if args.wait_ready:
             wait_ready(fields["admin"])
         ready = time.monotonic() - started
-        secs = fixed(args, "http://" + fields["s3"], PERCH_KEY, PERCH_SECRET, dest)
+        if v == "fixed-perch":
+            secs = fixed(args, "http://" + fields["s3"], PERCH_KEY, PERCH_SECRET, dest)
+        else:
+            secs, extra = upstream(args, fields["s3"], PERCH_KEY, PERCH_SECRET, dest, old)
         procs.stop(perch)
         if args.wait_ready:
-            extra = " (of which perch start to /readyz %.2f s)" % ready
+            extra += " (of which perch start to /readyz %.2f s)" % ready
             secs += ready
         else:
-            extra = " (perch start %.2f s, not included)" % ready
+            extra += " (perch start %.2f s, not included)" % ready
     elif v == "fixed-direct":
         secs = fixed(args, proxy_url, MOTO_KEY, MOTO_SECRET, dest)
     else:
-        dest.mkdir()
-        env = clean_env(AWS_ACCESS_KEY_ID=MOTO_KEY, AWS_SECRET_ACCESS_KEY=MOTO_SECRET,
-                        AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(old / "aws.conf"),
-                        AWS_SHARED_CREDENTIALS_FILE="/dev/null", PG_BIN=args.pg_bin, PYTHONPATH=str(old))
-        started = time.monotonic()
-        r = subprocess.run([sys.executable, str(old / "orioledb_s3_loader.py"), "--endpoint",
-                            "http://localhost:%s" % proxy_addr.rsplit(":", 1)[1], "--prefix", BUCKET,
-                            "--data-dir", str(dest)], cwd=dest, env=env, capture_output=True, text=True)
-        secs = time.monotonic() - started
-        if r.returncode != 0:
-            raise RuntimeError("upstream loader failed: %s" % r.stderr[-2000:])
-        missing = r.stdout.count("File not found")
-        extra = " (%d objects not found)" % missing if missing else ""
+        secs, extra = upstream(args, proxy_addr, MOTO_KEY, MOTO_SECRET, dest, old)
     return secs, extra
+
+
+def upstream(args, addr, key, secret, dest, old):
+    """OrioleDB's upstream loader (one object at a time) against `addr`."""
+    dest.mkdir()
+    env = clean_env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret,
+                    AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(old / "aws.conf"),
+                    AWS_SHARED_CREDENTIALS_FILE="/dev/null", PG_BIN=args.pg_bin, PYTHONPATH=str(old))
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, str(old / "orioledb_s3_loader.py"), "--endpoint",
+                        "http://localhost:%s" % addr.rsplit(":", 1)[1], "--prefix", BUCKET,
+                        "--data-dir", str(dest)], cwd=dest, env=env, capture_output=True, text=True)
+    secs = time.monotonic() - started
+    if r.returncode != 0:
+        raise RuntimeError("upstream loader failed: %s" % r.stderr[-2000:])
+    missing = r.stdout.count("File not found")
+    return secs, " (%d objects not found)" % missing if missing else ""
 
 
 def fixed(args, endpoint, key, secret, dest):
