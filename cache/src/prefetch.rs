@@ -130,8 +130,8 @@ impl Prefetcher {
                             Some(item) => p.run(item).await,
                             None => {
                                 drop(p);
-                                // Woken by a push, or every second to let go of a dropped store.
-                                let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                                // Woken by a push, or by the prefetcher's drop.
+                                notified.await;
                             }
                         }
                     }
@@ -365,5 +365,15 @@ impl Prefetcher {
     /// Items of `reason` queued or in flight.
     pub(crate) fn outstanding(&self, reason: Reason) -> usize {
         self.outstanding[reason as usize].load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Prefetcher {
+    /// Idle workers wait on their queue's `Notify` (registered before they let go of the
+    /// prefetcher): woken, they find it gone and end.
+    fn drop(&mut self) {
+        for wake in &self.wakes {
+            wake.notify_waiters();
+        }
     }
 }
