@@ -119,7 +119,7 @@ fn a_listing_is_prefetched_32_at_a_time_within_a_bound_on_the_bytes_held() {
     }
     s.proxy.reset();
     // Long enough a request that every fill the bounds let start is under way at once.
-    s.faults(r#"{"latency_ms": 400}"#);
+    s.faults(r#"{"latency_ms": 1000}"#);
     let fetched = "perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"}";
 
     assert_eq!(list_prefix(&s, "pf/s/").len(), 40);
