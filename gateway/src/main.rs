@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use futures::FutureExt;
 use perch_cache::{
     FsOrigin, Origin, OriginKeys, OriginStats, RetryPolicy, RetryingOrigin, S3Origin, S3OriginConfig, Store,
     StoreConfig, WriteConfig,
@@ -278,17 +279,20 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         rewritten: config.rewritten.clone(),
     };
     // The first readiness probe goes out now: its connection to the origin is set up while the
-    // store opens, so the first /readyz of a wake does not wait for a handshake.
+    // store opens, so the first /readyz of a wake does not wait for a handshake, and the buckets
+    // it lists are the ones an empty cache prewarms from.
     let first_probe = {
         let origin = raw_origin.clone();
         tokio::spawn(async move { perch_cache::origin_answers(origin.as_ref()).await })
+            .map(|joined| joined.unwrap_or_else(|e| Err(e.to_string())))
+            .shared()
     };
     let mut opened = None;
     metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
     let store = opened
         .context("registering the store's metrics")?
         .context("opening the store")?;
-    store.adopt_origin_probe(async move { first_probe.await.unwrap_or_else(|e| Err(e.to_string())) });
+    store.adopt_origin_probe(first_probe.clone().map(|answer| answer.map(|_| ())));
     let gauges = Arc::downgrade(&store);
     metrics.on_render(move || {
         if let Some(store) = gauges.upgrade() {
@@ -321,7 +325,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         tracing::info!(epoch, journal_writes = writes, "holding the bucket's lease");
     }
     if store.cache_is_empty() {
-        start_prewarm(&store, &config);
+        start_prewarm(&store, &config, first_probe);
     }
     let hot_set_task = (config.role == config::Role::Primary && !config.hot_set_interval.is_zero())
         .then(|| tokio::spawn(record_hot_set_every(store.clone(), config.hot_set_interval)));
@@ -425,13 +429,22 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::n
 }
 
 /// A start with an empty cache: the hot sets the last primary left are fetched in the background
-/// (and `/readyz` waits for them up to --prewarm-wait).
-fn start_prewarm(store: &Arc<Store>, config: &Config) {
+/// (and `/readyz` waits for them up to --prewarm-wait), from the buckets --prewarm-bucket names,
+/// else from those the first readiness probe listed (listed again if it could not).
+fn start_prewarm(
+    store: &Arc<Store>,
+    config: &Config,
+    first_probe: impl std::future::Future<Output = Result<Option<Vec<perch_cache::BucketInfo>>, String>> + Send + 'static,
+) {
     store.hold_ready_for_prewarm(config.prewarm_wait);
     let (store, named) = (store.clone(), config.prewarm_buckets.clone());
     tokio::spawn(async move {
         let buckets = if named.is_empty() {
-            match store.list_buckets().await {
+            let listed = match first_probe.await {
+                Ok(Some(all)) => Ok(all),
+                _ => store.list_buckets().await,
+            };
+            match listed {
                 Ok(all) => all.into_iter().map(|b| b.name).collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list buckets to prewarm; set --prewarm-bucket");

@@ -28,8 +28,8 @@ use crate::local::{Local, LocalConfig, TempGuard, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
-    ByteRange, ChecksumType, Checksums, Conditions, CopyInput, CopyOutput, ListQuery, MetadataDirective, ObjectMeta,
-    Origin, OriginError, PutBody, PutInput, PutOutput,
+    BucketInfo, ByteRange, ChecksumType, Checksums, Conditions, CopyInput, CopyOutput, ListQuery, MetadataDirective,
+    ObjectMeta, Origin, OriginError, PutBody, PutInput, PutOutput,
 };
 use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
@@ -111,15 +111,16 @@ pub struct Store {
     buckets: Mutex<HashSet<String>>,
 }
 
-/// Whether `origin` answers at all: even a refusal (403 on ListBuckets with keys scoped to one
-/// bucket) proves it is there. Only a transient fault, local I/O or a timeout (3 s) is "not ready".
-pub async fn origin_answers(origin: &dyn Origin) -> Result<(), String> {
+/// Whether `origin` answers at all, with the buckets it listed (`None` when it refused to list
+/// them): even a refusal (403 on ListBuckets with keys scoped to one bucket) proves it is there.
+/// Only a transient fault, local I/O or a timeout (3 s) is "not ready".
+pub async fn origin_answers(origin: &dyn Origin) -> Result<Option<Vec<BucketInfo>>, String> {
     match tokio::time::timeout(Duration::from_secs(3), origin.list_buckets()).await {
         Err(_) => Err("no answer within 3 s".into()),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(buckets)) => Ok(Some(buckets)),
         Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
         Ok(Err(OriginError::Io(e))) => Err(e.to_string()),
-        Ok(Err(_)) => Ok(()),
+        Ok(Err(_)) => Ok(None),
     }
 }
 
@@ -481,7 +482,7 @@ impl Store {
     /// Whether the origin answers at all: even a refusal (403 on ListBuckets with keys scoped to
     /// one bucket) proves it is there. Only a transient fault, local I/O or a timeout is "not ready".
     pub async fn origin_ready(&self) -> Result<(), String> {
-        origin_answers(self.upload_origin.as_ref()).await
+        origin_answers(self.upload_origin.as_ref()).await.map(|_| ())
     }
 
     /// A clean stop: prefetches still queued are dropped, the index is flushed so that the next

@@ -338,6 +338,7 @@ fn readyz_waits_for_the_prewarm_from_the_first_probe_on() {
 
     // Every origin request now takes 300 ms: the buckets' listing, the hot set, each prewarm fill.
     s.faults(r#"{"latency_ms": 300}"#);
+    s.proxy.reset();
     s.start_on_empty_volume(&[]);
     let fetched = "perch_cache_prefetches_total{reason=\"prewarm\",result=\"fetched\"}";
     let started = Instant::now();
@@ -351,6 +352,20 @@ fn readyz_waits_for_the_prewarm_from_the_first_probe_on() {
         std::thread::sleep(Duration::from_millis(5));
     }
     s.assert_metric(fetched, 3.0);
+    // The buckets were listed once before the hot set was read: by the first readiness probe,
+    // whose answer the prewarm takes (not a listing of its own, one origin round trip more).
+    let log = s.proxy.log();
+    let hot_set_read = log
+        .iter()
+        .find(|r| r["method"] == "GET" && r["key"] == ".perch/hot-set")
+        .and_then(|r| r["t_start"].as_f64())
+        .expect("the hot set was read");
+    let listings_before = log
+        .iter()
+        .filter(|r| r["method"] == "GET" && r["bucket"].is_null())
+        .filter(|r| r["t_start"].as_f64().is_some_and(|t| t < hot_set_read))
+        .count();
+    assert_eq!(listings_before, 1, "{log:?}");
     s.no_faults();
     s.proxy.reset();
     for (i, body) in hot.iter().enumerate() {
