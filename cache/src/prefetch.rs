@@ -22,9 +22,10 @@ use crate::metrics::PrefetchLabel;
 use crate::read::Reader;
 
 /// Fills in flight at most, by reason (`Reason as usize`): a listing's objects are what a
-/// restore reads next, all of them, and its loader asks for them a few dozen at a time; read-ahead
-/// and the prewarm are guesses beside clients' own misses.
-const IN_FLIGHT: [usize; 3] = [32, 8, 8];
+/// restore reads next, all of them, and its loader asks for them a few dozen at a time; the
+/// prewarm runs before `/readyz`, while no client waits, each fill over a new connection, so one
+/// wave of handshakes is better than several; read-ahead is a guess beside clients' own misses.
+const IN_FLIGHT: [usize; 3] = [32, 8, 32];
 /// What the fills in flight may hold in memory together at most (each counted at the most it can
 /// hold, `fill::held_at_most`), in KiB: 32 fills of 2 MiB, or 4 of a 16 MiB WAL segment.
 const HELD_MAX_KIB: usize = 64 << 10;
