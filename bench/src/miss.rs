@@ -539,6 +539,14 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
 
 impl MissReport {
     pub fn markdown(&self) -> String {
+        format!(
+            "Perch's data dir in {}.\n\n{}",
+            crate::report::scratch_filesystem(),
+            self.tables()
+        )
+    }
+
+    fn tables(&self) -> String {
         let mut s = format!(
             "Cache misses through Perch vs direct, origin latency {} ms (+{} round trips per new origin connection), {} rounds, objects stored with checksum: {:?}\n\n\
              | workload | perch ops/s | direct ops/s | perch ÷ direct | perch TTFB p50 / p90 ms | direct TTFB p50 / p90 ms | TTFB perch − direct p50 ms | perch p50 / p99 ms | direct p50 / p99 ms | CPU ms a GET via perch: perch / origin / client+proxy | CPU ms a GET direct: origin / client+proxy | perch hits |\n\

@@ -456,6 +456,14 @@ async fn backlog(
 
 impl PutLatencyReport {
     pub fn markdown(&self) -> String {
+        format!(
+            "Perch's data dir and the floor's files in {}.\n\n{}",
+            crate::report::scratch_filesystem(),
+            self.tables()
+        )
+    }
+
+    fn tables(&self) -> String {
         if !self.backlog_rows.is_empty() {
             let mut s = String::from(
                 "PUT acknowledgement latency against a backlog of pending objects (origin held out), new connection per PUT\n\n\

@@ -31,6 +31,8 @@ pub struct Machine {
     pub nproc: usize,
     pub mem_total: String,
     pub kernel: String,
+    /// The filesystem of `$TMPDIR`, where the benchmarks put data dirs (`scratch_filesystem`).
+    pub scratch: String,
 }
 
 impl Machine {
@@ -57,15 +59,85 @@ impl Machine {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned()),
+            scratch: scratch_filesystem(),
         }
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "{} CPUs ({}), {} RAM, Linux {}",
-            self.nproc, self.cpu_model, self.mem_total, self.kernel
+            "{} CPUs ({}), {} RAM, Linux {}; data dirs in {}",
+            self.nproc, self.cpu_model, self.mem_total, self.kernel, self.scratch
         )
     }
+}
+
+/// What `$TMPDIR` (where the benchmarks make their data dirs) is on, e.g. "/tmp: ext4 on
+/// /dev/vda, without a journal". Whether ext4 has its journal matters: without one, every file
+/// created scans the inodes deleted recently (docs/benchmarks.md), and a Fly volume has one.
+pub fn scratch_filesystem() -> String {
+    let dir = std::env::temp_dir();
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(mount) = mount_of(&mountinfo, &dir) else {
+        return format!("{}: filesystem unknown", dir.display());
+    };
+    let journal = if mount.fstype == "ext4" || mount.fstype == "ext3" {
+        let dev = mount.source.rsplit('/').next().unwrap_or_default();
+        let journaled = std::fs::read_dir("/proc/fs/jbd2")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&format!("{dev}-")))
+            })
+            .unwrap_or(false);
+        if journaled {
+            ", with a journal"
+        } else {
+            ", without a journal"
+        }
+    } else {
+        ""
+    };
+    format!("{}: {} on {}{journal}", dir.display(), mount.fstype, mount.source)
+}
+
+/// A line of `/proc/self/mountinfo`: where, what and from what.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    point: String,
+    fstype: String,
+    source: String,
+}
+
+/// The mount `path` lies on: the one with the longest mount point above it (the last mounted
+/// wins a tie, as the kernel's view does).
+fn mount_of(mountinfo: &str, path: &std::path::Path) -> Option<Mount> {
+    let mut best: Option<Mount> = None;
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(point) = before.split(' ').nth(4) else {
+            continue;
+        };
+        let mut rest = after.split(' ');
+        let (Some(fstype), Some(source)) = (rest.next(), rest.next()) else {
+            continue;
+        };
+        // Spaces and the like are octal escapes (`\040`).
+        let point = point.replace("\\040", " ");
+        if !path.starts_with(&point) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| point.len() >= b.point.len()) {
+            best = Some(Mount {
+                point,
+                fstype: fstype.to_owned(),
+                source: source.to_owned(),
+            });
+        }
+    }
+    best
 }
 
 /// One group of workloads measured with the same settings.
@@ -492,6 +564,24 @@ mod tests {
     use super::*;
     use crate::client::Outcome;
     use std::time::Duration;
+
+    #[test]
+    fn the_mount_of_a_path_is_the_deepest_above_it() {
+        let info = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
+30 22 0:26 / /tmp/ram rw - tmpfs tmpfs rw,size=1024k
+41 22 7:0 / /mnt/perch\\040vol rw,relatime shared:9 - ext4 /dev/loop0 rw
+42 22 7:1 / /mnt/perch rw,relatime - ext4 /dev/loop1 rw
+";
+        let at = |p: &str| mount_of(info, std::path::Path::new(p)).map(|m| (m.fstype, m.source));
+        assert_eq!(at("/tmp/x"), Some(("ext4".into(), "/dev/vda".into())));
+        assert_eq!(at("/tmp/ram/x"), Some(("tmpfs".into(), "tmpfs".into())));
+        // A mount point is a whole path component: /tmp/ramdisk is not under /tmp/ram.
+        assert_eq!(at("/tmp/ramdisk"), Some(("ext4".into(), "/dev/vda".into())));
+        assert_eq!(at("/mnt/perch vol/tmp"), Some(("ext4".into(), "/dev/loop0".into())));
+        assert_eq!(at("/mnt/perch/tmp"), Some(("ext4".into(), "/dev/loop1".into())));
+        assert_eq!(mount_of("garbage\n", std::path::Path::new("/")), None);
+    }
 
     fn result(name: &str, ops: u64) -> TargetResult {
         let target = Target::new(name, "127.0.0.1:9".parse().unwrap(), "bench", Kind::S3);
