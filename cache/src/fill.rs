@@ -24,7 +24,7 @@ use crate::local::fills::{Fill, FillError, Progress};
 use crate::local::room::{is_no_space, preallocate};
 use crate::md5_asm::Md5;
 use crate::origin::checksum;
-use crate::origin::{ByteRange, ChecksumAlgorithm, ChecksumType, Conditions, ObjectMeta, OriginError};
+use crate::origin::{ByteRange, ChecksumAlgorithm, Conditions, ObjectMeta, OriginError};
 use crate::read::Reader;
 
 /// A fill keeps at least this much of what it received in memory (and whole objects up to the
@@ -84,21 +84,8 @@ enum Check {
 
 impl Check {
     fn of(meta: &ObjectMeta) -> Check {
-        if meta.checksums.checksum_type() == Some(ChecksumType::FullObject) {
-            // Cheapest first: the CRCs, then SHA-256 (in hardware where the CPU has it), SHA-1.
-            let order = [
-                ChecksumAlgorithm::Crc64nvme,
-                ChecksumAlgorithm::Crc32c,
-                ChecksumAlgorithm::Crc32,
-                ChecksumAlgorithm::Sha256,
-                ChecksumAlgorithm::Sha1,
-            ];
-            if let Some((a, want)) = order
-                .into_iter()
-                .find_map(|a| meta.checksums.get(a).map(|v| (a, v.to_owned())))
-            {
-                return Check::Checksum(a, want, Box::new(checksum::Hasher::new(a)));
-            }
+        if let Some((a, want)) = meta.checksums.full_object() {
+            return Check::Checksum(a, want.to_owned(), Box::new(checksum::Hasher::new(a)));
         }
         match md5_etag(&meta.etag) {
             Some(want) => Check::Md5(want.to_owned(), Md5::new()),

@@ -94,6 +94,7 @@ mod tests {
         assert_eq!(url_encode("a b+c%d"), "a%20b%2Bc%25d");
         assert_eq!(url_encode("é~_.-"), "%C3%A9~_.-");
         assert_eq!(url_encode("q?x=1&y#z"), "q%3Fx%3D1%26y%23z");
+        assert_eq!(url_encode("a b/ü+x"), "a%20b/%C3%BC%2Bx");
     }
 
     #[test]

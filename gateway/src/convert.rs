@@ -182,8 +182,6 @@ pub fn checksums(
     }
 }
 
-pub use perch_cache::url_encode;
-
 /// S3's longest key, in UTF-8 bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
 /// S3's limit on user metadata: the UTF-8 bytes of every `x-amz-meta-*` name (without the
@@ -304,11 +302,6 @@ mod tests {
         assert_eq!(without_aws_chunked("gzip,aws-chunked"), Some("gzip".into()));
         assert_eq!(without_aws_chunked("aws-chunked, gzip"), Some("gzip".into()));
         assert_eq!(without_aws_chunked("br"), Some("br".into()));
-    }
-
-    #[test]
-    fn url_encoding() {
-        assert_eq!(url_encode("a b/ü+x"), "a%20b/%C3%BC%2Bx");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use perch_cache::{CacheStatus, ChecksumAlgorithm, Conditions, ObjectMeta, Store};
+use perch_cache::{CacheStatus, Conditions, ObjectMeta, Store};
 use s3s::dto::TimestampFormat;
 
 use crate::convert;
@@ -268,15 +268,8 @@ fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3
     h.reserve(10 + meta.headers.metadata.len());
     if checksums {
         for (algorithm, value) in meta.checksums.iter() {
-            let name = match algorithm {
-                ChecksumAlgorithm::Crc32 => "x-amz-checksum-crc32",
-                ChecksumAlgorithm::Crc32c => "x-amz-checksum-crc32c",
-                ChecksumAlgorithm::Crc64nvme => "x-amz-checksum-crc64nvme",
-                ChecksumAlgorithm::Sha1 => "x-amz-checksum-sha1",
-                ChecksumAlgorithm::Sha256 => "x-amz-checksum-sha256",
-            };
             if let Ok(value) = HeaderValue::from_str(value) {
-                h.insert(name, value);
+                h.insert(algorithm.header_name(), value);
             }
         }
         if let Some(t) = meta.checksums.checksum_type() {

@@ -162,7 +162,7 @@ fn max_keys_of(max_keys: Option<i32>) -> S3Result<usize> {
 }
 
 fn encode(s: String, url: bool) -> String {
-    if url { convert::url_encode(&s) } else { s }
+    if url { perch_cache::url_encode(&s) } else { s }
 }
 
 fn wants_url(e: &Option<EncodingType>) -> bool {

@@ -249,20 +249,10 @@ pub fn apply_trailers(checksums: &mut Checksums, trailers: Option<&s3s::Trailing
             })
             .transpose()
     };
-    if let Some(v) = get("x-amz-checksum-crc32")? {
-        checksums.crc32 = Some(v);
-    }
-    if let Some(v) = get("x-amz-checksum-crc32c")? {
-        checksums.crc32c = Some(v);
-    }
-    if let Some(v) = get("x-amz-checksum-crc64nvme")? {
-        checksums.crc64nvme = Some(v);
-    }
-    if let Some(v) = get("x-amz-checksum-sha1")? {
-        checksums.sha1 = Some(v);
-    }
-    if let Some(v) = get("x-amz-checksum-sha256")? {
-        checksums.sha256 = Some(v);
+    for algorithm in perch_cache::ChecksumAlgorithm::ALL {
+        if let Some(v) = get(algorithm.header_name())? {
+            *checksums.slot(algorithm) = Some(v);
+        }
     }
     Ok(())
 }

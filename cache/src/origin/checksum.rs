@@ -54,6 +54,23 @@ impl Checksums {
         }
     }
 
+    /// The checksum a whole body can be checked against, with its value: a FULL_OBJECT one, the
+    /// cheapest first (the CRCs, then SHA-256, in hardware where the CPU has it, then SHA-1).
+    pub fn full_object(&self) -> Option<(ChecksumAlgorithm, &str)> {
+        if self.checksum_type() != Some(ChecksumType::FullObject) {
+            return None;
+        }
+        [
+            ChecksumAlgorithm::Crc64nvme,
+            ChecksumAlgorithm::Crc32c,
+            ChecksumAlgorithm::Crc32,
+            ChecksumAlgorithm::Sha256,
+            ChecksumAlgorithm::Sha1,
+        ]
+        .into_iter()
+        .find_map(|a| self.get(a).map(|v| (a, v)))
+    }
+
     /// The algorithms that have a value, with it.
     pub fn iter(&self) -> impl Iterator<Item = (ChecksumAlgorithm, &str)> {
         ChecksumAlgorithm::ALL
@@ -107,6 +124,17 @@ impl ChecksumAlgorithm {
             ChecksumAlgorithm::Crc64nvme => "CRC64NVME",
             ChecksumAlgorithm::Sha1 => "SHA1",
             ChecksumAlgorithm::Sha256 => "SHA256",
+        }
+    }
+
+    /// The header that carries its value (`x-amz-checksum-crc32`, …).
+    pub fn header_name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Crc32 => "x-amz-checksum-crc32",
+            ChecksumAlgorithm::Crc32c => "x-amz-checksum-crc32c",
+            ChecksumAlgorithm::Crc64nvme => "x-amz-checksum-crc64nvme",
+            ChecksumAlgorithm::Sha1 => "x-amz-checksum-sha1",
+            ChecksumAlgorithm::Sha256 => "x-amz-checksum-sha256",
         }
     }
 

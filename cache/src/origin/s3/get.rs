@@ -64,13 +64,13 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
             expires: owned("expires"),
             metadata,
         },
-        checksums: checksums_of(
-            header_str(headers, "x-amz-checksum-crc32"),
-            header_str(headers, "x-amz-checksum-crc32c"),
-            header_str(headers, "x-amz-checksum-crc64nvme"),
-            header_str(headers, "x-amz-checksum-sha1"),
-            header_str(headers, "x-amz-checksum-sha256"),
-        ),
+        checksums: {
+            let mut c = Checksums::default();
+            for a in ChecksumAlgorithm::ALL {
+                *c.slot(a) = owned(a.header_name());
+            }
+            c
+        },
     }
 }
 
@@ -79,23 +79,6 @@ fn content_length(headers: &HeaderMap) -> OriginResult<u64> {
     header_str(headers, "content-length")
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| OriginError::Transient("an answer without a Content-Length".to_owned()))
-}
-
-/// The full-object checksum the SDK checks a whole body against (the first it finds, CRCs
-/// first), with its expected value.
-fn body_check(checksums: &Checksums) -> Option<(ChecksumAlgorithm, String)> {
-    if checksums.checksum_type() != Some(crate::origin::ChecksumType::FullObject) {
-        return None;
-    }
-    [
-        ChecksumAlgorithm::Crc64nvme,
-        ChecksumAlgorithm::Crc32c,
-        ChecksumAlgorithm::Crc32,
-        ChecksumAlgorithm::Sha1,
-        ChecksumAlgorithm::Sha256,
-    ]
-    .into_iter()
-    .find_map(|a| checksums.get(a).map(|v| (a, v.to_owned())))
 }
 
 /// A whole body checked against the object's checksum as it streams: a body that does not match
@@ -160,7 +143,8 @@ impl S3Origin {
                 meta.checksums = Checksums::default();
                 None
             }
-            None => body_check(&meta.checksums),
+            // A whole body is checked against its full-object checksum, as the SDK checks it.
+            None => meta.checksums.full_object().map(|(a, want)| (a, want.to_owned())),
         };
         let body: ByteStream = Box::pin(OriginBody {
             inner: SdkByteStream::new(body),
@@ -334,9 +318,9 @@ mod tests {
         assert_eq!(meta.headers.expires.as_deref(), Some("not a date"));
         assert_eq!(meta.headers.metadata.get("owner").map(String::as_str), Some("perch"));
         assert_eq!(meta.checksums.crc32.as_deref(), Some("AAAAAA=="));
-        assert!(body_check(&meta.checksums).is_some());
+        assert!(meta.checksums.full_object().is_some());
         let composite = checksums_of(Some("AAAAAA==-3"), None, None, None, None);
-        assert!(body_check(&composite).is_none());
+        assert!(composite.full_object().is_none());
     }
 
     #[tokio::test]
