@@ -156,17 +156,20 @@ impl Journal {
         };
         // A release is synced only when its blob goes at once; otherwise a power cut that loses
         // it makes the next start upload the version again (the same bytes), from its blob: so
-        // the blob must not be unlinked while the release is volatile. `unsynced_release` says
-        // "some release may not be durable"; an unlink first swaps it to false and, if it was
-        // true, syncs the log (`sync_releases`). The order that keeps this true:
-        // 1. the write, then the flag. A sync covers only writes made before it; were the flag
-        //    raised first, a racing unlink could swap it off and sync between the flag and the
-        //    write, leaving this write volatile with the flag down (the defect of issue #12).
-        // 2. the flag before the blob can be unlinked: it joins the evictor only at `track`
+        // the blob must not be unlinked while the release is volatile. Each such release is
+        // counted once written (`Index::note_release`); an unlink first syncs the log unless a
+        // sync that completed since covers every release counted (`Index::sync_releases`: a
+        // commit's synced batch covers the releases written before it). The order that keeps
+        // this true:
+        // 1. the write, then the count. A sync covers only writes made before it; were the
+        //    count raised first, a sync between the count and the write would cover the count
+        //    but not the write (the defect of issue #12).
+        // 2. the count before the blob can be unlinked: it joins the evictor only at `track`
         //    below, and every other unlink of a named blob (`drop_evicted`, `drop_entry`, a
         //    commit replacing it) takes this key's lock first, which is held from before the
-        //    write until after the flag. So every unlink that could take this blob sees the
-        //    flag raised, and syncs this write before it. Tested by power_cut.rs
+        //    write until after the count. So every unlink that could take this blob sees the
+        //    count, and syncs this write before it unless a completed sync did. Tested by
+        //    power_cut.rs
         //    `an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs`.
         let forget_blob = matches!(after, Released::Superseded { forget_blob: true });
         self.local.index.release_version(seq, &v.okey, &after, forget_blob)?;

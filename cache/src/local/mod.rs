@@ -13,7 +13,7 @@ pub(crate) mod room;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,9 +79,6 @@ pub(crate) struct Local {
     /// Striped per-key locks: a commit, a release and the keeping of a fetched copy of one key
     /// never interleave.
     key_locks: Vec<Mutex<()>>,
-    /// Set when a version was released without a sync: before a blob file is removed, the log
-    /// is synced, so that a crash never brings back a journal record whose blob is gone.
-    unsynced_release: AtomicBool,
     /// While the start's rebuild of the eviction order runs: blobs removed meanwhile, which its
     /// snapshot of the index still names (`None` once it is done).
     removed_while_rebuilding: Mutex<Option<std::collections::HashSet<u64>>>,
@@ -146,7 +143,6 @@ impl Local {
             blobs,
             fills: Fills::default(),
             key_locks: (0..64).map(|_| Mutex::new(())).collect(),
-            unsynced_release: AtomicBool::new(false),
             removed_while_rebuilding: Mutex::new(Some(Default::default())),
             reads: Mutex::new(HashMap::new()),
             flush_soon: Arc::new(tokio::sync::Notify::new()),
@@ -404,23 +400,17 @@ impl Local {
 
     /// A version was released without a sync: the next blob removal syncs the log first.
     pub(crate) fn note_unsynced_release(&self) {
-        self.unsynced_release.store(true, Ordering::SeqCst);
+        self.index.note_release();
     }
 
-    /// Makes every release so far durable (one sync of the index log, when one is unsynced):
-    /// before a blob file is removed, and before a request the origin decides is sent (a replay
-    /// of a lost release would upload an old version over it).
+    /// Makes every release so far durable (`Index::sync_releases`): before a blob file is
+    /// removed, and before a request the origin decides is sent (a replay of a lost release
+    /// would upload an old version over it).
     pub(crate) fn sync_releases(&self) -> Result<(), CacheError> {
-        if self.unsynced_release.swap(false, Ordering::SeqCst)
-            && let Err(e) = self.index.sync_wal()
-        {
-            self.unsynced_release.store(true, Ordering::SeqCst);
-            return Err(e);
-        }
-        Ok(())
+        self.index.sync_releases()
     }
 
-    /// Called before blob files are removed: see `unsynced_release`.
+    /// Called before blob files are removed: see `Index::sync_releases`.
     fn before_unlink(&self) {
         if let Err(e) = self.sync_releases() {
             tracing::warn!(error = %e, "cannot sync the cache index log");

@@ -108,6 +108,13 @@ pub(crate) struct Index {
     reserved: Mutex<u64>,
     /// The first id this process may hand out: every blob of an earlier run has a lower id.
     first_of_run: u64,
+    /// Releases written to the log without a sync, counted after each write (`note_release`).
+    releases_written: AtomicU64,
+    /// How many of those a completed sync of the log covers: a synced write covers every write
+    /// before it, whoever made it.
+    releases_synced: AtomicU64,
+    /// Syncs of the log made for releases alone (`sync_releases`).
+    release_syncs: AtomicU64,
 }
 
 fn no_sync() -> WriteOptions {
@@ -188,6 +195,9 @@ impl Index {
             next: AtomicU64::new(next),
             reserved: Mutex::new(next),
             first_of_run: next,
+            releases_written: AtomicU64::new(0),
+            releases_synced: AtomicU64::new(0),
+            release_syncs: AtomicU64::new(0),
         })
     }
 
@@ -212,8 +222,9 @@ impl Index {
             .map_err(|_| CacheError::Corrupt("id lock poisoned".into()))?;
         if id >= *reserved {
             let mark = id + ID_RUN;
-            self.db
-                .put_cf_opt(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes(), &synced())?;
+            let mut b = WriteBatch::default();
+            b.put_cf(self.cf(META)?, NEXT_BLOB, mark.to_be_bytes());
+            self.write_synced(b)?;
             *reserved = mark;
         }
         Ok(id)
@@ -412,8 +423,7 @@ impl Index {
         if let Some(old) = drop_blob {
             b.delete_cf(self.cf(BLOBS)?, old.to_be_bytes());
         }
-        self.db.write_opt(b, &synced())?;
-        Ok(())
+        self.write_synced(b)
     }
 
     /// Releases version `seq` of `okey` (the origin has it, or a newer one replaced it) as one
@@ -440,11 +450,12 @@ impl Index {
                 }
             }
         }
-        let mut w = WriteOptions::default();
-        w.set_sync(sync);
         // Tests hold the write here, to race an eviction against it (power_cut.rs).
         crate::journal::pause_point("release_write");
-        self.db.write_opt(b, &w)?;
+        if sync {
+            return self.write_synced(b);
+        }
+        self.db.write_opt(b, &no_sync())?;
         Ok(())
     }
 
@@ -458,24 +469,21 @@ impl Index {
                 b.delete_cf(self.cf(BLOBS)?, seq.to_be_bytes());
             }
         }
-        self.db.write_opt(b, &synced())?;
-        Ok(())
+        self.write_synced(b)
     }
 
     /// Deletes journal record `seq` alone, synced (an unreadable record an operator dropped).
     pub(crate) fn delete_record(&self, seq: u64) -> Result<(), CacheError> {
         let mut b = WriteBatch::default();
         b.delete_cf(self.cf(JOURNAL)?, seq.to_be_bytes());
-        self.db.write_opt(b, &synced())?;
-        Ok(())
+        self.write_synced(b)
     }
 
     /// Writes the entry of `okey` in a synced batch (a tombstone restored at start).
     pub(crate) fn put_synced(&self, okey: &ObjectKey, entry: &Entry) -> Result<(), CacheError> {
         let mut b = WriteBatch::default();
         b.put_cf(self.cf(OBJECTS)?, okey.as_bytes(), serde_json::to_vec(entry)?);
-        self.db.write_opt(b, &synced())?;
-        Ok(())
+        self.write_synced(b)
     }
 
     /// Whether any object of `bucket` is indexed (proof enough that the bucket exists).
@@ -484,6 +492,40 @@ impl Index {
         let mut it = self.db.raw_iterator_cf(self.cf(OBJECTS)?);
         it.seek(prefix.as_bytes());
         Ok(it.key().is_some_and(|k| k.starts_with(prefix.as_bytes())))
+    }
+
+    /// Writes `b` and syncs the log: the releases written before it are durable too.
+    fn write_synced(&self, b: WriteBatch) -> Result<(), CacheError> {
+        let written = self.releases_written.load(Ordering::SeqCst);
+        self.db.write_opt(b, &synced())?;
+        self.releases_synced.fetch_max(written, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A release was written without a sync (after its write): the next blob removal syncs the
+    /// log first, unless a synced write has covered it meanwhile.
+    pub(crate) fn note_release(&self) {
+        self.releases_written.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Makes every release noted so far durable: one sync of the log, unless a sync that
+    /// completed since covers them all (a commit's synced batch, as a rule). A sync still under
+    /// way covers nothing yet, so a racing caller syncs too rather than unlink before it ends.
+    pub(crate) fn sync_releases(&self) -> Result<(), CacheError> {
+        let written = self.releases_written.load(Ordering::SeqCst);
+        if self.releases_synced.load(Ordering::SeqCst) >= written {
+            return Ok(());
+        }
+        self.sync_wal()?;
+        self.release_syncs.fetch_add(1, Ordering::Relaxed);
+        self.releases_synced.fetch_max(written, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Syncs of the log `sync_releases` has made.
+    #[cfg(test)]
+    pub(crate) fn release_syncs(&self) -> u64 {
+        self.release_syncs.load(Ordering::Relaxed)
     }
 
     /// Makes every write so far durable (one fsync of the log). `PERCH_UNSAFE_SKIP_SYNC=journal`

@@ -149,3 +149,44 @@ fn scan_reads_sizes_and_last_reads_and_survives_a_flush_and_reopen() {
     // Ids handed out after a reopen are new.
     assert!(index.next_blob_id().unwrap() > *ids.last().unwrap());
 }
+
+/// A commit's synced batch makes the releases written before it durable: the blob removal after
+/// it needs no sync of its own (an overwrite of a clean key used to sync the log twice before its
+/// answer); a release written after the batch still gets one, and only one.
+#[test]
+fn a_synced_commit_covers_the_releases_written_before_it_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(dir.path()).unwrap();
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let (a, b) = (ObjectKey::new("b", "a"), ObjectKey::new("b", "b"));
+    let commit = |okey: &ObjectKey| {
+        let seq = index.next_blob_id().unwrap();
+        let pending = Entry {
+            pending: true,
+            ..entry(seq, 10, t0)
+        };
+        index.commit_version(okey, seq, b"{}", &pending, None).unwrap();
+        seq
+    };
+    // The uploader's release of a version that stays as a clean copy: not synced.
+    let release = |okey: &ObjectKey, seq: u64| {
+        index
+            .release_version(seq, okey, &Released::Clean(&entry(seq, 10, t0)), false)
+            .unwrap();
+        index.note_release();
+    };
+    let seq_a = commit(&a);
+    release(&a, seq_a);
+    let seq_b = commit(&b);
+    index.sync_releases().unwrap();
+    assert_eq!(index.release_syncs(), 0, "the commit of b synced the release of a");
+    release(&b, seq_b);
+    index.sync_releases().unwrap();
+    assert_eq!(
+        index.release_syncs(),
+        1,
+        "the release of b came after every synced write"
+    );
+    index.sync_releases().unwrap();
+    assert_eq!(index.release_syncs(), 1, "nothing was released since the last sync");
+}
