@@ -148,11 +148,8 @@ impl Journal {
         };
         let _admitted = self.wait_for_room(version.meta.size, disk).await?;
         let _pass = self.gates.pass(okey).await;
-        let journal = self.clone();
-        let okey = okey.clone();
-        tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, Some(version), mode))
+        self.run_commit(okey, Some(version), mode)
             .await
-            .map_err(|e| StoreError::from(std::io::Error::other(e)))?
             .map(|(seq, etag)| (seq, etag.unwrap_or_default()))
     }
 
@@ -164,12 +161,31 @@ impl Journal {
     /// Commits a DELETE version of `okey`.
     pub(crate) async fn commit_delete(self: &Arc<Self>, okey: &ObjectKey, mode: WriteMode) -> StoreResult<u64> {
         let _pass = self.gates.pass(okey).await;
+        self.run_commit(okey, None, mode).await.map(|(seq, _)| seq)
+    }
+
+    /// Runs `commit_blocking` on a blocking thread, then wakes the uploader from a task, which
+    /// runs to its end even if the request is gone. Woken from the commit's thread, the uploader
+    /// preempted the end of the commit on a busy machine (0.4 ms of a 1 MiB PUT's
+    /// acknowledgement, two cores); woken from a task, it queues behind the answer.
+    async fn run_commit(
+        self: &Arc<Self>,
+        okey: &ObjectKey,
+        version: Option<NewVersion>,
+        mode: WriteMode,
+    ) -> StoreResult<(u64, Option<String>)> {
         let journal = self.clone();
         let okey = okey.clone();
-        tokio::task::spawn_blocking(move || journal.commit_blocking(&okey, None, mode))
-            .await
+        let joined = tokio::spawn(async move {
+            let committing = journal.clone();
+            let out = tokio::task::spawn_blocking(move || committing.commit_blocking(&okey, version, mode)).await;
+            journal.wake.notify_one();
+            out
+        })
+        .await;
+        joined
+            .and_then(|committed| committed)
             .map_err(|e| StoreError::from(std::io::Error::other(e)))?
-            .map(|(seq, _)| seq)
     }
 
     /// Waits until a write of `size` bytes fits under `--dirty-bytes-max` (one larger than the
@@ -438,7 +454,6 @@ impl Journal {
         if let Some(old) = replaced_clean {
             self.local.remove_blob(old);
         }
-        self.wake.notify_one();
         Ok((seq, etag))
     }
 
