@@ -45,6 +45,10 @@ pub struct PutLatencyArgs {
     /// What the background writers add up to, in MiB/s (the uploader's steady load)
     #[arg(long, default_value_t = 20)]
     pub background_mib_per_sec: u64,
+    /// The measured PUTs replace one of 8 keys per size and target in turn (OrioleDB's undo
+    /// files, its control files), each a version the origin has by then, instead of new keys
+    #[arg(long)]
+    pub overwrite: bool,
     /// Backlog mode, instead of the comparison: PUT acknowledgement latency with this many
     /// objects pending (e.g. `0,50000,200000`), the origin held in an outage by the proxy so that
     /// nothing drains; the PUTs measured are of the first of --sizes-mib, a new connection each
@@ -94,6 +98,8 @@ pub struct PutLatencyReport {
     pub origin_handshake_rtts: u32,
     pub background_writers: usize,
     pub background_mib_per_sec: u64,
+    /// The measured PUTs replaced 8 keys in turn (`--overwrite`).
+    pub overwrite: bool,
     /// The burst: bytes written, how long until all were acknowledged, and until all were in the
     /// origin; upload throughput is bytes over the latter.
     pub upload_bytes_per_sec: f64,
@@ -184,6 +190,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
             origin_handshake_rtts: args.origin_handshake_rtts,
             background_writers: 0,
             background_mib_per_sec: 0,
+            overwrite: false,
             upload_bytes_per_sec: 0.0,
             drained_bytes: 0,
             acked_seconds: 0.0,
@@ -254,7 +261,11 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
                     .context("slot")?;
                 samples[i].1.push(took.as_micros() as u64);
                 for (name, target) in [("perch", &through_perch), ("direct", &direct)] {
-                    let key = format!("orioledb_data/{name}/{size}/{n}");
+                    let key = if args.overwrite {
+                        format!("orioledb_undo/{name}/{size}/{}", n % 8)
+                    } else {
+                        format!("orioledb_data/{name}/{size}/{n}")
+                    };
                     let object = perch_testkit::bodies::object(round as u64, &key, 0, bytes);
                     let out = client.execute(target, &Req::put(&key, object)).await;
                     if !out.ok() {
@@ -343,6 +354,7 @@ pub async fn run(args: PutLatencyArgs) -> anyhow::Result<PutLatencyReport> {
         origin_handshake_rtts: args.origin_handshake_rtts,
         background_writers: args.background_writers,
         background_mib_per_sec: args.background_mib_per_sec,
+        overwrite: args.overwrite,
         upload_bytes_per_sec: if drain_seconds > 0.0 {
             drained_bytes as f64 / drain_seconds
         } else {
@@ -478,8 +490,13 @@ impl PutLatencyReport {
             return s;
         }
         let mut s = format!(
-            "PUT acknowledgement latency, new connection per PUT, origin latency {} ms (+{} round trips per new origin connection), background load {} MiB/s from {} writers\n\n\
+            "PUT acknowledgement latency, new connection per PUT{}, origin latency {} ms (+{} round trips per new origin connection), background load {} MiB/s from {} writers\n\n\
              | size | samples | floor p50 / p99 ms | perch p50 / p99 ms | direct p50 / p99 ms | perch p99 ÷ floor p99 | direct p50 ÷ perch p50 | direct p99 ÷ perch p99 |\n|---|---|---|---|---|---|---|---|\n",
+            if self.overwrite {
+                ", each replacing one of 8 keys in turn"
+            } else {
+                ""
+            },
             self.origin_latency_ms,
             self.origin_handshake_rtts,
             if self.background_writers == 0 {
