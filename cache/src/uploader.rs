@@ -3,6 +3,7 @@
 //! version with its part layout, then releases it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use perch_policy::Method;
@@ -10,7 +11,7 @@ use perch_policy::Method;
 use crate::journal::record::{PartLayout, RecordPut};
 use crate::journal::state::Version;
 use crate::journal::{Journal, OriginCopy};
-use crate::local::blobs::{BLOCK, CheckedRange, read_block};
+use crate::local::blobs::{BLOCK, CheckedRange, crc32_of_blocks, read_block};
 use crate::metrics::UploadLabel;
 use crate::origin::retry::RetryPolicy;
 use crate::origin::{ContentHeaders, Origin, OriginError, PutBody, PutInput};
@@ -26,6 +27,10 @@ pub(crate) struct Uploader {
     journal: Arc<Journal>,
     /// The origin without its retry layer: the uploader retries by itself, and reports each fault.
     origin: Arc<dyn Origin>,
+    /// Whether a single PUT whose client gave no checksum goes up with its full-object CRC32
+    /// (`upload_input`); off for good once an origin refused one and took the same upload
+    /// without it.
+    adds_crc32: AtomicBool,
 }
 
 impl Uploader {
@@ -33,7 +38,11 @@ impl Uploader {
     /// commits and releases (and every second, to refresh the age gauge).
     /// The dispatcher holds the uploader weakly: it ends when the store drops it.
     pub(crate) fn start(journal: Arc<Journal>, origin: Arc<dyn Origin>) -> Arc<Uploader> {
-        let uploader = Arc::new(Uploader { journal, origin });
+        let uploader = Arc::new(Uploader {
+            journal,
+            origin,
+            adds_crc32: AtomicBool::new(true),
+        });
         let wake = uploader.journal.wake.clone();
         let weak = Arc::downgrade(&uploader);
         tokio::spawn(async move {
@@ -103,17 +112,21 @@ impl Uploader {
             lease.renew_now().await;
         }
         let mut attempt = 0u32;
+        // Cleared for this version when the origin refuses it with the CRC32 Perch adds.
+        let mut with_crc32 = self.adds_crc32.load(Ordering::Relaxed);
         loop {
             if let Some(lease) = &lease {
                 lease.writable().await;
             }
+            let mut crc32_added = false;
             // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
             // block cuts the request short, and the failure is told apart below.
             let result = match &v.put {
                 None => self.origin.delete_object(bucket, key).await.map(|()| None),
                 Some(put) => match &put.parts {
                     None => {
-                        let input = self.upload_input(&v, put, seq);
+                        let input = self.upload_input(&v, put, seq, with_crc32);
+                        crc32_added = input.checksums.crc32.is_some() && put.meta.checksums.is_empty();
                         self.origin.put_object(bucket, key, &input).await.map(Some)
                     }
                     Some(parts) => self.upload_parts(&v, put, parts, seq).await.map(Some),
@@ -156,6 +169,14 @@ impl Uploader {
                             "the origin gave another ETag than the one acknowledged"
                         );
                     }
+                    if !with_crc32 && self.adds_crc32.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            key,
+                            seq,
+                            "the origin took without its CRC32 an upload it refused with it: uploads go \
+                             without the CRC32 Perch adds from now on"
+                        );
+                    }
                     self.journal.stats.uploaded_bytes.inc_by(v.size());
                     self.journal.note_origin_fault(None);
                     let stored = match (&out, &v.put) {
@@ -164,6 +185,18 @@ impl Uploader {
                     };
                     self.release(seq, "ok", stored).await;
                     return;
+                }
+                // An origin that does not take the CRC32 Perch added (its client gave none) must
+                // not refuse an acknowledged write for good: the same upload goes again without.
+                Err(e) if e.is_permanent() && crc32_added => {
+                    tracing::warn!(
+                        bucket,
+                        key,
+                        seq,
+                        error = %e,
+                        "the origin refused an upload with the CRC32 Perch adds; sending it without"
+                    );
+                    with_crc32 = false;
                 }
                 Err(e) if e.is_permanent() => {
                     tracing::error!(
@@ -271,11 +304,20 @@ impl Uploader {
         CheckedRange::new(path, put.meta.size, put.crcs.as_slice().into(), offset, len)
     }
 
-    fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64) -> PutInput {
+    /// The input of the upload of a single-part version. Without a checksum of its client's, it
+    /// carries (`with_crc32`) its full-object CRC32, made from the block CRCs at no cost: an
+    /// origin that keeps it (S3, Tigris, s3s-fs) hands it back with the object, and a fill then
+    /// checks the body by its blocks instead of hashing it again for its MD5 ETag (`fill::Check`).
+    fn upload_input(&self, v: &Version, put: &RecordPut, seq: u64, with_crc32: bool) -> PutInput {
         let (headers, extra) = self.upload_headers(v, put);
+        let mut checksums = put.meta.checksums.clone();
+        if with_crc32 && checksums.is_empty() {
+            let crc = crc32_of_blocks(&put.crcs, put.meta.size);
+            checksums.crc32 = Some(aws_smithy_types::base64::encode(crc.to_be_bytes()));
+        }
         PutInput {
             headers,
-            checksums: put.meta.checksums.clone(),
+            checksums,
             body: PutBody::Blob(self.checked_range(seq, put, 0, put.meta.size)),
             if_match: None,
             if_none_match: None,

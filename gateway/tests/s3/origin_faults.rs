@@ -125,6 +125,26 @@ fn put_survives_three_503s_and_lands_once() {
     get_ok(&stack, key, &body);
 }
 
+/// An origin that refuses the upload carrying the CRC32 Perch adds (its client sent no checksum;
+/// here the first PUT of the key is answered 403, a permanent refusal) gets the same upload again
+/// without it, and the write lands: an acknowledged write is never refused for good over a header
+/// its client never sent.
+#[test]
+fn an_upload_refused_with_the_crc32_perch_adds_goes_again_without_it() {
+    let _turn = machine::share();
+    let stack = start("20s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
+    let key = "wal/000000010000000000000007";
+    let body = pattern(1 << 20, 7);
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["403"],"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    put_ok(&stack, key, &body);
+    assert_records(&stack, key, "PUT", "403", 1, 200);
+    get_ok(&stack, key, &body);
+}
+
 #[test]
 fn get_survives_slowdown_500_and_reset() {
     let _turn = machine::share();

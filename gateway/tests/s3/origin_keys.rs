@@ -241,3 +241,50 @@ fn misses_are_signed_gets_an_origin_that_checks_signatures_serves() {
         "the origin's refusal of the GET is not what was retried"
     );
 }
+
+/// A PUT whose client gave no checksum (OrioleDB's) goes up with its full-object CRC32, made
+/// from the block CRCs: the origin checks it and keeps it, so a fresh Perch's miss gets it back
+/// (and checks the body by its blocks rather than hashing it again for its MD5 ETag). A body of
+/// whole blocks, one that ends inside a block, and an empty one.
+#[test]
+fn an_upload_without_a_client_checksum_carries_the_bodys_crc32() {
+    let _turn = machine::share();
+    let origin = SigningOrigin::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("perch.toml");
+    write_config(&config, ORIGIN_SECRET);
+    let objects = [
+        ("data/1/two-blocks", pattern(2 << 20, 4)),
+        ("data/1/ragged", pattern((3 << 20) + 12_345, 5)),
+        ("data/1/empty", Vec::new()),
+    ];
+    {
+        let perch = start_perch(&origin, &dir.path().join("writer"), &config);
+        let _log = LogOnPanic::new("perch", perch.log_path());
+        let r = Req::bucket("PUT", perch.addr, Style::Path, "").go(perch.addr);
+        assert_eq!(r.status, 200, "CreateBucket: {}", r.summary());
+        for (key, body) in &objects {
+            let r = Req::object("PUT", perch.addr, Style::Path, key)
+                .body(body.clone())
+                .go(perch.addr);
+            assert_eq!(r.status, 200, "{key}: {}", r.summary());
+        }
+        flush(&perch, Duration::from_secs(30));
+        perch.terminate(Duration::from_secs(30));
+    }
+    let perch = start_perch(&origin, &dir.path().join("reader"), &config);
+    let _log = LogOnPanic::new("perch", perch.log_path());
+    for (key, body) in &objects {
+        let want = aws_smithy_types::base64::encode(crc32fast::hash(body).to_be_bytes());
+        let r = Req::object("GET", perch.addr, Style::Path, key)
+            .header("x-amz-checksum-mode", "ENABLED")
+            .go(perch.addr);
+        assert_eq!((r.status, &r.body), (200, body), "{key}: {}", r.summary());
+        assert_eq!(
+            r.header("x-amz-checksum-crc32"),
+            Some(want.as_str()),
+            "{key}: the origin's copy has no CRC32, or another: {}",
+            r.summary()
+        );
+    }
+}
