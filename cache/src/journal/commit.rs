@@ -147,8 +147,8 @@ impl Journal {
             NewBody::File(_) => 0,
         };
         let _admitted = self.wait_for_room(version.meta.size, disk).await?;
-        let _pass = self.gates.pass(okey).await;
-        self.run_commit(okey, Some(version), mode)
+        let pass = self.gates.pass(okey).await;
+        self.run_commit(pass, okey, Some(version), mode)
             .await
             .map(|(seq, etag)| (seq, etag.unwrap_or_default()))
     }
@@ -160,16 +160,19 @@ impl Journal {
 
     /// Commits a DELETE version of `okey`.
     pub(crate) async fn commit_delete(self: &Arc<Self>, okey: &ObjectKey, mode: WriteMode) -> StoreResult<u64> {
-        let _pass = self.gates.pass(okey).await;
-        self.run_commit(okey, None, mode).await.map(|(seq, _)| seq)
+        let pass = self.gates.pass(okey).await;
+        self.run_commit(pass, okey, None, mode).await.map(|(seq, _)| seq)
     }
 
     /// Runs `commit_blocking` on a blocking thread, then wakes the uploader from a task, which
-    /// runs to its end even if the request is gone. Woken from the commit's thread, the uploader
-    /// preempted the end of the commit on a busy machine (0.4 ms of a 1 MiB PUT's
-    /// acknowledgement, two cores); woken from a task, it queues behind the answer.
+    /// runs to its end even if the request is gone, holding the key's gate `pass` until then (a
+    /// request that holds the key's commits back must see this commit, whether or not its own
+    /// request is still there). Woken from the commit's thread, the uploader preempted the end
+    /// of the commit on a busy machine (0.4 ms of a 1 MiB PUT's acknowledgement, two cores);
+    /// woken from a task, it queues behind the answer.
     async fn run_commit(
         self: &Arc<Self>,
+        pass: Passing,
         okey: &ObjectKey,
         version: Option<NewVersion>,
         mode: WriteMode,
@@ -179,6 +182,7 @@ impl Journal {
         let joined = tokio::spawn(async move {
             let committing = journal.clone();
             let out = tokio::task::spawn_blocking(move || committing.commit_blocking(&okey, version, mode)).await;
+            drop(pass);
             journal.wake.notify_one();
             out
         })
