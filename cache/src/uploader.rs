@@ -16,6 +16,10 @@ use crate::metrics::UploadLabel;
 use crate::origin::retry::RetryPolicy;
 use crate::origin::{ContentHeaders, Origin, OriginError, PutBody, PutInput};
 
+/// Failed attempts of a version's upload carrying the CRC32 Perch adds, after which it goes
+/// without it (at once after a permanent refusal).
+const CRC32_TRIES: u32 = 3;
+
 /// Backoff of a failing upload: 100 ms doubling to 30 s, with jitter, for as long as it takes.
 const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
     deadline: Duration::MAX,
@@ -28,8 +32,8 @@ pub(crate) struct Uploader {
     /// The origin without its retry layer: the uploader retries by itself, and reports each fault.
     origin: Arc<dyn Origin>,
     /// Whether a single PUT whose client gave no checksum goes up with its full-object CRC32
-    /// (`upload_input`); off for good once an origin refused one and took the same upload
-    /// without it.
+    /// (`upload_input`); off for good once the origin refused an upload with it (a permanent
+    /// answer, or 501) and then took it without.
     adds_crc32: AtomicBool,
 }
 
@@ -114,6 +118,9 @@ impl Uploader {
         let mut attempt = 0u32;
         // Cleared for this version when the origin refuses it with the CRC32 Perch adds.
         let mut with_crc32 = self.adds_crc32.load(Ordering::Relaxed);
+        let mut failed_with_crc32 = 0u32;
+        // A refusal that names what was asked (permanent, or 501) came while it carried one.
+        let mut refused_with_crc32 = false;
         loop {
             if let Some(lease) = &lease {
                 lease.writable().await;
@@ -155,6 +162,29 @@ impl Uploader {
                 );
                 return;
             }
+            // The CRC32 Perch adds must never keep an acknowledged write from the origin: an
+            // origin that refuses it (400 InvalidArgument, 501 NotImplemented, ...) gets the same
+            // upload without it, at once after a refusal, else after `CRC32_TRIES` failures.
+            if let Err(e) = &result
+                && crc32_added
+            {
+                failed_with_crc32 += 1;
+                let refused = e.is_permanent() || e.is_not_implemented();
+                refused_with_crc32 |= refused;
+                if refused || failed_with_crc32 >= CRC32_TRIES {
+                    tracing::warn!(
+                        bucket,
+                        key,
+                        seq,
+                        error = %e,
+                        "an upload with the CRC32 Perch adds failed; sending it without"
+                    );
+                    with_crc32 = false;
+                    if refused {
+                        continue;
+                    }
+                }
+            }
             match result {
                 Ok(out) => {
                     if let (Some(out), Some(put)) = (&out, &v.put)
@@ -169,7 +199,7 @@ impl Uploader {
                             "the origin gave another ETag than the one acknowledged"
                         );
                     }
-                    if !with_crc32 && self.adds_crc32.swap(false, Ordering::Relaxed) {
+                    if refused_with_crc32 && self.adds_crc32.swap(false, Ordering::Relaxed) {
                         tracing::warn!(
                             key,
                             seq,
@@ -185,18 +215,6 @@ impl Uploader {
                     };
                     self.release(seq, "ok", stored).await;
                     return;
-                }
-                // An origin that does not take the CRC32 Perch added (its client gave none) must
-                // not refuse an acknowledged write for good: the same upload goes again without.
-                Err(e) if e.is_permanent() && crc32_added => {
-                    tracing::warn!(
-                        bucket,
-                        key,
-                        seq,
-                        error = %e,
-                        "the origin refused an upload with the CRC32 Perch adds; sending it without"
-                    );
-                    with_crc32 = false;
                 }
                 Err(e) if e.is_permanent() => {
                     tracing::error!(

@@ -391,6 +391,17 @@ impl OriginError {
         }
     }
 
+    /// The origin answered 501: it does not implement something the request asks for (S3's
+    /// answer to a header it does not support). A 5xx is retried as transient (its text starts
+    /// with the status: `errors::classify_answer`), but no retry of the same request changes it.
+    pub fn is_not_implemented(&self) -> bool {
+        match self {
+            OriginError::Rejected { status, .. } => *status == 501,
+            OriginError::Transient(text) => text.starts_with("501 "),
+            _ => false,
+        }
+    }
+
     pub fn rejected(status: u16, code: &str, message: impl Into<String>) -> Self {
         OriginError::Rejected {
             status,

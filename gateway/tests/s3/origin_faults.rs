@@ -145,6 +145,28 @@ fn an_upload_refused_with_the_crc32_perch_adds_goes_again_without_it() {
     get_ok(&stack, key, &body);
 }
 
+/// An origin that answers 501 NotImplemented to every PUT carrying the CRC32 header Perch adds
+/// (S3's answer to a header it does not support) gets the same upload without it at once, and from
+/// then on Perch adds none: the next write goes up in one request.
+#[test]
+fn an_origin_that_does_not_implement_the_crc32_header_gets_uploads_without_it() {
+    let _turn = machine::share();
+    let stack = start("20s", WRITE_THROUGH);
+    let _log = stack.log_on_panic();
+    stack.proxy.reset();
+    stack.proxy.faults(
+        r#"{"error_rate":1.0,"error_kinds":["501"],"match_method":"PUT","match_header":"x-amz-checksum-crc32"}"#,
+    );
+    let first = "wal/000000010000000000000008";
+    let body = pattern(1 << 20, 8);
+    put_ok(&stack, first, &body);
+    assert_records(&stack, first, "PUT", "501", 1, 200);
+    let second = "wal/000000010000000000000009";
+    put_ok(&stack, second, &body);
+    assert_records(&stack, second, "PUT", "501", 0, 200);
+    get_ok(&stack, first, &body);
+}
+
 #[test]
 fn get_survives_slowdown_500_and_reset() {
     let _turn = machine::share();

@@ -28,6 +28,8 @@ pub enum FaultKind {
     Outage,
     /// `403` with an S3 `AccessDenied` XML body: a permanent refusal (e.g. a revoked key).
     AccessDenied,
+    /// `501` with an S3 `NotImplemented` XML body: S3's answer to a header it does not support.
+    NotImplemented,
 }
 
 impl FaultKind {
@@ -40,6 +42,7 @@ impl FaultKind {
             FaultKind::Stall => "stall",
             FaultKind::Outage => "outage",
             FaultKind::AccessDenied => "403",
+            FaultKind::NotImplemented => "501",
         }
     }
 
@@ -63,6 +66,11 @@ impl FaultKind {
                 "Service is unable to handle request.",
             )),
             FaultKind::AccessDenied => Some((StatusCode::FORBIDDEN, "AccessDenied", "Access Denied")),
+            FaultKind::NotImplemented => Some((
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "A header you provided implies functionality that is not implemented.",
+            )),
             FaultKind::Reset | FaultKind::Stall => None,
         }
     }
@@ -86,8 +94,9 @@ impl FromStr for FaultKind {
             "stall" => Ok(FaultKind::Stall),
             "outage" => Ok(FaultKind::Outage),
             "403" | "accessdenied" => Ok(FaultKind::AccessDenied),
+            "501" | "notimplemented" => Ok(FaultKind::NotImplemented),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 503, 403, slowdown, reset, stall or outage)"
+                "unknown fault kind {other:?} (expected 500, 501, 503, 403, slowdown, reset, stall or outage)"
             )),
         }
     }
@@ -135,6 +144,9 @@ pub struct FaultSettings {
     pub match_method: Option<String>,
     /// Only requests whose key starts with this prefix are eligible for error_rate/fail_next.
     pub match_key_prefix: Option<String>,
+    /// Only requests carrying this header (any value) are eligible for error_rate/fail_next.
+    #[serde(default)]
+    pub match_header: Option<String>,
     /// Fail exactly the next N matching requests with the first of `error_kinds`; while
     /// `cut_body_after` is set, cut the response bodies of the next N matching GETs instead.
     pub fail_next: u64,
@@ -156,6 +168,7 @@ impl Default for FaultSettings {
             outage: false,
             match_method: None,
             match_key_prefix: None,
+            match_header: None,
             fail_next: 0,
             cut_body_after: None,
         }
@@ -199,7 +212,12 @@ impl FaultSettings {
         Ok(settings)
     }
 
-    fn matches(&self, method: &str, key: &str) -> bool {
+    fn matches(&self, method: &str, key: &str, has_header: &dyn Fn(&str) -> bool) -> bool {
+        if let Some(h) = &self.match_header
+            && !has_header(h)
+        {
+            return false;
+        }
         if let Some(m) = &self.match_method
             && !m.eq_ignore_ascii_case(method)
         {
@@ -305,15 +323,16 @@ impl FaultEngine {
             .any(|w| elapsed >= w.start && elapsed < w.start.saturating_add(w.duration))
     }
 
-    /// Assigns the request its sequence number and decides its fault.
-    pub fn decide(&mut self, method: &str, key: &str, now: Instant) -> Decision {
+    /// Assigns the request its sequence number and decides its fault; `has_header` answers
+    /// whether the request carries a header (`match_header`).
+    pub fn decide(&mut self, method: &str, key: &str, has_header: &dyn Fn(&str) -> bool, now: Instant) -> Decision {
         let seq = self.next_seq;
         self.next_seq += 1;
         let s = &self.current;
         let mut cut_body_after = None;
         let injected = if s.outage || self.scheduled_outage_active(now) {
             Some(FaultKind::Outage)
-        } else if !s.matches(method, key) {
+        } else if !s.matches(method, key, has_header) {
             None
         } else if let Some(cut) = s.cut_body_after {
             if s.fail_next > 0 && method.eq_ignore_ascii_case("GET") {
@@ -420,11 +439,17 @@ mod tests {
         };
         let mut e = FaultEngine::new(settings, Vec::new(), 1);
         let now = Instant::now();
-        assert_eq!(e.decide("PUT", "a/x", now).injected, None);
-        assert_eq!(e.decide("GET", "b/x", now).injected, None);
-        assert_eq!(e.decide("GET", "a/x", now).injected, Some(FaultKind::Http503));
-        assert_eq!(e.decide("GET", "a/y", now).injected, Some(FaultKind::Http503));
-        assert_eq!(e.decide("GET", "a/z", now).injected, None);
+        assert_eq!(e.decide("PUT", "a/x", &|_| false, now).injected, None);
+        assert_eq!(e.decide("GET", "b/x", &|_| false, now).injected, None);
+        assert_eq!(
+            e.decide("GET", "a/x", &|_| false, now).injected,
+            Some(FaultKind::Http503)
+        );
+        assert_eq!(
+            e.decide("GET", "a/y", &|_| false, now).injected,
+            Some(FaultKind::Http503)
+        );
+        assert_eq!(e.decide("GET", "a/z", &|_| false, now).injected, None);
         assert_eq!(e.current().fail_next, 0);
     }
 
@@ -439,7 +464,7 @@ mod tests {
         let mut e = FaultEngine::new(settings, Vec::new(), 1);
         let now = Instant::now();
         let d = |e: &mut FaultEngine, method: &str, key: &str| {
-            let d = e.decide(method, key, now);
+            let d = e.decide(method, key, &|_| false, now);
             (d.injected, d.cut_body_after)
         };
         // Other keys and other methods pass and do not use up the count.
@@ -467,6 +492,20 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(parsed, FaultSettings::default());
+        // `match_header`: only requests that carry the header are eligible.
+        e.set(FaultSettings {
+            fail_next: 1,
+            error_kinds: vec![FaultKind::NotImplemented],
+            match_header: Some("x-amz-checksum-crc32".into()),
+            ..FaultSettings::default()
+        });
+        assert_eq!(e.decide("PUT", "k", &|_| false, now).injected, None);
+        let carries = |h: &str| h == "x-amz-checksum-crc32";
+        assert_eq!(
+            e.decide("PUT", "k", &carries, now).injected,
+            Some(FaultKind::NotImplemented)
+        );
+        assert_eq!(FaultKind::NotImplemented.http_error().map(|e| e.0.as_u16()), Some(501));
         let set = FaultSettings::default()
             .overlay(&serde_json::json!({"cut_body_after": 5, "fail_next": 1}))
             .unwrap();
@@ -485,7 +524,9 @@ mod tests {
         let run = |seed| {
             let mut e = FaultEngine::new(settings.clone(), Vec::new(), seed);
             let now = Instant::now();
-            (0..64).map(|_| e.decide("GET", "k", now).injected).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| e.decide("GET", "k", &|_| false, now).injected)
+                .collect::<Vec<_>>()
         };
         let a = run(7);
         assert_eq!(a, run(7));

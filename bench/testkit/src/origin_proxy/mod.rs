@@ -83,7 +83,7 @@ pub struct ProxyArgs {
     /// Probability (0.0..=1.0) that a request gets an injected fault.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Fault kinds to draw from: 500, 503, slowdown, reset, stall.
+    /// Fault kinds to draw from: 500, 501, 503, 403, slowdown, reset, stall.
     #[arg(long, value_delimiter = ',', default_value = "503")]
     error_kinds: Vec<FaultKind>,
     /// How long a `stall` fault holds the request before resetting the connection.
@@ -329,6 +329,7 @@ impl Proxy {
             outage: false,
             match_method: None,
             match_key_prefix: None,
+            match_header: None,
             fail_next: 0,
             cut_body_after: None,
         };
@@ -553,7 +554,8 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(Authority::as_str));
     let (bucket, key) = split_target(host, &path);
-    let decision = lock(&shared.engine).decide(&method, &key, Instant::now());
+    let has_header = |name: &str| req.headers().contains_key(name);
+    let decision = lock(&shared.engine).decide(&method, &key, &has_header, Instant::now());
 
     let mut delay = decision.latency;
     if shared.new_conn_rtts > 0 && ctx.fresh.swap(false, Ordering::Relaxed) {

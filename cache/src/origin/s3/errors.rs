@@ -157,6 +157,12 @@ mod tests {
         ));
         assert!(c(503, "SlowDown", Subject::Object).is_transient());
         assert!(c(500, "", Subject::Object).is_transient());
+        assert!(!c(500, "", Subject::Object).is_not_implemented());
+        let unsupported = c(501, "NotImplemented", Subject::Object);
+        assert!(
+            unsupported.is_transient() && unsupported.is_not_implemented(),
+            "{unsupported:?}"
+        );
         assert!(c(429, "", Subject::Object).is_transient());
         assert!(c(400, "RequestTimeout", Subject::Object).is_transient());
         match c(403, "", Subject::Object) {
