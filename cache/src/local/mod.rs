@@ -460,7 +460,7 @@ impl Local {
                             continue;
                         }
                     }
-                    // Under the key lock a release holds until its flag is up (`release_locked`).
+                    // Under the key lock a release holds until it is counted (`release_locked`).
                     self.before_unlink();
                 }
                 Ok(None) => self.before_unlink(),
