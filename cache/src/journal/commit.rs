@@ -96,7 +96,8 @@ pub(super) struct Room {
 }
 
 /// A write's place in the room queue; it leaves the queue when dropped (committed, or its client
-/// went away and the request was dropped: then it is never committed).
+/// went away and the request was dropped: never committed if that was before its commit started,
+/// which then runs to its end).
 pub(crate) struct Admitted<'a> {
     journal: &'a Journal,
     ticket: Option<u64>,
