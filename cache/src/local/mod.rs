@@ -410,10 +410,17 @@ impl Local {
         self.index.sync_releases()
     }
 
-    /// Called before blob files are removed: see `Index::sync_releases`.
-    fn before_unlink(&self) {
-        if let Err(e) = self.sync_releases() {
-            tracing::warn!(error = %e, "cannot sync the cache index log");
+    /// Called before blob files are removed: whether they may go (`Index::sync_releases`). When
+    /// the releases cannot be made durable, the files stay: a power cut could bring back a
+    /// release's journal record, whose upload reads its blob. The start's sweep of blob files no
+    /// entry names removes them later.
+    fn before_unlink(&self) -> bool {
+        match self.sync_releases() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sync the cache index log: a blob file stays until the next start");
+                false
+            }
         }
     }
 
@@ -423,8 +430,9 @@ impl Local {
             removed.insert(blob);
         }
         lock(&self.evictor).remove(blob);
-        self.before_unlink();
-        self.blobs.remove(blob);
+        if self.before_unlink() {
+            self.blobs.remove(blob);
+        }
     }
 
     /// A clean entry of `okey` (a fetched copy, or a version the origin now has): the evictor may
@@ -450,7 +458,7 @@ impl Local {
         }
         for id in evicted.0 {
             self.stats.evictions.get_or_create(&DISK).inc();
-            match self.index.key_of_blob(id) {
+            let may_unlink = match self.index.key_of_blob(id) {
                 Ok(Some(okey)) => {
                     let _key = self.key_lock(&okey);
                     match self.index.remove_if(&okey, id) {
@@ -461,15 +469,17 @@ impl Local {
                         }
                     }
                     // Under the key lock a release holds until it is counted (`release_locked`).
-                    self.before_unlink();
+                    self.before_unlink()
                 }
                 Ok(None) => self.before_unlink(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot look up an evicted blob");
                     continue;
                 }
+            };
+            if may_unlink {
+                self.blobs.remove(id);
             }
-            self.blobs.remove(id);
         }
         self.fit_memory();
     }
@@ -590,5 +600,40 @@ impl Local {
         // The memory tier takes it at its first hit (a copy of the whole body now would cost more
         // than the miss's other work).
         Ok(self.track(okey, id, meta.size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob whose removal cannot first make the releases durable (the index log's sync fails)
+    /// stays on disk, and goes once a sync succeeds.
+    #[test]
+    fn a_blob_stays_on_disk_while_the_sync_before_its_removal_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(
+            LocalConfig {
+                dir: dir.path().join("cache"),
+                disk_bytes: 1 << 30,
+                memory_bytes: 64 << 20,
+                memory_object_max: 1 << 20,
+                reserve_bytes: 0,
+                pinned: None,
+            },
+            None,
+        )
+        .unwrap();
+        let id = local.index.next_blob_id().unwrap();
+        let path = local.blobs.path(id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"the only copy of a version").unwrap();
+        local.note_unsynced_release();
+        local.index.fail_syncs(true);
+        local.remove_blob(id);
+        assert!(path.exists(), "the blob went while its release may still be lost");
+        local.index.fail_syncs(false);
+        local.remove_blob(id);
+        assert!(!path.exists(), "the blob stayed after the sync succeeded");
     }
 }

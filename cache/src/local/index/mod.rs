@@ -115,6 +115,9 @@ pub(crate) struct Index {
     releases_synced: AtomicU64,
     /// Syncs of the log made for releases alone (`sync_releases`).
     release_syncs: AtomicU64,
+    /// Tests: `sync_wal` fails while set.
+    #[cfg(test)]
+    failing_syncs: std::sync::atomic::AtomicBool,
 }
 
 fn no_sync() -> WriteOptions {
@@ -198,6 +201,8 @@ impl Index {
             releases_written: AtomicU64::new(0),
             releases_synced: AtomicU64::new(0),
             release_syncs: AtomicU64::new(0),
+            #[cfg(test)]
+            failing_syncs: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -522,6 +527,12 @@ impl Index {
         Ok(())
     }
 
+    /// Tests: makes `sync_wal` fail (`true`) or work again.
+    #[cfg(test)]
+    pub(crate) fn fail_syncs(&self, fail: bool) {
+        self.failing_syncs.store(fail, Ordering::SeqCst);
+    }
+
     /// Syncs of the log `sync_releases` has made.
     #[cfg(test)]
     pub(crate) fn release_syncs(&self) -> u64 {
@@ -531,6 +542,10 @@ impl Index {
     /// Makes every write so far durable (one fsync of the log). `PERCH_UNSAFE_SKIP_SYNC=journal`
     /// (tests only) skips it, as it skips the commits' syncs, so that no sync of the log is left.
     pub(crate) fn sync_wal(&self) -> Result<(), CacheError> {
+        #[cfg(test)]
+        if self.failing_syncs.load(Ordering::SeqCst) {
+            return Err(CacheError::Io(std::io::Error::other("a sync made to fail (test)")));
+        }
         if crate::durable::skips_sync(crate::durable::SyncStep::Journal) {
             return Ok(self.db.flush_wal(false)?);
         }
