@@ -52,6 +52,23 @@ fn start_perch_with(origin: &SigningOrigin, data_dir: &Path, config: &Path, extr
     start_with(data_dir, args, env)
 }
 
+/// Writes `objects` (request path, body) through a Perch on `data_dir` in front of `origin`,
+/// after creating the bucket, and stops it once all are in the origin.
+fn write_through(origin: &SigningOrigin, data_dir: &Path, config: &Path, objects: &[(&str, &[u8])]) {
+    let perch = start_perch(origin, data_dir, config);
+    let _log = LogOnPanic::new("perch", perch.log_path());
+    let r = Req::bucket("PUT", perch.addr, Style::Path, "").go(perch.addr);
+    assert_eq!(r.status, 200, "CreateBucket: {}", r.summary());
+    for (path, body) in objects {
+        let r = Req::object("PUT", perch.addr, Style::Path, path)
+            .body(body.to_vec())
+            .go(perch.addr);
+        assert_eq!(r.status, 200, "{path}: {}", r.summary());
+    }
+    flush(&perch, Duration::from_secs(30));
+    perch.terminate(Duration::from_secs(30));
+}
+
 fn status(perch: &PerchServer) -> serde_json::Value {
     let (code, body) = admin_get(perch, "/status");
     assert_eq!(code, 200, "/status: {body}");
@@ -177,19 +194,11 @@ fn misses_are_signed_gets_an_origin_that_checks_signatures_serves() {
     ];
 
     write_config(&config, ORIGIN_SECRET);
-    {
-        let perch = start_perch(&origin, &dir.path().join("writer"), &config);
-        let r = Req::bucket("PUT", perch.addr, Style::Path, "").go(perch.addr);
-        assert_eq!(r.status, 200, "CreateBucket: {}", r.summary());
-        for (key, path, body) in &objects {
-            let r = Req::object("PUT", perch.addr, Style::Path, path)
-                .body(body.clone())
-                .go(perch.addr);
-            assert_eq!(r.status, 200, "{key}: {}", r.summary());
-        }
-        flush(&perch, Duration::from_secs(30));
-        perch.terminate(Duration::from_secs(30));
-    }
+    let writes: Vec<(&str, &[u8])> = objects
+        .iter()
+        .map(|(_, path, body)| (path.as_str(), body.as_slice()))
+        .collect();
+    write_through(&origin, &dir.path().join("writer"), &config, &writes);
     for (key, _, body) in &objects {
         assert_eq!(origin.object(BUCKET, key).as_ref(), Some(body), "{key} in the origin");
     }
@@ -258,20 +267,8 @@ fn an_upload_without_a_client_checksum_carries_the_bodys_crc32() {
         ("data/1/ragged", pattern((3 << 20) + 12_345, 5)),
         ("data/1/empty", Vec::new()),
     ];
-    {
-        let perch = start_perch(&origin, &dir.path().join("writer"), &config);
-        let _log = LogOnPanic::new("perch", perch.log_path());
-        let r = Req::bucket("PUT", perch.addr, Style::Path, "").go(perch.addr);
-        assert_eq!(r.status, 200, "CreateBucket: {}", r.summary());
-        for (key, body) in &objects {
-            let r = Req::object("PUT", perch.addr, Style::Path, key)
-                .body(body.clone())
-                .go(perch.addr);
-            assert_eq!(r.status, 200, "{key}: {}", r.summary());
-        }
-        flush(&perch, Duration::from_secs(30));
-        perch.terminate(Duration::from_secs(30));
-    }
+    let writes: Vec<(&str, &[u8])> = objects.iter().map(|(key, body)| (*key, body.as_slice())).collect();
+    write_through(&origin, &dir.path().join("writer"), &config, &writes);
     let perch = start_perch(&origin, &dir.path().join("reader"), &config);
     let _log = LogOnPanic::new("perch", perch.log_path());
     for (key, body) in &objects {
