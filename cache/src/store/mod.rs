@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use perch_policy::{Method, Prefetch, RewrittenKeys, WriteMode, is_reserved};
+use perch_policy::{Method, Prefetch, RESERVED_PREFIX, RewrittenKeys, WriteMode, is_reserved};
 use prometheus_client::registry::Registry;
 
 use crate::body::{PromisedDigest, spool, spool_into, spools_to_file};
@@ -395,8 +395,41 @@ impl Store {
         })
     }
 
-    /// One page of a listing, merged with the writes not yet uploaded.
+    /// One page of a listing as clients see it: merged with the writes not yet uploaded (or, on
+    /// a replica, with its overlay), without Perch's own prefix. A page that ends inside that
+    /// prefix goes on after it, so that no page boundary (NextMarker, continuation token) names
+    /// a key under it and no page is empty but truncated because of it.
     pub async fn list(&self, bucket: &str, q: &PageQuery) -> StoreResult<Page> {
+        let mut page = self.list_merged(bucket, q).await?;
+        hide_reserved(&mut page);
+        if page.next_after.as_deref().is_some_and(is_reserved) {
+            let shown = page.objects.len() + page.common_prefixes.len();
+            if shown >= q.max_keys {
+                // max-keys 0 (otherwise a hidden name took a place on the page).
+                page.next_after = last_name(&page).or_else(|| q.after.clone());
+            } else {
+                // Past every name under the prefix, one more page holds none of them.
+                let rest = PageQuery {
+                    after: Some(format!("{RESERVED_PREFIX}\u{10FFFF}")),
+                    max_keys: q.max_keys - shown,
+                    ..q.clone()
+                };
+                let mut more = self.list_merged(bucket, &rest).await?;
+                hide_reserved(&mut more);
+                page.objects.append(&mut more.objects);
+                page.common_prefixes.append(&mut more.common_prefixes);
+                page.next_after = more.next_after;
+            }
+        }
+        if self.replica.is_none() {
+            let listed: Vec<(String, u64)> = page.objects.iter().map(|o| (o.key.clone(), o.size)).collect();
+            self.prefetcher.on_list(bucket, &q.prefix, &listed);
+        }
+        Ok(page)
+    }
+
+    /// One page of the merged listing, Perch's own prefix included.
+    async fn list_merged(&self, bucket: &str, q: &PageQuery) -> StoreResult<Page> {
         if let Some(r) = &self.replica {
             return Ok(r.list(bucket, q).await?);
         }
@@ -434,13 +467,7 @@ impl Store {
             }
         }
         page.common_prefixes.retain(|cp| !hidden.contains(cp));
-        let mut page = listing::merge(q, page, dirty);
-        // Perch's own prefix is never shown.
-        page.objects.retain(|o| !is_reserved(&o.key));
-        page.common_prefixes.retain(|cp| !is_reserved(cp));
-        let listed: Vec<(String, u64)> = page.objects.iter().map(|o| (o.key.clone(), o.size)).collect();
-        self.prefetcher.on_list(bucket, &q.prefix, &listed);
-        Ok(page)
+        Ok(listing::merge(q, page, dirty))
     }
 
     /// Allocates `len` bytes of `file`, a request body about to be spooled under the data dir,
@@ -581,4 +608,17 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Drops the names under Perch's own prefix from a page.
+fn hide_reserved(page: &mut Page) {
+    page.objects.retain(|o| !is_reserved(&o.key));
+    page.common_prefixes.retain(|cp| !is_reserved(cp));
+}
+
+/// The last name a page shows (a key or a common prefix).
+fn last_name(page: &Page) -> Option<String> {
+    let key = page.objects.last().map(|o| o.key.as_str());
+    let prefix = page.common_prefixes.last().map(String::as_str);
+    key.max(prefix).map(str::to_owned)
 }

@@ -2,10 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::EncodingType;
 use perch_testkit::bodies::pattern;
+use perch_testkit::sdk::{moto_client, perch_client};
+use perch_testkit::servers::MotoServer;
 
 use crate::support::machine;
+use crate::support::perch::start_perch;
 use crate::support::sdk::{assert_recent, create_bucket, for_each_origin, ok, put, url_decode};
 
 const LIST_KEYS: [&str; 7] = [
@@ -410,4 +414,144 @@ async fn list_objects_v1_and_versions() {
         assert_eq!(seen, ["p/a/", "p/b", "p/c/", "p/d"]);
     })
     .await;
+}
+
+/// The names a client walks through page by page (keys and common prefixes, in order), with
+/// pages of `max` and, when `delimiter` is given, ListObjects (v1) resuming at NextMarker, else
+/// ListObjectsV2 resuming at its continuation token. No page may be empty but truncated, and no
+/// resume position may name a key under Perch's own prefix (tokens are `p1` + hex of a name).
+async fn walk(c: &aws_sdk_s3::Client, bucket: &str, max: i32, delimiter: Option<&str>) -> Vec<String> {
+    const RESERVED_HEX: &str = "2e70657263682f"; // ".perch/"
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..20 {
+        let (page, truncated, next) = match delimiter {
+            Some(d) => {
+                let out = ok(
+                    c.list_objects()
+                        .bucket(bucket)
+                        .delimiter(d)
+                        .max_keys(max)
+                        .set_marker(after.take())
+                        .send()
+                        .await,
+                    "v1 page",
+                );
+                let mut page: Vec<String> = out
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(str::to_owned)
+                    .collect();
+                page.extend(
+                    out.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix())
+                        .map(str::to_owned),
+                );
+                page.sort();
+                (
+                    page,
+                    out.is_truncated() == Some(true),
+                    out.next_marker().map(str::to_owned),
+                )
+            }
+            None => {
+                let out = ok(
+                    c.list_objects_v2()
+                        .bucket(bucket)
+                        .max_keys(max)
+                        .set_continuation_token(after.take())
+                        .send()
+                        .await,
+                    "v2 page",
+                );
+                let page = out
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(str::to_owned)
+                    .collect();
+                (
+                    page,
+                    out.is_truncated() == Some(true),
+                    out.next_continuation_token().map(str::to_owned),
+                )
+            }
+        };
+        assert!(
+            !(page.is_empty() && truncated),
+            "an empty page said to be truncated (max {max})"
+        );
+        names.extend(page);
+        if !truncated {
+            return names;
+        }
+        let next = next.expect("a truncated page says where the next one starts");
+        assert!(
+            !next.starts_with(".perch/") && !next.contains(RESERVED_HEX),
+            "a page boundary names Perch's prefix: {next} (max {max}, delimiter {delimiter:?})"
+        );
+        after = Some(next);
+    }
+    panic!("the listing never ended (max {max})");
+}
+
+/// Perch's own prefix (`.perch/`: the hot set, the lease) is never listed, by a primary or by a
+/// replica, and never named by a page boundary: pages of any size walk past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perchs_own_prefix_is_never_listed_nor_named_by_a_page_boundary() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let m = moto_client(&moto);
+    let b = "reserved";
+    ok(m.create_bucket().bucket(b).send().await, "create the bucket in moto");
+    for k in [
+        ".a",
+        ".perch/hot-set",
+        ".perch/lease",
+        ".perch/x/deep",
+        ".perchy",
+        "a",
+        "b/c",
+    ] {
+        ok(
+            m.put_object()
+                .bucket(b)
+                .key(k)
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await,
+            "put into moto",
+        );
+    }
+    for (name, role) in [("primary", &[][..]), ("replica", &["--role", "replica"][..])] {
+        let perch = start_perch(&tmp.path().join(name), Some(&moto.endpoint), role);
+        let c = perch_client(&perch);
+        for max in 1..=5 {
+            assert_eq!(
+                walk(&c, b, max, None).await,
+                [".a", ".perchy", "a", "b/c"],
+                "{name}: ListObjectsV2, pages of {max}"
+            );
+            assert_eq!(
+                walk(&c, b, max, Some("/")).await,
+                [".a", ".perchy", "a", "b/"],
+                "{name}: ListObjects with a delimiter, pages of {max}"
+            );
+        }
+        let out = ok(
+            c.list_objects_v2().bucket(b).prefix(".perch/").send().await,
+            "prefix .perch/",
+        );
+        assert_eq!(
+            (out.key_count(), out.contents().len()),
+            (Some(0), 0),
+            "{name}: prefix .perch/"
+        );
+        let out = ok(c.list_object_versions().bucket(b).send().await, "versions");
+        let keys: Vec<&str> = out.versions().iter().filter_map(|v| v.key()).collect();
+        assert_eq!(keys, [".a", ".perchy", "a", "b/c"], "{name}: ListObjectVersions");
+    }
 }
