@@ -22,6 +22,7 @@ mod memory;
 mod metrics;
 mod multipart;
 mod origin;
+mod pass;
 mod prefetch;
 mod read;
 mod replica;

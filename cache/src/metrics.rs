@@ -92,7 +92,7 @@ impl CacheStats {
         );
         r.register(
             "perch_cache_resumed",
-            "Fills resumed after the origin stream broke",
+            "Origin streams resumed after they broke (fills and pass-through reads)",
             self.resumed.clone(),
         );
         r.register(

@@ -156,6 +156,11 @@ impl Prefetcher {
 
     /// Queues `okey` (of `size` bytes) unless the byte budget or the queue is full.
     fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>) {
+        if self.reader.bypasses(&okey) {
+            // Its fill would keep nothing (a hot set written before the policy changed may name it).
+            self.count(reason, "skipped");
+            return;
+        }
         let budget = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
         let mut queue = lock(&self.queues[reason as usize]);
         if budget > self.bytes_max || queue.len() >= QUEUE_MAX {

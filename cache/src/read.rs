@@ -1,7 +1,8 @@
 //! `Reader`: GET and HEAD from the local copies: the memory tier, then the index and its blobs
 //! (`disk_read`), revalidating the copies of keys that change behind Perch's back; a miss is a
 //! fill (`fill`), or, for a range, the origin's answer at once with the whole object fetched
-//! behind it. A key whose newest local version is a pending delete answers 404 at once.
+//! behind it; a key the policy keeps no copy of passes through (`pass`). A key whose newest local
+//! version is a pending delete answers 404 at once.
 
 use std::io;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::local::index::Entry;
 use crate::local::{Local, Pending};
 use crate::metrics::{DISK, MEMORY, ORIGIN, ResultLabel};
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
+use crate::pass::Passed;
 
 /// A range no further than this past what a fill under way has received is served from the fill
 /// (it arrives sooner than an origin round trip would bring it).
@@ -312,6 +314,12 @@ impl Reader {
                 status: CacheStatus::Miss,
             });
         }
+        if self.bypasses(okey) {
+            // A key the policy keeps no copy of (OrioleDB's WAL and undo files: a restore reads
+            // each once) streams straight from the origin: no temp file, no second pass over its
+            // bytes, no place in the hot set.
+            return self.get_uncached(okey, conditions).await;
+        }
         let (fill, joined) = self.join_fill(okey);
         if joined {
             self.local.stats.coalesced.inc();
@@ -346,7 +354,7 @@ impl Reader {
         conditions.check(&meta)?;
         let size = meta.size;
         let body = self.fill_body(FillReader { rx, pos: 0, end: size });
-        let status = if size > self.local.keep_limit() || self.bypasses(okey) {
+        let status = if size > self.local.keep_limit() {
             self.local.stats.bypass.inc();
             CacheStatus::Bypass
         } else {
@@ -362,13 +370,21 @@ impl Reader {
         })
     }
 
-    /// The whole object straight from the origin, not kept: the data dir's filesystem has no room
-    /// for a copy (a full disk never fails a read).
+    /// The whole object straight from the origin, not kept (resumed where its stream breaks): the
+    /// policy bypasses the key, or the data dir's filesystem has no room for a copy (a full disk
+    /// never fails a read).
     async fn get_uncached(&self, okey: &ObjectKey, conditions: &Conditions) -> OriginResult<CachedGet> {
         let out = self
             .origin
             .get_object(okey.bucket(), okey.key(), None, conditions)
             .await?;
+        let out = Passed::wrap(
+            self.origin.clone(),
+            okey.clone(),
+            out,
+            self.cfg.retry_deadline,
+            self.local.stats.resumed.clone(),
+        );
         self.local.stats.bypass.inc();
         self.local
             .stats

@@ -17,7 +17,7 @@ enum Kind {
     Lock,
     /// `wal/<segment>` (and `.partial`, `.history`): rewritten as a segment grows.
     Wal,
-    /// `orioledb_undo/*`: overwritten in place.
+    /// `orioledb_undo/*`: overwritten in place, read back only by a restore (once).
     Undo,
     /// Everything of checkpoint N under `data/N/` or `orioledb_data/N/`: written once.
     WrittenOnce,
@@ -52,7 +52,7 @@ fn check(policy: &Policy, line: &str, method: Method, key: &str) -> String {
         (Kind::Lock, Method::Delete) => (WriteMode::Barrier, CacheClass::Normal, revalidate),
         (Kind::Lock, _) => (WriteMode::WriteBack, CacheClass::Normal, revalidate),
         (Kind::Wal, _) => (WriteMode::WriteThrough, CacheClass::Bypass, revalidate),
-        (Kind::Undo, _) => (WriteMode::WriteBack, CacheClass::Normal, revalidate),
+        (Kind::Undo, _) => (WriteMode::WriteBack, CacheClass::Bypass, revalidate),
         _ => (WriteMode::WriteBack, CacheClass::Normal, Freshness::Immutable),
     };
     // A write mode means something for the writes only.

@@ -1,14 +1,15 @@
 //! The policy file through the real binary: `perch policy check|explain`, reload on SIGHUP (a
 //! good file replaces the policy, a bad one is refused and the old one stays), upload headers on
-//! multipart uploads, and the bypass cache class.
+//! multipart uploads, and the bypass cache class (reads that keep no copy pass straight through).
 
 use std::time::Duration;
 
-use perch_testkit::raw_client::BUCKET;
+use perch_testkit::bodies::pattern;
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
 
 use crate::support::machine;
 use crate::support::perch::{perch_binary, wait_until};
-use crate::support::stack::Stack;
+use crate::support::stack::{Stack, eventually};
 
 fn perch(args: &[&str]) -> std::process::Output {
     std::process::Command::new(perch_binary())
@@ -326,4 +327,96 @@ fn a_pinned_copy_is_never_evicted() {
     s.get_expect("ctl/control", &body(1), "HIT");
     s.get_expect("ev/plain", &body(2), "MISS");
     s.assert_reads(&[("GET ev/plain", 1)], "the pinned copy stayed, the plain one did not");
+}
+
+fn get_in_thread(s: &Stack, key: &str) -> std::thread::JoinHandle<std::io::Result<Resp>> {
+    let addr = s.addr();
+    let path = key_path(key);
+    std::thread::spawn(move || Req::object("GET", addr, Style::Path, &path).send(addr))
+}
+
+/// A key the policy keeps no copy of (OrioleDB's undo and WAL files in the built-in profile)
+/// streams straight from the origin to its client: no cache temp file is written on the way,
+/// nothing is kept, a broken origin stream is resumed with Range + If-Match, and an object
+/// replaced between the break and the resumption ends the body with an error, never a spliced one.
+#[test]
+fn a_bypass_key_streams_from_the_origin_without_a_copy_and_resumes_where_it_breaks() {
+    // Alone: the transfer is throttled and watched while it runs.
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    const MIB: usize = 1 << 20;
+
+    // Streamed without a temp file (a fill writes one, preallocated, from the origin's answer on).
+    let undo = pattern(3 * MIB, 1);
+    s.put_behind_perchs_back("orioledb_undo/0000000001data", &undo);
+    s.proxy.reset();
+    s.faults(r#"{"bandwidth_bytes_per_sec": 1048576, "match_key_prefix": "orioledb_undo/"}"#);
+    let client = get_in_thread(&s, "orioledb_undo/0000000001data");
+    let mut watched = 0;
+    while !client.is_finished() {
+        let tmp = s.tmp_files();
+        assert!(tmp.is_empty(), "a cache temp file during a bypassed read: {tmp:?}");
+        watched += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        watched >= 20,
+        "the throttled read ended too soon to be watched ({watched} looks)"
+    );
+    let r = client.join().expect("client thread").expect("the GET");
+    assert_eq!(
+        (r.status, r.header("X-Cache")),
+        (200, Some("BYPASS")),
+        "{}",
+        r.summary()
+    );
+    assert!(r.body == undo, "the undo file's bytes");
+    s.no_faults();
+    s.get_expect("orioledb_undo/0000000001data", &undo, "BYPASS");
+    s.assert_counts(&[("GET orioledb_undo/0000000001data", 2)], "nothing kept");
+
+    // The origin's answer is cut after 1,000,000 bytes: resumed where it broke.
+    let wal = pattern(3 * MIB, 2);
+    let segment = "wal/000000010000000000000001";
+    s.put_behind_perchs_back(segment, &wal);
+    s.proxy.reset();
+    s.faults(r#"{"fail_next": 1, "cut_body_after": 1000000, "match_key_prefix": "wal/"}"#);
+    s.get_expect(segment, &wal, "BYPASS");
+    let records = s.records(segment);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[0]["resp_bytes"], 1_000_000, "{records:#?}");
+    assert_eq!(
+        records[1]["status"], 206,
+        "the resumption is a ranged GET: {records:#?}"
+    );
+    assert_eq!(records[1]["resp_bytes"], (wal.len() - 1_000_000) as u64, "{records:#?}");
+    s.assert_metric("perch_cache_resumed_total", 1.0);
+    assert!(s.tmp_files().is_empty(), "{:?}", s.tmp_files());
+
+    // The object changes between the break and the resumption: refused by If-Match (412), and
+    // the client sees a cut body.
+    let changing = "wal/000000010000000000000002";
+    s.put_behind_perchs_back(changing, &pattern(3 * MIB, 3));
+    s.proxy.reset();
+    // 1.5 s before each origin answer leaves time to change the object after the cut.
+    s.faults(r#"{"fail_next": 1, "cut_body_after": 1000000, "match_key_prefix": "wal/000000010000000000000002", "latency_ms": 1500}"#);
+    let client = get_in_thread(&s, changing);
+    eventually("the first answer is cut", || {
+        s.records(changing).iter().any(|r| r["cut_body_after"] == 1_000_000)
+    });
+    let second = pattern(10 * 1024, 4);
+    s.put_behind_perchs_back(changing, &second);
+    match client.join().expect("client thread") {
+        Err(_) => {}
+        Ok(r) => panic!(
+            "the client must see a cut body, got {} bytes: {}",
+            r.body.len(),
+            r.summary()
+        ),
+    }
+    let statuses: Vec<_> = s.records(changing).iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, [200, 412], "the cut answer, then the refused resumption");
+    s.no_faults();
+    s.get_expect(changing, &second, "BYPASS");
 }

@@ -1,0 +1,147 @@
+//! Pass-through reads: a whole object streamed from the origin to one client with no copy kept (a
+//! key the policy bypasses, or a data dir with no room for a copy), resumed with Range + If-Match
+//! where the origin's stream breaks, as a fill resumes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::key::ObjectKey;
+use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, Origin, OriginError, OriginResult};
+
+type Resumption = Pin<Box<dyn Future<Output = OriginResult<GetOutput>> + Send>>;
+
+/// The body of a whole object from the origin, resumed where it breaks until `deadline` after
+/// its start. A resumed body is pinned to the first answer's version by If-Match: an object
+/// replaced meanwhile ends the body with an error, never a spliced one. (Only an unbroken body is
+/// checked against the object's full-object checksum, by the origin layer; nothing is kept from
+/// either.)
+pub(crate) struct Passed {
+    origin: Arc<dyn Origin>,
+    okey: ObjectKey,
+    etag: String,
+    size: u64,
+    received: u64,
+    body: ByteStream,
+    /// The ranged GET under way after a break (in a mutex only so that the stream is `Sync`).
+    resuming: Mutex<Option<Resumption>>,
+    started: Instant,
+    deadline: Duration,
+    resumed: Counter,
+    ended: bool,
+}
+
+impl Passed {
+    /// `out` with its body passed through (and resumed where it breaks).
+    pub(crate) fn wrap(
+        origin: Arc<dyn Origin>,
+        okey: ObjectKey,
+        out: GetOutput,
+        deadline: Duration,
+        resumed: Counter,
+    ) -> GetOutput {
+        let body = Passed {
+            origin,
+            okey,
+            etag: out.meta.etag.clone(),
+            size: out.meta.size,
+            received: 0,
+            body: out.body,
+            resuming: Mutex::new(None),
+            started: Instant::now(),
+            deadline,
+            resumed,
+            ended: false,
+        };
+        GetOutput {
+            body: Box::pin(body),
+            ..out
+        }
+    }
+
+    /// Ends the body with `e`.
+    fn fail(&mut self, e: io::Error) -> Poll<Option<io::Result<Bytes>>> {
+        self.ended = true;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// Asks the origin for the rest of the object after a break (`why`), or says why not.
+    fn resume(&mut self, why: String) -> Result<(), io::Error> {
+        if self.started.elapsed() >= self.deadline {
+            return Err(io::Error::other(format!("origin stream broke: {why}")));
+        }
+        tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
+        self.resumed.inc();
+        let origin = self.origin.clone();
+        let okey = self.okey.clone();
+        let range = ByteRange::FromTo {
+            first: self.received,
+            last: None,
+        };
+        let cond = Conditions {
+            if_match: Some(self.etag.clone()),
+            ..Default::default()
+        };
+        let more: Resumption =
+            Box::pin(async move { origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await });
+        *self.resuming.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(more);
+        Ok(())
+    }
+}
+
+impl Stream for Passed {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            let resuming = this.resuming.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Some(more) = resuming {
+                let answer = match more.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(answer) => answer,
+                };
+                *resuming = None;
+                match answer {
+                    Ok(out) if out.range.map(|(first, _)| first) == Some(this.received) => this.body = out.body,
+                    Ok(_) => return this.fail(io::Error::other("the origin resumed at the wrong offset")),
+                    Err(OriginError::PreconditionFailed) => {
+                        return this.fail(io::Error::other("the object changed during the read"));
+                    }
+                    Err(e) => return this.fail(io::Error::other(format!("resuming the origin stream: {e}"))),
+                }
+            }
+            let broke = match this.body.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.received += chunk.len() as u64;
+                    if this.received > this.size {
+                        return this.fail(io::Error::other("the origin sent more bytes than announced"));
+                    }
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+                // A whole body's last error (its checksum) is the answer, not a break.
+                Poll::Ready(Some(Err(e))) if this.received >= this.size => return this.fail(e),
+                Poll::Ready(Some(Err(e))) => e.to_string(),
+                Poll::Ready(None) if this.received >= this.size => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(None) => format!("the body ended after {} of {} bytes", this.received, this.size),
+            };
+            if let Err(e) = this.resume(broke) {
+                return this.fail(e);
+            }
+        }
+    }
+}
