@@ -183,6 +183,34 @@ fn too_large(declared: u64, max: u64) -> Response<s3s::Body> {
     r
 }
 
+/// An XML answer with each carriage return written `&#13;`, as S3 writes it: s3s writes it raw,
+/// and an XML parser reads a raw one as a line feed (a key `a\rb` would be listed as `a\nb`).
+fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
+    let xml = r
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/xml"));
+    let Some(body) = r.body().bytes().filter(|b| xml && b.contains(&b'\r')) else {
+        return r;
+    };
+    let mut escaped = Vec::with_capacity(body.len() + 64);
+    for piece in body.split_inclusive(|b| *b == b'\r') {
+        match piece.strip_suffix(b"\r") {
+            Some(before) => {
+                escaped.extend_from_slice(before);
+                escaped.extend_from_slice(b"&#13;");
+            }
+            None => escaped.extend_from_slice(piece),
+        }
+    }
+    if r.headers().contains_key(http::header::CONTENT_LENGTH) {
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(escaped.len()));
+    }
+    *r.body_mut() = s3s::Body::from(Bytes::from(escaped));
+    r
+}
+
 /// An S3 XML error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let mut r = Response::new(s3s::Body::from(format!(
@@ -247,7 +275,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             };
             let response = match prepared {
                 Ok(req) => match door.s3.call(merge_content_encoding(req)).await {
-                    Ok(r) => r,
+                    Ok(r) => carriage_returns_escaped(r),
                     Err(e) => {
                         tracing::error!(error = ?e, "request failed inside s3s");
                         error_response(
