@@ -7,7 +7,7 @@ use s3s::dto::*;
 use s3s::xml::{DeserializeContent, SerializeContent};
 use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
 
-use crate::convert::store_error;
+use crate::convert::{self, store_error};
 
 const XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 
@@ -61,14 +61,6 @@ macro_rules! acl_headers {
     };
 }
 
-/// Buckets behind Perch are unversioned: only the `null` version has an ACL of its own.
-fn check_version(version_id: &Option<String>) -> S3Result<()> {
-    match version_id.as_deref() {
-        None | Some("null") => Ok(()),
-        Some(_) => Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned.")),
-    }
-}
-
 async fn get(store: &Store, bucket: &str, key: Option<&str>, sub: Subresource) -> S3Result<Document> {
     store.get_config(bucket, key, sub).await.map_err(store_error)
 }
@@ -94,6 +86,7 @@ pub async fn get_bucket_acl(store: &Store, input: GetBucketAclInput) -> S3Result
 }
 
 pub async fn put_bucket_acl(store: &Store, input: PutBucketAclInput) -> S3Result<PutBucketAclOutput> {
+    convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
     let body = match &input.access_control_policy {
         Some(acp) => to_xml("AccessControlPolicy", acp)?,
         None => Bytes::new(),
@@ -105,7 +98,7 @@ pub async fn put_bucket_acl(store: &Store, input: PutBucketAclInput) -> S3Result
 }
 
 pub async fn get_object_acl(store: &Store, input: GetObjectAclInput) -> S3Result<GetObjectAclOutput> {
-    check_version(&input.version_id)?;
+    convert::check_version(input.version_id.as_deref())?;
     let doc = get(store, &input.bucket, Some(&input.key), Subresource::Acl).await?;
     let acp: AccessControlPolicy = from_xml(&doc.body)?;
     Ok(GetObjectAclOutput {
@@ -116,7 +109,8 @@ pub async fn get_object_acl(store: &Store, input: GetObjectAclInput) -> S3Result
 }
 
 pub async fn put_object_acl(store: &Store, input: PutObjectAclInput) -> S3Result<PutObjectAclOutput> {
-    check_version(&input.version_id)?;
+    convert::check_version(input.version_id.as_deref())?;
+    convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
     let body = match &input.access_control_policy {
         Some(acp) => to_xml("AccessControlPolicy", acp)?,
         None => Bytes::new(),

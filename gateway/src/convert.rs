@@ -188,6 +188,36 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// prefix) and value, added up.
 pub const METADATA_BYTES_MAX: usize = 2 << 10;
 
+/// The canned ACLs S3 knows (`x-amz-acl`).
+const CANNED_ACLS: [&str; 8] = [
+    "private",
+    "public-read",
+    "public-read-write",
+    "aws-exec-read",
+    "authenticated-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+    "log-delivery-write",
+];
+
+/// A canned ACL S3 does not know is S3's 400 InvalidArgument, at the door: an origin need not
+/// answer it as S3 does (moto fails with a 500, which Perch would retry until it gives up), and a
+/// write must not be acknowledged with a header its upload cannot carry.
+pub fn check_canned_acl(acl: Option<&str>) -> Result<(), S3Error> {
+    match acl {
+        Some(a) if !CANNED_ACLS.contains(&a) => Err(s3_error!(InvalidArgument, "Invalid canned ACL: {a}")),
+        _ => Ok(()),
+    }
+}
+
+/// Buckets behind Perch are unversioned: a request may name the `null` version only.
+pub fn check_version(version_id: Option<&str>) -> Result<(), S3Error> {
+    match version_id {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned.")),
+    }
+}
+
 /// Keys Perch refuses: what S3 refuses (empty, or over 1,024 UTF-8 bytes: the origin would refuse
 /// the upload of an acknowledged write forever), `.` or `..` path segments (HTTP clients and
 /// proxies rewrite such paths, so the object could not be read back by the name it was written

@@ -207,9 +207,7 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
             key,
             version_id,
         } => {
-            if version_id.as_deref().is_some_and(|v| v != "null") {
-                return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
-            }
+            convert::check_version(version_id.as_deref())?;
             convert::check_key(key)?;
             Ok((bucket.to_string(), key.to_string()))
         }
@@ -266,6 +264,7 @@ impl S3 for Gateway {
     }
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        convert::check_canned_acl(req.input.acl.as_ref().map(|a| a.as_str()))?;
         let bucket = req.input.bucket;
         self.store.create_bucket(&bucket).await.map_err(store_error)?;
         Ok(S3Response::new(CreateBucketOutput {
@@ -294,6 +293,7 @@ impl S3 for Gateway {
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_version(input.version_id.as_deref())?;
         if input.part_number.is_some() {
             return Err(s3_error!(NotImplemented, "GET by partNumber is not supported."));
         }
@@ -328,6 +328,7 @@ impl S3 for Gateway {
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_version(input.version_id.as_deref())?;
         let conditions = convert::conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
@@ -350,6 +351,7 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_metadata(&input.metadata)?;
+        convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -397,9 +399,7 @@ impl S3 for Gateway {
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
-        if input.version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(s3_error!(InvalidArgument, "Buckets behind Perch are not versioned."));
-        }
+        convert::check_version(input.version_id.as_deref())?;
         self.store
             .delete(&input.bucket, &input.key)
             .await
@@ -460,6 +460,7 @@ impl S3 for Gateway {
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let replace = input
             .metadata_directive
@@ -637,6 +638,7 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_metadata(&input.metadata)?;
+        convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self

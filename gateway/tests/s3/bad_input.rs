@@ -462,3 +462,59 @@ fn multipart_limits_are_s3s() {
     expected.insert("mp".to_owned());
     assert_clean(&perch, &expected, "multipart limits");
 }
+
+#[test]
+fn unknown_canned_acls_and_object_versions_are_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let bogus = |req: Req| req.header("x-amz-acl", "everyone-may-write");
+    // Each call that takes a canned ACL: S3 answers 400 InvalidArgument, and so does Perch, before
+    // anything is acknowledged (the upload could never carry the header to the origin).
+    let r = bogus(Req::object("PUT", perch.addr(), Style::Virtual, "acl-bad").body(pattern(10, 30))).go(perch.addr());
+    assert_error(&r, 400, "InvalidArgument", "PutObject with an unknown canned ACL");
+    let r = bogus(Req::object("POST", perch.addr(), Style::Virtual, "acl-bad").query("uploads")).go(perch.addr());
+    assert_error(
+        &r,
+        400,
+        "InvalidArgument",
+        "CreateMultipartUpload with an unknown canned ACL",
+    );
+    let r = bogus(Req::object("PUT", perch.addr(), Style::Virtual, "acl-bad"))
+        .header("x-amz-copy-source", &format!("/{}/known", BUCKET))
+        .go(perch.addr());
+    assert_error(&r, 400, "InvalidArgument", "CopyObject with an unknown canned ACL");
+    let r = bogus(Req::object("PUT", perch.addr(), Style::Virtual, "known").query("acl")).go(perch.addr());
+    assert_error(&r, 400, "InvalidArgument", "PutObjectAcl with an unknown canned ACL");
+    let r = bogus(Req::bucket("PUT", perch.addr(), Style::Virtual, "acl")).go(perch.addr());
+    assert_error(&r, 400, "InvalidArgument", "PutBucketAcl with an unknown canned ACL");
+    assert_missing(&perch, "acl-bad", "unknown canned ACL");
+    // A canned ACL S3 knows is taken.
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "acl-ok")
+        .body(pattern(10, 31))
+        .header("x-amz-acl", "bucket-owner-full-control")
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "PutObject with a known canned ACL: {}", r.summary());
+
+    // The buckets behind Perch are unversioned: reading a version other than `null` is S3's
+    // answer for a version that is not there, never the current object in its place.
+    for method in ["GET", "HEAD"] {
+        let r = Req::object(method, perch.addr(), Style::Virtual, "known")
+            .query("versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY")
+            .go(perch.addr());
+        assert_eq!(r.status, 400, "{method} of a version: {}", r.summary());
+        assert!(
+            r.body.is_empty() || r.code().as_deref() == Some("InvalidArgument"),
+            "{method} of a version: {}",
+            r.summary()
+        );
+        let r = Req::object(method, perch.addr(), Style::Virtual, "known")
+            .query("versionId=null")
+            .go(perch.addr());
+        assert_eq!(r.status, 200, "{method} of the null version: {}", r.summary());
+    }
+    let mut expected = before.clone();
+    expected.insert("acl-ok".to_owned());
+    assert_clean(&perch, &expected, "canned ACLs and versions");
+}
