@@ -122,6 +122,12 @@ def wait_ready(admin, limit=60):
     raise RuntimeError("perch never became ready")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a live process so far (/proc/PID/stat), in seconds."""
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -195,6 +201,9 @@ def run(args, work, procs):
                 print("+%d ms %-12s round %d: %.2f s%s; data dir %s" % (
                     latency, v, r + 1, secs, extra, ok), flush=True)
                 shutil.rmtree(dest, ignore_errors=True)
+        cpu = CPU.get((proxy_url, "fixed-perch"), [])
+        print("+%d ms: Perch's CPU a restore (fixed loader) %.2f s median, %.2f–%.2f s" % (
+            latency, median(cpu), min(cpu, default=float("nan")), max(cpu, default=float("nan"))), flush=True)
         procs.stop(proxy)
 
     print("\n| origin latency | fixed loader via fresh Perch | fixed loader direct | upstream loader direct "
@@ -209,6 +218,10 @@ def run(args, work, procs):
         print("| +%d ms | %.2f s | %.2f s | %s | %s | %.2f× | %s | %s |" % (
             latency, p, d, "%.2f s" % o if old else "n/a", "%.1f×" % (o / p) if old else "n/a", d / p,
             "%.2f s" % op if old else "n/a", "%.1f×" % (o / op) if old else "n/a"))
+
+
+# Perch's CPU time per restore, by (origin proxy, variant).
+CPU = {}
 
 
 def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old):
@@ -230,6 +243,9 @@ def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
             secs = fixed(args, "http://" + fields["s3"], PERCH_KEY, PERCH_SECRET, dest)
         else:
             secs, extra = upstream(args, fields["s3"], PERCH_KEY, PERCH_SECRET, dest, old)
+        cpu = cpu_seconds(perch.pid)
+        CPU.setdefault((proxy_url, v), []).append(cpu)
+        extra += " (perch CPU %.2f s)" % cpu
         procs.stop(perch)
         if args.wait_ready:
             extra += " (of which perch start to /readyz %.2f s)" % ready
