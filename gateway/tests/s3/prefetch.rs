@@ -372,3 +372,72 @@ fn readyz_waits_for_the_prewarm_from_the_first_probe_on() {
         s.get_expect(&format!("rz/hot/{i}"), body, "HIT");
     }
 }
+
+/// A prefetch only takes room the disk tier has free: with the tier nearly full of what clients
+/// read, a listing's objects are not fetched (`no_room`), and nothing a client read is evicted
+/// for them.
+#[test]
+fn a_prefetch_never_evicts_what_clients_read() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--prefetch-on-list", "pf/*/", "--cache-disk-bytes", "1MiB"]);
+    let _log = s.log_on_panic();
+    let body = |i: u64| pattern(100 * KIB, 700 + i);
+    for i in 0..9 {
+        s.put_behind_perchs_back(&format!("pf/read/{i}"), &body(i));
+    }
+    for i in 0..10 {
+        s.put_behind_perchs_back(&format!("pf/later/{i}"), &body(100 + i));
+    }
+    // 900 KiB of a 1 MiB tier: a prefetch keeps a tenth of the tier free, so none fits.
+    for i in 0..9 {
+        s.get_expect(&format!("pf/read/{i}"), &body(i), "MISS");
+    }
+    s.proxy.reset();
+    assert_eq!(list_prefix(&s, "pf/later/").len(), 10);
+    let m = |result: &str| {
+        s.metric(&format!(
+            "perch_cache_prefetches_total{{reason=\"list\",result=\"{result}\"}}"
+        ))
+    };
+    eventually("every listed object considered", || {
+        ["fetched", "no_room", "failed", "skipped", "cancelled"]
+            .iter()
+            .map(|r| m(r))
+            .sum::<f64>()
+            >= 10.0
+    });
+    assert_eq!((m("no_room"), m("fetched")), (10.0, 0.0));
+    assert_eq!(origin_gets_under(&s, "pf/later/"), 0, "{:?}", s.counts());
+    for i in 0..9 {
+        s.get_expect(&format!("pf/read/{i}"), &body(i), "HIT");
+    }
+    assert_eq!(origin_gets_under(&s, "pf/read/"), 0, "{:?}", s.counts());
+}
+
+/// A primary writes its hot set every `--hot-set-interval`, not only when it stops: a machine
+/// that dies leaves the set of its last interval.
+#[test]
+fn the_hot_set_is_written_every_interval() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--hot-set-interval", "1s"]);
+    let _log = s.log_on_panic();
+    let hot: Vec<Vec<u8>> = (0..3).map(|i| pattern(50 * KIB, 720 + i)).collect();
+    for (i, body) in hot.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("hi/hot/{i}"), body);
+        s.get_expect(&format!("hi/hot/{i}"), body, "MISS");
+    }
+    let listed = |s: &Stack| {
+        s.in_moto(".perch/hot-set")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    eventually("the hot set written while Perch runs", || {
+        let text = listed(&s);
+        (0..3).all(|i| text.contains(&format!("hi/hot/{i}\n")))
+    });
+    // A later read reaches the next interval's set.
+    let later = pattern(50 * KIB, 730);
+    s.put_behind_perchs_back("hi/later", &later);
+    s.get_expect("hi/later", &later, "MISS");
+    eventually("the next interval's hot set", || listed(&s).contains("hi/later\n"));
+}
