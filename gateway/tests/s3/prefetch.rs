@@ -441,3 +441,42 @@ fn the_hot_set_is_written_every_interval() {
     s.get_expect("hi/later", &later, "MISS");
     eventually("the next interval's hot set", || listed(&s).contains("hi/later\n"));
 }
+
+/// `/readyz` waits for the prewarm at most `--prewarm-wait`: a slow origin delays a Machine's
+/// readiness by that much, never by the whole prewarm.
+#[test]
+fn readyz_waits_for_the_prewarm_no_longer_than_prewarm_wait() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&["--hot-set-interval", "0s"]);
+    let _log = s.log_on_panic();
+    let hot: Vec<Vec<u8>> = (0..3).map(|i| pattern(512 * KIB, 740 + i)).collect();
+    for (i, body) in hot.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("pw/hot/{i}"), body);
+        s.get_expect(&format!("pw/hot/{i}"), body, "MISS");
+    }
+    s.stop_clean();
+    // Bodies now come at 100 KiB/s: each prewarm fill takes about 5 s; listings and the hot set
+    // (a few hundred bytes) are not slowed.
+    s.faults(r#"{"bandwidth_bytes_per_sec": 102400}"#);
+    s.start_on_empty_volume(&["--prewarm-wait", "1s"]);
+    let started = Instant::now();
+    let mut waited_for_the_prewarm = false;
+    loop {
+        let (status, why) = admin_get(s.perch(), "/readyz");
+        if status == 200 {
+            break;
+        }
+        waited_for_the_prewarm |= why.contains("prewarm");
+        assert!(started.elapsed() < Duration::from_secs(4), "not ready after 4 s: {why}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(waited_for_the_prewarm, "/readyz never waited for the prewarm");
+    let fetched = "perch_cache_prefetches_total{reason=\"prewarm\",result=\"fetched\"}";
+    assert_eq!(s.metric(fetched), 0.0, "the prewarm was over before /readyz");
+    // The prewarm goes on after readiness.
+    eventually("the prewarm finished", || s.metric(fetched) == 3.0);
+    s.no_faults();
+    for (i, body) in hot.iter().enumerate() {
+        s.get_expect(&format!("pw/hot/{i}"), body, "HIT");
+    }
+}
