@@ -76,14 +76,14 @@ pub(crate) async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Res
 
 /// How a fill checks the whole body: against the object's own full-object checksum when the
 /// origin keeps one (a CRC costs a few percent of an MD5), else against its MD5 ETag.
-enum Check {
+pub(crate) enum Check {
     Checksum(ChecksumAlgorithm, String, Box<checksum::Hasher>),
     Md5(String, Md5),
     None,
 }
 
 impl Check {
-    fn of(meta: &ObjectMeta) -> Check {
+    pub(crate) fn of(meta: &ObjectMeta) -> Check {
         if let Some((a, want)) = meta.checksums.full_object() {
             return Check::Checksum(a, want.to_owned(), Box::new(checksum::Hasher::new(a)));
         }
@@ -99,7 +99,7 @@ impl Check {
         matches!(self, Check::Checksum(ChecksumAlgorithm::Crc32, ..))
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Check::Checksum(_, _, h) => h.update(data),
             Check::Md5(_, h) => h.update(data),
@@ -112,18 +112,26 @@ impl Check {
     fn verify(self, crcs: &[u32], size: u64) -> Result<(), String> {
         let by_blocks = self.by_blocks();
         match self {
-            Check::Checksum(a, want, h) => {
-                let got = if by_blocks {
-                    aws_smithy_types::base64::encode(crc32_of_blocks(crcs, size).to_be_bytes())
-                } else {
-                    h.finish_base64()
-                };
-                if got == want {
-                    Ok(())
-                } else {
-                    Err(format!("body {a:?} checksum {got} does not match the object's {want}"))
-                }
+            Check::Checksum(a, want, _) if by_blocks => {
+                let got = aws_smithy_types::base64::encode(crc32_of_blocks(crcs, size).to_be_bytes());
+                Check::compare(a, got, want)
             }
+            check => check.verify_hashed(),
+        }
+    }
+
+    fn compare(a: ChecksumAlgorithm, got: String, want: String) -> Result<(), String> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("body {a:?} checksum {got} does not match the object's {want}"))
+        }
+    }
+
+    /// `Err` with what differs when the bytes given to `update` are not the object's.
+    pub(crate) fn verify_hashed(self) -> Result<(), String> {
+        match self {
+            Check::Checksum(a, want, h) => Check::compare(a, h.finish_base64(), want),
             Check::Md5(want, h) => {
                 let got = hex::encode(h.finalize());
                 if got.eq_ignore_ascii_case(&want) {

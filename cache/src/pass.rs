@@ -1,6 +1,7 @@
 //! Pass-through reads: a whole object streamed from the origin to one client with no copy kept (a
-//! key the policy bypasses, or a data dir with no room for a copy), resumed with Range + If-Match
-//! where the origin's stream breaks, as a fill resumes.
+//! key the policy bypasses, or a data dir with no room for a copy), checked and resumed as a fill
+//! is: the last bytes go out only once the whole body matched the object's checksum or MD5 ETag,
+//! and a broken origin stream is resumed with Range + If-Match.
 
 use std::future::Future;
 use std::io;
@@ -13,16 +14,23 @@ use bytes::Bytes;
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::fill::Check;
 use crate::key::ObjectKey;
 use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, Origin, OriginError, OriginResult};
+
+/// The pause before a resumption that follows one which brought no byte, doubled each time up
+/// to `RESUME_PAUSE_MAX`.
+const RESUME_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const RESUME_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 type Resumption = Pin<Box<dyn Future<Output = OriginResult<GetOutput>> + Send>>;
 
 /// The body of a whole object from the origin, resumed where it breaks until `deadline` after
-/// its start. A resumed body is pinned to the first answer's version by If-Match: an object
-/// replaced meanwhile ends the body with an error, never a spliced one. (Only an unbroken body is
-/// checked against the object's full-object checksum, by the origin layer; nothing is kept from
-/// either.)
+/// the break (a run of breaks without a byte between them counts as one). A resumed body is
+/// pinned to the first answer's version by If-Match: an object replaced meanwhile ends the body
+/// with an error, never a spliced one. Every byte, resumed or not, goes through the fill's
+/// check (`Check`), and the chunk that completes the body is held back until it passed: a
+/// corrupt transfer reaches the client as a cut body, never as a complete wrong one.
 pub(crate) struct Passed {
     origin: Arc<dyn Origin>,
     okey: ObjectKey,
@@ -32,7 +40,11 @@ pub(crate) struct Passed {
     body: ByteStream,
     /// The ranged GET under way after a break (in a mutex only so that the stream is `Sync`).
     resuming: Mutex<Option<Resumption>>,
-    started: Instant,
+    check: Option<Check>,
+    /// When the origin's stream broke, if no byte came since.
+    broke_at: Option<Instant>,
+    /// Resumptions since the last byte: each waits a little longer before asking again.
+    fruitless: u32,
     deadline: Duration,
     resumed: Counter,
     ended: bool,
@@ -55,7 +67,9 @@ impl Passed {
             received: 0,
             body: out.body,
             resuming: Mutex::new(None),
-            started: Instant::now(),
+            check: Some(Check::of(&out.meta)),
+            broke_at: None,
+            fruitless: 0,
             deadline,
             resumed,
             ended: false,
@@ -63,6 +77,17 @@ impl Passed {
         GetOutput {
             body: Box::pin(body),
             ..out
+        }
+    }
+
+    /// Checks the whole body, once: `Err` when it is not the object's.
+    fn verify(&mut self) -> Result<(), io::Error> {
+        match self.check.take().map(Check::verify_hashed) {
+            Some(Err(why)) => {
+                tracing::warn!(key = self.okey.key(), error = %why, "a body read through from the origin is not the object's");
+                Err(io::Error::other(why))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -74,9 +99,15 @@ impl Passed {
 
     /// Asks the origin for the rest of the object after a break (`why`), or says why not.
     fn resume(&mut self, why: String) -> Result<(), io::Error> {
-        if self.started.elapsed() >= self.deadline {
+        let broke_at = *self.broke_at.get_or_insert_with(Instant::now);
+        if broke_at.elapsed() >= self.deadline {
             return Err(io::Error::other(format!("origin stream broke: {why}")));
         }
+        let pause = RESUME_PAUSE_FIRST
+            .saturating_mul(1 << self.fruitless.min(5))
+            .min(RESUME_PAUSE_MAX);
+        let pause = if self.fruitless == 0 { Duration::ZERO } else { pause };
+        self.fruitless += 1;
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
         let origin = self.origin.clone();
@@ -89,8 +120,12 @@ impl Passed {
             if_match: Some(self.etag.clone()),
             ..Default::default()
         };
-        let more: Resumption =
-            Box::pin(async move { origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await });
+        let more: Resumption = Box::pin(async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await
+        });
         *self.resuming.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(more);
         Ok(())
     }
@@ -124,9 +159,22 @@ impl Stream for Passed {
             let broke = match this.body.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
                     this.received += chunk.len() as u64;
+                    this.broke_at = None;
+                    this.fruitless = 0;
                     if this.received > this.size {
                         return this.fail(io::Error::other("the origin sent more bytes than announced"));
+                    }
+                    if let Some(check) = this.check.as_mut() {
+                        check.update(&chunk);
+                    }
+                    if this.received == this.size
+                        && let Err(e) = this.verify()
+                    {
+                        return this.fail(e);
                     }
                     return Poll::Ready(Some(Ok(chunk)));
                 }
@@ -134,6 +182,10 @@ impl Stream for Passed {
                 Poll::Ready(Some(Err(e))) if this.received >= this.size => return this.fail(e),
                 Poll::Ready(Some(Err(e))) => e.to_string(),
                 Poll::Ready(None) if this.received >= this.size => {
+                    // An empty object has no chunk that completes it.
+                    if let Err(e) = this.verify() {
+                        return this.fail(e);
+                    }
                     this.ended = true;
                     return Poll::Ready(None);
                 }

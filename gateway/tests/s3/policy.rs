@@ -8,8 +8,9 @@ use perch_testkit::bodies::pattern;
 use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
 
 use crate::support::machine;
-use crate::support::perch::{perch_binary, wait_until};
-use crate::support::stack::{Stack, eventually};
+use crate::support::perch::{Perch, perch_binary, wait_until};
+use crate::support::raw::create_bucket;
+use crate::support::stack::{Stack, eventually, flip_byte};
 
 fn perch(args: &[&str]) -> std::process::Output {
     std::process::Command::new(perch_binary())
@@ -419,4 +420,62 @@ fn a_bypass_key_streams_from_the_origin_without_a_copy_and_resumes_where_it_brea
     assert_eq!(statuses, [200, 412], "the cut answer, then the refused resumption");
     s.no_faults();
     s.get_expect(changing, &second, "BYPASS");
+}
+
+/// A bypass key's body is checked as a fill's is: an object damaged at the origin (one byte
+/// flipped in the directory origin's file, its checksum and ETag unchanged) reaches the client as
+/// a cut body, never as a complete 200 of the wrong bytes.
+#[test]
+fn a_bypass_key_damaged_at_the_origin_never_reaches_a_client_whole() {
+    let _turn = machine::share();
+    let origin = tempfile::tempdir().expect("tmp");
+    let url = format!("file://{}", origin.path().display());
+    let key = "wal/000000010000000000000007";
+    let body = pattern(3 * (1 << 20) + 17, 91);
+    {
+        // Written through (the built-in profile): in the origin once answered.
+        let writer = Perch::dir(&["--origin", &url]);
+        create_bucket(writer.addr());
+        let r = Req::object("PUT", writer.addr(), Style::Path, key)
+            .body(body.clone())
+            .go(writer.addr());
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    let file = files_under(origin.path())
+        .into_iter()
+        .find(|f| std::fs::read(f).is_ok_and(|b| b.ends_with(&body[body.len() - 4096..])))
+        .expect("the object's file in the directory origin");
+    let len = std::fs::metadata(&file).expect("stat").len();
+    flip_byte(&file, len - 1);
+
+    let reader = Perch::dir(&["--origin", &url]);
+    let _log = reader.log_on_panic();
+    match Req::object("GET", reader.addr(), Style::Path, key).send(reader.addr()) {
+        // The answer's head went out with the first bytes; the body is cut before its end.
+        Err(_) => {}
+        Ok(r) => {
+            assert_eq!(r.status, 200, "{}", r.summary());
+            assert!(
+                r.body.len() < body.len(),
+                "a damaged body was served whole ({} bytes)",
+                r.body.len()
+            );
+        }
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
