@@ -103,10 +103,12 @@ impl Passed {
         if broke_at.elapsed() >= self.deadline {
             return Err(io::Error::other(format!("origin stream broke: {why}")));
         }
-        let pause = RESUME_PAUSE_FIRST
-            .saturating_mul(1 << self.fruitless.min(5))
-            .min(RESUME_PAUSE_MAX);
-        let pause = if self.fruitless == 0 { Duration::ZERO } else { pause };
+        let pause = match self.fruitless {
+            0 => Duration::ZERO,
+            n => RESUME_PAUSE_FIRST
+                .saturating_mul(1 << (n - 1).min(6))
+                .min(RESUME_PAUSE_MAX),
+        };
         self.fruitless += 1;
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
