@@ -185,11 +185,14 @@ fn too_large(declared: u64, max: u64) -> Response<s3s::Body> {
 
 /// An XML answer with each carriage return written `&#13;`, as S3 writes it: s3s writes it raw,
 /// and an XML parser reads a raw one as a line feed (a key `a\rb` would be listed as `a\nb`).
+/// Only s3s's own documents (a body in one piece, no ETag header): never an object's bytes, whatever
+/// its Content-Type.
 fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
     let xml = r
         .headers()
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/xml"));
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/xml"))
+        && !r.headers().contains_key(http::header::ETAG);
     let Some(body) = r.body().bytes().filter(|b| xml && b.contains(&b'\r')) else {
         return r;
     };

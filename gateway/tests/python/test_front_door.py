@@ -128,6 +128,13 @@ def test_a_carriage_return_in_a_listing_is_written_as_a_character_reference(perc
         ns = {"s3": "http://s3.amazonaws.com/doc/2006-03-01/"}
         assert [k.text for k in root.iterfind("s3:Contents/s3:Key", ns)] == ["cr/a\rb"]
         assert root.find("s3:Prefix", ns).text == "cr/a\r"
+    # An object's own bytes are never rewritten, whatever its Content-Type (s3s's path for a GET
+    # with response-* overrides, and the hit path).
+    doc = b"<?xml version=\"1.0\"?>\r\n<a>\r</a>\r\n"
+    s3.put_object(Bucket=bucket, Key="cr/doc.xml", Body=doc, ContentType="application/xml")
+    assert s3.get_object(Bucket=bucket, Key="cr/doc.xml")["Body"].read() == doc
+    got = s3.get_object(Bucket=bucket, Key="cr/doc.xml", ResponseContentType="application/xml; charset=utf-8")
+    assert got["Body"].read() == doc
 
 
 def test_a_browser_form_upload_is_stored_as_a_put(perch, bucket):
