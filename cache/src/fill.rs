@@ -24,7 +24,7 @@ use crate::local::fills::{Fill, FillError, Progress};
 use crate::local::room::{is_no_space, preallocate};
 use crate::md5_asm::Md5;
 use crate::origin::checksum;
-use crate::origin::{ByteRange, ChecksumAlgorithm, Conditions, ObjectMeta, OriginError};
+use crate::origin::{ChecksumAlgorithm, Conditions, ObjectMeta, OriginError, rest_of};
 use crate::read::Reader;
 
 /// A fill keeps at least this much of what it received in memory (and whole objects up to the
@@ -333,17 +333,7 @@ impl Reader {
                     }
                     tracing::info!(key, received, error = %e, "origin stream broke; resuming with a range request");
                     self.local.stats.resumed.inc();
-                    let cond = Conditions {
-                        if_match: Some(meta.etag.clone()),
-                        ..Default::default()
-                    };
-                    let range = ByteRange::FromTo {
-                        first: received,
-                        last: None,
-                    };
-                    let more = self
-                        .origin
-                        .get_object(bucket, key, Some(range), &cond)
+                    body = rest_of(self.origin.as_ref(), bucket, key, &meta.etag, received)
                         .await
                         .map_err(|e| match e {
                             OriginError::PreconditionFailed => {
@@ -351,10 +341,6 @@ impl Reader {
                             }
                             other => FillError::from_origin(other),
                         })?;
-                    if more.range.is_some_and(|(a, _)| a != received) {
-                        return Err(FillError::Unavailable("the origin resumed at the wrong offset".into()));
-                    }
-                    body = more.body;
                 }
                 None => break,
             }

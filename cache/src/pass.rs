@@ -16,14 +16,14 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::fill::Check;
 use crate::key::ObjectKey;
-use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, Origin, OriginError, OriginResult};
+use crate::origin::{ByteStream, GetOutput, Origin, OriginError, OriginResult, rest_of};
 
 /// The pause before a resumption that follows one which brought no byte, doubled each time up
 /// to `RESUME_PAUSE_MAX`.
 const RESUME_PAUSE_FIRST: Duration = Duration::from_millis(50);
 const RESUME_PAUSE_MAX: Duration = Duration::from_secs(2);
 
-type Resumption = Pin<Box<dyn Future<Output = OriginResult<GetOutput>> + Send>>;
+type Resumption = Pin<Box<dyn Future<Output = OriginResult<ByteStream>> + Send>>;
 
 /// The body of a whole object from the origin, resumed where it breaks until `deadline` after
 /// the break (a run of breaks without a byte between them counts as one). A resumed body is
@@ -112,21 +112,12 @@ impl Passed {
         self.fruitless += 1;
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
-        let origin = self.origin.clone();
-        let okey = self.okey.clone();
-        let range = ByteRange::FromTo {
-            first: self.received,
-            last: None,
-        };
-        let cond = Conditions {
-            if_match: Some(self.etag.clone()),
-            ..Default::default()
-        };
+        let (origin, okey, etag, from) = (self.origin.clone(), self.okey.clone(), self.etag.clone(), self.received);
         let more: Resumption = Box::pin(async move {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
-            origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await
+            rest_of(origin.as_ref(), okey.bucket(), okey.key(), &etag, from).await
         });
         *self.resuming.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(more);
         Ok(())
@@ -150,8 +141,7 @@ impl Stream for Passed {
                 };
                 *resuming = None;
                 match answer {
-                    Ok(out) if out.range.map(|(first, _)| first) == Some(this.received) => this.body = out.body,
-                    Ok(_) => return this.fail(io::Error::other("the origin resumed at the wrong offset")),
+                    Ok(body) => this.body = body,
                     Err(OriginError::PreconditionFailed) => {
                         return this.fail(io::Error::other("the object changed during the read"));
                     }

@@ -118,6 +118,29 @@ pub fn same_etag(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
+/// The rest of a whole-object read whose stream broke after `from` bytes: `Range: bytes=from-`
+/// pinned by `If-Match` to the version read so far (`etag`), so the bytes can never be spliced
+/// from two versions. A changed object is `PreconditionFailed`; an answer that does not start at
+/// `from` (a whole object, another range) is refused as `Transient`.
+pub async fn rest_of(origin: &dyn Origin, bucket: &str, key: &str, etag: &str, from: u64) -> OriginResult<ByteStream> {
+    let range = ByteRange::FromTo {
+        first: from,
+        last: None,
+    };
+    let cond = Conditions {
+        if_match: Some(etag.to_owned()),
+        ..Default::default()
+    };
+    let out = origin.get_object(bucket, key, Some(range), &cond).await?;
+    match out.range {
+        Some((first, _)) if first == from => Ok(out.body),
+        _ => Err(OriginError::Transient(format!(
+            "the origin answered a read resumed at byte {from} with {:?}",
+            out.range
+        ))),
+    }
+}
+
 /// A byte range as the `Range` header gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByteRange {
