@@ -197,13 +197,10 @@ fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
         return r;
     };
     let mut escaped = Vec::with_capacity(body.len() + 64);
-    for piece in body.split_inclusive(|b| *b == b'\r') {
-        match piece.strip_suffix(b"\r") {
-            Some(before) => {
-                escaped.extend_from_slice(before);
-                escaped.extend_from_slice(b"&#13;");
-            }
-            None => escaped.extend_from_slice(piece),
+    for &b in body.iter() {
+        match b {
+            b'\r' => escaped.extend_from_slice(b"&#13;"),
+            _ => escaped.push(b),
         }
     }
     if r.headers().contains_key(http::header::CONTENT_LENGTH) {
