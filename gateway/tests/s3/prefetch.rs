@@ -317,6 +317,20 @@ fn the_hot_set_prewarms_an_empty_volume_and_is_perchs_own() {
     );
 }
 
+/// Puts each of `hot` behind Perch's back as `<prefix><i>`, reads it through Perch (a miss), and
+/// stops Perch cleanly: the drained primary writes them as its hot set.
+fn read_and_drain(s: &mut Stack, prefix: &str, hot: &[Vec<u8>]) {
+    for (i, body) in hot.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("{prefix}{i}"), body);
+        s.get_expect(&format!("{prefix}{i}"), body, "MISS");
+    }
+    s.stop_clean();
+    assert!(
+        s.in_moto(".perch/hot-set").is_some(),
+        "the drained primary wrote its hot set"
+    );
+}
+
 /// The first `/readyz` 200 of a start on an empty volume comes after the prewarm, even when
 /// Perch first has to list the buckets (no `--prewarm-bucket`) and the origin is slow: before the
 /// fix, `/readyz` said ready while that listing was under way, before the hot set was read.
@@ -326,15 +340,7 @@ fn readyz_waits_for_the_prewarm_from_the_first_probe_on() {
     let mut s = Stack::start(&["--hot-set-interval", "0s"]);
     let _log = s.log_on_panic();
     let hot: Vec<Vec<u8>> = (0..3).map(|i| pattern(100 * KIB, 620 + i)).collect();
-    for (i, body) in hot.iter().enumerate() {
-        s.put_behind_perchs_back(&format!("rz/hot/{i}"), body);
-        s.get_expect(&format!("rz/hot/{i}"), body, "MISS");
-    }
-    s.stop_clean();
-    assert!(
-        s.in_moto(".perch/hot-set").is_some(),
-        "the drained primary wrote its hot set"
-    );
+    read_and_drain(&mut s, "rz/hot/", &hot);
 
     // Every origin request now takes 300 ms: the buckets' listing, the hot set, each prewarm fill.
     s.faults(r#"{"latency_ms": 300}"#);
@@ -450,11 +456,7 @@ fn readyz_waits_for_the_prewarm_no_longer_than_prewarm_wait() {
     let mut s = Stack::start(&["--hot-set-interval", "0s"]);
     let _log = s.log_on_panic();
     let hot: Vec<Vec<u8>> = (0..3).map(|i| pattern(512 * KIB, 740 + i)).collect();
-    for (i, body) in hot.iter().enumerate() {
-        s.put_behind_perchs_back(&format!("pw/hot/{i}"), body);
-        s.get_expect(&format!("pw/hot/{i}"), body, "MISS");
-    }
-    s.stop_clean();
+    read_and_drain(&mut s, "pw/hot/", &hot);
     // Bodies now come at 100 KiB/s: each prewarm fill takes about 5 s; listings and the hot set
     // (a few hundred bytes) are not slowed.
     s.faults(r#"{"bandwidth_bytes_per_sec": 102400}"#);
