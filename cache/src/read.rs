@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use perch_policy::{CacheClass, Method, SharedPolicy};
 
 use crate::fill::FillReader;
@@ -378,7 +379,7 @@ impl Reader {
             .origin
             .get_object(okey.bucket(), okey.key(), None, conditions)
             .await?;
-        let out = Passed::wrap(
+        let mut out = Passed::wrap(
             self.origin.clone(),
             okey.clone(),
             out,
@@ -386,11 +387,14 @@ impl Reader {
             self.local.stats.resumed.clone(),
         );
         self.local.stats.bypass.inc();
-        self.local
-            .stats
-            .bytes_served
-            .get_or_create(&ORIGIN)
-            .inc_by(out.meta.size);
+        // Counted as the bytes go out: a body cut short (a damaged object, a client gone) counts
+        // what it sent, not the object's size.
+        let served = self.local.stats.bytes_served.get_or_create(&ORIGIN).clone();
+        out.body = Box::pin(out.body.inspect(move |item| {
+            if let Ok(b) = item {
+                served.inc_by(b.len() as u64);
+            }
+        }));
         Ok(CachedGet {
             output: out,
             status: CacheStatus::Bypass,

@@ -8,7 +8,7 @@ use perch_testkit::bodies::pattern;
 use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
 
 use crate::support::machine;
-use crate::support::perch::{Perch, perch_binary, wait_until};
+use crate::support::perch::{Perch, perch_binary, perch_metric, wait_until};
 use crate::support::raw::create_bucket;
 use crate::support::stack::{Stack, eventually, flip_byte};
 
@@ -462,6 +462,12 @@ fn a_bypass_key_damaged_at_the_origin_never_reaches_a_client_whole() {
             );
         }
     }
+    // The bytes served count what went out, not the object's size.
+    let served = perch_metric(&reader.server, "perch_cache_served_bytes_total{tier=\"origin\"}").unwrap_or(0.0);
+    assert!(
+        served < body.len() as f64,
+        "{served} bytes counted as served of a body cut before its end"
+    );
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
