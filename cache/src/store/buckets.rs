@@ -4,7 +4,7 @@
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
-use crate::origin::{BucketInfo, Document, Subresource};
+use crate::origin::{BucketInfo, Document, ListQuery, OriginError, Subresource};
 
 impl Store {
     // ----- buckets (the origin's) -----
@@ -24,10 +24,60 @@ impl Store {
     }
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.
+    /// Perch's own objects (under `.perch/`: the hot set) are no client's: a bucket that holds
+    /// nothing else is empty to its clients, so they go with it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.settle_bucket(bucket).await?;
         self.known_buckets().remove(bucket);
-        Ok(self.origin.delete_bucket(bucket).await?)
+        match self.origin.delete_bucket(bucket).await {
+            Err(OriginError::Rejected {
+                status: 409,
+                code,
+                message,
+            }) if code == "BucketNotEmpty" => {
+                let Some(own) = self.only_perchs_own(bucket).await? else {
+                    return Err(OriginError::Rejected {
+                        status: 409,
+                        code,
+                        message,
+                    }
+                    .into());
+                };
+                for key in &own {
+                    self.origin.delete_object(bucket, key).await?;
+                }
+                tracing::info!(
+                    bucket,
+                    objects = own.len(),
+                    "removed Perch's own objects to delete the bucket"
+                );
+                Ok(self.origin.delete_bucket(bucket).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The keys `bucket` holds at the origin when all of them are Perch's own (`.perch/`); `None`
+    /// when a client's object is among them.
+    async fn only_perchs_own(&self, bucket: &str) -> StoreResult<Option<Vec<String>>> {
+        let mut own = Vec::new();
+        let mut query = ListQuery {
+            max_keys: 1000,
+            ..Default::default()
+        };
+        loop {
+            let page = self.origin.list_objects(bucket, &query).await?;
+            for entry in page.objects {
+                if !perch_policy::is_reserved(&entry.key) {
+                    return Ok(None);
+                }
+                own.push(entry.key);
+            }
+            match page.next {
+                Some(next) => query.continuation = Some(next),
+                None => return Ok(Some(own)),
+            }
+        }
     }
 
     // ----- configurations (the origin's, passed through) -----

@@ -448,6 +448,39 @@ fn the_hot_set_is_written_every_interval() {
     eventually("the next interval's hot set", || listed(&s).contains("hi/later\n"));
 }
 
+/// Perch's hot set is no client's object: a bucket whose clients removed every object of theirs
+/// can be deleted, hot set or not; a bucket that still holds one of theirs cannot, and keeps its
+/// hot set.
+#[test]
+fn a_bucket_holding_only_perchs_hot_set_can_be_deleted() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--hot-set-interval", "1s"]);
+    let _log = s.log_on_panic();
+    let body = pattern(10 * KIB, 750);
+    s.put_behind_perchs_back("gone/a", &body);
+    s.put_behind_perchs_back("gone/b", &body);
+    s.get_expect("gone/a", &body, "MISS");
+    eventually("the hot set written", || s.in_moto(".perch/hot-set").is_some());
+    let delete_bucket = || Req::bucket("DELETE", s.addr(), Style::Path, "").go(s.addr());
+
+    let r = s.req("DELETE", "gone/a").go(s.addr());
+    assert_eq!(r.status, 204, "{}", r.summary());
+    let r = delete_bucket();
+    assert_eq!(r.status, 409, "{}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("BucketNotEmpty"), "{}", r.summary());
+    assert!(
+        s.in_moto(".perch/hot-set").is_some(),
+        "the hot set went while the bucket stayed"
+    );
+
+    let r = s.req("DELETE", "gone/b").go(s.addr());
+    assert_eq!(r.status, 204, "{}", r.summary());
+    let r = delete_bucket();
+    assert_eq!(r.status, 204, "{}", r.summary());
+    let gone = s.rt.block_on(s.moto_sdk().head_bucket().bucket(BUCKET).send());
+    assert!(gone.is_err(), "the bucket is still in the origin");
+}
+
 /// `/readyz` waits for the prewarm at most `--prewarm-wait`: a slow origin delays a Machine's
 /// readiness by that much, never by the whole prewarm.
 #[test]
