@@ -1,10 +1,15 @@
 //! The `Store`'s bucket calls and configurations: the origin's, passed through, after the pending
 //! writes they bear on.
 
+use std::time::Duration;
+
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
 use crate::origin::{BucketInfo, Document, ListQuery, OriginError, Subresource};
+
+/// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
+const CONFIG_WAIT_MAX: Duration = Duration::from_secs(30);
 
 impl Store {
     // ----- buckets (the origin's) -----
@@ -27,7 +32,7 @@ impl Store {
     /// Perch's own objects (under `.perch/`: the hot set) are no client's: a bucket that holds
     /// nothing else is empty to its clients, so they go with it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.settle_bucket(bucket).await?;
+        self.settle_bucket(bucket, self.config_wait()).await?;
         self.known_buckets().remove(bucket);
         match self.origin.delete_bucket(bucket).await {
             Err(OriginError::Rejected {
@@ -80,13 +85,22 @@ impl Store {
         }
     }
 
+    /// How long a bucket call or a configuration call waits for the pending writes it must come
+    /// after before its 503 SlowDown: the retry deadline, but never so long that the client's own
+    /// read timeout ends the wait first with no answer at all (60 s for botocore and the AWS CLI,
+    /// 50 s for the Java SDK). People and their tools make these calls, never OrioleDB, and SDKs
+    /// retry a SlowDown.
+    fn config_wait(&self) -> Duration {
+        self.journal.cfg.wait_limit.min(CONFIG_WAIT_MAX)
+    }
+
     // ----- configurations (the origin's, passed through) -----
 
     /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
     /// the origin holds the object's pending writes.
     pub async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<Document> {
         if let Some(key) = key {
-            self.settle(&ObjectKey::new(bucket, key)).await?;
+            self.settle(&ObjectKey::new(bucket, key), self.config_wait()).await?;
         }
         Ok(self.origin.get_config(bucket, key, sub).await?)
     }
@@ -104,11 +118,11 @@ impl Store {
         if let Some(key) = key {
             let okey = ObjectKey::new(bucket, key);
             let _held = self.journal.hold_commits(&[&okey]).await;
-            self.settle(&okey).await?;
+            self.settle(&okey, self.config_wait()).await?;
             return Ok(self.origin.put_config(bucket, Some(key), sub, doc).await?);
         }
         if sub.orders_writes() {
-            self.settle_bucket(bucket).await?;
+            self.settle_bucket(bucket, self.config_wait()).await?;
         }
         Ok(self.origin.put_config(bucket, None, sub, doc).await?)
     }
@@ -117,7 +131,7 @@ impl Store {
     /// `put_config`.
     pub async fn delete_config(&self, bucket: &str, sub: Subresource) -> StoreResult<()> {
         if sub.orders_writes() {
-            self.settle_bucket(bucket).await?;
+            self.settle_bucket(bucket, self.config_wait()).await?;
         }
         Ok(self.origin.delete_config(bucket, sub).await?)
     }

@@ -294,7 +294,7 @@ impl Store {
         }
         let digest = digest.wait().await?;
         let _held = self.journal.hold_commits(&[&okey]).await;
-        self.settle(&okey).await?;
+        self.settle(&okey, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         let input = PutInput {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
@@ -329,8 +329,8 @@ impl Store {
         }
         let dst = ObjectKey::new(bucket, key);
         let _held = self.journal.hold_commits(&[&src, &dst]).await;
-        self.settle(&src).await?;
-        self.settle(&dst).await?;
+        self.settle(&src, self.journal.cfg.wait_limit).await?;
+        self.settle(&dst, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         let out = self.origin.copy_object(bucket, key, &copy).await;
         self.local.invalidate(&dst);
@@ -344,7 +344,7 @@ impl Store {
             .get(src, None, &copy.conditions)
             .await
             .map_err(|e| match e {
-                OriginError::NotModified => OriginError::PreconditionFailed,
+                OriginError::NotModified { .. } => OriginError::PreconditionFailed,
                 other => other,
             })?;
         let src_meta = source.output.meta;
@@ -549,17 +549,15 @@ impl Store {
     /// Waits until `okey` has no write left to upload, and makes their releases durable, so that
     /// a request the origin must decide sees every earlier write, and no replay after a power cut
     /// uploads one of them again over its result. The caller holds the key's commits back.
-    async fn settle(&self, okey: &ObjectKey) -> StoreResult<()> {
-        self.journal.wait_clean(okey, self.journal.cfg.wait_limit).await?;
+    async fn settle(&self, okey: &ObjectKey, limit: Duration) -> StoreResult<()> {
+        self.journal.wait_clean(okey, limit).await?;
         Ok(self.local.sync_releases()?)
     }
 
     /// Waits until the origin holds every write to `bucket` made so far (and their releases are
     /// durable): what the origin decides next sees them all.
-    async fn settle_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.journal
-            .wait_bucket_clean(bucket, self.journal.cfg.wait_limit)
-            .await?;
+    async fn settle_bucket(&self, bucket: &str, limit: Duration) -> StoreResult<()> {
+        self.journal.wait_bucket_clean(bucket, limit).await?;
         Ok(self.local.sync_releases()?)
     }
 

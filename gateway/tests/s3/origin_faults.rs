@@ -402,3 +402,31 @@ fn stalled_origin_requests_are_retried() {
     );
     assert_records(&stack, key, "GET", "stall", 1, 200);
 }
+
+/// A bucket call waits for the bucket's pending writes, but answers 503 SlowDown within 30 s even
+/// under a longer retry deadline: the SDKs' read timeout (60 s for botocore) would otherwise end
+/// the wait with no answer at all, and their retries would wait again from the start.
+#[test]
+fn a_bucket_call_behind_pending_writes_answers_before_an_sdks_read_timeout() {
+    let _turn = machine::share();
+    let stack = start("120s", &["--write-mode", "*=write_back"]);
+    let _log = stack.log_on_panic();
+    put_ok(&stack, "cfg/before-the-outage", b"1");
+    stack.proxy.patch(r#"{"outage":true}"#);
+    put_ok(&stack, "cfg/pending", &pattern(1000, 5));
+
+    let start = Instant::now();
+    let r = Req::bucket("PUT", stack.addr(), Style::Path, "versioning")
+        .body(
+            "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Status>Suspended</Status></VersioningConfiguration>",
+        )
+        .go(stack.addr());
+    let took = start.elapsed();
+    assert_error(&r, 503, "SlowDown", "PutBucketVersioning behind a pending write");
+    assert!(
+        (Duration::from_secs(29)..Duration::from_secs(45)).contains(&took),
+        "answered after {took:?}: not within the 30 s bound"
+    );
+    stack.proxy.patch(r#"{"outage":false}"#);
+}
