@@ -3,6 +3,7 @@
 //! rules). A completion folds the parts there and hands the object and its part layout out, to
 //! become one version uploaded with the same layout.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +21,13 @@ pub(crate) struct Multipart {
     /// Completions of one key run one at a time: the staging area folds an upload into the key's
     /// object, which is read out before the next completion of that key may fold another.
     completing: Vec<tokio::sync::Mutex<()>>,
+    /// The last uploads completed here, newest last: a completion repeated (a client that lost
+    /// the first answer retries it) gets the same answer, as on S3, instead of NoSuchUpload.
+    completed: std::sync::Mutex<VecDeque<(String, ObjectKey, PutOutput)>>,
 }
+
+/// How many completed uploads `Multipart` remembers for a repeated completion.
+const COMPLETED_REMEMBERED: usize = 1024;
 
 /// A completed upload, read out of the staging area.
 pub(crate) struct Completed {
@@ -35,6 +42,7 @@ impl Multipart {
         Ok(Multipart {
             staging: Arc::new(FsOrigin::open(dir)?),
             completing: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
+            completed: Default::default(),
         })
     }
 
@@ -134,6 +142,26 @@ impl Multipart {
             body,
             layout: layout?,
         })
+    }
+
+    /// Notes that `upload_id` completed into `bucket/key` with `output`.
+    pub(crate) fn remember_completed(&self, bucket: &str, key: &str, upload_id: &str, output: &PutOutput) {
+        let mut completed = self.completed.lock().unwrap_or_else(|e| e.into_inner());
+        if completed.len() == COMPLETED_REMEMBERED {
+            completed.pop_front();
+        }
+        completed.push_back((upload_id.to_owned(), ObjectKey::new(bucket, key), output.clone()));
+    }
+
+    /// The answer `upload_id` was given when it completed into `bucket/key`, if it did lately.
+    pub(crate) fn completed_before(&self, bucket: &str, key: &str, upload_id: &str) -> Option<PutOutput> {
+        let okey = ObjectKey::new(bucket, key);
+        let completed = self.completed.lock().unwrap_or_else(|e| e.into_inner());
+        completed
+            .iter()
+            .rev()
+            .find(|(id, k, _)| id == upload_id && *k == okey)
+            .map(|(_, _, out)| out.clone())
     }
 
     pub(crate) async fn abort(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {

@@ -78,6 +78,11 @@ impl Store {
         if let Some(r) = &self.replica {
             return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
         }
+        // A completion sent again (its answer was lost): the same answer. Upload ids are never
+        // reused, so an id completed here is in the staging area no more.
+        if let Some(output) = self.multipart.completed_before(bucket, key, upload_id) {
+            return Ok(output);
+        }
         // The staging area folds the parts into one object, which is then read out: twice the
         // parts' bytes, on the data dir's filesystem.
         let staged = self.multipart.staged_bytes(bucket, key, upload_id).await?;
@@ -92,6 +97,7 @@ impl Store {
         let digest = PromisedDigest::Ready(done.body.digest);
         self.put_version(&okey, done.body.body, meta, false, digest, Some(done.layout))
             .await?;
+        self.multipart.remember_completed(bucket, key, upload_id, &done.output);
         Ok(done.output)
     }
 
