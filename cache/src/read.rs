@@ -148,7 +148,7 @@ impl Reader {
             Ok(true)
         };
         match answer {
-            Ok(Err(OriginError::NotModified)) => unchanged(),
+            Ok(Err(OriginError::NotModified { .. })) => unchanged(),
             // An origin that ignores If-None-Match on HEAD: same ETag, same object (and fresh
             // again, like a 304, rather than asked about on every read from now on).
             Ok(Ok(meta)) if crate::origin::same_etag(&meta.etag, entry.etag_at_origin()) => unchanged(),

@@ -20,7 +20,16 @@ pub fn origin_error(e: OriginError) -> S3Error {
                 "At least one of the pre-conditions you specified did not hold"
             )
         }
-        OriginError::NotModified => s3_error!(NotModified),
+        OriginError::NotModified { etag } => {
+            // RFC 9110: a 304 carries the ETag a 200 would have (caches refresh by it).
+            let mut err = s3_error!(NotModified);
+            if let Some(value) = etag.and_then(|e| http::HeaderValue::from_str(&e).ok()) {
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::ETAG, value);
+                err.set_headers(headers);
+            }
+            err
+        }
         OriginError::InvalidRange => s3_error!(InvalidRange, "The requested range is not satisfiable"),
         OriginError::Rejected { status, code, message } => {
             let code: S3ErrorCode = code.parse().unwrap_or(S3ErrorCode::InternalError);
@@ -234,6 +243,14 @@ pub fn check_key(key: &str) -> Result<(), S3Error> {
     }
     if key.contains('\0') {
         return Err(s3_error!(InvalidArgument, "Object keys cannot contain NUL."));
+    }
+    // S3 takes such a key, but the S3 client Perch sends uploads with (aws-sdk-s3) refuses to
+    // build any request for it: acknowledged, it could never reach the origin.
+    if key.trim().is_empty() {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Perch cannot store an object key made only of whitespace."
+        ));
     }
     if key.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(s3_error!(

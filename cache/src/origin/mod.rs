@@ -84,12 +84,16 @@ impl Conditions {
         }
         if let Some(n) = &self.if_none_match {
             if etag_matches(n, &meta.etag) {
-                return Err(OriginError::NotModified);
+                return Err(OriginError::NotModified {
+                    etag: Some(meta.etag.clone()),
+                });
             }
         } else if let Some(t) = self.if_modified_since
             && modified <= epoch_secs(t)
         {
-            return Err(OriginError::NotModified);
+            return Err(OriginError::NotModified {
+                etag: Some(meta.etag.clone()),
+            });
         }
         Ok(())
     }
@@ -379,8 +383,9 @@ pub enum OriginError {
     NoSuchUpload,
     #[error("a precondition failed")]
     PreconditionFailed,
+    /// 304: the object has not changed; its ETag, where known (an answer carries it).
     #[error("not modified")]
-    NotModified,
+    NotModified { etag: Option<String> },
     #[error("the range is not satisfiable")]
     InvalidRange,
     /// Any other answer the origin gave that retrying will not change (400, 403, 409, ...).

@@ -78,7 +78,7 @@ impl OriginStats {
         let outcome = match result {
             Ok(_) => "ok",
             Err(OriginError::NoSuchKey | OriginError::NoSuchBucket | OriginError::NoSuchUpload) => "not_found",
-            Err(OriginError::PreconditionFailed | OriginError::NotModified) => "precondition",
+            Err(OriginError::PreconditionFailed | OriginError::NotModified { .. }) => "precondition",
             Err(OriginError::InvalidRange | OriginError::Rejected { .. }) => "rejected",
             Err(OriginError::Transient(_) | OriginError::Unavailable { .. }) => "transient",
             Err(OriginError::Io(_)) => "io",

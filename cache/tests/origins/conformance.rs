@@ -94,7 +94,7 @@ pub fn error_name(e: &OriginError) -> String {
         OriginError::NoSuchKey => "NoSuchKey".into(),
         OriginError::NoSuchUpload => "NoSuchUpload".into(),
         OriginError::PreconditionFailed => "PreconditionFailed".into(),
-        OriginError::NotModified => "NotModified".into(),
+        OriginError::NotModified { .. } => "NotModified".into(),
         OriginError::InvalidRange => "InvalidRange".into(),
         OriginError::Rejected { status, code, .. } => format!("Rejected {status} {code}"),
         OriginError::Transient(m) => format!("Transient {m}"),

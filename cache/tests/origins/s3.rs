@@ -186,11 +186,11 @@ async fn objects_round_trip_with_headers_and_checksums() {
     };
     assert!(matches!(
         o.get_object("round-trip", "dir/hello.txt", None, &same).await,
-        Err(OriginError::NotModified)
+        Err(OriginError::NotModified { .. })
     ));
     assert!(matches!(
         o.head_object("round-trip", "dir/hello.txt", &same).await,
-        Err(OriginError::NotModified)
+        Err(OriginError::NotModified { .. })
     ));
     let other = Conditions {
         if_match: Some("\"0000\"".to_owned()),

@@ -161,3 +161,46 @@ def test_copy_object_metadata(perch, bucket):
     with pytest.raises(ClientError) as e:
         s3.copy_object(Bucket=bucket, Key="dst/x", CopySource={"Bucket": bucket, "Key": "missing"})
     assert e.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_a_repeated_multipart_completion_gets_the_first_answer(perch, bucket):
+    """A client that lost CompleteMultipartUpload's answer sends it again: S3 answers the same
+    result again, not NoSuchUpload (the upload is done, and the object is there)."""
+    s3 = make_client(perch, "path")
+    part1, part2 = b"a" * (5 * 1024 * 1024), b"tail"
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp-again")["UploadId"]
+    parts = []
+    for n, data in ((1, part1), (2, part2)):
+        etag = s3.upload_part(Bucket=bucket, Key="mp-again", UploadId=up, PartNumber=n, Body=data)["ETag"]
+        parts.append({"PartNumber": n, "ETag": etag})
+    first = s3.complete_multipart_upload(
+        Bucket=bucket, Key="mp-again", UploadId=up, MultipartUpload={"Parts": parts}
+    )
+    again = s3.complete_multipart_upload(
+        Bucket=bucket, Key="mp-again", UploadId=up, MultipartUpload={"Parts": parts}
+    )
+    assert again["ETag"] == first["ETag"], (first, again)
+    assert s3.get_object(Bucket=bucket, Key="mp-again")["Body"].read() == part1 + part2
+    # An upload that never existed is still NoSuchUpload, and so is this one for another key.
+    for key, upload in (("mp-again", "nonesuch"), ("mp-other", up)):
+        with pytest.raises(ClientError) as e:
+            s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+        assert e.value.response["Error"]["Code"] == "NoSuchUpload", e.value.response
+
+
+def test_a_304_carries_the_objects_etag(perch, bucket):
+    """RFC 9110: a 304 Not Modified carries the ETag a 200 would have (a cache refreshes its copy
+    by it); S3 sends it, on GET and HEAD, for If-None-Match and If-Modified-Since alike."""
+    s3 = make_client(perch, "path")
+    body = b"not modified " * 100
+    etag = s3.put_object(Bucket=bucket, Key="nm", Body=body)["ETag"]
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    for call in (s3.get_object, s3.head_object):
+        for condition in ({"IfNoneMatch": etag}, {"IfModifiedSince": later}):
+            with pytest.raises(ClientError) as e:
+                call(Bucket=bucket, Key="nm", **condition)
+            meta = e.value.response["ResponseMetadata"]
+            assert meta["HTTPStatusCode"] == 304, (call, condition, meta)
+            assert meta["HTTPHeaders"].get("etag") == etag, (call, condition, meta["HTTPHeaders"])

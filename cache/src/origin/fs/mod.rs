@@ -409,7 +409,7 @@ impl Origin for FsOrigin {
         input.check_not_onto_itself(bucket, key)?;
         let (file, src, _) = self.open_object(&input.src_bucket, &input.src_key).await?;
         input.conditions.check(&src).map_err(|e| match e {
-            OriginError::NotModified => OriginError::PreconditionFailed,
+            OriginError::NotModified { .. } => OriginError::PreconditionFailed,
             e => e,
         })?;
         let headers = match &input.directive {

@@ -99,7 +99,7 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
         ));
     }
     match (status, code.as_str()) {
-        (304, _) => OriginError::NotModified,
+        (304, _) => OriginError::NotModified { etag: None },
         (412, _) => OriginError::PreconditionFailed,
         (416, _) => OriginError::InvalidRange,
         (404, "NoSuchKey") => OriginError::NoSuchKey,
@@ -150,7 +150,7 @@ mod tests {
             c(412, "PreconditionFailed", Subject::Object),
             OriginError::PreconditionFailed
         ));
-        assert!(matches!(c(304, "", Subject::Object), OriginError::NotModified));
+        assert!(matches!(c(304, "", Subject::Object), OriginError::NotModified { .. }));
         assert!(matches!(
             c(416, "InvalidRange", Subject::Object),
             OriginError::InvalidRange
