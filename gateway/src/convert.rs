@@ -219,6 +219,62 @@ pub fn check_canned_acl(acl: Option<&str>) -> Result<(), S3Error> {
     }
 }
 
+/// What an object write asks of the origin beyond the object and the headers Perch keeps with it
+/// (docs/s3-compatibility.md, "What is kept per object"), read from its input by `unkept!`.
+pub struct Unkept<'a> {
+    pub storage_class: Option<&'a str>,
+    pub encryption: Option<&'a str>,
+    pub customer_key: bool,
+    pub tagging: bool,
+    pub website_redirect: bool,
+    pub object_lock: bool,
+}
+
+/// The `Unkept` of a PutObject, CopyObject or CreateMultipartUpload input.
+macro_rules! unkept {
+    ($input:expr) => {
+        $crate::convert::Unkept {
+            storage_class: $input.storage_class.as_ref().map(|c| c.as_str()),
+            encryption: $input.server_side_encryption.as_ref().map(|e| e.as_str()),
+            customer_key: $input.sse_customer_algorithm.is_some(),
+            tagging: $input.tagging.is_some(),
+            website_redirect: $input.website_redirect_location.is_some(),
+            object_lock: $input.object_lock_mode.is_some()
+                || $input.object_lock_retain_until_date.is_some()
+                || $input.object_lock_legal_hold_status.is_some(),
+        }
+    };
+}
+pub(crate) use unkept;
+
+/// An object write that asks for what Perch would not carry to the origin is S3's 501
+/// NotImplemented ("a header you provided implies functionality that is not implemented"), at the
+/// door: acknowledged, it would be stored without it, silently (tags, a storage class, a
+/// customer's encryption key that the cache would then serve without). What every object gets
+/// anyway is taken: the STANDARD storage class, and SSE-S3 (`AES256`), which S3 and Tigris apply
+/// to every object at rest.
+pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
+    let refused = if u.storage_class.is_some_and(|c| c != "STANDARD") {
+        "a storage class other than STANDARD"
+    } else if u.encryption.is_some_and(|e| e != "AES256") {
+        "server-side encryption other than AES256 (SSE-S3)"
+    } else if u.customer_key {
+        "server-side encryption with a customer's key (SSE-C)"
+    } else if u.tagging {
+        "object tags (x-amz-tagging)"
+    } else if u.website_redirect {
+        "a website redirect location"
+    } else if u.object_lock {
+        "object lock"
+    } else {
+        return Ok(());
+    };
+    Err(s3_error!(
+        NotImplemented,
+        "Perch does not keep {refused} with an object."
+    ))
+}
+
 /// Buckets behind Perch are unversioned: a request may name the `null` version only.
 pub fn check_version(version_id: Option<&str>) -> Result<(), S3Error> {
     match version_id {

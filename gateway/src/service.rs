@@ -356,6 +356,10 @@ impl S3 for Gateway {
         convert::check_key(&input.key)?;
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
+        convert::check_kept(convert::unkept!(input))?;
+        if input.write_offset_bytes.is_some() {
+            return Err(s3_error!(NotImplemented, "Appending to an object is not supported."));
+        }
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -465,6 +469,13 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
+        convert::check_kept(convert::unkept!(input))?;
+        if input.copy_source_sse_customer_algorithm.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "Perch does not keep objects encrypted with a customer's key (SSE-C)."
+            ));
+        }
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let replace = input
             .metadata_directive
@@ -643,6 +654,7 @@ impl S3 for Gateway {
         convert::check_key(&input.key)?;
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
+        convert::check_kept(convert::unkept!(input))?;
         let headers = content_headers!(input);
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
@@ -664,6 +676,12 @@ impl S3 for Gateway {
         let trailers = req.trailing_headers;
         let input = req.input;
         convert::check_key(&input.key)?;
+        if input.sse_customer_algorithm.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "Perch does not keep objects encrypted with a customer's key (SSE-C)."
+            ));
+        }
         if !(1..=10000).contains(&input.part_number) {
             return Err(s3_error!(
                 InvalidArgument,

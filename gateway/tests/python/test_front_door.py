@@ -154,6 +154,41 @@ def test_a_browser_form_upload_is_stored_as_a_put(perch, bucket):
     assert s3.get_object(Bucket=bucket, Key="form/upload.bin")["Body"].read() == body
 
 
+# --------------------------------------------------------------------------- what is not kept
+
+
+def test_object_writes_asking_for_what_perch_does_not_keep_are_refused(perch, bucket):
+    """Tags, storage classes, KMS or customer-key encryption, website redirects and object lock
+    would be dropped on the way to the origin: S3's 501 NotImplemented at the door, nothing stored,
+    rather than a 200 for an object that silently lacks them. What every object gets anyway, the
+    STANDARD class and SSE-S3, is taken."""
+    s3 = make_client(perch, "path")
+    s3.put_object(Bucket=bucket, Key="kept/src", Body=b"source")
+    key = b"k" * 32
+    asks = {
+        "tags": {"Tagging": "team=db"},
+        "storage class": {"StorageClass": "STANDARD_IA"},
+        "KMS": {"ServerSideEncryption": "aws:kms"},
+        "customer key": {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key.decode()},
+        "website redirect": {"WebsiteRedirectLocation": "/elsewhere"},
+        "object lock": {"ObjectLockLegalHoldStatus": "ON"},
+    }
+    for what, args in asks.items():
+        calls = {
+            "PutObject": lambda: s3.put_object(Bucket=bucket, Key="kept/refused", Body=b"x", **args),
+            "CreateMultipartUpload": lambda: s3.create_multipart_upload(Bucket=bucket, Key="kept/refused", **args),
+            "CopyObject": lambda: s3.copy_object(
+                Bucket=bucket, Key="kept/refused", CopySource={"Bucket": bucket, "Key": "kept/src"}, **args
+            ),
+        }
+        for call, do in calls.items():
+            assert error_of(do) == (501, "NotImplemented"), (what, call)
+    assert error_of(lambda: s3.head_object(Bucket=bucket, Key="kept/refused"))[0] == 404
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "an upload was started"
+    s3.put_object(Bucket=bucket, Key="kept/ok", Body=b"y", StorageClass="STANDARD", ServerSideEncryption="AES256")
+    assert s3.get_object(Bucket=bucket, Key="kept/ok")["Body"].read() == b"y"
+
+
 def test_list_buckets_pages(perch):
     s3 = make_client(perch)
     tag = uuid.uuid4().hex[:10]
