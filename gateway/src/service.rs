@@ -218,6 +218,26 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
     }
 }
 
+/// `x-amz-copy-source-range`: `bytes=first-last`, both offsets given, as S3 takes it.
+fn copy_source_range(text: &str) -> S3Result<(u64, u64)> {
+    let bad = || {
+        s3_error!(
+            InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy"
+        )
+    };
+    let (first, last) = text
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(bad)?;
+    let first: u64 = first.parse().map_err(|_| bad())?;
+    let last: u64 = last.parse().map_err(|_| bad())?;
+    if last < first {
+        return Err(bad());
+    }
+    Ok((first, last))
+}
+
 #[async_trait::async_trait]
 impl S3 for Gateway {
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
@@ -668,6 +688,115 @@ impl S3 for Gateway {
             upload_id: Some(upload_id),
             checksum_algorithm: checksum.map(|c| ChecksumAlgorithm::from_static(c.algorithm.as_str())),
             checksum_type: checksum.map(|c| ChecksumType::from_static(c.checksum_type.as_str())),
+            ..Default::default()
+        }))
+    }
+
+    /// A part copied from a range of an object (the AWS CLI's and boto3's copies over their
+    /// multipart threshold): the source is read as a GET reads it (cache, pending writes, origin)
+    /// and the bytes are staged as an uploaded part.
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        convert::check_key(&input.key)?;
+        if input.sse_customer_algorithm.is_some() || input.copy_source_sse_customer_algorithm.is_some() {
+            return Err(s3_error!(
+                NotImplemented,
+                "Perch does not keep objects encrypted with a customer's key (SSE-C)."
+            ));
+        }
+        if !(1..=10000).contains(&input.part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive"
+            ));
+        }
+        let (src_bucket, src_key) = copy_source(&input.copy_source)?;
+        let wanted = match input.copy_source_range.as_deref() {
+            None => None,
+            Some(text) => Some(copy_source_range(text)?),
+        };
+        let conditions = convert::conditions(
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since,
+            input.copy_source_if_unmodified_since,
+        );
+        let source = self
+            .store
+            .get(
+                &src_bucket,
+                &src_key,
+                wanted.map(|(first, last)| perch_cache::ByteRange::FromTo {
+                    first,
+                    last: Some(last),
+                }),
+                &conditions,
+            )
+            .await
+            .map_err(|e| match e {
+                // A copy's conditions that do not hold are 412, If-None-Match included.
+                perch_cache::StoreError::Origin(perch_cache::OriginError::NotModified { .. }) => {
+                    s3_error!(
+                        PreconditionFailed,
+                        "At least one of the pre-conditions you specified did not hold"
+                    )
+                }
+                e => store_error(e),
+            })?
+            .output;
+        let size = source.meta.size;
+        let len = match (wanted, source.range) {
+            (None, _) => size,
+            // The range must lie within the source: a GET would answer its part that does.
+            (Some((first, last)), Some(got)) if got == (first, last) => last - first + 1,
+            (Some(_), _) => {
+                return Err(s3_error!(
+                    InvalidRange,
+                    "Range specified is not valid for source object of size: {size}"
+                ));
+            }
+        };
+        let declared = Declared {
+            content_length: Some(len as i64),
+            content_md5: None,
+            algorithm: None,
+            checksums: Default::default(),
+        };
+        let body = spool::receive(
+            Some(StreamingBlob::wrap(source.body)),
+            declared,
+            None,
+            &self.spool_dir,
+            &self.store,
+            SpoolSync::Here,
+        )
+        .await?;
+        let out = self
+            .store
+            .upload_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                &body.body,
+                &body.checksums,
+            )
+            .await
+            .map_err(store_error)?;
+        let c = out.checksums;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(convert::etag(&out.etag)),
+                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                checksum_crc32: c.crc32,
+                checksum_crc32c: c.crc32c,
+                checksum_crc64nvme: c.crc64nvme,
+                checksum_sha1: c.sha1,
+                checksum_sha256: c.sha256,
+            }),
             ..Default::default()
         }))
     }

@@ -204,3 +204,46 @@ def test_a_304_carries_the_objects_etag(perch, bucket):
             meta = e.value.response["ResponseMetadata"]
             assert meta["HTTPStatusCode"] == 304, (call, condition, meta)
             assert meta["HTTPHeaders"].get("etag") == etag, (call, condition, meta["HTTPHeaders"])
+
+
+def test_copies_over_the_multipart_threshold_copy_parts(perch, bucket):
+    """boto3's managed copy (and `aws s3 cp s3://… s3://…`) copies an object over its multipart
+    threshold as UploadPartCopy of ranges of the source: each part is the source's bytes, ranges
+    are checked as S3 checks them, and the copy's conditions hold or it is 412."""
+    import boto3.s3.transfer
+
+    s3 = make_client(perch, "path")
+    MiB = 1024 * 1024
+    body = bytes(range(256)) * (12 * MiB // 256) + b"end"
+    s3.put_object(Bucket=bucket, Key="pc/src", Body=body)
+    config = boto3.s3.transfer.TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    s3.copy({"Bucket": bucket, "Key": "pc/src"}, bucket, "pc/dst", Config=config)
+    assert s3.get_object(Bucket=bucket, Key="pc/dst")["Body"].read() == body
+
+    up = s3.create_multipart_upload(Bucket=bucket, Key="pc/parts")["UploadId"]
+    src = {"Bucket": bucket, "Key": "pc/src"}
+
+    def copy_part(n, **args):
+        return s3.upload_part_copy(Bucket=bucket, Key="pc/parts", UploadId=up, PartNumber=n, CopySource=src, **args)
+
+    for bad in ("bytes=0-", "bytes=-5", "bytes=9-3", "0-5", "bytes=a-b"):
+        with pytest.raises(ClientError) as e:
+            copy_part(1, CopySourceRange=bad)
+        assert e.value.response["Error"]["Code"] == "InvalidArgument", (bad, e.value.response)
+    with pytest.raises(ClientError) as e:
+        copy_part(1, CopySourceRange="bytes=0-%d" % len(body))
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416, e.value.response
+    with pytest.raises(ClientError) as e:
+        copy_part(1, CopySourceIfMatch='"00000000000000000000000000000000"')
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412, e.value.response
+
+    first = copy_part(1, CopySourceRange="bytes=0-%d" % (5 * MiB - 1))["CopyPartResult"]
+    whole = copy_part(2)["CopyPartResult"]
+    assert first["ETag"] == quoted_md5(body[: 5 * MiB]) and whole["ETag"] == quoted_md5(body)
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="pc/parts",
+        UploadId=up,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": whole["ETag"]}]},
+    )
+    assert s3.get_object(Bucket=bucket, Key="pc/parts")["Body"].read() == body[: 5 * MiB] + body
