@@ -37,6 +37,13 @@ MOTO_KEY = "testing"
 MOTO_SECRET = "testing"
 REGION = "us-east-1"
 
+# The clients here are configured in code only: a developer's ~/.aws/config (a signature version,
+# a multipart chunk size, a profile's endpoint) must not change what the tests send.
+for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
 
 # --------------------------------------------------------------------------- name resolution
 
