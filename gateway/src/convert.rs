@@ -221,6 +221,7 @@ pub fn check_canned_acl(acl: Option<&str>) -> Result<(), S3Error> {
 
 /// What an object write asks of the origin beyond the object and the headers Perch keeps with it
 /// (docs/s3-compatibility.md, "What is kept per object"), read from its input by `unkept!`.
+#[derive(Default)]
 pub struct Unkept<'a> {
     pub storage_class: Option<&'a str>,
     pub encryption: Option<&'a str>,

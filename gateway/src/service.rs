@@ -38,6 +38,23 @@ impl Gateway {
         }
     }
 
+    /// Receives a part's body (a client's, or a range copied from an object), verified as
+    /// `declared`, and stages it as part `at.3` of upload `at.2` of `at.0/at.1`.
+    async fn stage_part(
+        &self,
+        at: (&str, &str, &str, i32),
+        body: Option<StreamingBlob>,
+        declared: Declared<'_>,
+        trailers: Option<&s3s::TrailingHeaders>,
+    ) -> S3Result<perch_cache::PutOutput> {
+        let (bucket, key, upload_id, part_number) = at;
+        let body = spool::receive(body, declared, trailers, &self.spool_dir, &self.store, SpoolSync::Here).await?;
+        self.store
+            .upload_part(bucket, key, upload_id, part_number, &body.body, &body.checksums)
+            .await
+            .map_err(store_error)
+    }
+
     /// The owner listings give the objects of `bucket`; a failure to find it leaves it out.
     async fn owner(&self, bucket: &str) -> Option<Owner> {
         let known = self
@@ -216,6 +233,23 @@ fn copy_source(src: &CopySource) -> S3Result<(String, String)> {
             "Access point copy sources are not supported."
         )),
     }
+}
+
+/// What UploadPart and UploadPartCopy check first: the key, the part number (1 to 10,000), and
+/// no customer's encryption key (`customer_key`: the part's or its source's).
+fn check_part(key: &str, part_number: i32, customer_key: bool) -> S3Result<()> {
+    convert::check_key(key)?;
+    convert::check_kept(convert::Unkept {
+        customer_key,
+        ..Default::default()
+    })?;
+    if !(1..=10000).contains(&part_number) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive"
+        ));
+    }
+    Ok(())
 }
 
 /// `x-amz-copy-source-range`: `bytes=first-last`, both offsets given, as S3 takes it.
@@ -489,13 +523,10 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
-        convert::check_kept(convert::unkept!(input))?;
-        if input.copy_source_sse_customer_algorithm.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "Perch does not keep objects encrypted with a customer's key (SSE-C)."
-            ));
-        }
+        convert::check_kept(convert::Unkept {
+            customer_key: input.sse_customer_algorithm.is_some() || input.copy_source_sse_customer_algorithm.is_some(),
+            ..convert::unkept!(input)
+        })?;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let replace = input
             .metadata_directive
@@ -700,19 +731,11 @@ impl S3 for Gateway {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let input = req.input;
-        convert::check_key(&input.key)?;
-        if input.sse_customer_algorithm.is_some() || input.copy_source_sse_customer_algorithm.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "Perch does not keep objects encrypted with a customer's key (SSE-C)."
-            ));
-        }
-        if !(1..=10000).contains(&input.part_number) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "Part number must be an integer between 1 and 10000, inclusive"
-            ));
-        }
+        check_part(
+            &input.key,
+            input.part_number,
+            input.sse_customer_algorithm.is_some() || input.copy_source_sse_customer_algorithm.is_some(),
+        )?;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let wanted = match input.copy_source_range.as_deref() {
             None => None,
@@ -765,27 +788,9 @@ impl S3 for Gateway {
             algorithm: None,
             checksums: Default::default(),
         };
-        let body = spool::receive(
-            Some(StreamingBlob::wrap(source.body)),
-            declared,
-            None,
-            &self.spool_dir,
-            &self.store,
-            SpoolSync::Here,
-        )
-        .await?;
-        let out = self
-            .store
-            .upload_part(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                &body.body,
-                &body.checksums,
-            )
-            .await
-            .map_err(store_error)?;
+        let body = Some(StreamingBlob::wrap(source.body));
+        let at = (&*input.bucket, &*input.key, &*input.upload_id, input.part_number);
+        let out = self.stage_part(at, body, declared, None).await?;
         let c = out.checksums;
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
@@ -804,19 +809,7 @@ impl S3 for Gateway {
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let trailers = req.trailing_headers;
         let input = req.input;
-        convert::check_key(&input.key)?;
-        if input.sse_customer_algorithm.is_some() {
-            return Err(s3_error!(
-                NotImplemented,
-                "Perch does not keep objects encrypted with a customer's key (SSE-C)."
-            ));
-        }
-        if !(1..=10000).contains(&input.part_number) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "Part number must be an integer between 1 and 10000, inclusive"
-            ));
-        }
+        check_part(&input.key, input.part_number, input.sse_customer_algorithm.is_some())?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -829,27 +822,8 @@ impl S3 for Gateway {
                 input.checksum_sha256.clone(),
             ),
         };
-        let body = spool::receive(
-            input.body,
-            declared,
-            trailers.as_ref(),
-            &self.spool_dir,
-            &self.store,
-            SpoolSync::Here,
-        )
-        .await?;
-        let out = self
-            .store
-            .upload_part(
-                &input.bucket,
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                &body.body,
-                &body.checksums,
-            )
-            .await
-            .map_err(store_error)?;
+        let at = (&*input.bucket, &*input.key, &*input.upload_id, input.part_number);
+        let out = self.stage_part(at, input.body, declared, trailers.as_ref()).await?;
         // The part's checksum the upload keeps (of its algorithm, computed if the client sent none).
         let c = out.checksums;
         Ok(S3Response::new(UploadPartOutput {
