@@ -476,9 +476,9 @@ async fn record_hot_set_every(store: Arc<Store>, every: std::time::Duration) {
 }
 
 /// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the
-/// signal) while the uploader empties the journal; done when it is empty (refused versions
-/// aside) and no request came for --drain-quiet, when --drain-timeout has passed, or at a second
-/// signal.
+/// signal) while the uploader empties the journal; done when it is empty (refused versions, and
+/// the versions that wait on them, aside: nothing uploads them until an operator acts) and no
+/// request came for --drain-quiet, when --drain-timeout has passed, or at a second signal.
 async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
     let started = std::time::Instant::now();
     tracing::info!(
@@ -498,9 +498,10 @@ async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
     loop {
         let st = store.write_status(None);
         let left = st.dirty_objects.saturating_sub(st.failed.len() as u64);
-        if left == 0 && metrics.idle_for() >= config.drain_quiet {
+        if (left == 0 || st.blocked_by_refusals) && metrics.idle_for() >= config.drain_quiet {
             tracing::info!(
                 refused = st.failed.len(),
+                waiting_on_them = left,
                 ms = started.elapsed().as_millis() as u64,
                 "journal drained"
             );

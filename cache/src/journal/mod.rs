@@ -86,6 +86,10 @@ pub struct WriteStatus {
     /// Versions at or below `upto` (when asked) still pending.
     pub pending_upto: Option<u64>,
     pub failed: Vec<FailedVersion>,
+    /// Every version left waits on a refused one (`failed`): nothing uploads until an operator
+    /// retries or drops them (`perch journal`).
+    #[serde(default)]
+    pub blocked_by_refusals: bool,
     /// The origin fault the uploader is retrying, if any.
     pub origin_fault: Option<String>,
     pub healthy: bool,
@@ -352,6 +356,7 @@ impl Journal {
                     })
                 })
                 .collect(),
+            blocked_by_refusals: st.blocked_by_refusals(),
             origin_fault: st.origin_fault.as_ref().map(|(_, e)| e.clone()),
             healthy: age <= self.cfg.dirty_age_max && st.failed.is_empty(),
         }

@@ -242,6 +242,23 @@ impl State {
         self.in_flight.len()
     }
 
+    /// Whether every version left waits on one the origin refused (itself, a later version of
+    /// its key, or a version of a later stage): none uploads, none is ready to, and none will be
+    /// until an operator retries or drops the refused ones (or new writes come).
+    pub(crate) fn blocked_by_refusals(&self) -> bool {
+        if self.failed.is_empty() || !self.in_flight.is_empty() || !self.ready_write_through.is_empty() {
+            return false;
+        }
+        match self.stages.keys().next() {
+            None => true,
+            Some(&lowest) => self
+                .ready_ordered
+                .range((lowest, perch_policy::Priority::High, 0)..(lowest + 1, perch_policy::Priority::High, 0))
+                .next()
+                .is_none(),
+        }
+    }
+
     /// The versions released with `seq` when it is skipped: `seq` and the versions of its key
     /// after it that a newer version in the same stage replaces too (oldest first).
     pub(crate) fn skippable_run(&self, seq: u64) -> Vec<u64> {

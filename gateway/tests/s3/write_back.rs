@@ -423,6 +423,41 @@ fn writes_wait_for_room_past_dirty_bytes_max() {
     assert_eq!(s.in_moto("orioledb_data/1/b"), Some(pattern(2 << 20, 2)));
 }
 
+/// A stop does not wait out --drain-timeout for versions only an operator can move: a refused
+/// version and the later version of its key that waits on it stay in the journal for the next
+/// start, and Perch leaves once nothing else is left to upload.
+#[test]
+fn a_stop_does_not_wait_on_versions_that_wait_on_a_refusal() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&["--drain-timeout", "60s"]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "orioledb_data/1/stuck", "error_kinds": ["403"]}"#);
+    s.put("orioledb_data/1/stuck", b"refused");
+    s.put("orioledb_data/1/stuck", b"waits on the refused one");
+    s.put("orioledb_data/1/free", b"goes up");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = s.status();
+        if st["blocked_by_refusals"] == true {
+            assert_eq!(st["dirty_objects"], 2, "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never blocked by the refusal alone: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = Instant::now();
+    s.perch().send_sigterm();
+    s.wait_stopped(Duration::from_secs(30));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "the stop took {:?}: it waited for the drain timeout",
+        stopped.elapsed()
+    );
+    assert_eq!(s.in_moto("orioledb_data/1/free").as_deref(), Some(&b"goes up"[..]));
+    s.start_again();
+    assert_eq!(s.status()["dirty_objects"], 2, "the versions stay in the journal");
+}
+
 #[test]
 fn sigterm_keeps_serving_until_the_journal_is_drained() {
     let _turn = machine::share();
