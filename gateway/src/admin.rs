@@ -274,6 +274,9 @@ pub fn status(args: &AdminArgs) -> anyhow::Result<()> {
     for f in &st.failed {
         println!("refused: {}/{} (version {}): {}", f.bucket, f.key, f.seq, f.error);
     }
+    if st.blocked_by_refusals {
+        println!("blocked: everything left waits on a refused version (perch journal retry or drop)");
+    }
     println!("health: {}", if st.healthy { "ok" } else { "UNHEALTHY" });
     Ok(())
 }

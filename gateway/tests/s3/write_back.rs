@@ -445,6 +445,15 @@ fn a_stop_does_not_wait_on_versions_that_wait_on_a_refusal() {
         assert!(Instant::now() < deadline, "never blocked by the refusal alone: {st}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let out = std::process::Command::new(perch_binary())
+        .args(["status", "--admin", &s.perch().admin.to_string()])
+        .output()
+        .expect("perch status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("blocked: everything left waits on a refused version"),
+        "{text}"
+    );
     let stopped = Instant::now();
     s.perch().send_sigterm();
     s.wait_stopped(Duration::from_secs(30));
@@ -454,8 +463,14 @@ fn a_stop_does_not_wait_on_versions_that_wait_on_a_refusal() {
         stopped.elapsed()
     );
     assert_eq!(s.in_moto("orioledb_data/1/free").as_deref(), Some(&b"goes up"[..]));
+    // Left in the journal: the next start has them (the newest may supersede the refused one).
     s.start_again();
-    assert_eq!(s.status()["dirty_objects"], 2, "the versions stay in the journal");
+    let st = s.status();
+    assert!(st["dirty_objects"].as_u64().is_some_and(|n| n >= 1), "{st}");
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/stuck").as_deref(),
+        Some(&b"waits on the refused one"[..])
+    );
 }
 
 #[test]
