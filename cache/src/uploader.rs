@@ -140,15 +140,7 @@ impl Uploader {
                 },
             };
             let result = match result {
-                // A DELETE of what is gone is done.
                 Err(OriginError::NoSuchKey) if v.put.is_none() => Ok(None),
-                // A write answered "no such key" (moto, for a key it cannot name) is a refusal:
-                // no retry makes the origin take it.
-                Err(OriginError::NoSuchKey) => Err(OriginError::rejected(
-                    404,
-                    "NoSuchKey",
-                    "the origin answered 404 NoSuchKey to a write of the key",
-                )),
                 other => other,
             };
             // A failed attempt: was the blob damaged? The only copy of an acknowledged write must
