@@ -411,6 +411,11 @@ impl S3 for Gateway {
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         convert::check_kept(convert::unkept!(input))?;
+        // The front door refuses these by their path; a browser form (PostObject) names its key in
+        // the form, which s3s hands here.
+        if is_reserved(&input.key) {
+            return Err(front::reserved_error());
+        }
         if input.write_offset_bytes.is_some() {
             return Err(s3_error!(NotImplemented, "Appending to an object is not supported."));
         }
@@ -782,13 +787,24 @@ impl S3 for Gateway {
                 ));
             }
         };
+        if len > crate::limits::S3_BODY_MAX {
+            return Err(s3_error!(
+                InvalidRequest,
+                "The specified copy source is larger than the maximum allowable size for a copy source: {}",
+                crate::limits::S3_BODY_MAX
+            ));
+        }
         let declared = Declared {
             content_length: Some(len as i64),
             content_md5: None,
             algorithm: None,
             checksums: Default::default(),
         };
-        let body = Some(StreamingBlob::wrap(source.body));
+        // A source that fails midway (the origin, a damaged copy) is Perch's fault, not the
+        // client's body: 500, which SDKs retry, never the 400 a short client body gets.
+        let body = Some(StreamingBlob::wrap(source.body.map(|chunk| {
+            chunk.map_err(|e| s3_error!(InternalError, "Reading the copy source failed: {e}"))
+        })));
         let at = (&*input.bucket, &*input.key, &*input.upload_id, input.part_number);
         let out = self.stage_part(at, body, declared, None).await?;
         let c = out.checksums;

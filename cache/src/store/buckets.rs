@@ -29,8 +29,9 @@ impl Store {
     }
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.
-    /// Perch's own objects (under `.perch/`: the hot set) are no client's: a bucket that holds
-    /// nothing else is empty to its clients, so they go with it.
+    /// Perch's hot set is no client's object: a bucket that holds nothing else is empty to its
+    /// clients, so the hot set goes with it. The lease (`.perch/lease`) does not: a bucket a
+    /// primary holds is not deleted from under it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.settle_bucket(bucket, self.config_wait()).await?;
         self.known_buckets().remove(bucket);
@@ -39,50 +40,32 @@ impl Store {
                 status: 409,
                 code,
                 message,
-            }) if code == "BucketNotEmpty" => {
-                let Some(own) = self.only_perchs_own(bucket).await? else {
-                    return Err(OriginError::Rejected {
+            }) if code == "BucketNotEmpty" && self.holds_only_the_hot_set(bucket).await? => {
+                tracing::info!(bucket, "removing Perch's hot set to delete the bucket");
+                self.origin.delete_object(bucket, crate::hot_set::KEY).await?;
+                match self.origin.delete_bucket(bucket).await {
+                    // The hot set written again meanwhile: the client's answer is the origin's.
+                    Err(OriginError::Rejected { status: 409, .. }) => Err(OriginError::Rejected {
                         status: 409,
                         code,
                         message,
                     }
-                    .into());
-                };
-                for key in &own {
-                    self.origin.delete_object(bucket, key).await?;
+                    .into()),
+                    other => Ok(other?),
                 }
-                tracing::info!(
-                    bucket,
-                    objects = own.len(),
-                    "removed Perch's own objects to delete the bucket"
-                );
-                Ok(self.origin.delete_bucket(bucket).await?)
             }
             other => Ok(other?),
         }
     }
 
-    /// The keys `bucket` holds at the origin when all of them are Perch's own (`.perch/`); `None`
-    /// when a client's object is among them.
-    async fn only_perchs_own(&self, bucket: &str) -> StoreResult<Option<Vec<String>>> {
-        let mut own = Vec::new();
-        let mut query = ListQuery {
-            max_keys: 1000,
+    /// Whether the only object `bucket` holds at the origin is Perch's hot set.
+    async fn holds_only_the_hot_set(&self, bucket: &str) -> StoreResult<bool> {
+        let query = ListQuery {
+            max_keys: 2,
             ..Default::default()
         };
-        loop {
-            let page = self.origin.list_objects(bucket, &query).await?;
-            for entry in page.objects {
-                if !perch_policy::is_reserved(&entry.key) {
-                    return Ok(None);
-                }
-                own.push(entry.key);
-            }
-            match page.next {
-                Some(next) => query.continuation = Some(next),
-                None => return Ok(Some(own)),
-            }
-        }
+        let page = self.origin.list_objects(bucket, &query).await?;
+        Ok(page.next.is_none() && page.objects.len() == 1 && page.objects[0].key == crate::hot_set::KEY)
     }
 
     /// How long a bucket call or a configuration call waits for the pending writes it must come

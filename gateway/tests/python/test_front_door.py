@@ -152,6 +152,12 @@ def test_a_browser_form_upload_is_stored_as_a_put(perch, bucket):
     r = requests.post(post["url"], data=fields, files={"file": ("upload.bin", b"x")}, timeout=60)
     assert r.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in r.text, r.text
     assert s3.get_object(Bucket=bucket, Key="form/upload.bin")["Body"].read() == body
+    # Perch's own keys are no more writable by a form than by a PUT (the key is in the form, not
+    # the path).
+    for key in (".perch/hot-set", ".perch/lease"):
+        post = s3.generate_presigned_post(bucket, key)
+        r = requests.post(post["url"], data=post["fields"], files={"file": ("x", b"x")}, timeout=60)
+        assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text, (key, r.text)
 
 
 # --------------------------------------------------------------------------- what is not kept

@@ -475,6 +475,13 @@ fn a_bucket_holding_only_perchs_hot_set_can_be_deleted() {
 
     let r = s.req("DELETE", "gone/b").go(s.addr());
     assert_eq!(r.status, 204, "{}", r.summary());
+    // A primary's lease is not the hot set: the bucket it is in is not deleted from under it.
+    s.put_behind_perchs_back(".perch/lease", b"{}");
+    let r = delete_bucket();
+    assert_eq!(r.status, 409, "{}", r.summary());
+    assert!(s.in_moto(".perch/lease").is_some(), "the lease went");
+    s.rt.block_on(s.moto_sdk().delete_object().bucket(BUCKET).key(".perch/lease").send())
+        .expect("delete the lease in moto");
     let r = delete_bucket();
     assert_eq!(r.status, 204, "{}", r.summary());
     let gone = s.rt.block_on(s.moto_sdk().head_bucket().bucket(BUCKET).send());
