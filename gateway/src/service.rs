@@ -742,6 +742,11 @@ impl S3 for Gateway {
             input.sse_customer_algorithm.is_some() || input.copy_source_sse_customer_algorithm.is_some(),
         )?;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
+        // An upload that is not there is NoSuchUpload before the source is read and spooled.
+        self.store
+            .list_parts(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(store_error)?;
         let wanted = match input.copy_source_range.as_deref() {
             None => None,
             Some(text) => Some(copy_source_range(text)?),

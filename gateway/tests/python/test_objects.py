@@ -226,6 +226,9 @@ def test_copies_over_the_multipart_threshold_copy_parts(perch, bucket):
     def copy_part(n, **args):
         return s3.upload_part_copy(Bucket=bucket, Key="pc/parts", UploadId=up, PartNumber=n, CopySource=src, **args)
 
+    with pytest.raises(ClientError) as e:
+        s3.upload_part_copy(Bucket=bucket, Key="pc/parts", UploadId="nonesuch", PartNumber=1, CopySource=src)
+    assert e.value.response["Error"]["Code"] == "NoSuchUpload", e.value.response
     for bad in ("bytes=0-", "bytes=-5", "bytes=9-3", "0-5", "bytes=a-b"):
         with pytest.raises(ClientError) as e:
             copy_part(1, CopySourceRange=bad)
