@@ -3,7 +3,7 @@
 //! rules). A completion folds the parts there and hands the object and its part layout out, to
 //! become one version uploaded with the same layout.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,10 +20,26 @@ pub(crate) struct Multipart {
     staging: Arc<FsOrigin>,
     /// Completions of one key run one at a time: the staging area folds an upload into the key's
     /// object, which is read out before the next completion of that key may fold another.
-    completing: Vec<tokio::sync::Mutex<()>>,
+    folding: Vec<tokio::sync::Mutex<()>>,
     /// The last uploads completed here, newest last: a completion repeated (a client that lost
     /// the first answer retries it) gets the same answer, as on S3, instead of NoSuchUpload.
     completed: std::sync::Mutex<VecDeque<(String, ObjectKey, PutOutput)>>,
+    /// Uploads whose completion is under way (it may wait on the origin, for a write-through
+    /// key): the same completion sent again meanwhile waits for the first one's answer.
+    completing: std::sync::Mutex<HashSet<String>>,
+}
+
+/// A completion under way (`Multipart::start_completing`), until dropped.
+pub(crate) struct Completing<'a> {
+    multipart: &'a Multipart,
+    upload_id: String,
+}
+
+impl Drop for Completing<'_> {
+    fn drop(&mut self) {
+        let mut completing = self.multipart.completing.lock().unwrap_or_else(|e| e.into_inner());
+        completing.remove(&self.upload_id);
+    }
 }
 
 /// How many completed uploads `Multipart` remembers for a repeated completion.
@@ -41,8 +57,9 @@ impl Multipart {
     pub(crate) fn open(dir: &Path) -> std::io::Result<Multipart> {
         Ok(Multipart {
             staging: Arc::new(FsOrigin::open(dir)?),
-            completing: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
+            folding: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
             completed: Default::default(),
+            completing: Default::default(),
         })
     }
 
@@ -102,8 +119,8 @@ impl Multipart {
         temp: &Path,
     ) -> StoreResult<Completed> {
         self.bucket(bucket).await?;
-        let stripe = (ObjectKey::new(bucket, key).hash64() % self.completing.len() as u64) as usize;
-        let _one_at_a_time = self.completing[stripe].lock().await;
+        let stripe = (ObjectKey::new(bucket, key).hash64() % self.folding.len() as u64) as usize;
+        let _one_at_a_time = self.folding[stripe].lock().await;
         // The layout of the parts named, before the staging area folds them into one object.
         let listed = self.staging.list_parts(bucket, key, upload_id).await?;
         let output = self
@@ -141,6 +158,15 @@ impl Multipart {
             meta,
             body,
             layout: layout?,
+        })
+    }
+
+    /// Marks `upload_id`'s completion as under way; `None` when one already is.
+    pub(crate) fn start_completing(&self, upload_id: &str) -> Option<Completing<'_>> {
+        let mut completing = self.completing.lock().unwrap_or_else(|e| e.into_inner());
+        completing.insert(upload_id.to_owned()).then(|| Completing {
+            multipart: self,
+            upload_id: upload_id.to_owned(),
         })
     }
 

@@ -78,8 +78,20 @@ impl Store {
         if let Some(r) = &self.replica {
             return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
         }
-        // A completion sent again (its answer was lost): the same answer. Upload ids are never
-        // reused, so an id completed here is in the staging area no more.
+        // A completion sent again (its answer was lost, or the client gave up waiting): the
+        // first one's answer, once it has one. Upload ids are never reused, so an id completed
+        // here is in the staging area no more.
+        let limit = self.journal.cfg.wait_limit;
+        let deadline = std::time::Instant::now() + limit;
+        let _completing = loop {
+            if let Some(completing) = self.multipart.start_completing(upload_id) {
+                break completing;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(crate::error::StoreError::Timeout(limit));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         if let Some(output) = self.multipart.completed_before(bucket, key, upload_id) {
             return Ok(output);
         }

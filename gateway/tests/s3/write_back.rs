@@ -1180,3 +1180,73 @@ fn a_second_stop_signal_ends_the_drain_at_once() {
         Some(&b"left in the journal"[..])
     );
 }
+
+/// A client that gave up waiting for a completion (a write-through key waits for the origin) and
+/// sends it again gets the first completion's answer once there is one, not NoSuchUpload.
+#[test]
+fn a_completion_sent_again_while_the_first_waits_on_the_origin_gets_its_answer() {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+    let _turn = machine::share();
+    let s = Stack::start(&["--write-mode", "*=write_through", "--origin-retry-deadline", "30s"]);
+    let _log = s.log_on_panic();
+    let c = s.sdk();
+    let key = "mp/again";
+    let body = pattern(5 << 20, 78);
+    let (id, part) = s.rt.block_on(async {
+        let id = c
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .expect("create")
+            .upload_id
+            .expect("upload id");
+        let part = c
+            .upload_part()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .part_number(1)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await
+            .expect("upload part")
+            .e_tag
+            .expect("part ETag");
+        (id, part)
+    });
+    let complete = || {
+        c.complete_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(CompletedPart::builder().part_number(1).e_tag(&part).build())
+                    .build(),
+            )
+            .send()
+    };
+    s.faults(r#"{"outage": true}"#);
+    let (first, again) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(1500));
+            s.no_faults();
+        });
+        s.rt.block_on(async {
+            let first = complete();
+            let again = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                complete().await
+            };
+            futures::join!(first, again)
+        })
+    });
+    let first = first.expect("the first completion");
+    let again = again.expect("the completion sent again");
+    assert_eq!(again.e_tag(), first.e_tag());
+    assert_eq!(s.in_moto(key), Some(body));
+}
