@@ -3,6 +3,7 @@ connection regression."""
 
 import datetime
 import hashlib
+import uuid
 
 import pytest
 from botocore.exceptions import ClientError
@@ -250,3 +251,25 @@ def test_copies_over_the_multipart_threshold_copy_parts(perch, bucket):
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": whole["ETag"]}]},
     )
     assert s3.get_object(Bucket=bucket, Key="pc/parts")["Body"].read() == body[: 5 * MiB] + body
+
+
+def test_a_304_the_origin_answers_carries_the_etag(perch_factory, moto):
+    """An object Perch holds nothing of: the condition goes to the origin with the request, and
+    the origin's 304 reaches the client with the ETag it carried."""
+    import boto3
+
+    from conftest import MOTO_KEY, MOTO_SECRET, REGION
+
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch, "path")
+    bucket = "nm-origin-" + uuid.uuid4().hex[:8]
+    s3.create_bucket(Bucket=bucket)
+    behind = boto3.client(
+        "s3", endpoint_url=moto.url, aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_SECRET, region_name=REGION
+    )
+    etag = behind.put_object(Bucket=bucket, Key="behind", Body=b"written behind Perch's back")["ETag"]
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="behind", IfNoneMatch=etag)
+    meta = e.value.response["ResponseMetadata"]
+    assert meta["HTTPStatusCode"] == 304, meta
+    assert meta["HTTPHeaders"].get("etag") == etag, meta["HTTPHeaders"]

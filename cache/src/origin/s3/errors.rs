@@ -33,7 +33,10 @@ where
                 .err()
                 .message()
                 .map_or_else(|| DisplayErrorContext(&err).to_string(), str::to_owned);
-            classify_answer(status, code, message, subject)
+            with_etag(
+                classify_answer(status, code, message, subject),
+                ctx.raw().headers().get("etag"),
+            )
         }
         SdkError::ResponseError(ctx) => {
             let status = ctx.raw().status().as_u16();
@@ -42,7 +45,10 @@ where
                 // A success whose body broke or could not be read: worth another try.
                 OriginError::Transient(message)
             } else {
-                classify_answer(status, String::new(), message, subject)
+                with_etag(
+                    classify_answer(status, String::new(), message, subject),
+                    ctx.raw().headers().get("etag"),
+                )
             }
         }
         SdkError::TimeoutError(_) => OriginError::Transient(format!("timed out: {}", DisplayErrorContext(&err))),
@@ -78,6 +84,16 @@ const CREDENTIAL_CODES: &[&str] = &[
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
 ];
+
+/// A 304 carries the object's ETag (RFC 9110), which the client's 304 carries on.
+pub(super) fn with_etag(e: OriginError, etag: Option<&str>) -> OriginError {
+    match e {
+        OriginError::NotModified { etag: None } => OriginError::NotModified {
+            etag: etag.map(str::to_owned),
+        },
+        e => e,
+    }
+}
 
 /// Classifies an HTTP answer of the origin by status and S3 error code.
 pub(super) fn classify_answer(status: u16, code: String, message: String, subject: Subject) -> OriginError {

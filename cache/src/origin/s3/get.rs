@@ -268,7 +268,8 @@ impl S3Origin {
             .map_err(|e| OriginError::Transient(format!("unreadable answer: {e}")))?
             .into_parts();
         if !(200..300).contains(&status) {
-            return Err(refusal(status, body, limit).await);
+            let e = refusal(status, body, limit).await;
+            return Err(with_etag(e, header_str(&parts.headers, "etag")));
         }
         Ok((parts.headers, body))
     }
