@@ -77,14 +77,25 @@ def clean_env(**extra):
     return env
 
 
+# The CPUs of the origin (moto and the proxy) and of the rest (Perch and the loaders), when
+# --origin-cpus splits them; None: every process may run anywhere.
+ORIGIN_CPUS = None
+MACHINE_CPUS = None
+
+
+def on_cpus(cpus):
+    """A preexec_fn that keeps the child on `cpus` (None: anywhere)."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
 class Procs:
     def __init__(self):
         self.procs = []
 
-    def start(self, args, log, env=None):
+    def start(self, args, log, env=None, cpus=None):
         with open(log, "ab") as out:
             p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=out, env=env or clean_env(),
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=on_cpus(cpus))
         self.procs.append(p)
         return p
 
@@ -143,9 +154,20 @@ def main():
     ap.add_argument("--wait-ready", action="store_true",
                     help="start the loader once Perch's /readyz answers 200 (as fly/supervise.sh starts Postgres), "
                          "and count Perch's start and prewarm in its time")
+    ap.add_argument("--origin-cpus",
+                    help="CPUs (e.g. 1) for the origin (moto and the latency proxy); Perch and the loaders get "
+                         "the others: a Machine whose origin is remote, as Tigris is, on a machine that runs both")
     ap.add_argument("--perch-arg", action="append", default=[],
                     help="one more argument for each fresh Perch (repeat), e.g. --perch-arg=--prewarm-bucket=nonesuch")
     args = ap.parse_args()
+    if args.origin_cpus:
+        global ORIGIN_CPUS, MACHINE_CPUS
+        ORIGIN_CPUS = {int(c) for c in args.origin_cpus.split(",")}
+        MACHINE_CPUS = os.sched_getaffinity(0) - ORIGIN_CPUS
+        if not MACHINE_CPUS:
+            ap.error("--origin-cpus leaves no CPU for Perch and the loaders")
+        print("origin on CPUs %s; Perch and the loaders on CPUs %s" % (sorted(ORIGIN_CPUS), sorted(MACHINE_CPUS)),
+              flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="perch-restore-bench-"))
     procs = Procs()
@@ -159,7 +181,8 @@ def main():
 def run(args, work, procs):
     target = Path(args.target_dir)
     moto_port = free_port()
-    procs.start([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "moto.log")
+    procs.start([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "moto.log",
+                cpus=ORIGIN_CPUS)
     wait_port(moto_port)
     moto_url = "http://127.0.0.1:%d" % moto_port
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id=MOTO_KEY,
@@ -187,7 +210,8 @@ def run(args, work, procs):
     results = {}
     for latency in [int(x) for x in args.latencies.split(",")]:
         proxy = procs.start([str(target / "perch-bench"), "origin-proxy", "--listen", "127.0.0.1:0",
-                             "--upstream", moto_url, "--latency-ms", str(latency)], work / "proxy.log")
+                             "--upstream", moto_url, "--latency-ms", str(latency)], work / "proxy.log",
+                            cpus=ORIGIN_CPUS)
         proxy_addr = first_line(proxy, "listening on ").split()[-1]
         proxy_url = "http://" + proxy_addr
         variants = ["fixed-perch", "fixed-direct"] + (["old-perch", "old-direct"] if old else [])
@@ -234,7 +258,8 @@ def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
         started = time.monotonic()
         perch = procs.start([str(target / "perch"), "serve", "--listen", "127.0.0.1:0", "--admin-listen",
                              "127.0.0.1:0", "--data-dir", str(data), "--origin", proxy_url,
-                             "--origin-region", "us-east-1", "--drain-quiet", "0s"] + args.perch_arg, work / "perch.log", env)
+                             "--origin-region", "us-east-1", "--drain-quiet", "0s"] + args.perch_arg, work / "perch.log", env,
+                            cpus=MACHINE_CPUS)
         fields = dict(f.split("=", 1) for f in first_line(perch, "listening ").split()[1:])
         if args.wait_ready:
             wait_ready(fields["admin"])
@@ -268,7 +293,8 @@ def upstream(args, addr, key, secret, dest, old):
     started = time.monotonic()
     r = subprocess.run([sys.executable, str(old / "orioledb_s3_loader.py"), "--endpoint",
                         "http://localhost:%s" % addr.rsplit(":", 1)[1], "--prefix", BUCKET,
-                        "--data-dir", str(dest)], cwd=dest, env=env, capture_output=True, text=True)
+                        "--data-dir", str(dest)], cwd=dest, env=env, capture_output=True, text=True,
+                       preexec_fn=on_cpus(MACHINE_CPUS))
     secs = time.monotonic() - started
     if r.returncode != 0:
         raise RuntimeError("upstream loader failed: %s" % r.stderr[-2000:])
@@ -281,7 +307,7 @@ def fixed(args, endpoint, key, secret, dest):
     started = time.monotonic()
     r = subprocess.run([sys.executable, str(REPO / "oriole-image" / "restore.py"), "--endpoint", endpoint,
                         "--bucket", BUCKET, "--data-dir", str(dest), "--jobs", str(args.jobs)],
-                       env=env, capture_output=True, text=True)
+                       env=env, capture_output=True, text=True, preexec_fn=on_cpus(MACHINE_CPUS))
     secs = time.monotonic() - started
     if r.returncode != 0:
         raise RuntimeError("restore.py failed: %s" % r.stderr[-2000:])

@@ -102,14 +102,13 @@ break_lock_if_asked() {
         die "the lock was not broken (see above); unset ORIOLE_BREAK_S3_LOCK or give the identifier the bucket holds"
 }
 
-# The restore tool reads its credentials the boto3 way; it gets Perch's client pair (through the
-# environment, never on a command line), path-style addressing and nothing from the container's
-# other AWS settings. It writes only into PGDATA (it runs from there all the same).
+# The restore tool reads its credentials from the environment; it gets Perch's client pair (never on
+# a command line) and none of the container's other AWS settings. It writes only into PGDATA (it
+# runs from there all the same).
 loader_process() {
-    local awsconf=$1 pg_bin
+    local pg_bin
     pg_bin=$(dirname "$(command -v pg_controldata || echo /usr/local/bin/pg_controldata)")
-    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 PG_CONFIG
-    export AWS_CONFIG_FILE=$awsconf AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
+    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_REGION PG_CONFIG
     export AWS_ACCESS_KEY_ID=$PERCH_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$PERCH_SECRET_ACCESS_KEY
     export AWS_DEFAULT_REGION=${ORIOLE_S3_REGION:-us-east-1} PG_BIN=$pg_bin
     cd "$PGDATA"
@@ -118,12 +117,7 @@ loader_process() {
 }
 
 run_loader() {
-    local awsconf rc=0
-    awsconf=$(mktemp)
-    printf '[default]\ns3 =\n    addressing_style = path\n' >"$awsconf"
-    run_child loader_process "$awsconf" || rc=$?
-    rm -f "$awsconf"
-    return "$rc"
+    run_child loader_process
 }
 
 restore_from_bucket() {

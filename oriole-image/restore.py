@@ -19,24 +19,34 @@ A checkpoint is complete once data/N/global/pg_control and data/N/orioledb_data/
 
 Usage: restore.py --endpoint http://HOST:PORT --bucket BUCKET --data-dir DIR [--prefix P]
                   [--jobs 32] [--verbose]
-Credentials come the boto3 way (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION).
+Credentials come from the environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN if
+set), AWS_DEFAULT_REGION or AWS_REGION (default us-east-1).
+
+It speaks S3 itself (three calls: ListObjectsV2, HEAD and GET, signed with SigV4 over http.client)
+rather than through boto3: on a small Machine importing boto3 and building its client costs about
+0.4 s of CPU and each call about a millisecond more, which is most of a restore's CPU, and a restore
+is CPU-bound there (docs/benchmarks.md).
 Exit status 0 on success; on any failure it says what and exits 1 (the data directory is then
 incomplete: the caller clears it and tries again).
 """
 
 import argparse
+import datetime
+import hashlib
+import hmac
+import http.client
 import os
+import random
 import re
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
 
 UNDO_FILE_SIZE = 0x4000000
 
@@ -78,6 +88,189 @@ def crc32c(data):
 
 class RestoreError(Exception):
     pass
+
+
+class S3Error(RestoreError):
+    """An answer other than 2xx, after the retries: its HTTP status and S3 error code."""
+
+    def __init__(self, status, code, message, what):
+        super().__init__("%s: %s %s%s" % (what, status, code, (": " + message) if message else ""))
+        self.status = status
+        self.code = code
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+# What is retried, as the SDKs' standard mode does: throttling, the server's transient errors, and
+# a connection or a body that broke (with a backoff of 0.1 s doubling, jittered, at most 5 s).
+RETRIED_STATUS = (429, 500, 502, 503, 504)
+RETRIED_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                 "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable")
+
+
+def _quote(text, safe):
+    return urllib.parse.quote(text, safe=safe)
+
+
+class S3:
+    """The S3 calls a restore makes, on one bucket, path-style, signed with SigV4 (header
+    `host;x-amz-content-sha256;x-amz-date`, an empty payload), each thread on its own kept-alive
+    connection."""
+
+    def __init__(self, endpoint, bucket, access_key, secret_key, region, token=None, attempts=5,
+                 timeout=60.0):
+        url = urllib.parse.urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise RestoreError("--endpoint must be http://HOST:PORT or https://HOST:PORT, not %r" % endpoint)
+        if not access_key or not secret_key:
+            raise RestoreError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set (Perch's client pair)")
+        self.https = url.scheme == "https"
+        self.hostname = url.hostname
+        self.port = url.port or (443 if self.https else 80)
+        self.host = url.netloc.rsplit("@", 1)[-1]
+        self.base = url.path.rstrip("/")
+        self.bucket = bucket
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self.token = token
+        self.attempts = attempts
+        self.timeout = timeout
+        self.local = threading.local()
+        self.keys = {}
+
+    def _connection(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+            conn = cls(self.hostname, self.port, timeout=self.timeout)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.local.conn = conn
+        return conn
+
+    def _drop_connection(self):
+        conn = getattr(self.local, "conn", None)
+        self.local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _signing_key(self, day):
+        key = self.keys.get(day)
+        if key is None:
+            key = ("AWS4" + self.secret_key).encode()
+            for part in (day, self.region, "s3", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self.keys[day] = key
+        return key
+
+    def _headers(self, method, path, query):
+        amz_date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        headers = {"host": self.host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+        if self.token:
+            headers["x-amz-security-token"] = self.token
+        names = sorted(headers)
+        signed = ";".join(names)
+        canonical = "\n".join([method, path, query, "".join("%s:%s\n" % (n, headers[n]) for n in names),
+                               signed, EMPTY_SHA256])
+        scope = "%s/%s/s3/aws4_request" % (amz_date[:8], self.region)
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                             hashlib.sha256(canonical.encode()).hexdigest()])
+        signature = hmac.new(self._signing_key(amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = "AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
+            self.access_key, scope, signed, signature)
+        return headers
+
+    def request(self, method, key, params=()):
+        """(response, body) of one call on `key` ("" for the bucket), retried as the SDKs' standard
+        mode retries; an answer other than 2xx after that raises S3Error, a connection that keeps
+        failing RestoreError."""
+        path = _quote("%s/%s/%s" % (self.base, self.bucket, key), safe="/~")
+        query = "&".join("%s=%s" % (_quote(k, safe="~"), _quote(v, safe="~")) for k, v in sorted(params))
+        what = "%s s3://%s/%s" % (method, self.bucket, key)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                conn = self._connection()
+                conn.request(method, path + ("?" + query if query else ""),
+                             headers=self._headers(method, path, query))
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.will_close:
+                    self._drop_connection()
+            except (OSError, http.client.HTTPException) as e:
+                self._drop_connection()
+                if attempt >= self.attempts:
+                    raise RestoreError("%s: %s" % (what, str(e) or type(e).__name__)) from e
+                self._backoff(attempt)
+                continue
+            if 200 <= resp.status < 300:
+                return resp, body
+            code, message = _error_of(body, resp.status)
+            if attempt >= self.attempts or (resp.status not in RETRIED_STATUS and code not in RETRIED_CODES):
+                raise S3Error(resp.status, code, message, what)
+            self._backoff(attempt)
+
+    @staticmethod
+    def _backoff(attempt):
+        time.sleep(random.uniform(0.5, 1.0) * min(5.0, 0.1 * 2 ** (attempt - 1)))
+
+    def list(self, prefix, delimiter=None, page_size=None):
+        """([(key, size)], [common prefix]) under `prefix`, every page."""
+        keys, prefixes, token = [], [], None
+        while True:
+            params = [("list-type", "2"), ("prefix", prefix), ("encoding-type", "url")]
+            if page_size:
+                params.append(("max-keys", str(page_size)))
+            if delimiter:
+                params.append(("delimiter", delimiter))
+            if token:
+                params.append(("continuation-token", token))
+            _, body = self.request("GET", "", params)
+            try:
+                root = ElementTree.fromstring(body)
+            except ElementTree.ParseError as e:
+                raise RestoreError("a listing of %s is not XML: %s" % (prefix, e)) from e
+            for c in root.iter(S3_NS + "Contents"):
+                keys.append((urllib.parse.unquote_plus(c.findtext(S3_NS + "Key", "")),
+                             int(c.findtext(S3_NS + "Size", "0"))))
+            for c in root.iter(S3_NS + "CommonPrefixes"):
+                prefixes.append(urllib.parse.unquote_plus(c.findtext(S3_NS + "Prefix", "")))
+            token = root.findtext(S3_NS + "NextContinuationToken")
+            if root.findtext(S3_NS + "IsTruncated", "false") != "true" or not token:
+                return keys, prefixes
+
+    def exists(self, key):
+        try:
+            self.request("HEAD", key)
+            return True
+        except S3Error as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def get(self, key):
+        """The whole object, or None if it does not exist."""
+        try:
+            resp, body = self.request("GET", key)
+        except S3Error as e:
+            if e.status == 404:
+                return None
+            raise
+        length = resp.getheader("Content-Length")
+        if length is not None and int(length) != len(body):
+            raise RestoreError("s3://%s/%s: %d of %s bytes" % (self.bucket, key, len(body), length))
+        return body
+
+
+def _error_of(body, status):
+    """The S3 error code and message of an error answer (a HEAD's has no body: its status)."""
+    try:
+        root = ElementTree.fromstring(body)
+        return root.findtext("Code") or str(status), root.findtext("Message") or ""
+    except ElementTree.ParseError:
+        return str(status), ""
 
 
 def undo_files(control):
@@ -164,9 +357,9 @@ def unpack_small_files(data, wanted=None):
 
 
 class Restore:
-    def __init__(self, client, bucket, prefix, data_dir, jobs, verbose):
-        self.s3 = client
-        self.bucket = bucket
+    def __init__(self, s3, prefix, data_dir, jobs, verbose):
+        self.s3 = s3
+        self.bucket = s3.bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.data_dir = os.path.abspath(data_dir)
         self.jobs = jobs
@@ -187,35 +380,17 @@ class Restore:
 
     def list(self, prefix, delimiter=None):
         """(keys with sizes, common prefixes) under `prefix`."""
-        keys, prefixes = [], []
-        kwargs = {"Bucket": self.bucket, "Prefix": self.key(prefix)}
-        if delimiter:
-            kwargs["Delimiter"] = delimiter
-        for page in self.s3.get_paginator("list_objects_v2").paginate(**kwargs):
-            keys += [(o["Key"][len(self.prefix):], o["Size"]) for o in page.get("Contents", [])]
-            prefixes += [p["Prefix"][len(self.prefix):] for p in page.get("CommonPrefixes", [])]
-        return keys, prefixes
+        keys, prefixes = self.s3.list(self.key(prefix), delimiter)
+        return [(k[len(self.prefix):], size) for k, size in keys], [p[len(self.prefix):] for p in prefixes]
 
     def exists(self, name):
-        try:
-            self.s3.head_object(Bucket=self.bucket, Key=self.key(name))
-            return True
-        except ClientError as e:
-            if e.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        return self.s3.exists(self.key(name))
 
     def get(self, name):
         """The whole object `name` (one GET)."""
-        try:
-            out = self.s3.get_object(Bucket=self.bucket, Key=self.key(name))
-        except ClientError as e:
-            if e.response["Error"]["Code"] in ("404", "NoSuchKey"):
-                raise RestoreError("%s is missing from bucket %s" % (self.key(name), self.bucket))
-            raise
-        body = out["Body"].read()
-        if len(body) != out["ContentLength"]:
-            raise RestoreError("%s: %d of %d bytes" % (name, len(body), out["ContentLength"]))
+        body = self.s3.get(self.key(name))
+        if body is None:
+            raise RestoreError("%s is missing from bucket %s" % (self.key(name), self.bucket))
         with self.lock:
             self.fetched += 1
             self.bytes += len(body)
@@ -361,13 +536,13 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=32, help="objects fetched at a time (default 32)")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    client = boto3.client(
-        "s3", endpoint_url=args.endpoint,
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=args.jobs,
-                      retries={"max_attempts": 5, "mode": "standard"}))
     try:
-        Restore(client, args.bucket, args.prefix, args.data_dir, args.jobs, args.verbose).run()
-    except (RestoreError, ClientError, OSError, subprocess.CalledProcessError) as e:
+        s3 = S3(args.endpoint, args.bucket, os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+                os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+                os.environ.get("AWS_SESSION_TOKEN") or None)
+        Restore(s3, args.prefix, args.data_dir, args.jobs, args.verbose).run()
+    except (RestoreError, OSError, subprocess.CalledProcessError) as e:
         print("perch-oriole-restore: error: %s" % e, file=sys.stderr, flush=True)
         return 1
     return 0

@@ -337,8 +337,7 @@ record = {
     "argv": args,
     "cwd": os.getcwd(),
     "env": {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "AWS_SHARED_CREDENTIALS_FILE", "PG_BIN", "AWS_PROFILE")},
-    "awsconf": open(os.environ["AWS_CONFIG_FILE"]).read(),
+                                            "AWS_SESSION_TOKEN", "AWS_REGION", "PG_BIN", "AWS_PROFILE")},
 }
 with open(os.environ["FAKE_LOADER_LOG"], "a") as f:
     f.write(json.dumps(record) + "\\n")
@@ -400,6 +399,8 @@ class Oriole:
             FAKE_LOADER_LOG=str(self.loader_log),
             # Ambient AWS settings must not reach the restore tool.
             AWS_PROFILE="someone-elses",
+            AWS_SESSION_TOKEN="someone-elses-token",
+            AWS_REGION="eu-west-3",
         )
         env.update(extra)
         return {k: v for k, v in env.items() if v is not None}
@@ -474,9 +475,9 @@ def test_entrypoint_restores_from_the_bucket_instead_of_initdb(oriole):
     assert call["cwd"] == str(oriole.pgdata)
     assert call["env"]["AWS_ACCESS_KEY_ID"] == KEY and call["env"]["AWS_SECRET_ACCESS_KEY"] == KEY_SECRET
     assert call["env"]["AWS_PROFILE"] is None
-    assert call["env"]["AWS_SHARED_CREDENTIALS_FILE"] == "/dev/null"
+    assert call["env"]["AWS_SESSION_TOKEN"] is None and call["env"]["AWS_REGION"] is None
+    assert call["env"]["AWS_DEFAULT_REGION"] == "us-east-1"
     assert call["env"]["PG_BIN"]
-    assert "addressing_style = path" in call["awsconf"]
     assert not (oriole.pgdata / ".perch-restore-in-progress").exists()
     # No pg_hba.conf came from the bucket: the default one was written, and said so.
     assert "no pg_hba.conf" in r.stderr

@@ -8,6 +8,8 @@ down: it reads the undo ranges from the wrong offsets of the control file, asks 
 its working directory instead of the data directory, and skips the last undo file of each range.
 """
 
+import http.client
+import http.server
 import importlib.util
 import os
 import subprocess
@@ -169,13 +171,125 @@ class Counting(restore.Restore):
 def test_downloads_run_in_parallel_up_to_the_bound(stocked, layout, tmp_path):
     perch, bucket, _ = stocked
     jobs = 4
-    client = boto3.client(
-        "s3", endpoint_url=perch.path_url, region_name=REGION, aws_access_key_id=DEV_KEY,
-        aws_secret_access_key=DEV_SECRET,
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=jobs))
-    tool = Counting(client, bucket, "", str(tmp_path / "pgdata"), jobs, False)
+    s3 = restore.S3(perch.path_url, bucket, DEV_KEY, DEV_SECRET, REGION)
+    tool = Counting(s3, "", str(tmp_path / "pgdata"), jobs, False)
     tool.run()
     assert tool.fetched > 100
     assert 2 <= tool.most <= jobs, tool.most
     got_files, _ = files_and_dirs(oriole_bucket.restored(tmp_path / "pgdata"))
     assert sorted(got_files) == sorted(k for k, v in layout.expected.items() if v is not None)
+
+
+def test_its_listings_page_and_decode_keys_as_the_sdk_does(stocked):
+    """The tool's own S3 client (signed requests Perch checks), against boto3's view of the same
+    bucket: every page of a listing, keys that need encoding, common prefixes."""
+    perch, bucket, s3 = stocked
+    odd = ["data/odd/a b+c", "data/odd/ü%41", "data/odd/x&y=z;", "data/odd/dir/~t"]
+    for k in odd:
+        s3.put_object(Bucket=bucket, Key=k, Body=k.encode())
+    tool = restore.S3(perch.path_url, bucket, DEV_KEY, DEV_SECRET, REGION)
+    sdk = boto3.client("s3", endpoint_url=perch.path_url, region_name=REGION, aws_access_key_id=DEV_KEY,
+                       aws_secret_access_key=DEV_SECRET, config=Config(s3={"addressing_style": "path"}))
+    want = [(o["Key"], o["Size"]) for page in sdk.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix="data/") for o in page.get("Contents", [])]
+    keys, prefixes = tool.list("data/", page_size=7)
+    assert len(want) > 30 and keys == want
+    keys, prefixes = tool.list("data/odd/", delimiter="/", page_size=2)
+    assert sorted(k for k, _ in keys) == sorted(odd[:3]) and prefixes == ["data/odd/dir/"]
+    for k in odd:
+        assert tool.get(k) == k.encode()
+        assert tool.exists(k)
+    assert tool.get("data/odd/none") is None and not tool.exists("data/odd/none")
+    # A refused signature is not retried and says what it was.
+    wrong = restore.S3(perch.path_url, bucket, DEV_KEY, "not-the-secret", REGION)
+    with pytest.raises(restore.S3Error, match="403 SignatureDoesNotMatch"):
+        wrong.get(odd[0])
+
+
+class Faulty:
+    """In front of Perch: the first answer to each request is a fault a server or a network
+    gives (503 SlowDown, 500 InternalError, or for a GET with a body a 200 whose body breaks off
+    with the connection); a request sent again passes through, its signature untouched."""
+
+    def __init__(self, upstream_port):
+        seen = set()
+        self.faults = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def forward(self):
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, headers=dict(self.headers.items()))
+                    r = conn.getresponse()
+                    payload = r.read()
+                finally:
+                    conn.close()
+                first = (self.command, self.path) not in seen
+                seen.add((self.command, self.path))
+                if first:
+                    proxy.faults += 1
+                    if self.command == "GET" and len(payload) > 1 and proxy.faults % 3 == 0:
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload[:len(payload) // 2])
+                        self.close_connection = True
+                        return
+                    status, code = (503, b"SlowDown") if proxy.faults % 3 == 1 else (500, b"InternalError")
+                    msg = b"<Error><Code>" + code + b"</Code><Message>injected</Message></Error>"
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(msg)
+                    return
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "server", "date"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_HEAD = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_restore_rides_out_server_errors_and_broken_bodies(stocked, layout, tmp_path):
+    perch, bucket, _ = stocked
+    faulty = Faulty(perch.port)
+    try:
+        data_dir = tmp_path / "pgdata"
+        env = clean_env(AWS_ACCESS_KEY_ID=DEV_KEY, AWS_SECRET_ACCESS_KEY=DEV_SECRET, AWS_DEFAULT_REGION=REGION)
+        r = subprocess.run([sys.executable, str(RESTORE), "--endpoint", faulty.url, "--bucket", bucket,
+                            "--data-dir", str(data_dir)], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        faulty.close()
+    assert r.returncode == 0, r.stderr
+    assert faulty.faults > 100
+    got_files, _ = files_and_dirs(oriole_bucket.restored(data_dir))
+    want_files, _ = files_and_dirs(layout.expected)
+    assert got_files == want_files
+
+
+def test_a_restore_without_keys_says_which_are_missing(stocked, tmp_path):
+    perch, bucket, _ = stocked
+    env = clean_env(AWS_DEFAULT_REGION=REGION)
+    r = subprocess.run([sys.executable, str(RESTORE), "--endpoint", perch.path_url, "--bucket", bucket,
+                        "--data-dir", str(tmp_path / "pgdata")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set" in r.stderr, r.stderr
