@@ -265,10 +265,10 @@ impl Prefetcher {
     /// A listing page of `bucket` under `prefix` was answered: its objects are prefetched if a
     /// rule marks the prefix, for as long as a client keeps listing or reading under it.
     pub(crate) fn on_list(&self, bucket: &str, prefix: &str, objects: &[(String, u64)]) {
-        let Some(keys) = self.policy.list_rule(prefix) else {
+        let Some((keys, under)) = self.policy.list_rule(prefix) else {
             return;
         };
-        let id = (bucket.to_owned(), prefix.to_owned());
+        let id = (bucket.to_owned(), under.clone());
         {
             let mut listings = lock(&self.listings);
             if listings.len() >= RUNS_MAX {
@@ -277,7 +277,7 @@ impl Prefetcher {
             listings.insert(id.clone(), Instant::now());
         }
         for (key, size) in objects {
-            if keys.matches(key) && !key.ends_with('/') && *size > 0 {
+            if key.starts_with(&under) && keys.matches(key) && !key.ends_with('/') && *size > 0 {
                 let run = Run::Listing(id.0.clone(), id.1.clone());
                 self.push(ObjectKey::new(bucket, key), *size, Reason::List, Some(run));
             }

@@ -65,13 +65,24 @@ impl Prefetch {
         vec![Glob::new("orioledb_data/*")]
     }
 
-    /// The key filter of the first rule matching a listing's prefix (an empty prefix never does:
-    /// a rule is about one part of a bucket).
-    pub fn list_rule(&self, prefix: &str) -> Option<&Glob> {
+    /// The key filter of the first rule matching a listing's prefix, and the prefix a listed key
+    /// must start with to be prefetched (an empty prefix never matches: a rule is about one part
+    /// of a bucket). A prefix without its last `/` is taken as the directory it names when only
+    /// that matches a rule: OrioleDB's own loader lists `data/6` and `orioledb_data/6`, not
+    /// `data/6/`, and then only keys under `data/6/` are prefetched, never `data/60/...`.
+    pub fn list_rule(&self, prefix: &str) -> Option<(&Glob, String)> {
         if prefix.is_empty() {
             return None;
         }
-        self.on_list.iter().find(|r| r.prefix.matches(prefix)).map(|r| &r.keys)
+        let rule = |p: &str| self.on_list.iter().find(|r| r.prefix.matches(p)).map(|r| &r.keys);
+        if let Some(keys) = rule(prefix) {
+            return Some((keys, prefix.to_owned()));
+        }
+        if prefix.ends_with('/') {
+            return None;
+        }
+        let dir = format!("{prefix}/");
+        rule(&dir).map(|keys| (keys, dir))
     }
 
     /// `(<name>, part)` of a key that is read ahead.
@@ -102,8 +113,23 @@ mod tests {
             on_list: Prefetch::orioledb_list_rules(),
             ..Default::default()
         };
-        assert_eq!(p.list_rule("data/6/").map(Glob::as_str), Some("*"));
-        assert_eq!(p.list_rule("orioledb_data/6/").map(Glob::as_str), Some("*.map"));
+        let rule = |prefix: &str| {
+            p.list_rule(prefix)
+                .map(|(keys, under)| (keys.as_str().to_owned(), under))
+        };
+        assert_eq!(rule("data/6/"), Some(("*".into(), "data/6/".into())));
+        assert_eq!(
+            rule("orioledb_data/6/"),
+            Some(("*.map".into(), "orioledb_data/6/".into()))
+        );
+        // OrioleDB's own loader leaves the last `/` out: the directory it names is prefetched.
+        assert_eq!(rule("data/6"), Some(("*".into(), "data/6/".into())));
+        assert_eq!(
+            rule("orioledb_data/12"),
+            Some(("*.map".into(), "orioledb_data/12/".into()))
+        );
+        assert_eq!(rule("data/6/base"), Some(("*".into(), "data/6/base/".into())));
+        assert_eq!(rule("data"), None);
         assert!(
             p.list_rule("data/").is_none(),
             "the listing of checkpoints is not prefetched"

@@ -79,6 +79,37 @@ fn a_listing_a_rule_marks_is_prefetched_up_to_its_byte_bound() {
     assert_eq!(origin_gets_under(&s, "pf/other"), 0);
 }
 
+/// OrioleDB's own loader (orioledb_s3_loader.py) lists `data/6` and `orioledb_data/6`, without
+/// the last `/`: with the default rules, the checkpoint those name is prefetched, and nothing of
+/// the other checkpoints the same listing returns (`data/60/...`).
+#[test]
+fn a_listing_of_a_checkpoint_without_its_last_slash_is_prefetched() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let ours: Vec<Vec<u8>> = (0..4).map(|i| pattern(64 * KIB, 320 + i)).collect();
+    for (i, body) in ours.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("data/6/base/5/{i}"), body);
+    }
+    s.put_behind_perchs_back("data/60/base/5/0", &ours[0]);
+    s.put_behind_perchs_back("orioledb_data/6/1/13.map", &ours[1]);
+    s.put_behind_perchs_back("orioledb_data/6/1/13.0.0", &ours[2]);
+    s.proxy.reset();
+
+    assert_eq!(list_prefix(&s, "data/6").len(), 5);
+    assert_eq!(list_prefix(&s, "orioledb_data/6").len(), 2);
+    let fetched = "perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"}";
+    eventually("the checkpoint's objects and its map are prefetched", || {
+        s.metric(fetched) == 5.0
+    });
+    for (i, body) in ours.iter().enumerate() {
+        s.get_expect(&format!("data/6/base/5/{i}"), body, "HIT");
+    }
+    s.get_expect("orioledb_data/6/1/13.map", &ours[1], "HIT");
+    assert_eq!(origin_gets_under(&s, "data/60/"), 0, "{:?}", s.counts());
+    assert_eq!(origin_gets_under(&s, "orioledb_data/6/1/13.0"), 0, "{:?}", s.counts());
+}
+
 /// The most origin GETs under `prefix` that were under way at once (the proxy's records).
 fn origin_gets_at_once_under(s: &Stack, prefix: &str) -> usize {
     let mut edges: Vec<(f64, i32)> = Vec::new();
