@@ -31,6 +31,7 @@ incomplete: the caller clears it and tries again).
 """
 
 import argparse
+from collections import deque
 import datetime
 import hashlib
 import hmac
@@ -46,7 +47,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 UNDO_FILE_SIZE = 0x4000000
 
@@ -424,14 +425,18 @@ class Restore:
 
     def parallel(self, tasks):
         """Runs (function, args...) tasks `jobs` at a time, in the order given; a task may return
-        more tasks, which join the queue. The first failure fails the restore."""
+        more tasks, which go to the front of the queue as soon as it ends (the small files'
+        archives, found by a listing, are then fetched before the rest of the queue, not after
+        it). The first failure fails the restore: the tasks not yet started are dropped."""
+        queue = deque(tasks)
+        running = set()
         with ThreadPoolExecutor(self.jobs) as pool:
-            futures = [pool.submit(*t) for t in tasks]
-            i = 0
-            while i < len(futures):
-                more = futures[i].result()
-                futures += [pool.submit(*t) for t in more or ()]
-                i += 1
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    running.add(pool.submit(*queue.popleft()))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    queue.extendleft(reversed(list(f.result() or ())))
 
     def last_checkpoint(self):
         _, prefixes = self.list("data/", delimiter="/")
