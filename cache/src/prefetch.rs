@@ -6,11 +6,12 @@
 //! leaves nothing behind (a fill keeps only whole, checked bodies), so the next GET simply asks
 //! the origin.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use perch_policy::Prefetch;
 use tokio::sync::{Notify, Semaphore};
 
@@ -19,6 +20,7 @@ use crate::key::ObjectKey;
 use crate::local::fills::FillError;
 use crate::local::lock;
 use crate::metrics::PrefetchLabel;
+use crate::origin::{Conditions, ListQuery};
 use crate::read::Reader;
 
 /// Fills in flight at most, by reason (`Reason as usize`): a listing's objects are what a
@@ -38,6 +40,8 @@ const STALE: Duration = Duration::from_secs(10);
 const PART_SIZE: u64 = 1 << 20;
 /// Read-ahead runs remembered at most.
 const RUNS_MAX: usize = 4096;
+/// A checksum list longer than this is not read for the files it names.
+const NAMED_LIST_MAX: u64 = 4 << 20;
 
 /// Why an object is prefetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +102,9 @@ pub(crate) struct Prefetcher {
     tables: std::sync::Mutex<HashMap<(String, String), Table>>,
     /// Listings being prefetched: when a client last listed or read under each.
     listings: std::sync::Mutex<HashMap<(String, String), Instant>>,
+    /// Checksum lists whose named files were queued, and when (read again within `STALE`, one
+    /// is not listed again).
+    named: std::sync::Mutex<HashMap<ObjectKey, Instant>>,
     /// Bumped by `cancel`: items of an older generation are dropped.
     generation: AtomicU64,
     /// Items queued or in flight, by reason (`Reason as usize`).
@@ -116,6 +123,7 @@ impl Prefetcher {
             held: Semaphore::new(HELD_MAX_KIB),
             tables: std::sync::Mutex::new(HashMap::new()),
             listings: std::sync::Mutex::new(HashMap::new()),
+            named: std::sync::Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             outstanding: Default::default(),
         });
@@ -291,9 +299,76 @@ impl Prefetcher {
         }
     }
 
-    /// A client read `okey`: it keeps the listing it lies under wanted, and when it continues a
-    /// run of nearby parts of one table, the next parts are fetched ahead.
-    pub(crate) fn on_read(&self, okey: &ObjectKey) {
+    /// A client read `okey`: it keeps the listing it lies under wanted, when it continues a run
+    /// of nearby parts of one table the next parts are fetched ahead, and when it is a checksum
+    /// list the files it names are fetched (in the background: the list is read again, a hit by
+    /// now or joined to its fill, and each directory it names is listed at the origin once for
+    /// the sizes).
+    pub(crate) fn on_read(self: &Arc<Self>, okey: &ObjectKey) {
+        if self.policy.names_files(okey.key()) && self.first_read_of_list(okey) {
+            let p = Arc::clone(self);
+            let list = okey.clone();
+            tokio::spawn(async move { p.fetch_named(list).await });
+        }
+        self.continue_runs(okey);
+    }
+
+    fn first_read_of_list(&self, okey: &ObjectKey) -> bool {
+        let mut named = lock(&self.named);
+        if named.len() >= RUNS_MAX {
+            named.retain(|_, at| at.elapsed() <= STALE);
+        }
+        if named.get(okey).is_some_and(|at| at.elapsed() <= STALE) {
+            return false;
+        }
+        named.insert(okey.clone(), Instant::now());
+        true
+    }
+
+    /// Queues the files the checksum list `list` names (each directory's run kept wanted as a
+    /// listing's is: while a client reads under it).
+    async fn fetch_named(&self, list: ObjectKey) {
+        let got = match self.reader.get(&list, None, &Conditions::default()).await {
+            Ok(got) if got.output.meta.size <= NAMED_LIST_MAX => got,
+            _ => return,
+        };
+        let mut body = Vec::with_capacity(got.output.meta.size as usize);
+        let mut stream = got.output.body;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(_) => return,
+            }
+        }
+        let Ok(text) = std::str::from_utf8(&body) else { return };
+        let bucket = list.bucket();
+        for (dir, keys) in Prefetch::named_files(list.key(), text) {
+            let wanted: HashSet<String> = keys.into_iter().collect();
+            let mut query = ListQuery {
+                prefix: Some(dir.clone()),
+                max_keys: 1000,
+                ..Default::default()
+            };
+            lock(&self.listings).insert((bucket.to_owned(), dir.clone()), Instant::now());
+            loop {
+                let Ok(page) = self.reader.origin.list_objects(bucket, &query).await else {
+                    break;
+                };
+                for o in page.objects.iter().filter(|o| o.size > 0 && wanted.contains(&o.key)) {
+                    let run = Run::Listing(bucket.to_owned(), dir.clone());
+                    self.push(ObjectKey::new(bucket, &o.key), o.size, Reason::List, Some(run));
+                }
+                match page.next {
+                    Some(next) => query.continuation = Some(next),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// `okey` was read: the listing it lies under stays wanted, and a run of nearby parts of
+    /// one table is read ahead.
+    fn continue_runs(&self, okey: &ObjectKey) {
         {
             let mut listings = lock(&self.listings);
             for ((bucket, prefix), last) in listings.iter_mut() {

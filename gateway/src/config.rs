@@ -144,6 +144,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_PREFETCH_ON_LIST", value_name = "RULE", value_delimiter = ',')]
     pub prefetch_on_list: Option<Vec<String>>,
 
+    /// OrioleDB checksum lists: when a client reads one, the files it names from earlier
+    /// checkpoints (`data/<M>/<file>`) are prefetched; repeatable; an empty value turns it off
+    /// [default: data/*/orioledb_data/file_checksums]
+    #[arg(long, env = "PERCH_PREFETCH_NAMED_IN", value_name = "GLOB", value_delimiter = ',')]
+    pub prefetch_named_in: Option<Vec<String>>,
+
     /// Keys read ahead when read in order: a last component `<name>.<part>`; repeatable; an empty
     /// value turns it off [default: orioledb_data/*]
     #[arg(long, env = "PERCH_READ_AHEAD", value_name = "GLOB", value_delimiter = ',')]
@@ -293,6 +299,7 @@ struct FileConfig {
     cache_revalidate_after: Option<String>,
     write_mode: Option<Vec<String>>,
     prefetch_on_list: Option<Vec<String>>,
+    prefetch_named_in: Option<Vec<String>>,
     read_ahead: Option<Vec<String>>,
     read_ahead_parts: Option<u64>,
     prefetch_bytes: Option<String>,
@@ -581,6 +588,10 @@ impl Config {
                         .collect::<anyhow::Result<_>>()
                         .context("--prefetch-on-list")?,
                     None => Prefetch::orioledb_list_rules(),
+                },
+                named_in: match args.prefetch_named_in.or(file.prefetch_named_in) {
+                    Some(globs) => globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),
+                    None => Prefetch::orioledb_named_in(),
                 },
                 read_ahead: match args.read_ahead.or(file.read_ahead) {
                     Some(globs) => globs.iter().filter(|g| !g.is_empty()).map(|g| Glob::new(g)).collect(),

@@ -39,10 +39,13 @@ impl FromStr for ListRule {
     }
 }
 
-/// Prefetch on listing, and read-ahead of sibling parts.
+/// Prefetch on listing, of the files a checksum list names, and read-ahead of sibling parts.
 #[derive(Debug, Clone, Default)]
 pub struct Prefetch {
     pub on_list: Vec<ListRule>,
+    /// Keys of OrioleDB checksum lists (`data/<N>/orioledb_data/file_checksums`): when a client
+    /// reads one, the files it names from earlier checkpoints are prefetched.
+    pub named_in: Vec<Glob>,
     /// Keys whose last component is `<name>.<part>` (`part` a number) are read ahead: after two
     /// reads of nearby parts of one `<name>`, the next `read_ahead_parts` parts are fetched.
     pub read_ahead: Vec<Glob>,
@@ -57,6 +60,55 @@ impl Prefetch {
         ["data/*/", "orioledb_data/*/=*.map"]
             .into_iter()
             .filter_map(|r| r.parse().ok())
+            .collect()
+    }
+
+    /// OrioleDB's list of the files a checkpoint left unchanged since an earlier one.
+    pub fn orioledb_named_in() -> Vec<Glob> {
+        vec![Glob::new("data/*/orioledb_data/file_checksums")]
+    }
+
+    /// Whether `key` is a checksum list whose named files are prefetched.
+    pub fn names_files(&self, key: &str) -> bool {
+        self.named_in.iter().any(|g| g.matches(key))
+    }
+
+    /// The files a checksum list names, by the directory they live in: `list_key` is
+    /// `<p>data/<N>/orioledb_data/file_checksums`, each line of `text` `FILE: <name>, CHECKSUM:
+    /// <sum>, CHECKPOINT: <M>`, and a file of checkpoint M < N is `<p>data/<M>/<name>` (one of
+    /// checkpoint N is in N's own listing). Lines that do not parse, names that climb out of
+    /// their directory and checkpoints not before N are left out: a list is a hint, never an
+    /// error.
+    pub fn named_files(list_key: &str, text: &str) -> Vec<(String, Vec<String>)> {
+        let Some(dir) = list_key.strip_suffix("orioledb_data/file_checksums") else {
+            return Vec::new();
+        };
+        let Some((base, n)) = dir.strip_suffix('/').and_then(|d| d.rsplit_once('/')) else {
+            return Vec::new();
+        };
+        let Ok(n) = n.parse::<u64>() else {
+            return Vec::new();
+        };
+        let mut out: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("FILE: ") else {
+                continue;
+            };
+            let Some((name, rest)) = rest.split_once(", CHECKSUM: ") else {
+                continue;
+            };
+            let Some((_, m)) = rest.rsplit_once(", CHECKPOINT: ") else {
+                continue;
+            };
+            let Ok(m) = m.trim_end().parse::<u64>() else { continue };
+            let climbs = name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c == ".." || c == ".");
+            if m >= n || climbs {
+                continue;
+            }
+            out.entry(m).or_default().push(format!("{base}/{m}/{name}"));
+        }
+        out.into_iter()
+            .map(|(m, keys)| (format!("{base}/{m}/"), keys))
             .collect()
     }
 
@@ -140,6 +192,42 @@ mod tests {
         assert!("a/=".parse::<ListRule>().is_err());
         let r: ListRule = "x/*".parse().unwrap();
         assert!(r.keys.matches("anything"));
+    }
+
+    #[test]
+    fn named_files() {
+        let p = Prefetch {
+            named_in: Prefetch::orioledb_named_in(),
+            ..Default::default()
+        };
+        assert!(p.names_files("data/6/orioledb_data/file_checksums"));
+        assert!(!p.names_files("data/6/orioledb_data/small_file_checksums"));
+        let text = "FILE: base/5/1247, CHECKSUM: 9a, CHECKPOINT: 4\n\
+                    FILE: global/1262, CHECKSUM: 1b, CHECKPOINT: 1\n\
+                    FILE: base/5/2608, CHECKSUM: 3c, CHECKPOINT: 4\n\
+                    FILE: base/5/9999, CHECKSUM: 4d, CHECKPOINT: 6\n\
+                    FILE: ../escape, CHECKSUM: 5e, CHECKPOINT: 2\n\
+                    garbage\n\
+                    FILE: base/5/x, CHECKSUM: 6f, CHECKPOINT: nine\n";
+        assert_eq!(
+            Prefetch::named_files("data/6/orioledb_data/file_checksums", text),
+            vec![
+                ("data/1/".to_owned(), vec!["data/1/global/1262".to_owned()]),
+                (
+                    "data/4/".to_owned(),
+                    vec!["data/4/base/5/1247".to_owned(), "data/4/base/5/2608".to_owned()]
+                ),
+            ]
+        );
+        assert_eq!(
+            Prefetch::named_files(
+                "db1/data/6/orioledb_data/file_checksums",
+                "FILE: a, CHECKSUM: b, CHECKPOINT: 3"
+            ),
+            vec![("db1/data/3/".to_owned(), vec!["db1/data/3/a".to_owned()])]
+        );
+        assert!(Prefetch::named_files("data/x/orioledb_data/file_checksums", text).is_empty());
+        assert!(Prefetch::named_files("file_checksums", text).is_empty());
     }
 
     #[test]

@@ -110,6 +110,53 @@ fn a_listing_of_a_checkpoint_without_its_last_slash_is_prefetched() {
     assert_eq!(origin_gets_under(&s, "orioledb_data/6/1/13.0"), 0, "{:?}", s.counts());
 }
 
+/// OrioleDB's own loader reads `data/N/orioledb_data/file_checksums`, then fetches the files it
+/// names from earlier checkpoints one at a time, from keys no listing names: Perch fetches them
+/// as soon as the list is read.
+#[test]
+fn the_files_a_checksum_list_names_are_prefetched() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let named = ["data/4/base/5/1247", "data/4/base/5/2608", "data/1/global/1262"];
+    let bodies: Vec<Vec<u8>> = (0..named.len()).map(|i| pattern(48 * KIB, 340 + i as u64)).collect();
+    for (key, body) in named.iter().zip(&bodies) {
+        s.put_behind_perchs_back(key, body);
+    }
+    s.put_behind_perchs_back("data/4/base/5/1249", &bodies[0]);
+    s.put_behind_perchs_back("data/6/base/5/1259", &bodies[1]);
+    let list = "FILE: base/5/1247, CHECKSUM: 1, CHECKPOINT: 4\n\
+                FILE: base/5/2608, CHECKSUM: 2, CHECKPOINT: 4\n\
+                FILE: global/1262, CHECKSUM: 3, CHECKPOINT: 1\n\
+                FILE: base/5/1259, CHECKSUM: 4, CHECKPOINT: 6\n";
+    s.put_behind_perchs_back("data/6/orioledb_data/file_checksums", list.as_bytes());
+    s.proxy.reset();
+
+    s.get_expect("data/6/orioledb_data/file_checksums", list.as_bytes(), "MISS");
+    let fetched = "perch_cache_prefetches_total{reason=\"list\",result=\"fetched\"}";
+    eventually("the named files are prefetched", || s.metric(fetched) == 3.0);
+    for (key, body) in named.iter().zip(&bodies) {
+        s.get_expect(key, body, "HIT");
+    }
+    // Only what the list names from earlier checkpoints: not the neighbour it leaves out, nor
+    // its own checkpoint's file (that one is in the checkpoint's listing).
+    assert_eq!(origin_gets_under(&s, "data/4/base/5/1249"), 0, "{:?}", s.counts());
+    assert_eq!(origin_gets_under(&s, "data/6/base/"), 0, "{:?}", s.counts());
+    // Read again, the list is not acted on twice: no more listings (the proxy counts them as
+    // GETs of the bucket) and no more prefetches.
+    let listings = || s.counts().get("GET ").copied().unwrap_or(0);
+    let before = listings();
+    assert!(
+        before >= 2,
+        "one listing of data/1/ and one of data/4/: {:?}",
+        s.counts()
+    );
+    s.get_expect("data/6/orioledb_data/file_checksums", list.as_bytes(), "HIT");
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_metric(fetched, 3.0);
+    assert_eq!(listings(), before, "{:?}", s.counts());
+}
+
 /// The most origin GETs under `prefix` that were under way at once (the proxy's records).
 fn origin_gets_at_once_under(s: &Stack, prefix: &str) -> usize {
     let mut edges: Vec<(f64, i32)> = Vec::new();
