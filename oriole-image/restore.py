@@ -91,6 +91,10 @@ class RestoreError(Exception):
     pass
 
 
+class Missing(RestoreError):
+    """The object does not exist (404): the one failure an optional file may have."""
+
+
 class S3Error(RestoreError):
     """An answer other than 2xx, after the retries: its HTTP status and S3 error code."""
 
@@ -103,8 +107,10 @@ class S3Error(RestoreError):
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # What is retried, as the SDKs' standard mode does: throttling, the server's transient errors, and
-# a connection or a body that broke (with a backoff of 0.1 s doubling, jittered, at most 5 s).
+# a connection or a body that broke (with a backoff of 0.5 s doubling, jittered).
 RETRIED_STATUS = (429, 500, 502, 503, 504)
+# A kept-alive connection the server closed while it was idle fails the next request at once.
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 RETRIED_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                  "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable")
 
@@ -139,6 +145,8 @@ class S3:
         self.timeout = timeout
         self.local = threading.local()
         self.keys = {}
+        # Set when the restore fails: requests under way give up instead of retrying.
+        self.stop = threading.Event()
 
     def _connection(self):
         conn = getattr(self.local, "conn", None)
@@ -190,8 +198,12 @@ class S3:
         query = "&".join("%s=%s" % (_quote(k, safe="~"), _quote(v, safe="~")) for k, v in sorted(params))
         what = "%s s3://%s/%s" % (method, self.bucket, key)
         attempt = 0
+        stale_retried = False
         while True:
             attempt += 1
+            if self.stop.is_set():
+                raise RestoreError("%s: the restore is stopping" % what)
+            reused = getattr(self.local, "conn", None) is not None
             try:
                 conn = self._connection()
                 conn.request(method, path + ("?" + query if query else ""),
@@ -202,6 +214,11 @@ class S3:
                     self._drop_connection()
             except (OSError, http.client.HTTPException) as e:
                 self._drop_connection()
+                if reused and not stale_retried and isinstance(e, STALE_CONNECTION):
+                    # A kept-alive connection the server had closed: no attempt spent.
+                    stale_retried = True
+                    attempt -= 1
+                    continue
                 if attempt >= self.attempts:
                     raise RestoreError("%s: %s" % (what, str(e) or type(e).__name__)) from e
                 self._backoff(attempt)
@@ -213,9 +230,9 @@ class S3:
                 raise S3Error(resp.status, code, message, what)
             self._backoff(attempt)
 
-    @staticmethod
-    def _backoff(attempt):
-        time.sleep(random.uniform(0.5, 1.0) * min(5.0, 0.1 * 2 ** (attempt - 1)))
+    def _backoff(self, attempt):
+        # 0.5, 1, 2, 4 s (jittered down to half): 7.5 s at most over 5 attempts.
+        self.stop.wait(random.uniform(0.5, 1.0) * min(20.0, 0.5 * 2 ** (attempt - 1)))
 
     def list(self, prefix, delimiter=None, page_size=None):
         """([(key, size)], [common prefix]) under `prefix`, every page."""
@@ -238,9 +255,13 @@ class S3:
                              int(c.findtext(S3_NS + "Size", "0"))))
             for c in root.iter(S3_NS + "CommonPrefixes"):
                 prefixes.append(urllib.parse.unquote_plus(c.findtext(S3_NS + "Prefix", "")))
-            token = root.findtext(S3_NS + "NextContinuationToken")
-            if root.findtext(S3_NS + "IsTruncated", "false") != "true" or not token:
+            if root.tag != S3_NS + "ListBucketResult":
+                raise RestoreError("a listing of %s answered %s, not a ListBucketResult" % (prefix, root.tag))
+            if root.findtext(S3_NS + "IsTruncated", "false") != "true":
                 return keys, prefixes
+            token = root.findtext(S3_NS + "NextContinuationToken")
+            if not token:
+                raise RestoreError("a listing of %s is truncated but names no continuation" % prefix)
 
     def exists(self, key):
         try:
@@ -391,7 +412,7 @@ class Restore:
         """The whole object `name` (one GET)."""
         body = self.s3.get(self.key(name))
         if body is None:
-            raise RestoreError("%s is missing from bucket %s" % (self.key(name), self.bucket))
+            raise Missing("%s is missing from bucket %s" % (self.key(name), self.bucket))
         with self.lock:
             self.fetched += 1
             self.bytes += len(body)
@@ -431,12 +452,17 @@ class Restore:
         queue = deque(tasks)
         running = set()
         with ThreadPoolExecutor(self.jobs) as pool:
-            while queue or running:
-                while queue and len(running) < self.jobs:
-                    running.add(pool.submit(*queue.popleft()))
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    queue.extendleft(reversed(list(f.result() or ())))
+            try:
+                while queue or running:
+                    while queue and len(running) < self.jobs:
+                        running.add(pool.submit(*queue.popleft()))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        queue.extendleft(reversed(list(f.result() or ())))
+            except BaseException:
+                # The tasks under way stop at their next retry instead of using all of theirs.
+                self.s3.stop.set()
+                raise
 
     def last_checkpoint(self):
         _, prefixes = self.list("data/", delimiter="/")
@@ -513,9 +539,10 @@ class Restore:
         return [(self._unpack_from, k, wanted) for k, _ in archives]
 
     def fetch_if_present(self, name, path):
+        """fetch_to, where an object that does not exist is no failure (any other is)."""
         try:
             self.fetch_to(name, path)
-        except RestoreError:
+        except Missing:
             self.say("%s: not in the bucket" % name)
 
     def _read_local(self, path, n):

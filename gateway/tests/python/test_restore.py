@@ -209,9 +209,10 @@ def test_its_listings_page_and_decode_keys_as_the_sdk_does(stocked):
 class Faulty:
     """In front of Perch: the first answer to each request is a fault a server or a network
     gives (503 SlowDown, 500 InternalError, or for a GET with a body a 200 whose body breaks off
-    with the connection); a request sent again passes through, its signature untouched."""
+    with the connection); a request sent again passes through, its signature untouched. Paths
+    containing one of `always` get a fault every time."""
 
-    def __init__(self, upstream_port):
+    def __init__(self, upstream_port, always=()):
         seen = set()
         self.faults = 0
         proxy = self
@@ -232,6 +233,8 @@ class Faulty:
                     conn.close()
                 first = (self.command, self.path) not in seen
                 seen.add((self.command, self.path))
+                if any(a in self.path for a in always):
+                    first = True
                 if first:
                     proxy.faults += 1
                     if self.command == "GET" and len(payload) > 1 and proxy.faults % 3 == 0:
@@ -283,6 +286,22 @@ def test_a_restore_rides_out_server_errors_and_broken_bodies(stocked, layout, tm
     got_files, _ = files_and_dirs(oriole_bucket.restored(data_dir))
     want_files, _ = files_and_dirs(layout.expected)
     assert got_files == want_files
+
+
+def test_an_optional_file_the_server_keeps_failing_fails_the_restore(stocked, tmp_path):
+    """The checksum lists are optional (a first checkpoint has none), but only a 404 says a file
+    is absent: one that keeps failing must fail the restore, never leave out the files it names."""
+    perch, bucket, _ = stocked
+    faulty = Faulty(perch.port, always=("orioledb_data/file_checksums",))
+    try:
+        env = clean_env(AWS_ACCESS_KEY_ID=DEV_KEY, AWS_SECRET_ACCESS_KEY=DEV_SECRET, AWS_DEFAULT_REGION=REGION)
+        r = subprocess.run([sys.executable, str(RESTORE), "--endpoint", faulty.url, "--bucket", bucket,
+                            "--data-dir", str(tmp_path / "pgdata")], env=env, capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        faulty.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "file_checksums" in r.stderr, r.stderr
 
 
 def test_a_restore_without_keys_says_which_are_missing(stocked, tmp_path):
