@@ -20,7 +20,7 @@ use crate::key::ObjectKey;
 use crate::local::fills::FillError;
 use crate::local::lock;
 use crate::metrics::PrefetchLabel;
-use crate::origin::{Conditions, ListQuery};
+use crate::origin::{ByteStream, ListQuery};
 use crate::read::Reader;
 
 /// Fills in flight at most, by reason (`Reason as usize`): a listing's objects are what a
@@ -42,6 +42,8 @@ const PART_SIZE: u64 = 1 << 20;
 const RUNS_MAX: usize = 4096;
 /// A checksum list longer than this is not read for the files it names.
 const NAMED_LIST_MAX: u64 = 4 << 20;
+/// Directories (earlier checkpoints) one checksum list has fetched from at most.
+const NAMED_DIRS_MAX: usize = 64;
 
 /// Why an object is prefetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -299,18 +301,40 @@ impl Prefetcher {
         }
     }
 
-    /// A client read `okey`: it keeps the listing it lies under wanted, when it continues a run
-    /// of nearby parts of one table the next parts are fetched ahead, and when it is a checksum
-    /// list the files it names are fetched (in the background: the list is read again, a hit by
-    /// now or joined to its fill, and each directory it names is listed at the origin once for
-    /// the sizes).
-    pub(crate) fn on_read(self: &Arc<Self>, okey: &ObjectKey) {
-        if self.policy.names_files(okey.key()) && self.first_read_of_list(okey) {
-            let p = Arc::clone(self);
-            let list = okey.clone();
-            tokio::spawn(async move { p.fetch_named(list).await });
-        }
+    /// A client read `okey`: it keeps the listing it lies under wanted, and when it continues a
+    /// run of nearby parts of one table, the next parts are fetched ahead.
+    pub(crate) fn on_read(&self, okey: &ObjectKey) {
         self.continue_runs(okey);
+    }
+
+    /// Whether `okey` is a checksum list whose named files are fetched when a client reads it.
+    pub(crate) fn names_files(&self, okey: &ObjectKey) -> bool {
+        self.policy.names_files(okey.key())
+    }
+
+    /// `body`, the whole of `okey` on its way to a client; when `okey` is a checksum list (and
+    /// not too long to read), the files it names are fetched once the client has had every byte
+    /// of it: the client's own bytes, so nothing is read twice or counted twice.
+    pub(crate) fn watch_list(self: &Arc<Self>, okey: &ObjectKey, size: u64, body: ByteStream) -> ByteStream {
+        if size == 0 || size > NAMED_LIST_MAX || !self.names_files(okey) {
+            return body;
+        }
+        let p = Arc::clone(self);
+        let list = okey.clone();
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut seen: Vec<u8> = Vec::with_capacity(size as usize);
+        Box::pin(body.inspect(move |chunk| {
+            let Ok(chunk) = chunk else { return };
+            if seen.len() + chunk.len() > size as usize {
+                return;
+            }
+            seen.extend_from_slice(chunk);
+            if seen.len() == size as usize && p.first_read_of_list(&list) {
+                let text = std::mem::take(&mut seen);
+                let (p, list) = (Arc::clone(&p), list.clone());
+                tokio::spawn(async move { p.fetch_named(list, text, generation).await });
+            }
+        }))
     }
 
     fn first_read_of_list(&self, okey: &ObjectKey) -> bool {
@@ -325,38 +349,39 @@ impl Prefetcher {
         true
     }
 
-    /// Queues the files the checksum list `list` names (each directory's run kept wanted as a
-    /// listing's is: while a client reads under it).
-    async fn fetch_named(&self, list: ObjectKey) {
-        let got = match self.reader.get(&list, None, &Conditions::default()).await {
-            Ok(got) if got.output.meta.size <= NAMED_LIST_MAX => got,
-            _ => return,
-        };
-        let mut body = Vec::with_capacity(got.output.meta.size as usize);
-        let mut stream = got.output.body;
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => body.extend_from_slice(&chunk),
-                Err(_) => return,
-            }
-        }
+    /// Queues the files the checksum list `list` (its bytes `body`) names, from at most
+    /// `NAMED_DIRS_MAX` directories, each listed at the origin for the sizes until every file
+    /// named in it was found; each directory's run is kept wanted as a listing's is (while a
+    /// client reads under it), and a `cancel` since the list was read stops it.
+    async fn fetch_named(&self, list: ObjectKey, body: Vec<u8>, generation: u64) {
         let Ok(text) = std::str::from_utf8(&body) else { return };
         let bucket = list.bucket();
-        for (dir, keys) in Prefetch::named_files(list.key(), text) {
-            let wanted: HashSet<String> = keys.into_iter().collect();
+        for (dir, keys) in Prefetch::named_files(list.key(), text).into_iter().take(NAMED_DIRS_MAX) {
+            let mut wanted: HashSet<String> = keys.into_iter().collect();
             let mut query = ListQuery {
                 prefix: Some(dir.clone()),
                 max_keys: 1000,
                 ..Default::default()
             };
-            lock(&self.listings).insert((bucket.to_owned(), dir.clone()), Instant::now());
-            loop {
+            {
+                let mut listings = lock(&self.listings);
+                if listings.len() >= RUNS_MAX {
+                    listings.retain(|_, last| last.elapsed() <= STALE);
+                }
+                listings.insert((bucket.to_owned(), dir.clone()), Instant::now());
+            }
+            while !wanted.is_empty() {
+                if self.generation.load(Ordering::SeqCst) != generation {
+                    return;
+                }
                 let Ok(page) = self.reader.origin.list_objects(bucket, &query).await else {
                     break;
                 };
-                for o in page.objects.iter().filter(|o| o.size > 0 && wanted.contains(&o.key)) {
-                    let run = Run::Listing(bucket.to_owned(), dir.clone());
-                    self.push(ObjectKey::new(bucket, &o.key), o.size, Reason::List, Some(run));
+                for o in &page.objects {
+                    if o.size > 0 && wanted.remove(&o.key) {
+                        let run = Run::Listing(bucket.to_owned(), dir.clone());
+                        self.push(ObjectKey::new(bucket, &o.key), o.size, Reason::List, Some(run));
+                    }
                 }
                 match page.next {
                     Some(next) => query.continuation = Some(next),

@@ -235,11 +235,18 @@ impl Store {
         conditions: &Conditions,
     ) -> StoreResult<CachedGet> {
         let okey = ObjectKey::new(bucket, key);
-        let got = match &self.replica {
+        let whole = range.is_none();
+        let mut got = match &self.replica {
             Some(r) => r.get(&self.reader, bucket, key, range, conditions).await?,
             None => self.reader.get(&okey, range, conditions).await?,
         };
         self.prefetcher.on_read(&okey);
+        if self.replica.is_none() && whole && self.prefetcher.names_files(&okey) {
+            // A checksum list a primary's client reads names files worth fetching (a replica
+            // reads through its overlay and never prefetches for a restore).
+            let body = std::mem::replace(&mut got.output.body, Box::pin(futures::stream::empty()));
+            got.output.body = self.prefetcher.watch_list(&okey, got.output.meta.size, body);
+        }
         Ok(got)
     }
 
