@@ -157,6 +157,26 @@ fn the_files_a_checksum_list_names_are_prefetched() {
     assert_eq!(listings(), before, "{:?}", s.counts());
 }
 
+/// A replica reads the primary's bucket through its overlay and never fetches ahead for a
+/// restore: reading a checksum list there fetches nothing it names.
+#[test]
+fn a_replica_does_not_act_on_a_checksum_list() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    s.stop_clean();
+    s.start_on_empty_volume(&["--role", "replica"]);
+    let _log = s.log_on_panic();
+    let body = pattern(48 * KIB, 350);
+    s.put_behind_perchs_back("data/4/base/5/1247", &body);
+    let list = "FILE: base/5/1247, CHECKSUM: 1, CHECKPOINT: 4\n";
+    s.put_behind_perchs_back("data/6/orioledb_data/file_checksums", list.as_bytes());
+    s.proxy.reset();
+    s.get_expect("data/6/orioledb_data/file_checksums", list.as_bytes(), "MISS");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(origin_gets_under(&s, "data/4/"), 0, "{:?}", s.counts());
+    s.get_expect("data/4/base/5/1247", &body, "MISS");
+}
+
 /// The most origin GETs under `prefix` that were under way at once (the proxy's records).
 fn origin_gets_at_once_under(s: &Stack, prefix: &str) -> usize {
     let mut edges: Vec<(f64, i32)> = Vec::new();
