@@ -109,10 +109,10 @@ S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # What is retried, as the SDKs' standard mode does: throttling, the server's transient errors, and
 # a connection or a body that broke (with a backoff of 0.5 s doubling, jittered).
 RETRIED_STATUS = (429, 500, 502, 503, 504)
-# A kept-alive connection the server closed while it was idle fails the next request at once.
-STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 RETRIED_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                  "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable")
+# A kept-alive connection the server closed while it was idle fails the next request at once.
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def _quote(text, safe):
@@ -191,9 +191,10 @@ class S3:
         return headers
 
     def request(self, method, key, params=()):
-        """(response, body) of one call on `key` ("" for the bucket), retried as the SDKs' standard
-        mode retries; an answer other than 2xx after that raises S3Error, a connection that keeps
-        failing RestoreError."""
+        """The body of one call on `key` ("" for the bucket), retried as the SDKs' standard mode
+        retries; an answer other than 2xx after that raises S3Error, a connection that keeps
+        failing RestoreError (a body shorter than its Content-Length is a broken one:
+        http.client raises IncompleteRead)."""
         path = _quote("%s/%s/%s" % (self.base, self.bucket, key), safe="/~")
         query = "&".join("%s=%s" % (_quote(k, safe="~"), _quote(v, safe="~")) for k, v in sorted(params))
         what = "%s s3://%s/%s" % (method, self.bucket, key)
@@ -224,7 +225,7 @@ class S3:
                 self._backoff(attempt)
                 continue
             if 200 <= resp.status < 300:
-                return resp, body
+                return body
             code, message = _error_of(body, resp.status)
             if attempt >= self.attempts or (resp.status not in RETRIED_STATUS and code not in RETRIED_CODES):
                 raise S3Error(resp.status, code, message, what)
@@ -245,18 +246,18 @@ class S3:
                 params.append(("delimiter", delimiter))
             if token:
                 params.append(("continuation-token", token))
-            _, body = self.request("GET", "", params)
+            body = self.request("GET", "", params)
             try:
                 root = ElementTree.fromstring(body)
             except ElementTree.ParseError as e:
                 raise RestoreError("a listing of %s is not XML: %s" % (prefix, e)) from e
+            if root.tag != S3_NS + "ListBucketResult":
+                raise RestoreError("a listing of %s answered %s, not a ListBucketResult" % (prefix, root.tag))
             for c in root.iter(S3_NS + "Contents"):
                 keys.append((urllib.parse.unquote_plus(c.findtext(S3_NS + "Key", "")),
                              int(c.findtext(S3_NS + "Size", "0"))))
             for c in root.iter(S3_NS + "CommonPrefixes"):
                 prefixes.append(urllib.parse.unquote_plus(c.findtext(S3_NS + "Prefix", "")))
-            if root.tag != S3_NS + "ListBucketResult":
-                raise RestoreError("a listing of %s answered %s, not a ListBucketResult" % (prefix, root.tag))
             if root.findtext(S3_NS + "IsTruncated", "false") != "true":
                 return keys, prefixes
             token = root.findtext(S3_NS + "NextContinuationToken")
@@ -275,15 +276,11 @@ class S3:
     def get(self, key):
         """The whole object, or None if it does not exist."""
         try:
-            resp, body = self.request("GET", key)
+            return self.request("GET", key)
         except S3Error as e:
             if e.status == 404:
                 return None
             raise
-        length = resp.getheader("Content-Length")
-        if length is not None and int(length) != len(body):
-            raise RestoreError("s3://%s/%s: %d of %s bytes" % (self.bucket, key, len(body), length))
-        return body
 
 
 def _error_of(body, status):

@@ -312,11 +312,11 @@ impl Prefetcher {
         self.policy.names_files(okey.key())
     }
 
-    /// `body`, the whole of `okey` on its way to a client; when `okey` is a checksum list (and
-    /// not too long to read), the files it names are fetched once the client has had every byte
-    /// of it: the client's own bytes, so nothing is read twice or counted twice.
+    /// `body`, the whole of the checksum list `okey` on its way to a client (`names_files`);
+    /// unless it is too long to read, the files it names are fetched once the client has had
+    /// every byte of it: the client's own bytes, so nothing is read twice or counted twice.
     pub(crate) fn watch_list(self: &Arc<Self>, okey: &ObjectKey, size: u64, body: ByteStream) -> ByteStream {
-        if size == 0 || size > NAMED_LIST_MAX || !self.names_files(okey) {
+        if size == 0 || size > NAMED_LIST_MAX {
             return body;
         }
         let p = Arc::clone(self);
