@@ -202,6 +202,11 @@ impl Replica {
 
     // ----- reads -----
 
+    /// The store of the replica's own objects.
+    pub(crate) fn overlay(&self) -> &FsOrigin {
+        &self.objects
+    }
+
     pub(crate) async fn get(
         &self,
         reader: &Arc<Reader>,

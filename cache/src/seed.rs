@@ -58,6 +58,7 @@ impl Seeder {
             pending: false,
             origin_etag: None,
             deleted: false,
+            parts: Vec::new(),
         };
         self.index.put(&ObjectKey::new(bucket, key), &entry, None)?;
         Ok(())

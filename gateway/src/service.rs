@@ -170,6 +170,27 @@ fn with_cache_status<T>(mut resp: S3Response<T>, status: CacheStatus) -> S3Respo
     resp
 }
 
+/// The part a GET or HEAD asks for by `partNumber`, checked as S3 checks it: 1 to 10,000, and
+/// never with a `Range`.
+fn part_number(part: Option<i32>, with_range: bool) -> S3Result<Option<u32>> {
+    let Some(n) = part else {
+        return Ok(None);
+    };
+    if with_range {
+        return Err(s3_error!(
+            InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter."
+        ));
+    }
+    match u32::try_from(n) {
+        Ok(n @ 1..=10_000) => Ok(Some(n)),
+        _ => Err(s3_error!(
+            InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive"
+        )),
+    }
+}
+
 fn max_keys_of(max_keys: Option<i32>) -> S3Result<usize> {
     match max_keys {
         None => Ok(1000),
@@ -348,21 +369,32 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_version(input.version_id.as_deref())?;
-        if input.part_number.is_some() {
-            return Err(s3_error!(NotImplemented, "GET by partNumber is not supported."));
-        }
+        let part = part_number(input.part_number, input.range.is_some())?;
         let conditions = convert::conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
             input.if_modified_since,
             input.if_unmodified_since,
         );
-        let range = input.range.map(convert::range);
-        let cached = self
-            .store
-            .get(&input.bucket, &input.key, range, &conditions)
-            .await
-            .map_err(store_error)?;
+        let (cached, parts_count) = match part {
+            Some(n) => {
+                let (cached, at) = self
+                    .store
+                    .get_part(&input.bucket, &input.key, n, &conditions)
+                    .await
+                    .map_err(store_error)?;
+                (cached, at.parts_count)
+            }
+            None => {
+                let range = input.range.map(convert::range);
+                let cached = self
+                    .store
+                    .get(&input.bucket, &input.key, range, &conditions)
+                    .await
+                    .map_err(store_error)?;
+                (cached, None)
+            }
+        };
         let status = cached.status;
         let out = cached.output;
         let size = out.meta.size;
@@ -375,6 +407,7 @@ impl S3 for Gateway {
             body: Some(StreamingBlob::wrap(out.body)),
             content_length: Some(content_length as i64),
             content_range: content_range,
+            parts_count: parts_count.map(|n| n as i32),
         });
         Ok(with_cache_status(S3Response::new(output), status))
     }
@@ -383,25 +416,44 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_version(input.version_id.as_deref())?;
-        if input.part_number.is_some() {
-            // As a GET: the whole object's length would be a wrong answer for one part.
-            return Err(s3_error!(NotImplemented, "HEAD by partNumber is not supported."));
-        }
+        let part = part_number(input.part_number, input.range.is_some())?;
         let conditions = convert::conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
             input.if_modified_since,
             input.if_unmodified_since,
         );
-        let (meta, status) = self
+        let Some(n) = part else {
+            let (meta, status) = self
+                .store
+                .head(&input.bucket, &input.key, &conditions)
+                .await
+                .map_err(store_error)?;
+            let output = object_output!(HeadObjectOutput, &meta, input, checksum_mode(&input.checksum_mode), {
+                content_length: Some(meta.size as i64),
+            });
+            return Ok(with_cache_status(S3Response::new(output), status));
+        };
+        let (meta, status, at) = self
             .store
-            .head(&input.bucket, &input.key, &conditions)
+            .head_part(&input.bucket, &input.key, n, &conditions)
             .await
             .map_err(store_error)?;
-        let output = object_output!(HeadObjectOutput, &meta, input, checksum_mode(&input.checksum_mode), {
-            content_length: Some(meta.size as i64),
+        // As S3 answers a HEAD by part number: the part's length and span, 206.
+        let (content_length, content_range) = match at.span {
+            Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{}", meta.size))),
+            None => (0, None),
+        };
+        let output = object_output!(HeadObjectOutput, &meta, input, false, {
+            content_length: Some(content_length as i64),
+            content_range: content_range.clone(),
+            parts_count: at.parts_count.map(|n| n as i32),
         });
-        Ok(with_cache_status(S3Response::new(output), status))
+        let mut resp = S3Response::new(output);
+        if content_range.is_some() {
+            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(with_cache_status(resp, status))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {

@@ -422,6 +422,7 @@ impl Journal {
                 pending: true,
                 origin_etag: None,
                 deleted: false,
+                parts: p.parts.iter().flatten().map(|l| l.size).collect(),
             },
             None => Entry::tombstone(seq, acked),
         };

@@ -592,6 +592,7 @@ impl Local {
             pending: false,
             origin_etag: None,
             deleted: false,
+            parts: Vec::new(),
         };
         self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
         if let Some(p) = previous.filter(|p| p.blob != id) {

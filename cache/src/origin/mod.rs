@@ -145,6 +145,21 @@ pub async fn rest_of(origin: &dyn Origin, bucket: &str, key: &str, etag: &str, f
     }
 }
 
+/// What a HEAD of one part of an object (`partNumber`) tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartHead {
+    pub size: u64,
+    /// The whole object's ETag.
+    pub etag: String,
+    /// `x-amz-mp-parts-count`: the object's part count, for an object uploaded in parts.
+    pub parts_count: Option<u32>,
+}
+
+/// Whether an ETag is that of an object uploaded in parts (`"<md5 of the parts' MD5s>-<count>"`).
+pub fn is_multipart_etag(etag: &str) -> bool {
+    etag.trim_matches('"').contains('-')
+}
+
 /// A byte range as the `Range` header gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByteRange {
@@ -501,6 +516,18 @@ pub trait Origin: Send + Sync + 'static {
     async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>>;
     /// Uploads in progress whose key starts with `prefix`, by key then initiation.
     async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>>;
+
+    /// Part `part` of `key` as a HEAD with `partNumber` answers it: the part's size and the
+    /// object's ETag, and the object's part count when it was uploaded in parts. An origin that
+    /// cannot tell answers 501 NotImplemented.
+    async fn head_part(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
+        let _ = (bucket, key, part);
+        Err(OriginError::rejected(
+            501,
+            "NotImplemented",
+            "This origin cannot read an object by part number.",
+        ))
+    }
 
     /// A configuration of `bucket`, or with `key` the ACL of that object (the one object
     /// sub-resource), as the origin answers it.

@@ -230,6 +230,12 @@ impl Origin for RetryingOrigin {
             .0
     }
 
+    async fn head_part(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
+        self.run("head_part", || self.inner.head_part(bucket, key, part))
+            .await
+            .0
+    }
+
     async fn get_object(
         &self,
         bucket: &str,

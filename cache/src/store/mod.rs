@@ -6,6 +6,8 @@
 
 mod buckets;
 mod multipart;
+mod parts;
+pub use parts::PartSpan;
 mod warm;
 
 use std::collections::HashSet;
@@ -109,6 +111,8 @@ pub struct Store {
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: Mutex<HashSet<String>>,
+    /// Part sizes of multipart objects learnt from the origin (`parts`).
+    learnt_layouts: parts::LearntLayouts,
 }
 
 /// Whether `origin` answers at all, with the buckets it listed (`None` when it refused to list
@@ -221,6 +225,7 @@ impl Store {
             prewarm_until: Mutex::new(None),
             origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
             buckets: Mutex::new(HashSet::new()),
+            learnt_layouts: Default::default(),
         }))
     }
 

@@ -1351,6 +1351,13 @@ pub async fn multipart(o: &dyn Origin, bucket: &str) {
         "list parts of a completed upload",
     );
 
+    // Each part by its number: its size and the part count.
+    for (n, part) in [(1, &part1), (2, &part2), (3, &part3)] {
+        let head = ok(o.head_part(bucket, key, n).await, &format!("head part {n}"));
+        assert_eq!(head.size, part.len() as u64, "the size of part {n}");
+        assert_eq!(head.parts_count, Some(3), "the part count, with part {n}");
+    }
+
     // A copy of a multipart object is a single-part object.
     let out = ok(
         o.copy_object(bucket, "mp/copy", &copy_input(bucket, key, MetadataDirective::Copy))

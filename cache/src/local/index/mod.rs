@@ -62,6 +62,10 @@ pub(crate) struct Entry {
     /// A pending delete: no blob, no body.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The part sizes of a multipart upload completed through Perch, in order (a GET by
+    /// `partNumber` reads them); empty for every other copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
 }
 
 impl Entry {
@@ -81,6 +85,7 @@ impl Entry {
             pending: true,
             origin_etag: None,
             deleted: true,
+            parts: Vec::new(),
         }
     }
 

@@ -21,6 +21,7 @@ fn entry(blob: u64, size: u64, validated: SystemTime) -> Entry {
         pending: false,
         origin_etag: None,
         deleted: false,
+        parts: Vec::new(),
     }
 }
 

@@ -17,6 +17,9 @@ pub(super) const HEADER_SLACK: usize = 64;
 pub(super) struct StoredHeader {
     pub key: String,
     pub meta: ObjectMeta,
+    /// The sizes of the parts of an object completed from a multipart upload, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
 }
 
 pub(super) const PLACEHOLDER_ETAG: &str = "\"00000000000000000000000000000000\"";
@@ -37,6 +40,7 @@ pub(super) fn placeholder_header(
             headers: headers.clone(),
             checksums: checksums.clone(),
         },
+        parts: Vec::new(),
     }
 }
 

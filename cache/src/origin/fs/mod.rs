@@ -32,8 +32,8 @@ use super::checksum::{self, Hasher};
 use super::{
     BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
     ContentHeaders, CopyInput, CopyOutput, Document, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
-    Subresource, UploadInfo,
+    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartHead, PartInfo, PutBody, PutInput, PutOutput,
+    Subresource, UploadInfo, is_multipart_etag,
 };
 
 const MAX_KEY_LEN: usize = 1024;
@@ -309,6 +309,42 @@ impl Origin for FsOrigin {
         Ok(meta)
     }
 
+    async fn head_part(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
+        let b = self.bucket(bucket)?;
+        validate_key(key)?;
+        let (_, path) = object_location(&b.dir, key);
+        let owned = key.to_owned();
+        let opened = blocking(move || open_stored(&path, Some(&owned))).await?;
+        let (_, header, _) = opened.ok_or(OriginError::NoSuchKey)?;
+        let meta = header.meta;
+        let sizes = if header.parts.is_empty() {
+            if is_multipart_etag(&meta.etag) {
+                // Completed by a Perch that did not keep part sizes yet.
+                return Err(OriginError::rejected(
+                    501,
+                    "NotImplemented",
+                    "The part sizes of this object were not kept.",
+                ));
+            }
+            vec![meta.size]
+        } else {
+            header.parts
+        };
+        let size = usize::try_from(part)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| sizes.get(i))
+            .copied()
+            .ok_or_else(|| {
+                OriginError::rejected(416, "InvalidPartNumber", "The requested partnumber is not satisfiable")
+            })?;
+        Ok(PartHead {
+            size,
+            parts_count: is_multipart_etag(&meta.etag).then_some(sizes.len() as u32),
+            etag: meta.etag,
+        })
+    }
+
     async fn get_object(
         &self,
         bucket: &str,
@@ -375,6 +411,7 @@ impl Origin for FsOrigin {
             .finish(&StoredHeader {
                 key: key.to_owned(),
                 meta: meta.clone(),
+                parts: Vec::new(),
             })
             .await?;
         let _w = b.write.lock().await;
@@ -440,6 +477,7 @@ impl Origin for FsOrigin {
             .finish(&StoredHeader {
                 key: key.to_owned(),
                 meta: meta.clone(),
+                parts: Vec::new(),
             })
             .await?;
         let _w = b.write.lock().await;

@@ -167,6 +167,7 @@ impl FsOrigin {
             .finish(&StoredHeader {
                 key: key.to_owned(),
                 meta: meta.clone(),
+                parts: Vec::new(),
             })
             .await?;
         let target = dir.join(part_file_name(part_number));
@@ -323,7 +324,11 @@ impl FsOrigin {
             None => Checksums::default(),
         };
         let etag_placeholder = format!("\"{}-{}\"", "0".repeat(32), parts.len());
-        let placeholder = placeholder_header(key, &upload.headers, &placeholder_sums, &etag_placeholder);
+        let layout: Vec<u64> = found.iter().map(|m| m.size).collect();
+        let placeholder = StoredHeader {
+            parts: layout.clone(),
+            ..placeholder_header(key, &upload.headers, &placeholder_sums, &etag_placeholder)
+        };
         let mut writer = self.new_writer(&placeholder, false, full_object).await?;
         let mut md5s = Md5::new();
         for (part, expected) in parts.iter().zip(&found) {
@@ -365,6 +370,7 @@ impl FsOrigin {
             .finish(&StoredHeader {
                 key: key.to_owned(),
                 meta: meta.clone(),
+                parts: layout,
             })
             .await?;
         {

@@ -130,7 +130,7 @@ impl S3Origin {
         conditions: &Conditions,
     ) -> OriginResult<GetOutput> {
         let (headers, body) = self
-            .send_direct(http::Method::GET, bucket, key, range, conditions)
+            .send_direct(http::Method::GET, bucket, key, range, None, conditions)
             .await?;
         let length = content_length(&headers)?;
         let (served, size) = match header_str(&headers, "content-range").and_then(parse_content_range) {
@@ -175,26 +175,51 @@ impl S3Origin {
         conditions: &Conditions,
     ) -> OriginResult<ObjectMeta> {
         let (headers, _) = self
-            .send_direct(http::Method::HEAD, bucket, key, None, conditions)
+            .send_direct(http::Method::HEAD, bucket, key, None, None, conditions)
             .await?;
         Ok(object_meta_of(&headers, content_length(&headers)?))
     }
 
-    /// Sends a GET or HEAD of `bucket`/`key` as aws-sdk-s3 would, and returns a 2xx answer's
-    /// headers and body; any other answer is classified as the SDK path classifies it.
+    /// One HeadObject of part `part` (`partNumber`), signed and sent without the SDK's
+    /// orchestrator.
+    pub(super) async fn head_part_direct(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
+        let (headers, _) = self
+            .send_direct(
+                http::Method::HEAD,
+                bucket,
+                key,
+                None,
+                Some(part),
+                &Conditions::default(),
+            )
+            .await?;
+        Ok(PartHead {
+            size: content_length(&headers)?,
+            etag: header_str(&headers, "etag").unwrap_or_default().to_owned(),
+            parts_count: header_str(&headers, "x-amz-mp-parts-count").and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// Sends a GET or HEAD of `bucket`/`key` (of its part `part`, if given) as aws-sdk-s3 would,
+    /// and returns a 2xx answer's headers and body; any other answer is classified as the SDK
+    /// path classifies it.
     async fn send_direct(
         &self,
         method: http::Method,
         bucket: &str,
         key: &str,
         range: Option<ByteRange>,
+        part: Option<u32>,
         conditions: &Conditions,
     ) -> OriginResult<(HeaderMap, SdkBody)> {
-        let uri = format!("{}/{}/{}", self.endpoint, bucket, crate::key::url_encode(key));
+        let mut uri = format!("{}/{}/{}", self.endpoint, bucket, crate::key::url_encode(key));
+        if let Some(n) = part {
+            uri.push_str(&format!("?partNumber={n}"));
+        }
         let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(6);
         if let Some(r) = range {
             headers.push(("range", r.header_value()));
-        } else {
+        } else if part.is_none() {
             // Stored checksums describe the whole object: ask for them only then.
             headers.push(("x-amz-checksum-mode", "ENABLED".to_owned()));
         }

@@ -331,6 +331,10 @@ impl Origin for S3Origin {
         self.head_direct(bucket, key, conditions).await
     }
 
+    async fn head_part(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
+        self.head_part_direct(bucket, key, part).await
+    }
+
     async fn get_object(
         &self,
         bucket: &str,
