@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -134,6 +135,7 @@ pub async fn serve_s3(
 ) {
     let requests = Arc::new(Semaphore::new(limits.requests_max));
     let spool_dir = Arc::new(spool_dir);
+    let ids = Arc::new(RequestIds::new());
     let make = {
         let limits = limits.clone();
         move |connection: Arc<Connection>| {
@@ -143,6 +145,7 @@ pub async fn serve_s3(
                 metrics: metrics.clone(),
                 limits: limits.clone(),
                 spool_dir: spool_dir.clone(),
+                ids: ids.clone(),
             };
             let requests = requests.clone();
             move |req: Request<Incoming>| {
@@ -170,6 +173,34 @@ struct Door {
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     spool_dir: Arc<PathBuf>,
+    ids: Arc<RequestIds>,
+}
+
+/// The ids of S3 answers (`x-amz-request-id`, and the `id` of the request's log lines): 16
+/// uppercase hex digits, as S3's, made of the second the process started and a counter, so that
+/// the ids of one run never repeat and those of two runs differ.
+struct RequestIds {
+    run: u32,
+    next: AtomicU32,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        RequestIds {
+            run: started as u32,
+            next: AtomicU32::new(0),
+        }
+    }
+
+    fn next(&self) -> http::HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08X}{n:08X}", self.run);
+        // Hex digits are always a valid header value.
+        http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("0"))
+    }
 }
 
 /// 400 EntityTooLarge for a body declared larger than --body-bytes-max, before it is read.
@@ -227,8 +258,10 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s
 async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> {
     let (metrics, limits) = (&door.metrics, &*door.limits);
     let start = Instant::now();
+    let id = door.ids.next();
     let span = tracing::info_span!(
         "request",
+        id = id.to_str().unwrap_or_default(),
         method = %req.method(),
         op = field::Empty,
         bucket = field::Empty,
@@ -323,6 +356,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             .headers_mut()
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
+    response.headers_mut().insert("x-amz-request-id", id);
     metrics.in_flight.dec();
     response
 }

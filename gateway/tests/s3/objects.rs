@@ -651,3 +651,47 @@ async fn chunked_put_without_a_length_is_verified_and_stored() {
     expect_err(s3.head_object().bucket(BUCKET).key("forged").send().await, 404, None);
     assert_eq!(perch.spool_entries(), Vec::<String>::new(), "left in the spool dir");
 }
+
+/// Every answer carries an `x-amz-request-id` (16 hex digits, as S3's), a new one for each
+/// request: SDK answers, errors, and the hits of the fast path alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_its_own_request_id() {
+    use aws_sdk_s3::operation::RequestId;
+    let _turn = machine::share();
+    let perch = Perch::dir(&[]);
+    let c = perch_client(&perch.server);
+    let b = "ids";
+    create_bucket(&c, b).await;
+    let is_id = |id: Option<&str>| id.is_some_and(|id| id.len() == 16 && id.bytes().all(|x| x.is_ascii_hexdigit()));
+    let mut seen = BTreeSet::new();
+    let put = ok(
+        c.put_object()
+            .bucket(b)
+            .key("k")
+            .body(ByteStream::from_static(b"hello"))
+            .send()
+            .await,
+        "put",
+    );
+    assert!(is_id(put.request_id()), "{:?}", put.request_id());
+    seen.insert(put.request_id().map(str::to_owned));
+    for _ in 0..2 {
+        let got = ok(c.get_object().bucket(b).key("k").send().await, "get");
+        assert!(is_id(got.request_id()), "{:?}", got.request_id());
+        assert!(seen.insert(got.request_id().map(str::to_owned)), "a repeated id");
+    }
+    let err = expect_err(
+        c.get_object().bucket(b).key("absent").send().await,
+        404,
+        Some("NoSuchKey"),
+    );
+    assert!(is_id(err.request_id()), "{:?}", err.request_id());
+    assert!(seen.insert(err.request_id().map(str::to_owned)), "a repeated id");
+    // A presigned GET, answered by the hit fast path.
+    let req = presigned_get(&c, b, "k", Duration::from_secs(60)).await;
+    let r = send_presigned(&req, &[], b"");
+    assert_eq!(r.body, b"hello");
+    let id = r.header("x-amz-request-id");
+    assert!(is_id(id), "{id:?}");
+    assert!(seen.insert(id.map(str::to_owned)), "a repeated id");
+}
