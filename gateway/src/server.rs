@@ -196,10 +196,15 @@ impl RequestIds {
     }
 
     fn next(&self) -> http::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08X}{n:08X}", self.run);
+        let both = (u64::from(self.run) << 32) | u64::from(n);
+        let mut id = [0u8; 16];
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = HEX[((both >> (60 - 4 * i)) & 0xF) as usize];
+        }
         // Hex digits are always a valid header value.
-        http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("0"))
+        http::HeaderValue::from_bytes(&id).unwrap_or(http::HeaderValue::from_static("0"))
     }
 }
 
