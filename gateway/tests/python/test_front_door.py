@@ -25,6 +25,49 @@ def error_of(call):
     return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"]
 
 
+# --------------------------------------------------------------------------- reads by part number
+
+
+def test_an_object_is_downloaded_by_part_number(perch, bucket):
+    """A download as the Java SDK's multipart client and Go's transfer manager make it: part 1
+    first, its PartsCount, then every other part by number, each matched to the first's ETag."""
+    s3 = make_client(perch)
+    parts = [bytes([i + 1]) * size for i, size in enumerate([5 << 20, (5 << 20) + 11, 4321])]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="parted")["UploadId"]
+    done = []
+    for n, part in enumerate(parts, 1):
+        etag = s3.upload_part(Bucket=bucket, Key="parted", UploadId=upload, PartNumber=n, Body=part)["ETag"]
+        done.append({"PartNumber": n, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=bucket, Key="parted", UploadId=upload, MultipartUpload={"Parts": done})
+
+    first = s3.get_object(Bucket=bucket, Key="parted", PartNumber=1)
+    assert first["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert first["PartsCount"] == 3
+    got, offset, whole = [first["Body"].read()], len(parts[0]), sum(map(len, parts))
+    assert first["ContentRange"] == f"bytes 0-{len(parts[0]) - 1}/{whole}"
+    for n in (2, 3):
+        r = s3.get_object(Bucket=bucket, Key="parted", PartNumber=n, IfMatch=first["ETag"])
+        assert r["ContentRange"] == f"bytes {offset}-{offset + len(parts[n - 1]) - 1}/{whole}"
+        assert r["PartsCount"] == 3
+        got.append(r["Body"].read())
+        offset += len(parts[n - 1])
+    assert got == parts
+    head = s3.head_object(Bucket=bucket, Key="parted", PartNumber=3)
+    assert (head["ContentLength"], head["PartsCount"]) == (len(parts[2]), 3)
+    assert error_of(lambda: s3.get_object(Bucket=bucket, Key="parted", PartNumber=4)) == (416, "InvalidPartNumber")
+
+    # An object not uploaded in parts is its own one part.
+    s3.put_object(Bucket=bucket, Key="single", Body=b"one part")
+    r = s3.get_object(Bucket=bucket, Key="single", PartNumber=1)
+    assert (r["ResponseMetadata"]["HTTPStatusCode"], r["ContentRange"], r["Body"].read()) == (
+        206,
+        "bytes 0-7/8",
+        b"one part",
+    )
+    assert "PartsCount" not in r
+    assert error_of(lambda: s3.get_object(Bucket=bucket, Key="single", PartNumber=2)) == (416, "InvalidPartNumber")
+
+
 # --------------------------------------------------------------------------- chunked PUT
 
 
