@@ -172,14 +172,25 @@ impl Store {
     }
 
     /// The part sizes of this version of `okey` that Perch already has: those kept with its
-    /// local copy (a multipart upload completed through Perch), else those learnt before.
+    /// local copy (a multipart upload completed through Perch; for a version not yet uploaded
+    /// whose index entry predates them, its journal record's), else those learnt before.
     fn kept_layout(&self, okey: &ObjectKey, meta: &ObjectMeta) -> Option<Layout> {
-        let whole = |sizes: &[u64]| sizes.iter().sum::<u64>() == meta.size;
+        let whole = |sizes: &[u64]| !sizes.is_empty() && sizes.iter().sum::<u64>() == meta.size;
         let local = self.local.index.get(okey).ok().flatten();
-        if let Some(entry) =
-            local.filter(|e| same_etag(&e.meta.etag, &meta.etag) && !e.parts.is_empty() && whole(&e.parts))
-        {
-            return Some(Arc::new(entry.parts));
+        if let Some(entry) = local.filter(|e| same_etag(&e.meta.etag, &meta.etag)) {
+            if whole(&entry.parts) {
+                return Some(Arc::new(entry.parts));
+            }
+            let recorded = entry
+                .pending
+                .then(|| self.journal.version(entry.blob))
+                .flatten()
+                .and_then(|v| v.put)
+                .and_then(|p| p.parts)
+                .map(|parts| parts.iter().map(|p| p.size).collect::<Vec<_>>());
+            if let Some(sizes) = recorded.filter(|s| whole(s)) {
+                return Some(Arc::new(sizes));
+            }
         }
         self.learnt_layouts.get(okey, &meta.etag).filter(|s| whole(s))
     }
