@@ -177,8 +177,8 @@ struct Door {
 }
 
 /// The ids of S3 answers (`x-amz-request-id`, and the `id` of the request's log lines): 16
-/// uppercase hex digits, as S3's, made of the second the process started and a counter, so that
-/// the ids of one run never repeat and those of two runs differ.
+/// uppercase hex digits, as S3's: the second the process started mixed with its process id, then
+/// a counter, so that the ids of one run never repeat and those of two runs differ.
 struct RequestIds {
     run: u32,
     next: AtomicU32,
@@ -190,7 +190,7 @@ impl RequestIds {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         RequestIds {
-            run: started as u32,
+            run: (started as u32) ^ std::process::id().rotate_left(16),
             next: AtomicU32::new(0),
         }
     }
@@ -247,6 +247,15 @@ fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
     r
 }
 
+/// A HEAD by part number answers 206, as S3 does: s3s answers every HeadObject 200, whatever
+/// the output, so the part's `Content-Range` (which only such a HEAD carries) says it here.
+fn part_head_partial(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
+    if r.status() == StatusCode::OK && r.headers().contains_key(http::header::CONTENT_RANGE) {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    r
+}
+
 /// An S3 XML error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let mut r = Response::new(s3s::Body::from(format!(
@@ -283,6 +292,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
+    let head = req.method() == http::Method::HEAD;
     // Whether the request's body was read to its end before the answer: if not (an answer given
     // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
     // the answer says so (`Connection: close`), so that a client never sends its next request on
@@ -313,6 +323,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             };
             let response = match prepared {
                 Ok(req) => match door.s3.call(merge_content_encoding(req)).await {
+                    Ok(r) if head => part_head_partial(r),
                     Ok(r) => carriage_returns_escaped(r),
                     Err(e) => {
                         tracing::error!(error = ?e, "request failed inside s3s");

@@ -446,14 +446,11 @@ impl S3 for Gateway {
         };
         let output = object_output!(HeadObjectOutput, &meta, input, false, {
             content_length: Some(content_length as i64),
-            content_range: content_range.clone(),
+            content_range: content_range,
             parts_count: at.parts_count.map(|n| n as i32),
         });
-        let mut resp = S3Response::new(output);
-        if content_range.is_some() {
-            resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
-        }
-        Ok(with_cache_status(resp, status))
+        // 206: the door sets it from the Content-Range (`server::part_head_partial`).
+        Ok(with_cache_status(S3Response::new(output), status))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {

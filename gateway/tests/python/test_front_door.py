@@ -53,7 +53,11 @@ def test_an_object_is_downloaded_by_part_number(perch, bucket):
         offset += len(parts[n - 1])
     assert got == parts
     head = s3.head_object(Bucket=bucket, Key="parted", PartNumber=3)
+    assert head["ResponseMetadata"]["HTTPStatusCode"] == 206
     assert (head["ContentLength"], head["PartsCount"]) == (len(parts[2]), 3)
+    assert head["ResponseMetadata"]["HTTPHeaders"]["content-range"] == f"bytes {whole - len(parts[2])}-{whole - 1}/{whole}"
+    plain = s3.head_object(Bucket=bucket, Key="parted")
+    assert plain["ResponseMetadata"]["HTTPStatusCode"] == 200 and "PartsCount" not in plain
     assert error_of(lambda: s3.get_object(Bucket=bucket, Key="parted", PartNumber=4)) == (416, "InvalidPartNumber")
 
     # An object not uploaded in parts is its own one part.

@@ -576,3 +576,39 @@ fn the_part_sizes_of_an_upload_completed_through_perch_are_kept() {
         expect_part(&c, (BUCKET, "kept/big"), 1, &parts[0], (0, size), Some(2)).await;
     });
 }
+
+/// A cached copy of an object uploaded in parts, replaced at the origin behind Perch's back (a
+/// key the policy never revalidates): its layout cannot be learnt from the origin, which holds
+/// another version, so the stale copy is dropped and the part is read from the origin's version,
+/// never cut from one version with another's layout and never a 412 the client did not ask for.
+#[test]
+fn a_part_of_a_copy_replaced_behind_perchs_back_comes_from_the_origins_version() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let old = [pattern(5 << 20, 10), pattern(5 << 20, 11), pattern(100, 12)];
+    let new = [pattern(6 << 20, 13), pattern(200, 14)];
+    s.rt.block_on(async {
+        let (moto, c) = (s.moto_sdk(), s.sdk());
+        let refs: Vec<&[u8]> = old.iter().map(Vec::as_slice).collect();
+        upload_in_parts(&moto, BUCKET, "replaced/big", &refs).await;
+        let got = ok(
+            c.get_object().bucket(BUCKET).key("replaced/big").send().await,
+            "GET old",
+        );
+        assert_eq!(bytes_of(got.body).await.len(), old.iter().map(Vec::len).sum::<usize>());
+        let refs: Vec<&[u8]> = new.iter().map(Vec::as_slice).collect();
+        let etag = upload_in_parts(&moto, BUCKET, "replaced/big", &refs).await;
+        let size = new.iter().map(Vec::len).sum();
+        expect_part(&c, (BUCKET, "replaced/big"), 2, &new[1], (new[0].len(), size), Some(2)).await;
+        let got = ok(
+            c.get_object().bucket(BUCKET).key("replaced/big").send().await,
+            "GET new",
+        );
+        assert_eq!(
+            got.e_tag(),
+            Some(etag.as_str()),
+            "the whole object is the origin's version now"
+        );
+    });
+}
