@@ -101,13 +101,24 @@ impl Store {
                 if_match: Some(meta.etag.clone()),
                 ..conditions.clone()
             };
-            let range = at.span.map(|(first, last)| ByteRange::FromTo {
-                first,
-                last: Some(last),
-            });
+            // A part that is the whole object is read as the whole object (a miss is one fetch
+            // that fills the cache, not a range and then the whole in the background), and
+            // answered as the span it is.
+            let range = at
+                .span
+                .filter(|&(first, last)| (first, last + 1) != (0, meta.size))
+                .map(|(first, last)| ByteRange::FromTo {
+                    first,
+                    last: Some(last),
+                });
             match self.get(bucket, key, range, &pinned).await {
                 Err(StoreError::Origin(OriginError::PreconditionFailed)) if ours => continue,
-                read => return read.map(|got| (got, at)),
+                read => {
+                    return read.map(|mut got| {
+                        got.output.range = at.span;
+                        (got, at)
+                    });
+                }
             }
         }
         Err(changed_meanwhile())

@@ -612,3 +612,38 @@ fn a_part_of_a_copy_replaced_behind_perchs_back_comes_from_the_origins_version()
         );
     });
 }
+
+/// Part 1 of an object not uploaded in parts is the whole object, and a miss of it is one origin
+/// GET that fills the cache (not a range GET and then the whole object again in the background):
+/// the next read of it, whole or by part, is a hit.
+#[test]
+fn the_one_part_of_an_object_is_one_fetch_that_fills_the_cache() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let body = pattern(3 << 20, 15);
+    s.put_behind_perchs_back("single/big", &body);
+    s.proxy.reset();
+    s.rt.block_on(async {
+        let c = s.sdk();
+        let got = ok(
+            c.get_object()
+                .bucket(BUCKET)
+                .key("single/big")
+                .part_number(1)
+                .send()
+                .await,
+            "GET part 1",
+        );
+        let span = format!("bytes 0-{}/{}", body.len() - 1, body.len());
+        assert_eq!(got.content_range(), Some(span.as_str()));
+        assert!(bytes_of(got.body).await == body, "part 1's bytes");
+    });
+    // Time for a fill in the background, if one had been started.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    s.get_expect("single/big", &body, "HIT");
+    s.assert_reads(
+        &[("HEAD single/big", 1), ("GET single/big", 1)],
+        "part 1, then the whole",
+    );
+}
