@@ -6,7 +6,9 @@ use perch_testkit::bodies::{md5_etag, multipart_etag, pattern};
 use perch_testkit::raw_client::BUCKET;
 
 use crate::support::machine;
-use crate::support::sdk::{OriginKind, bytes_of, create_bucket, expect_err, for_each_origin, get_bytes, meta, ok};
+use crate::support::sdk::{
+    OriginKind, bytes_of, create_bucket, expect_err, for_each_origin, get_bytes, meta, ok, upload_in_parts,
+};
 use crate::support::stack::Stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,47 +346,6 @@ async fn multipart_uploads() {
         }
     })
     .await;
-}
-
-/// Uploads `parts` as one object through `c`, a multipart upload; returns its ETag.
-async fn upload_in_parts(c: &aws_sdk_s3::Client, bucket: &str, key: &str, parts: &[&[u8]]) -> String {
-    let id = ok(
-        c.create_multipart_upload().bucket(bucket).key(key).send().await,
-        "create upload",
-    )
-    .upload_id()
-    .expect("upload id")
-    .to_owned();
-    let mut done = CompletedMultipartUpload::builder();
-    for (i, part) in parts.iter().enumerate() {
-        let n = i as i32 + 1;
-        let out = ok(
-            c.upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .body(ByteStream::from(part.to_vec()))
-                .send()
-                .await,
-            &format!("upload part {n}"),
-        );
-        done = done.parts(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build());
-    }
-    let completed = c
-        .complete_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(&id)
-        .multipart_upload(done.build())
-        .send()
-        .await;
-    match completed {
-        Ok(out) => out.e_tag().expect("etag").to_owned(),
-        // moto's own answer names another root element, which the SDK cannot parse.
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 200) => multipart_etag(parts),
-        Err(e) => panic!("complete: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
-    }
 }
 
 /// GET and HEAD of part `n` of `bucket`/`key` answer `body`, which starts at byte `first` of an

@@ -21,6 +21,7 @@ use crate::support::perch::{perch_binary, perch_metric, put_into_moto, start_per
 use crate::support::raw::list_keys;
 use crate::support::sdk::{
     HttpResponse, all_keys, bytes_of, create_bucket, expect_err, get_bytes, ok, presigned_get, put, send_presigned,
+    upload_in_parts,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,4 +618,49 @@ fn replica_answers_a_real_standby_trace_as_oriole_expects_with_no_origin_write()
     );
     // A restart after restartpoints reads the root control file: the replica has none of its own.
     assert_eq!(status_of(replica.addr, "GET", CONTROL, b"", &[]), 404);
+}
+
+/// Reads by part number on a replica: of an object the primary uploaded in parts (its layout
+/// learnt from the shared bucket), and of one the replica completed in its own overlay (its
+/// layout kept there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reads_objects_by_part_number() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let shared = [pattern(5 << 20, 21), pattern(321, 22)];
+    let own = [pattern(5 << 20, 23), pattern(5 << 20, 24), pattern(99, 25)];
+
+    let primary = start_perch(&tmp.path().join("primary"), Some(&moto.endpoint), &[]);
+    let p = perch_client(&primary);
+    create_bucket(&p, "rep").await;
+    upload_in_parts(&p, "rep", "shared", &[&shared[0], &shared[1]]).await;
+    let status = primary.terminate(Duration::from_secs(30));
+    assert!(status.success(), "primary exited with {status}");
+
+    let replica = start_perch(
+        &tmp.path().join("replica"),
+        Some(&moto.endpoint),
+        &["--role", "replica"],
+    );
+    let r = perch_client(&replica);
+    upload_in_parts(&r, "rep", "own", &[&own[0], &own[1], &own[2]]).await;
+    for (key, parts) in [("shared", &shared[..]), ("own", &own[..])] {
+        let size: usize = parts.iter().map(Vec::len).sum();
+        let mut first = 0;
+        for (i, part) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let got = ok(
+                r.get_object().bucket("rep").key(key).part_number(n).send().await,
+                &format!("{key} part {n}"),
+            );
+            let span = format!("bytes {first}-{}/{size}", first + part.len() - 1);
+            assert_eq!(got.content_range(), Some(span.as_str()), "{key} part {n}");
+            assert_eq!(got.parts_count(), Some(parts.len() as i32), "{key} part {n}");
+            assert!(bytes_of(got.body).await == *part, "{key} part {n}'s bytes");
+            first += part.len();
+        }
+    }
+    // The replica's own object never reached the shared bucket.
+    assert_eq!(all_keys(&moto_client(&moto), "rep", None).await, ["shared"]);
 }
