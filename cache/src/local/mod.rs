@@ -514,6 +514,24 @@ impl Local {
 
     /// The origin confirmed that the clean copy `entry` of `okey` is current: it is marked so,
     /// under the key's lock, unless a write replaced it meanwhile.
+    /// Keeps with the clean copy `blob` of `okey` the part sizes learnt for it from the origin
+    /// (reads by part number after a restart need not ask again). Nothing if the copy changed.
+    pub(crate) fn keep_parts(&self, okey: &ObjectKey, blob: u64, parts: &[u64]) {
+        let _key = self.key_lock(okey);
+        let mut entry = match self.index.get(okey) {
+            Ok(Some(e)) if e.blob == blob && !e.pending && e.parts.is_empty() => e,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cache index");
+                return;
+            }
+        };
+        entry.parts = parts.to_vec();
+        if let Err(e) = self.index.put(okey, &entry, None) {
+            tracing::warn!(error = %e, "cannot keep an object's part sizes");
+        }
+    }
+
     pub(crate) fn confirm(&self, okey: &ObjectKey, entry: &Entry) {
         let _key = self.key_lock(okey);
         match self.index.get(okey) {

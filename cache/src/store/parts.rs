@@ -222,7 +222,8 @@ impl Store {
     }
 
     /// Asks `origin` for the size of each part of this version of `okey` (a HEAD by part number
-    /// each, a few at a time), and keeps the answer for the next parts.
+    /// each, a few at a time), and keeps the answer for the next parts: with the local copy of
+    /// this version if there is one (so across restarts), else in memory.
     async fn learn_layout(&self, origin: &dyn Origin, okey: &ObjectKey, meta: &ObjectMeta) -> Result<Layout, Missed> {
         let (bucket, key) = (okey.bucket(), okey.key());
         // An answer that names another whole-object ETag is of another version. (moto answers
@@ -254,6 +255,13 @@ impl Store {
         let sizes: Vec<u64> = std::iter::once(first.size).chain(rest.iter().map(|h| h.size)).collect();
         if total(&sizes) != Some(meta.size) {
             return Err(Missed::Changed);
+        }
+        // Kept with a clean local copy of this version, and in memory for any other.
+        if let Ok(Some(e)) = self.local.index.get(okey)
+            && !e.pending
+            && same_etag(&e.meta.etag, &meta.etag)
+        {
+            self.local.keep_parts(okey, e.blob, &sizes);
         }
         let sizes = Arc::new(sizes);
         self.learnt_layouts.put(okey, &meta.etag, sizes.clone());

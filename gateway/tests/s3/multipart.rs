@@ -608,3 +608,40 @@ fn the_one_part_of_an_object_is_one_fetch_that_fills_the_cache() {
         "part 1, then the whole",
     );
 }
+
+/// The part sizes learnt from the origin for a cached copy are kept with it: after a restart,
+/// with the origin out of reach, its parts are still served.
+#[test]
+fn the_part_sizes_learnt_for_a_cached_copy_are_kept_with_it() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&["--origin-retry-deadline", "2s"]);
+    let _log = s.log_on_panic();
+    let parts = [pattern(5 << 20, 16), pattern(5 << 20, 17), pattern(4000, 18)];
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let size = parts.iter().map(Vec::len).sum();
+    s.rt.block_on(async {
+        upload_in_parts(&s.moto_sdk(), BUCKET, "learnt/big", &refs).await;
+        let c = s.sdk();
+        let got = ok(
+            c.get_object().bucket(BUCKET).key("learnt/big").send().await,
+            "GET whole",
+        );
+        assert_eq!(bytes_of(got.body).await.len(), size);
+        expect_part(
+            &c,
+            (BUCKET, "learnt/big"),
+            2,
+            &parts[1],
+            (parts[0].len(), size),
+            Some(3),
+        )
+        .await;
+    });
+    s.restart_clean();
+    s.faults(r#"{"outage": true}"#);
+    s.rt.block_on(async {
+        let c = s.sdk();
+        let first = parts[0].len() + parts[1].len();
+        expect_part(&c, (BUCKET, "learnt/big"), 3, &parts[2], (first, size), Some(3)).await;
+    });
+}
