@@ -247,6 +247,65 @@ fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
     r
 }
 
+/// S3's message for the errors s3s answers without one (a client shows "Unknown" otherwise).
+fn usual_message(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "SignatureDoesNotMatch" => {
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method."
+        }
+        "InvalidAccessKeyId" => "The AWS Access Key Id you provided does not exist in our records.",
+        "AccessDenied" => "Access Denied",
+        "InvalidBucketName" => "The specified bucket is not valid.",
+        "NoSuchBucket" => "The specified bucket does not exist",
+        "NoSuchKey" => "The specified key does not exist.",
+        "MethodNotAllowed" => "The specified method is not allowed against this resource.",
+        "MalformedXML" => "The XML you provided was not well-formed or did not validate against our published schema.",
+        "MissingContentLength" => "You must provide the Content-Length HTTP header.",
+        "RequestTimeTooSkewed" => "The difference between the request time and the current time is too large.",
+        _ => return None,
+    })
+}
+
+/// An S3 XML error as S3 writes it: with its request id (`<RequestId>`, the `x-amz-request-id`
+/// header's) and a `<Message>` (s3s leaves some out). Only error documents in one piece.
+fn error_completed(mut r: Response<s3s::Body>, id: &http::HeaderValue) -> Response<s3s::Body> {
+    let Some(body) = r
+        .body()
+        .bytes()
+        .filter(|b| b.starts_with(b"<?xml") || b.starts_with(b"<Error>"))
+    else {
+        return r;
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return r;
+    };
+    let (Some(end), false) = (text.rfind("</Error>"), text.contains("<RequestId>")) else {
+        return r;
+    };
+    let mut out = String::with_capacity(text.len() + 160);
+    out.push_str(&text[..end]);
+    if !text.contains("<Message>")
+        && let Some(message) = text
+            .split_once("<Code>")
+            .and_then(|(_, rest)| rest.split_once("</Code>"))
+            .and_then(|(code, _)| usual_message(code))
+    {
+        out.push_str("<Message>");
+        out.push_str(message);
+        out.push_str("</Message>");
+    }
+    out.push_str("<RequestId>");
+    out.push_str(id.to_str().unwrap_or_default());
+    out.push_str("</RequestId>");
+    out.push_str(&text[end..]);
+    if r.headers().contains_key(http::header::CONTENT_LENGTH) {
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(out.len()));
+    }
+    *r.body_mut() = s3s::Body::from(out);
+    r
+}
+
 /// A HEAD by part number answers 206, as S3 does: s3s answers every HeadObject 200, whatever
 /// the output, so the part's `Content-Range` (which only such a HEAD carries) says it here.
 fn part_head_partial(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
@@ -371,6 +430,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         response
             .headers_mut()
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    if response.status().as_u16() >= 400 && !head {
+        response = error_completed(response, &id);
     }
     response.headers_mut().insert("x-amz-request-id", id);
     metrics.in_flight.dec();

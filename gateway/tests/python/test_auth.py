@@ -29,7 +29,24 @@ def test_wrong_secret(perch, bucket, style):
             call()
         assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
         assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+        # As S3 writes it: a message a person can act on (s3s gives none), the request id.
+        assert "signature" in e.value.response["Error"]["Message"], e.value.response
+        assert e.value.response["ResponseMetadata"]["RequestId"]
     assert good.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
+def test_error_documents_carry_a_message_and_the_request_id(perch):
+    """Every S3 error document names its request id (the header's), and has a Message, as S3's."""
+    s3 = make_client(perch, "path")
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket="Bad_Name")
+    r = e.value.response
+    assert r["Error"]["Code"] == "InvalidBucketName"
+    assert r["Error"]["Message"] == "The specified bucket is not valid."
+    raw = requests.get(f"{perch.path_url}/nosuchbucket/k", timeout=10)
+    assert raw.status_code == 403
+    assert f"<RequestId>{raw.headers['x-amz-request-id']}</RequestId>" in raw.text, raw.text
+    assert code_of(raw.text) == "AccessDenied" and "<Message>" in raw.text
 
 
 def test_unknown_access_key(perch, bucket):
