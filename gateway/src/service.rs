@@ -340,8 +340,17 @@ impl S3 for Gateway {
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         convert::check_canned_acl(req.input.acl.as_ref().map(|a| a.as_str()))?;
+        let location = req
+            .input
+            .create_bucket_configuration
+            .as_ref()
+            .and_then(|c| c.location_constraint.as_ref())
+            .map(|l| l.as_str().to_owned());
         let bucket = req.input.bucket;
-        self.store.create_bucket(&bucket).await.map_err(store_error)?;
+        self.store
+            .create_bucket(&bucket, location.as_deref())
+            .await
+            .map_err(store_error)?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))
@@ -361,8 +370,14 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.store.head_bucket(&req.input.bucket).await.map_err(store_error)?;
-        Ok(S3Response::new(GetBucketLocationOutput::default()))
+        let location = self
+            .store
+            .bucket_location(&req.input.bucket)
+            .await
+            .map_err(store_error)?;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: location.map(BucketLocationConstraint::from),
+        }))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {

@@ -464,7 +464,19 @@ pub trait Origin: Send + Sync + 'static {
 
     async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>>;
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()>;
+    /// CreateBucket with the client's `LocationConstraint`, which the origin takes or refuses
+    /// (an origin without regions, the directory one, has none to take).
+    async fn create_bucket_in(&self, bucket: &str, location: Option<&str>) -> OriginResult<()> {
+        let _ = location;
+        self.create_bucket(bucket).await
+    }
     async fn head_bucket(&self, bucket: &str) -> OriginResult<()>;
+    /// GetBucketLocation: the bucket's region as the origin names it (`None`: us-east-1, or an
+    /// origin without regions).
+    async fn bucket_location(&self, bucket: &str) -> OriginResult<Option<String>> {
+        self.head_bucket(bucket).await?;
+        Ok(None)
+    }
     async fn delete_bucket(&self, bucket: &str) -> OriginResult<()>;
 
     async fn head_object(&self, bucket: &str, key: &str, conditions: &Conditions) -> OriginResult<ObjectMeta>;

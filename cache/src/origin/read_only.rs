@@ -43,6 +43,10 @@ impl Origin for ReadOnlyOrigin {
         self.0.head_object(bucket, key, conditions).await
     }
 
+    async fn bucket_location(&self, bucket: &str) -> OriginResult<Option<String>> {
+        self.0.bucket_location(bucket).await
+    }
+
     async fn head_part(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
         self.0.head_part(bucket, key, part).await
     }

@@ -204,7 +204,13 @@ impl Origin for RetryingOrigin {
     }
 
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()> {
-        let (result, retried) = self.run("create_bucket", || self.inner.create_bucket(bucket)).await;
+        self.create_bucket_in(bucket, None).await
+    }
+
+    async fn create_bucket_in(&self, bucket: &str, location: Option<&str>) -> OriginResult<()> {
+        let (result, retried) = self
+            .run("create_bucket", || self.inner.create_bucket_in(bucket, location))
+            .await;
         match result {
             // Our own earlier attempt created it.
             Err(OriginError::Rejected { ref code, .. }) if retried && code == "BucketAlreadyOwnedByYou" => Ok(()),
@@ -214,6 +220,12 @@ impl Origin for RetryingOrigin {
 
     async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
         self.run("head_bucket", || self.inner.head_bucket(bucket)).await.0
+    }
+
+    async fn bucket_location(&self, bucket: &str) -> OriginResult<Option<String>> {
+        self.run("bucket_location", || self.inner.bucket_location(bucket))
+            .await
+            .0
     }
 
     async fn delete_bucket(&self, bucket: &str) -> OriginResult<()> {

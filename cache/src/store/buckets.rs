@@ -18,14 +18,20 @@ impl Store {
         Ok(self.origin.list_buckets().await?)
     }
 
-    pub async fn create_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.origin.create_bucket(bucket).await?;
+    /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
+    pub async fn create_bucket(&self, bucket: &str, location: Option<&str>) -> StoreResult<()> {
+        self.origin.create_bucket_in(bucket, location).await?;
         self.known_buckets().insert(bucket.to_owned());
         Ok(())
     }
 
     pub async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
         Ok(self.origin.head_bucket(bucket).await?)
+    }
+
+    /// GetBucketLocation: the origin's answer (`None`: us-east-1, or no regions).
+    pub async fn bucket_location(&self, bucket: &str) -> StoreResult<Option<String>> {
+        Ok(self.origin.bucket_location(bucket).await?)
     }
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.

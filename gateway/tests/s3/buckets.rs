@@ -154,3 +154,38 @@ async fn auto_region_is_the_one_the_origin_names() {
     flush(&perch.server, Duration::from_secs(60));
     assert_eq!(get_bytes(&direct, "named-region", "k").await, body);
 }
+
+/// CreateBucket's `LocationConstraint` reaches the origin, which takes or refuses it (it was
+/// dropped: the bucket was made in the origin's default region), and GetBucketLocation answers the
+/// origin's location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buckets_location_constraint_reaches_the_origin() {
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let perch = Perch::start(
+        &["--origin", &moto.endpoint, "--origin-region", "us-east-1"],
+        moto_keys_env(),
+    );
+    let _log = perch.log_on_panic();
+    let s3 = perch_client(&perch.server);
+    ok(
+        s3.create_bucket()
+            .bucket("in-eu")
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send()
+            .await,
+        "create in eu-west-1",
+    );
+    let at_origin = ok(
+        moto_client(&moto).get_bucket_location().bucket("in-eu").send().await,
+        "moto: location",
+    );
+    assert_eq!(at_origin.location_constraint().map(|c| c.as_str()), Some("eu-west-1"));
+    let through = ok(s3.get_bucket_location().bucket("in-eu").send().await, "location");
+    assert_eq!(through.location_constraint().map(|c| c.as_str()), Some("eu-west-1"));
+}

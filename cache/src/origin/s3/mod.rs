@@ -294,17 +294,38 @@ impl Origin for S3Origin {
     }
 
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()> {
+        self.create_bucket_in(bucket, None).await
+    }
+
+    async fn create_bucket_in(&self, bucket: &str, location: Option<&str>) -> OriginResult<()> {
         let mut req = self.client.create_bucket().bucket(bucket);
-        // `auto` (Tigris) and us-east-1 take no location constraint; other regions need one.
-        if !matches!(self.region.as_str(), "auto" | "us-east-1") {
+        // The client's constraint, for the origin to take or refuse; without one, `auto` (Tigris)
+        // and us-east-1 take none and other regions need theirs.
+        let constraint =
+            location.or((!matches!(self.region.as_str(), "auto" | "us-east-1")).then_some(self.region.as_str()));
+        if let Some(c) = constraint {
             req = req.create_bucket_configuration(
                 CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(self.region.as_str()))
+                    .location_constraint(BucketLocationConstraint::from(c))
                     .build(),
             );
         }
         self.call(Subject::Bucket, Duration::ZERO, req.send()).await?;
         Ok(())
+    }
+
+    async fn bucket_location(&self, bucket: &str) -> OriginResult<Option<String>> {
+        let out = self
+            .call(
+                Subject::Bucket,
+                Duration::ZERO,
+                self.client.get_bucket_location().bucket(bucket).send(),
+            )
+            .await?;
+        Ok(out
+            .location_constraint()
+            .map(|c| c.as_str().to_owned())
+            .filter(|c| !c.is_empty()))
     }
 
     async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
