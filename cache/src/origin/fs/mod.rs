@@ -153,13 +153,18 @@ impl FsOrigin {
 
     /// Opens an object's file, positioned at the start of its body.
     async fn open_object(&self, bucket: &str, key: &str) -> OriginResult<(std::fs::File, ObjectMeta, u64)> {
+        let (file, header, offset) = self.open_stored_object(bucket, key).await?;
+        Ok((file, header.meta, offset))
+    }
+
+    /// `open_object`, with the object's whole header.
+    async fn open_stored_object(&self, bucket: &str, key: &str) -> OriginResult<(std::fs::File, StoredHeader, u64)> {
         let b = self.bucket(bucket)?;
         validate_key(key)?;
         let (_, path) = object_location(&b.dir, key);
         let key = key.to_owned();
         let opened = blocking(move || open_stored(&path, Some(&key))).await?;
-        let (file, header, offset) = opened.ok_or(OriginError::NoSuchKey)?;
-        Ok((file, header.meta, offset))
+        opened.ok_or(OriginError::NoSuchKey)
     }
 
     /// Moves a finished temporary file into place as `key` and updates the index.
@@ -310,12 +315,7 @@ impl Origin for FsOrigin {
     }
 
     async fn head_part(&self, bucket: &str, key: &str, part: u32) -> OriginResult<PartHead> {
-        let b = self.bucket(bucket)?;
-        validate_key(key)?;
-        let (_, path) = object_location(&b.dir, key);
-        let owned = key.to_owned();
-        let opened = blocking(move || open_stored(&path, Some(&owned))).await?;
-        let (_, header, _) = opened.ok_or(OriginError::NoSuchKey)?;
+        let (_, header, _) = self.open_stored_object(bucket, key).await?;
         let meta = header.meta;
         let sizes = if header.parts.is_empty() {
             if is_multipart_etag(&meta.etag) {
