@@ -1,37 +1,41 @@
 //! The `Store`'s bucket calls and configurations: the origin's, passed through, after the pending
 //! writes they bear on.
 
+use std::future::Future;
 use std::time::Duration;
 
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
-use crate::origin::{BucketInfo, Document, ListQuery, OriginError, Subresource};
+use crate::origin::{BucketInfo, Document, ListQuery, OriginError, OriginResult, Subresource};
 
 /// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
 const CONFIG_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The longest a bucket or configuration call retries the origin's faults (`Store::asked`).
+const ASKED_MAX: Duration = Duration::from_secs(10);
 
 impl Store {
     // ----- buckets (the origin's) -----
 
     pub async fn list_buckets(&self) -> StoreResult<Vec<BucketInfo>> {
-        Ok(self.origin.list_buckets().await?)
+        Ok(self.asked(self.origin.list_buckets()).await?)
     }
 
     /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
     pub async fn create_bucket(&self, bucket: &str, location: Option<&str>) -> StoreResult<()> {
-        self.origin.create_bucket_in(bucket, location).await?;
+        self.asked(self.origin.create_bucket_in(bucket, location)).await?;
         self.known_buckets().insert(bucket.to_owned());
         Ok(())
     }
 
     pub async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
-        Ok(self.origin.head_bucket(bucket).await?)
+        Ok(self.asked(self.origin.head_bucket(bucket)).await?)
     }
 
     /// GetBucketLocation: the origin's answer (`None`: us-east-1, or no regions).
     pub async fn bucket_location(&self, bucket: &str) -> StoreResult<Option<String>> {
-        Ok(self.origin.bucket_location(bucket).await?)
+        Ok(self.asked(self.origin.bucket_location(bucket)).await?)
     }
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.
@@ -41,15 +45,16 @@ impl Store {
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.settle_bucket(bucket, self.config_wait()).await?;
         self.known_buckets().remove(bucket);
-        match self.origin.delete_bucket(bucket).await {
+        match self.asked(self.origin.delete_bucket(bucket)).await {
             Err(OriginError::Rejected {
                 status: 409,
                 code,
                 message,
             }) if code == "BucketNotEmpty" && self.holds_only_the_hot_set(bucket).await? => {
                 tracing::info!(bucket, "removing Perch's hot set to delete the bucket");
-                self.origin.delete_object(bucket, crate::hot_set::KEY).await?;
-                match self.origin.delete_bucket(bucket).await {
+                self.asked(self.origin.delete_object(bucket, crate::hot_set::KEY))
+                    .await?;
+                match self.asked(self.origin.delete_bucket(bucket)).await {
                     // The hot set written again meanwhile: the client's answer is the origin's.
                     Err(OriginError::Rejected { status: 409, .. }) => Err(OriginError::Rejected {
                         status: 409,
@@ -70,7 +75,7 @@ impl Store {
             max_keys: 2,
             ..Default::default()
         };
-        let page = self.origin.list_objects(bucket, &query).await?;
+        let page = self.asked(self.origin.list_objects(bucket, &query)).await?;
         Ok(page.next.is_none() && page.objects.len() == 1 && page.objects[0].key == crate::hot_set::KEY)
     }
 
@@ -83,6 +88,25 @@ impl Store {
         self.journal.cfg.wait_limit.min(CONFIG_WAIT_MAX)
     }
 
+    /// A bucket or configuration call to the origin, its faults retried for at most the retry
+    /// deadline or `ASKED_MAX`, whichever is shorter, then 503 SlowDown. People and their tools
+    /// make these calls, never OrioleDB; an SDK retries a SlowDown itself, and a person waits for
+    /// the answer. Every such call is idempotent, so one cut short mid-retry is safe to send again.
+    /// (OrioleDB's own requests wait out the whole deadline: ADR 0003.)
+    async fn asked<T>(&self, call: impl Future<Output = OriginResult<T>>) -> OriginResult<T> {
+        let limit = self.journal.cfg.wait_limit.min(ASKED_MAX);
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(?limit, "a bucket or configuration call still failing at the origin");
+                Err(OriginError::Unavailable {
+                    seconds: limit.as_secs(),
+                    last: format!("no answer from the origin within {limit:?}"),
+                })
+            }
+        }
+    }
+
     // ----- configurations (the origin's, passed through) -----
 
     /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
@@ -91,7 +115,7 @@ impl Store {
         if let Some(key) = key {
             self.settle(&ObjectKey::new(bucket, key), self.config_wait()).await?;
         }
-        Ok(self.origin.get_config(bucket, key, sub).await?)
+        Ok(self.asked(self.origin.get_config(bucket, key, sub)).await?)
     }
 
     /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's
@@ -108,12 +132,12 @@ impl Store {
             let okey = ObjectKey::new(bucket, key);
             let _held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
-            return Ok(self.origin.put_config(bucket, Some(key), sub, doc).await?);
+            return Ok(self.asked(self.origin.put_config(bucket, Some(key), sub, doc)).await?);
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
-        Ok(self.origin.put_config(bucket, None, sub, doc).await?)
+        Ok(self.asked(self.origin.put_config(bucket, None, sub, doc)).await?)
     }
 
     /// Removes a bucket configuration at the origin, after the bucket's pending writes as for
@@ -122,6 +146,6 @@ impl Store {
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
-        Ok(self.origin.delete_config(bucket, sub).await?)
+        Ok(self.asked(self.origin.delete_config(bucket, sub)).await?)
     }
 }

@@ -430,3 +430,34 @@ fn a_bucket_call_behind_pending_writes_answers_before_an_sdks_read_timeout() {
     );
     stack.proxy.patch(r#"{"outage":false}"#);
 }
+
+/// A configuration or bucket call to an origin that keeps failing answers 503 SlowDown within
+/// about 10 s, not after the whole retry deadline: people and their tools make these calls (an
+/// SDK retries a SlowDown itself), never OrioleDB, whose object requests still wait it out.
+#[test]
+fn a_configuration_call_to_a_failing_origin_answers_within_seconds() {
+    let _turn = machine::share();
+    let stack = start("120s", &[]);
+    let _log = stack.log_on_panic();
+    put_ok(&stack, "cfg/before-the-outage", b"1");
+    stack.proxy.patch(r#"{"outage":true}"#);
+
+    for (method, sub) in [("GET", "versioning"), ("GET", "location")] {
+        let start = Instant::now();
+        let r = Req::bucket(method, stack.addr(), Style::Path, sub).go(stack.addr());
+        let took = start.elapsed();
+        assert_error(&r, 503, "SlowDown", &format!("{method} ?{sub} during an outage"));
+        assert!(
+            (Duration::from_secs(9)..Duration::from_secs(20)).contains(&took),
+            "{method} ?{sub} answered after {took:?}: not after about 10 s of retries"
+        );
+    }
+    stack.proxy.patch(r#"{"outage":false}"#);
+    let r = Req::bucket("GET", stack.addr(), Style::Path, "versioning").go(stack.addr());
+    assert_eq!(
+        r.status,
+        200,
+        "GET ?versioning once the origin is back: {}",
+        r.summary()
+    );
+}
