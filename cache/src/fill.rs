@@ -207,6 +207,18 @@ impl Reader {
     pub(crate) fn join_fill(self: &Arc<Self>, okey: &ObjectKey) -> (Arc<Fill>, bool) {
         let (fill, joined) = self.local.fills.join(okey);
         if !joined {
+            if self
+                .local
+                .index
+                .get(okey)
+                .map_or(true, |e| e.is_some_and(|e| e.pending))
+            {
+                // A version written through Perch is not in the origin yet: what the origin sends
+                // now is older, so the fill serves its readers but is never kept. (A range miss's
+                // background fill or a prefetch can start so; a write committed after `join`
+                // marks the fill stale itself.)
+                fill.stale.store(true, Ordering::SeqCst);
+            }
             let reader = self.clone();
             let (okey, f) = (okey.clone(), fill.clone());
             tokio::spawn(async move {

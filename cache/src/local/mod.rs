@@ -614,6 +614,8 @@ impl Local {
         };
         self.index.put(okey, &entry, previous.as_ref().map(|p| p.blob))?;
         if let Some(p) = previous.filter(|p| p.blob != id) {
+            // No memory copy of the replaced one outlives it.
+            self.memory.invalidate(okey);
             self.remove_blob(p.blob);
         }
         // The memory tier takes it at its first hit (a copy of the whole body now would cost more

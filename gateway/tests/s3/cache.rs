@@ -730,6 +730,59 @@ fn writes_and_deletes_through_perch_replace_or_drop_the_cached_copy_at_once() {
     s.assert_reads(&[("GET w/slow", 1)], "a write during a fill");
 }
 
+/// A fill that starts while a write through Perch is not yet in the origin (here a range miss's
+/// background fill of the whole object) fetches the older version: it is never kept, even when
+/// the write's upload lands before the fill ends. (It used to replace the new version's clean
+/// copy with the old bytes, served as hits from then on.)
+#[test]
+fn a_fill_started_before_a_pending_write_lands_never_replaces_it() {
+    // Alone: the fill must outlast the upload.
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let old = pattern(6 * MIB, 120);
+    let new = pattern(10 * KIB, 121);
+    s.put_behind_perchs_back("sf/k", &old);
+    s.proxy.reset();
+    // Every origin request 800 ms late and every body at 1 MiB/s (the fill of the old 6 MiB takes
+    // about 6 s); uploads refused until the faults are lifted.
+    s.faults(
+        r#"{"latency_ms": 800, "bandwidth_bytes_per_sec": 1048576, "error_rate": 1.0,
+            "error_kinds": ["503"], "match_method": "PUT", "match_key_prefix": "sf/"}"#,
+    );
+    let addr = s.addr();
+    let range = std::thread::spawn(move || {
+        Req::object("GET", addr, Style::Path, &key_path("sf/k"))
+            .header("Range", "bytes=0-99")
+            .go(addr)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Acknowledged while the range is still on its way: the range's answer starts the fill.
+    s.put("sf/k", &new);
+    let r = range.join().expect("range thread");
+    assert_eq!(r.status, 206, "{}", r.summary());
+    eventually("the background fill asked the origin", || {
+        s.proxy
+            .log()
+            .iter()
+            .any(|r| r["key"] == "sf/k" && r["method"] == "GET" && r["status"] == 200)
+            || s.tmp_files().iter().any(|(_, len)| *len > 0)
+    });
+    s.no_faults();
+    s.flush(Duration::from_secs(30));
+    let fill_done = |s: &Stack| {
+        s.records("sf/k")
+            .iter()
+            .any(|r| r["method"] == "GET" && r["resp_bytes"] == old.len() as u64)
+    };
+    assert!(!fill_done(&s), "the test needs the upload to land before the fill ends");
+    // (Not read now: a read would put the new version in the memory tier, which would hide what
+    // the disk tier holds.)
+    eventually("the fill of the old version ended", || fill_done(&s));
+    eventually("the fill's temp file is gone", || s.tmp_files().is_empty());
+    s.get_expect("sf/k", &new, "HIT");
+}
+
 #[test]
 fn mutable_keys_are_revalidated_after_the_ttl_and_others_never() {
     let _turn = machine::alone();
