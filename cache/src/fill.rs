@@ -11,7 +11,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -24,7 +23,7 @@ use crate::local::fills::{Fill, FillError, Progress};
 use crate::local::room::{is_no_space, preallocate};
 use crate::md5_asm::Md5;
 use crate::origin::checksum;
-use crate::origin::{ChecksumAlgorithm, Conditions, ObjectMeta, OriginError, rest_of};
+use crate::origin::{Breaks, ChecksumAlgorithm, Conditions, ObjectMeta, OriginError, rest_of};
 use crate::read::Reader;
 
 /// A fill keeps at least this much of what it received in memory (and whole objects up to the
@@ -237,7 +236,6 @@ impl Reader {
     /// went stale or is too large.
     async fn run_fill(&self, okey: &ObjectKey, fill: &Arc<Fill>) -> Result<(), FillError> {
         let (bucket, key) = (okey.bucket(), okey.key());
-        let started = Instant::now();
         let io_err = |e: io::Error| FillError::Unavailable(format!("cache temp file: {e}"));
         let temp = self.local.blobs.temp_path();
         let _cleanup = TempGuard(temp.clone());
@@ -293,6 +291,7 @@ impl Reader {
         // the origin has nothing more ready (or a batch is full), one wake-up each per burst.
         let mut batch: Vec<Bytes> = Vec::new();
         let mut writer_gone = false;
+        let mut breaks = Breaks::new(self.cfg.retry_deadline);
         loop {
             let next = match body.next().now_or_never() {
                 Some(next) => next,
@@ -314,6 +313,7 @@ impl Reader {
             match next {
                 Some(Ok(chunk)) if chunk.is_empty() => {}
                 Some(Ok(chunk)) => {
+                    breaks.progressed();
                     if received + chunk.len() as u64 > size {
                         return Err(FillError::Corrupt("the origin sent more bytes than announced".into()));
                     }
@@ -338,13 +338,26 @@ impl Reader {
                         }
                     }
                 }
-                Some(Err(e)) => {
+                // A whole body's last error is the origin layer's check of it: no break to resume.
+                Some(Err(e)) if received >= size => {
+                    self.local.stats.corrupt.inc();
+                    return Err(FillError::Corrupt(e.to_string()));
+                }
+                None if received >= size => break,
+                Some(Err(_)) | None => {
+                    let why = match next {
+                        Some(Err(e)) => e.to_string(),
+                        _ => format!("the body ended after {received} of {size} bytes"),
+                    };
                     writer_gone |= !hand_on(fill, &to_writer, &mut batch);
-                    if started.elapsed() >= self.cfg.retry_deadline {
-                        return Err(FillError::Unavailable(format!("origin stream broke: {e}")));
-                    }
-                    tracing::info!(key, received, error = %e, "origin stream broke; resuming with a range request");
+                    let Some(pause) = breaks.broke() else {
+                        return Err(FillError::Unavailable(format!("origin stream broke: {why}")));
+                    };
+                    tracing::info!(key, received, error = %why, "origin stream broke; resuming with a range request");
                     self.local.stats.resumed.inc();
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
                     body = rest_of(self.origin.as_ref(), bucket, key, &meta.etag, received)
                         .await
                         .map_err(|e| match e {
@@ -354,7 +367,6 @@ impl Reader {
                             other => FillError::from_origin(other),
                         })?;
                 }
-                None => break,
             }
         }
         hand_on(fill, &to_writer, &mut batch);

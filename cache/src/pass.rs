@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -16,12 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::fill::Check;
 use crate::key::ObjectKey;
-use crate::origin::{ByteStream, GetOutput, Origin, OriginError, OriginResult, rest_of};
-
-/// The pause before a resumption that follows one which brought no byte, doubled each time up
-/// to `RESUME_PAUSE_MAX`.
-const RESUME_PAUSE_FIRST: Duration = Duration::from_millis(50);
-const RESUME_PAUSE_MAX: Duration = Duration::from_secs(2);
+use crate::origin::{Breaks, ByteStream, GetOutput, Origin, OriginError, OriginResult, rest_of};
 
 type Resumption = Pin<Box<dyn Future<Output = OriginResult<ByteStream>> + Send>>;
 
@@ -41,11 +36,7 @@ pub(crate) struct Passed {
     /// The ranged GET under way after a break (in a mutex only so that the stream is `Sync`).
     resuming: Mutex<Option<Resumption>>,
     check: Option<Check>,
-    /// When the origin's stream broke, if no byte came since.
-    broke_at: Option<Instant>,
-    /// Resumptions since the last byte: each waits a little longer before asking again.
-    fruitless: u32,
-    deadline: Duration,
+    breaks: Breaks,
     resumed: Counter,
     ended: bool,
 }
@@ -68,9 +59,7 @@ impl Passed {
             body: out.body,
             resuming: Mutex::new(None),
             check: Some(Check::of(&out.meta)),
-            broke_at: None,
-            fruitless: 0,
-            deadline,
+            breaks: Breaks::new(deadline),
             resumed,
             ended: false,
         };
@@ -99,17 +88,9 @@ impl Passed {
 
     /// Asks the origin for the rest of the object after a break (`why`), or says why not.
     fn resume(&mut self, why: String) -> Result<(), io::Error> {
-        let broke_at = *self.broke_at.get_or_insert_with(Instant::now);
-        if broke_at.elapsed() >= self.deadline {
+        let Some(pause) = self.breaks.broke() else {
             return Err(io::Error::other(format!("origin stream broke: {why}")));
-        }
-        let pause = match self.fruitless {
-            0 => Duration::ZERO,
-            n => RESUME_PAUSE_FIRST
-                .saturating_mul(1 << (n - 1).min(6))
-                .min(RESUME_PAUSE_MAX),
         };
-        self.fruitless += 1;
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
         let (origin, okey, etag, from) = (self.origin.clone(), self.okey.clone(), self.etag.clone(), self.received);
@@ -155,8 +136,7 @@ impl Stream for Passed {
                         continue;
                     }
                     this.received += chunk.len() as u64;
-                    this.broke_at = None;
-                    this.fruitless = 0;
+                    this.breaks.progressed();
                     if this.received > this.size {
                         return this.fail(io::Error::other("the origin sent more bytes than announced"));
                     }

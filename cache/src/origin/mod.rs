@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -142,6 +142,56 @@ pub async fn rest_of(origin: &dyn Origin, bucket: &str, key: &str, etag: &str, f
             "the origin answered a read resumed at byte {from} with {:?}",
             out.range
         ))),
+    }
+}
+
+/// The breaks of one whole-object read from the origin, and when to resume it (`rest_of`): at
+/// once after a break that followed a byte, then after pauses doubling from 50 ms to 2 s while
+/// resumptions bring none, and no more once `deadline` has passed since the first break of such
+/// a run (an origin that answers each resumption and breaks at once is not asked hundreds of
+/// times a second).
+#[derive(Debug)]
+pub(crate) struct Breaks {
+    deadline: Duration,
+    /// When the stream broke, if no byte came since.
+    broke_at: Option<Instant>,
+    /// Resumptions since the last byte.
+    fruitless: u32,
+}
+
+impl Breaks {
+    const PAUSE_FIRST: Duration = Duration::from_millis(50);
+    const PAUSE_MAX: Duration = Duration::from_secs(2);
+
+    pub(crate) fn new(deadline: Duration) -> Breaks {
+        Breaks {
+            deadline,
+            broke_at: None,
+            fruitless: 0,
+        }
+    }
+
+    /// Bytes came: the next break starts a new run.
+    pub(crate) fn progressed(&mut self) {
+        self.broke_at = None;
+        self.fruitless = 0;
+    }
+
+    /// The stream broke: the pause before asking for the rest, or `None` once the deadline has
+    /// passed.
+    pub(crate) fn broke(&mut self) -> Option<Duration> {
+        let broke_at = *self.broke_at.get_or_insert_with(Instant::now);
+        if broke_at.elapsed() >= self.deadline {
+            return None;
+        }
+        let pause = match self.fruitless {
+            0 => Duration::ZERO,
+            n => Self::PAUSE_FIRST
+                .saturating_mul(1 << (n - 1).min(6))
+                .min(Self::PAUSE_MAX),
+        };
+        self.fruitless += 1;
+        Some(pause)
     }
 }
 
