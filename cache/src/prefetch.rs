@@ -36,8 +36,6 @@ const QUEUE_MAX: usize = 65_536;
 /// A queued read-ahead or listing item is dropped once no client has read its table, or listed or
 /// read under its listing, for this long (prewarm items wait their turn, or a `cancel`).
 const STALE: Duration = Duration::from_secs(10);
-/// The size a read-ahead part is assumed to have before it is fetched (OrioleDB's parts).
-const PART_SIZE: u64 = 1 << 20;
 /// Read-ahead runs remembered at most.
 const RUNS_MAX: usize = 4096;
 /// A checksum list longer than this is not read for the files it names.
@@ -111,6 +109,23 @@ pub(crate) struct Prefetcher {
     generation: AtomicU64,
     /// Items queued or in flight, by reason (`Reason as usize`).
     outstanding: [AtomicUsize; 3],
+    /// Bytes of the prefetch fills under way: room in the disk tier they are about to take, which
+    /// its accounting does not show until each is kept.
+    filling: std::sync::Mutex<u64>,
+}
+
+/// Room in the disk tier taken by a prefetch fill under way (`Prefetcher::take_room`), given back
+/// when it ends (by then a kept body counts in the disk tier itself).
+struct Room<'a> {
+    filling: &'a std::sync::Mutex<u64>,
+    size: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        let mut filling = lock(self.filling);
+        *filling = filling.saturating_sub(self.size);
+    }
 }
 
 impl Prefetcher {
@@ -128,6 +143,7 @@ impl Prefetcher {
             named: std::sync::Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             outstanding: Default::default(),
+            filling: std::sync::Mutex::new(0),
         });
         for reason in REASONS {
             for _ in 0..IN_FLIGHT[reason as usize] {
@@ -166,8 +182,9 @@ impl Prefetcher {
 
     /// Queues `okey` (of `size` bytes) unless the byte budget or the queue is full.
     fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>) {
-        if self.reader.bypasses(&okey) {
-            // Its fill would keep nothing (a hot set written before the policy changed may name it).
+        if self.reader.bypasses(&okey) || size > self.reader.local.keep_limit() {
+            // Its fill would keep nothing (a hot set written before the policy changed may name
+            // it, or it is larger than any object the cache keeps).
             self.count(reason, "skipped");
             return;
         }
@@ -236,11 +253,11 @@ impl Prefetcher {
             self.count(reason, "skipped");
             return;
         }
-        if !local.has_room(item.size) {
+        let Some(_room) = self.take_room(item.size) else {
             self.release(&item);
             self.count(reason, "no_room");
             return;
-        }
+        };
         local.mark_prefetched(&item.okey, reason.as_str());
         let (fill, _) = self.reader.join_fill(&item.okey);
         let mut rx = fill.progress.subscribe();
@@ -272,6 +289,20 @@ impl Prefetcher {
         self.count(reason, result);
     }
 
+    /// Room for a fill of `size` bytes in the disk tier, beside the prefetch fills already under
+    /// way, that no eviction would have to make (`Local::has_room`).
+    fn take_room(&self, size: u64) -> Option<Room<'_>> {
+        let mut filling = lock(&self.filling);
+        if !self.reader.local.has_room(*filling + size) {
+            return None;
+        }
+        *filling += size;
+        Some(Room {
+            filling: &self.filling,
+            size,
+        })
+    }
+
     /// A listing page of `bucket` under `prefix` was answered: its objects are prefetched if a
     /// rule marks the prefix, for as long as a client keeps listing or reading under it.
     pub(crate) fn on_list(&self, bucket: &str, prefix: &str, objects: &[(String, u64)]) {
@@ -301,10 +332,11 @@ impl Prefetcher {
         }
     }
 
-    /// A client read `okey`: it keeps the listing it lies under wanted, and when it continues a
-    /// run of nearby parts of one table, the next parts are fetched ahead.
-    pub(crate) fn on_read(&self, okey: &ObjectKey) {
-        self.continue_runs(okey);
+    /// A client read `okey` (an object of `size` bytes): it keeps the listing it lies under wanted,
+    /// and when it continues a run of nearby parts of one table, the next parts are fetched ahead,
+    /// each taken to be as large as this one until it is fetched.
+    pub(crate) fn on_read(&self, okey: &ObjectKey, size: u64) {
+        self.continue_runs(okey, size);
     }
 
     /// Whether `okey` is a checksum list whose named files are fetched when a client reads it.
@@ -393,7 +425,7 @@ impl Prefetcher {
 
     /// `okey` was read: the listing it lies under stays wanted, and a run of nearby parts of
     /// one table is read ahead.
-    fn continue_runs(&self, okey: &ObjectKey) {
+    fn continue_runs(&self, okey: &ObjectKey, size: u64) {
         {
             let mut listings = lock(&self.listings);
             for ((bucket, prefix), last) in listings.iter_mut() {
@@ -445,12 +477,7 @@ impl Prefetcher {
         for p in want {
             let key = Prefetch::part_key(name, p);
             let run = Run::Table(id.0.clone(), id.1.clone());
-            self.push(
-                ObjectKey::new(okey.bucket(), &key),
-                PART_SIZE,
-                Reason::ReadAhead,
-                Some(run),
-            );
+            self.push(ObjectKey::new(okey.bucket(), &key), size, Reason::ReadAhead, Some(run));
         }
     }
 

@@ -245,7 +245,7 @@ impl Store {
             Some(r) => r.get(&self.reader, bucket, key, range, conditions).await?,
             None => self.reader.get(&okey, range, conditions).await?,
         };
-        self.prefetcher.on_read(&okey);
+        self.prefetcher.on_read(&okey, got.output.meta.size);
         if self.replica.is_none() && whole && self.prefetcher.names_files(&okey) {
             // A checksum list a primary's client reads names files worth fetching (a replica
             // reads through its overlay and never prefetches for a restore).

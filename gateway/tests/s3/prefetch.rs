@@ -518,6 +518,85 @@ fn a_prefetch_never_evicts_what_clients_read() {
     assert_eq!(origin_gets_under(&s, "pf/read/"), 0, "{:?}", s.counts());
 }
 
+/// The prefetch fills under way count against the room a prefetch may take, not only those
+/// already kept: a listing of many objects that each fit, but not all together, fetches only
+/// what fits beside them (it used to fetch them all and evict what clients had read), and an
+/// object larger than any the cache keeps is not fetched at all (it was fetched and thrown away
+/// at every listing).
+#[test]
+fn prefetch_fills_under_way_count_against_the_room_a_prefetch_may_take() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--prefetch-on-list", "pf/*/", "--cache-disk-bytes", "1MiB"]);
+    let _log = s.log_on_panic();
+    let body = |i: u64| pattern(100 * KIB, 800 + i);
+    for i in 0..3 {
+        s.put_behind_perchs_back(&format!("pf/read/{i}"), &body(i));
+    }
+    for i in 0..10 {
+        s.put_behind_perchs_back(&format!("pf/later/{i}"), &body(100 + i));
+    }
+    // Larger than a quarter of the tier: never kept.
+    s.put_behind_perchs_back("pf/later/large", &pattern(300 * KIB, 899));
+    for i in 0..3 {
+        s.get_expect(&format!("pf/read/{i}"), &body(i), "MISS");
+    }
+    s.proxy.reset();
+    // Every fill under way at once.
+    s.faults(r#"{"latency_ms": 1000}"#);
+    assert_eq!(list_prefix(&s, "pf/later/").len(), 11);
+    let m = |result: &str| {
+        s.metric(&format!(
+            "perch_cache_prefetches_total{{reason=\"list\",result=\"{result}\"}}"
+        ))
+    };
+    eventually("every listed object considered", || {
+        ["fetched", "no_room", "failed", "skipped", "cancelled", "dropped"]
+            .iter()
+            .map(|r| m(r))
+            .sum::<f64>()
+            >= 11.0
+    });
+    s.no_faults();
+    // 300 KiB read of a 1 MiB tier, a tenth of it left free: room for six more 100 KiB objects.
+    assert_eq!(
+        (m("fetched"), m("no_room"), m("skipped")),
+        (6.0, 4.0, 1.0),
+        "(fetched, no_room, skipped)"
+    );
+    assert_eq!(s.counts().get("GET pf/later/large"), None, "{:?}", s.counts());
+    for i in 0..3 {
+        s.get_expect(&format!("pf/read/{i}"), &body(i), "HIT");
+    }
+    assert_eq!(origin_gets_under(&s, "pf/read/"), 0, "{:?}", s.counts());
+}
+
+/// Parts read ahead are taken to be as large as the part just read, against `--prefetch-bytes`
+/// and the bytes fills may hold (they were taken to be 1 MiB whatever their size).
+#[test]
+fn parts_read_ahead_count_at_the_size_of_the_parts_read() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--read-ahead-parts", "2", "--prefetch-bytes", "4MiB"]);
+    let _log = s.log_on_panic();
+    let name = "orioledb_data/9/5/16441.0";
+    let parts: Vec<Vec<u8>> = (0..4).map(|i| pattern(3 << 20, 900 + i)).collect();
+    for (i, body) in parts.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("{name}.{i}"), body);
+    }
+    s.proxy.reset();
+    let m = |result: &str| {
+        s.metric(&format!(
+            "perch_cache_prefetches_total{{reason=\"read_ahead\",result=\"{result}\"}}"
+        ))
+    };
+    s.get_expect(&format!("{name}.0"), &parts[0], "MISS");
+    s.get_expect(&format!("{name}.1"), &parts[1], "MISS");
+    // Parts 2 and 3, 3 MiB each: one fits in 4 MiB.
+    eventually("one part read ahead", || m("fetched") == 1.0);
+    assert_eq!(m("dropped"), 1.0);
+    s.get_expect(&format!("{name}.2"), &parts[2], "HIT");
+    assert_eq!(s.counts().get(&format!("GET {name}.3")), None, "{:?}", s.counts());
+}
+
 /// A primary writes its hot set every `--hot-set-interval`, not only when it stops: a machine
 /// that dies leaves the set of its last interval.
 #[test]
