@@ -120,6 +120,20 @@ impl RetryPolicy {
     }
 }
 
+tokio::task_local! {
+    /// How long the calls of the current task retry transient faults, when less than the
+    /// policy's deadline (`retrying_for`).
+    static RETRY_FOR: Duration;
+}
+
+/// Runs `calls` with their transient origin faults retried for at most `limit` (or the retry
+/// deadline, if shorter): no new attempt starts after it, while an attempt under way still runs
+/// to its end (cut only at the deadline, as always), so a slow answer is still taken. For the
+/// calls people make, never OrioleDB (`Store::asked`).
+pub async fn retrying_for<F: Future>(limit: Duration, calls: F) -> F::Output {
+    RETRY_FOR.scope(limit, calls).await
+}
+
 /// An `Origin` that retries the transient faults of the one inside it.
 pub struct RetryingOrigin {
     inner: Arc<dyn Origin>,
@@ -144,6 +158,9 @@ impl RetryingOrigin {
         Fut: Future<Output = OriginResult<T>>,
     {
         let start = Instant::now();
+        let retry_for = RETRY_FOR
+            .try_with(|d| *d)
+            .map_or(self.policy.deadline, |d| d.min(self.policy.deadline));
         let mut tries: u32 = 0;
         loop {
             let remaining = self.policy.deadline.saturating_sub(start.elapsed());
@@ -160,10 +177,10 @@ impl RetryingOrigin {
             };
             tries += 1;
             let elapsed = start.elapsed();
-            if elapsed >= self.policy.deadline {
+            if elapsed >= retry_for {
                 self.stats.gave_up.get_or_create(&OpLabel { op }).inc();
                 tracing::warn!(op, tries, error = %err, "origin still failing at the retry deadline");
-                let seconds = self.policy.deadline.as_secs();
+                let seconds = retry_for.as_secs();
                 return (
                     Err(OriginError::Unavailable {
                         seconds,
@@ -173,10 +190,7 @@ impl RetryingOrigin {
                 );
             }
             self.stats.retries.get_or_create(&OpLabel { op }).inc();
-            let wait = self
-                .policy
-                .backoff(tries)
-                .min(self.policy.deadline.saturating_sub(elapsed));
+            let wait = self.policy.backoff(tries).min(retry_for.saturating_sub(elapsed));
             tracing::debug!(op, tries, ?wait, error = %err, "origin fault, retrying");
             tokio::time::sleep(wait).await;
         }

@@ -88,23 +88,14 @@ impl Store {
         self.journal.cfg.wait_limit.min(CONFIG_WAIT_MAX)
     }
 
-    /// A bucket or configuration call to the origin, its faults retried for at most the retry
-    /// deadline or `ASKED_MAX`, whichever is shorter, then 503 SlowDown. People and their tools
+    /// A bucket or configuration call to the origin, its transient faults retried for at most
+    /// `ASKED_MAX` (or the retry deadline, if shorter), then 503 SlowDown: people and their tools
     /// make these calls, never OrioleDB; an SDK retries a SlowDown itself, and a person waits for
-    /// the answer. Every such call is idempotent, so one cut short mid-retry is safe to send again.
-    /// (OrioleDB's own requests wait out the whole deadline: ADR 0003.)
+    /// the answer. An attempt under way is not cut short: a slow origin's answer is still taken
+    /// (a CreateBucket cut short and sent again would find its own bucket). OrioleDB's own
+    /// requests retry for the whole deadline (ADR 0003).
     async fn asked<T>(&self, call: impl Future<Output = OriginResult<T>>) -> OriginResult<T> {
-        let limit = self.journal.cfg.wait_limit.min(ASKED_MAX);
-        match tokio::time::timeout(limit, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(?limit, "a bucket or configuration call still failing at the origin");
-                Err(OriginError::Unavailable {
-                    seconds: limit.as_secs(),
-                    last: format!("no answer from the origin within {limit:?}"),
-                })
-            }
-        }
+        crate::origin::retry::retrying_for(ASKED_MAX, call).await
     }
 
     // ----- configurations (the origin's, passed through) -----
