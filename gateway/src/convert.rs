@@ -276,6 +276,21 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
     ))
 }
 
+/// A delete, a multipart completion or a copy that carries a condition on the object it replaces
+/// (`If-Match`, `If-None-Match`, or DeleteObjects' per-key ETag, time or size) is 501
+/// NotImplemented, before anything is done: Perch does not have the origin decide those, and
+/// carrying the request out without its condition would delete or overwrite what the client
+/// meant to protect. (Conditional PUTs are decided by the origin: docs/write-back.md.)
+pub fn check_unconditional(what: &str, conditioned: bool) -> Result<(), S3Error> {
+    if conditioned {
+        return Err(s3_error!(
+            NotImplemented,
+            "Perch does not support conditional {what} (If-Match, If-None-Match); nothing was done."
+        ));
+    }
+    Ok(())
+}
+
 /// Buckets behind Perch are unversioned: a request may name the `null` version only.
 pub fn check_version(version_id: Option<&str>) -> Result<(), S3Error> {
     match version_id {

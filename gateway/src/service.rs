@@ -531,6 +531,10 @@ impl S3 for Gateway {
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_version(input.version_id.as_deref())?;
+        convert::check_unconditional(
+            "deletes",
+            input.if_match.is_some() || input.if_match_last_modified_time.is_some() || input.if_match_size.is_some(),
+        )?;
         self.store
             .delete(&input.bucket, &input.key)
             .await
@@ -550,8 +554,13 @@ impl S3 for Gateway {
         let bucket = input.bucket.as_str();
         let results: Vec<(ObjectIdentifier, Result<(), s3s::S3Error>)> =
             futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
+                let conditioned = convert::check_unconditional(
+                    "deletes",
+                    o.e_tag.is_some() || o.last_modified_time.is_some() || o.size.is_some(),
+                );
                 let result = match (convert::check_key(&o.key), o.version_id.as_deref()) {
                     (Err(e), _) => Err(e),
+                    (Ok(()), _) if conditioned.is_err() => conditioned,
                     (Ok(()), _) if is_reserved(&o.key) => Err(front::reserved_error()),
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
@@ -589,6 +598,11 @@ impl S3 for Gateway {
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        // s3s has no field for a copy's conditions on its destination: read from the headers.
+        convert::check_unconditional(
+            "copies",
+            req.headers.contains_key(http::header::IF_MATCH) || req.headers.contains_key(http::header::IF_NONE_MATCH),
+        )?;
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
@@ -928,6 +942,10 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
         convert::check_key(&input.key)?;
+        convert::check_unconditional(
+            "multipart completions",
+            input.if_match.is_some() || input.if_none_match.is_some(),
+        )?;
         let parts = input
             .multipart_upload
             .and_then(|m| m.parts)

@@ -695,3 +695,109 @@ async fn every_answer_carries_its_own_request_id() {
     assert!(is_id(id), "{id:?}");
     assert!(seen.insert(id.map(str::to_owned)), "a repeated id");
 }
+
+/// A delete, a multipart completion or a copy with a condition on the object it replaces is 501
+/// NotImplemented and nothing is done: the object stays, the upload can still be completed.
+/// (They were carried out with the condition ignored, deleting or overwriting what the client
+/// meant to protect.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_deletes_completions_and_copies_are_refused_and_nothing_is_done() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        create_bucket(c, "cond").await;
+        let kept = pattern(3000, 40);
+        let etag = put(c, "cond", "kept", &kept).await;
+        let other = "\"00000000000000000000000000000000\"";
+
+        for condition in [other, etag.as_str()] {
+            let r = c
+                .delete_object()
+                .bucket("cond")
+                .key("kept")
+                .if_match(condition)
+                .send()
+                .await;
+            expect_err(r, 501, Some("NotImplemented"));
+        }
+        let r = c
+            .delete_objects()
+            .bucket("cond")
+            .delete(
+                Delete::builder()
+                    .objects(ObjectIdentifier::builder().key("kept").e_tag(other).build().unwrap())
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await;
+        let out = ok(r, "DeleteObjects with an ETag");
+        assert!(out.deleted().is_empty(), "{out:?}");
+        assert_eq!(out.errors().len(), 1, "{out:?}");
+        assert_eq!(out.errors()[0].code(), Some("NotImplemented"), "{out:?}");
+
+        let r = c
+            .copy_object()
+            .bucket("cond")
+            .key("kept")
+            .copy_source("cond/kept")
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .if_none_match("*")
+            .send()
+            .await;
+        expect_err(r, 501, Some("NotImplemented"));
+
+        let id = ok(
+            c.create_multipart_upload().bucket("cond").key("kept").send().await,
+            "create upload",
+        )
+        .upload_id()
+        .unwrap()
+        .to_owned();
+        let part = pattern(5 << 20, 41);
+        let out = ok(
+            c.upload_part()
+                .bucket("cond")
+                .key("kept")
+                .upload_id(&id)
+                .part_number(1)
+                .body(ByteStream::from(part.clone()))
+                .send()
+                .await,
+            "upload part",
+        );
+        let done = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+            .parts(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(1)
+                    .set_e_tag(out.e_tag)
+                    .build(),
+            )
+            .build();
+        let r = c
+            .complete_multipart_upload()
+            .bucket("cond")
+            .key("kept")
+            .upload_id(&id)
+            .multipart_upload(done.clone())
+            .if_none_match("*")
+            .send()
+            .await;
+        expect_err(r, 501, Some("NotImplemented"));
+        assert_eq!(get_bytes(c, "cond", "kept").await, kept, "the object stays as it was");
+
+        // Without the condition, the same upload completes.
+        ok(
+            c.complete_multipart_upload()
+                .bucket("cond")
+                .key("kept")
+                .upload_id(&id)
+                .multipart_upload(done)
+                .send()
+                .await,
+            "complete without a condition",
+        );
+        assert_eq!(get_bytes(c, "cond", "kept").await, part);
+    })
+    .await;
+}
