@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use perch_policy::Prefetch;
@@ -77,6 +77,8 @@ struct Item {
     reason: Reason,
     run: Option<Run>,
     generation: u64,
+    /// A prewarmed object's access time until a client reads it (`Prefetcher::prewarm`).
+    carried: Option<SystemTime>,
 }
 
 /// A table being read in order: the furthest part read, how many nearby reads, how far ahead it
@@ -181,7 +183,7 @@ impl Prefetcher {
     }
 
     /// Queues `okey` (of `size` bytes) unless the byte budget or the queue is full.
-    fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>) {
+    fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>, carried: Option<SystemTime>) {
         if self.reader.bypasses(&okey) || size > self.reader.local.keep_limit() {
             // Its fill would keep nothing (a hot set written before the policy changed may name
             // it, or it is larger than any object the cache keeps).
@@ -203,6 +205,7 @@ impl Prefetcher {
             reason,
             run,
             generation: self.generation.load(Ordering::SeqCst),
+            carried,
         });
         drop(queue);
         self.wakes[reason as usize].notify_one();
@@ -278,6 +281,8 @@ impl Prefetcher {
         let kept = matches!(local.index.get(&item.okey), Ok(Some(_)));
         if !kept {
             local.unmark_prefetched(&item.okey);
+        } else if let Some(at) = item.carried {
+            local.note_carried_access(&item.okey, at);
         }
         self.release(&item);
         // A read-ahead guesses the next part of a table: a table without it is no failure.
@@ -320,15 +325,22 @@ impl Prefetcher {
         for (key, size) in objects {
             if key.starts_with(&under) && keys.matches(key) && !key.ends_with('/') && *size > 0 {
                 let run = Run::Listing(id.0.clone(), id.1.clone());
-                self.push(ObjectKey::new(bucket, key), *size, Reason::List, Some(run));
+                self.push(ObjectKey::new(bucket, key), *size, Reason::List, Some(run), None);
             }
         }
     }
 
-    /// Prewarms the objects of a hot set (hottest first).
+    /// Prewarms the objects of a hot set (hottest first). Each one no client reads here keeps its
+    /// place in the hot set this machine writes, after every object read here and in the same
+    /// order: a Machine that wakes, answers a few queries and stops again does not leave a hot
+    /// set of those few alone for the next wake.
     pub(crate) fn prewarm(&self, bucket: &str, objects: &[(String, u64)]) {
-        for (key, size) in objects {
-            self.push(ObjectKey::new(bucket, key), *size, Reason::Prewarm, None);
+        // Older than any read from now on, a second apart (access times are kept in seconds) in
+        // the set's order; in the eviction order too, they come before anything a client reads.
+        let now = SystemTime::now();
+        for (rank, (key, size)) in objects.iter().enumerate() {
+            let carried = now.checked_sub(Duration::from_secs(rank as u64 + 1));
+            self.push(ObjectKey::new(bucket, key), *size, Reason::Prewarm, None, carried);
         }
     }
 
@@ -412,7 +424,7 @@ impl Prefetcher {
                 for o in &page.objects {
                     if o.size > 0 && wanted.remove(&o.key) {
                         let run = Run::Listing(bucket.to_owned(), dir.clone());
-                        self.push(ObjectKey::new(bucket, &o.key), o.size, Reason::List, Some(run));
+                        self.push(ObjectKey::new(bucket, &o.key), o.size, Reason::List, Some(run), None);
                     }
                 }
                 match page.next {
@@ -477,7 +489,13 @@ impl Prefetcher {
         for p in want {
             let key = Prefetch::part_key(name, p);
             let run = Run::Table(id.0.clone(), id.1.clone());
-            self.push(ObjectKey::new(okey.bucket(), &key), size, Reason::ReadAhead, Some(run));
+            self.push(
+                ObjectKey::new(okey.bucket(), &key),
+                size,
+                Reason::ReadAhead,
+                Some(run),
+                None,
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use perch_policy::{CacheClass, Method, SharedPolicy};
+use perch_policy::{CacheClass, Method, SharedPolicy, is_reserved};
 
 use crate::fill::FillReader;
 use crate::key::ObjectKey;
@@ -125,7 +125,10 @@ impl Reader {
 
     /// Whether the policy says copies of `okey` are not kept (`cache = "bypass"`).
     pub(crate) fn bypasses(&self, okey: &ObjectKey) -> bool {
-        self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Get).cache == CacheClass::Bypass
+        // Perch's own objects (`.perch/`) are written straight to the origin: a cached copy of
+        // one would go stale unseen.
+        is_reserved(okey.key())
+            || self.cfg.policy.decide(okey.bucket(), okey.key(), Method::Get).cache == CacheClass::Bypass
     }
 
     /// Asks the origin whether a cached copy is still current. `Ok(true)`: it is (and is marked

@@ -386,12 +386,25 @@ impl Local {
     /// Records that a client read `okey` now (a hit, or a miss whose fill keeps it): the hot set
     /// is made of these times.
     pub(crate) fn note_access(&self, okey: &ObjectKey) {
-        let now = SystemTime::now();
+        self.note_access_at(okey, SystemTime::now(), true);
+    }
+
+    /// A prewarmed object no client has read yet: `at` (older than any read here) keeps its place
+    /// in the hot set this machine writes. A client's read of it sets its own time.
+    pub(crate) fn note_carried_access(&self, okey: &ObjectKey, at: SystemTime) {
+        if lock(&self.prefetched).contains_key(okey) {
+            self.note_access_at(okey, at, false);
+        }
+    }
+
+    fn note_access_at(&self, okey: &ObjectKey, at: SystemTime, replace: bool) {
         let mut reads = lock(&self.reads);
-        if let Some(at) = reads.get_mut(okey) {
-            *at = now;
+        if let Some(known) = reads.get_mut(okey) {
+            if replace {
+                *known = at;
+            }
         } else {
-            reads.insert(okey.clone(), now);
+            reads.insert(okey.clone(), at);
             if reads.len() == READS_FLUSH_AT {
                 self.flush_soon.notify_one();
             }

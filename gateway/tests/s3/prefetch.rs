@@ -400,6 +400,13 @@ fn the_hot_set_prewarms_an_empty_volume_and_is_perchs_own() {
     let listed = list_keys(s.addr());
     assert!(listed.iter().all(|k| !k.starts_with(".perch/")), "{listed:?}");
     assert!(listed.contains(&"hs/cold".to_owned()));
+    // A client may read it, but it is never cached: the primary rewrites it straight at the
+    // origin, where a cached copy would go stale unseen.
+    for _ in 0..2 {
+        let r = s.get(".perch/hot-set");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert_eq!(r.header("X-Cache"), Some("BYPASS"), "{}", r.summary());
+    }
 
     // A replica reads the hot set but never writes it.
     s.stop_clean();
@@ -412,6 +419,50 @@ fn the_hot_set_prewarms_an_empty_volume_and_is_perchs_own() {
         s.in_moto(".perch/hot-set"),
         before,
         "a replica never writes the hot set"
+    );
+}
+
+/// A machine that prewarmed from the hot set and read little before it stopped writes a hot set
+/// that keeps the prewarmed objects, after what it read itself and in their order: the hot set
+/// of an autostopped Machine does not shrink to the few objects of its last short wake (it used
+/// to hold only those).
+#[test]
+fn a_hot_set_keeps_the_prewarmed_objects_no_client_read() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let hot: Vec<Vec<u8>> = (0..4).map(|i| pattern(50 * KIB, 950 + i)).collect();
+    read_and_drain(&mut s, "hk/hot/", &hot);
+    let first = String::from_utf8(s.in_moto(".perch/hot-set").unwrap()).unwrap();
+
+    s.start_on_empty_volume(&["--prewarm-bucket", BUCKET]);
+    eventually("/readyz", || admin_get(s.perch(), "/readyz").0 == 200);
+    s.assert_metric(
+        "perch_cache_prefetches_total{reason=\"prewarm\",result=\"fetched\"}",
+        4.0,
+    );
+    let fresh = pattern(50 * KIB, 960);
+    s.put_behind_perchs_back("hk/fresh", &fresh);
+    s.get_expect("hk/fresh", &fresh, "MISS");
+    // Access times are kept in seconds: the next read is a newer one.
+    std::thread::sleep(Duration::from_millis(1100));
+    s.get_expect("hk/hot/2", &hot[2], "HIT");
+    s.stop_clean();
+    let keys = |set: &str| -> Vec<String> {
+        set.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(' '))
+            .map(|(_, k)| k.to_owned())
+            .collect()
+    };
+    let mut want = vec!["hk/hot/2".to_owned(), "hk/fresh".to_owned()];
+    want.extend(keys(&first).into_iter().filter(|k| k != "hk/hot/2"));
+    let set = String::from_utf8(s.in_moto(".perch/hot-set").unwrap()).unwrap();
+    assert_eq!(
+        keys(&set),
+        want,
+        "what this machine read, newest first, then the prewarmed objects no client read, in the \
+         order of the hot set it prewarmed from:\n{first}"
     );
 }
 
