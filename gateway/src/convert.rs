@@ -156,9 +156,22 @@ pub fn content_headers(
         metadata: metadata
             .unwrap_or_default()
             .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .map(|(k, v)| (k.to_ascii_lowercase(), mail_safe(v)))
             .collect::<BTreeMap<_, _>>(),
     }
+}
+
+/// A metadata value as S3 keeps and returns it: as given when it is US-ASCII, else encoded as
+/// RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such a value on the way in; kept decoded,
+/// it went out as raw UTF-8 bytes, which clients read as Latin-1, and to the origin likewise.
+fn mail_safe(value: String) -> String {
+    if value.is_ascii() {
+        return value;
+    }
+    format!(
+        "=?UTF-8?B?{}?=",
+        base64_simd::STANDARD.encode_to_string(value.as_bytes())
+    )
 }
 
 /// `aws-chunked` in `Content-Encoding` frames the request body; it is not part of the object.

@@ -82,6 +82,37 @@ impl FastGet {
         Some(answer.unwrap_or_else(|e| error_response(convert::store_error(e))))
     }
 
+    /// Why `req` is refused whatever its body holds, when that shows in its head alone: no
+    /// credentials at all (403 AccessDenied), or a SigV4 `Authorization` naming an access key
+    /// other than Perch's (403 InvalidAccessKeyId). The door asks before it receives a body it
+    /// must hold whole (a chunked one), so that nobody without a key fills the spool.
+    pub fn refused_by_its_head<B>(&self, req: &Request<B>) -> Option<(&'static str, &'static str)> {
+        if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+            let key = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256 "))
+                .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("Credential=")))
+                .and_then(|c| c.split('/').next());
+            return match key {
+                Some(key) if !self.verifier.has_key(key) => Some((
+                    "InvalidAccessKeyId",
+                    "The AWS Access Key Id you provided does not exist in our records.",
+                )),
+                _ => None,
+            };
+        }
+        let query = req.uri().query().unwrap_or("");
+        let presigned = query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            matches!(
+                name,
+                "X-Amz-Credential" | "X-Amz-Signature" | "AWSAccessKeyId" | "Signature"
+            )
+        });
+        (!presigned).then_some(("AccessDenied", "Access Denied"))
+    }
+
     /// Checks everything s3s would check before GetObject/HeadObject (the signature, its time,
     /// the key pair, the key rules); `None` for anything else or anything in doubt.
     fn accept<'r, B>(&self, req: &'r Request<B>, now: SystemTime) -> Option<Target<'r>> {

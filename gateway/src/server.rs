@@ -262,6 +262,9 @@ fn usual_message(code: &str) -> Option<&'static str> {
         "MalformedXML" => "The XML you provided was not well-formed or did not validate against our published schema.",
         "MissingContentLength" => "You must provide the Content-Length HTTP header.",
         "RequestTimeTooSkewed" => "The difference between the request time and the current time is too large.",
+        "KeyTooLongError" => "Your key is too long",
+        "InvalidDigest" => "The Content-MD5 you specified was invalid.",
+        "BadDigest" => "The Content-MD5 you specified did not match what we received.",
         _ => return None,
     })
 }
@@ -315,6 +318,17 @@ fn part_head_partial(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
     r
 }
 
+/// Whether a presigned URL asks to be valid for longer than the 7 days S3 allows (s3s takes any
+/// `X-Amz-Expires`).
+fn presigned_for_over_a_week(query: Option<&str>) -> bool {
+    const WEEK_SECS: u64 = 7 * 24 * 3600;
+    query.is_some_and(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.strip_prefix("X-Amz-Expires="))
+            .any(|v| v.parse::<u64>().map_or(true, |secs| secs > WEEK_SECS))
+    })
+}
+
 /// An S3 XML error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let mut r = Response::new(s3s::Body::from(format!(
@@ -364,6 +378,12 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             let mut direct = false;
             let prepared = if let Some(declared) = too_large_body {
                 Err(too_large(declared, limits.body_bytes_max))
+            } else if presigned_for_over_a_week(req.uri().query()) {
+                Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "AuthorizationQueryParametersError",
+                    "X-Amz-Expires must be less than a week (in seconds) that is 604800",
+                ))
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;
                 Err(answer)
@@ -372,7 +392,11 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     Some(flag) => GuardedBody::new(body, limits).with_end_flag(flag.clone()),
                     None => GuardedBody::new(body, limits),
                 });
-                if chunked::lacks_length(&req) {
+                if chunked::lacks_length(&req)
+                    && let Some((code, message)) = door.fast.refused_by_its_head(&req)
+                {
+                    Err(error_response(StatusCode::FORBIDDEN, code, message))
+                } else if chunked::lacks_length(&req) {
                     chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
                         .await
                         .map_err(|refused| error_response(refused.status, refused.code, refused.message))

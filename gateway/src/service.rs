@@ -444,8 +444,19 @@ impl S3 for Gateway {
                 .head(&input.bucket, &input.key, &conditions)
                 .await
                 .map_err(store_error)?;
-            let output = object_output!(HeadObjectOutput, &meta, input, checksum_mode(&input.checksum_mode), {
-                content_length: Some(meta.size as i64),
+            // A HEAD with a Range answers as the GET would: the range's length and span, 206
+            // (set by the door from the Content-Range), or 416 when it cannot be satisfied.
+            let (content_length, content_range) = match input.range.map(convert::range) {
+                None => (meta.size, None),
+                Some(r) => match r.resolve(meta.size) {
+                    Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{}", meta.size))),
+                    None => return Err(s3_error!(InvalidRange, "The requested range is not satisfiable")),
+                },
+            };
+            let with_checksums = content_range.is_none() && checksum_mode(&input.checksum_mode);
+            let output = object_output!(HeadObjectOutput, &meta, input, with_checksums, {
+                content_length: Some(content_length as i64),
+                content_range: content_range,
             });
             return Ok(with_cache_status(S3Response::new(output), status));
         };
@@ -611,10 +622,16 @@ impl S3 for Gateway {
             ..convert::unkept!(input)
         })?;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
-        let replace = input
-            .metadata_directive
-            .as_ref()
-            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(MetadataDirective::COPY) => false,
+            Some(MetadataDirective::REPLACE) => true,
+            Some(_) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "Unknown metadata directive: x-amz-metadata-directive must be COPY or REPLACE."
+                ));
+            }
+        };
         let directive = if replace {
             convert::check_metadata(&input.metadata)?;
             Directive::Replace(content_headers!(input))

@@ -350,7 +350,9 @@ pub async fn receive(
             let digest = digested?;
             let given = base64_simd::STANDARD
                 .decode_to_vec(content_md5)
-                .map_err(|_| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
+                .ok()
+                .filter(|md5| md5.len() == 16)
+                .ok_or_else(|| s3_error!(InvalidDigest, "The Content-MD5 you specified is not valid."))?;
             if given.as_slice() != digest.md5().as_slice() {
                 return Err(s3_error!(
                     BadDigest,

@@ -119,3 +119,17 @@ def test_presigned_get_expired(perch, bucket):
         r = requests.get(url, timeout=10)
         assert r.status_code == 403, (which, r.text)
         assert code_of(r.text) == "AccessDenied", (which, r.text)  # S3: AccessDenied, "Request has expired"
+
+
+def test_presigned_for_over_a_week_is_refused(perch, bucket):
+    """S3 takes a SigV4 presigned URL valid for at most 7 days (604,800 s); a longer one is 400
+    AuthorizationQueryParametersError, not served (Perch served it)."""
+    s3 = presigner(perch, "path", "s3v4")
+    s3.put_object(Bucket=bucket, Key="week", Body=b"v")
+    week = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "week"}, ExpiresIn=604800)
+    r = requests.get(week, timeout=10)
+    assert r.status_code == 200, r.text
+    longer = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "week"}, ExpiresIn=604801)
+    r = requests.get(longer, timeout=10)
+    assert r.status_code == 400, r.text
+    assert code_of(r.text) == "AuthorizationQueryParametersError", r.text

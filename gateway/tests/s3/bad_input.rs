@@ -247,6 +247,12 @@ fn overlong_key_is_refused() {
         .body(pattern(10, 10))
         .go(perch.addr());
     assert_error(&r, 400, "KeyTooLongError", "path-style PUT of a 1,100-byte key");
+    let message = xml_values(&r.text(), "Message");
+    assert!(
+        message.first().is_some_and(|m| !m.is_empty()),
+        "KeyTooLongError with a Message: {}",
+        r.summary()
+    );
     // 1,024 bytes is the limit, and allowed.
     let ok_key = "k".repeat(1024);
     let r = Req::object("PUT", perch.addr(), Style::Virtual, &ok_key)
@@ -529,4 +535,71 @@ fn unknown_canned_acls_and_object_versions_are_refused() {
     let mut expected = before.clone();
     expected.insert("acl-ok".to_owned());
     assert_clean(&perch, &expected, "canned ACLs and versions");
+}
+
+/// A Content-MD5 that is base64 but not 16 bytes is 400 InvalidDigest (not BadDigest: it is no
+/// MD5 at all), and a copy's metadata directive other than COPY or REPLACE is 400
+/// InvalidArgument (the copy went ahead); neither stores anything.
+#[test]
+fn a_content_md5_of_the_wrong_length_and_an_unknown_metadata_directive_are_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "md5-short")
+        .header("Content-MD5", "AAAA")
+        .body(pattern(10, 11))
+        .go(perch.addr());
+    assert_error(&r, 400, "InvalidDigest", "a 3-byte Content-MD5");
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "copied")
+        .header("x-amz-copy-source", &format!("/{BUCKET}/known"))
+        .header("x-amz-metadata-directive", "BOGUS")
+        .go(perch.addr());
+    assert_error(&r, 400, "InvalidArgument", "x-amz-metadata-directive: BOGUS");
+    assert_clean(&perch, &before, "refused digest and directive");
+    assert_missing(&perch, "md5-short", "a 3-byte Content-MD5");
+    assert_missing(&perch, "copied", "an unknown metadata directive");
+}
+
+/// A chunked PUT with no credentials, or signed with an access key Perch does not have, is
+/// refused on its head alone: the answer comes before the body ends, and nothing of it is
+/// spooled. (Perch used to receive such a body whole, into its spool, before s3s refused it.)
+#[test]
+fn a_chunked_body_without_a_valid_key_is_refused_before_it_is_received() {
+    use std::io::{BufRead, BufReader};
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let host = format!("{BUCKET}.localhost:{}", perch.addr().port());
+    let unknown_key = "AWS4-HMAC-SHA256 Credential=NOSUCHKEY/20261205/us-east-1/s3/aws4_request, \
+                       SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=00";
+    for (auth, code) in [(None, "AccessDenied"), (Some(unknown_key), "InvalidAccessKeyId")] {
+        let mut conn = TcpStream::connect(perch.addr()).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = format!(
+            "PUT /chunked-anon HTTP/1.1\r\nHost: {host}\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n\
+             x-amz-date: 20261205T000000Z\r\nTransfer-Encoding: chunked\r\n"
+        );
+        if let Some(auth) = auth {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        head.push_str("\r\n");
+        conn.write_all(head.as_bytes()).unwrap();
+        // One chunk, and no last chunk: the body never ends.
+        conn.write_all(b"10\r\n0123456789abcdef\r\n").unwrap();
+        let mut reader = BufReader::new(&conn);
+        let mut status = String::new();
+        reader
+            .read_line(&mut status)
+            .unwrap_or_else(|e| panic!("{code}: no answer before the body ended: {e}"));
+        assert!(status.starts_with("HTTP/1.1 403"), "{code}: {status}");
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains(&format!("<Code>{code}</Code>")), "{code}: {text}");
+        let _ = conn.shutdown(Shutdown::Both);
+    }
+    assert_missing(&perch, "chunked-anon", "chunked PUTs without a valid key");
+    assert_clean(&perch, &before, "chunked PUTs without a valid key");
 }

@@ -801,3 +801,76 @@ async fn conditional_deletes_completions_and_copies_are_refused_and_nothing_is_d
     })
     .await;
 }
+
+/// A HEAD with a Range answers as the GET would: 206 with the range's length and span, or 416
+/// when it cannot be satisfied (it answered 200 with the whole length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_with_a_range_answers_the_ranges_length_and_span() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        create_bucket(c, "head-range").await;
+        put(c, "head-range", "ten", b"0123456789").await;
+        let out = ok(
+            c.head_object()
+                .bucket("head-range")
+                .key("ten")
+                .range("bytes=2-5")
+                .send()
+                .await,
+            "HEAD with a range",
+        );
+        assert_eq!(out.content_length(), Some(4));
+        assert_eq!(out.content_range(), Some("bytes 2-5/10"));
+        let out = ok(
+            c.head_object()
+                .bucket("head-range")
+                .key("ten")
+                .range("bytes=-3")
+                .send()
+                .await,
+            "HEAD with a suffix range",
+        );
+        assert_eq!(out.content_length(), Some(3));
+        assert_eq!(out.content_range(), Some("bytes 7-9/10"));
+        let r = c
+            .head_object()
+            .bucket("head-range")
+            .key("ten")
+            .range("bytes=20-30")
+            .send()
+            .await;
+        expect_err(r, 416, None);
+        let out = ok(c.head_object().bucket("head-range").key("ten").send().await, "HEAD");
+        assert_eq!(out.content_length(), Some(10));
+        assert_eq!(out.content_range(), None);
+    })
+    .await;
+}
+
+/// A metadata value beyond US-ASCII, sent encoded as RFC 2047 says, comes back so encoded, as S3
+/// returns it (it came back as raw UTF-8 bytes, which clients read as Latin-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_beyond_ascii_comes_back_encoded_as_rfc_2047_says() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        create_bucket(c, "m2047").await;
+        ok(
+            c.put_object()
+                .bucket("m2047")
+                .key("k")
+                .metadata("u", "=?UTF-8?B?w6k=?=")
+                .metadata("a", "plain")
+                .body(ByteStream::from_static(b"v"))
+                .send()
+                .await,
+            "PUT with encoded metadata",
+        );
+        let out = ok(c.head_object().bucket("m2047").key("k").send().await, "HEAD");
+        let m = out.metadata().expect("metadata");
+        assert_eq!(m.get("u").map(String::as_str), Some("=?UTF-8?B?w6k=?="), "{m:?}");
+        assert_eq!(m.get("a").map(String::as_str), Some("plain"), "{m:?}");
+    })
+    .await;
+}
