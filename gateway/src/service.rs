@@ -311,6 +311,11 @@ impl S3 for Gateway {
         };
         let prefix = input.prefix.clone().unwrap_or_default();
         let mut all = self.store.list_buckets().await.map_err(store_error)?;
+        // The origin names one owner for all its buckets; with none listed, it named none here.
+        let owner = all.first().and_then(|b| b.owner.clone()).map(|o| Owner {
+            id: Some(o.id),
+            display_name: o.display_name,
+        });
         all.sort_by(|a, b| a.name.cmp(&b.name));
         let mut rest = all
             .into_iter()
@@ -333,8 +338,8 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
             continuation_token,
+            owner,
             prefix: input.prefix,
-            ..Default::default()
         }))
     }
 

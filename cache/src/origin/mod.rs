@@ -408,6 +408,15 @@ pub struct ListPage {
 pub struct BucketInfo {
     pub name: String,
     pub created: SystemTime,
+    /// Who owns it, as the origin's ListBuckets names its owner (`None`: the origin does not say).
+    pub owner: Option<BucketOwner>,
+}
+
+/// The owner of buckets, as S3 names one: its canonical id and display name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketOwner {
+    pub id: String,
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

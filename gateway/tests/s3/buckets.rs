@@ -189,3 +189,17 @@ async fn a_buckets_location_constraint_reaches_the_origin() {
     let through = ok(s3.get_bucket_location().bucket("in-eu").send().await, "location");
     assert_eq!(through.location_constraint().map(|c| c.as_str()), Some("eu-west-1"));
 }
+
+/// ListBuckets names the buckets' owner, as the origin names it (it named none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_buckets_names_the_owner_the_origin_names() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        create_bucket(c, "owned").await;
+        let out = ok(c.list_buckets().send().await, "ListBuckets");
+        let owner = out.owner().expect("an Owner");
+        assert!(owner.id().is_some_and(|id| !id.is_empty()), "{owner:?}");
+    })
+    .await;
+}

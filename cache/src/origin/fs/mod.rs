@@ -30,10 +30,10 @@ use list::*;
 
 use super::checksum::{self, Hasher};
 use super::{
-    BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
-    ContentHeaders, CopyInput, CopyOutput, Document, GetOutput, ListEntry, ListPage, ListQuery, MetadataDirective,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartHead, PartInfo, PutBody, PutInput, PutOutput,
-    Subresource, UploadInfo, is_multipart_etag,
+    BucketInfo, BucketOwner, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart,
+    Conditions, ContentHeaders, CopyInput, CopyOutput, Document, GetOutput, ListEntry, ListPage, ListQuery,
+    MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartHead, PartInfo, PutBody,
+    PutInput, PutOutput, Subresource, UploadInfo, is_multipart_etag,
 };
 
 const MAX_KEY_LEN: usize = 1024;
@@ -216,6 +216,10 @@ impl Origin for FsOrigin {
             .map(|(name, b)| BucketInfo {
                 name: name.clone(),
                 created: b.created,
+                owner: Some(BucketOwner {
+                    id: config::OWNER_ID.to_owned(),
+                    display_name: Some(config::OWNER_NAME.to_owned()),
+                }),
             })
             .collect())
     }

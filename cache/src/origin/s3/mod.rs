@@ -282,9 +282,16 @@ impl Origin for S3Origin {
                     self.client.list_buckets().set_continuation_token(token.take()).send(),
                 )
                 .await?;
+            let owner = out.owner().and_then(|o| {
+                Some(BucketOwner {
+                    id: o.id()?.to_owned(),
+                    display_name: o.display_name().map(str::to_owned),
+                })
+            });
             buckets.extend(out.buckets().iter().map(|b| BucketInfo {
                 name: b.name().unwrap_or_default().to_owned(),
                 created: to_system_time(b.creation_date()),
+                owner: owner.clone(),
             }));
             match out.continuation_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
