@@ -204,6 +204,8 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     // The listeners first: an address in use stops Perch before it opens anything.
     let listener = bind(config.listen, "--listen").await?;
     let admin = bind(config.admin_listen, "--admin-listen").await?;
+    // Held until Perch exits; taken before anything in the data dir is touched.
+    let _data_dir = lock_data_dir(&config.data_dir)?;
     if config.dev_credentials {
         tracing::warn!(
             access_key_id = config::DEV_ACCESS_KEY_ID,
@@ -426,6 +428,41 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::n
         };
         anyhow::anyhow!("cannot listen on {addr}: {why}; choose another address with {flag} ADDR")
     })
+}
+
+/// Takes `<data-dir>/lock` (an advisory lock, held by the returned file until Perch exits, even
+/// by kill -9), with Perch's pid in it: a second Perch on the same data dir stops here with one
+/// line that says so, before it touches anything there (it used to remove the first one's spooled
+/// request bodies, then fail on the index's lock with RocksDB's message).
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(anyhow::anyhow!(
+                "the data dir {} is in use by another Perch (pid {}); give each Perch its own --data-dir DIR",
+                dir.display(),
+                pid.trim()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
 }
 
 /// A start with an empty cache: the hot sets the last primary left are fetched in the background

@@ -307,6 +307,27 @@ fn an_address_in_use_is_one_line_naming_the_flag() {
     }
 }
 
+/// A second Perch on a data dir another one runs on stops at start with one line naming the
+/// flag, before it touches anything there: the first one's spooled bodies stay (it used to remove
+/// them, then fail on the index's lock with RocksDB's message), and the first one keeps serving.
+#[test]
+fn a_data_dir_in_use_stops_a_second_perch_before_it_touches_it() {
+    let _turn = machine::share();
+    let s = crate::support::stack::Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.put("in-use", b"first");
+    let sentinel = s.data_dir.join("tmp").join("a-body-being-received");
+    std::fs::create_dir_all(sentinel.parent().unwrap()).unwrap();
+    std::fs::write(&sentinel, b"spooled").unwrap();
+    let stderr = s.start_refused();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("in use by another Perch"), "{stderr}");
+    assert!(lines[0].contains("--data-dir"), "{stderr}");
+    assert!(sentinel.exists(), "the running Perch's spool was touched: {stderr}");
+    s.get_expect("in-use", b"first", "HIT");
+}
+
 /// `--origin-region auto` (the default) in front of an origin that cannot name its region stops
 /// perch at start with one line naming the flag; with the region named, perch serves.
 #[test]
