@@ -313,7 +313,7 @@ impl Reader {
             match next {
                 Some(Ok(chunk)) if chunk.is_empty() => {}
                 Some(Ok(chunk)) => {
-                    breaks.progressed();
+                    breaks.progressed(chunk.len() as u64);
                     if received + chunk.len() as u64 > size {
                         return Err(FillError::Corrupt("the origin sent more bytes than announced".into()));
                     }
@@ -338,10 +338,15 @@ impl Reader {
                         }
                     }
                 }
-                // A whole body's last error is the origin layer's check of it: no break to resume.
+                // A whole body's error after its last byte: the origin layer's check of it failed
+                // (`InvalidData`), or the connection failed once all was there (the fill's own
+                // check below decides), never a break to resume past the end.
                 Some(Err(e)) if received >= size => {
-                    self.local.stats.corrupt.inc();
-                    return Err(FillError::Corrupt(e.to_string()));
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        self.local.stats.corrupt.inc();
+                        return Err(FillError::Corrupt(e.to_string()));
+                    }
+                    break;
                 }
                 None if received >= size => break,
                 Some(Err(_)) | None => {

@@ -136,7 +136,7 @@ impl Stream for Passed {
                         continue;
                     }
                     this.received += chunk.len() as u64;
-                    this.breaks.progressed();
+                    this.breaks.progressed(chunk.len() as u64);
                     if this.received > this.size {
                         return this.fail(io::Error::other("the origin sent more bytes than announced"));
                     }

@@ -36,6 +36,8 @@ const QUEUE_MAX: usize = 65_536;
 /// A queued read-ahead or listing item is dropped once no client has read its table, or listed or
 /// read under its listing, for this long (prewarm items wait their turn, or a `cancel`).
 const STALE: Duration = Duration::from_secs(10);
+/// The least a part read ahead is taken to be (OrioleDB's parts are 1 MiB).
+const PART_SIZE_MIN: u64 = 1 << 20;
 /// Read-ahead runs remembered at most.
 const RUNS_MAX: usize = 4096;
 /// A checksum list longer than this is not read for the files it names.
@@ -294,11 +296,16 @@ impl Prefetcher {
         self.count(reason, result);
     }
 
-    /// Room for a fill of `size` bytes in the disk tier, beside the prefetch fills already under
-    /// way, that no eviction would have to make (`Local::has_room`).
+    /// Room for a fill of `size` bytes that no eviction would have to make: in the disk tier
+    /// beside the prefetch fills already under way, and on the filesystem (where those have
+    /// taken theirs already).
     fn take_room(&self, size: u64) -> Option<Room<'_>> {
+        let local = &self.reader.local;
+        if !local.filesystem_has_room(size) {
+            return None;
+        }
         let mut filling = lock(&self.filling);
-        if !self.reader.local.has_room(*filling + size) {
+        if !local.tier_has_room(*filling + size) {
             return None;
         }
         *filling += size;
@@ -336,7 +343,8 @@ impl Prefetcher {
     /// set of those few alone for the next wake.
     pub(crate) fn prewarm(&self, bucket: &str, objects: &[(String, u64)]) {
         // Older than any read from now on, a second apart (access times are kept in seconds) in
-        // the set's order; in the eviction order too, they come before anything a client reads.
+        // the set's order (and so, once a restart rebuilds the eviction order from them, evicted
+        // before anything a client read).
         let now = SystemTime::now();
         for (rank, (key, size)) in objects.iter().enumerate() {
             let carried = now.checked_sub(Duration::from_secs(rank as u64 + 1));
@@ -346,7 +354,7 @@ impl Prefetcher {
 
     /// A client read `okey` (an object of `size` bytes): it keeps the listing it lies under wanted,
     /// and when it continues a run of nearby parts of one table, the next parts are fetched ahead,
-    /// each taken to be as large as this one until it is fetched.
+    /// each counted against the bounds as if as large as this one (at least 1 MiB).
     pub(crate) fn on_read(&self, okey: &ObjectKey, size: u64) {
         self.continue_runs(okey, size);
     }
@@ -438,6 +446,9 @@ impl Prefetcher {
     /// `okey` was read: the listing it lies under stays wanted, and a run of nearby parts of
     /// one table is read ahead.
     fn continue_runs(&self, okey: &ObjectKey, size: u64) {
+        // The next parts are taken to be as large as this one, and at least an OrioleDB part:
+        // guessing large only holds back more of the bounds than needed.
+        let guess = size.max(PART_SIZE_MIN);
         {
             let mut listings = lock(&self.listings);
             for ((bucket, prefix), last) in listings.iter_mut() {
@@ -491,7 +502,7 @@ impl Prefetcher {
             let run = Run::Table(id.0.clone(), id.1.clone());
             self.push(
                 ObjectKey::new(okey.bucket(), &key),
-                size,
+                guess,
                 Reason::ReadAhead,
                 Some(run),
                 None,

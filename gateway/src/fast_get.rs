@@ -83,34 +83,50 @@ impl FastGet {
     }
 
     /// Why `req` is refused whatever its body holds, when that shows in its head alone: no
-    /// credentials at all (403 AccessDenied), or a SigV4 `Authorization` naming an access key
-    /// other than Perch's (403 InvalidAccessKeyId). The door asks before it receives a body it
-    /// must hold whole (a chunked one), so that nobody without a key fills the spool.
+    /// credentials at all, or an `Authorization` of no scheme S3 knows (403 AccessDenied), or
+    /// credentials naming an access key other than Perch's (403 InvalidAccessKeyId). The door
+    /// asks before it receives a body it must hold whole (a chunked one), so that nobody without
+    /// a key fills the spool. (A wrong signature with the right key id is found by s3s, once
+    /// the body is in.)
     pub fn refused_by_its_head<B>(&self, req: &Request<B>) -> Option<(&'static str, &'static str)> {
+        const DENIED: (&str, &str) = ("AccessDenied", "Access Denied");
+        const UNKNOWN: (&str, &str) = (
+            "InvalidAccessKeyId",
+            "The AWS Access Key Id you provided does not exist in our records.",
+        );
+        let known = |key: &str| {
+            if self.verifier.has_key(key) {
+                None
+            } else {
+                Some(UNKNOWN)
+            }
+        };
         if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-            let key = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256 "))
-                .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("Credential=")))
-                .and_then(|c| c.split('/').next());
-            return match key {
-                Some(key) if !self.verifier.has_key(key) => Some((
-                    "InvalidAccessKeyId",
-                    "The AWS Access Key Id you provided does not exist in our records.",
-                )),
-                _ => None,
-            };
+            let Ok(value) = value.to_str() else { return Some(DENIED) };
+            if let Some(v4) = value.strip_prefix("AWS4-HMAC-SHA256 ") {
+                let key = v4
+                    .split(',')
+                    .find_map(|p| p.trim().strip_prefix("Credential="))
+                    .and_then(|c| c.split('/').next());
+                return key.map_or(Some(DENIED), known);
+            }
+            if let Some(v2) = value.strip_prefix("AWS ") {
+                return v2.split(':').next().map_or(Some(DENIED), known);
+            }
+            return Some(DENIED);
         }
         let query = req.uri().query().unwrap_or("");
-        let presigned = query.split('&').any(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            matches!(
-                name,
-                "X-Amz-Credential" | "X-Amz-Signature" | "AWSAccessKeyId" | "Signature"
-            )
-        });
-        (!presigned).then_some(("AccessDenied", "Access Denied"))
+        for pair in query.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = match name {
+                // `KEY/DATE/REGION/s3/aws4_request`, its slashes percent-encoded.
+                "X-Amz-Credential" => sigv4::percent_decode(value).and_then(|c| c.split('/').next().map(str::to_owned)),
+                "AWSAccessKeyId" => sigv4::percent_decode(value),
+                _ => continue,
+            };
+            return key.map_or(Some(DENIED), |k| known(&k));
+        }
+        Some(DENIED)
     }
 
     /// Checks everything s3s would check before GetObject/HeadObject (the signature, its time,

@@ -479,7 +479,7 @@ fn start_prewarm(
         let buckets = if named.is_empty() {
             let listed = match first_probe.await {
                 Ok(Some(all)) => Ok(all),
-                _ => store.list_buckets().await,
+                _ => store.origin_buckets().await,
             };
             match listed {
                 Ok(all) => all.into_iter().map(|b| b.name).collect(),

@@ -388,12 +388,12 @@ impl Verifier {
         key
     }
 
-    /// Whether `auth` is ours and signs exactly `canonical_request`.
     /// Whether `access_key_id` is the one this verifier holds.
     pub fn has_key(&self, access_key_id: &str) -> bool {
         self.access_key_id == access_key_id
     }
 
+    /// Whether `auth` is ours and signs exactly `canonical_request`.
     pub fn verify(&self, auth: &Authorization<'_>, canonical_request: &[u8]) -> bool {
         if auth.access_key_id != self.access_key_id || auth.signature.len() != 64 {
             return false;

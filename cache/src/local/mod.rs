@@ -339,14 +339,17 @@ impl Local {
     }
 
     /// Whether `size` more bytes fit in the disk tier without evicting anything, with a tenth of
-    /// it left for clients' misses: the only room a prefetch may take.
-    /// The filesystem must have them too, beside the reserve: a prefetch never evicts for room.
-    pub(crate) fn has_room(&self, size: u64) -> bool {
-        let fits = {
-            let e = lock(&self.evictor);
-            e.used() + size <= e.capacity() - e.capacity() / 10
-        };
-        fits && self.room.shortfall(size) == 0
+    /// it left for clients' misses: the only room a prefetch may take (`Prefetcher::take_room`
+    /// adds the prefetch fills under way, which the tier does not count until each is kept).
+    pub(crate) fn tier_has_room(&self, size: u64) -> bool {
+        let e = lock(&self.evictor);
+        e.used() + size <= e.capacity() - e.capacity() / 10
+    }
+
+    /// Whether the data dir's filesystem has `size` more bytes beside the reserve (a fill under way
+    /// has already taken its own: it preallocates its temp file).
+    pub(crate) fn filesystem_has_room(&self, size: u64) -> bool {
+        self.room.shortfall(size) == 0
     }
 
     /// `okey` is being prefetched (`reason`): its first read by a client counts as a use.
@@ -392,9 +395,7 @@ impl Local {
     /// A prewarmed object no client has read yet: `at` (older than any read here) keeps its place
     /// in the hot set this machine writes. A client's read of it sets its own time.
     pub(crate) fn note_carried_access(&self, okey: &ObjectKey, at: SystemTime) {
-        if lock(&self.prefetched).contains_key(okey) {
-            self.note_access_at(okey, at, false);
-        }
+        self.note_access_at(okey, at, false);
     }
 
     fn note_access_at(&self, okey: &ObjectKey, at: SystemTime, replace: bool) {

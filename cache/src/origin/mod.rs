@@ -146,40 +146,52 @@ pub async fn rest_of(origin: &dyn Origin, bucket: &str, key: &str, etag: &str, f
 }
 
 /// The breaks of one whole-object read from the origin, and when to resume it (`rest_of`): at
-/// once after a break that followed a byte, then after pauses doubling from 50 ms to 2 s while
-/// resumptions bring none, and no more once `deadline` has passed since the first break of such
-/// a run (an origin that answers each resumption and breaks at once is not asked hundreds of
-/// times a second).
+/// once after a break that followed 64 KiB or more, then after pauses doubling from 50 ms to 2 s
+/// while resumptions bring less, and no more once `deadline` has passed since the first break of
+/// such a run (an origin that answers each resumption and breaks at once, or after a few bytes,
+/// is not asked hundreds of times a second, nor forever).
 #[derive(Debug)]
 pub(crate) struct Breaks {
     deadline: Duration,
-    /// When the stream broke, if no byte came since.
+    /// When the run of breaks began, if one is under way.
     broke_at: Option<Instant>,
-    /// Resumptions since the last byte.
+    /// Resumptions in the run.
     fruitless: u32,
+    /// Bytes since the last break.
+    since: u64,
 }
 
 impl Breaks {
     const PAUSE_FIRST: Duration = Duration::from_millis(50);
     const PAUSE_MAX: Duration = Duration::from_secs(2);
+    /// What must come after a break for the run of breaks to be over.
+    const PROGRESS: u64 = 64 << 10;
 
     pub(crate) fn new(deadline: Duration) -> Breaks {
         Breaks {
             deadline,
             broke_at: None,
             fruitless: 0,
+            since: 0,
         }
     }
 
-    /// Bytes came: the next break starts a new run.
-    pub(crate) fn progressed(&mut self) {
-        self.broke_at = None;
-        self.fruitless = 0;
+    /// `bytes` came: once enough came since the last break, the next break starts a new run.
+    pub(crate) fn progressed(&mut self, bytes: u64) {
+        if self.broke_at.is_none() {
+            return;
+        }
+        self.since += bytes;
+        if self.since >= Self::PROGRESS {
+            self.broke_at = None;
+            self.fruitless = 0;
+        }
     }
 
     /// The stream broke: the pause before asking for the rest, or `None` once the deadline has
     /// passed.
     pub(crate) fn broke(&mut self) -> Option<Duration> {
+        self.since = 0;
         let broke_at = *self.broke_at.get_or_insert_with(Instant::now);
         if broke_at.elapsed() >= self.deadline {
             return None;

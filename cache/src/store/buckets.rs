@@ -22,6 +22,12 @@ impl Store {
         Ok(self.asked(self.origin.list_buckets()).await?)
     }
 
+    /// The origin's buckets for Perch's own use (which to prewarm at start): retried for the
+    /// whole retry deadline, not cut short as a client's ListBuckets is.
+    pub async fn origin_buckets(&self) -> StoreResult<Vec<BucketInfo>> {
+        Ok(self.origin.list_buckets().await?)
+    }
+
     /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
     pub async fn create_bucket(&self, bucket: &str, location: Option<&str>) -> StoreResult<()> {
         self.asked(self.origin.create_bucket_in(bucket, location)).await?;

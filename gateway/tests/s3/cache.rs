@@ -1050,6 +1050,24 @@ fn a_fill_that_keeps_breaking_backs_off_and_is_discarded_never_kept_partial() {
     );
     eventually("the fill's temp file is gone", || s.tmp_files().is_empty());
     assert_eq!(s.metric("perch_cache_entries{tier=\"disk\"}"), 0.0, "nothing was kept");
+    // An origin that sends a few bytes before every break is no better: less than 64 KiB
+    // between breaks does not end the run (it was resumed at once, thousands of times).
+    let few = pattern(3 * MIB, 93);
+    s.put_behind_perchs_back("kb/few", &few);
+    s.faults(r#"{"fail_next": 100000, "cut_body_after": 1000, "match_key_prefix": "kb/few"}"#);
+    match s.req("GET", "kb/few").send(s.addr()) {
+        Err(_) => {}
+        Ok(r) => assert!(
+            r.status != 200 || r.body.len() < few.len(),
+            "a whole answer from 1,000-byte pieces: {}",
+            r.summary()
+        ),
+    }
+    let asked = s.records("kb/few").len();
+    assert!(
+        (3..=15).contains(&asked),
+        "{asked} origin GETs of 1,000 bytes each: not a few after growing pauses"
+    );
     s.no_faults();
     s.get_expect("kb/k", &body, "MISS");
     s.get_expect("kb/k", &body, "HIT");

@@ -809,11 +809,11 @@ async fn a_head_with_a_range_answers_the_ranges_length_and_span() {
     let _turn = machine::share();
     for_each_origin(|gw| async move {
         let c = &gw.client;
-        create_bucket(c, "head-range").await;
-        put(c, "head-range", "ten", b"0123456789").await;
+        create_bucket(c, BUCKET).await;
+        put(c, BUCKET, "ten", b"0123456789").await;
         let out = ok(
             c.head_object()
-                .bucket("head-range")
+                .bucket(BUCKET)
                 .key("ten")
                 .range("bytes=2-5")
                 .send()
@@ -823,25 +823,30 @@ async fn a_head_with_a_range_answers_the_ranges_length_and_span() {
         assert_eq!(out.content_length(), Some(4));
         assert_eq!(out.content_range(), Some("bytes 2-5/10"));
         let out = ok(
-            c.head_object()
-                .bucket("head-range")
-                .key("ten")
-                .range("bytes=-3")
-                .send()
-                .await,
+            c.head_object().bucket(BUCKET).key("ten").range("bytes=-3").send().await,
             "HEAD with a suffix range",
         );
         assert_eq!(out.content_length(), Some(3));
         assert_eq!(out.content_range(), Some("bytes 7-9/10"));
+        let raw = perch_testkit::raw_client::Req::object(
+            "HEAD",
+            gw.perch.addr(),
+            perch_testkit::raw_client::Style::Path,
+            "ten",
+        )
+        .header("Range", "bytes=2-5")
+        .go(gw.perch.addr());
+        assert_eq!(raw.status, 206, "{}", raw.summary());
+        assert_eq!(raw.header("Content-Length"), Some("4"), "{}", raw.summary());
         let r = c
             .head_object()
-            .bucket("head-range")
+            .bucket(BUCKET)
             .key("ten")
             .range("bytes=20-30")
             .send()
             .await;
         expect_err(r, 416, None);
-        let out = ok(c.head_object().bucket("head-range").key("ten").send().await, "HEAD");
+        let out = ok(c.head_object().bucket(BUCKET).key("ten").send().await, "HEAD");
         assert_eq!(out.content_length(), Some(10));
         assert_eq!(out.content_range(), None);
     })
