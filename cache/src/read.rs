@@ -234,7 +234,7 @@ impl Reader {
                     &DISK
                 })
                 .inc();
-            self.local.note_read(okey, entry.blob);
+            self.local.note_head(okey, entry.blob);
             return Ok((entry.meta, status));
         }
         self.local.stats.misses.inc();

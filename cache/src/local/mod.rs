@@ -382,6 +382,12 @@ impl Local {
     /// Records a read of `okey`'s blob: its place in the eviction order, and its access time.
     pub(crate) fn note_read(&self, okey: &ObjectKey, blob: u64) {
         self.note_client_read(okey);
+        self.note_head(okey, blob);
+    }
+
+    /// Records a HEAD of `okey`: as a read, but no use of a prefetch of it (its bytes were not
+    /// read).
+    pub(crate) fn note_head(&self, okey: &ObjectKey, blob: u64) {
         lock(&self.evictor).touch(blob);
         self.note_access(okey);
     }

@@ -59,6 +59,12 @@ fn a_listing_a_rule_marks_is_prefetched_up_to_its_byte_bound() {
     s.assert_metric(fetched, 6.0);
     s.assert_metric(dropped, 4.0);
     assert_eq!(origin_gets_under(&s, "pf/"), 6, "{:?}", s.counts());
+    // A HEAD reads no bytes: it is no use of a prefetch (it used to count as one).
+    for i in 0..10 {
+        let r = s.head(&format!("pf/a/{i}"));
+        assert_eq!(r.status, 200, "{}", r.summary());
+    }
+    s.assert_metric("perch_cache_prefetch_used_total{reason=\"list\"}", 0.0);
     let mut hits = 0;
     for (i, body) in bodies.iter().enumerate() {
         let r = s.get(&format!("pf/a/{i}"));
