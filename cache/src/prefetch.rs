@@ -184,13 +184,14 @@ impl Prefetcher {
             .inc();
     }
 
-    /// Queues `okey` (of `size` bytes) unless the byte budget or the queue is full.
-    fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>, carried: Option<SystemTime>) {
+    /// Queues `okey` (of `size` bytes) unless the byte budget or the queue is full (`false`:
+    /// dropped for that).
+    fn push(&self, okey: ObjectKey, size: u64, reason: Reason, run: Option<Run>, carried: Option<SystemTime>) -> bool {
         if self.reader.bypasses(&okey) || size > self.reader.local.keep_limit() {
             // Its fill would keep nothing (a hot set written before the policy changed may name
             // it, or it is larger than any object the cache keeps).
             self.count(reason, "skipped");
-            return;
+            return true;
         }
         let budget = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
         let mut queue = lock(&self.queues[reason as usize]);
@@ -198,7 +199,7 @@ impl Prefetcher {
             drop(queue);
             self.bytes.fetch_sub(size, Ordering::SeqCst);
             self.count(reason, "dropped");
-            return;
+            return false;
         }
         self.outstanding[reason as usize].fetch_add(1, Ordering::SeqCst);
         queue.push_back(Item {
@@ -211,6 +212,7 @@ impl Prefetcher {
         });
         drop(queue);
         self.wakes[reason as usize].notify_one();
+        true
     }
 
     fn pop(&self, reason: Reason) -> Option<Item> {
@@ -500,13 +502,19 @@ impl Prefetcher {
         for p in want {
             let key = Prefetch::part_key(name, p);
             let run = Run::Table(id.0.clone(), id.1.clone());
-            self.push(
+            if !self.push(
                 ObjectKey::new(okey.bucket(), &key),
                 guess,
                 Reason::ReadAhead,
                 Some(run),
                 None,
-            );
+            ) {
+                // Dropped for the budget: the run's next read asks for it again.
+                if let Some(t) = lock(&self.tables).get_mut(&id) {
+                    t.ahead = t.ahead.min(p - 1);
+                }
+                break;
+            }
         }
     }
 
