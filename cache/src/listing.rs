@@ -67,18 +67,29 @@ enum Item {
 }
 
 /// Merges the origin's page (asked with `q.origin_start_after()` and `q.max_keys`) with the
-/// newest pending version of each dirty key under the prefix.
-pub(crate) fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>) -> Page {
+/// newest pending version of each dirty key under the prefix, leaving out the origin's common
+/// prefixes in `hidden` (every key under them deleted here).
+pub(crate) fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>, hidden: &[String]) -> Page {
     let origin_truncated = origin.next.is_some();
+    // Past the origin's last name, a truncated page knows nothing: merge only up to it (a hidden
+    // prefix included: the next page resumes after it, not from the start).
+    let origin_last = origin
+        .objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .chain(origin.common_prefixes.iter().map(String::as_str))
+        .max()
+        .map(str::to_owned);
+    let bound = origin_truncated.then_some(origin_last).flatten();
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
     for o in origin.objects {
         items.insert(o.key.clone(), Item::Object(o));
     }
     for p in origin.common_prefixes {
-        items.insert(p, Item::Prefix);
+        if !hidden.contains(&p) {
+            items.insert(p, Item::Prefix);
+        }
     }
-    // Past the origin's last name, a truncated page knows nothing: merge only up to it.
-    let bound = origin_truncated.then(|| items.keys().next_back().cloned()).flatten();
     for d in dirty {
         if !d.key.starts_with(q.prefix.as_str()) {
             continue;
@@ -196,7 +207,7 @@ mod tests {
             objects: vec![e("a"), e("c"), e("d")],
             ..Default::default()
         };
-        let p = merge(&q, origin, vec![put("b"), del("c"), put("d")]);
+        let p = merge(&q, origin, vec![put("b"), del("c"), put("d")], &[]);
         assert_eq!(names(&p), ["a", "b", "d"]);
         assert_eq!(p.objects[2].size, 9, "the pending version replaces the origin's");
         assert_eq!(p.next_after, None);
@@ -214,7 +225,7 @@ mod tests {
             ..Default::default()
         };
         // "b" fits before the bound; "z" lies past it and waits for a later page.
-        let p = merge(&q, origin, vec![put("b"), put("z")]);
+        let p = merge(&q, origin, vec![put("b"), put("z")], &[]);
         assert_eq!(names(&p), ["a", "b"]);
         assert_eq!(p.next_after.as_deref(), Some("b"));
         let q2 = PageQuery {
@@ -225,7 +236,7 @@ mod tests {
             objects: vec![e("c")],
             ..Default::default()
         };
-        let p = merge(&q2, origin, vec![put("b"), put("z")]);
+        let p = merge(&q2, origin, vec![put("b"), put("z")], &[]);
         assert_eq!(names(&p), ["c", "z"]);
         assert_eq!(p.next_after, None);
     }
@@ -247,6 +258,7 @@ mod tests {
             &q,
             origin,
             vec![put("data/2/global/pg_control"), put("data/1/y"), del("data/x")],
+            &[],
         );
         assert_eq!(p.common_prefixes, ["data/1/", "data/2/"]);
         assert!(p.objects.is_empty());
@@ -256,7 +268,7 @@ mod tests {
             ..q
         };
         assert_eq!(q2.origin_start_after().as_deref(), Some("data/1/\u{10FFFF}"));
-        let p = merge(&q2, ListPage::default(), vec![put("data/1/z"), put("data/3/a")]);
+        let p = merge(&q2, ListPage::default(), vec![put("data/1/z"), put("data/3/a")], &[]);
         assert_eq!(p.common_prefixes, ["data/3/"]);
     }
 
@@ -269,6 +281,27 @@ mod tests {
             merged[1].key, "b",
             "b was uploaded meanwhile: the earlier snapshot says it"
         );
+    }
+
+    /// A truncated origin page whose every name is hidden (common prefixes whose keys are all
+    /// deleted here) still says where the next page resumes: after them, not "no more pages".
+    #[test]
+    fn a_truncated_page_of_hidden_prefixes_resumes_after_them() {
+        let q = PageQuery {
+            prefix: "P/".into(),
+            delimiter: Some("/".into()),
+            max_keys: 2,
+            after: None,
+        };
+        let origin = ListPage {
+            common_prefixes: vec!["P/sub0/".into(), "P/sub1/".into()],
+            next: Some("whatever".into()),
+            ..Default::default()
+        };
+        let hidden = ["P/sub0/".to_owned(), "P/sub1/".to_owned()];
+        let p = merge(&q, origin, vec![del("P/sub0/x"), del("P/sub1/x")], &hidden);
+        assert!(p.common_prefixes.is_empty() && p.objects.is_empty());
+        assert_eq!(p.next_after.as_deref(), Some("P/sub1/"));
     }
 
     #[test]

@@ -306,7 +306,7 @@ impl Replica {
             view.insert(o.key.clone(), Some(o));
         }
         let dirty = view.into_iter().map(|(key, object)| DirtyKey { key, object }).collect();
-        Ok(listing::merge(q, page, dirty))
+        Ok(listing::merge(q, page, dirty, &[]))
     }
 
     /// Every key of a local store under the page's prefix, after its resume position.

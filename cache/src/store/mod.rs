@@ -38,6 +38,9 @@ use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::replica::Replica;
 use crate::uploader::Uploader;
 
+/// Origin pages a listing asks for at most to give a client one that is not empty.
+const EMPTY_PAGES_MAX: u32 = 8;
+
 /// The policy's `cache = "pin"`, as the cache asks it (for reads: a pinned copy stays).
 fn pin_rule(policy: &Arc<perch_policy::SharedPolicy>) -> crate::local::Pinned {
     let policy = policy.clone();
@@ -413,6 +416,22 @@ impl Store {
     /// a key under it and no page is empty but truncated because of it.
     pub async fn list(&self, bucket: &str, q: &PageQuery) -> StoreResult<Page> {
         let mut page = self.list_merged(bucket, q).await?;
+        // An origin page whose every name is deleted here merges to nothing: the next one is
+        // asked at once (a few times), so that a client rarely sees an empty truncated page.
+        let mut asked = 1;
+        while page.objects.is_empty()
+            && page.common_prefixes.is_empty()
+            && q.max_keys > 0
+            && asked < EMPTY_PAGES_MAX
+            && let Some(after) = page.next_after.take()
+        {
+            let next = PageQuery {
+                after: Some(after),
+                ..q.clone()
+            };
+            page = self.list_merged(bucket, &next).await?;
+            asked += 1;
+        }
         hide_reserved(&mut page);
         if page.next_after.as_deref().is_some_and(is_reserved) {
             let shown = page.objects.len() + page.common_prefixes.len();
@@ -455,7 +474,7 @@ impl Store {
         // Pending versions before and after the origin's page: a version uploaded (and so no
         // longer pending) while the page was made may be missing from the page; it still counts.
         let before = self.journal.dirty_keys(bucket, &q.prefix);
-        let mut page = self.origin.list_objects(bucket, &query).await?;
+        let page = self.origin.list_objects(bucket, &query).await?;
         let dirty = listing::newest(before, self.journal.dirty_keys(bucket, &q.prefix));
         // A common prefix of the origin whose every key is deleted locally must go too: ask the
         // origin what it holds under it (only when deletes are pending there).
@@ -478,8 +497,7 @@ impl Store {
                 hidden.push(cp.clone());
             }
         }
-        page.common_prefixes.retain(|cp| !hidden.contains(cp));
-        Ok(listing::merge(q, page, dirty))
+        Ok(listing::merge(q, page, dirty, &hidden))
     }
 
     /// Allocates `len` bytes of `file`, a request body about to be spooled under the data dir,

@@ -1250,3 +1250,34 @@ fn a_completion_sent_again_while_the_first_waits_on_the_origin_gets_its_answer()
     assert_eq!(again.e_tag(), first.e_tag());
     assert_eq!(s.in_moto(key), Some(body));
 }
+
+/// A delimiter listing whose origin page holds only common prefixes whose every key is deleted
+/// here (pending) goes on past them: the later prefixes are listed, in both listing versions
+/// (the page came back empty and said it was the last one).
+#[test]
+fn a_listing_goes_on_past_prefixes_whose_keys_are_all_deleted_here() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    for i in 0..4 {
+        s.put(&format!("lp/sub{i}/x"), b"x");
+    }
+    s.flush(Duration::from_secs(60));
+    // The deletes stay pending: their uploads are refused for now; listings still reach moto.
+    s.faults(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_method": "DELETE"}"#);
+    delete(&s, "lp/sub0/x");
+    delete(&s, "lp/sub1/x");
+    for v1 in [false, true] {
+        for max_keys in [1, 2, 1000] {
+            let (keys, prefixes) = list_all(&s, "lp/", Some("/"), max_keys, v1);
+            assert!(keys.is_empty(), "{keys:?}");
+            assert_eq!(
+                prefixes,
+                ["lp/sub2/", "lp/sub3/"],
+                "max-keys {max_keys}, {}",
+                if v1 { "ListObjects" } else { "ListObjectsV2" }
+            );
+        }
+    }
+    s.no_faults();
+}
