@@ -312,12 +312,18 @@ pub fn flush(args: &FlushArgs) -> anyhow::Result<()> {
             println!("flushed: every write acknowledged up to version {target} is in the origin");
             return Ok(());
         }
-        if !refused.is_empty() && left as usize <= refused.len() {
+        // Only refused versions left, or the rest waiting behind them (a later stage, a later
+        // version of their key): nothing more will go up until they are retried or dropped.
+        if !refused.is_empty() && (left as usize <= refused.len() || st.blocked_by_refusals) {
             eprintln!();
-            for f in refused {
+            for f in &refused {
                 eprintln!("refused: {}/{} (version {}): {}", f.bucket, f.key, f.seq, f.error);
             }
-            bail!("the origin refused some writes; they are kept locally (see perch status)");
+            let behind = (left as usize).saturating_sub(refused.len());
+            bail!(
+                "the origin refused some writes ({behind} more wait behind them); they are kept locally \
+                 (see perch status, perch journal retry/drop)"
+            );
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             eprintln!();

@@ -389,6 +389,39 @@ fn a_refused_upload_is_kept_and_reported() {
         Some(&b"kept locally"[..])
     );
     assert!(s.metric("perch_upload_failed") >= 1.0);
+
+    // `perch flush` fails at once, naming the refusal, also when later versions wait behind it
+    // (a barrier and the next checkpoint's data): it used to wait for them for ever.
+    s.faults(
+        r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "data/90/bad", "error_kinds": ["403"]}"#,
+    );
+    s.put("data/90/bad", b"refused");
+    s.put("data/90/global/pg_control", b"a barrier after the refused version");
+    s.put("data/91/after", b"behind the barrier");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.status()["failed"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f["key"] == "data/90/bad"))
+    {
+        assert!(Instant::now() < deadline, "the second refusal never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    let out = std::process::Command::new(perch_binary())
+        .args(["flush", "--timeout", "30s", "--admin", &s.perch().admin.to_string()])
+        .output()
+        .expect("run perch flush");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("refused: {BUCKET}/data/90/bad")),
+        "the refusal is named: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "perch flush waited {:?} on versions that cannot go up: {stderr}",
+        started.elapsed()
+    );
 }
 
 #[test]
