@@ -31,7 +31,7 @@ use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
     BucketInfo, ByteRange, ChecksumType, Checksums, Conditions, CopyInput, CopyOutput, ListQuery, MetadataDirective,
-    ObjectMeta, Origin, OriginError, PutBody, PutInput, PutOutput,
+    ObjectMeta, Origin, OriginError, PutBody, PutInput, PutOutput, etag_matches,
 };
 use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
@@ -309,6 +309,20 @@ impl Store {
         }
         let digest = digest.wait().await?;
         let _held = self.journal.hold_commits(&[&okey]).await;
+        // A version of the key acknowledged here and not yet uploaded goes up before this one:
+        // a condition it already fails fails at once (If-None-Match: * on a key written here),
+        // without waiting on the origin for the upload.
+        if let Ok(Some(pending)) = self.local.index.get(&okey)
+            && pending.pending
+            && !pending.deleted
+        {
+            let etag = pending.meta.etag.as_str();
+            let fails = input.if_none_match.as_deref().is_some_and(|n| etag_matches(n, etag))
+                || input.if_match.as_deref().is_some_and(|m| !etag_matches(m, etag));
+            if fails {
+                return Err(OriginError::PreconditionFailed.into());
+            }
+        }
         self.settle(&okey, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         let input = PutInput {

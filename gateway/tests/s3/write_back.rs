@@ -1314,3 +1314,37 @@ fn a_listing_goes_on_past_prefixes_whose_keys_are_all_deleted_here() {
     }
     s.no_faults();
 }
+
+/// A conditional PUT on a key whose newest version is acknowledged here and not yet uploaded
+/// is 412 at once when that version already fails its condition (If-None-Match: *, or an
+/// If-Match naming another ETag): it waited for the upload and answered 503 SlowDown when the
+/// origin was slow, an answer OrioleDB's lock cannot take.
+#[test]
+fn a_conditional_put_that_a_pending_version_fails_is_412_at_once() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--origin-retry-deadline", "5s"]);
+    let _log = s.log_on_panic();
+    s.put("warm", b"bucket known");
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "cond/", "error_kinds": ["503"]}"#);
+    s.put("cond/lock", b"held here");
+    for (name, value) in [
+        ("If-None-Match", "*"),
+        ("If-Match", "\"00000000000000000000000000000000\""),
+    ] {
+        let started = Instant::now();
+        let r = s
+            .req("PUT", "cond/lock")
+            .header(name, value)
+            .body(b"taker".to_vec())
+            .go(s.addr());
+        assert_eq!(r.status, 412, "{name}: {value}: {}", r.summary());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{name}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("cond/lock"), Some(b"held here".to_vec()));
+}
