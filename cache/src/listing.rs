@@ -5,10 +5,10 @@
 //! Perch's own (`p1` + the hex of that name), turned into `start-after` for the origin, so a page
 //! boundary never depends on which keys were pending when the previous page was made.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::journal::DirtyKey;
-use crate::origin::{ListEntry, ListPage};
+use crate::origin::{ListEntry, ListPage, ListQuery, Origin, OriginResult};
 
 /// What a page asks for, with the position it resumes after.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +138,37 @@ pub(crate) fn merge(q: &PageQuery, origin: ListPage, dirty: Vec<DirtyKey>, hidde
         page.next_after = last.or(bound).or_else(|| q.after.clone());
     }
     page
+}
+
+/// The origin's common `prefixes` under which every key is deleted here (`dirty` holds deletes
+/// under the prefix and no write): those must not be listed either. The origin is asked what it
+/// holds under each, only where such deletes are.
+pub(crate) async fn emptied_prefixes(
+    origin: &dyn Origin,
+    bucket: &str,
+    prefixes: &[String],
+    dirty: &[DirtyKey],
+) -> OriginResult<Vec<String>> {
+    let mut hidden = Vec::new();
+    for cp in prefixes {
+        let under: Vec<_> = dirty.iter().filter(|d| d.key.starts_with(cp.as_str())).collect();
+        if under.is_empty() || under.iter().any(|d| d.object.is_some()) {
+            continue;
+        }
+        let deleted: HashSet<&str> = under.iter().map(|d| d.key.as_str()).collect();
+        let inside = ListQuery {
+            prefix: Some(cp.clone()),
+            delimiter: None,
+            max_keys: deleted.len() + 1,
+            start_after: None,
+            continuation: None,
+        };
+        let held = origin.list_objects(bucket, &inside).await?;
+        if held.next.is_none() && held.objects.iter().all(|o| deleted.contains(o.key.as_str())) {
+            hidden.push(cp.clone());
+        }
+    }
+    Ok(hidden)
 }
 
 /// The pending versions to merge, from a snapshot taken before the origin's page and one taken

@@ -305,8 +305,10 @@ impl Replica {
         for o in self.all_local(&self.objects, bucket, q).await? {
             view.insert(o.key.clone(), Some(o));
         }
-        let dirty = view.into_iter().map(|(key, object)| DirtyKey { key, object }).collect();
-        Ok(listing::merge(q, page, dirty, &[]))
+        let dirty: Vec<DirtyKey> = view.into_iter().map(|(key, object)| DirtyKey { key, object }).collect();
+        // A common prefix whose every key the replica deleted is gone from its view too.
+        let hidden = listing::emptied_prefixes(self.origin.as_ref(), bucket, &page.common_prefixes, &dirty).await?;
+        Ok(listing::merge(q, page, dirty, &hidden))
     }
 
     /// Every key of a local store under the page's prefix, after its resume position.

@@ -490,27 +490,7 @@ impl Store {
         let before = self.journal.dirty_keys(bucket, &q.prefix);
         let page = self.origin.list_objects(bucket, &query).await?;
         let dirty = listing::newest(before, self.journal.dirty_keys(bucket, &q.prefix));
-        // A common prefix of the origin whose every key is deleted locally must go too: ask the
-        // origin what it holds under it (only when deletes are pending there).
-        let mut hidden = Vec::new();
-        for cp in &page.common_prefixes {
-            let under: Vec<_> = dirty.iter().filter(|d| d.key.starts_with(cp.as_str())).collect();
-            if under.is_empty() || under.iter().any(|d| d.object.is_some()) {
-                continue;
-            }
-            let deleted: HashSet<&str> = under.iter().map(|d| d.key.as_str()).collect();
-            let inside = ListQuery {
-                prefix: Some(cp.clone()),
-                delimiter: None,
-                max_keys: deleted.len() + 1,
-                start_after: None,
-                continuation: None,
-            };
-            let held = self.origin.list_objects(bucket, &inside).await?;
-            if held.next.is_none() && held.objects.iter().all(|o| deleted.contains(o.key.as_str())) {
-                hidden.push(cp.clone());
-            }
-        }
+        let hidden = listing::emptied_prefixes(self.origin.as_ref(), bucket, &page.common_prefixes, &dirty).await?;
         Ok(listing::merge(q, page, dirty, &hidden))
     }
 

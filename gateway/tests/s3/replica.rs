@@ -362,6 +362,21 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
         "wal/000000010000000000000001",
     ];
     assert_eq!(list_keys(r), expected, "the replica's listing");
+    // With a delimiter, the common prefix whose every key the replica deleted is gone too (it
+    // was listed, though nothing under it could be read).
+    let page = Req::bucket(
+        "GET",
+        r,
+        Style::Path,
+        "list-type=2&prefix=orioledb_data%2F&delimiter=%2F",
+    )
+    .go(r);
+    assert_eq!(page.status, 200, "{}", page.summary());
+    let prefixes: Vec<String> = perch_testkit::raw_client::xml_values(&page.text(), "Prefix")
+        .into_iter()
+        .filter(|p| p != "orioledb_data/")
+        .collect();
+    assert_eq!(prefixes, ["orioledb_data/2/"], "{}", page.text());
 
     // A restart: the overlay is read back, not seeded again.
     let status = replica.terminate(Duration::from_secs(30));
