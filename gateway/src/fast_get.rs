@@ -88,12 +88,9 @@ impl FastGet {
     /// asks before it receives a body it must hold whole (a chunked one), so that nobody without
     /// a key fills the spool. (A wrong signature with the right key id is found by s3s, once
     /// the body is in.)
-    pub fn refused_by_its_head<B>(&self, req: &Request<B>) -> Option<(&'static str, &'static str)> {
-        const DENIED: (&str, &str) = ("AccessDenied", "Access Denied");
-        const UNKNOWN: (&str, &str) = (
-            "InvalidAccessKeyId",
-            "The AWS Access Key Id you provided does not exist in our records.",
-        );
+    pub fn refused_by_its_head<B>(&self, req: &Request<B>) -> Option<&'static str> {
+        const DENIED: &str = "AccessDenied";
+        const UNKNOWN: &str = "InvalidAccessKeyId";
         let known = |key: &str| {
             if self.verifier.has_key(key) {
                 None

@@ -248,7 +248,7 @@ fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
 }
 
 /// S3's message for the errors s3s answers without one (a client shows "Unknown" otherwise).
-fn usual_message(code: &str) -> Option<&'static str> {
+pub(crate) fn usual_message(code: &str) -> Option<&'static str> {
     Some(match code {
         "SignatureDoesNotMatch" => {
             "The request signature we calculated does not match the signature you provided. Check your key and signing method."
@@ -392,14 +392,17 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     Some(flag) => GuardedBody::new(body, limits).with_end_flag(flag.clone()),
                     None => GuardedBody::new(body, limits),
                 });
-                if chunked::lacks_length(&req)
-                    && let Some((code, message)) = door.fast.refused_by_its_head(&req)
-                {
-                    Err(error_response(StatusCode::FORBIDDEN, code, message))
-                } else if chunked::lacks_length(&req) {
-                    chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
-                        .await
-                        .map_err(|refused| error_response(refused.status, refused.code, refused.message))
+                if chunked::lacks_length(&req) {
+                    match door.fast.refused_by_its_head(&req) {
+                        Some(code) => Err(error_response(
+                            StatusCode::FORBIDDEN,
+                            code,
+                            usual_message(code).unwrap_or_default(),
+                        )),
+                        None => chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
+                            .await
+                            .map_err(|refused| error_response(refused.status, refused.code, refused.message)),
+                    }
                 } else {
                     Ok(req.map(s3s::Body::http_body))
                 }
