@@ -222,6 +222,15 @@ fn objects_of(page: &perch_cache::Page, url: bool, owner: Option<&Owner>) -> Vec
         .collect()
 }
 
+/// Who started a multipart upload: the bucket's owner, the one account behind Perch's keys at the
+/// origin (as on S3 when the owner's own keys start it).
+fn initiator_of(owner: &Owner) -> Initiator {
+    Initiator {
+        display_name: owner.display_name.clone(),
+        id: owner.id.clone(),
+    }
+}
+
 /// The delimiter a listing answers with: none for an empty one, as S3 (which ignores it).
 fn delimiter_out(delimiter: Option<String>, url: bool) -> Option<String> {
     delimiter.filter(|d| !d.is_empty()).map(|d| encode(d, url))
@@ -362,8 +371,11 @@ impl S3 for Gateway {
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.store.head_bucket(&req.input.bucket).await.map_err(store_error)?;
-        Ok(S3Response::new(HeadBucketOutput::default()))
+        let region = self.store.head_bucket(&req.input.bucket).await.map_err(store_error)?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: region,
+            ..Default::default()
+        }))
     }
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
@@ -1051,7 +1063,11 @@ impl S3 for Gateway {
             })
             .collect();
         let truncated = rest.next().is_some();
+        let owner = self.owner(&input.bucket).await;
         Ok(S3Response::new(ListPartsOutput {
+            initiator: owner.as_ref().map(initiator_of),
+            owner,
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(input.upload_id),
@@ -1088,6 +1104,7 @@ impl S3 for Gateway {
                 || (u.key == key_marker && !id_marker.is_empty() && u.upload_id > id_marker)
         };
         let mut rest = all.into_iter().filter(after_marker);
+        let owner = self.owner(&input.bucket).await;
         let uploads: Vec<MultipartUpload> = rest
             .by_ref()
             .take(max)
@@ -1095,6 +1112,9 @@ impl S3 for Gateway {
                 key: Some(u.key),
                 upload_id: Some(u.upload_id),
                 initiated: Some(Timestamp::from(u.initiated)),
+                initiator: owner.as_ref().map(initiator_of),
+                owner: owner.clone(),
+                storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
                 ..Default::default()
             })
             .collect();

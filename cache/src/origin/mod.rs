@@ -541,7 +541,8 @@ pub trait Origin: Send + Sync + 'static {
         let _ = location;
         self.create_bucket(bucket).await
     }
-    async fn head_bucket(&self, bucket: &str) -> OriginResult<()>;
+    /// HeadBucket: the bucket's region as the origin names it (`x-amz-bucket-region`), if it does.
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<Option<String>>;
     /// GetBucketLocation: the bucket's region as the origin names it (`None`: us-east-1, or an
     /// origin without regions).
     async fn bucket_location(&self, bucket: &str) -> OriginResult<Option<String>> {

@@ -31,7 +31,7 @@ impl Origin for ReadOnlyOrigin {
         Err(refused("CreateBucket"))
     }
 
-    async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<Option<String>> {
         self.0.head_bucket(bucket).await
     }
 

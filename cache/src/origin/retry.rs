@@ -232,7 +232,7 @@ impl Origin for RetryingOrigin {
         }
     }
 
-    async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<Option<String>> {
         self.run("head_bucket", || self.inner.head_bucket(bucket)).await.0
     }
 

@@ -35,7 +35,8 @@ impl Store {
         Ok(())
     }
 
-    pub async fn head_bucket(&self, bucket: &str) -> StoreResult<()> {
+    /// HeadBucket: the bucket's region, as the origin names it.
+    pub async fn head_bucket(&self, bucket: &str) -> StoreResult<Option<String>> {
         Ok(self.asked(self.origin.head_bucket(bucket)).await?)
     }
 

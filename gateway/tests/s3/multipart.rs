@@ -645,3 +645,52 @@ fn the_part_sizes_learnt_for_a_cached_copy_are_kept_with_it() {
         expect_part(&c, (BUCKET, "learnt/big"), 3, &parts[2], (first, size), Some(3)).await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_listings_name_the_owner_and_initiator_and_head_bucket_its_region() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        let b = "owned-uploads";
+        create_bucket(c, b).await;
+        let created = ok(
+            c.create_multipart_upload().bucket(b).key("k").send().await,
+            "create upload",
+        );
+        let id = created.upload_id().expect("upload id").to_owned();
+        // The bucket's owner as the origin's ACL names it (moto's ListBuckets names another).
+        let owner = ok(c.get_bucket_acl().bucket(b).send().await, "GetBucketAcl")
+            .owner()
+            .and_then(|o| o.id())
+            .expect("the origin names an owner")
+            .to_owned();
+
+        let parts = ok(
+            c.list_parts().bucket(b).key("k").upload_id(&id).send().await,
+            "ListParts",
+        );
+        assert_eq!(parts.owner().and_then(|o| o.id()), Some(owner.as_str()), "{parts:?}");
+        assert_eq!(
+            parts.initiator().and_then(|i| i.id()),
+            Some(owner.as_str()),
+            "{parts:?}"
+        );
+        assert_eq!(parts.storage_class().map(|s| s.as_str()), Some("STANDARD"));
+
+        let uploads = ok(
+            c.list_multipart_uploads().bucket(b).send().await,
+            "ListMultipartUploads",
+        );
+        let upload = uploads.uploads().first().expect("the upload listed");
+        assert_eq!(upload.owner().and_then(|o| o.id()), Some(owner.as_str()), "{upload:?}");
+        assert_eq!(
+            upload.initiator().and_then(|i| i.id()),
+            Some(owner.as_str()),
+            "{upload:?}"
+        );
+
+        let head = ok(c.head_bucket().bucket(b).send().await, "HeadBucket");
+        assert_eq!(head.bucket_region(), Some("us-east-1"), "{head:?}");
+    })
+    .await;
+}

@@ -269,8 +269,9 @@ impl Origin for FsOrigin {
         Ok(())
     }
 
-    async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
-        self.bucket(bucket).map(|_| ())
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<Option<String>> {
+        // A directory has no regions; its GetBucketLocation answers none, which is us-east-1.
+        self.bucket(bucket).map(|_| Some("us-east-1".to_owned()))
     }
 
     async fn delete_bucket(&self, bucket: &str) -> OriginResult<()> {

@@ -335,14 +335,15 @@ impl Origin for S3Origin {
             .filter(|c| !c.is_empty()))
     }
 
-    async fn head_bucket(&self, bucket: &str) -> OriginResult<()> {
-        self.call(
-            Subject::Bucket,
-            Duration::ZERO,
-            self.client.head_bucket().bucket(bucket).send(),
-        )
-        .await?;
-        Ok(())
+    async fn head_bucket(&self, bucket: &str) -> OriginResult<Option<String>> {
+        let out = self
+            .call(
+                Subject::Bucket,
+                Duration::ZERO,
+                self.client.head_bucket().bucket(bucket).send(),
+            )
+            .await?;
+        Ok(out.bucket_region().filter(|r| !r.is_empty()).map(str::to_owned))
     }
 
     async fn delete_bucket(&self, bucket: &str) -> OriginResult<()> {
