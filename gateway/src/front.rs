@@ -124,6 +124,7 @@ fn is_overlay_write(op: &str) -> bool {
     matches!(
         op,
         "PutObject"
+            | "PostObject"
             | "DeleteObject"
             | "DeleteObjects"
             | "CreateMultipartUpload"

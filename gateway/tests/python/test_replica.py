@@ -8,6 +8,7 @@ import subprocess
 import uuid
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
 from conftest import make_client
@@ -110,3 +111,34 @@ def test_replica_reads_and_refuses_writes(perch_factory, perch_bin, moto, style)
     w.put_object(Bucket=bucket, Key="data/new", Body=b"yes")
     flush(perch_bin, primary)
     assert r.get_object(Bucket=bucket, Key="data/new")["Body"].read() == b"yes"
+
+
+def test_a_replica_keeps_a_browser_form_upload_in_its_overlay_as_it_keeps_a_put(perch_factory, perch_bin, moto):
+    """PostObject is a PUT in a form: a replica with its overlay (the default) keeps it there, as
+    it keeps a PUT, and the shared bucket is left as it was; a replica refusing writes refuses
+    both."""
+    primary = perch_factory("primary", origin_url=moto.url, origin="moto")
+    overlay = perch_factory("overlay", origin_url=moto.url, role="replica", origin="moto")
+    refusing = perch_factory(
+        "refusing", origin_url=moto.url, role="replica", origin="moto", args=["--replica-writes", "refuse"]
+    )
+    bucket = f"r-{uuid.uuid4().hex[:16]}"
+    w = make_client(primary)
+    w.create_bucket(Bucket=bucket)
+    w.put_object(Bucket=bucket, Key="shared", Body=b"from the primary")
+    flush(perch_bin, primary)
+    direct = moto.client()
+    before = snapshot(direct)
+
+    body = bytes(range(256)) * 8
+    for replica, expected in ((overlay, 204), (refusing, 403)):
+        s3 = make_client(replica, signature_version="s3v4")
+        post = s3.generate_presigned_post(bucket, "form/upload.bin")
+        r = requests.post(post["url"], data=post["fields"], files={"file": ("upload.bin", body)}, timeout=60)
+        assert r.status_code == expected, (replica, r.text)
+        if expected == 204:
+            assert s3.get_object(Bucket=bucket, Key="form/upload.bin")["Body"].read() == body
+            s3.put_object(Bucket=bucket, Key="form/put.bin", Body=body)
+        else:
+            assert "<Code>AccessDenied</Code>" in r.text, r.text
+    assert snapshot(direct) == before
