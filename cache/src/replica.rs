@@ -25,8 +25,9 @@ use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::lock;
 use crate::origin::{
-    ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, FsOrigin, ListEntry, ListQuery, MultipartChecksum,
-    ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput, UploadInfo,
+    ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, Document, FsOrigin, ListEntry, ListQuery,
+    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
+    Subresource, UploadInfo,
 };
 use crate::read::{CacheStatus, CachedGet, Reader};
 
@@ -278,6 +279,23 @@ impl Replica {
             Ok(_) => Err(OriginError::NoSuchKey),
             Err(e) if is_absent(&e) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// An object's configuration (its ACL) in the replica's view: of an object it wrote, the
+    /// shared bucket's own ACL (an overlay object is the bucket owner's, written privately);
+    /// NoSuchKey for a key it deleted or a rewritten key it has no copy of (the primary's is never
+    /// read); else the shared bucket's object's.
+    pub(crate) async fn object_config(&self, bucket: &str, key: &str, sub: Subresource) -> OriginResult<Document> {
+        self.seed(bucket).await?;
+        match self.objects.head_object(bucket, key, &Conditions::default()).await {
+            Ok(_) => return self.origin.get_config(bucket, None, sub).await,
+            Err(e) if is_absent(&e) => self.check_not_deleted(bucket, key).await?,
+            Err(e) => return Err(e),
+        }
+        match self.source(key) {
+            Source::Own => Err(OriginError::NoSuchKey),
+            Source::Live | Source::Shared => self.origin.get_config(bucket, Some(key), sub).await,
         }
     }
 

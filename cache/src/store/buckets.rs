@@ -111,6 +111,9 @@ impl Store {
     /// the origin holds the object's pending writes.
     pub async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<Document> {
         if let Some(key) = key {
+            if let Some(r) = &self.replica {
+                return Ok(self.asked(r.object_config(bucket, key, sub)).await?);
+            }
             self.settle(&ObjectKey::new(bucket, key), self.config_wait()).await?;
         }
         Ok(self.asked(self.origin.get_config(bucket, key, sub)).await?)

@@ -142,3 +142,31 @@ def test_a_replica_keeps_a_browser_form_upload_in_its_overlay_as_it_keeps_a_put(
         else:
             assert "<Code>AccessDenied</Code>" in r.text, r.text
     assert snapshot(direct) == before
+
+
+def test_a_replica_answers_the_acl_of_the_objects_it_wrote_and_of_the_shared_ones(perch_factory, perch_bin, moto):
+    """GetObjectAcl in the replica's view: its own object is the bucket owner's (the shared
+    bucket's ACL), a shared object's is the origin's, a key it deleted is NoSuchKey."""
+    primary = perch_factory("primary", origin_url=moto.url, origin="moto")
+    replica = perch_factory("replica", origin_url=moto.url, role="replica", origin="moto")
+    bucket = f"r-{uuid.uuid4().hex[:16]}"
+    w = make_client(primary)
+    w.create_bucket(Bucket=bucket)
+    w.put_object(Bucket=bucket, Key="shared", Body=b"from the primary")
+    w.put_object(Bucket=bucket, Key="gone", Body=b"deleted on the replica")
+    flush(perch_bin, primary)
+    direct = moto.client()
+    owner = direct.get_bucket_acl(Bucket=bucket)["Owner"]
+
+    r = make_client(replica)
+    r.put_object(Bucket=bucket, Key="mine", Body=b"the replica's own")
+    r.delete_object(Bucket=bucket, Key="gone")
+    mine = r.get_object_acl(Bucket=bucket, Key="mine")
+    assert mine["Owner"] == owner
+    assert any(g["Permission"] == "FULL_CONTROL" and g["Grantee"].get("ID") == owner["ID"] for g in mine["Grants"]), mine
+    assert r.get_object_acl(Bucket=bucket, Key="shared")["Owner"] == direct.get_object_acl(Bucket=bucket, Key="shared")["Owner"]
+    for key in ("gone", "never-written"):
+        with pytest.raises(ClientError) as e:
+            r.get_object_acl(Bucket=bucket, Key=key)
+        assert e.value.response["Error"]["Code"] == "NoSuchKey", key
+    assert "mine" not in [o["Key"] for o in direct.list_objects_v2(Bucket=bucket).get("Contents", [])]
