@@ -224,6 +224,8 @@ impl Uploader {
                         error = %e,
                         "the origin refused an upload for good; the version is kept (perch status)"
                     );
+                    // An answer: the origin is reachable again, whatever it said.
+                    self.journal.note_origin_fault(None);
                     self.journal.refuse(seq, e.to_string());
                     return;
                 }

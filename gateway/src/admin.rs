@@ -3,7 +3,7 @@
 //! They send PERCH_ADMIN_TOKEN, when set, as the admin listener asks beyond loopback.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,9 +31,9 @@ pub enum JournalCommand {
     List {
         #[command(flatten)]
         admin: AdminArgs,
-        /// How many versions to list
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// How many versions to list (at least 1)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
     },
     /// Upload a version the origin refused again, once what it refused is fixed (a running Perch)
     Retry {
@@ -193,16 +193,34 @@ fn admin_token() -> Option<String> {
     std::env::var("PERCH_ADMIN_TOKEN").ok().filter(|t| !t.is_empty())
 }
 
+/// How long a call to the admin endpoint waits for its answer at most.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// GET `path` on the admin endpoint; the body of a 200.
 fn get(admin: &str, path: &str) -> anyhow::Result<String> {
-    call(admin, "GET", path)
+    call_within(admin, "GET", path, ANSWER_WAIT)
 }
 
 /// `method` `path` on the admin endpoint; the body of a 200.
 fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
-    let mut stream =
-        TcpStream::connect(admin).with_context(|| format!("connecting to Perch's admin endpoint {admin}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    call_within(admin, method, path, ANSWER_WAIT)
+}
+
+/// `call`, answered within `wait` (connecting included), or an error that says so.
+fn call_within(admin: &str, method: &str, path: &str, wait: Duration) -> anyhow::Result<String> {
+    let wait = wait.max(Duration::from_millis(100));
+    let unanswered = || format!("Perch's admin endpoint {admin} did not answer {path} within {wait:.1?}");
+    let addr = admin
+        .to_socket_addrs()
+        .with_context(|| format!("Perch's admin endpoint {admin}: not an address (--admin HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("Perch's admin endpoint {admin}: no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, wait).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => anyhow::anyhow!(unanswered()),
+        _ => anyhow::Error::new(e).context(format!("connecting to Perch's admin endpoint {admin}")),
+    })?;
+    stream.set_read_timeout(Some(wait))?;
+    stream.set_write_timeout(Some(wait))?;
     let _ = stream.set_nodelay(true);
     let token = admin_token();
     let authorization = token
@@ -214,7 +232,10 @@ fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
         "{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    stream.read_to_end(&mut raw).map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => anyhow::anyhow!(unanswered()),
+        _ => anyhow::Error::new(e).context(format!("reading the answer of Perch's admin endpoint {admin}")),
+    })?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -233,12 +254,12 @@ fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-fn read_status(admin: &str, upto: Option<u64>) -> anyhow::Result<WriteStatus> {
+fn read_status(admin: &str, upto: Option<u64>, wait: Duration) -> anyhow::Result<WriteStatus> {
     let path = match upto {
         Some(u) => format!("/status?upto={u}"),
         None => "/status".to_owned(),
     };
-    let body = get(admin, &path)?;
+    let body = call_within(admin, "GET", &path, wait)?;
     serde_json::from_str(&body).context("reading /status")
 }
 
@@ -258,7 +279,7 @@ fn bytes(n: u64) -> String {
 }
 
 pub fn status(args: &AdminArgs) -> anyhow::Result<()> {
-    let st = read_status(&args.admin, None)?;
+    let st = read_status(&args.admin, None, ANSWER_WAIT)?;
     println!(
         "backlog: {} objects, {}, oldest {:.1} s",
         st.dirty_objects,
@@ -289,11 +310,13 @@ pub fn flush(args: &FlushArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--timeout")?;
     let admin = &args.admin.admin;
-    let target = read_status(admin, None)?.last_seq;
     let started = Instant::now();
+    // No call waits past the flush's own --timeout.
+    let wait = || timeout.map_or(ANSWER_WAIT, |t| t.saturating_sub(started.elapsed()).min(ANSWER_WAIT));
+    let target = read_status(admin, None, wait())?.last_seq;
     let mut total = None;
     loop {
-        let st = read_status(admin, Some(target))?;
+        let st = read_status(admin, Some(target), wait())?;
         let left = st.pending_upto.unwrap_or(0);
         let total = *total.get_or_insert(left.max(1));
         let refused: Vec<_> = st.failed.iter().filter(|f| f.seq <= target).collect();

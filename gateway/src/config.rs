@@ -165,7 +165,7 @@ pub struct ServeArgs {
     pub prefetch_bytes: Option<String>,
 
     /// How often a primary writes its hot set (the objects read most recently) to `.perch/hot-set`
-    /// in each bucket, besides when it stops; `0s` never [default: 5m]
+    /// in each bucket, besides when it stops; `0s`: only when it stops [default: 5m]
     #[arg(long, env = "PERCH_HOT_SET_INTERVAL", value_name = "DURATION")]
     pub hot_set_interval: Option<String>,
 
@@ -287,48 +287,109 @@ struct FileConfig {
     origin: Option<String>,
     origin_region: Option<String>,
     domain: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     origin_retry_deadline: Option<String>,
     role: Option<Role>,
     replica_writes: Option<ReplicaWrites>,
     log_format: Option<LogFormat>,
+    #[serde(default, deserialize_with = "text_or_number")]
     cache_disk_bytes: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     disk_reserve_bytes: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     cache_memory_bytes: Option<String>,
     policy: Option<PathBuf>,
+    #[serde(default, deserialize_with = "list_or_text")]
     cache_revalidate: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "text_or_number")]
     cache_revalidate_after: Option<String>,
+    #[serde(default, deserialize_with = "list_or_text")]
     write_mode: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_text")]
     prefetch_on_list: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_text")]
     prefetch_named_in: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "list_or_text")]
     read_ahead: Option<Vec<String>>,
     read_ahead_parts: Option<u64>,
+    #[serde(default, deserialize_with = "text_or_number")]
     prefetch_bytes: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     hot_set_interval: Option<String>,
+    #[serde(default, deserialize_with = "list_or_text")]
     prewarm_bucket: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "text_or_number")]
     prewarm_wait: Option<String>,
     strict_barriers: Option<bool>,
     upload_concurrency: Option<usize>,
     upload_header: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "text_or_number")]
     dirty_bytes_max: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     dirty_wait_max: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     dirty_age_max: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     drain_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     drain_quiet: Option<String>,
     connections_max: Option<usize>,
     requests_max: Option<usize>,
+    #[serde(default, deserialize_with = "text_or_number")]
     header_bytes_max: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     body_bytes_max: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     header_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     idle_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     body_timeout: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     body_rate_min: Option<String>,
     /// The origin's key pair may live in the file (keep it private), and is read again on SIGHUP.
     origin_access_key_id: Option<String>,
     origin_secret_access_key: Option<String>,
     lease_bucket: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     lease_period: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
     lease_margin: Option<String>,
     lease_holder: Option<String>,
+}
+
+/// A size or duration as the file gives it: text as the flag takes it (`64MiB`, `30s`), or a plain
+/// number (bytes, seconds), as the flag takes it too.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Value>::deserialize(d)?.map(|v| match v {
+        Value::Text(t) => t,
+        Value::Number(n) => n.to_string(),
+    }))
+}
+
+/// A list as the file gives it: an array, or one text of comma-separated items as the flag and
+/// its environment variable take it.
+fn list_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(Option::<Value>::deserialize(d)?.map(|v| match v {
+        Value::List(l) => l,
+        Value::Text(t) => t
+            .split(',')
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect(),
+    }))
 }
 
 /// `--lease-*`, resolved (the holder name is completed from the data dir at start).
@@ -455,6 +516,14 @@ fn parse_origin(url: &str) -> anyhow::Result<OriginUrl> {
         return Ok(OriginUrl::Dir(PathBuf::from(path)));
     }
     if url.starts_with("http://") || url.starts_with("https://") {
+        let has_host = url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(|h| !h.is_empty()))
+            .unwrap_or(false);
+        if !has_host {
+            bail!("--origin `{url}` names no host: give the S3 service's URL, e.g. https://fly.storage.tigris.dev");
+        }
         return Ok(OriginUrl::S3(url.trim_end_matches('/').to_owned()));
     }
     bail!("--origin must be http://, https:// or file:// (got `{url}`)")
@@ -740,8 +809,11 @@ fn limits(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
             d.body_rate_min,
         )?,
     };
-    if limits.connections_max == 0 || limits.requests_max == 0 {
-        bail!("--connections-max and --requests-max must be at least 1");
+    // The most a Semaphore holds (tokio's `MAX_PERMITS`, usize::MAX >> 3), far beyond any file
+    // descriptor limit.
+    const SLOTS_MAX: usize = 1 << 20;
+    if !(1..=SLOTS_MAX).contains(&limits.connections_max) || !(1..=SLOTS_MAX).contains(&limits.requests_max) {
+        bail!("--connections-max and --requests-max must be between 1 and {SLOTS_MAX}");
     }
     if !(1 << 10..=256 << 10).contains(&limits.header_bytes_max) {
         bail!("--header-bytes-max must be between 1KiB and 256KiB");
@@ -771,7 +843,14 @@ fn duration_or(value: Option<String>, flag: &str, default_secs: u64) -> anyhow::
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    // One line, `FILE:LINE: what is wrong` (toml's own text draws the line with a caret below it).
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+        anyhow::anyhow!("{}{at}: {}", path.display(), e.message().trim())
+    })
 }
 
 #[cfg(test)]
@@ -787,6 +866,42 @@ mod tests {
         );
         assert!(parse_origin("ftp://x").is_err());
         assert!(parse_origin("file://").is_err());
+        // No host: the error is about --origin, not the region it would go on to look for.
+        for url in ["http://", "https://", "http:///bucket"] {
+            let e = parse_origin(url).expect_err(url).to_string();
+            assert!(e.contains("--origin") && e.contains("no host"), "{url}: {e}");
+        }
+        assert!(parse_origin("http://127.0.0.1:9000").is_ok());
+    }
+
+    #[test]
+    fn a_config_file_takes_numbers_for_sizes_and_durations_and_text_for_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("perch.toml");
+        std::fs::write(
+            &path,
+            "cache_disk_bytes = 1073741824\norigin_retry_deadline = 30\ndrain_timeout = \"2m\"\n\
+             cache_revalidate = \"wal/*, data/*\"\nwrite_mode = [\"wal/*=write_through\"]\n",
+        )
+        .unwrap();
+        let f = read_file(&path).unwrap();
+        assert_eq!(f.cache_disk_bytes.as_deref(), Some("1073741824"));
+        assert_eq!(f.origin_retry_deadline.as_deref(), Some("30"));
+        assert_eq!(f.drain_timeout.as_deref(), Some("2m"));
+        assert_eq!(f.cache_revalidate, Some(vec!["wal/*".to_owned(), "data/*".to_owned()]));
+        assert_eq!(f.write_mode, Some(vec!["wal/*=write_through".to_owned()]));
+        assert_eq!(f.prefetch_bytes, None);
+    }
+
+    #[test]
+    fn a_config_file_mistake_is_one_line_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("perch.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n\nno_such_setting = 1\n").unwrap();
+        let e = format!("{:#}", read_file(&path).expect_err("an unknown key"));
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.starts_with(&format!("{}:3: ", path.display())), "{e}");
+        assert!(e.contains("no_such_setting"), "{e}");
     }
 
     #[test]

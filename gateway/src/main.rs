@@ -201,6 +201,10 @@ fn reload_origin_keys_on_sighup(
 
 /// `starting`: when `perch serve` began (its start's milliseconds are logged).
 async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<()> {
+    // A SIGHUP while Perch starts (it may wait for the origin's region or the lease) must not end
+    // it, as the signal's default action would: from here it is taken, and acted on once serving.
+    let _early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     // The listeners first: an address in use stops Perch before it opens anything.
     let listener = bind(config.listen, "--listen").await?;
     let admin = bind(config.admin_listen, "--admin-listen").await?;
@@ -387,12 +391,16 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     ));
 
     stop_signal.await;
-    drain(&store, &metrics, &config).await;
+    let left = drain(&store, &metrics, &config).await;
     if let Some(task) = hot_set_task {
         task.abort();
     }
     if config.role == config::Role::Primary {
-        record_hot_set(&store).await;
+        // Within the drain's budget: a stop takes --drain-timeout, then the requests in flight.
+        match left.min(HOT_SET_WRITE_MAX) {
+            std::time::Duration::ZERO => tracing::warn!("no time left of --drain-timeout: the hot set is not written"),
+            limit => record_hot_set(&store, limit).await,
+        }
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -497,26 +505,30 @@ fn start_prewarm(
 }
 
 /// Writes the hot set now (a primary, at its stop), within 10 s.
-async fn record_hot_set(store: &Store) {
-    match tokio::time::timeout(std::time::Duration::from_secs(10), store.record_hot_set()).await {
+/// The longest a write of the hot set may take.
+const HOT_SET_WRITE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn record_hot_set(store: &Store, limit: std::time::Duration) {
+    match tokio::time::timeout(limit, store.record_hot_set()).await {
         Ok(Ok(n)) => tracing::info!(objects = n, "hot set written"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the hot set"),
-        Err(_) => tracing::warn!("writing the hot set took over 10 s; skipped"),
+        Err(_) => tracing::warn!(limit = ?limit, "writing the hot set took too long; skipped"),
     }
 }
 
 async fn record_hot_set_every(store: Arc<Store>, every: std::time::Duration) {
     loop {
         tokio::time::sleep(every).await;
-        record_hot_set(&store).await;
+        record_hot_set(&store, HOT_SET_WRITE_MAX).await;
     }
 }
 
 /// After SIGTERM/SIGINT: keep serving (the database's shutdown checkpoint arrives after the
 /// signal) while the uploader empties the journal; done when it is empty (refused versions, and
 /// the versions that wait on them, aside: nothing uploads them until an operator acts) and no
-/// request came for --drain-quiet, when --drain-timeout has passed, or at a second signal.
-async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
+/// request came for --drain-quiet, when --drain-timeout has passed, or at a second signal. Returns
+/// what is left of --drain-timeout (none after a second signal).
+async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) -> std::time::Duration {
     let started = std::time::Instant::now();
     tracing::info!(
         timeout_s = config.drain_timeout.as_secs(),
@@ -542,7 +554,7 @@ async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
                 ms = started.elapsed().as_millis() as u64,
                 "journal drained"
             );
-            return;
+            return config.drain_timeout.saturating_sub(started.elapsed());
         }
         if started.elapsed() >= config.drain_timeout {
             tracing::warn!(
@@ -550,7 +562,7 @@ async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
                 bytes = st.dirty_bytes,
                 "--drain-timeout reached; what is left stays in the journal for the next start"
             );
-            return;
+            return std::time::Duration::ZERO;
         }
         if last_log.elapsed() >= std::time::Duration::from_secs(5) {
             tracing::info!(objects = st.dirty_objects, bytes = st.dirty_bytes, "draining");
@@ -565,7 +577,7 @@ async fn drain(store: &Store, metrics: &metrics::Metrics, config: &Config) {
                         objects = st.dirty_objects,
                         "second stop signal: leaving the rest in the journal for the next start"
                     );
-                    return;
+                    return std::time::Duration::ZERO;
                 }
             },
             None => tick.await,

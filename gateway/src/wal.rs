@@ -60,6 +60,13 @@ pub fn run(args: &WalArgs) -> anyhow::Result<()> {
                 eprintln!("perch wal fetch: {:?} is not a WAL file name", fetch_args.file);
                 std::process::exit(2);
             }
+            if !(fetch_args.endpoint.starts_with("http://") || fetch_args.endpoint.starts_with("https://")) {
+                eprintln!(
+                    "perch wal fetch: --endpoint {:?} is not an http:// or https:// URL",
+                    fetch_args.endpoint
+                );
+                std::process::exit(2);
+            }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match runtime.block_on(fetch(fetch_args)) {
                 Ok(Fetched::Written) => Ok(()),
@@ -85,8 +92,15 @@ fn is_plain_name(name: &str) -> bool {
 
 /// One attempt, no retries: Postgres asks again.
 pub async fn fetch(args: &FetchArgs) -> anyhow::Result<Fetched> {
-    let key_id = std::env::var("PERCH_ACCESS_KEY_ID").unwrap_or_else(|_| DEV_ACCESS_KEY_ID.to_owned());
-    let secret = std::env::var("PERCH_SECRET_ACCESS_KEY").unwrap_or_else(|_| DEV_SECRET_ACCESS_KEY.to_owned());
+    // As `perch serve` reads them: an empty variable is an unset one.
+    let var = |name: &str, dev: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| dev.to_owned())
+    };
+    let key_id = var("PERCH_ACCESS_KEY_ID", DEV_ACCESS_KEY_ID);
+    let secret = var("PERCH_SECRET_ACCESS_KEY", DEV_SECRET_ACCESS_KEY);
     let perch = S3Origin::new(S3OriginConfig {
         endpoint: args.endpoint.clone(),
         access_key_id: Some(key_id),
@@ -121,7 +135,10 @@ pub async fn fetch(args: &FetchArgs) -> anyhow::Result<Fetched> {
         let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
-    std::fs::rename(&temp, &args.path).with_context(|| format!("renaming onto {}", args.path.display()))?;
+    if let Err(e) = std::fs::rename(&temp, &args.path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("renaming onto {}", args.path.display()));
+    }
     let dir = match args.path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

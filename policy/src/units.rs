@@ -55,7 +55,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(UnitError(format!("invalid duration `{s}`")));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| UnitError(format!("duration `{s}` is too long")))
 }
 
 #[cfg(test)]
@@ -71,6 +71,9 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
+        // Beyond what a Duration holds: an error, not a panic.
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
     }
 
     #[test]

@@ -27,7 +27,16 @@ pub struct OfflineJournal {
 }
 
 impl OfflineJournal {
+    /// Opens the journal of `data_dir`, which must hold one: a missing or mistyped data dir is an
+    /// error, never a new empty journal that reports nothing wrong.
     pub fn open(data_dir: &Path) -> Result<OfflineJournal, CacheError> {
+        let index = data_dir.join("cache").join("index");
+        if !index.join("CURRENT").is_file() {
+            return Err(CacheError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} holds no Perch journal (no {})", data_dir.display(), index.display()),
+            )));
+        }
         let local = Local::open(
             LocalConfig {
                 dir: data_dir.join("cache"),

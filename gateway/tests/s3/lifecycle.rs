@@ -307,6 +307,33 @@ fn an_address_in_use_is_one_line_naming_the_flag() {
     }
 }
 
+/// Values past what Perch can hold (a duration beyond `Duration`, more slots than a semaphore
+/// counts) are one line naming the flag and exit 1, before anything listens; they were a panic
+/// with a backtrace, or listeners that died after `listening` was printed.
+#[test]
+fn values_too_large_are_one_line_naming_the_flag() {
+    let _turn = machine::share();
+    for (flag, value) in [
+        ("--origin-retry-deadline", "99999999999999999999s"),
+        ("--drain-timeout", "99999999999999999999h"),
+        ("--connections-max", "3000000000000000000"),
+        ("--requests-max", "3000000000000000000"),
+    ] {
+        let (status, text) = run_serve(
+            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", flag, value],
+            &[("RUST_BACKTRACE", "1")],
+        );
+        assert_eq!(status.code(), Some(1), "{flag}: {text}");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{flag}: one line, no backtrace: {text}");
+        assert!(
+            lines[0].starts_with("perch: ") && lines[0].contains(flag),
+            "{flag}: {text}"
+        );
+        assert!(!text.contains("listening"), "{flag}: {text}");
+    }
+}
+
 /// A second Perch on a data dir another one runs on stops at start with one line naming the
 /// flag, before it touches anything there: the first one's spooled bodies stay (it used to remove
 /// them, then fail on the index's lock with RocksDB's message), and the first one keeps serving.
@@ -620,4 +647,97 @@ async fn directory_origin_survives_a_restart() {
     put(&c, "empty", "now-not", b"x").await;
     let status = perch.terminate(Duration::from_secs(30));
     assert!(status.success(), "perch exited with {status} on the second SIGTERM");
+}
+
+/// The admin commands against an endpoint that takes the connection and never answers: `perch
+/// flush --timeout` keeps its timeout, and the error names the endpoint and the wait (it waited 10
+/// s whatever the timeout, then printed `Resource temporarily unavailable (os error 11)`).
+#[test]
+fn admin_commands_against_an_endpoint_that_never_answers_say_so_in_time() {
+    let _turn = machine::share();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let started = Instant::now();
+    let out = Command::new(perch_binary())
+        .args(["flush", "--timeout", "1s", "--admin", &addr])
+        .output()
+        .expect("run perch flush");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "perch flush --timeout 1s took {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!("admin endpoint {addr} did not answer")),
+        "{stderr}"
+    );
+    drop(silent);
+}
+
+/// `perch journal check` and `repair` on a data dir that holds no journal (a typo, a missing
+/// volume) fail, and create nothing there: they used to create an empty journal and report it
+/// healthy.
+#[test]
+fn journal_commands_on_a_data_dir_without_a_journal_fail_and_create_nothing() {
+    let _turn = machine::share();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let missing = tmp.path().join("typo-dir");
+    for args in [
+        vec!["journal", "check", "--data-dir"],
+        vec!["journal", "repair", "--drop-missing", "--data-dir"],
+    ] {
+        let out = Command::new(perch_binary())
+            .args(&args)
+            .arg(&missing)
+            .output()
+            .expect("run perch journal");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("holds no Perch journal"), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+}
+
+/// A SIGHUP while Perch starts (here: waiting for a silent origin to name its region) does not end
+/// it; the signal's default action did, with status 129 and no message.
+#[test]
+fn a_sighup_while_perch_starts_does_not_end_it() {
+    let _turn = machine::share();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let origin = format!("http://{}", silent.local_addr().expect("addr"));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(perch_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--origin",
+            &origin,
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("perch"))
+        .env("PERCH_ORIGIN_ACCESS_KEY_ID", "test")
+        .env("PERCH_ORIGIN_SECRET_ACCESS_KEY", "test")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start perch");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "perch ended before the signal"
+    );
+    // SAFETY: a signal to the child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    std::thread::sleep(Duration::from_millis(700));
+    let ended = child.try_wait().expect("wait");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ended.is_none(), "a SIGHUP while starting ended perch: {ended:?}");
+    drop(silent);
 }

@@ -366,10 +366,20 @@ fn write_through_and_the_lock_sequence_of_a_restart() {
 #[test]
 fn a_refused_upload_is_kept_and_reported() {
     let _turn = machine::share();
-    let s = Stack::start(&[]);
+    // A short deadline: each upload attempt gives up on the outage within 2 s (the uploader then
+    // tries again after its own short backoff), so that the refusal comes soon after the outage.
+    let s = Stack::start(&["--origin-retry-deadline", "2s"]);
     let _log = s.log_on_panic();
-    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "error_kinds": ["403"]}"#);
+    // First the origin is down: the upload is retried and the fault shows.
+    s.faults(r#"{"outage": true}"#);
     s.put("orioledb_data/1/refused", b"kept locally");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.status()["origin_fault"].is_null() {
+        assert!(Instant::now() < deadline, "the outage never showed: {}", s.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then it answers, and refuses the upload for good.
+    s.faults(r#"{"outage": false, "error_rate": 1.0, "match_method": "PUT", "error_kinds": ["403"]}"#);
     let deadline = Instant::now() + Duration::from_secs(20);
     let st = loop {
         let st = s.status();
@@ -380,6 +390,8 @@ fn a_refused_upload_is_kept_and_reported() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(st["failed"][0]["key"], "orioledb_data/1/refused", "{st}");
+    // An answer, even a refusal, ends the outage it reported (it stayed until an upload landed).
+    assert!(st["origin_fault"].is_null(), "{st}");
     assert_eq!(st["healthy"], false);
     let (code, _) = admin_get(s.perch(), "/healthz");
     assert_eq!(code, 503, "/healthz reports the refused version");

@@ -51,9 +51,9 @@ where
                 )
             }
         }
-        SdkError::TimeoutError(_) => OriginError::Transient(format!("timed out: {}", DisplayErrorContext(&err))),
+        SdkError::TimeoutError(_) => OriginError::Transient(format!("timed out: {}", causes(&err))),
         SdkError::DispatchFailure(failure) => {
-            let message = DisplayErrorContext(&err).to_string();
+            let message = causes(&err);
             if failure.is_user() {
                 // The request could not be sent for a local reason (e.g. its body failed).
                 OriginError::Io(io::Error::other(message))
@@ -66,8 +66,25 @@ where
             "InvalidArgument",
             format!("could not build the origin request: {}", DisplayErrorContext(&err)),
         ),
-        _ => OriginError::Transient(DisplayErrorContext(&err).to_string()),
+        _ => OriginError::Transient(causes(&err)),
     }
+}
+
+/// An error and its sources, each as it displays itself, joined by `: ` (a source its parent's
+/// text already holds is left out): `dispatch failure: io error: … Connection refused (os error
+/// 111)`, where the SDK's own context prints the connector's fields as a structure.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Refusals of Perch's own signature rather than of the request: the clock is off, the
