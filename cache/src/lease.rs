@@ -109,7 +109,8 @@ pub enum LeaseError {
     NotHeld,
     #[error("the lease object is not Perch's: {0}")]
     Corrupt(String),
-    #[error("origin: {0}")]
+    /// The origin's own words (its error, with its sources, once: not repeated as this one's).
+    #[error(transparent)]
     Origin(#[from] OriginError),
     #[error("local: {0}")]
     Local(#[source] std::io::Error),
