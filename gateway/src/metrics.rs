@@ -87,6 +87,14 @@ impl Metrics {
         self.born.elapsed().saturating_sub(last)
     }
 
+    /// Counts an S3 request in flight until the returned guard drops: at its answer, or when its
+    /// client went away and hyper dropped it half way (it stayed counted for good, and a drain
+    /// never saw its quiet period).
+    pub fn request_started(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(self)
+    }
+
     /// Lets another part (the origin, later the cache) register its own metrics.
     pub fn register(&self, f: impl FnOnce(&mut Registry)) {
         if let Ok(mut registry) = self.registry.lock() {
@@ -129,5 +137,18 @@ impl Metrics {
             let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         }
         out
+    }
+}
+
+/// An S3 request in flight (`Metrics::request_started`).
+pub struct InFlight<'m>(&'m Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+        self.0.last_request_ms.store(
+            self.0.born.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }

@@ -355,7 +355,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         key = field::Empty,
         status = field::Empty,
     );
-    metrics.in_flight.inc();
+    let in_flight = metrics.request_started();
     let expects_continue = req
         .headers()
         .get(http::header::EXPECT)
@@ -462,7 +462,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         response = error_completed(response, &id);
     }
     response.headers_mut().insert("x-amz-request-id", id);
-    metrics.in_flight.dec();
+    drop(in_flight);
     response
 }
 

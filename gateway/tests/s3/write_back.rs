@@ -1360,3 +1360,35 @@ fn a_conditional_put_that_a_pending_version_fails_is_412_at_once() {
     s.flush(Duration::from_secs(60));
     assert_eq!(s.in_moto("cond/lock"), Some(b"held here".to_vec()));
 }
+
+/// A client that gives up on a request while Perch waits for the origin: the request stops
+/// counting as in flight. It stayed counted for good, so that a drain never saw its quiet period
+/// and ran to --drain-timeout with an empty journal.
+#[test]
+fn a_request_its_client_gave_up_on_is_no_longer_in_flight() {
+    use std::io::Write;
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.put("given-up/a", b"listed");
+    s.faults(r#"{"latency_ms": 1500}"#);
+    let (head, _) = Req::bucket("GET", s.addr(), Style::Path, "list-type=2&prefix=given-up%2F").head();
+    let mut stream = std::net::TcpStream::connect(s.addr()).expect("connect");
+    stream.write_all(&head).expect("send the listing");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        s.metric("perch_requests_in_flight"),
+        1.0,
+        "the listing waits for the origin"
+    );
+    drop(stream);
+    // The origin answers after its latency; what Perch was doing for the client is over by then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("perch_requests_in_flight") != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request its client gave up on is still in flight"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
