@@ -49,7 +49,12 @@ pub enum StoreError {
     #[error("local storage: {0}")]
     Local(#[from] CacheError),
     #[error("the origin refused version {seq}: {error}")]
-    Refused { seq: u64, error: String },
+    Refused {
+        seq: u64,
+        error: String,
+        /// The origin's answer (status, code, message), where it was one.
+        answer: Option<(u16, String, String)>,
+    },
     #[error("the origin has not confirmed the write within {0:?}")]
     Timeout(Duration),
     /// The write waited `--dirty-wait-max` for room under `--dirty-bytes-max`, or on the data

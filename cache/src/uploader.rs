@@ -226,7 +226,7 @@ impl Uploader {
                     );
                     // An answer: the origin is reachable again, whatever it said.
                     self.journal.note_origin_fault(None);
-                    self.journal.refuse(seq, e.to_string());
+                    self.journal.refused_by_origin(seq, &e);
                     return;
                 }
                 Err(e) => {

@@ -280,6 +280,7 @@ impl Journal {
                 return Some(Err(StoreError::Refused {
                     seq,
                     error: error.clone(),
+                    answer: st.answers.get(&seq).cloned(),
                 }));
             }
             (!st.versions.contains_key(&seq)).then_some(Ok(()))
@@ -297,6 +298,7 @@ impl Journal {
                     Err(StoreError::Refused {
                         seq: *seq,
                         error: error.clone(),
+                        answer: st.answers.get(seq).cloned(),
                     })
                 })
             }),

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Journal, record};
 use crate::error::CacheError;
+use crate::key::ObjectKey;
 use crate::local::lock;
 
 /// One version of the journal, as `perch journal list` shows it.
@@ -71,7 +72,7 @@ impl Journal {
 
     /// Drops a refused version for good: the write is lost (its key reads as the origin has it,
     /// or as its later versions say), and the versions behind it go on.
-    pub(crate) fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+    pub(crate) fn drop_version(&self, seq: u64) -> Result<ObjectKey, JournalOpError> {
         let v = {
             let st = lock(&self.state);
             let v = st.versions.get(&seq).cloned().ok_or(JournalOpError::NotFound(seq))?;
@@ -87,8 +88,7 @@ impl Journal {
             st.remove(seq);
             self.refresh_gauges(&st);
         }
-        tracing::warn!(seq, object = %v.okey, "a refused version was dropped by an operator: that write is lost");
         self.bump();
-        Ok(())
+        Ok(v.okey)
     }
 }

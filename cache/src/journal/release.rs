@@ -9,6 +9,7 @@ use crate::journal::state::Version;
 use crate::local::index::Released;
 use crate::local::{Evicted, lock};
 use crate::metrics::UploadLabel;
+use crate::origin::OriginError;
 
 /// A release the full filesystem refused is tried again this many times, this far apart, before
 /// its version goes back to the uploader.
@@ -16,16 +17,35 @@ const NO_SPACE_TRIES: usize = 5;
 const NO_SPACE_PAUSE: Duration = Duration::from_secs(1);
 
 impl Journal {
-    /// The origin refused `seq` for good: it is kept (and still served), shown by `perch status`,
-    /// and blocks the later stages (the order cannot be kept without it).
+    /// `seq` cannot go up (its local copy is damaged): it is kept (and still served), shown by
+    /// `perch status`, and blocks the later stages (the order cannot be kept without it).
     pub(crate) fn refuse(&self, seq: u64, error: String) {
+        self.fail(seq, error, None);
+    }
+
+    /// The origin refused `seq` for good: as `refuse`, with its answer kept for a client that
+    /// waits on the version (write-through).
+    pub(crate) fn refused_by_origin(&self, seq: u64, error: &OriginError) {
+        let answer = match error {
+            OriginError::Rejected { status, code, message } => Some((*status, code.clone(), message.clone())),
+            OriginError::NoSuchBucket => Some((
+                404,
+                "NoSuchBucket".to_owned(),
+                "The specified bucket does not exist".to_owned(),
+            )),
+            _ => None,
+        };
+        self.fail(seq, error.to_string(), answer);
+    }
+
+    fn fail(&self, seq: u64, error: String, answer: Option<(u16, String, String)>) {
         self.stats
             .uploads
             .get_or_create(&UploadLabel { result: "failed" })
             .inc();
         {
             let mut st = lock(&self.state);
-            st.fail(seq, error);
+            st.fail(seq, error, answer);
             self.refresh_gauges(&st);
         }
         self.bump();
@@ -60,7 +80,7 @@ impl Journal {
                 // The version stays in the journal; the next start uploads it again (idempotent).
                 tracing::error!(seq, error = %e, "cannot record an upload in the journal");
                 let mut st = lock(&self.state);
-                st.fail(seq, format!("cannot record the upload locally: {e}"));
+                st.fail(seq, format!("cannot record the upload locally: {e}"), None);
                 self.refresh_gauges(&st);
             }
         }
@@ -113,7 +133,7 @@ impl Journal {
             Err(e) => {
                 tracing::error!(seq, error = %e, "cannot record skipped versions in the journal");
                 let mut st = lock(&self.state);
-                st.fail(seq, format!("cannot record the skip locally: {e}"));
+                st.fail(seq, format!("cannot record the skip locally: {e}"), None);
                 self.refresh_gauges(&st);
             }
         }

@@ -72,6 +72,9 @@ pub(crate) struct State {
     in_flight_write_through: usize,
     /// Versions the origin refused for good: kept, shown, not retried until the next start.
     pub failed: BTreeMap<u64, String>,
+    /// Of those, the origin's answer (status, code, message) where it was one: what a client
+    /// waiting on a write-through version is answered.
+    pub answers: BTreeMap<u64, (u16, String, String)>,
     pub dirty_bytes: u64,
     pub last_seq: u64,
     /// The last origin fault the uploader met, while it lasts.
@@ -105,6 +108,7 @@ impl State {
             self.in_flight_write_through -= 1;
         }
         self.failed.remove(&seq);
+        self.answers.remove(&seq);
         if v.ordered()
             && let Some(set) = self.stages.get_mut(&v.stage)
         {
@@ -130,13 +134,16 @@ impl State {
     }
 
     /// The origin refused `seq` for good: it stays, out of the scheduler's hands.
-    pub(crate) fn fail(&mut self, seq: u64, error: String) {
+    pub(crate) fn fail(&mut self, seq: u64, error: String, answer: Option<(u16, String, String)>) {
         if let Some(v) = self.versions.get(&seq).cloned() {
             self.unmark_ready(seq, &v);
             if self.in_flight.remove(&seq) && !v.ordered() {
                 self.in_flight_write_through -= 1;
             }
             self.failed.insert(seq, error);
+            if let Some(answer) = answer {
+                self.answers.insert(seq, answer);
+            }
         }
     }
 
@@ -161,6 +168,7 @@ impl State {
         if self.failed.remove(&seq).is_none() {
             return false;
         }
+        self.answers.remove(&seq);
         let first = self
             .versions
             .get(&seq)
@@ -495,7 +503,7 @@ mod tests {
         st.add(1, v("a", WriteMode::WriteBack, 0));
         st.add(2, v("ctl", WriteMode::Barrier, 1));
         assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
-        st.fail(1, "403".into());
+        st.fail(1, "403".into(), None);
         assert!(
             st.next_uploads(SLOTS).is_empty(),
             "the barrier never passes a refused version"
@@ -541,7 +549,7 @@ mod tests {
         let mut st = State::default();
         st.add(1, v("refused", WriteMode::WriteBack, 0));
         assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
-        st.fail(1, "403".into());
+        st.fail(1, "403".into(), None);
         st.add(2, v("ctl", WriteMode::Barrier, 1));
         let backlog = 200_000u64;
         for seq in 3..3 + backlog {
@@ -569,7 +577,7 @@ mod tests {
         let mut st = State::default();
         st.add(1, v("a", WriteMode::WriteBack, 0));
         assert_eq!(seqs(&st.next_uploads(SLOTS)), [1]);
-        st.fail(1, "403".into());
+        st.fail(1, "403".into(), None);
         assert!(st.next_uploads(SLOTS).is_empty());
         assert!(st.retry(1));
         assert!(!st.retry(1), "only a refused version can be retried");

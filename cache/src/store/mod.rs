@@ -21,7 +21,7 @@ use perch_policy::{Method, Prefetch, RESERVED_PREFIX, RewrittenKeys, WriteMode, 
 use prometheus_client::registry::Registry;
 
 use crate::body::{PromisedDigest, spool, spool_into, spools_to_file};
-use crate::error::{CacheError, StoreResult};
+use crate::error::{CacheError, StoreError, StoreResult};
 use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
@@ -521,7 +521,9 @@ impl Store {
 
     /// Drops a version the origin refused: its write is lost (`perch journal drop`).
     pub fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
-        self.journal.drop_version(seq)
+        let okey = self.journal.drop_version(seq)?;
+        tracing::warn!(seq, object = %okey, "a refused version was dropped by an operator: that write is lost");
+        Ok(())
     }
 
     /// Brings the gauges up to date (before metrics are rendered).
@@ -626,7 +628,30 @@ impl Store {
         self.fence().await;
         let cfg = &self.journal.cfg;
         if mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && cfg.strict_barriers) {
-            self.journal.wait_confirmed(seq, cfg.wait_limit).await?;
+            match self.journal.wait_confirmed(seq, cfg.wait_limit).await {
+                // The origin refused the version for good before its answer, which is therefore
+                // not an acknowledgement: the version goes, as if never written, and the client
+                // hears what the origin said (it used to stay, served and listed, while the client
+                // got a 500 and the operator an unhealthy Perch).
+                Err(StoreError::Refused {
+                    seq: refused,
+                    answer: Some((status, code, message)),
+                    ..
+                }) if refused == seq => {
+                    match self.journal.drop_version(seq) {
+                        Ok(okey) => tracing::warn!(
+                            seq,
+                            object = %okey,
+                            status,
+                            code,
+                            "the origin refused a write-through version before its answer: not kept, the client is told"
+                        ),
+                        Err(e) => tracing::warn!(seq, error = %e, "cannot drop a refused write-through version"),
+                    }
+                    return Err(OriginError::Rejected { status, code, message }.into());
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -1392,3 +1392,34 @@ fn a_request_its_client_gave_up_on_is_no_longer_in_flight() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A write-through PUT (WAL) the origin refuses for good before the answer: the client hears the
+/// origin's answer (403 AccessDenied, as direct), and the version is not kept, served or listed,
+/// since it was never acknowledged. It was a 500 InternalError, and the refused body stayed,
+/// served and listed, with Perch unhealthy until an operator dropped it.
+#[test]
+fn a_write_through_put_the_origin_refuses_is_answered_as_the_origin_did_and_not_kept() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "wal/000000010000000000000042";
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "error_kinds": ["403"]}"#);
+    let r = s.req("PUT", key).body(b"refused segment".to_vec()).go(s.addr());
+    assert_eq!(r.status, 403, "{}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("AccessDenied"), "{}", r.summary());
+    s.no_faults();
+    let got = s.req("GET", key).go(s.addr());
+    assert_eq!(got.status, 404, "the refused body is served: {}", got.summary());
+    let listed = Req::bucket("GET", s.addr(), Style::Path, "list-type=2&prefix=wal%2F").go(s.addr());
+    assert!(
+        !listed.text().contains(key),
+        "the refused key is listed: {}",
+        listed.text()
+    );
+    let st = s.status();
+    assert!(st["failed"].as_array().is_some_and(|f| f.is_empty()), "{st}");
+    assert_eq!(st["healthy"], true, "{st}");
+    // Sent again once the origin takes it: written through as usual.
+    s.put(key, b"accepted segment");
+    assert_eq!(s.req("GET", key).go(s.addr()).body, b"accepted segment");
+}
