@@ -42,8 +42,9 @@ pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
     ContentHeaders, CopyInput, CopyOutput, Document, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
-    MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, OriginKeys, OriginResult, PartHead,
-    PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo, etag_matches, same_etag,
+    MetadataDirective, MultipartChecksum, NewBucket, ObjectMeta, Origin, OriginError, OriginKeys, OriginResult,
+    PartHead, PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo, etag_matches,
+    same_etag,
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;

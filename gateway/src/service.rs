@@ -353,18 +353,34 @@ impl S3 for Gateway {
     }
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
-        convert::check_canned_acl(req.input.acl.as_ref().map(|a| a.as_str()))?;
-        let location = req
-            .input
-            .create_bucket_configuration
-            .as_ref()
-            .and_then(|c| c.location_constraint.as_ref())
-            .map(|l| l.as_str().to_owned());
-        let bucket = req.input.bucket;
-        self.store
-            .create_bucket(&bucket, location.as_deref())
-            .await
-            .map_err(store_error)?;
+        let input = req.input;
+        convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
+        if input.object_lock_enabled_for_bucket == Some(true) {
+            // Perch keeps no object lock (its object calls are 501): a bucket it could not serve.
+            return Err(s3_error!(NotImplemented, "Object lock is not supported by Perch."));
+        }
+        let acl = [
+            ("x-amz-acl", input.acl.as_ref().map(|a| a.as_str())),
+            ("x-amz-grant-full-control", input.grant_full_control.as_deref()),
+            ("x-amz-grant-read", input.grant_read.as_deref()),
+            ("x-amz-grant-read-acp", input.grant_read_acp.as_deref()),
+            ("x-amz-grant-write", input.grant_write.as_deref()),
+            ("x-amz-grant-write-acp", input.grant_write_acp.as_deref()),
+        ];
+        let new = perch_cache::NewBucket {
+            location: input
+                .create_bucket_configuration
+                .as_ref()
+                .and_then(|c| c.location_constraint.as_ref())
+                .map(|l| l.as_str().to_owned()),
+            acl: acl
+                .iter()
+                .filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v.to_owned())))
+                .collect(),
+            object_ownership: input.object_ownership.as_ref().map(|o| o.as_str().to_owned()),
+        };
+        let bucket = input.bucket;
+        self.store.create_bucket(&bucket, &new).await.map_err(store_error)?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))

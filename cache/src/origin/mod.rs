@@ -43,6 +43,35 @@ pub struct ContentHeaders {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// What a CreateBucket asks beyond the bucket's name, passed on to the origin as the client sent it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewBucket {
+    /// The `LocationConstraint`.
+    pub location: Option<String>,
+    /// `x-amz-acl` and `x-amz-grant-*`, (lower-case name, value).
+    pub acl: Vec<(String, String)>,
+    /// `x-amz-object-ownership`.
+    pub object_ownership: Option<String>,
+}
+
+impl NewBucket {
+    /// What it asks that a new bucket without configuration is not (a private bucket, its
+    /// ownership `BucketOwnerEnforced`), named for an error; `None` when nothing.
+    pub fn configured(&self) -> Option<String> {
+        let acl = self
+            .acl
+            .iter()
+            .find(|(name, value)| !(name == "x-amz-acl" && value == "private"))
+            .map(|(name, value)| format!("{name}: {value}"));
+        let ownership = self
+            .object_ownership
+            .as_deref()
+            .filter(|o| *o != "BucketOwnerEnforced")
+            .map(|o| format!("x-amz-object-ownership: {o}"));
+        acl.or(ownership)
+    }
+}
+
 /// What the origin knows of one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -535,10 +564,17 @@ pub trait Origin: Send + Sync + 'static {
 
     async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>>;
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()>;
-    /// CreateBucket with the client's `LocationConstraint`, which the origin takes or refuses
-    /// (an origin without regions, the directory one, has none to take).
-    async fn create_bucket_in(&self, bucket: &str, location: Option<&str>) -> OriginResult<()> {
-        let _ = location;
+    /// CreateBucket as the client asked it (`NewBucket`), for the origin to take or refuse. An
+    /// origin that keeps no configuration (the directory one) has no region to take, and refuses
+    /// an ACL or an object ownership other than what it is (private, `BucketOwnerEnforced`).
+    async fn create_bucket_in(&self, bucket: &str, new: &NewBucket) -> OriginResult<()> {
+        if let Some(asked) = new.configured() {
+            return Err(OriginError::rejected(
+                501,
+                "NotImplemented",
+                format!("This origin keeps no bucket configuration: {asked} cannot be kept."),
+            ));
+        }
         self.create_bucket(bucket).await
     }
     /// HeadBucket: the bucket's region as the origin names it (`x-amz-bucket-region`), if it does.

@@ -218,12 +218,12 @@ impl Origin for RetryingOrigin {
     }
 
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()> {
-        self.create_bucket_in(bucket, None).await
+        self.create_bucket_in(bucket, &NewBucket::default()).await
     }
 
-    async fn create_bucket_in(&self, bucket: &str, location: Option<&str>) -> OriginResult<()> {
+    async fn create_bucket_in(&self, bucket: &str, new: &NewBucket) -> OriginResult<()> {
         let (result, retried) = self
-            .run("create_bucket", || self.inner.create_bucket_in(bucket, location))
+            .run("create_bucket", || self.inner.create_bucket_in(bucket, new))
             .await;
         match result {
             // Our own earlier attempt created it.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
-use crate::origin::{BucketInfo, Document, ListQuery, OriginError, OriginResult, Subresource};
+use crate::origin::{BucketInfo, Document, ListQuery, NewBucket, OriginError, OriginResult, Subresource};
 
 /// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
 const CONFIG_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -29,8 +29,8 @@ impl Store {
     }
 
     /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
-    pub async fn create_bucket(&self, bucket: &str, location: Option<&str>) -> StoreResult<()> {
-        self.asked(self.origin.create_bucket_in(bucket, location)).await?;
+    pub async fn create_bucket(&self, bucket: &str, new: &NewBucket) -> StoreResult<()> {
+        self.asked(self.origin.create_bucket_in(bucket, new)).await?;
         self.known_buckets().insert(bucket.to_owned());
         Ok(())
     }

@@ -356,6 +356,35 @@ def test_bucket_configurations_pass_through_to_moto(perch_factory, moto):
     assert error_of(lambda: s3.get_bucket_tagging(Bucket=f"c-{uuid.uuid4().hex[:16]}")) == (404, "NoSuchBucket")
 
 
+def test_create_bucket_passes_its_acl_and_object_ownership_to_the_origin(perch_factory, moto):
+    """CreateBucket's x-amz-acl, x-amz-grant-* and x-amz-object-ownership reach the origin (they were
+    dropped: a public-read bucket came out private, an ObjectWriter one enforced); object lock,
+    which Perch does not keep, is refused and creates nothing; the directory origin refuses what it
+    cannot keep and takes what it is."""
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    direct = moto.client()
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket, ACL="public-read", ObjectOwnership="ObjectWriter")
+    rules = direct.get_bucket_ownership_controls(Bucket=bucket)["OwnershipControls"]["Rules"]
+    assert rules == [{"ObjectOwnership": "ObjectWriter"}]
+    grants = direct.get_bucket_acl(Bucket=bucket)["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ" for g in grants), grants
+    # (moto ignores x-amz-grant-* on CreateBucket: they are sent on as the canned ACL is.)
+    locked = f"c-{uuid.uuid4().hex[:16]}"
+    assert error_of(lambda: s3.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)) == (501, "NotImplemented")
+    assert locked not in [b["Name"] for b in direct.list_buckets()["Buckets"]]
+
+    plain = make_client(perch_factory("plain", origin="dir"))
+    assert error_of(lambda: plain.create_bucket(Bucket=f"c-{uuid.uuid4().hex[:16]}", ACL="public-read")) == (
+        501,
+        "NotImplemented",
+    )
+    kept = f"c-{uuid.uuid4().hex[:16]}"
+    plain.create_bucket(Bucket=kept, ACL="private", ObjectOwnership="BucketOwnerEnforced")
+    assert kept in [b["Name"] for b in plain.list_buckets()["Buckets"]]
+
+
 def test_bucket_configurations_of_the_directory_origin(perch_factory):
     perch = perch_factory("perch", origin="dir")
     s3 = make_client(perch)

@@ -20,9 +20,9 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, ChecksumAlgorithm, ChecksumType as SdkChecksumType, CompletedMultipartUpload,
-    CompletedPart as SdkCompletedPart, CreateBucketConfiguration, EncodingType,
-    MetadataDirective as SdkMetadataDirective,
+    BucketCannedAcl, BucketLocationConstraint, ChecksumAlgorithm, ChecksumType as SdkChecksumType,
+    CompletedMultipartUpload, CompletedPart as SdkCompletedPart, CreateBucketConfiguration, EncodingType,
+    MetadataDirective as SdkMetadataDirective, ObjectOwnership,
 };
 use aws_smithy_http_client::{Builder as HttpClientBuilder, Connector, tls};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -301,15 +301,31 @@ impl Origin for S3Origin {
     }
 
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()> {
-        self.create_bucket_in(bucket, None).await
+        self.create_bucket_in(bucket, &NewBucket::default()).await
     }
 
-    async fn create_bucket_in(&self, bucket: &str, location: Option<&str>) -> OriginResult<()> {
+    async fn create_bucket_in(&self, bucket: &str, new: &NewBucket) -> OriginResult<()> {
         let mut req = self.client.create_bucket().bucket(bucket);
+        for (name, value) in &new.acl {
+            req = match name.as_str() {
+                "x-amz-acl" => req.acl(BucketCannedAcl::from(value.as_str())),
+                "x-amz-grant-full-control" => req.grant_full_control(value),
+                "x-amz-grant-read" => req.grant_read(value),
+                "x-amz-grant-read-acp" => req.grant_read_acp(value),
+                "x-amz-grant-write" => req.grant_write(value),
+                "x-amz-grant-write-acp" => req.grant_write_acp(value),
+                _ => req,
+            };
+        }
+        if let Some(o) = &new.object_ownership {
+            req = req.object_ownership(ObjectOwnership::from(o.as_str()));
+        }
         // The client's constraint, for the origin to take or refuse; without one, `auto` (Tigris)
         // and us-east-1 take none and other regions need theirs.
-        let constraint =
-            location.or((!matches!(self.region.as_str(), "auto" | "us-east-1")).then_some(self.region.as_str()));
+        let constraint = new
+            .location
+            .as_deref()
+            .or((!matches!(self.region.as_str(), "auto" | "us-east-1")).then_some(self.region.as_str()));
         if let Some(c) = constraint {
             req = req.create_bucket_configuration(
                 CreateBucketConfiguration::builder()
