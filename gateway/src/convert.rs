@@ -175,13 +175,15 @@ fn mail_safe(value: String) -> String {
 }
 
 /// `aws-chunked` in `Content-Encoding` frames the request body; it is not part of the object.
+/// The rest is kept as the client wrote it (`deflate, gzip` keeps its space).
 fn without_aws_chunked(encoding: &str) -> Option<String> {
     let kept: Vec<&str> = encoding
         .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+        .filter(|t| !t.trim().is_empty() && !t.trim().eq_ignore_ascii_case("aws-chunked"))
         .collect();
-    (!kept.is_empty()).then(|| kept.join(","))
+    let kept = kept.join(",");
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_owned())
 }
 
 pub fn metadata(h: &ContentHeaders) -> Option<HashMap<String, String>> {
@@ -434,6 +436,11 @@ mod tests {
         assert_eq!(without_aws_chunked("gzip,aws-chunked"), Some("gzip".into()));
         assert_eq!(without_aws_chunked("aws-chunked, gzip"), Some("gzip".into()));
         assert_eq!(without_aws_chunked("br"), Some("br".into()));
+        assert_eq!(without_aws_chunked("deflate, gzip"), Some("deflate, gzip".into()));
+        assert_eq!(
+            without_aws_chunked("deflate, gzip,aws-chunked"),
+            Some("deflate, gzip".into())
+        );
     }
 
     #[test]

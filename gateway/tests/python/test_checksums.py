@@ -112,6 +112,9 @@ def test_aws_chunked_is_not_stored_as_content_encoding(perch, bucket, location):
     got = s3.get_object(Bucket=bucket, Key="plain")
     assert "ContentEncoding" not in got
     assert got["Body"].read() == b"plain body"
+    # A list of codings comes back as the client wrote it (its spaces were dropped).
+    s3.put_object(Bucket=bucket, Key="two", Body=b"twice encoded", ContentEncoding="deflate, gzip")
+    assert s3.head_object(Bucket=bucket, Key="two").get("ContentEncoding") == "deflate, gzip"
 
 
 def test_explicit_sha256(perch, bucket, location):
