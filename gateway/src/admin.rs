@@ -206,19 +206,37 @@ fn call(admin: &str, method: &str, path: &str) -> anyhow::Result<String> {
     call_within(admin, method, path, ANSWER_WAIT)
 }
 
-/// `call`, answered within `wait` (connecting included), or an error that says so.
+/// `call`, connected within `wait` and answered within `wait` of each read, or an error that
+/// says so.
 fn call_within(admin: &str, method: &str, path: &str, wait: Duration) -> anyhow::Result<String> {
     let wait = wait.max(Duration::from_millis(100));
     let unanswered = || format!("Perch's admin endpoint {admin} did not answer {path} within {wait:.1?}");
-    let addr = admin
+    let addrs: Vec<_> = admin
         .to_socket_addrs()
         .with_context(|| format!("Perch's admin endpoint {admin}: not an address (--admin HOST:PORT)"))?
-        .next()
-        .with_context(|| format!("Perch's admin endpoint {admin}: no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, wait).map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => anyhow::anyhow!(unanswered()),
-        _ => anyhow::Error::new(e).context(format!("connecting to Perch's admin endpoint {admin}")),
-    })?;
+        .collect();
+    // Each address in turn, as `TcpStream::connect` tries them (`localhost` may name ::1 first).
+    let mut last = None;
+    let mut connected = None;
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, wait) {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = match (connected, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+            bail!(unanswered())
+        }
+        (None, Some(e)) => {
+            return Err(anyhow::Error::new(e).context(format!("connecting to Perch's admin endpoint {admin}")));
+        }
+        (None, None) => bail!("Perch's admin endpoint {admin}: no address"),
+    };
     stream.set_read_timeout(Some(wait))?;
     stream.set_write_timeout(Some(wait))?;
     let _ = stream.set_nodelay(true);

@@ -359,17 +359,19 @@ struct FileConfig {
 }
 
 /// A size or duration as the file gives it: text as the flag takes it (`64MiB`, `30s`), or a plain
-/// number (bytes, seconds), as the flag takes it too.
+/// number (bytes, seconds: `1.5` is a second and a half), as the flag takes it too.
 fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Value {
         Text(String),
         Number(u64),
+        Fraction(f64),
     }
     Ok(Option::<Value>::deserialize(d)?.map(|v| match v {
         Value::Text(t) => t,
         Value::Number(n) => n.to_string(),
+        Value::Fraction(f) => f.to_string(),
     }))
 }
 
@@ -845,11 +847,13 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     // One line, `FILE:LINE: what is wrong` (toml's own text draws the line with a caret below it).
     toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let line = e.span().map(|span| {
+            let start = span.start.min(text.len());
+            text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1
+        });
         let at = line.map(|l| format!(":{l}")).unwrap_or_default();
-        anyhow::anyhow!("{}{at}: {}", path.display(), e.message().trim())
+        let what = e.message().trim().replace('\n', "; ");
+        anyhow::anyhow!("{}{at}: {what}", path.display())
     })
 }
 
@@ -891,6 +895,12 @@ mod tests {
         assert_eq!(f.cache_revalidate, Some(vec!["wal/*".to_owned(), "data/*".to_owned()]));
         assert_eq!(f.write_mode, Some(vec!["wal/*=write_through".to_owned()]));
         assert_eq!(f.prefetch_bytes, None);
+        std::fs::write(&path, "drain_quiet = 1.5\n").unwrap();
+        let f = read_file(&path).unwrap();
+        assert_eq!(
+            parse_duration(f.drain_quiet.as_deref().unwrap()).unwrap(),
+            Duration::from_millis(1500)
+        );
     }
 
     #[test]
@@ -902,6 +912,11 @@ mod tests {
         assert_eq!(e.lines().count(), 1, "{e}");
         assert!(e.starts_with(&format!("{}:3: ", path.display())), "{e}");
         assert!(e.contains("no_such_setting"), "{e}");
+        // A syntax error too (toml's message has lines of its own).
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\norigin = \"unterminated\n").unwrap();
+        let e = format!("{:#}", read_file(&path).expect_err("a syntax error"));
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.starts_with(&format!("{}:2: ", path.display())), "{e}");
     }
 
     #[test]

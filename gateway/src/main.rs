@@ -202,7 +202,8 @@ fn reload_origin_keys_on_sighup(
 /// `starting`: when `perch serve` began (its start's milliseconds are logged).
 async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<()> {
     // A SIGHUP while Perch starts (it may wait for the origin's region or the lease) must not end
-    // it, as the signal's default action would: from here it is taken, and acted on once serving.
+    // it, as the signal's default action would: from here it is taken, and has no effect (a
+    // rotation sent while Perch starts needs another SIGHUP once it serves).
     let _early_hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     // The listeners first: an address in use stops Perch before it opens anything.

@@ -55,7 +55,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(UnitError(format!("invalid duration `{s}`")));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| UnitError(format!("duration `{s}` is too long")))
+    // Far beyond any setting, and short enough that `Instant::now() + d` cannot overflow.
+    const LONGEST: f64 = 100.0 * 365.0 * 86_400.0;
+    if secs > LONGEST {
+        return Err(UnitError(format!("duration `{s}` is too long (100 years at most)")));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -74,6 +79,9 @@ mod tests {
         // Beyond what a Duration holds: an error, not a panic.
         assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        // Within a Duration, but past what an Instant can be moved by.
+        assert!(parse_duration("10000000000000000000s").is_err());
+        assert_eq!(parse_duration("876000h"), Ok(Duration::from_secs(876_000 * 3600)));
     }
 
     #[test]

@@ -344,7 +344,7 @@ impl Store {
         let okey = ObjectKey::new(bucket, key);
         let mode = self.journal.mode(Method::Delete, &okey);
         let seq = self.journal.commit_delete(&okey, mode).await?;
-        self.acknowledge(seq, mode).await
+        self.acknowledge(seq, mode, true).await
     }
 
     /// CopyObject. A source with a version the origin does not have yet is copied locally into a
@@ -610,6 +610,9 @@ impl Store {
             }
         };
         let mode = self.journal.mode(Method::Put, okey);
+        // A completed multipart upload's parts went into its version: dropped, a retried
+        // completion would find no upload (on S3 a failed completion leaves the upload).
+        let droppable = parts.is_none();
         let version = NewVersion {
             body,
             meta,
@@ -618,13 +621,15 @@ impl Store {
             parts,
         };
         let (seq, etag) = self.journal.commit_put(okey, version, mode).await?;
-        self.acknowledge(seq, mode).await?;
+        self.acknowledge(seq, mode, droppable).await?;
         Ok(etag)
     }
 
     /// After a commit: a write-through version (or a barrier under `--strict-barriers`) is
     /// acknowledged only once the origin has it.
-    async fn acknowledge(&self, seq: u64, mode: WriteMode) -> StoreResult<()> {
+    /// `droppable`: a refusal before the answer drops the version (see below); else it is kept,
+    /// refused, as an acknowledged one would be.
+    async fn acknowledge(&self, seq: u64, mode: WriteMode, droppable: bool) -> StoreResult<()> {
         self.fence().await;
         let cfg = &self.journal.cfg;
         if mode == WriteMode::WriteThrough || (mode == WriteMode::Barrier && cfg.strict_barriers) {
@@ -632,21 +637,33 @@ impl Store {
                 // The origin refused the version for good before its answer, which is therefore
                 // not an acknowledgement: the version goes, as if never written, and the client
                 // hears what the origin said (it used to stay, served and listed, while the client
-                // got a 500 and the operator an unhealthy Perch).
+                // got a 500 and the operator an unhealthy Perch). The older versions of its key
+                // were all uploaded before it started (never skipped for it), so what the key
+                // reads after the drop is what the origin holds.
                 Err(StoreError::Refused {
                     seq: refused,
                     answer: Some((status, code, message)),
-                    ..
-                }) if refused == seq => {
-                    match self.journal.drop_version(seq) {
-                        Ok(okey) => tracing::warn!(
+                    error,
+                }) if refused == seq && droppable => {
+                    let journal = self.journal.clone();
+                    match tokio::task::spawn_blocking(move || journal.drop_version(seq)).await {
+                        Ok(Ok(okey)) => tracing::warn!(
                             seq,
                             object = %okey,
                             status,
                             code,
                             "the origin refused a write-through version before its answer: not kept, the client is told"
                         ),
-                        Err(e) => tracing::warn!(seq, error = %e, "cannot drop a refused write-through version"),
+                        // Still in the journal (it may go up at the next start): not the origin's
+                        // refusal, which would say the write is not there.
+                        failed => {
+                            tracing::warn!(seq, outcome = ?failed.map(|r| r.map(|_| ())), "cannot drop a refused write-through version");
+                            return Err(StoreError::Refused {
+                                seq,
+                                error,
+                                answer: Some((status, code, message)),
+                            });
+                        }
                     }
                     return Err(OriginError::Rejected { status, code, message }.into());
                 }

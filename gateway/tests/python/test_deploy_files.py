@@ -1043,8 +1043,8 @@ def test_compose_services_volumes_ports_and_environment_fit_together(tmp_path, p
     for name in WRITE_BACK:
         assert name in penv, f"compose's perch service does not set {name}"
     drain = seconds(penv["PERCH_DRAIN_TIMEOUT"])
-    # The drain, then the requests in flight (30 s) and the lease's release (5 s): docs/configuration.md.
-    assert seconds(perch["stop_grace_period"]) >= drain + 35, (perch["stop_grace_period"], drain)
+    # The drain, then the requests in flight (30 s) and the lease's release (10 s): docs/configuration.md.
+    assert seconds(perch["stop_grace_period"]) >= drain + 40, (perch["stop_grace_period"], drain)
     assert seconds(penv["PERCH_DRAIN_QUIET"]) <= 5
     assert seconds(oriole["stop_grace_period"]) >= 120
     assert size_bytes(penv["PERCH_DIRTY_BYTES_MAX"]) <= size_bytes(penv["PERCH_CACHE_DISK_BYTES"])

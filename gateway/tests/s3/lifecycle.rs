@@ -316,6 +316,8 @@ fn values_too_large_are_one_line_naming_the_flag() {
     for (flag, value) in [
         ("--origin-retry-deadline", "99999999999999999999s"),
         ("--drain-timeout", "99999999999999999999h"),
+        // Within a Duration, but it panicked when added to an Instant at the first write.
+        ("--dirty-wait-max", "10000000000000000000s"),
         ("--connections-max", "3000000000000000000"),
         ("--requests-max", "3000000000000000000"),
     ] {
@@ -727,7 +729,18 @@ fn a_sighup_while_perch_starts_does_not_end_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start perch");
-    std::thread::sleep(Duration::from_millis(700));
+    // Its data dir's lock is taken once the early handler is in place, before the region lookup.
+    let lock = tmp.path().join("perch").join("lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lock.exists() {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "perch ended before the signal"
+        );
+        assert!(Instant::now() < deadline, "perch never took its data dir");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     assert!(
         child.try_wait().expect("wait").is_none(),
         "perch ended before the signal"

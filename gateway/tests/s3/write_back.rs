@@ -1371,19 +1371,18 @@ fn a_request_its_client_gave_up_on_is_no_longer_in_flight() {
     let s = Stack::start(&[]);
     let _log = s.log_on_panic();
     s.put("given-up/a", b"listed");
-    s.faults(r#"{"latency_ms": 1500}"#);
+    s.faults(r#"{"latency_ms": 5000}"#);
     let (head, _) = Req::bucket("GET", s.addr(), Style::Path, "list-type=2&prefix=given-up%2F").head();
     let mut stream = std::net::TcpStream::connect(s.addr()).expect("connect");
     stream.write_all(&head).expect("send the listing");
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(
-        s.metric("perch_requests_in_flight"),
-        1.0,
-        "the listing waits for the origin"
-    );
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while s.metric("perch_requests_in_flight") != 1.0 {
+        assert!(Instant::now() < deadline, "the listing never counted as in flight");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(stream);
     // The origin answers after its latency; what Perch was doing for the client is over by then.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while s.metric("perch_requests_in_flight") != 0.0 {
         assert!(
             Instant::now() < deadline,
