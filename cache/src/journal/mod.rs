@@ -306,11 +306,19 @@ impl Journal {
         .await
     }
 
-    /// Waits until no key of `bucket` has an unconfirmed version (before DeleteBucket), up to `limit`.
+    /// Waits until no key of `bucket` has an unconfirmed version that may still go up (before
+    /// DeleteBucket or a configuration the bucket's writes depend on), up to `limit`. Versions the
+    /// origin refused are not waited for: they wait for an operator, and the configuration may be
+    /// what the refusal needs changed.
     pub(crate) async fn wait_bucket_clean(&self, bucket: &str, limit: Duration) -> StoreResult<()> {
         let start = ObjectKey::prefix(bucket, "");
-        self.wait_until(limit, |st| (!st.any_under(&start)).then_some(Ok(())))
+        self.wait_until(limit, |st| (!st.uploading_under(&start)).then_some(Ok(())))
             .await
+    }
+
+    /// Whether `bucket` has a version the origin refused (kept here, not in the origin).
+    pub(crate) fn refused_in(&self, bucket: &str) -> bool {
+        lock(&self.state).refused_under(&ObjectKey::prefix(bucket, ""))
     }
 
     async fn wait_until<F>(&self, limit: Duration, mut done: F) -> StoreResult<()>

@@ -312,12 +312,21 @@ impl State {
         self.versions.get(&seq).map(|v| (seq, v))
     }
 
-    /// Whether a key starting with `prefix` has unconfirmed versions.
-    pub(crate) fn any_under(&self, prefix: &ObjectKey) -> bool {
+    /// Whether a version of a key under `prefix` may still go up: one not refused (a refused one
+    /// waits for an operator, not for the uploader).
+    pub(crate) fn uploading_under(&self, prefix: &ObjectKey) -> bool {
         self.keys
             .range(prefix.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(prefix))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(_, seqs)| seqs.iter().any(|seq| !self.failed.contains_key(seq)))
+    }
+
+    /// Whether a version of a key under `prefix` was refused by the origin.
+    pub(crate) fn refused_under(&self, prefix: &ObjectKey) -> bool {
+        self.failed
+            .keys()
+            .filter_map(|seq| self.versions.get(seq))
+            .any(|v| v.okey.starts_with(prefix))
     }
 }
 

@@ -51,6 +51,17 @@ impl Store {
     /// primary holds is not deleted from under it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         self.settle_bucket(bucket, self.config_wait()).await?;
+        if self.journal.refused_in(bucket) {
+            // Objects clients read and list here, which the origin does not have: the bucket is
+            // not empty (it used to wait for them and answer 503 SlowDown, at every try).
+            return Err(OriginError::rejected(
+                409,
+                "BucketNotEmpty",
+                "The bucket you tried to delete is not empty: it holds writes the origin refused, kept by Perch \
+                 (perch status; perch journal retry or drop)",
+            )
+            .into());
+        }
         self.known_buckets().remove(bucket);
         match self.asked(self.origin.delete_bucket(bucket)).await {
             Err(OriginError::Rejected {

@@ -1422,3 +1422,40 @@ fn a_write_through_put_the_origin_refuses_is_answered_as_the_origin_did_and_not_
     s.put(key, b"accepted segment");
     assert_eq!(s.req("GET", key).go(s.addr()).body, b"accepted segment");
 }
+
+/// A bucket holding a write the origin refused for good: DeleteBucket is 409 BucketNotEmpty at
+/// once (the refused object is still read and listed here), and a configuration change that waits
+/// for the bucket's writes (an ACL) no longer waits for the refused one, which it may be what
+/// fixes. Both used to wait, then answer 503 SlowDown, at every try.
+#[test]
+fn a_refused_write_neither_blocks_bucket_configuration_nor_lets_the_bucket_be_deleted() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "refused/", "error_kinds": ["403"]}"#);
+    s.put("refused/k", b"kept locally");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.status()["failed"].as_array().is_none_or(|f| f.is_empty()) {
+        assert!(Instant::now() < deadline, "the refusal never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    let acl = Req::bucket("PUT", s.addr(), Style::Path, "acl")
+        .header("x-amz-acl", "private")
+        .go(s.addr());
+    assert_eq!(acl.status, 200, "{}", acl.summary());
+    let deleted = Req::bucket("DELETE", s.addr(), Style::Path, "").go(s.addr());
+    assert_eq!(deleted.status, 409, "{}", deleted.summary());
+    assert_eq!(
+        deleted.code().as_deref(),
+        Some("BucketNotEmpty"),
+        "{}",
+        deleted.summary()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "they waited {:?} for a refused write",
+        started.elapsed()
+    );
+    assert_eq!(s.req("GET", "refused/k").go(s.addr()).body, b"kept locally");
+}
