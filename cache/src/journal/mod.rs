@@ -312,13 +312,21 @@ impl Journal {
     /// what the refusal needs changed.
     pub(crate) async fn wait_bucket_clean(&self, bucket: &str, limit: Duration) -> StoreResult<()> {
         let start = ObjectKey::prefix(bucket, "");
-        self.wait_until(limit, |st| (!st.uploading_under(&start)).then_some(Ok(())))
-            .await
+        // Done too when nothing at all can go up any more (the rest waits behind refusals).
+        self.wait_until(limit, |st| {
+            (!st.uploading_under(&start) || st.blocked_by_refusals()).then_some(Ok(()))
+        })
+        .await
     }
 
     /// Whether `bucket` has a version the origin refused (kept here, not in the origin).
     pub(crate) fn refused_in(&self, bucket: &str) -> bool {
         lock(&self.state).refused_under(&ObjectKey::prefix(bucket, ""))
+    }
+
+    /// Whether `bucket` has any version not yet in the origin.
+    pub(crate) fn pending_in(&self, bucket: &str) -> bool {
+        lock(&self.state).any_under(&ObjectKey::prefix(bucket, ""))
     }
 
     async fn wait_until<F>(&self, limit: Duration, mut done: F) -> StoreResult<()>

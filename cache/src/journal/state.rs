@@ -312,6 +312,14 @@ impl State {
         self.versions.get(&seq).map(|v| (seq, v))
     }
 
+    /// Whether a key starting with `prefix` has unconfirmed versions.
+    pub(crate) fn any_under(&self, prefix: &ObjectKey) -> bool {
+        self.keys
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(prefix))
+    }
+
     /// Whether a version of a key under `prefix` may still go up: one not refused (a refused one
     /// waits for an operator, not for the uploader).
     pub(crate) fn uploading_under(&self, prefix: &ObjectKey) -> bool {

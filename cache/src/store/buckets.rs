@@ -50,15 +50,19 @@ impl Store {
     /// clients, so the hot set goes with it. The lease (`.perch/lease`) does not: a bucket a
     /// primary holds is not deleted from under it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
-        self.settle_bucket(bucket, self.config_wait()).await?;
-        if self.journal.refused_in(bucket) {
+        // A write of it the origin refused: no need to wait for the rest.
+        if !self.journal.refused_in(bucket) {
+            self.settle_bucket(bucket, self.config_wait()).await?;
+        }
+        if self.journal.pending_in(bucket) {
+            // Left after the wait: writes the origin refused, or that wait behind a refusal.
             // Objects clients read and list here, which the origin does not have: the bucket is
             // not empty (it used to wait for them and answer 503 SlowDown, at every try).
             return Err(OriginError::rejected(
                 409,
                 "BucketNotEmpty",
-                "The bucket you tried to delete is not empty: it holds writes the origin refused, kept by Perch \
-                 (perch status; perch journal retry or drop)",
+                "The bucket you tried to delete is not empty: it holds writes the origin refused, or that wait \
+                 behind one, kept by Perch (perch status; perch journal retry or drop)",
             )
             .into());
         }
