@@ -61,6 +61,11 @@ macro_rules! acl_headers {
     };
 }
 
+/// The ACL headers of a CreateBucket, passed on to the origin with it.
+pub fn create_bucket_acl(input: &CreateBucketInput) -> Vec<(String, String)> {
+    acl_headers!(input, input.acl.as_ref().map(|a| a.as_str()))
+}
+
 async fn get(store: &Store, bucket: &str, key: Option<&str>, sub: Subresource) -> S3Result<Document> {
     store.get_config(bucket, key, sub).await.map_err(store_error)
 }

@@ -359,24 +359,13 @@ impl S3 for Gateway {
             // Perch keeps no object lock (its object calls are 501): a bucket it could not serve.
             return Err(s3_error!(NotImplemented, "Object lock is not supported by Perch."));
         }
-        let acl = [
-            ("x-amz-acl", input.acl.as_ref().map(|a| a.as_str())),
-            ("x-amz-grant-full-control", input.grant_full_control.as_deref()),
-            ("x-amz-grant-read", input.grant_read.as_deref()),
-            ("x-amz-grant-read-acp", input.grant_read_acp.as_deref()),
-            ("x-amz-grant-write", input.grant_write.as_deref()),
-            ("x-amz-grant-write-acp", input.grant_write_acp.as_deref()),
-        ];
         let new = perch_cache::NewBucket {
             location: input
                 .create_bucket_configuration
                 .as_ref()
                 .and_then(|c| c.location_constraint.as_ref())
                 .map(|l| l.as_str().to_owned()),
-            acl: acl
-                .iter()
-                .filter_map(|(name, value)| value.map(|v| ((*name).to_owned(), v.to_owned())))
-                .collect(),
+            acl: bucket_config::create_bucket_acl(&input),
             object_ownership: input.object_ownership.as_ref().map(|o| o.as_str().to_owned()),
         };
         let bucket = input.bucket;
