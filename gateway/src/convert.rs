@@ -164,6 +164,15 @@ pub fn content_headers(
 /// A metadata value as S3 keeps and returns it: as given when it is US-ASCII, else encoded as
 /// RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such a value on the way in; kept decoded,
 /// it went out as raw UTF-8 bytes, which clients read as Latin-1, and to the origin likewise.
+/// The length of `mail_safe(value)`: what the origin receives, and counts against its 2 KB.
+fn mail_safe_len(value: &str) -> usize {
+    if value.is_ascii() {
+        value.len()
+    } else {
+        "=?UTF-8?B?".len() + value.len().div_ceil(3) * 4 + "?=".len()
+    }
+}
+
 fn mail_safe(value: String) -> String {
     if value.is_ascii() {
         return value;
@@ -353,7 +362,7 @@ pub fn check_metadata(metadata: &Option<HashMap<String, String>>) -> Result<(), 
     let size: usize = metadata
         .iter()
         .flatten()
-        .map(|(name, value)| name.len() + value.len())
+        .map(|(name, value)| name.len() + mail_safe_len(value))
         .sum();
     if size > METADATA_BYTES_MAX {
         return Err(s3_error!(
@@ -426,6 +435,11 @@ mod tests {
         assert!(check_metadata(&meta(&[("a", 2047)])).is_ok());
         assert!(check_metadata(&meta(&[("ab", 1000), ("cd", 1044)])).is_ok());
         let e = check_metadata(&meta(&[("ab", 1000), ("cd", 1045)])).unwrap_err();
+        // A value beyond US-ASCII counts as it is uploaded, encoded (RFC 2047): 650 snowmen are
+        // 1,950 bytes of UTF-8 but 2,612 on the wire, which the origin would refuse for good.
+        let snowmen: HashMap<String, String> = [("a".to_owned(), "\u{2603}".repeat(650))].into();
+        assert_eq!(mail_safe_len(&snowmen["a"]), mail_safe(snowmen["a"].clone()).len());
+        assert!(check_metadata(&Some(snowmen)).is_err());
         assert_eq!(*e.code(), S3ErrorCode::MetadataTooLarge);
         assert_eq!(e.status_code(), Some(http::StatusCode::BAD_REQUEST));
     }

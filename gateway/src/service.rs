@@ -95,6 +95,7 @@ impl Gateway {
             max_keys: max_keys_of(max_keys)?,
             after: marker.clone().filter(|m| !m.is_empty()),
         };
+        check_list_query(&q)?;
         self.store.list(bucket, &q).await.map_err(store_error)
     }
 }
@@ -229,6 +230,21 @@ fn initiator_of(owner: &Owner) -> Initiator {
         display_name: owner.display_name.clone(),
         id: owner.id.clone(),
     }
+}
+
+/// A listing whose prefix, delimiter or starting point holds NUL is 400 InvalidArgument at once:
+/// no key holds one (`check_key`), an XML answer cannot carry one, and an origin need not answer
+/// it (moto echoes it raw, which its client cannot read, so the listing was retried to its
+/// deadline).
+fn check_list_query(q: &PageQuery) -> S3Result<()> {
+    let nul = |s: &str| s.contains('\0');
+    if nul(&q.prefix) || q.delimiter.as_deref().is_some_and(nul) || q.after.as_deref().is_some_and(nul) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "A listing's prefix, delimiter, marker, start-after or continuation token cannot hold NUL."
+        ));
+    }
+    Ok(())
 }
 
 /// The delimiter a listing answers with: none for an empty one, as S3 (which ignores it).
@@ -503,6 +519,7 @@ impl S3 for Gateway {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let trailers = req.trailing_headers;
+        let headers = req.headers;
         let input = req.input;
         convert::check_key(&input.key)?;
         convert::check_metadata(&input.metadata)?;
@@ -527,7 +544,9 @@ impl S3 for Gateway {
                 input.checksum_sha1.clone(),
                 input.checksum_sha256.clone(),
             ),
-        };
+            ..Default::default()
+        }
+        .with_headers(&headers)?;
         // `_file` removes the spool file once the store is done with it (a commit renames it).
         let spool::Spooled {
             body,
@@ -702,6 +721,7 @@ impl S3 for Gateway {
             max_keys: max_keys_of(input.max_keys)?,
             after,
         };
+        check_list_query(&query)?;
         let page = self.store.list(&input.bucket, &query).await.map_err(store_error)?;
         let key_count = (page.objects.len() + page.common_prefixes.len()) as i32;
         let owner = if input.fetch_owner == Some(true) && !page.objects.is_empty() {
@@ -921,6 +941,7 @@ impl S3 for Gateway {
             content_md5: None,
             algorithm: None,
             checksums: Default::default(),
+            ..Default::default()
         };
         // A source that fails midway (the origin, a damaged copy) is Perch's fault, not the
         // client's body: 500, which SDKs retry, never the 400 a short client body gets.
@@ -946,6 +967,7 @@ impl S3 for Gateway {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         let trailers = req.trailing_headers;
+        let headers = req.headers;
         let input = req.input;
         check_part(&input.key, input.part_number, input.sse_customer_algorithm.is_some())?;
         let declared = Declared {
@@ -959,7 +981,9 @@ impl S3 for Gateway {
                 input.checksum_sha1.clone(),
                 input.checksum_sha256.clone(),
             ),
-        };
+            ..Default::default()
+        }
+        .with_headers(&headers)?;
         let at = (&*input.bucket, &*input.key, &*input.upload_id, input.part_number);
         let out = self.stage_part(at, input.body, declared, trailers.as_ref()).await?;
         // The part's checksum the upload keeps (of its algorithm, computed if the client sent none).

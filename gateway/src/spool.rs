@@ -171,6 +171,45 @@ pub struct Declared<'a> {
     pub content_md5: Option<&'a str>,
     pub algorithm: Option<&'a ChecksumAlgorithm>,
     pub checksums: Checksums,
+    /// `x-amz-decoded-content-length`: an aws-chunked body's length, its only one when
+    /// `Transfer-Encoding: chunked` framed it (s3s then leaves `content_length` unset).
+    pub decoded_length: Option<u64>,
+    /// The checksums `x-amz-trailer` declares: computed as the body arrives, and the only ones a
+    /// trailer may carry.
+    pub trailer: Vec<perch_cache::ChecksumAlgorithm>,
+}
+
+impl Declared<'_> {
+    /// Adds what the request's headers declare beyond its input: `x-amz-decoded-content-length`
+    /// and `x-amz-trailer`.
+    pub fn with_headers(mut self, headers: &http::HeaderMap) -> S3Result<Self> {
+        if let Some(v) = headers.get("x-amz-decoded-content-length") {
+            let n = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| s3_error!(InvalidArgument, "invalid header: x-amz-decoded-content-length"))?;
+            self.decoded_length = Some(n);
+        }
+        for v in headers.get_all("x-amz-trailer") {
+            let v = v
+                .to_str()
+                .map_err(|_| s3_error!(InvalidArgument, "invalid header: x-amz-trailer"))?;
+            for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let algorithm = perch_cache::ChecksumAlgorithm::ALL
+                    .into_iter()
+                    .find(|a| a.header_name().eq_ignore_ascii_case(name))
+                    .ok_or_else(|| {
+                        s3_error!(
+                            InvalidArgument,
+                            "x-amz-trailer names `{name}`: only a checksum (x-amz-checksum-*) may trail a body."
+                        )
+                    })?;
+                self.trailer.push(algorithm);
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// Maps a failure of the body stream to the S3 error the client should see.
@@ -222,6 +261,16 @@ fn hasher_for(declared: &Declared<'_>) -> S3Result<ChecksumHasher> {
     if c.sha256.is_some() {
         h.sha256 = Some(Default::default());
     }
+    for algorithm in &declared.trailer {
+        use perch_cache::ChecksumAlgorithm as A;
+        match algorithm {
+            A::Crc32 => h.crc32 = Some(Default::default()),
+            A::Crc32c => h.crc32c = Some(Default::default()),
+            A::Crc64nvme => h.crc64nvme = Some(Default::default()),
+            A::Sha1 => h.sha1 = Some(Default::default()),
+            A::Sha256 => h.sha256 = Some(Default::default()),
+        }
+    }
     if let Some(alg) = declared.algorithm {
         match alg.as_str() {
             ChecksumAlgorithm::CRC32 => h.crc32 = Some(Default::default()),
@@ -257,6 +306,17 @@ pub fn apply_trailers(checksums: &mut Checksums, trailers: Option<&s3s::Trailing
     Ok(())
 }
 
+/// S3's answer to a trailer the request did not declare in `x-amz-trailer`.
+fn malformed_trailer(name: &str) -> S3Error {
+    let code = "MalformedTrailerError".parse().unwrap_or(S3ErrorCode::InvalidRequest);
+    let mut e = S3Error::with_message(
+        code,
+        format!("The trailer {name} was not declared in x-amz-trailer; nothing was stored."),
+    );
+    e.set_status_code(http::StatusCode::BAD_REQUEST);
+    e
+}
+
 fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -> S3Result<()> {
     match (declared, computed) {
         (Some(d), Some(c)) if d != c => Err(s3_error!(
@@ -285,7 +345,9 @@ pub async fn receive(
     let expected_len = match declared.content_length {
         Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
         Some(n) => Some(n as u64),
-        None => None,
+        // An aws-chunked body framed by `Transfer-Encoding: chunked` has only its decoded length:
+        // a body that ends short of it (even at once, empty) is incomplete, never a shorter object.
+        None => declared.decoded_length,
     };
     let mut digests = Digests::new(expected_len);
     let to_file = expected_len.is_none_or(|n| n >= IN_MEMORY_MAX);
@@ -371,6 +433,19 @@ pub async fn receive(
     let mut checksums = declared.checksums;
     apply_trailers(&mut checksums, trailers)?;
     let computed = hasher.finalize();
+    // A checksum nothing computed came in a trailer `x-amz-trailer` did not declare: it cannot be
+    // checked, and kept it would be served, and sent to an origin that refuses the upload for good.
+    for (algorithm, value) in [
+        (perch_cache::ChecksumAlgorithm::Crc32, &computed.checksum_crc32),
+        (perch_cache::ChecksumAlgorithm::Crc32c, &computed.checksum_crc32c),
+        (perch_cache::ChecksumAlgorithm::Crc64nvme, &computed.checksum_crc64nvme),
+        (perch_cache::ChecksumAlgorithm::Sha1, &computed.checksum_sha1),
+        (perch_cache::ChecksumAlgorithm::Sha256, &computed.checksum_sha256),
+    ] {
+        if checksums.slot(algorithm).is_some() && value.is_none() {
+            return Err(malformed_trailer(algorithm.header_name()));
+        }
+    }
     check_one("CRC32 checksum", &checksums.crc32, &computed.checksum_crc32)?;
     check_one("CRC32C checksum", &checksums.crc32c, &computed.checksum_crc32c)?;
     check_one("CRC64NVME checksum", &checksums.crc64nvme, &computed.checksum_crc64nvme)?;
