@@ -373,6 +373,43 @@ pub fn check_metadata(metadata: &Option<HashMap<String, String>>) -> Result<(), 
     Ok(())
 }
 
+/// What of S3's 8 KB for a PUT's header section an object's stored headers may take: the rest is
+/// left to what Perch's upload adds (Host, the signature and its date, the body's length, MD5
+/// and checksum, the SDK's own), about 1.5 KB.
+pub const STORED_HEADER_BYTES_MAX: usize = 6 << 10;
+
+/// Refuses an object write whose stored headers (content headers and `x-amz-meta-*`, as uploaded)
+/// would not fit the upload's header section: S3 refuses a PUT whose headers pass 8 KB (400
+/// RequestHeaderSectionTooLarge), and would refuse its upload for good.
+pub fn check_header_room(h: &ContentHeaders) -> Result<(), S3Error> {
+    let line = |name: &str, value: &Option<String>| value.as_ref().map_or(0, |v| name.len() + v.len() + 4);
+    let size = line("content-type", &h.content_type)
+        + line("cache-control", &h.cache_control)
+        + line("content-encoding", &h.content_encoding)
+        + line("content-disposition", &h.content_disposition)
+        + line("content-language", &h.content_language)
+        + line("expires", &h.expires)
+        + h.metadata
+            .iter()
+            .map(|(name, value)| "x-amz-meta-".len() + name.len() + value.len() + 4)
+            .sum::<usize>();
+    if size > STORED_HEADER_BYTES_MAX {
+        let code = "RequestHeaderSectionTooLarge"
+            .parse()
+            .unwrap_or(S3ErrorCode::InvalidRequest);
+        let mut e = S3Error::with_message(
+            code,
+            format!(
+                "Your request header section exceeds the maximum allowed size: the object's content headers and \
+                 metadata take {size} bytes, over the {STORED_HEADER_BYTES_MAX} Perch leaves them of S3's 8 KB."
+            ),
+        );
+        e.set_status_code(http::StatusCode::BAD_REQUEST);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// The metadata of an object as GET and HEAD return it.
 pub struct MetaOut {
     pub e_tag: ETag,

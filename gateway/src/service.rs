@@ -533,6 +533,8 @@ impl S3 for Gateway {
         if input.write_offset_bytes.is_some() {
             return Err(s3_error!(NotImplemented, "Appending to an object is not supported."));
         }
+        let stored = content_headers!(input);
+        convert::check_header_room(&stored)?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -563,7 +565,7 @@ impl S3 for Gateway {
         )
         .await?;
         let put = PutInput {
-            headers: content_headers!(input),
+            headers: stored,
             checksums,
             body,
             if_match: input.if_match.as_ref().map(convert::etag_condition),
@@ -675,7 +677,9 @@ impl S3 for Gateway {
         };
         let directive = if replace {
             convert::check_metadata(&input.metadata)?;
-            Directive::Replace(content_headers!(input))
+            let headers = content_headers!(input);
+            convert::check_header_room(&headers)?;
+            Directive::Replace(headers)
         } else {
             Directive::Copy
         };
@@ -849,6 +853,7 @@ impl S3 for Gateway {
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         convert::check_kept(convert::unkept!(input))?;
         let headers = content_headers!(input);
+        convert::check_header_room(&headers)?;
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
             .store

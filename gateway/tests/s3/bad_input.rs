@@ -801,3 +801,43 @@ fn a_listing_with_nul_in_its_parameters_is_refused_at_once() {
     let r = Req::bucket("GET", addr, Style::Virtual, "list-type=2&prefix=kn").go(addr);
     assert_eq!(xml_values(&r.text(), "Key"), ["known"], "{}", r.summary());
 }
+
+/// An object write whose content headers and metadata would not fit in S3's 8 KB of request
+/// headers once Perch's upload adds its own is 400 RequestHeaderSectionTooLarge, on every write
+/// that sets them: acknowledged, its upload would be refused for good. (They were stored and
+/// uploaded as sent.)
+#[test]
+fn content_headers_too_large_for_an_upload_are_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    // 5 KiB of content headers and metadata: kept.
+    let r = Req::object("PUT", addr, Style::Virtual, "headers-ok")
+        .body(pattern(10, 30))
+        .header("Cache-Control", &"c".repeat(3 << 10))
+        .header("x-amz-meta-note", &"n".repeat(2000))
+        .go(addr);
+    assert_eq!(r.status, 200, "5 KiB of headers: {}", r.summary());
+    let r = Req::object("HEAD", addr, Style::Virtual, "headers-ok").go(addr);
+    assert_eq!(r.header("cache-control").map(str::len), Some(3 << 10));
+    // 7,000 bytes of Cache-Control, 1,000 of Content-Disposition: over, on each write.
+    let big = |req: Req| {
+        req.header("Cache-Control", &"c".repeat(7000))
+            .header("Content-Disposition", &"d".repeat(1000))
+    };
+    let r = big(Req::object("PUT", addr, Style::Virtual, "headers-big").body(pattern(10, 31))).go(addr);
+    assert_error(&r, 400, "RequestHeaderSectionTooLarge", "PUT");
+    let r = big(Req::object("POST", addr, Style::Virtual, "headers-big").query("uploads")).go(addr);
+    assert_error(&r, 400, "RequestHeaderSectionTooLarge", "CreateMultipartUpload");
+    let r = big(Req::object("PUT", addr, Style::Virtual, "headers-big"))
+        .header("x-amz-copy-source", &format!("/{BUCKET}/known"))
+        .header("x-amz-metadata-directive", "REPLACE")
+        .go(addr);
+    assert_error(&r, 400, "RequestHeaderSectionTooLarge", "CopyObject REPLACE");
+    assert_missing(&perch, "headers-big", "headers too large");
+    let mut expected = before.clone();
+    expected.insert("headers-ok".to_owned());
+    assert_clean(&perch, &expected, "headers too large");
+}
