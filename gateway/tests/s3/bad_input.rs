@@ -841,3 +841,46 @@ fn content_headers_too_large_for_an_upload_are_refused() {
     expected.insert("headers-ok".to_owned());
     assert_clean(&perch, &expected, "headers too large");
 }
+
+/// A DeleteObjects or CompleteMultipartUpload document of over 20 MiB is 400
+/// MaxMessageLengthExceeded, and nothing is deleted or completed. (s3s read 20 MiB of it, then
+/// answered 500 InternalError.) An object's body of the same size is not such a document.
+#[test]
+fn an_xml_document_over_20_mib_is_max_message_length_exceeded() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    let padded = |xml: &str| {
+        let mut body = xml.as_bytes().to_vec();
+        body.extend_from_slice(b"<!--");
+        body.resize(body.len() + (21 << 20), b' ');
+        body.extend_from_slice(b"-->");
+        body
+    };
+    let doc = padded("<Delete><Object><Key>known</Key></Object></Delete>");
+    let r = Req::bucket("POST", addr, Style::Virtual, "delete")
+        .header("Content-MD5", &content_md5(&doc))
+        .body(doc)
+        .go(addr);
+    assert_error(&r, 400, "MaxMessageLengthExceeded", "a 21 MiB DeleteObjects");
+    let r = Req::object("POST", addr, Style::Virtual, "big-upload")
+        .query("uploads")
+        .go(addr);
+    let upload_id = xml_values(&r.text(), "UploadId").remove(0);
+    let doc = padded("<CompleteMultipartUpload></CompleteMultipartUpload>");
+    let r = Req::object("POST", addr, Style::Virtual, "big-upload")
+        .query(&format!("uploadId={upload_id}"))
+        .body(doc)
+        .go(addr);
+    assert_error(&r, 400, "MaxMessageLengthExceeded", "a 21 MiB CompleteMultipartUpload");
+    // A 21 MiB object is no document.
+    let r = Req::object("PUT", addr, Style::Virtual, "big-object")
+        .body(pattern(21 << 20, 40))
+        .go(addr);
+    assert_eq!(r.status, 200, "a 21 MiB PUT: {}", r.summary());
+    let mut expected = before.clone();
+    expected.insert("big-object".to_owned());
+    assert_clean(&perch, &expected, "21 MiB documents");
+}
