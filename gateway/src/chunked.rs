@@ -29,7 +29,7 @@ pub fn lacks_length<B>(req: &Request<B>) -> bool {
 pub struct Refusal {
     pub status: StatusCode,
     pub code: &'static str,
-    pub message: &'static str,
+    pub message: String,
 }
 
 /// Where a received body waits: in memory, or in a file removed when this is dropped.
@@ -64,13 +64,13 @@ where
                 Refusal {
                     status: StatusCode::BAD_REQUEST,
                     code: "RequestTimeout",
-                    message: "Your socket connection to the server was not read from or written to within the timeout period.",
+                    message: "Your socket connection to the server was not read from or written to within the timeout period.".to_owned(),
                 }
             } else {
                 Refusal {
                     status: StatusCode::BAD_REQUEST,
                     code: "IncompleteBody",
-                    message: "The request body ended before its last chunk.",
+                    message: "The request body ended before its last chunk.".to_owned(),
                 }
             }
         })?;
@@ -80,7 +80,7 @@ where
             return Err(Refusal {
                 status: StatusCode::BAD_REQUEST,
                 code: "EntityTooLarge",
-                message: "Your proposed upload exceeds the maximum allowed object size.",
+                message: "Your proposed upload exceeds the maximum allowed object size.".to_owned(),
             });
         }
         match &mut file {
@@ -168,6 +168,6 @@ fn local_failure(e: std::io::Error) -> Refusal {
     Refusal {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         code: "InternalError",
-        message: "Perch could not hold the request body locally.",
+        message: "Perch could not hold the request body locally.".to_owned(),
     }
 }

@@ -6,6 +6,7 @@ mod bucket_config;
 mod chunked;
 mod config;
 mod convert;
+mod document;
 mod fast_get;
 mod front;
 mod lease_cmd;

@@ -25,6 +25,7 @@ use tracing::{Instrument, field};
 
 use crate::chunked;
 use crate::config::AdminToken;
+use crate::document;
 use crate::fast_get::FastGet;
 use crate::front::{REQUEST, RequestInfo};
 use crate::limits::{Connection, GuardedBody, GuardedIo, Limits, SpanBody};
@@ -329,59 +330,6 @@ fn presigned_for_over_a_week(query: Option<&str>) -> bool {
     })
 }
 
-/// The most s3s receives of a body it parses whole, a document (its `xml_max_body_size`).
-const DOCUMENT_BYTES_MAX: u64 = 20 << 20;
-
-/// Whether `req` declares a body over `DOCUMENT_BYTES_MAX` for an operation whose body is an XML
-/// document (DeleteObjects, CompleteMultipartUpload, a configuration or an object's tags, ACL,
-/// retention...): S3's 400 MaxMessageLengthExceeded at once. s3s would read 20 MiB of it first,
-/// then fail with a 500 InternalError.
-fn document_too_large<B>(req: &Request<B>) -> bool {
-    const POSTED: [&str; 4] = ["delete", "uploadId", "restore", "select"];
-    const PUT: [&str; 22] = [
-        "accelerate",
-        "acl",
-        "analytics",
-        "cors",
-        "encryption",
-        "intelligent-tiering",
-        "inventory",
-        "legal-hold",
-        "lifecycle",
-        "logging",
-        "metrics",
-        "notification",
-        "object-lock",
-        "ownershipControls",
-        "policy",
-        "publicAccessBlock",
-        "replication",
-        "requestPayment",
-        "retention",
-        "tagging",
-        "versioning",
-        "website",
-    ];
-    let over = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > DOCUMENT_BYTES_MAX);
-    if !over {
-        return false;
-    }
-    let names: &[&str] = match *req.method() {
-        http::Method::POST => &POSTED,
-        http::Method::PUT => &PUT,
-        _ => return false,
-    };
-    req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
-            .any(|name| names.contains(&name))
-    })
-}
-
 /// An S3 XML error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let mut r = Response::new(s3s::Body::from(format!(
@@ -431,7 +379,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             let mut direct = false;
             let prepared = if let Some(declared) = too_large_body {
                 Err(too_large(declared, limits.body_bytes_max))
-            } else if document_too_large(&req) {
+            } else if document::too_large(&req) {
                 Err(error_response(
                     StatusCode::BAD_REQUEST,
                     "MaxMessageLengthExceeded",
@@ -460,8 +408,12 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                         )),
                         None => chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
                             .await
-                            .map_err(|refused| error_response(refused.status, refused.code, refused.message)),
+                            .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
                     }
+                } else if document::declares_digest(&req) {
+                    document::checked(req)
+                        .await
+                        .map_err(|refused| error_response(refused.status, refused.code, &refused.message))
                 } else {
                     Ok(req.map(s3s::Body::http_body))
                 }

@@ -884,3 +884,79 @@ fn an_xml_document_over_20_mib_is_max_message_length_exceeded() {
     expected.insert("big-object".to_owned());
     assert_clean(&perch, &expected, "21 MiB documents");
 }
+
+/// An XML document (DeleteObjects, CompleteMultipartUpload, a configuration) is checked against
+/// the Content-MD5 or `x-amz-checksum-*` its request declares before anything is done: a wrong
+/// one is 400 BadDigest, a malformed Content-MD5 400 InvalidDigest, as S3 answers. (Both were
+/// ignored: the keys were deleted, the upload completed.)
+#[test]
+fn an_xml_document_is_checked_against_the_digest_its_request_declares() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    let doc = b"<Delete><Object><Key>known</Key></Object></Delete>".to_vec();
+    let crc = |d: &[u8]| base64_simd::STANDARD.encode_to_string(crc32fast::hash(d).to_be_bytes());
+    let delete = |name: &str, value: &str| {
+        Req::bucket("POST", addr, Style::Virtual, "delete")
+            .header(name, value)
+            .body(doc.clone())
+            .go(addr)
+    };
+    let other = content_md5(b"another document");
+    let r = delete("Content-MD5", &other);
+    assert_error(&r, 400, "BadDigest", "DeleteObjects with another body's Content-MD5");
+    let r = delete("Content-MD5", "junk");
+    assert_error(&r, 400, "InvalidDigest", "DeleteObjects with a malformed Content-MD5");
+    let r = delete("x-amz-checksum-crc32", &crc(b"another document"));
+    assert_error(&r, 400, "BadDigest", "DeleteObjects with another body's CRC32");
+    let r = Req::object("GET", addr, Style::Virtual, "known").go(addr);
+    assert_eq!(r.status, 200, "a refused DeleteObjects deleted: {}", r.summary());
+
+    // A multipart completion with a wrong Content-MD5: refused, and the upload still completes.
+    let r = Req::object("POST", addr, Style::Virtual, "md5-upload")
+        .query("uploads")
+        .go(addr);
+    let upload_id = xml_values(&r.text(), "UploadId").remove(0);
+    let r = Req::object("PUT", addr, Style::Virtual, "md5-upload")
+        .query(&format!("partNumber=1&uploadId={upload_id}"))
+        .body(pattern(100, 41))
+        .go(addr);
+    let etag = r.header("etag").expect("part etag").to_owned();
+    let complete = format!(
+        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+    );
+    let r = Req::object("POST", addr, Style::Virtual, "md5-upload")
+        .query(&format!("uploadId={upload_id}"))
+        .header("Content-MD5", &other)
+        .body(complete.clone())
+        .go(addr);
+    assert_error(
+        &r,
+        400,
+        "BadDigest",
+        "CompleteMultipartUpload with another body's Content-MD5",
+    );
+    assert_missing(&perch, "md5-upload", "a refused completion");
+    let r = Req::object("POST", addr, Style::Virtual, "md5-upload")
+        .query(&format!("uploadId={upload_id}"))
+        .header("Content-MD5", &content_md5(complete.as_bytes()))
+        .body(complete)
+        .go(addr);
+    assert_eq!(
+        r.status,
+        200,
+        "the completion with its own Content-MD5: {}",
+        r.summary()
+    );
+
+    // Right digests: the keys go.
+    let r = delete("Content-MD5", &content_md5(&doc));
+    assert_eq!(r.status, 200, "DeleteObjects with its own Content-MD5: {}", r.summary());
+    assert_missing(&perch, "known", "DeleteObjects with its own Content-MD5");
+    let mut expected = before.clone();
+    expected.remove("known");
+    expected.insert("md5-upload".to_owned());
+    assert_eq!(keys_of(&perch), expected);
+}

@@ -1,0 +1,180 @@
+//! Request bodies that are XML documents (DeleteObjects, CompleteMultipartUpload, configurations):
+//! bounded, and checked against the Content-MD5 or checksum their request declares before s3s
+//! parses them (s3s parses them without looking at either).
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use perch_cache::{BodyDigest, ChecksumAlgorithm};
+use s3s::checksum::ChecksumHasher;
+
+use crate::chunked::Refusal;
+
+/// The most s3s receives of a body it parses whole, a document (its `xml_max_body_size`).
+const DOCUMENT_BYTES_MAX: u64 = 20 << 20;
+
+/// The subresources whose POST carries a document.
+const POSTED: [&str; 4] = ["delete", "uploadId", "restore", "select"];
+/// The subresources whose PUT carries a document (a PUT without one carries an object or a part).
+const PUT: [&str; 22] = [
+    "accelerate",
+    "acl",
+    "analytics",
+    "cors",
+    "encryption",
+    "intelligent-tiering",
+    "inventory",
+    "legal-hold",
+    "lifecycle",
+    "logging",
+    "metrics",
+    "notification",
+    "object-lock",
+    "ownershipControls",
+    "policy",
+    "publicAccessBlock",
+    "replication",
+    "requestPayment",
+    "retention",
+    "tagging",
+    "versioning",
+    "website",
+];
+
+/// Whether `req`'s body is an XML document, by its method and subresource.
+fn is_document<B>(req: &Request<B>) -> bool {
+    let names: &[&str] = match *req.method() {
+        http::Method::POST => &POSTED,
+        http::Method::PUT => &PUT,
+        _ => return false,
+    };
+    req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+            .any(|name| names.contains(&name))
+    })
+}
+
+/// Whether `req` declares a document of over `DOCUMENT_BYTES_MAX`: S3's 400
+/// MaxMessageLengthExceeded at once. s3s would read 20 MiB of it first, then fail with a 500
+/// InternalError.
+pub fn too_large<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > DOCUMENT_BYTES_MAX)
+        && is_document(req)
+}
+
+/// Whether `req` is a document that declares a digest of itself (`Content-MD5` or an
+/// `x-amz-checksum-*` header), which `checked` verifies.
+pub fn declares_digest<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    (h.contains_key("content-md5") || ChecksumAlgorithm::ALL.iter().any(|a| h.contains_key(a.header_name())))
+        && is_document(req)
+}
+
+/// Receives the document whole (it is at most `DOCUMENT_BYTES_MAX`, `too_large` saw to that) and
+/// gives the request back with it once it matched every digest its request declares: a wrong one
+/// is 400 BadDigest and a malformed Content-MD5 400 InvalidDigest, as S3 answers, and nothing of
+/// the request is carried out.
+pub async fn checked<B>(req: Request<B>) -> Result<Request<s3s::Body>, Refusal>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (parts, mut body) = req.into_parts();
+    let mut held = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.to_string().contains(crate::limits::MARK) {
+                refusal(
+                    StatusCode::BAD_REQUEST,
+                    "RequestTimeout",
+                    "Your socket connection to the server was not read from or written to within the timeout period.",
+                )
+            } else {
+                refusal(
+                    StatusCode::BAD_REQUEST,
+                    "IncompleteBody",
+                    "The request body ended early.",
+                )
+            }
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if (held.len() + data.len()) as u64 > DOCUMENT_BYTES_MAX {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                "MaxMessageLengthExceeded",
+                "Your request was too big: an XML document of over 20 MiB.",
+            ));
+        }
+        held.extend_from_slice(&data);
+    }
+    let bytes = held.freeze();
+    let h = &parts.headers;
+    if let Some(md5) = h.get("content-md5") {
+        let given = md5
+            .to_str()
+            .ok()
+            .and_then(|v| base64_simd::STANDARD.decode_to_vec(v.trim()).ok())
+            .filter(|d| d.len() == 16)
+            .ok_or_else(|| {
+                refusal(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidDigest",
+                    "The Content-MD5 you specified is not valid.",
+                )
+            })?;
+        let mut digest = BodyDigest::new();
+        digest.update(&bytes);
+        if given.as_slice() != digest.finish().md5().as_slice() {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                "BadDigest",
+                "The Content-MD5 you specified did not match what we received.",
+            ));
+        }
+    }
+    for algorithm in ChecksumAlgorithm::ALL {
+        let Some(given) = h.get(algorithm.header_name()) else {
+            continue;
+        };
+        let mut hasher = ChecksumHasher::default();
+        match algorithm {
+            ChecksumAlgorithm::Crc32 => hasher.crc32 = Some(Default::default()),
+            ChecksumAlgorithm::Crc32c => hasher.crc32c = Some(Default::default()),
+            ChecksumAlgorithm::Crc64nvme => hasher.crc64nvme = Some(Default::default()),
+            ChecksumAlgorithm::Sha1 => hasher.sha1 = Some(Default::default()),
+            ChecksumAlgorithm::Sha256 => hasher.sha256 = Some(Default::default()),
+        }
+        hasher.update(&bytes);
+        let c = hasher.finalize();
+        let computed = match algorithm {
+            ChecksumAlgorithm::Crc32 => c.checksum_crc32,
+            ChecksumAlgorithm::Crc32c => c.checksum_crc32c,
+            ChecksumAlgorithm::Crc64nvme => c.checksum_crc64nvme,
+            ChecksumAlgorithm::Sha1 => c.checksum_sha1,
+            ChecksumAlgorithm::Sha256 => c.checksum_sha256,
+        };
+        if computed.as_deref() != given.to_str().ok().map(str::trim) {
+            return Err(refusal(
+                StatusCode::BAD_REQUEST,
+                "BadDigest",
+                &format!(
+                    "The {} checksum you specified did not match the calculated checksum.",
+                    algorithm.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(Request::from_parts(parts, s3s::Body::from(bytes)))
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: &str) -> Refusal {
+    Refusal {
+        status,
+        code,
+        message: message.to_owned(),
+    }
+}
