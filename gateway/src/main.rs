@@ -85,7 +85,17 @@ fn init_logs(format: LogFormat) {
 /// Runs the command; a failure is printed as one line (what went wrong, with its causes), never
 /// with a backtrace, and the exit status is 1.
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command's output piped into a reader that stops early (`perch status | head -1`)
+        // ends the command quietly, as for any Unix tool, instead of `println!` panicking on the
+        // closed pipe. The server keeps Rust's default: a closed socket is an error it handles.
+        // SAFETY: set once at start, before any thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("perch: {e:#}");

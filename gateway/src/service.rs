@@ -204,8 +204,28 @@ fn encode(s: String, url: bool) -> String {
     if url { perch_cache::url_encode(&s) } else { s }
 }
 
-fn wants_url(e: &Option<EncodingType>) -> bool {
-    e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL)
+/// Whether a listing asks for its keys URL-encoded; an encoding S3 does not know is 400
+/// InvalidArgument, as S3 answers it.
+fn wants_url(e: &Option<EncodingType>) -> S3Result<bool> {
+    match e.as_ref().map(|e| e.as_str()) {
+        None => Ok(false),
+        Some(EncodingType::URL) => Ok(true),
+        Some(_) => Err(s3_error!(
+            InvalidArgument,
+            "Invalid Encoding Method specified in Request"
+        )),
+    }
+}
+
+/// A listing's count or marker, which S3 takes from 0 up; a negative one is 400 InvalidArgument.
+fn not_negative(name: &str, value: Option<i32>) -> S3Result<()> {
+    match value {
+        Some(n) if n < 0 => Err(s3_error!(
+            InvalidArgument,
+            "Argument {name} must be an integer between 0 and 2147483647"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn objects_of(page: &perch_cache::Page, url: bool, owner: Option<&Owner>) -> Vec<Object> {
@@ -711,7 +731,7 @@ impl S3 for Gateway {
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let url = wants_url(&input.encoding_type);
+        let url = wants_url(&input.encoding_type)?;
         let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
             Some(t) => Some(
                 perch_cache::list_untoken(t)
@@ -752,7 +772,7 @@ impl S3 for Gateway {
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let url = wants_url(&input.encoding_type);
+        let url = wants_url(&input.encoding_type)?;
         let page = self
             .list_v1(
                 &input.bucket,
@@ -792,7 +812,7 @@ impl S3 for Gateway {
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
-        let url = wants_url(&input.encoding_type);
+        let url = wants_url(&input.encoding_type)?;
         let page = self
             .list_v1(
                 &input.bucket,
@@ -1078,6 +1098,8 @@ impl S3 for Gateway {
             .list_parts(&input.bucket, &input.key, &input.upload_id)
             .await
             .map_err(store_error)?;
+        not_negative("max-parts", input.max_parts)?;
+        not_negative("part-number-marker", input.part_number_marker)?;
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let marker = input.part_number_marker.unwrap_or(0);
         let mut rest = all.into_iter().filter(|p| p.part_number > marker);
@@ -1129,6 +1151,7 @@ impl S3 for Gateway {
             .list_multipart_uploads(&input.bucket, &prefix)
             .await
             .map_err(store_error)?;
+        not_negative("max-uploads", input.max_uploads)?;
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let id_marker = input.upload_id_marker.clone().unwrap_or_default();

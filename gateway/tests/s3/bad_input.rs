@@ -960,3 +960,36 @@ fn an_xml_document_is_checked_against_the_digest_its_request_declares() {
     expected.insert("md5-upload".to_owned());
     assert_eq!(keys_of(&perch), expected);
 }
+
+/// A listing with an encoding S3 does not know, or a negative count or part marker, is 400
+/// InvalidArgument, as S3 answers. (They were taken: `max-uploads=-1` answered MaxUploads 0 and
+/// IsTruncated true, `encoding-type=junk` an unencoded listing.)
+#[test]
+fn listings_with_an_unknown_encoding_or_a_negative_count_are_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    for query in [
+        "encoding-type=junk",
+        "list-type=2&encoding-type=junk",
+        "uploads&max-uploads=-1",
+    ] {
+        let r = Req::bucket("GET", addr, Style::Virtual, query).go(addr);
+        assert_error(&r, 400, "InvalidArgument", query);
+    }
+    let r = Req::object("POST", addr, Style::Virtual, "parts")
+        .query("uploads")
+        .go(addr);
+    let upload_id = xml_values(&r.text(), "UploadId").remove(0);
+    for q in ["max-parts=-1", "part-number-marker=-1"] {
+        let r = Req::object("GET", addr, Style::Virtual, "parts")
+            .query(&format!("uploadId={upload_id}&{q}"))
+            .go(addr);
+        assert_error(&r, 400, "InvalidArgument", q);
+    }
+    let r = Req::bucket("GET", addr, Style::Virtual, "encoding-type=url").go(addr);
+    assert_eq!(xml_values(&r.text(), "Key"), ["known"], "{}", r.summary());
+    let r = Req::bucket("GET", addr, Style::Virtual, "uploads&max-uploads=0").go(addr);
+    assert_eq!(r.status, 200, "max-uploads=0: {}", r.summary());
+}

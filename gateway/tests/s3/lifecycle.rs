@@ -754,3 +754,31 @@ fn a_sighup_while_perch_starts_does_not_end_it() {
     assert!(ended.is_none(), "a SIGHUP while starting ended perch: {ended:?}");
     drop(silent);
 }
+
+/// A command whose output goes into a pipe its reader closed (`perch status | head -1`) ends
+/// quietly, as a Unix tool does: `println!` used to panic on the closed pipe, with a backtrace.
+#[test]
+fn a_command_printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let _turn = machine::share();
+    let perch = Perch::dir(&[]);
+    let mut child = Command::new(perch_binary())
+        .args(["status", "--admin", &perch.server.admin.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run perch status");
+    // Close the reading end before the command prints anything.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("perch status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "perch status into a closed pipe: {stderr}"
+    );
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "perch status into a closed pipe ended with {}: {stderr}",
+        out.status
+    );
+}
