@@ -141,6 +141,14 @@ impl Uploader {
             };
             let result = match result {
                 Err(OriginError::NoSuchKey) if v.put.is_none() => Ok(None),
+                // S3 never answers a PUT so; an origin that does (moto, for a key holding a line
+                // feed) answers it every time: a refusal, kept for an operator, not a fault to
+                // retry for ever (a stop waited its whole drain for it, and it could not be dropped).
+                Err(OriginError::NoSuchKey) => Err(OriginError::Rejected {
+                    status: 404,
+                    code: "NoSuchKey".to_owned(),
+                    message: "the origin answered the upload of this key 404 NoSuchKey".to_owned(),
+                }),
                 other => other,
             };
             // A failed attempt: was the blob damaged? The only copy of an acknowledged write must

@@ -436,6 +436,49 @@ fn a_refused_upload_is_kept_and_reported() {
     );
 }
 
+/// An upload the origin answers 404 NoSuchKey (S3 never does; moto does for a key holding a line
+/// feed) is a refusal, kept and reported for an operator, as a 403 is: it used to be retried for
+/// ever, could not be dropped ("not refused by the origin"), and a stop waited out its whole drain.
+#[test]
+fn an_upload_the_origin_answers_404_is_refused_not_retried_for_ever() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(
+        r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "orioledb_data/1/lost", "error_kinds": ["404"]}"#,
+    );
+    s.put("orioledb_data/1/lost", b"answered 404");
+    s.put("orioledb_data/1/fine", b"goes up");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = s.status();
+        if st["failed"].as_array().is_some_and(|f| !f.is_empty()) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the refusal never showed: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st["failed"][0]["key"], "orioledb_data/1/lost", "{st}");
+    let seq = st["failed"][0]["seq"].as_u64().expect("seq");
+    assert_eq!(
+        perch_get(&s, "orioledb_data/1/lost").as_deref(),
+        Some(&b"answered 404"[..])
+    );
+    // The operator drops it; everything else is in the origin.
+    let admin = s.perch().admin;
+    let r = Req::unsigned(
+        "POST",
+        admin,
+        &format!("/journal/drop?seq={seq}&confirm=lose-this-write"),
+    )
+    .go(admin);
+    assert_eq!(r.status, 200, "drop: {}", r.summary());
+    s.no_faults();
+    s.flush(Duration::from_secs(30));
+    assert_eq!(s.in_moto("orioledb_data/1/fine").as_deref(), Some(&b"goes up"[..]));
+    assert_eq!(s.in_moto("orioledb_data/1/lost"), None);
+}
+
 #[test]
 fn writes_wait_for_room_past_dirty_bytes_max() {
     let _turn = machine::share();

@@ -30,6 +30,9 @@ pub enum FaultKind {
     AccessDenied,
     /// `501` with an S3 `NotImplemented` XML body: S3's answer to a header it does not support.
     NotImplemented,
+    /// `404` with an S3 `NoSuchKey` XML body: an origin's answer no retry changes, here to any
+    /// request (moto gives it to a PUT of a key holding a line feed).
+    NoSuchKey,
 }
 
 impl FaultKind {
@@ -43,6 +46,7 @@ impl FaultKind {
             FaultKind::Outage => "outage",
             FaultKind::AccessDenied => "403",
             FaultKind::NotImplemented => "501",
+            FaultKind::NoSuchKey => "404",
         }
     }
 
@@ -71,6 +75,7 @@ impl FaultKind {
                 "NotImplemented",
                 "A header you provided implies functionality that is not implemented.",
             )),
+            FaultKind::NoSuchKey => Some((StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.")),
             FaultKind::Reset | FaultKind::Stall => None,
         }
     }
@@ -95,8 +100,9 @@ impl FromStr for FaultKind {
             "outage" => Ok(FaultKind::Outage),
             "403" | "accessdenied" => Ok(FaultKind::AccessDenied),
             "501" | "notimplemented" => Ok(FaultKind::NotImplemented),
+            "404" | "nosuchkey" => Ok(FaultKind::NoSuchKey),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 501, 503, 403, slowdown, reset, stall or outage)"
+                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall or outage)"
             )),
         }
     }

@@ -83,7 +83,7 @@ pub struct ProxyArgs {
     /// Probability (0.0..=1.0) that a request gets an injected fault.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Fault kinds to draw from: 500, 501, 503, 403, slowdown, reset, stall.
+    /// Fault kinds to draw from: 500, 501, 503, 403, 404, slowdown, reset, stall.
     #[arg(long, value_delimiter = ',', default_value = "503")]
     error_kinds: Vec<FaultKind>,
     /// How long a `stall` fault holds the request before resetting the connection.
