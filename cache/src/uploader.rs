@@ -141,9 +141,10 @@ impl Uploader {
             };
             let result = match result {
                 Err(OriginError::NoSuchKey) if v.put.is_none() => Ok(None),
-                // S3 never answers a PUT so; an origin that does (moto, for a key holding a line
-                // feed) answers it every time: a refusal, kept for an operator, not a fault to
-                // retry for ever (a stop waited its whole drain for it, and it could not be dropped).
+                // S3 never answers a PUT so; an origin that does, with that code (moto, for a key
+                // holding a line feed), answers it every time: a refusal, kept for an operator, not
+                // a fault to retry for ever (a stop waited its whole drain for it, and it could not
+                // be dropped). A bare 404 to a PUT is a fault, retried (`Subject::Write`).
                 Err(OriginError::NoSuchKey) => Err(OriginError::Rejected {
                     status: 404,
                     code: "NoSuchKey".to_owned(),

@@ -161,9 +161,6 @@ pub fn content_headers(
     }
 }
 
-/// A metadata value as S3 keeps and returns it: as given when it is US-ASCII, else encoded as
-/// RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such a value on the way in; kept decoded,
-/// it went out as raw UTF-8 bytes, which clients read as Latin-1, and to the origin likewise.
 /// The length of `mail_safe(value)`: what the origin receives, and counts against its 2 KB.
 fn mail_safe_len(value: &str) -> usize {
     if value.is_ascii() {
@@ -173,6 +170,9 @@ fn mail_safe_len(value: &str) -> usize {
     }
 }
 
+/// A metadata value as S3 keeps and returns it: as given when it is US-ASCII, else encoded as
+/// RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such a value on the way in; kept decoded,
+/// it went out as raw UTF-8 bytes, which clients read as Latin-1, and to the origin likewise.
 fn mail_safe(value: String) -> String {
     if value.is_ascii() {
         return value;

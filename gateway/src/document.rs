@@ -1,6 +1,7 @@
-//! Request bodies that are XML documents (DeleteObjects, CompleteMultipartUpload, configurations):
-//! bounded, and checked against the Content-MD5 or checksum their request declares before s3s
-//! parses them (s3s parses them without looking at either).
+//! XML document bodies (DeleteObjects, CompleteMultipartUpload, configurations): bounded, and checked.
+//!
+//! A document over what s3s reads is refused before it is read, and one whose request declares a
+//! Content-MD5 or checksum of it is checked against it before s3s parses it (s3s looks at neither).
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -55,6 +56,9 @@ fn is_document<B>(req: &Request<B>) -> bool {
     })
 }
 
+/// The message of S3's MaxMessageLengthExceeded for a document over `DOCUMENT_BYTES_MAX`.
+pub const TOO_LARGE: &str = "Your request was too big: an XML document of over 20 MiB.";
+
 /// Whether `req` declares a document of over `DOCUMENT_BYTES_MAX`: S3's 400
 /// MaxMessageLengthExceeded at once. s3s would read 20 MiB of it first, then fail with a 500
 /// InternalError.
@@ -66,12 +70,34 @@ pub fn too_large<B>(req: &Request<B>) -> bool {
         && is_document(req)
 }
 
-/// Whether `req` is a document that declares a digest of itself (`Content-MD5` or an
-/// `x-amz-checksum-*` header), which `checked` verifies.
+/// Whether `req` is a document that declares a digest of itself (`Content-MD5`, or an
+/// `x-amz-checksum-*` header but on CompleteMultipartUpload, where those are the whole object's),
+/// which `checked` verifies. An aws-chunked body is left to s3s, which verifies its chunks.
 pub fn declares_digest<B>(req: &Request<B>) -> bool {
     let h = req.headers();
-    (h.contains_key("content-md5") || ChecksumAlgorithm::ALL.iter().any(|a| h.contains_key(a.header_name())))
-        && is_document(req)
+    let streamed = h
+        .get("x-amz-content-sha256")
+        .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
+    !streamed && is_document(req) && (h.contains_key("content-md5") || checksum_headers(req).next().is_some())
+}
+
+/// Whether `req` is a CompleteMultipartUpload (a POST with `uploadId`): its `x-amz-checksum-*`
+/// headers are the object's checksum, not its document's.
+fn completes_upload<B>(req: &Request<B>) -> bool {
+    *req.method() == http::Method::POST
+        && req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair.split_once('=').map_or(pair, |(name, _)| name) == "uploadId")
+        })
+}
+
+/// The checksums of its document `req` declares, with their values.
+fn checksum_headers<B>(req: &Request<B>) -> impl Iterator<Item = (ChecksumAlgorithm, &http::HeaderValue)> {
+    let document = !completes_upload(req);
+    ChecksumAlgorithm::ALL
+        .into_iter()
+        .filter(move |_| document)
+        .filter_map(|a| Some((a, req.headers().get(a.header_name())?)))
 }
 
 /// Receives the document whole (it is at most `DOCUMENT_BYTES_MAX`, `too_large` saw to that) and
@@ -83,6 +109,8 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let declared: Vec<(ChecksumAlgorithm, http::HeaderValue)> =
+        checksum_headers(&req).map(|(a, v)| (a, v.clone())).collect();
     let (parts, mut body) = req.into_parts();
     let mut held = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -103,11 +131,7 @@ where
         })?;
         let Ok(data) = frame.into_data() else { continue };
         if (held.len() + data.len()) as u64 > DOCUMENT_BYTES_MAX {
-            return Err(refusal(
-                StatusCode::BAD_REQUEST,
-                "MaxMessageLengthExceeded",
-                "Your request was too big: an XML document of over 20 MiB.",
-            ));
+            return Err(refusal(StatusCode::BAD_REQUEST, "MaxMessageLengthExceeded", TOO_LARGE));
         }
         held.extend_from_slice(&data);
     }
@@ -136,10 +160,7 @@ where
             ));
         }
     }
-    for algorithm in ChecksumAlgorithm::ALL {
-        let Some(given) = h.get(algorithm.header_name()) else {
-            continue;
-        };
+    for (algorithm, given) in declared {
         let mut hasher = ChecksumHasher::default();
         match algorithm {
             ChecksumAlgorithm::Crc32 => hasher.crc32 = Some(Default::default()),

@@ -383,7 +383,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 Err(error_response(
                     StatusCode::BAD_REQUEST,
                     "MaxMessageLengthExceeded",
-                    "Your request was too big: an XML document of over 20 MiB.",
+                    document::TOO_LARGE,
                 ))
             } else if presigned_for_over_a_week(req.uri().query()) {
                 Err(error_response(
@@ -406,14 +406,33 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                             code,
                             usual_message(code).unwrap_or_default(),
                         )),
-                        None => chunked::with_length(req, &door.spool_dir, limits.body_bytes_max)
+                        None => match chunked::with_length(req, &door.spool_dir, limits.body_bytes_max).await {
+                            // Now of known length, a document is bounded and checked as any.
+                            Ok(req) if document::too_large(&req) => Err(error_response(
+                                StatusCode::BAD_REQUEST,
+                                "MaxMessageLengthExceeded",
+                                document::TOO_LARGE,
+                            )),
+                            Ok(req) if document::declares_digest(&req) => document::checked(req)
+                                .await
+                                .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
+                            Ok(req) => Ok(req),
+                            Err(refused) => Err(error_response(refused.status, refused.code, &refused.message)),
+                        },
+                    }
+                } else if document::declares_digest(&req) {
+                    // Held whole before s3s checks its signature, as a chunked body is: refused on
+                    // its head first when it can never pass.
+                    match door.fast.refused_by_its_head(&req) {
+                        Some(code) => Err(error_response(
+                            StatusCode::FORBIDDEN,
+                            code,
+                            usual_message(code).unwrap_or_default(),
+                        )),
+                        None => document::checked(req)
                             .await
                             .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
                     }
-                } else if document::declares_digest(&req) {
-                    document::checked(req)
-                        .await
-                        .map_err(|refused| error_response(refused.status, refused.code, &refused.message))
                 } else {
                     Ok(req.map(s3s::Body::http_body))
                 }

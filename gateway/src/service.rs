@@ -965,7 +965,6 @@ impl S3 for Gateway {
             content_length: Some(len as i64),
             content_md5: None,
             algorithm: None,
-            checksums: Default::default(),
             ..Default::default()
         };
         // A source that fails midway (the origin, a damaged copy) is Perch's fault, not the
@@ -1093,13 +1092,13 @@ impl S3 for Gateway {
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
+        not_negative("max-parts", input.max_parts)?;
+        not_negative("part-number-marker", input.part_number_marker)?;
         let all = self
             .store
             .list_parts(&input.bucket, &input.key, &input.upload_id)
             .await
             .map_err(store_error)?;
-        not_negative("max-parts", input.max_parts)?;
-        not_negative("part-number-marker", input.part_number_marker)?;
         let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let marker = input.part_number_marker.unwrap_or(0);
         let mut rest = all.into_iter().filter(|p| p.part_number > marker);
@@ -1145,13 +1144,13 @@ impl S3 for Gateway {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
+        not_negative("max-uploads", input.max_uploads)?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let all = self
             .store
             .list_multipart_uploads(&input.bucket, &prefix)
             .await
             .map_err(store_error)?;
-        not_negative("max-uploads", input.max_uploads)?;
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let id_marker = input.upload_id_marker.clone().unwrap_or_default();

@@ -624,28 +624,38 @@ fn a_chunked_body_without_a_valid_key_is_refused_before_it_is_received() {
 /// Sends `put` (signed `STREAMING-UNSIGNED-PAYLOAD-TRAILER`, its aws-chunked body given whole)
 /// framed by `Transfer-Encoding: chunked` with no `Content-Length`, and reads the answer.
 fn put_aws_chunked_without_a_length(addr: std::net::SocketAddr, mut put: Req, aws_chunked: &[u8]) -> Resp {
+    put.content_sha256 = Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER".to_owned());
+    send_without_a_length(addr, put, aws_chunked)
+}
+
+/// Sends `req` (signed over `body`'s SHA-256 unless it names another payload) with `body` framed
+/// by `Transfer-Encoding: chunked` and no `Content-Length`, and reads the answer.
+fn send_without_a_length(addr: std::net::SocketAddr, mut req: Req, body: &[u8]) -> Resp {
     use perch_testkit::raw_client::{read_body, read_head};
     use std::io::BufReader;
-    put.content_length = Some(0);
-    put.expect = Some(false);
-    put.content_sha256 = Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER".to_owned());
-    let head = String::from_utf8(put.head().0)
+    if req.content_sha256.is_none() {
+        req.content_sha256 = Some(sha256_hex(body));
+    }
+    req.content_length = Some(0);
+    req.expect = Some(false);
+    let method = req.method.clone();
+    let head = String::from_utf8(req.head().0)
         .expect("ascii")
         .replace("Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n");
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     s.write_all(head.as_bytes()).expect("head");
     let mut framed = Vec::new();
-    if !aws_chunked.is_empty() {
-        framed.extend_from_slice(format!("{:x}\r\n", aws_chunked.len()).as_bytes());
-        framed.extend_from_slice(aws_chunked);
+    if !body.is_empty() {
+        framed.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        framed.extend_from_slice(body);
         framed.extend_from_slice(b"\r\n");
     }
     framed.extend_from_slice(b"0\r\n\r\n");
     s.write_all(&framed).expect("body");
     let mut reader = BufReader::new(s);
     let (status, headers) = read_head(&mut reader).expect("an answer");
-    let body = read_body(&mut reader, "PUT", status, &headers).expect("its body");
+    let body = read_body(&mut reader, &method, status, &headers).expect("its body");
     Resp {
         status,
         headers,
@@ -951,7 +961,49 @@ fn an_xml_document_is_checked_against_the_digest_its_request_declares() {
         r.summary()
     );
 
-    // Right digests: the keys go.
+    // The same wrong Content-MD5 on a document framed by `Transfer-Encoding: chunked`.
+    let r = send_without_a_length(
+        addr,
+        Req::bucket("POST", addr, Style::Virtual, "delete").header("Content-MD5", &other),
+        &doc,
+    );
+    assert_error(
+        &r,
+        400,
+        "BadDigest",
+        "a chunked DeleteObjects with another body's Content-MD5",
+    );
+    let r = Req::object("GET", addr, Style::Virtual, "known").go(addr);
+    assert_eq!(r.status, 200, "a refused DeleteObjects deleted: {}", r.summary());
+
+    // A completion's x-amz-checksum-* is the object's checksum, never its document's: not
+    // checked against the document.
+    let r = Req::object("POST", addr, Style::Virtual, "crc-upload")
+        .query("uploads")
+        .go(addr);
+    let crc_upload = xml_values(&r.text(), "UploadId").remove(0);
+    let r = Req::object("PUT", addr, Style::Virtual, "crc-upload")
+        .query(&format!("partNumber=1&uploadId={crc_upload}"))
+        .body(pattern(100, 42))
+        .go(addr);
+    let etag = r.header("etag").expect("part etag").to_owned();
+    let r = Req::object("POST", addr, Style::Virtual, "crc-upload")
+        .query(&format!("uploadId={crc_upload}"))
+        .header("x-amz-checksum-crc32", &crc(&pattern(100, 42)))
+        .body(format!("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"))
+        .go(addr);
+    assert_eq!(r.status, 200, "a completion naming its object's CRC32: {}", r.summary());
+
+    // Right digests: the keys go (a CRC32 as current SDKs send it, then a Content-MD5).
+    let r = Req::bucket("POST", addr, Style::Virtual, "delete")
+        .header(
+            "x-amz-checksum-crc32",
+            &crc(b"<Delete><Object><Key>crc-upload</Key></Object></Delete>"),
+        )
+        .body(b"<Delete><Object><Key>crc-upload</Key></Object></Delete>".to_vec())
+        .go(addr);
+    assert_eq!(r.status, 200, "DeleteObjects with its own CRC32: {}", r.summary());
+    assert_missing(&perch, "crc-upload", "DeleteObjects with its own CRC32");
     let r = delete("Content-MD5", &content_md5(&doc));
     assert_eq!(r.status, 200, "DeleteObjects with its own Content-MD5: {}", r.summary());
     assert_missing(&perch, "known", "DeleteObjects with its own Content-MD5");

@@ -13,6 +13,9 @@ use super::super::OriginError;
 pub(super) enum Subject {
     Bucket,
     Object,
+    /// A PUT of an object: S3 answers it 404 only with a code (NoSuchBucket, or NoSuchKey from
+    /// an origin that answers so for good); a bare 404 is a proxy's or a load balancer's, a fault.
+    Write,
     Upload,
 }
 
@@ -141,6 +144,7 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
         (404, "" | "NotFound") => match subject {
             Subject::Bucket => OriginError::NoSuchBucket,
             Subject::Object => OriginError::NoSuchKey,
+            Subject::Write => OriginError::Transient(format!("404 without an S3 error code: {message}")),
             Subject::Upload => OriginError::NoSuchUpload,
         },
         _ => {
@@ -171,6 +175,9 @@ mod tests {
         let c = |status, code: &str, subject| classify_answer(status, code.to_owned(), String::new(), subject);
         assert!(matches!(c(404, "", Subject::Object), OriginError::NoSuchKey));
         assert!(matches!(c(404, "", Subject::Bucket), OriginError::NoSuchBucket));
+        // A bare 404 to a PUT is no answer of S3's: retried. Its NoSuchKey is the origin's own.
+        assert!(c(404, "", Subject::Write).is_transient());
+        assert!(matches!(c(404, "NoSuchKey", Subject::Write), OriginError::NoSuchKey));
         assert!(matches!(
             c(404, "NoSuchBucket", Subject::Object),
             OriginError::NoSuchBucket

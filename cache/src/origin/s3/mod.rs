@@ -415,7 +415,7 @@ impl Origin for S3Origin {
             ))
             .send();
         let out = self
-            .call(Subject::Object, Self::upload_allowance(input.body.len()), send)
+            .call(Subject::Write, Self::upload_allowance(input.body.len()), send)
             .await?;
         Ok(PutOutput {
             etag: out.e_tag().unwrap_or_default().to_owned(),
