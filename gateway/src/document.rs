@@ -10,6 +10,7 @@ use perch_cache::{BodyDigest, ChecksumAlgorithm};
 use s3s::checksum::ChecksumHasher;
 
 use crate::chunked::Refusal;
+use crate::spool;
 
 /// The most s3s receives of a body it parses whole, a document (its `xml_max_body_size`).
 const DOCUMENT_BYTES_MAX: u64 = 20 << 20;
@@ -162,23 +163,10 @@ where
     }
     for (algorithm, given) in declared {
         let mut hasher = ChecksumHasher::default();
-        match algorithm {
-            ChecksumAlgorithm::Crc32 => hasher.crc32 = Some(Default::default()),
-            ChecksumAlgorithm::Crc32c => hasher.crc32c = Some(Default::default()),
-            ChecksumAlgorithm::Crc64nvme => hasher.crc64nvme = Some(Default::default()),
-            ChecksumAlgorithm::Sha1 => hasher.sha1 = Some(Default::default()),
-            ChecksumAlgorithm::Sha256 => hasher.sha256 = Some(Default::default()),
-        }
+        spool::compute(&mut hasher, algorithm);
         hasher.update(&bytes);
         let c = hasher.finalize();
-        let computed = match algorithm {
-            ChecksumAlgorithm::Crc32 => c.checksum_crc32,
-            ChecksumAlgorithm::Crc32c => c.checksum_crc32c,
-            ChecksumAlgorithm::Crc64nvme => c.checksum_crc64nvme,
-            ChecksumAlgorithm::Sha1 => c.checksum_sha1,
-            ChecksumAlgorithm::Sha256 => c.checksum_sha256,
-        };
-        if computed.as_deref() != given.to_str().ok().map(str::trim) {
+        if spool::value_of(&c, algorithm) != given.to_str().ok().map(str::trim) {
             return Err(refusal(
                 StatusCode::BAD_REQUEST,
                 "BadDigest",

@@ -243,43 +243,43 @@ fn stream_error(err: &(dyn std::error::Error + 'static)) -> S3Error {
     }
 }
 
+/// Makes `h` compute `algorithm` too.
+pub fn compute(h: &mut ChecksumHasher, algorithm: perch_cache::ChecksumAlgorithm) {
+    use perch_cache::ChecksumAlgorithm as A;
+    match algorithm {
+        A::Crc32 => h.crc32 = Some(Default::default()),
+        A::Crc32c => h.crc32c = Some(Default::default()),
+        A::Crc64nvme => h.crc64nvme = Some(Default::default()),
+        A::Sha1 => h.sha1 = Some(Default::default()),
+        A::Sha256 => h.sha256 = Some(Default::default()),
+    }
+}
+
+/// What a finished hasher computed for `algorithm`, if it computed it.
+pub fn value_of(c: &s3s::dto::Checksum, algorithm: perch_cache::ChecksumAlgorithm) -> Option<&str> {
+    use perch_cache::ChecksumAlgorithm as A;
+    match algorithm {
+        A::Crc32 => c.checksum_crc32.as_deref(),
+        A::Crc32c => c.checksum_crc32c.as_deref(),
+        A::Crc64nvme => c.checksum_crc64nvme.as_deref(),
+        A::Sha1 => c.checksum_sha1.as_deref(),
+        A::Sha256 => c.checksum_sha256.as_deref(),
+    }
+}
+
+/// A hasher of every checksum the client declared: by value, by trailer, or by algorithm alone.
 fn hasher_for(declared: &Declared<'_>) -> S3Result<ChecksumHasher> {
     let mut h = ChecksumHasher::default();
-    let c = &declared.checksums;
-    if c.crc32.is_some() {
-        h.crc32 = Some(Default::default());
-    }
-    if c.crc32c.is_some() {
-        h.crc32c = Some(Default::default());
-    }
-    if c.crc64nvme.is_some() {
-        h.crc64nvme = Some(Default::default());
-    }
-    if c.sha1.is_some() {
-        h.sha1 = Some(Default::default());
-    }
-    if c.sha256.is_some() {
-        h.sha256 = Some(Default::default());
-    }
-    for algorithm in &declared.trailer {
-        use perch_cache::ChecksumAlgorithm as A;
-        match algorithm {
-            A::Crc32 => h.crc32 = Some(Default::default()),
-            A::Crc32c => h.crc32c = Some(Default::default()),
-            A::Crc64nvme => h.crc64nvme = Some(Default::default()),
-            A::Sha1 => h.sha1 = Some(Default::default()),
-            A::Sha256 => h.sha256 = Some(Default::default()),
+    let mut given = declared.checksums.clone();
+    for algorithm in perch_cache::ChecksumAlgorithm::ALL {
+        if given.slot(algorithm).is_some() || declared.trailer.contains(&algorithm) {
+            compute(&mut h, algorithm);
         }
     }
     if let Some(alg) = declared.algorithm {
-        match alg.as_str() {
-            ChecksumAlgorithm::CRC32 => h.crc32 = Some(Default::default()),
-            ChecksumAlgorithm::CRC32C => h.crc32c = Some(Default::default()),
-            ChecksumAlgorithm::CRC64NVME => h.crc64nvme = Some(Default::default()),
-            ChecksumAlgorithm::SHA1 => h.sha1 = Some(Default::default()),
-            ChecksumAlgorithm::SHA256 => h.sha256 = Some(Default::default()),
-            other => return Err(s3_error!(InvalidArgument, "Unsupported checksum algorithm `{other}`")),
-        }
+        let algorithm = perch_cache::ChecksumAlgorithm::parse(alg.as_str())
+            .ok_or_else(|| s3_error!(InvalidArgument, "Unsupported checksum algorithm `{}`", alg.as_str()))?;
+        compute(&mut h, algorithm);
     }
     Ok(h)
 }
@@ -435,14 +435,8 @@ pub async fn receive(
     let computed = hasher.finalize();
     // A checksum nothing computed came in a trailer `x-amz-trailer` did not declare: it cannot be
     // checked, and kept it would be served, and sent to an origin that refuses the upload for good.
-    for (algorithm, value) in [
-        (perch_cache::ChecksumAlgorithm::Crc32, &computed.checksum_crc32),
-        (perch_cache::ChecksumAlgorithm::Crc32c, &computed.checksum_crc32c),
-        (perch_cache::ChecksumAlgorithm::Crc64nvme, &computed.checksum_crc64nvme),
-        (perch_cache::ChecksumAlgorithm::Sha1, &computed.checksum_sha1),
-        (perch_cache::ChecksumAlgorithm::Sha256, &computed.checksum_sha256),
-    ] {
-        if checksums.slot(algorithm).is_some() && value.is_none() {
+    for algorithm in perch_cache::ChecksumAlgorithm::ALL {
+        if checksums.slot(algorithm).is_some() && value_of(&computed, algorithm).is_none() {
             return Err(malformed_trailer(algorithm.header_name()));
         }
     }
