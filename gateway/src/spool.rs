@@ -270,9 +270,8 @@ pub fn value_of(c: &s3s::dto::Checksum, algorithm: perch_cache::ChecksumAlgorith
 /// A hasher of every checksum the client declared: by value, by trailer, or by algorithm alone.
 fn hasher_for(declared: &Declared<'_>) -> S3Result<ChecksumHasher> {
     let mut h = ChecksumHasher::default();
-    let mut given = declared.checksums.clone();
     for algorithm in perch_cache::ChecksumAlgorithm::ALL {
-        if given.slot(algorithm).is_some() || declared.trailer.contains(&algorithm) {
+        if declared.checksums.get(algorithm).is_some() || declared.trailer.contains(&algorithm) {
             compute(&mut h, algorithm);
         }
     }
@@ -301,6 +300,32 @@ pub fn apply_trailers(checksums: &mut Checksums, trailers: Option<&s3s::Trailing
     for algorithm in perch_cache::ChecksumAlgorithm::ALL {
         if let Some(v) = get(algorithm.header_name())? {
             *checksums.slot(algorithm) = Some(v);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a checksum that is not the base64 of its algorithm's digest (4 bytes for the CRC32s, 8
+/// for CRC64NVME, 20 for SHA-1, 32 for SHA-256) as S3 does: 400 InvalidRequest, before any
+/// comparison (it answered BadDigest, as if the body had been damaged).
+fn check_well_formed(checksums: &Checksums) -> S3Result<()> {
+    use perch_cache::ChecksumAlgorithm as A;
+    for (algorithm, value) in checksums.iter() {
+        let len = match algorithm {
+            A::Crc32 | A::Crc32c => 4,
+            A::Crc64nvme => 8,
+            A::Sha1 => 20,
+            A::Sha256 => 32,
+        };
+        if !base64_simd::STANDARD
+            .decode_to_vec(value.trim())
+            .is_ok_and(|d| d.len() == len)
+        {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Value for {} header is invalid.",
+                algorithm.header_name()
+            ));
         }
     }
     Ok(())
@@ -341,6 +366,7 @@ pub async fn receive(
     store: &perch_cache::Store,
     sync: SpoolSync,
 ) -> S3Result<Spooled> {
+    check_well_formed(&declared.checksums)?;
     let mut hasher = hasher_for(&declared)?;
     let expected_len = match declared.content_length {
         Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "negative Content-Length")),
@@ -432,6 +458,7 @@ pub async fn receive(
 
     let mut checksums = declared.checksums;
     apply_trailers(&mut checksums, trailers)?;
+    check_well_formed(&checksums)?;
     let computed = hasher.finalize();
     // A checksum nothing computed came in a trailer `x-amz-trailer` did not declare: it cannot be
     // checked, and kept it would be served, and sent to an origin that refuses the upload for good.

@@ -1045,3 +1045,46 @@ fn listings_with_an_unknown_encoding_or_a_negative_count_are_refused() {
     let r = Req::bucket("GET", addr, Style::Virtual, "uploads&max-uploads=0").go(addr);
     assert_eq!(r.status, 200, "max-uploads=0: {}", r.summary());
 }
+
+/// A checksum that is not the base64 of its algorithm's digest (the wrong length, or not base64
+/// at all) is 400 InvalidRequest, as S3 answers, in a header or a trailer; nothing is stored. (It
+/// was compared and answered BadDigest, as if the body had been damaged.)
+#[test]
+fn a_malformed_checksum_is_an_invalid_request() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    let eight_bytes = base64_simd::STANDARD.encode_to_string([0u8; 8]);
+    for (name, value) in [
+        ("x-amz-checksum-crc32", eight_bytes.as_str()),
+        ("x-amz-checksum-crc32", "not base64!"),
+        ("x-amz-checksum-sha256", "AAAAAA=="),
+    ] {
+        let r = Req::object("PUT", addr, Style::Virtual, "malformed")
+            .body(pattern(10, 50))
+            .header(name, value)
+            .go(addr);
+        assert_error(&r, 400, "InvalidRequest", &format!("{name}: {value}"));
+    }
+    // In a trailer.
+    let data = b"trailer data";
+    let mut r = Req::object("PUT", addr, Style::Virtual, "malformed")
+        .body(
+            [
+                format!("{:x}\r\n", data.len()).as_bytes(),
+                data.as_slice(),
+                format!("\r\n0\r\nx-amz-checksum-crc32:{eight_bytes}\r\n\r\n").as_bytes(),
+            ]
+            .concat(),
+        )
+        .header("Content-Encoding", "aws-chunked")
+        .header("x-amz-decoded-content-length", &data.len().to_string())
+        .header("x-amz-trailer", "x-amz-checksum-crc32");
+    r.content_sha256 = Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER".to_owned());
+    let r = r.go(addr);
+    assert_error(&r, 400, "InvalidRequest", "an 8-byte CRC32 trailer");
+    assert_missing(&perch, "malformed", "malformed checksums");
+    assert_clean(&perch, &before, "malformed checksums");
+}
