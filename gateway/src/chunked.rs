@@ -59,21 +59,7 @@ where
     let mut file: Option<(tokio::fs::File, TempFile)> = None;
     let mut len: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            if e.to_string().contains(crate::limits::MARK) {
-                Refusal {
-                    status: StatusCode::BAD_REQUEST,
-                    code: "RequestTimeout",
-                    message: "Your socket connection to the server was not read from or written to within the timeout period.".to_owned(),
-                }
-            } else {
-                Refusal {
-                    status: StatusCode::BAD_REQUEST,
-                    code: "IncompleteBody",
-                    message: "The request body ended before its last chunk.".to_owned(),
-                }
-            }
-        })?;
+        let frame = frame.map_err(|e| broken(&e))?;
         let Ok(data) = frame.into_data() else { continue };
         len += data.len() as u64;
         if len > body_max {
@@ -160,6 +146,27 @@ impl futures::Stream for KnownLength {
 impl s3s::stream::ByteStream for KnownLength {
     fn remaining_length(&self) -> s3s::stream::RemainingLength {
         s3s::stream::RemainingLength::new_exact(self.left)
+    }
+}
+
+/// The answer to a request body that broke while it was received: its timeout (the door's mark),
+/// or its end before its last chunk.
+pub fn broken(e: &impl std::fmt::Display) -> Refusal {
+    let text = e.to_string();
+    tracing::debug!(error = %text, "a request body broke while it was received");
+    if text.contains(crate::limits::MARK) {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "RequestTimeout",
+            message: "Your socket connection to the server was not read from or written to within the timeout period."
+                .to_owned(),
+        }
+    } else {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "IncompleteBody",
+            message: "The request body ended before it was whole.".to_owned(),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use perch_cache::{BodyDigest, ChecksumAlgorithm};
 use s3s::checksum::ChecksumHasher;
 
-use crate::chunked::Refusal;
+use crate::chunked::{self, Refusal};
 use crate::spool;
 
 /// The most s3s receives of a body it parses whole, a document (its `xml_max_body_size`).
@@ -43,6 +43,15 @@ const PUT: [&str; 22] = [
     "website",
 ];
 
+/// The names of `req`'s query parameters (its subresources among them).
+fn query_names<B>(req: &Request<B>) -> impl Iterator<Item = &str> {
+    req.uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+}
+
 /// Whether `req`'s body is an XML document, by its method and subresource.
 fn is_document<B>(req: &Request<B>) -> bool {
     let names: &[&str] = match *req.method() {
@@ -50,11 +59,7 @@ fn is_document<B>(req: &Request<B>) -> bool {
         http::Method::PUT => &PUT,
         _ => return false,
     };
-    req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
-            .any(|name| names.contains(&name))
-    })
+    query_names(req).any(|name| names.contains(&name))
 }
 
 /// The message of S3's MaxMessageLengthExceeded for a document over `DOCUMENT_BYTES_MAX`.
@@ -85,11 +90,7 @@ pub fn declares_digest<B>(req: &Request<B>) -> bool {
 /// Whether `req` is a CompleteMultipartUpload (a POST with `uploadId`): its `x-amz-checksum-*`
 /// headers are the object's checksum, not its document's.
 fn completes_upload<B>(req: &Request<B>) -> bool {
-    *req.method() == http::Method::POST
-        && req.uri().query().is_some_and(|q| {
-            q.split('&')
-                .any(|pair| pair.split_once('=').map_or(pair, |(name, _)| name) == "uploadId")
-        })
+    *req.method() == http::Method::POST && query_names(req).any(|name| name == "uploadId")
 }
 
 /// The checksums of its document `req` declares, with their values.
@@ -115,21 +116,7 @@ where
     let (parts, mut body) = req.into_parts();
     let mut held = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            if e.to_string().contains(crate::limits::MARK) {
-                refusal(
-                    StatusCode::BAD_REQUEST,
-                    "RequestTimeout",
-                    "Your socket connection to the server was not read from or written to within the timeout period.",
-                )
-            } else {
-                refusal(
-                    StatusCode::BAD_REQUEST,
-                    "IncompleteBody",
-                    "The request body ended early.",
-                )
-            }
-        })?;
+        let frame = frame.map_err(|e| chunked::broken(&e))?;
         let Ok(data) = frame.into_data() else { continue };
         if (held.len() + data.len()) as u64 > DOCUMENT_BYTES_MAX {
             return Err(refusal(StatusCode::BAD_REQUEST, "MaxMessageLengthExceeded", TOO_LARGE));

@@ -363,6 +363,20 @@ fn write_through_and_the_lock_sequence_of_a_restart() {
     take(412);
 }
 
+/// `perch status` once it lists a refused version (within 20 s).
+#[track_caller]
+fn refusal_shown(s: &Stack) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = s.status();
+        if st["failed"].as_array().is_some_and(|f| !f.is_empty()) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "the refusal never showed: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_refused_upload_is_kept_and_reported() {
     let _turn = machine::share();
@@ -380,15 +394,7 @@ fn a_refused_upload_is_kept_and_reported() {
     }
     // Then it answers, and refuses the upload for good.
     s.faults(r#"{"outage": false, "error_rate": 1.0, "match_method": "PUT", "error_kinds": ["403"]}"#);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        let st = s.status();
-        if st["failed"].as_array().is_some_and(|f| !f.is_empty()) {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the refusal never showed: {st}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let st = refusal_shown(&s);
     assert_eq!(st["failed"][0]["key"], "orioledb_data/1/refused", "{st}");
     // An answer, even a refusal, ends the outage it reported (it stayed until an upload landed).
     assert!(st["origin_fault"].is_null(), "{st}");
@@ -449,15 +455,7 @@ fn an_upload_the_origin_answers_404_is_refused_not_retried_for_ever() {
     );
     s.put("orioledb_data/1/lost", b"answered 404");
     s.put("orioledb_data/1/fine", b"goes up");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let st = loop {
-        let st = s.status();
-        if st["failed"].as_array().is_some_and(|f| !f.is_empty()) {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the refusal never showed: {st}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let st = refusal_shown(&s);
     assert_eq!(st["failed"][0]["key"], "orioledb_data/1/lost", "{st}");
     let seq = st["failed"][0]["seq"].as_u64().expect("seq");
     assert_eq!(
