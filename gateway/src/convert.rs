@@ -70,9 +70,14 @@ pub fn store_error(e: StoreError) -> S3Error {
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
             err
         }
-        StoreError::Refused { error, .. } => S3Error::with_message(
-            S3ErrorCode::InternalError,
-            format!("The origin refused the write: {error}"),
+        // Kept here until an operator retries or drops it: not the client's fault, and over once
+        // they have.
+        StoreError::Refused { seq, error, .. } => S3Error::with_message(
+            S3ErrorCode::ServiceUnavailable,
+            format!(
+                "The origin refused a write of this key ({error}); Perch keeps it as version {seq} until an \
+                 operator retries or drops it (perch journal). Please retry later."
+            ),
         ),
         StoreError::Local(e) => {
             tracing::error!(error = %e, "local storage failed");

@@ -289,21 +289,28 @@ impl Journal {
     }
 
     /// Waits until `okey` has no unconfirmed version (before a conditional request or a copy goes
-    /// to the origin), up to `limit`.
+    /// to the origin), up to `limit`. A version the origin refused waits for an operator (`perch
+    /// journal retry` or `drop`), and so does this: the origin cannot decide without it, and a
+    /// client told at once would only ask again (OrioleDB in a tight loop). Past `limit` with a
+    /// refusal still there, the error names it.
     pub(crate) async fn wait_clean(&self, okey: &ObjectKey, limit: Duration) -> StoreResult<()> {
-        self.wait_until(limit, |st| match st.keys.get(okey) {
-            None => Some(Ok(())),
-            Some(seqs) => seqs.iter().find_map(|seq| {
-                st.failed.get(seq).map(|error| {
-                    Err(StoreError::Refused {
+        let waited = self
+            .wait_until(limit, |st| (!st.keys.contains_key(okey)).then_some(Ok(())))
+            .await;
+        match waited {
+            Err(StoreError::Timeout(_)) => {
+                let st = lock(&self.state);
+                let refused = st.keys.get(okey).into_iter().flatten().find_map(|seq| {
+                    st.failed.get(seq).map(|error| StoreError::Refused {
                         seq: *seq,
                         error: error.clone(),
                         answer: st.answers.get(seq).cloned(),
                     })
-                })
-            }),
-        })
-        .await
+                });
+                Err(refused.unwrap_or(StoreError::Timeout(limit)))
+            }
+            other => other,
+        }
     }
 
     /// Waits until no key of `bucket` has an unconfirmed version that may still go up (before

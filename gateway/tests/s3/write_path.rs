@@ -388,6 +388,68 @@ fn no_write_of_a_key_is_acknowledged_while_a_conditional_put_of_it_is_decided() 
     assert_eq!(s.in_moto(key).as_deref(), Some(&b"B"[..]));
 }
 
+/// A conditional PUT of a key whose earlier write the origin refused cannot be decided by the
+/// origin without that write: it waits for an operator, goes on once they retry the write, and,
+/// with nobody acting, ends at the deadline as a 503 that names the refusal (it was a 500 at once,
+/// which OrioleDB, whose lock is such a PUT, would have asked again in a tight loop).
+#[test]
+fn a_conditional_put_behind_a_refused_write_waits_for_an_operator() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--origin-retry-deadline", "5s"]);
+    let _log = s.log_on_panic();
+    let (retried, left) = ("orioledb_data/1/retried", "orioledb_data/1/left");
+    s.put_behind_perchs_back(retried, b"the origin's");
+    s.put_behind_perchs_back(left, b"the origin's");
+    s.faults(r#"{"error_rate": 1.0, "match_method": "DELETE", "error_kinds": ["403"]}"#);
+    for key in [retried, left] {
+        let r = s.req("DELETE", key).go(s.addr());
+        assert_eq!(r.status, 204, "DELETE {key}: {}", r.summary());
+    }
+    let r = wait_refused(&s, 2);
+    s.no_faults();
+    let seq = r.iter().find(|f| f.1 == retried).map(|f| f.0).expect("refused");
+    let addr = s.addr();
+    let lock_like = move |key: &'static str| {
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = Req::object("PUT", addr, Style::Path, &key_path(key))
+                .header("If-None-Match", "*")
+                .body(b"mine".to_vec())
+                .go(addr);
+            (r, started.elapsed())
+        })
+    };
+    let waiting = lock_like(retried);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out) = journal_cli(&s, &["retry", &seq.to_string()]);
+    assert!(ok, "{out}");
+    let (r, took) = waiting.join().expect("conditional PUT");
+    assert_eq!(r.status, 200, "judged once the DELETE went up: {}", r.summary());
+    assert!(
+        took >= Duration::from_millis(1400),
+        "answered before the retry: {took:?}"
+    );
+    // (A flush would wait on the other refusal.)
+    eventually("the conditional PUT's body in the origin", || {
+        s.in_moto(retried).as_deref() == Some(&b"mine"[..])
+    });
+
+    let (r, took) = lock_like(left).join().expect("conditional PUT");
+    assert_eq!(r.status, 503, "{}", r.summary());
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("ServiceUnavailable") && text.contains("perch journal"),
+        "{text}"
+    );
+    assert!(took >= Duration::from_secs(4), "answered before the deadline: {took:?}");
+    assert_eq!(s.in_moto(left).as_deref(), Some(&b"the origin's"[..]));
+    assert_eq!(
+        perch_get(&s, left),
+        None,
+        "the refused DELETE is still what Perch serves"
+    );
+}
+
 #[test]
 fn writes_waiting_for_room_keep_their_order_and_a_gone_client_never_commits() {
     let _turn = machine::share();
