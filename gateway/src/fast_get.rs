@@ -1,5 +1,5 @@
 //! The hit fast path: a signed GET or HEAD of an object that asks for nothing but the object (no
-//! range, no conditions, no response overrides) is verified and answered here, from the store,
+//! valid range, no conditions, no response overrides) is verified and answered here, from the store,
 //! without s3s's general request preparation, which cost more than the rest of a hit together.
 //! The answer is the one s3s gives (tested side by side); any request this path does not fully
 //! understand or cannot verify goes to s3s unchanged, so s3s still answers every refusal.
@@ -137,10 +137,11 @@ impl FastGet {
         let headers = req.headers();
         // Only what GetObject reads as "the whole object, as stored": no range, no conditions, no
         // customer keys, and no body; its stored checksums may be asked for (as current SDKs and
-        // boto3 do on every GET).
+        // boto3 do on every GET). A `Range` that is not one byte range (`bytes=5-2`, several,
+        // garbage) S3 ignores, answering the whole object, where s3s would refuse the request.
         for name in headers.keys() {
             let n = name.as_str();
-            if n == "range"
+            if (n == "range" && !ignored_range(headers.get_all(name)))
                 || n.starts_with("if-")
                 || n.starts_with("x-amz-server-side-encryption")
                 || n == "transfer-encoding"
@@ -386,6 +387,15 @@ fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     res
+}
+
+/// Whether a request's `Range` is one S3 ignores: a single value that is not one byte range.
+fn ignored_range(values: http::header::GetAll<'_, HeaderValue>) -> bool {
+    let mut values = values.iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().map_or(true, |v| s3s::dto::Range::parse(v).is_err()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

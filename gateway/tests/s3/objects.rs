@@ -361,6 +361,22 @@ async fn ranges() {
                 Some("InvalidRange"),
             );
         }
+        // A Range that is not one byte range S3 ignores: the whole object, 200 (it was 400).
+        for range in ["bytes=5-2", "bytes=invalid-range", "bytes=0-1,3-4"] {
+            let got = ok(
+                c.get_object().bucket(b).key("r").range(range).send().await,
+                &format!("GET {range}"),
+            );
+            assert_eq!(got.content_range(), None, "{range}");
+            assert_eq!(got.content_length(), Some(1000), "{range}");
+            assert_eq!(bytes_of(got.body).await, body, "{range}");
+            let head = ok(
+                c.head_object().bucket(b).key("r").range(range).send().await,
+                &format!("HEAD {range}"),
+            );
+            assert_eq!(head.content_length(), Some(1000), "{range}");
+            assert_eq!(head.content_range(), None, "{range}");
+        }
 
         // The status line of a ranged GET, seen without the SDK.
         let req = presigned_get(c, b, "r", Duration::from_secs(60)).await;
@@ -371,6 +387,9 @@ async fn ranges() {
         assert_eq!(r.body, &body[100..200]);
         let r = send_presigned(&req, &[], b"");
         assert_eq!(r.status, 200);
+        assert_eq!(r.body, body);
+        let r = send_presigned(&req, &[("Range", "bytes=100-99")], b"");
+        assert_eq!((r.status, r.header("content-range")), (200, None));
         assert_eq!(r.body, body);
         let r = send_presigned(&req, &[("Range", "bytes=2000-")], b"");
         assert_eq!(r.status, 416);
