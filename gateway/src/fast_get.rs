@@ -138,11 +138,12 @@ impl FastGet {
         // Only what GetObject reads as "the whole object, as stored": no range, no conditions, no
         // customer keys, and no body; its stored checksums may be asked for (as current SDKs and
         // boto3 do on every GET). A `Range` that is not one byte range (`bytes=5-2`, several,
-        // garbage) S3 ignores, answering the whole object, where s3s would refuse the request.
+        // garbage) and an `If-(Un)Modified-Since` that is not a date S3 ignores, answering the
+        // whole object, where s3s would refuse the request.
         for name in headers.keys() {
             let n = name.as_str();
             if (n == "range" && !ignored_range(headers.get_all(name)))
-                || n.starts_with("if-")
+                || (n.starts_with("if-") && !ignored_date(n, headers.get_all(name)))
                 || n.starts_with("x-amz-server-side-encryption")
                 || n == "transfer-encoding"
                 || (n == "content-length" && headers.get(name).is_some_and(|v| v.as_bytes() != b"0"))
@@ -387,6 +388,21 @@ fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     res
+}
+
+/// Whether a request's `If-Modified-Since` or `If-Unmodified-Since` (`name`) is one S3 ignores: a
+/// single value that is not an HTTP date.
+fn ignored_date(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> bool {
+    if name != "if-modified-since" && name != "if-unmodified-since" {
+        return false;
+    }
+    let mut values = values.iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().map_or(true, |v| {
+            s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, v).is_err()
+        }),
+        _ => false,
+    }
 }
 
 /// Whether a request's `Range` is one S3 ignores: a single value that is not one byte range.
