@@ -363,7 +363,7 @@ impl Reader {
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
                     }
-                    body = rest_of(self.origin.as_ref(), bucket, key, &meta.etag, received)
+                    body = rest_of(self.origin.as_ref(), bucket, key, &meta.etag, received, None)
                         .await
                         .map_err(|e| match e {
                             OriginError::PreconditionFailed => {

@@ -1,7 +1,8 @@
 //! Pass-through reads: a whole object streamed from the origin to one client with no copy kept (a
 //! key the policy bypasses, or a data dir with no room for a copy), checked and resumed as a fill
 //! is: the last bytes go out only once the whole body matched the object's checksum or MD5 ETag,
-//! and a broken origin stream is resumed with Range + If-Match.
+//! and a broken origin stream is resumed with Range + If-Match. A range miss's answer, streamed
+//! from the origin the same way, is resumed alike (a range has no checksum to match).
 
 use std::future::Future;
 use std::io;
@@ -20,7 +21,7 @@ use crate::origin::{Breaks, ByteStream, GetOutput, Origin, OriginError, OriginRe
 
 type Resumption = Pin<Box<dyn Future<Output = OriginResult<ByteStream>> + Send>>;
 
-/// The body of a whole object from the origin, resumed where it breaks until `deadline` after
+/// The body of a whole object (or of a range of it) from the origin, resumed where it breaks until `deadline` after
 /// the break (a run of breaks without a byte between them counts as one). A resumed body is
 /// pinned to the first answer's version by If-Match: an object replaced meanwhile ends the body
 /// with an error, never a spliced one. Every byte, resumed or not, goes through the fill's
@@ -30,7 +31,10 @@ pub(crate) struct Passed {
     origin: Arc<dyn Origin>,
     okey: ObjectKey,
     etag: String,
+    /// Where the body starts in the object, its length, and its last byte when it is a range.
+    first: u64,
     size: u64,
+    last: Option<u64>,
     received: u64,
     body: ByteStream,
     /// The ranged GET under way after a break (in a mutex only so that the stream is `Sync`).
@@ -50,15 +54,21 @@ impl Passed {
         deadline: Duration,
         resumed: Counter,
     ) -> GetOutput {
+        let (first, size, last, check) = match out.range {
+            Some((first, last)) => (first, last - first + 1, Some(last), None),
+            None => (0, out.meta.size, None, Some(Check::of(&out.meta))),
+        };
         let body = Passed {
             origin,
             okey,
             etag: out.meta.etag.clone(),
-            size: out.meta.size,
+            first,
+            size,
+            last,
             received: 0,
             body: out.body,
             resuming: Mutex::new(None),
-            check: Some(Check::of(&out.meta)),
+            check,
             breaks: Breaks::new(deadline),
             resumed,
             ended: false,
@@ -93,12 +103,13 @@ impl Passed {
         };
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
-        let (origin, okey, etag, from) = (self.origin.clone(), self.okey.clone(), self.etag.clone(), self.received);
+        let (origin, okey, etag) = (self.origin.clone(), self.okey.clone(), self.etag.clone());
+        let (from, last) = (self.first + self.received, self.last);
         let more: Resumption = Box::pin(async move {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
-            rest_of(origin.as_ref(), okey.bucket(), okey.key(), &etag, from).await
+            rest_of(origin.as_ref(), okey.bucket(), okey.key(), &etag, from, last).await
         });
         *self.resuming.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(more);
         Ok(())

@@ -305,6 +305,13 @@ impl Reader {
                 .origin
                 .get_object(okey.bucket(), okey.key(), Some(r), conditions)
                 .await?;
+            let out = Passed::wrap(
+                self.origin.clone(),
+                okey.clone(),
+                out,
+                self.cfg.retry_deadline,
+                self.local.stats.resumed.clone(),
+            );
             if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit()) && !self.bypasses(okey) {
                 let _ = self.join_fill(okey);
             }

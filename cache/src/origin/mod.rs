@@ -151,15 +151,20 @@ pub fn same_etag(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-/// The rest of a whole-object read whose stream broke after `from` bytes: `Range: bytes=from-`
-/// pinned by `If-Match` to the version read so far (`etag`), so the bytes can never be spliced
-/// from two versions. A changed object is `PreconditionFailed`; an answer that does not start at
-/// `from` (a whole object, another range) is refused as `Transient`.
-pub async fn rest_of(origin: &dyn Origin, bucket: &str, key: &str, etag: &str, from: u64) -> OriginResult<ByteStream> {
-    let range = ByteRange::FromTo {
-        first: from,
-        last: None,
-    };
+/// The rest of a read whose stream broke at byte `from` of the object: `Range: bytes=from-last`
+/// (`last`: the read's own end, or the object's when `None`) pinned by `If-Match` to the version
+/// read so far (`etag`), so the bytes can never be spliced from two versions. A changed object
+/// is `PreconditionFailed`; an answer that does not start at `from` (a whole object, another
+/// range) is refused as `Transient`.
+pub async fn rest_of(
+    origin: &dyn Origin,
+    bucket: &str,
+    key: &str,
+    etag: &str,
+    from: u64,
+    last: Option<u64>,
+) -> OriginResult<ByteStream> {
+    let range = ByteRange::FromTo { first: from, last };
     let cond = Conditions {
         if_match: Some(etag.to_owned()),
         ..Default::default()

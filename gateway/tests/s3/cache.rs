@@ -991,6 +991,31 @@ fn a_broken_origin_stream_is_resumed_with_range_and_if_match() {
     s.assert_metric("perch_cache_resumed_total", 2.0);
 }
 
+/// A range miss is answered from the origin's ranged answer as it arrives; when that stream
+/// breaks, Perch resumes it where it broke (Range + If-Match, up to the range's end) and the
+/// client gets its whole range (it got a cut 206).
+#[test]
+fn a_range_miss_whose_origin_stream_breaks_is_resumed() {
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let body = pattern(4 * MIB, 83);
+    s.put_behind_perchs_back("brk/ranged", &body);
+    s.proxy.reset();
+    // Only the client's ranged GET is cut: the background fill of the whole object follows it.
+    s.faults(r#"{"fail_next": 1, "cut_body_after": 500000, "match_key_prefix": "brk/ranged"}"#);
+    s.range_expect("brk/ranged", &body, "1000000-2999999", "MISS");
+    let records = s.records("brk/ranged");
+    assert_eq!(records[0]["cut_body_after"], 500_000, "{records:#?}");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["status"] == 206 && r["resp_bytes"] == 1_500_000),
+        "the rest of the range, asked from where it broke: {records:#?}"
+    );
+    s.assert_metric("perch_cache_resumed_total", 1.0);
+}
+
 /// A range asked while the whole object's fill is under way and has passed the range's start is
 /// answered from the fill's bytes, not asked of the origin again.
 #[test]
