@@ -20,6 +20,21 @@ use crate::origin::{ContentHeaders, Origin, OriginError, PutBody, PutInput};
 /// without it (at once after a permanent refusal).
 const CRC32_TRIES: u32 = 3;
 
+/// Uploads of a version again after the origin was found holding another copy of its key right
+/// after an upload (`AtOrigin::Other`).
+const REPLACED_TRIES: u32 = 3;
+
+/// What the origin holds of a key right after an upload of its newest version.
+enum AtOrigin {
+    /// The copy just uploaded.
+    Ours(OriginCopy),
+    /// Another object, or none: something wrote the key after the upload (a request of an earlier
+    /// Perch on this volume, killed while the origin still held it, or a writer beside Perch).
+    Other { etag: Option<String> },
+    /// Not known: the version is no longer the newest, or the origin did not answer in time.
+    Unknown,
+}
+
 /// Backoff of a failing upload: 100 ms doubling to 30 s, with jitter, for as long as it takes.
 const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
     deadline: Duration::MAX,
@@ -121,6 +136,7 @@ impl Uploader {
         let mut failed_with_crc32 = 0u32;
         // A refusal that names what was asked (permanent, or 501) came while it carried one.
         let mut refused_with_crc32 = false;
+        let mut replaced = 0u32;
         loop {
             if let Some(lease) = &lease {
                 lease.writable().await;
@@ -219,7 +235,33 @@ impl Uploader {
                     self.journal.stats.uploaded_bytes.inc_by(v.size());
                     self.journal.note_origin_fault(None);
                     let stored = match (&out, &v.put) {
-                        (Some(out), Some(put)) => self.origin_copy(&v, put, &out.etag, seq).await,
+                        (Some(out), Some(put)) => match self.origin_copy(&v, put, &out.etag, seq).await {
+                            AtOrigin::Ours(copy) => Some(copy),
+                            // The newest version must be what the origin keeps: up again.
+                            AtOrigin::Other { etag } if replaced < REPLACED_TRIES => {
+                                replaced += 1;
+                                tracing::warn!(
+                                    key,
+                                    seq,
+                                    origin = etag.as_deref().unwrap_or("none"),
+                                    attempt = replaced,
+                                    "the origin holds another copy of the key right after its upload (a late \
+                                     request of an earlier Perch, or another writer); uploading it again"
+                                );
+                                continue;
+                            }
+                            AtOrigin::Other { etag } => {
+                                tracing::error!(
+                                    key,
+                                    seq,
+                                    origin = etag.as_deref().unwrap_or("none"),
+                                    "the origin still holds another copy of the key after {REPLACED_TRIES} uploads \
+                                     again; released as uploaded"
+                                );
+                                None
+                            }
+                            AtOrigin::Unknown => None,
+                        },
                         _ => None,
                     };
                     self.release(seq, "ok", stored).await;
@@ -355,29 +397,39 @@ impl Uploader {
         }
     }
 
-    /// The origin's ETag and Last-Modified of the copy an upload just stored, for the version that
-    /// stays as the clean cache entry of its key (a HEAD; `None` when the version is no longer the
-    /// newest, or the origin does not answer in time or holds another object by now).
-    async fn origin_copy(&self, v: &Version, put: &RecordPut, put_etag: &str, seq: u64) -> Option<OriginCopy> {
+    /// What the origin holds of the key an upload just stored (a HEAD), while the version is the
+    /// newest: its ETag and Last-Modified when it is the copy uploaded, for the clean cache entry
+    /// the version stays as. Another copy is one whose ETag is neither the one the upload was
+    /// answered nor the acknowledged one (an origin may answer a HEAD with either), or none.
+    async fn origin_copy(&self, v: &Version, put: &RecordPut, put_etag: &str, seq: u64) -> AtOrigin {
         if !self.journal.is_newest(&v.okey, seq) {
-            return None;
+            return AtOrigin::Unknown;
         }
         let unconditional = crate::origin::Conditions::default();
         let head = self.origin.head_object(v.okey.bucket(), v.okey.key(), &unconditional);
         let meta = match tokio::time::timeout(Duration::from_secs(5), head).await {
             Ok(Ok(meta)) => meta,
-            _ => return None,
+            Ok(Err(OriginError::NoSuchKey)) if self.journal.is_newest(&v.okey, seq) => {
+                return AtOrigin::Other { etag: None };
+            }
+            _ => return AtOrigin::Unknown,
         };
         let expected = if put_etag.is_empty() {
             put.meta.etag.as_str()
         } else {
             put_etag
         };
-        let ours = crate::origin::same_etag(&meta.etag, expected) && meta.size == put.meta.size;
-        ours.then_some(OriginCopy {
-            etag: meta.etag,
-            last_modified: meta.last_modified,
-        })
+        if crate::origin::same_etag(&meta.etag, expected) && meta.size == put.meta.size {
+            return AtOrigin::Ours(OriginCopy {
+                etag: meta.etag,
+                last_modified: meta.last_modified,
+            });
+        }
+        let acked = crate::origin::same_etag(&meta.etag, &put.meta.etag) && meta.size == put.meta.size;
+        if acked || !self.journal.is_newest(&v.okey, seq) {
+            return AtOrigin::Unknown;
+        }
+        AtOrigin::Other { etag: Some(meta.etag) }
     }
 }
 

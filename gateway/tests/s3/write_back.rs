@@ -1500,3 +1500,37 @@ fn a_refused_write_neither_blocks_bucket_configuration_nor_lets_the_bucket_be_de
     );
     assert_eq!(s.req("GET", "refused/k").go(s.addr()).body, b"kept locally");
 }
+
+/// A request an earlier Perch sent and the origin applied late (kill -9 while the origin held
+/// it) lands right after the restarted Perch uploaded the key's newest version: the HEAD after
+/// that upload finds another copy, and the version goes up again, so the origin ends with the
+/// last acknowledged write. It used to be released as uploaded, the origin keeping the old copy.
+/// Here the late request is written to moto straight, while the proxy holds that HEAD back.
+#[test]
+fn an_older_copy_landing_right_after_an_upload_is_uploaded_over_again() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "orioledb_data/1/late";
+    let newest = pattern(200_000, 91);
+    let late = pattern(200_000, 92);
+    s.put(key, b"the first version");
+    s.flush(Duration::from_secs(30));
+    // Every origin request now waits 1.5 s at the proxy: the upload, then its HEAD.
+    s.faults(r#"{"latency_ms": 1500}"#);
+    s.put(key, &newest);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.in_moto(key).as_deref() != Some(&newest[..]) {
+        assert!(Instant::now() < deadline, "the upload never landed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The HEAD is held at the proxy: the late copy lands before the origin answers it.
+    s.put_behind_perchs_back(key, &late);
+    s.no_faults();
+    s.flush(Duration::from_secs(30));
+    assert!(
+        s.in_moto(key).as_deref() == Some(&newest[..]),
+        "the origin kept the late copy after the newest version was released"
+    );
+    assert_eq!(perch_get(&s, key).as_deref(), Some(&newest[..]));
+}
