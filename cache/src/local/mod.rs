@@ -25,7 +25,7 @@ use crate::local::blobs::Blobs;
 use crate::local::evict::Evictor;
 use crate::local::fills::{Fill, Fills};
 use crate::local::index::{Entry, INDEX_MEMORY, Index};
-use crate::local::room::DiskRoom;
+use crate::local::room::{DiskRoom, Spare};
 use crate::memory::{MemoryObject, MemoryTier, memory_tier_limit, release_free_memory};
 use crate::metrics::{CacheStats, DISK, MEMORY, ReasonLabel};
 use crate::origin::ObjectMeta;
@@ -73,6 +73,8 @@ pub(crate) struct Local {
     pub fills: Fills,
     /// The data dir's disk budget: its filesystem's free space less the reserve.
     pub room: DiskRoom,
+    /// Room held apart for a start on a full disk.
+    spare: Spare,
     /// Wakes the keeper of the reserve at once (a write found the disk full).
     room_soon: Arc<tokio::sync::Notify>,
     evictor: Mutex<Evictor>,
@@ -120,6 +122,9 @@ impl Local {
     pub(crate) fn open(cfg: LocalConfig, registry: Option<&mut Registry>) -> Result<Local, CacheError> {
         // RocksDB fsyncs what it writes in its directory, not the directory's own name.
         crate::durable::create_dirs(&cfg.dir.join("index"))?;
+        let room = DiskRoom::new(&cfg.dir, cfg.reserve_bytes);
+        let spare = Spare::new(&cfg.dir, cfg.reserve_bytes);
+        spare.give_back_if_short(&room);
         let index = Index::open(&cfg.dir.join("index"))?;
         let blobs = Blobs::open(cfg.dir.join("blobs"))?;
         let stats = CacheStats::default();
@@ -136,7 +141,8 @@ impl Local {
         Ok(Local {
             memory: MemoryTier::new(memory_tier_limit(cfg.memory_bytes, 0), stats.clone()),
             evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
-            room: DiskRoom::new(&cfg.dir, cfg.reserve_bytes),
+            room,
+            spare,
             room_soon: Arc::new(tokio::sync::Notify::new()),
             cfg,
             index,
@@ -173,7 +179,13 @@ impl Local {
             loop {
                 let _ = tokio::time::timeout(Duration::from_secs(1), soon.notified()).await;
                 let Some(local) = keeper.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || local.make_room(0)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    // Clean entries give way to the spare too: it is what lets Perch start on a
+                    // disk something else filled.
+                    local.make_room(local.spare.wanted());
+                    local.spare.take(&local.room);
+                })
+                .await;
             }
         });
     }

@@ -70,6 +70,86 @@ impl super::Local {
     }
 }
 
+/// The spare: a file on the data dir's filesystem holding room that Perch gives back when it must
+/// start on a full disk. Opening the index after a crash writes (RocksDB flushes the log it
+/// replays), and a filesystem that something filled to the last block (another program, or the
+/// index itself grown into the reserve on a small volume) would keep Perch from starting at all:
+/// then its pending writes could neither be served nor uploaded until the volume grew. Half the
+/// reserve, at most 64 MiB, held apart from it: the reserve stays what it says.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    path: PathBuf,
+    bytes: u64,
+    /// Cleared when the filesystem cannot allocate a file without writing it (no spare then).
+    allocatable: std::sync::atomic::AtomicBool,
+}
+
+impl Spare {
+    const NAME: &'static str = "spare";
+
+    pub(crate) fn new(dir: &Path, reserve: u64) -> Spare {
+        Spare {
+            path: dir.join(Self::NAME),
+            bytes: (reserve / 2).min(64 << 20),
+            allocatable: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Before the index opens: with less free than the reserve on the filesystem, the spare's
+    /// room is given back (logged), so that the start can write what it must.
+    pub(crate) fn give_back_if_short(&self, room: &DiskRoom) {
+        let short = room.free().is_some_and(|free| free < room.reserve());
+        if !short || !self.path.exists() {
+            return;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => tracing::warn!(
+                bytes = self.bytes,
+                free = room.free().unwrap_or(0),
+                "the data dir's filesystem is full: the spare's room is given back so that Perch can start; \
+                 it is taken again once there is room beside the reserve"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot remove the spare on a full filesystem"),
+        }
+    }
+
+    /// The room the spare still wants (0: it holds it, or it cannot be had on this filesystem).
+    pub(crate) fn wanted(&self) -> u64 {
+        let allocatable = self.allocatable.load(std::sync::atomic::Ordering::Relaxed);
+        if self.bytes == 0 || !allocatable || self.path.exists() {
+            0
+        } else {
+            self.bytes
+        }
+    }
+
+    /// Takes the spare's room (again) when the filesystem has it beside the reserve: a file
+    /// allocated whole, never written (its loss at a power cut costs nothing: it is taken again).
+    pub(crate) fn take(&self, room: &DiskRoom) {
+        use std::sync::atomic::Ordering;
+        if self.wanted() == 0 || room.shortfall(self.bytes) > 0 {
+            return;
+        }
+        let tmp = self.path.with_extension("tmp");
+        let taken = std::fs::File::create(&tmp).and_then(|f| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on a descriptor we hold open; it touches no memory of ours.
+            let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.bytes as libc::off_t) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            std::fs::rename(&tmp, &self.path)
+        });
+        if let Err(e) = taken {
+            let _ = std::fs::remove_file(&tmp);
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
+                self.allocatable.store(false, Ordering::Relaxed);
+            }
+            tracing::debug!(error = %e, "cannot take the spare's room");
+        }
+    }
+}
+
 /// `statvfs`: the blocks available to unprivileged writers, in bytes.
 pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

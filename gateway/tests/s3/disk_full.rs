@@ -396,3 +396,49 @@ fn a_read_miss_on_a_full_disk_evicts_clean_entries_to_keep_its_copy() {
         "nothing was evicted to make room"
     );
 }
+
+/// Perch killed with writes pending, and the disk then filled to its last block by another
+/// program: the restart gives back the spare's room (half the reserve, held in a file of its own)
+/// so the index can open, serves and uploads the pending writes, and takes the spare again once
+/// there is room. Without the spare, the index could not open and Perch would not start until the
+/// volume grew.
+#[test]
+fn a_restart_on_a_disk_filled_to_the_last_block_starts_on_the_spare() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    let spare = disk.path().join("cache").join("spare");
+    let held = || std::fs::metadata(&spare).is_ok_and(|m| m.len() == 4 << 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held() {
+        assert!(Instant::now() < deadline, "the spare (4 MiB) was never taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.faults(r#"{"outage": true}"#);
+    let bodies: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("orioledb_data/9/{i}"), pattern(100 << 10, 300 + i)))
+        .collect();
+    for (key, body) in &bodies {
+        s.put(key, body);
+    }
+    s.kill();
+    let filler = disk.fill();
+    assert!(disk.free() < 64 << 10, "the disk is not full: {} free", disk.free());
+    s.start_again();
+    assert!(!spare.exists(), "the spare was not given back");
+    for (key, body) in &bodies {
+        s.get_expect(key, body, "HIT");
+    }
+    std::fs::remove_file(&filler).expect("free the disk");
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    for (key, body) in &bodies {
+        assert_eq!(s.in_moto(key).as_deref(), Some(body.as_slice()), "{key} in the origin");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held() {
+        assert!(Instant::now() < deadline, "the spare was not taken again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
