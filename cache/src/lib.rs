@@ -38,6 +38,7 @@ pub use journal::{FailedVersion, JournalEntry, JournalOpError, WriteConfig, Writ
 pub use key::url_encode;
 pub use lease::{JournalBinding, LEASE_KEY, Lease, LeaseBody, LeaseConfig, LeaseError, LeaseView, read_lease};
 pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};
+pub use local::room::give_back_spare;
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,

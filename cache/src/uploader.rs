@@ -400,7 +400,8 @@ impl Uploader {
     /// What the origin holds of the key an upload just stored (a HEAD), while the version is the
     /// newest: its ETag and Last-Modified when it is the copy uploaded, for the clean cache entry
     /// the version stays as. Another copy is one whose ETag is neither the one the upload was
-    /// answered nor the acknowledged one (an origin may answer a HEAD with either), or none.
+    /// answered nor the acknowledged one (an origin may answer a HEAD with either), or none; it
+    /// is told only when the upload's answer named its ETag.
     async fn origin_copy(&self, v: &Version, put: &RecordPut, put_etag: &str, seq: u64) -> AtOrigin {
         if !self.journal.is_newest(&v.okey, seq) {
             return AtOrigin::Unknown;
@@ -425,8 +426,10 @@ impl Uploader {
                 last_modified: meta.last_modified,
             });
         }
+        // Without the ETag the origin answered the upload, another one proves nothing (an origin
+        // whose ETags are not MD5s would have every write uploaded again).
         let acked = crate::origin::same_etag(&meta.etag, &put.meta.etag) && meta.size == put.meta.size;
-        if acked || !self.journal.is_newest(&v.okey, seq) {
+        if put_etag.is_empty() || acked || !self.journal.is_newest(&v.okey, seq) {
             return AtOrigin::Unknown;
         }
         AtOrigin::Other { etag: Some(meta.etag) }

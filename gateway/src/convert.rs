@@ -75,8 +75,8 @@ pub fn store_error(e: StoreError) -> S3Error {
         StoreError::Refused { seq, error, .. } => S3Error::with_message(
             S3ErrorCode::ServiceUnavailable,
             format!(
-                "The origin refused a write of this key ({error}); Perch keeps it as version {seq} until an \
-                 operator retries or drops it (perch journal). Please retry later."
+                "A write of this key could not be uploaded ({error}); Perch keeps it as version {seq} until \
+                 an operator retries or drops it (perch journal). Please retry later."
             ),
         ),
         StoreError::Local(e) => {

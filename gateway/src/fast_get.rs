@@ -399,7 +399,7 @@ fn ignored_date(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> bo
     let mut values = values.iter();
     match (values.next(), values.next()) {
         (Some(v), None) => v.to_str().map_or(true, |v| {
-            s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, v).is_err()
+            s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, v).is_err() && httpdate::parse_http_date(v).is_err()
         }),
         _ => false,
     }

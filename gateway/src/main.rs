@@ -222,6 +222,12 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     let admin = bind(config.admin_listen, "--admin-listen").await?;
     // Held until Perch exits; taken before anything in the data dir is touched.
     let _data_dir = lock_data_dir(&config.data_dir)?;
+    let disk_reserve_bytes = config
+        .disk_reserve_bytes
+        .unwrap_or_else(|| default_disk_reserve_bytes(filesystem_size(&config.data_dir)));
+    // On a full disk, the room the spare holds comes back before anything is written here (and
+    // before the cache's default size is taken from the free space).
+    perch_cache::give_back_spare(&config.data_dir, disk_reserve_bytes);
     if config.dev_credentials {
         tracing::warn!(
             access_key_id = config::DEV_ACCESS_KEY_ID,
@@ -264,9 +270,6 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     let disk_bytes = config
         .cache_disk_bytes
         .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
-    let disk_reserve_bytes = config
-        .disk_reserve_bytes
-        .unwrap_or_else(|| default_disk_reserve_bytes(filesystem_size(&config.data_dir)));
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         disk_bytes,

@@ -300,6 +300,9 @@ impl Journal {
         match waited {
             Err(StoreError::Timeout(_)) => {
                 let st = lock(&self.state);
+                if !st.keys.contains_key(okey) {
+                    return Ok(());
+                }
                 let refused = st.keys.get(okey).into_iter().flatten().find_map(|seq| {
                     st.failed.get(seq).map(|error| StoreError::Refused {
                         seq: *seq,

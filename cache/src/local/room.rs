@@ -95,16 +95,21 @@ impl Spare {
         }
     }
 
-    /// Before the index opens: with less free than the reserve on the filesystem, the spare's
-    /// room is given back (logged), so that the start can write what it must.
+    /// Before the index opens (and before `perch serve` writes anything in the data dir): with
+    /// less free on the filesystem than the reserve or than the spare holds, the spare's room is
+    /// given back (logged), so that the start can write what it must. A temp file of a spare
+    /// being taken when Perch stopped goes too.
     pub(crate) fn give_back_if_short(&self, room: &DiskRoom) {
-        let short = room.free().is_some_and(|free| free < room.reserve());
-        if !short || !self.path.exists() {
+        let _ = std::fs::remove_file(self.path.with_extension("tmp"));
+        let Ok(held) = std::fs::metadata(&self.path).map(|m| m.len()) else {
+            return;
+        };
+        if room.free().is_none_or(|free| free >= room.reserve().max(held)) {
             return;
         }
         match std::fs::remove_file(&self.path) {
             Ok(()) => tracing::warn!(
-                bytes = self.bytes,
+                bytes = held,
                 free = room.free().unwrap_or(0),
                 "the data dir's filesystem is full: the spare's room is given back so that Perch can start; \
                  it is taken again once there is room beside the reserve"
@@ -114,12 +119,17 @@ impl Spare {
     }
 
     /// The room the spare still wants (0: it holds it, or it cannot be had on this filesystem).
+    /// A spare of another size (the reserve changed, or a power cut kept less of it) goes.
     pub(crate) fn wanted(&self) -> u64 {
         let allocatable = self.allocatable.load(std::sync::atomic::Ordering::Relaxed);
-        if self.bytes == 0 || !allocatable || self.path.exists() {
-            0
-        } else {
-            self.bytes
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.len() == self.bytes => 0,
+            Ok(_) => {
+                let _ = std::fs::remove_file(&self.path);
+                if allocatable { self.bytes } else { 0 }
+            }
+            Err(_) if allocatable => self.bytes,
+            Err(_) => 0,
         }
     }
 
@@ -131,15 +141,9 @@ impl Spare {
             return;
         }
         let tmp = self.path.with_extension("tmp");
-        let taken = std::fs::File::create(&tmp).and_then(|f| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain syscall on a descriptor we hold open; it touches no memory of ours.
-            let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, self.bytes as libc::off_t) };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            std::fs::rename(&tmp, &self.path)
-        });
+        let taken = std::fs::File::create(&tmp)
+            .and_then(|f| allocate(&f, self.bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(e) = taken {
             let _ = std::fs::remove_file(&tmp);
             if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
@@ -148,6 +152,31 @@ impl Spare {
             tracing::debug!(error = %e, "cannot take the spare's room");
         }
     }
+}
+
+/// Allocates `len` bytes of `file` on disk and makes them its size (`fallocate`, mode 0).
+#[cfg(target_os = "linux")]
+fn allocate(file: &std::fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor the caller keeps open; it touches no memory of ours.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allocate(_file: &std::fs::File, _len: u64) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+}
+
+/// Gives back the spare of the data dir `data_dir` when its filesystem has less free than
+/// `reserve` (see `Spare`): `perch serve` calls it before it writes anything there.
+pub fn give_back_spare(data_dir: &Path, reserve: u64) {
+    let cache = data_dir.join("cache");
+    Spare::new(&cache, reserve).give_back_if_short(&DiskRoom::new(&cache, reserve));
 }
 
 /// `statvfs`: the blocks available to unprivileged writers, in bytes.

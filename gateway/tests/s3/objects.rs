@@ -214,6 +214,9 @@ async fn objects_headers_and_conditional_requests() {
             assert_eq!(r.status, 200, "{name}: {}", r.text());
             assert_eq!(r.body, body, "{name}");
         }
+        // A date in an older HTTP form is a condition all the same: not ignored.
+        let r = send_presigned(&req, &[("If-Modified-Since", "Sunday, 06-Nov-94 08:49:37 GMT")], b"");
+        assert_ne!(r.status, 200, "an RFC 850 date was ignored: {}", r.text());
         // RFC 7232 section 6, as S3 applies it: If-Match that holds overrides a failing
         // If-Unmodified-Since, and If-None-Match that holds overrides a failing If-Modified-Since.
         // moto 5.2 answers 412 and 304 to these, so they are checked on the directory origin only.
