@@ -267,9 +267,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         (Some(settings), config::Role::Primary) => Some(lease_cmd::lease_for(&config, settings, raw_origin.clone())?),
         _ => None,
     };
-    let disk_bytes = config
-        .cache_disk_bytes
-        .unwrap_or_else(|| default_cache_disk_bytes(&config.data_dir));
+    let disk_bytes = config.cache_disk_bytes;
     let store_config = StoreConfig {
         data_dir: config.data_dir.clone(),
         disk_bytes,
@@ -321,7 +319,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         }
     });
     tracing::info!(
-        disk_bytes,
+        disk_bytes = disk_bytes.map_or_else(|| "default".to_owned(), |b| b.to_string()),
         disk_reserve_bytes,
         memory_bytes = config.cache_memory_bytes,
         "store open"
@@ -619,21 +617,6 @@ fn filesystem_size(dir: &std::path::Path) -> u64 {
 /// for the index's log and flushes, and for what is not Perch's), never more than an eighth.
 fn default_disk_reserve_bytes(size: u64) -> u64 {
     (size / 50).clamp(64 << 20, 2 << 30).min(size / 8)
-}
-
-/// 80% of the free space of the filesystem holding `dir`, at most 1 TiB (10 GiB if unknown).
-fn default_cache_disk_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return 10 << 30;
-    };
-    // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return 10 << 30;
-    }
-    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
-    (free / 10 * 8).min(1 << 40)
 }
 
 /// Installs the SIGTERM and SIGINT handlers; the future resolves at the first of them.

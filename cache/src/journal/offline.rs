@@ -40,7 +40,7 @@ impl OfflineJournal {
         let local = Local::open(
             LocalConfig {
                 dir: data_dir.join("cache"),
-                disk_bytes: u64::MAX,
+                disk_bytes: Some(u64::MAX),
                 memory_bytes: 0,
                 memory_object_max: 0,
                 pinned: None,

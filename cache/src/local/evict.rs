@@ -220,6 +220,11 @@ impl Evictor {
         self.capacity
     }
 
+    /// A new limit; entries beyond a lower one go at the next insert or shrink.
+    pub(crate) fn set_capacity(&mut self, capacity_bytes: u64) {
+        self.capacity = capacity_bytes;
+    }
+
     /// Bytes of the entries it tracks.
     pub(crate) fn used(&self) -> u64 {
         self.small_used + self.main_used + self.pinned_used

@@ -13,7 +13,7 @@ pub(crate) mod room;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +30,14 @@ use crate::memory::{MemoryObject, MemoryTier, memory_tier_limit, release_free_me
 use crate::metrics::{CacheStats, DISK, MEMORY, ReasonLabel};
 use crate::origin::ObjectMeta;
 
+/// The disk tier's limit where the free space cannot be told.
+const DISK_BYTES_UNKNOWN: u64 = 10 << 30;
+
+/// The disk tier's default limit: 80% of the free space plus what the cache holds, at most 1 TiB.
+fn default_disk_bytes(free: u64, held: u64) -> u64 {
+    (free.saturating_add(held) / 10 * 8).min(1 << 40)
+}
+
 /// Reads whose times wait for the next flush, at most (beyond, the flush is started at once): a
 /// burst of distinct reads must not grow the map without bound (~100 bytes a key).
 const READS_FLUSH_AT: usize = 16_384;
@@ -42,8 +50,9 @@ const PREFETCHED_MAX: usize = 65_536;
 pub(crate) struct LocalConfig {
     /// `<data-dir>/cache`.
     pub dir: PathBuf,
-    /// Limit of the disk tier.
-    pub disk_bytes: u64,
+    /// Limit of the disk tier; `None`: 80% of what the filesystem leaves it (its free space at
+    /// open, plus what the cache already holds, known once the index was read), at most 1 TiB.
+    pub disk_bytes: Option<u64>,
     /// The memory budget: the index's caches, the eviction order, the memory tier in the rest.
     pub memory_bytes: u64,
     /// Objects up to this size also live in memory.
@@ -67,6 +76,10 @@ impl std::fmt::Debug for Pinned {
 
 pub(crate) struct Local {
     cfg: LocalConfig,
+    /// The disk tier's limit (`LocalConfig::disk_bytes`, its default grown once the index was read).
+    capacity: AtomicU64,
+    /// The filesystem's free space at open, for that default.
+    free_at_open: u64,
     pub index: Index,
     pub blobs: Blobs,
     pub memory: MemoryTier,
@@ -125,6 +138,8 @@ impl Local {
         let room = DiskRoom::new(&cfg.dir, cfg.reserve_bytes);
         let spare = Spare::new(&cfg.dir, cfg.reserve_bytes);
         spare.give_back_if_short(&room);
+        let free_at_open = room.free().unwrap_or(DISK_BYTES_UNKNOWN);
+        let capacity = cfg.disk_bytes.unwrap_or_else(|| default_disk_bytes(free_at_open, 0));
         let index = Index::open(&cfg.dir.join("index"))?;
         let blobs = Blobs::open(cfg.dir.join("blobs"))?;
         let stats = CacheStats::default();
@@ -140,7 +155,9 @@ impl Local {
         }
         Ok(Local {
             memory: MemoryTier::new(memory_tier_limit(cfg.memory_bytes, 0), stats.clone()),
-            evictor: Mutex::new(Evictor::new(cfg.disk_bytes)),
+            evictor: Mutex::new(Evictor::new(capacity)),
+            capacity: AtomicU64::new(capacity),
+            free_at_open,
             room,
             spare,
             room_soon: Arc::new(tokio::sync::Notify::new()),
@@ -225,7 +242,7 @@ impl Local {
 
     /// Objects larger than this pass through without being kept.
     pub(crate) fn keep_limit(&self) -> u64 {
-        self.cfg.disk_bytes / 4
+        self.capacity.load(Ordering::Relaxed) / 4
     }
 
     pub(crate) fn memory_object_max(&self) -> u64 {
@@ -251,6 +268,15 @@ impl Local {
         };
         all.sort_by_key(|e| e.last_read);
         let count = all.len();
+        if self.cfg.disk_bytes.is_none() {
+            // The free space at open left out what the cache held then: a restart must not shrink
+            // the cache to 80% of what it did not take.
+            let held = all.iter().map(|e| e.size).sum();
+            let capacity = default_disk_bytes(self.free_at_open, held);
+            lock(&self.evictor).set_capacity(capacity);
+            self.capacity.store(capacity, Ordering::Relaxed);
+            tracing::info!(disk_bytes = capacity, held_bytes = held, "the disk tier's limit");
+        }
         lock(&self.evictor).reserve(count);
         for e in all {
             // A blob removed since the scan (dropped, replaced, evicted) must not come back.
@@ -668,7 +694,7 @@ mod tests {
         let local = Local::open(
             LocalConfig {
                 dir: dir.path().join("cache"),
-                disk_bytes: 1 << 30,
+                disk_bytes: Some(1 << 30),
                 memory_bytes: 64 << 20,
                 memory_object_max: 1 << 20,
                 reserve_bytes: 0,

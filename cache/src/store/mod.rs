@@ -54,8 +54,9 @@ fn pin_rule(policy: &Arc<perch_policy::SharedPolicy>) -> crate::local::Pinned {
 pub struct StoreConfig {
     /// Perch's data dir: the cache under `cache/`, multipart uploads staged under `multipart/`.
     pub data_dir: PathBuf,
-    /// Limit of the disk tier (`--cache-disk-bytes`).
-    pub disk_bytes: u64,
+    /// Limit of the disk tier (`--cache-disk-bytes`); `None`: 80% of the free space at start plus
+    /// what the cache already holds, at most 1 TiB.
+    pub disk_bytes: Option<u64>,
     /// Free space kept on the data dir's filesystem (`--disk-reserve-bytes`).
     pub disk_reserve_bytes: u64,
     /// The cache's memory budget (`--cache-memory-bytes`, 256 MiB): the index's caches and the

@@ -442,3 +442,39 @@ fn a_restart_on_a_disk_filled_to_the_last_block_starts_on_the_spare() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A restart with the cache holding most of the disk keeps it: the disk tier's default limit
+/// counts what the cache already holds. It was 80% of the free space at start alone, which leaves
+/// out the cache itself, so each restart of a full cache (each wake of a Machine) evicted part of it.
+#[test]
+fn a_restart_keeps_a_cache_that_holds_most_of_the_disk() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut s = Stack::start_on(disk.path(), &["--disk-reserve-bytes", "8MiB"]);
+    let _log = s.log_on_panic();
+    // Larger than the memory tier's objects: each is one disk entry, 30 MiB in all.
+    let objects: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("warm/{i}"), pattern(3 << 19, 500 + i)))
+        .collect();
+    for (key, body) in &objects {
+        s.put_behind_perchs_back(key, body);
+        s.get_expect(key, body, "MISS");
+    }
+    let entries = |s: &Stack| s.metric("perch_cache_entries{tier=\"disk\"}");
+    assert_eq!(entries(&s), 20.0, "the 20 objects are cached");
+    s.restart_clean();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while entries(&s) != 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the restart evicted part of the cache: {} of 20 entries left ({} bytes free)",
+            entries(&s),
+            disk.free()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.proxy.reset();
+    for (key, body) in &objects {
+        s.get_expect(key, body, "HIT");
+    }
+}
