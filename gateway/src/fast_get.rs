@@ -142,8 +142,7 @@ impl FastGet {
         // whole object, where s3s would refuse the request.
         for name in headers.keys() {
             let n = name.as_str();
-            if (n == "range" && !ignored_range(headers.get_all(name)))
-                || (n.starts_with("if-") && !ignored_date(n, headers.get_all(name)))
+            if ((n == "range" || n.starts_with("if-")) && !ignored(n, headers.get_all(name)))
                 || n.starts_with("x-amz-server-side-encryption")
                 || n == "transfer-encoding"
                 || (n == "content-length" && headers.get(name).is_some_and(|v| v.as_bytes() != b"0"))
@@ -390,26 +389,21 @@ fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
     res
 }
 
-/// Whether a request's `If-Modified-Since` or `If-Unmodified-Since` (`name`) is one S3 ignores: a
-/// single value that is not an HTTP date.
-fn ignored_date(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> bool {
-    if name != "if-modified-since" && name != "if-unmodified-since" {
-        return false;
-    }
-    let mut values = values.iter();
-    match (values.next(), values.next()) {
-        (Some(v), None) => v.to_str().map_or(true, |v| {
+/// Whether a request's `Range`, `If-Modified-Since` or `If-Unmodified-Since` (`name`) is one S3
+/// ignores: a single value that is not one byte range, or no HTTP date in any of its three forms
+/// (one s3s does not read, an RFC 850 or asctime date, still goes to s3s: it is a condition, not
+/// garbage). Any other header is never ignored.
+fn ignored(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> bool {
+    let malformed: fn(&str) -> bool = match name {
+        "range" => |v| s3s::dto::Range::parse(v).is_err(),
+        "if-modified-since" | "if-unmodified-since" => |v| {
             s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, v).is_err() && httpdate::parse_http_date(v).is_err()
-        }),
-        _ => false,
-    }
-}
-
-/// Whether a request's `Range` is one S3 ignores: a single value that is not one byte range.
-fn ignored_range(values: http::header::GetAll<'_, HeaderValue>) -> bool {
+        },
+        _ => return false,
+    };
     let mut values = values.iter();
     match (values.next(), values.next()) {
-        (Some(v), None) => v.to_str().map_or(true, |v| s3s::dto::Range::parse(v).is_err()),
+        (Some(v), None) => v.to_str().map_or(true, malformed),
         _ => false,
     }
 }

@@ -199,8 +199,11 @@ impl Local {
                 let _ = tokio::task::spawn_blocking(move || {
                     // Clean entries give way to the spare too: it is what lets Perch start on a
                     // disk something else filled.
-                    local.make_room(local.spare.wanted());
-                    local.spare.take(&local.room);
+                    let wanted = local.spare.wanted();
+                    local.make_room(wanted);
+                    if wanted > 0 {
+                        local.spare.take(&local.room);
+                    }
                 })
                 .await;
             }

@@ -133,11 +133,12 @@ impl Spare {
         }
     }
 
-    /// Takes the spare's room (again) when the filesystem has it beside the reserve: a file
-    /// allocated whole, never written (its loss at a power cut costs nothing: it is taken again).
+    /// Takes the spare's room (again), when it is `wanted` and the filesystem has it beside the
+    /// reserve: a file allocated whole, never written (its loss at a power cut costs nothing: it
+    /// is taken again).
     pub(crate) fn take(&self, room: &DiskRoom) {
         use std::sync::atomic::Ordering;
-        if self.wanted() == 0 || room.shortfall(self.bytes) > 0 {
+        if room.shortfall(self.bytes) > 0 {
             return;
         }
         let tmp = self.path.with_extension("tmp");

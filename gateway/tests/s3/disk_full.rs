@@ -13,7 +13,7 @@ use perch_testkit::bodies::{md5_etag, pattern};
 use perch_testkit::raw_client::{BUCKET, Req, Resp};
 
 use crate::support::machine;
-use crate::support::stack::{Stack, assert_same};
+use crate::support::stack::{Stack, assert_same, eventually};
 
 /// A tmpfs of a given size mounted for one test, unmounted when dropped (declare it before the
 /// stack, so that perch is stopped first).
@@ -410,11 +410,7 @@ fn a_restart_on_a_disk_filled_to_the_last_block_starts_on_the_spare() {
     let _log = s.log_on_panic();
     let spare = disk.path().join("cache").join("spare");
     let held = || std::fs::metadata(&spare).is_ok_and(|m| m.len() == 4 << 20);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !held() {
-        assert!(Instant::now() < deadline, "the spare (4 MiB) was never taken");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the spare (4 MiB) is taken", held);
     s.faults(r#"{"outage": true}"#);
     let bodies: Vec<(String, Vec<u8>)> = (0..40)
         .map(|i| (format!("orioledb_data/9/{i}"), pattern(100 << 10, 300 + i)))
@@ -436,11 +432,7 @@ fn a_restart_on_a_disk_filled_to_the_last_block_starts_on_the_spare() {
     for (key, body) in &bodies {
         assert_eq!(s.in_moto(key).as_deref(), Some(body.as_slice()), "{key} in the origin");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !held() {
-        assert!(Instant::now() < deadline, "the spare was not taken again");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the spare is taken again", held);
 }
 
 /// A restart with the cache holding most of the disk keeps it: the disk tier's default limit

@@ -16,7 +16,7 @@ use crate::support::machine;
 use crate::support::perch::{admin_get, moto_keys_env, perch_binary, s3_origin};
 use crate::support::raw::create_bucket;
 use crate::support::sdk::{copy_source, expect_err};
-use crate::support::stack::Stack;
+use crate::support::stack::{Stack, eventually};
 
 /// What a key holds: `Some(body)` or deleted.
 type State = Option<Vec<u8>>;
@@ -1519,11 +1519,7 @@ fn an_older_copy_landing_right_after_an_upload_is_uploaded_over_again() {
     // Every origin request now waits 1.5 s at the proxy: the upload, then its HEAD.
     s.faults(r#"{"latency_ms": 1500}"#);
     s.put(key, &newest);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.in_moto(key).as_deref() != Some(&newest[..]) {
-        assert!(Instant::now() < deadline, "the upload never landed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the upload landed", || s.in_moto(key).as_deref() == Some(&newest[..]));
     // The HEAD is held at the proxy: the late copy lands before the origin answers it.
     s.put_behind_perchs_back(key, &late);
     s.no_faults();
