@@ -10,6 +10,9 @@ use crate::Glob;
 /// next lives there. Clients never see it in a listing and cannot write it.
 pub const RESERVED_PREFIX: &str = ".perch/";
 
+/// The largest part number read ahead (OrioleDB's parts count from 0 in the thousands).
+pub const PART_MAX: u64 = 1 << 32;
+
 /// Whether `key` lies under the reserved prefix.
 pub fn is_reserved(key: &str) -> bool {
     key.starts_with(RESERVED_PREFIX)
@@ -137,7 +140,7 @@ impl Prefetch {
         rule(&dir).map(|keys| (keys, dir))
     }
 
-    /// `(<name>, part)` of a key that is read ahead.
+    /// `(<name>, part)` of a key that is read ahead: parts up to `PART_MAX`.
     pub fn part_of<'k>(&self, key: &'k str) -> Option<(&'k str, u64)> {
         if self.read_ahead_parts == 0 || !self.read_ahead.iter().any(|g| g.matches(key)) {
             return None;
@@ -146,7 +149,13 @@ impl Prefetch {
         if name.ends_with('/') || name.is_empty() || part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        Some((name, part.parse().ok()?))
+        // Only the numbers `part_key` writes back the same (no leading zero), and small enough
+        // that the parts ahead of them can be counted without overflow.
+        if part.len() > 1 && part.starts_with('0') {
+            return None;
+        }
+        let part: u64 = part.parse().ok()?;
+        (part <= PART_MAX).then_some((name, part))
     }
 
     /// The key of part `part` of `name`.
@@ -243,6 +252,24 @@ mod tests {
         );
         assert_eq!(p.part_of("orioledb_data/2/5/16440.map"), None);
         assert_eq!(p.part_of("orioledb_data/2/5/16440."), None);
+        assert_eq!(
+            p.part_of("orioledb_data/2/5/16440.0.18446744073709551615"),
+            None,
+            "a part whose next ones would overflow is not read ahead"
+        );
+        assert_eq!(
+            p.part_of("orioledb_data/2/5/16440.0.4294967296"),
+            Some(("orioledb_data/2/5/16440.0", PART_MAX))
+        );
+        assert_eq!(
+            p.part_of("orioledb_data/2/5/16440.0.013"),
+            None,
+            "its next part would be named without the zero: another table's"
+        );
+        assert_eq!(
+            p.part_of("orioledb_data/2/5/16440.0.0"),
+            Some(("orioledb_data/2/5/16440.0", 0))
+        );
         assert_eq!(p.part_of("data/2/base/5/1247"), None, "not a read-ahead key");
         assert_eq!(
             Prefetch::part_key("orioledb_data/2/5/16440.0", 14),

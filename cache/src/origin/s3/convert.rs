@@ -12,8 +12,9 @@ pub(super) fn non_negative(n: Option<i64>) -> u64 {
     n.map_or(0, |n| u64::try_from(n).unwrap_or(0))
 }
 
-/// `bytes first-last/total` → (first, last, total); `total` may be `*`.
-pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+/// `bytes first-last/total` of a `length`-byte body → (first, last, total); `total` may be `*`.
+/// `None` unless the span is the body's and lies inside the object.
+pub(super) fn parse_content_range(value: &str, length: u64) -> Option<(u64, u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
     let (span, total) = rest.split_once('/')?;
     let (first, last) = span.trim().split_once('-')?;
@@ -21,7 +22,9 @@ pub(super) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)
         "*" => None,
         t => Some(t.parse().ok()?),
     };
-    Some((first.trim().parse().ok()?, last.trim().parse().ok()?, total))
+    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    let fits = first <= last && last - first + 1 == length && total.is_none_or(|t| last < t);
+    fits.then_some((first, last, total))
 }
 
 /// The text of `<tag>` in an S3 XML body (its first, trimmed).
@@ -196,10 +199,25 @@ mod tests {
 
     #[test]
     fn content_range_parses() {
-        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0, 99, Some(1000))));
-        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5, None)));
-        assert_eq!(parse_content_range("bytes */1000"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes 0-99/1000", 100), Some((0, 99, Some(1000))));
+        assert_eq!(parse_content_range("bytes 5-5/*", 1), Some((5, 5, None)));
+        assert_eq!(parse_content_range("bytes */1000", 0), None);
+        assert_eq!(parse_content_range("items 0-1/2", 2), None);
+        assert_eq!(
+            parse_content_range("bytes 10-5/100", 6),
+            None,
+            "a span that ends before it starts"
+        );
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000", 50),
+            None,
+            "a span that is not the body's"
+        );
+        assert_eq!(
+            parse_content_range("bytes 90-109/100", 20),
+            None,
+            "a span past the object's end"
+        );
     }
 
     #[test]

@@ -133,9 +133,18 @@ impl S3Origin {
             .send_direct(http::Method::GET, bucket, key, range, None, conditions)
             .await?;
         let length = content_length(&headers)?;
-        let (served, size) = match header_str(&headers, "content-range").and_then(parse_content_range) {
-            Some((first, last, total)) => (Some((first, last)), total.unwrap_or(length)),
+        let (served, size) = match header_str(&headers, "content-range") {
             None => (None, length),
+            // A span the origin names wrongly is an origin fault: never a partial body taken for
+            // the whole object, nor a length gone negative.
+            Some(value) => match parse_content_range(value, length) {
+                Some((first, last, total)) => (Some((first, last)), total.unwrap_or(length)),
+                None => {
+                    return Err(OriginError::Transient(format!(
+                        "an answer of {length} bytes with an invalid Content-Range: {value}"
+                    )));
+                }
+            },
         };
         let mut meta = object_meta_of(&headers, size);
         let check = match range {

@@ -112,6 +112,7 @@ pub(super) fn rename_root(xml: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
     let Some(close_at) = is_root
         .then(|| xml.windows(close.len()).rposition(|w| w == close.as_bytes()))
         .flatten()
+        .filter(|&c| c >= at + open.len())
     else {
         return xml;
     };
@@ -136,6 +137,11 @@ mod tests {
             "  \n<?xml version=\"1.0\"?>\n<AResult xmlns=\"x\"><K>AResponse</K></AResult>\n"
         );
         assert_eq!(r("<AResponse><B/></AResponse>"), "<AResult><B/></AResult>");
+        assert_eq!(
+            r("<!-- </AResponse> --><AResponse>"),
+            "<!-- </AResponse> --><AResponse>",
+            "a close tag only before the root's opening leaves the document as it came"
+        );
         assert_eq!(r("<AResult><B/></AResult>"), "<AResult><B/></AResult>");
         assert_eq!(
             r("<Error><Code>AResponse</Code></Error>"),
