@@ -35,7 +35,7 @@ impl Reader {
         let file = match opened {
             Ok((len, f)) if len == size => f,
             _ => {
-                self.corrupt(okey, &entry, "missing or truncated blob");
+                self.corrupt(okey, &entry, "missing or truncated blob").await;
                 return None;
             }
         };
@@ -65,7 +65,7 @@ impl Reader {
             let body = match body {
                 Ok(Some(b)) => Bytes::from(b),
                 _ => {
-                    self.corrupt(okey, &entry, "a block failed its check");
+                    self.corrupt(okey, &entry, "a block failed its check").await;
                     return None;
                 }
             };
@@ -110,7 +110,7 @@ impl Reader {
         let block0 = match checked {
             Ok(Ok(Some(b))) => b,
             _ => {
-                self.corrupt(okey, &entry, "a block failed its check");
+                self.corrupt(okey, &entry, "a block failed its check").await;
                 return None;
             }
         };
@@ -137,7 +137,7 @@ impl Reader {
         })
     }
 
-    pub(crate) fn corrupt(&self, okey: &ObjectKey, entry: &Entry, why: &str) {
+    pub(crate) async fn corrupt(&self, okey: &ObjectKey, entry: &Entry, why: &str) {
         tracing::warn!(
             key = okey.key(),
             blob = entry.blob,
@@ -145,7 +145,10 @@ impl Reader {
             "dropping a corrupt cache entry"
         );
         self.local.stats.corrupt.inc();
-        self.local.drop_entry(okey, entry.blob);
+        let (okey, blob) = (okey.clone(), entry.blob);
+        if let Err(e) = self.local.blocking(move |l| l.drop_entry(&okey, blob)).await {
+            tracing::warn!(error = %e, "cannot drop a cache entry");
+        }
     }
 }
 
@@ -201,7 +204,8 @@ impl DiskReader {
 
     async fn fall_back(&mut self) -> Option<io::Result<Bytes>> {
         self.reader
-            .corrupt(&self.okey, &self.entry, "a block failed its check while streaming");
+            .corrupt(&self.okey, &self.entry, "a block failed its check while streaming")
+            .await;
         let cond = Conditions {
             if_match: Some(self.entry.etag_at_origin().to_owned()),
             ..Default::default()

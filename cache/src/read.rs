@@ -99,17 +99,22 @@ impl Reader {
         if found.is_some() || !self.pending.has_pending(okey) {
             return Ok(found);
         }
-        let indexed = {
-            let _key = self.local.key_lock(okey);
-            let indexed = self.local.index.get(okey).ok().flatten().is_some();
-            if !indexed && self.pending.has_pending(okey) {
-                tracing::error!(object = %okey, "a key with pending versions has no index entry; not asking the origin");
-                return Err(OriginError::Io(io::Error::other(
-                    "a version not yet uploaded is missing from the index",
-                )));
-            }
-            indexed
-        };
+        let (looked, pending) = (okey.clone(), self.pending.clone());
+        let (indexed, still_pending) = self
+            .local
+            .blocking(move |l| {
+                let _key = l.key_lock(&looked);
+                let indexed = l.index.get(&looked).ok().flatten().is_some();
+                (indexed, !indexed && pending.has_pending(&looked))
+            })
+            .await
+            .map_err(|e| OriginError::Io(io::Error::other(e)))?;
+        if still_pending {
+            tracing::error!(object = %okey, "a key with pending versions has no index entry; not asking the origin");
+            return Err(OriginError::Io(io::Error::other(
+                "a version not yet uploaded is missing from the index",
+            )));
+        }
         if indexed { self.lookup(okey).await } else { Ok(None) }
     }
 
@@ -141,8 +146,9 @@ impl Reader {
             ..Default::default()
         };
         let answer = tokio::time::timeout(Duration::from_secs(5), self.origin.head_object(bucket, key, &cond)).await;
-        let unchanged = || -> OriginResult<bool> {
-            self.local.confirm(okey, entry);
+        let unchanged = || async {
+            let (okey, entry) = (okey.clone(), entry.clone());
+            let _ = self.local.blocking(move |l| l.confirm(&okey, &entry)).await;
             self.local
                 .stats
                 .revalidations
@@ -151,12 +157,13 @@ impl Reader {
             Ok(true)
         };
         match answer {
-            Ok(Err(OriginError::NotModified { .. })) => unchanged(),
+            Ok(Err(OriginError::NotModified { .. })) => unchanged().await,
             // An origin that ignores If-None-Match on HEAD: same ETag, same object (and fresh
             // again, like a 304, rather than asked about on every read from now on).
-            Ok(Ok(meta)) if crate::origin::same_etag(&meta.etag, entry.etag_at_origin()) => unchanged(),
+            Ok(Ok(meta)) if crate::origin::same_etag(&meta.etag, entry.etag_at_origin()) => unchanged().await,
             Ok(Ok(_)) | Ok(Err(OriginError::NoSuchKey)) => {
-                self.local.drop_entry(okey, entry.blob);
+                let (dropped, blob) = (okey.clone(), entry.blob);
+                let _ = self.local.blocking(move |l| l.drop_entry(&dropped, blob)).await;
                 self.local
                     .stats
                     .revalidations

@@ -253,6 +253,18 @@ impl Local {
     }
 
     /// The lock of `okey`'s stripe.
+    /// Runs `f` on the blocking pool and waits for it: work that takes a key's lock (commits hold
+    /// it across their syncs), syncs the index log or removes a file stays off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Local) -> T + Send + 'static,
+    ) -> Result<T, CacheError> {
+        let local = self.clone();
+        tokio::task::spawn_blocking(move || f(&local))
+            .await
+            .map_err(|e| CacheError::Io(std::io::Error::other(e)))
+    }
+
     pub(crate) fn key_lock(&self, okey: &ObjectKey) -> MutexGuard<'_, ()> {
         lock(&self.key_locks[(okey.hash64() % self.key_locks.len() as u64) as usize])
     }
@@ -573,8 +585,6 @@ impl Local {
         self.refresh_gauges();
     }
 
-    /// The origin confirmed that the clean copy `entry` of `okey` is current: it is marked so,
-    /// under the key's lock, unless a write replaced it meanwhile.
     /// Keeps with the clean copy `blob` of `okey` the part sizes learnt for it from the origin
     /// (reads by part number after a restart need not ask again). Nothing if the copy changed.
     pub(crate) fn keep_parts(&self, okey: &ObjectKey, blob: u64, parts: &[u64]) {
@@ -593,6 +603,8 @@ impl Local {
         }
     }
 
+    /// The origin confirmed that the clean copy `entry` of `okey` is current: it is marked so,
+    /// under the key's lock, unless a write replaced it meanwhile.
     pub(crate) fn confirm(&self, okey: &ObjectKey, entry: &Entry) {
         let _key = self.key_lock(okey);
         match self.index.get(okey) {

@@ -332,7 +332,7 @@ impl Store {
         };
         let out = self.origin.put_object(bucket, key, &input).await;
         // Whatever the answer, the origin may now hold a new body: forget the cached one.
-        self.local.invalidate(&okey);
+        self.forget(okey).await;
         Ok(out?)
     }
 
@@ -363,7 +363,7 @@ impl Store {
         self.settle(&dst, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         let out = self.origin.copy_object(bucket, key, &copy).await;
-        self.local.invalidate(&dst);
+        self.forget(dst).await;
         Ok(out?)
     }
 
@@ -573,19 +573,26 @@ impl Store {
         Ok(())
     }
 
+    /// The origin's object changed under `okey` through Perch: every copy of it here goes.
+    async fn forget(&self, okey: ObjectKey) {
+        if let Err(e) = self.local.blocking(move |l| l.invalidate(&okey)).await {
+            tracing::warn!(error = %e, "cannot drop a cache entry");
+        }
+    }
+
     /// Waits until `okey` has no write left to upload, and makes their releases durable, so that
     /// a request the origin must decide sees every earlier write, and no replay after a power cut
     /// uploads one of them again over its result. The caller holds the key's commits back.
     async fn settle(&self, okey: &ObjectKey, limit: Duration) -> StoreResult<()> {
         self.journal.wait_clean(okey, limit).await?;
-        Ok(self.local.sync_releases()?)
+        Ok(self.local.blocking(Local::sync_releases).await??)
     }
 
     /// Waits until the origin holds every write to `bucket` made so far (and their releases are
     /// durable): what the origin decides next sees them all.
     async fn settle_bucket(&self, bucket: &str, limit: Duration) -> StoreResult<()> {
         self.journal.wait_bucket_clean(bucket, limit).await?;
-        Ok(self.local.sync_releases()?)
+        Ok(self.local.blocking(Local::sync_releases).await??)
     }
 
     /// Commits a verified body as a PUT version (with its part layout when it is a completed

@@ -169,7 +169,8 @@ impl Store {
                                 && !e.pending
                                 && same_etag(&e.meta.etag, &meta.etag)
                             {
-                                self.local.drop_entry(&okey, e.blob);
+                                let (okey, blob) = (okey.clone(), e.blob);
+                                let _ = self.local.blocking(move |l| l.drop_entry(&okey, blob)).await;
                             }
                             return Err(Missed::Changed);
                         }
@@ -261,7 +262,8 @@ impl Store {
             && !e.pending
             && same_etag(&e.meta.etag, &meta.etag)
         {
-            self.local.keep_parts(okey, e.blob, &sizes);
+            let (okey, blob, kept) = (okey.clone(), e.blob, sizes.clone());
+            let _ = self.local.blocking(move |l| l.keep_parts(&okey, blob, &kept)).await;
         }
         let sizes = Arc::new(sizes);
         self.learnt_layouts.put(okey, &meta.etag, sizes.clone());
