@@ -181,8 +181,8 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reloads the policy at each SIGHUP, for as long as the process runs.
-/// The one SIGHUP handler of `perch serve`: whatever else a SIGHUP reloads joins it here.
+/// Reloads the policy at each SIGHUP, for as long as the process runs (the origin's keys are
+/// reloaded by a listener of their own, `reload_origin_keys_on_sighup` in main.rs).
 pub fn reload_on_sighup(source: PolicySource, shared: Arc<SharedPolicy>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
