@@ -396,7 +396,7 @@ impl Local {
     /// adds the prefetch fills under way, which the tier does not count until each is kept).
     pub(crate) fn tier_has_room(&self, size: u64) -> bool {
         let e = lock(&self.evictor);
-        e.used() + size <= e.capacity() - e.capacity() / 10
+        e.used().saturating_add(size) <= e.capacity() - e.capacity() / 10
     }
 
     /// Whether the data dir's filesystem has `size` more bytes beside the reserve (a fill under way
