@@ -277,6 +277,22 @@ macro_rules! unkept {
 }
 pub(crate) use unkept;
 
+/// The storage classes S3 knows (`x-amz-storage-class`).
+const STORAGE_CLASSES: [&str; 12] = [
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "OUTPOSTS",
+    "GLACIER_IR",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+    "FSX_OPENZFS",
+];
+
 /// An object write that asks for what Perch would not carry to the origin is S3's 501
 /// NotImplemented ("a header you provided implies functionality that is not implemented"), at the
 /// door: acknowledged, it would be stored without it, silently (tags, a storage class, a
@@ -284,6 +300,13 @@ pub(crate) use unkept;
 /// anyway is taken: the STANDARD storage class, and SSE-S3 (`AES256`), which S3 and Tigris apply
 /// to every object at rest.
 pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
+    // A class S3 does not know is the client's mistake, not a feature Perch lacks.
+    if u.storage_class.is_some_and(|c| !STORAGE_CLASSES.contains(&c)) {
+        return Err(s3_error!(
+            InvalidStorageClass,
+            "The storage class you specified is not valid"
+        ));
+    }
     let refused = if u.storage_class.is_some_and(|c| c != "STANDARD") {
         "a storage class other than STANDARD"
     } else if u.encryption.is_some_and(|e| e != "AES256") {

@@ -208,7 +208,43 @@ impl Declared<'_> {
                 self.trailer.push(algorithm);
             }
         }
+        self.check_one_checksum(headers)?;
         Ok(self)
+    }
+
+    /// S3 takes at most one checksum of a body, by value or by trailer, of the algorithm that
+    /// `x-amz-sdk-checksum-algorithm` names if it names one, and refuses the request otherwise:
+    /// the origin would refuse its upload forever, so it is refused before it is acknowledged.
+    fn check_one_checksum(&self, headers: &http::HeaderMap) -> S3Result<()> {
+        let mut named: Vec<perch_cache::ChecksumAlgorithm> = self.checksums.iter().map(|(a, _)| a).collect();
+        named.extend(self.trailer.iter().copied());
+        named.sort_by_key(|a| a.as_str());
+        named.dedup();
+        if named.len() > 1 {
+            return Err(s3_error!(
+                InvalidRequest,
+                "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."
+            ));
+        }
+        if let Some(v) = headers.get("x-amz-sdk-checksum-algorithm") {
+            let algorithm = v
+                .to_str()
+                .ok()
+                .and_then(|v| perch_cache::ChecksumAlgorithm::parse(v.trim()));
+            if algorithm.is_none() || named.first().is_some_and(|n| Some(*n) != algorithm) {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "Value for x-amz-sdk-checksum-algorithm header is invalid."
+                ));
+            }
+            if named.is_empty() {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "x-amz-sdk-checksum-algorithm specified, but no corresponding x-amz-checksum-* or x-amz-trailer headers were found."
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

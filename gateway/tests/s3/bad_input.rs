@@ -1088,3 +1088,69 @@ fn a_malformed_checksum_is_an_invalid_request() {
     assert_missing(&perch, "malformed", "malformed checksums");
     assert_clean(&perch, &before, "malformed checksums");
 }
+
+/// S3 takes one checksum of a body, of the algorithm `x-amz-sdk-checksum-algorithm` names (and
+/// that header only beside its checksum), and a storage class it knows: anything else is refused before it is stored (an origin would
+/// refuse its upload forever), and the right form still goes through.
+#[test]
+fn more_than_one_checksum_a_checksum_of_another_algorithm_or_an_unknown_class_is_refused() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let body = pattern(100, 30);
+    let crc32 = base64_simd::STANDARD.encode_to_string(crc32fast::hash(&body).to_be_bytes());
+    let sha1 = {
+        use sha1::Digest;
+        base64_simd::STANDARD.encode_to_string(sha1::Sha1::digest(&body))
+    };
+    let cases: [(&[(&str, &str)], u16, &str, &str); 5] = [
+        (
+            &[("x-amz-checksum-crc32", &crc32), ("x-amz-checksum-sha1", &sha1)],
+            400,
+            "InvalidRequest",
+            "two checksums",
+        ),
+        (
+            &[
+                ("x-amz-sdk-checksum-algorithm", "SHA1"),
+                ("x-amz-checksum-crc32", &crc32),
+            ],
+            400,
+            "InvalidRequest",
+            "a CRC32 named SHA1",
+        ),
+        (
+            &[("x-amz-sdk-checksum-algorithm", "BOGUS")],
+            400,
+            "InvalidRequest",
+            "an unknown checksum algorithm",
+        ),
+        (
+            &[("x-amz-sdk-checksum-algorithm", "SHA256")],
+            400,
+            "InvalidRequest",
+            "an algorithm without its checksum",
+        ),
+        (
+            &[("x-amz-storage-class", "BOGUS")],
+            400,
+            "InvalidStorageClass",
+            "an unknown storage class",
+        ),
+    ];
+    for (headers, status, code, what) in cases {
+        let mut req = Req::object("PUT", perch.addr(), Style::Virtual, "checked").body(body.clone());
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        assert_error(&req.go(perch.addr()), status, code, what);
+    }
+    assert_clean(&perch, &before, "checksums and classes");
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "checked")
+        .body(body.clone())
+        .header("x-amz-sdk-checksum-algorithm", "CRC32")
+        .header("x-amz-checksum-crc32", &crc32)
+        .go(perch.addr());
+    assert_eq!(r.status, 200, "a CRC32 named CRC32: {}", r.summary());
+}
