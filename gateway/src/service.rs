@@ -626,6 +626,8 @@ impl S3 for Gateway {
         }
         let quiet = input.delete.quiet.unwrap_or(false);
         let bucket = input.bucket.as_str();
+        // A bucket that does not exist fails the whole request (404), as in S3, not key by key.
+        self.store.ensure_bucket(bucket).await.map_err(store_error)?;
         let results: Vec<(ObjectIdentifier, Result<(), s3s::S3Error>)> =
             futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
                 let conditioned = convert::check_unconditional(
@@ -1145,54 +1147,99 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         not_negative("max-uploads", input.max_uploads)?;
+        let url = wants_url(&input.encoding_type)?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let all = self
+        let mut all = self
             .store
             .list_multipart_uploads(&input.bucket, &prefix)
             .await
             .map_err(store_error)?;
+        // By key, then a key's uploads in the order they began, as S3 lists them.
+        all.sort_by(|a, b| (&a.key, a.initiated, &a.upload_id).cmp(&(&b.key, b.initiated, &b.upload_id)));
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let key_marker = input.key_marker.clone().unwrap_or_default();
         let id_marker = input.upload_id_marker.clone().unwrap_or_default();
-        let after_marker = |u: &perch_cache::UploadInfo| {
-            key_marker.is_empty()
-                || u.key > key_marker
-                || (u.key == key_marker && !id_marker.is_empty() && u.upload_id > id_marker)
+        // The page starts after the marker's upload; with no upload id, after every upload of the
+        // marker's key (or of the common prefix it names); an upload id no longer listed starts
+        // the page at its key's first upload (repeated rather than lost).
+        let start = if key_marker.is_empty() {
+            0
+        } else if id_marker.is_empty() {
+            let past = |u: &perch_cache::UploadInfo| {
+                u.key > key_marker
+                    && !(delimiter
+                        .as_deref()
+                        .is_some_and(|d| key_marker.ends_with(d) && u.key.starts_with(&key_marker)))
+            };
+            all.iter().position(past).unwrap_or(all.len())
+        } else {
+            match all.iter().position(|u| u.key == key_marker && u.upload_id == id_marker) {
+                Some(i) => i + 1,
+                None => all.iter().position(|u| u.key >= key_marker).unwrap_or(all.len()),
+            }
         };
-        let mut rest = all.into_iter().filter(after_marker);
         let owner = self.owner(&input.bucket).await;
-        let uploads: Vec<MultipartUpload> = rest
-            .by_ref()
-            .take(max)
-            .map(|u| MultipartUpload {
-                key: Some(u.key),
-                upload_id: Some(u.upload_id),
-                initiated: Some(Timestamp::from(u.initiated)),
-                initiator: owner.as_ref().map(initiator_of),
-                owner: owner.clone(),
-                storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
-                ..Default::default()
-            })
-            .collect();
-        let truncated = rest.next().is_some();
-        let last = uploads.last();
+        let mut uploads: Vec<MultipartUpload> = Vec::new();
+        let mut prefixes: Vec<String> = Vec::new();
+        let mut last: Option<(String, Option<String>)> = None;
+        let mut truncated = false;
+        for u in all.into_iter().skip(start) {
+            let common = delimiter.as_deref().and_then(|d| {
+                let rest = u.key.get(prefix.len()..)?;
+                rest.find(d).map(|at| u.key[..prefix.len() + at + d.len()].to_owned())
+            });
+            if let Some(p) = &common
+                && prefixes.last() == Some(p)
+            {
+                continue;
+            }
+            if uploads.len() + prefixes.len() == max {
+                truncated = true;
+                break;
+            }
+            match common {
+                Some(p) => {
+                    last = Some((p.clone(), None));
+                    prefixes.push(p);
+                }
+                None => {
+                    last = Some((u.key.clone(), Some(u.upload_id.clone())));
+                    uploads.push(MultipartUpload {
+                        key: Some(encode(u.key, url)),
+                        upload_id: Some(u.upload_id),
+                        initiated: Some(Timestamp::from(u.initiated)),
+                        initiator: owner.as_ref().map(initiator_of),
+                        owner: owner.clone(),
+                        storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let (next_key_marker, next_upload_id_marker) = match last.filter(|_| truncated) {
+            Some((key, id)) => (Some(encode(key, url)), id),
+            None => (None, None),
+        };
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
-            prefix: input.prefix,
-            key_marker: input.key_marker,
+            prefix: input.prefix.map(|p| encode(p, url)),
+            delimiter: delimiter.map(|d| encode(d, url)),
+            key_marker: input.key_marker.map(|k| encode(k, url)),
             upload_id_marker: input.upload_id_marker,
             max_uploads: Some(max as i32),
             is_truncated: Some(truncated),
-            next_key_marker: if truncated {
-                last.and_then(|u| u.key.clone())
-            } else {
-                None
-            },
-            next_upload_id_marker: if truncated {
-                last.and_then(|u| u.upload_id.clone())
-            } else {
-                None
-            },
+            next_key_marker,
+            next_upload_id_marker,
+            common_prefixes: (!prefixes.is_empty()).then(|| {
+                prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix {
+                        prefix: Some(encode(p, url)),
+                    })
+                    .collect()
+            }),
+            encoding_type: input.encoding_type,
             uploads: Some(uploads),
             ..Default::default()
         }))

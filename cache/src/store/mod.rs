@@ -561,7 +561,7 @@ impl Store {
     }
 
     /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
-    async fn ensure_bucket(&self, bucket: &str) -> StoreResult<()> {
+    pub async fn ensure_bucket(&self, bucket: &str) -> StoreResult<()> {
         if self.known_buckets().contains(bucket) {
             return Ok(());
         }

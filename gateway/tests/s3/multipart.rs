@@ -694,3 +694,81 @@ async fn upload_listings_name_the_owner_and_initiator_and_head_bucket_its_region
     })
     .await;
 }
+
+/// ListMultipartUploads pages through one key's uploads (listed in the order they began, which
+/// is not their ids' order) without losing any, groups keys by a delimiter into common prefixes,
+/// and answers a bucket that does not exist with 404; DeleteObjects too, for the whole request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_listings_page_through_one_keys_uploads_and_group_by_a_delimiter() {
+    let _turn = machine::share();
+    for_each_origin(|gw| async move {
+        let c = &gw.client;
+        let b = "paged-uploads";
+        create_bucket(c, b).await;
+        let mut made = Vec::new();
+        for key in ["k1", "k1", "k1", "k1", "k2", "dir/a", "dir/b"] {
+            let created = ok(
+                c.create_multipart_upload().bucket(b).key(key).send().await,
+                "create upload",
+            );
+            made.push((key.to_owned(), created.upload_id().expect("upload id").to_owned()));
+        }
+        let mut seen = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        for _ in 0..20 {
+            let page = ok(
+                c.list_multipart_uploads()
+                    .bucket(b)
+                    .max_uploads(1)
+                    .set_key_marker(key_marker.clone())
+                    .set_upload_id_marker(id_marker.clone())
+                    .send()
+                    .await,
+                "ListMultipartUploads, a page of 1",
+            );
+            for u in page.uploads() {
+                seen.push((u.key().unwrap_or("").to_owned(), u.upload_id().unwrap_or("").to_owned()));
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+        }
+        let mut expected = made.clone();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            seen, expected,
+            "every upload once, by key and then in the order they began"
+        );
+
+        let grouped = ok(
+            c.list_multipart_uploads().bucket(b).delimiter("/").send().await,
+            "ListMultipartUploads with a delimiter",
+        );
+        let prefixes: Vec<&str> = grouped.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+        assert_eq!(prefixes, ["dir/"], "{grouped:?}");
+        let keys: Vec<&str> = grouped.uploads().iter().filter_map(|u| u.key()).collect();
+        assert_eq!(keys, ["k1", "k1", "k1", "k1", "k2"], "{grouped:?}");
+
+        let missing = c
+            .delete_objects()
+            .bucket("no-such-bucket-here")
+            .delete(
+                aws_sdk_s3::types::Delete::builder()
+                    .objects(
+                        aws_sdk_s3::types::ObjectIdentifier::builder()
+                            .key("k")
+                            .build()
+                            .expect("an object identifier"),
+                    )
+                    .quiet(true)
+                    .build()
+                    .expect("a Delete"),
+            )
+            .send()
+            .await;
+        expect_err(missing, 404, Some("NoSuchBucket"));
+    })
+    .await;
+}
