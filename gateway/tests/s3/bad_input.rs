@@ -1104,7 +1104,9 @@ fn more_than_one_checksum_a_checksum_of_another_algorithm_or_an_unknown_class_is
         use sha1::Digest;
         base64_simd::STANDARD.encode_to_string(sha1::Sha1::digest(&body))
     };
-    let cases: [(&[(&str, &str)], u16, &str, &str); 5] = [
+    // The headers, then the status and code expected, and what the case is.
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+    let cases: [Case; 5] = [
         (
             &[("x-amz-checksum-crc32", &crc32), ("x-amz-checksum-sha1", &sha1)],
             400,
