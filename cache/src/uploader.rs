@@ -234,6 +234,7 @@ impl Uploader {
                     }
                     self.journal.stats.uploaded_bytes.inc_by(v.size());
                     self.journal.note_origin_fault(None);
+                    self.journal.mark_in_origin(seq);
                     let stored = match (&out, &v.put) {
                         (Some(out), Some(put)) => match self.origin_copy(&v, put, &out.etag, seq).await {
                             AtOrigin::Ours(copy) => Some(copy),

@@ -276,6 +276,11 @@ impl Journal {
     /// Waits until version `seq` is in the origin (write-through, strict barriers), up to `limit`.
     pub(crate) async fn wait_confirmed(&self, seq: u64, limit: Duration) -> StoreResult<()> {
         self.wait_until(limit, |st| {
+            // The origin answered its upload: it holds the version (the uploader's check of
+            // what it keeps, and any upload again, follow with the version still in the journal).
+            if st.in_origin.contains(&seq) {
+                return Some(Ok(()));
+            }
             if let Some(error) = st.failed.get(&seq) {
                 return Some(Err(StoreError::Refused {
                     seq,
@@ -286,6 +291,14 @@ impl Journal {
             (!st.versions.contains_key(&seq)).then_some(Ok(()))
         })
         .await
+    }
+
+    /// The origin answered the upload of `seq`: a client waiting on it (write-through) need not
+    /// wait for the uploader's check that follows.
+    pub(crate) fn mark_in_origin(&self, seq: u64) {
+        if lock(&self.state).mark_in_origin(seq) {
+            self.released.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Waits until `okey` has no unconfirmed version (before a conditional request or a copy goes

@@ -75,6 +75,9 @@ pub(crate) struct State {
     /// Of those, the origin's answer (status, code, message) where it was one: what a client
     /// waiting on a write-through version is answered.
     pub answers: BTreeMap<u64, (u16, String, String)>,
+    /// Versions whose upload the origin answered, not yet released (the uploader still checks
+    /// what the origin holds): a client waiting on one is answered.
+    pub in_origin: HashSet<u64>,
     pub dirty_bytes: u64,
     pub last_seq: u64,
     /// The last origin fault the uploader met, while it lasts.
@@ -98,6 +101,11 @@ impl State {
         }
     }
 
+    /// The origin answered the upload of `seq`; `false` if it is no longer here or was marked.
+    pub(crate) fn mark_in_origin(&mut self, seq: u64) -> bool {
+        self.versions.contains_key(&seq) && self.in_origin.insert(seq)
+    }
+
     /// Removes a version (confirmed, skipped, or dropped); the next version of its key becomes
     /// ready. Returns it.
     pub(crate) fn remove(&mut self, seq: u64) -> Option<Version> {
@@ -109,6 +117,7 @@ impl State {
         }
         self.failed.remove(&seq);
         self.answers.remove(&seq);
+        self.in_origin.remove(&seq);
         if v.ordered()
             && let Some(set) = self.stages.get_mut(&v.stage)
         {

@@ -316,6 +316,39 @@ fn barriers_order_uploads_on_every_intermediate_origin_state() {
     }
 }
 
+/// A write-through PUT is answered once the origin answered its upload, without waiting for the
+/// uploader's check of what the origin keeps (a HEAD, one more round trip): a checkpoint waits
+/// for its WAL segment's upload and nothing after it. The version leaves the journal only once
+/// that check is over.
+#[test]
+fn a_write_through_put_is_answered_once_the_origin_answers_its_upload() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.put("wal/000000010000000000000001", b"the bucket is known");
+    let key = "wal/000000010000000000000009";
+    let wal = pattern(1 << 20, 17);
+    // The uploader's HEAD of the segment after its upload is held 8 s (its own limit is 5 s).
+    s.faults(r#"{"match_method": "HEAD", "match_key_prefix": "wal/", "error_kinds": ["stall"], "stall_ms": 8000, "fail_next": 1}"#);
+    let started = Instant::now();
+    s.put(key, &wal);
+    let took = started.elapsed();
+    assert_eq!(s.in_moto(key), Some(wal.clone()), "answered before the origin had it");
+    assert!(
+        took < Duration::from_secs(3),
+        "the answer waited for the check after the upload: {took:?}"
+    );
+    let status = admin_get(s.perch(), "/status").1;
+    let pending: serde_json::Value = serde_json::from_str(&status).expect("/status is JSON");
+    assert_eq!(
+        pending["dirty_objects"], 1,
+        "the version stays in the journal while the check runs: {status}"
+    );
+    s.no_faults();
+    s.flush(Duration::from_secs(30));
+    assert_eq!(perch_get(&s, key).as_deref(), Some(&wal[..]));
+}
+
 #[test]
 fn write_through_and_the_lock_sequence_of_a_restart() {
     let _turn = machine::share();
