@@ -326,6 +326,8 @@ fn a_write_through_put_is_answered_once_the_origin_answers_its_upload() {
     let s = Stack::start(&[]);
     let _log = s.log_on_panic();
     s.put("wal/000000010000000000000001", b"the bucket is known");
+    // Its own HEAD is over before the fault is set.
+    s.flush(Duration::from_secs(30));
     let key = "wal/000000010000000000000009";
     let wal = pattern(1 << 20, 17);
     // The uploader's HEAD of the segment after its upload is held 8 s (its own limit is 5 s).
