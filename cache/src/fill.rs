@@ -236,7 +236,7 @@ impl Reader {
     /// went stale or is too large.
     async fn run_fill(&self, okey: &ObjectKey, fill: &Arc<Fill>) -> Result<(), FillError> {
         let (bucket, key) = (okey.bucket(), okey.key());
-        let io_err = |e: io::Error| FillError::Unavailable(format!("cache temp file: {e}"));
+        let io_err = FillError::TempFile;
         let temp = self.local.blobs.temp_path();
         let _cleanup = TempGuard(temp.clone());
         // The temp file is made off the async threads while the origin answers: creating a file

@@ -5,8 +5,38 @@ use std::time::Duration;
 
 /// A size or duration that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UnitError(String);
+pub enum UnitError {
+    /// Its number does not parse.
+    #[error("invalid {what} `{text}`")]
+    Number {
+        what: &'static str,
+        text: String,
+        #[source]
+        source: NumberError,
+    },
+    /// A unit it does not know, a value out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why the number of a size or duration does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    #[error(transparent)]
+    Integer(#[from] std::num::ParseIntError),
+    #[error(transparent)]
+    Decimal(#[from] std::num::ParseFloatError),
+}
+
+impl UnitError {
+    fn number(what: &'static str, text: &str, source: impl Into<NumberError>) -> UnitError {
+        UnitError::Number {
+            what,
+            text: text.to_owned(),
+            source: source.into(),
+        }
+    }
+}
 
 /// Parses `1048576`, `64k`, `512KiB`, `256MiB`, `20GiB`, `1TiB` (binary multiples; `KB`, `MB`,
 /// `GB`, `TB` are powers of 1000).
@@ -14,7 +44,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| UnitError(format!("invalid size `{s}`")))?;
+    let n: u64 = num.parse().map_err(|e| UnitError::number("size", s, e))?;
     let mult: u64 = match unit.trim() {
         "" | "B" | "b" => 1,
         "K" | "k" | "KiB" | "kib" => 1 << 10,
@@ -26,13 +56,13 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
         "GB" | "gb" => 1_000_000_000,
         "TB" | "tb" => 1_000_000_000_000,
         other => {
-            return Err(UnitError(format!(
+            return Err(UnitError::Invalid(format!(
                 "invalid size unit `{other}` in `{s}` (use B, KiB, MiB, GiB, TiB)"
             )));
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| UnitError(format!("size `{s}` is too large")))
+        .ok_or_else(|| UnitError::Invalid(format!("size `{s}` is too large")))
 }
 
 /// Parses `120`, `120s`, `2m`, `500ms`, `1.5s`, `1h`.
@@ -40,25 +70,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| UnitError(format!("invalid duration `{s}`")))?;
+    let n: f64 = num.parse().map_err(|e| UnitError::number("duration", s, e))?;
     let secs = match unit.trim() {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         other => {
-            return Err(UnitError(format!(
+            return Err(UnitError::Invalid(format!(
                 "invalid duration unit `{other}` in `{s}` (use ms, s, m or h)"
             )));
         }
     };
     if !secs.is_finite() || secs < 0.0 {
-        return Err(UnitError(format!("invalid duration `{s}`")));
+        return Err(UnitError::Invalid(format!("invalid duration `{s}`")));
     }
     // Far beyond any setting, and short enough that `Instant::now() + d` cannot overflow.
     const LONGEST: f64 = 100.0 * 365.0 * 86_400.0;
     if secs > LONGEST {
-        return Err(UnitError(format!("duration `{s}` is too long (100 years at most)")));
+        return Err(UnitError::Invalid(format!(
+            "duration `{s}` is too long (100 years at most)"
+        )));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -93,5 +125,18 @@ mod tests {
         assert_eq!(parse_size("3GB"), Ok(3_000_000_000));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn a_number_that_does_not_parse_keeps_its_cause() {
+        use std::error::Error;
+        let e = parse_size("99999999999999999999").unwrap_err();
+        assert_eq!(e.to_string(), "invalid size `99999999999999999999`");
+        let cause = e.source().map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("number too large to fit in target type"));
+        let e = parse_duration("1.2.3s").unwrap_err();
+        assert!(e.source().is_some(), "{e:?}");
+        // A unit it does not know has no cause beyond itself.
+        assert!(parse_size("12 parsecs").unwrap_err().source().is_none());
     }
 }

@@ -72,19 +72,29 @@ impl Progress {
 }
 
 /// Why a fill failed, kept so that every waiter can be given the same error.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum FillError {
+    #[error("no such key")]
     NoSuchKey,
+    #[error("no such bucket")]
     NoSuchBucket,
-    Rejected {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    #[error("refused: {status} {code}")]
+    Rejected { status: u16, code: String, message: String },
+    /// The origin failed: a fault its retries did not outlast, or the range request that resumes a
+    /// broken body.
+    #[error("unavailable: {0}")]
+    Origin(#[source] OriginError),
+    /// The origin's body broke and could not be resumed, or ended short.
+    #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The fill's temp file could not be made, written or checked.
+    #[error("unavailable: cache temp file: {0}")]
+    TempFile(#[source] std::io::Error),
+    #[error("corrupt: {0}")]
     Corrupt(String),
     /// No room for a copy on the data dir's filesystem, even after evicting: readers get the
     /// object from the origin, not kept (set before any reader streams from the fill).
+    #[error("no room on the data dir's filesystem for a copy")]
     NoRoom,
 }
 
@@ -94,7 +104,7 @@ impl FillError {
             OriginError::NoSuchKey => FillError::NoSuchKey,
             OriginError::NoSuchBucket => FillError::NoSuchBucket,
             OriginError::Rejected { status, code, message } => FillError::Rejected { status, code, message },
-            other => FillError::Unavailable(other.to_string()),
+            other => FillError::Origin(other),
         }
     }
 
@@ -107,27 +117,18 @@ impl FillError {
                 code: code.clone(),
                 message: message.clone(),
             },
+            FillError::Origin(e) => OriginError::Unavailable {
+                seconds: 0,
+                last: e.to_string(),
+            },
             FillError::Unavailable(m) | FillError::Corrupt(m) => OriginError::Unavailable {
                 seconds: 0,
                 last: m.clone(),
             },
-            FillError::NoRoom => OriginError::Unavailable {
+            FillError::TempFile(_) | FillError::NoRoom => OriginError::Unavailable {
                 seconds: 0,
                 last: self.to_string(),
             },
-        }
-    }
-}
-
-impl std::fmt::Display for FillError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FillError::NoSuchKey => f.write_str("no such key"),
-            FillError::NoSuchBucket => f.write_str("no such bucket"),
-            FillError::Rejected { status, code, .. } => write!(f, "refused: {status} {code}"),
-            FillError::Unavailable(m) => write!(f, "unavailable: {m}"),
-            FillError::Corrupt(m) => write!(f, "corrupt: {m}"),
-            FillError::NoRoom => f.write_str("no room on the data dir's filesystem for a copy"),
         }
     }
 }
