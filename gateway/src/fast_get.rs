@@ -82,15 +82,18 @@ impl FastGet {
         Some(answer.unwrap_or_else(|e| error_response(convert::store_error(e))))
     }
 
-    /// Why `req` is refused whatever its body holds, when that shows in its head alone: no
-    /// credentials at all, or an `Authorization` of no scheme S3 knows (403 AccessDenied), or
-    /// credentials naming an access key other than Perch's (403 InvalidAccessKeyId). The door
-    /// asks before it receives a body it must hold whole (a chunked one), so that nobody without
-    /// a key fills the spool. (A wrong signature with the right key id is found by s3s, once
-    /// the body is in.)
+    /// Why `req` is refused whatever its body holds, when that shows in its head alone, as S3's
+    /// error code: no credentials at all (403 AccessDenied), an `Authorization` of no scheme S3
+    /// knows (400 InvalidArgument) or a SigV4 one without its credential (400
+    /// AuthorizationHeaderMalformed), or credentials naming an access key other than Perch's (403
+    /// InvalidAccessKeyId). The door asks before it receives a body it must hold whole (a chunked
+    /// one), so that nobody without a key fills the spool. (A wrong signature with the right key
+    /// id is found by s3s, once the body is in.)
     pub fn refused_by_its_head<B>(&self, req: &Request<B>) -> Option<&'static str> {
         const DENIED: &str = "AccessDenied";
         const UNKNOWN: &str = "InvalidAccessKeyId";
+        const MALFORMED: &str = "AuthorizationHeaderMalformed";
+        const UNSUPPORTED: &str = "InvalidArgument";
         let known = |key: &str| {
             if self.verifier.has_key(key) {
                 None
@@ -99,18 +102,18 @@ impl FastGet {
             }
         };
         if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-            let Ok(value) = value.to_str() else { return Some(DENIED) };
-            if let Some(v4) = value.strip_prefix("AWS4-HMAC-SHA256 ") {
+            let Ok(value) = value.to_str() else { return Some(UNSUPPORTED) };
+            if let Some(v4) = value.strip_prefix("AWS4-HMAC-SHA256") {
                 let key = v4
                     .split(',')
                     .find_map(|p| p.trim().strip_prefix("Credential="))
                     .and_then(|c| c.split('/').next());
-                return key.map_or(Some(DENIED), known);
+                return key.map_or(Some(MALFORMED), known);
             }
             if let Some(v2) = value.strip_prefix("AWS ") {
                 return v2.split(':').next().map_or(Some(DENIED), known);
             }
-            return Some(DENIED);
+            return Some(UNSUPPORTED);
         }
         let query = req.uri().query().unwrap_or("");
         for pair in query.split('&') {
@@ -395,7 +398,8 @@ fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
 /// garbage). Any other header is never ignored.
 fn ignored(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> bool {
     let malformed: fn(&str) -> bool = match name {
-        "range" => |v| s3s::dto::Range::parse(v).is_err(),
+        // s3s reads `bytes=-` (no length) as a suffix of 0 bytes, 416; it is no range at all.
+        "range" => |v| s3s::dto::Range::parse(v).is_err() || v.trim() == "bytes=-",
         "if-modified-since" | "if-unmodified-since" => |v| {
             s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, v).is_err() && httpdate::parse_http_date(v).is_err()
         },

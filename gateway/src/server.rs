@@ -270,9 +270,33 @@ pub(crate) fn usual_message(code: &str) -> Option<&'static str> {
     })
 }
 
+/// The bucket and key of a request answered 404.
+struct Missing {
+    bucket: String,
+    key: String,
+}
+
+/// `text` escaped for an XML element; `None` if it holds a character XML 1.0 cannot carry.
+fn xml_text(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' | '\n' => out.push(c),
+            c if c.is_control() => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
 /// An S3 XML error as S3 writes it: with its request id (`<RequestId>`, the `x-amz-request-id`
-/// header's) and a `<Message>` (s3s leaves some out). Only error documents in one piece.
-fn error_completed(mut r: Response<s3s::Body>, id: &http::HeaderValue) -> Response<s3s::Body> {
+/// header's), a `<Message>` (s3s leaves some out), and for NoSuchKey and NoSuchBucket the `<Key>`
+/// or `<BucketName>` asked for. Only error documents in one piece.
+fn error_completed(mut r: Response<s3s::Body>, id: &http::HeaderValue, missing: Option<&Missing>) -> Response<s3s::Body> {
     let Some(body) = r
         .body()
         .bytes()
@@ -288,15 +312,28 @@ fn error_completed(mut r: Response<s3s::Body>, id: &http::HeaderValue) -> Respon
     };
     let mut out = String::with_capacity(text.len() + 160);
     out.push_str(&text[..end]);
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map_or("", |(code, _)| code);
     if !text.contains("<Message>")
-        && let Some(message) = text
-            .split_once("<Code>")
-            .and_then(|(_, rest)| rest.split_once("</Code>"))
-            .and_then(|(code, _)| usual_message(code))
+        && let Some(message) = usual_message(code)
     {
         out.push_str("<Message>");
         out.push_str(message);
         out.push_str("</Message>");
+    }
+    let named = match (code, missing) {
+        ("NoSuchKey", Some(m)) if !text.contains("<Key>") && !m.key.is_empty() => Some(("Key", &m.key)),
+        ("NoSuchBucket", Some(m)) if !text.contains("<BucketName>") && !m.bucket.is_empty() => {
+            Some(("BucketName", &m.bucket))
+        }
+        _ => None,
+    };
+    if let Some((element, value)) = named
+        && let Some(value) = xml_text(value)
+    {
+        out.push_str(&format!("<{element}>{value}</{element}>"));
     }
     out.push_str("<RequestId>");
     out.push_str(id.to_str().unwrap_or_default());
@@ -328,6 +365,65 @@ fn presigned_for_over_a_week(query: Option<&str>) -> bool {
             .filter_map(|pair| pair.strip_prefix("X-Amz-Expires="))
             .any(|v| v.parse::<u64>().map_or(true, |secs| secs > WEEK_SECS))
     })
+}
+
+/// What a request's `Authorization` header claims to be, for S3's answer when s3s cannot read it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuthScheme {
+    None,
+    SigV4,
+    Other,
+}
+
+impl AuthScheme {
+    fn of(headers: &http::HeaderMap) -> AuthScheme {
+        match headers.get(http::header::AUTHORIZATION) {
+            None => AuthScheme::None,
+            Some(v) if v.as_bytes().starts_with(b"AWS4-HMAC-SHA256") => AuthScheme::SigV4,
+            Some(_) => AuthScheme::Other,
+        }
+    }
+}
+
+/// S3's message for a SigV4 `Authorization` header it cannot read (AuthorizationHeaderMalformed).
+const AUTHORIZATION_MALFORMED: &str = "The authorization header that you provided is not valid.";
+/// S3's message for an `Authorization` header of a scheme it does not know (InvalidArgument).
+const AUTHORIZATION_UNSUPPORTED: &str = "Unsupported Authorization Type";
+
+/// The answer to a request `FastGet::refused_by_its_head` refuses, by the code it names.
+fn refused_head(code: &'static str) -> Response<s3s::Body> {
+    match code {
+        "AuthorizationHeaderMalformed" => error_response(StatusCode::BAD_REQUEST, code, AUTHORIZATION_MALFORMED),
+        "InvalidArgument" => error_response(StatusCode::BAD_REQUEST, code, AUTHORIZATION_UNSUPPORTED),
+        _ => error_response(StatusCode::FORBIDDEN, code, usual_message(code).unwrap_or_default()),
+    }
+}
+
+/// S3's answer where s3s answers 400 InvalidRequest for a header of the signature it cannot parse:
+/// a SigV4 `Authorization` header it cannot read is AuthorizationHeaderMalformed, a scheme that is
+/// neither SigV4 nor SigV2 is InvalidArgument ("Unsupported Authorization Type"), and a signed
+/// request without an `x-amz-date` that is a date is 403 AccessDenied. Every other answer is left
+/// as it is.
+fn unreadable_auth_as_s3(r: Response<s3s::Body>, scheme: AuthScheme) -> Response<s3s::Body> {
+    let says = |message: &str| {
+        r.body()
+            .bytes()
+            .is_some_and(|b| b.windows(message.len()).any(|w| w == message.as_bytes()))
+    };
+    if scheme != AuthScheme::None && says("<Message>invalid header: authorization</Message>") {
+        return match scheme {
+            AuthScheme::SigV4 => refused_head("AuthorizationHeaderMalformed"),
+            _ => refused_head("InvalidArgument"),
+        };
+    }
+    if says("<Message>invalid header: x-amz-date</Message>") || says("<Message>missing header: x-amz-date</Message>") {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "AWS authentication requires a valid Date or x-amz-date header",
+        );
+    }
+    carriage_returns_escaped(r)
 }
 
 /// An S3 XML error answered before s3s sees the request.
@@ -367,6 +463,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         .is_some_and(|v| v.as_bytes() == b"0");
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
     let head = req.method() == http::Method::HEAD;
+    let scheme = AuthScheme::of(req.headers());
     // Whether the request's body was read to its end before the answer: if not (an answer given
     // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
     // the answer says so (`Connection: close`), so that a client never sends its next request on
@@ -374,7 +471,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
     // (No flag for a request without a body, as every GET: nothing to allocate on the hit path.)
     let body_read =
         (!http_body::Body::is_end_stream(req.body())).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
-    let mut response = REQUEST
+    let (mut response, missing) = REQUEST
         .scope(RefCell::new(RequestInfo::default()), async {
             let mut direct = false;
             let prepared = if let Some(declared) = too_large_body {
@@ -401,11 +498,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 });
                 if chunked::lacks_length(&req) {
                     match door.fast.refused_by_its_head(&req) {
-                        Some(code) => Err(error_response(
-                            StatusCode::FORBIDDEN,
-                            code,
-                            usual_message(code).unwrap_or_default(),
-                        )),
+                        Some(code) => Err(refused_head(code)),
                         None => match chunked::with_length(req, &door.spool_dir, limits.body_bytes_max).await {
                             // Now of known length, a document is bounded and checked as any.
                             Ok(req) if document::too_large(&req) => Err(error_response(
@@ -424,11 +517,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     // Held whole before s3s checks its signature, as a chunked body is: refused on
                     // its head first when it can never pass.
                     match door.fast.refused_by_its_head(&req) {
-                        Some(code) => Err(error_response(
-                            StatusCode::FORBIDDEN,
-                            code,
-                            usual_message(code).unwrap_or_default(),
-                        )),
+                        Some(code) => Err(refused_head(code)),
                         None => document::checked(req)
                             .await
                             .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
@@ -438,8 +527,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 }
             };
             let response = match prepared {
-                Ok(req) => match door.s3.call(merge_content_encoding(req)).await {
+                Ok(req) => match door.s3.call(merge_repeated_headers(req)).await {
                     Ok(r) if head => part_head_partial(r),
+                    Ok(r) if r.status() == StatusCode::BAD_REQUEST => unreadable_auth_as_s3(r, scheme),
                     Ok(r) => carriage_returns_escaped(r),
                     Err(e) => {
                         tracing::error!(error = ?e, "request failed inside s3s");
@@ -472,7 +562,17 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             }
             metrics.observe(op, status, elapsed);
             tracing::info!(ms = elapsed.as_secs_f64() * 1000.0, "done");
-            response
+            // What a 404's error document names (its `<Key>` or `<BucketName>`).
+            let missing = (status == 404).then(|| {
+                REQUEST.with(|r| {
+                    let info = r.borrow();
+                    Missing {
+                        bucket: info.bucket.clone(),
+                        key: info.key.clone(),
+                    }
+                })
+            });
+            (response, missing)
         })
         .instrument(span)
         .await;
@@ -489,26 +589,35 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     if response.status().as_u16() >= 400 && !head {
-        response = error_completed(response, &id);
+        response = error_completed(response, &id, missing.as_ref());
     }
     response.headers_mut().insert("x-amz-request-id", id);
     drop(in_flight);
     response
 }
 
-/// Joins repeated `Content-Encoding` lines into one. The AWS SDKs send `Content-Encoding: gzip` and
-/// `Content-Encoding: aws-chunked` as two lines for a streaming upload of an encoded body, which
-/// HTTP allows (RFC 9110 §5.3) but s3s refuses as a duplicate header.
-fn merge_content_encoding<B>(mut req: Request<B>) -> Request<B> {
+/// Joins repeated header lines S3 reads as one comma-separated value, which s3s refuses as a
+/// duplicate header: `Content-Encoding` (the AWS SDKs send `gzip` and `aws-chunked` as two lines for
+/// a streaming upload of an encoded body, as HTTP allows: RFC 9110 §5.3) and user metadata
+/// (`x-amz-meta-*`: S3 combines the lines of one name, as SigV4's canonical request does, so the
+/// signature still holds).
+fn merge_repeated_headers<B>(mut req: Request<B>) -> Request<B> {
     let headers = req.headers_mut();
-    if headers.get_all(http::header::CONTENT_ENCODING).iter().nth(1).is_some() {
+    let repeated: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| *name == http::header::CONTENT_ENCODING || name.as_str().starts_with("x-amz-meta-"))
+        .filter(|name| headers.get_all(*name).iter().nth(1).is_some())
+        .cloned()
+        .collect();
+    for name in repeated {
         let joined: Vec<&str> = headers
-            .get_all(http::header::CONTENT_ENCODING)
+            .get_all(&name)
             .iter()
             .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
             .collect();
         if let Ok(value) = http::HeaderValue::from_str(&joined.join(",")) {
-            headers.insert(http::header::CONTENT_ENCODING, value);
+            headers.insert(name, value);
         }
     }
     req

@@ -591,7 +591,12 @@ fn a_chunked_body_without_a_valid_key_is_refused_before_it_is_received() {
     let host = format!("{BUCKET}.localhost:{}", perch.addr().port());
     let unknown_key = "AWS4-HMAC-SHA256 Credential=NOSUCHKEY/20261205/us-east-1/s3/aws4_request, \
                        SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=00";
-    for (auth, code) in [(None, "AccessDenied"), (Some(unknown_key), "InvalidAccessKeyId")] {
+    for (auth, status, code) in [
+        (None, 403, "AccessDenied"),
+        (Some(unknown_key), 403, "InvalidAccessKeyId"),
+        (Some("Bearer 0123456789abcdef"), 400, "InvalidArgument"),
+        (Some("AWS4-HMAC-SHA256 SignedHeaders=host, Signature=00"), 400, "AuthorizationHeaderMalformed"),
+    ] {
         let mut conn = TcpStream::connect(perch.addr()).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut head = format!(
@@ -606,11 +611,11 @@ fn a_chunked_body_without_a_valid_key_is_refused_before_it_is_received() {
         // One chunk, and no last chunk: the body never ends.
         conn.write_all(b"10\r\n0123456789abcdef\r\n").unwrap();
         let mut reader = BufReader::new(&conn);
-        let mut status = String::new();
+        let mut line = String::new();
         reader
-            .read_line(&mut status)
+            .read_line(&mut line)
             .unwrap_or_else(|e| panic!("{code}: no answer before the body ended: {e}"));
-        assert!(status.starts_with("HTTP/1.1 403"), "{code}: {status}");
+        assert!(line.starts_with(&format!("HTTP/1.1 {status}")), "{code}: {line}");
         let mut rest = Vec::new();
         let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
         let text = String::from_utf8_lossy(&rest);
@@ -1155,4 +1160,111 @@ fn more_than_one_checksum_a_checksum_of_another_algorithm_or_an_unknown_class_is
         .header("x-amz-checksum-crc32", &crc32)
         .go(perch.addr());
     assert_eq!(r.status, 200, "a CRC32 named CRC32: {}", r.summary());
+}
+
+/// An `Authorization` header that cannot be read gets S3's answer, not s3s's InvalidRequest: a
+/// SigV4 header is AuthorizationHeaderMalformed, an unknown scheme InvalidArgument, and a signed
+/// request without an `x-amz-date` that is a date 403 AccessDenied. Nothing is stored.
+#[test]
+fn an_unreadable_authorization_header_or_date_gets_s3s_own_answer() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    let date = perch_testkit::sigv4::amz_date(SystemTime::now());
+    let unsigned = "UNSIGNED-PAYLOAD";
+    for (method, key) in [("GET", "known"), ("PUT", "unread-auth"), ("DELETE", "known")] {
+        for (authorization, status, code) in [
+            (
+                "AWS4-HMAC-SHA256 Credential=nobody",
+                400,
+                "AuthorizationHeaderMalformed",
+            ),
+            (
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/2026/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
+                400,
+                "AuthorizationHeaderMalformed",
+            ),
+            ("Bearer 0123456789abcdef", 400, "InvalidArgument"),
+        ] {
+            let r = Req::object(method, perch.addr(), Style::Virtual, key)
+                .keys(None)
+                .body(if method == "PUT" { pattern(10, 9) } else { Vec::new() })
+                .header("x-amz-date", &date)
+                .header("x-amz-content-sha256", unsigned)
+                .header("Authorization", authorization)
+                .go(perch.addr());
+            assert_error(
+                &r,
+                status,
+                code,
+                &format!("{method} with `Authorization: {authorization}`"),
+            );
+            assert!(
+                r.text().contains("<RequestId>"),
+                "{method}: the answer is S3's whole error document: {}",
+                r.summary()
+            );
+        }
+        // A well-formed header whose request carries a date that is not one.
+        let keys = Keys::dev();
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential={}/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={}",
+            keys.access_key_id,
+            "0".repeat(64)
+        );
+        let r = Req::object(method, perch.addr(), Style::Virtual, key)
+            .keys(None)
+            .body(if method == "PUT" { pattern(10, 9) } else { Vec::new() })
+            .header("x-amz-date", "yesterday")
+            .header("x-amz-content-sha256", unsigned)
+            .header("Authorization", &authorization)
+            .go(perch.addr());
+        assert_error(
+            &r,
+            403,
+            "AccessDenied",
+            &format!("{method} with `x-amz-date: yesterday`"),
+        );
+        let r = Req::object(method, perch.addr(), Style::Virtual, key)
+            .keys(None)
+            .body(if method == "PUT" { pattern(10, 9) } else { Vec::new() })
+            .header("x-amz-content-sha256", unsigned)
+            .header("Authorization", &authorization)
+            .go(perch.addr());
+        assert_error(&r, 403, "AccessDenied", &format!("{method} without an x-amz-date"));
+    }
+    assert_missing(&perch, "unread-auth", "unreadable authorization");
+    assert_clean(&perch, &before, "unreadable authorization");
+}
+
+/// A 404's error document names what was missing, as S3's does: NoSuchKey its `<Key>` (escaped
+/// for XML), NoSuchBucket its `<BucketName>`.
+#[test]
+fn a_missing_key_or_bucket_is_named_in_its_error() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    for style in [Style::Virtual, Style::Path] {
+        let r = Req::object("GET", perch.addr(), style, &key_path("gone/a&b<c>.txt")).go(perch.addr());
+        assert_error(&r, 404, "NoSuchKey", "GET of a missing key");
+        assert!(r.text().contains("<Key>gone/a&amp;b&lt;c&gt;.txt</Key>"), "{}", r.summary());
+        assert_eq!(
+            xml_values(&r.text(), "Key"),
+            ["gone/a&b<c>.txt"],
+            "{style:?}: {}",
+            r.summary()
+        );
+    }
+    let mut req = Req::object("GET", perch.addr(), Style::Path, "k");
+    req.path = "/no-such-bucket-here/k".to_owned();
+    let r = req.go(perch.addr());
+    assert_error(&r, 404, "NoSuchBucket", "GET in a missing bucket");
+    assert_eq!(xml_values(&r.text(), "BucketName"), ["no-such-bucket-here"], "{}", r.summary());
+    let mut req = Req::bucket("GET", perch.addr(), Style::Path, "list-type=2");
+    req.path = "/no-such-bucket-here".to_owned();
+    let r = req.go(perch.addr());
+    assert_error(&r, 404, "NoSuchBucket", "a listing of a missing bucket");
+    assert_eq!(xml_values(&r.text(), "BucketName"), ["no-such-bucket-here"], "{}", r.summary());
 }
