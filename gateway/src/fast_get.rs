@@ -102,7 +102,9 @@ impl FastGet {
             }
         };
         if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-            let Ok(value) = value.to_str() else { return Some(UNSUPPORTED) };
+            let Ok(value) = value.to_str() else {
+                return Some(UNSUPPORTED);
+            };
             if let Some(v4) = value.strip_prefix("AWS4-HMAC-SHA256") {
                 let key = v4
                     .split(',')

@@ -296,7 +296,11 @@ fn xml_text(text: &str) -> Option<String> {
 /// An S3 XML error as S3 writes it: with its request id (`<RequestId>`, the `x-amz-request-id`
 /// header's), a `<Message>` (s3s leaves some out), and for NoSuchKey and NoSuchBucket the `<Key>`
 /// or `<BucketName>` asked for. Only error documents in one piece.
-fn error_completed(mut r: Response<s3s::Body>, id: &http::HeaderValue, missing: Option<&Missing>) -> Response<s3s::Body> {
+fn error_completed(
+    mut r: Response<s3s::Body>,
+    id: &http::HeaderValue,
+    missing: Option<&Missing>,
+) -> Response<s3s::Body> {
     let Some(body) = r
         .body()
         .bytes()

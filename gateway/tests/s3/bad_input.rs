@@ -595,7 +595,11 @@ fn a_chunked_body_without_a_valid_key_is_refused_before_it_is_received() {
         (None, 403, "AccessDenied"),
         (Some(unknown_key), 403, "InvalidAccessKeyId"),
         (Some("Bearer 0123456789abcdef"), 400, "InvalidArgument"),
-        (Some("AWS4-HMAC-SHA256 SignedHeaders=host, Signature=00"), 400, "AuthorizationHeaderMalformed"),
+        (
+            Some("AWS4-HMAC-SHA256 SignedHeaders=host, Signature=00"),
+            400,
+            "AuthorizationHeaderMalformed",
+        ),
     ] {
         let mut conn = TcpStream::connect(perch.addr()).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1249,7 +1253,11 @@ fn a_missing_key_or_bucket_is_named_in_its_error() {
     for style in [Style::Virtual, Style::Path] {
         let r = Req::object("GET", perch.addr(), style, &key_path("gone/a&b<c>.txt")).go(perch.addr());
         assert_error(&r, 404, "NoSuchKey", "GET of a missing key");
-        assert!(r.text().contains("<Key>gone/a&amp;b&lt;c&gt;.txt</Key>"), "{}", r.summary());
+        assert!(
+            r.text().contains("<Key>gone/a&amp;b&lt;c&gt;.txt</Key>"),
+            "{}",
+            r.summary()
+        );
         assert_eq!(
             xml_values(&r.text(), "Key"),
             ["gone/a&b<c>.txt"],
@@ -1261,10 +1269,20 @@ fn a_missing_key_or_bucket_is_named_in_its_error() {
     req.path = "/no-such-bucket-here/k".to_owned();
     let r = req.go(perch.addr());
     assert_error(&r, 404, "NoSuchBucket", "GET in a missing bucket");
-    assert_eq!(xml_values(&r.text(), "BucketName"), ["no-such-bucket-here"], "{}", r.summary());
+    assert_eq!(
+        xml_values(&r.text(), "BucketName"),
+        ["no-such-bucket-here"],
+        "{}",
+        r.summary()
+    );
     let mut req = Req::bucket("GET", perch.addr(), Style::Path, "list-type=2");
     req.path = "/no-such-bucket-here".to_owned();
     let r = req.go(perch.addr());
     assert_error(&r, 404, "NoSuchBucket", "a listing of a missing bucket");
-    assert_eq!(xml_values(&r.text(), "BucketName"), ["no-such-bucket-here"], "{}", r.summary());
+    assert_eq!(
+        xml_values(&r.text(), "BucketName"),
+        ["no-such-bucket-here"],
+        "{}",
+        r.summary()
+    );
 }
