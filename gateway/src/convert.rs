@@ -107,6 +107,15 @@ pub fn system_time(t: Timestamp) -> SystemTime {
     time::OffsetDateTime::from(t).into()
 }
 
+/// A time as S3 writes it in its documents: to the whole second (`…T02:47:52.000Z`), as the
+/// `Last-Modified` header carries it, so that a client comparing the two finds them equal.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let whole = t.duration_since(SystemTime::UNIX_EPOCH).map_or(t, |d| {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs())
+    });
+    Timestamp::from(whole)
+}
+
 pub fn conditions(
     if_match: Option<&ETagCondition>,
     if_none_match: Option<&ETagCondition>,
@@ -468,6 +477,16 @@ pub fn meta_out(m: &ObjectMeta) -> MetaOut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn document_times_are_whole_seconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_765_000_000_678);
+        let mut buf = Vec::new();
+        timestamp(t)
+            .format(s3s::dto::TimestampFormat::DateTime, &mut buf)
+            .expect("format");
+        assert_eq!(String::from_utf8_lossy(&buf), "2025-12-06T05:46:40.000Z");
+    }
 
     #[test]
     fn keys() {

@@ -27,23 +27,39 @@ impl PerchHost {
             domain: domain.to_ascii_lowercase(),
         }
     }
-}
 
-impl S3Host for PerchHost {
-    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+    /// The bucket a virtual-hosted `host` names, lower-case; `None` for a path-style host.
+    pub fn bucket_of(&self, host: &str) -> Option<String> {
         let name = match host.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         };
         let lower = name.to_ascii_lowercase();
-        if let Some(bucket) = lower
+        lower
             .strip_suffix(self.domain.as_str())
             .and_then(|b| b.strip_suffix('.'))
-            && !bucket.is_empty()
-        {
-            return Ok(VirtualHost::new(self.domain.as_str()).with_bucket(bucket.to_owned()));
+            .filter(|bucket| !bucket.is_empty())
+            .map(str::to_owned)
+    }
+
+    /// An object's URL as S3 names it in an answer (CompleteMultipartUpload's `Location`): on the
+    /// host the request was sent to, virtual-hosted or path style as it was, the key URL-encoded.
+    pub fn object_url(&self, host: &str, bucket: &str, key: &str) -> String {
+        let key = perch_cache::url_encode(key);
+        match self.bucket_of(host) {
+            _ if host.is_empty() => format!("/{bucket}/{key}"),
+            Some(_) => format!("http://{host}/{key}"),
+            None => format!("http://{host}/{bucket}/{key}"),
         }
-        Ok(VirtualHost::new(host))
+    }
+}
+
+impl S3Host for PerchHost {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
+        Ok(match self.bucket_of(host) {
+            Some(bucket) => VirtualHost::new(self.domain.as_str()).with_bucket(bucket),
+            None => VirtualHost::new(host),
+        })
     }
 }
 
@@ -221,6 +237,22 @@ mod tests {
         assert_eq!(vh.bucket(), None);
         let vh = h.parse_host_header("a.b.localhost").unwrap();
         assert_eq!(vh.bucket(), Some("a.b"));
+    }
+
+    #[test]
+    fn object_urls_keep_the_requests_addressing() {
+        let h = PerchHost::new("localhost");
+        assert_eq!(
+            h.object_url("orioledb.localhost:9000", "orioledb", "wal/0001 a+b"),
+            "http://orioledb.localhost:9000/wal/0001%20a%2Bb"
+        );
+        assert_eq!(
+            h.object_url("127.0.0.1:9000", "orioledb", "data/1/x"),
+            "http://127.0.0.1:9000/orioledb/data/1/x"
+        );
+        assert_eq!(h.object_url("localhost", "b", "k"), "http://localhost/b/k");
+        // No Host (HTTP/1.0): the path alone.
+        assert_eq!(h.object_url("", "b", "k"), "/b/k");
     }
 
     #[test]

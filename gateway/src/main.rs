@@ -349,7 +349,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     let hot_set_task = (config.role == config::Role::Primary && !config.hot_set_interval.is_zero())
         .then(|| tokio::spawn(record_hot_set_every(store.clone(), config.hot_set_interval)));
 
-    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir.clone()));
+    let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir.clone(), &config.domain));
     builder.set_auth(front::KeyPair::new(
         config.client.access_key_id.clone(),
         config.client.secret_access_key.clone(),

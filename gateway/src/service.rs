@@ -16,7 +16,7 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 
 use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
-use crate::front;
+use crate::front::{self, PerchHost};
 use crate::spool::{self, Declared, SpoolSync};
 
 pub struct Gateway {
@@ -27,14 +27,17 @@ pub struct Gateway {
     /// Each bucket's owner as its ACL at the origin names it (none when the origin does not say),
     /// asked once: the owner of every object listed (as on S3 with object ownership enforced).
     owners: Mutex<HashMap<String, Option<Owner>>>,
+    /// The virtual-hosted addressing of the front door, for the URLs an answer names.
+    host: PerchHost,
 }
 
 impl Gateway {
-    pub fn new(store: Arc<Store>, spool_dir: PathBuf) -> Self {
+    pub fn new(store: Arc<Store>, spool_dir: PathBuf, domain: &str) -> Self {
         Self {
             store,
             spool_dir,
             owners: Mutex::new(HashMap::new()),
+            host: PerchHost::new(domain),
         }
     }
 
@@ -235,7 +238,7 @@ fn objects_of(page: &perch_cache::Page, url: bool, owner: Option<&Owner>) -> Vec
             key: Some(encode(o.key.clone(), url)),
             size: Some(o.size as i64),
             e_tag: Some(convert::etag(&o.etag)),
-            last_modified: Some(Timestamp::from(o.last_modified)),
+            last_modified: Some(convert::timestamp(o.last_modified)),
             storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
             owner: owner.cloned(),
             ..Default::default()
@@ -370,7 +373,7 @@ impl S3 for Gateway {
             .take(max)
             .map(|b| Bucket {
                 name: Some(b.name),
-                creation_date: Some(Timestamp::from(b.created)),
+                creation_date: Some(convert::timestamp(b.created)),
                 ..Default::default()
             })
             .collect();
@@ -697,23 +700,44 @@ impl S3 for Gateway {
                 ));
             }
         };
+        let conditions = convert::conditions(
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since,
+            input.copy_source_if_unmodified_since,
+        );
         let directive = if replace {
             convert::check_metadata(&input.metadata)?;
             let headers = content_headers!(input);
             convert::check_header_room(&headers)?;
             Directive::Replace(headers)
+        } else if src_bucket == input.bucket
+            && src_key == input.key
+            && (input.storage_class.is_some() || input.server_side_encryption.is_some())
+        {
+            // A copy onto itself that names a storage class or an encryption S3 takes as a change
+            // (the way to rewrite an object in place); Perch takes both without passing them on
+            // (they are what every object gets), so it copies the object's own headers again, a
+            // change no origin refuses.
+            let (meta, _) = self
+                .store
+                .head(&src_bucket, &src_key, &conditions)
+                .await
+                .map_err(|e| match e {
+                    perch_cache::StoreError::Origin(perch_cache::OriginError::NotModified { .. }) => s3_error!(
+                        PreconditionFailed,
+                        "At least one of the pre-conditions you specified did not hold"
+                    ),
+                    e => store_error(e),
+                })?;
+            Directive::Replace(meta.headers)
         } else {
             Directive::Copy
         };
         let copy = CopyInput {
             src_bucket,
             src_key,
-            conditions: convert::conditions(
-                input.copy_source_if_match.as_ref(),
-                input.copy_source_if_none_match.as_ref(),
-                input.copy_source_if_modified_since,
-                input.copy_source_if_unmodified_since,
-            ),
+            conditions,
             directive,
         };
         let out = self
@@ -724,7 +748,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(convert::etag(&out.etag)),
-                last_modified: Some(Timestamp::from(out.last_modified)),
+                last_modified: Some(convert::timestamp(out.last_modified)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -839,7 +863,7 @@ impl S3 for Gateway {
                 key: Some(encode(o.key.clone(), url)),
                 size: Some(o.size as i64),
                 e_tag: Some(convert::etag(&o.etag)),
-                last_modified: Some(Timestamp::from(o.last_modified)),
+                last_modified: Some(convert::timestamp(o.last_modified)),
                 is_latest: Some(true),
                 version_id: Some("null".to_owned()),
                 storage_class: Some(ObjectVersionStorageClass::from_static(
@@ -980,7 +1004,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(convert::etag(&out.etag)),
-                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                last_modified: Some(convert::timestamp(std::time::SystemTime::now())),
                 checksum_crc32: c.crc32,
                 checksum_crc32c: c.crc32c,
                 checksum_crc64nvme: c.crc64nvme,
@@ -1029,7 +1053,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        let input = req.input;
+        let (input, headers) = (req.input, req.headers);
         convert::check_key(&input.key)?;
         convert::check_unconditional(
             "multipart completions",
@@ -1066,7 +1090,16 @@ impl S3 for Gateway {
             .map_err(store_error)?;
         let c = out.checksums;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
-            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            location: Some(
+                self.host.object_url(
+                    headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default(),
+                    &input.bucket,
+                    &input.key,
+                ),
+            ),
             bucket: Some(input.bucket),
             key: Some(input.key),
             e_tag: Some(convert::etag(&out.etag)),
@@ -1111,7 +1144,7 @@ impl S3 for Gateway {
                 part_number: Some(p.part_number),
                 e_tag: Some(convert::etag(&p.etag)),
                 size: Some(p.size as i64),
-                last_modified: Some(Timestamp::from(p.last_modified)),
+                last_modified: Some(convert::timestamp(p.last_modified)),
                 checksum_crc32: p.checksums.crc32,
                 checksum_crc32c: p.checksums.crc32c,
                 checksum_crc64nvme: p.checksums.crc64nvme,
@@ -1208,7 +1241,7 @@ impl S3 for Gateway {
                     uploads.push(MultipartUpload {
                         key: Some(encode(u.key, url)),
                         upload_id: Some(u.upload_id),
-                        initiated: Some(Timestamp::from(u.initiated)),
+                        initiated: Some(convert::timestamp(u.initiated)),
                         initiator: owner.as_ref().map(initiator_of),
                         owner: owner.clone(),
                         storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),

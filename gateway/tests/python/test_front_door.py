@@ -207,6 +207,38 @@ def test_a_browser_form_upload_is_stored_as_a_put(perch, bucket):
         assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text, (key, r.text)
 
 
+# --------------------------------------------------------------------------- repeated metadata lines
+
+
+def test_repeated_metadata_lines_are_one_comma_separated_value(perch, bucket):
+    """Two `x-amz-meta-d` lines are one value `1,2` to S3 (it combines the lines of one name), and
+    signed as such: SigV4's canonical request joins them the same way. s3s refused them as a
+    duplicate header."""
+    import http.client
+
+    body = b"repeated"
+    url = f"{perch.path_url}/{bucket}/dupmeta"
+    headers = {"x-amz-meta-d": "1,2", "x-amz-content-sha256": hashlib.sha256(body).hexdigest()}
+    req = AWSRequest(method="PUT", url=url, data=body, headers=headers)
+    S3SigV4Auth(Credentials(DEV_KEY, DEV_SECRET), "s3", REGION).add_auth(req)
+    conn = http.client.HTTPConnection("127.0.0.1", perch.port, timeout=30)
+    conn.putrequest("PUT", f"/{bucket}/dupmeta", skip_accept_encoding=True)
+    for name, value in req.headers.items():
+        if name.lower() != "x-amz-meta-d":
+            conn.putheader(name, value)
+    conn.putheader("x-amz-meta-d", "1")
+    conn.putheader("x-amz-meta-d", "2")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body)
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    conn.close()
+    got = make_client(perch).head_object(Bucket=bucket, Key="dupmeta")
+    assert got["Metadata"] == {"d": "1,2"}
+    assert make_client(perch).get_object(Bucket=bucket, Key="dupmeta")["Body"].read() == body
+
+
 # --------------------------------------------------------------------------- what is not kept
 
 

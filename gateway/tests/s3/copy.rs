@@ -1,12 +1,14 @@
 //! CopyObject through aws-sdk-s3, against both origins: metadata, conditions, odd keys, errors.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::MetadataDirective;
+use aws_sdk_s3::types::{MetadataDirective, ServerSideEncryption, StorageClass};
 use perch_testkit::bodies::pattern;
 
 use crate::support::machine;
+use crate::support::perch::flush;
 use crate::support::sdk::{
     OriginKind, assert_recent, bytes_of, copy_source, create_bucket, expect_err, for_each_origin, get_bytes, meta, ok,
     put,
@@ -163,6 +165,57 @@ async fn copy_object() {
         assert_eq!(head.content_type(), Some("text/x-new"));
         assert_eq!(head.e_tag(), Some(etag.as_str()));
         assert_eq!(head.metadata().map(HashMap::len).unwrap_or(0), 0);
+
+        // Onto itself naming an encryption or a storage class: a change to S3 (the way to rewrite
+        // an object in place), allowed, whether the object is still pending or in the origin;
+        // the object reads as before.
+        for uploaded in [false, true] {
+            let key = format!("touch-{uploaded}");
+            ok(
+                c.put_object()
+                    .bucket("copy-src")
+                    .key(&key)
+                    .body(ByteStream::from_static(b"touched"))
+                    .content_type("text/x-touch")
+                    .metadata("kept", "yes")
+                    .send()
+                    .await,
+                "put touch",
+            );
+            if uploaded {
+                flush(&gw.perch.server, Duration::from_secs(60));
+            }
+            let out = ok(
+                c.copy_object()
+                    .bucket("copy-src")
+                    .key(&key)
+                    .copy_source(copy_source("copy-src", &key))
+                    .server_side_encryption(ServerSideEncryption::Aes256)
+                    .send()
+                    .await,
+                &format!("copy onto itself with AES256 (uploaded: {uploaded})"),
+            );
+            // Its time to the whole second, as the object's Last-Modified and S3's documents.
+            let copied = out
+                .copy_object_result()
+                .and_then(|r| r.last_modified())
+                .expect("LastModified");
+            assert_eq!(copied.subsec_nanos(), 0, "{copied:?} (uploaded: {uploaded})");
+            ok(
+                c.copy_object()
+                    .bucket("copy-src")
+                    .key(&key)
+                    .copy_source(copy_source("copy-src", &key))
+                    .storage_class(StorageClass::Standard)
+                    .send()
+                    .await,
+                &format!("copy onto itself with STANDARD (uploaded: {uploaded})"),
+            );
+            let head = ok(c.head_object().bucket("copy-src").key(&key).send().await, "head touch");
+            assert_eq!(head.content_type(), Some("text/x-touch"), "uploaded: {uploaded}");
+            assert_eq!(head.metadata(), Some(&meta(&[("kept", "yes")])), "uploaded: {uploaded}");
+            assert_eq!(get_bytes(c, "copy-src", &key).await, b"touched");
+        }
 
         // Missing sources.
         expect_err(

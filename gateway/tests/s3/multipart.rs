@@ -184,6 +184,12 @@ async fn multipart_uploads() {
         let expected_etag = multipart_etag(&[&part1, &part2]);
         assert!(expected_etag.ends_with("-2\""));
         assert_eq!(completed.e_tag(), Some(expected_etag.as_str()));
+        // S3's Location is the object's URL (path style here, as the client addressed it).
+        assert_eq!(
+            completed.location(),
+            Some(format!("{}/{b}/big", gw.perch.server.endpoint).as_str()),
+            "the completion names the object's URL"
+        );
 
         let got = ok(c.get_object().bucket(b).key("big").send().await, "get big");
         assert_eq!(got.e_tag(), Some(expected_etag.as_str()));
