@@ -137,6 +137,15 @@ pub fn range(r: Range) -> ByteRange {
     }
 }
 
+/// The Range a GET or HEAD asks for: s3s's, but none for `bytes=-`, which s3s reads as a suffix
+/// of 0 bytes (416) and S3, as any Range that is not one, ignores.
+pub fn requested_range(range: Option<Range>, headers: &http::HeaderMap) -> Option<Range> {
+    let empty_suffix = headers
+        .get(http::header::RANGE)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"bytes=-");
+    range.filter(|_| !empty_suffix)
+}
+
 pub fn expires_header(t: Option<Timestamp>) -> Option<String> {
     let t = t?;
     let mut buf = Vec::new();
@@ -146,6 +155,17 @@ pub fn expires_header(t: Option<Timestamp>) -> Option<String> {
 
 pub fn expires_timestamp(s: Option<&str>) -> Option<Timestamp> {
     Timestamp::parse(TimestampFormat::HttpDate, s?).ok()
+}
+
+/// A stored `Expires` that is no HTTP date, as the header S3 answers with it: S3 keeps whatever
+/// text it was given (`0`, `-1`), where s3s only writes a date. `None` for a date (s3s writes
+/// it), or when a `response-expires` takes its place (`overridden`).
+pub fn expires_text(m: &ObjectMeta, overridden: bool) -> Option<http::HeaderValue> {
+    let text = m.headers.expires.as_deref()?;
+    if overridden || expires_timestamp(Some(text)).is_some() {
+        return None;
+    }
+    http::HeaderValue::from_str(text).ok()
 }
 
 /// The stored headers of a PUT, copy or multipart upload.

@@ -106,14 +106,17 @@ impl FastGet {
                 return Some(UNSUPPORTED);
             };
             if let Some(v4) = value.strip_prefix("AWS4-HMAC-SHA256") {
+                // `KEY/DATE/REGION/SERVICE/aws4_request`, or the header is malformed.
                 let key = v4
                     .split(',')
                     .find_map(|p| p.trim().strip_prefix("Credential="))
+                    .filter(|c| c.split('/').count() == 5 && c.ends_with("/aws4_request"))
                     .and_then(|c| c.split('/').next());
                 return key.map_or(Some(MALFORMED), known);
             }
             if let Some(v2) = value.strip_prefix("AWS ") {
-                return v2.split(':').next().map_or(Some(DENIED), known);
+                // `KEY:SIGNATURE`, or S3 answers InvalidArgument.
+                return v2.split_once(':').map_or(Some(UNSUPPORTED), |(key, _)| known(key));
             }
             return Some(UNSUPPORTED);
         }
@@ -348,7 +351,8 @@ fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3
     if let Ok(v) = etag {
         h.insert(header::ETAG, v);
     }
-    // Expires as s3s writes it: read as an HTTP date and written again (left out if unreadable).
+    // Expires as s3s writes it: read as an HTTP date and written again; a text that is no date
+    // (S3 keeps what it was given, e.g. `0`) as it is.
     if let Some(expires) = convert::expires_timestamp(c.expires.as_deref()) {
         let mut buf = Vec::with_capacity(32);
         if expires.format(TimestampFormat::HttpDate, &mut buf).is_ok()
@@ -356,6 +360,8 @@ fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3
         {
             h.insert(header::EXPIRES, v);
         }
+    } else if let Some(v) = convert::expires_text(meta, false) {
+        h.insert(header::EXPIRES, v);
     }
     h.insert(header::LAST_MODIFIED, http_date(meta.last_modified));
     for (k, v) in &c.metadata {

@@ -167,6 +167,14 @@ fn checksum_mode(mode: &Option<ChecksumMode>) -> bool {
     mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
 }
 
+/// Adds the stored `Expires` s3s cannot write (`convert::expires_text`).
+fn with_expires<T>(mut resp: S3Response<T>, expires: Option<http::HeaderValue>) -> S3Response<T> {
+    if let Some(v) = expires {
+        resp.headers.insert(http::header::EXPIRES, v);
+    }
+    resp
+}
+
 /// Adds `X-Cache: HIT | MISS | REVALIDATED | BYPASS`.
 fn with_cache_status<T>(mut resp: S3Response<T>, status: CacheStatus) -> S3Response<T> {
     resp.headers
@@ -443,9 +451,10 @@ impl S3 for Gateway {
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
+        let range = convert::requested_range(input.range, &req.headers);
         convert::check_key(&input.key)?;
         convert::check_version(input.version_id.as_deref())?;
-        let part = part_number(input.part_number, input.range.is_some())?;
+        let part = part_number(input.part_number, range.is_some())?;
         let conditions = convert::conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
@@ -462,7 +471,7 @@ impl S3 for Gateway {
                 (cached, at.parts_count)
             }
             None => {
-                let range = input.range.map(convert::range);
+                let range = range.map(convert::range);
                 let cached = self
                     .store
                     .get(&input.bucket, &input.key, range, &conditions)
@@ -479,20 +488,25 @@ impl S3 for Gateway {
             None => (size, None),
         };
         let with_checksums = out.range.is_none() && checksum_mode(&input.checksum_mode);
+        let expires = convert::expires_text(&out.meta, input.response_expires.is_some());
         let output = object_output!(GetObjectOutput, &out.meta, input, with_checksums, {
             body: Some(StreamingBlob::wrap(out.body)),
             content_length: Some(content_length as i64),
             content_range: content_range,
             parts_count: parts_count.map(|n| n as i32),
         });
-        Ok(with_cache_status(S3Response::new(output), status))
+        Ok(with_cache_status(
+            with_expires(S3Response::new(output), expires),
+            status,
+        ))
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
+        let range = convert::requested_range(input.range, &req.headers);
         convert::check_key(&input.key)?;
         convert::check_version(input.version_id.as_deref())?;
-        let part = part_number(input.part_number, input.range.is_some())?;
+        let part = part_number(input.part_number, range.is_some())?;
         let conditions = convert::conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),
@@ -507,7 +521,7 @@ impl S3 for Gateway {
                 .map_err(store_error)?;
             // A HEAD with a Range answers as the GET would: the range's length and span, 206
             // (set by the door from the Content-Range), or 416 when it cannot be satisfied.
-            let (content_length, content_range) = match input.range.map(convert::range) {
+            let (content_length, content_range) = match range.map(convert::range) {
                 None => (meta.size, None),
                 Some(r) => match r.resolve(meta.size) {
                     Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{}", meta.size))),
@@ -515,11 +529,15 @@ impl S3 for Gateway {
                 },
             };
             let with_checksums = content_range.is_none() && checksum_mode(&input.checksum_mode);
+            let expires = convert::expires_text(&meta, input.response_expires.is_some());
             let output = object_output!(HeadObjectOutput, &meta, input, with_checksums, {
                 content_length: Some(content_length as i64),
                 content_range: content_range,
             });
-            return Ok(with_cache_status(S3Response::new(output), status));
+            return Ok(with_cache_status(
+                with_expires(S3Response::new(output), expires),
+                status,
+            ));
         };
         let (meta, status, at) = self
             .store
@@ -531,13 +549,17 @@ impl S3 for Gateway {
             Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{}", meta.size))),
             None => (0, None),
         };
+        let expires = convert::expires_text(&meta, input.response_expires.is_some());
         let output = object_output!(HeadObjectOutput, &meta, input, false, {
             content_length: Some(content_length as i64),
             content_range: content_range,
             parts_count: at.parts_count.map(|n| n as i32),
         });
         // 206: the door sets it from the Content-Range (`server::part_head_partial`).
-        Ok(with_cache_status(S3Response::new(output), status))
+        Ok(with_cache_status(
+            with_expires(S3Response::new(output), expires),
+            status,
+        ))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
@@ -719,18 +741,7 @@ impl S3 for Gateway {
             // (the way to rewrite an object in place); Perch takes both without passing them on
             // (they are what every object gets), so it copies the object's own headers again, a
             // change no origin refuses.
-            let (meta, _) = self
-                .store
-                .head(&src_bucket, &src_key, &conditions)
-                .await
-                .map_err(|e| match e {
-                    perch_cache::StoreError::Origin(perch_cache::OriginError::NotModified { .. }) => s3_error!(
-                        PreconditionFailed,
-                        "At least one of the pre-conditions you specified did not hold"
-                    ),
-                    e => store_error(e),
-                })?;
-            Directive::Replace(meta.headers)
+            Directive::Again
         } else {
             Directive::Copy
         };

@@ -386,6 +386,9 @@ pub struct PutOutput {
 pub enum MetadataDirective {
     Copy,
     Replace(ContentHeaders),
+    /// The source's own headers again, sent as a REPLACE: a copy onto itself that S3 takes as a
+    /// change because it names a storage class or an encryption, which Perch does not pass on.
+    Again,
 }
 
 /// A CopyObject.

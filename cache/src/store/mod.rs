@@ -391,7 +391,7 @@ impl Store {
             spool(source.output.body, src_meta.size, &temp).await?
         };
         let headers = match copy.directive {
-            MetadataDirective::Copy => src_meta.headers,
+            MetadataDirective::Copy | MetadataDirective::Again => src_meta.headers,
             MetadataDirective::Replace(h) => h,
         };
         // A composite (multipart) checksum describes the source's parts, not this single copy.

@@ -239,6 +239,36 @@ def test_repeated_metadata_lines_are_one_comma_separated_value(perch, bucket):
     assert make_client(perch).get_object(Bucket=bucket, Key="dupmeta")["Body"].read() == body
 
 
+def test_an_expires_that_is_no_date_is_answered_as_stored(perch_factory, moto):
+    """S3 keeps an object's `Expires` as the text it was given (`0` is common); s3s writes only a
+    date, so an object whose Expires is no date lost the header through Perch. Whole and ranged
+    GETs (the fast path and s3s's), HEAD, missed and hit."""
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    direct = moto.client()
+    bucket = f"e-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket)
+
+    def raw_expires(request, **kwargs):
+        request.headers["Expires"] = "0"
+
+    direct.meta.events.register("before-sign.s3.PutObject", raw_expires)
+    direct.put_object(Bucket=bucket, Key="e", Body=b"expires as text")
+    assert direct.head_object(Bucket=bucket, Key="e")["ResponseMetadata"]["HTTPHeaders"]["expires"] == "0"
+    for attempt in ("miss", "hit"):
+        got = s3.get_object(Bucket=bucket, Key="e")
+        assert got["ResponseMetadata"]["HTTPHeaders"].get("expires") == "0", attempt
+        assert got["Body"].read() == b"expires as text"
+        head = s3.head_object(Bucket=bucket, Key="e")
+        assert head["ResponseMetadata"]["HTTPHeaders"].get("expires") == "0", attempt
+        ranged = s3.get_object(Bucket=bucket, Key="e", Range="bytes=0-6")
+        assert ranged["ResponseMetadata"]["HTTPHeaders"].get("expires") == "0", attempt
+        assert ranged["Body"].read() == b"expires"
+    # A response-expires override still takes its place.
+    over = s3.get_object(Bucket=bucket, Key="e", Range="bytes=0-6", ResponseExpires="Thu, 01 Jan 2037 00:00:00 GMT")
+    assert over["ResponseMetadata"]["HTTPHeaders"].get("expires") == "Thu, 01 Jan 2037 00:00:00 GMT"
+
+
 # --------------------------------------------------------------------------- what is not kept
 
 

@@ -455,7 +455,7 @@ impl Origin for FsOrigin {
             e => e,
         })?;
         let headers = match &input.directive {
-            MetadataDirective::Copy => src.headers.clone(),
+            MetadataDirective::Copy | MetadataDirective::Again => src.headers.clone(),
             MetadataDirective::Replace(h) => h.clone(),
         };
         let placeholder = placeholder_header(key, &headers, &src.checksums, PLACEHOLDER_ETAG);

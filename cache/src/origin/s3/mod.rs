@@ -441,18 +441,36 @@ impl Origin for S3Origin {
 
     async fn copy_object(&self, bucket: &str, key: &str, input: &CopyInput) -> OriginResult<CopyOutput> {
         let c = &input.conditions;
+        // `Again`: the headers the source has, and its ETag as a condition, so that a write landing
+        // between the HEAD and the copy fails it (412) rather than mix one's body with another's
+        // headers.
+        let again;
+        let (directive, if_match) = match &input.directive {
+            MetadataDirective::Again => {
+                let src = self
+                    .head_object(&input.src_bucket, &input.src_key, c)
+                    .await
+                    .map_err(|e| match e {
+                        OriginError::NotModified { .. } => OriginError::PreconditionFailed,
+                        e => e,
+                    })?;
+                again = MetadataDirective::Replace(src.headers);
+                (&again, c.if_match.clone().or(Some(src.etag)))
+            }
+            directive => (directive, c.if_match.clone()),
+        };
         let req = self
             .client
             .copy_object()
             .bucket(bucket)
             .key(key)
             .copy_source(copy_source(&input.src_bucket, &input.src_key))
-            .set_copy_source_if_match(c.if_match.clone())
+            .set_copy_source_if_match(if_match)
             .set_copy_source_if_none_match(c.if_none_match.clone())
             .set_copy_source_if_modified_since(c.if_modified_since.map(DateTime::from))
             .set_copy_source_if_unmodified_since(c.if_unmodified_since.map(DateTime::from));
-        let send = match &input.directive {
-            MetadataDirective::Copy => req
+        let send = match directive {
+            MetadataDirective::Copy | MetadataDirective::Again => req
                 .metadata_directive(SdkMetadataDirective::Copy)
                 .customize()
                 .map_request(expires_mapper(None))
