@@ -286,7 +286,7 @@ fn xml_text(text: &str) -> Option<String> {
             '>' => out.push_str("&gt;"),
             '\r' => out.push_str("&#13;"),
             '\t' | '\n' => out.push(c),
-            c if c.is_control() => return None,
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => return None,
             c => out.push(c),
         }
     }
@@ -467,7 +467,6 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         .is_some_and(|v| v.as_bytes() == b"0");
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
     let head = req.method() == http::Method::HEAD;
-    let scheme = AuthScheme::of(req.headers());
     // Whether the request's body was read to its end before the answer: if not (an answer given
     // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
     // the answer says so (`Connection: close`), so that a client never sends its next request on
@@ -531,19 +530,23 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 }
             };
             let response = match prepared {
-                Ok(req) => match door.s3.call(merge_repeated_headers(req)).await {
-                    Ok(r) if head => part_head_partial(r),
-                    Ok(r) if r.status() == StatusCode::BAD_REQUEST => unreadable_auth_as_s3(r, scheme),
-                    Ok(r) => carriage_returns_escaped(r),
-                    Err(e) => {
-                        tracing::error!(error = ?e, "request failed inside s3s");
-                        error_response(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "InternalError",
-                            "Perch failed to handle the request.",
-                        )
+                Ok(req) => {
+                    // Read before s3s takes the request: its answer may need it.
+                    let scheme = AuthScheme::of(req.headers());
+                    match door.s3.call(merge_repeated_headers(req)).await {
+                        Ok(r) if r.status() == StatusCode::BAD_REQUEST => unreadable_auth_as_s3(r, scheme),
+                        Ok(r) if head => part_head_partial(r),
+                        Ok(r) => carriage_returns_escaped(r),
+                        Err(e) => {
+                            tracing::error!(error = ?e, "request failed inside s3s");
+                            error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "InternalError",
+                                "Perch failed to handle the request.",
+                            )
+                        }
                     }
-                },
+                }
                 // Answered before s3s: too large, by the hit fast path, or a chunked body refused.
                 Err(answered) => answered,
             };
@@ -566,8 +569,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             }
             metrics.observe(op, status, elapsed);
             tracing::info!(ms = elapsed.as_secs_f64() * 1000.0, "done");
-            // What a 404's error document names (its `<Key>` or `<BucketName>`).
-            let missing = (status == 404).then(|| {
+            // What a 404's error document names (its `<Key>` or `<BucketName>`): not for a copy,
+            // whose 404 is its source's, where the request names its destination.
+            let missing = (status == 404 && !matches!(op, "CopyObject" | "UploadPartCopy")).then(|| {
                 REQUEST.with(|r| {
                     let info = r.borrow();
                     Missing {
@@ -614,13 +618,13 @@ fn merge_repeated_headers<B>(mut req: Request<B>) -> Request<B> {
         .cloned()
         .collect();
     for name in repeated {
-        let joined: Vec<&str> = headers
+        // As bytes: a value beyond ASCII is joined as s3s reads it (UTF-8), not left out.
+        let joined: Vec<&[u8]> = headers
             .get_all(&name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
+            .map(|v| v.as_bytes().trim_ascii())
             .collect();
-        if let Ok(value) = http::HeaderValue::from_str(&joined.join(",")) {
+        if let Ok(value) = http::HeaderValue::from_bytes(&joined.join(&b","[..])) {
             headers.insert(name, value);
         }
     }

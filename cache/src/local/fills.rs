@@ -125,7 +125,11 @@ impl FillError {
                 seconds: 0,
                 last: m.clone(),
             },
-            FillError::TempFile(_) | FillError::NoRoom => OriginError::Unavailable {
+            FillError::TempFile(e) => OriginError::Unavailable {
+                seconds: 0,
+                last: format!("cache temp file: {e}"),
+            },
+            FillError::NoRoom => OriginError::Unavailable {
                 seconds: 0,
                 last: self.to_string(),
             },
