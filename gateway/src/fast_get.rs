@@ -43,6 +43,8 @@ struct Target<'a> {
     key: String,
     /// `x-amz-checksum-mode: ENABLED`: the answer carries the object's stored checksums.
     checksums: bool,
+    /// `If-(Un)Modified-Since` in a form s3s does not read (RFC 850, asctime), which S3 takes.
+    conditions: Conditions,
 }
 
 impl FastGet {
@@ -63,15 +65,14 @@ impl FastGet {
             r.bucket = target.bucket.to_owned();
             r.key = target.key.clone();
         });
-        let none = Conditions::default();
         let answer = if target.head {
             self.store
-                .head(target.bucket, &target.key, &none)
+                .head(target.bucket, &target.key, &target.conditions)
                 .await
                 .map(|(meta, status)| ok_response(&meta, status, target.checksums, s3s::Body::empty()))
         } else {
             self.store
-                .get(target.bucket, &target.key, None, &none)
+                .get(target.bucket, &target.key, None, &target.conditions)
                 .await
                 .map(|got| {
                     let len = got.output.meta.size;
@@ -143,15 +144,21 @@ impl FastGet {
             _ => return None,
         };
         let headers = req.headers();
-        // Only what GetObject reads as "the whole object, as stored": no range, no conditions, no
-        // customer keys, and no body; its stored checksums may be asked for (as current SDKs and
-        // boto3 do on every GET). A `Range` that is not one byte range (`bytes=5-2`, several,
-        // garbage) and an `If-(Un)Modified-Since` that is not a date S3 ignores, answering the
-        // whole object, where s3s would refuse the request.
+        // Only what GetObject reads as "the whole object, as stored": no range, no conditions but
+        // the dates s3s cannot read, no customer keys, and no body; its stored checksums may be
+        // asked for (as current SDKs and boto3 do on every GET). A `Range` or date S3 ignores is
+        // left out, where s3s would refuse the request (`condition`).
+        let mut conditions = Conditions::default();
         for name in headers.keys() {
             let n = name.as_str();
-            if ((n == "range" || n.starts_with("if-")) && !ignored(n, headers.get_all(name)))
-                || n.starts_with("x-amz-server-side-encryption")
+            if n == "range" || n.starts_with("if-") {
+                match condition(n, headers.get_all(name)) {
+                    Condition::Ignored => continue,
+                    Condition::ForS3s => return None,
+                    Condition::ModifiedSince(t) => conditions.if_modified_since = Some(t),
+                    Condition::UnmodifiedSince(t) => conditions.if_unmodified_since = Some(t),
+                }
+            } else if n.starts_with("x-amz-server-side-encryption")
                 || n == "transfer-encoding"
                 || (n == "content-length" && headers.get(name).is_some_and(|v| v.as_bytes() != b"0"))
             {
@@ -215,6 +222,7 @@ impl FastGet {
             bucket,
             key,
             checksums,
+            conditions,
         })
     }
 
@@ -397,26 +405,51 @@ fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
     *res.status_mut() = status;
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    // What the error names besides its document (a 304's ETag).
+    for (name, value) in e.headers().into_iter().flatten() {
+        res.headers_mut().insert(name.clone(), value.clone());
+    }
     res
 }
 
-/// Whether a request's `Range`, `If-Modified-Since` or `If-Unmodified-Since` (`name`) is one S3
-/// ignores: a single value that is not one byte range, or no HTTP date in any of its three forms
-/// (one s3s does not read, an RFC 850 or asctime date, still goes to s3s: it is a condition, not
-/// garbage). Any other header is never ignored.
-fn ignored(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> bool {
-    let malformed: fn(&str) -> bool = match name {
-        // s3s reads `bytes=-` (no length) as a suffix of 0 bytes, 416; it is no range at all.
-        "range" => |v| s3s::dto::Range::parse(v).is_err() || v.trim() == "bytes=-",
-        "if-modified-since" | "if-unmodified-since" => |v| {
-            s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, v).is_err() && httpdate::parse_http_date(v).is_err()
-        },
-        _ => return false,
-    };
+/// What the hit path makes of a request's `Range` or `If-*` header (`name`).
+enum Condition {
+    /// One S3 ignores, answering the whole object: a single `Range` that is not one byte range
+    /// (`bytes=5-2`, several, `bytes=-`, garbage), or an `If-(Un)Modified-Since` that is no HTTP
+    /// date in any of its three forms (s3s would refuse the request).
+    Ignored,
+    /// One s3s reads and answers: a byte range, an ETag condition, an IMF date, several values.
+    ForS3s,
+    /// An `If-Modified-Since` / `If-Unmodified-Since` in a form s3s refuses (RFC 850, asctime)
+    /// and S3 takes, as any HTTP date (RFC 9110 §5.6.7): the hit path checks it.
+    ModifiedSince(SystemTime),
+    UnmodifiedSince(SystemTime),
+}
+
+fn condition(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> Condition {
     let mut values = values.iter();
-    match (values.next(), values.next()) {
-        (Some(v), None) => v.to_str().map_or(true, malformed),
-        _ => false,
+    let value = match (values.next().map(HeaderValue::to_str), values.next()) {
+        (Some(Ok(v)), None) => v,
+        // Not text: no range or date S3 reads.
+        (Some(Err(_)), None) if matches!(name, "range" | "if-modified-since" | "if-unmodified-since") => {
+            return Condition::Ignored;
+        }
+        _ => return Condition::ForS3s,
+    };
+    match name {
+        // s3s reads `bytes=-` (no length) as a suffix of 0 bytes, 416; it is no range at all.
+        "range" if s3s::dto::Range::parse(value).is_err() || value.trim() == "bytes=-" => Condition::Ignored,
+        "if-modified-since" | "if-unmodified-since" => {
+            if s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, value).is_ok() {
+                return Condition::ForS3s;
+            }
+            match httpdate::parse_http_date(value) {
+                Err(_) => Condition::Ignored,
+                Ok(t) if name == "if-modified-since" => Condition::ModifiedSince(t),
+                Ok(t) => Condition::UnmodifiedSince(t),
+            }
+        }
+        _ => Condition::ForS3s,
     }
 }
 

@@ -1283,3 +1283,48 @@ fn a_missing_key_or_bucket_is_named_in_its_error() {
         r.summary()
     );
 }
+
+/// `If-Modified-Since` and `If-Unmodified-Since` in the two older HTTP date forms (RFC 850 and
+/// asctime), which every HTTP server must read (RFC 9110 §5.6.7) and s3s refused with 400: checked
+/// as S3 checks any date, on GET and HEAD.
+#[test]
+fn conditions_with_older_http_date_forms_are_checked() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let etag = Req::object("HEAD", perch.addr(), Style::Virtual, "known")
+        .go(perch.addr())
+        .header("ETag")
+        .expect("ETag")
+        .to_owned();
+    let past_rfc850 = "Sunday, 06-Nov-94 08:49:37 GMT";
+    let past_asctime = "Sun Nov  6 08:49:37 1994";
+    let future_asctime = "Fri Jan  1 00:00:00 2100";
+    for method in ["GET", "HEAD"] {
+        for (header, value, status) in [
+            ("If-Modified-Since", past_rfc850, 200),
+            ("If-Modified-Since", past_asctime, 200),
+            ("If-Modified-Since", future_asctime, 304),
+            ("If-Unmodified-Since", past_rfc850, 412),
+            ("If-Unmodified-Since", past_asctime, 412),
+            ("If-Unmodified-Since", future_asctime, 200),
+        ] {
+            let r = Req::object(method, perch.addr(), Style::Virtual, "known")
+                .header(header, value)
+                .go(perch.addr());
+            let what = format!("{method} with `{header}: {value}`");
+            assert_eq!(r.status, status, "{what}: {}", r.summary());
+            match status {
+                200 if method == "GET" => assert_eq!(r.body, pattern(100, 1), "{what}"),
+                304 => assert_eq!(r.header("ETag"), Some(etag.as_str()), "{what}: a 304 carries the ETag"),
+                412 if method == "GET" => assert_eq!(r.code().as_deref(), Some("PreconditionFailed"), "{what}"),
+                _ => {}
+            }
+        }
+    }
+    // On a missing key, its 404.
+    let r = Req::object("GET", perch.addr(), Style::Virtual, "absent-then")
+        .header("If-Modified-Since", past_rfc850)
+        .go(perch.addr());
+    assert_error(&r, 404, "NoSuchKey", "a condition on a missing key");
+}
