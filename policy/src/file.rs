@@ -11,7 +11,8 @@ use toml::Spanned;
 use crate::rules::{Method, Policy, Rule, UploadHeader};
 use crate::{Glob, WriteMode};
 
-/// A mistake in a policy file: where, and why.
+/// A mistake in a policy file: where, and why; with the file's later mistakes, so that one check
+/// names them all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct PolicyError {
     /// The file (or `builtin:NAME`).
@@ -19,15 +20,21 @@ pub struct PolicyError {
     /// 1-based; 0 when the parser could not tell.
     pub line: usize,
     pub reason: String,
+    /// The mistakes of the rules after this one's, in order (each rule is checked on its own).
+    pub later: Vec<PolicyError>,
 }
 
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
-            write!(f, "{}: {}", self.source_name, self.reason)
+            write!(f, "{}: {}", self.source_name, self.reason)?;
         } else {
-            write!(f, "{}:{}: {}", self.source_name, self.line, self.reason)
+            write!(f, "{}:{}: {}", self.source_name, self.line, self.reason)?;
         }
+        for later in &self.later {
+            write!(f, "\n{later}")?;
+        }
+        Ok(())
     }
 }
 
@@ -64,84 +71,102 @@ pub fn parse(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
         source_name: source_name.to_owned(),
         line: span.map_or(0, |s| line_of(text, s.start)),
         reason,
+        later: Vec::new(),
     };
     let doc: Document = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_owned()))?;
     let mut rules = Vec::with_capacity(doc.rule.len());
+    let mut mistakes = Vec::new();
     for spanned in doc.rule {
-        let span = spanned.span();
-        let line = line_of(text, span.start);
-        let raw = spanned.into_inner();
-        let mut rule = Rule::new(format!("{source_name}:{line}"), "*");
-        rule.name = raw.name;
-        if let Some(b) = raw.bucket {
-            if b.get_ref().is_empty() {
-                return Err(err(
-                    Some(b.span()),
-                    "`bucket` is empty (use \"*\" for every bucket)".into(),
-                ));
-            }
-            rule.bucket = Glob::new(b.get_ref());
+        let line = line_of(text, spanned.span().start);
+        match rule_of(spanned.into_inner(), line, source_name, &err) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => mistakes.push(e),
         }
-        if let Some(k) = raw.key {
-            if k.get_ref().is_empty() {
-                return Err(err(Some(k.span()), "`key` is empty (use \"*\" for every key)".into()));
-            }
-            rule.key = Glob::new(k.get_ref());
-        }
-        if let Some(m) = raw.method {
-            let at = m.span();
-            let names: Vec<String> = match m.into_inner() {
-                toml::Value::String(s) => vec![s],
-                toml::Value::Array(a) => a
-                    .into_iter()
-                    .map(|v| match v {
-                        toml::Value::String(s) => Ok(s),
-                        other => Err(format!("`method` holds {other}, not a method name")),
-                    })
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| err(Some(at.clone()), e))?,
-                other => {
-                    return Err(err(
-                        Some(at),
-                        format!("`method` is {other}: use \"PUT\" or [\"GET\", \"HEAD\"]"),
-                    ));
-                }
-            };
-            if names.is_empty() {
-                return Err(err(
-                    Some(at),
-                    "`method` is an empty list (leave it out for every method)".into(),
-                ));
-            }
-            let methods = names
-                .iter()
-                .map(|n| n.parse::<Method>())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(Some(at), e))?;
-            rule.methods = Some(methods);
-        }
-        rule.write = parse_field(raw.write, |s| s.parse::<WriteMode>(), &err)?;
-        rule.cache = parse_field(raw.cache, |s| s.parse(), &err)?;
-        rule.freshness = parse_field(raw.freshness, |s| s.parse(), &err)?;
-        rule.upload_priority = parse_field(raw.upload_priority, |s| s.parse(), &err)?;
-        for (name, value) in raw.upload_headers {
-            let h = UploadHeader::new(&name, value.get_ref()).map_err(|e| err(Some(value.span()), e))?;
-            rule.upload_headers.push(h);
-        }
-        if !rule.decides_something() {
-            return Err(PolicyError {
-                source_name: source_name.to_owned(),
-                line,
-                reason: "the rule decides nothing: set write, cache, freshness, upload_priority or upload_headers"
-                    .into(),
-            });
-        }
-        rules.push(rule);
+    }
+    let mut mistakes = mistakes.into_iter();
+    if let Some(mut first) = mistakes.next() {
+        first.later = mistakes.collect();
+        return Err(first);
     }
     Ok(Policy {
         rules,
         ..Policy::default()
     })
+}
+
+/// One `[[rule]]` table, at `line`.
+fn rule_of(
+    raw: RawRule,
+    line: usize,
+    source_name: &str,
+    err: &impl Fn(Option<Range<usize>>, String) -> PolicyError,
+) -> Result<Rule, PolicyError> {
+    let mut rule = Rule::new(format!("{source_name}:{line}"), "*");
+    rule.name = raw.name;
+    if let Some(b) = raw.bucket {
+        if b.get_ref().is_empty() {
+            return Err(err(
+                Some(b.span()),
+                "`bucket` is empty (use \"*\" for every bucket)".into(),
+            ));
+        }
+        rule.bucket = Glob::new(b.get_ref());
+    }
+    if let Some(k) = raw.key {
+        if k.get_ref().is_empty() {
+            return Err(err(Some(k.span()), "`key` is empty (use \"*\" for every key)".into()));
+        }
+        rule.key = Glob::new(k.get_ref());
+    }
+    if let Some(m) = raw.method {
+        let at = m.span();
+        let names: Vec<String> = match m.into_inner() {
+            toml::Value::String(s) => vec![s],
+            toml::Value::Array(a) => a
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s),
+                    other => Err(format!("`method` holds {other}, not a method name")),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(Some(at.clone()), e))?,
+            other => {
+                return Err(err(
+                    Some(at),
+                    format!("`method` is {other}: use \"PUT\" or [\"GET\", \"HEAD\"]"),
+                ));
+            }
+        };
+        if names.is_empty() {
+            return Err(err(
+                Some(at),
+                "`method` is an empty list (leave it out for every method)".into(),
+            ));
+        }
+        let methods = names
+            .iter()
+            .map(|n| n.parse::<Method>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(Some(at), e))?;
+        rule.methods = Some(methods);
+    }
+    rule.write = parse_field(raw.write, |s| s.parse::<WriteMode>(), err)?;
+    rule.cache = parse_field(raw.cache, |s| s.parse(), err)?;
+    rule.freshness = parse_field(raw.freshness, |s| s.parse(), err)?;
+    rule.upload_priority = parse_field(raw.upload_priority, |s| s.parse(), err)?;
+    for (name, value) in raw.upload_headers {
+        let h = UploadHeader::new(&name, value.get_ref()).map_err(|e| err(Some(value.span()), e))?;
+        rule.upload_headers.push(h);
+    }
+    if !rule.decides_something() {
+        return Err(PolicyError {
+            source_name: source_name.to_owned(),
+            line,
+            reason: "the rule decides nothing: set write, cache, freshness, upload_priority or upload_headers".into(),
+            later: Vec::new(),
+        });
+    }
+    Ok(rule)
 }
 
 fn parse_field<T>(
@@ -300,6 +325,23 @@ upload_priority = "low"
         assert_eq!(e.line, 1, "{e}");
         let e = error("[[rules]]\nkey = \"a\"\n");
         assert!(e.reason.contains("rules"), "{e}");
+    }
+
+    #[test]
+    fn every_rules_mistake_is_named_at_once() {
+        let e = error(
+            "[[rule]]\nkey = \"a\"\nwrite = \"fast\"\n\n[[rule]]\nkey = \"b\"\nwrite = \"barrier\"\n\n\
+             [[rule]]\nkey = \"c\"\ncache = \"sometimes\"\n",
+        );
+        assert_eq!(e.line, 3, "{e}");
+        assert_eq!(e.later.iter().map(|l| l.line).collect::<Vec<_>>(), [11], "{e}");
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("p.toml:3: ") && lines[1].starts_with("p.toml:11: "),
+            "{text}"
+        );
     }
 
     #[test]

@@ -39,6 +39,18 @@ fn policy_check_names_the_line_and_reason_of_a_mistake() {
     assert!(err.contains("bad.toml:3:"), "{err}");
     assert!(err.contains("unknown write mode `eventually`"), "{err}");
 
+    // Every rule's mistake in one run, not only the first.
+    let two = dir.path().join("two.toml");
+    std::fs::write(
+        &two,
+        "[[rule]]\nkey = \"wal/*\"\nwrite = \"eventually\"\n\n[[rule]]\nkey = \"x/*\"\ncache = \"sometimes\"\n",
+    )
+    .expect("write");
+    let out = perch(&["policy", "check", two.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("two.toml:3:") && err.contains("two.toml:7:"), "{err}");
+
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[[rule]]\nkey = \"wal/*\"\nwrite = \"write_through\"\n").expect("write");
     let out = perch(&["policy", "check", good.to_str().expect("utf-8")]);
