@@ -137,12 +137,17 @@ pub fn range(r: Range) -> ByteRange {
     }
 }
 
-/// The Range a GET or HEAD asks for: s3s's, but none for `bytes=-`, which s3s reads as a suffix
-/// of 0 bytes (416) and S3, as any Range that is not one, ignores.
+/// Whether a `Range` value is `bytes=-`, which s3s reads as a suffix of 0 bytes (416) and S3, as
+/// any Range that is not one, ignores.
+pub fn is_empty_suffix(value: &[u8]) -> bool {
+    value.trim_ascii() == b"bytes=-"
+}
+
+/// The Range a GET or HEAD asks for: s3s's, but none for `bytes=-` (`is_empty_suffix`).
 pub fn requested_range(range: Option<Range>, headers: &http::HeaderMap) -> Option<Range> {
     let empty_suffix = headers
         .get(http::header::RANGE)
-        .is_some_and(|v| v.as_bytes().trim_ascii() == b"bytes=-");
+        .is_some_and(|v| is_empty_suffix(v.as_bytes()));
     range.filter(|_| !empty_suffix)
 }
 

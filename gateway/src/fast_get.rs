@@ -437,8 +437,9 @@ fn condition(name: &str, values: http::header::GetAll<'_, HeaderValue>) -> Condi
         _ => return Condition::ForS3s,
     };
     match name {
-        // s3s reads `bytes=-` (no length) as a suffix of 0 bytes, 416; it is no range at all.
-        "range" if s3s::dto::Range::parse(value).is_err() || value.trim() == "bytes=-" => Condition::Ignored,
+        "range" if s3s::dto::Range::parse(value).is_err() || convert::is_empty_suffix(value.as_bytes()) => {
+            Condition::Ignored
+        }
         "if-modified-since" | "if-unmodified-since" => {
             if s3s::dto::Timestamp::parse(TimestampFormat::HttpDate, value).is_ok() {
                 return Condition::ForS3s;

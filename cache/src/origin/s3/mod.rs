@@ -469,6 +469,7 @@ impl Origin for S3Origin {
             .set_copy_source_if_none_match(c.if_none_match.clone())
             .set_copy_source_if_modified_since(c.if_modified_since.map(DateTime::from))
             .set_copy_source_if_unmodified_since(c.if_unmodified_since.map(DateTime::from));
+        // (`Again` became a `Replace` above.)
         let send = match directive {
             MetadataDirective::Copy | MetadataDirective::Again => req
                 .metadata_directive(SdkMetadataDirective::Copy)
