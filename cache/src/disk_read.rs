@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::error::Doing;
 use crate::key::ObjectKey;
 use crate::local::blobs::{BLOCK, read_block, read_checked, read_checked_if_cached};
 use crate::local::index::Entry;
@@ -220,11 +221,7 @@ impl DiskReader {
         let fetch = tokio::spawn(async move { origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await });
         let fetched = match fetch.await {
             Ok(r) => r,
-            Err(e) => {
-                return Some(Err(io::Error::other(format!(
-                    "refetching a corrupt cache entry failed: {e}"
-                ))));
-            }
+            Err(e) => return Some(Err(Doing::io("refetching a corrupt cache entry failed", e))),
         };
         match fetched {
             Ok(out) => {
@@ -233,9 +230,7 @@ impl DiskReader {
                 self.fallback = Some(body);
                 first
             }
-            Err(e) => Some(Err(io::Error::other(format!(
-                "refetching a corrupt cache entry failed: {e}"
-            )))),
+            Err(e) => Some(Err(Doing::io("refetching a corrupt cache entry failed", e))),
         }
     }
 }

@@ -25,6 +25,15 @@ pub enum CacheError {
         size: u64,
         found: String,
     },
+    /// A journal record's blob could not be looked at (not: is gone). Nothing decides it lost.
+    #[error("journal record {seq} ({object}): cannot read its blob {path}: {source}")]
+    UnreadableBlob {
+        seq: u64,
+        object: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cache files: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -70,3 +79,25 @@ impl From<std::io::Error> for StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A failure and what Perch was doing when it met it, as the I/O error of a body stream: the
+/// failure stays its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub(crate) struct Doing {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Doing {
+    pub(crate) fn io(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> std::io::Error {
+        std::io::Error::other(Doing {
+            what: what.into(),
+            source: Box::new(source),
+        })
+    }
+}

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
+use crate::error::Doing;
 use crate::key::ObjectKey;
 use crate::local::TempGuard;
 use crate::local::blobs::{BlockCrcs, crc32_of_blocks};
@@ -315,7 +316,10 @@ impl Reader {
                 Some(Ok(chunk)) => {
                     breaks.progressed(chunk.len() as u64);
                     if received + chunk.len() as u64 > size {
-                        return Err(FillError::Corrupt("the origin sent more bytes than announced".into()));
+                        return Err(FillError::Corrupt(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "the origin sent more bytes than announced",
+                        )));
                     }
                     received += chunk.len() as u64;
                     if received == size {
@@ -344,19 +348,21 @@ impl Reader {
                 Some(Err(e)) if received >= size => {
                     if e.kind() == io::ErrorKind::InvalidData {
                         self.local.stats.corrupt.inc();
-                        return Err(FillError::Corrupt(e.to_string()));
+                        return Err(FillError::Corrupt(e));
                     }
                     break;
                 }
                 None if received >= size => break,
                 Some(Err(_)) | None => {
                     let why = match next {
-                        Some(Err(e)) => e.to_string(),
-                        _ => format!("the body ended after {received} of {size} bytes"),
+                        Some(Err(e)) => FillError::Broke(e),
+                        _ => FillError::Unavailable(format!(
+                            "origin stream broke: the body ended after {received} of {size} bytes"
+                        )),
                     };
                     writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                     let Some(pause) = breaks.broke() else {
-                        return Err(FillError::Unavailable(format!("origin stream broke: {why}")));
+                        return Err(why);
                     };
                     tracing::info!(key, received, error = %why, "origin stream broke; resuming with a range request");
                     self.local.stats.resumed.inc();
@@ -387,7 +393,7 @@ impl Reader {
         }
         if let Err(e) = written.check.verify(&written.crcs, size) {
             self.local.stats.corrupt.inc();
-            return Err(FillError::Corrupt(e));
+            return Err(FillError::Corrupt(io::Error::new(io::ErrorKind::InvalidData, e)));
         }
         // The entry is kept before the last chunk is released: a client that read a miss to its
         // end and asks again gets a hit.
@@ -480,7 +486,7 @@ impl FillReader {
                     }
                     return Some(chunk);
                 }
-                Step::Failed(e) => return Some(Err(io::Error::other(format!("origin fetch failed: {e}")))),
+                Step::Failed(e) => return Some(Err(Doing::io("origin fetch failed", e))),
                 Step::Wait => {
                     if self.rx.changed().await.is_err() {
                         // The fill is gone; what it left may still hold the rest.

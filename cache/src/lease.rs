@@ -63,7 +63,10 @@ impl JournalBinding {
         match std::fs::read(Self::path(data_dir)) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| LeaseError::Corrupt(format!("{}: {e}", Self::path(data_dir).display()))),
+                .map_err(|source| LeaseError::Unreadable {
+                    what: Self::path(data_dir).display().to_string(),
+                    source,
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(LeaseError::Local(e)),
         }
@@ -73,7 +76,7 @@ impl JournalBinding {
     pub fn write(&self, data_dir: &Path) -> Result<(), LeaseError> {
         let path = Self::path(data_dir);
         let temp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(self).map_err(|e| LeaseError::Corrupt(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(self).map_err(|e| LeaseError::Local(e.into()))?;
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&temp)?;
@@ -109,6 +112,13 @@ pub enum LeaseError {
     NotHeld,
     #[error("the lease object is not Perch's: {0}")]
     Corrupt(String),
+    /// A lease or a journal binding JSON cannot read (`what`: which).
+    #[error("{what} is not Perch's: {source}")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The origin's own words (its error, with its sources, once: not repeated as this one's).
     #[error(transparent)]
     Origin(#[from] OriginError),
@@ -224,7 +234,7 @@ pub async fn read_lease(origin: &dyn Origin, bucket: &str) -> Result<Option<Leas
         origin.get_object(bucket, LEASE_KEY, None, &Conditions::default()),
     )
     .await
-    .map_err(|_| OriginError::Transient("reading the lease took over 5 s".into()))?;
+    .map_err(|_| OriginError::transient("reading the lease took over 5 s"))?;
     let out = match got {
         Ok(out) => out,
         Err(OriginError::NoSuchKey) => return Ok(None),
@@ -240,8 +250,10 @@ pub async fn read_lease(origin: &dyn Origin, bucket: &str) -> Result<Option<Leas
             return Err(LeaseError::Corrupt(format!("{bucket}/{LEASE_KEY} is over 64 KiB")));
         }
     }
-    let body: LeaseBody =
-        serde_json::from_slice(&bytes).map_err(|e| LeaseError::Corrupt(format!("{bucket}/{LEASE_KEY}: {e}")))?;
+    let body: LeaseBody = serde_json::from_slice(&bytes).map_err(|source| LeaseError::Unreadable {
+        what: format!("{bucket}/{LEASE_KEY}"),
+        source,
+    })?;
     Ok(Some(LeaseView {
         body,
         etag: meta.etag,
@@ -495,8 +507,8 @@ impl Lease {
                 }
             }
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(LeaseError::Origin(OriginError::Transient(
-                "renewing the lease took over 5 s".into(),
+            Err(_) => Err(LeaseError::Origin(OriginError::transient(
+                "renewing the lease took over 5 s",
             ))),
         }
     }

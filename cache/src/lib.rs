@@ -41,12 +41,12 @@ pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken}
 pub use local::room::give_back_spare;
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
-    BucketInfo, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
+    BucketInfo, ByteRange, ByteStream, Cause, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
     ContentHeaders, CopyInput, CopyOutput, Document, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
     MetadataDirective, MultipartChecksum, NewBucket, ObjectMeta, Origin, OriginError, OriginKeys, OriginResult,
-    PartHead, PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo, etag_matches,
-    same_etag,
+    PartHead, PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo, cause,
+    etag_matches, same_etag,
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;
-pub use store::{PartSpan, ReplicaWrites, Store, StoreConfig, origin_answers};
+pub use store::{NotReady, PartSpan, ReplicaWrites, Store, StoreConfig, origin_answers};

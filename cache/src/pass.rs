@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::Stream;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::error::Doing;
 use crate::fill::Check;
 use crate::key::ObjectKey;
 use crate::origin::{Breaks, ByteStream, GetOutput, Origin, OriginError, OriginResult, rest_of};
@@ -97,9 +98,9 @@ impl Passed {
     }
 
     /// Asks the origin for the rest of the object after a break (`why`), or says why not.
-    fn resume(&mut self, why: String) -> Result<(), io::Error> {
+    fn resume(&mut self, why: io::Error) -> Result<(), io::Error> {
         let Some(pause) = self.breaks.broke() else {
-            return Err(io::Error::other(format!("origin stream broke: {why}")));
+            return Err(Doing::io("origin stream broke", why));
         };
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
@@ -137,7 +138,7 @@ impl Stream for Passed {
                     Err(OriginError::PreconditionFailed) => {
                         return this.fail(io::Error::other("the object changed during the read"));
                     }
-                    Err(e) => return this.fail(io::Error::other(format!("resuming the origin stream: {e}"))),
+                    Err(e) => return this.fail(Doing::io("resuming the origin stream", e)),
                 }
             }
             let broke = match this.body.as_mut().poll_next(cx) {
@@ -163,7 +164,7 @@ impl Stream for Passed {
                 }
                 // A whole body's last error (its checksum) is the answer, not a break.
                 Poll::Ready(Some(Err(e))) if this.received >= this.size => return this.fail(e),
-                Poll::Ready(Some(Err(e))) => e.to_string(),
+                Poll::Ready(Some(Err(e))) => e,
                 Poll::Ready(None) if this.received >= this.size => {
                     // An empty object has no chunk that completes it.
                     if let Err(e) = this.verify() {
@@ -172,7 +173,10 @@ impl Stream for Passed {
                     this.ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(None) => format!("the body ended after {} of {} bytes", this.received, this.size),
+                Poll::Ready(None) => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the body ended after {} of {} bytes", this.received, this.size),
+                ),
             };
             if let Err(e) = this.resume(broke) {
                 return this.fail(e);

@@ -18,7 +18,9 @@ use crate::local::fills::FillError;
 use crate::local::index::Entry;
 use crate::local::{Local, Pending};
 use crate::metrics::{DISK, MEMORY, ORIGIN, ResultLabel};
-use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult};
+use crate::origin::{
+    ByteRange, ByteStream, Conditions, GetOutput, ObjectMeta, Origin, OriginError, OriginResult, cause,
+};
 use crate::pass::Passed;
 
 /// A range no further than this past what a fill under way has received is served from the fill
@@ -360,10 +362,7 @@ impl Reader {
                 false
             } || rx.changed().await.is_err();
             if ended && rx.borrow().failed.is_none() && rx.borrow().meta.is_none() {
-                return Err(OriginError::Unavailable {
-                    seconds: 0,
-                    last: "the origin fetch ended".into(),
-                });
+                return Err(OriginError::unavailable(0, cause("the origin fetch ended")));
             }
         };
         let Some(meta) = meta else {

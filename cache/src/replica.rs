@@ -509,7 +509,7 @@ impl Replica {
                 "the primary checkpointed while the replica pinned; pinning again"
             );
         }
-        Err(OriginError::Transient(format!(
+        Err(OriginError::transient(format!(
             "the primary's {CONTROL_KEY} changed during each of {SEED_ATTEMPTS} seeding attempts"
         )))
     }

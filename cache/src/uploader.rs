@@ -24,6 +24,42 @@ const CRC32_TRIES: u32 = 3;
 /// after an upload (`AtOrigin::Other`).
 const REPLACED_TRIES: u32 = 3;
 
+/// Why a version's blob did not pass its check (`Uploader::check_blob`).
+#[derive(Debug, thiserror::Error)]
+enum BlobCheck {
+    /// Its bytes are not the acknowledged ones, or are gone: refused, never uploaded.
+    #[error("{0}")]
+    Damaged(String),
+    /// It could not be read now for a reason that may pass (a full file table, no memory):
+    /// tried again, as an origin fault is.
+    #[error("{what} {}: {source}", path.display())]
+    Unreadable {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The check's own task failed.
+    #[error("the blob check stopped")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl BlobCheck {
+    /// A failure to open or read the blob: gone (`NotFound`) or a media error (`EIO`) is damage,
+    /// anything else a failure to read it now.
+    fn of(what: &'static str, path: &std::path::Path, source: std::io::Error) -> BlobCheck {
+        if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::EIO) {
+            BlobCheck::Damaged(format!("{what} {}: {source}", path.display()))
+        } else {
+            BlobCheck::Unreadable {
+                what,
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
 /// What the origin holds of a key right after an upload of its newest version.
 enum AtOrigin {
     /// The copy just uploaded.
@@ -88,26 +124,38 @@ impl Uploader {
 
     /// Reads version `seq`'s blob and checks every block against the CRC32 recorded when it was
     /// acknowledged: after a failed attempt, it tells a blob damaged on local disk (refused, kept
-    /// for `perch journal`) from an origin fault (tried again).
-    async fn check_blob(&self, seq: u64, put: &RecordPut) -> Result<(), String> {
+    /// for `perch journal`) from an origin fault (tried again). A blob that cannot be read now
+    /// (too many open files, no memory, ...) is not known damaged: `BlobCheck::Unreadable`.
+    async fn check_blob(&self, seq: u64, put: &RecordPut) -> Result<(), BlobCheck> {
         let (path, size, crcs) = (self.journal.local.blobs.path(seq), put.meta.size, put.crcs.clone());
-        let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let checked = tokio::task::spawn_blocking(move || -> Result<(), BlobCheck> {
+            let file = std::fs::File::open(&path).map_err(|e| BlobCheck::of("cannot open", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| BlobCheck::of("cannot stat", &path, e))?
+                .len();
             if len != size {
-                return Err(format!("{} holds {len} bytes, not {size}", path.display()));
+                return Err(BlobCheck::Damaged(format!(
+                    "{} holds {len} bytes, not {size}",
+                    path.display()
+                )));
             }
             for block in 0..size.div_ceil(BLOCK) {
                 match read_block(&file, size, &crcs, block) {
                     Ok(Some(_)) => {}
-                    Ok(None) => return Err(format!("block {block} of {} fails its CRC32", path.display())),
-                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
+                    Ok(None) => {
+                        return Err(BlobCheck::Damaged(format!(
+                            "block {block} of {} fails its CRC32",
+                            path.display()
+                        )));
+                    }
+                    Err(e) => return Err(BlobCheck::of("cannot read", &path, e)),
                 }
             }
             Ok(())
         })
         .await;
-        checked.unwrap_or_else(|e| Err(e.to_string()))
+        checked.unwrap_or_else(|e| Err(BlobCheck::Task(e)))
     }
 
     async fn release(&self, seq: u64, result: &'static str, stored: Option<OriginCopy>) {
@@ -172,20 +220,27 @@ impl Uploader {
             // not go up as it is, nor be tried for ever.
             if result.is_err()
                 && let Some(put) = &v.put
-                && let Err(why) = self.check_blob(seq, put).await
             {
-                tracing::error!(
-                    bucket,
-                    key,
-                    seq,
-                    why,
-                    "a version's blob fails its check; it is not uploaded"
-                );
-                self.journal.refuse(
-                    seq,
-                    format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
-                );
-                return;
+                match self.check_blob(seq, put).await {
+                    Ok(()) => {}
+                    Err(BlobCheck::Damaged(why)) => {
+                        tracing::error!(
+                            bucket,
+                            key,
+                            seq,
+                            why,
+                            "a version's blob fails its check; it is not uploaded"
+                        );
+                        self.journal.refuse(
+                            seq,
+                            format!("the local copy is damaged ({why}); it was not uploaded (perch journal)"),
+                        );
+                        return;
+                    }
+                    // Not known damaged: the next attempt reads it again, and checks it again
+                    // if that fails too.
+                    Err(e) => tracing::warn!(bucket, key, seq, error = %e, "cannot check a version's blob now"),
+                }
             }
             // The CRC32 Perch adds must never keep an acknowledged write from the origin: an
             // origin that refuses it (400 InvalidArgument, 501 NotImplemented, ...) gets the same

@@ -31,7 +31,9 @@ fn from_xml<'a, T: DeserializeContent<'a>>(body: &'a [u8]) -> S3Result<T> {
         .and_then(|v| de.expect_eof().map(|()| v));
     value.map_err(|e| {
         tracing::warn!(error = %e, "the origin answered a configuration Perch cannot read");
-        s3_error!(InternalError, "The origin answered with a document Perch cannot read.")
+        let mut err = s3_error!(InternalError, "The origin answered with a document Perch cannot read.");
+        err.set_source(Box::new(e));
+        err
     })
 }
 

@@ -39,13 +39,17 @@ pub fn origin_error(e: OriginError) -> S3Error {
             }
             err
         }
-        OriginError::Transient(msg) | OriginError::Unavailable { last: msg, .. } => {
-            tracing::warn!(error = %msg, "origin unavailable; answering 503 SlowDown");
-            s3_error!(SlowDown, "The origin store is unavailable; please retry.")
+        e @ (OriginError::Transient { .. } | OriginError::Unavailable { .. }) => {
+            tracing::warn!(error = %e, "answering 503 SlowDown");
+            let mut err = s3_error!(SlowDown, "The origin store is unavailable; please retry.");
+            err.set_source(Box::new(e));
+            err
         }
         OriginError::Io(e) => {
             tracing::error!(error = %e, "local I/O error");
-            s3_error!(InternalError, "Perch hit a local I/O error.")
+            let mut err = s3_error!(InternalError, "Perch hit a local I/O error.");
+            err.set_source(Box::new(e));
+            err
         }
     }
 }
@@ -81,7 +85,9 @@ pub fn store_error(e: StoreError) -> S3Error {
         ),
         StoreError::Local(e) => {
             tracing::error!(error = %e, "local storage failed");
-            S3Error::with_message(S3ErrorCode::InternalError, "Perch could not use its local storage.")
+            let mut err = S3Error::with_message(S3ErrorCode::InternalError, "Perch could not use its local storage.");
+            err.set_source(Box::new(e));
+            err
         }
     }
 }
@@ -581,11 +587,13 @@ mod tests {
         let e = origin_error(OriginError::rejected(403, "AccessDenied", "no"));
         assert_eq!(*e.code(), S3ErrorCode::AccessDenied);
         assert_eq!(e.status_code(), Some(http::StatusCode::FORBIDDEN));
-        let e = origin_error(OriginError::Unavailable {
-            seconds: 1,
-            last: "x".into(),
-        });
+        let e = origin_error(OriginError::unavailable(1, perch_cache::cause("x")));
         assert_eq!(*e.code(), S3ErrorCode::SlowDown);
         assert_eq!(e.status_code(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+        // The failure stays the answer's source, and its own cause below it.
+        let source = e.source().map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("origin unavailable after retrying for 1 s: x"));
+        let cause = e.source().and_then(std::error::Error::source).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("x"));
     }
 }

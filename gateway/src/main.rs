@@ -303,7 +303,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     let first_probe = {
         let origin = raw_origin.clone();
         tokio::spawn(async move { perch_cache::origin_answers(origin.as_ref()).await })
-            .map(|joined| joined.unwrap_or_else(|e| Err(e.to_string())))
+            .map(|joined| joined.unwrap_or_else(|e| Err(perch_cache::NotReady::Probe(Arc::new(e)))))
             .shared()
     };
     let mut opened = None;
@@ -492,7 +492,9 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 fn start_prewarm(
     store: &Arc<Store>,
     config: &Config,
-    first_probe: impl std::future::Future<Output = Result<Option<Vec<perch_cache::BucketInfo>>, String>> + Send + 'static,
+    first_probe: impl std::future::Future<Output = Result<Option<Vec<perch_cache::BucketInfo>>, perch_cache::NotReady>>
+    + Send
+    + 'static,
 ) {
     store.hold_ready_for_prewarm(config.prewarm_wait);
     let (store, named) = (store.clone(), config.prewarm_buckets.clone());

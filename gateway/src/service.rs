@@ -1007,7 +1007,11 @@ impl S3 for Gateway {
         // A source that fails midway (the origin, a damaged copy) is Perch's fault, not the
         // client's body: 500, which SDKs retry, never the 400 a short client body gets.
         let body = Some(StreamingBlob::wrap(source.body.map(|chunk| {
-            chunk.map_err(|e| s3_error!(InternalError, "Reading the copy source failed: {e}"))
+            chunk.map_err(|e| {
+                let mut err = s3_error!(InternalError, "Reading the copy source failed: {e}");
+                err.set_source(Box::new(e));
+                err
+            })
         })));
         let at = (&*input.bucket, &*input.key, &*input.upload_id, input.part_number);
         let out = self.stage_part(at, body, declared, None).await?;

@@ -248,13 +248,20 @@ impl Declared<'_> {
     }
 }
 
-/// Maps a failure of the body stream to the S3 error the client should see.
-/// s3s keeps its stream error types private, so they are told apart by their names.
-fn stream_error(err: &(dyn std::error::Error + 'static)) -> S3Error {
-    if let Some(e) = err.downcast_ref::<S3Error>() {
-        return S3Error::with_message(e.code().clone(), e.message().unwrap_or("").to_owned());
-    }
-    let text = err.to_string();
+/// Maps a failure of the body stream to the S3 error the client should see, the failure its
+/// source. s3s keeps its stream error types private, so they are told apart by their names.
+fn stream_error(err: s3s::StdError) -> S3Error {
+    let err = match err.downcast::<S3Error>() {
+        Ok(e) => return *e,
+        Err(err) => err,
+    };
+    let mut answer = answer_to_stream_error(&err.to_string());
+    answer.set_source(err);
+    answer
+}
+
+/// The S3 error for a body stream's failure, by its text (`stream_error`).
+fn answer_to_stream_error(text: &str) -> S3Error {
     if text.contains("Sha256Mismatch") {
         let code = "XAmzContentSHA256Mismatch".parse().unwrap_or(S3ErrorCode::BadDigest);
         let mut e = S3Error::with_message(
@@ -435,7 +442,7 @@ pub async fn receive(
     let mut len: u64 = 0;
     if let Some(mut stream) = body {
         while let Some(chunk) = stream.next().await {
-            let chunk: Bytes = chunk.map_err(|e| stream_error(e.as_ref()))?;
+            let chunk: Bytes = chunk.map_err(stream_error)?;
             len += chunk.len() as u64;
             if expected_len.is_some_and(|n| len > n) {
                 return Err(s3_error!(
@@ -539,11 +546,14 @@ fn internal(e: std::io::Error) -> S3Error {
         tracing::warn!(error = %e, "the data dir's filesystem is full: a request body is refused");
         let mut err = S3Error::with_message(S3ErrorCode::SlowDown, "Perch's disk is full; please retry.");
         err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
+        err.set_source(Box::new(e));
         return err;
     }
     tracing::error!(error = %e, "spooling a request body failed");
-    S3Error::with_message(
+    let mut err = S3Error::with_message(
         S3ErrorCode::InternalError,
         "Perch could not store the request body locally.",
-    )
+    );
+    err.set_source(Box::new(e));
+    err
 }

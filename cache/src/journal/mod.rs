@@ -199,7 +199,18 @@ impl Journal {
             let record: Record = serde_json::from_slice(&raw)?;
             if let Some(put) = &record.put {
                 let path = self.local.blobs.path(seq);
-                let len = std::fs::metadata(&path).map(|m| m.len()).ok();
+                let len = match std::fs::metadata(&path) {
+                    Ok(m) => Some(m.len()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(source) => {
+                        return Err(CacheError::UnreadableBlob {
+                            seq,
+                            object: format!("{}/{}", record.bucket, record.key),
+                            path: path.display().to_string(),
+                            source,
+                        });
+                    }
+                };
                 if len != Some(put.meta.size) {
                     return Err(CacheError::MissingBlob {
                         seq,

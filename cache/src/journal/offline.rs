@@ -51,7 +51,9 @@ impl OfflineJournal {
         Ok(OfflineJournal { local })
     }
 
-    /// How many versions the journal holds, and those the start would refuse.
+    /// How many versions the journal holds, and those the start would refuse. A blob that cannot
+    /// be looked at (but for being gone) is an error, not a problem to repair: its bytes may be
+    /// whole.
     pub fn check(&self) -> Result<(usize, Vec<JournalProblem>), CacheError> {
         let records = self.local.index.journal()?;
         let mut problems = Vec::new();
@@ -71,7 +73,15 @@ impl OfflineJournal {
             let Some(put) = &record.put else { continue };
             let path = self.local.blobs.path(*seq);
             let problem = match std::fs::metadata(&path) {
-                Err(_) => format!("blob {} is missing", path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("blob {} is missing", path.display()),
+                Err(source) => {
+                    return Err(CacheError::UnreadableBlob {
+                        seq: *seq,
+                        object: format!("{}/{}", record.bucket, record.key),
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
                 Ok(m) if m.len() != put.meta.size => {
                     format!("blob {} holds {} of {} bytes", path.display(), m.len(), put.meta.size)
                 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::key::ObjectKey;
 use crate::local::lock;
-use crate::origin::{ObjectMeta, OriginError};
+use crate::origin::{Cause, ObjectMeta, OriginError};
 
 /// An origin fetch that any number of readers stream as its bytes arrive.
 pub(crate) struct Fill {
@@ -84,14 +84,18 @@ pub(crate) enum FillError {
     /// broken body.
     #[error("unavailable: {0}")]
     Origin(#[source] OriginError),
-    /// The origin's body broke and could not be resumed, or ended short.
+    /// The origin's body broke and could not be resumed.
+    #[error("unavailable: origin stream broke: {0}")]
+    Broke(#[source] std::io::Error),
+    /// The origin's body ended short and could not be resumed, or the object changed meanwhile.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The fill's temp file could not be made, written or checked.
     #[error("unavailable: cache temp file: {0}")]
     TempFile(#[source] std::io::Error),
+    /// The body is not the object's: more bytes than announced, or a checksum that fails.
     #[error("corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] std::io::Error),
     /// No room for a copy on the data dir's filesystem, even after evicting: readers get the
     /// object from the origin, not kept (set before any reader streams from the fill).
     #[error("no room on the data dir's filesystem for a copy")]
@@ -108,8 +112,8 @@ impl FillError {
         }
     }
 
-    pub(crate) fn to_origin(&self) -> OriginError {
-        match self {
+    pub(crate) fn to_origin(self: &Arc<Self>) -> OriginError {
+        match &**self {
             FillError::NoSuchKey => OriginError::NoSuchKey,
             FillError::NoSuchBucket => OriginError::NoSuchBucket,
             FillError::Rejected { status, code, message } => OriginError::Rejected {
@@ -117,22 +121,7 @@ impl FillError {
                 code: code.clone(),
                 message: message.clone(),
             },
-            FillError::Origin(e) => OriginError::Unavailable {
-                seconds: 0,
-                last: e.to_string(),
-            },
-            FillError::Unavailable(m) | FillError::Corrupt(m) => OriginError::Unavailable {
-                seconds: 0,
-                last: m.clone(),
-            },
-            FillError::TempFile(e) => OriginError::Unavailable {
-                seconds: 0,
-                last: format!("cache temp file: {e}"),
-            },
-            FillError::NoRoom => OriginError::Unavailable {
-                seconds: 0,
-                last: self.to_string(),
-            },
+            _ => OriginError::unavailable(0, Arc::clone(self) as Cause),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -172,7 +173,7 @@ pub async fn rest_of(
     let out = origin.get_object(bucket, key, Some(range), &cond).await?;
     match out.range {
         Some((first, _)) if first == from => Ok(out.body),
-        _ => Err(OriginError::Transient(format!(
+        _ => Err(OriginError::transient(format!(
             "the origin answered a read resumed at byte {from} with {:?}",
             out.range
         ))),
@@ -495,6 +496,14 @@ pub struct CompletedPart {
     pub checksums: Checksums,
 }
 
+/// The error behind an origin failure, shared by every reader of the fetch that met it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failure known only by its text, as a `Cause`.
+pub fn cause(text: impl Into<String>) -> Cause {
+    Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(text.into()))
+}
+
 /// What can go wrong at the origin. The gateway turns each into its S3 error.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
@@ -514,12 +523,23 @@ pub enum OriginError {
     /// Any other answer the origin gave that retrying will not change (400, 403, 409, ...).
     #[error("origin answered {status} {code}: {message}")]
     Rejected { status: u16, code: String, message: String },
-    /// An answer worth retrying: 5xx, throttling, a timeout, a broken connection.
-    #[error("origin unavailable: {0}")]
-    Transient(String),
-    /// Retries ran out of time (`--origin-retry-deadline`).
+    /// An answer worth retrying: 5xx, throttling, a timeout, a broken connection. `what` says
+    /// what happened (with its causes' text, for logs); `cause` is the failure it came from,
+    /// where there is one (the SDK's error, a broken body's).
+    #[error("origin unavailable: {what}")]
+    Transient {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// Retries ran out of time (`--origin-retry-deadline`, `seconds`), or a fetch this request
+    /// waited on failed (`seconds` 0): `last` is the failure.
     #[error("origin unavailable after retrying for {seconds} s: {last}")]
-    Unavailable { seconds: u64, last: String },
+    Unavailable {
+        seconds: u64,
+        #[source]
+        last: Cause,
+    },
     /// A local failure (disk, the file origin's own I/O).
     #[error("local I/O: {0}")]
     Io(#[from] io::Error),
@@ -528,7 +548,7 @@ pub enum OriginError {
 impl OriginError {
     /// An answer worth retrying at once (the retry layer's rule).
     pub fn is_transient(&self) -> bool {
-        matches!(self, OriginError::Transient(_))
+        matches!(self, OriginError::Transient { .. })
     }
 
     /// An answer no retry will change, for a write already acknowledged (the uploader's rule):
@@ -548,9 +568,30 @@ impl OriginError {
     pub fn is_not_implemented(&self) -> bool {
         match self {
             OriginError::Rejected { status, .. } => *status == 501,
-            OriginError::Transient(text) => text.starts_with("501 "),
+            OriginError::Transient { what, .. } => what.starts_with("501 "),
             _ => false,
         }
+    }
+
+    /// A transient failure that no other error caused (an answer Perch cannot use).
+    pub fn transient(what: impl Into<String>) -> Self {
+        OriginError::Transient {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// A transient failure and the error it came from.
+    pub fn transient_from(what: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        OriginError::Transient {
+            what: what.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// The origin stays unavailable after `seconds` of retries (0: a fetch waited on failed).
+    pub fn unavailable(seconds: u64, last: Cause) -> Self {
+        OriginError::Unavailable { seconds, last }
     }
 
     pub fn rejected(status: u16, code: &str, message: impl Into<String>) -> Self {

@@ -80,7 +80,7 @@ impl OriginStats {
             Err(OriginError::NoSuchKey | OriginError::NoSuchBucket | OriginError::NoSuchUpload) => "not_found",
             Err(OriginError::PreconditionFailed | OriginError::NotModified { .. }) => "precondition",
             Err(OriginError::InvalidRange | OriginError::Rejected { .. }) => "rejected",
-            Err(OriginError::Transient(_) | OriginError::Unavailable { .. }) => "transient",
+            Err(OriginError::Transient { .. } | OriginError::Unavailable { .. }) => "transient",
             Err(OriginError::Io(_)) => "io",
         };
         self.requests.get_or_create(&OutcomeLabel { op, outcome }).inc();
@@ -168,7 +168,7 @@ impl RetryingOrigin {
             // An attempt that hangs is cut at the deadline like any other fault.
             let result = match tokio::time::timeout(remaining.max(Duration::from_millis(1)), attempt()).await {
                 Ok(r) => r,
-                Err(_) => Err(OriginError::Transient(format!("{op} timed out"))),
+                Err(_) => Err(OriginError::transient(format!("{op} timed out"))),
             };
             self.stats.record(op, t.elapsed(), &result);
             let err = match result {
@@ -181,13 +181,7 @@ impl RetryingOrigin {
                 self.stats.gave_up.get_or_create(&OpLabel { op }).inc();
                 tracing::warn!(op, tries, error = %err, "origin still failing at the retry deadline");
                 let seconds = retry_for.as_secs();
-                return (
-                    Err(OriginError::Unavailable {
-                        seconds,
-                        last: err.to_string(),
-                    }),
-                    true,
-                );
+                return (Err(OriginError::unavailable(seconds, Arc::new(err))), true);
             }
             self.stats.retries.get_or_create(&OpLabel { op }).inc();
             let wait = self.policy.backoff(tries).min(retry_for.saturating_sub(elapsed));

@@ -119,15 +119,28 @@ pub struct Store {
     learnt_layouts: parts::LearntLayouts,
 }
 
+/// Why Perch is not ready (`/readyz`): a prewarm is under way, or the origin does not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotReady {
+    #[error("prewarming from the hot set")]
+    Prewarming,
+    #[error("origin unreachable: no answer within 3 s")]
+    NoAnswer,
+    #[error("origin unreachable: {0}")]
+    Origin(#[source] Arc<OriginError>),
+    /// The task that asked the origin failed.
+    #[error("origin unreachable: the probe stopped: {0}")]
+    Probe(#[source] Arc<tokio::task::JoinError>),
+}
+
 /// Whether `origin` answers at all, with the buckets it listed (`None` when it refused to list
 /// them): even a refusal (403 on ListBuckets with keys scoped to one bucket) proves it is there.
 /// Only a transient fault, local I/O or a timeout (3 s) is "not ready".
-pub async fn origin_answers(origin: &dyn Origin) -> Result<Option<Vec<BucketInfo>>, String> {
+pub async fn origin_answers(origin: &dyn Origin) -> Result<Option<Vec<BucketInfo>>, NotReady> {
     match tokio::time::timeout(Duration::from_secs(3), origin.list_buckets()).await {
-        Err(_) => Err("no answer within 3 s".into()),
+        Err(_) => Err(NotReady::NoAnswer),
         Ok(Ok(buckets)) => Ok(Some(buckets)),
-        Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
-        Ok(Err(OriginError::Io(e))) => Err(e.to_string()),
+        Ok(Err(e)) if e.is_transient() || matches!(e, OriginError::Io(_)) => Err(NotReady::Origin(Arc::new(e))),
         Ok(Err(_)) => Ok(None),
     }
 }
@@ -535,7 +548,7 @@ impl Store {
 
     /// Whether the origin answers at all: even a refusal (403 on ListBuckets with keys scoped to
     /// one bucket) proves it is there. Only a transient fault, local I/O or a timeout is "not ready".
-    pub async fn origin_ready(&self) -> Result<(), String> {
+    pub async fn origin_ready(&self) -> Result<(), NotReady> {
         origin_answers(self.upload_origin.as_ref()).await.map(|_| ())
     }
 

@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::Store;
 use crate::error::{StoreError, StoreResult};
 use crate::key::ObjectKey;
-use crate::origin::{ByteRange, Conditions, ObjectMeta, Origin, OriginError, is_multipart_etag, same_etag};
+use crate::origin::{ByteRange, Conditions, ObjectMeta, Origin, OriginError, cause, is_multipart_etag, same_etag};
 use crate::read::{CacheStatus, CachedGet};
 
 /// Part layouts learnt from the origin, at most this many (one goes when another comes).
@@ -245,7 +245,7 @@ impl Store {
             Some(n @ 1..=PARTS_MAX) => n,
             None => 1,
             Some(n) => {
-                return Err(OriginError::Transient(format!("the origin names {n} parts of {key}")).into());
+                return Err(OriginError::transient(format!("the origin names {n} parts of {key}")).into());
             }
         };
         let rest: Vec<_> = futures::stream::iter(2..=count)
@@ -273,8 +273,8 @@ impl Store {
 
 /// The answer once every lookup found the object changed: 503 SlowDown, which clients retry.
 fn changed_meanwhile() -> StoreError {
-    StoreError::Origin(OriginError::Unavailable {
-        seconds: 0,
-        last: "the object changed while its parts were looked up".to_owned(),
-    })
+    StoreError::Origin(OriginError::unavailable(
+        0,
+        cause("the object changed while its parts were looked up"),
+    ))
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::Store;
+use super::{NotReady, Store};
 use crate::error::{CacheError, StoreResult};
 use crate::hot_set;
 use crate::local::lock;
@@ -83,11 +83,11 @@ impl Store {
     }
 
     /// Ready to serve: the origin answers, and a prewarm is done (or has had its time).
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), NotReady> {
         let until = *lock(&self.prewarm_until);
         if let Some(until) = until {
             if std::time::Instant::now() < until && (self.prewarming() || self.prewarm_reading.load(Ordering::SeqCst)) {
-                return Err("prewarming from the hot set".into());
+                return Err(NotReady::Prewarming);
             }
             *lock(&self.prewarm_until) = None;
         }
@@ -95,9 +95,7 @@ impl Store {
         if adopted.take().is_some_and(|at| at.elapsed() < ADOPTED_PROBE_FRESH) {
             return Ok(());
         }
-        self.origin_ready()
-            .await
-            .map_err(|e| format!("origin unreachable: {e}"))
+        self.origin_ready().await
     }
 
     /// Adopts `probe`, a readiness probe of the origin started with the process (its connection
@@ -106,7 +104,7 @@ impl Store {
     /// the admin listener serves.
     pub fn adopt_origin_probe<F>(&self, probe: F)
     where
-        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+        F: std::future::Future<Output = Result<(), NotReady>> + Send + 'static,
     {
         let Ok(mut slot) = self.origin_probe.clone().try_lock_owned() else {
             return;

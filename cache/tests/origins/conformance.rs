@@ -97,7 +97,7 @@ pub fn error_name(e: &OriginError) -> String {
         OriginError::NotModified { .. } => "NotModified".into(),
         OriginError::InvalidRange => "InvalidRange".into(),
         OriginError::Rejected { status, code, .. } => format!("Rejected {status} {code}"),
-        OriginError::Transient(m) => format!("Transient {m}"),
+        OriginError::Transient { what, .. } => format!("Transient {what}"),
         OriginError::Unavailable { .. } => "Unavailable".into(),
         OriginError::Io(e) => format!("Io {e}"),
     }

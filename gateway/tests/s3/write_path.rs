@@ -110,6 +110,64 @@ fn a_blob_damaged_on_disk_is_refused_not_uploaded() {
     damage_after_a_turned_away_attempt(&s, "orioledb_data/1/damaged", &body, 1000);
 }
 
+/// Perch's soft limit of open files, from /proc.
+fn open_files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a soft limit of open files")
+}
+
+fn set_open_files_limit(pid: u32, soft: u64) {
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .status()
+        .expect("run prlimit")
+        .success();
+    assert!(ok, "prlimit --nofile={soft}: failed");
+}
+
+/// A blob Perch cannot open for a while is not damaged: with its file table full (its limit of
+/// open files lowered to 3, so that no descriptor can be opened, those open staying) after an upload attempt the outage turned away, the next
+/// attempts and the blob's check fail to open it. The version must be tried again, never refused,
+/// and reach the origin once Perch can open files again.
+#[test]
+fn a_blob_that_cannot_be_opened_for_a_while_is_tried_again_not_refused() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "orioledb_data/1/unopenable";
+    s.faults(r#"{"outage": true}"#);
+    let body = pattern(300_000, 9);
+    s.put(key, &body);
+    eventually("an upload attempt turned away", || {
+        s.proxy
+            .records_for(key)
+            .iter()
+            .any(|(_, _, injected)| injected.is_some())
+    });
+    let pid = s.perch().pid().expect("perch is running");
+    let limit = open_files_limit(pid);
+    let checks = |log: &str| log.matches("blob now").count() + log.matches("fails its check").count();
+    let before = checks(&s.perch().log_text());
+    set_open_files_limit(pid, 3);
+    s.no_faults();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checks(&s.perch().log_text()) <= before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    set_open_files_limit(pid, limit);
+    assert!(
+        checks(&s.perch().log_text()) > before,
+        "no check of the blob while it could not be opened"
+    );
+    assert_eq!(refused(&s), Vec::new(), "a blob that could not be opened was refused");
+    eventually("the version uploaded", || s.in_moto(key).as_deref() == Some(&body[..]));
+}
+
 #[test]
 fn a_multipart_blob_damaged_in_a_later_part_is_refused_and_its_upload_abandoned() {
     let _turn = machine::share();
@@ -214,6 +272,52 @@ fn journal_repair_lets_perch_start_losing_only_the_version_whose_blob_is_gone() 
 
 /// One multipart upload of `key` with `body` in two parts (5 MiB and the rest); returns the
 /// ETag CompleteMultipartUpload answered.
+/// A blob that cannot be looked at (its name a symbolic link to itself: ELOOP, which no root
+/// bypasses) is not a blob that is gone: `perch journal check` and `repair --drop-missing` stop
+/// with the error and drop nothing, and once the blob is back the write goes up.
+#[test]
+fn journal_repair_never_drops_a_version_whose_blob_it_cannot_look_at() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let body = pattern(70_000, 3);
+    s.put("orioledb_data/1/unreadable", &body);
+    let blob = s.blob_holding(&body);
+    s.kill();
+    let aside = blob.with_extension("aside");
+    std::fs::rename(&blob, &aside).expect("move the blob aside");
+    std::os::unix::fs::symlink(&blob, &blob).expect("a link to itself");
+    let data_dir = s.data_dir.to_string_lossy().into_owned();
+    let offline = |args: &[&str]| {
+        let out = std::process::Command::new(perch_binary())
+            .arg("journal")
+            .args(args)
+            .args(["--data-dir", &data_dir])
+            .output()
+            .expect("run perch journal");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for args in [&["check"][..], &["repair", "--drop-missing"][..]] {
+        let (ok, text) = offline(args);
+        assert!(
+            !ok && text.contains("cannot read its blob") && text.contains("orioledb_data/1/unreadable"),
+            "perch journal {args:?}: {text}"
+        );
+    }
+    std::fs::remove_file(&blob).expect("remove the link");
+    std::fs::rename(&aside, &blob).expect("put the blob back");
+    s.no_faults();
+    s.start_again();
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("orioledb_data/1/unreadable").as_deref(), Some(&body[..]));
+}
+
 async fn multipart(c: &aws_sdk_s3::Client, key: &str, body: &[u8]) -> String {
     let id = c
         .create_multipart_upload()

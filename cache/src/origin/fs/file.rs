@@ -70,6 +70,25 @@ pub(super) fn corrupt(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// A header JSON cannot read, as the `InvalidData` error of its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: bad header: {source}", path.display())]
+struct BadHeader {
+    path: std::path::PathBuf,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// A read of a header that failed: a file that ends within it is corrupt, any other failure is
+/// the read's own (e.g. EIO), passed on as it is.
+fn short_header(path: &Path, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        corrupt(format!("{}: short header", path.display()))
+    } else {
+        e
+    }
+}
+
 /// Opens an object or part file and reads its header. `None` when the file is absent
 /// (or, given `key`, holds another key). The file is left positioned at the body.
 pub(super) fn open_stored(path: &Path, key: Option<&str>) -> io::Result<Option<(std::fs::File, StoredHeader, u64)>> {
@@ -79,8 +98,7 @@ pub(super) fn open_stored(path: &Path, key: Option<&str>) -> io::Result<Option<(
         Err(e) => return Err(e),
     };
     let mut prefix = [0u8; PREFIX_LEN];
-    file.read_exact(&mut prefix)
-        .map_err(|e| corrupt(format!("{}: short header: {e}", path.display())))?;
+    file.read_exact(&mut prefix).map_err(|e| short_header(path, e))?;
     if &prefix[..8] != MAGIC {
         return Err(corrupt(format!("{}: not an object file", path.display())));
     }
@@ -89,10 +107,16 @@ pub(super) fn open_stored(path: &Path, key: Option<&str>) -> io::Result<Option<(
         return Err(corrupt(format!("{}: header too large", path.display())));
     }
     let mut json = vec![0u8; len];
-    file.read_exact(&mut json)
-        .map_err(|e| corrupt(format!("{}: short header: {e}", path.display())))?;
-    let header: StoredHeader =
-        serde_json::from_slice(&json).map_err(|e| corrupt(format!("{}: bad header: {e}", path.display())))?;
+    file.read_exact(&mut json).map_err(|e| short_header(path, e))?;
+    let header: StoredHeader = serde_json::from_slice(&json).map_err(|source| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            BadHeader {
+                path: path.to_owned(),
+                source,
+            },
+        )
+    })?;
     let offset = (PREFIX_LEN + len) as u64;
     let file_len = file.metadata()?.len();
     if file_len != offset.saturating_add(header.meta.size) {

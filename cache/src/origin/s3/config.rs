@@ -134,7 +134,7 @@ impl Intercept for SendDocument {
 
 /// The typed input each PUT needs to build, whatever the document says (it replaces the body).
 fn placeholder_error(e: aws_sdk_s3::error::BuildError) -> OriginError {
-    OriginError::Io(io::Error::other(format!("building a configuration request: {e}")))
+    OriginError::Io(Doing::io("building a configuration request", e))
 }
 
 impl Capture {
@@ -163,7 +163,7 @@ impl S3Origin {
         match self.call(subject, Duration::ZERO, send).await {
             Ok(_) => {}
             // A success the SDK could not read as its model says is still the origin's answer.
-            Err(OriginError::Transient(e)) if !lock_captured(&captured).body.is_empty() => {
+            Err(e @ OriginError::Transient { .. }) if !lock_captured(&captured).body.is_empty() => {
                 tracing::debug!(error = %e, "passing on a configuration answer the SDK did not parse");
             }
             Err(e) => return Err(e),

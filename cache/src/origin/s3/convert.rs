@@ -141,7 +141,7 @@ pub(super) async fn sdk_body(body: &PutBody) -> OriginResult<SdkByteStream> {
             .buffer_size(256 * 1024)
             .build()
             .await
-            .map_err(|e| OriginError::Io(io::Error::other(format!("{}: {e}", path.display())))),
+            .map_err(|e| OriginError::Io(Doing::io(path.display().to_string(), e))),
         PutBody::Blob(range) => Ok(SdkByteStream::new(aws_smithy_types::body::SdkBody::from_body_1_x(
             KnownLength {
                 stream: range.stream(),

@@ -19,17 +19,21 @@ pub(super) enum Subject {
     Upload,
 }
 
-/// Turns any SDK failure into an `OriginError`. `subject` says what a bare 404 means.
+/// Turns any SDK failure into an `OriginError`. `subject` says what a bare 404 means. A failure
+/// of Perch's side (transient, or local) keeps the SDK's error as its source.
 pub(super) fn classify<E>(err: SdkError<E, HttpResponse>, subject: Subject) -> OriginError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match &err {
+    let classified = match &err {
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
             if (200..300).contains(&status) {
                 // A success whose body could not be read or parsed.
-                return OriginError::Transient(format!("unreadable {status} answer: {}", DisplayErrorContext(&err)));
+                return OriginError::transient_from(
+                    format!("unreadable {status} answer: {}", DisplayErrorContext(&err)),
+                    err,
+                );
             }
             let code = ctx.err().code().unwrap_or_default().to_owned();
             let message = ctx
@@ -46,7 +50,7 @@ where
             let message = DisplayErrorContext(&err).to_string();
             if (200..300).contains(&status) {
                 // A success whose body broke or could not be read: worth another try.
-                OriginError::Transient(message)
+                OriginError::transient(message)
             } else {
                 with_etag(
                     classify_answer(status, String::new(), message, subject),
@@ -54,23 +58,33 @@ where
                 )
             }
         }
-        SdkError::TimeoutError(_) => OriginError::Transient(format!("timed out: {}", causes(&err))),
-        SdkError::DispatchFailure(failure) => {
-            let message = causes(&err);
-            if failure.is_user() {
-                // The request could not be sent for a local reason (e.g. its body failed).
-                OriginError::Io(io::Error::other(message))
-            } else {
-                OriginError::Transient(message)
-            }
+        SdkError::TimeoutError(_) => OriginError::transient(format!("timed out: {}", causes(&err))),
+        SdkError::DispatchFailure(failure) if failure.is_user() => {
+            // The request could not be sent for a local reason (e.g. its body failed).
+            let text = causes(&err);
+            return OriginError::Io(io::Error::other(Described { text, err }));
         }
+        SdkError::DispatchFailure(_) => OriginError::transient(causes(&err)),
         SdkError::ConstructionFailure(_) => OriginError::rejected(
             400,
             "InvalidArgument",
             format!("could not build the origin request: {}", DisplayErrorContext(&err)),
         ),
-        _ => OriginError::Transient(causes(&err)),
+        _ => OriginError::transient(causes(&err)),
+    };
+    match classified {
+        OriginError::Transient { what, cause: None } => OriginError::transient_from(what, err),
+        other => other,
     }
+}
+
+/// An SDK failure shown with its causes' text (`causes`), which the SDK's own display leaves out.
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+struct Described<E: std::error::Error + 'static> {
+    text: String,
+    #[source]
+    err: E,
 }
 
 /// An error and its sources, each as it displays itself, joined by `: ` (a source its parent's
@@ -127,10 +141,10 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
     ];
     if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code.as_str()) {
         let code = if code.is_empty() { status.to_string() } else { code };
-        return OriginError::Transient(format!("{status} {code}: {message}"));
+        return OriginError::transient(format!("{status} {code}: {message}"));
     }
     if matches!(status, 400 | 403) && CREDENTIAL_CODES.contains(&code.as_str()) {
-        return OriginError::Transient(format!(
+        return OriginError::transient(format!(
             "{status} {code}: {message} (Perch's origin keys or clock; fix them and send SIGHUP to reload the keys)"
         ));
     }
@@ -144,7 +158,7 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
         (404, "" | "NotFound") => match subject {
             Subject::Bucket => OriginError::NoSuchBucket,
             Subject::Object => OriginError::NoSuchKey,
-            Subject::Write => OriginError::Transient(format!("404 without an S3 error code: {message}")),
+            Subject::Write => OriginError::transient(format!("404 without an S3 error code: {message}")),
             Subject::Upload => OriginError::NoSuchUpload,
         },
         _ => {

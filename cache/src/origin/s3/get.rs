@@ -78,7 +78,7 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
 fn content_length(headers: &HeaderMap) -> OriginResult<u64> {
     header_str(headers, "content-length")
         .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| OriginError::Transient("an answer without a Content-Length".to_owned()))
+        .ok_or_else(|| OriginError::transient("an answer without a Content-Length"))
 }
 
 /// A whole body checked against the object's checksum as it streams: a body that does not match
@@ -140,7 +140,7 @@ impl S3Origin {
             Some(value) => match parse_content_range(value, length) {
                 Some((first, last, total)) => (Some((first, last)), total.unwrap_or(length)),
                 None => {
-                    return Err(OriginError::Transient(format!(
+                    return Err(OriginError::transient(format!(
                         "an answer of {length} bytes with an invalid Content-Range: {value}"
                     )));
                 }
@@ -256,9 +256,9 @@ impl S3Origin {
             )
         })?;
         if let Some(keys) = &self.keys {
-            let signing = |e: &dyn std::fmt::Display| {
-                OriginError::Io(io::Error::other(format!("signing the origin request: {e}")))
-            };
+            fn signing(e: impl std::error::Error + Send + Sync + 'static) -> OriginError {
+                OriginError::Io(Doing::io("signing the origin request", e))
+            }
             let identity: Identity = keys.current().into();
             let params = v4::SigningParams::builder()
                 .identity(&identity)
@@ -267,7 +267,7 @@ impl S3Origin {
                 .time(SystemTime::now())
                 .settings(s3_signing_settings())
                 .build()
-                .map_err(|e| signing(&e))?
+                .map_err(signing)?
                 .into();
             let signed = SignableRequest::new(
                 method.as_str(),
@@ -276,22 +276,22 @@ impl S3Origin {
                 SignableBody::Bytes(&[]),
             )
             .and_then(|s| sign(s, &params))
-            .map_err(|e| signing(&e))?;
+            .map_err(signing)?;
             let (instructions, _) = signed.into_parts();
             instructions.apply_to_request_http1x(&mut request);
         }
         request
             .headers_mut()
             .insert(header::USER_AGENT, http::HeaderValue::from_static("perch"));
-        let request = HttpRequest::try_from(request)
-            .map_err(|e| OriginError::Io(io::Error::other(format!("the origin request: {e}"))))?;
+        let request =
+            HttpRequest::try_from(request).map_err(|e| OriginError::Io(Doing::io("the origin request", e)))?;
 
         let limit = self.read_timeout;
         let response = match tokio::time::timeout(limit, self.direct.call(request)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(e)) => return Err(OriginError::Transient(DisplayErrorContext(&e).to_string())),
+            Ok(Err(e)) => return Err(OriginError::transient_from(DisplayErrorContext(&e).to_string(), e)),
             Err(_) => {
-                return Err(OriginError::Transient(format!(
+                return Err(OriginError::transient(format!(
                     "no answer from the origin within {limit:?}"
                 )));
             }
@@ -299,7 +299,7 @@ impl S3Origin {
         let status = response.status().as_u16();
         let (parts, body) = response
             .try_into_http1x()
-            .map_err(|e| OriginError::Transient(format!("unreadable answer: {e}")))?
+            .map_err(|e| OriginError::transient_from(format!("unreadable answer: {e}"), e))?
             .into_parts();
         if !(200..300).contains(&status) {
             let e = refusal(status, body, limit).await;

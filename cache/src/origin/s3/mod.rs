@@ -38,6 +38,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use super::*;
+use crate::error::Doing;
 
 /// How to reach an S3 origin.
 #[derive(Clone)]
@@ -237,7 +238,7 @@ impl S3Origin {
         match tokio::time::timeout(limit, fut).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(err)) => Err(classify(err, subject)),
-            Err(_) => Err(OriginError::Transient(format!(
+            Err(_) => Err(OriginError::transient(format!(
                 "no answer from the origin within {limit:?}"
             ))),
         }

@@ -31,7 +31,7 @@ impl S3Origin {
         let out = self.call(Subject::Bucket, Duration::ZERO, send).await?;
         match out.upload_id() {
             Some(id) if !id.is_empty() => Ok(id.to_owned()),
-            _ => Err(OriginError::Transient(
+            _ => Err(OriginError::transient(
                 "CreateMultipartUpload answered without an upload id".to_owned(),
             )),
         }

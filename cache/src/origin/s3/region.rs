@@ -49,7 +49,7 @@ impl S3Origin {
         })?;
         let asked = tokio::time::timeout(probe.read_timeout, probe.client.list_buckets().send()).await;
         match asked {
-            Err(_) => Err(OriginError::Transient(format!(
+            Err(_) => Err(OriginError::transient(format!(
                 "no answer from the origin within {:?}",
                 probe.read_timeout
             ))),
