@@ -13,6 +13,24 @@ pub mod units;
 pub use file::{PolicyError, parse};
 pub use prefetch::{ListRule, Prefetch, RESERVED_PREFIX, is_reserved};
 pub use rules::{CacheClass, Decision, Freshness, Method, Policy, Priority, Rule, SharedPolicy, UploadHeader};
+pub use units::UnitError;
+
+/// A value of a rule (a policy file's field, a `perch serve` flag) that Perch cannot take.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    /// What is wrong with it, and what to write instead.
+    #[error("{0}")]
+    Invalid(String),
+    /// A size or a duration that does not parse.
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+}
+
+impl From<String> for ValueError {
+    fn from(text: String) -> Self {
+        ValueError::Invalid(text)
+    }
+}
 
 /// A key pattern: `*` matches any run of characters, `/` included; everything else is literal.
 /// `orioledb_undo/*` matches every key under `orioledb_undo/`; `data/*/global/pg_control` matches
@@ -123,15 +141,13 @@ impl WriteMode {
 }
 
 impl FromStr for WriteMode {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "write_back" => Ok(WriteMode::WriteBack),
             "barrier" => Ok(WriteMode::Barrier),
             "write_through" => Ok(WriteMode::WriteThrough),
-            other => Err(format!(
-                "unknown write mode `{other}` (use write_back, barrier or write_through)"
-            )),
+            other => Err(format!("unknown write mode `{other}` (use write_back, barrier or write_through)").into()),
         }
     }
 }

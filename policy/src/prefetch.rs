@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use crate::Glob;
+use crate::{Glob, ValueError};
 
 /// The prefix of each bucket that is Perch's own: the hot set it hands from one machine to the
 /// next lives there. Clients never see it in a listing and cannot write it.
@@ -26,14 +26,12 @@ pub struct ListRule {
 }
 
 impl FromStr for ListRule {
-    type Err = String;
+    type Err = ValueError;
     /// `PREFIX_GLOB` (every listed object) or `PREFIX_GLOB=KEY_GLOB`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (prefix, keys) = s.split_once('=').unwrap_or((s, "*"));
         if prefix.is_empty() || keys.is_empty() {
-            return Err(format!(
-                "prefetch rule `{s}` is not PREFIX_GLOB or PREFIX_GLOB=KEY_GLOB"
-            ));
+            return Err(format!("prefetch rule `{s}` is not PREFIX_GLOB or PREFIX_GLOB=KEY_GLOB").into());
         }
         Ok(ListRule {
             prefix: Glob::new(prefix),

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::{Glob, WriteMode};
+use crate::{Glob, ValueError, WriteMode};
 
 /// The request methods a rule can be limited to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,14 +31,14 @@ impl Method {
 }
 
 impl FromStr for Method {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_uppercase().as_str() {
             "GET" => Ok(Method::Get),
             "HEAD" => Ok(Method::Head),
             "PUT" => Ok(Method::Put),
             "DELETE" => Ok(Method::Delete),
-            _ => Err(format!("unknown method `{s}` (use GET, HEAD, PUT or DELETE)")),
+            _ => Err(format!("unknown method `{s}` (use GET, HEAD, PUT or DELETE)").into()),
         }
     }
 }
@@ -66,13 +66,13 @@ impl CacheClass {
 }
 
 impl FromStr for CacheClass {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "normal" => Ok(CacheClass::Normal),
             "pin" => Ok(CacheClass::Pin),
             "bypass" => Ok(CacheClass::Bypass),
-            other => Err(format!("unknown cache class `{other}` (use normal, pin or bypass)")),
+            other => Err(format!("unknown cache class `{other}` (use normal, pin or bypass)").into()),
         }
     }
 }
@@ -99,7 +99,7 @@ impl fmt::Display for Freshness {
 }
 
 impl FromStr for Freshness {
-    type Err = String;
+    type Err = ValueError;
     /// `immutable`, `revalidate` (after the default) or `revalidate after 5s`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
@@ -110,12 +110,10 @@ impl FromStr for Freshness {
             return Ok(Freshness::Revalidate(None));
         }
         if let Some(after) = t.strip_prefix("revalidate after ") {
-            let d = crate::units::parse_duration(after).map_err(|e| e.to_string())?;
+            let d = crate::units::parse_duration(after)?;
             return Ok(Freshness::Revalidate(Some(d)));
         }
-        Err(format!(
-            "unknown freshness `{t}` (use immutable, revalidate or `revalidate after 5s`)"
-        ))
+        Err(format!("unknown freshness `{t}` (use immutable, revalidate or `revalidate after 5s`)").into())
     }
 }
 
@@ -147,13 +145,13 @@ impl Priority {
 }
 
 impl FromStr for Priority {
-    type Err = String;
+    type Err = ValueError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "high" => Ok(Priority::High),
             "normal" => Ok(Priority::Normal),
             "low" => Ok(Priority::Low),
-            other => Err(format!("unknown upload priority `{other}` (use high, normal or low)")),
+            other => Err(format!("unknown upload priority `{other}` (use high, normal or low)").into()),
         }
     }
 }
@@ -186,21 +184,21 @@ const RESERVED_HEADERS: &[&str] = &[
 
 impl UploadHeader {
     /// Checks a header name and value a rule sets.
-    pub fn new(name: &str, value: &str) -> Result<UploadHeader, String> {
+    pub fn new(name: &str, value: &str) -> Result<UploadHeader, ValueError> {
         let name = name.trim().to_ascii_lowercase();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(format!("`{name}` is not a header name (letters, digits and `-`)"));
+            return Err(format!("`{name}` is not a header name (letters, digits and `-`)").into());
         }
         if RESERVED_HEADERS.contains(&name.as_str())
             || name.starts_with("x-amz-checksum-")
             || name.starts_with("x-amz-copy-source")
             || name.starts_with("x-amz-server-side-encryption-customer-")
         {
-            return Err(format!("header `{name}` is set by Perch itself, not by a rule"));
+            return Err(format!("header `{name}` is set by Perch itself, not by a rule").into());
         }
         let value = value.trim();
         if value.bytes().any(|b| b.is_ascii_control()) {
-            return Err(format!("the value of header `{name}` holds a control character"));
+            return Err(format!("the value of header `{name}` holds a control character").into());
         }
         Ok(UploadHeader {
             name,
@@ -322,8 +320,9 @@ impl Decision {
 impl Policy {
     /// The built-in OrioleDB profile (policy/profiles/orioledb.toml), the default of `perch serve`.
     pub fn orioledb() -> Policy {
-        // The file ships with the crate and is tested to parse.
-        crate::file::parse(ORIOLEDB_PROFILE, ORIOLEDB_PROFILE_NAME).unwrap_or_default()
+        // The file ships with the crate and is tested to parse (file.rs): an empty policy here
+        // would drop its barriers and write-through without a word.
+        crate::file::parse(ORIOLEDB_PROFILE, ORIOLEDB_PROFILE_NAME).expect("the built-in profile parses")
     }
 
     /// These rules first, then `later`'s (flags before the file they shorten).

@@ -1,10 +1,11 @@
 //! The flags that predate the policy file (`--write-mode`, `--cache-revalidate`,
 //! `--upload-header`) compiled into rules placed before the file's: a flag wins over the file.
 
+use crate::ValueError;
 use crate::rules::{Freshness, Method, Rule, UploadHeader};
 
 /// `--write-mode GLOB=MODE`, or `put:GLOB=MODE` / `delete:GLOB=MODE` for one method only.
-pub fn write_mode(s: &str) -> Result<Rule, String> {
+pub fn write_mode(s: &str) -> Result<Rule, ValueError> {
     let (lhs, mode) = s
         .rsplit_once('=')
         .ok_or_else(|| format!("write rule `{s}` is not GLOB=MODE"))?;
@@ -14,7 +15,7 @@ pub fn write_mode(s: &str) -> Result<Rule, String> {
         _ => (None, lhs),
     };
     if glob.is_empty() {
-        return Err(format!("write rule `{s}` has an empty pattern"));
+        return Err(format!("write rule `{s}` has an empty pattern").into());
     }
     let mut rule = Rule::new(format!("--write-mode {s}"), glob);
     rule.methods = methods;
@@ -24,9 +25,9 @@ pub fn write_mode(s: &str) -> Result<Rule, String> {
 
 /// `--cache-revalidate GLOB`: cached copies of matching keys are revalidated after
 /// `--cache-revalidate-after`.
-pub fn cache_revalidate(glob: &str) -> Result<Rule, String> {
+pub fn cache_revalidate(glob: &str) -> Result<Rule, ValueError> {
     if glob.is_empty() {
-        return Err("--cache-revalidate has an empty pattern".into());
+        return Err("--cache-revalidate has an empty pattern".to_owned().into());
     }
     let mut rule = Rule::new(format!("--cache-revalidate {glob}"), glob);
     rule.freshness = Some(Freshness::Revalidate(None));
@@ -34,12 +35,12 @@ pub fn cache_revalidate(glob: &str) -> Result<Rule, String> {
 }
 
 /// `--upload-header 'GLOB=Name: value'`.
-pub fn upload_header(s: &str) -> Result<Rule, String> {
+pub fn upload_header(s: &str) -> Result<Rule, ValueError> {
     let bad = || format!("upload header `{s}` is not GLOB=Name: value");
     let (glob, header) = s.split_once('=').ok_or_else(bad)?;
     let (name, value) = header.split_once(':').ok_or_else(bad)?;
     if glob.is_empty() {
-        return Err(bad());
+        return Err(bad().into());
     }
     let header = UploadHeader::new(name, value).map_err(|e| format!("{}: {e}", bad()))?;
     let mut rule = Rule::new(format!("--upload-header {s}"), glob);
