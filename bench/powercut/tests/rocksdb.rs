@@ -176,10 +176,10 @@ fn value(i: u64) -> Vec<u8> {
 
 /// Not a test by itself: the writer process the test below starts (and kills).
 #[test]
+#[ignore = "the writer process of the test below, which runs it with --ignored"]
 fn writer_process() {
-    let Ok(spec) = std::env::var("POWERCUT_ROCKSDB_WRITER") else {
-        return;
-    };
+    let spec =
+        std::env::var("POWERCUT_ROCKSDB_WRITER").expect("POWERCUT_ROCKSDB_WRITER (set by the test that runs this one)");
     let (rest, sync) = spec.rsplit_once(':').unwrap();
     let (path, start) = rest.rsplit_once(':').unwrap();
     let start: u64 = start.parse().unwrap();
@@ -205,7 +205,13 @@ fn writer_process() {
 /// kills it, and returns the last acknowledged key.
 fn write_and_kill(db: &std::path::Path, start: u64, count: u64, sync: bool) -> Option<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "writer_process", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "writer_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(
             "POWERCUT_ROCKSDB_WRITER",
             format!("{}:{start}:{}", db.display(), if sync { "sync" } else { "nosync" }),

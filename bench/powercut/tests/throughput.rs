@@ -67,7 +67,7 @@ fn append_fdatasync(dir: &Path, size: usize, n: usize) -> String {
 }
 
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a check: cargo test -p perch-powercut --test throughput -- --ignored --nocapture"]
 fn throughput() {
     require_fuse!();
     for forward in [false, true] {

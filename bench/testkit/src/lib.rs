@@ -15,3 +15,16 @@ pub mod raw_client;
 pub mod sdk;
 pub mod servers;
 pub mod sigv4;
+
+/// The variable that makes a test needing root (mount(2), FUSE) fail where it cannot run, instead
+/// of passing without running: `.ci/run` sets it to `required`.
+pub const PRIVILEGED_TESTS: &str = "PERCH_PRIVILEGED_TESTS";
+
+/// A test that needs root and cannot have it here: skipped with `reason` printed, unless
+/// `PERCH_PRIVILEGED_TESTS=required`, where it fails.
+pub fn skip_unprivileged(reason: &str) {
+    if std::env::var(PRIVILEGED_TESTS).as_deref() == Ok("required") {
+        panic!("{PRIVILEGED_TESTS}=required, but this test cannot run here: {reason}");
+    }
+    eprintln!("SKIPPED (not run): {reason}");
+}

@@ -1426,12 +1426,6 @@ def test_deploy_files_name_only_variables_perch_has(perch_env_names, fly):
         assert name in fly["env"], f"fly.toml does not set {name}"
 
 
-def sections(text):
-    """[(heading, body)] of a Markdown text, split at its `## ` headings."""
-    chunks = re.split(r"^(## .*)$", text, flags=re.M)
-    return [("", chunks[0])] + [(chunks[i], chunks[i + 1]) for i in range(1, len(chunks), 2)]
-
-
 def test_docs_name_only_settings_and_commands_perch_has(perch_commands, perch_env_names):
     env_names = perch_env_names | set(re.findall(r"\bPERCH_[A-Z_]+[A-Z]\b", "".join(perch_commands.values())))
     for doc in DEPLOY_DOCS:

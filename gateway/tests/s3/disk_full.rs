@@ -35,14 +35,14 @@ impl SmallDisk {
         match out {
             Ok(o) if o.status.success() => Some(SmallDisk { dir, _tmp: tmp }),
             Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs here (root and CAP_SYS_ADMIN are needed): {}",
+                perch_testkit::skip_unprivileged(&format!(
+                    "cannot mount a tmpfs here (root and CAP_SYS_ADMIN are needed): {}",
                     String::from_utf8_lossy(&o.stderr).trim()
-                );
+                ));
                 None
             }
             Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
+                perch_testkit::skip_unprivileged(&format!("cannot run mount: {e}"));
                 None
             }
         }

@@ -653,7 +653,7 @@ fn cuts_from_env(default: u64) -> u64 {
 #[test]
 fn power_cuts_lose_nothing_acknowledged_and_keep_barrier_order() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("SKIPPED (not run): {why}");
+        perch_testkit::skip_unprivileged(&why);
         return;
     }
     let _turn = machine::alone();
@@ -671,7 +671,7 @@ fn power_cuts_lose_nothing_acknowledged_and_keep_barrier_order() {
 #[test]
 fn the_soak_reports_a_loss_when_a_sync_is_removed() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("SKIPPED (not run): {why}");
+        perch_testkit::skip_unprivileged(&why);
         return;
     }
     let _turn = machine::alone();
@@ -706,7 +706,7 @@ fn moto_state(rig: &Rig, key: &str) -> State {
 #[test]
 fn a_replayed_release_never_undoes_a_request_the_origin_decided() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("SKIPPED (not run): {why}");
+        perch_testkit::skip_unprivileged(&why);
         return;
     }
     let _turn = machine::alone();
@@ -746,7 +746,7 @@ fn a_replayed_release_never_undoes_a_request_the_origin_decided() {
 #[test]
 fn an_acknowledged_delete_survives_a_power_cut() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("SKIPPED (not run): {why}");
+        perch_testkit::skip_unprivileged(&why);
         return;
     }
     let _turn = machine::alone();
@@ -827,7 +827,7 @@ fn wait_for_log(rig: &Rig, line: &str) {
 #[test]
 fn an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs() {
     if let Some(why) = fuse_unusable() {
-        eprintln!("SKIPPED (not run): {why}");
+        perch_testkit::skip_unprivileged(&why);
         return;
     }
     let _turn = machine::alone();

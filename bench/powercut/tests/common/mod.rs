@@ -23,11 +23,15 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Returns early (the test passes) with a clear message when FUSE cannot be used here.
+/// Returns early (the test passes) with a clear message when FUSE cannot be used here, or fails
+/// when `PERCH_PRIVILEGED_TESTS=required` (CI, where these tests must run).
 #[macro_export]
 macro_rules! require_fuse {
     () => {
         if let Some(reason) = common::skip_reason() {
+            if std::env::var("PERCH_PRIVILEGED_TESTS").as_deref() == Ok("required") {
+                panic!("PERCH_PRIVILEGED_TESTS=required, but this test cannot run here: {reason}");
+            }
             eprintln!("SKIPPED (not run): {reason}");
             return;
         }
@@ -62,10 +66,6 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     /// Waits for the process to end (after a cut or shutdown) and returns whether it succeeded.
     pub fn wait(mut self) -> bool {
         let mut c = self.child.take().expect("running");
