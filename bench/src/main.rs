@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (report, out) = match cli.command {
-        Command::OriginProxy(args) => return runtime.block_on(origin_proxy::run(*args)),
+        Command::OriginProxy(args) => return Ok(runtime.block_on(origin_proxy::run(*args))?),
         Command::PutLatency(args) => {
             let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
             print!("{}", report.markdown());

@@ -14,6 +14,15 @@ pub enum CacheError {
     Record(#[from] serde_json::Error),
     #[error("cache index: {0}")]
     Corrupt(String),
+    /// A lock whose holder panicked: what it guards may be half-changed.
+    #[error("the {0} lock was poisoned by a panic")]
+    Poisoned(&'static str),
+    /// A replica started on a data dir whose journal holds writes a primary left (`pending`).
+    #[error(
+        "this data dir holds {pending} writes not yet uploaded (it served a primary): a replica never \
+         uploads; start it as the primary to upload them, or drop them with perch journal"
+    )]
+    PrimaryWritesPending { pending: u64 },
     #[error(
         "journal record {seq} ({object}) names blob {path} of {size} bytes, which is {found}; \
          refusing to start without an acknowledged write (perch journal check)"

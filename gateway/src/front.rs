@@ -93,7 +93,7 @@ impl S3Auth for KeyPair {
     }
 }
 
-/// What the current request turned out to be, filled in by `Front` for logs and metrics.
+/// What the current request turned out to be, filled in by `AccessCheck` for logs and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
     pub op: &'static str,
@@ -102,7 +102,7 @@ pub struct RequestInfo {
 }
 
 tokio::task_local! {
-    /// Set by the server around each request; `Front::check` records into it.
+    /// Set by the server around each request; `AccessCheck::check` records into it.
     pub static REQUEST: RefCell<RequestInfo>;
 }
 
@@ -180,12 +180,12 @@ impl Writes {
 }
 
 /// s3s's access hook: runs after the signature is verified and before the body is read.
-pub struct Front {
+pub struct AccessCheck {
     pub writes: Writes,
 }
 
 #[async_trait::async_trait]
-impl S3Access for Front {
+impl S3Access for AccessCheck {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let op = intern(cx.s3_op().name());
         let (bucket, key): (String, String) = match cx.s3_path() {

@@ -245,10 +245,10 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     metrics.register(|r| stats = Some(OriginStats::new(r)));
     let stats = stats.unwrap_or_else(OriginStats::unregistered);
 
-    let (raw_origin, origin_keys) = open_origin(&config).await?;
+    let (unretried_origin, origin_keys) = open_origin(&config).await?;
     let origin_ms = starting.elapsed().as_millis() as u64;
     let origin: Arc<dyn Origin> = Arc::new(RetryingOrigin::new(
-        raw_origin.clone(),
+        unretried_origin.clone(),
         RetryPolicy::with_deadline(config.origin_retry_deadline),
         stats,
     ));
@@ -264,7 +264,9 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         "policy"
     );
     let lease = match (&config.lease, config.role) {
-        (Some(settings), config::Role::Primary) => Some(lease_cmd::lease_for(&config, settings, raw_origin.clone())?),
+        (Some(settings), config::Role::Primary) => {
+            Some(lease_cmd::lease_for(&config, settings, unretried_origin.clone())?)
+        }
         _ => None,
     };
     let disk_bytes = config.cache_disk_bytes;
@@ -301,13 +303,20 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     // store opens, so the first /readyz of a wake does not wait for a handshake, and the buckets
     // it lists are the ones an empty cache prewarms from.
     let first_probe = {
-        let origin = raw_origin.clone();
+        let origin = unretried_origin.clone();
         tokio::spawn(async move { perch_cache::origin_answers(origin.as_ref()).await })
             .map(|joined| joined.unwrap_or_else(|e| Err(perch_cache::NotReady::Probe(Arc::new(e)))))
             .shared()
     };
     let mut opened = None;
-    metrics.register(|r| opened = Some(Store::open(store_config, origin.clone(), raw_origin.clone(), Some(r))));
+    metrics.register(|r| {
+        opened = Some(Store::open(
+            store_config,
+            origin.clone(),
+            unretried_origin.clone(),
+            Some(r),
+        ))
+    });
     let store = opened
         .context("registering the store's metrics")?
         .context("opening the store")?;
@@ -355,7 +364,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         config.client.secret_access_key.clone(),
     ));
     builder.set_host(front::PerchHost::new(&config.domain));
-    builder.set_access(front::Front {
+    builder.set_access(front::AccessCheck {
         writes: front::Writes::of(config.role, config.replica_writes),
     });
     let s3 = builder.build();
@@ -374,7 +383,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
-        origin = raw_origin.kind(),
+        origin = unretried_origin.kind(),
         role = ?config.role,
         replica_writes = ?(config.role == config::Role::Replica).then_some(config.replica_writes),
         domain = %config.domain,

@@ -381,22 +381,31 @@ fn find_on_path(env: &str, program: &str) -> Option<PathBuf> {
 /// The `perch` binary a benchmark or a test of another package runs: `$PERCH_BIN`, else `perch`
 /// beside the running program or one directory up (a test binary lives in `target/<profile>/deps`),
 /// else `$CARGO_TARGET_DIR/release/perch`. It is not built here.
-pub fn perch_binary() -> anyhow::Result<PathBuf> {
+pub fn perch_binary() -> Result<PathBuf, NoPerchBinary> {
     if let Some(p) = std::env::var_os("PERCH_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe().map_err(NoPerchBinary::Exe)?;
     let mut candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("perch")).collect();
     if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
         candidates.push(PathBuf::from(target).join("release").join("perch"));
     }
     match candidates.iter().find(|p| p.is_file()) {
         Some(p) => Ok(p.clone()),
-        None => anyhow::bail!(
-            "no perch binary (looked at {candidates:?}): build it with `cargo build --release -p perch-gateway` \
-             (cargo test --workspace builds it), or set PERCH_BIN"
-        ),
+        None => Err(NoPerchBinary::Missing(candidates)),
     }
+}
+
+/// Why `perch_binary` found none.
+#[derive(Debug, thiserror::Error)]
+pub enum NoPerchBinary {
+    #[error("no perch binary: the running program's path is unknown")]
+    Exe(#[source] std::io::Error),
+    #[error(
+        "no perch binary (looked at {0:?}): build it with `cargo build --release -p perch-gateway` \
+         (cargo test --workspace builds it), or set PERCH_BIN"
+    )]
+    Missing(Vec<PathBuf>),
 }
 
 /// A loopback port free at the time of asking.

@@ -368,7 +368,7 @@ impl Journal {
         // Same-key commits are serialized (their order is their sequence order); commits after a
         // barrier wait until it is committed.
         let _key = self.local.key_lock(okey);
-        let poisoned = || StoreError::Local(CacheError::Corrupt("epoch lock poisoned".into()));
+        let poisoned = || StoreError::Local(CacheError::Poisoned("epoch"));
         let mut epoch = match mode {
             WriteMode::Barrier => EpochGuard::Exclusive(self.epoch.write().map_err(|_| poisoned())?),
             _ => EpochGuard::Shared(self.epoch.read().map_err(|_| poisoned())?),

@@ -103,7 +103,7 @@ pub struct Store {
     /// The origin with its retry layer.
     origin: Arc<dyn Origin>,
     /// The origin without it (the uploader's, and readiness probes').
-    upload_origin: Arc<dyn Origin>,
+    unretried_origin: Arc<dyn Origin>,
     multipart: Multipart,
     prefetch_bytes: u64,
     /// Set while a prewarm reads its hot sets; until when `ready` waits for a prewarm.
@@ -149,17 +149,17 @@ impl Store {
     /// Opens the store under `cfg.data_dir` (index, blobs and journal survive restarts), replays
     /// the journal and starts the uploader and the cache's background work.
     ///
-    /// `upload_origin` is the origin without retries: the uploader retries by itself, for as long
+    /// `unretried_origin` is the origin without retries: the uploader retries by itself, for as long
     /// as it takes, and reports each fault as it happens.
     pub fn open(
         cfg: StoreConfig,
         mut origin: Arc<dyn Origin>,
-        mut upload_origin: Arc<dyn Origin>,
+        mut unretried_origin: Arc<dyn Origin>,
         mut registry: Option<&mut Registry>,
     ) -> Result<Arc<Store>, CacheError> {
         if cfg.replica.is_some() {
             origin = Arc::new(ReadOnlyOrigin(origin));
-            upload_origin = Arc::new(ReadOnlyOrigin(upload_origin));
+            unretried_origin = Arc::new(ReadOnlyOrigin(unretried_origin));
         }
         let opening = std::time::Instant::now();
         // The data dir's own name too: whoever made it may not have synced its parent.
@@ -185,11 +185,7 @@ impl Store {
         if cfg.replica.is_some() {
             let pending = journal.status(None).dirty_objects;
             if pending > 0 {
-                return Err(CacheError::Corrupt(format!(
-                    "this data dir holds {pending} writes not yet uploaded (it served a primary): a \
-                     replica never uploads; start it as the primary to upload them, or drop them \
-                     with perch journal"
-                )));
+                return Err(CacheError::PrimaryWritesPending { pending });
             }
         }
         let replica = if cfg.replica == Some(ReplicaWrites::Overlay) {
@@ -216,7 +212,7 @@ impl Store {
         let uploader = cfg
             .replica
             .is_none()
-            .then(|| Uploader::start(journal.clone(), upload_origin.clone()));
+            .then(|| Uploader::start(journal.clone(), unretried_origin.clone()));
         let prefetcher = Prefetcher::start(reader.clone(), cfg.prefetch, cfg.prefetch_bytes);
         local.start();
         // Where a start's time goes (a wake waits for it).
@@ -235,7 +231,7 @@ impl Store {
             prefetcher,
             replica,
             origin,
-            upload_origin,
+            unretried_origin,
             multipart,
             prefetch_bytes: cfg.prefetch_bytes,
             prewarm_reading: AtomicBool::new(false),
@@ -549,7 +545,7 @@ impl Store {
     /// Whether the origin answers at all: even a refusal (403 on ListBuckets with keys scoped to
     /// one bucket) proves it is there. Only a transient fault, local I/O or a timeout is "not ready".
     pub async fn origin_ready(&self) -> Result<(), NotReady> {
-        origin_answers(self.upload_origin.as_ref()).await.map(|_| ())
+        origin_answers(self.unretried_origin.as_ref()).await.map(|_| ())
     }
 
     /// A clean stop: prefetches still queued are dropped, the index is flushed so that the next

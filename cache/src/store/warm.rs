@@ -37,7 +37,7 @@ impl Store {
             .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
         let mut named = 0;
         for (bucket, objects) in &sets {
-            hot_set::write(self.upload_origin.as_ref(), bucket, objects).await?;
+            hot_set::write(self.unretried_origin.as_ref(), bucket, objects).await?;
             named += objects.len();
         }
         Ok(named)

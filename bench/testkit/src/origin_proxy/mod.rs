@@ -25,7 +25,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
@@ -135,7 +134,7 @@ struct Record {
 }
 
 /// Recorded requests and per-key counts.
-struct Journal {
+struct RequestLog {
     records: VecDeque<Record>,
     counts: BTreeMap<String, u64>,
     /// Requests with a lower sequence number started before the last reset.
@@ -146,7 +145,7 @@ struct Journal {
     file_failed: bool,
 }
 
-impl Journal {
+impl RequestLog {
     fn push(&mut self, record: Record) {
         if record.seq < self.floor {
             return;
@@ -190,7 +189,7 @@ struct Shared {
     upstream: Authority,
     client: Client<HttpConnector, Metered<Incoming>>,
     engine: Mutex<FaultEngine>,
-    journal: Mutex<Journal>,
+    log: Mutex<RequestLog>,
     new_conn_rtts: u32,
     seed: u64,
     require_region: Option<String>,
@@ -297,14 +296,59 @@ impl Drop for ClientStream {
 /// exception is `cut_body_after`: such a GET is forwarded, and its response body is cut after
 /// that many bytes (the connection closed mid-body); its record has `cut_body_after` set, the
 /// upstream's status, and the bytes actually sent.
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let proxy = Proxy::bind(&args).await?;
     {
         let mut out = io::stdout().lock();
-        writeln!(out, "listening on {}", proxy.local_addr())?;
-        out.flush()?;
+        writeln!(out, "listening on {}", proxy.local_addr())
+            .and_then(|()| out.flush())
+            .map_err(|e| ProxyError::io("writing the address", e))?;
     }
     proxy.serve(shutdown_signal()).await
+}
+
+/// Why the origin proxy cannot start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// An option it cannot take: what is wrong, and the error found, if any.
+    #[error("{what}")]
+    Option {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A local failure: what the proxy was doing.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the connection slots were closed")]
+    Closed(#[from] tokio::sync::AcquireError),
+}
+
+impl ProxyError {
+    fn option(what: impl Into<String>) -> ProxyError {
+        ProxyError::Option {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    fn option_from(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> ProxyError {
+        ProxyError::Option {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    fn io(what: impl Into<String>, source: io::Error) -> ProxyError {
+        ProxyError::Io {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 /// A bound proxy, ready to serve (run in-process by `servers::ProxyServer`).
@@ -317,7 +361,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the listener and prepares the upstream client.
-    pub async fn bind(args: &ProxyArgs) -> anyhow::Result<Proxy> {
+    pub async fn bind(args: &ProxyArgs) -> Result<Proxy, ProxyError> {
         let listen = parse_listen(&args.listen)?;
         let upstream = parse_upstream(&args.upstream)?;
         let baseline = FaultSettings {
@@ -333,9 +377,13 @@ impl Proxy {
             fail_next: 0,
             cut_body_after: None,
         };
-        baseline.validate().map_err(|e| anyhow!("invalid fault options: {e}"))?;
+        baseline
+            .validate()
+            .map_err(|e| ProxyError::option(format!("invalid fault options: {e}")))?;
         let schedule = match &args.outage_schedule {
-            Some(spec) => parse_outage_schedule(spec).map_err(|e| anyhow!("--outage-schedule: {e}"))?,
+            Some(spec) => {
+                parse_outage_schedule(spec).map_err(|e| ProxyError::option(format!("--outage-schedule: {e}")))?
+            }
             None => Vec::new(),
         };
         let seed = args.seed.unwrap_or_else(rand::random);
@@ -345,15 +393,17 @@ impl Proxy {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .with_context(|| format!("cannot open --log file {}", path.display()))?,
+                    .map_err(|e| ProxyError::io(format!("cannot open --log file {}", path.display()), e))?,
             ),
             None => None,
         };
 
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let local = listener.local_addr()?;
+            .map_err(|e| ProxyError::io(format!("cannot listen on {listen}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| ProxyError::io("the listener's address", e))?;
         info!(%local, %upstream, seed, "origin proxy ready");
 
         let mut connector = HttpConnector::new();
@@ -370,7 +420,7 @@ impl Proxy {
             upstream,
             client,
             engine: Mutex::new(FaultEngine::new(baseline, schedule, seed)),
-            journal: Mutex::new(Journal {
+            log: Mutex::new(RequestLog {
                 records: VecDeque::new(),
                 counts: BTreeMap::new(),
                 floor: 0,
@@ -397,7 +447,7 @@ impl Proxy {
     }
 
     /// Serves until `shutdown` resolves.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ProxyError> {
         let Proxy {
             listener,
             shared,
@@ -454,54 +504,77 @@ async fn shutdown_signal() {
     ctrl_c.await;
 }
 
-fn parse_listen(spec: &str) -> anyhow::Result<SocketAddr> {
+fn parse_listen(spec: &str) -> Result<SocketAddr, ProxyError> {
     let addr = match spec.strip_prefix("localhost:") {
         Some(port) => SocketAddr::new(
             Ipv4Addr::LOCALHOST.into(),
-            port.parse().with_context(|| format!("--listen {spec:?}: bad port"))?,
+            port.parse()
+                .map_err(|e| ProxyError::option_from(format!("--listen {spec:?}: bad port"), e))?,
         ),
         None => spec
             .parse::<SocketAddr>()
-            .with_context(|| format!("--listen {spec:?} is not an IP:PORT address"))?,
+            .map_err(|e| ProxyError::option_from(format!("--listen {spec:?} is not an IP:PORT address"), e))?,
     };
     if !addr.ip().is_loopback() {
-        bail!("--listen {addr}: refused, only loopback addresses (127.0.0.0/8, ::1) are allowed");
+        return Err(ProxyError::option(format!(
+            "--listen {addr}: refused, only loopback addresses (127.0.0.0/8, ::1) are allowed"
+        )));
     }
     Ok(addr)
 }
 
-fn parse_upstream(spec: &str) -> anyhow::Result<Authority> {
-    let uri: Uri = spec
-        .parse()
-        .with_context(|| format!("--upstream {spec:?} is not a URL like http://127.0.0.1:PORT"))?;
+fn parse_upstream(spec: &str) -> Result<Authority, ProxyError> {
+    let uri: Uri = spec.parse().map_err(|e| {
+        ProxyError::option_from(
+            format!("--upstream {spec:?} is not a URL like http://127.0.0.1:PORT"),
+            e,
+        )
+    })?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            bail!("--upstream {spec}: https is not supported; the origin must be plain http on loopback")
+            return Err(ProxyError::option(format!(
+                "--upstream {spec}: https is not supported; the origin must be plain http on loopback"
+            )));
         }
-        _ => bail!("--upstream {spec:?} must look like http://127.0.0.1:PORT"),
+        _ => {
+            return Err(ProxyError::option(format!(
+                "--upstream {spec:?} must look like http://127.0.0.1:PORT"
+            )));
+        }
     }
-    let host = uri.host().ok_or_else(|| anyhow!("--upstream {spec:?} has no host"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| ProxyError::option(format!("--upstream {spec:?} has no host")))?;
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         Ipv4Addr::LOCALHOST.into()
     } else {
         host.trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
-            .map_err(|_| {
-                anyhow!("--upstream {spec}: refused, host {host:?} is not a loopback IP address or localhost")
+            .map_err(|e| {
+                ProxyError::option_from(
+                    format!("--upstream {spec}: refused, host {host:?} is not a loopback IP address or localhost"),
+                    e,
+                )
             })?
     };
     if !ip.is_loopback() {
-        bail!("--upstream {spec}: refused, only loopback origins (127.0.0.0/8, ::1) are allowed");
+        return Err(ProxyError::option(format!(
+            "--upstream {spec}: refused, only loopback origins (127.0.0.0/8, ::1) are allowed"
+        )));
     }
     if let Some(pq) = uri.path_and_query()
         && (pq.path() != "/" || pq.query().is_some())
     {
-        bail!("--upstream {spec}: must not have a path or query");
+        return Err(ProxyError::option(format!(
+            "--upstream {spec}: must not have a path or query"
+        )));
     }
     let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(80));
-    addr.to_string().parse().map_err(|e| anyhow!("--upstream {spec}: {e}"))
+    addr.to_string()
+        .parse()
+        .map_err(|e| ProxyError::option_from(format!("--upstream {spec}"), e))
 }
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, id: u64, _permit: OwnedSemaphorePermit) {
@@ -598,7 +671,7 @@ async fn handle(
         tokio::time::sleep(decision.stall).await;
     }
     record.t_end = epoch_now();
-    lock(&shared.journal).push(record);
+    lock(&shared.log).push(record);
     ctx.abort.store(true, Ordering::Relaxed);
     Err(AbortConnection(kind))
 }
@@ -636,7 +709,7 @@ async fn forward(
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             record.status = parts.status.as_u16();
-            lock(&shared.journal).count(record.seq, &record.method, &record.key);
+            lock(&shared.log).count(record.seq, &record.method, &record.key);
             strip_hop_by_hop(&mut parts.headers);
             let resp_counter = Arc::new(AtomicU64::new(0));
             let hook = record_hook(shared.clone(), record, req_counter, resp_counter.clone());
@@ -676,7 +749,7 @@ fn record_hook(
                 record.error = Some(format!("response body cut by an injected fault after {n} bytes"));
             }
         }
-        lock(&shared.journal).push(record);
+        lock(&shared.log).push(record);
     })
 }
 
@@ -687,7 +760,7 @@ fn local_error(shared: &Shared, mut record: Record, status: StatusCode, message:
     record.resp_bytes = body.len() as u64;
     record.t_end = epoch_now();
     record.error = Some(message);
-    lock(&shared.journal).push(record);
+    lock(&shared.log).push(record);
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -725,7 +798,7 @@ async fn inject_error(
     record.status = status.as_u16();
     record.resp_bytes = body.len() as u64;
     record.t_end = epoch_now();
-    lock(&shared.journal).push(record);
+    lock(&shared.log).push(record);
 
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
@@ -812,17 +885,17 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody>
     let route = path.strip_prefix(CONTROL_PREFIX.trim_end_matches('/')).unwrap_or("");
     match (route, &method) {
         ("/log", &Method::GET) => {
-            let mut records: Vec<Record> = lock(&shared.journal).records.iter().cloned().collect();
+            let mut records: Vec<Record> = lock(&shared.log).records.iter().cloned().collect();
             records.sort_by_key(|r| r.seq);
             json_response(StatusCode::OK, &records)
         }
         ("/counts", &Method::GET) => {
-            let counts = lock(&shared.journal).counts.clone();
+            let counts = lock(&shared.log).counts.clone();
             json_response(StatusCode::OK, &counts)
         }
         ("/reset", &Method::POST) => {
             let floor = lock(&shared.engine).next_seq();
-            lock(&shared.journal).reset(floor);
+            lock(&shared.log).reset(floor);
             json_response(StatusCode::OK, &serde_json::json!({ "reset": true }))
         }
         ("/faults", &Method::GET) => {
@@ -865,8 +938,8 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody>
                 )
             };
             let (records, dropped) = {
-                let journal = lock(&shared.journal);
-                (journal.records.len(), journal.dropped)
+                let log = lock(&shared.log);
+                (log.records.len(), log.dropped)
             };
             json_response(
                 StatusCode::OK,

@@ -226,10 +226,7 @@ impl Index {
     /// A blob id never handed out before, across restarts.
     pub(crate) fn next_blob_id(&self) -> Result<u64, CacheError> {
         let id = self.next.fetch_add(1, Ordering::SeqCst);
-        let mut reserved = self
-            .reserved
-            .lock()
-            .map_err(|_| CacheError::Corrupt("id lock poisoned".into()))?;
+        let mut reserved = self.reserved.lock().map_err(|_| CacheError::Poisoned("blob id"))?;
         if id >= *reserved {
             let mark = id + ID_RUN;
             let mut b = WriteBatch::default();
