@@ -26,7 +26,7 @@ use crate::listing::{self, Page, PageQuery};
 use crate::local::lock;
 use crate::origin::{
     ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, Document, FsOrigin, ListEntry, ListQuery,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
+    MultipartChecksum, NO_TAGS, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
     Subresource, UploadInfo,
 };
 use crate::read::{CacheStatus, CachedGet, Reader};
@@ -282,13 +282,15 @@ impl Replica {
         }
     }
 
-    /// An object's configuration (its ACL) in the replica's view: of an object it wrote, the
-    /// shared bucket's own ACL (an overlay object is the bucket owner's, written privately);
+    /// An object's configuration (its ACL, its tags) in the replica's view: of an object it wrote,
+    /// the shared bucket's own ACL (an overlay object is the bucket owner's, written privately)
+    /// and no tags (a write with tags is refused);
     /// NoSuchKey for a key it deleted or a rewritten key it has no copy of (the primary's is never
     /// read); else the shared bucket's object's.
     pub(crate) async fn object_config(&self, bucket: &str, key: &str, sub: Subresource) -> OriginResult<Document> {
         self.seed(bucket).await?;
         match self.objects.head_object(bucket, key, &Conditions::default()).await {
+            Ok(_) if sub == Subresource::Tagging => return Ok(Document::new(NO_TAGS)),
             Ok(_) => return self.origin.get_config(bucket, None, sub).await,
             Err(e) if is_absent(&e) => self.check_not_deleted(bucket, key).await?,
             Err(e) => return Err(e),

@@ -128,6 +128,21 @@ pub async fn put_object_acl(store: &Store, input: PutObjectAclInput) -> S3Result
     Ok(PutObjectAclOutput::default())
 }
 
+/// An object's tags: the origin's, or none for an object Perch holds writes of that the origin
+/// does not have yet (`Store::object_tagging`). Changing them is refused: Perch keeps no tags.
+pub async fn get_object_tagging(store: &Store, input: GetObjectTaggingInput) -> S3Result<GetObjectTaggingOutput> {
+    convert::check_version(input.version_id.as_deref())?;
+    let doc = store
+        .object_tagging(&input.bucket, &input.key)
+        .await
+        .map_err(store_error)?;
+    let tagging: Tagging = from_xml(&doc.body)?;
+    Ok(GetObjectTaggingOutput {
+        tag_set: tagging.tag_set,
+        version_id: None,
+    })
+}
+
 pub async fn get_bucket_policy(store: &Store, input: GetBucketPolicyInput) -> S3Result<GetBucketPolicyOutput> {
     let doc = get(store, &input.bucket, None, Subresource::Policy).await?;
     let policy = String::from_utf8(doc.body.to_vec())

@@ -570,7 +570,7 @@ impl S3 for Gateway {
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         convert::check_kept(convert::unkept!(input))?;
-        // The front door refuses these by their path; a browser form (PostObject) names its key in
+        // `AccessCheck` refuses these by their path; a browser form (PostObject) names its key in
         // the form, which s3s hands here.
         if is_reserved(&input.key) {
             return Err(front::reserved_error());
@@ -1309,6 +1309,15 @@ impl S3 for Gateway {
 
     async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
         bucket_config::get_object_acl(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        bucket_config::get_object_tagging(&self.store, req.input)
             .await
             .map(S3Response::new)
     }

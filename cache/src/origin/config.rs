@@ -74,6 +74,10 @@ pub struct Document {
     pub headers: Vec<(String, String)>,
 }
 
+/// The tags of an object that has none, as S3 answers GetObjectTagging for it.
+pub const NO_TAGS: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+    <Tagging xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet></TagSet></Tagging>";
+
 impl Document {
     pub fn new(body: impl Into<Bytes>) -> Document {
         Document {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
-use crate::origin::{BucketInfo, Document, ListQuery, NewBucket, OriginError, OriginResult, Subresource};
+use crate::origin::{
+    BucketInfo, Conditions, Document, ListQuery, NO_TAGS, NewBucket, OriginError, OriginResult, Subresource,
+};
 
 /// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
 const CONFIG_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -132,6 +134,18 @@ impl Store {
             self.settle(&ObjectKey::new(bucket, key), self.config_wait()).await?;
         }
         Ok(self.asked(self.origin.get_config(bucket, key, sub)).await?)
+    }
+
+    /// An object's tags (GetObjectTagging): none while the object has writes the origin does not
+    /// hold yet (Perch takes no tags with a write: `x-amz-tagging` is refused), so that a copy
+    /// that asks for them (the AWS CLI's of 8 MiB and more) never waits for an upload; 404 for a
+    /// key whose newest write deletes it; else the origin's (the replica's view on a replica).
+    pub async fn object_tagging(&self, bucket: &str, key: &str) -> StoreResult<Document> {
+        if self.replica.is_none() && self.journal.has_pending(&ObjectKey::new(bucket, key)) {
+            self.head(bucket, key, &Conditions::default()).await?;
+            return Ok(Document::new(NO_TAGS));
+        }
+        self.get_config(bucket, Some(key), Subresource::Tagging).await
     }
 
     /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's

@@ -926,3 +926,69 @@ async fn metadata_beyond_ascii_comes_back_encoded_as_rfc_2047_says() {
     })
     .await;
 }
+
+/// The tag pairs of a GetObjectTagging answer, sorted.
+fn tag_pairs(out: &aws_sdk_s3::operation::get_object_tagging::GetObjectTaggingOutput) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = out
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// GetObjectTagging (which the AWS CLI v2 sends before every copy of 8 MiB or more): the
+/// origin's tags for an object it holds, none at once for one whose write the origin does not
+/// hold yet (an outage must not hold up a copy), 404 NoSuchKey for a missing key or one whose
+/// newest write deletes it; the directory origin keeps no tags.
+#[test]
+fn object_tags_are_the_origins_and_none_while_a_write_is_pending() {
+    use crate::support::stack::Stack;
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let (c, m) = (s.sdk(), s.moto_sdk());
+    macro_rules! tags {
+        ($key:expr) => {
+            s.rt.block_on(c.get_object_tagging().bucket(BUCKET).key($key).send())
+        };
+    }
+    s.rt.block_on(
+        m.put_object()
+            .bucket(BUCKET)
+            .key("tagged")
+            .body(ByteStream::from_static(b"x"))
+            .tagging("team=db&tier=hot")
+            .send(),
+    )
+    .expect("a tagged object at the origin");
+    let want = vec![
+        ("team".to_owned(), "db".to_owned()),
+        ("tier".to_owned(), "hot".to_owned()),
+    ];
+    assert_eq!(tag_pairs(&tags!("tagged").expect("the origin's tags")), want);
+    expect_err(tags!("missing"), 404, Some("NoSuchKey"));
+
+    s.faults(r#"{"outage": true}"#);
+    s.put("pending", b"y");
+    let asked = std::time::Instant::now();
+    let got = tags!("pending").expect("a pending object's tags");
+    assert_eq!(tag_pairs(&got), Vec::new());
+    assert!(asked.elapsed() < Duration::from_secs(5), "waited {:?}", asked.elapsed());
+    s.rt.block_on(c.delete_object().bucket(BUCKET).key("tagged").send())
+        .expect("delete");
+    expect_err(tags!("tagged"), 404, Some("NoSuchKey"));
+    s.no_faults();
+
+    let gw = crate::support::sdk::Gateway::dir();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        create_bucket(&gw.client, "tags").await;
+        put(&gw.client, "tags", "k", b"z").await;
+        let got = gw.client.get_object_tagging().bucket("tags").key("k").send().await;
+        assert_eq!(tag_pairs(&got.expect("no tags")), Vec::new());
+        let missing = gw.client.get_object_tagging().bucket("tags").key("nope").send().await;
+        expect_err(missing, 404, Some("NoSuchKey"));
+    });
+}

@@ -3,6 +3,7 @@
 //! control), and refuses changes it could not honour with 501 NotImplemented.
 
 use super::*;
+use crate::origin::NO_TAGS;
 
 /// The canonical user id and display name of whoever owns the directory origin's buckets.
 pub const OWNER_ID: &str = "87699f70fb259a12e8637d72a5fce1673c12aecb695abc454690ea559a7d76b7";
@@ -45,15 +46,20 @@ impl FsOrigin {
     ) -> OriginResult<Document> {
         self.bucket(bucket)?.check_alive()?;
         if let Some(key) = key {
-            if sub != Subresource::Acl {
-                return Err(OriginError::rejected(
-                    400,
-                    "InvalidArgument",
-                    format!("Objects have no {} configuration.", sub.query()),
-                ));
-            }
+            let answer = match sub {
+                Subresource::Acl => owner_acl(),
+                // This origin keeps no tags (nor does Perch take them with a write).
+                Subresource::Tagging => NO_TAGS.to_owned(),
+                _ => {
+                    return Err(OriginError::rejected(
+                        400,
+                        "InvalidArgument",
+                        format!("Objects have no {} configuration.", sub.query()),
+                    ));
+                }
+            };
             self.open_object(bucket, key).await?;
-            return Ok(Document::new(owner_acl()));
+            return Ok(Document::new(answer));
         }
         let xml = |body: &str| Document::new(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}"));
         match sub {

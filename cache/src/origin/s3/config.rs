@@ -200,6 +200,16 @@ impl S3Origin {
                     .send();
                 self.answered(Subject::Object, send, captured).await
             }
+            (Subresource::Tagging, Some(key)) => {
+                let send = c
+                    .get_object_tagging()
+                    .bucket(bucket)
+                    .key(key)
+                    .customize()
+                    .interceptor(capture)
+                    .send();
+                self.answered(Subject::Object, send, captured).await
+            }
             (_, Some(_)) => Err(object_subresource(sub)),
             (Subresource::Acl, None) => get!(get_bucket_acl),
             (Subresource::Policy, None) => get!(get_bucket_policy),
