@@ -992,3 +992,36 @@ fn object_tags_are_the_origins_and_none_while_a_write_is_pending() {
         expect_err(missing, 404, Some("NoSuchKey"));
     });
 }
+
+/// A header the origin keeps in UTF-8 (boto3 and s3cmd send a `Content-Disposition` with a
+/// non-ASCII file name so, and S3 keeps its bytes) is answered as kept: on the miss that fills
+/// the cache, on the hit after it, and on a HEAD. It was dropped.
+#[test]
+fn a_utf8_header_kept_at_the_origin_is_answered_as_kept() {
+    use crate::support::stack::Stack;
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let disposition = "attachment; filename=\"résumé.pdf\"";
+    s.rt.block_on(
+        s.moto_sdk()
+            .put_object()
+            .bucket(BUCKET)
+            .key("utf8")
+            .body(ByteStream::from_static(b"cv"))
+            .content_disposition(disposition)
+            .send(),
+    )
+    .expect("an object with a UTF-8 header at the origin");
+    for what in ["HEAD before any GET", "the miss", "the hit"] {
+        let r = if what.starts_with("HEAD") {
+            s.head("utf8")
+        } else {
+            s.get("utf8")
+        };
+        assert_eq!(r.status, 200, "{what}: {}", r.summary());
+        assert_eq!(r.header("content-disposition"), Some(disposition), "{what}");
+    }
+    let r = s.head("utf8");
+    assert_eq!(r.header("content-disposition"), Some(disposition), "HEAD of the cached copy");
+}

@@ -35,7 +35,9 @@ fn s3_signing_settings() -> SigningSettings {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+    // As UTF-8, not `to_str`'s visible ASCII: S3 keeps and answers UTF-8 bytes in a header
+    // (`Content-Disposition: attachment; filename="résumé.pdf"`), which must not be dropped.
+    headers.get(name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
 /// `ObjectMeta` of an object of `size` bytes from a GET's answer headers (what the SDK's
