@@ -284,7 +284,8 @@ impl Replica {
 
     /// An object's configuration (its ACL, its tags) in the replica's view: of an object it wrote,
     /// the shared bucket's own ACL (an overlay object is the bucket owner's, written privately)
-    /// and no tags (a write with tags is refused);
+    /// and no tags (a write with tags is refused; nor does a copy it keeps of a shared object
+    /// carry the origin's);
     /// NoSuchKey for a key it deleted or a rewritten key it has no copy of (the primary's is never
     /// read); else the shared bucket's object's.
     pub(crate) async fn object_config(&self, bucket: &str, key: &str, sub: Subresource) -> OriginResult<Document> {

@@ -45,10 +45,12 @@ enum BlobCheck {
 }
 
 impl BlobCheck {
-    /// A failure to open or read the blob: gone (`NotFound`) or a media error (`EIO`) is damage,
+    /// A failure to open or read the blob: gone (`NotFound`), a media error (`EIO`) or a
+    /// filesystem's own corruption (`EUCLEAN`, `EBADMSG`: a failed metadata checksum) is damage,
     /// anything else a failure to read it now.
     fn of(what: &'static str, path: &std::path::Path, source: std::io::Error) -> BlobCheck {
-        if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::EIO) {
+        let damage = matches!(source.raw_os_error(), Some(libc::EIO | libc::EUCLEAN | libc::EBADMSG));
+        if source.kind() == std::io::ErrorKind::NotFound || damage {
             BlobCheck::Damaged(format!("{what} {}: {source}", path.display()))
         } else {
             BlobCheck::Unreadable {

@@ -42,7 +42,7 @@ pub fn origin_error(e: OriginError) -> S3Error {
         e @ (OriginError::Transient { .. } | OriginError::Unavailable { .. }) => {
             tracing::warn!(error = %e, "answering 503 SlowDown");
             let mut err = s3_error!(SlowDown, "The origin store is unavailable; please retry.");
-            err.set_source(Box::new(e));
+            err.set_source(Box::new(OriginFault(e)));
             err
         }
         OriginError::Io(e) => {
@@ -51,6 +51,28 @@ pub fn origin_error(e: OriginError) -> S3Error {
             err.set_source(Box::new(e));
             err
         }
+    }
+}
+
+/// An origin failure as a 503's source: its causes kept, its `Debug` its one line of text (s3s
+/// logs every failed operation's error with `Debug`, and an SDK error's holds a whole answer).
+struct OriginFault(OriginError);
+
+impl std::fmt::Debug for OriginFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for OriginFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for OriginFault {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
     }
 }
 

@@ -1023,5 +1023,9 @@ fn a_utf8_header_kept_at_the_origin_is_answered_as_kept() {
         assert_eq!(r.header("content-disposition"), Some(disposition), "{what}");
     }
     let r = s.head("utf8");
-    assert_eq!(r.header("content-disposition"), Some(disposition), "HEAD of the cached copy");
+    assert_eq!(
+        r.header("content-disposition"),
+        Some(disposition),
+        "HEAD of the cached copy"
+    );
 }

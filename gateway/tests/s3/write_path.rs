@@ -270,8 +270,6 @@ fn journal_repair_lets_perch_start_losing_only_the_version_whose_blob_is_gone() 
     assert_eq!(s.in_moto("orioledb_data/1/kept").as_deref(), Some(&b"kept"[..]));
 }
 
-/// One multipart upload of `key` with `body` in two parts (5 MiB and the rest); returns the
-/// ETag CompleteMultipartUpload answered.
 /// A blob that cannot be looked at (its name a symbolic link to itself: ELOOP, which no root
 /// bypasses) is not a blob that is gone: `perch journal check` and `repair --drop-missing` stop
 /// with the error and drop nothing, and once the blob is back the write goes up.
@@ -318,6 +316,8 @@ fn journal_repair_never_drops_a_version_whose_blob_it_cannot_look_at() {
     assert_eq!(s.in_moto("orioledb_data/1/unreadable").as_deref(), Some(&body[..]));
 }
 
+/// One multipart upload of `key` with `body` in two parts (5 MiB and the rest); returns the
+/// ETag CompleteMultipartUpload answered.
 async fn multipart(c: &aws_sdk_s3::Client, key: &str, body: &[u8]) -> String {
     let id = c
         .create_multipart_upload()

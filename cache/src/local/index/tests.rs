@@ -25,6 +25,16 @@ fn entry(blob: u64, size: u64, validated: SystemTime) -> Entry {
     }
 }
 
+/// `false` with `reason` printed: the test is skipped, unless `PERCH_PRIVILEGED_TESTS=required`
+/// (CI), where it fails.
+fn skip(reason: &str) -> bool {
+    if std::env::var("PERCH_PRIVILEGED_TESTS").as_deref() == Ok("required") {
+        panic!("PERCH_PRIVILEGED_TESTS=required, but this test cannot run here: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
 /// A tmpfs of `size` mounted at `dir` for a test (`false`, with a message, where mounting
 /// is not permitted); `umount` undoes it.
 fn mount_tmpfs(dir: &Path, size: &str) -> bool {
@@ -34,17 +44,11 @@ fn mount_tmpfs(dir: &Path, size: &str) -> bool {
         .output();
     match out {
         Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run mount: {e}");
-            false
-        }
+        Ok(o) => skip(&format!(
+            "cannot mount a tmpfs: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => skip(&format!("cannot run mount: {e}")),
     }
 }
 

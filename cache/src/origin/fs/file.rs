@@ -80,13 +80,28 @@ struct BadHeader {
 }
 
 /// A read of a header that failed: a file that ends within it is corrupt, any other failure is
-/// the read's own (e.g. EIO), passed on as it is.
+/// the read's own (e.g. EIO), passed on with its kind and the file's path.
 fn short_header(path: &Path, e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         corrupt(format!("{}: short header", path.display()))
     } else {
-        e
+        io::Error::new(
+            e.kind(),
+            ReadingHeader {
+                path: path.to_owned(),
+                source: e,
+            },
+        )
     }
+}
+
+/// A header read that failed for another reason than its end.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: reading the header: {source}", path.display())]
+struct ReadingHeader {
+    path: std::path::PathBuf,
+    #[source]
+    source: io::Error,
 }
 
 /// Opens an object or part file and reads its header. `None` when the file is absent
