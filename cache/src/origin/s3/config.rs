@@ -188,28 +188,20 @@ impl S3Origin {
                 let send = c.$op().bucket(bucket).customize().interceptor(capture).send();
                 self.answered(Subject::Bucket, send, captured).await
             }};
+            ($op:ident, $key:expr) => {{
+                let send = c
+                    .$op()
+                    .bucket(bucket)
+                    .key($key)
+                    .customize()
+                    .interceptor(capture)
+                    .send();
+                self.answered(Subject::Object, send, captured).await
+            }};
         }
         match (sub, key) {
-            (Subresource::Acl, Some(key)) => {
-                let send = c
-                    .get_object_acl()
-                    .bucket(bucket)
-                    .key(key)
-                    .customize()
-                    .interceptor(capture)
-                    .send();
-                self.answered(Subject::Object, send, captured).await
-            }
-            (Subresource::Tagging, Some(key)) => {
-                let send = c
-                    .get_object_tagging()
-                    .bucket(bucket)
-                    .key(key)
-                    .customize()
-                    .interceptor(capture)
-                    .send();
-                self.answered(Subject::Object, send, captured).await
-            }
+            (Subresource::Acl, Some(key)) => get!(get_object_acl, key),
+            (Subresource::Tagging, Some(key)) => get!(get_object_tagging, key),
             (_, Some(_)) => Err(object_subresource(sub)),
             (Subresource::Acl, None) => get!(get_bucket_acl),
             (Subresource::Policy, None) => get!(get_bucket_policy),
