@@ -1,5 +1,7 @@
-//! Bucket configurations (ACL, policy, versioning, lifecycle, ownership controls, CORS, tagging) and
-//! object ACLs: passed through to the origin as S3's own XML documents, and its answer passed back.
+//! Bucket configurations (ACL, policy, versioning, lifecycle, ownership controls, CORS, tagging,
+//! encryption, public access block, notifications, object lock (read only), request payment,
+//! acceleration, website, logging, replication) and object ACLs and tags: passed through to the
+//! origin as S3's own XML documents, and its answer passed back.
 
 use bytes::Bytes;
 use perch_cache::{Document, Store, Subresource};
@@ -236,8 +238,15 @@ pub async fn put_bucket_ownership_controls(
     store: &Store,
     input: PutBucketOwnershipControlsInput,
 ) -> S3Result<PutBucketOwnershipControlsOutput> {
-    let doc = Document::new(to_xml("OwnershipControls", &input.ownership_controls)?);
-    put(store, &input.bucket, None, Subresource::OwnershipControls, doc).await?;
+    let controls = &input.ownership_controls;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::OwnershipControls,
+        "OwnershipControls",
+        controls,
+    )
+    .await?;
     Ok(PutBucketOwnershipControlsOutput::default())
 }
 
@@ -247,8 +256,8 @@ pub async fn get_bucket_cors(store: &Store, input: GetBucketCorsInput) -> S3Resu
 }
 
 pub async fn put_bucket_cors(store: &Store, input: PutBucketCorsInput) -> S3Result<PutBucketCorsOutput> {
-    let doc = Document::new(to_xml("CORSConfiguration", &input.cors_configuration)?);
-    put(store, &input.bucket, None, Subresource::Cors, doc).await?;
+    let config = &input.cors_configuration;
+    put_document(store, &input.bucket, Subresource::Cors, "CORSConfiguration", config).await?;
     Ok(PutBucketCorsOutput::default())
 }
 
@@ -258,9 +267,219 @@ pub async fn get_bucket_tagging(store: &Store, input: GetBucketTaggingInput) -> 
 }
 
 pub async fn put_bucket_tagging(store: &Store, input: PutBucketTaggingInput) -> S3Result<PutBucketTaggingOutput> {
-    let doc = Document::new(to_xml("Tagging", &input.tagging)?);
-    put(store, &input.bucket, None, Subresource::Tagging, doc).await?;
+    put_document(store, &input.bucket, Subresource::Tagging, "Tagging", &input.tagging).await?;
     Ok(PutBucketTaggingOutput::default())
+}
+
+/// Replaces a bucket configuration given as one document (root element `root`) with no headers.
+async fn put_document<T: SerializeContent>(
+    store: &Store,
+    bucket: &str,
+    sub: Subresource,
+    root: &str,
+    value: &T,
+) -> S3Result<()> {
+    put(store, bucket, None, sub, Document::new(to_xml(root, value)?)).await
+}
+
+pub async fn get_bucket_encryption(
+    store: &Store,
+    input: GetBucketEncryptionInput,
+) -> S3Result<GetBucketEncryptionOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Encryption).await?;
+    Ok(GetBucketEncryptionOutput {
+        server_side_encryption_configuration: Some(from_xml(&doc.body)?),
+    })
+}
+
+pub async fn put_bucket_encryption(
+    store: &Store,
+    input: PutBucketEncryptionInput,
+) -> S3Result<PutBucketEncryptionOutput> {
+    let config = &input.server_side_encryption_configuration;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::Encryption,
+        "ServerSideEncryptionConfiguration",
+        config,
+    )
+    .await?;
+    Ok(PutBucketEncryptionOutput::default())
+}
+
+pub async fn get_public_access_block(
+    store: &Store,
+    input: GetPublicAccessBlockInput,
+) -> S3Result<GetPublicAccessBlockOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::PublicAccessBlock).await?;
+    Ok(GetPublicAccessBlockOutput {
+        public_access_block_configuration: Some(from_xml(&doc.body)?),
+    })
+}
+
+pub async fn put_public_access_block(
+    store: &Store,
+    input: PutPublicAccessBlockInput,
+) -> S3Result<PutPublicAccessBlockOutput> {
+    let config = &input.public_access_block_configuration;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::PublicAccessBlock,
+        "PublicAccessBlockConfiguration",
+        config,
+    )
+    .await?;
+    Ok(PutPublicAccessBlockOutput::default())
+}
+
+pub async fn get_bucket_notification_configuration(
+    store: &Store,
+    input: GetBucketNotificationConfigurationInput,
+) -> S3Result<GetBucketNotificationConfigurationOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Notification).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_notification_configuration(
+    store: &Store,
+    input: PutBucketNotificationConfigurationInput,
+) -> S3Result<PutBucketNotificationConfigurationOutput> {
+    let skip = input.skip_destination_validation.map(|s| s.to_string());
+    let doc = Document {
+        body: to_xml("NotificationConfiguration", &input.notification_configuration)?,
+        headers: headers_of(
+            Subresource::Notification,
+            &[("x-amz-skip-destination-validation", skip.as_deref())],
+        ),
+    };
+    put(store, &input.bucket, None, Subresource::Notification, doc).await?;
+    Ok(PutBucketNotificationConfigurationOutput::default())
+}
+
+/// Read only: PutObjectLockConfiguration stays 501 (`Subresource::ObjectLock`).
+pub async fn get_object_lock_configuration(
+    store: &Store,
+    input: GetObjectLockConfigurationInput,
+) -> S3Result<GetObjectLockConfigurationOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::ObjectLock).await?;
+    Ok(GetObjectLockConfigurationOutput {
+        object_lock_configuration: Some(from_xml(&doc.body)?),
+    })
+}
+
+pub async fn get_bucket_request_payment(
+    store: &Store,
+    input: GetBucketRequestPaymentInput,
+) -> S3Result<GetBucketRequestPaymentOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::RequestPayment).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_request_payment(
+    store: &Store,
+    input: PutBucketRequestPaymentInput,
+) -> S3Result<PutBucketRequestPaymentOutput> {
+    let config = &input.request_payment_configuration;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::RequestPayment,
+        "RequestPaymentConfiguration",
+        config,
+    )
+    .await?;
+    Ok(PutBucketRequestPaymentOutput::default())
+}
+
+pub async fn get_bucket_accelerate_configuration(
+    store: &Store,
+    input: GetBucketAccelerateConfigurationInput,
+) -> S3Result<GetBucketAccelerateConfigurationOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Accelerate).await?;
+    let config: AccelerateConfiguration = from_xml(&doc.body)?;
+    Ok(GetBucketAccelerateConfigurationOutput {
+        status: config.status,
+        request_charged: None,
+    })
+}
+
+pub async fn put_bucket_accelerate_configuration(
+    store: &Store,
+    input: PutBucketAccelerateConfigurationInput,
+) -> S3Result<PutBucketAccelerateConfigurationOutput> {
+    let config = &input.accelerate_configuration;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::Accelerate,
+        "AccelerateConfiguration",
+        config,
+    )
+    .await?;
+    Ok(PutBucketAccelerateConfigurationOutput::default())
+}
+
+pub async fn get_bucket_website(store: &Store, input: GetBucketWebsiteInput) -> S3Result<GetBucketWebsiteOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Website).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_website(store: &Store, input: PutBucketWebsiteInput) -> S3Result<PutBucketWebsiteOutput> {
+    let config = &input.website_configuration;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::Website,
+        "WebsiteConfiguration",
+        config,
+    )
+    .await?;
+    Ok(PutBucketWebsiteOutput::default())
+}
+
+pub async fn get_bucket_logging(store: &Store, input: GetBucketLoggingInput) -> S3Result<GetBucketLoggingOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Logging).await?;
+    from_xml(&doc.body)
+}
+
+pub async fn put_bucket_logging(store: &Store, input: PutBucketLoggingInput) -> S3Result<PutBucketLoggingOutput> {
+    let status = &input.bucket_logging_status;
+    put_document(
+        store,
+        &input.bucket,
+        Subresource::Logging,
+        "BucketLoggingStatus",
+        status,
+    )
+    .await?;
+    Ok(PutBucketLoggingOutput::default())
+}
+
+pub async fn get_bucket_replication(
+    store: &Store,
+    input: GetBucketReplicationInput,
+) -> S3Result<GetBucketReplicationOutput> {
+    let doc = get(store, &input.bucket, None, Subresource::Replication).await?;
+    Ok(GetBucketReplicationOutput {
+        replication_configuration: Some(from_xml(&doc.body)?),
+    })
+}
+
+pub async fn put_bucket_replication(
+    store: &Store,
+    input: PutBucketReplicationInput,
+) -> S3Result<PutBucketReplicationOutput> {
+    let doc = Document {
+        body: to_xml("ReplicationConfiguration", &input.replication_configuration)?,
+        headers: headers_of(
+            Subresource::Replication,
+            &[("x-amz-bucket-object-lock-token", input.token.as_deref())],
+        ),
+    };
+    put(store, &input.bucket, None, Subresource::Replication, doc).await?;
+    Ok(PutBucketReplicationOutput::default())
 }
 
 #[cfg(test)]

@@ -1469,6 +1469,191 @@ impl S3 for Gateway {
         bucket_config::delete(&self.store, &req.input.bucket, Subresource::Tagging).await?;
         Ok(S3Response::new(DeleteBucketTaggingOutput::default()))
     }
+
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        bucket_config::get_bucket_encryption(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_encryption(
+        &self,
+        req: S3Request<PutBucketEncryptionInput>,
+    ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
+        bucket_config::put_bucket_encryption(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_public_access_block(
+        &self,
+        req: S3Request<GetPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
+        bucket_config::get_public_access_block(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_public_access_block(
+        &self,
+        req: S3Request<PutPublicAccessBlockInput>,
+    ) -> S3Result<S3Response<PutPublicAccessBlockOutput>> {
+        bucket_config::put_public_access_block(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_notification_configuration(
+        &self,
+        req: S3Request<GetBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketNotificationConfigurationOutput>> {
+        bucket_config::get_bucket_notification_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_notification_configuration(
+        &self,
+        req: S3Request<PutBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketNotificationConfigurationOutput>> {
+        bucket_config::put_bucket_notification_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_object_lock_configuration(
+        &self,
+        req: S3Request<GetObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        bucket_config::get_object_lock_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_request_payment(
+        &self,
+        req: S3Request<GetBucketRequestPaymentInput>,
+    ) -> S3Result<S3Response<GetBucketRequestPaymentOutput>> {
+        bucket_config::get_bucket_request_payment(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_request_payment(
+        &self,
+        req: S3Request<PutBucketRequestPaymentInput>,
+    ) -> S3Result<S3Response<PutBucketRequestPaymentOutput>> {
+        bucket_config::put_bucket_request_payment(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_accelerate_configuration(
+        &self,
+        req: S3Request<GetBucketAccelerateConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketAccelerateConfigurationOutput>> {
+        bucket_config::get_bucket_accelerate_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_accelerate_configuration(
+        &self,
+        req: S3Request<PutBucketAccelerateConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketAccelerateConfigurationOutput>> {
+        bucket_config::put_bucket_accelerate_configuration(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_website(
+        &self,
+        req: S3Request<GetBucketWebsiteInput>,
+    ) -> S3Result<S3Response<GetBucketWebsiteOutput>> {
+        bucket_config::get_bucket_website(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_website(
+        &self,
+        req: S3Request<PutBucketWebsiteInput>,
+    ) -> S3Result<S3Response<PutBucketWebsiteOutput>> {
+        bucket_config::put_bucket_website(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_logging(
+        &self,
+        req: S3Request<GetBucketLoggingInput>,
+    ) -> S3Result<S3Response<GetBucketLoggingOutput>> {
+        bucket_config::get_bucket_logging(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_logging(
+        &self,
+        req: S3Request<PutBucketLoggingInput>,
+    ) -> S3Result<S3Response<PutBucketLoggingOutput>> {
+        bucket_config::put_bucket_logging(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn get_bucket_replication(
+        &self,
+        req: S3Request<GetBucketReplicationInput>,
+    ) -> S3Result<S3Response<GetBucketReplicationOutput>> {
+        bucket_config::get_bucket_replication(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_bucket_replication(
+        &self,
+        req: S3Request<PutBucketReplicationInput>,
+    ) -> S3Result<S3Response<PutBucketReplicationOutput>> {
+        bucket_config::put_bucket_replication(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn delete_bucket_encryption(
+        &self,
+        req: S3Request<DeleteBucketEncryptionInput>,
+    ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Encryption).await?;
+        Ok(S3Response::new(DeleteBucketEncryptionOutput::default()))
+    }
+
+    async fn delete_public_access_block(
+        &self,
+        req: S3Request<DeletePublicAccessBlockInput>,
+    ) -> S3Result<S3Response<DeletePublicAccessBlockOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::PublicAccessBlock).await?;
+        Ok(S3Response::new(DeletePublicAccessBlockOutput::default()))
+    }
+
+    async fn delete_bucket_website(
+        &self,
+        req: S3Request<DeleteBucketWebsiteInput>,
+    ) -> S3Result<S3Response<DeleteBucketWebsiteOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Website).await?;
+        Ok(S3Response::new(DeleteBucketWebsiteOutput::default()))
+    }
+
+    async fn delete_bucket_replication(
+        &self,
+        req: S3Request<DeleteBucketReplicationInput>,
+    ) -> S3Result<S3Response<DeleteBucketReplicationOutput>> {
+        bucket_config::delete(&self.store, &req.input.bucket, Subresource::Replication).await?;
+        Ok(S3Response::new(DeleteBucketReplicationOutput::default()))
+    }
 }
 
 /// The checksum a CreateMultipartUpload asks its object to keep (`x-amz-checksum-algorithm`,

@@ -1,9 +1,14 @@
-//! Bucket configurations (ACL, policy, versioning, lifecycle, ownership controls, CORS, tagging)
-//! and object ACLs as the origin keeps them: S3's own documents, passed through unchanged.
+//! Bucket configurations (ACL, policy, versioning, lifecycle, ownership controls, CORS, tagging,
+//! encryption, public access block, notifications, object lock, request payment, acceleration,
+//! website, logging, replication) and object ACLs and tags as the origin keeps them: S3's own
+//! documents, passed through unchanged.
 
 use bytes::Bytes;
 
-/// A configuration sub-resource (`?acl`, `?policy`, ...). Only `Acl` also exists on objects.
+use super::OriginError;
+
+/// A configuration sub-resource (`?acl`, `?policy`, ...). Only `Acl` and `Tagging` also exist on
+/// objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subresource {
     Acl,
@@ -13,19 +18,20 @@ pub enum Subresource {
     OwnershipControls,
     Cors,
     Tagging,
+    Encryption,
+    PublicAccessBlock,
+    Notification,
+    /// Read only: Perch keeps no object lock (its retention would bind versions Perch has yet to
+    /// upload), so it is never set through Perch.
+    ObjectLock,
+    RequestPayment,
+    Accelerate,
+    Website,
+    Logging,
+    Replication,
 }
 
 impl Subresource {
-    pub const ALL: [Subresource; 7] = [
-        Subresource::Acl,
-        Subresource::Policy,
-        Subresource::Versioning,
-        Subresource::Lifecycle,
-        Subresource::OwnershipControls,
-        Subresource::Cors,
-        Subresource::Tagging,
-    ];
-
     /// The query parameter that names it.
     pub fn query(self) -> &'static str {
         match self {
@@ -36,14 +42,32 @@ impl Subresource {
             Subresource::OwnershipControls => "ownershipControls",
             Subresource::Cors => "cors",
             Subresource::Tagging => "tagging",
+            Subresource::Encryption => "encryption",
+            Subresource::PublicAccessBlock => "publicAccessBlock",
+            Subresource::Notification => "notification",
+            Subresource::ObjectLock => "object-lock",
+            Subresource::RequestPayment => "requestPayment",
+            Subresource::Accelerate => "accelerate",
+            Subresource::Website => "website",
+            Subresource::Logging => "logging",
+            Subresource::Replication => "replication",
         }
     }
 
     /// Whether a change of it must wait until the origin holds the bucket's pending writes: those
-    /// that decide whether the writes are allowed (ACL, policy, ownership) or what becomes of them
-    /// (versioning, lifecycle). CORS and tagging concern neither.
+    /// that decide whether the writes are allowed (ACL, policy, ownership, public access block) or
+    /// what becomes of them (versioning, lifecycle, encryption, notifications, replication). The
+    /// others concern neither.
     pub fn orders_writes(self) -> bool {
-        !matches!(self, Subresource::Cors | Subresource::Tagging)
+        !matches!(
+            self,
+            Subresource::Cors
+                | Subresource::Tagging
+                | Subresource::RequestPayment
+                | Subresource::Accelerate
+                | Subresource::Website
+                | Subresource::Logging
+        )
     }
 
     /// The headers of its requests and answers that belong to it (lower case).
@@ -60,7 +84,18 @@ impl Subresource {
             Subresource::Policy => &["x-amz-confirm-remove-self-bucket-access"],
             Subresource::Versioning => &["x-amz-mfa"],
             Subresource::Lifecycle => &["x-amz-transition-default-minimum-object-size"],
-            Subresource::OwnershipControls | Subresource::Cors | Subresource::Tagging => &[],
+            Subresource::Notification => &["x-amz-skip-destination-validation"],
+            Subresource::Replication => &["x-amz-bucket-object-lock-token"],
+            Subresource::OwnershipControls
+            | Subresource::Cors
+            | Subresource::Tagging
+            | Subresource::Encryption
+            | Subresource::PublicAccessBlock
+            | Subresource::ObjectLock
+            | Subresource::RequestPayment
+            | Subresource::Accelerate
+            | Subresource::Website
+            | Subresource::Logging => &[],
         }
     }
 }
@@ -90,4 +125,25 @@ impl Document {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
+}
+
+/// S3 has no DELETE of these sub-resources: they are changed, never removed.
+pub(crate) fn not_deletable(sub: Subresource) -> OriginError {
+    OriginError::rejected(
+        405,
+        "MethodNotAllowed",
+        format!(
+            "The specified method is not allowed against the {} sub-resource.",
+            sub.query()
+        ),
+    )
+}
+
+/// Perch sets no object lock (`Subresource::ObjectLock`).
+pub(crate) fn no_object_lock() -> OriginError {
+    OriginError::rejected(
+        501,
+        "NotImplemented",
+        "Perch keeps no object lock: its retention would bind versions Perch has yet to upload.",
+    )
 }

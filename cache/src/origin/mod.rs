@@ -698,12 +698,11 @@ pub trait Origin: Send + Sync + 'static {
         ))
     }
 
-    /// A configuration of `bucket`, or with `key` the ACL of that object (the one object
-    /// sub-resource), as the origin answers it.
+    /// A configuration of `bucket`, or with `key` that object's ACL or tags (its only
+    /// sub-resources), as the origin answers it.
     async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document>;
     /// Replaces a configuration of `bucket` (or, with `key`, that object's ACL) with `doc`.
     async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()>;
-    /// Removes a configuration of `bucket` (policy, lifecycle, ownership controls, CORS, tagging:
-    /// S3 has no DELETE for ACLs and versioning).
+    /// Removes a configuration of `bucket` (S3 has DELETEs for some only: `not_deletable`).
     async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()>;
 }

@@ -1,7 +1,8 @@
 """The S3 front door as common clients use it (issue 14): streamed PUTs without a length, listing
 details boto3 and conformance suites check, ListBuckets paging, and bucket configurations (ACL,
-policy, versioning, lifecycle, ownership controls, CORS, tagging) and object ACLs passed through
-to the origin (refused on a replica before they reach it)."""
+policy, versioning, lifecycle, ownership controls, CORS, tagging, encryption, public access block,
+notifications, object lock, request payment, acceleration, website, logging, replication) and
+object ACLs passed through to the origin (refused on a replica before they reach it)."""
 
 import hashlib
 import json
@@ -418,6 +419,130 @@ def test_bucket_configurations_pass_through_to_moto(perch_factory, moto):
     assert error_of(lambda: s3.get_bucket_tagging(Bucket=f"c-{uuid.uuid4().hex[:16]}")) == (404, "NoSuchBucket")
 
 
+ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": False,
+    "RestrictPublicBuckets": False,
+}
+NOTIFICATION = {
+    "TopicConfigurations": [
+        {"Id": "new", "TopicArn": "arn:aws:sns:us-east-1:123456789012:perch", "Events": ["s3:ObjectCreated:*"]}
+    ]
+}
+WEBSITE = {"IndexDocument": {"Suffix": "index.html"}, "ErrorDocument": {"Key": "error.html"}}
+
+
+def test_the_configurations_tools_read_pass_through_to_moto(perch_factory, moto):
+    """The configurations a bucket tool reads on every refresh (Terraform, the console's clients,
+    the AWS CLI hunt: encryption, public access block, notifications, object lock, acceleration,
+    website, logging, replication) were 501 NotImplemented; they are the origin's, both ways."""
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    direct = moto.client()
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket)
+
+    # Nothing configured yet: the origin's own answers.
+    assert error_of(lambda: s3.get_public_access_block(Bucket=bucket)) == (404, "NoSuchPublicAccessBlockConfiguration")
+    assert error_of(lambda: s3.get_object_lock_configuration(Bucket=bucket)) == (
+        404,
+        "ObjectLockConfigurationNotFoundError",
+    )
+    assert error_of(lambda: s3.get_bucket_website(Bucket=bucket)) == (404, "NoSuchWebsiteConfiguration")
+    assert error_of(lambda: s3.get_bucket_replication(Bucket=bucket)) == (404, "ReplicationConfigurationNotFoundError")
+    assert "TopicConfigurations" not in s3.get_bucket_notification_configuration(Bucket=bucket)
+    assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket=bucket)
+    assert "Status" not in s3.get_bucket_accelerate_configuration(Bucket=bucket)
+
+    # Each change lands in the origin, and reads back through Perch as the origin answers it.
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=ENCRYPTION)
+    got = direct.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    assert got["Rules"][0]["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"] == got
+
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
+    assert direct.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"] == PUBLIC_ACCESS_BLOCK
+    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"] == PUBLIC_ACCESS_BLOCK
+
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=NOTIFICATION)
+    got = direct.get_bucket_notification_configuration(Bucket=bucket)["TopicConfigurations"]
+    assert got[0]["TopicArn"] == NOTIFICATION["TopicConfigurations"][0]["TopicArn"], got
+    assert s3.get_bucket_notification_configuration(Bucket=bucket)["TopicConfigurations"] == got
+
+    s3.put_bucket_accelerate_configuration(Bucket=bucket, AccelerateConfiguration={"Status": "Enabled"})
+    assert direct.get_bucket_accelerate_configuration(Bucket=bucket)["Status"] == "Enabled"
+    assert s3.get_bucket_accelerate_configuration(Bucket=bucket)["Status"] == "Enabled"
+
+    s3.put_bucket_website(Bucket=bucket, WebsiteConfiguration=WEBSITE)
+    got = direct.get_bucket_website(Bucket=bucket)
+    assert got["IndexDocument"] == WEBSITE["IndexDocument"], got
+    assert s3.get_bucket_website(Bucket=bucket)["IndexDocument"] == WEBSITE["IndexDocument"]
+    assert s3.get_bucket_website(Bucket=bucket)["ErrorDocument"] == WEBSITE["ErrorDocument"]
+
+    logs = f"c-{uuid.uuid4().hex[:16]}"
+    direct.create_bucket(Bucket=logs)
+    direct.put_bucket_acl(Bucket=logs, ACL="log-delivery-write")
+    logging = {"LoggingEnabled": {"TargetBucket": logs, "TargetPrefix": "access/"}}
+    s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus=logging)
+    assert direct.get_bucket_logging(Bucket=bucket)["LoggingEnabled"] == logging["LoggingEnabled"]
+    assert s3.get_bucket_logging(Bucket=bucket)["LoggingEnabled"] == logging["LoggingEnabled"]
+    # Turned off again: moto writes a log object for each request to the bucket meanwhile, and
+    # other tests compare what the (shared) moto holds.
+    s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={})
+    assert "LoggingEnabled" not in direct.get_bucket_logging(Bucket=bucket)
+
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    replication = {
+        "Role": "arn:aws:iam::123456789012:role/perch",
+        "Rules": [
+            {
+                "ID": "all",
+                "Priority": 1,
+                "Status": "Enabled",
+                "Filter": {"Prefix": ""},
+                "DeleteMarkerReplication": {"Status": "Disabled"},
+                "Destination": {"Bucket": f"arn:aws:s3:::{logs}"},
+            }
+        ],
+    }
+    s3.put_bucket_replication(Bucket=bucket, ReplicationConfiguration=replication)
+    got = direct.get_bucket_replication(Bucket=bucket)["ReplicationConfiguration"]
+    assert got["Role"] == replication["Role"], got
+    assert s3.get_bucket_replication(Bucket=bucket)["ReplicationConfiguration"] == got
+
+    # An object lock set at the origin reads through Perch; setting one through Perch is refused.
+    locked = f"c-{uuid.uuid4().hex[:16]}"
+    direct.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    assert s3.get_object_lock_configuration(Bucket=locked)["ObjectLockConfiguration"] == (
+        direct.get_object_lock_configuration(Bucket=locked)["ObjectLockConfiguration"]
+    )
+    assert error_of(
+        lambda: s3.put_object_lock_configuration(
+            Bucket=locked,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+            },
+        )
+    ) == (501, "NotImplemented")
+    assert "Rule" not in direct.get_object_lock_configuration(Bucket=locked)["ObjectLockConfiguration"]
+
+    # Removals.
+    for name, call, get in [
+        ("encryption", s3.delete_bucket_encryption, direct.get_bucket_encryption),
+        ("public access block", s3.delete_public_access_block, direct.get_public_access_block),
+        ("website", s3.delete_bucket_website, direct.get_bucket_website),
+        ("replication", s3.delete_bucket_replication, direct.get_bucket_replication),
+    ]:
+        assert call(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204, name
+        assert error_of(lambda: get(Bucket=bucket))[0] == 404, name
+
+    # A missing bucket is the origin's 404.
+    assert error_of(lambda: s3.get_bucket_website(Bucket=f"c-{uuid.uuid4().hex[:16]}")) == (404, "NoSuchBucket")
+
+
 def test_create_bucket_passes_its_acl_and_object_ownership_to_the_origin(perch_factory, moto):
     """CreateBucket's x-amz-acl, x-amz-grant-* and x-amz-object-ownership reach the origin (they were
     dropped: a public-read bucket came out private, an ObjectWriter one enforced); object lock,
@@ -469,11 +594,39 @@ def test_bucket_configurations_of_the_directory_origin(perch_factory):
     assert error_of(lambda: s3.get_bucket_tagging(Bucket=bucket)) == (404, "NoSuchTagSet")
     assert error_of(lambda: s3.get_object_acl(Bucket=bucket, Key="missing")) == (404, "NoSuchKey")
     assert error_of(lambda: s3.get_bucket_acl(Bucket="no-such-bucket-here")) == (404, "NoSuchBucket")
+    # It encrypts nothing, so it names no default encryption (S3 now names AES256).
+    assert error_of(lambda: s3.get_bucket_encryption(Bucket=bucket)) == (
+        404,
+        "ServerSideEncryptionConfigurationNotFoundError",
+    )
+    assert error_of(lambda: s3.get_public_access_block(Bucket=bucket)) == (404, "NoSuchPublicAccessBlockConfiguration")
+    assert error_of(lambda: s3.get_object_lock_configuration(Bucket=bucket)) == (
+        404,
+        "ObjectLockConfigurationNotFoundError",
+    )
+    assert error_of(lambda: s3.get_bucket_website(Bucket=bucket)) == (404, "NoSuchWebsiteConfiguration")
+    assert error_of(lambda: s3.get_bucket_replication(Bucket=bucket)) == (404, "ReplicationConfigurationNotFoundError")
+    notification = s3.get_bucket_notification_configuration(Bucket=bucket)
+    assert not {"TopicConfigurations", "QueueConfigurations", "LambdaFunctionConfigurations"} & set(notification)
+    assert s3.get_bucket_request_payment(Bucket=bucket)["Payer"] == "BucketOwner"
+    assert "Status" not in s3.get_bucket_accelerate_configuration(Bucket=bucket)
+    assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket=bucket)
+    assert error_of(lambda: s3.get_bucket_website(Bucket="no-such-bucket-here")) == (404, "NoSuchBucket")
 
     # Removing what is not there succeeds; a change it cannot keep is refused, not pretended.
     assert s3.delete_bucket_policy(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
     assert s3.delete_bucket_tagging(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    for call in [s3.delete_bucket_encryption, s3.delete_public_access_block, s3.delete_bucket_website]:
+        assert call(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
     for call in [
+        lambda: s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=ENCRYPTION),
+        lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK),
+        lambda: s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=NOTIFICATION),
+        lambda: s3.put_bucket_request_payment(Bucket=bucket, RequestPaymentConfiguration={"Payer": "Requester"}),
+        lambda: s3.put_bucket_accelerate_configuration(Bucket=bucket, AccelerateConfiguration={"Status": "Enabled"}),
+        lambda: s3.put_bucket_website(Bucket=bucket, WebsiteConfiguration=WEBSITE),
+        lambda: s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={}),
+
         lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(POLICY).replace("BUCKET", bucket)),
         lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
         lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=LIFECYCLE),
@@ -499,6 +652,8 @@ def test_replica_refuses_configuration_changes_before_the_origin(perch_factory, 
     assert r.get_bucket_tagging(Bucket=bucket)["TagSet"] == TAGS["TagSet"]
     assert r.get_bucket_acl(Bucket=bucket)["Owner"] == direct.get_bucket_acl(Bucket=bucket)["Owner"]
     assert error_of(lambda: r.get_bucket_policy(Bucket=bucket)) == (404, "NoSuchBucketPolicy")
+    assert error_of(lambda: r.get_bucket_website(Bucket=bucket)) == (404, "NoSuchWebsiteConfiguration")
+    assert "LoggingEnabled" not in r.get_bucket_logging(Bucket=bucket)
 
     changes = {
         "PutBucketPolicy": lambda: r.put_bucket_policy(Bucket=bucket, Policy=json.dumps(POLICY).replace("BUCKET", bucket)),
@@ -515,6 +670,20 @@ def test_replica_refuses_configuration_changes_before_the_origin(perch_factory, 
         "DeleteBucketCors": lambda: r.delete_bucket_cors(Bucket=bucket),
         "DeleteBucketLifecycle": lambda: r.delete_bucket_lifecycle(Bucket=bucket),
         "DeleteBucketOwnershipControls": lambda: r.delete_bucket_ownership_controls(Bucket=bucket),
+        "PutBucketEncryption": lambda: r.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration=ENCRYPTION),
+        "PutPublicAccessBlock": lambda: r.put_public_access_block(
+            Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK
+        ),
+        "PutBucketNotificationConfiguration": lambda: r.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration=NOTIFICATION
+        ),
+        "PutBucketAccelerateConfiguration": lambda: r.put_bucket_accelerate_configuration(
+            Bucket=bucket, AccelerateConfiguration={"Status": "Enabled"}
+        ),
+        "PutBucketWebsite": lambda: r.put_bucket_website(Bucket=bucket, WebsiteConfiguration=WEBSITE),
+        "DeleteBucketEncryption": lambda: r.delete_bucket_encryption(Bucket=bucket),
+        "DeletePublicAccessBlock": lambda: r.delete_public_access_block(Bucket=bucket),
+        "DeleteBucketWebsite": lambda: r.delete_bucket_website(Bucket=bucket),
     }
     for name, call in changes.items():
         assert error_of(call) == (403, "AccessDenied"), name
@@ -525,6 +694,10 @@ def test_replica_refuses_configuration_changes_before_the_origin(perch_factory, 
     assert "Status" not in direct.get_bucket_versioning(Bucket=bucket)
     assert error_of(lambda: direct.get_bucket_cors(Bucket=bucket))[0] == 404
     assert error_of(lambda: direct.get_bucket_lifecycle_configuration(Bucket=bucket))[0] == 404
+    assert error_of(lambda: direct.get_public_access_block(Bucket=bucket))[0] == 404
+    assert error_of(lambda: direct.get_bucket_website(Bucket=bucket))[0] == 404
+    assert "TopicConfigurations" not in direct.get_bucket_notification_configuration(Bucket=bucket)
+    assert "Status" not in direct.get_bucket_accelerate_configuration(Bucket=bucket)
     grants = direct.get_bucket_acl(Bucket=bucket)["Grants"]
     assert not any(g["Grantee"].get("URI", "").endswith("/AllUsers") for g in grants)
     # ... nor did the replica send any (the primary's tagging went through its own counter).

@@ -1,9 +1,11 @@
 //! Bucket configurations of the directory origin: it keeps none, so it answers what a new S3
 //! bucket with nothing configured answers (ownership enforced by the bucket owner, who has full
-//! control), and refuses changes it could not honour with 501 NotImplemented.
+//! control, the bucket owner pays, no notifications, no logging), and refuses changes it could
+//! not honour with 501 NotImplemented. It encrypts nothing, so it names no default encryption.
 
 use super::*;
 use crate::origin::NO_TAGS;
+use crate::origin::config::{no_object_lock, not_deletable};
 
 /// The canonical user id and display name of whoever owns the directory origin's buckets.
 pub const OWNER_ID: &str = "87699f70fb259a12e8637d72a5fce1673c12aecb695abc454690ea559a7d76b7";
@@ -79,6 +81,32 @@ impl FsOrigin {
                 "The CORS configuration does not exist",
             )),
             Subresource::Tagging => Err(absent("NoSuchTagSet", "The TagSet does not exist")),
+            Subresource::Notification => Ok(xml(&format!("<NotificationConfiguration xmlns=\"{XMLNS}\"/>"))),
+            Subresource::RequestPayment => Ok(xml(&format!(
+                "<RequestPaymentConfiguration xmlns=\"{XMLNS}\"><Payer>BucketOwner</Payer></RequestPaymentConfiguration>"
+            ))),
+            Subresource::Accelerate => Ok(xml(&format!("<AccelerateConfiguration xmlns=\"{XMLNS}\"/>"))),
+            Subresource::Logging => Ok(xml(&format!("<BucketLoggingStatus xmlns=\"{XMLNS}\"/>"))),
+            Subresource::Encryption => Err(absent(
+                "ServerSideEncryptionConfigurationNotFoundError",
+                "The server side encryption configuration was not found",
+            )),
+            Subresource::PublicAccessBlock => Err(absent(
+                "NoSuchPublicAccessBlockConfiguration",
+                "The public access block configuration was not found",
+            )),
+            Subresource::ObjectLock => Err(absent(
+                "ObjectLockConfigurationNotFoundError",
+                "Object Lock configuration does not exist for this bucket",
+            )),
+            Subresource::Website => Err(absent(
+                "NoSuchWebsiteConfiguration",
+                "The specified bucket does not have a website configuration",
+            )),
+            Subresource::Replication => Err(absent(
+                "ReplicationConfigurationNotFoundError",
+                "The replication configuration was not found",
+            )),
         }
     }
 
@@ -87,6 +115,9 @@ impl FsOrigin {
         if let Some(key) = key {
             self.open_object(bucket, key).await?;
         }
+        if sub == Subresource::ObjectLock {
+            return Err(no_object_lock());
+        }
         Err(not_kept(sub))
     }
 
@@ -94,16 +125,22 @@ impl FsOrigin {
     pub(super) async fn unconfigure(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
         self.bucket(bucket)?.check_alive()?;
         match sub {
-            Subresource::Policy | Subresource::Lifecycle | Subresource::Cors | Subresource::Tagging => Ok(()),
+            Subresource::Policy
+            | Subresource::Lifecycle
+            | Subresource::Cors
+            | Subresource::Tagging
+            | Subresource::Encryption
+            | Subresource::PublicAccessBlock
+            | Subresource::Website
+            | Subresource::Replication => Ok(()),
             Subresource::OwnershipControls => Err(not_kept(sub)),
-            Subresource::Acl | Subresource::Versioning => Err(OriginError::rejected(
-                405,
-                "MethodNotAllowed",
-                format!(
-                    "The specified method is not allowed against the {} sub-resource.",
-                    sub.query()
-                ),
-            )),
+            Subresource::Acl
+            | Subresource::Versioning
+            | Subresource::Notification
+            | Subresource::ObjectLock
+            | Subresource::RequestPayment
+            | Subresource::Accelerate
+            | Subresource::Logging => Err(not_deletable(sub)),
         }
     }
 }

@@ -5,11 +5,15 @@
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_s3::types::{
-    CorsConfiguration, ObjectOwnership, OwnershipControls, OwnershipControlsRule, Tagging, VersioningConfiguration,
+    AccelerateConfiguration, BucketLoggingStatus, CorsConfiguration, NotificationConfiguration, ObjectOwnership,
+    OwnershipControls, OwnershipControlsRule, Payer, PublicAccessBlockConfiguration, ReplicationConfiguration,
+    RequestPaymentConfiguration, ServerSideEncryptionConfiguration, Tagging, VersioningConfiguration,
+    WebsiteConfiguration,
 };
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
 
 use super::*;
+use crate::origin::config::{no_object_lock, not_deletable};
 
 /// What an answer held: its headers of the sub-resource and its body, as they came.
 #[derive(Debug, Default)]
@@ -210,6 +214,15 @@ impl S3Origin {
             (Subresource::OwnershipControls, None) => get!(get_bucket_ownership_controls),
             (Subresource::Cors, None) => get!(get_bucket_cors),
             (Subresource::Tagging, None) => get!(get_bucket_tagging),
+            (Subresource::Encryption, None) => get!(get_bucket_encryption),
+            (Subresource::PublicAccessBlock, None) => get!(get_public_access_block),
+            (Subresource::Notification, None) => get!(get_bucket_notification_configuration),
+            (Subresource::ObjectLock, None) => get!(get_object_lock_configuration),
+            (Subresource::RequestPayment, None) => get!(get_bucket_request_payment),
+            (Subresource::Accelerate, None) => get!(get_bucket_accelerate_configuration),
+            (Subresource::Website, None) => get!(get_bucket_website),
+            (Subresource::Logging, None) => get!(get_bucket_logging),
+            (Subresource::Replication, None) => get!(get_bucket_replication),
         }
     }
 
@@ -274,6 +287,66 @@ impl S3Origin {
                     .map_err(placeholder_error)?;
                 put!(c.put_bucket_tagging().bucket(bucket).tagging(tagging))
             }
+            (Subresource::Encryption, None) => {
+                let config = ServerSideEncryptionConfiguration::builder()
+                    .set_rules(Some(Vec::new()))
+                    .build()
+                    .map_err(placeholder_error)?;
+                put!(
+                    c.put_bucket_encryption()
+                        .bucket(bucket)
+                        .server_side_encryption_configuration(config)
+                )
+            }
+            (Subresource::PublicAccessBlock, None) => put!(
+                c.put_public_access_block()
+                    .bucket(bucket)
+                    .public_access_block_configuration(PublicAccessBlockConfiguration::builder().build())
+            ),
+            (Subresource::Notification, None) => put!(
+                c.put_bucket_notification_configuration()
+                    .bucket(bucket)
+                    .notification_configuration(NotificationConfiguration::builder().build())
+            ),
+            (Subresource::ObjectLock, None) => Err(no_object_lock()),
+            (Subresource::RequestPayment, None) => {
+                let config = RequestPaymentConfiguration::builder()
+                    .payer(Payer::BucketOwner)
+                    .build()
+                    .map_err(placeholder_error)?;
+                put!(
+                    c.put_bucket_request_payment()
+                        .bucket(bucket)
+                        .request_payment_configuration(config)
+                )
+            }
+            (Subresource::Accelerate, None) => put!(
+                c.put_bucket_accelerate_configuration()
+                    .bucket(bucket)
+                    .accelerate_configuration(AccelerateConfiguration::builder().build())
+            ),
+            (Subresource::Website, None) => put!(
+                c.put_bucket_website()
+                    .bucket(bucket)
+                    .website_configuration(WebsiteConfiguration::builder().build())
+            ),
+            (Subresource::Logging, None) => put!(
+                c.put_bucket_logging()
+                    .bucket(bucket)
+                    .bucket_logging_status(BucketLoggingStatus::builder().build())
+            ),
+            (Subresource::Replication, None) => {
+                let config = ReplicationConfiguration::builder()
+                    .role("")
+                    .set_rules(Some(Vec::new()))
+                    .build()
+                    .map_err(placeholder_error)?;
+                put!(
+                    c.put_bucket_replication()
+                        .bucket(bucket)
+                        .replication_configuration(config)
+                )
+            }
         }
     }
 
@@ -292,14 +365,17 @@ impl S3Origin {
             Subresource::OwnershipControls => delete!(delete_bucket_ownership_controls),
             Subresource::Cors => delete!(delete_bucket_cors),
             Subresource::Tagging => delete!(delete_bucket_tagging),
-            Subresource::Acl | Subresource::Versioning => Err(OriginError::rejected(
-                405,
-                "MethodNotAllowed",
-                format!(
-                    "The specified method is not allowed against the {} sub-resource.",
-                    sub.query()
-                ),
-            )),
+            Subresource::Encryption => delete!(delete_bucket_encryption),
+            Subresource::PublicAccessBlock => delete!(delete_public_access_block),
+            Subresource::Website => delete!(delete_bucket_website),
+            Subresource::Replication => delete!(delete_bucket_replication),
+            Subresource::Acl
+            | Subresource::Versioning
+            | Subresource::Notification
+            | Subresource::ObjectLock
+            | Subresource::RequestPayment
+            | Subresource::Accelerate
+            | Subresource::Logging => Err(not_deletable(sub)),
         }
     }
 }
