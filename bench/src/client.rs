@@ -219,10 +219,6 @@ impl HttpClient {
         HttpClient { opts, pool, identity }
     }
 
-    pub fn options(&self) -> &ClientOptions {
-        &self.opts
-    }
-
     /// Sends `req` to `target` and checks the answer; never panics, never fails: errors are in the outcome.
     pub async fn execute(&self, target: &Target, req: &Req) -> Outcome {
         let start = Instant::now();

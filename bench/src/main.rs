@@ -2,11 +2,29 @@
 //! Subcommands: `run` (load generator), `compare-nginx`, `suite` (starts everything),
 //! `cache-restart` (restart-to-ready and memory with a large cache), `put-latency`, `miss`,
 //! `wake`, `origin-proxy`.
+//!
+//! A binary only: its modules serve this command line and nothing else links them.
 
-use perch_bench::{cache_restart, nginx, run, suite};
-use perch_testkit::origin_proxy;
+mod cache_restart;
+mod client;
+mod engine;
+mod metrics;
+mod miss;
+mod nginx;
+mod put_latency;
+mod report;
+mod run;
+mod stats;
+mod suite;
+mod target;
+mod trace;
+mod units;
+mod wake;
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
 use clap::{Parser, Subcommand};
+use perch_testkit::origin_proxy;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -33,15 +51,15 @@ enum Command {
     /// Write-back: PUT acknowledgement latency through Perch (uploader busy) beside a local
     /// write + fsync of the same bytes and beside direct PUTs to an origin with added latency,
     /// then the upload throughput while Perch drains its backlog.
-    PutLatency(Box<perch_bench::put_latency::PutLatencyArgs>),
+    PutLatency(Box<put_latency::PutLatencyArgs>),
     /// Cache misses through Perch beside the same GETs sent to the origin directly (origin proxy
     /// with added latency): time to first byte, cold 1 MiB throughput at 21 in flight with new
     /// connections and keep-alive, whole 16/64 MiB objects, a range miss and its background fill.
-    Miss(Box<perch_bench::miss::MissArgs>),
+    Miss(Box<miss::MissArgs>),
     /// A Machine's wake through Perch beside the same wake direct to the origin (origin proxy
     /// with added latency): Perch drained and started again on its volume (warm), or on an empty
     /// volume prewarmed from the hot set, then the replay of an OrioleDB start and first query.
-    Wake(Box<perch_bench::wake::WakeArgs>),
+    Wake(Box<wake::WakeArgs>),
     /// HTTP/1.1 proxy in front of a loopback S3 origin that adds latency, paces
     /// bandwidth, injects faults and records every request (control API under /__proxy/).
     OriginProxy(Box<origin_proxy::ProxyArgs>),
@@ -57,17 +75,17 @@ fn main() -> anyhow::Result<()> {
     let (report, out) = match cli.command {
         Command::OriginProxy(args) => return Ok(runtime.block_on(origin_proxy::run(*args))?),
         Command::PutLatency(args) => {
-            let report = runtime.block_on(perch_bench::put_latency::run(*args))?;
+            let report = runtime.block_on(put_latency::run(*args))?;
             print!("{}", report.markdown());
             return Ok(());
         }
         Command::Miss(args) => {
-            let report = runtime.block_on(perch_bench::miss::run(*args))?;
+            let report = runtime.block_on(miss::run(*args))?;
             print!("{}", report.markdown());
             return Ok(());
         }
         Command::Wake(args) => {
-            let report = runtime.block_on(perch_bench::wake::run(*args))?;
+            let report = runtime.block_on(wake::run(*args))?;
             print!("{}", report.markdown());
             return Ok(());
         }
@@ -77,22 +95,18 @@ fn main() -> anyhow::Result<()> {
             eprintln!("results written to {}", out.display());
             return Ok(());
         }
-        Command::Run(args) => runtime
-            .block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
-                Ok(vec![run::run_section(&args, "run", "perch-bench run", progress).await?])
-            }))?,
-        Command::CompareNginx(args) => {
-            runtime.block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
-                let (perch, origin) = nginx::endpoints(&args)?;
-                Ok(vec![
-                    nginx::compare_section(perch, origin, &args.nginx, &args.common, progress).await?,
-                ])
-            }))?
-        }
-        Command::Suite(args) => runtime
-            .block_on(perch_bench::measure(args.common.out.clone(), |progress| async move {
-                suite::run_suite(&args, progress).await
-            }))?,
+        Command::Run(args) => runtime.block_on(measure(args.common.out.clone(), |progress| async move {
+            Ok(vec![run::run_section(&args, "run", "perch-bench run", progress).await?])
+        }))?,
+        Command::CompareNginx(args) => runtime.block_on(measure(args.common.out.clone(), |progress| async move {
+            let (perch, origin) = nginx::endpoints(&args)?;
+            Ok(vec![
+                nginx::compare_section(perch, origin, &args.nginx, &args.common, progress).await?,
+            ])
+        }))?,
+        Command::Suite(args) => runtime.block_on(measure(args.common.out.clone(), |progress| async move {
+            suite::run_suite(&args, progress).await
+        }))?,
     };
     print!("{}", report.markdown());
     let errors = report.errors();
@@ -101,4 +115,30 @@ fn main() -> anyhow::Result<()> {
         eprintln!("warning: {errors} requests failed (see results.md for samples)");
     }
     Ok(())
+}
+
+/// Runs sections with a progress line, then writes and returns the report.
+pub async fn measure<F, Fut>(out: Option<PathBuf>, body: F) -> anyhow::Result<(report::Report, PathBuf)>
+where
+    F: FnOnce(Arc<engine::Progress>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<report::Section>>>,
+{
+    let started = SystemTime::now();
+    let out = out.unwrap_or_else(|| PathBuf::from("bench-results").join(units::compact_timestamp(started)));
+    let progress = Arc::new(engine::Progress::new());
+    let ticker = progress.ticker();
+    let sections = body(progress.clone()).await;
+    drop(ticker);
+    progress.note("");
+    let report = report::Report {
+        tool: "perch-bench".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        started_at: units::rfc3339(started),
+        finished_at: units::rfc3339(SystemTime::now()),
+        command: std::env::args().collect(),
+        machine: report::Machine::detect(),
+        sections: sections?,
+    };
+    report.write(&out)?;
+    Ok((report, out))
 }

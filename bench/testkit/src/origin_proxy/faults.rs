@@ -181,39 +181,59 @@ impl Default for FaultSettings {
     }
 }
 
+/// Why fault settings or an outage schedule cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    /// A value out of its range, or settings that contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// A number of an outage window that does not parse.
+    #[error("{text:?} in outage window {window:?} is not a number")]
+    Number {
+        text: String,
+        window: String,
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// Settings that are not a JSON object of known fields and values.
+    #[error("fault settings: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 impl FaultSettings {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FaultError> {
+        let invalid = |what: String| Err(FaultError::Invalid(what));
         if !(self.error_rate.is_finite() && (0.0..=1.0).contains(&self.error_rate)) {
-            return Err(format!("error_rate must be within 0.0..=1.0, got {}", self.error_rate));
+            return invalid(format!("error_rate must be within 0.0..=1.0, got {}", self.error_rate));
         }
         if self.error_rate > 0.0 && self.error_kinds.is_empty() {
-            return Err("error_kinds must not be empty when error_rate > 0".into());
+            return invalid("error_kinds must not be empty when error_rate > 0".into());
         }
         if self.latency_ms > MAX_DELAY_MS {
-            return Err(format!("latency_ms must be <= {MAX_DELAY_MS}"));
+            return invalid(format!("latency_ms must be <= {MAX_DELAY_MS}"));
         }
         if self.stall_ms > MAX_DELAY_MS {
-            return Err(format!("stall_ms must be <= {MAX_DELAY_MS}"));
+            return invalid(format!("stall_ms must be <= {MAX_DELAY_MS}"));
         }
         if self.bandwidth_bytes_per_sec == Some(0) {
-            return Err("bandwidth_bytes_per_sec must be > 0 (or null for unlimited)".into());
+            return invalid("bandwidth_bytes_per_sec must be > 0 (or null for unlimited)".into());
         }
         Ok(())
     }
 
     /// Overlays the keys of a JSON object onto these settings (keys absent from
     /// `patch` keep their value here; `null` clears an optional field).
-    pub fn overlay(&self, patch: &serde_json::Value) -> Result<FaultSettings, String> {
+    pub fn overlay(&self, patch: &serde_json::Value) -> Result<FaultSettings, FaultError> {
         let serde_json::Value::Object(patch) = patch else {
-            return Err("fault settings must be a JSON object".into());
+            return Err(FaultError::Invalid("fault settings must be a JSON object".into()));
         };
-        let mut merged = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        let mut merged = serde_json::to_value(self)?;
         if let serde_json::Value::Object(map) = &mut merged {
             for (k, v) in patch {
                 map.insert(k.clone(), v.clone());
             }
         }
-        let settings: FaultSettings = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        let settings: FaultSettings = serde_json::from_value(merged)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -246,19 +266,22 @@ pub struct OutageWindow {
 }
 
 /// Parses `START_S:DURATION_S,...` (seconds, fractions allowed).
-pub fn parse_outage_schedule(spec: &str) -> Result<Vec<OutageWindow>, String> {
+pub fn parse_outage_schedule(spec: &str) -> Result<Vec<OutageWindow>, FaultError> {
     let mut windows = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (start, duration) = part
             .split_once(':')
-            .ok_or_else(|| format!("outage window {part:?} is not START_S:DURATION_S"))?;
-        let secs = |s: &str| -> Result<Duration, String> {
-            let v: f64 = s
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} in outage window {part:?} is not a number"))?;
+            .ok_or_else(|| FaultError::Invalid(format!("outage window {part:?} is not START_S:DURATION_S")))?;
+        let secs = |s: &str| -> Result<Duration, FaultError> {
+            let v: f64 = s.trim().parse().map_err(|source| FaultError::Number {
+                text: s.to_owned(),
+                window: part.to_owned(),
+                source,
+            })?;
             if !v.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&v) {
-                return Err(format!("{s:?} in outage window {part:?} is out of range"));
+                return Err(FaultError::Invalid(format!(
+                    "{s:?} in outage window {part:?} is out of range"
+                )));
             }
             Ok(Duration::from_secs_f64(v))
         };

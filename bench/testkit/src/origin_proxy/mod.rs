@@ -379,11 +379,9 @@ impl Proxy {
         };
         baseline
             .validate()
-            .map_err(|e| ProxyError::option(format!("invalid fault options: {e}")))?;
+            .map_err(|e| ProxyError::option_from("invalid fault options", e))?;
         let schedule = match &args.outage_schedule {
-            Some(spec) => {
-                parse_outage_schedule(spec).map_err(|e| ProxyError::option(format!("--outage-schedule: {e}")))?
-            }
+            Some(spec) => parse_outage_schedule(spec).map_err(|e| ProxyError::option_from("--outage-schedule", e))?,
             None => Vec::new(),
         };
         let seed = args.seed.unwrap_or_else(rand::random);
@@ -924,7 +922,7 @@ async fn control(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody>
                 }
                 Err(e) => {
                     drop(engine);
-                    json_error(StatusCode::BAD_REQUEST, &e)
+                    json_error(StatusCode::BAD_REQUEST, &e.to_string())
                 }
             }
         }
