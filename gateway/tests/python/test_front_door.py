@@ -73,6 +73,63 @@ def test_an_object_is_downloaded_by_part_number(perch, bucket):
     assert error_of(lambda: s3.get_object(Bucket=bucket, Key="single", PartNumber=2)) == (416, "InvalidPartNumber")
 
 
+ALL_ATTRIBUTES = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+
+
+def test_object_attributes_are_the_objects_head(perch, bucket):
+    """GetObjectAttributes (the AWS CLI's `s3api get-object-attributes`, SDKs that read an
+    object's checksum without its body) was 501: it answers what a HEAD knows, for a write Perch
+    holds and for an object only the origin holds."""
+    s3 = make_client(perch)
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"attributes", ChecksumAlgorithm="CRC32")
+    head = s3.head_object(Bucket=bucket, Key="plain", ChecksumMode="ENABLED")
+    got = s3.get_object_attributes(Bucket=bucket, Key="plain", ObjectAttributes=ALL_ATTRIBUTES)
+    assert got["ETag"].strip('"') == head["ETag"].strip('"')
+    assert got["ObjectSize"] == 10
+    assert got["StorageClass"] == "STANDARD"
+    assert got["Checksum"]["ChecksumCRC32"] == head["ChecksumCRC32"]
+    assert got["LastModified"] == head["LastModified"]
+    assert "ObjectParts" not in got
+
+    # Only what is asked for.
+    only = s3.get_object_attributes(Bucket=bucket, Key="plain", ObjectAttributes=["ObjectSize"])
+    assert only["ObjectSize"] == 10
+    assert not {"ETag", "Checksum", "StorageClass", "ObjectParts"} & set(only)
+
+    # An object uploaded in parts names their count.
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="parted")["UploadId"]
+    done = []
+    for n, part in enumerate([b"a" * (5 << 20), b"b" * 100], 1):
+        etag = s3.upload_part(Bucket=bucket, Key="parted", UploadId=upload, PartNumber=n, Body=part)["ETag"]
+        done.append({"PartNumber": n, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=bucket, Key="parted", UploadId=upload, MultipartUpload={"Parts": done})
+    got = s3.get_object_attributes(Bucket=bucket, Key="parted", ObjectAttributes=ALL_ATTRIBUTES)
+    assert got["ObjectParts"]["TotalPartsCount"] == 2, got
+    assert got["ObjectSize"] == (5 << 20) + 100
+    assert got["ETag"].strip('"').endswith("-2")
+
+    assert error_of(
+        lambda: s3.get_object_attributes(Bucket=bucket, Key="missing", ObjectAttributes=["ETag"])
+    ) == (404, "NoSuchKey")
+    assert error_of(
+        lambda: s3.get_object_attributes(Bucket=bucket, Key="plain", ObjectAttributes=["Colour"])
+    ) == (400, "InvalidArgument")
+
+
+def test_object_attributes_of_an_object_only_the_origin_holds(perch_factory, moto):
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    direct = moto.client()
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    direct.create_bucket(Bucket=bucket)
+    direct.put_object(Bucket=bucket, Key="theirs", Body=b"written at the origin", ChecksumAlgorithm="SHA256")
+    want = direct.get_object_attributes(Bucket=bucket, Key="theirs", ObjectAttributes=ALL_ATTRIBUTES)
+    got = s3.get_object_attributes(Bucket=bucket, Key="theirs", ObjectAttributes=ALL_ATTRIBUTES)
+    for field in ["ETag", "ObjectSize", "StorageClass", "LastModified"]:
+        assert str(got[field]).strip('"') == str(want[field]).strip('"'), field
+    assert got["Checksum"]["ChecksumSHA256"] == want["Checksum"]["ChecksumSHA256"]
+
+
 # --------------------------------------------------------------------------- chunked PUT
 
 
