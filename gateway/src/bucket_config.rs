@@ -1,15 +1,21 @@
 //! Bucket configurations (ACL, policy, versioning, lifecycle, ownership controls, CORS, tagging,
 //! encryption, public access block, notifications, object lock (read only), request payment,
 //! acceleration, website, logging, replication) and object ACLs and tags: passed through to the
-//! origin as S3's own XML documents, and its answer passed back.
+//! origin as S3's own XML documents, and its answer passed back: a bucket's as it came
+//! (`ConfigRead`), an object's and every change through s3s's types.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use perch_cache::{Document, Store, Subresource};
 use s3s::dto::*;
+use s3s::route::S3Route;
 use s3s::xml::{DeserializeContent, SerializeContent};
-use s3s::{S3Error, S3ErrorCode, S3Result, s3_error};
+use s3s::{Body, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
 use crate::convert::{self, store_error};
+use crate::front::{self, PerchHost};
 
 const XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 
@@ -89,11 +95,6 @@ pub async fn owner(store: &Store, bucket: &str) -> S3Result<Option<Owner>> {
     Ok(from_xml::<AccessControlPolicy>(&doc.body)?.owner)
 }
 
-pub async fn get_bucket_acl(store: &Store, input: GetBucketAclInput) -> S3Result<GetBucketAclOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Acl).await?;
-    from_xml(&doc.body)
-}
-
 pub async fn put_bucket_acl(store: &Store, input: PutBucketAclInput) -> S3Result<PutBucketAclOutput> {
     convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
     let body = match &input.access_control_policy {
@@ -145,13 +146,6 @@ pub async fn get_object_tagging(store: &Store, input: GetObjectTaggingInput) -> 
     })
 }
 
-pub async fn get_bucket_policy(store: &Store, input: GetBucketPolicyInput) -> S3Result<GetBucketPolicyOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Policy).await?;
-    let policy = String::from_utf8(doc.body.to_vec())
-        .map_err(|_| s3_error!(InternalError, "The origin answered with a policy that is not UTF-8."))?;
-    Ok(GetBucketPolicyOutput { policy: Some(policy) })
-}
-
 pub async fn put_bucket_policy(store: &Store, input: PutBucketPolicyInput) -> S3Result<PutBucketPolicyOutput> {
     let confirm = input.confirm_remove_self_bucket_access.map(|c| c.to_string());
     let doc = Document {
@@ -165,14 +159,6 @@ pub async fn put_bucket_policy(store: &Store, input: PutBucketPolicyInput) -> S3
     Ok(PutBucketPolicyOutput::default())
 }
 
-pub async fn get_bucket_versioning(
-    store: &Store,
-    input: GetBucketVersioningInput,
-) -> S3Result<GetBucketVersioningOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Versioning).await?;
-    from_xml(&doc.body)
-}
-
 pub async fn put_bucket_versioning(
     store: &Store,
     input: PutBucketVersioningInput,
@@ -183,20 +169,6 @@ pub async fn put_bucket_versioning(
     };
     put(store, &input.bucket, None, Subresource::Versioning, doc).await?;
     Ok(PutBucketVersioningOutput::default())
-}
-
-pub async fn get_bucket_lifecycle_configuration(
-    store: &Store,
-    input: GetBucketLifecycleConfigurationInput,
-) -> S3Result<GetBucketLifecycleConfigurationOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Lifecycle).await?;
-    let config: BucketLifecycleConfiguration = from_xml(&doc.body)?;
-    Ok(GetBucketLifecycleConfigurationOutput {
-        rules: Some(config.rules),
-        transition_default_minimum_object_size: doc
-            .header("x-amz-transition-default-minimum-object-size")
-            .map(|v| TransitionDefaultMinimumObjectSize::from(v.to_owned())),
-    })
 }
 
 pub async fn put_bucket_lifecycle_configuration(
@@ -224,16 +196,6 @@ pub async fn put_bucket_lifecycle_configuration(
     })
 }
 
-pub async fn get_bucket_ownership_controls(
-    store: &Store,
-    input: GetBucketOwnershipControlsInput,
-) -> S3Result<GetBucketOwnershipControlsOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::OwnershipControls).await?;
-    Ok(GetBucketOwnershipControlsOutput {
-        ownership_controls: Some(from_xml(&doc.body)?),
-    })
-}
-
 pub async fn put_bucket_ownership_controls(
     store: &Store,
     input: PutBucketOwnershipControlsInput,
@@ -250,20 +212,10 @@ pub async fn put_bucket_ownership_controls(
     Ok(PutBucketOwnershipControlsOutput::default())
 }
 
-pub async fn get_bucket_cors(store: &Store, input: GetBucketCorsInput) -> S3Result<GetBucketCorsOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Cors).await?;
-    from_xml(&doc.body)
-}
-
 pub async fn put_bucket_cors(store: &Store, input: PutBucketCorsInput) -> S3Result<PutBucketCorsOutput> {
     let config = &input.cors_configuration;
     put_document(store, &input.bucket, Subresource::Cors, "CORSConfiguration", config).await?;
     Ok(PutBucketCorsOutput::default())
-}
-
-pub async fn get_bucket_tagging(store: &Store, input: GetBucketTaggingInput) -> S3Result<GetBucketTaggingOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Tagging).await?;
-    from_xml(&doc.body)
 }
 
 pub async fn put_bucket_tagging(store: &Store, input: PutBucketTaggingInput) -> S3Result<PutBucketTaggingOutput> {
@@ -282,16 +234,6 @@ async fn put_document<T: SerializeContent>(
     put(store, bucket, None, sub, Document::new(to_xml(root, value)?)).await
 }
 
-pub async fn get_bucket_encryption(
-    store: &Store,
-    input: GetBucketEncryptionInput,
-) -> S3Result<GetBucketEncryptionOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Encryption).await?;
-    Ok(GetBucketEncryptionOutput {
-        server_side_encryption_configuration: Some(from_xml(&doc.body)?),
-    })
-}
-
 pub async fn put_bucket_encryption(
     store: &Store,
     input: PutBucketEncryptionInput,
@@ -306,16 +248,6 @@ pub async fn put_bucket_encryption(
     )
     .await?;
     Ok(PutBucketEncryptionOutput::default())
-}
-
-pub async fn get_public_access_block(
-    store: &Store,
-    input: GetPublicAccessBlockInput,
-) -> S3Result<GetPublicAccessBlockOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::PublicAccessBlock).await?;
-    Ok(GetPublicAccessBlockOutput {
-        public_access_block_configuration: Some(from_xml(&doc.body)?),
-    })
 }
 
 pub async fn put_public_access_block(
@@ -334,14 +266,6 @@ pub async fn put_public_access_block(
     Ok(PutPublicAccessBlockOutput::default())
 }
 
-pub async fn get_bucket_notification_configuration(
-    store: &Store,
-    input: GetBucketNotificationConfigurationInput,
-) -> S3Result<GetBucketNotificationConfigurationOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Notification).await?;
-    from_xml(&doc.body)
-}
-
 pub async fn put_bucket_notification_configuration(
     store: &Store,
     input: PutBucketNotificationConfigurationInput,
@@ -356,25 +280,6 @@ pub async fn put_bucket_notification_configuration(
     };
     put(store, &input.bucket, None, Subresource::Notification, doc).await?;
     Ok(PutBucketNotificationConfigurationOutput::default())
-}
-
-/// Read only: PutObjectLockConfiguration stays 501 (`Subresource::ObjectLock`).
-pub async fn get_object_lock_configuration(
-    store: &Store,
-    input: GetObjectLockConfigurationInput,
-) -> S3Result<GetObjectLockConfigurationOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::ObjectLock).await?;
-    Ok(GetObjectLockConfigurationOutput {
-        object_lock_configuration: Some(from_xml(&doc.body)?),
-    })
-}
-
-pub async fn get_bucket_request_payment(
-    store: &Store,
-    input: GetBucketRequestPaymentInput,
-) -> S3Result<GetBucketRequestPaymentOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::RequestPayment).await?;
-    from_xml(&doc.body)
 }
 
 pub async fn put_bucket_request_payment(
@@ -393,18 +298,6 @@ pub async fn put_bucket_request_payment(
     Ok(PutBucketRequestPaymentOutput::default())
 }
 
-pub async fn get_bucket_accelerate_configuration(
-    store: &Store,
-    input: GetBucketAccelerateConfigurationInput,
-) -> S3Result<GetBucketAccelerateConfigurationOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Accelerate).await?;
-    let config: AccelerateConfiguration = from_xml(&doc.body)?;
-    Ok(GetBucketAccelerateConfigurationOutput {
-        status: config.status,
-        request_charged: None,
-    })
-}
-
 pub async fn put_bucket_accelerate_configuration(
     store: &Store,
     input: PutBucketAccelerateConfigurationInput,
@@ -421,11 +314,6 @@ pub async fn put_bucket_accelerate_configuration(
     Ok(PutBucketAccelerateConfigurationOutput::default())
 }
 
-pub async fn get_bucket_website(store: &Store, input: GetBucketWebsiteInput) -> S3Result<GetBucketWebsiteOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Website).await?;
-    from_xml(&doc.body)
-}
-
 pub async fn put_bucket_website(store: &Store, input: PutBucketWebsiteInput) -> S3Result<PutBucketWebsiteOutput> {
     let config = &input.website_configuration;
     put_document(
@@ -437,11 +325,6 @@ pub async fn put_bucket_website(store: &Store, input: PutBucketWebsiteInput) -> 
     )
     .await?;
     Ok(PutBucketWebsiteOutput::default())
-}
-
-pub async fn get_bucket_logging(store: &Store, input: GetBucketLoggingInput) -> S3Result<GetBucketLoggingOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Logging).await?;
-    from_xml(&doc.body)
 }
 
 pub async fn put_bucket_logging(store: &Store, input: PutBucketLoggingInput) -> S3Result<PutBucketLoggingOutput> {
@@ -457,16 +340,6 @@ pub async fn put_bucket_logging(store: &Store, input: PutBucketLoggingInput) -> 
     Ok(PutBucketLoggingOutput::default())
 }
 
-pub async fn get_bucket_replication(
-    store: &Store,
-    input: GetBucketReplicationInput,
-) -> S3Result<GetBucketReplicationOutput> {
-    let doc = get(store, &input.bucket, None, Subresource::Replication).await?;
-    Ok(GetBucketReplicationOutput {
-        replication_configuration: Some(from_xml(&doc.body)?),
-    })
-}
-
 pub async fn put_bucket_replication(
     store: &Store,
     input: PutBucketReplicationInput,
@@ -480,6 +353,140 @@ pub async fn put_bucket_replication(
     };
     put(store, &input.bucket, None, Subresource::Replication, doc).await?;
     Ok(PutBucketReplicationOutput::default())
+}
+
+/// The bucket configurations a GET reads, by query parameter, with their operation's name.
+const READS: [(Subresource, &str); 16] = [
+    (Subresource::Acl, "GetBucketAcl"),
+    (Subresource::Policy, "GetBucketPolicy"),
+    (Subresource::Versioning, "GetBucketVersioning"),
+    (Subresource::Lifecycle, "GetBucketLifecycleConfiguration"),
+    (Subresource::OwnershipControls, "GetBucketOwnershipControls"),
+    (Subresource::Cors, "GetBucketCors"),
+    (Subresource::Tagging, "GetBucketTagging"),
+    (Subresource::Encryption, "GetBucketEncryption"),
+    (Subresource::PublicAccessBlock, "GetPublicAccessBlock"),
+    (Subresource::Notification, "GetBucketNotificationConfiguration"),
+    (Subresource::ObjectLock, "GetObjectLockConfiguration"),
+    (Subresource::RequestPayment, "GetBucketRequestPayment"),
+    (Subresource::Accelerate, "GetBucketAccelerateConfiguration"),
+    (Subresource::Website, "GetBucketWebsite"),
+    (Subresource::Logging, "GetBucketLogging"),
+    (Subresource::Replication, "GetBucketReplication"),
+];
+
+/// A bucket configuration read, as `ConfigRead::is_match` found it.
+#[derive(Debug, Clone)]
+struct Read {
+    bucket: String,
+    sub: Subresource,
+    op: &'static str,
+}
+
+/// GETs of a bucket's configuration, answered with the origin's document as it came instead of
+/// read into s3s's types and written again: an element s3s does not know (S3 has put
+/// `BlockedEncryptionTypes` in every new bucket's encryption since 2026) would make that a 500,
+/// where the client's SDK reads the document as it reads S3's. An s3s custom route: it runs
+/// after the signature check; every other request goes to the typed operations.
+pub struct ConfigRead {
+    store: Arc<Store>,
+    host: PerchHost,
+}
+
+impl ConfigRead {
+    pub fn new(store: Arc<Store>, domain: &str) -> ConfigRead {
+        ConfigRead {
+            store,
+            host: PerchHost::new(domain),
+        }
+    }
+
+    /// The bucket configuration a request reads: a GET of a bucket (virtual-hosted or path style)
+    /// whose query names exactly one configuration (beside a presigned URL's parameters).
+    fn read_of(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Read> {
+        if method != Method::GET {
+            return None;
+        }
+        let mut found = None;
+        for pair in uri.query()?.split('&').filter(|p| !p.is_empty()) {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            if let Some(&(sub, op)) = READS.iter().find(|(sub, _)| sub.query() == name) {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some((sub, op));
+            }
+        }
+        let (sub, op) = found?;
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let path = uri.path();
+        let bucket = match self.host.bucket_of(host) {
+            Some(bucket) if path == "/" => bucket,
+            Some(_) => return None,
+            None => {
+                let name = path.strip_prefix('/')?;
+                let name = name.strip_suffix('/').unwrap_or(name);
+                if name.is_empty() || name.contains('/') {
+                    return None;
+                }
+                name.to_owned()
+            }
+        };
+        Some(Read { bucket, sub, op })
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Route for ConfigRead {
+    fn is_match(&self, method: &Method, uri: &Uri, headers: &HeaderMap, extensions: &mut http::Extensions) -> bool {
+        match self.read_of(method, uri, headers) {
+            Some(read) => {
+                extensions.insert(read);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Signed requests only, as every operation (`front::AccessCheck`); a replica serves reads.
+    async fn check_access(&self, req: &mut S3Request<Body>) -> S3Result<()> {
+        let read = req
+            .extensions
+            .get::<Read>()
+            .ok_or_else(|| s3_error!(InternalError, "A configuration read lost its bucket."))?;
+        front::record(read.op, read.bucket.clone(), String::new());
+        if req.credentials.is_none() {
+            return Err(s3_error!(
+                AccessDenied,
+                "Anonymous access is not allowed; sign the request."
+            ));
+        }
+        Ok(())
+    }
+
+    async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {
+        let read = req
+            .extensions
+            .get::<Read>()
+            .ok_or_else(|| s3_error!(InternalError, "A configuration read lost its bucket."))?;
+        let doc = get(&self.store, &read.bucket, None, read.sub).await?;
+        let content_type = match read.sub {
+            Subresource::Policy => "application/json",
+            _ => "application/xml",
+        };
+        let mut resp = S3Response::new(Body::from(doc.body));
+        resp.headers
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        for (name, value) in &doc.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                resp.headers.insert(name, value);
+            }
+        }
+        Ok(resp)
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,16 @@ tokio::task_local! {
     pub static REQUEST: RefCell<RequestInfo>;
 }
 
+/// Records what the current request is, for its log line and metrics.
+pub fn record(op: &'static str, bucket: String, key: String) {
+    let _ = REQUEST.try_with(|r| {
+        let mut r = r.borrow_mut();
+        r.op = op;
+        r.bucket = bucket;
+        r.key = key;
+    });
+}
+
 /// S3 operation names as `&'static str` for metric labels. There are a few hundred names at most,
 /// each leaked once.
 fn intern(name: &str) -> &'static str {
@@ -197,12 +207,7 @@ impl S3Access for AccessCheck {
             convert::check_key(&key)?;
         }
         let reserved = is_reserved(&key);
-        let _ = REQUEST.try_with(|r| {
-            let mut r = r.borrow_mut();
-            r.op = op;
-            r.bucket = bucket;
-            r.key = key;
-        });
+        record(op, bucket, key);
         if cx.credentials().is_none() {
             return Err(s3_error!(
                 AccessDenied,

@@ -367,6 +367,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     builder.set_access(front::AccessCheck {
         writes: front::Writes::of(config.role, config.replica_writes),
     });
+    builder.set_route(bucket_config::ConfigRead::new(store.clone(), &config.domain));
     let s3 = builder.build();
     let fast = Arc::new(fast_get::FastGet::new(
         store.clone(),

@@ -1295,12 +1295,6 @@ impl S3 for Gateway {
 
     // ----- bucket configurations and object ACLs: the origin's (bucket_config.rs) -----
 
-    async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
-        bucket_config::get_bucket_acl(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
         bucket_config::put_bucket_acl(&self.store, req.input)
             .await
@@ -1383,6 +1377,17 @@ impl S3 for Gateway {
         }))
     }
 
+    /// Perch sets no object lock; one set at the origin is read there (`bucket_config::ConfigRead`).
+    async fn put_object_lock_configuration(
+        &self,
+        _req: S3Request<PutObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
+        Err(s3s::S3Error::with_message(
+            s3s::S3ErrorCode::NotImplemented,
+            perch_cache::NO_OBJECT_LOCK,
+        ))
+    }
+
     async fn get_object_tagging(
         &self,
         req: S3Request<GetObjectTaggingInput>,
@@ -1398,29 +1403,11 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    async fn get_bucket_policy(
-        &self,
-        req: S3Request<GetBucketPolicyInput>,
-    ) -> S3Result<S3Response<GetBucketPolicyOutput>> {
-        bucket_config::get_bucket_policy(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_policy(
         &self,
         req: S3Request<PutBucketPolicyInput>,
     ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
         bucket_config::put_bucket_policy(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_bucket_versioning(
-        &self,
-        req: S3Request<GetBucketVersioningInput>,
-    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        bucket_config::get_bucket_versioning(&self.store, req.input)
             .await
             .map(S3Response::new)
     }
@@ -1434,29 +1421,11 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    async fn get_bucket_lifecycle_configuration(
-        &self,
-        req: S3Request<GetBucketLifecycleConfigurationInput>,
-    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
-        bucket_config::get_bucket_lifecycle_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_lifecycle_configuration(
         &self,
         req: S3Request<PutBucketLifecycleConfigurationInput>,
     ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
         bucket_config::put_bucket_lifecycle_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_bucket_ownership_controls(
-        &self,
-        req: S3Request<GetBucketOwnershipControlsInput>,
-    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
-        bucket_config::get_bucket_ownership_controls(&self.store, req.input)
             .await
             .map(S3Response::new)
     }
@@ -1470,23 +1439,8 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    async fn get_bucket_cors(&self, req: S3Request<GetBucketCorsInput>) -> S3Result<S3Response<GetBucketCorsOutput>> {
-        bucket_config::get_bucket_cors(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_cors(&self, req: S3Request<PutBucketCorsInput>) -> S3Result<S3Response<PutBucketCorsOutput>> {
         bucket_config::put_bucket_cors(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_bucket_tagging(
-        &self,
-        req: S3Request<GetBucketTaggingInput>,
-    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
-        bucket_config::get_bucket_tagging(&self.store, req.input)
             .await
             .map(S3Response::new)
     }
@@ -1540,29 +1494,11 @@ impl S3 for Gateway {
         Ok(S3Response::new(DeleteBucketTaggingOutput::default()))
     }
 
-    async fn get_bucket_encryption(
-        &self,
-        req: S3Request<GetBucketEncryptionInput>,
-    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
-        bucket_config::get_bucket_encryption(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_encryption(
         &self,
         req: S3Request<PutBucketEncryptionInput>,
     ) -> S3Result<S3Response<PutBucketEncryptionOutput>> {
         bucket_config::put_bucket_encryption(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_public_access_block(
-        &self,
-        req: S3Request<GetPublicAccessBlockInput>,
-    ) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
-        bucket_config::get_public_access_block(&self.store, req.input)
             .await
             .map(S3Response::new)
     }
@@ -1576,38 +1512,11 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    async fn get_bucket_notification_configuration(
-        &self,
-        req: S3Request<GetBucketNotificationConfigurationInput>,
-    ) -> S3Result<S3Response<GetBucketNotificationConfigurationOutput>> {
-        bucket_config::get_bucket_notification_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_notification_configuration(
         &self,
         req: S3Request<PutBucketNotificationConfigurationInput>,
     ) -> S3Result<S3Response<PutBucketNotificationConfigurationOutput>> {
         bucket_config::put_bucket_notification_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_object_lock_configuration(
-        &self,
-        req: S3Request<GetObjectLockConfigurationInput>,
-    ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
-        bucket_config::get_object_lock_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_bucket_request_payment(
-        &self,
-        req: S3Request<GetBucketRequestPaymentInput>,
-    ) -> S3Result<S3Response<GetBucketRequestPaymentOutput>> {
-        bucket_config::get_bucket_request_payment(&self.store, req.input)
             .await
             .map(S3Response::new)
     }
@@ -1621,29 +1530,11 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    async fn get_bucket_accelerate_configuration(
-        &self,
-        req: S3Request<GetBucketAccelerateConfigurationInput>,
-    ) -> S3Result<S3Response<GetBucketAccelerateConfigurationOutput>> {
-        bucket_config::get_bucket_accelerate_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_accelerate_configuration(
         &self,
         req: S3Request<PutBucketAccelerateConfigurationInput>,
     ) -> S3Result<S3Response<PutBucketAccelerateConfigurationOutput>> {
         bucket_config::put_bucket_accelerate_configuration(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_bucket_website(
-        &self,
-        req: S3Request<GetBucketWebsiteInput>,
-    ) -> S3Result<S3Response<GetBucketWebsiteOutput>> {
-        bucket_config::get_bucket_website(&self.store, req.input)
             .await
             .map(S3Response::new)
     }
@@ -1657,29 +1548,11 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    async fn get_bucket_logging(
-        &self,
-        req: S3Request<GetBucketLoggingInput>,
-    ) -> S3Result<S3Response<GetBucketLoggingOutput>> {
-        bucket_config::get_bucket_logging(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
     async fn put_bucket_logging(
         &self,
         req: S3Request<PutBucketLoggingInput>,
     ) -> S3Result<S3Response<PutBucketLoggingOutput>> {
         bucket_config::put_bucket_logging(&self.store, req.input)
-            .await
-            .map(S3Response::new)
-    }
-
-    async fn get_bucket_replication(
-        &self,
-        req: S3Request<GetBucketReplicationInput>,
-    ) -> S3Result<S3Response<GetBucketReplicationOutput>> {
-        bucket_config::get_bucket_replication(&self.store, req.input)
             .await
             .map(S3Response::new)
     }

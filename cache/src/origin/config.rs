@@ -139,11 +139,11 @@ pub(crate) fn not_deletable(sub: Subresource) -> OriginError {
     )
 }
 
-/// Perch sets no object lock (`Subresource::ObjectLock`).
+/// Why Perch sets no object lock (`Subresource::ObjectLock`).
+pub const NO_OBJECT_LOCK: &str =
+    "Perch keeps no object lock: its retention would bind versions Perch has yet to upload.";
+
+/// Perch sets no object lock: 501 NotImplemented.
 pub(crate) fn no_object_lock() -> OriginError {
-    OriginError::rejected(
-        501,
-        "NotImplemented",
-        "Perch keeps no object lock: its retention would bind versions Perch has yet to upload.",
-    )
+    OriginError::rejected(501, "NotImplemented", NO_OBJECT_LOCK)
 }

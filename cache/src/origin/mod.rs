@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::local::blobs::CheckedRange;
 
 pub use checksum::{ChecksumAlgorithm, ChecksumType, Checksums, MultipartChecksum};
-pub use config::{Document, NO_TAGS, Subresource};
+pub use config::{Document, NO_OBJECT_LOCK, NO_TAGS, Subresource};
 pub use fs::FsOrigin;
 pub use s3::{OriginKeys, S3Origin, S3OriginConfig};
 

@@ -1,7 +1,8 @@
 //! Bucket configurations of the directory origin: it keeps none, so it answers what a new S3
 //! bucket with nothing configured answers (ownership enforced by the bucket owner, who has full
-//! control, the bucket owner pays, no notifications, no logging), and refuses changes it could
-//! not honour with 501 NotImplemented. It encrypts nothing, so it names no default encryption.
+//! control, public access blocked, the bucket owner pays, no notifications, no logging), and
+//! refuses changes it could not honour with 501 NotImplemented. It encrypts nothing, so it names
+//! no default encryption.
 
 use super::*;
 use crate::origin::NO_TAGS;
@@ -91,10 +92,12 @@ impl FsOrigin {
                 "ServerSideEncryptionConfigurationNotFoundError",
                 "The server side encryption configuration was not found",
             )),
-            Subresource::PublicAccessBlock => Err(absent(
-                "NoSuchPublicAccessBlockConfiguration",
-                "The public access block configuration was not found",
-            )),
+            // Nothing is public here (every request is signed), as S3 blocks for new buckets.
+            Subresource::PublicAccessBlock => Ok(xml(&format!(
+                "<PublicAccessBlockConfiguration xmlns=\"{XMLNS}\"><BlockPublicAcls>true</BlockPublicAcls>\
+                 <IgnorePublicAcls>true</IgnorePublicAcls><BlockPublicPolicy>true</BlockPublicPolicy>\
+                 <RestrictPublicBuckets>true</RestrictPublicBuckets></PublicAccessBlockConfiguration>"
+            ))),
             Subresource::ObjectLock => Err(absent(
                 "ObjectLockConfigurationNotFoundError",
                 "Object Lock configuration does not exist for this bucket",
@@ -121,7 +124,8 @@ impl FsOrigin {
         Err(not_kept(sub))
     }
 
-    /// Removing what is not there succeeds, as on S3; the ownership controls it enforces cannot go.
+    /// Removing what is not there succeeds, as on S3; the ownership controls it enforces and the
+    /// public access it blocks cannot go.
     pub(super) async fn unconfigure(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
         self.bucket(bucket)?.check_alive()?;
         match sub {
@@ -130,10 +134,9 @@ impl FsOrigin {
             | Subresource::Cors
             | Subresource::Tagging
             | Subresource::Encryption
-            | Subresource::PublicAccessBlock
             | Subresource::Website
             | Subresource::Replication => Ok(()),
-            Subresource::OwnershipControls => Err(not_kept(sub)),
+            Subresource::OwnershipControls | Subresource::PublicAccessBlock => Err(not_kept(sub)),
             Subresource::Acl
             | Subresource::Versioning
             | Subresource::Notification
