@@ -1,7 +1,9 @@
 //! `Multipart`: client multipart uploads staged locally until completed, in a directory store under
 //! `<data-dir>/multipart` (the same code as the directory origin, so the same checks and checksum
 //! rules). A completion folds the parts there and hands the object and its part layout out, to
-//! become one version uploaded with the same layout.
+//! become one version uploaded with the same layout; the upload goes only once that version is
+//! committed, so a crash before leaves it to be completed again, as S3 keeps an upload whose
+//! completion failed.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
@@ -123,10 +125,8 @@ impl Multipart {
         let _one_at_a_time = self.folding[stripe].lock().await;
         // The layout of the parts named, before the staging area folds them into one object.
         let listed = self.staging.list_parts(bucket, key, upload_id).await?;
-        let output = self
-            .staging
-            .complete_multipart_upload(bucket, key, upload_id, parts)
-            .await?;
+        // The upload stays until its version is committed (`finish`).
+        let output = self.staging.fold_upload(bucket, key, upload_id, parts).await?;
         let layout = parts
             .iter()
             .map(|p| {
@@ -159,6 +159,11 @@ impl Multipart {
             body,
             layout: layout?,
         })
+    }
+
+    /// Removes an upload whose object's version is committed.
+    pub(crate) async fn finish(&self, upload_id: &str) {
+        self.staging.remove_upload(upload_id).await;
     }
 
     /// Marks `upload_id`'s completion as under way; `None` when one already is.

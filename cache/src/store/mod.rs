@@ -339,8 +339,10 @@ impl Store {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
             ..input
         };
+        // The origin may hold a new body from here on, even if Perch dies before its answer:
+        // the cached one goes first (and again after, for a fill that raced the request).
+        self.forget(okey.clone()).await;
         let out = self.origin.put_object(bucket, key, &input).await;
-        // Whatever the answer, the origin may now hold a new body: forget the cached one.
         self.forget(okey).await;
         Ok(out?)
     }
@@ -371,6 +373,8 @@ impl Store {
         self.settle(&src, self.journal.cfg.wait_limit).await?;
         self.settle(&dst, self.journal.cfg.wait_limit).await?;
         self.fence().await;
+        // As for a conditional PUT: the cached destination goes before the origin may change it.
+        self.forget(dst.clone()).await;
         let out = self.origin.copy_object(bucket, key, &copy).await;
         self.forget(dst).await;
         Ok(out?)

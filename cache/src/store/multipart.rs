@@ -109,6 +109,7 @@ impl Store {
         let digest = PromisedDigest::Ready(done.body.digest);
         self.put_version(&okey, done.body.body, meta, false, digest, Some(done.layout))
             .await?;
+        self.multipart.finish(upload_id).await;
         self.multipart.remember_completed(bucket, key, upload_id, &done.output);
         Ok(done.output)
     }

@@ -690,6 +690,132 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
     }
 }
 
+/// A crash while a multipart completion is committed: the client has no answer, and after a
+/// restart the upload is still there with the parts it acknowledged, so the completion can be sent
+/// again, as S3 keeps an upload whose completion failed. (The parts were folded away before the
+/// version was committed: a crash between lost the upload, and the object too before the batch.)
+#[test]
+fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
+    let _turn = machine::share();
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    for (i, (point, committed)) in [("blob_written", false), ("batch_committed", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("dumps/crash-{point}");
+        let old = pattern(1000, 400 + i as u64);
+        s.put(&key, &old);
+        s.stop_clean();
+        s.env = vec![("PERCH_FAIL_POINT".into(), point.into())];
+        s.start_again();
+        let parts = [pattern(5 << 20, 410 + i as u64), pattern(1000, 420 + i as u64)];
+        let whole = parts.concat();
+        let c = s.sdk();
+        let (id, done) = s.rt.block_on(async {
+            let up = c
+                .create_multipart_upload()
+                .bucket(BUCKET)
+                .key(&key)
+                .send()
+                .await
+                .expect("create");
+            let id = up.upload_id().expect("id").to_owned();
+            let mut done = Vec::new();
+            for (n, p) in (1..).zip(&parts) {
+                let out = c
+                    .upload_part()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .body(ByteStream::from(p.clone()))
+                    .send()
+                    .await
+                    .expect("part");
+                done.push(
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .e_tag(out.e_tag().expect("etag"))
+                        .build(),
+                );
+            }
+            (id, CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        });
+        let complete = |s: &Stack, c: &aws_sdk_s3::Client| {
+            s.rt.block_on(
+                c.complete_multipart_upload()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .upload_id(&id)
+                    .multipart_upload(done.clone())
+                    .send(),
+            )
+            .map_err(|e| format!("{e:?}"))
+        };
+        assert!(complete(&s, &c).is_err(), "{point}: the completion was answered");
+        s.reap();
+        s.env.clear();
+        s.start_again();
+        let want = if committed { whole.clone() } else { old.clone() };
+        assert_eq!(perch_get(&s, &key), Some(want), "{point}: read back after the crash");
+        let c = s.sdk();
+        let listed =
+            s.rt.block_on(c.list_parts().bucket(BUCKET).key(&key).upload_id(&id).send())
+                .unwrap_or_else(|e| panic!("{point}: the upload is gone: {e:?}"));
+        assert_eq!(listed.parts().len(), 2, "{point}: the acknowledged parts");
+        let again = complete(&s, &c).unwrap_or_else(|e| panic!("{point}: completed again: {e}"));
+        assert!(again.e_tag().is_some_and(|t| t.ends_with("-2\"")), "{point}: {again:?}");
+        assert_eq!(perch_get(&s, &key), Some(whole.clone()), "{point}: the object");
+        let uploads =
+            s.rt.block_on(c.list_multipart_uploads().bucket(BUCKET).send())
+                .expect("list uploads");
+        assert!(uploads.uploads().is_empty(), "{point}: the completed upload is gone");
+        s.flush(Duration::from_secs(60));
+        assert_eq!(s.in_moto(&key), Some(whole), "{point}: in the origin");
+    }
+}
+
+/// A copy the origin makes (its source clean) changes the destination there before Perch has its
+/// answer: a crash in between must not leave Perch serving the old destination from its cache,
+/// which nothing would ever correct. The cached copy goes before the copy is sent.
+#[test]
+fn a_crash_during_a_copy_at_the_origin_leaves_no_stale_destination() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let (src, dst) = ("copies/src", "copies/dst");
+    let (old, new) = (pattern(10_000, 501), pattern(20_000, 502));
+    s.put(dst, &old);
+    s.put(src, &new);
+    s.flush(Duration::from_secs(60));
+    assert_eq!(perch_get(&s, dst), Some(old.clone()), "cached");
+    // The copy's answer crawls back through the proxy; moto has made the copy long before.
+    s.faults(r#"{"bandwidth_bytes_per_sec": 5}"#);
+    let c = s.sdk();
+    let copying = s.rt.spawn(async move {
+        c.copy_object()
+            .bucket(BUCKET)
+            .key(dst)
+            .copy_source(format!("{BUCKET}/{src}"))
+            .send()
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.in_moto(dst).as_deref() != Some(&new[..]) {
+        assert!(Instant::now() < deadline, "moto never made the copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!copying.is_finished(), "the copy was answered before the crash");
+    s.kill();
+    copying.abort();
+    s.faults(r#"{"bandwidth_bytes_per_sec": null}"#);
+    s.start_again();
+    assert_eq!(perch_get(&s, dst), Some(new), "the destination after the crash");
+}
+
 /// A body of 1 MiB or more has its MD5 finished beside its commit's syncs when no Content-MD5
 /// came with it (the ETag is set in the commit); with one, the MD5 is checked before anything is
 /// committed: a wrong one is 400 BadDigest and the key keeps what it held, a right one is taken.

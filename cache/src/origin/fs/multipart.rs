@@ -194,7 +194,35 @@ impl FsOrigin {
         })
     }
 
+    /// Completes an upload: its object is committed, then its parts go.
     pub(super) async fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> OriginResult<PutOutput> {
+        let output = self.fold_upload(bucket, key, upload_id, parts).await?;
+        self.remove_upload(upload_id).await;
+        Ok(output)
+    }
+
+    /// Removes a completed upload's parts (a warning if they cannot go: they are only space).
+    pub(crate) async fn remove_upload(&self, upload_id: &str) {
+        let Ok(dir) = self.upload_dir(upload_id) else {
+            return;
+        };
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(upload = %upload_id, error = %e, "could not remove a completed upload's parts"),
+        }
+    }
+
+    /// Commits the object the parts named make, and keeps the upload with its parts: Perch's
+    /// staging area removes them only once the object's version is in the journal, so that a
+    /// crash before leaves the upload to be completed again.
+    pub(crate) async fn fold_upload(
         &self,
         bucket: &str,
         key: &str,
@@ -381,11 +409,6 @@ impl FsOrigin {
                 return Err(OriginError::NoSuchUpload);
             }
             self.commit(&b, key, temp, &meta).await?;
-        }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(upload = %upload_id, error = %e, "could not remove a completed upload's parts"),
         }
         Ok(PutOutput {
             etag,
