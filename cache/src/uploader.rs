@@ -357,7 +357,7 @@ impl Uploader {
 
     /// Uploads a multipart version as a multipart upload with the same part layout: each part is
     /// its range of the blob, checked as it is read, sent with its checksums. A failure abandons
-    /// the origin's upload (aborted, best effort) and the whole version is tried again.
+    /// the origin's upload (`abandon`) and the whole version is tried again.
     async fn upload_parts(
         &self,
         v: &Version,
@@ -392,7 +392,7 @@ impl Uploader {
         }
         .await;
         if result.is_err() {
-            let _ = origin.abort_multipart_upload(bucket, key, &id).await;
+            abandon(origin, bucket, key, &id).await;
         }
         result
     }
@@ -509,4 +509,37 @@ fn multipart_checksum(c: &crate::origin::Checksums) -> Option<crate::origin::Mul
         algorithm,
         checksum_type: c.checksum_type()?,
     })
+}
+
+/// How long the abort of an abandoned origin upload is tried again, in the background.
+const ABORT_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Aborts the origin's upload `id`, abandoned by a failed version, and goes on trying in the
+/// background while the origin fails it with anything but a refusal: the outage that failed the upload
+/// fails its abort too, and an upload left open keeps its parts (billed, on S3). One Perch dies
+/// with cannot be aborted here: docs/write-back.md names the lifecycle rule that removes it.
+async fn abandon(origin: &Arc<dyn Origin>, bucket: &str, key: &str, id: &str) {
+    let first = match origin.abort_multipart_upload(bucket, key, id).await {
+        Err(e) if !e.is_permanent() => e,
+        _ => return,
+    };
+    tracing::debug!(upload = %id, error = %first, "an abandoned origin upload's abort will be tried again");
+    let (origin, bucket, key, id) = (origin.clone(), bucket.to_owned(), key.to_owned(), id.to_owned());
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + ABORT_RETRY_FOR;
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            match origin.abort_multipart_upload(&bucket, &key, &id).await {
+                Err(e) if !e.is_permanent() && tokio::time::Instant::now() < deadline => {
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+                Err(e) => {
+                    tracing::warn!(upload = %id, %bucket, %key, error = %e, "an abandoned origin upload could not be aborted");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    });
 }

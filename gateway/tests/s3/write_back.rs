@@ -778,6 +778,105 @@ fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
     }
 }
 
+/// An outage that fails a multipart version's upload fails the abort of the origin's upload too:
+/// the abort is tried again once the origin answers, so no upload is left open there with its
+/// parts stored (and billed, on S3). It was sent once.
+#[test]
+fn an_upload_abandoned_in_an_outage_is_aborted_once_the_origin_answers() {
+    let _turn = machine::share();
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "dumps/abandoned";
+    let parts = [pattern(5 << 20, 601), pattern(10, 602)];
+    // Slow enough that the outage can start between the origin's CreateMultipartUpload and the
+    // first part.
+    s.faults(r#"{"latency_ms": 400}"#);
+    let c = s.sdk();
+    s.rt.block_on(async {
+        let id = c
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .expect("create");
+        let id = id.upload_id().expect("id").to_owned();
+        let mut done = Vec::new();
+        for (n, p) in (1..).zip(&parts) {
+            let out = c
+                .upload_part()
+                .bucket(BUCKET)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n)
+                .body(ByteStream::from(p.clone()))
+                .send()
+                .await
+                .expect("part");
+            done.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(out.e_tag().expect("etag"))
+                    .build(),
+            );
+        }
+        c.complete_multipart_upload()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+            .send()
+            .await
+            .expect("complete");
+    });
+    let created = |s: &Stack| {
+        s.proxy.log().iter().any(|r| {
+            r["key"] == key
+                && r["method"] == "POST"
+                && r["query"].as_str().is_some_and(|q| q.contains("uploads"))
+                && r["status"] == 200
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !created(&s) {
+        assert!(Instant::now() < deadline, "the origin upload was never created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.faults(r#"{"latency_ms": 400, "outage": true}"#);
+    std::thread::sleep(Duration::from_secs(3));
+    s.faults(r#"{"latency_ms": 0, "outage": false}"#);
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto(key), Some(parts.concat()), "the object, sent again");
+    let failed_abort = s
+        .proxy
+        .records_for(key)
+        .iter()
+        .any(|(method, _, injected)| method == "DELETE" && injected.is_some());
+    assert!(
+        failed_abort,
+        "the outage failed an abort: {:?}",
+        s.proxy.records_for(key)
+    );
+    let m = s.moto_sdk();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open =
+            s.rt.block_on(m.list_multipart_uploads().bucket(BUCKET).send())
+                .expect("list uploads");
+        if open.uploads().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads left open at the origin: {:?}",
+            open.uploads()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A copy the origin makes (its source clean) changes the destination there before Perch has its
 /// answer: a crash in between must not leave Perch serving the old destination from its cache,
 /// which nothing would ever correct. The cached copy goes before the copy is sent.
