@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use perch_testkit::bodies::{md5_etag, pattern};
 use perch_testkit::raw_client::{BUCKET, Req, Style, key_path};
 use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer};
@@ -690,6 +691,33 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
     }
 }
 
+/// Creates a multipart upload of `key` through Perch and uploads `parts` to it: its id, and the
+/// parts as a completion names them.
+fn upload_in_parts(s: &Stack, key: &str, parts: &[Vec<u8>]) -> (String, CompletedMultipartUpload) {
+    use aws_sdk_s3::primitives::ByteStream;
+    let c = s.sdk();
+    s.rt.block_on(async {
+        let up = c.create_multipart_upload().bucket(BUCKET).key(key).send().await;
+        let id = up.expect("create").upload_id().expect("id").to_owned();
+        let mut done = Vec::new();
+        for (n, p) in (1..).zip(parts) {
+            let out = c
+                .upload_part()
+                .bucket(BUCKET)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n)
+                .body(ByteStream::from(p.clone()))
+                .send()
+                .await
+                .expect("part");
+            let etag = out.e_tag().expect("etag");
+            done.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+        }
+        (id, CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+    })
+}
+
 /// A crash while a multipart completion is committed: the client has no answer, and after a
 /// restart the upload is still there with the parts it acknowledged, so the completion can be sent
 /// again, as S3 keeps an upload whose completion failed. (The parts were folded away before the
@@ -697,8 +725,6 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
 #[test]
 fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
     let _turn = machine::share();
-    use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let mut s = Stack::start(&[]);
     let _log = s.log_on_panic();
     for (i, (point, committed)) in [("blob_written", false), ("batch_committed", true)]
@@ -714,36 +740,7 @@ fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
         let parts = [pattern(5 << 20, 410 + i as u64), pattern(1000, 420 + i as u64)];
         let whole = parts.concat();
         let c = s.sdk();
-        let (id, done) = s.rt.block_on(async {
-            let up = c
-                .create_multipart_upload()
-                .bucket(BUCKET)
-                .key(&key)
-                .send()
-                .await
-                .expect("create");
-            let id = up.upload_id().expect("id").to_owned();
-            let mut done = Vec::new();
-            for (n, p) in (1..).zip(&parts) {
-                let out = c
-                    .upload_part()
-                    .bucket(BUCKET)
-                    .key(&key)
-                    .upload_id(&id)
-                    .part_number(n)
-                    .body(ByteStream::from(p.clone()))
-                    .send()
-                    .await
-                    .expect("part");
-                done.push(
-                    CompletedPart::builder()
-                        .part_number(n)
-                        .e_tag(out.e_tag().expect("etag"))
-                        .build(),
-                );
-            }
-            (id, CompletedMultipartUpload::builder().set_parts(Some(done)).build())
-        });
+        let (id, done) = upload_in_parts(&s, &key, &parts);
         let complete = |s: &Stack, c: &aws_sdk_s3::Client| {
             s.rt.block_on(
                 c.complete_multipart_upload()
@@ -784,8 +781,6 @@ fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
 #[test]
 fn an_upload_abandoned_in_an_outage_is_aborted_once_the_origin_answers() {
     let _turn = machine::share();
-    use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let s = Stack::start(&[]);
     let _log = s.log_on_panic();
     let key = "dumps/abandoned";
@@ -793,44 +788,17 @@ fn an_upload_abandoned_in_an_outage_is_aborted_once_the_origin_answers() {
     // Slow enough that the outage can start between the origin's CreateMultipartUpload and the
     // first part.
     s.faults(r#"{"latency_ms": 400}"#);
+    let (id, done) = upload_in_parts(&s, key, &parts);
     let c = s.sdk();
-    s.rt.block_on(async {
-        let id = c
-            .create_multipart_upload()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .expect("create");
-        let id = id.upload_id().expect("id").to_owned();
-        let mut done = Vec::new();
-        for (n, p) in (1..).zip(&parts) {
-            let out = c
-                .upload_part()
-                .bucket(BUCKET)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .body(ByteStream::from(p.clone()))
-                .send()
-                .await
-                .expect("part");
-            done.push(
-                CompletedPart::builder()
-                    .part_number(n)
-                    .e_tag(out.e_tag().expect("etag"))
-                    .build(),
-            );
-        }
+    let completed = s.rt.block_on(
         c.complete_multipart_upload()
             .bucket(BUCKET)
             .key(key)
             .upload_id(&id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
-            .send()
-            .await
-            .expect("complete");
-    });
+            .multipart_upload(done)
+            .send(),
+    );
+    completed.expect("complete");
     let created = |s: &Stack| {
         s.proxy.log().iter().any(|r| {
             r["key"] == key
@@ -1270,7 +1238,7 @@ fn the_acknowledgement_follows_the_fsyncs_under_strace() {
 fn multipart_uploads_are_staged_locally_and_uploaded_with_the_same_layout() {
     let _turn = machine::share();
     use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, CompletedMultipartUpload, CompletedPart};
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode};
     let s = Stack::start(&[]);
     let _log = s.log_on_panic();
     s.put("warm", b"bucket known"); // the bucket check happens before the outage
@@ -1532,7 +1500,6 @@ fn a_second_stop_signal_ends_the_drain_at_once() {
 #[test]
 fn a_completion_sent_again_while_the_first_waits_on_the_origin_gets_its_answer() {
     use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
     let _turn = machine::share();
     let s = Stack::start(&["--write-mode", "*=write_through", "--origin-retry-deadline", "30s"]);
