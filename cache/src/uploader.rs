@@ -515,9 +515,9 @@ fn multipart_checksum(c: &crate::origin::Checksums) -> Option<crate::origin::Mul
 const ABORT_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// Aborts the origin's upload `id`, abandoned by a failed version, and goes on trying in the
-/// background while the origin fails it with anything but a refusal: the outage that failed the upload
-/// fails its abort too, and an upload left open keeps its parts (billed, on S3). One Perch dies
-/// with cannot be aborted here: docs/write-back.md names the lifecycle rule that removes it.
+/// background while the origin fails it with anything but a refusal: the outage that failed the
+/// upload fails its abort too, and an upload left open keeps its parts (billed, on S3). One Perch
+/// dies with cannot be aborted here: docs/write-back.md names the lifecycle rule that removes it.
 async fn abandon(origin: &Arc<dyn Origin>, bucket: &str, key: &str, id: &str) {
     let first = match origin.abort_multipart_upload(bucket, key, id).await {
         Err(e) if !e.is_permanent() => e,

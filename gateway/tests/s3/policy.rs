@@ -212,8 +212,6 @@ fn sighup_reloads_a_good_policy_and_refuses_a_bad_one() {
 #[test]
 fn upload_headers_reach_multipart_uploads() {
     let _turn = machine::share();
-    use aws_sdk_s3::primitives::ByteStream;
-    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("policy.toml");
     std::fs::write(
@@ -223,47 +221,10 @@ fn upload_headers_reach_multipart_uploads() {
     .expect("write");
     let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
     let _log = s.log_on_panic();
-    let c = s.sdk();
     let key = "dumps/big.bin";
     let parts = [vec![7u8; 5 << 20], vec![9u8; 1 << 20]];
-    s.rt.block_on(async {
-        let up = c
-            .create_multipart_upload()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .expect("create");
-        let id = up.upload_id().expect("id").to_owned();
-        let mut done = Vec::new();
-        for (i, p) in parts.iter().enumerate() {
-            let n = i as i32 + 1;
-            let out = c
-                .upload_part()
-                .bucket(BUCKET)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .body(ByteStream::from(p.clone()))
-                .send()
-                .await
-                .expect("part");
-            done.push(
-                CompletedPart::builder()
-                    .part_number(n)
-                    .e_tag(out.e_tag().expect("etag"))
-                    .build(),
-            );
-        }
-        c.complete_multipart_upload()
-            .bucket(BUCKET)
-            .key(key)
-            .upload_id(&id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
-            .send()
-            .await
-            .expect("complete");
-    });
+    let (id, done) = s.upload_in_parts(key, &parts);
+    s.complete_upload(key, &id, &done).expect("complete");
     s.flush(Duration::from_secs(60));
     let m = s.moto_sdk();
     let head =

@@ -691,33 +691,6 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
     }
 }
 
-/// Creates a multipart upload of `key` through Perch and uploads `parts` to it: its id, and the
-/// parts as a completion names them.
-fn upload_in_parts(s: &Stack, key: &str, parts: &[Vec<u8>]) -> (String, CompletedMultipartUpload) {
-    use aws_sdk_s3::primitives::ByteStream;
-    let c = s.sdk();
-    s.rt.block_on(async {
-        let up = c.create_multipart_upload().bucket(BUCKET).key(key).send().await;
-        let id = up.expect("create").upload_id().expect("id").to_owned();
-        let mut done = Vec::new();
-        for (n, p) in (1..).zip(parts) {
-            let out = c
-                .upload_part()
-                .bucket(BUCKET)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .body(ByteStream::from(p.clone()))
-                .send()
-                .await
-                .expect("part");
-            let etag = out.e_tag().expect("etag");
-            done.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
-        }
-        (id, CompletedMultipartUpload::builder().set_parts(Some(done)).build())
-    })
-}
-
 /// A crash while a multipart completion is committed: the client has no answer, and after a
 /// restart the upload is still there with the parts it acknowledged, so the completion can be sent
 /// again, as S3 keeps an upload whose completion failed. (The parts were folded away before the
@@ -739,20 +712,11 @@ fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
         s.start_again();
         let parts = [pattern(5 << 20, 410 + i as u64), pattern(1000, 420 + i as u64)];
         let whole = parts.concat();
-        let c = s.sdk();
-        let (id, done) = upload_in_parts(&s, &key, &parts);
-        let complete = |s: &Stack, c: &aws_sdk_s3::Client| {
-            s.rt.block_on(
-                c.complete_multipart_upload()
-                    .bucket(BUCKET)
-                    .key(&key)
-                    .upload_id(&id)
-                    .multipart_upload(done.clone())
-                    .send(),
-            )
-            .map_err(|e| format!("{e:?}"))
-        };
-        assert!(complete(&s, &c).is_err(), "{point}: the completion was answered");
+        let (id, done) = s.upload_in_parts(&key, &parts);
+        assert!(
+            s.complete_upload(&key, &id, &done).is_err(),
+            "{point}: the completion was answered"
+        );
         s.reap();
         s.env.clear();
         s.start_again();
@@ -763,8 +727,10 @@ fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
             s.rt.block_on(c.list_parts().bucket(BUCKET).key(&key).upload_id(&id).send())
                 .unwrap_or_else(|e| panic!("{point}: the upload is gone: {e:?}"));
         assert_eq!(listed.parts().len(), 2, "{point}: the acknowledged parts");
-        let again = complete(&s, &c).unwrap_or_else(|e| panic!("{point}: completed again: {e}"));
-        assert!(again.e_tag().is_some_and(|t| t.ends_with("-2\"")), "{point}: {again:?}");
+        let again = s
+            .complete_upload(&key, &id, &done)
+            .unwrap_or_else(|e| panic!("{point}: completed again: {e}"));
+        assert!(again.ends_with("-2\""), "{point}: {again}");
         assert_eq!(perch_get(&s, &key), Some(whole.clone()), "{point}: the object");
         let uploads =
             s.rt.block_on(c.list_multipart_uploads().bucket(BUCKET).send())
@@ -788,17 +754,8 @@ fn an_upload_abandoned_in_an_outage_is_aborted_once_the_origin_answers() {
     // Slow enough that the outage can start between the origin's CreateMultipartUpload and the
     // first part.
     s.faults(r#"{"latency_ms": 400}"#);
-    let (id, done) = upload_in_parts(&s, key, &parts);
-    let c = s.sdk();
-    let completed = s.rt.block_on(
-        c.complete_multipart_upload()
-            .bucket(BUCKET)
-            .key(key)
-            .upload_id(&id)
-            .multipart_upload(done)
-            .send(),
-    );
-    completed.expect("complete");
+    let (id, done) = s.upload_in_parts(key, &parts);
+    s.complete_upload(key, &id, &done).expect("complete");
     let created = |s: &Stack| {
         s.proxy.log().iter().any(|r| {
             r["key"] == key

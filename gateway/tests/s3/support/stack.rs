@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use perch_testkit::bodies::md5_etag;
 use perch_testkit::origin_proxy::ProxyControl;
 use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
@@ -289,6 +291,50 @@ impl Stack {
     }
 
     /// An aws-sdk-s3 client of the running perch.
+    /// Creates a multipart upload of `key` through perch and uploads `parts` to it: its id, and
+    /// the parts as a completion names them.
+    pub fn upload_in_parts(&self, key: &str, parts: &[Vec<u8>]) -> (String, CompletedMultipartUpload) {
+        let c = self.sdk();
+        self.rt.block_on(async {
+            let up = c.create_multipart_upload().bucket(BUCKET).key(key).send().await;
+            let id = up.expect("create").upload_id().expect("id").to_owned();
+            let mut done = Vec::new();
+            for (n, p) in (1..).zip(parts) {
+                let out = c
+                    .upload_part()
+                    .bucket(BUCKET)
+                    .key(key)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .body(ByteStream::from(p.clone()))
+                    .send()
+                    .await
+                    .expect("part");
+                let etag = out.e_tag().expect("etag");
+                done.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+            }
+            (id, CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        })
+    }
+
+    /// CompleteMultipartUpload of `upload_in_parts`'s upload through perch: its ETag, or the
+    /// error as text.
+    pub fn complete_upload(&self, key: &str, id: &str, done: &CompletedMultipartUpload) -> Result<String, String> {
+        let out = self.rt.block_on(
+            self.sdk()
+                .complete_multipart_upload()
+                .bucket(BUCKET)
+                .key(key)
+                .upload_id(id)
+                .multipart_upload(done.clone())
+                .send(),
+        );
+        match out {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
     pub fn sdk(&self) -> aws_sdk_s3::Client {
         perch_client(self.perch())
     }
