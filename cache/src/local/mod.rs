@@ -560,29 +560,38 @@ impl Local {
     /// Forgets `blob` of `okey` (corrupt, changed at the origin, or replaced), under the key's lock;
     /// a pending version is kept (the only copy of a write the origin does not have yet).
     pub(crate) fn drop_entry(&self, okey: &ObjectKey, blob: u64) {
-        {
-            let _key = self.key_lock(okey);
-            match self.index.get(okey) {
-                Ok(Some(e)) if e.blob == blob && e.pending => {
-                    tracing::error!(
-                        blob,
-                        "a version not yet uploaded failed a check; it is kept, not dropped"
-                    );
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the cache index");
-                    return;
-                }
-            }
-            self.memory.invalidate_blob(okey, blob);
-            match self.index.remove_if(okey, blob) {
-                Ok(_) => self.remove_blob(blob),
-                Err(e) => tracing::warn!(error = %e, "cannot drop a cache entry"),
-            }
+        if self.unindex(okey, blob) {
+            self.remove_blob(blob);
         }
         self.refresh_gauges();
+    }
+
+    /// Removes `blob` of `okey` from the index (unsynced) and from the memory tier, under the
+    /// key's lock; a pending version is kept. Whether its blob file may go.
+    fn unindex(&self, okey: &ObjectKey, blob: u64) -> bool {
+        let _key = self.key_lock(okey);
+        match self.index.get(okey) {
+            Ok(Some(e)) if e.blob == blob && e.pending => {
+                tracing::error!(
+                    blob,
+                    "a version not yet uploaded failed a check; it is kept, not dropped"
+                );
+                return false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cache index");
+                return false;
+            }
+        }
+        self.memory.invalidate_blob(okey, blob);
+        match self.index.remove_if(okey, blob) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot drop a cache entry");
+                false
+            }
+        }
     }
 
     /// Keeps with the clean copy `blob` of `okey` the part sizes learnt for it from the origin
@@ -631,14 +640,21 @@ impl Local {
         }
     }
 
-    /// A write through Perch made the clean copy of `okey` obsolete: forget every copy at once.
-    pub(crate) fn invalidate(&self, okey: &ObjectKey) {
+    /// A request the origin decides (a conditional PUT, a copy) may change `okey` there: every
+    /// copy of it here goes, and the clean entry's removal is durable before this returns (and
+    /// before its blob is unlinked). A power cut after the origin's change must not bring the old
+    /// copy back: nothing would tell Perch to drop it again.
+    pub(crate) fn invalidate(&self, okey: &ObjectKey) -> Result<(), CacheError> {
         self.forget_copies(okey);
-        match self.index.get(okey) {
-            Ok(Some(entry)) if !entry.pending => self.drop_entry(okey, entry.blob),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the cache index"),
+        let Some(entry) = self.index.get(okey)?.filter(|e| !e.pending) else {
+            return Ok(());
+        };
+        if self.unindex(okey, entry.blob) {
+            self.index.sync_wal()?;
+            self.remove_blob(entry.blob);
+            self.refresh_gauges();
         }
+        Ok(())
     }
 
     /// Makes a fully fetched temp file the clean entry of `okey`, unless a write through Perch

@@ -340,10 +340,10 @@ impl Store {
             ..input
         };
         // The origin may hold a new body from here on, even if Perch dies before its answer:
-        // the cached one goes first (and again after, for a fill that raced the request).
-        self.forget(okey.clone()).await;
+        // the cached one goes first, durably (and again after, for a fill that raced the request).
+        self.forget(okey.clone()).await?;
         let out = self.origin.put_object(bucket, key, &input).await;
-        self.forget(okey).await;
+        self.forget_after(okey).await;
         Ok(out?)
     }
 
@@ -374,9 +374,9 @@ impl Store {
         self.settle(&dst, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
-        self.forget(dst.clone()).await;
+        self.forget(dst.clone()).await?;
         let out = self.origin.copy_object(bucket, key, &copy).await;
-        self.forget(dst).await;
+        self.forget_after(dst).await;
         Ok(out?)
     }
 
@@ -586,9 +586,15 @@ impl Store {
         Ok(())
     }
 
-    /// The origin's object changed under `okey` through Perch: every copy of it here goes.
-    async fn forget(&self, okey: ObjectKey) {
-        if let Err(e) = self.local.blocking(move |l| l.invalidate(&okey)).await {
+    /// The origin's object under `okey` may change through Perch from here on: every copy of it
+    /// here goes, durably (`Local::invalidate`): if it cannot, the request fails before it goes.
+    async fn forget(&self, okey: ObjectKey) -> StoreResult<()> {
+        Ok(self.local.blocking(move |l| l.invalidate(&okey)).await??)
+    }
+
+    /// After the origin answered: a copy a fill kept meanwhile goes too, as durably.
+    async fn forget_after(&self, okey: ObjectKey) {
+        if let Err(e) = self.forget(okey).await {
             tracing::warn!(error = %e, "cannot drop a cache entry");
         }
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use perch_testkit::bodies::{content_md5, pattern};
 use perch_testkit::origin_proxy::ProxyControl;
-use perch_testkit::raw_client::{Req, Style, key_path};
+use perch_testkit::raw_client::{BUCKET, Req, Style, key_path};
 use perch_testkit::servers::{MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer, PerchServer, ProxyServer};
 use perch_testkit::sigv4::Keys;
 
@@ -886,4 +886,68 @@ fn an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs() {
     assert_eq!(rig.get(key).as_deref(), Some(written.as_slice()), "{key} after the cut");
     flush_quietly(&rig);
     assert_eq!(moto_state(&rig, key).as_deref(), Some(written.as_slice()));
+}
+
+/// A conditional PUT and a copy change the origin's object directly: the cached copy of the key
+/// goes first, durably. Here both keys hold clean entries (written, uploaded, released, the
+/// release made durable by a later commit); the conditional PUT and the copy replace them at the
+/// origin; then the power goes with everything unsynced dropped (mode a). Were the entries'
+/// removal not synced before the origin requests, the cut would bring them back, and Perch would
+/// serve the old bodies over the origin's new ones for as long as it keeps them.
+#[test]
+fn a_cut_after_a_conditional_put_or_a_copy_never_brings_back_the_cached_old_body() {
+    if let Some(why) = fuse_unusable() {
+        perch_testkit::skip_unprivileged(&why);
+        return;
+    }
+    let _turn = machine::alone();
+    let mut rig = Rig::start(Vec::new());
+    rig.proxy.faults(r#"{"latency_ms": 0}"#);
+    rig.mode = Some("a");
+    let addr = rig.addr();
+    let put = |key: &str, body: &[u8]| {
+        let r = Req::object("PUT", addr, Style::Path, &key_path(key))
+            .body(body.to_vec())
+            .go(addr);
+        assert_eq!(r.status, 200, "PUT {key}: {}", r.summary());
+        r
+    };
+    let (conditional, copied, source) = (
+        "orioledb_data/7/conditional",
+        "orioledb_data/7/copied",
+        "orioledb_data/7/source",
+    );
+    let old_etag = put(conditional, b"old conditional").header("etag").map(str::to_owned);
+    put(copied, b"old copied");
+    put_in_moto(&rig, source, b"the copy's source");
+    flush_quietly(&rig);
+    // A synced commit after the releases makes them (and so the clean entries) durable.
+    put("orioledb_data/7/after", b"x");
+    assert_eq!(rig.get(conditional).as_deref(), Some(&b"old conditional"[..]));
+    assert_eq!(rig.get(copied).as_deref(), Some(&b"old copied"[..]));
+
+    let r = Req::object("PUT", addr, Style::Path, &key_path(conditional))
+        .header("If-Match", old_etag.as_deref().expect("the PUT's ETag"))
+        .body(b"new conditional".to_vec())
+        .go(addr);
+    assert_eq!(r.status, 200, "conditional PUT: {}", r.summary());
+    let r = Req::object("PUT", addr, Style::Path, &key_path(copied))
+        .header("x-amz-copy-source", &format!("/{BUCKET}/{source}"))
+        .go(addr);
+    assert_eq!(r.status, 200, "copy: {}", r.summary());
+    assert_eq!(moto_state(&rig, conditional).as_deref(), Some(&b"new conditional"[..]));
+    assert_eq!(moto_state(&rig, copied).as_deref(), Some(&b"the copy's source"[..]));
+
+    let (report, started) = rig.cut(0);
+    started.unwrap_or_else(|e| panic!("{e}\n{report}"));
+    assert_eq!(
+        rig.get(conditional).as_deref(),
+        Some(&b"new conditional"[..]),
+        "the conditional PUT's key after the cut"
+    );
+    assert_eq!(
+        rig.get(copied).as_deref(),
+        Some(&b"the copy's source"[..]),
+        "the copy's destination after the cut"
+    );
 }
