@@ -151,7 +151,7 @@ impl Multipart {
                 .map_err(OriginError::Io),
             Err(e) => Err(e),
         };
-        let _ = self.staging.delete_object(bucket, key).await;
+        let _ = self.staging.delete_object(bucket, key, None).await;
         let (meta, body) = read?;
         Ok(Completed {
             output,

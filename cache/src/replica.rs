@@ -362,7 +362,7 @@ impl Replica {
         self.seed(bucket).await?;
         self.ensure_local(bucket).await?;
         let out = self.objects.put_object(bucket, key, input).await?;
-        self.deleted.delete_object(bucket, key).await?;
+        self.deleted.delete_object(bucket, key, None).await?;
         self.stats.overlay_write("put", input.body.len());
         Ok(out)
     }
@@ -383,7 +383,7 @@ impl Replica {
             };
             self.deleted.put_object(bucket, key, &marker).await?;
         }
-        self.objects.delete_object(bucket, key).await?;
+        self.objects.delete_object(bucket, key, None).await?;
         self.stats.overlay_write("delete", 0);
         Ok(())
     }
@@ -432,7 +432,7 @@ impl Replica {
             .objects
             .complete_multipart_upload(bucket, key, upload_id, parts)
             .await?;
-        self.deleted.delete_object(bucket, key).await?;
+        self.deleted.delete_object(bucket, key, None).await?;
         self.stats.overlay_write("complete_multipart_upload", 0);
         Ok(out)
     }

@@ -195,7 +195,7 @@ impl Uploader {
             // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
             // block cuts the request short, and the failure is told apart below.
             let result = match &v.put {
-                None => self.origin.delete_object(bucket, key).await.map(|()| None),
+                None => self.origin.delete_object(bucket, key, None).await.map(|()| None),
                 Some(put) => match &put.parts {
                     None => {
                         let input = self.upload_input(&v, put, seq, with_crc32);

@@ -390,16 +390,17 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
     ))
 }
 
-/// A delete, a multipart completion or a copy that carries a condition on the object it replaces
-/// (`If-Match`, `If-None-Match`, or DeleteObjects' per-key ETag, time or size) is 501
-/// NotImplemented, before anything is done: Perch does not have the origin decide those, and
-/// carrying the request out without its condition would delete or overwrite what the client
-/// meant to protect. (Conditional PUTs are decided by the origin: docs/write-back.md.)
-pub fn check_unconditional(what: &str, conditioned: bool) -> Result<(), S3Error> {
+/// A multipart completion or a copy that carries a condition on the object it replaces
+/// (`If-Match`, `If-None-Match`), or a delete conditioned by modification time or size (S3's
+/// directory buckets'), is 501 NotImplemented, before anything is done: Perch does not have the
+/// origin decide those, and carrying the request out without its condition would delete or
+/// overwrite what the client meant to protect. `conditions` names them. (Conditional PUTs and
+/// deletes by ETag are decided by the origin: docs/write-back.md.)
+pub fn check_unconditional(what: &str, conditions: &str, conditioned: bool) -> Result<(), S3Error> {
     if conditioned {
         return Err(s3_error!(
             NotImplemented,
-            "Perch does not support conditional {what} (If-Match, If-None-Match); nothing was done."
+            "Perch does not support conditional {what} ({conditions}); nothing was done."
         ));
     }
     Ok(())

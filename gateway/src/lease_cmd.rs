@@ -146,7 +146,7 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
                     v.body.holder
                 );
             }
-            rt.block_on(origin.delete_object(&settings.bucket, LEASE_KEY))?;
+            rt.block_on(origin.delete_object(&settings.bucket, LEASE_KEY, None))?;
             println!(
                 "lease of `{}` (epoch {}) broken: the next primary takes it at once; if that holder still runs, \
                  its next renewal fails and it stops",

@@ -632,10 +632,12 @@ impl S3 for Gateway {
         convert::check_version(input.version_id.as_deref())?;
         convert::check_unconditional(
             "deletes",
-            input.if_match.is_some() || input.if_match_last_modified_time.is_some() || input.if_match_size.is_some(),
+            "by modification time or size",
+            input.if_match_last_modified_time.is_some() || input.if_match_size.is_some(),
         )?;
+        let if_match = input.if_match.as_ref().map(convert::etag_condition);
         self.store
-            .delete(&input.bucket, &input.key)
+            .delete(&input.bucket, &input.key, if_match.as_deref())
             .await
             .map_err(store_error)?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
@@ -657,8 +659,13 @@ impl S3 for Gateway {
             futures::stream::iter(input.delete.objects.into_iter().map(|o| async move {
                 let conditioned = convert::check_unconditional(
                     "deletes",
-                    o.e_tag.is_some() || o.last_modified_time.is_some() || o.size.is_some(),
+                    "by modification time or size",
+                    o.last_modified_time.is_some() || o.size.is_some(),
                 );
+                let if_match = o
+                    .e_tag
+                    .as_ref()
+                    .map(|e| convert::etag_condition(&ETagCondition::ETag(e.clone())));
                 let result = match (convert::check_key(&o.key), o.version_id.as_deref()) {
                     (Err(e), _) => Err(e),
                     (Ok(()), _) if conditioned.is_err() => conditioned,
@@ -666,7 +673,11 @@ impl S3 for Gateway {
                     (Ok(()), Some(v)) if v != "null" => {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }
-                    (Ok(()), _) => self.store.delete(bucket, &o.key).await.map_err(store_error),
+                    (Ok(()), _) => self
+                        .store
+                        .delete(bucket, &o.key, if_match.as_deref())
+                        .await
+                        .map_err(store_error),
                 };
                 (o, result)
             }))
@@ -702,6 +713,7 @@ impl S3 for Gateway {
         // s3s has no field for a copy's conditions on its destination: read from the headers.
         convert::check_unconditional(
             "copies",
+            "If-Match, If-None-Match",
             req.headers.contains_key(http::header::IF_MATCH) || req.headers.contains_key(http::header::IF_NONE_MATCH),
         )?;
         let input = req.input;
@@ -1072,6 +1084,7 @@ impl S3 for Gateway {
         convert::check_key(&input.key)?;
         convert::check_unconditional(
             "multipart completions",
+            "If-Match, If-None-Match",
             input.if_match.is_some() || input.if_none_match.is_some(),
         )?;
         let parts = input

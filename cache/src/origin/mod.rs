@@ -645,8 +645,9 @@ pub trait Origin: Send + Sync + 'static {
         conditions: &Conditions,
     ) -> OriginResult<GetOutput>;
     async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput>;
-    /// Deleting an absent key succeeds, as on S3.
-    async fn delete_object(&self, bucket: &str, key: &str) -> OriginResult<()>;
+    /// Deleting an absent key succeeds, as on S3. With `if_match` (S3's `If-Match`: ETags, or
+    /// `*`), only the object it names is deleted: another is 412, an absent key 404 NoSuchKey.
+    async fn delete_object(&self, bucket: &str, key: &str, if_match: Option<&str>) -> OriginResult<()>;
     async fn copy_object(&self, bucket: &str, key: &str, input: &CopyInput) -> OriginResult<CopyOutput>;
     async fn list_objects(&self, bucket: &str, query: &ListQuery) -> OriginResult<ListPage>;
 

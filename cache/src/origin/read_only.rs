@@ -65,7 +65,7 @@ impl Origin for ReadOnlyOrigin {
         Err(refused("PutObject"))
     }
 
-    async fn delete_object(&self, _bucket: &str, _key: &str) -> OriginResult<()> {
+    async fn delete_object(&self, _bucket: &str, _key: &str, _if_match: Option<&str>) -> OriginResult<()> {
         Err(refused("DeleteObject"))
     }
 

@@ -76,7 +76,7 @@ impl Store {
                 message,
             }) if code == "BucketNotEmpty" && self.holds_only_the_hot_set(bucket).await? => {
                 tracing::info!(bucket, "removing Perch's hot set to delete the bucket");
-                self.asked(self.origin.delete_object(bucket, crate::hot_set::KEY))
+                self.asked(self.origin.delete_object(bucket, crate::hot_set::KEY, None))
                     .await?;
                 match self.asked(self.origin.delete_bucket(bucket)).await {
                     // The hot set written again meanwhile: the client's answer is the origin's.

@@ -337,6 +337,7 @@ impl Store {
         self.fence().await;
         let input = PutInput {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
+            if_match: input.if_match.map(|m| self.condition_at_origin(&okey, &m)),
             ..input
         };
         // The origin may hold a new body from here on, even if Perch dies before its answer:
@@ -347,16 +348,44 @@ impl Store {
         Ok(out?)
     }
 
-    /// DELETE: a version (a tombstone), acknowledged as its write mode says.
-    pub async fn delete(&self, bucket: &str, key: &str) -> StoreResult<()> {
+    /// DELETE: a version (a tombstone), acknowledged as its write mode says. With `if_match`
+    /// (S3's `If-Match`), the origin decides, as for a conditional PUT: a pending version of the
+    /// key that fails the condition fails it at once; otherwise, once the origin holds every
+    /// write of the key, the DELETE goes to it directly and its answer is the answer.
+    pub async fn delete(&self, bucket: &str, key: &str, if_match: Option<&str>) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
         if let Some(r) = &self.replica {
+            if if_match.is_some() {
+                return Err(OriginError::rejected(
+                    501,
+                    "NotImplemented",
+                    "A replica does not decide conditional deletes: its writes stay in its overlay.",
+                )
+                .into());
+            }
             return Ok(r.delete(bucket, key).await?);
         }
         let okey = ObjectKey::new(bucket, key);
-        let mode = self.journal.mode(Method::Delete, &okey);
-        let seq = self.journal.commit_delete(&okey, mode).await?;
-        self.acknowledge(seq, mode, true).await
+        let Some(if_match) = if_match else {
+            let mode = self.journal.mode(Method::Delete, &okey);
+            let seq = self.journal.commit_delete(&okey, mode).await?;
+            return self.acknowledge(seq, mode, true).await;
+        };
+        let _held = self.journal.hold_commits(&[&okey]).await;
+        if let Ok(Some(pending)) = self.local.index.get(&okey)
+            && pending.pending
+            && !pending.deleted
+            && !etag_matches(if_match, pending.meta.etag.as_str())
+        {
+            return Err(OriginError::PreconditionFailed.into());
+        }
+        self.settle(&okey, self.journal.cfg.wait_limit).await?;
+        self.fence().await;
+        let if_match = self.condition_at_origin(&okey, if_match);
+        self.forget(okey.clone()).await?;
+        let out = self.origin.delete_object(bucket, key, Some(&if_match)).await;
+        self.forget_after(okey).await;
+        Ok(out?)
     }
 
     /// CopyObject. A source with a version the origin does not have yet is copied locally into a
@@ -584,6 +613,23 @@ impl Store {
         }
         self.known_buckets().insert(bucket.to_owned());
         Ok(())
+    }
+
+    /// A client's `If-Match` as the origin must read it, once `okey` has no write left to upload:
+    /// the ETag Perch gave for a copy the origin names otherwise (`Entry::origin_etag`) becomes
+    /// the origin's.
+    fn condition_at_origin(&self, okey: &ObjectKey, if_match: &str) -> String {
+        match self.local.index.get(okey) {
+            Ok(Some(e))
+                if !e.pending
+                    && e.origin_etag.is_some()
+                    && !if_match.trim().starts_with('*')
+                    && etag_matches(if_match, &e.meta.etag) =>
+            {
+                e.etag_at_origin().to_owned()
+            }
+            _ => if_match.to_owned(),
+        }
     }
 
     /// The origin's object under `okey` may change through Perch from here on: every copy of it

@@ -288,7 +288,7 @@ pub async fn empty_bucket(o: &dyn Origin, bucket: &str) {
         );
     }
     for key in all_keys(o, bucket, "").await {
-        ok(o.delete_object(bucket, &key).await, &format!("delete {key:?}"));
+        ok(o.delete_object(bucket, &key, None).await, &format!("delete {key:?}"));
     }
     let left = ok(
         o.list_objects(bucket, &query(None, None, 1000)).await,
@@ -381,8 +381,38 @@ pub async fn objects(o: &dyn Origin, bucket: &str) {
     assert_eq!(meta.size, big.len() as u64);
     assert_same_body(&got, &big, "3 MiB object");
 
+    // A conditional delete (If-Match): another ETag is 412 and deletes nothing; an absent key is
+    // NoSuchKey; the object's own ETag deletes it.
+    expect_err(
+        o.delete_object(bucket, key, Some(&md5_etag(b"another body"))).await,
+        "PreconditionFailed",
+        "delete if another ETag",
+    );
+    assert_eq!(
+        get(o, bucket, key).await.1,
+        body2,
+        "a failed conditional delete keeps the object"
+    );
+    expect_err(
+        o.delete_object(bucket, "obj/never-was", Some("*")).await,
+        "NoSuchKey",
+        "delete if any ETag, of a key that never was",
+    );
+    ok(
+        o.delete_object(bucket, "obj/empty", Some(&md5_etag(b""))).await,
+        "delete if its ETag",
+    );
+    expect_err(
+        o.head_object(bucket, "obj/empty", &no_conditions()).await,
+        "NoSuchKey",
+        "head a key deleted if its ETag",
+    );
+
     // Delete, then everything about the key is gone; deleting again succeeds.
-    ok(o.delete_object(bucket, key).await, "delete");
+    ok(
+        o.delete_object(bucket, key, Some(&md5_etag(&body2))).await,
+        "delete if its ETag",
+    );
     expect_err(
         o.get_object(bucket, key, None, &no_conditions()).await,
         "NoSuchKey",
@@ -393,9 +423,9 @@ pub async fn objects(o: &dyn Origin, bucket: &str) {
         "NoSuchKey",
         "head a deleted key",
     );
-    ok(o.delete_object(bucket, key).await, "delete an absent key");
+    ok(o.delete_object(bucket, key, None).await, "delete an absent key");
     ok(
-        o.delete_object(bucket, "obj/never-was").await,
+        o.delete_object(bucket, "obj/never-was", None).await,
         "delete a key that never was",
     );
     expect_err(
@@ -417,7 +447,7 @@ pub async fn objects(o: &dyn Origin, bucket: &str) {
         "put in a missing bucket",
     );
     expect_err(
-        o.delete_object(&missing, "k").await,
+        o.delete_object(&missing, "k", None).await,
         "NoSuchBucket",
         "delete in a missing bucket",
     );
@@ -428,7 +458,7 @@ pub async fn objects(o: &dyn Origin, bucket: &str) {
     );
 
     for k in ["obj/empty", "obj/from-file", "obj/big"] {
-        ok(o.delete_object(bucket, k).await, "cleanup");
+        ok(o.delete_object(bucket, k, None).await, "cleanup");
     }
 }
 
@@ -558,7 +588,7 @@ pub async fn conditions(o: &dyn Origin, bucket: &str) {
         "get a missing key with If-None-Match",
     );
 
-    ok(o.delete_object(bucket, key).await, "cleanup");
+    ok(o.delete_object(bucket, key, None).await, "cleanup");
 }
 
 /// ETag forms (unquoted, weak, lists, `*`) and the RFC 7232 rule that a date condition is ignored
@@ -633,7 +663,7 @@ pub async fn condition_forms(o: &dyn Origin, bucket: &str) {
     for (c, expected, what) in cases {
         check_conditions(o, bucket, key, c, expected, what).await;
     }
-    ok(o.delete_object(bucket, key).await, "cleanup");
+    ok(o.delete_object(bucket, key, None).await, "cleanup");
 }
 
 /// PUT with If-None-Match: * and If-Match.
@@ -695,7 +725,7 @@ pub async fn conditional_puts(o: &dyn Origin, bucket: &str) {
         "nothing was written",
     );
 
-    ok(o.delete_object(bucket, key).await, "cleanup");
+    ok(o.delete_object(bucket, key, None).await, "cleanup");
 }
 
 /// Range GETs: first-last, open-ended, clamped, suffix, unsatisfiable, large spans.
@@ -814,7 +844,7 @@ pub async fn ranges(o: &dyn Origin, bucket: &str) {
     );
 
     for k in [key, "range/big"] {
-        ok(o.delete_object(bucket, k).await, "cleanup");
+        ok(o.delete_object(bucket, k, None).await, "cleanup");
     }
 }
 
@@ -1038,7 +1068,7 @@ pub async fn listing(o: &dyn Origin, bucket: &str) {
     );
 
     // Listing follows writes and deletes.
-    ok(o.delete_object(bucket, "ls/b/1").await, "delete");
+    ok(o.delete_object(bucket, "ls/b/1", None).await, "delete");
     put(o, bucket, "ls/b/0", b"new").await;
     let page = ok(
         o.list_objects(bucket, &query(Some("ls/b/"), None, 1000)).await,
@@ -1051,7 +1081,7 @@ pub async fn listing(o: &dyn Origin, bucket: &str) {
         .into_iter()
         .chain(["lr".into(), "lr/".into(), "lr/x".into()])
     {
-        ok(o.delete_object(bucket, &key).await, "cleanup");
+        ok(o.delete_object(bucket, &key, None).await, "cleanup");
     }
 }
 
@@ -1222,7 +1252,7 @@ pub async fn copy(o: &dyn Origin, bucket: &str) {
     }
 
     for key in all_keys(o, bucket, "copy/").await {
-        ok(o.delete_object(bucket, &key).await, "cleanup");
+        ok(o.delete_object(bucket, &key, None).await, "cleanup");
     }
 }
 
@@ -1405,7 +1435,7 @@ pub async fn multipart(o: &dyn Origin, bucket: &str) {
     assert_eq!(get_bytes(o, bucket, "mp/one").await, small);
 
     for key in ["mp/big", "mp/copy", "mp/one"] {
-        ok(o.delete_object(bucket, key).await, "cleanup");
+        ok(o.delete_object(bucket, key, None).await, "cleanup");
     }
 }
 
@@ -1729,7 +1759,7 @@ async fn checksummed_upload(
     let (meta, body) = get(o, bucket, key).await;
     assert_object_checksum(&meta.checksums, a, expected, moto, &format!("{what}: GET"));
     assert_same_body(&body, &parts.concat(), &what);
-    ok(o.delete_object(bucket, key).await, "cleanup");
+    ok(o.delete_object(bucket, key, None).await, "cleanup");
 }
 
 /// Flexible checksums of multipart uploads (`x-amz-checksum-algorithm` at creation): each part
@@ -1862,7 +1892,7 @@ pub async fn multipart_checksums(o: &dyn Origin, bucket: &str, moto: bool) {
         moto,
         "after failures",
     );
-    ok(o.delete_object(bucket, key).await, "cleanup");
+    ok(o.delete_object(bucket, key, None).await, "cleanup");
 }
 
 /// CreateBucket, HeadBucket, ListBuckets, DeleteBucket.
@@ -1903,7 +1933,7 @@ pub async fn buckets(o: &dyn Origin, bucket: &str) {
         "delete a bucket with an object",
     );
     ok(o.head_bucket(&aux).await, "a refused delete leaves the bucket");
-    ok(o.delete_object(&aux, "bk/x").await, "empty it");
+    ok(o.delete_object(&aux, "bk/x", None).await, "empty it");
     ok(o.delete_bucket(&aux).await, "delete it");
     expect_err(o.head_bucket(&aux).await, "NoSuchBucket", "head a deleted bucket");
     expect_err(o.delete_bucket(&aux).await, "NoSuchBucket", "delete a deleted bucket");
@@ -1927,7 +1957,7 @@ pub async fn buckets(o: &dyn Origin, bucket: &str) {
     assert_eq!(page, ListPage::default());
     ok(o.delete_bucket(&aux).await, "delete it again");
 
-    ok(o.delete_object(bucket, "bk/x").await, "cleanup");
+    ok(o.delete_object(bucket, "bk/x", None).await, "cleanup");
 }
 
 /// Keys are strings, not paths: `a`, `a/` and `a/b` coexist; dots, spaces, unicode and long keys.
@@ -1942,16 +1972,16 @@ pub async fn keys(o: &dyn Origin, bucket: &str) {
         all_keys(o, bucket, "k/dir").await,
         vec!["k/dir", "k/dir/", "k/dir/file"]
     );
-    ok(o.delete_object(bucket, "k/dir/").await, "delete the marker");
+    ok(o.delete_object(bucket, "k/dir/", None).await, "delete the marker");
     assert_eq!(
         get_bytes(o, bucket, "k/dir/file").await,
         b"the file",
         "the key under it stays"
     );
     assert_eq!(get_bytes(o, bucket, "k/dir").await, b"the bare name");
-    ok(o.delete_object(bucket, "k/dir").await, "delete the bare name");
+    ok(o.delete_object(bucket, "k/dir", None).await, "delete the bare name");
     assert_eq!(get_bytes(o, bucket, "k/dir/file").await, b"the file");
-    ok(o.delete_object(bucket, "k/dir/file").await, "delete the file");
+    ok(o.delete_object(bucket, "k/dir/file", None).await, "delete the file");
 
     // A key and the keys under it, written in the other order.
     put(o, bucket, "k/nest/a/b", b"deep").await;
@@ -2027,7 +2057,7 @@ pub async fn keys(o: &dyn Origin, bucket: &str) {
     );
 
     for key in all_keys(o, bucket, "k/").await {
-        ok(o.delete_object(bucket, &key).await, &format!("delete {key:?}"));
+        ok(o.delete_object(bucket, &key, None).await, &format!("delete {key:?}"));
     }
     assert!(all_keys(o, bucket, "k/").await.is_empty());
 }

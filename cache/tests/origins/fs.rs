@@ -88,7 +88,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
         // Deleted and overwritten keys.
         for i in [3, 17, 42] {
             let key = format!("dir{}/obj-{i:03}", i % 4);
-            o.delete_object("alpha", &key).await.expect("delete");
+            o.delete_object("alpha", &key, None).await.expect("delete");
             expected.remove(&("alpha", key));
         }
         put(&o, "alpha", "a/b", b"overwritten").await;

@@ -258,8 +258,10 @@ async fn objects_round_trip_with_headers_and_checksums() {
     let refused = o.copy_object("round-trip", "dir/nope", &failing).await;
     assert!(matches!(refused, Err(OriginError::PreconditionFailed)), "{refused:?}");
 
-    o.delete_object("round-trip", "dir/replaced").await.expect("delete");
-    o.delete_object("round-trip", "dir/replaced")
+    o.delete_object("round-trip", "dir/replaced", None)
+        .await
+        .expect("delete");
+    o.delete_object("round-trip", "dir/replaced", None)
         .await
         .expect("deleting an absent key succeeds");
     assert!(matches!(

@@ -461,3 +461,38 @@ fn a_configuration_call_to_a_failing_origin_answers_within_seconds() {
         r.summary()
     );
 }
+
+/// A conditional request the origin carried out but whose answer was lost (the proxy forwards it,
+/// waits for the origin's answer, then resets the connection) is retried, and the retry's refusal
+/// is read as the success it hides: 412 to a conditional PUT whose body is now the origin's, 404
+/// to a conditional DELETE of what is now gone. The client sees 200 and 204, as if nothing was
+/// lost.
+#[test]
+fn a_conditional_request_whose_answer_was_lost_is_answered_as_the_success_it_was() {
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
+    let key = "orioledb_data/owner";
+    let lose_next = |method: &str| {
+        stack.proxy.faults(&format!(
+            r#"{{"fail_next":1,"error_kinds":["lost"],"match_method":"{method}","match_key_prefix":"{key}"}}"#
+        ));
+    };
+    stack.proxy.reset();
+    lose_next("PUT");
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, key)
+        .header("If-None-Match", "*")
+        .body(b"owner 1".to_vec())
+        .go(stack.addr());
+    assert_eq!(r.status, 200, "conditional PUT: {}", r.summary());
+    assert_records(&stack, key, "PUT", "lost", 1, 412);
+    get_ok(&stack, key, b"owner 1");
+
+    lose_next("DELETE");
+    let r = Req::object("DELETE", stack.addr(), Style::Virtual, key)
+        .header("If-Match", &md5_etag(b"owner 1"))
+        .go(stack.addr());
+    assert_eq!(r.status, 204, "conditional DELETE: {}", r.summary());
+    assert_records(&stack, key, "DELETE", "lost", 1, 404);
+    assert_eq!(get(&stack, key).status, 404, "the key is gone");
+}

@@ -33,6 +33,9 @@ pub enum FaultKind {
     /// `404` with an S3 `NoSuchKey` XML body: an origin's answer no retry changes, here to any
     /// request (moto gives it to a PUT of a key holding a line feed).
     NoSuchKey,
+    /// Forward the request and wait for the origin's whole answer, then reset the connection
+    /// (TCP RST) instead of passing it on: a request that took effect whose answer was lost.
+    Lost,
 }
 
 impl FaultKind {
@@ -47,6 +50,7 @@ impl FaultKind {
             FaultKind::AccessDenied => "403",
             FaultKind::NotImplemented => "501",
             FaultKind::NoSuchKey => "404",
+            FaultKind::Lost => "lost",
         }
     }
 
@@ -76,7 +80,7 @@ impl FaultKind {
                 "A header you provided implies functionality that is not implemented.",
             )),
             FaultKind::NoSuchKey => Some((StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.")),
-            FaultKind::Reset | FaultKind::Stall => None,
+            FaultKind::Reset | FaultKind::Stall | FaultKind::Lost => None,
         }
     }
 }
@@ -101,8 +105,9 @@ impl FromStr for FaultKind {
             "403" | "accessdenied" => Ok(FaultKind::AccessDenied),
             "501" | "notimplemented" => Ok(FaultKind::NotImplemented),
             "404" | "nosuchkey" => Ok(FaultKind::NoSuchKey),
+            "lost" => Ok(FaultKind::Lost),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall or outage)"
+                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall, lost or outage)"
             )),
         }
     }

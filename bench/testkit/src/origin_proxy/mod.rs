@@ -82,7 +82,7 @@ pub struct ProxyArgs {
     /// Probability (0.0..=1.0) that a request gets an injected fault.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Fault kinds to draw from: 500, 501, 503, 403, 404, slowdown, reset, stall.
+    /// Fault kinds to draw from: 500, 501, 503, 403, 404, slowdown, reset, stall, lost.
     #[arg(long, value_delimiter = ',', default_value = "503")]
     error_kinds: Vec<FaultKind>,
     /// How long a `stall` fault holds the request before resetting the connection.
@@ -292,10 +292,12 @@ impl Drop for ClientStream {
 /// Faults are decided when a request arrives (in `seq` order, under the seeded RNG) and
 /// before anything is forwarded, so an injected fault, `reset` and `stall` included,
 /// never reaches the upstream. `reset` and `stall` close the client connection with a
-/// TCP RST (SO_LINGER 0) and no response; they are recorded with status 0. The one
-/// exception is `cut_body_after`: such a GET is forwarded, and its response body is cut after
-/// that many bytes (the connection closed mid-body); its record has `cut_body_after` set, the
-/// upstream's status, and the bytes actually sent.
+/// TCP RST (SO_LINGER 0) and no response; they are recorded with status 0. The two
+/// exceptions: `cut_body_after`, where such a GET is forwarded, and its response body is cut
+/// after that many bytes (the connection closed mid-body; its record has `cut_body_after` set,
+/// the upstream's status, and the bytes actually sent); and `lost`, where the request is
+/// forwarded and the upstream's whole answer read, then the client connection reset (its record
+/// has the upstream's status).
 pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let proxy = Proxy::bind(&args).await?;
     {
@@ -663,6 +665,13 @@ async fn handle(
     };
     if let Some((status, code, message)) = kind.http_error() {
         return Ok(inject_error(&shared, req, record, kind, status, code, message).await);
+    }
+    if kind == FaultKind::Lost {
+        // The origin takes the request and answers in full; the client gets a reset instead.
+        let answer = forward(shared, req, record, decision.bandwidth, None).await;
+        let _ = answer.into_body().collect().await;
+        ctx.abort.store(true, Ordering::Relaxed);
+        return Err(AbortConnection(kind));
     }
     // reset / stall: no response at all, the connection is reset.
     if kind == FaultKind::Stall {

@@ -429,11 +429,18 @@ impl Origin for FsOrigin {
         })
     }
 
-    async fn delete_object(&self, bucket: &str, key: &str) -> OriginResult<()> {
+    async fn delete_object(&self, bucket: &str, key: &str, if_match: Option<&str>) -> OriginResult<()> {
         let b = self.bucket(bucket)?;
         validate_key(key)?;
         let _w = b.write.lock().await;
         b.check_alive()?;
+        if let Some(m) = if_match {
+            match b.index().get(key) {
+                None => return Err(OriginError::NoSuchKey),
+                Some(e) if !crate::origin::etag_matches(m, &e.etag) => return Err(OriginError::PreconditionFailed),
+                Some(_) => {}
+            }
+        }
         let (dir, path) = object_location(&b.dir, key);
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => sync_dir(&dir),

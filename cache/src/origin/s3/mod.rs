@@ -430,13 +430,14 @@ impl Origin for S3Origin {
         })
     }
 
-    async fn delete_object(&self, bucket: &str, key: &str) -> OriginResult<()> {
-        self.call(
-            Subject::Object,
-            Duration::ZERO,
-            self.client.delete_object().bucket(bucket).key(key).send(),
-        )
-        .await?;
+    async fn delete_object(&self, bucket: &str, key: &str, if_match: Option<&str>) -> OriginResult<()> {
+        let request = self
+            .client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .set_if_match(if_match.map(str::to_owned));
+        self.call(Subject::Object, Duration::ZERO, request.send()).await?;
         Ok(())
     }
 
