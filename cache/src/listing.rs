@@ -204,6 +204,7 @@ mod tests {
             size: 1,
             etag: "\"x\"".into(),
             last_modified: UNIX_EPOCH,
+            storage_class: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use perch_cache::{ByteRange, Checksums, Conditions, ContentHeaders, ObjectMeta, OriginError, StoreError};
-use s3s::dto::{ETag, ETagCondition, Range, Timestamp, TimestampFormat};
+use s3s::dto::{ETag, ETagCondition, Range, StorageClass, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
 /// The S3 error a client sees for an origin failure.
@@ -225,6 +225,7 @@ pub fn content_headers(
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), mail_safe(v)))
             .collect::<BTreeMap<_, _>>(),
+        storage_class: None,
     }
 }
 
@@ -512,6 +513,7 @@ pub struct MetaOut {
     pub content_language: Option<String>,
     pub expires: Option<Timestamp>,
     pub metadata: Option<HashMap<String, String>>,
+    pub storage_class: Option<StorageClass>,
 }
 
 pub fn meta_out(m: &ObjectMeta) -> MetaOut {
@@ -525,6 +527,7 @@ pub fn meta_out(m: &ObjectMeta) -> MetaOut {
         content_language: m.headers.content_language.clone(),
         expires: expires_timestamp(m.headers.expires.as_deref()),
         metadata: metadata(&m.headers),
+        storage_class: m.headers.storage_class.clone().map(StorageClass::from),
     }
 }
 

@@ -345,6 +345,7 @@ fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3
         (header::CONTENT_ENCODING, &c.content_encoding),
         (header::CONTENT_LANGUAGE, &c.content_language),
         (header::CONTENT_TYPE, &c.content_type),
+        (HeaderName::from_static("x-amz-storage-class"), &c.storage_class),
     ] {
         if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
             h.insert(name, v);

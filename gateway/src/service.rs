@@ -122,6 +122,7 @@ macro_rules! object_output {
             content_language: $input.response_content_language.or(m.content_language),
             expires: $input.response_expires.or(m.expires),
             metadata: m.metadata,
+            storage_class: m.storage_class,
             checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
             checksum_crc32: c.crc32,
             checksum_crc32c: c.crc32c,
@@ -247,7 +248,10 @@ fn objects_of(page: &perch_cache::Page, url: bool, owner: Option<&Owner>) -> Vec
             size: Some(o.size as i64),
             e_tag: Some(convert::etag(&o.etag)),
             last_modified: Some(convert::timestamp(o.last_modified)),
-            storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            storage_class: Some(o.storage_class.clone().map_or_else(
+                || ObjectStorageClass::from_static(ObjectStorageClass::STANDARD),
+                ObjectStorageClass::from,
+            )),
             owner: owner.cloned(),
             ..Default::default()
         })
@@ -889,8 +893,9 @@ impl S3 for Gateway {
                 last_modified: Some(convert::timestamp(o.last_modified)),
                 is_latest: Some(true),
                 version_id: Some("null".to_owned()),
-                storage_class: Some(ObjectVersionStorageClass::from_static(
-                    ObjectVersionStorageClass::STANDARD,
+                storage_class: Some(o.storage_class.clone().map_or_else(
+                    || ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD),
+                    ObjectVersionStorageClass::from,
                 )),
                 ..Default::default()
             })
@@ -1383,7 +1388,12 @@ impl S3 for Gateway {
             e_tag: etag.then(|| convert::etag(&meta.etag)),
             checksum,
             object_parts,
-            storage_class: storage_class.then(|| StorageClass::from_static(StorageClass::STANDARD)),
+            storage_class: storage_class.then(|| {
+                meta.headers
+                    .storage_class
+                    .clone()
+                    .map_or_else(|| StorageClass::from_static(StorageClass::STANDARD), StorageClass::from)
+            }),
             object_size: size.then_some(meta.size as i64),
             last_modified: Some(Timestamp::from(meta.last_modified)),
             ..Default::default()

@@ -42,6 +42,11 @@ pub struct ContentHeaders {
     pub expires: Option<String>,
     /// `x-amz-meta-*`, names without the prefix, lower case.
     pub metadata: BTreeMap<String, String>,
+    /// `x-amz-storage-class` as the origin answered it for an object in another class than
+    /// STANDARD (S3 names none for STANDARD). Read, never written: Perch's writes are STANDARD
+    /// (other classes are refused at the door), and a copy does not carry its source's class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
 }
 
 /// What a CreateBucket asks beyond the bucket's name, passed on to the origin as the client sent it.
@@ -443,6 +448,8 @@ pub struct ListEntry {
     pub size: u64,
     pub etag: String,
     pub last_modified: SystemTime,
+    /// The object's storage class when not STANDARD (`ContentHeaders::storage_class`).
+    pub storage_class: Option<String>,
 }
 
 /// One page of a listing, answered.

@@ -306,6 +306,7 @@ fn full_headers() -> ContentHeaders {
         content_language: Some("en-GB".into()),
         expires: Some("Wed, 21 Oct 2037 07:28:00 GMT".into()),
         metadata: BTreeMap::from([("color".into(), "blue".into()), ("two-words".into(), "a b".into())]),
+        storage_class: None,
     }
 }
 

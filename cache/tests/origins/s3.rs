@@ -77,6 +77,7 @@ async fn objects_round_trip_with_headers_and_checksums() {
             ("color".to_owned(), "blue".to_owned()),
             ("x-y".to_owned(), "1 2".to_owned()),
         ]),
+        storage_class: None,
     };
     // The crc32 of "hello world", base64 (S3 takes one checksum per object).
     let checksums = Checksums {

@@ -802,3 +802,50 @@ def test_replica_refuses_configuration_changes_before_the_origin(perch_factory, 
     assert 'op="put_config"' not in metrics and 'op="delete_config"' not in metrics
     primary_metrics = requests.get(f"http://{primary.admin_addr}/metrics", timeout=10).text
     assert 'op="put_config"' in primary_metrics
+
+
+def test_an_objects_storage_class_at_the_origin_is_the_one_perch_reports(perch_factory, moto):
+    """Objects the origin keeps in another class than STANDARD (put there by others, or moved by a
+    lifecycle rule) were listed as STANDARD, and HEAD and GET named no class (the rclone hunt: its
+    `lsjson` showed the tier wrong). Listings, HEAD, GET (a miss, then a hit from the cache) and
+    GetObjectAttributes now name the origin's class; what Perch holds of its own writes is
+    STANDARD, as S3 stores it."""
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    direct = moto.client()
+    bucket = f"sc-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket)
+    direct.put_object(Bucket=bucket, Key="ia", Body=b"infrequent", StorageClass="STANDARD_IA")
+    direct.put_object(Bucket=bucket, Key="cold", Body=b"glacier", StorageClass="GLACIER")
+    try:
+        check_storage_classes(s3, bucket)
+    finally:
+        # moto is shared: an object no GET can read would fail the tests that read every bucket.
+        direct.delete_object(Bucket=bucket, Key="cold")
+
+
+def check_storage_classes(s3, bucket):
+    """The classes of `bucket`'s objects as Perch reports them (`ia` and `cold` were put at the origin)."""
+    s3.put_object(Bucket=bucket, Key="mine", Body=b"written through perch")
+
+    want = {"ia": "STANDARD_IA", "cold": "GLACIER", "mine": "STANDARD"}
+    listed = {o["Key"]: o["StorageClass"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert listed == want
+    listed = {o["Key"]: o["StorageClass"] for o in s3.list_objects(Bucket=bucket)["Contents"]}
+    assert listed == want
+    versions = {o["Key"]: o["StorageClass"] for o in s3.list_object_versions(Bucket=bucket)["Versions"]}
+    assert versions == want
+
+    assert s3.head_object(Bucket=bucket, Key="ia")["StorageClass"] == "STANDARD_IA"
+    for _ in range(3):  # a miss, then hits (from disk, then from memory)
+        got = s3.get_object(Bucket=bucket, Key="ia")
+        assert got["Body"].read() == b"infrequent"
+        assert got["StorageClass"] == "STANDARD_IA"
+    assert s3.head_object(Bucket=bucket, Key="ia")["StorageClass"] == "STANDARD_IA"
+    attrs = s3.get_object_attributes(Bucket=bucket, Key="ia", ObjectAttributes=["StorageClass"])
+    assert attrs["StorageClass"] == "STANDARD_IA"
+    assert s3.head_object(Bucket=bucket, Key="cold")["StorageClass"] == "GLACIER"
+    # S3 names no class for STANDARD objects on HEAD and GET.
+    assert "StorageClass" not in s3.head_object(Bucket=bucket, Key="mine")
+    attrs = s3.get_object_attributes(Bucket=bucket, Key="mine", ObjectAttributes=["StorageClass"])
+    assert attrs["StorageClass"] == "STANDARD"

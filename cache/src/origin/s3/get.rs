@@ -65,6 +65,7 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
             content_language: owned("content-language"),
             expires: owned("expires"),
             metadata,
+            storage_class: owned("x-amz-storage-class").filter(|c| c != "STANDARD"),
         },
         checksums: {
             let mut c = Checksums::default();

@@ -518,6 +518,10 @@ impl Origin for S3Origin {
                 size: non_negative(o.size()),
                 etag: o.e_tag().unwrap_or_default().to_owned(),
                 last_modified: to_system_time(o.last_modified()),
+                storage_class: o
+                    .storage_class()
+                    .map(|c| c.as_str().to_owned())
+                    .filter(|c| c != "STANDARD"),
             })
             .collect();
         let common_prefixes = out
