@@ -70,9 +70,15 @@ enum Command {
     Wal(wal::WalArgs),
 }
 
+/// The log's filter without `PERCH_LOG`: `info`, less s3s's own ERROR line for every error
+/// answered (a 404, a 403, a 501 to a call Perch refuses: the client's business, not an error of
+/// Perch's). Each request's `done` line has its status, and Perch logs the causes of its own
+/// failures (local storage, the origin's faults) itself. `PERCH_LOG=info,s3s=debug` shows them.
+const DEFAULT_LOG: &str = "info,s3s::ops=off,s3s::service=off";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PERCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -239,10 +239,6 @@ impl PerchServer {
             .args(&opts.args)
             .env_remove("PERCH_ACCESS_KEY_ID")
             .env_remove("PERCH_SECRET_ACCESS_KEY")
-            .env(
-                "PERCH_LOG",
-                std::env::var("PERCH_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

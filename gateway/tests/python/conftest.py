@@ -218,7 +218,8 @@ def start_perch(perch_bin, data_dir, origin_url=None, role=None, origin="dir", a
         "--drain-quiet",
         "0s",
     ]
-    env = clean_env(PERCH_LOG=os.environ.get("PERCH_TEST_LOG", "info"))
+    # Perch's own default filter unless PERCH_TEST_LOG names one.
+    env = clean_env(**({"PERCH_LOG": os.environ["PERCH_TEST_LOG"]} if "PERCH_TEST_LOG" in os.environ else {}))
     if origin_url is not None:
         # moto takes the signing region as the bucket's region; us-east-1 needs no location
         # constraint (perch's default, `auto`, is Tigris's).
