@@ -360,15 +360,30 @@ fn part_head_partial(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
     r
 }
 
-/// Whether a presigned URL asks to be valid for longer than the 7 days S3 allows (s3s takes any
-/// `X-Amz-Expires`).
-fn presigned_for_over_a_week(query: Option<&str>) -> bool {
+/// S3's answer to a presigned URL's `X-Amz-Expires` that s3s would take: not a number of seconds
+/// from 0 to the 7 days S3 allows (400 AuthorizationQueryParametersError), or 0 (S3: expired at
+/// once; s3s serves it until the end of its signing second).
+fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> {
     const WEEK_SECS: u64 = 7 * 24 * 3600;
-    query.is_some_and(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.strip_prefix("X-Amz-Expires="))
-            .any(|v| v.parse::<u64>().map_or(true, |secs| secs > WEEK_SECS))
-    })
+    let expires = query?.split('&').find_map(|pair| pair.strip_prefix("X-Amz-Expires="))?;
+    match expires.parse::<u64>() {
+        Ok(0) => Some(error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Request has expired",
+        )),
+        Ok(secs) if secs <= WEEK_SECS => None,
+        Ok(_) => Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationQueryParametersError",
+            "X-Amz-Expires must be less than a week (in seconds) that is 604800",
+        )),
+        Err(_) => Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationQueryParametersError",
+            "X-Amz-Expires should be a number of seconds from 0 to 604800",
+        )),
+    }
 }
 
 /// What a request's `Authorization` header claims to be, for S3's answer when s3s cannot read it.
@@ -485,12 +500,8 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     "MaxMessageLengthExceeded",
                     document::TOO_LARGE,
                 ))
-            } else if presigned_for_over_a_week(req.uri().query()) {
-                Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "AuthorizationQueryParametersError",
-                    "X-Amz-Expires must be less than a week (in seconds) that is 604800",
-                ))
+            } else if let Some(refused) = presigned_expiry_refused(req.uri().query()) {
+                Err(refused)
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;
                 Err(answer)

@@ -133,3 +133,24 @@ def test_presigned_for_over_a_week_is_refused(perch, bucket):
     r = requests.get(longer, timeout=10)
     assert r.status_code == 400, r.text
     assert code_of(r.text) == "AuthorizationQueryParametersError", r.text
+
+
+def test_presigned_for_no_time_or_a_negative_time_is_refused(perch, bucket):
+    """A presigned URL valid for 0 seconds has expired (S3: 403 AccessDenied; Perch served it
+    until the end of its signing second), and a negative validity is 400
+    AuthorizationQueryParametersError with a message that says so (Perch's said "less than a
+    week"). The Ceph conformance suite's `x_amz_expires_out_range` tests found both."""
+    s3 = presigner(perch, "path", "s3v4")
+    s3.put_object(Bucket=bucket, Key="now", Body=b"v")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "now"}, ExpiresIn=60)
+    assert requests.get(url, timeout=10).status_code == 200
+    zero = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "now"}, ExpiresIn=0)
+    r = requests.get(zero, timeout=10)
+    assert r.status_code == 403, r.text
+    assert code_of(r.text) == "AccessDenied", r.text
+    negative = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "now"}, ExpiresIn=-1)
+    assert "X-Amz-Expires=-1" in negative, negative
+    r = requests.get(negative, timeout=10)
+    assert r.status_code == 400, r.text
+    assert code_of(r.text) == "AuthorizationQueryParametersError", r.text
+    assert "from 0" in r.text, r.text
