@@ -8,6 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::body::{Spooled, spool};
 use crate::error::StoreResult;
@@ -205,8 +206,43 @@ impl Multipart {
         Ok(self.staging.list_parts(bucket, key, upload_id).await?)
     }
 
+    /// Aborts every upload begun before `cutoff` whose completion is not under way; returns how
+    /// many.
+    pub(crate) async fn expire(&self, cutoff: SystemTime) -> StoreResult<usize> {
+        Ok(abort_begun_before(&self.staging, cutoff, |id| self.start_completing(id)).await?)
+    }
+
     pub(crate) async fn list_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
         self.bucket(bucket).await?;
         Ok(self.staging.list_multipart_uploads(bucket, prefix).await?)
     }
+}
+
+/// Aborts the uploads `staging` holds that began before `cutoff`, each while holding what
+/// `claim` gives for its id (none: it is busy, and stays); returns how many went.
+pub(crate) async fn abort_begun_before<G>(
+    staging: &FsOrigin,
+    cutoff: SystemTime,
+    claim: impl Fn(&str) -> Option<G>,
+) -> Result<usize, OriginError> {
+    let mut aborted = 0;
+    for bucket in staging.list_buckets().await? {
+        for upload in staging.list_multipart_uploads(&bucket.name, "").await? {
+            if upload.initiated >= cutoff {
+                continue;
+            }
+            let Some(_claimed) = claim(&upload.upload_id) else {
+                continue;
+            };
+            match staging
+                .abort_multipart_upload(&bucket.name, &upload.key, &upload.upload_id)
+                .await
+            {
+                Ok(()) => aborted += 1,
+                Err(OriginError::NoSuchUpload) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(aborted)
 }

@@ -388,6 +388,11 @@ impl Replica {
         Ok(())
     }
 
+    /// Aborts the overlay's uploads begun before `cutoff`; returns how many.
+    pub(crate) async fn expire_uploads(&self, cutoff: SystemTime) -> OriginResult<usize> {
+        crate::multipart::abort_begun_before(&self.objects, cutoff, |_| Some(())).await
+    }
+
     pub(crate) async fn create_multipart_upload(
         &self,
         bucket: &str,

@@ -169,6 +169,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCH_HOT_SET_INTERVAL", value_name = "DURATION")]
     pub hot_set_interval: Option<String>,
 
+    /// Multipart uploads begun this long ago and never completed are aborted, their staged parts
+    /// removed (as an AbortIncompleteMultipartUpload lifecycle rule would at the origin); `0s`:
+    /// never [default: 7d]
+    #[arg(long, env = "PERCH_MULTIPART_EXPIRY", value_name = "DURATION")]
+    pub multipart_expiry: Option<String>,
+
     /// Buckets whose hot set a start with an empty cache prewarms from; repeatable [default: every
     /// bucket the origin lists]
     #[arg(long, env = "PERCH_PREWARM_BUCKET", value_name = "BUCKET", value_delimiter = ',')]
@@ -316,6 +322,8 @@ struct FileConfig {
     prefetch_bytes: Option<String>,
     #[serde(default, deserialize_with = "text_or_number")]
     hot_set_interval: Option<String>,
+    #[serde(default, deserialize_with = "text_or_number")]
+    multipart_expiry: Option<String>,
     #[serde(default, deserialize_with = "list_or_text")]
     prewarm_bucket: Option<Vec<String>>,
     #[serde(default, deserialize_with = "text_or_number")]
@@ -467,6 +475,8 @@ pub struct Config {
     pub prefetch_bytes: u64,
     /// Zero: the hot set is written only when Perch stops.
     pub hot_set_interval: Duration,
+    /// Zero: multipart uploads never expire.
+    pub multipart_expiry: Duration,
     /// Empty: every bucket the origin lists.
     pub prewarm_buckets: Vec<String>,
     pub prewarm_wait: Duration,
@@ -678,6 +688,11 @@ impl Config {
                 args.hot_set_interval.or(file.hot_set_interval),
                 "--hot-set-interval",
                 300,
+            )?,
+            multipart_expiry: duration_or(
+                args.multipart_expiry.or(file.multipart_expiry),
+                "--multipart-expiry",
+                7 * 86_400,
             )?,
             prewarm_buckets: args
                 .prewarm_bucket
@@ -938,6 +953,7 @@ mod tests {
         assert_eq!(cfg.origin, OriginUrl::Dir(PathBuf::from("./perch-data/origin")));
         assert_eq!(cfg.drain_timeout, Duration::from_secs(240));
         assert_eq!(cfg.drain_quiet, Duration::from_secs(5));
+        assert_eq!(cfg.multipart_expiry, Duration::from_secs(7 * 86_400));
         assert_eq!(cfg.dirty_age_max, Duration::from_secs(60));
         assert_eq!(cfg.upload_concurrency, 16);
         assert_eq!(cfg.policy, Policy::orioledb());

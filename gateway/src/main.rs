@@ -363,6 +363,8 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     }
     let hot_set_task = (config.role == config::Role::Primary && !config.hot_set_interval.is_zero())
         .then(|| tokio::spawn(record_hot_set_every(store.clone(), config.hot_set_interval)));
+    let expiry_task = (!config.multipart_expiry.is_zero())
+        .then(|| tokio::spawn(expire_uploads_every(store.clone(), config.multipart_expiry)));
 
     let mut builder = S3ServiceBuilder::new(service::Gateway::new(store.clone(), spool_dir.clone(), &config.domain));
     builder.set_auth(front::KeyPair::new(
@@ -421,7 +423,7 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
 
     stop_signal.await;
     let left = drain(&store, &metrics, &config).await;
-    if let Some(task) = hot_set_task {
+    for task in [hot_set_task, expiry_task].into_iter().flatten() {
         task.abort();
     }
     if config.role == config::Role::Primary {
@@ -544,6 +546,18 @@ async fn record_hot_set(store: &Store, limit: std::time::Duration) {
         Ok(Ok(n)) => tracing::info!(objects = n, "hot set written"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the hot set"),
         Err(_) => tracing::warn!(limit = ?limit, "writing the hot set took too long; skipped"),
+    }
+}
+
+/// Aborts the multipart uploads older than `age`, at the start and then every `age / 4` (at
+/// least every second, at most every hour).
+async fn expire_uploads_every(store: Arc<Store>, age: std::time::Duration) {
+    let every = (age / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+    loop {
+        if let Err(e) = store.expire_uploads(age).await {
+            tracing::warn!(error = %e, "cannot expire old multipart uploads");
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -76,9 +76,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         other => {
             return Err(UnitError::Invalid(format!(
-                "invalid duration unit `{other}` in `{s}` (use ms, s, m or h)"
+                "invalid duration unit `{other}` in `{s}` (use ms, s, m, h or d)"
             )));
         }
     };
@@ -104,6 +105,7 @@ mod tests {
         assert_eq!(parse_duration("120"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("120s"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("5 parsecs").is_err());

@@ -114,6 +114,25 @@ impl Store {
         Ok(done.output)
     }
 
+    /// Aborts the multipart uploads begun more than `age` ago and not completed (staged here, or
+    /// in a replica's overlay), as an AbortIncompleteMultipartUpload lifecycle rule would at the
+    /// origin: their parts would otherwise hold the data dir's room for good. Returns how many.
+    pub async fn expire_uploads(&self, age: Duration) -> StoreResult<usize> {
+        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let aborted = match &self.replica {
+            Some(r) => r.expire_uploads(cutoff).await?,
+            None => self.multipart.expire(cutoff).await?,
+        };
+        if aborted > 0 {
+            tracing::info!(
+                aborted,
+                age_s = age.as_secs(),
+                "multipart uploads never completed were aborted"
+            );
+        }
+        Ok(aborted)
+    }
+
     pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
         if let Some(r) = &self.replica {

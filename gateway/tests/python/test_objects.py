@@ -3,6 +3,7 @@ connection regression."""
 
 import datetime
 import hashlib
+import time
 import uuid
 
 import pytest
@@ -273,3 +274,46 @@ def test_a_304_the_origin_answers_carries_the_etag(perch_factory, moto):
     meta = e.value.response["ResponseMetadata"]
     assert meta["HTTPStatusCode"] == 304, meta
     assert meta["HTTPHeaders"].get("etag") == etag, meta["HTTPHeaders"]
+
+
+@pytest.mark.parametrize("role", ["primary", "replica"])
+def test_multipart_uploads_never_completed_expire(perch_factory, moto, role):
+    """An upload begun and never completed (an interrupted `aws s3 cp`, a client gone) held its
+    staged parts on the data dir for good: no lifecycle rule at the origin reaches them. Past
+    --multipart-expiry it is aborted and its parts removed; a newer one stays. A replica's overlay
+    keeps its own uploads, and expires them the same way."""
+    primary = perch_factory("primary", origin_url=moto.url, origin="moto", args=["--multipart-expiry", "2s"])
+    perch = primary
+    bucket = f"mx-{uuid.uuid4().hex[:16]}"
+    make_client(primary).create_bucket(Bucket=bucket)
+    if role == "replica":
+        perch = perch_factory(
+            "replica", origin_url=moto.url, origin="moto", role="replica", args=["--multipart-expiry", "2s"]
+        )
+    s3 = make_client(perch)
+    part = b"p" * (5 << 20)
+    old = s3.create_multipart_upload(Bucket=bucket, Key="old")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="old", UploadId=old, PartNumber=1, Body=part)["ETag"]
+
+    staging = perch.data_dir / ("overlay" if role == "replica" else "multipart")
+
+    def staged_part_files():
+        return [p for p in staging.rglob("*") if p.is_file() and p.stat().st_size >= len(part)]
+
+    assert staged_part_files(), "the part is staged on the data dir"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+        time.sleep(0.2)
+    new = s3.create_multipart_upload(Bucket=bucket, Key="new")["UploadId"]
+    listed = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert listed == [new], listed
+    assert not staged_part_files(), "the expired upload's part is still on the data dir"
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="old",
+            UploadId=old,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+        )
+    assert e.value.response["Error"]["Code"] == "NoSuchUpload"
+    s3.abort_multipart_upload(Bucket=bucket, Key="new", UploadId=new)
