@@ -41,6 +41,16 @@ fn fuse_unusable() -> Option<String> {
     None
 }
 
+/// The machine to this test alone, where the power-cut filesystem can be mounted; `None` (the
+/// test is skipped, or fails under `PERCH_PRIVILEGED_TESTS=required`) where it cannot.
+fn turn_with_fuse() -> Option<machine::Turn> {
+    if let Some(why) = fuse_unusable() {
+        perch_testkit::skip_unprivileged(&why);
+        return None;
+    }
+    Some(machine::alone())
+}
+
 fn powercut_binary() -> PathBuf {
     let bin = crate::support::perch::perch_binary().with_file_name("perch-powercut");
     assert!(
@@ -652,11 +662,9 @@ fn cuts_from_env(default: u64) -> u64 {
 
 #[test]
 fn power_cuts_lose_nothing_acknowledged_and_keep_barrier_order() {
-    if let Some(why) = fuse_unusable() {
-        perch_testkit::skip_unprivileged(&why);
+    let Some(_turn) = turn_with_fuse() else {
         return;
-    }
-    let _turn = machine::alone();
+    };
     let seed = std::env::var("PERCH_POWER_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -670,11 +678,9 @@ fn power_cuts_lose_nothing_acknowledged_and_keep_barrier_order() {
 /// everything unsynced (mode a) find what was lost, or Perch refuses to start without it.
 #[test]
 fn the_soak_reports_a_loss_when_a_sync_is_removed() {
-    if let Some(why) = fuse_unusable() {
-        perch_testkit::skip_unprivileged(&why);
+    let Some(_turn) = turn_with_fuse() else {
         return;
-    }
-    let _turn = machine::alone();
+    };
     for what in ["blob", "dir", "journal"] {
         let mut rig = Rig::start(vec![("PERCH_UNSAFE_SKIP_SYNC".to_owned(), what.to_owned())]);
         rig.mode = Some("a");
@@ -705,11 +711,9 @@ fn moto_state(rig: &Rig, key: &str) -> State {
 /// a request the origin decides first makes the releases it depends on durable.
 #[test]
 fn a_replayed_release_never_undoes_a_request_the_origin_decided() {
-    if let Some(why) = fuse_unusable() {
-        perch_testkit::skip_unprivileged(&why);
+    let Some(_turn) = turn_with_fuse() else {
         return;
-    }
-    let _turn = machine::alone();
+    };
     let mut rig = Rig::start(Vec::new());
     rig.proxy.faults(r#"{"latency_ms": 0}"#);
     rig.mode = Some("a");
@@ -745,11 +749,9 @@ fn a_replayed_release_never_undoes_a_request_the_origin_decided() {
 /// An acknowledged DELETE stays deleted after a power cut, even with nothing synced after it.
 #[test]
 fn an_acknowledged_delete_survives_a_power_cut() {
-    if let Some(why) = fuse_unusable() {
-        perch_testkit::skip_unprivileged(&why);
+    let Some(_turn) = turn_with_fuse() else {
         return;
-    }
-    let _turn = machine::alone();
+    };
     let mut rig = Rig::start(Vec::new());
     rig.proxy.faults(r#"{"outage": true}"#);
     rig.mode = Some("a");
@@ -826,11 +828,9 @@ fn wait_for_log(rig: &Rig, line: &str) {
 /// without its blob, and Perch would refuse to start.
 #[test]
 fn an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs() {
-    if let Some(why) = fuse_unusable() {
-        perch_testkit::skip_unprivileged(&why);
+    let Some(_turn) = turn_with_fuse() else {
         return;
-    }
-    let _turn = machine::alone();
+    };
     // A disk tier of 1 MiB: four of these bodies fit, a fifth evicts the oldest.
     let mut rig = Rig::start_with(
         vec![("PERCH_PAUSE_POINT".to_owned(), "release_write:10000".to_owned())],
@@ -896,11 +896,9 @@ fn an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs() {
 /// serve the old bodies over the origin's new ones for as long as it keeps them.
 #[test]
 fn a_cut_after_a_conditional_put_or_a_copy_never_brings_back_the_cached_old_body() {
-    if let Some(why) = fuse_unusable() {
-        perch_testkit::skip_unprivileged(&why);
+    let Some(_turn) = turn_with_fuse() else {
         return;
-    }
-    let _turn = machine::alone();
+    };
     let mut rig = Rig::start(Vec::new());
     rig.proxy.faults(r#"{"latency_ms": 0}"#);
     rig.mode = Some("a");
