@@ -358,10 +358,10 @@ const STORAGE_CLASSES: [&str; 12] = [
 
 /// An object write that asks for what Perch would not carry to the origin is S3's 501
 /// NotImplemented ("a header you provided implies functionality that is not implemented"), at the
-/// door: acknowledged, it would be stored without it, silently (tags, a storage class, a
-/// customer's encryption key that the cache would then serve without). What every object gets
-/// anyway is taken: the STANDARD storage class, and SSE-S3 (`AES256`), which S3 and Tigris apply
-/// to every object at rest.
+/// door: acknowledged, it would be stored without it, silently (tags, a customer's encryption key
+/// that the cache would then serve without). What every object gets anyway is taken: SSE-S3
+/// (`AES256`), which S3 and Tigris apply to every object at rest. A storage class S3 knows is
+/// carried (`storage_class`), once the origin takes it (`Store::check_storage_class`).
 pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
     // A class S3 does not know is the client's mistake, not a feature Perch lacks.
     if u.storage_class.is_some_and(|c| !STORAGE_CLASSES.contains(&c)) {
@@ -370,9 +370,7 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
             "The storage class you specified is not valid"
         ));
     }
-    let refused = if u.storage_class.is_some_and(|c| c != "STANDARD") {
-        "a storage class other than STANDARD"
-    } else if u.encryption.is_some_and(|e| e != "AES256") {
+    let refused = if u.encryption.is_some_and(|e| e != "AES256") {
         "server-side encryption other than AES256 (SSE-S3)"
     } else if u.customer_key {
         "server-side encryption with a customer's key (SSE-C)"
@@ -389,6 +387,15 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
         NotImplemented,
         "Perch does not keep {refused} with an object."
     ))
+}
+
+/// The storage class a write keeps and its upload carries: none for STANDARD, which S3 names
+/// nowhere (`check_kept` has refused a class S3 does not know).
+pub fn storage_class(class: Option<&StorageClass>) -> Option<String> {
+    class
+        .map(|c| c.as_str())
+        .filter(|c| *c != "STANDARD")
+        .map(str::to_owned)
 }
 
 /// A multipart completion or a copy that carries a condition on the object it replaces

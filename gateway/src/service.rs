@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use perch_cache::{
-    CacheStatus, CompletedPart as OriginPart, CopyInput, MetadataDirective as Directive, PageQuery, PutInput, Store,
-    Subresource,
+    CacheStatus, CompletedPart as OriginPart, ContentHeaders, CopyInput, MetadataDirective as Directive, PageQuery,
+    PutInput, Store, Subresource,
 };
 use perch_policy::is_reserved;
 use s3s::dto::*;
@@ -582,7 +582,10 @@ impl S3 for Gateway {
         if input.write_offset_bytes.is_some() {
             return Err(s3_error!(NotImplemented, "Appending to an object is not supported."));
         }
-        let stored = content_headers!(input);
+        let stored = ContentHeaders {
+            storage_class: convert::storage_class(input.storage_class.as_ref()),
+            ..content_headers!(input)
+        };
         convert::check_header_room(&stored)?;
         let declared = Declared {
             content_length: input.content_length,
@@ -754,9 +757,9 @@ impl S3 for Gateway {
             && (input.storage_class.is_some() || input.server_side_encryption.is_some())
         {
             // A copy onto itself that names a storage class or an encryption S3 takes as a change
-            // (the way to rewrite an object in place); Perch takes both without passing them on
-            // (they are what every object gets), so it copies the object's own headers again, a
-            // change no origin refuses.
+            // (the way to rewrite an object in place, or to change its class): the object's own
+            // headers again, with the class named (an encryption named is `AES256`, what every
+            // object gets), a change no origin refuses.
             Directive::Again
         } else {
             Directive::Copy
@@ -766,6 +769,7 @@ impl S3 for Gateway {
             src_key,
             conditions,
             directive,
+            storage_class: convert::storage_class(input.storage_class.as_ref()),
         };
         let out = self
             .store
@@ -926,7 +930,10 @@ impl S3 for Gateway {
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         convert::check_kept(convert::unkept!(input))?;
-        let headers = content_headers!(input);
+        let headers = ContentHeaders {
+            storage_class: convert::storage_class(input.storage_class.as_ref()),
+            ..content_headers!(input)
+        };
         convert::check_header_room(&headers)?;
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
@@ -1325,8 +1332,8 @@ impl S3 for Gateway {
             .map(S3Response::new)
     }
 
-    /// An object's attributes, from its HEAD: ETag, size, storage class (`STANDARD`, the only one
-    /// Perch writes), the checksums it keeps, and for an object uploaded in parts their count
+    /// An object's attributes, from its HEAD: ETag, size, storage class (`STANDARD` unless the
+    /// object names another), the checksums it keeps, and for an object uploaded in parts their count
     /// (the parts themselves are not listed: S3 lists them only for objects with additional
     /// checksums, and Perch does not keep a part's checksum).
     async fn get_object_attributes(

@@ -431,7 +431,7 @@ impl Journal {
                         size: p.meta.size,
                         etag: p.meta.etag.clone(),
                         last_modified: p.meta.last_modified,
-                        storage_class: None,
+                        storage_class: p.meta.headers.storage_class.clone(),
                     }),
                     key,
                 })

@@ -42,9 +42,10 @@ pub struct ContentHeaders {
     pub expires: Option<String>,
     /// `x-amz-meta-*`, names without the prefix, lower case.
     pub metadata: BTreeMap<String, String>,
-    /// `x-amz-storage-class` as the origin answered it for an object in another class than
-    /// STANDARD (S3 names none for STANDARD). Read, never written: Perch's writes are STANDARD
-    /// (other classes are refused at the door), and a copy does not carry its source's class.
+    /// `x-amz-storage-class` for an object in another class than STANDARD (S3 names none for
+    /// STANDARD): the origin's answer, or the class a write asked for, which its upload carries
+    /// (`Store::check_storage_class`). A copy does not carry its source's class
+    /// (`CopyInput::storage_class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
 }
@@ -393,7 +394,8 @@ pub enum MetadataDirective {
     Copy,
     Replace(ContentHeaders),
     /// The source's own headers again, sent as a REPLACE: a copy onto itself that S3 takes as a
-    /// change because it names a storage class or an encryption, which Perch does not pass on.
+    /// change because it names a storage class or an encryption (the class is passed on, the
+    /// encryption, `AES256`, is what every object gets).
     Again,
 }
 
@@ -405,6 +407,9 @@ pub struct CopyInput {
     /// `x-amz-copy-source-if-*`.
     pub conditions: Conditions,
     pub directive: MetadataDirective,
+    /// The copy's storage class when not STANDARD, whatever the directive: as on S3, a copy is
+    /// STANDARD unless it names another class.
+    pub storage_class: Option<String>,
 }
 
 impl CopyInput {

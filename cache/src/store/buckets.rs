@@ -118,7 +118,7 @@ impl Store {
     /// the answer. An attempt under way is not cut short: a slow origin's answer is still taken
     /// (a CreateBucket cut short and sent again would find its own bucket). OrioleDB's own
     /// requests retry for the whole deadline (ADR 0003).
-    async fn asked<T>(&self, call: impl Future<Output = OriginResult<T>>) -> OriginResult<T> {
+    pub(super) async fn asked<T>(&self, call: impl Future<Output = OriginResult<T>>) -> OriginResult<T> {
         crate::origin::retry::retrying_for(ASKED_MAX, call).await
     }
 

@@ -8,6 +8,7 @@ mod buckets;
 mod multipart;
 mod parts;
 pub use parts::PartSpan;
+mod storage_class;
 mod warm;
 
 use std::collections::HashSet;
@@ -30,8 +31,8 @@ use crate::local::{Local, LocalConfig, TempGuard, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
-    BucketInfo, ByteRange, ChecksumType, Checksums, Conditions, CopyInput, CopyOutput, ListQuery, MetadataDirective,
-    ObjectMeta, Origin, OriginError, PutBody, PutInput, PutOutput, etag_matches,
+    BucketInfo, ByteRange, ChecksumType, Checksums, Conditions, ContentHeaders, CopyInput, CopyOutput, ListQuery,
+    MetadataDirective, ObjectMeta, Origin, OriginError, PutBody, PutInput, PutOutput, etag_matches,
 };
 use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
@@ -115,6 +116,8 @@ pub struct Store {
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: Mutex<HashSet<String>>,
+    /// The storage classes the origin was seen to take, by bucket (`check_storage_class`).
+    storage_classes: Mutex<HashSet<(String, String)>>,
     /// Part sizes of multipart objects learnt from the origin (`parts`).
     learnt_layouts: parts::LearntLayouts,
 }
@@ -238,6 +241,7 @@ impl Store {
             prewarm_until: Mutex::new(None),
             origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
             buckets: Mutex::new(HashSet::new()),
+            storage_classes: Mutex::new(HashSet::new()),
             learnt_layouts: Default::default(),
         }))
     }
@@ -301,6 +305,8 @@ impl Store {
             return Ok(r.put(bucket, key, &input).await?);
         }
         let okey = ObjectKey::new(bucket, key);
+        self.check_storage_class(bucket, input.headers.storage_class.as_deref())
+            .await?;
         if input.if_match.is_none() && input.if_none_match.is_none() {
             self.ensure_bucket(bucket).await?;
             // The ETag is the body's MD5, set by the commit: a large body's may still be computing.
@@ -392,6 +398,7 @@ impl Store {
     /// new version of the destination; otherwise the origin copies, once it holds every write of
     /// both keys.
     pub async fn copy(&self, bucket: &str, key: &str, copy: CopyInput) -> StoreResult<CopyOutput> {
+        self.check_storage_class(bucket, copy.storage_class.as_deref()).await?;
         let src = ObjectKey::new(&copy.src_bucket, &copy.src_key);
         if self.journal.has_pending(&src) {
             copy.check_not_onto_itself(bucket, key)?;
@@ -432,9 +439,12 @@ impl Store {
         } else {
             spool(source.output.body, src_meta.size, &temp).await?
         };
-        let headers = match copy.directive {
-            MetadataDirective::Copy | MetadataDirective::Again => src_meta.headers,
-            MetadataDirective::Replace(h) => h,
+        let headers = ContentHeaders {
+            storage_class: copy.storage_class,
+            ..match copy.directive {
+                MetadataDirective::Copy | MetadataDirective::Again => src_meta.headers,
+                MetadataDirective::Replace(h) => h,
+            }
         };
         // A composite (multipart) checksum describes the source's parts, not this single copy.
         let checksums = if src_meta.checksums.checksum_type() == Some(ChecksumType::Composite) {

@@ -24,6 +24,8 @@ impl Store {
         if let Some(r) = &self.replica {
             return Ok(r.create_multipart_upload(bucket, key, headers, checksum).await?);
         }
+        self.check_storage_class(bucket, headers.storage_class.as_deref())
+            .await?;
         self.multipart.create(bucket, key, headers, checksum).await
     }
 

@@ -268,6 +268,7 @@ pub async fn run_all(origin: Arc<dyn Origin>, bucket: &str) {
     ranges(o, bucket).await;
     listing(o, bucket).await;
     copy(o, bucket).await;
+    storage_classes(o, bucket).await;
     multipart(o, bucket).await;
     multipart_errors(o, bucket).await;
     multipart_checksums(o, bucket, false).await;
@@ -1092,6 +1093,67 @@ fn copy_input(src_bucket: &str, src_key: &str, directive: MetadataDirective) -> 
         src_key: src_key.to_owned(),
         conditions: Conditions::default(),
         directive,
+        storage_class: None,
+    }
+}
+
+/// Storage classes: a write keeps the class it names (listed, and named by HEAD), and a copy is
+/// STANDARD unless it names one, whatever its directive and its source's class.
+pub async fn storage_classes(o: &dyn Origin, bucket: &str) {
+    let other = ContentHeaders {
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
+    let ia = ContentHeaders {
+        storage_class: Some("STANDARD_IA".into()),
+        ..Default::default()
+    };
+    put_with(o, bucket, "copy/class/ia", b"infrequent", &ia).await;
+    for (dst, directive, class) in [
+        ("copy/class/std", MetadataDirective::Copy, None),
+        ("copy/class/std2", MetadataDirective::Replace(ia.clone()), None),
+        ("copy/class/oz", MetadataDirective::Copy, Some("ONEZONE_IA")),
+        (
+            "copy/class/oz2",
+            MetadataDirective::Replace(other.clone()),
+            Some("ONEZONE_IA"),
+        ),
+    ] {
+        let input = CopyInput {
+            storage_class: class.map(str::to_owned),
+            ..copy_input(bucket, "copy/class/ia", directive)
+        };
+        ok(o.copy_object(bucket, dst, &input).await, dst);
+    }
+    // Onto itself, naming another class: the way to change an object's class.
+    let again = CopyInput {
+        storage_class: Some("INTELLIGENT_TIERING".into()),
+        ..copy_input(bucket, "copy/class/oz", MetadataDirective::Again)
+    };
+    ok(o.copy_object(bucket, "copy/class/oz", &again).await, "onto itself");
+    let want = [
+        ("copy/class/ia", Some("STANDARD_IA")),
+        ("copy/class/oz", Some("INTELLIGENT_TIERING")),
+        ("copy/class/oz2", Some("ONEZONE_IA")),
+        ("copy/class/std", None),
+        ("copy/class/std2", None),
+    ];
+    for (key, class) in want {
+        let meta = ok(o.head_object(bucket, key, &no_conditions()).await, key);
+        assert_eq!(meta.headers.storage_class.as_deref(), class, "{key}");
+    }
+    let listed = ok(
+        o.list_objects(bucket, &query(Some("copy/class/"), None, 1000)).await,
+        "list the classes",
+    );
+    let listed: Vec<_> = listed
+        .objects
+        .iter()
+        .map(|e| (e.key.as_str(), e.storage_class.as_deref()))
+        .collect();
+    assert_eq!(listed, want, "listed classes");
+    for (key, _) in want {
+        ok(o.delete_object(bucket, key, None).await, "cleanup");
     }
 }
 

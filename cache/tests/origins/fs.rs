@@ -152,6 +152,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
             src_key: "headers".into(),
             conditions: Default::default(),
             directive: MetadataDirective::Copy,
+            storage_class: None,
         };
         o.copy_object("alpha", "copied", &copy).await.expect("copy");
         expected.insert(("alpha", "copied".into()), b"with headers".to_vec());
@@ -363,6 +364,7 @@ async fn keys_never_become_paths() {
         src_key: "../../x".into(),
         conditions: Default::default(),
         directive: MetadataDirective::Copy,
+        storage_class: None,
     };
     o.copy_object("b", "../../copied", &copy).await.expect("copy");
     let id = o

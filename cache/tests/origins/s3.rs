@@ -219,6 +219,7 @@ async fn objects_round_trip_with_headers_and_checksums() {
         src_key: "dir/hello.txt".to_owned(),
         conditions: Conditions::default(),
         directive: MetadataDirective::Copy,
+        storage_class: None,
     };
     let copied = o
         .copy_object("round-trip", "copy of hello+.txt", &copy)
@@ -889,6 +890,7 @@ mod area {
         listing,
         #[ignore = "moto: CopyObject ignores x-amz-copy-source-if-match (and -if-modified/-unmodified-since)"]
         copy,
+        storage_classes,
         multipart,
         #[ignore = "moto: parts out of order answer EntityTooSmall, not InvalidPartOrder"]
         multipart_errors,

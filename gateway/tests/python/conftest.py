@@ -290,6 +290,13 @@ def perch(request, perch_factory):
 # --------------------------------------------------------------------------- clients
 
 
+def flush(perch_bin, perch):
+    """`perch flush`: the primary acknowledges writes before they are in the origin, which is
+    what another Perch, or a client of the origin, reads from."""
+    subprocess.run([perch_bin, "flush", "--admin", perch.admin_addr, "--timeout", "60s"], check=True,
+                   capture_output=True)
+
+
 def make_client(perch, style="path", key=DEV_KEY, secret=DEV_SECRET, **config):
     """A boto3 S3 client for `perch`: style "path" or "virtual"."""
     if style == "path":

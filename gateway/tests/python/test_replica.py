@@ -4,14 +4,13 @@ moto is left exactly as it was. (A replica's default keeps its writes in a local
 gateway/tests/s3/replica.rs.)"""
 
 import hashlib
-import subprocess
 import uuid
 
 import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from conftest import make_client
+from conftest import flush, make_client
 
 
 def snapshot(moto_s3):
@@ -26,13 +25,6 @@ def snapshot(moto_s3):
         uploads = moto_s3.list_multipart_uploads(Bucket=name).get("Uploads", [])
         state[name] = (objects, [(u["Key"], u["UploadId"]) for u in uploads])
     return state
-
-
-def flush(perch_bin, perch):
-    """`perch flush`: the primary acknowledges writes before they are in the origin, which is
-    what another Perch reads from."""
-    subprocess.run([perch_bin, "flush", "--admin", perch.admin_addr, "--timeout", "60s"], check=True,
-                   capture_output=True)
 
 
 @pytest.mark.parametrize("style", ["path", "virtual"])

@@ -298,7 +298,7 @@ pub(super) fn list_entry(key: &str, meta: &ObjectMeta) -> ListEntry {
         size: meta.size,
         etag: meta.etag.clone(),
         last_modified: meta.last_modified,
-        storage_class: None,
+        storage_class: meta.headers.storage_class.clone(),
     }
 }
 

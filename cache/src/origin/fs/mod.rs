@@ -461,9 +461,12 @@ impl Origin for FsOrigin {
             OriginError::NotModified { .. } => OriginError::PreconditionFailed,
             e => e,
         })?;
-        let headers = match &input.directive {
-            MetadataDirective::Copy | MetadataDirective::Again => src.headers.clone(),
-            MetadataDirective::Replace(h) => h.clone(),
+        let headers = ContentHeaders {
+            storage_class: input.storage_class.clone(),
+            ..match &input.directive {
+                MetadataDirective::Copy | MetadataDirective::Again => src.headers.clone(),
+                MetadataDirective::Replace(h) => h.clone(),
+            }
         };
         let placeholder = placeholder_header(key, &headers, &src.checksums, PLACEHOLDER_ETAG);
         let mut writer = self.new_writer(&placeholder, true, None).await?;

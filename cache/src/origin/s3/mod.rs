@@ -22,7 +22,7 @@ use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     BucketCannedAcl, BucketLocationConstraint, ChecksumAlgorithm, ChecksumType as SdkChecksumType,
     CompletedMultipartUpload, CompletedPart as SdkCompletedPart, CreateBucketConfiguration, EncodingType,
-    MetadataDirective as SdkMetadataDirective, ObjectOwnership,
+    MetadataDirective as SdkMetadataDirective, ObjectOwnership, StorageClass,
 };
 use aws_smithy_http_client::{Builder as HttpClientBuilder, Connector, tls};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -121,7 +121,8 @@ macro_rules! with_headers {
             .set_cache_control(h.cache_control.clone())
             .set_content_encoding(h.content_encoding.clone())
             .set_content_disposition(h.content_disposition.clone())
-            .set_content_language(h.content_language.clone());
+            .set_content_language(h.content_language.clone())
+            .set_storage_class(h.storage_class.as_deref().map(StorageClass::from));
         for (k, v) in &h.metadata {
             req = req.metadata(k.clone(), v.clone());
         }
@@ -461,6 +462,18 @@ impl Origin for S3Origin {
             }
             directive => (directive, c.if_match.clone()),
         };
+        // The copy's class, not the source's (S3: STANDARD unless the copy names one).
+        let replaced;
+        let directive = match directive {
+            MetadataDirective::Replace(h) => {
+                replaced = MetadataDirective::Replace(ContentHeaders {
+                    storage_class: input.storage_class.clone(),
+                    ..h.clone()
+                });
+                &replaced
+            }
+            other => other,
+        };
         let req = self
             .client
             .copy_object()
@@ -475,6 +488,7 @@ impl Origin for S3Origin {
         let send = match directive {
             MetadataDirective::Copy | MetadataDirective::Again => req
                 .metadata_directive(SdkMetadataDirective::Copy)
+                .set_storage_class(input.storage_class.as_deref().map(StorageClass::from))
                 .customize()
                 .map_request(expires_mapper(None))
                 .send(),
