@@ -103,7 +103,48 @@ pub(crate) struct Local {
     flush_soon: Arc<tokio::sync::Notify>,
     /// Objects prefetched and not yet read by a client, with why they were fetched.
     prefetched: Mutex<HashMap<ObjectKey, &'static str>>,
+    /// Keys with requests the origin decides under way (`Deciding`), and how many: no fill keeps a
+    /// copy of them meanwhile.
+    deciding: Mutex<HashMap<ObjectKey, usize>>,
     pub stats: CacheStats,
+}
+
+/// A request the origin decides for a key (a conditional PUT or DELETE, a copy the origin makes)
+/// is under way, from before its cached copy is dropped (`Local::invalidate`) until this is
+/// dropped, after the origin's answer or with the request: no fill keeps a copy of the key
+/// meanwhile. A read may fetch the old body then, before the origin applies the request: it is
+/// served, never kept, for nothing would drop it again once the request is over (a kill before
+/// the answer kept it for good).
+pub(crate) struct Deciding {
+    local: Arc<Local>,
+    okey: ObjectKey,
+}
+
+impl Deciding {
+    pub(crate) fn new(local: Arc<Local>, okey: ObjectKey) -> Deciding {
+        {
+            // Under the key's lock: a fill's keeping is before it (its copy is seen, and dropped,
+            // by `invalidate`) or after it (refused).
+            let _key = local.key_lock(&okey);
+            *lock(&local.deciding).entry(okey.clone()).or_default() += 1;
+        }
+        Deciding { local, okey }
+    }
+}
+
+impl Drop for Deciding {
+    fn drop(&mut self) {
+        let _key = self.local.key_lock(&self.okey);
+        // Fills started meanwhile may hold the old body: none of them is kept.
+        self.local.forget_copies(&self.okey);
+        let mut deciding = lock(&self.local.deciding);
+        if let Some(n) = deciding.get_mut(&self.okey) {
+            *n -= 1;
+            if *n == 0 {
+                deciding.remove(&self.okey);
+            }
+        }
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,6 +211,7 @@ impl Local {
             reads: Mutex::new(HashMap::new()),
             flush_soon: Arc::new(tokio::sync::Notify::new()),
             prefetched: Mutex::new(HashMap::new()),
+            deciding: Mutex::new(HashMap::new()),
             stats,
         })
     }
@@ -640,10 +682,11 @@ impl Local {
         }
     }
 
-    /// A request the origin decides (a conditional PUT, a copy) may change `okey` there: every
-    /// copy of it here goes, and the clean entry's removal is durable before this returns (and
-    /// before its blob is unlinked). A power cut after the origin's change must not bring the old
-    /// copy back: nothing would tell Perch to drop it again.
+    /// A request the origin decides (a conditional PUT or DELETE, a copy) may change `okey` there:
+    /// every copy of it here goes, and the clean entry's removal is durable before this returns
+    /// (and before its blob is unlinked). A power cut after the origin's change must not bring the
+    /// old copy back: nothing would tell Perch to drop it again. The caller holds a `Deciding` of
+    /// `okey`, so no fill keeps a copy from here on.
     pub(crate) fn invalidate(&self, okey: &ObjectKey) -> Result<(), CacheError> {
         self.forget_copies(okey);
         let Some(entry) = self.index.get(okey)?.filter(|e| !e.pending) else {
@@ -682,7 +725,7 @@ impl Local {
         fill: &Fill,
     ) -> Result<Evicted, CacheError> {
         let _key = self.key_lock(okey);
-        if fill.stale.load(Ordering::SeqCst) {
+        if fill.stale.load(Ordering::SeqCst) || lock(&self.deciding).contains_key(okey) {
             return Ok(Evicted::default());
         }
         let previous = self.index.get(okey)?;

@@ -27,7 +27,7 @@ use crate::journal::record::PartLayout;
 use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
-use crate::local::{Local, LocalConfig, TempGuard, lock};
+use crate::local::{Deciding, Local, LocalConfig, TempGuard, lock};
 use crate::multipart::Multipart;
 use crate::origin::read_only::ReadOnlyOrigin;
 use crate::origin::{
@@ -347,11 +347,9 @@ impl Store {
             ..input
         };
         // The origin may hold a new body from here on, even if Perch dies before its answer:
-        // the cached one goes first, durably (and again after, for a fill that raced the request).
-        self.forget(okey.clone()).await?;
-        let out = self.origin.put_object(bucket, key, &input).await;
-        self.forget_after(okey).await;
-        Ok(out?)
+        // the cached one goes first, durably, and no read keeps one until the answer.
+        let _deciding = self.forget(okey).await?;
+        Ok(self.origin.put_object(bucket, key, &input).await?)
     }
 
     /// DELETE: a version (a tombstone), acknowledged as its write mode says. With `if_match`
@@ -388,10 +386,8 @@ impl Store {
         self.settle(&okey, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         let if_match = self.condition_at_origin(&okey, if_match);
-        self.forget(okey.clone()).await?;
-        let out = self.origin.delete_object(bucket, key, Some(&if_match)).await;
-        self.forget_after(okey).await;
-        Ok(out?)
+        let _deciding = self.forget(okey).await?;
+        Ok(self.origin.delete_object(bucket, key, Some(&if_match)).await?)
     }
 
     /// CopyObject. A source with a version the origin does not have yet is copied locally into a
@@ -410,10 +406,8 @@ impl Store {
         self.settle(&dst, self.journal.cfg.wait_limit).await?;
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
-        self.forget(dst.clone()).await?;
-        let out = self.origin.copy_object(bucket, key, &copy).await;
-        self.forget_after(dst).await;
-        Ok(out?)
+        let _deciding = self.forget(dst).await?;
+        Ok(self.origin.copy_object(bucket, key, &copy).await?)
     }
 
     async fn copy_locally(&self, bucket: &str, key: &str, src: &ObjectKey, copy: CopyInput) -> StoreResult<CopyOutput> {
@@ -643,16 +637,13 @@ impl Store {
     }
 
     /// The origin's object under `okey` may change through Perch from here on: every copy of it
-    /// here goes, durably (`Local::invalidate`): if it cannot, the request fails before it goes.
-    async fn forget(&self, okey: ObjectKey) -> StoreResult<()> {
-        Ok(self.local.blocking(move |l| l.invalidate(&okey)).await??)
-    }
-
-    /// After the origin answered: a copy a fill kept meanwhile goes too, as durably.
-    async fn forget_after(&self, okey: ObjectKey) {
-        if let Err(e) = self.forget(okey).await {
-            tracing::warn!(error = %e, "cannot drop a cache entry");
-        }
+    /// here goes, durably (`Local::invalidate`), and none is kept until the returned `Deciding`
+    /// is dropped, once the origin has answered. If the copy cannot go, the request fails before
+    /// it is sent.
+    async fn forget(&self, okey: ObjectKey) -> StoreResult<Deciding> {
+        let deciding = Deciding::new(self.local.clone(), okey.clone());
+        self.local.blocking(move |l| l.invalidate(&okey)).await??;
+        Ok(deciding)
     }
 
     /// Waits until `okey` has no write left to upload, and makes their releases durable, so that

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use perch_testkit::bodies::{md5_etag, pattern};
-use perch_testkit::raw_client::{Req, Resp, Style};
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style};
 
 use crate::support::machine;
 use crate::support::raw::assert_error;
@@ -495,4 +495,82 @@ fn a_conditional_request_whose_answer_was_lost_is_answered_as_the_success_it_was
     assert_eq!(r.status, 204, "conditional DELETE: {}", r.summary());
     assert_records(&stack, key, "DELETE", "lost", 1, 404);
     assert_eq!(get(&stack, key).status, 404, "the key is gone");
+}
+
+/// A read of a key while a request the origin decides for it is on its way (a conditional PUT or
+/// DELETE, sent after the cached copy was dropped and before the origin applies it) may fetch the
+/// old body: it is served, never kept. Kept, it outlived a kill -9 before the origin's answer
+/// (the answer lost, the request retried), and Perch then served the old body, or the deleted
+/// object, as a hit for good.
+#[test]
+fn a_read_while_the_origin_decides_a_request_keeps_no_copy_of_the_old_body() {
+    let _turn = machine::share();
+    let mut stack = start("60s", &[]);
+    let _log = stack.log_on_panic();
+    let old: &[u8] = b"old body";
+    let new: &[u8] = b"new body";
+    for method in ["PUT", "DELETE"] {
+        let key = format!("deciding/{method}");
+        stack.put_behind_perchs_back(&key, old);
+        // The conditional request is held at the door of the origin (then reset, and retried).
+        stack
+            .proxy
+            .faults(r#"{"error_rate":1.0,"error_kinds":["stall"],"stall_ms":1500,"match_header":"If-Match"}"#);
+        let addr = stack.addr();
+        let request = {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let req = Req::object(method, addr, Style::Virtual, &key).header("If-Match", &md5_etag(old));
+                let req = if method == "PUT" { req.body(new.to_vec()) } else { req };
+                // Perch is killed before it answers.
+                req.send(addr).map(|r| r.status)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        get_ok(&stack, &key, old);
+        std::thread::sleep(Duration::from_millis(300));
+        // From here the origin applies every attempt, and Perch never hears its answer.
+        stack
+            .proxy
+            .faults(r#"{"error_rate":1.0,"error_kinds":["lost"],"match_header":"If-Match"}"#);
+        let moto = stack.moto_sdk();
+        let at_origin = || {
+            stack.rt.block_on(async {
+                match moto.get_object().bucket(BUCKET).key(&key).send().await {
+                    Ok(out) => Some(out.body.collect().await.expect("body").into_bytes().to_vec()),
+                    Err(_) => None,
+                }
+            })
+        };
+        let decided = if method == "PUT" { Some(new.to_vec()) } else { None };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while at_origin() != decided {
+            assert!(
+                Instant::now() < deadline,
+                "{method}: the origin never applied the request"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stack.kill();
+        let answered = request.join().expect("request thread");
+        assert!(
+            !matches!(answered, Ok(200 | 204)),
+            "{method}: answered before the kill ({answered:?}): the test needs it pending"
+        );
+        stack.no_faults();
+        stack.start_again();
+        let r = get(&stack, &key);
+        match &decided {
+            Some(body) => {
+                assert_eq!(r.status, 200, "{method}: {}", r.summary());
+                assert!(r.body == *body, "{method}: Perch serves the old body after the restart");
+            }
+            None => assert_eq!(
+                r.status,
+                404,
+                "{method}: Perch serves the deleted object: {}",
+                r.summary()
+            ),
+        }
+    }
 }
