@@ -563,6 +563,21 @@ impl OriginError {
         matches!(self, OriginError::Transient { .. })
     }
 
+    /// Whether a failed attempt may still have been carried out by the origin: its answer was
+    /// lost (a timeout, a reset, no answer at all) or was a server error that does not say (500,
+    /// 502, 504). A refusal to start says it was not: 503 (SlowDown, ServiceUnavailable), 429 and
+    /// the other throttles, 408, a refused credential. (A transient answer's text starts with its
+    /// status: `errors::classify_answer`.)
+    pub fn may_have_taken_effect(&self) -> bool {
+        let OriginError::Transient { what, .. } = self else {
+            return false;
+        };
+        let status = what
+            .split_once(' ')
+            .and_then(|(s, _)| (s.len() == 3).then(|| s.parse::<u16>().ok()).flatten());
+        !matches!(status, Some(400 | 403 | 408 | 429 | 503))
+    }
+
     /// An answer no retry will change, for a write already acknowledged (the uploader's rule):
     /// a refusal (4xx but 408 and 429), a missing bucket, a failed precondition. Everything else
     /// (5xx, throttling, timeouts, local I/O) is retried for as long as it takes.

@@ -151,7 +151,8 @@ impl RetryingOrigin {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the deadline passes.
-    /// The second value says whether an earlier attempt failed transiently.
+    /// The second value says whether an earlier attempt failed in a way that may have been carried
+    /// out all the same (`OriginError::may_have_taken_effect`): its refusal now may be its own doing.
     async fn run<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> (OriginResult<T>, bool)
     where
         F: FnMut() -> Fut,
@@ -162,6 +163,8 @@ impl RetryingOrigin {
             .try_with(|d| *d)
             .map_or(self.policy.deadline, |d| d.min(self.policy.deadline));
         let mut tries: u32 = 0;
+        // Whether an attempt that failed may have been carried out all the same.
+        let mut uncertain = false;
         loop {
             let remaining = self.policy.deadline.saturating_sub(start.elapsed());
             let t = Instant::now();
@@ -173,15 +176,16 @@ impl RetryingOrigin {
             self.stats.record(op, t.elapsed(), &result);
             let err = match result {
                 Err(e) if e.is_transient() => e,
-                other => return (other, tries > 0),
+                other => return (other, uncertain),
             };
             tries += 1;
+            uncertain |= err.may_have_taken_effect();
             let elapsed = start.elapsed();
             if elapsed >= retry_for {
                 self.stats.gave_up.get_or_create(&OpLabel { op }).inc();
                 tracing::warn!(op, tries, error = %err, "origin still failing at the retry deadline");
                 let seconds = retry_for.as_secs();
-                return (Err(OriginError::unavailable(seconds, Arc::new(err))), true);
+                return (Err(OriginError::unavailable(seconds, Arc::new(err))), uncertain);
             }
             self.stats.retries.get_or_create(&OpLabel { op }).inc();
             let wait = self.policy.backoff(tries).min(retry_for.saturating_sub(elapsed));
@@ -216,12 +220,12 @@ impl Origin for RetryingOrigin {
     }
 
     async fn create_bucket_in(&self, bucket: &str, new: &NewBucket) -> OriginResult<()> {
-        let (result, retried) = self
+        let (result, uncertain) = self
             .run("create_bucket", || self.inner.create_bucket_in(bucket, new))
             .await;
         match result {
             // Our own earlier attempt created it.
-            Err(OriginError::Rejected { ref code, .. }) if retried && code == "BucketAlreadyOwnedByYou" => Ok(()),
+            Err(OriginError::Rejected { ref code, .. }) if uncertain && code == "BucketAlreadyOwnedByYou" => Ok(()),
             other => other,
         }
     }
@@ -237,9 +241,9 @@ impl Origin for RetryingOrigin {
     }
 
     async fn delete_bucket(&self, bucket: &str) -> OriginResult<()> {
-        let (result, retried) = self.run("delete_bucket", || self.inner.delete_bucket(bucket)).await;
+        let (result, uncertain) = self.run("delete_bucket", || self.inner.delete_bucket(bucket)).await;
         match result {
-            Err(OriginError::NoSuchBucket) if retried => Ok(()),
+            Err(OriginError::NoSuchBucket) if uncertain => Ok(()),
             other => other,
         }
     }
@@ -269,13 +273,13 @@ impl Origin for RetryingOrigin {
     }
 
     async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput> {
-        let (result, retried) = self
+        let (result, uncertain) = self
             .run("put_object", || self.inner.put_object(bucket, key, input))
             .await;
         match result {
             // A conditional PUT whose first attempt landed but whose answer was lost: the retry
             // sees 412. If the origin now holds exactly our body, the write is ours and succeeded.
-            Err(OriginError::PreconditionFailed) if retried => {
+            Err(OriginError::PreconditionFailed) if uncertain => {
                 let ours = body_etag(&input.body).await?;
                 let meta = self.head_object(bucket, key, &Conditions::default()).await;
                 match meta {
@@ -291,13 +295,13 @@ impl Origin for RetryingOrigin {
     }
 
     async fn delete_object(&self, bucket: &str, key: &str, if_match: Option<&str>) -> OriginResult<()> {
-        let (result, retried) = self
+        let (result, uncertain) = self
             .run("delete_object", || self.inner.delete_object(bucket, key, if_match))
             .await;
         match result {
             // A conditional DELETE whose first attempt landed but whose answer was lost: the retry
             // finds no object. It is gone, as asked.
-            Err(OriginError::NoSuchKey) if retried && if_match.is_some() => Ok(()),
+            Err(OriginError::NoSuchKey) if uncertain && if_match.is_some() => Ok(()),
             other => other,
         }
     }
@@ -354,14 +358,14 @@ impl Origin for RetryingOrigin {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> OriginResult<PutOutput> {
-        let (result, retried) = self
+        let (result, uncertain) = self
             .run("complete_multipart_upload", || {
                 self.inner.complete_multipart_upload(bucket, key, upload_id, parts)
             })
             .await;
         match result {
             // The first attempt completed it but the answer was lost.
-            Err(OriginError::NoSuchUpload) if retried => {
+            Err(OriginError::NoSuchUpload) if uncertain => {
                 let meta = self.head_object(bucket, key, &Conditions::default()).await?;
                 Ok(PutOutput {
                     etag: meta.etag,
@@ -373,13 +377,13 @@ impl Origin for RetryingOrigin {
     }
 
     async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()> {
-        let (result, retried) = self
+        let (result, uncertain) = self
             .run("abort_multipart_upload", || {
                 self.inner.abort_multipart_upload(bucket, key, upload_id)
             })
             .await;
         match result {
-            Err(OriginError::NoSuchUpload) if retried => Ok(()),
+            Err(OriginError::NoSuchUpload) if uncertain => Ok(()),
             other => other,
         }
     }

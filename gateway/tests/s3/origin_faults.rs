@@ -495,6 +495,23 @@ fn a_conditional_request_whose_answer_was_lost_is_answered_as_the_success_it_was
     assert_eq!(r.status, 204, "conditional DELETE: {}", r.summary());
     assert_records(&stack, key, "DELETE", "lost", 1, 404);
     assert_eq!(get(&stack, key).status, 404, "the key is gone");
+
+    // A 503 says the attempt was not carried out: the retry's refusal is the answer. (Read as a
+    // lost success, a key that never existed was answered 204.)
+    let never = "orioledb_data/never";
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["503"],"match_method":"DELETE","match_key_prefix":"{never}"}}"#
+    ));
+    let r = Req::object("DELETE", stack.addr(), Style::Virtual, never)
+        .header("If-Match", &md5_etag(b"owner 1"))
+        .go(stack.addr());
+    assert_error(
+        &r,
+        404,
+        "NoSuchKey",
+        "a conditional DELETE of a key never written, after a 503",
+    );
+    assert_records(&stack, never, "DELETE", "503", 1, 404);
 }
 
 /// A read of a key while a request the origin decides for it is on its way (a conditional PUT or
