@@ -240,7 +240,12 @@ pub(crate) async fn abort_begun_before<G>(
             {
                 Ok(()) => aborted += 1,
                 Err(OriginError::NoSuchUpload) => {}
-                Err(e) => return Err(e),
+                // The others still go; this one is tried again at the next pass.
+                Err(error) => tracing::warn!(
+                    upload = %upload.upload_id,
+                    %error,
+                    "cannot expire a multipart upload"
+                ),
             }
         }
     }

@@ -118,6 +118,15 @@ impl FsOrigin {
         }
         let uploads = root.join(UPLOADS_DIR);
         crate::durable::create_dirs(&uploads)?;
+        // An upload's directory is renamed in whole with its description (`create_upload`): one
+        // without it is what a removal cut short left (before `discard_upload_dir`), parts only.
+        for entry in std::fs::read_dir(&uploads)? {
+            let path = entry?.path();
+            if path.is_dir() && !path.join(multipart::UPLOAD_META).exists() {
+                std::fs::remove_dir_all(&path)?;
+                tracing::info!(path = %path.display(), "removed the parts of an upload no longer described");
+            }
+        }
 
         let mut buckets = BTreeMap::new();
         for entry in std::fs::read_dir(&root)? {
@@ -305,7 +314,7 @@ impl Origin for FsOrigin {
         for (id, meta) in self.scan_uploads().await? {
             if meta.bucket == bucket {
                 let dir = self.uploads.join(&id);
-                if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                if let Err(e) = self.discard_upload_dir(&id, dir).await {
                     tracing::warn!(upload = %id, error = %e, "could not remove an upload of a deleted bucket");
                 }
             }

@@ -212,7 +212,7 @@ impl FsOrigin {
         let Ok(dir) = self.upload_dir(upload_id) else {
             return;
         };
-        match tokio::fs::remove_dir_all(&dir).await {
+        match self.discard_upload_dir(upload_id, dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(upload = %upload_id, error = %e, "could not remove a completed upload's parts"),
@@ -419,11 +419,27 @@ impl FsOrigin {
     pub(super) async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()> {
         self.bucket(bucket)?;
         let (dir, _) = self.load_upload(bucket, key, upload_id).await?;
-        match tokio::fs::remove_dir_all(&dir).await {
+        match self.discard_upload_dir(upload_id, dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(OriginError::NoSuchUpload),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Takes an upload's directory out of `.uploads/` in one rename, then removes it. Removed
+    /// where it was, a part renamed into it meanwhile (an UploadPart racing an abort or an
+    /// expiry) failed the removal and left the directory without its description: parts no
+    /// listing, expiry or abort would ever see again. Moved first, such a part finds no directory
+    /// (NoSuchUpload), or lands before the move and goes with it. What a crash leaves in `.tmp/`
+    /// goes at the next open.
+    pub(super) async fn discard_upload_dir(&self, upload_id: &str, dir: PathBuf) -> io::Result<()> {
+        let trash = self.tmp.join(format!("upload-gone-{upload_id}-{}", new_id()));
+        let moved = trash.clone();
+        blocking(move || std::fs::rename(&dir, &moved)).await?;
+        if let Err(e) = tokio::fs::remove_dir_all(&trash).await {
+            tracing::warn!(path = %trash.display(), error = %e, "could not remove an upload's parts");
+        }
+        Ok(())
     }
 
     pub(super) async fn upload_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>> {
