@@ -340,6 +340,20 @@ impl Journal {
         }
     }
 
+    /// Waits until the origin holds every version committed so far, as a barrier's upload would
+    /// (a request the origin decides for a barrier key: the lock's release with `If-Match`), up
+    /// to `limit`. A version the origin refused holds it back, as it holds a barrier back.
+    pub(crate) async fn wait_all_in_origin(&self, limit: Duration) -> StoreResult<()> {
+        let cut = lock(&self.state).last_seq;
+        self.wait_until(limit, |st| {
+            st.versions
+                .range(..=cut)
+                .all(|(seq, _)| st.in_origin.contains(seq))
+                .then_some(Ok(()))
+        })
+        .await
+    }
+
     /// Waits until no key of `bucket` has an unconfirmed version that may still go up (before
     /// DeleteBucket or a configuration the bucket's writes depend on), up to `limit`. Versions the
     /// origin refused are not waited for: they wait for an operator, and the configuration may be

@@ -339,7 +339,7 @@ impl Store {
                 return Err(OriginError::PreconditionFailed.into());
             }
         }
-        self.settle(&okey, self.journal.cfg.wait_limit).await?;
+        self.settle_decided(&okey, Method::Put).await?;
         self.fence().await;
         let input = PutInput {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
@@ -383,7 +383,7 @@ impl Store {
         {
             return Err(OriginError::PreconditionFailed.into());
         }
-        self.settle(&okey, self.journal.cfg.wait_limit).await?;
+        self.settle_decided(&okey, Method::Delete).await?;
         self.fence().await;
         let if_match = self.condition_at_origin(&okey, if_match);
         let _deciding = self.forget(okey).await?;
@@ -403,7 +403,7 @@ impl Store {
         let dst = ObjectKey::new(bucket, key);
         let _held = self.journal.hold_commits(&[&src, &dst]).await;
         self.settle(&src, self.journal.cfg.wait_limit).await?;
-        self.settle(&dst, self.journal.cfg.wait_limit).await?;
+        self.settle_decided(&dst, Method::Put).await?;
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
         let _deciding = self.forget(dst).await?;
@@ -644,6 +644,23 @@ impl Store {
         let deciding = Deciding::new(self.local.clone(), okey.clone());
         self.local.blocking(move |l| l.invalidate(&okey)).await??;
         Ok(deciding)
+    }
+
+    /// The longest a request waits for the origin (`--origin-retry-deadline`): for the pending
+    /// writes it must come after, and for the origin's answer.
+    pub fn wait_limit(&self) -> Duration {
+        self.journal.cfg.wait_limit
+    }
+
+    /// `settle` for a request the origin decides that writes `okey` (`method`): for a key whose
+    /// writes are barriers, once the origin holds every write before it too, as the barrier's own
+    /// upload would (the lock's release with `If-Match` went ahead of the checkpoint's data).
+    async fn settle_decided(&self, okey: &ObjectKey, method: Method) -> StoreResult<()> {
+        let limit = self.journal.cfg.wait_limit;
+        if self.journal.mode(method, okey) == WriteMode::Barrier {
+            self.journal.wait_all_in_origin(limit).await?;
+        }
+        self.settle(okey, limit).await
     }
 
     /// Waits until `okey` has no write left to upload, and makes their releases durable, so that

@@ -247,6 +247,48 @@ fn a_pending_writes_storage_class_is_named_before_its_upload_carries_it() {
     assert_eq!(class(&s.moto_sdk(), "at the origin"), want);
 }
 
+/// A request the origin decides for a barrier key (the lock's release, with `If-Match`) goes only
+/// once the origin holds every write before it, as the barrier's own upload would. It went as soon
+/// as the lock had no write of its own left, ahead of the checkpoint's data (review of 51b08e4).
+#[test]
+fn a_conditional_release_of_the_lock_goes_after_every_write_before_it() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let lock = "data/orioledb_data/s3_lock";
+    let data = "orioledb_data/1/16384/0.0";
+    let r = s
+        .req("PUT", lock)
+        .header("If-None-Match", "*")
+        .body(b"owner".to_vec())
+        .go(s.addr());
+    assert_eq!(r.status, 200, "lock taken: {}", r.summary());
+    // The checkpoint's data waits: its uploads are refused for now.
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "orioledb_data/"}"#);
+    s.put(data, b"checkpoint data");
+    let release = {
+        let req = s.req("DELETE", lock).header("If-Match", &md5_etag(b"owner"));
+        let addr = s.addr();
+        std::thread::spawn(move || req.go(addr))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let deleted = |s: &Stack| s.records(lock).iter().any(|r| r["method"] == "DELETE");
+    assert!(!deleted(&s), "the lock was released before the data reached the origin");
+    s.no_faults();
+    let r = release.join().expect("release thread");
+    assert_eq!(r.status, 204, "lock released: {}", r.summary());
+    let log = s.proxy.log();
+    let at = |key: &str, method: &str| {
+        log.iter()
+            .position(|r| r["key"] == key && r["method"] == method && r["status"].as_u64().is_some_and(|c| c < 300))
+            .unwrap_or_else(|| panic!("no {method} {key} answered: {log:?}"))
+    };
+    assert!(
+        at(data, "PUT") < at(lock, "DELETE"),
+        "the release reached the origin first"
+    );
+}
+
 #[test]
 fn listings_merge_pending_writes_and_deletes_with_delimiters_and_pagination() {
     let _turn = machine::share();
