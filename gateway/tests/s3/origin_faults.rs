@@ -591,3 +591,41 @@ fn a_read_while_the_origin_decides_a_request_keeps_no_copy_of_the_old_body() {
         }
     }
 }
+
+/// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
+/// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
+/// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
+/// Past the request's deadline the keys left are SlowDown at once.
+#[test]
+fn a_delete_of_many_conditioned_keys_lasts_one_deadline_in_an_outage() {
+    let _turn = machine::share();
+    let stack = start("2s", &[]);
+    let _log = stack.log_on_panic();
+    put_ok(&stack, "data/before-the-outage", b"1");
+    stack.proxy.patch(r#"{"outage":true}"#);
+    let objects: Vec<_> = (0..80)
+        .map(|i| {
+            aws_sdk_s3::types::ObjectIdentifier::builder()
+                .key(format!("many/{i}"))
+                .e_tag(md5_etag(b"1"))
+                .build()
+                .expect("identifier")
+        })
+        .collect();
+    let delete = aws_sdk_s3::types::Delete::builder()
+        .set_objects(Some(objects))
+        .build()
+        .expect("delete");
+    let started = Instant::now();
+    let out = stack
+        .rt
+        .block_on(stack.sdk().delete_objects().bucket(BUCKET).delete(delete).send())
+        .expect("DeleteObjects");
+    let took = started.elapsed();
+    let codes: Vec<_> = out.errors().iter().map(|e| e.code().unwrap_or_default()).collect();
+    assert_eq!(codes, vec!["SlowDown"; 80], "every key is SlowDown");
+    assert!(
+        took < Duration::from_secs(6),
+        "DeleteObjects took {took:?} (deadline 2 s)"
+    );
+}
