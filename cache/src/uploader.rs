@@ -456,7 +456,7 @@ impl Uploader {
     }
 
     /// What the origin holds of the key an upload just stored (a HEAD), while the version is the
-    /// newest: its ETag and Last-Modified when it is the copy uploaded, for the clean cache entry
+    /// newest: its ETag, Last-Modified and class when it is the copy uploaded, for the clean cache entry
     /// the version stays as. Another copy is one whose ETag is neither the one the upload was
     /// answered nor the acknowledged one (an origin may answer a HEAD with either), or none; it
     /// is told only when the upload's answer named its ETag.
@@ -482,6 +482,7 @@ impl Uploader {
             return AtOrigin::Ours(OriginCopy {
                 etag: meta.etag,
                 last_modified: meta.last_modified,
+                storage_class: meta.headers.storage_class,
             });
         }
         // Without the ETag the origin answered the upload, another one proves nothing (an origin

@@ -356,12 +356,16 @@ const STORAGE_CLASSES: [&str; 12] = [
     "FSX_OPENZFS",
 ];
 
+/// The classes whose objects S3 reads only once restored (403 InvalidObjectState before).
+const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
+
 /// An object write that asks for what Perch would not carry to the origin is S3's 501
 /// NotImplemented ("a header you provided implies functionality that is not implemented"), at the
 /// door: acknowledged, it would be stored without it, silently (tags, a customer's encryption key
 /// that the cache would then serve without). What every object gets anyway is taken: SSE-S3
 /// (`AES256`), which S3 and Tigris apply to every object at rest. A storage class S3 knows is
-/// carried (`storage_class`), once the origin takes it (`Store::check_storage_class`).
+/// carried (`storage_class`), once the origin takes it (`Store::check_storage_class`), but for the
+/// archive classes: their objects are not read before a restore, and Perch's copy would be.
 pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
     // A class S3 does not know is the client's mistake, not a feature Perch lacks.
     if u.storage_class.is_some_and(|c| !STORAGE_CLASSES.contains(&c)) {
@@ -370,7 +374,10 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
             "The storage class you specified is not valid"
         ));
     }
-    let refused = if u.encryption.is_some_and(|e| e != "AES256") {
+    let refused = if u.storage_class.is_some_and(|c| ARCHIVE_CLASSES.contains(&c)) {
+        "an archive storage class (GLACIER, DEEP_ARCHIVE: S3 refuses to read such an object until it is restored, and \
+         Perch would serve its copy)"
+    } else if u.encryption.is_some_and(|e| e != "AES256") {
         "server-side encryption other than AES256 (SSE-S3)"
     } else if u.customer_key {
         "server-side encryption with a customer's key (SSE-C)"

@@ -161,6 +161,7 @@ impl Journal {
             e.validated = SystemTime::now();
             if let Some(copy) = stored {
                 e.meta.last_modified = copy.last_modified;
+                e.meta.headers.storage_class = copy.storage_class;
                 if !crate::origin::same_etag(&copy.etag, &e.meta.etag) {
                     e.origin_etag = Some(copy.etag);
                 }
@@ -218,4 +219,6 @@ impl Journal {
 pub(crate) struct OriginCopy {
     pub etag: String,
     pub last_modified: SystemTime,
+    /// The class the origin keeps it in (an `--upload-header` rule may have set one).
+    pub storage_class: Option<String>,
 }

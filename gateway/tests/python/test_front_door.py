@@ -334,12 +334,16 @@ def test_object_writes_asking_for_what_perch_does_not_keep_are_refused(perch, bu
     """Tags, KMS or customer-key encryption, website redirects and object lock would be dropped
     on the way to the origin: S3's 501 NotImplemented at the door, nothing stored, rather than a
     200 for an object that silently lacks them. What every object gets anyway, SSE-S3, is taken
-    (storage classes are carried: `test_a_write_in_another_storage_class_is_uploaded_in_it`)."""
+    (storage classes are carried: `test_a_write_in_another_storage_class_is_uploaded_in_it`; but
+    not the archive classes, whose objects S3 refuses to read until restored, where Perch would
+    serve its copy)."""
     s3 = make_client(perch, "path")
     s3.put_object(Bucket=bucket, Key="kept/src", Body=b"source")
     key = b"k" * 32
     asks = {
         "tags": {"Tagging": "team=db"},
+        "archive class": {"StorageClass": "GLACIER"},
+        "deep archive class": {"StorageClass": "DEEP_ARCHIVE"},
         "KMS": {"ServerSideEncryption": "aws:kms"},
         "customer key": {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": key.decode()},
         "website redirect": {"WebsiteRedirectLocation": "/elsewhere"},
