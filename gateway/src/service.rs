@@ -685,13 +685,26 @@ impl S3 for Gateway {
                         Err(s3_error!(NoSuchVersion, "Buckets behind Perch are not versioned."))
                     }
                     (Ok(()), _) if if_match.is_some() => {
-                        let delete = self.store.delete(bucket, &o.key, if_match.as_deref());
-                        match tokio::time::timeout_at(until, delete).await {
-                            Ok(done) => done.map_err(store_error),
-                            Err(_) => Err(s3_error!(
+                        // A task of its own: past the deadline the answer is not waited for, but
+                        // a delete the origin may be carrying out is never cut short.
+                        let (store, key) = (self.store.clone(), o.key.clone());
+                        let owned = bucket.to_owned();
+                        let late = || {
+                            s3_error!(
                                 SlowDown,
                                 "The origin did not decide this key's delete within the request's time: send it again."
-                            )),
+                            )
+                        };
+                        if tokio::time::Instant::now() >= until {
+                            Err(late())
+                        } else {
+                            let delete =
+                                tokio::spawn(async move { store.delete(&owned, &key, if_match.as_deref()).await });
+                            match tokio::time::timeout_at(until, delete).await {
+                                Ok(Ok(done)) => done.map_err(store_error),
+                                Ok(Err(failed)) => Err(s3_error!(InternalError, "the delete failed: {failed}")),
+                                Err(_) => Err(late()),
+                            }
                         }
                     }
                     (Ok(()), _) => self.store.delete(bucket, &o.key, None).await.map_err(store_error),

@@ -121,6 +121,8 @@ pub(crate) struct Deciding {
 }
 
 impl Deciding {
+    /// Takes the key's lock: call it off the runtime's threads (a commit holds that lock through
+    /// its syncs).
     pub(crate) fn new(local: Arc<Local>, okey: ObjectKey) -> Deciding {
         {
             // Under the key's lock: a fill's keeping is before it (its copy is seen, and dropped,
@@ -134,15 +136,24 @@ impl Deciding {
 
 impl Drop for Deciding {
     fn drop(&mut self) {
-        let _key = self.local.key_lock(&self.okey);
-        // Fills started meanwhile may hold the old body: none of them is kept.
-        self.local.forget_copies(&self.okey);
-        let mut deciding = lock(&self.local.deciding);
-        if let Some(n) = deciding.get_mut(&self.okey) {
-            *n -= 1;
-            if *n == 0 {
-                deciding.remove(&self.okey);
+        let (local, okey) = (self.local.clone(), self.okey.clone());
+        let end = move || {
+            let _key = local.key_lock(&okey);
+            // Fills started meanwhile may hold the old body: none of them is kept.
+            local.forget_copies(&okey);
+            let mut deciding = lock(&local.deciding);
+            if let Some(n) = deciding.get_mut(&okey) {
+                *n -= 1;
+                if *n == 0 {
+                    deciding.remove(&okey);
+                }
             }
+        };
+        // The key's lock, off the runtime's threads (until then, no fill keeps a copy: only a
+        // lost chance to cache).
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(end)),
+            Err(_) => end(),
         }
     }
 }

@@ -641,9 +641,12 @@ impl Store {
     /// is dropped, once the origin has answered. If the copy cannot go, the request fails before
     /// it is sent.
     async fn forget(&self, okey: ObjectKey) -> StoreResult<Deciding> {
-        let deciding = Deciding::new(self.local.clone(), okey.clone());
-        self.local.blocking(move |l| l.invalidate(&okey)).await??;
-        Ok(deciding)
+        let local = self.local.clone();
+        let forgotten = self.local.blocking(move |l| {
+            let deciding = Deciding::new(local, okey.clone());
+            l.invalidate(&okey).map(|()| deciding)
+        });
+        Ok(forgotten.await??)
     }
 
     /// The longest a request waits for the origin (`--origin-retry-deadline`): for the pending

@@ -123,8 +123,15 @@ impl FsOrigin {
         for entry in std::fs::read_dir(&uploads)? {
             let path = entry?.path();
             if path.is_dir() && !path.join(multipart::UPLOAD_META).exists() {
-                std::fs::remove_dir_all(&path)?;
-                tracing::info!(path = %path.display(), "removed the parts of an upload no longer described");
+                // Only space: a failure is no reason not to open.
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed the parts of an upload no longer described")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "cannot remove the parts of an upload no longer described")
+                    }
+                }
             }
         }
 
