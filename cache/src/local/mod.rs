@@ -711,6 +711,30 @@ impl Local {
         Ok(())
     }
 
+    /// The origin deleted `bucket` through Perch: its clean entries go, durably before their blobs
+    /// (served, they would answer for a bucket that is gone, and prove it exists to the next
+    /// write: `Store::ensure_bucket`).
+    pub(crate) fn forget_bucket(&self, bucket: &str) -> Result<(), CacheError> {
+        let gone: Vec<u64> = self
+            .index
+            .clean_entries_of(bucket)?
+            .into_iter()
+            .filter(|(okey, blob)| {
+                self.forget_copies(okey);
+                self.unindex(okey, *blob)
+            })
+            .map(|(_, blob)| blob)
+            .collect();
+        if !gone.is_empty() {
+            self.index.sync_wal()?;
+            for blob in gone {
+                self.remove_blob(blob);
+            }
+            self.refresh_gauges();
+        }
+        Ok(())
+    }
+
     /// Makes a fully fetched temp file the clean entry of `okey`, unless a write through Perch
     /// changed the key meanwhile (`fill` went stale, or a version is pending).
     pub(crate) fn keep_fetched(

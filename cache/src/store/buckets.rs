@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
+use crate::local::lock;
 use crate::origin::{
     BucketInfo, Conditions, Document, ListQuery, NO_TAGS, NewBucket, OriginError, OriginResult, Subresource,
 };
@@ -34,6 +35,7 @@ impl Store {
     pub async fn create_bucket(&self, bucket: &str, new: &NewBucket) -> StoreResult<()> {
         self.asked(self.origin.create_bucket_in(bucket, new)).await?;
         self.known_buckets().insert(bucket.to_owned());
+        lock(&self.deleted_buckets).remove(bucket);
         Ok(())
     }
 
@@ -52,6 +54,23 @@ impl Store {
     /// clients, so the hot set goes with it. The lease (`.perch/lease`) does not: a bucket a
     /// primary holds is not deleted from under it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
+        // No write into the bucket is acknowledged from here until the origin's answer: one
+        // committed after the wait below would be refused at its upload for good.
+        let gate = self.bucket_gate(bucket);
+        let _gate = gate.write().await;
+        let deleted = self.delete_bucket_at_origin(bucket).await;
+        if deleted.is_ok() {
+            self.known_buckets().remove(bucket);
+            lock(&self.deleted_buckets).insert(bucket.to_owned());
+            let owned = bucket.to_owned();
+            if let Err(error) = self.local.blocking(move |l| l.forget_bucket(&owned)).await? {
+                tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects");
+            }
+        }
+        deleted
+    }
+
+    async fn delete_bucket_at_origin(&self, bucket: &str) -> StoreResult<()> {
         // A write of it the origin refused: no need to wait for the rest.
         if !self.journal.refused_in(bucket) {
             self.settle_bucket(bucket, self.config_wait()).await?;

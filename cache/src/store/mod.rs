@@ -118,6 +118,11 @@ pub struct Store {
     buckets: Mutex<HashSet<String>>,
     /// The storage classes the origin was seen to take, by bucket (`check_storage_class`).
     storage_classes: Mutex<HashSet<(String, String)>>,
+    /// Buckets deleted through Perch (until created again): the index is no proof of them.
+    deleted_buckets: Mutex<HashSet<String>>,
+    /// Per bucket, a gate that writes hold shared from their bucket check to their commit, and
+    /// DeleteBucket exclusively: no write is acknowledged into a bucket being deleted.
+    bucket_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     /// Part sizes of multipart objects learnt from the origin (`parts`).
     learnt_layouts: parts::LearntLayouts,
 }
@@ -242,6 +247,8 @@ impl Store {
             origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
             buckets: Mutex::new(HashSet::new()),
             storage_classes: Mutex::new(HashSet::new()),
+            deleted_buckets: Mutex::new(HashSet::new()),
+            bucket_gates: Mutex::new(Default::default()),
             learnt_layouts: Default::default(),
         }))
     }
@@ -371,6 +378,9 @@ impl Store {
         }
         let okey = ObjectKey::new(bucket, key);
         let Some(if_match) = if_match else {
+            let gate = self.bucket_gate(bucket);
+            let _gate = gate.read().await;
+            self.ensure_bucket(bucket).await?;
             let mode = self.journal.mode(Method::Delete, &okey);
             let seq = self.journal.commit_delete(&okey, mode).await?;
             return self.acknowledge(seq, mode, true).await;
@@ -606,13 +616,20 @@ impl Store {
         lock(&self.buckets)
     }
 
+    /// `bucket`'s gate (`bucket_gates`).
+    fn bucket_gate(&self, bucket: &str) -> Arc<tokio::sync::RwLock<()>> {
+        lock(&self.bucket_gates).entry(bucket.to_owned()).or_default().clone()
+    }
+
     /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
     pub async fn ensure_bucket(&self, bucket: &str) -> StoreResult<()> {
         if self.known_buckets().contains(bucket) {
             return Ok(());
         }
-        // Objects or writes of the bucket held here prove it existed at the origin.
-        if !self.local.index.has_bucket(bucket).unwrap_or(false) {
+        // Objects or writes of the bucket held here prove it existed at the origin (unless it
+        // was deleted through Perch since).
+        let deleted = lock(&self.deleted_buckets).contains(bucket);
+        if deleted || !self.local.index.has_bucket(bucket).unwrap_or(false) {
             self.origin.head_bucket(bucket).await?;
         }
         self.known_buckets().insert(bucket.to_owned());
@@ -703,6 +720,11 @@ impl Store {
                 )));
             }
         };
+        // The bucket may have been deleted since the write checked it: checked again under its
+        // gate, held until the version is committed (and, written through, confirmed).
+        let gate = self.bucket_gate(okey.bucket());
+        let _gate = gate.read().await;
+        self.ensure_bucket(okey.bucket()).await?;
         let mode = self.journal.mode(Method::Put, okey);
         // A completed multipart upload's parts went into its version: dropped, a retried
         // completion would find no upload (on S3 a failed completion leaves the upload).

@@ -1806,3 +1806,84 @@ fn an_older_copy_landing_right_after_an_upload_is_uploaded_over_again() {
     );
     assert_eq!(perch_get(&s, key).as_deref(), Some(&newest[..]));
 }
+
+/// No write is acknowledged into a bucket that DeleteBucket removes: a PUT that had checked its
+/// bucket and waited for room (`--dirty-bytes-max`) was acknowledged after DeleteBucket, which
+/// saw nothing pending, had removed the bucket at the origin; its upload was then refused for
+/// good, and it held back every later barrier. DeleteBucket now waits for the writes under way,
+/// and a bucket deleted through Perch is asked of the origin again before a write, whatever the
+/// cache still held of it (review of 7eca5ca).
+#[test]
+fn no_write_is_acknowledged_into_a_bucket_deletebucket_removes() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--dirty-bytes-max", "1MiB"]);
+    let _log = s.log_on_panic();
+    let c = s.sdk();
+    for b in ["dba", "dbb", "dbc"] {
+        ok(s.rt.block_on(c.create_bucket().bucket(b).send()), b);
+    }
+    // A cached object of `dbc` that the origin loses behind Perch's back (a lifecycle rule).
+    let put = c
+        .put_object()
+        .bucket("dbc")
+        .key("obj")
+        .body(b"x".to_vec().into())
+        .send();
+    ok(s.rt.block_on(put), "PUT dbc/obj");
+    s.flush(Duration::from_secs(30));
+    let gone = s.moto_sdk().delete_object().bucket("dbc").key("obj").send();
+    ok(s.rt.block_on(gone), "delete behind Perch's back");
+
+    // Uploads are refused for now: the backlog passes --dirty-bytes-max, and a PUT into `dbb`
+    // waits for room.
+    s.faults(r#"{"error_rate": 1.0, "match_method": "PUT"}"#);
+    let big = c
+        .put_object()
+        .bucket("dba")
+        .key("big")
+        .body(vec![7u8; 2 << 20].into())
+        .send();
+    ok(s.rt.block_on(big), "PUT dba/big");
+    let waiting = {
+        let c = c.clone();
+        let rt = s.rt.handle().clone();
+        std::thread::spawn(move || {
+            let put = c
+                .put_object()
+                .bucket("dbb")
+                .key("k")
+                .body(b"acknowledged".to_vec().into());
+            rt.block_on(put.send()).is_ok()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let delete = {
+        let c = c.clone();
+        let rt = s.rt.handle().clone();
+        std::thread::spawn(move || rt.block_on(c.delete_bucket().bucket("dbb").send()).is_ok())
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    s.no_faults();
+    let acknowledged = waiting.join().expect("PUT thread");
+    let deleted = delete.join().expect("DeleteBucket thread");
+    if acknowledged {
+        assert!(!deleted, "DeleteBucket removed a bucket holding an acknowledged write");
+        s.flush(Duration::from_secs(30));
+        let at_origin = s.moto_sdk().head_object().bucket("dbb").key("k").send();
+        ok(s.rt.block_on(at_origin), "the acknowledged write reached the origin");
+    }
+
+    // `dbc` is empty at the origin, though Perch still caches `obj`: deleted, it stays gone.
+    ok(
+        s.rt.block_on(c.delete_bucket().bucket("dbc").send()),
+        "DeleteBucket dbc",
+    );
+    expect_err(s.rt.block_on(c.get_object().bucket("dbc").key("obj").send()), 404, None);
+    let put = c
+        .put_object()
+        .bucket("dbc")
+        .key("new")
+        .body(b"lost".to_vec().into())
+        .send();
+    expect_err(s.rt.block_on(put), 404, Some("NoSuchBucket"));
+}

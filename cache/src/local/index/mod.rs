@@ -501,6 +501,33 @@ impl Index {
         Ok(it.key().is_some_and(|k| k.starts_with(prefix.as_bytes())))
     }
 
+    /// The clean entries of `bucket` (key and blob): what a deleted bucket leaves in the cache.
+    pub(crate) fn clean_entries_of(&self, bucket: &str) -> Result<Vec<(ObjectKey, u64)>, CacheError> {
+        #[derive(Deserialize)]
+        struct BlobOnly {
+            blob: u64,
+            #[serde(default)]
+            pending: bool,
+        }
+        let prefix = ObjectKey::prefix(bucket, "");
+        let mut it = self.db.raw_iterator_cf(self.cf(OBJECTS)?);
+        it.seek(prefix.as_bytes());
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if let (Some(okey), Ok(e)) = (ObjectKey::from_stored(k), serde_json::from_slice::<BlobOnly>(v))
+                && !e.pending
+            {
+                out.push((okey, e.blob));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
     /// Writes `b` and syncs the log: the releases written before it are durable too.
     fn write_synced(&self, b: WriteBatch) -> Result<(), CacheError> {
         let written = self.releases_written.load(Ordering::SeqCst);
