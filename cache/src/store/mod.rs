@@ -618,7 +618,11 @@ impl Store {
 
     /// `bucket`'s gate (`bucket_gates`).
     fn bucket_gate(&self, bucket: &str) -> Arc<tokio::sync::RwLock<()>> {
-        lock(&self.bucket_gates).entry(bucket.to_owned()).or_default().clone()
+        let mut gates = lock(&self.bucket_gates);
+        match gates.get(bucket) {
+            Some(gate) => gate.clone(),
+            None => gates.entry(bucket.to_owned()).or_default().clone(),
+        }
     }
 
     /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
