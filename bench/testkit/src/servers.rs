@@ -412,7 +412,9 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("bind a loopback port: {e}"))
 }
 
-/// Whether an HTTP server answers `GET /` on `addr`.
+/// Whether moto answers `GET /` on `addr` (its bucket list): any other server that took the port
+/// between `free_port` and moto's start (another test's Perch binding port 0) would pass a plain
+/// "answers HTTP" check, and the test would talk to it while moto exits unable to bind.
 fn answers(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
@@ -421,6 +423,7 @@ fn answers(addr: SocketAddr) -> bool {
     if stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
         return false;
     }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+    let mut answer = Vec::new();
+    let _ = stream.take(64 * 1024).read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.") && answer.windows(22).any(|w| w == b"ListAllMyBucketsResult")
 }
