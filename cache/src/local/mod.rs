@@ -110,14 +110,16 @@ pub(crate) struct Local {
 }
 
 /// A request the origin decides for a key (a conditional PUT or DELETE, a copy the origin makes)
-/// is under way, from before its cached copy is dropped (`Local::invalidate`) until this is
-/// dropped, after the origin's answer or with the request: no fill keeps a copy of the key
+/// is under way, from before its cached copy is dropped (`Local::invalidate`) until this ends,
+/// after the origin's answer (or is dropped with the request): no fill keeps a copy of the key
 /// meanwhile. A read may fetch the old body then, before the origin applies the request: it is
 /// served, never kept, for nothing would drop it again once the request is over (a kill before
 /// the answer kept it for good).
 pub(crate) struct Deciding {
     local: Arc<Local>,
     okey: ObjectKey,
+    /// `end` ran: nothing left for `Drop`.
+    ended: bool,
 }
 
 impl Deciding {
@@ -130,25 +132,46 @@ impl Deciding {
             let _key = local.key_lock(&okey);
             *lock(&local.deciding).entry(okey.clone()).or_default() += 1;
         }
-        Deciding { local, okey }
+        Deciding {
+            local,
+            okey,
+            ended: false,
+        }
+    }
+
+    /// Ends it once the origin has answered, before the client hears the answer: a read after
+    /// that answer keeps its copy again. (Dropped instead, with a request cut short, it ends a
+    /// moment later.)
+    pub(crate) async fn end(mut self) {
+        self.ended = true;
+        let (local, okey) = (self.local.clone(), self.okey.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || end_deciding(&local, &okey)).await {
+            tracing::warn!(%error, "cannot end a request the origin decides");
+        }
+    }
+}
+
+/// The end of a `Deciding`, under the key's lock.
+fn end_deciding(local: &Local, okey: &ObjectKey) {
+    let _key = local.key_lock(okey);
+    // Fills started meanwhile may hold the old body: none of them is kept.
+    local.forget_copies(okey);
+    let mut deciding = lock(&local.deciding);
+    if let Some(n) = deciding.get_mut(okey) {
+        *n -= 1;
+        if *n == 0 {
+            deciding.remove(okey);
+        }
     }
 }
 
 impl Drop for Deciding {
     fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
         let (local, okey) = (self.local.clone(), self.okey.clone());
-        let end = move || {
-            let _key = local.key_lock(&okey);
-            // Fills started meanwhile may hold the old body: none of them is kept.
-            local.forget_copies(&okey);
-            let mut deciding = lock(&local.deciding);
-            if let Some(n) = deciding.get_mut(&okey) {
-                *n -= 1;
-                if *n == 0 {
-                    deciding.remove(&okey);
-                }
-            }
-        };
+        let end = move || end_deciding(&local, &okey);
         // The key's lock, off the runtime's threads (until then, no fill keeps a copy: only a
         // lost chance to cache).
         match tokio::runtime::Handle::try_current() {

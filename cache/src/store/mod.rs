@@ -355,8 +355,10 @@ impl Store {
         };
         // The origin may hold a new body from here on, even if Perch dies before its answer:
         // the cached one goes first, durably, and no read keeps one until the answer.
-        let _deciding = self.forget(okey).await?;
-        Ok(self.origin.put_object(bucket, key, &input).await?)
+        let deciding = self.forget(okey).await?;
+        let out = self.origin.put_object(bucket, key, &input).await;
+        deciding.end().await;
+        Ok(out?)
     }
 
     /// DELETE: a version (a tombstone), acknowledged as its write mode says. With `if_match`
@@ -396,8 +398,10 @@ impl Store {
         self.settle_decided(&okey, Method::Delete).await?;
         self.fence().await;
         let if_match = self.condition_at_origin(&okey, if_match);
-        let _deciding = self.forget(okey).await?;
-        Ok(self.origin.delete_object(bucket, key, Some(&if_match)).await?)
+        let deciding = self.forget(okey).await?;
+        let out = self.origin.delete_object(bucket, key, Some(&if_match)).await;
+        deciding.end().await;
+        Ok(out?)
     }
 
     /// CopyObject. A source with a version the origin does not have yet is copied locally into a
@@ -416,8 +420,10 @@ impl Store {
         self.settle_decided(&dst, Method::Put).await?;
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
-        let _deciding = self.forget(dst).await?;
-        Ok(self.origin.copy_object(bucket, key, &copy).await?)
+        let deciding = self.forget(dst).await?;
+        let out = self.origin.copy_object(bucket, key, &copy).await;
+        deciding.end().await;
+        Ok(out?)
     }
 
     async fn copy_locally(&self, bucket: &str, key: &str, src: &ObjectKey, copy: CopyInput) -> StoreResult<CopyOutput> {
