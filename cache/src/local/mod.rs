@@ -111,8 +111,8 @@ pub(crate) struct Local {
 
 /// A request the origin decides for a key (a conditional PUT or DELETE, a copy the origin makes)
 /// is under way, from before its cached copy is dropped (`Local::invalidate`) until this ends,
-/// after the origin's answer (or is dropped with the request): no fill keeps a copy of the key
-/// meanwhile. A read may fetch the old body then, before the origin applies the request: it is
+/// after the origin's answer (`Store::decide`, which runs the request to its end even if the
+/// client goes): no fill keeps a copy of the key meanwhile. A read may fetch the old body then, before the origin applies the request: it is
 /// served, never kept, for nothing would drop it again once the request is over (a kill before
 /// the answer kept it for good).
 pub(crate) struct Deciding {
@@ -140,8 +140,8 @@ impl Deciding {
     }
 
     /// Ends it once the origin has answered, before the client hears the answer: a read after
-    /// that answer keeps its copy again. (Dropped instead, with a request cut short, it ends a
-    /// moment later.)
+    /// that answer keeps its copy again. (Dropped instead, with a task that panicked or a runtime
+    /// shutting down, it ends a moment later.)
     pub(crate) async fn end(mut self) {
         self.ended = true;
         let (local, okey) = (self.local.clone(), self.okey.clone());

@@ -355,10 +355,9 @@ impl Store {
         };
         // The origin may hold a new body from here on, even if Perch dies before its answer:
         // the cached one goes first, durably, and no read keeps one until the answer.
-        let deciding = self.forget(okey).await?;
-        let out = self.origin.put_object(bucket, key, &input).await;
-        deciding.end().await;
-        Ok(out?)
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        self.decide(okey, move |origin| async move { origin.put_object(&bucket, &key, &input).await })
+            .await
     }
 
     /// DELETE: a version (a tombstone), acknowledged as its write mode says. With `if_match`
@@ -398,10 +397,11 @@ impl Store {
         self.settle_decided(&okey, Method::Delete).await?;
         self.fence().await;
         let if_match = self.condition_at_origin(&okey, if_match);
-        let deciding = self.forget(okey).await?;
-        let out = self.origin.delete_object(bucket, key, Some(&if_match)).await;
-        deciding.end().await;
-        Ok(out?)
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        self.decide(okey, move |origin| async move {
+            origin.delete_object(&bucket, &key, Some(&if_match)).await
+        })
+        .await
     }
 
     /// CopyObject. A source with a version the origin does not have yet is copied locally into a
@@ -420,10 +420,9 @@ impl Store {
         self.settle_decided(&dst, Method::Put).await?;
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
-        let deciding = self.forget(dst).await?;
-        let out = self.origin.copy_object(bucket, key, &copy).await;
-        deciding.end().await;
-        Ok(out?)
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        self.decide(dst, move |origin| async move { origin.copy_object(&bucket, &key, &copy).await })
+            .await
     }
 
     async fn copy_locally(&self, bucket: &str, key: &str, src: &ObjectKey, copy: CopyInput) -> StoreResult<CopyOutput> {
@@ -663,17 +662,36 @@ impl Store {
         }
     }
 
-    /// The origin's object under `okey` may change through Perch from here on: every copy of it
-    /// here goes, durably (`Local::invalidate`), and none is kept until the returned `Deciding`
-    /// is dropped, once the origin has answered. If the copy cannot go, the request fails before
-    /// it is sent.
-    async fn forget(&self, okey: ObjectKey) -> StoreResult<Deciding> {
+    /// Sends a request the origin decides for `okey` (a conditional PUT or DELETE, a copy the
+    /// origin makes) and answers what the origin answers. Every copy of `okey` here goes first,
+    /// durably (`Local::invalidate`); if it cannot go, nothing is sent. From then until the
+    /// origin's answer no fill keeps a copy (`Deciding`). The request runs on its own task, to
+    /// its end even if the client goes: the origin may apply it whenever it arrives, and a fill
+    /// kept after a cut-short request's end would keep the old body for good.
+    async fn decide<T, F, Fut>(&self, okey: ObjectKey, request: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Origin>) -> Fut,
+        Fut: Future<Output = Result<T, OriginError>> + Send + 'static,
+    {
         let local = self.local.clone();
-        let forgotten = self.local.blocking(move |l| {
-            let deciding = Deciding::new(local, okey.clone());
-            l.invalidate(&okey).map(|()| deciding)
+        let deciding = self
+            .local
+            .blocking(move |l| {
+                let deciding = Deciding::new(local, okey.clone());
+                l.invalidate(&okey).map(|()| deciding)
+            })
+            .await??;
+        let request = request(self.origin.clone());
+        let decided = tokio::spawn(async move {
+            let out = request.await;
+            deciding.end().await;
+            out
         });
-        Ok(forgotten.await??)
+        match decided.await {
+            Ok(out) => Ok(out?),
+            Err(e) => Err(CacheError::Io(std::io::Error::other(e)).into()),
+        }
     }
 
     /// The longest a request waits for the origin (`--origin-retry-deadline`): for the pending

@@ -10,6 +10,7 @@
 //! into moto, so that they are in the origin and not in perch's cache (a write through perch is a
 //! cache entry at once).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use perch_testkit::bodies::{md5_etag, pattern};
@@ -588,6 +589,68 @@ fn a_read_while_the_origin_decides_a_request_keeps_no_copy_of_the_old_body() {
                 "{method}: Perch serves the deleted object: {}",
                 r.summary()
             ),
+        }
+    }
+}
+
+/// A request the origin decides goes on to the origin's answer when its client hangs up: the
+/// origin may apply it whenever it arrives, and a read that kept its copy once Perch had given up
+/// on the request kept the old body for good (served as a hit over the origin's new one).
+#[test]
+fn a_request_the_origin_decides_goes_on_after_its_client_hangs_up() {
+    let _turn = machine::share();
+    let stack = start("60s", &[]);
+    let _log = stack.log_on_panic();
+    let old: &[u8] = b"old body";
+    let new: &[u8] = b"new body";
+    for method in ["PUT", "DELETE"] {
+        let key = format!("hung-up/{method}");
+        stack.put_behind_perchs_back(&key, old);
+        // The conditional request reaches the origin 1.5 s after Perch sent it, whether Perch
+        // still waits for it or not.
+        stack
+            .proxy
+            .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":1500,"match_header":"If-Match"}"#);
+        let addr = stack.addr();
+        let req = Req::object(method, addr, Style::Virtual, &key).header("If-Match", &md5_etag(old));
+        let body: &[u8] = if method == "PUT" { new } else { b"" };
+        let req = req.body(body.to_vec());
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client.write_all(&req.head().0).expect("request head");
+        client.write_all(body).expect("request body");
+        std::thread::sleep(Duration::from_millis(300));
+        // The client hangs up before the answer.
+        client.shutdown(std::net::Shutdown::Both).expect("hang up");
+        drop(client);
+        std::thread::sleep(Duration::from_millis(300));
+        // A read before the origin applies the request: the old body, served.
+        get_ok(&stack, &key, old);
+        let moto = stack.moto_sdk();
+        let at_origin = || {
+            stack.rt.block_on(async {
+                match moto.get_object().bucket(BUCKET).key(&key).send().await {
+                    Ok(out) => Some(out.body.collect().await.expect("body").into_bytes().to_vec()),
+                    Err(_) => None,
+                }
+            })
+        };
+        let decided = if method == "PUT" { Some(new.to_vec()) } else { None };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while at_origin() != decided {
+            assert!(Instant::now() < deadline, "{method}: the origin never applied the request");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stack.no_faults();
+        // Twice: the first read may fill, the second is served from what it kept.
+        for _ in 0..2 {
+            let r = get(&stack, &key);
+            match &decided {
+                Some(body) => {
+                    assert_eq!(r.status, 200, "{method}: {}", r.summary());
+                    assert!(r.body == *body, "{method}: Perch serves the old body: {}", r.summary());
+                }
+                None => assert_eq!(r.status, 404, "{method}: Perch serves the deleted object: {}", r.summary()),
+            }
         }
     }
 }

@@ -36,6 +36,10 @@ pub enum FaultKind {
     /// Forward the request and wait for the origin's whole answer, then reset the connection
     /// (TCP RST) instead of passing it on: a request that took effect whose answer was lost.
     Lost,
+    /// Read the whole request, hold it for `stall_ms`, then forward it from a task of its own and
+    /// pass the answer on: the origin applies it even if the client has hung up meanwhile (an
+    /// origin still working on a request its client gave up on).
+    Late,
 }
 
 impl FaultKind {
@@ -51,6 +55,7 @@ impl FaultKind {
             FaultKind::NotImplemented => "501",
             FaultKind::NoSuchKey => "404",
             FaultKind::Lost => "lost",
+            FaultKind::Late => "late",
         }
     }
 
@@ -80,7 +85,7 @@ impl FaultKind {
                 "A header you provided implies functionality that is not implemented.",
             )),
             FaultKind::NoSuchKey => Some((StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.")),
-            FaultKind::Reset | FaultKind::Stall | FaultKind::Lost => None,
+            FaultKind::Reset | FaultKind::Stall | FaultKind::Lost | FaultKind::Late => None,
         }
     }
 }
@@ -106,8 +111,9 @@ impl FromStr for FaultKind {
             "501" | "notimplemented" => Ok(FaultKind::NotImplemented),
             "404" | "nosuchkey" => Ok(FaultKind::NoSuchKey),
             "lost" => Ok(FaultKind::Lost),
+            "late" => Ok(FaultKind::Late),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall, lost or outage)"
+                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall, lost, late or outage)"
             )),
         }
     }
@@ -145,7 +151,7 @@ pub struct FaultSettings {
     pub error_kinds: Vec<FaultKind>,
     /// Added round-trip latency per forwarded request.
     pub latency_ms: u64,
-    /// How long a `stall` holds the request before resetting.
+    /// How long a `stall` holds the request before resetting (a `late` one, before forwarding).
     pub stall_ms: u64,
     /// Per-body pacing limit for request and response bodies (null: unlimited).
     pub bandwidth_bytes_per_sec: Option<u64>,

@@ -30,7 +30,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Collected, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -82,10 +82,11 @@ pub struct ProxyArgs {
     /// Probability (0.0..=1.0) that a request gets an injected fault.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Fault kinds to draw from: 500, 501, 503, 403, 404, slowdown, reset, stall, lost.
+    /// Fault kinds to draw from: 500, 501, 503, 403, 404, slowdown, reset, stall, lost, late.
     #[arg(long, value_delimiter = ',', default_value = "503")]
     error_kinds: Vec<FaultKind>,
-    /// How long a `stall` fault holds the request before resetting the connection.
+    /// How long a `stall` fault holds the request before resetting the connection (a `late` one,
+    /// before forwarding it).
     #[arg(long, default_value_t = 5_000)]
     stall_ms: u64,
     /// Outage windows relative to proxy start, `START_S:DURATION_S,...`; during a window
@@ -187,7 +188,7 @@ impl RequestLog {
 
 struct Shared {
     upstream: Authority,
-    client: Client<HttpConnector, Metered<Incoming>>,
+    client: Client<HttpConnector, Metered<ProxyBody>>,
     engine: Mutex<FaultEngine>,
     log: Mutex<RequestLog>,
     new_conn_rtts: u32,
@@ -297,7 +298,8 @@ impl Drop for ClientStream {
 /// after that many bytes (the connection closed mid-body; its record has `cut_body_after` set,
 /// the upstream's status, and the bytes actually sent); and `lost`, where the request is
 /// forwarded and the upstream's whole answer read, then the client connection reset (its record
-/// has the upstream's status).
+/// has the upstream's status); and `late`, where the request is read whole, held, then forwarded
+/// whether or not its client is still there.
 pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let proxy = Proxy::bind(&args).await?;
     {
@@ -661,17 +663,35 @@ async fn handle(
     debug!(seq = record.seq, method = %record.method, path = %record.path, injected = ?record.injected, "request");
     let Some(kind) = decision.injected else {
         let cut = decision.cut_body_after.map(|n| (n, ctx.cut.clone()));
-        return Ok(forward(shared, req, record, decision.bandwidth, cut).await);
+        return Ok(forward(shared, boxed(req), record, decision.bandwidth, cut).await);
     };
     if let Some((status, code, message)) = kind.http_error() {
         return Ok(inject_error(&shared, req, record, kind, status, code, message).await);
     }
     if kind == FaultKind::Lost {
         // The origin takes the request and answers in full; the client gets a reset instead.
-        let answer = forward(shared, req, record, decision.bandwidth, None).await;
+        let answer = forward(shared, boxed(req), record, decision.bandwidth, None).await;
         let _ = answer.into_body().collect().await;
         ctx.abort.store(true, Ordering::Relaxed);
         return Err(AbortConnection(kind));
+    }
+    if kind == FaultKind::Late {
+        // Whole before it is held, so that the client may go: the task forwards it regardless.
+        let (parts, body) = req.into_parts();
+        let Ok(body) = body.collect().await.map(Collected::to_bytes) else {
+            record.t_end = epoch_now();
+            record.error = Some("request body not fully received".into());
+            lock(&shared.log).push(record);
+            return Err(AbortConnection(kind));
+        };
+        let req = Request::from_parts(parts, full(body));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (stall, bandwidth) = (decision.stall, decision.bandwidth);
+        tokio::spawn(async move {
+            tokio::time::sleep(stall).await;
+            let _ = tx.send(forward(shared, req, record, bandwidth, None).await);
+        });
+        return rx.await.map_err(|_| AbortConnection(kind));
     }
     // reset / stall: no response at all, the connection is reset.
     if kind == FaultKind::Stall {
@@ -683,9 +703,14 @@ async fn handle(
     Err(AbortConnection(kind))
 }
 
+/// A client's request with its body boxed, as `forward` takes it.
+fn boxed(req: Request<Incoming>) -> Request<ProxyBody> {
+    req.map(|body| body.map_err(BoxError::from).boxed_unsync())
+}
+
 async fn forward(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     mut record: Record,
     bandwidth: Option<u64>,
     cut: Option<(u64, Arc<AtomicBool>)>,
