@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use perch_policy::is_reserved;
+
 use super::Store;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
@@ -14,6 +16,10 @@ use crate::origin::{
 
 /// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
 const CONFIG_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// A bucket holding more objects than this under Perch's prefix is not Perch's alone: a
+/// DeleteBucket removes Perch's own objects only from a bucket that holds nothing else.
+const PERCHS_OBJECTS_MAX: usize = 100;
 
 /// The longest a bucket or configuration call retries the origin's faults (`Store::asked`).
 const ASKED_MAX: Duration = Duration::from_secs(10);
@@ -50,9 +56,9 @@ impl Store {
     }
 
     /// The origin decides whether the bucket is empty: first it must hold every write to it.
-    /// Perch's hot set is no client's object: a bucket that holds nothing else is empty to its
-    /// clients, so the hot set goes with it. The lease (`.perch/lease`) does not: a bucket a
-    /// primary holds is not deleted from under it.
+    /// Perch's own objects (the hot set, a storage class probe a kill left behind) are no
+    /// client's: a bucket that holds nothing else is empty to its clients, so they go with it.
+    /// The lease (`.perch/lease`) does not: a bucket a primary holds is not deleted from under it.
     pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
         // No write into the bucket is acknowledged from here until the origin's answer: one
         // committed after the wait below would be refused at its upload for good.
@@ -93,12 +99,16 @@ impl Store {
                 status: 409,
                 code,
                 message,
-            }) if code == "BucketNotEmpty" && self.holds_only_the_hot_set(bucket).await? => {
-                tracing::info!(bucket, "removing Perch's hot set to delete the bucket");
-                self.asked(self.origin.delete_object(bucket, crate::hot_set::KEY, None))
-                    .await?;
+            }) if code == "BucketNotEmpty" => {
+                let Some(own) = self.only_perchs_objects(bucket).await? else {
+                    return Err(OriginError::Rejected { status: 409, code, message }.into());
+                };
+                tracing::info!(bucket, objects = own.len(), "removing Perch's own objects to delete the bucket");
+                for key in &own {
+                    self.asked(self.origin.delete_object(bucket, key, None)).await?;
+                }
                 match self.asked(self.origin.delete_bucket(bucket)).await {
-                    // The hot set written again meanwhile: the client's answer is the origin's.
+                    // Written again meanwhile: the client's answer is the origin's.
                     Err(OriginError::Rejected { status: 409, .. }) => Err(OriginError::Rejected {
                         status: 409,
                         code,
@@ -112,14 +122,18 @@ impl Store {
         }
     }
 
-    /// Whether the only object `bucket` holds at the origin is Perch's hot set.
-    async fn holds_only_the_hot_set(&self, bucket: &str) -> StoreResult<bool> {
+    /// The objects `bucket` holds at the origin if every one is Perch's own, under its reserved
+    /// prefix, which clients never see nor write (the hot set, a storage class probe a kill left
+    /// behind), and none is a primary's lease; `None` if it holds anything else.
+    async fn only_perchs_objects(&self, bucket: &str) -> StoreResult<Option<Vec<String>>> {
         let query = ListQuery {
-            max_keys: 2,
+            max_keys: PERCHS_OBJECTS_MAX,
             ..Default::default()
         };
         let page = self.asked(self.origin.list_objects(bucket, &query)).await?;
-        Ok(page.next.is_none() && page.objects.len() == 1 && page.objects[0].key == crate::hot_set::KEY)
+        let own = page.next.is_none()
+            && page.objects.iter().all(|o| is_reserved(&o.key) && o.key != crate::LEASE_KEY);
+        Ok(own.then(|| page.objects.into_iter().map(|o| o.key).collect()))
     }
 
     /// How long a bucket call or a configuration call waits for the pending writes it must come

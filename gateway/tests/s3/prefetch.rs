@@ -687,11 +687,11 @@ fn the_hot_set_is_written_every_interval() {
     eventually("the next interval's hot set", || listed(&s).contains("hi/later\n"));
 }
 
-/// Perch's hot set is no client's object: a bucket whose clients removed every object of theirs
-/// can be deleted, hot set or not; a bucket that still holds one of theirs cannot, and keeps its
-/// hot set.
+/// Perch's own objects are no client's: a bucket whose clients removed every object of theirs
+/// can be deleted, whatever Perch left there (its hot set, a storage class probe a kill left
+/// behind); a bucket that still holds one of theirs cannot, and keeps its hot set.
 #[test]
-fn a_bucket_holding_only_perchs_hot_set_can_be_deleted() {
+fn a_bucket_holding_only_perchs_own_objects_can_be_deleted() {
     let _turn = machine::share();
     let s = Stack::start(&["--hot-set-interval", "1s"]);
     let _log = s.log_on_panic();
@@ -721,6 +721,8 @@ fn a_bucket_holding_only_perchs_hot_set_can_be_deleted() {
     assert!(s.in_moto(".perch/lease").is_some(), "the lease went");
     s.rt.block_on(s.moto_sdk().delete_object().bucket(BUCKET).key(".perch/lease").send())
         .expect("delete the lease in moto");
+    // The probe of a storage class (`Store::check_storage_class`) whose delete a kill cut short.
+    s.put_behind_perchs_back(".perch/storage-class/STANDARD_IA", b"");
     let r = delete_bucket();
     assert_eq!(r.status, 204, "{}", r.summary());
     let gone = s.rt.block_on(s.moto_sdk().head_bucket().bucket(BUCKET).send());
