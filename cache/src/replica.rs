@@ -26,8 +26,8 @@ use crate::listing::{self, Page, PageQuery};
 use crate::local::lock;
 use crate::origin::{
     ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, Document, FsOrigin, ListEntry, ListQuery,
-    MultipartChecksum, NO_TAGS, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
-    Subresource, UploadInfo,
+    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
+    Subresource, UploadInfo, tags_document,
 };
 use crate::read::{CacheStatus, CachedGet, Reader};
 
@@ -284,14 +284,14 @@ impl Replica {
 
     /// An object's configuration (its ACL, its tags) in the replica's view: of an object it wrote,
     /// the shared bucket's own ACL (an overlay object is the bucket owner's, written privately)
-    /// and no tags (a write with tags is refused; nor does a copy it keeps of a shared object
-    /// carry the origin's);
+    /// and the tags its write gave it (a copy it keeps of a shared object carries none of the
+    /// origin's);
     /// NoSuchKey for a key it deleted or a rewritten key it has no copy of (the primary's is never
     /// read); else the shared bucket's object's.
     pub(crate) async fn object_config(&self, bucket: &str, key: &str, sub: Subresource) -> OriginResult<Document> {
         self.seed(bucket).await?;
         match self.objects.head_object(bucket, key, &Conditions::default()).await {
-            Ok(_) if sub == Subresource::Tagging => return Ok(Document::new(NO_TAGS)),
+            Ok(meta) if sub == Subresource::Tagging => return Ok(tags_document(&meta.headers.tags)),
             Ok(_) => return self.origin.get_config(bucket, None, sub).await,
             Err(e) if is_absent(&e) => self.check_not_deleted(bucket, key).await?,
             Err(e) => return Err(e),

@@ -85,7 +85,7 @@ async fn put(store: &Store, bucket: &str, key: Option<&str>, sub: Subresource, d
 }
 
 pub async fn delete(store: &Store, bucket: &str, sub: Subresource) -> S3Result<()> {
-    store.delete_config(bucket, sub).await.map_err(store_error)
+    store.delete_config(bucket, None, sub).await.map_err(store_error)
 }
 
 /// The bucket's owner as its ACL names it (the owner of every object of a bucket whose ownership
@@ -132,7 +132,8 @@ pub async fn put_object_acl(store: &Store, input: PutObjectAclInput) -> S3Result
 }
 
 /// An object's tags: the origin's, or none for an object Perch holds writes of that the origin
-/// does not have yet (`Store::object_tagging`). Changing them is refused: Perch keeps no tags.
+/// does not have yet (`Store::object_tagging`). Perch keeps no tags: changing them is the
+/// origin's, once it holds the object's writes.
 pub async fn get_object_tagging(store: &Store, input: GetObjectTaggingInput) -> S3Result<GetObjectTaggingOutput> {
     convert::check_version(input.version_id.as_deref())?;
     let doc = store
@@ -144,6 +145,27 @@ pub async fn get_object_tagging(store: &Store, input: GetObjectTaggingInput) -> 
         tag_set: tagging.tag_set,
         version_id: None,
     })
+}
+
+/// PutObjectTagging: the origin's, once it holds the object's pending writes.
+pub async fn put_object_tagging(store: &Store, input: PutObjectTaggingInput) -> S3Result<PutObjectTaggingOutput> {
+    convert::check_version(input.version_id.as_deref())?;
+    let doc = Document::new(to_xml("Tagging", &input.tagging)?);
+    put(store, &input.bucket, Some(&input.key), Subresource::Tagging, doc).await?;
+    Ok(PutObjectTaggingOutput::default())
+}
+
+/// DeleteObjectTagging: the origin's, once it holds the object's pending writes.
+pub async fn delete_object_tagging(
+    store: &Store,
+    input: DeleteObjectTaggingInput,
+) -> S3Result<DeleteObjectTaggingOutput> {
+    convert::check_version(input.version_id.as_deref())?;
+    store
+        .delete_config(&input.bucket, Some(&input.key), Subresource::Tagging)
+        .await
+        .map_err(store_error)?;
+    Ok(DeleteObjectTaggingOutput::default())
 }
 
 pub async fn put_bucket_policy(store: &Store, input: PutBucketPolicyInput) -> S3Result<PutBucketPolicyOutput> {

@@ -226,6 +226,7 @@ pub fn content_headers(
             .map(|(k, v)| (k.to_ascii_lowercase(), mail_safe(v)))
             .collect::<BTreeMap<_, _>>(),
         storage_class: None,
+        tags: Vec::new(),
     }
 }
 
@@ -318,7 +319,6 @@ pub struct Unkept<'a> {
     pub storage_class: Option<&'a str>,
     pub encryption: Option<&'a str>,
     pub customer_key: bool,
-    pub tagging: bool,
     pub website_redirect: bool,
     pub object_lock: bool,
 }
@@ -330,7 +330,6 @@ macro_rules! unkept {
             storage_class: $input.storage_class.as_ref().map(|c| c.as_str()),
             encryption: $input.server_side_encryption.as_ref().map(|e| e.as_str()),
             customer_key: $input.sse_customer_algorithm.is_some(),
-            tagging: $input.tagging.is_some(),
             website_redirect: $input.website_redirect_location.is_some(),
             object_lock: $input.object_lock_mode.is_some()
                 || $input.object_lock_retain_until_date.is_some()
@@ -361,8 +360,8 @@ const ARCHIVE_CLASSES: [&str; 2] = ["GLACIER", "DEEP_ARCHIVE"];
 
 /// An object write that asks for what Perch would not carry to the origin is S3's 501
 /// NotImplemented ("a header you provided implies functionality that is not implemented"), at the
-/// door: acknowledged, it would be stored without it, silently (tags, a customer's encryption key
-/// that the cache would then serve without). What every object gets anyway is taken: SSE-S3
+/// door: acknowledged, it would be stored without it, silently (a customer's encryption key that
+/// the cache would then serve without). What every object gets anyway is taken: SSE-S3
 /// (`AES256`), which S3 and Tigris apply to every object at rest. A storage class S3 knows is
 /// carried (`storage_class`), once the origin takes it (`Store::check_storage_class`), but for the
 /// archive classes: their objects are not read before a restore, and Perch's copy would be.
@@ -381,8 +380,6 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
         "server-side encryption other than AES256 (SSE-S3)"
     } else if u.customer_key {
         "server-side encryption with a customer's key (SSE-C)"
-    } else if u.tagging {
-        "object tags (x-amz-tagging)"
     } else if u.website_redirect {
         "a website redirect location"
     } else if u.object_lock {
@@ -394,6 +391,56 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
         NotImplemented,
         "Perch does not keep {refused} with an object."
     ))
+}
+
+/// Tags per object at most (S3's limit).
+const TAGS_MAX: usize = 10;
+
+/// The tags of an object write (`x-amz-tagging`: URL query form), checked as S3 checks them, at
+/// the door: a write must not be acknowledged with tags its upload would be refused for. At most
+/// 10, keys unique, of 1 to 128 characters and not starting with `aws:`, values of at most 256,
+/// both of letters, digits, white space and `+ - = . _ : / @`.
+pub fn tags(raw: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |why: &str| s3_error!(InvalidTag, "{why}");
+    let allowed = |s: &str| {
+        s.chars()
+            .all(|c| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/@".contains(c))
+    };
+    let mut tags: Vec<(String, String)> = Vec::new();
+    for pair in raw.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), Some(v)) = (crate::sigv4::form_decode(k), crate::sigv4::form_decode(v)) else {
+            return Err(invalid(
+                "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.",
+            ));
+        };
+        if k.is_empty() || !allowed(&k) {
+            return Err(invalid("The TagKey you have provided is invalid"));
+        }
+        if k.chars().count() > 128 {
+            return Err(invalid("The TagKey you have provided is too long, max 128"));
+        }
+        if k.starts_with("aws:") {
+            return Err(invalid("Your TagKey cannot be prefixed with aws:"));
+        }
+        if !allowed(&v) {
+            return Err(invalid("The TagValue you have provided is invalid"));
+        }
+        if v.chars().count() > 256 {
+            return Err(invalid("The TagValue you have provided is too long, max 256"));
+        }
+        if tags.iter().any(|(seen, _)| *seen == k) {
+            return Err(invalid("Cannot provide multiple Tags with the same key"));
+        }
+        tags.push((k, v));
+    }
+    if tags.len() > TAGS_MAX {
+        return Err(invalid("Object tags cannot be greater than 10"));
+    }
+    Ok(tags)
 }
 
 /// The storage class a write keeps and its upload carries: none for STANDARD, which S3 names
@@ -498,7 +545,8 @@ pub fn check_header_room(h: &ContentHeaders) -> Result<(), S3Error> {
         + h.metadata
             .iter()
             .map(|(name, value)| "x-amz-meta-".len() + name.len() + value.len() + 4)
-            .sum::<usize>();
+            .sum::<usize>()
+        + line("x-amz-tagging", &h.tagging());
     if size > STORED_HEADER_BYTES_MAX {
         let code = "RequestHeaderSectionTooLarge"
             .parse()

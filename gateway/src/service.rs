@@ -584,6 +584,7 @@ impl S3 for Gateway {
         }
         let stored = ContentHeaders {
             storage_class: convert::storage_class(input.storage_class.as_ref()),
+            tags: convert::tags(input.tagging.as_deref())?,
             ..content_headers!(input)
         };
         convert::check_header_room(&stored)?;
@@ -787,12 +788,23 @@ impl S3 for Gateway {
         } else {
             Directive::Copy
         };
+        let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
+            None | Some(TaggingDirective::COPY) => None,
+            Some(TaggingDirective::REPLACE) => Some(convert::tags(input.tagging.as_deref())?),
+            Some(_) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "Unknown tagging directive: x-amz-tagging-directive must be COPY or REPLACE."
+                ));
+            }
+        };
         let copy = CopyInput {
             src_bucket,
             src_key,
             conditions,
             directive,
             storage_class: convert::storage_class(input.storage_class.as_ref()),
+            tags,
         };
         let out = self
             .store
@@ -955,6 +967,7 @@ impl S3 for Gateway {
         convert::check_kept(convert::unkept!(input))?;
         let headers = ContentHeaders {
             storage_class: convert::storage_class(input.storage_class.as_ref()),
+            tags: convert::tags(input.tagging.as_deref())?,
             ..content_headers!(input)
         };
         convert::check_header_room(&headers)?;
@@ -1446,6 +1459,24 @@ impl S3 for Gateway {
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         bucket_config::get_object_tagging(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        bucket_config::put_object_tagging(&self.store, req.input)
+            .await
+            .map(S3Response::new)
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        bucket_config::delete_object_tagging(&self.store, req.input)
             .await
             .map(S3Response::new)
     }

@@ -124,6 +124,13 @@ pub fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A query component (`+` is a space) decoded; `None` for a malformed escape or bytes that are
+/// not UTF-8.
+pub fn form_decode(raw: &str) -> Option<String> {
+    let bytes = decoded_bytes(raw, true).collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Appends a query component decoded; ASCII only (`None` otherwise, or for a malformed escape).
 fn push_form_decoded(out: &mut String, raw: &str) -> Option<()> {
     if !raw.contains(['%', '+']) {

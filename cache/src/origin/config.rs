@@ -113,6 +113,32 @@ pub struct Document {
 pub const NO_TAGS: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
     <Tagging xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet></TagSet></Tagging>";
 
+/// An object's tags as S3 answers GetObjectTagging.
+pub fn tags_document(tags: &[(String, String)]) -> Document {
+    if tags.is_empty() {
+        return Document::new(NO_TAGS);
+    }
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;")
+    };
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Tagging xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet>",
+    );
+    for (k, v) in tags {
+        xml.push_str(&format!(
+            "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
+            escape(k),
+            escape(v)
+        ));
+    }
+    xml.push_str("</TagSet></Tagging>");
+    Document::new(xml)
+}
+
 impl Document {
     pub fn new(body: impl Into<Bytes>) -> Document {
         Document {

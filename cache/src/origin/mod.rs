@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::local::blobs::CheckedRange;
 
 pub use checksum::{ChecksumAlgorithm, ChecksumType, Checksums, MultipartChecksum};
-pub use config::{Document, NO_OBJECT_LOCK, NO_TAGS, Subresource};
+pub use config::{Document, NO_OBJECT_LOCK, Subresource, tags_document};
 pub use fs::FsOrigin;
 pub use s3::{OriginKeys, S3Origin, S3OriginConfig};
 
@@ -44,10 +44,32 @@ pub struct ContentHeaders {
     pub metadata: BTreeMap<String, String>,
     /// `x-amz-storage-class` for an object in another class than STANDARD (S3 names none for
     /// STANDARD): the origin's answer, or the class a write asked for, which its upload carries
-    /// (`Store::check_storage_class`). A copy does not carry its source's class
+    /// (`Store::check_carried`). A copy does not carry its source's class
     /// (`CopyInput::storage_class`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// The tags a write gave the object (`x-amz-tagging`), which its upload carries: known for a
+    /// version written through Perch (and by the directory origin, which keeps them), not for an
+    /// object read from an S3 origin (GetObjectTagging asks it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
+}
+
+impl ContentHeaders {
+    /// `tags` as `x-amz-tagging` carries them (URL query form); `None` for none.
+    pub fn tagging(&self) -> Option<String> {
+        tagging(&self.tags)
+    }
+}
+
+/// A tag set as `x-amz-tagging` carries it (URL query form); `None` for an empty one.
+pub fn tagging(tags: &[(String, String)]) -> Option<String> {
+    let encode = |s: &str| crate::key::url_encode(s).replace('/', "%2F");
+    let pairs: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("&"))
 }
 
 /// What a CreateBucket asks beyond the bucket's name, passed on to the origin as the client sent it.
@@ -389,6 +411,8 @@ pub struct PutOutput {
 }
 
 /// Where a copy takes its headers from.
+// One per CopyObject, never stored in bulk: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataDirective {
     Copy,
@@ -410,6 +434,9 @@ pub struct CopyInput {
     /// The copy's storage class when not STANDARD, whatever the directive: as on S3, a copy is
     /// STANDARD unless it names another class.
     pub storage_class: Option<String>,
+    /// `x-amz-tagging-directive: REPLACE`: the copy's tags (maybe none); `None`: the source's, as
+    /// S3 copies them by default.
+    pub tags: Option<Vec<(String, String)>>,
 }
 
 impl CopyInput {
@@ -729,8 +756,9 @@ pub trait Origin: Send + Sync + 'static {
     /// A configuration of `bucket`, or with `key` that object's ACL or tags (its only
     /// sub-resources), as the origin answers it.
     async fn get_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<Document>;
-    /// Replaces a configuration of `bucket` (or, with `key`, that object's ACL) with `doc`.
+    /// Replaces a configuration of `bucket` (or, with `key`, that object's ACL or tags) with `doc`.
     async fn put_config(&self, bucket: &str, key: Option<&str>, sub: Subresource, doc: &Document) -> OriginResult<()>;
-    /// Removes a configuration of `bucket` (S3 has DELETEs for some only: `not_deletable`).
-    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()>;
+    /// Removes a configuration of `bucket` (S3 has DELETEs for some only: `not_deletable`), or
+    /// with `key` that object's tags.
+    async fn delete_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<()>;
 }

@@ -136,7 +136,7 @@ impl Origin for ReadOnlyOrigin {
         Err(refused("a bucket or object configuration change"))
     }
 
-    async fn delete_config(&self, _bucket: &str, _sub: Subresource) -> OriginResult<()> {
-        Err(refused("a bucket configuration deletion"))
+    async fn delete_config(&self, _bucket: &str, _key: Option<&str>, _sub: Subresource) -> OriginResult<()> {
+        Err(refused("a bucket or object configuration deletion"))
     }
 }

@@ -415,8 +415,8 @@ impl Origin for RetryingOrigin {
             .0
     }
 
-    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
-        self.run("delete_config", || self.inner.delete_config(bucket, sub))
+    async fn delete_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<()> {
+        self.run("delete_config", || self.inner.delete_config(bucket, key, sub))
             .await
             .0
     }

@@ -11,7 +11,7 @@ use crate::error::StoreResult;
 use crate::key::ObjectKey;
 use crate::local::lock;
 use crate::origin::{
-    BucketInfo, Conditions, Document, ListQuery, NO_TAGS, NewBucket, OriginError, OriginResult, Subresource,
+    BucketInfo, Conditions, Document, ListQuery, NewBucket, OriginError, OriginResult, Subresource, tags_document,
 };
 
 /// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
@@ -101,9 +101,18 @@ impl Store {
                 message,
             }) if code == "BucketNotEmpty" => {
                 let Some(own) = self.only_perchs_objects(bucket).await? else {
-                    return Err(OriginError::Rejected { status: 409, code, message }.into());
+                    return Err(OriginError::Rejected {
+                        status: 409,
+                        code,
+                        message,
+                    }
+                    .into());
                 };
-                tracing::info!(bucket, objects = own.len(), "removing Perch's own objects to delete the bucket");
+                tracing::info!(
+                    bucket,
+                    objects = own.len(),
+                    "removing Perch's own objects to delete the bucket"
+                );
                 for key in &own {
                     self.asked(self.origin.delete_object(bucket, key, None)).await?;
                 }
@@ -132,7 +141,10 @@ impl Store {
         };
         let page = self.asked(self.origin.list_objects(bucket, &query)).await?;
         let own = page.next.is_none()
-            && page.objects.iter().all(|o| is_reserved(&o.key) && o.key != crate::LEASE_KEY);
+            && page
+                .objects
+                .iter()
+                .all(|o| is_reserved(&o.key) && o.key != crate::LEASE_KEY);
         Ok(own.then(|| page.objects.into_iter().map(|o| o.key).collect()))
     }
 
@@ -169,20 +181,21 @@ impl Store {
         Ok(self.asked(self.origin.get_config(bucket, key, sub)).await?)
     }
 
-    /// An object's tags (GetObjectTagging): none while the object has writes the origin does not
-    /// hold yet (Perch takes no tags with a write: `x-amz-tagging` is refused), so that a copy
-    /// that asks for them (the AWS CLI's of 8 MiB and more) never waits for an upload; 404 for a
-    /// key whose newest write deletes it; else the origin's (the replica's view on a replica).
+    /// An object's tags (GetObjectTagging): while the object has writes the origin does not hold
+    /// yet, those its newest write gave it, at once (PutObjectTagging waits for those writes), so
+    /// that a copy that asks for them (the AWS CLI's of 8 MiB and more) never waits for an
+    /// upload; 404 for a key whose newest write deletes it; else the origin's (the replica's view
+    /// on a replica).
     pub async fn object_tagging(&self, bucket: &str, key: &str) -> StoreResult<Document> {
         if self.replica.is_none() && self.journal.has_pending(&ObjectKey::new(bucket, key)) {
-            self.head(bucket, key, &Conditions::default()).await?;
-            return Ok(Document::new(NO_TAGS));
+            let (meta, _) = self.head(bucket, key, &Conditions::default()).await?;
+            return Ok(tags_document(&meta.headers.tags));
         }
         self.get_config(bucket, Some(key), Subresource::Tagging).await
     }
 
-    /// Replaces a configuration at the origin: an object's ACL once the origin holds the object's
-    /// pending writes (further writes of the key wait meanwhile), a bucket's once it holds the
+    /// Replaces a configuration at the origin: an object's ACL or tags once the origin holds the
+    /// object's pending writes (further writes of the key wait meanwhile), a bucket's once it holds the
     /// bucket's pending writes when the configuration bears on them (`Subresource::orders_writes`).
     pub async fn put_config(
         &self,
@@ -203,12 +216,18 @@ impl Store {
         Ok(self.asked(self.origin.put_config(bucket, None, sub, doc)).await?)
     }
 
-    /// Removes a bucket configuration at the origin, after the bucket's pending writes as for
-    /// `put_config`.
-    pub async fn delete_config(&self, bucket: &str, sub: Subresource) -> StoreResult<()> {
+    /// Removes a configuration at the origin (with `key`, that object's tags), after the pending
+    /// writes it bears on, as for `put_config`.
+    pub async fn delete_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<()> {
+        if let Some(key) = key {
+            let okey = ObjectKey::new(bucket, key);
+            let _held = self.journal.hold_commits(&[&okey]).await;
+            self.settle(&okey, self.config_wait()).await?;
+            return Ok(self.asked(self.origin.delete_config(bucket, Some(key), sub)).await?);
+        }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
-        Ok(self.asked(self.origin.delete_config(bucket, sub)).await?)
+        Ok(self.asked(self.origin.delete_config(bucket, None, sub)).await?)
     }
 }

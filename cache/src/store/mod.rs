@@ -5,10 +5,10 @@
 //! waits until the origin holds every earlier write it depends on.
 
 mod buckets;
+mod carried;
 mod multipart;
 mod parts;
 pub use parts::PartSpan;
-mod storage_class;
 mod warm;
 
 use std::collections::HashSet;
@@ -116,8 +116,9 @@ pub struct Store {
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
     buckets: Mutex<HashSet<String>>,
-    /// The storage classes the origin was seen to take, by bucket (`check_storage_class`).
-    storage_classes: Mutex<HashSet<(String, String)>>,
+    /// What the origin was seen to take with a write, by bucket: storage classes, tags
+    /// (`check_carried`).
+    carried: Mutex<HashSet<(String, String)>>,
     /// Buckets deleted through Perch (until created again): the index is no proof of them.
     deleted_buckets: Mutex<HashSet<String>>,
     /// Per bucket, a gate that writes hold shared from their bucket check to their commit, and
@@ -246,7 +247,7 @@ impl Store {
             prewarm_until: Mutex::new(None),
             origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
             buckets: Mutex::new(HashSet::new()),
-            storage_classes: Mutex::new(HashSet::new()),
+            carried: Mutex::new(HashSet::new()),
             deleted_buckets: Mutex::new(HashSet::new()),
             bucket_gates: Mutex::new(Default::default()),
             learnt_layouts: Default::default(),
@@ -312,8 +313,12 @@ impl Store {
             return Ok(r.put(bucket, key, &input).await?);
         }
         let okey = ObjectKey::new(bucket, key);
-        self.check_storage_class(bucket, input.headers.storage_class.as_deref())
-            .await?;
+        self.check_carried(
+            bucket,
+            input.headers.storage_class.as_deref(),
+            !input.headers.tags.is_empty(),
+        )
+        .await?;
         if input.if_match.is_none() && input.if_none_match.is_none() {
             self.ensure_bucket(bucket).await?;
             // The ETag is the body's MD5, set by the commit: a large body's may still be computing.
@@ -356,8 +361,10 @@ impl Store {
         // The origin may hold a new body from here on, even if Perch dies before its answer:
         // the cached one goes first, durably, and no read keeps one until the answer.
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.decide(okey, move |origin| async move { origin.put_object(&bucket, &key, &input).await })
-            .await
+        self.decide(okey, move |origin| async move {
+            origin.put_object(&bucket, &key, &input).await
+        })
+        .await
     }
 
     /// DELETE: a version (a tombstone), acknowledged as its write mode says. With `if_match`
@@ -408,7 +415,9 @@ impl Store {
     /// new version of the destination; otherwise the origin copies, once it holds every write of
     /// both keys.
     pub async fn copy(&self, bucket: &str, key: &str, copy: CopyInput) -> StoreResult<CopyOutput> {
-        self.check_storage_class(bucket, copy.storage_class.as_deref()).await?;
+        let tagged = copy.tags.as_ref().is_some_and(|t| !t.is_empty());
+        self.check_carried(bucket, copy.storage_class.as_deref(), tagged)
+            .await?;
         let src = ObjectKey::new(&copy.src_bucket, &copy.src_key);
         if self.journal.has_pending(&src) {
             copy.check_not_onto_itself(bucket, key)?;
@@ -421,8 +430,10 @@ impl Store {
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.decide(dst, move |origin| async move { origin.copy_object(&bucket, &key, &copy).await })
-            .await
+        self.decide(dst, move |origin| async move {
+            origin.copy_object(&bucket, &key, &copy).await
+        })
+        .await
     }
 
     async fn copy_locally(&self, bucket: &str, key: &str, src: &ObjectKey, copy: CopyInput) -> StoreResult<CopyOutput> {
@@ -450,11 +461,15 @@ impl Store {
         };
         let headers = ContentHeaders {
             storage_class: copy.storage_class,
+            // The tags given (REPLACE), else the source's, whatever the metadata directive.
+            tags: copy.tags.unwrap_or_else(|| src_meta.headers.tags.clone()),
             ..match copy.directive {
                 MetadataDirective::Copy | MetadataDirective::Again => src_meta.headers,
                 MetadataDirective::Replace(h) => h,
             }
         };
+        // The source's tags, taken by the origin in its bucket, perhaps not in this one.
+        self.check_carried(bucket, None, !headers.tags.is_empty()).await?;
         // A composite (multipart) checksum describes the source's parts, not this single copy.
         let checksums = if src_meta.checksums.checksum_type() == Some(ChecksumType::Composite) {
             Checksums::default()

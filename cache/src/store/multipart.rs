@@ -24,7 +24,7 @@ impl Store {
         if let Some(r) = &self.replica {
             return Ok(r.create_multipart_upload(bucket, key, headers, checksum).await?);
         }
-        self.check_storage_class(bucket, headers.storage_class.as_deref())
+        self.check_carried(bucket, headers.storage_class.as_deref(), !headers.tags.is_empty())
             .await?;
         self.multipart.create(bucket, key, headers, checksum).await
     }

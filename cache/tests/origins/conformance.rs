@@ -308,6 +308,7 @@ fn full_headers() -> ContentHeaders {
         expires: Some("Wed, 21 Oct 2037 07:28:00 GMT".into()),
         metadata: BTreeMap::from([("color".into(), "blue".into()), ("two-words".into(), "a b".into())]),
         storage_class: None,
+        tags: Vec::new(),
     }
 }
 
@@ -1094,6 +1095,7 @@ fn copy_input(src_bucket: &str, src_key: &str, directive: MetadataDirective) -> 
         conditions: Conditions::default(),
         directive,
         storage_class: None,
+        tags: None,
     }
 }
 

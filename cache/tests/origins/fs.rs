@@ -153,6 +153,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
             conditions: Default::default(),
             directive: MetadataDirective::Copy,
             storage_class: None,
+            tags: None,
         };
         o.copy_object("alpha", "copied", &copy).await.expect("copy");
         expected.insert(("alpha", "copied".into()), b"with headers".to_vec());
@@ -365,6 +366,7 @@ async fn keys_never_become_paths() {
         conditions: Default::default(),
         directive: MetadataDirective::Copy,
         storage_class: None,
+        tags: None,
     };
     o.copy_object("b", "../../copied", &copy).await.expect("copy");
     let id = o

@@ -78,6 +78,7 @@ async fn objects_round_trip_with_headers_and_checksums() {
             ("x-y".to_owned(), "1 2".to_owned()),
         ]),
         storage_class: None,
+        tags: Vec::new(),
     };
     // The crc32 of "hello world", base64 (S3 takes one checksum per object).
     let checksums = Checksums {
@@ -220,6 +221,7 @@ async fn objects_round_trip_with_headers_and_checksums() {
         conditions: Conditions::default(),
         directive: MetadataDirective::Copy,
         storage_class: None,
+        tags: None,
     };
     let copied = o
         .copy_object("round-trip", "copy of hello+.txt", &copy)

@@ -331,17 +331,16 @@ def test_an_expires_that_is_no_date_is_answered_as_stored(perch_factory, moto):
 
 
 def test_object_writes_asking_for_what_perch_does_not_keep_are_refused(perch, bucket):
-    """Tags, KMS or customer-key encryption, website redirects and object lock would be dropped
-    on the way to the origin: S3's 501 NotImplemented at the door, nothing stored, rather than a
-    200 for an object that silently lacks them. What every object gets anyway, SSE-S3, is taken
-    (storage classes are carried: `test_a_write_in_another_storage_class_is_uploaded_in_it`; but
-    not the archive classes, whose objects S3 refuses to read until restored, where Perch would
-    serve its copy)."""
+    """KMS or customer-key encryption, website redirects and object lock would be dropped on the
+    way to the origin: S3's 501 NotImplemented at the door, nothing stored, rather than a 200 for
+    an object that silently lacks them. What every object gets anyway, SSE-S3, is taken (storage
+    classes and tags are carried: `test_a_write_in_another_storage_class_is_uploaded_in_it`,
+    `tags_given_with_a_write_are_carried_to_the_origin`; but not the archive classes, whose
+    objects S3 refuses to read until restored, where Perch would serve its copy)."""
     s3 = make_client(perch, "path")
     s3.put_object(Bucket=bucket, Key="kept/src", Body=b"source")
     key = b"k" * 32
     asks = {
-        "tags": {"Tagging": "team=db"},
         "archive class": {"StorageClass": "GLACIER"},
         "deep archive class": {"StorageClass": "DEEP_ARCHIVE"},
         "KMS": {"ServerSideEncryption": "aws:kms"},

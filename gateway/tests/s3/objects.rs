@@ -1062,6 +1062,254 @@ fn object_tags_are_the_origins_and_none_while_a_write_is_pending() {
     });
 }
 
+/// PutObjectTagging and DeleteObjectTagging change the origin's tags, once the origin holds the
+/// object's writes (a tag set given to a version still waiting would be lost, or refused, at its
+/// upload): in an outage they wait for it. They were 501. The directory origin keeps no tags:
+/// setting some is 501 there, removing them succeeds.
+#[test]
+fn object_tags_are_changed_at_the_origin_once_it_holds_the_object() {
+    use crate::support::stack::Stack;
+    use aws_sdk_s3::types::{Tag, Tagging};
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let (c, m) = (s.sdk(), s.moto_sdk());
+    let tagging = || {
+        Tagging::builder()
+            .tag_set(Tag::builder().key("team").value("db").build().expect("tag"))
+            .build()
+            .expect("tagging")
+    };
+    let want = vec![("team".to_owned(), "db".to_owned())];
+
+    s.faults(r#"{"outage": true}"#);
+    s.put("tag-me", b"v");
+    let set = {
+        let c = c.clone();
+        let tagging = tagging();
+        s.rt.spawn(async move {
+            c.put_object_tagging()
+                .bucket(BUCKET)
+                .key("tag-me")
+                .tagging(tagging)
+                .send()
+                .await
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !set.is_finished(),
+        "PutObjectTagging answered before the origin held the object"
+    );
+    s.no_faults();
+    s.rt.block_on(set).expect("task").expect("PutObjectTagging");
+    let at_origin =
+        s.rt.block_on(m.get_object_tagging().bucket(BUCKET).key("tag-me").send());
+    assert_eq!(tag_pairs(&at_origin.expect("the origin's tags")), want);
+    let through =
+        s.rt.block_on(c.get_object_tagging().bucket(BUCKET).key("tag-me").send());
+    assert_eq!(tag_pairs(&through.expect("tags through Perch")), want);
+
+    s.rt.block_on(c.delete_object_tagging().bucket(BUCKET).key("tag-me").send())
+        .expect("DeleteObjectTagging");
+    let at_origin =
+        s.rt.block_on(m.get_object_tagging().bucket(BUCKET).key("tag-me").send());
+    assert_eq!(tag_pairs(&at_origin.expect("the origin's tags")), Vec::new());
+    let missing = s.rt.block_on(
+        c.put_object_tagging()
+            .bucket(BUCKET)
+            .key("nope")
+            .tagging(tagging())
+            .send(),
+    );
+    expect_err(missing, 404, Some("NoSuchKey"));
+
+    let gw = crate::support::sdk::Gateway::dir();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        create_bucket(&gw.client, "tags").await;
+        put(&gw.client, "tags", "k", b"z").await;
+        let set = gw
+            .client
+            .put_object_tagging()
+            .bucket("tags")
+            .key("k")
+            .tagging(tagging())
+            .send()
+            .await;
+        expect_err(set, 501, Some("NotImplemented"));
+        gw.client
+            .delete_object_tagging()
+            .bucket("tags")
+            .key("k")
+            .send()
+            .await
+            .expect("no tags to remove");
+    });
+}
+
+/// Tags given with a write (`x-amz-tagging` on PutObject and CreateMultipartUpload, a copy's
+/// `x-amz-tagging-directive`) are kept with it, answered by GetObjectTagging while it waits for
+/// its upload, and carried to the origin by the upload. They were 501. Tags S3 would refuse are
+/// its 400 InvalidTag at the door, with nothing stored. The directory origin keeps them too.
+#[test]
+#[allow(clippy::result_large_err)]
+fn tags_given_with_a_write_are_carried_to_the_origin() {
+    use crate::support::stack::Stack;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, TaggingDirective};
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let (c, m) = (s.sdk(), s.moto_sdk());
+    let pairs = |v: &[(&str, &str)]| {
+        let mut v: Vec<(String, String)> = v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        v.sort();
+        v
+    };
+    let through = |key: &str| {
+        tag_pairs(
+            &s.rt
+                .block_on(c.get_object_tagging().bucket(BUCKET).key(key).send())
+                .expect("tags through Perch"),
+        )
+    };
+    let at_origin = |key: &str| {
+        tag_pairs(
+            &s.rt
+                .block_on(m.get_object_tagging().bucket(BUCKET).key(key).send())
+                .expect("the origin's tags"),
+        )
+    };
+    let put_tagged = |key: &str, tagging: &str| {
+        s.rt.block_on(
+            c.put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(ByteStream::from_static(b"tagged"))
+                .tagging(tagging)
+                .send(),
+        )
+    };
+
+    put_tagged("tags/first", "team=db").expect("a tagged PUT");
+    s.flush(Duration::from_secs(20));
+    assert_eq!(at_origin("tags/first"), pairs(&[("team", "db")]));
+
+    // While the origin is away: kept, answered at once, uploaded with the write.
+    s.faults(r#"{"outage": true}"#);
+    let given = pairs(&[("a", "1"), ("note", "x y=z/@+")]);
+    put_tagged("tags/pending", "a=1&note=x%20y%3Dz%2F%40%2B").expect("a tagged PUT in an outage");
+    assert_eq!(through("tags/pending"), given);
+    // A copy of it, made here: the source's tags by default, the given ones with REPLACE.
+    s.rt.block_on(
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("tags/copied")
+            .copy_source(format!("{BUCKET}/tags/pending"))
+            .send(),
+    )
+    .expect("a copy of a pending source");
+    assert_eq!(through("tags/copied"), given);
+    s.rt.block_on(
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("tags/replaced")
+            .copy_source(format!("{BUCKET}/tags/pending"))
+            .tagging_directive(TaggingDirective::Replace)
+            .tagging("c=d")
+            .send(),
+    )
+    .expect("a copy with its own tags");
+    assert_eq!(through("tags/replaced"), pairs(&[("c", "d")]));
+    s.no_faults();
+
+    // A multipart upload's tags.
+    let up = s.rt.block_on(
+        c.create_multipart_upload()
+            .bucket(BUCKET)
+            .key("tags/multi")
+            .tagging("mp=yes")
+            .send(),
+    );
+    let id = up
+        .expect("CreateMultipartUpload")
+        .upload_id()
+        .expect("upload id")
+        .to_owned();
+    let part = s.rt.block_on(
+        c.upload_part()
+            .bucket(BUCKET)
+            .key("tags/multi")
+            .upload_id(&id)
+            .part_number(1)
+            .body(ByteStream::from_static(b"one part"))
+            .send(),
+    );
+    let etag = part.expect("UploadPart").e_tag().expect("etag").to_owned();
+    s.rt.block_on(
+        c.complete_multipart_upload()
+            .bucket(BUCKET)
+            .key("tags/multi")
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(CompletedPart::builder().part_number(1).e_tag(etag).build())
+                    .build(),
+            )
+            .send(),
+    )
+    .expect("CompleteMultipartUpload");
+
+    s.flush(Duration::from_secs(20));
+    assert_eq!(at_origin("tags/pending"), given);
+    assert_eq!(at_origin("tags/copied"), given);
+    assert_eq!(at_origin("tags/replaced"), pairs(&[("c", "d")]));
+    assert_eq!(at_origin("tags/multi"), pairs(&[("mp", "yes")]));
+    // A copy the origin makes: its REPLACE reaches it.
+    s.rt.block_on(
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("tags/origin-copy")
+            .copy_source(format!("{BUCKET}/tags/first"))
+            .tagging_directive(TaggingDirective::Replace)
+            .tagging("e=f")
+            .send(),
+    )
+    .expect("a copy at the origin with its own tags");
+    assert_eq!(at_origin("tags/origin-copy"), pairs(&[("e", "f")]));
+
+    // Tags S3 refuses: at the door, nothing stored.
+    let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
+    for bad in [
+        "aws:x=1",
+        "a=1&a=2",
+        &eleven.join("&"),
+        &format!("{}=v", "k".repeat(129)),
+        "a=%3C",
+    ] {
+        expect_err(put_tagged("tags/bad", bad), 400, Some("InvalidTag"));
+    }
+    let head = s.rt.block_on(c.head_object().bucket(BUCKET).key("tags/bad").send());
+    assert!(head.is_err(), "a refused write was stored");
+
+    let gw = crate::support::sdk::Gateway::dir();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        create_bucket(&gw.client, "tags").await;
+        gw.client
+            .put_object()
+            .bucket("tags")
+            .key("k")
+            .body(ByteStream::from_static(b"z"))
+            .tagging("team=db")
+            .send()
+            .await
+            .expect("a tagged PUT to the directory origin");
+        let got = gw.client.get_object_tagging().bucket("tags").key("k").send().await;
+        assert_eq!(tag_pairs(&got.expect("tags")), pairs(&[("team", "db")]));
+    });
+}
+
 /// A header the origin keeps in UTF-8 (boto3 and s3cmd send a `Content-Disposition` with a
 /// non-ASCII file name so, and S3 keeps its bytes) is answered as kept: on the miss that fills
 /// the cache, on the hit after it, and on a HEAD. It was dropped.

@@ -637,7 +637,10 @@ fn a_request_the_origin_decides_goes_on_after_its_client_hangs_up() {
         let decided = if method == "PUT" { Some(new.to_vec()) } else { None };
         let deadline = Instant::now() + Duration::from_secs(20);
         while at_origin() != decided {
-            assert!(Instant::now() < deadline, "{method}: the origin never applied the request");
+            assert!(
+                Instant::now() < deadline,
+                "{method}: the origin never applied the request"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         stack.no_faults();
@@ -649,7 +652,12 @@ fn a_request_the_origin_decides_goes_on_after_its_client_hangs_up() {
                     assert_eq!(r.status, 200, "{method}: {}", r.summary());
                     assert!(r.body == *body, "{method}: Perch serves the old body: {}", r.summary());
                 }
-                None => assert_eq!(r.status, 404, "{method}: Perch serves the deleted object: {}", r.summary()),
+                None => assert_eq!(
+                    r.status,
+                    404,
+                    "{method}: Perch serves the deleted object: {}",
+                    r.summary()
+                ),
             }
         }
     }

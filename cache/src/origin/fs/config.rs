@@ -5,8 +5,8 @@
 //! no default encryption.
 
 use super::*;
-use crate::origin::NO_TAGS;
 use crate::origin::config::{no_object_lock, not_deletable};
+use crate::origin::tags_document;
 
 /// The canonical user id and display name of whoever owns the directory origin's buckets.
 pub const OWNER_ID: &str = "87699f70fb259a12e8637d72a5fce1673c12aecb695abc454690ea559a7d76b7";
@@ -29,6 +29,16 @@ fn absent(code: &str, message: &str) -> OriginError {
     OriginError::rejected(404, code, message)
 }
 
+/// A change of an object's tags: this origin keeps those of its write and never changes them.
+fn fixed_tags() -> OriginError {
+    OriginError::rejected(
+        501,
+        "NotImplemented",
+        "The directory origin keeps the tags an object was written with and cannot change them; use an S3 origin \
+         for it.",
+    )
+}
+
 fn not_kept(sub: Subresource) -> OriginError {
     OriginError::rejected(
         501,
@@ -49,20 +59,19 @@ impl FsOrigin {
     ) -> OriginResult<Document> {
         self.bucket(bucket)?.check_alive()?;
         if let Some(key) = key {
-            let answer = match sub {
-                Subresource::Acl => owner_acl(),
-                // This origin keeps no tags (nor does Perch take them with a write).
-                Subresource::Tagging => NO_TAGS.to_owned(),
-                _ => {
-                    return Err(OriginError::rejected(
-                        400,
-                        "InvalidArgument",
-                        format!("Objects have no {} configuration.", sub.query()),
-                    ));
-                }
-            };
-            self.open_object(bucket, key).await?;
-            return Ok(Document::new(answer));
+            if !matches!(sub, Subresource::Acl | Subresource::Tagging) {
+                return Err(OriginError::rejected(
+                    400,
+                    "InvalidArgument",
+                    format!("Objects have no {} configuration.", sub.query()),
+                ));
+            }
+            let (_, meta, _) = self.open_object(bucket, key).await?;
+            return Ok(match sub {
+                Subresource::Acl => Document::new(owner_acl()),
+                // The tags its write gave it: this origin keeps them, and never changes them.
+                _ => tags_document(&meta.headers.tags),
+            });
         }
         let xml = |body: &str| Document::new(format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}"));
         match sub {
@@ -117,6 +126,9 @@ impl FsOrigin {
         self.bucket(bucket)?.check_alive()?;
         if let Some(key) = key {
             self.open_object(bucket, key).await?;
+            if sub == Subresource::Tagging {
+                return Err(fixed_tags());
+            }
         }
         if sub == Subresource::ObjectLock {
             return Err(no_object_lock());
@@ -126,8 +138,21 @@ impl FsOrigin {
 
     /// Removing what is not there succeeds, as on S3; the ownership controls it enforces and the
     /// public access it blocks cannot go.
-    pub(super) async fn unconfigure(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+    pub(super) async fn unconfigure(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<()> {
         self.bucket(bucket)?.check_alive()?;
+        if let Some(key) = key {
+            // An object's tags: those of its write, which this origin never changes.
+            let (_, meta, _) = self.open_object(bucket, key).await?;
+            return match sub {
+                Subresource::Tagging if meta.headers.tags.is_empty() => Ok(()),
+                Subresource::Tagging => Err(fixed_tags()),
+                _ => Err(OriginError::rejected(
+                    400,
+                    "InvalidArgument",
+                    format!("Objects have no {} configuration.", sub.query()),
+                )),
+            };
+        }
         match sub {
             Subresource::Policy
             | Subresource::Lifecycle

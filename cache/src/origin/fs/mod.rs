@@ -479,6 +479,8 @@ impl Origin for FsOrigin {
         })?;
         let headers = ContentHeaders {
             storage_class: input.storage_class.clone(),
+            // The tags given (REPLACE), else the source's, whatever the metadata directive.
+            tags: input.tags.clone().unwrap_or_else(|| src.headers.tags.clone()),
             ..match &input.directive {
                 MetadataDirective::Copy | MetadataDirective::Again => src.headers.clone(),
                 MetadataDirective::Replace(h) => h.clone(),
@@ -580,7 +582,7 @@ impl Origin for FsOrigin {
         self.configure(bucket, key, sub).await
     }
 
-    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
-        self.unconfigure(bucket, sub).await
+    async fn delete_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<()> {
+        self.unconfigure(bucket, key, sub).await
     }
 }

@@ -249,6 +249,13 @@ impl S3Origin {
         }
         match (sub, key) {
             (Subresource::Acl, Some(k)) => put!(c.put_object_acl().bucket(bucket).key(k)),
+            (Subresource::Tagging, Some(k)) => {
+                let tagging = Tagging::builder()
+                    .set_tag_set(Some(Vec::new()))
+                    .build()
+                    .map_err(placeholder_error)?;
+                put!(c.put_object_tagging().bucket(bucket).key(k).tagging(tagging))
+            }
             (_, Some(_)) => Err(object_subresource(sub)),
             (Subresource::Acl, None) => put!(c.put_bucket_acl().bucket(bucket)),
             (Subresource::Policy, None) => put!(c.put_bucket_policy().bucket(bucket).policy("")),
@@ -350,8 +357,21 @@ impl S3Origin {
         }
     }
 
-    pub(super) async fn delete_configuration(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
+    pub(super) async fn delete_configuration(
+        &self,
+        bucket: &str,
+        key: Option<&str>,
+        sub: Subresource,
+    ) -> OriginResult<()> {
         let c = &self.client;
+        if let Some(key) = key {
+            if sub != Subresource::Tagging {
+                return Err(object_subresource(sub));
+            }
+            let send = c.delete_object_tagging().bucket(bucket).key(key).send();
+            self.call(Subject::Object, Duration::ZERO, send).await?;
+            return Ok(());
+        }
         macro_rules! delete {
             ($op:ident) => {{
                 self.call(Subject::Bucket, Duration::ZERO, c.$op().bucket(bucket).send())

@@ -66,6 +66,8 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
             expires: owned("expires"),
             metadata,
             storage_class: owned("x-amz-storage-class").filter(|c| c != "STANDARD"),
+            // Not in the answer (its `x-amz-tagging-count` only): GetObjectTagging asks.
+            tags: Vec::new(),
         },
         checksums: {
             let mut c = Checksums::default();

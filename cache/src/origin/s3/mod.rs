@@ -22,7 +22,7 @@ use aws_sdk_s3::primitives::{ByteStream as SdkByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     BucketCannedAcl, BucketLocationConstraint, ChecksumAlgorithm, ChecksumType as SdkChecksumType,
     CompletedMultipartUpload, CompletedPart as SdkCompletedPart, CreateBucketConfiguration, EncodingType,
-    MetadataDirective as SdkMetadataDirective, ObjectOwnership, StorageClass,
+    MetadataDirective as SdkMetadataDirective, ObjectOwnership, StorageClass, TaggingDirective,
 };
 use aws_smithy_http_client::{Builder as HttpClientBuilder, Connector, tls};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -122,7 +122,8 @@ macro_rules! with_headers {
             .set_content_encoding(h.content_encoding.clone())
             .set_content_disposition(h.content_disposition.clone())
             .set_content_language(h.content_language.clone())
-            .set_storage_class(h.storage_class.as_deref().map(StorageClass::from));
+            .set_storage_class(h.storage_class.as_deref().map(StorageClass::from))
+            .set_tagging(h.tagging());
         for (k, v) in &h.metadata {
             req = req.metadata(k.clone(), v.clone());
         }
@@ -484,6 +485,13 @@ impl Origin for S3Origin {
             .set_copy_source_if_none_match(c.if_none_match.clone())
             .set_copy_source_if_modified_since(c.if_modified_since.map(DateTime::from))
             .set_copy_source_if_unmodified_since(c.if_unmodified_since.map(DateTime::from));
+        // The copy's tags: given (REPLACE), or the source's (S3's default).
+        let req = match &input.tags {
+            Some(tags) => req
+                .tagging_directive(TaggingDirective::Replace)
+                .set_tagging(crate::origin::tagging(tags)),
+            None => req,
+        };
         // (`Again` became a `Replace` above.)
         let send = match directive {
             MetadataDirective::Copy | MetadataDirective::Again => req
@@ -612,7 +620,7 @@ impl Origin for S3Origin {
         self.put_configuration(bucket, key, sub, doc).await
     }
 
-    async fn delete_config(&self, bucket: &str, sub: Subresource) -> OriginResult<()> {
-        self.delete_configuration(bucket, sub).await
+    async fn delete_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> OriginResult<()> {
+        self.delete_configuration(bucket, key, sub).await
     }
 }
