@@ -83,7 +83,8 @@ pub fn store_error(e: StoreError) -> S3Error {
         StoreError::Timeout(_) => {
             let mut err = S3Error::with_message(
                 S3ErrorCode::SlowDown,
-                "The origin has not confirmed the write yet; it stays queued. Please retry.",
+                "The origin has not confirmed in time the writes this request waits for (they stay queued). Please \
+                 retry.",
             );
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
             err
@@ -101,8 +102,8 @@ pub fn store_error(e: StoreError) -> S3Error {
         StoreError::Refused { seq, error, .. } => S3Error::with_message(
             S3ErrorCode::ServiceUnavailable,
             format!(
-                "A write of this key could not be uploaded ({error}); Perch keeps it as version {seq} until \
-                 an operator retries or drops it (perch journal). Please retry later."
+                "A write this request must follow could not be uploaded ({error}); Perch keeps it as version \
+                 {seq} until an operator retries or drops it (perch journal). Please retry later."
             ),
         ),
         StoreError::Local(e) => {

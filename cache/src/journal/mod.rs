@@ -342,16 +342,43 @@ impl Journal {
 
     /// Waits until the origin holds every version committed so far, as a barrier's upload would
     /// (a request the origin decides for a barrier key: the lock's release with `If-Match`), up
-    /// to `limit`. A version the origin refused holds it back, as it holds a barrier back.
+    /// to `limit`. A version the origin refused holds it back, as it holds a barrier back: past
+    /// `limit` with a refusal still there, the error names it, as `wait_clean`'s does.
     pub(crate) async fn wait_all_in_origin(&self, limit: Duration) -> StoreResult<()> {
         let cut = lock(&self.state).last_seq;
-        self.wait_until(limit, |st| {
+        let left = |st: &State| -> Vec<u64> {
             st.versions
                 .range(..=cut)
-                .all(|(seq, _)| st.in_origin.contains(seq))
-                .then_some(Ok(()))
-        })
-        .await
+                .map(|(seq, _)| *seq)
+                .filter(|seq| !st.in_origin.contains(seq))
+                .collect()
+        };
+        let waited = self
+            .wait_until(limit, |st| {
+                st.versions
+                    .range(..=cut)
+                    .all(|(seq, _)| st.in_origin.contains(seq))
+                    .then_some(Ok(()))
+            })
+            .await;
+        match waited {
+            Err(StoreError::Timeout(_)) => {
+                let st = lock(&self.state);
+                let refused = left(&st).into_iter().find_map(|seq| {
+                    st.failed.get(&seq).map(|error| StoreError::Refused {
+                        seq,
+                        error: error.clone(),
+                        answer: st.answers.get(&seq).cloned(),
+                    })
+                });
+                match refused {
+                    Some(refused) => Err(refused),
+                    None if left(&st).is_empty() => Ok(()),
+                    None => Err(StoreError::Timeout(limit)),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Waits until no key of `bucket` has an unconfirmed version that may still go up (before

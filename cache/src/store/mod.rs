@@ -338,8 +338,16 @@ impl Store {
         let digest = digest.wait().await?;
         let _held = self.journal.hold_commits(&[&okey]).await;
         // A version of the key acknowledged here and not yet uploaded goes up before this one:
-        // a condition it already fails fails at once (If-None-Match: * on a key written here),
-        // without waiting on the origin for the upload.
+        // a condition it already fails fails at once (If-None-Match: * on a key written here;
+        // If-Match on a key deleted here, which the origin will answer 404), without waiting on
+        // the origin for the upload.
+        if let Ok(Some(pending)) = self.local.index.get(&okey)
+            && pending.pending
+            && pending.deleted
+            && input.if_match.is_some()
+        {
+            return Err(OriginError::NoSuchKey.into());
+        }
         if let Ok(Some(pending)) = self.local.index.get(&okey)
             && pending.pending
             && !pending.deleted
@@ -394,6 +402,14 @@ impl Store {
             return self.acknowledge(seq, mode, true).await;
         };
         let _held = self.journal.hold_commits(&[&okey]).await;
+        // As for a conditional PUT: a pending version fails the condition at once, and so does a
+        // pending delete (the origin will answer 404).
+        if let Ok(Some(pending)) = self.local.index.get(&okey)
+            && pending.pending
+            && pending.deleted
+        {
+            return Err(OriginError::NoSuchKey.into());
+        }
         if let Ok(Some(pending)) = self.local.index.get(&okey)
             && pending.pending
             && !pending.deleted

@@ -289,6 +289,70 @@ fn a_conditional_release_of_the_lock_goes_after_every_write_before_it() {
     );
 }
 
+/// A request for a barrier key (the lock's release) that waits behind a write the origin refused
+/// for good gets the answer a key's own refused write gives: 503 ServiceUnavailable naming the
+/// version and what an operator does about it. It was 503 SlowDown saying the write stays queued.
+#[test]
+fn a_conditional_release_of_the_lock_names_a_refused_write_it_waits_for() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--origin-retry-deadline", "3s"]);
+    let _log = s.log_on_panic();
+    let lock = "data/orioledb_data/s3_lock";
+    let r = s
+        .req("PUT", lock)
+        .header("If-None-Match", "*")
+        .body(b"owner".to_vec())
+        .go(s.addr());
+    assert_eq!(r.status, 200, "lock taken: {}", r.summary());
+    // The checkpoint's data is refused for good (a revoked key, say).
+    s.faults(
+        r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "orioledb_data/", "error_kinds": ["403"]}"#,
+    );
+    s.put("orioledb_data/1/16384/0.0", b"checkpoint data");
+    let r = s
+        .req("DELETE", lock)
+        .header("If-Match", &md5_etag(b"owner"))
+        .go(s.addr());
+    assert_eq!(r.status, 503, "{}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("ServiceUnavailable"), "{}", r.summary());
+    assert!(r.text().contains("perch journal"), "{}", r.summary());
+}
+
+/// An `If-Match` on a key whose pending version deletes it is 404 NoSuchKey at once, as the
+/// origin answers once the delete is up: it waited for that upload, in an outage up to the retry
+/// deadline, then answered 503.
+#[test]
+fn an_if_match_on_a_key_deleted_here_is_404_at_once() {
+    let _turn = machine::share();
+    let s = Stack::start(&["--origin-retry-deadline", "5s"]);
+    let _log = s.log_on_panic();
+    s.put("gone/k", b"old");
+    s.flush(Duration::from_secs(20));
+    s.faults(r#"{"error_rate": 1.0, "match_method": "DELETE", "match_key_prefix": "gone/", "error_kinds": ["503"]}"#);
+    delete(&s, "gone/k");
+    let etag = md5_etag(b"old");
+    for method in ["PUT", "DELETE"] {
+        let started = Instant::now();
+        let req = s.req(method, "gone/k").header("If-Match", &etag);
+        let req = if method == "PUT" {
+            req.body(b"new".to_vec())
+        } else {
+            req
+        };
+        let r = req.go(s.addr());
+        assert_eq!(r.status, 404, "{method}: {}", r.summary());
+        assert_eq!(r.code().as_deref(), Some("NoSuchKey"), "{method}: {}", r.summary());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{method}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("gone/k"), None);
+}
+
 #[test]
 fn listings_merge_pending_writes_and_deletes_with_delimiters_and_pagination() {
     let _turn = machine::share();
