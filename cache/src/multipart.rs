@@ -58,8 +58,18 @@ pub(crate) struct Completed {
 
 impl Multipart {
     pub(crate) fn open(dir: &Path) -> std::io::Result<Multipart> {
+        let staging = FsOrigin::open(dir)?;
+        // A completion folds its upload into an object here and reads it out at once
+        // (`complete`): one found at open is what a kill in between left, as large as the upload.
+        let left = staging.remove_every_object()?;
+        if left > 0 {
+            tracing::info!(
+                objects = left,
+                "removed the folded objects of completions a stop cut short"
+            );
+        }
         Ok(Multipart {
-            staging: Arc::new(FsOrigin::open(dir)?),
+            staging: Arc::new(staging),
             folding: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
             completed: Default::default(),
             completing: Default::default(),
@@ -128,6 +138,7 @@ impl Multipart {
         let listed = self.staging.list_parts(bucket, key, upload_id).await?;
         // The upload stays until its version is committed (`finish`).
         let output = self.staging.fold_upload(bucket, key, upload_id, parts).await?;
+        crate::journal::fail_point("upload_folded");
         let layout = parts
             .iter()
             .map(|p| {
@@ -152,7 +163,10 @@ impl Multipart {
                 .map_err(OriginError::Io),
             Err(e) => Err(e),
         };
-        let _ = self.staging.delete_object(bucket, key, None).await;
+        if let Err(error) = self.staging.delete_object(bucket, key, None).await {
+            // Only space, and taken back at the next start (`open`).
+            tracing::warn!(bucket, key, %error, "cannot remove a folded upload from the staging area");
+        }
         let (meta, body) = read?;
         Ok(Completed {
             output,

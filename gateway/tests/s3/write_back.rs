@@ -851,14 +851,37 @@ fn a_crash_between_any_two_steps_of_a_commit_loses_nothing_acknowledged() {
 /// restart the upload is still there with the parts it acknowledged, so the completion can be sent
 /// again, as S3 keeps an upload whose completion failed. (The parts were folded away before the
 /// version was committed: a crash between lost the upload, and the object too before the batch.)
+/// Nor is the object the parts were folded into left in the staging area: a crash before it was
+/// read out left it there for good, as large as the upload.
 #[test]
 fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
     let _turn = machine::share();
     let mut s = Stack::start(&[]);
     let _log = s.log_on_panic();
-    for (i, (point, committed)) in [("blob_written", false), ("batch_committed", true)]
-        .into_iter()
-        .enumerate()
+    // The files of the staging area's objects (`<bucket>/xx/<sha256 of the key>`).
+    let staged = |s: &Stack| -> Vec<std::path::PathBuf> {
+        let bucket = s.data_dir.join("multipart").join(BUCKET);
+        let Ok(dirs) = std::fs::read_dir(&bucket) else {
+            return Vec::new();
+        };
+        dirs.flatten()
+            .filter(|d| d.file_name().len() == 2 && d.path().is_dir())
+            .flat_map(|d| {
+                std::fs::read_dir(d.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|f| f.path())
+            })
+            .collect()
+    };
+    for (i, (point, committed)) in [
+        ("upload_folded", false),
+        ("blob_written", false),
+        ("batch_committed", true),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let key = format!("dumps/crash-{point}");
         let old = pattern(1000, 400 + i as u64);
@@ -876,6 +899,11 @@ fn a_crash_during_a_multipart_completion_leaves_it_to_be_sent_again() {
         s.reap();
         s.env.clear();
         s.start_again();
+        assert_eq!(
+            staged(&s),
+            Vec::<std::path::PathBuf>::new(),
+            "{point}: folded objects left"
+        );
         let want = if committed { whole.clone() } else { old.clone() };
         assert_eq!(perch_get(&s, &key), Some(want), "{point}: read back after the crash");
         let c = s.sdk();

@@ -156,6 +156,33 @@ impl FsOrigin {
         })
     }
 
+    /// Removes every object of every bucket (not uploads): for a directory whose objects live
+    /// only within one call (Perch's multipart staging area), what a kill left. Returns how many.
+    pub(crate) fn remove_every_object(&self) -> io::Result<usize> {
+        let buckets: Vec<Arc<Bucket>> = self
+            .buckets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for b in buckets {
+            let keys: Vec<String> = b.index().keys().cloned().collect();
+            for key in keys {
+                let (dir, path) = object_location(&b.dir, &key);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => sync_dir(&dir)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                b.index_mut().remove(&key);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The directory this origin keeps its data in.
     pub fn root(&self) -> &Path {
         &self.root
