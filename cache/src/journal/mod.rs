@@ -16,7 +16,7 @@ mod release;
 pub(crate) mod state;
 
 use commit::{Gates, Room};
-pub(crate) use commit::{NewBody, NewVersion};
+pub(crate) use commit::{Held, NewBody, NewVersion};
 pub use ops::{JournalEntry, JournalOpError};
 pub(crate) use release::OriginCopy;
 

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use crate::body::{PromisedDigest, spool, spool_into, spools_to_file};
 use crate::error::{CacheError, StoreError, StoreResult};
 use crate::journal::record::PartLayout;
-use crate::journal::{Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
+use crate::journal::{Held, Journal, JournalEntry, JournalOpError, NewBody, NewVersion, WriteConfig, WriteStatus};
 use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::{Deciding, Local, LocalConfig, TempGuard, lock};
@@ -336,7 +336,7 @@ impl Store {
             });
         }
         let digest = digest.wait().await?;
-        let _held = self.journal.hold_commits(&[&okey]).await;
+        let held = self.journal.hold_commits(&[&okey]).await;
         // A version of the key acknowledged here and not yet uploaded goes up before this one:
         // a condition it already fails fails at once (If-None-Match: * on a key written here;
         // If-Match on a key deleted here, which the origin will answer 404), without waiting on
@@ -369,7 +369,7 @@ impl Store {
         // The origin may hold a new body from here on, even if Perch dies before its answer:
         // the cached one goes first, durably, and no read keeps one until the answer.
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.decide(okey, move |origin| async move {
+        self.decide(okey, held, move |origin| async move {
             origin.put_object(&bucket, &key, &input).await
         })
         .await
@@ -401,7 +401,7 @@ impl Store {
             let seq = self.journal.commit_delete(&okey, mode).await?;
             return self.acknowledge(seq, mode, true).await;
         };
-        let _held = self.journal.hold_commits(&[&okey]).await;
+        let held = self.journal.hold_commits(&[&okey]).await;
         // As for a conditional PUT: a pending version fails the condition at once, and so does a
         // pending delete (the origin will answer 404).
         if let Ok(Some(pending)) = self.local.index.get(&okey)
@@ -421,7 +421,7 @@ impl Store {
         self.fence().await;
         let if_match = self.condition_at_origin(&okey, if_match);
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.decide(okey, move |origin| async move {
+        self.decide(okey, held, move |origin| async move {
             origin.delete_object(&bucket, &key, Some(&if_match)).await
         })
         .await
@@ -440,13 +440,13 @@ impl Store {
             return self.copy_locally(bucket, key, &src, copy).await;
         }
         let dst = ObjectKey::new(bucket, key);
-        let _held = self.journal.hold_commits(&[&src, &dst]).await;
+        let held = self.journal.hold_commits(&[&src, &dst]).await;
         self.settle(&src, self.journal.cfg.wait_limit).await?;
         self.settle_decided(&dst, Method::Put).await?;
         self.fence().await;
         // As for a conditional PUT: the cached destination goes before the origin may change it.
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.decide(dst, move |origin| async move {
+        self.decide(dst, held, move |origin| async move {
             origin.copy_object(&bucket, &key, &copy).await
         })
         .await
@@ -696,10 +696,11 @@ impl Store {
     /// Sends a request the origin decides for `okey` (a conditional PUT or DELETE, a copy the
     /// origin makes) and answers what the origin answers. Every copy of `okey` here goes first,
     /// durably (`Local::invalidate`); if it cannot go, nothing is sent. From then until the
-    /// origin's answer no fill keeps a copy (`Deciding`). The request runs on its own task, to
-    /// its end even if the client goes: the origin may apply it whenever it arrives, and a fill
-    /// kept after a cut-short request's end would keep the old body for good.
-    async fn decide<T, F, Fut>(&self, okey: ObjectKey, request: F) -> StoreResult<T>
+    /// origin's answer no fill keeps a copy (`Deciding`), and no write of the keys `held` holds
+    /// is committed. The request runs on its own task, to its end even if the client goes, and
+    /// both last until then: the origin may apply it whenever it arrives, and a fill kept, or a
+    /// write acknowledged, after a cut-short request's end would be undone by it for good.
+    async fn decide<T, F, Fut>(&self, okey: ObjectKey, held: Held, request: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn Origin>) -> Fut,
@@ -717,6 +718,7 @@ impl Store {
         let decided = tokio::spawn(async move {
             let out = request.await;
             deciding.end().await;
+            drop(held);
             out
         });
         match decided.await {

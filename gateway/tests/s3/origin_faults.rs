@@ -663,6 +663,48 @@ fn a_request_the_origin_decides_goes_on_after_its_client_hangs_up() {
     }
 }
 
+/// A copy the origin makes whose client hangs up still holds its keys until the origin's answer:
+/// a write of the destination acknowledged meanwhile was uploaded first, then overwritten at the
+/// origin by the copy arriving late, while Perch served the write's body as a hit, for good.
+#[test]
+fn a_write_after_a_copy_its_client_hung_up_on_waits_for_the_copy() {
+    let _turn = machine::share();
+    let stack = start("60s", &[]);
+    let _log = stack.log_on_panic();
+    stack.put_behind_perchs_back("gate/src", b"source body");
+    stack.put_behind_perchs_back("gate/dst", b"old body");
+    // The copy reaches the origin 1.5 s after Perch sent it.
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":1500,"match_header":"x-amz-copy-source"}"#);
+    let c = stack.sdk();
+    let copy = stack.rt.spawn(async move {
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("gate/dst")
+            .copy_source(format!("{BUCKET}/gate/src"))
+            .send()
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    // The client hangs up before the answer.
+    copy.abort();
+    let new: &[u8] = b"written after the copy";
+    let r = put(&stack, "gate/dst", new);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    stack.flush(Duration::from_secs(30));
+    // Whatever came last at the origin, Perch serves it.
+    std::thread::sleep(Duration::from_millis(2000));
+    stack.no_faults();
+    let at_origin = stack.in_moto("gate/dst");
+    assert_eq!(
+        at_origin.as_deref(),
+        Some(new),
+        "the origin holds the copy, over the write after it"
+    );
+    get_ok(&stack, "gate/dst", new);
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
