@@ -400,16 +400,17 @@ const TAGS_MAX: usize = 10;
 /// The tags of an object write (`x-amz-tagging`: URL query form), checked as S3 checks them, at
 /// the door: a write must not be acknowledged with tags its upload would be refused for. At most
 /// 10, keys unique, of 1 to 128 characters and not starting with `aws:`, values of at most 256,
-/// both of letters, digits, white space and `+ - = . _ : / @`.
+/// both of Unicode letters, separators and numbers and `_ . : / = + - @`.
 pub fn tags(raw: Option<&str>) -> Result<Vec<(String, String)>, S3Error> {
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(Vec::new());
     };
     let invalid = |why: &str| s3_error!(InvalidTag, "{why}");
-    let allowed = |s: &str| {
-        s.chars()
-            .all(|c| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/@".contains(c))
-    };
+    // S3's own pattern: letters, separators and numbers of any script, and `_ . : / = + - @`
+    // (not every character Rust calls alphanumeric or white space: combining marks, a tab).
+    static TAG_TEXT: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$").ok());
+    let allowed = |s: &str| TAG_TEXT.as_ref().is_some_and(|re| re.is_match(s));
     let mut tags: Vec<(String, String)> = Vec::new();
     for pair in raw.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -527,42 +528,10 @@ pub fn check_metadata(metadata: &Option<HashMap<String, String>>) -> Result<(), 
     Ok(())
 }
 
-/// What of S3's 8 KB for a PUT's header section an object's stored headers may take: the rest is
-/// left to what Perch's upload adds (Host, the signature and its date, the body's length, MD5
-/// and checksum, the SDK's own), about 1.5 KB.
-pub const STORED_HEADER_BYTES_MAX: usize = 6 << 10;
-
-/// Refuses an object write whose stored headers (content headers and `x-amz-meta-*`, as uploaded)
-/// would not fit the upload's header section: S3 refuses a PUT whose headers pass 8 KB (400
-/// RequestHeaderSectionTooLarge), and would refuse its upload for good.
+/// Refuses an object write whose stored headers (content headers, `x-amz-meta-*` and tags, as
+/// uploaded) would not fit the upload's header section (`ContentHeaders::check_room`).
 pub fn check_header_room(h: &ContentHeaders) -> Result<(), S3Error> {
-    let line = |name: &str, value: &Option<String>| value.as_ref().map_or(0, |v| name.len() + v.len() + 4);
-    let size = line("content-type", &h.content_type)
-        + line("cache-control", &h.cache_control)
-        + line("content-encoding", &h.content_encoding)
-        + line("content-disposition", &h.content_disposition)
-        + line("content-language", &h.content_language)
-        + line("expires", &h.expires)
-        + h.metadata
-            .iter()
-            .map(|(name, value)| "x-amz-meta-".len() + name.len() + value.len() + 4)
-            .sum::<usize>()
-        + line("x-amz-tagging", &h.tagging());
-    if size > STORED_HEADER_BYTES_MAX {
-        let code = "RequestHeaderSectionTooLarge"
-            .parse()
-            .unwrap_or(S3ErrorCode::InvalidRequest);
-        let mut e = S3Error::with_message(
-            code,
-            format!(
-                "Your request header section exceeds the maximum allowed size: the object's content headers and \
-                 metadata take {size} bytes, over the {STORED_HEADER_BYTES_MAX} Perch leaves them of S3's 8 KB."
-            ),
-        );
-        e.set_status_code(http::StatusCode::BAD_REQUEST);
-        return Err(e);
-    }
-    Ok(())
+    h.check_room().map_err(origin_error)
 }
 
 /// The metadata of an object as GET and HEAD return it.

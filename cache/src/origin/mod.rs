@@ -55,10 +55,48 @@ pub struct ContentHeaders {
     pub tags: Vec<(String, String)>,
 }
 
+/// What of S3's 8 KB for a PUT's header section an object's stored headers may take: the rest is
+/// left to what Perch's upload adds (Host, the signature and its date, the body's length, MD5
+/// and checksum, the SDK's own), about 1.5 KB.
+pub const STORED_HEADER_BYTES_MAX: usize = 6 << 10;
+
 impl ContentHeaders {
     /// `tags` as `x-amz-tagging` carries them (URL query form); `None` for none.
     pub fn tagging(&self) -> Option<String> {
         tagging(&self.tags)
+    }
+
+    /// Refuses headers (content headers, `x-amz-meta-*`, class and tags, as uploaded) that would
+    /// not fit an upload's header section: S3 refuses a PUT whose headers pass 8 KB (400
+    /// RequestHeaderSectionTooLarge), and would refuse the upload of a write acknowledged with
+    /// them for good.
+    pub fn check_room(&self) -> OriginResult<()> {
+        let line = |name: &str, value: &Option<String>| value.as_ref().map_or(0, |v| name.len() + v.len() + 4);
+        let size = line("content-type", &self.content_type)
+            + line("cache-control", &self.cache_control)
+            + line("content-encoding", &self.content_encoding)
+            + line("content-disposition", &self.content_disposition)
+            + line("content-language", &self.content_language)
+            + line("expires", &self.expires)
+            + self
+                .metadata
+                .iter()
+                .map(|(name, value)| "x-amz-meta-".len() + name.len() + value.len() + 4)
+                .sum::<usize>()
+            + line("x-amz-storage-class", &self.storage_class)
+            + line("x-amz-tagging", &self.tagging());
+        if size > STORED_HEADER_BYTES_MAX {
+            return Err(OriginError::rejected(
+                400,
+                "RequestHeaderSectionTooLarge",
+                format!(
+                    "Your request header section exceeds the maximum allowed size: the object's content headers, \
+                     metadata and tags take {size} bytes, over the {STORED_HEADER_BYTES_MAX} Perch leaves them of \
+                     S3's 8 KB."
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

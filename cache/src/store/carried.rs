@@ -21,7 +21,8 @@ impl Store {
     /// that the origin takes what it carries in `bucket`: its storage class `class` (none for
     /// STANDARD), and tags if `tagged`. The first time a bucket and such a thing meet, Perch writes
     /// an empty object carrying it under its own prefix (`.perch/storage-class/CLASS`,
-    /// `.perch/tagging`), reads the tags back (an origin may drop them silently), and deletes it.
+    /// `.perch/tagging/<uuid>`: one per check, as it is read back), reads the tags back (an origin
+    /// may drop them silently), and deletes it.
     /// The origin's refusal (S3's 400 InvalidStorageClass for a class it does not offer) is the
     /// client's answer, and nothing is stored; tags it did not keep are 501 NotImplemented. A
     /// replica's writes stay in its overlay: nothing to check.
@@ -42,7 +43,8 @@ impl Store {
                 tags: vec![(PROBE_TAG.0.to_owned(), PROBE_TAG.1.to_owned())],
                 ..Default::default()
             };
-            self.probe(bucket, TAGS, "tagging", headers).await?;
+            let name = format!("tagging/{}", uuid::Uuid::new_v4());
+            self.probe(bucket, TAGS, &name, headers).await?;
         }
         Ok(())
     }

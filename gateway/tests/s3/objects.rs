@@ -1221,6 +1221,23 @@ fn tags_given_with_a_write_are_carried_to_the_origin() {
     )
     .expect("a copy with its own tags");
     assert_eq!(through("tags/replaced"), pairs(&[("c", "d")]));
+    // Its tags with the headers a REPLACE gives may not fit an upload together: refused, as a PUT
+    // of them would be.
+    let long: Vec<String> = (0..10)
+        .map(|i| format!("{i}{}={}", "k".repeat(99), "v".repeat(250)))
+        .collect();
+    put_tagged("tags/long", &long.join("&")).expect("a PUT with long tags");
+    let too_much = s.rt.block_on(
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("tags/long-copy")
+            .copy_source(format!("{BUCKET}/tags/long"))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .metadata("big", "m".repeat(1900))
+            .content_disposition("d".repeat(1000))
+            .send(),
+    );
+    expect_err(too_much, 400, Some("RequestHeaderSectionTooLarge"));
     s.no_faults();
 
     // A multipart upload's tags.
@@ -1277,6 +1294,19 @@ fn tags_given_with_a_write_are_carried_to_the_origin() {
     )
     .expect("a copy at the origin with its own tags");
     assert_eq!(at_origin("tags/origin-copy"), pairs(&[("e", "f")]));
+    s.rt.block_on(
+        c.copy_object()
+            .bucket(BUCKET)
+            .key("tags/origin-copy2")
+            .copy_source(format!("{BUCKET}/tags/first"))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type("text/plain")
+            .tagging_directive(TaggingDirective::Replace)
+            .tagging("g=h")
+            .send(),
+    )
+    .expect("a copy at the origin with its own headers and tags");
+    assert_eq!(at_origin("tags/origin-copy2"), pairs(&[("g", "h")]));
 
     // Tags S3 refuses: at the door, nothing stored.
     let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
@@ -1286,11 +1316,43 @@ fn tags_given_with_a_write_are_carried_to_the_origin() {
         &eleven.join("&"),
         &format!("{}=v", "k".repeat(129)),
         "a=%3C",
+        // S3's characters are Unicode letters, separators and numbers: not a combining mark, nor
+        // a tab.
+        "lang=%E0%A4%B9%E0%A4%BF%E0%A4%82%E0%A4%A6%E0%A5%80",
+        "a=x%09y",
     ] {
         expect_err(put_tagged("tags/bad", bad), 400, Some("InvalidTag"));
     }
     let head = s.rt.block_on(c.head_object().bucket(BUCKET).key("tags/bad").send());
     assert!(head.is_err(), "a refused write was stored");
+    // Tags of every script S3 takes.
+    put_tagged("tags/scripts", "%C3%A9t%C3%A9=%E6%97%A5%E6%9C%AC&n=%D9%A3").expect("letters and numbers of any script");
+    // The first tagged writes into a bucket, at once: each checks the origin keeps tags, none
+    // trips over another's check.
+    let fresh = "tags-race";
+    s.rt.block_on(c.create_bucket().bucket(fresh).send())
+        .expect("a new bucket");
+    s.faults(r#"{"latency_ms": 150}"#);
+    let writes: Vec<_> = (0..12)
+        .map(|i| {
+            let c = c.clone();
+            s.rt.spawn(async move {
+                c.put_object()
+                    .bucket(fresh)
+                    .key(format!("w{i}"))
+                    .body(ByteStream::from_static(b"t"))
+                    .tagging("team=db")
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    for (i, w) in writes.into_iter().enumerate() {
+        s.rt.block_on(w)
+            .expect("task")
+            .unwrap_or_else(|e| panic!("tagged write {i}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)));
+    }
+    s.no_faults();
 
     let gw = crate::support::sdk::Gateway::dir();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

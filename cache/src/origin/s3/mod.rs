@@ -469,6 +469,8 @@ impl Origin for S3Origin {
             MetadataDirective::Replace(h) => {
                 replaced = MetadataDirective::Replace(ContentHeaders {
                     storage_class: input.storage_class.clone(),
+                    // The tags given (`with_headers!` sends them), none if none were.
+                    tags: input.tags.clone().unwrap_or_default(),
                     ..h.clone()
                 });
                 &replaced
