@@ -61,12 +61,14 @@ impl Multipart {
         let staging = FsOrigin::open(dir)?;
         // A completion folds its upload into an object here and reads it out at once
         // (`complete`): one found at open is what a kill in between left, as large as the upload.
-        let left = staging.remove_every_object()?;
-        if left > 0 {
-            tracing::info!(
+        // Only space: a failure is no reason not to start.
+        match staging.remove_every_object() {
+            Ok(0) => {}
+            Ok(left) => tracing::info!(
                 objects = left,
                 "removed the folded objects of completions a stop cut short"
-            );
+            ),
+            Err(error) => tracing::warn!(%error, "cannot remove the folded objects of completions a stop cut short"),
         }
         Ok(Multipart {
             staging: Arc::new(staging),
