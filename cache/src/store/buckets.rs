@@ -2,16 +2,19 @@
 //! writes they bear on.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use perch_policy::is_reserved;
 
 use super::Store;
-use crate::error::StoreResult;
+use crate::error::{CacheError, StoreResult};
+use crate::journal::Held;
 use crate::key::ObjectKey;
 use crate::local::lock;
 use crate::origin::{
-    BucketInfo, Conditions, Document, ListQuery, NewBucket, OriginError, OriginResult, Subresource, tags_document,
+    BucketInfo, Conditions, Document, ListQuery, NewBucket, Origin, OriginError, OriginResult, Subresource,
+    tags_document,
 };
 
 /// The longest a bucket or configuration call waits for pending writes (`Store::config_wait`).
@@ -167,6 +170,27 @@ impl Store {
         crate::origin::retry::retrying_for(ASKED_MAX, call).await
     }
 
+    /// `asked`, for a request about the keys `held` holds (an object's ACL or tags): on its own
+    /// task, to its end, with the hold, even if the client goes: the origin may apply it whenever
+    /// it arrives, after a write of the key acknowledged meanwhile (as `Store::decide`).
+    async fn asked_holding<T, F, Fut>(&self, held: Held, call: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Origin>) -> Fut,
+        Fut: Future<Output = OriginResult<T>> + Send + 'static,
+    {
+        let call = call(self.origin.clone());
+        let task = tokio::spawn(async move {
+            let out = crate::origin::retry::retrying_for(ASKED_MAX, call).await;
+            drop(held);
+            out
+        });
+        match task.await {
+            Ok(out) => Ok(out?),
+            Err(e) => Err(CacheError::Io(std::io::Error::other(e)).into()),
+        }
+    }
+
     // ----- configurations (the origin's, passed through) -----
 
     /// A configuration of `bucket` as the origin answers it, or with `key` that object's ACL, once
@@ -206,9 +230,14 @@ impl Store {
     ) -> StoreResult<()> {
         if let Some(key) = key {
             let okey = ObjectKey::new(bucket, key);
-            let _held = self.journal.hold_commits(&[&okey]).await;
+            let held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
-            return Ok(self.asked(self.origin.put_config(bucket, Some(key), sub, doc)).await?);
+            let (bucket, key, doc) = (bucket.to_owned(), key.to_owned(), doc.clone());
+            return self
+                .asked_holding(held, move |origin| async move {
+                    origin.put_config(&bucket, Some(&key), sub, &doc).await
+                })
+                .await;
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
@@ -221,9 +250,14 @@ impl Store {
     pub async fn delete_config(&self, bucket: &str, key: Option<&str>, sub: Subresource) -> StoreResult<()> {
         if let Some(key) = key {
             let okey = ObjectKey::new(bucket, key);
-            let _held = self.journal.hold_commits(&[&okey]).await;
+            let held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
-            return Ok(self.asked(self.origin.delete_config(bucket, Some(key), sub)).await?);
+            let (bucket, key) = (bucket.to_owned(), key.to_owned());
+            return self
+                .asked_holding(held, move |origin| async move {
+                    origin.delete_config(&bucket, Some(&key), sub).await
+                })
+                .await;
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;

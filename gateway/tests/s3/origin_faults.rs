@@ -705,6 +705,61 @@ fn a_write_after_a_copy_its_client_hung_up_on_waits_for_the_copy() {
     get_ok(&stack, "gate/dst", new);
 }
 
+/// PutObjectTagging whose client hangs up still holds its key until the origin's answer: a write
+/// of the key acknowledged meanwhile was uploaded first, and the late tagging then gave the new
+/// object the old request's tags.
+#[test]
+fn a_write_after_a_tagging_its_client_hung_up_on_waits_for_it() {
+    use aws_sdk_s3::types::{Tag, Tagging};
+    let _turn = machine::share();
+    let stack = start("60s", &[]);
+    let _log = stack.log_on_panic();
+    stack.put_behind_perchs_back("tag-gate", b"old body");
+    // The tagging reaches the origin 1.5 s after Perch sent it.
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":1500,"match_method":"PUT","match_key_prefix":"tag-gate"}"#);
+    let c = stack.sdk();
+    let tagging = stack.rt.spawn(async move {
+        let tags = Tagging::builder()
+            .tag_set(Tag::builder().key("v").value("late").build().expect("tag"))
+            .build()
+            .expect("tagging");
+        c.put_object_tagging()
+            .bucket(BUCKET)
+            .key("tag-gate")
+            .tagging(tags)
+            .send()
+            .await
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    // The client hangs up before the answer; the write after it goes up at once.
+    tagging.abort();
+    stack.no_faults();
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, "tag-gate")
+        .header("x-amz-tagging", "v=new")
+        .body(b"new body".to_vec())
+        .go(stack.addr());
+    assert_eq!(r.status, 200, "{}", r.summary());
+    stack.flush(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(2000));
+    let m = stack.moto_sdk();
+    let tags = stack
+        .rt
+        .block_on(m.get_object_tagging().bucket(BUCKET).key("tag-gate").send())
+        .expect("the origin's tags");
+    let tags: Vec<(String, String)> = tags
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    assert_eq!(
+        tags,
+        vec![("v".to_owned(), "new".to_owned())],
+        "the late tagging came last"
+    );
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
