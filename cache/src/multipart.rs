@@ -62,13 +62,15 @@ impl Multipart {
         // A completion folds its upload into an object here and reads it out at once
         // (`complete`): one found at open is what a kill in between left, as large as the upload.
         // Only space: a failure is no reason not to start.
-        match staging.remove_every_object() {
-            Ok(0) => {}
-            Ok(left) => tracing::info!(
-                objects = left,
+        let (removed, failed) = staging.remove_every_object();
+        if removed > 0 {
+            tracing::info!(
+                objects = removed,
                 "removed the folded objects of completions a stop cut short"
-            ),
-            Err(error) => tracing::warn!(%error, "cannot remove the folded objects of completions a stop cut short"),
+            );
+        }
+        if let Some(error) = failed {
+            tracing::warn!(%error, "cannot remove a folded object of a completion a stop cut short");
         }
         Ok(Multipart {
             staging: Arc::new(staging),

@@ -157,8 +157,9 @@ impl FsOrigin {
     }
 
     /// Removes every object of every bucket (not uploads): for a directory whose objects live
-    /// only within one call (Perch's multipart staging area), what a kill left. Returns how many.
-    pub(crate) fn remove_every_object(&self) -> io::Result<usize> {
+    /// only within one call (Perch's multipart staging area), what a kill left. Returns how many
+    /// went, and the first failure: one that cannot go does not keep the others.
+    pub(crate) fn remove_every_object(&self) -> (usize, Option<io::Error>) {
         let buckets: Vec<Arc<Bucket>> = self
             .buckets
             .read()
@@ -166,21 +167,28 @@ impl FsOrigin {
             .values()
             .cloned()
             .collect();
-        let mut removed = 0;
+        let (mut removed, mut failed) = (0, None);
         for b in buckets {
             let keys: Vec<String> = b.index().keys().cloned().collect();
             for key in keys {
                 let (dir, path) = object_location(&b.dir, &key);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => sync_dir(&dir)?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+                let gone = match std::fs::remove_file(&path) {
+                    Ok(()) => sync_dir(&dir),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match gone {
+                    Ok(()) => {
+                        b.index_mut().remove(&key);
+                        removed += 1;
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
-                b.index_mut().remove(&key);
-                removed += 1;
             }
         }
-        Ok(removed)
+        (removed, failed)
     }
 
     /// The directory this origin keeps its data in.
