@@ -8,7 +8,7 @@ use std::time::Duration;
 use perch_policy::is_reserved;
 
 use super::Store;
-use crate::error::{CacheError, StoreResult};
+use crate::error::StoreResult;
 use crate::journal::Held;
 use crate::key::ObjectKey;
 use crate::local::lock;
@@ -179,16 +179,8 @@ impl Store {
         F: FnOnce(Arc<dyn Origin>) -> Fut,
         Fut: Future<Output = OriginResult<T>> + Send + 'static,
     {
-        let call = call(self.origin.clone());
-        let task = tokio::spawn(async move {
-            let out = crate::origin::retry::retrying_for(ASKED_MAX, call).await;
-            drop(held);
-            out
-        });
-        match task.await {
-            Ok(out) => Ok(out?),
-            Err(e) => Err(CacheError::Io(std::io::Error::other(e)).into()),
-        }
+        let call = crate::origin::retry::retrying_for(ASKED_MAX, call(self.origin.clone()));
+        super::to_its_end(call, held, None).await
     }
 
     // ----- configurations (the origin's, passed through) -----

@@ -716,17 +716,7 @@ impl Store {
                 l.invalidate(&okey).map(|()| deciding)
             })
             .await??;
-        let request = request(self.origin.clone());
-        let decided = tokio::spawn(async move {
-            let out = request.await;
-            deciding.end().await;
-            drop(held);
-            out
-        });
-        match decided.await {
-            Ok(out) => Ok(out?),
-            Err(e) => Err(CacheError::Io(std::io::Error::other(e)).into()),
-        }
+        to_its_end(request(self.origin.clone()), held, Some(deciding)).await
     }
 
     /// The longest a request waits for the origin (`--origin-retry-deadline`): for the pending
@@ -864,4 +854,26 @@ fn last_name(page: &Page) -> Option<String> {
     let key = page.objects.last().map(|o| o.key.as_str());
     let prefix = page.common_prefixes.last().map(String::as_str);
     key.max(prefix).map(str::to_owned)
+}
+
+/// Runs an origin request on its own task to its end, and only then ends `deciding` and drops
+/// `held` (what it keeps from fills and commits of its keys): a client that goes ends neither early,
+/// for the origin may apply the request whenever it arrives.
+async fn to_its_end<T: Send + 'static>(
+    request: impl Future<Output = Result<T, OriginError>> + Send + 'static,
+    held: Held,
+    deciding: Option<Deciding>,
+) -> StoreResult<T> {
+    let task = tokio::spawn(async move {
+        let out = request.await;
+        if let Some(deciding) = deciding {
+            deciding.end().await;
+        }
+        drop(held);
+        out
+    });
+    match task.await {
+        Ok(out) => Ok(out?),
+        Err(e) => Err(CacheError::Io(std::io::Error::other(e)).into()),
+    }
 }
