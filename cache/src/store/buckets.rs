@@ -62,21 +62,28 @@ impl Store {
     /// Perch's own objects (the hot set, a storage class probe a kill left behind) are no
     /// client's: a bucket that holds nothing else is empty to its clients, so they go with it.
     /// The lease (`.perch/lease`) does not: a bucket a primary holds is not deleted from under it.
-    pub async fn delete_bucket(&self, bucket: &str) -> StoreResult<()> {
+    pub async fn delete_bucket(self: &Arc<Self>, bucket: &str) -> StoreResult<()> {
         // No write into the bucket is acknowledged from here until the origin's answer: one
-        // committed after the wait below would be refused at its upload for good.
-        let gate = self.bucket_gate(bucket);
-        let _gate = gate.write().await;
-        let deleted = self.delete_bucket_at_origin(bucket).await;
-        if deleted.is_ok() {
-            self.known_buckets().remove(bucket);
-            lock(&self.deleted_buckets).insert(bucket.to_owned());
-            let owned = bucket.to_owned();
-            if let Err(error) = self.local.blocking(move |l| l.forget_bucket(&owned)).await? {
-                tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects");
+        // committed after the wait below would be refused at its upload for good. The gate goes
+        // with the request's own task, which runs to the origin's answer even if its client hangs
+        // up: the origin may delete the bucket whenever the request reaches it.
+        let gate = self.bucket_gate(bucket).write_owned().await;
+        let store = self.clone();
+        let bucket = bucket.to_owned();
+        super::joined(tokio::spawn(async move {
+            let deleted = store.delete_bucket_at_origin(&bucket).await;
+            if deleted.is_ok() {
+                store.known_buckets().remove(&bucket);
+                lock(&store.deleted_buckets).insert(bucket.clone());
+                let owned = bucket.clone();
+                if let Err(error) = store.local.blocking(move |l| l.forget_bucket(&owned)).await? {
+                    tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects");
+                }
             }
-        }
-        deleted
+            drop(gate);
+            deleted
+        }))
+        .await?
     }
 
     async fn delete_bucket_at_origin(&self, bucket: &str) -> StoreResult<()> {

@@ -872,8 +872,10 @@ async fn to_its_end<T: Send + 'static>(
         drop(held);
         out
     });
-    match task.await {
-        Ok(out) => Ok(out?),
-        Err(e) => Err(CacheError::Io(std::io::Error::other(e)).into()),
-    }
+    Ok(joined(task).await??)
+}
+
+/// What a task a request spawned to run to its end gave back (a panic in it, an I/O error).
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> StoreResult<T> {
+    task.await.map_err(|e| CacheError::Io(std::io::Error::other(e)).into())
 }

@@ -760,6 +760,65 @@ fn a_write_after_a_tagging_its_client_hung_up_on_waits_for_it() {
     );
 }
 
+/// A DeleteBucket whose client hangs up still holds its bucket until the origin's answer: a write
+/// into the bucket was acknowledged meanwhile, the late DeleteBucket reached the origin before the
+/// write's upload, and the upload was refused (NoSuchBucket) for good.
+#[test]
+fn a_write_after_a_delete_bucket_its_client_hung_up_on_waits_for_it() {
+    let _turn = machine::share();
+    let stack = start("60s", &[]);
+    let _log = stack.log_on_panic();
+    let bucket = "gone-late";
+    stack
+        .rt
+        .block_on(stack.sdk().create_bucket().bucket(bucket).send())
+        .expect("CreateBucket");
+    // The DeleteBucket reaches the origin 1.5 s after Perch sent it.
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":1500,"match_method":"DELETE"}"#);
+    let c = stack.sdk();
+    let delete = stack
+        .rt
+        .spawn(async move { c.delete_bucket().bucket(bucket).send().await });
+    std::thread::sleep(Duration::from_millis(400));
+    // The client hangs up before the answer; a write into the bucket follows at once, and its
+    // upload would reach the origin after the late DeleteBucket.
+    delete.abort();
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":3000,"match_method":"PUT"}"#);
+    let put = stack.rt.block_on(
+        stack
+            .sdk()
+            .put_object()
+            .bucket(bucket)
+            .key("after-the-delete")
+            .body(b"acknowledged?".to_vec().into())
+            .send(),
+    );
+    let code = put
+        .as_ref()
+        .map_err(|e| e.as_service_error().and_then(|e| e.meta().code()));
+    assert_eq!(
+        code.err(),
+        Some(Some("NoSuchBucket")),
+        "a write into a bucket whose DeleteBucket is still on its way to the origin: {put:?}"
+    );
+    stack.no_faults();
+    let m = stack.moto_sdk();
+    let buckets = stack
+        .rt
+        .block_on(m.list_buckets().send())
+        .expect("the origin's buckets");
+    assert!(
+        buckets.buckets().iter().all(|b| b.name() != Some(bucket)),
+        "the origin still has the bucket"
+    );
+    let st = stack.status();
+    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
