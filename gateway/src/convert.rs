@@ -233,24 +233,31 @@ pub fn content_headers(
 
 /// The length of `mail_safe(value)`: what the origin receives, and counts against its 2 KB.
 fn mail_safe_len(value: &str) -> usize {
-    if value.is_ascii() {
+    if is_header_text(value) {
         value.len()
     } else {
         "=?UTF-8?B?".len() + value.len().div_ceil(3) * 4 + "?=".len()
     }
 }
 
-/// A metadata value as S3 keeps and returns it: as given when it is US-ASCII, else encoded as
-/// RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such a value on the way in; kept decoded,
-/// it went out as raw UTF-8 bytes, which clients read as Latin-1, and to the origin likewise.
+/// A metadata value as S3 keeps and returns it: as given when it is header text (US-ASCII without
+/// control characters), else encoded as RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such
+/// a value on the way in; kept decoded, it went out as raw UTF-8 bytes, which clients read as
+/// Latin-1, and to the origin likewise; one that decodes to a control character (`x\r\ny`) could
+/// not go out at all, and its upload was refused for good.
 fn mail_safe(value: String) -> String {
-    if value.is_ascii() {
+    if is_header_text(&value) {
         return value;
     }
     format!(
         "=?UTF-8?B?{}?=",
         base64_simd::STANDARD.encode_to_string(value.as_bytes())
     )
+}
+
+/// Whether `value` can go out as a header's value as it is: visible US-ASCII, spaces and tabs.
+fn is_header_text(value: &str) -> bool {
+    value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// `aws-chunked` in `Content-Encoding` frames the request body; it is not part of the object.
@@ -529,9 +536,9 @@ pub fn check_metadata(metadata: &Option<HashMap<String, String>>) -> Result<(), 
 }
 
 /// Refuses an object write whose stored headers (content headers, `x-amz-meta-*` and tags, as
-/// uploaded) would not fit the upload's header section (`ContentHeaders::check_room`).
-pub fn check_header_room(h: &ContentHeaders) -> Result<(), S3Error> {
-    h.check_room().map_err(origin_error)
+/// uploaded) an upload could not carry (`ContentHeaders::check_uploadable`).
+pub fn check_headers(h: &ContentHeaders) -> Result<(), S3Error> {
+    h.check_uploadable().map_err(origin_error)
 }
 
 /// The metadata of an object as GET and HEAD return it.

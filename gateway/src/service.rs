@@ -587,7 +587,7 @@ impl S3 for Gateway {
             tags: convert::tags(input.tagging.as_deref())?,
             ..content_headers!(input)
         };
-        convert::check_header_room(&stored)?;
+        convert::check_headers(&stored)?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -774,7 +774,7 @@ impl S3 for Gateway {
         let directive = if replace {
             convert::check_metadata(&input.metadata)?;
             let headers = content_headers!(input);
-            convert::check_header_room(&headers)?;
+            convert::check_headers(&headers)?;
             Directive::Replace(headers)
         } else if src_bucket == input.bucket
             && src_key == input.key
@@ -970,7 +970,7 @@ impl S3 for Gateway {
             tags: convert::tags(input.tagging.as_deref())?,
             ..content_headers!(input)
         };
-        convert::check_header_room(&headers)?;
+        convert::check_headers(&headers)?;
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
             .store

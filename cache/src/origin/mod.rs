@@ -66,33 +66,64 @@ impl ContentHeaders {
         tagging(&self.tags)
     }
 
-    /// Refuses headers (content headers, `x-amz-meta-*`, class and tags, as uploaded) that would
-    /// not fit an upload's header section: S3 refuses a PUT whose headers pass 8 KB (400
-    /// RequestHeaderSectionTooLarge), and would refuse the upload of a write acknowledged with
-    /// them for good.
-    pub fn check_room(&self) -> OriginResult<()> {
-        let line = |name: &str, value: &Option<String>| value.as_ref().map_or(0, |v| name.len() + v.len() + 4);
-        let size = line("content-type", &self.content_type)
-            + line("cache-control", &self.cache_control)
-            + line("content-encoding", &self.content_encoding)
-            + line("content-disposition", &self.content_disposition)
-            + line("content-language", &self.content_language)
-            + line("expires", &self.expires)
-            + self
-                .metadata
+    /// Refuses headers (content headers, `x-amz-meta-*`, class and tags, as uploaded) that an
+    /// upload could not carry, and that the origin would so refuse for good once the write is
+    /// acknowledged:
+    /// - a name or a value that is not HTTP header text (a browser form's field, a metadata value
+    ///   that decodes to a control character): 400 InvalidArgument;
+    /// - more than fits an upload's header section: S3 refuses a PUT whose headers pass 8 KB (400
+    ///   RequestHeaderSectionTooLarge). Each header counts twice by name: the upload's signature
+    ///   lists it again in its `SignedHeaders`.
+    pub fn check_uploadable(&self) -> OriginResult<()> {
+        let mut lines: Vec<(std::borrow::Cow<'_, str>, &str)> = [
+            ("content-type", &self.content_type),
+            ("cache-control", &self.cache_control),
+            ("content-encoding", &self.content_encoding),
+            ("content-disposition", &self.content_disposition),
+            ("content-language", &self.content_language),
+            ("expires", &self.expires),
+            ("x-amz-storage-class", &self.storage_class),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.into(), value.as_deref()?)))
+        .collect();
+        let tagging = self.tagging();
+        if let Some(tagging) = &tagging {
+            lines.push(("x-amz-tagging".into(), tagging));
+        }
+        lines.extend(
+            self.metadata
                 .iter()
-                .map(|(name, value)| "x-amz-meta-".len() + name.len() + value.len() + 4)
-                .sum::<usize>()
-            + line("x-amz-storage-class", &self.storage_class)
-            + line("x-amz-tagging", &self.tagging());
+                .map(|(name, value)| (format!("x-amz-meta-{name}").into(), value.as_str())),
+        );
+        for (name, value) in &lines {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(OriginError::rejected(
+                    400,
+                    "InvalidArgument",
+                    format!("{name:?} is not a header name an object can keep."),
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(OriginError::rejected(
+                    400,
+                    "InvalidArgument",
+                    format!(
+                        "The value of {name} holds a character a header cannot carry (a control character, or not US-ASCII)."
+                    ),
+                ));
+            }
+        }
+        // "name: value\r\n", and "name;" in the signature's SignedHeaders.
+        let size: usize = lines.iter().map(|(name, value)| 2 * name.len() + value.len() + 5).sum();
         if size > STORED_HEADER_BYTES_MAX {
             return Err(OriginError::rejected(
                 400,
                 "RequestHeaderSectionTooLarge",
                 format!(
                     "Your request header section exceeds the maximum allowed size: the object's content headers, \
-                     metadata and tags take {size} bytes, over the {STORED_HEADER_BYTES_MAX} Perch leaves them of \
-                     S3's 8 KB."
+                     metadata and tags take {size} bytes as uploaded (each name twice: in its line and in the \
+                     signature), over the {STORED_HEADER_BYTES_MAX} Perch leaves them of S3's 8 KB."
                 ),
             ));
         }

@@ -485,7 +485,7 @@ impl Store {
             }
         };
         // The source's tags with the headers given: they may not fit an upload together.
-        headers.check_room()?;
+        headers.check_uploadable()?;
         // The source's tags, taken by the origin in its bucket, perhaps not in this one.
         self.check_carried(bucket, None, !headers.tags.is_empty()).await?;
         // A composite (multipart) checksum describes the source's parts, not this single copy.

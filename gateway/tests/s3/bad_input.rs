@@ -824,7 +824,8 @@ fn a_listing_with_nul_in_its_parameters_is_refused_at_once() {
 /// An object write whose content headers and metadata would not fit in S3's 8 KB of request
 /// headers once Perch's upload adds its own is 400 RequestHeaderSectionTooLarge, on every write
 /// that sets them: acknowledged, its upload would be refused for good. (They were stored and
-/// uploaded as sent.)
+/// uploaded as sent; then their names were counted once, where the upload's signature lists
+/// them again.)
 #[test]
 fn content_headers_too_large_for_an_upload_are_refused() {
     let _turn = machine::share();
@@ -855,6 +856,14 @@ fn content_headers_too_large_for_an_upload_are_refused() {
         .header("x-amz-metadata-directive", "REPLACE")
         .go(addr);
     assert_error(&r, 400, "RequestHeaderSectionTooLarge", "CopyObject REPLACE");
+    // 60 metadata names of 25 bytes and 3,000 bytes of Content-Disposition: 5.5 KB as lines, but
+    // the upload's signature lists every name again (its SignedHeaders), 7.8 KB in all.
+    let mut req = Req::object("PUT", addr, Style::Virtual, "headers-big").body(pattern(10, 32));
+    for i in 0..60 {
+        req = req.header(&format!("x-amz-meta-m{i:02}{}", "n".repeat(22)), "v");
+    }
+    let r = req.header("Content-Disposition", &"d".repeat(3000)).go(addr);
+    assert_error(&r, 400, "RequestHeaderSectionTooLarge", "PUT with many metadata names");
     assert_missing(&perch, "headers-big", "headers too large");
     let mut expected = before.clone();
     expected.insert("headers-ok".to_owned());
