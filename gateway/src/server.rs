@@ -34,10 +34,6 @@ use crate::metrics::Metrics;
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_IN_FLIGHT: Duration = Duration::from_secs(30);
 
-/// The most header lines a request may have (hyper's default is 100): S3's 8 KB of a PUT's
-/// headers holds about 540 `x-amz-meta-*` lines, each one allowed in its 2 KB of metadata.
-const HEADER_LINES_MAX: usize = 600;
-
 /// Resolves once shutdown has been asked for.
 async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
@@ -69,8 +65,7 @@ async fn serve<M, F, Fut, B>(
     // timeout would also count a kept-alive connection's idle time).
     http.timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_header_size(limits.header_bytes_max)
-        .max_headers(HEADER_LINES_MAX);
+        .max_header_size(limits.header_bytes_max);
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let mut warned: Option<Instant> = None;
     loop {

@@ -315,19 +315,6 @@ def test_a_metadata_value_that_decodes_to_a_control_character_is_kept_as_given(p
         assert origin.head_object(Bucket=bucket, Key="meta/ctl")["Metadata"] == {"a": encoded}
 
 
-def test_a_put_with_many_short_metadata_headers_is_stored(perch, bucket, monkeypatch):
-    """120 short metadata headers (500 bytes of S3's 2 KB, 2.4 KB of header lines): hyper's limit
-    of 100 header lines answered 431 with no S3 error."""
-    import http.client
-
-    # Python's own client reads at most 100 header lines of an answer, S3's as well as Perch's.
-    monkeypatch.setattr(http.client, "_MAXHEADERS", 1000)
-    s3 = make_client(perch)
-    meta = {f"m{i}": "v" for i in range(120)}
-    s3.put_object(Bucket=bucket, Key="meta/many", Body=b"many", Metadata=meta)
-    assert s3.head_object(Bucket=bucket, Key="meta/many")["Metadata"] == meta
-
-
 # --------------------------------------------------------------------------- repeated metadata lines
 
 
