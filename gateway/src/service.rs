@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use perch_cache::{
@@ -18,6 +19,10 @@ use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
 use crate::front::{self, PerchHost};
 use crate::spool::{self, Declared, SpoolSync};
+
+/// The longest a listing waits for its bucket's owner (`Gateway::owner`): one origin round trip,
+/// with room for a retry.
+const OWNER_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Gateway {
     /// Every object, listing, multipart and bucket call goes to the store.
@@ -58,7 +63,10 @@ impl Gateway {
             .map_err(store_error)
     }
 
-    /// The owner listings give the objects of `bucket`; a failure to find it leaves it out.
+    /// The owner listings give the objects of `bucket`, asked of the origin (the bucket's ACL)
+    /// once. A failure, or no answer within `OWNER_WAIT`, leaves it out of this listing only: it
+    /// held up the first listing for the whole retry budget of a configuration call (10 s), and
+    /// was then kept, so no listing named the owner again.
     async fn owner(&self, bucket: &str) -> Option<Owner> {
         let known = self
             .owners
@@ -69,11 +77,15 @@ impl Gateway {
         if let Some(owner) = known {
             return owner;
         }
-        let owner = match bucket_config::owner(&self.store, bucket).await {
-            Ok(owner) => owner,
-            Err(e) => {
+        let owner = match tokio::time::timeout(OWNER_WAIT, bucket_config::owner(&self.store, bucket)).await {
+            Ok(Ok(owner)) => owner,
+            Ok(Err(e)) => {
                 tracing::debug!(bucket, error = ?e, "the origin did not name the bucket's owner");
-                None
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(bucket, "the origin did not name the bucket's owner in time");
+                return None;
             }
         };
         self.owners

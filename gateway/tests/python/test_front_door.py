@@ -684,6 +684,32 @@ def test_a_bucket_configuration_is_answered_as_the_origin_wrote_it(perch_factory
     assert requests.get(url, timeout=10).status_code == 403
 
 
+def test_a_listing_does_not_wait_on_an_owner_the_origin_cannot_name(perch_factory, moto):
+    """A version 1 listing names each object's owner, the bucket's, which Perch asks the origin for
+    (its ACL) once. An origin that failed that question (moto answers 500 to GetBucketAcl once the
+    ACL has no grants) held up the first listing for 10 s of retries, and the failure was kept: no
+    listing named the owner again once the ACL could be read. Now the listing goes without it,
+    at once, and the owner is asked again by the next one."""
+    import time
+
+    perch = perch_factory("perch", origin_url=moto.url, origin="moto")
+    s3 = make_client(perch)
+    bucket = f"o-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    owner = moto.client().get_bucket_acl(Bucket=bucket)["Owner"]
+    moto.client().put_bucket_acl(Bucket=bucket, AccessControlPolicy={"Owner": owner, "Grants": []})
+    for list_call in (s3.list_objects, s3.list_object_versions):
+        started = time.monotonic()
+        r = list_call(Bucket=bucket)
+        took = time.monotonic() - started
+        assert [o["Key"] for o in r.get("Contents", r.get("Versions", []))] == ["k"], r
+        assert took < 3, f"{list_call.__name__} took {took:.1f} s"
+    full = {"Grantee": {"ID": owner["ID"], "Type": "CanonicalUser"}, "Permission": "FULL_CONTROL"}
+    moto.client().put_bucket_acl(Bucket=bucket, AccessControlPolicy={"Owner": owner, "Grants": [full]})
+    assert s3.list_objects(Bucket=bucket)["Contents"][0]["Owner"]["ID"] == owner["ID"]
+
+
 def test_create_bucket_passes_its_acl_and_object_ownership_to_the_origin(perch_factory, moto):
     """CreateBucket's x-amz-acl, x-amz-grant-* and x-amz-object-ownership reach the origin (they were
     dropped: a public-read bucket came out private, an ObjectWriter one enforced); object lock,
