@@ -248,6 +248,29 @@ fn carriage_returns_escaped(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
     r
 }
 
+/// GetObjectAttributes names the ETag without its quotes, as S3 does (in every other document, and
+/// in the header, S3 quotes it; s3s writes it quoted everywhere).
+fn attributes_etag_unquoted(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
+    let Some(body) = r.body().bytes() else {
+        return r;
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return r;
+    };
+    let unquoted = text
+        .replacen("<ETag>\"", "<ETag>", 1)
+        .replacen("\"</ETag>", "</ETag>", 1);
+    if unquoted.len() == text.len() {
+        return r;
+    }
+    if r.headers().contains_key(http::header::CONTENT_LENGTH) {
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(unquoted.len()));
+    }
+    *r.body_mut() = s3s::Body::from(unquoted);
+    r
+}
+
 /// S3's message for the errors s3s answers without one (a client shows "Unknown" otherwise).
 pub(crate) fn usual_message(code: &str) -> Option<&'static str> {
     Some(match code {
@@ -547,6 +570,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     match door.s3.call(merge_repeated_headers(req)).await {
                         Ok(r) if r.status() == StatusCode::BAD_REQUEST => unreadable_auth_as_s3(r, scheme),
                         Ok(r) if head => part_head_partial(r),
+                        Ok(r) if REQUEST.with(|i| i.borrow().op == "GetObjectAttributes") => {
+                            attributes_etag_unquoted(r)
+                        }
                         Ok(r) => carriage_returns_escaped(r),
                         Err(e) => {
                             tracing::error!(error = ?e, "request failed inside s3s");

@@ -84,7 +84,8 @@ def test_object_attributes_are_the_objects_head(perch, bucket):
     s3.put_object(Bucket=bucket, Key="plain", Body=b"attributes", ChecksumAlgorithm="CRC32")
     head = s3.head_object(Bucket=bucket, Key="plain", ChecksumMode="ENABLED")
     got = s3.get_object_attributes(Bucket=bucket, Key="plain", ObjectAttributes=ALL_ATTRIBUTES)
-    assert got["ETag"].strip('"') == head["ETag"].strip('"')
+    # Unquoted here, as S3 writes it in this document only (it was quoted).
+    assert got["ETag"] == head["ETag"].strip('"')
     assert got["ObjectSize"] == 10
     assert got["StorageClass"] == "STANDARD"
     assert got["Checksum"]["ChecksumCRC32"] == head["ChecksumCRC32"]
@@ -106,7 +107,7 @@ def test_object_attributes_are_the_objects_head(perch, bucket):
     got = s3.get_object_attributes(Bucket=bucket, Key="parted", ObjectAttributes=ALL_ATTRIBUTES)
     assert got["ObjectParts"]["TotalPartsCount"] == 2, got
     assert got["ObjectSize"] == (5 << 20) + 100
-    assert got["ETag"].strip('"').endswith("-2")
+    assert got["ETag"].endswith("-2") and '"' not in got["ETag"]
 
     assert error_of(
         lambda: s3.get_object_attributes(Bucket=bucket, Key="missing", ObjectAttributes=["ETag"])
@@ -125,8 +126,9 @@ def test_object_attributes_of_an_object_only_the_origin_holds(perch_factory, mot
     direct.put_object(Bucket=bucket, Key="theirs", Body=b"written at the origin", ChecksumAlgorithm="SHA256")
     want = direct.get_object_attributes(Bucket=bucket, Key="theirs", ObjectAttributes=ALL_ATTRIBUTES)
     got = s3.get_object_attributes(Bucket=bucket, Key="theirs", ObjectAttributes=ALL_ATTRIBUTES)
-    for field in ["ETag", "ObjectSize", "StorageClass", "LastModified"]:
-        assert str(got[field]).strip('"') == str(want[field]).strip('"'), field
+    for field in ["ObjectSize", "StorageClass", "LastModified"]:
+        assert got[field] == want[field], field
+    assert got["ETag"] == want["ETag"].strip('"')
     assert got["Checksum"]["ChecksumSHA256"] == want["Checksum"]["ChecksumSHA256"]
 
 
