@@ -43,9 +43,9 @@ pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, Cause, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
     ContentHeaders, CopyInput, CopyOutput, Document, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
-    MetadataDirective, MultipartChecksum, NO_OBJECT_LOCK, NewBucket, ObjectMeta, Origin, OriginError, OriginKeys,
-    OriginResult, PartHead, PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig, Subresource, UploadInfo,
-    cause, etag_matches, same_etag,
+    METADATA_BYTES_MAX, MetadataDirective, MultipartChecksum, NO_OBJECT_LOCK, NewBucket, ObjectMeta, Origin,
+    OriginError, OriginKeys, OriginResult, PartHead, PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig,
+    Subresource, UploadInfo, cause, etag_matches, same_etag,
 };
 pub use read::{CacheStatus, CachedGet};
 pub use seed::Seeder;

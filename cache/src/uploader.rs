@@ -398,33 +398,14 @@ impl Uploader {
     }
 
     /// The headers of the upload of `v`: its own content headers, with the policy's upload
-    /// headers set over them (content headers and `x-amz-meta-*` as such, the others as given).
+    /// headers set over them (`ContentHeaders::for_upload`).
     fn upload_headers(&self, v: &Version, put: &RecordPut) -> (ContentHeaders, Vec<(String, String)>) {
-        let mut headers = put.meta.headers.clone();
-        let mut extra = Vec::new();
         let decision = self
             .journal
             .cfg
             .policy
             .decide(v.okey.bucket(), v.okey.key(), Method::Put);
-        for h in &decision.upload_headers {
-            let value = Some(h.value.clone());
-            match h.name.as_str() {
-                "cache-control" => headers.cache_control = value,
-                "content-type" => headers.content_type = value,
-                "content-encoding" => headers.content_encoding = value,
-                "content-disposition" => headers.content_disposition = value,
-                "content-language" => headers.content_language = value,
-                "expires" => headers.expires = value,
-                name => match name.strip_prefix("x-amz-meta-") {
-                    Some(m) => {
-                        headers.metadata.insert(m.to_owned(), h.value.clone());
-                    }
-                    None => extra.push((h.name.clone(), h.value.clone())),
-                },
-            }
-        }
-        (headers, extra)
+        put.meta.headers.for_upload(&decision.upload_headers)
     }
 
     /// `len` bytes at `offset` of version `seq`'s blob, each block checked as it is read.

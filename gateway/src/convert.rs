@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
-use perch_cache::{ByteRange, Checksums, Conditions, ContentHeaders, ObjectMeta, OriginError, StoreError};
+use perch_cache::{
+    ByteRange, Checksums, Conditions, ContentHeaders, METADATA_BYTES_MAX, ObjectMeta, OriginError, Store, StoreError,
+};
 use s3s::dto::{ETag, ETagCondition, Range, StorageClass, Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode, s3_error};
 
@@ -294,9 +296,6 @@ pub fn checksums(
 
 /// S3's longest key, in UTF-8 bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
-/// S3's limit on user metadata: the UTF-8 bytes of every `x-amz-meta-*` name (without the
-/// prefix) and value, added up.
-pub const METADATA_BYTES_MAX: usize = 2 << 10;
 
 /// The canned ACLs S3 knows (`x-amz-acl`).
 const CANNED_ACLS: [&str; 8] = [
@@ -536,9 +535,10 @@ pub fn check_metadata(metadata: &Option<HashMap<String, String>>) -> Result<(), 
 }
 
 /// Refuses an object write whose stored headers (content headers, `x-amz-meta-*` and tags, as
-/// uploaded) an upload could not carry (`ContentHeaders::check_uploadable`).
-pub fn check_headers(h: &ContentHeaders) -> Result<(), S3Error> {
-    h.check_uploadable().map_err(origin_error)
+/// uploaded, with the policy's for the key) an upload could not carry
+/// (`ContentHeaders::check_uploadable`).
+pub fn check_headers(store: &Store, bucket: &str, key: &str, h: &ContentHeaders) -> Result<(), S3Error> {
+    store.check_uploadable(bucket, key, h).map_err(store_error)
 }
 
 /// The metadata of an object as GET and HEAD return it.

@@ -599,7 +599,7 @@ impl S3 for Gateway {
             tags: convert::tags(input.tagging.as_deref())?,
             ..content_headers!(input)
         };
-        convert::check_headers(&stored)?;
+        convert::check_headers(&self.store, &input.bucket, &input.key, &stored)?;
         let declared = Declared {
             content_length: input.content_length,
             content_md5: input.content_md5.as_deref(),
@@ -786,7 +786,7 @@ impl S3 for Gateway {
         let directive = if replace {
             convert::check_metadata(&input.metadata)?;
             let headers = content_headers!(input);
-            convert::check_headers(&headers)?;
+            convert::check_headers(&self.store, &input.bucket, &input.key, &headers)?;
             Directive::Replace(headers)
         } else if src_bucket == input.bucket
             && src_key == input.key
@@ -982,7 +982,7 @@ impl S3 for Gateway {
             tags: convert::tags(input.tagging.as_deref())?,
             ..content_headers!(input)
         };
-        convert::check_headers(&headers)?;
+        convert::check_headers(&self.store, &input.bucket, &input.key, &headers)?;
         let checksum = multipart_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         let upload_id = self
             .store

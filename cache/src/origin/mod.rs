@@ -60,42 +60,75 @@ pub struct ContentHeaders {
 /// and checksum, the SDK's own), about 1.5 KB.
 pub const STORED_HEADER_BYTES_MAX: usize = 6 << 10;
 
+/// S3's limit on user metadata: the bytes of every `x-amz-meta-*` name (without the prefix) and
+/// value, added up, as uploaded.
+pub const METADATA_BYTES_MAX: usize = 2 << 10;
+
 impl ContentHeaders {
     /// `tags` as `x-amz-tagging` carries them (URL query form); `None` for none.
     pub fn tagging(&self) -> Option<String> {
         tagging(&self.tags)
     }
 
-    /// Refuses headers (content headers, `x-amz-meta-*`, class and tags, as uploaded) that an
-    /// upload could not carry, and that the origin would so refuse for good once the write is
-    /// acknowledged:
+    /// The headers of an upload of an object with these: its own, with a policy rule's upload
+    /// headers set over them (content headers and `x-amz-meta-*` as such, the others beside them).
+    pub fn for_upload(&self, upload_headers: &[perch_policy::UploadHeader]) -> (ContentHeaders, Vec<(String, String)>) {
+        let mut headers = self.clone();
+        let mut extra = Vec::new();
+        for h in upload_headers {
+            let value = Some(h.value.clone());
+            match h.name.as_str() {
+                "cache-control" => headers.cache_control = value,
+                "content-type" => headers.content_type = value,
+                "content-encoding" => headers.content_encoding = value,
+                "content-disposition" => headers.content_disposition = value,
+                "content-language" => headers.content_language = value,
+                "expires" => headers.expires = value,
+                name => match name.strip_prefix("x-amz-meta-") {
+                    Some(m) => {
+                        headers.metadata.insert(m.to_owned(), h.value.clone());
+                    }
+                    None => extra.push((h.name.clone(), h.value.clone())),
+                },
+            }
+        }
+        (headers, extra)
+    }
+
+    /// Refuses headers that an upload could not carry, with the policy's `upload_headers` for the
+    /// key set over them as the upload sets them (`for_upload`), and that the origin would so
+    /// refuse for good once the write is acknowledged:
     /// - a name or a value that is not HTTP header text (a browser form's field, a metadata value
     ///   that decodes to a control character): 400 InvalidArgument;
+    /// - user metadata over S3's 2 KB, names and values as uploaded: 400 MetadataTooLarge;
     /// - more than fits an upload's header section: S3 refuses a PUT whose headers pass 8 KB (400
     ///   RequestHeaderSectionTooLarge). Each header counts twice by name: the upload's signature
     ///   lists it again in its `SignedHeaders`.
-    pub fn check_uploadable(&self) -> OriginResult<()> {
+    pub fn check_uploadable(&self, upload_headers: &[perch_policy::UploadHeader]) -> OriginResult<()> {
+        let (uploaded, extra) = self.for_upload(upload_headers);
         let mut lines: Vec<(std::borrow::Cow<'_, str>, &str)> = [
-            ("content-type", &self.content_type),
-            ("cache-control", &self.cache_control),
-            ("content-encoding", &self.content_encoding),
-            ("content-disposition", &self.content_disposition),
-            ("content-language", &self.content_language),
-            ("expires", &self.expires),
-            ("x-amz-storage-class", &self.storage_class),
+            ("content-type", &uploaded.content_type),
+            ("cache-control", &uploaded.cache_control),
+            ("content-encoding", &uploaded.content_encoding),
+            ("content-disposition", &uploaded.content_disposition),
+            ("content-language", &uploaded.content_language),
+            ("expires", &uploaded.expires),
+            ("x-amz-storage-class", &uploaded.storage_class),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name.into(), value.as_deref()?)))
         .collect();
-        let tagging = self.tagging();
+        let tagging = uploaded.tagging();
         if let Some(tagging) = &tagging {
             lines.push(("x-amz-tagging".into(), tagging));
         }
         lines.extend(
-            self.metadata
+            uploaded
+                .metadata
                 .iter()
                 .map(|(name, value)| (format!("x-amz-meta-{name}").into(), value.as_str())),
         );
+        lines.extend(extra.iter().map(|(name, value)| (name.as_str().into(), value.as_str())));
         for (name, value) in &lines {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(OriginError::rejected(
@@ -109,10 +142,26 @@ impl ContentHeaders {
                     400,
                     "InvalidArgument",
                     format!(
-                        "The value of {name} holds a character a header cannot carry (a control character, or not US-ASCII)."
+                        "The value of {name} holds a character a header cannot carry (a control character, or not \
+                         US-ASCII)."
                     ),
                 ));
             }
+        }
+        let metadata: usize = uploaded
+            .metadata
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        if metadata > METADATA_BYTES_MAX {
+            return Err(OriginError::rejected(
+                400,
+                "MetadataTooLarge",
+                format!(
+                    "Your metadata headers exceed the maximum allowed metadata size ({metadata} bytes of x-amz-meta-* \
+                     names and values as uploaded, with the headers Perch's policy adds, over {METADATA_BYTES_MAX})."
+                ),
+            ));
         }
         // "name: value\r\n", and "name;" in the signature's SignedHeaders.
         let size: usize = lines.iter().map(|(name, value)| 2 * name.len() + value.len() + 5).sum();

@@ -485,7 +485,7 @@ impl Store {
             }
         };
         // The source's tags with the headers given: they may not fit an upload together.
-        headers.check_uploadable()?;
+        self.check_uploadable(bucket, key, &headers)?;
         // The source's tags, taken by the origin in its bucket, perhaps not in this one.
         self.check_carried(bucket, None, !headers.tags.is_empty()).await?;
         // A composite (multipart) checksum describes the source's parts, not this single copy.
@@ -749,6 +749,13 @@ impl Store {
     async fn settle_bucket(&self, bucket: &str, limit: Duration) -> StoreResult<()> {
         self.journal.wait_bucket_clean(bucket, limit).await?;
         Ok(self.local.blocking(Local::sync_releases).await??)
+    }
+
+    /// Refuses headers for `key` that its upload could not carry, with what the policy adds to
+    /// them (`ContentHeaders::check_uploadable`): acknowledged, the origin would refuse them for good.
+    pub fn check_uploadable(&self, bucket: &str, key: &str, headers: &ContentHeaders) -> StoreResult<()> {
+        let decision = self.journal.cfg.policy.decide(bucket, key, Method::Put);
+        Ok(headers.check_uploadable(&decision.upload_headers)?)
     }
 
     /// Commits a verified body as a PUT version (with its part layout when it is a completed

@@ -247,6 +247,57 @@ fn upload_headers_reach_multipart_uploads() {
     assert_eq!(head.storage_class().map(|c| c.as_str()), Some("STANDARD_IA"));
 }
 
+/// The metadata a policy rule adds to uploads counts against S3's 2 KB with the write's own: a
+/// write within 2 KB alone was acknowledged, and its upload, over it with the rule's, refused
+/// for good (S3: 400 MetadataTooLarge).
+#[test]
+fn the_headers_a_policy_adds_count_against_the_uploads_limits() {
+    let _turn = machine::share();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    let team = "t".repeat(1000);
+    std::fs::write(
+        &file,
+        format!("[[rule]]\nkey = \"tagged/*\"\n[rule.upload_headers]\n\"x-amz-meta-team\" = \"{team}\"\n"),
+    )
+    .expect("write");
+    let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
+    let _log = s.log_on_panic();
+    // The error code of a PUT with `note` bytes of metadata of its own (`None`: taken).
+    let put = |key: &str, note: usize| -> Option<String> {
+        let out = s.rt.block_on(
+            s.sdk()
+                .put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .metadata("note", "n".repeat(note))
+                .body(b"body".to_vec().into())
+                .send(),
+        );
+        out.err()
+            .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
+    };
+    // 1,004 bytes of the rule's, 1,004 of the write's: within 2 KB together.
+    assert_eq!(
+        put("tagged/fits", 1000),
+        None,
+        "a write that fits with the rule's metadata"
+    );
+    // 1,104 of the write's: 2,108 together.
+    assert_eq!(put("tagged/over", 1100).as_deref(), Some("Some(\"MetadataTooLarge\")"));
+    // Where no rule adds any, the same write is taken.
+    assert_eq!(put("other/over", 1100), None, "the same write under no rule");
+    s.flush(Duration::from_secs(30));
+    let head =
+        s.rt.block_on(s.moto_sdk().head_object().bucket(BUCKET).key("tagged/fits").send())
+            .expect("head");
+    assert_eq!(head.metadata().and_then(|m| m.get("team")).map(String::len), Some(1000));
+    assert!(
+        s.in_moto("tagged/over").is_none(),
+        "the refused write reached the origin"
+    );
+}
+
 #[test]
 fn a_bypass_key_is_read_from_the_origin_every_time() {
     let _turn = machine::share();
