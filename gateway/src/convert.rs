@@ -217,11 +217,13 @@ pub fn content_headers(
 ) -> ContentHeaders {
     ContentHeaders {
         // S3 gives an object stored without a type this one.
-        content_type: content_type.or_else(|| Some("binary/octet-stream".to_owned())),
-        cache_control,
+        content_type: content_type
+            .map(trimmed)
+            .or_else(|| Some("binary/octet-stream".to_owned())),
+        cache_control: cache_control.map(trimmed),
         content_encoding: content_encoding.and_then(|e| without_aws_chunked(&e)),
-        content_disposition,
-        content_language,
+        content_disposition: content_disposition.map(trimmed),
+        content_language: content_language.map(trimmed),
         expires: expires_header(expires),
         metadata: metadata
             .unwrap_or_default()
@@ -230,6 +232,17 @@ pub fn content_headers(
             .collect::<BTreeMap<_, _>>(),
         storage_class: None,
         tags: Vec::new(),
+    }
+}
+
+/// A content header's value without spaces or tabs at its ends, as HTTP carries it (a browser
+/// form's field keeps them: stored, the upload would send another value than the one kept).
+fn trimmed(value: String) -> String {
+    let kept = value.trim_matches([' ', '\t']);
+    if kept.len() == value.len() {
+        value
+    } else {
+        kept.to_owned()
     }
 }
 
@@ -242,11 +255,12 @@ fn mail_safe_len(value: &str) -> usize {
     }
 }
 
-/// A metadata value as S3 keeps and returns it: as given when it is header text (US-ASCII without
-/// control characters), else encoded as RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such
-/// a value on the way in; kept decoded, it went out as raw UTF-8 bytes, which clients read as
+/// A metadata value as S3 keeps and returns it: as given when it is header text (visible US-ASCII
+/// and inner spaces), else encoded as RFC 2047 says (`=?UTF-8?B?<base64>?=`). s3s decodes such a
+/// value on the way in; kept decoded, it went out as raw UTF-8 bytes, which clients read as
 /// Latin-1, and to the origin likewise; one that decodes to a control character (`x\r\ny`) could
-/// not go out at all, and its upload was refused for good.
+/// not go out at all, and its upload was refused for good; one with a tab, or a space at an end,
+/// went out otherwise than it was kept.
 fn mail_safe(value: String) -> String {
     if is_header_text(&value) {
         return value;
@@ -257,9 +271,10 @@ fn mail_safe(value: String) -> String {
     )
 }
 
-/// Whether `value` can go out as a header's value as it is: visible US-ASCII, spaces and tabs.
+/// Whether `value` goes out as a header's value and is read back as it is: visible US-ASCII and
+/// spaces, none at either end (HTTP trims a value's ends; s3s encodes a tab on the way out).
 fn is_header_text(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    value.bytes().all(|b| (b' '..=b'~').contains(&b)) && !value.starts_with(' ') && !value.ends_with(' ')
 }
 
 /// `aws-chunked` in `Content-Encoding` frames the request body; it is not part of the object.

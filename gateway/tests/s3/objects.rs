@@ -1234,7 +1234,7 @@ fn tags_given_with_a_write_are_carried_to_the_origin() {
             .copy_source(format!("{BUCKET}/tags/long"))
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .metadata("big", "m".repeat(1900))
-            .content_disposition("d".repeat(1000))
+            .content_disposition("d".repeat(2000))
             .send(),
     );
     expect_err(too_much, 400, Some("RequestHeaderSectionTooLarge"));
