@@ -12,6 +12,7 @@ mod front;
 mod lease_cmd;
 mod limits;
 mod metrics;
+mod owners;
 mod policy_cmd;
 mod server;
 mod service;

@@ -1,10 +1,8 @@
 //! `Gateway`: Perch's S3 front door. Each S3 operation is one method of s3s's `S3` trait: reads go
 //! through the cache, writes are committed to the write-back journal, the rest goes to the origin.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use perch_cache::{
@@ -18,20 +16,17 @@ use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use crate::bucket_config;
 use crate::convert::{self, origin_error, store_error};
 use crate::front::{self, PerchHost};
+use crate::owners::Owners;
 use crate::spool::{self, Declared, SpoolSync};
-
-/// The longest a listing waits for its bucket's owner (`Gateway::owner`): one origin round trip,
-/// with room for a retry.
-const OWNER_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Gateway {
     /// Every object, listing, multipart and bucket call goes to the store.
     store: Arc<Store>,
     /// Where request bodies too large for memory wait while they are verified.
     spool_dir: PathBuf,
-    /// Each bucket's owner as its ACL at the origin names it (none when the origin does not say),
-    /// asked once: the owner of every object listed (as on S3 with object ownership enforced).
-    owners: Mutex<HashMap<String, Option<Owner>>>,
+    /// Each bucket's owner as its ACL at the origin names it: the owner of every object listed
+    /// (as on S3 with object ownership enforced).
+    owners: Owners,
     /// The virtual-hosted addressing of the front door, for the URLs an answer names.
     host: PerchHost,
 }
@@ -41,7 +36,7 @@ impl Gateway {
         Self {
             store,
             spool_dir,
-            owners: Mutex::new(HashMap::new()),
+            owners: Owners::default(),
             host: PerchHost::new(domain),
         }
     }
@@ -63,36 +58,9 @@ impl Gateway {
             .map_err(store_error)
     }
 
-    /// The owner listings give the objects of `bucket`, asked of the origin (the bucket's ACL)
-    /// once. A failure, or no answer within `OWNER_WAIT`, leaves it out of this listing only: it
-    /// held up the first listing for the whole retry budget of a configuration call (10 s), and
-    /// was then kept, so no listing named the owner again.
+    /// The owner listings give the objects of `bucket` (`Owners`).
     async fn owner(&self, bucket: &str) -> Option<Owner> {
-        let known = self
-            .owners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(bucket)
-            .cloned();
-        if let Some(owner) = known {
-            return owner;
-        }
-        let owner = match tokio::time::timeout(OWNER_WAIT, bucket_config::owner(&self.store, bucket)).await {
-            Ok(Ok(owner)) => owner,
-            Ok(Err(e)) => {
-                tracing::debug!(bucket, error = ?e, "the origin did not name the bucket's owner");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(bucket, "the origin did not name the bucket's owner in time");
-                return None;
-            }
-        };
-        self.owners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(bucket.to_owned(), owner.clone());
-        owner
+        self.owners.of(&self.store, bucket).await
     }
 
     /// A v1 listing (or ListObjectVersions) page resuming after `marker`.
