@@ -8,10 +8,9 @@ use std::time::Duration;
 use perch_policy::is_reserved;
 
 use super::Store;
-use crate::error::StoreResult;
+use crate::error::{CacheError, StoreResult};
 use crate::journal::Held;
 use crate::key::ObjectKey;
-use crate::local::lock;
 use crate::origin::{
     BucketInfo, Conditions, Document, ListQuery, NewBucket, Origin, OriginError, OriginResult, Subresource,
     tags_document,
@@ -44,7 +43,7 @@ impl Store {
     pub async fn create_bucket(&self, bucket: &str, new: &NewBucket) -> StoreResult<()> {
         self.asked(self.origin.create_bucket_in(bucket, new)).await?;
         self.known_buckets().insert(bucket.to_owned());
-        lock(&self.deleted_buckets).remove(bucket);
+        self.deleted_buckets.exists(bucket).await;
         Ok(())
     }
 
@@ -72,13 +71,18 @@ impl Store {
         let bucket = bucket.to_owned();
         super::joined(tokio::spawn(async move {
             let deleted = store.delete_bucket_at_origin(&bucket).await;
-            if deleted.is_ok() {
-                store.known_buckets().remove(&bucket);
-                lock(&store.deleted_buckets).insert(bucket.clone());
-                let owned = bucket.clone();
-                if let Err(error) = store.local.blocking(move |l| l.forget_bucket(&owned)).await? {
-                    tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects");
+            match &deleted {
+                Ok(()) => {
+                    store.known_buckets().remove(&bucket);
+                    let owned = bucket.clone();
+                    match store.local.blocking(move |l| l.forget_bucket(&owned)).await? {
+                        Ok(()) => store.deleted_buckets.forgotten(&bucket).await,
+                        Err(error) => tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects"),
+                    }
                 }
+                // Unless the origin said it holds the bucket still (`delete_bucket_at_origin`),
+                // the answer may have come after the origin deleted it: its mark stays.
+                Err(_) => {}
             }
             drop(gate);
             deleted
@@ -104,12 +108,16 @@ impl Store {
             .into());
         }
         self.known_buckets().remove(bucket);
+        // From here the bucket may be gone, whatever becomes of this request and of Perch.
+        self.deleted_buckets.mark(bucket).await.map_err(CacheError::Io)?;
         match self.asked(self.origin.delete_bucket(bucket)).await {
             Err(OriginError::Rejected {
                 status: 409,
                 code,
                 message,
             }) if code == "BucketNotEmpty" => {
+                // The origin holds the bucket still.
+                self.deleted_buckets.exists(bucket).await;
                 let Some(own) = self.only_perchs_objects(bucket).await? else {
                     return Err(OriginError::Rejected {
                         status: 409,
@@ -126,14 +134,18 @@ impl Store {
                 for key in &own {
                     self.asked(self.origin.delete_object(bucket, key, None)).await?;
                 }
+                self.deleted_buckets.mark(bucket).await.map_err(CacheError::Io)?;
                 match self.asked(self.origin.delete_bucket(bucket)).await {
                     // Written again meanwhile: the client's answer is the origin's.
-                    Err(OriginError::Rejected { status: 409, .. }) => Err(OriginError::Rejected {
-                        status: 409,
-                        code,
-                        message,
+                    Err(OriginError::Rejected { status: 409, .. }) => {
+                        self.deleted_buckets.exists(bucket).await;
+                        Err(OriginError::Rejected {
+                            status: 409,
+                            code,
+                            message,
+                        }
+                        .into())
                     }
-                    .into()),
                     other => Ok(other?),
                 }
             }

@@ -6,6 +6,7 @@
 
 mod buckets;
 mod carried;
+mod deleted;
 mod multipart;
 mod parts;
 pub use parts::PartSpan;
@@ -38,6 +39,7 @@ use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::replica::Replica;
 use crate::uploader::Uploader;
+use deleted::DeletedBuckets;
 
 /// Origin pages a listing asks for at most to give a client one that is not empty.
 const EMPTY_PAGES_MAX: u32 = 8;
@@ -119,8 +121,8 @@ pub struct Store {
     /// What the origin was seen to take with a write, by bucket: storage classes, tags
     /// (`check_carried`).
     carried: Mutex<HashSet<(String, String)>>,
-    /// Buckets deleted through Perch (until created again): the index is no proof of them.
-    deleted_buckets: Mutex<HashSet<String>>,
+    /// Buckets a DeleteBucket through Perch may have removed: the index is no proof of them.
+    deleted_buckets: DeletedBuckets,
     /// Per bucket, a gate that writes hold shared from their bucket check to their commit, and
     /// DeleteBucket exclusively: no write is acknowledged into a bucket being deleted.
     bucket_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
@@ -208,6 +210,7 @@ impl Store {
             None
         };
         let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
+        let deleted_buckets = DeletedBuckets::open(cfg.data_dir.join("deleted-buckets"))?;
         let reader = Arc::new(Reader::new(
             ReaderConfig {
                 policy,
@@ -248,7 +251,7 @@ impl Store {
             origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
             buckets: Mutex::new(HashSet::new()),
             carried: Mutex::new(HashSet::new()),
-            deleted_buckets: Mutex::new(HashSet::new()),
+            deleted_buckets,
             bucket_gates: Mutex::new(Default::default()),
             learnt_layouts: Default::default(),
         }))
@@ -668,11 +671,14 @@ impl Store {
         if self.known_buckets().contains(bucket) {
             return Ok(());
         }
-        // Objects or writes of the bucket held here prove it existed at the origin (unless it
-        // was deleted through Perch since).
-        let deleted = lock(&self.deleted_buckets).contains(bucket);
+        // Objects or writes of the bucket held here prove it existed at the origin (unless a
+        // DeleteBucket was sent through Perch since).
+        let deleted = self.deleted_buckets.contains(bucket);
         if deleted || !self.local.index.has_bucket(bucket).unwrap_or(false) {
             self.origin.head_bucket(bucket).await?;
+            if deleted {
+                self.deleted_buckets.exists(bucket).await;
+            }
         }
         self.known_buckets().insert(bucket.to_owned());
         Ok(())

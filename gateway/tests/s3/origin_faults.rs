@@ -819,6 +819,97 @@ fn a_write_after_a_delete_bucket_its_client_hung_up_on_waits_for_it() {
     assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
 }
 
+/// A DeleteBucket sent to the origin marks its bucket, durably, as one whose objects held here
+/// prove nothing: a write into it asks the origin first. Objects of a bucket held here were taken
+/// as proof that it exists, so a write was acknowledged, and refused at its upload (NoSuchBucket)
+/// for good, when the DeleteBucket's answer was lost after the origin applied it, or Perch was
+/// killed while the request was on its way and the origin applied it after.
+#[test]
+fn no_write_is_acknowledged_into_a_bucket_a_delete_bucket_may_have_removed() {
+    let _turn = machine::share();
+    let mut stack = start("10s", &[]);
+    let _log = stack.log_on_panic();
+    let m = stack.moto_sdk();
+    // A bucket Perch holds an object of, which another client empties at the origin.
+    let held = |stack: &Stack, bucket: &str| {
+        let c = stack.sdk();
+        stack
+            .rt
+            .block_on(c.create_bucket().bucket(bucket).send())
+            .expect("CreateBucket");
+        stack
+            .rt
+            .block_on(
+                c.put_object()
+                    .bucket(bucket)
+                    .key("held")
+                    .body(b"held".to_vec().into())
+                    .send(),
+            )
+            .expect("PUT");
+        stack.flush(Duration::from_secs(30));
+        stack
+            .rt
+            .block_on(m.delete_object().bucket(bucket).key("held").send())
+            .expect("the origin's copy deleted behind Perch's back");
+    };
+    let put_code = |stack: &Stack, bucket: &str| {
+        let c = stack.sdk();
+        let put = stack.rt.block_on(
+            c.put_object()
+                .bucket(bucket)
+                .key("after")
+                .body(b"acknowledged?".to_vec().into())
+                .send(),
+        );
+        put.err()
+            .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
+    };
+
+    // The origin deletes the bucket, and its answer is lost; the retry is answered NoSuchBucket.
+    held(&stack, "answer-lost");
+    stack
+        .proxy
+        .faults(r#"{"fail_next":1,"error_kinds":["lost"],"match_method":"DELETE"}"#);
+    let c = stack.sdk();
+    let _ = stack.rt.block_on(c.delete_bucket().bucket("answer-lost").send());
+    stack.no_faults();
+    assert_eq!(
+        put_code(&stack, "answer-lost").as_deref(),
+        Some("Some(\"NoSuchBucket\")")
+    );
+
+    // Perch is killed while the DeleteBucket is on its way; the origin applies it after.
+    held(&stack, "killed-meanwhile");
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":1500,"match_method":"DELETE"}"#);
+    let c = stack.sdk();
+    let delete = stack
+        .rt
+        .spawn(async move { c.delete_bucket().bucket("killed-meanwhile").send().await });
+    std::thread::sleep(Duration::from_millis(400));
+    stack.kill();
+    delete.abort();
+    std::thread::sleep(Duration::from_millis(2000));
+    stack.no_faults();
+    let buckets = stack
+        .rt
+        .block_on(m.list_buckets().send())
+        .expect("the origin's buckets");
+    assert!(
+        buckets.buckets().iter().all(|b| b.name() != Some("killed-meanwhile")),
+        "the late DeleteBucket did not reach the origin"
+    );
+    stack.start_again();
+    assert_eq!(
+        put_code(&stack, "killed-meanwhile").as_deref(),
+        Some("Some(\"NoSuchBucket\")")
+    );
+    let st = stack.status();
+    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
