@@ -71,18 +71,16 @@ impl Store {
         let bucket = bucket.to_owned();
         super::joined(tokio::spawn(async move {
             let deleted = store.delete_bucket_at_origin(&bucket).await;
-            match &deleted {
-                Ok(()) => {
-                    store.known_buckets().remove(&bucket);
-                    let owned = bucket.clone();
-                    match store.local.blocking(move |l| l.forget_bucket(&owned)).await? {
-                        Ok(()) => store.deleted_buckets.forgotten(&bucket).await,
-                        Err(error) => tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects"),
-                    }
+            // On an error, unless the origin said it holds the bucket still
+            // (`delete_bucket_at_origin`), the answer may have come after the origin deleted it:
+            // its mark stays.
+            if deleted.is_ok() {
+                store.known_buckets().remove(&bucket);
+                let owned = bucket.clone();
+                match store.local.blocking(move |l| l.forget_bucket(&owned)).await? {
+                    Ok(()) => store.deleted_buckets.forgotten(&bucket).await,
+                    Err(error) => tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects"),
                 }
-                // Unless the origin said it holds the bucket still (`delete_bucket_at_origin`),
-                // the answer may have come after the origin deleted it: its mark stays.
-                Err(_) => {}
             }
             drop(gate);
             deleted
