@@ -41,9 +41,10 @@ impl Store {
 
     /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
     pub async fn create_bucket(&self, bucket: &str, new: &NewBucket) -> StoreResult<()> {
+        let since = self.buckets.deletes(bucket);
         self.asked(self.origin.create_bucket_in(bucket, new)).await?;
-        self.known_buckets().insert(bucket.to_owned());
-        self.deleted_buckets.exists(bucket).await;
+        // Unless a DeleteBucket was sent meanwhile (`ensure_bucket` asks again then).
+        let _ = self.buckets.seen(bucket, since).await;
         Ok(())
     }
 
@@ -75,10 +76,9 @@ impl Store {
             // (`delete_bucket_at_origin`), the answer may have come after the origin deleted it:
             // its mark stays.
             if deleted.is_ok() {
-                store.known_buckets().remove(&bucket);
                 let owned = bucket.clone();
                 match store.local.blocking(move |l| l.forget_bucket(&owned)).await? {
-                    Ok(()) => store.deleted_buckets.forgotten(&bucket).await,
+                    Ok(()) => store.buckets.forgotten(&bucket).await,
                     Err(error) => tracing::warn!(bucket, %error, "cannot drop a deleted bucket's cached objects"),
                 }
             }
@@ -105,17 +105,18 @@ impl Store {
             )
             .into());
         }
-        self.known_buckets().remove(bucket);
         // From here the bucket may be gone, whatever becomes of this request and of Perch.
-        self.deleted_buckets.mark(bucket).await.map_err(CacheError::Io)?;
-        match self.asked(self.origin.delete_bucket(bucket)).await {
+        self.buckets.mark(bucket).await.map_err(CacheError::Io)?;
+        let answer = self.asked(self.origin.delete_bucket(bucket)).await;
+        self.buckets.sent(bucket);
+        match answer {
             Err(OriginError::Rejected {
                 status: 409,
                 code,
                 message,
             }) if code == "BucketNotEmpty" => {
                 // The origin holds the bucket still.
-                self.deleted_buckets.exists(bucket).await;
+                self.buckets.kept(bucket).await;
                 let Some(own) = self.only_perchs_objects(bucket).await? else {
                     return Err(OriginError::Rejected {
                         status: 409,
@@ -132,11 +133,13 @@ impl Store {
                 for key in &own {
                     self.asked(self.origin.delete_object(bucket, key, None)).await?;
                 }
-                self.deleted_buckets.mark(bucket).await.map_err(CacheError::Io)?;
-                match self.asked(self.origin.delete_bucket(bucket)).await {
+                self.buckets.mark(bucket).await.map_err(CacheError::Io)?;
+                let answer = self.asked(self.origin.delete_bucket(bucket)).await;
+                self.buckets.sent(bucket);
+                match answer {
                     // Written again meanwhile: the client's answer is the origin's.
                     Err(OriginError::Rejected { status: 409, .. }) => {
-                        self.deleted_buckets.exists(bucket).await;
+                        self.buckets.kept(bucket).await;
                         Err(OriginError::Rejected {
                             status: 409,
                             code,

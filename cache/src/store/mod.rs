@@ -6,7 +6,7 @@
 
 mod buckets;
 mod carried;
-mod deleted;
+mod known;
 mod multipart;
 mod parts;
 pub use parts::PartSpan;
@@ -39,7 +39,7 @@ use crate::prefetch::Prefetcher;
 use crate::read::{CacheStatus, CachedGet, Reader, ReaderConfig};
 use crate::replica::Replica;
 use crate::uploader::Uploader;
-use deleted::DeletedBuckets;
+use known::{KnownBuckets, Seen};
 
 /// Origin pages a listing asks for at most to give a client one that is not empty.
 const EMPTY_PAGES_MAX: u32 = 8;
@@ -117,12 +117,10 @@ pub struct Store {
     origin_probe: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
     /// Buckets the origin was seen to hold: a write to another bucket asks the origin first, so
     /// that a missing bucket is 404 NoSuchBucket rather than a write that can never be uploaded.
-    buckets: Mutex<HashSet<String>>,
+    buckets: KnownBuckets,
     /// What the origin was seen to take with a write, by bucket: storage classes, tags
     /// (`check_carried`).
     carried: Mutex<HashSet<(String, String)>>,
-    /// Buckets a DeleteBucket through Perch may have removed: the index is no proof of them.
-    deleted_buckets: DeletedBuckets,
     /// Per bucket, a gate that writes hold shared from their bucket check to their commit, and
     /// DeleteBucket exclusively: no write is acknowledged into a bucket being deleted.
     bucket_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
@@ -210,7 +208,7 @@ impl Store {
             None
         };
         let multipart = Multipart::open(&cfg.data_dir.join("multipart"))?;
-        let deleted_buckets = DeletedBuckets::open(cfg.data_dir.join("deleted-buckets"))?;
+        let buckets = KnownBuckets::open(cfg.data_dir.join("deleted-buckets"))?;
         let reader = Arc::new(Reader::new(
             ReaderConfig {
                 policy,
@@ -249,9 +247,8 @@ impl Store {
             prewarm_reading: AtomicBool::new(false),
             prewarm_until: Mutex::new(None),
             origin_probe: Arc::new(tokio::sync::Mutex::new(None)),
-            buckets: Mutex::new(HashSet::new()),
+            buckets,
             carried: Mutex::new(HashSet::new()),
-            deleted_buckets,
             bucket_gates: Mutex::new(Default::default()),
             learnt_layouts: Default::default(),
         }))
@@ -653,10 +650,6 @@ impl Store {
         }
     }
 
-    fn known_buckets(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        lock(&self.buckets)
-    }
-
     /// `bucket`'s gate (`bucket_gates`).
     fn bucket_gate(&self, bucket: &str) -> Arc<tokio::sync::RwLock<()>> {
         let mut gates = lock(&self.bucket_gates);
@@ -668,20 +661,25 @@ impl Store {
 
     /// Checks (once per bucket) that the origin has `bucket` before a write is committed.
     pub async fn ensure_bucket(&self, bucket: &str) -> StoreResult<()> {
-        if self.known_buckets().contains(bucket) {
-            return Ok(());
-        }
-        // Objects or writes of the bucket held here prove it existed at the origin (unless a
-        // DeleteBucket was sent through Perch since).
-        let deleted = self.deleted_buckets.contains(bucket);
-        if deleted || !self.local.index.has_bucket(bucket).unwrap_or(false) {
-            self.origin.head_bucket(bucket).await?;
-            if deleted {
-                self.deleted_buckets.exists(bucket).await;
+        loop {
+            if self.buckets.holds(bucket) {
+                return Ok(());
+            }
+            let since = self.buckets.deletes(bucket);
+            // Objects or writes of the bucket held here prove it existed at the origin, unless a
+            // DeleteBucket was sent through Perch since (`KnownBuckets`).
+            if self.buckets.marked(bucket) || !self.local.index.has_bucket(bucket).unwrap_or(false) {
+                self.origin.head_bucket(bucket).await?;
+            }
+            match self.buckets.seen(bucket, since).await {
+                Seen::Taken => return Ok(()),
+                // Not under the bucket's gate, then: a write asks again under it, after the
+                // DeleteBucket.
+                Seen::Deleting => return Ok(()),
+                // A DeleteBucket was sent or answered meanwhile: asked again.
+                Seen::Stale => {}
             }
         }
-        self.known_buckets().insert(bucket.to_owned());
-        Ok(())
     }
 
     /// A client's `If-Match` as the origin must read it, once `okey` has no write left to upload:

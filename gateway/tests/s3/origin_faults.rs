@@ -910,6 +910,77 @@ fn no_write_is_acknowledged_into_a_bucket_a_delete_bucket_may_have_removed() {
     assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
 }
 
+/// An answer that saw a bucket, arriving after a DeleteBucket through Perch removed it (a HEAD a
+/// write asked, a CreateBucket), made the bucket known again: a write into it was acknowledged,
+/// and refused at its upload (NoSuchBucket) for good. Such an answer is taken only if no
+/// DeleteBucket was sent since it was asked.
+#[test]
+fn a_late_answer_does_not_bring_back_a_bucket_deleted_meanwhile() {
+    let _turn = machine::share();
+    let stack = start("10s", &[]);
+    let _log = stack.log_on_panic();
+    let m = stack.moto_sdk();
+    let put = |bucket: &'static str| {
+        let c = stack.sdk();
+        stack.rt.spawn(async move {
+            c.put_object()
+                .bucket(bucket)
+                .key("after")
+                .body(b"acknowledged?".to_vec().into())
+                .send()
+                .await
+                .err()
+                .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
+        })
+    };
+    let delete = |bucket: &str| {
+        stack
+            .rt
+            .block_on(stack.sdk().delete_bucket().bucket(bucket).send())
+            .expect("DeleteBucket");
+    };
+
+    // A write's HEAD of a bucket Perch does not know yet: its 200 held for 1.5 s.
+    stack
+        .rt
+        .block_on(m.create_bucket().bucket("late-head").send())
+        .expect("CreateBucket at the origin");
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["held"],"stall_ms":1500,"match_method":"HEAD"}"#);
+    let written = put("late-head");
+    std::thread::sleep(Duration::from_millis(400));
+    stack.no_faults();
+    delete("late-head");
+    let code = stack.rt.block_on(written).expect("the PUT's task");
+    assert_eq!(
+        code.as_deref(),
+        Some("Some(\"NoSuchBucket\")"),
+        "a write after a late HEAD"
+    );
+
+    // A CreateBucket through Perch: its 200 held for 1.5 s.
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["held"],"stall_ms":1500,"match_method":"PUT"}"#);
+    let c = stack.sdk();
+    let created = stack
+        .rt
+        .spawn(async move { c.create_bucket().bucket("late-create").send().await });
+    std::thread::sleep(Duration::from_millis(400));
+    stack.no_faults();
+    delete("late-create");
+    stack.rt.block_on(created).expect("the task").expect("CreateBucket");
+    let code = stack.rt.block_on(put("late-create")).expect("the PUT's task");
+    assert_eq!(
+        code.as_deref(),
+        Some("Some(\"NoSuchBucket\")"),
+        "a write after a late CreateBucket"
+    );
+    let st = stack.status();
+    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.

@@ -40,6 +40,9 @@ pub enum FaultKind {
     /// pass the answer on: the origin applies it even if the client has hung up meanwhile (an
     /// origin still working on a request its client gave up on).
     Late,
+    /// Forward the request at once, then hold the origin's whole answer for `stall_ms` before
+    /// passing it on: an answer that arrives late, telling of a state that may have changed.
+    Held,
 }
 
 impl FaultKind {
@@ -56,6 +59,7 @@ impl FaultKind {
             FaultKind::NoSuchKey => "404",
             FaultKind::Lost => "lost",
             FaultKind::Late => "late",
+            FaultKind::Held => "held",
         }
     }
 
@@ -85,7 +89,7 @@ impl FaultKind {
                 "A header you provided implies functionality that is not implemented.",
             )),
             FaultKind::NoSuchKey => Some((StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.")),
-            FaultKind::Reset | FaultKind::Stall | FaultKind::Lost | FaultKind::Late => None,
+            FaultKind::Reset | FaultKind::Stall | FaultKind::Lost | FaultKind::Late | FaultKind::Held => None,
         }
     }
 }
@@ -112,8 +116,9 @@ impl FromStr for FaultKind {
             "404" | "nosuchkey" => Ok(FaultKind::NoSuchKey),
             "lost" => Ok(FaultKind::Lost),
             "late" => Ok(FaultKind::Late),
+            "held" => Ok(FaultKind::Held),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall, lost, late or outage)"
+                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall, lost, late, held or outage)"
             )),
         }
     }

@@ -693,6 +693,15 @@ async fn handle(
         });
         return rx.await.map_err(|_| AbortConnection(kind));
     }
+    if kind == FaultKind::Held {
+        let answer = forward(shared, boxed(req), record, decision.bandwidth, None).await;
+        let (parts, body) = answer.into_parts();
+        let Ok(body) = body.collect().await.map(Collected::to_bytes) else {
+            return Err(AbortConnection(kind));
+        };
+        tokio::time::sleep(decision.stall).await;
+        return Ok(Response::from_parts(parts, full(body)));
+    }
     // reset / stall: no response at all, the connection is reset.
     if kind == FaultKind::Stall {
         tokio::time::sleep(decision.stall).await;
