@@ -398,13 +398,25 @@ impl Uploader {
     }
 
     /// The headers of the upload of `v`: its own content headers, with the policy's upload
-    /// headers set over them (`ContentHeaders::for_upload`).
+    /// headers set over them (`ContentHeaders::for_upload`). The write was checked at the door
+    /// with the policy of then; a policy reloaded since whose headers its upload could not carry
+    /// (past S3's 2 KB of metadata or 8 KB of headers) is left out of it, or the origin would
+    /// refuse an acknowledged write for good.
     fn upload_headers(&self, v: &Version, put: &RecordPut) -> (ContentHeaders, Vec<(String, String)>) {
         let decision = self
             .journal
             .cfg
             .policy
             .decide(v.okey.bucket(), v.okey.key(), Method::Put);
+        if let Err(error) = put.meta.headers.check_uploadable(&decision.upload_headers) {
+            tracing::warn!(
+                bucket = v.okey.bucket(),
+                key = v.okey.key(),
+                %error,
+                "uploaded without the policy's upload headers: with them the origin would refuse it"
+            );
+            return put.meta.headers.for_upload(&[]);
+        }
         put.meta.headers.for_upload(&decision.upload_headers)
     }
 

@@ -298,6 +298,52 @@ fn the_headers_a_policy_adds_count_against_the_uploads_limits() {
     );
 }
 
+/// A policy reloaded while a write waits for its upload may add headers it cannot carry with
+/// the write's own: the write was checked at the door with the policy of then, and its upload,
+/// with the new rule's metadata past S3's 2 KB, was refused for good. It goes up without them.
+#[test]
+fn a_write_goes_up_without_the_headers_a_reloaded_policy_adds_past_the_limits() {
+    let _turn = machine::share();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, "[[rule]]\nkey = \"nothing/*\"\nwrite = \"write_back\"\n").expect("write");
+    let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
+    let _log = s.log_on_panic();
+    s.proxy.patch(r#"{"outage":true}"#);
+    let put = s.rt.block_on(
+        s.sdk()
+            .put_object()
+            .bucket(BUCKET)
+            .key("reload/k")
+            .metadata("note", "n".repeat(1500))
+            .body(b"body".to_vec().into())
+            .send(),
+    );
+    assert!(put.is_ok(), "{put:?}");
+    let team = "t".repeat(1000);
+    std::fs::write(
+        &file,
+        format!("[[rule]]\nkey = \"reload/*\"\n[rule.upload_headers]\n\"x-amz-meta-team\" = \"{team}\"\n"),
+    )
+    .expect("write");
+    sighup(&s);
+    assert!(
+        wait_until(Duration::from_secs(10), || log_count(&s, "policy reloaded") == 1),
+        "no reload logged"
+    );
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    let head =
+        s.rt.block_on(s.moto_sdk().head_object().bucket(BUCKET).key("reload/k").send())
+            .expect("head");
+    let meta = head.metadata().cloned().unwrap_or_default();
+    assert_eq!(meta.get("note").map(String::len), Some(1500));
+    assert!(
+        !meta.contains_key("team"),
+        "uploaded with 2.5 KB of metadata, which S3 refuses"
+    );
+}
+
 #[test]
 fn a_bypass_key_is_read_from_the_origin_every_time() {
     let _turn = machine::share();
