@@ -37,6 +37,13 @@ impl Store {
             .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
         let mut named = 0;
         for (bucket, objects) in &sets {
+            // Not while a DeleteBucket of the bucket is on its way (the hot set, landing first,
+            // made it BucketNotEmpty), nor into one it may have removed.
+            let gate = self.bucket_gate(bucket);
+            let _gate = gate.read().await;
+            if self.buckets.marked(bucket) {
+                continue;
+            }
             hot_set::write(self.unretried_origin.as_ref(), bucket, objects).await?;
             named += objects.len();
         }

@@ -981,6 +981,62 @@ fn a_late_answer_does_not_bring_back_a_bucket_deleted_meanwhile() {
     assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
 }
 
+/// The hot set a stop writes into each bucket read waits for a DeleteBucket of it on its way, and
+/// skips a bucket it may have removed: written first, it made the late DeleteBucket
+/// BucketNotEmpty, which no client saw, and the bucket stayed.
+#[test]
+fn the_hot_set_written_at_a_stop_does_not_keep_a_bucket_being_deleted() {
+    let _turn = machine::share();
+    let mut stack = start("10s", &[]);
+    let _log = stack.log_on_panic();
+    let (c, m) = (stack.sdk(), stack.moto_sdk());
+    let bucket = "hot-gone";
+    stack
+        .rt
+        .block_on(c.create_bucket().bucket(bucket).send())
+        .expect("CreateBucket");
+    stack
+        .rt
+        .block_on(
+            c.put_object()
+                .bucket(bucket)
+                .key("read")
+                .body(b"read".to_vec().into())
+                .send(),
+        )
+        .expect("PUT");
+    stack.flush(Duration::from_secs(30));
+    stack
+        .rt
+        .block_on(c.get_object().bucket(bucket).key("read").send())
+        .expect("a read: the bucket has a hot set");
+    stack
+        .rt
+        .block_on(m.delete_object().bucket(bucket).key("read").send())
+        .expect("emptied at the origin behind Perch's back");
+    // The DeleteBucket reaches the origin 2 s after Perch sent it; its client hangs up, and
+    // Perch is stopped at once.
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":2000,"match_method":"DELETE"}"#);
+    let delete = stack
+        .rt
+        .spawn(async move { c.delete_bucket().bucket(bucket).send().await });
+    std::thread::sleep(Duration::from_millis(400));
+    delete.abort();
+    stack.stop_clean();
+    std::thread::sleep(Duration::from_millis(2500));
+    stack.no_faults();
+    let buckets = stack
+        .rt
+        .block_on(m.list_buckets().send())
+        .expect("the origin's buckets");
+    assert!(
+        buckets.buckets().iter().all(|b| b.name() != Some(bucket)),
+        "the bucket stayed at the origin"
+    );
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
