@@ -819,6 +819,50 @@ fn a_write_after_a_delete_bucket_its_client_hung_up_on_waits_for_it() {
     assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
 }
 
+/// Makes `bucket` through Perch with an object Perch wrote, uploaded and read (a hot set, a
+/// cached copy that proves the bucket), then empties it at the origin behind Perch's back.
+fn held_and_emptied(stack: &Stack, bucket: &str) {
+    let (c, m) = (stack.sdk(), stack.moto_sdk());
+    stack
+        .rt
+        .block_on(c.create_bucket().bucket(bucket).send())
+        .expect("CreateBucket");
+    stack
+        .rt
+        .block_on(
+            c.put_object()
+                .bucket(bucket)
+                .key("held")
+                .body(b"held".to_vec().into())
+                .send(),
+        )
+        .expect("PUT");
+    stack.flush(Duration::from_secs(30));
+    stack
+        .rt
+        .block_on(c.get_object().bucket(bucket).key("held").send())
+        .expect("a read");
+    stack
+        .rt
+        .block_on(m.delete_object().bucket(bucket).key("held").send())
+        .expect("the origin's copy deleted behind Perch's back");
+}
+
+/// The error code of a PUT into `bucket` (`None`: acknowledged).
+fn put_code(stack: &Stack, bucket: &str) -> Option<String> {
+    let put = stack.rt.block_on(
+        stack
+            .sdk()
+            .put_object()
+            .bucket(bucket)
+            .key("after")
+            .body(b"acknowledged?".to_vec().into())
+            .send(),
+    );
+    put.err()
+        .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
+}
+
 /// A DeleteBucket sent to the origin marks its bucket, durably, as one whose objects held here
 /// prove nothing: a write into it asks the origin first. Objects of a bucket held here were taken
 /// as proof that it exists, so a write was acknowledged, and refused at its upload (NoSuchBucket)
@@ -830,44 +874,9 @@ fn no_write_is_acknowledged_into_a_bucket_a_delete_bucket_may_have_removed() {
     let mut stack = start("10s", &[]);
     let _log = stack.log_on_panic();
     let m = stack.moto_sdk();
-    // A bucket Perch holds an object of, which another client empties at the origin.
-    let held = |stack: &Stack, bucket: &str| {
-        let c = stack.sdk();
-        stack
-            .rt
-            .block_on(c.create_bucket().bucket(bucket).send())
-            .expect("CreateBucket");
-        stack
-            .rt
-            .block_on(
-                c.put_object()
-                    .bucket(bucket)
-                    .key("held")
-                    .body(b"held".to_vec().into())
-                    .send(),
-            )
-            .expect("PUT");
-        stack.flush(Duration::from_secs(30));
-        stack
-            .rt
-            .block_on(m.delete_object().bucket(bucket).key("held").send())
-            .expect("the origin's copy deleted behind Perch's back");
-    };
-    let put_code = |stack: &Stack, bucket: &str| {
-        let c = stack.sdk();
-        let put = stack.rt.block_on(
-            c.put_object()
-                .bucket(bucket)
-                .key("after")
-                .body(b"acknowledged?".to_vec().into())
-                .send(),
-        );
-        put.err()
-            .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
-    };
 
     // The origin deletes the bucket, and its answer is lost; the retry is answered NoSuchBucket.
-    held(&stack, "answer-lost");
+    held_and_emptied(&stack, "answer-lost");
     stack
         .proxy
         .faults(r#"{"fail_next":1,"error_kinds":["lost"],"match_method":"DELETE"}"#);
@@ -880,7 +889,7 @@ fn no_write_is_acknowledged_into_a_bucket_a_delete_bucket_may_have_removed() {
     );
 
     // Perch is killed while the DeleteBucket is on its way; the origin applies it after.
-    held(&stack, "killed-meanwhile");
+    held_and_emptied(&stack, "killed-meanwhile");
     stack
         .proxy
         .faults(r#"{"error_rate":1.0,"error_kinds":["late"],"stall_ms":1500,"match_method":"DELETE"}"#);
@@ -991,29 +1000,8 @@ fn the_hot_set_written_at_a_stop_does_not_keep_a_bucket_being_deleted() {
     let _log = stack.log_on_panic();
     let (c, m) = (stack.sdk(), stack.moto_sdk());
     let bucket = "hot-gone";
-    stack
-        .rt
-        .block_on(c.create_bucket().bucket(bucket).send())
-        .expect("CreateBucket");
-    stack
-        .rt
-        .block_on(
-            c.put_object()
-                .bucket(bucket)
-                .key("read")
-                .body(b"read".to_vec().into())
-                .send(),
-        )
-        .expect("PUT");
-    stack.flush(Duration::from_secs(30));
-    stack
-        .rt
-        .block_on(c.get_object().bucket(bucket).key("read").send())
-        .expect("a read: the bucket has a hot set");
-    stack
-        .rt
-        .block_on(m.delete_object().bucket(bucket).key("read").send())
-        .expect("emptied at the origin behind Perch's back");
+    // Its object read: the bucket has a hot set.
+    held_and_emptied(&stack, bucket);
     // The DeleteBucket reaches the origin 2 s after Perch sent it; its client hangs up, and
     // Perch is stopped at once.
     stack
