@@ -166,6 +166,15 @@ impl Fills {
             fill.stale.store(true, Ordering::SeqCst);
         }
     }
+
+    /// The keys of `bucket` with a fill under way, for `Local::forget_bucket` to mark stale.
+    pub(crate) fn keys_in(&self, bucket: &str) -> Vec<ObjectKey> {
+        lock(&self.map)
+            .keys()
+            .filter(|k| k.bucket() == bucket)
+            .cloned()
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -738,6 +738,13 @@ impl Local {
     /// (served, they would answer for a bucket that is gone, and prove it exists to the next
     /// write: `Store::ensure_bucket`).
     pub(crate) fn forget_bucket(&self, bucket: &str) -> Result<(), CacheError> {
+        // A fill answered before the DeleteBucket (its object deleted at the origin since) must
+        // not be kept after: its entry would prove the bucket again once the mark's file is gone.
+        // Marked under the key's lock, a fill keeping its body now is done before the scan below.
+        for okey in self.fills.keys_in(bucket) {
+            let _key = self.key_lock(&okey);
+            self.fills.mark_stale(&okey);
+        }
         let gone: Vec<u64> = self
             .index
             .clean_entries_of(bucket)?

@@ -1025,6 +1025,59 @@ fn the_hot_set_written_at_a_stop_does_not_keep_a_bucket_being_deleted() {
     );
 }
 
+/// A read's fill whose origin answer comes after a DeleteBucket of its bucket is not kept: kept,
+/// the cached copy outlived the bucket's mark, and after a restart proved the bucket again, so a
+/// write into it was acknowledged, and refused at its upload (NoSuchBucket) for good.
+#[test]
+fn a_fill_answered_after_a_delete_bucket_does_not_keep_the_bucket() {
+    let _turn = machine::share();
+    let mut stack = start("10s", &[]);
+    let _log = stack.log_on_panic();
+    let (c, m) = (stack.sdk(), stack.moto_sdk());
+    let bucket = "fill-gone";
+    stack
+        .rt
+        .block_on(m.create_bucket().bucket(bucket).send())
+        .expect("CreateBucket at the origin");
+    stack
+        .rt
+        .block_on(
+            m.put_object()
+                .bucket(bucket)
+                .key("read")
+                .body(b"read".to_vec().into())
+                .send(),
+        )
+        .expect("PUT at the origin");
+    // A read's origin GET is answered 1.5 s late; meanwhile the object goes at the origin and the
+    // bucket is deleted through Perch.
+    stack
+        .proxy
+        .faults(r#"{"error_rate":1.0,"error_kinds":["held"],"stall_ms":1500,"match_method":"GET"}"#);
+    let read = stack
+        .rt
+        .spawn(async move { c.get_object().bucket(bucket).key("read").send().await.map(|_| ()) });
+    std::thread::sleep(Duration::from_millis(400));
+    stack.no_faults();
+    stack
+        .rt
+        .block_on(m.delete_object().bucket(bucket).key("read").send())
+        .expect("the origin's copy deleted behind Perch's back");
+    stack
+        .rt
+        .block_on(stack.sdk().delete_bucket().bucket(bucket).send())
+        .expect("DeleteBucket");
+    stack.rt.block_on(read).expect("the read's task").expect("the read");
+    stack.restart_clean();
+    assert_eq!(
+        put_code(&stack, bucket).as_deref(),
+        Some("Some(\"NoSuchBucket\")"),
+        "a write after a restart"
+    );
+    let st = stack.status();
+    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+}
+
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
 /// deadline in an outage, not one per batch of keys decided together: 80 keys took five deadlines
 /// (16 at a time, each retried for the whole deadline), 1,000 keys over two hours at the default.
