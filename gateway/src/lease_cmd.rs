@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use perch_cache::{JournalBinding, LEASE_KEY, Lease, LeaseConfig, OfflineJournal, Origin, read_lease};
 
-use crate::config::{Config, LeaseSettings, ServeArgs};
+use crate::config::{Config, LeaseSettings, Role, ServeArgs};
 
 /// The data dir's instance id: made once, kept; a restored or new data dir is a new holder.
 fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
@@ -129,6 +129,12 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
         }
         LeaseCommand::Break { holder_is_gone, serve } => {
             let config = Config::resolve(*serve)?;
+            if config.role == Role::Replica {
+                bail!(
+                    "a replica never writes the shared bucket, and breaking the lease deletes it from there: run \
+                     `perch lease break` with the primary's settings (without --role replica or PERCH_ROLE=replica)"
+                );
+            }
             let settings = lease_settings(&config)?;
             let (origin, _) = rt.block_on(crate::open_origin(&config))?;
             let current = rt.block_on(read_lease(&*origin, &settings.bucket))?;

@@ -280,6 +280,13 @@ fn a_second_primary_refuses_to_start_naming_the_holder() {
     assert_eq!((holder.as_str(), epoch), ("machine-c", 2));
     assert_eq!(put(c.addr, "k3", b"from c"), 200);
 
+    // Not from a replica's settings: a replica never writes the shared bucket.
+    let refused = b.cli(&["lease", "break", "--holder-is-gone", "--role", "replica"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("a replica never writes"), "{err}");
+    assert_eq!(b.lease().expect("a replica's break leaves the lease").0, "machine-c");
+
     // Broken with its flag while its holder runs: the holder's next renewal fails, and it stops.
     let broken = b.cli(&["lease", "break", "--holder-is-gone"]);
     assert!(broken.status.success(), "{}", String::from_utf8_lossy(&broken.stderr));
