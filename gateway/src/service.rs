@@ -491,6 +491,13 @@ impl S3 for Gateway {
         convert::check_key(&input.key)?;
         convert::check_version(input.version_id.as_deref())?;
         let part = part_number(input.part_number, range.is_some())?;
+        convert::check_overrides([
+            ("content-type", input.response_content_type.as_deref()),
+            ("cache-control", input.response_cache_control.as_deref()),
+            ("content-encoding", input.response_content_encoding.as_deref()),
+            ("content-disposition", input.response_content_disposition.as_deref()),
+            ("content-language", input.response_content_language.as_deref()),
+        ])?;
         let conditions = convert::conditions(
             input.if_match.as_ref(),
             input.if_none_match.as_ref(),

@@ -1348,3 +1348,62 @@ fn conditions_with_older_http_date_forms_are_checked() {
         .go(perch.addr());
     assert_error(&r, 404, "NoSuchKey", "a condition on a missing key");
 }
+
+/// A HEAD's `response-*` override that no header can carry is 400 InvalidRequest, as a GET's is
+/// (it was a 500: the value failed only when the answer was written).
+#[test]
+fn a_response_override_no_header_can_carry_is_an_invalid_request() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    for query in [
+        "response-content-type=%0Ax",
+        "response-content-disposition=%0D%0AX-Evil%3A%201",
+        "response-cache-control=a%01b",
+        "response-content-language=%7Fx",
+        "response-content-encoding=%0A",
+    ] {
+        for method in ["HEAD", "GET"] {
+            let r = Req::object(method, addr, Style::Virtual, "known").query(query).go(addr);
+            assert_eq!(r.status, 400, "{method} ?{query}: {}", r.summary());
+            if method == "GET" {
+                assert_error(&r, 400, "InvalidRequest", query);
+            }
+        }
+    }
+    let r = Req::object("HEAD", addr, Style::Virtual, "known")
+        .query("response-content-type=text%2Fplain")
+        .go(addr);
+    assert_eq!(r.header("Content-Type"), Some("text/plain"), "{}", r.summary());
+}
+
+/// An encryption S3 does not know is 400 InvalidArgument, the client's mistake; one S3 knows and
+/// Perch does not keep is 501 NotImplemented; AES256 is taken. Nothing is stored for a refusal.
+#[test]
+fn an_unknown_server_side_encryption_is_an_invalid_argument() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    for (value, status, code) in [
+        ("FOO", 400, "InvalidArgument"),
+        ("aes256", 400, "InvalidArgument"),
+        ("aes:kms", 400, "InvalidArgument"),
+        ("aws:kms", 501, "NotImplemented"),
+        ("aws:kms:dsse", 501, "NotImplemented"),
+    ] {
+        let r = Req::object("PUT", addr, Style::Virtual, "encrypted")
+            .header("x-amz-server-side-encryption", value)
+            .body(b"secret".to_vec())
+            .go(addr);
+        assert_error(&r, status, code, value);
+    }
+    assert_clean(&perch, &before, "refused encryptions");
+    let r = Req::object("PUT", addr, Style::Virtual, "encrypted")
+        .header("x-amz-server-side-encryption", "AES256")
+        .body(b"secret".to_vec())
+        .go(addr);
+    assert_eq!(r.status, 200, "AES256: {}", r.summary());
+}
