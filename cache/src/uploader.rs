@@ -188,6 +188,21 @@ impl Uploader {
         let mut refused_with_crc32 = false;
         let mut replaced = 0u32;
         loop {
+            if self.journal.given_up(seq) {
+                let fault = self.journal.version_fault(seq);
+                tracing::warn!(
+                    bucket,
+                    key,
+                    seq,
+                    attempt,
+                    "an upload tried again through faults was given up by an operator"
+                );
+                self.journal.refuse(
+                    seq,
+                    format!("given up by an operator after {attempt} attempts; the last fault: {fault}"),
+                );
+                return;
+            }
             if let Some(lease) = &lease {
                 lease.writable().await;
             }
@@ -349,7 +364,17 @@ impl Uploader {
                         tracing::warn!(key, seq, attempt, error = %e, "upload failed; retrying");
                     }
                     self.journal.note_origin_fault(Some(e.to_string()));
-                    tokio::time::sleep(UPLOAD_RETRY.backoff(attempt)).await;
+                    self.journal.note_retry(seq, e.to_string());
+                    // Until the next attempt, or until an operator gives it up (checked above).
+                    let given_up = self.journal.give_ups.notified();
+                    tokio::pin!(given_up);
+                    given_up.as_mut().enable();
+                    if !self.journal.given_up(seq) {
+                        tokio::select! {
+                            () = tokio::time::sleep(UPLOAD_RETRY.backoff(attempt)) => {}
+                            () = given_up => {}
+                        }
+                    }
                 }
             }
         }

@@ -42,7 +42,8 @@ pub enum JournalCommand {
         /// The version (its sequence number, from `perch status` or `perch journal list`)
         seq: u64,
     },
-    /// Drop a version the origin refused: that acknowledged write is LOST (a running Perch)
+    /// Drop a version the origin refused, or one tried again through faults that do not pass
+    /// (RETRYING in `perch journal list`): that acknowledged write is LOST (a running Perch)
     Drop {
         #[command(flatten)]
         admin: AdminArgs,
@@ -119,10 +120,11 @@ pub fn journal(args: &JournalArgs) -> anyhow::Result<()> {
                     e.age_seconds,
                     e.bucket,
                     e.key,
-                    e.refused
-                        .as_deref()
-                        .map(|r| format!("  REFUSED: {r}"))
-                        .unwrap_or_default()
+                    match (&e.refused, &e.retrying) {
+                        (Some(r), _) => format!("  REFUSED: {r}"),
+                        (None, Some(f)) => format!("  RETRYING: {f}"),
+                        (None, None) => String::new(),
+                    }
                 );
             }
             if entries.is_empty() {

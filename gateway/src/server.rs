@@ -752,8 +752,9 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 /// `POST /journal/retry?seq=N` and `POST /journal/drop?seq=N&confirm=lose-this-write`: an
-/// operator's decision about a version the origin refused.
-fn journal_request(store: &Store, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// operator's decision about a version the origin refused (or, to drop, one tried again through
+/// faults).
+async fn journal_request(store: &Store, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(seq) = query_param(req, "seq").and_then(|v| v.parse::<u64>().ok()) else {
         return text(StatusCode::BAD_REQUEST, "text/plain", "seq=N is required\n".into());
     };
@@ -763,6 +764,7 @@ fn journal_request(store: &Store, req: &Request<Incoming>) -> Response<Full<Byte
             .map(|()| format!("version {seq} will be uploaded again\n")),
         "/journal/drop" if query_param(req, "confirm") == Some("lose-this-write") => store
             .drop_version(seq)
+            .await
             .map(|()| format!("version {seq} dropped: that write is lost\n")),
         "/journal/drop" => {
             return text(
@@ -780,7 +782,7 @@ fn journal_request(store: &Store, req: &Request<Incoming>) -> Response<Full<Byte
             "text/plain",
             format!("version {seq} is not in the journal\n"),
         ),
-        Err(e @ perch_cache::JournalOpError::NotRefused(_)) => {
+        Err(e @ (perch_cache::JournalOpError::NotRefused(_) | perch_cache::JournalOpError::GivingUp(..))) => {
             text(StatusCode::CONFLICT, "text/plain", format!("{e}\n"))
         }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
@@ -789,7 +791,7 @@ fn journal_request(store: &Store, req: &Request<Incoming>) -> Response<Full<Byte
 
 async fn admin_request(store: &Store, metrics: &Metrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == http::Method::POST && req.uri().path().starts_with("/journal/") {
-        return journal_request(store, &req);
+        return journal_request(store, &req).await;
     }
     if req.method() != http::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());

@@ -154,6 +154,8 @@ pub(crate) struct Journal {
     epoch: RwLock<u64>,
     /// Wakes the uploader's dispatcher.
     pub(crate) wake: Arc<Notify>,
+    /// Wakes uploads waiting to try again: an operator gave one up (`give_up`).
+    pub(crate) give_ups: Notify,
     /// Bumped whenever a version is released or fails: writers waiting for room, for a key to
     /// be clean or for a confirmation look again.
     released: watch::Sender<u64>,
@@ -181,6 +183,7 @@ impl Journal {
             room: Mutex::new(Room::default()),
             epoch: RwLock::new(0),
             wake: Arc::new(Notify::new()),
+            give_ups: Notify::new(),
             released: watch::channel(0).0,
             stats,
         };
@@ -504,6 +507,24 @@ impl Journal {
     /// The uploader met a transient origin fault (`None`: it passed).
     pub(crate) fn note_origin_fault(&self, fault: Option<String>) {
         lock(&self.state).origin_fault = fault.map(|f| (SystemTime::now(), f));
+    }
+
+    /// The upload of `seq` met a transient fault and will be tried again.
+    pub(crate) fn note_retry(&self, seq: u64, fault: String) {
+        let mut st = lock(&self.state);
+        if st.versions.contains_key(&seq) {
+            st.retrying.insert(seq, fault);
+        }
+    }
+
+    /// The last transient fault of `seq`'s upload.
+    pub(crate) fn version_fault(&self, seq: u64) -> String {
+        lock(&self.state).retrying.get(&seq).cloned().unwrap_or_default()
+    }
+
+    /// Whether an operator gave up `seq` (`give_up`).
+    pub(crate) fn given_up(&self, seq: u64) -> bool {
+        lock(&self.state).given_up.contains(&seq)
     }
 }
 

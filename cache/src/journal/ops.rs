@@ -1,4 +1,5 @@
-//! Operators' requests on a running journal: list, retry or drop a refused version (`perch journal`).
+//! Operators' requests on a running journal: list, retry or drop a refused version, or give up one tried
+//! again through faults to drop it (`perch journal`).
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,9 @@ pub struct JournalEntry {
     pub age_seconds: f64,
     /// Why the origin refused it, if it did.
     pub refused: Option<String>,
+    /// The transient fault its upload met last, while it is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<String>,
 }
 
 /// What an operator's journal request could not do.
@@ -28,8 +32,16 @@ pub struct JournalEntry {
 pub enum JournalOpError {
     #[error("version {0} is not in the journal")]
     NotFound(u64),
-    #[error("version {0} is not refused by the origin: only refused versions are retried or dropped")]
+    #[error(
+        "version {0} is not refused by the origin: only refused versions are retried, and only refused ones or \
+         ones tried again through faults are dropped"
+    )]
     NotRefused(u64),
+    #[error(
+        "version {0} is tried again through faults ({1}), and an attempt is under way: it is given up once that \
+         attempt ends; run the same command again"
+    )]
+    GivingUp(u64, String),
     #[error(transparent)]
     Local(#[from] CacheError),
 }
@@ -51,6 +63,7 @@ impl Journal {
                 stage: v.stage,
                 age_seconds: v.acked.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
                 refused: st.failed.get(seq).cloned(),
+                retrying: st.retrying.get(seq).cloned(),
             })
             .collect()
     }
@@ -68,6 +81,35 @@ impl Journal {
         drop(st);
         self.bump();
         Ok(())
+    }
+
+    /// Gives up a version the uploader tries again through faults that may never pass (an origin
+    /// that answers its key with a fault every time): it is refused before its next attempt, and
+    /// can then be dropped. `Ok(false)`: it is refused already; `Ok(true)`: given up.
+    pub(crate) fn give_up(&self, seq: u64) -> Result<bool, JournalOpError> {
+        let mut st = lock(&self.state);
+        if !st.versions.contains_key(&seq) {
+            return Err(JournalOpError::NotFound(seq));
+        }
+        if st.failed.contains_key(&seq) {
+            return Ok(false);
+        }
+        if !st.retrying.contains_key(&seq) {
+            return Err(JournalOpError::NotRefused(seq));
+        }
+        st.given_up.insert(seq);
+        drop(st);
+        self.give_ups.notify_waiters();
+        Ok(true)
+    }
+
+    /// The transient fault of `seq`'s upload, if it is still given up but not refused yet.
+    pub(crate) fn giving_up(&self, seq: u64) -> Option<String> {
+        let st = lock(&self.state);
+        st.given_up
+            .contains(&seq)
+            .then(|| st.retrying.get(&seq).cloned())
+            .flatten()
     }
 
     /// Drops a refused version for good: the write is lost (its key reads as the origin has it,

@@ -82,6 +82,12 @@ pub(crate) struct State {
     pub last_seq: u64,
     /// The last origin fault the uploader met, while it lasts.
     pub origin_fault: Option<(SystemTime, String)>,
+    /// Versions the uploader is trying again after a transient fault, with the last fault: shown
+    /// (`perch journal list`), and what an operator may give up (`given_up`).
+    pub retrying: BTreeMap<u64, String>,
+    /// Of those, the ones an operator gave up (to drop them): the uploader refuses each before
+    /// its next attempt.
+    pub given_up: HashSet<u64>,
 }
 
 impl State {
@@ -118,6 +124,8 @@ impl State {
         self.failed.remove(&seq);
         self.answers.remove(&seq);
         self.in_origin.remove(&seq);
+        self.retrying.remove(&seq);
+        self.given_up.remove(&seq);
         if v.ordered()
             && let Some(set) = self.stages.get_mut(&v.stage)
         {
@@ -150,6 +158,8 @@ impl State {
                 self.in_flight_write_through -= 1;
             }
             self.failed.insert(seq, error);
+            self.retrying.remove(&seq);
+            self.given_up.remove(&seq);
             if let Some(answer) = answer {
                 self.answers.insert(seq, answer);
             }

@@ -44,6 +44,9 @@ use known::{KnownBuckets, Seen};
 /// Origin pages a listing asks for at most to give a client one that is not empty.
 const EMPTY_PAGES_MAX: u32 = 8;
 
+/// How long `drop_version` waits for the upload of a version it gave up to end its attempt.
+const GIVE_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// The policy's `cache = "pin"`, as the cache asks it (for reads: a pinned copy stays).
 fn pin_rule(policy: &Arc<perch_policy::SharedPolicy>) -> crate::local::Pinned {
     let policy = policy.clone();
@@ -614,8 +617,20 @@ impl Store {
         self.journal.retry(seq)
     }
 
-    /// Drops a version the origin refused: its write is lost (`perch journal drop`).
-    pub fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+    /// Drops a version the origin refused, or one tried again through faults (given up first):
+    /// its write is lost (`perch journal drop`).
+    pub async fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {
+        if self.journal.give_up(seq)? {
+            // Refused by its upload before the next attempt: at once while it waits to try again,
+            // else once the attempt under way ends.
+            let deadline = std::time::Instant::now() + GIVE_UP_WAIT;
+            while let Some(fault) = self.journal.giving_up(seq) {
+                if std::time::Instant::now() >= deadline {
+                    return Err(JournalOpError::GivingUp(seq, fault));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let okey = self.journal.drop_version(seq)?;
         tracing::warn!(seq, object = %okey, "a refused version was dropped by an operator: that write is lost");
         Ok(())

@@ -227,6 +227,55 @@ fn an_operator_retries_or_drops_a_refused_version() {
     assert!(!ok && out.contains("not in the journal"), "{out}");
 }
 
+/// A version whose upload meets a fault at every attempt (an origin that answers its key with a
+/// 500, or a bare 404, each time) is tried again for ever, and holds up the barrier behind it: an
+/// operator sees it in `perch journal list` (RETRYING, with the fault) and can drop it, and what
+/// waited behind it goes up. It could not be dropped: only a refused version could.
+#[test]
+fn an_operator_drops_a_version_tried_again_through_faults_that_never_pass() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    s.faults(
+        r#"{"error_rate": 1.0, "match_method": "PUT", "match_key_prefix": "orioledb_data/1/stuck", "error_kinds": ["500"]}"#,
+    );
+    s.put("orioledb_data/1/stuck", b"never taken");
+    s.put("data/1/global/pg_control", b"a barrier behind it");
+    let mut listed = String::new();
+    eventually("the version listed as tried again", || {
+        let (ok, out) = journal_cli(&s, &["list"]);
+        listed = out;
+        ok && listed
+            .lines()
+            .any(|l| l.contains("orioledb_data/1/stuck") && l.contains("RETRYING"))
+    });
+    let seq = listed
+        .lines()
+        .find(|l| l.contains("orioledb_data/1/stuck"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("its seq");
+    assert_eq!(
+        s.in_moto("data/1/global/pg_control"),
+        None,
+        "the barrier waits behind it"
+    );
+    // Retried is not refused: a retry has nothing to do.
+    let (ok, out) = journal_cli(&s, &["retry", &seq.to_string()]);
+    assert!(!ok && out.contains("not refused"), "{out}");
+    let (ok, out) = journal_cli(&s, &["drop", &seq.to_string(), "--lose-this-write"]);
+    assert!(ok, "{out}");
+    s.flush(Duration::from_secs(60));
+    assert_eq!(s.in_moto("orioledb_data/1/stuck"), None);
+    assert_eq!(
+        s.in_moto("data/1/global/pg_control").as_deref(),
+        Some(&b"a barrier behind it"[..])
+    );
+    assert_eq!(refused(&s), Vec::new());
+    let (ok, out) = journal_cli(&s, &["list"]);
+    assert!(ok && out.contains("the journal is empty"), "{out}");
+}
+
 #[test]
 fn journal_repair_lets_perch_start_losing_only_the_version_whose_blob_is_gone() {
     let _turn = machine::share();
