@@ -1,7 +1,9 @@
 //! XML document bodies (DeleteObjects, CompleteMultipartUpload, configurations): bounded, and checked.
 //!
-//! A document over what s3s reads is refused before it is read, and one whose request declares a
-//! Content-MD5 or checksum of it is checked against it before s3s parses it (s3s looks at neither).
+//! A document over what s3s reads is refused before it is read; one whose request declares a
+//! Content-MD5 or checksum of it is checked against it before s3s parses it (s3s looks at neither),
+//! and one holding a CDATA section is refused (s3s drops its text, so that a DeleteObjects of
+//! `a<![CDATA[b]]>` deleted `a`).
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -14,6 +16,9 @@ use crate::spool;
 
 /// The most s3s receives of a body it parses whole, a document (its `xml_max_body_size`).
 const DOCUMENT_BYTES_MAX: u64 = 20 << 20;
+
+/// What opens a CDATA section.
+const CDATA: &[u8] = b"<![CDATA[";
 
 /// The subresources whose POST carries a document.
 const POSTED: [&str; 4] = ["delete", "uploadId", "restore", "select"];
@@ -76,15 +81,19 @@ pub fn too_large<B>(req: &Request<B>) -> bool {
         && is_document(req)
 }
 
-/// Whether `req` is a document that declares a digest of itself (`Content-MD5`, or an
-/// `x-amz-checksum-*` header but on CompleteMultipartUpload, where those are the whole object's),
-/// which `checked` verifies. An aws-chunked body is left to s3s, which verifies its chunks.
-pub fn declares_digest<B>(req: &Request<B>) -> bool {
-    let h = req.headers();
-    let streamed = h
+/// Whether `req` is a document `checked` holds whole before s3s reads it. An aws-chunked body is
+/// left to s3s, which verifies its chunks.
+pub fn is_held<B>(req: &Request<B>) -> bool {
+    let streamed = req
+        .headers()
         .get("x-amz-content-sha256")
         .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
-    !streamed && is_document(req) && (h.contains_key("content-md5") || checksum_headers(req).next().is_some())
+    !streamed && is_document(req)
+}
+
+/// Whether `req`'s document is XML (a bucket policy is JSON).
+fn is_xml<B>(req: &Request<B>) -> bool {
+    !query_names(req).any(|name| name == "policy")
 }
 
 /// Whether `req` is a CompleteMultipartUpload (a POST with `uploadId`): its `x-amz-checksum-*`
@@ -103,9 +112,11 @@ fn checksum_headers<B>(req: &Request<B>) -> impl Iterator<Item = (ChecksumAlgori
 }
 
 /// Receives the document whole (it is at most `DOCUMENT_BYTES_MAX`, `too_large` saw to that) and
-/// gives the request back with it once it matched every digest its request declares: a wrong one
-/// is 400 BadDigest and a malformed Content-MD5 400 InvalidDigest, as S3 answers, and nothing of
-/// the request is carried out.
+/// gives the request back with it once it matched every digest its request declares (a wrong one
+/// is 400 BadDigest and a malformed Content-MD5 400 InvalidDigest, as S3 answers) and holds no
+/// CDATA section (501 NotImplemented: s3s would read the text around one and drop the section's,
+/// and act on another key, tag or rule than the one sent); nothing of a refused request is
+/// carried out.
 pub async fn checked<B>(req: Request<B>) -> Result<Request<s3s::Body>, Refusal>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -113,6 +124,7 @@ where
 {
     let declared: Vec<(ChecksumAlgorithm, http::HeaderValue)> =
         checksum_headers(&req).map(|(a, v)| (a, v.clone())).collect();
+    let xml = is_xml(&req);
     let (parts, mut body) = req.into_parts();
     let mut held = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -163,6 +175,13 @@ where
                 ),
             ));
         }
+    }
+    if xml && bytes.windows(CDATA.len()).any(|w| w == CDATA) {
+        return Err(refusal(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "Perch does not read CDATA sections in XML documents: send their text escaped (&lt; &amp;).",
+        ));
     }
     Ok(Request::from_parts(parts, s3s::Body::from(bytes)))
 }

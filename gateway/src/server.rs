@@ -543,14 +543,14 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                                 "MaxMessageLengthExceeded",
                                 document::TOO_LARGE,
                             )),
-                            Ok(req) if document::declares_digest(&req) => document::checked(req)
+                            Ok(req) if document::is_held(&req) => document::checked(req)
                                 .await
                                 .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
                             Ok(req) => Ok(req),
                             Err(refused) => Err(error_response(refused.status, refused.code, &refused.message)),
                         },
                     }
-                } else if document::declares_digest(&req) {
+                } else if document::is_held(&req) {
                     // Held whole before s3s checks its signature, as a chunked body is: refused on
                     // its head first when it can never pass.
                     match door.fast.refused_by_its_head(&req) {

@@ -1407,3 +1407,52 @@ fn an_unknown_server_side_encryption_is_an_invalid_argument() {
         .go(addr);
     assert_eq!(r.status, 200, "AES256: {}", r.summary());
 }
+
+/// A document holding a CDATA section is 501 NotImplemented, with or without a digest of it, and
+/// nothing is done: s3s drops a section's text, so a DeleteObjects of `kno<![CDATA[wn]]>` deleted
+/// `kno`, and a tag `k<![CDATA[ey]]>` was kept as `k`. The same text escaped is read.
+#[test]
+fn a_cdata_section_in_a_document_is_refused_not_misread() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let r = Req::object("PUT", addr, Style::Virtual, "kno")
+        .body(b"a neighbour".to_vec())
+        .go(addr);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let before = keys_of(&perch);
+    let delete = b"<Delete><Object><Key>kno<![CDATA[wn]]></Key></Object></Delete>";
+    for with_md5 in [true, false] {
+        let mut req = Req::bucket("POST", addr, Style::Virtual, "delete").body(delete.to_vec());
+        if with_md5 {
+            req = req.header("Content-MD5", &content_md5(delete));
+        }
+        let r = req.go(addr);
+        assert_error(
+            &r,
+            501,
+            "NotImplemented",
+            &format!("DeleteObjects, Content-MD5 {with_md5}"),
+        );
+    }
+    assert_eq!(keys_of(&perch), before, "nothing deleted");
+    let tagging = b"<Tagging><TagSet><Tag><Key>k<![CDATA[ey]]></Key><Value>v</Value></Tag></TagSet></Tagging>";
+    let r = Req::object("PUT", addr, Style::Virtual, "known")
+        .query("tagging")
+        .body(tagging.to_vec())
+        .go(addr);
+    assert_error(&r, 501, "NotImplemented", "PutObjectTagging");
+    let r = Req::object("GET", addr, Style::Virtual, "known")
+        .query("tagging")
+        .go(addr);
+    assert_eq!(xml_values(&r.text(), "Key"), Vec::<String>::new(), "{}", r.summary());
+    // Escaped, the same text is read as sent.
+    let delete = b"<Delete><Object><Key>kno&#119;n</Key></Object></Delete>";
+    let r = Req::bucket("POST", addr, Style::Virtual, "delete")
+        .body(delete.to_vec())
+        .header("Content-MD5", &content_md5(delete))
+        .go(addr);
+    assert_eq!(xml_values(&r.text(), "Key"), ["known"], "{}", r.summary());
+    assert_missing(&perch, "known", "deleted by its escaped name");
+}
