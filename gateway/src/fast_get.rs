@@ -226,15 +226,13 @@ impl FastGet {
         })
     }
 
-    /// The bucket and key a request names: `BUCKET.<domain>` and `/KEY`, or `/BUCKET/KEY` for any
-    /// other host; the key decoded.
-    fn locate<'r>(&self, host: &'r str, raw_path: &'r str) -> Option<(&'r str, String)> {
+    /// The bucket `host` names: `BUCKET.<domain>[:port]` is virtual-hosted; any other host, none.
+    pub fn virtual_bucket<'r>(&self, host: &'r str) -> Option<&'r str> {
         let name = match host.rsplit_once(':') {
             Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
             _ => host,
         };
-        let virtual_bucket = name
-            .len()
+        name.len()
             .checked_sub(self.domain.len() + 1)
             .filter(|&cut| {
                 cut > 0
@@ -242,9 +240,14 @@ impl FastGet {
                     && name[cut + 1..].eq_ignore_ascii_case(&self.domain)
                     && name.parse::<std::net::IpAddr>().is_err()
             })
-            .map(|cut| &name[..cut]);
+            .map(|cut| &name[..cut])
+    }
+
+    /// The bucket and key a request names: `BUCKET.<domain>` and `/KEY`, or `/BUCKET/KEY` for any
+    /// other host; the key decoded.
+    fn locate<'r>(&self, host: &'r str, raw_path: &'r str) -> Option<(&'r str, String)> {
         let rest = raw_path.strip_prefix('/')?;
-        let (bucket, raw_key) = match virtual_bucket {
+        let (bucket, raw_key) = match self.virtual_bucket(host) {
             Some(bucket) => (bucket, rest),
             None => rest.split_once('/')?,
         };

@@ -567,7 +567,14 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 Ok(req) => {
                     // Read before s3s takes the request: its answer may need it.
                     let scheme = AuthScheme::of(req.headers());
-                    match door.s3.call(merge_repeated_headers(req)).await {
+                    let slashed = bucket_slashed_for_sigv2(&req, &door.fast);
+                    let mut answer = door.s3.call(merge_repeated_headers(req)).await;
+                    if let Some(again) = slashed
+                        && answer.as_ref().is_ok_and(signature_mismatch)
+                    {
+                        answer = door.s3.call(merge_repeated_headers(again)).await;
+                    }
+                    match answer {
                         Ok(r) if r.status() == StatusCode::BAD_REQUEST => unreadable_auth_as_s3(r, scheme),
                         Ok(r) if head => part_head_partial(r),
                         Ok(r) if REQUEST.with(|i| i.borrow().op == "GetObjectAttributes") => {
@@ -646,6 +653,52 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
 /// a streaming upload of an encoded body, as HTTP allows: RFC 9110 §5.3) and user metadata
 /// (`x-amz-meta-*`: S3 combines the lines of one name, as SigV4's canonical request does, so the
 /// signature still holds).
+/// A SigV2 request for a bucket in path style (`/BUCKET`, nothing after it) with its path as
+/// `/BUCKET/`, for s3s to try when it refused the first form's signature: botocore signs a
+/// bucket's resource so (`/BUCKET/?location`), and S3 takes it, where s3s signs the path as it
+/// came. Only a request whose whole body is at hand (none, or a document held whole).
+fn bucket_slashed_for_sigv2(req: &Request<s3s::Body>, fast: &FastGet) -> Option<Request<s3s::Body>> {
+    let sigv2 = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"AWS "))
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("AWSAccessKeyId=")));
+    let path = req.uri().path();
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+    if !sigv2 || path.len() < 2 || path[1..].contains('/') || host.is_some_and(|h| fast.virtual_bucket(h).is_some()) {
+        return None;
+    }
+    let body = match req.body().bytes() {
+        Some(bytes) => s3s::Body::from(bytes),
+        None if http_body::Body::is_end_stream(req.body()) => s3s::Body::empty(),
+        None => return None,
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{path}/?{q}"),
+        None => format!("{path}/"),
+    };
+    let mut uri = req.uri().clone().into_parts();
+    uri.path_and_query = Some(path_and_query.parse().ok()?);
+    let mut again = Request::new(body);
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = http::Uri::from_parts(uri).ok()?;
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
+}
+
+/// Whether s3s refused a request's signature (403 SignatureDoesNotMatch).
+fn signature_mismatch(r: &Response<s3s::Body>) -> bool {
+    const CODE: &[u8] = b"<Code>SignatureDoesNotMatch</Code>";
+    r.status() == StatusCode::FORBIDDEN
+        && r.body()
+            .bytes()
+            .is_some_and(|b| b.windows(CODE.len()).any(|w| w == CODE))
+}
+
 fn merge_repeated_headers<B>(mut req: Request<B>) -> Request<B> {
     let headers = req.headers_mut();
     let repeated: Vec<http::HeaderName> = headers

@@ -107,6 +107,41 @@ def test_presigned_get(perch, bucket, style, sig):
     assert code_of(r.text) == "SignatureDoesNotMatch"
 
 
+@pytest.mark.parametrize("style", ["path", "virtual"])
+def test_sigv2_bucket_requests_are_taken_as_botocore_signs_them(perch, bucket, style):
+    """botocore signs a bucket's SigV2 resource as `/BUCKET/` (`/BUCKET/?location`) while it sends
+    `/BUCKET?location` in path style, as S3 takes it: presigned listings (what boto3 presigns
+    unconfigured) and header-signed listings and DeleteObjects were 403 SignatureDoesNotMatch."""
+    s3 = presigner(perch, style, "default")
+    s3.put_object(Bucket=bucket, Key="a/one", Body=b"1")
+    s3.put_object(Bucket=bucket, Key="a/two", Body=b"2")
+    for operation, params in [
+        ("list_objects_v2", {"Bucket": bucket, "Prefix": "a/"}),
+        ("list_objects", {"Bucket": bucket}),
+        ("get_bucket_location", {"Bucket": bucket}),
+    ]:
+        url = s3.generate_presigned_url(operation, Params=params, ExpiresIn=300)
+        assert "AWSAccessKeyId=" in url, url
+        r = requests.get(url, timeout=10)
+        assert r.status_code == 200, (operation, r.text)
+    # A listing whose signed expiry was moved is refused (SigV2 signs no listing parameter).
+    url = s3.generate_presigned_url("list_objects_v2", Params={"Bucket": bucket}, ExpiresIn=300)
+    expires = re.search(r"Expires=(\d+)", url).group(1)
+    r = requests.get(url.replace(f"Expires={expires}", f"Expires={int(expires) + 1}"), timeout=10)
+    assert r.status_code == 403 and code_of(r.text) == "SignatureDoesNotMatch", "a tampered listing"
+
+    v2 = make_client(perch, style, signature_version="s3")
+    assert sorted(o["Key"] for o in v2.list_objects_v2(Bucket=bucket)["Contents"]) == ["a/one", "a/two"]
+    out = v2.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "a/one"}]})
+    assert [d["Key"] for d in out["Deleted"]] == ["a/one"]
+    assert [o["Key"] for o in v2.list_objects_v2(Bucket=bucket)["Contents"]] == ["a/two"]
+    # The wrong secret is still refused, in both forms.
+    wrong = make_client(perch, style, secret="not-the-secret", signature_version="s3")
+    with pytest.raises(ClientError) as e:
+        wrong.list_objects_v2(Bucket=bucket)
+    assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
 def test_presigned_get_expired(perch, bucket):
     make_client(perch, "path").put_object(Bucket=bucket, Key="k", Body=b"v")
     urls = {}
