@@ -188,21 +188,6 @@ impl Uploader {
         let mut refused_with_crc32 = false;
         let mut replaced = 0u32;
         loop {
-            if self.journal.given_up(seq) {
-                let fault = self.journal.version_fault(seq);
-                tracing::warn!(
-                    bucket,
-                    key,
-                    seq,
-                    attempt,
-                    "an upload tried again through faults was given up by an operator"
-                );
-                self.journal.refuse(
-                    seq,
-                    format!("given up by an operator after {attempt} attempts; the last fault: {fault}"),
-                );
-                return;
-            }
             if let Some(lease) = &lease {
                 lease.writable().await;
             }
@@ -374,6 +359,22 @@ impl Uploader {
                             () = tokio::time::sleep(UPLOAD_RETRY.backoff(attempt)) => {}
                             () = given_up => {}
                         }
+                    }
+                    // Only here, after a fault: an attempt that went up is never given up.
+                    if self.journal.given_up(seq) {
+                        tracing::warn!(
+                            bucket,
+                            key,
+                            seq,
+                            attempt,
+                            error = %e,
+                            "an upload tried again through faults was given up by an operator"
+                        );
+                        self.journal.refuse(
+                            seq,
+                            format!("given up by an operator after {attempt} attempts; the last fault: {e}"),
+                        );
+                        return;
                     }
                 }
             }

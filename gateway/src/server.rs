@@ -648,11 +648,6 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
     response
 }
 
-/// Joins repeated header lines S3 reads as one comma-separated value, which s3s refuses as a
-/// duplicate header: `Content-Encoding` (the AWS SDKs send `gzip` and `aws-chunked` as two lines for
-/// a streaming upload of an encoded body, as HTTP allows: RFC 9110 §5.3) and user metadata
-/// (`x-amz-meta-*`: S3 combines the lines of one name, as SigV4's canonical request does, so the
-/// signature still holds).
 /// A SigV2 request for a bucket in path style (`/BUCKET`, nothing after it) with its path as
 /// `/BUCKET/`, for s3s to try when it refused the first form's signature: botocore signs a
 /// bucket's resource so (`/BUCKET/?location`), and S3 takes it, where s3s signs the path as it
@@ -668,7 +663,12 @@ fn bucket_slashed_for_sigv2(req: &Request<s3s::Body>, fast: &FastGet) -> Option<
             .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("AWSAccessKeyId=")));
     let path = req.uri().path();
     let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
-    if !sigv2 || path.len() < 2 || path[1..].contains('/') || host.is_some_and(|h| fast.virtual_bucket(h).is_some()) {
+    // A `%` might decode to a slash: `/B%2FK/` would name another key than `/B%2FK`.
+    if !sigv2
+        || path.len() < 2
+        || path[1..].contains(['/', '%'])
+        || host.is_some_and(|h| fast.virtual_bucket(h).is_some())
+    {
         return None;
     }
     let body = match req.body().bytes() {
@@ -699,6 +699,11 @@ fn signature_mismatch(r: &Response<s3s::Body>) -> bool {
             .is_some_and(|b| b.windows(CODE.len()).any(|w| w == CODE))
 }
 
+/// Joins repeated header lines S3 reads as one comma-separated value, which s3s refuses as a
+/// duplicate header: `Content-Encoding` (the AWS SDKs send `gzip` and `aws-chunked` as two lines for
+/// a streaming upload of an encoded body, as HTTP allows: RFC 9110 §5.3) and user metadata
+/// (`x-amz-meta-*`: S3 combines the lines of one name, as SigV4's canonical request does, so the
+/// signature still holds).
 fn merge_repeated_headers<B>(mut req: Request<B>) -> Request<B> {
     let headers = req.headers_mut();
     let repeated: Vec<http::HeaderName> = headers

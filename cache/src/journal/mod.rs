@@ -302,6 +302,14 @@ impl Journal {
                     answer: st.answers.get(&seq).cloned(),
                 }));
             }
+            // Gone from the journal: released once the origin held it, or dropped by an operator.
+            if st.dropped.contains(&seq) {
+                return Some(Err(StoreError::Refused {
+                    seq,
+                    error: "dropped by an operator (perch journal drop): the write is lost".to_owned(),
+                    answer: None,
+                }));
+            }
             (!st.versions.contains_key(&seq)).then_some(Ok(()))
         })
         .await
@@ -515,11 +523,6 @@ impl Journal {
         if st.versions.contains_key(&seq) {
             st.retrying.insert(seq, fault);
         }
-    }
-
-    /// The last transient fault of `seq`'s upload.
-    pub(crate) fn version_fault(&self, seq: u64) -> String {
-        lock(&self.state).retrying.get(&seq).cloned().unwrap_or_default()
     }
 
     /// Whether an operator gave up `seq` (`give_up`).

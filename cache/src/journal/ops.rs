@@ -128,6 +128,7 @@ impl Journal {
             record::drop_from_index(&self.local, seq, &v.okey, v.put.is_some())?;
             let mut st = lock(&self.state);
             st.remove(seq);
+            st.dropped.insert(seq);
             self.refresh_gauges(&st);
         }
         self.bump();

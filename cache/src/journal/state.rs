@@ -88,6 +88,9 @@ pub(crate) struct State {
     /// Of those, the ones an operator gave up (to drop them): the uploader refuses each before
     /// its next attempt.
     pub given_up: HashSet<u64>,
+    /// Versions an operator dropped (one entry a drop, kept until the next start): a client still
+    /// waiting on one (write-through) is told it is refused, not that the origin holds it.
+    pub dropped: HashSet<u64>,
 }
 
 impl State {
