@@ -815,8 +815,7 @@ fn a_write_after_a_delete_bucket_its_client_hung_up_on_waits_for_it() {
         buckets.buckets().iter().all(|b| b.name() != Some(bucket)),
         "the origin still has the bucket"
     );
-    let st = stack.status();
-    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+    assert_none_refused(&stack);
 }
 
 /// Makes `bucket` through Perch with an object Perch wrote, uploaded and read (a hot set, a
@@ -850,17 +849,33 @@ fn held_and_emptied(stack: &Stack, bucket: &str) {
 
 /// The error code of a PUT into `bucket` (`None`: acknowledged).
 fn put_code(stack: &Stack, bucket: &str) -> Option<String> {
-    let put = stack.rt.block_on(
-        stack
-            .sdk()
-            .put_object()
-            .bucket(bucket)
-            .key("after")
-            .body(b"acknowledged?".to_vec().into())
-            .send(),
-    );
+    stack.rt.block_on(put_code_with(stack.sdk(), bucket.to_owned()))
+}
+
+/// `put_code` with client `c`, for a task of its own.
+async fn put_code_with(c: aws_sdk_s3::Client, bucket: String) -> Option<String> {
+    let put = c
+        .put_object()
+        .bucket(bucket)
+        .key("after")
+        .body(b"acknowledged?".to_vec().into())
+        .send()
+        .await;
     put.err()
         .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
+}
+
+/// A write into a bucket that is gone was refused at the door (NoSuchBucket), not acknowledged.
+#[track_caller]
+fn assert_gone(code: Option<String>, what: &str) {
+    assert_eq!(code.as_deref(), Some("Some(\"NoSuchBucket\")"), "{what}");
+}
+
+/// Nothing acknowledged was refused at its upload.
+#[track_caller]
+fn assert_none_refused(stack: &Stack) {
+    let st = stack.status();
+    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
 }
 
 /// A DeleteBucket sent to the origin marks its bucket, durably, as one whose objects held here
@@ -883,10 +898,7 @@ fn no_write_is_acknowledged_into_a_bucket_a_delete_bucket_may_have_removed() {
     let c = stack.sdk();
     let _ = stack.rt.block_on(c.delete_bucket().bucket("answer-lost").send());
     stack.no_faults();
-    assert_eq!(
-        put_code(&stack, "answer-lost").as_deref(),
-        Some("Some(\"NoSuchBucket\")")
-    );
+    assert_gone(put_code(&stack, "answer-lost"), "a write after a lost answer");
 
     // Perch is killed while the DeleteBucket is on its way; the origin applies it after.
     held_and_emptied(&stack, "killed-meanwhile");
@@ -911,12 +923,8 @@ fn no_write_is_acknowledged_into_a_bucket_a_delete_bucket_may_have_removed() {
         "the late DeleteBucket did not reach the origin"
     );
     stack.start_again();
-    assert_eq!(
-        put_code(&stack, "killed-meanwhile").as_deref(),
-        Some("Some(\"NoSuchBucket\")")
-    );
-    let st = stack.status();
-    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+    assert_gone(put_code(&stack, "killed-meanwhile"), "a write after a kill");
+    assert_none_refused(&stack);
 }
 
 /// An answer that saw a bucket, arriving after a DeleteBucket through Perch removed it (a HEAD a
@@ -929,19 +937,7 @@ fn a_late_answer_does_not_bring_back_a_bucket_deleted_meanwhile() {
     let stack = start("10s", &[]);
     let _log = stack.log_on_panic();
     let m = stack.moto_sdk();
-    let put = |bucket: &'static str| {
-        let c = stack.sdk();
-        stack.rt.spawn(async move {
-            c.put_object()
-                .bucket(bucket)
-                .key("after")
-                .body(b"acknowledged?".to_vec().into())
-                .send()
-                .await
-                .err()
-                .map(|e| format!("{:?}", e.as_service_error().and_then(|e| e.meta().code())))
-        })
-    };
+    let put = |bucket: &str| stack.rt.spawn(put_code_with(stack.sdk(), bucket.to_owned()));
     let delete = |bucket: &str| {
         stack
             .rt
@@ -961,11 +957,9 @@ fn a_late_answer_does_not_bring_back_a_bucket_deleted_meanwhile() {
     std::thread::sleep(Duration::from_millis(400));
     stack.no_faults();
     delete("late-head");
-    let code = stack.rt.block_on(written).expect("the PUT's task");
-    assert_eq!(
-        code.as_deref(),
-        Some("Some(\"NoSuchBucket\")"),
-        "a write after a late HEAD"
+    assert_gone(
+        stack.rt.block_on(written).expect("the PUT's task"),
+        "a write after a late HEAD",
     );
 
     // A CreateBucket through Perch: its 200 held for 1.5 s.
@@ -980,14 +974,8 @@ fn a_late_answer_does_not_bring_back_a_bucket_deleted_meanwhile() {
     stack.no_faults();
     delete("late-create");
     stack.rt.block_on(created).expect("the task").expect("CreateBucket");
-    let code = stack.rt.block_on(put("late-create")).expect("the PUT's task");
-    assert_eq!(
-        code.as_deref(),
-        Some("Some(\"NoSuchBucket\")"),
-        "a write after a late CreateBucket"
-    );
-    let st = stack.status();
-    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+    assert_gone(put_code(&stack, "late-create"), "a write after a late CreateBucket");
+    assert_none_refused(&stack);
 }
 
 /// The hot set a stop writes into each bucket read waits for a DeleteBucket of it on its way, and
@@ -1069,13 +1057,8 @@ fn a_fill_answered_after_a_delete_bucket_does_not_keep_the_bucket() {
         .expect("DeleteBucket");
     stack.rt.block_on(read).expect("the read's task").expect("the read");
     stack.restart_clean();
-    assert_eq!(
-        put_code(&stack, bucket).as_deref(),
-        Some("Some(\"NoSuchBucket\")"),
-        "a write after a restart"
-    );
-    let st = stack.status();
-    assert_eq!(st["failed"].as_array().map(Vec::len), Some(0), "{st}");
+    assert_gone(put_code(&stack, bucket), "a write after a restart");
+    assert_none_refused(&stack);
 }
 
 /// A DeleteObjects whose keys the origin must decide (each with its ETag) lasts one retry
