@@ -90,7 +90,8 @@ pub struct WriteStatus {
     /// retries or drops them (`perch journal`).
     #[serde(default)]
     pub blocked_by_refusals: bool,
-    /// The origin fault the uploader is retrying, if any.
+    /// The origin fault the uploader is retrying, else the fault of the origin's last call while
+    /// its calls keep failing (a read's too).
     pub origin_fault: Option<String>,
     pub healthy: bool,
 }

@@ -785,6 +785,12 @@ pub trait Origin: Send + Sync + 'static {
     /// A short name for logs and metrics (`s3` or `fs`).
     fn kind(&self) -> &'static str;
 
+    /// The fault of the origin's last unanswered call while its calls keep failing, where the
+    /// origin keeps one (`RetryingOrigin`).
+    fn fault(&self) -> Option<String> {
+        None
+    }
+
     async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>>;
     async fn create_bucket(&self, bucket: &str) -> OriginResult<()>;
     /// CreateBucket as the client asked it (`NewBucket`), for the origin to take or refuse. An

@@ -23,6 +23,10 @@ impl Origin for ReadOnlyOrigin {
         self.0.kind()
     }
 
+    fn fault(&self) -> Option<String> {
+        self.0.fault()
+    }
+
     async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>> {
         self.0.list_buckets().await
     }

@@ -35,6 +35,9 @@ pub struct OriginStats {
     duration: Family<OpLabel, Histogram>,
     retries: Family<OpLabel, Counter>,
     gave_up: Family<OpLabel, Counter>,
+    /// The fault of the last call the origin did not answer (a 5xx, throttling, a reset, a
+    /// timeout), until a call is answered again: reads count, not only uploads (`perch status`).
+    fault: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl OriginStats {
@@ -71,7 +74,13 @@ impl OriginStats {
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             retries: Family::default(),
             gave_up: Family::default(),
+            fault: Arc::default(),
         }
+    }
+
+    /// The origin's fault while its calls keep failing; `None` once one is answered.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().map_or(None, |f| f.clone())
     }
 
     fn record<T>(&self, op: &'static str, elapsed: Duration, result: &OriginResult<T>) {
@@ -84,6 +93,14 @@ impl OriginStats {
             Err(OriginError::Io(_)) => "io",
         };
         self.requests.get_or_create(&OutcomeLabel { op, outcome }).inc();
+        let fault = match result {
+            Err(e @ (OriginError::Transient { .. } | OriginError::Unavailable { .. })) => Some(Some(e.to_string())),
+            Err(OriginError::Io(_)) => None,
+            _ => Some(None),
+        };
+        if let (Some(fault), Ok(mut last)) = (fault, self.fault.lock()) {
+            *last = fault;
+        }
         self.duration
             .get_or_create(&OpLabel { op })
             .observe(elapsed.as_secs_f64());
@@ -209,6 +226,10 @@ pub async fn body_etag(body: &PutBody) -> io::Result<String> {
 impl Origin for RetryingOrigin {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.stats.fault()
     }
 
     async fn list_buckets(&self) -> OriginResult<Vec<BucketInfo>> {

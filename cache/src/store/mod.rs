@@ -604,7 +604,11 @@ impl Store {
 
     /// The write-back backlog; `upto`: also count the versions at or below that sequence number.
     pub fn write_status(&self, upto: Option<u64>) -> WriteStatus {
-        self.journal.status(upto)
+        let mut st = self.journal.status(upto);
+        // A replica never uploads, and a primary with nothing to upload sees an outage only on
+        // its reads: the origin's own last fault counts too.
+        st.origin_fault = st.origin_fault.or_else(|| self.origin.fault());
+        st
     }
 
     /// The oldest `limit` versions not yet in the origin (`perch journal list`).

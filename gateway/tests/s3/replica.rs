@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -17,7 +18,7 @@ use perch_testkit::servers::{MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoSer
 use perch_testkit::sigv4::Keys;
 
 use crate::support::machine;
-use crate::support::perch::{perch_binary, perch_metric, put_into_moto, start_perch};
+use crate::support::perch::{admin_get, perch_binary, perch_metric, put_into_moto, start_perch};
 use crate::support::raw::list_keys;
 use crate::support::sdk::{
     HttpResponse, all_keys, bytes_of, create_bucket, expect_err, get_bytes, ok, presigned_get, put, send_presigned,
@@ -407,6 +408,61 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
 }
 
 /// `perch wal fetch FILE PATH` in `pgdata`, against `perch`: (exit code, stderr, time taken).
+/// `/status` of a perch, as JSON.
+fn status_json(perch: &PerchServer) -> serde_json::Value {
+    let (code, text) = admin_get(perch, "/status");
+    assert_eq!(code, 200, "/status: {text}");
+    serde_json::from_str(&text).expect("/status is JSON")
+}
+
+/// A replica never uploads, so the uploader never sees an outage: `perch status` reports the
+/// origin's fault from the replica's own reads while they keep failing, and clears it at the
+/// first answer.
+#[test]
+fn a_replica_reports_an_origin_outage_its_reads_meet() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    create_moto_bucket(&moto);
+    put_into_moto(&moto, "orioledb_data/1/1/2.0.0", b"part");
+    let replica = start_perch(
+        &tmp.path().join("replica"),
+        Some(&proxy.endpoint),
+        &["--role", "replica", "--origin-retry-deadline", "30s"],
+    );
+    let st = status_json(&replica);
+    assert!(st["origin_fault"].is_null(), "no fault before the outage: {st}");
+
+    proxy.control().faults(r#"{"outage": true}"#);
+    // A cold read waits on the origin through the outage, retrying; meanwhile the fault shows.
+    let addr = replica.addr;
+    let reader =
+        std::thread::spawn(move || get_is(addr, "orioledb_data/1/1/2.0.0", b"part", "read through the outage"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status_json(&replica);
+        if st["origin_fault"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outage never showed: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(perch_binary())
+        .args(["status", "--admin", &replica.admin.to_string()])
+        .output()
+        .expect("perch status runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("origin: retrying after:"), "perch status: {text}");
+
+    // The origin answers again: the read is served and the fault is gone.
+    proxy.control().faults("{}");
+    reader.join().expect("the reader");
+    let st = status_json(&replica);
+    assert!(st["origin_fault"].is_null(), "the answer ends the fault: {st}");
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
+}
+
 fn wal_fetch(perch: &PerchServer, pgdata: &Path, file: &str) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
     let out = std::process::Command::new(perch_binary())
