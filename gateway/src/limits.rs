@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -73,6 +74,9 @@ pub struct Connection {
     /// The socket's reader, parked with no deadline while requests were served: woken when the
     /// last one ends, so that it starts the idle clock (nothing else may poll it again).
     reader: Mutex<Option<Waker>>,
+    /// An answer ended the connection before its request's body was read (a refusal): the close
+    /// lingers (`GuardedIo::poll_shutdown`).
+    linger: AtomicBool,
 }
 
 impl Connection {
@@ -81,6 +85,7 @@ impl Connection {
             phase: Mutex::new(Phase::Header(Instant::now())),
             limits,
             reader: Mutex::new(None),
+            linger: AtomicBool::new(false),
         })
     }
 
@@ -144,6 +149,11 @@ impl RequestSpan {
     pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
         self._permit = Some(permit);
     }
+
+    /// The answer closes the connection with the request's body maybe unread: the close lingers.
+    pub fn linger_at_close(&self) {
+        self.conn.linger.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for RequestSpan {
@@ -190,6 +200,25 @@ pub struct GuardedIo<T> {
     read_timer: Pin<Box<Sleep>>,
     write_timer: Pin<Box<Sleep>>,
     write_blocked_since: Option<Instant>,
+    /// A lingering close under way (`poll_shutdown`).
+    lingering: Option<Lingering>,
+}
+
+/// How long a close lingers at most, reading what the client still sends: a client writing a
+/// body Perch refused (SDKs that do not wait for `100 Continue`, or send no `Expect`) then reads
+/// the answer instead of failing its write on a reset (EPIPE, ECONNRESET), which would lose the
+/// answer. nginx's `lingering_close` does the same (30 s; 5 s of silence).
+const LINGER_FOR: Duration = Duration::from_secs(10);
+/// A lingering close ends once the client has sent nothing for this long.
+const LINGER_SILENCE: Duration = Duration::from_secs(2);
+
+/// A lingering close: the answer is sent and the write half shut (the client sees the end of
+/// the answer); what the client still sends is read and dropped until it closes its own side.
+struct Lingering {
+    write_shut: bool,
+    until: Instant,
+    silent_since: Instant,
+    scratch: Box<[u8]>,
 }
 
 impl<T> GuardedIo<T> {
@@ -200,6 +229,7 @@ impl<T> GuardedIo<T> {
             read_timer: idle_timer(),
             write_timer: idle_timer(),
             write_blocked_since: None,
+            lingering: None,
         }
     }
 
@@ -247,7 +277,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
@@ -275,7 +305,40 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if !this.conn.linger.load(Ordering::Acquire) {
+            return Pin::new(&mut this.inner).poll_shutdown(cx);
+        }
+        let now = Instant::now();
+        let linger = this.lingering.get_or_insert_with(|| Lingering {
+            write_shut: false,
+            until: now + LINGER_FOR,
+            silent_since: now,
+            scratch: vec![0; 64 << 10].into_boxed_slice(),
+        });
+        if !linger.write_shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            linger.write_shut = true;
+        }
+        loop {
+            let mut buf = ReadBuf::new(&mut linger.scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                // The client closed its side (or the socket failed): nothing is left to reset.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => linger.silent_since = Instant::now(),
+                Poll::Pending => {
+                    let deadline = linger.until.min(linger.silent_since + LINGER_SILENCE);
+                    if expired(&mut this.read_timer, deadline, cx) {
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+            if Instant::now() >= linger.until {
+                return Poll::Ready(Ok(()));
+            }
+        }
     }
 }
 

@@ -158,6 +158,13 @@ pub async fn serve_s3(
                         span.hold(permit);
                     }
                     let response = s3_request(&door, req).await;
+                    if response
+                        .headers()
+                        .get(http::header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes() == b"close")
+                    {
+                        span.linger_at_close();
+                    }
                     Ok::<_, Infallible>(response.map(|body| SpanBody::new(body, span)))
                 }
             }

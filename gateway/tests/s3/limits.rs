@@ -476,3 +476,68 @@ fn oriole_traffic_never_meets_the_default_limits() {
         t.join().expect("a client thread failed");
     }
 }
+
+/// A client that writes its whole body without waiting (no `Expect: 100-continue`, or one it does
+/// not wait on, as the JS SDK with its own agent) and Perch refuses the request before reading
+/// it: the close lingers, reading what the client still sends, so that the client's write ends
+/// without a reset and it reads the refusal instead of failing with EPIPE or ECONNRESET.
+#[test]
+fn a_body_sent_after_an_early_refusal_does_not_lose_the_refusal() {
+    let _turn = machine::share();
+    let perch = setup(&[]);
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let body = pattern(8 << 20, 9);
+    let wrong = perch_testkit::sigv4::Keys::new(perch_testkit::servers::DEV_ACCESS_KEY_ID, "not-the-secret");
+    let cases = [
+        (
+            "a wrong secret, no Expect",
+            Req::object("PUT", addr, Style::Path, "refused")
+                .body(body.clone())
+                .keys(Some(wrong)),
+            false,
+            403,
+            "SignatureDoesNotMatch",
+        ),
+        (
+            "a key Perch keeps for itself, Expect not waited on",
+            Req::object("PUT", addr, Style::Path, ".perch/refused").body(body.clone()),
+            true,
+            403,
+            "AccessDenied",
+        ),
+    ];
+    for (what, mut req, expect, status, code) in cases {
+        req.expect = Some(expect);
+        for round in 0..5 {
+            let s = connect(addr);
+            s.set_write_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut writer = s.try_clone().expect("clone");
+            let (head, body) = (req.head().0, req.body.clone());
+            // The head and the body at once, as a client that does not wait for an answer.
+            let sent = std::thread::spawn(move || {
+                writer.write_all(&head)?;
+                writer.write_all(&body)
+            });
+            s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            let mut reader = BufReader::new(s);
+            let answer = read_head(&mut reader).and_then(|(status, headers)| {
+                let body = read_body(&mut reader, "PUT", status, &headers)?;
+                Ok(Resp {
+                    status,
+                    headers,
+                    body,
+                    got_continue: false,
+                })
+            });
+            let sent = sent.join().expect("the writer");
+            let r = answer.unwrap_or_else(|e| panic!("{what}, round {round}: the answer was lost: {e}"));
+            assert_error(&r, status, code, &format!("{what}, round {round}"));
+            assert_eq!(r.header("Connection"), Some("close"), "{what}: {}", r.summary());
+            if let Err(e) = sent {
+                panic!("{what}, round {round}: the body's write failed: {e}");
+            }
+        }
+    }
+    assert_nothing_left(&perch, "refused", "refused early");
+}
