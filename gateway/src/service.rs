@@ -134,6 +134,7 @@ macro_rules! content_headers {
 fn put_output(etag: &str, c: perch_cache::Checksums) -> PutObjectOutput {
     PutObjectOutput {
         e_tag: Some(convert::etag(etag)),
+        checksum_type: c.checksum_type().map(|t| ChecksumType::from_static(t.as_str())),
         checksum_crc32: c.crc32,
         checksum_crc32c: c.crc32c,
         checksum_crc64nvme: c.crc64nvme,

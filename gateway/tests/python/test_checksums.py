@@ -125,6 +125,8 @@ def test_explicit_sha256(perch, bucket, location):
     put = s3.put_object(Bucket=bucket, Key="sha", Body=body, ChecksumAlgorithm="SHA256")
     check_sent(sent[0], location, "x-amz-checksum-sha256")
     assert put.get("ChecksumSHA256") == sha256_b64(body)
+    # S3: "For PutObject uploads, the checksum type is always FULL_OBJECT".
+    assert put.get("ChecksumType") == "FULL_OBJECT"
 
     head = s3.head_object(Bucket=bucket, Key="sha", ChecksumMode="ENABLED")
     assert head.get("ChecksumSHA256") == sha256_b64(body)
