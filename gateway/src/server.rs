@@ -416,6 +416,77 @@ fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> 
     }
 }
 
+/// How far a SigV2 request's date may be from Perch's clock, as S3 allows (15 minutes).
+const SIGV2_SKEW_MAX_SECS: u64 = 15 * 60;
+
+/// S3's check of the date of a request signed in its `Authorization` header with SigV2, which s3s
+/// does not make (it only asks for a date header): without it a request seen once could be sent
+/// again at any time. The date is `x-amz-date` if given, else `Date`: none, or one that is no
+/// date, is 403 AccessDenied; one over 15 minutes from now is 403 RequestTimeTooSkewed. (SigV4
+/// dates and presigned expiries are checked by s3s.)
+fn sigv2_date_refused(headers: &http::HeaderMap) -> Option<Response<s3s::Body>> {
+    if !headers
+        .get(http::header::AUTHORIZATION)?
+        .as_bytes()
+        .starts_with(b"AWS ")
+    {
+        return None;
+    }
+    let date = headers
+        .get("x-amz-date")
+        .or_else(|| headers.get(http::header::DATE))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let when = date.and_then(|d| {
+        httpdate::parse_http_date(d).ok().or_else(|| {
+            let secs = crate::sigv4::parse_amz_date(d).or_else(|| imf_date_any_weekday(d))?;
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+        })
+    });
+    let Some(when) = when else {
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "AWS authentication requires a valid Date or x-amz-date header",
+        ));
+    };
+    let now = std::time::SystemTime::now();
+    let skew = now.duration_since(when).unwrap_or_else(|e| e.duration());
+    (skew.as_secs() > SIGV2_SKEW_MAX_SECS).then(|| {
+        error_response(
+            StatusCode::FORBIDDEN,
+            "RequestTimeTooSkewed",
+            "The difference between the request time and the current time is too large.",
+        )
+    })
+}
+
+/// Seconds since the epoch of an HTTP date (`Wed, 07 Jul 2010 21:53:04 GMT`) whatever its day of
+/// the week says, as S3 reads it (`httpdate` refuses a wrong one).
+fn imf_date_any_weekday(d: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (_, rest) = d.split_once(", ")?;
+    let mut parts = rest.split(' ');
+    let (day, month, year, time, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if parts.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 || time.len() != 8 {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == month)? + 1;
+    let time = time.split(':').collect::<Vec<_>>();
+    if time.len() != 3 {
+        return None;
+    }
+    crate::sigv4::parse_amz_date(&format!("{year}{month:02}{day}T{}{}{}Z", time[0], time[1], time[2]))
+}
+
 /// What a request's `Authorization` header claims to be, for S3's answer when s3s cannot read it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum AuthScheme {
@@ -531,6 +602,8 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     document::TOO_LARGE,
                 ))
             } else if let Some(refused) = presigned_expiry_refused(req.uri().query()) {
+                Err(refused)
+            } else if let Some(refused) = sigv2_date_refused(req.headers()) {
                 Err(refused)
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;
