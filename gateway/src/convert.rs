@@ -341,6 +341,9 @@ pub struct Unkept<'a> {
     pub storage_class: Option<&'a str>,
     pub encryption: Option<&'a str>,
     pub customer_key: bool,
+    /// A KMS key id or encryption context (`x-amz-server-side-encryption-aws-kms-key-id`,
+    /// `-context`).
+    pub kms_detail: bool,
     pub website_redirect: bool,
     pub object_lock: bool,
 }
@@ -352,6 +355,7 @@ macro_rules! unkept {
             storage_class: $input.storage_class.as_ref().map(|c| c.as_str()),
             encryption: $input.server_side_encryption.as_ref().map(|e| e.as_str()),
             customer_key: $input.sse_customer_algorithm.is_some(),
+            kms_detail: $input.ssekms_key_id.is_some() || $input.ssekms_encryption_context.is_some(),
             website_redirect: $input.website_redirect_location.is_some(),
             object_lock: $input.object_lock_mode.is_some()
                 || $input.object_lock_retain_until_date.is_some()
@@ -403,6 +407,13 @@ pub fn check_kept(u: Unkept<'_>) -> Result<(), S3Error> {
         return Err(s3_error!(
             InvalidArgument,
             "The encryption method specified is not supported"
+        ));
+    }
+    // A KMS key or context names an encryption the request does not ask for.
+    if u.kms_detail && !u.encryption.is_some_and(|e| e.starts_with("aws:kms")) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Server Side Encryption with AWS KMS managed key requires HTTP header x-amz-server-side-encryption : aws:kms"
         ));
     }
     let refused = if u.storage_class.is_some_and(|c| ARCHIVE_CLASSES.contains(&c)) {

@@ -144,6 +144,12 @@ fn put_output(etag: &str, c: perch_cache::Checksums) -> PutObjectOutput {
     }
 }
 
+/// The request's `Content-MD5` as sent: s3s reads an empty one as none, which S3 refuses (400
+/// InvalidDigest), as any value that is not 16 bytes in base64.
+fn content_md5<'a>(headers: &'a http::HeaderMap, parsed: Option<&'a str>) -> Option<&'a str> {
+    parsed.or_else(|| headers.get("content-md5").map(|v| v.to_str().unwrap_or_default()))
+}
+
 /// Whether the request asked for checksums (`x-amz-checksum-mode: ENABLED`).
 fn checksum_mode(mode: &Option<ChecksumMode>) -> bool {
     mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
@@ -578,7 +584,7 @@ impl S3 for Gateway {
         convert::check_headers(&self.store, &input.bucket, &input.key, &stored)?;
         let declared = Declared {
             content_length: input.content_length,
-            content_md5: input.content_md5.as_deref(),
+            content_md5: content_md5(&headers, input.content_md5.as_deref()),
             algorithm: input.checksum_algorithm.as_ref(),
             checksums: convert::checksums(
                 input.checksum_crc32.clone(),
@@ -1085,7 +1091,7 @@ impl S3 for Gateway {
         check_part(&input.key, input.part_number, input.sse_customer_algorithm.is_some())?;
         let declared = Declared {
             content_length: input.content_length,
-            content_md5: input.content_md5.as_deref(),
+            content_md5: content_md5(&headers, input.content_md5.as_deref()),
             algorithm: input.checksum_algorithm.as_ref(),
             checksums: convert::checksums(
                 input.checksum_crc32.clone(),

@@ -424,6 +424,49 @@ def test_object_writes_asking_for_what_perch_does_not_keep_are_refused(perch, bu
     assert s3.get_object(Bucket=bucket, Key="kept/ok")["Body"].read() == b"y"
 
 
+def test_a_kms_key_without_kms_encryption_is_an_invalid_argument(perch, bucket):
+    """A KMS key id or encryption context names an encryption the write does not ask for (SSE-S3
+    or none): S3's 400 InvalidArgument, where it was taken and the key silently dropped."""
+    s3 = make_client(perch, "path")
+    s3.put_object(Bucket=bucket, Key="kms/src", Body=b"source")
+    context = "eyJhIjoiYiJ9"  # base64 of {"a":"b"}
+    for what, args in {
+        "a key id with AES256": {"ServerSideEncryption": "AES256", "SSEKMSKeyId": "testkey-1"},
+        "a key id alone": {"SSEKMSKeyId": "testkey-1"},
+        "a context with AES256": {"ServerSideEncryption": "AES256", "SSEKMSEncryptionContext": context},
+    }.items():
+        for call, do in {
+            "PutObject": lambda: s3.put_object(Bucket=bucket, Key="kms/refused", Body=b"x", **args),
+            "CreateMultipartUpload": lambda: s3.create_multipart_upload(Bucket=bucket, Key="kms/refused", **args),
+            "CopyObject": lambda: s3.copy_object(
+                Bucket=bucket, Key="kms/refused", CopySource={"Bucket": bucket, "Key": "kms/src"}, **args
+            ),
+        }.items():
+            assert error_of(do) == (400, "InvalidArgument"), (what, call)
+    assert error_of(lambda: s3.head_object(Bucket=bucket, Key="kms/refused"))[0] == 404
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), "an upload was started"
+
+
+def test_an_empty_content_md5_is_an_invalid_digest(perch, bucket):
+    """S3 refuses an empty Content-MD5 (400 InvalidDigest) as any that is not an MD5 in base64;
+    s3s read it as none, and the write was taken."""
+    s3 = make_client(perch, "path")
+
+    def empty_md5(request, **kwargs):
+        request.headers["Content-MD5"] = ""
+
+    s3.meta.events.register("before-send.s3.PutObject", empty_md5)
+    s3.meta.events.register("before-send.s3.UploadPart", empty_md5)
+    assert error_of(lambda: s3.put_object(Bucket=bucket, Key="md5/empty", Body=b"body")) == (400, "InvalidDigest")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="md5/parts")["UploadId"]
+    part = lambda: s3.upload_part(Bucket=bucket, Key="md5/parts", UploadId=upload, PartNumber=1, Body=b"part")
+    assert error_of(part) == (400, "InvalidDigest")
+    assert not s3.list_parts(Bucket=bucket, Key="md5/parts", UploadId=upload).get("Parts")
+    s3.abort_multipart_upload(Bucket=bucket, Key="md5/parts", UploadId=upload)
+    s3.meta.events.unregister("before-send.s3.PutObject", empty_md5)
+    assert error_of(lambda: s3.head_object(Bucket=bucket, Key="md5/empty"))[0] == 404
+
+
 def test_list_buckets_pages(perch):
     s3 = make_client(perch)
     tag = uuid.uuid4().hex[:10]
