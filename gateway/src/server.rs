@@ -522,8 +522,8 @@ fn refused_head(code: &'static str) -> Response<s3s::Body> {
 /// S3's answer where s3s answers 400 InvalidRequest for a header of the signature it cannot parse:
 /// a SigV4 `Authorization` header it cannot read is AuthorizationHeaderMalformed, a scheme that is
 /// neither SigV4 nor SigV2 is InvalidArgument ("Unsupported Authorization Type"), and a signed
-/// request without an `x-amz-date` that is a date is 403 AccessDenied. Every other answer is left
-/// as it is.
+/// request without an `x-amz-date` that is a date is 403 AccessDenied, and so is a browser form
+/// whose fields fail its policy's conditions. Every other answer is left as it is.
 fn unreadable_auth_as_s3(r: Response<s3s::Body>, scheme: AuthScheme) -> Response<s3s::Body> {
     let says = |message: &str| {
         r.body()
@@ -535,6 +535,23 @@ fn unreadable_auth_as_s3(r: Response<s3s::Body>, scheme: AuthScheme) -> Response
             AuthScheme::SigV4 => refused_head("AuthorizationHeaderMalformed"),
             _ => refused_head("InvalidArgument"),
         };
+    }
+    // A browser form (PostObject) whose fields fail its policy's conditions, which s3s answers
+    // 400 InvalidPolicyDocument, as a policy it cannot read: S3 answers 403 AccessDenied.
+    if says("<Code>InvalidPolicyDocument</Code>")
+        && (says("<Message>Policy condition ") || says("does not match bucket in URL"))
+    {
+        let body = r.body().bytes().unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        let why = text
+            .split_once("<Message>")
+            .and_then(|(_, rest)| rest.split_once("</Message>"))
+            .map_or("", |(message, _)| message);
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            &format!("Invalid according to Policy: Policy Condition failed: {why}"),
+        );
     }
     if says("<Message>invalid header: x-amz-date</Message>") || says("<Message>missing header: x-amz-date</Message>") {
         return error_response(

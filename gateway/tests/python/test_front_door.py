@@ -267,6 +267,36 @@ def test_a_browser_form_upload_is_stored_as_a_put(perch, bucket):
         assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text, (key, r.text)
 
 
+def test_a_browser_form_that_fails_its_policy_is_access_denied(perch, bucket):
+    """S3 answers a form whose fields fail a condition of its (well-signed) policy 403
+    AccessDenied ("Invalid according to Policy"); s3s answered 400 InvalidPolicyDocument, S3's
+    answer to a policy it cannot read."""
+    s3 = make_client(perch, signature_version="s3v4")
+    other = f"{bucket}-other"
+    s3.create_bucket(Bucket=other)
+    cases = {
+        "another bucket": (other, "form-policy/a", {}, [], {}),
+        "a key outside its prefix": (bucket, "elsewhere/b", {}, [["starts-with", "$key", "form-policy/"]], {}),
+        "a field of another value": (
+            bucket,
+            "form-policy/c",
+            {"x-amz-meta-foo": "bar"},
+            [{"x-amz-meta-foo": "bar"}],
+            {"x-amz-meta-foo": "barf"},
+        ),
+    }
+    for what, (signed_for, key, fields, conditions, changed) in cases.items():
+        post = s3.generate_presigned_post(signed_for, key, Fields=fields, Conditions=conditions)
+        url = post["url"].replace(f"/{signed_for}", f"/{bucket}") if signed_for != bucket else post["url"]
+        r = requests.post(url, data=dict(post["fields"], **changed), files={"file": ("x", b"x")}, timeout=60)
+        assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text, (what, r.status_code, r.text)
+        assert "Invalid according to Policy" in r.text, (what, r.text)
+        with pytest.raises(ClientError) as e:
+            s3.head_object(Bucket=bucket, Key=key)
+        assert e.value.response["Error"]["Code"] == "404", what
+    s3.delete_bucket(Bucket=other)
+
+
 def test_form_fields_a_header_cannot_carry_are_refused_at_the_door(perch, bucket):
     """A browser form's fields become the object's headers without passing through HTTP's header
     syntax: a metadata name that is no header name, or a content header or metadata value with a
