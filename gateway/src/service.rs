@@ -568,6 +568,7 @@ impl S3 for Gateway {
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         convert::check_kept(convert::unkept!(input))?;
+        let encryption = input.server_side_encryption.clone();
         // `AccessCheck` refuses these by their path; a browser form (PostObject) names its key in
         // the form, which s3s hands here.
         if is_reserved(&input.key) {
@@ -625,7 +626,10 @@ impl S3 for Gateway {
             .put(&input.bucket, &input.key, put, digest)
             .await
             .map_err(store_error)?;
-        Ok(S3Response::new(put_output(&out.etag, out.checksums)))
+        Ok(S3Response::new(PutObjectOutput {
+            server_side_encryption: encryption,
+            ..put_output(&out.etag, out.checksums)
+        }))
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
@@ -748,6 +752,7 @@ impl S3 for Gateway {
             customer_key: input.sse_customer_algorithm.is_some() || input.copy_source_sse_customer_algorithm.is_some(),
             ..convert::unkept!(input)
         })?;
+        let encryption = input.server_side_encryption.clone();
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some(MetadataDirective::COPY) => false,
@@ -811,6 +816,7 @@ impl S3 for Gateway {
                 last_modified: Some(convert::timestamp(out.last_modified)),
                 ..Default::default()
             }),
+            server_side_encryption: encryption,
             ..Default::default()
         }))
     }
@@ -959,6 +965,7 @@ impl S3 for Gateway {
         convert::check_metadata(&input.metadata)?;
         convert::check_canned_acl(input.acl.as_ref().map(|a| a.as_str()))?;
         convert::check_kept(convert::unkept!(input))?;
+        let encryption = input.server_side_encryption.clone();
         let headers = ContentHeaders {
             storage_class: convert::storage_class(input.storage_class.as_ref()),
             tags: convert::tags(input.tagging.as_deref())?,
@@ -977,6 +984,7 @@ impl S3 for Gateway {
             upload_id: Some(upload_id),
             checksum_algorithm: checksum.map(|c| ChecksumAlgorithm::from_static(c.algorithm.as_str())),
             checksum_type: checksum.map(|c| ChecksumType::from_static(c.checksum_type.as_str())),
+            server_side_encryption: encryption,
             ..Default::default()
         }))
     }

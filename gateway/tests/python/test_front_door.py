@@ -454,6 +454,24 @@ def test_object_writes_asking_for_what_perch_does_not_keep_are_refused(perch, bu
     assert s3.get_object(Bucket=bucket, Key="kept/ok")["Body"].read() == b"y"
 
 
+def test_a_write_asking_for_sse_s3_is_answered_with_it(perch, bucket):
+    """S3 names the encryption a write asked for in its answer (`x-amz-server-side-encryption:
+    AES256`): clients that ask for it (`aws s3 cp --sse AES256`) check it. Every object gets it at
+    the origin (S3 and Tigris encrypt every object at rest)."""
+    s3 = make_client(perch, "path")
+    put = s3.put_object(Bucket=bucket, Key="sse/a", Body=b"a", ServerSideEncryption="AES256")
+    assert put.get("ServerSideEncryption") == "AES256", put
+    copy = s3.copy_object(
+        Bucket=bucket, Key="sse/b", CopySource={"Bucket": bucket, "Key": "sse/a"}, ServerSideEncryption="AES256"
+    )
+    assert copy.get("ServerSideEncryption") == "AES256", copy
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="sse/c", ServerSideEncryption="AES256")
+    assert upload.get("ServerSideEncryption") == "AES256", upload
+    s3.abort_multipart_upload(Bucket=bucket, Key="sse/c", UploadId=upload["UploadId"])
+    # Not asked, not named (as moto, and as Perch's answers have been).
+    assert "ServerSideEncryption" not in s3.put_object(Bucket=bucket, Key="sse/d", Body=b"d")
+
+
 def test_a_kms_key_without_kms_encryption_is_an_invalid_argument(perch, bucket):
     """A KMS key id or encryption context names an encryption the write does not ask for (SSE-S3
     or none): S3's 400 InvalidArgument, where it was taken and the key silently dropped."""
