@@ -182,16 +182,18 @@ impl RetryingOrigin {
         let mut tries: u32 = 0;
         // Whether an attempt that failed may have been carried out all the same.
         let mut uncertain = false;
+        // The fault of the attempt before, told instead of a last attempt the deadline cut.
+        let mut earlier: Option<OriginError> = None;
         loop {
             let remaining = self.policy.deadline.saturating_sub(start.elapsed());
             let t = Instant::now();
             // An attempt that hangs is cut at the deadline like any other fault.
-            let result = match tokio::time::timeout(remaining.max(Duration::from_millis(1)), attempt()).await {
-                Ok(r) => r,
-                Err(_) => Err(OriginError::transient(format!("{op} timed out"))),
+            let (result, cut) = match tokio::time::timeout(remaining.max(Duration::from_millis(1)), attempt()).await {
+                Ok(r) => (r, false),
+                Err(_) => (Err(OriginError::transient(format!("{op} timed out"))), true),
             };
             self.stats.record(op, t.elapsed(), &result);
-            let err = match result {
+            let mut err = match result {
                 Err(e) if e.is_transient() => e,
                 other => return (other, uncertain),
             };
@@ -199,6 +201,11 @@ impl RetryingOrigin {
             uncertain |= err.may_have_taken_effect();
             let elapsed = start.elapsed();
             if elapsed >= retry_for {
+                // A last attempt cut short by the deadline says less than the fault that made
+                // the attempts go on (an origin's 500, say).
+                if cut && let Some(e) = earlier {
+                    err = e;
+                }
                 self.stats.gave_up.get_or_create(&OpLabel { op }).inc();
                 tracing::warn!(op, tries, error = %err, "origin still failing at the retry deadline");
                 let seconds = retry_for.as_secs();
@@ -207,6 +214,7 @@ impl RetryingOrigin {
             self.stats.retries.get_or_create(&OpLabel { op }).inc();
             let wait = self.policy.backoff(tries).min(retry_for.saturating_sub(elapsed));
             tracing::debug!(op, tries, ?wait, error = %err, "origin fault, retrying");
+            earlier = Some(err);
             tokio::time::sleep(wait).await;
         }
     }

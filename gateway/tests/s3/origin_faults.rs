@@ -220,6 +220,16 @@ fn outage_past_the_deadline_gives_503_slowdown() {
         took >= Duration::from_secs(2),
         "perch gave up after {took:?}, before the 2 s deadline"
     );
+    // The log says why: the origin's 503, not the last attempt the deadline cut short.
+    let log = stack.perch().log_text();
+    let gave_up = log
+        .lines()
+        .find(|l| l.contains("origin still failing at the retry deadline") && l.contains("get_object"))
+        .unwrap_or_else(|| panic!("no give-up logged for the GET:\n{log}"));
+    assert!(
+        gave_up.contains("503"),
+        "the give-up names the origin's fault: {gave_up}"
+    );
 
     let put_key = "wal/outage-put";
     let put_body = pattern(2 << 20, 4);
