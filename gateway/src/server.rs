@@ -664,6 +664,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 Ok(req) => {
                     // Read before s3s takes the request: its answer may need it.
                     let scheme = AuthScheme::of(req.headers());
+                    let method = req.method().clone();
                     let slashed = bucket_slashed_for_sigv2(&req, &door.fast);
                     let mut answer = door.s3.call(merge_repeated_headers(req)).await;
                     if let Some(again) = slashed
@@ -673,6 +674,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                     }
                     match answer {
                         Ok(r) if r.status() == StatusCode::BAD_REQUEST => unreadable_auth_as_s3(r, scheme),
+                        Ok(r) if unknown_operation(&r) => method_not_allowed(&method),
                         Ok(r) if head => part_head_partial(r),
                         Ok(r) if REQUEST.with(|i| i.borrow().op == "GetObjectAttributes") => {
                             attributes_etag_unquoted(r)
@@ -788,6 +790,33 @@ fn bucket_slashed_for_sigv2(req: &Request<s3s::Body>, fast: &FastGet) -> Option<
 }
 
 /// Whether s3s refused a request's signature (403 SignatureDoesNotMatch).
+/// Whether s3s found no operation for the request's method and resource (501 "Unknown
+/// operation"): a POST to an object without `?uploads`, `?uploadId`, `?restore` or `?select`, a
+/// method S3 has none for (PATCH).
+fn unknown_operation(r: &Response<s3s::Body>) -> bool {
+    const MESSAGE: &[u8] = b"<Message>Unknown operation</Message>";
+    r.status() == StatusCode::NOT_IMPLEMENTED
+        && r.body()
+            .bytes()
+            .is_some_and(|b| b.windows(MESSAGE.len()).any(|w| w == MESSAGE))
+}
+
+/// S3's answer to a method it has no operation for on the resource: 405 MethodNotAllowed, naming
+/// the method (a client's mistake, where s3s answers 501, a feature missing).
+fn method_not_allowed(method: &http::Method) -> Response<s3s::Body> {
+    let mut r = Response::new(s3s::Body::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>MethodNotAllowed</Code><Message>The specified \
+         method is not allowed against this resource.</Message><Method>{}</Method></Error>",
+        xml_text(method.as_str()).unwrap_or_default()
+    )));
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    r
+}
+
 fn signature_mismatch(r: &Response<s3s::Body>) -> bool {
     const CODE: &[u8] = b"<Code>SignatureDoesNotMatch</Code>";
     r.status() == StatusCode::FORBIDDEN

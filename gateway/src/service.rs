@@ -753,6 +753,16 @@ impl S3 for Gateway {
             ..convert::unkept!(input)
         })?;
         let encryption = input.server_side_encryption.clone();
+        let checksum_algorithm = match input.checksum_algorithm.as_ref() {
+            Some(a) => Some(perch_cache::ChecksumAlgorithm::parse(a.as_str()).ok_or_else(|| {
+                s3_error!(
+                    InvalidRequest,
+                    "Checksum algorithm provided is unsupported. Please try again with any of the valid types: \
+                     [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]"
+                )
+            })?),
+            None => None,
+        };
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let replace = match input.metadata_directive.as_ref().map(|d| d.as_str()) {
             None | Some(MetadataDirective::COPY) => false,
@@ -804,6 +814,7 @@ impl S3 for Gateway {
             directive,
             storage_class: convert::storage_class(input.storage_class.as_ref()),
             tags,
+            checksum_algorithm,
         };
         let out = self
             .store
@@ -814,7 +825,15 @@ impl S3 for Gateway {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(convert::etag(&out.etag)),
                 last_modified: Some(convert::timestamp(out.last_modified)),
-                ..Default::default()
+                checksum_type: out
+                    .checksums
+                    .checksum_type()
+                    .map(|t| ChecksumType::from_static(t.as_str())),
+                checksum_crc32: out.checksums.crc32,
+                checksum_crc32c: out.checksums.crc32c,
+                checksum_crc64nvme: out.checksums.crc64nvme,
+                checksum_sha1: out.checksums.sha1,
+                checksum_sha256: out.checksums.sha256,
             }),
             server_side_encryption: encryption,
             ..Default::default()

@@ -557,6 +557,9 @@ pub struct CopyInput {
     /// `x-amz-tagging-directive: REPLACE`: the copy's tags (maybe none); `None`: the source's, as
     /// S3 copies them by default.
     pub tags: Option<Vec<(String, String)>>,
+    /// `x-amz-checksum-algorithm`: the copy keeps this checksum of its body, computed by whoever
+    /// makes the copy, in place of the source's; `None`: the source's full-object checksums.
+    pub checksum_algorithm: Option<ChecksumAlgorithm>,
 }
 
 impl CopyInput {
@@ -579,6 +582,8 @@ impl CopyInput {
 pub struct CopyOutput {
     pub etag: String,
     pub last_modified: SystemTime,
+    /// The copy's checksums, as the answer names them (`CopyObjectResult`).
+    pub checksums: Checksums,
 }
 
 /// One page of a listing, asked for.

@@ -491,8 +491,16 @@ impl Store {
         self.check_uploadable(bucket, key, &headers)?;
         // The source's tags, taken by the origin in its bucket, perhaps not in this one.
         self.check_carried(bucket, None, !headers.tags.is_empty()).await?;
-        // A composite (multipart) checksum describes the source's parts, not this single copy.
-        let checksums = if src_meta.checksums.checksum_type() == Some(ChecksumType::Composite) {
+        // The checksum asked for, computed over the copy; else the source's, but a composite
+        // (multipart) checksum, which describes the source's parts, not this single copy.
+        let checksums = if let Some(algorithm) = copy.checksum_algorithm {
+            let mut hasher = crate::origin::checksum::Hasher::new(algorithm);
+            let mut stream = landed.body.stream().await?;
+            while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                hasher.update(&chunk?);
+            }
+            Checksums::only(algorithm, hasher.finish_base64())
+        } else if src_meta.checksums.checksum_type() == Some(ChecksumType::Composite) {
             Checksums::default()
         } else {
             src_meta.checksums
@@ -504,7 +512,7 @@ impl Store {
             etag: etag.clone(),
             last_modified: now,
             headers,
-            checksums,
+            checksums: checksums.clone(),
         };
         let okey = ObjectKey::new(bucket, key);
         self.put_version(
@@ -519,6 +527,7 @@ impl Store {
         Ok(CopyOutput {
             etag,
             last_modified: now,
+            checksums,
         })
     }
 

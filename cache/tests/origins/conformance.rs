@@ -1096,6 +1096,7 @@ fn copy_input(src_bucket: &str, src_key: &str, directive: MetadataDirective) -> 
         directive,
         storage_class: None,
         tags: None,
+        checksum_algorithm: None,
     }
 }
 

@@ -154,6 +154,7 @@ async fn reopen_reloads_the_index_and_serves_every_object() {
             directive: MetadataDirective::Copy,
             storage_class: None,
             tags: None,
+            checksum_algorithm: None,
         };
         o.copy_object("alpha", "copied", &copy).await.expect("copy");
         expected.insert(("alpha", "copied".into()), b"with headers".to_vec());
@@ -367,6 +368,7 @@ async fn keys_never_become_paths() {
         directive: MetadataDirective::Copy,
         storage_class: None,
         tags: None,
+        checksum_algorithm: None,
     };
     o.copy_object("b", "../../copied", &copy).await.expect("copy");
     let id = o

@@ -222,6 +222,7 @@ async fn objects_round_trip_with_headers_and_checksums() {
         directive: MetadataDirective::Copy,
         storage_class: None,
         tags: None,
+        checksum_algorithm: None,
     };
     let copied = o
         .copy_object("round-trip", "copy of hello+.txt", &copy)

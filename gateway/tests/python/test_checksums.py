@@ -219,3 +219,33 @@ def test_multipart_upload_keeps_its_checksum(perch, bucket):
         accepted.add(composite)  # moto's spelling of the composite checksum
     head = s3.head_object(Bucket=bucket, Key="mp", ChecksumMode="ENABLED")
     assert head.get("ChecksumCRC32") in accepted, {k: v for k, v in head.items() if k.startswith("Checksum")}
+
+
+@pytest.mark.parametrize("source", ["pending", "uploaded"])
+def test_a_copy_keeps_the_checksum_it_asks_for(perch, perch_bin, bucket, source):
+    """CopyObject with `x-amz-checksum-algorithm`: the copy keeps that checksum of its body, in
+    place of the source's, and CopyObjectResult names it, as S3 (the JS and Java SDKs send it); a
+    copy without one names the source's. Made by Perch (a source still pending) or by the origin
+    (an uploaded one)."""
+    from conftest import flush
+
+    s3 = make_client(perch, "path")
+    body = os.urandom(300 * 1024)
+    s3.put_object(Bucket=bucket, Key="copy/src", Body=body, ChecksumAlgorithm="CRC32")
+    if source == "uploaded":
+        flush(perch_bin, perch)
+    out = s3.copy_object(
+        Bucket=bucket, Key="copy/sha", CopySource={"Bucket": bucket, "Key": "copy/src"}, ChecksumAlgorithm="SHA256"
+    )["CopyObjectResult"]
+    assert out.get("ChecksumSHA256") == sha256_b64(body), out
+    assert "ChecksumCRC32" not in out, out
+    head = s3.head_object(Bucket=bucket, Key="copy/sha", ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256") == sha256_b64(body), head
+    assert "ChecksumCRC32" not in head, head
+    get = s3.get_object(Bucket=bucket, Key="copy/sha", ChecksumMode="ENABLED")
+    assert get["Body"].read() == body
+    # Without an algorithm, the source's checksum, named in the answer too.
+    out = s3.copy_object(Bucket=bucket, Key="copy/same", CopySource={"Bucket": bucket, "Key": "copy/src"})
+    assert out["CopyObjectResult"].get("ChecksumCRC32") == crc32_b64(body), out
+    head = s3.head_object(Bucket=bucket, Key="copy/same", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32") == crc32_b64(body), head

@@ -1456,3 +1456,33 @@ fn a_cdata_section_in_a_document_is_refused_not_misread() {
     assert_eq!(xml_values(&r.text(), "Key"), ["known"], "{}", r.summary());
     assert_missing(&perch, "known", "deleted by its escaped name");
 }
+
+/// A method S3 has no operation for on the resource (a POST to an object without `?uploads`,
+/// `?uploadId`, `?restore` or `?select`; PATCH) is the client's mistake: S3's 405
+/// MethodNotAllowed naming the method, where s3s answered 501 NotImplemented ("Unknown
+/// operation"), a feature missing. Nothing is written.
+#[test]
+fn a_method_without_an_operation_is_method_not_allowed() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    for (method, style, query) in [
+        ("POST", Style::Virtual, ""),
+        ("POST", Style::Path, ""),
+        ("PATCH", Style::Virtual, ""),
+        ("PATCH", Style::Path, "tagging"),
+    ] {
+        let r = Req::object(method, addr, style, "known")
+            .query(query)
+            .body(b"x".to_vec())
+            .go(addr);
+        let what = format!("{method} on an object ({style:?}, ?{query})");
+        assert_error(&r, 405, "MethodNotAllowed", &what);
+        assert_eq!(xml_values(&r.text(), "Method"), vec![method.to_owned()], "{what}");
+    }
+    let r = Req::bucket("PATCH", addr, Style::Path, "").go(addr);
+    assert_error(&r, 405, "MethodNotAllowed", "PATCH on a bucket");
+    assert_clean(&perch, &before, "methods without an operation");
+}

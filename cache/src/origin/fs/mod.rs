@@ -521,8 +521,14 @@ impl Origin for FsOrigin {
                 MetadataDirective::Replace(h) => h.clone(),
             }
         };
-        let placeholder = placeholder_header(key, &headers, &src.checksums, PLACEHOLDER_ETAG);
-        let mut writer = self.new_writer(&placeholder, true, None).await?;
+        // The copy's checksum: the one asked for, computed as it is written, else the source's.
+        let algorithm = input.checksum_algorithm;
+        let reserved = match algorithm {
+            Some(a) => Checksums::only(a, "0".repeat(checksum::base64_len(a))),
+            None => src.checksums.clone(),
+        };
+        let placeholder = placeholder_header(key, &headers, &reserved, PLACEHOLDER_ETAG);
+        let mut writer = self.new_writer(&placeholder, true, algorithm).await?;
         let reader = tokio::fs::File::from_std(file).take(src.size);
         writer
             .write_stream(ReaderStream::with_capacity(reader, STREAM_CHUNK))
@@ -534,12 +540,16 @@ impl Origin for FsOrigin {
             ))
             .into());
         }
+        let checksums = match algorithm {
+            Some(a) => Checksums::only(a, writer.checksum().unwrap_or_default()),
+            None => src.checksums,
+        };
         let meta = ObjectMeta {
             size: writer.size,
             etag: writer.etag(),
             last_modified: now_secs(),
             headers,
-            checksums: src.checksums,
+            checksums,
         };
         let temp = writer
             .finish(&StoredHeader {
@@ -554,6 +564,7 @@ impl Origin for FsOrigin {
         Ok(CopyOutput {
             etag: meta.etag,
             last_modified: meta.last_modified,
+            checksums: meta.checksums,
         })
     }
 

@@ -486,7 +486,8 @@ impl Origin for S3Origin {
             .set_copy_source_if_match(if_match)
             .set_copy_source_if_none_match(c.if_none_match.clone())
             .set_copy_source_if_modified_since(c.if_modified_since.map(DateTime::from))
-            .set_copy_source_if_unmodified_since(c.if_unmodified_since.map(DateTime::from));
+            .set_copy_source_if_unmodified_since(c.if_unmodified_since.map(DateTime::from))
+            .set_checksum_algorithm(input.checksum_algorithm.map(|a| ChecksumAlgorithm::from(a.as_str())));
         // The copy's tags: given (REPLACE), or the source's (S3's default).
         let req = match &input.tags {
             Some(tags) => req
@@ -511,9 +512,17 @@ impl Origin for S3Origin {
         // A copy of a large object takes the origin a while before it answers.
         let out = self.call(Subject::Object, self.read_timeout * 3, send).await?;
         let result = out.copy_object_result();
+        let named = |v: Option<&str>| v.map(str::to_owned);
         Ok(CopyOutput {
             etag: result.and_then(|r| r.e_tag()).unwrap_or_default().to_owned(),
             last_modified: to_system_time(result.and_then(|r| r.last_modified())),
+            checksums: Checksums {
+                crc32: named(result.and_then(|r| r.checksum_crc32())),
+                crc32c: named(result.and_then(|r| r.checksum_crc32_c())),
+                crc64nvme: named(result.and_then(|r| r.checksum_crc64_nvme())),
+                sha1: named(result.and_then(|r| r.checksum_sha1())),
+                sha256: named(result.and_then(|r| r.checksum_sha256())),
+            },
         })
     }
 
