@@ -81,14 +81,28 @@ pub fn too_large<B>(req: &Request<B>) -> bool {
         && is_document(req)
 }
 
-/// Whether `req` is a document `checked` holds whole before s3s reads it. An aws-chunked body is
-/// left to s3s, which verifies its chunks.
+/// Whether `req` is a document `checked` holds whole before s3s reads it.
 pub fn is_held<B>(req: &Request<B>) -> bool {
-    let streamed = req
-        .headers()
+    !is_streamed(req) && is_document(req)
+}
+
+/// Whether the body of `req` is sent aws-chunked (`x-amz-content-sha256: STREAMING-…`).
+fn is_streamed<B>(req: &Request<B>) -> bool {
+    req.headers()
         .get("x-amz-content-sha256")
-        .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
-    !streamed && is_document(req)
+        .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"))
+}
+
+/// The message of the 501 for a document sent aws-chunked.
+pub const STREAMED: &str = "Perch does not take an XML or JSON document sent aws-chunked: send it with its \
+                            Content-Length (a checksum in its header), as the AWS SDKs do.";
+
+/// Whether `req` is a document sent aws-chunked, which s3s cannot take: it decodes the chunks,
+/// then compares the document's length with a declared length it has set to 0, and answers 400
+/// IncompleteBody, a fault of the client's that is not. No SDK sends one (they send a document's
+/// checksum in a header): Perch answers 501 NotImplemented, saying so.
+pub fn is_streamed_document<B>(req: &Request<B>) -> bool {
+    is_streamed(req) && is_document(req)
 }
 
 /// Whether `req`'s document is XML (a bucket policy is JSON).

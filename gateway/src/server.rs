@@ -625,6 +625,12 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;
                 Err(answer)
+            } else if document::is_streamed_document(&req) {
+                Err(error_response(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "NotImplemented",
+                    document::STREAMED,
+                ))
             } else {
                 let req = req.map(|body| match &body_read {
                     Some(flag) => GuardedBody::new(body, limits).with_end_flag(flag.clone()),

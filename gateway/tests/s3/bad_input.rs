@@ -1486,3 +1486,45 @@ fn a_method_without_an_operation_is_method_not_allowed() {
     assert_error(&r, 405, "MethodNotAllowed", "PATCH on a bucket");
     assert_clean(&perch, &before, "methods without an operation");
 }
+
+/// A document sent aws-chunked (here DeleteObjects, signed `STREAMING-UNSIGNED-PAYLOAD-TRAILER`
+/// with a CRC32 trailer) is 501 NotImplemented, saying how to send it, and nothing of it is done:
+/// s3s decodes it, then compares its length with a declared length it has set to 0 and answered
+/// 400 IncompleteBody, a fault that is not the client's. The same document with its length is
+/// carried out.
+#[test]
+fn a_document_sent_aws_chunked_is_not_implemented_and_not_done() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let addr = perch.addr();
+    let before = keys_of(&perch);
+    let doc = b"<Delete><Object><Key>known</Key></Object></Delete>";
+    let crc32 = base64_simd::STANDARD.encode_to_string(crc32fast::hash(doc).to_be_bytes());
+    let framed = [
+        format!("{:x}\r\n", doc.len()).as_bytes(),
+        doc.as_slice(),
+        format!("\r\n0\r\nx-amz-checksum-crc32:{crc32}\r\n\r\n").as_bytes(),
+    ]
+    .concat();
+    let mut r = Req::bucket("POST", addr, Style::Virtual, "delete")
+        .body(framed)
+        .header("Content-Type", "application/xml")
+        .header("Content-Encoding", "aws-chunked")
+        .header("x-amz-decoded-content-length", &doc.len().to_string())
+        .header("x-amz-sdk-checksum-algorithm", "CRC32")
+        .header("x-amz-trailer", "x-amz-checksum-crc32");
+    r.content_sha256 = Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER".to_owned());
+    let refused = r.go(addr);
+    assert_error(&refused, 501, "NotImplemented", "DeleteObjects sent aws-chunked");
+    assert!(refused.text().contains("Content-Length"), "{}", refused.text());
+    assert_clean(&perch, &before, "DeleteObjects sent aws-chunked");
+    // With its length and its checksum in a header, as the SDKs send it: done.
+    let r = Req::bucket("POST", addr, Style::Virtual, "delete")
+        .body(doc.to_vec())
+        .header("Content-Type", "application/xml")
+        .header("x-amz-checksum-crc32", &crc32)
+        .go(addr);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_missing(&perch, "known", "deleted by the document sent with its length");
+}
