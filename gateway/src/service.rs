@@ -1342,6 +1342,8 @@ impl S3 for Gateway {
                         initiator: owner.as_ref().map(initiator_of),
                         owner: owner.clone(),
                         storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        checksum_algorithm: u.checksum.map(|c| ChecksumAlgorithm::from_static(c.algorithm.as_str())),
+                        checksum_type: u.checksum.map(|c| ChecksumType::from_static(c.checksum_type.as_str())),
                         ..Default::default()
                     });
                 }

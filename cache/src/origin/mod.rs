@@ -638,6 +638,8 @@ pub struct UploadInfo {
     pub key: String,
     pub upload_id: String,
     pub initiated: SystemTime,
+    /// The checksum the upload's object will keep, as CreateMultipartUpload asked for it.
+    pub checksum: Option<MultipartChecksum>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

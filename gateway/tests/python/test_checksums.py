@@ -249,3 +249,21 @@ def test_a_copy_keeps_the_checksum_it_asks_for(perch, perch_bin, bucket, source)
     assert out["CopyObjectResult"].get("ChecksumCRC32") == crc32_b64(body), out
     head = s3.head_object(Bucket=bucket, Key="copy/same", ChecksumMode="ENABLED")
     assert head.get("ChecksumCRC32") == crc32_b64(body), head
+
+
+def test_listed_uploads_name_their_checksum(perch, bucket):
+    """ListMultipartUploads names each upload's checksum algorithm and type, as S3 (the Java and JS
+    SDKs read them); they were left out."""
+    s3 = make_client(perch, "path")
+    full = s3.create_multipart_upload(Bucket=bucket, Key="mpu/full", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
+    composite = s3.create_multipart_upload(Bucket=bucket, Key="mpu/composite", ChecksumAlgorithm="SHA256")
+    plain = s3.create_multipart_upload(Bucket=bucket, Key="mpu/plain")
+    listed = {u["Key"]: u for u in s3.list_multipart_uploads(Bucket=bucket, Prefix="mpu/")["Uploads"]}
+    assert (listed["mpu/full"].get("ChecksumAlgorithm"), listed["mpu/full"].get("ChecksumType")) == ("CRC32", "FULL_OBJECT")
+    assert (listed["mpu/composite"].get("ChecksumAlgorithm"), listed["mpu/composite"].get("ChecksumType")) == (
+        "SHA256",
+        "COMPOSITE",
+    )
+    assert "ChecksumAlgorithm" not in listed["mpu/plain"] and "ChecksumType" not in listed["mpu/plain"]
+    for key, up in [("mpu/full", full), ("mpu/composite", composite), ("mpu/plain", plain)]:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"])

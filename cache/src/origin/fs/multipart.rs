@@ -488,6 +488,7 @@ impl FsOrigin {
                 key: m.key,
                 upload_id: id,
                 initiated: m.initiated,
+                checksum: m.checksum,
             })
             .collect();
         uploads.sort_by(|a, b| {

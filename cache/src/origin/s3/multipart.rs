@@ -202,6 +202,11 @@ impl S3Origin {
                 key: u.key().unwrap_or_default().to_owned(),
                 upload_id: u.upload_id().unwrap_or_default().to_owned(),
                 initiated: to_system_time(u.initiated()),
+                checksum: u.checksum_algorithm().and_then(|a| {
+                    let algorithm = crate::origin::ChecksumAlgorithm::parse(a.as_str())?;
+                    let kind = u.checksum_type().and_then(|t| ChecksumType::parse(t.as_str()));
+                    MultipartChecksum::new(algorithm, kind).ok()
+                }),
             }));
             let next_key = out.next_key_marker().filter(|m| !m.is_empty());
             if !out.is_truncated().unwrap_or(false) || next_key.is_none() {
