@@ -224,6 +224,15 @@ impl Multipart {
         Ok(self.staging.list_parts(bucket, key, upload_id).await?)
     }
 
+    pub(crate) async fn upload_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> StoreResult<Option<MultipartChecksum>> {
+        Ok(self.staging.upload_checksum(bucket, key, upload_id).await?)
+    }
+
     /// Aborts every upload begun before `cutoff` whose completion is not under way; returns how
     /// many.
     pub(crate) async fn expire(&self, cutoff: SystemTime) -> StoreResult<usize> {

@@ -452,6 +452,15 @@ impl Replica {
         self.objects.list_parts(bucket, key, upload_id).await
     }
 
+    pub(crate) async fn upload_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> OriginResult<Option<MultipartChecksum>> {
+        self.objects.upload_checksum(bucket, key, upload_id).await
+    }
+
     pub(crate) async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> OriginResult<Vec<UploadInfo>> {
         match self.objects.list_multipart_uploads(bucket, prefix).await {
             Err(OriginError::NoSuchBucket) => Ok(Vec::new()),

@@ -1251,7 +1251,14 @@ impl S3 for Gateway {
             .collect();
         let truncated = rest.next().is_some();
         let owner = self.owner(&input.bucket).await;
+        let checksum = self
+            .store
+            .upload_checksum(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(store_error)?;
         Ok(S3Response::new(ListPartsOutput {
+            checksum_algorithm: checksum.map(|c| ChecksumAlgorithm::from_static(c.algorithm.as_str())),
+            checksum_type: checksum.map(|c| ChecksumType::from_static(c.checksum_type.as_str())),
             initiator: owner.as_ref().map(initiator_of),
             owner,
             storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),

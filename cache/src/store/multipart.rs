@@ -151,6 +151,19 @@ impl Store {
         self.multipart.list_parts(bucket, key, upload_id).await
     }
 
+    /// The checksum an upload's object will keep (ListParts names it).
+    pub async fn upload_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> StoreResult<Option<MultipartChecksum>> {
+        if let Some(r) = &self.replica {
+            return Ok(r.upload_checksum(bucket, key, upload_id).await?);
+        }
+        self.multipart.upload_checksum(bucket, key, upload_id).await
+    }
+
     /// The uploads staged in Perch (not any made directly at the origin).
     pub async fn list_multipart_uploads(&self, bucket: &str, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
         self.ensure_bucket(bucket).await?;

@@ -252,8 +252,8 @@ def test_a_copy_keeps_the_checksum_it_asks_for(perch, perch_bin, bucket, source)
 
 
 def test_listed_uploads_name_their_checksum(perch, bucket):
-    """ListMultipartUploads names each upload's checksum algorithm and type, as S3 (the Java and JS
-    SDKs read them); they were left out."""
+    """ListMultipartUploads names each upload's checksum algorithm and type, and ListParts its
+    upload's, as S3 (the Java and JS SDKs read them); they were left out."""
     s3 = make_client(perch, "path")
     full = s3.create_multipart_upload(Bucket=bucket, Key="mpu/full", ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT")
     composite = s3.create_multipart_upload(Bucket=bucket, Key="mpu/composite", ChecksumAlgorithm="SHA256")
@@ -265,5 +265,12 @@ def test_listed_uploads_name_their_checksum(perch, bucket):
         "COMPOSITE",
     )
     assert "ChecksumAlgorithm" not in listed["mpu/plain"] and "ChecksumType" not in listed["mpu/plain"]
+    for key, up, expected in [
+        ("mpu/full", full, ("CRC32", "FULL_OBJECT")),
+        ("mpu/composite", composite, ("SHA256", "COMPOSITE")),
+        ("mpu/plain", plain, (None, None)),
+    ]:
+        parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=up["UploadId"])
+        assert (parts.get("ChecksumAlgorithm"), parts.get("ChecksumType")) == expected, (key, parts)
     for key, up in [("mpu/full", full), ("mpu/composite", composite), ("mpu/plain", plain)]:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"])

@@ -442,6 +442,17 @@ impl FsOrigin {
         Ok(())
     }
 
+    /// The checksum an upload's object will keep, as CreateMultipartUpload asked for it.
+    pub(crate) async fn upload_checksum(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> OriginResult<Option<MultipartChecksum>> {
+        self.bucket(bucket)?;
+        Ok(self.load_upload(bucket, key, upload_id).await?.1.checksum)
+    }
+
     pub(super) async fn upload_parts(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<Vec<PartInfo>> {
         self.bucket(bucket)?;
         let (dir, _) = self.load_upload(bucket, key, upload_id).await?;
