@@ -205,6 +205,7 @@ mod tests {
             etag: "\"x\"".into(),
             last_modified: UNIX_EPOCH,
             storage_class: None,
+            checksum: None,
         }
     }
 

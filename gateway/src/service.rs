@@ -240,6 +240,10 @@ fn objects_of(page: &perch_cache::Page, url: bool, owner: Option<&Owner>) -> Vec
                 ObjectStorageClass::from,
             )),
             owner: owner.cloned(),
+            checksum_algorithm: o
+                .checksum
+                .map(|(a, _)| vec![ChecksumAlgorithm::from_static(a.as_str())]),
+            checksum_type: o.checksum.map(|(_, t)| ChecksumType::from_static(t.as_str())),
             ..Default::default()
         })
         .collect()
@@ -951,6 +955,10 @@ impl S3 for Gateway {
                 last_modified: Some(convert::timestamp(o.last_modified)),
                 is_latest: Some(true),
                 version_id: Some("null".to_owned()),
+                checksum_algorithm: o
+                    .checksum
+                    .map(|(a, _)| vec![ChecksumAlgorithm::from_static(a.as_str())]),
+                checksum_type: o.checksum.map(|(_, t)| ChecksumType::from_static(t.as_str())),
                 storage_class: Some(o.storage_class.clone().map_or_else(
                     || ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD),
                     ObjectVersionStorageClass::from,

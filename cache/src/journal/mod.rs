@@ -485,6 +485,7 @@ impl Journal {
                         etag: p.meta.etag.clone(),
                         last_modified: p.meta.last_modified,
                         storage_class: p.meta.headers.storage_class.clone(),
+                        checksum: p.meta.checksums.kept(),
                     }),
                     key,
                 })

@@ -71,6 +71,11 @@ impl Checksums {
         .find_map(|a| self.get(a).map(|v| (a, v)))
     }
 
+    /// The algorithm and type of the checksum an object with these keeps, as listings name it.
+    pub fn kept(&self) -> Option<(ChecksumAlgorithm, ChecksumType)> {
+        Some((self.iter().next()?.0, self.checksum_type()?))
+    }
+
     /// The algorithms that have a value, with it.
     pub fn iter(&self) -> impl Iterator<Item = (ChecksumAlgorithm, &str)> {
         ChecksumAlgorithm::ALL

@@ -607,6 +607,8 @@ pub struct ListEntry {
     pub last_modified: SystemTime,
     /// The object's storage class when not STANDARD (`ContentHeaders::storage_class`).
     pub storage_class: Option<String>,
+    /// The algorithm and type of the checksum the object keeps, if any (listings name them).
+    pub checksum: Option<(ChecksumAlgorithm, ChecksumType)>,
 }
 
 /// One page of a listing, answered.

@@ -299,6 +299,7 @@ pub(super) fn list_entry(key: &str, meta: &ObjectMeta) -> ListEntry {
         etag: meta.etag.clone(),
         last_modified: meta.last_modified,
         storage_class: meta.headers.storage_class.clone(),
+        checksum: meta.checksums.kept(),
     }
 }
 

@@ -555,6 +555,14 @@ impl Origin for S3Origin {
                     .storage_class()
                     .map(|c| c.as_str().to_owned())
                     .filter(|c| c != "STANDARD"),
+                checksum: o.checksum_algorithm().first().and_then(|a| {
+                    let algorithm = crate::origin::ChecksumAlgorithm::parse(a.as_str())?;
+                    let kind = o
+                        .checksum_type()
+                        .and_then(|t| ChecksumType::parse(t.as_str()))
+                        .unwrap_or(ChecksumType::FullObject);
+                    Some((algorithm, kind))
+                }),
             })
             .collect();
         let common_prefixes = out
