@@ -421,9 +421,10 @@ const SIGV2_SKEW_MAX_SECS: u64 = 15 * 60;
 
 /// S3's check of the date of a request signed in its `Authorization` header with SigV2, which s3s
 /// does not make (it only asks for a date header): without it a request seen once could be sent
-/// again at any time. The date is `x-amz-date` if given, else `Date`: none, or one that is no
-/// date, is 403 AccessDenied; one over 15 minutes from now is 403 RequestTimeTooSkewed. (SigV4
-/// dates and presigned expiries are checked by s3s.)
+/// again at any time. The date is `x-amz-date` if given, else `Date`, in any form SigV2 clients
+/// write (`rfc2822_secs`, HTTP's, or `YYYYMMDDTHHMMSSZ`): none, or one that is no date, is 403
+/// AccessDenied; one over 15 minutes from now is 403 RequestTimeTooSkewed. (SigV4 dates and
+/// presigned expiries are checked by s3s.)
 fn sigv2_date_refused(headers: &http::HeaderMap) -> Option<Response<s3s::Body>> {
     if !headers
         .get(http::header::AUTHORIZATION)?
@@ -439,7 +440,7 @@ fn sigv2_date_refused(headers: &http::HeaderMap) -> Option<Response<s3s::Body>> 
         .map(str::trim);
     let when = date.and_then(|d| {
         httpdate::parse_http_date(d).ok().or_else(|| {
-            let secs = crate::sigv4::parse_amz_date(d).or_else(|| imf_date_any_weekday(d))?;
+            let secs = crate::sigv4::parse_amz_date(d).or_else(|| rfc2822_secs(d))?;
             Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
         })
     });
@@ -461,14 +462,16 @@ fn sigv2_date_refused(headers: &http::HeaderMap) -> Option<Response<s3s::Body>> 
     })
 }
 
-/// Seconds since the epoch of an HTTP date (`Wed, 07 Jul 2010 21:53:04 GMT`) whatever its day of
-/// the week says, as S3 reads it (`httpdate` refuses a wrong one).
-fn imf_date_any_weekday(d: &str) -> Option<i64> {
+/// Seconds since the epoch of a date as SigV2 clients write it: RFC 822/1123/2822 with or without
+/// its day of the week (not checked: S3 does not), a day of one or two digits, and a zone of
+/// `GMT`, `UT`, `UTC`, `Z` or `±hhmm` (botocore: `GMT`; s3cmd: `+0000`; rclone: `UTC`; AWS's own
+/// examples: `+0000`; Python's `formatdate()`: `-0000`).
+fn rfc2822_secs(d: &str) -> Option<i64> {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (_, rest) = d.split_once(", ")?;
-    let mut parts = rest.split(' ');
+    let rest = d.split_once(',').map_or(d, |(_, rest)| rest);
+    let mut parts = rest.split_ascii_whitespace();
     let (day, month, year, time, zone) = (
         parts.next()?,
         parts.next()?,
@@ -476,15 +479,29 @@ fn imf_date_any_weekday(d: &str) -> Option<i64> {
         parts.next()?,
         parts.next()?,
     );
-    if parts.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 || time.len() != 8 {
+    if parts.next().is_some() || !(1..=2).contains(&day.len()) || year.len() != 4 {
         return None;
     }
-    let month = MONTHS.iter().position(|m| *m == month)? + 1;
-    let time = time.split(':').collect::<Vec<_>>();
-    if time.len() != 3 {
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(month))? + 1;
+    let mut hms = time.split(':');
+    let (h, m, s) = (hms.next()?, hms.next()?, hms.next().unwrap_or("00"));
+    if hms.next().is_some() || [h, m, s].iter().any(|f| f.len() != 2) {
         return None;
     }
-    crate::sigv4::parse_amz_date(&format!("{year}{month:02}{day}T{}{}{}Z", time[0], time[1], time[2]))
+    let offset = match zone {
+        "GMT" | "UT" | "UTC" | "Z" => 0,
+        z if z.len() == 5
+            && (z.starts_with('+') || z.starts_with('-'))
+            && z[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            let (hours, minutes) = (z[1..3].parse::<i64>().ok()?, z[3..5].parse::<i64>().ok()?);
+            let secs = hours * 3600 + minutes * 60;
+            if z.starts_with('-') { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    let local = crate::sigv4::parse_amz_date(&format!("{year}{month:02}{day:0>2}T{h}{m}{s}Z"))?;
+    Some(local - offset)
 }
 
 /// What a request's `Authorization` header claims to be, for S3's answer when s3s cannot read it.
@@ -1035,5 +1052,43 @@ async fn admin_request(store: &Store, metrics: &Metrics, req: Request<Incoming>)
             metrics.render(),
         ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc2822_secs;
+
+    /// 2026-12-07T03:10:05Z.
+    const AT: i64 = 1_796_613_005;
+
+    #[test]
+    fn sigv2_dates_are_read_in_every_form_clients_write() {
+        for (who, date) in [
+            ("botocore", "Mon, 07 Dec 2026 03:10:05 GMT"),
+            ("s3cmd", "Mon, 07 Dec 2026 03:10:05 +0000"),
+            ("rclone", "Mon, 07 Dec 2026 03:10:05 UTC"),
+            ("Python formatdate()", "Mon, 07 Dec 2026 03:10:05 -0000"),
+            ("a one-digit day", "Mon, 7 Dec 2026 03:10:05 GMT"),
+            ("no day of the week", "07 Dec 2026 03:10:05 GMT"),
+            ("a wrong day of the week", "Tue, 07 Dec 2026 03:10:05 GMT"),
+            ("another zone", "Mon, 07 Dec 2026 04:40:05 +0130"),
+            ("a zone west", "Sun, 06 Dec 2026 22:10:05 -0500"),
+            ("UT", "Mon, 07 Dec 2026 03:10:05 UT"),
+        ] {
+            assert_eq!(rfc2822_secs(date), Some(AT), "{who}: {date}");
+        }
+        for bad in [
+            "Bad Date",
+            "",
+            "Mon, 07 Foo 2026 03:10:05 GMT",
+            "Mon, 07 Dec 2026 03:10:05 CET",
+            "Mon, 07 Dec 2026 3:10:05 GMT",
+            "Mon, 32 Dec 2026 03:10:05 GMT",
+            "Mon, 07 Dec 2026 03:10:05 GMT extra",
+            "Mon, 07 Dec 26 03:10:05 GMT",
+        ] {
+            assert_eq!(rfc2822_secs(bad), None, "{bad:?}");
+        }
     }
 }

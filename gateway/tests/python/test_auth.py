@@ -231,6 +231,17 @@ def test_sigv2_requests_are_refused_outside_fifteen_minutes_of_their_date(perch,
     assert _sigv2_put(perch, bucket, "fresh-amz", {"x-amz-date": amz_now}) == (200, None)
     # Five minutes off either way is within S3's bound.
     assert _sigv2_put(perch, bucket, "near", {"Date": formatdate(now - 300, usegmt=True)}) == (200, None)
+    # The forms SigV2 clients write: s3cmd's x-amz-date (+0000), rclone's Date (UTC), Python's
+    # formatdate() (-0000), a one-digit day, a zone other than UTC.
+    tm = time.gmtime(now)
+    for who, dates in [
+        ("s3cmd", {"x-amz-date": time.strftime("%a, %d %b %Y %H:%M:%S +0000", tm)}),
+        ("rclone", {"Date": time.strftime("%a, %d %b %Y %H:%M:%S UTC", tm)}),
+        ("formatdate", {"Date": formatdate(now)}),
+        ("one-digit-day", {"Date": time.strftime("%a, ", tm) + str(tm.tm_mday) + time.strftime(" %b %Y %H:%M:%S GMT", tm)}),
+        ("+0130", {"Date": time.strftime("%a, %d %b %Y %H:%M:%S +0130", time.gmtime(now + 5400))}),
+    ]:
+        assert _sigv2_put(perch, bucket, f"form-{who}", dates) == (200, None), (who, dates)
     for what, dates, expected in [
         ("a date of 2010", {"Date": "Tue, 07 Jul 2010 21:53:04 GMT"}, (403, "RequestTimeTooSkewed")),
         ("an hour ahead", {"Date": formatdate(now + 3600, usegmt=True)}, (403, "RequestTimeTooSkewed")),
