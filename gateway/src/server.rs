@@ -812,7 +812,6 @@ fn bucket_slashed_for_sigv2(req: &Request<s3s::Body>, fast: &FastGet) -> Option<
     Some(again)
 }
 
-/// Whether s3s refused a request's signature (403 SignatureDoesNotMatch).
 /// Whether s3s found no operation for the request's method and resource (501 "Unknown
 /// operation"): a POST to an object without `?uploads`, `?uploadId`, `?restore` or `?select`, a
 /// method S3 has none for (PATCH).
@@ -840,6 +839,7 @@ fn method_not_allowed(method: &http::Method) -> Response<s3s::Body> {
     r
 }
 
+/// Whether s3s refused a request's signature (403 SignatureDoesNotMatch).
 fn signature_mismatch(r: &Response<s3s::Body>) -> bool {
     const CODE: &[u8] = b"<Code>SignatureDoesNotMatch</Code>";
     r.status() == StatusCode::FORBIDDEN

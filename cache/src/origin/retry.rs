@@ -37,8 +37,13 @@ pub struct OriginStats {
     gave_up: Family<OpLabel, Counter>,
     /// The fault of the last call the origin did not answer (a 5xx, throttling, a reset, a
     /// timeout), until a call is answered again: reads count, not only uploads (`perch status`).
-    fault: Arc<std::sync::Mutex<Option<String>>>,
+    fault: Arc<std::sync::Mutex<Option<(Instant, String)>>>,
 }
+
+/// How long the origin's last fault is reported without another: calls that keep failing renew
+/// it within their backoff (5 s at most); an idle Perch (a replica nobody reads) stops saying the
+/// origin is failing once it has not asked for this long.
+const FAULT_SHOWN_FOR: Duration = Duration::from_secs(60);
 
 impl OriginStats {
     /// Registers the origin metrics under `perch_origin_*`.
@@ -78,9 +83,13 @@ impl OriginStats {
         }
     }
 
-    /// The origin's fault while its calls keep failing; `None` once one is answered.
+    /// The origin's fault while its calls keep failing; `None` once one is answered, or once
+    /// none has failed for `FAULT_SHOWN_FOR`.
     pub fn fault(&self) -> Option<String> {
-        self.fault.lock().map_or(None, |f| f.clone())
+        let last = self.fault.lock().ok()?;
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < FAULT_SHOWN_FOR)
+            .map(|(_, f)| f.clone())
     }
 
     fn record<T>(&self, op: &'static str, elapsed: Duration, result: &OriginResult<T>) {
@@ -94,7 +103,9 @@ impl OriginStats {
         };
         self.requests.get_or_create(&OutcomeLabel { op, outcome }).inc();
         let fault = match result {
-            Err(e @ (OriginError::Transient { .. } | OriginError::Unavailable { .. })) => Some(Some(e.to_string())),
+            Err(e @ (OriginError::Transient { .. } | OriginError::Unavailable { .. })) => {
+                Some(Some((Instant::now(), e.to_string())))
+            }
             Err(OriginError::Io(_)) => None,
             _ => Some(None),
         };

@@ -407,7 +407,6 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
     assert_eq!(moto_req(&moto, "GET", "orioledb_data/1/1/2.0.0").body, part);
 }
 
-/// `perch wal fetch FILE PATH` in `pgdata`, against `perch`: (exit code, stderr, time taken).
 /// `/status` of a perch, as JSON.
 fn status_json(perch: &PerchServer) -> serde_json::Value {
     let (code, text) = admin_get(perch, "/status");
@@ -463,6 +462,7 @@ fn a_replica_reports_an_origin_outage_its_reads_meet() {
     assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
 }
 
+/// `perch wal fetch FILE PATH` in `pgdata`, against `perch`: (exit code, stderr, time taken).
 fn wal_fetch(perch: &PerchServer, pgdata: &Path, file: &str) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
     let out = std::process::Command::new(perch_binary())

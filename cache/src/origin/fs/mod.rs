@@ -541,7 +541,12 @@ impl Origin for FsOrigin {
             .into());
         }
         let checksums = match algorithm {
-            Some(a) => Checksums::only(a, writer.checksum().unwrap_or_default()),
+            Some(a) => Checksums::only(
+                a,
+                writer
+                    .checksum()
+                    .ok_or_else(|| io::Error::other("the copy's writer computed no checksum"))?,
+            ),
             None => src.checksums,
         };
         let meta = ObjectMeta {
