@@ -1359,7 +1359,6 @@ impl S3 for Gateway {
                         storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
                         checksum_algorithm: u.checksum.map(|c| ChecksumAlgorithm::from_static(c.algorithm.as_str())),
                         checksum_type: u.checksum.map(|c| ChecksumType::from_static(c.checksum_type.as_str())),
-                        ..Default::default()
                     });
                 }
             }
