@@ -542,11 +542,7 @@ fn refused_head(code: &'static str) -> Response<s3s::Body> {
 /// request without an `x-amz-date` that is a date is 403 AccessDenied, and so is a browser form
 /// whose fields fail its policy's conditions. Every other answer is left as it is.
 fn unreadable_auth_as_s3(r: Response<s3s::Body>, scheme: AuthScheme) -> Response<s3s::Body> {
-    let says = |message: &str| {
-        r.body()
-            .bytes()
-            .is_some_and(|b| b.windows(message.len()).any(|w| w == message.as_bytes()))
-    };
+    let says = |text: &str| answer_says(&r, text);
     if scheme != AuthScheme::None && says("<Message>invalid header: authorization</Message>") {
         return match scheme {
             AuthScheme::SigV4 => refused_head("AuthorizationHeaderMalformed"),
@@ -637,11 +633,12 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
                 ))
             } else if let Some(refused) = presigned_expiry_refused(req.uri().query()) {
                 Err(refused)
-            } else if let Some(refused) = sigv2_date_refused(req.headers()) {
-                Err(refused)
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;
                 Err(answer)
+            } else if let Some(refused) = sigv2_date_refused(req.headers()) {
+                // After the hit fast path, which takes only SigV4.
+                Err(refused)
             } else if document::is_streamed_document(&req) {
                 Err(error_response(
                     StatusCode::NOT_IMPLEMENTED,
@@ -816,11 +813,7 @@ fn bucket_slashed_for_sigv2(req: &Request<s3s::Body>, fast: &FastGet) -> Option<
 /// operation"): a POST to an object without `?uploads`, `?uploadId`, `?restore` or `?select`, a
 /// method S3 has none for (PATCH).
 fn unknown_operation(r: &Response<s3s::Body>) -> bool {
-    const MESSAGE: &[u8] = b"<Message>Unknown operation</Message>";
-    r.status() == StatusCode::NOT_IMPLEMENTED
-        && r.body()
-            .bytes()
-            .is_some_and(|b| b.windows(MESSAGE.len()).any(|w| w == MESSAGE))
+    r.status() == StatusCode::NOT_IMPLEMENTED && answer_says(r, "<Message>Unknown operation</Message>")
 }
 
 /// S3's answer to a method it has no operation for on the resource: 405 MethodNotAllowed, naming
@@ -841,11 +834,14 @@ fn method_not_allowed(method: &http::Method) -> Response<s3s::Body> {
 
 /// Whether s3s refused a request's signature (403 SignatureDoesNotMatch).
 fn signature_mismatch(r: &Response<s3s::Body>) -> bool {
-    const CODE: &[u8] = b"<Code>SignatureDoesNotMatch</Code>";
-    r.status() == StatusCode::FORBIDDEN
-        && r.body()
-            .bytes()
-            .is_some_and(|b| b.windows(CODE.len()).any(|w| w == CODE))
+    r.status() == StatusCode::FORBIDDEN && answer_says(r, "<Code>SignatureDoesNotMatch</Code>")
+}
+
+/// Whether an answer's body, held whole as s3s's error documents are, holds `text`.
+fn answer_says(r: &Response<s3s::Body>, text: &str) -> bool {
+    r.body()
+        .bytes()
+        .is_some_and(|b| b.windows(text.len()).any(|w| w == text.as_bytes()))
 }
 
 /// Joins repeated header lines S3 reads as one comma-separated value, which s3s refuses as a
