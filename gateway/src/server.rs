@@ -28,7 +28,7 @@ use crate::config::AdminToken;
 use crate::document;
 use crate::fast_get::FastGet;
 use crate::front::{REQUEST, RequestInfo};
-use crate::limits::{Connection, GuardedBody, GuardedIo, Limits, SpanBody};
+use crate::limits::{Connection, GuardedBody, GuardedIo, Limits, RequestSpan, SpanBody};
 use crate::metrics::Metrics;
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -157,14 +157,7 @@ pub async fn serve_s3(
                     if let Ok(permit) = requests.acquire_owned().await {
                         span.hold(permit);
                     }
-                    let response = s3_request(&door, req).await;
-                    if response
-                        .headers()
-                        .get(http::header::CONNECTION)
-                        .is_some_and(|v| v.as_bytes() == b"close")
-                    {
-                        span.linger_at_close();
-                    }
+                    let response = s3_request(&door, req, &span).await;
                     Ok::<_, Infallible>(response.map(|body| SpanBody::new(body, span)))
                 }
             }
@@ -589,7 +582,9 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s
     r
 }
 
-async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> {
+/// One S3 request's answer; `served` is told when the answer ends the connection with the body
+/// maybe unread, so that the close lingers.
+async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -> Response<s3s::Body> {
     let (metrics, limits) = (&door.metrics, &*door.limits);
     let start = Instant::now();
     let id = door.ids.next();
@@ -758,6 +753,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>) -> Response<s3s::Body> 
         response
             .headers_mut()
             .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        served.linger_at_close();
     }
     if response.status().as_u16() >= 400 && !head {
         response = error_completed(response, &id, missing.as_ref());

@@ -38,6 +38,8 @@ pub struct OriginStats {
     /// The fault of the last call the origin did not answer (a 5xx, throttling, a reset, a
     /// timeout), until a call is answered again: reads count, not only uploads (`perch status`).
     fault: Arc<std::sync::Mutex<Option<(Instant, String)>>>,
+    /// Whether `fault` holds one: an answered call takes its lock only then.
+    faulted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long the origin's last fault is reported without another: calls that keep failing renew
@@ -80,6 +82,7 @@ impl OriginStats {
             retries: Family::default(),
             gave_up: Family::default(),
             fault: Arc::default(),
+            faulted: Arc::default(),
         }
     }
 
@@ -102,14 +105,18 @@ impl OriginStats {
             Err(OriginError::Io(_)) => "io",
         };
         self.requests.get_or_create(&OutcomeLabel { op, outcome }).inc();
+        use std::sync::atomic::Ordering;
         let fault = match result {
             Err(e @ (OriginError::Transient { .. } | OriginError::Unavailable { .. })) => {
                 Some(Some((Instant::now(), e.to_string())))
             }
             Err(OriginError::Io(_)) => None,
+            // An answer: nothing to clear, and no lock taken, unless a fault is held.
+            _ if !self.faulted.load(Ordering::Acquire) => None,
             _ => Some(None),
         };
         if let (Some(fault), Ok(mut last)) = (fault, self.fault.lock()) {
+            self.faulted.store(fault.is_some(), Ordering::Release);
             *last = fault;
         }
         self.duration
