@@ -151,6 +151,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--latencies", default="20,80")
     ap.add_argument("--jobs", type=int, default=32)
+    ap.add_argument("--stream-mib-s", type=int,
+                    help="pace each origin answer to this many MiB/s, as one TCP stream from a distant origin is bounded "
+                         "(AWS's performance guidelines plan on 85-90 MB/s a request); unpaced by default")
     ap.add_argument("--wait-ready", action="store_true",
                     help="start the loader once Perch's /readyz answers 200 (as fly/supervise.sh starts Postgres), "
                          "and count Perch's start and prewarm in its time")
@@ -210,7 +213,9 @@ def run(args, work, procs):
     results = {}
     for latency in [int(x) for x in args.latencies.split(",")]:
         proxy = procs.start([str(target / "perch-bench"), "origin-proxy", "--listen", "127.0.0.1:0",
-                             "--upstream", moto_url, "--latency-ms", str(latency)], work / "proxy.log",
+                             "--upstream", moto_url, "--latency-ms", str(latency)]
+                            + (["--bandwidth-bytes-per-sec", str(args.stream_mib_s << 20)] if args.stream_mib_s else []),
+                            work / "proxy.log",
                             cpus=ORIGIN_CPUS)
         proxy_addr = first_line(proxy, "listening on ").split()[-1]
         proxy_url = "http://" + proxy_addr
@@ -230,6 +235,8 @@ def run(args, work, procs):
             latency, median(cpu), min(cpu, default=float("nan")), max(cpu, default=float("nan"))), flush=True)
         procs.stop(proxy)
 
+    print("\nEach origin answer %s." % (
+        "paced to %d MiB/s" % args.stream_mib_s if args.stream_mib_s else "unpaced"))
     print("\n| origin latency | fixed loader via fresh Perch | fixed loader direct | upstream loader direct "
           "| Perch vs upstream direct | Perch vs fixed direct | upstream loader via fresh Perch "
           "| upstream via Perch vs upstream direct |")

@@ -38,6 +38,10 @@ pub struct MissArgs {
     /// Cold 1 MiB objects per connection mode per round read one at a time, for time to first byte
     #[arg(long, default_value_t = 20)]
     pub ttfb_objects: usize,
+    /// Pace each origin answer to this many MiB/s, as one TCP stream from a distant origin is
+    /// bounded (AWS's performance guidelines plan on 85–90 MB/s a request) [default: unpaced]
+    #[arg(long)]
+    pub origin_stream_mib_s: Option<u64>,
     /// Sizes of the large objects read whole, one at a time, in MiB
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub large_mib: Vec<usize>,
@@ -145,6 +149,8 @@ pub struct MissReport {
     pub stored_checksum: StoredChecksum,
     pub origin_latency_ms: u64,
     pub origin_handshake_rtts: u32,
+    /// The pace of each origin answer, MiB/s (`None`: unpaced).
+    pub origin_stream_mib_s: Option<u64>,
     pub concurrency: usize,
     pub rounds: usize,
     pub cells: Vec<Cell>,
@@ -341,7 +347,12 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
     let moto = MotoServer::start();
     let latency = args.origin_latency_ms.to_string();
     let rtts = args.origin_handshake_rtts.to_string();
-    let proxy = ProxyServer::start(&moto.endpoint, &["--latency-ms", &latency, "--new-conn-rtts", &rtts]);
+    let mut proxy_args = vec!["--latency-ms".to_string(), latency, "--new-conn-rtts".into(), rtts];
+    if let Some(mib_s) = args.origin_stream_mib_s {
+        proxy_args.extend(["--bandwidth-bytes-per-sec".into(), (mib_s << 20).to_string()]);
+    }
+    let proxy_args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
+    let proxy = ProxyServer::start(&moto.endpoint, &proxy_args);
     let tmp = tempfile::tempdir()?;
     let perch = PerchServer::start(PerchOptions {
         binary,
@@ -524,6 +535,7 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
         stored_checksum: args.stored_checksum,
         origin_latency_ms: args.origin_latency_ms,
         origin_handshake_rtts: args.origin_handshake_rtts,
+        origin_stream_mib_s: args.origin_stream_mib_s,
         concurrency: args.concurrency,
         rounds: args.rounds,
         cells,
@@ -548,10 +560,15 @@ impl MissReport {
 
     fn tables(&self) -> String {
         let mut s = format!(
-            "Cache misses through Perch vs direct, origin latency {} ms (+{} round trips per new origin connection), {} rounds, objects stored with checksum: {:?}\n\n\
+            "Cache misses through Perch vs direct, origin latency {} ms (+{} round trips per new origin connection), each origin answer {}, {} rounds, objects stored with checksum: {:?}\n\n\
              | workload | perch ops/s | direct ops/s | perch ÷ direct | perch TTFB p50 / p90 ms | direct TTFB p50 / p90 ms | TTFB perch − direct p50 ms | perch p50 / p99 ms | direct p50 / p99 ms | CPU ms a GET via perch: perch / origin / client+proxy | CPU ms a GET direct: origin / client+proxy | perch hits |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-            self.origin_latency_ms, self.origin_handshake_rtts, self.rounds, self.stored_checksum
+            self.origin_latency_ms,
+            self.origin_handshake_rtts,
+            self.origin_stream_mib_s
+                .map_or("unpaced".to_string(), |m| format!("paced to {m} MiB/s")),
+            self.rounds,
+            self.stored_checksum
         );
         let mut names: Vec<&str> = Vec::new();
         for c in &self.cells {

@@ -26,15 +26,17 @@ use crate::md5_asm::Md5;
 use crate::origin::checksum;
 use crate::origin::{Breaks, ChecksumAlgorithm, Conditions, ObjectMeta, OriginError, rest_of};
 use crate::read::Reader;
+use crate::segments::{self, split_when_slow};
 
 /// A fill keeps at least this much of what it received in memory (and whole objects up to the
 /// memory tier's object size), so that readers keeping up with the origin never touch the disk.
 const HOLD: u64 = 8 << 20;
 
 /// The most a fill of a `size`-byte object holds in memory: what it keeps for readers, plus up to
-/// as much again while its disk lags behind the origin, plus the batch being handed on.
+/// as much again while its disk lags behind the origin, plus the batch being handed on, plus the
+/// ranged reads of a slow origin's stream waiting their turn (`segments`).
 pub(crate) fn held_at_most(size: u64, memory_object_max: u64) -> u64 {
-    size.min(2 * HOLD.max(memory_object_max) + BATCH as u64)
+    size.min(2 * HOLD.max(memory_object_max) + BATCH as u64 + segments::HELD_MAX)
 }
 
 /// Received bytes are handed on to readers and the writer at least every this many bytes (the
@@ -247,6 +249,7 @@ impl Reader {
             let temp = temp.clone();
             move || -> io::Result<(File, File)> { Ok((File::create(&temp)?, File::open(&temp)?)) }
         });
+        let asked = std::time::Instant::now();
         let out = match self.origin.get_object(bucket, key, None, &Conditions::default()).await {
             Ok(out) => out,
             Err(e) => {
@@ -284,7 +287,7 @@ impl Reader {
         let writer =
             tokio::task::spawn_blocking(move || write_body(write_file, chunks, progress, disk_tx, hold, check));
 
-        let mut body = out.body;
+        let mut body = split_when_slow(self.origin.clone(), okey, &meta.etag, 0, size, out.body, asked);
         let mut received = 0u64;
         // The chunk that completes the body waits for the check.
         let mut last: Option<Bytes> = None;
@@ -369,7 +372,8 @@ impl Reader {
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
                     }
-                    body = rest_of(self.origin.as_ref(), bucket, key, &meta.etag, received, None)
+                    let asked = std::time::Instant::now();
+                    let rest = rest_of(self.origin.as_ref(), bucket, key, &meta.etag, received, None)
                         .await
                         .map_err(|e| match e {
                             OriginError::PreconditionFailed => {
@@ -377,6 +381,7 @@ impl Reader {
                             }
                             other => FillError::from_origin(other),
                         })?;
+                    body = split_when_slow(self.origin.clone(), okey, &meta.etag, received, size, rest, asked);
                 }
             }
         }

@@ -27,6 +27,7 @@ mod prefetch;
 mod read;
 mod replica;
 mod seed;
+mod segments;
 mod store;
 mod uploader;
 

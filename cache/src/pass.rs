@@ -9,7 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -19,6 +19,7 @@ use crate::error::Doing;
 use crate::fill::Check;
 use crate::key::ObjectKey;
 use crate::origin::{Breaks, ByteStream, GetOutput, Origin, OriginError, OriginResult, rest_of};
+use crate::segments::split_when_slow;
 
 type Resumption = Pin<Box<dyn Future<Output = OriginResult<ByteStream>> + Send>>;
 
@@ -47,11 +48,13 @@ pub(crate) struct Passed {
 }
 
 impl Passed {
-    /// `out` with its body passed through (and resumed where it breaks).
+    /// `out`, asked of the origin at `asked`, with its body passed through (split into ranged
+    /// reads when slow, `segments`, and resumed where it breaks).
     pub(crate) fn wrap(
         origin: Arc<dyn Origin>,
         okey: ObjectKey,
         out: GetOutput,
+        asked: Instant,
         deadline: Duration,
         resumed: Counter,
     ) -> GetOutput {
@@ -59,6 +62,15 @@ impl Passed {
             Some((first, last)) => (first, last - first + 1, Some(last), None),
             None => (0, out.meta.size, None, Some(Check::of(&out.meta))),
         };
+        let body = split_when_slow(
+            origin.clone(),
+            &okey,
+            &out.meta.etag,
+            first,
+            first + size,
+            out.body,
+            asked,
+        );
         let body = Passed {
             origin,
             okey,
@@ -67,7 +79,7 @@ impl Passed {
             size,
             last,
             received: 0,
-            body: out.body,
+            body,
             resuming: Mutex::new(None),
             check,
             breaks: Breaks::new(deadline),
@@ -105,12 +117,14 @@ impl Passed {
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
         let (origin, okey, etag) = (self.origin.clone(), self.okey.clone(), self.etag.clone());
-        let (from, last) = (self.first + self.received, self.last);
+        let (from, last, end) = (self.first + self.received, self.last, self.first + self.size);
         let more: Resumption = Box::pin(async move {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
-            rest_of(origin.as_ref(), okey.bucket(), okey.key(), &etag, from, last).await
+            let asked = Instant::now();
+            let rest = rest_of(origin.as_ref(), okey.bucket(), okey.key(), &etag, from, last).await?;
+            Ok(split_when_slow(origin, &okey, &etag, from, end, rest, asked))
         });
         *self.resuming.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(more);
         Ok(())

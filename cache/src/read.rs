@@ -310,6 +310,7 @@ impl Reader {
                 });
             }
             // A range miss is answered from the origin at once; the whole object follows in the background.
+            let asked = std::time::Instant::now();
             let out = self
                 .origin
                 .get_object(okey.bucket(), okey.key(), Some(r), conditions)
@@ -318,6 +319,7 @@ impl Reader {
                 self.origin.clone(),
                 okey.clone(),
                 out,
+                asked,
                 self.cfg.retry_deadline,
                 self.local.stats.resumed.clone(),
             );
@@ -391,6 +393,7 @@ impl Reader {
     /// policy bypasses the key, or the data dir's filesystem has no room for a copy (a full disk
     /// never fails a read).
     async fn get_uncached(&self, okey: &ObjectKey, conditions: &Conditions) -> OriginResult<CachedGet> {
+        let asked = std::time::Instant::now();
         let out = self
             .origin
             .get_object(okey.bucket(), okey.key(), None, conditions)
@@ -399,6 +402,7 @@ impl Reader {
             self.origin.clone(),
             okey.clone(),
             out,
+            asked,
             self.cfg.retry_deadline,
             self.local.stats.resumed.clone(),
         );

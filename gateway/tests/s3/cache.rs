@@ -1097,3 +1097,153 @@ fn a_fill_that_keeps_breaking_backs_off_and_is_discarded_never_kept_partial() {
     s.get_expect("kb/k", &body, "MISS");
     s.get_expect("kb/k", &body, "HIT");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Large misses from a slow origin: ranged reads side by side
+
+/// The origin's GETs of `key`: (status, start, end, bytes sent), in order.
+fn gets_of(s: &Stack, key: &str) -> Vec<(u64, f64, f64, u64)> {
+    s.records(key)
+        .iter()
+        .filter(|r| r["method"] == "GET")
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap_or(0),
+                r["t_start"].as_f64().unwrap_or(0.0),
+                r["t_end"].as_f64().unwrap_or(0.0),
+                r["resp_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A 24 MiB miss from an origin that sends each answer at 6 MiB/s (as one TCP stream from a
+/// distant region is bounded): after timing its first 2 MiB, Perch cuts the first stream and asks
+/// for the rest in ranged GETs (If-Match on the first answer's ETag) several at once. The client
+/// gets the exact bytes as one answer, the whole body's check passes, the copy is kept (the next
+/// GET is a hit), and the origin sent each byte about once. A body streamed straight through
+/// (a bypassed key) is split alike; a fast origin's stream is left whole.
+#[test]
+fn a_large_miss_from_a_slow_origin_is_fetched_as_ranged_reads_side_by_side() {
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let body = pattern(24 * MIB, 90);
+    s.put_behind_perchs_back("slow/undo", &body);
+    s.proxy.reset();
+    s.faults(r#"{"latency_ms": 30, "bandwidth_bytes_per_sec": 6291456}"#);
+    s.get_expect("slow/undo", &body, "MISS");
+    s.no_faults();
+
+    let gets = gets_of(&s, "slow/undo");
+    assert_eq!(gets[0].0, 200, "the first GET is the whole object's: {gets:?}");
+    let ranged: Vec<_> = gets[1..].iter().filter(|g| g.0 == 206).collect();
+    assert_eq!(
+        ranged.len(),
+        gets.len() - 1,
+        "every later GET is a ranged one: {gets:?}"
+    );
+    assert!(ranged.len() >= 4, "the rest comes in ranged reads: {gets:?}");
+    let side_by_side = ranged.iter().any(|a| ranged.iter().any(|b| a.1 < b.1 && b.1 < a.2));
+    assert!(side_by_side, "ranged reads overlap in time: {gets:?}");
+    let sent: u64 = gets.iter().map(|g| g.3).sum();
+    assert!(
+        sent < (body.len() + body.len() / 4) as u64,
+        "the origin sent {sent} bytes for {}: {gets:?}",
+        body.len()
+    );
+    for r in s.records("slow/undo").iter().filter(|r| r["status"] == 206) {
+        assert!(r["error"].is_null(), "{r:#?}");
+    }
+    s.get_expect("slow/undo", &body, "HIT");
+    assert_eq!(gets_of(&s, "slow/undo").len(), gets.len(), "the hit reached no origin");
+
+    // A key the policy keeps no copy of (OrioleDB's undo files, streamed straight through) is
+    // split alike.
+    let undo = pattern(20 * MIB, 95);
+    s.put_behind_perchs_back("orioledb_undo/0000000002data", &undo);
+    s.faults(r#"{"latency_ms": 30, "bandwidth_bytes_per_sec": 6291456}"#);
+    s.get_expect("orioledb_undo/0000000002data", &undo, "BYPASS");
+    s.no_faults();
+    let gets = gets_of(&s, "orioledb_undo/0000000002data");
+    assert!(
+        gets.iter().filter(|g| g.0 == 206).count() >= 3,
+        "a bypassed body comes in ranged reads too: {gets:?}"
+    );
+
+    // The same object from a fast origin (no pacing) is one GET.
+    let fast = pattern(24 * MIB, 91);
+    s.put_behind_perchs_back("fast/undo", &fast);
+    s.get_expect("fast/undo", &fast, "MISS");
+    let fast_gets = gets_of(&s, "fast/undo");
+    assert!(
+        fast_gets.iter().all(|g| g.0 == 200),
+        "a fast stream is left whole: {fast_gets:?}"
+    );
+}
+
+/// A ranged read that breaks midway is resumed where the client's bytes stopped, and an object
+/// replaced during a split fill is never served or kept spliced: its ranged reads are conditional
+/// on the first answer's ETag.
+#[test]
+fn a_split_fill_resumes_a_broken_range_and_never_splices_a_replaced_object() {
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let body = pattern(20 * MIB, 92);
+    s.put_behind_perchs_back("split/brk", &body);
+    s.proxy.reset();
+    // The first ranged GET's answer is cut after 300,000 bytes.
+    s.faults(
+        r#"{"bandwidth_bytes_per_sec": 6291456, "fail_next": 1, "cut_body_after": 300000, "match_header": "range"}"#,
+    );
+    s.get_expect("split/brk", &body, "MISS");
+    s.no_faults();
+    let gets = gets_of(&s, "split/brk");
+    assert!(
+        gets.iter().any(|g| g.0 == 206 && g.3 == 300_000),
+        "a ranged read was cut: {gets:?}"
+    );
+    assert!(s.metric("perch_cache_resumed_total") >= 1.0);
+    s.get_expect("split/brk", &body, "HIT");
+
+    // Replaced at the origin once the fill is split: the client sees a cut answer or the old
+    // bytes whole, never a mixture, and the next GET is the new object.
+    let old = pattern(24 * MIB, 93);
+    let new = pattern(10 * KIB, 94);
+    s.put_behind_perchs_back("split/changing", &old);
+    s.proxy.reset();
+    // 1 MiB/s: the first ranged reads take 4 s, and the next are asked after the change.
+    s.faults(r#"{"bandwidth_bytes_per_sec": 1048576}"#);
+    let client = get_in_thread(&s, "split/changing");
+    // The proxy records a request once it ended: the first GET's record is there once Perch cut
+    // it, when its first ranged reads are under way.
+    eventually("the fill is split", || {
+        gets_of(&s, "split/changing").iter().any(|g| g.0 == 200)
+    });
+    s.put_behind_perchs_back("split/changing", &new);
+    let changed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    match client.join().expect("client thread") {
+        Err(_) => {}
+        Ok(r) => {
+            assert_eq!(r.status, 200, "{}", r.summary());
+            assert!(
+                r.body.len() < old.len() || r.body == old,
+                "a whole answer is the old object, never a splice"
+            );
+        }
+    }
+    s.no_faults();
+    let gets = gets_of(&s, "split/changing");
+    let after: Vec<_> = gets.iter().filter(|g| g.1 > changed).collect();
+    assert!(!after.is_empty(), "ranged reads were asked after the change: {gets:?}");
+    assert!(
+        after.iter().all(|g| g.0 == 412),
+        "every ranged read asked after the change is refused: {gets:?}"
+    );
+    s.get_expect("split/changing", &new, "MISS");
+    s.get_expect("split/changing", &new, "HIT");
+}
