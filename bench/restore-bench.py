@@ -148,9 +148,13 @@ def main():
     ap.add_argument("--target-dir", required=True, help="holds perch and perch-bench")
     ap.add_argument("--old-loader")
     ap.add_argument("--pg-bin")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="rounds a cell; the variants take turns going first, so keep it a multiple of their number")
     ap.add_argument("--latencies", default="20,80")
     ap.add_argument("--jobs", type=int, default=32)
+    ap.add_argument("--origin", choices=["moto", "s3s-fs"], default="moto",
+                    help="the S3 server behind the proxy: moto (one Python process, which reads a whole object to "
+                         "answer any range of it) or s3s-fs (Rust, checks signatures, reads only a range's bytes)")
     ap.add_argument("--stream-mib-s", type=int,
                     help="pace each origin answer to this many MiB/s, as one TCP stream from a distant origin is bounded "
                          "(AWS's performance guidelines plan on 85-90 MB/s a request); unpaced by default")
@@ -184,8 +188,14 @@ def main():
 def run(args, work, procs):
     target = Path(args.target_dir)
     moto_port = free_port()
-    procs.start([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "moto.log",
-                cpus=ORIGIN_CPUS)
+    if args.origin == "s3s-fs":
+        (work / "s3s-fs").mkdir()
+        procs.start([shutil.which("s3s-fs"), "--host", "127.0.0.1", "--port", str(moto_port), "--access-key",
+                     MOTO_KEY, "--secret-key", MOTO_SECRET, str(work / "s3s-fs")], work / "origin.log",
+                    cpus=ORIGIN_CPUS)
+    else:
+        procs.start([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], work / "origin.log",
+                    cpus=ORIGIN_CPUS)
     wait_port(moto_port)
     moto_url = "http://127.0.0.1:%d" % moto_port
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id=MOTO_KEY,
@@ -224,6 +234,11 @@ def run(args, work, procs):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:
                 dest = work / ("pgdata-%s-%d-%d" % (v, latency, r))
+                # Each restore starts with the previous one's 100+ MB (and a Perch's data dir),
+                # written and removed, already written back. Turns still matter here (a variant's
+                # second restore in a row was 0.3-0.7 s slower, docs/benchmarks.md, 2026-12-07):
+                # with the turns rotating, an even number of rounds gives each variant the same.
+                os.sync()
                 secs, extra = restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
                 ok = check(layout, dest)
                 results.setdefault((latency, v), []).append(secs)
@@ -235,7 +250,7 @@ def run(args, work, procs):
             latency, median(cpu), min(cpu, default=float("nan")), max(cpu, default=float("nan"))), flush=True)
         procs.stop(proxy)
 
-    print("\nEach origin answer %s." % (
+    print("\nOrigin %s; each origin answer %s." % (args.origin,
         "paced to %d MiB/s" % args.stream_mib_s if args.stream_mib_s else "unpaced"))
     print("\n| origin latency | fixed loader via fresh Perch | fixed loader direct | upstream loader direct "
           "| Perch vs upstream direct | Perch vs fixed direct | upstream loader via fresh Perch "
@@ -279,6 +294,8 @@ def restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
         CPU.setdefault((proxy_url, v), []).append(cpu)
         extra += " (perch CPU %.2f s)" % cpu
         procs.stop(perch)
+        # Removed now, so that the sync before the next restore covers it.
+        shutil.rmtree(data, ignore_errors=True)
         if args.wait_ready:
             extra += " (of which perch start to /readyz %.2f s)" % ready
             secs += ready

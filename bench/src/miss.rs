@@ -15,7 +15,9 @@ use crate::client::{ClientOptions, ConnMode, Expect, HttpClient, Outcome, Req};
 use crate::stats::percentile;
 use crate::target::{Kind, Target};
 use perch_testkit::bodies::Digest32;
-use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
+use perch_testkit::servers::{
+    DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY, MotoServer, PerchOptions, PerchServer, ProxyServer, S3sFsServer,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -38,6 +40,10 @@ pub struct MissArgs {
     /// Cold 1 MiB objects per connection mode per round read one at a time, for time to first byte
     #[arg(long, default_value_t = 20)]
     pub ttfb_objects: usize,
+    /// The S3 server behind the origin proxy: `moto` (one Python process; it reads a whole object
+    /// to answer any range of it) or `s3s-fs` (Rust, checks signatures, reads only a range's bytes)
+    #[arg(long, value_enum, default_value = "moto")]
+    pub origin: OriginServer,
     /// Pace each origin answer to this many MiB/s, as one TCP stream from a distant origin is
     /// bounded (AWS's performance guidelines plan on 85–90 MB/s a request) [default: unpaced]
     #[arg(long)]
@@ -64,6 +70,36 @@ pub struct MissArgs {
     /// Where to write results.json
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+}
+
+/// The S3 server behind the origin proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OriginServer {
+    Moto,
+    S3sFs,
+}
+
+/// A running origin server of either kind.
+enum Running {
+    Moto(MotoServer),
+    S3sFs(S3sFsServer),
+}
+
+impl Running {
+    fn endpoint(&self) -> &str {
+        match self {
+            Running::Moto(m) => &m.endpoint,
+            Running::S3sFs(f) => &f.endpoint,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Running::Moto(m) => m.pid(),
+            Running::S3sFs(f) => f.pid(),
+        }
+    }
 }
 
 /// What the origin keeps beside each seeded object.
@@ -151,6 +187,7 @@ pub struct MissReport {
     pub origin_handshake_rtts: u32,
     /// The pace of each origin answer, MiB/s (`None`: unpaced).
     pub origin_stream_mib_s: Option<u64>,
+    pub origin: OriginServer,
     pub concurrency: usize,
     pub rounds: usize,
     pub cells: Vec<Cell>,
@@ -344,7 +381,12 @@ fn mode_name(mode: ConnMode) -> &'static str {
 
 pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
     let binary = crate::cache_restart::perch_binary(args.perch_bin.as_ref())?;
-    let moto = MotoServer::start();
+    // The bench's clients sign with the dev key pair; s3s-fs takes that one only, and so Perch's
+    // origin requests are signed with it too (moto takes any).
+    let moto = match args.origin {
+        OriginServer::Moto => Running::Moto(MotoServer::start()),
+        OriginServer::S3sFs => Running::S3sFs(S3sFsServer::start(DEV_ACCESS_KEY_ID, DEV_SECRET_ACCESS_KEY)),
+    };
     let latency = args.origin_latency_ms.to_string();
     let rtts = args.origin_handshake_rtts.to_string();
     let mut proxy_args = vec!["--latency-ms".to_string(), latency, "--new-conn-rtts".into(), rtts];
@@ -352,7 +394,7 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
         proxy_args.extend(["--bandwidth-bytes-per-sec".into(), (mib_s << 20).to_string()]);
     }
     let proxy_args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
-    let proxy = ProxyServer::start(&moto.endpoint, &proxy_args);
+    let proxy = ProxyServer::start(moto.endpoint(), &proxy_args);
     let tmp = tempfile::tempdir()?;
     let perch = PerchServer::start(PerchOptions {
         binary,
@@ -364,12 +406,12 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
             "us-east-1".into(),
         ],
         env: vec![
-            ("PERCH_ORIGIN_ACCESS_KEY_ID".into(), "testing".into()),
-            ("PERCH_ORIGIN_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("PERCH_ORIGIN_ACCESS_KEY_ID".into(), DEV_ACCESS_KEY_ID.into()),
+            ("PERCH_ORIGIN_SECRET_ACCESS_KEY".into(), DEV_SECRET_ACCESS_KEY.into()),
         ],
     });
     let bucket = "bench";
-    let moto_addr = crate::target::loopback_url(&moto.endpoint)?;
+    let moto_addr = crate::target::loopback_url(moto.endpoint())?;
     let bench = Bench {
         stored_checksum: args.stored_checksum,
         pids: [perch.pid().context("perch's pid")?, moto.pid(), std::process::id()],
@@ -536,6 +578,7 @@ pub async fn run(args: MissArgs) -> anyhow::Result<MissReport> {
         origin_latency_ms: args.origin_latency_ms,
         origin_handshake_rtts: args.origin_handshake_rtts,
         origin_stream_mib_s: args.origin_stream_mib_s,
+        origin: args.origin,
         concurrency: args.concurrency,
         rounds: args.rounds,
         cells,
@@ -560,9 +603,10 @@ impl MissReport {
 
     fn tables(&self) -> String {
         let mut s = format!(
-            "Cache misses through Perch vs direct, origin latency {} ms (+{} round trips per new origin connection), each origin answer {}, {} rounds, objects stored with checksum: {:?}\n\n\
+            "Cache misses through Perch vs direct, origin {:?}, latency {} ms (+{} round trips per new origin connection), each origin answer {}, {} rounds, objects stored with checksum: {:?}\n\n\
              | workload | perch ops/s | direct ops/s | perch ÷ direct | perch TTFB p50 / p90 ms | direct TTFB p50 / p90 ms | TTFB perch − direct p50 ms | perch p50 / p99 ms | direct p50 / p99 ms | CPU ms a GET via perch: perch / origin / client+proxy | CPU ms a GET direct: origin / client+proxy | perch hits |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            self.origin,
             self.origin_latency_ms,
             self.origin_handshake_rtts,
             self.origin_stream_mib_s

@@ -1,4 +1,5 @@
-//! Real servers on loopback for tests and benchmarks: moto, the `perch` binary, the origin proxy.
+//! Real servers on loopback for tests and benchmarks: moto, s3s-fs, the `perch` binary, the origin
+//! proxy.
 //!
 //! Each is stopped when dropped, and panics when it cannot start: a test never skips.
 
@@ -63,31 +64,7 @@ impl MotoServer {
     }
 
     fn wait_ready(&mut self, limit: Duration) {
-        let start = Instant::now();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "moto_server exited with {status} before answering; log:\n{}",
-                    self.log_text()
-                );
-            }
-            if answers(addr) {
-                return;
-            }
-            if start.elapsed() > limit {
-                panic!(
-                    "moto_server did not answer on port {} within {limit:?}; log:\n{}",
-                    self.port,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        wait_answering(&mut self.child, self.port, "moto_server", &self.log, limit, answers);
     }
 }
 
@@ -96,6 +73,107 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Waits until `child`, `name` logging to `log`, answers on loopback `port` (as `answers` says);
+/// panics with its log when it exits first or does not answer within `limit`.
+fn wait_answering(
+    child: &mut Child,
+    port: u16,
+    name: &str,
+    log: &Path,
+    limit: Duration,
+    answers: fn(SocketAddr) -> bool,
+) {
+    let start = Instant::now();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{name} exited with {status} before answering; log:\n{}", log_text());
+        }
+        if answers(addr) {
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{name} did not answer on port {port} within {limit:?}; log:\n{}",
+                log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running `s3s-fs` (s3s's file-system S3 server, which checks SigV4 signatures and serves a
+/// range by reading only its bytes) over a directory of its own, with one key pair; killed and
+/// its directory removed when dropped.
+pub struct S3sFsServer {
+    child: Child,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    log: PathBuf,
+    root: PathBuf,
+}
+
+impl S3sFsServer {
+    /// Starts `s3s-fs` (from `$PERCH_S3S_FS` or `PATH`) on a free loopback port, taking requests
+    /// signed with `access_key` and `secret_key`. Panics when it is missing or does not come up.
+    pub fn start(access_key: &str, secret_key: &str) -> S3sFsServer {
+        let program = find_on_path("PERCH_S3S_FS", "s3s-fs").unwrap_or_else(|| {
+            panic!(
+                "s3s-fs not found on PATH (nor in $PERCH_S3S_FS): install it with \
+                 `cargo install s3s-fs --version 0.14.1 --features binary`"
+            )
+        });
+        let port = free_port();
+        let base = std::env::temp_dir().join(format!("perch-s3s-fs-{}-{port}", std::process::id()));
+        let root = base.join("root");
+        std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
+        let log = base.join("log");
+        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let log_err = log_file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("clone log file handle: {e}"));
+        let child = Command::new(&program)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", access_key, "--secret-key", secret_key])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", program.display()));
+        let mut server = S3sFsServer {
+            child,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+            root: base,
+        };
+        wait_answering(
+            &mut server.child,
+            port,
+            "s3s-fs",
+            &server.log,
+            Duration::from_secs(30),
+            answers_http,
+        );
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for S3sFsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -415,15 +493,22 @@ pub fn free_port() -> u16 {
 /// Whether moto answers `GET /` on `addr` (its bucket list): any other server that took the port
 /// between `free_port` and moto's start (another test's Perch binding port 0) would pass a plain
 /// "answers HTTP" check, and the test would talk to it while moto exits unable to bind.
-fn answers(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
+/// The first bytes (up to 64 KiB) of the answer to `GET /` on `addr`, if any.
+fn root_answer(addr: SocketAddr) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
-        return false;
-    }
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut answer = Vec::new();
     let _ = stream.take(64 * 1024).read_to_end(&mut answer);
-    answer.starts_with(b"HTTP/1.") && answer.windows(22).any(|w| w == b"ListAllMyBucketsResult")
+    answer.starts_with(b"HTTP/1.").then_some(answer)
+}
+
+/// Whether an HTTP server answers on `addr` (s3s-fs refuses the unsigned request).
+fn answers_http(addr: SocketAddr) -> bool {
+    root_answer(addr).is_some()
+}
+
+/// Whether an S3 server that lists buckets unsigned (moto) answers on `addr`.
+fn answers(addr: SocketAddr) -> bool {
+    root_answer(addr).is_some_and(|a| a.windows(22).any(|w| w == b"ListAllMyBucketsResult"))
 }
