@@ -26,17 +26,17 @@ use crate::md5_asm::Md5;
 use crate::origin::checksum;
 use crate::origin::{Breaks, ChecksumAlgorithm, Conditions, ObjectMeta, OriginError, rest_of};
 use crate::read::Reader;
-use crate::segments::{self, split_when_slow};
+use crate::segments::split_when_slow;
 
 /// A fill keeps at least this much of what it received in memory (and whole objects up to the
 /// memory tier's object size), so that readers keeping up with the origin never touch the disk.
 const HOLD: u64 = 8 << 20;
 
 /// The most a fill of a `size`-byte object holds in memory: what it keeps for readers, plus up to
-/// as much again while its disk lags behind the origin, plus the batch being handed on, plus the
-/// ranged reads of a slow origin's stream waiting their turn (`segments`).
+/// as much again while its disk lags behind the origin, plus the batch being handed on (the
+/// ranged reads of a slow origin's body waiting their turn have a bound of their own, `segments`).
 pub(crate) fn held_at_most(size: u64, memory_object_max: u64) -> u64 {
-    size.min(2 * HOLD.max(memory_object_max) + BATCH as u64 + segments::HELD_MAX)
+    size.min(2 * HOLD.max(memory_object_max) + BATCH as u64)
 }
 
 /// Received bytes are handed on to readers and the writer at least every this many bytes (the
@@ -369,6 +369,9 @@ impl Reader {
                     };
                     tracing::info!(key, received, error = %why, "origin stream broke; resuming with a range request");
                     self.local.stats.resumed.inc();
+                    // What the broken body still has under way (a split body's other ranged
+                    // reads) stops now, not after the pause.
+                    drop(std::mem::replace(&mut body, Box::pin(futures::stream::empty())));
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
                     }

@@ -116,6 +116,8 @@ impl Passed {
         };
         tracing::info!(key = self.okey.key(), received = self.received, error = %why, "origin stream broke; resuming with a range request");
         self.resumed.inc();
+        // What the broken body still has under way (a split body's other ranged reads) stops now.
+        self.body = Box::pin(futures::stream::empty());
         let (origin, okey, etag) = (self.origin.clone(), self.okey.clone(), self.etag.clone());
         let (from, last, end) = (self.first + self.received, self.last, self.first + self.size);
         let more: Resumption = Box::pin(async move {

@@ -9,12 +9,17 @@
 //! than `SLOW` it is cut where a ranged GET asked now would take over, and the rest comes in
 //! `SEGMENT`s, `AHEAD` of them under way at once, each with `If-Match` on the first answer's ETag
 //! (an object replaced meanwhile fails the fill, as a resumption does). A fast stream (a nearby
-//! origin, the directory origin) is left whole. A segment that fails ends the stream with its
-//! error at that byte, where the fill resumes as after any break.
+//! origin, the directory origin) is left whole. Only the time spent waiting for the origin's
+//! bytes counts, not the time its reader took to take them (a slow client of a pass-through, a
+//! fill waiting for its disk). At most `SPLIT_BODIES` bodies are split at once, so what their
+//! segments hold waiting their turn stays under `SPLIT_BODIES * AHEAD * SEGMENT` (64 MiB). A
+//! segment that fails ends the stream with its error at that byte, where the fill resumes as
+//! after any break.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,8 +44,23 @@ const SLOW: f64 = 128.0 * 1024.0 * 1024.0;
 /// The cut is rounded up to this.
 const CUT_ALIGN: u64 = 1 << 20;
 
-/// What one body's segments may hold in memory at most.
-pub(crate) const HELD_MAX: u64 = AHEAD as u64 * SEGMENT;
+/// Bodies split at once at most, in this process.
+const SPLIT_BODIES: usize = 4;
+/// Bodies split now.
+static SPLIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Where to cut a first stream that has brought bytes up to `at` of `..end` at `rate` bytes a
+/// second, its first byte having come `ttfb` after it was asked: `None` when it is fast enough,
+/// or too little is left for a segment. The cut is where the stream gets to while a ranged GET
+/// asked now brings its first byte.
+fn cut_at(at: u64, end: u64, rate: f64, ttfb: Duration) -> Option<u64> {
+    if rate >= SLOW {
+        return None;
+    }
+    let during = (rate * ttfb.as_secs_f64()) as u64;
+    let cut = (at + during + 1).next_multiple_of(CUT_ALIGN);
+    (cut + SEGMENT <= end).then_some(cut)
+}
 
 /// Bytes `from..end` of the object `etag`: `first`, the origin's stream of them (asked for at
 /// `asked`), split into ranged GETs when it proves slow.
@@ -53,7 +73,8 @@ pub(crate) fn split_when_slow(
     first: ByteStream,
     asked: Instant,
 ) -> ByteStream {
-    if end.saturating_sub(from) < SPLIT_MIN {
+    if end.saturating_sub(from) < SPLIT_MIN || etag.is_empty() {
+        // No ETag, no ranges that can be told to be of the same object.
         return first;
     }
     let body = Segmented {
@@ -67,6 +88,7 @@ pub(crate) fn split_when_slow(
         pace: Pace::Asked(asked),
         segments: VecDeque::new(),
         next: end,
+        holds_slot: false,
     };
     Box::pin(futures::stream::unfold(body, |mut b| async move {
         b.next_chunk().await.map(|item| (item, b))
@@ -77,9 +99,13 @@ pub(crate) fn split_when_slow(
 enum Pace {
     /// Asked for then; no byte yet.
     Asked(Instant),
-    /// Its first chunk came `ttfb` after the request, and it has been timed since `since`, from
-    /// byte `from`.
-    Timing { ttfb: Duration, since: Instant, from: u64 },
+    /// Its first chunk came `ttfb` after the request; from byte `from` on, its bytes have been
+    /// waited for `waited` in all.
+    Timing {
+        ttfb: Duration,
+        waited: Duration,
+        from: u64,
+    },
     /// Decided.
     Done,
 }
@@ -114,6 +140,25 @@ struct Segmented {
     segments: VecDeque<Segment>,
     /// The first byte no segment has been asked for yet.
     next: u64,
+    /// Whether this body holds one of the `SPLIT_BODIES` slots.
+    holds_slot: bool,
+}
+
+impl Drop for Segmented {
+    fn drop(&mut self) {
+        if self.holds_slot {
+            SPLIT.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Takes one of the `SPLIT_BODIES` slots, if one is free.
+fn take_slot() -> bool {
+    SPLIT
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < SPLIT_BODIES).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 impl Segmented {
@@ -122,10 +167,11 @@ impl Segmented {
             if self.cut == self.end {
                 // Not split: the stream as it is, its end or its error after the last byte
                 // included.
+                let asked = Instant::now();
                 let item = first.next().await;
                 if let Some(Ok(chunk)) = &item {
                     self.at += chunk.len() as u64;
-                    self.timed();
+                    self.timed(asked.elapsed());
                 }
                 return item;
             }
@@ -169,30 +215,33 @@ impl Segmented {
         }
     }
 
-    /// Times the first stream, and splits the body once it is known to be slow.
-    fn timed(&mut self) {
-        let now = Instant::now();
+    /// Times the first stream (its last chunk was waited for `wait`), and splits the body once it
+    /// is known to be slow.
+    fn timed(&mut self, wait: Duration) {
         match self.pace {
             Pace::Asked(asked) => {
                 self.pace = Pace::Timing {
-                    ttfb: now - asked,
-                    since: now,
+                    ttfb: asked.elapsed(),
+                    waited: Duration::ZERO,
                     from: self.at,
                 }
             }
-            Pace::Timing { ttfb, since, from } if self.at - from >= PROBE => {
+            Pace::Timing { ttfb, waited, from } => {
+                let waited = waited + wait;
+                if self.at - from < PROBE {
+                    self.pace = Pace::Timing { ttfb, waited, from };
+                    return;
+                }
                 self.pace = Pace::Done;
-                let rate = (self.at - from) as f64 / (now - since).as_secs_f64().max(1e-6);
+                let rate = (self.at - from) as f64 / waited.as_secs_f64().max(1e-6);
                 tracing::debug!(key = self.okey.key(), rate, "an origin stream timed");
-                if rate >= SLOW {
+                let Some(cut) = cut_at(self.at, self.end, rate, ttfb) else {
+                    return;
+                };
+                if !take_slot() {
                     return;
                 }
-                // The first stream goes on while the first segment's answer comes back.
-                let during = (rate * ttfb.as_secs_f64()) as u64;
-                let cut = (self.at + during + 1).next_multiple_of(CUT_ALIGN);
-                if cut + SEGMENT > self.end {
-                    return;
-                }
+                self.holds_slot = true;
                 tracing::debug!(
                     key = self.okey.key(),
                     rate,
@@ -203,7 +252,7 @@ impl Segmented {
                 self.next = cut;
                 self.ask_ahead();
             }
-            _ => {}
+            Pace::Done => {}
         }
     }
 
@@ -287,5 +336,46 @@ async fn fetch_segment(
             io::ErrorKind::UnexpectedEof,
             format!("a ranged read of the origin ended at byte {at} of {end}"),
         )));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_fast_stream_is_not_cut_and_a_slow_one_is_cut_where_a_range_takes_over() {
+        let ttfb = Duration::from_millis(80);
+        // As fast as a stream from the same host, or just at the line: left whole.
+        assert_eq!(cut_at(3 * MIB, 64 * MIB, 500e6, ttfb), None);
+        assert_eq!(cut_at(3 * MIB, 64 * MIB, SLOW, ttfb), None);
+        // 80 MiB/s with a first byte after 80 ms: 6.4 MiB more come meanwhile; cut on a MiB.
+        let cut = cut_at(3 * MIB, 64 * MIB, 80.0 * MIB as f64, ttfb).expect("a slow stream is cut");
+        assert_eq!(cut, 10 * MIB);
+        // The cut is past what arrived, even with no first-byte time.
+        assert_eq!(cut_at(3 * MIB, 64 * MIB, 1e6, Duration::ZERO), Some(4 * MIB));
+        // Too little left after the cut for one segment: left whole.
+        assert_eq!(
+            cut_at(3 * MIB, 16 * MIB, 80.0 * MIB as f64, Duration::from_millis(200)),
+            None
+        );
+        assert_eq!(cut_at(11 * MIB, 16 * MIB, 1e6, Duration::ZERO), Some(12 * MIB));
+        assert_eq!(cut_at(12 * MIB, 16 * MIB, 1e6, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn at_most_a_few_bodies_are_split_at_once() {
+        let before = SPLIT.load(Ordering::Acquire);
+        let mut taken = 0;
+        while take_slot() {
+            taken += 1;
+        }
+        assert_eq!(before + taken, SPLIT_BODIES);
+        assert!(!take_slot());
+        SPLIT.fetch_sub(taken, Ordering::AcqRel);
+        assert!(take_slot());
+        SPLIT.fetch_sub(1, Ordering::AcqRel);
     }
 }
