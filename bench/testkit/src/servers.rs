@@ -38,17 +38,9 @@ impl MotoServer {
         });
         let port = free_port();
         let log = std::env::temp_dir().join(format!("perch-moto-{}-{port}.log", std::process::id()));
-        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let log_err = log_file
-            .try_clone()
-            .unwrap_or_else(|e| panic!("clone log file handle: {e}"));
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {}: {e}", program.display()));
+        let mut command = Command::new(&program);
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let child = spawn_logged(command, &log);
         let mut server = MotoServer {
             child,
             port,
@@ -74,6 +66,21 @@ impl Drop for MotoServer {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Starts `command` with no stdin and its stdout and stderr to the file `log`; panics when it
+/// cannot.
+fn spawn_logged(mut command: Command, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("clone log file handle: {e}"));
+    command
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not start {:?}: {e}", command.get_program()))
 }
 
 /// Waits until `child`, `name` logging to `log`, answers on loopback `port` (as `answers` says);
@@ -133,19 +140,12 @@ impl S3sFsServer {
         let root = base.join("root");
         std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
         let log = base.join("log");
-        let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let log_err = log_file
-            .try_clone()
-            .unwrap_or_else(|e| panic!("clone log file handle: {e}"));
-        let child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", access_key, "--secret-key", secret_key])
-            .arg(&root)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("could not start {}: {e}", program.display()));
+            .arg(&root);
+        let child = spawn_logged(command, &log);
         let mut server = S3sFsServer {
             child,
             port,
