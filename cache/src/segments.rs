@@ -167,11 +167,14 @@ impl Segmented {
             if self.cut == self.end {
                 // Not split: the stream as it is, its end or its error after the last byte
                 // included.
-                let asked = Instant::now();
+                // Timed until the pace is known, then no more clock reads.
+                let asked = (!matches!(self.pace, Pace::Done)).then(Instant::now);
                 let item = first.next().await;
                 if let Some(Ok(chunk)) = &item {
                     self.at += chunk.len() as u64;
-                    self.timed(asked.elapsed());
+                    if let Some(asked) = asked {
+                        self.timed(asked.elapsed());
+                    }
                 }
                 return item;
             }

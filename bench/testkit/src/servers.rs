@@ -72,9 +72,7 @@ impl Drop for MotoServer {
 /// cannot.
 fn spawn_logged(mut command: Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-    let err = out
-        .try_clone()
-        .unwrap_or_else(|e| panic!("clone log file handle: {e}"));
+    let err = out.try_clone().unwrap_or_else(|e| panic!("clone log file handle: {e}"));
     command
         .stdin(Stdio::null())
         .stdout(out)
