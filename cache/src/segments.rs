@@ -35,7 +35,7 @@ const SPLIT_MIN: u64 = 16 << 20;
 const SEGMENT: u64 = 4 << 20;
 /// Ranged GETs of one body under way at once (their bytes wait in memory for the fill to reach
 /// them: `AHEAD * SEGMENT` at most).
-pub(crate) const AHEAD: usize = 4;
+const AHEAD: usize = 4;
 /// The first stream is timed over this many bytes after its first chunk.
 const PROBE: u64 = 2 << 20;
 /// A first stream slower than this, in bytes a second, is split (one stream from an origin on
@@ -110,7 +110,8 @@ enum Pace {
     Done,
 }
 
-/// One ranged GET under way: bytes `first..end`, received through `rx`.
+/// One ranged GET under way: its bytes, up to `end`, received through `rx`; its task aborted
+/// when it is dropped.
 struct Segment {
     end: u64,
     rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
