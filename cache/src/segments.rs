@@ -14,7 +14,9 @@
 //! fill waiting for its disk). At most `SPLIT_BODIES` bodies are split at once, so what their
 //! segments hold waiting their turn stays under `SPLIT_BODIES * AHEAD * SEGMENT` (64 MiB). A
 //! segment that fails ends the stream with its error at that byte, where the fill resumes as
-//! after any break.
+//! after any break. An origin that ignores ranges (HTTP allows it: the answer is the whole object)
+//! is noticed at its first such answer (`origin::range_body`): the segments under way keep their
+//! part of the whole bodies, the rest comes as one read, and no body is split again.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,7 +29,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::key::ObjectKey;
-use crate::origin::{ByteRange, ByteStream, Conditions, Origin};
+use crate::origin::{ByteRange, ByteStream, Conditions, Origin, range_body, ranges_ignored};
 
 /// Bodies smaller than this are fetched as one stream, whatever its pace.
 const SPLIT_MIN: u64 = 16 << 20;
@@ -73,8 +75,9 @@ pub(crate) fn split_when_slow(
     first: ByteStream,
     asked: Instant,
 ) -> ByteStream {
-    if end.saturating_sub(from) < SPLIT_MIN || etag.is_empty() {
-        // No ETag, no ranges that can be told to be of the same object.
+    if end.saturating_sub(from) < SPLIT_MIN || etag.is_empty() || ranges_ignored() {
+        // No ETag, no ranges that can be told to be of the same object; an origin that ignores
+        // ranges would send the whole object to each.
         return first;
     }
     let body = Segmented {
@@ -264,7 +267,13 @@ impl Segmented {
     fn ask_ahead(&mut self) {
         while self.segments.len() < AHEAD && self.next < self.end {
             let first = self.next;
-            let end = (first + SEGMENT).min(self.end);
+            // Once the origin is seen to ignore ranges, the rest is one read (each answer is the
+            // whole object, of which a segment keeps its part).
+            let end = if ranges_ignored() {
+                self.end
+            } else {
+                (first + SEGMENT).min(self.end)
+            };
             self.next = end;
             let (tx, rx) = mpsc::unbounded_channel();
             let task = tokio::spawn(fetch_segment(
@@ -295,7 +304,7 @@ async fn fetch_segment(
         last: Some(end - 1),
     };
     let cond = Conditions {
-        if_match: Some(etag),
+        if_match: Some(etag.clone()),
         ..Default::default()
     };
     let out = match origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await {
@@ -305,15 +314,13 @@ async fn fetch_segment(
             return;
         }
     };
-    if out.range != Some((first, end - 1)) {
-        let _ = tx.send(Err(io::Error::other(format!(
-            "the origin answered a read of bytes {first}-{} with {:?}",
-            end - 1,
-            out.range
-        ))));
-        return;
-    }
-    let mut body = out.body;
+    let mut body = match range_body(out, &etag, first, Some(end - 1)) {
+        Ok(body) => body,
+        Err(why) => {
+            let _ = tx.send(Err(io::Error::other(why)));
+            return;
+        }
+    };
     let mut at = first;
     while let Some(item) = body.next().await {
         let chunk = match item {

@@ -13,6 +13,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -303,8 +304,8 @@ pub fn same_etag(a: &str, b: &str) -> bool {
 /// The rest of a read whose stream broke at byte `from` of the object: `Range: bytes=from-last`
 /// (`last`: the read's own end, or the object's when `None`) pinned by `If-Match` to the version
 /// read so far (`etag`), so the bytes can never be spliced from two versions. A changed object
-/// is `PreconditionFailed`; an answer that does not start at `from` (a whole object, another
-/// range) is refused as `Transient`.
+/// is `PreconditionFailed`; an answer that is neither that range nor the whole object of the same
+/// ETag (`range_body`) is refused as `Transient`.
 pub async fn rest_of(
     origin: &dyn Origin,
     bucket: &str,
@@ -319,13 +320,77 @@ pub async fn rest_of(
         ..Default::default()
     };
     let out = origin.get_object(bucket, key, Some(range), &cond).await?;
+    range_body(out, etag, from, last).map_err(OriginError::transient)
+}
+
+/// Set once the origin answered a ranged GET with the whole object: an origin that ignores
+/// `Range` (HTTP lets a server do so). Bodies are then no longer split into ranged reads.
+static RANGES_IGNORED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the origin has been seen to ignore `Range` (`RANGES_IGNORED`).
+pub(crate) fn ranges_ignored() -> bool {
+    RANGES_IGNORED.load(Ordering::Relaxed)
+}
+
+/// Bytes `from..=last` (`last`: the object's end when `None`) of the object `etag`, from `out`, the
+/// answer to a ranged GET of them: its body when it is that range (206), or, from an origin that
+/// ignores ranges (200: the whole object, of the same ETag), the whole body with its first `from`
+/// bytes skipped and what comes after `last` left unread. Anything else says what it was.
+pub(crate) fn range_body(out: GetOutput, etag: &str, from: u64, last: Option<u64>) -> Result<ByteStream, String> {
     match out.range {
-        Some((first, _)) if first == from => Ok(out.body),
-        _ => Err(OriginError::transient(format!(
-            "the origin answered a read resumed at byte {from} with {:?}",
-            out.range
-        ))),
+        Some((first, end)) if first == from && last.is_none_or(|last| last == end) => Ok(out.body),
+        None if same_etag(&out.meta.etag, etag) && last.unwrap_or(from) < out.meta.size => {
+            if !RANGES_IGNORED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the origin answered a ranged read with the whole object: it ignores ranges, so large \
+                     objects are read as one stream and a broken read restarts from the object's first byte"
+                );
+            }
+            Ok(skip_take(out.body, from, last.map(|last| last - from + 1)))
+        }
+        None => Err(format!(
+            "the origin answered a read of bytes {from}- of {etag} with the whole object {} ({} bytes)",
+            out.meta.etag, out.meta.size
+        )),
+        Some(span) => Err(format!(
+            "the origin answered a read of bytes {from}-{} with bytes {span:?}",
+            last.map_or(String::new(), |l| l.to_string())
+        )),
     }
+}
+
+/// `body` without its first `skip` bytes, ended after `take` more (all when `None`).
+fn skip_take(body: ByteStream, skip: u64, take: Option<u64>) -> ByteStream {
+    use futures::StreamExt;
+    Box::pin(futures::stream::unfold(
+        (body, skip, take),
+        |(mut body, mut skip, mut take)| async move {
+            loop {
+                if take == Some(0) {
+                    return None;
+                }
+                let mut chunk = match body.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), (body, skip, take))),
+                };
+                if skip > 0 {
+                    let n = skip.min(chunk.len() as u64);
+                    skip -= n;
+                    chunk = chunk.slice(n as usize..);
+                }
+                if chunk.is_empty() {
+                    continue;
+                }
+                if let Some(left) = take.as_mut() {
+                    if chunk.len() as u64 > *left {
+                        chunk.truncate(*left as usize);
+                    }
+                    *left -= chunk.len() as u64;
+                }
+                return Some((Ok(chunk), (body, skip, take)));
+            }
+        },
+    ))
 }
 
 /// The breaks of one whole-object read from the origin, and when to resume it (`rest_of`): at

@@ -1249,3 +1249,51 @@ fn a_split_fill_resumes_a_broken_range_and_never_splices_a_replaced_object() {
     s.get_expect("split/changing", &new, "MISS");
     s.get_expect("split/changing", &new, "HIT");
 }
+
+/// An origin that ignores `Range` (HTTP allows it: a ranged GET answered with 200 and the whole
+/// object) still serves large slow objects and broken reads whole: a split body's ranged reads
+/// keep their part of each whole answer and no body is split again, and a broken read resumes by
+/// skipping what it already had.
+#[test]
+fn an_origin_that_ignores_ranges_still_serves_split_and_resumed_reads_whole() {
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let slow = pattern(24 * MIB, 96);
+    s.put_behind_perchs_back("norange/slow", &slow);
+    s.proxy.reset();
+    s.faults(r#"{"ignore_range": true, "latency_ms": 30, "bandwidth_bytes_per_sec": 6291456}"#);
+    s.get_expect("norange/slow", &slow, "MISS");
+    s.no_faults();
+    let gets = gets_of(&s, "norange/slow");
+    assert!(gets.len() >= 2, "the slow body was split: {gets:?}");
+    assert!(
+        gets.iter().all(|g| g.0 == 200),
+        "the origin answered every read whole: {gets:?}"
+    );
+    s.get_expect("norange/slow", &slow, "HIT");
+
+    // Known to ignore ranges: the next slow body is read as one stream.
+    let next = pattern(20 * MIB, 97);
+    s.put_behind_perchs_back("norange/next", &next);
+    s.faults(r#"{"ignore_range": true, "latency_ms": 30, "bandwidth_bytes_per_sec": 6291456}"#);
+    s.get_expect("norange/next", &next, "MISS");
+    s.no_faults();
+    let gets = gets_of(&s, "norange/next");
+    assert_eq!(gets.len(), 1, "one read of the whole object: {gets:?}");
+
+    // A read cut midway resumes with a ranged GET, answered whole: the bytes before the break
+    // are skipped, not served twice.
+    let cut = pattern(2 * MIB, 98);
+    s.put_behind_perchs_back("norange/cut", &cut);
+    s.faults(r#"{"ignore_range": true, "fail_next": 1, "cut_body_after": 300000}"#);
+    s.get_expect("norange/cut", &cut, "MISS");
+    s.no_faults();
+    let gets = gets_of(&s, "norange/cut");
+    assert!(
+        gets.iter().any(|g| g.0 == 200 && g.3 == 300_000),
+        "the first read was cut: {gets:?}"
+    );
+    assert!(gets.len() >= 2, "the read was resumed: {gets:?}");
+    s.get_expect("norange/cut", &cut, "HIT");
+}

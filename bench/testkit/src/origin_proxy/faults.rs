@@ -177,6 +177,10 @@ pub struct FaultSettings {
     /// pass untouched and do not use up `fail_next`. `error_rate` is not affected.
     #[serde(default)]
     pub cut_body_after: Option<u64>,
+    /// Forward every request without its `Range` header: an origin that ignores ranges (HTTP
+    /// lets a server answer a ranged GET with 200 and the whole object).
+    #[serde(default)]
+    pub ignore_range: bool,
 }
 
 impl Default for FaultSettings {
@@ -193,6 +197,7 @@ impl Default for FaultSettings {
             match_header: None,
             fail_next: 0,
             cut_body_after: None,
+            ignore_range: false,
         }
     }
 }
@@ -319,6 +324,8 @@ pub struct Decision {
     pub bandwidth: Option<u64>,
     /// Forward the request, but cut its response body after this many bytes.
     pub cut_body_after: Option<u64>,
+    /// Forward the request without its `Range` header.
+    pub ignore_range: bool,
 }
 
 /// Decides, in arrival order, which requests get a fault. Seeded, so the same
@@ -401,6 +408,7 @@ impl FaultEngine {
             stall: Duration::from_millis(self.current.stall_ms),
             bandwidth: self.current.bandwidth_bytes_per_sec,
             cut_body_after,
+            ignore_range: self.current.ignore_range,
         }
     }
 

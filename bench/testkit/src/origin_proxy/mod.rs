@@ -380,6 +380,7 @@ impl Proxy {
             match_header: None,
             fail_next: 0,
             cut_body_after: None,
+            ignore_range: false,
         };
         baseline
             .validate()
@@ -661,6 +662,10 @@ async fn handle(
         error: None,
     };
     debug!(seq = record.seq, method = %record.method, path = %record.path, injected = ?record.injected, "request");
+    let mut req = req;
+    if decision.ignore_range {
+        req.headers_mut().remove(header::RANGE);
+    }
     let Some(kind) = decision.injected else {
         let cut = decision.cut_body_after.map(|n| (n, ctx.cut.clone()));
         return Ok(forward(shared, boxed(req), record, decision.bandwidth, cut).await);
