@@ -164,6 +164,8 @@ def main():
     ap.add_argument("--origin-cpus",
                     help="CPUs (e.g. 1) for the origin (moto and the latency proxy); Perch and the loaders get "
                          "the others: a Machine whose origin is remote, as Tigris is, on a machine that runs both")
+    ap.add_argument("--variants", help="comma-separated subset of fixed-perch,fixed-direct,old-perch,old-direct"
+                    " (default: all that apply)")
     ap.add_argument("--perch-arg", action="append", default=[],
                     help="one more argument for each fresh Perch (repeat), e.g. --perch-arg=--prewarm-bucket=nonesuch")
     args = ap.parse_args()
@@ -230,6 +232,8 @@ def run(args, work, procs):
         proxy_addr = first_line(proxy, "listening on ").split()[-1]
         proxy_url = "http://" + proxy_addr
         variants = ["fixed-perch", "fixed-direct"] + (["old-perch", "old-direct"] if old else [])
+        if args.variants:
+            variants = [v for v in args.variants.split(",") if v in variants]
         for r in range(args.rounds):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for v in order:
