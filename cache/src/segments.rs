@@ -16,7 +16,8 @@
 //! segment that fails ends the stream with its error at that byte, where the fill resumes as
 //! after any break. An origin that ignores ranges (HTTP allows it: the answer is the whole object)
 //! is noticed at its first such answer (`origin::range_body`): the segments under way keep their
-//! part of the whole bodies, the rest comes as one read, and no body is split again.
+//! part of the whole bodies, no more are asked, the reader resumes the rest as one stream, and no
+//! body is split again.
 
 use std::collections::VecDeque;
 use std::io;
@@ -203,7 +204,13 @@ impl Segmented {
         if self.at >= self.end {
             return None;
         }
-        let segment = self.segments.front_mut()?;
+        let Some(segment) = self.segments.front_mut() else {
+            // No ranged read asked for the rest (`ask_ahead`): a break here makes the reader
+            // resume from `at` as one stream, which an origin that ignores ranges answers whole.
+            return Some(Err(io::Error::other(
+                "the origin ignores ranges: the rest of the body is read as one stream",
+            )));
+        };
         let end = segment.end;
         match segment.rx.recv().await {
             Some(Ok(chunk)) => {
@@ -242,7 +249,7 @@ impl Segmented {
                 self.pace = Pace::Done;
                 let rate = (self.at - from) as f64 / waited.as_secs_f64().max(1e-6);
                 tracing::debug!(key = self.okey.key(), rate, "an origin stream timed");
-                let Some(cut) = cut_at(self.at, self.end, rate, ttfb) else {
+                let Some(cut) = cut_at(self.at, self.end, rate, ttfb).filter(|_| !ranges_ignored()) else {
                     return;
                 };
                 if !take_slot() {
@@ -265,15 +272,11 @@ impl Segmented {
 
     /// Asks for segments until `AHEAD` are under way.
     fn ask_ahead(&mut self) {
-        while self.segments.len() < AHEAD && self.next < self.end {
+        // An origin that ignores ranges answers each with the whole object: the segments under
+        // way keep their part, and the rest is left to the reader's resumption (`next_chunk`).
+        while !ranges_ignored() && self.segments.len() < AHEAD && self.next < self.end {
             let first = self.next;
-            // Once the origin is seen to ignore ranges, the rest is one read (each answer is the
-            // whole object, of which a segment keeps its part).
-            let end = if ranges_ignored() {
-                self.end
-            } else {
-                (first + SEGMENT).min(self.end)
-            };
+            let end = (first + SEGMENT).min(self.end);
             self.next = end;
             let (tx, rx) = mpsc::unbounded_channel();
             let task = tokio::spawn(fetch_segment(
@@ -316,8 +319,8 @@ async fn fetch_segment(
     };
     let mut body = match range_body(out, &etag, first, Some(end - 1)) {
         Ok(body) => body,
-        Err(why) => {
-            let _ = tx.send(Err(io::Error::other(why)));
+        Err(e) => {
+            let _ = tx.send(Err(io::Error::other(e)));
             return;
         }
     };

@@ -320,7 +320,7 @@ pub async fn rest_of(
         ..Default::default()
     };
     let out = origin.get_object(bucket, key, Some(range), &cond).await?;
-    range_body(out, etag, from, last).map_err(OriginError::transient)
+    range_body(out, etag, from, last)
 }
 
 /// Set once the origin answered a ranged GET with the whole object: an origin that ignores
@@ -332,65 +332,82 @@ pub(crate) fn ranges_ignored() -> bool {
     RANGES_IGNORED.load(Ordering::Relaxed)
 }
 
-/// Bytes `from..=last` (`last`: the object's end when `None`) of the object `etag`, from `out`, the
-/// answer to a ranged GET of them: its body when it is that range (206), or, from an origin that
-/// ignores ranges (200: the whole object, of the same ETag), the whole body with its first `from`
-/// bytes skipped and what comes after `last` left unread. Anything else says what it was.
-pub(crate) fn range_body(out: GetOutput, etag: &str, from: u64, last: Option<u64>) -> Result<ByteStream, String> {
+/// The bytes from `from` (to `last`, or to the object's end when `None`) of the object `etag`,
+/// out of `out`, the answer to a ranged GET of them: its body when it is a range starting at
+/// `from` (206; its readers count what it brings), or, from an origin that ignores ranges (200:
+/// the whole object, of the same strong ETag), the whole body with its first `from` bytes
+/// skipped and what comes after `last` left unread. Anything else is refused as `Transient`.
+pub(crate) fn range_body(out: GetOutput, etag: &str, from: u64, last: Option<u64>) -> OriginResult<ByteStream> {
+    let asked = match last {
+        Some(last) => format!("bytes {from}-{last}"),
+        None => format!("bytes {from}-"),
+    };
     match out.range {
-        Some((first, end)) if first == from && last.is_none_or(|last| last == end) => Ok(out.body),
-        None if same_etag(&out.meta.etag, etag) && last.unwrap_or(from) < out.meta.size => {
-            if !RANGES_IGNORED.swap(true, Ordering::Relaxed) {
+        Some((first, _)) if first == from => Ok(out.body),
+        // A weak or missing ETag does not tell two versions' bytes apart.
+        None if !etag.is_empty()
+            && !etag.starts_with("W/")
+            && same_etag(&out.meta.etag, etag)
+            && last.unwrap_or(from) < out.meta.size =>
+        {
+            let whole_asked = from == 0 && last.is_none_or(|last| last + 1 == out.meta.size);
+            if !whole_asked && !RANGES_IGNORED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "the origin answered a ranged read with the whole object: it ignores ranges, so large \
                      objects are read as one stream and a broken read restarts from the object's first byte"
                 );
             }
-            Ok(skip_take(out.body, from, last.map(|last| last - from + 1)))
+            Ok(Box::pin(Skipped {
+                body: out.body,
+                skip: from,
+                left: last.map(|last| last - from + 1),
+            }))
         }
-        None => Err(format!(
-            "the origin answered a read of bytes {from}- of {etag} with the whole object {} ({} bytes)",
+        None => Err(OriginError::transient(format!(
+            "the origin answered a read of {asked} of {etag} with the whole object {} ({} bytes)",
             out.meta.etag, out.meta.size
-        )),
-        Some(span) => Err(format!(
-            "the origin answered a read of bytes {from}-{} with bytes {span:?}",
-            last.map_or(String::new(), |l| l.to_string())
-        )),
+        ))),
+        Some((first, end)) => Err(OriginError::transient(format!(
+            "the origin answered a read of {asked} with bytes {first}-{end}"
+        ))),
     }
 }
 
-/// `body` without its first `skip` bytes, ended after `take` more (all when `None`).
-fn skip_take(body: ByteStream, skip: u64, take: Option<u64>) -> ByteStream {
-    use futures::StreamExt;
-    Box::pin(futures::stream::unfold(
-        (body, skip, take),
-        |(mut body, mut skip, mut take)| async move {
-            loop {
-                if take == Some(0) {
-                    return None;
-                }
-                let mut chunk = match body.next().await? {
-                    Ok(chunk) => chunk,
-                    Err(e) => return Some((Err(e), (body, skip, take))),
-                };
-                if skip > 0 {
-                    let n = skip.min(chunk.len() as u64);
-                    skip -= n;
-                    chunk = chunk.slice(n as usize..);
-                }
-                if chunk.is_empty() {
-                    continue;
-                }
-                if let Some(left) = take.as_mut() {
-                    if chunk.len() as u64 > *left {
-                        chunk.truncate(*left as usize);
-                    }
-                    *left -= chunk.len() as u64;
-                }
-                return Some((Ok(chunk), (body, skip, take)));
+/// A whole object's body read for a range of it: its first `skip` bytes dropped, and ended once
+/// `left` more have come (`None`: at the body's end).
+struct Skipped {
+    body: ByteStream,
+    skip: u64,
+    left: Option<u64>,
+}
+
+impl Stream for Skipped {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.left == Some(0) {
+                return Poll::Ready(None);
             }
-        },
-    ))
+            let mut chunk = match this.body.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                other => return other,
+            };
+            let dropped = this.skip.min(chunk.len() as u64);
+            this.skip -= dropped;
+            chunk = chunk.slice(dropped as usize..);
+            if chunk.is_empty() {
+                continue;
+            }
+            if let Some(left) = this.left.as_mut() {
+                chunk.truncate(chunk.len().min(*left as usize));
+                *left -= chunk.len() as u64;
+            }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+    }
 }
 
 /// The breaks of one whole-object read from the origin, and when to resume it (`rest_of`): at

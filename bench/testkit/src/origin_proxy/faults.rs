@@ -178,7 +178,8 @@ pub struct FaultSettings {
     #[serde(default)]
     pub cut_body_after: Option<u64>,
     /// Forward every request without its `Range` header: an origin that ignores ranges (HTTP
-    /// lets a server answer a ranged GET with 200 and the whole object).
+    /// lets a server answer a ranged GET with 200 and the whole object). The request's signature
+    /// then no longer matches it: for an origin that checks none (moto).
     #[serde(default)]
     pub ignore_range: bool,
 }

@@ -310,6 +310,10 @@ impl S3Origin {
             let e = refusal(status, body, limit).await;
             return Err(with_etag(e, header_str(&parts.headers, "etag")));
         }
+        if status == 206 && !parts.headers.contains_key(header::CONTENT_RANGE) {
+            // Without its span a partial body would pass for the whole object.
+            return Err(OriginError::transient("a 206 answer without Content-Range"));
+        }
         Ok((parts.headers, body))
     }
 }
