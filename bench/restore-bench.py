@@ -164,6 +164,9 @@ def main():
     ap.add_argument("--origin-cpus",
                     help="CPUs (e.g. 1) for the origin (moto and the latency proxy); Perch and the loaders get "
                          "the others: a Machine whose origin is remote, as Tigris is, on a machine that runs both")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds of quiet before each timed restore (back to back, every other restore "
+                         "ran 0.4-0.6 s faster on this machine, whatever the variant: docs/benchmarks.md)")
     ap.add_argument("--variants", help="comma-separated subset of fixed-perch,fixed-direct,old-perch,old-direct"
                     " (default: all that apply)")
     ap.add_argument("--perch-arg", action="append", default=[],
@@ -243,6 +246,8 @@ def run(args, work, procs):
                 # second restore in a row was 0.3-0.7 s slower, docs/benchmarks.md, 2026-12-07):
                 # with the turns rotating, an even number of rounds gives each variant the same.
                 os.sync()
+                if args.pause:
+                    time.sleep(args.pause)
                 secs, extra = restore_once(v, args, target, work, procs, proxy_url, proxy_addr, dest, old)
                 ok = check(layout, dest)
                 results.setdefault((latency, v), []).append(secs)

@@ -1272,7 +1272,7 @@ fn an_origin_that_ignores_ranges_still_serves_split_and_resumed_reads_whole() {
         "the origin answered every read whole: {gets:?}"
     );
     // The first read, the ranged reads under way when the first whole answer came, and one
-    // read for the rest (not one a range: 9 in all for 40 MiB).
+    // read for the rest (not one a range: up to 10 in all for 40 MiB).
     assert!(
         gets.len() <= 6,
         "no range asked once the origin is known to ignore them: {gets:?}"
