@@ -825,6 +825,12 @@ fn method_not_allowed(method: &http::Method) -> Response<s3s::Body> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/xml"),
     );
+    // A 405 names what the resource takes (RFC 9110 §15.5.6): buckets and objects take these,
+    // each with its subresources.
+    r.headers_mut().insert(
+        http::header::ALLOW,
+        http::HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE"),
+    );
     r
 }
 

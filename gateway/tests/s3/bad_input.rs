@@ -1481,9 +1481,15 @@ fn a_method_without_an_operation_is_method_not_allowed() {
         let what = format!("{method} on an object ({style:?}, ?{query})");
         assert_error(&r, 405, "MethodNotAllowed", &what);
         assert_eq!(xml_values(&r.text(), "Method"), vec![method.to_owned()], "{what}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD, PUT, POST, DELETE"), "{what}");
     }
     let r = Req::bucket("PATCH", addr, Style::Path, "").go(addr);
     assert_error(&r, 405, "MethodNotAllowed", "PATCH on a bucket");
+    assert_eq!(
+        r.header("allow"),
+        Some("GET, HEAD, PUT, POST, DELETE"),
+        "PATCH on a bucket"
+    );
     assert_clean(&perch, &before, "methods without an operation");
 }
 
