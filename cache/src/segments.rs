@@ -22,7 +22,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -93,12 +93,6 @@ pub(crate) fn split_when_slow(
         segments: VecDeque::new(),
         next: end,
         holds_slot: false,
-        rate: 0.0,
-        wave: 0,
-        wave_done: 0,
-        wave_took: 0,
-        stopped: false,
-        tail: None,
     };
     Box::pin(futures::stream::unfold(body, |mut b| async move {
         b.next_chunk().await.map(|item| (item, b))
@@ -126,9 +120,6 @@ struct Segment {
     end: u64,
     rx: mpsc::UnboundedReceiver<io::Result<Bytes>>,
     task: tokio::task::JoinHandle<()>,
-    /// Microseconds from its request to its last byte from the origin, set before that byte is
-    /// handed on (0 until then).
-    took: Arc<AtomicU64>,
 }
 
 impl Drop for Segment {
@@ -156,18 +147,6 @@ struct Segmented {
     next: u64,
     /// Whether this body holds one of the `SPLIT_BODIES` slots.
     holds_slot: bool,
-    /// The first stream's rate when it was cut, in bytes a second.
-    rate: f64,
-    /// The first segments, asked side by side when the stream was cut: how many, how many of them
-    /// have been handed on, and the longest time to the origin (µs) among those. No more are asked
-    /// until they are all handed on and judged (`ranges_pay`).
-    wave: usize,
-    wave_done: usize,
-    wave_took: u64,
-    /// Whether no more segments are asked (`ranges_pay`, or an origin that ignores ranges): the
-    /// rest comes as one ranged read, `tail`.
-    stopped: bool,
-    tail: Option<ByteStream>,
 }
 
 impl Drop for Segmented {
@@ -225,46 +204,19 @@ impl Segmented {
         if self.at >= self.end {
             return None;
         }
-        if self.tail.is_none() && self.segments.is_empty() {
-            // No ranged read asked for the rest (`ask_ahead` stopped): it comes as one.
-            match self.ask_tail().await {
-                Ok(tail) => self.tail = Some(tail),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        if let Some(tail) = self.tail.as_mut() {
-            let item = tail.next().await;
-            if let Some(Ok(chunk)) = &item {
-                self.at += chunk.len() as u64;
-            }
-            // Its end before `end` is a short body, resumed by the reader as any break.
-            return item;
-        }
-        let segment = self.segments.front_mut()?;
+        let Some(segment) = self.segments.front_mut() else {
+            // No ranged read asked for the rest (`ask_ahead`): a break here makes the reader
+            // resume from `at` as one stream, which an origin that ignores ranges answers whole.
+            return Some(Err(io::Error::other(
+                "the origin ignores ranges: the rest of the body is read as one stream",
+            )));
+        };
         let end = segment.end;
         match segment.rx.recv().await {
             Some(Ok(chunk)) => {
                 self.at += chunk.len() as u64;
                 if self.at >= end {
-                    if let Some(done) = self.segments.pop_front()
-                        && self.wave_done < self.wave
-                    {
-                        self.wave_done += 1;
-                        self.wave_took = self.wave_took.max(done.took.load(Ordering::Acquire));
-                        if self.wave_done < self.wave {
-                            // The rest of the first segments first: then they are judged.
-                            return Some(Ok(chunk));
-                        }
-                        if !ranges_pay(self.rate, self.wave as u64 * SEGMENT, self.wave_took) {
-                            tracing::debug!(
-                                key = self.okey.key(),
-                                first = self.rate,
-                                took_us = self.wave_took,
-                                "ranged reads come no faster than the stream they replace: the rest is one read"
-                            );
-                            self.stopped = true;
-                        }
-                    }
+                    self.segments.pop_front();
                     self.ask_ahead();
                 }
                 Some(Ok(chunk))
@@ -304,7 +256,6 @@ impl Segmented {
                     return;
                 }
                 self.holds_slot = true;
-                self.rate = rate;
                 tracing::debug!(
                     key = self.okey.key(),
                     rate,
@@ -314,7 +265,6 @@ impl Segmented {
                 self.cut = cut;
                 self.next = cut;
                 self.ask_ahead();
-                self.wave = self.segments.len();
             }
             Pace::Done => {}
         }
@@ -323,14 +273,12 @@ impl Segmented {
     /// Asks for segments until `AHEAD` are under way.
     fn ask_ahead(&mut self) {
         // An origin that ignores ranges answers each with the whole object: the segments under
-        // way keep their part, and the rest comes as one read (`ask_tail`).
-        self.stopped |= ranges_ignored();
-        while !self.stopped && self.segments.len() < AHEAD && self.next < self.end {
+        // way keep their part, and the rest is left to the reader's resumption (`next_chunk`).
+        while !ranges_ignored() && self.segments.len() < AHEAD && self.next < self.end {
             let first = self.next;
             let end = (first + SEGMENT).min(self.end);
             self.next = end;
             let (tx, rx) = mpsc::unbounded_channel();
-            let took = Arc::new(AtomicU64::new(0));
             let task = tokio::spawn(fetch_segment(
                 self.origin.clone(),
                 self.okey.clone(),
@@ -338,41 +286,10 @@ impl Segmented {
                 first,
                 end,
                 tx,
-                took.clone(),
             ));
-            self.segments.push_back(Segment { end, rx, task, took });
+            self.segments.push_back(Segment { end, rx, task });
         }
     }
-
-    /// Bytes `at..end` as one ranged read, read at the reader's pace.
-    async fn ask_tail(&mut self) -> io::Result<ByteStream> {
-        let last = self.end - 1;
-        let range = ByteRange::FromTo {
-            first: self.at,
-            last: Some(last),
-        };
-        let cond = Conditions {
-            if_match: Some(self.etag.clone()),
-            ..Default::default()
-        };
-        // On a task of its own: the request's future is not `Sync`, as the body stream must be.
-        let (origin, okey) = (self.origin.clone(), self.okey.clone());
-        let out = tokio::spawn(async move { origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await })
-            .await
-            .map_err(io::Error::other)?
-            .map_err(io::Error::other)?;
-        range_body(out, &self.etag, self.at, Some(last)).map_err(io::Error::other)
-    }
-}
-
-/// Whether ranged reads pay: `bytes` of them side by side came in `took_us` microseconds (the
-/// longest of them, from its request to its last byte), against a first stream of `rate` bytes a
-/// second. Less than a fifth faster is not worth a request each (an origin that serves a range at
-/// the cost of the whole object, or a stream slow for want of CPU, not of its window). Four 4 MiB
-/// ranges 80 ms away from an origin that sends 80 MiB/s a stream come about 1.5 times as fast.
-fn ranges_pay(rate: f64, bytes: u64, took_us: u64) -> bool {
-    let ranges = bytes as f64 / (took_us.max(1) as f64 / 1e6);
-    ranges >= 1.2 * rate
 }
 
 /// One ranged GET of bytes `first..end` of the object `etag`, its chunks sent to `tx` as they come;
@@ -384,9 +301,7 @@ async fn fetch_segment(
     first: u64,
     end: u64,
     tx: mpsc::UnboundedSender<io::Result<Bytes>>,
-    took: Arc<AtomicU64>,
 ) {
-    let asked = Instant::now();
     let range = ByteRange::FromTo {
         first,
         last: Some(end - 1),
@@ -426,10 +341,6 @@ async fn fetch_segment(
             )));
             return;
         }
-        if at == end {
-            let micros = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
-            took.store(micros.max(1), Ordering::Release);
-        }
         if tx.send(Ok(chunk)).is_err() {
             return;
         }
@@ -466,19 +377,6 @@ mod tests {
         );
         assert_eq!(cut_at(11 * MIB, 16 * MIB, 1e6, Duration::ZERO), Some(12 * MIB));
         assert_eq!(cut_at(12 * MIB, 16 * MIB, 1e6, Duration::ZERO), None);
-    }
-
-    #[test]
-    fn ranges_pay_only_when_they_come_a_fifth_faster_than_the_stream() {
-        let rate = 50.0 * MIB as f64;
-        // 16 MiB in 0.25 s (64 MiB/s, 1.28x): they pay; in 0.3 s (53 MiB/s, 1.07x): they do not.
-        assert!(ranges_pay(rate, 16 * MIB, 250_000));
-        assert!(!ranges_pay(rate, 16 * MIB, 300_000));
-        // Four ranges each as slow as the stream alone (an origin that copies the whole
-        // object for each): not worth it.
-        assert!(!ranges_pay(rate, 16 * MIB, 1_280_000));
-        // No time measured is never a division by zero.
-        assert!(ranges_pay(rate, 16 * MIB, 0));
     }
 
     #[test]

@@ -1153,8 +1153,6 @@ fn a_large_miss_from_a_slow_origin_is_fetched_as_ranged_reads_side_by_side() {
         "every later GET is a ranged one: {gets:?}"
     );
     assert!(ranged.len() >= 4, "the rest comes in ranged reads: {gets:?}");
-    // Each side by side with the others, as fast as the first stream: they pay, and the split
-    // goes on to the end in ranges of 4 MiB (no read of the rest as one).
     assert!(
         ranged.iter().all(|g| g.3 <= 4 * MIB as u64),
         "every ranged read is one segment: {gets:?}"
@@ -1254,32 +1252,6 @@ fn a_split_fill_resumes_a_broken_range_and_never_splices_a_replaced_object() {
     );
     s.get_expect("split/changing", &new, "MISS");
     s.get_expect("split/changing", &new, "HIT");
-}
-
-/// Ranged reads that come no faster than the stream they replace (here each waits 1.5 s for its
-/// first byte, and four side by side bring less than the one stream; moto copies the whole object
-/// for each) are stopped after the first few: the rest of the body comes as one ranged read.
-#[test]
-fn a_split_whose_ranges_come_no_faster_reads_the_rest_as_one() {
-    let _turn = machine::alone();
-    let s = Stack::start(&[]);
-    let _log = s.log_on_panic();
-    let body = pattern(48 * MIB, 99);
-    s.put_behind_perchs_back("split/dear", &body);
-    s.proxy.reset();
-    s.faults(r#"{"latency_ms": 1500, "bandwidth_bytes_per_sec": 12582912}"#);
-    s.get_expect("split/dear", &body, "MISS");
-    s.no_faults();
-    let gets = gets_of(&s, "split/dear");
-    let ranged: Vec<_> = gets.iter().filter(|g| g.0 == 206).collect();
-    let one_segment = ranged.iter().filter(|g| g.3 <= 4 * MIB as u64).count();
-    assert_eq!(one_segment, 4, "the first four ranged reads, then no more: {gets:?}");
-    assert!(
-        ranged.iter().any(|g| g.3 > 4 * MIB as u64),
-        "the rest came as one ranged read: {gets:?}"
-    );
-    assert_eq!(gets.len(), 6, "the first read, four ranges and the rest: {gets:?}");
-    s.get_expect("split/dear", &body, "HIT");
 }
 
 /// An origin that ignores `Range` (HTTP allows it: a ranged GET answered with 200 and the whole
