@@ -232,6 +232,7 @@ pub fn content_headers(
             .collect::<BTreeMap<_, _>>(),
         storage_class: None,
         tags: Vec::new(),
+        origin_tag_count: None,
     }
 }
 

@@ -69,7 +69,7 @@ impl FastGet {
             self.store
                 .head(target.bucket, &target.key, &target.conditions)
                 .await
-                .map(|(meta, status)| ok_response(&meta, status, target.checksums, s3s::Body::empty()))
+                .map(|(meta, status)| ok_response(&meta, status, target.checksums, true, s3s::Body::empty()))
         } else {
             self.store
                 .get(target.bucket, &target.key, None, &target.conditions)
@@ -77,7 +77,7 @@ impl FastGet {
                 .map(|got| {
                     let len = got.output.meta.size;
                     let body = body_of(got.output.body, len);
-                    ok_response(&got.output.meta, got.status, target.checksums, body)
+                    ok_response(&got.output.meta, got.status, target.checksums, false, body)
                 })
         };
         Some(answer.unwrap_or_else(|e| error_response(convert::store_error(e))))
@@ -325,8 +325,15 @@ fn http_date(t: SystemTime) -> HeaderValue {
 }
 
 /// The headers GetObject and HeadObject answer a whole object with, as s3s writes them; with
-/// `checksums`, the object's stored checksums and their type too.
-fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3s::Body) -> Response<s3s::Body> {
+/// `checksums`, the object's stored checksums and their type too; a GET (not a `head`) names the
+/// object's number of tags.
+fn ok_response(
+    meta: &ObjectMeta,
+    status: CacheStatus,
+    checksums: bool,
+    head: bool,
+    body: s3s::Body,
+) -> Response<s3s::Body> {
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.reserve(10 + meta.headers.metadata.len());
@@ -383,6 +390,9 @@ fn ok_response(meta: &ObjectMeta, status: CacheStatus, checksums: bool, body: s3
         ) {
             h.insert(name, value);
         }
+    }
+    if !head && let Some(n) = c.tag_count() {
+        h.insert("x-amz-tagging-count", HeaderValue::from(n));
     }
     h.insert("x-cache", HeaderValue::from_static(status.as_str()));
     res

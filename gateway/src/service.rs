@@ -489,6 +489,7 @@ impl S3 for Gateway {
             content_length: Some(content_length as i64),
             content_range: content_range,
             parts_count: parts_count.map(|n| n as i32),
+            tag_count: out.meta.headers.tag_count().and_then(|n| i32::try_from(n).ok()),
         });
         Ok(with_cache_status(
             with_expires(S3Response::new(output), expires),

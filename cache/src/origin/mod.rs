@@ -54,6 +54,11 @@ pub struct ContentHeaders {
     /// object read from an S3 origin (GetObjectTagging asks it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<(String, String)>,
+    /// How many tags an S3 origin said the object has (`x-amz-tagging-count`) when it was read
+    /// from there (its tags themselves are not in that answer), or set by a tagging call through
+    /// Perch; `None` for none. `tag_count` answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_tag_count: Option<u32>,
 }
 
 /// What of S3's 8 KB for a PUT's header section an object's stored headers may take, as
@@ -68,6 +73,16 @@ pub const STORED_HEADER_BYTES_MAX: usize = 7 << 10;
 pub const METADATA_BYTES_MAX: usize = 2 << 10;
 
 impl ContentHeaders {
+    /// The object's number of tags, as GetObject answers it (`x-amz-tagging-count`): those a write
+    /// through Perch gave it, else the origin's count; `None` for none.
+    pub fn tag_count(&self) -> Option<u32> {
+        if self.tags.is_empty() {
+            self.origin_tag_count.filter(|&n| n > 0)
+        } else {
+            u32::try_from(self.tags.len()).ok()
+        }
+    }
+
     /// `tags` as `x-amz-tagging` carries them (URL query form); `None` for none.
     pub fn tagging(&self) -> Option<String> {
         tagging(&self.tags)

@@ -244,17 +244,35 @@ impl Store {
             let okey = ObjectKey::new(bucket, key);
             let held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
+            let copy = self.clean_copy(&okey, sub);
+            let count = crate::origin::config::tag_count_of(doc);
             let (bucket, key, doc) = (bucket.to_owned(), key.to_owned(), doc.clone());
-            return self
-                .asked_holding(held, move |origin| async move {
-                    origin.put_config(&bucket, Some(&key), sub, &doc).await
-                })
-                .await;
+            self.asked_holding(held, move |origin| async move {
+                origin.put_config(&bucket, Some(&key), sub, &doc).await
+            })
+            .await?;
+            if let Some(blob) = copy {
+                self.local.retag(&okey, blob, count);
+            }
+            return Ok(());
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
         Ok(self.asked(self.origin.put_config(bucket, None, sub, doc)).await?)
+    }
+
+    /// The blob of the clean copy of `okey` kept here, when `sub` is its tags: a change of them
+    /// through Perch changes the count that copy answers (`Local::retag`). Read once the key's
+    /// writes are in the origin and new ones wait, so the copy is the one the change applies to.
+    fn clean_copy(&self, okey: &ObjectKey, sub: Subresource) -> Option<u64> {
+        if sub != Subresource::Tagging {
+            return None;
+        }
+        match self.local.index.get(okey) {
+            Ok(Some(e)) if !e.pending && !e.deleted => Some(e.blob),
+            _ => None,
+        }
     }
 
     /// Removes a configuration at the origin (with `key`, that object's tags), after the pending
@@ -264,12 +282,16 @@ impl Store {
             let okey = ObjectKey::new(bucket, key);
             let held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
+            let copy = self.clean_copy(&okey, sub);
             let (bucket, key) = (bucket.to_owned(), key.to_owned());
-            return self
-                .asked_holding(held, move |origin| async move {
-                    origin.delete_config(&bucket, Some(&key), sub).await
-                })
-                .await;
+            self.asked_holding(held, move |origin| async move {
+                origin.delete_config(&bucket, Some(&key), sub).await
+            })
+            .await?;
+            if let Some(blob) = copy {
+                self.local.retag(&okey, blob, 0);
+            }
+            return Ok(());
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;

@@ -482,6 +482,7 @@ impl Store {
             storage_class: copy.storage_class,
             // The tags given (REPLACE), else the source's, whatever the metadata directive.
             tags: copy.tags.unwrap_or_else(|| src_meta.headers.tags.clone()),
+            origin_tag_count: None,
             ..match copy.directive {
                 MetadataDirective::Copy | MetadataDirective::Again => src_meta.headers,
                 MetadataDirective::Replace(h) => h,

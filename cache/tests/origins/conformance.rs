@@ -309,6 +309,7 @@ fn full_headers() -> ContentHeaders {
         metadata: BTreeMap::from([("color".into(), "blue".into()), ("two-words".into(), "a b".into())]),
         storage_class: None,
         tags: Vec::new(),
+        origin_tag_count: None,
     }
 }
 

@@ -101,6 +101,7 @@ async fn the_fast_path_answers_as_s3s_does() {
             .expires(DateTime::from_secs(1_900_000_000))
             .metadata("color", "blue")
             .metadata("Mixed", "A  b")
+            .tagging("team=db&tier=hot")
             .send()
             .await,
         "put with every header",
@@ -159,6 +160,10 @@ async fn the_fast_path_answers_as_s3s_does() {
     let full = object("GET", perch.addr, Style::Path, "dir/full é+%.bin").go(perch.addr);
     assert_eq!(full.body, body);
     assert_eq!(full.header("x-amz-meta-mixed"), Some("A  b"));
+    // A GET names the object's number of tags, a HEAD does not (as S3).
+    assert_eq!(full.header("x-amz-tagging-count"), Some("2"));
+    let head = object("HEAD", perch.addr, Style::Path, "dir/full é+%.bin").go(perch.addr);
+    assert_eq!(head.header("x-amz-tagging-count"), None);
 
     // Presigned URLs (as the SDK makes them, with its `x-id=GetObject`).
     for key in ["dir/full é+%.bin", "small", "missing"] {

@@ -1372,6 +1372,83 @@ fn tags_given_with_a_write_are_carried_to_the_origin() {
     });
 }
 
+/// GetObject names the object's number of tags (`x-amz-tagging-count`, the SDKs' `TagCount`), as
+/// S3 does: the origin's count for an object read from it, hit or miss; the write's for one written
+/// through Perch; the new count once PutObjectTagging or DeleteObjectTagging went through Perch
+/// (the copy kept here answers it, without a new fetch); none for an object without tags.
+#[test]
+fn get_answers_the_number_of_tags() {
+    use crate::support::stack::Stack;
+    use aws_sdk_s3::types::{Tag, Tagging};
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let (c, m) = (s.sdk(), s.moto_sdk());
+    let count = |key: &str| {
+        s.rt.block_on(c.get_object().bucket(BUCKET).key(key).send())
+            .expect("GET through Perch")
+            .tag_count()
+    };
+    s.rt.block_on(
+        m.put_object()
+            .bucket(BUCKET)
+            .key("count/origin")
+            .body(ByteStream::from_static(b"x"))
+            .tagging("team=db&tier=hot")
+            .send(),
+    )
+    .expect("a tagged object at the origin");
+    assert_eq!(count("count/origin"), Some(2), "a miss");
+    assert_eq!(count("count/origin"), Some(2), "a hit");
+
+    s.rt.block_on(
+        c.put_object()
+            .bucket(BUCKET)
+            .key("count/written")
+            .body(ByteStream::from_static(b"y"))
+            .tagging("a=1")
+            .send(),
+    )
+    .expect("a tagged PUT");
+    assert_eq!(count("count/written"), Some(1), "a write through Perch");
+    s.put("count/plain", b"z");
+    assert_eq!(count("count/plain"), None, "no tags");
+
+    let three = Tagging::builder()
+        .set_tag_set(Some(
+            ["a", "b", "c"]
+                .iter()
+                .map(|k| Tag::builder().key(*k).value("v").build().expect("tag"))
+                .collect(),
+        ))
+        .build()
+        .expect("tagging");
+    // The origin's GETs of the object itself (not of its tags).
+    let fetches = || {
+        s.records("count/origin")
+            .iter()
+            .filter(|r| r["method"] == "GET" && !r["query"].as_str().unwrap_or("").contains("tagging"))
+            .count()
+    };
+    let before = fetches();
+    s.rt.block_on(
+        c.put_object_tagging()
+            .bucket(BUCKET)
+            .key("count/origin")
+            .tagging(three)
+            .send(),
+    )
+    .expect("PutObjectTagging");
+    assert_eq!(count("count/origin"), Some(3), "after PutObjectTagging through Perch");
+    s.rt.block_on(c.delete_object_tagging().bucket(BUCKET).key("count/origin").send())
+        .expect("DeleteObjectTagging");
+    assert_eq!(count("count/origin"), None, "after DeleteObjectTagging through Perch");
+    assert_eq!(fetches(), before, "the kept copy answered the new counts");
+    s.rt.block_on(c.delete_object_tagging().bucket(BUCKET).key("count/written").send())
+        .expect("DeleteObjectTagging of an uploaded write");
+    assert_eq!(count("count/written"), None, "a write's tags removed through Perch");
+}
+
 /// A header the origin keeps in UTF-8 (boto3 and s3cmd send a `Content-Disposition` with a
 /// non-ASCII file name so, and S3 keeps its bytes) is answered as kept: on the miss that fills
 /// the cache, on the hit after it, and on a HEAD. It was dropped.

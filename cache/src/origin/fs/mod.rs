@@ -516,6 +516,7 @@ impl Origin for FsOrigin {
             storage_class: input.storage_class.clone(),
             // The tags given (REPLACE), else the source's, whatever the metadata directive.
             tags: input.tags.clone().unwrap_or_else(|| src.headers.tags.clone()),
+            origin_tag_count: None,
             ..match &input.directive {
                 MetadataDirective::Copy | MetadataDirective::Again => src.headers.clone(),
                 MetadataDirective::Replace(h) => h.clone(),

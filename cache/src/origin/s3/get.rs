@@ -66,8 +66,11 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
             expires: owned("expires"),
             metadata,
             storage_class: owned("x-amz-storage-class").filter(|c| c != "STANDARD"),
-            // Not in the answer (its `x-amz-tagging-count` only): GetObjectTagging asks.
+            // Not in the answer, only their count: GetObjectTagging asks.
             tags: Vec::new(),
+            origin_tag_count: header_str(headers, "x-amz-tagging-count")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0),
         },
         checksums: {
             let mut c = Checksums::default();
