@@ -261,7 +261,7 @@ impl Reader {
         if let Some((entry, body, status)) = self.lookup_pending_safe(okey).await? {
             conditions.check(&entry.meta)?;
             let span = match range {
-                Some(r) => Some(r.resolve(entry.meta.size).ok_or(OriginError::InvalidRange)?),
+                Some(r) => r.resolve(entry.meta.size)?,
                 None => None,
             };
             if let Some(body) = body {
@@ -456,7 +456,10 @@ impl Reader {
             }
         };
         conditions.check(&meta)?;
-        let (first, last) = range.resolve(meta.size).ok_or(OriginError::InvalidRange)?;
+        let Some((first, last)) = range.resolve(meta.size)? else {
+            // The whole of an empty object: the origin answers it.
+            return Ok(None);
+        };
         if first > received + FILL_NEAR {
             return Ok(None);
         }

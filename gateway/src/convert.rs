@@ -22,12 +22,34 @@ pub fn origin_error(e: OriginError) -> S3Error {
                 "At least one of the pre-conditions you specified did not hold"
             )
         }
-        OriginError::NotModified { etag } => {
-            // RFC 9110: a 304 carries the ETag a 200 would have (caches refresh by it).
+        OriginError::NotModified {
+            etag,
+            last_modified,
+            cache_control,
+            expires,
+        } => {
+            // RFC 9110 §15.4.5: a 304 carries the ETag, Cache-Control and Expires a 200 would
+            // have (caches refresh by them); S3 adds Last-Modified.
             let mut err = s3_error!(NotModified);
-            if let Some(value) = etag.and_then(|e| http::HeaderValue::from_str(&e).ok()) {
-                let mut headers = http::HeaderMap::new();
-                headers.insert(http::header::ETAG, value);
+            let mut headers = http::HeaderMap::new();
+            let etag = etag.map(|e| {
+                if e.starts_with('"') || e.starts_with("W/") {
+                    e
+                } else {
+                    format!("\"{e}\"")
+                }
+            });
+            for (name, value) in [
+                (http::header::ETAG, etag),
+                (http::header::LAST_MODIFIED, last_modified.map(httpdate::fmt_http_date)),
+                (http::header::CACHE_CONTROL, cache_control),
+                (http::header::EXPIRES, expires),
+            ] {
+                if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+                    headers.insert(name, value);
+                }
+            }
+            if !headers.is_empty() {
                 err.set_headers(headers);
             }
             err

@@ -526,9 +526,9 @@ impl S3 for Gateway {
             // (set by the door from the Content-Range), or 416 when it cannot be satisfied.
             let (content_length, content_range) = match range.map(convert::range) {
                 None => (meta.size, None),
-                Some(r) => match r.resolve(meta.size) {
+                Some(r) => match r.resolve(meta.size).map_err(convert::origin_error)? {
                     Some((first, last)) => (last - first + 1, Some(format!("bytes {first}-{last}/{}", meta.size))),
-                    None => return Err(s3_error!(InvalidRange, "The requested range is not satisfiable")),
+                    None => (meta.size, None),
                 },
             };
             let with_checksums = content_range.is_none() && checksum_mode(&input.checksum_mode);
@@ -899,7 +899,9 @@ impl S3 for Gateway {
             )
             .await?;
         let truncated = page.next_after.is_some();
-        let next_marker = page.next_after.clone();
+        // S3 names a NextMarker only with a delimiter; without one, a client goes on from the
+        // page's last key (which is where the page ended).
+        let next_marker = page.next_after.clone().filter(|_| input.delimiter.is_some());
         // Version 1 lists every object with its owner.
         let owner = if page.objects.is_empty() {
             None

@@ -278,18 +278,24 @@ impl Conditions {
         }
         if let Some(n) = &self.if_none_match {
             if etag_matches(n, &meta.etag) {
-                return Err(OriginError::NotModified {
-                    etag: Some(meta.etag.clone()),
-                });
+                return Err(not_modified(meta));
             }
         } else if let Some(t) = self.if_modified_since
             && modified <= epoch_secs(t)
         {
-            return Err(OriginError::NotModified {
-                etag: Some(meta.etag.clone()),
-            });
+            return Err(not_modified(meta));
         }
         Ok(())
+    }
+}
+
+/// The 304 of an object whose metadata is `meta`.
+fn not_modified(meta: &ObjectMeta) -> OriginError {
+    OriginError::NotModified {
+        etag: Some(meta.etag.clone()),
+        last_modified: Some(meta.last_modified),
+        cache_control: meta.headers.cache_control.clone(),
+        expires: meta.headers.expires.clone(),
     }
 }
 
@@ -512,23 +518,24 @@ pub enum ByteRange {
 }
 
 impl ByteRange {
-    /// The inclusive span this range covers in an object of `size` bytes,
-    /// or `None` when it is not satisfiable (416).
-    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+    /// The inclusive span this range covers in an object of `size` bytes; `Ok(None)` when it
+    /// is the whole object with no span to name (a suffix range of an empty object, which S3
+    /// answers with 200 and the empty body); `InvalidRange` (416) when it is not satisfiable.
+    pub fn resolve(self, size: u64) -> OriginResult<Option<(u64, u64)>> {
         match self {
             ByteRange::FromTo { first, last } => {
                 if first >= size {
-                    return None;
+                    return Err(OriginError::InvalidRange);
                 }
                 let last = last.map_or(size - 1, |l| l.min(size - 1));
-                (last >= first).then_some((first, last))
-            }
-            ByteRange::Suffix(n) => {
-                if n == 0 || size == 0 {
-                    return None;
+                if last < first {
+                    return Err(OriginError::InvalidRange);
                 }
-                Some((size.saturating_sub(n), size - 1))
+                Ok(Some((first, last)))
             }
+            ByteRange::Suffix(0) => Err(OriginError::InvalidRange),
+            ByteRange::Suffix(_) if size == 0 => Ok(None),
+            ByteRange::Suffix(n) => Ok(Some((size.saturating_sub(n), size - 1))),
         }
     }
 
@@ -780,9 +787,16 @@ pub enum OriginError {
     NoSuchUpload,
     #[error("a precondition failed")]
     PreconditionFailed,
-    /// 304: the object has not changed; its ETag, where known (an answer carries it).
+    /// 304: the object has not changed. What its 200 would have said that a 304 repeats (RFC
+    /// 9110 §15.4.5: the ETag, Cache-Control and Expires; S3 adds Last-Modified), where known:
+    /// all of them when Perch decided, the ETag alone from an origin's 304.
     #[error("not modified")]
-    NotModified { etag: Option<String> },
+    NotModified {
+        etag: Option<String>,
+        last_modified: Option<SystemTime>,
+        cache_control: Option<String>,
+        expires: Option<String>,
+    },
     #[error("the range is not satisfiable")]
     InvalidRange,
     /// Any other answer the origin gave that retrying will not change (400, 403, 409, ...).

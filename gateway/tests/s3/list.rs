@@ -286,15 +286,12 @@ async fn list_objects_v1_and_versions() {
             );
             assert!(out.contents().len() <= 2);
             seen.extend(out.contents().iter().filter_map(|o| o.key()).map(str::to_owned));
+            // S3 names a NextMarker only with a delimiter.
+            assert_eq!(out.next_marker(), None, "a v1 page without a delimiter");
             if out.is_truncated() != Some(true) {
                 break;
             }
-            marker = Some(
-                out.next_marker()
-                    .map(str::to_owned)
-                    .or_else(|| seen.last().cloned())
-                    .expect("a marker"),
-            );
+            marker = Some(seen.last().cloned().expect("a marker"));
         }
         assert_eq!(seen, keys);
 

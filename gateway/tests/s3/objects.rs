@@ -1485,3 +1485,99 @@ fn a_utf8_header_kept_at_the_origin_is_answered_as_kept() {
         "HEAD of the cached copy"
     );
 }
+
+/// A 304 repeats what the 200 would have said of the object: its ETag, Last-Modified,
+/// Cache-Control and Expires (RFC 9110 §15.4.5; they carried the ETag alone), for a write waiting
+/// for its upload, a kept copy and a miss alike. A suffix range of an empty object is the whole
+/// (empty) object, 200 as S3 answers it, not 416; a range that starts in it stays 416.
+#[test]
+fn not_modified_repeats_the_objects_validators_and_an_empty_object_takes_a_suffix_range() {
+    use crate::support::stack::Stack;
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let (c, m) = (s.sdk(), s.moto_sdk());
+    let expires = DateTime::from_secs(1_900_000_000);
+    s.rt.block_on(
+        c.put_object()
+            .bucket(BUCKET)
+            .key("v/written")
+            .body(ByteStream::from_static(b"validators"))
+            .cache_control("max-age=60")
+            .expires(expires)
+            .send(),
+    )
+    .expect("PUT through Perch");
+    s.rt.block_on(
+        m.put_object()
+            .bucket(BUCKET)
+            .key("v/origin")
+            .body(ByteStream::from_static(b"at the origin"))
+            .cache_control("no-cache")
+            .send(),
+    )
+    .expect("PUT at the origin");
+    let check = |key: &str, what: &str| {
+        let full = s.get(key);
+        assert_eq!(full.status, 200, "{what}: {}", full.summary());
+        let etag = full.header("ETag").expect("ETag").to_owned();
+        for method in ["GET", "HEAD"] {
+            let r = s.req(method, key).header("If-None-Match", &etag).go(s.addr());
+            let what = format!("{what}: {method} If-None-Match");
+            assert_eq!(r.status, 304, "{what}: {}", r.summary());
+            assert!(r.body.is_empty(), "{what}: a 304 has no body");
+            for name in ["ETag", "Last-Modified", "Cache-Control", "Expires"] {
+                assert_eq!(r.header(name), full.header(name), "{what}: {name}: {}", r.summary());
+            }
+        }
+    };
+    check("v/written", "a write waiting for its upload");
+    s.flush(Duration::from_secs(20));
+    check("v/written", "a kept copy");
+    // A miss decides its conditions on the origin's answer.
+    let r = s
+        .req("GET", "v/origin")
+        .header("If-None-Match", "\"nope\"")
+        .go(s.addr());
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.header("Cache-Control"), Some("no-cache"));
+    check("v/origin", "a copy fetched from the origin");
+
+    // The empty object, written through Perch (waiting, then kept) and at the origin (a miss, then
+    // kept).
+    s.rt.block_on(
+        m.put_object()
+            .bucket(BUCKET)
+            .key("v/empty-origin")
+            .body(ByteStream::from_static(b""))
+            .send(),
+    )
+    .expect("an empty object at the origin");
+    s.faults(r#"{"outage": true}"#);
+    s.put("v/empty", b"");
+    let ranges = |key: &str, what: &str| {
+        for method in ["GET", "HEAD"] {
+            for range in ["bytes=-1", "bytes=-100"] {
+                let r = s.req(method, key).header("Range", range).go(s.addr());
+                let what = format!("{what}: {method} {range}");
+                assert_eq!(r.status, 200, "{what}: {}", r.summary());
+                assert_eq!(r.header("Content-Length"), Some("0"), "{what}");
+                assert_eq!(r.header("Content-Range"), None, "{what}");
+            }
+            for range in ["bytes=0-0", "bytes=0-", "bytes=-0"] {
+                let r = s.req(method, key).header("Range", range).go(s.addr());
+                assert_eq!(r.status, 416, "{what}: {method} {range}: {}", r.summary());
+            }
+        }
+    };
+    ranges("v/empty", "an empty write waiting for its upload");
+    s.no_faults();
+    s.flush(Duration::from_secs(20));
+    ranges("v/empty", "an empty kept copy");
+    let r = s.get_range("v/empty-origin", "bytes=-1");
+    assert_eq!((r.status, r.body.len()), (200, 0), "an empty miss: {}", r.summary());
+    // Kept by the range miss's background fill, or by this whole GET.
+    assert_eq!(s.get("v/empty-origin").status, 200);
+    s.get_expect("v/empty-origin", b"", "HIT");
+    ranges("v/empty-origin", "an empty copy fetched from the origin");
+}

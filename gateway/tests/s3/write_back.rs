@@ -153,7 +153,8 @@ fn list_all(s: &Stack, prefix: &str, delimiter: Option<&str>, max_keys: i32, v1:
                 if !out.is_truncated().unwrap_or(false) {
                     return (keys, prefixes);
                 }
-                marker = out.next_marker().map(str::to_owned);
+                // No NextMarker without a delimiter: the page's last key.
+                marker = out.next_marker().map(str::to_owned).or_else(|| keys.last().cloned());
             } else {
                 let out = c
                     .list_objects_v2()

@@ -411,7 +411,7 @@ impl Origin for FsOrigin {
         let (mut file, meta, offset) = self.open_object(bucket, key).await?;
         conditions.check(&meta)?;
         let span = match range {
-            Some(r) => Some(r.resolve(meta.size).ok_or(OriginError::InvalidRange)?),
+            Some(r) => r.resolve(meta.size)?,
             None => None,
         };
         let (start, len) = match span {

@@ -122,8 +122,16 @@ const CREDENTIAL_CODES: &[&str] = &[
 /// A 304 carries the object's ETag (RFC 9110), which the client's 304 carries on.
 pub(super) fn with_etag(e: OriginError, etag: Option<&str>) -> OriginError {
     match e {
-        OriginError::NotModified { etag: None } => OriginError::NotModified {
+        OriginError::NotModified {
+            etag: None,
+            last_modified,
+            cache_control,
+            expires,
+        } => OriginError::NotModified {
             etag: etag.map(str::to_owned),
+            last_modified,
+            cache_control,
+            expires,
         },
         e => e,
     }
@@ -149,7 +157,12 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
         ));
     }
     match (status, code.as_str()) {
-        (304, _) => OriginError::NotModified { etag: None },
+        (304, _) => OriginError::NotModified {
+            etag: None,
+            last_modified: None,
+            cache_control: None,
+            expires: None,
+        },
         (412, _) => OriginError::PreconditionFailed,
         (416, _) => OriginError::InvalidRange,
         (404, "NoSuchKey") => OriginError::NoSuchKey,
