@@ -43,7 +43,7 @@ pub fn origin_error(e: OriginError) -> S3Error {
                 (http::header::ETAG, etag),
                 (http::header::LAST_MODIFIED, last_modified.map(httpdate::fmt_http_date)),
                 (http::header::CACHE_CONTROL, cache_control),
-                (http::header::EXPIRES, expires),
+                (http::header::EXPIRES, expires.map(|text| expires_as_answered(&text))),
             ] {
                 if let Some(value) = value.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
                     headers.insert(name, value);
@@ -213,6 +213,18 @@ pub fn expires_header(t: Option<Timestamp>) -> Option<String> {
 
 pub fn expires_timestamp(s: Option<&str>) -> Option<Timestamp> {
     Timestamp::parse(TimestampFormat::HttpDate, s?).ok()
+}
+
+/// A stored `Expires` as a 200 answers it: a date written again as s3s writes one, any other
+/// text as it was given.
+fn expires_as_answered(text: &str) -> String {
+    let mut buf = Vec::with_capacity(32);
+    match expires_timestamp(Some(text)) {
+        Some(t) if t.format(TimestampFormat::HttpDate, &mut buf).is_ok() => {
+            String::from_utf8(buf).unwrap_or_else(|_| text.to_owned())
+        }
+        _ => text.to_owned(),
+    }
 }
 
 /// A stored `Expires` that is no HTTP date, as the header S3 answers with it: S3 keeps whatever

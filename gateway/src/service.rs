@@ -900,8 +900,14 @@ impl S3 for Gateway {
             .await?;
         let truncated = page.next_after.is_some();
         // S3 names a NextMarker only with a delimiter; without one, a client goes on from the
-        // page's last key (which is where the page ended).
-        let next_marker = page.next_after.clone().filter(|_| input.delimiter.is_some());
+        // page's last key. A page that ends elsewhere (one left empty by pending deletes that
+        // hide the origin's names, which S3 never answers) names it all the same.
+        let delimited = input.delimiter.as_deref().is_some_and(|d| !d.is_empty());
+        let last_key = page.objects.last().map(|o| o.key.as_str());
+        let next_marker = page
+            .next_after
+            .clone()
+            .filter(|after| delimited || Some(after.as_str()) != last_key);
         // Version 1 lists every object with its owner.
         let owner = if page.objects.is_empty() {
             None

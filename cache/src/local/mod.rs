@@ -716,39 +716,6 @@ impl Local {
         }
     }
 
-    /// The origin's tags of `okey` were set (`count` of them) or removed through Perch: the clean
-    /// copy `blob` answers their new count from now on, and no fill under way keeps the old one.
-    /// Nothing if a write replaced the copy meanwhile.
-    pub(crate) fn retag(&self, okey: &ObjectKey, blob: u64, count: u32) {
-        self.fills.mark_stale(okey);
-        let key = self.key_lock(okey);
-        let mut entry = match self.index.get(okey) {
-            Ok(Some(e)) if e.blob == blob && !e.pending => e,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the cache index");
-                return;
-            }
-        };
-        entry.meta.headers.tags = Vec::new();
-        entry.meta.headers.origin_tag_count = (count > 0).then_some(count);
-        if let Err(e) = self.index.put(okey, &entry, None) {
-            tracing::warn!(error = %e, "cannot record an object's new tag count; its copy is dropped");
-            drop(key);
-            self.drop_entry(okey, blob);
-            return;
-        }
-        if let Some(m) = self.memory.get(okey).filter(|m| m.entry.blob == blob) {
-            self.memory.insert(
-                okey.clone(),
-                Arc::new(MemoryObject {
-                    entry,
-                    body: m.body.clone(),
-                }),
-            );
-        }
-    }
-
     /// A request the origin decides (a conditional PUT or DELETE, a copy) may change `okey` there:
     /// every copy of it here goes, and the clean entry's removal is durable before this returns
     /// (and before its blob is unlinked). A power cut after the origin's change must not bring the

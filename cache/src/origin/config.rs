@@ -139,13 +139,6 @@ pub fn tags_document(tags: &[(String, String)]) -> Document {
     Document::new(xml)
 }
 
-/// How many tags a Tagging document names (`<Tag>` elements: a key or value cannot hold a `<`,
-/// which XML escapes).
-pub(crate) fn tag_count_of(doc: &Document) -> u32 {
-    let count = doc.body.windows(5).filter(|w| *w == b"<Tag>").count();
-    u32::try_from(count).unwrap_or(u32::MAX)
-}
-
 impl Document {
     pub fn new(body: impl Into<Bytes>) -> Document {
         Document {

@@ -190,17 +190,23 @@ impl Store {
         crate::origin::retry::retrying_for(ASKED_MAX, call).await
     }
 
-    /// `asked`, for a request about the keys `held` holds (an object's ACL or tags): on its own
-    /// task, to its end, with the hold, even if the client goes: the origin may apply it whenever
-    /// it arrives, after a write of the key acknowledged meanwhile (as `Store::decide`).
-    async fn asked_holding<T, F, Fut>(&self, held: Held, call: F) -> StoreResult<T>
+    /// `asked`, for a request about `okey`'s `sub` (its ACL or tags) while `held` holds its
+    /// commits: on its own task, to its end, with the hold, even if the client goes: the origin
+    /// may apply it whenever it arrives, after a write of the key acknowledged meanwhile (as
+    /// `Store::decide`). A change of its tags changes what a GET of it answers (their count,
+    /// `x-amz-tagging-count`), so it is decided as a conditional write is: every copy of the
+    /// object kept here goes first, and no fill keeps one until the origin has answered.
+    async fn asked_holding<T, F, Fut>(&self, okey: ObjectKey, sub: Subresource, held: Held, call: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<dyn Origin>) -> Fut,
+        F: FnOnce(Arc<dyn Origin>) -> Fut + Send + 'static,
         Fut: Future<Output = OriginResult<T>> + Send + 'static,
     {
-        let call = crate::origin::retry::retrying_for(ASKED_MAX, call(self.origin.clone()));
-        super::to_its_end(call, held, None).await
+        let retried = move |origin| crate::origin::retry::retrying_for(ASKED_MAX, call(origin));
+        if sub == Subresource::Tagging {
+            return self.decide(okey, held, retried).await;
+        }
+        super::to_its_end(retried(self.origin.clone()), held, None).await
     }
 
     // ----- configurations (the origin's, passed through) -----
@@ -244,35 +250,17 @@ impl Store {
             let okey = ObjectKey::new(bucket, key);
             let held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
-            let copy = self.clean_copy(&okey, sub);
-            let count = crate::origin::config::tag_count_of(doc);
             let (bucket, key, doc) = (bucket.to_owned(), key.to_owned(), doc.clone());
-            self.asked_holding(held, move |origin| async move {
-                origin.put_config(&bucket, Some(&key), sub, &doc).await
-            })
-            .await?;
-            if let Some(blob) = copy {
-                self.local.retag(&okey, blob, count);
-            }
-            return Ok(());
+            return self
+                .asked_holding(okey, sub, held, move |origin| async move {
+                    origin.put_config(&bucket, Some(&key), sub, &doc).await
+                })
+                .await;
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
         Ok(self.asked(self.origin.put_config(bucket, None, sub, doc)).await?)
-    }
-
-    /// The blob of the clean copy of `okey` kept here, when `sub` is its tags: a change of them
-    /// through Perch changes the count that copy answers (`Local::retag`). Read once the key's
-    /// writes are in the origin and new ones wait, so the copy is the one the change applies to.
-    fn clean_copy(&self, okey: &ObjectKey, sub: Subresource) -> Option<u64> {
-        if sub != Subresource::Tagging {
-            return None;
-        }
-        match self.local.index.get(okey) {
-            Ok(Some(e)) if !e.pending && !e.deleted => Some(e.blob),
-            _ => None,
-        }
     }
 
     /// Removes a configuration at the origin (with `key`, that object's tags), after the pending
@@ -282,16 +270,12 @@ impl Store {
             let okey = ObjectKey::new(bucket, key);
             let held = self.journal.hold_commits(&[&okey]).await;
             self.settle(&okey, self.config_wait()).await?;
-            let copy = self.clean_copy(&okey, sub);
             let (bucket, key) = (bucket.to_owned(), key.to_owned());
-            self.asked_holding(held, move |origin| async move {
-                origin.delete_config(&bucket, Some(&key), sub).await
-            })
-            .await?;
-            if let Some(blob) = copy {
-                self.local.retag(&okey, blob, 0);
-            }
-            return Ok(());
+            return self
+                .asked_holding(okey, sub, held, move |origin| async move {
+                    origin.delete_config(&bucket, Some(&key), sub).await
+                })
+                .await;
         }
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;

@@ -82,6 +82,26 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
     }
 }
 
+/// The span a GET's answer of `length` bytes holds, by its `Content-Range` (`None`: the whole
+/// object), and the object's size. A span the origin names wrongly is an origin fault: never a
+/// partial body taken for the whole object, nor a length gone negative.
+fn served_span(content_range: Option<&str>, length: u64) -> OriginResult<(Option<(u64, u64)>, u64)> {
+    let Some(value) = content_range else {
+        return Ok((None, length));
+    };
+    // MinIO answers a suffix range of an empty object so (`bytes 0--1/0`, 206): the whole, empty
+    // object, as S3 answers it with 200.
+    if length == 0 && value.trim() == "bytes 0--1/0" {
+        return Ok((None, 0));
+    }
+    match parse_content_range(value, length) {
+        Some((first, last, total)) => Ok((Some((first, last)), total.unwrap_or(length))),
+        None => Err(OriginError::transient(format!(
+            "an answer of {length} bytes with an invalid Content-Range: {value}"
+        ))),
+    }
+}
+
 /// A 2xx answer's `Content-Length` (an S3 GET or HEAD always has one).
 fn content_length(headers: &HeaderMap) -> OriginResult<u64> {
     header_str(headers, "content-length")
@@ -141,19 +161,7 @@ impl S3Origin {
             .send_direct(http::Method::GET, bucket, key, range, None, conditions)
             .await?;
         let length = content_length(&headers)?;
-        let (served, size) = match header_str(&headers, "content-range") {
-            None => (None, length),
-            // A span the origin names wrongly is an origin fault: never a partial body taken for
-            // the whole object, nor a length gone negative.
-            Some(value) => match parse_content_range(value, length) {
-                Some((first, last, total)) => (Some((first, last)), total.unwrap_or(length)),
-                None => {
-                    return Err(OriginError::transient(format!(
-                        "an answer of {length} bytes with an invalid Content-Range: {value}"
-                    )));
-                }
-            },
-        };
+        let (served, size) = served_span(header_str(&headers, "content-range"), length)?;
         let mut meta = object_meta_of(&headers, size);
         let check = match range {
             Some(_) => {
@@ -343,6 +351,19 @@ async fn refusal(status: u16, body: SdkBody, limit: Duration) -> OriginError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_span_an_answer_holds_is_its_content_range_or_the_whole_object() {
+        use super::served_span;
+        assert_eq!(served_span(None, 11).ok(), Some((None, 11)));
+        assert_eq!(served_span(Some("bytes 2-4/11"), 3).ok(), Some((Some((2, 4)), 11)));
+        // MinIO's answer to `bytes=-1` on an empty object: the whole (empty) object.
+        assert_eq!(served_span(Some("bytes 0--1/0"), 0).ok(), Some((None, 0)));
+        // A span that does not fit the body is an origin fault, not a body.
+        assert!(served_span(Some("bytes 0--1/0"), 1).is_err());
+        assert!(served_span(Some("bytes 2-4/11"), 4).is_err());
+        assert!(served_span(Some("bytes 5-2/11"), 0).is_err());
+    }
+
     use super::*;
 
     #[test]
