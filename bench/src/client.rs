@@ -381,7 +381,14 @@ impl HttpClient {
                 .as_ref()
                 .map_or_else(|| EMPTY_SHA256_HEX.to_owned(), |b| b.sha256_hex());
             let url = format!("http://{host}{path_and_query}");
-            for (name, value) in self.sign(req.method.as_str(), &url, &host, &payload)? {
+            // The request's own `x-amz-*` headers are signed too, as S3 requires.
+            let amz: Vec<(&str, &str)> = req
+                .headers
+                .iter()
+                .filter(|(n, _)| n.as_str().starts_with("x-amz-"))
+                .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+                .collect();
+            for (name, value) in self.sign(req.method.as_str(), &url, &host, &payload, &amz)? {
                 builder = builder.header(name, value);
             }
         } else if req.method != Method::GET && req.method != Method::HEAD {
@@ -425,8 +432,16 @@ impl HttpClient {
         Ok(request)
     }
 
-    /// SigV4 headers over `host;x-amz-content-sha256;x-amz-date` with the given payload hash.
-    fn sign(&self, method: &str, url: &str, host: &str, payload: &str) -> Result<Vec<(&'static str, String)>, String> {
+    /// SigV4 headers over `host;x-amz-content-sha256;x-amz-date` and the `amz` headers, with the
+    /// given payload hash.
+    fn sign(
+        &self,
+        method: &str,
+        url: &str,
+        host: &str,
+        payload: &str,
+        amz: &[(&str, &str)],
+    ) -> Result<Vec<(&'static str, String)>, String> {
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
@@ -443,7 +458,7 @@ impl HttpClient {
         let signable = SignableRequest::new(
             method,
             url,
-            [("host", host)].into_iter(),
+            [("host", host)].into_iter().chain(amz.iter().copied()),
             SignableBody::Precomputed(payload.to_owned()),
         )
         .map_err(|e| format!("signing {url}: {e}"))?;

@@ -409,6 +409,77 @@ fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> 
     }
 }
 
+/// What SigV4 binds to its signature and s3s does not check: `host` must be signed (in
+/// virtual-hosted style it alone names the bucket), and so must every `x-amz-*` header a request
+/// carries (a copy source, tags, metadata, a storage class, a condition on a copy...). Without it,
+/// a signed request seen once, or a presigned URL, could be sent on to another bucket or with
+/// headers added that make it another request (a PUT made a copy of an object its holder may not
+/// read). S3 refuses such a request: 403 AccessDenied, naming the headers not signed. A presigned
+/// URL's client may add `x-amz-content-sha256` (the payload is unsigned there anyway). A request
+/// that carries both a SigV4 `Authorization` header and a signature in its query is refused as S3
+/// refuses it: 400 InvalidArgument.
+fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> {
+    let headers = req.headers();
+    let query = req.uri().query().unwrap_or("");
+    let in_query = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+    };
+    let auth = headers.get(http::header::AUTHORIZATION);
+    let query_signed = in_query("X-Amz-Algorithm").is_some() || in_query("Signature").is_some();
+    if auth.is_some() && query_signed {
+        return Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
+        ));
+    }
+    let (signed, presigned) = match auth {
+        Some(value) => {
+            let value = value.to_str().ok()?;
+            if !value.starts_with("AWS4-HMAC-SHA256 ") {
+                return None;
+            }
+            let list = value.split_once("SignedHeaders=")?.1;
+            (list.split(',').next().unwrap_or(list).trim().to_owned(), false)
+        }
+        None => {
+            in_query("X-Amz-Algorithm")?;
+            let list = in_query("X-Amz-SignedHeaders")?;
+            (list.replace("%3B", ";").replace("%3b", ";"), true)
+        }
+    };
+    let is_signed = |name: &str| signed.split(';').any(|s| s.trim().eq_ignore_ascii_case(name));
+    let mut not_signed: Vec<&str> = Vec::new();
+    if !is_signed("host") {
+        not_signed.push("host");
+    }
+    for name in headers.keys() {
+        let name = name.as_str();
+        let exempt = presigned && name == "x-amz-content-sha256";
+        if name.starts_with("x-amz-") && !exempt && !is_signed(name) && !not_signed.contains(&name) {
+            not_signed.push(name);
+        }
+    }
+    if not_signed.is_empty() {
+        return None;
+    }
+    let mut r = error_response(
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        "There were headers present in the request which were not signed",
+    );
+    let list = not_signed.join(", ");
+    if let Some(named) = xml_text(&list) {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>There were headers present in the request which were not signed</Message><HeadersNotSigned>{named}</HeadersNotSigned></Error>"
+        );
+        *r.body_mut() = s3s::Body::from(body);
+    }
+    Some(r)
+}
+
 /// How far a SigV2 request's date may be from Perch's clock, as S3 allows (15 minutes).
 const SIGV2_SKEW_MAX_SECS: u64 = 15 * 60;
 
@@ -627,6 +698,8 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
                     document::TOO_LARGE,
                 ))
             } else if let Some(refused) = presigned_expiry_refused(req.uri().query()) {
+                Err(refused)
+            } else if let Some(refused) = unsigned_headers_refused(&req) {
                 Err(refused)
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;

@@ -172,7 +172,17 @@ impl Req {
             h.push_str(&format!("Content-Length: {n}\r\n"));
         }
         if let Some(keys) = &self.keys {
-            let auth = authorization(keys, &self.method, &self.host, &self.path, &self.query, &date, &sha);
+            let amz: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let auth = authorization(
+                keys,
+                &self.method,
+                &self.host,
+                &self.path,
+                &self.query,
+                &date,
+                &sha,
+                &amz,
+            );
             h.push_str(&format!("Authorization: {auth}\r\n"));
         }
         // OrioleDB's signed PUTs name their type; an unsigned request (a presigned URL's) brings

@@ -107,8 +107,10 @@ impl Keys {
     }
 }
 
-/// The SigV4 `Authorization` value (region us-east-1) for a request signed over exactly
-/// `host;x-amz-content-sha256;x-amz-date`, as OrioleDB signs.
+/// The SigV4 `Authorization` value (region us-east-1) for a request signed over
+/// `host;x-amz-content-sha256;x-amz-date`, as OrioleDB signs, and the other `x-amz-*` headers
+/// it carries (`amz`: name and value; S3 refuses a request with one left unsigned).
+#[allow(clippy::too_many_arguments)]
 pub fn authorization(
     keys: &Keys,
     method: &str,
@@ -117,6 +119,7 @@ pub fn authorization(
     raw_query: &str,
     amz_date: &str,
     content_sha256: &str,
+    amz: &[(&str, &str)],
 ) -> String {
     let region = "us-east-1";
     let day = &amz_date[..8];
@@ -139,10 +142,24 @@ pub fn authorization(
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    let signed_headers = "host;x-amz-content-sha256;x-amz-date";
+    // Canonical headers: lower-case names in order, values trimmed, repeated ones joined by `,`.
+    let mut canonical: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    canonical.insert("host".to_owned(), vec![host.to_owned()]);
+    canonical.insert("x-amz-content-sha256".to_owned(), vec![content_sha256.to_owned()]);
+    canonical.insert("x-amz-date".to_owned(), vec![amz_date.to_owned()]);
+    for (name, value) in amz {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with("x-amz-") && name != "x-amz-content-sha256" && name != "x-amz-date" {
+            canonical.entry(name).or_default().push(value.trim().to_owned());
+        }
+    }
+    let canonical_headers: String = canonical
+        .iter()
+        .map(|(n, v)| format!("{n}:{}\n", v.join(",")))
+        .collect();
+    let signed_headers = canonical.keys().cloned().collect::<Vec<_>>().join(";");
     let canonical_request = format!(
-        "{method}\n{canonical_uri}\n{canonical_query}\nhost:{host}\nx-amz-content-sha256:{content_sha256}\n\
-         x-amz-date:{amz_date}\n\n{signed_headers}\n{content_sha256}"
+        "{method}\n{canonical_uri}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{content_sha256}"
     );
     let scope = format!("{day}/{region}/s3/aws4_request");
     let string_to_sign = format!(

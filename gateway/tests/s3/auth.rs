@@ -109,3 +109,109 @@ async fn auth_unknown_access_key_is_invalid_access_key_id() {
         Some("InvalidAccessKeyId"),
     );
 }
+
+/// Sends `head` (the request line and headers, without the blank line) and an empty body on a new
+/// connection; the status and the answer's text.
+fn send_raw(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to perch");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream
+        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// SigV4 binds `host` and every `x-amz-*` header a request carries to its signature; s3s checked
+/// only the headers the request named as signed, so a signed PUT (or a presigned PUT URL) sent on
+/// with an `x-amz-copy-source` added became a copy of an object its sender may not read, and a
+/// signature without `host` could be sent to any bucket in virtual-hosted style. As on S3: 403
+/// AccessDenied naming the headers not signed, nothing done. A request signed both in its header
+/// and in its query is 400 InvalidArgument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_a_signature_does_not_cover_are_refused() {
+    use perch_testkit::sigv4::{Keys, amz_date, authorization, sha256_hex};
+    let _turn = machine::share();
+    let gw = Gateway::dir();
+    let c = &gw.client;
+    let addr = gw.perch.addr();
+    create_bucket(c, "private").await;
+    put(c, "private", "secret", b"not yours").await;
+    create_bucket(c, "mine").await;
+
+    // A PUT signed over OrioleDB's three headers, sent with a copy source added after signing.
+    let host = format!("127.0.0.1:{}", addr.port());
+    let sha = sha256_hex(b"");
+    let signed_put = |path: &str, extra: &str| {
+        let date = amz_date(std::time::SystemTime::now());
+        let auth = authorization(&Keys::dev(), "PUT", &host, path, "", &date, &sha, &[]);
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: {host}\r\nx-amz-date: {date}\r\nx-amz-content-sha256: {sha}\r\n\
+             Authorization: {auth}\r\nContent-Length: 0\r\n{extra}"
+        )
+    };
+    let (status, text) = send_raw(
+        addr,
+        &signed_put("/mine/stolen", "x-amz-copy-source: /private/secret\r\n"),
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+    assert!(
+        text.contains("<HeadersNotSigned>x-amz-copy-source</HeadersNotSigned>"),
+        "{text}"
+    );
+    expect_err(c.head_object().bucket("mine").key("stolen").send().await, 404, None);
+    // The same request without the header it did not sign is taken.
+    let (status, text) = send_raw(addr, &signed_put("/mine/empty", ""));
+    assert_eq!(status, 200, "{text}");
+
+    // A signature that leaves `host` out.
+    let date = amz_date(std::time::SystemTime::now());
+    let (status, text) = send_raw(
+        addr,
+        &format!(
+            "GET /private/secret HTTP/1.1\r\nHost: {host}\r\nx-amz-date: {date}\r\nx-amz-content-sha256: {sha}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential={DEV_ACCESS_KEY_ID}/{}/us-east-1/s3/aws4_request, \
+             SignedHeaders=x-amz-content-sha256;x-amz-date, Signature={}\r\n",
+            &date[..8],
+            "0".repeat(64)
+        ),
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("<HeadersNotSigned>host</HeadersNotSigned>"), "{text}");
+
+    // A presigned PUT URL with a copy source added; then as it was made.
+    let req = c
+        .put_object()
+        .bucket("mine")
+        .key("via-url")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).expect("config"))
+        .await
+        .expect("presign PutObject");
+    let r = send_presigned(&req, &[("x-amz-copy-source", "/private/secret")], b"");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("HeadersNotSigned"), "{}", r.text());
+    expect_err(c.head_object().bucket("mine").key("via-url").send().await, 404, None);
+    let r = send_presigned(&req, &[], b"mine");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Signed both ways.
+    let get = presigned_get(c, "private", "secret", Duration::from_secs(300)).await;
+    let r = send_presigned(
+        &get,
+        &[(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=x/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
+        )],
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("<Code>InvalidArgument</Code>"), "{}", r.text());
+}

@@ -638,7 +638,7 @@ fn chunked_put(addr: SocketAddr, key: &str, body: &[u8], content_sha256: &str, c
     let path = format!("/{BUCKET}/{key}");
     let host = format!("127.0.0.1:{}", addr.port());
     let date = amz_date(SystemTime::now());
-    let auth = authorization(&Keys::dev(), "PUT", &host, &path, "", &date, content_sha256);
+    let auth = authorization(&Keys::dev(), "PUT", &host, &path, "", &date, content_sha256, &[]);
     let mut req = format!(
         "PUT {path} HTTP/1.1\r\nHost: {host}\r\nx-amz-date: {date}\r\nx-amz-content-sha256: {content_sha256}\r\n\
          Authorization: {auth}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
