@@ -289,6 +289,7 @@ pub(crate) fn usual_message(code: &str) -> Option<&'static str> {
         "KeyTooLongError" => "Your key is too long",
         "InvalidDigest" => "The Content-MD5 you specified was invalid.",
         "BadDigest" => "The Content-MD5 you specified did not match what we received.",
+        "InvalidURI" => "Couldn't parse the specified URI.",
         _ => return None,
     })
 }
@@ -435,17 +436,21 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
             "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
         ));
     }
+    // Only of a signature that can be read: an unreadable one gets s3s's answer (400
+    // AuthorizationHeaderMalformed, AuthorizationQueryParametersError), as on S3.
     let (signed, presigned) = match auth {
         Some(value) => {
-            let value = value.to_str().ok()?;
-            if !value.starts_with("AWS4-HMAC-SHA256 ") {
+            let parsed = crate::sigv4::parse_header(value.to_str().ok()?, "")?;
+            let dated = parsed.scope_date.len() == 8 && parsed.scope_date.bytes().all(|b| b.is_ascii_digit());
+            if !dated {
                 return None;
             }
-            let list = value.split_once("SignedHeaders=")?.1;
-            (list.split(',').next().unwrap_or(list).trim().to_owned(), false)
+            (parsed.signed_headers.to_owned(), false)
         }
         None => {
             in_query("X-Amz-Algorithm")?;
+            in_query("X-Amz-Credential")?;
+            in_query("X-Amz-Signature")?;
             let list = in_query("X-Amz-SignedHeaders")?;
             (list.replace("%3B", ";").replace("%3b", ";"), true)
         }
@@ -478,6 +483,32 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
         *r.body_mut() = s3s::Body::from(body);
     }
     Some(r)
+}
+
+/// S3's answer to an `x-amz-content-sha256` that is neither a payload mode nor a SHA-256 (64
+/// hexadecimal digits): 400 InvalidArgument (s3s answered 403 SignatureDoesNotMatch).
+fn content_sha256_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> {
+    const MODES: [&str; 6] = [
+        "UNSIGNED-PAYLOAD",
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER",
+    ];
+    let value = req.headers().get("x-amz-content-sha256")?.as_bytes();
+    let hash = value.len() == 64 && value.iter().all(u8::is_ascii_hexdigit);
+    if hash || MODES.iter().any(|m| m.as_bytes() == value) {
+        return None;
+    }
+    Some(error_response(
+        StatusCode::BAD_REQUEST,
+        "InvalidArgument",
+        "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, STREAMING-UNSIGNED-PAYLOAD-TRAILER, \
+         STREAMING-AWS4-HMAC-SHA256-PAYLOAD, STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER, \
+         STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD, STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER or \
+         a valid sha256 value.",
+    ))
 }
 
 /// How far a SigV2 request's date may be from Perch's clock, as S3 allows (15 minutes).
@@ -699,7 +730,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
                 ))
             } else if let Some(refused) = presigned_expiry_refused(req.uri().query()) {
                 Err(refused)
-            } else if let Some(refused) = unsigned_headers_refused(&req) {
+            } else if let Some(refused) = unsigned_headers_refused(&req).or_else(|| content_sha256_refused(&req)) {
                 Err(refused)
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;

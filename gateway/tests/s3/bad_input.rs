@@ -1534,3 +1534,34 @@ fn a_document_sent_aws_chunked_is_not_implemented_and_not_done() {
     assert_eq!(r.status, 200, "{}", r.summary());
     assert_missing(&perch, "known", "deleted by the document sent with its length");
 }
+
+/// An `x-amz-content-sha256` that is neither a payload mode nor a SHA-256 is 400 InvalidArgument,
+/// as S3 answers it (s3s answered 403 SignatureDoesNotMatch, as if the key were wrong), and
+/// nothing is stored. An InvalidURI (a path that is no UTF-8 once decoded) says what it is in its
+/// `<Message>`, as S3's does.
+#[test]
+fn a_content_sha256_that_is_no_hash_and_a_path_that_is_no_uri_are_named() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    for value in ["notahash", "unsigned-payload", &"0".repeat(63)] {
+        let mut req = Req::object("PUT", perch.addr(), Style::Virtual, "hashless").body(b"x".to_vec());
+        req.content_sha256 = Some(value.to_owned());
+        let r = req.go(perch.addr());
+        assert_error(&r, 400, "InvalidArgument", &format!("x-amz-content-sha256: {value}"));
+        assert!(r.text().contains("a valid sha256 value"), "{}", r.summary());
+    }
+    let r = Req::object("HEAD", perch.addr(), Style::Virtual, "hashless").go(perch.addr());
+    assert_eq!(r.status, 404, "{}", r.summary());
+
+    let mut req = Req::object("GET", perch.addr(), Style::Path, "x");
+    req.path = format!("/{BUCKET}/%ff");
+    let r = req.go(perch.addr());
+    assert_error(&r, 400, "InvalidURI", "a path that is no UTF-8");
+    assert!(
+        r.text()
+            .contains("<Message>Couldn't parse the specified URI.</Message>"),
+        "{}",
+        r.summary()
+    );
+}
