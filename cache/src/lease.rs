@@ -110,6 +110,9 @@ pub enum LeaseError {
     },
     #[error("the lease is not held yet")]
     NotHeld,
+    /// Another holder (or an operator's break) has the lease now: `why` says who.
+    #[error("{why}")]
+    Lost { why: String },
     #[error("the lease object is not Perch's: {0}")]
     Corrupt(String),
     /// A lease or a journal binding JSON cannot read (`what`: which).
@@ -182,8 +185,9 @@ const CALL_LIMIT: Duration = Duration::from_secs(5);
 struct Held {
     etag: String,
     body: LeaseBody,
-    /// When the renewal that produced `etag` was sent.
-    sent: Stamp,
+    /// When the renewal that produced `etag` was sent; `None` when not known (a renewal of ours
+    /// that landed late, its answer given up on): not fresh until the next one.
+    sent: Option<Stamp>,
 }
 
 pub struct Lease {
@@ -355,7 +359,7 @@ impl Lease {
                     *lock(&self.held) = Some(Held {
                         etag: out.etag,
                         body,
-                        sent,
+                        sent: Some(sent),
                     });
                     tracing::info!(bucket = %self.cfg.bucket, holder = %self.cfg.holder, epoch, "lease taken");
                     return Ok(epoch);
@@ -400,10 +404,12 @@ impl Lease {
     /// Whether a renewal we sent is recent on both clocks: no gap since.
     fn fresh(&self) -> bool {
         let held = lock(&self.held);
-        let Some(h) = held.as_ref() else { return false };
+        let Some(sent) = held.as_ref().and_then(|h| h.sent) else {
+            return false;
+        };
         let t = now();
-        let boot = t.boot.saturating_sub(h.sent.boot);
-        let real = t.real.checked_sub(h.sent.real);
+        let boot = t.boot.saturating_sub(sent.boot);
+        let real = t.real.checked_sub(sent.real);
         let agree = real.is_some_and(|r| r.abs_diff(boot) <= CLOCK_DISAGREEMENT);
         boot < self.cfg.period && agree
     }
@@ -478,7 +484,7 @@ impl Lease {
                 *lock(&self.held) = Some(Held {
                     etag: out.etag,
                     body,
-                    sent,
+                    sent: Some(sent),
                 });
                 Ok(())
             }
@@ -489,20 +495,45 @@ impl Lease {
                         *lock(&self.held) = Some(Held {
                             etag: v.etag,
                             body,
-                            sent,
+                            sent: Some(sent),
                         });
                         Ok(())
+                    }
+                    // An earlier renewal of ours, given up on after its time limit while the
+                    // origin held it (a stall), landed since: the lease is still ours, at this
+                    // epoch (another holder's take would have made it fail). Its ETag is taken,
+                    // but not its time (unknown): the next renewal, against it, must succeed
+                    // before anything is acknowledged or uploaded.
+                    Some(v)
+                        if v.body.holder == body.holder
+                            && v.body.epoch == body.epoch
+                            && !v.body.released
+                            && v.body.renewal >= body.renewal.saturating_sub(1) =>
+                    {
+                        tracing::info!(
+                            renewal = v.body.renewal,
+                            "an earlier lease renewal of ours landed late (the origin held it); renewing against it"
+                        );
+                        *lock(&self.held) = Some(Held {
+                            etag: v.etag,
+                            body: v.body,
+                            sent: None,
+                        });
+                        Err(LeaseError::Origin(OriginError::transient(
+                            "an earlier renewal of ours landed late; renewing again",
+                        )))
                     }
                     other => {
                         let who = other.map_or_else(
                             || "nobody (the lease was broken)".to_owned(),
                             |v| format!("`{}` (epoch {})", v.body.holder, v.body.epoch),
                         );
-                        self.declare_lost(format!(
+                        let why = format!(
                             "lease lost: the bucket's lease is now held by {who}; this Perch stops acknowledging \
                              and uploading writes and exits; its journal stays in the data dir (perch journal)"
-                        ));
-                        Err(LeaseError::Held { holder: who, epoch: 0 })
+                        );
+                        self.declare_lost(why.clone());
+                        Err(LeaseError::Lost { why })
                     }
                 }
             }

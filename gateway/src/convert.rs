@@ -54,7 +54,19 @@ pub fn origin_error(e: OriginError) -> S3Error {
             }
             err
         }
-        OriginError::InvalidRange => s3_error!(InvalidRange, "The requested range is not satisfiable"),
+        OriginError::InvalidRange { size } => {
+            // RFC 9110 §15.5.17: a 416 names the object's size (`bytes */N`); the door adds it to
+            // the document too, as S3's ActualObjectSize (`server::error_completed`).
+            let mut err = s3_error!(InvalidRange, "The requested range is not satisfiable");
+            if let Some(size) = size
+                && let Ok(value) = http::HeaderValue::from_str(&format!("bytes */{size}"))
+            {
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::CONTENT_RANGE, value);
+                err.set_headers(headers);
+            }
+            err
+        }
         OriginError::Rejected { status, code, message } => {
             let code: S3ErrorCode = code.parse().unwrap_or(S3ErrorCode::InternalError);
             let mut err = S3Error::with_message(code, message);

@@ -324,6 +324,7 @@ fn error_completed(
     mut r: Response<s3s::Body>,
     id: &http::HeaderValue,
     missing: Option<&Missing>,
+    range: Option<&str>,
 ) -> Response<s3s::Body> {
     let Some(body) = r
         .body()
@@ -362,6 +363,22 @@ fn error_completed(
         && let Some(value) = xml_text(value)
     {
         out.push_str(&format!("<{element}>{value}</{element}>"));
+    }
+    // An InvalidRange names the range asked for and the object's size, as S3's does (the size
+    // from the 416's `Content-Range: bytes */N`, where it is known).
+    let size = r
+        .headers()
+        .get(http::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes */"))
+        .and_then(|n| n.parse::<u64>().ok());
+    if code == "InvalidRange"
+        && !text.contains("<ActualObjectSize>")
+        && let (Some(range), Some(size)) = (range.and_then(xml_text), size)
+    {
+        out.push_str(&format!(
+            "<RangeRequested>{range}</RangeRequested><ActualObjectSize>{size}</ActualObjectSize>"
+        ));
     }
     out.push_str("<RequestId>");
     out.push_str(id.to_str().unwrap_or_default());
@@ -709,6 +726,12 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
+    // A 416's document names the range asked for (`error_completed`).
+    let range_asked = req
+        .headers()
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let head = req.method() == http::Method::HEAD;
     // Whether the request's body was read to its end before the answer: if not (an answer given
     // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
@@ -860,7 +883,7 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
         served.linger_at_close();
     }
     if response.status().as_u16() >= 400 && !head {
-        response = error_completed(response, &id, missing.as_ref());
+        response = error_completed(response, &id, missing.as_ref(), range_asked.as_deref());
     }
     response.headers_mut().insert("x-amz-request-id", id);
     drop(in_flight);

@@ -525,15 +525,15 @@ impl ByteRange {
         match self {
             ByteRange::FromTo { first, last } => {
                 if first >= size {
-                    return Err(OriginError::InvalidRange);
+                    return Err(OriginError::InvalidRange { size: Some(size) });
                 }
                 let last = last.map_or(size - 1, |l| l.min(size - 1));
                 if last < first {
-                    return Err(OriginError::InvalidRange);
+                    return Err(OriginError::InvalidRange { size: Some(size) });
                 }
                 Ok(Some((first, last)))
             }
-            ByteRange::Suffix(0) => Err(OriginError::InvalidRange),
+            ByteRange::Suffix(0) => Err(OriginError::InvalidRange { size: Some(size) }),
             ByteRange::Suffix(_) if size == 0 => Ok(None),
             ByteRange::Suffix(n) => Ok(Some((size.saturating_sub(n), size - 1))),
         }
@@ -797,8 +797,10 @@ pub enum OriginError {
         cache_control: Option<String>,
         expires: Option<String>,
     },
+    /// 416: the range is not satisfiable; the object's size, where known (the origin's 416 does
+    /// not carry it here).
     #[error("the range is not satisfiable")]
-    InvalidRange,
+    InvalidRange { size: Option<u64> },
     /// Any other answer the origin gave that retrying will not change (400, 403, 409, ...).
     #[error("origin answered {status} {code}: {message}")]
     Rejected { status: u16, code: String, message: String },
@@ -851,7 +853,7 @@ impl OriginError {
     pub fn is_permanent(&self) -> bool {
         match self {
             OriginError::Rejected { status, .. } => (400..500).contains(status) && *status != 408 && *status != 429,
-            OriginError::NoSuchBucket | OriginError::PreconditionFailed | OriginError::InvalidRange => true,
+            OriginError::NoSuchBucket | OriginError::PreconditionFailed | OriginError::InvalidRange { .. } => true,
             _ => false,
         }
     }

@@ -100,7 +100,7 @@ impl OriginStats {
             Ok(_) => "ok",
             Err(OriginError::NoSuchKey | OriginError::NoSuchBucket | OriginError::NoSuchUpload) => "not_found",
             Err(OriginError::PreconditionFailed | OriginError::NotModified { .. }) => "precondition",
-            Err(OriginError::InvalidRange | OriginError::Rejected { .. }) => "rejected",
+            Err(OriginError::InvalidRange { .. } | OriginError::Rejected { .. }) => "rejected",
             Err(OriginError::Transient { .. } | OriginError::Unavailable { .. }) => "transient",
             Err(OriginError::Io(_)) => "io",
         };

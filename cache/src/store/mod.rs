@@ -401,6 +401,8 @@ impl Store {
             let _gate = gate.read().await;
             self.ensure_bucket(bucket).await?;
             let mode = self.journal.mode(Method::Delete, &okey);
+            // Not committed (and so not read by others) while the lease is not ours to write.
+            self.fence().await;
             let seq = self.journal.commit_delete(&okey, mode).await?;
             return self.acknowledge(seq, mode, true).await;
         };
@@ -672,7 +674,9 @@ impl Store {
     // ----- inside -----
 
     /// Waits until this Perch holds the bucket's lease with no gap since its last renewal (at
-    /// once, as a rule); never returns once the lease is lost (the process exits).
+    /// once, as a rule); never returns once the lease is lost (the process exits). Before a
+    /// commit (no other request reads a version committed while the lease is not writable) and
+    /// again before its acknowledgement (the commit's syncs take time).
     async fn fence(&self) {
         if let Some(lease) = &self.journal.cfg.lease {
             lease.writable().await;
@@ -829,6 +833,10 @@ impl Store {
             digest,
             parts,
         };
+        // Not committed (and so not read by others) while the lease is not ours to write: a
+        // version committed and then held unacknowledged would be read, and could be discarded
+        // with a lost lease. `acknowledge` checks again after the commit.
+        self.fence().await;
         let (seq, etag) = self.journal.commit_put(okey, version, mode).await?;
         self.acknowledge(seq, mode, droppable).await?;
         Ok(etag)

@@ -233,7 +233,7 @@ impl Store {
         let head = |n: u32| async move {
             match origin.head_part(bucket, key, n).await {
                 // Gone, or fewer parts than the version had: another version now.
-                Err(OriginError::NoSuchKey | OriginError::InvalidRange) => Err(Missed::Changed),
+                Err(OriginError::NoSuchKey | OriginError::InvalidRange { .. }) => Err(Missed::Changed),
                 Err(OriginError::Rejected { status: 416, .. }) => Err(Missed::Changed),
                 Err(e) => Err(Missed::from(e)),
                 Ok(h) if !same_version(&h.etag) => Err(Missed::Changed),

@@ -95,7 +95,7 @@ pub fn error_name(e: &OriginError) -> String {
         OriginError::NoSuchUpload => "NoSuchUpload".into(),
         OriginError::PreconditionFailed => "PreconditionFailed".into(),
         OriginError::NotModified { .. } => "NotModified".into(),
-        OriginError::InvalidRange => "InvalidRange".into(),
+        OriginError::InvalidRange { .. } => "InvalidRange".into(),
         OriginError::Rejected { status, code, .. } => format!("Rejected {status} {code}"),
         OriginError::Transient { what, .. } => format!("Transient {what}"),
         OriginError::Unavailable { .. } => "Unavailable".into(),

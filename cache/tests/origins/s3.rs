@@ -581,7 +581,7 @@ async fn errors_are_classified() {
     let beyond = Some(ByteRange::FromTo { first: 100, last: None });
     assert!(matches!(
         o.get_object("errors", "k", beyond, &no_conditions()).await,
-        Err(OriginError::InvalidRange)
+        Err(OriginError::InvalidRange { .. })
     ));
 
     // Other 4xx keep the origin's status and code.

@@ -275,6 +275,11 @@ fn range_beyond_the_end_is_416() {
             .header("Range", range)
             .go(perch.addr());
         assert_error(&r, 416, "InvalidRange", &format!("Range {range} of a 100-byte object"));
+        // As S3: the range asked for and the object's size in the document, and the size in
+        // the 416's Content-Range (RFC 9110).
+        assert_eq!(xml_values(&r.text(), "RangeRequested"), [range], "{}", r.summary());
+        assert_eq!(xml_values(&r.text(), "ActualObjectSize"), ["100"], "{}", r.summary());
+        assert_eq!(r.header("Content-Range"), Some("bytes */100"), "{}", r.summary());
     }
     // Within the object, and a last-byte range overlapping the end, are fine.
     let r = Req::object("GET", perch.addr(), Style::Virtual, "known")

@@ -514,3 +514,70 @@ fn a_barrier_upload_is_preceded_by_a_renewal() {
         "the barrier's upload was preceded by a renewal"
     );
 }
+
+/// An origin that holds requests past a renewal's time limit and applies them later (a stall, a
+/// network that queues): a renewal of ours given up on lands while its retries wait, and the
+/// retries then meet a 412 from our own lease. That is not another holder: the holder takes the
+/// lease as it stands, renews against it, and goes on acknowledging. It used to declare the lease
+/// lost to itself and exit.
+#[test]
+fn a_renewal_of_ours_that_lands_late_is_not_a_lost_lease() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    let a = start_with(&b.dir("a"), b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
+    assert_eq!(put(a.addr, "before", b"one"), 200);
+    let (_, epoch, renewal, _, _) = b.lease().expect("lease");
+    // Every lease request is held 6 s (past the 5 s a renewal waits), then applied.
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["late"], "stall_ms": 6000, "match_key_prefix": ".perch/lease"}"#);
+    std::thread::sleep(Duration::from_millis(7500));
+    proxy.control().reset();
+    proxy.control().patch(r#"{"error_rate": 0.0}"#);
+    // Our late renewal landed; the retries after it meet our own lease.
+    assert!(
+        wait_until(Duration::from_secs(20), || a
+            .log_text()
+            .contains("an earlier lease renewal of ours landed late")),
+        "{}",
+        a.log_text()
+    );
+    assert!(!a.log_text().contains("lease lost"), "{}", a.log_text());
+    assert_eq!(put(a.addr, "after", b"two"), 200);
+    let (holder, epoch_now, renewal_now, released, _) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), epoch_now, released), ("machine-a", epoch, false));
+    assert!(
+        renewal_now > renewal + 1,
+        "renewed since: {renewal_now} after {renewal}"
+    );
+    assert!(wait_until(Duration::from_secs(10), || b.get("after").is_some()));
+}
+
+/// A write that waits for the lease (its renewal overdue) is not committed meanwhile: other
+/// requests read the key as it was, not a version that is not acknowledged and could be
+/// discarded with a lost lease. It used to be committed first, then held before its answer.
+#[test]
+fn a_write_waiting_for_the_lease_is_not_read_before_its_answer() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    let a = start_with(&b.dir("a"), b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
+    assert_eq!(put(a.addr, "k", b"acknowledged"), 200);
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": ".perch/lease"}"#);
+    // Past the period (1.5 s) since the last renewal that succeeded.
+    std::thread::sleep(Duration::from_millis(2500));
+    let addr = a.addr;
+    let waiting = std::thread::spawn(move || put(addr, "k", b"not yet acknowledged"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!waiting.is_finished(), "a write was acknowledged without a fresh lease");
+    let r = Req::object("GET", a.addr, Style::Path, &key_path("k")).go(a.addr);
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.body, b"acknowledged", "a write not yet acknowledged was read");
+    proxy.control().patch(r#"{"error_rate": 0.0}"#);
+    assert_eq!(waiting.join().expect("the waiting PUT"), 200);
+    let r = Req::object("GET", a.addr, Style::Path, &key_path("k")).go(a.addr);
+    assert_eq!(r.body, b"not yet acknowledged");
+}

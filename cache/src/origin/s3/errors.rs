@@ -164,7 +164,7 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
             expires: None,
         },
         (412, _) => OriginError::PreconditionFailed,
-        (416, _) => OriginError::InvalidRange,
+        (416, _) => OriginError::InvalidRange { size: None },
         (404, "NoSuchKey") => OriginError::NoSuchKey,
         (404, "NoSuchBucket") => OriginError::NoSuchBucket,
         (404, "NoSuchUpload") => OriginError::NoSuchUpload,
@@ -220,7 +220,7 @@ mod tests {
         assert!(matches!(c(304, "", Subject::Object), OriginError::NotModified { .. }));
         assert!(matches!(
             c(416, "InvalidRange", Subject::Object),
-            OriginError::InvalidRange
+            OriginError::InvalidRange { .. }
         ));
         assert!(c(503, "SlowDown", Subject::Object).is_transient());
         assert!(c(500, "", Subject::Object).is_transient());
