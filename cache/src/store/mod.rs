@@ -12,7 +12,7 @@ mod parts;
 pub use parts::PartSpan;
 mod warm;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -129,7 +129,14 @@ pub struct Store {
     bucket_gates: Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     /// Part sizes of multipart objects learnt from the origin (`parts`).
     learnt_layouts: parts::LearntLayouts,
+    /// Conditional PUTs answered 503 whose request may still have reached the origin (it held
+    /// them past the retry deadline), by key: the body's MD5 and when (`answered_unsure`).
+    unsure_puts: Mutex<HashMap<ObjectKey, (String, std::time::Instant)>>,
 }
+
+/// How long a conditional PUT answered 503 is remembered, and how many at most.
+const UNSURE_PUT_KEPT: Duration = Duration::from_secs(3600);
+const UNSURE_PUTS_MAX: usize = 1024;
 
 /// Why Perch is not ready (`/readyz`): a prewarm is under way, or the origin does not answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -254,6 +261,7 @@ impl Store {
             carried: Mutex::new(HashSet::new()),
             bucket_gates: Mutex::new(Default::default()),
             learnt_layouts: Default::default(),
+            unsure_puts: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -364,18 +372,71 @@ impl Store {
         }
         self.settle_decided(&okey, Method::Put).await?;
         self.fence().await;
+        let md5 = format!("\"{}\"", hex::encode(digest.md5()));
         let input = PutInput {
             content_md5: Some(aws_smithy_types::base64::encode(digest.md5())),
             if_match: input.if_match.map(|m| self.condition_at_origin(&okey, &m)),
             ..input
         };
+        let checksums = input.checksums.clone();
         // The origin may hold a new body from here on, even if Perch dies before its answer:
         // the cached one goes first, durably, and no read keeps one until the answer.
-        let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.decide(okey, held, move |origin| async move {
-            origin.put_object(&bucket, &key, &input).await
-        })
-        .await
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let out = self
+            .decide(okey.clone(), held, move |origin| async move {
+                origin.put_object(&b, &k, &input).await
+            })
+            .await;
+        match out {
+            Err(StoreError::Origin(e @ (OriginError::Unavailable { .. } | OriginError::Transient { .. }))) => {
+                self.answered_unsure(&okey, md5);
+                Err(e.into())
+            }
+            // The same body sent again after a 503 (its client's retry) meets its own earlier
+            // request, which the origin held and applied after that answer: if the origin holds
+            // exactly this body, the write is this client's and succeeded (as a retry inside one
+            // request is judged, `origin::retry`). Only bodies this Perch answered 503 for.
+            Err(StoreError::Origin(OriginError::PreconditionFailed)) if self.was_answered_unsure(&okey, &md5) => {
+                match self.origin.head_object(bucket, key, &Conditions::default()).await {
+                    Ok(meta) if crate::origin::same_etag(&meta.etag, &md5) => {
+                        tracing::info!(
+                            object = %okey,
+                            "a conditional PUT answered 503 had reached the origin: its retry is its success"
+                        );
+                        Ok(PutOutput {
+                            etag: meta.etag,
+                            checksums,
+                        })
+                    }
+                    _ => Err(OriginError::PreconditionFailed.into()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Remembers that a conditional PUT of `okey` with the body `md5` was answered 503 while its
+    /// request may still reach the origin.
+    fn answered_unsure(&self, okey: &ObjectKey, md5: String) {
+        let mut unsure = lock(&self.unsure_puts);
+        let now = std::time::Instant::now();
+        unsure.retain(|_, (_, at)| now.duration_since(*at) < UNSURE_PUT_KEPT);
+        if unsure.len() < UNSURE_PUTS_MAX || unsure.contains_key(okey) {
+            unsure.insert(okey.clone(), (md5, now));
+        }
+    }
+
+    /// Whether a conditional PUT of `okey` with the body `md5` was answered 503 lately (and
+    /// forgets it: one retry is judged so).
+    fn was_answered_unsure(&self, okey: &ObjectKey, md5: &str) -> bool {
+        let mut unsure = lock(&self.unsure_puts);
+        match unsure.get(okey) {
+            Some((m, at)) if m == md5 && at.elapsed() < UNSURE_PUT_KEPT => {
+                unsure.remove(okey);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// DELETE: a version (a tombstone), acknowledged as its write mode says. With `if_match`

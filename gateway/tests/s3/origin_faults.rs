@@ -1108,3 +1108,42 @@ fn a_delete_of_many_conditioned_keys_lasts_one_deadline_in_an_outage() {
         "DeleteObjects took {took:?} (deadline 2 s)"
     );
 }
+
+/// A conditional PUT the origin holds past the retry deadline is answered 503, and the origin
+/// may still apply it afterwards (OrioleDB's lock: `If-None-Match: *`). The client's retry of the
+/// same body then meets its own earlier request: Perch, which answered that 503, reads the 412 as
+/// the success it hides when the origin holds exactly this body; another body still gets 412.
+/// The retry used to be told the lock was someone else's.
+#[test]
+fn a_conditional_put_answered_503_that_landed_later_succeeds_on_its_retry() {
+    let _turn = machine::share();
+    let stack = start("3s", &[]);
+    let _log = stack.log_on_panic();
+    let key = "data/orioledb_data/s3_lock";
+    // The next PUT of the lock is held 5 s, then applied: after Perch's deadline.
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["late"],"stall_ms":5000,"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    let lock = |body: &[u8]| {
+        Req::object("PUT", stack.addr(), Style::Virtual, key)
+            .header("If-None-Match", "*")
+            .body(body.to_vec())
+            .go(stack.addr())
+    };
+    let r = lock(b"owner 1");
+    assert_error(&r, 503, "SlowDown", "a conditional PUT past the deadline");
+    // The held request lands at the origin.
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(10), || stack.in_moto(key).is_some()),
+        "the held PUT never landed"
+    );
+    let r = lock(b"owner 1");
+    assert_eq!(r.status, 200, "the retry of the same body: {}", r.summary());
+    assert_eq!(r.header("ETag"), Some(md5_etag(b"owner 1").as_str()));
+    // Another body is another holder: 412, as the origin says.
+    let r = lock(b"owner 2");
+    assert_error(&r, 412, "PreconditionFailed", "another body");
+    // Judged once: the same body again is an ordinary 412.
+    let r = lock(b"owner 1");
+    assert_error(&r, 412, "PreconditionFailed", "the same body, once it succeeded");
+}
