@@ -455,21 +455,27 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
     }
     // Only of a signature that can be read: an unreadable one gets s3s's answer (400
     // AuthorizationHeaderMalformed, AuthorizationQueryParametersError), as on S3.
-    let (signed, presigned) = match auth {
+    let (signed, presigned): (std::borrow::Cow<'_, str>, bool) = match auth {
         Some(value) => {
             let parsed = crate::sigv4::parse_header(value.to_str().ok()?, "")?;
             let dated = parsed.scope_date.len() == 8 && parsed.scope_date.bytes().all(|b| b.is_ascii_digit());
             if !dated {
                 return None;
             }
-            (parsed.signed_headers.to_owned(), false)
+            (parsed.signed_headers.into(), false)
         }
         None => {
             in_query("X-Amz-Algorithm")?;
             in_query("X-Amz-Credential")?;
             in_query("X-Amz-Signature")?;
             let list = in_query("X-Amz-SignedHeaders")?;
-            (list.replace("%3B", ";").replace("%3b", ";"), true)
+            // The list's `;` comes %-encoded from SDKs; copied only then.
+            let list = if list.contains('%') {
+                list.replace("%3B", ";").replace("%3b", ";").into()
+            } else {
+                list.into()
+            };
+            (list, true)
         }
     };
     let is_signed = |name: &str| signed.split(';').any(|s| s.trim().eq_ignore_ascii_case(name));
@@ -487,19 +493,13 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
     if not_signed.is_empty() {
         return None;
     }
-    let mut r = error_response(
+    let named = xml_text(&not_signed.join(", ")).map(|list| format!("<HeadersNotSigned>{list}</HeadersNotSigned>"));
+    Some(error_response_naming(
         StatusCode::FORBIDDEN,
         "AccessDenied",
         "There were headers present in the request which were not signed",
-    );
-    let list = not_signed.join(", ");
-    if let Some(named) = xml_text(&list) {
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>There were headers present in the request which were not signed</Message><HeadersNotSigned>{named}</HeadersNotSigned></Error>"
-        );
-        *r.body_mut() = s3s::Body::from(body);
-    }
-    Some(r)
+        named.as_deref().unwrap_or_default(),
+    ))
 }
 
 /// S3's answer to an `x-amz-content-sha256` that is neither a payload mode nor a SHA-256 (64
@@ -526,6 +526,56 @@ fn content_sha256_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> {
          STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD, STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD-TRAILER or \
          a valid sha256 value.",
     ))
+}
+
+/// S3's answers to a request it cannot read as one: a path whose `%` is not followed by two
+/// hexadecimal digits, 400 InvalidURI (s3s took it literally); a PUT of an object (or a part)
+/// that frames no body at all, neither `Content-Length` nor `Transfer-Encoding`, 411
+/// MissingContentLength (hyper reads it as empty, and s3s stored an empty object). A copy
+/// (`x-amz-copy-source`) carries no body and is left to s3s.
+fn unframed_or_unparsable<B>(req: &Request<B>, fast: &FastGet) -> Option<Response<s3s::Body>> {
+    let path = req.uri().path();
+    if path.contains('%') {
+        let bytes = path.as_bytes();
+        let malformed = bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'%'
+                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+        if malformed {
+            return Some(error_response(
+                StatusCode::BAD_REQUEST,
+                "InvalidURI",
+                "Couldn't parse the specified URI.",
+            ));
+        }
+    }
+    let h = req.headers();
+    if req.method() != http::Method::PUT
+        || h.contains_key(http::header::CONTENT_LENGTH)
+        || h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.contains_key("x-amz-copy-source")
+    {
+        return None;
+    }
+    let virtual_hosted = h
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| fast.virtual_bucket(host).is_some());
+    let names_a_key = if virtual_hosted {
+        path.len() > 1
+    } else {
+        path.trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty())
+    };
+    names_a_key.then(|| {
+        error_response(
+            StatusCode::LENGTH_REQUIRED,
+            "MissingContentLength",
+            "You must provide the Content-Length HTTP header.",
+        )
+    })
 }
 
 /// How far a SigV2 request's date may be from Perch's clock, as S3 allows (15 minutes).
@@ -690,8 +740,14 @@ fn unreadable_auth_as_s3(r: Response<s3s::Body>, scheme: AuthScheme) -> Response
 
 /// An S3 XML error answered before s3s sees the request.
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
+    error_response_naming(status, code, message, "")
+}
+
+/// The same, with more elements after the message (`elements`: XML already escaped), as S3 names
+/// what it refused (`<HeadersNotSigned>`...).
+fn error_response_naming(status: StatusCode, code: &str, message: &str, elements: &str) -> Response<s3s::Body> {
     let mut r = Response::new(s3s::Body::from(format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message>{elements}</Error>"
     )));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -727,11 +783,8 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
         .is_some_and(|v| v.as_bytes() == b"0");
     let too_large_body = crate::limits::declared_over(req.headers(), limits.body_bytes_max);
     // A 416's document names the range asked for (`error_completed`).
-    let range_asked = req
-        .headers()
-        .get(http::header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // (A header's value is shared, not copied.)
+    let range_asked = req.headers().get(http::header::RANGE).cloned();
     let head = req.method() == http::Method::HEAD;
     // Whether the request's body was read to its end before the answer: if not (an answer given
     // early, e.g. a refusal), the rest of it is still on the connection, which hyper then closes;
@@ -753,7 +806,10 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
                 ))
             } else if let Some(refused) = presigned_expiry_refused(req.uri().query()) {
                 Err(refused)
-            } else if let Some(refused) = unsigned_headers_refused(&req).or_else(|| content_sha256_refused(&req)) {
+            } else if let Some(refused) = unsigned_headers_refused(&req)
+                .or_else(|| content_sha256_refused(&req))
+                .or_else(|| unframed_or_unparsable(&req, &door.fast))
+            {
                 Err(refused)
             } else if let Some(answer) = door.fast.answer(&req).await {
                 direct = true;
@@ -883,7 +939,12 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
         served.linger_at_close();
     }
     if response.status().as_u16() >= 400 && !head {
-        response = error_completed(response, &id, missing.as_ref(), range_asked.as_deref());
+        response = error_completed(
+            response,
+            &id,
+            missing.as_ref(),
+            range_asked.as_ref().and_then(|v| v.to_str().ok()),
+        );
     }
     response.headers_mut().insert("x-amz-request-id", id);
     drop(in_flight);

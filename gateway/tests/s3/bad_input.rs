@@ -1569,4 +1569,58 @@ fn a_content_sha256_that_is_no_hash_and_a_path_that_is_no_uri_are_named() {
         "{}",
         r.summary()
     );
+    // A `%` that starts no escape is no URI either (it was taken literally, and stored).
+    let before = keys_of(&perch);
+    for path in [format!("/{BUCKET}/bad%zzkey"), format!("/{BUCKET}/ends%4"), format!("/{BUCKET}/ends%")] {
+        for method in ["PUT", "GET"] {
+            let mut req = Req::object(method, perch.addr(), Style::Path, "x").body(if method == "PUT" {
+                b"literal".to_vec()
+            } else {
+                Vec::new()
+            });
+            req.path = path.clone();
+            let r = req.go(perch.addr());
+            assert_error(&r, 400, "InvalidURI", &format!("{method} {path}"));
+        }
+    }
+    assert_clean(&perch, &before, "paths with a % that starts no escape");
+}
+
+/// A PUT of an object or a part that frames no body, neither `Content-Length` nor
+/// `Transfer-Encoding`, is 411 MissingContentLength, as on S3; it used to store an empty object.
+/// A copy, which has no body, still needs neither.
+#[test]
+fn a_put_without_a_length_is_411_and_stores_nothing() {
+    let _turn = machine::share();
+    let perch = setup();
+    let _log = perch.log_on_panic();
+    let before = keys_of(&perch);
+    for style in [Style::Path, Style::Virtual] {
+        let head = {
+            let req = Req::object("PUT", perch.addr(), style, "unframed");
+            String::from_utf8(req.head().0).expect("ascii")
+        };
+        assert!(head.contains("Content-Length: 0\r\n"), "{head}");
+        let head = head.replace("Content-Length: 0\r\n", "");
+        let mut s = TcpStream::connect(perch.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.write_all(head.as_bytes()).expect("head");
+        let mut reader = std::io::BufReader::new(s);
+        let (status, headers) = perch_testkit::raw_client::read_head(&mut reader).expect("an answer");
+        let body = perch_testkit::raw_client::read_body(&mut reader, "PUT", status, &headers).expect("its body");
+        let r = Resp {
+            status,
+            headers,
+            body,
+            got_continue: false,
+        };
+        assert_error(&r, 411, "MissingContentLength", &format!("a PUT without a length ({style:?})"));
+        assert!(r.text().contains("You must provide the Content-Length HTTP header."), "{}", r.summary());
+    }
+    assert_clean(&perch, &before, "PUTs without a length");
+    let r = Req::object("HEAD", perch.addr(), Style::Virtual, "unframed").go(perch.addr());
+    assert_eq!(r.status, 404, "{}", r.summary());
+    // The same PUT with its length is stored.
+    let r = Req::object("PUT", perch.addr(), Style::Virtual, "unframed").go(perch.addr());
+    assert_eq!(r.status, 200, "{}", r.summary());
 }
