@@ -2,6 +2,7 @@
 //! for operators and for stop scripts that must know every acknowledged write is in the origin.
 //! They send PERCH_ADMIN_TOKEN, when set, as the admin listener asks beyond loopback.
 
+use std::io::IsTerminal;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -335,6 +336,14 @@ pub fn flush(args: &FlushArgs) -> anyhow::Result<()> {
     let wait = || timeout.map_or(ANSWER_WAIT, |t| t.saturating_sub(started.elapsed()).min(ANSWER_WAIT));
     let target = read_status(admin, None, wait())?.last_seq;
     let mut total = None;
+    // A bar redrawn in place on a terminal; to a log or a pipe, a plain line every 10 s.
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_line: Option<Instant> = None;
+    let end_bar = || {
+        if terminal {
+            eprintln!();
+        }
+    };
     loop {
         let st = read_status(admin, Some(target), wait())?;
         let left = st.pending_upto.unwrap_or(0);
@@ -343,22 +352,30 @@ pub fn flush(args: &FlushArgs) -> anyhow::Result<()> {
         let done = total.saturating_sub(left).min(total);
         let width = 30;
         let filled = (done as usize * width) / total as usize;
-        eprint!(
-            "\rflush [{}{}] {done}/{total} versions, {} waiting, {:.0} s",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
+        let progress = format!(
+            "{done}/{total} versions, {} waiting, {:.0} s",
             bytes(st.dirty_bytes),
             started.elapsed().as_secs_f64()
         );
+        if terminal {
+            eprint!(
+                "\rflush [{}{}] {progress}",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+        } else if left > 0 && last_line.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            eprintln!("flush: {progress}");
+            last_line = Some(Instant::now());
+        }
         if left == 0 {
-            eprintln!();
+            end_bar();
             println!("flushed: every write acknowledged up to version {target} is in the origin");
             return Ok(());
         }
         // Only refused versions left, or the rest waiting behind them (a later stage, a later
         // version of their key): nothing more will go up until they are retried or dropped.
         if !refused.is_empty() && (left as usize <= refused.len() || st.blocked_by_refusals) {
-            eprintln!();
+            end_bar();
             for f in &refused {
                 eprintln!("refused: {}/{} (version {}): {}", f.bucket, f.key, f.seq, f.error);
             }
@@ -369,7 +386,7 @@ pub fn flush(args: &FlushArgs) -> anyhow::Result<()> {
             );
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
-            eprintln!();
+            end_bar();
             bail!("{left} versions still not in the origin after {:?}", started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -24,7 +24,8 @@ pub struct WalArgs {
 pub enum WalCommand {
     /// Fetch one archived WAL file for Postgres: restore_command = 'perch wal fetch %f %p'.
     /// Exit 0 once %p is written and synced, 1 when the file is not in the bucket (or the fetch
-    /// failed: Postgres asks again), 2 on bad arguments.
+    /// failed: Postgres asks again), 2 on bad arguments. One attempt: it gives up after 3 s
+    /// without a connection to Perch or 30 s without a byte of the answer.
     ///
     /// Signs with PERCH_ACCESS_KEY_ID / PERCH_SECRET_ACCESS_KEY (the development pair when unset).
     Fetch(FetchArgs),
@@ -112,6 +113,17 @@ pub async fn fetch(args: &FetchArgs) -> anyhow::Result<Fetched> {
     let got = match perch.get_object(&args.bucket, &key, None, &Conditions::default()).await {
         Ok(got) => got,
         Err(OriginError::NoSuchKey) => return Ok(Fetched::Absent),
+        // The origin client's words would blame Perch's origin keys: here the keys are this
+        // command's, checked by the local Perch.
+        Err(e) if e.refused_credentials().is_some() => {
+            bail!(
+                "GET {key} from {}: the local Perch refused this command's signature ({}): set \
+                 PERCH_ACCESS_KEY_ID and PERCH_SECRET_ACCESS_KEY to the client pair `perch serve` \
+                 takes, and check the clock",
+                args.endpoint,
+                e.refused_credentials().unwrap_or_default()
+            );
+        }
         Err(e) => return Err(e).with_context(|| format!("GET {key} from {}", args.endpoint)),
     };
     let temp = temp_beside(&args.path);

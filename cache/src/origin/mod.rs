@@ -847,6 +847,19 @@ impl OriginError {
         !matches!(status, Some(400 | 403 | 408 | 429 | 503))
     }
 
+    /// The S3 error code, when the server refused the request's signature or credentials (a
+    /// wrong key pair, a clock too far off): an answer only other keys or a set clock change.
+    pub fn refused_credentials(&self) -> Option<&str> {
+        let OriginError::Transient { what, .. } = self else {
+            return None;
+        };
+        let mut words = what.split([' ', ':']);
+        if !matches!(words.next(), Some("400" | "403")) {
+            return None;
+        }
+        words.next().filter(|code| s3::is_credential_code(code))
+    }
+
     /// An answer no retry will change, for a write already acknowledged (the uploader's rule):
     /// a refusal (4xx but 408 and 429), a missing bucket, a failed precondition. Everything else
     /// (5xx, throttling, timeouts, local I/O) is retried for as long as it takes.

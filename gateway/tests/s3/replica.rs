@@ -522,6 +522,23 @@ fn wal_fetch_writes_the_newest_segment_and_fails_at_once_when_absent() {
         std::fs::read(&target).expect("RECOVERYXLOG") == second,
         "the re-uploaded segment, not a cached copy"
     );
+    // A key pair Perch does not take: named as this command's, not blamed on Perch's origin keys.
+    let out = std::process::Command::new(perch_binary())
+        .args(["wal", "fetch", seg, "pg_wal/RECOVERYXLOG"])
+        .current_dir(&pgdata)
+        .env("PERCH_WAL_ENDPOINT", &replica.endpoint)
+        .env("PERCH_WAL_BUCKET", perch_testkit::raw_client::BUCKET)
+        .env_remove("PERCH_ACCESS_KEY_ID")
+        .env("PERCH_SECRET_ACCESS_KEY", "not-the-secret")
+        .output()
+        .expect("run perch wal fetch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused this command's signature") && err.contains("PERCH_SECRET_ACCESS_KEY"),
+        "a wrong secret is named: {err}"
+    );
+    assert!(!err.contains("origin keys"), "not blamed on Perch's origin keys: {err}");
     let left: Vec<_> = std::fs::read_dir(pgdata.join("pg_wal"))
         .expect("pg_wal")
         .map(|e| e.expect("entry").file_name())

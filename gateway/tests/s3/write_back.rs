@@ -633,6 +633,11 @@ fn a_refused_upload_is_kept_and_reported() {
         "perch flush waited {:?} on versions that cannot go up: {stderr}",
         started.elapsed()
     );
+    // Not to a terminal: plain lines, no bar redrawn with carriage returns.
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("[#") && !stderr.contains("[-"),
+        "a progress bar drawn into a pipe: {stderr:?}"
+    );
 }
 
 /// An upload the origin answers 404 NoSuchKey (S3 never does; moto does for a key holding a line

@@ -137,6 +137,11 @@ pub(super) fn with_etag(e: OriginError, etag: Option<&str>) -> OriginError {
     }
 }
 
+/// Whether `code` is an S3 error code that refuses a request's signature or credentials.
+pub(crate) fn is_credential_code(code: &str) -> bool {
+    CREDENTIAL_CODES.contains(&code)
+}
+
 /// Classifies an HTTP answer of the origin by status and S3 error code.
 pub(super) fn classify_answer(status: u16, code: String, message: String, subject: Subject) -> OriginError {
     const TRANSIENT_CODES: &[&str] = &[
@@ -204,6 +209,22 @@ mod tests {
         assert!(matches!(c(404, "", Subject::Bucket), OriginError::NoSuchBucket));
         // A bare 404 to a PUT is no answer of S3's: retried. Its NoSuchKey is the origin's own.
         assert!(c(404, "", Subject::Write).is_transient());
+        // A refused signature is transient for Perch (its keys can be reloaded), and named.
+        let refused = |status, code| {
+            c(status, code, Subject::Object)
+                .refused_credentials()
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            refused(403, "SignatureDoesNotMatch").as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
+        assert_eq!(
+            refused(400, "RequestTimeTooSkewed").as_deref(),
+            Some("RequestTimeTooSkewed")
+        );
+        assert_eq!(refused(503, "SlowDown"), None);
+        assert_eq!(refused(403, "AccessDenied"), None);
         assert!(matches!(c(404, "NoSuchKey", Subject::Write), OriginError::NoSuchKey));
         assert!(matches!(
             c(404, "NoSuchBucket", Subject::Object),

@@ -141,6 +141,8 @@ mod moto_workaround;
 mod multipart;
 mod region;
 
+pub(crate) use errors::is_credential_code;
+
 use body::*;
 use convert::*;
 use errors::*;
