@@ -435,7 +435,8 @@ fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> 
 /// read). S3 refuses such a request: 403 AccessDenied, naming the headers not signed. A presigned
 /// URL's client may add `x-amz-content-sha256` (the payload is unsigned there anyway). A request
 /// that carries both a SigV4 `Authorization` header and a signature in its query is refused as S3
-/// refuses it: 400 InvalidArgument.
+/// refuses it: 400 InvalidArgument; so is a header signed for another service than S3's: 400
+/// AuthorizationHeaderMalformed.
 fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> {
     let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
@@ -461,6 +462,17 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
             let dated = parsed.scope_date.len() == 8 && parsed.scope_date.bytes().all(|b| b.is_ascii_digit());
             if !dated {
                 return None;
+            }
+            // Signed for another service (s3s answered 501 NotImplemented, naming STS).
+            if parsed.service != "s3" && parsed.service != "sts" {
+                let service = xml_text(parsed.service).unwrap_or_default();
+                return Some(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "AuthorizationHeaderMalformed",
+                    &format!(
+                        "The authorization header is malformed; incorrect service &quot;{service}&quot;. This endpoint belongs to &quot;s3&quot;."
+                    ),
+                ));
             }
             (parsed.signed_headers.into(), false)
         }

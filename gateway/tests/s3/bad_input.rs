@@ -1208,7 +1208,21 @@ fn an_unreadable_authorization_header_or_date_gets_the_answer_s3_gives() {
         Keys::dev().access_key_id,
         "0".repeat(64)
     );
+    // Signed for another service than S3's (s3s answered 501 NotImplemented).
+    let other_service = format!(
+        "AWS4-HMAC-SHA256 Credential={}/{}/us-east-1/ec2/aws4_request, \
+         SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={}",
+        Keys::dev().access_key_id,
+        &date[..8],
+        "0".repeat(64)
+    );
     let cases = [
+        (
+            Some(date.as_str()),
+            other_service.as_str(),
+            400,
+            "AuthorizationHeaderMalformed",
+        ),
         (
             Some(date.as_str()),
             "AWS4-HMAC-SHA256 Credential=nobody",
@@ -1571,7 +1585,11 @@ fn a_content_sha256_that_is_no_hash_and_a_path_that_is_no_uri_are_named() {
     );
     // A `%` that starts no escape is no URI either (it was taken literally, and stored).
     let before = keys_of(&perch);
-    for path in [format!("/{BUCKET}/bad%zzkey"), format!("/{BUCKET}/ends%4"), format!("/{BUCKET}/ends%")] {
+    for path in [
+        format!("/{BUCKET}/bad%zzkey"),
+        format!("/{BUCKET}/ends%4"),
+        format!("/{BUCKET}/ends%"),
+    ] {
         for method in ["PUT", "GET"] {
             let mut req = Req::object(method, perch.addr(), Style::Path, "x").body(if method == "PUT" {
                 b"literal".to_vec()
@@ -1614,8 +1632,17 @@ fn a_put_without_a_length_is_411_and_stores_nothing() {
             body,
             got_continue: false,
         };
-        assert_error(&r, 411, "MissingContentLength", &format!("a PUT without a length ({style:?})"));
-        assert!(r.text().contains("You must provide the Content-Length HTTP header."), "{}", r.summary());
+        assert_error(
+            &r,
+            411,
+            "MissingContentLength",
+            &format!("a PUT without a length ({style:?})"),
+        );
+        assert!(
+            r.text().contains("You must provide the Content-Length HTTP header."),
+            "{}",
+            r.summary()
+        );
     }
     assert_clean(&perch, &before, "PUTs without a length");
     let r = Req::object("HEAD", perch.addr(), Style::Virtual, "unframed").go(perch.addr());
