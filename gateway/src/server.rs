@@ -403,10 +403,27 @@ fn part_head_partial(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
 
 /// S3's answer to a presigned URL's `X-Amz-Expires` that s3s would take: not a number of seconds
 /// from 0 to the 7 days S3 allows (400 AuthorizationQueryParametersError), or 0 (S3: expired at
-/// once; s3s serves it until the end of its signing second).
+/// once; s3s serves it until the end of its signing second); and to one signed over 15 minutes
+/// ahead of Perch's clock: 403 AccessDenied, "Request is not valid yet" (s3s: 403
+/// RequestTimeTooSkewed, a header-signed request's answer).
 fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> {
     const WEEK_SECS: u64 = 7 * 24 * 3600;
-    let expires = query?.split('&').find_map(|pair| pair.strip_prefix("X-Amz-Expires="))?;
+    let query = query?;
+    let expires = query.split('&').find_map(|pair| pair.strip_prefix("X-Amz-Expires="))?;
+    let signed_at = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("X-Amz-Date="))
+        .and_then(crate::sigv4::parse_amz_date);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if signed_at.is_some_and(|t| t - now > crate::sigv4::MAX_SKEW_SECS) {
+        return Some(error_response(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Request is not valid yet",
+        ));
+    }
     match expires.parse::<u64>() {
         Ok(0) => Some(error_response(
             StatusCode::FORBIDDEN,

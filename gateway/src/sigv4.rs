@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 /// How far a request's time may be from ours (s3s's `presigned_url_max_skew_time_secs`).
-const MAX_SKEW_SECS: i64 = 900;
+pub(crate) const MAX_SKEW_SECS: i64 = 900;
 
 /// A request's SigV4 authorization, from its `Authorization` header or its presigned query.
 #[derive(Debug, Clone, PartialEq, Eq)]

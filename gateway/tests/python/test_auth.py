@@ -156,6 +156,28 @@ def test_presigned_get_expired(perch, bucket):
         assert code_of(r.text) == "AccessDenied", (which, r.text)  # S3: AccessDenied, "Request has expired"
 
 
+def test_presigned_url_signed_in_the_future_is_not_valid_yet(perch, bucket):
+    """A presigned URL signed over 15 minutes ahead of the server's clock is 403 AccessDenied,
+    "Request is not valid yet", as S3 answers it (Perch answered RequestTimeTooSkewed, the
+    answer to a header-signed request); 10 minutes ahead is within the skew S3 allows."""
+    import datetime
+    from unittest import mock
+
+    s3 = presigner(perch, "path", "s3v4")
+    s3.put_object(Bucket=bucket, Key="later", Body=b"v")
+    # botocore's clock, as it reads it: naive UTC.
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    for ahead, status, code in [(datetime.timedelta(hours=2), 403, "AccessDenied"),
+                                (datetime.timedelta(minutes=10), 200, None)]:
+        with mock.patch("botocore.auth.get_current_datetime", return_value=now + ahead):
+            url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "later"}, ExpiresIn=60)
+        r = requests.get(url, timeout=10)
+        assert r.status_code == status, (ahead, r.text)
+        if code:
+            assert code_of(r.text) == code, r.text
+            assert "Request is not valid yet" in r.text, r.text
+
+
 def test_presigned_for_over_a_week_is_refused(perch, bucket):
     """S3 takes a SigV4 presigned URL valid for at most 7 days (604,800 s); a longer one is 400
     AuthorizationQueryParametersError, not served (Perch served it)."""
