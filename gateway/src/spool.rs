@@ -385,6 +385,17 @@ fn malformed_trailer(name: &str) -> S3Error {
     e
 }
 
+/// S3's answer to a body whose declared trailer never came.
+fn missing_trailer() -> S3Error {
+    let code = "MalformedTrailerError".parse().unwrap_or(S3ErrorCode::InvalidRequest);
+    let mut e = S3Error::with_message(
+        code,
+        "The request contained trailing data that was not well-formed or did not conform to our published schema.",
+    );
+    e.set_status_code(http::StatusCode::BAD_REQUEST);
+    e
+}
+
 fn check_one(name: &str, declared: &Option<String>, computed: &Option<String>) -> S3Result<()> {
     match (declared, computed) {
         (Some(d), Some(c)) if d != c => Err(s3_error!(
@@ -501,6 +512,15 @@ pub async fn receive(
 
     let mut checksums = declared.checksums;
     apply_trailers(&mut checksums, trailers)?;
+    // A trailer `x-amz-trailer` declared that never came: S3 refuses the body (it was stored
+    // with Perch's own checksum in its place).
+    if declared
+        .trailer
+        .iter()
+        .any(|&algorithm| checksums.slot(algorithm).is_none())
+    {
+        return Err(missing_trailer());
+    }
     check_well_formed(&checksums)?;
     let computed = hasher.finalize();
     // A checksum nothing computed came in a trailer `x-amz-trailer` did not declare: it cannot be
@@ -515,7 +535,7 @@ pub async fn receive(
     check_one("CRC64NVME checksum", &checksums.crc64nvme, &computed.checksum_crc64nvme)?;
     check_one("SHA1 checksum", &checksums.sha1, &computed.checksum_sha1)?;
     check_one("SHA256 checksum", &checksums.sha256, &computed.checksum_sha256)?;
-    // A checksum the client asked for by algorithm (e.g. a trailer that never came) is kept as computed.
+    // A checksum the client asked for by algorithm only is kept as computed.
     let checksums = Checksums {
         crc32: checksums.crc32.or(computed.checksum_crc32),
         crc32c: checksums.crc32c.or(computed.checksum_crc32c),

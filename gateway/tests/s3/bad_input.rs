@@ -772,6 +772,11 @@ fn a_checksum_trailer_the_request_did_not_declare_is_refused() {
         "an undeclared SHA256 trailer beside the declared CRC32",
     );
     assert_missing(&perch, "undeclared", "undeclared trailers");
+    // The declared trailer never comes (the body ends after its last chunk): refused, as S3
+    // refuses it; it was stored with Perch's own checksum.
+    let r = put("trailerless", body(""));
+    assert_error(&r, 400, "MalformedTrailerError", "a declared trailer that never came");
+    assert_missing(&perch, "trailerless", "a declared trailer that never came");
     // The declared trailer, right: stored, and its checksum served.
     let r = put("declared", body(&format!("x-amz-checksum-crc32:{crc32}\r\n")));
     assert_eq!(r.status, 200, "the declared trailer: {}", r.summary());
