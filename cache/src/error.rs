@@ -49,7 +49,7 @@ pub enum CacheError {
 
 impl CacheError {
     /// Whether the data dir's filesystem was full: the write waits for room and tries again.
-    pub(crate) fn is_no_space(&self) -> bool {
+    pub fn is_no_space(&self) -> bool {
         match self {
             CacheError::Io(e) => crate::local::room::is_no_space(e),
             CacheError::Index(e) => crate::local::room::rocksdb_no_space(e),

@@ -39,7 +39,7 @@ pub use journal::{FailedVersion, JournalEntry, JournalOpError, WriteConfig, Writ
 pub use key::url_encode;
 pub use lease::{JournalBinding, LEASE_KEY, Lease, LeaseBody, LeaseConfig, LeaseError, LeaseView, read_lease};
 pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};
-pub use local::room::give_back_spare;
+pub use local::room::{give_back_spare, is_no_space};
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, Cause, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,

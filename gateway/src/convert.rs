@@ -81,6 +81,12 @@ pub fn origin_error(e: OriginError) -> S3Error {
             err.set_source(Box::new(OriginFault(e)));
             err
         }
+        OriginError::Io(e) if perch_cache::is_no_space(&e) => {
+            tracing::warn!(error = %e, "the data dir's filesystem is full: answering 503 SlowDown");
+            let mut err = s3_error!(SlowDown, "Perch's disk is full; please retry.");
+            err.set_source(Box::new(e));
+            err
+        }
         OriginError::Io(e) => {
             tracing::error!(error = %e, "local I/O error");
             let mut err = s3_error!(InternalError, "Perch hit a local I/O error.");
@@ -142,6 +148,13 @@ pub fn store_error(e: StoreError) -> S3Error {
                  {seq} until an operator retries or drops it (perch journal). Please retry later."
             ),
         ),
+        // A full disk is the client's to retry once there is room, never a 500.
+        StoreError::Local(e) if e.is_no_space() => {
+            tracing::warn!(error = %e, "the data dir's filesystem is full: answering 503 SlowDown");
+            let mut err = s3_error!(SlowDown, "Perch's disk is full; please retry.");
+            err.set_source(Box::new(e));
+            err
+        }
         StoreError::Local(e) => {
             tracing::error!(error = %e, "local storage failed");
             let mut err = S3Error::with_message(S3ErrorCode::InternalError, "Perch could not use its local storage.");

@@ -645,29 +645,25 @@ impl Local {
     /// Removes `blob` of `okey` from the index (unsynced) and from the memory tier, under the
     /// key's lock; a pending version is kept. Whether its blob file may go.
     fn unindex(&self, okey: &ObjectKey, blob: u64) -> bool {
+        self.try_unindex(okey, blob).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot drop a cache entry");
+            false
+        })
+    }
+
+    /// `unindex`, its failure told: the caller must not go on as if the copy were gone.
+    fn try_unindex(&self, okey: &ObjectKey, blob: u64) -> Result<bool, CacheError> {
         let _key = self.key_lock(okey);
-        match self.index.get(okey) {
-            Ok(Some(e)) if e.blob == blob && e.pending => {
-                tracing::error!(
-                    blob,
-                    "a version not yet uploaded failed a check; it is kept, not dropped"
-                );
-                return false;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the cache index");
-                return false;
-            }
+        if self.index.get(okey)?.is_some_and(|e| e.blob == blob && e.pending) {
+            tracing::error!(
+                blob,
+                "a version not yet uploaded failed a check; it is kept, not dropped"
+            );
+            return Ok(false);
         }
         self.memory.invalidate_blob(okey, blob);
-        match self.index.remove_if(okey, blob) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot drop a cache entry");
-                false
-            }
-        }
+        self.index.remove_if(okey, blob)?;
+        Ok(true)
     }
 
     /// Keeps with the clean copy `blob` of `okey` the part sizes learnt for it from the origin
@@ -726,7 +722,9 @@ impl Local {
         let Some(entry) = self.index.get(okey)?.filter(|e| !e.pending) else {
             return Ok(());
         };
-        if self.unindex(okey, entry.blob) {
+        // Not dropped (the index refusing writes on a full disk), the old copy would be served
+        // after the origin's change for good: the request is not sent.
+        if self.try_unindex(okey, entry.blob)? {
             self.index.sync_wal()?;
             self.remove_blob(entry.blob);
             self.refresh_gauges();
@@ -745,16 +743,14 @@ impl Local {
             let _key = self.key_lock(&okey);
             self.fills.mark_stale(&okey);
         }
-        let gone: Vec<u64> = self
-            .index
-            .clean_entries_of(bucket)?
-            .into_iter()
-            .filter(|(okey, blob)| {
-                self.forget_copies(okey);
-                self.unindex(okey, *blob)
-            })
-            .map(|(_, blob)| blob)
-            .collect();
+        // An entry that cannot be dropped fails the call: it would answer for the bucket gone.
+        let mut gone = Vec::new();
+        for (okey, blob) in self.index.clean_entries_of(bucket)? {
+            self.forget_copies(&okey);
+            if self.try_unindex(&okey, blob)? {
+                gone.push(blob);
+            }
+        }
         if !gone.is_empty() {
             self.index.sync_wal()?;
             for blob in gone {

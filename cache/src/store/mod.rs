@@ -17,7 +17,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use perch_policy::{Method, Prefetch, RESERVED_PREFIX, RewrittenKeys, WriteMode, is_reserved};
 use prometheus_client::registry::Registry;
@@ -807,11 +807,23 @@ impl Store {
         Fut: Future<Output = Result<T, OriginError>> + Send + 'static,
     {
         let local = self.local.clone();
+        let limit = self.journal.cfg.wait_limit;
         let deciding = self
             .local
             .blocking(move |l| {
                 let deciding = Deciding::new(local, okey.clone());
-                l.invalidate(&okey).map(|()| deciding)
+                // On a full disk the index refuses the drop: wait for room, as a commit does.
+                let deadline = Instant::now() + limit;
+                loop {
+                    match l.invalidate(&okey) {
+                        Ok(()) => return Ok(deciding),
+                        Err(e) if e.is_no_space() && Instant::now() < deadline => {
+                            l.make_room_soon();
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             })
             .await??;
         to_its_end(request(self.origin.clone()), held, Some(deciding)).await

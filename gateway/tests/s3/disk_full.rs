@@ -470,3 +470,112 @@ fn a_restart_keeps_a_cache_that_holds_most_of_the_disk() {
         s.get_expect(key, body, "HIT");
     }
 }
+
+/// A request the origin decides (here a conditional PUT) first drops the key's clean copy,
+/// durably. When it cannot (the disk filled to its last block, the index refusing writes), it is
+/// not sent: it waits for room, and past `--origin-retry-deadline` is 503 SlowDown, the origin
+/// unchanged. It used to be sent anyway: the origin took the new body and the old copy (pinned, so
+/// never evicted) was served as a hit for good, also after room came back and after a restart.
+#[test]
+fn a_decided_request_is_not_sent_while_the_old_copy_cannot_be_dropped() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let policy_dir = tempfile::tempdir().expect("temp dir");
+    let policy = policy_dir.path().join("pinned.toml");
+    std::fs::write(&policy, "[[rule]]\nkey = \"pinned/*\"\ncache = \"pin\"\n").expect("policy");
+    let policy = policy.to_str().expect("utf-8 path");
+    let mut flags = FLAGS.to_vec();
+    flags.extend([
+        "--policy",
+        policy,
+        "--origin-retry-deadline",
+        "5s",
+        "--dirty-wait-max",
+        "10m",
+    ]);
+    let s = Stack::start_on(disk.path(), &flags);
+    let _log = s.log_on_panic();
+    let old = pattern(200 << 10, 71);
+    let new = pattern(200 << 10, 72);
+    s.put_behind_perchs_back("pinned/k", &old);
+    s.get_expect("pinned/k", &old, "MISS");
+    eventually("the copy is kept", || {
+        s.get("pinned/k").header("X-Cache") == Some("HIT")
+    });
+
+    // Another program fills the disk; writes go on until the index's log finds no room and a
+    // DELETE (of a key nobody has, with a long name: a large index record) waits.
+    let filler = disk.fill();
+    let mut waiting = None;
+    for i in 0..20_000 {
+        let key = format!("del/{}/{i}", "x".repeat(900));
+        let delete = send(&s, &key, s.req("DELETE", &key), Vec::new());
+        if !delete.answer_within(Duration::from_secs(5)) {
+            waiting = Some(delete);
+            break;
+        }
+        let (_, _, r) = delete.answer();
+        assert_eq!(r.status, 204, "DELETE {key} on a filling disk: {}", r.summary());
+    }
+    let waiting = waiting.expect("the index never ran out of room");
+    s.get_expect("pinned/k", &old, "HIT");
+
+    let r = s
+        .req("PUT", "pinned/k")
+        .body(new.clone())
+        .header("If-Match", &md5_etag(&old))
+        .go(s.addr());
+    assert_eq!(
+        r.status,
+        503,
+        "a conditional PUT whose old copy cannot go: {}",
+        r.summary()
+    );
+    assert!(r.text().contains("<Code>SlowDown</Code>"), "{}", r.summary());
+    assert_eq!(
+        s.in_moto("pinned/k").as_deref(),
+        Some(old.as_slice()),
+        "the origin is unchanged"
+    );
+    s.get_expect("pinned/k", &old, "HIT");
+
+    // Room again: the waiting DELETE goes through, and the same conditional PUT is carried out,
+    // its old copy gone.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let (_, _, r) = waiting.answer();
+    assert_eq!(r.status, 204, "the DELETE that waited for room: {}", r.summary());
+    let r = s
+        .req("PUT", "pinned/k")
+        .body(new.clone())
+        .header("If-Match", &md5_etag(&old))
+        .go(s.addr());
+    assert_eq!(r.status, 200, "the conditional PUT with room: {}", r.summary());
+    assert_eq!(s.in_moto("pinned/k").as_deref(), Some(new.as_slice()));
+    let r = s.get("pinned/k");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_same(&r.body, &new, "GET after the conditional PUT");
+}
+
+/// CreateMultipartUpload on a disk filled to its last block by another program is 503 SlowDown,
+/// for the client to retry once there is room (it was 500 InternalError: the staging area's
+/// ENOSPC taken for a fault); with room again it succeeds.
+#[test]
+fn a_multipart_upload_started_on_a_full_disk_is_503_not_500() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    let filler = disk.fill();
+    let create = |s: &Stack| {
+        let mut req = s.req("POST", "mp/started-full");
+        req.query = "uploads".to_owned();
+        req.go(s.addr())
+    };
+    let r = create(&s);
+    assert_eq!(r.status, 503, "CreateMultipartUpload on a full disk: {}", r.summary());
+    assert!(r.text().contains("<Code>SlowDown</Code>"), "{}", r.summary());
+    std::fs::remove_file(&filler).expect("free the disk");
+    let r = create(&s);
+    assert_eq!(r.status, 200, "CreateMultipartUpload with room: {}", r.summary());
+    assert!(r.text().contains("<UploadId>"), "{}", r.summary());
+}
