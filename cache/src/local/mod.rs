@@ -350,8 +350,8 @@ impl Local {
     fn rebuild_eviction_order(&self) {
         let started = Instant::now();
         let pinned = |okey: &ObjectKey| self.cfg.pinned.as_ref().is_some_and(|p| (p.0)(okey));
-        let mut all = match self.index.scan(&pinned) {
-            Ok(all) => all,
+        let (mut all, pending_bytes) = match self.index.scan(&pinned) {
+            Ok(scanned) => scanned,
             Err(e) => {
                 tracing::error!(error = %e, "cannot scan the cache index");
                 return;
@@ -360,9 +360,10 @@ impl Local {
         all.sort_by_key(|e| e.last_read);
         let count = all.len();
         if self.cfg.disk_bytes.is_none() {
-            // The free space at open left out what the cache held then: a restart must not shrink
-            // the cache to 80% of what it did not take.
-            let held = all.iter().map(|e| e.size).sum();
+            // The free space at open left out what the cache held then, and the writes not yet
+            // uploaded (clean entries once they are): a restart must not shrink the cache to 80%
+            // of what they did not take.
+            let held = all.iter().map(|e| e.size).sum::<u64>().saturating_add(pending_bytes);
             let capacity = default_disk_bytes(self.free_at_open, held);
             lock(&self.evictor).set_capacity(capacity);
             self.capacity.store(capacity, Ordering::Relaxed);

@@ -17,7 +17,12 @@ pub fn is_no_space(e: &io::Error) -> bool {
 /// its error handler sees free space again (it polls every 5 s and resumes by itself).
 pub(crate) fn rocksdb_no_space(e: &rocksdb::Error) -> bool {
     let text = e.to_string();
-    text.contains("No space left on device") || text.contains("NoSpace") || text.contains("no space")
+    text.contains("No space left on device")
+        || text.contains("NoSpace")
+        || text.contains("no space")
+        // The log writer's sticky error once an append found the disk full: every write until
+        // RocksDB resumes says this instead (a commit taken for failed said 500 InternalError).
+        || text.contains("Writer has previous error")
 }
 
 /// The free space of the data dir's filesystem, and the reserve kept free of Perch's own files.

@@ -493,7 +493,7 @@ fn a_decided_request_is_not_sent_while_the_old_copy_cannot_be_dropped() {
         "--dirty-wait-max",
         "10m",
     ]);
-    let s = Stack::start_on(disk.path(), &flags);
+    let mut s = Stack::start_on(disk.path(), &flags);
     let _log = s.log_on_panic();
     let old = pattern(200 << 10, 71);
     let new = pattern(200 << 10, 72);
@@ -539,11 +539,14 @@ fn a_decided_request_is_not_sent_while_the_old_copy_cannot_be_dropped() {
     );
     s.get_expect("pinned/k", &old, "HIT");
 
-    // Room again: the waiting DELETE goes through, and the same conditional PUT is carried out,
-    // its old copy gone.
+    // Room again, and a restart (RocksDB does not always resume a log writer stopped by ENOSPC
+    // by itself: docs/write-back.md): the old copy is still the origin's, and the same
+    // conditional PUT is carried out, its old copy gone.
     std::fs::remove_file(&filler).expect("free the disk");
-    let (_, _, r) = waiting.answer();
-    assert_eq!(r.status, 204, "the DELETE that waited for room: {}", r.summary());
+    s.kill();
+    drop(waiting);
+    s.start_again();
+    s.get_expect("pinned/k", &old, "HIT");
     let r = s
         .req("PUT", "pinned/k")
         .body(new.clone())
@@ -578,4 +581,45 @@ fn a_multipart_upload_started_on_a_full_disk_is_503_not_500() {
     let r = create(&s);
     assert_eq!(r.status, 200, "CreateMultipartUpload with room: {}", r.summary());
     assert!(r.text().contains("<UploadId>"), "{}", r.summary());
+}
+
+/// A restart with writes not yet uploaded keeps room for them in the cache: the disk tier's
+/// default limit counts them as held, as it counts the clean entries. It left them out (the free
+/// space at start did not have them), so once they were uploaded, and so clean, the cache evicted
+/// most of them: the objects a database had just written were misses.
+#[test]
+fn a_restart_with_writes_not_yet_uploaded_keeps_room_for_them() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut s = Stack::start_on(disk.path(), &["--disk-reserve-bytes", "8MiB"]);
+    let _log = s.log_on_panic();
+    s.faults(r#"{"outage": true}"#);
+    let objects: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("orioledb_data/7/{i}"), pattern(3 << 19, 700 + i)))
+        .collect();
+    for (key, body) in &objects {
+        s.put(key, body);
+    }
+    s.kill();
+    s.start_again();
+    s.no_faults();
+    s.flush(Duration::from_secs(60));
+    for (key, body) in &objects {
+        assert_eq!(s.in_moto(key).as_deref(), Some(body.as_slice()), "{key} in the origin");
+    }
+    let entries = |s: &Stack| s.metric("perch_cache_entries{tier=\"disk\"}");
+    let clean = crate::support::perch::wait_until(Duration::from_secs(15), || entries(&s) == 20.0);
+    assert!(
+        clean,
+        "the cache evicted writes it had just uploaded: {} of 20 entries ({} bytes free)",
+        entries(&s),
+        disk.free()
+    );
+    // Past the keeper's next rounds, they are all still there.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(entries(&s), 20.0, "entries evicted later ({} bytes free)", disk.free());
+    s.proxy.reset();
+    for (key, body) in &objects {
+        s.get_expect(key, body, "HIT");
+    }
 }

@@ -295,10 +295,11 @@ impl Index {
         Ok(())
     }
 
-    /// Every entry in compact form, for rebuilding the eviction order (40 bytes an entry, so a
-    /// million entries cost 40 MB while this runs). Walks `objects` and `access` side by side,
-    /// decoding only the fields it needs, without filling the block cache.
-    pub(crate) fn scan(&self, pinned: &dyn Fn(&ObjectKey) -> bool) -> Result<Vec<Scanned>, CacheError> {
+    /// Every clean entry in compact form, for rebuilding the eviction order (40 bytes an entry,
+    /// so a million entries cost 40 MB while this runs), and the bytes of the pending ones (not
+    /// the cache's to evict, but on the disk it counts). Walks `objects` and `access` side by
+    /// side, decoding only the fields it needs, without filling the block cache.
+    pub(crate) fn scan(&self, pinned: &dyn Fn(&ObjectKey) -> bool) -> Result<(Vec<Scanned>, u64), CacheError> {
         /// The part of an `Entry` a scan needs (serde skips the rest without allocating it).
         #[derive(Deserialize)]
         struct SizeOnly {
@@ -324,8 +325,15 @@ impl Index {
         access.seek_to_first();
         let mut objects = self.db.raw_iterator_cf_opt(objects_cf, scan_options());
         objects.seek_to_first();
+        let mut pending_bytes = 0u64;
         while let (Some(k), Some(v)) = (objects.key(), objects.value()) {
-            if let Ok(entry) = serde_json::from_slice::<Compact>(v)
+            let entry = serde_json::from_slice::<Compact>(v);
+            if let Ok(e) = &entry
+                && e.pending
+            {
+                pending_bytes = pending_bytes.saturating_add(e.meta.size);
+            }
+            if let Ok(entry) = entry
                 && !entry.pending
             {
                 let mut last_read = entry.validated;
@@ -353,7 +361,7 @@ impl Index {
         }
         objects.status()?;
         access.status()?;
-        Ok(out)
+        Ok((out, pending_bytes))
     }
 
     /// Whether the index holds no object at all (a new volume).

@@ -139,8 +139,9 @@ fn scan_reads_sizes_and_last_reads_and_survives_a_flush_and_reopen() {
         index.flush().unwrap();
     }
     let index = Index::open(dir.path()).unwrap();
-    let all = index.scan(&|_| false).unwrap();
+    let (all, pending_bytes) = index.scan(&|_| false).unwrap();
     assert_eq!(all.len(), 100);
+    assert_eq!(pending_bytes, 0);
     for (i, s) in all.iter().enumerate() {
         assert_eq!(s.size, 10 + i as u64);
         assert_eq!(s.key_hash, ObjectKey::new("b", &format!("k{i:03}")).hash64());
