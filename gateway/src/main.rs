@@ -111,6 +111,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// How long an exit waits for blocking tasks still running once Perch has stopped.
+const STOP_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
@@ -118,10 +121,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::resolve(*args)?;
             init_logs(config.log_format);
             limit_malloc_arenas();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(serve(config, starting))
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let served = runtime.block_on(serve(config, starting));
+            // Past the stop, a commit still waiting for room on a full disk (a blocking task whose
+            // client the stop has cut off) must not hold the exit until --dirty-wait-max:
+            // unanswered, it is not acknowledged, and what it leaves is what a crash leaves.
+            runtime.shutdown_timeout(STOP_BLOCKING_WAIT);
+            served
         }
         Command::Status(args) => admin::status(&args),
         Command::Flush(args) => admin::flush(&args),

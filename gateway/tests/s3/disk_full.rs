@@ -623,3 +623,50 @@ fn a_restart_with_writes_not_yet_uploaded_keeps_room_for_them() {
         s.get_expect(key, body, "HIT");
     }
 }
+
+/// A stop while a commit waits for room (the index's log stopped on a disk filled to its last
+/// block) ends within the drain and the wait for requests in flight (30 s), with status 0. It
+/// used to wait for the commit's own bound, `--dirty-wait-max` (30 minutes by default), after
+/// logging "stopped". Nothing acknowledged is lost: the waiting DELETE was never answered.
+#[test]
+fn a_stop_does_not_wait_for_a_commit_waiting_for_room() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--dirty-wait-max", "10m", "--drain-timeout", "1s"]);
+    let mut s = Stack::start_on(disk.path(), &flags);
+    let _log = s.log_on_panic();
+    s.put("kept", b"acknowledged before the disk filled");
+    let filler = disk.fill();
+    let mut waiting = None;
+    for i in 0..20_000 {
+        let key = format!("del/{}/{i}", "x".repeat(900));
+        let delete = send(&s, &key, s.req("DELETE", &key), Vec::new());
+        if !delete.answer_within(Duration::from_secs(5)) {
+            waiting = Some(delete);
+            break;
+        }
+    }
+    let waiting = waiting.expect("the index never ran out of room");
+    let started = Instant::now();
+    s.perch().send_sigterm();
+    // 1 s of drain and up to 30 s for the request in flight; a generous bound under load, far
+    // below the commit's 10 minutes.
+    s.wait_stopped(Duration::from_secs(90));
+    assert!(
+        started.elapsed() < Duration::from_secs(75),
+        "the stop took {:?}",
+        started.elapsed()
+    );
+    drop(waiting);
+    std::fs::remove_file(&filler).expect("free the disk");
+    s.start_again();
+    // Uploaded, then maybe evicted for room on the full disk: a hit or a miss, the same bytes.
+    let r = s.get("kept");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_same(
+        &r.body,
+        b"acknowledged before the disk filled",
+        "GET kept after the stop",
+    );
+}
