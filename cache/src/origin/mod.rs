@@ -313,6 +313,16 @@ pub fn etag_matches(condition: &str, etag: &str) -> bool {
         .any(|c| c == "*" || same_etag(c, etag))
 }
 
+/// How far before a request was sent the origin's `Last-Modified` of what it wrote may read: S3
+/// gives it in whole seconds (cut, not rounded), and two clocks differ a little.
+const LAST_MODIFIED_SLACK: Duration = Duration::from_secs(2);
+
+/// Whether an object the origin reports `last_modified` may have been written by a request sent
+/// at `sent` (not: was there before it).
+pub fn written_since(last_modified: SystemTime, sent: SystemTime) -> bool {
+    last_modified + LAST_MODIFIED_SLACK >= sent
+}
+
 /// Whether two ETags are the same, ignoring quotes and a weak `W/` prefix.
 pub fn same_etag(a: &str, b: &str) -> bool {
     let norm = |s: &str| {

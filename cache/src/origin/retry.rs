@@ -320,20 +320,25 @@ impl Origin for RetryingOrigin {
     }
 
     async fn put_object(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput> {
+        let sent = SystemTime::now();
         let (result, uncertain) = self
             .run("put_object", || self.inner.put_object(bucket, key, input))
             .await;
         match result {
             // A conditional PUT whose first attempt landed but whose answer was lost: the retry
-            // sees 412. If the origin now holds exactly our body, the write is ours and succeeded.
+            // sees 412. If the origin now holds exactly our body, written since our first attempt
+            // was sent, the write is ours and succeeded. (The same body written before it is
+            // another writer's: OrioleDB's lock holds the same bytes whoever takes it.)
             Err(OriginError::PreconditionFailed) if uncertain => {
                 let ours = body_etag(&input.body).await?;
                 let meta = self.head_object(bucket, key, &Conditions::default()).await;
                 match meta {
-                    Ok(meta) if same_etag(&meta.etag, &ours) => Ok(PutOutput {
-                        etag: meta.etag,
-                        checksums: input.checksums.clone(),
-                    }),
+                    Ok(meta) if same_etag(&meta.etag, &ours) && written_since(meta.last_modified, sent) => {
+                        Ok(PutOutput {
+                            etag: meta.etag,
+                            checksums: input.checksums.clone(),
+                        })
+                    }
                     _ => Err(OriginError::PreconditionFailed),
                 }
             }

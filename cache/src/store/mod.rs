@@ -131,7 +131,7 @@ pub struct Store {
     learnt_layouts: parts::LearntLayouts,
     /// Conditional PUTs answered 503 whose request may still have reached the origin (it held
     /// them past the retry deadline), by key: the body's MD5 and when (`answered_unsure`).
-    unsure_puts: Mutex<HashMap<ObjectKey, (String, std::time::Instant)>>,
+    unsure_puts: Mutex<HashMap<ObjectKey, (String, std::time::Instant, SystemTime)>>,
 }
 
 /// How long a conditional PUT answered 503 is remembered, and how many at most.
@@ -382,6 +382,7 @@ impl Store {
         // The origin may hold a new body from here on, even if Perch dies before its answer:
         // the cached one goes first, durably, and no read keeps one until the answer.
         let (b, k) = (bucket.to_owned(), key.to_owned());
+        let sent = SystemTime::now();
         let out = self
             .decide(okey.clone(), held, move |origin| async move {
                 origin.put_object(&b, &k, &input).await
@@ -389,16 +390,24 @@ impl Store {
             .await;
         match out {
             Err(StoreError::Origin(e @ (OriginError::Unavailable { .. } | OriginError::Transient { .. }))) => {
-                self.answered_unsure(&okey, md5);
+                self.answered_unsure(&okey, md5, sent);
                 Err(e.into())
             }
             // The same body sent again after a 503 (its client's retry) meets its own earlier
             // request, which the origin held and applied after that answer: if the origin holds
             // exactly this body, the write is this client's and succeeded (as a retry inside one
             // request is judged, `origin::retry`). Only bodies this Perch answered 503 for.
-            Err(StoreError::Origin(OriginError::PreconditionFailed)) if self.was_answered_unsure(&okey, &md5) => {
+            Err(StoreError::Origin(OriginError::PreconditionFailed)) => {
+                // Written before that earlier request was sent, the same body is another
+                // writer's (OrioleDB's lock holds the same bytes whoever takes it).
+                let Some(earlier) = self.was_answered_unsure(&okey, &md5) else {
+                    return Err(OriginError::PreconditionFailed.into());
+                };
                 match self.origin.head_object(bucket, key, &Conditions::default()).await {
-                    Ok(meta) if crate::origin::same_etag(&meta.etag, &md5) => {
+                    Ok(meta)
+                        if crate::origin::same_etag(&meta.etag, &md5)
+                            && crate::origin::written_since(meta.last_modified, earlier) =>
+                    {
                         tracing::info!(
                             object = %okey,
                             "a conditional PUT answered 503 had reached the origin: its retry is its success"
@@ -416,26 +425,27 @@ impl Store {
     }
 
     /// Remembers that a conditional PUT of `okey` with the body `md5` was answered 503 while its
-    /// request may still reach the origin.
-    fn answered_unsure(&self, okey: &ObjectKey, md5: String) {
+    /// request may still reach the origin; `sent`: when it was sent.
+    fn answered_unsure(&self, okey: &ObjectKey, md5: String, sent: SystemTime) {
         let mut unsure = lock(&self.unsure_puts);
         let now = std::time::Instant::now();
-        unsure.retain(|_, (_, at)| now.duration_since(*at) < UNSURE_PUT_KEPT);
+        unsure.retain(|_, (_, at, _)| now.duration_since(*at) < UNSURE_PUT_KEPT);
         if unsure.len() < UNSURE_PUTS_MAX || unsure.contains_key(okey) {
-            unsure.insert(okey.clone(), (md5, now));
+            unsure.insert(okey.clone(), (md5, now, sent));
         }
     }
 
-    /// Whether a conditional PUT of `okey` with the body `md5` was answered 503 lately (and
+    /// When a conditional PUT of `okey` with the body `md5` answered 503 lately was sent (and
     /// forgets it: one retry is judged so).
-    fn was_answered_unsure(&self, okey: &ObjectKey, md5: &str) -> bool {
+    fn was_answered_unsure(&self, okey: &ObjectKey, md5: &str) -> Option<SystemTime> {
         let mut unsure = lock(&self.unsure_puts);
         match unsure.get(okey) {
-            Some((m, at)) if m == md5 && at.elapsed() < UNSURE_PUT_KEPT => {
+            Some((m, at, sent)) if m == md5 && at.elapsed() < UNSURE_PUT_KEPT => {
+                let sent = *sent;
                 unsure.remove(okey);
-                true
+                Some(sent)
             }
-            _ => false,
+            _ => None,
         }
     }
 

@@ -525,6 +525,36 @@ fn a_conditional_request_whose_answer_was_lost_is_answered_as_the_success_it_was
     assert_records(&stack, never, "DELETE", "503", 1, 404);
 }
 
+/// OrioleDB's lock holds the same 8 bytes whoever takes it. A second holder's conditional PUT
+/// whose first attempt failed without saying whether the origin applied it (a 500) meets the first
+/// holder's lock on its retry: 412, though the origin holds exactly its body, because that body
+/// was written before the request was sent. It used to be read as its own lost success: 200, and
+/// two holders of the lock.
+#[test]
+fn a_second_holder_of_the_same_lock_body_gets_412_after_an_unsure_attempt() {
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
+    let key = "data/orioledb_data/s3_lock";
+    let take = || {
+        Req::object("PUT", stack.addr(), Style::Virtual, key)
+            .header("If-None-Match", "*")
+            .body(b"\x01lock\x00\x00\x00".to_vec())
+            .go(stack.addr())
+    };
+    let r = take();
+    assert_eq!(r.status, 200, "the first holder: {}", r.summary());
+    // Past S3's whole seconds and the slack for two clocks.
+    std::thread::sleep(Duration::from_secs(3));
+    stack.proxy.reset();
+    stack.proxy.faults(&format!(
+        r#"{{"fail_next":1,"error_kinds":["500"],"match_method":"PUT","match_key_prefix":"{key}"}}"#
+    ));
+    let r = take();
+    assert_error(&r, 412, "PreconditionFailed", "a second holder after an unsure attempt");
+    assert_records(&stack, key, "PUT", "500", 1, 412);
+}
+
 /// A read of a key while a request the origin decides for it is on its way (a conditional PUT or
 /// DELETE, sent after the cached copy was dropped and before the origin applies it) may fetch the
 /// old body: it is served, never kept. Kept, it outlived a kill -9 before the origin's answer
