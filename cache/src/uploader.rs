@@ -2,11 +2,14 @@
 //! allows, each retried through transient faults for as long as it takes, a PUT whole, a multipart
 //! version with its part layout, then releases it.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use perch_policy::Method;
+use tokio::sync::futures::Notified;
+use tokio::time::Instant;
 
 use crate::journal::record::{PartLayout, RecordPut};
 use crate::journal::state::Version;
@@ -74,10 +77,20 @@ enum AtOrigin {
 }
 
 /// Backoff of a failing upload: 100 ms doubling to 30 s, with jitter, for as long as it takes.
+/// It is cut short when the origin answers another upload again (`Journal::hurry`).
 const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
     deadline: Duration::MAX,
     base_backoff: Duration::from_millis(100),
     max_backoff: Duration::from_secs(30),
+};
+
+/// The same once the origin answers another upload again, or while a client waits on uploads (a
+/// write-through PUT, a request the origin decides behind pending writes): at most what a client's
+/// own request waits between attempts (`RetryPolicy::with_deadline`), so an origin back before the
+/// client's limit is found in time, without every upload trying again at once.
+const UPLOAD_RETRY_HURRIED: RetryPolicy = RetryPolicy {
+    max_backoff: Duration::from_secs(5),
+    ..UPLOAD_RETRY
 };
 
 pub(crate) struct Uploader {
@@ -350,15 +363,13 @@ impl Uploader {
                     }
                     self.journal.note_origin_fault(Some(e.to_string()));
                     self.journal.note_retry(seq, e.to_string());
-                    // Until the next attempt, or until an operator gives it up (checked above).
+                    // Until the next attempt, until the origin answers another upload, or until
+                    // an operator gives it up (checked below).
                     let given_up = self.journal.give_ups.notified();
                     tokio::pin!(given_up);
                     given_up.as_mut().enable();
                     if !self.journal.given_up(seq) {
-                        tokio::select! {
-                            () = tokio::time::sleep(UPLOAD_RETRY.backoff(attempt)) => {}
-                            () = given_up => {}
-                        }
+                        self.wait_to_retry(attempt, given_up).await;
                     }
                     // Only here, after a fault: an attempt that went up is never given up.
                     if self.journal.given_up(seq) {
@@ -378,6 +389,29 @@ impl Uploader {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits before attempt `attempt + 1` of a failed upload: its backoff, drawn again once at
+    /// most `UPLOAD_RETRY_HURRIED`'s when the origin answers another upload or a client starts
+    /// waiting on uploads (`Journal::hurry`); cut short when `given_up` fires.
+    async fn wait_to_retry(&self, attempt: u32, mut given_up: Pin<&mut Notified<'_>>) {
+        let hurried = |now: Instant| now + UPLOAD_RETRY_HURRIED.backoff(attempt);
+        let now = Instant::now();
+        let mut until = now + UPLOAD_RETRY.backoff(attempt);
+        if self.journal.clients_waiting() {
+            until = until.min(hurried(now));
+        }
+        let hurry = self.journal.hurry.notified();
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => return,
+            () = given_up.as_mut() => return,
+            () = hurry => {}
+        }
+        until = until.min(hurried(Instant::now()));
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = given_up => {}
         }
     }
 

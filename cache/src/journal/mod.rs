@@ -157,6 +157,12 @@ pub(crate) struct Journal {
     pub(crate) wake: Arc<Notify>,
     /// Wakes uploads waiting to try again: an operator gave one up (`give_up`).
     pub(crate) give_ups: Notify,
+    /// Wakes uploads waiting to try again after a fault: the origin answered another upload
+    /// again, or a client started waiting on uploads (`Uploader::upload`).
+    pub(crate) hurry: Notify,
+    /// Clients waiting on uploads now (`wait_until`): an upload tried again through faults then
+    /// waits at most as long as a client's own request would between attempts.
+    clients_waiting: std::sync::atomic::AtomicUsize,
     /// Bumped whenever a version is released or fails: writers waiting for room, for a key to
     /// be clean or for a confirmation look again.
     released: watch::Sender<u64>,
@@ -185,6 +191,8 @@ impl Journal {
             epoch: RwLock::new(0),
             wake: Arc::new(Notify::new()),
             give_ups: Notify::new(),
+            hurry: Notify::new(),
+            clients_waiting: std::sync::atomic::AtomicUsize::new(0),
             released: watch::channel(0).0,
             stats,
         };
@@ -290,29 +298,37 @@ impl Journal {
 
     /// Waits until version `seq` is in the origin (write-through, strict barriers), up to `limit`.
     pub(crate) async fn wait_confirmed(&self, seq: u64, limit: Duration) -> StoreResult<()> {
-        self.wait_until(limit, |st| {
-            // The origin answered its upload: it holds the version (the uploader's check of
-            // what it keeps, and any upload again, follow with the version still in the journal).
-            if st.in_origin.contains(&seq) {
-                return Some(Ok(()));
-            }
-            if let Some(error) = st.failed.get(&seq) {
-                return Some(Err(StoreError::Refused {
-                    seq,
-                    error: error.clone(),
-                    answer: st.answers.get(&seq).cloned(),
-                }));
-            }
-            // Gone from the journal: released once the origin held it, or dropped by an operator.
-            if st.dropped.contains(&seq) {
-                return Some(Err(StoreError::Refused {
-                    seq,
-                    error: "dropped by an operator (perch journal drop): the write is lost".to_owned(),
-                    answer: None,
-                }));
-            }
-            (!st.versions.contains_key(&seq)).then_some(Ok(()))
-        })
+        self.wait_until(
+            limit,
+            |st| {
+                // The origin answered its upload: it holds the version (the uploader's check of
+                // what it keeps, and any upload again, follow with the version still in the journal).
+                if st.in_origin.contains(&seq) {
+                    return Some(Ok(()));
+                }
+                if let Some(error) = st.failed.get(&seq) {
+                    return Some(Err(StoreError::Refused {
+                        seq,
+                        error: error.clone(),
+                        answer: st.answers.get(&seq).cloned(),
+                    }));
+                }
+                // Gone from the journal: released once the origin held it, or dropped by an operator.
+                if st.dropped.contains(&seq) {
+                    return Some(Err(StoreError::Refused {
+                        seq,
+                        error: "dropped by an operator (perch journal drop): the write is lost".to_owned(),
+                        answer: None,
+                    }));
+                }
+                (!st.versions.contains_key(&seq)).then_some(Ok(()))
+            },
+            // The older versions of its key go up before it.
+            |st| {
+                let okey = &st.versions.get(&seq)?.okey;
+                Some(st.keys.get(okey)?.range(..=seq).count())
+            },
+        )
         .await
     }
 
@@ -331,7 +347,12 @@ impl Journal {
     /// refusal still there, the error names it.
     pub(crate) async fn wait_clean(&self, okey: &ObjectKey, limit: Duration) -> StoreResult<()> {
         let waited = self
-            .wait_until(limit, |st| (!st.keys.contains_key(okey)).then_some(Ok(())))
+            .wait_until(
+                limit,
+                |st| (!st.keys.contains_key(okey)).then_some(Ok(())),
+                // Everything committed before its newest version: a barrier goes up after it all.
+                |st| Some(st.pending_upto(*st.keys.get(okey)?.last()?) as usize),
+            )
             .await;
         match waited {
             Err(StoreError::Timeout(_)) => {
@@ -366,12 +387,23 @@ impl Journal {
                 .collect()
         };
         let waited = self
-            .wait_until(limit, |st| {
-                st.versions
-                    .range(..=cut)
-                    .all(|(seq, _)| st.in_origin.contains(seq))
-                    .then_some(Ok(()))
-            })
+            .wait_until(
+                limit,
+                |st| {
+                    st.versions
+                        .range(..=cut)
+                        .all(|(seq, _)| st.in_origin.contains(seq))
+                        .then_some(Ok(()))
+                },
+                |st| {
+                    Some(
+                        st.versions
+                            .range(..=cut)
+                            .filter(|(seq, _)| !st.in_origin.contains(seq))
+                            .count(),
+                    )
+                },
+            )
             .await;
         match waited {
             Err(StoreError::Timeout(_)) => {
@@ -400,9 +432,11 @@ impl Journal {
     pub(crate) async fn wait_bucket_clean(&self, bucket: &str, limit: Duration) -> StoreResult<()> {
         let start = ObjectKey::prefix(bucket, "");
         // Done too when nothing at all can go up any more (the rest waits behind refusals).
-        self.wait_until(limit, |st| {
-            (!st.uploading_under(&start) || st.blocked_by_refusals()).then_some(Ok(()))
-        })
+        self.wait_until(
+            limit,
+            |st| (!st.uploading_under(&start) || st.blocked_by_refusals()).then_some(Ok(())),
+            |_| None,
+        )
         .await
     }
 
@@ -416,15 +450,35 @@ impl Journal {
         lock(&self.state).any_under(&ObjectKey::prefix(bucket, ""))
     }
 
-    async fn wait_until<F>(&self, limit: Duration, mut done: F) -> StoreResult<()>
+    /// Waits until `done` says so, up to `limit` without progress. `left` counts what the wait
+    /// still waits for (`None`: not counted); each time that count falls below its lowest yet, the
+    /// limit starts again. A wait behind a backlog the origin takes slowly but steadily (the
+    /// lock's release behind a checkpoint's parts) is still answered, where an answer of 503
+    /// would be fatal to OrioleDB; a backlog that does not move is answered after `limit`. Only
+    /// versions already there are counted, so the wait ends with the backlog it met.
+    async fn wait_until<F, L>(&self, limit: Duration, mut done: F, mut left: L) -> StoreResult<()>
     where
         F: FnMut(&State) -> Option<StoreResult<()>>,
+        L: FnMut(&State) -> Option<usize>,
     {
         let mut rx = self.released.subscribe();
-        let deadline = Instant::now() + limit;
+        let _waiting = ClientWaiting::start(self);
+        let mut deadline = Instant::now() + limit;
+        let mut lowest = usize::MAX;
         loop {
-            if let Some(r) = done(&lock(&self.state)) {
-                return r;
+            {
+                let st = lock(&self.state);
+                if let Some(r) = done(&st) {
+                    return r;
+                }
+                if let Some(n) = left(&st)
+                    && n < lowest
+                {
+                    if lowest != usize::MAX {
+                        deadline = Instant::now() + limit;
+                    }
+                    lowest = n;
+                }
             }
             match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -515,8 +569,23 @@ impl Journal {
     }
 
     /// The uploader met a transient origin fault (`None`: it passed).
+    /// An answer after a fault wakes the uploads waiting to try again: the origin is back, and a
+    /// client waiting on one of them must not wait out a backoff drawn while it was down.
     pub(crate) fn note_origin_fault(&self, fault: Option<String>) {
-        lock(&self.state).origin_fault = fault.map(|f| (SystemTime::now(), f));
+        let answered = fault.is_none();
+        let was_faulted = std::mem::replace(
+            &mut lock(&self.state).origin_fault,
+            fault.map(|f| (SystemTime::now(), f)),
+        )
+        .is_some();
+        if was_faulted && answered {
+            self.hurry.notify_waiters();
+        }
+    }
+
+    /// Whether a client waits on uploads now.
+    pub(crate) fn clients_waiting(&self) -> bool {
+        self.clients_waiting.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// The upload of `seq` met a transient fault and will be tried again.
@@ -530,6 +599,26 @@ impl Journal {
     /// Whether an operator gave up `seq` (`give_up`).
     pub(crate) fn given_up(&self, seq: u64) -> bool {
         lock(&self.state).given_up.contains(&seq)
+    }
+}
+
+/// A client waiting on uploads, counted while it waits: uploads tried again through faults wake
+/// to wait less between attempts (`Journal::hurry`).
+struct ClientWaiting<'a>(&'a Journal);
+
+impl<'a> ClientWaiting<'a> {
+    fn start(journal: &'a Journal) -> Self {
+        journal
+            .clients_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        journal.hurry.notify_waiters();
+        ClientWaiting(journal)
+    }
+}
+
+impl Drop for ClientWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.clients_waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -151,8 +151,18 @@ impl RetryPolicy {
             .base_backoff
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.max_backoff);
+        if backoff_at_cap() {
+            return cap;
+        }
         cap.mul_f64(rand::rng().random_range(0.0..=1.0))
     }
+}
+
+/// Test-only: `PERCH_TEST_BACKOFF_AT_CAP=1` draws every backoff at its cap, so that a test of
+/// retry timing is not a draw. Read once.
+fn backoff_at_cap() -> bool {
+    static AT_CAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AT_CAP.get_or_init(|| std::env::var("PERCH_TEST_BACKOFF_AT_CAP").is_ok_and(|v| v == "1"))
 }
 
 tokio::task_local! {

@@ -1177,3 +1177,145 @@ fn a_conditional_put_answered_503_that_landed_later_succeeds_on_its_retry() {
     let r = lock(b"owner 1");
     assert_error(&r, 412, "PreconditionFailed", "the same body, once it succeeded");
 }
+
+/// Backoffs drawn at their cap, so that a test of when an upload is tried again is not a draw:
+/// a failing upload is tried again 0.2, 0.6, 1.4, 3.0, 6.2, 12.6, 25.4 s after its first attempt.
+const BACKOFF_AT_CAP: (&str, &str) = ("PERCH_TEST_BACKOFF_AT_CAP", "1");
+
+/// `start`, with every backoff drawn at its cap.
+#[track_caller]
+fn start_backoff_at_cap(deadline: &str, args: &[&str]) -> Stack {
+    let mut stack = start(deadline, args);
+    stack.stop_clean();
+    stack
+        .env
+        .push((BACKOFF_AT_CAP.0.to_owned(), BACKOFF_AT_CAP.1.to_owned()));
+    stack.start_again();
+    stack
+}
+
+/// Clears the proxy's faults `after` from now, on a thread of its own.
+fn faults_cleared_after(stack: &Stack, after: Duration) -> std::thread::JoinHandle<()> {
+    let proxy = stack.proxy;
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        proxy.faults("{}");
+    })
+}
+
+/// A write-through PUT (OrioleDB's archiver's WAL segment) during an origin outage that ends
+/// before `--origin-retry-deadline` is answered 200, not 503 (fatal to OrioleDB's worker): while a
+/// client waits on it, a failing upload waits at most 5 s between attempts (a client request's
+/// own backoff), where its backoff alone grows to 30 s and may be drawn long while the origin is
+/// down. Here the outage lasts 13 s of a 20 s deadline: with backoffs at their cap, the upload's
+/// own schedule tries again at 12.6 s (down) and then 25.4 s, past the deadline; waited on, it
+/// tries at 11.2 s (down) and 16.2 s.
+#[test]
+fn a_write_through_put_is_answered_when_the_origin_returns_before_its_limit() {
+    let _turn = machine::share();
+    let stack = start_backoff_at_cap("20s", &[]);
+    let _log = stack.log_on_panic();
+    let key = "wal/00000001000000000000000A";
+    let body = pattern(1 << 20, 10);
+    put_ok(&stack, "wal/000000010000000000000009", b"1");
+    stack.proxy.faults(r#"{"outage":true}"#);
+    let started = Instant::now();
+    let back = faults_cleared_after(&stack, Duration::from_secs(13));
+    let r = put(&stack, key, &body);
+    let took = started.elapsed();
+    back.join().expect("the thread that ends the outage");
+    assert_eq!(
+        r.status,
+        200,
+        "a write-through PUT through an outage shorter than the deadline, answered after {took:?}: {}",
+        r.summary()
+    );
+    assert!(
+        took < Duration::from_secs(19),
+        "answered {took:?} after it was sent, the origin back after 13 s"
+    );
+    assert_eq!(stack.in_moto(key).as_deref(), Some(&body[..]), "the origin holds it");
+}
+
+/// Write-back uploads that failed through an outage go up within seconds of the origin's return,
+/// not after the rest of a backoff drawn while it was down: the origin answering another upload
+/// cuts their waits to at most 5 s. With backoffs at their cap, a write-back version whose origin
+/// is down for 13 s is tried at 12.6 s (down) and next at 25.4 s; here another write's upload,
+/// sent at 13.5 s, finds the origin back, and the first is tried again 5 s later at most.
+#[test]
+fn uploads_that_failed_through_an_outage_resume_when_the_origin_answers_again() {
+    let _turn = machine::share();
+    let stack = start_backoff_at_cap("20s", &[]);
+    let _log = stack.log_on_panic();
+    let (first, second) = ("data/1/failed-through-the-outage", "data/1/after-the-outage");
+    let body = pattern(256 << 10, 11);
+    // Perch asks the origin about the bucket once, before its first write: done here.
+    put_ok(&stack, "data/before-the-outage", b"1");
+    stack.flush(Duration::from_secs(10));
+    stack.proxy.faults(r#"{"outage":true}"#);
+    let started = Instant::now();
+    put_ok(&stack, first, &body);
+    std::thread::sleep(Duration::from_secs(13).saturating_sub(started.elapsed()));
+    stack.no_faults();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(stack.in_moto(first).is_none(), "the first upload waits out its backoff");
+    put_ok(&stack, second, &body);
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(22).saturating_sub(started.elapsed()), || {
+            stack.in_moto(first).is_some()
+        }),
+        "the first write was not uploaded within 22 s of the outage's start, 9 s after the origin came back"
+    );
+    assert_eq!(stack.in_moto(second).as_deref(), Some(&body[..]));
+}
+
+/// OrioleDB's start after a clean stop: its lock PUT (`If-None-Match: *`) waits for the lock's
+/// release, a barrier behind every write acknowledged before it (the last checkpoint's parts).
+/// An origin that takes that backlog slowly but steadily gets it all, and the lock PUT is
+/// answered 200, where a wait cut at `--origin-retry-deadline` from its start answered 503,
+/// fatal to OrioleDB's worker: the limit starts again each time the backlog shrinks.
+#[test]
+fn a_lock_put_behind_a_slow_but_moving_backlog_waits_for_it() {
+    let _turn = machine::share();
+    let stack = start("4s", &[]);
+    let _log = stack.log_on_panic();
+    let lock = "data/orioledb_data/s3_lock";
+    let take = |body: &[u8]| {
+        Req::object("PUT", stack.addr(), Style::Virtual, lock)
+            .header("If-None-Match", "*")
+            .body(body.to_vec())
+            .go(stack.addr())
+    };
+    let r = take(b"first start");
+    assert_eq!(r.status, 200, "the first lock: {}", r.summary());
+    // Every origin request takes 500 ms: 96 uploads, 16 at a time, each a PUT and a HEAD, last
+    // about 6 s, longer than the deadline, and each round of them shrinks the backlog.
+    stack.proxy.faults(r#"{"latency_ms":500}"#);
+    let body = pattern(64 << 10, 12);
+    for i in 0..96 {
+        put_ok(&stack, &format!("orioledb_data/9/5/16445.0.{i}"), &body);
+    }
+    let r = Req::object("DELETE", stack.addr(), Style::Virtual, lock).go(stack.addr());
+    assert_eq!(r.status, 204, "the lock's release: {}", r.summary());
+    let started = Instant::now();
+    let r = take(b"second start");
+    assert_eq!(
+        r.status,
+        200,
+        "the next start's lock PUT, answered after {:?}: {}",
+        started.elapsed(),
+        r.summary()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "the backlog must have outlasted the deadline for this test to show anything ({:?})",
+        started.elapsed()
+    );
+    stack.no_faults();
+    assert_eq!(stack.in_moto(lock).as_deref(), Some(&b"second start"[..]));
+    assert_eq!(
+        stack.in_moto("orioledb_data/9/5/16445.0.95").as_deref(),
+        Some(&body[..]),
+        "the backlog went up before the lock's release"
+    );
+}
