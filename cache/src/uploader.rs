@@ -361,15 +361,20 @@ impl Uploader {
                     if attempt == 1 || attempt.is_multiple_of(10) {
                         tracing::warn!(key, seq, attempt, error = %e, "upload failed; retrying");
                     }
-                    self.journal.note_origin_fault(Some(e.to_string()));
-                    self.journal.note_retry(seq, e.to_string());
                     // Until the next attempt, until the origin answers another upload, or until
-                    // an operator gives it up (checked below).
+                    // an operator gives it up (checked below). Both notices are listened for
+                    // before the fault is noted: an answer to another upload right after it is
+                    // not missed.
                     let given_up = self.journal.give_ups.notified();
                     tokio::pin!(given_up);
                     given_up.as_mut().enable();
+                    let hurry = self.journal.hurry.notified();
+                    tokio::pin!(hurry);
+                    hurry.as_mut().enable();
+                    self.journal.note_origin_fault(Some(&e));
+                    self.journal.note_retry(seq, e.to_string());
                     if !self.journal.given_up(seq) {
-                        self.wait_to_retry(attempt, given_up).await;
+                        self.wait_to_retry(attempt, given_up, hurry).await;
                     }
                     // Only here, after a fault: an attempt that went up is never given up.
                     if self.journal.given_up(seq) {
@@ -393,16 +398,16 @@ impl Uploader {
     }
 
     /// Waits before attempt `attempt + 1` of a failed upload: its backoff, drawn again once at
-    /// most `UPLOAD_RETRY_HURRIED`'s when the origin answers another upload or a client starts
-    /// waiting on uploads (`Journal::hurry`); cut short when `given_up` fires.
-    async fn wait_to_retry(&self, attempt: u32, mut given_up: Pin<&mut Notified<'_>>) {
+    /// most `UPLOAD_RETRY_HURRIED`'s when `hurry` fires (the origin answered another upload, or a
+    /// client started waiting on uploads) or when a client already waits; cut short when
+    /// `given_up` fires.
+    async fn wait_to_retry(&self, attempt: u32, mut given_up: Pin<&mut Notified<'_>>, hurry: Pin<&mut Notified<'_>>) {
         let hurried = |now: Instant| now + UPLOAD_RETRY_HURRIED.backoff(attempt);
         let now = Instant::now();
         let mut until = now + UPLOAD_RETRY.backoff(attempt);
         if self.journal.clients_waiting() {
             until = until.min(hurried(now));
         }
-        let hurry = self.journal.hurry.notified();
         tokio::select! {
             () = tokio::time::sleep_until(until) => return,
             () = given_up.as_mut() => return,

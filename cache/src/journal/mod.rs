@@ -34,7 +34,7 @@ use crate::key::ObjectKey;
 use crate::local::index::Entry;
 use crate::local::{Local, lock};
 use crate::metrics::WriteStats;
-use crate::origin::ListEntry;
+use crate::origin::{ListEntry, OriginError};
 
 /// Settings of the write path: modes, limits, and the uploader's.
 #[derive(Debug, Clone)]
@@ -158,7 +158,7 @@ pub(crate) struct Journal {
     /// Wakes uploads waiting to try again: an operator gave one up (`give_up`).
     pub(crate) give_ups: Notify,
     /// Wakes uploads waiting to try again after a fault: the origin answered another upload
-    /// again, or a client started waiting on uploads (`Uploader::upload`).
+    /// again (`note_origin_fault`), or a client started waiting on uploads (`wait_until`).
     pub(crate) hurry: Notify,
     /// Clients waiting on uploads now (`wait_until`): an upload tried again through faults then
     /// waits at most as long as a client's own request would between attempts.
@@ -323,10 +323,13 @@ impl Journal {
                 }
                 (!st.versions.contains_key(&seq)).then_some(Ok(()))
             },
-            // The older versions of its key go up before it.
+            // The older versions of its key go up before it; a barrier's, every version before it.
             |st| {
-                let okey = &st.versions.get(&seq)?.okey;
-                Some(st.keys.get(okey)?.range(..=seq).count())
+                let v = st.versions.get(&seq)?;
+                if v.mode == WriteMode::Barrier {
+                    return Some(st.pending_upto(seq) as usize);
+                }
+                Some(st.keys.get(&v.okey)?.range(..=seq).count())
             },
         )
         .await
@@ -395,13 +398,11 @@ impl Journal {
                         .all(|(seq, _)| st.in_origin.contains(seq))
                         .then_some(Ok(()))
                 },
+                // Not a walk of the backlog at each release: the versions in the origin but not
+                // yet released are few (about those in flight).
                 |st| {
-                    Some(
-                        st.versions
-                            .range(..=cut)
-                            .filter(|(seq, _)| !st.in_origin.contains(seq))
-                            .count(),
-                    )
+                    let in_origin = st.in_origin.iter().filter(|seq| **seq <= cut).count();
+                    Some((st.pending_upto(cut) as usize).saturating_sub(in_origin))
                 },
             )
             .await;
@@ -452,7 +453,8 @@ impl Journal {
 
     /// Waits until `done` says so, up to `limit` without progress. `left` counts what the wait
     /// still waits for (`None`: not counted); each time that count falls below its lowest yet, the
-    /// limit starts again. A wait behind a backlog the origin takes slowly but steadily (the
+    /// limit starts again, and the whole wait never lasts more than `--dirty-wait-max` (or
+    /// `limit`, if longer). A wait behind a backlog the origin takes slowly but steadily (the
     /// lock's release behind a checkpoint's parts) is still answered, where an answer of 503
     /// would be fatal to OrioleDB; a backlog that does not move is answered after `limit`. Only
     /// versions already there are counted, so the wait ends with the backlog it met.
@@ -462,9 +464,12 @@ impl Journal {
         L: FnMut(&State) -> Option<usize>,
     {
         let mut rx = self.released.subscribe();
-        let _waiting = ClientWaiting::start(self);
-        let mut deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let ceiling = started + limit.max(self.cfg.dirty_wait_max);
+        let mut deadline = started + limit;
         let mut lowest = usize::MAX;
+        // Counted only once the wait must wait: a request on a clean key wakes no upload.
+        let mut waiting = None;
         loop {
             {
                 let st = lock(&self.state);
@@ -475,10 +480,13 @@ impl Journal {
                     && n < lowest
                 {
                     if lowest != usize::MAX {
-                        deadline = Instant::now() + limit;
+                        deadline = (Instant::now() + limit).min(ceiling);
                     }
                     lowest = n;
                 }
+            }
+            if waiting.is_none() {
+                waiting = Some(ClientWaiting::start(self));
             }
             match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -568,24 +576,26 @@ impl Journal {
         lock(&self.state).newest(okey).is_some_and(|(s, _)| s == seq)
     }
 
-    /// The uploader met a transient origin fault (`None`: it passed).
-    /// An answer after a fault wakes the uploads waiting to try again: the origin is back, and a
-    /// client waiting on one of them must not wait out a backoff drawn while it was down.
-    pub(crate) fn note_origin_fault(&self, fault: Option<String>) {
-        let answered = fault.is_none();
-        let was_faulted = std::mem::replace(
-            &mut lock(&self.state).origin_fault,
-            fault.map(|f| (SystemTime::now(), f)),
-        )
-        .is_some();
-        if was_faulted && answered {
+    /// The uploader met a transient origin fault (`None`: the origin answered). An answer after
+    /// a fault wakes the uploads waiting to try again (`hurry`): the origin is back, and a client
+    /// waiting on one of them must not wait out a backoff drawn while it was down. Not after a
+    /// throttle (503 SlowDown, 429): answers between throttles are no return of the origin, and
+    /// hurried uploads would press an origin that asked for less.
+    pub(crate) fn note_origin_fault(&self, fault: Option<&OriginError>) {
+        let now = fault.map(|e| (SystemTime::now(), e.to_string()));
+        let mut st = lock(&self.state);
+        let was_down = st.origin_fault.is_some() && !st.origin_throttled;
+        st.origin_throttled = fault.is_some_and(OriginError::is_throttle);
+        st.origin_fault = now;
+        drop(st);
+        if was_down && fault.is_none() {
             self.hurry.notify_waiters();
         }
     }
 
     /// Whether a client waits on uploads now.
     pub(crate) fn clients_waiting(&self) -> bool {
-        self.clients_waiting.load(std::sync::atomic::Ordering::Acquire) > 0
+        self.clients_waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// The upload of `seq` met a transient fault and will be tried again.
@@ -618,7 +628,9 @@ impl<'a> ClientWaiting<'a> {
 
 impl Drop for ClientWaiting<'_> {
     fn drop(&mut self) {
-        self.0.clients_waiting.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0
+            .clients_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -82,6 +82,8 @@ pub(crate) struct State {
     pub last_seq: u64,
     /// The last origin fault the uploader met, while it lasts.
     pub origin_fault: Option<(SystemTime, String)>,
+    /// Whether that fault is a throttle (503 SlowDown, 429): the origin asked for less.
+    pub origin_throttled: bool,
     /// Versions the uploader is trying again after a transient fault, with the last fault: shown
     /// (`perch journal list`), and what an operator may give up (`given_up`).
     pub retrying: BTreeMap<u64, String>,

@@ -870,6 +870,21 @@ impl OriginError {
         words.next().filter(|code| s3::is_credential_code(code))
     }
 
+    /// Whether the origin asked for fewer requests: 503 SlowDown, 429 and the other throttles.
+    pub fn is_throttle(&self) -> bool {
+        let OriginError::Transient { what, .. } = self else {
+            return false;
+        };
+        let mut words = what.split([' ', ':']);
+        let status = words.next();
+        let code = words.next();
+        status == Some("429")
+            || matches!(
+                code,
+                Some("SlowDown" | "Throttling" | "ThrottlingException" | "TooManyRequests" | "RequestLimitExceeded")
+            )
+    }
+
     /// An answer no retry will change, for a write already acknowledged (the uploader's rule):
     /// a refusal (4xx but 408 and 429), a missing bucket, a failed precondition. Everything else
     /// (5xx, throttling, timeouts, local I/O) is retried for as long as it takes.

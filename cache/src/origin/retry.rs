@@ -162,7 +162,15 @@ impl RetryPolicy {
 /// retry timing is not a draw. Read once.
 fn backoff_at_cap() -> bool {
     static AT_CAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AT_CAP.get_or_init(|| std::env::var("PERCH_TEST_BACKOFF_AT_CAP").is_ok_and(|v| v == "1"))
+    *AT_CAP.get_or_init(|| {
+        let at_cap = std::env::var("PERCH_TEST_BACKOFF_AT_CAP").is_ok_and(|v| v == "1");
+        if at_cap {
+            tracing::warn!(
+                "PERCH_TEST_BACKOFF_AT_CAP=1: retries wait their whole backoff, without jitter (for tests only)"
+            );
+        }
+        at_cap
+    })
 }
 
 tokio::task_local! {

@@ -42,6 +42,14 @@ fn put(stack: &Stack, key: &str, body: &[u8]) -> Resp {
         .go(stack.addr())
 }
 
+/// PUT virtual-hosted with `If-None-Match: *`, as OrioleDB takes its lock.
+fn put_if_none_match(stack: &Stack, key: &str, body: &[u8]) -> Resp {
+    Req::object("PUT", stack.addr(), Style::Virtual, key)
+        .header("If-None-Match", "*")
+        .body(body.to_vec())
+        .go(stack.addr())
+}
+
 /// GET virtual-hosted, as OrioleDB.
 fn get(stack: &Stack, key: &str) -> Resp {
     Req::object("GET", stack.addr(), Style::Virtual, key).go(stack.addr())
@@ -354,16 +362,10 @@ fn permanent_answers_pass_through_at_once() {
 
     // The lock taken, then a conditional PUT on it: 412 after exactly one upstream PUT.
     let lock = "data/orioledb_data/s3_lock";
-    let r = Req::object("PUT", stack.addr(), Style::Virtual, lock)
-        .body(b"1111111\n".to_vec())
-        .header("If-None-Match", "*")
-        .go(stack.addr());
+    let r = put_if_none_match(&stack, lock, b"1111111\n");
     assert_eq!(r.status, 200, "first lock PUT: {}", r.summary());
     stack.proxy.reset();
-    let r = Req::object("PUT", stack.addr(), Style::Virtual, lock)
-        .body(b"2222222\n".to_vec())
-        .header("If-None-Match", "*")
-        .go(stack.addr());
+    let r = put_if_none_match(&stack, lock, b"2222222\n");
     assert_error(&r, 412, "PreconditionFailed", "conditional PUT on an existing key");
     assert_eq!(stack.proxy.count("PUT", lock), 1, "{:?}", stack.proxy.counts());
     let records = stack.proxy.records_for(lock);
@@ -491,10 +493,7 @@ fn a_conditional_request_whose_answer_was_lost_is_answered_as_the_success_it_was
     };
     stack.proxy.reset();
     lose_next("PUT");
-    let r = Req::object("PUT", stack.addr(), Style::Virtual, key)
-        .header("If-None-Match", "*")
-        .body(b"owner 1".to_vec())
-        .go(stack.addr());
+    let r = put_if_none_match(&stack, key, b"owner 1");
     assert_eq!(r.status, 200, "conditional PUT: {}", r.summary());
     assert_records(&stack, key, "PUT", "lost", 1, 412);
     get_ok(&stack, key, b"owner 1");
@@ -536,12 +535,7 @@ fn a_second_holder_of_the_same_lock_body_gets_412_after_an_unsure_attempt() {
     let stack = start("20s", &[]);
     let _log = stack.log_on_panic();
     let key = "data/orioledb_data/s3_lock";
-    let take = || {
-        Req::object("PUT", stack.addr(), Style::Virtual, key)
-            .header("If-None-Match", "*")
-            .body(b"\x01lock\x00\x00\x00".to_vec())
-            .go(stack.addr())
-    };
+    let take = || put_if_none_match(&stack, key, b"\x01lock\x00\x00\x00");
     let r = take();
     assert_eq!(r.status, 200, "the first holder: {}", r.summary());
     // Past S3's whole seconds and the slack for two clocks.
@@ -1154,12 +1148,7 @@ fn a_conditional_put_answered_503_that_landed_later_succeeds_on_its_retry() {
     stack.proxy.faults(&format!(
         r#"{{"fail_next":1,"error_kinds":["late"],"stall_ms":5000,"match_method":"PUT","match_key_prefix":"{key}"}}"#
     ));
-    let lock = |body: &[u8]| {
-        Req::object("PUT", stack.addr(), Style::Virtual, key)
-            .header("If-None-Match", "*")
-            .body(body.to_vec())
-            .go(stack.addr())
-    };
+    let lock = |body: &[u8]| put_if_none_match(&stack, key, body);
     let r = lock(b"owner 1");
     assert_error(&r, 503, "SlowDown", "a conditional PUT past the deadline");
     // The held request lands at the origin.
@@ -1212,7 +1201,7 @@ fn faults_cleared_after(stack: &Stack, after: Duration) -> std::thread::JoinHand
 /// tries at 11.2 s (down) and 16.2 s.
 #[test]
 fn a_write_through_put_is_answered_when_the_origin_returns_before_its_limit() {
-    let _turn = machine::share();
+    let _turn = machine::alone();
     let stack = start_backoff_at_cap("20s", &[]);
     let _log = stack.log_on_panic();
     let key = "wal/00000001000000000000000A";
@@ -1239,12 +1228,12 @@ fn a_write_through_put_is_answered_when_the_origin_returns_before_its_limit() {
 
 /// Write-back uploads that failed through an outage go up within seconds of the origin's return,
 /// not after the rest of a backoff drawn while it was down: the origin answering another upload
-/// cuts their waits to at most 5 s. With backoffs at their cap, a write-back version whose origin
-/// is down for 13 s is tried at 12.6 s (down) and next at 25.4 s; here another write's upload,
-/// sent at 13.5 s, finds the origin back, and the first is tried again 5 s later at most.
+/// cuts their waits to at most 5 s. With backoffs at their cap, a write-back version is tried at
+/// 0, 0.2, 0.6, 1.4, 3.0, 6.2 and 12.6 s, then 12.8 s later; the origin comes back right after
+/// the seventh attempt, another write's upload finds it back, and the first goes up within 5 s.
 #[test]
 fn uploads_that_failed_through_an_outage_resume_when_the_origin_answers_again() {
-    let _turn = machine::share();
+    let _turn = machine::alone();
     let stack = start_backoff_at_cap("20s", &[]);
     let _log = stack.log_on_panic();
     let (first, second) = ("data/1/failed-through-the-outage", "data/1/after-the-outage");
@@ -1252,21 +1241,90 @@ fn uploads_that_failed_through_an_outage_resume_when_the_origin_answers_again() 
     // Perch asks the origin about the bucket once, before its first write: done here.
     put_ok(&stack, "data/before-the-outage", b"1");
     stack.flush(Duration::from_secs(10));
-    stack.proxy.faults(r#"{"outage":true}"#);
-    let started = Instant::now();
-    put_ok(&stack, first, &body);
-    std::thread::sleep(Duration::from_secs(13).saturating_sub(started.elapsed()));
+    failed_seven_times(&stack, first, &body);
     stack.no_faults();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(300));
     assert!(stack.in_moto(first).is_none(), "the first upload waits out its backoff");
+    let sent = Instant::now();
     put_ok(&stack, second, &body);
     assert!(
-        crate::support::perch::wait_until(Duration::from_secs(22).saturating_sub(started.elapsed()), || {
-            stack.in_moto(first).is_some()
-        }),
-        "the first write was not uploaded within 22 s of the outage's start, 9 s after the origin came back"
+        crate::support::perch::wait_until(Duration::from_secs(9), || stack.in_moto(first).is_some()),
+        "the first write was not uploaded within 9 s of another upload's answer (its own backoff: 12.8 s): {:?}",
+        stack.proxy.records_for(first)
     );
+    assert_eq!(stack.in_moto(first).as_deref(), Some(&body[..]));
     assert_eq!(stack.in_moto(second).as_deref(), Some(&body[..]));
+    assert!(sent.elapsed() < Duration::from_secs(9));
+}
+
+/// PUTs `key` (write-back, acknowledged at once) through an outage, until its upload has failed
+/// seven times (with backoffs at their cap, 12.6 s; the next attempt is 12.8 s later), and ends
+/// the outage.
+fn failed_seven_times(stack: &Stack, key: &str, body: &[u8]) {
+    stack.proxy.faults(r#"{"outage":true}"#);
+    put_ok(stack, key, body);
+    let attempts = || {
+        stack
+            .proxy
+            .records_for(key)
+            .into_iter()
+            .filter(|(m, _, injected)| m == "PUT" && injected.as_deref() == Some("outage"))
+            .count()
+    };
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(30), || attempts() >= 7),
+        "seven attempts through the outage: {:?}",
+        stack.proxy.records_for(key)
+    );
+    stack.no_faults();
+}
+
+/// A client that starts waiting on an upload sleeping through a long backoff (here a conditional
+/// PUT naming the pending version's ETag, which the origin must decide once that version is up)
+/// cuts the upload's wait to at most 5 s: the origin came back right after the upload's seventh
+/// attempt, whose own backoff is 12.8 s.
+#[test]
+fn a_client_waiting_on_an_upload_through_its_backoff_hurries_it() {
+    let _turn = machine::alone();
+    let stack = start_backoff_at_cap("20s", &[]);
+    let _log = stack.log_on_panic();
+    let key = "data/1/waited-on";
+    let body = pattern(256 << 10, 13);
+    put_ok(&stack, "data/before-the-outage", b"1");
+    stack.flush(Duration::from_secs(10));
+    failed_seven_times(&stack, key, &body);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(stack.in_moto(key).is_none(), "the upload waits out its backoff");
+    let started = Instant::now();
+    let next = pattern(1000, 14);
+    let r = Req::object("PUT", stack.addr(), Style::Virtual, key)
+        .header("If-Match", &md5_etag(&body))
+        .body(next.clone())
+        .go(stack.addr());
+    let took = started.elapsed();
+    assert_eq!(
+        r.status,
+        200,
+        "the conditional PUT, answered after {took:?}: {}",
+        r.summary()
+    );
+    assert!(
+        took < Duration::from_secs(9),
+        "answered {took:?} after it was sent, the pending upload's own backoff being 12.8 s"
+    );
+    assert_eq!(stack.in_moto(key).as_deref(), Some(&next[..]));
+}
+
+/// 192 write-back parts of a checkpoint behind an origin whose every request takes 500 ms: 16
+/// uploads at a time, each a PUT and a HEAD, about 12 s in all, three times the 4 s deadline,
+/// each round shrinking the backlog. Acknowledged at once; returns the deadline.
+fn slow_moving_backlog(stack: &Stack) -> Duration {
+    stack.proxy.faults(r#"{"latency_ms":500}"#);
+    let body = pattern(64 << 10, 12);
+    for i in 0..192 {
+        put_ok(stack, &format!("orioledb_data/9/5/16445.0.{i}"), &body);
+    }
+    Duration::from_secs(4)
 }
 
 /// OrioleDB's start after a clean stop: its lock PUT (`If-None-Match: *`) waits for the lock's
@@ -1276,46 +1334,65 @@ fn uploads_that_failed_through_an_outage_resume_when_the_origin_answers_again() 
 /// fatal to OrioleDB's worker: the limit starts again each time the backlog shrinks.
 #[test]
 fn a_lock_put_behind_a_slow_but_moving_backlog_waits_for_it() {
-    let _turn = machine::share();
+    let _turn = machine::alone();
     let stack = start("4s", &[]);
     let _log = stack.log_on_panic();
     let lock = "data/orioledb_data/s3_lock";
-    let take = |body: &[u8]| {
-        Req::object("PUT", stack.addr(), Style::Virtual, lock)
-            .header("If-None-Match", "*")
-            .body(body.to_vec())
-            .go(stack.addr())
-    };
-    let r = take(b"first start");
+    let r = put_if_none_match(&stack, lock, b"first start");
     assert_eq!(r.status, 200, "the first lock: {}", r.summary());
-    // Every origin request takes 500 ms: 96 uploads, 16 at a time, each a PUT and a HEAD, last
-    // about 6 s, longer than the deadline, and each round of them shrinks the backlog.
-    stack.proxy.faults(r#"{"latency_ms":500}"#);
-    let body = pattern(64 << 10, 12);
-    for i in 0..96 {
-        put_ok(&stack, &format!("orioledb_data/9/5/16445.0.{i}"), &body);
-    }
+    let deadline = slow_moving_backlog(&stack);
     let r = Req::object("DELETE", stack.addr(), Style::Virtual, lock).go(stack.addr());
     assert_eq!(r.status, 204, "the lock's release: {}", r.summary());
     let started = Instant::now();
-    let r = take(b"second start");
+    let r = put_if_none_match(&stack, lock, b"second start");
+    let took = started.elapsed();
     assert_eq!(
         r.status,
         200,
-        "the next start's lock PUT, answered after {:?}: {}",
-        started.elapsed(),
+        "the next start's lock PUT, answered after {took:?}: {}",
         r.summary()
     );
     assert!(
-        started.elapsed() > Duration::from_secs(4),
-        "the backlog must have outlasted the deadline for this test to show anything ({:?})",
-        started.elapsed()
+        took > deadline + Duration::from_secs(2),
+        "the backlog must outlast the deadline for this test to show anything ({took:?})"
     );
     stack.no_faults();
     assert_eq!(stack.in_moto(lock).as_deref(), Some(&b"second start"[..]));
-    assert_eq!(
-        stack.in_moto("orioledb_data/9/5/16445.0.95").as_deref(),
-        Some(&body[..]),
+    assert!(
+        stack.in_moto("orioledb_data/9/5/16445.0.191").is_some(),
         "the backlog went up before the lock's release"
     );
+}
+
+/// The same with `--strict-barriers`, where a barrier is acknowledged only once the origin has
+/// it: the lock's release (a DELETE) waits for the whole backlog before it, and is 204 once that
+/// and it are up, not 503 at the deadline while the backlog still moves.
+#[test]
+fn a_strict_barrier_behind_a_slow_but_moving_backlog_is_acknowledged() {
+    let _turn = machine::alone();
+    let stack = start("4s", &["--strict-barriers"]);
+    let _log = stack.log_on_panic();
+    let lock = "data/orioledb_data/s3_lock";
+    let r = put_if_none_match(&stack, lock, b"first start");
+    assert_eq!(r.status, 200, "the lock: {}", r.summary());
+    let deadline = slow_moving_backlog(&stack);
+    let started = Instant::now();
+    let r = Req::object("DELETE", stack.addr(), Style::Virtual, lock).go(stack.addr());
+    let took = started.elapsed();
+    assert_eq!(
+        r.status,
+        204,
+        "the lock's release, answered after {took:?}: {}",
+        r.summary()
+    );
+    assert!(
+        took > deadline + Duration::from_secs(2),
+        "the backlog must outlast the deadline for this test to show anything ({took:?})"
+    );
+    stack.no_faults();
+    assert!(
+        stack.in_moto(lock).is_none(),
+        "the release is in the origin once acknowledged"
+    );
+    assert!(stack.in_moto("orioledb_data/9/5/16445.0.191").is_some());
 }

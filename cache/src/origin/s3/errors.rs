@@ -252,6 +252,13 @@ mod tests {
             "{unsupported:?}"
         );
         assert!(c(429, "", Subject::Object).is_transient());
+        // Throttles (the origin asked for fewer requests) told from an outage's answers.
+        assert!(c(503, "SlowDown", Subject::Object).is_throttle());
+        assert!(c(429, "", Subject::Object).is_throttle());
+        assert!(c(400, "ThrottlingException", Subject::Object).is_throttle());
+        assert!(!c(503, "ServiceUnavailable", Subject::Object).is_throttle());
+        assert!(!c(503, "", Subject::Object).is_throttle());
+        assert!(!c(500, "InternalError", Subject::Object).is_throttle());
         assert!(c(400, "RequestTimeout", Subject::Object).is_transient());
         match c(403, "", Subject::Object) {
             OriginError::Rejected { status: 403, code, .. } => assert_eq!(code, "AccessDenied"),
