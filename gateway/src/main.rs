@@ -75,7 +75,9 @@ enum Command {
 /// answered (a 404, a 403, a 501 to a call Perch refuses: the client's business, not an error of
 /// Perch's). Each request's `done` line has its status, and Perch logs the causes of its own
 /// failures (local storage, the origin's faults) itself. `PERCH_LOG=info,s3s=debug` shows them.
-const DEFAULT_LOG: &str = "info,s3s::ops=off,s3s::service=off";
+/// Nor s3s's ERROR line for a malformed XML body, which holds the whole body: any client could
+/// flood the log, and what it sent is not Perch's to keep (its answer is 400 MalformedXML).
+const DEFAULT_LOG: &str = "info,s3s::ops=off,s3s::service=off,s3s::http::de=off";
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PERCH_LOG")
