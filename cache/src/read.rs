@@ -315,6 +315,7 @@ impl Reader {
                 .origin
                 .get_object(okey.bucket(), okey.key(), Some(r), conditions)
                 .await?;
+            let out = crate::origin::client_range(out, r)?;
             let out = Passed::wrap(
                 self.origin.clone(),
                 okey.clone(),

@@ -363,6 +363,40 @@ pub(crate) fn ranges_ignored() -> bool {
     RANGES_IGNORED.load(Ordering::Relaxed)
 }
 
+/// Notes that the origin answered a ranged GET with the whole object (`RANGES_IGNORED`), and says
+/// so once.
+fn note_ranges_ignored() {
+    if !RANGES_IGNORED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "the origin answered a ranged read with the whole object: it ignores ranges, so large \
+             objects are read as one stream, a broken read restarts from the object's first byte, and a \
+             client's range is cut out of the whole body"
+        );
+    }
+}
+
+/// A client's range `asked` out of `out`, the origin's answer to a GET of it: as it is when the
+/// origin answered the range (206), or when it answered 200 to a range that names no span (a
+/// suffix of an empty object). From an origin that ignores ranges (200 and the whole object, which
+/// HTTP allows), the range is cut out of the whole body, as S3 would have answered it: its first
+/// bytes skipped, the rest left unread; a range the object cannot satisfy is `InvalidRange` (416).
+pub(crate) fn client_range(mut out: GetOutput, asked: ByteRange) -> OriginResult<GetOutput> {
+    if out.range.is_some() {
+        return Ok(out);
+    }
+    let Some((first, last)) = asked.resolve(out.meta.size)? else {
+        return Ok(out);
+    };
+    note_ranges_ignored();
+    out.range = Some((first, last));
+    out.body = Box::pin(Skipped {
+        body: out.body,
+        skip: first,
+        left: Some(last - first + 1),
+    });
+    Ok(out)
+}
+
 /// The bytes from `from` (to `last`, or to the object's end when `None`) of the object `etag`,
 /// out of `out`, the answer to a ranged GET of them: its body when it is a range starting at
 /// `from` (206; its readers count what it brings), or, from an origin that ignores ranges (200:
@@ -382,11 +416,8 @@ pub(crate) fn range_body(out: GetOutput, etag: &str, from: u64, last: Option<u64
             && last.unwrap_or(from) < out.meta.size =>
         {
             let whole_asked = from == 0 && last.is_none_or(|last| last + 1 == out.meta.size);
-            if !whole_asked && !RANGES_IGNORED.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "the origin answered a ranged read with the whole object: it ignores ranges, so large \
-                     objects are read as one stream and a broken read restarts from the object's first byte"
-                );
+            if !whole_asked {
+                note_ranges_ignored();
             }
             Ok(Box::pin(Skipped {
                 body: out.body,

@@ -1254,6 +1254,53 @@ fn a_split_fill_resumes_a_broken_range_and_never_splices_a_replaced_object() {
     s.get_expect("split/changing", &new, "HIT");
 }
 
+/// A range miss from an origin that ignores `Range` (200 and the whole object) is still answered
+/// with its range, as S3 answers it: 206, its Content-Range, and only its bytes, cut out of the
+/// whole body (a restore tool writing what it gets at the range's offset would otherwise write
+/// the whole object there). For a cached key and for a key kept nowhere (`wal/*`); a range the
+/// object cannot satisfy is 416.
+#[test]
+fn a_range_miss_from_an_origin_that_ignores_ranges_is_answered_with_its_range() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let size = 300_000usize;
+    let body = pattern(size, 95);
+    for (key, range, first, last) in [
+        ("norange/between", "bytes=100-199", 100, 199),
+        ("norange/suffix", "bytes=-1000", size - 1000, size - 1),
+        ("norange/open", "bytes=299990-", 299_990, size - 1),
+        ("wal/000000010000000000000042", "bytes=4096-8191", 4096, 8191),
+    ] {
+        s.put_behind_perchs_back(key, &body);
+        s.faults(r#"{"ignore_range": true}"#);
+        let r = s.get_range(key, range);
+        s.no_faults();
+        assert_eq!(r.status, 206, "{key} {range}: {}", r.summary());
+        assert_eq!(
+            r.header("Content-Range"),
+            Some(format!("bytes {first}-{last}/{size}").as_str()),
+            "{key} {range}"
+        );
+        assert!(
+            r.body == body[first..=last],
+            "{key} {range}: {} bytes, not the range's {}",
+            r.body.len(),
+            last - first + 1
+        );
+    }
+    s.put_behind_perchs_back("norange/past-the-end", &body);
+    s.faults(r#"{"ignore_range": true}"#);
+    let r = s.get_range("norange/past-the-end", "bytes=400000-");
+    s.no_faults();
+    assert_error(
+        &r,
+        416,
+        "InvalidRange",
+        "a range past the end, from an origin that ignores ranges",
+    );
+}
+
 /// An origin that ignores `Range` (HTTP allows it: a ranged GET answered with 200 and the whole
 /// object) still serves large slow objects and broken reads whole: a split body's ranged reads
 /// keep their part of each whole answer and no body is split again, and a broken read resumes by
