@@ -452,21 +452,28 @@ fn a_restart_keeps_a_cache_that_holds_most_of_the_disk() {
         s.put_behind_perchs_back(key, body);
         s.get_expect(key, body, "MISS");
     }
-    let entries = |s: &Stack| s.metric("perch_cache_entries{tier=\"disk\"}");
-    assert_eq!(entries(&s), 20.0, "the 20 objects are cached");
+    assert_eq!(disk_entries(&s), 20.0, "the 20 objects are cached");
     s.restart_clean();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while entries(&s) != 20.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the restart evicted part of the cache: {} of 20 entries left ({} bytes free)",
-            entries(&s),
-            disk.free()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_all_cached(&s, &disk, &objects, "the restart evicted part of the cache");
+}
+
+/// The disk tier's entries.
+fn disk_entries(s: &Stack) -> f64 {
+    s.metric("perch_cache_entries{tier=\"disk\"}")
+}
+
+/// The disk tier holds every one of `objects` within 15 s, and each reads back as a hit.
+#[track_caller]
+fn assert_all_cached(s: &Stack, disk: &SmallDisk, objects: &[(String, Vec<u8>)], what: &str) {
+    let want = objects.len() as f64;
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(15), || disk_entries(s) == want),
+        "{what}: {} of {want} entries ({} bytes free)",
+        disk_entries(s),
+        disk.free()
+    );
     s.proxy.reset();
-    for (key, body) in &objects {
+    for (key, body) in objects {
         s.get_expect(key, body, "HIT");
     }
 }
@@ -607,21 +614,11 @@ fn a_restart_with_writes_not_yet_uploaded_keeps_room_for_them() {
     for (key, body) in &objects {
         assert_eq!(s.in_moto(key).as_deref(), Some(body.as_slice()), "{key} in the origin");
     }
-    let entries = |s: &Stack| s.metric("perch_cache_entries{tier=\"disk\"}");
-    let clean = crate::support::perch::wait_until(Duration::from_secs(15), || entries(&s) == 20.0);
-    assert!(
-        clean,
-        "the cache evicted writes it had just uploaded: {} of 20 entries ({} bytes free)",
-        entries(&s),
-        disk.free()
-    );
+    let evicted = "the cache evicted writes it had just uploaded";
+    assert_all_cached(&s, &disk, &objects, evicted);
     // Past the keeper's next rounds, they are all still there.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(entries(&s), 20.0, "entries evicted later ({} bytes free)", disk.free());
-    s.proxy.reset();
-    for (key, body) in &objects {
-        s.get_expect(key, body, "HIT");
-    }
+    assert_all_cached(&s, &disk, &objects, evicted);
 }
 
 /// A stop while a commit waits for room (the index's log stopped on a disk filled to its last
