@@ -79,6 +79,10 @@ pub enum StoreError {
     /// dir's filesystem.
     #[error("no room for the write within {0:?} (the upload backlog or the disk is full)")]
     NoRoom(Duration),
+    /// The write needs more than the data dir's filesystem could ever hold beside its reserve:
+    /// no upload or eviction makes room for it.
+    #[error("the write needs {need} bytes, more than the data dir's filesystem can hold for one ({max} bytes)")]
+    LargerThanVolume { need: u64, max: u64 },
 }
 
 impl From<std::io::Error> for StoreError {

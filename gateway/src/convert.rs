@@ -131,6 +131,13 @@ pub fn store_error(e: StoreError) -> S3Error {
             err.set_status_code(http::StatusCode::SERVICE_UNAVAILABLE);
             err
         }
+        StoreError::LargerThanVolume { need, max } => S3Error::with_message(
+            S3ErrorCode::EntityTooLarge,
+            format!(
+                "Your proposed upload needs {need} bytes on Perch's volume, which can hold at most {max} for one \
+                 write."
+            ),
+        ),
         StoreError::NoRoom(_) => {
             let mut err = S3Error::with_message(
                 S3ErrorCode::SlowDown,

@@ -269,7 +269,15 @@ impl Journal {
 
     /// Whether `need` more bytes fit on the data dir's filesystem with its reserve left, once
     /// clean entries were evicted for them.
+    /// A write larger than the filesystem could ever hold beside the reserve is refused at once
+    /// (`LargerThanVolume`), not waited for up to `--dirty-wait-max`: no upload or eviction makes
+    /// room for it.
     async fn disk_fits(&self, need: u64) -> StoreResult<bool> {
+        if let Some(max) = self.local.room.most()
+            && need > max
+        {
+            return Err(StoreError::LargerThanVolume { need, max });
+        }
         Ok(self.local.room_for(need).await?)
     }
 

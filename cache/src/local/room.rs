@@ -49,6 +49,12 @@ impl DiskRoom {
         free_bytes(&self.dir).ok()
     }
 
+    /// The most one write can ever take: the filesystem's size for an unprivileged writer, less
+    /// the reserve (`None`: unknown).
+    pub(crate) fn most(&self) -> Option<u64> {
+        size_bytes(&self.dir).ok().map(|size| size.saturating_sub(self.reserve))
+    }
+
     /// How many bytes must be freed before `need` more fit with the reserve left (0: they fit, or
     /// the free space cannot be told).
     pub(crate) fn shortfall(&self, need: u64) -> u64 {
@@ -187,6 +193,20 @@ pub fn give_back_spare(data_dir: &Path, reserve: u64) {
 
 /// `statvfs`: the blocks available to unprivileged writers, in bytes.
 pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = statvfs(dir)?;
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The size of `dir`'s filesystem for an unprivileged writer: its blocks less those kept for root.
+fn size_bytes(dir: &Path) -> io::Result<u64> {
+    let st = statvfs(dir)?;
+    let for_root = (st.f_bfree as u64).saturating_sub(st.f_bavail as u64);
+    Ok((st.f_blocks as u64)
+        .saturating_sub(for_root)
+        .saturating_mul(st.f_frsize as u64))
+}
+
+fn statvfs(dir: &Path) -> io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: statvfs writes only into the struct we pass; the path is a valid C string.
@@ -194,7 +214,7 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Ok(st)
 }
 
 /// Allocates `len` bytes of `file` on disk without changing its size (`fallocate` with

@@ -254,6 +254,35 @@ fn a_write_that_finds_no_room_within_dirty_wait_max_is_503_and_leaves_nothing() 
     assert_eq!(s.in_moto(&key).as_deref(), Some(body.as_slice()));
 }
 
+/// A write larger than the volume could ever hold beside its reserve (100 MiB declared on a 64 MiB
+/// volume) is refused at once with 400 EntityTooLarge, before its body is asked for: no upload or
+/// eviction would make room for it, and it used to wait `--dirty-wait-max` (30 minutes by
+/// default) for room, then 503. Nothing is kept; a write that fits still goes.
+#[test]
+fn a_write_larger_than_the_volume_is_refused_at_once() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let s = Stack::start_on(disk.path(), &FLAGS);
+    let _log = s.log_on_panic();
+    let mut put = s.req("PUT", "larger-than-the-volume").body(pattern(10, 1));
+    put.expect = Some(true);
+    put.content_length = Some(100 << 20);
+    let sent = send(&s, "larger-than-the-volume", put, Vec::new());
+    assert!(
+        sent.answer_within(Duration::from_secs(10)),
+        "a PUT larger than the volume waits for room that cannot come"
+    );
+    let (key, _, r) = sent.answer();
+    assert_eq!(r.status, 400, "PUT {key}: {}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("EntityTooLarge"), "{}", r.summary());
+    assert!(!r.got_continue, "asked for the body of a PUT it refuses");
+    assert!(s.tmp_files().is_empty(), "temp files left: {:?}", s.tmp_files());
+    assert_eq!(s.get(&key).status, 404);
+    let body = pattern(4 << 20, 2);
+    s.put("fits", &body);
+    s.get_expect("fits", &body, "HIT");
+}
+
 #[test]
 fn room_freed_by_someone_else_lets_waiting_writes_through() {
     let _turn = machine::share();
