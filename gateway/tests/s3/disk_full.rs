@@ -440,13 +440,7 @@ fn a_restart_on_a_disk_filled_to_the_last_block_starts_on_the_spare() {
     let spare = disk.path().join("cache").join("spare");
     let held = || std::fs::metadata(&spare).is_ok_and(|m| m.len() == 4 << 20);
     eventually("the spare (4 MiB) is taken", held);
-    s.faults(r#"{"outage": true}"#);
-    let bodies: Vec<(String, Vec<u8>)> = (0..40)
-        .map(|i| (format!("orioledb_data/9/{i}"), pattern(100 << 10, 300 + i)))
-        .collect();
-    for (key, body) in &bodies {
-        s.put(key, body);
-    }
+    let bodies = acknowledged_in_an_outage(&s, "orioledb_data/9/", 40, 100 << 10, 300);
     s.kill();
     let filler = disk.fill();
     assert!(disk.free() < 64 << 10, "the disk is not full: {} free", disk.free());
@@ -484,6 +478,20 @@ fn a_restart_keeps_a_cache_that_holds_most_of_the_disk() {
     assert_eq!(disk_entries(&s), 20.0, "the 20 objects are cached");
     s.restart_clean();
     assert_all_cached(&s, &disk, &objects, "the restart evicted part of the cache");
+}
+
+/// With the origin out, `n` PUTs of `size` bytes under `prefix` (bodies from `seed` on), each
+/// acknowledged and none uploaded; returns their keys and bodies.
+#[track_caller]
+fn acknowledged_in_an_outage(s: &Stack, prefix: &str, n: u64, size: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    s.faults(r#"{"outage": true}"#);
+    let objects: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (format!("{prefix}{i}"), pattern(size, seed + i)))
+        .collect();
+    for (key, body) in &objects {
+        s.put(key, body);
+    }
+    objects
 }
 
 /// The disk tier's entries.
@@ -629,13 +637,7 @@ fn a_restart_with_writes_not_yet_uploaded_keeps_room_for_them() {
     let Some(disk) = SmallDisk::mount("64m") else { return };
     let mut s = Stack::start_on(disk.path(), &["--disk-reserve-bytes", "8MiB"]);
     let _log = s.log_on_panic();
-    s.faults(r#"{"outage": true}"#);
-    let objects: Vec<(String, Vec<u8>)> = (0..20)
-        .map(|i| (format!("orioledb_data/7/{i}"), pattern(3 << 19, 700 + i)))
-        .collect();
-    for (key, body) in &objects {
-        s.put(key, body);
-    }
+    let objects = acknowledged_in_an_outage(&s, "orioledb_data/7/", 20, 3 << 19, 700);
     s.kill();
     s.start_again();
     s.no_faults();
