@@ -15,7 +15,7 @@ use crate::local::blobs::{BLOCK, read_block, read_checked, read_checked_if_cache
 use crate::local::index::Entry;
 use crate::memory::MemoryObject;
 use crate::metrics::DISK;
-use crate::origin::{ByteRange, ByteStream, Conditions, GetOutput};
+use crate::origin::{ByteStream, GetOutput, rest_of};
 use crate::read::Reader;
 
 impl Reader {
@@ -78,15 +78,15 @@ impl Reader {
                 }),
             );
             // A write committed meanwhile forgot the memory copy before this insert, or names
-            // another blob now: either way no stale copy stays in memory.
-            if self
-                .local
-                .index
-                .get(okey)
-                .ok()
-                .flatten()
-                .is_none_or(|e| e.blob != entry.blob)
-            {
+            // another blob now; an upload released meanwhile changed the entry of the same blob
+            // (no longer pending, the origin's Last-Modified and ETag): either way no stale copy
+            // stays in memory.
+            if self.local.index.get(okey).ok().flatten().is_none_or(|e| {
+                e.blob != entry.blob
+                    || e.pending != entry.pending
+                    || e.origin_etag != entry.origin_etag
+                    || e.meta.last_modified != entry.meta.last_modified
+            }) {
                 self.local.memory.invalidate(okey);
             }
             self.local.note_read(okey, entry.blob);
@@ -207,25 +207,20 @@ impl DiskReader {
         self.reader
             .corrupt(&self.okey, &self.entry, "a block failed its check while streaming")
             .await;
-        let cond = Conditions {
-            if_match: Some(self.entry.etag_at_origin().to_owned()),
-            ..Default::default()
-        };
-        let range = ByteRange::FromTo {
-            first: self.pos,
-            last: Some(self.last),
-        };
+        // The rest as a ranged read pinned to the cached version (`rest_of`): from an origin that
+        // ignores ranges, cut out of the whole object, never its first bytes in place of these.
         // On a task of its own: a body stream must be `Sync`, and the origin's future is only
         // `Send` (a `JoinHandle` is both).
         let (origin, okey) = (self.reader.origin.clone(), self.okey.clone());
-        let fetch = tokio::spawn(async move { origin.get_object(okey.bucket(), okey.key(), Some(range), &cond).await });
+        let (etag, from, last) = (self.entry.etag_at_origin().to_owned(), self.pos, self.last);
+        let fetch =
+            tokio::spawn(async move { rest_of(&*origin, okey.bucket(), okey.key(), &etag, from, Some(last)).await });
         let fetched = match fetch.await {
             Ok(r) => r,
             Err(e) => return Some(Err(Doing::io("refetching a corrupt cache entry failed", e))),
         };
         match fetched {
-            Ok(out) => {
-                let mut body = out.body;
+            Ok(mut body) => {
                 let first = body.next().await;
                 self.fallback = Some(body);
                 first

@@ -207,6 +207,16 @@ fn hand_on(fill: &Fill, to_writer: &mpsc::Sender<Vec<Bytes>>, batch: &mut Vec<By
 impl Reader {
     /// The fill of `okey`: the one under way (`true`: joined), or a new one started here.
     pub(crate) fn join_fill(self: &Arc<Self>, okey: &ObjectKey) -> (Arc<Fill>, bool) {
+        self.join_fill_holding(okey, None)
+    }
+
+    /// `join_fill`, with `room` (a background fill's place) held by a fill started here until it
+    /// ends (given back at once when one was under way).
+    pub(crate) fn join_fill_holding(
+        self: &Arc<Self>,
+        okey: &ObjectKey,
+        room: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> (Arc<Fill>, bool) {
         let (fill, joined) = self.local.fills.join(okey);
         if !joined {
             if self
@@ -216,10 +226,12 @@ impl Reader {
                 .map_or(true, |e| e.is_some_and(|e| e.pending))
             {
                 // A version written through Perch is not in the origin yet: what the origin sends
-                // now is older, so the fill serves its readers but is never kept. (A range miss's
-                // background fill or a prefetch can start so; a write committed after `join`
-                // marks the fill stale itself.)
-                fill.stale.store(true, Ordering::SeqCst);
+                // now is older, so the fill serves the reads that started it but is never kept,
+                // and no later read joins it: once that version is in the origin (a delete's
+                // tombstone then leaves the index), a read must not be given the older bytes. (A
+                // range miss's background fill or a prefetch can start so; a write committed
+                // after `join` marks the fill stale itself.)
+                self.local.fills.mark_stale(okey);
             }
             let reader = self.clone();
             let (okey, f) = (okey.clone(), fill.clone());
@@ -229,6 +241,7 @@ impl Reader {
                     f.progress.send_modify(|p| p.failed = Some(Arc::new(e)));
                 }
                 reader.local.fills.end(&okey, &f);
+                drop(room);
             });
         }
         (fill, joined)

@@ -27,6 +27,12 @@ use crate::pass::Passed;
 /// (it arrives sooner than an origin round trip would bring it).
 const FILL_NEAR: u64 = 4 << 20;
 
+/// Range misses fetch their whole objects behind their answers, this many at most at once: a burst
+/// of ranged reads over many objects does not start as many whole downloads (each holding memory
+/// and taking room in the disk tier) that no request limit bounds. A range miss beyond them is
+/// answered from the origin alone, and a later read of its object fills it.
+pub(crate) const BACKGROUND_FILLS_MAX: usize = 8;
+
 /// Settings of the read path.
 #[derive(Debug, Clone)]
 pub(crate) struct ReaderConfig {
@@ -75,6 +81,8 @@ pub(crate) struct Reader {
     pub(crate) origin: Arc<dyn Origin>,
     /// Which keys have versions the origin does not have yet (the journal's answer).
     pending: Arc<dyn Pending>,
+    /// Room for range misses' background fills (`BACKGROUND_FILLS_MAX`).
+    background_fills: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reader {
@@ -89,6 +97,7 @@ impl Reader {
             local,
             origin,
             pending,
+            background_fills: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_FILLS_MAX)),
         }
     }
 
@@ -324,8 +333,11 @@ impl Reader {
                 self.cfg.retry_deadline,
                 self.local.stats.resumed.clone(),
             );
-            if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit()) && !self.bypasses(okey) {
-                let _ = self.join_fill(okey);
+            if out.meta.size <= self.cfg.background_fill_max.min(self.local.keep_limit())
+                && !self.bypasses(okey)
+                && let Ok(room) = self.background_fills.clone().try_acquire_owned()
+            {
+                let _ = self.join_fill_holding(okey, Some(room));
             }
             self.local
                 .stats

@@ -440,6 +440,34 @@ fn a_flipped_byte_in_a_cached_file_is_detected_and_the_client_still_gets_the_exa
     s.assert_metric("perch_cache_corrupt_total", 3.0);
 }
 
+/// The rest of a large cached object whose block fails its check comes from the origin as a ranged
+/// read; from an origin that ignores ranges (200 and the whole object, which HTTP allows) that rest
+/// is cut out of the whole body, never sent from the object's first byte in its place.
+#[test]
+fn a_corrupt_block_refetched_from_an_origin_that_ignores_ranges_is_cut_to_its_place() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let large = pattern(3 * MIB + 100, 14);
+    s.put_behind_perchs_back("ci/large", &large);
+    s.get_expect("ci/large", &large, "MISS");
+    s.get_expect("ci/large", &large, "HIT");
+    let blob = s.blob_holding(&large);
+    s.stop_clean();
+    flip_byte(&blob, (BLOCK + 4321) as u64);
+    s.start_again();
+    s.proxy.reset();
+    s.faults(r#"{"ignore_range": true}"#);
+    s.get_expect("ci/large", &large, "HIT");
+    s.assert_metric("perch_cache_corrupt_total", 1.0);
+    let records = s.records("ci/large");
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["status"], 200, "the origin ignored the range: {records:#?}");
+    s.no_faults();
+    s.get_expect("ci/large", &large, "MISS");
+    s.get_expect("ci/large", &large, "HIT");
+}
+
 #[test]
 fn a_clean_restart_and_a_kill_9_keep_the_cache_warm() {
     let _turn = machine::share();
@@ -783,6 +811,62 @@ fn a_fill_started_before_a_pending_write_lands_never_replaces_it() {
     s.get_expect("sf/k", &new, "HIT");
 }
 
+/// A fill that started while a delete through Perch was pending (here a range miss's background
+/// fill of the old version) serves the read that started it and no later one: once the delete is
+/// in the origin, its tombstone leaves the index, and a GET must answer 404, not join that fill of
+/// the deleted object and get its bytes with 200.
+#[test]
+fn a_fill_started_while_a_delete_is_pending_is_never_joined_after_the_delete_lands() {
+    // Alone: the fill must outlast the delete's upload.
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let old = pattern(6 * MIB, 123);
+    s.put_behind_perchs_back("sd/k", &old);
+    s.proxy.reset();
+    // Every origin request 800 ms late and every body at 1 MiB/s (the fill of the old 6 MiB takes
+    // about 6 s); the delete's upload refused until the faults are lifted.
+    s.faults(
+        r#"{"latency_ms": 800, "bandwidth_bytes_per_sec": 1048576, "error_rate": 1.0,
+            "error_kinds": ["503"], "match_method": "DELETE", "match_key_prefix": "sd/"}"#,
+    );
+    let addr = s.addr();
+    let range = std::thread::spawn(move || {
+        Req::object("GET", addr, Style::Path, &key_path("sd/k"))
+            .header("Range", "bytes=0-99")
+            .go(addr)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Acknowledged while the range is still on its way: the range's answer starts the fill.
+    let d = s.req("DELETE", "sd/k").go(addr);
+    assert_eq!(d.status, 204, "{}", d.summary());
+    let r = range.join().expect("range thread");
+    assert_eq!(r.status, 206, "{}", r.summary());
+    eventually("the background fill asked the origin", || {
+        s.records("sd/k")
+            .iter()
+            .any(|r| r["method"] == "GET" && r["status"] == 200)
+            || s.tmp_files().iter().any(|(_, len)| *len > 0)
+    });
+    s.no_faults();
+    s.flush(Duration::from_secs(30));
+    assert_eq!(s.in_moto("sd/k"), None, "the delete is in the origin");
+    let fill_done = |s: &Stack| {
+        s.records("sd/k")
+            .iter()
+            .any(|r| r["method"] == "GET" && r["resp_bytes"] == old.len() as u64)
+    };
+    assert!(!fill_done(&s), "the test needs the delete to land before the fill ends");
+    let g = s.get("sd/k");
+    assert_eq!(g.status, 404, "a GET after the delete landed: {}", g.summary());
+    let h = s.head("sd/k");
+    assert_eq!(h.status, 404, "a HEAD after the delete landed: {}", h.summary());
+    eventually("the fill of the old version ended", || fill_done(&s));
+    eventually("the fill's temp file is gone", || s.tmp_files().is_empty());
+    let g = s.get("sd/k");
+    assert_eq!(g.status, 404, "a GET after the fill ended: {}", g.summary());
+}
+
 #[test]
 fn mutable_keys_are_revalidated_after_the_ttl_and_others_never() {
     let _turn = machine::alone();
@@ -1018,6 +1102,66 @@ fn a_range_miss_whose_origin_stream_breaks_is_resumed() {
 
 /// A range asked while the whole object's fill is under way and has passed the range's start is
 /// answered from the fill's bytes, not asked of the origin again.
+/// Range misses over many objects fetch their whole objects behind their answers, 8 at most at
+/// once (`BACKGROUND_FILLS_MAX`): a burst of ranged reads does not start as many whole downloads.
+/// The ranges are answered all the same, and an object whose background fill was not started is
+/// filled by its next whole read.
+#[test]
+fn range_misses_over_many_objects_fill_at_most_eight_objects_at_once() {
+    // Alone: the background fills must overlap.
+    let _turn = machine::alone();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let bodies: Vec<Vec<u8>> = (0..20).map(|i| pattern(2 * MIB, 130 + i)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        s.put_behind_perchs_back(&format!("bf/{i}"), body);
+    }
+    s.proxy.reset();
+    // Each body at 1 MiB/s: a whole object takes about 2 s, a range of 100 bytes no time.
+    s.faults(r#"{"bandwidth_bytes_per_sec": 1048576, "match_key_prefix": "bf/"}"#);
+    for (i, body) in bodies.iter().enumerate() {
+        s.range_expect(&format!("bf/{i}"), body, "1000-1099", "MISS");
+    }
+    let whole_gets = || -> Vec<(f64, f64)> {
+        s.proxy
+            .log()
+            .iter()
+            .filter(|r| r["method"] == "GET" && r["status"] == 200)
+            .map(|r| (r["t_start"].as_f64().unwrap_or(0.0), r["t_end"].as_f64().unwrap_or(0.0)))
+            .collect()
+    };
+    eventually("a background fill ended", || {
+        !whole_gets().is_empty() && s.tmp_files().is_empty()
+    });
+    // Any fill started after the first ones ended would take 2 s more.
+    std::thread::sleep(Duration::from_millis(2500));
+    eventually("the background fills ended", || s.tmp_files().is_empty());
+    let whole = whole_gets();
+    let at_once = whole
+        .iter()
+        .map(|(start, _)| whole.iter().filter(|(a, b)| a <= start && start < b).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1..=8).contains(&at_once) && whole.len() < bodies.len(),
+        "{} whole GETs, {at_once} at once, for {} range misses",
+        whole.len(),
+        bodies.len()
+    );
+    s.no_faults();
+    // Every object is whole-read right: the ones filled behind their ranges as hits, the others
+    // filled now.
+    let hits = (0..bodies.len())
+        .filter(|i| {
+            let r = s.get(&format!("bf/{i}"));
+            assert_eq!(r.status, 200, "{}", r.summary());
+            assert_same(&r.body, &bodies[*i], "a whole read");
+            r.header("x-cache") == Some("HIT")
+        })
+        .count();
+    assert_eq!(hits, whole.len(), "the objects filled behind their ranges are hits");
+}
+
 #[test]
 fn a_range_inside_a_fill_under_way_is_served_from_the_fill() {
     // Alone: the range must arrive while the throttled fill is still under way.
