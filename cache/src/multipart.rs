@@ -143,6 +143,7 @@ impl Multipart {
         // The upload stays until its version is committed (`finish`).
         let output = self.staging.fold_upload(bucket, key, upload_id, parts).await?;
         crate::journal::fail_point("upload_folded");
+        crate::journal::pause_point_async("upload_folded").await;
         let layout = parts
             .iter()
             .map(|p| {

@@ -48,13 +48,14 @@ const PUT: [&str; 22] = [
     "website",
 ];
 
-/// The names of `req`'s query parameters (its subresources among them).
-fn query_names<B>(req: &Request<B>) -> impl Iterator<Item = &str> {
+/// The names of `req`'s query parameters (its subresources among them), decoded as s3s decodes
+/// them.
+fn query_names<B>(req: &Request<B>) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
     req.uri()
         .query()
         .into_iter()
-        .flat_map(|q| q.split('&'))
-        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .flat_map(crate::sigv4::query_params)
+        .map(|(name, _)| name)
 }
 
 /// Whether `req`'s body is an XML document, by its method and subresource.
@@ -64,7 +65,7 @@ fn is_document<B>(req: &Request<B>) -> bool {
         http::Method::PUT => &PUT,
         _ => return false,
     };
-    query_names(req).any(|name| names.contains(&name))
+    query_names(req).any(|name| names.contains(&&*name))
 }
 
 /// The message of S3's MaxMessageLengthExceeded for a document over `DOCUMENT_BYTES_MAX`.

@@ -56,6 +56,11 @@ impl FastGet {
         }
     }
 
+    /// The store it reads (the door holds chunked bodies on its volume).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The answer to `req` when it is a GET or HEAD this path serves; `None` hands it to s3s.
     pub async fn answer<B>(&self, req: &Request<B>) -> Option<Response<s3s::Body>> {
         let target = self.accept(req, SystemTime::now())?;

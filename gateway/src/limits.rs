@@ -499,13 +499,22 @@ impl<B: Body + Unpin> Body for SpanBody<B> {
     }
 }
 
+/// The largest file a browser form (PostObject) may carry: s3s holds it in memory whole before
+/// Perch sees it, so it is bounded well under the memory budget (and by `--body-bytes-max`).
+pub const POST_OBJECT_FILE_MAX: u64 = 64 << 20;
+
 /// The body size a request declares (`x-amz-decoded-content-length` for an aws-chunked body,
-/// else `Content-Length`), when it is over `max`.
+/// else `Content-Length`), when it is over `max`. A decoded length on a body that is not
+/// aws-chunked (its `x-amz-content-sha256` not `STREAMING-*`) is not its length, as s3s and the
+/// spool read it: the `Content-Length` is (a signed `x-amz-decoded-content-length: 1` on a 6 GiB
+/// PUT let the body in, to be acknowledged and refused by the origin for ever).
 pub fn declared_over(headers: &http::HeaderMap, max: u64) -> Option<u64> {
-    let declared = headers
-        .get("x-amz-decoded-content-length")
-        .or_else(|| headers.get(http::header::CONTENT_LENGTH))?;
-    let n: u64 = declared.to_str().ok()?.trim().parse().ok()?;
+    let number = |name| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    let aws_chunked = headers
+        .get("x-amz-content-sha256")
+        .is_some_and(|v| v.as_bytes().starts_with(b"STREAMING-"));
+    let decoded = aws_chunked.then(|| number("x-amz-decoded-content-length")).flatten();
+    let n = decoded.or_else(|| number(http::header::CONTENT_LENGTH.as_str()))?;
     (n > max).then_some(n)
 }
 
@@ -520,8 +529,16 @@ mod tests {
         h.insert(http::header::CONTENT_LENGTH, "11".parse().unwrap());
         assert_eq!(declared_over(&h, 10), Some(11));
         assert_eq!(declared_over(&h, 11), None);
-        // An aws-chunked body's Content-Length counts its framing; the decoded length decides.
+        // A decoded length on a body that is not aws-chunked is not its length.
         h.insert("x-amz-decoded-content-length", "10".parse().unwrap());
+        assert_eq!(declared_over(&h, 10), Some(11));
+        h.insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+        assert_eq!(declared_over(&h, 10), Some(11));
+        // An aws-chunked body's Content-Length counts its framing; the decoded length decides.
+        h.insert(
+            "x-amz-content-sha256",
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER".parse().unwrap(),
+        );
         assert_eq!(declared_over(&h, 10), None);
     }
 

@@ -409,11 +409,8 @@ fn part_head_partial(mut r: Response<s3s::Body>) -> Response<s3s::Body> {
 fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> {
     const WEEK_SECS: u64 = 7 * 24 * 3600;
     let query = query?;
-    let expires = query.split('&').find_map(|pair| pair.strip_prefix("X-Amz-Expires="))?;
-    let signed_at = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("X-Amz-Date="))
-        .and_then(crate::sigv4::parse_amz_date);
+    let expires = crate::sigv4::query_param(query, "X-Amz-Expires")?;
+    let signed_at = crate::sigv4::query_param(query, "X-Amz-Date").and_then(crate::sigv4::parse_amz_date);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -457,11 +454,8 @@ fn presigned_expiry_refused(query: Option<&str>) -> Option<Response<s3s::Body>> 
 fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> {
     let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
-    let in_query = |name: &str| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
-    };
+    // By their decoded names, as s3s reads them.
+    let in_query = |name: &str| crate::sigv4::query_param(query, name);
     let auth = headers.get(http::header::AUTHORIZATION);
     let query_signed = in_query("X-Amz-Algorithm").is_some() || in_query("Signature").is_some();
     if auth.is_some() && query_signed {
@@ -860,19 +854,23 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
                 if chunked::lacks_length(&req) {
                     match door.fast.refused_by_its_head(&req) {
                         Some(code) => Err(refused_head(code)),
-                        None => match chunked::with_length(req, &door.spool_dir, limits.body_bytes_max).await {
-                            // Now of known length, a document is bounded and checked as any.
-                            Ok(req) if document::too_large(&req) => Err(error_response(
-                                StatusCode::BAD_REQUEST,
-                                "MaxMessageLengthExceeded",
-                                document::TOO_LARGE,
-                            )),
-                            Ok(req) if document::is_held(&req) => document::checked(req)
+                        None => {
+                            match chunked::with_length(req, &door.spool_dir, limits.body_bytes_max, door.fast.store())
                                 .await
-                                .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
-                            Ok(req) => Ok(req),
-                            Err(refused) => Err(error_response(refused.status, refused.code, &refused.message)),
-                        },
+                            {
+                                // Now of known length, a document is bounded and checked as any.
+                                Ok(req) if document::too_large(&req) => Err(error_response(
+                                    StatusCode::BAD_REQUEST,
+                                    "MaxMessageLengthExceeded",
+                                    document::TOO_LARGE,
+                                )),
+                                Ok(req) if document::is_held(&req) => document::checked(req)
+                                    .await
+                                    .map_err(|refused| error_response(refused.status, refused.code, &refused.message)),
+                                Ok(req) => Ok(req),
+                                Err(refused) => Err(error_response(refused.status, refused.code, &refused.message)),
+                            }
+                        }
                     }
                 } else if document::is_held(&req) {
                     // Held whole before s3s checks its signature, as a chunked body is: refused on

@@ -28,9 +28,12 @@ pub struct Authorization<'a> {
 }
 
 /// Parses `AWS4-HMAC-SHA256 Credential=AK/DATE/REGION/SERVICE/aws4_request, SignedHeaders=...,
-/// Signature=...` with its `x-amz-date`.
+/// Signature=...` with its `x-amz-date` (any white space after the algorithm, as s3s takes it).
 pub fn parse_header<'a>(value: &'a str, amz_date: &'a str) -> Option<Authorization<'a>> {
-    let rest = value.strip_prefix("AWS4-HMAC-SHA256 ")?;
+    let rest = value.strip_prefix("AWS4-HMAC-SHA256")?;
+    if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+        return None;
+    }
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let (name, value) = part.trim().split_once('=')?;
@@ -129,6 +132,26 @@ pub fn percent_decode(raw: &str) -> Option<String> {
 pub fn form_decode(raw: &str) -> Option<String> {
     let bytes = decoded_bytes(raw, true).collect::<Option<Vec<u8>>>()?;
     String::from_utf8(bytes).ok()
+}
+
+/// The names of a raw query's parameters, each with its raw value, its name decoded as s3s
+/// decodes it (`X-Amz-%41lgorithm` is `X-Amz-Algorithm` to s3s, and must be to every check made
+/// before it); a name that does not decode is kept raw.
+pub fn query_params(query: &str) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &str)> {
+    query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = if name.contains(['%', '+']) {
+            form_decode(name).map_or(std::borrow::Cow::Borrowed(name), std::borrow::Cow::Owned)
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        (name, value)
+    })
+}
+
+/// The raw value of the query parameter whose decoded name is `name` (`query_params`).
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query_params(query).find_map(|(n, v)| (n == name).then_some(v))
 }
 
 /// Appends a query component decoded; ASCII only (`None` otherwise, or for a malformed escape).

@@ -18,7 +18,7 @@ use crate::journal::record::{PartLayout, Record, RecordPut};
 use crate::journal::state::{State, Version};
 use crate::key::ObjectKey;
 use crate::local::index::Entry;
-use crate::local::room::{is_no_space, preallocate};
+use crate::local::room::{is_no_space, preallocate, preallocate_at};
 use crate::local::{TempGuard, lock};
 use crate::origin::ObjectMeta;
 
@@ -281,16 +281,17 @@ impl Journal {
         Ok(self.local.room_for(need).await?)
     }
 
-    /// Allocates `len` bytes of `file` (a body about to be written under the data dir) on disk,
-    /// so that writing it cannot fail for want of space; while the filesystem is full, it waits
-    /// (evicting clean entries, and as uploads free room) up to `--dirty-wait-max`.
-    pub(crate) async fn allocate(&self, file: BorrowedFd<'_>, len: u64) -> StoreResult<()> {
+    /// Allocates the `len` bytes of `file` from byte `at` (a body about to be written under the
+    /// data dir) on disk, so that writing them cannot fail for want of space; while the filesystem
+    /// is full, it waits (evicting clean entries, and as uploads free room) up to
+    /// `--dirty-wait-max`.
+    pub(crate) async fn allocate(&self, file: BorrowedFd<'_>, at: u64, len: u64) -> StoreResult<()> {
         let deadline = Instant::now() + self.cfg.dirty_wait_max;
         let mut rx = self.released.subscribe();
         let mut logged = false;
         loop {
             if self.disk_fits(len).await? {
-                match preallocate(&file, len) {
+                match preallocate_at(&file, at, len) {
                     Ok(_) => return Ok(()),
                     Err(e) if is_no_space(&e) => {}
                     Err(e) => return Err(e.into()),

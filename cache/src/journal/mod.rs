@@ -127,6 +127,22 @@ pub(crate) fn fail_point(name: &str) {
 /// point `<name>` for that long (later passes go on at once), so that a test can make something
 /// else happen at that moment. It says so on stderr when it starts and ends. Read once.
 pub(crate) fn pause_point(name: &str) {
+    if let Some(pause) = pause_at(name) {
+        std::thread::sleep(pause);
+        eprintln!("perch: pause point {name} passed");
+    }
+}
+
+/// `pause_point` on an async task (the task waits; its thread goes on with others).
+pub(crate) async fn pause_point_async(name: &str) {
+    if let Some(pause) = pause_at(name) {
+        tokio::time::sleep(pause).await;
+        eprintln!("perch: pause point {name} passed");
+    }
+}
+
+/// How long to pause at `name`: at its first pass only, when `PERCH_PAUSE_POINT` names it.
+fn pause_at(name: &str) -> Option<Duration> {
     static POINT: std::sync::OnceLock<Option<(String, Duration)>> = std::sync::OnceLock::new();
     static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let point = POINT.get_or_init(|| {
@@ -134,14 +150,12 @@ pub(crate) fn pause_point(name: &str) {
         let (point, millis) = v.split_once(':')?;
         Some((point.to_owned(), Duration::from_millis(millis.parse().ok()?)))
     });
-    if let Some((point, pause)) = point
-        && point == name
-        && !PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
-    {
-        eprintln!("perch: pause point {name} reached; pausing {} ms", pause.as_millis());
-        std::thread::sleep(*pause);
-        eprintln!("perch: pause point {name} passed");
+    let (point, pause) = point.as_ref()?;
+    if point != name || PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return None;
     }
+    eprintln!("perch: pause point {name} reached; pausing {} ms", pause.as_millis());
+    Some(*pause)
 }
 
 pub(crate) struct Journal {
@@ -490,7 +504,10 @@ impl Journal {
             }
             match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(StoreError::Timeout(limit)),
+                Ok(Err(_)) | Err(_) => {
+                    // What ended at the deadline itself still counts.
+                    return done(&lock(&self.state)).unwrap_or(Err(StoreError::Timeout(limit)));
+                }
             }
         }
     }

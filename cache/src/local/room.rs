@@ -220,13 +220,25 @@ fn statvfs(dir: &Path) -> io::Result<libc::statvfs> {
 /// Allocates `len` bytes of `file` on disk without changing its size (`fallocate` with
 /// `FALLOC_FL_KEEP_SIZE`), so that writing them later cannot fail for want of space. `Ok(false)`:
 /// the filesystem cannot preallocate (the writes take their chance).
-#[cfg(target_os = "linux")]
 pub(crate) fn preallocate(file: &impl std::os::fd::AsRawFd, len: u64) -> io::Result<bool> {
+    preallocate_at(file, 0, len)
+}
+
+/// `preallocate`, of the `len` bytes of `file` from byte `at`.
+#[cfg(target_os = "linux")]
+pub(crate) fn preallocate_at(file: &impl std::os::fd::AsRawFd, at: u64, len: u64) -> io::Result<bool> {
     if len == 0 {
         return Ok(true);
     }
     // SAFETY: a plain syscall on a descriptor the caller keeps open; it touches no memory of ours.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len as libc::off_t) };
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            at as libc::off_t,
+            len as libc::off_t,
+        )
+    };
     if r == 0 {
         return Ok(true);
     }
@@ -238,7 +250,7 @@ pub(crate) fn preallocate(file: &impl std::os::fd::AsRawFd, len: u64) -> io::Res
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn preallocate(_file: &impl std::os::fd::AsRawFd, _len: u64) -> io::Result<bool> {
+pub(crate) fn preallocate_at(_file: &impl std::os::fd::AsRawFd, _at: u64, _len: u64) -> io::Result<bool> {
     Ok(false)
 }
 

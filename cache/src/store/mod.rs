@@ -164,6 +164,8 @@ pub async fn origin_answers(origin: &dyn Origin) -> Result<Option<Vec<BucketInfo
     }
 }
 
+/// The largest object S3 copies in one CopyObject (and takes in one PUT): 5 GiB.
+const COPY_SOURCE_MAX: u64 = 5 << 30;
 impl Store {
     /// Opens the store under `cfg.data_dir` (index, blobs and journal survive restarts), replays
     /// the journal and starts the uploader and the cache's background work.
@@ -539,6 +541,19 @@ impl Store {
                 other => other,
             })?;
         let src_meta = source.output.meta;
+        // A copy made here goes up as one PUT: a source over S3's 5 GiB for one would be
+        // acknowledged, then refused by the origin for ever. S3 refuses such a copy.
+        if src_meta.size > COPY_SOURCE_MAX {
+            return Err(OriginError::rejected(
+                400,
+                "InvalidRequest",
+                format!(
+                    "The specified copy source is larger than the maximum allowable size for a copy source: \
+                     {COPY_SOURCE_MAX}"
+                ),
+            )
+            .into());
+        }
         let temp = self.local.blobs.temp_path();
         let landed = if spools_to_file(src_meta.size) {
             // A copy is a write: its body takes its room on the data dir's filesystem first, as a
@@ -546,7 +561,7 @@ impl Store {
             // `--dirty-wait-max`, then 503 SlowDown. A body kept in memory waits in the commit.
             let guard = TempGuard(temp.clone());
             let file = tokio::fs::File::create(&temp).await?;
-            self.journal.allocate(file.as_fd(), src_meta.size).await?;
+            self.journal.allocate(file.as_fd(), 0, src_meta.size).await?;
             spool_into(source.output.body, src_meta.size, &temp, file, guard).await?
         } else {
             spool(source.output.body, src_meta.size, &temp).await?
@@ -680,7 +695,13 @@ impl Store {
     /// cache entries are evicted for it, or it waits for uploads to free room, up to
     /// `--dirty-wait-max` (then `StoreError::NoRoom`).
     pub async fn allocate(&self, file: std::os::fd::BorrowedFd<'_>, len: u64) -> StoreResult<()> {
-        self.journal.allocate(file, len).await
+        self.journal.allocate(file, 0, len).await
+    }
+
+    /// `allocate`, of the `len` bytes of `file` from byte `at`: the next stretch of a body of no
+    /// declared length, allocated as it grows.
+    pub async fn allocate_more(&self, file: std::os::fd::BorrowedFd<'_>, at: u64, len: u64) -> StoreResult<()> {
+        self.journal.allocate(file, at, len).await
     }
 
     // ----- operations -----

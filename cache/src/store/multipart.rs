@@ -135,10 +135,26 @@ impl Store {
         Ok(aborted)
     }
 
+    /// Aborts an upload, once no completion of it is under way: after one, the upload is gone
+    /// (404 NoSuchUpload, as S3 answers), never told aborted while its object is committed.
     pub async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<()> {
         self.ensure_bucket(bucket).await?;
         if let Some(r) = &self.replica {
             return Ok(r.abort_multipart_upload(bucket, key, upload_id).await?);
+        }
+        let limit = self.journal.cfg.wait_limit;
+        let deadline = std::time::Instant::now() + limit;
+        let _claimed = loop {
+            if let Some(claimed) = self.multipart.start_completing(upload_id) {
+                break claimed;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(crate::error::StoreError::Timeout(limit));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if self.multipart.completed_before(bucket, key, upload_id).is_some() {
+            return Err(OriginError::NoSuchUpload.into());
         }
         self.multipart.abort(bucket, key, upload_id).await
     }

@@ -188,6 +188,64 @@ def test_chunked_put_with_a_wrong_hash_stores_nothing(perch, bucket):
     assert list((perch.data_dir / "tmp").iterdir()) == []
 
 
+def test_a_presigned_chunked_put_is_bounded_and_stored(perch_factory):
+    """A presigned PUT URL sent a body of unknown size (`requests.put(url, data=generator)`,
+    `curl -T -`): `Transfer-Encoding: chunked`, no Content-Length and no x-amz-content-sha256. It
+    is given its length like a header-signed chunked PUT: bounded by --body-bytes-max (it was
+    received unbounded, with no room allocated for it) and stored whole."""
+    perch = perch_factory("bounded", origin="dir", args=("--body-bytes-max", "1MiB"))
+    s3 = make_client(perch)
+    s3.create_bucket(Bucket="presigned-chunked")
+
+    def put(key, body):
+        url = s3.generate_presigned_url("put_object", Params={"Bucket": "presigned-chunked", "Key": key},
+                                        ExpiresIn=300)
+
+        def chunks():
+            for i in range(0, len(body), 100_000):
+                yield body[i : i + 100_000]
+
+        r = requests.put(url, data=chunks(), timeout=60)
+        assert r.request.headers.get("Transfer-Encoding") == "chunked"
+        assert "x-amz-content-sha256" not in {k.lower() for k in r.request.headers}
+        return r
+
+    body = bytes(range(256)) * 2000
+    r = put("fits", body)
+    assert r.status_code == 200, r.text
+    assert r.headers["ETag"] == '"' + hashlib.md5(body).hexdigest() + '"'
+    assert s3.get_object(Bucket="presigned-chunked", Key="fits")["Body"].read() == body
+    r = put("over", b"z" * ((1 << 20) + 1))
+    assert r.status_code == 400 and "<Code>EntityTooLarge</Code>" in r.text, r.text
+    assert error_of(lambda: s3.head_object(Bucket="presigned-chunked", Key="over"))[0] == 404
+    assert list((perch.data_dir / "tmp").iterdir()) == []
+
+
+def test_a_browser_form_file_is_bounded(perch_factory):
+    """s3s holds a browser form's file in memory whole: it is bounded by --body-bytes-max (at most
+    64 MiB), also when the form comes chunked with no length for the door to judge (it was
+    bounded by s3s's 5 GiB only)."""
+    perch = perch_factory("form-bounded", origin="dir", args=("--body-bytes-max", "1MiB"))
+    s3 = make_client(perch, signature_version="s3v4")
+    s3.create_bucket(Bucket="forms")
+
+    def post_chunked(key, data):
+        post = s3.generate_presigned_post("forms", key)
+        form = requests.Request("POST", post["url"], data=post["fields"], files={"file": (key, data)}).prepare()
+        body = form.body
+        r = requests.post(post["url"], data=(body[i : i + 65536] for i in range(0, len(body), 65536)),
+                          headers={"Content-Type": form.headers["Content-Type"]}, timeout=60)
+        assert r.request.headers.get("Transfer-Encoding") == "chunked"
+        return r
+
+    r = post_chunked("small.bin", b"s" * 5000)
+    assert r.status_code == 204, r.text
+    assert s3.get_object(Bucket="forms", Key="small.bin")["Body"].read() == b"s" * 5000
+    r = post_chunked("big.bin", b"q" * (2 << 20))
+    assert r.status_code == 400 and "<Code>EntityTooLarge</Code>" in r.text, r.text
+    assert error_of(lambda: s3.head_object(Bucket="forms", Key="big.bin"))[0] == 404
+
+
 # --------------------------------------------------------------------------- listings
 
 

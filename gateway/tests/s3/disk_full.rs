@@ -283,6 +283,84 @@ fn a_write_larger_than_the_volume_is_refused_at_once() {
     s.get_expect("fits", &body, "HIT");
 }
 
+/// `req` with `body` framed by `Transfer-Encoding: chunked` and no `Content-Length`, signed
+/// `UNSIGNED-PAYLOAD`; the body is written from a thread of its own, so that an answer given before
+/// the whole body was read is read all the same.
+fn put_without_a_length(s: &Stack, key: &str, body: &[u8]) -> Resp {
+    use perch_testkit::raw_client::{read_body, read_head};
+    use std::io::{BufReader, Write};
+    let mut req = s.req("PUT", key);
+    req.content_sha256 = Some("UNSIGNED-PAYLOAD".to_owned());
+    req.content_length = Some(0);
+    req.expect = Some(false);
+    let head = String::from_utf8(req.head().0)
+        .expect("ascii")
+        .replace("Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n");
+    let stream = std::net::TcpStream::connect(s.addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut framed = head.into_bytes();
+    for chunk in body.chunks(1 << 20) {
+        framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        framed.extend_from_slice(chunk);
+        framed.extend_from_slice(b"\r\n");
+    }
+    framed.extend_from_slice(b"0\r\n\r\n");
+    // Perch may answer and close before it has read the whole body.
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&framed);
+    });
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader).expect("an answer");
+    let body = read_body(&mut reader, "PUT", status, &headers).expect("its body");
+    drop(reader);
+    let _ = sender.join();
+    Resp {
+        status,
+        headers,
+        body,
+        got_continue: false,
+    }
+}
+
+/// A body of no declared length (`Transfer-Encoding: chunked`, no `Content-Length`) is held whole
+/// before s3s checks it; its room on the volume is taken as it grows, as any body's is: on a disk
+/// without room for it, it waits and, past `--dirty-wait-max`, is answered 503 SlowDown, with the
+/// disk's reserve left alone and nothing kept. (It was written until the disk was full, then
+/// answered 500 InternalError.) Once there is room, the same kind of PUT goes through.
+#[test]
+fn a_chunked_body_of_no_declared_length_waits_for_room_and_is_never_a_500() {
+    let _turn = machine::share();
+    let Some(disk) = SmallDisk::mount("64m") else { return };
+    let mut flags = FLAGS.to_vec();
+    flags.extend(["--dirty-wait-max", "3s"]);
+    let s = Stack::start_on(disk.path(), &flags);
+    let _log = s.log_on_panic();
+    // Another program's file leaves about 24 MiB free: 16 MiB beside the 8 MiB reserve.
+    let filler = disk.path().join("filler");
+    let take = disk.free().saturating_sub(24 << 20);
+    std::fs::write(&filler, vec![7u8; take as usize]).expect("filler");
+    let body = pattern(40 << 20, 31);
+    let r = put_without_a_length(&s, "chunked-big", &body);
+    assert_eq!(r.status, 503, "a chunked PUT with no room for it: {}", r.summary());
+    assert_eq!(r.code().as_deref(), Some("SlowDown"), "{}", r.summary());
+    let held: Vec<_> = std::fs::read_dir(disk.path().join("tmp"))
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(held.is_empty(), "held bodies left: {held:?}");
+    assert!(s.tmp_files().is_empty(), "temp files left: {:?}", s.tmp_files());
+    assert_eq!(s.get("chunked-big").status, 404);
+    // Room again: a chunked body that fits (held, then spooled: twice its size) goes through.
+    std::fs::remove_file(&filler).expect("filler");
+    let body = pattern(16 << 20, 32);
+    let r = put_without_a_length(&s, "chunked-fits", &body);
+    assert_eq!(r.status, 200, "a chunked PUT with room for it: {}", r.summary());
+    assert_eq!(r.header("ETag"), Some(md5_etag(&body).as_str()));
+    s.get_expect("chunked-fits", &body, "HIT");
+}
+
 #[test]
 fn room_freed_by_someone_else_lets_waiting_writes_through() {
     let _turn = machine::share();

@@ -325,6 +325,19 @@ fn a_lower_body_bound_is_refused_early_and_cut_when_a_body_grows_past_it() {
         .body(pattern(2 << 20, 8))
         .go(addr);
     assert_error(&r, 400, "EntityTooLarge", "a 2 MiB part");
+    // A decoded length (signed) on a body that is not aws-chunked is not its length: s3s and the
+    // spool read the Content-Length. It let a body over the bound in, to be acknowledged, and
+    // refused by the origin for ever past S3's 5 GiB.
+    let r = Req::object("PUT", addr, Style::Path, "over")
+        .body(pattern(2 << 20, 8))
+        .header("x-amz-decoded-content-length", "10")
+        .go(addr);
+    assert_error(
+        &r,
+        400,
+        "EntityTooLarge",
+        "a 2 MiB PUT declaring a decoded length of 10",
+    );
 
     // A body never grows past its bound: a chunked body without a declared length is refused
     // with EntityTooLarge once it passes the bound, while it is received, and nothing is kept.

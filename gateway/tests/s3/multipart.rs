@@ -544,6 +544,81 @@ fn the_part_sizes_of_an_upload_completed_through_perch_are_kept() {
     });
 }
 
+/// An abort sent while the upload's completion is under way waits for it, and is then answered as
+/// S3 answers an abort of an upload that completed: 404 NoSuchUpload. It was answered 204 while
+/// the completion went on to commit the object and answer 200: the client was told its upload was
+/// aborted, and the object was there and uploaded.
+#[test]
+fn an_abort_during_the_completion_is_no_such_upload_and_the_object_stands() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    // The completion holds for 3 s once its parts are folded into one object.
+    s.env
+        .push(("PERCH_PAUSE_POINT".to_owned(), "upload_folded:3000".to_owned()));
+    s.restart_clean();
+    let parts = [pattern(5 << 20, 21), pattern(1000, 22)];
+    let c = s.sdk();
+    let (upload, done) = s.rt.block_on(async {
+        let upload = ok(
+            c.create_multipart_upload().bucket(BUCKET).key("raced").send().await,
+            "create",
+        )
+        .upload_id()
+        .unwrap_or_default()
+        .to_owned();
+        let mut done = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let out = ok(
+                c.upload_part()
+                    .bucket(BUCKET)
+                    .key("raced")
+                    .upload_id(&upload)
+                    .part_number(n)
+                    .body(ByteStream::from(part.clone()))
+                    .send()
+                    .await,
+                "part",
+            );
+            done.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .build(),
+            );
+        }
+        (upload, done)
+    });
+    let completion = {
+        let (c, upload) = (c.clone(), upload.clone());
+        s.rt.spawn(async move {
+            c.complete_multipart_upload()
+                .bucket(BUCKET)
+                .key("raced")
+                .upload_id(upload)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+                .send()
+                .await
+        })
+    };
+    s.rt.block_on(async {
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let aborted = c
+            .abort_multipart_upload()
+            .bucket(BUCKET)
+            .key("raced")
+            .upload_id(&upload)
+            .send()
+            .await;
+        expect_err(aborted, 404, Some("NoSuchUpload"));
+        let completed = completion.await.expect("completion task");
+        ok(completed, "the completion");
+        let whole: Vec<u8> = parts.concat();
+        assert_eq!(get_bytes(&c, BUCKET, "raced").await, whole, "the completed object");
+    });
+}
+
 /// A cached copy of an object uploaded in parts, replaced at the origin behind Perch's back (a
 /// key the policy never revalidates): its layout cannot be learnt from the origin, which holds
 /// another version, so the stale copy is dropped and the part is read from the origin's version,
