@@ -509,6 +509,14 @@ impl Replica {
             let before = self.control_etag(bucket).await?;
             let pinned = self.pin_rewritten(bucket).await?;
             let after = self.control_etag(bucket).await?;
+            if after.is_none() {
+                // No checkpoint of the primary yet (an empty bucket, or its first checkpoint under
+                // way): nothing to hold as of one, and nothing recorded, so that the first read
+                // after the primary's first checkpoint pins its keys. (Recorded with nothing
+                // pinned, the replica never pinned them, and served their 404 for good.)
+                tracing::debug!(bucket, "the primary has no checkpoint yet: the replica is not seeded");
+                return Ok(());
+            }
             if before == after {
                 let record = serde_json::json!({
                     "control_etag": after,

@@ -387,7 +387,11 @@ pub(crate) fn client_range(mut out: GetOutput, asked: ByteRange) -> OriginResult
     let Some((first, last)) = asked.resolve(out.meta.size)? else {
         return Ok(out);
     };
-    note_ranges_ignored();
+    // A range naming the whole object (`bytes=0-`) may be answered 200 by an origin that honours
+    // ranges.
+    if first != 0 || last + 1 != out.meta.size {
+        note_ranges_ignored();
+    }
     out.range = Some((first, last));
     out.body = Box::pin(Skipped {
         body: out.body,
@@ -876,7 +880,7 @@ impl OriginError {
     /// Whether a failed attempt may still have been carried out by the origin: its answer was
     /// lost (a timeout, a reset, no answer at all) or was a server error that does not say (500,
     /// 502, 504). A refusal to start says it was not: 503 (SlowDown, ServiceUnavailable), 429 and
-    /// the other throttles, 408, a refused credential. (A transient answer's text starts with its
+    /// the other throttles, 408, a 409 conflict to retry, a refused credential. (A transient answer's text starts with its
     /// status: `errors::classify_answer`.)
     pub fn may_have_taken_effect(&self) -> bool {
         let OriginError::Transient { what, .. } = self else {
@@ -885,7 +889,7 @@ impl OriginError {
         let status = what
             .split_once(' ')
             .and_then(|(s, _)| (s.len() == 3).then(|| s.parse::<u16>().ok()).flatten());
-        !matches!(status, Some(400 | 403 | 408 | 429 | 503))
+        !matches!(status, Some(400 | 403 | 408 | 409 | 429 | 503))
     }
 
     /// The S3 error code, when the server refused the request's signature or credentials (a
@@ -935,6 +939,28 @@ impl OriginError {
             OriginError::Rejected { status, .. } => *status == 501,
             OriginError::Transient { what, .. } => what.starts_with("501 "),
             _ => false,
+        }
+    }
+
+    /// A 501 the origin answered (`is_not_implemented`) as the refusal it is: `Rejected` with its
+    /// status, code and message, to pass on to the client at once, as no retry changes it. Any
+    /// other error as it is.
+    pub fn as_not_implemented(self) -> OriginError {
+        match self {
+            OriginError::Transient { what, .. } if what.starts_with("501 ") => {
+                let rest = &what["501 ".len()..];
+                let (code, message) = rest.split_once(": ").unwrap_or((rest, ""));
+                OriginError::Rejected {
+                    status: 501,
+                    code: if code.is_empty() {
+                        "NotImplemented".to_owned()
+                    } else {
+                        code.to_owned()
+                    },
+                    message: message.to_owned(),
+                }
+            }
+            other => other,
         }
     }
 

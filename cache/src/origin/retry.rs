@@ -230,6 +230,9 @@ impl RetryingOrigin {
             };
             self.stats.record(op, t.elapsed(), &result);
             let mut err = match result {
+                // The origin does not implement what the request asks (S3's answer to a header
+                // it does not support): no retry changes that; the client is told at once.
+                Err(e) if e.is_not_implemented() => return (Err(e.as_not_implemented()), uncertain),
                 Err(e) if e.is_transient() => e,
                 other => return (other, uncertain),
             };

@@ -42,6 +42,7 @@ impl Store {
     /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
     pub async fn create_bucket(&self, bucket: &str, new: &NewBucket) -> StoreResult<()> {
         let since = self.buckets.deletes(bucket);
+        self.fence().await;
         self.asked(self.origin.create_bucket_in(bucket, new)).await?;
         // Unless a DeleteBucket was sent meanwhile (`ensure_bucket` asks again then).
         let _ = self.buckets.seen(bucket, since).await;
@@ -105,6 +106,9 @@ impl Store {
             )
             .into());
         }
+        // A primary whose lease is not writable (a stale one, or one that lost it) changes nothing
+        // in the bucket.
+        self.fence().await;
         // From here the bucket may be gone, whatever becomes of this request and of Perch.
         self.buckets.mark(bucket).await.map_err(CacheError::Io)?;
         let answer = self.asked(self.origin.delete_bucket(bucket)).await;
@@ -130,6 +134,7 @@ impl Store {
                     objects = own.len(),
                     "removing Perch's own objects to delete the bucket"
                 );
+                self.fence().await;
                 for key in &own {
                     self.asked(self.origin.delete_object(bucket, key, None)).await?;
                 }
@@ -203,6 +208,7 @@ impl Store {
         Fut: Future<Output = OriginResult<T>> + Send + 'static,
     {
         let retried = move |origin| crate::origin::retry::retrying_for(ASKED_MAX, call(origin));
+        self.fence().await;
         if sub == Subresource::Tagging {
             return self.decide(okey, held, retried).await;
         }
@@ -260,6 +266,7 @@ impl Store {
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
+        self.fence().await;
         Ok(self.asked(self.origin.put_config(bucket, None, sub, doc)).await?)
     }
 
@@ -280,6 +287,7 @@ impl Store {
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
+        self.fence().await;
         Ok(self.asked(self.origin.delete_config(bucket, None, sub)).await?)
     }
 }

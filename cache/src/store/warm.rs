@@ -44,6 +44,8 @@ impl Store {
             if self.buckets.marked(bucket) {
                 continue;
             }
+            // Not by a primary whose lease is not writable (stale, or lost).
+            self.fence().await;
             hot_set::write(self.unretried_origin.as_ref(), bucket, objects).await?;
             named += objects.len();
         }

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use perch_testkit::bodies::content_md5;
 use perch_testkit::raw_client::{BUCKET, Req, Style, key_path};
 use perch_testkit::sdk::moto_client;
-use perch_testkit::servers::{MotoServer, PerchServer, ProxyServer};
+use perch_testkit::servers::{MotoServer, PerchOptions, PerchServer, ProxyServer};
 
 use crate::support::machine;
-use crate::support::perch::{moto_keys_env, perch_binary, s3_origin, start_with, wait_until};
+use crate::support::perch::{flush, moto_keys_env, perch_binary, s3_origin, start_with, wait_until};
 use crate::support::sdk::bytes_of;
 
 const PERIOD: &str = "1500ms";
@@ -323,6 +324,85 @@ fn an_unrenewed_lease_is_taken_after_its_period_and_margin() {
     // B renews on its own.
     let renewal = b.lease().expect("lease").2;
     assert!(wait_until(Duration::from_secs(5), || b.lease().expect("lease").2 > renewal));
+}
+
+/// A primary started while the origin is out waits for it to take the lease, and starts once it
+/// is back: it used to exit at the first fault (and a supervisor started it again and again).
+#[test]
+fn a_primary_started_during_an_outage_takes_the_lease_once_the_origin_is_back() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    proxy.control().patch(r#"{"outage": true}"#);
+    let mut env = moto_keys_env();
+    env.push(("NO_COLOR".to_owned(), "1".to_owned()));
+    let opts = PerchOptions {
+        binary: perch_binary(),
+        data_dir: b.dir("a"),
+        args: b.args_via("machine-a", &proxy.endpoint),
+        env,
+    };
+    // On a thread of its own: the start returns once perch listens.
+    let starting = std::thread::spawn(move || PerchServer::start(opts));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!starting.is_finished(), "perch ended while the origin was out");
+    assert!(b.lease().is_none(), "no lease could be taken in the outage");
+    proxy.control().patch(r#"{"outage": false}"#);
+    let a = starting.join().expect("perch started once the origin was back");
+    let (holder, epoch, _, released, _) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), epoch, released), ("machine-a", 1, false));
+    assert_eq!(put(a.addr, "k", b"from a"), 200);
+}
+
+/// A primary whose renewals fail is not writable once its last renewal is a period old: it then
+/// sends nothing that changes the bucket, a bucket configuration included (those went to the
+/// origin unfenced, as did bucket creation and deletion and the hot set); once a renewal lands,
+/// the request goes on.
+#[test]
+fn a_primary_that_cannot_renew_sends_no_bucket_configuration() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    let a = start_with(&b.dir("a"), b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
+    assert_eq!(put(a.addr, "k", b"from a"), 200);
+    flush(&a, Duration::from_secs(30));
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": ".perch/lease"}"#);
+    // Past the period: no renewal is recent.
+    std::thread::sleep(Duration::from_millis(2500));
+    proxy.control().reset();
+    let addr = a.addr;
+    let xml = b"<Tagging><TagSet><Tag><Key>team</Key><Value>a</Value></Tag></TagSet></Tagging>".to_vec();
+    let tagging = std::thread::spawn(move || {
+        Req::bucket("PUT", addr, Style::Path, "tagging")
+            .header("Content-MD5", &content_md5(&xml))
+            .body(xml)
+            .go(addr)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !tagging.is_finished(),
+        "a bucket configuration was answered while the lease was stale"
+    );
+    let sent: Vec<String> = proxy
+        .control()
+        .log()
+        .iter()
+        .filter(|r| r["method"] != "GET" && r["method"] != "HEAD" && r["key"] != ".perch/lease")
+        .map(|r| format!("{} {} {}", r["method"], r["key"], r["query"]))
+        .collect();
+    assert!(
+        sent.is_empty(),
+        "sent to the origin while the lease was stale: {sent:?}"
+    );
+    proxy.control().patch(r#"{"error_rate": 0.0}"#);
+    let r = tagging.join().expect("tagging thread");
+    assert!(matches!(r.status, 200 | 204), "{}", r.summary());
+    let tags =
+        b.rt.block_on(moto_client(&b.moto).get_bucket_tagging().bucket(BUCKET).send())
+            .expect("the bucket's tags in moto");
+    assert_eq!(tags.tag_set().len(), 1);
 }
 
 /// A holder paused (SIGSTOP, as a suspended machine) past its lease loses it to a new primary;

@@ -382,6 +382,40 @@ fn permanent_answers_pass_through_at_once() {
     );
 }
 
+/// A 501 NotImplemented (S3's answer to a header it does not support: here to a conditional
+/// DELETE) is passed on at once, not retried until `--origin-retry-deadline` and answered 503
+/// SlowDown: no retry of the same request changes it, and the client retried the 503 for ever.
+#[test]
+fn a_501_from_the_origin_is_passed_on_at_once() {
+    let _turn = machine::share();
+    let stack = start("20s", &[]);
+    let _log = stack.log_on_panic();
+    let key = "conditional/delete";
+    put_ok(&stack, key, b"v1");
+    stack.flush(Duration::from_secs(30));
+    stack.faults(r#"{"error_rate":1.0,"error_kinds":["501"],"match_method":"DELETE"}"#);
+    stack.proxy.reset();
+    let started = Instant::now();
+    let r = Req::object("DELETE", stack.addr(), Style::Virtual, key)
+        .header("If-Match", &md5_etag(b"v1"))
+        .go(stack.addr());
+    assert_error(
+        &r,
+        501,
+        "NotImplemented",
+        "a conditional DELETE the origin does not implement",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}: retried as a fault",
+        started.elapsed()
+    );
+    let records = stack.proxy.records_for(key);
+    assert_eq!(records.len(), 1, "one DELETE sent, not retried: {records:?}");
+    stack.no_faults();
+    get_ok(&stack, key, b"v1");
+}
+
 #[test]
 fn stalled_origin_requests_are_retried() {
     let _turn = machine::share();

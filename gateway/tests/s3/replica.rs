@@ -407,6 +407,37 @@ fn replica_overlay_reads_back_lists_survives_restart_and_never_uploads() {
     assert_eq!(moto_req(&moto, "GET", "orioledb_data/1/1/2.0.0").body, part);
 }
 
+/// A replica that first meets the bucket before the primary's first checkpoint (an empty bucket:
+/// the entrypoint's probe lists it) holds nothing as of a checkpoint yet, and records no seeding:
+/// once the primary has checkpointed, the replica's first read pins the primary's undo files. (It
+/// recorded its seeding with nothing pinned, and served a 404 for those keys for good.)
+#[test]
+fn a_replica_that_met_the_bucket_before_any_checkpoint_is_seeded_after_the_first() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    create_moto_bucket(&moto);
+    let replica = start_replica(&tmp.path().join("replica"), &proxy);
+    let r = replica.addr;
+    assert_eq!(
+        list_keys(r),
+        Vec::<String>::new(),
+        "the empty bucket, through the replica"
+    );
+    assert_eq!(status_of(r, "GET", UNDO, b"", &[]), 404, "no undo file yet");
+    // The primary's first checkpoint.
+    put_into_moto(&moto, UNDO, b"primary undo 1");
+    put_into_moto(&moto, "data/1/global/pg_control", b"primary pg_control 1");
+    put_into_moto(&moto, CONTROL, b"primary control 1");
+    get_is(r, UNDO, b"primary undo 1", "pinned after the first checkpoint");
+    // Pinned: the primary's next checkpoint does not change the replica's copy.
+    put_into_moto(&moto, UNDO, b"primary undo 2");
+    put_into_moto(&moto, CONTROL, b"primary control 2");
+    get_is(r, UNDO, b"primary undo 1", "the pinned copy");
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
+}
+
 /// `/status` of a perch, as JSON.
 fn status_json(perch: &PerchServer) -> serde_json::Value {
     let (code, text) = admin_get(perch, "/status");

@@ -151,6 +151,10 @@ pub(super) fn classify_answer(status: u16, code: String, message: String, subjec
         "RequestTimeout",
         "Throttling",
         "ThrottlingException",
+        // 409s S3 asks to retry: a conditional write raced another (its answer may then be 412),
+        // or a conflicting operation on the bucket was under way.
+        "ConditionalRequestConflict",
+        "OperationAborted",
     ];
     if status >= 500 || status == 429 || status == 408 || TRANSIENT_CODES.contains(&code.as_str()) {
         let code = if code.is_empty() { status.to_string() } else { code };
@@ -252,6 +256,17 @@ mod tests {
             "{unsupported:?}"
         );
         assert!(c(429, "", Subject::Object).is_transient());
+        assert!(c(409, "ConditionalRequestConflict", Subject::Object).is_transient());
+        assert!(!c(409, "ConditionalRequestConflict", Subject::Object).may_have_taken_effect());
+        assert!(c(409, "OperationAborted", Subject::Bucket).is_transient());
+        assert!(c(409, "BucketNotEmpty", Subject::Bucket).is_permanent());
+        // A 501 passed on as the refusal it is.
+        let passed = unsupported.as_not_implemented();
+        assert!(
+            matches!(&passed, OriginError::Rejected { status: 501, code, .. } if code == "NotImplemented"),
+            "{passed:?}"
+        );
+        assert!(passed.is_not_implemented() && !passed.is_transient() && !passed.is_permanent());
         // Throttles (the origin asked for fewer requests) told from an outage's answers.
         assert!(c(503, "SlowDown", Subject::Object).is_throttle());
         assert!(c(429, "", Subject::Object).is_throttle());
