@@ -174,13 +174,10 @@ pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Orig
             };
             if origin_config.region == "auto" {
                 // `auto` is Tigris's region; any other service is asked for its own.
-                let region = until_the_origin_answers("asking the origin's region", || async {
-                    S3Origin::find_region(&origin_config)
-                        .await
-                        .map_err(Retried::<std::convert::Infallible>::Origin)
-                })
-                .await
-                .map_err(|e| {
+                // An origin that cannot be asked stops the start with a message naming the flag
+                // that makes the question moot (`lifecycle::an_origin_whose_region_cannot_be_found_
+                // stops_perch_at_start`).
+                let region = S3Origin::find_region(&origin_config).await.map_err(|e| {
                     anyhow::anyhow!(
                         "cannot find the region of the origin {endpoint} (--origin-region auto): {e}; \
                          name it with --origin-region REGION"

@@ -83,17 +83,7 @@ impl Store {
         // A completion sent again (its answer was lost, or the client gave up waiting): the
         // first one's answer, once it has one. Upload ids are never reused, so an id completed
         // here is in the staging area no more.
-        let limit = self.journal.cfg.wait_limit;
-        let deadline = std::time::Instant::now() + limit;
-        let _completing = loop {
-            if let Some(completing) = self.multipart.start_completing(upload_id) {
-                break completing;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(crate::error::StoreError::Timeout(limit));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let _completing = self.claim_upload(upload_id).await?;
         if let Some(output) = self.multipart.completed_before(bucket, key, upload_id) {
             return Ok(output);
         }
@@ -142,21 +132,27 @@ impl Store {
         if let Some(r) = &self.replica {
             return Ok(r.abort_multipart_upload(bucket, key, upload_id).await?);
         }
+        let _claimed = self.claim_upload(upload_id).await?;
+        if self.multipart.completed_before(bucket, key, upload_id).is_some() {
+            return Err(OriginError::NoSuchUpload.into());
+        }
+        self.multipart.abort(bucket, key, upload_id).await
+    }
+
+    /// `upload_id`, for a completion or an abort, once no other completion of it is under way;
+    /// `Timeout` past the wait limit.
+    async fn claim_upload(&self, upload_id: &str) -> StoreResult<crate::multipart::Completing<'_>> {
         let limit = self.journal.cfg.wait_limit;
         let deadline = std::time::Instant::now() + limit;
-        let _claimed = loop {
+        loop {
             if let Some(claimed) = self.multipart.start_completing(upload_id) {
-                break claimed;
+                return Ok(claimed);
             }
             if std::time::Instant::now() >= deadline {
                 return Err(crate::error::StoreError::Timeout(limit));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if self.multipart.completed_before(bucket, key, upload_id).is_some() {
-            return Err(OriginError::NoSuchUpload.into());
         }
-        self.multipart.abort(bucket, key, upload_id).await
     }
 
     pub async fn list_parts(&self, bucket: &str, key: &str, upload_id: &str) -> StoreResult<Vec<PartInfo>> {

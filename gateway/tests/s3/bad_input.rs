@@ -14,7 +14,7 @@ use perch_testkit::sigv4::{Keys, sha256_hex};
 
 use crate::support::machine;
 use crate::support::perch::{Perch, admin_get, wait_until};
-use crate::support::raw::{assert_error, create_bucket, list_keys};
+use crate::support::raw::{assert_error, create_bucket, list_keys, send_without_a_length};
 
 /// A perch with the directory origin, the bucket and one known object.
 fn setup() -> Perch {
@@ -648,42 +648,6 @@ fn a_chunked_body_without_a_valid_key_is_refused_before_it_is_received() {
 fn put_aws_chunked_without_a_length(addr: std::net::SocketAddr, mut put: Req, aws_chunked: &[u8]) -> Resp {
     put.content_sha256 = Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER".to_owned());
     send_without_a_length(addr, put, aws_chunked)
-}
-
-/// Sends `req` (signed over `body`'s SHA-256 unless it names another payload) with `body` framed
-/// by `Transfer-Encoding: chunked` and no `Content-Length`, and reads the answer.
-fn send_without_a_length(addr: std::net::SocketAddr, mut req: Req, body: &[u8]) -> Resp {
-    use perch_testkit::raw_client::{read_body, read_head};
-    use std::io::BufReader;
-    if req.content_sha256.is_none() {
-        req.content_sha256 = Some(sha256_hex(body));
-    }
-    req.content_length = Some(0);
-    req.expect = Some(false);
-    let method = req.method.clone();
-    let head = String::from_utf8(req.head().0)
-        .expect("ascii")
-        .replace("Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    s.write_all(head.as_bytes()).expect("head");
-    let mut framed = Vec::new();
-    if !body.is_empty() {
-        framed.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
-        framed.extend_from_slice(body);
-        framed.extend_from_slice(b"\r\n");
-    }
-    framed.extend_from_slice(b"0\r\n\r\n");
-    s.write_all(&framed).expect("body");
-    let mut reader = BufReader::new(s);
-    let (status, headers) = read_head(&mut reader).expect("an answer");
-    let body = read_body(&mut reader, &method, status, &headers).expect("its body");
-    Resp {
-        status,
-        headers,
-        body,
-        got_continue: false,
-    }
 }
 
 /// An aws-chunked body framed by `Transfer-Encoding: chunked` has only its declared decoded

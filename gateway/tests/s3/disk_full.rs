@@ -13,6 +13,7 @@ use perch_testkit::bodies::{md5_etag, pattern};
 use perch_testkit::raw_client::{BUCKET, Req, Resp};
 
 use crate::support::machine;
+use crate::support::raw::send_without_a_length;
 use crate::support::stack::{Stack, assert_same, eventually};
 
 /// A tmpfs of a given size mounted for one test, unmounted when dropped (declare it before the
@@ -283,44 +284,12 @@ fn a_write_larger_than_the_volume_is_refused_at_once() {
     s.get_expect("fits", &body, "HIT");
 }
 
-/// `req` with `body` framed by `Transfer-Encoding: chunked` and no `Content-Length`, signed
-/// `UNSIGNED-PAYLOAD`; the body is written from a thread of its own, so that an answer given before
-/// the whole body was read is read all the same.
+/// A PUT of `key` with `body` framed by `Transfer-Encoding: chunked` and no `Content-Length`,
+/// signed `UNSIGNED-PAYLOAD`.
 fn put_without_a_length(s: &Stack, key: &str, body: &[u8]) -> Resp {
-    use perch_testkit::raw_client::{read_body, read_head};
-    use std::io::{BufReader, Write};
     let mut req = s.req("PUT", key);
     req.content_sha256 = Some("UNSIGNED-PAYLOAD".to_owned());
-    req.content_length = Some(0);
-    req.expect = Some(false);
-    let head = String::from_utf8(req.head().0)
-        .expect("ascii")
-        .replace("Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n");
-    let stream = std::net::TcpStream::connect(s.addr()).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    let mut writer = stream.try_clone().expect("clone");
-    let mut framed = head.into_bytes();
-    for chunk in body.chunks(1 << 20) {
-        framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        framed.extend_from_slice(chunk);
-        framed.extend_from_slice(b"\r\n");
-    }
-    framed.extend_from_slice(b"0\r\n\r\n");
-    // Perch may answer and close before it has read the whole body.
-    let sender = std::thread::spawn(move || {
-        let _ = writer.write_all(&framed);
-    });
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader).expect("an answer");
-    let body = read_body(&mut reader, "PUT", status, &headers).expect("its body");
-    drop(reader);
-    let _ = sender.join();
-    Resp {
-        status,
-        headers,
-        body,
-        got_continue: false,
-    }
+    send_without_a_length(s.addr(), req, body)
 }
 
 /// A body of no declared length (`Transfer-Encoding: chunked`, no `Content-Length`) is held whole

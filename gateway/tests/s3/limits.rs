@@ -281,6 +281,7 @@ fn bodies_over_their_bound_are_refused_before_they_are_read() {
             put = put
                 .header("x-amz-decoded-content-length", &over.to_string())
                 .header("Content-Encoding", "aws-chunked");
+            put.content_sha256 = Some("STREAMING-UNSIGNED-PAYLOAD-TRAILER".to_owned());
         }
         let r = put.go(addr);
         assert_error(&r, 400, "EntityTooLarge", &format!("{what} of 5 GiB + 1"));
