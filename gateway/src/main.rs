@@ -174,9 +174,8 @@ pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Orig
             };
             if origin_config.region == "auto" {
                 // `auto` is Tigris's region; any other service is asked for its own.
-                // An origin that cannot be asked stops the start with a message naming the flag
-                // that makes the question moot (`lifecycle::an_origin_whose_region_cannot_be_found_
-                // stops_perch_at_start`).
+                // An origin that cannot be asked stops the start, naming the flag that makes the
+                // question moot.
                 let region = S3Origin::find_region(&origin_config).await.map_err(|e| {
                     anyhow::anyhow!(
                         "cannot find the region of the origin {endpoint} (--origin-region auto): {e}; \
@@ -193,61 +192,6 @@ pub(crate) async fn open_origin(config: &Config) -> anyhow::Result<(Arc<dyn Orig
             (Arc::new(origin), keys)
         }
     })
-}
-
-/// An error of a start-up step that waits out origin faults (`until_the_origin_answers`): the
-/// origin's, which is waited out when it is a fault, or another.
-#[derive(Debug)]
-enum Retried<E> {
-    Origin(perch_cache::OriginError),
-    Other(E),
-}
-
-impl<E: std::fmt::Display> std::fmt::Display for Retried<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Retried::Origin(e) => write!(f, "{e}"),
-            Retried::Other(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// As the error it holds (its sources too).
-impl<E: std::error::Error + 'static> std::error::Error for Retried<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Retried::Origin(e) => e.source(),
-            Retried::Other(e) => e.source(),
-        }
-    }
-}
-
-/// Runs a start-up step that asks the origin (its region, the lease) until it gets an answer: an
-/// origin fault (an outage, a timeout, 503) is waited out, with pauses doubling from 200 ms to
-/// 5 s, instead of ending the process, which a supervisor would start again and again (Perch
-/// waits for the origin rather than fail); any other answer is the step's.
-async fn until_the_origin_answers<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, Retried<E>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Retried<E>>>,
-{
-    let mut pause = std::time::Duration::from_millis(200);
-    let mut tries: u32 = 0;
-    loop {
-        match step().await {
-            Err(Retried::Origin(e))
-                if e.is_transient() || matches!(e, perch_cache::OriginError::Unavailable { .. }) =>
-            {
-                tries += 1;
-                if tries == 1 || tries.is_multiple_of(10) {
-                    tracing::warn!(error = %e, tries, "{what}: the origin fails; waiting for it");
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
 }
 
 /// On SIGHUP, reads the origin's key pair again (the environment, then the --config file) and
@@ -409,13 +353,25 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     if let Some(lease) = &lease {
         // Before the listeners: a second primary never serves; nothing is uploaded meanwhile.
         let writes = store.write_status(None).dirty_objects;
-        let epoch = until_the_origin_answers("taking the bucket's lease", || async {
+        // An origin fault (an outage, a timeout, a 503) is waited out, with pauses doubling from
+        // 200 ms to 5 s, instead of ending the process for a supervisor to start again and again.
+        let mut pause = std::time::Duration::from_millis(200);
+        let mut faults: u32 = 0;
+        let epoch = loop {
             match lease.acquire(writes).await {
-                Err(perch_cache::LeaseError::Origin(e)) => Err(Retried::Origin(e)),
-                other => other.map_err(Retried::Other),
+                Err(perch_cache::LeaseError::Origin(e))
+                    if e.is_transient() || matches!(e, perch_cache::OriginError::Unavailable { .. }) =>
+                {
+                    faults += 1;
+                    if faults == 1 || faults.is_multiple_of(10) {
+                        tracing::warn!(error = %e, faults, "taking the bucket's lease: the origin fails; waiting for it");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => break other,
             }
-        })
-        .await
+        }
         .map_err(|e| {
             anyhow::anyhow!(e).context(format!(
                 "taking the lease of bucket `{}` as `{}`",
