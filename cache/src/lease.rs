@@ -52,6 +52,21 @@ pub struct JournalBinding {
     /// Set by `perch journal adopt`: upload this journal under whatever lease comes next.
     #[serde(default)]
     pub adopted: bool,
+    /// The epoch this holder is about to take, written (synced) before its `PUT` is sent: a take
+    /// that reached the origin but whose answer was lost (a timeout, a crash before the binding
+    /// was rewritten) leaves the lease at this holder and epoch, which is then still this
+    /// journal's own lease, not a newer holding.
+    #[serde(default)]
+    pub taking: Option<u64>,
+}
+
+impl JournalBinding {
+    /// Whether the bucket's lease at `holder` and `epoch` is the one this journal's writes
+    /// belong to: the holding they were made under, or the take of it this journal recorded
+    /// before sending (whose answer may have been lost).
+    pub fn owns(&self, holder: &str, epoch: u64) -> bool {
+        holder == self.holder && (epoch == self.epoch || self.taking == Some(epoch))
+    }
 }
 
 impl JournalBinding {
@@ -304,7 +319,7 @@ impl Lease {
     /// Takes the lease at start. `journal_writes`: the versions the journal holds, which must
     /// belong to the last holding of the lease (or be adopted).
     pub async fn acquire(&self, journal_writes: u64) -> Result<u64, LeaseError> {
-        let binding = JournalBinding::read(&self.cfg.data_dir)?;
+        let mut binding = JournalBinding::read(&self.cfg.data_dir)?;
         loop {
             let found = read_lease(&*self.origin, &self.cfg.bucket).await?;
             if journal_writes > 0
@@ -314,7 +329,7 @@ impl Lease {
                 let (holder, epoch) = found
                     .as_ref()
                     .map_or(("nobody".to_owned(), 0), |f| (f.body.holder.clone(), f.body.epoch));
-                if holder != b.holder || epoch != b.epoch {
+                if !b.owns(&holder, epoch) {
                     return Err(LeaseError::JournalMismatch {
                         writes: journal_writes,
                         bound_holder: b.holder.clone(),
@@ -347,6 +362,18 @@ impl Lease {
                 None => input.if_none_match = Some("*".into()),
                 Some(etag) => input.if_match = Some(etag.clone()),
             }
+            // The journal's writes stay bound to their holding; the take about to be sent is
+            // recorded beside it, so that its landing without an answer is known for ours.
+            if let Some(b) = &binding
+                && b.taking != Some(epoch)
+            {
+                let intent = JournalBinding {
+                    taking: Some(epoch),
+                    ..b.clone()
+                };
+                intent.write(&self.cfg.data_dir)?;
+                binding = Some(intent);
+            }
             let sent = now();
             match self.origin.put_object(&self.cfg.bucket, LEASE_KEY, &input).await {
                 Ok(out) => {
@@ -354,6 +381,7 @@ impl Lease {
                         holder: self.cfg.holder.clone(),
                         epoch,
                         adopted: false,
+                        taking: None,
                     }
                     .write(&self.cfg.data_dir)?;
                     *lock(&self.held) = Some(Held {

@@ -530,6 +530,60 @@ fn a_returning_machine_uploads_its_old_journal_only_once_adopted() {
     drop(again);
 }
 
+/// A restart whose take of the lease reaches the origin but whose answers are lost (every lease
+/// PUT forwarded, its answer dropped, past the retry deadline) finds the lease at its own name
+/// and a newer epoch: that is its own take, not a newer holding, and its journal's write goes up.
+/// It used to refuse to start (the journal bound to epoch 1, the lease at epoch 2 of the same
+/// holder) until `perch journal adopt`.
+#[test]
+fn a_take_of_the_lease_whose_answer_was_lost_is_still_the_journals_own() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let dir_a = b.dir("a");
+    let stale = b.proxy_failing_stale_uploads();
+    let a = start_with(&dir_a, b.args_via("machine-a", &stale.endpoint), moto_keys_env());
+    assert_eq!(put(a.addr, "stale/x", b"acked, not yet uploaded"), 200);
+    a.kill();
+    assert_eq!(b.lease().map(|l| l.1), Some(1));
+
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    proxy.control().patch(
+        r#"{"fail_next": 1000000, "error_kinds": ["lost"], "match_method": "PUT", "match_key_prefix": ".perch/lease"}"#,
+    );
+    let mut args = b.args_via("machine-a", &proxy.endpoint);
+    args.extend(["--origin-retry-deadline".to_owned(), "1s".to_owned()]);
+    let mut env = moto_keys_env();
+    env.push(("NO_COLOR".to_owned(), "1".to_owned()));
+    let opts = PerchOptions {
+        binary: perch_binary(),
+        data_dir: dir_a.clone(),
+        args,
+        env,
+    };
+    let starting = std::thread::spawn(move || PerchServer::start(opts));
+    assert!(
+        wait_until(Duration::from_secs(10), || b.lease().is_some_and(|l| l.1 >= 2)),
+        "a take reached the origin"
+    );
+    // Past the retry deadline: the start looks at the lease again and must know it for its own.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !starting.is_finished(),
+        "perch ended while its takes' answers were lost"
+    );
+    proxy.control().patch(r#"{"fail_next": 0}"#);
+    let again = starting.join().expect("perch started once the answers came");
+    let (holder, epoch, _, released, _) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), released), ("machine-a", false));
+    assert!(epoch >= 3, "taken again after its own take at epoch 2: {epoch}");
+    assert!(
+        wait_until(Duration::from_secs(20), || b.get("stale/x").is_some()),
+        "the journal's write went up"
+    );
+    assert_eq!(b.get("stale/x").map(|g| g.0), Some(b"acked, not yet uploaded".to_vec()));
+    drop(again);
+}
+
 /// The wall clock jumping against the boot clock (as after a snapshot restore) is a gap: the
 /// next write is acknowledged only after a renewal, even within the lease period.
 #[test]
