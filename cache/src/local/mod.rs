@@ -412,7 +412,13 @@ impl Local {
 
     pub(crate) fn flush_access_times(&self) {
         // Taken whole, so that a burst of reads does not leave a large empty map behind.
-        let reads: Vec<(ObjectKey, SystemTime)> = std::mem::take(&mut *lock(&self.reads)).into_iter().collect();
+        let reads: Vec<(ObjectKey, SystemTime)> = std::mem::take(&mut *lock(&self.reads))
+            .into_iter()
+            // Only keys the index holds: a miss that found nothing (a 404, a fill not kept) or a
+            // read of a copy evicted since would leave a row nothing ever removes, and the hot
+            // set would count it.
+            .filter(|(okey, _)| matches!(self.index.get(okey), Ok(Some(_))))
+            .collect();
         if !reads.is_empty()
             && let Err(e) = self.index.record_access(&reads)
         {
@@ -655,16 +661,24 @@ impl Local {
     /// `unindex`, its failure told: the caller must not go on as if the copy were gone.
     fn try_unindex(&self, okey: &ObjectKey, blob: u64) -> Result<bool, CacheError> {
         let _key = self.key_lock(okey);
-        if self.index.get(okey)?.is_some_and(|e| e.blob == blob && e.pending) {
-            tracing::error!(
-                blob,
-                "a version not yet uploaded failed a check; it is kept, not dropped"
-            );
-            return Ok(false);
-        }
         self.memory.invalidate_blob(okey, blob);
-        self.index.remove_if(okey, blob)?;
-        Ok(true)
+        match self.index.get(okey)? {
+            Some(e) if e.blob == blob && e.pending => {
+                tracing::error!(
+                    blob,
+                    "a version not yet uploaded failed a check; it is kept, not dropped"
+                );
+                Ok(false)
+            }
+            Some(e) if e.blob == blob => {
+                self.index.remove_if(okey, blob)?;
+                Ok(true)
+            }
+            // No longer the key's copy: what replaced it removes its file (a commit over a clean
+            // copy, an eviction, a release once the journal is done with an earlier version it
+            // still holds for its upload). Unlinked here, such a version would be lost.
+            _ => Ok(false),
+        }
     }
 
     /// Keeps with the clean copy `blob` of `okey` the part sizes learnt for it from the origin
@@ -850,5 +864,114 @@ mod tests {
         local.index.fail_syncs(false);
         local.remove_blob(id);
         assert!(!path.exists(), "the blob stayed after the sync succeeded");
+    }
+
+    /// Access times are kept only for keys the index holds: a miss of a key the origin does not
+    /// have (OrioleDB's probes) used to leave a row for good, and the hot set, which takes the
+    /// most recent rows, came out short of the objects really read.
+    #[test]
+    fn access_times_are_kept_only_for_objects_the_cache_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(
+            LocalConfig {
+                dir: dir.path().join("cache"),
+                disk_bytes: Some(1 << 30),
+                memory_bytes: 64 << 20,
+                memory_object_max: 1 << 20,
+                reserve_bytes: 0,
+                pinned: None,
+            },
+            None,
+        )
+        .unwrap();
+        let held = ObjectKey::new("b", "held");
+        let now = SystemTime::now();
+        let entry = Entry {
+            blob: local.index.next_blob_id().unwrap(),
+            meta: ObjectMeta {
+                size: 1,
+                etag: "\"e\"".into(),
+                last_modified: now,
+                headers: Default::default(),
+                checksums: Default::default(),
+            },
+            crcs: Vec::new(),
+            validated: now,
+            pending: false,
+            origin_etag: None,
+            deleted: false,
+            parts: Vec::new(),
+        };
+        local.index.put(&held, &entry, None).unwrap();
+        local.note_access(&held);
+        for i in 0..3 {
+            local.note_access(&ObjectKey::new("b", &format!("missing/{i}")));
+        }
+        local.flush_access_times();
+        let recent: Vec<String> = local
+            .index
+            .recent_reads(10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.key().to_owned())
+            .collect();
+        assert_eq!(recent, vec!["held".to_owned()]);
+    }
+
+    /// A reader that fails on a version the key no longer names (a later write committed while it
+    /// read) drops nothing: that version may be one the journal still holds for its upload. Its
+    /// blob used to be unlinked.
+    #[test]
+    fn a_failed_read_of_a_replaced_version_leaves_its_blob_to_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(
+            LocalConfig {
+                dir: dir.path().join("cache"),
+                disk_bytes: Some(1 << 30),
+                memory_bytes: 64 << 20,
+                memory_object_max: 1 << 20,
+                reserve_bytes: 0,
+                pinned: None,
+            },
+            None,
+        )
+        .unwrap();
+        let okey = ObjectKey::new("b", "orioledb_data/1/k");
+        let earlier = local.index.next_blob_id().unwrap();
+        let later = local.index.next_blob_id().unwrap();
+        for id in [earlier, later] {
+            let path = local.blobs.path(id);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"a version not yet uploaded").unwrap();
+        }
+        let now = SystemTime::now();
+        let pending = Entry {
+            blob: later,
+            meta: ObjectMeta {
+                size: 26,
+                etag: "\"e\"".into(),
+                last_modified: now,
+                headers: Default::default(),
+                checksums: Default::default(),
+            },
+            crcs: Vec::new(),
+            validated: now,
+            pending: true,
+            origin_etag: None,
+            deleted: false,
+            parts: Vec::new(),
+        };
+        local.index.put(&okey, &pending, None).unwrap();
+        local.drop_entry(&okey, earlier);
+        assert!(
+            local.blobs.path(earlier).exists(),
+            "the earlier version's blob was unlinked"
+        );
+        assert_eq!(local.index.get(&okey).unwrap().map(|e| e.blob), Some(later));
+        local.drop_entry(&okey, later);
+        assert!(
+            local.blobs.path(later).exists(),
+            "the pending version's blob was unlinked"
+        );
     }
 }
