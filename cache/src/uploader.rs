@@ -180,6 +180,13 @@ impl Uploader {
         }
     }
 
+    /// Waits until the lease (if any) lets this Perch write to the origin.
+    async fn writable(&self) {
+        if let Some(lease) = &self.journal.cfg.lease {
+            lease.writable().await;
+        }
+    }
+
     /// Uploads version `seq`, retrying transient faults for as long as it takes.
     async fn upload(&self, seq: u64) {
         let Some(v) = self.journal.version(seq) else {
@@ -201,9 +208,7 @@ impl Uploader {
         let mut refused_with_crc32 = false;
         let mut replaced = 0u32;
         loop {
-            if let Some(lease) = &lease {
-                lease.writable().await;
-            }
+            self.writable().await;
             let mut crc32_added = false;
             // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
             // block cuts the request short, and the failure is told apart below.
@@ -442,6 +447,9 @@ impl Uploader {
             let mut offset = 0u64;
             for (i, part) in parts.iter().enumerate() {
                 let number = i as i32 + 1;
+                // Each part and the completion start under a fresh lease, as the upload did: a
+                // pause between parts must not let the rest go up after another holder took it.
+                self.writable().await;
                 let body = PutBody::Blob(self.checked_range(seq, put, offset, part.size));
                 let out = origin
                     .upload_part(bucket, key, &id, number, &body, &part.checksums)
@@ -453,6 +461,7 @@ impl Uploader {
                 });
                 offset += part.size;
             }
+            self.writable().await;
             origin.complete_multipart_upload(bucket, key, &id, &done).await
         }
         .await;

@@ -193,7 +193,13 @@ impl Journal {
         //    power_cut.rs
         //    `an_eviction_racing_a_release_never_unlinks_a_blob_the_journal_needs`.
         let forget_blob = matches!(after, Released::Superseded { forget_blob: true });
-        self.local.index.release_version(seq, &v.okey, &after, forget_blob)?;
+        // A superseded DELETE has no blob to unlink, but its release is synced all the same: a
+        // cut that lost it would replay the DELETE over the newer write of its key and the
+        // barriers after it, already in the origin (power_cut.rs
+        // `a_cut_never_replays_a_superseded_delete_over_a_newer_write`). A lost release of a
+        // version its key still names only uploads the same bytes again.
+        let sync = matches!(after, Released::Superseded { .. });
+        self.local.index.release_version(seq, &v.okey, &after, sync)?;
         if forget_blob {
             self.local.blobs.remove(seq);
         } else {

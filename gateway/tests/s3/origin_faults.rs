@@ -1430,3 +1430,44 @@ fn a_strict_barrier_behind_a_slow_but_moving_backlog_is_acknowledged() {
     );
     assert!(stack.in_moto("orioledb_data/9/5/16445.0.191").is_some());
 }
+
+/// An uploaded DELETE answered 404 without an S3 error code (a proxy's answer; S3 answers a DELETE
+/// of a missing key 204 and names every error) is a fault, retried. It used to count as deleted:
+/// the tombstone was released while the origin still held the key, and GETs served it again.
+#[test]
+fn an_uploaded_delete_answered_a_bare_404_is_retried() {
+    let _turn = machine::share();
+    let s = start("5s", &[]);
+    let _log = s.log_on_panic();
+    s.put("bare/k", b"v1");
+    s.flush(Duration::from_secs(30));
+    assert_eq!(s.in_moto("bare/k").as_deref(), Some(&b"v1"[..]));
+    s.faults(r#"{"fail_next": 1, "error_kinds": ["bare404"], "match_method": "DELETE", "match_key_prefix": "bare/k"}"#);
+    let r = s.req("DELETE", "bare/k").go(s.addr());
+    assert_eq!(r.status, 204, "{}", r.summary());
+    s.flush(Duration::from_secs(30));
+    assert_eq!(s.in_moto("bare/k"), None, "the DELETE never reached the origin");
+    assert_eq!(s.get("bare/k").status, 404);
+}
+
+/// The same for the creation of the multipart upload that carries an object completed in parts
+/// through Perch: a bare 404 is a fault, not a bucket gone for good. It refused the acknowledged
+/// object, which then never went up.
+#[test]
+fn a_multipart_upload_whose_creation_is_answered_a_bare_404_is_retried() {
+    let _turn = machine::share();
+    let s = start("5s", &[]);
+    let _log = s.log_on_panic();
+    let parts = vec![pattern(5 << 20, 1), pattern(1000, 2)];
+    let (id, done) = s.upload_in_parts("bare/mp", &parts);
+    s.faults(r#"{"fail_next": 1, "error_kinds": ["bare404"], "match_method": "POST", "match_key_prefix": "bare/mp"}"#);
+    s.complete_upload("bare/mp", &id, &done).expect("completed");
+    s.flush(Duration::from_secs(30));
+    assert_eq!(s.in_moto("bare/mp"), Some(parts.concat()));
+    assert!(
+        s.records("bare/mp")
+            .iter()
+            .any(|r| r["injected"].as_str() == Some("bare404")),
+        "the fault was never met"
+    );
+}

@@ -33,6 +33,9 @@ pub enum FaultKind {
     /// `404` with an S3 `NoSuchKey` XML body: an origin's answer no retry changes, here to any
     /// request (moto gives it to a PUT of a key holding a line feed).
     NoSuchKey,
+    /// `404` with no body and so no S3 error code: a proxy's or a load balancer's answer, never
+    /// S3's (which names its error), here to any request.
+    Bare404,
     /// Forward the request and wait for the origin's whole answer, then reset the connection
     /// (TCP RST) instead of passing it on: a request that took effect whose answer was lost.
     Lost,
@@ -57,6 +60,7 @@ impl FaultKind {
             FaultKind::AccessDenied => "403",
             FaultKind::NotImplemented => "501",
             FaultKind::NoSuchKey => "404",
+            FaultKind::Bare404 => "bare404",
             FaultKind::Lost => "lost",
             FaultKind::Late => "late",
             FaultKind::Held => "held",
@@ -89,6 +93,8 @@ impl FaultKind {
                 "A header you provided implies functionality that is not implemented.",
             )),
             FaultKind::NoSuchKey => Some((StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.")),
+            // An empty code: answered without a body.
+            FaultKind::Bare404 => Some((StatusCode::NOT_FOUND, "", "")),
             FaultKind::Reset | FaultKind::Stall | FaultKind::Lost | FaultKind::Late | FaultKind::Held => None,
         }
     }
@@ -114,11 +120,12 @@ impl FromStr for FaultKind {
             "403" | "accessdenied" => Ok(FaultKind::AccessDenied),
             "501" | "notimplemented" => Ok(FaultKind::NotImplemented),
             "404" | "nosuchkey" => Ok(FaultKind::NoSuchKey),
+            "bare404" => Ok(FaultKind::Bare404),
             "lost" => Ok(FaultKind::Lost),
             "late" => Ok(FaultKind::Late),
             "held" => Ok(FaultKind::Held),
             other => Err(format!(
-                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, slowdown, reset, stall, lost, late, held or outage)"
+                "unknown fault kind {other:?} (expected 500, 501, 503, 403, 404, bare404, slowdown, reset, stall, lost, late, held or outage)"
             )),
         }
     }

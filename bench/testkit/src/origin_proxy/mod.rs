@@ -836,7 +836,7 @@ async fn inject_error(
         record.req_bytes = drain(req.into_body(), DRAIN_LIMIT).await;
     }
     let request_id = format!("PERCHPROXY{:010}", record.seq);
-    let body = if is_head {
+    let body = if is_head || code.is_empty() {
         Bytes::new()
     } else {
         Bytes::from(s3_error_xml(code, message, &record.path, &request_id))

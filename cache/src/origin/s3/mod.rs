@@ -441,7 +441,8 @@ impl Origin for S3Origin {
             .bucket(bucket)
             .key(key)
             .set_if_match(if_match.map(str::to_owned));
-        self.call(Subject::Object, Duration::ZERO, request.send()).await?;
+        // S3 answers a DELETE of a missing key 204, and names its errors: a bare 404 is a fault.
+        self.call(Subject::Write, Duration::ZERO, request.send()).await?;
         Ok(())
     }
 

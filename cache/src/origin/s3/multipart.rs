@@ -28,7 +28,8 @@ impl S3Origin {
             .customize()
             .map_request(headers_mapper(headers.expires.clone(), extra_headers.to_vec()))
             .send();
-        let out = self.call(Subject::Bucket, Duration::ZERO, send).await?;
+        // A bare 404 is a proxy's, a fault (as for a PUT), not a bucket gone for good.
+        let out = self.call(Subject::Write, Duration::ZERO, send).await?;
         match out.upload_id() {
             Some(id) if !id.is_empty() => Ok(id.to_owned()),
             _ => Err(OriginError::transient(
