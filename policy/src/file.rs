@@ -323,6 +323,8 @@ upload_priority = "low"
         assert!(e.reason.contains("not a header name"), "{e}");
         let e = error("[[rule]]\nkey = \"a\"\n[rule.upload_headers]\n\"x-amz-meta-a\" = \"x\\ny\"\n");
         assert!(e.reason.contains("control character"), "{e}");
+        let e = error("[[rule]]\nkey = \"a\"\n[rule.upload_headers]\n\"x-amz-meta-team\" = \"Équipe\"\n");
+        assert!(e.reason.contains("not US-ASCII"), "{e}");
         let e = error("[[rule]\nkey = \"a\"\n");
         assert_eq!(e.line, 1, "{e}");
         let e = error("[[rules]]\nkey = \"a\"\n");

@@ -200,6 +200,11 @@ impl UploadHeader {
         if value.bytes().any(|b| b.is_ascii_control()) {
             return Err(format!("the value of header `{name}` holds a control character").into());
         }
+        // HTTP lets a value carry bytes past ASCII, and S3 does not: signed as they are, such a
+        // header is refused (SignatureDoesNotMatch, for good) at every upload it is on.
+        if !value.is_ascii() {
+            return Err(format!("the value of header `{name}` is not US-ASCII (S3 refuses such headers)").into());
+        }
         Ok(UploadHeader {
             name,
             value: value.to_owned(),

@@ -155,7 +155,8 @@ impl ContentHeaders {
                     format!("{name:?} is not a header name an object can keep."),
                 ));
             }
-            if http::HeaderValue::from_str(value).is_err() {
+            // `HeaderValue` takes bytes past ASCII, which S3 refuses.
+            if !value.is_ascii() || http::HeaderValue::from_str(value).is_err() {
                 return Err(OriginError::rejected(
                     400,
                     "InvalidArgument",
