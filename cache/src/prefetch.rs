@@ -193,7 +193,10 @@ impl Prefetcher {
             self.count(reason, "skipped");
             return true;
         }
-        let budget = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
+        let mut budget = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
+        if budget > self.bytes_max && reason != Reason::Prewarm {
+            budget = budget.saturating_sub(self.shed_prewarm(budget - self.bytes_max));
+        }
         let mut queue = lock(&self.queues[reason as usize]);
         if budget > self.bytes_max || queue.len() >= QUEUE_MAX {
             drop(queue);
@@ -213,6 +216,24 @@ impl Prefetcher {
         drop(queue);
         self.wakes[reason as usize].notify_one();
         true
+    }
+
+    /// The prewarm is the lowest priority: its objects not yet started (the coldest of the hot
+    /// set, queued last) give up at least `need` bytes of the budget to a listing or a
+    /// read-ahead, which a client is waiting on. Without it a hot set as large as the budget
+    /// (a primary writes one of `--prefetch-bytes`) left no room for a restore's listing on a
+    /// new volume. Returns the bytes given back.
+    fn shed_prewarm(&self, need: u64) -> u64 {
+        let mut freed = 0;
+        while freed < need {
+            let Some(item) = lock(&self.queues[Reason::Prewarm as usize]).pop_back() else {
+                break;
+            };
+            self.release(&item);
+            self.count(Reason::Prewarm, "dropped");
+            freed += item.size;
+        }
+        freed
     }
 
     fn pop(&self, reason: Reason) -> Option<Item> {
@@ -298,16 +319,14 @@ impl Prefetcher {
         self.count(reason, result);
     }
 
-    /// Room for a fill of `size` bytes that no eviction would have to make: in the disk tier
-    /// beside the prefetch fills already under way, and on the filesystem (where those have
-    /// taken theirs already).
+    /// Room for a fill of `size` bytes that no eviction would have to make, beside the prefetch
+    /// fills already under way: in the disk tier, and on the filesystem.
     fn take_room(&self, size: u64) -> Option<Room<'_>> {
         let local = &self.reader.local;
-        if !local.filesystem_has_room(size) {
-            return None;
-        }
         let mut filling = lock(&self.filling);
-        if !local.tier_has_room(*filling + size) {
+        // The fills under way count on the filesystem too: they take their room only once the
+        // origin answers, and a fill that then finds none would evict for it.
+        if !local.filesystem_has_room(*filling + size) || !local.tier_has_room(*filling + size) {
             return None;
         }
         *filling += size;

@@ -729,6 +729,45 @@ fn a_bucket_holding_only_perchs_own_objects_can_be_deleted() {
     assert!(gone.is_err(), "the bucket is still in the origin");
 }
 
+/// A listing a client made is never dropped for a prewarm filling the byte budget: the prewarm's
+/// objects not yet started give way to it. A hot set as large as `--prefetch-bytes` (what a
+/// primary writes) used to leave a restore's listing on a new volume no room at all.
+#[test]
+fn a_listing_takes_the_budget_of_a_prewarm_not_yet_started() {
+    let _turn = machine::share();
+    let mut s = Stack::start(&["--hot-set-interval", "0s", "--prefetch-on-list", "pf/*/"]);
+    let _log = s.log_on_panic();
+    // 40 objects of 16 KiB: 32 fetched at once, 8 queued behind them.
+    let hot: Vec<Vec<u8>> = (0..40).map(|i| pattern(16 * KIB, 900 + i)).collect();
+    read_and_drain(&mut s, "pw/many/", &hot);
+    for i in 0..4 {
+        s.put_behind_perchs_back(&format!("pf/list/{i}"), &pattern(100 * KIB, 950 + i));
+    }
+    s.proxy.reset();
+    // The prewarm's fetches hang (their answers held 10 s); nothing else is slowed.
+    s.faults(r#"{"error_rate": 1.0, "error_kinds": ["held"], "stall_ms": 10000, "match_key_prefix": "pw/many/"}"#);
+    // 1 MiB of budget: the prewarm holds 640 KiB, the listing needs 400 KiB more.
+    s.start_on_empty_volume(&["--prewarm-wait", "1s", "--prefetch-bytes", "1MiB"]);
+    eventually("the prewarm under way", || {
+        s.counts().keys().filter(|k| k.starts_with("GET pw/many/")).count() >= 32
+    });
+    assert_eq!(list_prefix(&s, "pf/list/").len(), 4);
+    let m = |reason: &str, result: &str| {
+        s.metric(&format!(
+            "perch_cache_prefetches_total{{reason=\"{reason}\",result=\"{result}\"}}"
+        ))
+    };
+    eventually("the listing fetched", || {
+        m("list", "fetched") + m("list", "dropped") >= 4.0
+    });
+    assert_eq!((m("list", "fetched"), m("list", "dropped")), (4.0, 0.0));
+    assert!(m("prewarm", "dropped") >= 1.0, "no prewarm object gave way");
+    s.no_faults();
+    for i in 0..4 {
+        s.get_expect(&format!("pf/list/{i}"), &pattern(100 * KIB, 950 + i), "HIT");
+    }
+}
+
 /// `/readyz` waits for the prewarm at most `--prewarm-wait`: a slow origin delays a Machine's
 /// readiness by that much, never by the whole prewarm.
 #[test]
