@@ -514,7 +514,8 @@ impl Prefetcher {
                 return;
             }
             let from = t.ahead.max(t.front) + 1;
-            let to = t.front + self.policy.read_ahead_parts;
+            // Bounded whatever the setting: a run cannot ask for more than a queue holds.
+            let to = t.front.saturating_add(self.policy.read_ahead_parts.min(QUEUE_MAX as u64));
             t.ahead = t.ahead.max(to);
             from..=to
         };
