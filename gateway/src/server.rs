@@ -465,11 +465,27 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
             "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified",
         ));
     }
-    // Only of a signature that can be read: an unreadable one gets s3s's answer (400
-    // AuthorizationHeaderMalformed, AuthorizationQueryParametersError), as on S3.
+    // A presigned query Perch cannot read gets s3s's answer (400
+    // AuthorizationQueryParametersError). An `Authorization` header it cannot read is refused
+    // here: s3s takes any word for the algorithm (and signs with SigV4's whatever it says), so
+    // a header s3s verifies but this check could not read would skip it.
+    let malformed = || {
+        Some(error_response(
+            StatusCode::BAD_REQUEST,
+            "AuthorizationHeaderMalformed",
+            "The authorization header is malformed.",
+        ))
+    };
     let (signed, presigned): (std::borrow::Cow<'_, str>, bool) = match auth {
         Some(value) => {
-            let parsed = crate::sigv4::parse_header(value.to_str().ok()?, "")?;
+            let Ok(text) = value.to_str() else { return malformed() };
+            // SigV2 (`AWS AK:signature`) signs every `x-amz-*` header by definition.
+            if text.starts_with("AWS ") {
+                return None;
+            }
+            let Some(parsed) = crate::sigv4::parse_header(text, "") else {
+                return malformed();
+            };
             let dated = parsed.scope_date.len() == 8 && parsed.scope_date.bytes().all(|b| b.is_ascii_digit());
             if !dated {
                 return None;
@@ -501,7 +517,9 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
             (list, true)
         }
     };
-    let is_signed = |name: &str| signed.split(';').any(|s| s.trim().eq_ignore_ascii_case(name));
+    // Exactly as listed: s3s looks each listed name up as it is written, and leaves out of the
+    // signature one it does not find (` x-amz-copy-source` or `Host` would sign nothing).
+    let is_signed = |name: &str| signed.split(';').any(|s| s == name);
     let mut not_signed: Vec<&str> = Vec::new();
     if !is_signed("host") {
         not_signed.push("host");
