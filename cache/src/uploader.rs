@@ -310,6 +310,20 @@ impl Uploader {
                     self.journal.stats.uploaded_bytes.inc_by(v.size());
                     self.journal.note_origin_fault(None);
                     self.journal.mark_in_origin(seq);
+                    // A DELETE is checked as a PUT is: a copy that lands right after it (a late
+                    // request of an earlier Perch, or another writer) would otherwise stay at the
+                    // origin, served again once the tombstone is released.
+                    if v.put.is_none() && replaced < REPLACED_TRIES && self.still_at_origin(&v, seq).await {
+                        replaced += 1;
+                        tracing::warn!(
+                            key,
+                            seq,
+                            attempt = replaced,
+                            "the origin holds the key right after its DELETE (a late request of an earlier \
+                             Perch, or another writer); deleting it again"
+                        );
+                        continue;
+                    }
                     let stored = match (&out, &v.put) {
                         (Some(out), Some(put)) => match self.origin_copy(&v, put, &out.etag, seq).await {
                             AtOrigin::Ours(copy) => Some(copy),
@@ -527,6 +541,18 @@ impl Uploader {
     /// the version stays as. Another copy is one whose ETag is neither the one the upload was
     /// answered nor the acknowledged one (an origin may answer a HEAD with either), or none; it
     /// is told only when the upload's answer named its ETag.
+    /// Whether the origin holds `v`'s key right after its DELETE was uploaded, while that DELETE
+    /// is still the key's newest version (`false` when not known in time).
+    async fn still_at_origin(&self, v: &Version, seq: u64) -> bool {
+        if !self.journal.is_newest(&v.okey, seq) {
+            return false;
+        }
+        let unconditional = crate::origin::Conditions::default();
+        let head = self.origin.head_object(v.okey.bucket(), v.okey.key(), &unconditional);
+        matches!(tokio::time::timeout(Duration::from_secs(5), head).await, Ok(Ok(_)))
+            && self.journal.is_newest(&v.okey, seq)
+    }
+
     async fn origin_copy(&self, v: &Version, put: &RecordPut, put_etag: &str, seq: u64) -> AtOrigin {
         if !self.journal.is_newest(&v.okey, seq) {
             return AtOrigin::Unknown;

@@ -383,7 +383,8 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
         let watched = lease.clone();
         tokio::spawn(async move {
             let why = watched.lost().await;
-            eprintln!("perch: {why}");
+            // Not `eprintln!`: a closed stderr must not keep the process from exiting.
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("perch: {why}\n"));
             std::process::exit(3);
         });
         tracing::info!(epoch, journal_writes = writes, "holding the bucket's lease");
@@ -420,7 +421,18 @@ async fn serve(config: Config, starting: std::time::Instant) -> anyhow::Result<(
     ));
 
     let stop_signal = shutdown_signal()?;
-    policy_cmd::reload_on_sighup(config.policy_source.clone(), policy.clone())?;
+    // The versions the origin refused are tried again under the reloaded policy: the headers it
+    // refused may be mended (a version it refuses again is refused again).
+    let retrying = store.clone();
+    policy_cmd::reload_on_sighup(config.policy_source.clone(), policy.clone(), move || {
+        let retried = retrying.retry_refused_by_origin();
+        if retried > 0 {
+            tracing::info!(
+                retried,
+                "versions the origin refused are tried again under the reloaded policy"
+            );
+        }
+    })?;
     reload_origin_keys_on_sighup(origin_keys, config.config_file.clone())?;
     // One machine-readable line on stdout, so scripts and tests can use port 0.
     println!("listening s3={} admin={}", listener.local_addr()?, admin.local_addr()?);

@@ -183,13 +183,20 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
 
 /// Reloads the policy at each SIGHUP, for as long as the process runs (the origin's keys are
 /// reloaded by a listener of their own, `reload_origin_keys_on_sighup` in main.rs).
-pub fn reload_on_sighup(source: PolicySource, shared: Arc<SharedPolicy>) -> anyhow::Result<()> {
+/// `reloaded` runs after each reload that took.
+pub fn reload_on_sighup(
+    source: PolicySource,
+    shared: Arc<SharedPolicy>,
+    reloaded: impl Fn() + Send + 'static,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
-            reload(&source, &shared);
+            if reload(&source, &shared) {
+                reloaded();
+            }
         }
     });
     Ok(())

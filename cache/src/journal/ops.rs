@@ -83,6 +83,26 @@ impl Journal {
         Ok(())
     }
 
+    /// Tries again every version the origin refused with an answer (not those refused for a
+    /// damaged blob): after a policy reload, which may have mended the headers the origin
+    /// refused. Returns how many.
+    pub(crate) fn retry_refused_by_origin(&self) -> usize {
+        let mut st = lock(&self.state);
+        let refused: Vec<u64> = st
+            .answers
+            .keys()
+            .copied()
+            .filter(|seq| st.failed.contains_key(seq))
+            .collect();
+        let retried = refused.into_iter().filter(|seq| st.retry(*seq)).count();
+        self.refresh_gauges(&st);
+        drop(st);
+        if retried > 0 {
+            self.bump();
+        }
+        retried
+    }
+
     /// Gives up a version the uploader tries again through faults that may never pass (an origin
     /// that answers its key with a fault every time): it is refused before its next attempt, and
     /// can then be dropped. `Ok(false)`: it is refused already; `Ok(true)`: given up.

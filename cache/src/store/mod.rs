@@ -725,6 +725,12 @@ impl Store {
         self.journal.retry(seq)
     }
 
+    /// Tries again every version the origin refused with an answer (a policy reload may have
+    /// mended what it refused): how many.
+    pub fn retry_refused_by_origin(&self) -> usize {
+        self.journal.retry_refused_by_origin()
+    }
+
     /// Drops a version the origin refused, or one tried again through faults (given up first):
     /// its write is lost (`perch journal drop`).
     pub async fn drop_version(&self, seq: u64) -> Result<(), JournalOpError> {

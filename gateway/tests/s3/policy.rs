@@ -209,6 +209,33 @@ fn sighup_reloads_a_good_policy_and_refuses_a_bad_one() {
     assert_eq!(s.get("k3").status, 200, "still serving");
 }
 
+/// A write the origin refused for a header the policy added goes up once a mended policy is
+/// reloaded: the refused versions are tried again under it. They stayed refused until
+/// `perch journal retry` of each, or a restart (review of 2026-12-07).
+#[test]
+fn a_write_refused_for_a_policy_header_goes_up_once_the_mended_policy_is_reloaded() {
+    let _turn = machine::share();
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("policy.toml");
+    let class =
+        |c: &str| format!("[[rule]]\nkey = \"sc/*\"\n[rule.upload_headers]\n\"x-amz-storage-class\" = \"{c}\"\n");
+    std::fs::write(&file, class("NO_SUCH_CLASS")).expect("write");
+    let s = Stack::start(&["--policy", file.to_str().expect("utf-8")]);
+    let _log = s.log_on_panic();
+    s.put("sc/k", b"refused, then mended");
+    assert!(
+        wait_until(Duration::from_secs(30), || s.status()["failed"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())),
+        "the origin never refused the upload: {}",
+        s.status()
+    );
+    std::fs::write(&file, class("STANDARD")).expect("write");
+    sighup(&s);
+    s.flush(Duration::from_secs(30));
+    assert_eq!(s.in_moto("sc/k").as_deref(), Some(&b"refused, then mended"[..]));
+}
+
 #[test]
 fn upload_headers_reach_multipart_uploads() {
     let _turn = machine::share();

@@ -1905,6 +1905,32 @@ fn an_older_copy_landing_right_after_an_upload_is_uploaded_over_again() {
     assert_eq!(perch_get(&s, key).as_deref(), Some(&newest[..]));
 }
 
+/// The same for a DELETE: a copy that lands at the origin right after the DELETE's upload (a late
+/// request of an earlier Perch, or another writer) is deleted again, not left there to be served
+/// once the tombstone is released (review of 2026-12-07).
+#[test]
+fn a_copy_landing_right_after_an_uploaded_delete_is_deleted_again() {
+    let _turn = machine::share();
+    let s = Stack::start(&[]);
+    let _log = s.log_on_panic();
+    let key = "orioledb_data/1/deleted";
+    s.put(key, b"the first version");
+    s.flush(Duration::from_secs(30));
+    // The DELETE reaches moto at once; its answer is held 3 s at the proxy.
+    s.faults(r#"{"fail_next": 1, "error_kinds": ["held"], "stall_ms": 3000, "match_method": "DELETE"}"#);
+    let r = s.req("DELETE", key).go(s.addr());
+    assert_eq!(r.status, 204, "{}", r.summary());
+    eventually("the DELETE landed", || s.in_moto(key).is_none());
+    s.put_behind_perchs_back(key, b"a late copy");
+    s.flush(Duration::from_secs(30));
+    assert_eq!(
+        s.in_moto(key),
+        None,
+        "the origin kept the late copy after the DELETE was released"
+    );
+    assert_eq!(perch_get(&s, key), None);
+}
+
 /// No write is acknowledged into a bucket that DeleteBucket removes: a PUT that had checked its
 /// bucket and waited for room (`--dirty-bytes-max`) was acknowledged after DeleteBucket, which
 /// saw nothing pending, had removed the bucket at the origin; its upload was then refused for
