@@ -515,7 +515,9 @@ impl Prefetcher {
             }
             let from = t.ahead.max(t.front) + 1;
             // Bounded whatever the setting: a run cannot ask for more than a queue holds.
-            let to = t.front.saturating_add(self.policy.read_ahead_parts.min(QUEUE_MAX as u64));
+            let to = t
+                .front
+                .saturating_add(self.policy.read_ahead_parts.min(QUEUE_MAX as u64));
             t.ahead = t.ahead.max(to);
             from..=to
         };

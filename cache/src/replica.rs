@@ -507,9 +507,14 @@ impl Replica {
         self.ensure_local(bucket).await?;
         for attempt in 1..=SEED_ATTEMPTS {
             let before = self.control_etag(bucket).await?;
-            let pinned = self.pin_rewritten(bucket).await?;
+            // Nothing pinned before the primary's first checkpoint: pinned at every request, the
+            // primary's copies replaced the replica's own writes of those keys each time.
+            let pinned = match before {
+                Some(_) => self.pin_rewritten(bucket).await?,
+                None => 0,
+            };
             let after = self.control_etag(bucket).await?;
-            if after.is_none() {
+            if before.is_none() || after.is_none() {
                 // No checkpoint of the primary yet (an empty bucket, or its first checkpoint under
                 // way): nothing to hold as of one, and nothing recorded, so that the first read
                 // after the primary's first checkpoint pins its keys. (Recorded with nothing

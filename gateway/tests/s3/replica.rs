@@ -438,6 +438,24 @@ fn a_replica_that_met_the_bucket_before_any_checkpoint_is_seeded_after_the_first
     assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
 }
 
+/// Before the primary's first checkpoint a replica pins nothing, so its own write of an undo
+/// file stands: every request used to pin the primary's copies again, over the replica's own.
+#[test]
+fn a_replicas_own_write_before_any_checkpoint_is_not_replaced_by_the_primarys() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    create_moto_bucket(&moto);
+    put_into_moto(&moto, UNDO, b"primary undo, no checkpoint yet");
+    let replica = start_replica(&tmp.path().join("replica"), &proxy);
+    let r = replica.addr;
+    assert_eq!(status_of(r, "PUT", UNDO, b"the replica's own", &[]), 200);
+    get_is(r, UNDO, b"the replica's own", "the replica's own write");
+    get_is(r, UNDO, b"the replica's own", "still the replica's own");
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
+}
+
 /// `/status` of a perch, as JSON.
 fn status_json(perch: &PerchServer) -> serde_json::Value {
     let (code, text) = admin_get(perch, "/status");
