@@ -467,14 +467,14 @@ fn unsigned_headers_refused<B>(req: &Request<B>) -> Option<Response<s3s::Body>> 
     }
     // A presigned query Perch cannot read gets s3s's answer (400
     // AuthorizationQueryParametersError). An `Authorization` header it cannot read is refused
-    // here: s3s takes any word for the algorithm (and signs with SigV4's whatever it says), so
-    // a header s3s verifies but this check could not read would skip it.
+    // here, with the answer S3 gives (`unreadable_auth_as_s3`): s3s takes any word for the
+    // algorithm (`AWS4-HMAC-SHA256X`, `Bearer`) and signs with SigV4's whatever it says, so a
+    // header s3s verifies but this check could not read would skip it.
     let malformed = || {
-        Some(error_response(
-            StatusCode::BAD_REQUEST,
-            "AuthorizationHeaderMalformed",
-            "The authorization header is malformed.",
-        ))
+        Some(match AuthScheme::of(headers) {
+            AuthScheme::SigV4 => refused_head("AuthorizationHeaderMalformed"),
+            _ => refused_head("InvalidArgument"),
+        })
     };
     let (signed, presigned): (std::borrow::Cow<'_, str>, bool) = match auth {
         Some(value) => {

@@ -836,10 +836,8 @@ impl Local {
 mod tests {
     use super::*;
 
-    /// A blob whose removal cannot first make the releases durable (the index log's sync fails)
-    /// stays on disk, and goes once a sync succeeds.
-    #[test]
-    fn a_blob_stays_on_disk_while_the_sync_before_its_removal_fails() {
+    /// A `Local` on a new directory (kept alive by the returned guard).
+    fn open_local() -> (tempfile::TempDir, Local) {
         let dir = tempfile::tempdir().unwrap();
         let local = Local::open(
             LocalConfig {
@@ -853,10 +851,45 @@ mod tests {
             None,
         )
         .unwrap();
-        let id = local.index.next_blob_id().unwrap();
+        (dir, local)
+    }
+
+    /// A blob file of `id` holding `body`.
+    fn write_blob(local: &Local, id: u64, body: &[u8]) {
         let path = local.blobs.path(id);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, b"the only copy of a version").unwrap();
+        std::fs::write(&path, body).unwrap();
+    }
+
+    /// An index entry naming blob `blob` of `size` bytes.
+    fn entry(blob: u64, size: u64, pending: bool) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            blob,
+            meta: ObjectMeta {
+                size,
+                etag: "\"e\"".into(),
+                last_modified: now,
+                headers: Default::default(),
+                checksums: Default::default(),
+            },
+            crcs: Vec::new(),
+            validated: now,
+            pending,
+            origin_etag: None,
+            deleted: false,
+            parts: Vec::new(),
+        }
+    }
+
+    /// A blob whose removal cannot first make the releases durable (the index log's sync fails)
+    /// stays on disk, and goes once a sync succeeds.
+    #[test]
+    fn a_blob_stays_on_disk_while_the_sync_before_its_removal_fails() {
+        let (_dir, local) = open_local();
+        let id = local.index.next_blob_id().unwrap();
+        write_blob(&local, id, b"the only copy of a version");
+        let path = local.blobs.path(id);
         local.note_unsynced_release();
         local.index.fail_syncs(true);
         local.remove_blob(id);
@@ -871,38 +904,10 @@ mod tests {
     /// most recent rows, came out short of the objects really read.
     #[test]
     fn access_times_are_kept_only_for_objects_the_cache_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let local = Local::open(
-            LocalConfig {
-                dir: dir.path().join("cache"),
-                disk_bytes: Some(1 << 30),
-                memory_bytes: 64 << 20,
-                memory_object_max: 1 << 20,
-                reserve_bytes: 0,
-                pinned: None,
-            },
-            None,
-        )
-        .unwrap();
+        let (_dir, local) = open_local();
         let held = ObjectKey::new("b", "held");
-        let now = SystemTime::now();
-        let entry = Entry {
-            blob: local.index.next_blob_id().unwrap(),
-            meta: ObjectMeta {
-                size: 1,
-                etag: "\"e\"".into(),
-                last_modified: now,
-                headers: Default::default(),
-                checksums: Default::default(),
-            },
-            crcs: Vec::new(),
-            validated: now,
-            pending: false,
-            origin_etag: None,
-            deleted: false,
-            parts: Vec::new(),
-        };
-        local.index.put(&held, &entry, None).unwrap();
+        let id = local.index.next_blob_id().unwrap();
+        local.index.put(&held, &entry(id, 1, false), None).unwrap();
         local.note_access(&held);
         for i in 0..3 {
             local.note_access(&ObjectKey::new("b", &format!("missing/{i}")));
@@ -923,45 +928,14 @@ mod tests {
     /// blob used to be unlinked.
     #[test]
     fn a_failed_read_of_a_replaced_version_leaves_its_blob_to_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let local = Local::open(
-            LocalConfig {
-                dir: dir.path().join("cache"),
-                disk_bytes: Some(1 << 30),
-                memory_bytes: 64 << 20,
-                memory_object_max: 1 << 20,
-                reserve_bytes: 0,
-                pinned: None,
-            },
-            None,
-        )
-        .unwrap();
+        let (_dir, local) = open_local();
         let okey = ObjectKey::new("b", "orioledb_data/1/k");
         let earlier = local.index.next_blob_id().unwrap();
         let later = local.index.next_blob_id().unwrap();
         for id in [earlier, later] {
-            let path = local.blobs.path(id);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, b"a version not yet uploaded").unwrap();
+            write_blob(&local, id, b"a version not yet uploaded");
         }
-        let now = SystemTime::now();
-        let pending = Entry {
-            blob: later,
-            meta: ObjectMeta {
-                size: 26,
-                etag: "\"e\"".into(),
-                last_modified: now,
-                headers: Default::default(),
-                checksums: Default::default(),
-            },
-            crcs: Vec::new(),
-            validated: now,
-            pending: true,
-            origin_etag: None,
-            deleted: false,
-            parts: Vec::new(),
-        };
-        local.index.put(&okey, &pending, None).unwrap();
+        local.index.put(&okey, &entry(later, 26, true), None).unwrap();
         local.drop_entry(&okey, earlier);
         assert!(
             local.blobs.path(earlier).exists(),
