@@ -98,12 +98,22 @@ impl OfflineJournal {
     }
 
     /// Drops the versions `check` reports (their writes are lost; nothing else is), and returns
-    /// them. Unreadable records are dropped too; their key is unknown, so its index is left.
+    /// them. Unreadable records are dropped too, with the pending index entry naming their
+    /// version.
     pub fn repair(&self) -> Result<Vec<JournalProblem>, CacheError> {
-        let (_, problems) = self.check()?;
-        for p in &problems {
+        let (_, mut problems) = self.check()?;
+        for p in &mut problems {
             if p.bucket.is_empty() {
-                self.local.index.delete_record(p.seq)?;
+                // The record names no key, but the index entry it committed with still does: left,
+                // reads would serve a version that never goes up.
+                match self.local.index.pending_key_of(p.seq)? {
+                    Some(okey) => {
+                        let is_put = self.local.index.key_of_blob(p.seq)?.is_some();
+                        drop_from_index(&self.local, p.seq, &okey, is_put)?;
+                        (p.bucket, p.key) = (okey.bucket().to_owned(), okey.key().to_owned());
+                    }
+                    None => self.local.index.delete_record(p.seq)?,
+                }
             } else {
                 drop_from_index(&self.local, p.seq, &ObjectKey::new(&p.bucket, &p.key), true)?;
             }
@@ -124,5 +134,90 @@ impl OfflineJournal {
         }
         self.local.close();
         Ok(records.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::local::index::Entry;
+
+    /// A `Local` on `data_dir` as Perch opens it.
+    fn open_local(data_dir: &Path) -> Local {
+        Local::open(
+            LocalConfig {
+                dir: data_dir.join("cache"),
+                disk_bytes: Some(1 << 30),
+                memory_bytes: 0,
+                memory_object_max: 0,
+                pinned: None,
+                reserve_bytes: 0,
+            },
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A journal record no build of Perch can read (a newer Perch's, or damaged), committed with
+    /// its version's pending entry: a PUT's (with its blob) and a DELETE's tombstone. Repair drops
+    /// both records and both entries, and names their keys; a pending entry left behind would be
+    /// read as the object's newest version, which nothing ever uploads.
+    #[test]
+    fn repair_drops_the_index_entry_of_an_unreadable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (written, deleted, kept) = (
+            ObjectKey::new("b", "orioledb_data/1/written"),
+            ObjectKey::new("b", "orioledb_data/1/deleted"),
+            ObjectKey::new("b", "orioledb_data/1/kept"),
+        );
+        let (put_seq, delete_seq);
+        {
+            let local = open_local(dir.path());
+            put_seq = local.index.next_blob_id().unwrap();
+            delete_seq = local.index.next_blob_id().unwrap();
+            let path = local.blobs.path(put_seq);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"body").unwrap();
+            let now = SystemTime::now();
+            let mut entry = Entry::tombstone(put_seq, now);
+            (entry.deleted, entry.meta.size) = (false, 4);
+            local
+                .index
+                .commit_version(&written, put_seq, b"{not a record", &entry, None)
+                .unwrap();
+            local
+                .index
+                .commit_version(&deleted, delete_seq, b"\x00", &Entry::tombstone(delete_seq, now), None)
+                .unwrap();
+            let mut clean = Entry::tombstone(1_000, now);
+            (clean.deleted, clean.pending) = (false, false);
+            local.index.put(&kept, &clean, None).unwrap();
+            local.close();
+        }
+        let journal = OfflineJournal::open(dir.path()).unwrap();
+        let (count, problems) = journal.check().unwrap();
+        assert_eq!((count, problems.len()), (2, 2));
+        let mut dropped: Vec<(u64, String)> = journal.repair().unwrap().into_iter().map(|p| (p.seq, p.key)).collect();
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            vec![
+                (put_seq, written.key().to_owned()),
+                (delete_seq, deleted.key().to_owned())
+            ]
+        );
+        drop(journal);
+        let local = open_local(dir.path());
+        assert_eq!(local.index.get(&written).unwrap(), None, "the PUT's entry stayed");
+        assert_eq!(
+            local.index.get(&deleted).unwrap(),
+            None,
+            "the DELETE's tombstone stayed"
+        );
+        assert!(local.index.get(&kept).unwrap().is_some(), "an entry of no problem went");
+        assert!(local.index.journal().unwrap().is_empty());
+        assert!(!local.blobs.path(put_seq).exists(), "the PUT's blob stayed");
     }
 }

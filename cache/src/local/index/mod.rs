@@ -536,6 +536,31 @@ impl Index {
         Ok(out)
     }
 
+    /// The key whose pending entry names version `seq` (its blob or its tombstone), if any: what
+    /// an unreadable journal record of `seq` left in the index. Walks every entry (an offline
+    /// repair's cost, never a request's).
+    pub(crate) fn pending_key_of(&self, seq: u64) -> Result<Option<ObjectKey>, CacheError> {
+        #[derive(Deserialize)]
+        struct BlobOnly {
+            blob: u64,
+            #[serde(default)]
+            pending: bool,
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(OBJECTS)?, scan_options());
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Ok(e) = serde_json::from_slice::<BlobOnly>(v)
+                && e.pending
+                && e.blob == seq
+            {
+                return Ok(ObjectKey::from_stored(k));
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(None)
+    }
+
     /// Writes `b` and syncs the log: the releases written before it are durable too.
     fn write_synced(&self, b: WriteBatch) -> Result<(), CacheError> {
         let written = self.releases_written.load(Ordering::SeqCst);
