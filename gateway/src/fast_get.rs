@@ -256,12 +256,9 @@ impl FastGet {
             Some(bucket) => (bucket, rest),
             None => rest.split_once('/')?,
         };
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        // A name s3s refuses (`-abc`, `a..b`, an IP address) is s3s's to answer (400).
         let key = sigv4::percent_decode(raw_key)?;
-        (bucket_ok && !key.is_empty() && key.len() <= 1024).then_some((bucket, key))
+        (s3s::path::check_bucket_name(bucket) && !key.is_empty() && key.len() <= 1024).then_some((bucket, key))
     }
 }
 
@@ -422,11 +419,14 @@ fn error_response(e: s3s::S3Error) -> Response<s3s::Body> {
     }
     let mut res = Response::new(s3s::Body::from(Bytes::from(buf)));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-    // What the error names besides its document (a 304's ETag).
-    for (name, value) in e.headers().into_iter().flatten() {
-        res.headers_mut().insert(name.clone(), value.clone());
+    // An error that carries its own headers (a 304's ETag and Last-Modified) has those alone, as
+    // s3s answers it; any other, its document's type.
+    match e.headers() {
+        Some(headers) => *res.headers_mut() = headers.clone(),
+        None => {
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+        }
     }
     res
 }

@@ -425,7 +425,12 @@ impl Verifier {
 
     /// Whether `auth` is ours and signs exactly `canonical_request`.
     pub fn verify(&self, auth: &Authorization<'_>, canonical_request: &[u8]) -> bool {
-        if auth.access_key_id != self.access_key_id || auth.signature.len() != 64 {
+        // As s3s reads a signature: 64 lower-case hex digits, or none.
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if auth.access_key_id != self.access_key_id
+            || auth.signature.len() != 64
+            || !auth.signature.bytes().all(lower_hex)
+        {
             return false;
         }
         let mut to_sign = String::with_capacity(160);

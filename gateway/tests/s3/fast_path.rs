@@ -180,7 +180,7 @@ async fn the_fast_path_answers_as_s3s_does() {
     }
 
     // What the fast path does not take, s3s still answers (and refuses).
-    let before = direct_count(perch);
+    let mut before = direct_count(perch);
     let ranged = object("GET", perch.addr, Style::Path, "small")
         .header("Range", "bytes=1-2")
         .go(perch.addr);
@@ -204,5 +204,56 @@ async fn the_fast_path_answers_as_s3s_does() {
     assert_eq!(anonymous.status, 403, "{}", anonymous.summary());
     let dots = Req::object("GET", perch.addr, Style::Path, "a/../small").go(perch.addr);
     assert_eq!(dots.status, 400, "{}", dots.summary());
+    // Bucket names s3s refuses are refused as s3s refuses them (the fast path took them, and the
+    // origin answered 404 NoSuchBucket).
+    for name in ["-abc", "abc-", "a..b", "192.168.1.1", "xn--abc"] {
+        let mut req = Req::object("GET", perch.addr, Style::Path, "small");
+        req.path = format!("/{name}/small");
+        let got = req.go(perch.addr);
+        assert_eq!(
+            (got.status, got.code().as_deref()),
+            (400, Some("InvalidBucketName")),
+            "bucket {name}: {}",
+            got.summary()
+        );
+    }
+    // A signature in upper-case hex is no signature to s3s: refused, not served.
+    let presigned = presigned_get(&s3, BUCKET, "small", Duration::from_secs(300)).await;
+    let url = presigned.uri().to_owned();
+    let (head, signature) = url.split_once("X-Amz-Signature=").expect("a signature");
+    let (signature, tail) = signature.split_at(64);
+    let upper = Req::for_url(
+        "GET",
+        &format!("{head}X-Amz-Signature={}{tail}", signature.to_ascii_uppercase()),
+    );
+    let got = upper.go(upper.host_addr());
+    // (s3s: 400 InvalidRequest; S3 itself: 403 SignatureDoesNotMatch.)
+    assert!(
+        matches!(got.status, 400 | 403) && got.code().is_some(),
+        "{}",
+        got.summary()
+    );
     assert_eq!(direct_count(perch), before, "none of these took the fast path");
+
+    // A 304 as s3s answers it: the object's validators and no Content-Type (the fast path decides
+    // an asctime If-Modified-Since, s3s an If-None-Match).
+    let etag = object("HEAD", perch.addr, Style::Path, "dir/full é+%.bin")
+        .go(perch.addr)
+        .header("ETag")
+        .expect("ETag")
+        .to_owned();
+    before = direct_count(perch);
+    for method in ["GET", "HEAD"] {
+        let fast = object(method, perch.addr, Style::Path, "dir/full é+%.bin")
+            .header("If-Modified-Since", "Fri Jan  1 00:00:00 2100")
+            .go(perch.addr);
+        assert_eq!(direct_count(perch), before + 1.0, "{method} 304: the fast path");
+        let slow = object(method, perch.addr, Style::Path, "dir/full é+%.bin")
+            .header("If-None-Match", &etag)
+            .go(perch.addr);
+        assert_eq!(direct_count(perch), before + 1.0, "{method} 304: s3s");
+        assert_eq!(fast.status, 304, "{}", fast.summary());
+        assert_same(&fast, &slow, &format!("{method} 304"));
+        before = direct_count(perch);
+    }
 }
