@@ -13,9 +13,21 @@ use perch_cache::WriteStatus;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The admin address of the running Perch (its --admin-listen)
-    #[arg(long, env = "PERCH_ADMIN", value_name = "ADDR", default_value = "127.0.0.1:9001")]
-    pub admin: String,
+    /// The admin address of the running Perch; by default the one `perch serve` would take from
+    /// this environment (PERCH_ADMIN_LISTEN, or `admin_listen` in the PERCH_CONFIG file), or
+    /// 127.0.0.1:9001
+    #[arg(long, env = "PERCH_ADMIN", value_name = "ADDR")]
+    admin: Option<String>,
+}
+
+impl AdminArgs {
+    /// The address to call: `--admin`, or serve's own `--admin-listen` as this environment sets it.
+    pub fn address(&self) -> anyhow::Result<String> {
+        match &self.admin {
+            Some(a) => Ok(a.clone()),
+            None => Ok(crate::config::admin_listen_of_serve()?.to_string()),
+        }
+    }
 }
 
 /// `perch journal …`: the versions not yet in the origin, and the operator's decisions about
@@ -108,7 +120,7 @@ pub fn journal(args: &JournalArgs) -> anyhow::Result<()> {
             crate::lease_cmd::discard(data_dir)
         }
         JournalCommand::List { admin, limit } => {
-            let body = get(&admin.admin, &format!("/journal?limit={limit}"))?;
+            let body = get(&admin.address()?, &format!("/journal?limit={limit}"))?;
             let entries: Vec<perch_cache::JournalEntry> = serde_json::from_str(&body).context("reading /journal")?;
             for e in &entries {
                 println!(
@@ -134,7 +146,10 @@ pub fn journal(args: &JournalArgs) -> anyhow::Result<()> {
             Ok(())
         }
         JournalCommand::Retry { admin, seq } => {
-            print!("{}", call(&admin.admin, "POST", &format!("/journal/retry?seq={seq}"))?);
+            print!(
+                "{}",
+                call(&admin.address()?, "POST", &format!("/journal/retry?seq={seq}"))?
+            );
             Ok(())
         }
         JournalCommand::Drop {
@@ -146,7 +161,7 @@ pub fn journal(args: &JournalArgs) -> anyhow::Result<()> {
                 bail!("dropping version {seq} loses an acknowledged write; add --lose-this-write to do it");
             }
             let path = format!("/journal/drop?seq={seq}&confirm=lose-this-write");
-            print!("{}", call(&admin.admin, "POST", &path)?);
+            print!("{}", call(&admin.address()?, "POST", &path)?);
             Ok(())
         }
         JournalCommand::Check { data_dir } => {
@@ -300,7 +315,7 @@ fn bytes(n: u64) -> String {
 }
 
 pub fn status(args: &AdminArgs) -> anyhow::Result<()> {
-    let st = read_status(&args.admin, None, ANSWER_WAIT)?;
+    let st = read_status(&args.address()?, None, ANSWER_WAIT)?;
     println!(
         "backlog: {} objects, {}, oldest {:.1} s",
         st.dirty_objects,
@@ -320,6 +335,10 @@ pub fn status(args: &AdminArgs) -> anyhow::Result<()> {
         println!("blocked: everything left waits on a refused version (perch journal retry or drop)");
     }
     println!("health: {}", if st.healthy { "ok" } else { "UNHEALTHY" });
+    // A script or a health check reads the exit status.
+    if !st.healthy {
+        bail!("Perch reports itself unhealthy (/healthz answers 503)");
+    }
     Ok(())
 }
 
@@ -330,7 +349,7 @@ pub fn flush(args: &FlushArgs) -> anyhow::Result<()> {
         .map(crate::config::parse_duration)
         .transpose()
         .context("--timeout")?;
-    let admin = &args.admin.admin;
+    let admin = &args.admin.address()?;
     let started = Instant::now();
     // No call waits past the flush's own --timeout.
     let wait = || timeout.map_or(ANSWER_WAIT, |t| t.saturating_sub(started.elapsed()).min(ANSWER_WAIT));

@@ -506,6 +506,23 @@ pub struct Config {
 }
 
 /// Reads the environment variable `name`, treating an empty value as unset.
+/// Where the admin endpoints listen unless told otherwise.
+const ADMIN_LISTEN_DEFAULT: ([u8; 4], u16) = ([127, 0, 0, 1], 9001);
+
+/// The admin address `perch serve` would listen on in this environment (PERCH_ADMIN_LISTEN, the
+/// `admin_listen` of the PERCH_CONFIG file, or its default): where `perch status`, `flush` and
+/// `journal` call by default.
+pub fn admin_listen_of_serve() -> anyhow::Result<SocketAddr> {
+    if let Some(a) = env_var("PERCH_ADMIN_LISTEN") {
+        return a.parse().with_context(|| format!("PERCH_ADMIN_LISTEN {a:?}"));
+    }
+    let from_file = match env_var("PERCH_CONFIG") {
+        Some(path) => read_file(Path::new(&path))?.admin_listen,
+        None => None,
+    };
+    Ok(from_file.unwrap_or_else(|| SocketAddr::from(ADMIN_LISTEN_DEFAULT)))
+}
+
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -598,7 +615,7 @@ impl Config {
         let admin_listen = args
             .admin_listen
             .or(file.admin_listen)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9001)));
+            .unwrap_or_else(|| SocketAddr::from(ADMIN_LISTEN_DEFAULT));
         let admin_token = match env_var("PERCH_ADMIN_TOKEN") {
             Some(t) if t.len() < ADMIN_TOKEN_MIN => {
                 bail!("PERCH_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters")

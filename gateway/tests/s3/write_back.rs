@@ -594,6 +594,17 @@ fn a_refused_upload_is_kept_and_reported() {
     assert_eq!(st["healthy"], false);
     let (code, _) = admin_get(s.perch(), "/healthz");
     assert_eq!(code, 503, "/healthz reports the refused version");
+    // So does `perch status`, in its exit status too (a script or a health check reads that),
+    // finding the admin address where `perch serve` takes it: PERCH_ADMIN_LISTEN.
+    let out = std::process::Command::new(perch_binary())
+        .arg("status")
+        .env_remove("PERCH_ADMIN")
+        .env("PERCH_ADMIN_LISTEN", s.perch().admin.to_string())
+        .output()
+        .expect("perch status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("health: UNHEALTHY"), "perch status: {text}");
+    assert!(!out.status.success(), "perch status exited 0 on UNHEALTHY: {text}");
     // The data is kept and still served.
     assert_eq!(
         perch_get(&s, "orioledb_data/1/refused").as_deref(),
