@@ -20,6 +20,18 @@ use crate::metrics::{CacheStats, MEMORY};
 /// bytes). Measured: 1 KiB objects held ~2 KB of resident memory each.
 const OVERHEAD: usize = 1024;
 
+/// What `object` of `okey` takes in memory: its key, body and entry (a stored header's text too,
+/// up to ~8 KB, which a tier of tiny objects would otherwise hold uncounted).
+fn weight(okey: &ObjectKey, object: &MemoryObject) -> usize {
+    let meta = &object.entry.meta;
+    okey.as_bytes().len()
+        + object.body.len()
+        + OVERHEAD
+        + meta.headers.text_bytes()
+        + meta.etag.len()
+        + object.entry.crcs.len() * 4
+}
+
 /// A small object held in memory, with the index entry it came from.
 pub(crate) struct MemoryObject {
     pub entry: Entry,
@@ -55,9 +67,7 @@ impl MemoryTier {
         let stats = stats.clone();
         moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .weigher(|k: &ObjectKey, v: &Arc<MemoryObject>| {
-                u32::try_from(k.as_bytes().len() + v.body.len() + OVERHEAD).unwrap_or(u32::MAX)
-            })
+            .weigher(|k: &ObjectKey, v: &Arc<MemoryObject>| u32::try_from(weight(k, v)).unwrap_or(u32::MAX))
             .eviction_listener(move |_k, _v, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     stats.evictions.get_or_create(&MEMORY).inc();
@@ -124,5 +134,47 @@ pub(crate) fn release_free_memory() {
     // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    /// Tiny objects with large metadata (S3 lets a write carry ~8 KB of headers) are weighed with
+    /// it: the tier holds no more of their bytes than its limit. They were weighed as 1 KiB each,
+    /// and a tier of such objects held several times its limit.
+    #[test]
+    fn an_objects_stored_headers_count_against_the_limit() {
+        const LIMIT: u64 = 1 << 20;
+        const METADATA: usize = 6_000;
+        let tier = MemoryTier::new(LIMIT, CacheStats::default());
+        let mut entry = Entry::tombstone(1, SystemTime::now());
+        (entry.deleted, entry.pending, entry.meta.size) = (false, false, 4);
+        entry.meta.headers.metadata.insert("note".into(), "x".repeat(METADATA));
+        let object = Arc::new(MemoryObject {
+            entry,
+            body: Bytes::from_static(b"tiny"),
+        });
+        // Each read twice, so that TinyLFU admits it over what it would evict.
+        for round in 0..4 {
+            for i in 0..1_000 {
+                let okey = ObjectKey::new("b", &format!("k/{i}"));
+                if round > 0 {
+                    tier.get(&okey);
+                }
+                tier.insert(okey, object.clone());
+            }
+            tier.settle();
+        }
+        let (weighed, count) = tier.settle();
+        assert!(weighed <= LIMIT, "weighed {weighed} over the limit {LIMIT}");
+        assert!(
+            count * METADATA as u64 <= LIMIT,
+            "{count} objects of {METADATA} bytes of metadata each: more than the limit of {LIMIT}"
+        );
+        assert!(count > 0, "nothing was admitted");
     }
 }

@@ -73,6 +73,27 @@ pub const STORED_HEADER_BYTES_MAX: usize = 7 << 10;
 pub const METADATA_BYTES_MAX: usize = 2 << 10;
 
 impl ContentHeaders {
+    /// The bytes of text these hold (names and values, in heap strings): what a copy held in
+    /// memory costs besides its body and fixed fields. Up to S3's 8 KB of headers a write may
+    /// carry; most objects hold none.
+    pub fn text_bytes(&self) -> usize {
+        let optional = [
+            &self.content_type,
+            &self.cache_control,
+            &self.content_encoding,
+            &self.content_disposition,
+            &self.content_language,
+            &self.expires,
+            &self.storage_class,
+        ]
+        .into_iter()
+        .filter_map(|v| v.as_ref().map(String::len))
+        .sum::<usize>();
+        // A map node, or a tag pair, costs about two string headers besides its text.
+        let pairs = self.metadata.iter().chain(self.tags.iter().map(|(k, v)| (k, v)));
+        optional + pairs.map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+    }
+
     /// The object's number of tags, as GetObject answers it (`x-amz-tagging-count`): those a write
     /// through Perch gave it, else the origin's count; `None` for none.
     pub fn tag_count(&self) -> Option<u32> {
