@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use perch_testkit::bodies::{body_bytes, md5_etag, multipart_etag, pattern};
-use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path};
+use perch_testkit::raw_client::{BUCKET, Req, Resp, Style, key_path, xml_values};
 
 use crate::support::cache_entries::{entry_key, write_cache_entries};
 use crate::support::machine;
@@ -1447,6 +1447,25 @@ fn a_range_miss_from_an_origin_that_ignores_ranges_is_answered_with_its_range() 
         "InvalidRange",
         "a range past the end, from an origin that ignores ranges",
     );
+    // From an origin that answers ranges, its 416 names the object's size, and so does Perch's
+    // (Content-Range and ActualObjectSize, as for a cached copy: it named none).
+    for key in ["norange/past-the-end-too", "wal/000000010000000000000043"] {
+        s.put_behind_perchs_back(key, &body);
+        let r = s.get_range(key, "bytes=400000-");
+        assert_error(&r, 416, "InvalidRange", &format!("{key}: a range miss past the end"));
+        assert_eq!(
+            r.header("Content-Range"),
+            Some("bytes */300000"),
+            "{key}: {}",
+            r.summary()
+        );
+        assert_eq!(
+            xml_values(&r.text(), "ActualObjectSize"),
+            ["300000"],
+            "{key}: {}",
+            r.summary()
+        );
+    }
 }
 
 /// An origin that ignores `Range` (HTTP allows it: a ranged GET answered with 200 and the whole

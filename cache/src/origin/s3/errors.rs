@@ -40,9 +40,10 @@ where
                 .err()
                 .message()
                 .map_or_else(|| DisplayErrorContext(&err).to_string(), str::to_owned);
-            with_etag(
+            with_answer_headers(
                 classify_answer(status, code, message, subject),
                 ctx.raw().headers().get("etag"),
+                ctx.raw().headers().get("content-range"),
             )
         }
         SdkError::ResponseError(ctx) => {
@@ -52,9 +53,10 @@ where
                 // A success whose body broke or could not be read: worth another try.
                 OriginError::transient(message)
             } else {
-                with_etag(
+                with_answer_headers(
                     classify_answer(status, String::new(), message, subject),
                     ctx.raw().headers().get("etag"),
+                    ctx.raw().headers().get("content-range"),
                 )
             }
         }
@@ -119,9 +121,16 @@ const CREDENTIAL_CODES: &[&str] = &[
     "SignatureDoesNotMatch",
 ];
 
-/// A 304 carries the object's ETag (RFC 9110), which the client's 304 carries on.
-pub(super) fn with_etag(e: OriginError, etag: Option<&str>) -> OriginError {
+/// What an error answer's headers add to it: a 304 carries the object's ETag (RFC 9110), which
+/// the client's 304 carries on; a 416 the object's size (`Content-Range: bytes */N`), which the
+/// client's 416 names in turn.
+pub(super) fn with_answer_headers(e: OriginError, etag: Option<&str>, content_range: Option<&str>) -> OriginError {
     match e {
+        OriginError::InvalidRange { size: None } => OriginError::InvalidRange {
+            size: content_range
+                .and_then(|v| v.trim().strip_prefix("bytes */"))
+                .and_then(|n| n.trim().parse().ok()),
+        },
         OriginError::NotModified {
             etag: None,
             last_modified,

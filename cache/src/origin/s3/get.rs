@@ -319,7 +319,11 @@ impl S3Origin {
             .into_parts();
         if !(200..300).contains(&status) {
             let e = refusal(status, body, limit).await;
-            return Err(with_etag(e, header_str(&parts.headers, "etag")));
+            return Err(with_answer_headers(
+                e,
+                header_str(&parts.headers, "etag"),
+                header_str(&parts.headers, "content-range"),
+            ));
         }
         if status == 206 && !parts.headers.contains_key(header::CONTENT_RANGE) {
             // Without its span a partial body would pass for the whole object.
@@ -346,7 +350,13 @@ async fn refusal(status: u16, body: SdkBody, limit: Duration) -> OriginError {
     let text = String::from_utf8_lossy(&text);
     let code = xml_text(&text, "Code").unwrap_or_default();
     let message = xml_text(&text, "Message").unwrap_or_else(|| format!("the origin answered {status}"));
-    classify_answer(status, code, message, Subject::Object)
+    match classify_answer(status, code, message, Subject::Object) {
+        // S3's InvalidRange names the object's size in its document too.
+        OriginError::InvalidRange { size: None } => OriginError::InvalidRange {
+            size: xml_text(&text, "ActualObjectSize").and_then(|n| n.parse().ok()),
+        },
+        e => e,
+    }
 }
 
 #[cfg(test)]
