@@ -280,6 +280,32 @@ pub async fn read_lease(origin: &dyn Origin, bucket: &str) -> Result<Option<Leas
     }))
 }
 
+/// Breaks the lease `seen` (`perch lease break`): marks it released, on the condition that it is
+/// still the one read, so that the next primary takes it at once and its holder, if it still runs,
+/// fails its next renewal and stops. `Ok(false)`: the lease was renewed or taken since it was read
+/// (its holder is alive, or a new one took it), and is left as it is.
+pub async fn break_lease(origin: &dyn Origin, bucket: &str, seen: &LeaseView) -> Result<bool, LeaseError> {
+    // Tests hold the break here, for the holder to renew meanwhile (lease.rs).
+    crate::journal::pause_point_async("lease_break").await;
+    let mut body = seen.body.clone();
+    body.released = true;
+    body.renewal += 1;
+    body.written_at = wall_clock();
+    let mut input = body_bytes(&body);
+    input.if_match = Some(seen.etag.clone());
+    let put = tokio::time::timeout(CALL_LIMIT, origin.put_object(bucket, LEASE_KEY, &input))
+        .await
+        .map_err(|_| OriginError::transient("breaking the lease took over 5 s"))?;
+    match put {
+        Ok(_) => Ok(true),
+        // Ours may have landed with its answer lost, then been retried: look.
+        Err(OriginError::PreconditionFailed | OriginError::NoSuchKey) => {
+            Ok(read_lease(origin, bucket).await?.is_some_and(|v| v.body == body))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl Lease {
     pub fn new(cfg: LeaseConfig, origin: Arc<dyn Origin>) -> Arc<Lease> {
         Arc::new(Lease {
@@ -552,10 +578,11 @@ impl Lease {
                         )))
                     }
                     other => {
-                        let who = other.map_or_else(
-                            || "nobody (the lease was broken)".to_owned(),
-                            |v| format!("`{}` (epoch {})", v.body.holder, v.body.epoch),
-                        );
+                        // Released under our name while we run: `perch lease break`.
+                        let who = match other {
+                            Some(v) if !v.body.released => format!("`{}` (epoch {})", v.body.holder, v.body.epoch),
+                            _ => "nobody (the lease was broken)".to_owned(),
+                        };
                         let why = format!(
                             "lease lost: the bucket's lease is now held by {who}; this Perch stops acknowledging \
                              and uploading writes and exits; its journal stays in the data dir (perch journal)"

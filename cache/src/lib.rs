@@ -37,7 +37,9 @@ pub use error::{CacheError, StoreError, StoreResult};
 pub use journal::offline::{JournalProblem, OfflineJournal};
 pub use journal::{FailedVersion, JournalEntry, JournalOpError, WriteConfig, WriteStatus};
 pub use key::url_encode;
-pub use lease::{JournalBinding, LEASE_KEY, Lease, LeaseBody, LeaseConfig, LeaseError, LeaseView, read_lease};
+pub use lease::{
+    JournalBinding, LEASE_KEY, Lease, LeaseBody, LeaseConfig, LeaseError, LeaseView, break_lease, read_lease,
+};
 pub use listing::{Page, PageQuery, token as list_token, untoken as list_untoken};
 pub use local::room::{give_back_spare, is_no_space};
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};

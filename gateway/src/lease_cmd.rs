@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use perch_cache::{JournalBinding, LEASE_KEY, Lease, LeaseConfig, OfflineJournal, Origin, read_lease};
+use perch_cache::{JournalBinding, LEASE_KEY, Lease, LeaseConfig, OfflineJournal, Origin, break_lease, read_lease};
 
 use crate::config::{Config, LeaseSettings, Role, ServeArgs};
 
@@ -79,9 +79,10 @@ enum LeaseCommand {
         #[command(flatten)]
         serve: Box<ServeArgs>,
     },
-    /// Delete the bucket's lease, so that a new primary takes it at once. If its holder still
-    /// runs, two primaries may write the bucket until that holder's next renewal fails: that can
-    /// corrupt the database. Only for a holder known to be gone for good.
+    /// Mark the bucket's lease released, so that a new primary takes it at once; only if nobody
+    /// renewed or took it since it was read here. If its holder still runs, two primaries may
+    /// write the bucket until that holder's next renewal fails: that can corrupt the database.
+    /// Only for a holder known to be gone for good.
     Break {
         /// Say that you mean it: the holder named by `perch lease status` is gone for good
         #[arg(long)]
@@ -152,7 +153,21 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
                     v.body.holder
                 );
             }
-            rt.block_on(origin.delete_object(&settings.bucket, LEASE_KEY, None))?;
+            if v.body.released {
+                println!(
+                    "{}/{LEASE_KEY}: the lease of `{}` (epoch {}) is released already: the next primary takes it at once",
+                    settings.bucket, v.body.holder, v.body.epoch
+                );
+                return Ok(());
+            }
+            if !rt.block_on(break_lease(&*origin, &settings.bucket, &v))? {
+                bail!(
+                    "the lease of `{}` (epoch {}) was renewed or taken since it was read: its holder is alive, or \
+                     a new one took it; nothing was broken (see `perch lease status`)",
+                    v.body.holder,
+                    v.body.epoch
+                );
+            }
             println!(
                 "lease of `{}` (epoch {}) broken: the next primary takes it at once; if that holder still runs, \
                  its next renewal fails and it stops",

@@ -301,6 +301,43 @@ fn a_second_primary_refuses_to_start_naming_the_holder() {
     );
 }
 
+/// `perch lease break` breaks only the lease it read: a holder that renews in the meantime is
+/// alive, and keeps its lease (the break used to delete whatever lease was there by then).
+#[test]
+fn a_break_leaves_a_lease_renewed_since_it_was_read() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let a = b.primary("machine-a", &b.dir("a"));
+    let renewal = b.lease().expect("lease").2;
+    // The break pauses between its read and its write, longer than a renewal takes to come.
+    let late = std::process::Command::new(perch_binary())
+        .args(["lease", "break", "--holder-is-gone"])
+        .args(b.args("cli"))
+        .envs(moto_keys_env())
+        .env("PERCH_PAUSE_POINT", "lease_break:2500")
+        .output()
+        .expect("run perch");
+    let err = String::from_utf8_lossy(&late.stderr);
+    assert!(
+        !late.status.success(),
+        "a break of a lease renewed meanwhile went through: {err}"
+    );
+    assert!(err.contains("renewed or taken since it was read"), "{err}");
+    let (holder, epoch, now, released, _) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), epoch, released), ("machine-a", 1, false));
+    assert!(now > renewal, "the holder renewed during the pause");
+    assert_eq!(put(a.addr, "k", b"a still writes"), 200);
+    // Without the pause, it breaks: the holder fails its next renewal and stops.
+    let broken = b.cli(&["lease", "break", "--holder-is-gone"]);
+    assert!(broken.status.success(), "{}", String::from_utf8_lossy(&broken.stderr));
+    assert!(b.lease().expect("lease").3, "a broken lease is marked released");
+    assert_eq!(
+        a.wait(Duration::from_secs(10)).code(),
+        Some(3),
+        "the holder of a broken lease exits"
+    );
+}
+
 #[test]
 fn an_unrenewed_lease_is_taken_after_its_period_and_margin() {
     let _turn = machine::share();
