@@ -90,8 +90,8 @@ impl Check {
             return Check::Checksum(a, want.to_owned(), Box::new(checksum::Hasher::new(a)));
         }
         match md5_etag(&meta.etag) {
-            Some(want) => Check::Md5(want.to_owned(), Md5::new()),
-            None => Check::None,
+            Some(want) if meta.headers.opaque_etag_encryption.is_none() => Check::Md5(want.to_owned(), Md5::new()),
+            _ => Check::None,
         }
     }
 

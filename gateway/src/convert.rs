@@ -299,6 +299,7 @@ pub fn content_headers(
         storage_class: None,
         tags: Vec::new(),
         origin_tag_count: None,
+        opaque_etag_encryption: None,
     }
 }
 

@@ -310,6 +310,7 @@ fn full_headers() -> ContentHeaders {
         storage_class: None,
         tags: Vec::new(),
         origin_tag_count: None,
+        opaque_etag_encryption: None,
     }
 }
 

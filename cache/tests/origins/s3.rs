@@ -80,6 +80,7 @@ async fn objects_round_trip_with_headers_and_checksums() {
         storage_class: None,
         tags: Vec::new(),
         origin_tag_count: None,
+        opaque_etag_encryption: None,
     };
     // The crc32 of "hello world", base64 (S3 takes one checksum per object).
     let checksums = Checksums {

@@ -189,6 +189,11 @@ pub struct FaultSettings {
     /// then no longer matches it: for an origin that checks none (moto).
     #[serde(default)]
     pub ignore_range: bool,
+    /// Answer as S3 answers for an object encrypted with SSE-KMS: every ETag the origin answers
+    /// is not the body's MD5 (its hex digits reversed), and `x-amz-server-side-encryption:
+    /// aws:kms` is added.
+    #[serde(default)]
+    pub kms_etags: bool,
 }
 
 impl Default for FaultSettings {
@@ -206,6 +211,7 @@ impl Default for FaultSettings {
             fail_next: 0,
             cut_body_after: None,
             ignore_range: false,
+            kms_etags: false,
         }
     }
 }
@@ -334,6 +340,8 @@ pub struct Decision {
     pub cut_body_after: Option<u64>,
     /// Forward the request without its `Range` header.
     pub ignore_range: bool,
+    /// Answer with SSE-KMS's opaque ETags (`FaultSettings::kms_etags`).
+    pub kms_etags: bool,
 }
 
 /// Decides, in arrival order, which requests get a fault. Seeded, so the same
@@ -417,6 +425,7 @@ impl FaultEngine {
             bandwidth: self.current.bandwidth_bytes_per_sec,
             cut_body_after,
             ignore_range: self.current.ignore_range,
+            kms_etags: self.current.kms_etags,
         }
     }
 

@@ -381,6 +381,7 @@ impl Proxy {
             fail_next: 0,
             cut_body_after: None,
             ignore_range: false,
+            kms_etags: false,
         };
         baseline
             .validate()
@@ -668,7 +669,11 @@ async fn handle(
     }
     let Some(kind) = decision.injected else {
         let cut = decision.cut_body_after.map(|n| (n, ctx.cut.clone()));
-        return Ok(forward(shared, boxed(req), record, decision.bandwidth, cut).await);
+        let mut answer = forward(shared, boxed(req), record, decision.bandwidth, cut).await;
+        if decision.kms_etags {
+            as_kms(answer.headers_mut());
+        }
+        return Ok(answer);
     };
     if let Some((status, code, message)) = kind.http_error() {
         return Ok(inject_error(&shared, req, record, kind, status, code, message).await);
@@ -715,6 +720,23 @@ async fn handle(
     lock(&shared.log).push(record);
     ctx.abort.store(true, Ordering::Relaxed);
     Err(AbortConnection(kind))
+}
+
+/// An answer as S3 gives it for an object encrypted with SSE-KMS: its ETag not the body's MD5
+/// (the digits reversed: still 32 hex digits, as S3's are) and the encryption named.
+fn as_kms(headers: &mut http::HeaderMap) {
+    let opaque = headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(|etag| etag.chars().rev().collect::<String>())
+        .and_then(|etag| http::HeaderValue::from_str(&etag).ok());
+    if let Some(etag) = opaque {
+        headers.insert(header::ETAG, etag);
+        headers.insert(
+            "x-amz-server-side-encryption",
+            http::HeaderValue::from_static("aws:kms"),
+        );
+    }
 }
 
 /// A client's request with its body boxed, as `forward` takes it.

@@ -40,6 +40,17 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
+/// The encryption an answer names whose objects' ETags are not their MD5s (S3 with SSE-KMS,
+/// DSSE-KMS or SSE-C; SSE-S3's `AES256` keeps MD5 ETags).
+fn opaque_etag_encryption(headers: &HeaderMap) -> Option<String> {
+    if headers.contains_key("x-amz-server-side-encryption-customer-algorithm") {
+        return Some("SSE-C".to_owned());
+    }
+    header_str(headers, "x-amz-server-side-encryption")
+        .filter(|v| v.starts_with("aws:kms"))
+        .map(str::to_owned)
+}
+
 /// `ObjectMeta` of an object of `size` bytes from a GET's answer headers (what the SDK's
 /// GetObjectOutput carried).
 fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
@@ -71,6 +82,7 @@ fn object_meta_of(headers: &HeaderMap, size: u64) -> ObjectMeta {
             origin_tag_count: header_str(headers, "x-amz-tagging-count")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0),
+            opaque_etag_encryption: opaque_etag_encryption(headers),
         },
         checksums: {
             let mut c = Checksums::default();

@@ -358,6 +358,28 @@ impl Stack {
         assert_eq!(out.e_tag(), Some(md5_etag(body).as_str()));
     }
 
+    /// PUT `key` straight into moto without any checksum (as an older client, or a copy, leaves
+    /// an object): the origin then keeps no checksum of it, only its ETag.
+    #[track_caller]
+    pub fn put_behind_perchs_back_without_checksum(&self, key: &str, body: &[u8]) {
+        use aws_sdk_s3::config::RequestChecksumCalculation;
+        let c = self.moto_sdk();
+        let out = self.rt.block_on(
+            c.put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()))
+                .customize()
+                .config_override(
+                    aws_sdk_s3::Config::builder()
+                        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired),
+                )
+                .send(),
+        );
+        let out = ok(out, &format!("PUT {key} into moto"));
+        assert_eq!(out.checksum_crc32(), None, "PUT {key}: a checksum was sent");
+    }
+
     /// The body moto itself holds for `key` (past the proxy and perch), `None` if it holds none.
     #[track_caller]
     pub fn in_moto(&self, key: &str) -> Option<Vec<u8>> {
