@@ -149,10 +149,16 @@ pub(crate) struct Replica {
     seeded: Mutex<HashSet<String>>,
     local_buckets: Mutex<HashSet<String>>,
     seeding: tokio::sync::Mutex<()>,
+    /// A write of a key changes two stores (its object and its delete marker): writes of one key
+    /// take its stripe, so that a PUT and a DELETE at once never leave neither.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
     /// The shared bucket, read only (`ReadOnlyOrigin`), with the retry layer.
     origin: Arc<dyn Origin>,
     stats: ReplicaStats,
 }
+
+/// How many stripes the replica's key locks have.
+const KEY_LOCKS: usize = 64;
 
 fn is_absent(e: &OriginError) -> bool {
     matches!(e, OriginError::NoSuchKey | OriginError::NoSuchBucket)
@@ -186,9 +192,16 @@ impl Replica {
             seeded: Mutex::new(HashSet::new()),
             local_buckets: Mutex::new(HashSet::new()),
             seeding: tokio::sync::Mutex::new(()),
+            key_locks: (0..KEY_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             origin,
             stats,
         })
+    }
+
+    /// Holds the writes of `bucket`/`key` (and of the keys sharing its stripe) until dropped.
+    async fn lock_key(&self, bucket: &str, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = ObjectKey::new(bucket, key).hash64() as usize % self.key_locks.len();
+        self.key_locks[stripe].lock().await
     }
 
     fn source(&self, key: &str) -> Source {
@@ -361,7 +374,10 @@ impl Replica {
     pub(crate) async fn put(&self, bucket: &str, key: &str, input: &PutInput) -> OriginResult<PutOutput> {
         self.seed(bucket).await?;
         self.ensure_local(bucket).await?;
+        let _key = self.lock_key(bucket, key).await;
         let out = self.objects.put_object(bucket, key, input).await?;
+        // Tests hold a PUT here, for a DELETE of its key to come meanwhile (replica.rs).
+        crate::journal::pause_point_async("replica_put").await;
         self.deleted.delete_object(bucket, key, None).await?;
         self.stats.overlay_write("put", input.body.len());
         Ok(out)
@@ -371,6 +387,7 @@ impl Replica {
     pub(crate) async fn delete(&self, bucket: &str, key: &str) -> OriginResult<()> {
         self.seed(bucket).await?;
         self.ensure_local(bucket).await?;
+        let _key = self.lock_key(bucket, key).await;
         if self.source(key) != Source::Own {
             let marker = PutInput {
                 headers: ContentHeaders::default(),
@@ -433,6 +450,7 @@ impl Replica {
         parts: &[CompletedPart],
     ) -> OriginResult<PutOutput> {
         self.ensure_local(bucket).await?;
+        let _key = self.lock_key(bucket, key).await;
         let out = self
             .objects
             .complete_multipart_upload(bucket, key, upload_id, parts)

@@ -456,6 +456,34 @@ fn a_replicas_own_write_before_any_checkpoint_is_not_replaced_by_the_primarys() 
     assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
 }
 
+/// A PUT and a DELETE of one key at once on a replica leave one of them whole: the object, or
+/// the marker that hides the shared bucket's copy. The PUT is held (a test-only pause point)
+/// between writing the object and removing the marker, and the DELETE comes meanwhile: it used to
+/// write its marker and remove the object, then the PUT removed the marker, and the primary's
+/// copy showed again.
+#[test]
+fn a_put_and_a_delete_of_one_key_at_once_on_a_replica_leave_one_of_them() {
+    let _turn = machine::share();
+    let moto = MotoServer::start();
+    let proxy = ProxyServer::start(&moto.endpoint, &[]);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    create_moto_bucket(&moto);
+    let key = "orioledb_data/1/1/9.0.0";
+    put_into_moto(&moto, key, b"the primary's");
+    let (mut args, mut env) = crate::support::perch::s3_origin(&proxy.endpoint);
+    args.extend(["--role".to_owned(), "replica".to_owned()]);
+    env.push(("PERCH_PAUSE_POINT".to_owned(), "replica_put:1500".to_owned()));
+    let replica = crate::support::perch::start_with(&tmp.path().join("replica"), args, env);
+    let r = replica.addr;
+    let put = std::thread::spawn(move || status_of(r, "PUT", key, b"the replica's", &[]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status_of(r, "DELETE", key, b"", &[]), 204);
+    assert_eq!(put.join().expect("the PUT"), 200);
+    let got = Req::object("GET", r, Style::Path, &key_path(key)).go(r);
+    assert_eq!(got.status, 404, "the DELETE came last: {}", got.summary());
+    assert_eq!(origin_writes(&proxy.control()), Vec::<String>::new());
+}
+
 /// `/status` of a perch, as JSON.
 fn status_json(perch: &PerchServer) -> serde_json::Value {
     let (code, text) = admin_get(perch, "/status");
