@@ -294,7 +294,7 @@ pub(crate) fn usual_message(code: &str) -> Option<&'static str> {
     })
 }
 
-/// The bucket and key of a request answered 404.
+/// The bucket and key of a request answered 404 or 409, which its error document names.
 struct Missing {
     bucket: String,
     key: String,
@@ -318,8 +318,9 @@ fn xml_text(text: &str) -> Option<String> {
 }
 
 /// An S3 XML error as S3 writes it: with its request id (`<RequestId>`, the `x-amz-request-id`
-/// header's), a `<Message>` (s3s leaves some out), and for NoSuchKey and NoSuchBucket the `<Key>`
-/// or `<BucketName>` asked for. Only error documents in one piece.
+/// header's), a `<Message>` (s3s leaves some out), and for NoSuchKey, NoSuchBucket and the 409s of
+/// a bucket (BucketNotEmpty, BucketAlreadyOwnedByYou, BucketAlreadyExists) the `<Key>` or
+/// `<BucketName>` asked for. Only error documents in one piece.
 fn error_completed(
     mut r: Response<s3s::Body>,
     id: &http::HeaderValue,
@@ -354,7 +355,9 @@ fn error_completed(
     }
     let named = match (code, missing) {
         ("NoSuchKey", Some(m)) if !text.contains("<Key>") && !m.key.is_empty() => Some(("Key", &m.key)),
-        ("NoSuchBucket", Some(m)) if !text.contains("<BucketName>") && !m.bucket.is_empty() => {
+        ("NoSuchBucket" | "BucketNotEmpty" | "BucketAlreadyOwnedByYou" | "BucketAlreadyExists", Some(m))
+            if !text.contains("<BucketName>") && !m.bucket.is_empty() =>
+        {
             Some(("BucketName", &m.bucket))
         }
         _ => None,
@@ -955,9 +958,9 @@ async fn s3_request(door: &Door, req: Request<Incoming>, served: &RequestSpan) -
             }
             metrics.observe(op, status, elapsed);
             tracing::info!(ms = elapsed.as_secs_f64() * 1000.0, "done");
-            // What a 404's error document names (its `<Key>` or `<BucketName>`): not for a copy,
-            // whose 404 is its source's, where the request names its destination.
-            let missing = (status == 404 && !matches!(op, "CopyObject" | "UploadPartCopy")).then(|| {
+            // What a 404's or 409's error document names (its `<Key>` or `<BucketName>`): not for
+            // a copy, whose 404 is its source's, where the request names its destination.
+            let missing = (matches!(status, 404 | 409) && !matches!(op, "CopyObject" | "UploadPartCopy")).then(|| {
                 REQUEST.with(|r| {
                     let info = r.borrow();
                     Missing {

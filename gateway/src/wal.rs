@@ -43,10 +43,10 @@ pub struct FetchArgs {
     /// The bucket OrioleDB archives to
     #[arg(long, env = "PERCH_WAL_BUCKET", default_value = "orioledb")]
     pub bucket: String,
-    /// The key prefix of archived WAL files
-    #[arg(long, env = "PERCH_WAL_PREFIX", default_value = "wal/")]
-    pub prefix: String,
 }
+
+/// Where OrioleDB archives WAL files, and the only keys `perch serve` reads live on a replica.
+const WAL_PREFIX: &str = "wal/";
 
 /// What a fetch found.
 pub enum Fetched {
@@ -73,8 +73,8 @@ pub fn run(args: &WalArgs) -> anyhow::Result<()> {
                 Ok(Fetched::Written) => Ok(()),
                 Ok(Fetched::Absent) => {
                     eprintln!(
-                        "perch wal fetch: {}{} is not in bucket {} (yet)",
-                        fetch_args.prefix, fetch_args.file, fetch_args.bucket
+                        "perch wal fetch: {WAL_PREFIX}{} is not in bucket {} (yet)",
+                        fetch_args.file, fetch_args.bucket
                     );
                     std::process::exit(1)
                 }
@@ -109,7 +109,7 @@ pub async fn fetch(args: &FetchArgs) -> anyhow::Result<Fetched> {
         ..S3OriginConfig::default()
     })
     .context("configuring the client of the local Perch")?;
-    let key = format!("{}{}", args.prefix, args.file);
+    let key = format!("{WAL_PREFIX}{}", args.file);
     let got = match perch.get_object(&args.bucket, &key, None, &Conditions::default()).await {
         Ok(got) => got,
         Err(OriginError::NoSuchKey) => return Ok(Fetched::Absent),

@@ -707,6 +707,8 @@ fn a_bucket_holding_only_perchs_own_objects_can_be_deleted() {
     let r = delete_bucket();
     assert_eq!(r.status, 409, "{}", r.summary());
     assert_eq!(r.code().as_deref(), Some("BucketNotEmpty"), "{}", r.summary());
+    // As S3's, the document names the bucket.
+    assert_eq!(xml_values(&r.text(), "BucketName"), [BUCKET], "{}", r.summary());
     assert!(
         s.in_moto(".perch/hot-set").is_some(),
         "the hot set went while the bucket stayed"
