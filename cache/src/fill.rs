@@ -206,7 +206,7 @@ fn hand_on(fill: &Fill, to_writer: &mpsc::Sender<Vec<Bytes>>, batch: &mut Vec<By
 
 impl Reader {
     /// The fill of `okey`: the one under way (`true`: joined), or a new one started here.
-    pub(crate) fn join_fill(self: &Arc<Self>, okey: &ObjectKey) -> (Arc<Fill>, bool) {
+    pub(crate) fn join_fill(self: &Arc<Self>, okey: &ObjectKey) -> (Arc<Fill>, watch::Receiver<Progress>, bool) {
         self.join_fill_holding(okey, None)
     }
 
@@ -216,8 +216,8 @@ impl Reader {
         self: &Arc<Self>,
         okey: &ObjectKey,
         room: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> (Arc<Fill>, bool) {
-        let (fill, joined) = self.local.fills.join(okey);
+    ) -> (Arc<Fill>, watch::Receiver<Progress>, bool) {
+        let (fill, rx, joined) = self.local.fills.join(okey);
         if !joined {
             if self
                 .local
@@ -244,7 +244,7 @@ impl Reader {
                 drop(room);
             });
         }
-        (fill, joined)
+        (fill, rx, joined)
     }
 
     /// Fetches the whole object, streaming it to the fill's readers and to the writer thread,
@@ -313,6 +313,10 @@ impl Reader {
             let next = match body.next().now_or_never() {
                 Some(next) => next,
                 None => {
+                    // A copy that will not be kept is fetched for its readers alone.
+                    if !kept && self.local.fills.abandon_if_unread(okey, fill) {
+                        return Err(FillError::Abandoned);
+                    }
                     writer_gone |= !hand_on(fill, &to_writer, &mut batch);
                     // Memory stays bounded when the disk is slower than the origin.
                     while received - *on_disk.borrow_and_update() > 2 * hold {

@@ -442,6 +442,8 @@ impl Lease {
             tokio::time::sleep(poll).await;
             match read_lease(&*self.origin, &self.cfg.bucket).await? {
                 Some(v) if v.etag == seen.etag => {}
+                // Released (a clean stop, or `perch lease break`) meanwhile: take it at once.
+                Some(v) if v.body.released => return Ok(()),
                 Some(v) => {
                     return Err(LeaseError::Held {
                         holder: v.body.holder,
@@ -578,10 +580,21 @@ impl Lease {
                         )))
                     }
                     other => {
-                        // Released under our name while we run: `perch lease break`.
+                        // Released under our name and epoch while we run: `perch lease break`.
                         let who = match other {
-                            Some(v) if !v.body.released => format!("`{}` (epoch {})", v.body.holder, v.body.epoch),
-                            _ => "nobody (the lease was broken)".to_owned(),
+                            None => "nobody (the lease was broken)".to_owned(),
+                            Some(v)
+                                if v.body.released && v.body.holder == body.holder && v.body.epoch == body.epoch =>
+                            {
+                                "nobody (the lease was broken)".to_owned()
+                            }
+                            Some(v) if v.body.released => {
+                                format!(
+                                    "nobody (`{}`, epoch {}, took it and released it since)",
+                                    v.body.holder, v.body.epoch
+                                )
+                            }
+                            Some(v) => format!("`{}` (epoch {})", v.body.holder, v.body.epoch),
                         };
                         let why = format!(
                             "lease lost: the bucket's lease is now held by {who}; this Perch stops acknowledging \

@@ -276,7 +276,7 @@ impl Prefetcher {
         }
         let local = &self.reader.local;
         let cached = matches!(local.index.get(&item.okey), Ok(Some(_)));
-        if cached || local.fills.get(&item.okey).is_some() {
+        if cached || local.fills.is_under_way(&item.okey) {
             self.release(&item);
             self.count(reason, "skipped");
             return;
@@ -287,9 +287,7 @@ impl Prefetcher {
             return;
         };
         local.mark_prefetched(&item.okey, reason.as_str());
-        let (fill, _) = self.reader.join_fill(&item.okey);
-        let mut rx = fill.progress.subscribe();
-        drop(fill);
+        let (_, mut rx, _) = self.reader.join_fill(&item.okey);
         // Until the fill ends: it failed, or its last byte (released once kept) arrived.
         let absent = loop {
             let (done, absent) = {

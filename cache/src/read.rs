@@ -355,30 +355,34 @@ impl Reader {
             // bytes, no place in the hot set.
             return self.get_uncached(okey, conditions).await;
         }
-        let (fill, joined) = self.join_fill(okey);
-        if joined {
-            self.local.stats.coalesced.inc();
-            self.local.note_client_read(okey);
-        }
-        self.local.note_access(okey);
-        let mut rx = fill.progress.subscribe();
-        let meta = loop {
-            let ended = {
-                let p = rx.borrow_and_update();
-                if let Some(e) = &p.failed {
-                    if matches!(**e, FillError::NoRoom) {
-                        break None;
-                    }
-                    return Err(e.to_origin());
-                }
-                if let Some(meta) = &p.meta {
-                    break Some(meta.clone());
-                }
-                false
-            } || rx.changed().await.is_err();
-            if ended && rx.borrow().failed.is_none() && rx.borrow().meta.is_none() {
-                return Err(OriginError::unavailable(0, cause("the origin fetch ended")));
+        let (rx, meta) = 'join: loop {
+            let (_, mut rx, joined) = self.join_fill(okey);
+            if joined {
+                self.local.stats.coalesced.inc();
+                self.local.note_client_read(okey);
             }
+            self.local.note_access(okey);
+            let meta = loop {
+                let ended = {
+                    let p = rx.borrow_and_update();
+                    if let Some(e) = &p.failed {
+                        match **e {
+                            FillError::NoRoom => break None,
+                            // Joined as its last reader left: a new fill.
+                            FillError::Abandoned => continue 'join,
+                            _ => return Err(e.to_origin()),
+                        }
+                    }
+                    if let Some(meta) = &p.meta {
+                        break Some(meta.clone());
+                    }
+                    false
+                } || rx.changed().await.is_err();
+                if ended && rx.borrow().failed.is_none() && rx.borrow().meta.is_none() {
+                    return Err(OriginError::unavailable(0, cause("the origin fetch ended")));
+                }
+            };
+            break (rx, meta);
         };
         let Some(meta) = meta else {
             return self.get_uncached(okey, conditions).await;
@@ -457,10 +461,9 @@ impl Reader {
         range: ByteRange,
         conditions: &Conditions,
     ) -> OriginResult<Option<GetOutput>> {
-        let Some(fill) = self.local.fills.get(okey) else {
+        let Some(rx) = self.local.fills.subscribe(okey) else {
             return Ok(None);
         };
-        let rx = fill.progress.subscribe();
         let (meta, received) = {
             let p = rx.borrow();
             match (&p.meta, &p.failed) {

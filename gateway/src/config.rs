@@ -505,7 +505,6 @@ pub struct Config {
     pub origin_credentials: Option<Credentials>,
 }
 
-/// Reads the environment variable `name`, treating an empty value as unset.
 /// Where the admin endpoints listen unless told otherwise.
 const ADMIN_LISTEN_DEFAULT: ([u8; 4], u16) = ([127, 0, 0, 1], 9001);
 
@@ -523,6 +522,7 @@ pub fn admin_listen_of_serve() -> anyhow::Result<SocketAddr> {
     Ok(from_file.unwrap_or_else(|| SocketAddr::from(ADMIN_LISTEN_DEFAULT)))
 }
 
+/// Reads the environment variable `name`, treating an empty value as unset.
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }

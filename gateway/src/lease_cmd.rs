@@ -132,7 +132,7 @@ pub fn run(args: LeaseArgs) -> anyhow::Result<()> {
             let config = Config::resolve(*serve)?;
             if config.role == Role::Replica {
                 bail!(
-                    "a replica never writes the shared bucket, and breaking the lease deletes it from there: run \
+                    "a replica never writes the shared bucket, and breaking the lease writes it there: run \
                      `perch lease break` with the primary's settings (without --role replica or PERCH_ROLE=replica)"
                 );
             }

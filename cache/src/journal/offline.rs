@@ -2,6 +2,7 @@
 //! blob is missing or short) and, on explicit request, dropping such records so that Perch starts
 //! and loses nothing else (`perch journal check|repair`).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -102,36 +103,64 @@ impl OfflineJournal {
     /// version.
     pub fn repair(&self) -> Result<Vec<JournalProblem>, CacheError> {
         let (_, mut problems) = self.check()?;
+        let unreadable: Vec<u64> = problems.iter().filter(|p| p.bucket.is_empty()).map(|p| p.seq).collect();
+        let named = self.drop_unreadable(&unreadable)?;
         for p in &mut problems {
-            if p.bucket.is_empty() {
-                // The record names no key, but the index entry it committed with still does: left,
-                // reads would serve a version that never goes up.
-                match self.local.index.pending_key_of(p.seq)? {
-                    Some(okey) => {
-                        let is_put = self.local.index.key_of_blob(p.seq)?.is_some();
-                        drop_from_index(&self.local, p.seq, &okey, is_put)?;
-                        (p.bucket, p.key) = (okey.bucket().to_owned(), okey.key().to_owned());
-                    }
-                    None => self.local.index.delete_record(p.seq)?,
-                }
-            } else {
-                drop_from_index(&self.local, p.seq, &ObjectKey::new(&p.bucket, &p.key), true)?;
+            match named.get(&p.seq) {
+                Some(okey) => (p.bucket, p.key) = (okey.bucket().to_owned(), okey.key().to_owned()),
+                None if p.bucket.is_empty() => {}
+                None => drop_from_index(&self.local, p.seq, &ObjectKey::new(&p.bucket, &p.key), true)?,
             }
         }
         self.local.close();
         Ok(problems)
     }
 
+    /// Drops the unreadable records `seqs` with what the index holds of their versions, and
+    /// returns the keys found. Such a record names no key, but the index still does: a PUT's blob
+    /// is named with its key, and a DELETE's pending tombstone is found in one walk of the index.
+    /// Left, reads would serve a version that never goes up.
+    fn drop_unreadable(&self, seqs: &[u64]) -> Result<HashMap<u64, ObjectKey>, CacheError> {
+        let mut keys = HashMap::new();
+        let mut tombstones = HashSet::new();
+        for &seq in seqs {
+            match self.local.index.key_of_blob(seq)? {
+                Some(okey) => {
+                    keys.insert(seq, (okey, true));
+                }
+                None => {
+                    tombstones.insert(seq);
+                }
+            }
+        }
+        for (seq, okey) in self.local.index.pending_keys_of(&tombstones)? {
+            keys.insert(seq, (okey, false));
+        }
+        let mut named = HashMap::new();
+        for &seq in seqs {
+            match keys.remove(&seq) {
+                Some((okey, is_put)) => {
+                    drop_from_index(&self.local, seq, &okey, is_put)?;
+                    named.insert(seq, okey);
+                }
+                None => self.local.index.delete_record(seq)?,
+            }
+        }
+        Ok(named)
+    }
+
     /// Drops every version (`perch journal discard`): a journal bound to a lease the bucket has
     /// moved on from, whose writes must not go up over newer data. Returns how many.
     pub fn discard_all(&self) -> Result<usize, CacheError> {
         let records = self.local.index.journal()?;
+        let mut unreadable = Vec::new();
         for (seq, raw) in &records {
             match serde_json::from_slice::<Record>(raw) {
                 Ok(r) => drop_from_index(&self.local, *seq, &ObjectKey::new(&r.bucket, &r.key), r.put.is_some())?,
-                Err(_) => self.local.index.delete_record(*seq)?,
+                Err(_) => unreadable.push(*seq),
             }
         }
+        self.drop_unreadable(&unreadable)?;
         self.local.close();
         Ok(records.len())
     }
@@ -161,8 +190,9 @@ mod tests {
     }
 
     /// A journal record no build of Perch can read (a newer Perch's, or damaged), committed with
-    /// its version's pending entry: a PUT's (with its blob) and a DELETE's tombstone. Repair drops
-    /// both records and both entries, and names their keys; a pending entry left behind would be
+    /// its version's pending entry: a PUT's (with its blob), a DELETE's tombstone, and a PUT
+    /// superseded by another of its key. Repair drops the records, their entries and blobs, and
+    /// names their keys; a pending entry left behind would be
     /// read as the object's newest version, which nothing ever uploads.
     #[test]
     fn repair_drops_the_index_entry_of_an_unreadable_record() {
@@ -172,6 +202,8 @@ mod tests {
             ObjectKey::new("b", "orioledb_data/1/deleted"),
             ObjectKey::new("b", "orioledb_data/1/kept"),
         );
+        let twice = ObjectKey::new("b", "orioledb_data/1/twice");
+        let mut twice_seqs = Vec::new();
         let (put_seq, delete_seq);
         {
             let local = open_local(dir.path());
@@ -191,6 +223,16 @@ mod tests {
                 .index
                 .commit_version(&deleted, delete_seq, b"\x00", &Entry::tombstone(delete_seq, now), None)
                 .unwrap();
+            // Twice, the first version superseded by the second (both unreadable).
+            for _ in 0..2 {
+                let seq = local.index.next_blob_id().unwrap();
+                let path = local.blobs.path(seq);
+                std::fs::write(&path, b"twice").unwrap();
+                let mut entry = Entry::tombstone(seq, now);
+                (entry.deleted, entry.meta.size) = (false, 5);
+                local.index.commit_version(&twice, seq, b"]", &entry, None).unwrap();
+                twice_seqs.push(seq);
+            }
             let mut clean = Entry::tombstone(1_000, now);
             (clean.deleted, clean.pending) = (false, false);
             local.index.put(&kept, &clean, None).unwrap();
@@ -198,14 +240,16 @@ mod tests {
         }
         let journal = OfflineJournal::open(dir.path()).unwrap();
         let (count, problems) = journal.check().unwrap();
-        assert_eq!((count, problems.len()), (2, 2));
+        assert_eq!((count, problems.len()), (4, 4));
         let mut dropped: Vec<(u64, String)> = journal.repair().unwrap().into_iter().map(|p| (p.seq, p.key)).collect();
         dropped.sort();
         assert_eq!(
             dropped,
             vec![
                 (put_seq, written.key().to_owned()),
-                (delete_seq, deleted.key().to_owned())
+                (delete_seq, deleted.key().to_owned()),
+                (twice_seqs[0], twice.key().to_owned()),
+                (twice_seqs[1], twice.key().to_owned()),
             ]
         );
         drop(journal);
@@ -219,5 +263,13 @@ mod tests {
         assert!(local.index.get(&kept).unwrap().is_some(), "an entry of no problem went");
         assert!(local.index.journal().unwrap().is_empty());
         assert!(!local.blobs.path(put_seq).exists(), "the PUT's blob stayed");
+        assert_eq!(
+            local.index.get(&twice).unwrap(),
+            None,
+            "the newer version's entry stayed"
+        );
+        for seq in twice_seqs {
+            assert!(!local.blobs.path(seq).exists(), "blob {seq} stayed");
+        }
     }
 }

@@ -96,6 +96,10 @@ pub(crate) enum FillError {
     /// The body is not the object's: more bytes than announced, or a checksum that fails.
     #[error("corrupt: {0}")]
     Corrupt(#[source] std::io::Error),
+    /// Every reader left a fill that would not be kept (an object too large to keep): it stopped
+    /// fetching. A reader that joined as it stopped starts a new one.
+    #[error("every reader left a fill that would not be kept")]
+    Abandoned,
     /// No room for a copy on the data dir's filesystem, even after evicting: readers get the
     /// object from the origin, not kept (set before any reader streams from the fill).
     #[error("no room on the data dir's filesystem for a copy")]
@@ -132,24 +136,30 @@ pub(crate) struct Fills {
 }
 
 impl Fills {
-    /// The fill of `okey` under way (`true`: joined), or a new one (`false`: the caller runs it).
-    pub(crate) fn join(&self, okey: &ObjectKey) -> (Arc<Fill>, bool) {
+    /// The fill of `okey` under way (`true`: joined), or a new one (`false`: the caller runs it),
+    /// with a receiver of its progress taken under the lock (`abandon_if_unread` counts it).
+    pub(crate) fn join(&self, okey: &ObjectKey) -> (Arc<Fill>, watch::Receiver<Progress>, bool) {
         let mut fills = lock(&self.map);
         if let Some(f) = fills.get(okey) {
-            return (f.clone(), true);
+            return (f.clone(), f.progress.subscribe(), true);
         }
-        let (progress, _) = watch::channel(Progress::default());
+        let (progress, rx) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
             progress,
             stale: AtomicBool::new(false),
         });
         fills.insert(okey.clone(), fill.clone());
-        (fill, false)
+        (fill, rx, false)
     }
 
-    /// The fill of `okey` under way, if any.
-    pub(crate) fn get(&self, okey: &ObjectKey) -> Option<Arc<Fill>> {
-        lock(&self.map).get(okey).cloned()
+    /// A receiver of the progress of the fill of `okey` under way, if any (taken under the lock).
+    pub(crate) fn subscribe(&self, okey: &ObjectKey) -> Option<watch::Receiver<Progress>> {
+        lock(&self.map).get(okey).map(|f| f.progress.subscribe())
+    }
+
+    /// Whether a fill of `okey` is under way.
+    pub(crate) fn is_under_way(&self, okey: &ObjectKey) -> bool {
+        lock(&self.map).contains_key(okey)
     }
 
     /// The fill of `okey` ended: forget it (if it is still the one registered).
@@ -158,6 +168,20 @@ impl Fills {
         if fills.get(okey).is_some_and(|cur| Arc::ptr_eq(cur, fill)) {
             fills.remove(okey);
         }
+    }
+
+    /// Whether `fill` of `okey` has no reader left, in which case it is forgotten (a reader that
+    /// joins from now on starts a new one): a fill that will not be kept then stops. Readers take
+    /// their receivers under the same lock (`join`, `subscribe`), so none can come in between.
+    pub(crate) fn abandon_if_unread(&self, okey: &ObjectKey, fill: &Arc<Fill>) -> bool {
+        let mut fills = lock(&self.map);
+        if fill.progress.receiver_count() > 0 {
+            return false;
+        }
+        if fills.get(okey).is_some_and(|cur| Arc::ptr_eq(cur, fill)) {
+            fills.remove(okey);
+        }
+        true
     }
 
     /// A write changed `okey`: a fill under way must not be kept, and later readers start afresh.

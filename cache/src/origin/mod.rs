@@ -60,7 +60,7 @@ pub struct ContentHeaders {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_tag_count: Option<u32>,
     /// How the origin said it encrypts the object, when its ETag is then not the body's MD5
-    /// (`aws:kms`, `aws:kms:dsse`, or `SSE-C`: S3's ETag of such an object is opaque). Only read
+    /// (`aws:kms`, `aws:kms:dsse`: S3's ETag of such an object is opaque). Only read
     /// from the origin's answers: never sent, never answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opaque_etag_encryption: Option<String>,

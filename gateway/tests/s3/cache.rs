@@ -278,6 +278,45 @@ fn the_memory_budget_covers_the_index_and_the_eviction_order() {
 // ---------------------------------------------------------------------------------------------
 // Eviction
 
+/// A fill of an object too large to keep (over a quarter of the disk tier) stops once its only
+/// reader has gone: it used to fetch the whole object from the origin for nobody. A read after it
+/// gets the whole object.
+#[test]
+fn a_fill_too_large_to_keep_stops_when_its_reader_goes() {
+    use std::io::{Read, Write};
+    let _turn = machine::share();
+    let s = Stack::start(&["--cache-disk-bytes", "8MiB"]);
+    let _log = s.log_on_panic();
+    let size = 8 * MIB;
+    let body = pattern(size, 103);
+    s.put_behind_perchs_back("big/unkept", &body);
+    s.faults(r#"{"bandwidth_bytes_per_sec": 4194304}"#);
+    {
+        let (head, _) = s.req("GET", "big/unkept").head();
+        let mut conn = std::net::TcpStream::connect(s.addr()).expect("connect");
+        conn.write_all(&head).expect("send the GET");
+        let mut first = vec![0u8; 64 * KIB];
+        conn.read_exact(&mut first).expect("the answer's first bytes");
+    }
+    // Long enough for the whole object to come at that rate (sooner when split into ranges).
+    std::thread::sleep(Duration::from_secs(4));
+    let fetched: u64 = s
+        .records("big/unkept")
+        .iter()
+        .filter(|r| r["method"] == "GET")
+        .filter_map(|r| r["resp_bytes"].as_u64())
+        .sum();
+    assert!(
+        fetched < size as u64 / 2,
+        "{fetched} bytes of {size} fetched after the only reader went"
+    );
+    s.no_faults();
+    let r = s.get("big/unkept");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.header("X-Cache"), Some("BYPASS"));
+    assert_same(&r.body, &body, "a read after the abandoned fill");
+}
+
 #[test]
 fn eviction_keeps_the_disk_tier_within_its_limit_and_a_scan_does_not_flush_a_popular_object() {
     let _turn = machine::share();

@@ -476,7 +476,11 @@ fn a_put_and_a_delete_of_one_key_at_once_on_a_replica_leave_one_of_them() {
     let replica = crate::support::perch::start_with(&tmp.path().join("replica"), args, env);
     let r = replica.addr;
     let put = std::thread::spawn(move || status_of(r, "PUT", key, b"the replica's", &[]));
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !replica.log_text().contains("pause point replica_put reached") {
+        assert!(Instant::now() < deadline, "the PUT never reached its pause point");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(status_of(r, "DELETE", key, b"", &[]), 204);
     assert_eq!(put.join().expect("the PUT"), 200);
     let got = Req::object("GET", r, Style::Path, &key_path(key)).go(r);

@@ -3,6 +3,7 @@
 //! `access` (`ObjectKey` → last read, seconds), `meta` (the blob id high-water mark) and `journal`
 //! (write-back: sequence number → the record of a version not yet in the origin).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -536,29 +537,34 @@ impl Index {
         Ok(out)
     }
 
-    /// The key whose pending entry names version `seq` (its blob or its tombstone), if any: what
-    /// an unreadable journal record of `seq` left in the index. Walks every entry (an offline
+    /// The keys whose pending entries name one of `seqs` (a blob or a tombstone), by version:
+    /// what unreadable journal records left in the index. One walk over every entry (an offline
     /// repair's cost, never a request's).
-    pub(crate) fn pending_key_of(&self, seq: u64) -> Result<Option<ObjectKey>, CacheError> {
+    pub(crate) fn pending_keys_of(&self, seqs: &HashSet<u64>) -> Result<HashMap<u64, ObjectKey>, CacheError> {
         #[derive(Deserialize)]
         struct BlobOnly {
             blob: u64,
             #[serde(default)]
             pending: bool,
         }
+        let mut found = HashMap::new();
+        if seqs.is_empty() {
+            return Ok(found);
+        }
         let mut it = self.db.raw_iterator_cf_opt(self.cf(OBJECTS)?, scan_options());
         it.seek_to_first();
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let Ok(e) = serde_json::from_slice::<BlobOnly>(v)
                 && e.pending
-                && e.blob == seq
+                && seqs.contains(&e.blob)
+                && let Some(okey) = ObjectKey::from_stored(k)
             {
-                return Ok(ObjectKey::from_stored(k));
+                found.insert(e.blob, okey);
             }
             it.next();
         }
         it.status()?;
-        Ok(None)
+        Ok(found)
     }
 
     /// Writes `b` and syncs the log: the releases written before it are durable too.

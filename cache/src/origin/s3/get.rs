@@ -40,12 +40,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
-/// The encryption an answer names whose objects' ETags are not their MD5s (S3 with SSE-KMS,
-/// DSSE-KMS or SSE-C; SSE-S3's `AES256` keeps MD5 ETags).
+/// The encryption an answer names whose objects' ETags are not their MD5s (S3 with SSE-KMS or
+/// DSSE-KMS; SSE-S3's `AES256` keeps MD5 ETags). (SSE-C objects are not readable through Perch:
+/// it forwards no customer key.)
 fn opaque_etag_encryption(headers: &HeaderMap) -> Option<String> {
-    if headers.contains_key("x-amz-server-side-encryption-customer-algorithm") {
-        return Some("SSE-C".to_owned());
-    }
     header_str(headers, "x-amz-server-side-encryption")
         .filter(|v| v.starts_with("aws:kms"))
         .map(str::to_owned)
