@@ -350,6 +350,39 @@ fn a_break_leaves_a_lease_renewed_since_it_was_read() {
     );
 }
 
+/// A primary waiting for a killed holder's lease to expire takes it as soon as an operator breaks
+/// it: the break's released marker changed the lease's ETag, which the waiting primary read as
+/// another holder renewing, and it exited.
+#[test]
+fn a_primary_waiting_for_the_lease_takes_it_once_broken() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let a = b.primary("machine-a", &b.dir("a"));
+    a.kill();
+    let (args, env) = (b.args("cli"), moto_keys_env());
+    let breaker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        std::process::Command::new(perch_binary())
+            .args(["lease", "break", "--holder-is-gone"])
+            .args(args)
+            .envs(env)
+            .output()
+            .expect("run perch")
+    });
+    let started = Instant::now();
+    let new = b.primary("machine-b", &b.dir("b"));
+    let waited = started.elapsed().as_secs_f64();
+    let broken = breaker.join().expect("the break");
+    assert!(broken.status.success(), "{}", String::from_utf8_lossy(&broken.stderr));
+    assert!(
+        waited < seconds(PERIOD) + seconds(MARGIN),
+        "the waiting primary took {waited:.2} s: it did not take the broken lease at once"
+    );
+    let (holder, epoch, ..) = b.lease().expect("lease");
+    assert_eq!((holder.as_str(), epoch), ("machine-b", 2));
+    assert_eq!(put(new.addr, "k", b"from b"), 200);
+}
+
 #[test]
 fn an_unrenewed_lease_is_taken_after_its_period_and_margin() {
     let _turn = machine::share();
