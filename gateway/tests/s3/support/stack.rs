@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use aws_sdk_s3::config::RequestChecksumCalculation;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use perch_testkit::bodies::md5_etag;
@@ -346,23 +347,25 @@ impl Stack {
 
     /// PUT straight into moto (past perch and the proxy).
     pub fn put_behind_perchs_back(&self, key: &str, body: &[u8]) {
-        let c = self.moto_sdk();
-        let out = self.rt.block_on(
-            c.put_object()
-                .bucket(BUCKET)
-                .key(key)
-                .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()))
-                .send(),
-        );
-        let out = ok(out, &format!("PUT {key} into moto"));
-        assert_eq!(out.e_tag(), Some(md5_etag(body).as_str()));
+        self.put_into_moto(key, body, RequestChecksumCalculation::WhenSupported);
     }
 
     /// PUT `key` straight into moto without any checksum (as an older client, or a copy, leaves
     /// an object): the origin then keeps no checksum of it, only its ETag.
     #[track_caller]
     pub fn put_behind_perchs_back_without_checksum(&self, key: &str, body: &[u8]) {
-        use aws_sdk_s3::config::RequestChecksumCalculation;
+        let out = self.put_into_moto(key, body, RequestChecksumCalculation::WhenRequired);
+        assert_eq!(out.checksum_crc32(), None, "PUT {key}: a checksum was sent");
+    }
+
+    /// PUT straight into moto, with the SDK's checksums as `checksums` says; its ETag checked.
+    #[track_caller]
+    fn put_into_moto(
+        &self,
+        key: &str,
+        body: &[u8],
+        checksums: RequestChecksumCalculation,
+    ) -> aws_sdk_s3::operation::put_object::PutObjectOutput {
         let c = self.moto_sdk();
         let out = self.rt.block_on(
             c.put_object()
@@ -370,14 +373,12 @@ impl Stack {
                 .key(key)
                 .body(aws_sdk_s3::primitives::ByteStream::from(body.to_vec()))
                 .customize()
-                .config_override(
-                    aws_sdk_s3::Config::builder()
-                        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired),
-                )
+                .config_override(aws_sdk_s3::Config::builder().request_checksum_calculation(checksums))
                 .send(),
         );
         let out = ok(out, &format!("PUT {key} into moto"));
-        assert_eq!(out.checksum_crc32(), None, "PUT {key}: a checksum was sent");
+        assert_eq!(out.e_tag(), Some(md5_etag(body).as_str()), "PUT {key} into moto");
+        out
     }
 
     /// The body moto itself holds for `key` (past the proxy and perch), `None` if it holds none.
