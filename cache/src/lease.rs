@@ -197,6 +197,9 @@ const CLOCK_DISAGREEMENT: Duration = Duration::from_secs(1);
 /// One lease call's time limit.
 const CALL_LIMIT: Duration = Duration::from_secs(5);
 
+/// How often `Lease::stale` looks at the clocks at least.
+const STALE_LOOK: Duration = Duration::from_millis(250);
+
 struct Held {
     etag: String,
     body: LeaseBody,
@@ -459,15 +462,32 @@ impl Lease {
 
     /// Whether a renewal we sent is recent on both clocks: no gap since.
     fn fresh(&self) -> bool {
+        self.fresh_for().is_some()
+    }
+
+    /// How much longer the last renewal we sent keeps the lease fresh on the boot clock; `None`
+    /// once it does not (overdue, the clocks apart, none known).
+    fn fresh_for(&self) -> Option<Duration> {
         let held = lock(&self.held);
-        let Some(sent) = held.as_ref().and_then(|h| h.sent) else {
-            return false;
-        };
+        let sent = held.as_ref().and_then(|h| h.sent)?;
         let t = now();
         let boot = t.boot.saturating_sub(sent.boot);
         let real = t.real.checked_sub(sent.real);
         let agree = real.is_some_and(|r| r.abs_diff(boot) <= CLOCK_DISAGREEMENT);
-        boot < self.cfg.period && agree
+        (agree && boot < self.cfg.period).then(|| self.cfg.period - boot)
+    }
+
+    /// Resolves once the lease stops being fresh (no renewal within the period, the clocks
+    /// apart, or lost): an upload under way is cut then (`Uploader`), so that a holder cut off
+    /// from the origin (a partition) sends no more of it once a taker may count its period as
+    /// over. Looked at every `STALE_LOOK` at least, as a timer does not run while the machine
+    /// is suspended and the boot clock does.
+    pub async fn stale(&self) {
+        while !self.lost.load(Ordering::SeqCst)
+            && let Some(left) = self.fresh_for()
+        {
+            tokio::time::sleep(left.min(STALE_LOOK)).await;
+        }
     }
 
     /// Waits until this process may acknowledge or upload a write: at once while a recent renewal

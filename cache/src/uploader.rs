@@ -187,6 +187,24 @@ impl Uploader {
         }
     }
 
+    /// One request of an upload, cut if the lease turns stale before its answer (`Lease::stale`):
+    /// a transient fault, sent again once a renewal proves the lease still ours. A holder cut off
+    /// from the origin stops sending it then, instead of for as long as the request may take,
+    /// while a taker counts down the period and margin (docs/lease.md).
+    async fn under_lease<T>(&self, request: impl Future<Output = Result<T, OriginError>>) -> Result<T, OriginError> {
+        let Some(lease) = &self.journal.cfg.lease else {
+            return request.await;
+        };
+        tokio::select! {
+            biased;
+            answer = request => answer,
+            () = lease.stale() => Err(OriginError::transient(
+                "the lease turned stale before the origin answered: the request was cut, to be sent again under a \
+                 renewed lease",
+            )),
+        }
+    }
+
     /// Uploads version `seq`, retrying transient faults for as long as it takes.
     async fn upload(&self, seq: u64) {
         let Some(v) = self.journal.version(seq) else {
@@ -213,12 +231,17 @@ impl Uploader {
             // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
             // block cuts the request short, and the failure is told apart below.
             let result = match &v.put {
-                None => self.origin.delete_object(bucket, key, None).await.map(|()| None),
+                None => self
+                    .under_lease(self.origin.delete_object(bucket, key, None))
+                    .await
+                    .map(|()| None),
                 Some(put) => match &put.parts {
                     None => {
                         let input = self.upload_input(&v, put, seq, with_crc32);
                         crc32_added = input.checksums.crc32.is_some() && put.meta.checksums.is_empty();
-                        self.origin.put_object(bucket, key, &input).await.map(Some)
+                        self.under_lease(self.origin.put_object(bucket, key, &input))
+                            .await
+                            .map(Some)
                     }
                     Some(parts) => self.upload_parts(&v, put, parts, seq).await.map(Some),
                 },
@@ -465,8 +488,8 @@ impl Uploader {
                 // pause between parts must not let the rest go up after another holder took it.
                 self.writable().await;
                 let body = PutBody::Blob(self.checked_range(seq, put, offset, part.size));
-                let out = origin
-                    .upload_part(bucket, key, &id, number, &body, &part.checksums)
+                let out = self
+                    .under_lease(origin.upload_part(bucket, key, &id, number, &body, &part.checksums))
                     .await?;
                 done.push(crate::origin::CompletedPart {
                     part_number: number,
@@ -476,7 +499,8 @@ impl Uploader {
                 offset += part.size;
             }
             self.writable().await;
-            origin.complete_multipart_upload(bucket, key, &id, &done).await
+            self.under_lease(origin.complete_multipart_upload(bucket, key, &id, &done))
+                .await
         }
         .await;
         if result.is_err() {

@@ -187,6 +187,23 @@ pub async fn retrying_for<F: Future>(limit: Duration, calls: F) -> F::Output {
     RETRY_FOR.scope(limit, calls).await
 }
 
+tokio::task_local! {
+    /// The lease each retry of the current task's calls waits to hold (`fenced`).
+    static FENCE: Arc<crate::lease::Lease>;
+}
+
+/// Runs `calls` so that each retry of a transient fault first waits until `lease` is writable
+/// (`Lease::writable`), as their first attempt did: a primary whose lease turned stale while it
+/// retried (a pause, a partition) does not send a request that changes the bucket again until a
+/// renewal proves the lease still its own, and never once another holder took it (the process
+/// exits). For the calls that change the bucket at the origin (`Store::fenced`), never reads.
+pub async fn fenced<F: Future>(lease: Option<Arc<crate::lease::Lease>>, calls: F) -> F::Output {
+    match lease {
+        Some(lease) => FENCE.scope(lease, calls).await,
+        None => calls.await,
+    }
+}
+
 /// An `Origin` that retries the transient faults of the one inside it.
 pub struct RetryingOrigin {
     inner: Arc<dyn Origin>,
@@ -221,6 +238,11 @@ impl RetryingOrigin {
         // The fault of the attempt before, told instead of a last attempt the deadline cut.
         let mut earlier: Option<OriginError> = None;
         loop {
+            if tries > 0
+                && let Ok(lease) = FENCE.try_with(Arc::clone)
+            {
+                lease.writable().await;
+            }
             let remaining = self.policy.deadline.saturating_sub(start.elapsed());
             let t = Instant::now();
             // An attempt that hangs is cut at the deadline like any other fault.

@@ -42,8 +42,8 @@ impl Store {
     /// CreateBucket, with the client's `LocationConstraint` for the origin to take or refuse.
     pub async fn create_bucket(&self, bucket: &str, new: &NewBucket) -> StoreResult<()> {
         let since = self.buckets.deletes(bucket);
-        self.fence().await;
-        self.asked(self.origin.create_bucket_in(bucket, new)).await?;
+        self.fenced(self.asked(self.origin.create_bucket_in(bucket, new)))
+            .await?;
         // Unless a DeleteBucket was sent meanwhile (`ensure_bucket` asks again then).
         let _ = self.buckets.seen(bucket, since).await;
         Ok(())
@@ -111,7 +111,7 @@ impl Store {
         self.fence().await;
         // From here the bucket may be gone, whatever becomes of this request and of Perch.
         self.buckets.mark(bucket).await.map_err(CacheError::Io)?;
-        let answer = self.asked(self.origin.delete_bucket(bucket)).await;
+        let answer = self.fenced(self.asked(self.origin.delete_bucket(bucket))).await;
         self.buckets.sent(bucket);
         match answer {
             Err(OriginError::Rejected {
@@ -134,12 +134,12 @@ impl Store {
                     objects = own.len(),
                     "removing Perch's own objects to delete the bucket"
                 );
-                self.fence().await;
                 for key in &own {
-                    self.asked(self.origin.delete_object(bucket, key, None)).await?;
+                    self.fenced(self.asked(self.origin.delete_object(bucket, key, None)))
+                        .await?;
                 }
                 self.buckets.mark(bucket).await.map_err(CacheError::Io)?;
-                let answer = self.asked(self.origin.delete_bucket(bucket)).await;
+                let answer = self.fenced(self.asked(self.origin.delete_bucket(bucket))).await;
                 self.buckets.sent(bucket);
                 match answer {
                     // Written again meanwhile: the client's answer is the origin's.
@@ -212,7 +212,9 @@ impl Store {
         if sub == Subresource::Tagging {
             return self.decide(okey, held, retried).await;
         }
-        super::to_its_end(retried(self.origin.clone()), held, None).await
+        let lease = self.journal.cfg.lease.clone();
+        let request = crate::origin::retry::fenced(lease, retried(self.origin.clone()));
+        super::to_its_end(request, held, None).await
     }
 
     // ----- configurations (the origin's, passed through) -----
@@ -266,8 +268,9 @@ impl Store {
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
-        self.fence().await;
-        Ok(self.asked(self.origin.put_config(bucket, None, sub, doc)).await?)
+        Ok(self
+            .fenced(self.asked(self.origin.put_config(bucket, None, sub, doc)))
+            .await?)
     }
 
     /// Removes a configuration at the origin (with `key`, that object's tags), after the pending
@@ -287,7 +290,8 @@ impl Store {
         if sub.orders_writes() {
             self.settle_bucket(bucket, self.config_wait()).await?;
         }
-        self.fence().await;
-        Ok(self.asked(self.origin.delete_config(bucket, None, sub)).await?)
+        Ok(self
+            .fenced(self.asked(self.origin.delete_config(bucket, None, sub)))
+            .await?)
     }
 }

@@ -68,7 +68,9 @@ impl Store {
             content_md5: None,
             extra_headers: Vec::new(),
         };
-        self.asked(self.origin.put_object(bucket, &key, &probe)).await?;
+        // Objects in the bucket: written and removed under the lease, as any write.
+        self.fenced(self.asked(self.origin.put_object(bucket, &key, &probe)))
+            .await?;
         let kept = if tagged {
             let tags = self.asked(self.origin.get_config(bucket, Some(&key), Subresource::Tagging));
             let tags = tags.await?;
@@ -76,7 +78,10 @@ impl Store {
         } else {
             true
         };
-        if let Err(error) = self.asked(self.origin.delete_object(bucket, &key, None)).await {
+        if let Err(error) = self
+            .fenced(self.asked(self.origin.delete_object(bucket, &key, None)))
+            .await
+        {
             tracing::warn!(bucket, key, %error, "cannot delete the probe of what the origin takes");
         }
         if !kept {

@@ -781,6 +781,13 @@ impl Store {
         }
     }
 
+    /// Sends `calls`, which change the bucket at the origin, under the lease: after `fence`, and
+    /// each of their retries after it again (`origin::retry::fenced`).
+    async fn fenced<F: Future>(&self, calls: F) -> F::Output {
+        self.fence().await;
+        crate::origin::retry::fenced(self.journal.cfg.lease.clone(), calls).await
+    }
+
     /// `bucket`'s gate (`bucket_gates`).
     fn bucket_gate(&self, bucket: &str) -> Arc<tokio::sync::RwLock<()>> {
         let mut gates = lock(&self.bucket_gates);
@@ -863,7 +870,9 @@ impl Store {
                 }
             })
             .await??;
-        to_its_end(request(self.origin.clone()), held, Some(deciding)).await
+        // Each retry under the lease, as the first attempt (which its caller fenced).
+        let request = crate::origin::retry::fenced(self.journal.cfg.lease.clone(), request(self.origin.clone()));
+        to_its_end(request, held, Some(deciding)).await
     }
 
     /// The longest a request waits for the origin (`--origin-retry-deadline`): for the pending

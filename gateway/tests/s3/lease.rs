@@ -487,6 +487,116 @@ fn a_primary_that_cannot_renew_sends_no_bucket_configuration() {
     assert_eq!(tags.tag_set().len(), 1);
 }
 
+/// A request the origin decides (here a conditional PUT, as OrioleDB's lock), retried through an
+/// origin fault, is sent again only under a fresh lease: while the lease is stale (renewals fail
+/// too) the retries wait, even once the request itself would pass, and go on once a renewal
+/// lands. Its retries used to be sent whatever the lease.
+#[test]
+fn a_request_the_origin_decides_is_retried_only_under_a_fresh_lease() {
+    let _turn = machine::share();
+    let b = Bucket::new();
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    let a = start_with(&b.dir("a"), b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
+    assert_eq!(put(a.addr, "k", b"from a"), 200);
+    flush(&a, Duration::from_secs(30));
+    // Every PUT fails: the conditional PUT's attempts and the lease's renewals alike.
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_method": "PUT"}"#);
+    let addr = a.addr;
+    let lock = std::thread::spawn(move || {
+        Req::object("PUT", addr, Style::Path, &key_path("lock"))
+            .header("If-None-Match", "*")
+            .body(b"held by a".to_vec())
+            .go(addr)
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            proxy
+                .control()
+                .log()
+                .iter()
+                .any(|r| r["method"] == "PUT" && r["key"] == "lock")
+        }),
+        "the conditional PUT never reached the origin"
+    );
+    // Past the period: no renewal is recent, the lease is stale.
+    std::thread::sleep(Duration::from_millis(2500));
+    // Only the lease's renewals fail now: a retry of the conditional PUT would be taken.
+    proxy.control().patch(r#"{"match_key_prefix": ".perch/lease"}"#);
+    proxy.control().reset();
+    // Longer than the longest backoff between retries (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let retried: Vec<String> = proxy
+        .control()
+        .log()
+        .iter()
+        .filter(|r| r["key"] == "lock")
+        .map(|r| format!("{} {}", r["method"], r["status"]))
+        .collect();
+    assert!(
+        retried.is_empty(),
+        "a decided request was sent again while the lease was stale: {retried:?}"
+    );
+    assert!(
+        !lock.is_finished(),
+        "the conditional PUT was answered while the lease was stale"
+    );
+    assert_eq!(b.get("lock"), None);
+    // A renewal lands: the retry goes on, and its answer is the client's.
+    proxy.control().patch(r#"{"error_rate": 0.0}"#);
+    let r = lock.join().expect("the conditional PUT");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(b.get("lock").expect("the lock in moto").0, b"held by a");
+}
+
+/// A holder cut off from the lease (its renewals fail, as in a partition) stops an upload under way
+/// once its lease turns stale, before a taker may count the period as over: the rest of the body
+/// is never sent, and what the origin got of it is never applied. The upload used to go on to
+/// its end and land over the bucket of the primary that took the lease meanwhile.
+#[test]
+fn an_upload_under_way_is_cut_once_the_lease_turns_stale() {
+    let _turn = machine::alone();
+    let b = Bucket::new();
+    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
+    let dir_a = b.dir("a");
+    let a = start_with(&dir_a, b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
+    // Every body goes to the origin at 8 MiB/s: this one's upload takes 12 s, far more than the
+    // socket buffers between Perch and the origin hold.
+    proxy.control().patch(r#"{"bandwidth_bytes_per_sec": 8388608}"#);
+    let body = perch_testkit::bodies::pattern(96 << 20, 7);
+    assert_eq!(put(a.addr, "big", &body), 200);
+    std::thread::sleep(Duration::from_secs(1));
+    // The lease's renewals fail from now on: A's lease turns stale within its period.
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": ".perch/lease"}"#);
+    let cut_off = Instant::now();
+    // B takes the lease once A's has been left unrenewed for its period and margin.
+    let new = b.primary("machine-b", &b.dir("b"));
+    assert_eq!(b.lease().expect("lease").0, "machine-b");
+    // Past the end the upload would have had.
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(cut_off.elapsed()));
+    assert_eq!(
+        b.get("big").map(|(body, _)| body.len()),
+        None,
+        "A went on uploading after its lease turned stale, over B's bucket"
+    );
+    // A learns of B at its next renewal, and exits without uploading.
+    proxy
+        .control()
+        .patch(r#"{"error_rate": 0.0, "bandwidth_bytes_per_sec": null}"#);
+    let status = a.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "the old holder exits once it sees the new one");
+    let log = std::fs::read_to_string(dir_a.with_extension("log")).unwrap_or_default();
+    assert!(
+        log.contains("the lease turned stale before the origin answered"),
+        "{log}"
+    );
+    assert_eq!(b.get("big"), None, "the old holder uploaded without its lease");
+    assert_eq!(put(new.addr, "after", b"from b"), 200);
+}
+
 /// A holder paused (SIGSTOP, as a suspended machine) past its lease loses it to a new primary;
 /// resumed, it never acknowledges the write that reached it meanwhile, does not upload it, exits
 /// with a message naming the new holder, and keeps it in its journal. Back later with that
