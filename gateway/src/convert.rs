@@ -345,6 +345,40 @@ fn is_header_text(value: &str) -> bool {
     value.bytes().all(|b| (b' '..=b'~').contains(&b)) && !value.starts_with(' ') && !value.ends_with(' ')
 }
 
+/// A stored metadata value as s3s writes it into an answer's `x-amz-meta-*` header (the fast
+/// path writes it so too): as it is when ASCII from space to `~`, else as RFC 2047 encoded words
+/// of at most 75 characters (`=?UTF-8?B?<base64>?=`, 45 bytes of the value each, split between
+/// characters, joined by spaces; a value short enough in one word). A value Perch stored is already header text (`mail_safe`); one
+/// another writer left at the origin may not be.
+pub fn answered_metadata(value: &str) -> std::borrow::Cow<'_, str> {
+    const WORD_BYTES: usize = 45;
+    if value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    // s3s's own estimate of one word's length (`(len × 4) / 3` rounded up, plus the 12 of the
+    // delimiters), kept as it is so that both paths split alike.
+    if (value.len() * 4).div_ceil(3) + 12 <= 75 {
+        let word = base64_simd::STANDARD.encode_to_string(value.as_bytes());
+        return std::borrow::Cow::Owned(format!("=?UTF-8?B?{word}?="));
+    }
+    let mut out = String::with_capacity(value.len() * 2);
+    let mut start = 0;
+    while start < value.len() {
+        let mut end = (start + WORD_BYTES).min(value.len());
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str("=?UTF-8?B?");
+        out.push_str(&base64_simd::STANDARD.encode_to_string(&value.as_bytes()[start..end]));
+        out.push_str("?=");
+        start = end;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `aws-chunked` in `Content-Encoding` frames the request body; it is not part of the object.
 /// The rest is kept as the client wrote it (`deflate, gzip` keeps its space).
 fn without_aws_chunked(encoding: &str) -> Option<String> {

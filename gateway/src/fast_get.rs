@@ -388,7 +388,7 @@ fn ok_response(
     for (k, v) in &c.metadata {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(format!("x-amz-meta-{k}").as_bytes()),
-            HeaderValue::from_str(v),
+            HeaderValue::from_str(&convert::answered_metadata(v)),
         ) {
             h.insert(name, value);
         }

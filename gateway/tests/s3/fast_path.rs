@@ -257,3 +257,40 @@ async fn the_fast_path_answers_as_s3s_does() {
         before = direct_count(perch);
     }
 }
+
+/// A stored metadata value beyond printable ASCII (from an origin that keeps UTF-8: moto, given
+/// the raw bytes by another writer) is answered RFC 2047-encoded by the fast path exactly as s3s
+/// encodes it (one word, or several of 45 bytes each, a tab encoded too); the fast path used to
+/// write the raw bytes.
+#[test]
+fn a_stored_value_beyond_ascii_is_answered_as_s3s_encodes_it() {
+    let _turn = machine::share();
+    let moto = perch_testkit::servers::MotoServer::start();
+    let at_moto = SocketAddr::from(([127, 0, 0, 1], moto.port));
+    let created = Req::bucket("PUT", at_moto, Style::Path, "").go(at_moto);
+    assert_eq!(created.status, 200, "{}", created.summary());
+    let long = "é".repeat(40);
+    let written = object("PUT", at_moto, Style::Path, "utf8")
+        .header("x-amz-meta-short", "café")
+        .header("x-amz-meta-long", &long)
+        .header("x-amz-meta-tab", "a\tb")
+        .header("x-amz-meta-plain", "as it is")
+        .body(b"from another writer".to_vec())
+        .go(at_moto);
+    assert_eq!(written.status, 200, "{}", written.summary());
+    let gw = Perch::s3(&moto.endpoint, &[]);
+    let _log = gw.log_on_panic();
+    let perch = &gw.server;
+    // The miss keeps it; the requests below are hits.
+    let first = object("GET", perch.addr, Style::Path, "utf8").go(perch.addr);
+    assert_eq!(first.body, b"from another writer");
+    for method in ["GET", "HEAD"] {
+        let got = both_ways(perch, object(method, perch.addr, Style::Path, "utf8"), method);
+        assert_eq!(got.status, 200, "{method}: {}", got.summary());
+        assert_eq!(got.header("x-amz-meta-short"), Some("=?UTF-8?B?Y2Fmw6k=?="), "{method}");
+        assert_eq!(got.header("x-amz-meta-tab"), Some("=?UTF-8?B?YQli?="), "{method}");
+        assert_eq!(got.header("x-amz-meta-plain"), Some("as it is"), "{method}");
+        let words: Vec<&str> = got.header("x-amz-meta-long").unwrap_or_default().split(' ').collect();
+        assert_eq!(words.len(), 2, "{method}: 80 bytes in words of 45: {words:?}");
+    }
+}
