@@ -227,6 +227,8 @@ impl Uploader {
         let mut replaced = 0u32;
         loop {
             self.writable().await;
+            // Uploads hurried from here on hurry this one's next attempt, should it fail.
+            let hurries = self.journal.hurries();
             let mut crc32_added = false;
             // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
             // block cuts the request short, and the failure is told apart below.
@@ -264,6 +266,7 @@ impl Uploader {
             if result.is_err()
                 && let Some(put) = &v.put
             {
+                crate::journal::pause_point_async("upload_failed").await;
                 match self.check_blob(seq, put).await {
                     Ok(()) => {}
                     Err(BlobCheck::Damaged(why)) => {
@@ -413,10 +416,16 @@ impl Uploader {
                     let hurry = self.journal.hurry.notified();
                     tokio::pin!(hurry);
                     hurry.as_mut().enable();
-                    self.journal.note_origin_fault(Some(&e));
+                    // Hurried since this attempt started (the origin answered another upload while
+                    // this one's blob was checked, say): that notice was sent before it listened.
+                    let hurried = self.journal.hurries() != hurries;
+                    // A fault older than another upload's answer is no news of the origin.
+                    if !hurried {
+                        self.journal.note_origin_fault(Some(&e));
+                    }
                     self.journal.note_retry(seq, e.to_string());
                     if !self.journal.given_up(seq) {
-                        self.wait_to_retry(attempt, given_up, hurry).await;
+                        self.wait_to_retry(attempt, hurried, given_up, hurry).await;
                     }
                     // Only here, after a fault: an attempt that went up is never given up.
                     if self.journal.given_up(seq) {
@@ -441,13 +450,19 @@ impl Uploader {
 
     /// Waits before attempt `attempt + 1` of a failed upload: its backoff, drawn again once at
     /// most `UPLOAD_RETRY_HURRIED`'s when `hurry` fires (the origin answered another upload, or a
-    /// client started waiting on uploads) or when a client already waits; cut short when
-    /// `given_up` fires.
-    async fn wait_to_retry(&self, attempt: u32, mut given_up: Pin<&mut Notified<'_>>, hurry: Pin<&mut Notified<'_>>) {
+    /// client started waiting on uploads), when it fired already since the attempt started
+    /// (`hurried_already`) or when a client already waits; cut short when `given_up` fires.
+    async fn wait_to_retry(
+        &self,
+        attempt: u32,
+        hurried_already: bool,
+        mut given_up: Pin<&mut Notified<'_>>,
+        hurry: Pin<&mut Notified<'_>>,
+    ) {
         let hurried = |now: Instant| now + UPLOAD_RETRY_HURRIED.backoff(attempt);
         let now = Instant::now();
         let mut until = now + UPLOAD_RETRY.backoff(attempt);
-        if self.journal.clients_waiting() {
+        if hurried_already || self.journal.clients_waiting() {
             until = until.min(hurried(now));
         }
         tokio::select! {

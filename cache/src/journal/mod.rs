@@ -125,7 +125,8 @@ pub(crate) fn fail_point(name: &str) {
 
 /// Test-only pause: `PERCH_PAUSE_POINT=<name>:<millis>` holds the thread that first reaches the
 /// point `<name>` for that long (later passes go on at once), so that a test can make something
-/// else happen at that moment. It says so on stderr when it starts and ends. Read once.
+/// else happen at that moment; `<name>#<n>:<millis>` holds the `n`th pass instead. It says so on
+/// stderr when it starts and ends. Read once.
 pub(crate) fn pause_point(name: &str) {
     if let Some(pause) = pause_at(name) {
         std::thread::sleep(pause);
@@ -141,17 +142,22 @@ pub(crate) async fn pause_point_async(name: &str) {
     }
 }
 
-/// How long to pause at `name`: at its first pass only, when `PERCH_PAUSE_POINT` names it.
+/// How long to pause at `name`: at its one pass named (the first, unless `#n` says which) when
+/// `PERCH_PAUSE_POINT` names it.
 fn pause_at(name: &str) -> Option<Duration> {
-    static POINT: std::sync::OnceLock<Option<(String, Duration)>> = std::sync::OnceLock::new();
-    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static POINT: std::sync::OnceLock<Option<(String, u64, Duration)>> = std::sync::OnceLock::new();
+    static PASSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let point = POINT.get_or_init(|| {
         let v = std::env::var("PERCH_PAUSE_POINT").ok()?;
         let (point, millis) = v.split_once(':')?;
-        Some((point.to_owned(), Duration::from_millis(millis.parse().ok()?)))
+        let (point, pass) = match point.split_once('#') {
+            Some((point, pass)) => (point, pass.parse().ok()?),
+            None => (point, 1),
+        };
+        Some((point.to_owned(), pass, Duration::from_millis(millis.parse().ok()?)))
     });
-    let (point, pause) = point.as_ref()?;
-    if point != name || PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+    let (point, pass, pause) = point.as_ref()?;
+    if point != name || PASSES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 != *pass {
         return None;
     }
     eprintln!("perch: pause point {name} reached; pausing {} ms", pause.as_millis());
@@ -174,6 +180,9 @@ pub(crate) struct Journal {
     /// Wakes uploads waiting to try again after a fault: the origin answered another upload
     /// again (`note_origin_fault`), or a client started waiting on uploads (`wait_until`).
     pub(crate) hurry: Notify,
+    /// How many times `hurry` was sent: an upload that failed looks at it when it starts to wait,
+    /// so that one sent while it was not listening yet (its blob being checked) still counts.
+    hurries: std::sync::atomic::AtomicU64,
     /// Clients waiting on uploads now (`wait_until`): an upload tried again through faults then
     /// waits at most as long as a client's own request would between attempts.
     clients_waiting: std::sync::atomic::AtomicUsize,
@@ -206,6 +215,7 @@ impl Journal {
             wake: Arc::new(Notify::new()),
             give_ups: Notify::new(),
             hurry: Notify::new(),
+            hurries: std::sync::atomic::AtomicU64::new(0),
             clients_waiting: std::sync::atomic::AtomicUsize::new(0),
             released: watch::channel(0).0,
             stats,
@@ -606,8 +616,19 @@ impl Journal {
         st.origin_fault = now;
         drop(st);
         if was_down && fault.is_none() {
-            self.hurry.notify_waiters();
+            self.hurry_uploads();
         }
+    }
+
+    /// Wakes the uploads waiting to try again (`hurry`), and counts it (`hurries`).
+    fn hurry_uploads(&self) {
+        self.hurries.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.hurry.notify_waiters();
+    }
+
+    /// How many times uploads were hurried so far (`hurries`).
+    pub(crate) fn hurries(&self) -> u64 {
+        self.hurries.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether a client waits on uploads now.
@@ -638,7 +659,7 @@ impl<'a> ClientWaiting<'a> {
         journal
             .clients_waiting
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        journal.hurry.notify_waiters();
+        journal.hurry_uploads();
         ClientWaiting(journal)
     }
 }

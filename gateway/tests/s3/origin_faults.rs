@@ -1291,6 +1291,52 @@ fn uploads_that_failed_through_an_outage_resume_when_the_origin_answers_again() 
     assert!(sent.elapsed() < Duration::from_secs(9));
 }
 
+/// The same when the other upload's answer comes while the failed upload's seventh failure is
+/// still being handled (held there by a test-only pause point, as its blob is checked): it is
+/// hurried all the same. It used to listen for the notice only after that, miss it, and wait out
+/// its whole backoff (12.8 s) after the origin was back.
+#[test]
+fn an_upload_hurried_while_its_failure_was_handled_is_not_left_to_its_backoff() {
+    let _turn = machine::alone();
+    let mut stack = start("20s", &[]);
+    stack.stop_clean();
+    stack
+        .env
+        .push((BACKOFF_AT_CAP.0.to_owned(), BACKOFF_AT_CAP.1.to_owned()));
+    stack
+        .env
+        .push(("PERCH_PAUSE_POINT".to_owned(), "upload_failed#7:2000".to_owned()));
+    stack.start_again();
+    let _log = stack.log_on_panic();
+    let (first, second) = ("data/1/failed-through-the-outage", "data/1/after-the-outage");
+    let body = pattern(256 << 10, 12);
+    put_ok(&stack, "data/before-the-outage", b"1");
+    stack.flush(Duration::from_secs(10));
+    stack.proxy.faults(r#"{"outage":true}"#);
+    put_ok(&stack, first, &body);
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(30), || {
+            stack.perch().log_text().contains("pause point upload_failed reached")
+        }),
+        "the seventh failure never reached its pause point: {:?}",
+        stack.proxy.records_for(first)
+    );
+    stack.no_faults();
+    let sent = Instant::now();
+    put_ok(&stack, second, &body);
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(10), || stack.in_moto(second).is_some()),
+        "the second write's upload"
+    );
+    assert!(
+        crate::support::perch::wait_until(Duration::from_secs(9), || stack.in_moto(first).is_some()),
+        "the first write was not uploaded within 9 s of another upload's answer (its own backoff: 12.8 s): {:?}",
+        stack.proxy.records_for(first)
+    );
+    assert_eq!(stack.in_moto(first).as_deref(), Some(&body[..]));
+    assert!(sent.elapsed() < Duration::from_secs(10));
+}
+
 /// PUTs `key` (write-back, acknowledged at once) through an outage, until its upload has failed
 /// seven times (with backoffs at their cap, 12.6 s; the next attempt is 12.8 s later), and ends
 /// the outage.
