@@ -45,7 +45,7 @@ pub use local::room::{give_back_spare, is_no_space};
 pub use origin::retry::{OriginStats, RetryPolicy, RetryingOrigin};
 pub use origin::{
     BucketInfo, ByteRange, ByteStream, Cause, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart, Conditions,
-    ContentHeaders, CopyInput, CopyOutput, Document, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
+    ContentHeaders, CopyInput, CopyOutput, Document, Expected, FsOrigin, GetOutput, ListEntry, ListPage, ListQuery,
     METADATA_BYTES_MAX, MetadataDirective, MultipartChecksum, NO_OBJECT_LOCK, NewBucket, ObjectMeta, Origin,
     OriginError, OriginKeys, OriginResult, PartHead, PartInfo, PutBody, PutInput, PutOutput, S3Origin, S3OriginConfig,
     Subresource, UploadInfo, cause, etag_matches, same_etag,

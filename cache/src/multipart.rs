@@ -15,8 +15,8 @@ use crate::error::StoreResult;
 use crate::journal::record::PartLayout;
 use crate::key::ObjectKey;
 use crate::origin::{
-    Checksums, CompletedPart, ContentHeaders, FsOrigin, MultipartChecksum, ObjectMeta, Origin, OriginError, PartInfo,
-    PutBody, PutOutput, UploadInfo,
+    Checksums, CompletedPart, ContentHeaders, Expected, FsOrigin, MultipartChecksum, ObjectMeta, Origin, OriginError,
+    PartInfo, PutBody, PutOutput, UploadInfo,
 };
 
 pub(crate) struct Multipart {
@@ -133,6 +133,7 @@ impl Multipart {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
+        expected: &Expected,
         temp: &Path,
     ) -> StoreResult<Completed> {
         self.bucket(bucket).await?;
@@ -141,7 +142,10 @@ impl Multipart {
         // The layout of the parts named, before the staging area folds them into one object.
         let listed = self.staging.list_parts(bucket, key, upload_id).await?;
         // The upload stays until its version is committed (`finish`).
-        let output = self.staging.fold_upload(bucket, key, upload_id, parts).await?;
+        let output = self
+            .staging
+            .fold_upload(bucket, key, upload_id, parts, expected)
+            .await?;
         crate::journal::fail_point("upload_folded");
         crate::journal::pause_point_async("upload_folded").await;
         let layout = parts

@@ -25,9 +25,9 @@ use crate::key::ObjectKey;
 use crate::listing::{self, Page, PageQuery};
 use crate::local::lock;
 use crate::origin::{
-    ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, Document, FsOrigin, ListEntry, ListQuery,
-    MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput, PutOutput,
-    Subresource, UploadInfo, tags_document,
+    ByteRange, Checksums, CompletedPart, Conditions, ContentHeaders, Document, Expected, FsOrigin, ListEntry,
+    ListQuery, MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartInfo, PutBody, PutInput,
+    PutOutput, Subresource, UploadInfo, tags_document,
 };
 use crate::read::{CacheStatus, CachedGet, Reader};
 
@@ -448,12 +448,13 @@ impl Replica {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
+        expected: &Expected,
     ) -> OriginResult<PutOutput> {
         self.ensure_local(bucket).await?;
         let _key = self.lock_key(bucket, key).await;
         let out = self
             .objects
-            .complete_multipart_upload(bucket, key, upload_id, parts)
+            .complete_upload(bucket, key, upload_id, parts, expected)
             .await?;
         self.deleted.delete_object(bucket, key, None).await?;
         self.stats.overlay_write("complete_multipart_upload", 0);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use perch_cache::{
-    CacheStatus, CompletedPart as OriginPart, ContentHeaders, CopyInput, MetadataDirective as Directive, PageQuery,
-    PutInput, Store, Subresource,
+    CacheStatus, CompletedPart as OriginPart, ContentHeaders, CopyInput, Expected, MetadataDirective as Directive,
+    PageQuery, PutInput, Store, Subresource,
 };
 use perch_policy::is_reserved;
 use s3s::dto::*;
@@ -1197,9 +1197,29 @@ impl S3 for Gateway {
                 })
             })
             .collect::<S3Result<Vec<_>>>()?;
+        // What the client says the object will be: checked before anything is written.
+        let size = match input.mpu_object_size {
+            Some(n) => Some(u64::try_from(n).map_err(|_| {
+                s3_error!(
+                    InvalidArgument,
+                    "x-amz-mp-object-size must be a size in bytes, not {n}."
+                )
+            })?),
+            None => None,
+        };
+        let expected = Expected {
+            checksums: convert::checksums(
+                input.checksum_crc32,
+                input.checksum_crc32c,
+                input.checksum_crc64nvme,
+                input.checksum_sha1,
+                input.checksum_sha256,
+            ),
+            size,
+        };
         let out = self
             .store
-            .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts)
+            .complete_multipart_upload(&input.bucket, &input.key, &input.upload_id, &parts, &expected)
             .await
             .map_err(store_error)?;
         let c = out.checksums;

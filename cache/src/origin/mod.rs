@@ -840,6 +840,62 @@ pub struct CompletedPart {
     pub checksums: Checksums,
 }
 
+/// What a CompleteMultipartUpload request says its object will be: its whole checksum (a
+/// COMPOSITE value with or without its `-<parts>`, or a FULL_OBJECT one) and its size
+/// (`x-amz-mp-object-size`). A completion whose object would differ is refused before anything
+/// is written, and the upload stays, as on S3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub checksums: Checksums,
+    pub size: Option<u64>,
+}
+
+impl Expected {
+    /// Refuses an object of `size` bytes with `checksums` that is not what was announced: 400
+    /// InvalidRequest for the size, 400 BadDigest for a checksum (also for one of an algorithm the
+    /// upload does not keep).
+    pub fn check(&self, checksums: &Checksums, size: u64) -> OriginResult<()> {
+        if let Some(announced) = self.size
+            && announced != size
+        {
+            return Err(OriginError::rejected(
+                400,
+                "InvalidRequest",
+                format!(
+                    "The provided 'x-amz-mp-object-size' header value {announced} does not match what was computed: {size}"
+                ),
+            ));
+        }
+        // A composite value's `-<parts>`, when it has one.
+        let split = |v: &str| -> (String, Option<String>) {
+            match v.rsplit_once('-') {
+                Some((value, n)) if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) => {
+                    (value.to_owned(), Some(n.to_owned()))
+                }
+                _ => (v.to_owned(), None),
+            }
+        };
+        for (algorithm, announced) in self.checksums.iter() {
+            let (value, parts) = split(announced);
+            let same = checksums.get(algorithm).is_some_and(|ours| {
+                let (ours, our_parts) = split(ours);
+                ours == value && (parts.is_none() || parts == our_parts)
+            });
+            if !same {
+                return Err(OriginError::rejected(
+                    400,
+                    "BadDigest",
+                    format!(
+                        "The {} you specified did not match the calculated checksum.",
+                        algorithm.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The error behind an origin failure, shared by every reader of the fetch that met it.
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 

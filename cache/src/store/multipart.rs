@@ -8,8 +8,8 @@ use crate::body::PromisedDigest;
 use crate::error::StoreResult;
 use crate::key::ObjectKey;
 use crate::origin::{
-    Checksums, CompletedPart, ContentHeaders, MultipartChecksum, ObjectMeta, OriginError, PartInfo, PutBody, PutOutput,
-    UploadInfo,
+    Checksums, CompletedPart, ContentHeaders, Expected, MultipartChecksum, ObjectMeta, OriginError, PartInfo, PutBody,
+    PutOutput, UploadInfo,
 };
 
 impl Store {
@@ -75,10 +75,13 @@ impl Store {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
+        expected: &Expected,
     ) -> StoreResult<PutOutput> {
         self.ensure_bucket(bucket).await?;
         if let Some(r) = &self.replica {
-            return Ok(r.complete_multipart_upload(bucket, key, upload_id, parts).await?);
+            return Ok(r
+                .complete_multipart_upload(bucket, key, upload_id, parts, expected)
+                .await?);
         }
         // A completion sent again (its answer was lost, or the client gave up waiting): the
         // first one's answer, once it has one. Upload ids are never reused, so an id completed
@@ -92,7 +95,10 @@ impl Store {
         let staged = self.multipart.staged_bytes(bucket, key, upload_id).await?;
         self.journal.wait_for_disk(staged.saturating_mul(2)).await?;
         let temp = self.local.blobs.temp_path();
-        let done = self.multipart.complete(bucket, key, upload_id, parts, &temp).await?;
+        let done = self
+            .multipart
+            .complete(bucket, key, upload_id, parts, expected, &temp)
+            .await?;
         let meta = ObjectMeta {
             last_modified: SystemTime::now(),
             ..done.meta

@@ -4,7 +4,8 @@
 //! body in memory), of each algorithm, returned by PutObject and, with `ChecksumMode=ENABLED`, by
 //! HEAD and GET; a wrong one refused (400 BadDigest) with nothing stored. Multipart uploads:
 //! `x-amz-checksum-algorithm` (and `-type`) at CreateMultipartUpload, each part's checksum in
-//! UploadPart and ListParts, the object's checksum in CompleteMultipartUpload, HEAD and GET.
+//! UploadPart and ListParts, the object's checksum in CompleteMultipartUpload, HEAD and GET; a
+//! completion announcing another whole checksum or size (`x-amz-mp-object-size`) refused.
 //!
 //! moto 5.2.1 differs from S3 in ways perch passes on, accepted for the moto origin only: its
 //! HeadObject gives a COMPOSITE checksum without its `-<parts>` (its GetObject has it), its
@@ -383,12 +384,40 @@ async fn multipart_uploads_keep_their_checksums() {
                 );
             }
 
-            let out = ok(
+            // A whole checksum or a size other than the object's is refused before anything is
+            // written, and the upload stays: the completion below still finds it.
+            let complete = || {
                 c.complete_multipart_upload()
                     .bucket(b)
                     .key(key)
                     .upload_id(&id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(done.clone()))
+                            .build(),
+                    )
+            };
+            let other = b64(&digest(algorithm, b"not the object"));
+            let other = if full_object {
+                other
+            } else {
+                format!("{other}-{}", parts.len())
+            };
+            expect_err(
+                with_checksum!(complete(), algorithm, other).send().await,
+                400,
+                Some("BadDigest"),
+            );
+            expect_err(
+                complete().mpu_object_size(whole.len() as i64 + 1).send().await,
+                400,
+                Some("InvalidRequest"),
+            );
+            expect_err(c.head_object().bucket(b).key(key).send().await, 404, None);
+            // The object's own checksum and size, announced: taken.
+            let out = ok(
+                with_checksum!(complete(), algorithm, expected.clone())
+                    .mpu_object_size(whole.len() as i64)
                     .send()
                     .await,
                 &format!("{key}: complete"),

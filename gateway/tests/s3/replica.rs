@@ -814,6 +814,48 @@ async fn a_replica_reads_objects_by_part_number() {
     );
     let r = perch_client(&replica);
     upload_in_parts(&r, "rep", "own", &[&own[0], &own[1], &own[2]]).await;
+    // A completion announcing another size is refused before the overlay holds anything, and
+    // its upload stays.
+    let id = ok(
+        r.create_multipart_upload().bucket("rep").key("sized").send().await,
+        "create sized",
+    )
+    .upload_id()
+    .expect("upload id")
+    .to_owned();
+    let part = ok(
+        r.upload_part()
+            .bucket("rep")
+            .key("sized")
+            .upload_id(&id)
+            .part_number(1)
+            .body(ByteStream::from_static(b"ten bytes!"))
+            .send()
+            .await,
+        "sized: part 1",
+    );
+    let complete = |size: i64| {
+        r.complete_multipart_upload()
+            .bucket("rep")
+            .key("sized")
+            .upload_id(&id)
+            .mpu_object_size(size)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .parts(
+                        CompletedPart::builder()
+                            .part_number(1)
+                            .set_e_tag(part.e_tag.clone())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+    };
+    expect_err(complete(11).await, 400, Some("InvalidRequest"));
+    expect_err(r.head_object().bucket("rep").key("sized").send().await, 404, None);
+    ok(complete(10).await, "sized: complete");
+    assert_eq!(get_bytes(&r, "rep", "sized").await, b"ten bytes!");
     for (key, parts) in [("shared", &shared[..]), ("own", &own[..])] {
         let size: usize = parts.iter().map(Vec::len).sum();
         let mut first = 0;
@@ -830,6 +872,6 @@ async fn a_replica_reads_objects_by_part_number() {
             first += part.len();
         }
     }
-    // The replica's own object never reached the shared bucket.
+    // The replica's own objects never reached the shared bucket.
     assert_eq!(all_keys(&moto_client(&moto), "rep", None).await, ["shared"]);
 }

@@ -31,7 +31,7 @@ use list::*;
 use super::checksum::{self, Hasher};
 use super::{
     BucketInfo, BucketOwner, ByteRange, ByteStream, ChecksumAlgorithm, ChecksumType, Checksums, CompletedPart,
-    Conditions, ContentHeaders, CopyInput, CopyOutput, Document, GetOutput, ListEntry, ListPage, ListQuery,
+    Conditions, ContentHeaders, CopyInput, CopyOutput, Document, Expected, GetOutput, ListEntry, ListPage, ListQuery,
     MetadataDirective, MultipartChecksum, ObjectMeta, Origin, OriginError, OriginResult, PartHead, PartInfo, PutBody,
     PutInput, PutOutput, Subresource, UploadInfo, is_multipart_etag,
 };
@@ -611,7 +611,8 @@ impl Origin for FsOrigin {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> OriginResult<PutOutput> {
-        self.complete_upload(bucket, key, upload_id, parts).await
+        self.complete_upload(bucket, key, upload_id, parts, &Expected::default())
+            .await
     }
 
     async fn abort_multipart_upload(&self, bucket: &str, key: &str, upload_id: &str) -> OriginResult<()> {

@@ -195,14 +195,15 @@ impl FsOrigin {
     }
 
     /// Completes an upload: its object is committed, then its parts go.
-    pub(super) async fn complete_upload(
+    pub(crate) async fn complete_upload(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
+        expected: &Expected,
     ) -> OriginResult<PutOutput> {
-        let output = self.fold_upload(bucket, key, upload_id, parts).await?;
+        let output = self.fold_upload(bucket, key, upload_id, parts, expected).await?;
         self.remove_upload(upload_id).await;
         Ok(output)
     }
@@ -228,6 +229,7 @@ impl FsOrigin {
         key: &str,
         upload_id: &str,
         parts: &[CompletedPart],
+        expected: &Expected,
     ) -> OriginResult<PutOutput> {
         let b = self.bucket(bucket)?;
         validate_key(key)?;
@@ -387,6 +389,9 @@ impl FsOrigin {
             (Some(c), Some(value), _) | (Some(c), None, Some(value)) => Checksums::only(c.algorithm, value),
             _ => Checksums::default(),
         };
+        // Not what the request announced: nothing is written (the writer's temp file goes with
+        // it), and the upload stays.
+        expected.check(&checksums, writer.size)?;
         let meta = ObjectMeta {
             size: writer.size,
             etag: etag.clone(),
