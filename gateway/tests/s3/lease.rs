@@ -81,6 +81,20 @@ impl Bucket {
         args
     }
 
+    /// Machine A as the primary, reaching the bucket through a proxy (returned with it), with
+    /// one write uploaded.
+    fn primary_behind_proxy(&self) -> (ProxyServer, PerchServer) {
+        let proxy = ProxyServer::start(&self.moto.endpoint, &[]);
+        let a = start_with(
+            &self.dir("a"),
+            self.args_via("machine-a", &proxy.endpoint),
+            moto_keys_env(),
+        );
+        assert_eq!(put(a.addr, "k", b"from a"), 200);
+        flush(&a, Duration::from_secs(30));
+        (proxy, a)
+    }
+
     fn primary(&self, holder: &str, dir: &Path) -> PerchServer {
         start_with(dir, self.args(holder), moto_keys_env())
     }
@@ -444,10 +458,7 @@ fn a_primary_started_during_an_outage_takes_the_lease_once_the_origin_is_back() 
 fn a_primary_that_cannot_renew_sends_no_bucket_configuration() {
     let _turn = machine::share();
     let b = Bucket::new();
-    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
-    let a = start_with(&b.dir("a"), b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
-    assert_eq!(put(a.addr, "k", b"from a"), 200);
-    flush(&a, Duration::from_secs(30));
+    let (proxy, a) = b.primary_behind_proxy();
     proxy
         .control()
         .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_key_prefix": ".perch/lease"}"#);
@@ -495,10 +506,7 @@ fn a_primary_that_cannot_renew_sends_no_bucket_configuration() {
 fn a_request_the_origin_decides_is_retried_only_under_a_fresh_lease() {
     let _turn = machine::share();
     let b = Bucket::new();
-    let proxy = ProxyServer::start(&b.moto.endpoint, &[]);
-    let a = start_with(&b.dir("a"), b.args_via("machine-a", &proxy.endpoint), moto_keys_env());
-    assert_eq!(put(a.addr, "k", b"from a"), 200);
-    flush(&a, Duration::from_secs(30));
+    let (proxy, a) = b.primary_behind_proxy();
     // Every PUT fails: the conditional PUT's attempts and the lease's renewals alike.
     proxy
         .control()
