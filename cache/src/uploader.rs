@@ -228,7 +228,7 @@ impl Uploader {
         loop {
             self.writable().await;
             // Uploads hurried from here on hurry this one's next attempt, should it fail.
-            let hurries = self.journal.hurries();
+            let (hurries, returns) = (self.journal.hurries(), self.journal.returns());
             let mut crc32_added = false;
             // The body goes up checked block by block as it is read (`CheckedRange`): a damaged
             // block cuts the request short, and the failure is told apart below.
@@ -419,8 +419,8 @@ impl Uploader {
                     // Hurried since this attempt started (the origin answered another upload while
                     // this one's blob was checked, say): that notice was sent before it listened.
                     let hurried = self.journal.hurries() != hurries;
-                    // A fault older than another upload's answer is no news of the origin.
-                    if !hurried {
+                    // A fault older than the origin's answer to another upload is no news of it.
+                    if self.journal.returns() == returns {
                         self.journal.note_origin_fault(Some(&e));
                     }
                     self.journal.note_retry(seq, e.to_string());

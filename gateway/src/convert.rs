@@ -347,8 +347,8 @@ fn is_header_text(value: &str) -> bool {
 
 /// A stored metadata value as s3s writes it into an answer's `x-amz-meta-*` header (the fast
 /// path writes it so too): as it is when ASCII from space to `~`, else as RFC 2047 encoded words
-/// of at most 75 characters (`=?UTF-8?B?<base64>?=`, 45 bytes of the value each, split between
-/// characters, joined by spaces; a value short enough in one word). A value Perch stored is already header text (`mail_safe`); one
+/// (`=?UTF-8?B?<base64>?=`, 45 bytes of the value each, split between characters, joined by
+/// spaces; a value of up to 47 bytes in one word, of up to 76 characters, as s3s estimates it). A value Perch stored is already header text (`mail_safe`); one
 /// another writer left at the origin may not be.
 pub fn answered_metadata(value: &str) -> std::borrow::Cow<'_, str> {
     const WORD_BYTES: usize = 45;

@@ -183,6 +183,9 @@ pub(crate) struct Journal {
     /// How many times `hurry` was sent: an upload that failed looks at it when it starts to wait,
     /// so that one sent while it was not listening yet (its blob being checked) still counts.
     hurries: std::sync::atomic::AtomicU64,
+    /// How many times the origin answered an upload again after a fault (a part of `hurries`):
+    /// an upload's fault older than such an answer is no news of the origin.
+    returns: std::sync::atomic::AtomicU64,
     /// Clients waiting on uploads now (`wait_until`): an upload tried again through faults then
     /// waits at most as long as a client's own request would between attempts.
     clients_waiting: std::sync::atomic::AtomicUsize,
@@ -216,6 +219,7 @@ impl Journal {
             give_ups: Notify::new(),
             hurry: Notify::new(),
             hurries: std::sync::atomic::AtomicU64::new(0),
+            returns: std::sync::atomic::AtomicU64::new(0),
             clients_waiting: std::sync::atomic::AtomicUsize::new(0),
             released: watch::channel(0).0,
             stats,
@@ -616,8 +620,14 @@ impl Journal {
         st.origin_fault = now;
         drop(st);
         if was_down && fault.is_none() {
+            self.returns.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             self.hurry_uploads();
         }
+    }
+
+    /// How many times the origin answered again after a fault so far (`returns`).
+    pub(crate) fn returns(&self) -> u64 {
+        self.returns.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Wakes the uploads waiting to try again (`hurry`), and counts it (`hurries`).

@@ -228,7 +228,7 @@ impl RetryingOrigin {
         F: FnMut() -> Fut,
         Fut: Future<Output = OriginResult<T>>,
     {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let retry_for = RETRY_FOR
             .try_with(|d| *d)
             .map_or(self.policy.deadline, |d| d.min(self.policy.deadline));
@@ -238,10 +238,13 @@ impl RetryingOrigin {
         // The fault of the attempt before, told instead of a last attempt the deadline cut.
         let mut earlier: Option<OriginError> = None;
         loop {
-            if tries > 0
-                && let Ok(lease) = FENCE.try_with(Arc::clone)
-            {
+            // Every attempt under the lease, the first too (its caller's check may be old by
+            // now); the wait for it is no part of the retry deadline: a request held through a
+            // stale lease is sent with its whole time left, not answered 503 once it may go.
+            if let Ok(lease) = FENCE.try_with(Arc::clone) {
+                let held = Instant::now();
                 lease.writable().await;
+                start += held.elapsed();
             }
             let remaining = self.policy.deadline.saturating_sub(start.elapsed());
             let t = Instant::now();

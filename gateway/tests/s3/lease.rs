@@ -507,10 +507,10 @@ fn a_request_the_origin_decides_is_retried_only_under_a_fresh_lease() {
     let _turn = machine::share();
     let b = Bucket::new();
     let (proxy, a) = b.primary_behind_proxy();
-    // Every PUT fails: the conditional PUT's attempts and the lease's renewals alike.
+    // The conditional PUT's attempts fail, the lease's renewals still land.
     proxy
         .control()
-        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_method": "PUT"}"#);
+        .patch(r#"{"error_rate": 1.0, "error_kinds": ["503"], "match_method": "PUT", "match_key_prefix": "lock"}"#);
     let addr = a.addr;
     let lock = std::thread::spawn(move || {
         Req::object("PUT", addr, Style::Path, &key_path("lock"))
@@ -528,7 +528,8 @@ fn a_request_the_origin_decides_is_retried_only_under_a_fresh_lease() {
         }),
         "the conditional PUT never reached the origin"
     );
-    // Past the period: no renewal is recent, the lease is stale.
+    // Then every PUT fails, renewals too; past the period no renewal is recent: the lease is stale.
+    proxy.control().patch(r#"{"match_key_prefix": null}"#);
     std::thread::sleep(Duration::from_millis(2500));
     // Only the lease's renewals fail now: a retry of the conditional PUT would be taken.
     proxy.control().patch(r#"{"match_key_prefix": ".perch/lease"}"#);

@@ -1305,7 +1305,7 @@ fn an_upload_hurried_while_its_failure_was_handled_is_not_left_to_its_backoff() 
         .push((BACKOFF_AT_CAP.0.to_owned(), BACKOFF_AT_CAP.1.to_owned()));
     stack
         .env
-        .push(("PERCH_PAUSE_POINT".to_owned(), "upload_failed#7:2000".to_owned()));
+        .push(("PERCH_PAUSE_POINT".to_owned(), "upload_failed#7:3000".to_owned()));
     stack.start_again();
     let _log = stack.log_on_panic();
     let (first, second) = ("data/1/failed-through-the-outage", "data/1/after-the-outage");
@@ -1327,6 +1327,11 @@ fn an_upload_hurried_while_its_failure_was_handled_is_not_left_to_its_backoff() 
     assert!(
         crate::support::perch::wait_until(Duration::from_secs(10), || stack.in_moto(second).is_some()),
         "the second write's upload"
+    );
+    // The answer came while the failure was held: without the count, the first upload missed it.
+    assert!(
+        !stack.perch().log_text().contains("pause point upload_failed passed"),
+        "the second upload was answered only after the pause"
     );
     assert!(
         crate::support::perch::wait_until(Duration::from_secs(9), || stack.in_moto(first).is_some()),

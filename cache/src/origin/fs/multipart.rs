@@ -361,7 +361,7 @@ impl FsOrigin {
         };
         let mut writer = self.new_writer(&placeholder, false, full_object).await?;
         let mut md5s = Md5::new();
-        for (part, expected) in parts.iter().zip(&found) {
+        for (part, checked) in parts.iter().zip(&found) {
             let path = dir.join(part_file_name(part.part_number));
             let opened = blocking(move || open_stored(&path, None)).await?;
             // Re-read: a part replaced since the check above must not slip in.
@@ -369,7 +369,7 @@ impl FsOrigin {
                 return Err(invalid_part(part.part_number));
             };
             let meta = header.meta;
-            if meta.etag != expected.etag || meta.size != expected.size || meta.checksums != expected.checksums {
+            if meta.etag != checked.etag || meta.size != checked.size || meta.checksums != checked.checksums {
                 return Err(invalid_part(part.part_number));
             }
             let digest = hex::decode(meta.etag.trim_matches('"'))
