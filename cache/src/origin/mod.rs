@@ -852,8 +852,8 @@ pub struct Expected {
 
 impl Expected {
     /// Refuses an object of `size` bytes with `checksums` that is not what was announced: 400
-    /// InvalidRequest for the size, 400 BadDigest for a checksum (also for one of an algorithm the
-    /// upload does not keep).
+    /// InvalidRequest for the size, 400 BadDigest for a checksum. A checksum of an algorithm the
+    /// upload keeps none of is not checked (Perch computes only the upload's own), as before.
     pub fn check(&self, checksums: &Checksums, size: u64) -> OriginResult<()> {
         if let Some(announced) = self.size
             && announced != size
@@ -876,11 +876,12 @@ impl Expected {
             }
         };
         for (algorithm, announced) in self.checksums.iter() {
+            let Some(ours) = checksums.get(algorithm) else {
+                continue;
+            };
             let (value, parts) = split(announced);
-            let same = checksums.get(algorithm).is_some_and(|ours| {
-                let (ours, our_parts) = split(ours);
-                ours == value && (parts.is_none() || parts == our_parts)
-            });
+            let (ours, our_parts) = split(ours);
+            let same = ours == value && (parts.is_none() || parts == our_parts);
             if !same {
                 return Err(OriginError::rejected(
                     400,
