@@ -188,14 +188,14 @@ pub async fn retrying_for<F: Future>(limit: Duration, calls: F) -> F::Output {
 }
 
 tokio::task_local! {
-    /// The lease each retry of the current task's calls waits to hold (`fenced`).
+    /// The lease each attempt of the current task's calls waits to hold (`fenced`).
     static FENCE: Arc<crate::lease::Lease>;
 }
 
-/// Runs `calls` so that each retry of a transient fault first waits until `lease` is writable
-/// (`Lease::writable`), as their first attempt did: a primary whose lease turned stale while it
-/// retried (a pause, a partition) does not send a request that changes the bucket again until a
-/// renewal proves the lease still its own, and never once another holder took it (the process
+/// Runs `calls` so that each of their attempts, retries of a transient fault included, first
+/// waits until `lease` is writable (`Lease::writable`): a primary whose lease turned stale while
+/// it retried (a pause, a partition) does not send a request that changes the bucket again until
+/// a renewal proves the lease still its own, and never once another holder took it (the process
 /// exits). For the calls that change the bucket at the origin (`Store::fenced`), never reads.
 pub async fn fenced<F: Future>(lease: Option<Arc<crate::lease::Lease>>, calls: F) -> F::Output {
     match lease {
